@@ -1,0 +1,178 @@
+package lab
+
+import (
+	"context"
+	"errors"
+	"io"
+	"math"
+	"syscall"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/tnsguard/tnsguard/test/lab/netem"
+	"github.com/tnsguard/tnsguard/test/lab/netlab"
+)
+
+// The self-checks prove the lab without tnsguard: if they fail, a scenario's verdict
+// about tnsguard means nothing.
+
+func TestLabSelfCheckDropForgetsIdleFlows(t *testing.T) {
+	t.Parallel()
+	lab := netlab.New(t, netlab.Config{EstablishedTimeout: 3 * time.Second, Stale: netlab.StaleDrop})
+	lab.StartEcho(t, lab.DB, ":1521")
+	plain := dialN(t, lab.App, lab.DBAddr(1521), 2)
+
+	// Control: the same kind of flow with kernel keepalive below the timeout survives.
+	kept := dialN(t, lab.App, lab.DBAddr(1521), 1)[0]
+	if err := kept.SetKeepAliveConfig(keepAlive(time.Second, time.Second, 3)); err != nil {
+		t.Fatal(err)
+	}
+
+	idle := lab.Timeout + 1500*time.Millisecond
+	time.Sleep(idle)
+	start := time.Now()
+	errs := roundTripAll(plain, 2*time.Second)
+	t.Logf("after %v idle (timeout %v): plain flows %v in %v", idle, lab.Timeout, describe(errs), time.Since(start).Round(time.Millisecond))
+	for i, err := range errs {
+		if !errors.Is(err, context.DeadlineExceeded) && netlab.Classify(err) != "timeout" {
+			t.Errorf("plain flow %d: want a black-holed round trip (timeout), got %v\n%s", i, err, lab.Rules())
+		}
+	}
+	if err := roundTrip(kept, []byte("kept\n"), 2*time.Second); err != nil {
+		t.Errorf("flow with 1s keepalive: want it alive after %v idle, got %v", idle, err)
+	}
+}
+
+func TestLabSelfCheckResetAnswersIdleFlows(t *testing.T) {
+	t.Parallel()
+	lab := netlab.New(t, netlab.Config{EstablishedTimeout: 3 * time.Second, Stale: netlab.StaleReset})
+	lab.StartEcho(t, lab.DB, ":1521")
+	conns := dialN(t, lab.App, lab.DBAddr(1521), 2)
+	time.Sleep(lab.Timeout + 1500*time.Millisecond)
+	start := time.Now()
+	errs := roundTripAll(conns, 2*time.Second)
+	took := time.Since(start)
+	t.Logf("reset mode: stale flows %v in %v", describe(errs), took.Round(time.Millisecond))
+	for i, err := range errs {
+		if !errors.Is(err, syscall.ECONNRESET) {
+			t.Errorf("flow %d: want ECONNRESET from the firewall, got %v", i, err)
+		}
+	}
+	if took > time.Second {
+		t.Errorf("reset took %v, want it at once", took)
+	}
+}
+
+func TestLabSelfCheckBlackHoleLiveFlow(t *testing.T) {
+	t.Parallel()
+	lab := netlab.New(t, netlab.Config{EstablishedTimeout: 30 * time.Second})
+	lab.StartEcho(t, lab.DB, ":1521")
+	c := dialN(t, lab.App, lab.DBAddr(1521), 1)[0]
+	restore := lab.BlackHolePort(t, 1521)
+	if err := roundTrip(c, []byte("cut\n"), time.Second); netlab.Classify(err) != "timeout" {
+		t.Errorf("black-holed live flow: want timeout, got %v", err)
+	}
+	restore()
+	// TCP retransmits the bytes once the path is back: the first echo arrives late,
+	// then the second.
+	if err := c.SetDeadline(time.Now().Add(5 * time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Write([]byte("back\n")); err != nil {
+		t.Fatal(err)
+	}
+	got := make([]byte, len("cut\nback\n"))
+	if _, err := io.ReadFull(c, got); err != nil || string(got) != "cut\nback\n" {
+		t.Errorf("after the black-hole was lifted: got %q, %v; want both echoes", got, err)
+	}
+}
+
+func TestLabSelfCheckAppLegBlackHole(t *testing.T) {
+	t.Parallel()
+	lab := netlab.New(t, netlab.Config{})
+	ln, err := lab.Listen(lab.App, "127.0.0.1:1522")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	accepted := make(chan error, 1)
+	go func() {
+		c, err := ln.Accept()
+		if err == nil {
+			defer c.Close()
+			buf := make([]byte, 64)
+			var n int
+			for err == nil {
+				n, err = c.Read(buf)
+				if n > 0 {
+					_, _ = c.Write(buf[:n])
+				}
+			}
+		}
+		accepted <- err
+	}()
+	c := dialN(t, lab.App, "127.0.0.1:1522", 1)[0]
+	lab.BlackHoleAppLeg(t, 1522)
+	if err := roundTrip(c, []byte("gone\n"), time.Second); netlab.Classify(err) != "timeout" {
+		t.Errorf("black-holed app leg: want timeout, got %v", err)
+	}
+}
+
+func TestLabSelfCheckNetemDelayAndLoss(t *testing.T) {
+	t.Parallel()
+	lab := netlab.New(t, netlab.Config{EstablishedTimeout: 30 * time.Second})
+	lab.StartEcho(t, lab.DB, ":1521")
+	const delay = 50 * time.Millisecond
+	stop := lab.Netem(t, netem.Config{Queue: 11, Delay: delay, Loss: 0.01},
+		"-p", "tcp", "-d", lab.DBIP.String(), "--dport", "1521")
+	c := dialN(t, lab.App, lab.DBAddr(1521), 1)[0]
+	msg := make([]byte, 16<<10)
+	var rtts []time.Duration
+	for range 40 {
+		start := time.Now()
+		if err := roundTrip(c, msg, 10*time.Second); err != nil {
+			t.Fatalf("round trip under netem: %v", err)
+		}
+		rtts = append(rtts, time.Since(start))
+	}
+	info := tcpInfo(t, c)
+	st := stop()
+	srtt := time.Duration(info.Rtt) * time.Microsecond
+	t.Logf("netem %v delay, 1%% loss: kernel smoothed RTT %v (rttvar %v), retransmits %d; app round trips min %v; queue %+v",
+		delay, srtt, time.Duration(info.Rttvar)*time.Microsecond, info.Total_retrans, minDur(rtts), st)
+	if math.Abs(float64(srtt-delay)) > 0.3*float64(delay) {
+		t.Errorf("kernel RTT %v, want %v within 30%%", srtt, delay)
+	}
+	if info.Total_retrans == 0 || st.Dropped == 0 {
+		t.Errorf("want retransmits under loss: kernel %d, netem dropped %d", info.Total_retrans, st.Dropped)
+	}
+}
+
+func tcpInfo(t *testing.T, c interface {
+	SyscallConn() (syscall.RawConn, error)
+}) *unix.TCPInfo {
+	t.Helper()
+	rc, err := c.SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var info *unix.TCPInfo
+	var ierr error
+	if err := rc.Control(func(fd uintptr) { info, ierr = unix.GetsockoptTCPInfo(int(fd), unix.IPPROTO_TCP, unix.TCP_INFO) }); err != nil {
+		t.Fatal(err)
+	}
+	if ierr != nil {
+		t.Fatal(ierr)
+	}
+	return info
+}
+
+func minDur(ds []time.Duration) time.Duration {
+	m := ds[0]
+	for _, d := range ds {
+		m = min(m, d)
+	}
+	return m
+}
