@@ -176,3 +176,59 @@ func minDur(ds []time.Duration) time.Duration {
 	}
 	return m
 }
+
+// Latency injected above TCP by Toxiproxy shows in application round trips (a tnsping
+// answered by the echo server's listener imitation) but not in the kernel's RTT.
+func TestLabSelfCheckToxiproxyLatencyAboveTCP(t *testing.T) {
+	t.Parallel()
+	lab := netlab.New(t, netlab.Config{EstablishedTimeout: 30 * time.Second})
+	lab.StartEcho(t, lab.DB, ":1521")
+	const latency = 100 * time.Millisecond
+	lab.StartToxiproxy(t, lab.DB, netlab.ToxiproxyArgs{Listen: ":1531", Upstream: "127.0.0.1:1521", Latency: latency})
+
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	c, err := lab.Dial(ctx, lab.App, lab.DBAddr(1531))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	start := time.Now()
+	if _, err := c.Write(tnspingConnect()); err != nil {
+		t.Fatal(err)
+	}
+	hdr := make([]byte, 8)
+	if _, err := io.ReadFull(c, hdr); err != nil {
+		t.Fatalf("tnsping via toxiproxy: %v", err)
+	}
+	took := time.Since(start)
+	srtt := time.Duration(tcpInfo(t, c).Rtt) * time.Microsecond
+	t.Logf("tnsping via toxiproxy (%v each way): answered in %v, packet type %d; kernel RTT of that socket %v", latency, took, hdr[4], srtt)
+	if hdr[4] != 4 {
+		t.Errorf("tnsping answer type %d, want 4 (REFUSE)", hdr[4])
+	}
+	if took < 2*latency {
+		t.Errorf("tnsping took %v, want >= %v", took, 2*latency)
+	}
+	if srtt > 10*time.Millisecond {
+		t.Errorf("kernel RTT %v, want < 10ms: toxiproxy latency is above TCP", srtt)
+	}
+}
+
+// tnspingConnect is a TNS CONNECT carrying (CONNECT_DATA=(COMMAND=ping)), the layout
+// tnsping uses (version 312, connect data at offset 58).
+func tnspingConnect() []byte {
+	data := []byte("(CONNECT_DATA=(COMMAND=ping))")
+	const off = 58
+	p := make([]byte, off+len(data))
+	p[0], p[1] = byte(len(p)>>8), byte(len(p))
+	p[4] = 1                  // CONNECT
+	p[8], p[9] = 0x01, 0x38   // version 312
+	p[10], p[11] = 0x01, 0x2c // lowest compatible 300
+	p[14], p[15] = 0x08, 0x00 // SDU 2048
+	p[16], p[17] = 0x7f, 0xff // TDU 32767
+	p[24], p[25] = 0, byte(len(data))
+	p[26], p[27] = 0, off
+	copy(p[off:], data)
+	return p
+}

@@ -132,6 +132,7 @@ func New(t testing.TB, cfg Config) *Lab {
 		cfg.EstablishedTimeout = 5 * time.Second
 	}
 	secs := int((cfg.EstablishedTimeout + time.Second - 1) / time.Second)
+	began := time.Now()
 
 	var b [4]byte
 	if _, err := rand.Read(b[:]); err != nil {
@@ -163,52 +164,60 @@ func New(t testing.TB, cfg Config) *Lab {
 	t.Cleanup(l.destroy)
 
 	a0, f0, f1, d0 := "tl"+id+"a0", "tl"+id+"f0", "tl"+id+"f1", "tl"+id+"d0"
-	steps := [][]string{
-		{"ip", "netns", "add", l.App},
-		{"ip", "netns", "add", l.FW},
-		{"ip", "netns", "add", l.DB},
-		{"ip", "link", "add", a0, "type", "veth", "peer", "name", f0},
-		{"ip", "link", "set", a0, "netns", l.App},
-		{"ip", "link", "set", f0, "netns", l.FW},
-		{"ip", "link", "add", d0, "type", "veth", "peer", "name", f1},
-		{"ip", "link", "set", d0, "netns", l.DB},
-		{"ip", "link", "set", f1, "netns", l.FW},
+	// Few processes, not one per step: labs are built by tests running in parallel.
+	type step struct {
+		stdin string
+		args  []string
 	}
-	for _, ns := range []string{l.App, l.FW, l.DB} {
-		steps = append(steps, []string{"ip", "netns", "exec", ns, "ip", "link", "set", "lo", "up"})
+	lines := func(ls ...string) string { return strings.Join(ls, "\n") + "\n" }
+	ipBatch := func(ns string, ls ...string) step {
+		if ns == "" {
+			return step{lines(ls...), []string{"ip", "-batch", "-"}}
+		}
+		return step{lines(ls...), []string{"ip", "-n", ns, "-batch", "-"}}
 	}
-	in := func(ns string, args ...string) []string {
-		return append([]string{"ip", "netns", "exec", ns}, args...)
-	}
-	steps = append(steps,
-		in(l.App, "ip", "addr", "add", l.AppIP.String()+"/24", "dev", a0),
-		in(l.App, "ip", "link", "set", a0, "up"),
-		in(l.App, "ip", "route", "add", "default", "via", l.FWAppIP.String()),
-		in(l.FW, "ip", "addr", "add", l.FWAppIP.String()+"/24", "dev", f0),
-		in(l.FW, "ip", "link", "set", f0, "up"),
-		in(l.FW, "ip", "addr", "add", l.FWDBIP.String()+"/24", "dev", f1),
-		in(l.FW, "ip", "link", "set", f1, "up"),
-		in(l.DB, "ip", "addr", "add", l.DBIP.String()+"/24", "dev", d0),
-		in(l.DB, "ip", "link", "set", d0, "up"),
-		in(l.DB, "ip", "route", "add", "default", "via", l.FWDBIP.String()),
-		in(l.FW, "sysctl", "-qw", "net.ipv4.ip_forward=1"),
-		in(l.FW, "iptables", "-P", "FORWARD", "DROP"),
-		in(l.FW, "iptables", "-A", "FORWARD", "-m", "conntrack", "--ctstate", "ESTABLISHED,RELATED", "-j", "ACCEPT"),
-		in(l.FW, "iptables", "-A", "FORWARD", "-p", "tcp", "--syn", "-m", "conntrack", "--ctstate", "NEW", "-j", "ACCEPT"),
-		// conntrack's sysctls appear in a namespace once a conntrack rule exists there.
-		in(l.FW, "sysctl", "-qw", "net.netfilter.nf_conntrack_tcp_loose=0"),
-		in(l.FW, "sysctl", "-qw", fmt.Sprintf("net.netfilter.nf_conntrack_tcp_timeout_established=%d", secs)),
-	)
+	stale := ""
 	if cfg.Stale == StaleReset {
-		steps = append(steps, in(l.FW, resetRule("-A")...))
+		stale = strings.Join(resetRule("-A")[1:], " ")
+	}
+	steps := []step{
+		ipBatch("",
+			"netns add "+l.App, "netns add "+l.FW, "netns add "+l.DB,
+			"link add "+a0+" type veth peer name "+f0,
+			"link set "+a0+" netns "+l.App, "link set "+f0+" netns "+l.FW,
+			"link add "+d0+" type veth peer name "+f1,
+			"link set "+d0+" netns "+l.DB, "link set "+f1+" netns "+l.FW),
+		ipBatch(l.App, "link set lo up",
+			"addr add "+l.AppIP.String()+"/24 dev "+a0, "link set "+a0+" up",
+			"route add default via "+l.FWAppIP.String()),
+		ipBatch(l.FW, "link set lo up",
+			"addr add "+l.FWAppIP.String()+"/24 dev "+f0, "link set "+f0+" up",
+			"addr add "+l.FWDBIP.String()+"/24 dev "+f1, "link set "+f1+" up"),
+		ipBatch(l.DB, "link set lo up",
+			"addr add "+l.DBIP.String()+"/24 dev "+d0, "link set "+d0+" up",
+			"route add default via "+l.FWDBIP.String()),
+		{lines("*filter", ":FORWARD DROP [0:0]",
+			"-A FORWARD -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT",
+			"-A FORWARD -p tcp --syn -m conntrack --ctstate NEW -j ACCEPT",
+			stale, "COMMIT"),
+			[]string{"ip", "netns", "exec", l.FW, "iptables-restore"}},
+		// conntrack's sysctls appear in a namespace once a conntrack rule exists there.
+		{"", []string{"ip", "netns", "exec", l.FW, "sysctl", "-qw", "net.ipv4.ip_forward=1",
+			"net.netfilter.nf_conntrack_tcp_loose=0",
+			fmt.Sprintf("net.netfilter.nf_conntrack_tcp_timeout_established=%d", secs)}},
 	}
 	for _, s := range steps {
-		if out, err := run(s...); err != nil {
-			t.Fatalf("netlab: %s: %v\n%s", strings.Join(s, " "), err, out)
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		cmd := exec.CommandContext(ctx, s.args[0], s.args[1:]...)
+		cmd.Stdin = strings.NewReader(s.stdin)
+		out, err := cmd.CombinedOutput()
+		cancel()
+		if err != nil {
+			t.Fatalf("netlab: %s: %v\n%s\n%s", strings.Join(s.args, " "), err, s.stdin, out)
 		}
 	}
-	t.Logf("netlab: lab %s up: app %s | fw %s %s (conntrack established timeout %v, stale flows: %v) | db %s",
-		id, l.AppIP, l.FWAppIP, l.FWDBIP, l.Timeout, cfg.Stale, l.DBIP)
+	t.Logf("netlab: lab %s up in %v: app %s | fw %s %s (conntrack established timeout %v, stale flows: %v) | db %s",
+		id, time.Since(began).Round(time.Millisecond), l.AppIP, l.FWAppIP, l.FWDBIP, l.Timeout, cfg.Stale, l.DBIP)
 	return l
 }
 

@@ -1,0 +1,408 @@
+package lab
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math"
+	"net"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/tnsguard/tnsguard/test/lab/netem"
+	"github.com/tnsguard/tnsguard/test/lab/netlab"
+)
+
+// The scenarios of issue 10. Each builds its own lab (app | fw | db namespaces), runs
+// tnsguard beside the app, an echo server as the database, and asserts what a user
+// would notice. Measured numbers are logged (go test -v).
+
+const (
+	dbPort    = 1521
+	guardAddr = "127.0.0.1:1522" // tnsguard's listener, inside app
+)
+
+// requireGuard skips/fails like netlab.Require and builds tnsguard before a lab is made.
+func requireGuard(t *testing.T) {
+	t.Helper()
+	netlab.Require(t)
+	tnsguardBin.Path(t)
+}
+
+// Scenarios 1 and 2: a firewall that forgets idle flows after lab.Timeout, dropping
+// (1) or resetting (2) their next packet. Sessions through tnsguard survive 3x the
+// timeout; the same sessions made directly do not.
+func TestLabIdleFirewall(t *testing.T) {
+	t.Parallel()
+	requireGuard(t)
+	cases := []struct {
+		name      string
+		stale     netlab.Stale
+		db        keepalive
+		directErr string // what the direct sessions see
+	}{
+		{"drop", netlab.StaleDrop, dbKeepalive, "timeout"},
+		{"reset", netlab.StaleReset, dbKeepalive, "reset"},
+		// Only the firewall's timeout is given: tnsguard derives the keepalive from it.
+		{"drop-path_idle_timeout", netlab.StaleDrop, keepalive{PathIdleTimeout: "3s"}, "timeout"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			lab := netlab.New(t, netlab.Config{EstablishedTimeout: 3 * time.Second, Stale: tc.stale})
+			lab.StartEcho(t, lab.DB, fmt.Sprintf(":%d", dbPort))
+			guard := startGuard(t, lab, link{Name: "orders", Listen: guardAddr, Servers: []string{lab.DBAddr(dbPort)}, App: appKeepalive, DB: tc.db})
+
+			viaGuard := dialN(t, lab.App, guardAddr, 10)
+			direct := dialN(t, lab.App, lab.DBAddr(dbPort), 10)
+			idle := 3 * lab.Timeout
+			time.Sleep(idle)
+
+			start := time.Now()
+			guardErrs := roundTripAll(viaGuard, 3*time.Second)
+			directErrs := roundTripAll(direct, 3*time.Second)
+			t.Logf("after %v idle behind a %v %s firewall: via tnsguard %d/10 ok %v; direct %d/10 ok %v (checked in %v)",
+				idle, lab.Timeout, tc.stale, countOK(guardErrs), describe(guardErrs), countOK(directErrs), describe(directErrs),
+				time.Since(start).Round(time.Millisecond))
+			for i, err := range guardErrs {
+				if err != nil {
+					t.Errorf("session %d via tnsguard: round trip after %v idle: %v", i, idle, err)
+				}
+			}
+			// The lab proves itself: without tnsguard the firewall kills every one.
+			for i, err := range directErrs {
+				if got := netlab.Classify(err); got != tc.directErr {
+					t.Errorf("direct session %d: want %s after %v idle, got %v", i, tc.directErr, idle, err)
+				}
+			}
+			m := guard.Metrics(t)
+			if resets, _ := m.Sum("tnsguard_resets_total", nil); resets != 0 {
+				t.Errorf("tnsguard_resets_total = %v, want 0\n%s", resets, m.Dump("tnsguard_resets_total"))
+			}
+			if active, ok := m.Sum("tnsguard_sessions_active", netlab.Labels{"listener": "orders"}); !ok || active != 10 {
+				t.Errorf("tnsguard_sessions_active = %v (present %v), want 10", active, ok)
+			}
+			if t.Failed() {
+				t.Logf("metrics:\n%s\nfirewall:\n%s", m.Dump(), lab.Rules())
+			}
+		})
+	}
+}
+
+// ended is how and when one app session ended.
+type ended struct {
+	err   error
+	after time.Duration
+}
+
+// waitEnd blocks on a read of c (optionally after writing msg) and reports when and
+// how the session ended, measured from t0.
+func waitEnd(c net.Conn, msg []byte, t0 time.Time, limit time.Duration) ended {
+	_ = c.SetDeadline(t0.Add(limit))
+	if msg != nil {
+		if _, err := c.Write(msg); err != nil {
+			return ended{err, time.Since(t0)}
+		}
+	}
+	buf := make([]byte, 1024)
+	for {
+		_, err := c.Read(buf)
+		if err != nil {
+			return ended{err, time.Since(t0)}
+		}
+	}
+}
+
+// Scenario 3: the path to the database black-holes a live flow (cable cut, failed
+// node). tnsguard's backend keepalive / TCP_USER_TIMEOUT notices within user_timeout
+// plus one keepalive interval and resets the app's connection, so the app's driver
+// reports a broken connection instead of hanging.
+func TestLabBlackHoleLiveFlow(t *testing.T) {
+	t.Parallel()
+	requireGuard(t)
+	lab := netlab.New(t, netlab.Config{EstablishedTimeout: 60 * time.Second})
+	lab.StartEcho(t, lab.DB, fmt.Sprintf(":%d", dbPort))
+	guard := startGuard(t, lab, link{Name: "orders", Listen: guardAddr, Servers: []string{lab.DBAddr(dbPort)}, App: appKeepalive, DB: dbKeepalive})
+	const (
+		userTimeout = 4 * time.Second // dbKeepalive
+		interval    = time.Second
+	)
+	conns := dialN(t, lab.App, guardAddr, 4)
+	time.Sleep(1500 * time.Millisecond) // keepalive is running on the idle backend legs
+
+	lab.BlackHolePort(t, dbPort)
+	t0 := time.Now()
+	res := make([]ended, len(conns))
+	var wg sync.WaitGroup
+	for i, c := range conns {
+		wg.Go(func() {
+			var msg []byte
+			if i%2 == 0 { // half of them send a query into the black hole, half stay idle
+				msg = []byte("query into the void\n")
+			}
+			res[i] = waitEnd(c, msg, t0, 20*time.Second)
+		})
+	}
+	wg.Wait()
+	limit := userTimeout + interval
+	for i, r := range res {
+		kind := "idle"
+		if i%2 == 0 {
+			kind = "active"
+		}
+		t.Logf("session %d (%s): ended after %v: %v", i, kind, r.after.Round(time.Millisecond), netlab.Classify(r.err))
+		if !errors.Is(r.err, syscall.ECONNRESET) {
+			t.Errorf("session %d (%s): want the app's connection reset, got %v after %v", i, kind, r.err, r.after)
+		}
+		if r.after > limit+500*time.Millisecond {
+			t.Errorf("session %d (%s): detected after %v, want within user_timeout+interval = %v", i, kind, r.after, limit)
+		}
+	}
+	m := guard.Metrics(t)
+	got, _ := m.Sum("tnsguard_resets_total", netlab.Labels{"side": "backend", "cause": "timeout"})
+	if got < float64(len(conns)) {
+		t.Errorf("tnsguard_resets_total{side=backend,cause=timeout} = %v, want %d\n%s", got, len(conns), m.Dump("tnsguard_resets_total"))
+	}
+	t.Logf("resets:\n%s", m.Dump("tnsguard_resets_total"))
+}
+
+// Scenario 4: the database server is killed and restarted. Sessions on the dead server
+// end promptly (no hang); a session opened while it is down waits and succeeds as soon
+// as it is back; new sessions succeed after that.
+func TestLabBackendRestart(t *testing.T) {
+	t.Parallel()
+	requireGuard(t)
+	lab := netlab.New(t, netlab.Config{EstablishedTimeout: 60 * time.Second})
+	listen := fmt.Sprintf(":%d", dbPort)
+	db := lab.StartEcho(t, lab.DB, listen)
+	guard := startGuard(t, lab, link{Name: "orders", Listen: guardAddr, Servers: []string{lab.DBAddr(dbPort)},
+		App: appKeepalive, DB: dbKeepalive, HealthInterval: "500ms", Rise: 1, Fall: 1, ConnectBudget: "15s"})
+	conns := dialN(t, lab.App, guardAddr, 3)
+
+	db.Kill()
+	t0 := time.Now()
+	res := make([]ended, len(conns))
+	var wg sync.WaitGroup
+	for i, c := range conns {
+		wg.Go(func() { res[i] = waitEnd(c, []byte("still there?\n"), t0, 10*time.Second) })
+	}
+	wg.Wait()
+	for i, r := range res {
+		t.Logf("session %d on the killed server: ended after %v: %v", i, r.after.Round(time.Millisecond), netlab.Classify(r.err))
+		if k := netlab.Classify(r.err); k != "eof" && k != "reset" {
+			t.Errorf("session %d: want it ended (eof or reset) when the server died, got %v", i, r.err)
+		}
+		if r.after > 2*time.Second {
+			t.Errorf("session %d: ended after %v, want promptly (< 2s)", i, r.after)
+		}
+	}
+
+	// An app connects while the server is down: tnsguard holds it within connect_budget.
+	type result struct {
+		err error
+		at  time.Time
+	}
+	pending := make(chan result, 1)
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		c, err := netlab.Dial(ctx, lab.App, guardAddr)
+		if err != nil {
+			pending <- result{err, time.Now()}
+			return
+		}
+		defer c.Close()
+		err = roundTrip(c, []byte("waiting for the db\n"), 15*time.Second)
+		pending <- result{err, time.Now()}
+	}()
+	time.Sleep(1500 * time.Millisecond)
+	lab.StartEcho(t, lab.DB, listen)
+	back := time.Now()
+	r := <-pending
+	if r.err != nil {
+		t.Fatalf("session opened while the server was down: %v (want it to wait and succeed)\n%s", r.err, guard.Metrics(t).Dump())
+	}
+	wait := r.at.Sub(back)
+	t.Logf("session opened while down: answered %v after the server was back (it had waited %v)", wait.Round(time.Millisecond), r.at.Sub(t0).Round(time.Millisecond))
+	if wait > 3*time.Second {
+		t.Errorf("session answered %v after the server came back, want < 3s", wait)
+	}
+	fresh := dialN(t, lab.App, guardAddr, 3)
+	if errs := roundTripAll(fresh, 3*time.Second); countOK(errs) != len(fresh) {
+		t.Errorf("new sessions after restart: %v", describe(errs))
+	}
+	t.Logf("metrics:\n%s", guard.Metrics(t).Dump("tnsguard_resets_total", "tnsguard_redials_total", "tnsguard_sessions_total", "tnsguard_backend_up"))
+}
+
+// Scenario 5: the app vanishes without closing (its host died, its leg is cut). The
+// client-leg keepalive ends the session and tnsguard closes the backend leg, so the
+// database is not left with a zombie session holding locks.
+func TestLabVanishedApp(t *testing.T) {
+	t.Parallel()
+	requireGuard(t)
+	lab := netlab.New(t, netlab.Config{EstablishedTimeout: 60 * time.Second})
+	db := lab.StartEcho(t, lab.DB, fmt.Sprintf(":%d", dbPort))
+	app := keepalive{Idle: "1s", Interval: "1s", Count: 2, UserTimeout: "3s"}
+	guard := startGuard(t, lab, link{Name: "orders", Listen: guardAddr, Servers: []string{lab.DBAddr(dbPort)}, App: app, DB: dbKeepalive})
+	const n = 3
+	dialN(t, lab.App, guardAddr, n)
+
+	lab.BlackHoleAppLeg(t, 1522)
+	t0 := time.Now()
+	limit := 3*time.Second + time.Second // user_timeout + one interval (idle 1s + 2 probes fits in it)
+	var closes []netlab.Event
+	deadline := time.After(limit + 5*time.Second)
+	for len(closes) < n {
+		select {
+		case ev, ok := <-db.Events:
+			if !ok {
+				t.Fatal("echo server ended")
+			}
+			if ev.Event == "close" && ev.Bytes > 0 { // health checks carry no bytes
+				closes = append(closes, ev)
+				t.Logf("database saw session from %s closed (%s) %v after the app vanished", ev.Remote, ev.How, ev.At.Sub(t0).Round(time.Millisecond))
+			}
+		case <-deadline:
+			t.Fatalf("database saw %d of %d sessions closed within %v of the app vanishing; want all (zombie sessions)\n%s",
+				len(closes), n, limit+5*time.Second, guard.Metrics(t).Dump())
+		}
+	}
+	for _, ev := range closes {
+		if d := ev.At.Sub(t0); d > limit+500*time.Millisecond {
+			t.Errorf("backend leg from %s closed %v after the app vanished, want within %v", ev.Remote, d, limit)
+		}
+	}
+	m := guard.Metrics(t)
+	if got, _ := m.Sum("tnsguard_resets_total", netlab.Labels{"side": "client", "cause": "timeout"}); got < n {
+		t.Errorf("tnsguard_resets_total{side=client,cause=timeout} = %v, want %d\n%s", got, n, m.Dump("tnsguard_resets_total"))
+	}
+	if active, _ := m.Sum("tnsguard_sessions_active", nil); active != 0 {
+		t.Errorf("tnsguard_sessions_active = %v after the app vanished, want 0", active)
+	}
+}
+
+// Scenario 6a: delay and loss that the kernel sees (NFQUEUE netem in fw on the packets
+// to the database). Sessions carry on; tnsguard_backend_rtt_seconds reads the delay and
+// tnsguard_backend_retransmits_total counts the loss.
+func TestLabKernelLatencyAndLoss(t *testing.T) {
+	t.Parallel()
+	requireGuard(t)
+	lab := netlab.New(t, netlab.Config{EstablishedTimeout: 60 * time.Second})
+	lab.StartEcho(t, lab.DB, fmt.Sprintf(":%d", dbPort))
+	guard := startGuard(t, lab, link{Name: "orders", Listen: guardAddr, Servers: []string{lab.DBAddr(dbPort)}, App: appKeepalive, DB: dbKeepalive})
+	const delay = 50 * time.Millisecond
+	stop := lab.Netem(t, netem.Config{Queue: 21, Delay: delay, Loss: 0.01}, "-p", "tcp", "-d", lab.DBIP.String(), "--dport", fmt.Sprint(dbPort))
+	conns := dialN(t, lab.App, guardAddr, 10)
+
+	// Every session does round trips of 8 KiB for a few seconds.
+	var wg sync.WaitGroup
+	errs := make([]error, len(conns))
+	trips := make([]int, len(conns))
+	until := time.Now().Add(5 * time.Second)
+	for i, c := range conns {
+		wg.Go(func() {
+			msg := make([]byte, 8<<10)
+			for time.Now().Before(until) {
+				if err := roundTrip(c, msg, 10*time.Second); err != nil {
+					errs[i] = err
+					return
+				}
+				trips[i]++
+			}
+		})
+	}
+	time.Sleep(3 * time.Second)
+	during := guard.Metrics(t)
+	wg.Wait()
+	after := guard.Metrics(t)
+	st := stop()
+	server := netlab.Labels{"server": lab.DBAddr(dbPort)}
+	rtt, rttOK := during.Sum("tnsguard_backend_rtt_seconds", server)
+	retrans, _ := after.Sum("tnsguard_backend_retransmits_total", server)
+	total := 0
+	for _, n := range trips {
+		total += n
+	}
+	t.Logf("netem %v delay, 1%% loss on the way to the db: %d round trips in 10 sessions, errors %v; tnsguard_backend_rtt_seconds %.4f; "+
+		"tnsguard_backend_retransmits_total %v; netem %+v", delay, total, describe(errs), rtt, retrans, st)
+	for i, err := range errs {
+		if err != nil {
+			t.Errorf("session %d under delay and loss: %v", i, err)
+		}
+	}
+	if !rttOK || math.Abs(rtt-delay.Seconds()) > 0.3*delay.Seconds() {
+		t.Errorf("tnsguard_backend_rtt_seconds = %v (present %v), want %v within 30%%\n%s", rtt, rttOK, delay.Seconds(), during.Dump("tnsguard_backend_rtt_seconds"))
+	}
+	if retrans <= 0 {
+		t.Errorf("tnsguard_backend_retransmits_total = %v with %d packets dropped, want > 0\n%s", retrans, st.Dropped, after.Dump("tnsguard_backend_retransmits_total"))
+	}
+}
+
+// Scenario 6b: latency above TCP (Toxiproxy in db, between tnsguard and the server) is
+// invisible to the kernel's RTT but seen by application round trips: the tnsping
+// health check's duration.
+func TestLabLatencyAboveTCP(t *testing.T) {
+	t.Parallel()
+	requireGuard(t)
+	lab := netlab.New(t, netlab.Config{EstablishedTimeout: 60 * time.Second})
+	lab.StartEcho(t, lab.DB, fmt.Sprintf(":%d", dbPort))
+	const latency = 100 * time.Millisecond
+	lab.StartToxiproxy(t, lab.DB, netlab.ToxiproxyArgs{Listen: ":1531", Upstream: fmt.Sprintf("127.0.0.1:%d", dbPort), Latency: latency})
+	plain := link{Name: "plain", Listen: guardAddr, Servers: []string{lab.DBAddr(dbPort)}, App: appKeepalive, DB: dbKeepalive, Health: "tnsping", HealthInterval: "500ms"}
+	slow := link{Name: "slow", Listen: "127.0.0.1:1523", Servers: []string{lab.DBAddr(1531)}, App: appKeepalive, DB: dbKeepalive, Health: "tnsping", HealthInterval: "500ms"}
+	guard := startGuard(t, lab, plain, slow)
+
+	// One session each, so that the backends have live sockets for the RTT gauge.
+	pc := dialN(t, lab.App, plain.Listen, 1)[0]
+	sc := dialN(t, lab.App, slow.Listen, 1)[0]
+	var appPlain, appSlow time.Duration
+	for range 5 {
+		s := time.Now()
+		if err := roundTrip(pc, []byte("plain\n"), 3*time.Second); err != nil {
+			t.Fatal(err)
+		}
+		appPlain = max(appPlain, time.Since(s))
+		s = time.Now()
+		if err := roundTrip(sc, []byte("slow\n"), 3*time.Second); err != nil {
+			t.Fatal(err)
+		}
+		appSlow = max(appSlow, time.Since(s))
+	}
+	time.Sleep(3 * time.Second) // several health checks
+	m := guard.Metrics(t)
+
+	hc := func(backend string) float64 {
+		n, sum, ok := m.Histogram("tnsguard_health_check_duration_seconds", netlab.Labels{"backend": backend})
+		if !ok || n == 0 {
+			t.Errorf("no tnsguard_health_check_duration_seconds for backend %s\n%s", backend, m.Dump("tnsguard_health_check_duration_seconds"))
+			return math.NaN()
+		}
+		return sum / float64(n)
+	}
+	rtt := func(backend string) float64 {
+		v, ok := m.Sum("tnsguard_backend_rtt_seconds", netlab.Labels{"backend": backend})
+		if !ok {
+			t.Errorf("no tnsguard_backend_rtt_seconds for backend %s\n%s", backend, m.Dump("tnsguard_backend_rtt_seconds"))
+		}
+		return v
+	}
+	hcPlain, hcSlow := hc("plain"), hc("slow")
+	rttPlain, rttSlow := rtt("plain"), rtt("slow")
+	t.Logf("toxiproxy latency %v each way: health check mean plain %.4fs slow %.4fs; kernel RTT plain %.6fs slow %.6fs; app round trip max plain %v slow %v",
+		latency, hcPlain, hcSlow, rttPlain, rttSlow, appPlain.Round(time.Microsecond), appSlow.Round(time.Microsecond))
+	// A tnsping is one round trip: its CONNECT and the REFUSE each wait `latency`.
+	if !(hcSlow >= 1.8*latency.Seconds()) {
+		t.Errorf("health check duration behind toxiproxy = %vs, want >= %vs (it must see latency above TCP)", hcSlow, 1.8*latency.Seconds())
+	}
+	if !(hcPlain < 0.05) {
+		t.Errorf("health check duration without toxiproxy = %vs, want < 0.05s", hcPlain)
+	}
+	if rttSlow > 0.01 {
+		t.Errorf("kernel RTT behind toxiproxy = %vs, want < 0.01s: latency above TCP is not the kernel's", rttSlow)
+	}
+	if appSlow < 2*latency {
+		t.Errorf("app round trip via toxiproxy %v, want >= %v (lab check)", appSlow, 2*latency)
+	}
+}
