@@ -63,8 +63,8 @@ type Event struct {
 
 // Proc is a running helper process.
 type Proc struct {
-	// Events delivers the helper's JSON lines after "ready"; it is closed when the
-	// process ends.
+	// Events delivers the helper's JSON lines after "ready", in order and without
+	// loss; it is closed when the process has ended and all were read.
 	Events <-chan Event
 	cmd    *exec.Cmd
 	stderr *bytes.Buffer
@@ -96,9 +96,24 @@ func (l *Lab) StartHelper(t testing.TB, ns, role string, args any) *Proc {
 	if err := cmd.Start(); err != nil {
 		t.Fatalf("netlab: start helper %s: %v", role, err)
 	}
-	events := make(chan Event, 1024)
+	// Events are queued without bound: a helper must never stall on a test that does
+	// not read them (health checks alone make an accept and a close every interval).
+	events := make(chan Event)
 	p.Events = events
 	ready := make(chan Event, 1)
+	var (
+		qmu    sync.Mutex
+		queue  []Event
+		ended  bool
+		signal = make(chan struct{}, 1)
+		stop   = make(chan struct{})
+	)
+	notify := func() {
+		select {
+		case signal <- struct{}{}:
+		default:
+		}
+	}
 	go func() {
 		sc := bufio.NewScanner(stdout)
 		first := true
@@ -113,14 +128,50 @@ func (l *Lab) StartHelper(t testing.TB, ns, role string, args any) *Proc {
 				ready <- ev
 				continue
 			}
-			events <- ev
+			qmu.Lock()
+			queue = append(queue, ev)
+			qmu.Unlock()
+			notify()
 		}
 		p.err = cmd.Wait()
-		close(events)
+		qmu.Lock()
+		ended = true
+		qmu.Unlock()
+		notify()
 		close(p.done)
+	}()
+	go func() {
+		defer close(events)
+		for {
+			qmu.Lock()
+			var next *Event
+			if len(queue) > 0 {
+				next = &queue[0]
+				queue = queue[1:]
+			}
+			over := ended && next == nil
+			qmu.Unlock()
+			if over {
+				return
+			}
+			if next == nil {
+				select {
+				case <-signal:
+				case <-stop:
+					return
+				}
+				continue
+			}
+			select {
+			case events <- *next:
+			case <-stop:
+				return
+			}
+		}
 	}()
 	t.Cleanup(func() {
 		p.Kill()
+		close(stop)
 		if t.Failed() {
 			t.Logf("netlab: helper %s stderr:\n%s", role, p.Stderr())
 		}
