@@ -1,0 +1,116 @@
+// Package admin serves tnsguard's operator endpoints on the admin listener:
+// /metrics, /healthz, /readyz, /api/links and the status page.
+//
+// Typical use:
+//
+//	srv, err := admin.Start(cfg.Admin, reg, proxy, logger)
+//	...
+//	srv.Close()
+package admin
+
+import (
+	"context"
+	"encoding/json"
+	"net"
+	"net/http"
+	"net/netip"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/tnsguard/tnsguard/config"
+	"github.com/tnsguard/tnsguard/proxy"
+)
+
+// Source is what the admin endpoints show: the running proxy.
+type Source interface {
+	Ready() (bool, string)
+	Links() []proxy.LinkStatus
+}
+
+// Server is the running admin HTTP listener.
+type Server struct {
+	http *http.Server
+	ln   net.Listener
+	done chan struct{}
+}
+
+// Start binds cfg.Listen and serves until Close.
+func Start(cfg config.Admin, reg *prometheus.Registry, src Source, log hclog.Logger) (*Server, error) {
+	ln, err := net.Listen("tcp", cfg.Listen)
+	if err != nil {
+		return nil, err
+	}
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		w.Write([]byte("ok\n"))
+	})
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
+		ready, reason := src.Ready()
+		code := http.StatusOK
+		if !ready {
+			code = http.StatusServiceUnavailable
+		}
+		writeJSON(w, code, map[string]any{"ready": ready, "reason": reason})
+	})
+	mux.HandleFunc("GET /api/links", func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, http.StatusOK, map[string]any{"links": src.Links()})
+	})
+	s := &Server{
+		http: &http.Server{Handler: allowOnly(cfg.AllowNets, mux), ReadHeaderTimeout: 5 * time.Second,
+			ErrorLog: log.StandardLogger(&hclog.StandardLoggerOptions{InferLevels: true})},
+		ln:   ln,
+		done: make(chan struct{}),
+	}
+	go func() {
+		defer close(s.done)
+		if err := s.http.Serve(ln); err != nil && err != http.ErrServerClosed {
+			log.Error("admin listener failed", "error", err)
+		}
+	}()
+	log.Info("admin listening", "address", ln.Addr().String())
+	return s, nil
+}
+
+// Addr is the bound address.
+func (s *Server) Addr() net.Addr { return s.ln.Addr() }
+
+// Close stops the listener and waits for the serving goroutine.
+func (s *Server) Close() error {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	err := s.http.Shutdown(ctx)
+	<-s.done
+	return err
+}
+
+func writeJSON(w http.ResponseWriter, code int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(code)
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	enc.Encode(v)
+}
+
+// allowOnly answers 403 to clients outside nets (when nets is not empty).
+func allowOnly(nets []netip.Prefix, next http.Handler) http.Handler {
+	if len(nets) == 0 {
+		return next
+	}
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		ap, err := netip.ParseAddrPort(r.RemoteAddr)
+		if err == nil {
+			for _, n := range nets {
+				if n.Contains(ap.Addr().Unmap()) {
+					next.ServeHTTP(w, r)
+					return
+				}
+			}
+		}
+		http.Error(w, "forbidden by admin.allow", http.StatusForbidden)
+	})
+}

@@ -1,0 +1,250 @@
+// Package config reads, defaults and validates tnsguard's TOML configuration.
+//
+// Typical use:
+//
+//	cfg, warnings, err := config.Load("/etc/tnsguard/tnsguard.toml")
+//	if err != nil { // every problem, one per line, each naming file, line or table and key
+//		fmt.Fprintln(os.Stderr, err)
+//	}
+//
+// The order is always the same: decode, reject unknown keys, fill defaults,
+// validate, then hand out an immutable *Config. A reload builds a new
+// *Config the same way; a bad file never replaces a good one.
+package config
+
+import (
+	_ "embed"
+	"net/netip"
+	"time"
+
+	"github.com/tnsguard/tnsguard/keepalive"
+)
+
+//go:embed default.toml
+var defaultText string
+
+// DefaultText is the embedded default configuration: the same text as
+// configs/tnsguard.toml (a test keeps them equal).
+func DefaultText() string { return defaultText }
+
+// Config is the whole validated configuration. Treat it as read-only.
+type Config struct {
+	Log       Log        `toml:"log"`
+	Admin     Admin      `toml:"admin"`
+	Shutdown  Shutdown   `toml:"shutdown"`
+	Listeners []Listener `toml:"listener"`
+	Backends  []Backend  `toml:"backend"`
+
+	// Source names where the configuration came from (a path, or "embedded default").
+	Source string `toml:"-"`
+}
+
+// Log selects the log level and format.
+type Log struct {
+	Level  string `toml:"level"`
+	Format string `toml:"format"`
+}
+
+// Admin is the HTTP listener for metrics, health and the status page.
+type Admin struct {
+	Listen string   `toml:"listen"`
+	Allow  []string `toml:"allow"`
+
+	AllowNets []netip.Prefix `toml:"-"`
+}
+
+// Shutdown controls the drain on SIGTERM/SIGINT.
+type Shutdown struct {
+	// Grace is how long /readyz reports 503 before listeners stop accepting,
+	// so load balancers stop sending new connections first.
+	Grace Duration `toml:"grace"`
+	// DrainTimeout is how long live sessions may go on after that; the rest
+	// are then closed and counted.
+	DrainTimeout Duration `toml:"drain_timeout"`
+}
+
+// Listener is one address apps connect to.
+type Listener struct {
+	Name                 string            `toml:"name"`
+	Listen               string            `toml:"listen"`
+	Backend              string            `toml:"backend"`
+	Routes               map[string]string `toml:"routes"`
+	Services             []string          `toml:"services"`
+	ProxyProtocol        string            `toml:"proxy_protocol"`
+	TrustedProxies       []string          `toml:"trusted_proxies"`
+	ProxyHeaderTimeout   Duration          `toml:"proxy_header_timeout"`
+	Allow                []string          `toml:"allow"`
+	MaxSessions          int               `toml:"max_sessions"`
+	MaxSessionsPerSource int               `toml:"max_sessions_per_source"`
+	IdleTimeout          Duration          `toml:"idle_timeout"`
+	Keepalive            Keepalive         `toml:"keepalive"`
+
+	AllowNets   []netip.Prefix `toml:"-"`
+	TrustedNets []netip.Prefix `toml:"-"`
+}
+
+// Keepalive is one leg's TCP keepalive and user timeout.
+type Keepalive struct {
+	// PathIdleTimeout is the idle timeout of the firewall, NAT or load
+	// balancer on this leg. When set, the values below that are not given
+	// are derived from it (keepalive.FromPathIdle).
+	PathIdleTimeout Duration `toml:"path_idle_timeout"`
+	Idle            Duration `toml:"idle"`
+	Interval        Duration `toml:"interval"`
+	Count           *int     `toml:"count"`
+	UserTimeout     Duration `toml:"user_timeout"`
+}
+
+// Settings returns the socket options to apply.
+func (k Keepalive) Settings() keepalive.Settings {
+	s := keepalive.Settings{Idle: k.Idle.Duration, Interval: k.Interval.Duration, UserTimeout: k.UserTimeout.Duration}
+	if k.Count != nil {
+		s.Count = *k.Count
+	}
+	return s
+}
+
+// Backend is a set of servers that one kind of session goes to.
+type Backend struct {
+	Name              string    `toml:"name"`
+	Balance           string    `toml:"balance"`
+	ConnectTimeout    Duration  `toml:"connect_timeout"`
+	ConnectBudget     Duration  `toml:"connect_budget"`
+	Backoff           Duration  `toml:"backoff"`
+	BackoffMax        Duration  `toml:"backoff_max"`
+	RetryOn           []string  `toml:"retry_on"`
+	RefuseErrors      []int     `toml:"refuse_errors"`
+	ReplayBytes       *int      `toml:"replay_bytes"`
+	SendProxyProtocol string    `toml:"send_proxy_protocol"`
+	Keepalive         Keepalive `toml:"keepalive"`
+	Health            Health    `toml:"health"`
+	Breaker           Breaker   `toml:"breaker"`
+	Servers           []Server  `toml:"server"`
+}
+
+// Retries reports whether retry_on lists the given reason.
+func (b *Backend) Retries(reason string) bool {
+	for _, r := range b.RetryOn {
+		if r == reason {
+			return true
+		}
+	}
+	return false
+}
+
+// Health is the active health check of every server of a backend.
+type Health struct {
+	Check           string   `toml:"check"`
+	Interval        Duration `toml:"interval"`
+	Timeout         Duration `toml:"timeout"`
+	Rise            int      `toml:"rise"`
+	Fall            int      `toml:"fall"`
+	Service         string   `toml:"service"`
+	ServiceInterval Duration `toml:"service_interval"`
+}
+
+// Breaker opens a server's circuit after consecutive failures.
+type Breaker struct {
+	Failures   *int     `toml:"failures"`
+	OpenFor    Duration `toml:"open_for"`
+	MaxOpenFor Duration `toml:"max_open_for"`
+}
+
+// Server is one address of a backend.
+type Server struct {
+	Address  string `toml:"address"`
+	Priority int    `toml:"priority"`
+	Weight   *int   `toml:"weight"`
+}
+
+// Backend returns the backend with the given name, or nil.
+func (c *Config) Backend(name string) *Backend {
+	for i := range c.Backends {
+		if c.Backends[i].Name == name {
+			return &c.Backends[i]
+		}
+	}
+	return nil
+}
+
+// DefaultRefuseErrors returns the TNS REFUSE codes that mean "this server
+// cannot take the session now": another server may (service not registered,
+// SID unknown, no handler, hand-off failed, instance restricted or blocking).
+func DefaultRefuseErrors() []int {
+	return []int{12514, 12505, 12516, 12518, 12519, 12520, 12526, 12527, 12528}
+}
+
+func (c *Config) applyDefaults() {
+	if c.Log.Level == "" {
+		c.Log.Level = "info"
+	}
+	if c.Log.Format == "" {
+		c.Log.Format = "text"
+	}
+	if c.Admin.Listen == "" {
+		c.Admin.Listen = "127.0.0.1:9521"
+	}
+	c.Shutdown.Grace.orDefault(time.Second)
+	c.Shutdown.DrainTimeout.orDefault(30 * time.Second)
+	for i := range c.Listeners {
+		l := &c.Listeners[i]
+		if l.ProxyProtocol == "" {
+			l.ProxyProtocol = "off"
+		}
+		l.ProxyHeaderTimeout.orDefault(5 * time.Second)
+		l.Keepalive.applyDefaults(60*time.Second, 15*time.Second, 4, 0)
+	}
+	for i := range c.Backends {
+		b := &c.Backends[i]
+		if b.Balance == "" {
+			b.Balance = "priority"
+		}
+		b.ConnectTimeout.orDefault(3 * time.Second)
+		b.ConnectBudget.orDefault(20 * time.Second)
+		b.Backoff.orDefault(100 * time.Millisecond)
+		b.BackoffMax.orDefault(2 * time.Second)
+		if b.RetryOn == nil {
+			b.RetryOn = []string{"connect", "reset"}
+		}
+		if b.RefuseErrors == nil {
+			b.RefuseErrors = DefaultRefuseErrors()
+		}
+		b.ReplayBytes = intOr(b.ReplayBytes, 65536)
+		if b.SendProxyProtocol == "" {
+			b.SendProxyProtocol = "off"
+		}
+		b.Keepalive.applyDefaults(30*time.Second, 10*time.Second, 3, 60*time.Second)
+		h := &b.Health
+		if h.Check == "" {
+			h.Check = "tcp"
+		}
+		h.Interval.orDefault(5 * time.Second)
+		h.Timeout.orDefault(2 * time.Second)
+		h.ServiceInterval.orDefault(5 * time.Minute)
+		if h.Rise == 0 {
+			h.Rise = 2
+		}
+		if h.Fall == 0 {
+			h.Fall = 3
+		}
+		b.Breaker.Failures = intOr(b.Breaker.Failures, 5)
+		b.Breaker.OpenFor.orDefault(10 * time.Second)
+		b.Breaker.MaxOpenFor.orDefault(5 * time.Minute)
+		for j := range b.Servers {
+			b.Servers[j].Weight = intOr(b.Servers[j].Weight, 1)
+		}
+	}
+}
+
+// applyDefaults fills what was not given: from path_idle_timeout when that
+// is set, else from the leg's defaults.
+func (k *Keepalive) applyDefaults(idle, interval time.Duration, count int, userTimeout time.Duration) {
+	if k.PathIdleTimeout.Set && k.PathIdleTimeout.Duration > 0 {
+		d := keepalive.FromPathIdle(k.PathIdleTimeout.Duration)
+		idle, interval, count, userTimeout = d.Idle, d.Interval, d.Count, d.UserTimeout
+	}
+	k.Idle.orDefault(idle)
+	k.Interval.orDefault(interval)
+	k.Count = intOr(k.Count, count)
+	k.UserTimeout.orDefault(userTimeout)
+}

@@ -1,0 +1,106 @@
+package config
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"sort"
+	"strings"
+
+	"github.com/BurntSushi/toml"
+)
+
+// Errors is every problem found in one file, one per line.
+type Errors []string
+
+func (e Errors) Error() string { return strings.Join(e, "\n") }
+
+// Load reads, validates and returns the configuration in path. Warnings are
+// things that work but probably not as meant (keepalive slower than the
+// path's idle timeout, an exposed admin listener).
+func Load(path string) (*Config, []string, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, nil, err
+	}
+	return Parse(data, path)
+}
+
+// Parse is Load for text already read; source names it in messages.
+func Parse(data []byte, source string) (*Config, []string, error) {
+	var c Config
+	md, err := toml.Decode(string(data), &c)
+	if err != nil {
+		var pe toml.ParseError
+		if errors.As(err, &pe) {
+			return nil, nil, Errors{fmt.Sprintf("%s:%d:%d: %s", source, pe.Position.Line, pe.Position.Col, pe.Message)}
+		}
+		// Type mismatches come as plain errors that carry the line in their text.
+		return nil, nil, Errors{fmt.Sprintf("%s: %v", source, err)}
+	}
+	var errs Errors
+	for _, k := range md.Undecoded() {
+		line, col := locateKey(string(data), k)
+		errs = append(errs, fmt.Sprintf("%s:%d:%d: unknown key %q", source, line, col, k.String()))
+	}
+	if len(errs) > 0 {
+		return nil, nil, errs
+	}
+	c.Source = source
+	c.applyDefaults()
+	verrs, warnings := c.validate()
+	for _, e := range verrs {
+		errs = append(errs, source+": "+e)
+	}
+	for i, w := range warnings {
+		warnings[i] = source + ": " + w
+	}
+	if len(errs) > 0 {
+		return nil, warnings, errs
+	}
+	return &c, warnings, nil
+}
+
+// locateKey finds the line and column of an undecoded key in the TOML text:
+// the first line that sets its last part inside a table whose header
+// matches the key's table path. MetaData keeps no positions for keys it did
+// not decode, so this reads the text; it falls back to line 1.
+func locateKey(text string, k toml.Key) (int, int) {
+	if len(k) == 0 {
+		return 1, 1
+	}
+	table := strings.Join(k[:len(k)-1], ".")
+	leaf := k[len(k)-1]
+	current := ""
+	for i, raw := range strings.Split(text, "\n") {
+		line := strings.TrimSpace(raw)
+		if strings.HasPrefix(line, "[") {
+			name := strings.Trim(line, "[] \t")
+			if j := strings.IndexByte(name, ']'); j >= 0 {
+				name = name[:j]
+			}
+			current = strings.ReplaceAll(name, " ", "")
+			if current == strings.Join(k, ".") {
+				return i + 1, strings.Index(raw, "[") + 1
+			}
+			continue
+		}
+		if current != table {
+			continue
+		}
+		key, _, ok := strings.Cut(line, "=")
+		if ok && strings.Trim(strings.TrimSpace(key), `"'`) == leaf {
+			return i + 1, strings.Index(raw, strings.TrimSpace(key)) + 1
+		}
+	}
+	return 1, 1
+}
+
+func sortedKeys(m map[string]string) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	return keys
+}

@@ -1,0 +1,298 @@
+package config
+
+import (
+	"fmt"
+	"net"
+	"net/netip"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// validate checks meaning: every error is prefixed with the table it is in
+// (`listener "orders": ...`) and names the key.
+func (c *Config) validate() (errs, warnings []string) {
+	add := func(format string, a ...any) { errs = append(errs, fmt.Sprintf(format, a...)) }
+	warn := func(format string, a ...any) { warnings = append(warnings, fmt.Sprintf(format, a...)) }
+
+	switch c.Log.Level {
+	case "trace", "debug", "info", "warn", "error":
+	default:
+		add("log: level %q is not one of trace, debug, info, warn, error", c.Log.Level)
+	}
+	switch c.Log.Format {
+	case "text", "json":
+	default:
+		add("log: format %q is not one of text, json", c.Log.Format)
+	}
+	if err := checkHostPort(c.Admin.Listen); err != nil {
+		add("admin: listen: %v", err)
+	}
+	var err error
+	if c.Admin.AllowNets, err = parseNets(c.Admin.Allow); err != nil {
+		add("admin: allow: %v", err)
+	}
+	if host, _, err := net.SplitHostPort(c.Admin.Listen); err == nil && len(c.Admin.Allow) == 0 && !isLoopback(host) {
+		warn("admin: listen %q is reachable from other hosts and admin.allow is empty: anyone who reaches it sees your links", c.Admin.Listen)
+	}
+
+	backends := map[string]bool{}
+	for i := range c.Backends {
+		b := &c.Backends[i]
+		where := fmt.Sprintf("backend %q", b.Name)
+		if b.Name == "" {
+			where = fmt.Sprintf("backend #%d", i+1)
+			add("%s: name is empty", where)
+		} else if backends[b.Name] {
+			add("%s: name is defined twice", where)
+		}
+		backends[b.Name] = true
+		e, w := b.validate()
+		for _, m := range e {
+			add("%s: %s", where, m)
+		}
+		for _, m := range w {
+			warn("%s: %s", where, m)
+		}
+	}
+
+	names := map[string]bool{}
+	addrs := map[string]string{}
+	for i := range c.Listeners {
+		l := &c.Listeners[i]
+		where := fmt.Sprintf("listener %q", l.Name)
+		if l.Name == "" {
+			where = fmt.Sprintf("listener #%d", i+1)
+			add("%s: name is empty", where)
+		} else if names[l.Name] {
+			add("%s: name is defined twice", where)
+		}
+		names[l.Name] = true
+		if err := checkHostPort(l.Listen); err != nil {
+			add("%s: listen: %v", where, err)
+		} else if other, dup := addrs[l.Listen]; dup {
+			add("%s: listen %q is also used by listener %q", where, l.Listen, other)
+		}
+		addrs[l.Listen] = l.Name
+		if l.Backend == "" && l.Routes["*"] == "" {
+			add("%s: backend is empty", where)
+		} else if l.Backend != "" && !backends[l.Backend] {
+			add("%s: backend %q is not defined", where, l.Backend)
+		}
+		for _, svc := range sortedKeys(l.Routes) {
+			if !backends[l.Routes[svc]] {
+				add("%s: routes: %q routes to backend %q, which is not defined", where, svc, l.Routes[svc])
+			}
+		}
+		switch l.ProxyProtocol {
+		case "off", "optional", "required":
+		default:
+			add("%s: proxy_protocol %q is not one of off, optional, required", where, l.ProxyProtocol)
+		}
+		if l.TrustedNets, err = parseNets(l.TrustedProxies); err != nil {
+			add("%s: trusted_proxies: %v", where, err)
+		}
+		if l.ProxyProtocol != "off" && len(l.TrustedProxies) == 0 {
+			add("%s: proxy_protocol %q needs trusted_proxies: PROXY headers are honoured only from them", where, l.ProxyProtocol)
+		}
+		if l.AllowNets, err = parseNets(l.Allow); err != nil {
+			add("%s: allow: %v", where, err)
+		}
+		if l.MaxSessions < 0 {
+			add("%s: max_sessions must not be negative", where)
+		}
+		if l.MaxSessionsPerSource < 0 {
+			add("%s: max_sessions_per_source must not be negative", where)
+		}
+		e, w := l.Keepalive.validate()
+		for _, m := range e {
+			add("%s: keepalive.%s", where, m)
+		}
+		for _, m := range w {
+			warn("%s: keepalive.%s", where, m)
+		}
+	}
+	if len(c.Listeners) == 0 {
+		add("no [[listener]] is defined")
+	}
+	return errs, warnings
+}
+
+func (b *Backend) validate() (errs, warnings []string) {
+	add := func(format string, a ...any) { errs = append(errs, fmt.Sprintf(format, a...)) }
+	switch b.Balance {
+	case "priority", "round_robin", "least_sessions":
+	default:
+		add("balance %q is not one of priority, round_robin, least_sessions", b.Balance)
+	}
+	if b.ConnectTimeout.Duration <= 0 {
+		add("connect_timeout must be > 0")
+	}
+	if b.ConnectBudget.Duration < b.ConnectTimeout.Duration {
+		add("connect_budget (%v) must be at least connect_timeout (%v)", b.ConnectBudget.Duration, b.ConnectTimeout.Duration)
+	}
+	if b.Backoff.Duration <= 0 {
+		add("backoff must be > 0")
+	}
+	if b.BackoffMax.Duration < b.Backoff.Duration {
+		add("backoff_max (%v) must be at least backoff (%v)", b.BackoffMax.Duration, b.Backoff.Duration)
+	}
+	for _, r := range b.RetryOn {
+		switch r {
+		case "connect", "reset", "refuse":
+		default:
+			add("retry_on %q is not one of connect, reset, refuse", r)
+		}
+	}
+	for _, code := range b.RefuseErrors {
+		if code <= 0 {
+			add("refuse_errors: %d is not an ORA error number", code)
+		}
+	}
+	if *b.ReplayBytes < 0 || *b.ReplayBytes > 16<<20 {
+		add("replay_bytes %d must be between 0 and %d", *b.ReplayBytes, 16<<20)
+	}
+	switch b.SendProxyProtocol {
+	case "off", "v1", "v2":
+	default:
+		add("send_proxy_protocol %q is not one of off, v1, v2", b.SendProxyProtocol)
+	}
+	e, w := b.Keepalive.validate()
+	for _, m := range e {
+		add("keepalive.%s", m)
+	}
+	for _, m := range w {
+		warnings = append(warnings, "keepalive."+m)
+	}
+	h := b.Health
+	switch h.Check {
+	case "tcp", "tnsping", "off":
+	default:
+		add("health.check %q is not one of tcp, tnsping, off", h.Check)
+	}
+	if h.Interval.Duration <= 0 {
+		add("health.interval must be > 0")
+	}
+	if h.Timeout.Duration <= 0 || h.Timeout.Duration > h.Interval.Duration {
+		add("health.timeout (%v) must be > 0 and at most health.interval (%v)", h.Timeout.Duration, h.Interval.Duration)
+	}
+	if h.Rise < 1 || h.Fall < 1 {
+		add("health.rise and health.fall must be at least 1")
+	}
+	if h.Service != "" && h.Check != "tnsping" {
+		add("health.service needs check = \"tnsping\"")
+	}
+	if *b.Breaker.Failures < 0 {
+		add("breaker.failures must not be negative (0 turns the breaker off)")
+	}
+	if b.Breaker.OpenFor.Duration <= 0 {
+		add("breaker.open_for must be > 0")
+	}
+	if b.Breaker.MaxOpenFor.Duration < b.Breaker.OpenFor.Duration {
+		add("breaker.max_open_for (%v) must be at least breaker.open_for (%v)", b.Breaker.MaxOpenFor.Duration, b.Breaker.OpenFor.Duration)
+	}
+	if len(b.Servers) == 0 {
+		add("no [[backend.server]] is defined")
+	}
+	seen := map[string]bool{}
+	for _, s := range b.Servers {
+		if err := checkHostPort(s.Address); err != nil {
+			add("server %q: address: %v", s.Address, err)
+		} else if seen[s.Address] {
+			add("server %q: defined twice", s.Address)
+		}
+		seen[s.Address] = true
+		if *s.Weight < 0 {
+			add("server %q: weight must not be negative", s.Address)
+		}
+	}
+	return errs, warnings
+}
+
+func (k *Keepalive) validate() (errs, warnings []string) {
+	add := func(format string, a ...any) { errs = append(errs, fmt.Sprintf(format, a...)) }
+	if k.Idle.Duration > 0 && k.Idle.Duration < time.Second {
+		add("idle %v: the kernel counts keepalive in whole seconds; use at least 1s, or 0s to turn keepalive off", k.Idle.Duration)
+	}
+	if *k.Count < 0 {
+		add("count must not be negative")
+	}
+	if k.Idle.Duration > 0 && *k.Count > 0 && k.Interval.Duration < time.Second {
+		add("interval %v must be at least 1s when count > 0", k.Interval.Duration)
+	}
+	if k.Idle.Duration > 0 && *k.Count == 0 {
+		add("count must be at least 1 when idle is set (idle = \"0s\" turns keepalive off)")
+	}
+	if len(errs) > 0 || k.Idle.Duration == 0 {
+		return errs, nil
+	}
+	probes := k.Idle.Duration + k.Interval.Duration*time.Duration(*k.Count)
+	if k.UserTimeout.Duration > 0 && k.UserTimeout.Duration < probes {
+		warnings = append(warnings, fmt.Sprintf("user_timeout %v is shorter than idle + interval*count (%v): it cuts keepalive short", k.UserTimeout.Duration, probes))
+	}
+	if p := k.PathIdleTimeout.Duration; p > 0 {
+		if k.Idle.Duration >= p {
+			warnings = append(warnings, fmt.Sprintf("idle %v is not below path_idle_timeout %v: the path forgets idle sessions before the first probe", k.Idle.Duration, p))
+		} else if second := k.Idle.Duration + k.Interval.Duration; *k.Count > 1 && second >= p {
+			warnings = append(warnings, fmt.Sprintf("idle + interval (%v) is not below path_idle_timeout %v: one lost probe lets the path forget the session", second, p))
+		}
+	}
+	return nil, warnings
+}
+
+func checkHostPort(s string) error {
+	host, port, err := net.SplitHostPort(s)
+	if err != nil {
+		return fmt.Errorf("%q is not host:port", s)
+	}
+	if host != "" {
+		if _, err := netip.ParseAddr(host); err != nil && !validHostname(host) {
+			return fmt.Errorf("%q: bad host %q", s, host)
+		}
+	}
+	if n, err := strconv.Atoi(port); err != nil || n < 0 || n > 65535 {
+		return fmt.Errorf("%q: bad port %q", s, port)
+	}
+	return nil
+}
+
+func validHostname(h string) bool {
+	if len(h) == 0 || len(h) > 253 {
+		return false
+	}
+	for _, r := range h {
+		if !(r == '-' || r == '.' || r >= '0' && r <= '9' || r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z') {
+			return false
+		}
+	}
+	return true
+}
+
+func isLoopback(host string) bool {
+	if host == "localhost" {
+		return true
+	}
+	a, err := netip.ParseAddr(host)
+	return err == nil && a.IsLoopback()
+}
+
+// parseNets accepts CIDRs and bare addresses (a /32 or /128).
+func parseNets(list []string) ([]netip.Prefix, error) {
+	var nets []netip.Prefix
+	var bad []string
+	for _, s := range list {
+		if p, err := netip.ParsePrefix(s); err == nil {
+			nets = append(nets, p.Masked())
+			continue
+		}
+		if a, err := netip.ParseAddr(s); err == nil {
+			nets = append(nets, netip.PrefixFrom(a, a.BitLen()))
+			continue
+		}
+		bad = append(bad, fmt.Sprintf("%q", s))
+	}
+	if len(bad) > 0 {
+		return nil, fmt.Errorf("%s: not a CIDR or address", strings.Join(bad, ", "))
+	}
+	return nets, nil
+}

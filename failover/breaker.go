@@ -1,0 +1,118 @@
+package failover
+
+import (
+	"sync"
+	"time"
+
+	"github.com/tnsguard/tnsguard/metrics"
+)
+
+// breaker is one server's circuit: after `failures` consecutive failures it
+// opens for openFor, then lets a single session try (half-open). A failed
+// trial re-opens it for twice as long, up to maxOpenFor; a success closes it.
+type breaker struct {
+	threshold         int
+	baseOpen, maxOpen time.Duration
+
+	mu        sync.Mutex
+	state     int
+	failures  int
+	openFor   time.Duration
+	openUntil time.Time
+	trial     bool
+}
+
+func newBreaker(threshold int, openFor, maxOpen time.Duration) *breaker {
+	return &breaker{threshold: threshold, baseOpen: openFor, maxOpen: maxOpen, openFor: openFor}
+}
+
+// allow reports whether a session may dial now. In the half-open state only
+// the first caller gets true, until it reports back.
+func (b *breaker) allow(now time.Time) (ok bool, changed bool) {
+	if b.threshold == 0 {
+		return true, false
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	switch b.state {
+	case metrics.BreakerOpen:
+		if now.Before(b.openUntil) {
+			return false, false
+		}
+		b.state, b.trial = metrics.BreakerHalfOpen, true
+		return true, true
+	case metrics.BreakerHalfOpen:
+		if b.trial {
+			return false, false
+		}
+		b.trial = true
+		return true, false
+	}
+	return true, false
+}
+
+// usable is allow without taking the half-open trial.
+func (b *breaker) usable(now time.Time) bool {
+	if b.threshold == 0 {
+		return true
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	switch b.state {
+	case metrics.BreakerOpen:
+		return !now.Before(b.openUntil)
+	case metrics.BreakerHalfOpen:
+		return !b.trial
+	}
+	return true
+}
+
+// success closes the circuit; it reports whether the state changed.
+func (b *breaker) success() bool {
+	if b.threshold == 0 {
+		return false
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	changed := b.state != metrics.BreakerClosed
+	b.state, b.failures, b.openFor, b.trial = metrics.BreakerClosed, 0, b.baseOpen, false
+	return changed
+}
+
+// failure counts one failure; it reports whether the circuit opened and for
+// how long.
+func (b *breaker) failure(now time.Time) (opened bool, openFor time.Duration) {
+	if b.threshold == 0 {
+		return false, 0
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	switch b.state {
+	case metrics.BreakerHalfOpen:
+		b.openFor = min(b.openFor*2, b.maxOpen)
+	case metrics.BreakerClosed:
+		b.failures++
+		if b.failures < b.threshold {
+			return false, 0
+		}
+	case metrics.BreakerOpen:
+		return false, 0
+	}
+	b.state, b.trial, b.openUntil = metrics.BreakerOpen, false, now.Add(b.openFor)
+	return true, b.openFor
+}
+
+func (b *breaker) current() int {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.state
+}
+
+// abandon releases a half-open trial that ended without a verdict.
+func (b *breaker) abandon() {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.state == metrics.BreakerHalfOpen {
+		b.trial = false
+	}
+}

@@ -1,0 +1,326 @@
+// Package failover chooses which server a new session dials: balance
+// policy, retry budget, backoff between rounds, per-server circuit breakers
+// and active health checks. It knows nothing of sessions; the proxy asks it
+// for a Plan per session and reports how each dial went.
+//
+// Typical use:
+//
+//	b := failover.New(cfg, logger, m)
+//	b.Start(ctx)      // health checks
+//	defer b.Stop()
+//	plan := b.NewPlan()
+//	for {
+//		srv, err := plan.Next(ctx)   // waits a backoff between rounds
+//		if err != nil { break }      // budget exhausted or ctx done
+//		conn, err := srv.Dial(ctx)
+//		...
+//	}
+package failover
+
+import (
+	"context"
+	"errors"
+	"math/rand/v2"
+	"net"
+	"os"
+	"sort"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+
+	"github.com/tnsguard/tnsguard/config"
+	"github.com/tnsguard/tnsguard/metrics"
+)
+
+// ErrBudgetExhausted means connect_budget ran out before a server answered.
+var ErrBudgetExhausted = errors.New("connect_budget exhausted")
+
+// Backend is the live state of one [[backend]]: its servers, their health
+// and breakers.
+type Backend struct {
+	Config  *config.Backend
+	Servers []*Server
+
+	log     hclog.Logger
+	metrics *metrics.Metrics
+	rr      atomic.Uint64
+
+	wg     sync.WaitGroup
+	cancel context.CancelFunc
+}
+
+// Server is one address of a backend.
+type Server struct {
+	Address  string
+	Priority int
+	Weight   int
+
+	backend  *Backend
+	breaker  *breaker
+	up       atomic.Bool
+	sessions atomic.Int64
+	version  atomic.Value // string: listener version from tnsping
+}
+
+// New builds a backend from its configuration. Servers start up; the first
+// health check (see Start) corrects that within one interval.
+func New(cfg *config.Backend, log hclog.Logger, m *metrics.Metrics) *Backend {
+	b := &Backend{Config: cfg, log: log.With("backend", cfg.Name), metrics: m}
+	for _, sc := range cfg.Servers {
+		s := &Server{
+			Address: sc.Address, Priority: sc.Priority, Weight: *sc.Weight, backend: b,
+			breaker: newBreaker(*cfg.Breaker.Failures, cfg.Breaker.OpenFor.Duration, cfg.Breaker.MaxOpenFor.Duration),
+		}
+		s.up.Store(true)
+		m.BackendUp.WithLabelValues(cfg.Name, s.Address).Set(1)
+		m.BreakerState.WithLabelValues(cfg.Name, s.Address).Set(metrics.BreakerClosed)
+		b.Servers = append(b.Servers, s)
+	}
+	return b
+}
+
+// Up reports whether any server is up.
+func (b *Backend) Up() bool {
+	for _, s := range b.Servers {
+		if s.Up() {
+			return true
+		}
+	}
+	return false
+}
+
+// Up reports the server's health (the last dial's result when checks are off).
+func (s *Server) Up() bool { return s.up.Load() }
+
+// Sessions is the number of sessions on the server now.
+func (s *Server) Sessions() int64 { return s.sessions.Load() }
+
+// Acquire and Release count a session on the server (for least_sessions).
+func (s *Server) Acquire() { s.sessions.Add(1) }
+
+// Release undoes Acquire.
+func (s *Server) Release() { s.sessions.Add(-1) }
+
+// BreakerState is metrics.BreakerClosed, BreakerOpen or BreakerHalfOpen.
+func (s *Server) BreakerState() int { return s.breaker.current() }
+
+// ListenerVersion is the Oracle listener version last seen by tnsping, or "".
+func (s *Server) ListenerVersion() string {
+	v, _ := s.version.Load().(string)
+	return v
+}
+
+// Backend returns the backend the server belongs to.
+func (s *Server) Backend() *Backend { return s.backend }
+
+// Dial connects to the server within connect_timeout (and ctx), applies the
+// backend leg's keepalive options and records the connect time by result.
+func (s *Server) Dial(ctx context.Context) (*net.TCPConn, error) {
+	cfg := s.backend.Config
+	d := net.Dialer{Timeout: cfg.ConnectTimeout.Duration, KeepAlive: -1}
+	start := time.Now()
+	c, err := d.DialContext(ctx, "tcp", s.Address)
+	s.backend.metrics.ConnectDuration.WithLabelValues(cfg.Name, s.Address, DialResult(err)).Observe(time.Since(start).Seconds())
+	if err != nil {
+		return nil, err
+	}
+	tc := c.(*net.TCPConn)
+	if err := cfg.Keepalive.Settings().Apply(tc); err != nil {
+		tc.Close()
+		return nil, err
+	}
+	return tc, nil
+}
+
+// DialResult names a dial error for metrics and logs: ok, refused,
+// timeout, unreachable, canceled or error.
+func DialResult(err error) string {
+	switch {
+	case err == nil:
+		return "ok"
+	case errors.Is(err, syscall.ECONNREFUSED):
+		return "refused"
+	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, os.ErrDeadlineExceeded), errors.Is(err, syscall.ETIMEDOUT):
+		return "timeout"
+	case errors.Is(err, syscall.EHOSTUNREACH), errors.Is(err, syscall.ENETUNREACH):
+		return "unreachable"
+	case errors.Is(err, context.Canceled):
+		return "canceled"
+	}
+	return "error"
+}
+
+// Succeeded tells the breaker (and, with health checks off, the up state)
+// that a session got a working connection from the server.
+func (s *Server) Succeeded() {
+	if s.breaker.success() {
+		s.backend.log.Info("circuit closed", "server", s.Address)
+		s.backend.metrics.BreakerState.WithLabelValues(s.backend.Config.Name, s.Address).Set(metrics.BreakerClosed)
+	}
+	if s.backend.Config.Health.Check == "off" {
+		s.setUp(true)
+	}
+}
+
+// Failed counts a failure (dial error, reset or refuse before the first
+// byte) against the server's breaker.
+func (s *Server) Failed(cause error) {
+	opened, openFor := s.breaker.failure(time.Now())
+	if opened {
+		s.backend.log.Warn("circuit opened: new sessions skip this server", "server", s.Address, "open_for", openFor, "error", cause)
+		s.backend.metrics.BreakerState.WithLabelValues(s.backend.Config.Name, s.Address).Set(metrics.BreakerOpen)
+	}
+	if s.backend.Config.Health.Check == "off" {
+		s.setUp(false)
+	}
+}
+
+// Abandoned tells the breaker that a dial it allowed has no verdict (the
+// app left first), so a half-open server lets the next session try.
+func (s *Server) Abandoned() { s.breaker.abandon() }
+
+func (s *Server) setUp(up bool) {
+	if s.up.Swap(up) != up {
+		if up {
+			s.backend.log.Info("server up", "server", s.Address)
+		} else {
+			s.backend.log.Warn("server down", "server", s.Address)
+		}
+	}
+	v := 0.0
+	if up {
+		v = 1
+	}
+	s.backend.metrics.BackendUp.WithLabelValues(s.backend.Config.Name, s.Address).Set(v)
+}
+
+// order returns the servers to try in one round, best first: usable ones
+// (breaker allows, health up) by the balance policy, then those whose health
+// check says down but whose breaker allows (a check may lag a restart).
+// Servers with an open breaker, or weight 0, are left out.
+func (b *Backend) order(now time.Time) []*Server {
+	var healthy, down []*Server
+	for _, s := range b.Servers {
+		if s.Weight == 0 || !s.breaker.usable(now) {
+			continue
+		}
+		if s.Up() {
+			healthy = append(healthy, s)
+		} else {
+			down = append(down, s)
+		}
+	}
+	b.sortByPolicy(healthy)
+	b.sortByPolicy(down)
+	return append(healthy, down...)
+}
+
+func (b *Backend) sortByPolicy(list []*Server) {
+	if len(list) < 2 {
+		return
+	}
+	switch b.Config.Balance {
+	case "least_sessions":
+		sort.SliceStable(list, func(i, j int) bool {
+			// Compare sessions/weight without division.
+			return list[i].Sessions()*int64(list[j].Weight) < list[j].Sessions()*int64(list[i].Weight)
+		})
+	case "round_robin":
+		rotateWeighted(list, b.rr.Add(1)-1)
+	default: // priority: lowest value first; servers of one priority share by weight
+		sort.SliceStable(list, func(i, j int) bool { return list[i].Priority < list[j].Priority })
+		for i := 0; i < len(list); {
+			j := i
+			for j < len(list) && list[j].Priority == list[i].Priority {
+				j++
+			}
+			rotateWeighted(list[i:j], b.rr.Add(1)-1)
+			i = j
+		}
+	}
+}
+
+// rotateWeighted puts first the server whose turn it is in a weighted
+// rotation (turn n of the cycle of total weight), keeping the others in
+// order after it.
+func rotateWeighted(list []*Server, n uint64) {
+	total := 0
+	for _, s := range list {
+		total += s.Weight
+	}
+	if total == 0 || len(list) < 2 {
+		return
+	}
+	slot := int(n % uint64(total))
+	first := 0
+	for i, s := range list {
+		if slot < s.Weight {
+			first = i
+			break
+		}
+		slot -= s.Weight
+	}
+	rotated := append(append([]*Server(nil), list[first:]...), list[:first]...)
+	copy(list, rotated)
+}
+
+// Plan is one session's way through the servers: every usable server once
+// per round, a growing pause with jitter between rounds, all within
+// connect_budget.
+type Plan struct {
+	b        *Backend
+	deadline time.Time
+	queue    []*Server
+	rounds   int
+	backoff  time.Duration
+}
+
+// NewPlan starts a session's plan; the budget runs from now.
+func (b *Backend) NewPlan() *Plan {
+	return &Plan{b: b, deadline: time.Now().Add(b.Config.ConnectBudget.Duration), backoff: b.Config.Backoff.Duration}
+}
+
+// Deadline is when the session's connect budget ends.
+func (p *Plan) Deadline() time.Time { return p.deadline }
+
+// Next returns the next server to dial. When a round is over it pauses
+// (backoff, doubling up to backoff_max, with jitter) before the next; it
+// returns ErrBudgetExhausted when the budget would end first, or ctx's error.
+func (p *Plan) Next(ctx context.Context) (*Server, error) {
+	for {
+		for len(p.queue) > 0 {
+			s := p.queue[0]
+			p.queue = p.queue[1:]
+			if ok, changed := s.breaker.allow(time.Now()); ok {
+				if changed {
+					p.b.log.Info("circuit half-open: one session tries the server", "server", s.Address)
+					p.b.metrics.BreakerState.WithLabelValues(p.b.Config.Name, s.Address).Set(metrics.BreakerHalfOpen)
+				}
+				return s, nil
+			}
+		}
+		if p.rounds > 0 {
+			// Full jitter in [backoff/2, backoff): spreads a herd of sessions.
+			wait := p.backoff/2 + rand.N(p.backoff/2+1)
+			p.backoff = min(p.backoff*2, p.b.Config.BackoffMax.Duration)
+			if time.Until(p.deadline) <= wait {
+				return nil, ErrBudgetExhausted
+			}
+			t := time.NewTimer(wait)
+			select {
+			case <-ctx.Done():
+				t.Stop()
+				return nil, ctx.Err()
+			case <-t.C:
+			}
+		}
+		if !time.Now().Before(p.deadline) {
+			return nil, ErrBudgetExhausted
+		}
+		p.rounds++
+		p.queue = p.b.order(time.Now())
+	}
+}

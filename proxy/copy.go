@@ -1,0 +1,173 @@
+package proxy
+
+import (
+	"errors"
+	"io"
+	"net"
+	"sync"
+	"syscall"
+
+	"golang.org/x/sys/unix"
+)
+
+// Data path. One pump per direction moves bytes between two bare
+// *net.TCPConn; nothing wraps the conns. Each round:
+//
+//  1. park on the poller until src is readable, holding no buffer and no
+//     pipe (the read callback takes a pooled buffer only for the read
+//     syscall itself and gives it back on EAGAIN);
+//  2. small reads are written straight on from that buffer: one read and
+//     one write per message, the cheapest path for request/response;
+//  3. once a read fills the buffer the stream is bulk: while the socket
+//     holds at least spliceMin bytes, exactly that many are spliced
+//     (ReadFrom on an io.LimitedReader of the bare conn, so Go's splice
+//     never waits on an empty socket while holding a pipe).
+//
+// Go's own io.Copy would splice too, but it takes a pipe pair before it
+// waits for data, so every idle session would hold two pipes (four fds);
+// see the README's data-path section for measurements.
+const (
+	chunkSize = 16 << 10
+	spliceMin = 64 << 10
+)
+
+// pumpErr says which end of a direction failed.
+type pumpErr struct {
+	err     error
+	atWrite bool // the destination failed (write or splice out), not the source
+}
+
+type bufPool struct{ p sync.Pool }
+
+func newBufPool() *bufPool {
+	return &bufPool{p: sync.Pool{New: func() any { b := make([]byte, chunkSize); return &b }}}
+}
+
+func (bp *bufPool) get() *[]byte  { return bp.p.Get().(*[]byte) }
+func (bp *bufPool) put(b *[]byte) { bp.p.Put(b) }
+
+// pump carries one direction; it allocates once per direction, not per
+// chunk. onChunk is called after every chunk written (counters, activity).
+type pump struct {
+	src, dst *net.TCPConn
+	rc       syscall.RawConn
+	pool     *bufPool
+	lr       io.LimitedReader
+	onChunk  func(n int)
+
+	// read callback state
+	readFn  func(fd uintptr) bool
+	bulk    bool
+	buf     *[]byte
+	n       int
+	avail   int
+	readErr error
+}
+
+// newPump prepares a direction from src; dst may be set later, before run.
+func newPump(src, dst *net.TCPConn, pool *bufPool, onChunk func(int)) (*pump, error) {
+	rc, err := src.SyscallConn()
+	if err != nil {
+		return nil, err
+	}
+	p := &pump{src: src, dst: dst, rc: rc, pool: pool, onChunk: onChunk}
+	p.lr.R = src
+	p.readFn = p.tryRead
+	return p, nil
+}
+
+// tryRead runs inside RawConn.Read: returning false parks the goroutine on
+// the poller until the socket is readable again.
+func (p *pump) tryRead(fd uintptr) bool {
+	p.avail = 0
+	if p.bulk {
+		if n, err := unix.IoctlGetInt(int(fd), unix.SIOCINQ); err == nil && n >= spliceMin {
+			p.avail = n
+			return true
+		}
+	}
+	p.buf = p.pool.get()
+	n, err := syscall.Read(int(fd), *p.buf)
+	if err == syscall.EAGAIN {
+		p.pool.put(p.buf)
+		p.buf = nil
+		return false
+	}
+	if err == syscall.EINTR {
+		p.pool.put(p.buf)
+		p.buf = nil
+		return p.tryRead(fd)
+	}
+	p.n, p.readErr = n, err
+	return true
+}
+
+// wait parks until src is readable, then reads: p.buf holds p.n bytes
+// (n == 0 with no error is EOF, p.readErr a read error), or, in bulk mode,
+// p.avail bytes wait to be spliced. The error is the poller's (a closed
+// conn).
+func (p *pump) wait() error {
+	p.buf = nil
+	return p.rc.Read(p.readFn)
+}
+
+// take hands the read buffer over to the caller, who gives it back with
+// p.pool.put.
+func (p *pump) take() (*[]byte, int, error) {
+	buf := p.buf
+	p.buf = nil
+	return buf, p.n, p.readErr
+}
+
+// run copies until src ends. A clean EOF returns nil; otherwise the error
+// and which end it came from.
+func (p *pump) run() *pumpErr {
+	for {
+		if err := p.wait(); err != nil {
+			return &pumpErr{err: err}
+		}
+		if p.avail > 0 {
+			p.lr.N = int64(p.avail)
+			n, err := p.dst.ReadFrom(&p.lr)
+			if n > 0 {
+				p.onChunk(int(n))
+			}
+			if err != nil {
+				return &pumpErr{err: err, atWrite: !srcFailed(p.rc)}
+			}
+			continue
+		}
+		buf, n, rerr := p.take()
+		if rerr != nil {
+			p.pool.put(buf)
+			return &pumpErr{err: rerr}
+		}
+		if n == 0 {
+			p.pool.put(buf)
+			return nil // EOF
+		}
+		_, werr := p.dst.Write((*buf)[:n])
+		p.bulk = n == len(*buf)
+		p.pool.put(buf)
+		if werr != nil {
+			return &pumpErr{err: werr, atWrite: true}
+		}
+		p.onChunk(n)
+	}
+}
+
+// srcFailed tells, after a splice error, whether the source socket holds an
+// error (reset, timeout) rather than the destination.
+func srcFailed(rc syscall.RawConn) bool {
+	var failed bool
+	_ = rc.Control(func(fd uintptr) {
+		soerr, err := unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_ERROR)
+		failed = err == nil && soerr != 0
+		if !failed {
+			var b [1]byte
+			_, _, err := unix.Recvfrom(int(fd), b[:], unix.MSG_PEEK|unix.MSG_DONTWAIT)
+			failed = err != nil && !errors.Is(err, unix.EAGAIN)
+		}
+	})
+	return failed
+}

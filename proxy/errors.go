@@ -1,0 +1,68 @@
+package proxy
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net"
+	"os"
+	"syscall"
+)
+
+// Sentinel errors for ends that tnsguard itself causes.
+var (
+	// ErrReplayOverflow: the app sent more than replay_bytes before the
+	// backend answered, so a failed backend cannot be replaced transparently.
+	ErrReplayOverflow = errors.New("opening bytes exceeded replay_bytes: cannot re-dial")
+	// ErrNoBackend: no server answered within connect_budget.
+	ErrNoBackend = errors.New("no backend server answered within connect_budget")
+	// ErrDrained: the session outlived the drain timeout at shutdown.
+	ErrDrained = errors.New("closed at shutdown after the drain timeout")
+	// ErrIdleTimeout: no byte moved either way for the listener's idle_timeout.
+	ErrIdleTimeout = errors.New("idle longer than idle_timeout")
+)
+
+// Side is the leg of a session that failed.
+type Side string
+
+// The two legs.
+const (
+	SideClient  Side = "client"
+	SideBackend Side = "backend"
+)
+
+// Phase is when in a session's life it ended.
+type Phase string
+
+// Phases of a session.
+const (
+	PhaseConnect Phase = "connect" // no backend connection yet
+	PhaseOpening Phase = "opening" // connected, before the backend's first byte
+	PhaseIdle    Phase = "idle"    // nothing moved for at least the failing leg's keepalive idle
+	PhaseActive  Phase = "active"
+)
+
+// Cause names why a leg ended, for metrics and logs.
+func Cause(err error) string {
+	switch {
+	case err == nil, errors.Is(err, io.EOF):
+		return "eof"
+	case errors.Is(err, syscall.ECONNRESET), errors.Is(err, syscall.EPIPE), errors.Is(err, syscall.ECONNABORTED):
+		return "rst"
+	case errors.Is(err, syscall.ETIMEDOUT):
+		return "timeout"
+	case errors.Is(err, syscall.ECONNREFUSED):
+		return "refused"
+	case errors.Is(err, ErrIdleTimeout):
+		return "idle_timeout"
+	case errors.Is(err, ErrReplayOverflow), errors.Is(err, ErrDrained), errors.Is(err, net.ErrClosed):
+		return "proxy"
+	case errors.Is(err, ErrNoBackend):
+		return "no_backend"
+	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, os.ErrDeadlineExceeded):
+		return "timeout"
+	case errors.Is(err, syscall.EHOSTUNREACH), errors.Is(err, syscall.ENETUNREACH):
+		return "unreachable"
+	}
+	return "error"
+}

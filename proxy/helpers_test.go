@@ -1,0 +1,201 @@
+package proxy
+
+import (
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	"go.uber.org/goleak"
+
+	"github.com/tnsguard/tnsguard/config"
+	"github.com/tnsguard/tnsguard/metrics"
+)
+
+func TestMain(m *testing.M) {
+	goleak.VerifyTestMain(m)
+}
+
+// harness is a running proxy on loopback with a fresh registry.
+type harness struct {
+	t   *testing.T
+	p   *Proxy
+	m   *metrics.Metrics
+	reg *prometheus.Registry
+	cfg *config.Config
+}
+
+// startProxy runs a proxy from TOML; "%s"-free text is used as is. The
+// listener named "l" is bound on 127.0.0.1:0.
+func startProxy(t *testing.T, toml string) *harness {
+	t.Helper()
+	cfg, _, err := config.Parse([]byte(toml), "test.toml")
+	if err != nil {
+		t.Fatalf("config: %v", err)
+	}
+	reg := prometheus.NewRegistry()
+	m := metrics.New(reg, "test")
+	level := hclog.Warn
+	if os.Getenv("TNSGUARD_TEST_LOG") != "" {
+		level = hclog.Debug
+	}
+	p := New(hclog.New(&hclog.LoggerOptions{Level: level, Output: os.Stderr}), m)
+	reg.MustRegister(metrics.NewTCPInfoCollector(p))
+	if err := p.Apply(cfg); err != nil {
+		t.Fatalf("apply: %v", err)
+	}
+	h := &harness{t: t, p: p, m: m, reg: reg, cfg: cfg}
+	t.Cleanup(func() { p.Shutdown(0, time.Second) })
+	return h
+}
+
+func (h *harness) addr(name string) string { return h.p.Addr(name).String() }
+
+func (h *harness) dial(name string) *net.TCPConn {
+	h.t.Helper()
+	c, err := net.Dial("tcp", h.addr(name))
+	if err != nil {
+		h.t.Fatalf("dial proxy: %v", err)
+	}
+	h.t.Cleanup(func() { c.Close() })
+	return c.(*net.TCPConn)
+}
+
+// counter reads one series of a counter vec.
+func counter(c *prometheus.CounterVec, labels ...string) float64 {
+	return testutil.ToFloat64(c.WithLabelValues(labels...))
+}
+
+// waitFor polls cond until it holds or the timeout passes.
+func waitFor(t *testing.T, timeout time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %v waiting for %s", timeout, what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// backendServer is a real TCP server on loopback whose connections are
+// handled by fn; it records them so tests can reset or inspect them.
+type backendServer struct {
+	ln    *net.TCPListener
+	mu    sync.Mutex
+	conns []*net.TCPConn
+	wg    sync.WaitGroup
+}
+
+func newBackend(t *testing.T, fn func(c *net.TCPConn)) *backendServer {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := &backendServer{ln: ln.(*net.TCPListener)}
+	b.wg.Add(1)
+	go func() {
+		defer b.wg.Done()
+		for {
+			c, err := b.ln.AcceptTCP()
+			if err != nil {
+				return
+			}
+			b.mu.Lock()
+			b.conns = append(b.conns, c)
+			b.mu.Unlock()
+			b.wg.Add(1)
+			go func() {
+				defer b.wg.Done()
+				fn(c)
+			}()
+		}
+	}()
+	t.Cleanup(b.close)
+	return b
+}
+
+func (b *backendServer) addr() string { return b.ln.Addr().String() }
+
+func (b *backendServer) close() {
+	b.ln.Close()
+	b.mu.Lock()
+	for _, c := range b.conns {
+		c.Close()
+	}
+	b.mu.Unlock()
+	b.wg.Wait()
+}
+
+func (b *backendServer) accepted() []*net.TCPConn {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return append([]*net.TCPConn(nil), b.conns...)
+}
+
+// echo copies everything back and half-closes when the client does.
+func echo(c *net.TCPConn) {
+	io.Copy(c, c)
+	c.CloseWrite()
+}
+
+// resetConn closes with SO_LINGER 0: the peer gets an RST.
+func resetConn(c *net.TCPConn) {
+	c.SetLinger(0)
+	c.Close()
+}
+
+func oneBackendConfig(servers ...string) string {
+	s := `
+[log]
+level = "warn"
+[admin]
+listen = "127.0.0.1:0"
+[[listener]]
+name = "l"
+listen = "127.0.0.1:0"
+backend = "b"
+  [listener.keepalive]
+  idle = "7s"
+  interval = "3s"
+  count = 5
+  user_timeout = "31s"
+[[backend]]
+name = "b"
+connect_timeout = "500ms"
+connect_budget = "3s"
+backoff = "50ms"
+backoff_max = "200ms"
+  [backend.keepalive]
+  idle = "11s"
+  interval = "2s"
+  count = 4
+  user_timeout = "19s"
+  [backend.health]
+  check = "off"
+`
+	for _, a := range servers {
+		s += fmt.Sprintf("  [[backend.server]]\n  address = %q\n", a)
+	}
+	return s
+}
+
+// readErr reads until an error and returns it with the time it took.
+func readErr(c net.Conn, limit time.Duration) (error, time.Duration) {
+	start := time.Now()
+	c.SetReadDeadline(start.Add(limit))
+	buf := make([]byte, 4096)
+	for {
+		if _, err := c.Read(buf); err != nil {
+			return err, time.Since(start)
+		}
+	}
+}
+

@@ -1,0 +1,234 @@
+package proxy
+
+import (
+	"net"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/tnsguard/tnsguard/keepalive"
+	"github.com/tnsguard/tnsguard/metrics"
+)
+
+// A link is one listener -> backend -> server path. Links are kept for the
+// process's life (they are bounded by config names and server addresses),
+// so their counters never go back.
+type linkKey struct{ listener, backend, server string }
+
+type link struct {
+	key linkKey
+
+	mu            sync.Mutex
+	live          map[*session]*net.TCPConn
+	closedRetrans uint64
+	lastRTT       time.Duration
+	hasRTT        bool
+	resets        map[string]uint64 // by cause
+	redials       uint64
+	lastReset     time.Time
+}
+
+func (p *Proxy) linkFor(listener, backend, server string) *link {
+	k := linkKey{listener, backend, server}
+	p.linksMu.Lock()
+	defer p.linksMu.Unlock()
+	l, ok := p.links[k]
+	if !ok {
+		l = &link{key: k, live: map[*session]*net.TCPConn{}, resets: map[string]uint64{}}
+		p.links[k] = l
+	}
+	return l
+}
+
+func (p *Proxy) allLinks() []*link {
+	p.linksMu.Lock()
+	defer p.linksMu.Unlock()
+	out := make([]*link, 0, len(p.links))
+	for _, l := range p.links {
+		out = append(out, l)
+	}
+	sort.Slice(out, func(i, j int) bool {
+		a, b := out[i].key, out[j].key
+		if a.listener != b.listener {
+			return a.listener < b.listener
+		}
+		if a.backend != b.backend {
+			return a.backend < b.backend
+		}
+		return a.server < b.server
+	})
+	return out
+}
+
+func (l *link) addLive(s *session) {
+	s.mu.Lock()
+	conn := s.conn
+	s.mu.Unlock()
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.live[s] = conn
+}
+
+// removeLive takes the backend connection's final kernel counters into the
+// link's totals; called just before the socket is closed.
+func (l *link) removeLive(s *session, conn *net.TCPConn) {
+	info, err := keepalive.ReadInfo(conn)
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if _, ok := l.live[s]; !ok {
+		return
+	}
+	delete(l.live, s)
+	if err == nil {
+		l.closedRetrans += uint64(info.Retransmits)
+		if info.RTT > 0 {
+			l.lastRTT, l.hasRTT = info.RTT, true
+		}
+	}
+}
+
+func (l *link) redial() {
+	l.mu.Lock()
+	l.redials++
+	l.mu.Unlock()
+}
+
+func (l *link) reset(cause string) {
+	l.mu.Lock()
+	l.resets[cause]++
+	l.lastReset = time.Now()
+	l.mu.Unlock()
+}
+
+// linkFigures is a link's kernel view now: mean RTT of its live backend
+// sockets (or the last seen) and retransmits over its whole life.
+type linkFigures struct {
+	rtt         time.Duration
+	hasRTT      bool
+	retransmits uint64
+	sessions    int
+}
+
+func (l *link) figures() linkFigures {
+	l.mu.Lock()
+	conns := make([]*net.TCPConn, 0, len(l.live))
+	for _, c := range l.live {
+		conns = append(conns, c)
+	}
+	f := linkFigures{retransmits: l.closedRetrans, rtt: l.lastRTT, hasRTT: l.hasRTT, sessions: len(l.live)}
+	l.mu.Unlock()
+	var sum time.Duration
+	var n int
+	for _, c := range conns {
+		info, err := keepalive.ReadInfo(c)
+		if err != nil {
+			continue
+		}
+		f.retransmits += uint64(info.Retransmits)
+		if info.RTT > 0 {
+			sum += info.RTT
+			n++
+		}
+	}
+	if n > 0 {
+		f.rtt, f.hasRTT = sum/time.Duration(n), true
+	}
+	return f
+}
+
+// ServerLinks implements metrics.LinkSource: per backend server, over all
+// listeners.
+func (p *Proxy) ServerLinks() []metrics.ServerLink {
+	type key struct{ backend, server string }
+	agg := map[key]*metrics.ServerLink{}
+	rttN := map[key]int{}
+	var order []key
+	for _, l := range p.allLinks() {
+		if l.key.server == "none" {
+			continue
+		}
+		k := key{l.key.backend, l.key.server}
+		sl, ok := agg[k]
+		if !ok {
+			sl = &metrics.ServerLink{Backend: k.backend, Server: k.server}
+			agg[k] = sl
+			order = append(order, k)
+		}
+		f := l.figures()
+		sl.Retransmits += float64(f.retransmits)
+		if f.hasRTT {
+			sl.RTTSeconds += f.rtt.Seconds()
+			sl.HasRTT = true
+			rttN[k]++
+		}
+	}
+	out := make([]metrics.ServerLink, 0, len(order))
+	for _, k := range order {
+		sl := *agg[k]
+		if n := rttN[k]; n > 0 {
+			sl.RTTSeconds /= float64(n)
+		}
+		out = append(out, sl)
+	}
+	return out
+}
+
+// LinkStatus is one link as /api/links shows it.
+type LinkStatus struct {
+	Listener       string            `json:"listener"`
+	Backend        string            `json:"backend"`
+	Server         string            `json:"server"`
+	Up             bool              `json:"up"`
+	Breaker        string            `json:"breaker"`
+	SessionsActive int               `json:"sessions_active"`
+	RTTSeconds     *float64          `json:"rtt_seconds"`
+	Retransmits    uint64            `json:"retransmits"`
+	Redials        uint64            `json:"redials"`
+	Resets         map[string]uint64 `json:"resets_by_cause"`
+	LastReset      *time.Time        `json:"last_reset,omitempty"`
+}
+
+// Links lists every configured listener -> backend -> server path with its
+// live figures, plus paths of earlier configurations that saw traffic.
+func (p *Proxy) Links() []LinkStatus {
+	p.mu.Lock()
+	for _, l := range p.listeners {
+		if b := p.backends[l.cfg().Backend]; b != nil {
+			for _, s := range b.Servers {
+				p.linkFor(l.name, b.Config.Name, s.Address)
+			}
+		}
+	}
+	backends := p.backends
+	p.mu.Unlock()
+	var out []LinkStatus
+	for _, l := range p.allLinks() {
+		f := l.figures()
+		st := LinkStatus{Listener: l.key.listener, Backend: l.key.backend, Server: l.key.server,
+			SessionsActive: f.sessions, Retransmits: f.retransmits, Resets: map[string]uint64{}, Breaker: "closed"}
+		if f.hasRTT {
+			v := f.rtt.Seconds()
+			st.RTTSeconds = &v
+		}
+		l.mu.Lock()
+		for c, n := range l.resets {
+			st.Resets[c] = n
+		}
+		st.Redials = l.redials
+		if !l.lastReset.IsZero() {
+			t := l.lastReset
+			st.LastReset = &t
+		}
+		l.mu.Unlock()
+		if b := backends[l.key.backend]; b != nil {
+			for _, s := range b.Servers {
+				if s.Address == l.key.server {
+					st.Up = s.Up()
+					st.Breaker = [...]string{"closed", "open", "half-open"}[s.BreakerState()]
+				}
+			}
+		}
+		out = append(out, st)
+	}
+	return out
+}

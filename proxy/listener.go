@@ -1,0 +1,173 @@
+package proxy
+
+import (
+	"context"
+	"errors"
+	"net"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/tnsguard/tnsguard/config"
+	"github.com/tnsguard/tnsguard/failover"
+)
+
+// listener is one bound [[listener]]: its socket, accept loop and limits.
+// Its configuration can be swapped by a reload while the socket stays.
+type listener struct {
+	p    *Proxy
+	name string
+	conf atomic.Pointer[config.Listener]
+	ln   *net.TCPListener
+	log  hclog.Logger
+	done chan struct{} // closed when the accept loop has ended
+
+	active    atomic.Int64
+	srcMu     sync.Mutex
+	perSource map[netip.Addr]int
+}
+
+func (l *listener) cfg() *config.Listener { return l.conf.Load() }
+
+// serve accepts until the socket is closed. Temporary errors (out of fds)
+// back off, 5 ms doubling to 1 s, logged once per burst.
+func (l *listener) serve(ctx context.Context) {
+	defer close(l.done)
+	var delay time.Duration
+	for {
+		c, err := l.ln.AcceptTCP()
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) || ctx.Err() != nil {
+				return
+			}
+			if delay == 0 {
+				delay = 5 * time.Millisecond
+				l.log.Error("accept failed: backing off until it works again", "error", err)
+			} else {
+				delay = min(delay*2, time.Second)
+			}
+			t := time.NewTimer(delay)
+			select {
+			case <-ctx.Done():
+				t.Stop()
+				return
+			case <-t.C:
+			}
+			continue
+		}
+		if delay != 0 {
+			l.log.Info("accept works again")
+			delay = 0
+		}
+		l.p.sessWG.Add(1)
+		go func() {
+			defer l.p.sessWG.Done()
+			l.handle(ctx, c)
+		}()
+	}
+}
+
+// rejected counts a connection refused before its session began.
+func (l *listener) rejected(reason string) {
+	l.p.metrics.SessionsRejected.WithLabelValues(l.name, reason).Inc()
+}
+
+// reject closes a connection at once with a reset: the app's driver reports
+// an error immediately instead of waiting on a silent socket.
+func (l *listener) reject(c *net.TCPConn, reason string, src netip.Addr) {
+	l.rejected(reason)
+	l.log.Debug("connection rejected", "reason", reason, "client", src)
+	c.SetLinger(0)
+	c.Close()
+}
+
+func allowed(nets []netip.Prefix, a netip.Addr) bool {
+	if len(nets) == 0 {
+		return true
+	}
+	for _, n := range nets {
+		if n.Contains(a) {
+			return true
+		}
+	}
+	return false
+}
+
+// handle runs one accepted connection: checks, then the session.
+func (l *listener) handle(ctx context.Context, c *net.TCPConn) {
+	cfg := l.cfg()
+	src := netip.Addr{}
+	if ap, err := netip.ParseAddrPort(c.RemoteAddr().String()); err == nil {
+		src = ap.Addr().Unmap()
+	}
+	if err := cfg.Keepalive.Settings().Apply(c); err != nil {
+		l.log.Warn("cannot set keepalive on the app's connection", "error", err)
+	}
+	if !allowed(cfg.AllowNets, src) {
+		l.reject(c, "not_allowed", src)
+		return
+	}
+	if n := l.active.Add(1); cfg.MaxSessions > 0 && n > int64(cfg.MaxSessions) {
+		l.active.Add(-1)
+		l.reject(c, "max_sessions", src)
+		return
+	}
+	defer l.active.Add(-1)
+	if !l.acquireSource(src, cfg.MaxSessionsPerSource) {
+		l.reject(c, "max_sessions_per_source", src)
+		return
+	}
+	defer l.releaseSource(src)
+
+	b := l.p.backend(cfg.Backend)
+	if b == nil {
+		l.reject(c, "no_backend", src)
+		return
+	}
+	l.p.newSession(ctx, l, b, c, src).run()
+}
+
+func (l *listener) acquireSource(src netip.Addr, limit int) bool {
+	if limit <= 0 {
+		return true
+	}
+	l.srcMu.Lock()
+	defer l.srcMu.Unlock()
+	if l.perSource[src] >= limit {
+		return false
+	}
+	l.perSource[src]++
+	return true
+}
+
+func (l *listener) releaseSource(src netip.Addr) {
+	l.srcMu.Lock()
+	defer l.srcMu.Unlock()
+	if n, ok := l.perSource[src]; ok {
+		if n <= 1 {
+			delete(l.perSource, src)
+		} else {
+			l.perSource[src] = n - 1
+		}
+	}
+}
+
+func (p *Proxy) newSession(ctx context.Context, l *listener, b *failover.Backend, c *net.TCPConn, src netip.Addr) *session {
+	s := &session{
+		p: p, l: l, backend: b, client: c, source: src, start: time.Now(),
+		service: "other",
+	}
+	s.ctx, s.cancel = context.WithCancel(ctx)
+	s.cond = sync.NewCond(&s.mu)
+	s.log = l.log.With("backend", b.Config.Name)
+	labels := prometheus.Labels{"listener": l.name, "backend": b.Config.Name}
+	s.bytesUp = p.metrics.Bytes.With(prometheus.Labels{"listener": l.name, "backend": b.Config.Name, "direction": "to_backend"})
+	s.bytesDown = p.metrics.Bytes.With(prometheus.Labels{"listener": l.name, "backend": b.Config.Name, "direction": "to_client"})
+	p.metrics.SessionsActive.With(labels).Inc()
+	p.track(s, true)
+	return s
+}

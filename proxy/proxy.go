@@ -1,0 +1,326 @@
+// Package proxy owns tnsguard's listeners and sessions: accept, checks,
+// dialing through failover, replay of the opening bytes, the spliced data
+// path, and the classification of every session's end.
+//
+// Typical use (cmd/tnsguard does this):
+//
+//	p := proxy.New(logger, m)
+//	if err := p.Apply(cfg); err != nil { ... } // binds listeners; also the reload path
+//	...
+//	p.Shutdown(ctx)                             // drain
+package proxy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"reflect"
+	"sort"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+
+	"github.com/tnsguard/tnsguard/config"
+	"github.com/tnsguard/tnsguard/failover"
+	"github.com/tnsguard/tnsguard/metrics"
+)
+
+// Proxy runs the listeners of one configuration at a time; Apply swaps in
+// a new one without dropping sessions.
+type Proxy struct {
+	log     hclog.Logger
+	metrics *metrics.Metrics
+	pool    *bufPool
+
+	ctx    context.Context // parent of every session and dial
+	cancel context.CancelFunc
+
+	mu        sync.Mutex
+	cfg       *config.Config
+	listeners map[string]*listener
+	backends  map[string]*failover.Backend
+	draining  atomic.Bool
+
+	sessMu   sync.Mutex
+	sessions map[*session]struct{}
+	sessWG   sync.WaitGroup
+	loopWG   sync.WaitGroup
+
+	linksMu sync.Mutex
+	links   map[linkKey]*link
+}
+
+// New returns a proxy with no listeners; Apply gives it its configuration.
+func New(log hclog.Logger, m *metrics.Metrics) *Proxy {
+	ctx, cancel := context.WithCancel(context.Background())
+	p := &Proxy{
+		log: log, metrics: m, pool: newBufPool(), ctx: ctx, cancel: cancel,
+		listeners: map[string]*listener{}, backends: map[string]*failover.Backend{},
+		sessions: map[*session]struct{}{}, links: map[linkKey]*link{},
+	}
+	p.loopWG.Add(1)
+	go func() {
+		defer p.loopWG.Done()
+		p.housekeeping(ctx)
+	}()
+	return p
+}
+
+// Apply makes cfg the running configuration. The first call binds every
+// listener; later calls (reloads) bind new listeners, keep the sockets of
+// listeners whose address did not change, stop accepting on removed ones
+// (their sessions go on), and replace changed backends for new sessions.
+// If any new address cannot be bound, nothing changes and the error says
+// which.
+func (p *Proxy) Apply(cfg *config.Config) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.draining.Load() {
+		return errors.New("shutting down")
+	}
+
+	backends := map[string]*failover.Backend{}
+	var fresh []*failover.Backend
+	for i := range cfg.Backends {
+		bc := &cfg.Backends[i]
+		if old, ok := p.backends[bc.Name]; ok && reflect.DeepEqual(old.Config, bc) {
+			backends[bc.Name] = old
+			continue
+		}
+		b := failover.New(bc, p.log.Named("failover"), p.metrics)
+		backends[bc.Name] = b
+		fresh = append(fresh, b)
+	}
+
+	listeners := map[string]*listener{}
+	var bound []*listener
+	for i := range cfg.Listeners {
+		lc := &cfg.Listeners[i]
+		if old, ok := p.listeners[lc.Name]; ok && old.cfg().Listen == lc.Listen {
+			listeners[lc.Name] = old
+			continue
+		}
+		l, err := p.bind(lc)
+		if err != nil {
+			for _, b := range bound {
+				b.ln.Close()
+			}
+			return fmt.Errorf("listener %q: %w", lc.Name, err)
+		}
+		listeners[lc.Name] = l
+		bound = append(bound, l)
+	}
+
+	// Commit: nothing below can fail.
+	for _, b := range fresh {
+		b.Start(p.ctx)
+	}
+	for i := range cfg.Listeners {
+		lc := &cfg.Listeners[i]
+		l := listeners[lc.Name]
+		l.conf.Store(lc)
+		p.metrics.MaxSessions.WithLabelValues(lc.Name).Set(float64(lc.MaxSessions))
+	}
+	for _, l := range bound {
+		p.loopWG.Add(1)
+		go func() {
+			defer p.loopWG.Done()
+			l.serve(p.ctx)
+		}()
+		l.log.Info("listening", "address", l.ln.Addr().String(), "backend", l.cfg().Backend)
+	}
+	for name, old := range p.listeners {
+		if listeners[name] != old {
+			old.ln.Close()
+			old.log.Info("stopped accepting; its sessions go on")
+		}
+	}
+	for name, old := range p.backends {
+		if backends[name] != old {
+			old.Stop()
+		}
+	}
+	p.cfg, p.listeners, p.backends = cfg, listeners, backends
+	return nil
+}
+
+func (p *Proxy) bind(lc *config.Listener) (*listener, error) {
+	lcfg := net.ListenConfig{KeepAlive: -1} // tnsguard sets keepalive itself, per leg
+	ln, err := lcfg.Listen(p.ctx, "tcp", lc.Listen)
+	if err != nil {
+		return nil, err
+	}
+	l := &listener{
+		p: p, name: lc.Name, ln: ln.(*net.TCPListener), done: make(chan struct{}),
+		log: p.log.Named("proxy").With("listener", lc.Name), perSource: map[netip.Addr]int{},
+	}
+	l.conf.Store(lc)
+	return l, nil
+}
+
+// Addr is the bound address of a listener (useful with port 0), or nil.
+func (p *Proxy) Addr(name string) net.Addr {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if l, ok := p.listeners[name]; ok {
+		return l.ln.Addr()
+	}
+	return nil
+}
+
+func (p *Proxy) backend(name string) *failover.Backend {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.backends[name]
+}
+
+// Ready reports whether every listener is bound and its backend has a
+// server up; when not, the reason names what is missing.
+func (p *Proxy) Ready() (bool, string) {
+	if p.draining.Load() {
+		return false, "draining: shutting down"
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.cfg == nil {
+		return false, "no configuration applied"
+	}
+	names := make([]string, 0, len(p.listeners))
+	for n := range p.listeners {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	for _, n := range names {
+		l := p.listeners[n]
+		b := p.backends[l.cfg().Backend]
+		if b == nil || !b.Up() {
+			return false, fmt.Sprintf("listener %q: backend %q has no server up", n, l.cfg().Backend)
+		}
+	}
+	return true, ""
+}
+
+// track adds or removes a live session.
+func (p *Proxy) track(s *session, add bool) {
+	p.sessMu.Lock()
+	defer p.sessMu.Unlock()
+	if add {
+		p.sessions[s] = struct{}{}
+	} else {
+		delete(p.sessions, s)
+	}
+}
+
+func (p *Proxy) liveSessions() []*session {
+	p.sessMu.Lock()
+	defer p.sessMu.Unlock()
+	out := make([]*session, 0, len(p.sessions))
+	for s := range p.sessions {
+		out = append(out, s)
+	}
+	return out
+}
+
+// Shutdown drains: /readyz turns 503 at once, listeners stop accepting after
+// grace, sessions may finish until drainTimeout, then the rest are closed
+// (counted with outcome "closed"). It returns when everything has stopped.
+func (p *Proxy) Shutdown(grace, drainTimeout time.Duration) {
+	p.draining.Store(true)
+	p.log.Info("draining: readiness now reports 503", "grace", grace, "drain_timeout", drainTimeout)
+	time.Sleep(grace)
+	p.mu.Lock()
+	for _, l := range p.listeners {
+		l.ln.Close()
+	}
+	p.mu.Unlock()
+	left := len(p.liveSessions())
+	p.log.Info("stopped accepting", "sessions", left)
+
+	done := make(chan struct{})
+	go func() {
+		p.sessWG.Wait()
+		close(done)
+	}()
+	select {
+	case <-done:
+	case <-time.After(drainTimeout):
+		rest := p.liveSessions()
+		p.log.Warn("drain timeout: closing the sessions left", "sessions", len(rest))
+		for _, s := range rest {
+			s.abort(SideClient, s.phaseNow(SideClient), ErrDrained, "closed", nil)
+		}
+		<-done
+	}
+	p.cancel()
+	p.loopWG.Wait()
+	p.mu.Lock()
+	for _, b := range p.backends {
+		b.Stop()
+	}
+	p.mu.Unlock()
+	p.log.Info("drained")
+}
+
+// housekeeping updates the idle-sessions gauge and ends sessions idle
+// longer than their listener's idle_timeout, once a second.
+func (p *Proxy) housekeeping(ctx context.Context) {
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	type key struct{ listener, backend string }
+	seen := map[key]bool{}
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		idle := map[key]int{}
+		for _, s := range p.liveSessions() {
+			k := key{s.l.name, s.backend.Config.Name}
+			d := s.idleFor()
+			if d > time.Minute {
+				idle[k]++
+			}
+			if limit := s.l.cfg().IdleTimeout.Duration; limit > 0 && d > limit {
+				s.abort(SideClient, PhaseIdle, ErrIdleTimeout, "closed", nil)
+			}
+			seen[k] = true
+		}
+		for k := range seen {
+			p.metrics.SessionsIdle.WithLabelValues(k.listener, k.backend).Set(float64(idle[k]))
+		}
+	}
+}
+
+// record closes the books on a session: metrics, link counters, one log line.
+func (p *Proxy) record(s *session, srv *failover.Server, established bool) {
+	p.track(s, false)
+	end := s.end
+	bname := s.backend.Config.Name
+	server := "none"
+	if srv != nil {
+		server = srv.Address
+	}
+	age := time.Since(s.start)
+	p.metrics.SessionsActive.WithLabelValues(s.l.name, bname).Dec()
+	p.metrics.SessionsTotal.WithLabelValues(s.l.name, bname, s.service, end.outcome).Inc()
+	p.metrics.SessionDuration.WithLabelValues(s.l.name, bname).Observe(age.Seconds())
+	if established && srv != nil {
+		srv.Release()
+	}
+	fields := []any{"server", server, "duration", age.Round(time.Millisecond),
+		"idle", s.idleFor().Round(time.Millisecond), "bytes_to_backend", s.toBackend.Load(), "bytes_to_client", s.toClient.Load()}
+	if end.outcome == "ok" {
+		s.log.Debug("session ended", fields...)
+		return
+	}
+	cause := Cause(end.err)
+	p.metrics.Resets.WithLabelValues(s.l.name, bname, server, string(end.side), string(end.phase), cause).Inc()
+	p.linkFor(s.l.name, bname, server).reset(cause)
+	fields = append(fields, "side", end.side, "phase", end.phase, "cause", cause, "error", end.err)
+	s.log.Info("session reset", fields...)
+}

@@ -1,0 +1,202 @@
+package proxy
+
+import (
+	"bytes"
+	"crypto/rand"
+	"crypto/sha256"
+	"errors"
+	"io"
+	"net"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/tnsguard/tnsguard/keepalive"
+)
+
+// 256 MiB of random bytes go through tnsguard to an echo server and back,
+// unchanged, with the half-close carried both ways: the app's FIN reaches
+// the backend, and the backend's FIN comes back after the last byte.
+func TestBulkEchoWithHalfClose(t *testing.T) {
+	size := 256 << 20
+	if testing.Short() {
+		size = 16 << 20
+	}
+	be := newBackend(t, echo)
+	h := startProxy(t, oneBackendConfig(be.addr()))
+	c := h.dial("l")
+
+	sent := sha256.New()
+	errc := make(chan error, 1)
+	go func() {
+		chunk := make([]byte, 1<<20)
+		for n := 0; n < size; n += len(chunk) {
+			rand.Read(chunk)
+			sent.Write(chunk)
+			if _, err := c.Write(chunk); err != nil {
+				errc <- err
+				return
+			}
+		}
+		errc <- c.CloseWrite() // app half-closes; the echo server then half-closes back
+	}()
+	got := sha256.New()
+	n, err := io.Copy(got, c) // ends at the backend's FIN, carried through
+	if err != nil {
+		t.Fatalf("read back: %v after %d bytes", err, n)
+	}
+	if err := <-errc; err != nil {
+		t.Fatalf("write: %v", err)
+	}
+	if n != int64(size) {
+		t.Fatalf("got %d bytes back, sent %d", n, size)
+	}
+	if !bytes.Equal(sent.Sum(nil), got.Sum(nil)) {
+		t.Fatal("SHA-256 of the echoed bytes differs from what was sent")
+	}
+	waitFor(t, 2*time.Second, "session recorded as ok", func() bool {
+		return counter(h.m.SessionsTotal, "l", "b", "other", "ok") == 1
+	})
+	if v := counter(h.m.Bytes, "l", "b", "to_backend"); v != float64(size) {
+		t.Errorf("tnsguard_bytes_total to_backend = %v, want %d", v, size)
+	}
+	if v := counter(h.m.Bytes, "l", "b", "to_client"); v != float64(size) {
+		t.Errorf("tnsguard_bytes_total to_client = %v, want %d", v, size)
+	}
+}
+
+// The backend half-closes first: the app reads EOF but can still send,
+// and the backend still receives.
+func TestHalfCloseFromBackend(t *testing.T) {
+	got := make(chan []byte, 1)
+	be := newBackend(t, func(c *net.TCPConn) {
+		c.Write([]byte("banner"))
+		c.CloseWrite()
+		b, _ := io.ReadAll(c)
+		got <- b
+		c.Close()
+	})
+	h := startProxy(t, oneBackendConfig(be.addr()))
+	c := h.dial("l")
+	b, err := io.ReadAll(c)
+	if err != nil || string(b) != "banner" {
+		t.Fatalf("app read %q, %v; want banner then EOF", b, err)
+	}
+	if _, err := c.Write([]byte("after-fin")); err != nil {
+		t.Fatalf("app write after backend FIN: %v", err)
+	}
+	c.CloseWrite()
+	select {
+	case b := <-got:
+		if string(b) != "after-fin" {
+			t.Fatalf("backend got %q", b)
+		}
+	case <-time.After(2 * time.Second):
+		t.Fatal("backend never saw the app's bytes and FIN")
+	}
+}
+
+// A backend RST mid-session reaches the app as ECONNRESET (not EOF) within
+// 100 ms, and is counted as side=backend cause=rst.
+func TestBackendResetReachesApp(t *testing.T) {
+	be := newBackend(t, func(c *net.TCPConn) {
+		buf := make([]byte, 5)
+		io.ReadFull(c, buf)
+		c.Write(buf)
+	})
+	h := startProxy(t, oneBackendConfig(be.addr()))
+	c := h.dial("l")
+	c.Write([]byte("hello"))
+	buf := make([]byte, 5)
+	if _, err := io.ReadFull(c, buf); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	resetConn(be.accepted()[0])
+	err, _ := readErr(c, 2*time.Second)
+	took := time.Since(start)
+	if !errors.Is(err, syscall.ECONNRESET) {
+		t.Fatalf("app saw %v, want ECONNRESET", err)
+	}
+	if took > 100*time.Millisecond {
+		t.Fatalf("app saw the reset after %v, want within 100ms", took)
+	}
+	srv := be.addr()
+	waitFor(t, time.Second, "reset counted", func() bool {
+		return counter(h.m.Resets, "l", "b", srv, "backend", "active", "rst") == 1
+	})
+	if v := counter(h.m.SessionsTotal, "l", "b", "other", "reset"); v != 1 {
+		t.Errorf("sessions_total{outcome=reset} = %v", v)
+	}
+	t.Logf("app saw ECONNRESET %v after the backend's RST", took)
+}
+
+// An app RST closes the backend leg within 100 ms, so the database does not
+// keep a zombie session.
+func TestAppResetClosesBackend(t *testing.T) {
+	closed := make(chan time.Time, 1)
+	be := newBackend(t, func(c *net.TCPConn) {
+		c.Write([]byte("x"))
+		buf := make([]byte, 64)
+		for {
+			if _, err := c.Read(buf); err != nil {
+				closed <- time.Now()
+				return
+			}
+		}
+	})
+	h := startProxy(t, oneBackendConfig(be.addr()))
+	c := h.dial("l")
+	if _, err := io.ReadFull(c, make([]byte, 1)); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	resetConn(c)
+	select {
+	case at := <-closed:
+		if d := at.Sub(start); d > 100*time.Millisecond {
+			t.Fatalf("backend saw the close after %v", d)
+		}
+	case <-time.After(time.Second):
+		t.Fatal("backend leg still open 1s after the app's RST")
+	}
+	waitFor(t, time.Second, "client reset counted", func() bool {
+		return counter(h.m.Resets, "l", "b", be.addr(), "client", "active", "rst") == 1
+	})
+}
+
+// Keepalive and user timeout of both legs are read back from the sockets.
+func TestKeepaliveOnBothLegs(t *testing.T) {
+	be := newBackend(t, echo)
+	h := startProxy(t, oneBackendConfig(be.addr()))
+	c := h.dial("l")
+	c.Write([]byte("x"))
+	io.ReadFull(c, make([]byte, 1))
+
+	var clientLeg, backendLeg *net.TCPConn
+	for _, s := range h.p.liveSessions() {
+		clientLeg = s.client
+		s.mu.Lock()
+		backendLeg = s.conn
+		s.mu.Unlock()
+	}
+	if clientLeg == nil || backendLeg == nil {
+		t.Fatal("no live session")
+	}
+	for _, tc := range []struct {
+		leg  string
+		conn *net.TCPConn
+		want keepalive.Settings
+	}{
+		{"client", clientLeg, keepalive.Settings{Idle: 7 * time.Second, Interval: 3 * time.Second, Count: 5, UserTimeout: 31 * time.Second}},
+		{"backend", backendLeg, keepalive.Settings{Idle: 11 * time.Second, Interval: 2 * time.Second, Count: 4, UserTimeout: 19 * time.Second}},
+	} {
+		got, err := keepalive.Read(tc.conn)
+		if err != nil {
+			t.Fatalf("%s leg: %v", tc.leg, err)
+		}
+		if got != tc.want {
+			t.Errorf("%s leg: got %+v, want %+v", tc.leg, got, tc.want)
+		}
+	}
+}

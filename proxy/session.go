@@ -1,0 +1,464 @@
+package proxy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/tnsguard/tnsguard/failover"
+)
+
+// session is one app connection and its backend connection. Its life has
+// two phases. Opening: from accept until the backend's first byte; the
+// app's bytes are kept (up to replay_bytes) so that a backend that fails
+// before answering can be replaced by another, transparently. Established:
+// after the first backend byte reached the app; nothing is replayed any
+// more and both directions are pumped (see copy.go). The switch happens in
+// one place: establish.
+type session struct {
+	p       *Proxy
+	l       *listener
+	backend *failover.Backend
+	log     hclog.Logger
+	client  *net.TCPConn
+	source  netip.Addr
+	start   time.Time
+	ctx     context.Context
+	cancel  context.CancelFunc
+
+	lastActive atomic.Int64 // nanoseconds since start of the last chunk moved
+	toBackend  atomic.Int64
+	toClient   atomic.Int64
+	service    string
+
+	bytesUp, bytesDown prometheus.Counter
+
+	mu          sync.Mutex
+	cond        *sync.Cond
+	conn        *net.TCPConn     // current backend connection, nil while dialing
+	server      *failover.Server // its server
+	replay      []byte           // the app's opening bytes, for a re-dial
+	overflow    bool             // more than replay_bytes were sent on: no re-dial
+	clientEOF   bool             // the app half-closed during the opening
+	clientErr   error            // the app's leg failed during the opening
+	established bool
+
+	endOnce sync.Once
+	end     sessionEnd
+}
+
+type sessionEnd struct {
+	side    Side
+	phase   Phase
+	err     error
+	outcome string
+}
+
+func (s *session) idleFor() time.Duration {
+	return time.Since(s.start) - time.Duration(s.lastActive.Load())
+}
+
+func (s *session) touch() { s.lastActive.Store(int64(time.Since(s.start))) }
+
+// run is the session's whole life; it returns when both legs are closed.
+func (s *session) run() {
+	defer s.cancel()
+	upDone := make(chan struct{})
+	go func() {
+		defer close(upDone)
+		s.directionDone(s.clientToBackend(), SideClient, SideBackend)
+	}()
+	if err := s.open(); err == nil {
+		s.directionDone(s.pumpBackendToClient(), SideBackend, SideClient)
+	}
+	<-upDone
+	s.finish()
+}
+
+// open dials until a backend sends its first byte, replaying the app's
+// opening bytes on every new connection. On error the session is over
+// (already classified) and the client has been reset.
+func (s *session) open() error {
+	cfg := s.backend.Config
+	plan := s.backend.NewPlan()
+	var attempts []string
+	var lastErr error
+	for {
+		srv, err := plan.Next(s.ctx)
+		if err != nil {
+			if cerr := s.clientFailure(); cerr != nil {
+				return cerr
+			}
+			if errors.Is(err, failover.ErrBudgetExhausted) {
+				err = fmt.Errorf("%w: %w", ErrNoBackend, lastErr)
+			}
+			s.l.rejected("no_backend")
+			s.log.Warn("no backend for new session: resetting the app's connection", "budget", cfg.ConnectBudget.Duration, "attempts", attempts)
+			s.abort(SideBackend, PhaseConnect, err, "no_backend", nil)
+			return err
+		}
+		conn, err := srv.Dial(s.ctx)
+		if err != nil {
+			if cerr := s.clientFailure(); cerr != nil {
+				srv.Abandoned()
+				return cerr
+			}
+			lastErr = err
+			attempts = append(attempts, fmt.Sprintf("%s: %v", srv.Address, err))
+			srv.Failed(err)
+			if !cfg.Retries("connect") {
+				s.l.rejected("no_backend")
+				s.abort(SideBackend, PhaseConnect, err, "no_backend", srv)
+				return err
+			}
+			s.redial(reasonOf(err, "connect"), srv)
+			continue
+		}
+		first, err := s.attach(conn, srv)
+		if err == nil {
+			err = s.establish(first, srv, plan)
+			if err == nil {
+				return nil
+			}
+		}
+		// The backend failed before its first byte.
+		conn.Close()
+		s.detach()
+		if cerr := s.clientFailure(); cerr != nil {
+			srv.Abandoned()
+			return cerr
+		}
+		lastErr = err
+		attempts = append(attempts, fmt.Sprintf("%s: %v", srv.Address, err))
+		srv.Failed(err)
+		s.mu.Lock()
+		overflow := s.overflow
+		s.mu.Unlock()
+		switch {
+		case overflow:
+			err = fmt.Errorf("%w: %w", ErrReplayOverflow, err)
+		case cfg.Retries("reset"):
+			s.redial("reset", srv)
+			continue
+		}
+		s.abort(SideBackend, PhaseOpening, err, "reset", srv)
+		return err
+	}
+}
+
+func reasonOf(err error, fallback string) string {
+	if failover.DialResult(err) == "timeout" {
+		return "timeout"
+	}
+	return fallback
+}
+
+// redial counts a retry after srv failed.
+func (s *session) redial(reason string, srv *failover.Server) {
+	s.p.metrics.Redials.WithLabelValues(s.l.name, s.backend.Config.Name, reason).Inc()
+	s.p.linkFor(s.l.name, s.backend.Config.Name, srv.Address).redial()
+}
+
+// clientFailure is the app leg's error if it failed during the opening; the
+// session is then classified on the client side.
+func (s *session) clientFailure() error {
+	s.mu.Lock()
+	err := s.clientErr
+	s.mu.Unlock()
+	if err == nil {
+		return nil
+	}
+	s.abort(SideClient, PhaseOpening, err, "reset", nil)
+	return err
+}
+
+// attach makes conn the session's backend connection: the app's opening
+// bytes are replayed on it, and the first backend bytes are read.
+func (s *session) attach(conn *net.TCPConn, srv *failover.Server) (*[]byte, error) {
+	s.mu.Lock()
+	if s.clientErr != nil {
+		s.mu.Unlock()
+		return nil, s.clientErr
+	}
+	if s.overflow {
+		s.mu.Unlock()
+		return nil, ErrReplayOverflow
+	}
+	if len(s.replay) > 0 {
+		if _, err := conn.Write(s.replay); err != nil {
+			s.mu.Unlock()
+			return nil, err
+		}
+	}
+	if s.clientEOF {
+		conn.CloseWrite()
+	}
+	s.conn, s.server = conn, srv
+	s.cond.Broadcast()
+	s.mu.Unlock()
+
+	buf := s.p.pool.get()
+	n, err := conn.Read(*buf)
+	if err != nil {
+		s.p.pool.put(buf)
+		if errors.Is(err, io.EOF) {
+			err = fmt.Errorf("backend closed before its first byte: %w", err)
+		}
+		return nil, err
+	}
+	*buf = (*buf)[:n]
+	return buf, nil
+}
+
+func (s *session) detach() {
+	s.mu.Lock()
+	s.conn, s.server = nil, nil
+	s.mu.Unlock()
+}
+
+// establish passes the backend's first bytes to the app and ends the
+// opening phase: from here on nothing is replayed.
+func (s *session) establish(first *[]byte, srv *failover.Server, plan *failover.Plan) error {
+	defer func() { *first = (*first)[:cap(*first)]; s.p.pool.put(first) }()
+	s.mu.Lock()
+	s.established = true
+	s.replay = nil
+	s.mu.Unlock()
+	srv.Succeeded()
+	srv.Acquire()
+	s.p.metrics.SessionWait.WithLabelValues(s.l.name).Observe(time.Since(s.start).Seconds())
+	s.p.linkFor(s.l.name, s.backend.Config.Name, srv.Address).addLive(s)
+	n, err := s.client.Write(*first)
+	s.toClient.Add(int64(n))
+	s.bytesDown.Add(float64(n))
+	s.touch()
+	if err != nil {
+		// The app is gone; the backend connection stays attached and is
+		// closed by the normal end below.
+		s.mu.Lock()
+		s.clientErr = err
+		s.mu.Unlock()
+	}
+	return nil
+}
+
+// clientToBackend is the app-to-backend direction for the session's whole
+// life: during the opening it keeps what the app sends for a replay, then
+// it becomes a plain pump. Either way it parks on the poller between reads,
+// holding no buffer.
+func (s *session) clientToBackend() *pumpErr {
+	p, err := newPump(s.client, nil, s.p.pool, func(n int) {
+		s.toBackend.Add(int64(n))
+		s.bytesUp.Add(float64(n))
+		s.touch()
+	})
+	if err != nil {
+		return &pumpErr{err: err}
+	}
+	for {
+		s.mu.Lock()
+		conn, est := s.conn, s.established
+		s.mu.Unlock()
+		if est {
+			p.dst = conn
+			return p.run()
+		}
+		if err := p.wait(); err != nil {
+			return &pumpErr{err: err}
+		}
+		buf, n, rerr := p.take()
+		if n > 0 {
+			werr := s.openingBytes((*buf)[:n])
+			p.pool.put(buf)
+			if werr != nil {
+				return &pumpErr{err: werr, atWrite: true}
+			}
+			continue
+		}
+		p.pool.put(buf)
+		s.mu.Lock()
+		est = s.established
+		conn = s.conn
+		if rerr == nil { // EOF: carry the half-close to whichever backend gets the session
+			s.clientEOF = true
+			s.mu.Unlock()
+			return nil
+		}
+		if !est {
+			s.clientErr = rerr
+		}
+		s.mu.Unlock()
+		if !est {
+			s.cancel()
+			if conn != nil {
+				conn.Close() // unblock the first-byte read
+			}
+		}
+		return &pumpErr{err: rerr}
+	}
+}
+
+// openingBytes keeps the app's bytes for a replay and sends them on to the
+// current backend connection, if any. While no backend is connected and the
+// replay buffer is full, it waits (the app is held back by TCP).
+func (s *session) openingBytes(b []byte) error {
+	limit := *s.backend.Config.ReplayBytes
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for s.conn == nil && !s.established && len(s.replay)+len(b) > limit && s.ctx.Err() == nil {
+		s.cond.Wait()
+	}
+	if s.ctx.Err() != nil {
+		return net.ErrClosed // the session was ended elsewhere
+	}
+	if !s.established {
+		if !s.overflow && len(s.replay)+len(b) <= limit {
+			s.replay = append(s.replay, b...)
+		} else {
+			s.overflow, s.replay = true, nil
+		}
+	}
+	s.touch()
+	s.toBackend.Add(int64(len(b)))
+	s.bytesUp.Add(float64(len(b)))
+	if s.conn != nil {
+		if _, err := s.conn.Write(b); err != nil && s.established {
+			return err
+		}
+	}
+	return nil
+}
+
+// pumpBackendToClient is the backend-to-app direction once established.
+func (s *session) pumpBackendToClient() *pumpErr {
+	s.mu.Lock()
+	conn, clientErr := s.conn, s.clientErr
+	s.mu.Unlock()
+	if clientErr != nil {
+		return &pumpErr{err: clientErr, atWrite: true}
+	}
+	p, err := newPump(conn, s.client, s.p.pool, func(n int) {
+		s.toClient.Add(int64(n))
+		s.bytesDown.Add(float64(n))
+		s.touch()
+	})
+	if err != nil {
+		return &pumpErr{err: err}
+	}
+	return p.run()
+}
+
+// directionDone handles the end of one direction whose source is src's leg
+// and destination dst's: a clean EOF is passed on as a half-close; an error
+// ends the session, resetting the app when the backend failed.
+func (s *session) directionDone(pe *pumpErr, src, dst Side) {
+	s.mu.Lock()
+	conn := s.conn
+	s.mu.Unlock()
+	if pe == nil {
+		if dst == SideClient {
+			s.client.CloseWrite()
+		} else if conn != nil {
+			conn.CloseWrite()
+		}
+		return
+	}
+	if errors.Is(pe.err, net.ErrClosed) {
+		return // the other direction ended the session
+	}
+	side := src
+	if pe.atWrite {
+		side = dst
+	}
+	s.abort(side, s.phaseNow(side), pe.err, "reset", s.currentServer())
+}
+
+func (s *session) currentServer() *failover.Server {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.server
+}
+
+// phaseNow says whether the session was idle or active when a leg failed:
+// idle when nothing moved for at least that leg's keepalive idle.
+func (s *session) phaseNow(side Side) Phase {
+	s.mu.Lock()
+	est := s.established
+	s.mu.Unlock()
+	if !est {
+		return PhaseOpening
+	}
+	idle := s.l.cfg().Keepalive.Idle.Duration
+	if side == SideBackend {
+		idle = s.backend.Config.Keepalive.Idle.Duration
+	}
+	if idle > 0 && s.idleFor() >= idle {
+		return PhaseIdle
+	}
+	return PhaseActive
+}
+
+// abort ends the session on a failure, once: the first failure is the
+// cause. A backend failure resets the app's connection (RST, not FIN), so
+// the app's pool sees a broken connection at once; an app failure closes
+// the backend connection, so the database ends its session.
+func (s *session) abort(side Side, phase Phase, err error, outcome string, srv *failover.Server) {
+	s.endOnce.Do(func() {
+		s.end = sessionEnd{side: side, phase: phase, err: err, outcome: outcome}
+		s.cancel()
+		s.mu.Lock()
+		conn := s.conn
+		if srv == nil {
+			srv = s.server
+		}
+		s.server = srv
+		s.cond.Broadcast()
+		s.mu.Unlock()
+		if side == SideBackend || Cause(err) != "eof" {
+			s.client.SetLinger(0)
+		}
+		s.client.Close()
+		if conn != nil {
+			s.closeBackend(conn)
+		}
+	})
+}
+
+// closeBackend reads the backend socket's final kernel counters, then
+// closes it.
+func (s *session) closeBackend(conn *net.TCPConn) {
+	s.mu.Lock()
+	srv := s.server
+	s.mu.Unlock()
+	if srv != nil {
+		s.p.linkFor(s.l.name, s.backend.Config.Name, srv.Address).removeLive(s, conn)
+	}
+	conn.Close()
+}
+
+// finish closes what is left and records the session's end.
+func (s *session) finish() {
+	s.endOnce.Do(func() {
+		s.end = sessionEnd{outcome: "ok", err: nil}
+		s.mu.Lock()
+		conn := s.conn
+		s.mu.Unlock()
+		s.client.Close()
+		if conn != nil {
+			s.closeBackend(conn)
+		}
+	})
+	s.mu.Lock()
+	srv, est := s.server, s.established
+	s.mu.Unlock()
+	s.p.record(s, srv, est)
+}
