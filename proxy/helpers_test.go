@@ -198,4 +198,3 @@ func readErr(c net.Conn, limit time.Duration) (error, time.Duration) {
 		}
 	}
 }
-
