@@ -1,0 +1,65 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net/http"
+	"time"
+
+	"github.com/tnsguard/tnsguard/config"
+)
+
+// checkCommand validates a file: 0 when valid (warnings may be printed),
+// 1 with every error, one per line.
+func checkCommand(args []string, stdout, stderr io.Writer) int {
+	fs := newFlags("check", stderr)
+	path := fs.String("config", "", "configuration file to validate")
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	if *path == "" {
+		fmt.Fprintln(stderr, "tnsguard check: -config FILE is required")
+		return 2
+	}
+	_, warnings, err := config.Load(*path)
+	for _, w := range warnings {
+		fmt.Fprintln(stderr, "warning:", w)
+	}
+	if err != nil {
+		fmt.Fprintln(stderr, err)
+		return 1
+	}
+	fmt.Fprintf(stdout, "%s: OK\n", *path)
+	return 0
+}
+
+// healthcheckCommand asks a running instance's /readyz (Docker HEALTHCHECK).
+func healthcheckCommand(args []string, stdout, stderr io.Writer) int {
+	fs := newFlags("healthcheck", stderr)
+	addr := fs.String("admin", "127.0.0.1:9521", "admin listener of the running instance")
+	timeout := fs.Duration("timeout", 3*time.Second, "give up after this")
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), *timeout)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+*addr+"/readyz", nil)
+	if err != nil {
+		fmt.Fprintln(stderr, "tnsguard healthcheck:", err)
+		return 1
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		fmt.Fprintln(stderr, "tnsguard healthcheck: not reachable:", err)
+		return 1
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
+	if resp.StatusCode != http.StatusOK {
+		fmt.Fprintf(stderr, "tnsguard healthcheck: not ready (%s): %s", resp.Status, body)
+		return 1
+	}
+	fmt.Fprintf(stdout, "ready\n")
+	return 0
+}

@@ -1,0 +1,66 @@
+// Command tnsguard is a TCP proxy that keeps Oracle (and other) database
+// sessions alive through firewalls, NAT and load balancers, and passes on
+// what breaks. See README.md.
+//
+//	tnsguard run [-config FILE]
+//	tnsguard check -config FILE
+//	tnsguard healthcheck [-admin ADDR]
+//	tnsguard probe -target HOST:PORT [-max D] [-json]
+//	tnsguard version
+package main
+
+import (
+	"flag"
+	"fmt"
+	"io"
+	"os"
+)
+
+// version is set at build time with -ldflags "-X main.version=...".
+var version = "dev"
+
+func main() {
+	os.Exit(dispatch(os.Args[1:], os.Stdout, os.Stderr))
+}
+
+const usage = `usage: tnsguard <command> [flags]
+
+commands:
+  run [-config FILE]                     run the proxy (no -config: the embedded default)
+  check -config FILE                     validate a configuration file
+  healthcheck [-admin ADDR]              exit 0 when a running instance is ready
+  probe -target HOST:PORT [-max D] [-json]
+                                         measure the path's idle timeout, recommend keepalive
+  version                                print the version
+`
+
+func dispatch(args []string, stdout, stderr io.Writer) int {
+	if len(args) == 0 {
+		fmt.Fprint(stderr, usage)
+		return 2
+	}
+	switch args[0] {
+	case "run":
+		return runCommand(args[1:], stderr)
+	case "check":
+		return checkCommand(args[1:], stdout, stderr)
+	case "healthcheck":
+		return healthcheckCommand(args[1:], stdout, stderr)
+	case "probe":
+		return probeCommand(args[1:], stdout, stderr)
+	case "version", "-version", "--version":
+		fmt.Fprintln(stdout, "tnsguard", version)
+		return 0
+	case "help", "-h", "-help", "--help":
+		fmt.Fprint(stdout, usage)
+		return 0
+	}
+	fmt.Fprintf(stderr, "tnsguard: unknown command %q\n\n%s", args[0], usage)
+	return 2
+}
+
+func newFlags(name string, stderr io.Writer) *flag.FlagSet {
+	fs := flag.NewFlagSet("tnsguard "+name, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	return fs
+}

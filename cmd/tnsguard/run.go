@@ -1,0 +1,118 @@
+package main
+
+import (
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/tnsguard/tnsguard/admin"
+	"github.com/tnsguard/tnsguard/config"
+	"github.com/tnsguard/tnsguard/metrics"
+	"github.com/tnsguard/tnsguard/proxy"
+)
+
+func runCommand(args []string, stderr io.Writer) int {
+	fs := newFlags("run", stderr)
+	path := fs.String("config", "", "configuration file (default: the embedded configs/tnsguard.toml)")
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	load := func() (*config.Config, []string, error) {
+		if *path == "" {
+			return config.Parse([]byte(config.DefaultText()), "embedded default")
+		}
+		return config.Load(*path)
+	}
+	cfg, warnings, err := load()
+	if err != nil {
+		fmt.Fprintln(stderr, err)
+		return 1
+	}
+	log := hclog.New(&hclog.LoggerOptions{
+		Name: "tnsguard", Level: hclog.LevelFromString(cfg.Log.Level), Output: stderr,
+		JSONFormat: cfg.Log.Format == "json",
+	})
+	for _, w := range warnings {
+		log.Warn(w)
+	}
+	raiseFileLimit(log)
+
+	reg := prometheus.NewRegistry()
+	m := metrics.New(reg, version)
+	p := proxy.New(log, m)
+	reg.MustRegister(metrics.NewTCPInfoCollector(p))
+	if err := p.Apply(cfg); err != nil {
+		log.Error("cannot start", "error", err)
+		p.Shutdown(0, 0)
+		return 1
+	}
+	m.ReloadOK.Set(1)
+	m.ReloadTime.Set(float64(time.Now().Unix()))
+	adm, err := admin.Start(cfg.Admin, reg, p, log.Named("admin"))
+	if err != nil {
+		log.Error("cannot start the admin listener", "address", cfg.Admin.Listen, "error", err)
+		p.Shutdown(0, 0)
+		return 1
+	}
+	log.Info("tnsguard started", "version", version, "config", cfg.Source)
+
+	sigs := make(chan os.Signal, 4)
+	signal.Notify(sigs, syscall.SIGHUP, syscall.SIGTERM, syscall.SIGINT)
+	defer signal.Stop(sigs)
+	for sig := range sigs {
+		if sig != syscall.SIGHUP {
+			log.Info("signal received: draining", "signal", sig.String())
+			break
+		}
+		next, warnings, err := load()
+		for _, w := range warnings {
+			log.Warn(w)
+		}
+		if err == nil {
+			err = p.Apply(next)
+		}
+		if err != nil {
+			m.ReloadOK.Set(0)
+			log.Error("reload failed: the running configuration stays", "error", err)
+			continue
+		}
+		if next.Admin.Listen != cfg.Admin.Listen {
+			log.Warn("admin.listen changed: it takes effect at the next restart", "running", cfg.Admin.Listen)
+		}
+		log.SetLevel(hclog.LevelFromString(next.Log.Level))
+		cfg = next
+		m.ReloadOK.Set(1)
+		m.ReloadTime.Set(float64(time.Now().Unix()))
+		log.Info("configuration reloaded", "config", cfg.Source)
+	}
+	p.Shutdown(cfg.Shutdown.Grace.Duration, cfg.Shutdown.DrainTimeout.Duration)
+	adm.Close()
+	return 0
+}
+
+// raiseFileLimit lifts the soft RLIMIT_NOFILE to the hard limit: every
+// session holds two sockets.
+func raiseFileLimit(log hclog.Logger) {
+	var lim syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
+		log.Warn("cannot read the open-files limit", "error", err)
+		return
+	}
+	if lim.Cur < lim.Max {
+		old := lim.Cur
+		lim.Cur = lim.Max
+		if err := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
+			log.Warn("cannot raise the open-files limit", "limit", old, "error", err)
+			return
+		}
+		log.Info("raised the open-files limit", "from", old, "to", lim.Cur)
+		return
+	}
+	log.Debug("open-files limit", "limit", lim.Cur)
+}
