@@ -56,28 +56,59 @@ func requireTool(t *testing.T, name, why string) string {
 	return ""
 }
 
-// loadYAML parses every document of a YAML file into JSON-shaped values, using
-// python3's PyYAML (no YAML module is among the project's Go dependencies).
-func loadYAML(t *testing.T, rel string, into any) {
+// loadYAML parses every document of each YAML file (paths relative to the repository)
+// into JSON, one array of documents per file, with python3's PyYAML: no YAML module is
+// among the project's Go dependencies. One python3 run for all files: it starts slowly.
+func loadYAML(t *testing.T, rels ...string) map[string]json.RawMessage {
 	t.Helper()
 	py := requireTool(t, "python3", "parse YAML")
-	const script = `import sys, json, yaml
-with open(sys.argv[1]) as f:
-    json.dump([d for d in yaml.safe_load_all(f) if d is not None], sys.stdout, default=str)`
-	if err := exec.Command(py, "-c", "import yaml").Run(); err != nil {
+	const script = `import sys, json
+try:
+    import yaml
+except ImportError:
+    sys.exit(3)
+out = {}
+for p in sys.argv[1:]:
+    with open(p) as f:
+        try:
+            out[p] = [d for d in yaml.safe_load_all(f) if d is not None]
+        except yaml.YAMLError as e:
+            print(p, e, file=sys.stderr)
+            sys.exit(1)
+json.dump(out, sys.stdout, default=str)`
+	root := repoRoot(t)
+	args := []string{"-I", "-c", script}
+	for _, r := range rels {
+		args = append(args, filepath.Join(root, r))
+	}
+	cmd := exec.Command(py, args...)
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if ee, ok := err.(*exec.ExitError); ok && ee.ExitCode() == 3 {
 		if os.Getenv("CI") != "" {
 			t.Fatal("python3 has no yaml module (Debian package python3-yaml); CI must install it")
 		}
 		t.Skip("SKIPPED: python3 has no yaml module (apt-get install python3-yaml); cannot parse YAML (set CI=1 to make this a failure)")
 	}
-	cmd := exec.Command(py, "-c", script, filepath.Join(repoRoot(t), rel))
-	var stderr bytes.Buffer
-	cmd.Stderr = &stderr
-	out, err := cmd.Output()
 	if err != nil {
-		t.Fatalf("%s is not valid YAML: %v\n%s", rel, err, stderr.String())
+		t.Fatalf("YAML: %v\n%s", err, stderr.String())
 	}
-	if err := json.Unmarshal(out, into); err != nil {
+	var byPath map[string]json.RawMessage
+	if err := json.Unmarshal(out, &byPath); err != nil {
+		t.Fatal(err)
+	}
+	docs := map[string]json.RawMessage{}
+	for _, r := range rels {
+		docs[r] = byPath[filepath.Join(root, r)]
+	}
+	return docs
+}
+
+// decodeYAML decodes one file's documents (from loadYAML) into v.
+func decodeYAML(t *testing.T, docs map[string]json.RawMessage, rel string, v any) {
+	t.Helper()
+	if err := json.Unmarshal(docs[rel], v); err != nil {
 		t.Fatalf("%s: unexpected shape: %v", rel, err)
 	}
 }
