@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/tnsguard/tnsguard/test/lab/netlab"
 )
@@ -82,7 +83,11 @@ func guardConfig(links ...link) string {
 		if fall == 0 {
 			fall = 2
 		}
-		fmt.Fprintf(&b, "  [backend.health]\n  check = %q\n  interval = %q\n  timeout = \"1s\"\n  rise = %d\n  fall = %d\n", check, interval, rise, fall)
+		timeout := "1s"
+		if d, err := time.ParseDuration(interval); err == nil && d < time.Second {
+			timeout = interval // tnsguard wants timeout <= interval
+		}
+		fmt.Fprintf(&b, "  [backend.health]\n  check = %q\n  interval = %q\n  timeout = %q\n  rise = %d\n  fall = %d\n", check, interval, timeout, rise, fall)
 		for i, s := range l.Servers {
 			fmt.Fprintf(&b, "  [[backend.server]]\n  address = %q\n  priority = %d\n", s, i)
 		}

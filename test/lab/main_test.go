@@ -10,8 +10,9 @@ import (
 	"github.com/tnsguard/tnsguard/test/lab/netlab"
 )
 
-// tnsguardBin is built once per test binary run, by the first test that needs it.
-var tnsguardBin = &netlab.Binary{ModDir: "../..", Pkg: "./cmd/tnsguard"}
+// tnsguardBin is built once per test binary run, by the first test that needs it;
+// TNSGUARD_LAB_BIN=/path/to/tnsguard tests that binary instead.
+var tnsguardBin = &netlab.Binary{ModDir: "../..", Pkg: "./cmd/tnsguard", Env: "TNSGUARD_LAB_BIN"}
 
 func TestMain(m *testing.M) {
 	netlab.RunHelper() // helper processes (echo server, toxiproxy) end here

@@ -172,8 +172,8 @@ func (l *Lab) StartHelper(t testing.TB, ns, role string, args any) *Proc {
 	t.Cleanup(func() {
 		p.Kill()
 		close(stop)
-		if t.Failed() {
-			t.Logf("netlab: helper %s stderr:\n%s", role, p.Stderr())
+		if out := p.Stderr(); t.Failed() && out != "" {
+			t.Logf("netlab: helper %s stderr:\n%s", role, out)
 		}
 	})
 	select {

@@ -27,6 +27,9 @@ type Binary struct {
 	// ModDir is the module root, relative to the test's working directory (the
 	// package directory) or absolute; Pkg is the package to build, e.g. "./cmd/tnsguard".
 	ModDir, Pkg string
+	// Env names an environment variable that, when set, gives a prebuilt binary to
+	// use instead (e.g. TNSGUARD_LAB_BIN, to test a release build).
+	Env string
 
 	once sync.Once
 	dir  string
@@ -39,6 +42,10 @@ type Binary struct {
 func (b *Binary) Path(t testing.TB) string {
 	t.Helper()
 	b.once.Do(func() {
+		if b.Env != "" && os.Getenv(b.Env) != "" {
+			b.path, b.err = filepath.Abs(os.Getenv(b.Env))
+			return
+		}
 		b.dir, b.err = os.MkdirTemp("", "netlab-bin-")
 		if b.err != nil {
 			return
@@ -110,11 +117,11 @@ func (l *Lab) StartTnsguard(t testing.TB, bin, ns, admin, config string) *Tnsgua
 		}
 		select {
 		case <-g.done:
-			t.Fatalf("netlab: tnsguard exited before ready: %v\nconfig:\n%s\nlog:\n%s", g.err, config, g.Log())
+			t.Fatalf("netlab: tnsguard exited before ready: %v\nconfig:\n%s", g.err, config)
 		case <-time.After(100 * time.Millisecond):
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("netlab: tnsguard /readyz not 200 after 20s (last: %d %v)\nconfig:\n%s\nlog:\n%s", code, err, config, g.Log())
+			t.Fatalf("netlab: tnsguard /readyz not 200 after 20s (last: %d %v)\nconfig:\n%s", code, err, config)
 		}
 	}
 }
