@@ -1,0 +1,120 @@
+package probe
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"time"
+
+	"github.com/tnsguard/tnsguard/config"
+)
+
+// Command runs `tnsguard probe` with args (the words after "probe"): the
+// flags, the run with progress on stderr, the summary (or -json object) on
+// stdout. It returns the exit code: 0 when the probe finished, found or not;
+// 1 on any error (bad flags, target unreachable, target closing idle
+// connections itself, interrupted); 2 for -h.
+func Command(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("tnsguard probe", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	target := fs.String("target", "", "`HOST:PORT` to probe: a server that keeps a silent connection open, beyond the firewall, NAT or load balancer to measure")
+	maxIdle := fs.Duration("max", defaultMax, "longest idle `time` to check; the run takes about this long when no timeout is found")
+	parallel := fs.Int("parallel", defaultParallel, "test connections open at once (`N`); more finish sooner")
+	asJSON := fs.Bool("json", false, "print the result as one JSON object")
+	cfgPath := fs.String("config", "", "take the target from this tnsguard configuration `FILE`: the first server of -backend")
+	backend := fs.String("backend", "", "backend `NAME` in -config (may be left out when there is only one)")
+	fs.Usage = func() {
+		fmt.Fprintf(stderr, "usage: tnsguard probe -target HOST:PORT [-max 2h] [-parallel N] [-json]\n"+
+			"       tnsguard probe -config FILE [-backend NAME] [-max 2h] [-parallel N] [-json]\n\n"+
+			"Measures after how long the network path to HOST:PORT forgets an idle connection,\n"+
+			"and whether it then drops or resets it, and recommends keepalive settings.\n"+
+			"Liveness is checked with TCP keepalive probes: the service receives no data.\n\n")
+		fs.PrintDefaults()
+	}
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return 2
+		}
+		return 1
+	}
+	fail := func(format string, a ...any) int {
+		fmt.Fprintf(stderr, "tnsguard probe: "+format+"\n", a...)
+		return 1
+	}
+	if fs.NArg() > 0 {
+		return fail("unexpected argument %q", fs.Arg(0))
+	}
+	switch {
+	case *target != "" && *cfgPath != "":
+		return fail("give -target or -config, not both")
+	case *cfgPath == "" && *backend != "":
+		return fail("-backend needs -config")
+	case *target == "" && *cfgPath == "":
+		return fail("give -target HOST:PORT (or -config FILE -backend NAME)")
+	case *cfgPath != "":
+		addr, err := backendAddress(*cfgPath, *backend)
+		if err != nil {
+			return fail("%v", err)
+		}
+		*target = addr
+	}
+
+	res, err := Run(ctx, Options{Target: *target, Max: *maxIdle, Parallel: *parallel, Progress: stderr})
+	if err != nil {
+		if errors.Is(err, ErrClosedByTarget) {
+			return fail("%v.\nPoint -target at a port on the far side that keeps silent connections open "+
+				"(a listener whose service does not time out connections that send nothing; see the README)", err)
+		}
+		if errors.Is(err, context.Canceled) && (res.Checks > 0) {
+			lo, hi := res.LongestAlive, res.ShortestDead
+			return fail("interrupted after %s: connections survived idle %s%s", res.Elapsed.Round(time.Second), fmtDur(lo), diedAfter(hi))
+		}
+		return fail("%v", err)
+	}
+	if *asJSON {
+		b, err := json.Marshal(res.Report())
+		if err != nil {
+			return fail("%v", err)
+		}
+		fmt.Fprintf(stdout, "%s\n", b)
+		return 0
+	}
+	if err := res.WriteText(stdout); err != nil {
+		return fail("%v", err)
+	}
+	return 0
+}
+
+func diedAfter(hi time.Duration) string {
+	if hi == 0 {
+		return ""
+	}
+	return ", one died after idle " + fmtDur(hi)
+}
+
+// backendAddress returns the first server address of the named backend in a
+// tnsguard configuration file (the only backend when name is empty).
+func backendAddress(path, name string) (string, error) {
+	cfg, _, err := config.Load(path)
+	if err != nil {
+		return "", err
+	}
+	var b *config.Backend
+	switch {
+	case name != "":
+		if b = cfg.Backend(name); b == nil {
+			return "", fmt.Errorf("%s: backend %q is not defined", path, name)
+		}
+	case len(cfg.Backends) == 1:
+		b = &cfg.Backends[0]
+	default:
+		return "", fmt.Errorf("%s: %d backends: choose one with -backend NAME", path, len(cfg.Backends))
+	}
+	if len(b.Servers) == 0 {
+		return "", fmt.Errorf("%s: backend %q has no server", path, b.Name)
+	}
+	return b.Servers[0].Address, nil
+}

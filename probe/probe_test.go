@@ -1,0 +1,401 @@
+package probe
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"net"
+	"os"
+	"path/filepath"
+	"reflect"
+	"sort"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+// target is a TCP server on loopback that keeps connections and counts what
+// the probe does to it: connections open at once, bytes received, and
+// connections still open.
+type target struct {
+	ln *net.TCPListener
+	// closeAfter > 0: close each connection this long after accept, with a
+	// FIN, or with a reset when reset is set.
+	closeAfter time.Duration
+	reset      bool
+
+	mu       sync.Mutex
+	open     int
+	maxOpen  int
+	accepted int
+	received int
+	wg       sync.WaitGroup
+}
+
+func startTarget(t *testing.T, closeAfter time.Duration, reset bool) *target {
+	t.Helper()
+	ln, err := net.ListenTCP("tcp", &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tg := &target{ln: ln, closeAfter: closeAfter, reset: reset}
+	tg.wg.Add(1)
+	go tg.serve()
+	t.Cleanup(func() {
+		ln.Close()
+		tg.wg.Wait()
+	})
+	return tg
+}
+
+func (tg *target) addr() string { return tg.ln.Addr().String() }
+
+func (tg *target) serve() {
+	defer tg.wg.Done()
+	for {
+		c, err := tg.ln.AcceptTCP()
+		if err != nil {
+			return
+		}
+		tg.mu.Lock()
+		tg.open++
+		tg.accepted++
+		tg.maxOpen = max(tg.maxOpen, tg.open)
+		tg.mu.Unlock()
+		tg.wg.Add(1)
+		go tg.hold(c)
+	}
+}
+
+func (tg *target) hold(c *net.TCPConn) {
+	defer tg.wg.Done()
+	defer func() {
+		tg.mu.Lock()
+		tg.open--
+		tg.mu.Unlock()
+	}()
+	var timer *time.Timer
+	if tg.closeAfter > 0 {
+		timer = time.AfterFunc(tg.closeAfter, func() {
+			if tg.reset {
+				c.SetLinger(0)
+			}
+			c.Close()
+		})
+		defer timer.Stop()
+	}
+	buf := make([]byte, 1024)
+	for {
+		n, err := c.Read(buf)
+		tg.mu.Lock()
+		tg.received += n
+		tg.mu.Unlock()
+		if err != nil {
+			c.Close()
+			return
+		}
+	}
+}
+
+// waitAllClosed waits until the target has seen every connection end.
+func (tg *target) waitAllClosed(t *testing.T) {
+	t.Helper()
+	deadline := time.Now().Add(2 * time.Second)
+	for {
+		tg.mu.Lock()
+		open := tg.open
+		tg.mu.Unlock()
+		if open == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d test connections still open at the target after the run", open)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func (tg *target) stats() (maxOpen, accepted, received int) {
+	tg.mu.Lock()
+	defer tg.mu.Unlock()
+	return tg.maxOpen, tg.accepted, tg.received
+}
+
+// A loopback target with nothing in between: no timeout up to -max, failure
+// none, found in about max, nothing sent to the service, nothing left open.
+func TestRunNoMiddlebox(t *testing.T) {
+	t.Parallel()
+	tg := startTarget(t, 0, false)
+	var progress bytes.Buffer
+	start := time.Now()
+	res, err := Run(context.Background(), Options{Target: tg.addr(), Max: 3 * time.Second, Progress: &progress})
+	took := time.Since(start)
+	if err != nil {
+		t.Fatalf("Run: %v\n%s", err, progress.String())
+	}
+	t.Logf("progress:\n%s", progress.String())
+	if res.Found || res.Failure != FailureNone || res.ShortestDead != 0 {
+		t.Errorf("found %v failure %q died after %v; want no timeout, failure none", res.Found, res.Failure, res.ShortestDead)
+	}
+	if res.LongestAlive < 3*time.Second || res.LongestAlive > 3100*time.Millisecond {
+		t.Errorf("longest idle survived = %v, want 3s (max)", res.LongestAlive)
+	}
+	if took < 3*time.Second || took > 5*time.Second {
+		t.Errorf("took %v, want about 3s", took)
+	}
+	if res.RTT <= 0 || res.RTT > 100*time.Millisecond {
+		t.Errorf("rtt = %v", res.RTT)
+	}
+	want := Recommendation{PathIdleTimeout: 3 * time.Second, Idle: time.Second, Interval: time.Second, Count: 3, UserTimeout: 4 * time.Second}
+	if res.Recommended != want {
+		t.Errorf("recommended = %+v, want %+v", res.Recommended, want)
+	}
+	if !strings.Contains(progress.String(), "idle 3s: alive") {
+		t.Errorf("progress does not show the check at 3s:\n%s", progress.String())
+	}
+	tg.waitAllClosed(t)
+	maxOpen, accepted, received := tg.stats()
+	if received != 0 {
+		t.Errorf("the target's application received %d bytes; the probe must send none", received)
+	}
+	if maxOpen > defaultParallel {
+		t.Errorf("%d connections open at once, want at most %d", maxOpen, defaultParallel)
+	}
+	if res.Connections != accepted || res.Checks < 3 {
+		t.Errorf("result says %d connections, %d checks; the target accepted %d", res.Connections, res.Checks, accepted)
+	}
+}
+
+// A target that resets idle connections after 2.5s itself (not in answer to
+// anything): reported as a reset after about 2.5s.
+func TestRunTargetResetsIdle(t *testing.T) {
+	t.Parallel()
+	tg := startTarget(t, 2500*time.Millisecond, true)
+	var progress bytes.Buffer
+	res, err := Run(context.Background(), Options{Target: tg.addr(), Max: 20 * time.Second, Progress: &progress})
+	t.Logf("progress:\n%s", progress.String())
+	if err != nil {
+		t.Fatalf("Run: %v", err)
+	}
+	if !res.Found || res.Failure != FailureReset {
+		t.Fatalf("found %v failure %q, want a reset", res.Found, res.Failure)
+	}
+	if d := res.IdleTimeout - 2500*time.Millisecond; d < -time.Second || d > time.Second {
+		t.Errorf("idle timeout %v, want 2.5s within 1s (bracket %v..%v)", res.IdleTimeout, res.LongestAlive, res.ShortestDead)
+	}
+	tg.waitAllClosed(t)
+}
+
+// A target that closes idle connections (FIN) 2.5s after accept, like an
+// Oracle listener's INBOUND_CONNECT_TIMEOUT: its own outcome, not a
+// middlebox timeout.
+func TestCommandTargetClosesIdle(t *testing.T) {
+	t.Parallel()
+	tg := startTarget(t, 2500*time.Millisecond, false)
+	var stdout, stderr bytes.Buffer
+	code := Command(context.Background(), []string{"-target", tg.addr(), "-max", "20s"}, &stdout, &stderr)
+	t.Logf("stderr:\n%s", stderr.String())
+	if code != 1 {
+		t.Errorf("exit %d, want 1", code)
+	}
+	if !strings.Contains(stderr.String(), "closed by target after 2.5") {
+		t.Errorf("stderr does not say the target closed connections after 2.5s")
+	}
+	if stdout.Len() != 0 {
+		t.Errorf("stdout: %q, want nothing", stdout.String())
+	}
+	tg.waitAllClosed(t)
+}
+
+func TestCommandNoTimeoutText(t *testing.T) {
+	t.Parallel()
+	tg := startTarget(t, 0, false)
+	var stdout, stderr bytes.Buffer
+	code := Command(context.Background(), []string{"-target", tg.addr(), "-max", "3s"}, &stdout, &stderr)
+	if code != 0 {
+		t.Fatalf("exit %d, want 0; stderr:\n%s", code, stderr.String())
+	}
+	out := stdout.String()
+	t.Logf("stdout:\n%s", out)
+	for _, want := range []string{
+		"no idle timeout found up to 3s",
+		"failure:       none",
+		"[backend.keepalive]\npath_idle_timeout = \"3s\"",
+		"idle         = \"1s\"",
+		"count        = 3",
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("stdout lacks %q", want)
+		}
+	}
+	if !strings.Contains(stderr.String(), "idle 1s: alive") {
+		t.Errorf("no progress on stderr:\n%s", stderr.String())
+	}
+}
+
+// -json prints exactly the contract's object.
+func TestCommandJSONShape(t *testing.T) {
+	t.Parallel()
+	tg := startTarget(t, 0, false)
+	var stdout, stderr bytes.Buffer
+	code := Command(context.Background(), []string{"-target", tg.addr(), "-max", "2s", "-json"}, &stdout, &stderr)
+	if code != 0 {
+		t.Fatalf("exit %d, want 0; stderr:\n%s", code, stderr.String())
+	}
+	if n := strings.Count(stdout.String(), "\n"); n != 1 {
+		t.Errorf("stdout has %d lines, want one JSON object: %q", n, stdout.String())
+	}
+	var got map[string]any
+	if err := json.Unmarshal(stdout.Bytes(), &got); err != nil {
+		t.Fatalf("not JSON: %v: %q", err, stdout.String())
+	}
+	keys := func(m map[string]any) []string {
+		var k []string
+		for key := range m {
+			k = append(k, key)
+		}
+		sort.Strings(k)
+		return k
+	}
+	if k := keys(got); !reflect.DeepEqual(k, []string{"failure", "idle_timeout_seconds", "recommended", "rtt_seconds", "target"}) {
+		t.Errorf("keys = %v", k)
+	}
+	if got["target"] != tg.addr() || got["idle_timeout_seconds"] != nil || got["failure"] != "none" {
+		t.Errorf("target %v idle_timeout_seconds %v failure %v", got["target"], got["idle_timeout_seconds"], got["failure"])
+	}
+	if rtt, ok := got["rtt_seconds"].(float64); !ok || rtt <= 0 || rtt > 0.1 {
+		t.Errorf("rtt_seconds = %v", got["rtt_seconds"])
+	}
+	rec, _ := got["recommended"].(map[string]any)
+	want := map[string]any{"path_idle_timeout": "2s", "idle": "1s", "interval": "1s", "count": 3.0}
+	if !reflect.DeepEqual(rec, want) {
+		t.Errorf("recommended = %v, want %v", rec, want)
+	}
+}
+
+func TestReportFound(t *testing.T) {
+	r := Result{Target: "db:1521", Found: true, IdleTimeout: 300500 * time.Millisecond, Failure: FailureDrop,
+		RTT: 1200 * time.Microsecond, Recommended: Recommend(300500 * time.Millisecond)}
+	b, err := json.Marshal(r.Report())
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := `{"target":"db:1521","idle_timeout_seconds":300.5,"failure":"drop","rtt_seconds":0.0012,"recommended":{"path_idle_timeout":"5m0s","idle":"1m40s","interval":"33s","count":3}}`
+	if string(b) != want {
+		t.Errorf("got  %s\nwant %s", b, want)
+	}
+}
+
+func TestCommandRefused(t *testing.T) {
+	t.Parallel()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close() // nothing listens there now
+	var stdout, stderr bytes.Buffer
+	code := Command(context.Background(), []string{"-target", addr, "-json"}, &stdout, &stderr)
+	if code != 1 {
+		t.Errorf("exit %d, want 1", code)
+	}
+	if !strings.Contains(stderr.String(), "connection refused") {
+		t.Errorf("stderr = %q, want it to say connection refused", stderr.String())
+	}
+	if stdout.Len() != 0 {
+		t.Errorf("stdout = %q, want nothing", stdout.String())
+	}
+}
+
+func TestCommandUsageErrors(t *testing.T) {
+	for _, c := range []struct {
+		args []string
+		want string
+	}{
+		{nil, "give -target HOST:PORT"},
+		{[]string{"-target", "a:1", "-config", "x.toml"}, "not both"},
+		{[]string{"-target", "nohostport"}, "missing port"},
+		{[]string{"-target", "127.0.0.1:1", "-max", "500ms"}, "below the shortest idle"},
+		{[]string{"-target", "127.0.0.1:1", "-parallel", "1"}, "at least 2"},
+		{[]string{"-backend", "x"}, "-backend needs -config"},
+		{[]string{"-config", "/nonexistent/tnsguard.toml"}, "no such file"},
+	} {
+		var stdout, stderr bytes.Buffer
+		if code := Command(context.Background(), c.args, &stdout, &stderr); code != 1 {
+			t.Errorf("%v: exit %d, want 1", c.args, code)
+		}
+		if !strings.Contains(stderr.String(), c.want) {
+			t.Errorf("%v: stderr = %q, want %q", c.args, stderr.String(), c.want)
+		}
+	}
+}
+
+// -config FILE -backend NAME probes the backend's first server.
+func TestCommandTargetFromConfig(t *testing.T) {
+	t.Parallel()
+	tg := startTarget(t, 0, false)
+	cfg := `
+[[listener]]
+name    = "orders"
+listen  = "127.0.0.1:0"
+backend = "orders"
+
+[[backend]]
+name = "other"
+  [[backend.server]]
+  address = "127.0.0.1:1"
+
+[[backend]]
+name = "orders"
+  [[backend.server]]
+  address = "` + tg.addr() + `"
+  [[backend.server]]
+  address = "127.0.0.1:2"
+`
+	path := filepath.Join(t.TempDir(), "tnsguard.toml")
+	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	var stdout, stderr bytes.Buffer
+	code := Command(context.Background(), []string{"-config", path, "-backend", "orders", "-max", "1s", "-json"}, &stdout, &stderr)
+	if code != 0 {
+		t.Fatalf("exit %d; stderr:\n%s", code, stderr.String())
+	}
+	if !strings.Contains(stdout.String(), `"target":"`+tg.addr()+`"`) {
+		t.Errorf("stdout = %s, want target %s", stdout.String(), tg.addr())
+	}
+	stderr.Reset()
+	if code := Command(context.Background(), []string{"-config", path, "-max", "1s"}, &stdout, &stderr); code != 1 || !strings.Contains(stderr.String(), "choose one with -backend") {
+		t.Errorf("two backends, no -backend: exit %d, stderr %q", code, stderr.String())
+	}
+	stderr.Reset()
+	if code := Command(context.Background(), []string{"-config", path, "-backend", "nope"}, &stdout, &stderr); code != 1 || !strings.Contains(stderr.String(), `backend "nope" is not defined`) {
+		t.Errorf("unknown backend: exit %d, stderr %q", code, stderr.String())
+	}
+}
+
+// Cancelling the run ends it at once and closes every connection.
+func TestRunCancel(t *testing.T) {
+	t.Parallel()
+	tg := startTarget(t, 0, false)
+	ctx, cancel := context.WithTimeout(context.Background(), 1500*time.Millisecond)
+	defer cancel()
+	start := time.Now()
+	res, err := Run(ctx, Options{Target: tg.addr(), Max: time.Hour})
+	if !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("err = %v, want deadline exceeded", err)
+	}
+	if took := time.Since(start); took > 2500*time.Millisecond {
+		t.Errorf("took %v after a 1.5s deadline", took)
+	}
+	if res.LongestAlive < time.Second || res.LongestAlive > 1100*time.Millisecond {
+		t.Errorf("partial result: longest idle survived %v, want 1s", res.LongestAlive)
+	}
+	tg.waitAllClosed(t)
+}

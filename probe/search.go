@@ -1,0 +1,245 @@
+package probe
+
+import (
+	"math"
+	"sort"
+	"time"
+)
+
+// search decides which idle times to check, from what the checks so far
+// found. It holds no sockets and reads no clock, so its decisions can be
+// tested with simulated time.
+//
+// The idle timeout lies between the longest idle a connection survived (lo)
+// and the shortest after which one died (hi). Until a connection has died,
+// the oldest connection waits for max and the others climb a ladder of idle
+// times (1s, 2s, 3s, 4s, 6s, 8s, 11s, ... a factor √2 apart), each taking the
+// next rung when its check comes back alive. Once one has died, each free
+// connection is sent to the middle of the widest gap left between lo, the
+// checks in flight and hi (or checked at once when it is already past that
+// middle), until hi-lo is within the resolution: 1s, or 2% of long timeouts.
+type search struct {
+	max time.Duration
+
+	alive []time.Duration // idle times connections survived
+	dead  []observation   // idle times after which connections had died
+
+	// closedAfter is how long after connect the target itself closed an idle
+	// connection (0: never seen). No idle longer than that can be checked.
+	closedAfter time.Duration
+}
+
+type observation struct {
+	idle    time.Duration
+	failure Failure
+}
+
+// ladderStart is the first rung of the ladder and the shortest idle checked:
+// the liveness check tells its own probe's ACK from older ones by more than
+// this much silence before it.
+const ladderStart = time.Second
+
+// ladderStep is the factor between rungs. Simulated runs (search_test.go)
+// over timeouts from 1 min to 2 h found √2 the quickest with a handful of
+// connections: coarser rungs leave a wide bracket to narrow, each narrowing
+// costing a whole timeout of waiting; finer ones make the climb slow.
+const ladderStep = math.Sqrt2
+
+// slot is the planner's view of one open test connection that is not being
+// checked: how long it has been idle and how long it could still idle before
+// the target closes it (0: no limit known).
+type slot struct {
+	idle  time.Duration
+	reach time.Duration
+}
+
+func (s *search) addAlive(idle time.Duration) { s.alive = append(s.alive, idle) }
+
+func (s *search) addDead(idle time.Duration, f Failure) {
+	s.dead = append(s.dead, observation{idle, f})
+}
+
+// bounds returns lo, the longest idle survived below hi, and hi, the shortest
+// idle after which a connection died (0: none died). A survival at or above
+// hi contradicts a death and is set aside: the deaths are trusted, since
+// keepalive must work for every connection, not just for the lucky ones.
+func (s *search) bounds() (lo, hi time.Duration) {
+	for _, d := range s.dead {
+		if hi == 0 || d.idle < hi {
+			hi = d.idle
+		}
+	}
+	for _, a := range s.alive {
+		if (hi == 0 || a < hi) && a > lo {
+			lo = a
+		}
+	}
+	return lo, hi
+}
+
+// failure is how the connection that bounds the timeout from above died.
+func (s *search) failure() Failure {
+	_, hi := s.bounds()
+	for _, d := range s.dead {
+		if d.idle == hi {
+			return d.failure
+		}
+	}
+	return FailureNone
+}
+
+// contradictions counts survivals longer than the shortest death.
+func (s *search) contradictions() int {
+	_, hi := s.bounds()
+	n := 0
+	for _, a := range s.alive {
+		if hi > 0 && a >= hi {
+			n++
+		}
+	}
+	return n
+}
+
+// resolution is how close lo and hi must get: 1s, or 2% for long timeouts.
+func resolution(lo time.Duration) time.Duration {
+	if r := lo / 50; r > time.Second {
+		return r
+	}
+	return time.Second
+}
+
+// limit is the longest idle worth checking: max, or less when the target
+// closes idle connections itself.
+func (s *search) limit() time.Duration {
+	if s.closedAfter == 0 {
+		return s.max
+	}
+	margin := resolution(s.closedAfter)
+	if l := s.closedAfter - margin; l < s.max {
+		return l
+	}
+	return s.max
+}
+
+// done reports whether the search has its answer: a bracket within the
+// resolution, or survival up to the limit.
+func (s *search) done() bool {
+	lo, hi := s.bounds()
+	if hi > 0 {
+		return hi-lo <= resolution(lo)
+	}
+	return lo >= s.limit()
+}
+
+// plan gives each idle connection its next check (targets[i] is the idle at
+// which to check slots[i]; 0 means the connection is of no more use and is
+// closed) and returns the targets for up to free new connections. pending are
+// the idle times of checks in flight.
+func (s *search) plan(pending []time.Duration, slots []slot, free int) (targets, fresh []time.Duration) {
+	targets = make([]time.Duration, len(slots))
+	if s.done() {
+		return targets, nil
+	}
+	planned := append([]time.Duration(nil), pending...)
+	// Oldest first: they can reach the longest idle times soonest.
+	order := make([]int, len(slots))
+	for i := range order {
+		order[i] = i
+	}
+	sort.SliceStable(order, func(a, b int) bool { return slots[order[a]].idle > slots[order[b]].idle })
+	if _, hi := s.bounds(); hi == 0 && len(order) > 0 {
+		// The oldest connection is kept for the limit itself, so a run that
+		// finds no timeout ends after about max, not a ladder cycle later.
+		lim, covered := s.limit(), false
+		for _, p := range planned {
+			covered = covered || p >= lim
+		}
+		if i := order[0]; !covered && slots[i].idle <= lim && (slots[i].reach == 0 || lim <= slots[i].reach) {
+			targets[i] = lim
+			planned = append(planned, lim)
+			order = order[1:]
+		}
+	}
+	for _, i := range order {
+		if x, ok := s.next(slots[i].idle, slots[i].reach, planned); ok {
+			targets[i] = x
+			planned = append(planned, x)
+		}
+	}
+	for range free {
+		x, ok := s.next(0, 0, planned)
+		if !ok {
+			break
+		}
+		fresh = append(fresh, x)
+		planned = append(planned, x)
+	}
+	return targets, fresh
+}
+
+// next picks the idle at which a connection now idle for a should be
+// checked, given the checks already planned; reach bounds it (0: unbounded).
+func (s *search) next(a, reach time.Duration, planned []time.Duration) (time.Duration, bool) {
+	lo, hi := s.bounds()
+	lim := s.limit()
+	if reach == 0 || reach > lim {
+		reach = lim
+	}
+	if hi == 0 {
+		// Ladder: the next rung above everything known or planned.
+		top := lo
+		limPlanned := false
+		for _, p := range planned {
+			if p >= lim {
+				limPlanned = true
+			} else {
+				top = max(top, p)
+			}
+		}
+		for k := 0.0; ; k++ {
+			r := time.Duration(float64(ladderStart) * math.Pow(ladderStep, k)).Round(time.Second)
+			if r >= lim {
+				if limPlanned || lim < a || lim > reach {
+					return 0, false
+				}
+				return lim, true
+			}
+			if r > top && r >= a {
+				if r > reach {
+					return 0, false
+				}
+				return r, true
+			}
+		}
+	}
+	// Bisection: the middle of the widest gap this connection can still
+	// reach; a connection already past the middle is checked now, where it is.
+	res := resolution(lo)
+	cuts := []time.Duration{lo, hi}
+	for _, p := range planned {
+		if p > lo && p < hi {
+			cuts = append(cuts, p)
+		}
+	}
+	sort.Slice(cuts, func(i, j int) bool { return cuts[i] < cuts[j] })
+	var best, bestWidth time.Duration
+	for i := 0; i+1 < len(cuts); i++ {
+		g1, g2 := cuts[i], cuts[i+1]
+		w := g2 - g1
+		if w <= res || w <= bestWidth {
+			continue
+		}
+		x := max((g1+g2)/2, ladderStart)
+		if a > x {
+			if a >= g2-res/2 {
+				continue // would barely split it
+			}
+			x = a
+		}
+		if x > reach {
+			continue
+		}
+		best, bestWidth = x, w
+	}
+	return best, bestWidth > 0
+}
