@@ -4,6 +4,7 @@
 package lab
 
 import (
+	"flag"
 	"os"
 	"testing"
 
@@ -16,6 +17,14 @@ var tnsguardBin = &netlab.Binary{ModDir: "../..", Pkg: "./cmd/tnsguard", Env: "T
 
 func TestMain(m *testing.M) {
 	netlab.RunHelper() // helper processes (echo server, toxiproxy) end here
+	// The lab's tests mostly wait for firewall timeouts in separate namespaces: run
+	// more of them at once than there are CPUs, unless -parallel was given.
+	flag.Parse()
+	parallelSet := false
+	flag.Visit(func(f *flag.Flag) { parallelSet = parallelSet || f.Name == "test.parallel" })
+	if !parallelSet {
+		_ = flag.Set("test.parallel", "8")
+	}
 	code := m.Run()
 	tnsguardBin.Remove()
 	os.Exit(code)
