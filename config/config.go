@@ -239,12 +239,17 @@ func (c *Config) applyDefaults() {
 // applyDefaults fills what was not given: from path_idle_timeout when that
 // is set, else from the leg's defaults.
 func (k *Keepalive) applyDefaults(idle, interval time.Duration, count int, userTimeout time.Duration) {
-	if k.PathIdleTimeout.Set && k.PathIdleTimeout.Duration > 0 {
+	derived := k.PathIdleTimeout.Set && k.PathIdleTimeout.Duration > 0
+	if derived {
 		d := keepalive.FromPathIdle(k.PathIdleTimeout.Duration)
-		idle, interval, count, userTimeout = d.Idle, d.Interval, d.Count, d.UserTimeout
+		idle, interval, count = d.Idle, d.Interval, d.Count
 	}
 	k.Idle.orDefault(idle)
 	k.Interval.orDefault(interval)
 	k.Count = intOr(k.Count, count)
+	if derived {
+		// Give up when the last probe would: never cut keepalive short.
+		userTimeout = k.Idle.Duration + k.Interval.Duration*time.Duration(*k.Count)
+	}
 	k.UserTimeout.orDefault(userTimeout)
 }

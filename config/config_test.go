@@ -1,0 +1,199 @@
+package config
+
+import (
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/tnsguard/tnsguard/keepalive"
+)
+
+const minimal = `
+[[listener]]
+name = "orders"
+listen = "127.0.0.1:1522"
+backend = "orders"
+[[backend]]
+name = "orders"
+  [[backend.server]]
+  address = "127.0.0.1:1521"
+`
+
+// The embedded default is the same text as configs/tnsguard.toml, and valid.
+func TestDefaultIsTheExampleFile(t *testing.T) {
+	example, err := os.ReadFile("../configs/tnsguard.toml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if string(example) != DefaultText() {
+		t.Fatal("config/default.toml differs from configs/tnsguard.toml: copy the example over it")
+	}
+	cfg, warnings, err := Parse(example, "configs/tnsguard.toml")
+	if err != nil || len(warnings) > 0 {
+		t.Fatalf("example config: %v %v", err, warnings)
+	}
+	l := cfg.Listeners[0]
+	if l.Listen != "127.0.0.1:1522" || cfg.Backends[0].Servers[0].Address != "127.0.0.1:1521" || cfg.Admin.Listen != "127.0.0.1:9521" {
+		t.Fatalf("default addresses changed: %+v", cfg)
+	}
+}
+
+// The example file sets every key to its default: a minimal file must
+// decode to the same values.
+func TestDefaultsMatchTheExample(t *testing.T) {
+	full, _, err := Parse([]byte(DefaultText()), "default")
+	if err != nil {
+		t.Fatal(err)
+	}
+	min, _, err := Parse([]byte(minimal), "minimal")
+	if err != nil {
+		t.Fatal(err)
+	}
+	full.Source, min.Source = "", ""
+	// The example lists services = [] and the breaker etc. explicitly.
+	full.Listeners[0].Services = nil
+	full.Listeners[0].Allow, full.Listeners[0].TrustedProxies, full.Admin.Allow = nil, nil, nil
+	if a, b := full.Listeners[0].Keepalive.Settings(), min.Listeners[0].Keepalive.Settings(); a != b {
+		t.Errorf("listener keepalive: example %+v, default %+v", a, b)
+	}
+	if a, b := full.Backends[0].Keepalive.Settings(), min.Backends[0].Keepalive.Settings(); a != b {
+		t.Errorf("backend keepalive: example %+v, default %+v", a, b)
+	}
+	fb, mb := full.Backends[0], min.Backends[0]
+	if fb.ConnectBudget != mb.ConnectBudget || fb.ConnectTimeout != mb.ConnectTimeout || *fb.ReplayBytes != *mb.ReplayBytes ||
+		fb.Health != mb.Health || *fb.Breaker.Failures != *mb.Breaker.Failures || fb.Breaker.OpenFor != mb.Breaker.OpenFor ||
+		fb.Backoff != mb.Backoff || fb.BackoffMax != mb.BackoffMax || fb.Balance != mb.Balance ||
+		strings.Join(fb.RetryOn, ",") != strings.Join(mb.RetryOn, ",") || len(fb.RefuseErrors) != len(mb.RefuseErrors) {
+		t.Errorf("backend defaults differ from the example:\n%+v\n%+v", fb, mb)
+	}
+	if full.Shutdown != min.Shutdown || full.Log != min.Log {
+		t.Errorf("shutdown/log defaults differ: %+v %+v", full.Shutdown, min.Shutdown)
+	}
+}
+
+// Each bad file gives exactly these messages, all of them, not only the first.
+func TestErrors(t *testing.T) {
+	for _, tc := range []struct {
+		name, text string
+		want       []string
+	}{
+		{"syntax", "[log]\nlevel = \"info\n", []string{`bad.toml:2:14: strings cannot contain newlines`}},
+		{"unknown key", minimal + "  [backend.keepalive]\n  idel = \"5s\"\n", []string{`bad.toml:11:3: unknown key "backend.keepalive.idel"`}},
+		{"unknown table", "[admn]\nlisten = \"x\"\n" + minimal, []string{`bad.toml:1:1: unknown key "admn"`, `bad.toml:2:1: unknown key "admn.listen"`}},
+		{"bad duration", strings.Replace(minimal, `name = "orders"
+  [[`, `name = "orders"
+connect_timeout = "3 seconds"
+  [[`, 1), []string{`bad.toml:8:20: bad duration "3 seconds": use a Go duration such as "30s" or "5m"`}},
+		{"undefined backend", strings.Replace(minimal, `backend = "orders"`, `backend = "x"`, 1), []string{`bad.toml: listener "orders": backend "x" is not defined`}},
+		{"several meaning errors", `
+[log]
+level = "loud"
+[[listener]]
+name = "a"
+listen = "127.0.0.1:99999"
+backend = "b"
+allow = ["10.0.0.0/33"]
+proxy_protocol = "required"
+  [listener.keepalive]
+  idle = "10s"
+  interval = "0s"
+  count = 3
+[[listener]]
+name = "a"
+listen = "nohost"
+backend = "b"
+[[backend]]
+name = "b"
+balance = "random"
+retry_on = ["connect", "timeout"]
+  [backend.health]
+  check = "http"
+  [[backend.server]]
+  address = "db:1521"
+  [[backend.server]]
+  address = "db:1521"
+`, []string{
+			`bad.toml: log: level "loud" is not one of trace, debug, info, warn, error`,
+			`bad.toml: backend "b": balance "random" is not one of priority, round_robin, least_sessions`,
+			`bad.toml: backend "b": retry_on "timeout" is not one of connect, reset, refuse`,
+			`bad.toml: backend "b": health.check "http" is not one of tcp, tnsping, off`,
+			`bad.toml: backend "b": server "db:1521": defined twice`,
+			`bad.toml: listener "a": listen: "127.0.0.1:99999": bad port "99999"`,
+			`bad.toml: listener "a": proxy_protocol "required" needs trusted_proxies: PROXY headers are honoured only from them`,
+			`bad.toml: listener "a": allow: "10.0.0.0/33": not a CIDR or address`,
+			`bad.toml: listener "a": keepalive.interval 0s must be at least 1s when count > 0`,
+			`bad.toml: listener "a": name is defined twice`,
+			`bad.toml: listener "a": listen: "nohost" is not host:port`,
+		}},
+		{"no listener", "[log]\n", []string{`bad.toml: no [[listener]] is defined`}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, _, err := Parse([]byte(tc.text), "bad.toml")
+			if err == nil {
+				t.Fatal("no error")
+			}
+			got := strings.Split(err.Error(), "\n")
+			if strings.Join(got, "\n") != strings.Join(tc.want, "\n") {
+				t.Fatalf("got:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(tc.want, "\n"))
+			}
+		})
+	}
+}
+
+func TestWarnings(t *testing.T) {
+	text := strings.Replace(minimal, `name = "orders"
+  [[`, `name = "orders"
+  [backend.keepalive]
+  path_idle_timeout = "4m"
+  idle = "5m"
+  user_timeout = "10s"
+  [[`, 1)
+	text = "[admin]\nlisten = \"0.0.0.0:9521\"\n" + text
+	_, warnings, err := Parse([]byte(text), "w.toml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []string{
+		`w.toml: admin: listen "0.0.0.0:9521" is reachable from other hosts and admin.allow is empty: anyone who reaches it sees your links`,
+		`w.toml: backend "orders": keepalive.user_timeout 10s is shorter than idle + interval*count (6m18s): it cuts keepalive short`,
+		`w.toml: backend "orders": keepalive.idle 5m0s is not below path_idle_timeout 4m0s: the path forgets idle sessions before the first probe`,
+	}
+	if strings.Join(warnings, "\n") != strings.Join(want, "\n") {
+		t.Fatalf("got:\n%s\nwant:\n%s", strings.Join(warnings, "\n"), strings.Join(want, "\n"))
+	}
+}
+
+// path_idle_timeout derives what is not given explicitly.
+func TestPathIdleTimeoutDerivesKeepalive(t *testing.T) {
+	text := strings.Replace(minimal, `name = "orders"
+  [[`, `name = "orders"
+  [backend.keepalive]
+  path_idle_timeout = "350s"
+  count = 5
+  [[`, 1)
+	cfg, warnings, err := Parse([]byte(text), "p.toml")
+	if err != nil || len(warnings) > 0 {
+		t.Fatal(err, warnings)
+	}
+	got := cfg.Backends[0].Keepalive.Settings()
+	want := keepalive.Settings{Idle: 116 * time.Second, Interval: 38 * time.Second, Count: 5, UserTimeout: 306 * time.Second}
+	if got != want {
+		t.Fatalf("got %+v, want %+v (explicit count kept)", got, want)
+	}
+}
+
+func FuzzParse(f *testing.F) {
+	f.Add([]byte(DefaultText()))
+	f.Add([]byte(minimal))
+	f.Add([]byte("[[listener]]\nname=1\n[[backend]]\n[backend.keepalive]\ncount=-1\n"))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		cfg, _, err := Parse(data, "fuzz.toml")
+		if err == nil && (cfg == nil || len(cfg.Listeners) == 0) {
+			t.Fatal("valid config without listeners")
+		}
+		if err != nil && !strings.HasPrefix(err.Error(), "fuzz.toml") {
+			t.Fatalf("error does not name the file: %v", err)
+		}
+	})
+}

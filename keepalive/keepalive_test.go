@@ -1,0 +1,70 @@
+package keepalive
+
+import (
+	"net"
+	"testing"
+	"time"
+)
+
+func TestApplyAndReadBack(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	c, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	tc := c.(*net.TCPConn)
+	for _, want := range []Settings{
+		{Idle: 30 * time.Second, Interval: 10 * time.Second, Count: 3, UserTimeout: time.Minute},
+		{Idle: time.Second, Interval: time.Second, Count: 1, UserTimeout: 1500 * time.Millisecond},
+		{UserTimeout: 0}, // keepalive off
+	} {
+		if err := want.Apply(tc); err != nil {
+			t.Fatal(err)
+		}
+		got, err := Read(tc)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got != want {
+			t.Errorf("read back %+v, applied %+v", got, want)
+		}
+	}
+	info, err := ReadInfo(tc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info.RTT <= 0 || info.State != 1 { // TCP_ESTABLISHED
+		t.Errorf("TCP_INFO of a live loopback conn: %+v", info)
+	}
+}
+
+// The derivation the README's table is made from.
+func TestFromPathIdle(t *testing.T) {
+	for _, tc := range []struct {
+		path time.Duration
+		want Settings
+	}{
+		{4 * time.Minute, Settings{Idle: 80 * time.Second, Interval: 26 * time.Second, Count: 3, UserTimeout: 158 * time.Second}},   // Azure LB
+		{350 * time.Second, Settings{Idle: 116 * time.Second, Interval: 38 * time.Second, Count: 3, UserTimeout: 230 * time.Second}}, // AWS NLB
+		{5 * time.Minute, Settings{Idle: 100 * time.Second, Interval: 33 * time.Second, Count: 3, UserTimeout: 199 * time.Second}},   // NAT gateways
+		{10 * time.Minute, Settings{Idle: 200 * time.Second, Interval: 66 * time.Second, Count: 3, UserTimeout: 398 * time.Second}},  // GCP
+		{time.Hour, Settings{Idle: 20 * time.Minute, Interval: 400 * time.Second, Count: 3, UserTimeout: 2400 * time.Second}},        // firewall default
+		{5 * time.Second, Settings{Idle: time.Second, Interval: time.Second, Count: 3, UserTimeout: 4 * time.Second}},                // lab
+		{time.Second, Settings{Idle: time.Second, Interval: time.Second, Count: 3, UserTimeout: 4 * time.Second}},                    // floor
+	} {
+		got := FromPathIdle(tc.path)
+		if got != tc.want {
+			t.Errorf("FromPathIdle(%v) = %+v, want %+v", tc.path, got, tc.want)
+		}
+		// Whatever the path, the first two probes land inside it when it is
+		// long enough for whole-second probes at all.
+		if tc.path >= 3*time.Second && got.Idle+got.Interval >= tc.path {
+			t.Errorf("FromPathIdle(%v): idle+interval %v does not fit", tc.path, got.Idle+got.Interval)
+		}
+	}
+}
