@@ -49,10 +49,11 @@ func TestFromPathIdle(t *testing.T) {
 		path time.Duration
 		want Settings
 	}{
-		{4 * time.Minute, Settings{Idle: 80 * time.Second, Interval: 26 * time.Second, Count: 3, UserTimeout: 158 * time.Second}},   // Azure LB
+		{4 * time.Minute, Settings{Idle: 80 * time.Second, Interval: 26 * time.Second, Count: 3, UserTimeout: 158 * time.Second}},    // Azure LB
 		{350 * time.Second, Settings{Idle: 116 * time.Second, Interval: 38 * time.Second, Count: 3, UserTimeout: 230 * time.Second}}, // AWS NLB
 		{5 * time.Minute, Settings{Idle: 100 * time.Second, Interval: 33 * time.Second, Count: 3, UserTimeout: 199 * time.Second}},   // NAT gateways
 		{10 * time.Minute, Settings{Idle: 200 * time.Second, Interval: 66 * time.Second, Count: 3, UserTimeout: 398 * time.Second}},  // GCP
+		{20 * time.Minute, Settings{Idle: 400 * time.Second, Interval: 133 * time.Second, Count: 3, UserTimeout: 799 * time.Second}}, // Cloud NAT
 		{time.Hour, Settings{Idle: 20 * time.Minute, Interval: 400 * time.Second, Count: 3, UserTimeout: 2400 * time.Second}},        // firewall default
 		{5 * time.Second, Settings{Idle: time.Second, Interval: time.Second, Count: 3, UserTimeout: 4 * time.Second}},                // lab
 		{time.Second, Settings{Idle: time.Second, Interval: time.Second, Count: 3, UserTimeout: 4 * time.Second}},                    // floor

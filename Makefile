@@ -1,0 +1,55 @@
+# tnsguard: `make run` runs it on the embedded default config; `make test`
+# installs what the tests need (as root: apt packages; Go modules) and runs
+# the whole suite: vet, race-enabled tests (network lab, Chromium status
+# page, promtool rules, benchmark smoke included) and a short fuzz of every
+# parser of untrusted bytes.
+
+GO       ?= go
+FUZZTIME ?= 5s
+APT_PACKAGES = iptables iproute2 haproxy nginx libnginx-mod-stream iperf3 prometheus \
+               chromium chromium-driver file strace systemd procps ca-certificates
+
+.PHONY: run build test deps vet unit fuzz bench bench-full soak
+
+run:
+	$(GO) run ./cmd/tnsguard run
+
+build:
+	CGO_ENABLED=0 $(GO) build -trimpath -o tnsguard ./cmd/tnsguard
+
+# deps installs the Debian packages the lab, benchmark and browser tests use
+# (only those missing; needs root) and downloads the Go modules.
+deps:
+	@missing=""; for p in $(APT_PACKAGES); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" != 0 ]; then echo "make deps: missing packages:$$missing (run as root to install them)"; \
+	  else echo "installing:$$missing"; apt-get update -qq && \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; fi; \
+	fi
+	$(GO) mod download
+
+vet:
+	@test -z "$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go'))" || { gofmt -l .; echo "gofmt needed"; exit 1; }
+	$(GO) vet ./...
+
+unit:
+	$(GO) test -race -count=1 -timeout 25m ./...
+
+# fuzz runs every Fuzz target for FUZZTIME each (go test -fuzz takes one
+# target at a time).
+fuzz:
+	@for pkg in $$($(GO) list ./...); do \
+	  dir=$$($(GO) list -f '{{.Dir}}' $$pkg); \
+	  for f in $$(grep -ho '^func Fuzz[A-Za-z0-9_]*' $$dir/*_test.go 2>/dev/null | sed 's/func //'); do \
+	    echo "fuzz $$pkg $$f ($(FUZZTIME))"; \
+	    $(GO) test -run '^$$' -fuzz "^$$f$$" -fuzztime $(FUZZTIME) $$pkg >/tmp/fuzz-$$f.log 2>&1 || { cat /tmp/fuzz-$$f.log; exit 1; }; \
+	  done; \
+	done
+
+test: deps vet unit fuzz
+
+# Full-size benchmark against HAProxy, nginx and a direct connection.
+bench-full:
+	$(GO) run ./test/bench -full

@@ -1,0 +1,53 @@
+package main
+
+import (
+	"bytes"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+func TestCheckExitCodes(t *testing.T) {
+	dir := t.TempDir()
+	write := func(name, text string) string {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, []byte(text), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	good := write("good.toml", "[[listener]]\nname = \"orders\"\nlisten = \"127.0.0.1:1522\"\nbackend = \"orders\"\n[[backend]]\nname = \"orders\"\n[[backend.server]]\naddress = \"127.0.0.1:1521\"\n")
+	syntax := write("syntax.toml", "[[listener]\n")
+	meaning := write("meaning.toml", "[[listener]]\nname = \"x\"\nlisten = \"127.0.0.1:1522\"\nbackend = \"y\"\n")
+	for _, tc := range []struct {
+		args   []string
+		code   int
+		stdout string
+		stderr string
+	}{
+		{[]string{"check", "-config", good}, 0, good + ": OK\n", ""},
+		{[]string{"check", "-config", syntax}, 1, "", syntax + ":2:11: expected end of table array name delimiter ']', but got '\\n' instead\n"},
+		{[]string{"check", "-config", meaning}, 1, "", meaning + ": listener \"x\": backend \"y\" is not defined\n"},
+		{[]string{"check", "-config", filepath.Join(dir, "missing.toml")}, 1, "", "open " + filepath.Join(dir, "missing.toml") + ": no such file or directory\n"},
+		{[]string{"check"}, 2, "", "tnsguard check: -config FILE is required\n"},
+		{[]string{"version"}, 0, "tnsguard dev\n", ""},
+		{[]string{"bogus"}, 2, "", "tnsguard: unknown command \"bogus\"\n\n" + usage},
+		{[]string{"check", "-config", "../../configs/tnsguard.toml"}, 0, "../../configs/tnsguard.toml: OK\n", ""},
+	} {
+		t.Run(strings.Join(tc.args, " "), func(t *testing.T) {
+			var stdout, stderr bytes.Buffer
+			code := dispatch(tc.args, &stdout, &stderr)
+			if code != tc.code || stdout.String() != tc.stdout || stderr.String() != tc.stderr {
+				t.Fatalf("exit %d, stdout %q, stderr %q\nwant exit %d, stdout %q, stderr %q", code, stdout.String(), stderr.String(), tc.code, tc.stdout, tc.stderr)
+			}
+		})
+	}
+}
+
+func TestHealthcheckAbsentInstance(t *testing.T) {
+	var stdout, stderr bytes.Buffer
+	if code := dispatch([]string{"healthcheck", "-admin", "127.0.0.1:1"}, &stdout, &stderr); code != 1 {
+		t.Fatalf("exit %d against nothing listening; stderr %q", code, stderr.String())
+	}
+}
