@@ -1,0 +1,113 @@
+package proxy
+
+import (
+	"errors"
+	"io"
+	"net"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+func withListenerKeys(cfg, keys string) string {
+	return strings.Replace(cfg, "backend = \"b\"\n  [listener.keepalive]", "backend = \"b\"\n"+keys+"\n  [listener.keepalive]", 1)
+}
+
+// A session over max_sessions is closed at once (reset) and counted; the
+// ones inside the limit are untouched.
+func TestMaxSessions(t *testing.T) {
+	be := newBackend(t, echo)
+	h := startProxy(t, withListenerKeys(oneBackendConfig(be.addr()), "max_sessions = 2\nmax_sessions_per_source = 0"))
+	a, b := h.dial("l"), h.dial("l")
+	for _, c := range []io.ReadWriter{a, b} {
+		c.Write([]byte("x"))
+		if _, err := io.ReadFull(c, make([]byte, 1)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	over := h.dial("l")
+	err, took := readErr(over, 2*time.Second)
+	if !errors.Is(err, syscall.ECONNRESET) && !errors.Is(err, io.EOF) {
+		t.Fatalf("third session: %v, want it closed at once", err)
+	}
+	if took > 500*time.Millisecond {
+		t.Fatalf("third session closed after %v", took)
+	}
+	waitFor(t, time.Second, "rejection counted", func() bool {
+		return counter(h.m.SessionsRejected, "l", "max_sessions") == 1
+	})
+	a.Write([]byte("y"))
+	if _, err := io.ReadFull(a, make([]byte, 1)); err != nil {
+		t.Fatalf("a session inside the limit broke: %v", err)
+	}
+}
+
+func TestMaxSessionsPerSource(t *testing.T) {
+	be := newBackend(t, echo)
+	h := startProxy(t, withListenerKeys(oneBackendConfig(be.addr()), "max_sessions_per_source = 1"))
+	a := h.dial("l")
+	a.Write([]byte("x"))
+	io.ReadFull(a, make([]byte, 1))
+	over := h.dial("l")
+	if err, _ := readErr(over, 2*time.Second); err == nil || errors.Is(err, syscall.ETIMEDOUT) {
+		t.Fatalf("second session from the same address: %v, want closed", err)
+	}
+	waitFor(t, time.Second, "rejection counted", func() bool {
+		return counter(h.m.SessionsRejected, "l", "max_sessions_per_source") == 1
+	})
+	a.Close()
+	waitFor(t, 2*time.Second, "slot freed", func() bool { return len(h.p.liveSessions()) == 0 })
+	c := h.dial("l")
+	c.Write([]byte("z"))
+	if _, err := io.ReadFull(c, make([]byte, 1)); err != nil {
+		t.Fatalf("after the first closed, a new session from the source failed: %v", err)
+	}
+}
+
+// An app that is not in allow is refused before any backend dial.
+func TestAllowList(t *testing.T) {
+	be := newBackend(t, echo)
+	h := startProxy(t, withListenerKeys(oneBackendConfig(be.addr()), `allow = ["10.0.0.0/8"]`))
+	// The reset may come before the dial even returns.
+	c, err := net.Dial("tcp", h.addr("l"))
+	if err == nil {
+		defer c.Close()
+		err, _ = readErr(c, 2*time.Second)
+	}
+	if !errors.Is(err, syscall.ECONNRESET) {
+		t.Fatalf("app outside allow: %v, want ECONNRESET", err)
+	}
+	if n := len(be.accepted()); n != 0 {
+		t.Fatalf("backend saw %d connections from a refused app", n)
+	}
+	if v := counter(h.m.SessionsRejected, "l", "not_allowed"); v != 1 {
+		t.Fatalf("rejected{not_allowed} = %v", v)
+	}
+}
+
+// idle_timeout ends sessions that moved nothing for that long, with a reset
+// to the app and its own cause.
+func TestIdleTimeout(t *testing.T) {
+	be := newBackend(t, echo)
+	h := startProxy(t, withListenerKeys(oneBackendConfig(be.addr()), `idle_timeout = "1s"`))
+	busy, idle := h.dial("l"), h.dial("l")
+	for _, c := range []io.ReadWriter{busy, idle} {
+		c.Write([]byte("x"))
+		io.ReadFull(c, make([]byte, 1))
+	}
+	stop := time.Now().Add(2500 * time.Millisecond)
+	for time.Now().Before(stop) { // the busy session keeps moving bytes
+		busy.Write([]byte("y"))
+		if _, err := io.ReadFull(busy, make([]byte, 1)); err != nil {
+			t.Fatalf("busy session ended: %v", err)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	if err, _ := readErr(idle, time.Second); !errors.Is(err, syscall.ECONNRESET) {
+		t.Fatalf("idle session: %v, want ECONNRESET", err)
+	}
+	waitFor(t, time.Second, "idle_timeout counted", func() bool {
+		return counter(h.m.Resets, "l", "b", be.addr(), "client", "idle", "idle_timeout") == 1
+	})
+}
