@@ -5,7 +5,7 @@
 //
 // Typical use, from the module root:
 //
-//	go run ./test/bench                        # full run (~6 min), prints the table
+//	go run ./test/bench                        # full run (~6 min), prints the table (-full says so explicitly)
 //	go run ./test/bench -out /tmp/bench.md     # and writes it as markdown
 //	go run ./test/bench -quick                 # smoke run, < 60 s
 //
@@ -18,6 +18,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -97,6 +98,7 @@ func main() {
 func parseFlags(args []string) (options, error) {
 	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
 	quick := fs.Bool("quick", false, "smoke run: tiny durations, 200 idle sessions, one round (< 60 s)")
+	full := fs.Bool("full", false, "full run (the default; accepted so that scripts can say so)")
 	def := fullOptions()
 	duration := fs.Duration("duration", 0, "timed part of each measurement (default 4s, quick 300ms); bulk rounds it up to whole seconds")
 	rounds := fs.Int("rounds", 0, "rounds per measurement, interleaved across systems; the table shows medians (default 3, quick 1)")
@@ -109,6 +111,11 @@ func parseFlags(args []string) (options, error) {
 	out := fs.String("out", "", "also write the table as markdown to this file")
 	verbose := fs.Bool("v", false, "log every measurement and helper process start")
 	if err := fs.Parse(args); err != nil {
+		return options{}, err
+	}
+	if *quick && *full {
+		err := errors.New("-quick and -full exclude each other")
+		fmt.Fprintln(os.Stderr, "bench:", err)
 		return options{}, err
 	}
 	o := def

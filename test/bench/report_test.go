@@ -1,0 +1,61 @@
+package main
+
+import (
+	"strings"
+	"testing"
+)
+
+// TestRatioPicksBestPeerByDirection checks the ratio column against the best
+// of HAProxy and nginx in each figure's own direction, and that the naive Go
+// proxy stands in only while tnsguard did not run.
+func TestRatioPicksBestPeerByDirection(t *testing.T) {
+	r := &results{
+		Opts:    quickOptions(),
+		Systems: []string{sysDirect, sysHAProxy, sysNginx, sysGoCopy, sysTnsguard},
+		Values:  map[string]map[figure][]float64{},
+		failed:  map[string]map[figure]bool{},
+	}
+	for s, v := range map[string][2]float64{
+		sysDirect:   {20, 40},
+		sysHAProxy:  {16, 100},
+		sysNginx:    {8, 90},
+		sysGoCopy:   {12, 150},
+		sysTnsguard: {15, 60},
+	} {
+		r.add(s, figBulk, v[0])
+		r.add(s, figP50At1, v[1])
+	}
+	if q, peer := r.ratio(figBulk); peer != sysHAProxy || q < 0.937 || q > 0.938 {
+		t.Errorf("bulk ratio = %v vs %s, want 15/16 vs haproxy", q, peer)
+	}
+	if q, peer := r.ratio(figP50At1); peer != sysNginx || q < 0.666 || q > 0.667 {
+		t.Errorf("p50 ratio = %v vs %s, want 60/90 vs nginx", q, peer)
+	}
+	if got := r.ratioHeader(); got != "tnsguard / best peer" {
+		t.Errorf("header = %q", got)
+	}
+	r.Systems = []string{sysDirect, sysHAProxy, sysNginx, sysGoCopy}
+	if q, _ := r.ratio(figBulk); q != 12.0/16 {
+		t.Errorf("stand-in bulk ratio = %v, want 12/16", q)
+	}
+	md := r.markdown()
+	for _, want := range []string{"| bulk throughput (Gbit/s) | 20.00 | 16.00 | 8.00 | 12.00 | 0.75x vs haproxy (want >= 1) |", "gocopy (stand-in for tnsguard)"} {
+		if !strings.Contains(md, want) {
+			t.Errorf("markdown lacks %q:\n%s", want, md)
+		}
+	}
+}
+
+func TestMedianOfRounds(t *testing.T) {
+	r := &results{Values: map[string]map[figure][]float64{}}
+	for _, v := range []float64{5, 1, 3} {
+		r.add(sysNginx, figRPS32, v)
+	}
+	if got := r.value(sysNginx, figRPS32); got != 3 {
+		t.Errorf("median of 5,1,3 = %v", got)
+	}
+	r.add(sysNginx, figRPS32, 4)
+	if got := r.value(sysNginx, figRPS32); got != 3.5 {
+		t.Errorf("median of 5,1,3,4 = %v", got)
+	}
+}
