@@ -22,6 +22,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"os"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -75,16 +76,26 @@ type Stats struct {
 	Packets  uint64 // received from the kernel
 	Dropped  uint64 // answered NF_DROP
 	Accepted uint64 // answered NF_ACCEPT
+	// MaxLate is the longest a packet was held past its release time: the queue's
+	// own error on top of Delay.
+	MaxLate time.Duration
+	// MeanHeld is how long accepted packets were held on average: the delay the
+	// network really added (Delay plus the queue's lateness on a busy machine).
+	MeanHeld time.Duration
 }
 
 // Queue is a bound netfilter queue.
 type Queue struct {
 	cfg      Config
 	fd       int
+	file     *os.File        // fd, registered with the runtime poller after Open
+	raw      syscall.RawConn // waits on the poller instead of blocking a thread
 	seq      atomic.Uint32
 	packets  atomic.Uint64
 	dropped  atomic.Uint64
 	accepted atomic.Uint64
+	maxLate  atomic.Int64
+	heldSum  atomic.Int64 // nanoseconds held, over accepted packets
 
 	closeOnce sync.Once
 }
@@ -104,8 +115,8 @@ func Open(cfg Config) (*Queue, error) {
 	// Room for bursts: an overrun loses packets we did not mean to lose.
 	_ = unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, 8<<20)
 	_ = unix.SetsockoptInt(fd, unix.SOL_NETLINK, unix.NETLINK_NO_ENOBUFS, 1)
-	// A receive timeout lets Run notice its context without closing under a reader.
-	tv := unix.NsecToTimeval((100 * time.Millisecond).Nanoseconds())
+	// Configuration answers come at once; a timeout keeps a silent kernel from hanging Open.
+	tv := unix.NsecToTimeval((2 * time.Second).Nanoseconds())
 	if err := unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv); err != nil {
 		unix.Close(fd)
 		return nil, fmt.Errorf("netem: SO_RCVTIMEO: %w", err)
@@ -125,7 +136,34 @@ func Open(cfg Config) (*Queue, error) {
 			return nil, fmt.Errorf("netem: configure queue %d: %w", cfg.Queue, err)
 		}
 	}
+	// From here on the fd is non-blocking and waited on by the runtime poller: a
+	// thread parked in recvfrom would hold a P, and the release of held packets must
+	// not wait for the scheduler to notice (that showed as 20-500 ms of extra delay).
+	if err := unix.SetNonblock(fd, true); err != nil {
+		unix.Close(fd)
+		return nil, fmt.Errorf("netem: non-blocking: %w", err)
+	}
+	q.file = os.NewFile(uintptr(fd), "nfqueue")
+	raw, err := q.file.SyscallConn()
+	if err != nil {
+		q.file.Close()
+		return nil, fmt.Errorf("netem: %w", err)
+	}
+	q.raw = raw
 	return q, nil
+}
+
+// send writes one netlink message, waiting on the poller if the socket is full.
+func (q *Queue) send(msg []byte) error {
+	var serr error
+	err := q.raw.Write(func(fd uintptr) bool {
+		serr = unix.Sendto(int(fd), msg, 0, &unix.SockaddrNetlink{Family: unix.AF_NETLINK})
+		return serr != unix.EAGAIN
+	})
+	if err != nil {
+		return err
+	}
+	return serr
 }
 
 // attr encodes one netlink attribute, padded to 4 bytes.
@@ -187,6 +225,7 @@ func (q *Queue) request(typ uint16, flags uint16, attrs ...[]byte) error {
 type held struct {
 	id      uint32
 	verdict uint32
+	arrived time.Time
 	release time.Time
 }
 
@@ -202,12 +241,28 @@ func (q *Queue) Run(ctx context.Context) error {
 	defer wg.Wait()
 	defer cancel()
 
+	// A past read deadline wakes the reader when ctx ends.
+	go func() {
+		<-ctx.Done()
+		_ = q.file.SetReadDeadline(time.Unix(1, 0))
+	}()
 	buf := make([]byte, 1<<20)
 	var lossAcc float64
 	for ctx.Err() == nil {
-		n, _, err := unix.Recvfrom(q.fd, buf, 0)
+		var n int
+		var rerr error
+		err := q.raw.Read(func(fd uintptr) bool {
+			n, _, rerr = unix.Recvfrom(int(fd), buf, unix.MSG_DONTWAIT)
+			return rerr != unix.EAGAIN
+		})
+		if err == nil {
+			err = rerr
+		}
 		if err != nil {
-			if errors.Is(err, unix.EAGAIN) || errors.Is(err, unix.EINTR) || errors.Is(err, unix.ENOBUFS) {
+			if ctx.Err() != nil {
+				return nil
+			}
+			if errors.Is(err, unix.EINTR) || errors.Is(err, unix.ENOBUFS) {
 				continue
 			}
 			return fmt.Errorf("netem: receive: %w", err)
@@ -235,7 +290,7 @@ func (q *Queue) Run(ctx context.Context) error {
 				}
 			}
 			select {
-			case line <- held{id: id, verdict: verdict, release: now.Add(q.cfg.Delay)}:
+			case line <- held{id: id, verdict: verdict, arrived: now, release: now.Add(q.cfg.Delay)}:
 			case <-ctx.Done():
 				return nil
 			}
@@ -263,11 +318,15 @@ func (q *Queue) release(ctx context.Context, line <-chan held) {
 				return
 			}
 		}
+		if late := time.Since(h.release); late > time.Duration(q.maxLate.Load()) {
+			q.maxLate.Store(int64(late))
+		}
 		if err := q.verdict(h.id, h.verdict); err == nil {
 			if h.verdict == nfDrop {
 				q.dropped.Add(1)
 			} else {
 				q.accepted.Add(1)
+				q.heldSum.Add(int64(time.Since(h.arrived)))
 			}
 		}
 	}
@@ -277,7 +336,7 @@ func (q *Queue) verdict(id, verdict uint32) error {
 	v := make([]byte, 8)
 	binary.BigEndian.PutUint32(v[0:], verdict)
 	binary.BigEndian.PutUint32(v[4:], id)
-	return unix.Sendto(q.fd, q.message(msgVerdict, 0, attr(attrVerdictHdr, v)), 0, &unix.SockaddrNetlink{Family: unix.AF_NETLINK})
+	return q.send(q.message(msgVerdict, 0, attr(attrVerdictHdr, v)))
 }
 
 // parsePacket finds the packet id and the (copied part of the) payload in the
@@ -324,7 +383,11 @@ func hasTCPPayload(p []byte) bool {
 
 // Stats returns the counts so far.
 func (q *Queue) Stats() Stats {
-	return Stats{Packets: q.packets.Load(), Dropped: q.dropped.Load(), Accepted: q.accepted.Load()}
+	st := Stats{Packets: q.packets.Load(), Dropped: q.dropped.Load(), Accepted: q.accepted.Load(), MaxLate: time.Duration(q.maxLate.Load())}
+	if st.Accepted > 0 {
+		st.MeanHeld = time.Duration(q.heldSum.Load() / int64(st.Accepted))
+	}
+	return st
 }
 
 // Close unbinds the queue and closes the socket. Run calls it when it returns; call it
@@ -332,9 +395,8 @@ func (q *Queue) Stats() Stats {
 func (q *Queue) Close() error {
 	var err error
 	q.closeOnce.Do(func() {
-		_ = unix.Sendto(q.fd, q.message(msgConfig, 0, attr(attrCfgCmd, []byte{cmdUnbind, 0, 0, 0})), 0,
-			&unix.SockaddrNetlink{Family: unix.AF_NETLINK})
-		err = unix.Close(q.fd)
+		_ = q.send(q.message(msgConfig, 0, attr(attrCfgCmd, []byte{cmdUnbind, 0, 0, 0})))
+		err = q.file.Close()
 	})
 	return err
 }

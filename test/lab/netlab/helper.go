@@ -16,6 +16,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/tnsguard/tnsguard/test/lab/netem"
 )
 
 // Helper processes are the test binary itself, re-executed inside a namespace with
@@ -40,6 +42,8 @@ func RunHelper() {
 		err = echoMain(os.Getenv(argsEnv))
 	case "toxiproxy":
 		err = toxiproxyMain(os.Getenv(argsEnv))
+	case "netem":
+		err = netemMain(os.Getenv(argsEnv))
 	default:
 		err = fmt.Errorf("unknown helper role %q", role)
 	}
@@ -57,6 +61,8 @@ type Event struct {
 	Remote string `json:"remote,omitempty"` // the peer of a connection
 	How    string `json:"how,omitempty"`    // close: eof, reset, timeout, error text
 	Bytes  int64  `json:"bytes,omitempty"`  // close: bytes echoed
+	// Stats is what a netem helper did (event "stats", when it stops).
+	Stats *netem.Stats `json:"stats,omitempty"`
 	// At is when the test process read the line.
 	At time.Time `json:"-"`
 }
