@@ -38,13 +38,17 @@ type options struct {
 	MessageSize  int
 	ConnWorkers  int
 	Systems      []string
-	Tnsguard     string // path of a tnsguard binary; empty: build ./cmd/tnsguard
+	Tests        []string // subset of allTests(); empty: all
+	Tnsguard     string   // path of a tnsguard binary; empty: build ./cmd/tnsguard
 	NginxModule  string
 	Out          string
 	Command      string // how this run was invoked, for the markdown header
 	Log          io.Writer
 	Verbose      bool
 }
+
+// allTests are the measurements, in the order they run.
+func allTests() []string { return []string{"bulk", "rr-1", "rr-32", "conns", "idle"} }
 
 // allSystems is the order of the table's columns.
 func allSystems() []string {
@@ -106,6 +110,7 @@ func parseFlags(args []string) (options, error) {
 	msg := fs.Int("msg", def.MessageSize, "request/response message size in bytes")
 	workers := fs.Int("conn-workers", def.ConnWorkers, "concurrent clients in the new-connections figure")
 	systems := fs.String("systems", strings.Join(allSystems(), ","), "systems to run, comma-separated")
+	tests := fs.String("tests", strings.Join(allTests(), ","), "measurements to run, comma-separated")
 	tg := fs.String("tnsguard", "", "tnsguard binary to use (default: go build ./cmd/tnsguard into a temp dir)")
 	module := fs.String("nginx-module", def.NginxModule, "nginx stream module to load_module")
 	out := fs.String("out", "", "also write the table as markdown to this file")
@@ -133,18 +138,12 @@ func parseFlags(args []string) (options, error) {
 	}
 	o.MessageSize = *msg
 	o.ConnWorkers = *workers
-	o.Systems = nil
-	for _, s := range strings.Split(*systems, ",") {
-		s = strings.TrimSpace(s)
-		if s == "" {
-			continue
-		}
-		if !contains(allSystems(), s) {
-			err := fmt.Errorf("unknown system %q (known: %s)", s, strings.Join(allSystems(), ","))
-			fmt.Fprintln(os.Stderr, "bench:", err)
-			return options{}, err
-		}
-		o.Systems = append(o.Systems, s)
+	var err error
+	if o.Systems, err = pickList("system", *systems, allSystems()); err != nil {
+		return options{}, err
+	}
+	if o.Tests, err = pickList("test", *tests, allTests()); err != nil {
+		return options{}, err
 	}
 	o.Tnsguard = *tg
 	o.NginxModule = *module
@@ -155,6 +154,24 @@ func parseFlags(args []string) (options, error) {
 		o.Command += " " + strings.Join(args, " ")
 	}
 	return o, nil
+}
+
+// pickList splits a comma-separated flag and checks every item is known.
+func pickList(what, flagValue string, known []string) ([]string, error) {
+	var out []string
+	for _, s := range strings.Split(flagValue, ",") {
+		s = strings.TrimSpace(s)
+		if s == "" {
+			continue
+		}
+		if !contains(known, s) {
+			err := fmt.Errorf("unknown %s %q (known: %s)", what, s, strings.Join(known, ","))
+			fmt.Fprintln(os.Stderr, "bench:", err)
+			return nil, err
+		}
+		out = append(out, s)
+	}
+	return out, nil
 }
 
 func contains(list []string, s string) bool {

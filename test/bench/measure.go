@@ -222,6 +222,9 @@ func connectRate(ctx context.Context, addr string, workers, msgSize int, d time.
 	if err := ctx.Err(); err != nil {
 		return 0, err
 	}
+	if done == 0 && failed == 0 {
+		return 0, fmt.Errorf("no session completed within %v (after %v of warm-up)", d, warmupOf(d))
+	}
 	if done == 0 || failed*100 > done+failed {
 		return 0, fmt.Errorf("%d of %d sessions failed, first: %v", failed, done+failed, firstErr)
 	}

@@ -209,6 +209,10 @@ func run(ctx context.Context, o options) (*results, error) {
 		}},
 	)
 
+	if len(o.Tests) > 0 {
+		tests = slices.DeleteFunc(tests, func(t test) bool { return !contains(o.Tests, t.Name) })
+	}
+
 	// Interleave: for each test and round, every system once, in an order
 	// rotated per round, each on a freshly started instance.
 	for _, t := range tests {
