@@ -101,8 +101,8 @@ func (r *results) describeRun() string {
 		mode = "quick (smoke: tiny durations, numbers not meaningful)"
 	}
 	return fmt.Sprintf("mode %s; %v timed per measurement, %d round(s) interleaved across systems (table: medians), "+
-		"%d-byte messages, %d conn/s clients, %d idle sessions; took %s",
-		mode, o.Duration, o.Rounds, o.MessageSize, o.ConnWorkers, o.IdleSessions, r.Elapsed.Round(time.Second))
+		"%d-byte messages, %d conn/s clients, %d idle sessions; took %s; load average %s at start, %s at end",
+		mode, o.Duration, o.Rounds, o.MessageSize, o.ConnWorkers, o.IdleSessions, r.Elapsed.Round(time.Second), r.Load[0], r.Load[1])
 }
 
 func (r *results) problems() []string {

@@ -79,6 +79,7 @@ type results struct {
 	failed   map[string]map[figure]bool
 	Notes    []string
 	Versions []string
+	Load     [2]string // /proc/loadavg at start and end: how busy the machine was
 }
 
 func (r *results) add(system string, f figure, v float64) {
@@ -122,6 +123,7 @@ func run(ctx context.Context, o options) (*results, error) {
 		failed:  map[string]map[figure]bool{},
 	}
 	fileLimit := raiseFileLimit(r)
+	r.Load[0] = loadAverage()
 
 	dir, err := os.MkdirTemp("", "tnsbench-")
 	if err != nil {
@@ -254,6 +256,7 @@ func run(ctx context.Context, o options) (*results, error) {
 		logf("bench: %s done (%s elapsed)", t.Name, time.Since(r.Started).Round(time.Second))
 	}
 	r.Elapsed = time.Since(r.Started)
+	r.Load[1] = loadAverage()
 
 	if o.Out != "" {
 		if err := os.WriteFile(o.Out, []byte(r.markdown()), 0o644); err != nil {
@@ -439,4 +442,17 @@ func utsString(b []int8) string {
 		sb.WriteByte(byte(c))
 	}
 	return sb.String()
+}
+
+// loadAverage is the first three fields of /proc/loadavg.
+func loadAverage() string {
+	b, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return "?"
+	}
+	f := strings.Fields(string(b))
+	if len(f) < 3 {
+		return "?"
+	}
+	return strings.Join(f[:3], " ")
 }
