@@ -11,15 +11,21 @@
 //
 // Typical use, from a test in a package whose TestMain calls [RunHelper] first:
 //
+//	var bin = &netlab.Binary{ModDir: "../..", Pkg: "./cmd/tnsguard"}
+//
 //	func TestMain(m *testing.M) { netlab.RunHelper(); os.Exit(m.Run()) }
 //
 //	func TestIdle(t *testing.T) {
-//		lab := netlab.New(t, netlab.Config{EstablishedTimeout: 4 * time.Second})
-//		db := lab.StartEcho(t, lab.DB, ":1521")          // echo server in db
-//		conn, err := lab.Dial(ctx, lab.App, lab.DBAddr(1521)) // a socket made in app
+//		lab := netlab.New(t, netlab.Config{EstablishedTimeout: 3 * time.Second})
+//		db := lab.StartEcho(t, lab.DB, ":1521") // echo server (a process) in db
+//		g := lab.StartTnsguard(t, bin.Path(t), lab.App, "127.0.0.1:9521", config)
+//		conn, err := lab.Dial(ctx, lab.App, "127.0.0.1:1522") // a socket made in app
 //		...
 //		undo := lab.BlackHolePort(t, 1521) // cable cut for live flows to/from :1521
-//		defer undo()
+//		stop := lab.Netem(t, netem.Config{Queue: 1, Delay: 50 * time.Millisecond},
+//			"-p", "tcp", "--dport", "1521") // delay that TCP sees
+//		m := g.Metrics(t) // parsed /metrics
+//		v, _ := m.Sum("tnsguard_resets_total", netlab.Labels{"side": "backend"})
 //	}
 //
 // Processes run in a namespace with [Lab.Command] (ip netns exec). Sockets owned by the
@@ -294,15 +300,14 @@ func (l *Lab) SetStale(t testing.TB, s Stale) {
 	}
 }
 
-// SetEstablishedTimeout changes conntrack's established timeout in fw (whole seconds).
-// It applies to flows as their next packet refreshes them.
+// SetEstablishedTimeout changes conntrack's established timeout in fw (whole seconds)
+// and l.Timeout; call it from the test's goroutine. It applies to flows as their next
+// packet refreshes them.
 func (l *Lab) SetEstablishedTimeout(t testing.TB, d time.Duration) {
 	t.Helper()
 	secs := int((d + time.Second - 1) / time.Second)
 	l.Exec(t, l.FW, "sysctl", "-qw", fmt.Sprintf("net.netfilter.nf_conntrack_tcp_timeout_established=%d", secs))
-	l.mu.Lock()
 	l.Timeout = time.Duration(secs) * time.Second
-	l.mu.Unlock()
 }
 
 // BlackHolePort makes fw drop every TCP packet to or from port (both directions, live
