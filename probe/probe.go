@@ -202,9 +202,9 @@ func Run(ctx context.Context, o Options) (Result, error) {
 	switch {
 	case hi > 0:
 		e.progress("idle timeout between %s and %s: %s", fmtDur(lo), fmtDur(hi), r.Failure)
-	case lo < o.Max && e.s.closedAfter > 0:
+	case lo < o.Max && r.TargetClosedAfter > 0:
 		return r, fmt.Errorf("%w after %s: connections survived idle up to %s, and longer idle times cannot be checked on this target",
-			ErrClosedByTarget, fmtDur(e.s.closedAfter), fmtDur(lo))
+			ErrClosedByTarget, fmtDur(r.TargetClosedAfter), fmtDur(lo))
 	default:
 		e.progress("no idle timeout found up to %v", o.Max)
 	}
@@ -378,10 +378,11 @@ func (e *engine) plan(ctx context.Context, now time.Time) {
 // reach is the longest idle a connection can still get to before the
 // target closes it (0: no limit known).
 func (e *engine) reach(tc *testConn) time.Duration {
-	if e.s.closedAfter == 0 {
+	closed := e.s.closedAfter()
+	if closed == 0 {
 		return 0
 	}
-	end := tc.connected.Add(e.s.closedAfter - resolution(e.s.closedAfter))
+	end := tc.connected.Add(closed - resolution(closed))
 	return max(end.Sub(tc.refreshed), time.Nanosecond)
 }
 
@@ -496,22 +497,17 @@ func (e *engine) handle(ev connEvent) {
 	if ev.err == nil {
 		return
 	}
+	life := ev.at.Sub(tc.connected)
 	switch {
 	case errors.Is(ev.err, io.EOF):
-		// The target closed it (FIN). Its FIN crossed the path, so the path
-		// still knew the connection.
-		life := ev.at.Sub(tc.connected)
-		if e.s.closedAfter == 0 || life < e.s.closedAfter {
-			e.s.closedAfter = life
-		}
-		if idle >= ladderStart {
-			e.s.addAlive(idle)
-		}
+		// The target closed it (FIN).
+		e.s.addClose(idle, life, false)
 		e.progress("closed by target after %s (idle %s): the target ends idle connections itself", fmtDur(life), fmtDur(idle))
 	case errors.Is(ev.err, syscall.ECONNRESET) && tc.checking:
 		e.dead(tc, checkIdle, FailureReset, "reset in answer to a keepalive probe")
 	case errors.Is(ev.err, syscall.ECONNRESET):
-		e.dead(tc, checkIdle, FailureReset, "reset while idle, not in answer to a probe: a middlebox that resets forgotten flows itself, or the target")
+		e.s.addClose(idle, life, true)
+		e.progress("idle %s: reset, not in answer to a probe (%s after connect): a middlebox that resets the flows it forgets, or the target", fmtDur(idle), fmtDur(life))
 	case tc.checking:
 		e.dead(tc, checkIdle, FailureDrop, fmt.Sprintf("no answer to %d keepalive probes: %v", e.o.Probes, ev.err))
 	default:
@@ -548,7 +544,7 @@ func (e *engine) result() Result {
 		ShortestDead:      hi,
 		Failure:           e.s.failure(),
 		RTT:               e.rtt,
-		TargetClosedAfter: e.s.closedAfter,
+		TargetClosedAfter: e.s.closedAfter(),
 		Contradictions:    e.s.contradictions(),
 		Checks:            e.checks,
 		Connections:       e.opened,

@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"regexp"
 	"sort"
 	"strings"
 	"sync"
@@ -156,7 +157,7 @@ func TestRunNoMiddlebox(t *testing.T) {
 	if res.Recommended != want {
 		t.Errorf("recommended = %+v, want %+v", res.Recommended, want)
 	}
-	if !strings.Contains(progress.String(), "idle 3s: alive") {
+	if !regexp.MustCompile(`idle 3(\.\d+)?s: alive`).MatchString(progress.String()) {
 		t.Errorf("progress does not show the check at 3s:\n%s", progress.String())
 	}
 	tg.waitAllClosed(t)
@@ -172,22 +173,23 @@ func TestRunNoMiddlebox(t *testing.T) {
 	}
 }
 
-// A target that resets idle connections after 2.5s itself (not in answer to
-// anything): reported as a reset after about 2.5s.
-func TestRunTargetResetsIdle(t *testing.T) {
+// A target that resets connections 2.5s after accept is told from a
+// middlebox that resets idle flows: the connections checked alive in between
+// die at the same time after connect, not after the same idle time.
+func TestRunTargetResetsAfterAccept(t *testing.T) {
 	t.Parallel()
 	tg := startTarget(t, 2500*time.Millisecond, true)
 	var progress bytes.Buffer
 	res, err := Run(context.Background(), Options{Target: tg.addr(), Max: 20 * time.Second, Progress: &progress})
 	t.Logf("progress:\n%s", progress.String())
-	if err != nil {
-		t.Fatalf("Run: %v", err)
+	if !errors.Is(err, ErrClosedByTarget) {
+		t.Fatalf("err = %v, want ErrClosedByTarget", err)
 	}
-	if !res.Found || res.Failure != FailureReset {
-		t.Fatalf("found %v failure %q, want a reset", res.Found, res.Failure)
+	if d := res.TargetClosedAfter - 2500*time.Millisecond; d < -100*time.Millisecond || d > 200*time.Millisecond {
+		t.Errorf("target closed after %v, want 2.5s", res.TargetClosedAfter)
 	}
-	if d := res.IdleTimeout - 2500*time.Millisecond; d < -time.Second || d > time.Second {
-		t.Errorf("idle timeout %v, want 2.5s within 1s (bracket %v..%v)", res.IdleTimeout, res.LongestAlive, res.ShortestDead)
+	if res.Found {
+		t.Errorf("reported a middlebox timeout of %v (%s)", res.IdleTimeout, res.Failure)
 	}
 	tg.waitAllClosed(t)
 }
@@ -234,7 +236,7 @@ func TestCommandNoTimeoutText(t *testing.T) {
 			t.Errorf("stdout lacks %q", want)
 		}
 	}
-	if !strings.Contains(stderr.String(), "idle 1s: alive") {
+	if !strings.Contains(stderr.String(), ": alive") {
 		t.Errorf("no progress on stderr:\n%s", stderr.String())
 	}
 }

@@ -2,6 +2,7 @@ package probe
 
 import (
 	"math"
+	"slices"
 	"sort"
 	"time"
 )
@@ -21,17 +22,21 @@ import (
 type search struct {
 	max time.Duration
 
-	alive []time.Duration // idle times connections survived
-	dead  []observation   // idle times after which connections had died
-
-	// closedAfter is how long after connect the target itself closed an idle
-	// connection (0: never seen). No idle longer than that can be checked.
-	closedAfter time.Duration
+	alive  []time.Duration // idle times connections survived (checked alive)
+	dead   []observation   // idle times after which checks found connections dead
+	closes []closing       // connections that ended with no check in flight
 }
 
 type observation struct {
 	idle    time.Duration
 	failure Failure
+}
+
+// closing is a connection that ended by itself, with no check in flight: a
+// FIN, or a reset, that arrived after idle, life after connect.
+type closing struct {
+	idle, life time.Duration
+	reset      bool
 }
 
 // ladderStart is the first rung of the ladder and the shortest idle checked:
@@ -59,17 +64,98 @@ func (s *search) addDead(idle time.Duration, f Failure) {
 	s.dead = append(s.dead, observation{idle, f})
 }
 
+func (s *search) addClose(idle, life time.Duration, reset bool) {
+	s.closes = append(s.closes, closing{idle, life, reset})
+}
+
+// view sorts the connections that ended by themselves into what they say.
+//
+// A FIN comes from the target: it closes idle connections itself (an Oracle
+// listener's INBOUND_CONNECT_TIMEOUT, say) after life, and the FIN crossed
+// the path, so the path still knew the connection after that idle time.
+//
+// A reset is either a middlebox that resets flows it forgets, at a fixed
+// idle time, or the target resetting connections at a fixed time after
+// connect. It is the target's when a connection survived a longer idle time
+// (so it was not the path's idle timeout), else the path's when the
+// connection had been checked since connect (its idle and its life differ).
+func (s *search) view() (alive []time.Duration, dead []observation, closedAfter time.Duration) {
+	alive = slices.Clone(s.alive)
+	dead = slices.Clone(s.dead)
+	byTarget := func(c closing) {
+		if closedAfter == 0 || c.life < closedAfter {
+			closedAfter = c.life
+		}
+		if c.idle >= ladderStart {
+			alive = append(alive, c.idle)
+		}
+	}
+	var resets []closing
+	for _, c := range s.closes {
+		if c.reset {
+			resets = append(resets, c)
+		} else {
+			byTarget(c)
+		}
+	}
+	survivedLonger := func(idle time.Duration) bool {
+		for _, a := range s.alive {
+			if a >= idle {
+				return true
+			}
+		}
+		return false
+	}
+	// A never-checked connection's reset (idle = life) cannot tell; it is
+	// the target's when the target is known to end connections at that
+	// time, the path's when another such reset came after the same idle but
+	// a different time after connect, and else it waits for more evidence.
+	var unchecked []closing
+	for _, c := range resets {
+		switch {
+		case survivedLonger(c.idle):
+			byTarget(c)
+		case c.life-c.idle >= ladderStart:
+			dead = append(dead, observation{c.idle, FailureReset})
+		default:
+			unchecked = append(unchecked, c)
+		}
+	}
+	near := func(a, b time.Duration) bool { return absDur(a-b) <= resolution(min(a, b)) }
+	for _, c := range unchecked {
+		if closedAfter > 0 && near(c.life, closedAfter) {
+			byTarget(c)
+			continue
+		}
+		for _, d := range resets {
+			if near(d.idle, c.idle) && !near(d.life, c.life) {
+				dead = append(dead, observation{c.idle, FailureReset})
+				break
+			}
+		}
+	}
+	return alive, dead, closedAfter
+}
+
+func absDur(d time.Duration) time.Duration {
+	if d < 0 {
+		return -d
+	}
+	return d
+}
+
 // bounds returns lo, the longest idle survived below hi, and hi, the shortest
 // idle after which a connection died (0: none died). A survival at or above
 // hi contradicts a death and is set aside: the deaths are trusted, since
 // keepalive must work for every connection, not just for the lucky ones.
 func (s *search) bounds() (lo, hi time.Duration) {
-	for _, d := range s.dead {
+	alive, dead, _ := s.view()
+	for _, d := range dead {
 		if hi == 0 || d.idle < hi {
 			hi = d.idle
 		}
 	}
-	for _, a := range s.alive {
+	for _, a := range alive {
 		if (hi == 0 || a < hi) && a > lo {
 			lo = a
 		}
@@ -79,8 +165,9 @@ func (s *search) bounds() (lo, hi time.Duration) {
 
 // failure is how the connection that bounds the timeout from above died.
 func (s *search) failure() Failure {
+	_, dead, _ := s.view()
 	_, hi := s.bounds()
-	for _, d := range s.dead {
+	for _, d := range dead {
 		if d.idle == hi {
 			return d.failure
 		}
@@ -90,14 +177,22 @@ func (s *search) failure() Failure {
 
 // contradictions counts survivals longer than the shortest death.
 func (s *search) contradictions() int {
+	alive, _, _ := s.view()
 	_, hi := s.bounds()
 	n := 0
-	for _, a := range s.alive {
+	for _, a := range alive {
 		if hi > 0 && a >= hi {
 			n++
 		}
 	}
 	return n
+}
+
+// closedAfter is how long after connect the target itself ends idle
+// connections (0: not seen). No idle longer than that can be checked.
+func (s *search) closedAfter() time.Duration {
+	_, _, c := s.view()
+	return c
 }
 
 // resolution is how close lo and hi must get: 1s, or 2% for long timeouts.
@@ -111,11 +206,11 @@ func resolution(lo time.Duration) time.Duration {
 // limit is the longest idle worth checking: max, or less when the target
 // closes idle connections itself.
 func (s *search) limit() time.Duration {
-	if s.closedAfter == 0 {
+	closed := s.closedAfter()
+	if closed == 0 {
 		return s.max
 	}
-	margin := resolution(s.closedAfter)
-	if l := s.closedAfter - margin; l < s.max {
+	if l := closed - resolution(closed); l < s.max {
 		return l
 	}
 	return s.max

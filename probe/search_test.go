@@ -55,8 +55,8 @@ func simulate(t *testing.T, tau, verdict, maxIdle, closeAfter time.Duration, par
 			}
 			idle = append(idle, c)
 			sl := slot{idle: now.Sub(c.refreshed)}
-			if s.closedAfter > 0 {
-				sl.reach = c.born.Add(s.closedAfter).Sub(c.refreshed)
+			if closed := s.closedAfter(); closed > 0 {
+				sl.reach = c.born.Add(closed).Sub(c.refreshed)
 			}
 			slots = append(slots, sl)
 		}
@@ -113,12 +113,7 @@ func simulate(t *testing.T, tau, verdict, maxIdle, closeAfter time.Duration, par
 		}
 		switch {
 		case closing:
-			if s.closedAfter == 0 || now.Sub(who.born) < s.closedAfter {
-				s.closedAfter = now.Sub(who.born)
-			}
-			if a := now.Sub(who.refreshed); a <= tau {
-				s.addAlive(a) // the target's FIN crossed the path
-			}
+			s.addClose(now.Sub(who.refreshed), now.Sub(who.born), false)
 			drop()
 		case who.checking:
 			s.addDead(who.idle, fail)
@@ -233,6 +228,41 @@ func TestSearchBoundsTrustDeaths(t *testing.T) {
 	}
 	if s.contradictions() != 1 {
 		t.Errorf("contradictions = %d, want 1", s.contradictions())
+	}
+}
+
+// Connections that end by themselves: FINs are the target; resets are the
+// path's idle timeout unless the idle times say they are the target's.
+func TestSearchClassifiesCloses(t *testing.T) {
+	s := time.Second
+	for _, c := range []struct {
+		name        string
+		alive       []time.Duration
+		closes      []closing
+		lo, hi      time.Duration
+		closedAfter time.Duration
+	}{
+		{"FIN: target, and alive until then", []time.Duration{s, 2 * s}, []closing{{idle: 2500 * time.Millisecond, life: 2500 * time.Millisecond}},
+			2500 * time.Millisecond, 0, 2500 * time.Millisecond},
+		{"reset at a fixed idle: middlebox", []time.Duration{s, 2 * s}, []closing{{idle: 4 * s, life: 4 * s, reset: true}, {idle: 4 * s, life: 6 * s, reset: true}},
+			2 * s, 4 * s, 0},
+		{"reset after a longer survival: target", []time.Duration{s, 2 * s}, []closing{{idle: 1500 * time.Millisecond, life: 2500 * time.Millisecond, reset: true}},
+			2 * s, 0, 2500 * time.Millisecond},
+		{"unchecked connection reset: waits for evidence", []time.Duration{s, 2 * s},
+			[]closing{{idle: 4 * s, life: 4 * s, reset: true}},
+			2 * s, 0, 0},
+		{"unchecked connections reset after the same idle, different lives: middlebox", []time.Duration{s, 2 * s},
+			[]closing{{idle: 4 * s, life: 4 * s, reset: true}, {idle: 4 * s, life: 7 * s, reset: true}},
+			2 * s, 4 * s, 0},
+		{"unchecked connection reset when the target resets them: target", []time.Duration{s, 2 * s},
+			[]closing{{idle: 1500 * time.Millisecond, life: 2500 * time.Millisecond, reset: true}, {idle: 2500 * time.Millisecond, life: 2500 * time.Millisecond, reset: true}},
+			2500 * time.Millisecond, 0, 2500 * time.Millisecond},
+	} {
+		sr := &search{max: time.Hour, alive: c.alive, closes: c.closes}
+		lo, hi := sr.bounds()
+		if lo != c.lo || hi != c.hi || sr.closedAfter() != c.closedAfter {
+			t.Errorf("%s: lo %v hi %v closedAfter %v; want %v %v %v", c.name, lo, hi, sr.closedAfter(), c.lo, c.hi, c.closedAfter)
+		}
 	}
 }
 
