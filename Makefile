@@ -7,7 +7,7 @@
 GO       ?= go
 FUZZTIME ?= 5s
 APT_PACKAGES = iptables iproute2 haproxy nginx libnginx-mod-stream iperf3 prometheus \
-               chromium chromium-driver file strace systemd procps ca-certificates
+               chromium chromium-driver file strace systemd procps ca-certificates python3-yaml
 
 .PHONY: run build test deps vet unit fuzz bench bench-full soak
 
