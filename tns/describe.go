@@ -1,0 +1,366 @@
+package tns
+
+import (
+	"fmt"
+	"net"
+	"strconv"
+	"strings"
+)
+
+// maxDepth bounds the nesting a description may have. Real ones nest about
+// five deep; the bound keeps hostile input from growing the stack.
+const maxDepth = 32
+
+// Node is one (KEY=VALUE) pair of a description. A node holds either a
+// Value or Children, never both.
+type Node struct {
+	Key      string
+	Value    string
+	Children []Node
+}
+
+// Description is the parsed text of Oracle Net's nested
+// (KEY=VALUE)(KEY=(KEY=VALUE)...) syntax: the connect data of a CONNECT, the
+// data of a REFUSE or ACCEPT, the address of a REDIRECT. Keys compare without
+// regard to case.
+type Description []Node
+
+// ParseDescription parses one or more top-level groups, e.g.
+// "(DESCRIPTION=(ERR=12514))" or "(ADDRESS=(PROTOCOL=tcp)(HOST=h)(PORT=1521))".
+// Values may be quoted with double quotes, and a backslash escapes ( ) = " \.
+// Whitespace between groups and trailing NUL bytes are ignored.
+func ParseDescription(s string) (Description, error) {
+	p := descParser{s: s}
+	nodes, err := p.groups(0)
+	if err != nil {
+		return nil, err
+	}
+	p.skipSpace()
+	for p.i < len(p.s) && p.s[p.i] == 0 {
+		p.i++
+	}
+	if p.i < len(p.s) {
+		return nil, p.errorf("unexpected %q", p.s[p.i])
+	}
+	if len(nodes) == 0 {
+		return nil, p.errorf("no (KEY=VALUE) group")
+	}
+	return nodes, nil
+}
+
+type descParser struct {
+	s string
+	i int
+}
+
+func (p *descParser) errorf(format string, args ...any) error {
+	return fmt.Errorf("%w: description: %s at byte %d", ErrMalformed, fmt.Sprintf(format, args...), p.i)
+}
+
+func (p *descParser) skipSpace() {
+	for p.i < len(p.s) && isSpace(p.s[p.i]) {
+		p.i++
+	}
+}
+
+func isSpace(c byte) bool { return c == ' ' || c == '\t' || c == '\r' || c == '\n' }
+
+// groups reads (KEY=VALUE) groups until something else comes.
+func (p *descParser) groups(depth int) ([]Node, error) {
+	if depth >= maxDepth {
+		return nil, p.errorf("nested deeper than %d", maxDepth)
+	}
+	var nodes []Node
+	for {
+		p.skipSpace()
+		if p.i >= len(p.s) || p.s[p.i] != '(' {
+			return nodes, nil
+		}
+		p.i++
+		n, err := p.group(depth)
+		if err != nil {
+			return nil, err
+		}
+		nodes = append(nodes, n)
+	}
+}
+
+// group reads KEY=VALUE) after an opening parenthesis.
+func (p *descParser) group(depth int) (Node, error) {
+	start := p.i
+	for p.i < len(p.s) && p.s[p.i] != '=' {
+		switch p.s[p.i] {
+		case '(', ')', '"':
+			return Node{}, p.errorf("unexpected %q in key", p.s[p.i])
+		}
+		p.i++
+	}
+	if p.i >= len(p.s) {
+		return Node{}, p.errorf("key without '='")
+	}
+	key := strings.TrimSpace(p.s[start:p.i])
+	if key == "" {
+		return Node{}, p.errorf("empty key")
+	}
+	p.i++ // '='
+	p.skipSpace()
+	n := Node{Key: key}
+	if p.i < len(p.s) && p.s[p.i] == '(' {
+		children, err := p.groups(depth + 1)
+		if err != nil {
+			return Node{}, err
+		}
+		n.Children = children
+	} else {
+		v, err := p.value()
+		if err != nil {
+			return Node{}, err
+		}
+		n.Value = v
+	}
+	p.skipSpace()
+	if p.i >= len(p.s) || p.s[p.i] != ')' {
+		return Node{}, p.errorf("%s: missing ')'", key)
+	}
+	p.i++
+	return n, nil
+}
+
+// value reads a plain value up to the closing parenthesis, honouring quotes
+// and backslash escapes, and drops unquoted trailing blanks.
+func (p *descParser) value() (string, error) {
+	var b strings.Builder
+	keep := 0 // length of b without unquoted trailing blanks
+	for p.i < len(p.s) {
+		c := p.s[p.i]
+		switch {
+		case c == ')':
+			return b.String()[:keep], nil
+		case c == '(':
+			return "", p.errorf("unexpected '(' in value")
+		case c == '\\' && p.i+1 < len(p.s) && isEscapable(p.s[p.i+1]):
+			b.WriteByte(p.s[p.i+1])
+			keep = b.Len()
+			p.i += 2
+		case c == '"':
+			p.i++
+			for {
+				if p.i >= len(p.s) {
+					return "", p.errorf("unterminated quote")
+				}
+				c := p.s[p.i]
+				if c == '"' {
+					p.i++
+					break
+				}
+				if c == '\\' && p.i+1 < len(p.s) && isEscapable(p.s[p.i+1]) {
+					p.i++
+					c = p.s[p.i]
+				}
+				b.WriteByte(c)
+				p.i++
+			}
+			keep = b.Len()
+		default:
+			b.WriteByte(c)
+			if !isSpace(c) {
+				keep = b.Len()
+			}
+			p.i++
+		}
+	}
+	return "", p.errorf("missing ')'")
+}
+
+// isEscapable reports the characters a backslash escapes. Before any other
+// character a backslash is itself, so Windows paths in PROGRAM read right.
+func isEscapable(c byte) bool {
+	switch c {
+	case '(', ')', '=', '"', '\\':
+		return true
+	}
+	return false
+}
+
+// String renders d in canonical form: no blanks, values quoted when they
+// hold characters the syntax gives meaning to. ParseDescription(d.String())
+// gives d back.
+func (d Description) String() string {
+	var b strings.Builder
+	writeNodes(&b, d)
+	return b.String()
+}
+
+func writeNodes(b *strings.Builder, nodes []Node) {
+	for _, n := range nodes {
+		b.WriteByte('(')
+		b.WriteString(n.Key)
+		b.WriteByte('=')
+		if len(n.Children) > 0 {
+			writeNodes(b, n.Children)
+		} else {
+			writeValue(b, n.Value)
+		}
+		b.WriteByte(')')
+	}
+}
+
+func writeValue(b *strings.Builder, v string) {
+	plain := v == "" || (!isSpace(v[0]) && !isSpace(v[len(v)-1]))
+	if plain && !strings.ContainsAny(v, "()=\"\\") {
+		b.WriteString(v)
+		return
+	}
+	b.WriteByte('"')
+	for i := 0; i < len(v); i++ {
+		if v[i] == '"' || v[i] == '\\' {
+			b.WriteByte('\\')
+		}
+		b.WriteByte(v[i])
+	}
+	b.WriteByte('"')
+}
+
+// Find returns the first node, in document order, that is reached by path:
+// path[0] may sit at any depth, each further key must be a direct child of the
+// one before. Find("CID", "PROGRAM") finds the program of the client id.
+func (d Description) Find(path ...string) (Node, bool) {
+	if len(path) == 0 {
+		return Node{}, false
+	}
+	return find(d, path)
+}
+
+func find(nodes []Node, path []string) (Node, bool) {
+	for _, n := range nodes {
+		if strings.EqualFold(n.Key, path[0]) {
+			if got, ok := descend(n, path[1:]); ok {
+				return got, true
+			}
+		}
+		if got, ok := find(n.Children, path); ok {
+			return got, true
+		}
+	}
+	return Node{}, false
+}
+
+func descend(n Node, path []string) (Node, bool) {
+	if len(path) == 0 {
+		return n, true
+	}
+	for _, c := range n.Children {
+		if strings.EqualFold(c.Key, path[0]) {
+			if got, ok := descend(c, path[1:]); ok {
+				return got, true
+			}
+		}
+	}
+	return Node{}, false
+}
+
+// Value returns the value of the node Find(path...) reaches.
+func (d Description) Value(path ...string) (string, bool) {
+	n, ok := d.Find(path...)
+	if !ok || len(n.Children) > 0 {
+		return "", false
+	}
+	return n.Value, true
+}
+
+func (d Description) value(path ...string) string {
+	v, _ := d.Value(path...)
+	return v
+}
+
+// ServiceName is CONNECT_DATA's SERVICE_NAME, "" when absent.
+func (d Description) ServiceName() string { return d.value("CONNECT_DATA", "SERVICE_NAME") }
+
+// SID is CONNECT_DATA's SID, "" when absent.
+func (d Description) SID() string { return d.value("CONNECT_DATA", "SID") }
+
+// Command is CONNECT_DATA's COMMAND, "ping" for tnsping.
+func (d Description) Command() string { return d.value("CONNECT_DATA", "COMMAND") }
+
+// Program is the client program named in CID, "" when absent.
+func (d Description) Program() string { return d.value("CID", "PROGRAM") }
+
+// ClientHost is the client host named in CID, "" when absent.
+func (d Description) ClientHost() string { return d.value("CID", "HOST") }
+
+// ClientUser is the operating system user named in CID, "" when absent.
+func (d Description) ClientUser() string { return d.value("CID", "USER") }
+
+// Err returns the listener's error number (ERR=n) and whether there is one.
+func (d Description) Err() (int, bool) {
+	v, ok := d.Value("ERR")
+	if !ok {
+		return 0, false
+	}
+	n, err := strconv.ParseUint(strings.TrimSpace(v), 10, 31)
+	if err != nil {
+		return 0, false
+	}
+	return int(n), true
+}
+
+// VSNNUM returns the listener's version number and whether there is one.
+func (d Description) VSNNUM() (uint32, bool) {
+	v, ok := d.Value("VSNNUM")
+	if !ok {
+		return 0, false
+	}
+	n, err := strconv.ParseUint(strings.TrimSpace(v), 10, 32)
+	if err != nil {
+		return 0, false
+	}
+	return uint32(n), true
+}
+
+// DecodeVSNNUM turns a VSNNUM into the dotted version Oracle prints:
+// 318767104 is "19.0.0.0.0".
+func DecodeVSNNUM(v uint32) string {
+	return fmt.Sprintf("%d.%d.%d.%d.%d", v>>24, v>>20&0xF, v>>12&0xFF, v>>8&0xF, v&0xFF)
+}
+
+// Address is one (ADDRESS=(PROTOCOL=..)(HOST=..)(PORT=..)).
+type Address struct {
+	Protocol string
+	Host     string
+	Port     string
+}
+
+// HostPort returns "host:port" as net.Dial takes it.
+func (a Address) HostPort() string { return net.JoinHostPort(a.Host, a.Port) }
+
+// Addresses returns every ADDRESS in document order.
+func (d Description) Addresses() []Address {
+	var out []Address
+	var walk func([]Node)
+	walk = func(nodes []Node) {
+		for _, n := range nodes {
+			if strings.EqualFold(n.Key, "ADDRESS") {
+				sub := Description(n.Children)
+				out = append(out, Address{
+					Protocol: sub.direct("PROTOCOL"),
+					Host:     sub.direct("HOST"),
+					Port:     sub.direct("PORT"),
+				})
+				continue
+			}
+			walk(n.Children)
+		}
+	}
+	walk(d)
+	return out
+}
+
+// direct returns the value of a top-level key of d.
+func (d Description) direct(key string) string {
+	for _, n := range d {
+		if strings.EqualFold(n.Key, key) && len(n.Children) == 0 {
+			return n.Value
+		}
+	}
+	return ""
+}
