@@ -15,8 +15,9 @@ import (
 // Command runs `tnsguard probe` with args (the words after "probe"): the
 // flags, the run with progress on stderr, the summary (or -json object) on
 // stdout. It returns the exit code: 0 when the probe finished, found or not;
-// 1 on any error (bad flags, target unreachable, target closing idle
-// connections itself, interrupted); 2 for -h.
+// 1 on an error (target unreachable, target closing idle connections itself,
+// a bad value, interrupted); 2 for a usage error or -h, like tnsguard's other
+// commands.
 func Command(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("tnsguard probe", flag.ContinueOnError)
 	fs.SetOutput(stderr)
@@ -35,25 +36,25 @@ func Command(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		fs.PrintDefaults()
 	}
 	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return 2
-		}
-		return 1
+		return 2
 	}
 	fail := func(format string, a ...any) int {
 		fmt.Fprintf(stderr, "tnsguard probe: "+format+"\n", a...)
 		return 1
 	}
-	if fs.NArg() > 0 {
-		return fail("unexpected argument %q", fs.Arg(0))
+	usage := func(msg string) int {
+		fmt.Fprintf(stderr, "tnsguard probe: %s\n", msg)
+		return 2
 	}
 	switch {
+	case fs.NArg() > 0:
+		return usage(fmt.Sprintf("unexpected argument %q", fs.Arg(0)))
 	case *target != "" && *cfgPath != "":
-		return fail("give -target or -config, not both")
+		return usage("give -target or -config, not both")
 	case *cfgPath == "" && *backend != "":
-		return fail("-backend needs -config")
+		return usage("-backend needs -config")
 	case *target == "" && *cfgPath == "":
-		return fail("give -target HOST:PORT (or -config FILE -backend NAME)")
+		return usage("give -target HOST:PORT (or -config FILE -backend NAME)")
 	case *cfgPath != "":
 		addr, err := backendAddress(*cfgPath, *backend)
 		if err != nil {

@@ -318,19 +318,23 @@ func TestCommandRefused(t *testing.T) {
 func TestCommandUsageErrors(t *testing.T) {
 	for _, c := range []struct {
 		args []string
+		code int
 		want string
 	}{
-		{nil, "give -target HOST:PORT"},
-		{[]string{"-target", "a:1", "-config", "x.toml"}, "not both"},
-		{[]string{"-target", "nohostport"}, "missing port"},
-		{[]string{"-target", "127.0.0.1:1", "-max", "500ms"}, "below the shortest idle"},
-		{[]string{"-target", "127.0.0.1:1", "-parallel", "1"}, "at least 2"},
-		{[]string{"-backend", "x"}, "-backend needs -config"},
-		{[]string{"-config", "/nonexistent/tnsguard.toml"}, "no such file"},
+		{nil, 2, "give -target HOST:PORT"},
+		{[]string{"-target", "a:1", "-config", "x.toml"}, 2, "not both"},
+		{[]string{"-backend", "x"}, 2, "-backend needs -config"},
+		{[]string{"-target", "a:1", "extra"}, 2, "unexpected argument"},
+		{[]string{"-max", "soon"}, 2, "invalid value"},
+		{[]string{"-h"}, 2, "usage: tnsguard probe -target HOST:PORT"},
+		{[]string{"-target", "nohostport"}, 1, "missing port"},
+		{[]string{"-target", "127.0.0.1:1", "-max", "500ms"}, 1, "below the shortest idle"},
+		{[]string{"-target", "127.0.0.1:1", "-parallel", "1"}, 1, "at least 2"},
+		{[]string{"-config", "/nonexistent/tnsguard.toml"}, 1, "no such file"},
 	} {
 		var stdout, stderr bytes.Buffer
-		if code := Command(context.Background(), c.args, &stdout, &stderr); code != 1 {
-			t.Errorf("%v: exit %d, want 1", c.args, code)
+		if code := Command(context.Background(), c.args, &stdout, &stderr); code != c.code {
+			t.Errorf("%v: exit %d, want %d", c.args, code, c.code)
 		}
 		if !strings.Contains(stderr.String(), c.want) {
 			t.Errorf("%v: stderr = %q, want %q", c.args, stderr.String(), c.want)

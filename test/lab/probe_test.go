@@ -1,0 +1,166 @@
+package lab
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/tnsguard/tnsguard/probe"
+	"github.com/tnsguard/tnsguard/test/lab/netlab"
+)
+
+// Issue 8: `tnsguard probe` measures the firewall's idle timeout. Behind a conntrack
+// firewall that forgets idle flows after 4 s, dropping or resetting their next packet,
+// the probe (run from the app namespace against the echo server in db) must find 4 s
+// within 1 s and name the failure mode; then tnsguard, configured with the keepalive
+// the probe recommends, must keep sessions alive through 3x that timeout.
+// About 35 s (both modes run in parallel).
+func TestLabProbe(t *testing.T) {
+	t.Parallel()
+	netlab.Require(t)
+	const timeout = 4 * time.Second
+	for _, tc := range []struct {
+		stale netlab.Stale
+		want  probe.Failure
+	}{
+		{netlab.StaleDrop, probe.FailureDrop},
+		{netlab.StaleReset, probe.FailureReset},
+	} {
+		t.Run(tc.stale.String(), func(t *testing.T) {
+			t.Parallel()
+			lab := netlab.New(t, netlab.Config{EstablishedTimeout: timeout, Stale: tc.stale})
+			echo := lab.StartEcho(t, lab.DB, fmt.Sprintf(":%d", dbPort))
+
+			var progress syncBuffer
+			start := time.Now()
+			res, err := probe.Run(context.Background(), probe.Options{
+				Target:   lab.DBAddr(dbPort),
+				Max:      30 * time.Second,
+				Progress: &progress,
+				Dial: func(ctx context.Context, addr string) (*net.TCPConn, error) {
+					return netlab.Dial(ctx, lab.App, addr)
+				},
+			})
+			t.Logf("probe progress:\n%s", progress.String())
+			if err != nil {
+				t.Fatalf("probe: %v", err)
+			}
+			t.Logf("%s firewall, conntrack timeout %v: probe found %v (survived %v, died after %v), failure %s, rtt %v, recommended %+v; %d checks on %d connections in %v",
+				tc.stale, lab.Timeout, res.IdleTimeout, res.LongestAlive, res.ShortestDead, res.Failure, res.RTT,
+				res.Recommended, res.Checks, res.Connections, time.Since(start).Round(time.Millisecond))
+			if !res.Found {
+				t.Fatalf("no idle timeout found up to %v behind a %v firewall", res.Max, lab.Timeout)
+			}
+			if d := res.IdleTimeout - lab.Timeout; d < -time.Second || d > time.Second {
+				t.Errorf("idle timeout %v, want %v within 1s", res.IdleTimeout, lab.Timeout)
+			}
+			// The firewall's timer is exact: the bracket must hold it.
+			if res.LongestAlive > lab.Timeout+50*time.Millisecond || res.ShortestDead < lab.Timeout-50*time.Millisecond {
+				t.Errorf("bracket (%v, %v] does not hold the firewall's %v", res.LongestAlive, res.ShortestDead, lab.Timeout)
+			}
+			if res.Failure != tc.want {
+				t.Errorf("failure %q, want %q", res.Failure, tc.want)
+			}
+			if res.Contradictions != 0 {
+				t.Errorf("%d contradicting checks", res.Contradictions)
+			}
+			if res.RTT <= 0 || res.RTT > 50*time.Millisecond {
+				t.Errorf("rtt %v", res.RTT)
+			}
+			if p := res.Recommended.PathIdleTimeout; p < lab.Timeout-time.Second || p > lab.Timeout {
+				t.Errorf("recommended path_idle_timeout %v, want %v rounded down, within 1s", p, lab.Timeout)
+			}
+			checkEchoSawNoBytes(t, echo, res.Connections)
+
+			t.Run("recommended keepalive keeps sessions alive", func(t *testing.T) {
+				requireBuiltGuard(t)
+				rec := res.Recommended
+				db := keepalive{
+					PathIdleTimeout: rec.PathIdleTimeout.String(),
+					Idle:            rec.Idle.String(),
+					Interval:        rec.Interval.String(),
+					Count:           rec.Count,
+					UserTimeout:     rec.UserTimeout.String(),
+				}
+				startGuard(t, lab, link{Name: "orders", Listen: guardAddr, Servers: []string{lab.DBAddr(dbPort)}, App: appKeepalive, DB: db})
+				sessions := dialN(t, lab.App, guardAddr, 5)
+				idle := 3 * lab.Timeout
+				time.Sleep(idle)
+				errs := roundTripAll(sessions, 3*time.Second)
+				t.Logf("with [backend.keepalive] %+v: %d/5 sessions through tnsguard answered after %v idle %v", db, countOK(errs), idle, describe(errs))
+				for i, err := range errs {
+					if err != nil {
+						t.Errorf("session %d through tnsguard with the recommended keepalive: round trip after %v idle: %v", i, idle, err)
+					}
+				}
+			})
+		})
+	}
+}
+
+// checkEchoSawNoBytes reads the echo server's events: it must have accepted the
+// probe's connections and been sent nothing on any that it saw close.
+func checkEchoSawNoBytes(t *testing.T, echo *netlab.Proc, connections int) {
+	t.Helper()
+	accepted, closed := 0, 0
+	for more := true; more; {
+		var ev netlab.Event
+		select {
+		case ev, more = <-echo.Events:
+		case <-time.After(500 * time.Millisecond):
+			more = false
+		}
+		switch ev.Event {
+		case "accept":
+			accepted++
+		case "close":
+			closed++
+			if ev.Bytes != 0 {
+				t.Errorf("the service got %d bytes on a probe connection; it must get none", ev.Bytes)
+			}
+		}
+	}
+	t.Logf("echo server: %d connections accepted, %d seen closed (the rest died in the firewall, their FIN or RST lost there)", accepted, closed)
+	if accepted != connections {
+		t.Errorf("echo server accepted %d connections, the probe says it opened %d", accepted, connections)
+	}
+}
+
+// requireBuiltGuard skips, loudly, when cmd/tnsguard does not build (yet); with
+// TNSGUARD_LAB_BIN set that binary is used as is.
+func requireBuiltGuard(t *testing.T) {
+	t.Helper()
+	if os.Getenv("TNSGUARD_LAB_BIN") != "" {
+		return
+	}
+	cmd := exec.Command("go", "build", "-o", os.DevNull, "./cmd/tnsguard")
+	cmd.Dir = "../.."
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Skipf("\n*****\nTNSGUARD PROXY PART NOT RUN: ./cmd/tnsguard does not build: %v\n%s*****", err, out)
+	}
+	tnsguardBin.Path(t)
+}
+
+// syncBuffer is a bytes.Buffer safe to write from the probe while the test reads it.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
