@@ -200,36 +200,52 @@ func (s *Server) setUp(up bool) {
 // order returns the servers to try in one round, best first: usable ones
 // (breaker allows, health up) by the balance policy, then those whose health
 // check says down but whose breaker allows (a check may lag a restart).
-// Servers with an open breaker, or weight 0, are left out.
-func (b *Backend) order(now time.Time) []*Server {
-	var healthy, down []*Server
+// Servers with an open breaker are left out while any other server is
+// usable; when every circuit is open they are tried all the same (last
+// resort): a breaker steers sessions to the other servers, it never makes a
+// backend unavailable on its own, and a single server that came back is
+// found by the next dial instead of after open_for. Weight 0 servers are
+// never used.
+func (b *Backend) order(now time.Time) (servers []*Server, lastResort bool) {
+	var healthy, down, open []*Server
 	for _, s := range b.Servers {
-		if s.Weight == 0 || !s.breaker.usable(now) {
-			continue
-		}
-		if s.Up() {
+		switch {
+		case s.Weight == 0:
+		case !s.breaker.usable(now):
+			open = append(open, s)
+		case s.Up():
 			healthy = append(healthy, s)
-		} else {
+		default:
 			down = append(down, s)
 		}
 	}
-	b.sortByPolicy(healthy)
-	b.sortByPolicy(down)
-	return append(healthy, down...)
+	// One turn of the rotation per round, shared by every group, so that
+	// each group's rotation advances by exactly one per session.
+	turn := b.rr.Add(1) - 1
+	if len(healthy)+len(down) == 0 {
+		b.sortByPolicy(open, turn)
+		return open, len(open) > 0
+	}
+	b.sortByPolicy(healthy, turn)
+	b.sortByPolicy(down, turn)
+	return append(healthy, down...), false
 }
 
-func (b *Backend) sortByPolicy(list []*Server) {
+func (b *Backend) sortByPolicy(list []*Server, turn uint64) {
 	if len(list) < 2 {
 		return
 	}
 	switch b.Config.Balance {
 	case "least_sessions":
+		// Ties go round: a burst of new sessions (not counted until their
+		// backend answers) spreads instead of piling on the first server.
+		rotateWeighted(list, turn)
 		sort.SliceStable(list, func(i, j int) bool {
 			// Compare sessions/weight without division.
 			return list[i].Sessions()*int64(list[j].Weight) < list[j].Sessions()*int64(list[i].Weight)
 		})
 	case "round_robin":
-		rotateWeighted(list, b.rr.Add(1)-1)
+		rotateWeighted(list, turn)
 	default: // priority: lowest value first; servers of one priority share by weight
 		sort.SliceStable(list, func(i, j int) bool { return list[i].Priority < list[j].Priority })
 		for i := 0; i < len(list); {
@@ -237,7 +253,7 @@ func (b *Backend) sortByPolicy(list []*Server) {
 			for j < len(list) && list[j].Priority == list[i].Priority {
 				j++
 			}
-			rotateWeighted(list[i:j], b.rr.Add(1)-1)
+			rotateWeighted(list[i:j], turn)
 			i = j
 		}
 	}
@@ -276,6 +292,9 @@ type Plan struct {
 	queue    []*Server
 	rounds   int
 	backoff  time.Duration
+	// lastResort: every circuit was open when the round was planned, so
+	// the round dials them without asking their breakers.
+	lastResort bool
 }
 
 // NewPlan starts a session's plan; the budget runs from now.
@@ -287,14 +306,17 @@ func (b *Backend) NewPlan() *Plan {
 func (p *Plan) Deadline() time.Time { return p.deadline }
 
 // Next returns the next server to dial. When a round is over it pauses
-// (backoff, doubling up to backoff_max, with jitter) before the next; it
-// returns ErrBudgetExhausted when the budget would end first, or ctx's error.
+// before the next: a pause drawn from [backoff/2, backoff), backoff doubling
+// each round up to backoff_max. A pause that would outlast the budget is cut
+// short so that one last round still runs just before the deadline (if at
+// least backoff/2 is left); after that Next returns ErrBudgetExhausted. It
+// returns ctx's error at once when ctx ends.
 func (p *Plan) Next(ctx context.Context) (*Server, error) {
 	for {
 		for len(p.queue) > 0 {
 			s := p.queue[0]
 			p.queue = p.queue[1:]
-			if ok, changed := s.breaker.allow(time.Now()); ok {
+			if ok, changed := s.breaker.allow(time.Now()); ok || p.lastResort {
 				if changed {
 					p.b.log.Info("circuit half-open: one session tries the server", "server", s.Address)
 					p.b.metrics.BreakerState.WithLabelValues(p.b.Config.Name, s.Address).Set(metrics.BreakerHalfOpen)
@@ -302,11 +324,12 @@ func (p *Plan) Next(ctx context.Context) (*Server, error) {
 				return s, nil
 			}
 		}
+		if err := ctx.Err(); err != nil {
+			return nil, err
+		}
 		if p.rounds > 0 {
-			// Full jitter in [backoff/2, backoff): spreads a herd of sessions.
-			wait := p.backoff/2 + rand.N(p.backoff/2+1)
-			p.backoff = min(p.backoff*2, p.b.Config.BackoffMax.Duration)
-			if time.Until(p.deadline) <= wait {
+			wait, ok := p.pause(time.Until(p.deadline))
+			if !ok {
 				return nil, ErrBudgetExhausted
 			}
 			t := time.NewTimer(wait)
@@ -321,6 +344,29 @@ func (p *Plan) Next(ctx context.Context) (*Server, error) {
 			return nil, ErrBudgetExhausted
 		}
 		p.rounds++
-		p.queue = p.b.order(time.Now())
+		p.queue, p.lastResort = p.b.order(time.Now())
 	}
+}
+
+// pause is the wait before the next round, given the budget left: jitter in
+// [backoff/2, backoff) spreads a herd of sessions. ok is false when not even
+// the shortest pause (the first backoff/2) fits before the deadline.
+func (p *Plan) pause(left time.Duration) (wait time.Duration, ok bool) {
+	b := p.backoff
+	wait = b/2 + rand.N(b-b/2) // b >= 1ns (validated > 0), so the range is never empty
+	p.backoff = min(p.backoff*2, p.b.Config.BackoffMax.Duration)
+	minPause := p.b.Config.Backoff.Duration / 2
+	if left <= minPause {
+		return 0, false
+	}
+	return min(wait, left-minPause), true
+}
+
+// Dial dials srv for this plan: within connect_timeout, and never past the
+// budget's deadline, so that a dial started late cannot stretch the wait
+// beyond connect_budget.
+func (p *Plan) Dial(ctx context.Context, srv *Server) (*net.TCPConn, error) {
+	ctx, cancel := context.WithDeadline(ctx, p.deadline)
+	defer cancel()
+	return srv.Dial(ctx)
 }

@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"net/netip"
+	"os"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -92,38 +93,46 @@ func (s *session) open() error {
 	plan := s.backend.NewPlan()
 	var attempts []string
 	var lastErr error
+	var retry string            // why the next dial is a re-dial ("" for the first)
+	var failed *failover.Server // the server that failed before it
 	for {
 		srv, err := plan.Next(s.ctx)
+		if err == nil && retry != "" {
+			s.redial(retry, failed) // counted only when a dial really follows
+		}
 		if err != nil {
 			if cerr := s.clientFailure(); cerr != nil {
 				return cerr
 			}
-			if errors.Is(err, failover.ErrBudgetExhausted) {
+			if !errors.Is(err, failover.ErrBudgetExhausted) {
+				return s.endedElsewhere(err) // drain or shutdown, not a missing backend
+			}
+			err = ErrNoBackend
+			if lastErr != nil {
 				err = fmt.Errorf("%w: %w", ErrNoBackend, lastErr)
 			}
-			s.l.rejected("no_backend")
-			s.log.Warn("no backend for new session: resetting the app's connection", "budget", cfg.ConnectBudget.Duration, "attempts", attempts)
-			s.abort(SideBackend, PhaseConnect, err, "no_backend", nil)
-			return err
+			return s.noBackend(err, attempts, nil)
 		}
-		conn, err := srv.Dial(s.ctx)
+		conn, err := plan.Dial(s.ctx, srv) // within connect_timeout and the budget
 		if err != nil {
 			if cerr := s.clientFailure(); cerr != nil {
 				srv.Abandoned()
 				return cerr
 			}
+			if s.ctx.Err() != nil {
+				srv.Abandoned()
+				return s.endedElsewhere(err)
+			}
 			lastErr = err
 			attempts = append(attempts, fmt.Sprintf("%s: %v", srv.Address, err))
 			srv.Failed(err)
 			if !cfg.Retries("connect") {
-				s.l.rejected("no_backend")
-				s.abort(SideBackend, PhaseConnect, err, "no_backend", srv)
-				return err
+				return s.noBackend(err, attempts, srv)
 			}
-			s.redial(reasonOf(err, "connect"), srv)
+			retry, failed = reasonOf(err, "connect"), srv
 			continue
 		}
-		first, err := s.attach(conn, srv)
+		first, err := s.attach(conn, srv, plan.Deadline())
 		if err == nil {
 			err = s.establish(first, srv, plan)
 			if err == nil {
@@ -137,6 +146,10 @@ func (s *session) open() error {
 			srv.Abandoned()
 			return cerr
 		}
+		if s.ctx.Err() != nil {
+			srv.Abandoned()
+			return s.endedElsewhere(err)
+		}
 		lastErr = err
 		attempts = append(attempts, fmt.Sprintf("%s: %v", srv.Address, err))
 		srv.Failed(err)
@@ -147,12 +160,29 @@ func (s *session) open() error {
 		case overflow:
 			err = fmt.Errorf("%w: %w", ErrReplayOverflow, err)
 		case cfg.Retries("reset"):
-			s.redial("reset", srv)
+			retry, failed = reasonOf(err, "reset"), srv
 			continue
 		}
 		s.abort(SideBackend, PhaseOpening, err, "reset", srv)
 		return err
 	}
+}
+
+// noBackend ends a session that got no backend: the app's connection is
+// reset, the rejection counted, and every attempt logged with its error.
+func (s *session) noBackend(err error, attempts []string, srv *failover.Server) error {
+	s.l.rejected("no_backend")
+	s.log.Warn("no backend for new session: resetting the app's connection", "budget", s.backend.Config.ConnectBudget.Duration, "attempts", attempts)
+	s.abort(SideBackend, PhaseConnect, err, "no_backend", srv)
+	return err
+}
+
+// endedElsewhere is the end of an opening cut short by the proxy (drain
+// timeout, shutdown): whoever cancelled the session has classified it
+// already; this only makes sure the app's connection is closed.
+func (s *session) endedElsewhere(err error) error {
+	s.abort(SideClient, PhaseConnect, err, "closed", nil)
+	return err
 }
 
 func reasonOf(err error, fallback string) string {
@@ -183,7 +213,7 @@ func (s *session) clientFailure() error {
 
 // attach makes conn the session's backend connection: the app's opening
 // bytes are replayed on it, and the first backend bytes are read.
-func (s *session) attach(conn *net.TCPConn, srv *failover.Server) (*[]byte, error) {
+func (s *session) attach(conn *net.TCPConn, srv *failover.Server, deadline time.Time) (*[]byte, error) {
 	s.mu.Lock()
 	if s.clientErr != nil {
 		s.mu.Unlock()
@@ -207,7 +237,7 @@ func (s *session) attach(conn *net.TCPConn, srv *failover.Server) (*[]byte, erro
 	s.mu.Unlock()
 
 	buf := s.p.pool.get()
-	n, err := conn.Read(*buf)
+	n, err := s.firstRead(conn, *buf, deadline)
 	if err != nil {
 		s.p.pool.put(buf)
 		if errors.Is(err, io.EOF) {
@@ -217,6 +247,23 @@ func (s *session) attach(conn *net.TCPConn, srv *failover.Server) (*[]byte, erro
 	}
 	*buf = (*buf)[:n]
 	return buf, nil
+}
+
+// firstRead waits for the backend's first bytes. A backend that accepted
+// but stays silent after the app has spoken (a load balancer whose target
+// is black-holed) fails with a timeout at the end of connect_budget, as a
+// dial would. While the app has sent nothing, nothing is owed and the wait
+// has no bound.
+func (s *session) firstRead(conn *net.TCPConn, buf []byte, deadline time.Time) (int, error) {
+	for {
+		conn.SetReadDeadline(deadline)
+		n, err := conn.Read(buf)
+		if !errors.Is(err, os.ErrDeadlineExceeded) || s.toBackend.Load() > 0 || deadline.IsZero() {
+			conn.SetReadDeadline(time.Time{})
+			return n, err
+		}
+		deadline = time.Time{}
+	}
 }
 
 func (s *session) detach() {

@@ -1,0 +1,102 @@
+package failover
+
+import (
+	"testing"
+	"time"
+
+	"github.com/tnsguard/tnsguard/metrics"
+)
+
+// The breaker takes the time as an argument, so its whole life is walked
+// here on a made-up clock, without sleeping.
+func TestBreakerLifecycle(t *testing.T) {
+	t0 := time.Date(2025, 1, 1, 0, 0, 0, 0, time.UTC)
+	b := newBreaker(3, 10*time.Second, 35*time.Second)
+
+	// Two failures, a success, two failures: not consecutive, still closed.
+	for _, f := range []bool{true, true, false, true, true} {
+		if f {
+			if opened, _ := b.failure(t0); opened {
+				t.Fatal("opened before 3 consecutive failures")
+			}
+		} else if b.success() {
+			t.Fatal("success on a closed breaker reported a change")
+		}
+	}
+	if b.current() != metrics.BreakerClosed {
+		t.Fatalf("state %d, want closed", b.current())
+	}
+	opened, openFor := b.failure(t0)
+	if !opened || openFor != 10*time.Second || b.current() != metrics.BreakerOpen {
+		t.Fatalf("third consecutive failure: opened=%v open_for=%v state=%d; want open for 10s", opened, openFor, b.current())
+	}
+
+	// Open: nobody may dial until open_for has passed.
+	for _, at := range []time.Duration{0, 5 * time.Second, 10*time.Second - time.Nanosecond} {
+		if ok, _ := b.allow(t0.Add(at)); ok || b.usable(t0.Add(at)) {
+			t.Fatalf("open breaker allowed a dial %v after opening", at)
+		}
+	}
+	// Failures reported while open (sessions that dialed before it opened)
+	// neither extend nor re-open it.
+	if opened, _ := b.failure(t0.Add(time.Second)); opened {
+		t.Fatal("a failure while open re-opened the breaker")
+	}
+
+	// Half-open: exactly one session gets the trial.
+	t1 := t0.Add(10 * time.Second)
+	if !b.usable(t1) {
+		t.Fatal("not usable after open_for")
+	}
+	if ok, changed := b.allow(t1); !ok || !changed || b.current() != metrics.BreakerHalfOpen {
+		t.Fatalf("after open_for: allow=%v changed=%v state=%d; want the trial and half-open", ok, changed, b.current())
+	}
+	if ok, _ := b.allow(t1); ok || b.usable(t1) {
+		t.Fatal("a second session got a trial while one is in flight")
+	}
+	// The trial's session left without a verdict: the next one may try.
+	b.abandon()
+	if ok, changed := b.allow(t1); !ok || changed {
+		t.Fatalf("after an abandoned trial: allow=%v changed=%v; want a new trial, no state change", ok, changed)
+	}
+
+	// Failed trials double open_for up to max_open_for: 20s, then 35s (cap).
+	at := t1
+	for i, want := range []time.Duration{20 * time.Second, 35 * time.Second, 35 * time.Second} {
+		opened, openFor := b.failure(at)
+		if !opened || openFor != want {
+			t.Fatalf("failed trial %d: opened=%v open_for=%v, want %v", i+1, opened, openFor, want)
+		}
+		if ok, _ := b.allow(at.Add(want - time.Millisecond)); ok {
+			t.Fatalf("failed trial %d: allowed before %v", i+1, want)
+		}
+		at = at.Add(want)
+		if ok, changed := b.allow(at); !ok || !changed {
+			t.Fatalf("failed trial %d: no trial after %v", i+1, want)
+		}
+	}
+
+	// A successful trial closes it and resets open_for and the count.
+	if !b.success() || b.current() != metrics.BreakerClosed {
+		t.Fatal("successful trial did not close the breaker")
+	}
+	b.failure(at)
+	b.failure(at)
+	if opened, openFor := b.failure(at); !opened || openFor != 10*time.Second {
+		t.Fatalf("after closing: opened=%v open_for=%v; want 3 failures to open for the base 10s again", opened, openFor)
+	}
+}
+
+// failures = 0 turns the breaker off.
+func TestBreakerOff(t *testing.T) {
+	b := newBreaker(0, time.Second, time.Second)
+	now := time.Now()
+	for range 100 {
+		if opened, _ := b.failure(now); opened {
+			t.Fatal("a breaker with failures = 0 opened")
+		}
+	}
+	if ok, _ := b.allow(now); !ok || !b.usable(now) || b.current() != metrics.BreakerClosed {
+		t.Fatal("a breaker with failures = 0 refused a dial")
+	}
+}

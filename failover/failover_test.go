@@ -1,0 +1,268 @@
+package failover
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"github.com/prometheus/client_golang/prometheus"
+	"go.uber.org/goleak"
+
+	"github.com/tnsguard/tnsguard/config"
+	"github.com/tnsguard/tnsguard/metrics"
+)
+
+func TestMain(m *testing.M) {
+	goleak.VerifyTestMain(m)
+}
+
+// testBackend builds a backend from the [[backend]] body given (keys, then
+// servers), with health checks off unless the body sets them.
+func testBackend(t *testing.T, body string) *Backend {
+	t.Helper()
+	text := `
+[[listener]]
+name = "l"
+listen = "127.0.0.1:0"
+backend = "b"
+[[backend]]
+name = "b"
+` + body
+	cfg, _, err := config.Parse([]byte(text), "test.toml")
+	if err != nil {
+		t.Fatalf("config: %v", err)
+	}
+	return New(cfg.Backend("b"), hclog.NewNullLogger(), metrics.New(prometheus.NewRegistry(), "test"))
+}
+
+func servers(specs ...string) string {
+	var sb strings.Builder
+	for _, s := range specs {
+		fmt.Fprintf(&sb, "  [[backend.server]]\n  %s\n", strings.ReplaceAll(s, ";", "\n  "))
+	}
+	return sb.String()
+}
+
+func firstOf(b *Backend) string {
+	list, _ := b.order(time.Now())
+	if len(list) == 0 {
+		return ""
+	}
+	return list[0].Address
+}
+
+// Round robin puts each server first in proportion to its weight, exactly
+// over whole cycles.
+func TestRoundRobinWeights(t *testing.T) {
+	b := testBackend(t, `balance = "round_robin"
+`+servers(`address = "a:1";weight = 1`, `address = "b:1";weight = 2`, `address = "c:1";weight = 3`))
+	got := map[string]int{}
+	for range 600 {
+		got[firstOf(b)]++
+	}
+	if got["a:1"] != 100 || got["b:1"] != 200 || got["c:1"] != 300 {
+		t.Fatalf("first-choice counts %v, want a:100 b:200 c:300", got)
+	}
+}
+
+// Servers of one priority share by weight even when other priority groups
+// (and down servers) are sorted in the same round. Before the fix every
+// group advanced the shared rotation, so with two groups the preferred
+// pair always started with the same server.
+func TestPriorityGroupsShareByWeight(t *testing.T) {
+	b := testBackend(t, servers(`address = "a:1"`, `address = "b:1"`, `address = "s:1";priority = 1`, `address = "t:1";priority = 1`))
+	got := map[string]int{}
+	for range 100 {
+		list, _ := b.order(time.Now())
+		got[list[0].Address]++
+		if p := list[2].Priority; p != 1 {
+			t.Fatalf("standby order %v", list)
+		}
+	}
+	if got["a:1"] != 50 || got["b:1"] != 50 {
+		t.Fatalf("first choice among priority 0: %v, want a:50 b:50", got)
+	}
+}
+
+// Health-down servers come after healthy ones, whatever their priority.
+func TestPriorityDownServerLast(t *testing.T) {
+	b := testBackend(t, servers(`address = "a:1"`, `address = "s:1";priority = 1`))
+	b.Servers[0].setUp(false)
+	list, last := b.order(time.Now())
+	if len(list) != 2 || list[0].Address != "s:1" || list[1].Address != "a:1" || last {
+		t.Fatalf("order %v (last resort %v), want s:1 then a:1", addrs(list), last)
+	}
+}
+
+// least_sessions picks the fewest sessions per weight; ties rotate.
+func TestLeastSessions(t *testing.T) {
+	b := testBackend(t, `balance = "least_sessions"
+`+servers(`address = "a:1"`, `address = "b:1"`, `address = "c:1";weight = 2`))
+	a, bb, c := b.Servers[0], b.Servers[1], b.Servers[2]
+	add := func(s *Server, n int) {
+		for range n {
+			s.Acquire()
+		}
+	}
+	add(a, 3)
+	add(bb, 1)
+	add(c, 4) // 4/2 = 2 per weight
+	for range 10 {
+		if f := firstOf(b); f != "b:1" {
+			t.Fatalf("first choice %s with sessions a=3 b=1 c=4 (weight 2), want b:1", f)
+		}
+	}
+	bb.Acquire()
+	bb.Acquire() // b=3, c=2 per weight
+	if f := firstOf(b); f != "c:1" {
+		t.Fatalf("first choice %s with a=3 b=3 c=4/2, want c:1", f)
+	}
+	// All equal: a burst of new sessions spreads by weight.
+	for _, s := range b.Servers {
+		for s.Sessions() > 0 {
+			s.Release()
+		}
+	}
+	got := map[string]int{}
+	for range 40 {
+		got[firstOf(b)]++
+	}
+	if got["a:1"] != 10 || got["b:1"] != 10 || got["c:1"] != 20 {
+		t.Fatalf("ties: first choice %v, want a:10 b:10 c:20", got)
+	}
+}
+
+// Open circuits are skipped while another server is usable, and tried
+// anyway when every circuit is open.
+func TestOrderSkipsOpenCircuitsUnlessAllOpen(t *testing.T) {
+	b := testBackend(t, `[backend.breaker]
+failures = 1
+open_for = "1h"
+max_open_for = "1h"
+`+servers(`address = "a:1"`, `address = "s:1";priority = 1`))
+	b.Servers[0].Failed(errors.New("refused"))
+	list, last := b.order(time.Now())
+	if len(list) != 1 || list[0].Address != "s:1" || last {
+		t.Fatalf("one circuit open: order %v (last resort %v), want only s:1", addrs(list), last)
+	}
+	b.Servers[1].Failed(errors.New("refused"))
+	list, last = b.order(time.Now())
+	if len(list) != 2 || list[0].Address != "a:1" || !last {
+		t.Fatalf("all circuits open: order %v (last resort %v), want a:1, s:1 as a last resort", addrs(list), last)
+	}
+	// Next hands them out even though their breakers refuse.
+	plan := b.NewPlan()
+	for _, want := range []string{"a:1", "s:1"} {
+		s, err := plan.Next(context.Background())
+		if err != nil || s.Address != want {
+			t.Fatalf("last-resort round: got %v, %v; want %s", s, err, want)
+		}
+	}
+}
+
+func addrs(list []*Server) []string {
+	var out []string
+	for _, s := range list {
+		out = append(out, s.Address)
+	}
+	return out
+}
+
+// Pauses between rounds are drawn from [b/2, b), b doubling from backoff to
+// backoff_max; a pause that would outlast the budget is cut short so one
+// more round runs before the deadline.
+func TestPauseJitterAndDoubling(t *testing.T) {
+	b := testBackend(t, `backoff = "100ms"
+backoff_max = "2s"
+`+servers(`address = "a:1"`))
+	for range 200 {
+		p := b.NewPlan()
+		for _, ms := range []time.Duration{100, 200, 400, 800, 1600, 2000, 2000} {
+			base := ms * time.Millisecond
+			w, ok := p.pause(time.Hour)
+			if !ok || w < base/2 || w >= base {
+				t.Fatalf("pause %v for backoff %v, want [%v, %v)", w, base, base/2, base)
+			}
+		}
+	}
+	p := b.NewPlan()
+	if w, ok := p.pause(70 * time.Millisecond); !ok || w > 20*time.Millisecond {
+		t.Fatalf("70ms left: pause %v ok=%v, want at most 20ms so a round fits before the deadline", w, ok)
+	}
+	if _, ok := p.pause(50 * time.Millisecond); ok {
+		t.Fatal("50ms left (= backoff/2): want the budget reported exhausted")
+	}
+	// backoff = 1ns must not panic (empty jitter range).
+	tiny := testBackend(t, `backoff = "1ns"
+backoff_max = "1ns"
+`+servers(`address = "a:1"`))
+	if _, ok := tiny.NewPlan().pause(time.Second); !ok {
+		t.Fatal("1ns backoff: no pause")
+	}
+}
+
+// A plan goes round the servers, pauses between rounds, and runs out of
+// budget close to connect_budget: not earlier than the deadline minus
+// backoff/2, never later.
+func TestPlanBudget(t *testing.T) {
+	b := testBackend(t, `connect_timeout = "100ms"
+connect_budget = "600ms"
+backoff = "40ms"
+backoff_max = "160ms"
+`+servers(`address = "a:1"`, `address = "b:1"`))
+	start := time.Now()
+	p := b.NewPlan()
+	var rounds, dials int
+	var last time.Time
+	for {
+		s, err := p.Next(context.Background())
+		if errors.Is(err, ErrBudgetExhausted) {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		dials++
+		if s.Address == "a:1" {
+			if rounds > 0 && time.Since(last) < 20*time.Millisecond {
+				t.Fatalf("round %d started %v after the previous one, want a pause of at least backoff/2", rounds, time.Since(last))
+			}
+			rounds++
+			last = time.Now()
+		}
+	}
+	took := time.Since(start)
+	if took < 575*time.Millisecond || took > 660*time.Millisecond {
+		t.Fatalf("budget of 600ms exhausted after %v", took)
+	}
+	if dials != 2*rounds || rounds < 4 {
+		t.Fatalf("%d dials in %d rounds", dials, rounds)
+	}
+	t.Logf("600ms budget: %d rounds, exhausted after %v", rounds, took)
+}
+
+// A plan waiting out a pause returns as soon as its context ends.
+func TestPlanCancelledMidPause(t *testing.T) {
+	b := testBackend(t, `connect_budget = "1m"
+backoff = "10s"
+backoff_max = "10s"
+`+servers(`address = "a:1"`))
+	p := b.NewPlan()
+	ctx, cancel := context.WithCancel(context.Background())
+	if _, err := p.Next(ctx); err != nil {
+		t.Fatal(err)
+	}
+	time.AfterFunc(50*time.Millisecond, cancel)
+	start := time.Now()
+	_, err := p.Next(ctx)
+	if !errors.Is(err, context.Canceled) {
+		t.Fatalf("got %v, want context.Canceled", err)
+	}
+	if d := time.Since(start); d > 150*time.Millisecond {
+		t.Fatalf("cancel took %v to end a pause of 5-10s", d)
+	}
+}

@@ -1,0 +1,291 @@
+package proxy
+
+import (
+	"bytes"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
+	"golang.org/x/sys/unix"
+
+	"github.com/tnsguard/tnsguard/config"
+	"github.com/tnsguard/tnsguard/metrics"
+)
+
+// Helpers of the failover tests (failover_test.go, replay_test.go): a proxy
+// whose log can be read back, servers that go away and come back on the
+// same port, a black-holed address, and a TOML builder for one backend.
+
+// logBuffer is an io.Writer safe for the logger's concurrent writes.
+type logBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *logBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if os.Getenv("TNSGUARD_TEST_LOG") != "" {
+		os.Stderr.Write(p)
+	}
+	return b.buf.Write(p)
+}
+
+func (b *logBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+// lines returns the log lines that contain every one of the words.
+func (b *logBuffer) lines(words ...string) []string {
+	var out []string
+	for _, l := range strings.Split(b.String(), "\n") {
+		ok := true
+		for _, w := range words {
+			ok = ok && strings.Contains(l, w)
+		}
+		if ok && l != "" {
+			out = append(out, l)
+		}
+	}
+	return out
+}
+
+// startProxyLog is startProxy with the log (info and up) kept for the test.
+func startProxyLog(t *testing.T, toml string) (*harness, *logBuffer) {
+	t.Helper()
+	cfg, _, err := config.Parse([]byte(toml), "test.toml")
+	if err != nil {
+		t.Fatalf("config: %v", err)
+	}
+	reg := prometheus.NewRegistry()
+	m := metrics.New(reg, "test")
+	logs := &logBuffer{}
+	p := New(hclog.New(&hclog.LoggerOptions{Level: hclog.Info, Output: logs}), m)
+	if err := p.Apply(cfg); err != nil {
+		t.Fatalf("apply: %v", err)
+	}
+	t.Cleanup(func() { p.Shutdown(0, time.Second) })
+	return &harness{t: t, p: p, m: m, reg: reg, cfg: cfg}, logs
+}
+
+// backendTOML is a whole config with listener "l" on 127.0.0.1:0 and backend
+// "b": body holds the backend's keys and sub-tables ([backend.health] and so
+// on); each server is a ;-separated list of its keys.
+func backendTOML(body string, servers ...string) string {
+	var sb strings.Builder
+	sb.WriteString(`
+[log]
+level = "info"
+[[listener]]
+name = "l"
+listen = "127.0.0.1:0"
+backend = "b"
+[[backend]]
+name = "b"
+`)
+	sb.WriteString(body)
+	sb.WriteString("\n")
+	for _, s := range servers {
+		fmt.Fprintf(&sb, "[[backend.server]]\n%s\n", strings.ReplaceAll(s, ";", "\n"))
+	}
+	return sb.String()
+}
+
+// server is a backend whose listening socket can be closed and bound again
+// on the same port, as when a database listener restarts.
+type server struct {
+	t       *testing.T
+	address string
+	fn      func(c *net.TCPConn)
+
+	mu       sync.Mutex
+	ln       *net.TCPListener
+	conns    []*net.TCPConn
+	accepted int
+	wg       sync.WaitGroup
+}
+
+func newServer(t *testing.T, fn func(c *net.TCPConn)) *server {
+	t.Helper()
+	s := &server{t: t, fn: fn}
+	s.start("127.0.0.1:0")
+	s.address = s.ln.Addr().String()
+	t.Cleanup(s.stop)
+	return s
+}
+
+func (s *server) start(addr string) {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		s.t.Fatalf("listen %s: %v", addr, err)
+	}
+	s.mu.Lock()
+	s.ln = ln.(*net.TCPListener)
+	s.mu.Unlock()
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		for {
+			c, err := ln.(*net.TCPListener).AcceptTCP()
+			if err != nil {
+				return
+			}
+			s.mu.Lock()
+			s.conns = append(s.conns, c)
+			s.accepted++
+			s.mu.Unlock()
+			s.wg.Add(1)
+			go func() {
+				defer s.wg.Done()
+				s.fn(c)
+			}()
+		}
+	}()
+}
+
+// accepts is how many connections the server accepted in all.
+func (s *server) accepts() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.accepted
+}
+
+// down closes the listening socket and every connection: dials are refused.
+func (s *server) down() {
+	s.mu.Lock()
+	s.ln.Close()
+	for _, c := range s.conns {
+		c.Close()
+	}
+	s.conns = nil
+	s.mu.Unlock()
+}
+
+// up binds the same port again.
+func (s *server) up() { s.start(s.address) }
+
+func (s *server) stop() {
+	s.down()
+	s.wg.Wait()
+}
+
+// closedPort is an address where nothing listens: dials are refused.
+func closedPort(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+	return addr
+}
+
+// blackhole is a loopback address whose dials hang until their timeout: a
+// listening socket with backlog 0 whose accept queue is already full (one
+// connection that is never accepted), so the kernel drops further SYNs.
+func blackhole(t *testing.T) string {
+	t.Helper()
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { unix.Close(fd) })
+	if err := unix.Bind(fd, &unix.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Listen(fd, 0); err != nil {
+		t.Fatal(err)
+	}
+	sa, err := unix.Getsockname(fd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := fmt.Sprintf("127.0.0.1:%d", sa.(*unix.SockaddrInet4).Port)
+	filler, err := net.DialTimeout("tcp", addr, time.Second)
+	if err != nil {
+		t.Fatalf("filling the accept queue of %s: %v", addr, err)
+	}
+	t.Cleanup(func() { filler.Close() })
+	// Prove it: a dial now times out.
+	if c, err := net.DialTimeout("tcp", addr, 50*time.Millisecond); err == nil {
+		c.Close()
+		t.Skip("this kernel accepts past a full backlog-0 queue: no loopback black-hole")
+	}
+	return addr
+}
+
+// sayName writes the server's name on accept, then echoes: a session can
+// tell which server it reached from its first byte.
+func sayName(name string) func(c *net.TCPConn) {
+	return func(c *net.TCPConn) {
+		if _, err := c.Write([]byte(name)); err != nil {
+			return
+		}
+		echo(c)
+	}
+}
+
+// reached dials the proxy, reads the name byte of the server the session
+// reached, checks an echo, and returns the name with the still-open conn.
+func (h *harness) reached() (string, *net.TCPConn, error) {
+	c, err := net.Dial("tcp", h.addr("l"))
+	if err != nil {
+		return "", nil, err
+	}
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	name := make([]byte, 1)
+	if _, err := io.ReadFull(c, name); err != nil {
+		c.Close()
+		return "", nil, fmt.Errorf("reading the server's name: %w", err)
+	}
+	if err := roundTrip(c, []byte("ping")); err != nil {
+		c.Close()
+		return "", nil, err
+	}
+	c.SetDeadline(time.Time{})
+	return string(name), c.(*net.TCPConn), nil
+}
+
+// roundTrip writes msg and expects it echoed back.
+func roundTrip(c net.Conn, msg []byte) error {
+	if _, err := c.Write(msg); err != nil {
+		return fmt.Errorf("write: %w", err)
+	}
+	got := make([]byte, len(msg))
+	if _, err := io.ReadFull(c, got); err != nil {
+		return fmt.Errorf("read echo: %w", err)
+	}
+	if !bytes.Equal(got, msg) {
+		return fmt.Errorf("echo differs: sent %d bytes, got others back", len(msg))
+	}
+	return nil
+}
+
+// histogram returns the sample count and sum of one histogram series.
+func histogram(t *testing.T, o prometheus.Observer) (uint64, float64) {
+	t.Helper()
+	var m dto.Metric
+	if err := o.(prometheus.Metric).Write(&m); err != nil {
+		t.Fatal(err)
+	}
+	return m.GetHistogram().GetSampleCount(), m.GetHistogram().GetSampleSum()
+}
+
+func gauge(g *prometheus.GaugeVec, labels ...string) float64 {
+	var m dto.Metric
+	if err := g.WithLabelValues(labels...).Write(&m); err != nil {
+		panic(err)
+	}
+	return m.GetGauge().GetValue()
+}

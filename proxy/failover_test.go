@@ -1,0 +1,618 @@
+package proxy
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/tnsguard/tnsguard/metrics"
+)
+
+// The only server's listener is down for 2 s (closed, then bound again on
+// the same port) while 20 apps connect one after another: every app gets
+// its round trip, none sees an error; the retries show in
+// tnsguard_redials_total and the waits in tnsguard_session_wait_seconds.
+// The breaker keeps its defaults (opens after 5 failures for 10 s): with
+// a single server it must not keep the sessions away once it is back.
+func TestOutageOfOnlyServer(t *testing.T) {
+	srv := newServer(t, echo)
+	h := startProxy(t, backendTOML(`connect_timeout = "500ms"
+connect_budget = "5s"
+backoff = "50ms"
+backoff_max = "400ms"
+[backend.health]
+check = "off"`, fmt.Sprintf("address = %q", srv.address)))
+
+	const apps = 20
+	const outage = 2 * time.Second
+	srv.down()
+	start := time.Now()
+	type result struct {
+		err  error
+		wait time.Duration
+	}
+	results := make(chan result, apps)
+	var wg sync.WaitGroup
+	for i := range apps {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			time.Sleep(time.Duration(i) * outage / apps) // spread over the outage
+			began := time.Now()
+			c, err := net.Dial("tcp", h.addr("l"))
+			if err != nil {
+				results <- result{err: err}
+				return
+			}
+			defer c.Close()
+			c.SetDeadline(time.Now().Add(8 * time.Second))
+			err = roundTrip(c, []byte(fmt.Sprintf("app %d: select 1 from dual", i)))
+			results <- result{err: err, wait: time.Since(began)}
+		}()
+	}
+	time.Sleep(outage - time.Since(start))
+	srv.up()
+	back := time.Now()
+	wg.Wait()
+	close(results)
+
+	var longest time.Duration
+	for r := range results {
+		if r.err != nil {
+			t.Errorf("app: %v", r.err)
+		}
+		longest = max(longest, r.wait)
+	}
+	if after := time.Since(back); after > time.Second {
+		t.Errorf("the last app finished %v after the server came back; want within backoff_max plus a little", after)
+	}
+	redials := counter(h.m.Redials, "l", "b", "connect")
+	if redials < apps {
+		t.Errorf("tnsguard_redials_total{reason=connect} = %v, want at least one per app (%d)", redials, apps)
+	}
+	waitFor(t, 2*time.Second, "20 sessions ended ok", func() bool {
+		return counter(h.m.SessionsTotal, "l", "b", "other", "ok") == apps
+	})
+	n, sum := histogram(t, h.m.SessionWait.WithLabelValues("l"))
+	if n != apps || sum < 5 {
+		t.Errorf("tnsguard_session_wait_seconds: %d samples, sum %.2fs; want %d samples summing to well over 5s", n, sum, apps)
+	}
+	if v := counter(h.m.SessionsRejected, "l", "no_backend"); v != 0 {
+		t.Errorf("sessions_rejected_total{no_backend} = %v", v)
+	}
+	t.Logf("outage %v: %d apps ok, %v redials, longest app wait %v, total session wait %.2fs", outage, apps, redials, longest.Round(time.Millisecond), sum)
+}
+
+// The preferred server (priority 0) goes down: sessions go to the standby
+// at once. When it comes back, new sessions stay on the standby until the
+// health check has seen it answer `rise` times, then go back to it.
+func TestPriorityFailoverAndFailBack(t *testing.T) {
+	a := newServer(t, sayName("A"))
+	b := newServer(t, sayName("B"))
+	h := startProxy(t, backendTOML(`connect_timeout = "500ms"
+connect_budget = "3s"
+backoff = "20ms"
+backoff_max = "100ms"
+[backend.health]
+check = "tcp"
+interval = "50ms"
+timeout = "40ms"
+rise = 2
+fall = 2`, fmt.Sprintf("address = %q;priority = 0", a.address), fmt.Sprintf("address = %q;priority = 1", b.address)))
+
+	upA := func() float64 { return gauge(h.m.BackendUp, "b", a.address) }
+	expect := func(want string) {
+		t.Helper()
+		name, c, err := h.reached()
+		if err != nil {
+			t.Fatalf("session: %v", err)
+		}
+		c.Close()
+		if name != want {
+			t.Fatalf("session reached %s, want %s", name, want)
+		}
+	}
+	waitFor(t, 2*time.Second, "first health checks", func() bool { return upA() == 1 })
+	expect("A")
+	expect("A")
+
+	a.down()
+	expect("B") // within the same round: A refuses, B answers
+	if v := counter(h.m.Redials, "l", "b", "connect"); v != 1 {
+		t.Errorf("redials{connect} = %v after A refused once, want 1", v)
+	}
+	waitFor(t, 2*time.Second, "A marked down", func() bool { return upA() == 0 })
+	for range 5 {
+		expect("B")
+	}
+
+	a.up()
+	back := time.Now()
+	// Until rise checks pass, A stays behind B.
+	for upA() == 0 {
+		expect("B")
+		if upA() == 1 {
+			break
+		}
+		time.Sleep(5 * time.Millisecond)
+		if time.Since(back) > 2*time.Second {
+			t.Fatal("A not marked up 2s after it came back")
+		}
+	}
+	riseAfter := time.Since(back)
+	if riseAfter < 50*time.Millisecond {
+		t.Errorf("A marked up %v after it came back: fewer than rise=2 checks 50ms apart", riseAfter)
+	}
+	expect("A")
+	expect("A")
+	if up, _ := h.p.Ready(); !up {
+		t.Error("not ready with both servers up")
+	}
+	t.Logf("fail-back: A preferred again %v after its listener returned (rise 2, interval 50ms)", riseAfter.Round(time.Millisecond))
+}
+
+// round_robin spreads sessions over three servers by weight 1:2:3.
+func TestRoundRobinSpread(t *testing.T) {
+	a, b, c := newServer(t, sayName("A")), newServer(t, sayName("B")), newServer(t, sayName("C"))
+	h := startProxy(t, backendTOML(`balance = "round_robin"
+[backend.health]
+check = "off"`,
+		fmt.Sprintf("address = %q;weight = 1", a.address),
+		fmt.Sprintf("address = %q;weight = 2", b.address),
+		fmt.Sprintf("address = %q;weight = 3", c.address)))
+	got := map[string]int{}
+	for range 60 {
+		name, conn, err := h.reached()
+		if err != nil {
+			t.Fatal(err)
+		}
+		conn.Close()
+		got[name]++
+	}
+	for name, want := range map[string]int{"A": 10, "B": 20, "C": 30} {
+		if d := got[name] - want; d < -2 || d > 2 {
+			t.Errorf("server %s got %d of 60 sessions, want %d±2 (weights 1:2:3); all: %v", name, got[name], want, got)
+		}
+	}
+	t.Logf("round_robin 1:2:3 over 60 sessions: %v", got)
+}
+
+// least_sessions sends each new session to the server with the fewest live
+// sessions.
+func TestLeastSessionsChoice(t *testing.T) {
+	a, b, c := newServer(t, sayName("A")), newServer(t, sayName("B")), newServer(t, sayName("C"))
+	h := startProxy(t, backendTOML(`balance = "least_sessions"
+[backend.health]
+check = "off"`,
+		fmt.Sprintf("address = %q", a.address),
+		fmt.Sprintf("address = %q", b.address),
+		fmt.Sprintf("address = %q", c.address)))
+	be := h.p.backend("b")
+	live := func() map[string]int64 {
+		out := map[string]int64{}
+		for i, s := range be.Servers {
+			out[string(rune('A'+i))] = s.Sessions()
+		}
+		return out
+	}
+	open := map[string][]net.Conn{}
+	connect := func() string {
+		t.Helper()
+		before := live()
+		name, conn, err := h.reached()
+		if err != nil {
+			t.Fatal(err)
+		}
+		open[name] = append(open[name], conn)
+		for n, k := range before {
+			if k < before[name] {
+				t.Fatalf("new session went to %s with %d live sessions while %s had %d (%v)", name, before[name], n, k, before)
+			}
+		}
+		return name
+	}
+	for range 6 {
+		connect()
+	}
+	if l := live(); l["A"] != 2 || l["B"] != 2 || l["C"] != 2 {
+		t.Fatalf("6 sessions spread %v, want 2 each", l)
+	}
+	// B's sessions end: the next two go to B.
+	for _, conn := range open["B"] {
+		conn.Close()
+	}
+	open["B"] = nil
+	waitFor(t, 2*time.Second, "B's sessions ended", func() bool { return live()["B"] == 0 })
+	for range 2 {
+		if name := connect(); name != "B" {
+			t.Fatalf("new session went to %s, want B (no live sessions); live: %v", name, live())
+		}
+	}
+	for _, list := range open {
+		for _, conn := range list {
+			conn.Close()
+		}
+	}
+}
+
+// failingServer accepts, reads the app's first bytes, then, by mode: resets
+// (a load balancer in front of a dead database), holds the connection until
+// released (a slow trial), or echoes.
+type failingServer struct {
+	*server
+	mu       sync.Mutex
+	mode     string
+	sessions int           // connections that carried app bytes (not health checks)
+	held     chan struct{} // a connection in "hold" mode got its bytes
+	release  chan struct{}
+}
+
+func newFailingServer(t *testing.T) *failingServer {
+	f := &failingServer{mode: "reset", held: make(chan struct{}, 10), release: make(chan struct{})}
+	f.server = newServer(t, func(c *net.TCPConn) {
+		buf := make([]byte, 4096)
+		n, err := c.Read(buf)
+		if err != nil {
+			return // a health check
+		}
+		f.mu.Lock()
+		f.sessions++
+		mode := f.mode
+		f.mu.Unlock()
+		switch mode {
+		case "hold":
+			f.held <- struct{}{}
+			select {
+			case <-f.release:
+			case <-time.After(5 * time.Second):
+			}
+			resetConn(c)
+		case "echo":
+			c.Write([]byte("A"))
+			c.Write(buf[:n])
+			echo(c)
+		default:
+			resetConn(c)
+		}
+	})
+	return f
+}
+
+func (f *failingServer) set(mode string) {
+	f.mu.Lock()
+	f.mode = mode
+	f.mu.Unlock()
+}
+
+func (f *failingServer) count() int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.sessions
+}
+
+// The breaker of a server that accepts and resets: it opens after
+// `failures` consecutive failures (gauge 1, logged), new sessions skip the
+// server, after open_for one session tries it (gauge 2) while others still
+// skip it, a failed trial re-opens it for twice as long, and a successful
+// trial closes it (gauge 0, logged). The apps never notice: every session
+// is replayed to the standby.
+func TestBreakerOpensSkipsHalfOpensCloses(t *testing.T) {
+	a := newFailingServer(t)
+	b := newServer(t, func(c *net.TCPConn) {
+		buf := make([]byte, 4096)
+		n, err := c.Read(buf)
+		if err != nil {
+			return
+		}
+		c.Write([]byte("B"))
+		c.Write(buf[:n])
+		echo(c)
+	})
+	h, logs := startProxyLog(t, backendTOML(`connect_budget = "3s"
+backoff = "20ms"
+backoff_max = "100ms"
+[backend.health]
+check = "tcp"
+interval = "1h"
+timeout = "1s"
+[backend.breaker]
+failures = 3
+open_for = "300ms"
+max_open_for = "1s"`, fmt.Sprintf("address = %q;priority = 0", a.address), fmt.Sprintf("address = %q;priority = 1", b.address)))
+	state := func() float64 { return gauge(h.m.BreakerState, "b", a.address) }
+	session := func(want string) {
+		t.Helper()
+		c, err := net.Dial("tcp", h.addr("l"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(5 * time.Second))
+		if _, err := c.Write([]byte("hello")); err != nil {
+			t.Fatal(err)
+		}
+		got := make([]byte, 6)
+		if _, err := readFull(c, got); err != nil {
+			t.Fatalf("session: %v", err)
+		}
+		if string(got) != want+"hello" {
+			t.Fatalf("session got %q, want %q", got, want+"hello")
+		}
+	}
+
+	for i := 1; i <= 3; i++ {
+		session("B") // A resets, the opening bytes are replayed to B
+		if a.count() != i {
+			t.Fatalf("A saw %d sessions, want %d", a.count(), i)
+		}
+	}
+	if state() != metrics.BreakerOpen {
+		t.Fatalf("breaker state %v after 3 failures, want 1 (open)", state())
+	}
+	opened := time.Now()
+	if len(logs.lines("circuit opened", a.address, "open_for=300ms")) != 1 {
+		t.Errorf("no log line for the circuit opening; log:\n%s", logs)
+	}
+	session("B")
+	if a.count() != 3 {
+		t.Fatal("a session dialed A while its circuit was open")
+	}
+
+	// Half-open: one session's trial is held by A while another session
+	// arrives; that one goes straight to B.
+	time.Sleep(time.Until(opened.Add(300 * time.Millisecond)))
+	a.set("hold")
+	trial := make(chan error, 1)
+	go func() {
+		c, err := net.Dial("tcp", h.addr("l"))
+		if err != nil {
+			trial <- err
+			return
+		}
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(5 * time.Second))
+		c.Write([]byte("hello"))
+		got := make([]byte, 6)
+		if _, err := readFull(c, got); err != nil || string(got) != "Bhello" {
+			trial <- fmt.Errorf("trial session got %q, %v; want Bhello", got, err)
+			return
+		}
+		trial <- nil
+	}()
+	select {
+	case <-a.held:
+	case <-time.After(3 * time.Second):
+		t.Fatal("no trial reached A after open_for")
+	}
+	if state() != metrics.BreakerHalfOpen {
+		t.Errorf("breaker state %v during the trial, want 2 (half-open)", state())
+	}
+	session("B")
+	if a.count() != 4 {
+		t.Fatalf("A saw %d sessions, want 4: a second session was let through during the trial", a.count())
+	}
+	a.set("reset")
+	close(a.release) // A resets the trial
+	if err := <-trial; err != nil {
+		t.Fatal(err)
+	}
+	reopened := time.Now()
+	if state() != metrics.BreakerOpen {
+		t.Fatalf("breaker state %v after a failed trial, want 1", state())
+	}
+	if len(logs.lines("circuit opened", a.address, "open_for=600ms")) != 1 {
+		t.Errorf("failed trial: no log line re-opening the circuit for 600ms; log:\n%s", logs)
+	}
+
+	// A recovers. Still skipped after the first 300ms, tried after 600ms.
+	a.set("echo")
+	time.Sleep(time.Until(reopened.Add(300 * time.Millisecond)))
+	session("B")
+	if a.count() != 4 {
+		t.Fatal("A was dialed 300ms into a 600ms open period")
+	}
+	time.Sleep(time.Until(reopened.Add(600 * time.Millisecond)))
+	session("A")
+	if state() != metrics.BreakerClosed {
+		t.Fatalf("breaker state %v after a successful trial, want 0", state())
+	}
+	if len(logs.lines("circuit closed", a.address)) != 1 {
+		t.Errorf("no log line for the circuit closing; log:\n%s", logs)
+	}
+	session("A")
+}
+
+func readFull(c net.Conn, b []byte) (int, error) {
+	n := 0
+	for n < len(b) {
+		k, err := c.Read(b[n:])
+		n += k
+		if err != nil {
+			return n, err
+		}
+	}
+	return n, nil
+}
+
+// Every server refuses: the app's connection is reset (RST) once
+// connect_budget is spent, not later than budget + 10%, counted once as
+// no_backend, and one log line lists every attempt with its error.
+func TestBudgetExhaustedResetsApp(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		servers func(t *testing.T) []string
+	}{
+		{"refused", func(t *testing.T) []string { return []string{closedPort(t), closedPort(t)} }},
+		// A black-holed server eats connect_timeout per dial; the last dial
+		// must still end at the budget's deadline.
+		{"blackhole", func(t *testing.T) []string { return []string{blackhole(t), closedPort(t)} }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			addrs := tc.servers(t)
+			const budget = time.Second
+			h, logs := startProxyLog(t, backendTOML(`connect_timeout = "350ms"
+connect_budget = "1s"
+backoff = "50ms"
+backoff_max = "200ms"
+[backend.health]
+check = "off"`, fmt.Sprintf("address = %q", addrs[0]), fmt.Sprintf("address = %q;priority = 1", addrs[1])))
+			start := time.Now() // before the connect: the budget runs from the accept
+			c := h.dial("l")
+			c.Write([]byte("opening bytes"))
+			err, _ := readErr(c, 3*time.Second)
+			took := time.Since(start)
+			if !errors.Is(err, syscall.ECONNRESET) {
+				t.Fatalf("app saw %v, want ECONNRESET", err)
+			}
+			if took > budget*11/10 || took < budget*9/10 {
+				t.Errorf("app reset after %v; want within [0.9, 1.1] x connect_budget (%v)", took, budget)
+			}
+			waitFor(t, time.Second, "rejection counted", func() bool {
+				return counter(h.m.SessionsRejected, "l", "no_backend") == 1
+			})
+			lines := logs.lines("no backend for new session")
+			if len(lines) != 1 {
+				t.Fatalf("want one no-backend log line, got %d; log:\n%s", len(lines), logs)
+			}
+			for _, a := range addrs {
+				if !strings.Contains(lines[0], a+": ") {
+					t.Errorf("log line does not list the attempts on %s: %s", a, lines[0])
+				}
+			}
+			attempts := 0
+			for _, a := range addrs {
+				attempts += strings.Count(lines[0], a+": dial")
+			}
+			redials := counter(h.m.Redials, "l", "b", "connect") + counter(h.m.Redials, "l", "b", "timeout")
+			if redials != float64(attempts-1) {
+				t.Errorf("redials_total = %v for %d attempts, want one per dial after the first", redials, attempts)
+			}
+			if !strings.Contains(lines[0], "connection refused") {
+				t.Errorf("log line lacks the refused error: %s", lines[0])
+			}
+			if tc.name == "blackhole" && !strings.Contains(lines[0], "timeout") {
+				t.Errorf("log line lacks the dial timeout: %s", lines[0])
+			}
+			t.Logf("%s: app reset after %v (budget %v); %s", tc.name, took.Round(time.Millisecond), budget, lines[0])
+		})
+	}
+}
+
+// A black-holed preferred server costs one connect_timeout, then the
+// session goes to the standby: each dial is bounded, the retry counted as
+// a timeout.
+func TestConnectTimeoutBoundsEachDial(t *testing.T) {
+	hole := blackhole(t)
+	b := newServer(t, echo)
+	h := startProxy(t, backendTOML(`connect_timeout = "300ms"
+connect_budget = "5s"
+[backend.health]
+check = "off"
+[backend.breaker]
+failures = 0`, fmt.Sprintf("address = %q", hole), fmt.Sprintf("address = %q;priority = 1", b.address)))
+	start := time.Now()
+	c := h.dial("l")
+	if err := roundTrip(c, []byte("hello")); err != nil {
+		t.Fatal(err)
+	}
+	took := time.Since(start)
+	if took < 300*time.Millisecond || took > 600*time.Millisecond {
+		t.Errorf("round trip took %v; want one connect_timeout (300ms) plus a little", took)
+	}
+	if v := counter(h.m.Redials, "l", "b", "timeout"); v != 1 {
+		t.Errorf("redials{timeout} = %v, want 1", v)
+	}
+	if n, _ := histogram(t, h.m.ConnectDuration.WithLabelValues("b", hole, "timeout")); n != 1 {
+		t.Errorf("connect_duration{result=timeout} has %d samples, want 1", n)
+	}
+	t.Logf("black-holed first server: session established after %v (connect_timeout 300ms)", took.Round(time.Millisecond))
+}
+
+// A session waiting between rounds ends at once when the proxy shuts down:
+// it neither sleeps out its backoff nor counts as no_backend.
+func TestShutdownEndsSessionMidBackoff(t *testing.T) {
+	addr := closedPort(t)
+	h, logs := startProxyLog(t, backendTOML(`connect_timeout = "500ms"
+connect_budget = "30s"
+backoff = "10s"
+backoff_max = "10s"
+[backend.health]
+check = "off"`, fmt.Sprintf("address = %q", addr)))
+	c := h.dial("l")
+	c.Write([]byte("hello"))
+	waitFor(t, 2*time.Second, "first dial refused", func() bool {
+		n, _ := histogram(t, h.m.ConnectDuration.WithLabelValues("b", addr, "refused"))
+		return n == 1
+	})
+	time.Sleep(20 * time.Millisecond) // now in a 5-10s pause
+
+	const drain = 100 * time.Millisecond
+	start := time.Now()
+	h.p.Shutdown(0, drain)
+	took := time.Since(start)
+	if took > drain+300*time.Millisecond {
+		t.Errorf("Shutdown took %v with a session mid-backoff; drain timeout %v", took, drain)
+	}
+	err, after := readErr(c, time.Second)
+	if !errors.Is(err, syscall.ECONNRESET) {
+		t.Errorf("app saw %v, want ECONNRESET", err)
+	}
+	if after > 100*time.Millisecond {
+		t.Errorf("app's conn still open %v after Shutdown returned", after)
+	}
+	if v := counter(h.m.SessionsRejected, "l", "no_backend"); v != 0 {
+		t.Errorf("a session ended by shutdown counted as no_backend (%v)", v)
+	}
+	if l := logs.lines("no backend for new session"); len(l) != 0 {
+		t.Errorf("shutdown logged as no backend: %v", l)
+	}
+	if v := counter(h.m.SessionsTotal, "l", "b", "other", "closed"); v != 1 {
+		t.Errorf("sessions_total{outcome=closed} = %v, want 1", v)
+	}
+	if v := counter(h.m.Redials, "l", "b", "connect"); v != 0 {
+		t.Errorf("redials_total = %v: counted a re-dial that never happened", v)
+	}
+	t.Logf("Shutdown(0, %v) with a session mid-backoff returned after %v", drain, took.Round(time.Millisecond))
+}
+
+// Health checks flapping drive tnsguard_backend_up and readiness.
+func TestHealthFlapsDriveUpAndReady(t *testing.T) {
+	srv := newServer(t, func(c *net.TCPConn) { c.Close() })
+	h := startProxy(t, backendTOML(`[backend.health]
+check = "tcp"
+interval = "50ms"
+timeout = "40ms"
+rise = 2
+fall = 2`, fmt.Sprintf("address = %q", srv.address)))
+	up := func() float64 { return gauge(h.m.BackendUp, "b", srv.address) }
+	ready := func() bool { r, _ := h.p.Ready(); return r }
+	waitFor(t, time.Second, "first checks passed", func() bool {
+		n, _ := histogram(t, h.m.HealthDuration.WithLabelValues("b", srv.address))
+		return n >= 2 && up() == 1 && ready()
+	})
+	for i := range 2 {
+		srv.down()
+		t0 := time.Now()
+		waitFor(t, 2*time.Second, "down after fall checks", func() bool { return up() == 0 })
+		downAfter := time.Since(t0)
+		if ok, reason := h.p.Ready(); ok || !strings.Contains(reason, `backend "b" has no server up`) {
+			t.Errorf("Ready() = %v, %q with the only server down", ok, reason)
+		}
+		srv.up()
+		t1 := time.Now()
+		waitFor(t, 2*time.Second, "up after rise checks", func() bool { return up() == 1 && ready() })
+		upAfter := time.Since(t1)
+		if downAfter < 50*time.Millisecond || upAfter < 50*time.Millisecond {
+			t.Errorf("flap %d: down after %v, up after %v; fall and rise of 2 need two checks 50ms apart", i, downAfter, upAfter)
+		}
+		t.Logf("flap %d: backend_up 0 after %v, back to 1 after %v (interval 50ms, fall 2, rise 2)", i, downAfter.Round(time.Millisecond), upAfter.Round(time.Millisecond))
+	}
+	if n, _ := histogram(t, h.m.HealthDuration.WithLabelValues("b", srv.address)); n < 4 {
+		t.Errorf("health_check_duration_seconds: %d samples", n)
+	}
+}

@@ -1,0 +1,328 @@
+package proxy
+
+import (
+	"bytes"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// recorder is an echo server that keeps, per connection, every byte it
+// received, to compare with what each app sent.
+type recorder struct {
+	*server
+	mu  sync.Mutex
+	got [][]byte
+}
+
+func newRecorder(t *testing.T) *recorder {
+	r := &recorder{}
+	r.server = newServer(t, func(c *net.TCPConn) {
+		var all bytes.Buffer
+		io.Copy(io.MultiWriter(c, &all), c)
+		c.CloseWrite()
+		if all.Len() > 0 { // not a health check
+			r.mu.Lock()
+			r.got = append(r.got, all.Bytes())
+			r.mu.Unlock()
+		}
+	})
+	return r
+}
+
+func (r *recorder) received() [][]byte {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return append([][]byte(nil), r.got...)
+}
+
+// app sends msg in parts with pauses in between (so bytes arrive while
+// tnsguard dials, waits and re-dials), half-closes, and expects exactly msg
+// echoed back.
+func app(addr string, msg []byte, parts int, pause time.Duration) error {
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	errc := make(chan error, 1)
+	go func() {
+		step := (len(msg) + parts - 1) / parts
+		for i := 0; i < len(msg); i += step {
+			if i > 0 {
+				time.Sleep(pause)
+			}
+			if _, err := c.Write(msg[i:min(i+step, len(msg))]); err != nil {
+				errc <- err
+				return
+			}
+		}
+		errc <- c.(*net.TCPConn).CloseWrite()
+	}()
+	got, err := io.ReadAll(c)
+	if werr := <-errc; werr != nil {
+		return fmt.Errorf("write: %w", werr)
+	}
+	if err != nil {
+		return fmt.Errorf("read: %w after %d bytes", err, len(got))
+	}
+	if !bytes.Equal(got, msg) {
+		return fmt.Errorf("echo: got %d bytes, sent %d (or different ones)", len(got), len(msg))
+	}
+	return nil
+}
+
+func message(id, size int) []byte {
+	b := make([]byte, size)
+	rand.Read(b)
+	copy(b, fmt.Sprintf("app-%03d:", id))
+	return b
+}
+
+// A load balancer in front of a dead database accepts, reads, then resets
+// (or closes before sending a byte). It is the preferred server (priority
+// 0, and its TCP health check passes); an echo server is the standby. Every
+// app's session succeeds, and the standby receives exactly the bytes each
+// app sent, byte for byte, once: those that reached the load balancer and
+// those that arrived while tnsguard re-dialed.
+func TestAcceptThenResetFailsOverWithReplay(t *testing.T) {
+	for _, mode := range []string{"rst", "fin"} {
+		t.Run(mode, func(t *testing.T) {
+			var lbMu sync.Mutex
+			var lbGot int
+			lb := newServer(t, func(c *net.TCPConn) {
+				buf := make([]byte, 64<<10)
+				c.SetReadDeadline(time.Now().Add(30 * time.Millisecond))
+				for {
+					n, err := c.Read(buf)
+					lbMu.Lock()
+					lbGot += n
+					lbMu.Unlock()
+					if err != nil {
+						break
+					}
+				}
+				if mode == "rst" {
+					resetConn(c)
+				} else {
+					c.Close()
+				}
+			})
+			standby := newRecorder(t)
+			h := startProxy(t, backendTOML(`connect_budget = "3s"
+backoff = "20ms"
+backoff_max = "100ms"
+[backend.health]
+check = "tcp"
+interval = "1h"
+timeout = "1s"
+[backend.breaker]
+failures = 0`, fmt.Sprintf("address = %q;priority = 0", lb.address), fmt.Sprintf("address = %q;priority = 1", standby.address)))
+
+			const apps = 10
+			sent := map[string][]byte{}
+			errc := make(chan error, apps)
+			for i := range apps {
+				msg := message(i, 1000+i*3000) // up to ~28 KiB, under replay_bytes
+				sent[string(msg[:8])] = msg
+				go func() { errc <- app(h.addr("l"), msg, 4, 15*time.Millisecond) }()
+			}
+			for range apps {
+				if err := <-errc; err != nil {
+					t.Error(err)
+				}
+			}
+			got := standby.received()
+			if len(got) != apps {
+				t.Fatalf("standby had %d connections, want %d", len(got), apps)
+			}
+			for _, g := range got {
+				if len(g) < 8 || !bytes.Equal(g, sent[string(g[:8])]) {
+					t.Errorf("standby received %d bytes that are not exactly one app's bytes", len(g))
+				}
+			}
+			if v := counter(h.m.Redials, "l", "b", "reset"); v != apps {
+				t.Errorf("redials{reset} = %v, want %d", v, apps)
+			}
+			lbMu.Lock()
+			defer lbMu.Unlock()
+			if lbGot == 0 {
+				t.Error("the load balancer never received opening bytes: the replay was not exercised")
+			}
+			t.Logf("%s: %d apps ok; the load balancer took %d opening bytes before failing, all replayed to the standby", mode, apps, lbGot)
+		})
+	}
+}
+
+// The only server fails the first two connections (a reset after reading,
+// then a close before any byte) and answers the third. The app keeps
+// sending during the pauses between rounds, when no backend connection
+// exists at all: the third connection gets every byte exactly once.
+func TestReplayOfBytesSentWhileRedialing(t *testing.T) {
+	var mu sync.Mutex
+	var seen [][]byte
+	n := 0
+	srv := newServer(t, func(c *net.TCPConn) {
+		mu.Lock()
+		n++
+		k := n
+		mu.Unlock()
+		var got bytes.Buffer
+		switch k {
+		case 1:
+			c.SetReadDeadline(time.Now().Add(40 * time.Millisecond))
+			io.Copy(&got, c)
+			resetConn(c)
+		case 2:
+			c.Close()
+		default:
+			io.Copy(io.MultiWriter(c, &got), c)
+			c.CloseWrite()
+		}
+		mu.Lock()
+		seen = append(seen, got.Bytes())
+		mu.Unlock()
+	})
+	h := startProxy(t, backendTOML(`connect_budget = "3s"
+backoff = "100ms"
+backoff_max = "200ms"
+[backend.health]
+check = "off"
+[backend.breaker]
+failures = 0`, fmt.Sprintf("address = %q", srv.address)))
+	msg := message(1, 6000)
+	if err := app(h.addr("l"), msg, 6, 40*time.Millisecond); err != nil {
+		t.Fatal(err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(seen) != 3 {
+		t.Fatalf("server saw %d connections, want 3", len(seen))
+	}
+	if first := len(seen[0]); first == 0 || first >= len(msg) {
+		t.Errorf("first connection received %d of %d bytes; want a part (the rest came while re-dialing)", first, len(msg))
+	}
+	if !bytes.Equal(seen[2], msg) {
+		t.Errorf("third connection received %d bytes, want exactly the app's %d", len(seen[2]), len(msg))
+	}
+	if v := counter(h.m.Redials, "l", "b", "reset"); v != 2 {
+		t.Errorf("redials{reset} = %v, want 2", v)
+	}
+	t.Logf("first backend got %d bytes before its reset; the rest arrived while re-dialing; the third got all %d", len(seen[0]), len(msg))
+}
+
+// More than replay_bytes sent before the backend's first byte, then the
+// backend resets: the app's connection is reset and nothing is replayed.
+func TestReplayOverflowResetsApp(t *testing.T) {
+	const sent = 4096
+	lb := newServer(t, func(c *net.TCPConn) {
+		io.ReadFull(c, make([]byte, sent))
+		resetConn(c)
+	})
+	standby := newRecorder(t)
+	h := startProxy(t, backendTOML(`replay_bytes = 1024
+[backend.health]
+check = "off"`, fmt.Sprintf("address = %q", lb.address), fmt.Sprintf("address = %q;priority = 1", standby.address)))
+	c := h.dial("l")
+	if _, err := c.Write(make([]byte, sent)); err != nil {
+		t.Fatal(err)
+	}
+	err, took := readErr(c, 3*time.Second)
+	if !errors.Is(err, syscall.ECONNRESET) {
+		t.Fatalf("app saw %v, want ECONNRESET", err)
+	}
+	time.Sleep(50 * time.Millisecond)
+	if n := standby.accepts(); n != 0 {
+		t.Errorf("standby got %d connections: bytes beyond replay_bytes were replayed", n)
+	}
+	if v := counter(h.m.Redials, "l", "b", "reset"); v != 0 {
+		t.Errorf("redials{reset} = %v, want 0", v)
+	}
+	waitFor(t, time.Second, "reset counted", func() bool {
+		return counter(h.m.Resets, "l", "b", lb.address, "backend", "opening", "rst") == 1
+	})
+	t.Logf("app reset %v after the backend's reset, nothing replayed", took.Round(time.Millisecond))
+}
+
+// Once a backend byte reached the app, nothing is replayed: a later reset
+// resets the app.
+func TestNoReplayAfterBackendByte(t *testing.T) {
+	lb := newServer(t, func(c *net.TCPConn) {
+		c.Write([]byte("hi"))
+		io.ReadFull(c, make([]byte, 5))
+		resetConn(c)
+	})
+	standby := newRecorder(t)
+	h := startProxy(t, backendTOML(`[backend.health]
+check = "off"`, fmt.Sprintf("address = %q", lb.address), fmt.Sprintf("address = %q;priority = 1", standby.address)))
+	c := h.dial("l")
+	got := make([]byte, 2)
+	if _, err := io.ReadFull(c, got); err != nil || string(got) != "hi" {
+		t.Fatalf("app read %q, %v", got, err)
+	}
+	c.Write([]byte("hello"))
+	err, _ := readErr(c, 3*time.Second)
+	if !errors.Is(err, syscall.ECONNRESET) {
+		t.Fatalf("app saw %v, want ECONNRESET", err)
+	}
+	time.Sleep(50 * time.Millisecond)
+	if n := standby.accepts(); n != 0 {
+		t.Errorf("standby got %d connections after a backend byte had reached the app", n)
+	}
+	waitFor(t, time.Second, "reset counted", func() bool {
+		return counter(h.m.Resets, "l", "b", lb.address, "backend", "active", "rst") == 1
+	})
+}
+
+// A backend that accepts and reads but never answers (a load balancer
+// whose database is black-holed) owes the app an answer once the app has
+// spoken: the wait for its first byte ends with connect_budget, and the
+// app's connection is reset instead of hanging.
+func TestSilentBackendEndsAtBudget(t *testing.T) {
+	silent := newServer(t, func(c *net.TCPConn) { io.Copy(io.Discard, c) })
+	h, logs := startProxyLog(t, backendTOML(`connect_timeout = "500ms"
+connect_budget = "1s"
+[backend.health]
+check = "off"`, fmt.Sprintf("address = %q", silent.address)))
+	start := time.Now()
+	c := h.dial("l")
+	c.Write([]byte("CONNECT"))
+	err, _ := readErr(c, 3*time.Second)
+	took := time.Since(start)
+	if !errors.Is(err, syscall.ECONNRESET) {
+		t.Fatalf("app saw %v, want ECONNRESET", err)
+	}
+	if took < 900*time.Millisecond || took > 1100*time.Millisecond {
+		t.Errorf("app reset after %v, want connect_budget (1s) ±10%%", took)
+	}
+	waitFor(t, time.Second, "no_backend counted", func() bool { return counter(h.m.SessionsRejected, "l", "no_backend") == 1 })
+	if l := logs.lines("no backend for new session", silent.address, "timeout"); len(l) != 1 {
+		t.Errorf("want the silent server's timeout in the no-backend log line; log:\n%s", logs)
+	}
+	t.Logf("silent backend: app reset after %v (budget 1s)", took.Round(time.Millisecond))
+}
+
+// An app that says nothing for longer than connect_budget is not cut off:
+// its backend owes it nothing yet.
+func TestSilentAppOutlivesBudget(t *testing.T) {
+	be := newServer(t, echo)
+	h := startProxy(t, backendTOML(`connect_timeout = "200ms"
+connect_budget = "300ms"
+[backend.health]
+check = "off"`, fmt.Sprintf("address = %q", be.address)))
+	c := h.dial("l")
+	time.Sleep(600 * time.Millisecond)
+	if err := roundTrip(c, []byte("late hello")); err != nil {
+		t.Fatalf("round trip after a silent 600ms (budget 300ms): %v", err)
+	}
+	if v := counter(h.m.SessionsRejected, "l", "no_backend"); v != 0 {
+		t.Errorf("no_backend = %v", v)
+	}
+}
