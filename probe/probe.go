@@ -86,7 +86,7 @@ type Result struct {
 	LongestAlive, ShortestDead time.Duration
 	// Failure is how the connection that died after ShortestDead died.
 	Failure Failure
-	// RTT is the smallest round-trip time the kernel measured on connect.
+	// RTT is the median round-trip time the kernel measured on connect.
 	RTT time.Duration
 	// TargetClosedAfter is set when the target itself closed an idle
 	// connection (FIN) this long after connect, e.g. an Oracle listener's
@@ -111,8 +111,8 @@ var ErrClosedByTarget = errors.New("closed by target")
 
 // Run probes o.Target until it has found the path's idle timeout within 1s
 // (2% for timeouts over 50s), or connections survived o.Max idle, or ctx
-// ends. Expect it to take about two to three times the timeout it finds, or
-// o.Max when there is none. On return every test connection is closed.
+// ends. Expect it to take about three times the timeout it finds (at most
+// four, in simulated runs), or o.Max when there is none. On return every test connection is closed.
 //
 // An error means no answer: the target could not be reached (the Result is
 // then empty), ctx ended (the Result holds what was found so far), or the
@@ -172,7 +172,7 @@ func Run(ctx context.Context, o Options) (Result, error) {
 		return Result{Target: o.Target, Max: o.Max}, err
 	}
 	e.progress("probing %s (rtt %s): idle times from %v up to %v on up to %d connections; liveness by TCP keepalive probes, nothing is sent to the service",
-		o.Target, fmtRTT(e.rtt), ladderStart, o.Max, o.Parallel)
+		o.Target, fmtRTT(e.rtt()), ladderStart, o.Max, o.Parallel)
 
 	timer := time.NewTimer(time.Hour)
 	defer timer.Stop()
@@ -230,7 +230,7 @@ type engine struct {
 	quit   chan struct{} // closed at shutdown: goroutines stop reporting
 	wg     sync.WaitGroup
 
-	rtt             time.Duration
+	rtts            []time.Duration // of each connect
 	checks, opened  int
 	nextID, maxOpen int
 }
@@ -277,8 +277,8 @@ func (e *engine) add(c *net.TCPConn, now time.Time) error {
 		c.Close()
 		return fmt.Errorf("test connection: %w", err)
 	}
-	if st, err := readTCPState(c); err == nil && st.rtt > 0 && (e.rtt == 0 || st.rtt < e.rtt) {
-		e.rtt = st.rtt
+	if st, err := readTCPState(c); err == nil && st.rtt > 0 {
+		e.rtts = append(e.rtts, st.rtt)
 	}
 	e.nextID++
 	e.opened++
@@ -421,8 +421,9 @@ func (e *engine) trigger(tc *testConn, now time.Time) {
 	tc.idle = now.Sub(tc.refreshed)
 	tc.triggered = now
 	if err := startCheck(tc.c, e.o.Probes); err != nil {
-		// The socket is already gone; its reader reports how.
+		// Only a socket already closed refuses these options.
 		e.progress("check after idle %s could not start: %v", fmtDur(tc.idle), err)
+		e.retire(tc)
 		return
 	}
 	tc.checking = true
@@ -543,7 +544,7 @@ func (e *engine) result() Result {
 		LongestAlive:      lo,
 		ShortestDead:      hi,
 		Failure:           e.s.failure(),
-		RTT:               e.rtt,
+		RTT:               e.rtt(),
 		TargetClosedAfter: e.s.closedAfter(),
 		Contradictions:    e.s.contradictions(),
 		Checks:            e.checks,
@@ -558,6 +559,17 @@ func (e *engine) result() Result {
 		r.Recommended = Recommend(lo)
 	}
 	return r
+}
+
+// rtt is the median of the kernel's RTT on each connect: one handshake is
+// one sample, and the first of a run is often slower (ARP, conntrack entry).
+func (e *engine) rtt() time.Duration {
+	if len(e.rtts) == 0 {
+		return 0
+	}
+	s := slices.Clone(e.rtts)
+	slices.Sort(s)
+	return s[len(s)/2]
 }
 
 func (e *engine) progress(format string, args ...any) {
