@@ -1,5 +1,6 @@
 // Package admin serves tnsguard's operator endpoints on the admin listener:
-// /metrics, /healthz, /readyz, /api/links and the status page.
+// /metrics, /healthz, /readyz, /api/links, /api/resets and the status page
+// (/ and /status).
 //
 // Typical use:
 //
@@ -28,6 +29,7 @@ import (
 type Source interface {
 	Ready() (bool, string)
 	Links() []proxy.LinkStatus
+	Resets(limit int) []proxy.ResetEvent // newest first
 }
 
 // Server is the running admin HTTP listener.
@@ -60,6 +62,7 @@ func Start(cfg config.Admin, reg *prometheus.Registry, src Source, log hclog.Log
 	mux.HandleFunc("GET /api/links", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, map[string]any{"links": src.Links()})
 	})
+	handleStatus(mux, src) // / and /status, /api/resets (status.go)
 	s := &Server{
 		http: &http.Server{Handler: allowOnly(cfg.AllowNets, mux), ReadHeaderTimeout: 5 * time.Second,
 			ErrorLog: log.StandardLogger(&hclog.StandardLoggerOptions{InferLevels: true})},

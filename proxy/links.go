@@ -186,6 +186,18 @@ type LinkStatus struct {
 	Redials        uint64            `json:"redials"`
 	Resets         map[string]uint64 `json:"resets_by_cause"`
 	LastReset      *time.Time        `json:"last_reset,omitempty"`
+
+	// Reset windows, pool view and connect latency: see events.go.
+	SessionsIdle      int               `json:"sessions_idle"`
+	Resets5m          uint64            `json:"resets_5m"`
+	Resets1h          uint64            `json:"resets_1h"`
+	Resets24h         uint64            `json:"resets_24h"`
+	ResetsByCause1h   map[string]uint64 `json:"resets_by_cause_1h"`
+	ResetsByHour      [24]uint64        `json:"resets_by_hour"`
+	ResetsByHour24h   [24]uint64        `json:"resets_by_hour_24h"`
+	ConnectP50Seconds *float64          `json:"connect_p50_seconds"`
+	ConnectP99Seconds *float64          `json:"connect_p99_seconds"`
+	ConnectDials1h    uint64            `json:"connect_dials_1h"`
 }
 
 // Links lists every configured listener -> backend -> server path with its
@@ -202,6 +214,7 @@ func (p *Proxy) Links() []LinkStatus {
 	backends := p.backends
 	p.mu.Unlock()
 	var out []LinkStatus
+	view := p.forensics.view(time.Now())
 	for _, l := range p.allLinks() {
 		f := l.figures()
 		st := LinkStatus{Listener: l.key.listener, Backend: l.key.backend, Server: l.key.server,
@@ -228,6 +241,7 @@ func (p *Proxy) Links() []LinkStatus {
 				}
 			}
 		}
+		view.fill(&st, l)
 		out = append(out, st)
 	}
 	return out

@@ -52,6 +52,8 @@ type Proxy struct {
 
 	linksMu sync.Mutex
 	links   map[linkKey]*link
+
+	forensics *forensics // reset events, windows, rate-limited log (events.go)
 }
 
 // New returns a proxy with no listeners; Apply gives it its configuration.
@@ -61,6 +63,7 @@ func New(log hclog.Logger, m *metrics.Metrics) *Proxy {
 		log: log, metrics: m, pool: newBufPool(), ctx: ctx, cancel: cancel,
 		listeners: map[string]*listener{}, backends: map[string]*failover.Backend{},
 		sessions: map[*session]struct{}{}, links: map[linkKey]*link{},
+		forensics: newForensics(log.Named("proxy"), m.ConnectDuration),
 	}
 	p.loopWG.Add(1)
 	go func() {
@@ -278,6 +281,7 @@ func (p *Proxy) housekeeping(ctx context.Context) {
 			return
 		case <-t.C:
 		}
+		p.forensics.tick(time.Now())
 		idle := map[key]int{}
 		for _, s := range p.liveSessions() {
 			k := key{s.l.name, s.backend.Config.Name}
@@ -321,6 +325,5 @@ func (p *Proxy) record(s *session, srv *failover.Server, established bool) {
 	cause := Cause(end.err)
 	p.metrics.Resets.WithLabelValues(s.l.name, bname, server, string(end.side), string(end.phase), cause).Inc()
 	p.linkFor(s.l.name, bname, server).reset(cause)
-	fields = append(fields, "side", end.side, "phase", end.phase, "cause", cause, "error", end.err)
-	s.log.Info("session reset", fields...)
+	p.forensics.add(s, server, cause, age) // ring, windows, warn log (rate-limited)
 }

@@ -1,0 +1,302 @@
+package proxy
+
+import (
+	"net/netip"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Reset forensics: every session that ends abnormally becomes a ResetEvent
+// in a fixed ring (/api/resets), is counted in per-link minute buckets
+// (the 5 min / 1 h / 24 h figures and the hour-of-day pattern of
+// /api/links) and is logged once at warn, at most logBurst lines per link
+// per logWindow. Memory is fixed whatever the reset rate: the ring holds
+// resetRingSize events, each link dayMinutes buckets, and recording an
+// event allocates nothing.
+const (
+	resetRingSize = 1000
+	logBurst      = 10
+	logWindow     = time.Minute
+	dayMinutes    = 24 * 60
+	hourMinutes   = 60
+	maxServiceLen = 128
+)
+
+// ResetEvent is one session that ended abnormally (outcome reset,
+// no_backend or closed), as /api/resets shows it and the warn log line
+// says it.
+type ResetEvent struct {
+	Time     time.Time `json:"time"`
+	Listener string    `json:"listener"`
+	Backend  string    `json:"backend"`
+	// Server is the backend server's address, "none" when the session never
+	// got a backend connection.
+	Server string `json:"server"`
+	// Service is the Oracle service name when tnsguard read it from the
+	// connect packet, "other" when not.
+	Service string     `json:"service"`
+	Client  netip.Addr `json:"client"`
+	Side    Side       `json:"side"`
+	Phase   Phase      `json:"phase"`
+	Cause   string     `json:"cause"`
+	Outcome string     `json:"outcome"`
+	// IdleSeconds is how long no byte had moved either way before the end:
+	// near a firewall's idle timeout it points at the path, not the database.
+	IdleSeconds    float64 `json:"idle_seconds"`
+	AgeSeconds     float64 `json:"age_seconds"`
+	BytesToBackend int64   `json:"bytes_to_backend"`
+	BytesToClient  int64   `json:"bytes_to_client"`
+}
+
+// The causes Cause returns, in the order of the per-minute cause counters.
+const nCauses = 9
+
+func causeNames() [nCauses]string {
+	return [nCauses]string{"rst", "timeout", "eof", "refused", "idle_timeout", "proxy", "no_backend", "unreachable", "error"}
+}
+
+func causeIndex(cause string) int {
+	for i, c := range causeNames() {
+		if c == cause {
+			return i
+		}
+	}
+	return nCauses - 1 // "error"
+}
+
+// linkResets is one link's reset history in fixed-size buckets. A bucket
+// holds the count of one minute; its stamp says which (unix minute), so a
+// stale bucket is recognised without a sweep.
+type linkResets struct {
+	perMinute            [dayMinutes]uint32
+	perMinuteAt          [dayMinutes]int32
+	byCause              [hourMinutes][nCauses]uint32
+	byCauseAt            [hourMinutes]int32
+	byHourOfDay          [24]uint64 // since start, in the proxy's local time
+	logStart             time.Time  // start of the current log window
+	logged, droppedLines int
+}
+
+// forensics is the proxy's reset memory; tick runs once a second from
+// housekeeping.
+type forensics struct {
+	log     hclog.Logger
+	connect *connectWindow
+
+	mu     sync.Mutex
+	window time.Duration // log window: logWindow; tests shorten it
+	ring   [resetRingSize]ResetEvent
+	next   int // slot of the next event
+	held   int // events in the ring
+	links  map[linkKey]*linkResets
+}
+
+func newForensics(log hclog.Logger, connect *prometheus.HistogramVec) *forensics {
+	return &forensics{log: log, connect: newConnectWindow(connect), window: logWindow, links: map[linkKey]*linkResets{}}
+}
+
+func unixMinute(t time.Time) int32 { return int32(t.Unix() / 60) }
+
+// add records the end of s (called from record, once per abnormal end) and
+// logs it unless the link's log budget for this window is spent.
+func (f *forensics) add(s *session, server, cause string, age time.Duration) {
+	now := time.Now()
+	service := s.service
+	if len(service) > maxServiceLen { // the ring must not keep a large client packet alive
+		service = strings.Clone(service[:maxServiceLen])
+	}
+	ev := ResetEvent{
+		Time: now, Listener: s.l.name, Backend: s.backend.Config.Name, Server: server, Service: service,
+		Client: s.source, Side: s.end.side, Phase: s.end.phase, Cause: cause, Outcome: s.end.outcome,
+		IdleSeconds: s.idleFor().Seconds(), AgeSeconds: age.Seconds(),
+		BytesToBackend: s.toBackend.Load(), BytesToClient: s.toClient.Load(),
+	}
+	logIt, dropped, window := f.store(&ev)
+	if dropped > 0 {
+		f.logDropped(ev.Listener, ev.Backend, ev.Server, dropped, window, ev.Time.Sub(window))
+	}
+	if logIt {
+		s.log.Warn("session reset", "server", server, "service", ev.Service,
+			"side", ev.Side, "phase", ev.Phase, "cause", cause, "outcome", ev.Outcome,
+			"idle", time.Duration(ev.IdleSeconds*float64(time.Second)).Round(time.Millisecond),
+			"age", age.Round(time.Millisecond), "bytes_to_backend", ev.BytesToBackend,
+			"bytes_to_client", ev.BytesToClient, "error", s.end.err)
+	}
+}
+
+// store puts ev in the ring and the link's buckets. It says whether to log
+// ev, and the count of lines dropped in a log window that ev closes.
+func (f *forensics) store(ev *ResetEvent) (logIt bool, dropped int, window time.Time) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.ring[f.next] = *ev
+	f.next = (f.next + 1) % resetRingSize
+	f.held = min(f.held+1, resetRingSize)
+
+	k := linkKey{ev.Listener, ev.Backend, ev.Server}
+	lr, ok := f.links[k]
+	if !ok {
+		lr = &linkResets{}
+		f.links[k] = lr
+	}
+	// A bucket holding a later minute is left alone: the event (the clock
+	// stepped back) is older than any window that bucket serves.
+	m := unixMinute(ev.Time)
+	if b := int(m % dayMinutes); lr.perMinuteAt[b] <= m {
+		if lr.perMinuteAt[b] != m {
+			lr.perMinuteAt[b], lr.perMinute[b] = m, 0
+		}
+		lr.perMinute[b]++
+	}
+	if c := int(m % hourMinutes); lr.byCauseAt[c] <= m {
+		if lr.byCauseAt[c] != m {
+			lr.byCauseAt[c], lr.byCause[c] = m, [nCauses]uint32{}
+		}
+		lr.byCause[c][causeIndex(ev.Cause)]++
+	}
+	lr.byHourOfDay[ev.Time.Hour()]++
+
+	if lr.logStart.IsZero() || ev.Time.Sub(lr.logStart) >= f.window {
+		dropped, window = lr.droppedLines, lr.logStart
+		lr.logStart, lr.logged, lr.droppedLines = ev.Time, 0, 0
+	}
+	if lr.logged < logBurst {
+		lr.logged++
+		return true, dropped, window
+	}
+	lr.droppedLines++
+	return false, dropped, window
+}
+
+// logDropped says how many reset lines of a link were not logged in the
+// window that began at start and lasted d.
+func (f *forensics) logDropped(listener, backend, server string, n int, start time.Time, d time.Duration) {
+	f.log.Warn("reset log lines dropped: too many resets on this link",
+		"listener", listener, "backend", backend, "server", server, "dropped", n,
+		"since", start.Format(time.RFC3339), "window", d.Round(time.Millisecond), "limit", logBurst)
+}
+
+// tick ends the log windows that are over, logging the lines they dropped,
+// and samples the connect histograms.
+func (f *forensics) tick(now time.Time) {
+	type summary struct {
+		k      linkKey
+		n      int
+		window time.Time
+	}
+	var over []summary
+	f.mu.Lock()
+	for k, lr := range f.links {
+		if !lr.logStart.IsZero() && now.Sub(lr.logStart) >= f.window {
+			if lr.droppedLines > 0 {
+				over = append(over, summary{k, lr.droppedLines, lr.logStart})
+			}
+			lr.logStart, lr.logged, lr.droppedLines = time.Time{}, 0, 0
+		}
+	}
+	f.mu.Unlock()
+	for _, s := range over {
+		f.logDropped(s.k.listener, s.k.backend, s.k.server, s.n, s.window, now.Sub(s.window))
+	}
+	f.connect.sample(now)
+}
+
+// Resets returns up to limit of the most recent reset events, newest
+// first (all that are kept when limit <= 0).
+func (p *Proxy) Resets(limit int) []ResetEvent {
+	f := p.forensics
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if limit <= 0 || limit > f.held {
+		limit = f.held
+	}
+	out := make([]ResetEvent, limit)
+	for i := range out {
+		out[i] = f.ring[(f.next-1-i+resetRingSize)%resetRingSize]
+	}
+	return out
+}
+
+// statusView is what /api/links adds to every link, read once per answer.
+type statusView struct {
+	f       *forensics
+	connect connectView
+	now     time.Time
+}
+
+func (f *forensics) view(now time.Time) statusView {
+	return statusView{f: f, connect: f.connect.view(now), now: now}
+}
+
+// fill adds a link's reset windows, idle sessions and connect latency to
+// its status.
+func (v statusView) fill(st *LinkStatus, l *link) {
+	st.SessionsIdle = l.idleSessions(time.Minute)
+	st.ResetsByCause1h = map[string]uint64{}
+	f := v.f
+	f.mu.Lock()
+	if lr := f.links[l.key]; lr != nil {
+		st.Resets5m, st.Resets1h, st.Resets24h, st.ResetsByHour24h = lr.windows(v.now)
+		st.ResetsByHour = lr.byHourOfDay
+		m := unixMinute(v.now)
+		names := causeNames()
+		for i := range hourMinutes {
+			at := m - int32(i)
+			c := int(at % hourMinutes)
+			if lr.byCauseAt[c] != at {
+				continue
+			}
+			for ci, n := range lr.byCause[c] {
+				if n > 0 {
+					st.ResetsByCause1h[names[ci]] += uint64(n)
+				}
+			}
+		}
+	}
+	f.mu.Unlock()
+	if l.key.server != "none" {
+		st.ConnectP50Seconds, st.ConnectP99Seconds, st.ConnectDials1h = v.connect.quantiles(l.key.backend, l.key.server)
+	}
+}
+
+// windows counts the resets of the current minute and the 4, 59 and 1439
+// before it (so never older than 5 min, 1 h, 24 h), and the last 24 h by
+// hour of day. Call with f.mu held.
+func (lr *linkResets) windows(now time.Time) (m5, h1, h24 uint64, byHour [24]uint64) {
+	m := unixMinute(now)
+	for i := range dayMinutes {
+		at := m - int32(i)
+		b := int(at % dayMinutes)
+		if lr.perMinuteAt[b] != at || lr.perMinute[b] == 0 {
+			continue
+		}
+		n := uint64(lr.perMinute[b])
+		if i < 5 {
+			m5 += n
+		}
+		if i < hourMinutes {
+			h1 += n
+		}
+		h24 += n
+		byHour[time.Unix(int64(at)*60, 0).Hour()] += n
+	}
+	return m5, h1, h24, byHour
+}
+
+// idleSessions counts the link's live sessions that moved no byte either
+// way for longer than d.
+func (l *link) idleSessions(d time.Duration) int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	n := 0
+	for s := range l.live {
+		if s.idleFor() > d {
+			n++
+		}
+	}
+	return n
+}

@@ -1,0 +1,444 @@
+package proxy
+
+import (
+	"bytes"
+	"errors"
+	"io"
+	"math"
+	"net"
+	"os"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
+
+	"github.com/tnsguard/tnsguard/config"
+	"github.com/tnsguard/tnsguard/metrics"
+)
+
+// syncBuffer is a log sink safe for the proxy's goroutines.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) lines(substr string) []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var out []string
+	for _, l := range strings.Split(s.b.String(), "\n") {
+		if strings.Contains(l, substr) {
+			out = append(out, l)
+		}
+	}
+	return out
+}
+
+// startProxyLogged is startProxy with the proxy's log captured.
+func startProxyLogged(t *testing.T, toml string) (*harness, *syncBuffer) {
+	t.Helper()
+	cfg, _, err := config.Parse([]byte(toml), "test.toml")
+	if err != nil {
+		t.Fatalf("config: %v", err)
+	}
+	reg := prometheus.NewRegistry()
+	m := metrics.New(reg, "test")
+	out := &syncBuffer{}
+	p := New(hclog.New(&hclog.LoggerOptions{Level: hclog.Info, Output: out}), m)
+	if err := p.Apply(cfg); err != nil {
+		t.Fatalf("apply: %v", err)
+	}
+	t.Cleanup(func() { p.Shutdown(0, time.Second) })
+	return &harness{t: t, p: p, m: m, reg: reg, cfg: cfg}, out
+}
+
+func linkOf(t *testing.T, p *Proxy, server string) LinkStatus {
+	t.Helper()
+	for _, l := range p.Links() {
+		if l.Server == server {
+			return l
+		}
+	}
+	t.Fatalf("no link to %s in %+v", server, p.Links())
+	return LinkStatus{}
+}
+
+// A backend RST on a live session becomes one reset event with the link,
+// side, phase, cause, idle time, age and bytes, and shows in the link's
+// 5 min / 1 h / 24 h counts, its causes of the hour and its hour of day.
+func TestBackendResetBecomesAnEvent(t *testing.T) {
+	be := newBackend(t, func(c *net.TCPConn) {
+		buf := make([]byte, 5)
+		io.ReadFull(c, buf)
+		c.Write([]byte("hi-app"))
+	})
+	h := startProxy(t, oneBackendConfig(be.addr()))
+	c := h.dial("l")
+	c.Write([]byte("hello"))
+	if _, err := io.ReadFull(c, make([]byte, 6)); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(100 * time.Millisecond) // idle before the reset
+	resetConn(be.accepted()[0])
+	if err, _ := readErr(c, 2*time.Second); !errors.Is(err, syscall.ECONNRESET) {
+		t.Fatalf("app saw %v, want ECONNRESET", err)
+	}
+	waitFor(t, 2*time.Second, "one reset event", func() bool { return len(h.p.Resets(0)) == 1 })
+
+	ev := h.p.Resets(0)[0]
+	if ev.Listener != "l" || ev.Backend != "b" || ev.Server != be.addr() || ev.Side != SideBackend ||
+		ev.Phase != PhaseActive || ev.Cause != "rst" || ev.Outcome != "reset" || ev.Service != "other" {
+		t.Errorf("event = %+v", ev)
+	}
+	if ev.BytesToBackend != 5 || ev.BytesToClient != 6 {
+		t.Errorf("bytes to backend %d, to client %d; want 5 and 6", ev.BytesToBackend, ev.BytesToClient)
+	}
+	if ev.IdleSeconds < 0.1 || ev.IdleSeconds > 1 || ev.AgeSeconds < ev.IdleSeconds {
+		t.Errorf("idle %.3fs, age %.3fs; want idle about 0.1s, age above it", ev.IdleSeconds, ev.AgeSeconds)
+	}
+	if !ev.Client.IsLoopback() {
+		t.Errorf("client = %v", ev.Client)
+	}
+	if time.Since(ev.Time) > 5*time.Second {
+		t.Errorf("event time %v", ev.Time)
+	}
+
+	st := linkOf(t, h.p, be.addr())
+	if st.Resets5m != 1 || st.Resets1h != 1 || st.Resets24h != 1 {
+		t.Errorf("resets 5m/1h/24h = %d/%d/%d, want 1/1/1", st.Resets5m, st.Resets1h, st.Resets24h)
+	}
+	if st.ResetsByCause1h["rst"] != 1 || len(st.ResetsByCause1h) != 1 {
+		t.Errorf("resets_by_cause_1h = %v", st.ResetsByCause1h)
+	}
+	hr := ev.Time.Hour()
+	if st.ResetsByHour[hr] != 1 || st.ResetsByHour24h[hr] != 1 {
+		t.Errorf("hour %d: by hour %v, last 24h %v", hr, st.ResetsByHour, st.ResetsByHour24h)
+	}
+	if st.ConnectDials1h != 1 || st.ConnectP50Seconds == nil || st.ConnectP99Seconds == nil {
+		t.Fatalf("connect: %d dials, p50 %v, p99 %v", st.ConnectDials1h, st.ConnectP50Seconds, st.ConnectP99Seconds)
+	}
+	if p50, p99 := *st.ConnectP50Seconds, *st.ConnectP99Seconds; p50 <= 0 || p50 > p99 || p99 > 0.1 {
+		t.Errorf("loopback connect p50 %v p99 %v", p50, p99)
+	}
+}
+
+// Events out of order in time land in the right windows: counted to the
+// minute, the 5 min window never reaches further back than 5 minutes.
+func TestResetWindows(t *testing.T) {
+	f := newForensics(hclog.NewNullLogger(), connectVec())
+	now := time.Date(2025, 3, 10, 14, 30, 20, 0, time.Local)
+	for _, e := range []struct {
+		ago   time.Duration
+		cause string
+	}{
+		{10 * time.Second, "rst"},
+		{4 * time.Minute, "timeout"},
+		{5*time.Minute + 10*time.Second, "refused"}, // minute 14:25: out of 5m
+		{30 * time.Minute, "rst"},
+		{5 * time.Hour, "eof"},
+		{23*time.Hour + 59*time.Minute, "rst"},
+		{25 * time.Hour, "rst"}, // out of 24h
+	} {
+		f.store(&ResetEvent{Time: now.Add(-e.ago), Listener: "l", Backend: "b", Server: "s", Cause: e.cause})
+	}
+	l := &link{key: linkKey{"l", "b", "s"}, live: map[*session]*net.TCPConn{}}
+	var st LinkStatus
+	f.view(now).fill(&st, l)
+	if st.Resets5m != 2 || st.Resets1h != 4 || st.Resets24h != 6 {
+		t.Errorf("5m/1h/24h = %d/%d/%d, want 2/4/6", st.Resets5m, st.Resets1h, st.Resets24h)
+	}
+	want := map[string]uint64{"rst": 2, "timeout": 1, "refused": 1}
+	if !equalCounts(st.ResetsByCause1h, want) {
+		t.Errorf("by cause 1h = %v, want %v", st.ResetsByCause1h, want)
+	}
+	// Hours of day: 14:30, 14:26, 14:25, 14:00, 09:30, 14:31 and 13:30 the day before.
+	if st.ResetsByHour[14] != 5 || st.ResetsByHour[9] != 1 || st.ResetsByHour[13] != 1 {
+		t.Errorf("by hour of day = %v", st.ResetsByHour)
+	}
+	if st.ResetsByHour24h[14] != 5 || st.ResetsByHour24h[9] != 1 || st.ResetsByHour24h[13] != 0 {
+		t.Errorf("by hour of day, last 24h = %v", st.ResetsByHour24h)
+	}
+	// A day later nothing of this is in the windows any more.
+	var later LinkStatus
+	f.view(now.Add(25*time.Hour)).fill(&later, l)
+	if later.Resets24h != 0 || later.Resets1h != 0 || len(later.ResetsByCause1h) != 0 || later.ResetsByHour[14] != 5 {
+		t.Errorf("a day later: 24h %d, 1h %d, causes %v, by hour %v", later.Resets24h, later.Resets1h, later.ResetsByCause1h, later.ResetsByHour)
+	}
+}
+
+func equalCounts(a, b map[string]uint64) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for k, v := range a {
+		if b[k] != v {
+			return false
+		}
+	}
+	return true
+}
+
+func connectVec() *prometheus.HistogramVec {
+	return metrics.New(prometheus.NewRegistry(), "test").ConnectDuration
+}
+
+// The ring keeps the latest resetRingSize events whatever the rate, newest
+// first, and recording one allocates nothing.
+func TestResetRingIsBounded(t *testing.T) {
+	f := newForensics(hclog.NewNullLogger(), connectVec())
+	p := &Proxy{forensics: f}
+	if got := p.Resets(10); len(got) != 0 {
+		t.Fatalf("empty ring gave %d events", len(got))
+	}
+	t0 := time.Now()
+	for i := range 2500 {
+		f.store(&ResetEvent{Time: t0.Add(time.Duration(i) * time.Millisecond), Listener: "l", Backend: "b", Server: "s", Cause: "rst", BytesToBackend: int64(i)})
+	}
+	all := p.Resets(0)
+	if len(all) != resetRingSize || all[0].BytesToBackend != 2499 || all[len(all)-1].BytesToBackend != 2500-resetRingSize {
+		t.Fatalf("ring: %d events, newest %d, oldest %d", len(all), all[0].BytesToBackend, all[len(all)-1].BytesToBackend)
+	}
+	if got := p.Resets(3); len(got) != 3 || got[0].BytesToBackend != 2499 || got[2].BytesToBackend != 2497 {
+		t.Fatalf("limit 3: %+v", got)
+	}
+	ev := ResetEvent{Time: t0, Listener: "l", Backend: "b", Server: "s", Cause: "timeout"}
+	if a := testing.AllocsPerRun(1000, func() { f.store(&ev) }); a != 0 {
+		t.Errorf("recording a reset allocates %v times", a)
+	}
+}
+
+// At most logBurst lines per link per window; the rest are counted and the
+// count is logged when the window ends, by the next event or by tick.
+func TestResetLogLimiter(t *testing.T) {
+	out := &syncBuffer{}
+	f := newForensics(hclog.New(&hclog.LoggerOptions{Output: out}), connectVec())
+	t0 := time.Date(2025, 3, 10, 14, 30, 0, 0, time.Local)
+	logged := map[string]int{}
+	for i := range 25 {
+		for _, server := range []string{"a", "b"} {
+			if server == "b" && i >= 3 {
+				continue
+			}
+			ev := ResetEvent{Time: t0.Add(time.Duration(i) * 100 * time.Millisecond), Listener: "l", Backend: "b", Server: server, Cause: "rst"}
+			if ok, dropped, _ := f.store(&ev); ok {
+				logged[server]++
+			} else if dropped != 0 {
+				t.Fatalf("dropped count %d reported inside the window", dropped)
+			}
+		}
+	}
+	if logged["a"] != logBurst || logged["b"] != 3 {
+		t.Fatalf("logged %v, want a=%d b=3", logged, logBurst)
+	}
+	// Link a: the next event after the window reports the 15 dropped lines.
+	ok, dropped, start := f.store(&ResetEvent{Time: t0.Add(61 * time.Second), Listener: "l", Backend: "b", Server: "a", Cause: "rst"})
+	if !ok || dropped != 15 || !start.Equal(t0) {
+		t.Fatalf("after the window: log %v, dropped %d since %v; want true, 15 since %v", ok, dropped, start, t0)
+	}
+	// A quiet link: tick ends its window and logs the count.
+	for i := range 12 {
+		f.store(&ResetEvent{Time: t0.Add(time.Duration(i) * time.Millisecond), Listener: "l", Backend: "b", Server: "c", Cause: "rst"})
+	}
+	f.tick(t0.Add(30 * time.Second))
+	if got := out.lines("dropped"); len(got) != 0 {
+		t.Fatalf("logged before the window ended: %q", got)
+	}
+	f.tick(t0.Add(61 * time.Second))
+	got := out.lines("reset log lines dropped")
+	if len(got) != 1 || !strings.Contains(got[0], "server=c") || !strings.Contains(got[0], "dropped=2") || !strings.Contains(got[0], "[WARN]") {
+		t.Fatalf("summary lines %q; want one warn for server c with dropped=2", got)
+	}
+	f.tick(t0.Add(200 * time.Second))
+	if got := out.lines("reset log lines dropped"); len(got) != 1 {
+		t.Fatalf("summary logged again: %q", got)
+	}
+}
+
+// A storm of real backend resets on one link logs logBurst warn lines
+// with the event's fields, then one line with the count of the others.
+func TestResetStormLogIsLimited(t *testing.T) {
+	be := newBackend(t, func(c *net.TCPConn) {
+		c.Write([]byte("x"))
+		io.ReadFull(c, make([]byte, 1))
+		resetConn(c)
+	})
+	h, out := startProxyLogged(t, oneBackendConfig(be.addr()))
+	h.p.forensics.mu.Lock()
+	h.p.forensics.window = time.Second
+	h.p.forensics.mu.Unlock()
+	const storm = 30
+	start := time.Now()
+	for range storm {
+		c := h.dial("l")
+		if _, err := io.ReadFull(c, make([]byte, 1)); err != nil {
+			t.Fatal(err)
+		}
+		c.Write([]byte("y"))
+		if err, _ := readErr(c, 2*time.Second); !errors.Is(err, syscall.ECONNRESET) {
+			t.Fatalf("app saw %v, want ECONNRESET", err)
+		}
+		c.Close()
+	}
+	waitFor(t, 2*time.Second, "all resets recorded", func() bool { return len(h.p.Resets(0)) == storm })
+	if took := time.Since(start); took > 900*time.Millisecond {
+		t.Skipf("the storm took %v, longer than the shortened log window: limiter not exercised", took)
+	}
+	lines := out.lines("session reset")
+	if len(lines) != logBurst {
+		t.Fatalf("%d reset lines for %d resets, want %d", len(lines), storm, logBurst)
+	}
+	for _, want := range []string{"[WARN]", "listener=l", "backend=b", "server=" + be.addr(), "side=backend", "phase=active",
+		"cause=rst", "outcome=reset", "service=other", "idle=", "age=", "bytes_to_backend=1", "bytes_to_client=1", "error="} {
+		if !strings.Contains(lines[0], want) {
+			t.Errorf("reset line lacks %q: %s", want, lines[0])
+		}
+	}
+	waitFor(t, 4*time.Second, "dropped-lines summary", func() bool { return len(out.lines("reset log lines dropped")) == 1 })
+	sum := out.lines("reset log lines dropped")[0]
+	if !strings.Contains(sum, "dropped=20") || !strings.Contains(sum, "server="+be.addr()) {
+		t.Errorf("summary: %s", sum)
+	}
+}
+
+func TestBucketQuantile(t *testing.T) {
+	upper := []float64{0.001, 0.01, 0.1}
+	for _, tc := range []struct {
+		name  string
+		cum   []uint64
+		total uint64
+		q     float64
+		want  float64
+	}{
+		{"all in first bucket: from 0", []uint64{10, 10, 10}, 10, 0.5, 0.0005},
+		{"middle bucket interpolated", []uint64{0, 10, 10}, 10, 0.5, 0.0055},
+		{"p99 at the top of its bucket", []uint64{50, 100, 100}, 100, 0.99, 0.001 + 0.009*49/50},
+		{"beyond the last bound", []uint64{0, 0, 0}, 5, 0.5, 0.1},
+	} {
+		if got := bucketQuantile(tc.q, upper, tc.cum, tc.total); math.Abs(got-tc.want) > 1e-9 {
+			t.Errorf("%s: got %v, want %v", tc.name, got, tc.want)
+		}
+	}
+}
+
+// Connect p50/p99 cover the last hour's successful dials only.
+func TestConnectWindowIsTheLastHour(t *testing.T) {
+	vec := connectVec()
+	w := newConnectWindow(vec)
+	t0 := time.Date(2025, 3, 10, 14, 0, 30, 0, time.Local)
+	ok := vec.WithLabelValues("b", "s", "ok")
+	for range 10 {
+		ok.Observe(0.2) // slow dials, early
+	}
+	vec.WithLabelValues("b", "s", "timeout").Observe(3)
+	w.sample(t0)
+	p50, p99, n := w.view(t0.Add(30*time.Minute)).quantiles("b", "s")
+	if n != 10 || p50 == nil || *p50 <= 0.1 || *p50 > 0.25 || *p99 > 0.25 {
+		t.Fatalf("after 30 min: %d dials, p50 %v p99 %v; want 10 in (0.1, 0.25]", n, val(p50), val(p99))
+	}
+	for i := 1; i <= 61; i++ {
+		w.sample(t0.Add(time.Duration(i) * time.Minute))
+	}
+	for range 4 {
+		ok.Observe(0.003) // fast dials, now
+	}
+	p50, p99, n = w.view(t0.Add(61*time.Minute+time.Second)).quantiles("b", "s")
+	if n != 4 || p50 == nil || *p50 <= 0.0025 || *p99 > 0.005 {
+		t.Fatalf("an hour later: %d dials, p50 %v p99 %v; want only the 4 fast ones", n, val(p50), val(p99))
+	}
+	if p50, _, n := w.view(t0).quantiles("b", "unknown"); p50 != nil || n != 0 {
+		t.Errorf("server without dials: p50 %v, %d dials", val(p50), n)
+	}
+}
+
+func val(p *float64) any {
+	if p == nil {
+		return nil
+	}
+	return *p
+}
+
+// Pool view: a session that moved nothing for over a minute counts in
+// tnsguard_sessions_idle and the link's sessions_idle; a byte makes it
+// active again. Idleness is faked by moving the session's last activity
+// back 2 minutes (TNSGUARD_LONG=1 runs TestSessionsIdleReal, which waits).
+func TestSessionsIdle(t *testing.T) {
+	be := newBackend(t, echo)
+	h := startProxy(t, oneBackendConfig(be.addr()))
+	quiet, busy := h.dial("l"), h.dial("l")
+	for _, c := range []*net.TCPConn{quiet, busy} {
+		c.Write([]byte("x"))
+		io.ReadFull(c, make([]byte, 1))
+	}
+	idle := func() float64 {
+		return gaugeValue(h.m.SessionsIdle.WithLabelValues("l", "b"))
+	}
+	waitFor(t, 3*time.Second, "idle gauge set", func() bool { return len(h.p.liveSessions()) == 2 && idle() == 0 })
+	for _, s := range h.p.liveSessions() {
+		if s.client.RemoteAddr().String() == quiet.LocalAddr().String() {
+			s.lastActive.Store(-int64(2 * time.Minute))
+		}
+	}
+	waitFor(t, 3*time.Second, "tnsguard_sessions_idle = 1", func() bool { return idle() == 1 })
+	if st := linkOf(t, h.p, be.addr()); st.SessionsIdle != 1 || st.SessionsActive != 2 {
+		t.Errorf("link: %d idle of %d active, want 1 of 2", st.SessionsIdle, st.SessionsActive)
+	}
+	quiet.Write([]byte("y"))
+	io.ReadFull(quiet, make([]byte, 1))
+	waitFor(t, 3*time.Second, "tnsguard_sessions_idle back to 0", func() bool { return idle() == 0 })
+}
+
+func TestSessionsIdleReal(t *testing.T) {
+	if os.Getenv("TNSGUARD_LONG") == "" {
+		t.Skip("waits 62s; set TNSGUARD_LONG=1")
+	}
+	be := newBackend(t, echo)
+	h := startProxy(t, oneBackendConfig(be.addr()))
+	c := h.dial("l")
+	c.Write([]byte("x"))
+	io.ReadFull(c, make([]byte, 1))
+	time.Sleep(62 * time.Second)
+	if v := gaugeValue(h.m.SessionsIdle.WithLabelValues("l", "b")); v != 1 {
+		t.Fatalf("tnsguard_sessions_idle = %v after 62s of silence", v)
+	}
+}
+
+func gaugeValue(g prometheus.Gauge) float64 {
+	var d dto.Metric
+	g.Write(&d)
+	return d.GetGauge().GetValue()
+}
+
+// tnsguard_session_duration_seconds gets each session's age when it ends.
+func TestSessionDurationHistogram(t *testing.T) {
+	be := newBackend(t, echo)
+	h := startProxy(t, oneBackendConfig(be.addr()))
+	c := h.dial("l")
+	c.Write([]byte("x"))
+	io.ReadFull(c, make([]byte, 1))
+	time.Sleep(300 * time.Millisecond)
+	c.CloseWrite()
+	io.Copy(io.Discard, c)
+	waitFor(t, 2*time.Second, "session recorded", func() bool {
+		return counter(h.m.SessionsTotal, "l", "b", "other", "ok") == 1
+	})
+	var d dto.Metric
+	h.m.SessionDuration.WithLabelValues("l", "b").(prometheus.Histogram).Write(&d)
+	hist := d.GetHistogram()
+	if hist.GetSampleCount() != 1 || hist.GetSampleSum() < 0.3 || hist.GetSampleSum() > 1 {
+		t.Fatalf("count %d sum %v, want 1 session of about 0.3s", hist.GetSampleCount(), hist.GetSampleSum())
+	}
+	if b := hist.GetBucket()[0]; b.GetUpperBound() != 1 || b.GetCumulativeCount() != 1 {
+		t.Errorf("first bucket le=%v holds %d", b.GetUpperBound(), b.GetCumulativeCount())
+	}
+}
