@@ -63,6 +63,10 @@ type Server struct {
 	up       atomic.Bool
 	sessions atomic.Int64
 	version  atomic.Value // string: listener version from tnsping
+
+	// Owned by the health check goroutine.
+	serviceChecked time.Time
+	serviceErr     error
 }
 
 // New builds a backend from its configuration. Servers start up; the first

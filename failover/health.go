@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"net"
 	"time"
+
+	"github.com/tnsguard/tnsguard/tns"
 )
 
 // Start runs the active health checks of every server until Stop (or ctx
@@ -90,7 +92,62 @@ func (s *Server) check(ctx context.Context) error {
 }
 
 // checkProtocol is what a check does over the connection after connect:
-// nothing for "tcp".
+// nothing for "tcp"; for "tnsping", the listener must answer a tnsping, and,
+// with health.service set, that service must be registered (asked at most
+// once per service_interval, since a positive answer starts a server
+// process on the database host).
 func (s *Server) checkProtocol(ctx context.Context, c net.Conn) error {
+	h := s.backend.Config.Health
+	if h.Check != "tnsping" {
+		return nil
+	}
+	res, err := tns.Ping(ctx, c)
+	if err != nil {
+		return err
+	}
+	s.setVersion(res.Version)
+	if h.Service == "" {
+		return nil
+	}
+	if s.serviceChecked.IsZero() || time.Since(s.serviceChecked) >= h.ServiceInterval.Duration {
+		s.serviceChecked = time.Now()
+		s.serviceErr = s.probeService(ctx, h.Service)
+	}
+	return s.serviceErr
+}
+
+// probeService asks the listener, on a connection of its own, whether the
+// service is registered; the connection is closed at once either way.
+func (s *Server) probeService(ctx context.Context, service string) error {
+	var d net.Dialer
+	c, err := d.DialContext(ctx, "tcp", s.Address)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	registered, code, err := tns.ProbeService(ctx, c, service)
+	switch {
+	case err != nil:
+		return fmt.Errorf("service %s: %w", service, err)
+	case !registered:
+		return fmt.Errorf("service %s is not registered with the listener (ORA-%05d)", service, code)
+	}
 	return nil
+}
+
+// setVersion exports the listener version tnsping reported.
+func (s *Server) setVersion(v string) {
+	if v == "" {
+		return
+	}
+	old, _ := s.version.Swap(v).(string)
+	if old == v {
+		return
+	}
+	m := s.backend.metrics.ListenerVersion
+	if old != "" {
+		m.DeleteLabelValues(s.backend.Config.Name, s.Address, old)
+	}
+	m.WithLabelValues(s.backend.Config.Name, s.Address, v).Set(1)
+	s.backend.log.Info("oracle listener version", "server", s.Address, "version", v)
 }

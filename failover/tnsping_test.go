@@ -1,0 +1,95 @@
+package failover
+
+import (
+	"context"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/tnsguard/tnsguard/config"
+	"github.com/tnsguard/tnsguard/metrics"
+	"github.com/tnsguard/tnsguard/tns/tnstest"
+)
+
+func tnspingBackend(t *testing.T, health string, addrs ...string) (*Backend, *metrics.Metrics) {
+	t.Helper()
+	var specs []string
+	for _, a := range addrs {
+		specs = append(specs, `address = "`+a+`"`)
+	}
+	text := "[[listener]]\nname = \"l\"\nlisten = \"127.0.0.1:0\"\nbackend = \"b\"\n[[backend]]\nname = \"b\"\n  [backend.health]\n  check = \"tnsping\"\n  interval = \"50ms\"\n  timeout = \"50ms\"\n  rise = 1\n  fall = 1\n" + health + "\n" + servers(specs...)
+	cfg, _, err := config.Parse([]byte(text), "test.toml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := metrics.New(prometheus.NewRegistry(), "test")
+	b := New(cfg.Backend("b"), hclog.NewNullLogger(), m)
+	ctx, cancel := context.WithCancel(context.Background())
+	b.Start(ctx)
+	t.Cleanup(func() { cancel(); b.Stop() })
+	return b, m
+}
+
+func eventually(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(3 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// A listener that answers tnsping is up, and its version is exported; one
+// that accepts TCP but resets (a dead listener behind a load balancer), or
+// answers garbage, is down even though a TCP check would pass.
+func TestTnspingCheck(t *testing.T) {
+	alive := tnstest.New(t, tnstest.Config{Mode: tnstest.Refuse, VSNNUM: 318767104})
+	resets := tnstest.New(t, tnstest.Config{Mode: tnstest.Reset})
+	garbage := tnstest.New(t, tnstest.Config{Mode: tnstest.Garbage, Garbage: []byte("SSH-2.0-OpenSSH\r\n")})
+	b, m := tnspingBackend(t, "", alive.Addr(), resets.Addr(), garbage.Addr())
+	eventually(t, "first checks", func() bool { return alive.Accepted() > 0 && resets.Accepted() > 0 && garbage.Accepted() > 0 })
+	eventually(t, "states", func() bool {
+		return b.Servers[0].Up() && !b.Servers[1].Up() && !b.Servers[2].Up()
+	})
+	if v := b.Servers[0].ListenerVersion(); v != "19.0.0.0.0" {
+		t.Fatalf("listener version %q, want 19.0.0.0.0 (VSNNUM 318767104)", v)
+	}
+	if got := testutil.ToFloat64(m.ListenerVersion.WithLabelValues("b", alive.Addr(), "19.0.0.0.0")); got != 1 {
+		t.Fatalf("tnsguard_oracle_listener_info = %v", got)
+	}
+	if got := testutil.ToFloat64(m.BackendUp.WithLabelValues("b", resets.Addr())); got != 0 {
+		t.Fatalf("backend_up of a resetting listener = %v", got)
+	}
+	if n := testutil.CollectAndCount(m.HealthDuration); n != 1 {
+		t.Fatalf("health durations observed for %d servers, want only the live one", n)
+	}
+}
+
+// With health.service, the listener must also have that service registered:
+// a listener up but refusing ORA-12514 for it counts as down.
+func TestTnspingServiceProbe(t *testing.T) {
+	has := tnstest.New(t, tnstest.Config{Mode: tnstest.Accept, Services: []string{"ORDERS"}})
+	lacks := tnstest.New(t, tnstest.Config{Mode: tnstest.Accept, Services: []string{"SALES"}})
+	b, _ := tnspingBackend(t, `  service = "ORDERS"
+  service_interval = "1h"`, has.Addr(), lacks.Addr())
+	eventually(t, "service states", func() bool { return b.Servers[0].Up() && !b.Servers[1].Up() })
+	// The service is asked once per service_interval, not at every check.
+	time.Sleep(300 * time.Millisecond)
+	for _, l := range []*tnstest.Listener{has, lacks} {
+		n := 0
+		for _, c := range l.Connects() {
+			if strings.Contains(string(c), "SERVICE_NAME=ORDERS") {
+				n++
+			}
+		}
+		if n != 1 {
+			t.Fatalf("%s asked for the service %d times, want once per interval", l.Addr(), n)
+		}
+	}
+}
