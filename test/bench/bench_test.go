@@ -68,7 +68,7 @@ func TestSmoke(t *testing.T) {
 			if f.info().ProxyOnly && s == sysDirect {
 				continue
 			}
-			if (f == figBulk || f == figCPUPerGB) && !bulkRan {
+			if (f == figBulk || f == figCPUPerGB || f == figBulkUp || f == figCPUPerGBUp) && !bulkRan {
 				continue
 			}
 			if v := res.value(s, f); math.IsNaN(v) || math.IsInf(v, 0) {

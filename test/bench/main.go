@@ -48,7 +48,7 @@ type options struct {
 }
 
 // allTests are the measurements, in the order they run.
-func allTests() []string { return []string{"bulk", "rr-1", "rr-32", "conns", "idle"} }
+func allTests() []string { return []string{"bulk", "bulk-up", "rr-1", "rr-32", "conns", "idle"} }
 
 // allSystems is the order of the table's columns.
 func allSystems() []string {

@@ -21,9 +21,10 @@ func warmupOf(d time.Duration) time.Duration {
 	return max(d/10, 50*time.Millisecond)
 }
 
-// bulk runs iperf3 -c through in.Bulk and returns the throughput in Gbit/s
-// and the proxy processes' CPU seconds per GB (1e9 bytes) received by iperf3.
-func bulk(ctx context.Context, iperf3 string, in *instance, d time.Duration) (gbps, cpuPerGB float64, err error) {
+// bulk runs iperf3 -c through in.Bulk (-R when reverse: the server sends)
+// and returns the throughput in Gbit/s and the proxy processes' CPU seconds
+// per GB (1e9 bytes) received by iperf3.
+func bulk(ctx context.Context, iperf3 string, in *instance, d time.Duration, reverse bool) (gbps, cpuPerGB float64, err error) {
 	host, port, err := net.SplitHostPort(in.Bulk)
 	if err != nil {
 		return 0, 0, err
@@ -38,7 +39,11 @@ func bulk(ctx context.Context, iperf3 string, in *instance, d time.Duration) (gb
 	var rep iperfReport
 	for attempt := 0; ; attempt++ {
 		rctx, cancel := context.WithTimeout(ctx, time.Duration(secs)*time.Second+30*time.Second)
-		out, runErr := exec.CommandContext(rctx, iperf3, "-c", host, "-p", port, "-t", strconv.Itoa(secs), "-J").Output()
+		args := []string{"-c", host, "-p", port, "-t", strconv.Itoa(secs), "-J"}
+		if reverse {
+			args = append(args, "-R")
+		}
+		out, runErr := exec.CommandContext(rctx, iperf3, args...).Output()
 		cancel()
 		rep = iperfReport{}
 		if jerr := json.Unmarshal(out, &rep); jerr != nil {

@@ -39,7 +39,7 @@ func TestRatioPicksBestPeerByDirection(t *testing.T) {
 		t.Errorf("stand-in bulk ratio = %v, want 12/16", q)
 	}
 	md := r.markdown()
-	for _, want := range []string{"| bulk throughput (Gbit/s) | 20.00 | 16.00 | 8.00 | 12.00 | 0.75x vs haproxy (want >= 1) |", "gocopy (stand-in for tnsguard)"} {
+	for _, want := range []string{"| bulk backend->client (Gbit/s) | 20.00 | 16.00 | 8.00 | 12.00 | 0.75x vs haproxy (want >= 1) |", "gocopy (stand-in for tnsguard)"} {
 		if !strings.Contains(md, want) {
 			t.Errorf("markdown lacks %q:\n%s", want, md)
 		}

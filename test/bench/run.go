@@ -18,8 +18,10 @@ import (
 type figure int
 
 const (
-	figBulk figure = iota
+	figBulk figure = iota // backend to client, as result sets flow
 	figCPUPerGB
+	figBulkUp // client to backend
+	figCPUPerGBUp
 	figRPS1
 	figP50At1
 	figP99At1
@@ -42,9 +44,13 @@ type figureInfo struct {
 func (f figure) info() figureInfo {
 	switch f {
 	case figBulk:
-		return figureInfo{"bulk throughput (Gbit/s)", true, "%.2f", false}
+		return figureInfo{"bulk backend->client (Gbit/s)", true, "%.2f", false}
 	case figCPUPerGB:
-		return figureInfo{"CPU seconds per GB moved (bulk)", false, "%.3f", true}
+		return figureInfo{"CPU seconds per GB, backend->client", false, "%.3f", true}
+	case figBulkUp:
+		return figureInfo{"bulk client->backend (Gbit/s)", true, "%.2f", false}
+	case figCPUPerGBUp:
+		return figureInfo{"CPU seconds per GB, client->backend", false, "%.3f", true}
 	case figRPS1:
 		return figureInfo{"1 conn: requests/s", true, "%.0f", false}
 	case figP50At1:
@@ -173,11 +179,17 @@ func run(ctx context.Context, o options) (*results, error) {
 	d := o.Duration
 	tests := []test{}
 	if be.Iperf != "" {
-		tests = append(tests, test{"bulk", []figure{figBulk, figCPUPerGB},
-			func(ctx context.Context, _ string, in *instance) ([]float64, error) {
-				g, c, err := bulk(ctx, iperf3, in, d)
+		bulkTest := func(reverse bool) func(context.Context, string, *instance) ([]float64, error) {
+			return func(ctx context.Context, _ string, in *instance) ([]float64, error) {
+				g, c, err := bulk(ctx, iperf3, in, d, reverse)
 				return []float64{g, c}, err
-			}})
+			}
+		}
+		// iperf3 -R: the server sends, as a database sends result sets; and
+		// the backend speaks first, as a database answers a connect.
+		tests = append(tests,
+			test{"bulk", []figure{figBulk, figCPUPerGB}, bulkTest(true)},
+			test{"bulk-up", []figure{figBulkUp, figCPUPerGBUp}, bulkTest(false)})
 	}
 	rr := func(conns int) func(context.Context, string, *instance) ([]float64, error) {
 		return func(ctx context.Context, _ string, in *instance) ([]float64, error) {
