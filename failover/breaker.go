@@ -108,6 +108,19 @@ func (b *breaker) current() int {
 	return b.state
 }
 
+// expire ends an open period early (the health check saw the server come
+// back): the next session gets the half-open trial. It reports whether the
+// circuit was open.
+func (b *breaker) expire(now time.Time) bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.state != metrics.BreakerOpen || !now.Before(b.openUntil) {
+		return false
+	}
+	b.openUntil = now
+	return true
+}
+
 // abandon releases a half-open trial that ended without a verdict.
 func (b *breaker) abandon() {
 	b.mu.Lock()

@@ -100,3 +100,27 @@ func TestBreakerOff(t *testing.T) {
 		t.Fatal("a breaker with failures = 0 refused a dial")
 	}
 }
+
+// A health check that sees the server come back ends the open period: the
+// next session gets the trial at once.
+func TestBreakerExpire(t *testing.T) {
+	t0 := time.Now()
+	b := newBreaker(1, time.Minute, time.Hour)
+	if b.expire(t0) {
+		t.Fatal("expire on a closed breaker reported a change")
+	}
+	b.failure(t0)
+	if ok, _ := b.allow(t0.Add(time.Second)); ok {
+		t.Fatal("allowed while open")
+	}
+	if !b.expire(t0.Add(time.Second)) {
+		t.Fatal("expire on an open breaker reported nothing")
+	}
+	if ok, changed := b.allow(t0.Add(time.Second)); !ok || !changed || b.current() != metrics.BreakerHalfOpen {
+		t.Fatal("no half-open trial right after expire")
+	}
+	// A failed trial still doubles open_for.
+	if _, openFor := b.failure(t0.Add(time.Second)); openFor != 2*time.Minute {
+		t.Fatalf("failed trial after expire: open_for %v, want 2m", openFor)
+	}
+}

@@ -190,6 +190,12 @@ func (s *Server) setUp(up bool) {
 	if s.up.Swap(up) != up {
 		if up {
 			s.backend.log.Info("server up", "server", s.Address)
+			// Sessions that failed on it while the checks had not yet seen it
+			// down may have opened its circuit: fail back now, through a
+			// half-open trial, rather than after open_for.
+			if s.backend.Config.Health.Check != "off" && s.breaker.expire(time.Now()) {
+				s.backend.log.Info("circuit open period ended early: the health check says the server is back", "server", s.Address)
+			}
 		} else {
 			s.backend.log.Warn("server down", "server", s.Address)
 		}

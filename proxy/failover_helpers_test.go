@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/netip"
 	"os"
 	"strings"
 	"sync"
@@ -110,8 +111,10 @@ type server struct {
 
 	mu       sync.Mutex
 	ln       *net.TCPListener
+	loopDone chan struct{} // closed when the current accept loop has ended
 	conns    []*net.TCPConn
 	accepted int
+	hold     int // while down: a bound, not listening socket keeping the port
 	wg       sync.WaitGroup
 }
 
@@ -129,12 +132,14 @@ func (s *server) start(addr string) {
 	if err != nil {
 		s.t.Fatalf("listen %s: %v", addr, err)
 	}
+	done := make(chan struct{})
 	s.mu.Lock()
-	s.ln = ln.(*net.TCPListener)
+	s.ln, s.loopDone = ln.(*net.TCPListener), done
 	s.mu.Unlock()
 	s.wg.Add(1)
 	go func() {
 		defer s.wg.Done()
+		defer close(done)
 		for {
 			c, err := ln.(*net.TCPListener).AcceptTCP()
 			if err != nil {
@@ -160,35 +165,83 @@ func (s *server) accepts() int {
 	return s.accepted
 }
 
-// down closes the listening socket and every connection: dials are refused.
+// down closes the listening socket and resets every connection: dials
+// are refused. The port stays reserved by a bound socket that does not
+// listen (so no other test's socket takes it), until up.
 func (s *server) down() {
 	s.mu.Lock()
 	s.ln.Close()
+	done := s.loopDone
+	s.mu.Unlock()
+	// Go closes the socket only once the blocked Accept has returned; until
+	// then the kernel still completes handshakes.
+	<-done
+	s.mu.Lock()
+	defer s.mu.Unlock()
 	for _, c := range s.conns {
-		c.Close()
+		resetConn(c) // RST: no TIME_WAIT left on the port
 	}
 	s.conns = nil
-	s.mu.Unlock()
+	if s.hold == 0 {
+		s.hold = reservePort(s.t, s.address, true)
+	}
 }
 
 // up binds the same port again.
-func (s *server) up() { s.start(s.address) }
+func (s *server) up() {
+	s.mu.Lock()
+	if s.hold != 0 {
+		unix.Close(s.hold)
+		s.hold = 0
+	}
+	s.mu.Unlock()
+	s.start(s.address)
+}
 
 func (s *server) stop() {
 	s.down()
+	s.mu.Lock()
+	unix.Close(s.hold)
+	s.hold = 0
+	s.mu.Unlock()
 	s.wg.Wait()
 }
 
-// closedPort is an address where nothing listens: dials are refused.
-func closedPort(t *testing.T) string {
+// reservePort binds a TCP socket to addr without listening: SYNs to it are
+// answered with RST (connection refused) and the port cannot be taken by
+// automatic port choice (connect, or listen on port 0) meanwhile. reuse
+// allows the bind while old connections of the port linger in TIME_WAIT.
+func reservePort(t *testing.T, addr string, reuse bool) int {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	ap, err := netip.ParseAddrPort(addr)
 	if err != nil {
 		t.Fatal(err)
 	}
-	addr := ln.Addr().String()
-	ln.Close()
-	return addr
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if reuse {
+		unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_REUSEADDR, 1)
+	}
+	if err := unix.Bind(fd, &unix.SockaddrInet4{Port: int(ap.Port()), Addr: ap.Addr().As4()}); err != nil {
+		unix.Close(fd)
+		t.Fatalf("reserving %s: %v", addr, err)
+	}
+	return fd
+}
+
+// closedPort is an address where nothing listens, for the whole test:
+// dials are refused.
+func closedPort(t *testing.T) string {
+	t.Helper()
+	fd := reservePort(t, "127.0.0.1:0", false)
+	t.Cleanup(func() { unix.Close(fd) })
+	sa, err := unix.Getsockname(fd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return fmt.Sprintf("127.0.0.1:%d", sa.(*unix.SockaddrInet4).Port)
 }
 
 // blackhole is a loopback address whose dials hang until their timeout: a

@@ -26,12 +26,12 @@ func newRecorder(t *testing.T) *recorder {
 	r.server = newServer(t, func(c *net.TCPConn) {
 		var all bytes.Buffer
 		io.Copy(io.MultiWriter(c, &all), c)
-		c.CloseWrite()
-		if all.Len() > 0 { // not a health check
+		if all.Len() > 0 { // not a health check; kept before the FIN ends the app
 			r.mu.Lock()
 			r.got = append(r.got, all.Bytes())
 			r.mu.Unlock()
 		}
+		c.CloseWrite()
 	})
 	return r
 }
@@ -43,8 +43,8 @@ func (r *recorder) received() [][]byte {
 }
 
 // app sends msg in parts with pauses in between (so bytes arrive while
-// tnsguard dials, waits and re-dials), half-closes, and expects exactly msg
-// echoed back.
+// tnsguard dials, waits and re-dials), expects exactly msg echoed back,
+// then half-closes and expects the echo server's FIN.
 func app(addr string, msg []byte, parts int, pause time.Duration) error {
 	c, err := net.Dial("tcp", addr)
 	if err != nil {
@@ -64,17 +64,22 @@ func app(addr string, msg []byte, parts int, pause time.Duration) error {
 				return
 			}
 		}
-		errc <- c.(*net.TCPConn).CloseWrite()
+		errc <- nil
 	}()
-	got, err := io.ReadAll(c)
+	got := make([]byte, len(msg))
+	_, err = io.ReadFull(c, got)
 	if werr := <-errc; werr != nil {
 		return fmt.Errorf("write: %w", werr)
 	}
 	if err != nil {
-		return fmt.Errorf("read: %w after %d bytes", err, len(got))
+		return fmt.Errorf("read: %w", err)
 	}
 	if !bytes.Equal(got, msg) {
-		return fmt.Errorf("echo: got %d bytes, sent %d (or different ones)", len(got), len(msg))
+		return fmt.Errorf("echo: got other bytes than the %d sent", len(msg))
+	}
+	c.(*net.TCPConn).CloseWrite()
+	if rest, err := io.ReadAll(c); err != nil || len(rest) != 0 {
+		return fmt.Errorf("after half-close: %d more bytes, %v; want the backend's FIN", len(rest), err)
 	}
 	return nil
 }
@@ -149,7 +154,8 @@ failures = 0`, fmt.Sprintf("address = %q;priority = 0", lb.address), fmt.Sprintf
 				}
 			}
 			if v := counter(h.m.Redials, "l", "b", "reset"); v != apps {
-				t.Errorf("redials{reset} = %v, want %d", v, apps)
+				t.Errorf("redials{reset} = %v, want %d (connect %v, timeout %v); load balancer accepted %d",
+					v, apps, counter(h.m.Redials, "l", "b", "connect"), counter(h.m.Redials, "l", "b", "timeout"), lb.accepts())
 			}
 			lbMu.Lock()
 			defer lbMu.Unlock()
@@ -184,11 +190,11 @@ func TestReplayOfBytesSentWhileRedialing(t *testing.T) {
 			c.Close()
 		default:
 			io.Copy(io.MultiWriter(c, &got), c)
-			c.CloseWrite()
 		}
 		mu.Lock()
 		seen = append(seen, got.Bytes())
 		mu.Unlock()
+		c.CloseWrite() // after recording: the app ends at this FIN
 	})
 	h := startProxy(t, backendTOML(`connect_budget = "3s"
 backoff = "100ms"
@@ -324,5 +330,52 @@ check = "off"`, fmt.Sprintf("address = %q", be.address)))
 	}
 	if v := counter(h.m.SessionsRejected, "l", "no_backend"); v != 0 {
 		t.Errorf("no_backend = %v", v)
+	}
+}
+
+// The app sends its request and half-closes before any backend answered;
+// the first backend resets, or closes without a byte (FIN): the re-dialed
+// one gets the request and the FIN, and its answer reaches the app. (An app
+// that closes without sending anything, a port check, has nothing to
+// replay; this one has.)
+func TestReplayCarriesHalfClose(t *testing.T) {
+	for _, mode := range []string{"rst", "fin"} {
+		t.Run(mode, func(t *testing.T) {
+			var mu sync.Mutex
+			n := 0
+			srv := newServer(t, func(c *net.TCPConn) {
+				mu.Lock()
+				n++
+				k := n
+				mu.Unlock()
+				if k == 1 {
+					io.ReadAll(c) // the request and the app's FIN
+					if mode == "rst" {
+						resetConn(c)
+					} else {
+						c.Close()
+					}
+					return
+				}
+				req, _ := io.ReadAll(c) // ends at the app's FIN, carried through
+				c.Write(append([]byte("answer to "), req...))
+				c.CloseWrite()
+			})
+			h := startProxy(t, backendTOML(`[backend.health]
+check = "off"
+[backend.breaker]
+failures = 0`, fmt.Sprintf("address = %q", srv.address)))
+			c := h.dial("l")
+			c.SetDeadline(time.Now().Add(5 * time.Second))
+			c.Write([]byte("request"))
+			c.CloseWrite()
+			got, err := io.ReadAll(c)
+			if err != nil || string(got) != "answer to request" {
+				t.Fatalf("app got %q, %v; want %q then EOF: a backend that ended before its first byte was not re-dialed with the app's request", got, err, "answer to request")
+			}
+			if v := counter(h.m.Redials, "l", "b", "reset"); v != 1 {
+				t.Errorf("redials{reset} = %v, want 1", v)
+			}
+		})
 	}
 }
