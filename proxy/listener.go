@@ -100,12 +100,16 @@ func allowed(nets []netip.Prefix, a netip.Addr) bool {
 // handle runs one accepted connection: checks, then the session.
 func (l *listener) handle(ctx context.Context, c *net.TCPConn) {
 	cfg := l.cfg()
-	src := netip.Addr{}
-	if ap, err := netip.ParseAddrPort(c.RemoteAddr().String()); err == nil {
-		src = ap.Addr().Unmap()
-	}
 	if err := cfg.Keepalive.Settings().Apply(c); err != nil {
 		l.log.Warn("cannot set keepalive on the app's connection", "error", err)
+	}
+	// PROXY protocol (proxyproto.go): from here on src is the real client.
+	in, reason, err := readInbound(ctx, c, cfg)
+	src := in.client.Addr()
+	if reason != "" {
+		l.log.Debug("PROXY protocol: connection refused before dialing", "source", c.RemoteAddr(), "error", err)
+		l.reject(c, reason, src)
+		return
 	}
 	if !allowed(cfg.AllowNets, src) {
 		l.reject(c, "not_allowed", src)
@@ -128,7 +132,13 @@ func (l *listener) handle(ctx context.Context, c *net.TCPConn) {
 		l.reject(c, "no_backend", src)
 		return
 	}
-	l.p.newSession(ctx, l, b, c, src).run()
+	s := l.p.newSession(ctx, l, b, c, src)
+	s.in = in
+	s.log = s.log.With("client", in.client)
+	if in.via.IsValid() {
+		s.log = s.log.With("via", in.via)
+	}
+	s.run()
 }
 
 func (l *listener) acquireSource(src netip.Addr, limit int) bool {

@@ -32,6 +32,7 @@ type session struct {
 	log     hclog.Logger
 	client  *net.TCPConn
 	source  netip.Addr
+	in      inbound // the real client (PROXY header) and app bytes read past it (proxyproto.go)
 	start   time.Time
 	ctx     context.Context
 	cancel  context.CancelFunc
@@ -214,6 +215,9 @@ func (s *session) clientFailure() error {
 // attach makes conn the session's backend connection: the app's opening
 // bytes are replayed on it, and the first backend bytes are read.
 func (s *session) attach(conn *net.TCPConn, srv *failover.Server, deadline time.Time) (*[]byte, error) {
+	if err := s.sendProxyHeader(conn); err != nil { // send_proxy_protocol, before any replay
+		return nil, err
+	}
 	s.mu.Lock()
 	if s.clientErr != nil {
 		s.mu.Unlock()
@@ -310,6 +314,9 @@ func (s *session) clientToBackend() *pumpErr {
 	})
 	if err != nil {
 		return &pumpErr{err: err}
+	}
+	if err := s.sendEarly(); err != nil { // bytes read past a PROXY header go first
+		return &pumpErr{err: err, atWrite: true}
 	}
 	for {
 		s.mu.Lock()

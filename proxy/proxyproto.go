@@ -1,0 +1,218 @@
+package proxy
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"time"
+
+	"github.com/pires/go-proxyproto"
+
+	"github.com/tnsguard/tnsguard/config"
+)
+
+// PROXY protocol (HAProxy's proxy-protocol.txt, v1 text and v2 binary), in
+// and out.
+//
+// In: a listener with proxy_protocol = "optional" or "required" reads the
+// header itself, before the session begins, from a small bufio.Reader over
+// the bare socket, under a read deadline of proxy_header_timeout. The
+// socket is never wrapped: once the header is read the session works on the
+// bare *net.TCPConn (spliced data path), and the few app bytes the reader
+// took past the header become the session's early bytes, sent to the
+// backend before anything else (session.sendEarly, the one place).
+// Headers are honoured only from trusted_proxies; an untrusted source that
+// sends one is closed, so no client can choose the address tnsguard
+// checks, limits and logs. Memory per connection is bounded: the reader
+// holds headerBufSize bytes and the library refuses a v2 header longer than
+// proxyproto.MaxV2HeaderSize (4 KiB); a v1 line longer than 107 bytes or
+// split over several reads is refused at once, and a header that trickles
+// is closed at the timeout.
+//
+// Out: a backend with send_proxy_protocol = "v1" or "v2" gets a header on
+// every connection, right after the dial and before the replayed opening
+// bytes, so a re-dial sends it again.
+
+// headerBufSize is the reader's buffer: a v1 line fits (107 bytes), and at
+// most this many app bytes are read past a header.
+const headerBufSize = 512
+
+// Reasons a connection is refused before its session (the reason label of
+// tnsguard_sessions_rejected_total).
+const (
+	rejectProxyUntrusted = "proxy_untrusted" // required: source not in trusted_proxies; or an untrusted source sent a header
+	rejectProxyMissing   = "proxy_missing"   // required: a trusted source sent no header
+	rejectProxyInvalid   = "proxy_invalid"   // a malformed, oversized or non-TCP header
+	rejectProxyTimeout   = "proxy_timeout"   // the header did not arrive within proxy_header_timeout
+)
+
+// errHeaderTimeout is a header read cut by proxy_header_timeout or shutdown.
+var errHeaderTimeout = errors.New("PROXY header not complete within proxy_header_timeout")
+
+// inbound is who a new connection really comes from: the socket's peer, or
+// the client named by a trusted PROXY header.
+type inbound struct {
+	client netip.AddrPort // the app; used for allow, per-source limits, logs
+	dst    net.Addr       // where the app connected to (the header's destination, or our socket)
+	via    netip.Addr     // the load balancer that sent the header; invalid when none
+	early  []byte         // app bytes read past the header: the backend gets them first
+}
+
+// socketInbound is the connection as the socket sees it.
+func socketInbound(c *net.TCPConn) inbound {
+	in := inbound{dst: c.LocalAddr()}
+	if ta, ok := c.RemoteAddr().(*net.TCPAddr); ok {
+		ap := ta.AddrPort()
+		in.client = netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
+	}
+	return in
+}
+
+// readInbound applies the listener's proxy_protocol to a new connection.
+// On refusal it returns the reject reason and the error to log; the
+// connection has not been used for anything else yet.
+func readInbound(ctx context.Context, c *net.TCPConn, cfg *config.Listener) (inbound, string, error) {
+	in := socketInbound(c)
+	if cfg.ProxyProtocol == "off" || cfg.ProxyProtocol == "" {
+		return in, "", nil
+	}
+	trusted := false
+	for _, n := range cfg.TrustedNets {
+		if n.Contains(in.client.Addr()) {
+			trusted = true
+			break
+		}
+	}
+	required := cfg.ProxyProtocol == "required"
+	if required && !trusted {
+		return in, rejectProxyUntrusted, fmt.Errorf("source %s is not in trusted_proxies", in.client.Addr())
+	}
+
+	hdr, early, err := readHeader(ctx, c, cfg.ProxyHeaderTimeout.Duration)
+	switch {
+	case errors.Is(err, errHeaderTimeout):
+		return in, rejectProxyTimeout, err
+	case errors.Is(err, proxyproto.ErrNoProxyProtocol):
+		if required {
+			return in, rejectProxyMissing, errors.New("no PROXY header from a trusted source, and proxy_protocol is required")
+		}
+		in.early = early // optional: plain app bytes
+		return in, "", nil
+	case err != nil:
+		if !trusted {
+			// Starts like a header but is not one: still no plain data
+			// from a client that tried to name its own address.
+			return in, rejectProxyUntrusted, fmt.Errorf("untrusted source sent what looks like a PROXY header: %w", err)
+		}
+		return in, rejectProxyInvalid, err
+	case !trusted:
+		return in, rejectProxyUntrusted, fmt.Errorf("PROXY header from %s, which is not in trusted_proxies", in.client.Addr())
+	}
+
+	in.early = early
+	if hdr.Command.IsLocal() {
+		// The load balancer's own connection (health check): its address is the real one.
+		return in, "", nil
+	}
+	src, srcOK := hdr.SourceAddr.(*net.TCPAddr)
+	dst, dstOK := hdr.DestinationAddr.(*net.TCPAddr)
+	if !srcOK || !dstOK || hdr.TransportProtocol.IsDatagram() {
+		return in, rejectProxyInvalid, fmt.Errorf("PROXY header for %v: only TCP over IPv4 or IPv6 is proxied", hdr.TransportProtocol)
+	}
+	sap := src.AddrPort()
+	in.via = in.client.Addr()
+	in.client = netip.AddrPortFrom(sap.Addr().Unmap(), sap.Port())
+	in.dst = dst
+	return in, "", nil
+}
+
+// readHeader reads a PROXY header from the bare socket within timeout (or
+// until ctx ends). It returns the header and the bytes read past it;
+// proxyproto.ErrNoProxyProtocol with the bytes read so far when the
+// connection does not start with a header signature (including a client
+// that sent nothing at all before the timeout); errHeaderTimeout when bytes
+// came but no complete header in time; another error for a malformed one.
+func readHeader(ctx context.Context, c *net.TCPConn, timeout time.Duration) (*proxyproto.Header, []byte, error) {
+	if err := c.SetReadDeadline(time.Now().Add(timeout)); err != nil {
+		return nil, nil, err
+	}
+	stop := context.AfterFunc(ctx, func() { c.SetReadDeadline(time.Unix(1, 0)) })
+	src := &headerSource{c: c}
+	br := bufio.NewReaderSize(src, headerBufSize)
+	hdr, err := proxyproto.Read(br)
+	if !stop() {
+		return nil, nil, fmt.Errorf("%w: shutting down", errHeaderTimeout)
+	}
+	if derr := c.SetReadDeadline(time.Time{}); derr != nil && err == nil {
+		err = derr
+	}
+	if ne := net.Error(nil); errors.As(err, &ne) && ne.Timeout() {
+		if src.n == 0 {
+			// Nothing at all arrived: no header, a client that waits for
+			// the server (optional mode lets it through).
+			return nil, nil, proxyproto.ErrNoProxyProtocol
+		}
+		return nil, nil, fmt.Errorf("%w: %w", errHeaderTimeout, err)
+	}
+	if err != nil && !errors.Is(err, proxyproto.ErrNoProxyProtocol) {
+		return nil, nil, err
+	}
+	var early []byte
+	if n := br.Buffered(); n > 0 {
+		b, _ := br.Peek(n)
+		early = append([]byte(nil), b...)
+	}
+	return hdr, early, err
+}
+
+// headerSource counts the bytes read while looking for a header, to tell
+// a silent client from a header that trickles.
+type headerSource struct {
+	c *net.TCPConn
+	n int
+}
+
+func (h *headerSource) Read(b []byte) (int, error) {
+	n, err := h.c.Read(b)
+	h.n += n
+	return n, err
+}
+
+// sendEarly sends the app bytes read past a PROXY header (or while looking
+// for one) before the client pump starts: they go through openingBytes like
+// any other opening bytes, so they are replayed on a re-dial too.
+func (s *session) sendEarly() error {
+	b := s.in.early
+	s.in.early = nil
+	if len(b) == 0 {
+		return nil
+	}
+	return s.openingBytes(b)
+}
+
+// sendProxyHeader writes the backend's send_proxy_protocol header on a new
+// backend connection, naming the real client and the address it connected
+// to.
+func (s *session) sendProxyHeader(conn *net.TCPConn) error {
+	var version byte
+	switch s.backend.Config.SendProxyProtocol {
+	case "v1":
+		version = 1
+	case "v2":
+		version = 2
+	default:
+		return nil
+	}
+	src := net.TCPAddrFromAddrPort(s.in.client)
+	dst := s.in.dst
+	if dst == nil {
+		dst = s.client.LocalAddr()
+	}
+	if _, err := proxyproto.HeaderProxyFromAddrs(version, src, dst).WriteTo(conn); err != nil {
+		return fmt.Errorf("sending the PROXY header: %w", err)
+	}
+	return nil
+}
