@@ -107,7 +107,7 @@ func (p *Proxy) Apply(cfg *config.Config) error {
 			listeners[lc.Name] = old
 			continue
 		}
-		l, err := p.bind(lc)
+		l, err := p.bind(cfg, lc)
 		if err != nil {
 			for _, b := range bound {
 				b.ln.Close()
@@ -147,13 +147,17 @@ func (p *Proxy) Apply(cfg *config.Config) error {
 			old.Stop()
 		}
 	}
+	p.forgetRemoved(cfg, p.backends)
 	p.cfg, p.listeners, p.backends = cfg, listeners, backends
 	return nil
 }
 
-func (p *Proxy) bind(lc *config.Listener) (*listener, error) {
-	lcfg := net.ListenConfig{KeepAlive: -1} // tnsguard sets keepalive itself, per leg
-	ln, err := lcfg.Listen(p.ctx, "tcp", lc.Listen)
+func (p *Proxy) bind(cfg *config.Config, lc *config.Listener) (*listener, error) {
+	ln, err := p.inherit(cfg, lc) // the socket of a renamed or moved listener (reload.go)
+	if ln == nil && err == nil {
+		lcfg := net.ListenConfig{KeepAlive: -1} // tnsguard sets keepalive itself, per leg
+		ln, err = lcfg.Listen(p.ctx, "tcp", lc.Listen)
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -239,6 +243,9 @@ func (p *Proxy) Shutdown(grace, drainTimeout time.Duration) {
 	for _, l := range p.listeners {
 		l.ln.Close()
 	}
+	for _, l := range p.listeners {
+		<-l.done // no accept loop may add a session once sessWG.Wait starts
+	}
 	p.mu.Unlock()
 	left := len(p.liveSessions())
 	p.log.Info("stopped accepting", "sessions", left)
@@ -248,14 +255,19 @@ func (p *Proxy) Shutdown(grace, drainTimeout time.Duration) {
 		p.sessWG.Wait()
 		close(done)
 	}()
+	closed := 0
 	select {
 	case <-done:
 	case <-time.After(drainTimeout):
 		rest := p.liveSessions()
-		p.log.Warn("drain timeout: closing the sessions left", "sessions", len(rest))
+		closed = len(rest)
+		p.log.Warn("drain timeout: closing the sessions left", "sessions", closed)
 		for _, s := range rest {
 			s.abort(SideClient, s.phaseNow(SideClient), ErrDrained, "closed", nil)
 		}
+		// Connections not yet sessions (a PROXY header still coming)
+		// end too.
+		p.cancel()
 		<-done
 	}
 	p.cancel()
@@ -265,7 +277,7 @@ func (p *Proxy) Shutdown(grace, drainTimeout time.Duration) {
 		b.Stop()
 	}
 	p.mu.Unlock()
-	p.log.Info("drained")
+	p.log.Info("drained", "sessions_closed_at_timeout", closed)
 }
 
 // housekeeping updates the idle-sessions gauge and ends sessions idle

@@ -151,6 +151,10 @@ func (s *session) open() error {
 			srv.Abandoned()
 			return s.endedElsewhere(err)
 		}
+		if s.appClosedFirst(err) {
+			srv.Abandoned()
+			return err // an ordinary end: finish() records it
+		}
 		lastErr = err
 		attempts = append(attempts, fmt.Sprintf("%s: %v", srv.Address, err))
 		srv.Failed(err)
@@ -184,6 +188,16 @@ func (s *session) noBackend(err error, attempts []string, srv *failover.Server) 
 func (s *session) endedElsewhere(err error) error {
 	s.abort(SideClient, PhaseConnect, err, "closed", nil)
 	return err
+}
+
+// appClosedFirst tells a backend that closed before its first byte because
+// the app had closed without sending anything (a port check by a load
+// balancer or monitoring: connect, then FIN) from a failing server: there is
+// nothing to replay, so no re-dial and no breaker failure.
+func (s *session) appClosedFirst(err error) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.clientEOF && s.toBackend.Load() == 0 && errors.Is(err, io.EOF)
 }
 
 func reasonOf(err error, fallback string) string {

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -23,6 +24,11 @@ func runCommand(args []string, stderr io.Writer) int {
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
+	// Signals first: a SIGHUP or SIGTERM during start-up must not kill the
+	// process with the default action; it is handled once running.
+	sigs := make(chan os.Signal, 4)
+	signal.Notify(sigs, syscall.SIGHUP, syscall.SIGTERM, syscall.SIGINT)
+	defer signal.Stop(sigs)
 	load := func() (*config.Config, []string, error) {
 		if *path == "" {
 			return config.Parse([]byte(config.DefaultText()), "embedded default")
@@ -62,9 +68,6 @@ func runCommand(args []string, stderr io.Writer) int {
 	}
 	log.Info("tnsguard started", "version", version, "config", cfg.Source)
 
-	sigs := make(chan os.Signal, 4)
-	signal.Notify(sigs, syscall.SIGHUP, syscall.SIGTERM, syscall.SIGINT)
-	defer signal.Stop(sigs)
 	for sig := range sigs {
 		if sig != syscall.SIGHUP {
 			log.Info("signal received: draining", "signal", sig.String())
@@ -79,7 +82,14 @@ func runCommand(args []string, stderr io.Writer) int {
 		}
 		if err != nil {
 			m.ReloadOK.Set(0)
-			log.Error("reload failed: the running configuration stays", "error", err)
+			// One line per problem, so each is found by grep and alerting.
+			var errs config.Errors
+			if !errors.As(err, &errs) {
+				errs = config.Errors{err.Error()}
+			}
+			for _, e := range errs {
+				log.Error("reload failed: the running configuration stays", "error", e)
+			}
 			continue
 		}
 		if next.Admin.Listen != cfg.Admin.Listen {

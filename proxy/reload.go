@@ -1,0 +1,101 @@
+package proxy
+
+import (
+	"net"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/tnsguard/tnsguard/config"
+	"github.com/tnsguard/tnsguard/failover"
+)
+
+// Reload details that Apply leans on.
+
+// inherit returns a duplicate of the socket of a running listener that the
+// new configuration drops (renamed, or moved to another address) and that
+// is bound to the address lc asks for; nil when there is none. Renaming a
+// listener, or swapping the addresses of two, then keeps the socket and
+// its queue of connections not yet accepted: no app is refused during the
+// reload. Until the old listener is closed both accept loops take from the
+// same queue, which is harmless.
+func (p *Proxy) inherit(cfg *config.Config, lc *config.Listener) (net.Listener, error) {
+	want, err := net.ResolveTCPAddr("tcp", lc.Listen)
+	if err != nil || want.Port == 0 {
+		return nil, nil
+	}
+	if len(want.IP) == 0 {
+		want.IP = net.IPv6unspecified // ":1521" listens on [::]
+	}
+	for name, old := range p.listeners {
+		if keeps(cfg, name, old.cfg().Listen) {
+			continue
+		}
+		have, ok := old.ln.Addr().(*net.TCPAddr)
+		if !ok || have.Port != want.Port || !have.IP.Equal(want.IP) {
+			continue
+		}
+		f, err := old.ln.File()
+		if err != nil {
+			return nil, err
+		}
+		defer f.Close()
+		return net.FileListener(f)
+	}
+	return nil, nil
+}
+
+// keeps reports whether cfg keeps the running listener name on the same
+// listen address (then Apply keeps its socket as it is).
+func keeps(cfg *config.Config, name, listen string) bool {
+	for i := range cfg.Listeners {
+		if cfg.Listeners[i].Name == name {
+			return cfg.Listeners[i].Listen == listen
+		}
+	}
+	return false
+}
+
+// forgetRemoved deletes the gauges of listeners and backend servers that
+// the new configuration no longer has: a server removed while down would
+// otherwise report tnsguard_backend_up 0 (and fire alerts) until restart.
+// Counters and histograms stay: they are history.
+func (p *Proxy) forgetRemoved(cfg *config.Config, old map[string]*failover.Backend) {
+	for name := range p.listeners {
+		if !hasListener(cfg, name) {
+			p.metrics.MaxSessions.DeleteLabelValues(name)
+		}
+	}
+	for name, b := range old {
+		for _, s := range b.Servers {
+			if hasServer(cfg, name, s.Address) {
+				continue
+			}
+			labels := prometheus.Labels{"backend": name, "server": s.Address}
+			p.metrics.BackendUp.DeletePartialMatch(labels)
+			p.metrics.BreakerState.DeletePartialMatch(labels)
+			p.metrics.ListenerVersion.DeletePartialMatch(labels)
+		}
+	}
+}
+
+func hasListener(cfg *config.Config, name string) bool {
+	for i := range cfg.Listeners {
+		if cfg.Listeners[i].Name == name {
+			return true
+		}
+	}
+	return false
+}
+
+func hasServer(cfg *config.Config, backend, address string) bool {
+	b := cfg.Backend(backend)
+	if b == nil {
+		return false
+	}
+	for _, s := range b.Servers {
+		if s.Address == address {
+			return true
+		}
+	}
+	return false
+}

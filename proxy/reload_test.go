@@ -1,0 +1,176 @@
+package proxy
+
+import (
+	"errors"
+	"io"
+	"net"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/pires/go-proxyproto"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/tnsguard/tnsguard/config"
+)
+
+// Reload and drain, in-package: what the metrics say. The end-to-end
+// versions with the binary and real signals are in test/e2e.
+
+func mustParse(t *testing.T, toml string) *config.Config {
+	t.Helper()
+	cfg, _, err := config.Parse([]byte(toml), "reload.toml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return cfg
+}
+
+// twoListeners is oneBackendConfig plus a listener "m" on the same backend.
+func twoListeners(be string) string {
+	return strings.Replace(oneBackendConfig(be), "[[backend]]", `[[listener]]
+name = "m"
+listen = "127.0.0.2:0"
+backend = "b"
+[[backend]]`, 1)
+}
+
+// At the drain timeout the sessions left are closed with a reset and
+// counted (outcome closed, cause proxy), including one whose listener a
+// reload had removed; sessions that had ended alone are ok.
+func TestShutdownCountsSessionsClosedAtDrainTimeout(t *testing.T) {
+	be := newBackend(t, echo)
+	h := startProxy(t, twoListeners(be.addr()))
+	onL, onM := h.dial("l"), h.dial("m")
+	for _, c := range []*net.TCPConn{onL, onM} {
+		c.Write([]byte("x"))
+		if _, err := io.ReadFull(c, make([]byte, 1)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Remove listener m: its session goes on.
+	if err := h.p.Apply(mustParse(t, oneBackendConfig(be.addr()))); err != nil {
+		t.Fatal(err)
+	}
+	onM.Write([]byte("y"))
+	if _, err := io.ReadFull(onM, make([]byte, 1)); err != nil {
+		t.Fatalf("session of a removed listener broke at the reload: %v", err)
+	}
+
+	const grace, drain = 100 * time.Millisecond, 300 * time.Millisecond
+	done := make(chan struct{})
+	start := time.Now()
+	go func() {
+		h.p.Shutdown(grace, drain)
+		close(done)
+	}()
+	waitFor(t, 50*time.Millisecond, "not ready at once", func() bool { ok, _ := h.p.Ready(); return !ok })
+	for _, c := range []*net.TCPConn{onL, onM} {
+		if err, _ := readErr(c, 2*time.Second); !errors.Is(err, syscall.ECONNRESET) {
+			t.Fatalf("session at the drain timeout: %v, want a reset", err)
+		}
+	}
+	<-done
+	if took := time.Since(start); took < grace+drain || took > grace+drain+500*time.Millisecond {
+		t.Fatalf("Shutdown took %v, want about %v", took, grace+drain)
+	}
+	for _, l := range []string{"l", "m"} {
+		if v := counter(h.m.SessionsTotal, l, "b", "other", "closed"); v != 1 {
+			t.Errorf("sessions_total{listener=%s,outcome=closed} = %v, want 1", l, v)
+		}
+		if v := counter(h.m.Resets, l, "b", be.addr(), "client", "active", "proxy"); v != 1 {
+			t.Errorf("resets_total{listener=%s,cause=proxy} = %v, want 1", l, v)
+		}
+	}
+}
+
+// A connection still sending its PROXY header when the drain times out
+// (it is not a session yet) ends then too, not at its header timeout.
+func TestShutdownEndsPendingHeaders(t *testing.T) {
+	be := newBackend(t, echo)
+	h := startProxy(t, ppConfig(be.addr(), `proxy_protocol = "required"
+trusted_proxies = ["127.0.0.1/32"]
+proxy_header_timeout = "30s"`, ""))
+	c := h.dial("l")
+	c.Write(proxyproto.SIGV2) // and nothing more
+	time.Sleep(50 * time.Millisecond)
+	start := time.Now()
+	h.p.Shutdown(0, 200*time.Millisecond)
+	if took := time.Since(start); took > time.Second {
+		t.Fatalf("Shutdown waited %v for a header that would time out after 30s", took)
+	}
+	if err, _ := readErr(c, time.Second); err == nil || errors.Is(err, syscall.ETIMEDOUT) {
+		t.Fatalf("pending connection after shutdown: %v, want closed", err)
+	}
+}
+
+// An app that connects and closes without a byte (a load balancer's or a
+// monitor's port check) is an ordinary session end: the backend answering
+// its FIN with a FIN is no failure, so no re-dial, no breaker count, no
+// reset.
+func TestPortCheckIsNotABackendFailure(t *testing.T) {
+	be := newBackend(t, echo)
+	h := startProxy(t, oneBackendConfig(be.addr()))
+	for range 10 {
+		c := h.dial("l")
+		c.Close()
+	}
+	waitFor(t, 3*time.Second, "10 sessions ok", func() bool {
+		return counter(h.m.SessionsTotal, "l", "b", "other", "ok") == 10
+	})
+	if n := testutil.CollectAndCount(h.m.Redials); n != 0 {
+		t.Fatalf("%d redial series after port checks", n)
+	}
+	if n := testutil.CollectAndCount(h.m.Resets); n != 0 {
+		t.Fatalf("%d reset series after port checks", n)
+	}
+	c := h.dial("l")
+	c.Write([]byte("still fine"))
+	if _, err := io.ReadFull(c, make([]byte, 10)); err != nil {
+		t.Fatalf("a real session after the port checks: %v", err)
+	}
+}
+
+// A reload that changes a listener's backend sends new sessions to the new
+// one while live sessions stay; removed servers lose their up gauge (a
+// stale 0 would fire alerts forever).
+func TestReloadChangesBackendAndForgetsRemovedServers(t *testing.T) {
+	one := newBackend(t, echo)
+	two := newBackend(t, echo)
+	cfg := oneBackendConfig(one.addr(), two.addr())
+	h := startProxy(t, cfg)
+	old := h.dial("l")
+	old.Write([]byte("a"))
+	if _, err := io.ReadFull(old, make([]byte, 1)); err != nil {
+		t.Fatal(err)
+	}
+	if got := len(one.accepted()); got != 1 {
+		t.Fatalf("first server took %d connections", got)
+	}
+	// The listener now goes to backend c whose only server is two.
+	next := strings.Replace(oneBackendConfig(two.addr()), `backend = "b"`, `backend = "c"`, 1)
+	next = strings.Replace(next, `name = "b"`, `name = "c"`, 1)
+	if err := h.p.Apply(mustParse(t, next)); err != nil {
+		t.Fatal(err)
+	}
+	c := h.dial("l")
+	c.Write([]byte("b"))
+	if _, err := io.ReadFull(c, make([]byte, 1)); err != nil {
+		t.Fatal(err)
+	}
+	if len(one.accepted()) != 1 || len(two.accepted()) != 1 {
+		t.Fatalf("after the reload: first server %d, second %d connections; want the new session on the second",
+			len(one.accepted()), len(two.accepted()))
+	}
+	old.Write([]byte("c"))
+	if _, err := io.ReadFull(old, make([]byte, 1)); err != nil {
+		t.Fatalf("the live session broke at the reload: %v", err)
+	}
+	if n := testutil.CollectAndCount(h.m.BackendUp); n != 1 {
+		t.Fatalf("%d tnsguard_backend_up series after the reload, want 1 (backend c's server)", n)
+	}
+	if v := testutil.ToFloat64(h.m.BackendUp.WithLabelValues("c", two.addr())); v != 1 {
+		t.Fatalf("backend_up{c} = %v", v)
+	}
+}
