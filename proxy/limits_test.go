@@ -57,7 +57,8 @@ func TestMaxSessionsPerSource(t *testing.T) {
 		return counter(h.m.SessionsRejected, "l", "max_sessions_per_source") == 1
 	})
 	a.Close()
-	waitFor(t, 2*time.Second, "slot freed", func() bool { return len(h.p.liveSessions()) == 0 })
+	l := h.p.listeners["l"]
+	waitFor(t, 2*time.Second, "slot freed", func() bool { return l.active.Load() == 0 })
 	c := h.dial("l")
 	c.Write([]byte("z"))
 	if _, err := io.ReadFull(c, make([]byte, 1)); err != nil {
