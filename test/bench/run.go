@@ -440,6 +440,9 @@ func versions(s systemSetup) []string {
 		v = append(v, "tnsguard: "+first(s.tnsguard, "version"))
 	}
 	if rev := first("git", "rev-parse", "--short", "HEAD"); rev != "" && !strings.Contains(rev, "fatal") {
+		if dirty, _ := exec.Command("git", "status", "--porcelain", "--untracked-files=no").Output(); len(dirty) > 0 {
+			rev += " with uncommitted changes"
+		}
 		v = append(v, "tnsguard tree: "+rev)
 	}
 	return v
