@@ -55,6 +55,8 @@ func Cause(err error) string {
 		return "refused"
 	case errors.Is(err, ErrIdleTimeout):
 		return "idle_timeout"
+	case errors.Is(err, ErrRefused):
+		return "refused"
 	case errors.Is(err, ErrReplayOverflow), errors.Is(err, ErrDrained), errors.Is(err, net.ErrClosed):
 		return "proxy"
 	case errors.Is(err, ErrNoBackend):

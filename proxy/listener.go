@@ -127,7 +127,7 @@ func (l *listener) handle(ctx context.Context, c *net.TCPConn) {
 	}
 	defer l.releaseSource(src)
 
-	b := l.p.backend(cfg.Backend)
+	b := l.p.backend(routeFor(cfg, "")) // the default; route() may pick another by service
 	if b == nil {
 		l.reject(c, "no_backend", src)
 		return

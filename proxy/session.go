@@ -54,6 +54,12 @@ type session struct {
 	clientErr   error            // the app's leg failed during the opening
 	established bool
 
+	// Oracle Net (oracle.go): what the app's CONNECT said.
+	connectSeen   bool   // the CONNECT was complete (or turned out not to be one)
+	serviceName   string // SERVICE_NAME or SID, as the app wrote it
+	routeWaitOver bool   // routing stopped waiting for the CONNECT
+	openingUp     int64  // bytes of the opening not yet in bytesUp (the backend may still change)
+
 	endOnce sync.Once
 	end     sessionEnd
 }
@@ -90,6 +96,7 @@ func (s *session) run() {
 // opening bytes on every new connection. On error the session is over
 // (already classified) and the client has been reset.
 func (s *session) open() error {
+	s.route()
 	cfg := s.backend.Config
 	plan := s.backend.NewPlan()
 	var attempts []string
@@ -112,6 +119,7 @@ func (s *session) open() error {
 			if lastErr != nil {
 				err = fmt.Errorf("%w: %w", ErrNoBackend, lastErr)
 			}
+			s.deliverRefuse(lastErr) // every server refused: the app gets the last REFUSE as it was
 			return s.noBackend(err, attempts, nil)
 		}
 		conn, err := plan.Dial(s.ctx, srv) // within connect_timeout and the budget
@@ -133,9 +141,12 @@ func (s *session) open() error {
 			retry, failed = reasonOf(err, "connect"), srv
 			continue
 		}
-		first, err := s.attach(conn, srv, plan.Deadline())
-		if err == nil {
+		buf, first, err := s.attach(conn, srv, plan.Deadline())
+		if err == nil || s.backendEndedFirst(err) {
 			err = s.establish(first, srv, plan)
+			if buf != nil {
+				s.p.pool.put(buf)
+			}
 			if err == nil {
 				return nil
 			}
@@ -164,10 +175,14 @@ func (s *session) open() error {
 		switch {
 		case overflow:
 			err = fmt.Errorf("%w: %w", ErrReplayOverflow, err)
+		case errors.Is(err, ErrRefused): // only returned when retry_on has "refuse"
+			retry, failed = "refuse", srv
+			continue
 		case cfg.Retries("reset"):
 			retry, failed = reasonOf(err, "reset"), srv
 			continue
 		}
+		s.deliverRefuse(err)
 		s.abort(SideBackend, PhaseOpening, err, "reset", srv)
 		return err
 	}
@@ -200,6 +215,16 @@ func (s *session) appClosedFirst(err error) bool {
 	return s.clientEOF && s.toBackend.Load() == 0 && errors.Is(err, io.EOF)
 }
 
+// backendEndedFirst tells a backend that closed, without a byte, an
+// exchange that cannot be replayed anyway (the app sent more than
+// replay_bytes: an upload, say) from a failing server: the close is passed
+// on to the app as a half-close, as it would be after the first byte.
+func (s *session) backendEndedFirst(err error) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return errors.Is(err, io.EOF) && s.conn != nil && s.overflow
+}
+
 func reasonOf(err error, fallback string) string {
 	if failover.DialResult(err) == "timeout" {
 		return "timeout"
@@ -228,23 +253,26 @@ func (s *session) clientFailure() error {
 
 // attach makes conn the session's backend connection: the app's opening
 // bytes are replayed on it, and the first backend bytes are read.
-func (s *session) attach(conn *net.TCPConn, srv *failover.Server, deadline time.Time) (*[]byte, error) {
+//
+// It returns the bytes to give the app (first), held in buf or in a slice
+// of their own; the caller gives buf back to the pool once they are sent.
+func (s *session) attach(conn *net.TCPConn, srv *failover.Server, deadline time.Time) (buf *[]byte, first []byte, err error) {
 	if err := s.sendProxyHeader(conn); err != nil { // send_proxy_protocol, before any replay
-		return nil, err
+		return nil, nil, err
 	}
 	s.mu.Lock()
 	if s.clientErr != nil {
 		s.mu.Unlock()
-		return nil, s.clientErr
+		return nil, nil, s.clientErr
 	}
 	if s.overflow {
 		s.mu.Unlock()
-		return nil, ErrReplayOverflow
+		return nil, nil, ErrReplayOverflow
 	}
 	if len(s.replay) > 0 {
 		if _, err := conn.Write(s.replay); err != nil {
 			s.mu.Unlock()
-			return nil, err
+			return nil, nil, err
 		}
 	}
 	if s.clientEOF {
@@ -254,17 +282,28 @@ func (s *session) attach(conn *net.TCPConn, srv *failover.Server, deadline time.
 	s.cond.Broadcast()
 	s.mu.Unlock()
 
-	buf := s.p.pool.get()
+	buf = s.p.pool.get()
 	n, err := s.firstRead(conn, *buf, deadline)
+	// A backend answers what it was sent, so the app's opening is in the
+	// replay buffer by now: only if it is a TNS CONNECT is the answer read
+	// as TNS.
+	s.mu.Lock()
+	s.noteConnectLocked()
+	isTNS := s.looksLikeTNSLocked()
+	s.mu.Unlock()
+	if err == nil && isTNS {
+		first, err = s.inspectFirst(conn, srv, buf, n, deadline)
+	} else if err == nil {
+		first = (*buf)[:n]
+	}
 	if err != nil {
 		s.p.pool.put(buf)
 		if errors.Is(err, io.EOF) {
 			err = fmt.Errorf("backend closed before its first byte: %w", err)
 		}
-		return nil, err
+		return nil, nil, err
 	}
-	*buf = (*buf)[:n]
-	return buf, nil
+	return buf, first, nil
 }
 
 // firstRead waits for the backend's first bytes. A backend that accepted
@@ -276,12 +315,21 @@ func (s *session) firstRead(conn *net.TCPConn, buf []byte, deadline time.Time) (
 	for {
 		conn.SetReadDeadline(deadline)
 		n, err := conn.Read(buf)
-		if !errors.Is(err, os.ErrDeadlineExceeded) || s.toBackend.Load() > 0 || deadline.IsZero() {
+		if !errors.Is(err, os.ErrDeadlineExceeded) || (s.toBackend.Load() > 0 && !s.overflowed()) || deadline.IsZero() {
 			conn.SetReadDeadline(time.Time{})
 			return n, err
 		}
 		deadline = time.Time{}
 	}
+}
+
+// overflowed reports whether more than replay_bytes went to the backend:
+// the session can no longer be re-dialed, so a backend's silence is its
+// own business (an upload, say), not a failure to answer.
+func (s *session) overflowed() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.overflow
 }
 
 func (s *session) detach() {
@@ -292,17 +340,19 @@ func (s *session) detach() {
 
 // establish passes the backend's first bytes to the app and ends the
 // opening phase: from here on nothing is replayed.
-func (s *session) establish(first *[]byte, srv *failover.Server, plan *failover.Plan) error {
-	defer func() { *first = (*first)[:cap(*first)]; s.p.pool.put(first) }()
+func (s *session) establish(first []byte, srv *failover.Server, plan *failover.Plan) error {
 	s.mu.Lock()
 	s.established = true
+	s.noteConnectLocked()
 	s.replay = nil
+	s.bytesUp.Add(float64(s.openingUp)) // the opening's bytes, counted now that the backend is known
+	s.openingUp = 0
 	s.mu.Unlock()
 	srv.Succeeded()
 	srv.Acquire()
 	s.p.metrics.SessionWait.WithLabelValues(s.l.name).Observe(time.Since(s.start).Seconds())
 	s.p.linkFor(s.l.name, s.backend.Config.Name, srv.Address).addLive(s)
-	n, err := s.client.Write(*first)
+	n, err := s.client.Write(first)
 	s.toClient.Add(int64(n))
 	s.bytesDown.Add(float64(n))
 	s.touch()
@@ -334,9 +384,11 @@ func (s *session) clientToBackend() *pumpErr {
 	}
 	for {
 		s.mu.Lock()
-		conn, est := s.conn, s.established
+		conn, est, overflow := s.conn, s.established, s.overflow
 		s.mu.Unlock()
-		if est {
+		if est || (overflow && conn != nil) {
+			// Established, or past replay_bytes (no replay is possible any
+			// more): plain pumping, spliced when bulk.
 			p.dst = conn
 			return p.run()
 		}
@@ -379,9 +431,9 @@ func (s *session) clientToBackend() *pumpErr {
 // current backend connection, if any. While no backend is connected and the
 // replay buffer is full, it waits (the app is held back by TCP).
 func (s *session) openingBytes(b []byte) error {
-	limit := *s.backend.Config.ReplayBytes
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	limit := *s.backend.Config.ReplayBytes
 	for s.conn == nil && !s.established && len(s.replay)+len(b) > limit && s.ctx.Err() == nil {
 		s.cond.Wait()
 	}
@@ -391,13 +443,16 @@ func (s *session) openingBytes(b []byte) error {
 	if !s.established {
 		if !s.overflow && len(s.replay)+len(b) <= limit {
 			s.replay = append(s.replay, b...)
+			s.cond.Broadcast() // routing may wait for the CONNECT
 		} else {
 			s.overflow, s.replay = true, nil
 		}
+		s.openingUp += int64(len(b))
+	} else {
+		s.bytesUp.Add(float64(len(b)))
 	}
 	s.touch()
 	s.toBackend.Add(int64(len(b)))
-	s.bytesUp.Add(float64(len(b)))
 	if s.conn != nil {
 		if _, err := s.conn.Write(b); err != nil && s.established {
 			return err
@@ -460,14 +515,14 @@ func (s *session) currentServer() *failover.Server {
 // idle when nothing moved for at least that leg's keepalive idle.
 func (s *session) phaseNow(side Side) Phase {
 	s.mu.Lock()
-	est := s.established
+	est, backend := s.established, s.backend
 	s.mu.Unlock()
 	if !est {
 		return PhaseOpening
 	}
 	idle := s.l.cfg().Keepalive.Idle.Duration
 	if side == SideBackend {
-		idle = s.backend.Config.Keepalive.Idle.Duration
+		idle = backend.Config.Keepalive.Idle.Duration
 	}
 	if idle > 0 && s.idleFor() >= idle {
 		return PhaseIdle
@@ -491,7 +546,9 @@ func (s *session) abort(side Side, phase Phase, err error, outcome string, srv *
 		s.server = srv
 		s.cond.Broadcast()
 		s.mu.Unlock()
-		if side == SideBackend || Cause(err) != "eof" {
+		// A REFUSE handed to the app must reach it: a reset would throw
+		// away what is still in the send buffer.
+		if (side == SideBackend || Cause(err) != "eof") && !errors.Is(err, ErrRefused) {
 			s.client.SetLinger(0)
 		}
 		s.client.Close()

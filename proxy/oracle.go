@@ -1,0 +1,221 @@
+package proxy
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/tnsguard/tnsguard/config"
+	"github.com/tnsguard/tnsguard/failover"
+	"github.com/tnsguard/tnsguard/tns"
+)
+
+// Oracle Net awareness. tnsguard reads only the first packets of a session
+// (tns package): the app's CONNECT, for its service name and program, and
+// the backend's first answer, to hold back a REFUSE that another server may
+// not give, to let a RESEND through, and to warn about a REDIRECT. Nothing
+// after the backend's ACCEPT is ever read.
+
+// ErrRefused: a listener refused the session (TNS REFUSE) with a code that
+// means another server may take it.
+var ErrRefused = errors.New("listener refused the session")
+
+// refusedError carries the REFUSE packet, so the app gets it unchanged when
+// no server takes the session.
+type refusedError struct {
+	code   int
+	packet []byte
+}
+
+func (e *refusedError) Error() string        { return fmt.Sprintf("%v: ORA-%05d", ErrRefused, e.code) }
+func (e *refusedError) Is(target error) bool { return target == ErrRefused }
+
+// looksLikeTNSLocked reports whether the app's opening bytes start with a
+// TNS CONNECT header; only then is the backend's first packet read as TNS.
+// The caller holds s.mu.
+func (s *session) looksLikeTNSLocked() bool {
+	h, err := tns.ParseHeader(s.replay, tns.Length16)
+	return err == nil && h.Type == tns.TypeConnect
+}
+
+// noteConnectLocked reads the service name and program of the app's CONNECT
+// once it is complete. The caller holds s.mu and is the session's own
+// goroutine (it sets s.log and s.service, which only that goroutine reads).
+func (s *session) noteConnectLocked() {
+	if s.connectSeen || len(s.replay) == 0 {
+		return
+	}
+	info, err := tns.ParseConnectData(s.replay)
+	if errors.Is(err, tns.ErrIncomplete) {
+		return
+	}
+	s.connectSeen = true
+	if err != nil {
+		return
+	}
+	d := info.Description
+	name := d.ServiceName()
+	if name == "" {
+		name = d.SID()
+	}
+	s.serviceName = name
+	s.service = serviceLabel(s.l.cfg(), name)
+	s.log = s.log.With("service", name, "program", d.Program())
+}
+
+// serviceLabel is the metric label of a service: its spelling in the
+// listener's services or routes when listed there (case-insensitively),
+// else "other", so labels stay bounded whatever apps send.
+func serviceLabel(l *config.Listener, name string) string {
+	if name == "" {
+		return "other"
+	}
+	for _, s := range l.Services {
+		if strings.EqualFold(s, name) {
+			return s
+		}
+	}
+	for s := range l.Routes {
+		if s != "*" && strings.EqualFold(s, name) {
+			return s
+		}
+	}
+	return "other"
+}
+
+// routeFor picks the backend of a service by the listener's routes:
+// the route of its name (case-insensitive), else "*", else the listener's
+// backend.
+func routeFor(l *config.Listener, service string) string {
+	if service != "" {
+		for s, b := range l.Routes {
+			if s != "*" && strings.EqualFold(s, service) {
+				return b
+			}
+		}
+	}
+	if b, ok := l.Routes["*"]; ok {
+		return b
+	}
+	return l.Backend
+}
+
+// route waits, on a listener with routes, until the app's CONNECT is in
+// hand (or the app stops, or connect_budget passes), then gives the session
+// the backend its service routes to.
+func (s *session) route() {
+	cfg := s.l.cfg()
+	if len(cfg.Routes) == 0 {
+		return
+	}
+	timer := time.AfterFunc(s.backend.Config.ConnectBudget.Duration, func() {
+		s.mu.Lock()
+		s.routeWaitOver = true
+		s.cond.Broadcast()
+		s.mu.Unlock()
+	})
+	defer timer.Stop()
+	s.mu.Lock()
+	s.noteConnectLocked()
+	for !s.connectSeen && !s.routeWaitOver && !s.clientEOF && s.clientErr == nil && s.ctx.Err() == nil &&
+		len(s.replay) < *s.backend.Config.ReplayBytes && (len(s.replay) < tns.HeaderLen || s.looksLikeTNSLocked()) {
+		s.cond.Wait()
+		s.noteConnectLocked()
+	}
+	name := s.serviceName
+	s.mu.Unlock()
+	if b := s.p.backend(routeFor(cfg, name)); b != nil && b != s.backend {
+		s.switchBackend(b)
+	}
+}
+
+// inspectFirst reads the rest of the backend's first TNS packet (buf holds
+// n bytes of it) and decides: a REFUSE that retry_on "refuse" covers is held
+// back (refusedError); a RESEND goes to the app and the next packet is read
+// on the same connection (the app sends its CONNECT again, which replaces
+// the one kept for a replay); a REDIRECT is passed on with a warning; the
+// rest is passed on. It returns the bytes to give the app.
+func (s *session) inspectFirst(conn *net.TCPConn, srv *failover.Server, buf *[]byte, n int, deadline time.Time) ([]byte, error) {
+	cfg := s.backend.Config
+	data := (*buf)[:n]
+	for {
+		pkt, err := tns.ClassifyFirst(data)
+		for errors.Is(err, tns.ErrIncomplete) && len(data) < tns.DefaultMaxPacket {
+			more := make([]byte, 4096)
+			conn.SetReadDeadline(deadline)
+			m, rerr := conn.Read(more)
+			conn.SetReadDeadline(time.Time{})
+			if rerr != nil {
+				if errors.Is(rerr, io.EOF) {
+					rerr = fmt.Errorf("backend closed inside its first packet: %w", rerr)
+				}
+				return nil, rerr
+			}
+			data = append(data, more[:m]...)
+			pkt, err = tns.ClassifyFirst(data)
+		}
+		if err != nil {
+			return data, nil // not TNS after all: pass it on untouched
+		}
+		switch pkt.Type {
+		case tns.TypeRefuse:
+			code, ok := pkt.Refuse.Err()
+			if ok && cfg.Retries("refuse") && slices.Contains(cfg.RefuseErrors, code) {
+				return nil, &refusedError{code: code, packet: append([]byte(nil), data[:pkt.Len]...)}
+			}
+		case tns.TypeRedirect:
+			s.p.metrics.TNSRedirects.WithLabelValues(s.l.name, cfg.Name, srv.Address).Inc()
+			s.log.Warn("backend sent a TNS REDIRECT: the app will dial this address directly, bypassing tnsguard; point tnsguard at the node listeners, not a SCAN address",
+				"server", srv.Address, "redirect_to", pkt.Redirect.Address)
+		case tns.TypeResend:
+			if len(data) > pkt.Len || pkt.Len != tns.HeaderLen {
+				return data, nil // more than a bare RESEND: pass it all on
+			}
+			s.mu.Lock()
+			s.replay, s.connectSeen = s.replay[:0], false // the app sends its CONNECT again
+			s.mu.Unlock()
+			if _, err := s.client.Write(data); err != nil {
+				return nil, err
+			}
+			s.toClient.Add(int64(len(data)))
+			m, err := s.firstRead(conn, (*buf)[:cap(*buf)], deadline)
+			if err != nil {
+				return nil, err
+			}
+			data = (*buf)[:m]
+			continue
+		}
+		return data, nil
+	}
+}
+
+// deliverRefuse gives the app the last REFUSE a listener sent, unchanged,
+// when no server took the session: its driver then reports the real
+// ORA error instead of a broken connection.
+func (s *session) deliverRefuse(err error) {
+	var re *refusedError
+	if !errors.As(err, &re) {
+		return
+	}
+	s.client.SetWriteDeadline(time.Now().Add(time.Second))
+	if n, werr := s.client.Write(re.packet); werr == nil {
+		s.toClient.Add(int64(n))
+		s.client.CloseWrite()
+	}
+}
+
+// switchBackend moves a session that has not dialed yet to another backend
+// (routing by service).
+func (s *session) switchBackend(b *failover.Backend) {
+	s.p.metrics.SessionsActive.WithLabelValues(s.l.name, s.backend.Config.Name).Dec()
+	s.p.metrics.SessionsActive.WithLabelValues(s.l.name, b.Config.Name).Inc()
+	up := s.p.metrics.Bytes.WithLabelValues(s.l.name, b.Config.Name, "to_backend")
+	down := s.p.metrics.Bytes.WithLabelValues(s.l.name, b.Config.Name, "to_client")
+	s.mu.Lock()
+	s.backend, s.bytesUp, s.bytesDown = b, up, down
+	s.mu.Unlock()
+}

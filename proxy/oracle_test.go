@@ -1,0 +1,222 @@
+package proxy
+
+import (
+	"bytes"
+	"context"
+	"database/sql"
+	"fmt"
+	"io"
+	"net"
+	"strings"
+	"testing"
+	"time"
+
+	_ "github.com/sijms/go-ora/v2" // registers "oracle": a real client's CONNECT bytes
+
+	"github.com/tnsguard/tnsguard/tns"
+	"github.com/tnsguard/tnsguard/tns/tnstest"
+)
+
+// oracleConfig: listener "l" with services, backend "b" with the given
+// servers (address;priority), retry_on including refuse. ORA-12560 is not
+// in the default refuse_errors: a listener refusing with it ends the try.
+func oracleConfig(backendKeys string, servers ...string) string {
+	s := `
+[log]
+level = "warn"
+[[listener]]
+name = "l"
+listen = "127.0.0.1:0"
+backend = "b"
+services = ["SALES"]
+[[backend]]
+name = "b"
+` + backendKeys + `
+connect_timeout = "1s"
+connect_budget = "2s"
+backoff = "20ms"
+backoff_max = "100ms"
+retry_on = ["connect", "reset", "refuse"]
+  [backend.health]
+  check = "off"
+`
+	for _, srv := range servers {
+		addr, prio, _ := strings.Cut(srv, ";")
+		if prio == "" {
+			prio = "0"
+		}
+		s += fmt.Sprintf("  [[backend.server]]\n  address = %q\n  priority = %s\n", addr, prio)
+	}
+	return s
+}
+
+func goOraPing(t *testing.T, addr, service string) error {
+	t.Helper()
+	db, err := sql.Open("oracle", "oracle://scott:tiger@"+addr+"/"+service)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	return db.PingContext(ctx)
+}
+
+// During a switchover the preferred listener refuses with ORA-12514: the
+// app's real CONNECT (from go-ora) is held, the next server gets exactly
+// the same bytes, and the service is read from it.
+func TestRefuseFailsOverWithTheSameConnect(t *testing.T) {
+	refusing := tnstest.New(t, tnstest.Config{Mode: tnstest.Refuse, Err: 12514})
+	standby := tnstest.New(t, tnstest.Config{Mode: tnstest.Refuse, Err: 12528}) // records, then refuses with a code not in the list
+	h := startProxy(t, oracleConfig(`refuse_errors = [12514]`, refusing.Addr()+";0", standby.Addr()+";1"))
+
+	err := goOraPing(t, h.addr("l"), "SALES")
+	if err == nil || !strings.Contains(err.Error(), "ORA-12528") {
+		t.Fatalf("go-ora: %v; want the standby's ORA-12528 (the 12514 held back)", err)
+	}
+	a, b := refusing.Connects(), standby.Connects()
+	if len(a) != 1 || len(b) != 1 {
+		t.Fatalf("CONNECTs: preferred %d, standby %d; want 1 each", len(a), len(b))
+	}
+	if !bytes.Equal(a[0], b[0]) {
+		t.Fatalf("the standby got a different CONNECT:\n%x\n%x", a[0], b[0])
+	}
+	info, err := tns.ParseConnectData(b[0])
+	if err != nil || info.Description.ServiceName() != "SALES" {
+		t.Fatalf("CONNECT read as %q, %v", info.Description.ServiceName(), err)
+	}
+	waitFor(t, time.Second, "redial and service label", func() bool {
+		return counter(h.m.Redials, "l", "b", "refuse") == 1 && counter(h.m.SessionsTotal, "l", "b", "SALES", "ok") == 1
+	})
+}
+
+// When every server refuses until the budget ends, the app gets the last
+// REFUSE unchanged: its driver reports the real ORA error, not a broken
+// connection.
+func TestAllRefuseGivesTheAppTheRealError(t *testing.T) {
+	l1 := tnstest.New(t, tnstest.Config{Mode: tnstest.Refuse, Err: 12514})
+	l2 := tnstest.New(t, tnstest.Config{Mode: tnstest.Refuse, Err: 12514})
+	h := startProxy(t, oracleConfig("", l1.Addr(), l2.Addr()))
+	start := time.Now()
+	err := goOraPing(t, h.addr("l"), "ORDERS")
+	took := time.Since(start)
+	if err == nil || !strings.Contains(err.Error(), "ORA-12514") {
+		t.Fatalf("go-ora: %v, want ORA-12514", err)
+	}
+	if took < 1500*time.Millisecond || took > 3*time.Second {
+		t.Fatalf("app got the refusal after %v; want it at the end of the 2s budget", took)
+	}
+	if n := len(l1.Connects()) + len(l2.Connects()); n < 4 {
+		t.Fatalf("only %d CONNECTs reached the listeners: tnsguard did not keep trying", n)
+	}
+	waitFor(t, time.Second, "counted", func() bool {
+		return counter(h.m.Resets, "l", "b", "none", "backend", "connect", "refused") == 1 &&
+			counter(h.m.SessionsTotal, "l", "b", "other", "no_backend") == 1
+	})
+}
+
+// Without "refuse" in retry_on, a REFUSE goes to the app at once.
+func TestRefusePassesThroughWithoutRetryOn(t *testing.T) {
+	l1 := tnstest.New(t, tnstest.Config{Mode: tnstest.Refuse, Err: 12514})
+	l2 := tnstest.New(t, tnstest.Config{Mode: tnstest.Accept})
+	cfg := strings.Replace(oracleConfig("", l1.Addr()+";0", l2.Addr()+";1"), `retry_on = ["connect", "reset", "refuse"]`, `retry_on = ["connect", "reset"]`, 1)
+	h := startProxy(t, cfg)
+	if err := goOraPing(t, h.addr("l"), "SALES"); err == nil || !strings.Contains(err.Error(), "ORA-12514") {
+		t.Fatalf("go-ora: %v, want ORA-12514 passed through", err)
+	}
+	if n := len(l2.Connects()); n != 0 {
+		t.Fatalf("standby got %d CONNECTs", n)
+	}
+}
+
+// A listener's RESEND passes through (the app sends its CONNECT again); a
+// REFUSE after it still fails over, with the re-sent CONNECT.
+func TestResendThenRefuseFailsOver(t *testing.T) {
+	resending := tnstest.New(t, tnstest.Config{Mode: tnstest.Refuse, Err: 12514, Resends: 1})
+	standby := tnstest.New(t, tnstest.Config{Mode: tnstest.Refuse, Err: 12560})
+	h := startProxy(t, oracleConfig("", resending.Addr()+";0", standby.Addr()+";1"))
+	err := goOraPing(t, h.addr("l"), "SALES")
+	if err == nil || !strings.Contains(err.Error(), "ORA-12560") {
+		t.Fatalf("go-ora: %v, want the standby's ORA-12560", err)
+	}
+	a, b := resending.Connects(), standby.Connects()
+	if len(a) != 2 || len(b) != 1 {
+		t.Fatalf("CONNECTs: first listener %d (want 2: one RESEND), standby %d (want 1)", len(a), len(b))
+	}
+	if !bytes.Equal(a[1], b[0]) {
+		t.Fatal("the standby did not get the re-sent CONNECT")
+	}
+}
+
+// A REDIRECT is passed on, counted and logged: the app will bypass tnsguard.
+func TestRedirectCounted(t *testing.T) {
+	l := tnstest.New(t, tnstest.Config{Mode: tnstest.Redirect, RedirectTo: "node1-vip:1521"})
+	h := startProxy(t, oracleConfig("", l.Addr()))
+	c := h.dial("l")
+	connect, _ := tns.BuildConnect("(DESCRIPTION=(CONNECT_DATA=(SERVICE_NAME=SALES))(ADDRESS=(PROTOCOL=TCP)(HOST=x)(PORT=1)))")
+	c.Write(connect)
+	c.SetReadDeadline(time.Now().Add(3 * time.Second))
+	pkt, err := tns.ReadPacket(c, tns.Length16, 0)
+	if err != nil || pkt.Type != tns.TypeRedirect {
+		t.Fatalf("app got %v, %v; want the REDIRECT", pkt.Type, err)
+	}
+	r, err := tns.ParseRedirect(pkt.Raw)
+	if err != nil || !strings.Contains(r.Address, "node1-vip") {
+		t.Fatalf("redirect %q, %v", r.Address, err)
+	}
+	if v := counter(h.m.TNSRedirects, "l", "b", l.Addr()); v != 1 {
+		t.Fatalf("tnsguard_tns_redirects_total = %v", v)
+	}
+}
+
+// routes send a session to the backend of its service, read from the
+// app's CONNECT before any dial.
+func TestRouteByService(t *testing.T) {
+	sales := tnstest.New(t, tnstest.Config{Mode: tnstest.Refuse, Err: 12560})
+	orders := tnstest.New(t, tnstest.Config{Mode: tnstest.Refuse, Err: 12560})
+	cfg := fmt.Sprintf(`
+[log]
+level = "warn"
+[[listener]]
+name = "l"
+listen = "127.0.0.1:0"
+routes = { "sales" = "sales-db", "*" = "orders-db" }
+[[backend]]
+name = "sales-db"
+  [backend.health]
+  check = "off"
+  [[backend.server]]
+  address = %q
+[[backend]]
+name = "orders-db"
+  [backend.health]
+  check = "off"
+  [[backend.server]]
+  address = %q
+`, sales.Addr(), orders.Addr())
+	h := startProxy(t, cfg)
+	goOraPing(t, h.addr("l"), "SALES")
+	goOraPing(t, h.addr("l"), "ORDERS")
+	goOraPing(t, h.addr("l"), "SALES_"+strings.Repeat("X", 120)) // connect data in a DATA packet: not SALES
+	if len(sales.Connects()) != 1 || len(orders.Connects()) != 2 {
+		t.Fatalf("sales got %d, orders %d; want 1 and 2", len(sales.Connects()), len(orders.Connects()))
+	}
+	waitFor(t, time.Second, "service labels", func() bool {
+		return counter(h.m.SessionsTotal, "l", "sales-db", "sales", "ok") == 1 &&
+			counter(h.m.SessionsTotal, "l", "orders-db", "other", "ok") == 2
+	})
+}
+
+// Bytes that are not TNS never make tnsguard wait for a TNS packet: a
+// backend greeting of 3 bytes reaches the app at once.
+func TestNonTNSBackendNotHeldBack(t *testing.T) {
+	be := newBackend(t, func(c *net.TCPConn) { c.Write([]byte("hi\n")); io.Copy(c, c) })
+	h := startProxy(t, oracleConfig("", be.addr()))
+	c := h.dial("l")
+	c.Write([]byte("\x00\x01\x00\x00\x01")) // starts like a TNS header, but only 5 bytes
+	c.SetReadDeadline(time.Now().Add(2 * time.Second))
+	buf := make([]byte, 3)
+	if _, err := io.ReadFull(c, buf); err != nil || string(buf) != "hi\n" {
+		t.Fatalf("app read %q, %v", buf, err)
+	}
+}
