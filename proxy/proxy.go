@@ -50,6 +50,8 @@ type Proxy struct {
 	sessWG   sync.WaitGroup
 	loopWG   sync.WaitGroup
 
+	advice keepaliveAdvice // advice.go
+
 	linksMu sync.Mutex
 	links   map[linkKey]*link
 
@@ -341,4 +343,7 @@ func (p *Proxy) record(s *session, srv *failover.Server, established bool) {
 	p.metrics.Resets.WithLabelValues(s.l.name, bname, server, string(end.side), string(end.phase), cause).Inc()
 	p.linkFor(s.l.name, bname, server).reset(cause)
 	p.forensics.add(s, server, cause, age) // ring, windows, warn log (rate-limited)
+	if end.phase == PhaseIdle && (cause == "rst" || cause == "timeout") {
+		p.noteIdleDeath(s, server, end.side, s.idleAtEnd)
+	}
 }

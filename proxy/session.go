@@ -37,10 +37,13 @@ type session struct {
 	ctx     context.Context
 	cancel  context.CancelFunc
 
-	lastActive atomic.Int64 // nanoseconds since start of the last chunk moved
-	toBackend  atomic.Int64
-	toClient   atomic.Int64
-	service    string
+	lastActive  atomic.Int64 // nanoseconds since start of the last chunk moved
+	resumedAt   atomic.Int64 // when bytes last moved after a pause of over a second
+	pauseBefore atomic.Int64 // that pause
+	idleAtEnd   time.Duration
+	toBackend   atomic.Int64
+	toClient    atomic.Int64
+	service     string
 
 	bytesUp, bytesDown prometheus.Counter
 
@@ -75,7 +78,26 @@ func (s *session) idleFor() time.Duration {
 	return time.Since(s.start) - time.Duration(s.lastActive.Load())
 }
 
-func (s *session) touch() { s.lastActive.Store(int64(time.Since(s.start))) }
+// touch marks bytes moving now. A pause of over a second before them is
+// kept: a middlebox that forgot the session during the pause resets it on
+// these very bytes, and that death belongs to the pause (idle phase).
+func (s *session) touch() {
+	now := int64(time.Since(s.start))
+	if prev := s.lastActive.Swap(now); now-prev > int64(time.Second) {
+		s.resumedAt.Store(now)
+		s.pauseBefore.Store(now - prev)
+	}
+}
+
+// idleBeforeEnd is how long the session had been idle when a leg failed:
+// the silence up to now, or the pause that ended less than a second ago.
+func (s *session) idleBeforeEnd() time.Duration {
+	idle := s.idleFor()
+	if time.Since(s.start)-time.Duration(s.resumedAt.Load()) < time.Second {
+		idle = max(idle, time.Duration(s.pauseBefore.Load()))
+	}
+	return idle
+}
 
 // run is the session's whole life; it returns when both legs are closed.
 func (s *session) run() {
@@ -524,7 +546,7 @@ func (s *session) phaseNow(side Side) Phase {
 	if side == SideBackend {
 		idle = backend.Config.Keepalive.Idle.Duration
 	}
-	if idle > 0 && s.idleFor() >= idle {
+	if idle > 0 && s.idleBeforeEnd() >= idle {
 		return PhaseIdle
 	}
 	return PhaseActive
@@ -537,6 +559,7 @@ func (s *session) phaseNow(side Side) Phase {
 func (s *session) abort(side Side, phase Phase, err error, outcome string, srv *failover.Server) {
 	s.endOnce.Do(func() {
 		s.end = sessionEnd{side: side, phase: phase, err: err, outcome: outcome}
+		s.idleAtEnd = s.idleBeforeEnd()
 		s.cancel()
 		s.mu.Lock()
 		conn := s.conn

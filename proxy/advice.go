@@ -1,0 +1,72 @@
+package proxy
+
+import (
+	"sync"
+	"time"
+
+	"github.com/tnsguard/tnsguard/probe"
+)
+
+// Keepalive advice. Sessions that die in the idle phase were killed by a
+// middlebox that forgot them before keepalive refreshed it. The idle time
+// at death bounds the path's idle timeout from above, so a link that sees
+// such resets logs, at most once per adviceEvery, the keepalive that would
+// have kept them alive (probe.RecommendFromIdle).
+
+const (
+	adviceEvery   = time.Hour
+	adviceSamples = 64 // idle times kept per link between pieces of advice
+)
+
+type keepaliveAdvice struct {
+	mu    sync.Mutex
+	links map[linkKey]*adviceState
+}
+
+type adviceState struct {
+	idle []time.Duration
+	last time.Time
+}
+
+// note records an idle-phase death on a link and logs advice when it is
+// due.
+func (p *Proxy) noteIdleDeath(s *session, server string, side Side, idle time.Duration) {
+	a := &p.advice
+	k := linkKey{s.l.name, s.backend.Config.Name, server}
+	a.mu.Lock()
+	if a.links == nil {
+		a.links = map[linkKey]*adviceState{}
+	}
+	st, ok := a.links[k]
+	if !ok {
+		st = &adviceState{}
+		a.links[k] = st
+	}
+	if len(st.idle) < adviceSamples {
+		st.idle = append(st.idle, idle)
+	}
+	now := time.Now()
+	due := now.Sub(st.last) >= adviceEvery
+	samples := st.idle
+	if due {
+		st.last, st.idle = now, nil
+	}
+	a.mu.Unlock()
+	if !due {
+		return
+	}
+	rec, ok := probe.RecommendFromIdle(samples)
+	if !ok {
+		return
+	}
+	table := "[listener.keepalive] of listener " + s.l.name
+	current := s.l.cfg().Keepalive.Idle.Duration
+	if side == SideBackend {
+		table = "[backend.keepalive] of backend " + s.backend.Config.Name
+		current = s.backend.Config.Keepalive.Idle.Duration
+	}
+	s.log.Warn("sessions on this link die while idle: a middlebox forgets them before keepalive refreshes it; run `tnsguard probe` on the path, or set",
+		"server", server, "side", side, "idle_deaths", len(samples), "shortest_idle_at_death", rec.PathIdleTimeout,
+		"keepalive_idle_now", current, "table", table,
+		"path_idle_timeout", rec.PathIdleTimeout.String(), "idle", rec.Idle.String(), "interval", rec.Interval.String(), "count", rec.Count)
+}
