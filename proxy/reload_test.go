@@ -174,3 +174,40 @@ func TestReloadChangesBackendAndForgetsRemovedServers(t *testing.T) {
 		t.Fatalf("backend_up{c} = %v", v)
 	}
 }
+
+// Turning proxy_protocol on by reload applies to new connections only: a
+// live plain session goes on, a new one without a header is refused.
+func TestReloadTurnsProxyProtocolOn(t *testing.T) {
+	be := newBackend(t, echo)
+	h := startProxy(t, oneBackendConfig(be.addr()))
+	addr := h.addr("l")
+	live := h.dial("l")
+	live.Write([]byte("a"))
+	if _, err := io.ReadFull(live, make([]byte, 1)); err != nil {
+		t.Fatal(err)
+	}
+	next := ppConfig(be.addr(), `proxy_protocol = "required"
+trusted_proxies = ["127.0.0.1/32"]`, "")
+	next = strings.Replace(next, `listen = "127.0.0.1:0"`, "listen = \""+addr+"\"", 1)
+	// The listen string changed from :0 to the bound port: the socket is
+	// inherited, not re-bound.
+	if err := h.p.Apply(mustParse(t, next)); err != nil {
+		t.Fatal(err)
+	}
+	live.Write([]byte("b"))
+	if _, err := io.ReadFull(live, make([]byte, 1)); err != nil {
+		t.Fatalf("live plain session after turning PROXY on: %v", err)
+	}
+	n := len(be.accepted())
+	c := h.dial("l")
+	c.Write([]byte("\x00\x3a\x00\x00\x01\x00\x00\x00"))
+	if b, _ := io.ReadAll(c); len(b) != 0 {
+		t.Fatalf("plain connection after turning PROXY on read %q", b)
+	}
+	waitFor(t, time.Second, "proxy_missing counted", func() bool {
+		return counter(h.m.SessionsRejected, "l", rejectProxyMissing) == 1
+	})
+	if len(be.accepted()) != n {
+		t.Fatal("a plain connection reached the backend after PROXY was required")
+	}
+}
