@@ -6,6 +6,8 @@ import (
 	"net"
 	"time"
 
+	"github.com/pires/go-proxyproto"
+
 	"github.com/tnsguard/tnsguard/tns"
 )
 
@@ -81,7 +83,10 @@ func (s *Server) check(ctx context.Context) error {
 	var d net.Dialer
 	c, err := d.DialContext(ctx, "tcp", s.Address)
 	if err == nil {
-		err = s.checkProtocol(ctx, c)
+		err = s.sendLocalHeader(c)
+		if err == nil {
+			err = s.checkProtocol(ctx, c)
+		}
 		c.Close()
 	}
 	if err == nil {
@@ -89,6 +94,25 @@ func (s *Server) check(ctx context.Context) error {
 		return nil
 	}
 	return fmt.Errorf("%s check: %w", h.Check, err)
+}
+
+// sendLocalHeader opens a health check to a server that expects PROXY
+// headers (send_proxy_protocol) with a LOCAL one: "this connection is the
+// proxy's own", so a downstream tnsguard or HAProxy accepts the check
+// instead of refusing it for a missing header.
+func (s *Server) sendLocalHeader(c net.Conn) error {
+	var version byte
+	switch s.backend.Config.SendProxyProtocol {
+	case "v1":
+		version = 1
+	case "v2":
+		version = 2
+	default:
+		return nil
+	}
+	h := &proxyproto.Header{Version: version, Command: proxyproto.LOCAL, TransportProtocol: proxyproto.UNSPEC}
+	_, err := h.WriteTo(c)
+	return err
 }
 
 // checkProtocol is what a check does over the connection after connect:

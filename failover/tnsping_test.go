@@ -1,12 +1,15 @@
 package failover
 
 import (
+	"bufio"
 	"context"
+	"net"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
+	"github.com/pires/go-proxyproto"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
@@ -91,5 +94,46 @@ func TestTnspingServiceProbe(t *testing.T) {
 		if n != 1 {
 			t.Fatalf("%s asked for the service %d times, want once per interval", l.Addr(), n)
 		}
+	}
+}
+
+// A health check to a server that expects PROXY headers opens with a LOCAL
+// header, so the downstream proxy accepts it; the check still runs after it.
+func TestHealthCheckSendsLocalProxyHeader(t *testing.T) {
+	for _, version := range []string{"v1", "v2"} {
+		t.Run(version, func(t *testing.T) {
+			ln, err := net.Listen("tcp", "127.0.0.1:0")
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer ln.Close()
+			got := make(chan *proxyproto.Header, 1)
+			go func() {
+				c, err := ln.Accept()
+				if err != nil {
+					return
+				}
+				defer c.Close()
+				h, _ := proxyproto.Read(bufio.NewReader(c))
+				got <- h
+			}()
+			text := "[[listener]]\nname = \"l\"\nlisten = \"127.0.0.1:0\"\nbackend = \"b\"\n[[backend]]\nname = \"b\"\nsend_proxy_protocol = \"" + version + "\"\n  [backend.health]\n  check = \"tcp\"\n  interval = \"1h\"\n" + servers(`address = "`+ln.Addr().String()+`"`)
+			cfg, _, err := config.Parse([]byte(text), "test.toml")
+			if err != nil {
+				t.Fatal(err)
+			}
+			b := New(cfg.Backend("b"), hclog.NewNullLogger(), metrics.New(prometheus.NewRegistry(), "test"))
+			ctx, cancel := context.WithCancel(context.Background())
+			b.Start(ctx)
+			defer func() { cancel(); b.Stop() }()
+			select {
+			case h := <-got:
+				if h == nil || h.Command != proxyproto.LOCAL {
+					t.Fatalf("server read %+v, want a LOCAL header", h)
+				}
+			case <-time.After(3 * time.Second):
+				t.Fatal("no health check arrived")
+			}
+		})
 	}
 }
