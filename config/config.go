@@ -132,6 +132,18 @@ func (b *Backend) Retries(reason string) bool {
 	return false
 }
 
+// SendProxyVersion is the PROXY protocol version send_proxy_protocol asks
+// for: 1, 2, or 0 for none.
+func (b *Backend) SendProxyVersion() byte {
+	switch b.SendProxyProtocol {
+	case "v1":
+		return 1
+	case "v2":
+		return 2
+	}
+	return 0
+}
+
 // Health is the active health check of every server of a backend.
 type Health struct {
 	Check           string   `toml:"check"`

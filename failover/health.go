@@ -101,13 +101,8 @@ func (s *Server) check(ctx context.Context) error {
 // proxy's own", so a downstream tnsguard or HAProxy accepts the check
 // instead of refusing it for a missing header.
 func (s *Server) sendLocalHeader(c net.Conn) error {
-	var version byte
-	switch s.backend.Config.SendProxyProtocol {
-	case "v1":
-		version = 1
-	case "v2":
-		version = 2
-	default:
+	version := s.backend.Config.SendProxyVersion()
+	if version == 0 {
 		return nil
 	}
 	h := &proxyproto.Header{Version: version, Command: proxyproto.LOCAL, TransportProtocol: proxyproto.UNSPEC}

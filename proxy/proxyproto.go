@@ -197,13 +197,8 @@ func (s *session) sendEarly() error {
 // backend connection, naming the real client and the address it connected
 // to.
 func (s *session) sendProxyHeader(conn *net.TCPConn) error {
-	var version byte
-	switch s.backend.Config.SendProxyProtocol {
-	case "v1":
-		version = 1
-	case "v2":
-		version = 2
-	default:
+	version := s.backend.Config.SendProxyVersion()
+	if version == 0 {
 		return nil
 	}
 	src := net.TCPAddrFromAddrPort(s.in.client)
