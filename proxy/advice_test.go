@@ -22,7 +22,7 @@ func TestIdleDeathAdvice(t *testing.T) {
 		resetConn(c)
 	})
 	cfg := strings.Replace(oneBackendConfig(be.addr()), "idle = \"11s\"", "idle = \"1s\"", 1)
-	h, logs := startProxyLogged(t, cfg)
+	h, logs := startProxyLog(t, cfg)
 	for i := 0; i < 2; i++ {
 		c := h.dial("l")
 		c.Write([]byte("x"))

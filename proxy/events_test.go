@@ -1,14 +1,12 @@
 package proxy
 
 import (
-	"bytes"
 	"errors"
 	"io"
 	"math"
 	"net"
 	"os"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -17,51 +15,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
 
-	"github.com/tnsguard/tnsguard/config"
 	"github.com/tnsguard/tnsguard/metrics"
 )
-
-// syncBuffer is a log sink safe for the proxy's goroutines.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) lines(substr string) []string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	var out []string
-	for _, l := range strings.Split(s.b.String(), "\n") {
-		if strings.Contains(l, substr) {
-			out = append(out, l)
-		}
-	}
-	return out
-}
-
-// startProxyLogged is startProxy with the proxy's log captured.
-func startProxyLogged(t *testing.T, toml string) (*harness, *syncBuffer) {
-	t.Helper()
-	cfg, _, err := config.Parse([]byte(toml), "test.toml")
-	if err != nil {
-		t.Fatalf("config: %v", err)
-	}
-	reg := prometheus.NewRegistry()
-	m := metrics.New(reg, "test")
-	out := &syncBuffer{}
-	p := New(hclog.New(&hclog.LoggerOptions{Level: hclog.Info, Output: out}), m)
-	if err := p.Apply(cfg); err != nil {
-		t.Fatalf("apply: %v", err)
-	}
-	t.Cleanup(func() { p.Shutdown(0, time.Second) })
-	return &harness{t: t, p: p, m: m, reg: reg, cfg: cfg}, out
-}
 
 func linkOf(t *testing.T, p *Proxy, server string) LinkStatus {
 	t.Helper()
@@ -221,7 +176,7 @@ func TestResetRingIsBounded(t *testing.T) {
 // At most logBurst lines per link per window; the rest are counted and the
 // count is logged when the window ends, by the next event or by tick.
 func TestResetLogLimiter(t *testing.T) {
-	out := &syncBuffer{}
+	out := &logBuffer{}
 	f := newForensics(hclog.New(&hclog.LoggerOptions{Output: out}), connectVec())
 	t0 := time.Date(2025, 3, 10, 14, 30, 0, 0, time.Local)
 	logged := map[string]int{}
@@ -273,7 +228,7 @@ func TestResetStormLogIsLimited(t *testing.T) {
 		io.ReadFull(c, make([]byte, 1))
 		resetConn(c)
 	})
-	h, out := startProxyLogged(t, oneBackendConfig(be.addr()))
+	h, out := startProxyLog(t, oneBackendConfig(be.addr()))
 	h.p.forensics.mu.Lock()
 	h.p.forensics.window = time.Second
 	h.p.forensics.mu.Unlock()

@@ -16,9 +16,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
 	"golang.org/x/sys/unix"
-
-	"github.com/tnsguard/tnsguard/config"
-	"github.com/tnsguard/tnsguard/metrics"
 )
 
 // Helpers of the failover tests (failover_test.go, replay_test.go): a proxy
@@ -64,19 +61,8 @@ func (b *logBuffer) lines(words ...string) []string {
 // startProxyLog is startProxy with the log (info and up) kept for the test.
 func startProxyLog(t *testing.T, toml string) (*harness, *logBuffer) {
 	t.Helper()
-	cfg, _, err := config.Parse([]byte(toml), "test.toml")
-	if err != nil {
-		t.Fatalf("config: %v", err)
-	}
-	reg := prometheus.NewRegistry()
-	m := metrics.New(reg, "test")
 	logs := &logBuffer{}
-	p := New(hclog.New(&hclog.LoggerOptions{Level: hclog.Info, Output: logs}), m)
-	if err := p.Apply(cfg); err != nil {
-		t.Fatalf("apply: %v", err)
-	}
-	t.Cleanup(func() { p.Shutdown(0, time.Second) })
-	return &harness{t: t, p: p, m: m, reg: reg, cfg: cfg}, logs
+	return startProxyWith(t, toml, hclog.New(&hclog.LoggerOptions{Level: hclog.Info, Output: logs})), logs
 }
 
 // backendTOML is a whole config with listener "l" on 127.0.0.1:0 and backend

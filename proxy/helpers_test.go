@@ -31,9 +31,20 @@ type harness struct {
 	cfg *config.Config
 }
 
-// startProxy runs a proxy from TOML; "%s"-free text is used as is. The
-// listener named "l" is bound on 127.0.0.1:0.
+// startProxy runs a proxy from TOML; the listener named "l" is usually
+// bound on 127.0.0.1:0. Its log goes to stderr at warn (debug with
+// TNSGUARD_TEST_LOG set).
 func startProxy(t *testing.T, toml string) *harness {
+	t.Helper()
+	level := hclog.Warn
+	if os.Getenv("TNSGUARD_TEST_LOG") != "" {
+		level = hclog.Debug
+	}
+	return startProxyWith(t, toml, hclog.New(&hclog.LoggerOptions{Level: level, Output: os.Stderr}))
+}
+
+// startProxyWith is startProxy with the given logger.
+func startProxyWith(t *testing.T, toml string, log hclog.Logger) *harness {
 	t.Helper()
 	cfg, _, err := config.Parse([]byte(toml), "test.toml")
 	if err != nil {
@@ -41,11 +52,7 @@ func startProxy(t *testing.T, toml string) *harness {
 	}
 	reg := prometheus.NewRegistry()
 	m := metrics.New(reg, "test")
-	level := hclog.Warn
-	if os.Getenv("TNSGUARD_TEST_LOG") != "" {
-		level = hclog.Debug
-	}
-	p := New(hclog.New(&hclog.LoggerOptions{Level: level, Output: os.Stderr}), m)
+	p := New(log, m)
 	reg.MustRegister(metrics.NewTCPInfoCollector(p))
 	if err := p.Apply(cfg); err != nil {
 		t.Fatalf("apply: %v", err)
