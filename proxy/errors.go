@@ -20,6 +20,10 @@ var (
 	ErrDrained = errors.New("closed at shutdown after the drain timeout")
 	// ErrIdleTimeout: no byte moved either way for the listener's idle_timeout.
 	ErrIdleTimeout = errors.New("idle longer than idle_timeout")
+	// ErrBadOpening: the backend ended or never answered an opening that no
+	// listener can answer (a TNS CONNECT cut short or malformed): the app's
+	// doing, so the server is not blamed and nothing is re-dialed.
+	ErrBadOpening = errors.New("the app's opening is not a whole, well-formed TNS CONNECT")
 )
 
 // Side is the leg of a session that failed.

@@ -15,7 +15,7 @@ import (
 )
 
 // Oracle Net awareness. tnsguard reads only the first packets of a session
-// (tns package): the app's CONNECT, for its service name and program, and
+// (tns package): the app's CONNECT, for its service name, and
 // the backend's first answer, to hold back a REFUSE that another server may
 // not give, to let a RESEND through, and to warn about a REDIRECT. Nothing
 // after the backend's ACCEPT is ever read.
@@ -42,9 +42,51 @@ func (s *session) looksLikeTNSLocked() bool {
 	return err == nil && h.Type == tns.TypeConnect
 }
 
-// noteConnectLocked reads the service name and program of the app's CONNECT
-// once it is complete. The caller holds s.mu and is the session's own
-// goroutine (it sets s.log and s.service, which only that goroutine reads).
+// openingUnfinishedLocked reports whether the app's opening is one that no
+// listener can answer, so that a backend's failure before its first byte
+// is the app's doing, not the server's: a listener waits for the rest of
+// a packet, or drops what it cannot read. That is
+//   - the start of a CONNECT header (5 to 7 bytes), or a CONNECT whose
+//     packets are incomplete (a lying length, connect data that never
+//     comes) or malformed, whatever the backend did;
+//   - fewer than 5 bytes that may begin a TNS header, when the backend
+//     stayed silent (no client sends its first packet piecemeal);
+//   - with health.check = "tnsping", where the servers are known to be
+//     listeners, any opening that is not a CONNECT (a port scanner).
+//
+// silent is true when the backend said nothing until connect_budget. The
+// caller holds s.mu.
+func (s *session) openingUnfinishedLocked(silent bool) bool {
+	b := s.replay
+	if len(b) == 0 || s.overflow {
+		return false
+	}
+	listener := s.backend.Config.Health.Check == "tnsping"
+	if len(b) < tns.HeaderLen {
+		// Bytes 2-3 of a first packet's header are 0 (checksum), byte 4
+		// is its type, bytes 0-1 its length.
+		for i := 2; i < min(len(b), 4); i++ {
+			if b[i] != 0 {
+				return listener
+			}
+		}
+		if len(b) < 5 {
+			return silent || listener
+		}
+		return tns.PacketType(b[4]) == tns.TypeConnect && int(b[0])<<8|int(b[1]) >= tns.HeaderLen || listener
+	}
+	if !s.looksLikeTNSLocked() {
+		return listener
+	}
+	_, err := tns.ParseConnectData(b)
+	return err != nil
+}
+
+// noteConnectLocked reads the service name of the app's CONNECT once it is
+// complete. Logs carry the service name and nothing else of the connect
+// data: the CID's program, host and OS user are the client's business.
+// The caller holds s.mu and is the session's own goroutine (it sets s.log
+// and s.service, which only that goroutine reads).
 func (s *session) noteConnectLocked() {
 	if s.connectSeen || len(s.replay) == 0 {
 		return
@@ -64,7 +106,7 @@ func (s *session) noteConnectLocked() {
 	}
 	s.serviceName = name
 	s.service = serviceLabel(s.l.cfg(), name)
-	s.log = s.log.With("service", name, "program", d.Program())
+	s.log = s.log.With("service", name)
 }
 
 // serviceLabel is the metric label of a service: its spelling in the

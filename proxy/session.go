@@ -10,6 +10,7 @@ import (
 	"os"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
@@ -156,7 +157,11 @@ func (s *session) open() error {
 			}
 			lastErr = err
 			attempts = append(attempts, fmt.Sprintf("%s: %v", srv.Address, err))
-			srv.Failed(err)
+			if outOfResources(err) {
+				srv.Abandoned() // tnsguard is out of fds or memory: no verdict on the server
+			} else {
+				srv.Failed(err)
+			}
 			if !cfg.Retries("connect") {
 				return s.noBackend(err, attempts, srv)
 			}
@@ -187,6 +192,12 @@ func (s *session) open() error {
 		if s.appClosedFirst(err) {
 			srv.Abandoned()
 			return err // an ordinary end: finish() records it
+		}
+		if s.badOpening(err) {
+			srv.Abandoned() // another server would fail the same bytes the same way
+			err = fmt.Errorf("%w: %w", ErrBadOpening, err)
+			s.abort(SideClient, PhaseOpening, err, "reset", srv)
+			return err
 		}
 		lastErr = err
 		attempts = append(attempts, fmt.Sprintf("%s: %v", srv.Address, err))
@@ -237,6 +248,21 @@ func (s *session) appClosedFirst(err error) bool {
 	return s.clientEOF && s.toBackend.Load() == 0 && errors.Is(err, io.EOF)
 }
 
+// badOpening tells a backend that failed before its first byte (silent
+// until connect_budget, closed, reset) because the app's opening cannot be
+// answered (openingUnfinishedLocked) from a failing server: a client that
+// sends a cut-short or lying CONNECT, or garbage, must cost its own
+// connection only, never a breaker failure, a re-dial or another session's
+// server.
+func (s *session) badOpening(err error) bool {
+	if errors.Is(err, ErrRefused) || errors.Is(err, ErrReplayOverflow) {
+		return false // an answer, or bytes that were never kept
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.openingUnfinishedLocked(errors.Is(err, os.ErrDeadlineExceeded))
+}
+
 // backendEndedFirst tells a backend that closed, without a byte, an
 // exchange that cannot be replayed anyway (the app sent more than
 // replay_bytes: an upload, say) from a failing server: the close is passed
@@ -245,6 +271,15 @@ func (s *session) backendEndedFirst(err error) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return errors.Is(err, io.EOF) && s.conn != nil && s.overflow
+}
+
+// outOfResources tells a dial that failed for want of fds or memory in
+// tnsguard itself (EMFILE when apps hold every fd): not the server's
+// failure, so it must open no breaker and, with health checks off, mark
+// no server down; the dial is retried within connect_budget as fds free.
+func outOfResources(err error) bool {
+	return errors.Is(err, syscall.EMFILE) || errors.Is(err, syscall.ENFILE) ||
+		errors.Is(err, syscall.ENOBUFS) || errors.Is(err, syscall.ENOMEM)
 }
 
 func reasonOf(err error, fallback string) string {
