@@ -1,0 +1,204 @@
+package e2e
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+// startWithFileLimit is start() for a tnsguard whose open-files limit
+// (soft and hard, so it cannot raise it) is nofile: bash sets the limit and
+// execs tnsguard, so the process is tnsguard itself.
+func startWithFileLimit(t *testing.T, admin, config string, nofile int) *instance {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "tnsguard.toml")
+	if err := os.WriteFile(path, []byte(config), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	g := &instance{t: t, path: path, admin: admin, log: &logSink{}, done: make(chan struct{})}
+	g.cmd = exec.Command("bash", "-c", fmt.Sprintf(`ulimit -n %d && exec "$0" run -config "$1"`, nofile), binary(t), path)
+	g.cmd.Stdout, g.cmd.Stderr = g.log, g.log
+	if err := g.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		err := g.cmd.Wait()
+		var ee *exec.ExitError
+		if errors.As(err, &ee) {
+			g.exit = ee.ExitCode()
+		} else if err != nil {
+			g.exit = -1
+		}
+		close(g.done)
+	}()
+	t.Cleanup(func() {
+		select {
+		case <-g.done:
+		default:
+			g.cmd.Process.Kill()
+			<-g.done
+		}
+		if t.Failed() {
+			t.Logf("tnsguard log:\n%s", g.log)
+		}
+	})
+	waitFor(t, 15*time.Second, "/healthz", func() bool {
+		select {
+		case <-g.done:
+			t.Fatalf("tnsguard exited (code %d) before /healthz answered", g.exit)
+		default:
+		}
+		code, _ := g.get("/healthz")
+		return code == http.StatusOK
+	})
+	return g
+}
+
+// Out of fds: tnsguard runs with 64 open files and gets far more
+// connections than it can hold. accept fails with EMFILE; the accept loop
+// backs off (5 ms doubling to 1 s) instead of spinning, so the process
+// burns almost no CPU while saturated, and says so once per burst, not per
+// attempt. When the apps close, it accepts again, says so, and a new
+// session works.
+func TestOutOfFileDescriptors(t *testing.T) {
+	echo := newEcho(t)
+	admin, addr := freeAddr(t), freeAddr(t)
+	cfg := fmt.Sprintf(`[log]
+level = "info"
+format = "json"
+[admin]
+listen = %q
+[[listener]]
+name = "l"
+listen = %q
+backend = "b"
+[[backend]]
+name = "b"
+connect_timeout = "1s"
+connect_budget = "2s"
+  [backend.health]
+  check = "off"
+  [[backend.server]]
+  address = %q
+`, admin, addr, echo.addr())
+	const nofile, apps = 64, 150
+	g := startWithFileLimit(t, admin, cfg, nofile)
+	pid := g.cmd.Process.Pid
+	if lim := fileLimit(t, pid); lim != nofile {
+		t.Fatalf("tnsguard's open-files limit is %d, want %d", lim, nofile)
+	}
+	before := readProc(t, pid)
+
+	// More apps than fds, each saying hello once it is served. The kernel
+	// completes every handshake (listen backlog), so every dial works.
+	conns := make([]net.Conn, 0, apps)
+	defer func() {
+		for _, c := range conns {
+			c.Close()
+		}
+	}()
+	for i := range apps {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatalf("app %d: %v", i, err)
+		}
+		c.Write([]byte("hello"))
+		conns = append(conns, c)
+	}
+	waitFor(t, 10*time.Second, `"accept failed" logged`, func() bool { return len(acceptFailed(g)) > 0 })
+
+	// Saturated: let the backoff reach its ceiling, then measure.
+	time.Sleep(1500 * time.Millisecond)
+	linesBefore := len(acceptFailed(g))
+	cpu0, wall0 := cpuTime(t, pid), time.Now()
+	time.Sleep(2 * time.Second)
+	cpu, wall := cpuTime(t, pid)-cpu0, time.Since(wall0)
+	linesDuring := len(acceptFailed(g)) - linesBefore
+	saturated := readProc(t, pid)
+	t.Logf("saturated: %d fds of %d; CPU %v in %v; %d \"accept failed\" lines in that window, %d in all so far",
+		saturated.fds, nofile, cpu, wall.Round(time.Millisecond), linesDuring, len(acceptFailed(g)))
+	if cpu > 200*time.Millisecond {
+		t.Errorf("tnsguard used %v of CPU in %v while out of fds: the accept loop spins", cpu, wall.Round(time.Millisecond))
+	}
+	// Once per burst: a burst ends with "accept works again" (a session
+	// that gave up its fds lets one accept through), so there is at most
+	// one more "failed" line than "works again" lines, and in a window of
+	// 2 s at most one new burst can start.
+	if failed, again := len(acceptFailed(g)), len(g.log.find("accept works again")); failed > again+1 || linesDuring > 2 {
+		t.Errorf("%d \"accept failed\" lines (%d in 2 s) for %d \"accept works again\": logged per attempt, not per burst", failed, linesDuring, again)
+	}
+	served := 0
+	for _, c := range conns {
+		c.SetReadDeadline(time.Now().Add(10 * time.Millisecond))
+		if n, _ := c.Read(make([]byte, 5)); n > 0 {
+			served++
+		}
+	}
+	t.Logf("%d of %d apps were served while saturated", served, apps)
+	if served == 0 {
+		t.Error("no app was served at all")
+	}
+
+	// The apps leave: tnsguard drains its backlog and accepts again.
+	for _, c := range conns {
+		c.Close()
+	}
+	conns = nil
+	waitFor(t, 10*time.Second, `"accept works again" logged after the apps left`, func() bool {
+		return len(g.log.find("accept works again")) > 0
+	})
+	waitFor(t, 15*time.Second, "a new session to work", func() bool {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			return false
+		}
+		defer c.Close()
+		return roundTrip(c, []byte("after the storm"), 2*time.Second) == nil
+	})
+	var after procStats
+	waitFor(t, 10*time.Second, "sockets back to where they were", func() bool {
+		after = readProc(t, pid)
+		return after.sockets <= before.sockets+1
+	})
+	t.Logf("fds: %d before, %d saturated, %d after; %d \"accept failed\" and %d \"accept works again\" lines in all",
+		before.fds, saturated.fds, after.fds, len(acceptFailed(g)), len(g.log.find("accept works again")))
+	// Out of fds is tnsguard's own shortage: dials that fail with EMFILE
+	// are retried, but never held against the healthy server.
+	for _, msg := range []string{"circuit opened: new sessions skip this server", "server down"} {
+		if n := len(g.log.find(msg)); n > 0 {
+			t.Errorf("%d %q lines: dials that failed for want of fds were held against the server", n, msg)
+		}
+	}
+	if strings.Contains(g.log.String(), "panic") {
+		t.Error("panic in tnsguard's log")
+	}
+}
+
+func acceptFailed(g *instance) []map[string]any {
+	return g.log.find("accept failed: backing off until it works again")
+}
+
+// fileLimit is the soft open-files limit of a process.
+func fileLimit(t *testing.T, pid int) int {
+	t.Helper()
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/limits", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if strings.HasPrefix(line, "Max open files") {
+			var soft int
+			fmt.Sscan(strings.Fields(strings.TrimPrefix(line, "Max open files"))[0], &soft)
+			return soft
+		}
+	}
+	t.Fatal("no open-files limit in /proc/PID/limits")
+	return 0
+}
