@@ -165,8 +165,8 @@ func TestUnfinishedConnectCostsOnlyItsConnection(t *testing.T) {
 		if r.err == nil || errors.Is(r.err, os.ErrDeadlineExceeded) {
 			t.Errorf("%s: %v, want the connection closed", r.name, r.err)
 		}
-		if r.took > 1500*time.Millisecond {
-			t.Errorf("%s: closed after %v, want within connect_budget (1s)", r.name, r.took)
+		if r.took > 2*time.Second {
+			t.Errorf("%s: closed after %v, want at connect_budget (1s, + 1s for a loaded machine)", r.name, r.took)
 		}
 		t.Logf("%-24s closed after %v (%v)", r.name, r.took.Round(time.Millisecond), r.err)
 	}
@@ -240,7 +240,7 @@ func TestScannerBytesToTNSPingCheckedBackend(t *testing.T) {
 			}
 			defer c.Close()
 			c.Write(b)
-			if err, took := readErr(c, 5*time.Second); err == nil || took > 1500*time.Millisecond {
+			if err, took := readErr(c, 5*time.Second); err == nil || took > 2*time.Second {
 				errs <- fmt.Errorf("%s: %v after %v, want closed within connect_budget", name, err, took)
 			}
 		}()
