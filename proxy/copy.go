@@ -4,8 +4,10 @@ import (
 	"errors"
 	"io"
 	"net"
+	"os"
 	"sync"
 	"syscall"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -54,6 +56,15 @@ type pump struct {
 	pool     *bufPool
 	lr       io.LimitedReader
 	onChunk  func(n int)
+
+	// parking while idle (idle.go); lot nil: never parks
+	lot        *parkLot
+	owner      *session
+	up         bool   // app -> backend
+	parkID     uint64 // the lot's key, under lot.mu
+	registered bool   // src is in the lot's epoll set (maybe disabled)
+	moved      uint64 // chunks so far
+	movedAtArm uint64 // chunks when the idle deadline was set
 
 	// read callback state
 	readFn  func(fd uintptr) bool
@@ -120,19 +131,33 @@ func (p *pump) take() (*[]byte, int, error) {
 }
 
 // run copies until src ends. A clean EOF returns nil; otherwise the error
-// and which end it came from.
+// and which end it came from. Or errParked: src was idle and the pump
+// parked (idle.go); the copy then goes on in resume.
 func (p *pump) run() *pumpErr {
+	p.arm()
 	for {
 		if err := p.wait(); err != nil {
-			return &pumpErr{err: err}
+			if !p.isIdleDeadline(err) {
+				return &pumpErr{err: err}
+			}
+			if p.moved == p.movedAtArm && p.park() {
+				return errParked
+			}
+			p.arm()
+			continue
 		}
 		if p.avail > 0 {
 			p.lr.N = int64(p.avail)
 			n, err := p.dst.ReadFrom(&p.lr)
 			if n > 0 {
+				p.moved++
 				p.onChunk(int(n))
 			}
 			if err != nil {
+				if p.isIdleDeadline(err) {
+					p.arm() // the splice stopped before reading from src: it goes on
+					continue
+				}
 				return &pumpErr{err: err, atWrite: !srcFailed(p.rc)}
 			}
 			continue
@@ -152,7 +177,32 @@ func (p *pump) run() *pumpErr {
 		if werr != nil {
 			return &pumpErr{err: werr, atWrite: true}
 		}
+		p.moved++
 		p.onChunk(n)
+	}
+}
+
+// arm sets the idle deadline on src, parkAfter from now.
+func (p *pump) arm() {
+	if p.lot != nil {
+		p.movedAtArm = p.moved
+		p.src.SetReadDeadline(time.Now().Add(time.Duration(p.lot.after.Load())))
+	}
+}
+
+// isIdleDeadline tells the idle deadline from a real error.
+func (p *pump) isIdleDeadline(err error) bool {
+	return p.lot != nil && errors.Is(err, os.ErrDeadlineExceeded)
+}
+
+// park hands src to the lot; false (keep going) when it cannot.
+func (p *pump) park() bool { return p.lot.park(p) }
+
+// resume goes on with a parked pump in a new goroutine and reports the
+// direction's end to the session.
+func (p *pump) resume() {
+	if pe := p.run(); pe != errParked {
+		p.owner.directionEnded(p.up, pe)
 	}
 }
 

@@ -64,10 +64,7 @@ func (l *listener) serve(ctx context.Context) {
 			delay = 0
 		}
 		l.p.sessWG.Add(1)
-		go func() {
-			defer l.p.sessWG.Done()
-			l.handle(ctx, c)
-		}()
+		go l.handle(ctx, c) // it, or the session it starts, calls sessWG.Done
 	}
 }
 
@@ -97,8 +94,16 @@ func allowed(nets []netip.Prefix, a netip.Addr) bool {
 	return false
 }
 
-// handle runs one accepted connection: checks, then the session.
+// handle runs one accepted connection: checks, then the session. The
+// session may outlive this goroutine (idle.go); it then frees the
+// listener's slots itself (sessionEnded).
 func (l *listener) handle(ctx context.Context, c *net.TCPConn) {
+	held := false
+	defer func() {
+		if !held {
+			l.p.sessWG.Done()
+		}
+	}()
 	cfg := l.cfg()
 	if err := cfg.Keepalive.Settings().Apply(c); err != nil {
 		l.log.Warn("cannot set keepalive on the app's connection", "error", err)
@@ -120,15 +125,16 @@ func (l *listener) handle(ctx context.Context, c *net.TCPConn) {
 		l.reject(c, "max_sessions", src)
 		return
 	}
-	defer l.active.Add(-1)
 	if !l.acquireSource(src, cfg.MaxSessionsPerSource) {
+		l.active.Add(-1)
 		l.reject(c, "max_sessions_per_source", src)
 		return
 	}
-	defer l.releaseSource(src)
 
 	b := l.p.backend(routeFor(cfg, "")) // the default; route() may pick another by service
 	if b == nil {
+		l.releaseSource(src)
+		l.active.Add(-1)
 		l.reject(c, "no_backend", src)
 		return
 	}
@@ -138,7 +144,16 @@ func (l *listener) handle(ctx context.Context, c *net.TCPConn) {
 	if in.via.IsValid() {
 		s.log = s.log.With("via", in.via)
 	}
+	held = true
 	s.run()
+}
+
+// sessionEnded frees what an admitted session held; its last goroutine
+// calls it.
+func (l *listener) sessionEnded(src netip.Addr) {
+	l.releaseSource(src)
+	l.active.Add(-1)
+	l.p.sessWG.Done()
 }
 
 func (l *listener) acquireSource(src netip.Addr, limit int) bool {

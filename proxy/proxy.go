@@ -35,6 +35,7 @@ type Proxy struct {
 	log     hclog.Logger
 	metrics *metrics.Metrics
 	pool    *bufPool
+	parking *parkLot // idle sessions' sockets, waited on without goroutines (idle.go)
 
 	ctx    context.Context // parent of every session and dial
 	cancel context.CancelFunc
@@ -72,6 +73,7 @@ func New(log hclog.Logger, m *metrics.Metrics) *Proxy {
 		defer p.loopWG.Done()
 		p.housekeeping(ctx)
 	}()
+	p.parking = startParkLot(ctx, &p.loopWG, p.log)
 	return p
 }
 

@@ -66,6 +66,9 @@ type session struct {
 
 	endOnce sync.Once
 	end     sessionEnd
+
+	legs  atomic.Int32 // directions not ended yet; the last one ends the session (idle.go)
+	pumps [2]*pump     // app->backend, backend->app once running, under mu: abort wakes them if parked
 }
 
 type sessionEnd struct {
@@ -100,19 +103,21 @@ func (s *session) idleBeforeEnd() time.Duration {
 	return idle
 }
 
-// run is the session's whole life; it returns when both legs are closed.
+// run starts the session's two directions. It may return before the
+// session ends: an idle direction's goroutine exits (idle.go), and the
+// session ends in whichever goroutine ends its last direction (legEnded).
 func (s *session) run() {
-	defer s.cancel()
-	upDone := make(chan struct{})
+	s.legs.Store(2)
 	go func() {
-		defer close(upDone)
-		s.directionDone(s.clientToBackend(), SideClient, SideBackend)
+		if pe := s.clientToBackend(); pe != errParked {
+			s.directionEnded(true, pe)
+		}
 	}()
-	if err := s.open(); err == nil {
-		s.directionDone(s.pumpBackendToClient(), SideBackend, SideClient)
+	if err := s.open(); err != nil {
+		s.legEnded()
+	} else if pe := s.pumpBackendToClient(); pe != errParked {
+		s.directionEnded(false, pe)
 	}
-	<-upDone
-	s.finish()
 }
 
 // open dials until a backend sends its first byte, replaying the app's
@@ -436,6 +441,7 @@ func (s *session) clientToBackend() *pumpErr {
 	if err != nil {
 		return &pumpErr{err: err}
 	}
+	s.parkable(p, true)
 	if err := s.sendEarly(); err != nil { // bytes read past a PROXY header go first
 		return &pumpErr{err: err, atWrite: true}
 	}
@@ -450,6 +456,10 @@ func (s *session) clientToBackend() *pumpErr {
 			return p.run()
 		}
 		if err := p.wait(); err != nil {
+			if p.isIdleDeadline(err) { // idle: look again whether the pump may take over (and park)
+				p.arm()
+				continue
+			}
 			return &pumpErr{err: err}
 		}
 		buf, n, rerr := p.take()
@@ -534,6 +544,7 @@ func (s *session) pumpBackendToClient() *pumpErr {
 	if err != nil {
 		return &pumpErr{err: err}
 	}
+	s.parkable(p, false)
 	return p.run()
 }
 
@@ -613,6 +624,7 @@ func (s *session) abort(side Side, phase Phase, err error, outcome string, srv *
 		if conn != nil {
 			s.closeBackend(conn)
 		}
+		s.unpark() // parked directions wake to see their closed sockets
 	})
 }
 

@@ -1,0 +1,193 @@
+//go:build !race
+
+// The race detector allocates on its own and slows everything down: these
+// benchmarks and the allocation guard are meaningful without it only.
+
+package proxy
+
+import (
+	"io"
+	"net"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/tnsguard/tnsguard/config"
+	"github.com/tnsguard/tnsguard/metrics"
+)
+
+// Benchmarks of the data path through a real proxy on loopback. The app
+// and the echo backend live in this process too, but neither allocates per
+// message, so allocs/op is the proxy's. Typical use:
+//
+//	go test -run '^$' -bench . -benchmem ./proxy/
+//	go test -run '^$' -bench RoundTrip -cpuprofile /tmp/cpu.out ./proxy/
+
+type benchProxy struct {
+	h  *harness
+	be *backendServer
+}
+
+// startBenchProxy runs a proxy in front of echoNoAlloc; it works for
+// benchmarks as well as tests (startProxy and newBackend take a *testing.T).
+func startBenchProxy(tb testing.TB) *benchProxy {
+	tb.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	be := &backendServer{ln: ln.(*net.TCPListener)}
+	be.wg.Add(1)
+	go func() {
+		defer be.wg.Done()
+		for {
+			c, err := be.ln.AcceptTCP()
+			if err != nil {
+				return
+			}
+			be.mu.Lock()
+			be.conns = append(be.conns, c)
+			be.mu.Unlock()
+			be.wg.Add(1)
+			go func() {
+				defer be.wg.Done()
+				echoNoAlloc(c)
+			}()
+		}
+	}()
+	tb.Cleanup(be.close)
+	cfg, _, err := config.Parse([]byte(oneBackendConfig(be.addr())), "bench.toml")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	p := New(hclog.NewNullLogger(), metrics.New(prometheus.NewRegistry(), "bench"))
+	if err := p.Apply(cfg); err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { p.Shutdown(0, time.Second) })
+	return &benchProxy{h: &harness{p: p, cfg: cfg}, be: be}
+}
+
+func dialTB(tb testing.TB, addr string) *net.TCPConn {
+	tb.Helper()
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { c.Close() })
+	return c.(*net.TCPConn)
+}
+
+func waitForTB(tb testing.TB, timeout time.Duration, what string, cond func() bool) {
+	tb.Helper()
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			tb.Fatalf("timed out after %v waiting for %s", timeout, what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// roundTrips sends n messages of len(msg) bytes and reads each echo.
+func roundTrips(tb testing.TB, c *net.TCPConn, msg, buf []byte, n int) {
+	for range n {
+		if _, err := c.Write(msg); err != nil {
+			tb.Fatal(err)
+		}
+		if _, err := io.ReadFull(c, buf); err != nil {
+			tb.Fatal(err)
+		}
+	}
+}
+
+// BenchmarkRoundTrip64 is the small-message figure: one connection,
+// back-to-back 64-byte round trips (two chunks through the proxy each).
+func BenchmarkRoundTrip64(b *testing.B) {
+	bp := startBenchProxy(b)
+	c := dialTB(b, bp.h.addr("l"))
+	msg, buf := make([]byte, 64), make([]byte, 64)
+	roundTrips(b, c, msg, buf, 100) // established, buffers pooled
+	b.ReportAllocs()
+	b.ResetTimer()
+	roundTrips(b, c, msg, buf, b.N)
+}
+
+// BenchmarkSession is the new-connections figure: connect, one 64-byte
+// round trip, close, waiting for the proxy to have recorded the end.
+func BenchmarkSession(b *testing.B) {
+	bp := startBenchProxy(b)
+	msg, buf := make([]byte, 64), make([]byte, 64)
+	addr := bp.h.addr("l")
+	b.ReportAllocs()
+	b.ResetTimer()
+	for range b.N {
+		c := dialTB(b, addr)
+		roundTrips(b, c, msg, buf, 1)
+		c.Close()
+	}
+	b.StopTimer()
+	waitForTB(b, 5*time.Second, "every session ended", func() bool { return len(bp.h.p.liveSessions()) == 0 })
+}
+
+// BenchmarkBulk moves 1 MiB writes app -> backend -> app.
+func BenchmarkBulk(b *testing.B) {
+	bp := startBenchProxy(b)
+	c := dialTB(b, bp.h.addr("l"))
+	const size = 1 << 20
+	msg := make([]byte, size)
+	errc := make(chan error, 1)
+	go func() {
+		buf := make([]byte, 256<<10)
+		_, err := io.CopyBuffer(io.Discard, struct{ io.Reader }{c}, buf)
+		errc <- err
+	}()
+	b.SetBytes(size)
+	b.ReportAllocs()
+	b.ResetTimer()
+	for range b.N {
+		if _, err := c.Write(msg); err != nil {
+			b.Fatal(err)
+		}
+	}
+	c.CloseWrite()
+	if err := <-errc; err != nil {
+		b.Fatal(err)
+	}
+}
+
+// TestNoAllocationsPerChunk guards the steady state of the data path: a
+// round trip through an established session (two chunks: app -> backend
+// and backend -> app) allocates nothing.
+func TestNoAllocationsPerChunk(t *testing.T) {
+	if testing.Short() {
+		t.Skip("timing-sensitive allocation count")
+	}
+	bp := startBenchProxy(t)
+	c := dialTB(t, bp.h.addr("l"))
+	msg, buf := make([]byte, 64), make([]byte, 64)
+	roundTrips(t, c, msg, buf, 100)
+	if got := testing.AllocsPerRun(2000, func() { roundTrips(t, c, msg, buf, 1) }); got != 0 {
+		t.Fatalf("%v allocations per round trip through an established session, want 0", got)
+	}
+	big := make([]byte, 1<<20)
+	const runs = 50
+	done := make(chan error, 1)
+	go func() {
+		buf := make([]byte, 256<<10)
+		_, err := io.CopyBuffer(io.Discard, io.LimitReader(c, (runs+1)*int64(len(big))), buf)
+		done <- err
+	}()
+	if got := testing.AllocsPerRun(runs, func() { // runs+1 calls: one warm-up
+		if _, err := c.Write(big); err != nil {
+			t.Error(err)
+		}
+	}); got != 0 {
+		t.Fatalf("%v allocations per MiB of bulk through an established session, want 0", got)
+	}
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+}

@@ -1,0 +1,236 @@
+package proxy
+
+import (
+	"errors"
+	"io"
+	"net"
+	"os"
+	"runtime"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// echoNoAlloc echoes with one buffer: unlike io.Copy(c, c) it neither
+// splices (no pipe per connection) nor allocates per message.
+func echoNoAlloc(c *net.TCPConn) {
+	buf := make([]byte, 32<<10)
+	for {
+		n, err := c.Read(buf)
+		if n > 0 {
+			if _, werr := c.Write(buf[:n]); werr != nil {
+				return
+			}
+		}
+		if err != nil {
+			c.CloseWrite()
+			return
+		}
+	}
+}
+
+// parkSoon makes the proxy park idle directions after d instead of parkAfter.
+func parkSoon(t *testing.T, h *harness, d time.Duration) {
+	t.Helper()
+	if h.p.parking == nil {
+		t.Fatal("the proxy has no parking lot (epoll unavailable?)")
+	}
+	h.p.parking.after.Store(int64(d))
+}
+
+// echoed sends msg through c and checks its echo, within 5 s.
+func echoed(t *testing.T, c net.Conn, msg string) {
+	t.Helper()
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	if err := roundTrip(c, []byte(msg)); err != nil {
+		t.Fatal(err)
+	}
+	c.SetDeadline(time.Time{})
+}
+
+func parked(h *harness) int { return h.p.parking.count() }
+
+// An idle session holds no goroutine: both directions park, and the session
+// goes on as before when either side speaks again, as often as it pauses.
+func TestIdleSessionParksAndResumes(t *testing.T) {
+	be := newBackend(t, echoNoAlloc)
+	h := startProxy(t, oneBackendConfig(be.addr()))
+	parkSoon(t, h, 30*time.Millisecond)
+	c := h.dial("l")
+	echoed(t, c, "hello")
+	waitFor(t, 2*time.Second, "both directions parked", func() bool { return parked(h) == 2 })
+	base := runtime.NumGoroutine()
+
+	const n = 20
+	conns := make([]*net.TCPConn, n)
+	for i := range conns {
+		conns[i] = h.dial("l")
+		echoed(t, conns[i], "x")
+	}
+	waitFor(t, 2*time.Second, "every session parked", func() bool { return parked(h) == 2*(n+1) })
+	// The app side of each session (here) has no goroutine; the echo backend
+	// has one per connection. The proxy must add none.
+	if got := runtime.NumGoroutine(); got > base+n+2 {
+		t.Fatalf("%d goroutines with %d more idle sessions, was %d: the proxy holds goroutines for idle sessions", got, n, base)
+	}
+	for round := range 3 {
+		for i, c := range conns {
+			echoed(t, c, string(rune('a'+i))+string(rune('0'+round)))
+		}
+		waitFor(t, 2*time.Second, "parked again", func() bool { return parked(h) == 2*(n+1) })
+	}
+	// Bulk after a pause: the spliced path resumes too.
+	big := make([]byte, 4<<20)
+	for i := range big {
+		big[i] = byte(i * 7)
+	}
+	errc := make(chan error, 1)
+	go func() {
+		_, err := c.Write(big)
+		errc <- err
+	}()
+	got := make([]byte, len(big))
+	c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if _, err := io.ReadFull(c, got); err != nil {
+		t.Fatalf("bulk after parking: %v", err)
+	}
+	if err := <-errc; err != nil {
+		t.Fatal(err)
+	}
+	for i := range got {
+		if got[i] != big[i] {
+			t.Fatalf("bulk after parking: byte %d differs", i)
+		}
+	}
+}
+
+// A reset from the backend while the session is parked reaches the app at
+// once, classified as an idle-phase backend reset.
+func TestParkedSessionSeesBackendReset(t *testing.T) {
+	be := newBackend(t, echoNoAlloc)
+	h := startProxy(t, oneBackendConfig(be.addr()))
+	parkSoon(t, h, 30*time.Millisecond)
+	c := h.dial("l")
+	echoed(t, c, "hello")
+	waitFor(t, 2*time.Second, "both directions parked", func() bool { return parked(h) == 2 })
+	resetConn(be.accepted()[0])
+	err, took := readErr(c, 3*time.Second)
+	if !errors.Is(err, syscall.ECONNRESET) {
+		t.Fatalf("app read %v, want ECONNRESET", err)
+	}
+	if took > time.Second {
+		t.Fatalf("the reset took %v to reach the app", took)
+	}
+	waitFor(t, 2*time.Second, "reset counted", func() bool {
+		return counter(h.m.Resets, "l", "b", be.addr(), "backend", "active", "rst")+
+			counter(h.m.Resets, "l", "b", be.addr(), "backend", "idle", "rst") == 1
+	})
+	waitFor(t, time.Second, "nothing parked", func() bool { return parked(h) == 0 })
+}
+
+// The app's reset while parked closes the backend connection.
+func TestParkedSessionSeesAppReset(t *testing.T) {
+	be := newBackend(t, echoNoAlloc)
+	h := startProxy(t, oneBackendConfig(be.addr()))
+	parkSoon(t, h, 30*time.Millisecond)
+	c := h.dial("l")
+	echoed(t, c, "hello")
+	waitFor(t, 2*time.Second, "both directions parked", func() bool { return parked(h) == 2 })
+	resetConn(c)
+	if err, took := readErr(be.accepted()[0], 3*time.Second); err == nil || took > time.Second {
+		t.Fatalf("backend read %v after %v, want its connection closed at once", err, took)
+	}
+	waitFor(t, 2*time.Second, "session ended", func() bool { return len(h.p.liveSessions()) == 0 })
+	waitFor(t, time.Second, "nothing parked", func() bool { return parked(h) == 0 })
+}
+
+// Half-closes pass through parked directions both ways.
+func TestParkedSessionHalfClose(t *testing.T) {
+	be := newBackend(t, echo) // echoes, then half-closes when the app does
+	h := startProxy(t, oneBackendConfig(be.addr()))
+	parkSoon(t, h, 30*time.Millisecond)
+	c := h.dial("l")
+	echoed(t, c, "hello")
+	waitFor(t, 2*time.Second, "both directions parked", func() bool { return parked(h) == 2 })
+	if _, err := c.Write([]byte("last")); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.CloseWrite(); err != nil {
+		t.Fatal(err)
+	}
+	c.SetReadDeadline(time.Now().Add(3 * time.Second))
+	got, err := io.ReadAll(c)
+	if err != nil || string(got) != "last" {
+		t.Fatalf("after half-close read %q, %v; want \"last\" then EOF", got, err)
+	}
+	waitFor(t, 2*time.Second, "session recorded as ok", func() bool {
+		return counter(h.m.SessionsTotal, "l", "b", "other", "ok") == 1
+	})
+}
+
+// Shutdown's drain timeout ends parked sessions, and nothing is left behind
+// (goleak checks the goroutines at the end of the package).
+func TestParkedSessionsEndAtDrainTimeout(t *testing.T) {
+	be := newBackend(t, echoNoAlloc)
+	h := startProxy(t, oneBackendConfig(be.addr()))
+	parkSoon(t, h, 30*time.Millisecond)
+	conns := make([]*net.TCPConn, 10)
+	for i := range conns {
+		conns[i] = h.dial("l")
+		echoed(t, conns[i], "x")
+	}
+	waitFor(t, 2*time.Second, "every session parked", func() bool { return parked(h) == 2*len(conns) })
+	done := make(chan struct{})
+	go func() {
+		h.p.Shutdown(0, 100*time.Millisecond)
+		close(done)
+	}()
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		t.Fatal("Shutdown did not return: parked sessions were not ended")
+	}
+	for _, c := range conns {
+		if err, _ := readErr(c, time.Second); errors.Is(err, os.ErrDeadlineExceeded) {
+			t.Fatal("a parked session's app connection was left open after the drain timeout")
+		}
+	}
+	if n := counter(h.m.SessionsTotal, "l", "b", "other", "closed"); n != float64(len(conns)) {
+		t.Fatalf("sessions closed at the drain timeout: %v, want %d", n, len(conns))
+	}
+}
+
+// Sessions that end while parked free their socket numbers, which the
+// kernel hands to new sessions at once: the new ones must still wake (a
+// stale epoll entry or table slot would strand them).
+func TestParkedSocketNumbersReused(t *testing.T) {
+	be := newBackend(t, echoNoAlloc)
+	h := startProxy(t, oneBackendConfig(be.addr()))
+	parkSoon(t, h, 20*time.Millisecond)
+	for round := range 5 {
+		old := make([]*net.TCPConn, 8)
+		for i := range old {
+			old[i] = h.dial("l")
+			echoed(t, old[i], "x")
+		}
+		waitFor(t, 2*time.Second, "parked", func() bool { return parked(h) >= 2*len(old) })
+		for i, c := range old {
+			if i%2 == 0 {
+				resetConn(c)
+			} else {
+				c.Close()
+			}
+		}
+		fresh := make([]*net.TCPConn, 8)
+		for i := range fresh {
+			fresh[i] = h.dial("l")
+			echoed(t, fresh[i], "y")
+		}
+		waitFor(t, 2*time.Second, "fresh sessions parked", func() bool { return len(h.p.liveSessions()) == len(fresh) && parked(h) == 2*len(fresh) })
+		for _, c := range fresh {
+			echoed(t, c, "round"+string(rune('0'+round)))
+			c.Close()
+		}
+		waitFor(t, 2*time.Second, "sessions ended", func() bool { return len(h.p.liveSessions()) == 0 })
+	}
+}

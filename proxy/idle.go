@@ -1,0 +1,226 @@
+package proxy
+
+import (
+	"context"
+	"errors"
+	"os"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"golang.org/x/sys/unix"
+)
+
+// Idle sessions hold no goroutine. A pump whose source has been silent for
+// parkAfter hands the socket to the proxy's parking lot, one epoll set of
+// its own (EPOLLIN|EPOLLRDHUP, one-shot), and its goroutine exits. When the
+// socket becomes readable, half-closes, is reset or fails, the lot starts
+// a new goroutine that goes on with the same pump. The lot's epoll set is
+// itself waited on in Go's poller, so the lot holds no thread either.
+//
+// Why: a goroutine parked in a read costs its stack (2-8 KiB, and the
+// session's first goroutine ran the dial, so its stack grew) and its g
+// (~0.5 KiB); two per session made tnsguard hold ~16 KiB per idle session
+// where HAProxy holds ~3.3 KiB (see the README's data-path section).
+//
+// The pump notices the silence with a read deadline that is set once per
+// parkAfter, not per chunk: when it fires, the pump parks if nothing moved
+// since it was set, and sets it again otherwise.
+const parkAfter = time.Second
+
+// errParked is what pump.run returns when it parked: the caller's goroutine
+// may end; the copy's end is reported later through the pump's session.
+var errParked = &pumpErr{err: errors.New("parked")}
+
+// parkLot is the proxy's set of parked pumps.
+type parkLot struct {
+	file   *os.File        // the epoll instance
+	epfd   int             // its fd (File.Fd would make it blocking)
+	rc     syscall.RawConn // its fd, waited on in Go's poller
+	after  atomic.Int64    // nanoseconds a source is silent before its pump parks (tests shorten it)
+	events []unix.EpollEvent
+
+	mu     sync.Mutex
+	next   uint64
+	parked map[uint64]*pump
+}
+
+// newParkLot makes the epoll set; run dispatches its events.
+func newParkLot() (*parkLot, error) {
+	fd, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
+	if err != nil {
+		return nil, os.NewSyscallError("epoll_create1", err)
+	}
+	if err := unix.SetNonblock(fd, true); err != nil {
+		unix.Close(fd)
+		return nil, os.NewSyscallError("setnonblock", err)
+	}
+	f := os.NewFile(uintptr(fd), "parked-sessions") // non-blocking: Go's poller waits on it
+	rc, err := f.SyscallConn()
+	if err != nil {
+		f.Close()
+		return nil, err
+	}
+	l := &parkLot{file: f, epfd: fd, rc: rc, events: make([]unix.EpollEvent, 128), parked: map[uint64]*pump{}}
+	l.after.Store(int64(parkAfter))
+	return l, nil
+}
+
+// startParkLot runs the proxy's lot until ctx ends (Shutdown cancels it
+// once every session has ended); without a lot (no epoll), sessions simply
+// keep their goroutines while idle.
+func startParkLot(ctx context.Context, wg *sync.WaitGroup, log hclog.Logger) *parkLot {
+	l, err := newParkLot()
+	if err != nil {
+		log.Warn("idle sessions will keep their goroutines", "error", err)
+		return nil
+	}
+	context.AfterFunc(ctx, func() { l.file.Close() })
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		l.run()
+	}()
+	return l
+}
+
+// run waits for parked sockets to wake and resumes their pumps, until the
+// lot is closed.
+func (l *parkLot) run() {
+	for l.rc.Read(l.dispatch) == nil {
+	}
+}
+
+// dispatch drains the epoll set; returning false waits in Go's poller until
+// the set has events again (the set is drained each time, so none is lost).
+func (l *parkLot) dispatch(fd uintptr) bool {
+	for {
+		n, err := unix.EpollWait(int(fd), l.events, 0)
+		if err == unix.EINTR {
+			continue
+		}
+		if n <= 0 {
+			return false
+		}
+		for _, ev := range l.events[:n] {
+			if p := l.take(uint64(uint32(ev.Fd)) | uint64(uint32(ev.Pad))<<32); p != nil {
+				go p.resume()
+			}
+		}
+	}
+}
+
+// park registers p's source, one-shot. False when it cannot (the socket is
+// closed, say): the caller keeps its goroutine.
+func (l *parkLot) park(p *pump) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if p.parkID == 0 {
+		l.next++
+		p.parkID = l.next
+	}
+	ev := unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLRDHUP | unix.EPOLLONESHOT, Fd: int32(uint32(p.parkID)), Pad: int32(uint32(p.parkID >> 32))}
+	var ctlErr error
+	err := p.rc.Control(func(fd uintptr) { // holds the fd: it cannot be closed and reused meanwhile
+		op := unix.EPOLL_CTL_MOD // re-arm: a one-shot entry stays registered, disabled
+		if !p.registered {
+			op = unix.EPOLL_CTL_ADD
+		}
+		ctlErr = unix.EpollCtl(l.epfd, op, int(fd), &ev)
+		if ctlErr == unix.ENOENT {
+			ctlErr = unix.EpollCtl(l.epfd, unix.EPOLL_CTL_ADD, int(fd), &ev)
+		}
+	})
+	if err != nil || ctlErr != nil {
+		return false
+	}
+	p.registered = true
+	l.parked[p.parkID] = p
+	return true
+}
+
+// take removes a parked pump; nil when it is not parked (any more). Whoever
+// takes a pump resumes it: exactly one goroutine goes on with it.
+func (l *parkLot) take(id uint64) *pump {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	p := l.parked[id]
+	delete(l.parked, id)
+	return p
+}
+
+// takeBack is take for a pump its session holds.
+func (l *parkLot) takeBack(p *pump) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if p.parkID == 0 || l.parked[p.parkID] != p {
+		return false
+	}
+	delete(l.parked, p.parkID)
+	return true
+}
+
+// count is the number of parked pumps (tests).
+func (l *parkLot) count() int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return len(l.parked)
+}
+
+// The session's side: its two directions end in whichever goroutine runs
+// them last, and the last one ends the session.
+
+// parkable lets p park while idle; its end is then reported to s. The
+// app -> backend pump starts in the opening, where it does not park, but
+// its idle deadline already runs: when it fires, the opening loop looks
+// again whether the session is established, and the pump takes over.
+func (s *session) parkable(p *pump, up bool) {
+	p.lot, p.owner, p.up = s.p.parking, s, up
+	if up {
+		p.arm()
+	}
+	s.mu.Lock()
+	if up {
+		s.pumps[0] = p
+	} else {
+		s.pumps[1] = p
+	}
+	s.mu.Unlock()
+}
+
+// unpark resumes the session's parked pumps, so that they see their closed
+// sockets and end; called when the session is aborted.
+func (s *session) unpark() {
+	s.mu.Lock()
+	pumps := s.pumps
+	s.mu.Unlock()
+	for _, p := range pumps {
+		if p != nil && p.lot != nil && p.lot.takeBack(p) {
+			go p.resume()
+		}
+	}
+}
+
+// directionEnded closes one direction: up is app -> backend.
+func (s *session) directionEnded(up bool, pe *pumpErr) {
+	if up {
+		s.directionDone(pe, SideClient, SideBackend)
+	} else {
+		s.directionDone(pe, SideBackend, SideClient)
+	}
+	s.legEnded()
+}
+
+// legEnded counts down the session's directions (a direction that never
+// started counts too); the last one closes the books and frees the
+// listener's slot.
+func (s *session) legEnded() {
+	if s.legs.Add(-1) > 0 {
+		return
+	}
+	s.finish()
+	s.cancel()
+	s.l.sessionEnded(s.source)
+}
