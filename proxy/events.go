@@ -105,14 +105,14 @@ func unixMinute(t time.Time) int32 { return int32(t.Unix() / 60) }
 // logs it unless the link's log budget for this window is spent.
 func (f *forensics) add(s *session, server, cause string, age time.Duration) {
 	now := time.Now()
-	service := s.service
+	service := s.serviceName // the name the app asked for, "" when not Oracle
 	if len(service) > maxServiceLen { // the ring must not keep a large client packet alive
 		service = strings.Clone(service[:maxServiceLen])
 	}
 	ev := ResetEvent{
 		Time: now, Listener: s.l.name, Backend: s.backend.Config.Name, Server: server, Service: service,
 		Client: s.source, Side: s.end.side, Phase: s.end.phase, Cause: cause, Outcome: s.end.outcome,
-		IdleSeconds: s.idleFor().Seconds(), AgeSeconds: age.Seconds(),
+		IdleSeconds: s.idleAtEnd.Seconds(), AgeSeconds: age.Seconds(),
 		BytesToBackend: s.toBackend.Load(), BytesToClient: s.toClient.Load(),
 	}
 	logIt, dropped, window := f.store(&ev)
@@ -120,7 +120,7 @@ func (f *forensics) add(s *session, server, cause string, age time.Duration) {
 		f.logDropped(ev.Listener, ev.Backend, ev.Server, dropped, window, ev.Time.Sub(window))
 	}
 	if logIt {
-		s.log.Warn("session reset", "server", server, "service", ev.Service,
+		s.log.Warn("session reset", "server", server, // s.log carries the service
 			"side", ev.Side, "phase", ev.Phase, "cause", cause, "outcome", ev.Outcome,
 			"idle", time.Duration(ev.IdleSeconds*float64(time.Second)).Round(time.Millisecond),
 			"age", age.Round(time.Millisecond), "bytes_to_backend", ev.BytesToBackend,

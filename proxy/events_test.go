@@ -53,7 +53,7 @@ func TestBackendResetBecomesAnEvent(t *testing.T) {
 
 	ev := h.p.Resets(0)[0]
 	if ev.Listener != "l" || ev.Backend != "b" || ev.Server != be.addr() || ev.Side != SideBackend ||
-		ev.Phase != PhaseActive || ev.Cause != "rst" || ev.Outcome != "reset" || ev.Service != "other" {
+		ev.Phase != PhaseActive || ev.Cause != "rst" || ev.Outcome != "reset" || ev.Service != "" {
 		t.Errorf("event = %+v", ev)
 	}
 	if ev.BytesToBackend != 5 || ev.BytesToClient != 6 {
@@ -254,7 +254,7 @@ func TestResetStormLogIsLimited(t *testing.T) {
 		t.Fatalf("%d reset lines for %d resets, want %d", len(lines), storm, logBurst)
 	}
 	for _, want := range []string{"[WARN]", "listener=l", "backend=b", "server=" + be.addr(), "side=backend", "phase=active",
-		"cause=rst", "outcome=reset", "service=other", "idle=", "age=", "bytes_to_backend=1", "bytes_to_client=1", "error="} {
+		"cause=rst", "outcome=reset", "idle=", "age=", "bytes_to_backend=1", "bytes_to_client=1", "error="} {
 		if !strings.Contains(lines[0], want) {
 			t.Errorf("reset line lacks %q: %s", want, lines[0])
 		}
