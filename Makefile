@@ -9,7 +9,7 @@ FUZZTIME ?= 5s
 APT_PACKAGES = iptables iproute2 haproxy nginx libnginx-mod-stream iperf3 prometheus \
                chromium chromium-driver file strace systemd procps ca-certificates python3-yaml
 
-.PHONY: run build test deps vet unit fuzz bench bench-full soak
+.PHONY: run build test deps vet unit fuzz bench-full soak
 
 run:
 	$(GO) run ./cmd/tnsguard run
@@ -53,3 +53,10 @@ test: deps vet unit fuzz
 # Full-size benchmark against HAProxy, nginx and a direct connection.
 bench-full:
 	$(GO) run ./test/bench -full
+
+# Longer soaks than the suite runs: full-size churn (5,000 sessions for a
+# minute) and a 15,000-connection half-open flood against the binary.
+soak:
+	ulimit -n 65536 2>/dev/null || true; \
+	TNSGUARD_CHURN=60s TNSGUARD_CHURN_SESSIONS=5000 $(GO) test -race -run TestChurn -v -timeout 15m ./proxy/
+	TNSGUARD_HOSTILE_HALFOPEN=15000 TNSGUARD_HOSTILE_MAX_SESSIONS=1000 $(GO) test -run TestHostileClientsEndToEnd -v -timeout 10m ./test/e2e/
