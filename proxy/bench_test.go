@@ -8,6 +8,7 @@ package proxy
 import (
 	"io"
 	"net"
+	"syscall"
 	"testing"
 	"time"
 
@@ -190,4 +191,65 @@ func TestNoAllocationsPerChunk(t *testing.T) {
 	if err := <-done; err != nil {
 		t.Fatal(err)
 	}
+}
+
+// BenchmarkRoundTripAfterPause is a 64-byte round trip after a 5 ms pause,
+// on a session whose directions park after 1 ms (parked) or not (awake): the
+// price of waking parked directions (idle.go). rt-ns/op is the wall time of
+// the round trips alone, cpu-ns/op the process's CPU time during them
+// (getrusage); ns/op includes the pauses.
+func BenchmarkRoundTripAfterPause(b *testing.B) {
+	for _, park := range []bool{false, true} {
+		name := "awake"
+		if park {
+			name = "parked"
+		}
+		b.Run(name, func(b *testing.B) {
+			bp := startBenchProxy(b)
+			lot := bp.h.p.parking
+			lot.after.Store(int64(time.Hour))
+			if park {
+				lot.after.Store(int64(time.Millisecond))
+			}
+			c := dialTB(b, bp.h.addr("l"))
+			msg, buf := make([]byte, 64), make([]byte, 64)
+			roundTrips(b, c, msg, buf, 10)
+			var cpu, wall time.Duration
+			for range b.N {
+				time.Sleep(5 * time.Millisecond)
+				for i := 0; park && lot.count() != 2; i++ {
+					if i > 1000 {
+						b.Fatalf("%d directions parked after the pause, want 2", lot.count())
+					}
+					time.Sleep(100 * time.Microsecond)
+				}
+				c0, t0 := cpuTime(), time.Now()
+				roundTrips(b, c, msg, buf, 1)
+				wall += time.Since(t0)
+				cpu += cpuTime() - c0
+			}
+			b.ReportMetric(float64(wall.Nanoseconds())/float64(b.N), "rt-ns/op")
+			b.ReportMetric(float64(cpu.Nanoseconds())/float64(b.N), "cpu-ns/op")
+		})
+	}
+}
+
+func cpuTime() time.Duration {
+	var ru syscall.Rusage
+	syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// BenchmarkRoundTrip64CPU is BenchmarkRoundTrip64 with the same cpu-ns/op
+// figure as BenchmarkRoundTripFromParked.
+func BenchmarkRoundTrip64CPU(b *testing.B) {
+	bp := startBenchProxy(b)
+	c := dialTB(b, bp.h.addr("l"))
+	msg, buf := make([]byte, 64), make([]byte, 64)
+	roundTrips(b, c, msg, buf, 100)
+	b.ResetTimer()
+	before, t0 := cpuTime(), time.Now()
+	roundTrips(b, c, msg, buf, b.N)
+	b.ReportMetric(float64(time.Since(t0).Nanoseconds())/float64(b.N), "rt-ns/op")
+	b.ReportMetric(float64((cpuTime()-before).Nanoseconds())/float64(b.N), "cpu-ns/op")
 }

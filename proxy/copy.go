@@ -59,12 +59,16 @@ type pump struct {
 
 	// parking while idle (idle.go); lot nil: never parks
 	lot        *parkLot
-	owner      *session
-	up         bool   // app -> backend
-	parkID     uint64 // the lot's key, under lot.mu
-	registered bool   // src is in the lot's epoll set (maybe disabled)
-	moved      uint64 // chunks so far
-	movedAtArm uint64 // chunks when the idle deadline was set
+	owner      pumpOwner       // told how the direction ended after a park
+	up         bool            // app -> backend
+	parkID     uint64          // the lot's key, under lot.mu
+	registered bool            // src is in the lot's epoll set (maybe disabled)
+	moved      uint64          // chunks so far
+	movedAtArm uint64          // chunks when the idle deadline was set
+	dstRC      syscall.RawConn // dst's, for the lot's writes (made on first use)
+	pending    bool            // the lot read for run: buf, n, readErr hold the result, off bytes of it are written
+	off        int
+	inlineAt   time.Duration // when the lot last moved a chunk itself (since lot.epoch)
 
 	// read callback state
 	readFn  func(fd uintptr) bool
@@ -73,6 +77,12 @@ type pump struct {
 	n       int
 	avail   int
 	readErr error
+}
+
+// pumpOwner is the session (tests use others): a pump that parked reports
+// its direction's end to it.
+type pumpOwner interface {
+	directionEnded(up bool, pe *pumpErr)
 }
 
 // newPump prepares a direction from src; dst may be set later, before run.
@@ -136,7 +146,9 @@ func (p *pump) take() (*[]byte, int, error) {
 func (p *pump) run() *pumpErr {
 	p.arm()
 	for {
-		if err := p.wait(); err != nil {
+		if p.pending {
+			p.pending = false
+		} else if err := p.wait(); err != nil {
 			if !p.isIdleDeadline(err) {
 				return &pumpErr{err: err}
 			}
@@ -171,7 +183,8 @@ func (p *pump) run() *pumpErr {
 			p.pool.put(buf)
 			return nil // EOF
 		}
-		_, werr := p.dst.Write((*buf)[:n])
+		_, werr := p.dst.Write((*buf)[p.off:n])
+		p.off = 0
 		p.bulk = n == len(*buf)
 		p.pool.put(buf)
 		if werr != nil {

@@ -234,3 +234,102 @@ func TestParkedSocketNumbersReused(t *testing.T) {
 		waitFor(t, 2*time.Second, "sessions ended", func() bool { return len(h.p.liveSessions()) == 0 })
 	}
 }
+
+// endedOwner records how a test pump's direction ended.
+type endedOwner chan *pumpErr
+
+func (o endedOwner) directionEnded(up bool, pe *pumpErr) { o <- pe }
+
+// tcpPair returns both ends of a loopback TCP connection.
+func tcpPair(t *testing.T) (*net.TCPConn, *net.TCPConn) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	a, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { a.Close(); b.Close() })
+	return a.(*net.TCPConn), b.(*net.TCPConn)
+}
+
+// A message that wakes a parked pump whose destination is full arrives
+// complete and in order once the destination drains: the lot's
+// non-blocking write hands what is left to a goroutine.
+func TestParkedPumpFullDestination(t *testing.T) {
+	app, src := tcpPair(t)  // app -> src: the pump's source
+	dst, peer := tcpPair(t) // dst -> peer: its destination, not read for now
+	lot, err := newParkLot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		lot.run()
+	}()
+	defer func() { lot.file.Close(); <-done }()
+
+	var sent []byte
+	filler := make([]byte, 64<<10)
+	for { // fill dst's send buffer and peer's receive buffer
+		dst.SetWriteDeadline(time.Now().Add(50 * time.Millisecond))
+		n, err := dst.Write(filler)
+		sent = append(sent, filler[:n]...)
+		if err != nil {
+			break
+		}
+	}
+	dst.SetWriteDeadline(time.Time{})
+
+	ended := make(endedOwner, 1)
+	p, err := newPump(src, dst, newBufPool(), func(int) {})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.lot, p.owner, p.up = lot, ended, true
+	if !lot.park(p) {
+		t.Fatal("cannot park")
+	}
+	msg := make([]byte, 10000) // less than a chunk: the lot tries to write it itself
+	for i := range msg {
+		msg[i] = byte(i%251 + 1)
+	}
+	if _, err := app.Write(msg); err != nil {
+		t.Fatal(err)
+	}
+	sent = append(sent, msg...)
+	waitFor(t, 2*time.Second, "the pump woke", func() bool { return lot.count() == 0 })
+	app.CloseWrite() // the pump ends after the message: EOF
+
+	got := make(chan []byte, 1)
+	go func() {
+		all, _ := io.ReadAll(peer)
+		got <- all
+	}()
+	select {
+	case pe := <-ended:
+		if pe != nil {
+			t.Fatalf("direction ended with %v, want a clean EOF", pe.err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the pump did not end after EOF")
+	}
+	dst.CloseWrite()
+	all := <-got
+	if len(all) != len(sent) {
+		t.Fatalf("peer got %d bytes, want %d", len(all), len(sent))
+	}
+	for i := range all {
+		if all[i] != sent[i] {
+			t.Fatalf("byte %d differs", i)
+		}
+	}
+}

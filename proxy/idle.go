@@ -15,20 +15,30 @@ import (
 
 // Idle sessions hold no goroutine. A pump whose source has been silent for
 // parkAfter hands the socket to the proxy's parking lot, one epoll set of
-// its own (EPOLLIN|EPOLLRDHUP, one-shot), and its goroutine exits. When the
-// socket becomes readable, half-closes, is reset or fails, the lot starts
-// a new goroutine that goes on with the same pump. The lot's epoll set is
-// itself waited on in Go's poller, so the lot holds no thread either.
+// its own (EPOLLIN|EPOLLRDHUP, one-shot), and its goroutine exits. The lot's
+// epoll set is itself waited on in Go's poller, so the lot holds no thread.
+// When a parked socket wakes, the lot's goroutine reads it once: a small
+// message that the destination takes at once is passed on right there and
+// the pump parks again, so request/response traffic with pauses costs no
+// goroutine either; anything else (end of stream, reset, error, a full
+// buffer that starts a bulk transfer, a full destination, or a second
+// message within parkAfter: the session is busy again) goes on in a new
+// goroutine running the same pump.
 //
-// Why: a goroutine parked in a read costs its stack (2-8 KiB, and the
-// session's first goroutine ran the dial, so its stack grew) and its g
-// (~0.5 KiB); two per session made tnsguard hold ~16 KiB per idle session
-// where HAProxy holds ~3.3 KiB (see the README's data-path section).
+// Why (measured, see the README's data-path section): a goroutine parked in
+// a read holds its stack (the session's first goroutine ran the dial, so its
+// stack had grown) and its g; two per session made tnsguard hold 16.5 KB RSS
+// per idle session where HAProxy holds 3.3 KB. 100 ms rather than seconds:
+// when an app pool opens hundreds of sessions at once, the goroutines of all
+// sessions opened within parkAfter exist at the same time, and the memory
+// of their stacks stays with the process; waking a parked session costs a
+// few system calls (epoll_wait, epoll_ctl), not a goroutine, for a small
+// message.
 //
 // The pump notices the silence with a read deadline that is set once per
 // parkAfter, not per chunk: when it fires, the pump parks if nothing moved
 // since it was set, and sets it again otherwise.
-const parkAfter = time.Second
+const parkAfter = 100 * time.Millisecond
 
 // errParked is what pump.run returns when it parked: the caller's goroutine
 // may end; the copy's end is reported later through the pump's session.
@@ -40,6 +50,7 @@ type parkLot struct {
 	epfd   int             // its fd (File.Fd would make it blocking)
 	rc     syscall.RawConn // its fd, waited on in Go's poller
 	after  atomic.Int64    // nanoseconds a source is silent before its pump parks (tests shorten it)
+	epoch  time.Time       // for pump.inlineAt
 	events []unix.EpollEvent
 
 	mu     sync.Mutex
@@ -63,7 +74,7 @@ func newParkLot() (*parkLot, error) {
 		f.Close()
 		return nil, err
 	}
-	l := &parkLot{file: f, epfd: fd, rc: rc, events: make([]unix.EpollEvent, 128), parked: map[uint64]*pump{}}
+	l := &parkLot{file: f, epfd: fd, rc: rc, epoch: time.Now(), events: make([]unix.EpollEvent, 128), parked: map[uint64]*pump{}}
 	l.after.Store(int64(parkAfter))
 	return l, nil
 }
@@ -106,10 +117,97 @@ func (l *parkLot) dispatch(fd uintptr) bool {
 		}
 		for _, ev := range l.events[:n] {
 			if p := l.take(uint64(uint32(ev.Fd)) | uint64(uint32(ev.Pad))<<32); p != nil {
-				go p.resume()
+				l.wake(p)
 			}
 		}
+		if n < len(l.events) {
+			// Drained: every event from now on wakes the set's waiters
+			// again (ep_poll_callback), so Go's poller reports it.
+			return false
+		}
 	}
+}
+
+// wake moves what a parked pump's source holds, when that is one small
+// read that the destination takes at once, and parks the pump again:
+// request/response traffic with pauses longer than parkAfter goes on without
+// a goroutine. Anything else (end of stream, an error, a full buffer that
+// starts a bulk transfer, a destination that cannot take it all) goes on in
+// a new goroutine, with what was read.
+func (l *parkLot) wake(p *pump) {
+	now := time.Since(l.epoch)
+	if now-p.inlineAt < time.Duration(l.after.Load()) {
+		go p.resume() // busy again: its own goroutine is cheaper than the lot
+		return
+	}
+	buf := p.pool.get()
+	var n int
+	var rerr error
+	err := p.rc.Control(func(fd uintptr) { // Control: the idle deadline has passed, and this never waits
+		for {
+			n, rerr = syscall.Read(int(fd), *buf)
+			if rerr != syscall.EINTR {
+				return
+			}
+		}
+	})
+	if err == nil && rerr == syscall.EAGAIN { // nothing after all
+		p.pool.put(buf)
+		if !l.park(p) {
+			go p.resume()
+		}
+		return
+	}
+	if err != nil {
+		rerr, n = err, 0
+	}
+	w := 0
+	if rerr == nil && n > 0 && n < len(*buf) {
+		w = l.write(p, (*buf)[:n])
+		if w == n {
+			p.pool.put(buf)
+			p.inlineAt = now
+			p.moved++
+			p.bulk = false
+			p.onChunk(n)
+			if !l.park(p) {
+				go p.resume()
+			}
+			return
+		}
+	}
+	if n < 0 {
+		n = 0
+	}
+	p.buf, p.n, p.readErr, p.off, p.avail, p.pending = buf, n, rerr, w, 0, true
+	go p.resume()
+}
+
+// write writes b to p's destination if it can without waiting; it returns
+// how much it wrote.
+func (l *parkLot) write(p *pump, b []byte) int {
+	if p.dstRC == nil {
+		rc, err := p.dst.SyscallConn()
+		if err != nil {
+			return 0
+		}
+		p.dstRC = rc
+	}
+	w := 0
+	p.dstRC.Write(func(fd uintptr) bool { // true: RawConn.Write never waits
+		for w < len(b) {
+			m, err := syscall.Write(int(fd), b[w:])
+			if err == syscall.EINTR {
+				continue
+			}
+			if err != nil || m <= 0 {
+				break
+			}
+			w += m
+		}
+		return true
+	})
+	return w
 }
 
 // park registers p's source, one-shot. False when it cannot (the socket is
