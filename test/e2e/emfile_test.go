@@ -170,10 +170,13 @@ connect_budget = "2s"
 	t.Logf("fds: %d before, %d saturated, %d after; %d \"accept failed\" and %d \"accept works again\" lines in all",
 		before.fds, saturated.fds, after.fds, len(acceptFailed(g)), len(g.log.find("accept works again")))
 	// Out of fds is tnsguard's own shortage: dials that fail with EMFILE
-	// are retried, but never held against the healthy server.
-	for _, msg := range []string{"circuit opened: new sessions skip this server", "server down"} {
-		if n := len(g.log.find(msg)); n > 0 {
-			t.Errorf("%d %q lines: dials that failed for want of fds were held against the server", n, msg)
+	// are retried, but never held against the healthy server. (On a loaded
+	// machine a backend can also stay silent past connect_budget while
+	// everything is saturated; that is a verdict on the server's answer,
+	// logged with an i/o timeout, and not what this checks.)
+	for _, line := range g.log.find("circuit opened: new sessions skip this server") {
+		if e, _ := line["error"].(string); strings.Contains(e, "too many open files") {
+			t.Errorf("a dial that failed for want of fds opened the server's circuit: %v", line)
 		}
 	}
 	if strings.Contains(g.log.String(), "panic") {
