@@ -71,12 +71,14 @@ type pump struct {
 	inlineAt   time.Duration // when the lot last moved a chunk itself (since lot.epoch)
 
 	// read callback state
-	readFn  func(fd uintptr) bool
-	bulk    bool
-	buf     *[]byte
-	n       int
-	avail   int
-	readErr error
+	readFn   func(fd uintptr) bool
+	direct   bool  // running (run): tryRead writes short reads on itself
+	writeErr error // its write failed
+	bulk     bool
+	buf      *[]byte
+	n        int
+	avail    int
+	readErr  error
 }
 
 // pumpOwner is the session (tests use others): a pump that parked reports
@@ -107,20 +109,35 @@ func (p *pump) tryRead(fd uintptr) bool {
 			return true
 		}
 	}
-	p.buf = p.pool.get()
-	n, err := syscall.Read(int(fd), *p.buf)
+	buf := p.pool.get()
+	n, err := syscall.Read(int(fd), *buf)
+	for err == syscall.EINTR {
+		n, err = syscall.Read(int(fd), *buf)
+	}
 	if err == syscall.EAGAIN {
-		p.pool.put(p.buf)
-		p.buf = nil
+		p.pool.put(buf)
 		return false
 	}
-	if err == syscall.EINTR {
-		p.pool.put(p.buf)
-		p.buf = nil
-		return p.tryRead(fd)
+	if !p.direct || err != nil || n == 0 || n == len(*buf) {
+		p.buf, p.n, p.readErr = buf, n, err // for the caller: opening bytes, EOF, an error, bulk
+		return true
 	}
-	p.n, p.readErr = n, err
-	return true
+	// A short read emptied the socket (TCP copies all that is queued):
+	// write it on from here and wait for the poller without reading
+	// again. The wait consumes any readiness that came after this read,
+	// so nothing is missed, and the EAGAIN read that conn.Read would make
+	// (one syscall per message) is saved. Only within one RawConn.Read:
+	// entering it again resets the readiness, so it always reads first.
+	_, werr := p.dst.Write((*buf)[:n])
+	p.pool.put(buf)
+	if werr != nil {
+		p.writeErr = werr
+		return true
+	}
+	p.bulk = false
+	p.moved++
+	p.onChunk(n)
+	return false
 }
 
 // wait parks until src is readable, then reads: p.buf holds p.n bytes
@@ -145,6 +162,7 @@ func (p *pump) take() (*[]byte, int, error) {
 // parked (idle.go); the copy then goes on in resume.
 func (p *pump) run() *pumpErr {
 	p.arm()
+	p.direct = true
 	for {
 		if p.pending {
 			p.pending = false
@@ -157,6 +175,9 @@ func (p *pump) run() *pumpErr {
 			}
 			p.arm()
 			continue
+		}
+		if p.writeErr != nil {
+			return &pumpErr{err: p.writeErr, atWrite: true}
 		}
 		if p.avail > 0 {
 			p.lr.N = int64(p.avail)

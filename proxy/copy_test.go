@@ -277,8 +277,10 @@ func TestParkedPumpFullDestination(t *testing.T) {
 	}()
 	defer func() { lot.file.Close(); <-done }()
 
+	dst.SetWriteBuffer(8 << 10) // fixed sizes: no autotuning makes room later
+	peer.SetReadBuffer(8 << 10)
 	var sent []byte
-	filler := make([]byte, 64<<10)
+	filler := make([]byte, 4<<10)
 	for { // fill dst's send buffer and peer's receive buffer
 		dst.SetWriteDeadline(time.Now().Add(50 * time.Millisecond))
 		n, err := dst.Write(filler)
