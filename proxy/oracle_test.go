@@ -111,7 +111,7 @@ func TestAllRefuseGivesTheAppTheRealError(t *testing.T) {
 	}
 	waitFor(t, time.Second, "counted", func() bool {
 		return counter(h.m.Resets, "l", "b", "none", "backend", "connect", "refused") == 1 &&
-			counter(h.m.SessionsTotal, "l", "b", "other", "no_backend") == 1
+			counter(h.m.SessionsTotal, "l", "b", "other", "no_backend") == 1 && len(h.p.Resets(0)) == 1
 	})
 	if ev := h.p.Resets(0); len(ev) != 1 || ev[0].Service != "ORDERS" {
 		t.Fatalf("reset events %+v, want one naming the service ORDERS (not a metric label)", ev)
