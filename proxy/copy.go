@@ -8,6 +8,7 @@ import (
 	"sync"
 	"syscall"
 	"time"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
@@ -65,9 +66,11 @@ type pump struct {
 	registered bool            // src is in the lot's epoll set (maybe disabled)
 	moved      uint64          // chunks so far
 	movedAtArm uint64          // chunks when the idle deadline was set
-	dstRC      syscall.RawConn // dst's, for the lot's writes (made on first use)
-	pending    bool            // the lot read for run: buf, n, readErr hold the result, off bytes of it are written
-	off        int
+	dstRC      syscall.RawConn // dst's, for writes (made on first use)
+	writeFn    func(fd uintptr) bool
+	noWait     bool          // the lot's write: never wait for room
+	pending    bool          // the lot read for run: buf, n, readErr hold the result, off bytes of it are written
+	off        int           // write's progress; while pending, what the lot wrote
 	inlineAt   time.Duration // when the lot last moved a chunk itself (since lot.epoch)
 
 	// read callback state
@@ -110,16 +113,13 @@ func (p *pump) tryRead(fd uintptr) bool {
 		}
 	}
 	buf := p.pool.get()
-	n, err := syscall.Read(int(fd), *buf)
-	for err == syscall.EINTR {
-		n, err = syscall.Read(int(fd), *buf)
-	}
+	n, err := rawRead(fd, *buf)
 	if err == syscall.EAGAIN {
 		p.pool.put(buf)
 		return false
 	}
-	if !p.direct || err != nil || n == 0 || n == len(*buf) {
-		p.buf, p.n, p.readErr = buf, n, err // for the caller: opening bytes, EOF, an error, bulk
+	if !p.direct || err != 0 || n == 0 || n == len(*buf) {
+		p.buf, p.n, p.readErr = buf, max(n, 0), errOrNil(err) // for the caller: opening bytes, EOF, an error, bulk
 		return true
 	}
 	// A short read emptied the socket (TCP copies all that is queued):
@@ -128,8 +128,10 @@ func (p *pump) tryRead(fd uintptr) bool {
 	// so nothing is missed, and the EAGAIN read that conn.Read would make
 	// (one syscall per message) is saved. Only within one RawConn.Read:
 	// entering it again resets the readiness, so it always reads first.
-	_, werr := p.dst.Write((*buf)[:n])
+	p.buf, p.n = buf, n
+	_, werr := p.write(0, false)
 	p.pool.put(buf)
+	p.buf = nil
 	if werr != nil {
 		p.writeErr = werr
 		return true
@@ -164,8 +166,9 @@ func (p *pump) run() *pumpErr {
 	p.arm()
 	p.direct = true
 	for {
+		from := 0 // of the chunk read, what is written already
 		if p.pending {
-			p.pending = false
+			p.pending, from = false, p.off
 		} else if err := p.wait(); err != nil {
 			if !p.isIdleDeadline(err) {
 				return &pumpErr{err: err}
@@ -204,8 +207,9 @@ func (p *pump) run() *pumpErr {
 			p.pool.put(buf)
 			return nil // EOF
 		}
-		_, werr := p.dst.Write((*buf)[p.off:n])
-		p.off = 0
+		p.buf = buf
+		_, werr := p.write(from, false)
+		p.buf = nil
 		p.bulk = n == len(*buf)
 		p.pool.put(buf)
 		if werr != nil {
@@ -238,6 +242,75 @@ func (p *pump) resume() {
 	if pe := p.run(); pe != errParked {
 		p.owner.directionEnded(p.up, pe)
 	}
+}
+
+// write writes (*p.buf)[from:p.n] to dst and returns where it got to: p.n,
+// or less after an error or, with noWait, when dst's buffer is full (it
+// then returns instead of waiting for room).
+func (p *pump) write(from int, noWait bool) (int, error) {
+	if p.dstRC == nil {
+		rc, err := p.dst.SyscallConn()
+		if err != nil {
+			return from, err
+		}
+		p.dstRC, p.writeFn = rc, p.tryWrite
+	}
+	p.off, p.noWait, p.writeErr = from, noWait, nil
+	err := p.dstRC.Write(p.writeFn)
+	if err == nil {
+		err = p.writeErr
+	}
+	w := p.off
+	p.off, p.writeErr = 0, nil
+	return w, err // err: dst closed, or the write's
+}
+
+// tryWrite runs inside dst's RawConn.Write: false waits for room.
+func (p *pump) tryWrite(fd uintptr) bool {
+	for p.off < p.n {
+		m, err := rawWrite(fd, (*p.buf)[p.off:p.n])
+		if err == syscall.EAGAIN {
+			return p.noWait
+		}
+		if err != 0 {
+			p.writeErr = os.NewSyscallError("write", err)
+			return true
+		}
+		p.off += m
+	}
+	return true
+}
+
+// rawRead and rawWrite are read(2) and write(2) made without telling the
+// scheduler (RawSyscall): on non-blocking sockets they never wait, and a
+// loopback write, which runs the receiver's TCP processing, often outlasts
+// sysmon's 20 us tick, which then hands the P to another thread (futex
+// wake-ups and context switches per message; see the README's data-path
+// section).
+func rawRead(fd uintptr, b []byte) (int, syscall.Errno) {
+	for {
+		r, _, e := syscall.RawSyscall(syscall.SYS_READ, fd, uintptr(unsafe.Pointer(unsafe.SliceData(b))), uintptr(len(b)))
+		if e != syscall.EINTR {
+			return int(r), e
+		}
+	}
+}
+
+func rawWrite(fd uintptr, b []byte) (int, syscall.Errno) {
+	for {
+		r, _, e := syscall.RawSyscall(syscall.SYS_WRITE, fd, uintptr(unsafe.Pointer(unsafe.SliceData(b))), uintptr(len(b)))
+		if e != syscall.EINTR {
+			return int(r), e
+		}
+	}
+}
+
+// errOrNil makes a read's errno an error: nil for none.
+func errOrNil(e syscall.Errno) error {
+	if e == 0 {
+		return nil
+	}
+	return os.NewSyscallError("read", e)
 }
 
 // srcFailed tells, after a splice error, whether the source socket holds an

@@ -144,14 +144,11 @@ func (l *parkLot) wake(p *pump) {
 	var n int
 	var rerr error
 	err := p.rc.Control(func(fd uintptr) { // Control: the idle deadline has passed, and this never waits
-		for {
-			n, rerr = syscall.Read(int(fd), *buf)
-			if rerr != syscall.EINTR {
-				return
-			}
-		}
+		var e syscall.Errno
+		n, e = rawRead(fd, *buf)
+		rerr = errOrNil(e)
 	})
-	if err == nil && rerr == syscall.EAGAIN { // nothing after all
+	if err == nil && errors.Is(rerr, syscall.EAGAIN) { // nothing after all
 		p.pool.put(buf)
 		if !l.park(p) {
 			go p.resume()
@@ -163,8 +160,10 @@ func (l *parkLot) wake(p *pump) {
 	}
 	w := 0
 	if rerr == nil && n > 0 && n < len(*buf) {
-		w = l.write(p, (*buf)[:n])
+		p.buf, p.n = buf, n
+		w, _ = p.write(0, true) // an error: the goroutine's own write sees it again
 		if w == n {
+			p.buf = nil
 			p.pool.put(buf)
 			p.inlineAt = now
 			p.moved++
@@ -181,33 +180,6 @@ func (l *parkLot) wake(p *pump) {
 	}
 	p.buf, p.n, p.readErr, p.off, p.avail, p.pending = buf, n, rerr, w, 0, true
 	go p.resume()
-}
-
-// write writes b to p's destination if it can without waiting; it returns
-// how much it wrote.
-func (l *parkLot) write(p *pump, b []byte) int {
-	if p.dstRC == nil {
-		rc, err := p.dst.SyscallConn()
-		if err != nil {
-			return 0
-		}
-		p.dstRC = rc
-	}
-	w := 0
-	p.dstRC.Write(func(fd uintptr) bool { // true: RawConn.Write never waits
-		for w < len(b) {
-			m, err := syscall.Write(int(fd), b[w:])
-			if err == syscall.EINTR {
-				continue
-			}
-			if err != nil || m <= 0 {
-				break
-			}
-			w += m
-		}
-		return true
-	})
-	return w
 }
 
 // park registers p's source, one-shot. False when it cannot (the socket is
@@ -303,6 +275,13 @@ func (s *session) unpark() {
 
 // directionEnded closes one direction: up is app -> backend.
 func (s *session) directionEnded(up bool, pe *pumpErr) {
+	if pe == nil && s.legs.Load() == 1 {
+		// The other direction is over: closing both sockets (legEnded)
+		// sends this FIN, as HAProxy does; a shutdown first would be one
+		// more system call per session.
+		s.legEnded()
+		return
+	}
 	if up {
 		s.directionDone(pe, SideClient, SideBackend)
 	} else {
