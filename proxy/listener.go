@@ -29,6 +29,28 @@ type listener struct {
 	active    atomic.Int64
 	srcMu     sync.Mutex
 	perSource map[netip.Addr]int
+	series    sync.Map // backend name -> *sessionSeries
+}
+
+// sessionSeries are the metric series every session of one listener and
+// backend touches, resolved once: a label lookup costs a map and a hash per
+// call (never deleted series, so they stay valid across reloads).
+type sessionSeries struct {
+	bytesUp, bytesDown prometheus.Counter
+	active             prometheus.Gauge
+}
+
+func (l *listener) seriesFor(backend string) *sessionSeries {
+	if v, ok := l.series.Load(backend); ok {
+		return v.(*sessionSeries)
+	}
+	m := l.p.metrics
+	v, _ := l.series.LoadOrStore(backend, &sessionSeries{
+		bytesUp:   m.Bytes.WithLabelValues(l.name, backend, "to_backend"),
+		bytesDown: m.Bytes.WithLabelValues(l.name, backend, "to_client"),
+		active:    m.SessionsActive.WithLabelValues(l.name, backend),
+	})
+	return v.(*sessionSeries)
 }
 
 func (l *listener) cfg() *config.Listener { return l.conf.Load() }
@@ -189,10 +211,9 @@ func (p *Proxy) newSession(ctx context.Context, l *listener, b *failover.Backend
 	s.ctx, s.cancel = context.WithCancel(ctx)
 	s.cond = sync.NewCond(&s.mu)
 	s.log = l.log.With("backend", b.Config.Name)
-	labels := prometheus.Labels{"listener": l.name, "backend": b.Config.Name}
-	s.bytesUp = p.metrics.Bytes.With(prometheus.Labels{"listener": l.name, "backend": b.Config.Name, "direction": "to_backend"})
-	s.bytesDown = p.metrics.Bytes.With(prometheus.Labels{"listener": l.name, "backend": b.Config.Name, "direction": "to_client"})
-	p.metrics.SessionsActive.With(labels).Inc()
+	series := l.seriesFor(b.Config.Name)
+	s.bytesUp, s.bytesDown = series.bytesUp, series.bytesDown
+	series.active.Inc()
 	p.track(s, true)
 	return s
 }
