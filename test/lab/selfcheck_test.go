@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"io"
-	"math"
 	"syscall"
 	"testing"
 	"time"
@@ -142,8 +141,11 @@ func TestLabSelfCheckNetemDelayAndLoss(t *testing.T) {
 	srtt := time.Duration(info.Rtt) * time.Microsecond
 	t.Logf("netem %v delay, 1%% loss: kernel smoothed RTT %v (rttvar %v), retransmits %d; app round trips min %v; queue %+v",
 		delay, srtt, time.Duration(info.Rttvar)*time.Microsecond, info.Total_retrans, minDur(rtts), st)
-	if math.Abs(float64(srtt-st.MeanHeld)) > 0.3*float64(st.MeanHeld) || st.MeanHeld < delay {
-		t.Errorf("kernel RTT %v, want the queue's mean hold %v (configured %v) within 30%%", srtt, st.MeanHeld, delay)
+	// Within 30% of what the queue held; on a loaded machine a packet can
+	// also leave up to MaxLate after its time, and the smoothed RTT rightly
+	// carries that too (seen: 73.9 ms for a 53.6 ms mean hold, 69.9 ms late).
+	if srtt < time.Duration(0.7*float64(st.MeanHeld)) || srtt > time.Duration(1.3*float64(st.MeanHeld))+st.MaxLate || st.MeanHeld < delay {
+		t.Errorf("kernel RTT %v, want the queue's mean hold %v (configured %v) within 30%% (+%v late releases)", srtt, st.MeanHeld, delay, st.MaxLate)
 	}
 	if info.Total_retrans == 0 || st.Dropped == 0 {
 		t.Errorf("want retransmits under loss: kernel %d, netem dropped %d", info.Total_retrans, st.Dropped)
