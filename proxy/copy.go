@@ -52,36 +52,36 @@ func (bp *bufPool) put(b *[]byte) { bp.p.Put(b) }
 // pump carries one direction; it allocates once per direction, not per
 // chunk. onChunk is called after every chunk written (counters, activity).
 type pump struct {
-	src, dst *net.TCPConn
-	rc       syscall.RawConn
-	pool     *bufPool
-	lr       io.LimitedReader
-	onChunk  func(n int)
+	src, dst  *net.TCPConn
+	rc, dstRC syscall.RawConn // dstRC: made on first write
+	pool      *bufPool
+	lr        io.LimitedReader
+	onChunk   func(n int)
+	readFn    func(fd uintptr) bool
+	writeFn   func(fd uintptr) bool
 
 	// parking while idle (idle.go); lot nil: never parks
-	lot        *parkLot
-	owner      pumpOwner       // told how the direction ended after a park
-	up         bool            // app -> backend
-	parkID     uint64          // the lot's key, under lot.mu
-	registered bool            // src is in the lot's epoll set (maybe disabled)
-	moved      uint64          // chunks so far
-	movedAtArm uint64          // chunks when the idle deadline was set
-	dstRC      syscall.RawConn // dst's, for writes (made on first use)
-	writeFn    func(fd uintptr) bool
-	noWait     bool          // the lot's write: never wait for room
-	pending    bool          // the lot read for run: buf, n, readErr hold the result, off bytes of it are written
-	off        int           // write's progress; while pending, what the lot wrote
-	inlineAt   time.Duration // when the lot last moved a chunk itself (since lot.epoch)
+	lot      *parkLot
+	owner    pumpOwner     // told how the direction ended after a park
+	parkID   uint64        // the lot's key, under lot.mu
+	inlineAt time.Duration // when the lot last moved a chunk itself (since lot.epoch)
 
-	// read callback state
-	readFn   func(fd uintptr) bool
-	direct   bool  // running (run): tryRead writes short reads on itself
-	writeErr error // its write failed
-	bulk     bool
+	// read and write state
 	buf      *[]byte
-	n        int
-	avail    int
 	readErr  error
+	writeErr error  // a write inside tryRead failed
+	n        int    // bytes read into buf
+	avail    int    // bytes waiting in src, to splice
+	off      int    // write's progress; while pending, what the lot wrote
+	moved    uint32 // chunks so far (compared for equality only)
+	armedAt  uint32 // moved when the idle deadline was set
+
+	up         bool // app -> backend
+	registered bool // src is in the lot's epoll set (maybe disabled)
+	noWait     bool // the lot's write: never wait for room
+	pending    bool // the lot read for run: buf, n, readErr hold the result
+	direct     bool // running (run): tryRead writes short reads on itself
+	bulk       bool // the last read filled the buffer
 }
 
 // pumpOwner is the session (tests use others): a pump that parked reports
@@ -173,7 +173,7 @@ func (p *pump) run() *pumpErr {
 			if !p.isIdleDeadline(err) {
 				return &pumpErr{err: err}
 			}
-			if p.moved == p.movedAtArm && p.park() {
+			if p.moved == p.armedAt && p.park() {
 				return errParked
 			}
 			p.arm()
@@ -223,7 +223,7 @@ func (p *pump) run() *pumpErr {
 // arm sets the idle deadline on src, parkAfter from now.
 func (p *pump) arm() {
 	if p.lot != nil {
-		p.movedAtArm = p.moved
+		p.armedAt = p.moved
 		p.src.SetReadDeadline(time.Now().Add(time.Duration(p.lot.after.Load())))
 	}
 }
