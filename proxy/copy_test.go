@@ -1,7 +1,9 @@
 package proxy
 
 import (
+	"bytes"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"os"
@@ -333,5 +335,62 @@ func TestParkedPumpFullDestination(t *testing.T) {
 		if all[i] != sent[i] {
 			t.Fatalf("byte %d differs", i)
 		}
+	}
+}
+
+// Many sessions that talk in bursts with pauses longer than the park delay:
+// their messages go through the lot (small ones without a goroutine) and
+// through resumed pumps (bursts, bulk), concurrently, and every byte comes
+// back intact and in order.
+func TestParkedSessionsTalkingInBursts(t *testing.T) {
+	be := newBackend(t, echoNoAlloc)
+	h := startProxy(t, oneBackendConfig(be.addr()))
+	parkSoon(t, h, 10*time.Millisecond)
+	const sessions, rounds = 50, 12
+	errc := make(chan error, sessions)
+	for i := range sessions {
+		go func() {
+			c, err := net.Dial("tcp", h.addr("l"))
+			if err != nil {
+				errc <- err
+				return
+			}
+			defer c.Close()
+			c.SetDeadline(time.Now().Add(20 * time.Second))
+			got := make([]byte, 64<<10)
+			for r := range rounds {
+				time.Sleep(time.Duration(5+(i*7+r*13)%30) * time.Millisecond) // around the park delay
+				size := []int{1, 64, 700, 5000, 40000}[(i+r)%5]               // small ones inline, the last one bulk
+				burst := 1 + (i+r)%3
+				for b := range burst {
+					msg := make([]byte, size)
+					for k := range msg {
+						msg[k] = byte(i + r*3 + b*5 + k)
+					}
+					if _, err := c.Write(msg); err != nil {
+						errc <- fmt.Errorf("session %d round %d: write: %w", i, r, err)
+						return
+					}
+					if _, err := io.ReadFull(c, got[:size]); err != nil {
+						errc <- fmt.Errorf("session %d round %d: read: %w", i, r, err)
+						return
+					}
+					if !bytes.Equal(got[:size], msg) {
+						errc <- fmt.Errorf("session %d round %d: echo differs", i, r)
+						return
+					}
+				}
+			}
+			errc <- nil
+		}()
+	}
+	for range sessions {
+		if err := <-errc; err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitFor(t, 3*time.Second, "sessions ended", func() bool { return len(h.p.liveSessions()) == 0 })
+	if n := parked(h); n != 0 {
+		t.Fatalf("%d pumps still parked after their sessions ended", n)
 	}
 }
