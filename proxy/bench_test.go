@@ -191,6 +191,26 @@ func TestNoAllocationsPerChunk(t *testing.T) {
 	if err := <-done; err != nil {
 		t.Fatal(err)
 	}
+
+	// A parked session: each message after a pause is moved by the lot
+	// (idle.go), which must not allocate either.
+	c.Close()
+	waitForTB(t, 2*time.Second, "first session ended", func() bool { return len(bp.h.p.liveSessions()) == 0 })
+	lot := bp.h.p.parking
+	lot.after.Store(int64(2 * time.Millisecond))
+	c2 := dialTB(t, bp.h.addr("l"))
+	roundTrips(t, c2, msg, buf, 10)
+	waitForTB(t, time.Second, "parked", func() bool { return lot.count() == 2 })
+	roundTrips(t, c2, msg, buf, 1) // first wake: lazy setup (the destination's RawConn)
+	if got := testing.AllocsPerRun(50, func() {
+		time.Sleep(5 * time.Millisecond)
+		roundTrips(t, c2, msg, buf, 1)
+	}); got != 0 {
+		t.Fatalf("%v allocations per round trip through a parked session, want 0", got)
+	}
+	if n := lot.count(); n != 2 {
+		t.Fatalf("%d directions parked after the pauses, want 2 (the lot moved the messages)", n)
+	}
 }
 
 // BenchmarkRoundTripAfterPause is a 64-byte round trip after a 5 ms pause,

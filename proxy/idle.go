@@ -53,6 +53,18 @@ type parkLot struct {
 	epoch  time.Time       // for pump.inlineAt
 	events []unix.EpollEvent
 
+	// wake's read (the dispatcher is one goroutine): no closure per wake
+	readFn func(fd uintptr)
+	rbuf   []byte
+	rn     int
+	rerr   syscall.Errno
+
+	// park's epoll_ctl, under mu: no closure per park
+	ctlFn  func(fd uintptr)
+	ctlEv  unix.EpollEvent
+	ctlOp  int
+	ctlErr error
+
 	mu     sync.Mutex
 	next   uint64
 	parked map[uint64]*pump
@@ -76,6 +88,13 @@ func newParkLot() (*parkLot, error) {
 	}
 	l := &parkLot{file: f, epfd: fd, rc: rc, epoch: time.Now(), events: make([]unix.EpollEvent, 128), parked: map[uint64]*pump{}}
 	l.after.Store(int64(parkAfter))
+	l.readFn = func(fd uintptr) { l.rn, l.rerr = rawRead(fd, l.rbuf) }
+	l.ctlFn = func(fd uintptr) {
+		l.ctlErr = unix.EpollCtl(l.epfd, l.ctlOp, int(fd), &l.ctlEv)
+		if l.ctlErr == unix.ENOENT {
+			l.ctlErr = unix.EpollCtl(l.epfd, unix.EPOLL_CTL_ADD, int(fd), &l.ctlEv)
+		}
+	}
 	return l, nil
 }
 
@@ -141,14 +160,11 @@ func (l *parkLot) wake(p *pump) {
 		return
 	}
 	buf := p.pool.get()
-	var n int
-	var rerr error
-	err := p.rc.Control(func(fd uintptr) { // Control: the idle deadline has passed, and this never waits
-		var e syscall.Errno
-		n, e = rawRead(fd, *buf)
-		rerr = errOrNil(e)
-	})
-	if err == nil && errors.Is(rerr, syscall.EAGAIN) { // nothing after all
+	l.rbuf = *buf
+	err := p.rc.Control(l.readFn) // Control: the idle deadline has passed, and this never waits
+	n, rerr := l.rn, errOrNil(l.rerr)
+	l.rbuf = nil
+	if err == nil && l.rerr == syscall.EAGAIN { // nothing after all
 		p.pool.put(buf)
 		if !l.park(p) {
 			go p.resume()
@@ -175,9 +191,7 @@ func (l *parkLot) wake(p *pump) {
 			return
 		}
 	}
-	if n < 0 {
-		n = 0
-	}
+	n = max(n, 0)
 	p.buf, p.n, p.readErr, p.off, p.avail, p.pending = buf, n, rerr, w, 0, true
 	go p.resume()
 }
@@ -191,19 +205,13 @@ func (l *parkLot) park(p *pump) bool {
 		l.next++
 		p.parkID = l.next
 	}
-	ev := unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLRDHUP | unix.EPOLLONESHOT, Fd: int32(uint32(p.parkID)), Pad: int32(uint32(p.parkID >> 32))}
-	var ctlErr error
-	err := p.rc.Control(func(fd uintptr) { // holds the fd: it cannot be closed and reused meanwhile
-		op := unix.EPOLL_CTL_MOD // re-arm: a one-shot entry stays registered, disabled
-		if !p.registered {
-			op = unix.EPOLL_CTL_ADD
-		}
-		ctlErr = unix.EpollCtl(l.epfd, op, int(fd), &ev)
-		if ctlErr == unix.ENOENT {
-			ctlErr = unix.EpollCtl(l.epfd, unix.EPOLL_CTL_ADD, int(fd), &ev)
-		}
-	})
-	if err != nil || ctlErr != nil {
+	l.ctlEv = unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLRDHUP | unix.EPOLLONESHOT, Fd: int32(uint32(p.parkID)), Pad: int32(uint32(p.parkID >> 32))}
+	l.ctlOp = unix.EPOLL_CTL_MOD // re-arm: a one-shot entry stays registered, disabled
+	if !p.registered {
+		l.ctlOp = unix.EPOLL_CTL_ADD
+	}
+	err := p.rc.Control(l.ctlFn) // holds the fd: it cannot be closed and reused meanwhile
+	if err != nil || l.ctlErr != nil {
 		return false
 	}
 	p.registered = true
