@@ -30,8 +30,10 @@ import (
 	"time"
 
 	"github.com/hashicorp/go-hclog"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/tnsguard/tnsguard/config"
+	"github.com/tnsguard/tnsguard/keepalive"
 	"github.com/tnsguard/tnsguard/metrics"
 )
 
@@ -58,11 +60,13 @@ type Server struct {
 	Priority int
 	Weight   int
 
-	backend  *Backend
-	breaker  *breaker
-	up       atomic.Bool
-	sessions atomic.Int64
-	version  atomic.Value // string: listener version from tnsping
+	backend   *Backend
+	breaker   *breaker
+	keepalive keepalive.Settings  // the backend's, set on every dial
+	connectOK prometheus.Observer // the connect-time series of successful dials, resolved once
+	up        atomic.Bool
+	sessions  atomic.Int64
+	version   atomic.Value // string: listener version from tnsping
 
 	// Owned by the health check goroutine.
 	serviceChecked time.Time
@@ -76,7 +80,9 @@ func New(cfg *config.Backend, log hclog.Logger, m *metrics.Metrics) *Backend {
 	for _, sc := range cfg.Servers {
 		s := &Server{
 			Address: sc.Address, Priority: sc.Priority, Weight: *sc.Weight, backend: b,
-			breaker: newBreaker(*cfg.Breaker.Failures, cfg.Breaker.OpenFor.Duration, cfg.Breaker.MaxOpenFor.Duration),
+			breaker:   newBreaker(*cfg.Breaker.Failures, cfg.Breaker.OpenFor.Duration, cfg.Breaker.MaxOpenFor.Duration),
+			keepalive: cfg.Keepalive.Settings(),
+			connectOK: m.ConnectDuration.WithLabelValues(cfg.Name, sc.Address, "ok"),
 		}
 		s.up.Store(true)
 		m.BackendUp.WithLabelValues(cfg.Name, s.Address).Set(1)
@@ -124,19 +130,18 @@ func (s *Server) Backend() *Backend { return s.backend }
 // backend leg's keepalive options and records the connect time by result.
 func (s *Server) Dial(ctx context.Context) (*net.TCPConn, error) {
 	cfg := s.backend.Config
-	d := net.Dialer{Timeout: cfg.ConnectTimeout.Duration, KeepAlive: -1}
+	// Keepalive is set before connect (Control), so a dial costs no system
+	// call after it. With ctx's deadline already the earlier one, the
+	// dialer adds no context of its own.
+	d := net.Dialer{Timeout: cfg.ConnectTimeout.Duration, KeepAlive: -1, Control: s.keepalive.Control}
 	start := time.Now()
 	c, err := d.DialContext(ctx, "tcp", s.Address)
-	s.backend.metrics.ConnectDuration.WithLabelValues(cfg.Name, s.Address, DialResult(err)).Observe(time.Since(start).Seconds())
 	if err != nil {
+		s.backend.metrics.ConnectDuration.WithLabelValues(cfg.Name, s.Address, DialResult(err)).Observe(time.Since(start).Seconds())
 		return nil, err
 	}
-	tc := c.(*net.TCPConn)
-	if err := cfg.Keepalive.Settings().Apply(tc); err != nil {
-		tc.Close()
-		return nil, err
-	}
-	return tc, nil
+	s.connectOK.Observe(time.Since(start).Seconds())
+	return c.(*net.TCPConn), nil
 }
 
 // DialResult names a dial error for metrics and logs: ok, refused,
@@ -376,7 +381,11 @@ func (p *Plan) pause(left time.Duration) (wait time.Duration, ok bool) {
 // budget's deadline, so that a dial started late cannot stretch the wait
 // beyond connect_budget.
 func (p *Plan) Dial(ctx context.Context, srv *Server) (*net.TCPConn, error) {
-	ctx, cancel := context.WithDeadline(ctx, p.deadline)
+	deadline := p.deadline
+	if t := time.Now().Add(p.b.Config.ConnectTimeout.Duration); t.Before(deadline) {
+		deadline = t // one context for both limits (Server.Dial adds none then)
+	}
+	ctx, cancel := context.WithDeadline(ctx, deadline)
 	defer cancel()
 	return srv.Dial(ctx)
 }

@@ -1,6 +1,7 @@
 package keepalive
 
 import (
+	"context"
 	"net"
 	"testing"
 	"time"
@@ -40,6 +41,56 @@ func TestApplyAndReadBack(t *testing.T) {
 	}
 	if info.RTT <= 0 || info.State != 1 { // TCP_ESTABLISHED
 		t.Errorf("TCP_INFO of a live loopback conn: %+v", info)
+	}
+}
+
+// What tnsguard does per leg: the app's leg inherits from the listening
+// socket (plus the user timeout, which Linux does not copy), the backend's
+// leg is set before connect. Both must read back exactly as applied.
+func TestListenerAndDialRoutes(t *testing.T) {
+	for _, want := range []Settings{
+		{Idle: 30 * time.Second, Interval: 10 * time.Second, Count: 3, UserTimeout: time.Minute},
+		{Idle: 2 * time.Second, Interval: time.Second, Count: 5},
+		{UserTimeout: 2500 * time.Millisecond}, // keepalive off, user timeout on
+		{},
+	} {
+		lc := net.ListenConfig{KeepAlive: -1}
+		l, err := lc.Listen(context.Background(), "tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		ln := l.(*net.TCPListener)
+		// A listener that had other settings first: the last ones count.
+		if err := (Settings{Idle: time.Hour, Interval: time.Hour, Count: 9}).ApplyListener(ln); err != nil {
+			t.Fatal(err)
+		}
+		if err := want.ApplyListener(ln); err != nil {
+			t.Fatal(err)
+		}
+		d := net.Dialer{KeepAlive: -1, Control: want.Control}
+		c, err := d.Dial("tcp", ln.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		a, err := ln.AcceptTCP()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := want.ApplyAccepted(a); err != nil {
+			t.Fatal(err)
+		}
+		for name, conn := range map[string]*net.TCPConn{"dialed": c.(*net.TCPConn), "accepted": a} {
+			got, err := Read(conn)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got != want {
+				t.Errorf("%s: read back %+v, want %+v", name, got, want)
+			}
+		}
+		c.Close()
+		a.Close()
+		ln.Close()
 	}
 }
 

@@ -111,7 +111,7 @@ func (f *forensics) add(s *session, server, cause string, age time.Duration) {
 	}
 	ev := ResetEvent{
 		Time: now, Listener: s.l.name, Backend: s.backend.Config.Name, Server: server, Service: service,
-		Client: s.source, Side: s.end.side, Phase: s.end.phase, Cause: cause, Outcome: s.end.outcome,
+		Client: s.source(), Side: s.end.side, Phase: s.end.phase, Cause: cause, Outcome: s.end.outcome,
 		IdleSeconds: s.idleAtEnd.Seconds(), AgeSeconds: age.Seconds(),
 		BytesToBackend: s.toBackend.Load(), BytesToClient: s.toClient.Load(),
 	}
@@ -120,7 +120,7 @@ func (f *forensics) add(s *session, server, cause string, age time.Duration) {
 		f.logDropped(ev.Listener, ev.Backend, ev.Server, dropped, window, ev.Time.Sub(window))
 	}
 	if logIt {
-		s.log.Warn("session reset", "server", server, // s.log carries the service
+		s.logger().Warn("session reset", "server", server, // the logger carries the service
 			"side", ev.Side, "phase", ev.Phase, "cause", cause, "outcome", ev.Outcome,
 			"idle", time.Duration(ev.IdleSeconds*float64(time.Second)).Round(time.Millisecond),
 			"age", age.Round(time.Millisecond), "bytes_to_backend", ev.BytesToBackend,

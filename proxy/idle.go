@@ -306,6 +306,6 @@ func (s *session) legEnded() {
 		return
 	}
 	s.finish()
-	s.cancel()
-	s.l.sessionEnded(s.source)
+	s.cancelOpening()
+	s.l.sessionEnded(s.source())
 }

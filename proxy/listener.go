@@ -26,10 +26,11 @@ type listener struct {
 	log  hclog.Logger
 	done chan struct{} // closed when the accept loop has ended
 
-	active    atomic.Int64
-	srcMu     sync.Mutex
-	perSource map[netip.Addr]int
-	series    sync.Map // backend name -> *sessionSeries
+	active           atomic.Int64
+	perConnKeepalive atomic.Bool // the listening socket refused keepalive options: set them per connection
+	srcMu            sync.Mutex
+	perSource        map[netip.Addr]int
+	series           sync.Map // backend name -> *sessionSeries
 }
 
 // sessionSeries are the metric series every session of one listener and
@@ -127,7 +128,12 @@ func (l *listener) handle(ctx context.Context, c *net.TCPConn) {
 		}
 	}()
 	cfg := l.cfg()
-	if err := cfg.Keepalive.Settings().Apply(c); err != nil {
+	ka := cfg.Keepalive.Settings()
+	apply := ka.ApplyAccepted // the rest comes from the listening socket
+	if l.perConnKeepalive.Load() {
+		apply = ka.Apply
+	}
+	if err := apply(c); err != nil {
 		l.log.Warn("cannot set keepalive on the app's connection", "error", err)
 	}
 	// PROXY protocol (proxyproto.go): from here on src is the real client.
@@ -160,12 +166,7 @@ func (l *listener) handle(ctx context.Context, c *net.TCPConn) {
 		l.reject(c, "no_backend", src)
 		return
 	}
-	s := l.p.newSession(ctx, l, b, c, src)
-	s.in = in
-	s.log = s.log.With("client", in.client)
-	if in.via.IsValid() {
-		s.log = s.log.With("via", in.via)
-	}
+	s := l.p.newSession(ctx, l, b, c, in)
 	held = true
 	s.run()
 }
@@ -203,14 +204,13 @@ func (l *listener) releaseSource(src netip.Addr) {
 	}
 }
 
-func (p *Proxy) newSession(ctx context.Context, l *listener, b *failover.Backend, c *net.TCPConn, src netip.Addr) *session {
+func (p *Proxy) newSession(ctx context.Context, l *listener, b *failover.Backend, c *net.TCPConn, in inbound) *session {
 	s := &session{
-		p: p, l: l, backend: b, client: c, source: src, start: time.Now(),
+		p: p, l: l, backend: b, client: c, in: in, start: time.Now(),
 		service: "other",
 	}
 	s.ctx, s.cancel = context.WithCancel(ctx)
 	s.cond = sync.NewCond(&s.mu)
-	s.log = l.log.With("backend", b.Config.Name)
 	series := l.seriesFor(b.Config.Name)
 	s.bytesUp, s.bytesDown = series.bytesUp, series.bytesDown
 	series.active.Inc()

@@ -85,8 +85,9 @@ func (s *session) openingUnfinishedLocked(silent bool) bool {
 // noteConnectLocked reads the service name of the app's CONNECT once it is
 // complete. Logs carry the service name and nothing else of the connect
 // data: the CID's program, host and OS user are the client's business.
-// The caller holds s.mu and is the session's own goroutine (it sets s.log
-// and s.service, which only that goroutine reads).
+// The caller holds s.mu and is the session's own goroutine (it sets
+// s.serviceName and s.service, which only that goroutine reads until the
+// session has ended).
 func (s *session) noteConnectLocked() {
 	if s.connectSeen || len(s.replay) == 0 {
 		return
@@ -106,7 +107,6 @@ func (s *session) noteConnectLocked() {
 	}
 	s.serviceName = name
 	s.service = serviceLabel(s.l.cfg(), name)
-	s.log = s.log.With("service", name)
 }
 
 // serviceLabel is the metric label of a service: its spelling in the
@@ -211,7 +211,7 @@ func (s *session) inspectFirst(conn *net.TCPConn, srv *failover.Server, buf *[]b
 			}
 		case tns.TypeRedirect:
 			s.p.metrics.TNSRedirects.WithLabelValues(s.l.name, cfg.Name, srv.Address).Inc()
-			s.log.Warn("backend sent a TNS REDIRECT: the app will dial this address directly, bypassing tnsguard; point tnsguard at the node listeners, not a SCAN address",
+			s.logger().Warn("backend sent a TNS REDIRECT: the app will dial this address directly, bypassing tnsguard; point tnsguard at the node listeners, not a SCAN address",
 				"server", srv.Address, "redirect_to", pkt.Redirect.Address)
 		case tns.TypeResend:
 			if len(data) > pkt.Len || pkt.Len != tns.HeaderLen {

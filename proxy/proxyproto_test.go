@@ -165,7 +165,7 @@ max_sessions_per_source = 1`, ""))
 				t.Fatalf("allowed client: %v", err)
 			}
 			live := h.p.liveSessions()
-			if len(live) != 1 || live[0].source != netip.MustParseAddr("203.0.113.7") {
+			if len(live) != 1 || live[0].source() != netip.MustParseAddr("203.0.113.7") {
 				t.Fatalf("live sessions %v: want one from 203.0.113.7", live)
 			}
 			if got := live[0].in.client.String(); got != "203.0.113.7:5555" {
@@ -288,7 +288,7 @@ allow = ["127.0.0.0/8", "203.0.113.0/24"]`, ""))
 	}
 	found := false
 	for _, s := range h.p.liveSessions() {
-		found = found || s.source == netip.MustParseAddr("203.0.113.9")
+		found = found || s.source() == netip.MustParseAddr("203.0.113.9")
 	}
 	if !found {
 		t.Fatal("trusted header in optional mode not honoured: no session from 203.0.113.9")

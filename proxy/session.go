@@ -30,13 +30,15 @@ type session struct {
 	p       *Proxy
 	l       *listener
 	backend *failover.Backend
-	log     hclog.Logger
 	client  *net.TCPConn
-	source  netip.Addr
 	in      inbound // the real client (PROXY header) and app bytes read past it (proxyproto.go)
 	start   time.Time
-	ctx     context.Context
-	cancel  context.CancelFunc
+	// The opening's context: dials, backoff and routing waits end with it.
+	// It is dropped at establish (an idle session holds no context, and no
+	// map of the dials it once had); from then on ctx and cancel are nil.
+	// Other goroutines read them under mu only.
+	ctx    context.Context
+	cancel context.CancelFunc
 
 	lastActive  atomic.Int64 // nanoseconds since start of the last chunk moved
 	resumedAt   atomic.Int64 // when bytes last moved after a pause of over a second
@@ -76,6 +78,26 @@ type sessionEnd struct {
 	phase   Phase
 	err     error
 	outcome string
+}
+
+// source is the app's address: the real client's when a PROXY header named
+// it (limits and forensics count it).
+func (s *session) source() netip.Addr { return s.in.client.Addr() }
+
+// logger is the listener's logger with the session's fields. It is built
+// when a session logs (rarely), not kept: an idle session holds no logger.
+// The service name is read as noteConnectLocked's comment allows: by the
+// session's own goroutine, or after the session ended.
+func (s *session) logger() hclog.Logger {
+	args := make([]any, 0, 8)
+	args = append(args, "backend", s.backend.Config.Name, "client", s.in.client)
+	if s.in.via.IsValid() {
+		args = append(args, "via", s.in.via)
+	}
+	if s.serviceName != "" {
+		args = append(args, "service", s.serviceName)
+	}
+	return s.l.log.With(args...)
 }
 
 func (s *session) idleFor() time.Duration {
@@ -230,7 +252,7 @@ func (s *session) open() error {
 // reset, the rejection counted, and every attempt logged with its error.
 func (s *session) noBackend(err error, attempts []string, srv *failover.Server) error {
 	s.l.rejected("no_backend")
-	s.log.Warn("no backend for new session: resetting the app's connection", "budget", s.backend.Config.ConnectBudget.Duration, "attempts", attempts)
+	s.logger().Warn("no backend for new session: resetting the app's connection", "budget", s.backend.Config.ConnectBudget.Duration, "attempts", attempts)
 	s.abort(SideBackend, PhaseConnect, err, "no_backend", srv)
 	return err
 }
@@ -405,6 +427,8 @@ func (s *session) detach() {
 func (s *session) establish(first []byte, srv *failover.Server, plan *failover.Plan) error {
 	s.mu.Lock()
 	s.established = true
+	s.cancel()
+	s.ctx, s.cancel = nil, nil
 	s.noteConnectLocked()
 	s.replay = nil
 	s.bytesUp.Add(float64(s.openingUp)) // the opening's bytes, counted now that the backend is known
@@ -485,12 +509,21 @@ func (s *session) clientToBackend() *pumpErr {
 		}
 		s.mu.Unlock()
 		if !est {
-			s.cancel()
+			s.cancelOpening()
 			if conn != nil {
 				conn.Close() // unblock the first-byte read
 			}
 		}
 		return &pumpErr{err: rerr}
+	}
+}
+
+// cancelOpening ends the opening's context, if the session still has one.
+func (s *session) cancelOpening() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.cancel != nil {
+		s.cancel()
 	}
 }
 
@@ -504,7 +537,7 @@ func (s *session) openingBytes(b []byte) error {
 	for s.conn == nil && !s.established && len(s.replay)+len(b) > limit && s.ctx.Err() == nil {
 		s.cond.Wait()
 	}
-	if s.ctx.Err() != nil {
+	if !s.established && s.ctx.Err() != nil {
 		return net.ErrClosed // the session was ended elsewhere
 	}
 	if !s.established {
@@ -606,8 +639,10 @@ func (s *session) abort(side Side, phase Phase, err error, outcome string, srv *
 	s.endOnce.Do(func() {
 		s.end = sessionEnd{side: side, phase: phase, err: err, outcome: outcome}
 		s.idleAtEnd = s.idleBeforeEnd()
-		s.cancel()
 		s.mu.Lock()
+		if s.cancel != nil {
+			s.cancel()
+		}
 		conn := s.conn
 		if srv == nil {
 			srv = s.server
