@@ -7,6 +7,7 @@ import (
 	"errors"
 	"io"
 	"net"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -165,38 +166,54 @@ func TestAppResetClosesBackend(t *testing.T) {
 	})
 }
 
-// Keepalive and user timeout of both legs are read back from the sockets.
+// Keepalive and user timeout of both legs are read back from the sockets;
+// after a reload that changes them, a new session has the new values (the
+// app's leg inherits them from the listening socket, which the reload
+// keeps).
 func TestKeepaliveOnBothLegs(t *testing.T) {
 	be := newBackend(t, echo)
 	h := startProxy(t, oneBackendConfig(be.addr()))
-	c := h.dial("l")
-	c.Write([]byte("x"))
-	io.ReadFull(c, make([]byte, 1))
+	check := func(wantClient, wantBackend keepalive.Settings) {
+		t.Helper()
+		c := h.dial("l")
+		defer c.Close()
+		c.Write([]byte("x"))
+		io.ReadFull(c, make([]byte, 1))
+		var clientLeg, backendLeg *net.TCPConn
+		for _, s := range h.p.liveSessions() {
+			if s.in.client.String() != c.LocalAddr().String() {
+				continue
+			}
+			clientLeg = s.client
+			s.mu.Lock()
+			backendLeg = s.conn
+			s.mu.Unlock()
+		}
+		if clientLeg == nil || backendLeg == nil {
+			t.Fatal("no live session")
+		}
+		for _, tc := range []struct {
+			leg  string
+			conn *net.TCPConn
+			want keepalive.Settings
+		}{{"client", clientLeg, wantClient}, {"backend", backendLeg, wantBackend}} {
+			got, err := keepalive.Read(tc.conn)
+			if err != nil {
+				t.Fatalf("%s leg: %v", tc.leg, err)
+			}
+			if got != tc.want {
+				t.Errorf("%s leg: got %+v, want %+v", tc.leg, got, tc.want)
+			}
+		}
+	}
+	check(keepalive.Settings{Idle: 7 * time.Second, Interval: 3 * time.Second, Count: 5, UserTimeout: 31 * time.Second},
+		keepalive.Settings{Idle: 11 * time.Second, Interval: 2 * time.Second, Count: 4, UserTimeout: 19 * time.Second})
 
-	var clientLeg, backendLeg *net.TCPConn
-	for _, s := range h.p.liveSessions() {
-		clientLeg = s.client
-		s.mu.Lock()
-		backendLeg = s.conn
-		s.mu.Unlock()
+	next := strings.NewReplacer(`idle = "7s"`, `idle = "13s"`, `count = 5`, `count = 2`, `user_timeout = "31s"`, `user_timeout = "0s"`,
+		`idle = "11s"`, `idle = "17s"`).Replace(oneBackendConfig(be.addr()))
+	if err := h.p.Apply(mustParse(t, next)); err != nil {
+		t.Fatal(err)
 	}
-	if clientLeg == nil || backendLeg == nil {
-		t.Fatal("no live session")
-	}
-	for _, tc := range []struct {
-		leg  string
-		conn *net.TCPConn
-		want keepalive.Settings
-	}{
-		{"client", clientLeg, keepalive.Settings{Idle: 7 * time.Second, Interval: 3 * time.Second, Count: 5, UserTimeout: 31 * time.Second}},
-		{"backend", backendLeg, keepalive.Settings{Idle: 11 * time.Second, Interval: 2 * time.Second, Count: 4, UserTimeout: 19 * time.Second}},
-	} {
-		got, err := keepalive.Read(tc.conn)
-		if err != nil {
-			t.Fatalf("%s leg: %v", tc.leg, err)
-		}
-		if got != tc.want {
-			t.Errorf("%s leg: got %+v, want %+v", tc.leg, got, tc.want)
-		}
-	}
+	check(keepalive.Settings{Idle: 13 * time.Second, Interval: 3 * time.Second, Count: 2},
+		keepalive.Settings{Idle: 17 * time.Second, Interval: 2 * time.Second, Count: 4, UserTimeout: 19 * time.Second})
 }
