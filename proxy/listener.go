@@ -39,6 +39,7 @@ type listener struct {
 type sessionSeries struct {
 	bytesUp, bytesDown prometheus.Counter
 	active             prometheus.Gauge
+	wait, duration     prometheus.Observer
 }
 
 func (l *listener) seriesFor(backend string) *sessionSeries {
@@ -50,6 +51,8 @@ func (l *listener) seriesFor(backend string) *sessionSeries {
 		bytesUp:   m.Bytes.WithLabelValues(l.name, backend, "to_backend"),
 		bytesDown: m.Bytes.WithLabelValues(l.name, backend, "to_client"),
 		active:    m.SessionsActive.WithLabelValues(l.name, backend),
+		wait:      m.SessionWait.WithLabelValues(l.name),
+		duration:  m.SessionDuration.WithLabelValues(l.name, backend),
 	})
 	return v.(*sessionSeries)
 }
@@ -211,9 +214,9 @@ func (p *Proxy) newSession(ctx context.Context, l *listener, b *failover.Backend
 	}
 	s.ctx, s.cancel = context.WithCancel(ctx)
 	s.cond = sync.NewCond(&s.mu)
-	series := l.seriesFor(b.Config.Name)
-	s.bytesUp, s.bytesDown = series.bytesUp, series.bytesDown
-	series.active.Inc()
+	s.series = l.seriesFor(b.Config.Name)
+	s.bytesUp, s.bytesDown = s.series.bytesUp, s.series.bytesDown
+	s.series.active.Inc()
 	p.track(s, true)
 	return s
 }

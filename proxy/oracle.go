@@ -253,11 +253,10 @@ func (s *session) deliverRefuse(err error) {
 // switchBackend moves a session that has not dialed yet to another backend
 // (routing by service).
 func (s *session) switchBackend(b *failover.Backend) {
-	s.p.metrics.SessionsActive.WithLabelValues(s.l.name, s.backend.Config.Name).Dec()
-	s.p.metrics.SessionsActive.WithLabelValues(s.l.name, b.Config.Name).Inc()
-	up := s.p.metrics.Bytes.WithLabelValues(s.l.name, b.Config.Name, "to_backend")
-	down := s.p.metrics.Bytes.WithLabelValues(s.l.name, b.Config.Name, "to_client")
+	series := s.l.seriesFor(b.Config.Name)
+	s.series.active.Dec()
+	series.active.Inc()
 	s.mu.Lock()
-	s.backend, s.bytesUp, s.bytesDown = b, up, down
+	s.backend, s.series, s.bytesUp, s.bytesDown = b, series, series.bytesUp, series.bytesDown
 	s.mu.Unlock()
 }

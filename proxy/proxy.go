@@ -335,9 +335,9 @@ func (p *Proxy) record(s *session, srv *failover.Server, established bool) {
 		server = srv.Address
 	}
 	age := time.Since(s.start)
-	p.metrics.SessionsActive.WithLabelValues(s.l.name, bname).Dec()
+	s.series.active.Dec()
 	p.metrics.SessionsTotal.WithLabelValues(s.l.name, bname, s.service, end.outcome).Inc()
-	p.metrics.SessionDuration.WithLabelValues(s.l.name, bname).Observe(age.Seconds())
+	s.series.duration.Observe(age.Seconds())
 	if !established { // the opening's bytes went to backends that never answered
 		s.bytesUp.Add(float64(s.openingUp))
 	}

@@ -49,6 +49,7 @@ type session struct {
 	service     string
 
 	bytesUp, bytesDown prometheus.Counter
+	series             *sessionSeries // of its listener and backend
 
 	mu          sync.Mutex
 	cond        *sync.Cond
@@ -436,7 +437,7 @@ func (s *session) establish(first []byte, srv *failover.Server, plan *failover.P
 	s.mu.Unlock()
 	srv.Succeeded()
 	srv.Acquire()
-	s.p.metrics.SessionWait.WithLabelValues(s.l.name).Observe(time.Since(s.start).Seconds())
+	s.series.wait.Observe(time.Since(s.start).Seconds())
 	s.p.linkFor(s.l.name, s.backend.Config.Name, srv.Address).addLive(s)
 	n, err := s.client.Write(first)
 	s.toClient.Add(int64(n))
