@@ -55,7 +55,7 @@ type pump struct {
 	src, dst  *net.TCPConn
 	rc, dstRC syscall.RawConn // dstRC: made on first write
 	pool      *bufPool
-	lr        io.LimitedReader
+	lr        *io.LimitedReader // src, for splicing: made on the first bulk chunk
 	onChunk   func(n int)
 	readFn    func(fd uintptr) bool
 	writeFn   func(fd uintptr) bool
@@ -97,7 +97,6 @@ func newPump(src, dst *net.TCPConn, pool *bufPool, onChunk func(int)) (*pump, er
 		return nil, err
 	}
 	p := &pump{src: src, dst: dst, rc: rc, pool: pool, onChunk: onChunk}
-	p.lr.R = src
 	p.readFn = p.tryRead
 	return p, nil
 }
@@ -183,8 +182,11 @@ func (p *pump) run() *pumpErr {
 			return &pumpErr{err: p.writeErr, atWrite: true}
 		}
 		if p.avail > 0 {
+			if p.lr == nil {
+				p.lr = &io.LimitedReader{R: p.src}
+			}
 			p.lr.N = int64(p.avail)
-			n, err := p.dst.ReadFrom(&p.lr)
+			n, err := p.dst.ReadFrom(p.lr)
 			if n > 0 {
 				p.moved++
 				p.onChunk(int(n))

@@ -38,6 +38,9 @@ func (e *refusedError) Is(target error) bool { return target == ErrRefused }
 // TNS CONNECT header; only then is the backend's first packet read as TNS.
 // The caller holds s.mu.
 func (s *session) looksLikeTNSLocked() bool {
+	if len(s.replay) < tns.HeaderLen || tns.PacketType(s.replay[4]) != tns.TypeConnect {
+		return false // not a CONNECT, without building ParseHeader's error (called several times per session)
+	}
 	h, err := tns.ParseHeader(s.replay, tns.Length16)
 	return err == nil && h.Type == tns.TypeConnect
 }

@@ -68,7 +68,7 @@ type session struct {
 	openingUp     int64  // bytes of the opening not yet in bytesUp (the backend may still change)
 
 	endOnce sync.Once
-	end     sessionEnd
+	end     *sessionEnd // set once, by abort or finish; only idle sessions' worth of memory counts, so not inline
 
 	legs  atomic.Int32 // directions not ended yet; the last one ends the session (idle.go)
 	pumps [2]*pump     // app->backend, backend->app once running, under mu: abort wakes them if parked
@@ -638,7 +638,7 @@ func (s *session) phaseNow(side Side) Phase {
 // the backend connection, so the database ends its session.
 func (s *session) abort(side Side, phase Phase, err error, outcome string, srv *failover.Server) {
 	s.endOnce.Do(func() {
-		s.end = sessionEnd{side: side, phase: phase, err: err, outcome: outcome}
+		s.end = &sessionEnd{side: side, phase: phase, err: err, outcome: outcome}
 		s.idleAtEnd = s.idleBeforeEnd()
 		s.mu.Lock()
 		if s.cancel != nil {
@@ -679,7 +679,7 @@ func (s *session) closeBackend(conn *net.TCPConn) {
 // finish closes what is left and records the session's end.
 func (s *session) finish() {
 	s.endOnce.Do(func() {
-		s.end = sessionEnd{outcome: "ok", err: nil}
+		s.end = &sessionEnd{outcome: "ok"}
 		s.mu.Lock()
 		conn := s.conn
 		s.mu.Unlock()
