@@ -95,6 +95,10 @@ func (s *session) noteConnectLocked() {
 	if s.connectSeen || len(s.replay) == 0 {
 		return
 	}
+	if len(s.replay) >= tns.HeaderLen && tns.PacketType(s.replay[4]) != tns.TypeConnect {
+		s.connectSeen = true // not Oracle Net, or not a CONNECT: nothing to read (and no parse error to build)
+		return
+	}
 	info, err := tns.ParseConnectData(s.replay)
 	if errors.Is(err, tns.ErrIncomplete) {
 		return
