@@ -36,38 +36,42 @@ func (c *Config) validate() (errs, warnings []string) {
 		warn("admin: listen %q is reachable from other hosts and admin.allow is empty: anyone who reaches it sees your links", c.Admin.Listen)
 	}
 
+	// named says where a table is in messages, checks its name is set and
+	// unique among seen, and records it there.
+	named := func(kind, name string, i int, seen map[string]bool) (where string) {
+		where = fmt.Sprintf("%s %q", kind, name)
+		if name == "" {
+			where = fmt.Sprintf("%s #%d", kind, i+1)
+			add("%s: name is empty", where)
+		} else if seen[name] {
+			add("%s: name is defined twice", where)
+		}
+		seen[name] = true
+		return where
+	}
+	// report adds a table's own errors and warnings under where.
+	report := func(where, prefix string, e, w []string) {
+		for _, m := range e {
+			add("%s: %s%s", where, prefix, m)
+		}
+		for _, m := range w {
+			warn("%s: %s%s", where, prefix, m)
+		}
+	}
+
 	backends := map[string]bool{}
 	for i := range c.Backends {
 		b := &c.Backends[i]
-		where := fmt.Sprintf("backend %q", b.Name)
-		if b.Name == "" {
-			where = fmt.Sprintf("backend #%d", i+1)
-			add("%s: name is empty", where)
-		} else if backends[b.Name] {
-			add("%s: name is defined twice", where)
-		}
-		backends[b.Name] = true
+		where := named("backend", b.Name, i, backends)
 		e, w := b.validate()
-		for _, m := range e {
-			add("%s: %s", where, m)
-		}
-		for _, m := range w {
-			warn("%s: %s", where, m)
-		}
+		report(where, "", e, w)
 	}
 
 	names := map[string]bool{}
 	addrs := map[string]string{}
 	for i := range c.Listeners {
 		l := &c.Listeners[i]
-		where := fmt.Sprintf("listener %q", l.Name)
-		if l.Name == "" {
-			where = fmt.Sprintf("listener #%d", i+1)
-			add("%s: name is empty", where)
-		} else if names[l.Name] {
-			add("%s: name is defined twice", where)
-		}
-		names[l.Name] = true
+		where := named("listener", l.Name, i, names)
 		if err := checkHostPort(l.Listen); err != nil {
 			add("%s: listen: %v", where, err)
 		} else if other, dup := addrs[l.Listen]; dup {
@@ -105,12 +109,7 @@ func (c *Config) validate() (errs, warnings []string) {
 			add("%s: max_sessions_per_source must not be negative", where)
 		}
 		e, w := l.Keepalive.validate()
-		for _, m := range e {
-			add("%s: keepalive.%s", where, m)
-		}
-		for _, m := range w {
-			warn("%s: keepalive.%s", where, m)
-		}
+		report(where, "keepalive.", e, w)
 	}
 	if len(c.Listeners) == 0 {
 		add("no [[listener]] is defined")

@@ -99,9 +99,18 @@ func TestIdleSessionParksAndResumes(t *testing.T) {
 	if err := <-errc; err != nil {
 		t.Fatal(err)
 	}
+	sameBytes(t, "bulk after parking", got, big)
+}
+
+// sameBytes fails the test at the first byte where got and want differ.
+func sameBytes(t *testing.T, what string, got, want []byte) {
+	t.Helper()
+	if len(got) != len(want) {
+		t.Fatalf("%s: %d bytes, want %d", what, len(got), len(want))
+	}
 	for i := range got {
-		if got[i] != big[i] {
-			t.Fatalf("bulk after parking: byte %d differs", i)
+		if got[i] != want[i] {
+			t.Fatalf("%s: byte %d differs", what, i)
 		}
 	}
 }
@@ -327,15 +336,7 @@ func TestParkedPumpFullDestination(t *testing.T) {
 		t.Fatal("the pump did not end after EOF")
 	}
 	dst.CloseWrite()
-	all := <-got
-	if len(all) != len(sent) {
-		t.Fatalf("peer got %d bytes, want %d", len(all), len(sent))
-	}
-	for i := range all {
-		if all[i] != sent[i] {
-			t.Fatalf("byte %d differs", i)
-		}
-	}
+	sameBytes(t, "peer", <-got, sent)
 }
 
 // Many sessions that talk in bursts with pauses longer than the park delay:

@@ -62,14 +62,7 @@ retry_on = ["connect", "reset", "refuse"]
   [backend.health]
   check = "off"
 `
-	for _, srv := range servers {
-		addr, prio, _ := strings.Cut(srv, ";")
-		if prio == "" {
-			prio = "0"
-		}
-		s += fmt.Sprintf("  [[backend.server]]\n  address = %q\n  priority = %s\n", addr, prio)
-	}
-	return s
+	return s + serverTables(servers...)
 }
 
 func goodConnect(t testing.TB, service string) []byte {

@@ -40,6 +40,13 @@ retry_on = ["connect", "reset", "refuse"]
   [backend.health]
   check = "off"
 `
+	return s + serverTables(servers...)
+}
+
+// serverTables is a [[backend.server]] table per "address;priority" (the
+// priority may be left out: 0).
+func serverTables(servers ...string) string {
+	var s string
 	for _, srv := range servers {
 		addr, prio, _ := strings.Cut(srv, ";")
 		if prio == "" {

@@ -1,13 +1,10 @@
 package e2e
 
 import (
-	"errors"
 	"fmt"
 	"net"
-	"net/http"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -18,47 +15,9 @@ import (
 // execs tnsguard, so the process is tnsguard itself.
 func startWithFileLimit(t *testing.T, admin, config string, nofile int) *instance {
 	t.Helper()
-	path := filepath.Join(t.TempDir(), "tnsguard.toml")
-	if err := os.WriteFile(path, []byte(config), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	g := &instance{t: t, path: path, admin: admin, log: &logSink{}, done: make(chan struct{})}
-	g.cmd = exec.Command("bash", "-c", fmt.Sprintf(`ulimit -n %d && exec "$0" run -config "$1"`, nofile), binary(t), path)
-	g.cmd.Stdout, g.cmd.Stderr = g.log, g.log
-	if err := g.cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	go func() {
-		err := g.cmd.Wait()
-		var ee *exec.ExitError
-		if errors.As(err, &ee) {
-			g.exit = ee.ExitCode()
-		} else if err != nil {
-			g.exit = -1
-		}
-		close(g.done)
-	}()
-	t.Cleanup(func() {
-		select {
-		case <-g.done:
-		default:
-			g.cmd.Process.Kill()
-			<-g.done
-		}
-		if t.Failed() {
-			t.Logf("tnsguard log:\n%s", g.log)
-		}
+	return startCmd(t, admin, config, false, func(bin, path string) *exec.Cmd {
+		return exec.Command("bash", "-c", fmt.Sprintf(`ulimit -n %d && exec "$0" run -config "$1"`, nofile), bin, path)
 	})
-	waitFor(t, 15*time.Second, "/healthz", func() bool {
-		select {
-		case <-g.done:
-			t.Fatalf("tnsguard exited (code %d) before /healthz answered", g.exit)
-		default:
-		}
-		code, _ := g.get("/healthz")
-		return code == http.StatusOK
-	})
-	return g
 }
 
 // Out of fds: tnsguard runs with 64 open files and gets far more

@@ -141,12 +141,21 @@ type instance struct {
 // /readyz says 200.
 func start(t *testing.T, admin, config string, ready bool) *instance {
 	t.Helper()
+	return startCmd(t, admin, config, ready, func(bin, path string) *exec.Cmd {
+		return exec.Command(bin, "run", "-config", path)
+	})
+}
+
+// startCmd is start with the command line made by command from the binary
+// and the config file's path (a wrapper may set limits, then exec it).
+func startCmd(t *testing.T, admin, config string, ready bool, command func(bin, path string) *exec.Cmd) *instance {
+	t.Helper()
 	path := filepath.Join(t.TempDir(), "tnsguard.toml")
 	if err := os.WriteFile(path, []byte(config), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	g := &instance{t: t, path: path, admin: admin, log: &logSink{}, done: make(chan struct{})}
-	g.cmd = exec.Command(binary(t), "run", "-config", path)
+	g.cmd = command(binary(t), path)
 	g.cmd.Stdout, g.cmd.Stderr = g.log, g.log
 	if err := g.cmd.Start(); err != nil {
 		t.Fatal(err)
