@@ -10,9 +10,13 @@ import (
 // breaker is one server's circuit: after `failures` consecutive failures it
 // opens for openFor, then lets a single session try (half-open). A failed
 // trial re-opens it for twice as long, up to maxOpenFor; a success closes it.
+// A trial that has not reported within trialFor (the backend's
+// connect_budget: an app that connected and sent nothing gets no verdict) is
+// given to the next session, so one silent app cannot keep a server out.
 type breaker struct {
 	threshold         int
 	baseOpen, maxOpen time.Duration
+	trialFor          time.Duration
 
 	mu        sync.Mutex
 	state     int
@@ -20,10 +24,17 @@ type breaker struct {
 	openFor   time.Duration
 	openUntil time.Time
 	trial     bool
+	trialEnd  time.Time // when a trial without a verdict is given up
 }
 
-func newBreaker(threshold int, openFor, maxOpen time.Duration) *breaker {
-	return &breaker{threshold: threshold, baseOpen: openFor, maxOpen: maxOpen, openFor: openFor}
+func newBreaker(threshold int, openFor, maxOpen, trialFor time.Duration) *breaker {
+	return &breaker{threshold: threshold, baseOpen: openFor, maxOpen: maxOpen, openFor: openFor, trialFor: trialFor}
+}
+
+// trialTaken reports whether a half-open trial is out and still within its
+// time. The caller holds mu.
+func (b *breaker) trialTaken(now time.Time) bool {
+	return b.trial && now.Before(b.trialEnd)
 }
 
 // allow reports whether a session may dial now. In the half-open state only
@@ -39,13 +50,13 @@ func (b *breaker) allow(now time.Time) (ok bool, changed bool) {
 		if now.Before(b.openUntil) {
 			return false, false
 		}
-		b.state, b.trial = metrics.BreakerHalfOpen, true
+		b.state, b.trial, b.trialEnd = metrics.BreakerHalfOpen, true, now.Add(b.trialFor)
 		return true, true
 	case metrics.BreakerHalfOpen:
-		if b.trial {
+		if b.trialTaken(now) {
 			return false, false
 		}
-		b.trial = true
+		b.trial, b.trialEnd = true, now.Add(b.trialFor)
 		return true, false
 	}
 	return true, false
@@ -62,7 +73,7 @@ func (b *breaker) usable(now time.Time) bool {
 	case metrics.BreakerOpen:
 		return !now.Before(b.openUntil)
 	case metrics.BreakerHalfOpen:
-		return !b.trial
+		return !b.trialTaken(now)
 	}
 	return true
 }

@@ -11,7 +11,7 @@ import (
 // here on a made-up clock, without sleeping.
 func TestBreakerLifecycle(t *testing.T) {
 	t0 := time.Date(2025, 1, 1, 0, 0, 0, 0, time.UTC)
-	b := newBreaker(3, 10*time.Second, 35*time.Second)
+	b := newBreaker(3, 10*time.Second, 35*time.Second, 5*time.Second)
 
 	// Two failures, a success, two failures: not consecutive, still closed.
 	for _, f := range []bool{true, true, false, true, true} {
@@ -59,6 +59,22 @@ func TestBreakerLifecycle(t *testing.T) {
 	if ok, changed := b.allow(t1); !ok || changed {
 		t.Fatalf("after an abandoned trial: allow=%v changed=%v; want a new trial, no state change", ok, changed)
 	}
+	// A trial that neither reports nor leaves (an app that connected and
+	// sends nothing: the backend owes it no answer) is given up after the
+	// trial time (connect_budget), and the next session tries.
+	if ok, _ := b.allow(t1.Add(5*time.Second - time.Nanosecond)); ok || b.usable(t1.Add(5*time.Second-time.Nanosecond)) {
+		t.Fatal("a second trial within the first one's time")
+	}
+	t1 = t1.Add(5 * time.Second)
+	if !b.usable(t1) {
+		t.Fatal("not usable once the silent trial's time is over")
+	}
+	if ok, changed := b.allow(t1); !ok || changed || b.current() != metrics.BreakerHalfOpen {
+		t.Fatalf("after a silent trial's time: allow=%v changed=%v state=%d; want a new trial, still half-open", ok, changed, b.current())
+	}
+	if ok, _ := b.allow(t1); ok {
+		t.Fatal("the new trial is not exclusive")
+	}
 
 	// Failed trials double open_for up to max_open_for: 20s, then 35s (cap).
 	at := t1
@@ -89,7 +105,7 @@ func TestBreakerLifecycle(t *testing.T) {
 
 // failures = 0 turns the breaker off.
 func TestBreakerOff(t *testing.T) {
-	b := newBreaker(0, time.Second, time.Second)
+	b := newBreaker(0, time.Second, time.Second, time.Second)
 	now := time.Now()
 	for range 100 {
 		if opened, _ := b.failure(now); opened {
@@ -105,7 +121,7 @@ func TestBreakerOff(t *testing.T) {
 // next session gets the trial at once.
 func TestBreakerExpire(t *testing.T) {
 	t0 := time.Now()
-	b := newBreaker(1, time.Minute, time.Hour)
+	b := newBreaker(1, time.Minute, time.Hour, 5*time.Second)
 	if b.expire(t0) {
 		t.Fatal("expire on a closed breaker reported a change")
 	}

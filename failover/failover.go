@@ -80,7 +80,7 @@ func New(cfg *config.Backend, log hclog.Logger, m *metrics.Metrics) *Backend {
 	for _, sc := range cfg.Servers {
 		s := &Server{
 			Address: sc.Address, Priority: sc.Priority, Weight: *sc.Weight, backend: b,
-			breaker:   newBreaker(*cfg.Breaker.Failures, cfg.Breaker.OpenFor.Duration, cfg.Breaker.MaxOpenFor.Duration),
+			breaker:   newBreaker(*cfg.Breaker.Failures, cfg.Breaker.OpenFor.Duration, cfg.Breaker.MaxOpenFor.Duration, cfg.ConnectBudget.Duration),
 			keepalive: cfg.Keepalive.Settings(),
 			connectOK: m.ConnectDuration.WithLabelValues(cfg.Name, sc.Address, "ok"),
 		}
