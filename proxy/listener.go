@@ -27,7 +27,8 @@ type listener struct {
 	done chan struct{} // closed when the accept loop has ended
 
 	active           atomic.Int64
-	perConnKeepalive atomic.Bool // the listening socket refused keepalive options: set them per connection
+	perConnKeepalive atomic.Bool // set every keepalive option per connection (the listening socket refused them, or goKeepalive)
+	goKeepalive      bool        // made from a file (a handed-over socket): Go sets its own keepalive on accept
 	srcMu            sync.Mutex
 	perSource        map[netip.Addr]int
 	series           sync.Map // backend name -> *sessionSeries

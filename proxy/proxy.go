@@ -136,7 +136,7 @@ func (p *Proxy) Apply(cfg *config.Config) error {
 			l.log.Warn("cannot set keepalive on the listening socket; sessions get it one by one", "error", err)
 			l.perConnKeepalive.Store(true)
 		} else {
-			l.perConnKeepalive.Store(false)
+			l.perConnKeepalive.Store(l.goKeepalive)
 		}
 		l.conf.Store(lc)
 		p.metrics.MaxSessions.WithLabelValues(lc.Name).Set(float64(lc.MaxSessions))
@@ -167,6 +167,7 @@ func (p *Proxy) Apply(cfg *config.Config) error {
 
 func (p *Proxy) bind(cfg *config.Config, lc *config.Listener) (*listener, error) {
 	ln, err := p.inherit(cfg, lc) // the socket of a renamed or moved listener (reload.go)
+	fromFile := ln != nil
 	if ln == nil && err == nil {
 		lcfg := net.ListenConfig{KeepAlive: -1} // tnsguard sets keepalive itself, per leg
 		ln, err = lcfg.Listen(p.ctx, "tcp", lc.Listen)
@@ -177,6 +178,9 @@ func (p *Proxy) bind(cfg *config.Config, lc *config.Listener) (*listener, error)
 	l := &listener{
 		p: p, name: lc.Name, ln: ln.(*net.TCPListener), done: make(chan struct{}),
 		log: p.log.Named("proxy").With("listener", lc.Name), perSource: map[netip.Addr]int{},
+		// Go gives connections accepted on a listener made from a file
+		// its default keepalive (15s), over what they inherit.
+		goKeepalive: fromFile,
 	}
 	l.conf.Store(lc)
 	return l, nil

@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"crypto/sha256"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"strings"
@@ -173,9 +174,9 @@ func TestAppResetClosesBackend(t *testing.T) {
 func TestKeepaliveOnBothLegs(t *testing.T) {
 	be := newBackend(t, echo)
 	h := startProxy(t, oneBackendConfig(be.addr()))
-	check := func(wantClient, wantBackend keepalive.Settings) {
+	check := func(listener string, wantClient, wantBackend keepalive.Settings) {
 		t.Helper()
-		c := h.dial("l")
+		c := h.dial(listener)
 		defer c.Close()
 		c.Write([]byte("x"))
 		io.ReadFull(c, make([]byte, 1))
@@ -206,7 +207,7 @@ func TestKeepaliveOnBothLegs(t *testing.T) {
 			}
 		}
 	}
-	check(keepalive.Settings{Idle: 7 * time.Second, Interval: 3 * time.Second, Count: 5, UserTimeout: 31 * time.Second},
+	check("l", keepalive.Settings{Idle: 7 * time.Second, Interval: 3 * time.Second, Count: 5, UserTimeout: 31 * time.Second},
 		keepalive.Settings{Idle: 11 * time.Second, Interval: 2 * time.Second, Count: 4, UserTimeout: 19 * time.Second})
 
 	next := strings.NewReplacer(`idle = "7s"`, `idle = "13s"`, `count = 5`, `count = 2`, `user_timeout = "31s"`, `user_timeout = "0s"`,
@@ -214,6 +215,16 @@ func TestKeepaliveOnBothLegs(t *testing.T) {
 	if err := h.p.Apply(mustParse(t, next)); err != nil {
 		t.Fatal(err)
 	}
-	check(keepalive.Settings{Idle: 13 * time.Second, Interval: 3 * time.Second, Count: 2},
+	check("l", keepalive.Settings{Idle: 13 * time.Second, Interval: 3 * time.Second, Count: 2},
+		keepalive.Settings{Idle: 17 * time.Second, Interval: 2 * time.Second, Count: 4, UserTimeout: 19 * time.Second})
+
+	// A renamed listener keeps its socket (handed over through a file
+	// descriptor, reload.go); its sessions still get the configured values,
+	// not Go's defaults for a listener made from a file.
+	renamed := strings.NewReplacer(`name = "l"`, `name = "m"`, `listen = "127.0.0.1:0"`, fmt.Sprintf("listen = %q", h.addr("l"))).Replace(next)
+	if err := h.p.Apply(mustParse(t, renamed)); err != nil {
+		t.Fatal(err)
+	}
+	check("m", keepalive.Settings{Idle: 13 * time.Second, Interval: 3 * time.Second, Count: 2},
 		keepalive.Settings{Idle: 17 * time.Second, Interval: 2 * time.Second, Count: 4, UserTimeout: 19 * time.Second})
 }

@@ -68,7 +68,7 @@ type session struct {
 	openingUp     int64  // bytes of the opening not yet in bytesUp (the backend may still change)
 
 	endOnce sync.Once
-	end     *sessionEnd // set once, by abort or finish; only idle sessions' worth of memory counts, so not inline
+	end     *sessionEnd // set once, by abort or finish: allocated at the end, so a live session does not carry it
 
 	legs  atomic.Int32 // directions not ended yet; the last one ends the session (idle.go)
 	pumps [2]*pump     // app->backend, backend->app once running, under mu: abort wakes them if parked
