@@ -45,6 +45,9 @@ type options struct {
 	Command      string // how this run was invoked, for the markdown header
 	Log          io.Writer
 	Verbose      bool
+	// PeerKeepalive gives HAProxy and nginx the keepalive that tnsguard's
+	// defaults set on each leg, so that they do the same socket work.
+	PeerKeepalive bool
 }
 
 // allTests are the measurements, in the order they run.
@@ -115,6 +118,7 @@ func parseFlags(args []string) (options, error) {
 	module := fs.String("nginx-module", def.NginxModule, "nginx stream module to load_module")
 	out := fs.String("out", "", "also write the table as markdown to this file")
 	verbose := fs.Bool("v", false, "log every measurement and helper process start")
+	peerKA := fs.Bool("peer-keepalive", false, "configure HAProxy and nginx with the keepalive tnsguard's defaults set on each leg (the reference runs leave them without)")
 	if err := fs.Parse(args); err != nil {
 		return options{}, err
 	}
@@ -149,6 +153,7 @@ func parseFlags(args []string) (options, error) {
 	o.NginxModule = *module
 	o.Out = *out
 	o.Verbose = *verbose
+	o.PeerKeepalive = *peerKA
 	o.Command = "go run ./test/bench"
 	if len(args) > 0 {
 		o.Command += " " + strings.Join(args, " ")

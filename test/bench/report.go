@@ -100,6 +100,9 @@ func (r *results) describeRun() string {
 	if o.Quick {
 		mode = "quick (smoke: tiny durations, numbers not meaningful)"
 	}
+	if o.PeerKeepalive {
+		mode += ", peers with tnsguard's keepalive"
+	}
 	return fmt.Sprintf("mode %s; %v timed per measurement, %d round(s) interleaved across systems (table: medians), "+
 		"%d-byte messages, %d conn/s clients, %d idle sessions; took %s; load average %s at start, %s at end",
 		mode, o.Duration, o.Rounds, o.MessageSize, o.ConnWorkers, o.IdleSessions, r.Elapsed.Round(time.Second), r.Load[0], r.Load[1])

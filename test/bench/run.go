@@ -310,6 +310,7 @@ func prepareSystems(ctx context.Context, o options, dir string, fileLimit uint64
 	}
 	setup.self = self
 	setup.nginxModule = o.NginxModule
+	setup.peerKeepalive = o.PeerKeepalive
 	skip := func(name, why string) {
 		r.Skipped[name] = why
 		logf("bench: skipping %s: %s", name, why)

@@ -259,6 +259,35 @@ type systemSetup struct {
 	nginxModule string
 	tnsguard    string
 	fileLimit   uint64 // RLIMIT_NOFILE the proxies inherit
+	// peerKeepalive: HAProxy and nginx set keepalive as tnsguard's defaults
+	// do (app leg 60s/15s/4, backend leg 30s/10s/3; HAProxy has no user
+	// timeout for servers, nginx no keepalive timing for upstreams).
+	peerKeepalive bool
+}
+
+// haproxyKeepalive is the proxy-section lines for peerKeepalive.
+func (s systemSetup) haproxyKeepalive() string {
+	if !s.peerKeepalive {
+		return ""
+	}
+	return `    option clitcpka
+    clitcpka-idle 60s
+    clitcpka-intvl 15s
+    clitcpka-cnt 4
+    option srvtcpka
+    srvtcpka-idle 30s
+    srvtcpka-intvl 10s
+    srvtcpka-cnt 3
+`
+}
+
+// nginxKeepalive is the listen parameter and server directive for
+// peerKeepalive.
+func (s systemSetup) nginxKeepalive() (listen, server string) {
+	if !s.peerKeepalive {
+		return "", ""
+	}
+	return " so_keepalive=60s:15s:4", " proxy_socket_keepalive on;"
 }
 
 // haproxyMaxconn fits HAProxy's fd needs (2 per connection plus 2 per pipe,
@@ -318,16 +347,16 @@ defaults
 
 listen small
     bind 127.0.0.1:%[2]d
-    server echo %[3]s
-`, s.haproxyMaxconn(), ports[0], be.Echo)
+%[4]s    server echo %[3]s
+`, s.haproxyMaxconn(), ports[0], be.Echo, s.haproxyKeepalive())
 		if be.Iperf != "" {
 			cfg += fmt.Sprintf(`
 listen bulk
     bind 127.0.0.1:%d
     option splice-request
     option splice-response
-    server iperf %s
-`, ports[1], be.Iperf)
+%s    server iperf %s
+`, ports[1], s.haproxyKeepalive(), be.Iperf)
 		}
 		path := filepath.Join(dir, "haproxy.cfg")
 		if err := os.WriteFile(path, []byte(cfg), 0o644); err != nil {
@@ -347,9 +376,10 @@ func (s systemSetup) nginxSystem() system {
 		if err != nil {
 			return nil, err
 		}
-		servers := fmt.Sprintf("    server { listen 127.0.0.1:%d; proxy_pass %s; }\n", ports[0], be.Echo)
+		ka, upstreamKA := s.nginxKeepalive()
+		servers := fmt.Sprintf("    server { listen 127.0.0.1:%d%s; proxy_pass %s;%s }\n", ports[0], ka, be.Echo, upstreamKA)
 		if be.Iperf != "" {
-			servers += fmt.Sprintf("    server { listen 127.0.0.1:%d; proxy_pass %s; }\n", ports[1], be.Iperf)
+			servers += fmt.Sprintf("    server { listen 127.0.0.1:%d%s; proxy_pass %s;%s }\n", ports[1], ka, be.Iperf, upstreamKA)
 		}
 		cfg := fmt.Sprintf(`load_module %s;
 daemon off;
