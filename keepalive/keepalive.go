@@ -31,15 +31,12 @@ type Settings struct {
 
 // Apply sets the options on a live connection.
 func (s Settings) Apply(c *net.TCPConn) error {
-	if err := c.SetKeepAliveConfig(net.KeepAliveConfig{
-		Enable:   s.Idle > 0,
-		Idle:     s.Idle,
-		Interval: s.Interval,
-		Count:    s.Count,
-	}); err != nil {
-		return fmt.Errorf("keepalive: %w", err)
-	}
-	return setUserTimeout(c, s.UserTimeout)
+	return onSocket(c, func(fd uintptr) error {
+		if err := s.setKeepalive(fd); err != nil {
+			return err
+		}
+		return s.setUserTimeout(fd) // even 0: it may replace an earlier value
+	})
 }
 
 // ApplyListener sets the options that Linux copies from a listening socket
@@ -48,15 +45,7 @@ func (s Settings) Apply(c *net.TCPConn) error {
 // instead of five. Connections already in the accept queue keep what was set
 // when their handshake completed.
 func (s Settings) ApplyListener(l *net.TCPListener) error {
-	rc, err := l.SyscallConn()
-	if err != nil {
-		return err
-	}
-	var optErr error
-	if err := rc.Control(func(fd uintptr) { optErr = s.setKeepalive(fd) }); err != nil {
-		return err
-	}
-	return optErr
+	return onSocket(l, s.setKeepalive)
 }
 
 // ApplyAccepted completes ApplyListener on an accepted connection: the
@@ -65,22 +54,40 @@ func (s Settings) ApplyAccepted(c *net.TCPConn) error {
 	if s.UserTimeout == 0 {
 		return nil // what a new socket has
 	}
-	return setUserTimeout(c, s.UserTimeout)
+	return onSocket(c, s.setUserTimeout)
 }
 
 // Control sets every option on a socket that is not connected yet; it has
 // the signature of net.Dialer.Control, so a dial needs no system call after
 // connect for keepalive.
 func (s Settings) Control(_, _ string, rc syscall.RawConn) error {
-	var optErr error
-	if err := rc.Control(func(fd uintptr) {
-		if optErr = s.setKeepalive(fd); optErr == nil && s.UserTimeout > 0 {
-			optErr = setInt(fd, unix.IPPROTO_TCP, unix.TCP_USER_TIMEOUT, int(s.UserTimeout/time.Millisecond), "TCP_USER_TIMEOUT")
+	return onRawConn(rc, func(fd uintptr) error {
+		if err := s.setKeepalive(fd); err != nil || s.UserTimeout == 0 {
+			return err // a user timeout of 0 is what a new socket has
 		}
-	}); err != nil {
+		return s.setUserTimeout(fd)
+	})
+}
+
+// onSocket runs set on c's file descriptor.
+func onSocket(c syscall.Conn, set func(fd uintptr) error) error {
+	rc, err := c.SyscallConn()
+	if err != nil {
 		return err
 	}
-	return optErr
+	return onRawConn(rc, set)
+}
+
+func onRawConn(rc syscall.RawConn, set func(fd uintptr) error) error {
+	var setErr error
+	if err := rc.Control(func(fd uintptr) { setErr = set(fd) }); err != nil {
+		return err
+	}
+	return setErr
+}
+
+func (s Settings) setUserTimeout(fd uintptr) error {
+	return setInt(fd, unix.IPPROTO_TCP, unix.TCP_USER_TIMEOUT, int(s.UserTimeout/time.Millisecond), "TCP_USER_TIMEOUT")
 }
 
 // setKeepalive sets SO_KEEPALIVE and, when on, idle, interval and count as
@@ -137,24 +144,6 @@ func (s Settings) DetectionTime() time.Duration {
 		return s.UserTimeout
 	}
 	return d
-}
-
-func setUserTimeout(c syscall.Conn, d time.Duration) error {
-	rc, err := c.SyscallConn()
-	if err != nil {
-		return err
-	}
-	var optErr error
-	err = rc.Control(func(fd uintptr) {
-		optErr = unix.SetsockoptInt(int(fd), unix.IPPROTO_TCP, unix.TCP_USER_TIMEOUT, int(d/time.Millisecond))
-	})
-	if err != nil {
-		return err
-	}
-	if optErr != nil {
-		return fmt.Errorf("TCP_USER_TIMEOUT: %w", optErr)
-	}
-	return nil
 }
 
 // Read returns the options in force on a connection, read back from the
