@@ -216,7 +216,6 @@ func (p *Proxy) newSession(ctx context.Context, l *listener, b *failover.Backend
 	s.ctx, s.cancel = context.WithCancel(ctx)
 	s.cond = sync.NewCond(&s.mu)
 	s.series = l.seriesFor(b.Config.Name)
-	s.bytesUp, s.bytesDown = s.series.bytesUp, s.series.bytesDown
 	s.series.active.Inc()
 	p.track(s, true)
 	return s

@@ -264,6 +264,6 @@ func (s *session) switchBackend(b *failover.Backend) {
 	s.series.active.Dec()
 	series.active.Inc()
 	s.mu.Lock()
-	s.backend, s.series, s.bytesUp, s.bytesDown = b, series, series.bytesUp, series.bytesDown
+	s.backend, s.series = b, series
 	s.mu.Unlock()
 }

@@ -343,7 +343,7 @@ func (p *Proxy) record(s *session, srv *failover.Server, established bool) {
 	p.metrics.SessionsTotal.WithLabelValues(s.l.name, bname, s.service, end.outcome).Inc()
 	s.series.duration.Observe(age.Seconds())
 	if !established { // the opening's bytes went to backends that never answered
-		s.bytesUp.Add(float64(s.openingUp))
+		s.series.bytesUp.Add(float64(s.openingUp))
 	}
 	if established && srv != nil {
 		srv.Release()

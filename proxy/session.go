@@ -14,7 +14,6 @@ import (
 	"time"
 
 	"github.com/hashicorp/go-hclog"
-	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/tnsguard/tnsguard/failover"
 )
@@ -48,13 +47,13 @@ type session struct {
 	toClient    atomic.Int64
 	service     string
 
-	bytesUp, bytesDown prometheus.Counter
-	series             *sessionSeries // of its listener and backend
+	series *sessionSeries // of its listener and backend: byte counters, active, wait, duration
 
 	mu          sync.Mutex
 	cond        *sync.Cond
 	conn        *net.TCPConn     // current backend connection, nil while dialing
 	server      *failover.Server // its server
+	link        *link            // the link of listener, backend and server once established (links.go)
 	replay      []byte           // the app's opening bytes, for a re-dial
 	overflow    bool             // more than replay_bytes were sent on: no re-dial
 	clientEOF   bool             // the app half-closed during the opening
@@ -65,7 +64,7 @@ type session struct {
 	connectSeen   bool   // the CONNECT was complete (or turned out not to be one)
 	serviceName   string // SERVICE_NAME or SID, as the app wrote it
 	routeWaitOver bool   // routing stopped waiting for the CONNECT
-	openingUp     int64  // bytes of the opening not yet in bytesUp (the backend may still change)
+	openingUp     int64  // bytes of the opening not yet counted in series.bytesUp (the backend may still change)
 
 	endOnce sync.Once
 	end     *sessionEnd // set once, by abort or finish: allocated at the end, so a live session does not carry it
@@ -175,13 +174,8 @@ func (s *session) open() error {
 		}
 		conn, err := plan.Dial(s.ctx, srv) // within connect_timeout and the budget
 		if err != nil {
-			if cerr := s.clientFailure(); cerr != nil {
-				srv.Abandoned()
+			if over, cerr := s.cutShort(srv, err); over {
 				return cerr
-			}
-			if s.ctx.Err() != nil {
-				srv.Abandoned()
-				return s.endedElsewhere(err)
 			}
 			lastErr = err
 			attempts = append(attempts, fmt.Sprintf("%s: %v", srv.Address, err))
@@ -209,13 +203,8 @@ func (s *session) open() error {
 		// The backend failed before its first byte.
 		conn.Close()
 		s.detach()
-		if cerr := s.clientFailure(); cerr != nil {
-			srv.Abandoned()
+		if over, cerr := s.cutShort(srv, err); over {
 			return cerr
-		}
-		if s.ctx.Err() != nil {
-			srv.Abandoned()
-			return s.endedElsewhere(err)
 		}
 		if s.appClosedFirst(err) {
 			srv.Abandoned()
@@ -230,11 +219,8 @@ func (s *session) open() error {
 		lastErr = err
 		attempts = append(attempts, fmt.Sprintf("%s: %v", srv.Address, err))
 		srv.Failed(err)
-		s.mu.Lock()
-		overflow := s.overflow
-		s.mu.Unlock()
 		switch {
-		case overflow:
+		case s.overflowed():
 			err = fmt.Errorf("%w: %w", ErrReplayOverflow, err)
 		case errors.Is(err, ErrRefused): // only returned when retry_on has "refuse"
 			retry, failed = "refuse", srv
@@ -247,6 +233,22 @@ func (s *session) open() error {
 		s.abort(SideBackend, PhaseOpening, err, "reset", srv)
 		return err
 	}
+}
+
+// cutShort tells whether the opening was ended while srv was being tried:
+// the app's leg failed (the session is classified on the client side) or
+// the session was ended elsewhere (drain, shutdown). Either way srv gets no
+// verdict, and the error to return is given.
+func (s *session) cutShort(srv *failover.Server, err error) (bool, error) {
+	if cerr := s.clientFailure(); cerr != nil {
+		srv.Abandoned()
+		return true, cerr
+	}
+	if s.ctx.Err() != nil {
+		srv.Abandoned()
+		return true, s.endedElsewhere(err)
+	}
+	return false, nil
 }
 
 // noBackend ends a session that got no backend: the app's connection is
@@ -426,22 +428,23 @@ func (s *session) detach() {
 // establish passes the backend's first bytes to the app and ends the
 // opening phase: from here on nothing is replayed.
 func (s *session) establish(first []byte, srv *failover.Server, plan *failover.Plan) error {
+	lk := s.p.linkFor(s.l.name, s.backend.Config.Name, srv.Address)
 	s.mu.Lock()
-	s.established = true
+	s.established, s.link = true, lk
 	s.cancel()
 	s.ctx, s.cancel = nil, nil
 	s.noteConnectLocked()
 	s.replay = nil
-	s.bytesUp.Add(float64(s.openingUp)) // the opening's bytes, counted now that the backend is known
+	s.series.bytesUp.Add(float64(s.openingUp)) // the opening's bytes, counted now that the backend is known
 	s.openingUp = 0
 	s.mu.Unlock()
 	srv.Succeeded()
 	srv.Acquire()
 	s.series.wait.Observe(time.Since(s.start).Seconds())
-	s.p.linkFor(s.l.name, s.backend.Config.Name, srv.Address).addLive(s)
+	lk.addLive(s)
 	n, err := s.client.Write(first)
 	s.toClient.Add(int64(n))
-	s.bytesDown.Add(float64(n))
+	s.series.bytesDown.Add(float64(n))
 	s.touch()
 	if err != nil {
 		// The app is gone; the backend connection stays attached and is
@@ -460,7 +463,7 @@ func (s *session) establish(first []byte, srv *failover.Server, plan *failover.P
 func (s *session) clientToBackend() *pumpErr {
 	p, err := newPump(s.client, nil, s.p.pool, func(n int) {
 		s.toBackend.Add(int64(n))
-		s.bytesUp.Add(float64(n))
+		s.series.bytesUp.Add(float64(n))
 		s.touch()
 	})
 	if err != nil {
@@ -550,7 +553,7 @@ func (s *session) openingBytes(b []byte) error {
 		}
 		s.openingUp += int64(len(b))
 	} else {
-		s.bytesUp.Add(float64(len(b)))
+		s.series.bytesUp.Add(float64(len(b)))
 	}
 	s.touch()
 	s.toBackend.Add(int64(len(b)))
@@ -572,7 +575,7 @@ func (s *session) pumpBackendToClient() *pumpErr {
 	}
 	p, err := newPump(conn, s.client, s.p.pool, func(n int) {
 		s.toClient.Add(int64(n))
-		s.bytesDown.Add(float64(n))
+		s.series.bytesDown.Add(float64(n))
 		s.touch()
 	})
 	if err != nil {
@@ -668,10 +671,10 @@ func (s *session) abort(side Side, phase Phase, err error, outcome string, srv *
 // closes it.
 func (s *session) closeBackend(conn *net.TCPConn) {
 	s.mu.Lock()
-	srv := s.server
+	lk := s.link
 	s.mu.Unlock()
-	if srv != nil {
-		s.p.linkFor(s.l.name, s.backend.Config.Name, srv.Address).removeLive(s, conn)
+	if lk != nil { // only an established session is among its link's live ones
+		lk.removeLive(s, conn)
 	}
 	conn.Close()
 }
