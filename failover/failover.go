@@ -33,7 +33,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/tnsguard/tnsguard/config"
-	"github.com/tnsguard/tnsguard/keepalive"
 	"github.com/tnsguard/tnsguard/metrics"
 )
 
@@ -49,6 +48,10 @@ type Backend struct {
 	log     hclog.Logger
 	metrics *metrics.Metrics
 	rr      atomic.Uint64
+	// dialer dials every server: connect_timeout, and the backend leg's
+	// keepalive set before connect (Control), so a dial costs no system
+	// call after it. Safe for concurrent use.
+	dialer net.Dialer
 
 	wg     sync.WaitGroup
 	cancel context.CancelFunc
@@ -62,7 +65,6 @@ type Server struct {
 
 	backend   *Backend
 	breaker   *breaker
-	keepalive keepalive.Settings  // the backend's, set on every dial
 	connectOK prometheus.Observer // the connect-time series of successful dials, resolved once
 	up        atomic.Bool
 	sessions  atomic.Int64
@@ -76,12 +78,12 @@ type Server struct {
 // New builds a backend from its configuration. Servers start up; the first
 // health check (see Start) corrects that within one interval.
 func New(cfg *config.Backend, log hclog.Logger, m *metrics.Metrics) *Backend {
-	b := &Backend{Config: cfg, log: log.With("backend", cfg.Name), metrics: m}
+	b := &Backend{Config: cfg, log: log.With("backend", cfg.Name), metrics: m,
+		dialer: net.Dialer{Timeout: cfg.ConnectTimeout.Duration, KeepAlive: -1, Control: cfg.Keepalive.Settings().Control}}
 	for _, sc := range cfg.Servers {
 		s := &Server{
 			Address: sc.Address, Priority: sc.Priority, Weight: *sc.Weight, backend: b,
 			breaker:   newBreaker(*cfg.Breaker.Failures, cfg.Breaker.OpenFor.Duration, cfg.Breaker.MaxOpenFor.Duration, cfg.ConnectBudget.Duration),
-			keepalive: cfg.Keepalive.Settings(),
 			connectOK: m.ConnectDuration.WithLabelValues(cfg.Name, sc.Address, "ok"),
 		}
 		s.up.Store(true)
@@ -130,12 +132,10 @@ func (s *Server) Backend() *Backend { return s.backend }
 // backend leg's keepalive options and records the connect time by result.
 func (s *Server) Dial(ctx context.Context) (*net.TCPConn, error) {
 	cfg := s.backend.Config
-	// Keepalive is set before connect (Control), so a dial costs no system
-	// call after it. With ctx's deadline already the earlier one, the
-	// dialer adds no context of its own.
-	d := net.Dialer{Timeout: cfg.ConnectTimeout.Duration, KeepAlive: -1, Control: s.keepalive.Control}
 	start := time.Now()
-	c, err := d.DialContext(ctx, "tcp", s.Address)
+	// With ctx's deadline already the earlier one (Plan.Dial), the dialer
+	// adds no context of its own.
+	c, err := s.backend.dialer.DialContext(ctx, "tcp", s.Address)
 	if err != nil {
 		s.backend.metrics.ConnectDuration.WithLabelValues(cfg.Name, s.Address, DialResult(err)).Observe(time.Since(start).Seconds())
 		return nil, err
