@@ -80,13 +80,9 @@ func (s *Server) check(ctx context.Context) error {
 	ctx, cancel := context.WithTimeout(ctx, h.Timeout.Duration)
 	defer cancel()
 	start := time.Now()
-	var d net.Dialer
-	c, err := d.DialContext(ctx, "tcp", s.Address)
+	c, err := s.dialCheck(ctx)
 	if err == nil {
-		err = s.sendLocalHeader(c)
-		if err == nil {
-			err = s.checkProtocol(ctx, c)
-		}
+		err = s.checkProtocol(ctx, c)
 		c.Close()
 	}
 	if err == nil {
@@ -96,18 +92,25 @@ func (s *Server) check(ctx context.Context) error {
 	return fmt.Errorf("%s check: %w", h.Check, err)
 }
 
-// sendLocalHeader opens a health check to a server that expects PROXY
-// headers (send_proxy_protocol) with a LOCAL one: "this connection is the
-// proxy's own", so a downstream tnsguard or HAProxy accepts the check
-// instead of refusing it for a missing header.
-func (s *Server) sendLocalHeader(c net.Conn) error {
-	version := s.backend.Config.SendProxyVersion()
-	if version == 0 {
-		return nil
+// dialCheck opens a connection of tnsguard's own to the server (a health
+// check, a service probe). To a server that expects PROXY headers
+// (send_proxy_protocol) it opens with a LOCAL one: "this connection is the
+// proxy's own", so a downstream tnsguard or HAProxy accepts it instead of
+// refusing it for a missing header.
+func (s *Server) dialCheck(ctx context.Context) (net.Conn, error) {
+	var d net.Dialer
+	c, err := d.DialContext(ctx, "tcp", s.Address)
+	if err != nil {
+		return nil, err
 	}
-	h := &proxyproto.Header{Version: version, Command: proxyproto.LOCAL, TransportProtocol: proxyproto.UNSPEC}
-	_, err := h.WriteTo(c)
-	return err
+	if version := s.backend.Config.SendProxyVersion(); version != 0 {
+		h := &proxyproto.Header{Version: version, Command: proxyproto.LOCAL, TransportProtocol: proxyproto.UNSPEC}
+		if _, err := h.WriteTo(c); err != nil {
+			c.Close()
+			return nil, err
+		}
+	}
+	return c, nil
 }
 
 // checkProtocol is what a check does over the connection after connect:
@@ -138,8 +141,7 @@ func (s *Server) checkProtocol(ctx context.Context, c net.Conn) error {
 // probeService asks the listener, on a connection of its own, whether the
 // service is registered; the connection is closed at once either way.
 func (s *Server) probeService(ctx context.Context, service string) error {
-	var d net.Dialer
-	c, err := d.DialContext(ctx, "tcp", s.Address)
+	c, err := s.dialCheck(ctx)
 	if err != nil {
 		return err
 	}

@@ -3,8 +3,10 @@ package failover
 import (
 	"bufio"
 	"context"
+	"io"
 	"net"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -94,6 +96,63 @@ func TestTnspingServiceProbe(t *testing.T) {
 		if n != 1 {
 			t.Fatalf("%s asked for the service %d times, want once per interval", l.Addr(), n)
 		}
+	}
+}
+
+// The service probe runs on a connection of its own; to a server that
+// expects PROXY headers it opens with a LOCAL header too, or a downstream
+// tnsguard or HAProxy refuses it and the server counts as down.
+func TestServiceProbeSendsLocalProxyHeader(t *testing.T) {
+	db := tnstest.New(t, tnstest.Config{Mode: tnstest.Accept, Services: []string{"ORDERS"}})
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	var missing atomic.Int32 // connections that came without a LOCAL header
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				br := bufio.NewReader(c)
+				if h, err := proxyproto.Read(br); err != nil || h.Command != proxyproto.LOCAL {
+					missing.Add(1)
+					return // what a downstream proxy does: refuse it
+				}
+				up, err := net.Dial("tcp", db.Addr())
+				if err != nil {
+					return
+				}
+				defer up.Close()
+				go io.Copy(up, br)
+				io.Copy(c, up)
+			}()
+		}
+	}()
+	text := "[[listener]]\nname = \"l\"\nlisten = \"127.0.0.1:0\"\nbackend = \"b\"\n[[backend]]\nname = \"b\"\nsend_proxy_protocol = \"v2\"\n  [backend.health]\n  check = \"tnsping\"\n  interval = \"200ms\"\n  timeout = \"200ms\"\n  rise = 1\n  fall = 1\n  service = \"ORDERS\"\n  service_interval = \"1h\"\n" + servers(`address = "`+ln.Addr().String()+`"`)
+	cfg, _, err := config.Parse([]byte(text), "test.toml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := New(cfg.Backend("b"), hclog.NewNullLogger(), metrics.New(prometheus.NewRegistry(), "test"))
+	ctx, cancel := context.WithCancel(context.Background())
+	b.Start(ctx)
+	defer func() { cancel(); b.Stop() }()
+	eventually(t, "the service asked for through the proxy", func() bool {
+		for _, c := range db.Connects() {
+			if strings.Contains(string(c), "SERVICE_NAME=ORDERS") {
+				return true
+			}
+		}
+		return false
+	})
+	eventually(t, "server up", func() bool { return b.Servers[0].Up() })
+	if n := missing.Load(); n != 0 {
+		t.Fatalf("%d connections came without a LOCAL header", n)
 	}
 }
 
