@@ -179,26 +179,12 @@ func ParseRedirect(b []byte) (Redirect, error) {
 	case len(raw) > 10:
 		return Redirect{}, fmt.Errorf("%w: REDIRECT announces %d bytes of data, holds %d", ErrMalformed, n, len(raw)-10)
 	default:
-		rest := b[len(raw):]
-		for len(data) < n {
-			d, next, err := NextPacket(rest, Length16, 0)
-			if err != nil {
-				return Redirect{}, err
-			}
-			if d.Type != TypeData {
-				return Redirect{}, fmt.Errorf("%w: %s where REDIRECT's data should follow", ErrUnexpectedType, d.Type)
-			}
-			payload, err := dataPayload(d)
-			if err != nil {
-				return Redirect{}, err
-			}
-			if len(data)+len(payload) > n {
-				return Redirect{}, fmt.Errorf("%w: DATA carries more than the %d bytes REDIRECT announced", ErrMalformed, n)
-			}
-			data = append(data, payload...)
-			r.Len += len(d.Raw)
-			rest = next
+		var used int
+		var err error
+		if data, used, err = followingData(b[len(raw):], n, "REDIRECT's data"); err != nil {
+			return Redirect{}, err
 		}
+		r.Len += used
 	}
 	r.Address = string(data)
 	if r.Flags&redirectDataFollows != 0 {
@@ -207,6 +193,32 @@ func ParseRedirect(b []byte) (Redirect, error) {
 		}
 	}
 	return r, nil
+}
+
+// followingData gathers n bytes that a packet announced and left to the
+// DATA packets after it (rest starts with them); used is how many bytes of
+// rest those packets took. what names the data in errors.
+func followingData(rest []byte, n int, what string) (data []byte, used int, err error) {
+	for len(data) < n {
+		d, next, err := NextPacket(rest, Length16, 0)
+		if err != nil {
+			return nil, 0, err
+		}
+		if d.Type != TypeData {
+			return nil, 0, fmt.Errorf("%w: %s where %s should follow", ErrUnexpectedType, d.Type, what)
+		}
+		payload, err := dataPayload(d)
+		if err != nil {
+			return nil, 0, err
+		}
+		if len(data)+len(payload) > n {
+			return nil, 0, fmt.Errorf("%w: DATA carries more than the %d bytes of %s announced", ErrMalformed, n, what)
+		}
+		data = append(data, payload...)
+		used += len(d.Raw)
+		rest = next
+	}
+	return data, used, nil
 }
 
 // firstOfType splits off the first packet of b, a first packet of a

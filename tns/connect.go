@@ -47,14 +47,7 @@ type ConnectInfo struct {
 // connect data does not parse. It never reads past what the packets announce
 // and allocates at most the connect data's length (below 64 KiB).
 func ParseConnectData(opening []byte) (ConnectInfo, error) {
-	h, err := ParseHeader(opening, Length16)
-	if err != nil {
-		return ConnectInfo{}, err
-	}
-	if h.Type != TypeConnect {
-		return ConnectInfo{}, fmt.Errorf("%w: %s, want CONNECT", ErrUnexpectedType, h.Type)
-	}
-	pkt, rest, err := NextPacket(opening, Length16, 0)
+	pkt, err := firstOfType(opening, TypeConnect)
 	if err != nil {
 		return ConnectInfo{}, err
 	}
@@ -98,25 +91,11 @@ func ParseConnectData(opening []byte) (ConnectInfo, error) {
 		return ConnectInfo{}, fmt.Errorf("%w: CONNECT holds part of its %d bytes of connect data", ErrMalformed, dataLen)
 	default:
 		info.DataFollows = true
-		for len(data) < dataLen {
-			d, next, err := NextPacket(rest, Length16, 0)
-			if err != nil {
-				return ConnectInfo{}, err
-			}
-			if d.Type != TypeData {
-				return ConnectInfo{}, fmt.Errorf("%w: %s where CONNECT's connect data should follow", ErrUnexpectedType, d.Type)
-			}
-			payload, err := dataPayload(d)
-			if err != nil {
-				return ConnectInfo{}, err
-			}
-			if len(data)+len(payload) > dataLen {
-				return ConnectInfo{}, fmt.Errorf("%w: DATA carries more than the %d bytes of connect data CONNECT announced", ErrMalformed, dataLen)
-			}
-			data = append(data, payload...)
-			info.Len += len(d.Raw)
-			rest = next
+		var used int
+		if data, used, err = followingData(opening[len(raw):], dataLen, "CONNECT's connect data"); err != nil {
+			return ConnectInfo{}, err
 		}
+		info.Len += used
 	}
 	info.ConnectData = string(data)
 	desc, err := ParseDescription(info.ConnectData)
