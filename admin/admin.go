@@ -105,14 +105,9 @@ func allowOnly(nets []netip.Prefix, next http.Handler) http.Handler {
 		return next
 	}
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		ap, err := netip.ParseAddrPort(r.RemoteAddr)
-		if err == nil {
-			for _, n := range nets {
-				if n.Contains(ap.Addr().Unmap()) {
-					next.ServeHTTP(w, r)
-					return
-				}
-			}
+		if ap, err := netip.ParseAddrPort(r.RemoteAddr); err == nil && config.Allowed(nets, ap.Addr().Unmap()) {
+			next.ServeHTTP(w, r)
+			return
 		}
 		http.Error(w, "forbidden by admin.allow", http.StatusForbidden)
 	})

@@ -275,6 +275,20 @@ func isLoopback(host string) bool {
 	return err == nil && a.IsLoopback()
 }
 
+// Allowed reports whether a is in one of nets (an allow list parsed from
+// the config); an empty list allows everyone.
+func Allowed(nets []netip.Prefix, a netip.Addr) bool {
+	if len(nets) == 0 {
+		return true
+	}
+	for _, n := range nets {
+		if n.Contains(a) {
+			return true
+		}
+	}
+	return false
+}
+
 // parseNets accepts CIDRs and bare addresses (a /32 or /128).
 func parseNets(list []string) ([]netip.Prefix, error) {
 	var nets []netip.Prefix

@@ -230,9 +230,9 @@ type engine struct {
 	quit   chan struct{} // closed at shutdown: goroutines stop reporting
 	wg     sync.WaitGroup
 
-	rtts            []time.Duration // of each connect
-	checks, opened  int
-	nextID, maxOpen int
+	rtts           []time.Duration // of each connect
+	checks, opened int
+	nextID         int
 }
 
 // testConn is one test connection.
@@ -284,7 +284,6 @@ func (e *engine) add(c *net.TCPConn, now time.Time) error {
 	e.opened++
 	tc := &testConn{id: e.nextID, c: c, connected: now, refreshed: now}
 	e.conns = append(e.conns, tc)
-	e.maxOpen = max(e.maxOpen, len(e.conns))
 	e.wg.Add(1)
 	go e.read(tc)
 	return nil

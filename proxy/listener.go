@@ -109,18 +109,6 @@ func (l *listener) reject(c *net.TCPConn, reason string, src netip.Addr) {
 	c.Close()
 }
 
-func allowed(nets []netip.Prefix, a netip.Addr) bool {
-	if len(nets) == 0 {
-		return true
-	}
-	for _, n := range nets {
-		if n.Contains(a) {
-			return true
-		}
-	}
-	return false
-}
-
 // handle runs one accepted connection: checks, then the session. The
 // session may outlive this goroutine (idle.go); it then frees the
 // listener's slots itself (sessionEnded).
@@ -148,7 +136,7 @@ func (l *listener) handle(ctx context.Context, c *net.TCPConn) {
 		l.reject(c, reason, src)
 		return
 	}
-	if !allowed(cfg.AllowNets, src) {
+	if !config.Allowed(cfg.AllowNets, src) {
 		l.reject(c, "not_allowed", src)
 		return
 	}
