@@ -261,7 +261,7 @@ func (k *Keepalive) applyDefaults(idle, interval time.Duration, count int, userT
 	k.Count = intOr(k.Count, count)
 	if derived {
 		// Give up when the last probe would: never cut keepalive short.
-		userTimeout = k.Idle.Duration + k.Interval.Duration*time.Duration(*k.Count)
+		userTimeout = k.Settings().ProbeSpan()
 	}
 	k.UserTimeout.orDefault(userTimeout)
 }

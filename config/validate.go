@@ -225,7 +225,7 @@ func (k *Keepalive) validate() (errs, warnings []string) {
 	if len(errs) > 0 || k.Idle.Duration == 0 {
 		return errs, nil
 	}
-	probes := k.Idle.Duration + k.Interval.Duration*time.Duration(*k.Count)
+	probes := k.Settings().ProbeSpan()
 	if k.UserTimeout.Duration > 0 && k.UserTimeout.Duration < probes {
 		warnings = append(warnings, fmt.Sprintf("user_timeout %v is shorter than idle + interval*count (%v): it cuts keepalive short", k.UserTimeout.Duration, probes))
 	}

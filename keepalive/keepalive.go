@@ -132,18 +132,10 @@ func setInt(fd uintptr, level, opt, value int, name string) error {
 	return nil
 }
 
-// DetectionTime is the longest a dead peer can go unnoticed on an idle
-// connection with these settings: idle + interval*count, cut short by the
-// user timeout when that is smaller (and set).
-func (s Settings) DetectionTime() time.Duration {
-	if s.Idle == 0 {
-		return s.UserTimeout
-	}
-	d := s.Idle + s.Interval*time.Duration(s.Count)
-	if s.UserTimeout > 0 && s.UserTimeout < d {
-		return s.UserTimeout
-	}
-	return d
+// ProbeSpan is idle + interval*count: when the last unanswered probe of an
+// idle connection gives up on its peer.
+func (s Settings) ProbeSpan() time.Duration {
+	return s.Idle + s.Interval*time.Duration(s.Count)
 }
 
 // Read returns the options in force on a connection, read back from the
@@ -193,6 +185,6 @@ func FromPathIdle(pathIdle time.Duration) Settings {
 		return d
 	}
 	s := Settings{Idle: sec(pathIdle / 3), Interval: sec(pathIdle / 9), Count: 3}
-	s.UserTimeout = s.Idle + s.Interval*time.Duration(s.Count)
+	s.UserTimeout = s.ProbeSpan()
 	return s
 }
