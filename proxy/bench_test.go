@@ -13,10 +13,6 @@ import (
 	"time"
 
 	"github.com/hashicorp/go-hclog"
-	"github.com/prometheus/client_golang/prometheus"
-
-	"github.com/tnsguard/tnsguard/config"
-	"github.com/tnsguard/tnsguard/metrics"
 )
 
 // Benchmarks of the data path through a real proxy on loopback. The app
@@ -31,65 +27,12 @@ type benchProxy struct {
 	be *backendServer
 }
 
-// startBenchProxy runs a proxy in front of echoNoAlloc; it works for
-// benchmarks as well as tests (startProxy and newBackend take a *testing.T).
+// startBenchProxy runs a proxy in front of echoNoAlloc, logging nothing;
+// it works for benchmarks as well as tests.
 func startBenchProxy(tb testing.TB) *benchProxy {
 	tb.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		tb.Fatal(err)
-	}
-	be := &backendServer{ln: ln.(*net.TCPListener)}
-	be.wg.Add(1)
-	go func() {
-		defer be.wg.Done()
-		for {
-			c, err := be.ln.AcceptTCP()
-			if err != nil {
-				return
-			}
-			be.mu.Lock()
-			be.conns = append(be.conns, c)
-			be.mu.Unlock()
-			be.wg.Add(1)
-			go func() {
-				defer be.wg.Done()
-				echoNoAlloc(c)
-			}()
-		}
-	}()
-	tb.Cleanup(be.close)
-	cfg, _, err := config.Parse([]byte(oneBackendConfig(be.addr())), "bench.toml")
-	if err != nil {
-		tb.Fatal(err)
-	}
-	p := New(hclog.NewNullLogger(), metrics.New(prometheus.NewRegistry(), "bench"))
-	if err := p.Apply(cfg); err != nil {
-		tb.Fatal(err)
-	}
-	tb.Cleanup(func() { p.Shutdown(0, time.Second) })
-	return &benchProxy{h: &harness{p: p, cfg: cfg}, be: be}
-}
-
-func dialTB(tb testing.TB, addr string) *net.TCPConn {
-	tb.Helper()
-	c, err := net.Dial("tcp", addr)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	tb.Cleanup(func() { c.Close() })
-	return c.(*net.TCPConn)
-}
-
-func waitForTB(tb testing.TB, timeout time.Duration, what string, cond func() bool) {
-	tb.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			tb.Fatalf("timed out after %v waiting for %s", timeout, what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	be := newBackend(tb, echoNoAlloc)
+	return &benchProxy{h: startProxyWith(tb, oneBackendConfig(be.addr()), hclog.NewNullLogger()), be: be}
 }
 
 // roundTrips sends n messages of len(msg) bytes and reads each echo.
@@ -108,7 +51,7 @@ func roundTrips(tb testing.TB, c *net.TCPConn, msg, buf []byte, n int) {
 // back-to-back 64-byte round trips (two chunks through the proxy each).
 func BenchmarkRoundTrip64(b *testing.B) {
 	bp := startBenchProxy(b)
-	c := dialTB(b, bp.h.addr("l"))
+	c := bp.h.dial("l")
 	msg, buf := make([]byte, 64), make([]byte, 64)
 	roundTrips(b, c, msg, buf, 100) // established, buffers pooled
 	b.ReportAllocs()
@@ -121,22 +64,25 @@ func BenchmarkRoundTrip64(b *testing.B) {
 func BenchmarkSession(b *testing.B) {
 	bp := startBenchProxy(b)
 	msg, buf := make([]byte, 64), make([]byte, 64)
-	addr := bp.h.addr("l")
+	addr := bp.h.p.Addr("l").(*net.TCPAddr)
 	b.ReportAllocs()
 	b.ResetTimer()
 	for range b.N {
-		c := dialTB(b, addr)
+		c, err := net.DialTCP("tcp", nil, addr)
+		if err != nil {
+			b.Fatal(err)
+		}
 		roundTrips(b, c, msg, buf, 1)
 		c.Close()
 	}
 	b.StopTimer()
-	waitForTB(b, 5*time.Second, "every session ended", func() bool { return len(bp.h.p.liveSessions()) == 0 })
+	waitFor(b, 5*time.Second, "every session ended", func() bool { return len(bp.h.p.liveSessions()) == 0 })
 }
 
 // BenchmarkBulk moves 1 MiB writes app -> backend -> app.
 func BenchmarkBulk(b *testing.B) {
 	bp := startBenchProxy(b)
-	c := dialTB(b, bp.h.addr("l"))
+	c := bp.h.dial("l")
 	const size = 1 << 20
 	msg := make([]byte, size)
 	errc := make(chan error, 1)
@@ -167,7 +113,7 @@ func TestNoAllocationsPerChunk(t *testing.T) {
 		t.Skip("timing-sensitive allocation count")
 	}
 	bp := startBenchProxy(t)
-	c := dialTB(t, bp.h.addr("l"))
+	c := bp.h.dial("l")
 	msg, buf := make([]byte, 64), make([]byte, 64)
 	roundTrips(t, c, msg, buf, 100)
 	if got := testing.AllocsPerRun(2000, func() { roundTrips(t, c, msg, buf, 1) }); got != 0 {
@@ -195,12 +141,12 @@ func TestNoAllocationsPerChunk(t *testing.T) {
 	// A parked session: each message after a pause is moved by the lot
 	// (idle.go), which must not allocate either.
 	c.Close()
-	waitForTB(t, 2*time.Second, "first session ended", func() bool { return len(bp.h.p.liveSessions()) == 0 })
+	waitFor(t, 2*time.Second, "first session ended", func() bool { return len(bp.h.p.liveSessions()) == 0 })
 	lot := bp.h.p.parking
 	lot.after.Store(int64(2 * time.Millisecond))
-	c2 := dialTB(t, bp.h.addr("l"))
+	c2 := bp.h.dial("l")
 	roundTrips(t, c2, msg, buf, 10)
-	waitForTB(t, time.Second, "parked", func() bool { return lot.count() == 2 })
+	waitFor(t, time.Second, "parked", func() bool { return lot.count() == 2 })
 	roundTrips(t, c2, msg, buf, 1) // first wake: lazy setup (the destination's RawConn)
 	if got := testing.AllocsPerRun(50, func() {
 		time.Sleep(5 * time.Millisecond)
@@ -231,7 +177,7 @@ func BenchmarkRoundTripAfterPause(b *testing.B) {
 			if park {
 				lot.after.Store(int64(time.Millisecond))
 			}
-			c := dialTB(b, bp.h.addr("l"))
+			c := bp.h.dial("l")
 			msg, buf := make([]byte, 64), make([]byte, 64)
 			roundTrips(b, c, msg, buf, 10)
 			var cpu, wall time.Duration
@@ -264,7 +210,7 @@ func cpuTime() time.Duration {
 // figure as BenchmarkRoundTripFromParked.
 func BenchmarkRoundTrip64CPU(b *testing.B) {
 	bp := startBenchProxy(b)
-	c := dialTB(b, bp.h.addr("l"))
+	c := bp.h.dial("l")
 	msg, buf := make([]byte, 64), make([]byte, 64)
 	roundTrips(b, c, msg, buf, 100)
 	b.ResetTimer()

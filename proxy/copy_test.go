@@ -52,15 +52,23 @@ func echoed(t *testing.T, c net.Conn, msg string) {
 
 func parked(h *harness) int { return h.p.parking.count() }
 
-// An idle session holds no goroutine: both directions park, and the session
-// goes on as before when either side speaks again, as often as it pauses.
-func TestIdleSessionParksAndResumes(t *testing.T) {
-	be := newBackend(t, echoNoAlloc)
+// parkedSession is a session through a proxy (park delay 30 ms) to a
+// backend running fn, after one "hello" echoed and both directions parked.
+func parkedSession(t *testing.T, fn func(*net.TCPConn)) (*harness, *backendServer, *net.TCPConn) {
+	t.Helper()
+	be := newBackend(t, fn)
 	h := startProxy(t, oneBackendConfig(be.addr()))
 	parkSoon(t, h, 30*time.Millisecond)
 	c := h.dial("l")
 	echoed(t, c, "hello")
 	waitFor(t, 2*time.Second, "both directions parked", func() bool { return parked(h) == 2 })
+	return h, be, c
+}
+
+// An idle session holds no goroutine: both directions park, and the session
+// goes on as before when either side speaks again, as often as it pauses.
+func TestIdleSessionParksAndResumes(t *testing.T) {
+	h, _, c := parkedSession(t, echoNoAlloc)
 	base := runtime.NumGoroutine()
 
 	const n = 20
@@ -118,12 +126,7 @@ func sameBytes(t *testing.T, what string, got, want []byte) {
 // A reset from the backend while the session is parked reaches the app at
 // once, classified as an idle-phase backend reset.
 func TestParkedSessionSeesBackendReset(t *testing.T) {
-	be := newBackend(t, echoNoAlloc)
-	h := startProxy(t, oneBackendConfig(be.addr()))
-	parkSoon(t, h, 30*time.Millisecond)
-	c := h.dial("l")
-	echoed(t, c, "hello")
-	waitFor(t, 2*time.Second, "both directions parked", func() bool { return parked(h) == 2 })
+	h, be, c := parkedSession(t, echoNoAlloc)
 	resetConn(be.accepted()[0])
 	err, took := readErr(c, 3*time.Second)
 	if !errors.Is(err, syscall.ECONNRESET) {
@@ -141,12 +144,7 @@ func TestParkedSessionSeesBackendReset(t *testing.T) {
 
 // The app's reset while parked closes the backend connection.
 func TestParkedSessionSeesAppReset(t *testing.T) {
-	be := newBackend(t, echoNoAlloc)
-	h := startProxy(t, oneBackendConfig(be.addr()))
-	parkSoon(t, h, 30*time.Millisecond)
-	c := h.dial("l")
-	echoed(t, c, "hello")
-	waitFor(t, 2*time.Second, "both directions parked", func() bool { return parked(h) == 2 })
+	h, be, c := parkedSession(t, echoNoAlloc)
 	resetConn(c)
 	if err, took := readErr(be.accepted()[0], 3*time.Second); err == nil || took > time.Second {
 		t.Fatalf("backend read %v after %v, want its connection closed at once", err, took)
@@ -157,12 +155,7 @@ func TestParkedSessionSeesAppReset(t *testing.T) {
 
 // Half-closes pass through parked directions both ways.
 func TestParkedSessionHalfClose(t *testing.T) {
-	be := newBackend(t, echo) // echoes, then half-closes when the app does
-	h := startProxy(t, oneBackendConfig(be.addr()))
-	parkSoon(t, h, 30*time.Millisecond)
-	c := h.dial("l")
-	echoed(t, c, "hello")
-	waitFor(t, 2*time.Second, "both directions parked", func() bool { return parked(h) == 2 })
+	h, _, c := parkedSession(t, echo) // echoes, then half-closes when the app does
 	if _, err := c.Write([]byte("last")); err != nil {
 		t.Fatal(err)
 	}

@@ -24,7 +24,7 @@ func TestMain(m *testing.M) {
 
 // harness is a running proxy on loopback with a fresh registry.
 type harness struct {
-	t   *testing.T
+	t   testing.TB
 	p   *Proxy
 	m   *metrics.Metrics
 	reg *prometheus.Registry
@@ -34,7 +34,7 @@ type harness struct {
 // startProxy runs a proxy from TOML; the listener named "l" is usually
 // bound on 127.0.0.1:0. Its log goes to stderr at warn (debug with
 // TNSGUARD_TEST_LOG set).
-func startProxy(t *testing.T, toml string) *harness {
+func startProxy(t testing.TB, toml string) *harness {
 	t.Helper()
 	level := hclog.Warn
 	if os.Getenv("TNSGUARD_TEST_LOG") != "" {
@@ -44,7 +44,7 @@ func startProxy(t *testing.T, toml string) *harness {
 }
 
 // startProxyWith is startProxy with the given logger.
-func startProxyWith(t *testing.T, toml string, log hclog.Logger) *harness {
+func startProxyWith(t testing.TB, toml string, log hclog.Logger) *harness {
 	t.Helper()
 	cfg, _, err := config.Parse([]byte(toml), "test.toml")
 	if err != nil {
@@ -80,7 +80,7 @@ func counter(c *prometheus.CounterVec, labels ...string) float64 {
 }
 
 // waitFor polls cond until it holds or the timeout passes.
-func waitFor(t *testing.T, timeout time.Duration, what string, cond func() bool) {
+func waitFor(t testing.TB, timeout time.Duration, what string, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(timeout)
 	for !cond() {
@@ -100,7 +100,7 @@ type backendServer struct {
 	wg    sync.WaitGroup
 }
 
-func newBackend(t *testing.T, fn func(c *net.TCPConn)) *backendServer {
+func newBackend(t testing.TB, fn func(c *net.TCPConn)) *backendServer {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
