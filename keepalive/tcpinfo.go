@@ -17,6 +17,7 @@ type Info struct {
 	BytesRecv    uint64
 	LastDataRecv time.Duration // since the last data arrived
 	LastDataSent time.Duration
+	LastAckRecv  time.Duration // since the last ACK arrived (ms resolution)
 	State        uint8
 }
 
@@ -46,6 +47,7 @@ func ReadInfo(c syscall.Conn) (Info, error) {
 		BytesRecv:    ti.Bytes_received,
 		LastDataRecv: time.Duration(ti.Last_data_recv) * time.Millisecond,
 		LastDataSent: time.Duration(ti.Last_data_sent) * time.Millisecond,
+		LastAckRecv:  time.Duration(ti.Last_ack_recv) * time.Millisecond,
 		State:        ti.State,
 	}, nil
 }

@@ -30,6 +30,10 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/tnsguard/tnsguard/keepalive"
 )
 
 const (
@@ -277,8 +281,8 @@ func (e *engine) add(c *net.TCPConn, now time.Time) error {
 		c.Close()
 		return fmt.Errorf("test connection: %w", err)
 	}
-	if st, err := readTCPState(c); err == nil && st.rtt > 0 {
-		e.rtts = append(e.rtts, st.rtt)
+	if st, err := keepalive.ReadInfo(c); err == nil && st.RTT > 0 {
+		e.rtts = append(e.rtts, st.RTT)
 	}
 	e.nextID++
 	e.opened++
@@ -432,13 +436,13 @@ func (e *engine) trigger(tc *testConn, now time.Time) {
 // poll looks for the ACK of the check's probe: one received after the check
 // started, while the connection is still established.
 func (e *engine) poll(tc *testConn, now time.Time) {
-	st, err := readTCPState(tc.c)
-	if err == nil && st.established {
-		if ackAt := now.Add(-st.sinceAck); !ackAt.Before(tc.triggered.Add(-ackSlack)) {
+	st, err := keepalive.ReadInfo(tc.c)
+	if err == nil && st.State == unix.BPF_TCP_ESTABLISHED {
+		if ackAt := now.Add(-st.LastAckRecv); !ackAt.Before(tc.triggered.Add(-ackSlack)) {
 			e.alive(tc, tc.idle, "")
 			// The path last saw the connection when the ACK crossed it: about
 			// half an RTT after the probe left.
-			tc.refreshed = ackAt.Add(-st.rtt / 2)
+			tc.refreshed = ackAt.Add(-st.RTT / 2)
 			if tc.refreshed.Before(tc.triggered) {
 				tc.refreshed = tc.triggered
 			}

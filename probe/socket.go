@@ -73,32 +73,3 @@ func setsockopts(c *net.TCPConn, opts []sockopt) error {
 	}
 	return optErr
 }
-
-// tcpState is what the check reads from TCP_INFO.
-type tcpState struct {
-	established bool
-	sinceAck    time.Duration // since the last ACK arrived (ms resolution)
-	rtt         time.Duration // smoothed RTT
-}
-
-func readTCPState(c *net.TCPConn) (tcpState, error) {
-	rc, err := c.SyscallConn()
-	if err != nil {
-		return tcpState{}, err
-	}
-	var ti *unix.TCPInfo
-	var infoErr error
-	if err := rc.Control(func(fd uintptr) {
-		ti, infoErr = unix.GetsockoptTCPInfo(int(fd), unix.IPPROTO_TCP, unix.TCP_INFO)
-	}); err != nil {
-		return tcpState{}, err
-	}
-	if infoErr != nil {
-		return tcpState{}, fmt.Errorf("TCP_INFO: %w", infoErr)
-	}
-	return tcpState{
-		established: ti.State == unix.BPF_TCP_ESTABLISHED,
-		sinceAck:    time.Duration(ti.Last_ack_recv) * time.Millisecond,
-		rtt:         time.Duration(ti.Rtt) * time.Microsecond,
-	}, nil
-}
