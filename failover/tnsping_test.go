@@ -26,7 +26,15 @@ func tnspingBackend(t *testing.T, health string, addrs ...string) (*Backend, *me
 	for _, a := range addrs {
 		specs = append(specs, `address = "`+a+`"`)
 	}
-	text := "[[listener]]\nname = \"l\"\nlisten = \"127.0.0.1:0\"\nbackend = \"b\"\n[[backend]]\nname = \"b\"\n  [backend.health]\n  check = \"tnsping\"\n  interval = \"50ms\"\n  timeout = \"50ms\"\n  rise = 1\n  fall = 1\n" + health + "\n" + servers(specs...)
+	return startBackend(t, "", "  check = \"tnsping\"\n  interval = \"50ms\"\n  timeout = \"50ms\"\n  rise = 1\n  fall = 1\n"+health+"\n", specs...)
+}
+
+// startBackend runs backend "b" (with health checks) of a config whose
+// [[backend]] has the keys in backendKeys, the [backend.health] table
+// health and the given server specs; it stops at the test's end.
+func startBackend(t *testing.T, backendKeys, health string, specs ...string) (*Backend, *metrics.Metrics) {
+	t.Helper()
+	text := "[[listener]]\nname = \"l\"\nlisten = \"127.0.0.1:0\"\nbackend = \"b\"\n[[backend]]\nname = \"b\"\n" + backendKeys + "  [backend.health]\n" + health + servers(specs...)
 	cfg, _, err := config.Parse([]byte(text), "test.toml")
 	if err != nil {
 		t.Fatal(err)
@@ -133,15 +141,9 @@ func TestServiceProbeSendsLocalProxyHeader(t *testing.T) {
 			}()
 		}
 	}()
-	text := "[[listener]]\nname = \"l\"\nlisten = \"127.0.0.1:0\"\nbackend = \"b\"\n[[backend]]\nname = \"b\"\nsend_proxy_protocol = \"v2\"\n  [backend.health]\n  check = \"tnsping\"\n  interval = \"200ms\"\n  timeout = \"200ms\"\n  rise = 1\n  fall = 1\n  service = \"ORDERS\"\n  service_interval = \"1h\"\n" + servers(`address = "`+ln.Addr().String()+`"`)
-	cfg, _, err := config.Parse([]byte(text), "test.toml")
-	if err != nil {
-		t.Fatal(err)
-	}
-	b := New(cfg.Backend("b"), hclog.NewNullLogger(), metrics.New(prometheus.NewRegistry(), "test"))
-	ctx, cancel := context.WithCancel(context.Background())
-	b.Start(ctx)
-	defer func() { cancel(); b.Stop() }()
+	b, _ := startBackend(t, "send_proxy_protocol = \"v2\"\n",
+		"  check = \"tnsping\"\n  interval = \"200ms\"\n  timeout = \"200ms\"\n  rise = 1\n  fall = 1\n  service = \"ORDERS\"\n  service_interval = \"1h\"\n",
+		`address = "`+ln.Addr().String()+`"`)
 	eventually(t, "the service asked for through the proxy", func() bool {
 		for _, c := range db.Connects() {
 			if strings.Contains(string(c), "SERVICE_NAME=ORDERS") {
@@ -176,15 +178,8 @@ func TestHealthCheckSendsLocalProxyHeader(t *testing.T) {
 				h, _ := proxyproto.Read(bufio.NewReader(c))
 				got <- h
 			}()
-			text := "[[listener]]\nname = \"l\"\nlisten = \"127.0.0.1:0\"\nbackend = \"b\"\n[[backend]]\nname = \"b\"\nsend_proxy_protocol = \"" + version + "\"\n  [backend.health]\n  check = \"tcp\"\n  interval = \"1h\"\n" + servers(`address = "`+ln.Addr().String()+`"`)
-			cfg, _, err := config.Parse([]byte(text), "test.toml")
-			if err != nil {
-				t.Fatal(err)
-			}
-			b := New(cfg.Backend("b"), hclog.NewNullLogger(), metrics.New(prometheus.NewRegistry(), "test"))
-			ctx, cancel := context.WithCancel(context.Background())
-			b.Start(ctx)
-			defer func() { cancel(); b.Stop() }()
+			startBackend(t, "send_proxy_protocol = \""+version+"\"\n", "  check = \"tcp\"\n  interval = \"1h\"\n",
+				`address = "`+ln.Addr().String()+`"`)
 			select {
 			case h := <-got:
 				if h == nil || h.Command != proxyproto.LOCAL {
