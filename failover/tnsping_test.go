@@ -67,8 +67,10 @@ func TestTnspingCheck(t *testing.T) {
 	garbage := tnstest.New(t, tnstest.Config{Mode: tnstest.Garbage, Garbage: []byte("SSH-2.0-OpenSSH\r\n")})
 	b, m := tnspingBackend(t, "", alive.Addr(), resets.Addr(), garbage.Addr())
 	eventually(t, "first checks", func() bool { return alive.Accepted() > 0 && resets.Accepted() > 0 && garbage.Accepted() > 0 })
+	// Servers start up; the live one's first check has answered once its
+	// version is known (Accepted counts the connection, not the answer).
 	eventually(t, "states", func() bool {
-		return b.Servers[0].Up() && !b.Servers[1].Up() && !b.Servers[2].Up()
+		return b.Servers[0].ListenerVersion() != "" && b.Servers[0].Up() && !b.Servers[1].Up() && !b.Servers[2].Up()
 	})
 	if v := b.Servers[0].ListenerVersion(); v != "19.0.0.0.0" {
 		t.Fatalf("listener version %q, want 19.0.0.0.0 (VSNNUM 318767104)", v)
@@ -141,7 +143,7 @@ func TestServiceProbeSendsLocalProxyHeader(t *testing.T) {
 			}()
 		}
 	}()
-	b, _ := startBackend(t, "send_proxy_protocol = \"v2\"\n",
+	b, m := startBackend(t, "send_proxy_protocol = \"v2\"\n",
 		"  check = \"tnsping\"\n  interval = \"200ms\"\n  timeout = \"200ms\"\n  rise = 1\n  fall = 1\n  service = \"ORDERS\"\n  service_interval = \"1h\"\n",
 		`address = "`+ln.Addr().String()+`"`)
 	eventually(t, "the service asked for through the proxy", func() bool {
@@ -152,7 +154,10 @@ func TestServiceProbeSendsLocalProxyHeader(t *testing.T) {
 		}
 		return false
 	})
-	eventually(t, "server up", func() bool { return b.Servers[0].Up() })
+	// Servers start up: a passed check (its duration observed) is the proof.
+	eventually(t, "a passed check", func() bool {
+		return testutil.CollectAndCount(m.HealthDuration) == 1 && b.Servers[0].Up()
+	})
 	if n := missing.Load(); n != 0 {
 		t.Fatalf("%d connections came without a LOCAL header", n)
 	}
