@@ -62,7 +62,10 @@ type pump struct {
 
 	// parking while idle (idle.go); lot nil: never parks
 	lot      *parkLot
-	owner    pumpOwner     // told how the direction ended after a park
+	owner    pumpOwner // told how the direction ended after a park
+	sess     *session  // the session, when it may go dormant (dormant.go); nil in tests
+	rawSrc   int       // while dormant: the bare fds
+	rawDst   int
 	parkID   uint64        // the lot's key, under lot.mu
 	inlineAt time.Duration // when the lot last moved a chunk itself (since lot.epoch)
 
@@ -77,6 +80,7 @@ type pump struct {
 	armedAt  uint32 // moved when the idle deadline was set
 
 	up         bool // app -> backend
+	dormant    bool // src and dst are the bare fds (dormant.go)
 	registered bool // src is in the lot's epoll set (maybe disabled)
 	noWait     bool // the lot's write: never wait for room
 	pending    bool // the lot read for run: buf, n, readErr hold the result
@@ -235,12 +239,43 @@ func (p *pump) isIdleDeadline(err error) bool {
 	return p.lot != nil && errors.Is(err, os.ErrDeadlineExceeded)
 }
 
-// park hands src to the lot; false (keep going) when it cannot.
-func (p *pump) park() bool { return p.lot.park(p) }
+// park hands src to the lot; false (keep going) when it cannot. Once both
+// directions are parked, the session goes dormant.
+func (p *pump) park() bool {
+	if !p.lot.park(p) {
+		return false
+	}
+	if p.sess != nil {
+		p.sess.sleep()
+	}
+	return true
+}
+
+// control runs f on src's fd: the bare fd while dormant (under the
+// session's mu), else through the conn.
+func (p *pump) control(f func(fd uintptr)) error {
+	if p.dormant {
+		f(uintptr(p.rawSrc))
+		return nil
+	}
+	return p.rc.Control(f)
+}
 
 // resume goes on with a parked pump in a new goroutine and reports the
-// direction's end to the session.
+// direction's end to the session. A dormant session is revived first.
 func (p *pump) resume() {
+	if s := p.sess; s != nil {
+		s.mu.Lock()
+		err := s.revive()
+		if err == nil {
+			p.sync()
+		}
+		s.mu.Unlock()
+		if err != nil {
+			p.owner.directionEnded(p.up, &pumpErr{err: err})
+			return
+		}
+	}
 	if pe := p.run(); pe != errParked {
 		p.owner.directionEnded(p.up, pe)
 	}
@@ -250,6 +285,13 @@ func (p *pump) resume() {
 // or less after an error or, with noWait, when dst's buffer is full (it
 // then returns instead of waiting for room).
 func (p *pump) write(from int, noWait bool) (int, error) {
+	if p.dormant { // the lot's write on the bare fd (under the session's mu): never waits
+		p.off, p.noWait, p.writeErr = from, true, nil
+		p.tryWrite(uintptr(p.rawDst))
+		w, err := p.off, p.writeErr
+		p.off, p.writeErr = 0, nil
+		return w, err
+	}
 	if p.dstRC == nil {
 		rc, err := p.dst.SyscallConn()
 		if err != nil {

@@ -53,7 +53,8 @@ func echoed(t *testing.T, c net.Conn, msg string) {
 func parked(h *harness) int { return h.p.parking.count() }
 
 // parkedSession is a session through a proxy (park delay 30 ms) to a
-// backend running fn, after one "hello" echoed and both directions parked.
+// backend running fn, after one "hello" echoed, both directions parked and
+// the session dormant (its conns let go, dormant.go).
 func parkedSession(t *testing.T, fn func(*net.TCPConn)) (*harness, *backendServer, *net.TCPConn) {
 	t.Helper()
 	be := newBackend(t, fn)
@@ -62,6 +63,8 @@ func parkedSession(t *testing.T, fn func(*net.TCPConn)) (*harness, *backendServe
 	c := h.dial("l")
 	echoed(t, c, "hello")
 	waitFor(t, 2*time.Second, "both directions parked", func() bool { return parked(h) == 2 })
+	s := sessionOf(t, h.p, c)
+	waitFor(t, 2*time.Second, "the session dormant", s.isDormant)
 	return h, be, c
 }
 

@@ -107,7 +107,7 @@ func TestResetWindows(t *testing.T) {
 	} {
 		f.store(&ResetEvent{Time: now.Add(-e.ago), Listener: "l", Backend: "b", Server: "s", Cause: e.cause})
 	}
-	l := &link{key: linkKey{"l", "b", "s"}, live: map[*session]*net.TCPConn{}}
+	l := &link{key: linkKey{"l", "b", "s"}, live: map[*session]struct{}{}}
 	var st LinkStatus
 	f.view(now).fill(&st, l)
 	if st.Resets5m != 2 || st.Resets1h != 4 || st.Resets24h != 6 {
@@ -340,7 +340,7 @@ func TestSessionsIdle(t *testing.T) {
 	}
 	waitFor(t, 3*time.Second, "idle gauge set", func() bool { return len(h.p.liveSessions()) == 2 && idle() == 0 })
 	for _, s := range h.p.liveSessions() {
-		if s.client.RemoteAddr().String() == quiet.LocalAddr().String() {
+		if s.in.client.String() == quiet.LocalAddr().String() {
 			s.lastActive.Store(-int64(2 * time.Minute))
 		}
 	}

@@ -6,6 +6,7 @@ import (
 	"net"
 	"os"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -204,4 +205,39 @@ func readErr(c net.Conn, limit time.Duration) (error, time.Duration) {
 			return err, time.Since(start)
 		}
 	}
+}
+
+// sessionOf is the live session of the app connection c.
+func sessionOf(t testing.TB, p *Proxy, c *net.TCPConn) *session {
+	t.Helper()
+	var found *session
+	waitFor(t, 2*time.Second, "the session of "+c.LocalAddr().String(), func() bool {
+		for _, s := range p.liveSessions() {
+			if s.in.client.String() == c.LocalAddr().String() {
+				found = s
+				return true
+			}
+		}
+		return false
+	})
+	return found
+}
+
+// withLegs runs f on the session's two sockets, conns or, while dormant, the
+// bare fds.
+func (s *session) withLegs(f func(client, backend syscall.Conn)) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.dormant {
+		f(rawSock(s.raw[0]), rawSock(s.raw[1]))
+		return
+	}
+	f(s.client, s.conn)
+}
+
+// isDormant tells whether the session has let go of its conns.
+func (s *session) isDormant() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.dormant
 }

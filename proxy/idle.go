@@ -3,6 +3,7 @@ package proxy
 import (
 	"context"
 	"errors"
+	"net"
 	"os"
 	"sync"
 	"sync/atomic"
@@ -154,6 +155,21 @@ func (l *parkLot) dispatch(fd uintptr) bool {
 // starts a bulk transfer, a destination that cannot take it all) goes on in
 // a new goroutine, with what was read.
 func (l *parkLot) wake(p *pump) {
+	live := true
+	if s := p.sess; s != nil {
+		s.mu.Lock()
+		if s.dormant {
+			defer s.mu.Unlock() // a dormant session's bare fds are used under its mu only
+			if s.rawClosed {
+				go p.resume() // it sees the session ended
+				return
+			}
+			live = false
+		} else {
+			p.sync()
+			s.mu.Unlock()
+		}
+	}
 	now := time.Since(l.epoch)
 	if now-p.inlineAt < time.Duration(l.after.Load()) {
 		go p.resume() // busy again: its own goroutine is cheaper than the lot
@@ -161,7 +177,7 @@ func (l *parkLot) wake(p *pump) {
 	}
 	buf := p.pool.get()
 	l.rbuf = *buf
-	err := p.rc.Control(l.readFn) // Control: the idle deadline has passed, and this never waits
+	err := p.control(l.readFn) // Control: the idle deadline has passed, and this never waits
 	n, rerr := l.rn, errOrNil(l.rerr)
 	l.rbuf = nil
 	if err == nil && l.rerr == syscall.EAGAIN { // nothing after all
@@ -187,6 +203,8 @@ func (l *parkLot) wake(p *pump) {
 			p.onChunk(n)
 			if !l.park(p) {
 				go p.resume()
+			} else if live && p.sess != nil {
+				p.sess.sleep()
 			}
 			return
 		}
@@ -210,7 +228,7 @@ func (l *parkLot) park(p *pump) bool {
 	if !p.registered {
 		l.ctlOp = unix.EPOLL_CTL_ADD
 	}
-	err := p.rc.Control(l.ctlFn) // holds the fd: it cannot be closed and reused meanwhile
+	err := p.control(l.ctlFn) // holds the fd: it cannot be closed and reused meanwhile
 	if err != nil || l.ctlErr != nil {
 		return false
 	}
@@ -240,6 +258,51 @@ func (l *parkLot) takeBack(p *pump) bool {
 	return true
 }
 
+// takeBoth takes a session's two pumps if both are parked (dormant.go).
+func (l *parkLot) takeBoth(a, b *pump) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if a.parkID == 0 || b.parkID == 0 || l.parked[a.parkID] != a || l.parked[b.parkID] != b {
+		return false
+	}
+	delete(l.parked, a.parkID)
+	delete(l.parked, b.parkID)
+	return true
+}
+
+// unregister removes the entry of a pump the caller holds from the epoll
+// set (its socket is about to be closed while a duplicate stays open).
+func (l *parkLot) unregister(p *pump) {
+	if !p.registered {
+		return
+	}
+	p.control(func(fd uintptr) { unix.EpollCtl(l.epfd, unix.EPOLL_CTL_DEL, int(fd), nil) })
+	p.registered = false
+}
+
+// move moves a pump's entry from the bare fd of a dormant session to conn,
+// the socket's new conn (dormant.go: revive, under the session's mu). A
+// pump parked now is registered on conn at once; one held elsewhere
+// registers when it parks again (MOD finds no entry, so it adds one).
+func (l *parkLot) move(p *pump, rawFD int, conn *net.TCPConn) error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	unix.EpollCtl(l.epfd, unix.EPOLL_CTL_DEL, rawFD, nil) // ENOENT: it never parked while dormant
+	if p.parkID == 0 || l.parked[p.parkID] != p {
+		return nil
+	}
+	rc, err := conn.SyscallConn()
+	if err != nil {
+		return err
+	}
+	ev := unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLRDHUP | unix.EPOLLONESHOT, Fd: int32(uint32(p.parkID)), Pad: int32(uint32(p.parkID >> 32))}
+	var ctlErr error
+	if err := rc.Control(func(fd uintptr) { ctlErr = unix.EpollCtl(l.epfd, unix.EPOLL_CTL_ADD, int(fd), &ev) }); err != nil {
+		return err
+	}
+	return ctlErr
+}
+
 // count is the number of parked pumps (tests).
 func (l *parkLot) count() int {
 	l.mu.Lock()
@@ -256,6 +319,9 @@ func (l *parkLot) count() int {
 // again whether the session is established, and the pump takes over.
 func (s *session) parkable(p *pump, up bool) {
 	p.lot, p.owner, p.up = s.p.parking, s, up
+	if p.lot != nil {
+		p.sess = s
+	}
 	if up {
 		p.arm()
 	}

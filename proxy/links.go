@@ -1,7 +1,6 @@
 package proxy
 
 import (
-	"net"
 	"sort"
 	"sync"
 	"time"
@@ -19,7 +18,7 @@ type link struct {
 	key linkKey
 
 	mu            sync.Mutex
-	live          map[*session]*net.TCPConn
+	live          map[*session]struct{}
 	closedRetrans uint64
 	lastRTT       time.Duration
 	hasRTT        bool
@@ -34,7 +33,7 @@ func (p *Proxy) linkFor(listener, backend, server string) *link {
 	defer p.linksMu.Unlock()
 	l, ok := p.links[k]
 	if !ok {
-		l = &link{key: k, live: map[*session]*net.TCPConn{}, resets: map[string]uint64{}}
+		l = &link{key: k, live: map[*session]struct{}{}, resets: map[string]uint64{}}
 		p.links[k] = l
 	}
 	return l
@@ -61,18 +60,14 @@ func (p *Proxy) allLinks() []*link {
 }
 
 func (l *link) addLive(s *session) {
-	s.mu.Lock()
-	conn := s.conn
-	s.mu.Unlock()
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	l.live[s] = conn
+	l.live[s] = struct{}{}
 }
 
-// removeLive takes the backend connection's final kernel counters into the
-// link's totals; called just before the socket is closed.
-func (l *link) removeLive(s *session, conn *net.TCPConn) {
-	info, err := keepalive.ReadInfo(conn)
+// removeLive takes the backend connection's final kernel counters (read
+// just before the socket is closed) into the link's totals.
+func (l *link) removeLive(s *session, info keepalive.Info, err error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if _, ok := l.live[s]; !ok {
@@ -111,16 +106,16 @@ type linkFigures struct {
 
 func (l *link) figures() linkFigures {
 	l.mu.Lock()
-	conns := make([]*net.TCPConn, 0, len(l.live))
-	for _, c := range l.live {
-		conns = append(conns, c)
+	live := make([]*session, 0, len(l.live))
+	for s := range l.live {
+		live = append(live, s)
 	}
 	f := linkFigures{retransmits: l.closedRetrans, rtt: l.lastRTT, hasRTT: l.hasRTT, sessions: len(l.live)}
 	l.mu.Unlock()
 	var sum time.Duration
 	var n int
-	for _, c := range conns {
-		info, err := keepalive.ReadInfo(c)
+	for _, s := range live {
+		info, err := s.backendInfo()
 		if err != nil {
 			continue
 		}

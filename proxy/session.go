@@ -16,6 +16,7 @@ import (
 	"github.com/hashicorp/go-hclog"
 
 	"github.com/tnsguard/tnsguard/failover"
+	"github.com/tnsguard/tnsguard/keepalive"
 )
 
 // session is one app connection and its backend connection. Its life has
@@ -71,6 +72,13 @@ type session struct {
 
 	legs  atomic.Int32 // directions not ended yet; the last one ends the session (idle.go)
 	pumps [2]*pump     // app->backend, backend->app once running, under mu: abort wakes them if parked
+
+	// Dormant (dormant.go), under mu: both directions parked, the conns
+	// let go, the sockets held as bare fds (app's, backend's).
+	dormant   bool
+	rawClosed bool // the bare fds are closed
+	closing   bool // abort or finish closes the sockets: the session no longer sleeps
+	raw       [2]int
 }
 
 type sessionEnd struct {
@@ -590,11 +598,11 @@ func (s *session) pumpBackendToClient() *pumpErr {
 // ends the session, resetting the app when the backend failed.
 func (s *session) directionDone(pe *pumpErr, src, dst Side) {
 	s.mu.Lock()
-	conn := s.conn
+	client, conn := s.client, s.conn // a direction that ended keeps the session awake: live conns
 	s.mu.Unlock()
 	if pe == nil {
 		if dst == SideClient {
-			s.client.CloseWrite()
+			client.CloseWrite()
 		} else if conn != nil {
 			conn.CloseWrite()
 		}
@@ -647,7 +655,6 @@ func (s *session) abort(side Side, phase Phase, err error, outcome string, srv *
 		if s.cancel != nil {
 			s.cancel()
 		}
-		conn := s.conn
 		if srv == nil {
 			srv = s.server
 		}
@@ -656,40 +663,46 @@ func (s *session) abort(side Side, phase Phase, err error, outcome string, srv *
 		s.mu.Unlock()
 		// A REFUSE handed to the app must reach it: a reset would throw
 		// away what is still in the send buffer.
-		if (side == SideBackend || Cause(err) != "eof") && !errors.Is(err, ErrRefused) {
-			s.client.SetLinger(0)
-		}
-		s.client.Close()
-		if conn != nil {
-			s.closeBackend(conn)
-		}
+		s.closeLegs((side == SideBackend || Cause(err) != "eof") && !errors.Is(err, ErrRefused))
 		s.unpark() // parked directions wake to see their closed sockets
 	})
 }
 
-// closeBackend reads the backend socket's final kernel counters, then
-// closes it.
-func (s *session) closeBackend(conn *net.TCPConn) {
+// closeLegs closes both sockets, resetting the app's with rst; the backend
+// socket's final kernel counters go to its link first.
+func (s *session) closeLegs(rst bool) {
 	s.mu.Lock()
-	lk := s.link
-	s.mu.Unlock()
-	if lk != nil { // only an established session is among its link's live ones
-		lk.removeLive(s, conn)
+	s.closing = true
+	lk := s.link // only an established session is among its link's live ones
+	if s.dormant {
+		if lk != nil {
+			info, err := s.backendInfoLocked()
+			lk.removeLive(s, info, err)
+		}
+		s.closeRaw(rst)
+		s.mu.Unlock()
+		return
 	}
-	conn.Close()
+	client, conn := s.client, s.conn
+	s.mu.Unlock() // live conns do not change once closing is set
+	if rst {
+		client.SetLinger(0)
+	}
+	client.Close()
+	if conn != nil {
+		if lk != nil {
+			info, err := keepalive.ReadInfo(conn)
+			lk.removeLive(s, info, err)
+		}
+		conn.Close()
+	}
 }
 
 // finish closes what is left and records the session's end.
 func (s *session) finish() {
 	s.endOnce.Do(func() {
 		s.end = &sessionEnd{outcome: "ok"}
-		s.mu.Lock()
-		conn := s.conn
-		s.mu.Unlock()
-		s.client.Close()
-		if conn != nil {
-			s.closeBackend(conn)
-		}
+		s.closeLegs(false)
 	})
 	s.mu.Lock()
 	srv, est := s.server, s.established

@@ -1,0 +1,254 @@
+package proxy
+
+import (
+	"errors"
+	"net"
+	"os"
+	"syscall"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/tnsguard/tnsguard/keepalive"
+)
+
+// Dormant sessions. Once both directions of a session have parked, the
+// session lets go of its two *net.TCPConn: it keeps a duplicate of each
+// socket as a bare fd, closes the conns, and the lot waits on the bare fds.
+// A conn costs what an idle session should not keep: Go's poll descriptor
+// (about 550 bytes, allocated outside the heap and reused, never returned),
+// the netFD and its two addresses (about 300 bytes of heap, twice that in
+// RSS at the default GOGC). For 5,000 idle sessions that is about 2 KB a
+// session (measured, see the README's data-path section).
+//
+// A small message to a dormant session is still passed on by the lot
+// itself, on the bare fds. Anything that needs a goroutine (a busy session,
+// bulk, a full destination, an error, the end) revives the session first:
+// net.FileConn makes conns from the fds again, and the pumps go on as
+// before; when both park again, the session sleeps again.
+//
+// The rules that keep this safe (a closed fd number is reused at once by the
+// next accept):
+//   - the state (dormant, the fds, s.client and s.conn) changes under s.mu;
+//   - a session goes dormant only while it holds both pumps (taken from the
+//     lot), so no goroutine uses the conns it closes;
+//   - while dormant, every use of the bare fds (the lot's read and write,
+//     parking, TCP_INFO, closing) is made under s.mu;
+//   - whoever holds a pump syncs it with the session under s.mu before it
+//     touches a socket (pump.sync), since a revive by the other direction
+//     replaces the conns.
+
+// rawSock is a bare socket fd as a syscall.Conn, for keepalive.ReadInfo.
+type rawSock int
+
+func (r rawSock) SyscallConn() (syscall.RawConn, error) { return r, nil }
+
+func (r rawSock) Control(f func(fd uintptr)) error { f(uintptr(r)); return nil }
+
+func (r rawSock) Read(f func(fd uintptr) bool) error {
+	if !f(uintptr(r)) {
+		return syscall.EAGAIN
+	}
+	return nil
+}
+
+func (r rawSock) Write(f func(fd uintptr) bool) error { return r.Read(f) }
+
+// sleep makes the session dormant if both its directions are parked; called
+// after a pump parked. It does nothing when the session is busy, ending, or
+// has no lot.
+func (s *session) sleep() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	up, down := s.pumps[0], s.pumps[1]
+	if s.dormant || !s.established || up == nil || down == nil || s.conn == nil || s.legs.Load() != 2 {
+		return
+	}
+	lot := up.lot
+	if !lot.takeBoth(up, down) {
+		return // one of them is running
+	}
+	// Both pumps are ours now. One may still hold the bare fds of an
+	// earlier dormancy (the other direction revived the session): bring
+	// both up to date before their registrations are touched.
+	up.sync()
+	down.sync()
+	// Duplicate the sockets first: on failure (EMFILE) the session simply
+	// stays as it is.
+	cfd, err1 := dupConn(s.client)
+	bfd, err2 := dupConn(s.conn)
+	if err1 != nil || err2 != nil {
+		closeFD(cfd)
+		closeFD(bfd)
+		s.repark(up, down)
+		return
+	}
+	// Their registrations are on the conns' fds: remove them, or the
+	// epoll set would keep entries for the (still open) sockets.
+	lot.unregister(up)
+	lot.unregister(down)
+	s.client.Close()
+	s.conn.Close()
+	s.client, s.conn = nil, nil
+	s.raw = [2]int{cfd, bfd}
+	s.dormant = true
+	for _, p := range []*pump{up, down} {
+		p.dormant = true
+		p.src, p.dst, p.rc, p.dstRC, p.lr = nil, nil, nil, nil, nil
+		p.rawSrc, p.rawDst = cfd, bfd
+		if !p.up {
+			p.rawSrc, p.rawDst = bfd, cfd
+		}
+	}
+	s.repark(up, down)
+}
+
+// repark parks pumps the session holds again; one that cannot park goes on
+// in a goroutine (which revives the session). Under s.mu.
+func (s *session) repark(pumps ...*pump) {
+	for _, p := range pumps {
+		if !p.lot.park(p) {
+			go p.resume()
+		}
+	}
+}
+
+// revive makes conns from a dormant session's fds again. Under s.mu, by a
+// goroutine that holds one of its pumps. After an error the session's
+// sockets are closed.
+func (s *session) revive() error {
+	if !s.dormant {
+		return nil
+	}
+	if s.rawClosed {
+		return net.ErrClosed
+	}
+	// The files own the bare fds from here on; closing them closes those.
+	cf := os.NewFile(uintptr(s.raw[0]), "client")
+	bf := os.NewFile(uintptr(s.raw[1]), "backend")
+	s.rawClosed = true
+	client, err := fileConn(cf)
+	if err != nil {
+		cf.Close()
+		bf.Close()
+		return err
+	}
+	backend, err := fileConn(bf)
+	if err == nil {
+		// Move the lot's entries from the bare fds to the new ones
+		// before the bare fds are closed.
+		lot := s.pumps[0].lot
+		for _, p := range s.pumps {
+			c := backend
+			if p.up {
+				c = client
+			}
+			raw := s.raw[1]
+			if p.up {
+				raw = s.raw[0]
+			}
+			if err = lot.move(p, raw, c); err != nil {
+				backend.Close()
+				break
+			}
+		}
+	}
+	cf.Close()
+	bf.Close()
+	if err != nil {
+		client.Close()
+		return err
+	}
+	s.raw = [2]int{-1, -1}
+	s.client, s.conn = client, backend
+	s.dormant, s.rawClosed = false, false
+	return nil
+}
+
+// closeRaw closes a dormant session's fds, resetting the app's leg first
+// when rst is set. Under s.mu.
+func (s *session) closeRaw(rst bool) {
+	if s.rawClosed {
+		return
+	}
+	if rst {
+		unix.SetsockoptLinger(s.raw[0], unix.SOL_SOCKET, unix.SO_LINGER, &unix.Linger{Onoff: 1, Linger: 0})
+	}
+	unix.Close(s.raw[0])
+	unix.Close(s.raw[1])
+	s.rawClosed = true
+}
+
+// backendInfo reads the backend socket's TCP_INFO in either state.
+func (s *session) backendInfo() (keepalive.Info, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.backendInfoLocked()
+}
+
+func (s *session) backendInfoLocked() (keepalive.Info, error) {
+	switch {
+	case s.dormant && !s.rawClosed:
+		return keepalive.ReadInfo(rawSock(s.raw[1]))
+	case s.conn != nil:
+		return keepalive.ReadInfo(s.conn)
+	}
+	return keepalive.Info{}, net.ErrClosed
+}
+
+// sync brings a pump the caller holds up to date with its session's state:
+// the bare fds while dormant, the session's current conns otherwise (a
+// revive by the other direction made new ones). Under s.mu.
+func (p *pump) sync() {
+	s := p.sess
+	if s.dormant || !p.dormant {
+		return
+	}
+	p.dormant = false
+	p.src, p.dst = s.client, s.conn
+	if !p.up {
+		p.src, p.dst = s.conn, s.client
+	}
+	p.rc, _ = p.src.SyscallConn()
+	p.dstRC, p.lr = nil, nil
+	p.rawSrc, p.rawDst = -1, -1
+}
+
+// dupConn duplicates a conn's socket as a bare, non-blocking, close-on-exec
+// fd.
+func dupConn(c *net.TCPConn) (int, error) {
+	rc, err := c.SyscallConn()
+	if err != nil {
+		return -1, err
+	}
+	nfd := -1
+	var dupErr error
+	if err := rc.Control(func(fd uintptr) {
+		nfd, dupErr = unix.FcntlInt(fd, unix.F_DUPFD_CLOEXEC, 0)
+	}); err != nil {
+		return -1, err
+	}
+	if dupErr != nil {
+		return -1, os.NewSyscallError("fcntl", dupErr)
+	}
+	return nfd, nil
+}
+
+// fileConn makes a conn from a socket file (a duplicate of its fd).
+func fileConn(f *os.File) (*net.TCPConn, error) {
+	c, err := net.FileConn(f)
+	if err != nil {
+		return nil, err
+	}
+	tc, ok := c.(*net.TCPConn)
+	if !ok {
+		c.Close()
+		return nil, errors.New("not a TCP socket")
+	}
+	return tc, nil
+}
+
+func closeFD(fd int) {
+	if fd >= 0 {
+		unix.Close(fd)
+	}
+}

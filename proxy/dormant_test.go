@@ -1,0 +1,91 @@
+package proxy
+
+import (
+	"errors"
+	"io"
+	"os"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/tnsguard/tnsguard/keepalive"
+)
+
+// A dormant session has let go of its conns but not of its sockets: the
+// keepalive and user timeout set on both legs are still there, the link
+// still reports the backend socket's RTT, and small messages with pauses
+// are passed on by the lot on the bare fds without waking it. A burst that
+// needs a goroutine wakes it; it sleeps again once both directions park.
+func TestDormantSessionKeepsItsSockets(t *testing.T) {
+	h, be, c := parkedSession(t, echoNoAlloc)
+	s := sessionOf(t, h.p, c)
+	s.withLegs(func(client, backend syscall.Conn) {
+		for _, leg := range []struct {
+			name string
+			conn syscall.Conn
+			want keepalive.Settings
+		}{
+			{"client", client, keepalive.Settings{Idle: 7 * time.Second, Interval: 3 * time.Second, Count: 5, UserTimeout: 31 * time.Second}},
+			{"backend", backend, keepalive.Settings{Idle: 11 * time.Second, Interval: 2 * time.Second, Count: 4, UserTimeout: 19 * time.Second}},
+		} {
+			got, err := keepalive.Read(leg.conn)
+			if err != nil {
+				t.Fatalf("%s leg of a dormant session: %v", leg.name, err)
+			}
+			if got != leg.want {
+				t.Errorf("%s leg of a dormant session: %+v, want %+v", leg.name, got, leg.want)
+			}
+		}
+	})
+	if st := linkOf(t, h.p, be.addr()); st.SessionsActive != 1 || st.RTTSeconds == nil || *st.RTTSeconds <= 0 {
+		t.Fatalf("link of a dormant session: %d sessions, RTT %v; want 1 and the socket's RTT", st.SessionsActive, st.RTTSeconds)
+	}
+
+	for i := range 3 {
+		time.Sleep(60 * time.Millisecond) // past the park delay: the lot moves it
+		echoed(t, c, "ping"+string(rune('0'+i)))
+		if !s.isDormant() {
+			t.Fatalf("message %d woke the session: small messages should pass on the bare fds", i)
+		}
+	}
+
+	big := make([]byte, 2<<20)
+	for i := range big {
+		big[i] = byte(i*13 + 1)
+	}
+	go c.Write(big)
+	got := make([]byte, len(big))
+	c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if _, err := io.ReadFull(c, got); err != nil {
+		t.Fatalf("bulk through a dormant session: %v", err)
+	}
+	sameBytes(t, "bulk through a dormant session", got, big)
+	waitFor(t, 2*time.Second, "dormant again after the burst", s.isDormant)
+	echoed(t, c, "after")
+	if n := counter(h.m.Resets, "l", "b", be.addr(), "backend", "idle", "rst") + counter(h.m.Resets, "l", "b", be.addr(), "client", "idle", "rst"); n != 0 {
+		t.Fatalf("%v resets counted", n)
+	}
+}
+
+// The idle timeout ends a dormant session like any other: the app gets an
+// RST at once and the backend's connection is closed.
+func TestDormantSessionIdleTimeout(t *testing.T) {
+	be := newBackend(t, echoNoAlloc)
+	h := startProxy(t, withListenerKeys(oneBackendConfig(be.addr()), `idle_timeout = "1s"`))
+	parkSoon(t, h, 30*time.Millisecond)
+	c := h.dial("l")
+	echoed(t, c, "hello")
+	s := sessionOf(t, h.p, c)
+	waitFor(t, 2*time.Second, "the session dormant", s.isDormant)
+	err, took := readErr(c, 5*time.Second)
+	if !errors.Is(err, syscall.ECONNRESET) {
+		t.Fatalf("app read %v after %v, want ECONNRESET at the idle timeout", err, took)
+	}
+	if berr, _ := readErr(be.accepted()[0], 2*time.Second); errors.Is(berr, os.ErrDeadlineExceeded) {
+		t.Fatal("the backend connection was left open")
+	}
+	waitFor(t, 2*time.Second, "session ended", func() bool { return len(h.p.liveSessions()) == 0 })
+	if parked(h) != 0 {
+		t.Fatalf("%d pumps still parked", parked(h))
+	}
+}
