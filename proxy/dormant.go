@@ -100,6 +100,7 @@ func (s *session) sleep() {
 		}
 	}
 	s.repark(up, down)
+	lot.trim.noteDormant()
 }
 
 // repark parks pumps the session holds again; one that cannot park goes on

@@ -52,6 +52,7 @@ type parkLot struct {
 	rc     syscall.RawConn // its fd, waited on in Go's poller
 	after  atomic.Int64    // nanoseconds a source is silent before its pump parks (tests shorten it)
 	epoch  time.Time       // for pump.inlineAt
+	trim   *memTrim        // gives memory back after a burst of sessions went dormant (trim.go)
 	events []unix.EpollEvent
 
 	// wake's read (the dispatcher is one goroutine): no closure per wake
@@ -87,7 +88,7 @@ func newParkLot() (*parkLot, error) {
 		f.Close()
 		return nil, err
 	}
-	l := &parkLot{file: f, epfd: fd, rc: rc, epoch: time.Now(), events: make([]unix.EpollEvent, 128), parked: map[uint64]*pump{}}
+	l := &parkLot{file: f, epfd: fd, rc: rc, epoch: time.Now(), events: make([]unix.EpollEvent, 128), parked: map[uint64]*pump{}, trim: newMemTrim()}
 	l.after.Store(int64(parkAfter))
 	l.readFn = func(fd uintptr) { l.rn, l.rerr = rawRead(fd, l.rbuf) }
 	l.ctlFn = func(fd uintptr) {
@@ -108,7 +109,10 @@ func startParkLot(ctx context.Context, wg *sync.WaitGroup, log hclog.Logger) *pa
 		log.Warn("idle sessions will keep their goroutines", "error", err)
 		return nil
 	}
-	context.AfterFunc(ctx, func() { l.file.Close() })
+	context.AfterFunc(ctx, func() {
+		l.trim.stop()
+		l.file.Close()
+	})
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
