@@ -11,6 +11,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/hashicorp/go-hclog"
 )
 
 // echoNoAlloc echoes with one buffer: unlike io.Copy(c, c) it neither
@@ -273,7 +275,7 @@ func tcpPair(t *testing.T) (*net.TCPConn, *net.TCPConn) {
 func TestParkedPumpFullDestination(t *testing.T) {
 	app, src := tcpPair(t)  // app -> src: the pump's source
 	dst, peer := tcpPair(t) // dst -> peer: its destination, not read for now
-	lot, err := newParkLot()
+	lot, err := newParkLot(hclog.NewNullLogger())
 	if err != nil {
 		t.Fatal(err)
 	}

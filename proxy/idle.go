@@ -73,7 +73,7 @@ type parkLot struct {
 }
 
 // newParkLot makes the epoll set; run dispatches its events.
-func newParkLot() (*parkLot, error) {
+func newParkLot(log hclog.Logger) (*parkLot, error) {
 	fd, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
 	if err != nil {
 		return nil, os.NewSyscallError("epoll_create1", err)
@@ -88,7 +88,7 @@ func newParkLot() (*parkLot, error) {
 		f.Close()
 		return nil, err
 	}
-	l := &parkLot{file: f, epfd: fd, rc: rc, epoch: time.Now(), events: make([]unix.EpollEvent, 128), parked: map[uint64]*pump{}, trim: newMemTrim()}
+	l := &parkLot{file: f, epfd: fd, rc: rc, epoch: time.Now(), events: make([]unix.EpollEvent, 128), parked: map[uint64]*pump{}, trim: newMemTrim(log)}
 	l.after.Store(int64(parkAfter))
 	l.readFn = func(fd uintptr) { l.rn, l.rerr = rawRead(fd, l.rbuf) }
 	l.ctlFn = func(fd uintptr) {
@@ -104,7 +104,7 @@ func newParkLot() (*parkLot, error) {
 // once every session has ended); without a lot (no epoll), sessions simply
 // keep their goroutines while idle.
 func startParkLot(ctx context.Context, wg *sync.WaitGroup, log hclog.Logger) *parkLot {
-	l, err := newParkLot()
+	l, err := newParkLot(log)
 	if err != nil {
 		log.Warn("idle sessions will keep their goroutines", "error", err)
 		return nil

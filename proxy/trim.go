@@ -4,6 +4,8 @@ import (
 	"runtime/debug"
 	"sync"
 	"time"
+
+	"github.com/hashicorp/go-hclog"
 )
 
 // memTrim gives back the memory a burst of new sessions leaves behind once
@@ -23,6 +25,7 @@ type memTrim struct {
 	burst int           // sessions gone dormant since the last trim
 	gap   time.Duration // between trims
 	free  func()        // debug.FreeOSMemory; tests count calls
+	log   hclog.Logger
 
 	mu       sync.Mutex
 	timer    *time.Timer // pending check, nil when none
@@ -38,8 +41,8 @@ const (
 	trimGap   = 10 * time.Second
 )
 
-func newMemTrim() *memTrim {
-	return &memTrim{quiet: trimQuiet, burst: trimBurst, gap: trimGap, free: debug.FreeOSMemory}
+func newMemTrim(log hclog.Logger) *memTrim {
+	return &memTrim{quiet: trimQuiet, burst: trimBurst, gap: trimGap, free: debug.FreeOSMemory, log: log}
 }
 
 // noteDormant notes that a session went dormant.
@@ -72,10 +75,12 @@ func (m *memTrim) check() {
 		return
 	}
 	m.timer = nil
+	slept := m.slept
 	m.slept = 0
 	m.lastTrim = now
 	m.mu.Unlock()
 	m.free() // the next one is trimGap away
+	m.log.Debug("gave memory back to the OS after a burst of sessions went idle", "sessions", slept, "took", time.Since(now))
 }
 
 // stop cancels a pending trim (the proxy is shutting down).

@@ -4,11 +4,13 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/hashicorp/go-hclog"
 )
 
 func testTrim(burst int, quiet, gap time.Duration) (*memTrim, *atomic.Int32) {
 	var n atomic.Int32
-	m := newMemTrim()
+	m := newMemTrim(hclog.NewNullLogger())
 	m.burst, m.quiet, m.gap = burst, quiet, gap
 	m.free = func() { n.Add(1) }
 	return m, &n
