@@ -138,8 +138,8 @@ func TestNoAllocationsPerChunk(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	// A parked session: each message after a pause is moved by the lot
-	// (idle.go), which must not allocate either.
+	// A parked, dormant session: each message after a pause is moved by
+	// the lot (idle.go, dormant.go), which must not allocate either.
 	c.Close()
 	waitFor(t, 2*time.Second, "first session ended", func() bool { return len(bp.h.p.liveSessions()) == 0 })
 	lot := bp.h.p.parking
@@ -147,7 +147,9 @@ func TestNoAllocationsPerChunk(t *testing.T) {
 	c2 := bp.h.dial("l")
 	roundTrips(t, c2, msg, buf, 10)
 	waitFor(t, time.Second, "parked", func() bool { return lot.count() == 2 })
-	roundTrips(t, c2, msg, buf, 1) // first wake: lazy setup (the destination's RawConn)
+	s := sessionOf(t, bp.h.p, c2)
+	waitFor(t, time.Second, "dormant", s.isDormant) // the lot moves messages on the bare fds
+	roundTrips(t, c2, msg, buf, 1)
 	if got := testing.AllocsPerRun(50, func() {
 		time.Sleep(5 * time.Millisecond)
 		roundTrips(t, c2, msg, buf, 1)
@@ -156,6 +158,9 @@ func TestNoAllocationsPerChunk(t *testing.T) {
 	}
 	if n := lot.count(); n != 2 {
 		t.Fatalf("%d directions parked after the pauses, want 2 (the lot moved the messages)", n)
+	}
+	if !s.isDormant() {
+		t.Fatal("the session woke up: the lot should move small messages on a dormant session's bare fds")
 	}
 }
 

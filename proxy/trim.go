@@ -18,8 +18,8 @@ import (
 // collection that also returns the free pages (debug.FreeOSMemory), at most
 // once per trimGap. A proxy that keeps opening sessions is never quiet and
 // never trims; the cost is one GC of the live heap (milliseconds for
-// thousands of sessions). HAProxy trims its pools after bursts the same way
-// (malloc_trim). Measured in the README's data-path section.
+// thousands of sessions). C servers do the same with glibc's malloc_trim
+// (OpenResty's lua_malloc_trim). Measured in the README's data-path section.
 type memTrim struct {
 	quiet time.Duration // since the last session went dormant
 	burst int           // sessions gone dormant since the last trim
