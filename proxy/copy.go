@@ -265,13 +265,7 @@ func (p *pump) control(f func(fd uintptr)) error {
 // direction's end to the session. A dormant session is revived first.
 func (p *pump) resume() {
 	if s := p.sess; s != nil {
-		s.mu.Lock()
-		err := s.revive()
-		if err == nil {
-			p.sync()
-		}
-		s.mu.Unlock()
-		if err != nil {
+		if err := s.reviveFor(p); err != nil {
 			p.owner.directionEnded(p.up, &pumpErr{err: err})
 			return
 		}

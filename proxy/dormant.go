@@ -5,6 +5,7 @@ import (
 	"net"
 	"os"
 	"syscall"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -114,8 +115,9 @@ func (s *session) repark(pumps ...*pump) {
 }
 
 // revive makes conns from a dormant session's fds again. Under s.mu, by a
-// goroutine that holds one of its pumps. After an error the session's
-// sockets are closed.
+// goroutine that holds one of its pumps. Out of fds (EMFILE), nothing
+// changes and the caller may try again; after any other error the
+// session's sockets are closed.
 func (s *session) revive() error {
 	if !s.dormant {
 		return nil
@@ -123,46 +125,60 @@ func (s *session) revive() error {
 	if s.rawClosed {
 		return net.ErrClosed
 	}
-	// The files own the bare fds from here on; closing them closes those.
-	cf := os.NewFile(uintptr(s.raw[0]), "client")
-	bf := os.NewFile(uintptr(s.raw[1]), "backend")
-	s.rawClosed = true
-	client, err := fileConn(cf)
+	client, err := connFromFD(s.raw[0])
 	if err != nil {
-		cf.Close()
-		bf.Close()
 		return err
 	}
-	backend, err := fileConn(bf)
-	if err == nil {
-		// Move the lot's entries from the bare fds to the new ones
-		// before the bare fds are closed.
-		lot := s.pumps[0].lot
-		for _, p := range s.pumps {
-			c := backend
-			if p.up {
-				c = client
-			}
-			raw := s.raw[1]
-			if p.up {
-				raw = s.raw[0]
-			}
-			if err = lot.move(p, raw, c); err != nil {
-				backend.Close()
-				break
-			}
-		}
-	}
-	cf.Close()
-	bf.Close()
+	backend, err := connFromFD(s.raw[1])
 	if err != nil {
 		client.Close()
 		return err
 	}
+	// Move the lot's entries from the bare fds to the new ones before the
+	// bare fds are closed.
+	lot := s.pumps[0].lot
+	for _, p := range s.pumps {
+		raw, c := s.raw[1], backend
+		if p.up {
+			raw, c = s.raw[0], client
+		}
+		if err := lot.move(p, raw, c); err != nil {
+			client.Close()
+			backend.Close()
+			s.closeRaw(false)
+			return err
+		}
+	}
+	unix.Close(s.raw[0])
+	unix.Close(s.raw[1])
 	s.raw = [2]int{-1, -1}
 	s.client, s.conn = client, backend
-	s.dormant, s.rawClosed = false, false
+	s.dormant = false
 	return nil
+}
+
+// reviveRetryFor is how long a revive that finds no free fd tries again.
+const reviveRetryFor = 2 * time.Second
+
+// reviveFor revives the session for p's goroutine and syncs p. Out of fds
+// (EMFILE, ENFILE: a revive needs two more for a moment), it tries again
+// for up to reviveRetryFor, since ending sessions free fds: the session
+// loses nothing meanwhile (its bytes wait in the kernel, the other
+// direction stays parked).
+func (s *session) reviveFor(p *pump) error {
+	deadline := time.Now().Add(reviveRetryFor)
+	for {
+		s.mu.Lock()
+		err := s.revive()
+		if err == nil {
+			p.sync()
+		}
+		s.mu.Unlock()
+		if err == nil || !(errors.Is(err, unix.EMFILE) || errors.Is(err, unix.ENFILE)) || time.Now().After(deadline) {
+			return err
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 }
 
 // closeRaw closes a dormant session's fds, resetting the app's leg first
@@ -234,8 +250,15 @@ func dupConn(c *net.TCPConn) (int, error) {
 	return nfd, nil
 }
 
-// fileConn makes a conn from a socket file (a duplicate of its fd).
-func fileConn(f *os.File) (*net.TCPConn, error) {
+// connFromFD makes a conn from a duplicate of a bare socket fd; fd stays
+// open.
+func connFromFD(fd int) (*net.TCPConn, error) {
+	nfd, err := unix.FcntlInt(uintptr(fd), unix.F_DUPFD_CLOEXEC, 0)
+	if err != nil {
+		return nil, os.NewSyscallError("fcntl", err)
+	}
+	f := os.NewFile(uintptr(nfd), "")
+	defer f.Close() // FileConn holds a duplicate of its own
 	c, err := net.FileConn(f)
 	if err != nil {
 		return nil, err

@@ -89,3 +89,48 @@ func TestDormantSessionIdleTimeout(t *testing.T) {
 		t.Fatalf("%d pumps still parked", parked(h))
 	}
 }
+
+// A dormant session that must wake while the process is out of fds (a
+// revive needs two more for a moment) waits for fds instead of failing:
+// the bulk sent meanwhile arrives intact once fds are free again.
+func TestDormantSessionRevivesOutOfFDs(t *testing.T) {
+	h, _, c := parkedSession(t, echoNoAlloc)
+	s := sessionOf(t, h.p, c)
+	var hoard []int
+	for {
+		fd, err := syscall.Dup(0)
+		if err != nil {
+			if !errors.Is(err, syscall.EMFILE) {
+				t.Fatal(err)
+			}
+			break
+		}
+		hoard = append(hoard, fd)
+	}
+	freed := false
+	free := func() {
+		if !freed {
+			for _, fd := range hoard {
+				syscall.Close(fd)
+			}
+			freed = true
+		}
+	}
+	defer free()
+	big := make([]byte, 1<<20) // a full buffer: the lot must revive the session
+	for i := range big {
+		big[i] = byte(i*31 + 7)
+	}
+	go c.Write(big)
+	time.Sleep(300 * time.Millisecond)
+	if !s.isDormant() {
+		t.Fatal("the session woke without fds")
+	}
+	free()
+	got := make([]byte, len(big))
+	c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if _, err := io.ReadFull(c, got); err != nil {
+		t.Fatalf("bulk after fds ran out: %v", err)
+	}
+	sameBytes(t, "bulk after fds ran out", got, big)
+}
