@@ -167,7 +167,7 @@ const reviveRetryFor = 2 * time.Second
 // direction stays parked).
 func (s *session) reviveFor(p *pump) error {
 	deadline := time.Now().Add(reviveRetryFor)
-	for {
+	for tries := 0; ; tries++ {
 		s.mu.Lock()
 		err := s.revive()
 		if err == nil {
@@ -176,6 +176,9 @@ func (s *session) reviveFor(p *pump) error {
 		s.mu.Unlock()
 		if err == nil || !(errors.Is(err, unix.EMFILE) || errors.Is(err, unix.ENFILE)) || time.Now().After(deadline) {
 			return err
+		}
+		if tries == 0 {
+			s.logger().Warn("out of file descriptors: an idle session waits for one to wake", "error", err, "waits_up_to", reviveRetryFor)
 		}
 		time.Sleep(20 * time.Millisecond)
 	}

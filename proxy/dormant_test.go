@@ -4,6 +4,7 @@ import (
 	"errors"
 	"io"
 	"os"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -91,41 +92,48 @@ func TestDormantSessionIdleTimeout(t *testing.T) {
 }
 
 // A dormant session that must wake while the process is out of fds (a
-// revive needs two more for a moment) waits for fds instead of failing:
-// the bulk sent meanwhile arrives intact once fds are free again.
+// revive needs two more for a moment) waits for fds instead of failing,
+// and says so in the log: the bulk sent meanwhile arrives intact once fds
+// are free again.
 func TestDormantSessionRevivesOutOfFDs(t *testing.T) {
-	h, _, c := parkedSession(t, echoNoAlloc)
+	be := newBackend(t, echoNoAlloc)
+	h, logs := startProxyLog(t, oneBackendConfig(be.addr()))
+	parkSoon(t, h, 30*time.Millisecond)
+	c := h.dial("l")
+	echoed(t, c, "hello")
 	s := sessionOf(t, h.p, c)
+	waitFor(t, 2*time.Second, "the session dormant", s.isDormant)
+
 	var hoard []int
-	for {
-		fd, err := syscall.Dup(0)
-		if err != nil {
-			if !errors.Is(err, syscall.EMFILE) {
-				t.Fatal(err)
+	grab := func() { // every free fd, including any the process frees meanwhile
+		for {
+			fd, err := syscall.Dup(0)
+			if err != nil {
+				if !errors.Is(err, syscall.EMFILE) {
+					t.Fatal(err)
+				}
+				return
 			}
-			break
+			hoard = append(hoard, fd)
 		}
-		hoard = append(hoard, fd)
 	}
-	freed := false
 	free := func() {
-		if !freed {
-			for _, fd := range hoard {
-				syscall.Close(fd)
-			}
-			freed = true
+		for _, fd := range hoard {
+			syscall.Close(fd)
 		}
+		hoard = nil
 	}
 	defer free()
+	grab()
 	big := make([]byte, 1<<20) // a full buffer: the lot must revive the session
 	for i := range big {
 		big[i] = byte(i*31 + 7)
 	}
 	go c.Write(big)
-	time.Sleep(300 * time.Millisecond)
-	if !s.isDormant() {
-		t.Fatal("the session woke without fds")
-	}
+	waitFor(t, 2*time.Second, "the wait for fds logged", func() bool {
+		grab()
+		return strings.Contains(logs.String(), "out of file descriptors")
+	})
 	free()
 	got := make([]byte, len(big))
 	c.SetReadDeadline(time.Now().Add(10 * time.Second))
