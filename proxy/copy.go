@@ -62,10 +62,8 @@ type pump struct {
 
 	// parking while idle (idle.go); lot nil: never parks
 	lot      *parkLot
-	owner    pumpOwner // told how the direction ended after a park
-	sess     *session  // the session, when it may go dormant (dormant.go); nil in tests
-	rawSrc   int       // while dormant: the bare fds
-	rawDst   int
+	owner    pumpOwner     // told how the direction ended after a park
+	sess     *session      // the session, when it may go dormant (dormant.go); nil in tests
 	parkID   uint64        // the lot's key, under lot.mu
 	inlineAt time.Duration // when the lot last moved a chunk itself (since lot.epoch)
 
@@ -255,7 +253,7 @@ func (p *pump) park() bool {
 // session's mu), else through the conn.
 func (p *pump) control(f func(fd uintptr)) error {
 	if p.dormant {
-		f(uintptr(p.rawSrc))
+		f(uintptr(p.sess.bare(p.up)))
 		return nil
 	}
 	return p.rc.Control(f)
@@ -281,7 +279,7 @@ func (p *pump) resume() {
 func (p *pump) write(from int, noWait bool) (int, error) {
 	if p.dormant { // the lot's write on the bare fd (under the session's mu): never waits
 		p.off, p.noWait, p.writeErr = from, true, nil
-		p.tryWrite(uintptr(p.rawDst))
+		p.tryWrite(uintptr(p.sess.bare(!p.up)))
 		w, err := p.off, p.writeErr
 		p.off, p.writeErr = 0, nil
 		return w, err

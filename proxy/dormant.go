@@ -61,7 +61,7 @@ func (s *session) sleep() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	up, down := s.pumps[0], s.pumps[1]
-	if s.dormant || !s.established || up == nil || down == nil || s.conn == nil || s.legs.Load() != 2 {
+	if s.dormant || s.closing || !s.established || up == nil || down == nil || s.conn == nil || s.legs.Load() != 2 {
 		return
 	}
 	lot := up.lot
@@ -95,10 +95,6 @@ func (s *session) sleep() {
 	for _, p := range []*pump{up, down} {
 		p.dormant = true
 		p.src, p.dst, p.rc, p.dstRC, p.lr = nil, nil, nil, nil, nil
-		p.rawSrc, p.rawDst = cfd, bfd
-		if !p.up {
-			p.rawSrc, p.rawDst = bfd, cfd
-		}
 	}
 	s.repark(up, down)
 	lot.trim.noteDormant()
@@ -198,6 +194,15 @@ func (s *session) closeRaw(rst bool) {
 	s.rawClosed = true
 }
 
+// bare is a dormant session's bare fd of the app's leg (client) or the
+// backend's. Under s.mu.
+func (s *session) bare(client bool) int {
+	if client {
+		return s.raw[0]
+	}
+	return s.raw[1]
+}
+
 // backendInfo reads the backend socket's TCP_INFO in either state.
 func (s *session) backendInfo() (keepalive.Info, error) {
 	s.mu.Lock()
@@ -230,7 +235,6 @@ func (p *pump) sync() {
 	}
 	p.rc, _ = p.src.SyscallConn()
 	p.dstRC, p.lr = nil, nil
-	p.rawSrc, p.rawDst = -1, -1
 }
 
 // dupConn duplicates a conn's socket as a bare, non-blocking, close-on-exec
