@@ -3,8 +3,10 @@ package proxy
 import (
 	"errors"
 	"io"
+	"net"
 	"os"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -141,4 +143,62 @@ func TestDormantSessionRevivesOutOfFDs(t *testing.T) {
 		t.Fatalf("bulk after fds ran out: %v", err)
 	}
 	sameBytes(t, "bulk after fds ran out", got, big)
+}
+
+// Sessions falling asleep and waking all the time (park delay 1 ms, pauses
+// around it) while the drain timeout closes them: every app connection is
+// closed, none is kept open by a session that went dormant as it was being
+// closed, and Shutdown returns.
+func TestDormancyRacesDrain(t *testing.T) {
+	be := newBackend(t, echoNoAlloc)
+	h := startProxy(t, oneBackendConfig(be.addr()))
+	parkSoon(t, h, time.Millisecond)
+	const n = 40
+	conns := make([]*net.TCPConn, n)
+	for i := range conns {
+		conns[i] = h.dial("l")
+		echoed(t, conns[i], "x")
+	}
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	for i, c := range conns {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			buf := make([]byte, 64)
+			for k := 0; ; k++ {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				time.Sleep(time.Duration((i+k)%4) * 500 * time.Microsecond)
+				c.SetDeadline(time.Now().Add(time.Second))
+				if _, err := c.Write(buf[:1+(i+k)%64]); err != nil {
+					return
+				}
+				if _, err := io.ReadFull(c, buf[:1+(i+k)%64]); err != nil {
+					return
+				}
+			}
+		}()
+	}
+	time.Sleep(300 * time.Millisecond)
+	done := make(chan struct{})
+	go func() {
+		h.p.Shutdown(0, 50*time.Millisecond)
+		close(done)
+	}()
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		t.Fatal("Shutdown did not return")
+	}
+	close(stop)
+	wg.Wait()
+	for i, c := range conns {
+		if err, _ := readErr(c, 2*time.Second); errors.Is(err, os.ErrDeadlineExceeded) {
+			t.Fatalf("app connection %d left open after the drain timeout", i)
+		}
+	}
 }
