@@ -189,21 +189,7 @@ func TestParkedSessionsEndAtDrainTimeout(t *testing.T) {
 		echoed(t, conns[i], "x")
 	}
 	waitFor(t, 2*time.Second, "every session parked", func() bool { return parked(h) == 2*len(conns) })
-	done := make(chan struct{})
-	go func() {
-		h.p.Shutdown(0, 100*time.Millisecond)
-		close(done)
-	}()
-	select {
-	case <-done:
-	case <-time.After(5 * time.Second):
-		t.Fatal("Shutdown did not return: parked sessions were not ended")
-	}
-	for _, c := range conns {
-		if err, _ := readErr(c, time.Second); errors.Is(err, os.ErrDeadlineExceeded) {
-			t.Fatal("a parked session's app connection was left open after the drain timeout")
-		}
-	}
+	shutdownClosesAll(t, h, 100*time.Millisecond, conns)
 	if n := counter(h.m.SessionsTotal, "l", "b", "other", "closed"); n != float64(len(conns)) {
 		t.Fatalf("sessions closed at the drain timeout: %v, want %d", n, len(conns))
 	}
@@ -241,6 +227,27 @@ func TestParkedSocketNumbersReused(t *testing.T) {
 			c.Close()
 		}
 		waitFor(t, 2*time.Second, "sessions ended", func() bool { return len(h.p.liveSessions()) == 0 })
+	}
+}
+
+// shutdownClosesAll shuts the proxy down with the given drain timeout and
+// checks that Shutdown returns and every app connection in conns is closed.
+func shutdownClosesAll(t *testing.T, h *harness, drain time.Duration, conns []*net.TCPConn) {
+	t.Helper()
+	done := make(chan struct{})
+	go func() {
+		h.p.Shutdown(0, drain)
+		close(done)
+	}()
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		t.Fatal("Shutdown did not return: sessions were not ended")
+	}
+	for i, c := range conns {
+		if err, _ := readErr(c, 2*time.Second); errors.Is(err, os.ErrDeadlineExceeded) {
+			t.Fatalf("app connection %d was left open after the drain timeout", i)
+		}
 	}
 }
 

@@ -22,24 +22,9 @@ import (
 func TestDormantSessionKeepsItsSockets(t *testing.T) {
 	h, be, c := parkedSession(t, echoNoAlloc)
 	s := sessionOf(t, h.p, c)
-	s.withLegs(func(client, backend syscall.Conn) {
-		for _, leg := range []struct {
-			name string
-			conn syscall.Conn
-			want keepalive.Settings
-		}{
-			{"client", client, keepalive.Settings{Idle: 7 * time.Second, Interval: 3 * time.Second, Count: 5, UserTimeout: 31 * time.Second}},
-			{"backend", backend, keepalive.Settings{Idle: 11 * time.Second, Interval: 2 * time.Second, Count: 4, UserTimeout: 19 * time.Second}},
-		} {
-			got, err := keepalive.Read(leg.conn)
-			if err != nil {
-				t.Fatalf("%s leg of a dormant session: %v", leg.name, err)
-			}
-			if got != leg.want {
-				t.Errorf("%s leg of a dormant session: %+v, want %+v", leg.name, got, leg.want)
-			}
-		}
-	})
+	legSettings(t, s,
+		keepalive.Settings{Idle: 7 * time.Second, Interval: 3 * time.Second, Count: 5, UserTimeout: 31 * time.Second},
+		keepalive.Settings{Idle: 11 * time.Second, Interval: 2 * time.Second, Count: 4, UserTimeout: 19 * time.Second})
 	if st := linkOf(t, h.p, be.addr()); st.SessionsActive != 1 || st.RTTSeconds == nil || *st.RTTSeconds <= 0 {
 		t.Fatalf("link of a dormant session: %d sessions, RTT %v; want 1 and the socket's RTT", st.SessionsActive, st.RTTSeconds)
 	}
@@ -184,21 +169,6 @@ func TestDormancyRacesDrain(t *testing.T) {
 		}()
 	}
 	time.Sleep(300 * time.Millisecond)
-	done := make(chan struct{})
-	go func() {
-		h.p.Shutdown(0, 50*time.Millisecond)
-		close(done)
-	}()
-	select {
-	case <-done:
-	case <-time.After(5 * time.Second):
-		t.Fatal("Shutdown did not return")
-	}
-	close(stop)
-	wg.Wait()
-	for i, c := range conns {
-		if err, _ := readErr(c, 2*time.Second); errors.Is(err, os.ErrDeadlineExceeded) {
-			t.Fatalf("app connection %d left open after the drain timeout", i)
-		}
-	}
+	defer func() { close(stop); wg.Wait() }()
+	shutdownClosesAll(t, h, 50*time.Millisecond, conns)
 }

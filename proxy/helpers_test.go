@@ -16,6 +16,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/tnsguard/tnsguard/config"
+	"github.com/tnsguard/tnsguard/keepalive"
 	"github.com/tnsguard/tnsguard/metrics"
 )
 
@@ -233,6 +234,27 @@ func (s *session) withLegs(f func(client, backend syscall.Conn)) {
 		return
 	}
 	f(s.client, s.conn)
+}
+
+// legSettings checks the keepalive settings read back from both of s's
+// sockets, in either state.
+func legSettings(t *testing.T, s *session, wantClient, wantBackend keepalive.Settings) {
+	t.Helper()
+	s.withLegs(func(client, backend syscall.Conn) {
+		for _, leg := range []struct {
+			name string
+			conn syscall.Conn
+			want keepalive.Settings
+		}{{"client", client, wantClient}, {"backend", backend, wantBackend}} {
+			got, err := keepalive.Read(leg.conn)
+			if err != nil {
+				t.Fatalf("%s leg: %v", leg.name, err)
+			}
+			if got != leg.want {
+				t.Errorf("%s leg: got %+v, want %+v", leg.name, got, leg.want)
+			}
+		}
+	})
 }
 
 // isDormant tells whether the session has let go of its conns.

@@ -180,22 +180,7 @@ func TestKeepaliveOnBothLegs(t *testing.T) {
 		defer c.Close()
 		c.Write([]byte("x"))
 		io.ReadFull(c, make([]byte, 1))
-		s := sessionOf(t, h.p, c)
-		s.withLegs(func(clientLeg, backendLeg syscall.Conn) {
-			for _, tc := range []struct {
-				leg  string
-				conn syscall.Conn
-				want keepalive.Settings
-			}{{"client", clientLeg, wantClient}, {"backend", backendLeg, wantBackend}} {
-				got, err := keepalive.Read(tc.conn)
-				if err != nil {
-					t.Fatalf("%s leg: %v", tc.leg, err)
-				}
-				if got != tc.want {
-					t.Errorf("%s leg: got %+v, want %+v", tc.leg, got, tc.want)
-				}
-			}
-		})
+		legSettings(t, sessionOf(t, h.p, c), wantClient, wantBackend)
 	}
 	check("l", keepalive.Settings{Idle: 7 * time.Second, Interval: 3 * time.Second, Count: 5, UserTimeout: 31 * time.Second},
 		keepalive.Settings{Idle: 11 * time.Second, Interval: 2 * time.Second, Count: 4, UserTimeout: 19 * time.Second})
