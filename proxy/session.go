@@ -443,7 +443,9 @@ func (s *session) establish(first []byte, srv *failover.Server, plan *failover.P
 	s.ctx, s.cancel = nil, nil
 	s.noteConnectLocked()
 	s.replay = nil
-	s.in.dst = nil // only a re-dial's PROXY header needs it: a dormant session would keep the closed conn's address
+	// Only a dial's PROXY header needs the app's destination address; a
+	// dormant session would keep the closed conn's address through it.
+	s.in.dst = nil
 	s.series.bytesUp.Add(float64(s.openingUp)) // the opening's bytes, counted now that the backend is known
 	s.openingUp = 0
 	s.mu.Unlock()
