@@ -61,7 +61,7 @@ type parkLot struct {
 	rn     int
 	rerr   syscall.Errno
 
-	// park's epoll_ctl, under mu: no closure per park
+	// park's and move's epoll_ctl, under mu: no closure per park
 	ctlFn  func(fd uintptr)
 	ctlEv  unix.EpollEvent
 	ctlOp  int
@@ -227,7 +227,7 @@ func (l *parkLot) park(p *pump) bool {
 		l.next++
 		p.parkID = l.next
 	}
-	l.ctlEv = unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLRDHUP | unix.EPOLLONESHOT, Fd: int32(uint32(p.parkID)), Pad: int32(uint32(p.parkID >> 32))}
+	l.ctlEv = parkEvent(p.parkID)
 	l.ctlOp = unix.EPOLL_CTL_MOD // re-arm: a one-shot entry stays registered, disabled
 	if !p.registered {
 		l.ctlOp = unix.EPOLL_CTL_ADD
@@ -299,12 +299,16 @@ func (l *parkLot) move(p *pump, rawFD int, conn *net.TCPConn) error {
 	if err != nil {
 		return err
 	}
-	ev := unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLRDHUP | unix.EPOLLONESHOT, Fd: int32(uint32(p.parkID)), Pad: int32(uint32(p.parkID >> 32))}
-	var ctlErr error
-	if err := rc.Control(func(fd uintptr) { ctlErr = unix.EpollCtl(l.epfd, unix.EPOLL_CTL_ADD, int(fd), &ev) }); err != nil {
+	l.ctlEv, l.ctlOp = parkEvent(p.parkID), unix.EPOLL_CTL_ADD
+	if err := rc.Control(l.ctlFn); err != nil {
 		return err
 	}
-	return ctlErr
+	return l.ctlErr
+}
+
+// parkEvent is a parked pump's one-shot epoll entry, keyed by its parkID.
+func parkEvent(id uint64) unix.EpollEvent {
+	return unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLRDHUP | unix.EPOLLONESHOT, Fd: int32(uint32(id)), Pad: int32(uint32(id >> 32))}
 }
 
 // count is the number of parked pumps (tests).
