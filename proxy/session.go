@@ -439,6 +439,11 @@ func (s *session) establish(first []byte, srv *failover.Server, plan *failover.P
 	lk := s.p.linkFor(s.l.name, s.backend.Config.Name, srv.Address)
 	s.mu.Lock()
 	s.established, s.link = true, lk
+	if !s.closing {
+		// Under s.mu, as closeLegs takes link: a session aborted before
+		// this line is never added, one aborted after it is removed.
+		lk.addLive(s)
+	}
 	s.cancel()
 	s.ctx, s.cancel = nil, nil
 	s.noteConnectLocked()
@@ -452,7 +457,6 @@ func (s *session) establish(first []byte, srv *failover.Server, plan *failover.P
 	srv.Succeeded()
 	srv.Acquire()
 	s.series.wait.Observe(time.Since(s.start).Seconds())
-	lk.addLive(s)
 	n, err := s.client.Write(first)
 	s.toClient.Add(int64(n))
 	s.series.bytesDown.Add(float64(n))
