@@ -55,6 +55,11 @@ type Backend struct {
 
 	wg     sync.WaitGroup
 	cancel context.CancelFunc
+	// Between Start and Stop the backend owns its servers' gauges. A
+	// backend that a reload replaced (or that never started: the reload
+	// failed) writes none: a session still opening on it must not bring
+	// back the series of a removed server, nor overwrite the new backend's.
+	reporting atomic.Bool
 }
 
 // Server is one address of a backend.
@@ -87,8 +92,6 @@ func New(cfg *config.Backend, log hclog.Logger, m *metrics.Metrics) *Backend {
 			connectOK: m.ConnectDuration.WithLabelValues(cfg.Name, sc.Address, "ok"),
 		}
 		s.up.Store(true)
-		m.BackendUp.WithLabelValues(cfg.Name, s.Address).Set(1)
-		m.BreakerState.WithLabelValues(cfg.Name, s.Address).Set(metrics.BreakerClosed)
 		b.Servers = append(b.Servers, s)
 	}
 	return b
@@ -167,7 +170,7 @@ func DialResult(err error) string {
 func (s *Server) Succeeded() {
 	if s.breaker.success() {
 		s.backend.log.Info("circuit closed", "server", s.Address)
-		s.backend.metrics.BreakerState.WithLabelValues(s.backend.Config.Name, s.Address).Set(metrics.BreakerClosed)
+		s.gauge(s.backend.metrics.BreakerState, metrics.BreakerClosed)
 	}
 	if s.backend.Config.Health.Check == "off" {
 		s.setUp(true)
@@ -180,7 +183,7 @@ func (s *Server) Failed(cause error) {
 	opened, openFor := s.breaker.failure(time.Now())
 	if opened {
 		s.backend.log.Warn("circuit opened: new sessions skip this server", "server", s.Address, "open_for", openFor, "error", cause)
-		s.backend.metrics.BreakerState.WithLabelValues(s.backend.Config.Name, s.Address).Set(metrics.BreakerOpen)
+		s.gauge(s.backend.metrics.BreakerState, metrics.BreakerOpen)
 	}
 	if s.backend.Config.Health.Check == "off" {
 		s.setUp(false)
@@ -209,7 +212,14 @@ func (s *Server) setUp(up bool) {
 	if up {
 		v = 1
 	}
-	s.backend.metrics.BackendUp.WithLabelValues(s.backend.Config.Name, s.Address).Set(v)
+	s.gauge(s.backend.metrics.BackendUp, v)
+}
+
+// gauge sets the server's series of vec, while its backend reports.
+func (s *Server) gauge(vec *prometheus.GaugeVec, v float64) {
+	if s.backend.reporting.Load() {
+		vec.WithLabelValues(s.backend.Config.Name, s.Address).Set(v)
+	}
 }
 
 // order returns the servers to try in one round, best first: usable ones
@@ -334,7 +344,7 @@ func (p *Plan) Next(ctx context.Context) (*Server, error) {
 			if ok, changed := s.breaker.allow(time.Now()); ok || p.lastResort {
 				if changed {
 					p.b.log.Info("circuit half-open: one session tries the server", "server", s.Address)
-					p.b.metrics.BreakerState.WithLabelValues(p.b.Config.Name, s.Address).Set(metrics.BreakerHalfOpen)
+					s.gauge(p.b.metrics.BreakerState, metrics.BreakerHalfOpen)
 				}
 				return s, nil
 			}

@@ -8,13 +8,21 @@ import (
 
 	"github.com/pires/go-proxyproto"
 
+	"github.com/tnsguard/tnsguard/metrics"
 	"github.com/tnsguard/tnsguard/tns"
 )
 
-// Start runs the active health checks of every server until Stop (or ctx
-// ends). With check = "off" it does nothing.
+// Start makes the backend report its servers' gauges (up, breaker closed)
+// and runs their active health checks until Stop (or ctx ends); with
+// check = "off" there are no checks. A backend is started once its
+// configuration is committed, so a reload that fails changes no gauge.
 func (b *Backend) Start(ctx context.Context) {
 	ctx, b.cancel = context.WithCancel(ctx)
+	b.reporting.Store(true)
+	for _, s := range b.Servers {
+		s.gauge(b.metrics.BackendUp, 1) // servers start up
+		s.gauge(b.metrics.BreakerState, metrics.BreakerClosed)
+	}
 	if b.Config.Health.Check == "off" {
 		return
 	}
@@ -27,8 +35,11 @@ func (b *Backend) Start(ctx context.Context) {
 	}
 }
 
-// Stop ends the health checks and waits for them.
+// Stop ends the health checks and waits for them; from now on the
+// backend's servers write no gauge (sessions that were opening on them may
+// still succeed or fail).
 func (b *Backend) Stop() {
+	b.reporting.Store(false)
 	if b.cancel != nil {
 		b.cancel()
 	}

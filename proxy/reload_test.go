@@ -211,3 +211,61 @@ trusted_proxies = ["127.0.0.1/32"]`, "")
 		t.Fatal("a plain connection reached the backend after PROXY was required")
 	}
 }
+
+// A session still opening on a server that a reload removes must not bring
+// the server's gauges back once it gets its answer: the replaced backend
+// no longer reports, and no tnsguard_backend_up series outlives the
+// server (an alert on it would never resolve).
+func TestReplacedBackendReportsNoMore(t *testing.T) {
+	answer := make(chan struct{})
+	slow := newBackend(t, func(c *net.TCPConn) {
+		<-answer // answers only after the reload
+		echo(c)
+	})
+	fresh := newBackend(t, echo)
+	h := startProxy(t, oneBackendConfig(slow.addr()))
+	c := h.dial("l")
+	c.Write([]byte("a"))
+	waitFor(t, 5*time.Second, "the session reached the first server", func() bool { return len(slow.accepted()) == 1 })
+
+	if err := h.p.Apply(mustParse(t, oneBackendConfig(fresh.addr()))); err != nil {
+		t.Fatal(err)
+	}
+	close(answer)
+	if _, err := io.ReadFull(c, make([]byte, 1)); err != nil {
+		t.Fatalf("the session that was opening at the reload: %v", err)
+	}
+	if n := testutil.CollectAndCount(h.m.BackendUp); n != 1 {
+		t.Errorf("%d tnsguard_backend_up series, want 1 (the new server's)", n)
+	}
+	if n := testutil.CollectAndCount(h.m.BreakerState); n != 1 {
+		t.Errorf("%d tnsguard_breaker_state series, want 1 (the new server's)", n)
+	}
+}
+
+// A reload that fails (a listen address taken) changes nothing, not even
+// the gauges: a server marked down stays down.
+func TestFailedReloadKeepsServerDown(t *testing.T) {
+	dead := closedPort(t)
+	h := startProxy(t, oneBackendConfig(dead))
+	c := h.dial("l")
+	c.Write([]byte("a"))
+	waitFor(t, 5*time.Second, "a failed dial marks the server down", func() bool {
+		return testutil.ToFloat64(h.m.BackendUp.WithLabelValues("b", dead)) == 0
+	})
+	taken, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer taken.Close()
+	next := strings.Replace(oneBackendConfig(dead), `connect_budget = "3s"`, `connect_budget = "4s"`, 1) // a changed backend
+	next = strings.Replace(next, `listen = "127.0.0.1:0"
+backend`, `listen = "`+taken.Addr().String()+`"
+backend`, 1)
+	if err := h.p.Apply(mustParse(t, next)); err == nil {
+		t.Fatal("reload onto a taken address succeeded")
+	}
+	if v := testutil.ToFloat64(h.m.BackendUp.WithLabelValues("b", dead)); v != 0 {
+		t.Errorf("backend_up = %v after a failed reload, want 0 still", v)
+	}
+}
