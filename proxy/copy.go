@@ -19,8 +19,9 @@ import (
 //  1. park on the poller until src is readable, holding no buffer and no
 //     pipe (the read callback takes a pooled buffer only for the read
 //     syscall itself and gives it back on EAGAIN);
-//  2. small reads are written straight on from that buffer: one read and
-//     one write per message, the cheapest path for request/response;
+//  2. small reads are written straight on from that buffer, and the socket
+//     is read again until EAGAIN (tryRead says why not only until a short
+//     read);
 //  3. once a read fills the buffer the stream is bulk: while the socket
 //     holds at least spliceMin bytes, exactly that many are spliced
 //     (ReadFrom on an io.LimitedReader of the bare conn, so Go's splice
@@ -105,42 +106,44 @@ func newPump(src, dst *net.TCPConn, pool *bufPool, onChunk func(int)) (*pump, er
 
 // tryRead runs inside RawConn.Read: returning false parks the goroutine on
 // the poller until the socket is readable again.
+//
+// While the pump runs (direct), a short read is written on from here and
+// the socket is read again at once, inside the same RawConn.Read: until
+// EAGAIN, not until a short read. A message and the end of its stream (FIN
+// or RST) that arrive together make one readiness edge, and the read that
+// returns the message takes the FIN too; waiting for the next edge after a
+// short read passed the end on only at the idle deadline (parkAfter later).
 func (p *pump) tryRead(fd uintptr) bool {
-	p.avail = 0
-	if p.bulk {
-		if n, err := unix.IoctlGetInt(int(fd), unix.SIOCINQ); err == nil && n >= spliceMin {
-			p.avail = n
+	for {
+		p.avail = 0
+		if p.bulk {
+			if n, err := unix.IoctlGetInt(int(fd), unix.SIOCINQ); err == nil && n >= spliceMin {
+				p.avail = n
+				return true
+			}
+		}
+		buf := p.pool.get()
+		n, err := rawRead(fd, *buf)
+		if err == syscall.EAGAIN {
+			p.pool.put(buf)
+			return false
+		}
+		if !p.direct || err != 0 || n == 0 || n == len(*buf) {
+			p.buf, p.n, p.readErr = buf, max(n, 0), errOrNil(err) // for the caller: opening bytes, EOF, an error, bulk
 			return true
 		}
-	}
-	buf := p.pool.get()
-	n, err := rawRead(fd, *buf)
-	if err == syscall.EAGAIN {
+		p.buf, p.n = buf, n
+		_, werr := p.write(0, false)
 		p.pool.put(buf)
-		return false
+		p.buf = nil
+		if werr != nil {
+			p.writeErr = werr
+			return true
+		}
+		p.bulk = false
+		p.moved++
+		p.onChunk(n)
 	}
-	if !p.direct || err != 0 || n == 0 || n == len(*buf) {
-		p.buf, p.n, p.readErr = buf, max(n, 0), errOrNil(err) // for the caller: opening bytes, EOF, an error, bulk
-		return true
-	}
-	// A short read emptied the socket (TCP copies all that is queued):
-	// write it on from here and wait for the poller without reading
-	// again. The wait consumes any readiness that came after this read,
-	// so nothing is missed, and the EAGAIN read that conn.Read would make
-	// (one syscall per message) is saved. Only within one RawConn.Read:
-	// entering it again resets the readiness, so it always reads first.
-	p.buf, p.n = buf, n
-	_, werr := p.write(0, false)
-	p.pool.put(buf)
-	p.buf = nil
-	if werr != nil {
-		p.writeErr = werr
-		return true
-	}
-	p.bulk = false
-	p.moved++
-	p.onChunk(n)
-	return false
 }
 
 // wait parks until src is readable, then reads: p.buf holds p.n bytes

@@ -203,3 +203,62 @@ func TestKeepaliveOnBothLegs(t *testing.T) {
 	check("m", keepalive.Settings{Idle: 13 * time.Second, Interval: 3 * time.Second, Count: 2},
 		keepalive.Settings{Idle: 17 * time.Second, Interval: 2 * time.Second, Count: 4, UserTimeout: 19 * time.Second})
 }
+
+// A backend's last message and its end arrive together (written, then
+// closed or reset at once): the app gets both at once. The read that
+// returns the message also takes the FIN, so no readiness edge follows it;
+// a pump that waited for one after a short read passed the end on only at
+// its idle deadline, 100 ms later.
+func TestLastMessageAndEndArriveTogether(t *testing.T) {
+	for _, end := range []string{"close", "reset"} {
+		t.Run(end, func(t *testing.T) {
+			be := newBackend(t, func(c *net.TCPConn) {
+				b := make([]byte, 1)
+				for {
+					if _, err := io.ReadFull(c, b); err != nil {
+						return
+					}
+					if b[0] == 'q' {
+						break
+					}
+					c.Write([]byte("ok"))
+				}
+				c.Write([]byte("last message"))
+				if end == "reset" {
+					resetConn(c)
+				} else {
+					c.Close()
+				}
+			})
+			h := startProxy(t, oneBackendConfig(be.addr()))
+			var worst time.Duration
+			for i := 0; i < 20; i++ {
+				c := h.dial("l")
+				for _, m := range []string{"a", "b"} { // established, the pump running
+					c.Write([]byte(m))
+					if _, err := io.ReadFull(c, make([]byte, 2)); err != nil {
+						t.Fatal(err)
+					}
+				}
+				c.Write([]byte("q"))
+				if _, err := io.ReadFull(c, make([]byte, len("last message"))); err != nil {
+					t.Fatal(err)
+				}
+				err, took := readErr(c, 2*time.Second)
+				want := io.EOF
+				if end == "reset" {
+					want = syscall.ECONNRESET
+				}
+				if !errors.Is(err, want) {
+					t.Fatalf("after the last message the app saw %v, want %v", err, want)
+				}
+				worst = max(worst, took)
+				c.Close()
+			}
+			if worst > 30*time.Millisecond {
+				t.Errorf("the end reached the app up to %v after the last message, want at once", worst)
+			}
+			t.Logf("worst: %v", worst)
+		})
+	}
+}
