@@ -10,8 +10,9 @@ import (
 	"go.uber.org/goleak"
 )
 
-// TestMain doubles as the entry of the helper processes (echo backend, naive
-// Go proxy), which the harness starts by re-executing this binary.
+// TestMain doubles as the entry of the helper processes (echo backend, the
+// Go proxies gocopy and goloop), which the harness starts by re-executing
+// this binary.
 func TestMain(m *testing.M) {
 	if role := os.Getenv(envRole); role != "" {
 		if err := runRole(role, os.Stdout); err != nil {
@@ -36,6 +37,7 @@ func (w testWriter) Write(p []byte) (int, error) {
 // elsewhere such a system is skipped with the reason.
 func TestSmoke(t *testing.T) {
 	o := quickOptions()
+	o.Systems = knownSystems() // the opt-in reference design too
 	o.Log = testWriter{t}
 	o.Verbose = true
 	o.Command = "go test ./test/bench -run TestSmoke"
@@ -57,7 +59,7 @@ func TestSmoke(t *testing.T) {
 	for _, f := range res.Failures {
 		t.Errorf("measurement failed: %s", f)
 	}
-	for _, s := range []string{sysDirect, sysGoCopy} {
+	for _, s := range []string{sysDirect, sysGoCopy, sysGoLoop} {
 		if !contains(res.Systems, s) {
 			t.Errorf("%s did not run; it needs nothing outside this package", s)
 		}

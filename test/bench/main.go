@@ -53,10 +53,13 @@ type options struct {
 // allTests are the measurements, in the order they run.
 func allTests() []string { return []string{"bulk", "bulk-up", "rr-1", "rr-32", "conns", "idle"} }
 
-// allSystems is the order of the table's columns.
+// allSystems is the order of the table's columns: the reference run's.
 func allSystems() []string {
 	return []string{sysDirect, sysHAProxy, sysNginx, sysGoCopy, sysTnsguard}
 }
+
+// knownSystems adds the opt-in ones.
+func knownSystems() []string { return append(allSystems(), sysGoLoop) }
 
 func fullOptions() options {
 	return options{
@@ -112,7 +115,7 @@ func parseFlags(args []string) (options, error) {
 	idle := fs.Int("idle", 0, "idle sessions for the memory figure (default 5000, quick 200)")
 	msg := fs.Int("msg", def.MessageSize, "request/response message size in bytes")
 	workers := fs.Int("conn-workers", def.ConnWorkers, "concurrent clients in the new-connections figure")
-	systems := fs.String("systems", strings.Join(allSystems(), ","), "systems to run, comma-separated")
+	systems := fs.String("systems", strings.Join(allSystems(), ","), "systems to run, comma-separated; goloop (a bare Go epoll loop, reference design) runs only when named")
 	tests := fs.String("tests", strings.Join(allTests(), ","), "measurements to run, comma-separated")
 	tg := fs.String("tnsguard", "", "tnsguard binary to use (default: go build ./cmd/tnsguard into a temp dir)")
 	module := fs.String("nginx-module", def.NginxModule, "nginx stream module to load_module")
@@ -143,7 +146,7 @@ func parseFlags(args []string) (options, error) {
 	o.MessageSize = *msg
 	o.ConnWorkers = *workers
 	var err error
-	if o.Systems, err = pickList("system", *systems, allSystems()); err != nil {
+	if o.Systems, err = pickList("system", *systems, knownSystems()); err != nil {
 		return options{}, err
 	}
 	if o.Tests, err = pickList("test", *tests, allTests()); err != nil {

@@ -14,8 +14,8 @@ import (
 // echo backend and the naive Go proxy have their own CPU, memory and fds to
 // measure, apart from the load generator.
 const (
-	envRole   = "TNSBENCH_ROLE"   // "echo" or "gocopy"
-	envRoutes = "TNSBENCH_ROUTES" // gocopy: "target1,target2": one listener on 127.0.0.1:0 per target
+	envRole   = "TNSBENCH_ROLE"   // "echo", "gocopy" or "goloop"
+	envRoutes = "TNSBENCH_ROUTES" // gocopy, goloop: "target1,target2": one listener on 127.0.0.1:0 per target
 	roleEcho  = "echo"
 	roleCopy  = "gocopy"
 )
@@ -50,6 +50,8 @@ func runRole(role string, out io.Writer) error {
 			}()
 		}
 		return <-errc // the process ends here; the other acceptors go with it
+	case roleLoop:
+		return runLoop(strings.Split(os.Getenv(envRoutes), ","), out)
 	}
 	return fmt.Errorf("unknown role %q", role)
 }

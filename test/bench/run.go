@@ -321,7 +321,9 @@ func prepareSystems(ctx context.Context, o options, dir string, fileLimit uint64
 		case sysDirect:
 			systems = append(systems, setup.direct())
 		case sysGoCopy:
-			systems = append(systems, setup.goCopy())
+			systems = append(systems, setup.goProxy(sysGoCopy, roleCopy))
+		case sysGoLoop:
+			systems = append(systems, setup.goProxy(sysGoLoop, roleLoop))
 		case sysHAProxy:
 			p, err := findBinary("haproxy")
 			if err != nil {

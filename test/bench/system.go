@@ -20,6 +20,7 @@ const (
 	sysHAProxy  = "haproxy"
 	sysNginx    = "nginx"
 	sysGoCopy   = "gocopy"
+	sysGoLoop   = "goloop" // opt-in reference design (goloop.go)
 	sysTnsguard = "tnsguard"
 )
 
@@ -253,7 +254,7 @@ type system struct {
 
 // systemSetup holds what the systems need from the environment.
 type systemSetup struct {
-	self        string // this binary, for the gocopy role
+	self        string // this binary, for the gocopy and goloop roles
 	haproxy     string
 	nginx       string
 	nginxModule string
@@ -302,14 +303,16 @@ func (s systemSetup) direct() system {
 	}}
 }
 
-func (s systemSetup) goCopy() system {
-	return system{Name: sysGoCopy, start: func(ctx context.Context, dir string, be backends) (*instance, error) {
+// goProxy is one of the harness's own Go proxies (roles.go, goloop.go), run
+// as a process of its own: gocopy or goloop.
+func (s systemSetup) goProxy(name, role string) system {
+	return system{Name: name, start: func(ctx context.Context, dir string, be backends) (*instance, error) {
 		targets := be.Echo
 		if be.Iperf != "" {
 			targets += "," + be.Iperf
 		}
-		p, err := startProcess(sysGoCopy, filepath.Join(dir, "gocopy.log"),
-			[]string{envRole + "=" + roleCopy, envRoutes + "=" + targets}, s.self)
+		p, err := startProcess(name, filepath.Join(dir, name+".log"),
+			[]string{envRole + "=" + role, envRoutes + "=" + targets}, s.self)
 		if err != nil {
 			return nil, err
 		}
