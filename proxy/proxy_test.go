@@ -255,7 +255,7 @@ func TestLastMessageAndEndArriveTogether(t *testing.T) {
 				worst = max(worst, took)
 				c.Close()
 			}
-			if worst > 30*time.Millisecond {
+			if worst > 60*time.Millisecond { // the bug made it 100 ms
 				t.Errorf("the end reached the app up to %v after the last message, want at once", worst)
 			}
 			t.Logf("worst: %v", worst)
