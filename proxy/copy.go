@@ -33,6 +33,9 @@ import (
 const (
 	chunkSize = 16 << 10
 	spliceMin = 64 << 10
+	// passesPerWait bounds the messages tryRead passes on in one
+	// RawConn.Read (see tryRead).
+	passesPerWait = 16
 )
 
 // pumpErr says which end of a direction failed.
@@ -84,6 +87,8 @@ type pump struct {
 	noWait     bool // the lot's write: never wait for room
 	pending    bool // the lot read for run: buf, n, readErr hold the result
 	direct     bool // running (run): tryRead writes short reads on itself
+	again      bool // tryRead returned after passesPerWait messages, with nothing for run
+	written    int  // of the chunk tryRead returns, what it wrote already (dst was full)
 	bulk       bool // the last read filled the buffer
 }
 
@@ -113,8 +118,15 @@ func newPump(src, dst *net.TCPConn, pool *bufPool, onChunk func(int)) (*pump, er
 // or RST) that arrive together make one readiness edge, and the read that
 // returns the message takes the FIN too; waiting for the next edge after a
 // short read passed the end on only at the idle deadline (parkAfter later).
+// After passesPerWait messages it returns to run (again), so that a close
+// of src, which waits for this callback, is not held up by a steady stream
+// of small messages; run then enters RawConn.Read anew, which reads first.
 func (p *pump) tryRead(fd uintptr) bool {
-	for {
+	for i := 0; ; i++ {
+		if i == passesPerWait {
+			p.again = true
+			return true
+		}
 		p.avail = 0
 		if p.bulk {
 			if n, err := unix.IoctlGetInt(int(fd), unix.SIOCINQ); err == nil && n >= spliceMin {
@@ -133,13 +145,24 @@ func (p *pump) tryRead(fd uintptr) bool {
 			return true
 		}
 		p.buf, p.n = buf, n
-		_, werr := p.write(0, false)
-		p.pool.put(buf)
-		p.buf = nil
+		w, werr := p.write(0, true) // never waits for room here: see below
 		if werr != nil {
+			p.pool.put(buf)
+			p.buf = nil
 			p.writeErr = werr
 			return true
 		}
+		if w < n {
+			// dst is full: run writes the rest, waiting for room outside
+			// this callback. A wait in here would hold src's read lock, and
+			// closing src waits for it: a session aborted while its
+			// destination had stalled could not close its sockets, so the
+			// wait would last until dst's user timeout.
+			p.readErr, p.written = nil, w
+			return true
+		}
+		p.pool.put(buf)
+		p.buf = nil
 		p.bulk = false
 		p.moved++
 		p.onChunk(n)
@@ -182,9 +205,15 @@ func (p *pump) run() *pumpErr {
 			}
 			p.arm()
 			continue
+		} else {
+			from, p.written = p.written, 0
 		}
 		if p.writeErr != nil {
 			return &pumpErr{err: p.writeErr, atWrite: true}
+		}
+		if p.again {
+			p.again = false
+			continue
 		}
 		if p.avail > 0 {
 			if p.lr == nil {

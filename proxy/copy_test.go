@@ -400,3 +400,40 @@ func TestParkedSessionsTalkingInBursts(t *testing.T) {
 		t.Fatalf("%d pumps still parked after their sessions ended", n)
 	}
 }
+
+// A backend that stops reading while the app keeps sending messages fills
+// every buffer on the way: the pump's write on waits for room. The drain
+// timeout must still end that session at once (the backend's user timeout
+// is 19 s here). A write that waited inside the source's read callback held
+// up the close of the app's socket, which waits for that callback, and so
+// the close of the backend's socket that would have ended the wait.
+func TestDrainEndsSessionToStalledBackend(t *testing.T) {
+	stalled := make(chan struct{})
+	be := newBackend(t, func(c *net.TCPConn) {
+		c.SetReadBuffer(4096)
+		b := make([]byte, 1)
+		io.ReadFull(c, b)
+		c.Write(b)
+		<-stalled // reads nothing more
+	})
+	defer close(stalled)
+	h := startProxy(t, oneBackendConfig(be.addr()))
+	c := h.dial("l")
+	echoed(t, c, "x")
+	msg := make([]byte, 8<<10) // under the pump's 16 KiB: each read is short
+	full := time.Now().Add(10 * time.Second)
+	for time.Now().Before(full) {
+		c.SetWriteDeadline(time.Now().Add(300 * time.Millisecond))
+		if _, err := c.Write(msg); err != nil {
+			if !errors.Is(err, os.ErrDeadlineExceeded) {
+				t.Fatal(err)
+			}
+			break // full on every leg
+		}
+		time.Sleep(100 * time.Microsecond) // messages, not one bulk stream
+	}
+	if time.Now().After(full) {
+		t.Fatal("the app could write for 10 s: the backend's stall never reached it")
+	}
+	shutdownClosesAll(t, h, 100*time.Millisecond, []*net.TCPConn{c})
+}
