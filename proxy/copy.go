@@ -6,6 +6,7 @@ import (
 	"net"
 	"os"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 	"unsafe"
@@ -70,6 +71,12 @@ type pump struct {
 	sess     *session      // the session, when it may go dormant (dormant.go); nil in tests
 	parkID   uint64        // the lot's key, under lot.mu
 	inlineAt time.Duration // when the lot last moved a chunk itself (since lot.epoch)
+
+	// blockedAt is when run began a write or splice that may wait for
+	// room in dst (UnixNano; 0: none): while it waits, nobody reads src, so
+	// the session's housekeeping looks for a source that failed meanwhile
+	// (session.checkStalled).
+	blockedAt atomic.Int64
 
 	// read and write state
 	buf      *[]byte
@@ -220,7 +227,9 @@ func (p *pump) run() *pumpErr {
 				p.lr = &io.LimitedReader{R: p.src}
 			}
 			p.lr.N = int64(p.avail)
+			p.blockedAt.Store(time.Now().UnixNano()) // may wait for room in dst (session.checkStalled)
 			n, err := p.dst.ReadFrom(p.lr)
+			p.blockedAt.Store(0)
 			if n > 0 {
 				p.moved++
 				p.onChunk(int(n))
@@ -244,7 +253,9 @@ func (p *pump) run() *pumpErr {
 			return nil // EOF
 		}
 		p.buf = buf
+		p.blockedAt.Store(time.Now().UnixNano())
 		_, werr := p.write(from, false)
+		p.blockedAt.Store(0)
 		p.buf = nil
 		p.bulk = n == len(*buf)
 		p.pool.put(buf)
@@ -383,15 +394,22 @@ func errOrNil(e syscall.Errno) error {
 
 // srcFailed tells, after a splice error, whether the source socket holds an
 // error (reset, timeout) rather than the destination.
-func srcFailed(rc syscall.RawConn) bool {
-	var failed bool
+func srcFailed(rc syscall.RawConn) bool { return sockError(rc) != nil }
+
+// sockError is the error a socket holds (reset, timeout), without taking
+// any of its bytes; nil while it is healthy, or only at its end of stream.
+func sockError(rc syscall.RawConn) error {
+	var failed error
 	_ = rc.Control(func(fd uintptr) {
 		soerr, err := unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_ERROR)
-		failed = err == nil && soerr != 0
-		if !failed {
-			var b [1]byte
-			_, _, err := unix.Recvfrom(int(fd), b[:], unix.MSG_PEEK|unix.MSG_DONTWAIT)
-			failed = err != nil && !errors.Is(err, unix.EAGAIN)
+		if err == nil && soerr != 0 {
+			failed = os.NewSyscallError("read", syscall.Errno(soerr))
+			return
+		}
+		var b [1]byte
+		_, _, err = unix.Recvfrom(int(fd), b[:], unix.MSG_PEEK|unix.MSG_DONTWAIT)
+		if err != nil && !errors.Is(err, unix.EAGAIN) {
+			failed = os.NewSyscallError("read", err)
 		}
 	})
 	return failed

@@ -8,6 +8,7 @@ import (
 	"net"
 	"os"
 	"runtime"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -436,4 +437,84 @@ func TestDrainEndsSessionToStalledBackend(t *testing.T) {
 		t.Fatal("the app could write for 10 s: the backend's stall never reached it")
 	}
 	shutdownClosesAll(t, h, 100*time.Millisecond, []*net.TCPConn{c})
+}
+
+// A direction waiting for room in its destination reads its source only
+// once the destination takes bytes again, which a hung peer may never do.
+// A reset of that source must still end the session within seconds, not at
+// the other leg's user timeout: housekeeping looks at the sources of
+// stalled directions.
+func TestResetWhileDestinationStalls(t *testing.T) {
+	t.Run("app resets, backend stopped reading", func(t *testing.T) {
+		stalled := make(chan struct{})
+		backendSaw := make(chan error, 1)
+		be := newBackend(t, func(c *net.TCPConn) {
+			b := make([]byte, 1)
+			io.ReadFull(c, b)
+			c.Write(b)
+			<-stalled // hung: reads nothing until the session is over
+			_, err := io.Copy(io.Discard, c)
+			backendSaw <- err
+		})
+		release := sync.OnceFunc(func() { close(stalled) })
+		t.Cleanup(release) // before the backend's own cleanup waits for it
+		h := startProxy(t, oneBackendConfig(be.addr()))
+		c := h.dial("l")
+		echoed(t, c, "x")
+		fillTowards(t, c)
+		start := time.Now()
+		resetConn(c)
+		waitFor(t, 4*time.Second, "the session ended", func() bool {
+			return counter(h.m.SessionsTotal, "l", "b", "other", "reset") == 1
+		})
+		took := time.Since(start)
+		if v := counter(h.m.Resets, "l", "b", be.addr(), "client", "active", "rst"); v != 1 {
+			t.Errorf("resets{side=client,phase=active,cause=rst} = %v, want 1", v)
+		}
+		release() // the backend reads again: its connection was closed
+		select {
+		case <-backendSaw:
+		case <-time.After(5 * time.Second):
+			t.Fatal("the backend's connection was left open")
+		}
+		t.Logf("session ended %v after the app's reset", took.Round(time.Millisecond))
+	})
+	t.Run("backend resets, app stopped reading", func(t *testing.T) {
+		be := newBackend(t, func(c *net.TCPConn) {
+			b := make([]byte, 1)
+			io.ReadFull(c, b)
+			fillTowards(t, c) // a result set the app does not read
+			resetConn(c)
+		})
+		h := startProxy(t, oneBackendConfig(be.addr()))
+		c := h.dial("l")
+		c.Write([]byte("q"))
+		srv := be.addr()
+		waitFor(t, 8*time.Second, "the backend's reset reached the app's leg", func() bool {
+			return counter(h.m.Resets, "l", "b", srv, "backend", "active", "rst") == 1
+		})
+		if err, _ := readErr(c, 5*time.Second); !errors.Is(err, syscall.ECONNRESET) {
+			t.Errorf("the app saw %v, want ECONNRESET", err)
+		}
+	})
+}
+
+// fillTowards writes 8 KiB messages on c until a write has waited 300 ms:
+// every buffer between c and a peer that does not read is full.
+func fillTowards(t *testing.T, c *net.TCPConn) {
+	t.Helper()
+	msg := make([]byte, 8<<10)
+	until := time.Now().Add(10 * time.Second)
+	for time.Now().Before(until) {
+		c.SetWriteDeadline(time.Now().Add(300 * time.Millisecond))
+		if _, err := c.Write(msg); err != nil {
+			if !errors.Is(err, os.ErrDeadlineExceeded) {
+				t.Error(err)
+			}
+			c.SetWriteDeadline(time.Time{})
+			return
+		}
+		time.Sleep(100 * time.Microsecond)
+	}
+	t.Error("writes never filled the way: the peer is reading")
 }

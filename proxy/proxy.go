@@ -321,6 +321,7 @@ func (p *Proxy) housekeeping(ctx context.Context) {
 			if limit := s.l.cfg().IdleTimeout.Duration; limit > 0 && d > limit {
 				s.abort(SideClient, PhaseIdle, ErrIdleTimeout, "closed", nil)
 			}
+			s.checkStalled(time.Now())
 			seen[k] = true
 		}
 		for k := range seen {

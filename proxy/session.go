@@ -716,3 +716,52 @@ func (s *session) finish() {
 	s.mu.Unlock()
 	s.p.record(s, srv, est)
 }
+
+// stallCheck is how long a direction may wait for room in its destination
+// before housekeeping looks at its source.
+const stallCheck = time.Second
+
+// checkStalled ends a session whose direction has waited at least
+// stallCheck for room in its destination (a backend that stopped reading,
+// an app that stopped reading a result set) while its source failed: that
+// direction reads its source again only once the destination takes bytes,
+// which a hung peer may never do, and the reset would reach the other leg
+// only at that leg's user timeout. Called about once a second; it costs a
+// look at the clock per session, and two system calls per stalled one.
+func (s *session) checkStalled(now time.Time) {
+	s.mu.Lock()
+	if s.dormant || s.closing {
+		s.mu.Unlock()
+		return
+	}
+	var failed error
+	var side Side
+	for i, p := range s.pumps {
+		b := int64(0)
+		if p != nil {
+			b = p.blockedAt.Load()
+		}
+		if b == 0 || now.UnixNano()-b < int64(stallCheck) {
+			continue
+		}
+		src, sd := s.client, SideClient
+		if i == 1 {
+			src, sd = s.conn, SideBackend
+		}
+		if src == nil {
+			continue
+		}
+		rc, err := src.SyscallConn()
+		if err != nil {
+			continue
+		}
+		if failed = sockError(rc); failed != nil {
+			side = sd
+			break
+		}
+	}
+	s.mu.Unlock()
+	if failed != nil {
+		s.abort(side, s.phaseNow(side), failed, "reset", nil)
+	}
+}
