@@ -421,21 +421,7 @@ func TestDrainEndsSessionToStalledBackend(t *testing.T) {
 	h := startProxy(t, oneBackendConfig(be.addr()))
 	c := h.dial("l")
 	echoed(t, c, "x")
-	msg := make([]byte, 8<<10) // under the pump's 16 KiB: each read is short
-	full := time.Now().Add(10 * time.Second)
-	for time.Now().Before(full) {
-		c.SetWriteDeadline(time.Now().Add(300 * time.Millisecond))
-		if _, err := c.Write(msg); err != nil {
-			if !errors.Is(err, os.ErrDeadlineExceeded) {
-				t.Fatal(err)
-			}
-			break // full on every leg
-		}
-		time.Sleep(100 * time.Microsecond) // messages, not one bulk stream
-	}
-	if time.Now().After(full) {
-		t.Fatal("the app could write for 10 s: the backend's stall never reached it")
-	}
+	fillTowards(t, c)
 	shutdownClosesAll(t, h, 100*time.Millisecond, []*net.TCPConn{c})
 }
 
@@ -499,7 +485,8 @@ func TestResetWhileDestinationStalls(t *testing.T) {
 	})
 }
 
-// fillTowards writes 8 KiB messages on c until a write has waited 300 ms:
+// fillTowards writes 8 KiB messages on c, paced so that each of the pump's
+// reads is short (under its 16 KiB), until a write has waited 300 ms:
 // every buffer between c and a peer that does not read is full.
 func fillTowards(t *testing.T, c *net.TCPConn) {
 	t.Helper()
