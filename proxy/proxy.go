@@ -297,8 +297,9 @@ func (p *Proxy) Shutdown(grace, drainTimeout time.Duration) {
 	p.log.Info("drained", "sessions_closed_at_timeout", closed)
 }
 
-// housekeeping updates the idle-sessions gauge and ends sessions idle
-// longer than their listener's idle_timeout, once a second.
+// housekeeping updates the idle-sessions gauge, ends sessions idle longer
+// than their listener's idle_timeout, and ends sessions whose stalled
+// direction's source failed (session.checkStalled), once a second.
 func (p *Proxy) housekeeping(ctx context.Context) {
 	t := time.NewTicker(time.Second)
 	defer t.Stop()
@@ -310,7 +311,8 @@ func (p *Proxy) housekeeping(ctx context.Context) {
 			return
 		case <-t.C:
 		}
-		p.forensics.tick(time.Now())
+		now := time.Now()
+		p.forensics.tick(now)
 		idle := map[key]int{}
 		for _, s := range p.liveSessions() {
 			k := key{s.l.name, s.backend.Config.Name}
@@ -321,7 +323,7 @@ func (p *Proxy) housekeeping(ctx context.Context) {
 			if limit := s.l.cfg().IdleTimeout.Duration; limit > 0 && d > limit {
 				s.abort(SideClient, PhaseIdle, ErrIdleTimeout, "closed", nil)
 			}
-			s.checkStalled(time.Now())
+			s.checkStalled(now)
 			seen[k] = true
 		}
 		for k := range seen {

@@ -726,8 +726,8 @@ const stallCheck = time.Second
 // an app that stopped reading a result set) while its source failed: that
 // direction reads its source again only once the destination takes bytes,
 // which a hung peer may never do, and the reset would reach the other leg
-// only at that leg's user timeout. Called about once a second; it costs a
-// look at the clock per session, and two system calls per stalled one.
+// only at that leg's user timeout. Called about once a second; it costs
+// the session's lock, and two system calls per stalled direction.
 func (s *session) checkStalled(now time.Time) {
 	s.mu.Lock()
 	if s.dormant || s.closing {
