@@ -16,7 +16,6 @@ import (
 	"github.com/hashicorp/go-hclog"
 
 	"github.com/tnsguard/tnsguard/failover"
-	"github.com/tnsguard/tnsguard/keepalive"
 )
 
 // session is one app connection and its backend connection. Its life has
@@ -680,12 +679,11 @@ func (s *session) abort(side Side, phase Phase, err error, outcome string, srv *
 func (s *session) closeLegs(rst bool) {
 	s.mu.Lock()
 	s.closing = true
-	lk := s.link // only an established session is among its link's live ones
+	if s.link != nil { // only an established session is among its link's live ones
+		info, err := s.backendInfoLocked() // in either state
+		s.link.removeLive(s, info, err)
+	}
 	if s.dormant {
-		if lk != nil {
-			info, err := s.backendInfoLocked()
-			lk.removeLive(s, info, err)
-		}
 		s.closeRaw(rst)
 		s.mu.Unlock()
 		return
@@ -697,10 +695,6 @@ func (s *session) closeLegs(rst bool) {
 	}
 	client.Close()
 	if conn != nil {
-		if lk != nil {
-			info, err := keepalive.ReadInfo(conn)
-			lk.removeLive(s, info, err)
-		}
 		conn.Close()
 	}
 }
