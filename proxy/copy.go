@@ -239,7 +239,7 @@ func (p *pump) run() *pumpErr {
 					p.arm() // the splice stopped before reading from src: it goes on
 					continue
 				}
-				return &pumpErr{err: err, atWrite: !srcFailed(p.rc)}
+				return &pumpErr{err: err, atWrite: sockError(p.rc) == nil} // the source holds no error: the destination failed
 			}
 			continue
 		}
@@ -391,10 +391,6 @@ func errOrNil(e syscall.Errno) error {
 	}
 	return os.NewSyscallError("read", e)
 }
-
-// srcFailed tells, after a splice error, whether the source socket holds an
-// error (reset, timeout) rather than the destination.
-func srcFailed(rc syscall.RawConn) bool { return sockError(rc) != nil }
 
 // sockError is the error a socket holds (reset, timeout), without taking
 // any of its bytes; nil while it is healthy, or only at its end of stream.
