@@ -7,7 +7,9 @@
 GO       ?= go
 FUZZTIME ?= 10000x
 APT_PACKAGES = iptables iproute2 haproxy nginx libnginx-mod-stream iperf3 prometheus \
-               chromium chromium-driver file strace systemd procps ca-certificates python3-yaml
+               chromium chromium-driver file strace systemd procps ca-certificates python3-yaml \
+               nodejs
+NODE_CLIENT = test/e2e/testdata/node-oracledb
 
 .PHONY: run build test deps vet unit fuzz bench-full soak
 
@@ -18,7 +20,8 @@ build:
 	CGO_ENABLED=0 $(GO) build -trimpath -o tnsguard ./cmd/tnsguard
 
 # deps installs the Debian packages the lab, benchmark and browser tests use
-# (only those missing; needs root) and downloads the Go modules.
+# (only those missing; needs root), downloads the Go modules and installs
+# node-oracledb (npm ci, from its lock file) for the real-client tests.
 deps:
 	@missing=""; for p in $(APT_PACKAGES); do \
 	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || missing="$$missing $$p"; \
@@ -29,6 +32,10 @@ deps:
 	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; fi; \
 	fi
 	$(GO) mod download
+	@if ! command -v npm >/dev/null && [ "$$(id -u)" = 0 ]; then \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends npm >/dev/null; fi
+	@if command -v npm >/dev/null; then npm ci --prefix $(NODE_CLIENT) --no-audit --no-fund --loglevel=error; \
+	else echo "make deps: npm not found: the node-oracledb tests will be skipped"; fi
 
 vet:
 	@test -z "$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go'))" || { gofmt -l .; echo "gofmt needed"; exit 1; }

@@ -1,0 +1,175 @@
+package e2e
+
+import (
+	"bytes"
+	"encoding/json"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/tnsguard/tnsguard/tns"
+	"github.com/tnsguard/tnsguard/tns/tnstest"
+)
+
+// nodeResult is what testdata/node-oracledb/connect.js prints: one
+// node-oracledb getConnection, as an app's pool opens a connection.
+type nodeResult struct {
+	OK      bool   `json:"ok"`
+	Code    string `json:"code"`
+	Message string `json:"message"`
+	MS      int    `json:"ms"`
+}
+
+// nodeConnect runs node-oracledb (thin mode: pure JavaScript, the driver's
+// own CONNECT bytes) against connectString. The driver's modules come from
+// `make deps` (npm ci in testdata/node-oracledb); without them the test is
+// skipped, or fails under CI.
+func nodeConnect(t *testing.T, connectString string) nodeResult {
+	t.Helper()
+	node := requireTool(t, "node")
+	dir, err := filepath.Abs(filepath.Join("testdata", "node-oracledb"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "node_modules", "oracledb")); err != nil {
+		if os.Getenv("CI") != "" {
+			t.Fatalf("node-oracledb is not installed in %s; CI must run make deps", dir)
+		}
+		t.Skipf("SKIPPED: node-oracledb is not installed: run make deps (npm ci in %s); set CI=1 to make this a failure", dir)
+	}
+	cmd := exec.Command(node, filepath.Join(dir, "connect.js"), connectString)
+	cmd.Dir = dir
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("node connect.js: %v\n%s", err, out)
+	}
+	var r nodeResult
+	if err := json.Unmarshal(bytes.TrimSpace(out), &r); err != nil {
+		t.Fatalf("node connect.js printed %q: %v", out, err)
+	}
+	return r
+}
+
+// reachedDatabase tells a node-oracledb attempt that got past the listener:
+// the fake listeners accept, then echo, so the driver fails on its own
+// Advanced Networking Option packet coming back (NJS-531). That is as far
+// as a session goes without an Oracle server; a listener's refusal or a
+// broken connection shows up as other codes (NJS-511, NJS-518, NJS-500,
+// NJS-501, ...).
+func reachedDatabase(r nodeResult) bool { return r.Code == "NJS-531" }
+
+// node-oracledb, the driver of Node.js apps (knex's "oracledb" client sits
+// on it), through tnsguard in front of fake listeners built from captured
+// packets. Each case is what an app on a pool would notice during a
+// switchover or a listener restart.
+func TestNodeOracledbThroughTnsguard(t *testing.T) {
+	backendKeys := `retry_on = ["connect", "reset", "refuse"]
+backoff = "50ms"
+backoff_max = "200ms"`
+
+	// The service moved: the preferred listener refuses with ORA-12514 (not
+	// registered), the standby accepts. Direct, the app gets NJS-518;
+	// through tnsguard it reaches the standby, which gets the driver's
+	// CONNECT byte for byte.
+	t.Run("switchover", func(t *testing.T) {
+		preferred := tnstest.New(t, tnstest.Config{Mode: tnstest.Refuse, Err: 12514})
+		standby := tnstest.New(t, tnstest.Config{Mode: tnstest.Accept})
+		if r := nodeConnect(t, preferred.Addr()+"/SALES"); r.Code != "NJS-518" {
+			t.Fatalf("direct to the refusing listener: %+v; want NJS-518 (service not registered)", r)
+		}
+		admin, addr := freeAddr(t), freeAddr(t)
+		g := start(t, admin, config(admin, "",
+			[]listenerConf{{name: "l", listen: addr, backend: "db"}},
+			[]backendConf{{name: "db", servers: []string{preferred.Addr(), standby.Addr()},
+				extra: backendKeys + "\nbalance = \"priority\""}}), true)
+		r := nodeConnect(t, addr+"/SALES")
+		if !reachedDatabase(r) {
+			t.Fatalf("through tnsguard: %+v; want the standby to have accepted (NJS-531 from the echoing fake)", r)
+		}
+		a, b := preferred.Connects(), standby.Connects()
+		if len(a) != 2 || len(b) != 1 {
+			t.Fatalf("CONNECTs: preferred %d (want 2: direct and through tnsguard), standby %d (want 1)", len(a), len(b))
+		}
+		if !bytes.Equal(a[1], b[0]) {
+			t.Fatalf("the standby got another CONNECT than the refusing listener:\n%x\n%x", a[1], b[0])
+		}
+		info, err := tns.ParseConnectData(b[0])
+		if err != nil || info.Description.ServiceName() != "SALES" {
+			t.Fatalf("node-oracledb's CONNECT read as service %q, %v", info.Description.ServiceName(), err)
+		}
+		waitFor(t, 3*time.Second, "the redial counted", func() bool {
+			v, _ := g.metricOK("tnsguard_redials_total", "listener", "l", "backend", "db", "reason", "refuse")
+			return v == 1
+		})
+	})
+
+	// No server has the service until the budget ends: the app gets the
+	// very error it gets without tnsguard (the last REFUSE, unchanged), not
+	// a broken connection.
+	t.Run("every server refuses", func(t *testing.T) {
+		l1 := tnstest.New(t, tnstest.Config{Mode: tnstest.Refuse, Err: 12514})
+		l2 := tnstest.New(t, tnstest.Config{Mode: tnstest.Refuse, Err: 12514})
+		admin, addr := freeAddr(t), freeAddr(t)
+		start(t, admin, config(admin, "",
+			[]listenerConf{{name: "l", listen: addr, backend: "db"}},
+			[]backendConf{{name: "db", servers: []string{l1.Addr(), l2.Addr()}, extra: backendKeys}}), true)
+		direct := nodeConnect(t, l1.Addr()+"/ORDERS")
+		r := nodeConnect(t, addr+"/ORDERS")
+		if r.Code != direct.Code || r.Code != "NJS-518" || !strings.Contains(r.Message, `"ORDERS"`) {
+			t.Fatalf("through tnsguard: %+v; direct: %+v; want the same NJS-518 naming ORDERS", r, direct)
+		}
+		if r.MS < 2500 || r.MS > 6000 {
+			t.Fatalf("the app got the refusal after %d ms; want it at the end of the 3s connect_budget", r.MS)
+		}
+		if n := len(l1.Connects()) + len(l2.Connects()); n < 4 {
+			t.Fatalf("%d CONNECTs reached the listeners: tnsguard did not keep trying", n)
+		}
+	})
+
+	// A listener restarting resets new connections after reading their
+	// CONNECT: tnsguard replays the driver's opening on the next server.
+	t.Run("listener resets", func(t *testing.T) {
+		restarting := tnstest.New(t, tnstest.Config{Mode: tnstest.Reset})
+		other := tnstest.New(t, tnstest.Config{Mode: tnstest.Accept})
+		admin, addr := freeAddr(t), freeAddr(t)
+		g := start(t, admin, config(admin, "",
+			[]listenerConf{{name: "l", listen: addr, backend: "db"}},
+			[]backendConf{{name: "db", servers: []string{restarting.Addr(), other.Addr()},
+				extra: backendKeys + "\nbalance = \"priority\""}}), true)
+		r := nodeConnect(t, addr+"/SALES")
+		if !reachedDatabase(r) {
+			t.Fatalf("through tnsguard: %+v; want the second server to have accepted", r)
+		}
+		a, b := restarting.Connects(), other.Connects()
+		if len(a) != 1 || len(b) != 1 || !bytes.Equal(a[0], b[0]) {
+			t.Fatalf("CONNECTs: resetting listener %d, next %d; want one each, the same bytes", len(a), len(b))
+		}
+		waitFor(t, 3*time.Second, "the redial counted", func() bool {
+			v, _ := g.metricOK("tnsguard_redials_total", "listener", "l", "backend", "db", "reason", "reset")
+			return v == 1
+		})
+	})
+
+	// routes pick the backend from the service in the driver's CONNECT (its
+	// connect data is long: it comes in a DATA packet after the CONNECT).
+	t.Run("route by service", func(t *testing.T) {
+		sales := tnstest.New(t, tnstest.Config{Mode: tnstest.Accept, Services: []string{"SALES"}})
+		orders := tnstest.New(t, tnstest.Config{Mode: tnstest.Accept, Services: []string{"ORDERS"}})
+		admin, addr := freeAddr(t), freeAddr(t)
+		start(t, admin, config(admin, "",
+			[]listenerConf{{name: "l", listen: addr, backend: "orders-db",
+				extra: `routes = { "sales" = "sales-db", "*" = "orders-db" }`}},
+			[]backendConf{{name: "sales-db", servers: []string{sales.Addr()}}, {name: "orders-db", servers: []string{orders.Addr()}}}), true)
+		for _, svc := range []string{"SALES", "ORDERS"} {
+			if r := nodeConnect(t, addr+"/"+svc); !reachedDatabase(r) {
+				t.Fatalf("service %s: %+v; want it routed to the listener that has it", svc, r)
+			}
+		}
+		if len(sales.Connects()) != 1 || len(orders.Connects()) != 1 {
+			t.Fatalf("CONNECTs: sales %d, orders %d; want one each", len(sales.Connects()), len(orders.Connects()))
+		}
+	})
+}

@@ -1,0 +1,23 @@
+// connect.js CONNECT_STRING: one node-oracledb (thin mode) getConnection, as
+// an app's pool does when it opens a connection. Prints one JSON line: ok,
+// or the driver's error code and first message line, and the time taken.
+'use strict';
+const oracledb = require('oracledb');
+
+(async () => {
+  const start = Date.now();
+  try {
+    const conn = await oracledb.getConnection({
+      user: 'scott',
+      password: 'tiger',
+      connectString: process.argv[2],
+      connectTimeout: 15,
+    });
+    await conn.close();
+    console.log(JSON.stringify({ ok: true, ms: Date.now() - start }));
+  } catch (e) {
+    console.log(JSON.stringify({
+      ok: false, code: e.code, message: String(e.message).split('\n')[0], ms: Date.now() - start,
+    }));
+  }
+})();
