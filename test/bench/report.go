@@ -3,6 +3,7 @@ package main
 import (
 	"fmt"
 	"math"
+	"slices"
 	"strings"
 	"time"
 )
@@ -42,6 +43,26 @@ func (r *results) ratio(f figure) (float64, string) {
 		return math.NaN(), bestName
 	}
 	return v / best, bestName
+}
+
+// roundRatios are the subject's value over peer's, round by round. Rounds
+// are interleaved, so each pair was measured at most a few minutes apart:
+// their spread shows how much of the median's ratio is the machine's noise.
+// Nil unless both have a value in every round (a failed round would pair
+// values of different rounds).
+func (r *results) roundRatios(f figure, peer string) []float64 {
+	a, b := r.Values[r.subject()][f], r.Values[peer][f]
+	if len(a) < 2 || len(a) != len(b) || len(a) != r.Opts.Rounds {
+		return nil
+	}
+	out := make([]float64, len(a))
+	for i := range a {
+		if b[i] == 0 {
+			return nil
+		}
+		out[i] = a[i] / b[i]
+	}
+	return out
 }
 
 func (r *results) ratioHeader() string {
@@ -85,6 +106,9 @@ func (r *results) rows() [][]string {
 			want = "want <= 1"
 		}
 		if q, peer := r.ratio(f); !math.IsNaN(q) {
+			if rr := r.roundRatios(f, peer); rr != nil {
+				want = fmt.Sprintf("rounds %.2f-%.2f; %s", slices.Min(rr), slices.Max(rr), want)
+			}
 			row = append(row, fmt.Sprintf("%.2fx vs %s (%s)", q, peer, want))
 		} else {
 			row = append(row, "-")

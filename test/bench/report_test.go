@@ -59,3 +59,33 @@ func TestMedianOfRounds(t *testing.T) {
 		t.Errorf("median of 5,1,3,4 = %v", got)
 	}
 }
+
+// With several rounds, the ratio column also gives the range of the
+// round-by-round ratios against the same peer: how far noise moves it.
+func TestRatioShowsRoundRange(t *testing.T) {
+	o := quickOptions()
+	o.Rounds = 3
+	r := &results{Opts: o, Systems: []string{sysHAProxy, sysNginx, sysTnsguard},
+		Values: map[string]map[figure][]float64{}, failed: map[string]map[figure]bool{}}
+	for _, v := range [][3]float64{{100, 90, 80}, {120, 90, 84}, {80, 90, 88}} { // haproxy, nginx, tnsguard
+		r.add(sysHAProxy, figRPS32, v[0])
+		r.add(sysNginx, figRPS32, v[1])
+		r.add(sysTnsguard, figRPS32, v[2])
+	}
+	// Medians: haproxy 100, tnsguard 84: 0.84x. Rounds: 0.80, 0.70, 1.10.
+	var row []string
+	for _, rw := range r.rows() {
+		if rw[0] == figRPS32.info().Name {
+			row = rw
+		}
+	}
+	if got, want := row[len(row)-1], "0.84x vs haproxy (rounds 0.70-1.10; want >= 1)"; got != want {
+		t.Errorf("ratio cell %q, want %q", got, want)
+	}
+	r.Values[sysHAProxy][figRPS32] = r.Values[sysHAProxy][figRPS32][:2] // a failed round: no pairing
+	for _, rw := range r.rows() {
+		if rw[0] == figRPS32.info().Name && strings.Contains(rw[len(rw)-1], "rounds") {
+			t.Errorf("ratio cell %q pairs rounds although one failed", rw[len(rw)-1])
+		}
+	}
+}
