@@ -48,9 +48,14 @@ type Backend struct {
 	log     hclog.Logger
 	metrics *metrics.Metrics
 	rr      atomic.Uint64
-	// dialer dials every server: connect_timeout, and the backend leg's
-	// keepalive set before connect (Control), so a dial costs no system
-	// call after it. Safe for concurrent use.
+	// KeepaliveLate: dials leave the backend leg's keepalive to the caller,
+	// who sets it on connections that last (keepalive.Settings.Late: the
+	// configured values allow it). Otherwise dials set it.
+	KeepaliveLate bool
+
+	// dialer dials every server: connect_timeout, and unless KeepaliveLate
+	// the backend leg's keepalive set before connect (Control), so a dial
+	// costs no system call after it. Safe for concurrent use.
 	dialer net.Dialer
 
 	wg     sync.WaitGroup
@@ -83,8 +88,12 @@ type Server struct {
 // New builds a backend from its configuration. Servers start up; the first
 // health check (see Start) corrects that within one interval.
 func New(cfg *config.Backend, log hclog.Logger, m *metrics.Metrics) *Backend {
-	b := &Backend{Config: cfg, log: log.With("backend", cfg.Name), metrics: m,
-		dialer: net.Dialer{Timeout: cfg.ConnectTimeout.Duration, KeepAlive: -1, Control: cfg.Keepalive.Settings().Control}}
+	ka := cfg.Keepalive.Settings()
+	b := &Backend{Config: cfg, log: log.With("backend", cfg.Name), metrics: m, KeepaliveLate: ka.Late(),
+		dialer: net.Dialer{Timeout: cfg.ConnectTimeout.Duration, KeepAlive: -1}}
+	if !b.KeepaliveLate {
+		b.dialer.Control = ka.Control
+	}
 	for _, sc := range cfg.Servers {
 		s := &Server{
 			Address: sc.Address, Priority: sc.Priority, Weight: *sc.Weight, backend: b,

@@ -29,8 +29,9 @@ type Settings struct {
 	UserTimeout time.Duration
 }
 
-// Apply sets the options on a live connection.
-func (s Settings) Apply(c *net.TCPConn) error {
+// Apply sets the options on a live connection (a *net.TCPConn, or any
+// syscall.Conn over a TCP socket).
+func (s Settings) Apply(c syscall.Conn) error {
 	return onSocket(c, func(fd uintptr) error {
 		if err := s.setKeepalive(fd); err != nil {
 			return err
@@ -50,7 +51,7 @@ func (s Settings) ApplyListener(l *net.TCPListener) error {
 
 // ApplyAccepted completes ApplyListener on an accepted connection: the
 // kernel does not copy TCP_USER_TIMEOUT from the listening socket.
-func (s Settings) ApplyAccepted(c *net.TCPConn) error {
+func (s Settings) ApplyAccepted(c syscall.Conn) error {
 	if s.UserTimeout == 0 {
 		return nil // what a new socket has
 	}
@@ -67,6 +68,22 @@ func (s Settings) Control(_, _ string, rc syscall.RawConn) error {
 		}
 		return s.setUserTimeout(fd)
 	})
+}
+
+// LateFloor is the shortest Idle and UserTimeout that Late accepts.
+const LateFloor = 20 * time.Second
+
+// Late tells whether the options may be set up to a few seconds after the
+// connection was made without changing what they do, which spares the
+// short-lived connections their system calls (five per connection). The
+// first keepalive probe goes out after Idle of silence counted from the
+// last segment received, and the user timeout counts from the first
+// unacknowledged transmission, whenever each option is set. Arming them 2s
+// late moves a probe of a connection silent from its start by at most 2s:
+// at most a tenth of an Idle of LateFloor or more. Shorter values (a lab, a
+// middlebox that forgets within a minute) are set at connect.
+func (s Settings) Late() bool {
+	return (s.Idle == 0 || s.Idle >= LateFloor) && (s.UserTimeout == 0 || s.UserTimeout >= LateFloor)
 }
 
 // onSocket runs set on c's file descriptor.

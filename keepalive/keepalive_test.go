@@ -120,3 +120,26 @@ func TestFromPathIdle(t *testing.T) {
 		}
 	}
 }
+
+// Late holds for values long enough that a couple of seconds' delay does
+// not change them (off counts as long), and for nothing shorter.
+func TestLate(t *testing.T) {
+	for _, c := range []struct {
+		s    Settings
+		want bool
+	}{
+		{Settings{}, true},
+		{Settings{Idle: 30 * time.Second, Interval: 10 * time.Second, Count: 3, UserTimeout: time.Minute}, true},
+		{Settings{Idle: LateFloor}, true},
+		{Settings{Idle: LateFloor - time.Second}, false},
+		{Settings{Idle: time.Minute, UserTimeout: 5 * time.Second}, false},
+		{Settings{UserTimeout: 19 * time.Second}, false},
+		{FromPathIdle(5 * time.Minute), true},
+		{FromPathIdle(time.Minute), true},       // idle 20s
+		{FromPathIdle(30 * time.Second), false}, // idle 10s
+	} {
+		if got := c.s.Late(); got != c.want {
+			t.Errorf("%+v: Late() = %v, want %v", c.s, got, c.want)
+		}
+	}
+}

@@ -38,7 +38,8 @@ import (
 //     touches a socket (pump.sync), since a revive by the other direction
 //     replaces the conns.
 
-// rawSock is a bare socket fd as a syscall.Conn, for keepalive.ReadInfo.
+// rawSock is a bare socket fd as a syscall.Conn, for keepalive.ReadInfo and
+// keepalive.Settings.Apply.
 type rawSock int
 
 func (r rawSock) SyscallConn() (syscall.RawConn, error) { return r, nil }

@@ -324,6 +324,7 @@ func (p *Proxy) housekeeping(ctx context.Context) {
 				s.abort(SideClient, PhaseIdle, ErrIdleTimeout, "closed", nil)
 			}
 			s.checkStalled(now)
+			s.armKeepalive(now)
 			seen[k] = true
 		}
 		for k := range seen {

@@ -204,6 +204,52 @@ func TestKeepaliveOnBothLegs(t *testing.T) {
 		keepalive.Settings{Idle: 17 * time.Second, Interval: 2 * time.Second, Count: 4, UserTimeout: 19 * time.Second})
 }
 
+// With a backend leg's keepalive of LateFloor or more, a dial sets none of
+// it: a session that ends within a second never pays those five system
+// calls. One that lasts has the configured values within 2s, whether it is
+// live or dormant, and keeps them.
+func TestBackendKeepaliveSetOnceTheSessionLasts(t *testing.T) {
+	be := newBackend(t, echoNoAlloc)
+	cfg := strings.NewReplacer(`idle = "11s"`, `idle = "30s"`, `user_timeout = "19s"`, `user_timeout = "60s"`).Replace(oneBackendConfig(be.addr()))
+	h := startProxy(t, cfg)
+	appLeg := keepalive.Settings{Idle: 7 * time.Second, Interval: 3 * time.Second, Count: 5, UserTimeout: 31 * time.Second}
+	dbLeg := keepalive.Settings{Idle: 30 * time.Second, Interval: 2 * time.Second, Count: 4, UserTimeout: time.Minute}
+
+	live := h.dial("l")
+	echoed(t, live, "hello")
+	s := sessionOf(t, h.p, live)
+	legSettings(t, s, appLeg, keepalive.Settings{}) // what a new socket has
+	for start := time.Now(); ; {                    // busy, so live (not dormant) all along
+		echoed(t, live, "busy")
+		if s.isDormant() {
+			t.Fatal("a busy session went dormant")
+		}
+		var got keepalive.Settings
+		s.withLegs(func(_, backend syscall.Conn) { got, _ = keepalive.Read(backend) })
+		if got == dbLeg {
+			break
+		}
+		if time.Since(start) > 3*time.Second {
+			t.Fatalf("backend leg after 3s: %+v, want %+v", got, dbLeg)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+
+	parkSoon(t, h, 30*time.Millisecond)
+	asleep := h.dial("l")
+	echoed(t, asleep, "hello")
+	d := sessionOf(t, h.p, asleep)
+	waitFor(t, 2*time.Second, "the session dormant", d.isDormant)
+	legSettings(t, d, appLeg, keepalive.Settings{})
+	time.Sleep(2200 * time.Millisecond) // past keepaliveAfter and the next housekeeping round
+	if !d.isDormant() {
+		t.Fatal("setting keepalive woke the session")
+	}
+	legSettings(t, d, appLeg, dbLeg)
+	echoed(t, asleep, "awake")
+	legSettings(t, d, appLeg, dbLeg)
+}
+
 // A backend's last message and its end arrive together (written, then
 // closed or reset at once): the app gets both at once. The read that
 // returns the message also takes the FIN, so no readiness edge follows it;

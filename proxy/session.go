@@ -59,6 +59,10 @@ type session struct {
 	clientEOF   bool             // the app half-closed during the opening
 	clientErr   error            // the app's leg failed during the opening
 	established bool
+	// kaLate: the backend connection's keepalive is still to be set, by
+	// housekeeping once the session has lasted keepaliveAfter
+	// (failover.Backend.KeepaliveLate).
+	kaLate bool
 
 	// Oracle Net (oracle.go): what the app's CONNECT said.
 	connectSeen   bool   // the CONNECT was complete (or turned out not to be one)
@@ -373,6 +377,7 @@ func (s *session) attach(conn *net.TCPConn, srv *failover.Server, deadline time.
 		conn.CloseWrite()
 	}
 	s.conn, s.server = conn, srv
+	s.kaLate = s.backend.KeepaliveLate
 	s.cond.Broadcast()
 	s.mu.Unlock()
 
@@ -428,7 +433,7 @@ func (s *session) overflowed() bool {
 
 func (s *session) detach() {
 	s.mu.Lock()
-	s.conn, s.server = nil, nil
+	s.conn, s.server, s.kaLate = nil, nil, false
 	s.mu.Unlock()
 }
 
@@ -672,6 +677,37 @@ func (s *session) abort(side Side, phase Phase, err error, outcome string, srv *
 		s.closeLegs((side == SideBackend || Cause(err) != "eof") && !errors.Is(err, ErrRefused))
 		s.unpark() // parked directions wake to see their closed sockets
 	})
+}
+
+// keepaliveAfter is the age from which housekeeping sets the backend leg's
+// keepalive on a session whose dial left it (failover.Backend.KeepaliveLate):
+// a session that ends sooner (a health check of the app's load balancer, a
+// pool's connection test, a benchmark's connect and close) never pays the
+// five system calls, and one that lasts has them within 2s of its start.
+const keepaliveAfter = time.Second
+
+// armKeepalive sets the backend leg's keepalive and user timeout on a
+// session that has lasted keepaliveAfter, in either state (live or
+// dormant), if its dial left them.
+func (s *session) armKeepalive(now time.Time) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if !s.kaLate || s.closing || now.Sub(s.start) < keepaliveAfter {
+		return
+	}
+	var c syscall.Conn
+	switch {
+	case s.dormant && !s.rawClosed:
+		c = rawSock(s.raw[1])
+	case !s.dormant && s.conn != nil:
+		c = s.conn
+	default:
+		return
+	}
+	s.kaLate = false
+	if err := s.backend.Config.Keepalive.Settings().Apply(c); err != nil {
+		s.logger().Warn("cannot set keepalive on the backend connection", "error", err)
+	}
 }
 
 // closeLegs closes both sockets, resetting the app's with rst; the backend
