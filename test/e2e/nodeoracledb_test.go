@@ -61,12 +61,25 @@ func nodeConnect(t *testing.T, connectString string) nodeResult {
 // NJS-501, ...).
 func reachedDatabase(r nodeResult) bool { return r.Code == "NJS-531" }
 
+// oracleGuard starts tnsguard with listener "l" in front of backend "db"
+// (the servers in order of preference, and backendKeys); it returns the
+// instance and the address apps connect to.
+func oracleGuard(t *testing.T, backendKeys string, servers ...string) (*instance, string) {
+	t.Helper()
+	admin, addr := freeAddr(t), freeAddr(t)
+	g := start(t, admin, config(admin, "",
+		[]listenerConf{{name: "l", listen: addr, backend: "db"}},
+		[]backendConf{{name: "db", servers: servers, extra: backendKeys}}), true)
+	return g, addr
+}
+
 // node-oracledb, the driver of Node.js apps (knex's "oracledb" client sits
 // on it), through tnsguard in front of fake listeners built from captured
 // packets. Each case is what an app on a pool would notice during a
 // switchover or a listener restart.
 func TestNodeOracledbThroughTnsguard(t *testing.T) {
-	backendKeys := `retry_on = ["connect", "reset", "refuse"]
+	backendKeys := `balance = "priority"
+retry_on = ["connect", "reset", "refuse"]
 backoff = "50ms"
 backoff_max = "200ms"`
 
@@ -80,11 +93,7 @@ backoff_max = "200ms"`
 		if r := nodeConnect(t, preferred.Addr()+"/SALES"); r.Code != "NJS-518" {
 			t.Fatalf("direct to the refusing listener: %+v; want NJS-518 (service not registered)", r)
 		}
-		admin, addr := freeAddr(t), freeAddr(t)
-		g := start(t, admin, config(admin, "",
-			[]listenerConf{{name: "l", listen: addr, backend: "db"}},
-			[]backendConf{{name: "db", servers: []string{preferred.Addr(), standby.Addr()},
-				extra: backendKeys + "\nbalance = \"priority\""}}), true)
+		g, addr := oracleGuard(t, backendKeys, preferred.Addr(), standby.Addr())
 		r := nodeConnect(t, addr+"/SALES")
 		if !reachedDatabase(r) {
 			t.Fatalf("through tnsguard: %+v; want the standby to have accepted (NJS-531 from the echoing fake)", r)
@@ -112,10 +121,7 @@ backoff_max = "200ms"`
 	t.Run("every server refuses", func(t *testing.T) {
 		l1 := tnstest.New(t, tnstest.Config{Mode: tnstest.Refuse, Err: 12514})
 		l2 := tnstest.New(t, tnstest.Config{Mode: tnstest.Refuse, Err: 12514})
-		admin, addr := freeAddr(t), freeAddr(t)
-		start(t, admin, config(admin, "",
-			[]listenerConf{{name: "l", listen: addr, backend: "db"}},
-			[]backendConf{{name: "db", servers: []string{l1.Addr(), l2.Addr()}, extra: backendKeys}}), true)
+		_, addr := oracleGuard(t, backendKeys, l1.Addr(), l2.Addr())
 		direct := nodeConnect(t, l1.Addr()+"/ORDERS")
 		r := nodeConnect(t, addr+"/ORDERS")
 		if r.Code != direct.Code || r.Code != "NJS-518" || !strings.Contains(r.Message, `"ORDERS"`) {
@@ -134,11 +140,7 @@ backoff_max = "200ms"`
 	t.Run("listener resets", func(t *testing.T) {
 		restarting := tnstest.New(t, tnstest.Config{Mode: tnstest.Reset})
 		other := tnstest.New(t, tnstest.Config{Mode: tnstest.Accept})
-		admin, addr := freeAddr(t), freeAddr(t)
-		g := start(t, admin, config(admin, "",
-			[]listenerConf{{name: "l", listen: addr, backend: "db"}},
-			[]backendConf{{name: "db", servers: []string{restarting.Addr(), other.Addr()},
-				extra: backendKeys + "\nbalance = \"priority\""}}), true)
+		g, addr := oracleGuard(t, backendKeys, restarting.Addr(), other.Addr())
 		r := nodeConnect(t, addr+"/SALES")
 		if !reachedDatabase(r) {
 			t.Fatalf("through tnsguard: %+v; want the second server to have accepted", r)
