@@ -75,13 +75,14 @@ const LateFloor = 20 * time.Second
 
 // Late tells whether the options may be set up to a few seconds after the
 // connection was made without changing what they do, which spares the
-// short-lived connections their system calls (five per connection). The
-// first keepalive probe goes out after Idle of silence counted from the
-// last segment received, and the user timeout counts from the first
-// unacknowledged transmission, whenever each option is set. Arming them 2s
-// late moves a probe of a connection silent from its start by at most 2s:
-// at most a tenth of an Idle of LateFloor or more. Shorter values (a lab, a
-// middlebox that forgets within a minute) are set at connect.
+// short-lived connections their system calls (five per connection).
+// Setting TCP_KEEPIDLE on a connected socket with keepalive on re-arms the
+// timer for Idle counted from the last segment received, so the first probe
+// leaves when it would have if set at connect, as long as less than Idle of
+// silence has passed; the user timeout counts from the first
+// unacknowledged transmission, whenever it is set. LateFloor keeps Idle
+// and UserTimeout well above the 2s that a caller may take. Shorter values
+// (a lab, a middlebox that forgets within a minute) are set at connect.
 func (s Settings) Late() bool {
 	return (s.Idle == 0 || s.Idle >= LateFloor) && (s.UserTimeout == 0 || s.UserTimeout >= LateFloor)
 }

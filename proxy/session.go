@@ -683,7 +683,8 @@ func (s *session) abort(side Side, phase Phase, err error, outcome string, srv *
 // keepalive on a session whose dial left it (failover.Backend.KeepaliveLate):
 // a session that ends sooner (a health check of the app's load balancer, a
 // pool's connection test, a benchmark's connect and close) never pays the
-// five system calls, and one that lasts has them within 2s of its start.
+// five system calls, and one that lasts has them within 2s of its start,
+// long before its first probe is due (keepalive.Settings.Late).
 const keepaliveAfter = time.Second
 
 // armKeepalive sets the backend leg's keepalive and user timeout on a

@@ -91,6 +91,44 @@ func TestLabIdleFirewall(t *testing.T) {
 	}
 }
 
+// The database leg's keepalive, when idle and user_timeout are 20s or more, is
+// set once a session has lasted a second instead of at its dial (README: "The
+// backend's options are set once a session lasts"). Its first probe must still
+// leave before a firewall that forgets after 23s: 20s of idle, plus at most 2s
+// until housekeeping sets it. Sessions idle for 30s from their first round trip
+// survive through tnsguard, dormant by then; the same sessions made directly do
+// not.
+func TestLabKeepaliveSetLate(t *testing.T) {
+	t.Parallel()
+	requireGuard(t)
+	lab := netlab.New(t, netlab.Config{EstablishedTimeout: 23 * time.Second, Stale: netlab.StaleDrop})
+	lab.StartEcho(t, lab.DB, fmt.Sprintf(":%d", dbPort))
+	db := keepalive{Idle: "20s", Interval: "5s", Count: 3, UserTimeout: "40s"}
+	guard := startGuard(t, lab, link{Name: "orders", Listen: guardAddr, Servers: []string{lab.DBAddr(dbPort)}, App: appKeepalive, DB: db})
+
+	viaGuard := dialN(t, lab.App, guardAddr, 5)
+	direct := dialN(t, lab.App, lab.DBAddr(dbPort), 5)
+	const idle = 30 * time.Second
+	time.Sleep(idle)
+	guardErrs := roundTripAll(viaGuard, 3*time.Second)
+	directErrs := roundTripAll(direct, 3*time.Second)
+	t.Logf("after %v idle behind a %v firewall: via tnsguard %d/5 ok %v; direct %d/5 ok %v",
+		idle, lab.Timeout, countOK(guardErrs), describe(guardErrs), countOK(directErrs), describe(directErrs))
+	for i, err := range guardErrs {
+		if err != nil {
+			t.Errorf("session %d via tnsguard: round trip after %v idle: %v", i, idle, err)
+		}
+	}
+	for i, err := range directErrs {
+		if got := netlab.Classify(err); got != "timeout" {
+			t.Errorf("direct session %d: want timeout after %v idle, got %v", i, idle, err)
+		}
+	}
+	if m := guard.Metrics(t); t.Failed() {
+		t.Logf("metrics:\n%s\nfirewall:\n%s", m.Dump(), lab.Rules())
+	}
+}
+
 // ended is how and when one app session ended.
 type ended struct {
 	err   error
