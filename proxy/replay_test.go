@@ -379,3 +379,60 @@ failures = 0`, fmt.Sprintf("address = %q", srv.address)))
 		})
 	}
 }
+
+// A replay that the next server does not take (it accepted, then reads
+// nothing, and the replay is larger than the socket buffers hold) ends at
+// connect_budget as a silent server would: the app is reset, and a
+// shutdown meanwhile is not held up. The replay used to be written under the
+// session's lock with no deadline: the app hung, and so did housekeeping
+// and Shutdown, which wait for that lock.
+func TestReplayToServerThatTakesNothing(t *testing.T) {
+	const sent = 8 << 20 // more than loopback's socket buffers take
+	for _, tc := range []struct {
+		name     string
+		shutdown bool
+	}{{"the budget ends it", false}, {"a shutdown ends it", true}} {
+		t.Run(tc.name, func(t *testing.T) {
+			first := newServer(t, func(c *net.TCPConn) {
+				io.ReadFull(c, make([]byte, sent))
+				resetConn(c) // before any byte: the session re-dials and replays
+			})
+			deaf := make(chan struct{})
+			accepted := make(chan struct{}, 1)
+			second := newServer(t, func(c *net.TCPConn) {
+				accepted <- struct{}{}
+				<-deaf // takes no byte until the test ends
+			})
+			t.Cleanup(func() { close(deaf) }) // before the servers' own cleanups wait for it
+			h := startProxy(t, backendTOML(`replay_bytes = 16777216
+connect_budget = "3s"
+[backend.health]
+check = "off"`, fmt.Sprintf("address = %q", first.address), fmt.Sprintf("address = %q;priority = 1", second.address)))
+			c := h.dial("l")
+			go c.Write(make([]byte, sent))
+			start := time.Now()
+			select {
+			case <-accepted:
+			case <-time.After(5 * time.Second):
+				t.Fatal("the session never re-dialed the second server")
+			}
+			if tc.shutdown {
+				done := make(chan struct{})
+				go func() { h.p.Shutdown(0, 200*time.Millisecond); close(done) }()
+				select {
+				case <-done:
+				case <-time.After(3 * time.Second):
+					t.Fatal("Shutdown did not return within 3s: held up by the replay's write")
+				}
+			}
+			err, took := readErr(c, 10*time.Second)
+			if !errors.Is(err, syscall.ECONNRESET) {
+				t.Fatalf("app saw %v after %v; want a reset", err, took)
+			}
+			if !tc.shutdown && (took < 2*time.Second || took > 6*time.Second) {
+				t.Fatalf("app reset after %v; want it at the end of the 3s connect_budget", took)
+			}
+			t.Logf("app reset %v after it started sending", time.Since(start).Round(time.Millisecond))
+		})
+	}
+}

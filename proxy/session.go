@@ -52,6 +52,7 @@ type session struct {
 	mu          sync.Mutex
 	cond        *sync.Cond
 	conn        *net.TCPConn     // current backend connection, nil while dialing
+	attaching   *net.TCPConn     // a backend connection being given the replay (replayTo), not conn yet
 	server      *failover.Server // its server
 	link        *link            // the link of listener, backend and server once established (links.go)
 	replay      []byte           // the app's opening bytes, for a re-dial
@@ -358,28 +359,9 @@ func (s *session) attach(conn *net.TCPConn, srv *failover.Server, deadline time.
 	if err := s.sendProxyHeader(conn); err != nil { // send_proxy_protocol, before any replay
 		return nil, nil, err
 	}
-	s.mu.Lock()
-	if s.clientErr != nil {
-		s.mu.Unlock()
-		return nil, nil, s.clientErr
+	if err := s.replayTo(conn, srv, deadline); err != nil {
+		return nil, nil, err
 	}
-	if s.overflow {
-		s.mu.Unlock()
-		return nil, nil, ErrReplayOverflow
-	}
-	if len(s.replay) > 0 {
-		if _, err := conn.Write(s.replay); err != nil {
-			s.mu.Unlock()
-			return nil, nil, err
-		}
-	}
-	if s.clientEOF {
-		conn.CloseWrite()
-	}
-	s.conn, s.server = conn, srv
-	s.kaLate = s.backend.KeepaliveLate
-	s.cond.Broadcast()
-	s.mu.Unlock()
 
 	buf = s.p.pool.get()
 	n, err := s.firstRead(conn, *buf, deadline)
@@ -403,6 +385,63 @@ func (s *session) attach(conn *net.TCPConn, srv *failover.Server, deadline time.
 		return nil, nil, err
 	}
 	return buf, first, nil
+}
+
+// replayTo writes the app's opening bytes to conn, then makes conn the
+// session's backend connection. The writes are made without s.mu and end at
+// deadline (connect_budget): a backend that takes no bytes fails like one
+// that does not answer, and holds up neither housekeeping, nor a shutdown,
+// nor the app's direction. Bytes the app sends meanwhile join the replay and
+// go out in the same loop, so conn becomes the session's once it has every
+// byte so far, in order; until then closeLegs closes it as s.attaching.
+func (s *session) replayTo(conn *net.TCPConn, srv *failover.Server, deadline time.Time) error {
+	written, timed := 0, false
+	s.mu.Lock()
+	s.attaching = conn
+	for {
+		var err error
+		switch {
+		case s.clientErr != nil:
+			err = s.clientErr
+		case s.overflow:
+			err = ErrReplayOverflow
+		case s.closing:
+			err = net.ErrClosed
+		}
+		if err != nil {
+			s.attaching = nil
+			s.mu.Unlock()
+			return err
+		}
+		pending := s.replay[written:]
+		if len(pending) == 0 {
+			break
+		}
+		s.mu.Unlock()
+		if !timed && !deadline.IsZero() {
+			conn.SetWriteDeadline(deadline)
+			timed = true
+		}
+		n, err := conn.Write(pending)
+		s.mu.Lock()
+		written += n
+		if err != nil {
+			s.attaching = nil
+			s.mu.Unlock()
+			return err
+		}
+	}
+	if s.clientEOF {
+		conn.CloseWrite()
+	}
+	s.conn, s.server, s.attaching = conn, srv, nil
+	s.kaLate = s.backend.KeepaliveLate
+	s.cond.Broadcast()
+	s.mu.Unlock()
+	if timed {
+		conn.SetWriteDeadline(time.Time{})
+	}
+	return nil
 }
 
 // firstRead waits for the backend's first bytes. A backend that accepted
@@ -433,7 +472,7 @@ func (s *session) overflowed() bool {
 
 func (s *session) detach() {
 	s.mu.Lock()
-	s.conn, s.server, s.kaLate = nil, nil, false
+	s.conn, s.server, s.attaching, s.kaLate = nil, nil, nil, false
 	s.mu.Unlock()
 }
 
@@ -555,12 +594,12 @@ func (s *session) cancelOpening() {
 // replay buffer is full, it waits (the app is held back by TCP).
 func (s *session) openingBytes(b []byte) error {
 	s.mu.Lock()
-	defer s.mu.Unlock()
 	limit := *s.backend.Config.ReplayBytes
 	for s.conn == nil && !s.established && len(s.replay)+len(b) > limit && s.ctx.Err() == nil {
 		s.cond.Wait()
 	}
 	if !s.established && s.ctx.Err() != nil {
+		s.mu.Unlock()
 		return net.ErrClosed // the session was ended elsewhere
 	}
 	if !s.established {
@@ -576,8 +615,14 @@ func (s *session) openingBytes(b []byte) error {
 	}
 	s.touch()
 	s.toBackend.Add(int64(len(b)))
-	if s.conn != nil {
-		if _, err := s.conn.Write(b); err != nil && s.established {
+	conn, est := s.conn, s.established
+	s.mu.Unlock()
+	// Written without s.mu, as replayTo writes: a backend that takes no
+	// bytes must hold up only this direction. Bytes reach conn in order:
+	// replayTo has written everything up to b before it set s.conn, and only
+	// this goroutine writes to it after.
+	if conn != nil {
+		if _, err := conn.Write(b); err != nil && est {
 			return err
 		}
 	}
@@ -726,6 +771,9 @@ func (s *session) closeLegs(rst bool) {
 		return
 	}
 	client, conn := s.client, s.conn
+	if conn == nil {
+		conn = s.attaching // replayTo returns once closing is set: its write fails
+	}
 	s.mu.Unlock() // live conns do not change once closing is set
 	if rst {
 		client.SetLinger(0)
