@@ -285,7 +285,19 @@ func (p *Proxy) Shutdown(grace, drainTimeout time.Duration) {
 		// Connections not yet sessions (a PROXY header still coming)
 		// end too.
 		p.cancel()
-		<-done
+		// One whose header completed while the sessions above were being
+		// ended became a session after the list was taken, with a live
+		// context: end such late ones too, until every session is over.
+		for waiting := true; waiting; {
+			select {
+			case <-done:
+				waiting = false
+			case <-time.After(50 * time.Millisecond):
+				for _, s := range p.liveSessions() {
+					s.abort(SideClient, s.phaseNow(SideClient), ErrDrained, "closed", nil)
+				}
+			}
+		}
 	}
 	p.cancel()
 	p.loopWG.Wait()
