@@ -2,8 +2,10 @@ package proxy
 
 import (
 	"net"
+	"os"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"golang.org/x/sys/unix"
 
 	"github.com/tnsguard/tnsguard/config"
 	"github.com/tnsguard/tnsguard/failover"
@@ -34,7 +36,7 @@ func (p *Proxy) inherit(cfg *config.Config, lc *config.Listener) (net.Listener, 
 		if !ok || have.Port != want.Port || !have.IP.Equal(want.IP) {
 			continue
 		}
-		f, err := old.ln.File()
+		f, err := dupListener(old.ln)
 		if err != nil {
 			return nil, err
 		}
@@ -42,6 +44,29 @@ func (p *Proxy) inherit(cfg *config.Config, lc *config.Listener) (net.Listener, 
 		return net.FileListener(f)
 	}
 	return nil, nil
+}
+
+// dupListener duplicates ln's socket as a file that net.FileListener can
+// take without touching ln. TCPListener.File's file switches the socket to
+// blocking mode when FileListener asks for its fd (os.File.Fd), and the mode
+// belongs to the socket, not to one of its fds: until FileListener sets it
+// back, an accept of the running loop on an empty queue waits in the kernel
+// (and closing ln waits for it), and when FileListener's own dup fails (out
+// of fds) the socket stays blocking for good. A file made by os.NewFile
+// from a non-blocking fd keeps the socket as it is.
+func dupListener(ln *net.TCPListener) (*os.File, error) {
+	rc, err := ln.SyscallConn()
+	if err != nil {
+		return nil, err
+	}
+	fd, derr := -1, error(nil)
+	if err := rc.Control(func(s uintptr) { fd, derr = unix.FcntlInt(s, unix.F_DUPFD_CLOEXEC, 0) }); err != nil {
+		return nil, err
+	}
+	if derr != nil {
+		return nil, os.NewSyscallError("fcntl", derr)
+	}
+	return os.NewFile(uintptr(fd), "listener"), nil
 }
 
 // keeps reports whether cfg keeps the running listener name on the same

@@ -2,8 +2,10 @@ package proxy
 
 import (
 	"errors"
+	"fmt"
 	"io"
 	"net"
+	"runtime"
 	"strings"
 	"syscall"
 	"testing"
@@ -11,6 +13,8 @@ import (
 
 	"github.com/pires/go-proxyproto"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/tnsguard/tnsguard/config"
 )
@@ -268,4 +272,65 @@ backend`, 1)
 	if v := testutil.ToFloat64(h.m.BackendUp.WithLabelValues("b", dead)); v != 0 {
 		t.Errorf("backend_up = %v after a failed reload, want 0 still", v)
 	}
+}
+
+// Renaming a listener hands its socket to the new one through a duplicate
+// fd. That must leave the running socket non-blocking, even when the
+// process runs out of fds halfway: a blocking listening socket makes the
+// old accept loop wait in the kernel, and closing it (later in a reload, or
+// at shutdown, under the proxy's lock) wait for the next app to connect.
+func TestReloadOutOfFDsLeavesListenerNonBlocking(t *testing.T) {
+	be := newBackend(t, echo)
+	h := startProxy(t, oneBackendConfig(be.addr()))
+	addr := h.addr("l")
+	renamed := mustParse(t, strings.NewReplacer(`name = "l"`, `name = "m"`, `listen = "127.0.0.1:0"`,
+		fmt.Sprintf("listen = %q", addr)).Replace(oneBackendConfig(be.addr())))
+	h.p.mu.Lock()
+	ln := h.p.listeners["l"].ln
+	h.p.mu.Unlock()
+	nonBlocking := func() bool {
+		t.Helper()
+		rc, err := ln.SyscallConn()
+		if err != nil {
+			t.Fatal(err)
+		}
+		nb := false
+		rc.Control(func(fd uintptr) {
+			fl, err := unix.FcntlInt(fd, unix.F_GETFL, 0)
+			nb = err == nil && fl&unix.O_NONBLOCK != 0
+		})
+		return nb
+	}
+
+	// Pipes that Go's splice pool holds are closed by a collection's
+	// cleanups: let them go before the fds are counted out.
+	runtime.GC()
+	runtime.GC()
+	time.Sleep(50 * time.Millisecond)
+	var hoard []int
+	for {
+		fd, err := syscall.Dup(0)
+		if err != nil {
+			if !errors.Is(err, syscall.EMFILE) {
+				t.Fatal(err)
+			}
+			break
+		}
+		hoard = append(hoard, fd)
+	}
+	syscall.Close(hoard[len(hoard)-1]) // one fd free: the first dup gets it, the second fails
+	hoard = hoard[:len(hoard)-1]
+	err := h.p.Apply(renamed)
+	for _, fd := range hoard {
+		syscall.Close(fd)
+	}
+	if err == nil {
+		t.Fatal("the reload succeeded with one fd free; the test needs it to run out halfway")
+	}
+	t.Logf("reload with one fd free: %v", err)
+	if !nonBlocking() {
+		t.Fatal("the running listener's socket was left in blocking mode")
+	}
+	c := h.dial("l")
+	echoed(t, c, "still served")
 }
