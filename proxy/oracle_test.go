@@ -230,3 +230,32 @@ func TestNonTNSBackendNotHeldBack(t *testing.T) {
 		t.Fatalf("app read %q, %v", buf, err)
 	}
 }
+
+// On a listener with routes, an app that half-closes before its CONNECT is
+// complete (a checker that sends a few bytes, then FIN) gets its session
+// ended at once: routing stops waiting for the rest of the CONNECT, the
+// bytes go to the default backend with the half-close, and its answer and
+// close come back. Routing used to wait for connect_budget regardless.
+func TestRoutingStopsWaitingAtAppHalfClose(t *testing.T) {
+	be := newBackend(t, func(c *net.TCPConn) {
+		got, _ := io.ReadAll(c)
+		c.Write([]byte(fmt.Sprintf("got %d", len(got))))
+		c.Close()
+	})
+	cfg := strings.Replace(oracleConfig("", be.addr()), `services = ["SALES"]`, `routes = { "sales" = "b", "*" = "b" }`, 1)
+	cfg = strings.Replace(cfg, `connect_budget = "2s"`, `connect_budget = "5s"`, 1)
+	h := startProxy(t, cfg)
+	c := h.dial("l")
+	start := time.Now()
+	c.Write([]byte("\x00\x3a\x00\x00\x01")) // the start of a TNS CONNECT header
+	c.CloseWrite()
+	c.SetReadDeadline(time.Now().Add(8 * time.Second))
+	answer, err := io.ReadAll(c)
+	took := time.Since(start)
+	if err != nil || string(answer) != "got 5" {
+		t.Fatalf("app read %q, %v; want the backend's answer to the 5 bytes", answer, err)
+	}
+	if took > time.Second {
+		t.Fatalf("the answer came after %v: routing waited for a CONNECT after the app's half-close", took)
+	}
+}

@@ -563,6 +563,7 @@ func (s *session) clientToBackend() *pumpErr {
 		conn = s.conn
 		if rerr == nil { // EOF: carry the half-close to whichever backend gets the session
 			s.clientEOF = true
+			s.cond.Broadcast() // routing stops waiting for a CONNECT
 			s.mu.Unlock()
 			return nil
 		}
@@ -587,6 +588,7 @@ func (s *session) cancelOpening() {
 	if s.cancel != nil {
 		s.cancel()
 	}
+	s.cond.Broadcast() // routing and a full replay buffer stop waiting
 }
 
 // openingBytes keeps the app's bytes for a replay and sends them on to the
