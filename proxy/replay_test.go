@@ -432,6 +432,9 @@ check = "off"`, fmt.Sprintf("address = %q", first.address), fmt.Sprintf("address
 			if !tc.shutdown && (took < 2*time.Second || took > 6*time.Second) {
 				t.Fatalf("app reset after %v; want it at the end of the 3s connect_budget", took)
 			}
+			if up := gauge(h.m.BackendUp, "b", second.address); !tc.shutdown && up != 0 {
+				t.Errorf("tnsguard_backend_up of the server that took nothing = %v; want 0 (a failure, as a silent server)", up)
+			}
 			t.Logf("app reset %v after it started sending", time.Since(start).Round(time.Millisecond))
 		})
 	}
