@@ -126,9 +126,13 @@ func (s *Server) dialCheck(ctx context.Context) (net.Conn, error) {
 
 // checkProtocol is what a check does over the connection after connect:
 // nothing for "tcp"; for "tnsping", the listener must answer a tnsping, and,
-// with health.service set, that service must be registered (asked at most
-// once per service_interval, since a positive answer starts a server
-// process on the database host).
+// with health.service set, that service must be registered. A registered
+// service is asked again only after service_interval, since a positive
+// answer starts a server process on the database host; until it is
+// registered, it is asked at every check (a REFUSE costs the database
+// nothing), so a server whose service registers a minute after its
+// listener came back (a restart) is up at the next check, not
+// service_interval later.
 func (s *Server) checkProtocol(ctx context.Context, c net.Conn) error {
 	h := s.backend.Config.Health
 	if h.Check != "tnsping" {
@@ -142,7 +146,7 @@ func (s *Server) checkProtocol(ctx context.Context, c net.Conn) error {
 	if h.Service == "" {
 		return nil
 	}
-	if s.serviceChecked.IsZero() || time.Since(s.serviceChecked) >= h.ServiceInterval.Duration {
+	if s.serviceErr != nil || s.serviceChecked.IsZero() || time.Since(s.serviceChecked) >= h.ServiceInterval.Duration {
 		s.serviceChecked = time.Now()
 		s.serviceErr = s.probeService(ctx, h.Service)
 	}

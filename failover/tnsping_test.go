@@ -94,18 +94,65 @@ func TestTnspingServiceProbe(t *testing.T) {
 	b, _ := tnspingBackend(t, `  service = "ORDERS"
   service_interval = "1h"`, has.Addr(), lacks.Addr())
 	eventually(t, "service states", func() bool { return b.Servers[0].Up() && !b.Servers[1].Up() })
-	// The service is asked once per service_interval, not at every check.
+	// A registered service is asked once per service_interval, not at every
+	// check (each positive answer starts a server process on the database
+	// host); one that is not registered is asked at every check.
 	time.Sleep(300 * time.Millisecond)
-	for _, l := range []*tnstest.Listener{has, lacks} {
+	asked := func(l *tnstest.Listener) int {
 		n := 0
 		for _, c := range l.Connects() {
 			if strings.Contains(string(c), "SERVICE_NAME=ORDERS") {
 				n++
 			}
 		}
-		if n != 1 {
-			t.Fatalf("%s asked for the service %d times, want once per interval", l.Addr(), n)
+		return n
+	}
+	if n := asked(has); n != 1 {
+		t.Fatalf("the listener with the service was asked %d times, want once per interval", n)
+	}
+	if n := asked(lacks); n < 3 {
+		t.Fatalf("the listener without the service was asked %d times in 300ms of 50ms checks, want at every check", n)
+	}
+}
+
+// A database restart: its listener answers first, and the service registers
+// later. The server is up at the next check after the service registered,
+// not service_interval later (a failed probe is not kept).
+func TestServiceRegisteringLaterIsUpAtTheNextCheck(t *testing.T) {
+	lacks := tnstest.New(t, tnstest.Config{Mode: tnstest.Accept, Services: []string{"SALES"}})
+	has := tnstest.New(t, tnstest.Config{Mode: tnstest.Accept, Services: []string{"ORDERS"}})
+	var target atomic.Value // where the one address forwards: before and after registration
+	target.Store(lacks.Addr())
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				up, err := net.Dial("tcp", target.Load().(string))
+				if err != nil {
+					return
+				}
+				defer up.Close()
+				go io.Copy(up, c)
+				io.Copy(c, up)
+			}()
 		}
+	}()
+	b, _ := tnspingBackend(t, "  service = \"ORDERS\"\n  service_interval = \"1h\"", ln.Addr().String())
+	eventually(t, "down while the service is not registered", func() bool { return !b.Servers[0].Up() })
+	target.Store(has.Addr()) // the service registers
+	registered := time.Now()
+	eventually(t, "up once the service registered", b.Servers[0].Up)
+	if took := time.Since(registered); took > time.Second {
+		t.Fatalf("up %v after the service registered; want the next check (50ms interval)", took)
 	}
 }
 
