@@ -257,6 +257,14 @@ func (s *session) deliverRefuse(err error) {
 	}
 }
 
+// backendName is the name of the session's backend, for other goroutines
+// (housekeeping): routing may switch it while they look.
+func (s *session) backendName() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.backend.Config.Name
+}
+
 // switchBackend moves a session that has not dialed yet to another backend
 // (routing by service).
 func (s *session) switchBackend(b *failover.Backend) {

@@ -327,7 +327,7 @@ func (p *Proxy) housekeeping(ctx context.Context) {
 		p.forensics.tick(now)
 		idle := map[key]int{}
 		for _, s := range p.liveSessions() {
-			k := key{s.l.name, s.backend.Config.Name}
+			k := key{s.l.name, s.backendName()}
 			d := s.idleFor()
 			if d > time.Minute {
 				idle[k]++
