@@ -58,6 +58,31 @@ func eventually(t *testing.T, what string, cond func() bool) {
 	}
 }
 
+// serveEach listens on loopback and runs handle for every connection it
+// accepts, each in a goroutine of its own, closing the connection after;
+// the listener closes when the test ends.
+func serveEach(t *testing.T, handle func(c net.Conn)) net.Listener {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				handle(c)
+			}()
+		}
+	}()
+	return ln
+}
+
 // A listener that answers tnsping is up, and its version is exported; one
 // that accepts TCP but resets (a dead listener behind a load balancer), or
 // answers garbage, is down even though a TCP check would pass.
@@ -123,29 +148,15 @@ func TestServiceRegisteringLaterIsUpAtTheNextCheck(t *testing.T) {
 	has := tnstest.New(t, tnstest.Config{Mode: tnstest.Accept, Services: []string{"ORDERS"}})
 	var target atomic.Value // where the one address forwards: before and after registration
 	target.Store(lacks.Addr())
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				up, err := net.Dial("tcp", target.Load().(string))
-				if err != nil {
-					return
-				}
-				defer up.Close()
-				go io.Copy(up, c)
-				io.Copy(c, up)
-			}()
+	ln := serveEach(t, func(c net.Conn) {
+		up, err := net.Dial("tcp", target.Load().(string))
+		if err != nil {
+			return
 		}
-	}()
+		defer up.Close()
+		go io.Copy(up, c)
+		io.Copy(c, up)
+	})
 	b, _ := tnspingBackend(t, "  service = \"ORDERS\"\n  service_interval = \"1h\"", ln.Addr().String())
 	eventually(t, "down while the service is not registered", func() bool { return !b.Servers[0].Up() })
 	target.Store(has.Addr()) // the service registers
@@ -161,35 +172,21 @@ func TestServiceRegisteringLaterIsUpAtTheNextCheck(t *testing.T) {
 // tnsguard or HAProxy refuses it and the server counts as down.
 func TestServiceProbeSendsLocalProxyHeader(t *testing.T) {
 	db := tnstest.New(t, tnstest.Config{Mode: tnstest.Accept, Services: []string{"ORDERS"}})
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
 	var missing atomic.Int32 // connections that came without a LOCAL header
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				br := bufio.NewReader(c)
-				if h, err := proxyproto.Read(br); err != nil || h.Command != proxyproto.LOCAL {
-					missing.Add(1)
-					return // what a downstream proxy does: refuse it
-				}
-				up, err := net.Dial("tcp", db.Addr())
-				if err != nil {
-					return
-				}
-				defer up.Close()
-				go io.Copy(up, br)
-				io.Copy(c, up)
-			}()
+	ln := serveEach(t, func(c net.Conn) {
+		br := bufio.NewReader(c)
+		if h, err := proxyproto.Read(br); err != nil || h.Command != proxyproto.LOCAL {
+			missing.Add(1)
+			return // what a downstream proxy does: refuse it
 		}
-	}()
+		up, err := net.Dial("tcp", db.Addr())
+		if err != nil {
+			return
+		}
+		defer up.Close()
+		go io.Copy(up, br)
+		io.Copy(c, up)
+	})
 	b, m := startBackend(t, "send_proxy_protocol = \"v2\"\n",
 		"  check = \"tnsping\"\n  interval = \"200ms\"\n  timeout = \"200ms\"\n  rise = 1\n  fall = 1\n  service = \"ORDERS\"\n  service_interval = \"1h\"\n",
 		`address = "`+ln.Addr().String()+`"`)

@@ -101,18 +101,7 @@ func TestDormantSessionRevivesOutOfFDs(t *testing.T) {
 	time.Sleep(50 * time.Millisecond)
 
 	var hoard []int
-	grab := func() { // every free fd, including any the process frees meanwhile
-		for {
-			fd, err := syscall.Dup(0)
-			if err != nil {
-				if !errors.Is(err, syscall.EMFILE) {
-					t.Fatal(err)
-				}
-				return
-			}
-			hoard = append(hoard, fd)
-		}
-	}
+	grab := func() { grabFDs(t, &hoard) } // every free fd, including any the process frees meanwhile
 	free := func() {
 		for _, fd := range hoard {
 			syscall.Close(fd)

@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -262,4 +263,21 @@ func (s *session) isDormant() bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.dormant
+}
+
+// grabFDs dups stdin until the process is out of file descriptors,
+// appending each fd to hoard: every fd free now, including any freed since
+// an earlier call. The caller closes them.
+func grabFDs(t *testing.T, hoard *[]int) {
+	t.Helper()
+	for {
+		fd, err := syscall.Dup(0)
+		if err != nil {
+			if !errors.Is(err, syscall.EMFILE) {
+				t.Fatal(err)
+			}
+			return
+		}
+		*hoard = append(*hoard, fd)
+	}
 }

@@ -308,16 +308,7 @@ func TestReloadOutOfFDsLeavesListenerNonBlocking(t *testing.T) {
 	runtime.GC()
 	time.Sleep(50 * time.Millisecond)
 	var hoard []int
-	for {
-		fd, err := syscall.Dup(0)
-		if err != nil {
-			if !errors.Is(err, syscall.EMFILE) {
-				t.Fatal(err)
-			}
-			break
-		}
-		hoard = append(hoard, fd)
-	}
+	grabFDs(t, &hoard)
 	syscall.Close(hoard[len(hoard)-1]) // one fd free: the first dup gets it, the second fails
 	hoard = hoard[:len(hoard)-1]
 	err := h.p.Apply(renamed)
