@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"os"
@@ -75,6 +76,41 @@ func TestMaxSessionsPerSource(t *testing.T) {
 	if _, err := io.ReadFull(c, make([]byte, 1)); err != nil {
 		t.Fatalf("after the first closed, a new session from the source failed: %v", err)
 	}
+}
+
+// A reload that sets max_sessions_per_source enforces it at once on the
+// sessions already open: a source with three sessions gets no fourth under
+// a limit of three, and gets one again once one of its sessions ends.
+func TestMaxSessionsPerSourceSetByReload(t *testing.T) {
+	be := newBackend(t, echo)
+	cfg := oneBackendConfig(be.addr())
+	h := startProxy(t, cfg)
+	var open []*net.TCPConn
+	for range 3 {
+		c := h.dial("l")
+		echoed(t, c, "x")
+		open = append(open, c)
+	}
+	addr := h.addr("l")
+	limited := strings.Replace(withListenerKeys(cfg, "max_sessions_per_source = 3"), `listen = "127.0.0.1:0"`, fmt.Sprintf("listen = %q", addr), 1)
+	if err := h.p.Apply(mustParse(t, limited)); err != nil {
+		t.Fatal(err)
+	}
+	over, err := net.Dial("tcp", addr)
+	if err == nil {
+		defer over.Close()
+		err, _ = readErr(over, 2*time.Second)
+	}
+	if err == nil || errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("fourth session from a source with three, after the reload set a limit of 3: %v, want refused", err)
+	}
+	waitFor(t, time.Second, "rejection counted", func() bool {
+		return counter(h.m.SessionsRejected, "l", "max_sessions_per_source") == 1
+	})
+	open[0].Close()
+	l := h.p.listeners["l"]
+	waitFor(t, 2*time.Second, "a slot freed", func() bool { return l.active.Load() == 2 })
+	echoed(t, h.dial("l"), "again")
 }
 
 // An app that is not in allow is refused before any backend dial.

@@ -171,13 +171,14 @@ func (l *listener) sessionEnded(src netip.Addr) {
 	l.p.sessWG.Done()
 }
 
+// acquireSource counts a session of src, or refuses it at limit (0: no
+// limit). Sessions are counted without a limit too, so that a reload that
+// sets one finds the sources' sessions already counted: it is enforced at
+// once, and their ends do not take from sessions counted after it.
 func (l *listener) acquireSource(src netip.Addr, limit int) bool {
-	if limit <= 0 {
-		return true
-	}
 	l.srcMu.Lock()
 	defer l.srcMu.Unlock()
-	if l.perSource[src] >= limit {
+	if limit > 0 && l.perSource[src] >= limit {
 		return false
 	}
 	l.perSource[src]++
