@@ -51,23 +51,30 @@ func TestMaxSessions(t *testing.T) {
 	}
 }
 
-func TestMaxSessionsPerSource(t *testing.T) {
-	be := newBackend(t, echo)
-	h := startProxy(t, withListenerKeys(oneBackendConfig(be.addr()), "max_sessions_per_source = 1"))
-	a := h.dial("l")
-	a.Write([]byte("x"))
-	io.ReadFull(a, make([]byte, 1))
+// refusedPerSource checks that a new session to listener "l" is closed at
+// once, and counted as the first refusal for max_sessions_per_source.
+func refusedPerSource(t *testing.T, h *harness, what string) {
+	t.Helper()
 	over, err := net.Dial("tcp", h.addr("l")) // the reset may come before the dial returns
 	if err == nil {
 		defer over.Close()
 		err, _ = readErr(over, 2*time.Second)
 	}
 	if err == nil || errors.Is(err, os.ErrDeadlineExceeded) {
-		t.Fatalf("second session from the same address: %v, want closed", err)
+		t.Fatalf("%s: %v, want refused", what, err)
 	}
 	waitFor(t, time.Second, "rejection counted", func() bool {
 		return counter(h.m.SessionsRejected, "l", "max_sessions_per_source") == 1
 	})
+}
+
+func TestMaxSessionsPerSource(t *testing.T) {
+	be := newBackend(t, echo)
+	h := startProxy(t, withListenerKeys(oneBackendConfig(be.addr()), "max_sessions_per_source = 1"))
+	a := h.dial("l")
+	a.Write([]byte("x"))
+	io.ReadFull(a, make([]byte, 1))
+	refusedPerSource(t, h, "second session from the same address")
 	a.Close()
 	l := h.p.listeners["l"]
 	waitFor(t, 2*time.Second, "slot freed", func() bool { return l.active.Load() == 0 })
@@ -96,17 +103,7 @@ func TestMaxSessionsPerSourceSetByReload(t *testing.T) {
 	if err := h.p.Apply(mustParse(t, limited)); err != nil {
 		t.Fatal(err)
 	}
-	over, err := net.Dial("tcp", addr)
-	if err == nil {
-		defer over.Close()
-		err, _ = readErr(over, 2*time.Second)
-	}
-	if err == nil || errors.Is(err, os.ErrDeadlineExceeded) {
-		t.Fatalf("fourth session from a source with three, after the reload set a limit of 3: %v, want refused", err)
-	}
-	waitFor(t, time.Second, "rejection counted", func() bool {
-		return counter(h.m.SessionsRejected, "l", "max_sessions_per_source") == 1
-	})
+	refusedPerSource(t, h, "fourth session from a source with three, after the reload set a limit of 3")
 	open[0].Close()
 	l := h.p.listeners["l"]
 	waitFor(t, 2*time.Second, "a slot freed", func() bool { return l.active.Load() == 2 })
