@@ -212,13 +212,23 @@ func (s *session) backendInfo() (keepalive.Info, error) {
 }
 
 func (s *session) backendInfoLocked() (keepalive.Info, error) {
-	switch {
-	case s.dormant && !s.rawClosed:
-		return keepalive.ReadInfo(rawSock(s.raw[1]))
-	case s.conn != nil:
-		return keepalive.ReadInfo(s.conn)
+	if c := s.backendSockLocked(); c != nil {
+		return keepalive.ReadInfo(c)
 	}
 	return keepalive.Info{}, net.ErrClosed
+}
+
+// backendSockLocked is the backend socket in either state: the bare fd
+// while dormant, the conn otherwise; nil when there is none (closed, or
+// not dialed yet). Under s.mu.
+func (s *session) backendSockLocked() syscall.Conn {
+	switch {
+	case s.dormant && !s.rawClosed:
+		return rawSock(s.raw[1])
+	case !s.dormant && s.conn != nil:
+		return s.conn
+	}
+	return nil
 }
 
 // sync brings a pump the caller holds up to date with its session's state:

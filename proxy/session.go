@@ -743,13 +743,8 @@ func (s *session) armKeepalive(now time.Time) {
 	if !s.kaLate || s.closing || now.Sub(s.start) < keepaliveAfter {
 		return
 	}
-	var c syscall.Conn
-	switch {
-	case s.dormant && !s.rawClosed:
-		c = rawSock(s.raw[1])
-	case !s.dormant && s.conn != nil:
-		c = s.conn
-	default:
+	c := s.backendSockLocked()
+	if c == nil {
 		return
 	}
 	s.kaLate = false
