@@ -80,6 +80,10 @@ func TestErrors(t *testing.T) {
 	}{
 		{"syntax", "[log]\nlevel = \"info\n", []string{`bad.toml:2:14: strings cannot contain newlines`}},
 		{"unknown key", minimal + "  [backend.keepalive]\n  idel = \"5s\"\n", []string{`bad.toml:11:3: unknown key "backend.keepalive.idel"`}},
+		{"unknown dotted key", strings.Replace(minimal, `backend = "orders"`, "backend = \"orders\"\nkeepalive.idel = \"5s\"", 1),
+			[]string{`bad.toml:6:1: unknown key "listener.keepalive.idel"`}},
+		{"unknown key in an inline table", strings.Replace(minimal, `backend = "orders"`, "backend = \"orders\"\nkeepalive = { idel = \"5s\" }", 1),
+			[]string{`bad.toml:6:15: unknown key "listener.keepalive.idel"`}},
 		{"unknown table", "[admn]\nlisten = \"x\"\n" + minimal, []string{`bad.toml:1:1: unknown key "admn"`, `bad.toml:2:1: unknown key "admn.listen"`}},
 		{"bad duration", strings.Replace(minimal, `name = "orders"
   [[`, `name = "orders"
@@ -127,6 +131,23 @@ retry_on = ["connect", "timeout"]
 			`bad.toml: listener "a": listen: "nohost" is not host:port`,
 		}},
 		{"no listener", "[log]\n", []string{`bad.toml: no [[listener]] is defined`}},
+		{"proxy header timeout 0", strings.Replace(minimal, `backend = "orders"`, `backend = "orders"
+proxy_protocol = "optional"
+trusted_proxies = ["10.0.0.0/24"]
+proxy_header_timeout = "0s"`, 1), []string{`bad.toml: listener "orders": proxy_header_timeout must be > 0 when proxy_protocol is "optional"`}},
+		{"every weight 0", strings.Replace(minimal, `address = "127.0.0.1:1521"`, "address = \"127.0.0.1:1521\"\n  weight = 0", 1),
+			[]string{`bad.toml: backend "orders": every server has weight 0: no session can use this backend`}},
+		{"keepalive over the kernel's range", strings.Replace(minimal, `name = "orders"
+  [[`, `name = "orders"
+  [backend.keepalive]
+  idle = "10h"
+  interval = "10h"
+  count = 128
+  [[`, 1), []string{
+			`bad.toml: backend "orders": keepalive.count 128: the kernel allows at most 127`,
+			`bad.toml: backend "orders": keepalive.idle 10h0m0s: the kernel allows at most 9h6m7s`,
+			`bad.toml: backend "orders": keepalive.interval 10h0m0s: the kernel allows at most 9h6m7s`,
+		}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_, _, err := Parse([]byte(tc.text), "bad.toml")

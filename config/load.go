@@ -69,8 +69,6 @@ func locateKey(text string, k toml.Key) (int, int) {
 	if len(k) == 0 {
 		return 1, 1
 	}
-	table := strings.Join(k[:len(k)-1], ".")
-	leaf := k[len(k)-1]
 	current := ""
 	for i, raw := range strings.Split(text, "\n") {
 		line := strings.TrimSpace(raw)
@@ -85,12 +83,28 @@ func locateKey(text string, k toml.Key) (int, int) {
 			}
 			continue
 		}
-		if current != table {
+		// The key may sit in this table's header, or in a parent's as a
+		// dotted key (a.b = 1) or inside an inline table (a = { b = 1 }).
+		rest, ok := strings.CutPrefix(strings.Join(k, "."), current)
+		if current != "" {
+			rest, ok = strings.CutPrefix(rest, ".")
+		}
+		if !ok || rest == "" {
 			continue
 		}
-		key, _, ok := strings.Cut(line, "=")
-		if ok && strings.Trim(strings.TrimSpace(key), `"'`) == leaf {
-			return i + 1, strings.Index(raw, strings.TrimSpace(key)) + 1
+		key, value, ok := strings.Cut(line, "=")
+		if !ok {
+			continue
+		}
+		key = strings.TrimSpace(key)
+		dotted := strings.ReplaceAll(strings.ReplaceAll(strings.ReplaceAll(key, " ", ""), `"`, ""), "'", "")
+		if dotted == rest {
+			return i + 1, strings.Index(raw, key) + 1
+		}
+		if inner, ok := strings.CutPrefix(rest, dotted+"."); ok && strings.HasPrefix(strings.TrimSpace(value), "{") {
+			if j := strings.Index(raw, inner[strings.LastIndexByte(inner, '.')+1:]); j > strings.Index(raw, "{") {
+				return i + 1, j + 1
+			}
 		}
 	}
 	return 1, 1

@@ -96,6 +96,9 @@ func (c *Config) validate() (errs, warnings []string) {
 		if l.TrustedNets, err = parseNets(l.TrustedProxies); err != nil {
 			add("%s: trusted_proxies: %v", where, err)
 		}
+		if l.ProxyProtocol != "off" && l.ProxyHeaderTimeout.Duration <= 0 {
+			add("%s: proxy_header_timeout must be > 0 when proxy_protocol is %q", where, l.ProxyProtocol)
+		}
 		if l.ProxyProtocol != "off" && len(l.TrustedProxies) == 0 {
 			add("%s: proxy_protocol %q needs trusted_proxies: PROXY headers are honoured only from them", where, l.ProxyProtocol)
 		}
@@ -194,7 +197,9 @@ func (b *Backend) validate() (errs, warnings []string) {
 		add("no [[backend.server]] is defined")
 	}
 	seen := map[string]bool{}
+	usable := false
 	for _, s := range b.Servers {
+		usable = usable || *s.Weight > 0
 		if err := checkHostPort(s.Address); err != nil {
 			add("server %q: address: %v", s.Address, err)
 		} else if seen[s.Address] {
@@ -205,8 +210,18 @@ func (b *Backend) validate() (errs, warnings []string) {
 			add("server %q: weight must not be negative", s.Address)
 		}
 	}
+	if len(b.Servers) > 0 && !usable {
+		add("every server has weight 0: no session can use this backend")
+	}
 	return errs, warnings
 }
+
+// Linux refuses TCP_KEEPIDLE and TCP_KEEPINTVL above 32767 s and
+// TCP_KEEPCNT above 127 (net/ipv4/tcp.c: MAX_TCP_KEEPIDLE, ...).
+const (
+	maxKeepaliveSecs  = 32767 * time.Second
+	maxKeepaliveCount = 127
+)
 
 func (k *Keepalive) validate() (errs, warnings []string) {
 	add := func(format string, a ...any) { errs = append(errs, fmt.Sprintf(format, a...)) }
@@ -215,6 +230,17 @@ func (k *Keepalive) validate() (errs, warnings []string) {
 	}
 	if *k.Count < 0 {
 		add("count must not be negative")
+	}
+	if k.Idle.Duration > 0 {
+		if *k.Count > maxKeepaliveCount {
+			add("count %d: the kernel allows at most %d", *k.Count, maxKeepaliveCount)
+		}
+		if k.Idle.Duration > maxKeepaliveSecs {
+			add("idle %v: the kernel allows at most %v", k.Idle.Duration, maxKeepaliveSecs)
+		}
+		if k.Interval.Duration > maxKeepaliveSecs {
+			add("interval %v: the kernel allows at most %v", k.Interval.Duration, maxKeepaliveSecs)
+		}
 	}
 	if k.Idle.Duration > 0 && *k.Count > 0 && k.Interval.Duration < time.Second {
 		add("interval %v must be at least 1s when count > 0", k.Interval.Duration)

@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tnsguard/tnsguard/config"
 	"github.com/tnsguard/tnsguard/keepalive"
 )
 
@@ -307,4 +308,59 @@ func TestLastMessageAndEndArriveTogether(t *testing.T) {
 			t.Logf("worst: %v", worst)
 		})
 	}
+}
+
+// A backend whose every server has weight 0 can take no session (weight 0
+// is "never used"): check must not pass it, and /readyz must not say 200
+// while every app is refused.
+func TestAllServersWeightZero(t *testing.T) {
+	be := newBackend(t, echo)
+	h := startProxyUnlessRefused(t, strings.Replace(oneBackendConfig(be.addr()), "address = ", "weight = 0\n  address = ", 1))
+	if h == nil {
+		return // check refuses the file
+	}
+	c := h.dial("l")
+	got, err := roundTripErr(c, "hello")
+	if ok, _ := h.p.Ready(); ok && err != nil {
+		t.Fatalf("ready, yet the app's session failed: %q, %v (rejected no_backend: %v)", got, err,
+			counter(h.m.SessionsRejected, "l", "no_backend"))
+	}
+}
+
+func roundTripErr(c *net.TCPConn, msg string) (string, error) {
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	if _, err := c.Write([]byte(msg)); err != nil {
+		return "", err
+	}
+	buf := make([]byte, len(msg))
+	n, err := io.ReadFull(c, buf)
+	return string(buf[:n]), err
+}
+
+// Keepalive values the kernel refuses (TCP_KEEPCNT above 127, TCP_KEEPIDLE
+// or TCP_KEEPINTVL above 32767 s) pass check; they must not make every
+// backend dial fail.
+func TestKeepaliveOutOfKernelRange(t *testing.T) {
+	be := newBackend(t, echo)
+	cfg := strings.Replace(oneBackendConfig(be.addr()), "  count = 4\n", "  count = 128\n", 1)
+	h := startProxyUnlessRefused(t, cfg)
+	if h == nil {
+		return // check refuses the file
+	}
+	c := h.dial("l")
+	if got, err := roundTripErr(c, "hello"); err != nil {
+		t.Fatalf("session with backend keepalive.count = 128 (accepted by check): %q, %v; backend saw %d connections",
+			got, err, len(be.accepted()))
+	}
+}
+
+// startProxyUnlessRefused is startProxy, or nil when the file does not
+// validate (then `tnsguard check` and start-up refuse it too).
+func startProxyUnlessRefused(t *testing.T, toml string) *harness {
+	t.Helper()
+	if _, _, err := config.Parse([]byte(toml), "test.toml"); err != nil {
+		t.Logf("refused: %v", err)
+		return nil
+	}
+	return startProxy(t, toml)
 }

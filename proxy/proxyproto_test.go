@@ -716,3 +716,29 @@ func fuzzProxy(f *testing.F, toml string) *Proxy {
 	f.Cleanup(func() { p.Shutdown(0, time.Second) })
 	return p
 }
+
+// proxy_header_timeout = "0s" is accepted by check: it must not make the
+// listener refuse every connection, even a trusted one whose header comes
+// in one piece at once.
+func TestProxyHeaderTimeoutZero(t *testing.T) {
+	be, _ := ppBackend(t, false)
+	h := startProxyUnlessRefused(t, ppConfig(be.addr(), `proxy_protocol = "required"
+trusted_proxies = ["127.0.0.1/32"]
+proxy_header_timeout = "0s"`, ""))
+	if h == nil {
+		return // check refuses the file
+	}
+	got, err := func() ([]byte, error) {
+		c, err := net.Dial("tcp", h.addr("l"))
+		if err != nil {
+			return nil, err
+		}
+		defer c.Close()
+		c.Write(append(ppHeader(t, 2, "203.0.113.7:5555", "192.0.2.1:1521"), "hello"...))
+		return exchange(c.(*net.TCPConn), []byte(" world"), 2*time.Second)
+	}()
+	if err != nil || string(got) != "hello world" {
+		t.Fatalf("trusted client with a whole header: %q, %v; rejected as proxy_missing: %v", got, err,
+			counter(h.m.SessionsRejected, "l", "proxy_missing"))
+	}
+}
