@@ -15,6 +15,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
@@ -34,9 +35,10 @@ type Source interface {
 
 // Server is the running admin HTTP listener.
 type Server struct {
-	http *http.Server
-	ln   net.Listener
-	done chan struct{}
+	http  *http.Server
+	ln    net.Listener
+	done  chan struct{}
+	allow atomic.Pointer[[]netip.Prefix] // admin.allow; a reload replaces it (SetAllow)
 }
 
 // Start binds cfg.Listen and serves until Close.
@@ -63,12 +65,10 @@ func Start(cfg config.Admin, reg *prometheus.Registry, src Source, log hclog.Log
 		writeJSON(w, http.StatusOK, map[string]any{"links": src.Links()})
 	})
 	handleStatus(mux, src) // / and /status, /api/resets (status.go)
-	s := &Server{
-		http: &http.Server{Handler: allowOnly(cfg.AllowNets, mux), ReadHeaderTimeout: 5 * time.Second,
-			ErrorLog: log.StandardLogger(&hclog.StandardLoggerOptions{InferLevels: true})},
-		ln:   ln,
-		done: make(chan struct{}),
-	}
+	s := &Server{ln: ln, done: make(chan struct{})}
+	s.SetAllow(cfg.AllowNets)
+	s.http = &http.Server{Handler: s.allowOnly(mux), ReadHeaderTimeout: 5 * time.Second,
+		ErrorLog: log.StandardLogger(&hclog.StandardLoggerOptions{InferLevels: true})}
 	go func() {
 		defer close(s.done)
 		if err := s.http.Serve(ln); err != nil && err != http.ErrServerClosed {
@@ -99,12 +99,19 @@ func writeJSON(w http.ResponseWriter, code int, v any) {
 	enc.Encode(v)
 }
 
-// allowOnly answers 403 to clients outside nets (when nets is not empty).
-func allowOnly(nets []netip.Prefix, next http.Handler) http.Handler {
-	if len(nets) == 0 {
-		return next
-	}
+// SetAllow makes nets the admin.allow list from the next request on (a
+// reload); empty allows everyone.
+func (s *Server) SetAllow(nets []netip.Prefix) { s.allow.Store(&nets) }
+
+// allowOnly answers 403 to clients outside admin.allow (when it is not
+// empty).
+func (s *Server) allowOnly(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		nets := *s.allow.Load()
+		if len(nets) == 0 {
+			next.ServeHTTP(w, r)
+			return
+		}
 		if ap, err := netip.ParseAddrPort(r.RemoteAddr); err == nil && config.Allowed(nets, ap.Addr().Unmap()) {
 			next.ServeHTTP(w, r)
 			return

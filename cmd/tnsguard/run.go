@@ -67,6 +67,7 @@ func runCommand(args []string, stderr io.Writer) int {
 		return 1
 	}
 	log.Info("tnsguard started", "version", version, "config", cfg.Source)
+	running := cfg.Admin // what the admin listener was started with; a reload does not move it
 
 	for sig := range sigs {
 		if sig != syscall.SIGHUP {
@@ -92,9 +93,10 @@ func runCommand(args []string, stderr io.Writer) int {
 			}
 			continue
 		}
-		if next.Admin.Listen != cfg.Admin.Listen {
-			log.Warn("admin.listen changed: it takes effect at the next restart", "running", cfg.Admin.Listen)
+		if next.Admin.Listen != running.Listen {
+			log.Warn("admin.listen changed: it takes effect at the next restart", "running", running.Listen)
 		}
+		adm.SetAllow(next.Admin.AllowNets) // admin.allow applies at once
 		log.SetLevel(hclog.LevelFromString(next.Log.Level))
 		cfg = next
 		m.ReloadOK.Set(1)

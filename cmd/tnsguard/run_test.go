@@ -1,0 +1,172 @@
+package main
+
+import (
+	"bytes"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// lockedBuffer is the log of a runCommand in another goroutine.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+func freePort(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
+}
+
+func waitUntil(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// runConfig is a config with the admin listener on admin and the given
+// admin.allow list (TOML array text).
+func runConfig(admin, allow string) string {
+	return fmt.Sprintf(`[admin]
+listen = %q
+allow = %s
+[shutdown]
+grace = "0s"
+drain_timeout = "1s"
+[[listener]]
+name = "l"
+listen = "127.0.0.1:0"
+backend = "b"
+[[backend]]
+name = "b"
+  [backend.health]
+  check = "off"
+  [[backend.server]]
+  address = "127.0.0.1:1"
+`, admin, allow)
+}
+
+// startRun runs `tnsguard run -config path` in the test process (real
+// signals) and returns its log and a function that drains it with SIGTERM.
+func startRun(t *testing.T, path, admin string) (*lockedBuffer, func() int) {
+	t.Helper()
+	var log lockedBuffer
+	code := make(chan int, 1)
+	go func() { code <- runCommand([]string{"-config", path}, &log) }()
+	waitUntil(t, "the admin listener", func() bool {
+		resp, err := http.Get("http://" + admin + "/healthz")
+		if err != nil {
+			return false
+		}
+		resp.Body.Close()
+		return true
+	})
+	stop := func() int {
+		syscall.Kill(os.Getpid(), syscall.SIGTERM)
+		select {
+		case c := <-code:
+			return c
+		case <-time.After(10 * time.Second):
+			t.Fatalf("run did not end after SIGTERM; log:\n%s", log.String())
+			return -1
+		}
+	}
+	return &log, stop
+}
+
+// reload rewrites path and sends SIGHUP, then waits for the n-th reload
+// line in the log.
+func reload(t *testing.T, log *lockedBuffer, path, text string, n int) {
+	t.Helper()
+	if err := os.WriteFile(path, []byte(text), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	syscall.Kill(os.Getpid(), syscall.SIGHUP)
+	waitUntil(t, "the reload", func() bool {
+		s := log.String()
+		return strings.Count(s, "configuration reloaded")+strings.Count(s, "reload failed") >= n
+	})
+}
+
+// A reload that narrows admin.allow takes effect at once: "configuration
+// reloaded" while anyone can still read /metrics, /status and /api/resets
+// would be a lock the operator thinks is shut. Widening it again opens it.
+func TestReloadAdminAllow(t *testing.T) {
+	admin := freePort(t)
+	path := filepath.Join(t.TempDir(), "tnsguard.toml")
+	if err := os.WriteFile(path, []byte(runConfig(admin, "[]")), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	log, stop := startRun(t, path, admin)
+	reload(t, log, path, runConfig(admin, `["192.0.2.0/24"]`), 1)
+	resp, err := http.Get("http://" + admin + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusForbidden {
+		t.Errorf("after a reload with admin.allow = [192.0.2.0/24], 127.0.0.1 gets %s, want 403", resp.Status)
+	}
+	reload(t, log, path, runConfig(admin, `["127.0.0.0/8"]`), 2)
+	resp, err = http.Get("http://" + admin + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Errorf("after a reload with admin.allow = [127.0.0.0/8], 127.0.0.1 gets %s, want 200", resp.Status)
+	}
+	if code := stop(); code != 0 {
+		t.Errorf("exit %d after SIGTERM", code)
+	}
+}
+
+// The admin.listen warning compares with the address the admin listener is
+// bound to, not with the file of the last reload: moving it to B and back
+// to the running A is no change, and the warning never names B as running.
+func TestReloadAdminListenWarning(t *testing.T) {
+	admin, other := freePort(t), freePort(t)
+	path := filepath.Join(t.TempDir(), "tnsguard.toml")
+	if err := os.WriteFile(path, []byte(runConfig(admin, "[]")), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	log, stop := startRun(t, path, admin)
+	reload(t, log, path, runConfig(other, "[]"), 1) // warns: needs a restart
+	reload(t, log, path, runConfig(admin, "[]"), 2) // back to what runs
+	if code := stop(); code != 0 {
+		t.Errorf("exit %d after SIGTERM", code)
+	}
+	s := log.String()
+	if n := strings.Count(s, "admin.listen changed"); n != 1 || strings.Contains(s, "running="+other) {
+		t.Fatalf("%d admin.listen warnings, want 1 naming %s as running:\n%s", n, admin, s)
+	}
+}
