@@ -200,7 +200,7 @@ type LinkStatus struct {
 func (p *Proxy) Links() []LinkStatus {
 	p.mu.Lock()
 	for _, l := range p.listeners {
-		if b := p.backends[l.cfg().Backend]; b != nil {
+		if b := p.backends[routeFor(l.cfg(), "")]; b != nil {
 			for _, s := range b.Servers {
 				p.linkFor(l.name, b.Config.Name, s.Address)
 			}

@@ -158,7 +158,7 @@ func (l *listener) handle(ctx context.Context, c *net.TCPConn) {
 		l.reject(c, "no_backend", src)
 		return
 	}
-	s := l.p.newSession(ctx, l, b, c, in)
+	s := l.p.newSession(ctx, l, cfg, b, c, in)
 	held = true
 	s.run()
 }
@@ -197,9 +197,9 @@ func (l *listener) releaseSource(src netip.Addr) {
 	}
 }
 
-func (p *Proxy) newSession(ctx context.Context, l *listener, b *failover.Backend, c *net.TCPConn, in inbound) *session {
+func (p *Proxy) newSession(ctx context.Context, l *listener, lcfg *config.Listener, b *failover.Backend, c *net.TCPConn, in inbound) *session {
 	s := &session{
-		p: p, l: l, backend: b, client: c, in: in, start: time.Now(),
+		p: p, l: l, lcfg: lcfg, backend: b, client: c, in: in, start: time.Now(),
 		service: "other",
 	}
 	s.ctx, s.cancel = context.WithCancel(ctx)

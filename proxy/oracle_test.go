@@ -259,3 +259,34 @@ func TestRoutingStopsWaitingAtAppHalfClose(t *testing.T) {
 		t.Fatalf("the answer came after %v: routing waited for a CONNECT after the app's half-close", took)
 	}
 }
+
+// A listener that routes by service only (no backend key, "*" is the
+// default, as in the README) is ready once its backends have a server up:
+// /readyz must not report 503 for ever.
+func TestRoutesOnlyListenerIsReady(t *testing.T) {
+	be := newBackend(t, echo)
+	cfg := fmt.Sprintf(`
+[log]
+level = "warn"
+[[listener]]
+name = "l"
+listen = "127.0.0.1:0"
+routes = { "sales" = "sales-db", "*" = "orders-db" }
+[[backend]]
+name = "sales-db"
+  [backend.health]
+  check = "off"
+  [[backend.server]]
+  address = %q
+[[backend]]
+name = "orders-db"
+  [backend.health]
+  check = "off"
+  [[backend.server]]
+  address = %q
+`, be.addr(), be.addr())
+	h := startProxy(t, cfg)
+	if ok, why := h.p.Ready(); !ok {
+		t.Fatalf("not ready: %s", why)
+	}
+}

@@ -105,13 +105,14 @@ func (p *Proxy) Apply(cfg *config.Config) error {
 
 	listeners := map[string]*listener{}
 	var bound []*listener
+	taken := map[*listener]bool{} // running sockets handed over (reload.go)
 	for i := range cfg.Listeners {
 		lc := &cfg.Listeners[i]
 		if old, ok := p.listeners[lc.Name]; ok && old.cfg().Listen == lc.Listen {
 			listeners[lc.Name] = old
 			continue
 		}
-		l, err := p.bind(cfg, lc)
+		l, err := p.bind(cfg, lc, taken)
 		if err != nil {
 			for _, b := range bound {
 				b.ln.Close()
@@ -165,8 +166,8 @@ func (p *Proxy) Apply(cfg *config.Config) error {
 	return nil
 }
 
-func (p *Proxy) bind(cfg *config.Config, lc *config.Listener) (*listener, error) {
-	ln, err := p.inherit(cfg, lc) // the socket of a renamed or moved listener (reload.go)
+func (p *Proxy) bind(cfg *config.Config, lc *config.Listener, taken map[*listener]bool) (*listener, error) {
+	ln, err := p.inherit(cfg, lc, taken) // the socket of a renamed or moved listener (reload.go)
 	fromFile := ln != nil
 	if ln == nil && err == nil {
 		lcfg := net.ListenConfig{KeepAlive: -1} // tnsguard sets keepalive itself, per leg
@@ -220,9 +221,9 @@ func (p *Proxy) Ready() (bool, string) {
 	sort.Strings(names)
 	for _, n := range names {
 		l := p.listeners[n]
-		b := p.backends[l.cfg().Backend]
-		if b == nil || !b.Up() {
-			return false, fmt.Sprintf("listener %q: backend %q has no server up", n, l.cfg().Backend)
+		name := routeFor(l.cfg(), "") // backend, or the default route "*"
+		if b := p.backends[name]; b == nil || !b.Up() {
+			return false, fmt.Sprintf("listener %q: backend %q has no server up", n, name)
 		}
 	}
 	return true, ""
@@ -332,7 +333,7 @@ func (p *Proxy) housekeeping(ctx context.Context) {
 			if d > time.Minute {
 				idle[k]++
 			}
-			if limit := s.l.cfg().IdleTimeout.Duration; limit > 0 && d > limit {
+			if limit := s.lcfg.IdleTimeout.Duration; limit > 0 && d > limit {
 				s.abort(SideClient, PhaseIdle, ErrIdleTimeout, "closed", nil)
 			}
 			s.checkStalled(now)

@@ -20,7 +20,7 @@ import (
 // its queue of connections not yet accepted: no app is refused during the
 // reload. Until the old listener is closed both accept loops take from the
 // same queue, which is harmless.
-func (p *Proxy) inherit(cfg *config.Config, lc *config.Listener) (net.Listener, error) {
+func (p *Proxy) inherit(cfg *config.Config, lc *config.Listener, taken map[*listener]bool) (net.Listener, error) {
 	want, err := net.ResolveTCPAddr("tcp", lc.Listen)
 	if err != nil || want.Port == 0 {
 		return nil, nil
@@ -29,8 +29,8 @@ func (p *Proxy) inherit(cfg *config.Config, lc *config.Listener) (net.Listener, 
 		want.IP = net.IPv6unspecified // ":1521" listens on [::]
 	}
 	for name, old := range p.listeners {
-		if keeps(cfg, name, old.cfg().Listen) {
-			continue
+		if taken[old] || keeps(cfg, name, old.cfg().Listen) {
+			continue // kept, or already handed to another listener of cfg
 		}
 		have, ok := old.ln.Addr().(*net.TCPAddr)
 		if !ok || have.Port != want.Port || !have.IP.Equal(want.IP) {
@@ -41,6 +41,7 @@ func (p *Proxy) inherit(cfg *config.Config, lc *config.Listener) (net.Listener, 
 			return nil, err
 		}
 		defer f.Close()
+		taken[old] = true
 		return net.FileListener(f)
 	}
 	return nil, nil

@@ -11,12 +11,15 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hashicorp/go-hclog"
 	"github.com/pires/go-proxyproto"
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"golang.org/x/sys/unix"
 
 	"github.com/tnsguard/tnsguard/config"
+	"github.com/tnsguard/tnsguard/metrics"
 )
 
 // Reload and drain, in-package: what the metrics say. The end-to-end
@@ -324,4 +327,79 @@ func TestReloadOutOfFDsLeavesListenerNonBlocking(t *testing.T) {
 	}
 	c := h.dial("l")
 	echoed(t, c, "still served")
+}
+
+// Two listeners of one file on the same address, written two ways
+// ("127.0.0.1:P" and "localhost:P"), cannot start: the second bind fails.
+// A reload must refuse that file too, not hand the running socket to both
+// (each then takes connections from the other's queue, for its own
+// backend), and leave a file that fails at the next restart.
+func TestReloadRefusesTwoListenersOnOneAddress(t *testing.T) {
+	one, two := newBackend(t, echo), newBackend(t, echo)
+	twoOnOne := func(port string) *config.Config {
+		return mustParse(t, fmt.Sprintf(`
+[log]
+level = "warn"
+[[listener]]
+name = "x"
+listen = "127.0.0.1:%s"
+backend = "one"
+[[listener]]
+name = "y"
+listen = "localhost:%s"
+backend = "two"
+[[backend]]
+name = "one"
+  [backend.health]
+  check = "off"
+  [[backend.server]]
+  address = %q
+[[backend]]
+name = "two"
+  [backend.health]
+  check = "off"
+  [[backend.server]]
+  address = %q
+`, port, port, one.addr(), two.addr()))
+	}
+	probe, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, free, _ := net.SplitHostPort(probe.Addr().String())
+	probe.Close()
+	fresh := New(hclog.NewNullLogger(), metrics.New(prometheus.NewRegistry(), "test"))
+	startErr := fresh.Apply(twoOnOne(free))
+	fresh.Shutdown(0, 0)
+	if startErr == nil {
+		t.Skip("this system binds both")
+	}
+
+	h := startProxy(t, oneBackendConfig(one.addr()))
+	_, port, _ := net.SplitHostPort(h.addr("l"))
+	if err := h.p.Apply(twoOnOne(port)); err == nil {
+		t.Fatalf("a start with this file fails (%v), a reload took it: x on %v, y on %v",
+			startErr, h.p.Addr("x"), h.p.Addr("y"))
+	}
+}
+
+// The README's reload table: when a listener's limits change, "sessions
+// already open keep what they had". An idle_timeout set by a reload applies
+// to new sessions; a pooled session opened before it is not reset by it.
+func TestReloadIdleTimeoutKeepsOpenSessions(t *testing.T) {
+	be := newBackend(t, echo)
+	h := startProxy(t, oneBackendConfig(be.addr()))
+	addr := h.addr("l")
+	live := h.dial("l")
+	echoed(t, live, "a")
+	next := ppConfig(be.addr(), `idle_timeout = "1s"`, "")
+	next = strings.Replace(next, `listen = "127.0.0.1:0"`, "listen = \""+addr+"\"", 1)
+	if err := h.p.Apply(mustParse(t, next)); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(2500 * time.Millisecond) // idle over the new limit
+	if err := roundTrip(live, []byte("b")); err != nil {
+		t.Fatalf("a session opened before the reload was ended by its new idle_timeout: %v (resets idle_timeout: %v)", err,
+			counter(h.m.Resets, "l", "b", be.addr(), "client", "idle", "idle_timeout"))
+	}
 }

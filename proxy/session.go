@@ -15,6 +15,7 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 
+	"github.com/tnsguard/tnsguard/config"
 	"github.com/tnsguard/tnsguard/failover"
 )
 
@@ -28,6 +29,7 @@ import (
 type session struct {
 	p       *Proxy
 	l       *listener
+	lcfg    *config.Listener // the listener's settings when the session began: a reload does not change them
 	backend *failover.Backend
 	client  *net.TCPConn
 	in      inbound // the real client (PROXY header) and app bytes read past it (proxyproto.go)
