@@ -347,6 +347,12 @@ func (p *Plan) Deadline() time.Time { return p.deadline }
 // returns ctx's error at once when ctx ends.
 func (p *Plan) Next(ctx context.Context) (*Server, error) {
 	for {
+		if len(p.queue) > 0 && !time.Now().Before(p.deadline) {
+			// No budget left to dial: a dial now would fail at once and be
+			// held against a server that was never given a chance.
+			p.queue = nil
+			return nil, ErrBudgetExhausted
+		}
 		for len(p.queue) > 0 {
 			s := p.queue[0]
 			p.queue = p.queue[1:]

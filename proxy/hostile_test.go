@@ -16,6 +16,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -499,5 +500,143 @@ func TestOpeningUnfinished(t *testing.T) {
 				t.Errorf("openingUnfinishedLocked(silent=%v) = %v, want %v for %q", tt.silent, got, tt.want, tt.opening)
 			}
 		})
+	}
+}
+
+// inboundTimeoutListener is a fake Oracle listener with a short
+// INBOUND_CONNECT_TIMEOUT: a connection that sends no CONNECT within
+// timeout is closed (TNS-12525 in the listener log); a CONNECT is answered
+// with ACCEPT.
+func inboundTimeoutListener(t *testing.T, timeout time.Duration) *backendServer {
+	return newBackend(t, func(c *net.TCPConn) {
+		c.SetReadDeadline(time.Now().Add(timeout))
+		pkt, err := tns.ReadPacket(c, tns.Length16, 0)
+		if err != nil {
+			c.Close()
+			return
+		}
+		c.SetReadDeadline(time.Time{})
+		if pkt.Type == tns.TypeConnect {
+			c.Write(tns.BuildAccept(318, ""))
+		}
+		io.Copy(c, c)
+		c.Close()
+	})
+}
+
+// An app that connects and says nothing (a stuck client, a monitoring
+// probe that holds its connection, a slowloris) while the listener's
+// INBOUND_CONNECT_TIMEOUT closes the backend leg: that close is the app's
+// doing, not the server's. The preferred server must keep its breaker and
+// up state, the standby must not be dialed, and honest sessions must still
+// go to the preferred server.
+func TestSilentAppCostsNoServerStanding(t *testing.T) {
+	primary := inboundTimeoutListener(t, 150*time.Millisecond)
+	standby := inboundTimeoutListener(t, 150*time.Millisecond)
+	cfg := hostileConfig("  [backend.breaker]\n  failures = 1", primary.addr()+";0", standby.addr()+";1")
+	cfg = strings.Replace(cfg, `connect_budget = "1s"`, `connect_budget = "3s"`, 1)
+	h := startProxy(t, cfg)
+
+	silent := h.dial("l")
+	// Well before connect_budget, the listener has given up on the silent app.
+	time.Sleep(400 * time.Millisecond)
+
+	if v := testutil.ToFloat64(h.m.BreakerState.WithLabelValues("b", primary.addr())); v != metrics.BreakerClosed {
+		t.Errorf("the preferred server's breaker is %v, want closed: a silent app was held against it", v)
+	}
+	if v := testutil.ToFloat64(h.m.BackendUp.WithLabelValues("b", primary.addr())); v != 1 {
+		t.Errorf("backend_up of the preferred server = %v, want 1", v)
+	}
+	if v := testutil.CollectAndCount(h.m.Redials); v != 0 {
+		t.Errorf("%d redial series, want none: a silent app has nothing to replay", v)
+	}
+
+	c := h.dial("l")
+	c.SetDeadline(time.Now().Add(3 * time.Second))
+	c.Write(goodConnect(t, "SALES"))
+	pkt, err := tns.ReadPacket(c, tns.Length16, 0)
+	if err != nil || pkt.Type != tns.TypeAccept {
+		t.Fatalf("honest session after the silent one: %v %v, want ACCEPT", pkt.Type, err)
+	}
+	if n := len(standby.accepted()); n != 0 {
+		t.Errorf("the standby was dialed %d times", n)
+	}
+	silent.Close()
+}
+
+// A cut-short CONNECT on a listener that routes by service: the routing
+// wait and the dials share one connect_budget, so the app's connection is
+// closed at connect_budget, as on a plain listener.
+func TestUnfinishedConnectOnRoutedListenerEndsAtBudget(t *testing.T) {
+	primary := tnstest.New(t, tnstest.Config{Mode: tnstest.Accept})
+	h := startProxy(t, hostileConfig("", primary.Addr()))
+	for name, b := range map[string][]byte{
+		"header prefix":           goodConnect(t, "SALES")[:6],
+		"connect data never sent": cutConnect(t)["connect data never sent"],
+	} {
+		t.Run(name, func(t *testing.T) {
+			c := h.dial("routed")
+			c.Write(b)
+			err, took := readErr(c, 5*time.Second)
+			if err == nil || errors.Is(err, os.ErrDeadlineExceeded) {
+				t.Fatalf("%v after %v, want the connection closed", err, took)
+			}
+			if took > 1500*time.Millisecond {
+				t.Errorf("closed after %v, want at connect_budget (1s)", took.Round(time.Millisecond))
+			}
+		})
+	}
+}
+
+// An app that gets a listener's RESEND and never sends its CONNECT again
+// owes the listener that CONNECT: the listener's silence is the app's doing.
+// Its connection ends at connect_budget, and the server keeps its standing.
+func TestAppSilentAfterResendCostsNoServerStanding(t *testing.T) {
+	primary := tnstest.New(t, tnstest.Config{Mode: tnstest.Accept, Resends: 1})
+	standby := tnstest.New(t, tnstest.Config{Mode: tnstest.Accept})
+	h := startProxy(t, hostileConfig("  [backend.breaker]\n  failures = 1", primary.Addr()+";0", standby.Addr()+";1"))
+
+	c := h.dial("l")
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	c.Write(goodConnect(t, "SALES"))
+	pkt, err := tns.ReadPacket(c, tns.Length16, 0)
+	if err != nil || pkt.Type != tns.TypeResend {
+		t.Fatalf("got %v %v, want RESEND", pkt.Type, err)
+	}
+	// The app never sends its CONNECT again.
+	if err, took := readErr(c, 3*time.Second); err == nil || took > 2*time.Second {
+		t.Fatalf("%v after %v, want the connection closed at connect_budget", err, took)
+	}
+	if v := testutil.ToFloat64(h.m.BreakerState.WithLabelValues("b", primary.Addr())); v != metrics.BreakerClosed {
+		t.Errorf("the preferred server's breaker is %v, want closed: the app's silence was held against it", v)
+	}
+	if v := testutil.ToFloat64(h.m.BackendUp.WithLabelValues("b", primary.Addr())); v != 1 {
+		t.Errorf("backend_up of the preferred server = %v, want 1", v)
+	}
+	if n := standby.Accepted(); n != 0 {
+		t.Errorf("the standby was dialed %d times", n)
+	}
+}
+
+// A preferred server that accepts and stays silent until connect_budget
+// ends the session; the standby next in the round was never given a chance
+// (no budget left to dial it), so it must not be blamed: its breaker stays
+// closed and it stays up.
+func TestSilentBackendAtBudgetDoesNotBlameTheNextServer(t *testing.T) {
+	silent := tnstest.New(t, tnstest.Config{Mode: tnstest.Silent})
+	standby := tnstest.New(t, tnstest.Config{Mode: tnstest.Accept})
+	h := startProxy(t, hostileConfig("  [backend.breaker]\n  failures = 1", silent.Addr()+";0", standby.Addr()+";1"))
+
+	c := h.dial("l")
+	c.Write(goodConnect(t, "SALES"))
+	if err, took := readErr(c, 3*time.Second); !errors.Is(err, syscall.ECONNRESET) {
+		t.Fatalf("app saw %v after %v, want ECONNRESET at connect_budget", err, took)
+	}
+	waitFor(t, time.Second, "no_backend counted", func() bool { return counter(h.m.SessionsRejected, "l", "no_backend") == 1 })
+	if v := testutil.ToFloat64(h.m.BreakerState.WithLabelValues("b", standby.Addr())); v != metrics.BreakerClosed {
+		t.Errorf("the standby's breaker is %v, want closed: a dial with no budget left was held against it", v)
+	}
+	if v := testutil.ToFloat64(h.m.BackendUp.WithLabelValues("b", standby.Addr())); v != 1 {
+		t.Errorf("backend_up of the standby = %v, want 1", v)
 	}
 }

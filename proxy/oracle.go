@@ -61,8 +61,11 @@ func (s *session) looksLikeTNSLocked() bool {
 // caller holds s.mu.
 func (s *session) openingUnfinishedLocked(silent bool) bool {
 	b := s.replay
-	if len(b) == 0 || s.overflow {
+	if s.overflow {
 		return false
+	}
+	if len(b) == 0 {
+		return s.resendOwed // the app has not sent its CONNECT again after a RESEND
 	}
 	listener := s.backend.Config.Health.Check == "tnsping"
 	if len(b) < tns.HeaderLen {
@@ -155,11 +158,13 @@ func routeFor(l *config.Listener, service string) string {
 
 // route waits, on a listener with routes, until the app's CONNECT is in
 // hand (or the app stops, or connect_budget passes), then gives the session
-// the backend its service routes to.
-func (s *session) route() {
+// the backend its service routes to. An opening still unfinished when
+// connect_budget passed ends the session (ErrBadOpening): the budget is
+// spent, and no listener could answer it.
+func (s *session) route() error {
 	cfg := s.l.cfg()
 	if len(cfg.Routes) == 0 {
-		return
+		return nil
 	}
 	timer := time.AfterFunc(s.backend.Config.ConnectBudget.Duration, func() {
 		s.mu.Lock()
@@ -176,10 +181,17 @@ func (s *session) route() {
 		s.noteConnectLocked()
 	}
 	name := s.serviceName
+	stuck := s.routeWaitOver && !s.connectSeen && s.openingUnfinishedLocked(true)
 	s.mu.Unlock()
+	if stuck {
+		err := fmt.Errorf("%w: not complete within connect_budget", ErrBadOpening)
+		s.abort(SideClient, PhaseOpening, err, "reset", nil)
+		return err
+	}
 	if b := s.p.backend(routeFor(cfg, name)); b != nil && b != s.backend {
 		s.switchBackend(b)
 	}
+	return nil
 }
 
 // inspectFirst reads the rest of the backend's first TNS packet (buf holds
@@ -225,7 +237,7 @@ func (s *session) inspectFirst(conn *net.TCPConn, srv *failover.Server, buf *[]b
 				return data, nil // more than a bare RESEND: pass it all on
 			}
 			s.mu.Lock()
-			s.replay, s.connectSeen = s.replay[:0], false // the app sends its CONNECT again
+			s.replay, s.connectSeen, s.resendOwed = s.replay[:0], false, true // the app sends its CONNECT again
 			s.mu.Unlock()
 			if _, err := s.client.Write(data); err != nil {
 				return nil, err

@@ -71,6 +71,7 @@ type session struct {
 	connectSeen   bool   // the CONNECT was complete (or turned out not to be one)
 	serviceName   string // SERVICE_NAME or SID, as the app wrote it
 	routeWaitOver bool   // routing stopped waiting for the CONNECT
+	resendOwed    bool   // a listener's RESEND reached the app: it owes its CONNECT again
 	openingUp     int64  // bytes of the opening not yet counted in series.bytesUp (the backend may still change)
 
 	endOnce sync.Once
@@ -160,7 +161,9 @@ func (s *session) run() {
 // opening bytes on every new connection. On error the session is over
 // (already classified) and the client has been reset.
 func (s *session) open() error {
-	s.route()
+	if err := s.route(); err != nil {
+		return err
+	}
 	cfg := s.backend.Config
 	plan := s.backend.NewPlan()
 	var attempts []string
@@ -204,6 +207,7 @@ func (s *session) open() error {
 			retry, failed = reasonOf(err, "connect"), srv
 			continue
 		}
+		dialed := time.Now()
 		buf, first, err := s.attach(conn, srv, plan.Deadline())
 		if err == nil || s.backendEndedFirst(err) {
 			err = s.establish(first, srv, plan)
@@ -223,6 +227,14 @@ func (s *session) open() error {
 		if s.appClosedFirst(err) {
 			srv.Abandoned()
 			return err // an ordinary end: finish() records it
+		}
+		if s.appNeverSpoke(time.Since(dialed)) {
+			// The listener gave up on an app that sent nothing
+			// (INBOUND_CONNECT_TIMEOUT): the app's doing, no verdict.
+			srv.Abandoned()
+			err = fmt.Errorf("%w: the server closed a connection the app never spoke on: %w", ErrBadOpening, err)
+			s.abort(SideClient, PhaseOpening, err, "reset", srv)
+			return err
 		}
 		if s.badOpening(err) {
 			srv.Abandoned() // another server would fail the same bytes the same way
@@ -290,6 +302,19 @@ func (s *session) appClosedFirst(err error) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.clientEOF && s.toBackend.Load() == 0 && errors.Is(err, io.EOF)
+}
+
+// silentAppGrace is how long a backend must have held a connection the app
+// never spoke on before its close is put down to the app: a server that
+// closes at once, before the app's first bytes could arrive, is still
+// re-dialed.
+const silentAppGrace = 100 * time.Millisecond
+
+// appNeverSpoke tells a backend that ended, without a byte, a connection it
+// held for a while the app sent nothing: a listener's
+// INBOUND_CONNECT_TIMEOUT, not a failing server.
+func (s *session) appNeverSpoke(held time.Duration) bool {
+	return s.toBackend.Load() == 0 && held >= silentAppGrace
 }
 
 // badOpening tells a backend that failed before its first byte (silent
