@@ -397,3 +397,26 @@ func TestSessionDurationHistogram(t *testing.T) {
 		t.Errorf("first bucket le=%v holds %d", b.GetUpperBound(), b.GetCumulativeCount())
 	}
 }
+
+// An app that gives up while tnsguard is still dialing (its only server
+// refuses, re-dials within connect_budget) ended before any backend
+// connection existed: phase connect, server none. "opening" means a backend
+// connection was up and its first byte awaited.
+func TestAppResetWhileDialingIsPhaseConnect(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dead := ln.Addr().String()
+	ln.Close() // refuses from now on
+	h := startProxy(t, oneBackendConfig(dead))
+	c := h.dial("l")
+	c.Write([]byte("hello"))
+	waitFor(t, 2*time.Second, "a re-dial", func() bool { return counter(h.m.Redials, "l", "b", "connect") > 0 })
+	resetConn(c)
+	waitFor(t, 2*time.Second, "one reset event", func() bool { return len(h.p.Resets(0)) == 1 })
+	ev := h.p.Resets(0)[0]
+	if ev.Side != SideClient || ev.Phase != PhaseConnect || ev.Server != "none" {
+		t.Errorf("app reset while dialing: side %s, phase %s, server %s; want client, connect, none", ev.Side, ev.Phase, ev.Server)
+	}
+}

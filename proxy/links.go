@@ -21,6 +21,7 @@ type link struct {
 	live          map[*session]struct{}
 	closedRetrans uint64
 	lastRTT       time.Duration
+	lastRTTAt     time.Time
 	hasRTT        bool
 	resets        map[string]uint64 // by cause
 	redials       uint64
@@ -41,11 +42,16 @@ func (p *Proxy) linkFor(listener, backend, server string) *link {
 
 func (p *Proxy) allLinks() []*link {
 	p.linksMu.Lock()
-	defer p.linksMu.Unlock()
 	out := make([]*link, 0, len(p.links))
 	for _, l := range p.links {
 		out = append(out, l)
 	}
+	p.linksMu.Unlock()
+	sortLinks(out)
+	return out
+}
+
+func sortLinks(out []*link) {
 	sort.Slice(out, func(i, j int) bool {
 		a, b := out[i].key, out[j].key
 		if a.listener != b.listener {
@@ -56,7 +62,6 @@ func (p *Proxy) allLinks() []*link {
 		}
 		return a.server < b.server
 	})
-	return out
 }
 
 func (l *link) addLive(s *session) {
@@ -77,7 +82,7 @@ func (l *link) removeLive(s *session, info keepalive.Info, err error) {
 	if err == nil {
 		l.closedRetrans += uint64(info.Retransmits)
 		if info.RTT > 0 {
-			l.lastRTT, l.hasRTT = info.RTT, true
+			l.lastRTT, l.lastRTTAt, l.hasRTT = info.RTT, time.Now(), true
 		}
 	}
 }
@@ -102,6 +107,9 @@ type linkFigures struct {
 	hasRTT      bool
 	retransmits uint64
 	sessions    int
+	liveRTT     time.Duration // sum over the live sockets that report one
+	liveN       int
+	lastAt      time.Time // when rtt was seen, when it is not live
 }
 
 func (l *link) figures() linkFigures {
@@ -110,7 +118,7 @@ func (l *link) figures() linkFigures {
 	for s := range l.live {
 		live = append(live, s)
 	}
-	f := linkFigures{retransmits: l.closedRetrans, rtt: l.lastRTT, hasRTT: l.hasRTT, sessions: len(l.live)}
+	f := linkFigures{retransmits: l.closedRetrans, rtt: l.lastRTT, hasRTT: l.hasRTT, lastAt: l.lastRTTAt, sessions: len(l.live)}
 	l.mu.Unlock()
 	var sum time.Duration
 	var n int
@@ -127,43 +135,54 @@ func (l *link) figures() linkFigures {
 	}
 	if n > 0 {
 		f.rtt, f.hasRTT = sum/time.Duration(n), true
+		f.liveRTT, f.liveN = sum, n
 	}
 	return f
 }
 
 // ServerLinks implements metrics.LinkSource: per backend server, over all
-// listeners.
+// listeners. The RTT is the mean over the server's live backend sockets;
+// with none, the last one seen on any of its links.
 func (p *Proxy) ServerLinks() []metrics.ServerLink {
 	type key struct{ backend, server string }
-	agg := map[key]*metrics.ServerLink{}
-	rttN := map[key]int{}
+	type acc struct {
+		sl      metrics.ServerLink
+		liveSum time.Duration
+		liveN   int
+		last    time.Duration
+		lastAt  time.Time
+	}
+	agg := map[key]*acc{}
 	var order []key
 	for _, l := range p.allLinks() {
 		if l.key.server == "none" {
 			continue
 		}
 		k := key{l.key.backend, l.key.server}
-		sl, ok := agg[k]
+		a, ok := agg[k]
 		if !ok {
-			sl = &metrics.ServerLink{Backend: k.backend, Server: k.server}
-			agg[k] = sl
+			a = &acc{sl: metrics.ServerLink{Backend: k.backend, Server: k.server}}
+			agg[k] = a
 			order = append(order, k)
 		}
 		f := l.figures()
-		sl.Retransmits += float64(f.retransmits)
-		if f.hasRTT {
-			sl.RTTSeconds += f.rtt.Seconds()
-			sl.HasRTT = true
-			rttN[k]++
+		a.sl.Retransmits += float64(f.retransmits)
+		a.liveSum += f.liveRTT
+		a.liveN += f.liveN
+		if f.liveN == 0 && f.hasRTT && f.lastAt.After(a.lastAt) {
+			a.last, a.lastAt = f.rtt, f.lastAt
 		}
 	}
 	out := make([]metrics.ServerLink, 0, len(order))
 	for _, k := range order {
-		sl := *agg[k]
-		if n := rttN[k]; n > 0 {
-			sl.RTTSeconds /= float64(n)
+		a := agg[k]
+		switch {
+		case a.liveN > 0:
+			a.sl.RTTSeconds, a.sl.HasRTT = (a.liveSum / time.Duration(a.liveN)).Seconds(), true
+		case !a.lastAt.IsZero():
+			a.sl.RTTSeconds, a.sl.HasRTT = a.last.Seconds(), true
 		}
-		out = append(out, sl)
+		out = append(out, a.sl)
 	}
 	return out
 }
@@ -199,18 +218,29 @@ type LinkStatus struct {
 // live figures, plus paths of earlier configurations that saw traffic.
 func (p *Proxy) Links() []LinkStatus {
 	p.mu.Lock()
+	configured := map[linkKey]bool{}
 	for _, l := range p.listeners {
 		if b := p.backends[routeFor(l.cfg(), "")]; b != nil {
 			for _, s := range b.Servers {
-				p.linkFor(l.name, b.Config.Name, s.Address)
+				configured[linkKey{l.name, b.Config.Name, s.Address}] = true
 			}
 		}
 	}
 	backends := p.backends
 	p.mu.Unlock()
+	// Configured paths that carried nothing yet are shown, not kept: a
+	// reload that drops them drops them from here too.
+	links := p.allLinks()
+	for _, l := range links {
+		delete(configured, l.key)
+	}
+	for k := range configured {
+		links = append(links, &link{key: k, live: map[*session]struct{}{}, resets: map[string]uint64{}})
+	}
+	sortLinks(links)
 	var out []LinkStatus
 	view := p.forensics.view(time.Now())
-	for _, l := range p.allLinks() {
+	for _, l := range links {
 		f := l.figures()
 		st := LinkStatus{Listener: l.key.listener, Backend: l.key.backend, Server: l.key.server,
 			SessionsActive: f.sessions, Retransmits: f.retransmits, Resets: map[string]uint64{}, Breaker: "closed"}

@@ -1,7 +1,10 @@
 package proxy
 
 import (
+	"io"
+	"math"
 	"net"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -51,5 +54,96 @@ func TestLinkForgetsSessionsResetWhileEstablishing(t *testing.T) {
 		if l.SessionsActive != 0 {
 			t.Errorf("link %s -> %s: %d sessions active after every session ended", l.Listener, l.Server, l.SessionsActive)
 		}
+	}
+}
+
+// A server that a reload removes, and that never carried a session, is not
+// a link of any configuration any more: /api/links (the status page polls it
+// every 3 s) must not keep showing it, as "down", for the process's life.
+func TestLinksForgetRemovedServerThatCarriedNothing(t *testing.T) {
+	one := newBackend(t, echo)
+	two := newBackend(t, echo)
+	h := startProxy(t, oneBackendConfig(one.addr(), two.addr()))
+	linkOf(t, h.p, two.addr()) // the status page was open before the reload
+	if err := h.p.Apply(mustParse(t, oneBackendConfig(one.addr()))); err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range h.p.Links() {
+		if l.Server == two.addr() {
+			t.Errorf("removed server %s still listed after the reload: %+v", l.Server, l)
+		}
+	}
+	mfs, err := h.reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if !strings.HasPrefix(mf.GetName(), "tnsguard_backend_r") { // rtt_seconds, retransmits_total (TCP_INFO)
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			for _, lp := range m.GetLabel() {
+				if lp.GetName() == "server" && lp.GetValue() == two.addr() {
+					t.Errorf("%s{server=%q} still exported after the reload removed the server", mf.GetName(), two.addr())
+				}
+			}
+		}
+	}
+}
+
+// tnsguard_backend_rtt_seconds is the mean smoothed RTT of the server's live
+// backend connections: a link (another listener on the same server) whose
+// last session ended long ago must not weigh its frozen last RTT in while
+// live connections report theirs.
+func TestServerRTTIsOfLiveConnectionsOnly(t *testing.T) {
+	var mu sync.Mutex
+	first := true
+	be := newBackend(t, func(c *net.TCPConn) {
+		mu.Lock()
+		slow := first
+		first = false
+		mu.Unlock()
+		defer c.Close()
+		buf := make([]byte, 64)
+		for {
+			n, err := c.Read(buf)
+			if err != nil {
+				return
+			}
+			if slow { // think time: delayed ACKs make this connection's RTT long
+				time.Sleep(30 * time.Millisecond)
+			}
+			c.Write(buf[:n])
+		}
+	})
+	h := startProxy(t, twoListeners(be.addr()))
+	roundTrips := func(c *net.TCPConn, n int) {
+		for i := 0; i < n; i++ {
+			c.Write([]byte("x"))
+			if _, err := io.ReadFull(c, make([]byte, 1)); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	old := h.dial("m")
+	roundTrips(old, 20)
+	old.Close()
+	waitFor(t, 2*time.Second, "the session on m ended", func() bool { return len(h.p.liveSessions()) == 0 })
+
+	live := h.dial("l")
+	roundTrips(live, 20)
+	s := sessionOf(t, h.p, live)
+	info, err := s.backendInfo()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got float64
+	for _, sl := range h.p.ServerLinks() {
+		if sl.Server == be.addr() {
+			got = sl.RTTSeconds
+		}
+	}
+	if want := info.RTT.Seconds(); math.Abs(got-want) > 1e-6 {
+		t.Errorf("tnsguard_backend_rtt_seconds = %v, want %v: the one live connection's RTT", got, want)
 	}
 }

@@ -61,6 +61,7 @@ type session struct {
 	overflow    bool             // more than replay_bytes were sent on: no re-dial
 	clientEOF   bool             // the app half-closed during the opening
 	clientErr   error            // the app's leg failed during the opening
+	clientPhase Phase            // when it failed: connect (no backend connection yet) or opening
 	established bool
 	// kaLate: the backend connection's keepalive is still to be set, by
 	// housekeeping once the session has lasted keepaliveAfter
@@ -368,12 +369,15 @@ func (s *session) redial(reason string, srv *failover.Server) {
 // session is then classified on the client side.
 func (s *session) clientFailure() error {
 	s.mu.Lock()
-	err := s.clientErr
+	err, phase := s.clientErr, s.clientPhase
 	s.mu.Unlock()
 	if err == nil {
 		return nil
 	}
-	s.abort(SideClient, PhaseOpening, err, "reset", nil)
+	if phase == "" {
+		phase = PhaseOpening
+	}
+	s.abort(SideClient, phase, err, "reset", nil)
 	return err
 }
 
@@ -595,7 +599,7 @@ func (s *session) clientToBackend() *pumpErr {
 			return nil
 		}
 		if !est {
-			s.clientErr = rerr
+			s.clientErr, s.clientPhase = rerr, s.openingPhaseLocked()
 		}
 		s.mu.Unlock()
 		if !est {
@@ -713,10 +717,10 @@ func (s *session) currentServer() *failover.Server {
 // idle when nothing moved for at least that leg's keepalive idle.
 func (s *session) phaseNow(side Side) Phase {
 	s.mu.Lock()
-	est, backend := s.established, s.backend
+	est, backend, opening := s.established, s.backend, s.openingPhaseLocked()
 	s.mu.Unlock()
 	if !est {
-		return PhaseOpening
+		return opening
 	}
 	idle := s.l.cfg().Keepalive.Idle.Duration
 	if side == SideBackend {
@@ -726,6 +730,16 @@ func (s *session) phaseNow(side Side) Phase {
 		return PhaseIdle
 	}
 	return PhaseActive
+}
+
+// openingPhaseLocked is the phase of a session not established yet:
+// opening while a backend connection is up (its first byte awaited),
+// connect before. Under s.mu.
+func (s *session) openingPhaseLocked() Phase {
+	if s.conn == nil && s.attaching == nil {
+		return PhaseConnect
+	}
+	return PhaseOpening
 }
 
 // abort ends the session on a failure, once: the first failure is the
