@@ -40,6 +40,7 @@ type options struct {
 	Systems      []string
 	Tests        []string // subset of allTests(); empty: all
 	Tnsguard     string   // path of a tnsguard binary; empty: build ./cmd/tnsguard
+	TnsguardB    string   // a second binary, system tnsguard-b (A/B runs)
 	NginxModule  string
 	Out          string
 	Command      string // how this run was invoked, for the markdown header
@@ -59,7 +60,7 @@ func allSystems() []string {
 }
 
 // knownSystems adds the opt-in ones.
-func knownSystems() []string { return append(allSystems(), sysGoLoop) }
+func knownSystems() []string { return append(allSystems(), sysGoLoop, sysTnsguardB) }
 
 func fullOptions() options {
 	return options{
@@ -118,6 +119,7 @@ func parseFlags(args []string) (options, error) {
 	systems := fs.String("systems", strings.Join(allSystems(), ","), "systems to run, comma-separated; goloop (a bare Go epoll loop, reference design) runs only when named")
 	tests := fs.String("tests", strings.Join(allTests(), ","), "measurements to run, comma-separated")
 	tg := fs.String("tnsguard", "", "tnsguard binary to use (default: go build ./cmd/tnsguard into a temp dir)")
+	tgB := fs.String("tnsguard-b", "", "a second tnsguard binary, run as system tnsguard-b when -systems names it: two builds compared in one interleaved run")
 	module := fs.String("nginx-module", def.NginxModule, "nginx stream module to load_module")
 	out := fs.String("out", "", "also write the table as markdown to this file")
 	verbose := fs.Bool("v", false, "log every measurement and helper process start")
@@ -152,7 +154,7 @@ func parseFlags(args []string) (options, error) {
 	if o.Tests, err = pickList("test", *tests, allTests()); err != nil {
 		return options{}, err
 	}
-	o.Tnsguard = *tg
+	o.Tnsguard, o.TnsguardB = *tg, *tgB
 	o.NginxModule = *module
 	o.Out = *out
 	o.Verbose = *verbose

@@ -351,7 +351,14 @@ func prepareSystems(ctx context.Context, o options, dir string, fileLimit uint64
 				continue
 			}
 			setup.tnsguard = p
-			systems = append(systems, setup.tnsguardSystem())
+			systems = append(systems, setup.tnsguardSystem(sysTnsguard, p))
+		case sysTnsguardB:
+			if _, err := os.Stat(o.TnsguardB); o.TnsguardB == "" || err != nil {
+				skip(name, "needs -tnsguard-b BINARY")
+				continue
+			}
+			setup.tnsguardB = o.TnsguardB
+			systems = append(systems, setup.tnsguardSystem(sysTnsguardB, o.TnsguardB))
 		}
 	}
 	return setup, systems

@@ -22,6 +22,10 @@ const (
 	sysGoCopy   = "gocopy"
 	sysGoLoop   = "goloop" // opt-in reference design (goloop.go)
 	sysTnsguard = "tnsguard"
+	// sysTnsguardB is a second tnsguard binary (-tnsguard-b), opt-in: an
+	// A/B comparison of two builds in one interleaved run, where this
+	// machine's drift between runs is larger than most changes.
+	sysTnsguardB = "tnsguard-b"
 )
 
 func isPeer(system string) bool { return system == sysHAProxy || system == sysNginx }
@@ -259,6 +263,7 @@ type systemSetup struct {
 	nginx       string
 	nginxModule string
 	tnsguard    string
+	tnsguardB   string // -tnsguard-b
 	fileLimit   uint64 // RLIMIT_NOFILE the proxies inherit
 	// peerKeepalive: HAProxy and nginx set keepalive as tnsguard's defaults
 	// do (app leg 60s/15s/4, backend leg 30s/10s/3; HAProxy has no user
@@ -418,8 +423,8 @@ stream {
 	}}
 }
 
-func (s systemSetup) tnsguardSystem() system {
-	return system{Name: sysTnsguard, start: func(ctx context.Context, dir string, be backends) (*instance, error) {
+func (s systemSetup) tnsguardSystem(name, binary string) system {
+	return system{Name: name, start: func(ctx context.Context, dir string, be backends) (*instance, error) {
 		ports, err := freePorts(3)
 		if err != nil {
 			return nil, err
@@ -461,7 +466,7 @@ name = "iperf"
 		if err := os.WriteFile(path, []byte(cfg), 0o644); err != nil {
 			return nil, err
 		}
-		p, err := startProcess(sysTnsguard, filepath.Join(dir, "tnsguard.log"), nil, s.tnsguard, "run", "-config", path)
+		p, err := startProcess(name, filepath.Join(dir, "tnsguard.log"), nil, binary, "run", "-config", path)
 		if err != nil {
 			return nil, err
 		}
