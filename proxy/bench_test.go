@@ -143,7 +143,7 @@ func TestNoAllocationsPerChunk(t *testing.T) {
 	c.Close()
 	waitFor(t, 2*time.Second, "first session ended", func() bool { return len(bp.h.p.liveSessions()) == 0 })
 	lot := bp.h.p.parking
-	lot.after.Store(int64(2 * time.Millisecond))
+	lot.setAfter(2 * time.Millisecond)
 	c2 := bp.h.dial("l")
 	roundTrips(t, c2, msg, buf, 10)
 	waitFor(t, time.Second, "parked", func() bool { return lot.count() == 2 })
@@ -178,9 +178,9 @@ func BenchmarkRoundTripAfterPause(b *testing.B) {
 		b.Run(name, func(b *testing.B) {
 			bp := startBenchProxy(b)
 			lot := bp.h.p.parking
-			lot.after.Store(int64(time.Hour))
+			lot.setAfter(time.Hour)
 			if park {
-				lot.after.Store(int64(time.Millisecond))
+				lot.setAfter(time.Millisecond)
 			}
 			c := bp.h.dial("l")
 			msg, buf := make([]byte, 64), make([]byte, 64)

@@ -37,6 +37,10 @@ const (
 	// passesPerWait bounds the messages tryRead passes on in one
 	// RawConn.Read (see tryRead).
 	passesPerWait = 16
+	// hotAfter is how many small messages in a row a running pump passes
+	// on before it hands its socket to the lot at the next EAGAIN instead
+	// of waiting on Go's poller (idle.go: busy sessions).
+	hotAfter = 64
 )
 
 // pumpErr says which end of a direction failed.
@@ -88,15 +92,19 @@ type pump struct {
 	moved    uint32 // chunks so far (compared for equality only)
 	armedAt  uint32 // moved when the idle deadline was set
 
-	up         bool // app -> backend
-	dormant    bool // src and dst are the bare fds (dormant.go)
-	registered bool // src is in the lot's epoll set (maybe disabled)
-	noWait     bool // the lot's write: never wait for room
-	pending    bool // the lot read for run: buf, n, readErr hold the result
-	direct     bool // running (run): tryRead writes short reads on itself
-	again      bool // tryRead returned after passesPerWait messages, with nothing for run
-	written    int  // of the chunk tryRead returns, what it wrote already (dst was full)
-	bulk       bool // the last read filled the buffer
+	up         bool   // app -> backend
+	dormant    bool   // src and dst are the bare fds (dormant.go)
+	registered bool   // src is in the lot's epoll set (maybe disabled)
+	noWait     bool   // the lot's write: never wait for room
+	pending    bool   // the lot read for run: buf, n, readErr hold the result
+	direct     bool   // running (run): tryRead writes short reads on itself
+	again      bool   // tryRead returned after passesPerWait messages, with nothing for run
+	toLot      bool   // tryRead found src empty after hotAfter small messages: run parks
+	edge       bool   // src's entry in the lot is a bare fd's, edge-triggered (idle.go)
+	hot        uint32 // small messages tryRead passed on in a row
+	busy       bool   // parked because it was busy (toLot), not idle
+	written    int    // of the chunk tryRead returns, what it wrote already (dst was full)
+	bulk       bool   // the last read filled the buffer
 }
 
 // pumpOwner is the session (tests use others): a pump that parked reports
@@ -145,6 +153,10 @@ func (p *pump) tryRead(fd uintptr) bool {
 		n, err := rawRead(fd, *buf)
 		if err == syscall.EAGAIN {
 			p.pool.put(buf)
+			if p.hot >= hotAfter && p.direct && p.sess != nil {
+				p.toLot = true // a busy session of small messages: see idle.go
+				return true
+			}
 			return false
 		}
 		if !p.direct || err != 0 || n == 0 || n == len(*buf) {
@@ -172,6 +184,7 @@ func (p *pump) tryRead(fd uintptr) bool {
 		p.buf = nil
 		p.bulk = false
 		p.moved++
+		p.hot++
 		p.onChunk(n)
 	}
 }
@@ -198,7 +211,7 @@ func (p *pump) take() (*[]byte, int, error) {
 // parked (idle.go); the copy then goes on in resume.
 func (p *pump) run() *pumpErr {
 	p.arm()
-	p.direct = true
+	p.direct, p.busy = true, false
 	for {
 		from := 0 // of the chunk read, what is written already
 		if p.pending {
@@ -222,6 +235,15 @@ func (p *pump) run() *pumpErr {
 			p.again = false
 			continue
 		}
+		if p.toLot {
+			p.toLot, p.hot, p.busy = false, 0, true
+			if p.park() {
+				return errParked
+			}
+			p.busy = false
+			continue
+		}
+		p.hot = 0 // bulk, or a destination that was full: not the lot's kind of traffic
 		if p.avail > 0 {
 			if p.lr == nil {
 				p.lr = &io.LimitedReader{R: p.src}
@@ -347,7 +369,11 @@ func (p *pump) write(from int, noWait bool) (int, error) {
 // tryWrite runs inside dst's RawConn.Write: false waits for room.
 func (p *pump) tryWrite(fd uintptr) bool {
 	for p.off < p.n {
-		m, err := rawWrite(fd, (*p.buf)[p.off:p.n])
+		write := rawWrite
+		if p.dormant {
+			write = lotWrite // the lot's write (idle.go), on a bare fd
+		}
+		m, err := write(fd, (*p.buf)[p.off:p.n])
 		if err == syscall.EAGAIN {
 			return p.noWait
 		}
@@ -382,6 +408,21 @@ func rawRead(fd uintptr, b []byte) (int, syscall.Errno) {
 func rawWrite(fd uintptr, b []byte) (int, syscall.Errno) {
 	for {
 		r, _, e := syscall.Syscall(syscall.SYS_WRITE, fd, uintptr(unsafe.Pointer(unsafe.SliceData(b))), uintptr(len(b)))
+		if e != syscall.EINTR {
+			return int(r), e
+		}
+	}
+}
+
+// lotWrite is the parking lot's write(2) on a dormant session's bare fd,
+// made without telling the scheduler (RawSyscall). A lot is one goroutine
+// that moves one message after another, with nothing queued behind it on
+// its own P; told of each write, sysmon kept waking every 20 us to hand the
+// P on. Two paired A/B runs at 32 connections: +1.5% and +3% rps, p99 no
+// worse.
+func lotWrite(fd uintptr, b []byte) (int, syscall.Errno) {
+	for {
+		r, _, e := syscall.RawSyscall(syscall.SYS_WRITE, fd, uintptr(unsafe.Pointer(unsafe.SliceData(b))), uintptr(len(b)))
 		if e != syscall.EINTR {
 			return int(r), e
 		}

@@ -40,7 +40,7 @@ func parkSoon(t *testing.T, h *harness, d time.Duration) {
 	if h.p.parking == nil {
 		t.Fatal("the proxy has no parking lot (epoll unavailable?)")
 	}
-	h.p.parking.after.Store(int64(d))
+	h.p.parking.setAfter(d)
 }
 
 // echoed sends msg through c and checks its echo, within 5 s.
@@ -283,7 +283,7 @@ func tcpPair(t *testing.T) (*net.TCPConn, *net.TCPConn) {
 func TestParkedPumpFullDestination(t *testing.T) {
 	app, src := tcpPair(t)  // app -> src: the pump's source
 	dst, peer := tcpPair(t) // dst -> peer: its destination, not read for now
-	lot, err := newParkLot(hclog.NewNullLogger())
+	lot, err := newParkLot(newMemTrim(hclog.NewNullLogger()))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -65,7 +65,7 @@ func (s *session) sleep() {
 	if s.dormant || s.closing || !s.established || up == nil || down == nil || s.conn == nil || s.legs.Load() != 2 {
 		return
 	}
-	lot := s.p.parking
+	lot := s.lot
 	if !lot.takeBoth(up, down) {
 		return // one of them is running
 	}
@@ -133,7 +133,7 @@ func (s *session) revive() error {
 	}
 	// Move the lot's entries from the bare fds to the new ones before the
 	// bare fds are closed.
-	lot := s.p.parking
+	lot := s.lot
 	for _, p := range s.pumps {
 		raw, c := s.raw[1], backend
 		if p.up {

@@ -73,7 +73,7 @@ type parkLot struct {
 }
 
 // newParkLot makes the epoll set; run dispatches its events.
-func newParkLot(log hclog.Logger) (*parkLot, error) {
+func newParkLot(trim *memTrim) (*parkLot, error) {
 	fd, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
 	if err != nil {
 		return nil, os.NewSyscallError("epoll_create1", err)
@@ -88,7 +88,7 @@ func newParkLot(log hclog.Logger) (*parkLot, error) {
 		f.Close()
 		return nil, err
 	}
-	l := &parkLot{file: f, epfd: fd, rc: rc, epoch: time.Now(), events: make([]unix.EpollEvent, 128), parked: map[uint64]*pump{}, trim: newMemTrim(log)}
+	l := &parkLot{file: f, epfd: fd, rc: rc, epoch: time.Now(), events: make([]unix.EpollEvent, 128), parked: map[uint64]*pump{}, trim: trim}
 	l.after.Store(int64(parkAfter))
 	l.readFn = func(fd uintptr) { l.rn, l.rerr = rawRead(fd, l.rbuf) }
 	l.ctlFn = func(fd uintptr) {
@@ -100,25 +100,70 @@ func newParkLot(log hclog.Logger) (*parkLot, error) {
 	return l, nil
 }
 
-// startParkLot runs the proxy's lot until ctx ends (Shutdown cancels it
-// once every session has ended); without a lot (no epoll), sessions simply
-// keep their goroutines while idle.
-func startParkLot(ctx context.Context, wg *sync.WaitGroup, log hclog.Logger) *parkLot {
-	l, err := newParkLot(log)
-	if err != nil {
-		log.Warn("idle sessions will keep their goroutines", "error", err)
-		return nil
+// parkLots are the proxy's lots, one per P (GOMAXPROCS at start): the
+// busy sessions of small messages that a lot carries (see wake) are spread
+// over them, so that this traffic uses every core, as the pumps' goroutines
+// do. A session keeps the lot it was given.
+type parkLots struct {
+	all  []*parkLot
+	trim *memTrim
+	next atomic.Uint32
+}
+
+// startParkLots runs n lots until ctx ends (Shutdown cancels it once every
+// session has ended); without a lot (no epoll), sessions simply keep their
+// goroutines while idle.
+func startParkLots(ctx context.Context, wg *sync.WaitGroup, log hclog.Logger, n int) *parkLots {
+	ls := &parkLots{trim: newMemTrim(log)}
+	for range max(n, 1) {
+		l, err := newParkLot(ls.trim)
+		if err != nil {
+			log.Warn("idle sessions will keep their goroutines", "error", err)
+			for _, l := range ls.all {
+				l.file.Close()
+			}
+			return nil
+		}
+		ls.all = append(ls.all, l)
 	}
 	context.AfterFunc(ctx, func() {
-		l.trim.stop()
-		l.file.Close()
+		ls.trim.stop()
+		for _, l := range ls.all {
+			l.file.Close()
+		}
 	})
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		l.run()
-	}()
-	return l
+	for _, l := range ls.all {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			l.run()
+		}()
+	}
+	return ls
+}
+
+// pick is the lot for a new session, in turn; nil without lots.
+func (ls *parkLots) pick() *parkLot {
+	if ls == nil {
+		return nil
+	}
+	return ls.all[int(ls.next.Add(1))%len(ls.all)]
+}
+
+// setAfter sets how long a source is silent before its pump parks (tests).
+func (ls *parkLots) setAfter(d time.Duration) {
+	for _, l := range ls.all {
+		l.after.Store(int64(d))
+	}
+}
+
+// count is the number of parked pumps in every lot (tests).
+func (ls *parkLots) count() int {
+	n := 0
+	for _, l := range ls.all {
+		n += l.count()
+	}
+	return n
 }
 
 // run waits for parked sockets to wake and resumes their pumps, until the
@@ -141,7 +186,7 @@ func (l *parkLot) dispatch(fd uintptr) bool {
 		}
 		for _, ev := range l.events[:n] {
 			if p := l.take(uint64(uint32(ev.Fd)) | uint64(uint32(ev.Pad))<<32); p != nil {
-				l.wake(p)
+				l.wake(p, ev.Events)
 			}
 		}
 		if n < len(l.events) {
@@ -155,10 +200,12 @@ func (l *parkLot) dispatch(fd uintptr) bool {
 // wake moves what a parked pump's source holds, when that is one small
 // read that the destination takes at once, and parks the pump again:
 // request/response traffic with pauses longer than parkAfter goes on without
-// a goroutine. Anything else (end of stream, an error, a full buffer that
-// starts a bulk transfer, a destination that cannot take it all) goes on in
-// a new goroutine, with what was read.
-func (l *parkLot) wake(p *pump) {
+// a goroutine, and so does a dormant session's traffic of small messages
+// however busy it is. Anything else (end of stream, an error, a full buffer
+// that starts a bulk transfer, a destination that cannot take it all) goes
+// on in a new goroutine, with what was read. events are the epoll flags the
+// wake came with.
+func (l *parkLot) wake(p *pump, events uint32) {
 	live := true
 	if s := p.sess; s != nil {
 		s.mu.Lock()
@@ -175,8 +222,21 @@ func (l *parkLot) wake(p *pump) {
 		}
 	}
 	now := time.Since(l.epoch)
-	if now-p.inlineAt < time.Duration(l.after.Load()) {
-		go p.resume() // busy again: its own goroutine is cheaper than the lot
+	if !live && events&(unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
+		// The end of the stream, or an error: the goroutine reads it (and
+		// any message before it) until EAGAIN. The edge-triggered entry
+		// reports these flags with the edge, which is what lets the read
+		// below stop after a short read.
+		go p.resume()
+		return
+	}
+	if live && !p.busy && now-p.inlineAt < time.Duration(l.after.Load()) {
+		// Busy again on its conns after it parked for idleness: its own
+		// goroutine is cheaper than a one-shot entry re-armed per message,
+		// and than Go's poller and the lot both waking for each message.
+		// A pump that came here because it was busy stays: its session
+		// goes dormant as soon as the other direction is parked too.
+		go p.resume()
 		return
 	}
 	buf := p.pool.get()
@@ -227,16 +287,21 @@ func (l *parkLot) park(p *pump) bool {
 		l.next++
 		p.parkID = l.next
 	}
-	l.ctlEv = parkEvent(p.parkID)
-	l.ctlOp = unix.EPOLL_CTL_MOD // re-arm: a one-shot entry stays registered, disabled
-	if !p.registered {
-		l.ctlOp = unix.EPOLL_CTL_ADD
+	if !p.edge {
+		l.ctlEv = parkEvent(p.parkID)
+		l.ctlOp = unix.EPOLL_CTL_MOD // re-arm: a one-shot entry stays registered, disabled
+		if !p.registered {
+			l.ctlOp = unix.EPOLL_CTL_ADD
+		}
+		if p.dormant && !p.registered {
+			l.ctlEv.Events = edgeEvents
+		}
+		err := p.control(l.ctlFn) // holds the fd: it cannot be closed and reused meanwhile
+		if err != nil || l.ctlErr != nil {
+			return false
+		}
+		p.registered, p.edge = true, p.dormant
 	}
-	err := p.control(l.ctlFn) // holds the fd: it cannot be closed and reused meanwhile
-	if err != nil || l.ctlErr != nil {
-		return false
-	}
-	p.registered = true
 	l.parked[p.parkID] = p
 	return true
 }
@@ -281,7 +346,7 @@ func (l *parkLot) unregister(p *pump) {
 		return
 	}
 	p.control(func(fd uintptr) { unix.EpollCtl(l.epfd, unix.EPOLL_CTL_DEL, int(fd), nil) })
-	p.registered = false
+	p.registered, p.edge = false, false
 }
 
 // move moves a pump's entry from the bare fd of a dormant session to conn,
@@ -292,6 +357,7 @@ func (l *parkLot) move(p *pump, rawFD int, conn *net.TCPConn) error {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	unix.EpollCtl(l.epfd, unix.EPOLL_CTL_DEL, rawFD, nil) // ENOENT: it never parked while dormant
+	p.edge = false
 	if p.parkID == 0 || l.parked[p.parkID] != p {
 		return nil
 	}
@@ -311,6 +377,21 @@ func parkEvent(id uint64) unix.EpollEvent {
 	return unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLRDHUP | unix.EPOLLONESHOT, Fd: int32(uint32(id)), Pad: int32(uint32(id >> 32))}
 }
 
+// edgeEvents are the flags of a dormant session's entries: edge-triggered
+// and left armed while the session is dormant, so re-parking after a
+// message costs no epoll_ctl. An edge comes with each arrival, and with
+// the end of the stream (EPOLLRDHUP) whether or not bytes were read
+// meanwhile; so a short read that came without EPOLLRDHUP took everything,
+// and no second read is needed to see an end that came with it.
+//
+// No wake is lost while the entry stays armed and the pump is elsewhere:
+// every path that takes a dormant pump from the lot either gives it back
+// after reading (wake, a single goroutine: an arrival after its read makes
+// a new edge) or goes on in a goroutine that revives the session, which
+// removes the entry and reads the conn before waiting (resume); and an
+// entry added (sleep, move) reports a socket that is readable already.
+const edgeEvents = unix.EPOLLIN | unix.EPOLLRDHUP | unix.EPOLLET
+
 // count is the number of parked pumps (tests).
 func (l *parkLot) count() int {
 	l.mu.Lock()
@@ -326,7 +407,7 @@ func (l *parkLot) count() int {
 // its idle deadline already runs: when it fires, the opening loop looks
 // again whether the session is established, and the pump takes over.
 func (s *session) parkable(p *pump, up bool) {
-	p.lot, p.owner, p.up = s.p.parking, s, up
+	p.lot, p.owner, p.up = s.lot, s, up
 	if p.lot != nil {
 		p.sess = s
 	}

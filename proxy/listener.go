@@ -200,7 +200,7 @@ func (l *listener) releaseSource(src netip.Addr) {
 func (p *Proxy) newSession(ctx context.Context, l *listener, lcfg *config.Listener, b *failover.Backend, c *net.TCPConn, in inbound) *session {
 	s := &session{
 		p: p, l: l, lcfg: lcfg, backend: b, client: c, in: in, start: time.Now(),
-		service: "other",
+		service: "other", lot: p.parking.pick(),
 	}
 	s.ctx, s.cancel = context.WithCancel(ctx)
 	s.cond = sync.NewCond(&s.mu)

@@ -17,6 +17,7 @@ import (
 	"net"
 	"net/netip"
 	"reflect"
+	"runtime"
 	"sort"
 	"sync"
 	"sync/atomic"
@@ -35,7 +36,7 @@ type Proxy struct {
 	log     hclog.Logger
 	metrics *metrics.Metrics
 	pool    *bufPool
-	parking *parkLot // idle sessions' sockets, waited on without goroutines (idle.go)
+	parking *parkLots // idle and busy sessions' sockets, waited on without goroutines (idle.go)
 
 	ctx    context.Context // parent of every session and dial
 	cancel context.CancelFunc
@@ -73,7 +74,7 @@ func New(log hclog.Logger, m *metrics.Metrics) *Proxy {
 		defer p.loopWG.Done()
 		p.housekeeping(ctx)
 	}()
-	p.parking = startParkLot(ctx, &p.loopWG, p.log)
+	p.parking = startParkLots(ctx, &p.loopWG, p.log, runtime.GOMAXPROCS(0))
 	return p
 }
 

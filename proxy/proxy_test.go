@@ -220,8 +220,9 @@ func TestBackendKeepaliveSetOnceTheSessionLasts(t *testing.T) {
 	echoed(t, live, "hello")
 	s := sessionOf(t, h.p, live)
 	legSettings(t, s, appLeg, keepalive.Settings{}) // what a new socket has
-	for start := time.Now(); ; {                    // busy, so live (not dormant) all along
-		echoed(t, live, "busy")
+	busy := strings.Repeat("busy", 5<<10)           // fills the read buffer: live (not dormant, not in the lot) all along
+	for start := time.Now(); ; {
+		echoed(t, live, busy)
 		if s.isDormant() {
 			t.Fatal("a busy session went dormant")
 		}

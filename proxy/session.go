@@ -32,7 +32,8 @@ type session struct {
 	lcfg    *config.Listener // the listener's settings when the session began: a reload does not change them
 	backend *failover.Backend
 	client  *net.TCPConn
-	in      inbound // the real client (PROXY header) and app bytes read past it (proxyproto.go)
+	lot     *parkLot // where its pumps park (idle.go); nil without lots
+	in      inbound  // the real client (PROXY header) and app bytes read past it (proxyproto.go)
 	start   time.Time
 	// The opening's context: dials, backoff and routing waits end with it.
 	// It is dropped at establish (an idle session holds no context, and no

@@ -1,0 +1,156 @@
+package proxy
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// Busy sessions of small messages are carried by the lot (idle.go): after
+// hotAfter messages in a row, a pump hands its socket to the lot at the next
+// EAGAIN, the session goes dormant, and the lot moves each message on the
+// bare fds. These tests make the idle park delay an hour, so only the busy
+// path can get a session there.
+
+// scriptBackend answers one-byte commands: 'p' with "ok", 'B' with bulk
+// (bigReply bytes), 'q' with "last message" and a close, 'r' with "last
+// message" and a reset.
+const bigReply = 4 << 20
+
+func scriptBackend(t *testing.T) *backendServer {
+	big := bytes.Repeat([]byte("0123456789abcdef"), bigReply/16)
+	return newBackend(t, func(c *net.TCPConn) {
+		b := make([]byte, 1)
+		for {
+			if _, err := io.ReadFull(c, b); err != nil {
+				return
+			}
+			switch b[0] {
+			case 'p':
+				c.Write([]byte("ok"))
+			case 'B':
+				c.Write(big)
+			case 'q', 'r':
+				c.Write([]byte("last message"))
+				if b[0] == 'r' {
+					resetConn(c)
+				} else {
+					c.Close()
+				}
+				return
+			}
+		}
+	})
+}
+
+// busySession dials through a proxy whose pumps never park for idleness,
+// and makes n round trips back to back.
+func busySession(t *testing.T, h *harness, n int) *net.TCPConn {
+	t.Helper()
+	h.p.parking.setAfter(time.Hour)
+	c := h.dial("l")
+	pings(t, c, n)
+	return c
+}
+
+func pings(t *testing.T, c *net.TCPConn, n int) {
+	t.Helper()
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	defer c.SetDeadline(time.Time{})
+	b := make([]byte, 2)
+	for i := range n {
+		if _, err := c.Write([]byte("p")); err != nil {
+			t.Fatalf("round trip %d: %v", i, err)
+		}
+		if _, err := io.ReadFull(c, b); err != nil || string(b) != "ok" {
+			t.Fatalf("round trip %d: %q, %v", i, b, err)
+		}
+	}
+}
+
+// A session busy with small messages goes dormant without a pause, and the
+// lot carries every message on from then on: none lost, every byte
+// counted.
+func TestBusySessionMovesToTheLot(t *testing.T) {
+	h := startProxy(t, oneBackendConfig(scriptBackend(t).addr()))
+	c := busySession(t, h, 2*hotAfter+10)
+	s := sessionOf(t, h.p, c)
+	waitFor(t, 2*time.Second, "the busy session dormant", s.isDormant)
+	pings(t, c, 500)
+	if !s.isDormant() {
+		t.Fatal("the session woke up: the lot should carry a busy session's small messages")
+	}
+	if n := h.p.parking.count(); n != 2 {
+		t.Fatalf("%d directions in the lot, want 2", n)
+	}
+	n := float64(2*hotAfter + 10 + 500)
+	waitFor(t, time.Second, "the bytes counted", func() bool {
+		return counter(h.m.Bytes, "l", "b", "to_backend") == n && counter(h.m.Bytes, "l", "b", "to_client") == 2*n
+	})
+}
+
+// A message and the end of its stream that arrive together reach the app
+// together on a session the lot carries. The lot reads once per wake and
+// stops after a short read; the end is not lost because the edge-triggered
+// entry reports it (EPOLLRDHUP) with the edge. Were it lost, nothing would
+// pass the end on: the idle deadline is an hour here.
+func TestBusySessionLastMessageAndEnd(t *testing.T) {
+	for _, end := range []string{"close", "reset"} {
+		t.Run(end, func(t *testing.T) {
+			h := startProxy(t, oneBackendConfig(scriptBackend(t).addr()))
+			var worst time.Duration
+			for range 10 {
+				c := busySession(t, h, hotAfter+10)
+				s := sessionOf(t, h.p, c)
+				waitFor(t, 2*time.Second, "the busy session dormant", s.isDormant)
+				cmd, want := "q", error(io.EOF)
+				if end == "reset" {
+					cmd, want = "r", syscall.ECONNRESET
+				}
+				c.Write([]byte(cmd))
+				c.SetReadDeadline(time.Now().Add(2 * time.Second))
+				if _, err := io.ReadFull(c, make([]byte, len("last message"))); err != nil {
+					t.Fatal(err)
+				}
+				err, took := readErr(c, 2*time.Second)
+				if !errors.Is(err, want) {
+					t.Fatalf("after the last message the app saw %v (after %v), want %v", err, took, want)
+				}
+				worst = max(worst, took)
+				c.Close()
+			}
+			if worst > 60*time.Millisecond {
+				t.Errorf("the end reached the app up to %v after the last message, want at once", worst)
+			}
+			t.Logf("worst: %v", worst)
+		})
+	}
+}
+
+// Bulk on a session the lot carries wakes it (a full read needs its
+// goroutine and splice), arrives whole, and the session goes back to the
+// lot once small messages follow again.
+func TestBusySessionBulkAndBack(t *testing.T) {
+	h := startProxy(t, oneBackendConfig(scriptBackend(t).addr()))
+	c := busySession(t, h, hotAfter+10)
+	s := sessionOf(t, h.p, c)
+	for round := range 3 {
+		waitFor(t, 2*time.Second, fmt.Sprintf("round %d: the busy session dormant", round), s.isDormant)
+		c.Write([]byte("B"))
+		c.SetReadDeadline(time.Now().Add(10 * time.Second))
+		got := make([]byte, bigReply)
+		if _, err := io.ReadFull(c, got); err != nil {
+			t.Fatalf("round %d: bulk: %v", round, err)
+		}
+		sameBytes(t, "bulk", got, bytes.Repeat([]byte("0123456789abcdef"), bigReply/16))
+		if s.isDormant() {
+			t.Fatalf("round %d: still dormant after 4 MiB: bulk should have woken the session", round)
+		}
+		pings(t, c, hotAfter+10)
+	}
+}
