@@ -135,6 +135,14 @@ retry_on = ["connect", "timeout"]
 proxy_protocol = "optional"
 trusted_proxies = ["10.0.0.0/24"]
 proxy_header_timeout = "0s"`, 1), []string{`bad.toml: listener "orders": proxy_header_timeout must be > 0 when proxy_protocol is "optional"`}},
+		{"routes differing in case", strings.Replace(minimal, `backend = "orders"`, "backend = \"orders\"\nroutes = { \"SALES\" = \"orders\", \"sales\" = \"orders\" }", 1),
+			[]string{`bad.toml: listener "orders": routes: "SALES" and "sales" are the same service (names match case-insensitively)`}},
+		{"health service with spaces", strings.Replace(minimal, `name = "orders"
+  [[`, `name = "orders"
+  [backend.health]
+  check = "tnsping"
+  service = "sales db"
+  [[`, 1), []string{`bad.toml: backend "orders": health.service "sales db": a service name has no spaces, parentheses, '=', quotes or backslashes`}},
 		{"every weight 0", strings.Replace(minimal, `address = "127.0.0.1:1521"`, "address = \"127.0.0.1:1521\"\n  weight = 0", 1),
 			[]string{`bad.toml: backend "orders": every server has weight 0: no session can use this backend`}},
 		{"keepalive over the kernel's range", strings.Replace(minimal, `name = "orders"

@@ -83,10 +83,17 @@ func (c *Config) validate() (errs, warnings []string) {
 		} else if l.Backend != "" && !backends[l.Backend] {
 			add("%s: backend %q is not defined", where, l.Backend)
 		}
+		folded := map[string]string{}
 		for _, svc := range sortedKeys(l.Routes) {
 			if !backends[l.Routes[svc]] {
 				add("%s: routes: %q routes to backend %q, which is not defined", where, svc, l.Routes[svc])
 			}
+			// Service names match case-insensitively, as Oracle's do: two
+			// keys that differ only in case would pick one at random.
+			if other, dup := folded[strings.ToUpper(svc)]; dup {
+				add("%s: routes: %q and %q are the same service (names match case-insensitively)", where, other, svc)
+			}
+			folded[strings.ToUpper(svc)] = svc
 		}
 		switch l.ProxyProtocol {
 		case "off", "optional", "required":
@@ -183,6 +190,9 @@ func (b *Backend) validate() (errs, warnings []string) {
 	}
 	if h.Service != "" && h.Check != "tnsping" {
 		add("health.service needs check = \"tnsping\"")
+	}
+	if strings.ContainsAny(h.Service, "()=\"\\ \t\r\n") {
+		add("health.service %q: a service name has no spaces, parentheses, '=', quotes or backslashes", h.Service)
 	}
 	if *b.Breaker.Failures < 0 {
 		add("breaker.failures must not be negative (0 turns the breaker off)")
