@@ -125,6 +125,25 @@ func TestAllRefuseGivesTheAppTheRealError(t *testing.T) {
 	}
 }
 
+// During a switchover the preferred listener refuses and the standby is
+// not up yet (its port refuses connections): at the end of the budget the
+// app still gets the listener's REFUSE, ORA-12514, not a reset (ORA-03113,
+// NJS-500) because the standby's dial was the last thing tried.
+func TestRefuseThenUnreachableGivesTheAppTheRefuse(t *testing.T) {
+	refusing := tnstest.New(t, tnstest.Config{Mode: tnstest.Refuse, Err: 12514})
+	down, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	standby := down.Addr().String()
+	down.Close() // nothing listens there: connection refused
+	h := startProxy(t, oracleConfig(`refuse_errors = [12514]`, refusing.Addr()+";0", standby+";1"))
+	err = goOraPing(t, h.addr("l"), "SALES")
+	if err == nil || !strings.Contains(err.Error(), "ORA-12514") {
+		t.Fatalf("go-ora: %v, want the preferred listener's ORA-12514", err)
+	}
+}
+
 // Without "refuse" in retry_on, a REFUSE goes to the app at once.
 func TestRefusePassesThroughWithoutRetryOn(t *testing.T) {
 	l1 := tnstest.New(t, tnstest.Config{Mode: tnstest.Refuse, Err: 12514})

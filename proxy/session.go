@@ -170,6 +170,7 @@ func (s *session) open() error {
 	plan := s.backend.NewPlan()
 	var attempts []string
 	var lastErr error
+	var lastRefuse error        // the last REFUSE, for the app when no server takes it
 	var retry string            // why the next dial is a re-dial ("" for the first)
 	var failed *failover.Server // the server that failed before it
 	for {
@@ -188,7 +189,10 @@ func (s *session) open() error {
 			if lastErr != nil {
 				err = fmt.Errorf("%w: %w", ErrNoBackend, lastErr)
 			}
-			s.deliverRefuse(lastErr) // every server refused: the app gets the last REFUSE as it was
+			// No server took it, and one refused: the app gets that REFUSE as
+			// it was (its driver reports the real ORA error), even if a later
+			// server only failed to answer.
+			s.deliverRefuse(lastRefuse)
 			return s.noBackend(err, attempts, nil)
 		}
 		conn, err := plan.Dial(s.ctx, srv) // within connect_timeout and the budget
@@ -251,7 +255,7 @@ func (s *session) open() error {
 		case s.overflowed():
 			err = fmt.Errorf("%w: %w", ErrReplayOverflow, err)
 		case errors.Is(err, ErrRefused): // only returned when retry_on has "refuse"
-			retry, failed = "refuse", srv
+			retry, failed, lastRefuse = "refuse", srv, err
 			continue
 		case cfg.Retries("reset"):
 			retry, failed = reasonOf(err, "reset"), srv
