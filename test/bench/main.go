@@ -119,7 +119,7 @@ func parseFlags(args []string) (options, error) {
 	systems := fs.String("systems", strings.Join(allSystems(), ","), "systems to run, comma-separated; goloop (a bare Go epoll loop, reference design) runs only when named")
 	tests := fs.String("tests", strings.Join(allTests(), ","), "measurements to run, comma-separated")
 	tg := fs.String("tnsguard", "", "tnsguard binary to use (default: go build ./cmd/tnsguard into a temp dir)")
-	tgB := fs.String("tnsguard-b", "", "a second tnsguard binary, run as system tnsguard-b when -systems names it: two builds compared in one interleaved run")
+	tgB := fs.String("tnsguard-b", "", "a second tnsguard binary, run as system tnsguard-b when -systems names it: two builds compared in one interleaved run (default: tnsguard's own, an A/A run that shows the noise)")
 	module := fs.String("nginx-module", def.NginxModule, "nginx stream module to load_module")
 	out := fs.String("out", "", "also write the table as markdown to this file")
 	verbose := fs.Bool("v", false, "log every measurement and helper process start")

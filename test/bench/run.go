@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -353,12 +354,17 @@ func prepareSystems(ctx context.Context, o options, dir string, fileLimit uint64
 			setup.tnsguard = p
 			systems = append(systems, setup.tnsguardSystem(sysTnsguard, p))
 		case sysTnsguardB:
-			if _, err := os.Stat(o.TnsguardB); o.TnsguardB == "" || err != nil {
-				skip(name, "needs -tnsguard-b BINARY")
-				continue
+			// Without -tnsguard-b it runs tnsguard's binary: an A/A run,
+			// which shows the noise between two columns of one build.
+			p, given := setup.tnsguard, o.TnsguardB
+			if given != "" || p == "" {
+				if p, err = tnsguardBinary(ctx, cmp.Or(given, o.Tnsguard), dir); err != nil {
+					skip(name, err.Error())
+					continue
+				}
 			}
-			setup.tnsguardB = o.TnsguardB
-			systems = append(systems, setup.tnsguardSystem(sysTnsguardB, o.TnsguardB))
+			setup.tnsguardB = p
+			systems = append(systems, setup.tnsguardSystem(sysTnsguardB, p))
 		}
 	}
 	return setup, systems
