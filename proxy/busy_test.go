@@ -9,6 +9,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/tnsguard/tnsguard/keepalive"
 )
 
 // Busy sessions of small messages are carried by the lot (idle.go): after
@@ -153,4 +155,26 @@ func TestBusySessionBulkAndBack(t *testing.T) {
 		}
 		pings(t, c, hotAfter+10)
 	}
+}
+
+// A session that wakes keeps its sockets' keepalive. net.FileConn, which
+// makes the conns again, turns on Go's default keepalive (15 s, 15 s, 9)
+// on the socket: the configured values were lost at every wake, which busy
+// sessions go through at each bulk reply.
+func TestWokenSessionKeepsItsKeepalive(t *testing.T) {
+	h := startProxy(t, oneBackendConfig(scriptBackend(t).addr()))
+	c := busySession(t, h, hotAfter+10)
+	s := sessionOf(t, h.p, c)
+	waitFor(t, 2*time.Second, "the busy session dormant", s.isDormant)
+	c.Write([]byte("B")) // bulk wakes it
+	c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if _, err := io.ReadFull(c, make([]byte, bigReply)); err != nil {
+		t.Fatal(err)
+	}
+	appLeg := keepalive.Settings{Idle: 7 * time.Second, Interval: 3 * time.Second, Count: 5, UserTimeout: 31 * time.Second}
+	dbLeg := keepalive.Settings{Idle: 11 * time.Second, Interval: 2 * time.Second, Count: 4, UserTimeout: 19 * time.Second}
+	legSettings(t, s, appLeg, dbLeg) // awake
+	pings(t, c, hotAfter+10)
+	waitFor(t, 2*time.Second, "the busy session dormant again", s.isDormant)
+	legSettings(t, s, appLeg, dbLeg)
 }
