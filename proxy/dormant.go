@@ -97,8 +97,14 @@ func (s *session) sleep() {
 		p.dormant = true
 		p.src, p.dst, p.rc, p.dstRC, p.lr = nil, nil, nil, nil, nil
 	}
+	busy := up.busy || down.busy
 	s.repark(up, down)
-	lot.trim.noteDormant()
+	if !busy {
+		// A burst of sessions that went quiet is what leaves memory
+		// behind (trim.go); busy sessions come and go from the lot all the
+		// time, and would keep forcing collections.
+		lot.trim.noteDormant()
+	}
 }
 
 // repark parks pumps the session holds again; one that cannot park goes on

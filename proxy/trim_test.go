@@ -99,3 +99,24 @@ func TestDormantSessionsTrim(t *testing.T) {
 	}
 	waitFor(t, 3*time.Second, "a trim after 10 sessions went dormant", func() bool { return trims.Load() == 1 })
 }
+
+// Busy sessions that go dormant (busy_test.go) are not a burst of sessions
+// gone quiet: they give no trim, which would force a collection every 10 s
+// under steady load.
+func TestBusySessionsDoNotTrim(t *testing.T) {
+	h := startProxy(t, oneBackendConfig(scriptBackend(t).addr()))
+	var trims atomic.Int32
+	tr := h.p.parking.trim
+	tr.mu.Lock()
+	tr.burst, tr.quiet, tr.free = 8, 50*time.Millisecond, func() { trims.Add(1) }
+	tr.mu.Unlock()
+	for range 10 {
+		c := busySession(t, h, hotAfter+10)
+		waitFor(t, 2*time.Second, "the busy session dormant", sessionOf(t, h.p, c).isDormant)
+		defer c.Close()
+	}
+	time.Sleep(200 * time.Millisecond)
+	if n := trims.Load(); n != 0 {
+		t.Fatalf("%d trims after 10 busy sessions went dormant, want 0", n)
+	}
+}
