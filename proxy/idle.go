@@ -9,6 +9,7 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
+	"unsafe"
 
 	"github.com/hashicorp/go-hclog"
 	"golang.org/x/sys/unix"
@@ -177,7 +178,7 @@ func (l *parkLot) run() {
 // the set has events again (the set is drained each time, so none is lost).
 func (l *parkLot) dispatch(fd uintptr) bool {
 	for {
-		n, err := unix.EpollWait(int(fd), l.events, 0)
+		n, err := epollPoll(fd, l.events)
 		if err == unix.EINTR {
 			continue
 		}
@@ -195,6 +196,16 @@ func (l *parkLot) dispatch(fd uintptr) bool {
 			return false
 		}
 	}
+}
+
+// epollPoll is epoll_wait(2) with a zero timeout, made without telling the
+// scheduler (RawSyscall6): it never blocks. unix.EpollWait goes through
+// Syscall6, and a lot that found its P in a system call when the runtime's
+// monitor looked had the P handed to another thread, with the context
+// switches that takes, several times per millisecond while busy.
+func epollPoll(fd uintptr, events []unix.EpollEvent) (int, syscall.Errno) {
+	r, _, e := syscall.RawSyscall6(syscall.SYS_EPOLL_PWAIT, fd, uintptr(unsafe.Pointer(unsafe.SliceData(events))), uintptr(len(events)), 0, 0, 0)
+	return int(r), e
 }
 
 // wake moves what a parked pump's source holds, when that is one small
