@@ -198,12 +198,10 @@ func TestRedirectCounted(t *testing.T) {
 	}
 }
 
-// routes send a session to the backend of its service, read from the
-// app's CONNECT before any dial.
-func TestRouteByService(t *testing.T) {
-	sales := tnstest.New(t, tnstest.Config{Mode: tnstest.Refuse, Err: 12560})
-	orders := tnstest.New(t, tnstest.Config{Mode: tnstest.Refuse, Err: 12560})
-	cfg := fmt.Sprintf(`
+// routesConfig is listener "l" routing service "sales" to backend sales-db
+// (server sales) and every other service, "*", to orders-db (server orders).
+func routesConfig(sales, orders string) string {
+	return fmt.Sprintf(`
 [log]
 level = "warn"
 [[listener]]
@@ -222,8 +220,15 @@ name = "orders-db"
   check = "off"
   [[backend.server]]
   address = %q
-`, sales.Addr(), orders.Addr())
-	h := startProxy(t, cfg)
+`, sales, orders)
+}
+
+// routes send a session to the backend of its service, read from the
+// app's CONNECT before any dial.
+func TestRouteByService(t *testing.T) {
+	sales := tnstest.New(t, tnstest.Config{Mode: tnstest.Refuse, Err: 12560})
+	orders := tnstest.New(t, tnstest.Config{Mode: tnstest.Refuse, Err: 12560})
+	h := startProxy(t, routesConfig(sales.Addr(), orders.Addr()))
 	goOraPing(t, h.addr("l"), "SALES")
 	goOraPing(t, h.addr("l"), "ORDERS")
 	goOraPing(t, h.addr("l"), "SALES_"+strings.Repeat("X", 120)) // connect data in a DATA packet: not SALES
@@ -284,27 +289,7 @@ func TestRoutingStopsWaitingAtAppHalfClose(t *testing.T) {
 // /readyz must not report 503 for ever.
 func TestRoutesOnlyListenerIsReady(t *testing.T) {
 	be := newBackend(t, echo)
-	cfg := fmt.Sprintf(`
-[log]
-level = "warn"
-[[listener]]
-name = "l"
-listen = "127.0.0.1:0"
-routes = { "sales" = "sales-db", "*" = "orders-db" }
-[[backend]]
-name = "sales-db"
-  [backend.health]
-  check = "off"
-  [[backend.server]]
-  address = %q
-[[backend]]
-name = "orders-db"
-  [backend.health]
-  check = "off"
-  [[backend.server]]
-  address = %q
-`, be.addr(), be.addr())
-	h := startProxy(t, cfg)
+	h := startProxy(t, routesConfig(be.addr(), be.addr()))
 	if ok, why := h.p.Ready(); !ok {
 		t.Fatalf("not ready: %s", why)
 	}

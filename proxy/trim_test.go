@@ -87,11 +87,7 @@ func TestDormantSessionsTrim(t *testing.T) {
 	be := newBackend(t, echoNoAlloc)
 	h := startProxy(t, oneBackendConfig(be.addr()))
 	parkSoon(t, h, 20*time.Millisecond)
-	var trims atomic.Int32
-	tr := h.p.parking.trim
-	tr.mu.Lock()
-	tr.burst, tr.quiet, tr.free = 8, 50*time.Millisecond, func() { trims.Add(1) }
-	tr.mu.Unlock()
+	trims := countTrims(h)
 	for range 10 {
 		c := h.dial("l")
 		echoed(t, c, "x")
@@ -105,11 +101,7 @@ func TestDormantSessionsTrim(t *testing.T) {
 // under steady load.
 func TestBusySessionsDoNotTrim(t *testing.T) {
 	h := startProxy(t, oneBackendConfig(scriptBackend(t).addr()))
-	var trims atomic.Int32
-	tr := h.p.parking.trim
-	tr.mu.Lock()
-	tr.burst, tr.quiet, tr.free = 8, 50*time.Millisecond, func() { trims.Add(1) }
-	tr.mu.Unlock()
+	trims := countTrims(h)
 	for range 10 {
 		c := busySession(t, h, hotAfter+10)
 		waitFor(t, 2*time.Second, "the busy session dormant", sessionOf(t, h.p, c).isDormant)
@@ -119,4 +111,15 @@ func TestBusySessionsDoNotTrim(t *testing.T) {
 	if n := trims.Load(); n != 0 {
 		t.Fatalf("%d trims after 10 busy sessions went dormant, want 0", n)
 	}
+}
+
+// countTrims makes h's trim count its runs instead of freeing memory, after
+// a burst of 8 dormant sessions and 50 ms of quiet.
+func countTrims(h *harness) *atomic.Int32 {
+	var trims atomic.Int32
+	tr := h.p.parking.trim
+	tr.mu.Lock()
+	tr.burst, tr.quiet, tr.free = 8, 50*time.Millisecond, func() { trims.Add(1) }
+	tr.mu.Unlock()
+	return &trims
 }
