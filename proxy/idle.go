@@ -24,8 +24,16 @@ import (
 // the pump parks again, so request/response traffic with pauses costs no
 // goroutine either; anything else (end of stream, reset, error, a full
 // buffer that starts a bulk transfer, a full destination, or a second
-// message within parkAfter: the session is busy again) goes on in a new
-// goroutine running the same pump.
+// message within parkAfter while the session still holds its conns: it is
+// busy again) goes on in a new goroutine running the same pump.
+//
+// Busy sessions of small messages come here too: a pump that passed
+// hotAfter of them in a row parks at the next EAGAIN (copy.go), and once
+// both directions are here the session goes dormant (dormant.go). A
+// dormant session's entries are edge-triggered (edgeEvents), so the lot
+// reads each message once and re-parks it without an epoll_ctl, however
+// busy the session is: per message one read and one write, as HAProxy and
+// nginx make. The proxy has one lot per P (parkLots).
 //
 // Why (measured, see the README's data-path section): a goroutine parked in
 // a read holds its stack (the session's first goroutine ran the dial, so its
