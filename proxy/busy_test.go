@@ -13,11 +13,12 @@ import (
 	"github.com/tnsguard/tnsguard/keepalive"
 )
 
-// Busy sessions of small messages are carried by the lot (idle.go): after
-// hotAfter messages in a row, a pump hands its socket to the lot at the next
-// EAGAIN, the session goes dormant, and the lot moves each message on the
-// bare fds. These tests make the idle park delay an hour, so only the busy
-// path can get a session there.
+// Busy sessions of small messages are carried by the lot (idle.go): while
+// lotMinBusy sessions are busy at once, after hotAfter messages in a row a
+// pump hands its socket to the lot at the next EAGAIN, the session goes
+// dormant, and the lot moves each message on the bare fds. These tests make
+// the idle park delay an hour, so only the busy path can get a session
+// there, and (but for the last) count any busy session as enough.
 
 // scriptBackend answers one-byte commands: 'p' with "ok", 'B' with bulk
 // (bigReply bytes), 'q' with "last message" and a close, 'r' with "last
@@ -55,6 +56,7 @@ func scriptBackend(t *testing.T) *backendServer {
 func busySession(t *testing.T, h *harness, n int) *net.TCPConn {
 	t.Helper()
 	h.p.parking.setAfter(time.Hour)
+	h.p.lotMinBusy.Store(0)
 	c := h.dial("l")
 	pings(t, c, n)
 	return c
@@ -177,4 +179,30 @@ func TestWokenSessionKeepsItsKeepalive(t *testing.T) {
 	pings(t, c, hotAfter+10)
 	waitFor(t, 2*time.Second, "the busy session dormant again", s.isDormant)
 	legSettings(t, s, appLeg, dbLeg)
+}
+
+// A lone busy session keeps its goroutines: at 1 connection they answer
+// faster than the lot. Once lotMinBusy sessions are busy at once (as
+// housekeeping counts them, each second), busy sessions move to the lot.
+func TestLoneBusySessionKeepsItsGoroutines(t *testing.T) {
+	h := startProxy(t, oneBackendConfig(scriptBackend(t).addr()))
+	h.p.parking.setAfter(time.Hour)
+	c := h.dial("l")
+	s := sessionOf(t, h.p, c)
+	for start := time.Now(); time.Since(start) < 2500*time.Millisecond; { // housekeeping counts twice
+		pings(t, c, hotAfter)
+	}
+	if s.isDormant() {
+		t.Fatal("a lone busy session went to the lot")
+	}
+	var conns []*net.TCPConn
+	for range lotMinBusy {
+		conns = append(conns, h.dial("l"))
+	}
+	waitFor(t, 5*time.Second, "busy sessions dormant once enough are busy", func() bool {
+		for _, c := range conns {
+			pings(t, c, 10)
+		}
+		return sessionOf(t, h.p, conns[0]).isDormant()
+	})
 }

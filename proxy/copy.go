@@ -153,7 +153,7 @@ func (p *pump) tryRead(fd uintptr) bool {
 		n, err := rawRead(fd, *buf)
 		if err == syscall.EAGAIN {
 			p.pool.put(buf)
-			if p.hot >= hotAfter && p.direct && p.sess != nil {
+			if p.hot >= hotAfter && p.direct && p.sess != nil && p.sess.p.lotCrowded() {
 				p.toLot = true // a busy session of small messages: see idle.go
 				return true
 			}

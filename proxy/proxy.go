@@ -54,6 +54,12 @@ type Proxy struct {
 
 	advice keepaliveAdvice // advice.go
 
+	// busySessions is how many sessions moved a byte within parkAfter, as
+	// housekeeping last counted; lotMinBusy is how many it takes before
+	// busy sessions move to the parking lot (idle.go, lotCrowded).
+	busySessions atomic.Int32
+	lotMinBusy   atomic.Int32
+
 	linksMu sync.Mutex
 	links   map[linkKey]*link
 
@@ -75,6 +81,7 @@ func New(log hclog.Logger, m *metrics.Metrics) *Proxy {
 		p.housekeeping(ctx)
 	}()
 	p.parking = startParkLots(ctx, &p.loopWG, p.log, runtime.GOMAXPROCS(0))
+	p.lotMinBusy.Store(lotMinBusy)
 	return p
 }
 
@@ -328,11 +335,15 @@ func (p *Proxy) housekeeping(ctx context.Context) {
 		now := time.Now()
 		p.forensics.tick(now)
 		idle := map[key]int{}
+		busy := int32(0)
 		for _, s := range p.liveSessions() {
 			k := key{s.l.name, s.backendName()}
 			d := s.idleFor()
 			if d > time.Minute {
 				idle[k]++
+			}
+			if d < parkAfter {
+				busy++
 			}
 			if limit := s.lcfg.IdleTimeout.Duration; limit > 0 && d > limit {
 				s.abort(SideClient, PhaseIdle, ErrIdleTimeout, "closed", nil)
@@ -344,6 +355,7 @@ func (p *Proxy) housekeeping(ctx context.Context) {
 		for k := range seen {
 			p.metrics.SessionsIdle.WithLabelValues(k.listener, k.backend).Set(float64(idle[k]))
 		}
+		p.busySessions.Store(busy)
 	}
 }
 
