@@ -183,13 +183,13 @@ func TestWokenSessionKeepsItsKeepalive(t *testing.T) {
 
 // A lone busy session keeps its goroutines: at 1 connection they answer
 // faster than the lot. Once lotMinBusy sessions are busy at once (as
-// housekeeping counts them, each second), busy sessions move to the lot.
+// housekeeping counts them, every parkAfter), busy sessions move to the lot.
 func TestLoneBusySessionKeepsItsGoroutines(t *testing.T) {
 	h := startProxy(t, oneBackendConfig(scriptBackend(t).addr()))
 	h.p.parking.setAfter(time.Hour)
 	c := h.dial("l")
 	s := sessionOf(t, h.p, c)
-	for start := time.Now(); time.Since(start) < 2500*time.Millisecond; { // housekeeping counts twice
+	for start := time.Now(); time.Since(start) < time.Second; { // housekeeping counts ten times
 		pings(t, c, hotAfter)
 	}
 	if s.isDormant() {

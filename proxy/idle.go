@@ -110,7 +110,7 @@ func newParkLot(trim *memTrim) (*parkLot, error) {
 }
 
 // lotMinBusy is how many sessions must be busy at once (moved a byte
-// within parkAfter, counted each second by housekeeping) before busy
+// within parkAfter, counted every parkAfter by housekeeping) before busy
 // sessions of small messages move to the lot. The lot pays off when many
 // sessions contend for the Ps: at 32 connections it lifted rps from 0.85x
 // to 0.96-1.00x the best peer's. A lone busy session is faster on its own

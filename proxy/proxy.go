@@ -55,7 +55,7 @@ type Proxy struct {
 	advice keepaliveAdvice // advice.go
 
 	// busySessions is how many sessions moved a byte within parkAfter, as
-	// housekeeping last counted; lotMinBusy is how many it takes before
+	// housekeeping last counted (every parkAfter); lotMinBusy is how many it takes before
 	// busy sessions move to the parking lot (idle.go, lotCrowded).
 	busySessions atomic.Int32
 	lotMinBusy   atomic.Int32
@@ -324,26 +324,27 @@ func (p *Proxy) Shutdown(grace, drainTimeout time.Duration) {
 func (p *Proxy) housekeeping(ctx context.Context) {
 	t := time.NewTicker(time.Second)
 	defer t.Stop()
+	busy := time.NewTicker(parkAfter) // the lot's gate follows load within this (idle.go)
+	defer busy.Stop()
 	type key struct{ listener, backend string }
 	seen := map[key]bool{}
 	for {
 		select {
 		case <-ctx.Done():
 			return
+		case <-busy.C:
+			p.countBusy()
+			continue
 		case <-t.C:
 		}
 		now := time.Now()
 		p.forensics.tick(now)
 		idle := map[key]int{}
-		busy := int32(0)
 		for _, s := range p.liveSessions() {
 			k := key{s.l.name, s.backendName()}
 			d := s.idleFor()
 			if d > time.Minute {
 				idle[k]++
-			}
-			if d < parkAfter {
-				busy++
 			}
 			if limit := s.lcfg.IdleTimeout.Duration; limit > 0 && d > limit {
 				s.abort(SideClient, PhaseIdle, ErrIdleTimeout, "closed", nil)
@@ -355,8 +356,22 @@ func (p *Proxy) housekeeping(ctx context.Context) {
 		for k := range seen {
 			p.metrics.SessionsIdle.WithLabelValues(k.listener, k.backend).Set(float64(idle[k]))
 		}
-		p.busySessions.Store(busy)
 	}
+}
+
+// countBusy counts the sessions that moved a byte within parkAfter, for
+// the lot's gate (lotCrowded). It allocates nothing: it runs every
+// parkAfter.
+func (p *Proxy) countBusy() {
+	n := int32(0)
+	p.sessMu.Lock()
+	for s := range p.sessions {
+		if s.idleFor() < parkAfter {
+			n++
+		}
+	}
+	p.sessMu.Unlock()
+	p.busySessions.Store(n)
 }
 
 // record closes the books on a session: metrics, link counters, one log line.
