@@ -201,7 +201,7 @@ func TestLoneBusySessionKeepsItsGoroutines(t *testing.T) {
 	}
 	waitFor(t, 5*time.Second, "busy sessions dormant once enough are busy", func() bool {
 		for _, c := range conns {
-			pings(t, c, 10)
+			pings(t, c, 4) // all of them within parkAfter, on a loaded machine too
 		}
 		return sessionOf(t, h.p, conns[0]).isDormant()
 	})
