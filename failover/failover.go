@@ -106,6 +106,20 @@ func New(cfg *config.Backend, log hclog.Logger, m *metrics.Metrics) *Backend {
 	return b
 }
 
+// InheritHealth starts each server that old has too (same address) as up
+// or down as it is in old: a reload that changes a backend rebuilds it, and
+// a server known down must not take sessions, or show as up, until its
+// first check. Before Start.
+func (b *Backend) InheritHealth(old *Backend) {
+	for _, s := range b.Servers {
+		for _, o := range old.Servers {
+			if o.Address == s.Address {
+				s.up.Store(o.Up())
+			}
+		}
+	}
+}
+
 // Up reports whether any server is up.
 func (b *Backend) Up() bool {
 	for _, s := range b.Servers {

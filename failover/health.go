@@ -20,7 +20,11 @@ func (b *Backend) Start(ctx context.Context) {
 	ctx, b.cancel = context.WithCancel(ctx)
 	b.reporting.Store(true)
 	for _, s := range b.Servers {
-		s.gauge(b.metrics.BackendUp, 1) // servers start up
+		up := 0.0 // servers start up, unless inherited down (InheritHealth)
+		if s.Up() {
+			up = 1
+		}
+		s.gauge(b.metrics.BackendUp, up)
 		s.gauge(b.metrics.BreakerState, metrics.BreakerClosed)
 	}
 	if b.Config.Health.Check == "off" {

@@ -107,6 +107,9 @@ func (p *Proxy) Apply(cfg *config.Config) error {
 			continue
 		}
 		b := failover.New(bc, p.log.Named("failover"), p.metrics)
+		if old, ok := p.backends[bc.Name]; ok {
+			b.InheritHealth(old) // a server known down stays down until its first check
+		}
 		backends[bc.Name] = b
 		fresh = append(fresh, b)
 	}

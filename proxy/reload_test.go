@@ -403,3 +403,31 @@ func TestReloadIdleTimeoutKeepsOpenSessions(t *testing.T) {
 			counter(h.m.Resets, "l", "b", be.addr(), "client", "idle", "idle_timeout"))
 	}
 }
+
+// A reload that changes a backend rebuilds it. A server known down stays
+// down until its first check, in the gauge and for new sessions: it started
+// up, so alerts flapped and sessions dialed it for a health timeout (here a
+// black hole, so the first check takes its whole timeout).
+func TestReloadKeepsADownServerDown(t *testing.T) {
+	good := newBackend(t, echo)
+	bad := blackhole(t)
+	cfg := strings.Replace(oneBackendConfig(bad, good.addr()), `check = "off"`, `check = "tcp"
+  interval = "5s"
+  timeout = "2s"`, 1)
+	h := startProxy(t, cfg)
+	waitFor(t, 5*time.Second, "the black-holed server down", func() bool {
+		return testutil.ToFloat64(h.m.BackendUp.WithLabelValues("b", bad)) == 0
+	})
+	if err := h.p.Apply(mustParse(t, strings.Replace(cfg, `connect_budget = "3s"`, `connect_budget = "4s"`, 1))); err != nil {
+		t.Fatal(err)
+	}
+	if v := testutil.ToFloat64(h.m.BackendUp.WithLabelValues("b", bad)); v != 0 {
+		t.Fatalf("backend_up of the down server right after the reload: %v, want 0", v)
+	}
+	start := time.Now()
+	c := h.dial("l")
+	echoed(t, c, "hello")
+	if took := time.Since(start); took > 300*time.Millisecond {
+		t.Fatalf("the first session after the reload took %v: it dialed the down server", took)
+	}
+}
