@@ -67,7 +67,8 @@ func runCommand(args []string, stderr io.Writer) int {
 		return 1
 	}
 	log.Info("tnsguard started", "version", version, "config", cfg.Source)
-	running := cfg.Admin // what the admin listener was started with; a reload does not move it
+	running := cfg.Admin        // what the admin listener was started with; a reload does not move it
+	logFormat := cfg.Log.Format // the logger's, likewise
 
 	for sig := range sigs {
 		if sig != syscall.SIGHUP {
@@ -95,6 +96,9 @@ func runCommand(args []string, stderr io.Writer) int {
 		}
 		if next.Admin.Listen != running.Listen {
 			log.Warn("admin.listen changed: it takes effect at the next restart", "running", running.Listen)
+		}
+		if next.Log.Format != logFormat {
+			log.Warn("log.format changed: it takes effect at the next restart", "running", logFormat)
 		}
 		adm.SetAllow(next.Admin.AllowNets) // admin.allow applies at once
 		log.SetLevel(hclog.LevelFromString(next.Log.Level))

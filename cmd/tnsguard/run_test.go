@@ -170,3 +170,21 @@ func TestReloadAdminListenWarning(t *testing.T) {
 		t.Fatalf("%d admin.listen warnings, want 1 naming %s as running:\n%s", n, admin, s)
 	}
 }
+
+// log.format cannot change in a running process (the logger is built once):
+// a reload that changes it says so instead of logging "reloaded" alone.
+func TestReloadLogFormatWarning(t *testing.T) {
+	admin := freePort(t)
+	path := filepath.Join(t.TempDir(), "tnsguard.toml")
+	if err := os.WriteFile(path, []byte(runConfig(admin, "[]")), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	log, stop := startRun(t, path, admin)
+	reload(t, log, path, "[log]\nformat = \"json\"\n"+runConfig(admin, "[]"), 1)
+	if code := stop(); code != 0 {
+		t.Errorf("exit %d after SIGTERM", code)
+	}
+	if s := log.String(); !strings.Contains(s, "log.format changed: it takes effect at the next restart") {
+		t.Fatalf("no warning about log.format in:\n%s", s)
+	}
+}
