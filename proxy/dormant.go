@@ -76,8 +76,8 @@ func (s *session) sleep() {
 	down.sync()
 	// Duplicate the sockets first: on failure (EMFILE) the session simply
 	// stays as it is.
-	cfd, err1 := dupConn(s.client)
-	bfd, err2 := dupConn(s.conn)
+	cfd, err1 := dupSocket(s.client)
+	bfd, err2 := dupSocket(s.conn)
 	if err1 != nil || err2 != nil {
 		closeFD(cfd)
 		closeFD(bfd)
@@ -254,9 +254,10 @@ func (p *pump) sync() {
 	p.dstRC, p.lr = nil, nil
 }
 
-// dupConn duplicates a conn's socket as a bare, non-blocking, close-on-exec
-// fd.
-func dupConn(c *net.TCPConn) (int, error) {
+// dupSocket duplicates the socket of a conn or listener as a bare,
+// non-blocking, close-on-exec fd, without touching the original (its fd
+// stays non-blocking and in Go's poller).
+func dupSocket(c syscall.Conn) (int, error) {
 	rc, err := c.SyscallConn()
 	if err != nil {
 		return -1, err

@@ -5,7 +5,6 @@ import (
 	"os"
 
 	"github.com/prometheus/client_golang/prometheus"
-	"golang.org/x/sys/unix"
 
 	"github.com/tnsguard/tnsguard/config"
 	"github.com/tnsguard/tnsguard/failover"
@@ -56,16 +55,9 @@ func (p *Proxy) inherit(cfg *config.Config, lc *config.Listener, taken map[*list
 // of fds) the socket stays blocking for good. A file made by os.NewFile
 // from a non-blocking fd keeps the socket as it is.
 func dupListener(ln *net.TCPListener) (*os.File, error) {
-	rc, err := ln.SyscallConn()
+	fd, err := dupSocket(ln) // dormant.go
 	if err != nil {
 		return nil, err
-	}
-	fd, derr := -1, error(nil)
-	if err := rc.Control(func(s uintptr) { fd, derr = unix.FcntlInt(s, unix.F_DUPFD_CLOEXEC, 0) }); err != nil {
-		return nil, err
-	}
-	if derr != nil {
-		return nil, os.NewSyscallError("fcntl", derr)
 	}
 	return os.NewFile(uintptr(fd), "listener"), nil
 }
