@@ -116,7 +116,7 @@ func (s *session) noteConnectLocked() {
 		name = d.SID()
 	}
 	s.serviceName = name
-	s.service = serviceLabel(s.l.cfg(), name)
+	s.service = serviceLabel(s.lcfg, name)
 }
 
 // serviceLabel is the metric label of a service: its spelling in the
@@ -162,7 +162,7 @@ func routeFor(l *config.Listener, service string) string {
 // connect_budget passed ends the session (ErrBadOpening): the budget is
 // spent, and no listener could answer it.
 func (s *session) route() error {
-	cfg := s.l.cfg()
+	cfg := s.lcfg
 	if len(cfg.Routes) == 0 {
 		return nil
 	}

@@ -727,7 +727,7 @@ func (s *session) phaseNow(side Side) Phase {
 	if !est {
 		return opening
 	}
-	idle := s.l.cfg().Keepalive.Idle.Duration
+	idle := s.lcfg.Keepalive.Idle.Duration
 	if side == SideBackend {
 		idle = backend.Config.Keepalive.Idle.Duration
 	}
