@@ -255,13 +255,17 @@ func (l *parkLot) wake(p *pump, events uint32) {
 		}
 	}
 	now := time.Since(l.epoch)
-	if !live && (events&(unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) != 0 || p.busy && !p.sess.p.lotCrowded()) {
-		// (Or: it came here because it was busy, and few sessions are
-		// busy now; its own goroutines are faster then.)
+	switch {
+	case !live && events&(unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) != 0:
 		// The end of the stream, or an error: the goroutine reads it (and
 		// any message before it) until EAGAIN. The edge-triggered entry
 		// reports these flags with the edge, which is what lets the read
 		// below stop after a short read.
+		go p.resume()
+		return
+	case !live && p.busy && !p.sess.p.lotCrowded():
+		// It came here because it was busy, and few sessions are busy
+		// now: its own goroutines answer faster then (lotMinBusy).
 		go p.resume()
 		return
 	}
