@@ -75,10 +75,15 @@ name = "b"
 `, admin, allow)
 }
 
-// startRun runs `tnsguard run -config path` in the test process (real
-// signals) and returns its log and a function that drains it with SIGTERM.
-func startRun(t *testing.T, path, admin string) (*lockedBuffer, func() int) {
+// startRun writes runConfig(admin, "[]") to a file and runs `tnsguard run
+// -config` on it in the test process (real signals). It returns the file,
+// the log and a function that drains it with SIGTERM.
+func startRun(t *testing.T, admin string) (string, *lockedBuffer, func() int) {
 	t.Helper()
+	path := filepath.Join(t.TempDir(), "tnsguard.toml")
+	if err := os.WriteFile(path, []byte(runConfig(admin, "[]")), 0o644); err != nil {
+		t.Fatal(err)
+	}
 	var log lockedBuffer
 	code := make(chan int, 1)
 	go func() { code <- runCommand([]string{"-config", path}, &log) }()
@@ -100,7 +105,18 @@ func startRun(t *testing.T, path, admin string) (*lockedBuffer, func() int) {
 			return -1
 		}
 	}
-	return &log, stop
+	return path, &log, stop
+}
+
+// metricsStatus is the status of GET /metrics on the admin listener.
+func metricsStatus(t *testing.T, admin string) string {
+	t.Helper()
+	resp, err := http.Get("http://" + admin + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	return resp.Status
 }
 
 // reload rewrites path and sends SIGHUP, then waits for the n-th reload
@@ -122,28 +138,14 @@ func reload(t *testing.T, log *lockedBuffer, path, text string, n int) {
 // would be a lock the operator thinks is shut. Widening it again opens it.
 func TestReloadAdminAllow(t *testing.T) {
 	admin := freePort(t)
-	path := filepath.Join(t.TempDir(), "tnsguard.toml")
-	if err := os.WriteFile(path, []byte(runConfig(admin, "[]")), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	log, stop := startRun(t, path, admin)
+	path, log, stop := startRun(t, admin)
 	reload(t, log, path, runConfig(admin, `["192.0.2.0/24"]`), 1)
-	resp, err := http.Get("http://" + admin + "/metrics")
-	if err != nil {
-		t.Fatal(err)
-	}
-	resp.Body.Close()
-	if resp.StatusCode != http.StatusForbidden {
-		t.Errorf("after a reload with admin.allow = [192.0.2.0/24], 127.0.0.1 gets %s, want 403", resp.Status)
+	if got := metricsStatus(t, admin); got != "403 Forbidden" {
+		t.Errorf("after a reload with admin.allow = [192.0.2.0/24], 127.0.0.1 gets %s, want 403", got)
 	}
 	reload(t, log, path, runConfig(admin, `["127.0.0.0/8"]`), 2)
-	resp, err = http.Get("http://" + admin + "/metrics")
-	if err != nil {
-		t.Fatal(err)
-	}
-	resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		t.Errorf("after a reload with admin.allow = [127.0.0.0/8], 127.0.0.1 gets %s, want 200", resp.Status)
+	if got := metricsStatus(t, admin); got != "200 OK" {
+		t.Errorf("after a reload with admin.allow = [127.0.0.0/8], 127.0.0.1 gets %s, want 200", got)
 	}
 	if code := stop(); code != 0 {
 		t.Errorf("exit %d after SIGTERM", code)
@@ -155,11 +157,7 @@ func TestReloadAdminAllow(t *testing.T) {
 // to the running A is no change, and the warning never names B as running.
 func TestReloadAdminListenWarning(t *testing.T) {
 	admin, other := freePort(t), freePort(t)
-	path := filepath.Join(t.TempDir(), "tnsguard.toml")
-	if err := os.WriteFile(path, []byte(runConfig(admin, "[]")), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	log, stop := startRun(t, path, admin)
+	path, log, stop := startRun(t, admin)
 	reload(t, log, path, runConfig(other, "[]"), 1) // warns: needs a restart
 	reload(t, log, path, runConfig(admin, "[]"), 2) // back to what runs
 	if code := stop(); code != 0 {
@@ -175,11 +173,7 @@ func TestReloadAdminListenWarning(t *testing.T) {
 // a reload that changes it says so instead of logging "reloaded" alone.
 func TestReloadLogFormatWarning(t *testing.T) {
 	admin := freePort(t)
-	path := filepath.Join(t.TempDir(), "tnsguard.toml")
-	if err := os.WriteFile(path, []byte(runConfig(admin, "[]")), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	log, stop := startRun(t, path, admin)
+	path, log, stop := startRun(t, admin)
 	reload(t, log, path, "[log]\nformat = \"json\"\n"+runConfig(admin, "[]"), 1)
 	if code := stop(); code != 0 {
 		t.Errorf("exit %d after SIGTERM", code)
