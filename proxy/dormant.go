@@ -275,29 +275,14 @@ func dupSocket(c syscall.Conn) (int, error) {
 	return nfd, nil
 }
 
-// keepaliveOpts are the socket options net.FileConn overwrites with Go's
-// defaults (keepalive on, 15 s, 15 s, 9).
-var keepaliveOpts = [4][2]int{
-	{unix.SOL_SOCKET, unix.SO_KEEPALIVE},
-	{unix.IPPROTO_TCP, unix.TCP_KEEPIDLE},
-	{unix.IPPROTO_TCP, unix.TCP_KEEPINTVL},
-	{unix.IPPROTO_TCP, unix.TCP_KEEPCNT},
-}
-
 // connFromFD makes a conn from a duplicate of a bare socket fd; fd stays
 // open. The socket keeps its own keepalive: net.FileConn turns Go's default
 // on, which would replace the configured values (and turn it on for a
 // backend leg whose keepalive is still to be set, or is off).
 func connFromFD(fd int) (*net.TCPConn, error) {
-	var ka [len(keepaliveOpts)]int
-	for i, o := range keepaliveOpts {
-		ka[i], _ = unix.GetsockoptInt(fd, o[0], o[1])
+	if ka, err := keepalive.Read(rawSock(fd)); err == nil {
+		defer ka.Apply(rawSock(fd)) // after FileConn's defaults (keepalive on, 15 s, 15 s, 9)
 	}
-	defer func() {
-		for i := len(keepaliveOpts) - 1; i >= 0; i-- { // SO_KEEPALIVE last: it may turn it off
-			unix.SetsockoptInt(fd, keepaliveOpts[i][0], keepaliveOpts[i][1], ka[i])
-		}
-	}()
 	nfd, err := unix.FcntlInt(uintptr(fd), unix.F_DUPFD_CLOEXEC, 0)
 	if err != nil {
 		return nil, os.NewSyscallError("fcntl", err)
