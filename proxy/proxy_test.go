@@ -258,57 +258,11 @@ func TestBackendKeepaliveSetOnceTheSessionLasts(t *testing.T) {
 // a pump that waited for one after a short read passed the end on only at
 // its idle deadline, 100 ms later.
 func TestLastMessageAndEndArriveTogether(t *testing.T) {
-	for _, end := range []string{"close", "reset"} {
-		t.Run(end, func(t *testing.T) {
-			be := newBackend(t, func(c *net.TCPConn) {
-				b := make([]byte, 1)
-				for {
-					if _, err := io.ReadFull(c, b); err != nil {
-						return
-					}
-					if b[0] == 'q' {
-						break
-					}
-					c.Write([]byte("ok"))
-				}
-				c.Write([]byte("last message"))
-				if end == "reset" {
-					resetConn(c)
-				} else {
-					c.Close()
-				}
-			})
-			h := startProxy(t, oneBackendConfig(be.addr()))
-			var worst time.Duration
-			for i := 0; i < 20; i++ {
-				c := h.dial("l")
-				for _, m := range []string{"a", "b"} { // established, the pump running
-					c.Write([]byte(m))
-					if _, err := io.ReadFull(c, make([]byte, 2)); err != nil {
-						t.Fatal(err)
-					}
-				}
-				c.Write([]byte("q"))
-				if _, err := io.ReadFull(c, make([]byte, len("last message"))); err != nil {
-					t.Fatal(err)
-				}
-				err, took := readErr(c, 2*time.Second)
-				want := io.EOF
-				if end == "reset" {
-					want = syscall.ECONNRESET
-				}
-				if !errors.Is(err, want) {
-					t.Fatalf("after the last message the app saw %v, want %v", err, want)
-				}
-				worst = max(worst, took)
-				c.Close()
-			}
-			if worst > 60*time.Millisecond { // the bug made it 100 ms
-				t.Errorf("the end reached the app up to %v after the last message, want at once", worst)
-			}
-			t.Logf("worst: %v", worst)
-		})
-	}
+	lastMessageAndEnd(t, func(t *testing.T, h *harness) *net.TCPConn { // busy_test.go
+		c := h.dial("l")
+		pings(t, c, 2) // established, the pump running
+		return c
+	})
 }
 
 // A backend whose every server has weight 0 can take no session (weight 0
