@@ -403,13 +403,7 @@ func TestSessionDurationHistogram(t *testing.T) {
 // connection existed: phase connect, server none. "opening" means a backend
 // connection was up and its first byte awaited.
 func TestAppResetWhileDialingIsPhaseConnect(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	dead := ln.Addr().String()
-	ln.Close() // refuses from now on
-	h := startProxy(t, oneBackendConfig(dead))
+	h := startProxy(t, oneBackendConfig(closedPort(t)))
 	c := h.dial("l")
 	c.Write([]byte("hello"))
 	waitFor(t, 2*time.Second, "a re-dial", func() bool { return counter(h.m.Redials, "l", "b", "connect") > 0 })

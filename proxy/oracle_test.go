@@ -131,14 +131,8 @@ func TestAllRefuseGivesTheAppTheRealError(t *testing.T) {
 // NJS-500) because the standby's dial was the last thing tried.
 func TestRefuseThenUnreachableGivesTheAppTheRefuse(t *testing.T) {
 	refusing := tnstest.New(t, tnstest.Config{Mode: tnstest.Refuse, Err: 12514})
-	down, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	standby := down.Addr().String()
-	down.Close() // nothing listens there: connection refused
-	h := startProxy(t, oracleConfig(`refuse_errors = [12514]`, refusing.Addr()+";0", standby+";1"))
-	err = goOraPing(t, h.addr("l"), "SALES")
+	h := startProxy(t, oracleConfig(`refuse_errors = [12514]`, refusing.Addr()+";0", closedPort(t)+";1")) // the standby: refused
+	err := goOraPing(t, h.addr("l"), "SALES")
 	if err == nil || !strings.Contains(err.Error(), "ORA-12514") {
 		t.Fatalf("go-ora: %v, want the preferred listener's ORA-12514", err)
 	}
