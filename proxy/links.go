@@ -34,10 +34,15 @@ func (p *Proxy) linkFor(listener, backend, server string) *link {
 	defer p.linksMu.Unlock()
 	l, ok := p.links[k]
 	if !ok {
-		l = &link{key: k, live: map[*session]struct{}{}, resets: map[string]uint64{}}
+		l = newLink(k)
 		p.links[k] = l
 	}
 	return l
+}
+
+// newLink is an empty link: no session, no reset yet.
+func newLink(k linkKey) *link {
+	return &link{key: k, live: map[*session]struct{}{}, resets: map[string]uint64{}}
 }
 
 func (p *Proxy) allLinks() []*link {
@@ -235,7 +240,7 @@ func (p *Proxy) Links() []LinkStatus {
 		delete(configured, l.key)
 	}
 	for k := range configured {
-		links = append(links, &link{key: k, live: map[*session]struct{}{}, resets: map[string]uint64{}})
+		links = append(links, newLink(k))
 	}
 	sortLinks(links)
 	var out []LinkStatus
