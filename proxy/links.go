@@ -125,8 +125,6 @@ func (l *link) figures() linkFigures {
 	}
 	f := linkFigures{retransmits: l.closedRetrans, rtt: l.lastRTT, hasRTT: l.hasRTT, lastAt: l.lastRTTAt, sessions: len(l.live)}
 	l.mu.Unlock()
-	var sum time.Duration
-	var n int
 	for _, s := range live {
 		info, err := s.backendInfo()
 		if err != nil {
@@ -134,13 +132,12 @@ func (l *link) figures() linkFigures {
 		}
 		f.retransmits += uint64(info.Retransmits)
 		if info.RTT > 0 {
-			sum += info.RTT
-			n++
+			f.liveRTT += info.RTT
+			f.liveN++
 		}
 	}
-	if n > 0 {
-		f.rtt, f.hasRTT = sum/time.Duration(n), true
-		f.liveRTT, f.liveN = sum, n
+	if f.liveN > 0 {
+		f.rtt, f.hasRTT = f.liveRTT/time.Duration(f.liveN), true
 	}
 	return f
 }
