@@ -89,6 +89,10 @@ func TestErrors(t *testing.T) {
   [[`, `name = "orders"
 connect_timeout = "3 seconds"
   [[`, 1), []string{`bad.toml:8:20: bad duration "3 seconds": use a Go duration such as "30s" or "5m"`}},
+		{"string for an integer", strings.Replace(minimal, `backend = "orders"`, "backend = \"orders\"\nmax_sessions = \"ten\"", 1),
+			[]string{`bad.toml:6:1: key "listener.max_sessions": a string given where an integer is needed`}},
+		{"float for an integer", minimal + "  [backend.keepalive]\n  count = 1.5\n",
+			[]string{`bad.toml:11:3: key "backend.keepalive.count": a float given where an integer is needed`}},
 		{"undefined backend", strings.Replace(minimal, `backend = "orders"`, `backend = "x"`, 1), []string{`bad.toml: listener "orders": backend "x" is not defined`}},
 		{"several meaning errors", `
 [log]

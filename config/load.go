@@ -4,7 +4,9 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"regexp"
 	"sort"
+	"strconv"
 	"strings"
 
 	"github.com/BurntSushi/toml"
@@ -35,8 +37,7 @@ func Parse(data []byte, source string) (*Config, []string, error) {
 		if errors.As(err, &pe) {
 			return nil, nil, Errors{fmt.Sprintf("%s:%d:%d: %s", source, pe.Position.Line, pe.Position.Col, pe.Message)}
 		}
-		// Type mismatches come as plain errors that carry the line in their text.
-		return nil, nil, Errors{fmt.Sprintf("%s: %v", source, err)}
+		return nil, nil, Errors{source + ":" + mismatch(string(data), err)}
 	}
 	var errs Errors
 	for _, k := range md.Undecoded() {
@@ -108,6 +109,57 @@ func locateKey(text string, k toml.Key) (int, int) {
 		}
 	}
 	return 1, 1
+}
+
+// typeMismatch is how the TOML library reports a value of the wrong type
+// (max_sessions = "ten"): a plain error with the line and key in its text.
+var typeMismatch = regexp.MustCompile(`^toml: line (\d+) \(last key "([^"]*)"\): (.*)$`)
+
+// mismatch renders a decode error that is not a ParseError as
+// "LINE:COL: message" naming the key, like every other config error; an
+// error of another shape keeps its own text after "1:1".
+func mismatch(text string, err error) string {
+	m := typeMismatch.FindStringSubmatch(err.Error())
+	if m == nil {
+		return fmt.Sprintf("1:1: %v", err)
+	}
+	line, _ := strconv.Atoi(m[1])
+	col := 1
+	if lines := strings.Split(text, "\n"); line >= 1 && line <= len(lines) {
+		key := m[2][strings.LastIndexByte(m[2], '.')+1:]
+		if i := strings.Index(lines[line-1], key); i >= 0 {
+			col = i + 1
+		}
+	}
+	msg := m[3]
+	if t := tomlTypes.FindStringSubmatch(msg); t != nil {
+		msg = fmt.Sprintf("%s given where %s is needed", typeName(t[1]), typeName(t[2]))
+	}
+	return fmt.Sprintf("%d:%d: key %q: %s", line, col, m[2], msg)
+}
+
+var tomlTypes = regexp.MustCompile(`^incompatible types: TOML value has type (.*); destination has type (.*)$`)
+
+// typeName says a TOML type in the words of the TOML spec, from the Go
+// names the library's message gives for values and destinations.
+func typeName(t string) string {
+	switch {
+	case t == "string":
+		return "a string"
+	case t == "int64" || t == "integer":
+		return "an integer"
+	case t == "float64" || t == "float":
+		return "a float"
+	case t == "bool" || t == "boolean":
+		return "a boolean"
+	case strings.HasPrefix(t, "[]") || t == "slice":
+		return "an array"
+	case strings.HasPrefix(t, "map[") || t == "map" || t == "struct":
+		return "a table"
+	case strings.Contains(t, "time."):
+		return "a date-time"
+	}
+	return t
 }
 
 func sortedKeys(m map[string]string) []string {
