@@ -85,8 +85,12 @@ type Server struct {
 	serviceErr     error
 }
 
-// New builds a backend from its configuration. Servers start up; the first
-// health check (see Start) corrects that within one interval.
+// New builds a backend from its configuration. With health checks on,
+// servers start down until their first check says otherwise (at once at
+// Start, within health.timeout): a server never seen up must not make the
+// proxy ready. Down servers are still dialed, after the up ones, so the
+// sessions of those first milliseconds are served. With checks off, servers
+// start up and each dial's result sets it.
 func New(cfg *config.Backend, log hclog.Logger, m *metrics.Metrics) *Backend {
 	ka := cfg.Keepalive.Settings()
 	b := &Backend{Config: cfg, log: log.With("backend", cfg.Name), metrics: m, KeepaliveLate: ka.Late(),
@@ -100,7 +104,7 @@ func New(cfg *config.Backend, log hclog.Logger, m *metrics.Metrics) *Backend {
 			breaker:   newBreaker(*cfg.Breaker.Failures, cfg.Breaker.OpenFor.Duration, cfg.Breaker.MaxOpenFor.Duration, cfg.ConnectBudget.Duration),
 			connectOK: m.ConnectDuration.WithLabelValues(cfg.Name, sc.Address, "ok"),
 		}
-		s.up.Store(true)
+		s.up.Store(cfg.Health.Check == "off")
 		b.Servers = append(b.Servers, s)
 	}
 	return b

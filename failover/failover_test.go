@@ -92,6 +92,7 @@ func TestPriorityGroupsShareByWeight(t *testing.T) {
 func TestPriorityDownServerLast(t *testing.T) {
 	b := testBackend(t, servers(`address = "a:1"`, `address = "s:1";priority = 1`))
 	b.Servers[0].setUp(false)
+	b.Servers[1].setUp(true)
 	list, last := b.order(time.Now())
 	if len(list) != 2 || list[0].Address != "s:1" || list[1].Address != "a:1" || last {
 		t.Fatalf("order %v (last resort %v), want s:1 then a:1", addrs(list), last)

@@ -20,7 +20,7 @@ func (b *Backend) Start(ctx context.Context) {
 	ctx, b.cancel = context.WithCancel(ctx)
 	b.reporting.Store(true)
 	for _, s := range b.Servers {
-		up := 0.0 // servers start up, unless inherited down (InheritHealth)
+		up := 0.0 // up only with checks off, or inherited up (InheritHealth)
 		if s.Up() {
 			up = 1
 		}

@@ -92,7 +92,7 @@ func TestTnspingCheck(t *testing.T) {
 	garbage := tnstest.New(t, tnstest.Config{Mode: tnstest.Garbage, Garbage: []byte("SSH-2.0-OpenSSH\r\n")})
 	b, m := tnspingBackend(t, "", alive.Addr(), resets.Addr(), garbage.Addr())
 	eventually(t, "first checks", func() bool { return alive.Accepted() > 0 && resets.Accepted() > 0 && garbage.Accepted() > 0 })
-	// Servers start up; the live one's first check has answered once its
+	// Servers start down; the live one's first check has answered once its
 	// version is known (Accepted counts the connection, not the answer).
 	eventually(t, "states", func() bool {
 		return b.Servers[0].ListenerVersion() != "" && b.Servers[0].Up() && !b.Servers[1].Up() && !b.Servers[2].Up()
@@ -198,7 +198,7 @@ func TestServiceProbeSendsLocalProxyHeader(t *testing.T) {
 		}
 		return false
 	})
-	// Servers start up: a passed check (its duration observed) is the proof.
+	// A passed check (its duration observed, the server up) is the proof.
 	eventually(t, "a passed check", func() bool {
 		return testutil.CollectAndCount(m.HealthDuration) == 1 && b.Servers[0].Up()
 	})

@@ -610,6 +610,34 @@ check = "off"`, fmt.Sprintf("address = %q", addr)))
 	t.Logf("Shutdown(0, %v) with a session mid-backoff returned after %v", drain, took.Round(time.Millisecond))
 }
 
+// A server no check has seen up yet does not make the proxy ready: with a
+// black-holed database at start, /readyz stays 503 and backend_up 0 while
+// the first check waits out its timeout, and a live server turns both on
+// as soon as its first check passes.
+func TestNotReadyBeforeTheFirstCheck(t *testing.T) {
+	bh := blackhole(t)
+	h := startProxy(t, backendTOML(`[backend.health]
+check = "tcp"
+interval = "2s"
+timeout = "1s"`, fmt.Sprintf("address = %q", bh)))
+	time.Sleep(100 * time.Millisecond) // the first check is under way and cannot pass
+	if ok, _ := h.p.Ready(); ok {
+		t.Errorf("Ready() = true while the only server has never passed a check (black-holed)")
+	}
+	if v := gauge(h.m.BackendUp, "b", bh); v != 0 {
+		t.Errorf("tnsguard_backend_up = %v for a server that has never passed a check", v)
+	}
+
+	srv := newServer(t, func(c *net.TCPConn) { c.Close() })
+	h = startProxy(t, backendTOML(`[backend.health]
+check = "tcp"
+interval = "1h"`, fmt.Sprintf("address = %q", srv.address)))
+	waitFor(t, time.Second, "ready after the first check", func() bool {
+		ok, _ := h.p.Ready()
+		return ok && gauge(h.m.BackendUp, "b", srv.address) == 1
+	})
+}
+
 // Health checks flapping drive tnsguard_backend_up and readiness.
 func TestHealthFlapsDriveUpAndReady(t *testing.T) {
 	srv := newServer(t, func(c *net.TCPConn) { c.Close() })
