@@ -77,8 +77,9 @@ type Server struct {
 	breaker   *breaker
 	connectOK prometheus.Observer // the connect-time series of successful dials, resolved once
 	up        atomic.Bool
-	sessions  atomic.Int64
-	version   atomic.Value // string: listener version from tnsping
+	checked   atomic.Bool   // a health check has given a result (carried over a reload: Inherit)
+	sessions  *atomic.Int64 // shared with the server a reload replaced (Inherit)
+	version   atomic.Value  // string: listener version from tnsping
 
 	// Owned by the health check goroutine.
 	serviceChecked time.Time
@@ -105,29 +106,35 @@ func New(cfg *config.Backend, log hclog.Logger, m *metrics.Metrics) *Backend {
 			connectOK: m.ConnectDuration.WithLabelValues(cfg.Name, sc.Address, "ok"),
 		}
 		s.up.Store(cfg.Health.Check == "off")
+		s.sessions = new(atomic.Int64)
 		b.Servers = append(b.Servers, s)
 	}
 	return b
 }
 
-// InheritHealth starts each server that old has too (same address) as up
-// or down as it is in old: a reload that changes a backend rebuilds it, and
-// a server known down must not take sessions, or show as up, until its
-// first check. Before Start.
-func (b *Backend) InheritHealth(old *Backend) {
+// Inherit carries each server that old has too (same address) over a
+// reload that changed the backend (which rebuilds it), as if no reload had
+// happened. Its health: a server known down takes no session and does not
+// show as up, and its checks go on with rise and fall, so one failed check
+// right after the reload does not mark a server down that was up. And its
+// live sessions, which least_sessions counts and which end on old's
+// servers. Before Start.
+func (b *Backend) Inherit(old *Backend) {
 	for _, s := range b.Servers {
 		for _, o := range old.Servers {
 			if o.Address == s.Address {
 				s.up.Store(o.Up())
+				s.checked.Store(o.checked.Load())
+				s.sessions = o.sessions
 			}
 		}
 	}
 }
 
-// Up reports whether any server is up.
+// Up reports whether any server that takes sessions (weight > 0) is up.
 func (b *Backend) Up() bool {
 	for _, s := range b.Servers {
-		if s.Up() {
+		if s.Weight > 0 && s.Up() {
 			return true
 		}
 	}

@@ -88,6 +88,21 @@ func TestPriorityGroupsShareByWeight(t *testing.T) {
 	}
 }
 
+// A server with weight 0 takes no session, so it does not make its backend
+// up (nor the proxy ready) when every weighted server is down.
+func TestWeightZeroServerDoesNotMakeTheBackendUp(t *testing.T) {
+	b := testBackend(t, servers(`address = "a:1"`, `address = "z:1";weight = 0`))
+	b.Servers[0].setUp(false)
+	b.Servers[1].setUp(true)
+	if b.Up() {
+		t.Errorf("backend up with only its weight-0 server up")
+	}
+	b.Servers[0].setUp(true)
+	if !b.Up() {
+		t.Errorf("backend down with its weighted server up")
+	}
+}
+
 // Health-down servers come after healthy ones, whatever their priority.
 func TestPriorityDownServerLast(t *testing.T) {
 	b := testBackend(t, servers(`address = "a:1"`, `address = "s:1";priority = 1`))

@@ -20,7 +20,7 @@ func (b *Backend) Start(ctx context.Context) {
 	ctx, b.cancel = context.WithCancel(ctx)
 	b.reporting.Store(true)
 	for _, s := range b.Servers {
-		up := 0.0 // up only with checks off, or inherited up (InheritHealth)
+		up := 0.0 // up only with checks off, or inherited up (Inherit)
 		if s.Up() {
 			up = 1
 		}
@@ -52,8 +52,8 @@ func (b *Backend) Stop() {
 
 func (s *Server) checkLoop(ctx context.Context) {
 	h := s.backend.Config.Health
-	var streak int // successes (>0) or failures (<0) in a row
-	first := true
+	var streak int             // successes (>0) or failures (<0) in a row
+	first := !s.checked.Load() // a server checked before a reload goes on with rise and fall
 	t := time.NewTimer(0)
 	defer t.Stop()
 	for {
@@ -84,6 +84,7 @@ func (s *Server) checkLoop(ctx context.Context) {
 			s.backend.log.Warn("health check failed", "server", s.Address, "error", err)
 		}
 		first = false
+		s.checked.Store(true)
 		t.Reset(h.Interval.Duration)
 	}
 }

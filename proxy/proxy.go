@@ -108,7 +108,7 @@ func (p *Proxy) Apply(cfg *config.Config) error {
 		}
 		b := failover.New(bc, p.log.Named("failover"), p.metrics)
 		if old, ok := p.backends[bc.Name]; ok {
-			b.InheritHealth(old) // a server known down stays down until its first check
+			b.Inherit(old) // health and session counts go on as before the reload
 		}
 		backends[bc.Name] = b
 		fresh = append(fresh, b)

@@ -405,7 +405,7 @@ func TestReloadIdleTimeoutKeepsOpenSessions(t *testing.T) {
 }
 
 // A reload that changes a backend rebuilds it. A server known down stays
-// down until its first check, in the gauge and for new sessions: it started
+// down until its checks say otherwise, in the gauge and for new sessions: it started
 // up, so alerts flapped and sessions dialed it for a health timeout (here a
 // black hole, so the first check takes its whole timeout).
 func TestReloadKeepsADownServerDown(t *testing.T) {
@@ -415,8 +415,9 @@ func TestReloadKeepsADownServerDown(t *testing.T) {
   interval = "5s"
   timeout = "2s"`, 1)
 	h := startProxy(t, cfg)
-	waitFor(t, 5*time.Second, "the black-holed server down", func() bool {
-		return testutil.ToFloat64(h.m.BackendUp.WithLabelValues("b", bad)) == 0
+	waitFor(t, 5*time.Second, "the good server up, the black-holed one down", func() bool {
+		return testutil.ToFloat64(h.m.BackendUp.WithLabelValues("b", good.addr())) == 1 &&
+			testutil.ToFloat64(h.m.BackendUp.WithLabelValues("b", bad)) == 0
 	})
 	if err := h.p.Apply(mustParse(t, strings.Replace(cfg, `connect_budget = "3s"`, `connect_budget = "4s"`, 1))); err != nil {
 		t.Fatal(err)
@@ -429,5 +430,92 @@ func TestReloadKeepsADownServerDown(t *testing.T) {
 	echoed(t, c, "hello")
 	if took := time.Since(start); took > 300*time.Millisecond {
 		t.Fatalf("the first session after the reload took %v: it dialed the down server", took)
+	}
+}
+
+// least_sessions after a reload that rebuilds the backend: the sessions
+// still live on each server count. A has 2 live sessions, B none; a reload
+// changes connect_budget only; the next sessions go to B. They went to A:
+// the rebuilt servers started at 0 and the old sessions ended on the old
+// ones.
+func TestReloadKeepsLeastSessionsCounts(t *testing.T) {
+	a, b := newServer(t, sayName("A")), newServer(t, sayName("B"))
+	cfg := backendTOML(`balance = "least_sessions"
+connect_budget = "3s"
+[backend.health]
+check = "off"`, fmt.Sprintf("address = %q", a.address), fmt.Sprintf("address = %q", b.address))
+	h := startProxy(t, cfg)
+	open := map[string][]net.Conn{}
+	t.Cleanup(func() {
+		for _, l := range open {
+			for _, c := range l {
+				c.Close()
+			}
+		}
+	})
+	reach := func() string {
+		name, conn, err := h.reached()
+		if err != nil {
+			t.Fatal(err)
+		}
+		open[name] = append(open[name], conn)
+		return name
+	}
+	for range 4 {
+		reach()
+	}
+	for _, c := range open["B"] {
+		c.Close()
+	}
+	open["B"] = nil
+	waitFor(t, 2*time.Second, "B's sessions ended", func() bool { return h.p.backend("b").Servers[1].Sessions() == 0 })
+	if err := h.p.Apply(mustParse(t, strings.Replace(cfg, `connect_budget = "3s"`, `connect_budget = "4s"`, 1))); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 2 {
+		if name := reach(); name != "B" {
+			t.Fatalf("session %d after the reload went to %s, which had 2 live sessions, want B (none)", i+1, name)
+		}
+	}
+}
+
+// A reload that rebuilds a backend does not restart its health checks'
+// count: with fall = 3, one failed check right after the reload leaves an
+// up server up, as it does without a reload (the control). It took the
+// first result of the new checks as a cold start's, so a short blip at a
+// reload turned /readyz to 503 for rise checks.
+func TestReloadKeepsFall(t *testing.T) {
+	a := newServer(t, sayName("A"))
+	cfg := backendTOML(`connect_budget = "3s"
+[backend.health]
+check = "tcp"
+interval = "100ms"
+timeout = "100ms"
+rise = 2
+fall = 3`, fmt.Sprintf("address = %q", a.address))
+	h := startProxy(t, cfg)
+	waitFor(t, time.Second, "ready", func() bool { ok, _ := h.p.Ready(); return ok })
+	wentDown := func(d time.Duration) bool {
+		for end := time.Now().Add(d); time.Now().Before(end); time.Sleep(2 * time.Millisecond) {
+			if ok, _ := h.p.Ready(); !ok {
+				return true
+			}
+		}
+		return false
+	}
+	a.down()
+	time.Sleep(150 * time.Millisecond) // one or two failed checks
+	a.up()
+	if wentDown(300 * time.Millisecond) {
+		t.Fatal("control: a short refusal without a reload marked the server down")
+	}
+	a.down()
+	if err := h.p.Apply(mustParse(t, strings.Replace(cfg, `connect_budget = "3s"`, `connect_budget = "4s"`, 1))); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(30 * time.Millisecond) // the new backend's first check fails
+	a.up()
+	if wentDown(400 * time.Millisecond) {
+		t.Fatal("after a reload, one failed check (fall = 3) marked the server down")
 	}
 }
