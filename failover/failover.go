@@ -8,7 +8,7 @@
 //	b := failover.New(cfg, logger, m)
 //	b.Start(ctx)      // health checks
 //	defer b.Stop()
-//	plan := b.NewPlan()
+//	plan := b.NewPlan(time.Now())
 //	for {
 //		srv, err := plan.Next(ctx)   // waits a backoff between rounds
 //		if err != nil { break }      // budget exhausted or ctx done
@@ -356,9 +356,11 @@ type Plan struct {
 	lastResort bool
 }
 
-// NewPlan starts a session's plan; the budget runs from now.
-func (b *Backend) NewPlan() *Plan {
-	return &Plan{b: b, deadline: time.Now().Add(b.Config.ConnectBudget.Duration), backoff: b.Config.Backoff.Duration}
+// NewPlan starts a session's plan; the budget runs from start (when the
+// session began to wait: what it spent before its first dial is part of
+// the budget).
+func (b *Backend) NewPlan(start time.Time) *Plan {
+	return &Plan{b: b, deadline: start.Add(b.Config.ConnectBudget.Duration), backoff: b.Config.Backoff.Duration}
 }
 
 // Deadline is when the session's connect budget ends.

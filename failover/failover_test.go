@@ -171,7 +171,7 @@ max_open_for = "1h"
 		t.Fatalf("all circuits open: order %v (last resort %v), want a:1, s:1 as a last resort", addrs(list), last)
 	}
 	// Next hands them out even though their breakers refuse.
-	plan := b.NewPlan()
+	plan := b.NewPlan(time.Now())
 	for _, want := range []string{"a:1", "s:1"} {
 		s, err := plan.Next(context.Background())
 		if err != nil || s.Address != want {
@@ -196,7 +196,7 @@ func TestPauseJitterAndDoubling(t *testing.T) {
 backoff_max = "2s"
 `+servers(`address = "a:1"`))
 	for range 200 {
-		p := b.NewPlan()
+		p := b.NewPlan(time.Now())
 		for _, ms := range []time.Duration{100, 200, 400, 800, 1600, 2000, 2000} {
 			base := ms * time.Millisecond
 			w, ok := p.pause(time.Hour)
@@ -205,7 +205,7 @@ backoff_max = "2s"
 			}
 		}
 	}
-	p := b.NewPlan()
+	p := b.NewPlan(time.Now())
 	if w, ok := p.pause(70 * time.Millisecond); !ok || w > 20*time.Millisecond {
 		t.Fatalf("70ms left: pause %v ok=%v, want at most 20ms so a round fits before the deadline", w, ok)
 	}
@@ -216,7 +216,7 @@ backoff_max = "2s"
 	tiny := testBackend(t, `backoff = "1ns"
 backoff_max = "1ns"
 `+servers(`address = "a:1"`))
-	if _, ok := tiny.NewPlan().pause(time.Second); !ok {
+	if _, ok := tiny.NewPlan(time.Now()).pause(time.Second); !ok {
 		t.Fatal("1ns backoff: no pause")
 	}
 }
@@ -231,7 +231,7 @@ backoff = "40ms"
 backoff_max = "160ms"
 `+servers(`address = "a:1"`, `address = "b:1"`))
 	start := time.Now()
-	p := b.NewPlan()
+	p := b.NewPlan(time.Now())
 	var rounds, dials int
 	var last time.Time
 	var pauses []time.Duration
@@ -275,7 +275,7 @@ func TestPlanCancelledMidPause(t *testing.T) {
 backoff = "10s"
 backoff_max = "10s"
 `+servers(`address = "a:1"`))
-	p := b.NewPlan()
+	p := b.NewPlan(time.Now())
 	ctx, cancel := context.WithCancel(context.Background())
 	if _, err := p.Next(ctx); err != nil {
 		t.Fatal(err)

@@ -4,10 +4,12 @@ import (
 	"bytes"
 	"context"
 	"database/sql"
+	"errors"
 	"fmt"
 	"io"
 	"net"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -275,6 +277,32 @@ func TestRoutingStopsWaitingAtAppHalfClose(t *testing.T) {
 	}
 	if took > time.Second {
 		t.Fatalf("the answer came after %v: routing waited for a CONNECT after the app's half-close", took)
+	}
+}
+
+// On a routed listener the wait for the app's CONNECT is part of
+// connect_budget, not added to it: an app that sends its CONNECT late, to a
+// backend whose only server refuses connections, is reset when the budget
+// that began at its connect runs out. It was reset at the wait plus a whole
+// budget.
+func TestRouteWaitCountsInTheBudget(t *testing.T) {
+	cfg := strings.Replace(oracleConfig("", closedPort(t)), `services = ["SALES"]`, `routes = { "*" = "b" }`, 1)
+	cfg = strings.Replace(cfg, `connect_budget = "2s"`, `connect_budget = "600ms"`, 1)
+	cfg = strings.Replace(cfg, `connect_timeout = "1s"`, `connect_timeout = "200ms"`, 1)
+	h := startProxy(t, cfg)
+	c := h.dial("l")
+	start := time.Now()
+	time.Sleep(400 * time.Millisecond)
+	connect, err := tns.BuildConnect("(DESCRIPTION=(CONNECT_DATA=(SERVICE_NAME=SALES))(ADDRESS=(PROTOCOL=TCP)(HOST=x)(PORT=1)))")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Write(connect); err != nil {
+		t.Fatal(err)
+	}
+	err, _ = readErr(c, 3*time.Second)
+	if took := time.Since(start); took > 850*time.Millisecond || !errors.Is(err, syscall.ECONNRESET) {
+		t.Fatalf("app's connection ended %v after it connected (%v), with connect_budget = 600ms", took, err)
 	}
 }
 

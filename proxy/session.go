@@ -163,11 +163,12 @@ func (s *session) run() {
 // opening bytes on every new connection. On error the session is over
 // (already classified) and the client has been reset.
 func (s *session) open() error {
+	began := time.Now() // connect_budget counts the wait for a routed CONNECT too
 	if err := s.route(); err != nil {
 		return err
 	}
 	cfg := s.backend.Config
-	plan := s.backend.NewPlan()
+	plan := s.backend.NewPlan(began)
 	var attempts []string
 	var lastErr error
 	var lastRefuse error        // the last REFUSE, for the app when no server takes it
