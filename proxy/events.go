@@ -105,8 +105,11 @@ func unixMinute(t time.Time) int32 { return int32(t.Unix() / 60) }
 // logs it unless the link's log budget for this window is spent.
 func (f *forensics) add(s *session, server, cause string, age time.Duration) {
 	now := time.Now()
-	service := s.serviceName          // the name the app asked for, "" when not Oracle
-	if len(service) > maxServiceLen { // the ring must not keep a large client packet alive
+	service := s.serviceName // the name the app asked for
+	switch {
+	case service == "": // not Oracle, or no CONNECT read
+		service = "other"
+	case len(service) > maxServiceLen: // the ring must not keep a large client packet alive
 		service = strings.Clone(service[:maxServiceLen])
 	}
 	ev := ResetEvent{

@@ -53,7 +53,7 @@ func TestBackendResetBecomesAnEvent(t *testing.T) {
 
 	ev := h.p.Resets(0)[0]
 	if ev.Listener != "l" || ev.Backend != "b" || ev.Server != be.addr() || ev.Side != SideBackend ||
-		ev.Phase != PhaseActive || ev.Cause != "rst" || ev.Outcome != "reset" || ev.Service != "" {
+		ev.Phase != PhaseActive || ev.Cause != "rst" || ev.Outcome != "reset" || ev.Service != "other" {
 		t.Errorf("event = %+v", ev)
 	}
 	if ev.BytesToBackend != 5 || ev.BytesToClient != 6 {
