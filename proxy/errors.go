@@ -49,6 +49,10 @@ const (
 // Cause names why a leg ended, for metrics and logs.
 func Cause(err error) string {
 	switch {
+	case errors.Is(err, ErrReplayOverflow):
+		// tnsguard's decision (too much to replay), whatever ended the
+		// backend leg: raising replay_bytes is the operator's fix.
+		return "proxy"
 	case err == nil, errors.Is(err, io.EOF):
 		return "eof"
 	case errors.Is(err, syscall.ECONNRESET), errors.Is(err, syscall.EPIPE), errors.Is(err, syscall.ECONNABORTED):
@@ -61,7 +65,7 @@ func Cause(err error) string {
 		return "idle_timeout"
 	case errors.Is(err, ErrRefused):
 		return "refused"
-	case errors.Is(err, ErrReplayOverflow), errors.Is(err, ErrDrained), errors.Is(err, net.ErrClosed):
+	case errors.Is(err, ErrDrained), errors.Is(err, net.ErrClosed):
 		return "proxy"
 	case errors.Is(err, ErrNoBackend):
 		return "no_backend"
