@@ -79,6 +79,11 @@ func TestErrors(t *testing.T) {
 		want       []string
 	}{
 		{"syntax", "[log]\nlevel = \"info\n", []string{`bad.toml:2:14: strings cannot contain newlines`}},
+		// The library's line was the lexer's, past the newline: these were
+		// put at 4:11 and 2:11.
+		{"syntax at a line's end", "[log]\nlevel = \"info\"\n[[listener]\nname = \"x\"\n",
+			[]string{`bad.toml:3:11: expected end of table array name delimiter ']', but got '\n' instead`}},
+		{"syntax at a line's start", "a = [1, 2\nb = 3\n", []string{`bad.toml:2:1: expected a comma (',') or array terminator (']'), but got 'b'`}},
 		{"unknown key", minimal + "  [backend.keepalive]\n  idel = \"5s\"\n", []string{`bad.toml:11:3: unknown key "backend.keepalive.idel"`}},
 		{"unknown dotted key", strings.Replace(minimal, `backend = "orders"`, "backend = \"orders\"\nkeepalive.idel = \"5s\"", 1),
 			[]string{`bad.toml:6:1: unknown key "listener.keepalive.idel"`}},
@@ -93,6 +98,10 @@ connect_timeout = "3 seconds"
 			[]string{`bad.toml:6:1: key "listener.max_sessions": a string given where an integer is needed`}},
 		{"float for an integer", minimal + "  [backend.keepalive]\n  count = 1.5\n",
 			[]string{`bad.toml:11:3: key "backend.keepalive.count": a float given where an integer is needed`}},
+		{"listener on admin.listen", "[admin]\nlisten = \"127.0.0.1:9521\"\n" + strings.Replace(minimal, `listen = "127.0.0.1:1522"`, `listen = "0.0.0.0:9521"`, 1),
+			[]string{`bad.toml: listener "orders": listen "0.0.0.0:9521" takes the address of admin.listen "127.0.0.1:9521": one of them could not start`}},
+		{"two listeners on one port", minimal + "[[listener]]\nname = \"all\"\nlisten = \"0.0.0.0:1522\"\nbackend = \"orders\"\n",
+			[]string{`bad.toml: listener "all": listen "0.0.0.0:1522" is also used by listener "orders"`}},
 		{"undefined backend", strings.Replace(minimal, `backend = "orders"`, `backend = "x"`, 1), []string{`bad.toml: listener "orders": backend "x" is not defined`}},
 		{"several meaning errors", `
 [log]

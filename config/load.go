@@ -1,6 +1,7 @@
 package config
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"os"
@@ -35,7 +36,8 @@ func Parse(data []byte, source string) (*Config, []string, error) {
 	if err != nil {
 		var pe toml.ParseError
 		if errors.As(err, &pe) {
-			return nil, nil, Errors{fmt.Sprintf("%s:%d:%d: %s", source, pe.Position.Line, pe.Position.Col, pe.Message)}
+			line, col := position(data, pe)
+			return nil, nil, Errors{fmt.Sprintf("%s:%d:%d: %s", source, line, col, pe.Message)}
 		}
 		return nil, nil, Errors{source + ":" + mismatch(string(data), err)}
 	}
@@ -109,6 +111,15 @@ func locateKey(text string, k toml.Key) (int, int) {
 		}
 	}
 	return 1, 1
+}
+
+// position is the line and column of a syntax error, both counted from its
+// byte offset: the library's Line is the lexer's, which has already passed
+// the newline after a token that ends a line, and would name the next line.
+func position(data []byte, pe toml.ParseError) (int, int) {
+	start := min(max(pe.Position.Start, 0), len(data))
+	before := data[:start]
+	return 1 + bytes.Count(before, []byte{'\n'}), start - bytes.LastIndexByte(before, '\n')
 }
 
 // typeMismatch is how the TOML library reports a value of the wrong type
