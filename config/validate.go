@@ -74,8 +74,10 @@ func (c *Config) validate() (errs, warnings []string) {
 		where := named("listener", l.Name, i, names)
 		if err := checkHostPort(l.Listen); err != nil {
 			add("%s: listen: %v", where, err)
-		} else if other, dup := addrs[l.Listen]; dup {
+		} else if other, dup := listenerOn(addrs, l.Listen); dup {
 			add("%s: listen %q is also used by listener %q", where, l.Listen, other)
+		} else if sameSocket(l.Listen, c.Admin.Listen) {
+			add("%s: listen %q takes the address of admin.listen %q: one of them could not start", where, l.Listen, c.Admin.Listen)
 		}
 		addrs[l.Listen] = l.Name
 		if l.Backend == "" && l.Routes["*"] == "" {
@@ -344,4 +346,27 @@ func parseNets(list []string) ([]netip.Prefix, error) {
 		return nil, fmt.Errorf("%s: not a CIDR or address", strings.Join(bad, ", "))
 	}
 	return nets, nil
+}
+
+// listenerOn finds the listener, of those seen (listen address -> name),
+// whose socket listening on addr would take.
+func listenerOn(seen map[string]string, addr string) (string, bool) {
+	for a, name := range seen {
+		if sameSocket(a, addr) {
+			return name, true
+		}
+	}
+	return "", false
+}
+
+// sameSocket tells whether listening on a and on b would take one socket:
+// the same port, on the same host or with either on every address.
+func sameSocket(a, b string) bool {
+	ha, pa, err1 := net.SplitHostPort(a)
+	hb, pb, err2 := net.SplitHostPort(b)
+	if err1 != nil || err2 != nil || pa != pb {
+		return false
+	}
+	any := func(h string) bool { return h == "" || h == "0.0.0.0" || h == "::" }
+	return ha == hb || any(ha) || any(hb)
 }
