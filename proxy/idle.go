@@ -296,7 +296,17 @@ func (l *parkLot) wake(p *pump, events uint32) {
 	w := 0
 	if rerr == nil && n > 0 && n < len(*buf) {
 		p.buf, p.n = buf, n
-		w, _ = p.write(0, true) // an error: the goroutine's own write sees it again
+		var werr error
+		w, werr = p.write(0, true)
+		if werr != nil {
+			// The destination failed (a reset, a keepalive timeout): this
+			// write took its error, and a second write would only see EPIPE.
+			p.buf = nil
+			p.pool.put(buf)
+			p.writeErr, p.pending = werr, true
+			go p.resume()
+			return
+		}
 		if w == n {
 			p.buf = nil
 			p.pool.put(buf)
@@ -477,6 +487,13 @@ func (s *session) unpark() {
 
 // directionEnded closes one direction: up is app -> backend.
 func (s *session) directionEnded(up bool, pe *pumpErr) {
+	if pe == nil {
+		src := SideBackend
+		if up {
+			src = SideClient
+		}
+		pe = s.endOfStream(src) // a reset whose error a write took
+	}
 	if pe == nil && s.legs.Load() == 1 {
 		// The other direction is over: closing both sockets (legEnded)
 		// sends this FIN, as HAProxy does; a shutdown first would be one

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/hashicorp/go-hclog"
+	"golang.org/x/sys/unix"
 
 	"github.com/tnsguard/tnsguard/config"
 	"github.com/tnsguard/tnsguard/failover"
@@ -61,6 +62,7 @@ type session struct {
 	replay      []byte           // the app's opening bytes, for a re-dial
 	overflow    bool             // more than replay_bytes were sent on: no re-dial
 	clientEOF   bool             // the app half-closed during the opening
+	ourFIN      [2]bool          // tnsguard half-closed the app's leg [0] or the backend's [1] (see endOfStream)
 	clientErr   error            // the app's leg failed during the opening
 	clientPhase Phase            // when it failed: connect (no backend connection yet) or opening
 	established bool
@@ -470,6 +472,7 @@ func (s *session) replayTo(conn *net.TCPConn, srv *failover.Server, deadline tim
 	}
 	if s.clientEOF {
 		conn.CloseWrite()
+		s.ourFIN[1] = true
 	}
 	s.conn, s.server, s.attaching = conn, srv, nil
 	s.kaLate = s.backend.KeepaliveLate
@@ -694,12 +697,17 @@ func (s *session) pumpBackendToClient() *pumpErr {
 func (s *session) directionDone(pe *pumpErr, src, dst Side) {
 	s.mu.Lock()
 	client, conn := s.client, s.conn // a direction that ended keeps the session awake: live conns
+	if pe == nil {
+		s.ourFIN[legIndex(dst)] = true
+	}
 	s.mu.Unlock()
 	if pe == nil {
 		if dst == SideClient {
 			client.CloseWrite()
+			go s.watchHalfClosed(src, conn)
 		} else if conn != nil {
 			conn.CloseWrite()
+			go s.watchHalfClosed(src, client)
 		}
 		return
 	}
@@ -711,6 +719,76 @@ func (s *session) directionDone(pe *pumpErr, src, dst Side) {
 		side = dst
 	}
 	s.abort(side, s.phaseNow(side), pe.err, "reset", s.currentServer())
+}
+
+func legIndex(side Side) int {
+	if side == SideClient {
+		return 0
+	}
+	return 1
+}
+
+// endOfStream tells a read's end of stream from a reset whose error was
+// taken elsewhere: a write to the socket (the other direction's, or the
+// lot's) got ECONNRESET first, and the read that follows finds a plain 0.
+// Passed on as a FIN, it would reach the other leg as a clean close; the
+// socket's state tells: after a FIN it is CLOSE_WAIT, after a reset CLOSE.
+// CLOSE is also where a socket ends up after a FIN each way, so a leg that
+// tnsguard half-closed itself is taken at its word. nil for a real end of
+// stream.
+func (s *session) endOfStream(src Side) *pumpErr {
+	s.mu.Lock()
+	c := s.client
+	if src == SideBackend {
+		c = s.conn
+	}
+	ours := s.ourFIN[legIndex(src)]
+	s.mu.Unlock()
+	if ours || c == nil {
+		return nil
+	}
+	rc, err := c.SyscallConn()
+	if err != nil {
+		return nil
+	}
+	reset := false
+	rc.Control(func(fd uintptr) {
+		info, err := unix.GetsockoptTCPInfo(int(fd), unix.IPPROTO_TCP, unix.TCP_INFO)
+		reset = err == nil && info.State == unix.BPF_TCP_CLOSE
+	})
+	if !reset {
+		return nil
+	}
+	return &pumpErr{err: os.NewSyscallError("read", syscall.ECONNRESET)}
+}
+
+// watchHalfClosed waits, once src's peer half-closed and the other
+// direction goes on, for an error on src's socket: the peer's reset, or its
+// keepalive or user timeout giving up. Nothing reads that socket any more,
+// so the error would otherwise wait for the other direction's next write,
+// or for the session's end, and the other leg would never see a reset. It
+// ends with the session (the socket closed).
+func (s *session) watchHalfClosed(src Side, c *net.TCPConn) {
+	if c == nil {
+		return
+	}
+	rc, err := c.SyscallConn()
+	if err != nil {
+		return
+	}
+	c.SetReadDeadline(time.Time{}) // the pump's idle deadline: this waits as long as the session lasts
+	var failed error
+	err = rc.Read(func(fd uintptr) bool {
+		soerr, err := unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_ERROR)
+		if err == nil && soerr != 0 {
+			failed = os.NewSyscallError("read", syscall.Errno(soerr))
+		}
+		return failed != nil // no error: wait for the next event (our FIN wakes it too)
+	})
+	if err != nil || failed == nil {
+		return // the session ended
+	}
+	s.abort(src, s.phaseNow(src), failed, "reset", s.currentServer())
 }
 
 func (s *session) currentServer() *failover.Server {
