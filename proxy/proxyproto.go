@@ -133,7 +133,7 @@ func readInbound(ctx context.Context, c *net.TCPConn, cfg *config.Listener) (inb
 // until ctx ends). It returns the header and the bytes read past it;
 // proxyproto.ErrNoProxyProtocol with the bytes read so far when the
 // connection does not start with a header signature (including a client
-// that sent nothing at all before the timeout); errHeaderTimeout when bytes
+// that sent nothing at all before the timeout, or left without a byte); errHeaderTimeout when bytes
 // came but no complete header in time; another error for a malformed one.
 func readHeader(ctx context.Context, c *net.TCPConn, timeout time.Duration) (*proxyproto.Header, []byte, error) {
 	if err := c.SetReadDeadline(time.Now().Add(timeout)); err != nil {
@@ -158,6 +158,11 @@ func readHeader(ctx context.Context, c *net.TCPConn, timeout time.Duration) (*pr
 		return nil, nil, fmt.Errorf("%w: %w", errHeaderTimeout, err)
 	}
 	if err != nil && !errors.Is(err, proxyproto.ErrNoProxyProtocol) {
+		if src.n == 0 {
+			// The client left (a FIN, a reset) before its first byte: it
+			// sent no header, bad or good, and no data, as a silent one.
+			return nil, nil, proxyproto.ErrNoProxyProtocol
+		}
 		return nil, nil, err
 	}
 	var early []byte

@@ -310,6 +310,45 @@ allow = ["127.0.0.0/8", "203.0.113.0/24"]`, ""))
 	}
 }
 
+// A client that connects and leaves (a FIN or a reset) without a byte sent
+// no PROXY header: on an optional listener it is not a rejection at all,
+// and on a required one from a trusted source the header is missing, not
+// invalid. Both used to count as proxy_untrusted ("an untrusted host sent a
+// header", what operators alert on as spoofing) or proxy_invalid.
+func TestProxyClientLeavesBeforeAByte(t *testing.T) {
+	be, _ := ppBackend(t, false)
+	// Each round from its own untrusted address: a port bound on one
+	// address again soon may meet the proxy's TIME_WAIT, which resets it.
+	leave := func(addr string, reset bool, from ...string) {
+		for _, from := range from {
+			c := dialFrom(t, from, addr)
+			if reset {
+				c.SetLinger(0)
+			}
+			c.Close()
+		}
+	}
+	h := startProxy(t, ppConfig(be.addr(), `proxy_protocol = "optional"
+trusted_proxies = ["127.0.0.1/32"]`, ""))
+	leave(h.addr("l"), false, "127.0.0.2", "127.0.0.1") // untrusted, trusted
+	leave(h.addr("l"), true, "127.0.0.3", "127.0.0.1")
+	waitFor(t, 2*time.Second, "the sessions ended", func() bool { return len(h.p.liveSessions()) == 0 })
+	time.Sleep(50 * time.Millisecond)
+	for _, reason := range []string{rejectProxyUntrusted, rejectProxyInvalid, rejectProxyMissing} {
+		if v := counter(h.m.SessionsRejected, "l", reason); v != 0 {
+			t.Errorf("optional: rejected{%s} = %v for clients that sent nothing", reason, v)
+		}
+	}
+
+	h = startProxy(t, ppConfig(be.addr(), `proxy_protocol = "required"
+trusted_proxies = ["127.0.0.1/32"]`, ""))
+	leave(h.addr("l"), true, "127.0.0.1") // an untrusted one is refused at once, before it can leave
+	waitFor(t, 2*time.Second, "refused", func() bool { return counter(h.m.SessionsRejected, "l", rejectProxyMissing) == 1 })
+	if v := counter(h.m.SessionsRejected, "l", rejectProxyInvalid); v != 0 {
+		t.Errorf("required: rejected{proxy_invalid} = %v for a trusted client that reset before a byte", v)
+	}
+}
+
 // A header that trickles, or a client that says nothing, is closed at
 // proxy_header_timeout; a v1 line split over reads, an over-long v1 line
 // and a v2 length beyond 4 KiB are refused at once. None reaches a backend.
