@@ -148,7 +148,7 @@ func (s *session) revive() error {
 		if err := lot.move(p, raw, c); err != nil {
 			client.Close()
 			backend.Close()
-			s.closeRaw(false)
+			s.closeRaw(true) // the session is broken: the app must not take this for a clean close
 			return err
 		}
 	}
