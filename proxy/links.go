@@ -20,6 +20,7 @@ type link struct {
 	mu            sync.Mutex
 	live          map[*session]struct{}
 	closedRetrans uint64
+	shownRetrans  uint64 // the most figures() reported: the counter never goes back
 	lastRTT       time.Duration
 	lastRTTAt     time.Time
 	hasRTT        bool
@@ -139,6 +140,14 @@ func (l *link) figures() linkFigures {
 	if f.liveN > 0 {
 		f.rtt, f.hasRTT = f.liveRTT/time.Duration(f.liveN), true
 	}
+	// A session that ended between the two reads had its retransmits
+	// moved into closedRetrans after it was read, and its socket is gone:
+	// this sum misses them once. Prometheus would take the dip for a
+	// counter reset, and rate() would jump by the whole total.
+	l.mu.Lock()
+	f.retransmits = max(f.retransmits, l.shownRetrans)
+	l.shownRetrans = f.retransmits
+	l.mu.Unlock()
 	return f
 }
 
