@@ -239,3 +239,27 @@ func FuzzParse(f *testing.F) {
 		}
 	})
 }
+
+// An admin allow list without 127.0.0.1, on an admin listener the local
+// healthcheck reaches, warns: the Docker HEALTHCHECK would get 403 and the
+// container would stay unhealthy.
+func TestAdminAllowWithoutLoopbackWarns(t *testing.T) {
+	for _, tc := range []struct {
+		admin string
+		warns bool
+	}{
+		{"listen = \"0.0.0.0:9521\"\nallow = [\"10.0.0.0/8\"]", true},
+		{"listen = \"127.0.0.1:9521\"\nallow = [\"10.0.0.0/8\"]", true},
+		{"listen = \"0.0.0.0:9521\"\nallow = [\"10.0.0.0/8\", \"127.0.0.1/32\"]", false},
+		{"listen = \"10.1.2.3:9521\"\nallow = [\"10.0.0.0/8\"]", false}, // not reached through 127.0.0.1 anyway
+	} {
+		_, warnings, err := Parse([]byte("[admin]\n"+tc.admin+"\n"+minimal), "w.toml")
+		if err != nil {
+			t.Fatal(err)
+		}
+		got := strings.Contains(strings.Join(warnings, "\n"), "admin: allow leaves out 127.0.0.1")
+		if got != tc.warns {
+			t.Errorf("%q: warned %v, want %v (%q)", tc.admin, got, tc.warns, warnings)
+		}
+	}
+}

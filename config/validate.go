@@ -35,6 +35,10 @@ func (c *Config) validate() (errs, warnings []string) {
 	if host, _, err := net.SplitHostPort(c.Admin.Listen); err == nil && len(c.Admin.Allow) == 0 && !isLoopback(host) {
 		warn("admin: listen %q is reachable from other hosts and admin.allow is empty: anyone who reaches it sees your links", c.Admin.Listen)
 	}
+	if host, _, err := net.SplitHostPort(c.Admin.Listen); err == nil && (host == "" || host == "0.0.0.0" || host == "::" || host == "127.0.0.1") &&
+		len(c.Admin.AllowNets) > 0 && !allows(c.Admin.AllowNets, netip.MustParseAddr("127.0.0.1")) {
+		warn("admin: allow leaves out 127.0.0.1: `tnsguard healthcheck` (the Docker HEALTHCHECK) asks from there, gets 403 and reports not ready")
+	}
 
 	// named says where a table is in messages, checks its name is set and
 	// unique among seen, and records it there.
@@ -360,13 +364,22 @@ func listenerOn(seen map[string]string, addr string) (string, bool) {
 }
 
 // sameSocket tells whether listening on a and on b would take one socket:
-// the same port, on the same host or with either on every address.
+// the same port (not 0), on the same host or with either on every address.
 func sameSocket(a, b string) bool {
 	ha, pa, err1 := net.SplitHostPort(a)
 	hb, pb, err2 := net.SplitHostPort(b)
-	if err1 != nil || err2 != nil || pa != pb {
+	if err1 != nil || err2 != nil || pa != pb || pa == "0" { // port 0: each gets its own
 		return false
 	}
 	any := func(h string) bool { return h == "" || h == "0.0.0.0" || h == "::" }
 	return ha == hb || any(ha) || any(hb)
+}
+
+func allows(nets []netip.Prefix, a netip.Addr) bool {
+	for _, n := range nets {
+		if n.Contains(a) {
+			return true
+		}
+	}
+	return false
 }
