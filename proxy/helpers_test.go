@@ -6,6 +6,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -160,6 +161,12 @@ func echo(c *net.TCPConn) {
 func resetConn(c *net.TCPConn) {
 	c.SetLinger(0)
 	c.Close()
+}
+
+// listenerAt puts listener "l" of a config from oneBackendConfig (or built
+// like it) on addr: the listener's line only, not admin.listen's.
+func listenerAt(cfg, addr string) string {
+	return strings.Replace(cfg, "name = \"l\"\nlisten = \"127.0.0.1:0\"", fmt.Sprintf("name = \"l\"\nlisten = %q", addr), 1)
 }
 
 func oneBackendConfig(servers ...string) string {

@@ -5,7 +5,6 @@ import (
 	"crypto/rand"
 	"crypto/sha256"
 	"errors"
-	"fmt"
 	"io"
 	"net"
 	"strings"
@@ -197,7 +196,7 @@ func TestKeepaliveOnBothLegs(t *testing.T) {
 	// A renamed listener keeps its socket (handed over through a file
 	// descriptor, reload.go); its sessions still get the configured values,
 	// not Go's defaults for a listener made from a file.
-	renamed := strings.NewReplacer(`name = "l"`, `name = "m"`, `listen = "127.0.0.1:0"`, fmt.Sprintf("listen = %q", h.addr("l"))).Replace(next)
+	renamed := strings.Replace(listenerAt(next, h.addr("l")), `name = "l"`, `name = "m"`, 1)
 	if err := h.p.Apply(mustParse(t, renamed)); err != nil {
 		t.Fatal(err)
 	}

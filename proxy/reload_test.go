@@ -286,8 +286,7 @@ func TestReloadOutOfFDsLeavesListenerNonBlocking(t *testing.T) {
 	be := newBackend(t, echo)
 	h := startProxy(t, oneBackendConfig(be.addr()))
 	addr := h.addr("l")
-	renamed := mustParse(t, strings.NewReplacer(`name = "l"`, `name = "m"`, `listen = "127.0.0.1:0"`,
-		fmt.Sprintf("listen = %q", addr)).Replace(oneBackendConfig(be.addr())))
+	renamed := mustParse(t, strings.Replace(listenerAt(oneBackendConfig(be.addr()), addr), `name = "l"`, `name = "m"`, 1))
 	h.p.mu.Lock()
 	ln := h.p.listeners["l"].ln
 	h.p.mu.Unlock()
