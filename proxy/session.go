@@ -63,6 +63,7 @@ type session struct {
 	overflow    bool             // more than replay_bytes were sent on: no re-dial
 	clientEOF   bool             // the app half-closed during the opening
 	ourFIN      [2]bool          // tnsguard half-closed the app's leg [0] or the backend's [1] (see endOfStream)
+	halfWatch   *time.Timer      // starts watchHalfClosed; stopped when the legs close
 	clientErr   error            // the app's leg failed during the opening
 	clientPhase Phase            // when it failed: connect (no backend connection yet) or opening
 	established bool
@@ -697,17 +698,20 @@ func (s *session) pumpBackendToClient() *pumpErr {
 func (s *session) directionDone(pe *pumpErr, src, dst Side) {
 	s.mu.Lock()
 	client, conn := s.client, s.conn // a direction that ended keeps the session awake: live conns
-	if pe == nil {
+	if pe == nil && !s.closing {
 		s.ourFIN[legIndex(dst)] = true
+		watch := client // src's socket, which nothing reads any more
+		if src == SideBackend {
+			watch = conn
+		}
+		s.halfWatch = time.AfterFunc(halfCloseWatchAfter, func() { s.watchHalfClosed(src, watch) })
 	}
 	s.mu.Unlock()
 	if pe == nil {
 		if dst == SideClient {
 			client.CloseWrite()
-			go s.watchHalfClosed(src, conn)
 		} else if conn != nil {
 			conn.CloseWrite()
-			go s.watchHalfClosed(src, client)
 		}
 		return
 	}
@@ -761,6 +765,12 @@ func (s *session) endOfStream(src Side) *pumpErr {
 	}
 	return &pumpErr{err: os.NewSyscallError("read", syscall.ECONNRESET)}
 }
+
+// halfCloseWatchAfter is how long after a half-close watchHalfClosed
+// starts: most sessions end with both halves closing at once (an app's
+// close, then the server's), and would pay a goroutine for nothing. A reset
+// that came meanwhile is found at the start.
+const halfCloseWatchAfter = 50 * time.Millisecond
 
 // watchHalfClosed waits, once src's peer half-closed and the other
 // direction goes on, for an error on src's socket: the peer's reset, or its
@@ -883,6 +893,9 @@ func (s *session) armKeepalive(now time.Time) {
 func (s *session) closeLegs(rst bool) {
 	s.mu.Lock()
 	s.closing = true
+	if s.halfWatch != nil {
+		s.halfWatch.Stop()
+	}
 	if s.link != nil { // only an established session is among its link's live ones
 		info, err := s.backendInfoLocked() // in either state
 		s.link.removeLive(s, info, err)
