@@ -234,8 +234,10 @@ func (s *Server) setUp(up bool) {
 			s.backend.log.Info("server up", "server", s.Address)
 			// Sessions that failed on it while the checks had not yet seen it
 			// down may have opened its circuit: fail back now, through a
-			// half-open trial, rather than after open_for.
-			if s.backend.Config.Health.Check != "off" && s.breaker.expire(time.Now()) {
+			// half-open trial, rather than after open_for. Not at the first
+			// check (it starts down without a check having said so): that
+			// says nothing about what the sessions saw.
+			if s.backend.Config.Health.Check != "off" && s.checked.Load() && s.breaker.expire(time.Now()) {
 				s.backend.log.Info("circuit open period ended early: the health check says the server is back", "server", s.Address)
 			}
 		} else {
