@@ -67,7 +67,11 @@ func Start(cfg config.Admin, reg *prometheus.Registry, src Source, log hclog.Log
 	handleStatus(mux, src) // / and /status, /api/resets (status.go)
 	s := &Server{ln: ln, done: make(chan struct{})}
 	s.SetAllow(cfg.AllowNets)
+	// Every wait is bounded: the admin port shares the process's fds and
+	// memory with the proxy, and a client that holds connections open
+	// (idle keep-alives, a trickled body) must not starve it.
 	s.http = &http.Server{Handler: s.allowOnly(mux), ReadHeaderTimeout: 5 * time.Second,
+		ReadTimeout: 10 * time.Second, WriteTimeout: 30 * time.Second, IdleTimeout: 60 * time.Second,
 		ErrorLog: log.StandardLogger(&hclog.StandardLoggerOptions{InferLevels: true})}
 	go func() {
 		defer close(s.done)
@@ -116,6 +120,7 @@ func (s *Server) allowOnly(next http.Handler) http.Handler {
 			next.ServeHTTP(w, r)
 			return
 		}
+		w.Header().Set("Connection", "close") // a refused client keeps no connection
 		http.Error(w, "forbidden by admin.allow", http.StatusForbidden)
 	})
 }
