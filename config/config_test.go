@@ -1,6 +1,7 @@
 package config
 
 import (
+	"net/netip"
 	"os"
 	"strings"
 	"testing"
@@ -261,5 +262,17 @@ func TestAdminAllowWithoutLoopbackWarns(t *testing.T) {
 		if got != tc.warns {
 			t.Errorf("%q: warned %v, want %v (%q)", tc.admin, got, tc.warns, warnings)
 		}
+	}
+}
+
+// An IPv6 address with a zone (a link-local client, fe80::1%eth0) is in
+// the allow lists that hold it; netip's Contains says no to any zone.
+func TestAllowedIgnoresZones(t *testing.T) {
+	nets := []netip.Prefix{netip.MustParsePrefix("fe80::/10")}
+	if !Allowed(nets, netip.MustParseAddr("fe80::1%eth0")) {
+		t.Errorf("fe80::1%%eth0 not allowed by fe80::/10")
+	}
+	if Allowed(nets, netip.MustParseAddr("fd00::1")) {
+		t.Errorf("fd00::1 allowed by fe80::/10")
 	}
 }

@@ -36,7 +36,7 @@ func (c *Config) validate() (errs, warnings []string) {
 		warn("admin: listen %q is reachable from other hosts and admin.allow is empty: anyone who reaches it sees your links", c.Admin.Listen)
 	}
 	if host, _, err := net.SplitHostPort(c.Admin.Listen); err == nil && (host == "" || host == "0.0.0.0" || host == "::" || host == "127.0.0.1") &&
-		len(c.Admin.AllowNets) > 0 && !allows(c.Admin.AllowNets, netip.MustParseAddr("127.0.0.1")) {
+		len(c.Admin.AllowNets) > 0 && !Allowed(c.Admin.AllowNets, netip.MustParseAddr("127.0.0.1")) {
 		warn("admin: allow leaves out 127.0.0.1: `tnsguard healthcheck` (the Docker HEALTHCHECK) asks from there, gets 403 and reports not ready")
 	}
 
@@ -318,11 +318,14 @@ func isLoopback(host string) bool {
 }
 
 // Allowed reports whether a is in one of nets (an allow list parsed from
-// the config); an empty list allows everyone.
+// the config); an empty list allows everyone. An IPv6 address's zone
+// (fe80::1%eth0) does not count: a prefix never contains an address with
+// one.
 func Allowed(nets []netip.Prefix, a netip.Addr) bool {
 	if len(nets) == 0 {
 		return true
 	}
+	a = a.WithZone("")
 	for _, n := range nets {
 		if n.Contains(a) {
 			return true
@@ -373,13 +376,4 @@ func sameSocket(a, b string) bool {
 	}
 	any := func(h string) bool { return h == "" || h == "0.0.0.0" || h == "::" }
 	return ha == hb || any(ha) || any(hb)
-}
-
-func allows(nets []netip.Prefix, a netip.Addr) bool {
-	for _, n := range nets {
-		if n.Contains(a) {
-			return true
-		}
-	}
-	return false
 }

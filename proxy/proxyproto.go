@@ -81,7 +81,7 @@ func readInbound(ctx context.Context, c *net.TCPConn, cfg *config.Listener) (inb
 	}
 	trusted := false
 	for _, n := range cfg.TrustedNets {
-		if n.Contains(in.client.Addr()) {
+		if n.Contains(in.client.Addr().WithZone("")) {
 			trusted = true
 			break
 		}
