@@ -165,10 +165,12 @@ proxy_header_timeout = "0s"`, 1), []string{`bad.toml: listener "orders": proxy_h
   idle = "10h"
   interval = "10h"
   count = 128
+  user_timeout = "600h"
   [[`, 1), []string{
 			`bad.toml: backend "orders": keepalive.count 128: the kernel allows at most 127`,
 			`bad.toml: backend "orders": keepalive.idle 10h0m0s: the kernel allows at most 9h6m7s`,
 			`bad.toml: backend "orders": keepalive.interval 10h0m0s: the kernel allows at most 9h6m7s`,
+			`bad.toml: backend "orders": keepalive.user_timeout 600h0m0s: the kernel allows at most 596h31m23.647s`,
 		}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -274,5 +276,24 @@ func TestAllowedIgnoresZones(t *testing.T) {
 	}
 	if Allowed(nets, netip.MustParseAddr("fd00::1")) {
 		t.Errorf("fd00::1 allowed by fe80::/10")
+	}
+}
+
+// A path that forgets after days (conntrack's default is 5 days) derives
+// values the kernel takes: idle and interval stop at 32767 s. They were
+// derived as path/3 and path/9 and refused.
+func TestLongPathIdleTimeoutDerivesKernelValues(t *testing.T) {
+	text := strings.Replace(minimal, `name = "orders"
+  [[`, `name = "orders"
+  [backend.keepalive]
+  path_idle_timeout = "120h"
+  [[`, 1)
+	c, _, err := Parse([]byte(text), "long.toml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := c.Backends[0].Keepalive.Settings()
+	if got.Idle != keepalive.MaxSeconds || got.Interval != keepalive.MaxSeconds || got.UserTimeout != 4*keepalive.MaxSeconds {
+		t.Errorf("derived %+v, want idle and interval %v", got, keepalive.MaxSeconds)
 	}
 }

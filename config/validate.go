@@ -7,6 +7,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/tnsguard/tnsguard/keepalive"
 )
 
 // validate checks meaning: every error is prefixed with the table it is in
@@ -232,13 +234,6 @@ func (b *Backend) validate() (errs, warnings []string) {
 	return errs, warnings
 }
 
-// Linux refuses TCP_KEEPIDLE and TCP_KEEPINTVL above 32767 s and
-// TCP_KEEPCNT above 127 (net/ipv4/tcp.c: MAX_TCP_KEEPIDLE, ...).
-const (
-	maxKeepaliveSecs  = 32767 * time.Second
-	maxKeepaliveCount = 127
-)
-
 func (k *Keepalive) validate() (errs, warnings []string) {
 	add := func(format string, a ...any) { errs = append(errs, fmt.Sprintf(format, a...)) }
 	if k.Idle.Duration > 0 && k.Idle.Duration < time.Second {
@@ -248,15 +243,18 @@ func (k *Keepalive) validate() (errs, warnings []string) {
 		add("count must not be negative")
 	}
 	if k.Idle.Duration > 0 {
-		if *k.Count > maxKeepaliveCount {
-			add("count %d: the kernel allows at most %d", *k.Count, maxKeepaliveCount)
+		if *k.Count > keepalive.MaxCount {
+			add("count %d: the kernel allows at most %d", *k.Count, keepalive.MaxCount)
 		}
-		if k.Idle.Duration > maxKeepaliveSecs {
-			add("idle %v: the kernel allows at most %v", k.Idle.Duration, maxKeepaliveSecs)
+		if k.Idle.Duration > keepalive.MaxSeconds {
+			add("idle %v: the kernel allows at most %v", k.Idle.Duration, keepalive.MaxSeconds)
 		}
-		if k.Interval.Duration > maxKeepaliveSecs {
-			add("interval %v: the kernel allows at most %v", k.Interval.Duration, maxKeepaliveSecs)
+		if k.Interval.Duration > keepalive.MaxSeconds {
+			add("interval %v: the kernel allows at most %v", k.Interval.Duration, keepalive.MaxSeconds)
 		}
+	}
+	if k.UserTimeout.Duration > keepalive.MaxUserTimeout {
+		add("user_timeout %v: the kernel allows at most %v", k.UserTimeout.Duration, keepalive.MaxUserTimeout)
 	}
 	if k.Idle.Duration > 0 && *k.Count > 0 && k.Interval.Duration < time.Second {
 		add("interval %v must be at least 1s when count > 0", k.Interval.Duration)

@@ -11,6 +11,7 @@ package keepalive
 import (
 	"errors"
 	"fmt"
+	"math"
 	"net"
 	"syscall"
 	"time"
@@ -104,7 +105,19 @@ func onRawConn(rc syscall.RawConn, set func(fd uintptr) error) error {
 	return setErr
 }
 
+// The kernel's limits: TCP_KEEPIDLE and TCP_KEEPINTVL at most 32767 s,
+// TCP_KEEPCNT at most 127 (net/ipv4/tcp.c: MAX_TCP_KEEPIDLE, ...), and
+// TCP_USER_TIMEOUT an int of milliseconds.
+const (
+	MaxSeconds     = 32767 * time.Second
+	MaxCount       = 127
+	MaxUserTimeout = math.MaxInt32 * time.Millisecond
+)
+
 func (s Settings) setUserTimeout(fd uintptr) error {
+	if s.UserTimeout > MaxUserTimeout { // as an int32 it would wrap to some other timeout
+		return fmt.Errorf("keepalive: TCP_USER_TIMEOUT %v: the kernel takes at most %v", s.UserTimeout, MaxUserTimeout)
+	}
 	return setInt(fd, unix.IPPROTO_TCP, unix.TCP_USER_TIMEOUT, int(s.UserTimeout/time.Millisecond), "TCP_USER_TIMEOUT")
 }
 
@@ -193,14 +206,11 @@ func Read(c syscall.Conn) (Settings, error) {
 // (sent only when one is lost) still land inside it. The user timeout is
 // when the last probe would give up, so a black-holed peer is found within
 // about two thirds of pathIdle. Values are whole seconds (the kernel's
-// unit), at least 1s.
+// unit), at least 1s and at most MaxSeconds (a path that forgets after
+// days is kept alive by probes every 9 hours all the same).
 func FromPathIdle(pathIdle time.Duration) Settings {
 	sec := func(d time.Duration) time.Duration {
-		d = d.Truncate(time.Second)
-		if d < time.Second {
-			return time.Second
-		}
-		return d
+		return min(max(d.Truncate(time.Second), time.Second), MaxSeconds)
 	}
 	s := Settings{Idle: sec(pathIdle / 3), Interval: sec(pathIdle / 9), Count: 3}
 	s.UserTimeout = s.ProbeSpan()

@@ -108,6 +108,7 @@ func TestFromPathIdle(t *testing.T) {
 		{time.Hour, Settings{Idle: 20 * time.Minute, Interval: 400 * time.Second, Count: 3, UserTimeout: 2400 * time.Second}},        // firewall default
 		{5 * time.Second, Settings{Idle: time.Second, Interval: time.Second, Count: 3, UserTimeout: 4 * time.Second}},                // lab
 		{time.Second, Settings{Idle: time.Second, Interval: time.Second, Count: 3, UserTimeout: 4 * time.Second}},                    // floor
+		{120 * time.Hour, Settings{Idle: MaxSeconds, Interval: MaxSeconds, Count: 3, UserTimeout: 4 * MaxSeconds}},                   // conntrack default: the kernel's ceiling
 	} {
 		got := FromPathIdle(tc.path)
 		if got != tc.want {
@@ -118,6 +119,28 @@ func TestFromPathIdle(t *testing.T) {
 		if tc.path >= 3*time.Second && got.Idle+got.Interval >= tc.path {
 			t.Errorf("FromPathIdle(%v): idle+interval %v does not fit", tc.path, got.Idle+got.Interval)
 		}
+	}
+}
+
+// A user timeout beyond what TCP_USER_TIMEOUT holds (an int of ms) is an
+// error: it was cut to 32 bits and wrapped, so 1200h became about 7h.
+func TestUserTimeoutBeyondTheKernelIsAnError(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	c, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if err := (Settings{UserTimeout: MaxUserTimeout}).Apply(c.(*net.TCPConn)); err != nil {
+		t.Errorf("the largest user timeout: %v", err)
+	}
+	if err := (Settings{UserTimeout: 1200 * time.Hour}).Apply(c.(*net.TCPConn)); err == nil {
+		got, _ := Read(c.(*net.TCPConn))
+		t.Errorf("1200h applied without an error; the kernel has %v", got.UserTimeout)
 	}
 }
 
