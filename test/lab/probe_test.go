@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	ka "github.com/tnsguard/tnsguard/keepalive"
 	"github.com/tnsguard/tnsguard/probe"
 	"github.com/tnsguard/tnsguard/test/lab/netlab"
 )
@@ -81,13 +82,17 @@ func TestLabProbe(t *testing.T) {
 			t.Run("recommended keepalive keeps sessions alive", func(t *testing.T) {
 				requireBuiltGuard(t)
 				rec := res.Recommended
-				db := keepalive{
-					PathIdleTimeout: rec.PathIdleTimeout.String(),
-					Idle:            rec.Idle.String(),
-					Interval:        rec.Interval.String(),
-					Count:           rec.Count,
-					UserTimeout:     rec.UserTimeout.String(),
+				// The advice is what the config derives from the measured
+				// timeout, and its first two probes fall inside the real one.
+				want := ka.FromPathIdle(rec.PathIdleTimeout)
+				if rec.Idle != want.Idle || rec.Interval != want.Interval || rec.Count != want.Count || rec.UserTimeout != want.UserTimeout {
+					t.Errorf("recommended %+v, but path_idle_timeout %v derives %+v", rec, rec.PathIdleTimeout, want)
 				}
+				if rec.Idle+rec.Interval >= lab.Timeout {
+					t.Errorf("recommended idle %v + interval %v: not inside the firewall's %v", rec.Idle, rec.Interval, lab.Timeout)
+				}
+				// path_idle_timeout alone, as the README says is enough.
+				db := keepalive{PathIdleTimeout: rec.PathIdleTimeout.String()}
 				startGuard(t, lab, link{Name: "orders", Listen: guardAddr, Servers: []string{lab.DBAddr(dbPort)}, App: appKeepalive, DB: db})
 				sessions := dialN(t, lab.App, guardAddr, 5)
 				idle := 3 * lab.Timeout
@@ -105,7 +110,9 @@ func TestLabProbe(t *testing.T) {
 }
 
 // checkEchoSawNoBytes reads the echo server's events: it must have accepted the
-// probe's connections and been sent nothing on any that it saw close.
+// probe's connections and been sent nothing on any of them (a "data" event
+// is the first read of a connection that got bytes; in drop mode no close
+// is seen, so the closes' counts alone could not tell).
 func checkEchoSawNoBytes(t *testing.T, echo *netlab.Proc, connections int) {
 	t.Helper()
 	accepted, closed := 0, 0
@@ -119,6 +126,8 @@ func checkEchoSawNoBytes(t *testing.T, echo *netlab.Proc, connections int) {
 		switch ev.Event {
 		case "accept":
 			accepted++
+		case "data":
+			t.Errorf("the service got %d bytes on a probe connection; it must get none", ev.Bytes)
 		case "close":
 			closed++
 			if ev.Bytes != 0 {

@@ -56,11 +56,11 @@ func RunHelper() {
 
 // Event is one JSON line a helper printed on stdout.
 type Event struct {
-	Event  string `json:"event"`            // ready, accept, close, ...
+	Event  string `json:"event"`            // ready, accept, data, close, ...
 	Addr   string `json:"addr,omitempty"`   // the helper's listen address
 	Remote string `json:"remote,omitempty"` // the peer of a connection
 	How    string `json:"how,omitempty"`    // close: eof, reset, timeout, error text
-	Bytes  int64  `json:"bytes,omitempty"`  // close: bytes echoed
+	Bytes  int64  `json:"bytes,omitempty"`  // close: bytes echoed; data: bytes of the first read
 	// Stats is what a netem helper did (event "stats", when it stops).
 	Stats *netem.Stats `json:"stats,omitempty"`
 	// At is when the test process read the line.
@@ -307,6 +307,9 @@ func echoConn(mu *sync.Mutex, c *net.TCPConn) {
 				_, _ = c.Write(tnspingRefuse())
 				writeEvent(mu, Event{Event: "close", Remote: remote, How: "tnsping"})
 				return
+			}
+			if first {
+				writeEvent(mu, Event{Event: "data", Remote: remote, Bytes: int64(n)}) // once per connection
 			}
 			first = false
 			if _, werr := c.Write(buf[:n]); werr != nil {
