@@ -7,18 +7,25 @@ import (
 	"time"
 )
 
-func TestApplyAndReadBack(t *testing.T) {
+// loopbackConn is a client conn to a listener that never accepts: both
+// closed at the test's end.
+func loopbackConn(t *testing.T) *net.TCPConn {
+	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer ln.Close()
+	t.Cleanup(func() { ln.Close() })
 	c, err := net.Dial("tcp", ln.Addr().String())
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer c.Close()
-	tc := c.(*net.TCPConn)
+	t.Cleanup(func() { c.Close() })
+	return c.(*net.TCPConn)
+}
+
+func TestApplyAndReadBack(t *testing.T) {
+	tc := loopbackConn(t)
 	for _, want := range []Settings{
 		{Idle: 30 * time.Second, Interval: 10 * time.Second, Count: 3, UserTimeout: time.Minute},
 		{Idle: time.Second, Interval: time.Second, Count: 1, UserTimeout: 1500 * time.Millisecond},
@@ -125,21 +132,12 @@ func TestFromPathIdle(t *testing.T) {
 // A user timeout beyond what TCP_USER_TIMEOUT holds (an int of ms) is an
 // error: it was cut to 32 bits and wrapped, so 1200h became about 7h.
 func TestUserTimeoutBeyondTheKernelIsAnError(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	c, err := net.Dial("tcp", ln.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	if err := (Settings{UserTimeout: MaxUserTimeout}).Apply(c.(*net.TCPConn)); err != nil {
+	c := loopbackConn(t)
+	if err := (Settings{UserTimeout: MaxUserTimeout}).Apply(c); err != nil {
 		t.Errorf("the largest user timeout: %v", err)
 	}
-	if err := (Settings{UserTimeout: 1200 * time.Hour}).Apply(c.(*net.TCPConn)); err == nil {
-		got, _ := Read(c.(*net.TCPConn))
+	if err := (Settings{UserTimeout: 1200 * time.Hour}).Apply(c); err == nil {
+		got, _ := Read(c)
 		t.Errorf("1200h applied without an error; the kernel has %v", got.UserTimeout)
 	}
 }
