@@ -214,13 +214,31 @@ func (s *Server) Succeeded() {
 // Failed counts a failure (dial error, reset or refuse before the first
 // byte) against the server's breaker.
 func (s *Server) Failed(cause error) {
-	opened, openFor := s.breaker.failure(time.Now())
-	if opened {
-		s.backend.log.Warn("circuit opened: new sessions skip this server", "server", s.Address, "open_for", openFor, "error", cause)
-		s.gauge(s.backend.metrics.BreakerState, metrics.BreakerOpen)
-	}
+	s.countFailure(cause)
 	if s.backend.Config.Health.Check == "off" {
 		s.setUp(false)
+	}
+}
+
+// Refused records a listener's REFUSE as the server's answer: the server
+// is up (it answered), so it is never marked down. A refusal of what the
+// app asked for (serviceOnly: a service or SID the listener does not know)
+// gets no verdict, since one app with a wrong name would otherwise open
+// every circuit; one about the instance (no handler, blocked) counts
+// against the breaker as a failure does.
+func (s *Server) Refused(cause error, serviceOnly bool) {
+	if serviceOnly {
+		s.Abandoned()
+		return
+	}
+	s.countFailure(cause)
+}
+
+// countFailure counts a failure against the server's breaker.
+func (s *Server) countFailure(cause error) {
+	if opened, openFor := s.breaker.failure(time.Now()); opened {
+		s.backend.log.Warn("circuit opened: new sessions skip this server", "server", s.Address, "open_for", openFor, "error", cause)
+		s.gauge(s.backend.metrics.BreakerState, metrics.BreakerOpen)
 	}
 }
 

@@ -34,6 +34,12 @@ type refusedError struct {
 func (e *refusedError) Error() string        { return fmt.Sprintf("%v: ORA-%05d", ErrRefused, e.code) }
 func (e *refusedError) Is(target error) bool { return target == ErrRefused }
 
+// serviceRefusal tells a REFUSE about what the app asked for (a service or
+// SID this listener does not know: ORA-12514, ORA-12505) from one about the
+// instance (no handler, blocked, restricted): only the latter says anything
+// about the server for other sessions.
+func serviceRefusal(code int) bool { return code == 12514 || code == 12505 }
+
 // looksLikeTNSLocked reports whether the app's opening bytes start with a
 // TNS CONNECT header; only then is the backend's first packet read as TNS.
 // The caller holds s.mu.

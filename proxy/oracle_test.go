@@ -316,3 +316,43 @@ func TestRoutesOnlyListenerIsReady(t *testing.T) {
 		t.Fatalf("not ready: %s", why)
 	}
 }
+
+// Apps asking for a service no server has (a typo) get ORA-12514 and cost
+// no one else anything: a listener that answers is up, and a refusal of
+// the app's own request is no verdict on the server. Each REFUSE counted
+// as a failure: with checks off the servers went down (/readyz 503) and
+// their circuits opened for every app.
+func TestUnknownServiceRefusalsAreNoVerdict(t *testing.T) {
+	l1 := tnstest.New(t, tnstest.Config{Mode: tnstest.Accept, Services: []string{"SALES"}})
+	l2 := tnstest.New(t, tnstest.Config{Mode: tnstest.Accept, Services: []string{"SALES"}})
+	cfg := strings.NewReplacer(`connect_budget = "2s"`, `connect_budget = "300ms"`, `connect_timeout = "1s"`, `connect_timeout = "200ms"`).
+		Replace(oracleConfig("", l1.Addr()+";0", l2.Addr()+";1"))
+	h := startProxy(t, cfg)
+	for range 6 { // more than the breaker's default 5 failures
+		if err := goOraPing(t, h.addr("l"), "SALSE"); err == nil || !strings.Contains(err.Error(), "ORA-12514") {
+			t.Fatalf("app with a typo: %v, want ORA-12514", err)
+		}
+	}
+	if ok, why := h.p.Ready(); !ok {
+		t.Errorf("after ORA-12514s from live listeners: not ready: %s", why)
+	}
+	for _, addr := range []string{l1.Addr(), l2.Addr()} {
+		if state := gauge(h.m.BreakerState, "b", addr); state != 0 {
+			t.Errorf("%s: breaker %v; want 0 (closed)", addr, state)
+		}
+	}
+	before := len(l1.Connects())
+	c := h.dial("l")
+	connect, err := tns.BuildConnect("(DESCRIPTION=(CONNECT_DATA=(SERVICE_NAME=SALES))(ADDRESS=(PROTOCOL=TCP)(HOST=x)(PORT=1)))")
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Write(connect)
+	c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if pkt, err := tns.ReadPacket(c, tns.Length16, 0); err != nil || pkt.Type != tns.TypeAccept {
+		t.Fatalf("an app asking for SALES got %v, %v; want the listener's ACCEPT", pkt.Type, err)
+	}
+	if len(l1.Connects()) != before+1 {
+		t.Errorf("the app asking for SALES did not reach the preferred listener: its circuit was open")
+	}
+}

@@ -254,7 +254,11 @@ func (s *session) open() error {
 		}
 		lastErr = err
 		attempts = append(attempts, fmt.Sprintf("%s: %v", srv.Address, err))
-		srv.Failed(err)
+		if re := (*refusedError)(nil); errors.As(err, &re) {
+			srv.Refused(err, serviceRefusal(re.code))
+		} else {
+			srv.Failed(err)
+		}
 		switch {
 		case s.overflowed():
 			err = fmt.Errorf("%w: %w", ErrReplayOverflow, err)
