@@ -103,6 +103,10 @@ connect_timeout = "3 seconds"
 			[]string{`bad.toml: listener "orders": listen "0.0.0.0:9521" takes the address of admin.listen "127.0.0.1:9521": one of them could not start`}},
 		{"two listeners on one port", minimal + "[[listener]]\nname = \"all\"\nlisten = \"0.0.0.0:1522\"\nbackend = \"orders\"\n",
 			[]string{`bad.toml: listener "all": listen "0.0.0.0:1522" is also used by listener "orders"`}},
+		{"routes with a replay_bytes too small to read the CONNECT", strings.Replace(strings.Replace(minimal, `backend = "orders"`, "routes = { \"*\" = \"orders\" }", 1), `name = "orders"
+  [[`, `name = "orders"
+replay_bytes = 0
+  [[`, 1), []string{`bad.toml: listener "orders": routes need the app's CONNECT, and backend "orders" holds an opening only up to replay_bytes 0: use at least 8192`}},
 		{"undefined backend", strings.Replace(minimal, `backend = "orders"`, `backend = "x"`, 1), []string{`bad.toml: listener "orders": backend "x" is not defined`}},
 		{"several meaning errors", `
 [log]

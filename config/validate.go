@@ -103,6 +103,19 @@ func (c *Config) validate() (errs, warnings []string) {
 			}
 			folded[strings.ToUpper(svc)] = svc
 		}
+		def := l.Backend // the backend a session has while its CONNECT is read
+		if def == "" {
+			def = l.Routes["*"]
+		}
+		if b := c.Backend(def); b != nil && b.ReplayBytes != nil && *b.ReplayBytes < minRouteBytes && (len(l.Routes) > 0 || len(l.Services) > 0) {
+			// The app's opening is held, up to replay_bytes, until it is read:
+			// with less, no CONNECT is ever in hand.
+			if len(l.Routes) > 0 {
+				add("%s: routes need the app's CONNECT, and backend %q holds an opening only up to replay_bytes %d: use at least %d", where, def, *b.ReplayBytes, minRouteBytes)
+			} else {
+				warn("%s: services need the app's CONNECT, and backend %q holds an opening only up to replay_bytes %d: below %d the service label is often \"other\"", where, def, *b.ReplayBytes, minRouteBytes)
+			}
+		}
 		switch l.ProxyProtocol {
 		case "off", "optional", "required":
 		default:
@@ -363,6 +376,11 @@ func listenerOn(seen map[string]string, addr string) (string, bool) {
 	}
 	return "", false
 }
+
+// minRouteBytes is the least replay_bytes that reads a CONNECT for routing
+// and the service label: a CONNECT with its connect data rarely passes 2 KB,
+// and 8 KiB is the SDU most drivers start with.
+const minRouteBytes = 8192
 
 // sameSocket tells whether listening on a and on b would take one socket:
 // the same port (not 0), on the same host or with either on every address.
