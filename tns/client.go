@@ -67,7 +67,7 @@ func Ping(ctx context.Context, conn net.Conn) (PingResult, error) {
 	if !hasCode || code != 0 {
 		return PingResult{}, fmt.Errorf("%w: ping answered with %s %q", ErrUnexpectedAnswer, pkt.Type, res.Data)
 	}
-	if v, ok := desc.VSNNUM(); ok {
+	if v, ok := desc.VSNNUM(); ok && v != 0 { // 0: the listener keeps its version to itself
 		res.VSNNUM, res.Version = v, DecodeVSNNUM(v)
 	}
 	return res, nil

@@ -31,6 +31,24 @@ func ctxFor(t *testing.T, d time.Duration) context.Context {
 	return ctx
 }
 
+// A listener that sends VSNNUM=0 keeps its version to itself (the captured
+// tnsping reply does): the ping reports none, where it reported 0.0.0.0.0,
+// which tnsguard_oracle_listener_info exported as a version.
+func TestPingVersionWithheld(t *testing.T) {
+	reply, err := os.ReadFile("testdata/tnsping/ping_refuse_reply_RECONSTRUCTED.bin")
+	if err != nil {
+		t.Fatal(err)
+	}
+	l := tnstest.New(t, tnstest.Config{Mode: tnstest.Garbage, Garbage: reply})
+	res, err := tns.Ping(ctxFor(t, 5*time.Second), dial(t, l.Addr()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Version != "" || res.VSNNUM != 0 {
+		t.Errorf("Ping = %+v, want no version", res)
+	}
+}
+
 func TestPingAlive(t *testing.T) {
 	ping := mustBuild(t, tns.PingConnectData)
 	tests := []struct {
