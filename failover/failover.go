@@ -116,9 +116,10 @@ func New(cfg *config.Backend, log hclog.Logger, m *metrics.Metrics) *Backend {
 // reload that changed the backend (which rebuilds it), as if no reload had
 // happened. Its health: a server known down takes no session and does not
 // show as up, and its checks go on with rise and fall, so one failed check
-// right after the reload does not mark a server down that was up. And its
+// right after the reload does not mark a server down that was up. Its
 // live sessions, which least_sessions counts and which end on old's
-// servers. Before Start.
+// servers. And its listener's version, whose series a new one replaces.
+// Before Start.
 func (b *Backend) Inherit(old *Backend) {
 	for _, s := range b.Servers {
 		for _, o := range old.Servers {
@@ -126,6 +127,9 @@ func (b *Backend) Inherit(old *Backend) {
 				s.up.Store(o.Up())
 				s.checked.Store(o.checked.Load())
 				s.sessions = o.sessions
+				if v, ok := o.version.Load().(string); ok {
+					s.version.Store(v) // a new version replaces its series (setVersion)
+				}
 			}
 		}
 	}

@@ -76,11 +76,18 @@ func keeps(cfg *config.Config, name, listen string) bool {
 // forgetRemoved deletes the gauges of listeners and backend servers that
 // the new configuration no longer has: a server removed while down would
 // otherwise report tnsguard_backend_up 0 (and fire alerts) until restart.
+// So are the listener versions of backends whose check is no longer
+// tnsping: nothing would update them again.
 // Counters and histograms stay: they are history.
 func (p *Proxy) forgetRemoved(cfg *config.Config, old map[string]*failover.Backend) {
 	for name := range p.listeners {
 		if !hasListener(cfg, name) {
 			p.metrics.MaxSessions.DeleteLabelValues(name)
+		}
+	}
+	for i := range cfg.Backends {
+		if b := &cfg.Backends[i]; b.Health.Check != "tnsping" { // no check says a version any more
+			p.metrics.ListenerVersion.DeletePartialMatch(prometheus.Labels{"backend": b.Name})
 		}
 	}
 	for name, b := range old {

@@ -20,6 +20,7 @@ import (
 
 	"github.com/tnsguard/tnsguard/config"
 	"github.com/tnsguard/tnsguard/metrics"
+	"github.com/tnsguard/tnsguard/tns/tnstest"
 )
 
 // Reload and drain, in-package: what the metrics say. The end-to-end
@@ -516,5 +517,39 @@ fall = 3`, fmt.Sprintf("address = %q", a.address))
 	a.up()
 	if wentDown(400 * time.Millisecond) {
 		t.Fatal("after a reload, one failed check (fall = 3) marked the server down")
+	}
+}
+
+// A reload that turns tnsping off drops tnsguard_oracle_listener_info for
+// the backend's servers: nothing updates it any more, and it kept saying
+// the old version for the life of the process.
+func TestReloadDropsTheListenerVersionWithTnsping(t *testing.T) {
+	l := tnstest.New(t, tnstest.Config{Mode: tnstest.Refuse, Err: 12560})
+	mk := func(check string) string {
+		return `
+[log]
+level = "warn"
+[[listener]]
+name = "l"
+listen = "127.0.0.1:0"
+backend = "b"
+[[backend]]
+name = "b"
+  [backend.health]
+  check = "` + check + `"
+  interval = "50ms"
+  timeout = "50ms"
+  [[backend.server]]
+  address = "` + l.Addr() + `"
+`
+	}
+	h := startProxy(t, mk("tnsping"))
+	waitFor(t, 2*time.Second, "version", func() bool { return gauge(h.m.ListenerVersion, "b", l.Addr(), "19.0.0.0.0") == 1 })
+	if err := h.p.Apply(mustParse(t, listenerAt(mk("tcp"), h.addr("l")))); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(300 * time.Millisecond)
+	if n := testutil.CollectAndCount(h.m.ListenerVersion); n != 0 {
+		t.Fatalf("tnsguard_oracle_listener_info still has %d series after tnsping was turned off", n)
 	}
 }
