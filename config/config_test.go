@@ -107,6 +107,8 @@ connect_timeout = "3 seconds"
   [[`, `name = "orders"
 replay_bytes = 0
   [[`, 1), []string{`bad.toml: listener "orders": routes need the app's CONNECT, and backend "orders" holds an opening only up to replay_bytes 0: use at least 8192`}},
+		{"an unknown key and a meaning error", strings.Replace(minimal, `backend = "orders"`, "backend = \"nope\"\ncolour = \"red\"", 1),
+			[]string{`bad.toml:6:1: unknown key "listener.colour"`, `bad.toml: listener "orders": backend "nope" is not defined`}},
 		{"undefined backend", strings.Replace(minimal, `backend = "orders"`, `backend = "x"`, 1), []string{`bad.toml: listener "orders": backend "x" is not defined`}},
 		{"several meaning errors", `
 [log]

@@ -46,9 +46,8 @@ func Parse(data []byte, source string) (*Config, []string, error) {
 		line, col := locateKey(string(data), k)
 		errs = append(errs, fmt.Sprintf("%s:%d:%d: unknown key %q", source, line, col, k.String()))
 	}
-	if len(errs) > 0 {
-		return nil, nil, errs
-	}
+	// Unknown keys were left out of c: what is there is checked too, so one
+	// run of check shows every error it can.
 	c.Source = source
 	c.applyDefaults()
 	verrs, warnings := c.validate()
