@@ -264,9 +264,16 @@ func (p *Proxy) liveSessions() []*session {
 // Shutdown drains: /readyz turns 503 at once, listeners stop accepting after
 // grace, sessions may finish until drainTimeout, then the rest are closed
 // (counted with outcome "closed"). It returns when everything has stopped.
-func (p *Proxy) Shutdown(grace, drainTimeout time.Duration) {
+func (p *Proxy) Shutdown(grace, drainTimeout time.Duration) { p.shutdown(grace, drainTimeout, p.log) }
+
+// Close stops a proxy whose start failed: Shutdown without a drain to
+// speak of, so that the log ends with the start's error, not with a drain's
+// lines (and a drain timeout's warning) for sessions that never were.
+func (p *Proxy) Close() { p.shutdown(0, 0, hclog.NewNullLogger()) }
+
+func (p *Proxy) shutdown(grace, drainTimeout time.Duration, log hclog.Logger) {
 	p.draining.Store(true)
-	p.log.Info("draining: readiness now reports 503", "grace", grace, "drain_timeout", drainTimeout)
+	log.Info("draining: readiness now reports 503", "grace", grace, "drain_timeout", drainTimeout)
 	time.Sleep(grace)
 	p.mu.Lock()
 	for _, l := range p.listeners {
@@ -277,7 +284,7 @@ func (p *Proxy) Shutdown(grace, drainTimeout time.Duration) {
 	}
 	p.mu.Unlock()
 	left := len(p.liveSessions())
-	p.log.Info("stopped accepting", "sessions", left)
+	log.Info("stopped accepting", "sessions", left)
 
 	done := make(chan struct{})
 	go func() {
@@ -290,7 +297,7 @@ func (p *Proxy) Shutdown(grace, drainTimeout time.Duration) {
 	case <-time.After(drainTimeout):
 		rest := p.liveSessions()
 		closed = len(rest)
-		p.log.Warn("drain timeout: closing the sessions left", "sessions", closed)
+		log.Warn("drain timeout: closing the sessions left", "sessions", closed)
 		for _, s := range rest {
 			s.abort(SideClient, s.phaseNow(SideClient), ErrDrained, "closed", nil)
 		}
@@ -318,7 +325,7 @@ func (p *Proxy) Shutdown(grace, drainTimeout time.Duration) {
 		b.Stop()
 	}
 	p.mu.Unlock()
-	p.log.Info("drained", "sessions_closed_at_timeout", closed)
+	log.Info("drained", "sessions_closed_at_timeout", closed)
 }
 
 // housekeeping updates the idle-sessions gauge, ends sessions idle longer

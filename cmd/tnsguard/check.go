@@ -18,6 +18,9 @@ func checkCommand(args []string, stdout, stderr io.Writer) int {
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
+	if code := noArgs(fs, stderr); code != 0 {
+		return code
+	}
 	if *path == "" {
 		fmt.Fprintln(stderr, "tnsguard check: -config FILE is required")
 		return 2
@@ -41,6 +44,9 @@ func healthcheckCommand(args []string, stdout, stderr io.Writer) int {
 	timeout := fs.Duration("timeout", 3*time.Second, "give up after this")
 	if err := fs.Parse(args); err != nil {
 		return 2
+	}
+	if code := noArgs(fs, stderr); code != 0 {
+		return code
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), *timeout)
 	defer cancel()

@@ -64,3 +64,21 @@ func newFlags(name string, stderr io.Writer) *flag.FlagSet {
 	fs.SetOutput(stderr)
 	return fs
 }
+
+// noArgs refuses what is left after the flags (a file named without
+// -config, which the flag package would leave unread along with any flag
+// after it): 2 with a message, or 0.
+func noArgs(fs *flag.FlagSet, stderr io.Writer) int {
+	if fs.NArg() == 0 {
+		return 0
+	}
+	fmt.Fprintf(stderr, "%s: unexpected argument %q (a file is given as -config FILE, flags first)\n", fs.Name(), fs.Arg(0))
+	return 2
+}
+
+// set tells whether the flag called name was given.
+func set(fs *flag.FlagSet, name string) bool {
+	given := false
+	fs.Visit(func(f *flag.Flag) { given = given || f.Name == name })
+	return given
+}

@@ -24,11 +24,27 @@ func runCommand(args []string, stderr io.Writer) int {
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
+	if code := noArgs(fs, stderr); code != 0 {
+		return code // `run FILE` without -config would run the embedded default
+	}
+	if set(fs, "config") && *path == "" {
+		fmt.Fprintln(stderr, "tnsguard run: -config is empty (leave it out for the embedded default)")
+		return 2
+	}
 	// Signals first: a SIGHUP or SIGTERM during start-up must not kill the
-	// process with the default action; it is handled once running.
-	sigs := make(chan os.Signal, 4)
-	signal.Notify(sigs, syscall.SIGHUP, syscall.SIGTERM, syscall.SIGINT)
-	defer signal.Stop(sigs)
+	// process with the default action; it is handled once running. Stops
+	// and reloads have channels of their own, so that reloads queued
+	// behind a slow one cannot crowd a stop out (signal.Notify drops what
+	// a full channel cannot take); reloads that pile up make one.
+	stops := make(chan os.Signal, 1)
+	hups := make(chan os.Signal, 1)
+	signal.Notify(stops, syscall.SIGTERM, syscall.SIGINT)
+	signal.Notify(hups, syscall.SIGHUP)
+	defer signal.Stop(stops)
+	defer signal.Stop(hups)
+	// A log reader that goes away (a pipe, a shipper restarting) must not
+	// end the process and every session with it: log writes fail instead.
+	signal.Ignore(syscall.SIGPIPE)
 	load := func() (*config.Config, []string, error) {
 		if *path == "" {
 			return config.Parse([]byte(config.DefaultText()), "embedded default")
@@ -55,7 +71,7 @@ func runCommand(args []string, stderr io.Writer) int {
 	reg.MustRegister(metrics.NewTCPInfoCollector(p))
 	if err := p.Apply(cfg); err != nil {
 		log.Error("cannot start", "error", err)
-		p.Shutdown(0, 0)
+		p.Close()
 		return 1
 	}
 	m.ReloadOK.Set(1)
@@ -63,18 +79,14 @@ func runCommand(args []string, stderr io.Writer) int {
 	adm, err := admin.Start(cfg.Admin, reg, p, log.Named("admin"))
 	if err != nil {
 		log.Error("cannot start the admin listener", "address", cfg.Admin.Listen, "error", err)
-		p.Shutdown(0, 0)
+		p.Close()
 		return 1
 	}
 	log.Info("tnsguard started", "version", version, "config", cfg.Source)
 	running := cfg.Admin        // what the admin listener was started with; a reload does not move it
 	logFormat := cfg.Log.Format // the logger's, likewise
 
-	for sig := range sigs {
-		if sig != syscall.SIGHUP {
-			log.Info("signal received: draining", "signal", sig.String())
-			break
-		}
+	reload := func() {
 		next, warnings, err := load()
 		for _, w := range warnings {
 			log.Warn(w)
@@ -92,7 +104,7 @@ func runCommand(args []string, stderr io.Writer) int {
 			for _, e := range errs {
 				log.Error("reload failed: the running configuration stays", "error", e)
 			}
-			continue
+			return
 		}
 		if next.Admin.Listen != running.Listen {
 			log.Warn("admin.listen changed: it takes effect at the next restart", "running", running.Listen)
@@ -107,6 +119,19 @@ func runCommand(args []string, stderr io.Writer) int {
 		m.ReloadTime.Set(float64(time.Now().Unix()))
 		log.Info("configuration reloaded", "config", cfg.Source)
 	}
+	var stop os.Signal
+	for stop == nil {
+		select {
+		case stop = <-stops:
+		case <-hups:
+			select {
+			case stop = <-stops: // a stop that came meanwhile goes first
+			default:
+				reload()
+			}
+		}
+	}
+	log.Info("signal received: draining", "signal", stop.String())
 	p.Shutdown(cfg.Shutdown.Grace.Duration, cfg.Shutdown.DrainTimeout.Duration)
 	adm.Close()
 	return 0

@@ -182,3 +182,81 @@ func TestReloadLogFormatWarning(t *testing.T) {
 		t.Fatalf("no warning about log.format in:\n%s", s)
 	}
 }
+
+// A SIGTERM after a burst of SIGHUPs drains and exits. The signals shared
+// one channel, and signal.Notify drops what a full channel cannot take:
+// HUPs queued behind a slow reload crowded the TERM out, and the process
+// ran on (until systemd's SIGKILL, with no drain).
+func TestSIGTERMAfterABurstOfSIGHUPs(t *testing.T) {
+	admin := freePort(t)
+	var b strings.Builder
+	b.WriteString(runConfig(admin, "[]"))
+	for i := range 400 { // a config whose reload takes some milliseconds
+		fmt.Fprintf(&b, "[[backend]]\nname = \"x%d\"\n  [backend.health]\n  check = \"off\"\n  [[backend.server]]\n  address = \"127.0.0.1:%d\"\n", i, 2000+i)
+	}
+	path := filepath.Join(t.TempDir(), "tnsguard.toml")
+	if err := os.WriteFile(path, []byte(b.String()), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	var log lockedBuffer
+	code := make(chan int, 1)
+	go func() { code <- runCommand([]string{"-config", path}, &log) }()
+	waitUntil(t, "start", func() bool { return strings.Contains(log.String(), "tnsguard started") })
+	for range 10 {
+		syscall.Kill(os.Getpid(), syscall.SIGHUP)
+		time.Sleep(3 * time.Millisecond)
+	}
+	syscall.Kill(os.Getpid(), syscall.SIGTERM)
+	select {
+	case c := <-code:
+		if c != 0 {
+			t.Fatalf("exit %d", c)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatalf("SIGTERM after a burst of SIGHUPs was lost: still running 10s later; %d reloads logged",
+			strings.Count(log.String(), "configuration reloaded"))
+	}
+}
+
+// `tnsguard run FILE` (-config forgotten) is a usage error. It ran the
+// embedded default instead of the user's file, and said nothing.
+func TestRunRefusesAFileWithoutConfigFlag(t *testing.T) {
+	for _, args := range [][]string{{"mine.toml"}, {"mine.toml", "-config", "mine.toml"}, {"-config", ""}} {
+		var log lockedBuffer
+		code := make(chan int, 1)
+		go func() { code <- runCommand(args, &log) }()
+		select {
+		case c := <-code:
+			if c != 2 {
+				t.Errorf("run %q: exit %d, want 2; log:\n%s", args, c, log.String())
+			}
+		case <-time.After(3 * time.Second):
+			syscall.Kill(os.Getpid(), syscall.SIGTERM)
+			<-code
+			t.Fatalf("run %q ran (on the embedded default); log:\n%s", args, log.String())
+		}
+	}
+}
+
+// A start that fails (the listener's port is taken) logs its error and
+// nothing about a drain: it logged a drain, with a drain timeout's
+// warning, for sessions that never were.
+func TestFailedStartLogsNoDrain(t *testing.T) {
+	taken, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer taken.Close()
+	cfg := strings.Replace(runConfig(freePort(t), "[]"), `listen = "127.0.0.1:0"`, fmt.Sprintf("listen = %q", taken.Addr()), 1)
+	path := filepath.Join(t.TempDir(), "tnsguard.toml")
+	if err := os.WriteFile(path, []byte(cfg), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	var log lockedBuffer
+	if c := runCommand([]string{"-config", path}, &log); c != 1 {
+		t.Fatalf("exit %d, want 1", c)
+	}
+	if out := log.String(); !strings.Contains(out, "cannot start") || strings.Contains(out, "drain") {
+		t.Errorf("log of a failed start:\n%s", out)
+	}
+}
