@@ -46,6 +46,8 @@ type Proxy struct {
 	listeners map[string]*listener
 	backends  map[string]*failover.Backend
 	draining  atomic.Bool
+	hurry     chan struct{} // closed by Hurry: the drain ends now
+	hurryOnce sync.Once
 
 	sessMu   sync.Mutex
 	sessions map[*session]struct{}
@@ -70,7 +72,7 @@ type Proxy struct {
 func New(log hclog.Logger, m *metrics.Metrics) *Proxy {
 	ctx, cancel := context.WithCancel(context.Background())
 	p := &Proxy{
-		log: log, metrics: m, pool: newBufPool(), ctx: ctx, cancel: cancel,
+		log: log, metrics: m, pool: newBufPool(), ctx: ctx, cancel: cancel, hurry: make(chan struct{}),
 		listeners: map[string]*listener{}, backends: map[string]*failover.Backend{},
 		sessions: map[*session]struct{}{}, links: map[linkKey]*link{},
 		forensics: newForensics(log.Named("proxy"), m.ConnectDuration),
@@ -266,6 +268,11 @@ func (p *Proxy) liveSessions() []*session {
 // (counted with outcome "closed"). It returns when everything has stopped.
 func (p *Proxy) Shutdown(grace, drainTimeout time.Duration) { p.shutdown(grace, drainTimeout, p.log) }
 
+// Hurry ends a drain now: the rest of the grace and of the drain timeout
+// are skipped, and the sessions left are closed as at the drain timeout
+// (a second stop signal). It may come before Shutdown, or during it.
+func (p *Proxy) Hurry() { p.hurryOnce.Do(func() { close(p.hurry) }) }
+
 // Close stops a proxy whose start failed: Shutdown without a drain to
 // speak of, so that the log ends with the start's error, not with a drain's
 // lines (and a drain timeout's warning) for sessions that never were.
@@ -274,7 +281,10 @@ func (p *Proxy) Close() { p.shutdown(0, 0, hclog.NewNullLogger()) }
 func (p *Proxy) shutdown(grace, drainTimeout time.Duration, log hclog.Logger) {
 	p.draining.Store(true)
 	log.Info("draining: readiness now reports 503", "grace", grace, "drain_timeout", drainTimeout)
-	time.Sleep(grace)
+	select {
+	case <-time.After(grace):
+	case <-p.hurry:
+	}
 	p.mu.Lock()
 	for _, l := range p.listeners {
 		l.ln.Close()
@@ -294,10 +304,21 @@ func (p *Proxy) shutdown(grace, drainTimeout time.Duration, log hclog.Logger) {
 	closed := 0
 	select {
 	case <-done:
+	case <-p.hurry:
 	case <-time.After(drainTimeout):
+	}
+	select {
+	case <-done:
+	default:
 		rest := p.liveSessions()
 		closed = len(rest)
-		log.Warn("drain timeout: closing the sessions left", "sessions", closed)
+		why := "drain timeout"
+		select {
+		case <-p.hurry:
+			why = "drain cut short"
+		default:
+		}
+		log.Warn(why+": closing the sessions left", "sessions", closed)
 		for _, s := range rest {
 			s.abort(SideClient, s.phaseNow(SideClient), ErrDrained, "closed", nil)
 		}

@@ -132,7 +132,17 @@ func runCommand(args []string, stderr io.Writer) int {
 		}
 	}
 	log.Info("signal received: draining", "signal", stop.String())
+	drained := make(chan struct{})
+	go func() { // a second stop (Ctrl-C twice, docker stop again) ends the drain now
+		select {
+		case sig := <-stops:
+			log.Warn("second signal: closing the sessions left now", "signal", sig.String())
+			p.Hurry()
+		case <-drained:
+		}
+	}()
 	p.Shutdown(cfg.Shutdown.Grace.Duration, cfg.Shutdown.DrainTimeout.Duration)
+	close(drained)
 	adm.Close()
 	return 0
 }

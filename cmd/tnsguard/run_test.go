@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"os"
@@ -258,5 +259,63 @@ func TestFailedStartLogsNoDrain(t *testing.T) {
 	}
 	if out := log.String(); !strings.Contains(out, "cannot start") || strings.Contains(out, "drain") {
 		t.Errorf("log of a failed start:\n%s", out)
+	}
+}
+
+// A second SIGTERM during a drain ends it at once: the sessions left are
+// closed and run returns, instead of waiting out drain_timeout (here 30 s)
+// with the second signal ignored.
+func TestSecondSignalEndsTheDrain(t *testing.T) {
+	echo, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer echo.Close()
+	go func() {
+		for {
+			c, err := echo.Accept()
+			if err != nil {
+				return
+			}
+			go func() { defer c.Close(); io.Copy(c, c) }()
+		}
+	}()
+	listen := freePort(t)
+	cfg := strings.NewReplacer(`drain_timeout = "1s"`, `drain_timeout = "30s"`, `listen = "127.0.0.1:0"`, fmt.Sprintf("listen = %q", listen),
+		`address = "127.0.0.1:1"`, fmt.Sprintf("address = %q", echo.Addr())).Replace(runConfig(freePort(t), "[]"))
+	path := filepath.Join(t.TempDir(), "tnsguard.toml")
+	if err := os.WriteFile(path, []byte(cfg), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	var log lockedBuffer
+	code := make(chan int, 1)
+	go func() { code <- runCommand([]string{"-config", path}, &log) }()
+	waitUntil(t, "start", func() bool { return strings.Contains(log.String(), "tnsguard started") })
+	c, err := net.Dial("tcp", listen)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	if _, err := c.Write([]byte("x")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.ReadFull(c, make([]byte, 1)); err != nil {
+		t.Fatal(err)
+	}
+	syscall.Kill(os.Getpid(), syscall.SIGTERM)
+	waitUntil(t, "the drain", func() bool { return strings.Contains(log.String(), "stopped accepting") })
+	start := time.Now()
+	syscall.Kill(os.Getpid(), syscall.SIGTERM)
+	select {
+	case got := <-code:
+		if got != 0 || time.Since(start) > 3*time.Second {
+			t.Errorf("exit %d after %v", got, time.Since(start))
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatalf("the second SIGTERM did not end the drain; log:\n%s", log.String())
+	}
+	if _, err := c.Read(make([]byte, 1)); err == nil {
+		t.Errorf("the session left open was not closed")
 	}
 }
