@@ -526,22 +526,7 @@ fall = 3`, fmt.Sprintf("address = %q", a.address))
 func TestReloadDropsTheListenerVersionWithTnsping(t *testing.T) {
 	l := tnstest.New(t, tnstest.Config{Mode: tnstest.Refuse, Err: 12560})
 	mk := func(check string) string {
-		return `
-[log]
-level = "warn"
-[[listener]]
-name = "l"
-listen = "127.0.0.1:0"
-backend = "b"
-[[backend]]
-name = "b"
-  [backend.health]
-  check = "` + check + `"
-  interval = "50ms"
-  timeout = "50ms"
-  [[backend.server]]
-  address = "` + l.Addr() + `"
-`
+		return backendTOML(fmt.Sprintf("[backend.health]\ncheck = %q\ninterval = \"50ms\"\ntimeout = \"50ms\"", check), fmt.Sprintf("address = %q", l.Addr()))
 	}
 	h := startProxy(t, mk("tnsping"))
 	waitFor(t, 2*time.Second, "version", func() bool { return gauge(h.m.ListenerVersion, "b", l.Addr(), "19.0.0.0.0") == 1 })
