@@ -34,12 +34,14 @@ func (c *Config) validate() (errs, warnings []string) {
 	if c.Admin.AllowNets, err = parseNets(c.Admin.Allow); err != nil {
 		add("admin: allow: %v", err)
 	}
-	if host, _, err := net.SplitHostPort(c.Admin.Listen); err == nil && len(c.Admin.Allow) == 0 && !isLoopback(host) {
-		warn("admin: listen %q is reachable from other hosts and admin.allow is empty: anyone who reaches it sees your links", c.Admin.Listen)
-	}
-	if host, _, err := net.SplitHostPort(c.Admin.Listen); err == nil && (host == "" || host == "0.0.0.0" || host == "::" || host == "127.0.0.1") &&
-		len(c.Admin.AllowNets) > 0 && !Allowed(c.Admin.AllowNets, netip.MustParseAddr("127.0.0.1")) {
-		warn("admin: allow leaves out 127.0.0.1: `tnsguard healthcheck` (the Docker HEALTHCHECK) asks from there, gets 403 and reports not ready")
+	if host, _, err := net.SplitHostPort(c.Admin.Listen); err == nil {
+		if len(c.Admin.Allow) == 0 && !isLoopback(host) {
+			warn("admin: listen %q is reachable from other hosts and admin.allow is empty: anyone who reaches it sees your links", c.Admin.Listen)
+		}
+		local := host == "" || host == "0.0.0.0" || host == "::" || host == "127.0.0.1" // reached through 127.0.0.1
+		if local && len(c.Admin.AllowNets) > 0 && !Allowed(c.Admin.AllowNets, netip.MustParseAddr("127.0.0.1")) {
+			warn("admin: allow leaves out 127.0.0.1: `tnsguard healthcheck` (the Docker HEALTHCHECK) asks from there, gets 403 and reports not ready")
+		}
 	}
 
 	// named says where a table is in messages, checks its name is set and
