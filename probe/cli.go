@@ -55,6 +55,8 @@ func Command(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return usage("-backend needs -config")
 	case *target == "" && *cfgPath == "":
 		return usage("give -target HOST:PORT (or -config FILE -backend NAME)")
+	case *maxIdle <= 0: // Run would take it for the default, 2h
+		return usage(fmt.Sprintf("-max %v: give a positive time, such as 30m", *maxIdle))
 	case *cfgPath != "":
 		addr, err := backendAddress(*cfgPath, *backend)
 		if err != nil {

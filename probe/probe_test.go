@@ -326,6 +326,7 @@ func TestCommandUsageErrors(t *testing.T) {
 		{[]string{"-backend", "x"}, 2, "-backend needs -config"},
 		{[]string{"-target", "a:1", "extra"}, 2, "unexpected argument"},
 		{[]string{"-max", "soon"}, 2, "invalid value"},
+		{[]string{"-target", "127.0.0.1:1", "-max", "0s"}, 2, "give a positive time"}, // it ran for the 2h default
 		{[]string{"-h"}, 2, "usage: tnsguard probe -target HOST:PORT"},
 		{[]string{"-target", "nohostport"}, 1, "missing port"},
 		{[]string{"-target", "127.0.0.1:1", "-max", "500ms"}, 1, "below the shortest idle"},
