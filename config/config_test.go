@@ -275,8 +275,19 @@ func TestAdminAllowWithoutLoopbackWarns(t *testing.T) {
 
 // An IPv6 address with a zone (a link-local client, fe80::1%eth0) is in
 // the allow lists that hold it; netip's Contains says no to any zone.
-func TestAllowedIgnoresZones(t *testing.T) {
+func TestAllowListsMatchZonedAndMappedAddresses(t *testing.T) {
 	nets := []netip.Prefix{netip.MustParsePrefix("fe80::/10")}
+	mapped, err := parseNets([]string{"::ffff:10.0.0.0/104", "::ffff:192.0.2.7"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// IPv4-mapped entries hold the IPv4 clients they name (clients are
+	// matched unmapped); they held none.
+	for _, a := range []string{"10.1.2.3", "192.0.2.7"} {
+		if !Allowed(mapped, netip.MustParseAddr(a)) {
+			t.Errorf("%s not allowed by %v", a, mapped)
+		}
+	}
 	if !Allowed(nets, netip.MustParseAddr("fe80::1%eth0")) {
 		t.Errorf("fe80::1%%eth0 not allowed by fe80::/10")
 	}

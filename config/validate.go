@@ -353,10 +353,15 @@ func parseNets(list []string) ([]netip.Prefix, error) {
 	var bad []string
 	for _, s := range list {
 		if p, err := netip.ParsePrefix(s); err == nil {
+			if a := p.Addr(); a.Is4In6() && p.Bits() >= 96 {
+				// ::ffff:10.0.0.0/104: clients are matched unmapped
+				p = netip.PrefixFrom(a.Unmap(), p.Bits()-96)
+			}
 			nets = append(nets, p.Masked())
 			continue
 		}
 		if a, err := netip.ParseAddr(s); err == nil {
+			a = a.Unmap()
 			nets = append(nets, netip.PrefixFrom(a, a.BitLen()))
 			continue
 		}
