@@ -3,7 +3,7 @@
 # tnsguard container image: a static binary on distroless, run as a non-root user.
 #
 #   docker build -t tnsguard --build-arg VERSION=$(git describe --tags --always) .
-#   docker run -d --name tnsguard --restart unless-stopped -p 1522:1522 -p 9521:9521 \
+#   docker run -d --name tnsguard --restart unless-stopped -p 1522:1522 -p 127.0.0.1:9521:9521 \
 #     -v $PWD/tnsguard.toml:/etc/tnsguard/tnsguard.toml:ro tnsguard
 #
 # The final stage installs nothing: it only copies the binary and the config, so it

@@ -72,7 +72,7 @@ func Start(cfg config.Admin, reg *prometheus.Registry, src Source, log hclog.Log
 	// (idle keep-alives, a trickled body) must not starve it.
 	s.http = &http.Server{Handler: s.allowOnly(mux), ReadHeaderTimeout: 5 * time.Second,
 		ReadTimeout: 10 * time.Second, WriteTimeout: 30 * time.Second, IdleTimeout: 60 * time.Second,
-		ErrorLog: log.StandardLogger(&hclog.StandardLoggerOptions{InferLevels: true})}
+		ErrorLog: log.StandardLogger(&hclog.StandardLoggerOptions{ForceLevel: hclog.Warn})} // accept errors (EMFILE), panics: not info
 	go func() {
 		defer close(s.done)
 		if err := s.http.Serve(ln); err != nil && err != http.ErrServerClosed {
