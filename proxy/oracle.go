@@ -91,7 +91,7 @@ func (s *session) openingUnfinishedLocked(silent bool) bool {
 		return listener
 	}
 	_, err := tns.ParseConnectData(b)
-	return err != nil
+	return err != nil // text that does not parse here does not at the listener either
 }
 
 // noteConnectLocked reads the service name of the app's CONNECT once it is
@@ -113,13 +113,17 @@ func (s *session) noteConnectLocked() {
 		return
 	}
 	s.connectSeen = true
-	if err != nil {
+	var name string
+	switch {
+	case errors.Is(err, tns.ErrDescription):
+		name = tns.LooseService(info.ConnectData) // CID values with parentheses: the service still counts
+	case err != nil:
 		return
-	}
-	d := info.Description
-	name := d.ServiceName()
-	if name == "" {
-		name = d.SID()
+	default:
+		name = info.Description.ServiceName()
+		if name == "" {
+			name = info.Description.SID()
+		}
 	}
 	s.serviceName = name
 	s.service = serviceLabel(s.lcfg, name)

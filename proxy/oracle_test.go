@@ -237,6 +237,32 @@ func TestRouteByService(t *testing.T) {
 	})
 }
 
+// A CONNECT whose CID carries a program path with parentheses, unescaped
+// as go-ora writes os.Args[0] (C:\Program Files (x86)\...), does not parse
+// as a description; its service is still read, for routing and the label.
+// Such sessions went to the default route, labelled other.
+func TestRouteByServiceWithParenthesesInCID(t *testing.T) {
+	// The servers answer with their name: whether a real listener takes
+	// such a description is its business, tnsguard only routes it.
+	sales, orders := newServer(t, sayName("S")), newServer(t, sayName("O"))
+	h := startProxy(t, routesConfig(sales.address, orders.address))
+	connect, err := tns.BuildConnect(`(DESCRIPTION=(CONNECT_DATA=(SERVICE_NAME=SALES)(CID=(PROGRAM=C:\Program Files (x86)\app.exe)(HOST=w)(USER=u)))(ADDRESS=(PROTOCOL=TCP)(HOST=x)(PORT=1)))`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := h.dial("l")
+	c.Write(connect)
+	c.SetReadDeadline(time.Now().Add(3 * time.Second))
+	got := make([]byte, 1)
+	if _, err := io.ReadFull(c, got); err != nil || string(got) != "S" {
+		t.Fatalf("app got %q, %v; want the answer of the SALES route's server", got, err)
+	}
+	c.Close() // with the echo unread: a reset, labelled all the same
+	waitFor(t, time.Second, "the service label", func() bool {
+		return counter(h.m.SessionsTotal, "l", "sales-db", "sales", "ok")+counter(h.m.SessionsTotal, "l", "sales-db", "sales", "reset") == 1
+	})
+}
+
 // Bytes that are not TNS never make tnsguard wait for a TNS packet: a
 // backend greeting of 3 bytes reaches the app at once.
 func TestNonTNSBackendNotHeldBack(t *testing.T) {

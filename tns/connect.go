@@ -100,7 +100,7 @@ func ParseConnectData(opening []byte) (ConnectInfo, error) {
 	info.ConnectData = string(data)
 	desc, err := ParseDescription(info.ConnectData)
 	if err != nil {
-		return ConnectInfo{}, fmt.Errorf("CONNECT: %w", err)
+		return info, fmt.Errorf("CONNECT: %w: %w", ErrDescription, err)
 	}
 	info.Description = desc
 	return info, nil

@@ -282,6 +282,32 @@ func (d Description) SID() string { return d.value("CONNECT_DATA", "SID") }
 // Command is CONNECT_DATA's COMMAND, "ping" for tnsping.
 func (d Description) Command() string { return d.value("CONNECT_DATA", "COMMAND") }
 
+// LooseService finds SERVICE_NAME, or else SID, in connect data that does
+// not parse as a whole (ErrDescription): the value after the key's '=', up
+// to the next ')', trimmed, with quotes and escapes as written. Clients put
+// their program path and user name in CID unescaped, and a path such as
+// C:\Program Files (x86)\app.exe breaks the syntax after the service.
+func LooseService(data string) string {
+	upper := strings.ToUpper(data)
+	for _, key := range []string{"(SERVICE_NAME", "(SID"} {
+		i := strings.Index(upper, key)
+		for i >= 0 {
+			rest := strings.TrimLeft(data[i+len(key):], " \t")
+			if v, ok := strings.CutPrefix(rest, "="); ok {
+				if end := strings.IndexByte(v, ')'); end >= 0 {
+					return strings.TrimSpace(v[:end])
+				}
+			}
+			next := strings.Index(upper[i+1:], key)
+			if next < 0 {
+				break
+			}
+			i += 1 + next
+		}
+	}
+	return ""
+}
+
 // Program is the client program named in CID, "" when absent.
 func (d Description) Program() string { return d.value("CID", "PROGRAM") }
 

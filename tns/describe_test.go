@@ -134,3 +134,23 @@ func TestDescriptionStringRoundTrip(t *testing.T) {
 	d, _ := tns.ParseDescription("( A = ( B = 1 ) )")
 	eq(t, "String", d.String(), "(A=(B=1))")
 }
+
+// LooseService reads the service from connect data that does not parse as
+// a whole, as a client's unescaped program path makes it.
+func TestLooseService(t *testing.T) {
+	for _, tc := range []struct{ data, want string }{
+		{`(DESCRIPTION=(CONNECT_DATA=(SERVICE_NAME=SALES)(CID=(PROGRAM=C:\Program Files (x86)\a.exe))))`, "SALES"},
+		{`(DESCRIPTION=(CONNECT_DATA=(CID=(PROGRAM=x (y)))(service_name = orders.example )))`, "orders.example"},
+		{`(DESCRIPTION=(CONNECT_DATA=(SID=XE)(CID=(USER=o"brien))))`, "XE"},
+		{`(DESCRIPTION=(CONNECT_DATA=(SERVICE_NAMES=A)(SERVICE_NAME=B)))`, "B"},
+		{`(DESCRIPTION=(CONNECT_DATA=(CID=(PROGRAM=(x)))))`, ""},
+	} {
+		if got := tns.LooseService(tc.data); got != tc.want {
+			t.Errorf("LooseService(%q) = %q, want %q", tc.data, got, tc.want)
+		}
+	}
+	_, err := tns.ParseConnectData(mustBuild(t, `(DESCRIPTION=(CONNECT_DATA=(SERVICE_NAME=S)(CID=(PROGRAM=a (b)))))`))
+	if !errors.Is(err, tns.ErrDescription) {
+		t.Errorf("ParseConnectData of a whole CONNECT with odd text: %v, want ErrDescription", err)
+	}
+}

@@ -28,6 +28,13 @@ var (
 	// description text does not parse.
 	ErrMalformed = errors.New("tns: malformed packet")
 
+	// ErrDescription means a whole, well-framed CONNECT whose connect
+	// data does not parse as a description (a value with an unescaped
+	// parenthesis, say): the packet is complete, only its text is odd, and
+	// the listener decides what it makes of it. ParseConnectData returns
+	// the ConnectInfo with ConnectData set along with it.
+	ErrDescription = errors.New("tns: connect data does not parse")
+
 	// ErrUnexpectedAnswer means a listener answered a health check with
 	// something that does not say "alive" (Ping) or cannot be read as an
 	// answer about the service (ProbeService).
