@@ -133,10 +133,17 @@ func TestAllRefuseGivesTheAppTheRealError(t *testing.T) {
 // NJS-500) because the standby's dial was the last thing tried.
 func TestRefuseThenUnreachableGivesTheAppTheRefuse(t *testing.T) {
 	refusing := tnstest.New(t, tnstest.Config{Mode: tnstest.Refuse, Err: 12514})
-	h := startProxy(t, oracleConfig(`refuse_errors = [12514]`, refusing.Addr()+";0", closedPort(t)+";1")) // the standby: refused
-	err := goOraPing(t, h.addr("l"), "SALES")
-	if err == nil || !strings.Contains(err.Error(), "ORA-12514") {
-		t.Fatalf("go-ora: %v, want the preferred listener's ORA-12514", err)
+	for _, standby := range []string{closedPort(t), blackhole(t)} { // refused; silent until the budget ends
+		h := startProxy(t, oracleConfig(`refuse_errors = [12514]`, refusing.Addr()+";0", standby+";1"))
+		err := goOraPing(t, h.addr("l"), "SALES")
+		if err == nil || !strings.Contains(err.Error(), "ORA-12514") {
+			t.Fatalf("go-ora: %v, want the preferred listener's ORA-12514", err)
+		}
+		// Counted as what the app got: the budget that ended while the
+		// standby was dialed gave the cause "timeout".
+		waitFor(t, time.Second, "the reset counted as refused", func() bool {
+			return counter(h.m.Resets, "l", "b", "none", "backend", "connect", "refused") == 1
+		})
 	}
 }
 

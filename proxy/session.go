@@ -189,13 +189,17 @@ func (s *session) open() error {
 			if !errors.Is(err, failover.ErrBudgetExhausted) {
 				return s.endedElsewhere(err) // drain or shutdown, not a missing backend
 			}
+			// No server took it, and one refused: the app gets that REFUSE as
+			// it was (its driver reports the real ORA error), even if a later
+			// server only failed to answer, or the budget ended while one
+			// was being asked; the reset is counted with the REFUSE's cause.
+			if lastRefuse != nil {
+				lastErr = lastRefuse
+			}
 			err = ErrNoBackend
 			if lastErr != nil {
 				err = fmt.Errorf("%w: %w", ErrNoBackend, lastErr)
 			}
-			// No server took it, and one refused: the app gets that REFUSE as
-			// it was (its driver reports the real ORA error), even if a later
-			// server only failed to answer.
 			s.deliverRefuse(lastRefuse)
 			return s.noBackend(err, attempts, nil)
 		}
