@@ -640,3 +640,35 @@ func TestSilentBackendAtBudgetDoesNotBlameTheNextServer(t *testing.T) {
 		t.Errorf("backend_up of the standby = %v, want 1", v)
 	}
 }
+
+// One app whose CONNECT carries non-UTF-8 bytes in its CID before the
+// SERVICE_NAME (and a path with parentheses, so the descriptor does not
+// parse) must cost at most its own session, not the process.
+func TestNonUTF8ConnectDataCostsOneSession(t *testing.T) {
+	be := newBackend(t, echo)
+	h := startProxy(t, hostileConfig("", be.addr()+";0"))
+
+	other := h.dial("l")
+	other.Write([]byte("ping"))
+	buf := make([]byte, 4)
+	other.SetReadDeadline(time.Now().Add(2 * time.Second))
+	if _, err := other.Read(buf); err != nil {
+		t.Fatalf("other session: %v", err)
+	}
+
+	data := `(DESCRIPTION=(CONNECT_DATA=(CID=(PROGRAM=C:\Program Files (x86)\app\app.exe)(HOST=PC1)(USER=` +
+		strings.Repeat("\xfc", 40) + `))(SERVICE_NAME=SALES))(ADDRESS=(PROTOCOL=tcp)(HOST=db)(PORT=1521)))`
+	pkt, err := tns.BuildConnect(data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := h.dial("l")
+	c.Write(pkt)
+	c.SetReadDeadline(time.Now().Add(2 * time.Second))
+	c.Read(make([]byte, 1024))
+
+	other.Write([]byte("pong"))
+	if _, err := other.Read(buf); err != nil || string(buf) != "pong" {
+		t.Fatalf("other session after the hostile CONNECT: %q %v", buf, err)
+	}
+}

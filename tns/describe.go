@@ -288,7 +288,7 @@ func (d Description) Command() string { return d.value("CONNECT_DATA", "COMMAND"
 // their program path and user name in CID unescaped, and a path such as
 // C:\Program Files (x86)\app.exe breaks the syntax after the service.
 func LooseService(data string) string {
-	upper := strings.ToUpper(data)
+	upper := asciiUpper(data) // byte for byte: offsets in upper are offsets in data
 	for _, key := range []string{"(SERVICE_NAME", "(SID"} {
 		i := strings.Index(upper, key)
 		for i >= 0 {
@@ -306,6 +306,19 @@ func LooseService(data string) string {
 		}
 	}
 	return ""
+}
+
+// asciiUpper upper-cases a-z only, one byte for one: strings.ToUpper
+// changes lengths (an invalid byte becomes a 3-byte U+FFFD), so its
+// offsets would not index the original.
+func asciiUpper(s string) string {
+	b := []byte(s)
+	for i, c := range b {
+		if 'a' <= c && c <= 'z' {
+			b[i] = c - 'a' + 'A'
+		}
+	}
+	return string(b)
 }
 
 // Program is the client program named in CID, "" when absent.

@@ -144,6 +144,11 @@ func TestLooseService(t *testing.T) {
 		{`(DESCRIPTION=(CONNECT_DATA=(SID=XE)(CID=(USER=o"brien))))`, "XE"},
 		{`(DESCRIPTION=(CONNECT_DATA=(SERVICE_NAMES=A)(SERVICE_NAME=B)))`, "B"},
 		{`(DESCRIPTION=(CONNECT_DATA=(CID=(PROGRAM=(x)))))`, ""},
+		// A user name in a single-byte code page (cp1252 "ü", not UTF-8)
+		// before the service: strings.ToUpper's offsets did not index the
+		// original, so this panicked (the whole process) or lost the name.
+		{"(DESCRIPTION=(CONNECT_DATA=(CID=(PROGRAM=C:\\P (x86)\\a.exe)(USER=J\xfcrgen M\xfcller))(SERVICE_NAME=SALES)))", "SALES"},
+		{"(" + strings.Repeat("\xff", 40) + "(SERVICE_NAME=X)", "X"},
 	} {
 		if got := tns.LooseService(tc.data); got != tc.want {
 			t.Errorf("LooseService(%q) = %q, want %q", tc.data, got, tc.want)

@@ -10,6 +10,7 @@ import (
 	"bytes"
 	"errors"
 	"reflect"
+	"strings"
 	"testing"
 
 	"github.com/tnsguard/tnsguard/tns"
@@ -93,7 +94,13 @@ func FuzzClassifyFirst(f *testing.F) {
 }
 
 func FuzzDescription(f *testing.F) {
+	f.Add("(\xff\xfc(SERVICE_NAME=X)(CID=(PROGRAM=a (b))))") // LooseService's offsets
 	f.Fuzz(func(t *testing.T, s string) {
+		// Every input, parsed or not: the proxy calls LooseService on
+		// connect data that does not parse.
+		if v := tns.LooseService(s); !strings.Contains(s, v) {
+			t.Fatalf("LooseService(%q) = %q, not part of it", s, v)
+		}
 		d, err := tns.ParseDescription(s)
 		if err != nil {
 			return
