@@ -674,3 +674,32 @@ fall = 2`, fmt.Sprintf("address = %q", srv.address)))
 		t.Errorf("health_check_duration_seconds: %d samples", n)
 	}
 }
+
+// While a backend is gone, the no-backend line is logged within the reset
+// lines' budget (logBurst per logWindow), not once per connection: it was
+// one line of every attempt per connection, so any client could grow the
+// log with its connection rate.
+func TestNoBackendLogIsBudgeted(t *testing.T) {
+	h, logs := startProxyLog(t, backendTOML(`connect_timeout = "50ms"
+connect_budget = "100ms"
+backoff = "10ms"
+backoff_max = "20ms"
+[backend.health]
+check = "off"`, fmt.Sprintf("address = %q", closedPort(t))))
+	const apps = 3 * logBurst
+	var wg sync.WaitGroup
+	for range apps {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			c := h.dial("l")
+			c.Write([]byte("x"))
+			readErr(c, 3*time.Second)
+		}()
+	}
+	wg.Wait()
+	waitFor(t, 2*time.Second, "every rejection counted", func() bool { return counter(h.m.SessionsRejected, "l", "no_backend") == apps })
+	if n := len(logs.lines("no backend for new session")); n != logBurst {
+		t.Errorf("%d no-backend lines for %d sessions in one window, want %d", n, apps, logBurst)
+	}
+}

@@ -296,13 +296,29 @@ func (s *session) cutShort(srv *failover.Server, err error) (bool, error) {
 }
 
 // noBackend ends a session that got no backend: the app's connection is
-// reset, the rejection counted, and every attempt logged with its error.
+// reset, the rejection counted, and its attempts logged with their errors
+// (the first and last maxAttemptsLogged/2 of them), within the listener's
+// log budget.
 func (s *session) noBackend(err error, attempts []string, srv *failover.Server) error {
 	s.l.rejected("no_backend")
-	s.logger().Warn("no backend for new session: resetting the app's connection", "budget", s.backend.Config.ConnectBudget.Duration, "attempts", attempts)
+	ok, dropped := s.l.noBackendLog.take(time.Now())
+	if dropped > 0 {
+		s.l.log.Warn("no-backend lines dropped in the last window", "lines", dropped, "window", logWindow)
+	}
+	if ok {
+		if n := len(attempts); n > maxAttemptsLogged {
+			attempts = append(append(attempts[:maxAttemptsLogged/2:maxAttemptsLogged/2],
+				fmt.Sprintf("... %d more ...", n-maxAttemptsLogged)), attempts[n-maxAttemptsLogged/2:]...)
+		}
+		s.logger().Warn("no backend for new session: resetting the app's connection", "budget", s.backend.Config.ConnectBudget.Duration, "attempts", attempts)
+	}
 	s.abort(SideBackend, PhaseConnect, err, "no_backend", srv)
 	return err
 }
+
+// maxAttemptsLogged bounds the attempts one no-backend line lists: a long
+// budget with short backoffs makes dozens.
+const maxAttemptsLogged = 32
 
 // endedElsewhere is the end of an opening cut short by the proxy (drain
 // timeout, shutdown): whoever cancelled the session has classified it
