@@ -275,6 +275,9 @@ func (s *session) deliverRefuse(err error) {
 	s.client.SetWriteDeadline(time.Now().Add(time.Second))
 	if n, werr := s.client.Write(re.packet); werr == nil {
 		s.toClient.Add(int64(n))
+		s.mu.Lock()
+		s.ourFIN[0] = true // the app's close that answers it is no reset (endOfStream)
+		s.mu.Unlock()
 		s.client.CloseWrite()
 	}
 }

@@ -9,6 +9,7 @@ import (
 	"io"
 	"net"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -387,5 +388,61 @@ func TestUnknownServiceRefusalsAreNoVerdict(t *testing.T) {
 	}
 	if len(l1.Connects()) != before+1 {
 		t.Errorf("the app asking for SALES did not reach the preferred listener: its circuit was open")
+	}
+}
+
+// An app that reads the REFUSE tnsguard hands it and closes at once (as a
+// driver does) must leave the session counted as the REFUSE (backend side,
+// cause refused), never as a reset of the app's leg: tnsguard's own FIN
+// (deliverRefuse's CloseWrite) plus the app's FIN put the app's socket in
+// CLOSE, which endOfStream took for a reset (20-30% of these sessions).
+func TestRefuseThenAppCloseIsNotAClientReset(t *testing.T) {
+	for _, tc := range []struct{ name, retry string }{
+		{"pass-through", `retry_on = ["connect", "reset"]`},
+		{"budget", `retry_on = ["connect", "reset", "refuse"]`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			l1 := tnstest.New(t, tnstest.Config{Mode: tnstest.Refuse, Err: 12514})
+			cfg := oracleConfig("", l1.Addr())
+			cfg = strings.Replace(cfg, `retry_on = ["connect", "reset", "refuse"]`, tc.retry, 1)
+			cfg = strings.Replace(strings.Replace(cfg, `connect_timeout = "1s"`, `connect_timeout = "100ms"`, 1), `connect_budget = "2s"`, `connect_budget = "200ms"`, 1)
+			h := startProxy(t, cfg)
+			connect, err := tns.BuildConnect("(DESCRIPTION=(CONNECT_DATA=(SERVICE_NAME=SALES))(ADDRESS=(PROTOCOL=TCP)(HOST=x)(PORT=1)))")
+			if err != nil {
+				t.Fatal(err)
+			}
+			const rounds, par = 10, 8
+			for range rounds {
+				var wg sync.WaitGroup
+				for range par {
+					wg.Add(1)
+					go func() {
+						defer wg.Done()
+						c := h.dial("l")
+						c.Write(connect)
+						c.SetReadDeadline(time.Now().Add(5 * time.Second))
+						io.ReadAll(c) // the REFUSE, then tnsguard's FIN
+						c.Close()
+					}()
+				}
+				wg.Wait()
+			}
+			waitFor(t, 5*time.Second, "every session recorded", func() bool {
+				return len(h.p.liveSessions()) == 0
+			})
+			time.Sleep(100 * time.Millisecond)
+			bad := 0
+			for _, ev := range h.p.Resets(0) {
+				if ev.Side != SideBackend || ev.Cause != "refused" {
+					bad++
+					if bad < 4 {
+						t.Errorf("reset event %+v; want side backend, cause refused", ev)
+					}
+				}
+			}
+			if bad > 0 {
+				t.Fatalf("%d of %d sessions that ended with a REFUSE were counted as something else", bad, rounds*par)
+			}
+		})
 	}
 }
