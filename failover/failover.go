@@ -114,22 +114,37 @@ func New(cfg *config.Backend, log hclog.Logger, m *metrics.Metrics) *Backend {
 
 // Inherit carries each server that old has too (same address) over a
 // reload that changed the backend (which rebuilds it), as if no reload had
-// happened. Its health: a server known down takes no session and does not
-// show as up, and its checks go on with rise and fall, so one failed check
-// right after the reload does not mark a server down that was up. Its
-// live sessions, which least_sessions counts and which end on old's
-// servers. And its listener's version, whose series a new one replaces.
+// happened:
+//   - its live sessions, which least_sessions counts and which end on
+//     old's servers;
+//   - a health check's verdict, when both check: a server known down takes
+//     no session and does not show as up, and its checks go on with rise
+//     and fall, so one failed check right after the reload does not mark
+//     an up server down. A server no check had judged yet starts as New
+//     starts it (down until its first check, or up with checks off);
+//   - with checks off in both, the last dial's result;
+//   - with tnsping in both, its listener's version, whose series a new
+//     one replaces (with tnsping off, the series is gone: forgetRemoved).
+//
 // Before Start.
 func (b *Backend) Inherit(old *Backend) {
+	checks, oldChecks := b.Config.Health.Check != "off", old.Config.Health.Check != "off"
+	tnsping := b.Config.Health.Check == "tnsping" && old.Config.Health.Check == "tnsping"
 	for _, s := range b.Servers {
 		for _, o := range old.Servers {
-			if o.Address == s.Address {
+			if o.Address != s.Address {
+				continue
+			}
+			s.sessions = o.sessions
+			switch {
+			case checks && oldChecks && o.checked.Load():
 				s.up.Store(o.Up())
-				s.checked.Store(o.checked.Load())
-				s.sessions = o.sessions
-				if v, ok := o.version.Load().(string); ok {
-					s.version.Store(v) // a new version replaces its series (setVersion)
-				}
+				s.checked.Store(true)
+			case !checks && !oldChecks:
+				s.up.Store(o.Up())
+			}
+			if v, ok := o.version.Load().(string); ok && tnsping {
+				s.version.Store(v)
 			}
 		}
 	}

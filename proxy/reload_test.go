@@ -538,3 +538,56 @@ func TestReloadDropsTheListenerVersionWithTnsping(t *testing.T) {
 		t.Fatalf("tnsguard_oracle_listener_info still has %d series after tnsping was turned off", n)
 	}
 }
+
+// tnsping turned off by a reload drops the listener version series; turned
+// on again by the next reload, the series must come back with the next
+// check. The rebuilt backend inherited the version string, so setVersion
+// saw no change and never set the series again.
+func TestReloadTnspingOffThenOnBringsTheVersionBack(t *testing.T) {
+	l := tnstest.New(t, tnstest.Config{Mode: tnstest.Refuse, Err: 12560})
+	mk := func(check string) string {
+		return backendTOML(fmt.Sprintf("[backend.health]\ncheck = %q\ninterval = \"50ms\"\ntimeout = \"50ms\"", check), fmt.Sprintf("address = %q", l.Addr()))
+	}
+	h := startProxy(t, mk("tnsping"))
+	waitFor(t, 2*time.Second, "version", func() bool { return gauge(h.m.ListenerVersion, "b", l.Addr(), "19.0.0.0.0") == 1 })
+	if err := h.p.Apply(mustParse(t, listenerAt(mk("tcp"), h.addr("l")))); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(200 * time.Millisecond)
+	if n := testutil.CollectAndCount(h.m.ListenerVersion); n != 0 {
+		t.Fatalf("%d series after tnsping was turned off", n)
+	}
+	if err := h.p.Apply(mustParse(t, listenerAt(mk("tnsping"), h.addr("l")))); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(500 * time.Millisecond) // about ten checks
+	if n := testutil.CollectAndCount(h.m.ListenerVersion); n != 1 {
+		t.Fatalf("tnsguard_oracle_listener_info has %d series after tnsping was turned on again and 10 checks, want 1", n)
+	}
+}
+
+// A reload that turns health checks off while a server's first check is
+// still running (here a listener that never answers tnsping, so the check
+// waits its 2s timeout). With checks off, servers start up and only a
+// dial's result changes that (failover.New). The rebuilt server inherited
+// "down" from a server no check had ever judged (it only started down),
+// so /readyz stays 503 with nothing left that would ever check it.
+func TestReloadChecksOffBeforeTheFirstCheck(t *testing.T) {
+	l := tnstest.New(t, tnstest.Config{Mode: tnstest.Silent})
+	mk := func(check string) string {
+		return backendTOML(fmt.Sprintf("connect_budget = \"3s\"\n[backend.health]\ncheck = %q\ninterval = \"5s\"\ntimeout = \"2s\"", check), fmt.Sprintf("address = %q", l.Addr()))
+	}
+	h := startProxy(t, mk("tnsping"))
+	if err := h.p.Apply(mustParse(t, listenerAt(mk("off"), h.addr("l")))); err != nil {
+		t.Fatal(err)
+	}
+	// Control: the same config with checks off from the start is ready.
+	fresh := startProxy(t, mk("off"))
+	if ok, why := fresh.p.Ready(); !ok {
+		t.Fatalf("control: %s", why)
+	}
+	time.Sleep(2500 * time.Millisecond) // past the old check's timeout
+	if ok, why := h.p.Ready(); !ok {
+		t.Fatalf("after the reload to check = \"off\": not ready (%s); the server was never checked down", why)
+	}
+}
