@@ -355,6 +355,11 @@ failures = 3
 open_for = "300ms"
 max_open_for = "1s"`, fmt.Sprintf("address = %q;priority = 0", a.address), fmt.Sprintf("address = %q;priority = 1", b.address)))
 	state := func() float64 { return gauge(h.m.BreakerState, "b", a.address) }
+	// Servers start down until their first check: until A's has answered, a
+	// session may go to B, whose check answered first.
+	waitFor(t, 2*time.Second, "both servers checked up", func() bool {
+		return gauge(h.m.BackendUp, "b", a.address) == 1 && gauge(h.m.BackendUp, "b", b.address) == 1
+	})
 	session := func(want string) {
 		t.Helper()
 		c, err := net.Dial("tcp", h.addr("l"))
