@@ -72,13 +72,47 @@ func causeIndex(cause string) int {
 // holds the count of one minute; its stamp says which (unix minute), so a
 // stale bucket is recognised without a sweep.
 type linkResets struct {
-	perMinute            [dayMinutes]uint32
-	perMinuteAt          [dayMinutes]int32
-	byCause              [hourMinutes][nCauses]uint32
-	byCauseAt            [hourMinutes]int32
-	byHourOfDay          [24]uint64 // since start, in the proxy's local time
-	logStart             time.Time  // start of the current log window
-	logged, droppedLines int
+	perMinute   [dayMinutes]uint32
+	perMinuteAt [dayMinutes]int32
+	byCause     [hourMinutes][nCauses]uint32
+	byCauseAt   [hourMinutes]int32
+	byHourOfDay [24]uint64 // since start, in the proxy's local time
+	log         logBudget
+}
+
+// logBudget lets logBurst lines through per log window and counts the
+// rest: the reset lines of a link, and a listener's no-backend lines, which
+// would otherwise grow the log with the rate of failures. The caller holds
+// the lock that guards it.
+type logBudget struct {
+	start   time.Time // of the current window; zero while none is open
+	logged  int
+	dropped int
+}
+
+// take says whether to log a line at now; when it opens a new window, the
+// window before it is reported (the lines it dropped, and its start).
+func (b *logBudget) take(now time.Time, window time.Duration) (ok bool, dropped int, since time.Time) {
+	if b.start.IsZero() || now.Sub(b.start) >= window {
+		dropped, since = b.dropped, b.start
+		*b = logBudget{start: now}
+	}
+	if b.logged < logBurst {
+		b.logged++
+		return true, dropped, since
+	}
+	b.dropped++
+	return false, dropped, since
+}
+
+// end closes the window if it is over at now, and reports it as take does.
+func (b *logBudget) end(now time.Time, window time.Duration) (dropped int, since time.Time) {
+	if b.start.IsZero() || now.Sub(b.start) < window {
+		return 0, time.Time{}
+	}
+	dropped, since = b.dropped, b.start
+	*b = logBudget{}
+	return dropped, since
 }
 
 // forensics is the proxy's reset memory; tick runs once a second from
@@ -163,16 +197,7 @@ func (f *forensics) store(ev *ResetEvent) (logIt bool, dropped int, window time.
 	}
 	lr.byHourOfDay[ev.Time.Hour()]++
 
-	if lr.logStart.IsZero() || ev.Time.Sub(lr.logStart) >= f.window {
-		dropped, window = lr.droppedLines, lr.logStart
-		lr.logStart, lr.logged, lr.droppedLines = ev.Time, 0, 0
-	}
-	if lr.logged < logBurst {
-		lr.logged++
-		return true, dropped, window
-	}
-	lr.droppedLines++
-	return false, dropped, window
+	return lr.log.take(ev.Time, f.window)
 }
 
 // logDropped says how many reset lines of a link were not logged in the
@@ -194,11 +219,8 @@ func (f *forensics) tick(now time.Time) {
 	var over []summary
 	f.mu.Lock()
 	for k, lr := range f.links {
-		if !lr.logStart.IsZero() && now.Sub(lr.logStart) >= f.window {
-			if lr.droppedLines > 0 {
-				over = append(over, summary{k, lr.droppedLines, lr.logStart})
-			}
-			lr.logStart, lr.logged, lr.droppedLines = time.Time{}, 0, 0
+		if n, since := lr.log.end(now, f.window); n > 0 {
+			over = append(over, summary{k, n, since})
 		}
 	}
 	f.mu.Unlock()

@@ -32,33 +32,8 @@ type listener struct {
 	srcMu            sync.Mutex
 	perSource        map[netip.Addr]int
 	series           sync.Map // backend name -> *sessionSeries
-	noBackendLog     logBudget
-}
-
-// logBudget lets logBurst lines through per logWindow (the budget of the
-// reset lines, events.go) and counts the rest: one line per connection
-// while a backend is gone would grow the log with the connection rate.
-type logBudget struct {
-	mu      sync.Mutex
-	start   time.Time
-	n       int
-	dropped int
-}
-
-// take says whether to log a line now, and how many were dropped in the
-// window that ended (0 if none).
-func (b *logBudget) take(now time.Time) (ok bool, dropped int) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	if now.Sub(b.start) >= logWindow {
-		dropped, b.start, b.n, b.dropped = b.dropped, now, 0, 0
-	}
-	if b.n >= logBurst {
-		b.dropped++
-		return false, dropped
-	}
-	b.n++
-	return true, dropped
+	noBackendMu      sync.Mutex
+	noBackendLog     logBudget // under noBackendMu
 }
 
 // sessionSeries are the metric series every session of one listener and

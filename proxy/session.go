@@ -301,7 +301,9 @@ func (s *session) cutShort(srv *failover.Server, err error) (bool, error) {
 // log budget.
 func (s *session) noBackend(err error, attempts []string, srv *failover.Server) error {
 	s.l.rejected("no_backend")
-	ok, dropped := s.l.noBackendLog.take(time.Now())
+	s.l.noBackendMu.Lock()
+	ok, dropped, _ := s.l.noBackendLog.take(time.Now(), logWindow)
+	s.l.noBackendMu.Unlock()
 	if dropped > 0 {
 		s.l.log.Warn("no-backend lines dropped in the last window", "lines", dropped, "window", logWindow)
 	}
