@@ -442,16 +442,24 @@ func errOrNil(e syscall.Errno) error {
 func sockError(rc syscall.RawConn) error {
 	var failed error
 	_ = rc.Control(func(fd uintptr) {
-		soerr, err := unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_ERROR)
-		if err == nil && soerr != 0 {
-			failed = os.NewSyscallError("read", syscall.Errno(soerr))
+		if failed = soError(fd); failed != nil {
 			return
 		}
 		var b [1]byte
-		_, _, err = unix.Recvfrom(int(fd), b[:], unix.MSG_PEEK|unix.MSG_DONTWAIT)
+		_, _, err := unix.Recvfrom(int(fd), b[:], unix.MSG_PEEK|unix.MSG_DONTWAIT)
 		if err != nil && !errors.Is(err, unix.EAGAIN) {
 			failed = os.NewSyscallError("read", err)
 		}
 	})
 	return failed
+}
+
+// soError is the error the socket fd holds (SO_ERROR, which taking clears),
+// as a read's error; nil for none.
+func soError(fd uintptr) error {
+	soerr, err := unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_ERROR)
+	if err != nil || soerr == 0 {
+		return nil
+	}
+	return os.NewSyscallError("read", syscall.Errno(soerr))
 }

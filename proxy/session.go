@@ -18,6 +18,7 @@ import (
 
 	"github.com/tnsguard/tnsguard/config"
 	"github.com/tnsguard/tnsguard/failover"
+	"github.com/tnsguard/tnsguard/keepalive"
 )
 
 // session is one app connection and its backend connection. Its life has
@@ -777,16 +778,7 @@ func (s *session) endOfStream(src Side) *pumpErr {
 	if ours || c == nil {
 		return nil
 	}
-	rc, err := c.SyscallConn()
-	if err != nil {
-		return nil
-	}
-	reset := false
-	rc.Control(func(fd uintptr) {
-		info, err := unix.GetsockoptTCPInfo(int(fd), unix.IPPROTO_TCP, unix.TCP_INFO)
-		reset = err == nil && info.State == unix.BPF_TCP_CLOSE
-	})
-	if !reset {
+	if info, err := keepalive.ReadInfo(c); err != nil || info.State != unix.BPF_TCP_CLOSE {
 		return nil
 	}
 	return &pumpErr{err: os.NewSyscallError("read", syscall.ECONNRESET)}
@@ -815,10 +807,7 @@ func (s *session) watchHalfClosed(src Side, c *net.TCPConn) {
 	c.SetReadDeadline(time.Time{}) // the pump's idle deadline: this waits as long as the session lasts
 	var failed error
 	err = rc.Read(func(fd uintptr) bool {
-		soerr, err := unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_ERROR)
-		if err == nil && soerr != 0 {
-			failed = os.NewSyscallError("read", syscall.Errno(soerr))
-		}
+		failed = soError(fd)
 		return failed != nil // no error: wait for the next event (our FIN wakes it too)
 	})
 	if err != nil || failed == nil {
