@@ -79,13 +79,7 @@ func readInbound(ctx context.Context, c *net.TCPConn, cfg *config.Listener) (inb
 	if cfg.ProxyProtocol == "off" || cfg.ProxyProtocol == "" {
 		return in, "", nil
 	}
-	trusted := false
-	for _, n := range cfg.TrustedNets {
-		if n.Contains(in.client.Addr().WithZone("")) {
-			trusted = true
-			break
-		}
-	}
+	trusted := len(cfg.TrustedNets) > 0 && config.Allowed(cfg.TrustedNets, in.client.Addr()) // an empty list trusts no one
 	required := cfg.ProxyProtocol == "required"
 	if required && !trusted {
 		return in, rejectProxyUntrusted, fmt.Errorf("source %s is not in trusted_proxies", in.client.Addr())
