@@ -276,9 +276,8 @@ func (s *session) deliverRefuse(err error) {
 	if n, werr := s.client.Write(re.packet); werr == nil {
 		s.toClient.Add(int64(n))
 		s.mu.Lock()
-		s.ourFIN[0] = true // the app's close that answers it is no reset (endOfStream)
+		s.halfCloseLocked(SideClient, s.client) // the app's close that answers it is no reset
 		s.mu.Unlock()
-		s.client.CloseWrite()
 	}
 }
 

@@ -499,8 +499,7 @@ func (s *session) replayTo(conn *net.TCPConn, srv *failover.Server, deadline tim
 		}
 	}
 	if s.clientEOF {
-		conn.CloseWrite()
-		s.ourFIN[1] = true
+		s.halfCloseLocked(SideBackend, conn)
 	}
 	s.conn, s.server, s.attaching = conn, srv, nil
 	s.kaLate = s.backend.KeepaliveLate
@@ -723,23 +722,22 @@ func (s *session) pumpBackendToClient() *pumpErr {
 // and destination dst's: a clean EOF is passed on as a half-close; an error
 // ends the session, resetting the app when the backend failed.
 func (s *session) directionDone(pe *pumpErr, src, dst Side) {
-	s.mu.Lock()
-	client, conn := s.client, s.conn // a direction that ended keeps the session awake: live conns
-	if pe == nil && !s.closing {
-		s.ourFIN[legIndex(dst)] = true
-		watch := client // src's socket, which nothing reads any more
-		if src == SideBackend {
-			watch = conn
-		}
-		s.halfWatch = time.AfterFunc(halfCloseWatchAfter, func() { s.watchHalfClosed(src, watch) })
-	}
-	s.mu.Unlock()
 	if pe == nil {
+		s.mu.Lock()
+		client, conn := s.client, s.conn // a direction that ended keeps the session awake: live conns
 		if dst == SideClient {
-			client.CloseWrite()
+			s.halfCloseLocked(SideClient, client)
 		} else if conn != nil {
-			conn.CloseWrite()
+			s.halfCloseLocked(SideBackend, conn)
 		}
+		if !s.closing {
+			watch := client // src's socket, which nothing reads any more
+			if src == SideBackend {
+				watch = conn
+			}
+			s.halfWatch = time.AfterFunc(halfCloseWatchAfter, func() { s.watchHalfClosed(src, watch) })
+		}
+		s.mu.Unlock()
 		return
 	}
 	if errors.Is(pe.err, net.ErrClosed) {
@@ -750,6 +748,15 @@ func (s *session) directionDone(pe *pumpErr, src, dst Side) {
 		side = dst
 	}
 	s.abort(side, s.phaseNow(side), pe.err, "reset", s.currentServer())
+}
+
+// halfCloseLocked sends side's peer a FIN on c, and notes it as tnsguard's
+// own: after the peer's FIN the socket is in CLOSE, which endOfStream would
+// otherwise take for a reset. Every half-close tnsguard makes goes through
+// here. Under s.mu.
+func (s *session) halfCloseLocked(side Side, c *net.TCPConn) {
+	s.ourFIN[legIndex(side)] = true
+	c.CloseWrite()
 }
 
 func legIndex(side Side) int {
