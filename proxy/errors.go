@@ -67,12 +67,15 @@ func Cause(err error) string {
 		return "refused"
 	case errors.Is(err, ErrDrained), errors.Is(err, net.ErrClosed):
 		return "proxy"
-	case errors.Is(err, ErrNoBackend):
-		return "no_backend"
 	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, os.ErrDeadlineExceeded):
 		return "timeout"
 	case errors.Is(err, syscall.EHOSTUNREACH), errors.Is(err, syscall.ENETUNREACH):
 		return "unreachable"
+	case errors.Is(err, ErrNoBackend):
+		// Last: a session that got no backend is counted with its last
+		// attempt's cause (a dial that timed out says "timeout");
+		// no_backend is for no attempt, or one with no cause of its own.
+		return "no_backend"
 	}
 	return "error"
 }

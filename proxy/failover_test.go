@@ -538,6 +538,39 @@ check = "off"`, fmt.Sprintf("address = %q", addrs[0]), fmt.Sprintf("address = %q
 	}
 }
 
+// A session that gets no backend is counted with the last dial's cause,
+// as the README's table says: a black-holed database reads "timeout" on
+// the status page and in resets_total, a stopped one "refused".
+func TestNoBackendCountsTheLastDialsCause(t *testing.T) {
+	for _, tc := range []struct {
+		cause string
+		addr  func(t *testing.T) string
+	}{
+		{"refused", closedPort},
+		{"timeout", blackhole},
+	} {
+		t.Run(tc.cause, func(t *testing.T) {
+			h := startProxy(t, backendTOML(`connect_timeout = "300ms"
+connect_budget = "700ms"
+backoff = "50ms"
+[backend.health]
+check = "off"`, fmt.Sprintf("address = %q", tc.addr(t))))
+			c := h.dial("l")
+			c.Write([]byte("opening bytes"))
+			if err, _ := readErr(c, 3*time.Second); !errors.Is(err, syscall.ECONNRESET) {
+				t.Fatalf("app saw %v, want ECONNRESET", err)
+			}
+			waitFor(t, time.Second, "the reset counted", func() bool { return len(h.p.Resets(0)) == 1 })
+			if got := h.p.Resets(0)[0].Cause; got != tc.cause {
+				t.Errorf("/api/resets cause = %q, want %q", got, tc.cause)
+			}
+			if v := counter(h.m.Resets, "l", "b", "none", "backend", "connect", tc.cause); v != 1 {
+				t.Errorf("resets_total{server=none,side=backend,phase=connect,cause=%s} = %v, want 1", tc.cause, v)
+			}
+		})
+	}
+}
+
 // A black-holed preferred server costs one connect_timeout, then the
 // session goes to the standby: each dial is bounded, the retry counted as
 // a timeout.
