@@ -90,6 +90,14 @@ func TestErrors(t *testing.T) {
 			[]string{`bad.toml:6:1: unknown key "listener.keepalive.idel"`}},
 		{"unknown key in an inline table", strings.Replace(minimal, `backend = "orders"`, "backend = \"orders\"\nkeepalive = { idel = \"5s\" }", 1),
 			[]string{`bad.toml:6:15: unknown key "listener.keepalive.idel"`}},
+		// The TOML library matches fields ignoring case: these passed
+		// silently, and allow with Allow in one table picked either.
+		{"key in another case", strings.Replace(minimal, `backend = "orders"`, "backend = \"orders\"\nMax_Sessions = 3", 1),
+			[]string{`bad.toml:6:1: unknown key "listener.Max_Sessions": keys are lower case ("max_sessions")`}},
+		{"table in another case", "[Admin]\nlisten = \"127.0.0.1:9\"\n" + minimal,
+			[]string{`bad.toml:1:1: unknown key "Admin": keys are lower case ("admin")`}},
+		{"two spellings of one key", strings.Replace(minimal, `backend = "orders"`, "backend = \"orders\"\nallow = [\"10.0.0.0/8\"]\nAllow = [\"0.0.0.0/0\"]", 1),
+			[]string{`bad.toml:7:1: unknown key "listener.Allow": keys are lower case ("allow")`}},
 		{"unknown table", "[admn]\nlisten = \"x\"\n" + minimal, []string{`bad.toml:1:1: unknown key "admn"`, `bad.toml:2:1: unknown key "admn.listen"`}},
 		{"bad duration", strings.Replace(minimal, `name = "orders"
   [[`, `name = "orders"

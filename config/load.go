@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"reflect"
 	"regexp"
 	"sort"
 	"strconv"
@@ -46,6 +47,15 @@ func Parse(data []byte, source string) (*Config, []string, error) {
 		line, col := locateKey(string(data), k)
 		errs = append(errs, fmt.Sprintf("%s:%d:%d: unknown key %q", source, line, col, k.String()))
 	}
+	// The library matches keys to fields ignoring case, so Allow or
+	// MAX_SESSIONS would pass silently (and with both allow and Allow in a
+	// table, either could win): keys are lower case, as written here.
+	for _, k := range md.Keys() {
+		if want, ok := caseMismatch(k); ok {
+			line, col := locateKey(string(data), k)
+			errs = append(errs, fmt.Sprintf("%s:%d:%d: unknown key %q: keys are lower case (%q)", source, line, col, k.String(), want))
+		}
+	}
 	// Unknown keys were left out of c: what is there is checked too, so one
 	// run of check shows every error it can.
 	c.Source = source
@@ -61,6 +71,41 @@ func Parse(data []byte, source string) (*Config, []string, error) {
 		return nil, warnings, errs
 	}
 	return &c, warnings, nil
+}
+
+// caseMismatch reports whether the last part of k names a field of
+// Config only when case is ignored, and gives the field's real name. A key
+// under a mismatched table is not reported again; keys inside a map
+// (routes) are the user's own.
+func caseMismatch(k toml.Key) (string, bool) {
+	t := reflect.TypeFor[Config]()
+	for i, part := range k {
+		for t.Kind() == reflect.Pointer || t.Kind() == reflect.Slice {
+			t = t.Elem()
+		}
+		if t.Kind() != reflect.Struct {
+			return "", false // a map's keys, or below a value
+		}
+		name, found, next := "", false, t
+		for j := range t.NumField() {
+			f := t.Field(j)
+			tag, _, _ := strings.Cut(f.Tag.Get("toml"), ",")
+			if tag == part {
+				name, found, next = tag, true, f.Type
+				break
+			}
+			if tag != "-" && tag != "" && strings.EqualFold(tag, part) {
+				name = tag
+			}
+		}
+		t = next
+		if !found {
+			// Unknown (Undecoded reports it), or a field only under
+			// another case: reported at the key that spells it.
+			return name, name != "" && i == len(k)-1
+		}
+	}
+	return "", false
 }
 
 // locateKey finds the line and column of an undecoded key in the TOML text:
