@@ -96,6 +96,7 @@ func New(cfg *config.Backend, log hclog.Logger, m *metrics.Metrics) *Backend {
 	ka := cfg.Keepalive.Settings()
 	b := &Backend{Config: cfg, log: log.With("backend", cfg.Name), metrics: m, KeepaliveLate: ka.Late(),
 		dialer: net.Dialer{Timeout: cfg.ConnectTimeout.Duration, KeepAlive: -1}}
+	b.dialer.SetMultipathTCP(false) // plain TCP whatever GODEBUG says: MPTCP takes no TCP_USER_TIMEOUT
 	if !b.KeepaliveLate {
 		b.dialer.Control = ka.Control
 	}

@@ -184,6 +184,10 @@ func (p *Proxy) bind(cfg *config.Config, lc *config.Listener, taken map[*listene
 	fromFile := ln != nil
 	if ln == nil && err == nil {
 		lcfg := net.ListenConfig{KeepAlive: -1} // tnsguard sets keepalive itself, per leg
+		// Plain TCP, even for an app that offers MPTCP (Go's listeners
+		// accept it by default): an MPTCP socket takes no TCP_USER_TIMEOUT
+		// and, on older kernels, no keepalive timing or TCP_INFO.
+		lcfg.SetMultipathTCP(false)
 		ln, err = lcfg.Listen(p.ctx, "tcp", lc.Listen)
 	}
 	if err != nil {

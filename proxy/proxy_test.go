@@ -204,6 +204,40 @@ func TestKeepaliveOnBothLegs(t *testing.T) {
 		keepalive.Settings{Idle: 17 * time.Second, Interval: 2 * time.Second, Count: 4, UserTimeout: 19 * time.Second})
 }
 
+// An app whose host speaks Multipath TCP (mptcpize, a Go client with
+// GODEBUG=multipathtcp=1) still gets a plain TCP leg with the configured
+// keepalive and user timeout. Go makes listeners MPTCP by default, and an
+// MPTCP socket takes no TCP_USER_TIMEOUT (nor, on older kernels, keepalive
+// timing): the leg ran on the kernel's defaults and every such connection
+// logged a warning.
+func TestMPTCPAppGetsATCPLegWithItsKeepalive(t *testing.T) {
+	fd, err := syscall.Socket(syscall.AF_INET, syscall.SOCK_STREAM, 262) // IPPROTO_MPTCP
+	if err != nil {
+		t.Skipf("this kernel has no MPTCP: %v", err)
+	}
+	syscall.Close(fd)
+	be := newBackend(t, echo)
+	h, logs := startProxyLog(t, oneBackendConfig(be.addr()))
+	var d net.Dialer
+	d.SetMultipathTCP(true)
+	nc, err := d.Dial("tcp", h.addr("l"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	c := nc.(*net.TCPConn)
+	echoed(t, c, "hello")
+	want := keepalive.Settings{Idle: 7 * time.Second, Interval: 3 * time.Second, Count: 5, UserTimeout: 31 * time.Second}
+	sessionOf(t, h.p, c).withLegs(func(client, _ syscall.Conn) {
+		if got, err := keepalive.Read(client); err != nil || got != want {
+			t.Errorf("app leg of an MPTCP client: %+v (error %v), want %+v", got, err, want)
+		}
+	})
+	if l := logs.lines("keepalive"); len(l) != 0 {
+		t.Errorf("warned: %q", l)
+	}
+}
+
 // With a backend leg's keepalive of LateFloor or more, a dial sets none of
 // it: a session that ends within a second never pays those five system
 // calls. One that lasts has the configured values within 2s, whether it is
