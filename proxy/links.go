@@ -153,9 +153,19 @@ func (l *link) figures() linkFigures {
 
 // ServerLinks implements metrics.LinkSource: per backend server, over all
 // listeners. The RTT is the mean over the server's live backend sockets;
-// with none, the last one seen on any of its links.
+// with none, the last one seen on any of its links, if the server is still
+// configured: a gauge of a server a reload removed goes away with its last
+// session, as its other gauges go at the reload.
 func (p *Proxy) ServerLinks() []metrics.ServerLink {
 	type key struct{ backend, server string }
+	configured := map[key]bool{}
+	p.mu.Lock()
+	for _, b := range p.backends {
+		for _, s := range b.Servers {
+			configured[key{b.Config.Name, s.Address}] = true
+		}
+	}
+	p.mu.Unlock()
 	type acc struct {
 		sl      metrics.ServerLink
 		liveSum time.Duration
@@ -190,7 +200,7 @@ func (p *Proxy) ServerLinks() []metrics.ServerLink {
 		switch {
 		case a.liveN > 0:
 			a.sl.RTTSeconds, a.sl.HasRTT = (a.liveSum / time.Duration(a.liveN)).Seconds(), true
-		case !a.lastAt.IsZero():
+		case !a.lastAt.IsZero() && configured[k]:
 			a.sl.RTTSeconds, a.sl.HasRTT = a.last.Seconds(), true
 		}
 		out = append(out, a.sl)

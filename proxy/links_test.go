@@ -91,6 +91,55 @@ func TestLinksForgetRemovedServerThatCarriedNothing(t *testing.T) {
 	}
 }
 
+// A removed server that carried sessions loses its RTT gauge once its last
+// session ends (its retransmits counter stays, as counters do): the
+// dashboard must not draw a server that is gone, at its last RTT, until
+// a restart.
+func TestRemovedServerLosesItsRTTWithItsLastSession(t *testing.T) {
+	one := newBackend(t, echo)
+	two := newBackend(t, echo)
+	h := startProxy(t, oneBackendConfig(two.addr()))
+	exported := func(name string) bool {
+		mfs, err := h.reg.Gather()
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, mf := range mfs {
+			if mf.GetName() != name {
+				continue
+			}
+			for _, m := range mf.GetMetric() {
+				for _, lp := range m.GetLabel() {
+					if lp.GetName() == "server" && lp.GetValue() == two.addr() {
+						return true
+					}
+				}
+			}
+		}
+		return false
+	}
+	ended := h.dial("l")
+	echoed(t, ended, "a")
+	ended.Close()
+	live := h.dial("l")
+	echoed(t, live, "b")
+	waitFor(t, 2*time.Second, "one live session", func() bool { return len(h.p.liveSessions()) == 1 })
+	if err := h.p.Apply(mustParse(t, oneBackendConfig(one.addr()))); err != nil {
+		t.Fatal(err)
+	}
+	if !exported("tnsguard_backend_rtt_seconds") {
+		t.Errorf("the removed server's RTT is gone while a session still runs on it")
+	}
+	live.Close()
+	waitFor(t, 2*time.Second, "the session ended", func() bool { return len(h.p.liveSessions()) == 0 })
+	if exported("tnsguard_backend_rtt_seconds") {
+		t.Errorf("removed server %s still exports tnsguard_backend_rtt_seconds after its last session", two.addr())
+	}
+	if !exported("tnsguard_backend_retransmits_total") {
+		t.Errorf("the removed server's retransmits counter is gone: counters stay")
+	}
+}
+
 // tnsguard_backend_rtt_seconds is the mean smoothed RTT of the server's live
 // backend connections: a link (another listener on the same server) whose
 // last session ended long ago must not weigh its frozen last RTT in while
