@@ -540,7 +540,8 @@ check = "off"`, fmt.Sprintf("address = %q", addrs[0]), fmt.Sprintf("address = %q
 
 // A session that gets no backend is counted with the last dial's cause,
 // as the README's table says: a black-holed database reads "timeout" on
-// the status page and in resets_total, a stopped one "refused".
+// the status page and in resets_total, a stopped one "refused". Its
+// bytes, sent nowhere, are not in bytes_total.
 func TestNoBackendCountsTheLastDialsCause(t *testing.T) {
 	for _, tc := range []struct {
 		cause string
@@ -566,6 +567,10 @@ check = "off"`, fmt.Sprintf("address = %q", tc.addr(t))))
 			}
 			if v := counter(h.m.Resets, "l", "b", "none", "backend", "connect", tc.cause); v != 1 {
 				t.Errorf("resets_total{server=none,side=backend,phase=connect,cause=%s} = %v, want 1", tc.cause, v)
+			}
+			// No connection ever took the app's bytes.
+			if v := counter(h.m.Bytes, "l", "b", "to_backend"); v != 0 {
+				t.Errorf("bytes_total{to_backend} = %v, want 0", v)
 			}
 		})
 	}

@@ -79,6 +79,7 @@ type session struct {
 	routeWaitOver bool   // routing stopped waiting for the CONNECT
 	resendOwed    bool   // a listener's RESEND reached the app: it owes its CONNECT again
 	openingUp     int64  // bytes of the opening not yet counted in series.bytesUp (the backend may still change)
+	openingSent   bool   // some backend connection took opening bytes (else they went nowhere)
 
 	endOnce sync.Once
 	end     *sessionEnd // set once, by abort or finish: allocated at the end, so a live session does not carry it
@@ -492,6 +493,7 @@ func (s *session) replayTo(conn *net.TCPConn, srv *failover.Server, deadline tim
 		n, err := conn.Write(pending)
 		s.mu.Lock()
 		written += n
+		s.openingSent = s.openingSent || n > 0
 		if err != nil {
 			s.attaching = nil
 			s.mu.Unlock()
@@ -685,6 +687,7 @@ func (s *session) openingBytes(b []byte) error {
 	s.touch()
 	s.toBackend.Add(int64(len(b)))
 	conn, est := s.conn, s.established
+	s.openingSent = s.openingSent || conn != nil
 	s.mu.Unlock()
 	// Written without s.mu, as replayTo writes: a backend that takes no
 	// bytes must hold up only this direction. Bytes reach conn in order:
