@@ -57,6 +57,10 @@ func Command(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return usage("give -target HOST:PORT (or -config FILE -backend NAME)")
 	case *maxIdle <= 0: // Run would take it for the default, 2h
 		return usage(fmt.Sprintf("-max %v: give a positive time, such as 30m", *maxIdle))
+	case *maxIdle < ladderStart:
+		return usage(fmt.Sprintf("-max %v is below the shortest idle time checked (%v)", *maxIdle, ladderStart))
+	case *parallel < 2:
+		return usage(fmt.Sprintf("-parallel %d: need at least 2 connections", *parallel))
 	case *cfgPath != "":
 		addr, err := backendAddress(*cfgPath, *backend)
 		if err != nil {

@@ -329,8 +329,9 @@ func TestCommandUsageErrors(t *testing.T) {
 		{[]string{"-target", "127.0.0.1:1", "-max", "0s"}, 2, "give a positive time"}, // it ran for the 2h default
 		{[]string{"-h"}, 2, "usage: tnsguard probe -target HOST:PORT"},
 		{[]string{"-target", "nohostport"}, 1, "missing port"},
-		{[]string{"-target", "127.0.0.1:1", "-max", "500ms"}, 1, "below the shortest idle"},
-		{[]string{"-target", "127.0.0.1:1", "-parallel", "1"}, 1, "at least 2"},
+		{[]string{"-target", "127.0.0.1:1", "-max", "500ms"}, 2, "below the shortest idle"},
+		{[]string{"-target", "127.0.0.1:1", "-parallel", "1"}, 2, "at least 2"},
+		{[]string{"-target", "127.0.0.1:1", "-parallel", "-3"}, 2, "at least 2"},
 		{[]string{"-config", "/nonexistent/tnsguard.toml"}, 1, "no such file"},
 	} {
 		var stdout, stderr bytes.Buffer
