@@ -82,7 +82,7 @@ func New(reg prometheus.Registerer, version string) *Metrics {
 			Name: "tnsguard_bytes_total", Help: "Bytes carried, by direction (to_backend, to_client).",
 		}, []string{"listener", "backend", "direction"}),
 		ConnectDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
-			Name: "tnsguard_backend_connect_duration_seconds", Help: "Backend dial time, by result (ok, refused, timeout, unreachable, error).",
+			Name: "tnsguard_backend_connect_duration_seconds", Help: "Backend dial time, by result (ok, refused, timeout, unreachable, canceled, error).",
 			Buckets: latency,
 		}, []string{"backend", "server", "result"}),
 		BackendUp: prometheus.NewGaugeVec(prometheus.GaugeOpts{

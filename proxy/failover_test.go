@@ -538,6 +538,36 @@ check = "off"`, fmt.Sprintf("address = %q", addrs[0]), fmt.Sprintf("address = %q
 	}
 }
 
+// sessions_rejected_total{reason="no_backend"} exists at 0 from the start:
+// the README's alert, increase(...[5m]) > 0, would miss the first
+// rejection of a series born at 1.
+func TestNoBackendRejectionSeriesStartsAtZero(t *testing.T) {
+	h := startProxy(t, backendTOML(`[backend.health]
+check = "off"`, fmt.Sprintf("address = %q", closedPort(t))))
+	mfs, err := h.reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	found := false
+	for _, mf := range mfs {
+		if mf.GetName() != "tnsguard_sessions_rejected_total" {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			labels := map[string]string{}
+			for _, lp := range m.GetLabel() {
+				labels[lp.GetName()] = lp.GetValue()
+			}
+			if labels["listener"] == "l" && labels["reason"] == "no_backend" {
+				found = m.GetCounter().GetValue() == 0
+			}
+		}
+	}
+	if !found {
+		t.Errorf("tnsguard_sessions_rejected_total{listener=\"l\",reason=\"no_backend\"} is not exported at 0 before any rejection")
+	}
+}
+
 // A session that gets no backend is counted with the last dial's cause,
 // as the README's table says: a black-holed database reads "timeout" on
 // the status page and in resets_total, a stopped one "refused". Its

@@ -154,6 +154,9 @@ func (p *Proxy) Apply(cfg *config.Config) error {
 		}
 		l.conf.Store(lc)
 		p.metrics.MaxSessions.WithLabelValues(lc.Name).Set(float64(lc.MaxSessions))
+		// At 0 from the start, so that an alert on its increase sees the
+		// first rejection (a series born at 1 shows no increase).
+		p.metrics.SessionsRejected.WithLabelValues(lc.Name, "no_backend")
 	}
 	for _, l := range bound {
 		p.loopWG.Add(1)
