@@ -149,8 +149,8 @@ type Health struct {
 	Check           string   `toml:"check"`
 	Interval        Duration `toml:"interval"`
 	Timeout         Duration `toml:"timeout"`
-	Rise            int      `toml:"rise"`
-	Fall            int      `toml:"fall"`
+	Rise            *int     `toml:"rise"`
+	Fall            *int     `toml:"fall"`
 	Service         string   `toml:"service"`
 	ServiceInterval Duration `toml:"service_interval"`
 }
@@ -233,12 +233,8 @@ func (c *Config) applyDefaults() {
 		h.Interval.orDefault(5 * time.Second)
 		h.Timeout.orDefault(2 * time.Second)
 		h.ServiceInterval.orDefault(5 * time.Minute)
-		if h.Rise == 0 {
-			h.Rise = 2
-		}
-		if h.Fall == 0 {
-			h.Fall = 3
-		}
+		h.Rise = intOr(h.Rise, 2)
+		h.Fall = intOr(h.Fall, 3)
 		b.Breaker.Failures = intOr(b.Breaker.Failures, 5)
 		b.Breaker.OpenFor.orDefault(10 * time.Second)
 		b.Breaker.MaxOpenFor.orDefault(5 * time.Minute)

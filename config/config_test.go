@@ -3,6 +3,7 @@ package config
 import (
 	"net/netip"
 	"os"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
@@ -63,7 +64,7 @@ func TestDefaultsMatchTheExample(t *testing.T) {
 	}
 	fb, mb := full.Backends[0], min.Backends[0]
 	if fb.ConnectBudget != mb.ConnectBudget || fb.ConnectTimeout != mb.ConnectTimeout || *fb.ReplayBytes != *mb.ReplayBytes ||
-		fb.Health != mb.Health || *fb.Breaker.Failures != *mb.Breaker.Failures || fb.Breaker.OpenFor != mb.Breaker.OpenFor ||
+		!reflect.DeepEqual(fb.Health, mb.Health) || *fb.Breaker.Failures != *mb.Breaker.Failures || fb.Breaker.OpenFor != mb.Breaker.OpenFor ||
 		fb.Backoff != mb.Backoff || fb.BackoffMax != mb.BackoffMax || fb.Balance != mb.Balance ||
 		strings.Join(fb.RetryOn, ",") != strings.Join(mb.RetryOn, ",") || len(fb.RefuseErrors) != len(mb.RefuseErrors) {
 		t.Errorf("backend defaults differ from the example:\n%+v\n%+v", fb, mb)
@@ -92,6 +93,9 @@ func TestErrors(t *testing.T) {
 			[]string{`bad.toml:6:15: unknown key "listener.keepalive.idel"`}},
 		// The TOML library matches fields ignoring case: these passed
 		// silently, and allow with Allow in one table picked either.
+		// An explicit 0 was taken for "not set" and became 2 or 3.
+		{"rise of 0", minimal + "  [backend.health]\n  rise = 0\n",
+			[]string{`bad.toml: backend "orders": health.rise and health.fall must be at least 1`}},
 		{"key in another case", strings.Replace(minimal, `backend = "orders"`, "backend = \"orders\"\nMax_Sessions = 3", 1),
 			[]string{`bad.toml:6:1: unknown key "listener.Max_Sessions": keys are lower case ("max_sessions")`}},
 		{"table in another case", "[Admin]\nlisten = \"127.0.0.1:9\"\n" + minimal,

@@ -75,12 +75,12 @@ func (s *Server) checkLoop(ctx context.Context) {
 		case first:
 			// The first result decides at once: no waiting rise checks at start.
 			s.setUp(err == nil)
-		case err == nil && streak == h.Rise:
+		case err == nil && streak == *h.Rise:
 			s.setUp(true)
-		case err != nil && -streak == h.Fall:
+		case err != nil && -streak == *h.Fall:
 			s.setUp(false)
 		}
-		if err != nil && (first || -streak == h.Fall) {
+		if err != nil && (first || -streak == *h.Fall) {
 			s.backend.log.Warn("health check failed", "server", s.Address, "error", err)
 		}
 		first = false
