@@ -10,6 +10,7 @@ import (
 	"net"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -444,5 +445,71 @@ func TestRefuseThenAppCloseIsNotAClientReset(t *testing.T) {
 				t.Fatalf("%d of %d sessions that ended with a REFUSE were counted as something else", bad, rounds*par)
 			}
 		})
+	}
+}
+
+// slowRefuser is an Oracle listener 30 ms away (a WAN, a standby in another
+// site): it answers every CONNECT with REFUSE ORA-12514 after 30 ms.
+func slowRefuser(t *testing.T, delay time.Duration) (string, *atomic.Int32) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	var n atomic.Int32
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				if _, err := tns.ReadPacket(c, tns.Length16, 0); err != nil {
+					return
+				}
+				n.Add(1)
+				time.Sleep(delay)
+				c.Write(tns.BuildRefuse(0x22, 0, "(DESCRIPTION=(TMP=)(VSNNUM=318767104)(ERR=12514)(ERROR_STACK=(ERROR=(CODE=12514)(EMFI=4))))"))
+			}()
+		}
+	}()
+	return ln.Addr().String(), &n
+}
+
+// An app asking for a service nobody has (a typo) is refused by live
+// listeners 30 ms away until connect_budget ends. The last round runs
+// just before the deadline, so its attempt is cut by the budget, not by
+// the server: it gets no verdict. It was counted as a failure: with checks
+// off the servers went down (/readyz 503, and a demoted primary sent every
+// later session to the standby). Found as a flaky test under load.
+func TestBudgetCutAttemptIsNoVerdict(t *testing.T) {
+	a, na := slowRefuser(t, 30*time.Millisecond)
+	b, nb := slowRefuser(t, 30*time.Millisecond)
+	cfg := strings.NewReplacer(`connect_budget = "2s"`, `connect_budget = "500ms"`, `connect_timeout = "1s"`, `connect_timeout = "200ms"`).
+		Replace(oracleConfig("", a+";0", b+";1"))
+	h, logs := startProxyLog(t, cfg)
+	connect, err := tns.BuildConnect("(DESCRIPTION=(CONNECT_DATA=(SERVICE_NAME=SALSE))(ADDRESS=(PROTOCOL=TCP)(HOST=x)(PORT=1)))")
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := h.dial("l")
+	c.Write(connect)
+	c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	pkt, err := tns.ReadPacket(c, tns.Length16, 0)
+	if err != nil || pkt.Type != tns.TypeRefuse {
+		t.Fatalf("app with a typo got %v, %v; want the listener's REFUSE", pkt.Type, err)
+	}
+	time.Sleep(50 * time.Millisecond)
+	if ok, why := h.p.Ready(); !ok {
+		t.Errorf("after one app's ORA-12514s from live listeners: not ready: %s", why)
+	}
+	for _, addr := range []string{a, b} {
+		if up := gauge(h.m.BackendUp, "b", addr); up != 1 {
+			t.Errorf("%s: backend_up %v after only refusals and a budget-cut dial, want 1", addr, up)
+		}
+	}
+	if t.Failed() {
+		t.Logf("CONNECTs seen: a %d, b %d; log:\n%s", na.Load(), nb.Load(), logs)
 	}
 }

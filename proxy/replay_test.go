@@ -130,6 +130,11 @@ interval = "1h"
 timeout = "1s"
 [backend.breaker]
 failures = 0`, fmt.Sprintf("address = %q;priority = 0", lb.address), fmt.Sprintf("address = %q;priority = 1", standby.address)))
+			// Servers start down until their first check: until the load
+			// balancer's has passed, sessions go straight to the standby.
+			waitFor(t, 2*time.Second, "both servers checked up", func() bool {
+				return gauge(h.m.BackendUp, "b", lb.address) == 1 && gauge(h.m.BackendUp, "b", standby.address) == 1
+			})
 
 			const apps = 10
 			sent := map[string][]byte{}

@@ -205,6 +205,8 @@ func (s *session) open() error {
 			s.deliverRefuse(lastRefuse)
 			return s.noBackend(err, attempts, nil)
 		}
+		left := time.Until(plan.Deadline()) // the budget this attempt started with
+		outOfBudget := func(err error) bool { return budgetCut(err, plan, left, cfg, lastRefuse != nil) }
 		conn, err := plan.Dial(s.ctx, srv) // within connect_timeout and the budget
 		if err != nil {
 			if over, cerr := s.cutShort(srv, err); over {
@@ -212,8 +214,10 @@ func (s *session) open() error {
 			}
 			lastErr = err
 			attempts = append(attempts, fmt.Sprintf("%s: %v", srv.Address, err))
-			if outOfResources(err) {
-				srv.Abandoned() // tnsguard is out of fds or memory: no verdict on the server
+			if outOfResources(err) || outOfBudget(err) {
+				// tnsguard is out of fds or memory, or the session out of
+				// budget: no verdict on the server
+				srv.Abandoned()
 			} else {
 				srv.Failed(err)
 			}
@@ -262,6 +266,8 @@ func (s *session) open() error {
 		attempts = append(attempts, fmt.Sprintf("%s: %v", srv.Address, err))
 		if re := (*refusedError)(nil); errors.As(err, &re) {
 			srv.Refused(err, serviceRefusal(re.code))
+		} else if outOfBudget(err) {
+			srv.Abandoned()
 		} else {
 			srv.Failed(err)
 		}
@@ -279,6 +285,25 @@ func (s *session) open() error {
 		s.abort(SideBackend, PhaseOpening, err, "reset", srv)
 		return err
 	}
+}
+
+// budgetCut tells whether an attempt that started with left of the budget
+// was ended by the budget's deadline rather than by the server, so that the
+// server gets no verdict (README: no server is blamed for a dial that had
+// no time left). That is so when the attempt had less than a fair share:
+// min(connect_timeout, connect_budget/2), as in the last round the plan
+// squeezes in before the deadline (a server across a WAN cannot answer in
+// backoff/2); or when a listener has already refused this session, whose
+// retries then run out the budget on the app's request. A server that
+// stayed silent through most of the budget is still blamed.
+func budgetCut(err error, plan *failover.Plan, left time.Duration, cfg *config.Backend, refused bool) bool {
+	if !errors.Is(err, os.ErrDeadlineExceeded) && !errors.Is(err, context.DeadlineExceeded) {
+		return false
+	}
+	if time.Now().Before(plan.Deadline()) {
+		return false // its own connect_timeout: a fair verdict
+	}
+	return refused || left < min(cfg.ConnectTimeout.Duration, cfg.ConnectBudget.Duration/2)
 }
 
 // cutShort tells whether the opening was ended while srv was being tried:
