@@ -816,6 +816,14 @@ func (s *session) endOfStream(src Side) *pumpErr {
 	if info, err := keepalive.ReadInfo(c); err != nil || info.State != unix.BPF_TCP_CLOSE {
 		return nil
 	}
+	// The other direction may have half-closed this leg since ourFIN was
+	// read, and the peer closed: CLOSE then follows a FIN each way.
+	s.mu.Lock()
+	ours = s.ourFIN[legIndex(src)]
+	s.mu.Unlock()
+	if ours {
+		return nil
+	}
 	return &pumpErr{err: os.NewSyscallError("read", syscall.ECONNRESET)}
 }
 
