@@ -128,6 +128,42 @@ func TestDormantSessionRevivesOutOfFDs(t *testing.T) {
 	sameBytes(t, "bulk after fds ran out", got, big)
 }
 
+// A dormant session that cannot revive for want of fds for longer than
+// reviveRetryFor ends with a reset, counted as tnsguard's doing (cause
+// proxy), not as the app's or database's failure (cause error).
+func TestReviveOutOfFDsTooLongIsCountedAsTnsguards(t *testing.T) {
+	be := newBackend(t, echoNoAlloc)
+	h := startProxy(t, oneBackendConfig(be.addr()))
+	parkSoon(t, h, 30*time.Millisecond)
+	c := h.dial("l")
+	echoed(t, c, "hello")
+	s := sessionOf(t, h.p, c)
+	waitFor(t, 2*time.Second, "the session dormant", s.isDormant)
+	runtime.GC() // pooled splice pipes: see TestDormantSessionRevivesOutOfFDs
+	runtime.GC()
+	time.Sleep(50 * time.Millisecond)
+	var hoard []int
+	free := func() {
+		for _, fd := range hoard {
+			syscall.Close(fd)
+		}
+		hoard = nil
+	}
+	defer free()
+	grabFDs(t, &hoard)
+	go c.Write(make([]byte, 1<<20)) // bulk: the lot must revive
+	for end := time.Now().Add(reviveRetryFor + 2*time.Second); time.Now().Before(end) && len(h.p.liveSessions()) > 0; {
+		grabFDs(t, &hoard)
+		time.Sleep(10 * time.Millisecond)
+	}
+	free()
+	waitFor(t, 2*time.Second, "session ended", func() bool { return len(h.p.liveSessions()) == 0 })
+	resets := h.p.Resets(0)
+	if len(resets) != 1 || resets[0].Cause != "proxy" {
+		t.Errorf("resets %+v, want one with cause proxy", resets)
+	}
+}
+
 // Sessions falling asleep and waking all the time (park delay 1 ms, pauses
 // around it) while the drain timeout closes them: every app connection is
 // closed, none is kept open by a session that went dormant as it was being

@@ -67,6 +67,8 @@ func Cause(err error) string {
 		return "refused"
 	case errors.Is(err, ErrDrained), errors.Is(err, net.ErrClosed):
 		return "proxy"
+	case errors.Is(err, syscall.EMFILE), errors.Is(err, syscall.ENFILE), errors.Is(err, syscall.ENOBUFS), errors.Is(err, syscall.ENOMEM):
+		return "proxy" // tnsguard out of fds or memory (a revive that waited 2 s for them), not the peer
 	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, os.ErrDeadlineExceeded):
 		return "timeout"
 	case errors.Is(err, syscall.EHOSTUNREACH), errors.Is(err, syscall.ENETUNREACH):
