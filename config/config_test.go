@@ -93,6 +93,9 @@ func TestErrors(t *testing.T) {
 			[]string{`bad.toml:6:15: unknown key "listener.keepalive.idel"`}},
 		// The TOML library matches fields ignoring case: these passed
 		// silently, and allow with Allow in one table picked either.
+		// The negative weight also read as "every server has weight 0".
+		{"negative weight", strings.Replace(minimal, `address = "127.0.0.1:1521"`, "address = \"127.0.0.1:1521\"\n  weight = -1", 1),
+			[]string{`bad.toml: backend "orders": server "127.0.0.1:1521": weight must not be negative`}},
 		// An explicit 0 was taken for "not set" and became 2 or 3.
 		{"rise of 0", minimal + "  [backend.health]\n  rise = 0\n",
 			[]string{`bad.toml: backend "orders": health.rise and health.fall must be at least 1`}},

@@ -230,7 +230,7 @@ func (b *Backend) validate() (errs, warnings []string) {
 		add("no [[backend.server]] is defined")
 	}
 	seen := map[string]bool{}
-	usable := false
+	usable, negative := false, false
 	for _, s := range b.Servers {
 		usable = usable || *s.Weight > 0
 		if err := checkHostPort(s.Address); err != nil {
@@ -241,9 +241,10 @@ func (b *Backend) validate() (errs, warnings []string) {
 		seen[s.Address] = true
 		if *s.Weight < 0 {
 			add("server %q: weight must not be negative", s.Address)
+			negative = true
 		}
 	}
-	if len(b.Servers) > 0 && !usable {
+	if len(b.Servers) > 0 && !usable && !negative { // a negative weight has its own message
 		add("every server has weight 0: no session can use this backend")
 	}
 	return errs, warnings

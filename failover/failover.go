@@ -75,7 +75,7 @@ type Server struct {
 
 	backend   *Backend
 	breaker   *breaker
-	connectOK prometheus.Observer // the connect-time series of successful dials, resolved once
+	connectOK prometheus.Observer // the connect-time series of successful dials, resolved once (Start)
 	up        atomic.Bool
 	checked   atomic.Bool   // a health check has given a result (carried over a reload: Inherit)
 	sessions  *atomic.Int64 // shared with the server a reload replaced (Inherit)
@@ -103,8 +103,7 @@ func New(cfg *config.Backend, log hclog.Logger, m *metrics.Metrics) *Backend {
 	for _, sc := range cfg.Servers {
 		s := &Server{
 			Address: sc.Address, Priority: sc.Priority, Weight: *sc.Weight, backend: b,
-			breaker:   newBreaker(*cfg.Breaker.Failures, cfg.Breaker.OpenFor.Duration, cfg.Breaker.MaxOpenFor.Duration, cfg.ConnectBudget.Duration),
-			connectOK: m.ConnectDuration.WithLabelValues(cfg.Name, sc.Address, "ok"),
+			breaker: newBreaker(*cfg.Breaker.Failures, cfg.Breaker.OpenFor.Duration, cfg.Breaker.MaxOpenFor.Duration, cfg.ConnectBudget.Duration),
 		}
 		s.up.Store(cfg.Health.Check == "off")
 		s.sessions = new(atomic.Int64)

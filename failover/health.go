@@ -20,6 +20,9 @@ func (b *Backend) Start(ctx context.Context) {
 	ctx, b.cancel = context.WithCancel(ctx)
 	b.reporting.Store(true)
 	for _, s := range b.Servers {
+		// Resolved here, not in New: a reload that fails after building
+		// its backends must not leave series of servers it never ran.
+		s.connectOK = b.metrics.ConnectDuration.WithLabelValues(b.Config.Name, s.Address, "ok")
 		up := 0.0 // up only with checks off, or inherited up (Inherit)
 		if s.Up() {
 			up = 1

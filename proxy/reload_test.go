@@ -252,10 +252,13 @@ func TestReplacedBackendReportsNoMore(t *testing.T) {
 }
 
 // A reload that fails (a listen address taken) changes nothing, not even
-// the gauges: a server marked down stays down.
+// the gauges: a server marked down stays down, and a server only the
+// rejected file has gets no series (its connect histogram was created when
+// the backends were built, before the bind failed).
 func TestFailedReloadKeepsServerDown(t *testing.T) {
 	dead := closedPort(t)
 	h := startProxy(t, oneBackendConfig(dead))
+	onlyInRejected := closedPort(t)
 	c := h.dial("l")
 	c.Write([]byte("a"))
 	waitFor(t, 5*time.Second, "a failed dial marks the server down", func() bool {
@@ -266,7 +269,7 @@ func TestFailedReloadKeepsServerDown(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer taken.Close()
-	next := strings.Replace(oneBackendConfig(dead), `connect_budget = "3s"`, `connect_budget = "4s"`, 1) // a changed backend
+	next := strings.Replace(oneBackendConfig(dead, onlyInRejected), `connect_budget = "3s"`, `connect_budget = "4s"`, 1) // a changed backend
 	next = strings.Replace(next, `listen = "127.0.0.1:0"
 backend`, `listen = "`+taken.Addr().String()+`"
 backend`, 1)
@@ -275,6 +278,19 @@ backend`, 1)
 	}
 	if v := testutil.ToFloat64(h.m.BackendUp.WithLabelValues("b", dead)); v != 0 {
 		t.Errorf("backend_up = %v after a failed reload, want 0 still", v)
+	}
+	mfs, err := h.reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		for _, m := range mf.GetMetric() {
+			for _, lp := range m.GetLabel() {
+				if lp.GetName() == "server" && lp.GetValue() == onlyInRejected {
+					t.Errorf("%s has a series of %s, a server only the rejected file has", mf.GetName(), onlyInRejected)
+				}
+			}
+		}
 	}
 }
 
