@@ -206,7 +206,6 @@ func (s *session) open() error {
 			return s.noBackend(err, attempts, nil)
 		}
 		left := time.Until(plan.Deadline()) // the budget this attempt started with
-		outOfBudget := func(err error) bool { return budgetCut(err, plan, left, cfg, lastRefuse != nil) }
 		conn, err := plan.Dial(s.ctx, srv) // within connect_timeout and the budget
 		if err != nil {
 			if over, cerr := s.cutShort(srv, err); over {
@@ -214,7 +213,7 @@ func (s *session) open() error {
 			}
 			lastErr = err
 			attempts = append(attempts, fmt.Sprintf("%s: %v", srv.Address, err))
-			if outOfResources(err) || outOfBudget(err) {
+			if outOfResources(err) || budgetCut(err, plan, left, cfg, lastRefuse != nil) {
 				// tnsguard is out of fds or memory, or the session out of
 				// budget: no verdict on the server
 				srv.Abandoned()
@@ -266,7 +265,7 @@ func (s *session) open() error {
 		attempts = append(attempts, fmt.Sprintf("%s: %v", srv.Address, err))
 		if re := (*refusedError)(nil); errors.As(err, &re) {
 			srv.Refused(err, serviceRefusal(re.code))
-		} else if outOfBudget(err) {
+		} else if budgetCut(err, plan, left, cfg, lastRefuse != nil) {
 			srv.Abandoned()
 		} else {
 			srv.Failed(err)
