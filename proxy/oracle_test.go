@@ -515,3 +515,63 @@ func TestBudgetCutAttemptIsNoVerdict(t *testing.T) {
 		t.Logf("CONNECTs seen: a %d, b %d; log:\n%s", na.Load(), nb.Load(), logs)
 	}
 }
+
+// A standby that refuses the service (ORA-12514) is tried first; the
+// primary's listener is hung (accepts, never answers). Every attempt on the
+// primary follows a refusal and ends at the budget's deadline: it is still
+// the hung server's failure (budgetCut exempts only a server that refused
+// the session itself), so with checks off it goes down.
+func TestHungServerAfterARefusalIsBlamed(t *testing.T) {
+	a, _ := slowRefuser(t, 0)
+	hung := newBackend(t, func(c *net.TCPConn) {
+		io.Copy(io.Discard, c)
+	})
+	cfg := strings.NewReplacer(`connect_budget = "2s"`, `connect_budget = "400ms"`, `connect_timeout = "1s"`, `connect_timeout = "200ms"`).
+		Replace(oracleConfig("", a+";0", hung.addr()+";1"))
+	h := startProxy(t, cfg)
+	connect, _ := tns.BuildConnect("(DESCRIPTION=(CONNECT_DATA=(SERVICE_NAME=SALES))(ADDRESS=(PROTOCOL=TCP)(HOST=x)(PORT=1)))")
+	for range 8 {
+		c := h.dial("l")
+		c.Write(connect)
+		c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		tns.ReadPacket(c, tns.Length16, 0)
+		c.Close()
+	}
+	if up := gauge(h.m.BackendUp, "b", hung.addr()); up != 0 {
+		t.Errorf("hung server: backend_up %v after 8 sessions it never answered, want 0", up)
+	}
+}
+
+// Three servers by priority: a standby that refuses the service
+// (ORA-12514), a primary node whose listener hangs (accepts TCP, passes a
+// tcp check, never answers), and a healthy node. Every session is refused,
+// then waits on the hung node until the budget ends, and never reaches the
+// healthy node, until the hung node's breaker opens (5 failures): then
+// sessions go to the healthy node. A first version of budgetCut exempted
+// every attempt after any refusal, and every session failed for good.
+func TestHungServerAfterARefusalOpensItsCircuit(t *testing.T) {
+	a, _ := slowRefuser(t, 0)
+	hung := newBackend(t, func(c *net.TCPConn) { io.Copy(io.Discard, c) })
+	good := inboundTimeoutListener(t, 5*time.Second)
+	cfg := strings.NewReplacer(`connect_budget = "2s"`, `connect_budget = "400ms"`, `connect_timeout = "1s"`, `connect_timeout = "200ms"`,
+		`check = "off"`, "check = \"tcp\"\n  interval = \"200ms\"\n  timeout = \"100ms\"").
+		Replace(oracleConfig("", a+";0", hung.addr()+";1", good.addr()+";2"))
+	h := startProxy(t, cfg)
+	waitFor(t, 2*time.Second, "all up", func() bool {
+		return gauge(h.m.BackendUp, "b", a) == 1 && gauge(h.m.BackendUp, "b", hung.addr()) == 1 && gauge(h.m.BackendUp, "b", good.addr()) == 1
+	})
+	connect, _ := tns.BuildConnect("(DESCRIPTION=(CONNECT_DATA=(SERVICE_NAME=SALES))(ADDRESS=(PROTOCOL=TCP)(HOST=x)(PORT=1)))")
+	accepted := 0
+	for range 12 {
+		c := h.dial("l")
+		c.Write(connect)
+		c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		if pkt, err := tns.ReadPacket(c, tns.Length16, 0); err == nil && pkt.Type == tns.TypeAccept {
+			accepted++
+		}
+		c.Close()
+	}
+	if accepted < 5 {
+		t.Errorf("%d of 12 sessions reached the healthy server; the hung one's breaker never opened (state %v)", accepted, gauge(h.m.BreakerState, "b", hung.addr()))
+	}
+}

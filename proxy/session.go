@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -176,9 +177,10 @@ func (s *session) open() error {
 	plan := s.backend.NewPlan(began)
 	var attempts []string
 	var lastErr error
-	var lastRefuse error        // the last REFUSE, for the app when no server takes it
-	var retry string            // why the next dial is a re-dial ("" for the first)
-	var failed *failover.Server // the server that failed before it
+	var lastRefuse error             // the last REFUSE, for the app when no server takes it
+	var refusedBy []*failover.Server // servers that refused this session (budgetCut)
+	var retry string                 // why the next dial is a re-dial ("" for the first)
+	var failed *failover.Server      // the server that failed before it
 	for {
 		srv, err := plan.Next(s.ctx)
 		if err == nil && retry != "" {
@@ -206,14 +208,14 @@ func (s *session) open() error {
 			return s.noBackend(err, attempts, nil)
 		}
 		left := time.Until(plan.Deadline()) // the budget this attempt started with
-		conn, err := plan.Dial(s.ctx, srv) // within connect_timeout and the budget
+		conn, err := plan.Dial(s.ctx, srv)  // within connect_timeout and the budget
 		if err != nil {
 			if over, cerr := s.cutShort(srv, err); over {
 				return cerr
 			}
 			lastErr = err
 			attempts = append(attempts, fmt.Sprintf("%s: %v", srv.Address, err))
-			if outOfResources(err) || budgetCut(err, plan, left, cfg, lastRefuse != nil) {
+			if outOfResources(err) || budgetCut(err, plan, left, cfg, slices.Contains(refusedBy, srv)) {
 				// tnsguard is out of fds or memory, or the session out of
 				// budget: no verdict on the server
 				srv.Abandoned()
@@ -265,7 +267,7 @@ func (s *session) open() error {
 		attempts = append(attempts, fmt.Sprintf("%s: %v", srv.Address, err))
 		if re := (*refusedError)(nil); errors.As(err, &re) {
 			srv.Refused(err, serviceRefusal(re.code))
-		} else if budgetCut(err, plan, left, cfg, lastRefuse != nil) {
+		} else if budgetCut(err, plan, left, cfg, slices.Contains(refusedBy, srv)) {
 			srv.Abandoned()
 		} else {
 			srv.Failed(err)
@@ -275,6 +277,9 @@ func (s *session) open() error {
 			err = fmt.Errorf("%w: %w", ErrReplayOverflow, err)
 		case errors.Is(err, ErrRefused): // only returned when retry_on has "refuse"
 			retry, failed, lastRefuse = "refuse", srv, err
+			if !slices.Contains(refusedBy, srv) {
+				refusedBy = append(refusedBy, srv)
+			}
 			continue
 		case cfg.Retries("reset"):
 			retry, failed = reasonOf(err, "reset"), srv
@@ -292,9 +297,11 @@ func (s *session) open() error {
 // no time left). That is so when the attempt had less than a fair share:
 // min(connect_timeout, connect_budget/2), as in the last round the plan
 // squeezes in before the deadline (a server across a WAN cannot answer in
-// backoff/2); or when a listener has already refused this session, whose
+// backoff/2); or when this server has already refused this session, whose
 // retries then run out the budget on the app's request. A server that
-// stayed silent through most of the budget is still blamed.
+// stayed silent through most of the budget is still blamed, even after
+// another server refused (a hung listener behind a standby that refuses
+// the service must not escape its breaker).
 func budgetCut(err error, plan *failover.Plan, left time.Duration, cfg *config.Backend, refused bool) bool {
 	if !errors.Is(err, os.ErrDeadlineExceeded) && !errors.Is(err, context.DeadlineExceeded) {
 		return false
