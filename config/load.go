@@ -43,18 +43,28 @@ func Parse(data []byte, source string) (*Config, []string, error) {
 		return nil, nil, Errors{source + ":" + mismatch(string(data), err)}
 	}
 	var errs Errors
+	seen := map[string]bool{} // a key of every [[listener]] is reported once
 	for _, k := range md.Undecoded() {
+		if seen[k.String()] {
+			continue
+		}
+		seen[k.String()] = true
 		line, col := locateKey(string(data), k)
 		errs = append(errs, fmt.Sprintf("%s:%d:%d: unknown key %q", source, line, col, k.String()))
 	}
 	// The library matches keys to fields ignoring case, so Allow or
 	// MAX_SESSIONS would pass silently (and with both allow and Allow in a
-	// table, either could win): keys are lower case, as written here.
+	// table, either could win): keys are lower case, as written here. A
+	// key is reported at its first part so spelled (Keepalive.idle as
+	// listener.Keepalive), once.
 	for _, k := range md.Keys() {
-		if want, ok := caseMismatch(k); ok {
-			line, col := locateKey(string(data), k)
-			errs = append(errs, fmt.Sprintf("%s:%d:%d: unknown key %q: keys are lower case (%q)", source, line, col, k.String(), want))
+		n, want := caseMismatch(k)
+		if n == 0 || seen[k[:n].String()] {
+			continue
 		}
+		seen[k[:n].String()] = true
+		line, col := locateKey(string(data), k)
+		errs = append(errs, fmt.Sprintf("%s:%d:%d: unknown key %q: keys are lower case (%q)", source, line, col, k[:n].String(), want))
 	}
 	// Unknown keys were left out of c: what is there is checked too, so one
 	// run of check shows every error it can.
@@ -73,39 +83,40 @@ func Parse(data []byte, source string) (*Config, []string, error) {
 	return &c, warnings, nil
 }
 
-// caseMismatch reports whether the last part of k names a field of
-// Config only when case is ignored, and gives the field's real name. A key
-// under a mismatched table is not reported again; keys inside a map
-// (routes) are the user's own.
-func caseMismatch(k toml.Key) (string, bool) {
+// caseMismatch finds the first part of k that names a field of Config
+// only when case is ignored: it returns how many parts of k lead up to it
+// (0: none), and the field's real name. Keys inside a map (routes) are the
+// user's own; an unknown part is Undecoded's to report.
+func caseMismatch(k toml.Key) (int, string) {
 	t := reflect.TypeFor[Config]()
 	for i, part := range k {
 		for t.Kind() == reflect.Pointer || t.Kind() == reflect.Slice {
 			t = t.Elem()
 		}
 		if t.Kind() != reflect.Struct {
-			return "", false // a map's keys, or below a value
+			return 0, "" // a map's keys, or below a value
 		}
 		name, found, next := "", false, t
 		for j := range t.NumField() {
 			f := t.Field(j)
 			tag, _, _ := strings.Cut(f.Tag.Get("toml"), ",")
 			if tag == part {
-				name, found, next = tag, true, f.Type
+				found, next = true, f.Type
 				break
 			}
 			if tag != "-" && tag != "" && strings.EqualFold(tag, part) {
 				name = tag
 			}
 		}
-		t = next
 		if !found {
-			// Unknown (Undecoded reports it), or a field only under
-			// another case: reported at the key that spells it.
-			return name, name != "" && i == len(k)-1
+			if name == "" {
+				return 0, "" // unknown: Undecoded reports it
+			}
+			return i + 1, name
 		}
+		t = next
 	}
-	return "", false
+	return 0, ""
 }
 
 // locateKey finds the line and column of an undecoded key in the TOML text:
