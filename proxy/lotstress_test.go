@@ -261,6 +261,13 @@ func TestLotStress(t *testing.T) {
 	if v := os.Getenv("TNSGUARD_LOT_PER"); v != "" {
 		perWorker, _ = strconv.Atoi(v)
 	}
+	// Each run draws its sessions from a new seed, logged so that a failure
+	// can be replayed: TNSGUARD_LOT_SEED=N.
+	seed := uint64(time.Now().UnixNano())
+	if v := os.Getenv("TNSGUARD_LOT_SEED"); v != "" {
+		seed, _ = strconv.ParseUint(v, 10, 64)
+	}
+	t.Logf("seed %d (TNSGUARD_LOT_SEED)", seed)
 	for _, busy := range []bool{false, true} {
 		t.Run(fmt.Sprintf("busy=%v", busy), func(t *testing.T) {
 			be := newBackend(t, lotBackend)
@@ -286,7 +293,7 @@ func TestLotStress(t *testing.T) {
 				wg.Add(1)
 				go func() {
 					defer wg.Done()
-					rng := rand.New(rand.NewPCG(uint64(w), uint64(time.Now().UnixNano())))
+					rng := rand.New(rand.NewPCG(uint64(w), seed))
 					for i := range perWorker {
 						if err := lotSession(h.addr("l"), rng, &st, w*1000+i); err != nil {
 							errs <- err

@@ -49,6 +49,10 @@ func dispatch(args []string, stdout, stderr io.Writer) int {
 	case "probe":
 		return probeCommand(args[1:], stdout, stderr)
 	case "version", "-version", "--version":
+		if len(args) > 1 {
+			fmt.Fprintf(stderr, "tnsguard version: unexpected argument %q\n", args[1])
+			return 2
+		}
 		fmt.Fprintln(stdout, "tnsguard", version)
 		return 0
 	case "help", "-h", "-help", "--help":

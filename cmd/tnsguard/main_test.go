@@ -32,6 +32,7 @@ func TestCheckExitCodes(t *testing.T) {
 		{[]string{"check", "-config", filepath.Join(dir, "missing.toml")}, 1, "", "open " + filepath.Join(dir, "missing.toml") + ": no such file or directory\n"},
 		{[]string{"check"}, 2, "", "tnsguard check: -config FILE is required\n"},
 		{[]string{"version"}, 0, "tnsguard dev\n", ""},
+		{[]string{"version", "extra"}, 2, "", "tnsguard version: unexpected argument \"extra\"\n"},
 		{[]string{"bogus"}, 2, "", "tnsguard: unknown command \"bogus\"\n\n" + usage},
 		{[]string{"check", "-config", "../../configs/tnsguard.toml"}, 0, "../../configs/tnsguard.toml: OK\n", ""},
 	} {
