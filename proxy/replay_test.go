@@ -264,6 +264,43 @@ check = "off"`, fmt.Sprintf("address = %q", lb.address), fmt.Sprintf("address = 
 	t.Logf("app reset %v after the backend's reset, nothing replayed", took.Round(time.Millisecond))
 }
 
+// The same while the app goes on sending: the app's direction, writing past
+// replay_bytes, may take the backend's reset before the opening does. It
+// was counted as the backend's rst, in phase active (the opening read the
+// 0 that follows a reset taken elsewhere as a half-close) or on server
+// "none" (the opening let go of the server first), 20-40% of the time.
+func TestReplayOverflowResetWhileAppSends(t *testing.T) {
+	lb := newServer(t, func(c *net.TCPConn) {
+		io.ReadFull(c, make([]byte, 4096))
+		resetConn(c)
+	})
+	h := startProxy(t, backendTOML(`replay_bytes = 1024
+[backend.health]
+check = "off"`, fmt.Sprintf("address = %q", lb.address)))
+	const sessions = 20
+	for i := range sessions {
+		c := h.dial("l")
+		werr := make(chan error, 1)
+		go func() {
+			_, err := c.Write(make([]byte, 8<<20))
+			werr <- err
+		}()
+		// The app's write may take the reset first; its read then finds a
+		// 0, as any socket's would.
+		rerr, _ := readErr(c, 3*time.Second)
+		c.Close()
+		if err := <-werr; !errors.Is(rerr, syscall.ECONNRESET) && !errors.Is(err, syscall.ECONNRESET) {
+			t.Errorf("session %d: app's read saw %v, its write %v; want ECONNRESET", i, rerr, err)
+		}
+		waitFor(t, time.Second, "the reset counted", func() bool { return len(h.p.Resets(0)) == i+1 })
+	}
+	for _, r := range h.p.Resets(0) {
+		if r.Server != lb.address || r.Side != SideBackend || r.Phase != PhaseOpening || r.Cause != "proxy" {
+			t.Errorf("reset counted as server %s, %s / %s / %s; want %s, backend / opening / proxy", r.Server, r.Side, r.Phase, r.Cause, lb.address)
+		}
+	}
+}
+
 // Once a backend byte reached the app, nothing is replayed: a later reset
 // resets the app.
 func TestNoReplayAfterBackendByte(t *testing.T) {

@@ -75,12 +75,13 @@ type session struct {
 	kaLate bool
 
 	// Oracle Net (oracle.go): what the app's CONNECT said.
-	connectSeen   bool   // the CONNECT was complete (or turned out not to be one)
-	serviceName   string // SERVICE_NAME or SID, as the app wrote it
-	routeWaitOver bool   // routing stopped waiting for the CONNECT
-	resendOwed    bool   // a listener's RESEND reached the app: it owes its CONNECT again
-	openingUp     int64  // bytes of the opening not yet counted in series.bytesUp (the backend may still change)
-	openingSent   bool   // some backend connection took opening bytes (else they went nowhere)
+	connectSeen   bool             // the CONNECT was complete (or turned out not to be one)
+	serviceName   string           // SERVICE_NAME or SID, as the app wrote it
+	routeWaitOver bool             // routing stopped waiting for the CONNECT
+	resendOwed    bool             // a listener's RESEND reached the app: it owes its CONNECT again
+	openingUp     int64            // bytes of the opening not yet counted in series.bytesUp (the backend may still change)
+	openingSent   bool             // some backend connection took opening bytes (else they went nowhere)
+	overflowSrv   *failover.Server // the server a pump fed past replay_bytes before its first byte
 
 	endOnce sync.Once
 	end     *sessionEnd // set once, by abort or finish: allocated at the end, so a live session does not carry it
@@ -101,6 +102,7 @@ type sessionEnd struct {
 	phase   Phase
 	err     error
 	outcome string
+	server  *failover.Server // the server the end is counted on (nil: none)
 }
 
 // source is the app's address: the real client's when a PROXY header named
@@ -230,6 +232,13 @@ func (s *session) open() error {
 		}
 		dialed := time.Now()
 		buf, first, err := s.attach(conn, srv, plan.Deadline())
+		if errors.Is(err, io.EOF) {
+			if pe := s.endOfStream(SideBackend); pe != nil {
+				// A reset that the app's direction, writing past
+				// replay_bytes, took first: not a backend's half-close.
+				err = fmt.Errorf("backend reset before its first byte: %w", pe.err)
+			}
+		}
 		if err == nil || s.backendEndedFirst(err) {
 			err = s.establish(first, srv, plan)
 			if buf != nil {
@@ -634,6 +643,9 @@ func (s *session) clientToBackend() *pumpErr {
 	for {
 		s.mu.Lock()
 		conn, est, overflow := s.conn, s.established, s.overflow
+		if overflow && !est && conn != nil {
+			s.overflowSrv = s.server // the server this pump now feeds, whatever the opening does next
+		}
 		s.mu.Unlock()
 		if est || (overflow && conn != nil) {
 			// Established, or past replay_bytes (no replay is possible any
@@ -781,7 +793,19 @@ func (s *session) directionDone(pe *pumpErr, src, dst Side) {
 	if pe.atWrite {
 		side = dst
 	}
-	s.abort(side, s.phaseNow(side), pe.err, "reset", s.currentServer())
+	err, srv, phase := pe.err, s.currentServer(), s.phaseNow(side)
+	s.mu.Lock()
+	if !s.established && s.overflow && side == SideBackend {
+		// Past replay_bytes, before the backend's first byte: the opening
+		// would not re-dial either (tnsguard's decision, cause proxy),
+		// and may already have let go of the server.
+		err, phase = fmt.Errorf("%w: %w", ErrReplayOverflow, err), PhaseOpening
+		if srv == nil {
+			srv = s.overflowSrv
+		}
+	}
+	s.mu.Unlock()
+	s.abort(side, phase, err, "reset", srv)
 }
 
 // halfCloseLocked sends side's peer a FIN on c, and notes it as tnsguard's
@@ -915,7 +939,7 @@ func (s *session) abort(side Side, phase Phase, err error, outcome string, srv *
 		if srv == nil {
 			srv = s.server
 		}
-		s.server = srv
+		s.server, s.end.server = srv, srv // the opening may detach it next; the books keep it
 		s.cond.Broadcast()
 		s.mu.Unlock()
 		// A REFUSE handed to the app must reach it: a reset would throw
@@ -991,6 +1015,9 @@ func (s *session) finish() {
 	})
 	s.mu.Lock()
 	srv, est := s.server, s.established
+	if srv == nil {
+		srv = s.end.server
+	}
 	s.mu.Unlock()
 	s.p.record(s, srv, est)
 }
