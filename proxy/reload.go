@@ -24,15 +24,19 @@ func (p *Proxy) inherit(cfg *config.Config, lc *config.Listener, taken map[*list
 	if err != nil || want.Port == 0 {
 		return nil, nil
 	}
-	if len(want.IP) == 0 {
-		want.IP = net.IPv6unspecified // ":1521" listens on [::]
-	}
+	// Go binds every unspecified address (":1521", "0.0.0.0:1521",
+	// "[::]:1521") as one socket, dual-stack [::] where the host has IPv6:
+	// any two of them are the same socket.
+	anyAddr := len(want.IP) == 0 || want.IP.IsUnspecified()
 	for name, old := range p.listeners {
 		if taken[old] || keeps(cfg, name, old.cfg().Listen) {
 			continue // kept, or already handed to another listener of cfg
 		}
 		have, ok := old.ln.Addr().(*net.TCPAddr)
-		if !ok || have.Port != want.Port || !have.IP.Equal(want.IP) {
+		if !ok || have.Port != want.Port {
+			continue
+		}
+		if same := have.IP.Equal(want.IP) || (anyAddr && have.IP.IsUnspecified()); !same {
 			continue
 		}
 		f, err := dupListener(old.ln)

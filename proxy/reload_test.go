@@ -294,6 +294,30 @@ backend`, 1)
 	}
 }
 
+// Renaming a listener on a wildcard address hands its socket over too
+// (README "Reload"). On 0.0.0.0, the address of the Docker and Kubernetes
+// configs, the reload failed with "address already in use": Go binds it as
+// a dual-stack [::] socket, which the new listener's 0.0.0.0 did not match.
+func TestRenameListenerOnWildcardKeepsItsSocket(t *testing.T) {
+	for _, host := range []string{"0.0.0.0", "[::]", ""} {
+		t.Run("host "+host, func(t *testing.T) {
+			ln, err := net.Listen("tcp", "[::]:0") // a port free on every address
+			if err != nil {
+				t.Fatal(err)
+			}
+			addr := fmt.Sprintf("%s:%d", host, ln.Addr().(*net.TCPAddr).Port)
+			ln.Close()
+			be := newBackend(t, echo)
+			h := startProxy(t, listenerAt(oneBackendConfig(be.addr()), addr))
+			renamed := strings.Replace(listenerAt(oneBackendConfig(be.addr()), addr), `name = "l"`, `name = "m"`, 1)
+			if err := h.p.Apply(mustParse(t, renamed)); err != nil {
+				t.Fatalf("renaming the listener on %s: %v", addr, err)
+			}
+			echoed(t, h.dial("m"), "served after the rename")
+		})
+	}
+}
+
 // Renaming a listener hands its socket to the new one through a duplicate
 // fd. That must leave the running socket non-blocking, even when the
 // process runs out of fds halfway: a blocking listening socket makes the
