@@ -333,3 +333,26 @@ func TestLongPathIdleTimeoutDerivesKernelValues(t *testing.T) {
 		t.Errorf("derived %+v, want idle and interval %v", got, keepalive.MaxSeconds)
 	}
 }
+
+// Two listeners the kernel binds as one socket are refused however the
+// address is written; two that bind apart are not. check said OK to the
+// first three pairs, and run failed with "address already in use".
+func TestListenersOnOneSocketInAnySpelling(t *testing.T) {
+	for _, tc := range []struct {
+		a, b string
+		same bool
+	}{
+		{"[::ffff:127.0.0.1]:1522", "127.0.0.1:1522", true}, // Go binds a v4-mapped address as AF_INET
+		{"[0:0::1]:1522", "[::1]:1522", true},
+		{"[::ffff:0.0.0.0]:1522", "[::1]:1522", true}, // unspecified: dual-stack [::]
+		{"0.0.0.0:1522", "[::]:1522", true},
+		{":1522", "127.0.0.1:1522", true},
+		{"127.0.0.1:1522", "[::1]:1522", false},
+		{"127.0.0.1:1522", "127.0.0.2:1522", false},
+		{"[::]:0", "0.0.0.0:0", false}, // port 0: each gets its own
+	} {
+		if got := sameSocket(tc.a, tc.b); got != tc.same {
+			t.Errorf("sameSocket(%s, %s) = %v, want %v", tc.a, tc.b, got, tc.same)
+		}
+	}
+}

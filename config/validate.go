@@ -398,6 +398,19 @@ func sameSocket(a, b string) bool {
 	if err1 != nil || err2 != nil || pa != pb || pa == "0" { // port 0: each gets its own
 		return false
 	}
-	any := func(h string) bool { return h == "" || h == "0.0.0.0" || h == "::" }
-	return ha == hb || any(ha) || any(hb)
+	// Addresses are compared as addresses: [::ffff:127.0.0.1] is
+	// 127.0.0.1 and [0:0::1] is [::1] to the kernel. Host names as text.
+	norm := func(h string) (host string, any bool) {
+		if h == "" {
+			return h, true
+		}
+		if ip, err := netip.ParseAddr(h); err == nil {
+			ip = ip.Unmap()
+			return ip.String(), ip.IsUnspecified()
+		}
+		return h, false
+	}
+	na, anyA := norm(ha)
+	nb, anyB := norm(hb)
+	return na == nb || anyA || anyB
 }
