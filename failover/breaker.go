@@ -100,7 +100,7 @@ func (b *breaker) failure(now time.Time) (opened bool, openFor time.Duration) {
 	defer b.mu.Unlock()
 	switch b.state {
 	case metrics.BreakerHalfOpen:
-		b.openFor = min(b.openFor*2, b.maxOpen)
+		b.openFor = doubled(b.openFor, b.maxOpen)
 	case metrics.BreakerClosed:
 		b.failures++
 		if b.failures < b.threshold {

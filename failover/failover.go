@@ -454,13 +454,22 @@ func (p *Plan) Next(ctx context.Context) (*Server, error) {
 	}
 }
 
+// doubled is 2d, at most limit: d*2 of a huge duration (backoff = "1500000h")
+// would wrap negative and panic rand.N.
+func doubled(d, limit time.Duration) time.Duration {
+	if d > limit/2 {
+		return limit
+	}
+	return d * 2
+}
+
 // pause is the wait before the next round, given the budget left: jitter in
 // [backoff/2, backoff) spreads a herd of sessions. ok is false when not even
 // the shortest pause (the first backoff/2) fits before the deadline.
 func (p *Plan) pause(left time.Duration) (wait time.Duration, ok bool) {
 	b := p.backoff
 	wait = b/2 + rand.N(b-b/2) // b >= 1ns (validated > 0), so the range is never empty
-	p.backoff = min(p.backoff*2, p.b.Config.BackoffMax.Duration)
+	p.backoff = doubled(p.backoff, p.b.Config.BackoffMax.Duration)
 	minPause := p.b.Config.Backoff.Duration / 2
 	if left <= minPause {
 		return 0, false

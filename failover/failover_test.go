@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"strings"
 	"testing"
 	"time"
@@ -288,5 +289,27 @@ backoff_max = "10s"
 	}
 	if d := time.Since(start); d > 150*time.Millisecond {
 		t.Fatalf("cancel took %v to end a pause of 5-10s", d)
+	}
+}
+
+// A backoff past 1281023h (check takes any positive duration) doubled past
+// MaxInt64: the next pause called rand.N with a negative range, and the
+// panic took the whole process down at an app's second attempt. Doubling
+// stops at the limit, for pauses and for a breaker's open period.
+func TestHugeBackoffDoublesWithoutWrapping(t *testing.T) {
+	bc := &config.Backend{}
+	bc.Backoff.Duration = 1500000 * time.Hour
+	bc.BackoffMax.Duration = 1500000 * time.Hour
+	p := &Plan{b: &Backend{Config: bc}, backoff: bc.Backoff.Duration}
+	for range 3 {
+		if wait, _ := p.pause(time.Hour); wait < 0 {
+			t.Fatalf("pause %v", wait)
+		}
+	}
+	if p.backoff != bc.BackoffMax.Duration {
+		t.Errorf("backoff %v, want the limit %v", p.backoff, bc.BackoffMax.Duration)
+	}
+	if got := doubled(math.MaxInt64/2+1, math.MaxInt64); got != math.MaxInt64 {
+		t.Errorf("doubled near MaxInt64 = %v", got)
 	}
 }
