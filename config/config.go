@@ -65,19 +65,19 @@ type Shutdown struct {
 
 // Listener is one address apps connect to.
 type Listener struct {
-	Name                 string            `toml:"name"`
-	Listen               string            `toml:"listen"`
-	Backend              string            `toml:"backend"`
-	Routes               map[string]string `toml:"routes"`
-	Services             []string          `toml:"services"`
-	ProxyProtocol        string            `toml:"proxy_protocol"`
-	TrustedProxies       []string          `toml:"trusted_proxies"`
-	ProxyHeaderTimeout   Duration          `toml:"proxy_header_timeout"`
-	Allow                []string          `toml:"allow"`
-	MaxSessions          int               `toml:"max_sessions"`
-	MaxSessionsPerSource int               `toml:"max_sessions_per_source"`
-	IdleTimeout          Duration          `toml:"idle_timeout"`
-	Keepalive            Keepalive         `toml:"keepalive"`
+	Name                 string    `toml:"name"`
+	Listen               string    `toml:"listen"`
+	Backend              string    `toml:"backend"`
+	Routes               Routes    `toml:"routes"`
+	Services             []string  `toml:"services"`
+	ProxyProtocol        string    `toml:"proxy_protocol"`
+	TrustedProxies       []string  `toml:"trusted_proxies"`
+	ProxyHeaderTimeout   Duration  `toml:"proxy_header_timeout"`
+	Allow                []string  `toml:"allow"`
+	MaxSessions          int       `toml:"max_sessions"`
+	MaxSessionsPerSource int       `toml:"max_sessions_per_source"`
+	IdleTimeout          Duration  `toml:"idle_timeout"`
+	Keepalive            Keepalive `toml:"keepalive"`
 
 	AllowNets   []netip.Prefix `toml:"-"`
 	TrustedNets []netip.Prefix `toml:"-"`

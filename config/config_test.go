@@ -107,6 +107,12 @@ func TestErrors(t *testing.T) {
 			[]string{`bad.toml:7:1: unknown key "listener.Keepalive": keys are lower case ("keepalive")`}},
 		{"array of tables in another case, twice", minimal + "[[backend]]\nname = \"b\"\n  [[backend.Server]]\n  address = \"127.0.0.1:1\"\n  [[backend.Server]]\n  address = \"127.0.0.1:2\"\n",
 			[]string{`bad.toml:12:3: unknown key "backend.Server": keys are lower case ("server")`}},
+		// The library left a routes that is not a table empty, silently:
+		// every session went to the default backend.
+		{"routes as an array", strings.Replace(minimal, `backend = "orders"`, "backend = \"orders\"\nroutes = [\"SALES=orders\"]", 1),
+			[]string{`bad.toml:6:11: routes must be a table of SERVICE = "backend", such as routes = { "SALES" = "sales" }, not an array`}},
+		{"routes naming a backend with a number", strings.Replace(minimal, `backend = "orders"`, "backend = \"orders\"\nroutes = { SALES = 5 }", 1),
+			[]string{`bad.toml:6:11: routes: "SALES" must name a backend (a string), not an integer`}},
 		{"two spellings of one key", strings.Replace(minimal, `backend = "orders"`, "backend = \"orders\"\nallow = [\"10.0.0.0/8\"]\nAllow = [\"0.0.0.0/0\"]", 1),
 			[]string{`bad.toml:7:1: unknown key "listener.Allow": keys are lower case ("allow")`}},
 		{"unknown table", "[admn]\nlisten = \"x\"\n" + minimal, []string{`bad.toml:1:1: unknown key "admn"`, `bad.toml:2:1: unknown key "admn.listen"`}},

@@ -41,3 +41,45 @@ func intOr(p *int, v int) *int {
 	}
 	return &v
 }
+
+// Routes maps a service name to a backend name (listener routes). The TOML
+// library would leave a routes that is not a table (routes = ["SALES=b"])
+// empty without a word, and every session would go to the default.
+type Routes map[string]string
+
+// UnmarshalTOML implements toml.Unmarshaler: a table of strings only.
+func (r *Routes) UnmarshalTOML(v any) error {
+	m, ok := v.(map[string]any)
+	if !ok {
+		return fmt.Errorf("routes must be a table of SERVICE = \"backend\", such as routes = { \"SALES\" = \"sales\" }, not %s", tomlKind(v))
+	}
+	out := make(Routes, len(m))
+	for k, b := range m {
+		name, ok := b.(string)
+		if !ok {
+			return fmt.Errorf("routes: %q must name a backend (a string), not %s", k, tomlKind(b))
+		}
+		out[k] = name
+	}
+	*r = out
+	return nil
+}
+
+// tomlKind names a decoded TOML value's type as the TOML text has it.
+func tomlKind(v any) string {
+	switch v.(type) {
+	case string:
+		return "a string"
+	case int64:
+		return "an integer"
+	case float64:
+		return "a float"
+	case bool:
+		return "a boolean"
+	case []any, []map[string]any:
+		return "an array"
+	case map[string]any:
+		return "a table"
+	}
+	return "a date or time"
+}
