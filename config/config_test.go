@@ -113,6 +113,14 @@ func TestErrors(t *testing.T) {
 			[]string{`bad.toml:6:11: routes must be a table of SERVICE = "backend", such as routes = { "SALES" = "sales" }, not an array`}},
 		{"routes naming a backend with a number", strings.Replace(minimal, `backend = "orders"`, "backend = \"orders\"\nroutes = { SALES = 5 }", 1),
 			[]string{`bad.toml:6:11: routes: "SALES" must name a backend (a string), not an integer`}},
+		// check said OK; each session dialed the listener again, until the
+		// process ran out of fds with no app connected (a health check
+		// started it).
+		{"a server that is the listener", strings.Replace(minimal, `address = "127.0.0.1:1521"`, `address = "localhost:1522"`, 1),
+			[]string{`bad.toml: listener "orders": listen "127.0.0.1:1522" is server "localhost:1522" of backend "orders": each session would dial the listener again, until the fds run out`}},
+		// A mistyped address passed as a host name, and failed at run time.
+		{"a mistyped address", strings.Replace(minimal, `address = "127.0.0.1:1521"`, `address = "10.0.0.256:1521"`, 1),
+			[]string{`bad.toml: backend "orders": server "10.0.0.256:1521": address: "10.0.0.256:1521": "10.0.0.256" is not an IP address`}},
 		{"two spellings of one key", strings.Replace(minimal, `backend = "orders"`, "backend = \"orders\"\nallow = [\"10.0.0.0/8\"]\nAllow = [\"0.0.0.0/0\"]", 1),
 			[]string{`bad.toml:7:1: unknown key "listener.Allow": keys are lower case ("allow")`}},
 		{"unknown table", "[admn]\nlisten = \"x\"\n" + minimal, []string{`bad.toml:1:1: unknown key "admn"`, `bad.toml:2:1: unknown key "admn.listen"`}},
@@ -354,11 +362,45 @@ func TestListenersOnOneSocketInAnySpelling(t *testing.T) {
 		{"0.0.0.0:1522", "[::]:1522", true},
 		{":1522", "127.0.0.1:1522", true},
 		{"127.0.0.1:1522", "[::1]:1522", false},
+		{"localhost:1522", "127.0.0.1:1522", true}, // Go binds localhost's IPv4 address
+		{"127.0.0.1:01522", "127.0.0.1:1522", true},
 		{"127.0.0.1:1522", "127.0.0.2:1522", false},
 		{"[::]:0", "0.0.0.0:0", false}, // port 0: each gets its own
 	} {
 		if got := sameSocket(tc.a, tc.b); got != tc.same {
 			t.Errorf("sameSocket(%s, %s) = %v, want %v", tc.a, tc.b, got, tc.same)
 		}
+	}
+}
+
+// A server that is the listener itself is refused; one on another host at
+// the same port, as with a listener on 0.0.0.0:1521 in front of db:1521, is
+// not.
+func TestServerThatIsTheListener(t *testing.T) {
+	for _, tc := range []struct {
+		listen, server string
+		loops          bool
+	}{
+		{"127.0.0.1:1522", "127.0.0.1:1522", true},
+		{"0.0.0.0:1522", "127.0.0.1:1522", true},
+		{"[::]:1522", "localhost:1522", true},
+		{"127.0.0.1:1522", "0.0.0.0:1522", true},
+		{"0.0.0.0:1521", "db.example.com:1521", false},
+		{"0.0.0.0:1521", "10.0.0.5:1521", false},
+		{"127.0.0.1:1522", "127.0.0.1:1521", false},
+		{"127.0.0.1:0", "127.0.0.1:0", false},
+	} {
+		if got := loopsBack(tc.listen, tc.server); got != tc.loops {
+			t.Errorf("loopsBack(%s, %s) = %v, want %v", tc.listen, tc.server, got, tc.loops)
+		}
+	}
+}
+
+// Docker's and Kubernetes' resolvers answer for names with underscores
+// (a Compose service oracle_db): check refused them.
+func TestHostNameWithUnderscore(t *testing.T) {
+	text := strings.Replace(minimal, `address = "127.0.0.1:1521"`, `address = "oracle_db:1521"`, 1)
+	if _, _, err := Parse([]byte(text), "ok.toml"); err != nil {
+		t.Errorf("oracle_db:1521 refused: %v", err)
 	}
 }

@@ -87,6 +87,13 @@ func (c *Config) validate() (errs, warnings []string) {
 		} else if sameSocket(l.Listen, c.Admin.Listen) {
 			add("%s: listen %q takes the address of admin.listen %q: one of them could not start", where, l.Listen, c.Admin.Listen)
 		}
+		for _, b := range c.Backends {
+			for _, srv := range b.Servers {
+				if loopsBack(l.Listen, srv.Address) {
+					add("%s: listen %q is server %q of backend %q: each session would dial the listener again, until the fds run out", where, l.Listen, srv.Address, b.Name)
+				}
+			}
+		}
 		addrs[l.Listen] = l.Name
 		if l.Backend == "" && l.Routes["*"] == "" {
 			add("%s: backend is empty", where)
@@ -302,6 +309,9 @@ func checkHostPort(s string) error {
 	}
 	if host != "" {
 		if _, err := netip.ParseAddr(host); err != nil && !validHostname(host) {
+			if numericName(host) {
+				return fmt.Errorf("%q: %q is not an IP address", s, host)
+			}
 			return fmt.Errorf("%q: bad host %q", s, host)
 		}
 	}
@@ -311,12 +321,32 @@ func checkHostPort(s string) error {
 	return nil
 }
 
+// validHostname accepts a DNS name. Underscores are in: Docker's and
+// Kubernetes' resolvers answer for names such as oracle_db, and so does
+// Go's. A name whose last label is all digits is not one (RFC 3696 2.1):
+// 127.1 or 10.0.0.256 is a mistyped address, which would fail only at run
+// time as "no such host".
 func validHostname(h string) bool {
-	if len(h) == 0 || len(h) > 253 {
+	if len(h) == 0 || len(h) > 253 || numericName(h) {
 		return false
 	}
 	for _, r := range h {
-		if !(r == '-' || r == '.' || r >= '0' && r <= '9' || r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z') {
+		if !(r == '-' || r == '.' || r == '_' || r >= '0' && r <= '9' || r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z') {
+			return false
+		}
+	}
+	return true
+}
+
+// numericName reports whether h's last label is all digits.
+func numericName(h string) bool {
+	last := strings.TrimSuffix(h, ".")
+	last = last[strings.LastIndexByte(last, '.')+1:]
+	if last == "" {
+		return false
+	}
+	for _, r := range last {
+		if r < '0' || r > '9' {
 			return false
 		}
 	}
@@ -393,24 +423,50 @@ const minRouteBytes = 8192
 // sameSocket tells whether listening on a and on b would take one socket:
 // the same port (not 0), on the same host or with either on every address.
 func sameSocket(a, b string) bool {
-	ha, pa, err1 := net.SplitHostPort(a)
-	hb, pb, err2 := net.SplitHostPort(b)
-	if err1 != nil || err2 != nil || pa != pb || pa == "0" { // port 0: each gets its own
+	ha, pa, ok1 := splitSocket(a)
+	hb, pb, ok2 := splitSocket(b)
+	if !ok1 || !ok2 || pa != pb || pa == 0 { // port 0: each gets its own
 		return false
 	}
-	// Addresses are compared as addresses: [::ffff:127.0.0.1] is
-	// 127.0.0.1 and [0:0::1] is [::1] to the kernel. Host names as text.
-	norm := func(h string) (host string, any bool) {
-		if h == "" {
-			return h, true
-		}
-		if ip, err := netip.ParseAddr(h); err == nil {
-			ip = ip.Unmap()
-			return ip.String(), ip.IsUnspecified()
-		}
-		return h, false
+	return ha == hb || ha == "" || hb == ""
+}
+
+// loopsBack tells whether a server at addr is listen itself: the same
+// port, and an address that reaches that listener on this host (the same
+// address, or loopback or 0.0.0.0 for a wildcard listener). Each session
+// would dial the listener again until the fds run out.
+func loopsBack(listen, addr string) bool {
+	hl, pl, ok1 := splitSocket(listen)
+	hs, ps, ok2 := splitSocket(addr)
+	if !ok1 || !ok2 || pl != ps || pl == 0 {
+		return false
 	}
-	na, anyA := norm(ha)
-	nb, anyB := norm(hb)
-	return na == nb || anyA || anyB
+	local := hs == "" || isLoopback(hs)
+	return hl == hs || (hl == "" && local) || (hs == "" && isLoopback(hl))
+}
+
+// splitSocket is addr's host as the kernel sees it ("" for every address;
+// addresses unmapped, so [::ffff:127.0.0.1] is 127.0.0.1 and [0:0::1] is
+// ::1; localhost as the 127.0.0.1 Go binds; other names lower-cased) and
+// its port as a number.
+func splitSocket(addr string) (string, int, bool) {
+	h, p, err := net.SplitHostPort(addr)
+	if err != nil {
+		return "", 0, false
+	}
+	port, err := strconv.Atoi(p)
+	if err != nil {
+		return "", 0, false
+	}
+	h = strings.ToLower(h)
+	if h == "localhost" {
+		h = "127.0.0.1"
+	}
+	if ip, err := netip.ParseAddr(h); err == nil {
+		if ip = ip.Unmap(); ip.IsUnspecified() {
+			return "", port, true
+		}
+		h = ip.String()
+	}
+	return h, port, true
 }
