@@ -209,8 +209,10 @@ func (b *Backend) validate() (errs, warnings []string) {
 	default:
 		add("health.check %q is not one of tcp, tnsping, off", h.Check)
 	}
-	if h.Interval.Duration <= 0 {
-		add("health.interval must be > 0")
+	if h.Interval.Duration < minHealthInterval {
+		// "1ns" passed: a busy loop of checks, or with "1ms" a thousand
+		// connections a second to the database.
+		add("health.interval must be at least %v: each check is a connection to the server", minHealthInterval)
 	}
 	if h.Timeout.Duration <= 0 || h.Timeout.Duration > h.Interval.Duration {
 		add("health.timeout (%v) must be > 0 and at most health.interval (%v)", h.Timeout.Duration, h.Interval.Duration)
@@ -414,6 +416,9 @@ func listenerOn(seen map[string]string, addr string) (string, bool) {
 	}
 	return "", false
 }
+
+// minHealthInterval is the shortest health.interval check accepts.
+const minHealthInterval = 10 * time.Millisecond
 
 // minRouteBytes is the least replay_bytes that reads a CONNECT for routing
 // and the service label: a CONNECT with its connect data rarely passes 2 KB,
