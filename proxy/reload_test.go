@@ -140,6 +140,29 @@ func TestPortCheckIsNotABackendFailure(t *testing.T) {
 	}
 }
 
+// The same port check while the database is unreachable: after the first
+// failed dial nothing is re-dialed for an app that has gone. The session
+// was re-dialed for the whole connect_budget, counted as no_backend, and
+// held a drain that long.
+func TestPortCheckDuringAnOutageEndsAfterOneDial(t *testing.T) {
+	h := startProxy(t, strings.Replace(oneBackendConfig(blackhole(t)), `connect_timeout = "500ms"`, `connect_timeout = "300ms"`, 1))
+	c := h.dial("l")
+	start := time.Now()
+	c.Close()
+	waitFor(t, 3*time.Second, "the session ended as ok", func() bool {
+		return counter(h.m.SessionsTotal, "l", "b", "other", "ok") == 1
+	})
+	if took := time.Since(start); took > 1500*time.Millisecond {
+		t.Errorf("the port check's session lasted %v; connect_budget is 3s, one dial 300ms", took)
+	}
+	if v := counter(h.m.SessionsRejected, "l", "no_backend"); v != 0 {
+		t.Errorf("rejected{no_backend} = %v for an app that had gone", v)
+	}
+	if v := counter(h.m.Redials, "l", "b", "timeout"); v != 0 {
+		t.Errorf("redials{timeout} = %v for an app that had gone", v)
+	}
+}
+
 // A reload that changes a listener's backend sends new sessions to the new
 // one while live sessions stay; removed servers lose their up gauge (a
 // stale 0 would fire alerts forever).
@@ -376,8 +399,10 @@ func TestReloadOutOfFDsLeavesListenerNonBlocking(t *testing.T) {
 // backend), and leave a file that fails at the next restart.
 func TestReloadRefusesTwoListenersOnOneAddress(t *testing.T) {
 	one, two := newBackend(t, echo), newBackend(t, echo)
+	// check refuses such a file now; the reload's own guard is tested on
+	// a config changed after it was checked.
 	twoOnOne := func(port string) *config.Config {
-		return mustParse(t, fmt.Sprintf(`
+		cfg := mustParse(t, fmt.Sprintf(`
 [log]
 level = "warn"
 [[listener]]
@@ -386,7 +411,7 @@ listen = "127.0.0.1:%s"
 backend = "one"
 [[listener]]
 name = "y"
-listen = "localhost:%s"
+listen = "localhost:0"
 backend = "two"
 [[backend]]
 name = "one"
@@ -400,7 +425,9 @@ name = "two"
   check = "off"
   [[backend.server]]
   address = %q
-`, port, port, one.addr(), two.addr()))
+`, port, one.addr(), two.addr()))
+		cfg.Listeners[1].Listen = "localhost:" + port
+		return cfg
 	}
 	probe, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {

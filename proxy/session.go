@@ -184,6 +184,12 @@ func (s *session) open() error {
 	var retry string                 // why the next dial is a re-dial ("" for the first)
 	var failed *failover.Server      // the server that failed before it
 	for {
+		if retry != "" && s.appLeftSilent() {
+			// A port check (connect, then FIN) while the first server
+			// failed: nothing to replay and no one to answer. Re-dialing
+			// would hold the session, and a drain, for connect_budget.
+			return errAppLeft // an ordinary end: finish() records it
+		}
 		srv, err := plan.Next(s.ctx)
 		if err == nil && retry != "" {
 			s.redial(retry, failed) // counted only when a dial really follows
@@ -370,6 +376,16 @@ const maxAttemptsLogged = 32
 func (s *session) endedElsewhere(err error) error {
 	s.abort(SideClient, PhaseConnect, err, "closed", nil)
 	return err
+}
+
+// errAppLeft ends an opening whose app closed without sending a byte.
+var errAppLeft = errors.New("the app closed before sending anything")
+
+// appLeftSilent tells an app that half-closed without sending a byte.
+func (s *session) appLeftSilent() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.clientEOF && s.toBackend.Load() == 0
 }
 
 // appClosedFirst tells a backend that closed before its first byte because
