@@ -544,23 +544,10 @@ check = "off"`, fmt.Sprintf("address = %q", addrs[0]), fmt.Sprintf("address = %q
 func TestNoBackendRejectionSeriesStartsAtZero(t *testing.T) {
 	h := startProxy(t, backendTOML(`[backend.health]
 check = "off"`, fmt.Sprintf("address = %q", closedPort(t))))
-	mfs, err := h.reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
 	found := false
-	for _, mf := range mfs {
-		if mf.GetName() != "tnsguard_sessions_rejected_total" {
-			continue
-		}
-		for _, m := range mf.GetMetric() {
-			labels := map[string]string{}
-			for _, lp := range m.GetLabel() {
-				labels[lp.GetName()] = lp.GetValue()
-			}
-			if labels["listener"] == "l" && labels["reason"] == "no_backend" {
-				found = m.GetCounter().GetValue() == 0
-			}
+	for _, sm := range h.samples(t, "tnsguard_sessions_rejected_total") {
+		if sm.labels["listener"] == "l" && sm.labels["reason"] == "no_backend" {
+			found = sm.value == 0
 		}
 	}
 	if !found {

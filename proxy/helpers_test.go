@@ -288,3 +288,33 @@ func grabFDs(t *testing.T, hoard *[]int) {
 		*hoard = append(*hoard, fd)
 	}
 }
+
+// sample is one series of a gathered metric: its labels and value.
+type sample struct {
+	labels map[string]string
+	value  float64 // a counter's or a gauge's
+}
+
+// samples gathers h's registry and returns every series of the metric name
+// (without creating any, as WithLabelValues would).
+func (h *harness) samples(t testing.TB, name string) []sample {
+	t.Helper()
+	mfs, err := h.reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []sample
+	for _, mf := range mfs {
+		if mf.GetName() != name {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			sm := sample{labels: map[string]string{}, value: m.GetCounter().GetValue() + m.GetGauge().GetValue()}
+			for _, lp := range m.GetLabel() {
+				sm.labels[lp.GetName()] = lp.GetValue()
+			}
+			out = append(out, sm)
+		}
+	}
+	return out
+}

@@ -100,20 +100,9 @@ func TestRemovedServerLosesItsRTTWithItsLastSession(t *testing.T) {
 	two := newBackend(t, echo)
 	h := startProxy(t, oneBackendConfig(two.addr()))
 	exported := func(name string) bool {
-		mfs, err := h.reg.Gather()
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, mf := range mfs {
-			if mf.GetName() != name {
-				continue
-			}
-			for _, m := range mf.GetMetric() {
-				for _, lp := range m.GetLabel() {
-					if lp.GetName() == "server" && lp.GetValue() == two.addr() {
-						return true
-					}
-				}
+		for _, sm := range h.samples(t, name) {
+			if sm.labels["server"] == two.addr() {
+				return true
 			}
 		}
 		return false

@@ -318,28 +318,18 @@ func TestLotStress(t *testing.T) {
 			ok := counter(h.m.SessionsTotal, "l", "b", "other", "ok")
 			reset := counter(h.m.SessionsTotal, "l", "b", "other", "reset")
 			var cli, bk, other float64
-			mfs, _ := h.reg.Gather()
-			for _, mf := range mfs {
-				if mf.GetName() != "tnsguard_resets_total" {
-					continue
+			for _, sm := range h.samples(t, "tnsguard_resets_total") {
+				lb, v := sm.labels, sm.value
+				switch {
+				case lb["cause"] == "rst" && lb["side"] == "client":
+					cli += v
+				case lb["cause"] == "rst" && lb["side"] == "backend":
+					bk += v
+				default:
+					other += v
 				}
-				for _, m := range mf.GetMetric() {
-					lb := map[string]string{}
-					for _, l := range m.GetLabel() {
-						lb[l.GetName()] = l.GetValue()
-					}
-					v := m.GetCounter().GetValue()
-					switch {
-					case lb["cause"] == "rst" && lb["side"] == "client":
-						cli += v
-					case lb["cause"] == "rst" && lb["side"] == "backend":
-						bk += v
-					default:
-						other += v
-					}
-					if v > 0 && (lb["server"] == "none" || lb["phase"] == "opening" || lb["cause"] != "rst") {
-						t.Logf("odd series %v = %v", lb, v)
-					}
+				if v > 0 && (lb["server"] == "none" || lb["phase"] == "opening" || lb["cause"] != "rst") {
+					t.Logf("odd series %v = %v", lb, v)
 				}
 			}
 			if other != 0 {

@@ -453,30 +453,17 @@ func TestRefuseThenAppCloseIsNotAClientReset(t *testing.T) {
 // slowRefuser is an Oracle listener 30 ms away (a WAN, a standby in another
 // site): it answers every CONNECT with REFUSE ORA-12514 after 30 ms.
 func slowRefuser(t *testing.T, delay time.Duration) (string, *atomic.Int32) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
 	var n atomic.Int32
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				if _, err := tns.ReadPacket(c, tns.Length16, 0); err != nil {
-					return
-				}
-				n.Add(1)
-				time.Sleep(delay)
-				c.Write(tns.BuildRefuse(0x22, 0, "(DESCRIPTION=(TMP=)(VSNNUM=318767104)(ERR=12514)(ERROR_STACK=(ERROR=(CODE=12514)(EMFI=4))))"))
-			}()
+	be := newBackend(t, func(c *net.TCPConn) {
+		defer c.Close()
+		if _, err := tns.ReadPacket(c, tns.Length16, 0); err != nil {
+			return
 		}
-	}()
-	return ln.Addr().String(), &n
+		n.Add(1)
+		time.Sleep(delay)
+		c.Write(tns.BuildRefuse(0x22, 0, "(DESCRIPTION=(TMP=)(VSNNUM=318767104)(ERR=12514)(ERROR_STACK=(ERROR=(CODE=12514)(EMFI=4))))"))
+	})
+	return be.addr(), &n
 }
 
 // An app asking for a service nobody has (a typo) is refused by live
