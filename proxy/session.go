@@ -310,7 +310,7 @@ func (s *session) open() error {
 // was ended by the budget's deadline rather than by the server, so that the
 // server gets no verdict (README: no server is blamed for a dial that had
 // no time left). That is so when the attempt had less than a fair share:
-// min(connect_timeout, connect_budget/2), as in the last round the plan
+// min(connect_timeout, connect_budget/2, fairAttempt), as in the last round the plan
 // squeezes in before the deadline (a server across a WAN cannot answer in
 // backoff/2); or when this server has already refused this session, whose
 // retries then run out the budget on the app's request. A server that
@@ -324,8 +324,14 @@ func budgetCut(err error, plan *failover.Plan, left time.Duration, cfg *config.B
 	if time.Now().Before(plan.Deadline()) {
 		return false // its own connect_timeout: a fair verdict
 	}
-	return refused || left < min(cfg.ConnectTimeout.Duration, cfg.ConnectBudget.Duration/2)
+	return refused || left < min(cfg.ConnectTimeout.Duration, cfg.ConnectBudget.Duration/2, fairAttempt)
 }
+
+// fairAttempt is the time an attempt must have had for the budget's end to
+// count against its server: a listener across a WAN answers well within it,
+// and a server silent for longer (a load balancer in front of a black hole)
+// is failing, however much of the budget was left.
+const fairAttempt = 250 * time.Millisecond
 
 // cutShort tells whether the opening was ended while srv was being tried:
 // the app's leg failed (the session is classified on the client side) or
