@@ -129,7 +129,7 @@ func TestErrors(t *testing.T) {
 		{"bad duration", strings.Replace(minimal, `name = "orders"
   [[`, `name = "orders"
 connect_timeout = "3 seconds"
-  [[`, 1), []string{`bad.toml:8:20: bad duration "3 seconds": use a Go duration such as "30s" or "5m"`}},
+  [[`, 1), []string{`bad.toml:8:20: key "backend.connect_timeout": bad duration "3 seconds": use a Go duration such as "30s" or "5m"`}},
 		{"string for an integer", strings.Replace(minimal, `backend = "orders"`, "backend = \"orders\"\nmax_sessions = \"ten\"", 1),
 			[]string{`bad.toml:6:1: key "listener.max_sessions": a string given where an integer is needed`}},
 		{"float for an integer", minimal + "  [backend.keepalive]\n  count = 1.5\n",

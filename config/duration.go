@@ -13,14 +13,18 @@ type Duration struct {
 	Set bool
 }
 
+// badDuration starts every error of Duration.UnmarshalText: Parse puts the
+// key in front of it.
+const badDuration = "bad duration"
+
 // UnmarshalText parses a Go duration string.
 func (d *Duration) UnmarshalText(b []byte) error {
 	v, err := time.ParseDuration(string(b))
 	if err != nil {
-		return fmt.Errorf("bad duration %q: use a Go duration such as \"30s\" or \"5m\"", b)
+		return fmt.Errorf("%s %q: use a Go duration such as \"30s\" or \"5m\"", badDuration, b)
 	}
 	if v < 0 {
-		return fmt.Errorf("bad duration %q: must not be negative", b)
+		return fmt.Errorf("%s %q: must not be negative", badDuration, b)
 	}
 	d.Duration, d.Set = v, true
 	return nil

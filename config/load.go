@@ -38,7 +38,11 @@ func Parse(data []byte, source string) (*Config, []string, error) {
 		var pe toml.ParseError
 		if errors.As(err, &pe) {
 			line, col := position(data, pe)
-			return nil, nil, Errors{fmt.Sprintf("%s:%d:%d: %s", source, line, col, pe.Message)}
+			msg := pe.Message
+			if strings.HasPrefix(msg, badDuration) && pe.LastKey != "" {
+				msg = fmt.Sprintf("key %q: %s", pe.LastKey, msg) // the key a Duration was decoded for
+			}
+			return nil, nil, Errors{fmt.Sprintf("%s:%d:%d: %s", source, line, col, msg)}
 		}
 		return nil, nil, Errors{source + ":" + mismatch(string(data), err)}
 	}
