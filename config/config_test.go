@@ -123,6 +123,8 @@ func TestErrors(t *testing.T) {
 			[]string{`bad.toml: backend "orders": server "10.0.0.256:1521": address: "10.0.0.256:1521": "10.0.0.256" is not an IP address`}},
 		{"a health interval of 1ns", minimal + "  [backend.health]\n  interval = \"1ns\"\n  timeout = \"1ns\"\n",
 			[]string{`bad.toml: backend "orders": health.interval must be at least 10ms: each check is a connection to the server`}},
+		{"one server written two ways", strings.Replace(minimal, `address = "127.0.0.1:1521"`, "address = \"[::1]:1521\"\n  [[backend.server]]\n  address = \"[0::1]:1521\"", 1),
+			[]string{`bad.toml: backend "orders": server "[0::1]:1521": defined twice`}},
 		{"two spellings of one key", strings.Replace(minimal, `backend = "orders"`, "backend = \"orders\"\nallow = [\"10.0.0.0/8\"]\nAllow = [\"0.0.0.0/0\"]", 1),
 			[]string{`bad.toml:7:1: unknown key "listener.Allow": keys are lower case ("allow")`}},
 		{"unknown table", "[admn]\nlisten = \"x\"\n" + minimal, []string{`bad.toml:1:1: unknown key "admn"`, `bad.toml:2:1: unknown key "admn.listen"`}},

@@ -244,10 +244,10 @@ func (b *Backend) validate() (errs, warnings []string) {
 		usable = usable || *s.Weight > 0
 		if err := checkHostPort(s.Address); err != nil {
 			add("server %q: address: %v", s.Address, err)
-		} else if seen[s.Address] {
+		} else if seen[serverKey(s.Address)] {
 			add("server %q: defined twice", s.Address)
 		}
-		seen[s.Address] = true
+		seen[serverKey(s.Address)] = true
 		if *s.Weight < 0 {
 			add("server %q: weight must not be negative", s.Address)
 			negative = true
@@ -474,4 +474,14 @@ func splitSocket(addr string) (string, int, bool) {
 		h = ip.String()
 	}
 	return h, port, true
+}
+
+// serverKey is a server address as the kernel reaches it: [0::1]:1521 and
+// [::1]:1521, or db:1521 and DB:1521, are one server.
+func serverKey(addr string) string {
+	h, p, ok := splitSocket(addr)
+	if !ok {
+		return addr
+	}
+	return net.JoinHostPort(h, strconv.Itoa(p))
 }
