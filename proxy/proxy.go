@@ -378,6 +378,7 @@ func (p *Proxy) housekeeping(ctx context.Context) {
 		now := time.Now()
 		p.forensics.tick(now)
 		idle := map[key]int{}
+		live := map[key]bool{}
 		for _, s := range p.liveSessions() {
 			k := key{s.l.name, s.backendName()}
 			d := s.idleFor()
@@ -389,9 +390,19 @@ func (p *Proxy) housekeeping(ctx context.Context) {
 			}
 			s.checkStalled(now)
 			s.armKeepalive(now)
-			seen[k] = true
+			seen[k], live[k] = true, true
 		}
+		p.mu.Lock()
+		listeners := p.listeners
+		p.mu.Unlock()
 		for k := range seen {
+			if _, ok := listeners[k.listener]; !ok && !live[k] {
+				// A listener a reload removed, whose last session ended:
+				// its series goes, as its other gauges went at the reload.
+				p.metrics.SessionsIdle.DeleteLabelValues(k.listener, k.backend)
+				delete(seen, k)
+				continue
+			}
 			p.metrics.SessionsIdle.WithLabelValues(k.listener, k.backend).Set(float64(idle[k]))
 		}
 	}

@@ -317,6 +317,34 @@ backend`, 1)
 	}
 }
 
+// A listener a reload removed loses its tnsguard_sessions_idle series once
+// its last session ends, as its other gauges go at the reload: it was
+// rewritten to 0 every second for the process's life.
+func TestRemovedListenerLosesItsIdleSeries(t *testing.T) {
+	be := newBackend(t, echo)
+	h := startProxy(t, twoListeners(be.addr()))
+	c := h.dial("m")
+	echoed(t, c, "hello")
+	has := func() bool {
+		for _, sm := range h.samples(t, "tnsguard_sessions_idle") {
+			if sm.labels["listener"] == "m" {
+				return true
+			}
+		}
+		return false
+	}
+	waitFor(t, 3*time.Second, "m's idle series", has)
+	if err := h.p.Apply(mustParse(t, oneBackendConfig(be.addr()))); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(1500 * time.Millisecond) // a housekeeping tick with m's session still open
+	if !has() {
+		t.Fatal("m's idle series went while its session was still open")
+	}
+	c.Close()
+	waitFor(t, 3*time.Second, "m's idle series gone", func() bool { return !has() })
+}
+
 // Renaming a listener on a wildcard address hands its socket over too
 // (README "Reload"). On 0.0.0.0, the address of the Docker and Kubernetes
 // configs, the reload failed with "address already in use": Go binds it as
