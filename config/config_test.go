@@ -121,6 +121,8 @@ func TestErrors(t *testing.T) {
 		// A mistyped address passed as a host name, and failed at run time.
 		{"a mistyped address", strings.Replace(minimal, `address = "127.0.0.1:1521"`, `address = "10.0.0.256:1521"`, 1),
 			[]string{`bad.toml: backend "orders": server "10.0.0.256:1521": address: "10.0.0.256:1521": "10.0.0.256" is not an IP address`}},
+		{"a user timeout under a millisecond", minimal + "  [backend.keepalive]\n  user_timeout = \"500us\"\n",
+			[]string{`bad.toml: backend "orders": keepalive.user_timeout 500µs: the kernel counts whole milliseconds; use at least 1ms, or 0s for the kernel's default`}},
 		{"a health interval of 1ns", minimal + "  [backend.health]\n  interval = \"1ns\"\n  timeout = \"1ns\"\n",
 			[]string{`bad.toml: backend "orders": health.interval must be at least 10ms: each check is a connection to the server`}},
 		{"one server written two ways", strings.Replace(minimal, `address = "127.0.0.1:1521"`, "address = \"[::1]:1521\"\n  [[backend.server]]\n  address = \"[0::1]:1521\"", 1),

@@ -281,6 +281,10 @@ func (k *Keepalive) validate() (errs, warnings []string) {
 	if k.UserTimeout.Duration > keepalive.MaxUserTimeout {
 		add("user_timeout %v: the kernel allows at most %v", k.UserTimeout.Duration, keepalive.MaxUserTimeout)
 	}
+	if k.UserTimeout.Duration > 0 && k.UserTimeout.Duration < time.Millisecond {
+		// The kernel counts milliseconds: "500us" would be 0, its default.
+		add("user_timeout %v: the kernel counts whole milliseconds; use at least 1ms, or 0s for the kernel's default", k.UserTimeout.Duration)
+	}
 	if k.Idle.Duration > 0 && *k.Count > 0 && k.Interval.Duration < time.Second {
 		add("interval %v must be at least 1s when count > 0", k.Interval.Duration)
 	}
