@@ -410,3 +410,29 @@ func TestHostNameWithUnderscore(t *testing.T) {
 		t.Errorf("oracle_db:1521 refused: %v", err)
 	}
 }
+
+// A listener whose backend dials another listener of the same file is a
+// chain, not a loop: only a listener's own backends are checked.
+func TestListenerChainIsNoLoop(t *testing.T) {
+	text := `
+[[listener]]
+name = "front"
+listen = "0.0.0.0:1521"
+backend = "db"
+[[listener]]
+name = "local"
+listen = "127.0.0.1:1600"
+backend = "via-front"
+[[backend]]
+name = "db"
+  [[backend.server]]
+  address = "10.0.0.5:1521"
+[[backend]]
+name = "via-front"
+  [[backend.server]]
+  address = "127.0.0.1:1521"
+`
+	if _, _, err := Parse([]byte(text), "chain.toml"); err != nil {
+		t.Errorf("a chain through another listener refused: %v", err)
+	}
+}

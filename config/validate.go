@@ -2,8 +2,10 @@ package config
 
 import (
 	"fmt"
+	"maps"
 	"net"
 	"net/netip"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -88,6 +90,9 @@ func (c *Config) validate() (errs, warnings []string) {
 			add("%s: listen %q takes the address of admin.listen %q: one of them could not start", where, l.Listen, c.Admin.Listen)
 		}
 		for _, b := range c.Backends {
+			if b.Name != l.Backend && !slices.Contains(slices.Collect(maps.Values(l.Routes)), b.Name) {
+				continue // another listener's: a chain through this one, not a loop
+			}
 			for _, srv := range b.Servers {
 				if loopsBack(l.Listen, srv.Address) {
 					add("%s: listen %q is server %q of backend %q: each session would dial the listener again, until the fds run out", where, l.Listen, srv.Address, b.Name)

@@ -166,8 +166,13 @@ func TestUnfinishedConnectCostsOnlyItsConnection(t *testing.T) {
 	}
 
 	n := float64(len(openings) + 1)
-	if v := counter(h.m.Resets, "l", "b", primary.Addr(), "client", "opening", "timeout") +
-		counter(h.m.Resets, "l", "b", primary.Addr(), "client", "opening", "eof"); v != n {
+	resets := func() float64 {
+		return counter(h.m.Resets, "l", "b", primary.Addr(), "client", "opening", "timeout") +
+			counter(h.m.Resets, "l", "b", primary.Addr(), "client", "opening", "eof")
+	}
+	// The apps see their reset before the session's books close (finish).
+	waitFor(t, 2*time.Second, "every opening counted", func() bool { return resets() >= n })
+	if v := resets(); v != n {
 		t.Errorf("resets{side=client,phase=opening} on the preferred server = %v, want %v", v, n)
 	}
 	if v := testutil.ToFloat64(h.m.BreakerState.WithLabelValues("b", primary.Addr())); v != metrics.BreakerClosed {

@@ -392,13 +392,22 @@ func (p *Proxy) housekeeping(ctx context.Context) {
 			s.armKeepalive(now)
 			seen[k], live[k] = true, true
 		}
+		reachable := map[key]bool{} // the pairs the running config can make
 		p.mu.Lock()
-		listeners := p.listeners
+		if p.cfg != nil {
+			for _, lc := range p.cfg.Listeners {
+				reachable[key{lc.Name, lc.Backend}] = true
+				for _, b := range lc.Routes {
+					reachable[key{lc.Name, b}] = true
+				}
+			}
+		}
 		p.mu.Unlock()
 		for k := range seen {
-			if _, ok := listeners[k.listener]; !ok && !live[k] {
-				// A listener a reload removed, whose last session ended:
-				// its series goes, as its other gauges went at the reload.
+			if !reachable[k] && !live[k] {
+				// A listener, or a listener's backend, that a reload
+				// removed, and whose last session ended: its series goes,
+				// as its other gauges went at the reload.
 				p.metrics.SessionsIdle.DeleteLabelValues(k.listener, k.backend)
 				delete(seen, k)
 				continue

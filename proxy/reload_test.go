@@ -345,6 +345,30 @@ func TestRemovedListenerLosesItsIdleSeries(t *testing.T) {
 	waitFor(t, 3*time.Second, "m's idle series gone", func() bool { return !has() })
 }
 
+// The same for a listener pointed at another backend: the (listener, old
+// backend) series goes with the old backend's last session.
+func TestRepointedListenerLosesItsOldBackendsIdleSeries(t *testing.T) {
+	be := newBackend(t, echo)
+	h := startProxy(t, oneBackendConfig(be.addr()))
+	c := h.dial("l")
+	echoed(t, c, "hello")
+	has := func() bool {
+		for _, sm := range h.samples(t, "tnsguard_sessions_idle") {
+			if sm.labels["listener"] == "l" && sm.labels["backend"] == "b" {
+				return true
+			}
+		}
+		return false
+	}
+	waitFor(t, 3*time.Second, "(l, b)'s idle series", has)
+	cfg := strings.Replace(oneBackendConfig(be.addr()), `backend = "b"`, `backend = "c"`, 1)
+	if err := h.p.Apply(mustParse(t, strings.Replace(cfg, `name = "b"`, `name = "c"`, 1))); err != nil {
+		t.Fatal(err)
+	}
+	c.Close()
+	waitFor(t, 3*time.Second, "(l, b)'s idle series gone", func() bool { return !has() })
+}
+
 // Renaming a listener on a wildcard address hands its socket over too
 // (README "Reload"). On 0.0.0.0, the address of the Docker and Kubernetes
 // configs, the reload failed with "address already in use": Go binds it as
