@@ -328,10 +328,11 @@ func budgetCut(err error, plan *failover.Plan, left time.Duration, cfg *config.B
 }
 
 // fairAttempt is the time an attempt must have had for the budget's end to
-// count against its server: a listener across a WAN answers well within it,
-// and a server silent for longer (a load balancer in front of a black hole)
-// is failing, however much of the budget was left.
-const fairAttempt = 250 * time.Millisecond
+// count against its server: a listener across a WAN connects and answers a
+// CONNECT (three round trips, a RESEND four) well within it, and a server
+// silent for longer (a load balancer in front of a black hole) is failing,
+// however much of the budget was left.
+const fairAttempt = time.Second
 
 // cutShort tells whether the opening was ended while srv was being tried:
 // the app's leg failed (the session is classified on the client side) or
