@@ -317,6 +317,17 @@ backend`, 1)
 	}
 }
 
+// hasIdleSeries tells whether tnsguard_sessions_idle has a series for the
+// listener and backend.
+func (h *harness) hasIdleSeries(t *testing.T, listener, backend string) bool {
+	for _, sm := range h.samples(t, "tnsguard_sessions_idle") {
+		if sm.labels["listener"] == listener && sm.labels["backend"] == backend {
+			return true
+		}
+	}
+	return false
+}
+
 // A listener a reload removed loses its tnsguard_sessions_idle series once
 // its last session ends, as its other gauges go at the reload: it was
 // rewritten to 0 every second for the process's life.
@@ -325,14 +336,7 @@ func TestRemovedListenerLosesItsIdleSeries(t *testing.T) {
 	h := startProxy(t, twoListeners(be.addr()))
 	c := h.dial("m")
 	echoed(t, c, "hello")
-	has := func() bool {
-		for _, sm := range h.samples(t, "tnsguard_sessions_idle") {
-			if sm.labels["listener"] == "m" {
-				return true
-			}
-		}
-		return false
-	}
+	has := func() bool { return h.hasIdleSeries(t, "m", "b") }
 	waitFor(t, 3*time.Second, "m's idle series", has)
 	if err := h.p.Apply(mustParse(t, oneBackendConfig(be.addr()))); err != nil {
 		t.Fatal(err)
@@ -352,14 +356,7 @@ func TestRepointedListenerLosesItsOldBackendsIdleSeries(t *testing.T) {
 	h := startProxy(t, oneBackendConfig(be.addr()))
 	c := h.dial("l")
 	echoed(t, c, "hello")
-	has := func() bool {
-		for _, sm := range h.samples(t, "tnsguard_sessions_idle") {
-			if sm.labels["listener"] == "l" && sm.labels["backend"] == "b" {
-				return true
-			}
-		}
-		return false
-	}
+	has := func() bool { return h.hasIdleSeries(t, "l", "b") }
 	waitFor(t, 3*time.Second, "(l, b)'s idle series", has)
 	cfg := strings.Replace(oneBackendConfig(be.addr()), `backend = "b"`, `backend = "c"`, 1)
 	if err := h.p.Apply(mustParse(t, strings.Replace(cfg, `name = "b"`, `name = "c"`, 1))); err != nil {
