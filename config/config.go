@@ -15,6 +15,7 @@ package config
 import (
 	_ "embed"
 	"net/netip"
+	"slices"
 	"time"
 
 	"github.com/tnsguard/tnsguard/keepalive"
@@ -177,6 +178,22 @@ func (c *Config) Backend(name string) *Backend {
 		}
 	}
 	return nil
+}
+
+// Backends names the backends a listener's sessions can go to: those its
+// routes name, and its backend unless a "*" route takes its place (as the
+// proxy routes: the service's route, else "*", else backend).
+func (l *Listener) Backends() []string {
+	var out []string
+	if _, ok := l.Routes["*"]; !ok && l.Backend != "" {
+		out = append(out, l.Backend)
+	}
+	for _, b := range l.Routes {
+		if !slices.Contains(out, b) {
+			out = append(out, b)
+		}
+	}
+	return out
 }
 
 // DefaultRefuseErrors returns the TNS REFUSE codes that mean "this server

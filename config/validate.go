@@ -2,10 +2,8 @@ package config
 
 import (
 	"fmt"
-	"maps"
 	"net"
 	"net/netip"
-	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -40,7 +38,8 @@ func (c *Config) validate() (errs, warnings []string) {
 		if len(c.Admin.Allow) == 0 && !isLoopback(host) {
 			warn("admin: listen %q is reachable from other hosts and admin.allow is empty: anyone who reaches it sees your links", c.Admin.Listen)
 		}
-		local := host == "" || host == "0.0.0.0" || host == "::" || host == "127.0.0.1" // reached through 127.0.0.1
+		h, _, _ := splitSocket(c.Admin.Listen)
+		local := h == "" || h == "127.0.0.1" // reached through 127.0.0.1
 		if local && len(c.Admin.AllowNets) > 0 && !Allowed(c.Admin.AllowNets, netip.MustParseAddr("127.0.0.1")) {
 			warn("admin: allow leaves out 127.0.0.1: `tnsguard healthcheck` (the Docker HEALTHCHECK) asks from there, gets 403 and reports not ready")
 		}
@@ -89,13 +88,12 @@ func (c *Config) validate() (errs, warnings []string) {
 		} else if sameSocket(l.Listen, c.Admin.Listen) {
 			add("%s: listen %q takes the address of admin.listen %q: one of them could not start", where, l.Listen, c.Admin.Listen)
 		}
-		for _, b := range c.Backends {
-			if b.Name != l.Backend && !slices.Contains(slices.Collect(maps.Values(l.Routes)), b.Name) {
-				continue // another listener's: a chain through this one, not a loop
-			}
-			for _, srv := range b.Servers {
-				if loopsBack(l.Listen, srv.Address) {
-					add("%s: listen %q is server %q of backend %q: each session would dial the listener again, until the fds run out", where, l.Listen, srv.Address, b.Name)
+		for _, name := range l.Backends() { // another listener's backend may chain through this one: no loop
+			if b := c.Backend(name); b != nil {
+				for _, srv := range b.Servers {
+					if loopsBack(l.Listen, srv.Address) {
+						add("%s: listen %q is server %q of backend %q: each session would dial the listener again, until the fds run out", where, l.Listen, srv.Address, b.Name)
+					}
 				}
 			}
 		}

@@ -396,8 +396,7 @@ func (p *Proxy) housekeeping(ctx context.Context) {
 		p.mu.Lock()
 		if p.cfg != nil {
 			for _, lc := range p.cfg.Listeners {
-				reachable[key{lc.Name, lc.Backend}] = true
-				for _, b := range lc.Routes {
+				for _, b := range lc.Backends() {
 					reachable[key{lc.Name, b}] = true
 				}
 			}
