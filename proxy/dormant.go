@@ -148,7 +148,7 @@ func (s *session) revive() error {
 		if err := lot.move(p, raw, c); err != nil {
 			client.Close()
 			backend.Close()
-			s.closeRaw(true) // the session is broken: the app must not take this for a clean close
+			s.closeRaw(true, true) // the session is broken: neither peer may take this for a clean close
 			return err
 		}
 	}
@@ -187,14 +187,16 @@ func (s *session) reviveFor(p *pump) error {
 	}
 }
 
-// closeRaw closes a dormant session's fds, resetting the app's leg first
-// when rst is set. Under s.mu.
-func (s *session) closeRaw(rst bool) {
+// closeRaw closes a dormant session's fds, resetting the app's leg
+// (rstApp) and the backend's (rstDB) first. Under s.mu.
+func (s *session) closeRaw(rstApp, rstDB bool) {
 	if s.rawClosed {
 		return
 	}
-	if rst {
-		unix.SetsockoptLinger(s.raw[0], unix.SOL_SOCKET, unix.SO_LINGER, &unix.Linger{Onoff: 1, Linger: 0})
+	for i, rst := range [2]bool{rstApp, rstDB} {
+		if rst {
+			unix.SetsockoptLinger(s.raw[i], unix.SOL_SOCKET, unix.SO_LINGER, &unix.Linger{Onoff: 1, Linger: 0})
+		}
 	}
 	unix.Close(s.raw[0])
 	unix.Close(s.raw[1])

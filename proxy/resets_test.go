@@ -261,3 +261,54 @@ func TestBothSidesHalfCloseAtOnce(t *testing.T) {
 		})
 	}
 }
+
+// An app that resets its connection, idle or not, has its database leg
+// reset too, not closed with a FIN: a FIN would tell the database that the
+// app finished sending (a protocol that ends an upload at the end of
+// stream would take a cut-off upload for a whole one). A clean close by the
+// app still reaches the database as a FIN.
+func TestAppResetResetsTheDatabaseLeg(t *testing.T) {
+	ends := make(chan error, 4)
+	be := newBackend(t, func(c *net.TCPConn) {
+		buf := make([]byte, 4096)
+		for {
+			n, err := c.Read(buf)
+			if err != nil {
+				if errors.Is(err, io.EOF) {
+					err = nil
+				}
+				ends <- err
+				c.Close()
+				return
+			}
+			c.Write(buf[:n])
+		}
+	})
+	pathModes(t, func(t *testing.T, h *harness, dormant bool) {
+		for _, reset := range []bool{true, false} {
+			c := h.dial("l")
+			echoed(t, c, "hello")
+			if s := sessionOf(t, h.p, c); dormant {
+				waitFor(t, 2*time.Second, "the session dormant", s.isDormant)
+			}
+			if reset {
+				resetConn(c)
+			} else {
+				c.Close()
+			}
+			var err error
+			select {
+			case err = <-ends:
+			case <-time.After(5 * time.Second):
+				t.Fatal("the database leg did not end")
+			}
+			if reset && !errors.Is(err, syscall.ECONNRESET) {
+				t.Errorf("app reset: the database saw %v, want ECONNRESET", err)
+			}
+			if !reset && err != nil {
+				t.Errorf("app closed: the database saw %v, want EOF", err)
+			}
+			waitFor(t, 2*time.Second, "session ended", func() bool { return len(h.p.liveSessions()) == 0 })
+		}
+	}, oneBackendConfig(be.addr()))
+}

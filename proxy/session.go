@@ -966,8 +966,14 @@ func (s *session) abort(side Side, phase Phase, err error, outcome string, srv *
 		s.cond.Broadcast()
 		s.mu.Unlock()
 		// A REFUSE handed to the app must reach it: a reset would throw
-		// away what is still in the send buffer.
-		s.closeLegs((side == SideBackend || Cause(err) != "eof") && !errors.Is(err, ErrRefused))
+		// away what is still in the send buffer. The database's leg is
+		// reset when the app's leg was (or its peer vanished): a FIN
+		// would tell the database that the app finished sending, and a
+		// protocol that ends an upload at the end of stream would take
+		// a cut-off upload for a whole one.
+		cause := Cause(err)
+		s.closeLegs((side == SideBackend || cause != "eof") && !errors.Is(err, ErrRefused),
+			side == SideClient && (cause == "rst" || cause == "timeout"))
 		s.unpark() // parked directions wake to see their closed sockets
 	})
 }
@@ -999,9 +1005,10 @@ func (s *session) armKeepalive(now time.Time) {
 	}
 }
 
-// closeLegs closes both sockets, resetting the app's with rst; the backend
-// socket's final kernel counters go to its link first.
-func (s *session) closeLegs(rst bool) {
+// closeLegs closes both sockets, resetting the app's with rstApp and the
+// backend's with rstDB; the backend socket's final kernel counters go to
+// its link first.
+func (s *session) closeLegs(rstApp, rstDB bool) {
 	s.mu.Lock()
 	s.closing = true
 	if s.halfWatch != nil {
@@ -1012,7 +1019,7 @@ func (s *session) closeLegs(rst bool) {
 		s.link.removeLive(s, info, err)
 	}
 	if s.dormant {
-		s.closeRaw(rst)
+		s.closeRaw(rstApp, rstDB)
 		s.mu.Unlock()
 		return
 	}
@@ -1021,11 +1028,14 @@ func (s *session) closeLegs(rst bool) {
 		conn = s.attaching // replayTo returns once closing is set: its write fails
 	}
 	s.mu.Unlock() // live conns do not change once closing is set
-	if rst {
+	if rstApp {
 		client.SetLinger(0)
 	}
 	client.Close()
 	if conn != nil {
+		if rstDB {
+			conn.SetLinger(0)
+		}
 		conn.Close()
 	}
 }
@@ -1034,7 +1044,7 @@ func (s *session) closeLegs(rst bool) {
 func (s *session) finish() {
 	s.endOnce.Do(func() {
 		s.end = &sessionEnd{outcome: "ok"}
-		s.closeLegs(false)
+		s.closeLegs(false, false)
 	})
 	s.mu.Lock()
 	srv, est := s.server, s.established
