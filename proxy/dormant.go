@@ -95,7 +95,7 @@ func (s *session) sleep() {
 	s.dormant = true
 	for _, p := range []*pump{up, down} {
 		p.dormant = true
-		p.src, p.dst, p.rc, p.dstRC, p.lr = nil, nil, nil, nil, nil
+		p.src, p.dst, p.rc, p.dstRC = nil, nil, nil, nil
 	}
 	busy := up.busy || down.busy
 	s.repark(up, down)
@@ -253,7 +253,7 @@ func (p *pump) sync() {
 		p.src, p.dst = s.conn, s.client
 	}
 	p.rc, _ = p.src.SyscallConn()
-	p.dstRC, p.lr = nil, nil
+	p.dstRC = nil
 }
 
 // dupSocket duplicates the socket of a conn or listener as a bare,

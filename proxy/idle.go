@@ -323,7 +323,7 @@ func (l *parkLot) wake(p *pump, events uint32) {
 		}
 	}
 	n = max(n, 0)
-	p.buf, p.n, p.readErr, p.off, p.avail, p.pending = buf, n, rerr, w, 0, true
+	p.buf, p.n, p.readErr, p.off, p.toSplice, p.pending = buf, n, rerr, w, false, true
 	go p.resume()
 }
 

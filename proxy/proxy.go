@@ -357,8 +357,9 @@ func (p *Proxy) shutdown(grace, drainTimeout time.Duration, log hclog.Logger) {
 }
 
 // housekeeping updates the idle-sessions gauge, ends sessions idle longer
-// than their listener's idle_timeout, and ends sessions whose stalled
-// direction's source failed (session.checkStalled), once a second.
+// than their listener's idle_timeout, ends sessions whose stalled
+// direction's source failed (session.checkStalled), and closes the bulk's
+// kept pipes when no bulk used them (bufPool.dropIdlePipes), once a second.
 func (p *Proxy) housekeeping(ctx context.Context) {
 	t := time.NewTicker(time.Second)
 	defer t.Stop()
@@ -366,6 +367,7 @@ func (p *Proxy) housekeeping(ctx context.Context) {
 	defer busy.Stop()
 	type key struct{ listener, backend string }
 	seen := map[key]bool{}
+	defer p.pool.dropIdlePipes(true)
 	for {
 		select {
 		case <-ctx.Done():
@@ -377,6 +379,7 @@ func (p *Proxy) housekeeping(ctx context.Context) {
 		}
 		now := time.Now()
 		p.forensics.tick(now)
+		p.pool.dropIdlePipes(false)
 		idle := map[key]int{}
 		live := map[key]bool{}
 		for _, s := range p.liveSessions() {

@@ -1,0 +1,204 @@
+package proxy
+
+import (
+	"errors"
+	"io"
+	"net"
+	"os"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// pipeFDs counts the test process's open pipes.
+func pipeFDs(t *testing.T) int {
+	t.Helper()
+	entries, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for _, e := range entries {
+		if target, err := os.Readlink("/proc/self/fd/" + e.Name()); err == nil && strings.HasPrefix(target, "pipe:") {
+			n++
+		}
+	}
+	return n
+}
+
+// Bulk is spliced through pipes, and an idle session holds none: a pool
+// that moved bulk and then sits idle for hours must not keep a pipe pair
+// (two fds) per session, nor keep pipes for bulk that no longer comes.
+func TestBulkPipesGoBackWhenIdle(t *testing.T) {
+	be := newBackend(t, echoNoAlloc) // no splice of its own: every pipe here is the proxy's
+	h := startProxy(t, oneBackendConfig(be.addr()))
+	base := pipeFDs(t)
+
+	const sessions, size = 8, 8 << 20
+	big := make([]byte, size)
+	for i := range big {
+		big[i] = byte(i * 13)
+	}
+	conns := make([]*net.TCPConn, sessions)
+	for i := range conns {
+		conns[i] = h.dial("l")
+	}
+	var wg sync.WaitGroup
+	errs := make(chan error, 2*sessions)
+	for _, c := range conns {
+		wg.Add(2)
+		go func() {
+			defer wg.Done()
+			_, err := c.Write(big)
+			errs <- err
+		}()
+		go func() {
+			defer wg.Done()
+			got := make([]byte, size)
+			c.SetReadDeadline(time.Now().Add(20 * time.Second))
+			if _, err := io.ReadFull(c, got); err != nil {
+				errs <- err
+				return
+			}
+			if string(got) != string(big) {
+				errs <- errors.New("bulk arrived changed")
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	h.p.pool.mu.Lock()
+	taken := h.p.pool.taken
+	h.p.pool.mu.Unlock()
+	if taken == 0 {
+		t.Fatal("64 MiB each way went through without a pipe: bulk was not spliced")
+	}
+	waitFor(t, 5*time.Second, "the proxy's pipes closed while its sessions sit idle", func() bool { return pipeFDs(t) <= base })
+	if n := len(h.p.liveSessions()); n != sessions {
+		t.Fatalf("%d sessions live, want %d", n, sessions)
+	}
+	for i, c := range conns { // and they still work
+		echoed(t, c, "after bulk "+string(rune('a'+i)))
+	}
+}
+
+// A reset on either leg in the middle of bulk, either way, reaches the
+// other leg as a reset and is counted on the leg that failed.
+func TestResetMidBulk(t *testing.T) {
+	// Each backend greets first, so that the session is established (an
+	// upload before the backend's first byte is the opening's: replay_bytes).
+	// Each reports how its connection ended (nil: EOF).
+	beErr := make(chan error, 1)
+	stream := func(c *net.TCPConn) { // the backend sends until it fails
+		chunk := make([]byte, 64<<10)
+		chunk[0] = '!'
+		for {
+			if _, err := c.Write(chunk); err != nil {
+				beErr <- err
+				return
+			}
+		}
+	}
+	sink := func(c *net.TCPConn) { // reads without splicing
+		c.Write([]byte("!"))
+		_, err := io.Copy(io.Discard, struct{ io.Reader }{c})
+		beErr <- err
+	}
+	for _, tc := range []struct {
+		name   string
+		upload bool // the app sends the bulk (else the backend does)
+		failer Side // the leg that resets
+	}{
+		{"download, backend resets", false, SideBackend},
+		{"download, app resets", false, SideClient},
+		{"upload, backend resets", true, SideBackend},
+		{"upload, app resets", true, SideClient},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			for len(beErr) > 0 {
+				<-beErr
+			}
+			fn := stream
+			if tc.upload {
+				fn = sink
+			}
+			be := newBackend(t, fn)
+			h := startProxy(t, oneBackendConfig(be.addr()))
+			c := h.dial("l")
+			greeting := make([]byte, 1)
+			c.SetReadDeadline(time.Now().Add(5 * time.Second))
+			if _, err := io.ReadFull(c, greeting); err != nil || greeting[0] != '!' {
+				t.Fatalf("greeting: %q, %v", greeting, err)
+			}
+			c.SetReadDeadline(time.Time{})
+			appErr := make(chan error, 1)
+			moved := make(chan struct{})
+			go func() {
+				var err error
+				var once sync.Once
+				total := 0
+				buf := make([]byte, 64<<10)
+				for err == nil {
+					var n int
+					if tc.upload {
+						n, err = c.Write(buf)
+					} else {
+						n, err = c.Read(buf)
+					}
+					if total += n; total >= 4<<20 {
+						once.Do(func() { close(moved) })
+					}
+				}
+				appErr <- err
+			}()
+			select {
+			case <-moved:
+			case <-time.After(10 * time.Second):
+				t.Fatal("4 MiB did not get through")
+			}
+			waitFor(t, 2*time.Second, "the backend connection", func() bool { return len(be.accepted()) == 1 })
+			beConn := be.accepted()[0]
+			if tc.failer == SideBackend {
+				resetConn(beConn)
+				select {
+				case err := <-appErr:
+					if !errors.Is(err, syscall.ECONNRESET) {
+						t.Fatalf("app saw %v, want ECONNRESET", err)
+					}
+				case <-time.After(5 * time.Second):
+					t.Fatal("the app saw nothing of the backend's reset")
+				}
+			} else {
+				resetConn(c)
+				<-appErr
+				var err error
+				select {
+				case err = <-beErr:
+				case <-time.After(5 * time.Second):
+					t.Fatal("the backend saw nothing of the app's reset")
+				}
+				if !errors.Is(err, syscall.ECONNRESET) && !errors.Is(err, syscall.EPIPE) {
+					t.Fatalf("backend saw %v, want a reset", err)
+				}
+			}
+			waitFor(t, 5*time.Second, "the reset counted", func() bool {
+				for _, s := range h.samples(t, "tnsguard_resets_total") {
+					if s.value > 0 {
+						if s.labels["side"] != string(tc.failer) || s.labels["cause"] != "rst" || s.labels["phase"] != "active" {
+							t.Fatalf("reset counted as %v, want side %s, phase active, cause rst", s.labels, tc.failer)
+						}
+						return true
+					}
+				}
+				return false
+			})
+		})
+	}
+}
