@@ -219,8 +219,11 @@ func (p *pump) tryRead(fd uintptr) bool {
 			return true
 		}
 		p.toSplice = false
-		if p.sp != nil {
-			p.toSplice = true // readable, in bulk: spliceBulk moves it
+		if p.sp != nil { // in bulk: the first splice in of a round, and spliceBulk goes on
+			if p.trySpliceIn(fd); p.sp.err == syscall.EAGAIN {
+				return false // the pipe stays until the idle deadline parks the pump
+			}
+			p.toSplice = true
 			return true
 		}
 		buf := p.pool.get()
@@ -394,9 +397,10 @@ func (p *pump) dropPipe() {
 	}
 }
 
-// spliceBulk moves what src holds to dst through the pump's pipe, and
-// returns once src is empty (to wait on the poller), at src's end of stream
-// (eof), or with an error. A round that moved less than a chunk ends the
+// spliceBulk moves what src holds to dst through the pump's pipe, after
+// tryRead's splice in found bytes, and returns once src is empty (to wait
+// on the poller), at src's end of stream (eof), or with an error. A round
+// (from a wake until src is empty) that moved less than a chunk ends the
 // bulk: the pipe goes back, and small reads are copied again.
 //
 // Both splices are made without telling the scheduler (rawSplice): neither
@@ -408,14 +412,7 @@ func (p *pump) dropPipe() {
 func (p *pump) spliceBulk() (eof bool, pe *pumpErr) {
 	sp, round := p.sp, 0
 	for {
-		if err := p.rc.Read(sp.in); err != nil {
-			if p.isIdleDeadline(err) {
-				p.arm() // the deadline passed while bytes moved: go on
-				continue
-			}
-			return false, &pumpErr{err: err}
-		}
-		switch {
+		switch { // the last splice in: tryRead's, then this loop's
 		case sp.err == syscall.EAGAIN:
 			if round < chunkSize {
 				p.bulk = false
@@ -439,6 +436,16 @@ func (p *pump) spliceBulk() (eof bool, pe *pumpErr) {
 		}
 		if err != nil {
 			return false, &pumpErr{err: err, atWrite: true}
+		}
+		for {
+			err := p.rc.Read(sp.in)
+			if err == nil {
+				break
+			}
+			if !p.isIdleDeadline(err) {
+				return false, &pumpErr{err: err}
+			}
+			p.arm() // the deadline passed while bytes moved: go on
 		}
 	}
 }

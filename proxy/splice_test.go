@@ -202,3 +202,35 @@ func TestResetMidBulk(t *testing.T) {
 		})
 	}
 }
+
+// A bulk stream keeps its pipe from one wake to the next: taking a pipe
+// (and copying the wake's first chunk through the buffer) on every wake
+// cost two system calls and a lock each time. The backend pauses after
+// each 256 KiB, so the proxy empties the socket and waits 256 times.
+func TestBulkKeepsItsPipe(t *testing.T) {
+	const size = 64 << 20
+	be := newBackend(t, func(c *net.TCPConn) {
+		chunk := make([]byte, 256<<10)
+		chunk[0] = '!'
+		for sent := 0; sent < size; sent += len(chunk) {
+			if _, err := c.Write(chunk); err != nil {
+				return
+			}
+			time.Sleep(200 * time.Microsecond)
+		}
+		c.CloseWrite()
+	})
+	h := startProxy(t, oneBackendConfig(be.addr()))
+	c := h.dial("l")
+	c.SetReadDeadline(time.Now().Add(30 * time.Second))
+	n, err := io.Copy(io.Discard, struct{ io.Reader }{c})
+	if err != nil || n != size {
+		t.Fatalf("got %d bytes, %v; want %d", n, err, size)
+	}
+	h.p.pool.mu.Lock()
+	taken := h.p.pool.taken
+	h.p.pool.mu.Unlock()
+	if taken == 0 || taken > 8 {
+		t.Fatalf("the stream took a pipe %d times for 64 MiB in 256 bursts, want 1 (at most 8)", taken)
+	}
+}
