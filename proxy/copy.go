@@ -221,6 +221,9 @@ func (p *pump) tryRead(fd uintptr) bool {
 		p.toSplice = false
 		if p.sp != nil { // in bulk: the first splice in of a round, and spliceBulk goes on
 			if p.trySpliceIn(fd); p.sp.err == syscall.EAGAIN {
+				if p.lot == nil {
+					p.dropPipe() // no lot, no idle deadline: it would keep the pipe while idle
+				}
 				return false // the pipe stays until the idle deadline parks the pump
 			}
 			p.toSplice = true
