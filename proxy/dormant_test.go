@@ -130,9 +130,22 @@ func TestDormantSessionRevivesOutOfFDs(t *testing.T) {
 
 // A dormant session that cannot revive for want of fds for longer than
 // reviveRetryFor ends with a reset, counted as tnsguard's doing (cause
-// proxy), not as the app's or database's failure (cause error).
+// proxy), not as the app's or database's failure (cause error). Both legs
+// are reset: the app's bytes that woke it were dropped, and a FIN would
+// tell the database the app had finished.
 func TestReviveOutOfFDsTooLongIsCountedAsTnsguards(t *testing.T) {
-	be := newBackend(t, echoNoAlloc)
+	dbEnd := make(chan error, 1)
+	be := newBackend(t, func(c *net.TCPConn) {
+		buf := make([]byte, 32<<10)
+		for {
+			n, err := c.Read(buf)
+			if err != nil {
+				dbEnd <- err
+				return
+			}
+			c.Write(buf[:n])
+		}
+	})
 	h := startProxy(t, oneBackendConfig(be.addr()))
 	parkSoon(t, h, 30*time.Millisecond)
 	c := h.dial("l")
@@ -161,6 +174,14 @@ func TestReviveOutOfFDsTooLongIsCountedAsTnsguards(t *testing.T) {
 	resets := h.p.Resets(0)
 	if len(resets) != 1 || resets[0].Cause != "proxy" {
 		t.Errorf("resets %+v, want one with cause proxy", resets)
+	}
+	select {
+	case err := <-dbEnd:
+		if !errors.Is(err, syscall.ECONNRESET) {
+			t.Errorf("the database saw %v, want ECONNRESET", err)
+		}
+	case <-time.After(2 * time.Second):
+		t.Error("the database leg did not end")
 	}
 }
 

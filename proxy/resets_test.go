@@ -312,3 +312,48 @@ func TestAppResetResetsTheDatabaseLeg(t *testing.T) {
 		}
 	}, oneBackendConfig(be.addr()))
 }
+
+// The same during the opening: the app's bytes went to the database, which
+// has not answered yet, when the app resets. The opening closed the
+// database's connection itself (to stop waiting for its first byte), with
+// a FIN, before the session's end could reset it.
+func TestAppResetDuringOpeningResetsTheDatabaseLeg(t *testing.T) {
+	got := make(chan struct{}, 1)
+	ends := make(chan error, 1)
+	be := newBackend(t, func(c *net.TCPConn) { // reads, never answers
+		buf := make([]byte, 4096)
+		for {
+			if _, err := c.Read(buf); err != nil {
+				if errors.Is(err, io.EOF) {
+					err = nil
+				}
+				ends <- err
+				c.Close()
+				return
+			}
+			select {
+			case got <- struct{}{}:
+			default:
+			}
+		}
+	})
+	h := startProxy(t, oneBackendConfig(be.addr()))
+	c := h.dial("l")
+	if _, err := c.Write([]byte("hello")); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-got:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the database got nothing")
+	}
+	resetConn(c)
+	select {
+	case err := <-ends:
+		if !errors.Is(err, syscall.ECONNRESET) {
+			t.Fatalf("app reset during the opening: the database saw %v, want ECONNRESET", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the database leg did not end")
+	}
+}

@@ -255,6 +255,12 @@ func (s *session) open() error {
 			}
 		}
 		// The backend failed before its first byte.
+		s.mu.Lock()
+		cerr := s.clientErr
+		s.mu.Unlock()
+		if appBroke(cerr) {
+			conn.SetLinger(0) // the app reset or vanished: so does the database's leg (abort)
+		}
 		conn.Close()
 		s.detach()
 		if over, cerr := s.cutShort(srv, err); over {
@@ -709,6 +715,9 @@ func (s *session) clientToBackend() *pumpErr {
 		if !est {
 			s.cancelOpening()
 			if conn != nil {
+				if appBroke(rerr) {
+					conn.SetLinger(0) // the app reset or vanished: so does the database's leg (abort)
+				}
 				conn.Close() // unblock the first-byte read
 			}
 		}
@@ -967,15 +976,23 @@ func (s *session) abort(side Side, phase Phase, err error, outcome string, srv *
 		s.mu.Unlock()
 		// A REFUSE handed to the app must reach it: a reset would throw
 		// away what is still in the send buffer. The database's leg is
-		// reset when the app's leg was (or its peer vanished): a FIN
+		// reset when the app's leg was (or its peer vanished), or when
+		// tnsguard, out of fds, dropped bytes it could not pass on: a FIN
 		// would tell the database that the app finished sending, and a
 		// protocol that ends an upload at the end of stream would take
 		// a cut-off upload for a whole one.
-		cause := Cause(err)
-		s.closeLegs((side == SideBackend || cause != "eof") && !errors.Is(err, ErrRefused),
-			side == SideClient && (cause == "rst" || cause == "timeout"))
+		s.closeLegs((side == SideBackend || Cause(err) != "eof") && !errors.Is(err, ErrRefused),
+			(side == SideClient && appBroke(err)) || outOfResources(err))
 		s.unpark() // parked directions wake to see their closed sockets
 	})
+}
+
+// appBroke tells whether the app's leg ended with a reset or a dead peer
+// (keepalive, user timeout): the database's leg is then reset too, not
+// closed with a FIN (see abort).
+func appBroke(err error) bool {
+	c := Cause(err)
+	return err != nil && (c == "rst" || c == "timeout")
 }
 
 // keepaliveAfter is the age from which housekeeping sets the backend leg's
