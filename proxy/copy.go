@@ -219,7 +219,7 @@ func (p *pump) tryRead(fd uintptr) bool {
 			return true
 		}
 		p.toSplice = false
-		if p.sp != nil { // in bulk: the first splice in of a round, and spliceBulk goes on
+		if p.splicing() { // in bulk: the first splice in of a round, and spliceBulk goes on
 			if p.trySpliceIn(fd); p.sp.err == syscall.EAGAIN {
 				if p.lot == nil {
 					p.dropPipe() // no lot, no idle deadline: it would keep the pipe while idle
@@ -357,7 +357,7 @@ func (p *pump) copyLoop() *pumpErr {
 		p.blockedAt.Store(0)
 		p.buf = nil
 		p.bulk = n == len(*buf)
-		if p.bulk && p.sp == nil {
+		if p.bulk && !p.splicing() {
 			p.startSplice()
 		} else if !p.bulk {
 			p.dropPipe()
@@ -371,16 +371,21 @@ func (p *pump) copyLoop() *pumpErr {
 	}
 }
 
-// splicer is what a pump holds while its stream is bulk: the pipe it
-// splices through, and its callbacks. It is made when a bulk starts and
-// dropped when it ends, so that a pump that never moves bulk, or moves it
-// rarely, carries only a nil pointer.
+// splicer is what a running pump needs to splice: the pipe while its
+// stream is bulk (held), and its callbacks. It is made at the pump's first
+// bulk and kept while the pump runs, so that bulk that starts again after
+// small messages allocates nothing; a pump that parks lets it go, so that
+// an idle session carries only a nil pointer.
 type splicer struct {
 	pipe    pipePair
+	held    bool                  // pipe is the pump's
 	in, out func(fd uintptr) bool // trySpliceIn, trySpliceOut
 	n       int                   // what the last splice in moved
 	err     syscall.Errno         // the last splice's error
 }
+
+// splicing tells whether the pump holds a pipe: its stream is bulk.
+func (p *pump) splicing() bool { return p.sp != nil && p.sp.held }
 
 // startSplice gives the pump a pipe for its bulk; without one (out of
 // fds) the bulk is copied through the pump's buffer.
@@ -389,14 +394,17 @@ func (p *pump) startSplice() {
 	if !ok {
 		return
 	}
-	p.sp = &splicer{pipe: pipe, in: p.trySpliceIn, out: p.trySpliceOut}
+	if p.sp == nil {
+		p.sp = &splicer{in: p.trySpliceIn, out: p.trySpliceOut}
+	}
+	p.sp.pipe, p.sp.held = pipe, true
 }
 
 // dropPipe gives the pump's pipe back (closed if bytes are left in it).
 func (p *pump) dropPipe() {
-	if p.sp != nil {
+	if p.splicing() {
 		p.pool.putPipe(p.sp.pipe)
-		p.sp = nil
+		p.sp.pipe, p.sp.held = pipePair{}, false
 	}
 }
 
@@ -526,6 +534,7 @@ func (p *pump) isIdleDeadline(err error) bool {
 // directions are parked, the session goes dormant.
 func (p *pump) park() bool {
 	p.dropPipe() // an idle pump holds no pipe
+	p.sp = nil
 	if !p.lot.park(p) {
 		return false
 	}
