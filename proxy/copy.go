@@ -428,6 +428,13 @@ func (p *pump) spliceBulk() (eof bool, pe *pumpErr) {
 			if round < chunkSize {
 				p.bulk = false
 				p.dropPipe()
+			} else {
+				// The pump waits holding its pipe: the idle deadline
+				// counts from here, so that a stream that stops now
+				// parks, and gives the pipe back, parkAfter from now
+				// (not up to twice that, as with the deadline set once
+				// per parkAfter).
+				p.arm()
 			}
 			return false, nil
 		case sp.err != 0:

@@ -234,3 +234,33 @@ func TestBulkKeepsItsPipe(t *testing.T) {
 		t.Fatalf("the stream took a pipe %d times for 64 MiB in 256 bursts, want 1 (at most 8)", taken)
 	}
 }
+
+// A session that goes quiet after bulk gives its pipe back when it parks,
+// parkAfter after the last byte: it held it up to twice that, because the
+// idle deadline is set once per parkAfter and the first one after the bulk
+// found bytes moved.
+func TestIdleAfterBulkGivesThePipeBack(t *testing.T) {
+	const size = 4 << 20
+	idle := make(chan struct{})
+	be := newBackend(t, func(c *net.TCPConn) {
+		big := make([]byte, size)
+		big[0] = '!'
+		c.Write(big)
+		<-idle // then idle, the connection kept
+	})
+	defer close(idle)
+	h := startProxy(t, oneBackendConfig(be.addr()))
+	c := h.dial("l")
+	c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if _, err := io.ReadFull(c, make([]byte, size)); err != nil {
+		t.Fatal(err)
+	}
+	done := time.Now()
+	kept := func() int { h.p.pool.mu.Lock(); defer h.p.pool.mu.Unlock(); return len(h.p.pool.pipes) }
+	for kept() == 0 && time.Since(done) < 2*time.Second {
+		time.Sleep(time.Millisecond)
+	}
+	if held := time.Since(done); held > parkAfter*8/5 {
+		t.Errorf("the idle session held its pipe %v after its last byte, want about parkAfter (%v)", held, parkAfter)
+	}
+}
