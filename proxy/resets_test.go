@@ -4,6 +4,7 @@ import (
 	"errors"
 	"io"
 	"net"
+	"os"
 	"strings"
 	"sync"
 	"syscall"
@@ -355,5 +356,33 @@ func TestAppResetDuringOpeningResetsTheDatabaseLeg(t *testing.T) {
 		}
 	case <-time.After(5 * time.Second):
 		t.Fatal("the database leg did not end")
+	}
+}
+
+// Which ends of the app's leg reset the database's leg: the app's
+// failures, as the pumps and the opening report them, and not a clean
+// close or tnsguard's own ends.
+func TestAppBrokeTellsTheAppsFailures(t *testing.T) {
+	read := func(e syscall.Errno) error { return os.NewSyscallError("read", e) }
+	for _, tc := range []struct {
+		err  error
+		want bool
+	}{
+		{read(syscall.ECONNRESET), true},
+		{os.NewSyscallError("splice", syscall.ECONNRESET), true},
+		{read(syscall.ETIMEDOUT), true},
+		{read(syscall.EHOSTUNREACH), true},
+		{read(syscall.EIO), true},
+		{nil, false},
+		{io.EOF, false},
+		{ErrIdleTimeout, false},
+		{ErrDrained, false},
+		{net.ErrClosed, false},
+		{ErrBadOpening, false},
+		{errAppLeft, false},
+	} {
+		if got := appBroke(tc.err); got != tc.want {
+			t.Errorf("appBroke(%v) = %v, want %v", tc.err, got, tc.want)
+		}
 	}
 }

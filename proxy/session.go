@@ -987,12 +987,20 @@ func (s *session) abort(side Side, phase Phase, err error, outcome string, srv *
 	})
 }
 
-// appBroke tells whether the app's leg ended with a reset or a dead peer
-// (keepalive, user timeout): the database's leg is then reset too, not
-// closed with a FIN (see abort).
+// appBroke tells whether the app's leg failed: a reset, a dead peer
+// (keepalive, user timeout), an unreachable host or another socket error.
+// The database's leg is then reset too, not closed with a FIN (see abort).
+// A clean close, tnsguard's own ends (idle_timeout, drain) and the sentinel
+// ends of the opening are not the app's failure.
 func appBroke(err error) bool {
-	c := Cause(err)
-	return err != nil && (c == "rst" || c == "timeout")
+	switch Cause(err) {
+	case "rst", "timeout", "unreachable":
+		return true
+	case "error":
+		var errno syscall.Errno
+		return errors.As(err, &errno)
+	}
+	return false
 }
 
 // keepaliveAfter is the age from which housekeeping sets the backend leg's
