@@ -143,7 +143,7 @@ type pump struct {
 	readFn    func(fd uintptr) bool
 	writeFn   func(fd uintptr) bool
 
-	sp *splicer // while the stream is bulk: its pipe
+	sp *splicer // made at its first bulk, kept while it runs: its pipe while the stream is bulk
 
 	// parking while idle (idle.go); lot nil: never parks
 	lot      *parkLot
@@ -506,6 +506,10 @@ func (p *pump) trySpliceOut(fd uintptr) bool {
 		}
 		if e != 0 {
 			sp.err = e
+			return true
+		}
+		if n == 0 { // never seen (the pipe holds sp.pipe.n bytes): an error rather than a spin
+			sp.err = syscall.EIO
 			return true
 		}
 		sp.pipe.n -= n

@@ -976,8 +976,8 @@ func (s *session) abort(side Side, phase Phase, err error, outcome string, srv *
 		s.mu.Unlock()
 		// A REFUSE handed to the app must reach it: a reset would throw
 		// away what is still in the send buffer. The database's leg is
-		// reset when the app's leg was (or its peer vanished), or when
-		// tnsguard, out of fds, dropped bytes it could not pass on: a FIN
+		// reset when the app's leg failed (appBroke), or when tnsguard,
+		// out of fds, dropped bytes it could not pass on: a FIN
 		// would tell the database that the app finished sending, and a
 		// protocol that ends an upload at the end of stream would take
 		// a cut-off upload for a whole one.
