@@ -175,13 +175,8 @@ func TestReviveOutOfFDsTooLongIsCountedAsTnsguards(t *testing.T) {
 	if len(resets) != 1 || resets[0].Cause != "proxy" {
 		t.Errorf("resets %+v, want one with cause proxy", resets)
 	}
-	select {
-	case err := <-dbEnd:
-		if !errors.Is(err, syscall.ECONNRESET) {
-			t.Errorf("the database saw %v, want ECONNRESET", err)
-		}
-	case <-time.After(2 * time.Second):
-		t.Error("the database leg did not end")
+	if err := endOf(t, dbEnd, 2*time.Second, "the database leg"); !errors.Is(err, syscall.ECONNRESET) {
+		t.Errorf("the database saw %v, want ECONNRESET", err)
 	}
 }
 

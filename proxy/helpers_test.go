@@ -157,6 +157,19 @@ func echo(c *net.TCPConn) {
 	c.CloseWrite()
 }
 
+// endOf waits up to limit for how a peer's connection ended, as its handler
+// reports it on ch (nil: EOF), and fails the test if it does not end.
+func endOf(t testing.TB, ch <-chan error, limit time.Duration, what string) error {
+	t.Helper()
+	select {
+	case err := <-ch:
+		return err
+	case <-time.After(limit):
+		t.Fatalf("%s did not end within %v", what, limit)
+	}
+	return nil
+}
+
 // resetConn closes with SO_LINGER 0: the peer gets an RST.
 func resetConn(c *net.TCPConn) {
 	c.SetLinger(0)

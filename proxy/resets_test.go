@@ -297,12 +297,7 @@ func TestAppResetResetsTheDatabaseLeg(t *testing.T) {
 			} else {
 				c.Close()
 			}
-			var err error
-			select {
-			case err = <-ends:
-			case <-time.After(5 * time.Second):
-				t.Fatal("the database leg did not end")
-			}
+			err := endOf(t, ends, 5*time.Second, "the database leg")
 			if reset && !errors.Is(err, syscall.ECONNRESET) {
 				t.Errorf("app reset: the database saw %v, want ECONNRESET", err)
 			}
@@ -349,13 +344,8 @@ func TestAppResetDuringOpeningResetsTheDatabaseLeg(t *testing.T) {
 		t.Fatal("the database got nothing")
 	}
 	resetConn(c)
-	select {
-	case err := <-ends:
-		if !errors.Is(err, syscall.ECONNRESET) {
-			t.Fatalf("app reset during the opening: the database saw %v, want ECONNRESET", err)
-		}
-	case <-time.After(5 * time.Second):
-		t.Fatal("the database leg did not end")
+	if err := endOf(t, ends, 5*time.Second, "the database leg"); !errors.Is(err, syscall.ECONNRESET) {
+		t.Fatalf("app reset during the opening: the database saw %v, want ECONNRESET", err)
 	}
 }
 

@@ -167,24 +167,13 @@ func TestResetMidBulk(t *testing.T) {
 			beConn := be.accepted()[0]
 			if tc.failer == SideBackend {
 				resetConn(beConn)
-				select {
-				case err := <-appErr:
-					if !errors.Is(err, syscall.ECONNRESET) {
-						t.Fatalf("app saw %v, want ECONNRESET", err)
-					}
-				case <-time.After(5 * time.Second):
-					t.Fatal("the app saw nothing of the backend's reset")
+				if err := endOf(t, appErr, 5*time.Second, "the app's connection"); !errors.Is(err, syscall.ECONNRESET) {
+					t.Fatalf("app saw %v, want ECONNRESET", err)
 				}
 			} else {
 				resetConn(c)
 				<-appErr
-				var err error
-				select {
-				case err = <-beErr:
-				case <-time.After(5 * time.Second):
-					t.Fatal("the backend saw nothing of the app's reset")
-				}
-				if !errors.Is(err, syscall.ECONNRESET) && !errors.Is(err, syscall.EPIPE) {
+				if err := endOf(t, beErr, 5*time.Second, "the backend's connection"); !errors.Is(err, syscall.ECONNRESET) && !errors.Is(err, syscall.EPIPE) {
 					t.Fatalf("backend saw %v, want a reset", err)
 				}
 			}
