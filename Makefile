@@ -8,7 +8,7 @@ GO       ?= go
 FUZZTIME ?= 10000x
 APT_PACKAGES = iptables iproute2 haproxy nginx libnginx-mod-stream iperf3 prometheus \
                chromium chromium-driver file strace systemd procps ca-certificates python3-yaml \
-               nodejs
+               nodejs postgresql
 NODE_CLIENT = test/e2e/testdata/node-oracledb
 
 .PHONY: run build test deps vet unit fuzz bench-full soak
