@@ -323,7 +323,7 @@ name = "ora"
 		t.Fatalf("the authentication packet's echo: %v", err)
 	}
 	c.Close()
-	waitFor(t, 5*time.Second, "the sessions' end logged", func() bool {
+	waitFor(t, 15*time.Second, "the sessions' end logged", func() bool {
 		v, _ := g.metricOK("tnsguard_sessions_active", "listener", "ora")
 		return v == 0
 	})
