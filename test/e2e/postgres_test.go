@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"context"
 	"crypto/sha256"
 	"net"
 	"os"
@@ -133,7 +134,9 @@ func TestPostgresThroughTnsguard(t *testing.T) {
 
 	pgbench := func(args ...string) string {
 		t.Helper()
-		cmd := exec.Command(filepath.Join(bin, "pgbench"), append([]string{"-h", host, "-p", port, "-U", "postgres"}, args...)...)
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute) // a hang fails here, not at the suite's timeout
+		defer cancel()
+		cmd := exec.CommandContext(ctx, filepath.Join(bin, "pgbench"), append([]string{"-h", host, "-p", port, "-U", "postgres"}, args...)...)
 		out, err := cmd.CombinedOutput()
 		if err != nil {
 			t.Fatalf("pgbench %s through tnsguard: %v\n%s", strings.Join(args, " "), err, out)
@@ -158,7 +161,9 @@ func TestPostgresThroughTnsguard(t *testing.T) {
 	query := "COPY (SELECT g, md5(g::text), repeat('x', g % 97) FROM generate_series(1, 200000) g) TO STDOUT"
 	copyVia := func(h, p string) []byte {
 		t.Helper()
-		out, err := exec.Command(filepath.Join(bin, "psql"), "-h", h, "-p", p, "-U", "postgres", "-X", "-q", "-c", query).Output()
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		out, err := exec.CommandContext(ctx, filepath.Join(bin, "psql"), "-h", h, "-p", p, "-U", "postgres", "-X", "-q", "-c", query).Output()
 		if err != nil {
 			t.Fatalf("psql COPY via %s:%s: %v", h, p, err)
 		}
