@@ -103,6 +103,10 @@ func (bp *bufPool) putPipe(pp pipePair) {
 		}
 		bp.mu.Unlock()
 	}
+	pp.close()
+}
+
+func (pp pipePair) close() {
 	unix.Close(pp.r)
 	unix.Close(pp.w)
 }
@@ -121,8 +125,7 @@ func (bp *bufPool) dropIdlePipes(stop bool) {
 	bp.pipes, bp.closed = nil, bp.closed || stop
 	bp.mu.Unlock()
 	for _, pp := range pipes {
-		unix.Close(pp.r)
-		unix.Close(pp.w)
+		pp.close()
 	}
 }
 
@@ -470,12 +473,8 @@ func (p *pump) spliceBulk() (eof bool, pe *pumpErr) {
 
 // flushPipe splices everything in the pipe to dst, waiting for room.
 func (p *pump) flushPipe() error {
-	if p.dstRC == nil {
-		rc, err := p.dst.SyscallConn()
-		if err != nil {
-			return err
-		}
-		p.dstRC, p.writeFn = rc, p.tryWrite
+	if err := p.openDst(); err != nil {
+		return err
 	}
 	p.sp.err = 0
 	if err := p.dstRC.Write(p.sp.out); err != nil {
@@ -590,12 +589,8 @@ func (p *pump) write(from int, noWait bool) (int, error) {
 		p.off, p.writeErr = 0, nil
 		return w, err
 	}
-	if p.dstRC == nil {
-		rc, err := p.dst.SyscallConn()
-		if err != nil {
-			return from, err
-		}
-		p.dstRC, p.writeFn = rc, p.tryWrite
+	if err := p.openDst(); err != nil {
+		return from, err
 	}
 	p.off, p.noWait, p.writeErr = from, noWait, nil
 	err := p.dstRC.Write(p.writeFn)
@@ -605,6 +600,20 @@ func (p *pump) write(from int, noWait bool) (int, error) {
 	w := p.off
 	p.off, p.writeErr = 0, nil
 	return w, err // err: dst closed, or the write's
+}
+
+// openDst makes dstRC, dst's RawConn, on the first write or splice out
+// (and again after a revive gave the pump new conns: sync).
+func (p *pump) openDst() error {
+	if p.dstRC != nil {
+		return nil
+	}
+	rc, err := p.dst.SyscallConn()
+	if err != nil {
+		return err
+	}
+	p.dstRC, p.writeFn = rc, p.tryWrite
+	return nil
 }
 
 // tryWrite runs inside dst's RawConn.Write: false waits for room.

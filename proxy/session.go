@@ -258,10 +258,7 @@ func (s *session) open() error {
 		s.mu.Lock()
 		cerr := s.clientErr
 		s.mu.Unlock()
-		if appBroke(cerr) {
-			conn.SetLinger(0) // the app reset or vanished: so does the database's leg (abort)
-		}
-		conn.Close()
+		dropBackend(conn, cerr)
 		s.detach()
 		if over, cerr := s.cutShort(srv, err); over {
 			return cerr
@@ -406,9 +403,7 @@ func (s *session) appLeftSilent() bool {
 // balancer or monitoring: connect, then FIN) from a failing server: there is
 // nothing to replay, so no re-dial and no breaker failure.
 func (s *session) appClosedFirst(err error) bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.clientEOF && s.toBackend.Load() == 0 && errors.Is(err, io.EOF)
+	return errors.Is(err, io.EOF) && s.appLeftSilent()
 }
 
 // silentAppGrace is how long a backend must have held a connection the app
@@ -447,15 +442,6 @@ func (s *session) backendEndedFirst(err error) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return errors.Is(err, io.EOF) && s.conn != nil && s.overflow
-}
-
-// outOfResources tells a dial that failed for want of fds or memory in
-// tnsguard itself (EMFILE when apps hold every fd): not the server's
-// failure, so it must open no breaker and, with health checks off, mark
-// no server down; the dial is retried within connect_budget as fds free.
-func outOfResources(err error) bool {
-	return errors.Is(err, syscall.EMFILE) || errors.Is(err, syscall.ENFILE) ||
-		errors.Is(err, syscall.ENOBUFS) || errors.Is(err, syscall.ENOMEM)
 }
 
 func reasonOf(err error, fallback string) string {
@@ -715,10 +701,7 @@ func (s *session) clientToBackend() *pumpErr {
 		if !est {
 			s.cancelOpening()
 			if conn != nil {
-				if appBroke(rerr) {
-					conn.SetLinger(0) // the app reset or vanished: so does the database's leg (abort)
-				}
-				conn.Close() // unblock the first-byte read
+				dropBackend(conn, rerr) // unblocks the first-byte read
 			}
 		}
 		return &pumpErr{err: rerr}
@@ -1001,6 +984,16 @@ func appBroke(err error) bool {
 		return errors.As(err, &errno)
 	}
 	return false
+}
+
+// dropBackend closes a backend connection the opening lets go of before the
+// session's end can (closeLegs), resetting it when the app's leg failed
+// with appErr, as closeLegs would.
+func dropBackend(conn *net.TCPConn, appErr error) {
+	if appBroke(appErr) {
+		conn.SetLinger(0)
+	}
+	conn.Close()
 }
 
 // keepaliveAfter is the age from which housekeeping sets the backend leg's
