@@ -333,37 +333,38 @@ func (h *harness) hasIdleSeries(t *testing.T, listener, backend string) bool {
 // rewritten to 0 every second for the process's life.
 func TestRemovedListenerLosesItsIdleSeries(t *testing.T) {
 	be := newBackend(t, echo)
-	h := startProxy(t, twoListeners(be.addr()))
-	c := h.dial("m")
-	echoed(t, c, "hello")
-	has := func() bool { return h.hasIdleSeries(t, "m", "b") }
-	waitFor(t, 3*time.Second, "m's idle series", has)
-	if err := h.p.Apply(mustParse(t, oneBackendConfig(be.addr()))); err != nil {
-		t.Fatal(err)
-	}
-	time.Sleep(1500 * time.Millisecond) // a housekeeping tick with m's session still open
-	if !has() {
-		t.Fatal("m's idle series went while its session was still open")
-	}
-	c.Close()
-	waitFor(t, 3*time.Second, "m's idle series gone", func() bool { return !has() })
+	idleSeriesGoesWithLastSession(t, twoListeners(be.addr()), "m", "b", oneBackendConfig(be.addr()))
 }
 
 // The same for a listener pointed at another backend: the (listener, old
 // backend) series goes with the old backend's last session.
 func TestRepointedListenerLosesItsOldBackendsIdleSeries(t *testing.T) {
 	be := newBackend(t, echo)
-	h := startProxy(t, oneBackendConfig(be.addr()))
-	c := h.dial("l")
-	echoed(t, c, "hello")
-	has := func() bool { return h.hasIdleSeries(t, "l", "b") }
-	waitFor(t, 3*time.Second, "(l, b)'s idle series", has)
 	cfg := strings.Replace(oneBackendConfig(be.addr()), `backend = "b"`, `backend = "c"`, 1)
-	if err := h.p.Apply(mustParse(t, strings.Replace(cfg, `name = "b"`, `name = "c"`, 1))); err != nil {
+	idleSeriesGoesWithLastSession(t, oneBackendConfig(be.addr()), "l", "b", strings.Replace(cfg, `name = "b"`, `name = "c"`, 1))
+}
+
+// idleSeriesGoesWithLastSession opens a session of listener to backend
+// under the config before, reloads to after (which no longer pairs them),
+// and checks that their idle series stays while the session is open and
+// goes once it ends.
+func idleSeriesGoesWithLastSession(t *testing.T, before, listener, backend, after string) {
+	t.Helper()
+	h := startProxy(t, before)
+	c := h.dial(listener)
+	echoed(t, c, "hello")
+	pair := fmt.Sprintf("(%s, %s)'s idle series", listener, backend)
+	has := func() bool { return h.hasIdleSeries(t, listener, backend) }
+	waitFor(t, 3*time.Second, pair, has)
+	if err := h.p.Apply(mustParse(t, after)); err != nil {
 		t.Fatal(err)
 	}
+	time.Sleep(1500 * time.Millisecond) // a housekeeping tick with the session still open
+	if !has() {
+		t.Fatalf("%s went while its session was still open", pair)
+	}
 	c.Close()
-	waitFor(t, 3*time.Second, "(l, b)'s idle series gone", func() bool { return !has() })
+	waitFor(t, 3*time.Second, pair+" gone", func() bool { return !has() })
 }
 
 // Renaming a listener on a wildcard address hands its socket over too
