@@ -13,6 +13,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/tnsguard/tnsguard/test/loopback"
 )
 
 // lockedBuffer is the log of a runCommand in another goroutine.
@@ -35,12 +37,11 @@ func (l *lockedBuffer) String() string {
 
 func freePort(t *testing.T) string {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	addr, err := loopback.Addr()
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer ln.Close()
-	return ln.Addr().String()
+	return addr
 }
 
 func waitUntil(t *testing.T, what string, cond func() bool) {

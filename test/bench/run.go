@@ -13,6 +13,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/tnsguard/tnsguard/test/loopback"
 )
 
 // figure is one row of the table.
@@ -158,7 +160,7 @@ func run(ctx context.Context, o options) (*results, error) {
 	be.Echo = addrs[0]
 	iperf3, iperfErr := findBinary("iperf3")
 	if iperfErr == nil {
-		port, err := freePort()
+		port, err := loopback.Port()
 		if err != nil {
 			return nil, err
 		}

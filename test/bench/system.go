@@ -4,14 +4,14 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"math/rand/v2"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/tnsguard/tnsguard/test/loopback"
 )
 
 // The systems compared. Peers are the ones tnsguard is measured against.
@@ -170,43 +170,6 @@ func waitListening(ctx context.Context, p *process, ports ...int) error {
 	})
 }
 
-// freePort picks a loopback port below the ephemeral range (so no outgoing
-// connection can take it between now and the child's bind) that binds now.
-func freePort() (int, error) {
-	for range 200 {
-		port := 20000 + rand.IntN(12000)
-		ln, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", port))
-		if err == nil {
-			ln.Close()
-			return port, nil
-		}
-	}
-	return 0, errors.New("no free port in 20000-31999")
-}
-
-func freePorts(n int) ([]int, error) {
-	ports := make([]int, 0, n)
-	for len(ports) < n {
-		p, err := freePort()
-		if err != nil {
-			return nil, err
-		}
-		if !containsInt(ports, p) {
-			ports = append(ports, p)
-		}
-	}
-	return ports, nil
-}
-
-func containsInt(list []int, x int) bool {
-	for _, y := range list {
-		if y == x {
-			return true
-		}
-	}
-	return false
-}
-
 // findBinary looks in PATH and in the sbin directories a non-root PATH lacks.
 func findBinary(name string) (string, error) {
 	if p, err := exec.LookPath(name); err == nil {
@@ -336,7 +299,7 @@ func (s systemSetup) goProxy(name, role string) system {
 
 func (s systemSetup) haproxySystem() system {
 	return system{Name: sysHAProxy, start: func(ctx context.Context, dir string, be backends) (*instance, error) {
-		ports, err := freePorts(2)
+		ports, err := loopback.Ports(2)
 		if err != nil {
 			return nil, err
 		}
@@ -384,7 +347,7 @@ listen bulk
 
 func (s systemSetup) nginxSystem() system {
 	return system{Name: sysNginx, start: func(ctx context.Context, dir string, be backends) (*instance, error) {
-		ports, err := freePorts(2)
+		ports, err := loopback.Ports(2)
 		if err != nil {
 			return nil, err
 		}
@@ -432,7 +395,7 @@ stream {
 
 func (s systemSetup) tnsguardSystem(name, binary string) system {
 	return system{Name: name, start: func(ctx context.Context, dir string, be backends) (*instance, error) {
-		ports, err := freePorts(3)
+		ports, err := loopback.Ports(3)
 		if err != nil {
 			return nil, err
 		}

@@ -22,6 +22,8 @@ import (
 
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
+
+	"github.com/tnsguard/tnsguard/test/loopback"
 )
 
 // The binary under test: built once per test run from ./cmd/tnsguard, or
@@ -66,16 +68,16 @@ func binary(t *testing.T) string {
 	return binPath
 }
 
-// freeAddr is a loopback address that was free a moment ago. Configs need
-// fixed addresses so that a reloaded file can name the same listener.
+// freeAddr is a loopback address that was free a moment ago, outside the
+// ephemeral range. Configs need fixed addresses so that a reloaded file can
+// name the same listener.
 func freeAddr(t *testing.T) string {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	addr, err := loopback.Addr()
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer ln.Close()
-	return ln.Addr().String()
+	return addr
 }
 
 // logSink keeps tnsguard's JSON log lines.
