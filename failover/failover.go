@@ -266,15 +266,18 @@ func (s *Server) countFailure(cause error) {
 func (s *Server) Abandoned() { s.breaker.abandon() }
 
 func (s *Server) setUp(up bool) {
+	// Sessions that failed on it while the checks had not yet seen it down
+	// may have opened its circuit: fail back now, through a half-open trial,
+	// rather than after open_for. Not at the first check (it starts down
+	// without a check having said so): that says nothing about what the
+	// sessions saw. The open period ends before the server is marked up, so
+	// that no session sees it up and still shut out (checkLoop is the only
+	// writer of up while it runs).
+	expired := up && !s.up.Load() && s.backend.Config.Health.Check != "off" && s.checked.Load() && s.breaker.expire(time.Now())
 	if s.up.Swap(up) != up {
 		if up {
 			s.backend.log.Info("server up", "server", s.Address)
-			// Sessions that failed on it while the checks had not yet seen it
-			// down may have opened its circuit: fail back now, through a
-			// half-open trial, rather than after open_for. Not at the first
-			// check (it starts down without a check having said so): that
-			// says nothing about what the sessions saw.
-			if s.backend.Config.Health.Check != "off" && s.checked.Load() && s.breaker.expire(time.Now()) {
+			if expired {
 				s.backend.log.Info("circuit open period ended early: the health check says the server is back", "server", s.Address)
 			}
 		} else {

@@ -313,3 +313,52 @@ func TestHugeBackoffDoublesWithoutWrapping(t *testing.T) {
 		t.Errorf("doubled near MaxInt64 = %v", got)
 	}
 }
+
+// A session that sees a server up after its health check passed rise times
+// must not find its circuit still open: the open period ends before the
+// server is marked up. Before, a session in between went to the standby
+// (seen in CI as TestPriorityFailoverAndFailBack's "session reached B").
+// The log line written in between takes a while here, as on a busy stderr.
+func TestFailBackEndsTheOpenPeriodBeforeTheServerIsUp(t *testing.T) {
+	for i := range 20 {
+		cfg, _, err := config.Parse([]byte(`
+[[listener]]
+name = "l"
+listen = "127.0.0.1:0"
+backend = "b"
+[[backend]]
+name = "b"
+[backend.breaker]
+failures = 1
+open_for = "1h"
+max_open_for = "1h"
+[backend.health]
+check = "tcp"
+`+servers(`address = "a:1"`)), "test.toml")
+		if err != nil {
+			t.Fatal(err)
+		}
+		slow := hclog.New(&hclog.LoggerOptions{Output: slowWriter{}, Level: hclog.Info})
+		s := New(cfg.Backend("b"), slow, metrics.New(prometheus.NewRegistry(), "test")).Servers[0]
+		s.checked.Store(true) // past the first check
+		s.setUp(false)
+		s.Failed(errors.New("refused"))
+		shut := make(chan bool)
+		go func() {
+			for !s.Up() {
+			}
+			shut <- !s.breaker.usable(time.Now())
+		}()
+		s.setUp(true)
+		if <-shut {
+			t.Fatalf("round %d: the server was up while its circuit was still open", i)
+		}
+	}
+}
+
+type slowWriter struct{}
+
+func (slowWriter) Write(p []byte) (int, error) {
+	time.Sleep(time.Millisecond)
+	return len(p), nil
+}
