@@ -275,20 +275,45 @@ func TestLabBackendRestart(t *testing.T) {
 }
 
 // Scenario 5: the app vanishes without closing (its host died, its leg is cut). The
-// client-leg keepalive ends the session and tnsguard closes the backend leg, so the
-// database is not left with a zombie session holding locks.
+// client-leg keepalive ends the session and tnsguard resets the backend leg, so the
+// database is not left with a zombie session holding locks, nor told that the app
+// finished cleanly. Either nothing answers any more (black hole: the user timeout
+// expires), or a router answers that the host is unreachable (ICMP: the same wait,
+// and the kernel then reports EHOSTUNREACH). Each app's last message, sent as it
+// vanishes, is in flight when the leg dies (the database's echo of it, where it got
+// through).
 func TestLabVanishedApp(t *testing.T) {
 	t.Parallel()
 	requireGuard(t)
+	for _, tc := range []struct {
+		name, cause string
+		cut         func(*netlab.Lab, testing.TB, int) func()
+	}{
+		{"black hole", "timeout", (*netlab.Lab).BlackHoleAppLeg},
+		{"host unreachable", "unreachable", (*netlab.Lab).UnreachableAppLeg},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			vanishedApp(t, tc.cause, tc.cut)
+		})
+	}
+}
+
+func vanishedApp(t *testing.T, cause string, cut func(*netlab.Lab, testing.TB, int) func()) {
 	lab := netlab.New(t, netlab.Config{EstablishedTimeout: 60 * time.Second})
 	db := lab.StartEcho(t, lab.DB, fmt.Sprintf(":%d", dbPort))
 	app := keepalive{Idle: "1s", Interval: "1s", Count: 2, UserTimeout: "3s"}
 	guard := startGuard(t, lab, link{Name: "orders", Listen: guardAddr, Servers: []string{lab.DBAddr(dbPort)}, App: app, DB: dbKeepalive})
 	const n = 3
-	dialN(t, lab.App, guardAddr, n)
+	conns := dialN(t, lab.App, guardAddr, n)
 
-	lab.BlackHoleAppLeg(t, 1522)
+	cut(lab, t, 1522)
 	t0 := time.Now()
+	for _, c := range conns {
+		if _, err := c.Write([]byte("last words")); err != nil {
+			t.Fatal(err)
+		}
+	}
 	limit := 3*time.Second + time.Second // user_timeout + one interval (idle 1s + 2 probes fits in it)
 	var closes []netlab.Event
 	deadline := time.After(limit + 5*time.Second)
@@ -311,10 +336,13 @@ func TestLabVanishedApp(t *testing.T) {
 		if d := ev.At.Sub(t0); d > limit+500*time.Millisecond {
 			t.Errorf("backend leg from %s closed %v after the app vanished, want within %v", ev.Remote, d, limit)
 		}
+		if ev.How != "reset" {
+			t.Errorf("backend leg from %s ended with %q, want a reset", ev.Remote, ev.How)
+		}
 	}
 	m := guard.Metrics(t)
-	if got, _ := m.Sum("tnsguard_resets_total", netlab.Labels{"side": "client", "cause": "timeout"}); got < n {
-		t.Errorf("tnsguard_resets_total{side=client,cause=timeout} = %v, want %d\n%s", got, n, m.Dump("tnsguard_resets_total"))
+	if got, _ := m.Sum("tnsguard_resets_total", netlab.Labels{"side": "client", "cause": cause}); got < n {
+		t.Errorf("tnsguard_resets_total{side=client,cause=%s} = %v, want %d\n%s", cause, got, n, m.Dump("tnsguard_resets_total"))
 	}
 	if active, _ := m.Sum("tnsguard_sessions_active", nil); active != 0 {
 		t.Errorf("tnsguard_sessions_active = %v after the app vanished, want 0", active)

@@ -326,16 +326,39 @@ func (l *Lab) BlackHoleAppLeg(t testing.TB, port int) (restore func()) {
 	return l.insertDrop(t, l.App, "INPUT", port)
 }
 
+// UnreachableAppLeg makes the app namespace answer every TCP packet sent to the app
+// from local port with ICMP host unreachable: the app's host is gone and a router says
+// so. What the app sends still arrives. The kernel takes such ICMP for a connection's
+// data as a soft error: it goes on retransmitting, and reports EHOSTUNREACH instead of
+// ETIMEDOUT when it gives up (only for data in flight: a keepalive probe's answer is
+// outside the window and ignored). The returned function removes the rule.
+func (l *Lab) UnreachableAppLeg(t testing.TB, port int) (restore func()) {
+	t.Helper()
+	return l.insertRules(t, l.App, "INPUT",
+		[]string{"-p", "tcp", "--sport", strconv.Itoa(port), "-j", "REJECT", "--reject-with", "icmp-host-unreachable"})
+}
+
 func (l *Lab) insertDrop(t testing.TB, ns, chain string, port int) func() {
 	t.Helper()
 	p := strconv.Itoa(port)
-	l.IPTables(t, ns, "-I", chain, "1", "-p", "tcp", "--dport", p, "-j", "DROP")
-	l.IPTables(t, ns, "-I", chain, "1", "-p", "tcp", "--sport", p, "-j", "DROP")
+	return l.insertRules(t, ns, chain,
+		[]string{"-p", "tcp", "--dport", p, "-j", "DROP"},
+		[]string{"-p", "tcp", "--sport", p, "-j", "DROP"})
+}
+
+// insertRules puts rules at the head of ns's chain and returns a function that
+// deletes them.
+func (l *Lab) insertRules(t testing.TB, ns, chain string, rules ...[]string) func() {
+	t.Helper()
+	for _, r := range rules {
+		l.IPTables(t, ns, append([]string{"-I", chain, "1"}, r...)...)
+	}
 	var once sync.Once
 	return func() {
 		once.Do(func() {
-			l.IPTables(t, ns, "-D", chain, "-p", "tcp", "--dport", p, "-j", "DROP")
-			l.IPTables(t, ns, "-D", chain, "-p", "tcp", "--sport", p, "-j", "DROP")
+			for _, r := range rules {
+				l.IPTables(t, ns, append([]string{"-D", chain}, r...)...)
+			}
 		})
 	}
 }
