@@ -23,10 +23,11 @@ import (
 // Churn: many sessions opened and closed over and over, some reset by the
 // app, some by the backend, the rest echoing random data that must come
 // back intact. Afterwards goroutines, fds and heap return to their
-// baseline. CI runs a short version; the full size (5,000 sessions at once
-// for a minute) is:
+// baseline. CI runs a short version; the full size (4,500 sessions at once
+// for a minute: four fds each fit under a hard limit of 20,000 open files)
+// is:
 //
-//	TNSGUARD_CHURN=60s TNSGUARD_CHURN_SESSIONS=5000 go test -race -run TestChurn -v -timeout 10m ./proxy/
+//	TNSGUARD_CHURN=60s TNSGUARD_CHURN_SESSIONS=4500 go test -race -run TestChurn -v -timeout 10m ./proxy/
 func TestChurn(t *testing.T) {
 	duration, workers := 8*time.Second, 200
 	if v := os.Getenv("TNSGUARD_CHURN"); v != "" {
@@ -36,13 +37,20 @@ func TestChurn(t *testing.T) {
 		}
 		duration = d
 	}
+	asked := false
 	if v := os.Getenv("TNSGUARD_CHURN_SESSIONS"); v != "" {
 		workers, _ = strconv.Atoi(v)
+		asked = true
 	}
 	if testing.Short() {
 		duration = 2 * time.Second
 	}
-	raiseNoFile(t, uint64(workers)*4+1024)
+	if err := raiseNoFile(uint64(workers)*4 + 1024); err != nil {
+		if asked { // a soak that was asked for must not pass by skipping
+			t.Fatal(err)
+		}
+		t.Skip(err)
+	}
 
 	// The backend reads a one-byte order and answers it (so the session is
 	// established): 'E' then echo everything, 'R' then read 1000 bytes and
@@ -196,7 +204,10 @@ func churnBackendReset(addr string) bool {
 		return false
 	}
 	c.Write(make([]byte, 1000))
-	err, _ = readErr(c, 5*time.Second)
+	// Not a latency bound: at full size under -race on 2 cores a session
+	// takes seconds per step (resets arrived after up to 9 s), and what is
+	// checked is that the backend's reset reaches the app as one.
+	err, _ = readErr(c, 30*time.Second)
 	if os.Getenv("CHURN_DEBUG") != "" && !errors.Is(err, syscall.ECONNRESET) {
 		println("backend reset: app saw", fmt.Sprint(err))
 	}
@@ -211,16 +222,19 @@ func openFDs(t *testing.T) int {
 	return len(entries)
 }
 
-func raiseNoFile(t *testing.T, want uint64) {
+// raiseNoFile raises the soft limit of open files to want, or says why it
+// cannot.
+func raiseNoFile(want uint64) error {
 	var lim syscall.Rlimit
 	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
-		t.Fatal(err)
+		return err
 	}
 	if lim.Cur >= want {
-		return
+		return nil
 	}
 	lim.Cur = min(lim.Max, want)
 	if err := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil || lim.Cur < want {
-		t.Skipf("needs %d open files, the hard limit is %d", want, lim.Max)
+		return fmt.Errorf("needs %d open files, the hard limit is %d", want, lim.Max)
 	}
+	return nil
 }
