@@ -25,6 +25,12 @@ func TestMain(m *testing.M) {
 // servers), with health checks off unless the body sets them.
 func testBackend(t *testing.T, body string) *Backend {
 	t.Helper()
+	return testBackendLogged(t, body, hclog.NewNullLogger())
+}
+
+// testBackendLogged is testBackend with the backend's log going to log.
+func testBackendLogged(t *testing.T, body string, log hclog.Logger) *Backend {
+	t.Helper()
 	text := `
 [[listener]]
 name = "l"
@@ -37,7 +43,7 @@ name = "b"
 	if err != nil {
 		t.Fatalf("config: %v", err)
 	}
-	return New(cfg.Backend("b"), hclog.NewNullLogger(), metrics.New(prometheus.NewRegistry(), "test"))
+	return New(cfg.Backend("b"), log, metrics.New(prometheus.NewRegistry(), "test"))
 }
 
 func servers(specs ...string) string {
@@ -321,25 +327,14 @@ func TestHugeBackoffDoublesWithoutWrapping(t *testing.T) {
 // The log line written in between takes a while here, as on a busy stderr.
 func TestFailBackEndsTheOpenPeriodBeforeTheServerIsUp(t *testing.T) {
 	for i := range 20 {
-		cfg, _, err := config.Parse([]byte(`
-[[listener]]
-name = "l"
-listen = "127.0.0.1:0"
-backend = "b"
-[[backend]]
-name = "b"
-[backend.breaker]
+		slow := hclog.New(&hclog.LoggerOptions{Output: slowWriter{}, Level: hclog.Info})
+		s := testBackendLogged(t, `[backend.breaker]
 failures = 1
 open_for = "1h"
 max_open_for = "1h"
 [backend.health]
 check = "tcp"
-`+servers(`address = "a:1"`)), "test.toml")
-		if err != nil {
-			t.Fatal(err)
-		}
-		slow := hclog.New(&hclog.LoggerOptions{Output: slowWriter{}, Level: hclog.Info})
-		s := New(cfg.Backend("b"), slow, metrics.New(prometheus.NewRegistry(), "test")).Servers[0]
+`+servers(`address = "a:1"`), slow).Servers[0]
 		s.checked.Store(true) // past the first check
 		s.setUp(false)
 		s.Failed(errors.New("refused"))
