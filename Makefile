@@ -67,7 +67,8 @@ bench-full:
 	$(GO) run ./test/bench -full
 
 # Longer soaks than the suite runs: full-size churn (4,500 sessions for a
-# minute; 4 fds each, under a hard limit of 20,000) and a 15,000-connection half-open flood against the binary.
+# minute; 4 fds each, under a hard limit of 20,000) and a 15,000-connection
+# half-open flood against the binary.
 soak:
 	ulimit -n 65536 2>/dev/null || true; \
 	TNSGUARD_CHURN=60s TNSGUARD_CHURN_SESSIONS=4500 $(GO) test -race -run TestChurn -v -timeout 15m ./proxy/
