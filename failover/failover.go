@@ -75,6 +75,7 @@ type Server struct {
 
 	backend   *Backend
 	breaker   *breaker
+	gaugeMu   sync.Mutex          // orders publish's reads and writes (and Stop after them)
 	connectOK prometheus.Observer // the connect-time series of successful dials, resolved once (Start)
 	up        atomic.Bool
 	checked   atomic.Bool   // a health check has given a result (carried over a reload: Inherit)
@@ -223,7 +224,7 @@ func DialResult(err error) string {
 func (s *Server) Succeeded() {
 	if s.breaker.success() {
 		s.backend.log.Info("circuit closed", "server", s.Address)
-		s.gauge(s.backend.metrics.BreakerState, metrics.BreakerClosed)
+		s.publish()
 	}
 	if s.backend.Config.Health.Check == "off" {
 		s.setUp(true)
@@ -257,7 +258,7 @@ func (s *Server) Refused(cause error, serviceOnly bool) {
 func (s *Server) countFailure(cause error) {
 	if opened, openFor := s.breaker.failure(time.Now()); opened {
 		s.backend.log.Warn("circuit opened: new sessions skip this server", "server", s.Address, "open_for", openFor, "error", cause)
-		s.gauge(s.backend.metrics.BreakerState, metrics.BreakerOpen)
+		s.publish()
 	}
 }
 
@@ -284,18 +285,27 @@ func (s *Server) setUp(up bool) {
 			s.backend.log.Warn("server down", "server", s.Address)
 		}
 	}
-	v := 0.0
-	if up {
-		v = 1
-	}
-	s.gauge(s.backend.metrics.BackendUp, v)
+	s.publish()
 }
 
-// gauge sets the server's series of vec, while its backend reports.
-func (s *Server) gauge(vec *prometheus.GaugeVec, v float64) {
-	if s.backend.reporting.Load() {
-		vec.WithLabelValues(s.backend.Config.Name, s.Address).Set(v)
+// publish sets the server's up and breaker gauges to what they are now,
+// while its backend reports. State changes under its own locks and is
+// logged after, so two changes can cross (a session's success closing the
+// circuit while another's failure is still writing its warning); writing
+// the state as read under gaugeMu, rather than the value each change made,
+// leaves the gauges at the last state, not at whichever writer came last.
+func (s *Server) publish() {
+	s.gaugeMu.Lock()
+	defer s.gaugeMu.Unlock()
+	if !s.backend.reporting.Load() {
+		return
 	}
+	up := 0.0
+	if s.up.Load() {
+		up = 1
+	}
+	s.backend.metrics.BackendUp.WithLabelValues(s.backend.Config.Name, s.Address).Set(up)
+	s.backend.metrics.BreakerState.WithLabelValues(s.backend.Config.Name, s.Address).Set(float64(s.breaker.current()))
 }
 
 // order returns the servers to try in one round, best first: usable ones
@@ -428,7 +438,7 @@ func (p *Plan) Next(ctx context.Context) (*Server, error) {
 			if ok, changed := s.breaker.allow(time.Now()); ok || p.lastResort {
 				if changed {
 					p.b.log.Info("circuit half-open: one session tries the server", "server", s.Address)
-					s.gauge(p.b.metrics.BreakerState, metrics.BreakerHalfOpen)
+					s.publish()
 				}
 				return s, nil
 			}

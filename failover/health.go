@@ -8,7 +8,6 @@ import (
 
 	"github.com/pires/go-proxyproto"
 
-	"github.com/tnsguard/tnsguard/metrics"
 	"github.com/tnsguard/tnsguard/tns"
 )
 
@@ -23,12 +22,7 @@ func (b *Backend) Start(ctx context.Context) {
 		// Resolved here, not in New: a reload that fails after building
 		// its backends must not leave series of servers it never ran.
 		s.connectOK = b.metrics.ConnectDuration.WithLabelValues(b.Config.Name, s.Address, "ok")
-		up := 0.0 // up only with checks off, or inherited up (Inherit)
-		if s.Up() {
-			up = 1
-		}
-		s.gauge(b.metrics.BackendUp, up)
-		s.gauge(b.metrics.BreakerState, metrics.BreakerClosed)
+		s.publish() // up only with checks off, or inherited up (Inherit); the breaker closed
 	}
 	if b.Config.Health.Check == "off" {
 		return
@@ -47,6 +41,13 @@ func (b *Backend) Start(ctx context.Context) {
 // still succeed or fail).
 func (b *Backend) Stop() {
 	b.reporting.Store(false)
+	for _, s := range b.Servers {
+		// A publish that saw reporting still on ends before Stop returns,
+		// so a reload that then deletes a removed server's series does not
+		// see it written again.
+		s.gaugeMu.Lock()
+		s.gaugeMu.Unlock()
+	}
 	if b.cancel != nil {
 		b.cancel()
 	}

@@ -1,0 +1,89 @@
+package failover
+
+import (
+	"bytes"
+	"errors"
+	"testing"
+
+	"github.com/hashicorp/go-hclog"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/tnsguard/tnsguard/metrics"
+)
+
+// gateWriter holds back the line containing word until released (a stderr
+// that is slow for a moment).
+type gateWriter struct {
+	word    string
+	reached chan struct{}
+	release chan struct{}
+}
+
+func (w *gateWriter) Write(p []byte) (int, error) {
+	if bytes.Contains(p, []byte(w.word)) {
+		close(w.reached)
+		<-w.release
+	}
+	return len(p), nil
+}
+
+// tnsguard_breaker_state must end as the breaker's state. A session whose
+// dial was in flight when the circuit opened and that then succeeds closes
+// the circuit; the opener's gauge write came after its (slow) warning, so
+// it landed last, and the gauge said open for a closed circuit until the
+// next change (an "open breaker" alert that never cleared).
+func TestBreakerGaugeEndsAtTheLastState(t *testing.T) {
+	w := &gateWriter{word: "circuit opened", reached: make(chan struct{}), release: make(chan struct{})}
+	log := hclog.New(&hclog.LoggerOptions{Output: w, Level: hclog.Warn}) // log.level = "warn"
+	b := testBackendLogged(t, `[backend.breaker]
+failures = 1
+open_for = "1h"
+max_open_for = "1h"
+[backend.health]
+check = "off"
+`+servers(`address = "a:1"`), log)
+	b.reporting.Store(true) // as after Start, without its goroutines
+	s := b.Servers[0]
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		s.Failed(errors.New("refused")) // opens; its warning is slow
+	}()
+	<-w.reached
+	s.Succeeded() // the in-flight session: closes the circuit
+	close(w.release)
+	<-done
+	gauge := testutil.ToFloat64(b.metrics.BreakerState.WithLabelValues("b", "a:1"))
+	if int(gauge) != s.BreakerState() {
+		t.Fatalf("tnsguard_breaker_state = %v, breaker state %d (closed=%d open=%d)", gauge, s.BreakerState(), metrics.BreakerClosed, metrics.BreakerOpen)
+	}
+	up := testutil.ToFloat64(b.metrics.BackendUp.WithLabelValues("b", "a:1"))
+	if (up == 1) != s.Up() {
+		t.Errorf("tnsguard_backend_up = %v, server up %v", up, s.Up())
+	}
+}
+
+// With checks off, tnsguard_backend_up must end as the server's up state
+// after a failure (slow "server down" warning) and a success that crosses it.
+func TestBackendUpGaugeEndsAtTheLastDial(t *testing.T) {
+	w := &gateWriter{word: "server down", reached: make(chan struct{}), release: make(chan struct{})}
+	log := hclog.New(&hclog.LoggerOptions{Output: w, Level: hclog.Warn})
+	b := testBackendLogged(t, `[backend.health]
+check = "off"
+`+servers(`address = "a:1"`), log)
+	b.reporting.Store(true)
+	s := b.Servers[0]
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		s.Failed(errors.New("refused"))
+	}()
+	<-w.reached
+	s.Succeeded()
+	close(w.release)
+	<-done
+	up := testutil.ToFloat64(b.metrics.BackendUp.WithLabelValues("b", "a:1"))
+	if (up == 1) != s.Up() {
+		t.Fatalf("tnsguard_backend_up = %v, server up %v", up, s.Up())
+	}
+}
