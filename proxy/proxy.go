@@ -109,9 +109,6 @@ func (p *Proxy) Apply(cfg *config.Config) error {
 			continue
 		}
 		b := failover.New(bc, p.log.Named("failover"), p.metrics)
-		if old, ok := p.backends[bc.Name]; ok {
-			b.Inherit(old) // health and session counts go on as before the reload
-		}
 		backends[bc.Name] = b
 		fresh = append(fresh, b)
 	}
@@ -137,7 +134,18 @@ func (p *Proxy) Apply(cfg *config.Config) error {
 	}
 
 	// Commit: nothing below can fail.
+	// The backends replaced stop first: their health checks end, so what
+	// the new ones inherit is final, and no gauge of theirs lands over the
+	// new ones' (same backend and server labels).
+	for name, old := range p.backends {
+		if backends[name] != old {
+			old.Stop()
+		}
+	}
 	for _, b := range fresh {
+		if old, ok := p.backends[b.Config.Name]; ok {
+			b.Inherit(old) // health and session counts go on as before the reload
+		}
 		b.Start(p.ctx)
 	}
 	for i := range cfg.Listeners {
@@ -170,11 +178,6 @@ func (p *Proxy) Apply(cfg *config.Config) error {
 		if listeners[name] != old {
 			old.ln.Close()
 			old.log.Info("stopped accepting; its sessions go on")
-		}
-	}
-	for name, old := range p.backends {
-		if backends[name] != old {
-			old.Stop()
 		}
 	}
 	p.forgetRemoved(cfg, p.backends)
