@@ -121,7 +121,7 @@ func (l *listener) handle(ctx context.Context, c *net.TCPConn) {
 			l.p.sessWG.Done()
 		}
 	}()
-	cfg := l.cfg()
+	cfg, accepted := l.p.current(l)
 	ka := cfg.Keepalive.Settings()
 	apply := ka.ApplyAccepted // the rest comes from the listening socket
 	if l.perConnKeepalive.Load() {
@@ -138,6 +138,16 @@ func (l *listener) handle(ctx context.Context, c *net.TCPConn) {
 		l.reject(c, reason, src)
 		return
 	}
+	// A reload may have come while the header was awaited (or while
+	// current waited for it): admit and serve the connection by the config
+	// it made (every reload stores a new one). A listener the reload
+	// dropped or renamed keeps its old config, and the backend it had when
+	// the connection came (stopped, but its servers still dial) serves it
+	// rather than a reset.
+	b := accepted
+	if l.cfg() != cfg {
+		cfg, b = l.p.current(l)
+	}
 	if !config.Allowed(cfg.AllowNets, src) {
 		l.reject(c, "not_allowed", src)
 		return
@@ -153,8 +163,7 @@ func (l *listener) handle(ctx context.Context, c *net.TCPConn) {
 		return
 	}
 
-	b := l.p.backend(routeFor(cfg, "")) // the default; route() may pick another by service
-	if b == nil {
+	if b == nil { // the default; route() may pick another by service
 		l.releaseSource(src)
 		l.active.Add(-1)
 		l.reject(c, "no_backend", src)

@@ -220,6 +220,16 @@ func (p *Proxy) Addr(name string) net.Addr {
 	return nil
 }
 
+// current is l's config and its default backend, read together: Apply
+// changes both under p.mu, so a connection admitted while a reload runs
+// gets a pair from one side of it.
+func (p *Proxy) current(l *listener) (*config.Listener, *failover.Backend) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	cfg := l.cfg()
+	return cfg, p.backends[routeFor(cfg, "")]
+}
+
 func (p *Proxy) backend(name string) *failover.Backend {
 	p.mu.Lock()
 	defer p.mu.Unlock()

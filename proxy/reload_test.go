@@ -695,3 +695,32 @@ func TestReloadChecksOffBeforeTheFirstCheck(t *testing.T) {
 		t.Fatalf("after the reload to check = \"off\": not ready (%s); the server was never checked down", why)
 	}
 }
+
+// A connection accepted before a reload that renames the listener's backend,
+// whose PROXY header arrives after it, is served by the new backend: the
+// reload left a backend up, and nothing is wrong with the app. handle read
+// the listener's config before the header wait and looked up the old
+// backend's name after it: a reset counted as no_backend (found in review).
+func TestHeaderAfterReloadThatRenamesTheBackend(t *testing.T) {
+	be, _ := ppBackend(t, false)
+	before := ppConfig(be.addr(), `proxy_protocol = "required"
+trusted_proxies = ["127.0.0.1/32"]`, "")
+	h := startProxy(t, before)
+	c := dialFrom(t, "127.0.0.1", h.addr("l"))
+	time.Sleep(100 * time.Millisecond) // handle is waiting for the header
+
+	after := strings.Replace(strings.Replace(before, "backend = \"b\"\n", "backend = \"b2\"\n", 1),
+		"[[backend]]\nname = \"b\"\n", "[[backend]]\nname = \"b2\"\n", 1)
+	if after == before {
+		t.Fatal("the config's backend was not renamed")
+	}
+	if err := h.p.Apply(mustParse(t, after)); err != nil {
+		t.Fatal(err)
+	}
+	hdr := ppHeader(t, 1, "203.0.113.7:40000", "198.51.100.1:1521")
+	got, err := exchange(c, append(hdr, "hello"...), 3*time.Second)
+	if string(got) != "hello" {
+		t.Fatalf("app got %q, %v; want the echo (rejected no_backend: %v)", got, err,
+			counter(h.m.SessionsRejected, "l", "no_backend"))
+	}
+}
