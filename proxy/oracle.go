@@ -253,6 +253,7 @@ func (s *session) inspectFirst(conn *net.TCPConn, srv *failover.Server, buf *[]b
 				return nil, err
 			}
 			s.toClient.Add(int64(len(data)))
+			s.series.bytesDown.Add(float64(len(data)))
 			m, err := s.firstRead(conn, (*buf)[:cap(*buf)], deadline)
 			if err != nil {
 				return nil, err
@@ -275,6 +276,7 @@ func (s *session) deliverRefuse(err error) {
 	s.client.SetWriteDeadline(time.Now().Add(time.Second))
 	if n, werr := s.client.Write(re.packet); werr == nil {
 		s.toClient.Add(int64(n))
+		s.series.bytesDown.Add(float64(n))
 		s.mu.Lock()
 		s.halfCloseLocked(SideClient, s.client) // the app's close that answers it is no reset
 		s.mu.Unlock()

@@ -562,3 +562,38 @@ func TestHungServerAfterARefusalOpensItsCircuit(t *testing.T) {
 		t.Errorf("%d of 12 sessions reached the healthy server; the hung one's breaker never opened (state %v)", accepted, gauge(h.m.BreakerState, "b", hung.addr()))
 	}
 }
+
+// tnsguard_bytes_total{direction="to_client"} counts what the opening
+// passes to the app itself: a listener's RESEND (every dial here gets one),
+// and the REFUSE given to the app when no server takes the session. Both
+// were left out.
+func TestBytesToTheAppCountResendAndRefuse(t *testing.T) {
+	l := tnstest.New(t, tnstest.Config{Mode: tnstest.Refuse, Err: 12514, Resends: 1})
+	h := startProxy(t, oracleConfig("", l.Addr()))
+	c := h.dial("l")
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	connect, _ := tns.BuildConnect("(DESCRIPTION=(CONNECT_DATA=(SERVICE_NAME=SALES))(ADDRESS=(PROTOCOL=TCP)(HOST=x)(PORT=1)))")
+	c.Write(connect)
+	got, resends := 0, 0
+	for {
+		pkt, err := tns.ReadPacket(c, tns.Length16, 0)
+		if err != nil {
+			t.Fatalf("after %d RESENDs: %v; want the REFUSE", resends, err)
+		}
+		got += len(pkt.Raw)
+		if pkt.Type == tns.TypeRefuse {
+			break
+		}
+		if pkt.Type != tns.TypeResend {
+			t.Fatalf("app got %v; want RESEND or REFUSE", pkt.Type)
+		}
+		resends++
+		c.Write(connect) // as a driver does
+	}
+	if resends == 0 {
+		t.Fatal("no RESEND reached the app")
+	}
+	waitFor(t, time.Second, "bytes counted", func() bool {
+		return counter(h.m.Bytes, "l", "b", "to_client") == float64(got)
+	})
+}
