@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -15,6 +14,8 @@ import (
 	"strconv"
 	"testing"
 	"time"
+
+	"github.com/tnsguard/tnsguard/test/loopback"
 )
 
 // Headless Chromium driven by chromedriver over the W3C WebDriver HTTP
@@ -57,12 +58,10 @@ type browser struct {
 func startBrowser(t *testing.T, width, height int) *browser {
 	t.Helper()
 	chromium, driver := findBrowser(t)
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	port, err := loopback.Port() // outside the ephemeral range: no concurrent connect takes it before chromedriver binds
 	if err != nil {
 		t.Fatal(err)
 	}
-	port := ln.Addr().(*net.TCPAddr).Port
-	ln.Close()
 	cmd := exec.Command(driver, "--port="+strconv.Itoa(port), "--log-level=SEVERE")
 	logPath := filepath.Join(t.TempDir(), "chromedriver.log")
 	logFile, err := os.Create(logPath)

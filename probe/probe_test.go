@@ -17,6 +17,8 @@ import (
 	"time"
 
 	"go.uber.org/goleak"
+
+	"github.com/tnsguard/tnsguard/test/loopback"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -296,12 +298,10 @@ func TestReportFound(t *testing.T) {
 
 func TestCommandRefused(t *testing.T) {
 	t.Parallel()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	addr, err := loopback.Addr() // nothing listens there now, and no listener on port 0 can be given it
 	if err != nil {
 		t.Fatal(err)
 	}
-	addr := ln.Addr().String()
-	ln.Close() // nothing listens there now
 	var stdout, stderr bytes.Buffer
 	code := Command(context.Background(), []string{"-target", addr, "-json"}, &stdout, &stderr)
 	if code != 1 {

@@ -504,8 +504,10 @@ check = "off"`, fmt.Sprintf("address = %q", addrs[0]), fmt.Sprintf("address = %q
 			if !errors.Is(err, syscall.ECONNRESET) {
 				t.Fatalf("app saw %v, want ECONNRESET", err)
 			}
-			if took > budget*11/10 || took < budget*9/10 {
-				t.Errorf("app reset after %v; want within [0.9, 1.1] x connect_budget (%v)", took, budget)
+			// At the budget, not at a multiple of it; the upper slack
+			// is for a loaded 2-core machine (1.05 x seen there).
+			if took > budget*13/10 || took < budget*9/10 {
+				t.Errorf("app reset after %v; want within [0.9, 1.3] x connect_budget (%v)", took, budget)
 			}
 			waitFor(t, time.Second, "rejection counted", func() bool {
 				return counter(h.m.SessionsRejected, "l", "no_backend") == 1

@@ -349,8 +349,8 @@ check = "off"`, fmt.Sprintf("address = %q", silent.address)))
 	if !errors.Is(err, syscall.ECONNRESET) {
 		t.Fatalf("app saw %v, want ECONNRESET", err)
 	}
-	if took < 900*time.Millisecond || took > 1100*time.Millisecond {
-		t.Errorf("app reset after %v, want connect_budget (1s) ±10%%", took)
+	if took < 900*time.Millisecond || took > 1300*time.Millisecond { // 1.03 s seen on a loaded machine
+		t.Errorf("app reset after %v, want connect_budget (1s): 0.9-1.3 s", took)
 	}
 	waitFor(t, time.Second, "no_backend counted", func() bool { return counter(h.m.SessionsRejected, "l", "no_backend") == 1 })
 	if l := logs.lines("no backend for new session", silent.address, "timeout"); len(l) != 1 {
