@@ -16,7 +16,7 @@ import (
 // finishes its work; an idle one is reset at the drain timeout and counted;
 // the process exits 0.
 func TestDrainOnSIGTERM(t *testing.T) {
-	const grace, drain = time.Second, 1500 * time.Millisecond
+	const grace, drain = time.Second, 2500 * time.Millisecond // the busy session's last round trip has 1.5 s before the drain timeout
 	e := newEcho(t)
 	admin, addr := freeAddr(t), freeAddr(t)
 	g := start(t, admin, config(admin, fmt.Sprintf("grace = %q\ndrain_timeout = %q", grace, drain),
