@@ -328,13 +328,7 @@ func TestHugeBackoffDoublesWithoutWrapping(t *testing.T) {
 func TestFailBackEndsTheOpenPeriodBeforeTheServerIsUp(t *testing.T) {
 	for i := range 20 {
 		slow := hclog.New(&hclog.LoggerOptions{Output: slowWriter{}, Level: hclog.Info})
-		s := testBackendLogged(t, `[backend.breaker]
-failures = 1
-open_for = "1h"
-max_open_for = "1h"
-[backend.health]
-check = "tcp"
-`+servers(`address = "a:1"`), slow).Servers[0]
+		s := oneStrikeBackend(t, "tcp", slow).Servers[0]
 		s.checked.Store(true) // past the first check
 		s.setUp(false)
 		s.Failed(errors.New("refused"))
@@ -349,6 +343,19 @@ check = "tcp"
 			t.Fatalf("round %d: the server was up while its circuit was still open", i)
 		}
 	}
+}
+
+// oneStrikeBackend has one server, a:1, whose circuit opens for an hour at
+// its first failure; check is its health check.
+func oneStrikeBackend(t *testing.T, check string, log hclog.Logger) *Backend {
+	t.Helper()
+	return testBackendLogged(t, `[backend.breaker]
+failures = 1
+open_for = "1h"
+max_open_for = "1h"
+[backend.health]
+check = "`+check+`"
+`+servers(`address = "a:1"`), log)
 }
 
 type slowWriter struct{}

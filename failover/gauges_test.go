@@ -35,13 +35,7 @@ func (w *gateWriter) Write(p []byte) (int, error) {
 func TestBreakerGaugeEndsAtTheLastState(t *testing.T) {
 	w := &gateWriter{word: "circuit opened", reached: make(chan struct{}), release: make(chan struct{})}
 	log := hclog.New(&hclog.LoggerOptions{Output: w, Level: hclog.Warn}) // log.level = "warn"
-	b := testBackendLogged(t, `[backend.breaker]
-failures = 1
-open_for = "1h"
-max_open_for = "1h"
-[backend.health]
-check = "off"
-`+servers(`address = "a:1"`), log)
+	b := oneStrikeBackend(t, "off", log)
 	b.reporting.Store(true) // as after Start, without its goroutines
 	s := b.Servers[0]
 	done := make(chan struct{})
