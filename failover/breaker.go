@@ -113,9 +113,16 @@ func (b *breaker) failure(now time.Time) (opened bool, openFor time.Duration) {
 	return true, b.openFor
 }
 
-func (b *breaker) current() int {
+// current is the state the breaker acts on at now: an open circuit whose
+// open period is over lets the next session try, so it is half-open even
+// before a session comes to take the trial (a standby that no session
+// dials, a quiet night).
+func (b *breaker) current(now time.Time) int {
 	b.mu.Lock()
 	defer b.mu.Unlock()
+	if b.state == metrics.BreakerOpen && !now.Before(b.openUntil) {
+		return metrics.BreakerHalfOpen
+	}
 	return b.state
 }
 

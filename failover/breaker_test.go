@@ -23,12 +23,12 @@ func TestBreakerLifecycle(t *testing.T) {
 			t.Fatal("success on a closed breaker reported a change")
 		}
 	}
-	if b.current() != metrics.BreakerClosed {
-		t.Fatalf("state %d, want closed", b.current())
+	if b.current(t0) != metrics.BreakerClosed {
+		t.Fatalf("state %d, want closed", b.current(t0))
 	}
 	opened, openFor := b.failure(t0)
-	if !opened || openFor != 10*time.Second || b.current() != metrics.BreakerOpen {
-		t.Fatalf("third consecutive failure: opened=%v open_for=%v state=%d; want open for 10s", opened, openFor, b.current())
+	if !opened || openFor != 10*time.Second || b.current(t0) != metrics.BreakerOpen {
+		t.Fatalf("third consecutive failure: opened=%v open_for=%v state=%d; want open for 10s", opened, openFor, b.current(t0))
 	}
 
 	// Open: nobody may dial until open_for has passed.
@@ -36,6 +36,14 @@ func TestBreakerLifecycle(t *testing.T) {
 		if ok, _ := b.allow(t0.Add(at)); ok || b.usable(t0.Add(at)) {
 			t.Fatalf("open breaker allowed a dial %v after opening", at)
 		}
+	}
+	// What it shows (the gauge, the status page) turns half-open when the
+	// open period ends, before any session takes the trial.
+	if st := b.current(t0.Add(10*time.Second - time.Nanosecond)); st != metrics.BreakerOpen {
+		t.Fatalf("state %d just before open_for ends, want open", st)
+	}
+	if st := b.current(t0.Add(10 * time.Second)); st != metrics.BreakerHalfOpen {
+		t.Fatalf("state %d once open_for has passed, want half-open", st)
 	}
 	// Failures reported while open (sessions that dialed before it opened)
 	// neither extend nor re-open it.
@@ -48,8 +56,8 @@ func TestBreakerLifecycle(t *testing.T) {
 	if !b.usable(t1) {
 		t.Fatal("not usable after open_for")
 	}
-	if ok, changed := b.allow(t1); !ok || !changed || b.current() != metrics.BreakerHalfOpen {
-		t.Fatalf("after open_for: allow=%v changed=%v state=%d; want the trial and half-open", ok, changed, b.current())
+	if ok, changed := b.allow(t1); !ok || !changed || b.current(t0) != metrics.BreakerHalfOpen {
+		t.Fatalf("after open_for: allow=%v changed=%v state=%d; want the trial and half-open", ok, changed, b.current(t0))
 	}
 	if ok, _ := b.allow(t1); ok || b.usable(t1) {
 		t.Fatal("a second session got a trial while one is in flight")
@@ -69,8 +77,8 @@ func TestBreakerLifecycle(t *testing.T) {
 	if !b.usable(t1) {
 		t.Fatal("not usable once the silent trial's time is over")
 	}
-	if ok, changed := b.allow(t1); !ok || changed || b.current() != metrics.BreakerHalfOpen {
-		t.Fatalf("after a silent trial's time: allow=%v changed=%v state=%d; want a new trial, still half-open", ok, changed, b.current())
+	if ok, changed := b.allow(t1); !ok || changed || b.current(t0) != metrics.BreakerHalfOpen {
+		t.Fatalf("after a silent trial's time: allow=%v changed=%v state=%d; want a new trial, still half-open", ok, changed, b.current(t0))
 	}
 	if ok, _ := b.allow(t1); ok {
 		t.Fatal("the new trial is not exclusive")
@@ -93,7 +101,7 @@ func TestBreakerLifecycle(t *testing.T) {
 	}
 
 	// A successful trial closes it and resets open_for and the count.
-	if !b.success() || b.current() != metrics.BreakerClosed {
+	if !b.success() || b.current(t0) != metrics.BreakerClosed {
 		t.Fatal("successful trial did not close the breaker")
 	}
 	b.failure(at)
@@ -112,7 +120,7 @@ func TestBreakerOff(t *testing.T) {
 			t.Fatal("a breaker with failures = 0 opened")
 		}
 	}
-	if ok, _ := b.allow(now); !ok || !b.usable(now) || b.current() != metrics.BreakerClosed {
+	if ok, _ := b.allow(now); !ok || !b.usable(now) || b.current(now) != metrics.BreakerClosed {
 		t.Fatal("a breaker with failures = 0 refused a dial")
 	}
 }
@@ -132,7 +140,7 @@ func TestBreakerExpire(t *testing.T) {
 	if !b.expire(t0.Add(time.Second)) {
 		t.Fatal("expire on an open breaker reported nothing")
 	}
-	if ok, changed := b.allow(t0.Add(time.Second)); !ok || !changed || b.current() != metrics.BreakerHalfOpen {
+	if ok, changed := b.allow(t0.Add(time.Second)); !ok || !changed || b.current(t0) != metrics.BreakerHalfOpen {
 		t.Fatal("no half-open trial right after expire")
 	}
 	// A failed trial still doubles open_for.

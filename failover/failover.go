@@ -174,7 +174,7 @@ func (s *Server) Acquire() { s.sessions.Add(1) }
 func (s *Server) Release() { s.sessions.Add(-1) }
 
 // BreakerState is metrics.BreakerClosed, BreakerOpen or BreakerHalfOpen.
-func (s *Server) BreakerState() int { return s.breaker.current() }
+func (s *Server) BreakerState() int { return s.breaker.current(time.Now()) }
 
 // ListenerVersion is the Oracle listener version last seen by tnsping, or "".
 func (s *Server) ListenerVersion() string {
@@ -259,6 +259,10 @@ func (s *Server) countFailure(cause error) {
 	if opened, openFor := s.breaker.failure(time.Now()); opened {
 		s.backend.log.Warn("circuit opened: new sessions skip this server", "server", s.Address, "open_for", openFor, "error", cause)
 		s.publish()
+		// The gauge turns half-open when the open period ends, whether or
+		// not a session comes then (publish reads the state at that time;
+		// after Stop it writes nothing).
+		time.AfterFunc(openFor, s.publish)
 	}
 }
 
@@ -305,7 +309,7 @@ func (s *Server) publish() {
 		up = 1
 	}
 	s.backend.metrics.BackendUp.WithLabelValues(s.backend.Config.Name, s.Address).Set(up)
-	s.backend.metrics.BreakerState.WithLabelValues(s.backend.Config.Name, s.Address).Set(float64(s.breaker.current()))
+	s.backend.metrics.BreakerState.WithLabelValues(s.backend.Config.Name, s.Address).Set(float64(s.breaker.current(time.Now())))
 }
 
 // order returns the servers to try in one round, best first: usable ones

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"testing"
+	"time"
 
 	"github.com/hashicorp/go-hclog"
 	"github.com/prometheus/client_golang/prometheus/testutil"
@@ -80,4 +81,46 @@ check = "off"
 	if (up == 1) != s.Up() {
 		t.Fatalf("tnsguard_backend_up = %v, server up %v", up, s.Up())
 	}
+}
+
+// An open circuit shows as half-open once its open period is over, though
+// no session has come to take the trial: a standby that sessions only try
+// when the primary fails showed "open" for as long as none did (review).
+// At the end of open_for, and at once when a health check sees the server
+// come back (which ends the open period early).
+func TestBreakerGaugeTurnsHalfOpenWithoutASession(t *testing.T) {
+	t.Run("open_for passes", func(t *testing.T) {
+		b := testBackendLogged(t, `[backend.breaker]
+failures = 1
+open_for = "100ms"
+[backend.health]
+check = "off"
+`+servers(`address = "a:1"`), hclog.NewNullLogger())
+		b.reporting.Store(true)
+		s := b.Servers[0]
+		gauge := func() float64 { return testutil.ToFloat64(b.metrics.BreakerState.WithLabelValues("b", "a:1")) }
+		s.Failed(errors.New("refused"))
+		if g := gauge(); g != metrics.BreakerOpen {
+			t.Fatalf("breaker_state = %v after the failure, want open", g)
+		}
+		deadline := time.Now().Add(2 * time.Second)
+		for gauge() != metrics.BreakerHalfOpen {
+			if time.Now().After(deadline) {
+				t.Fatalf("breaker_state = %v 2 s after open_for (100ms) ended, want half-open", gauge())
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	})
+	t.Run("the health check sees it back", func(t *testing.T) {
+		b := oneStrikeBackend(t, "tcp", hclog.NewNullLogger())
+		b.reporting.Store(true)
+		s := b.Servers[0]
+		s.checked.Store(true) // past the first check
+		s.setUp(false)
+		s.Failed(errors.New("refused"))
+		s.setUp(true)
+		if g := testutil.ToFloat64(b.metrics.BreakerState.WithLabelValues("b", "a:1")); g != metrics.BreakerHalfOpen {
+			t.Fatalf("breaker_state = %v right after the check saw the server back, want half-open", g)
+		}
+	})
 }
