@@ -19,12 +19,13 @@ import (
 // listener is one bound [[listener]]: its socket, accept loop and limits.
 // Its configuration can be swapped by a reload while the socket stays.
 type listener struct {
-	p    *Proxy
-	name string
-	conf atomic.Pointer[config.Listener]
-	ln   *net.TCPListener
-	log  hclog.Logger
-	done chan struct{} // closed when the accept loop has ended
+	p     *Proxy
+	name  string
+	conf  atomic.Pointer[config.Listener]
+	backs atomic.Pointer[map[string]*failover.Backend] // the backends of the config conf came with; stored with it under p.mu
+	ln    *net.TCPListener
+	log   hclog.Logger
+	done  chan struct{} // closed when the accept loop has ended
 
 	active           atomic.Int64
 	perConnKeepalive atomic.Bool // set every keepalive option per connection (the listening socket refused them, or goKeepalive)
@@ -121,7 +122,7 @@ func (l *listener) handle(ctx context.Context, c *net.TCPConn) {
 			l.p.sessWG.Done()
 		}
 	}()
-	cfg, accepted := l.p.current(l)
+	cfg, accepted, backs := l.p.current(l)
 	ka := cfg.Keepalive.Settings()
 	apply := ka.ApplyAccepted // the rest comes from the listening socket
 	if l.perConnKeepalive.Load() {
@@ -141,12 +142,12 @@ func (l *listener) handle(ctx context.Context, c *net.TCPConn) {
 	// A reload may have come while the header was awaited (or while
 	// current waited for it): admit and serve the connection by the config
 	// it made (every reload stores a new one). A listener the reload
-	// dropped or renamed keeps its old config, and the backend it had when
-	// the connection came (stopped, but its servers still dial) serves it
-	// rather than a reset.
+	// dropped or renamed (its socket handed over) keeps its old config and
+	// backends, which serve the connections it took before it closed
+	// (stopped, but their servers still dial) rather than a reset.
 	b := accepted
 	if l.cfg() != cfg {
-		cfg, b = l.p.current(l)
+		cfg, b, backs = l.p.current(l)
 	}
 	if !config.Allowed(cfg.AllowNets, src) {
 		l.reject(c, "not_allowed", src)
@@ -169,7 +170,7 @@ func (l *listener) handle(ctx context.Context, c *net.TCPConn) {
 		l.reject(c, "no_backend", src)
 		return
 	}
-	s := l.p.newSession(ctx, l, cfg, b, c, in)
+	s := l.p.newSession(ctx, l, cfg, b, backs, c, in)
 	held = true
 	s.run()
 }
@@ -208,9 +209,9 @@ func (l *listener) releaseSource(src netip.Addr) {
 	}
 }
 
-func (p *Proxy) newSession(ctx context.Context, l *listener, lcfg *config.Listener, b *failover.Backend, c *net.TCPConn, in inbound) *session {
+func (p *Proxy) newSession(ctx context.Context, l *listener, lcfg *config.Listener, b *failover.Backend, backs map[string]*failover.Backend, c *net.TCPConn, in inbound) *session {
 	s := &session{
-		p: p, l: l, lcfg: lcfg, backend: b, client: c, in: in, start: time.Now(),
+		p: p, l: l, lcfg: lcfg, backend: b, backs: backs, client: c, in: in, start: time.Now(),
 		service: "other", lot: p.parking.pick(),
 	}
 	s.ctx, s.cancel = context.WithCancel(ctx)

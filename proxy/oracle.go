@@ -198,7 +198,7 @@ func (s *session) route() error {
 		s.abort(SideClient, PhaseOpening, err, "reset", nil)
 		return err
 	}
-	if b := s.p.backend(routeFor(cfg, name)); b != nil && b != s.backend {
+	if b := s.backs[routeFor(cfg, name)]; b != nil && b != s.backend {
 		s.switchBackend(b)
 	}
 	return nil

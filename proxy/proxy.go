@@ -160,6 +160,7 @@ func (p *Proxy) Apply(cfg *config.Config) error {
 		} else {
 			l.perConnKeepalive.Store(l.goKeepalive)
 		}
+		l.backs.Store(&backends)
 		l.conf.Store(lc)
 		p.metrics.MaxSessions.WithLabelValues(lc.Name).Set(float64(lc.MaxSessions))
 		// At 0 from the start, so that an alert on its increase sees the
@@ -220,14 +221,15 @@ func (p *Proxy) Addr(name string) net.Addr {
 	return nil
 }
 
-// current is l's config and its default backend, read together: Apply
-// changes both under p.mu, so a connection admitted while a reload runs
-// gets a pair from one side of it.
-func (p *Proxy) current(l *listener) (*config.Listener, *failover.Backend) {
+// current is l's config, its default backend and the backends its routes
+// name, read together: Apply stores them under p.mu, so a connection
+// admitted while a reload runs gets them from one side of it. A listener
+// the reload dropped keeps the ones it had.
+func (p *Proxy) current(l *listener) (*config.Listener, *failover.Backend, map[string]*failover.Backend) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	cfg := l.cfg()
-	return cfg, p.backends[routeFor(cfg, "")]
+	cfg, backs := l.cfg(), *l.backs.Load()
+	return cfg, backs[routeFor(cfg, "")], backs
 }
 
 func (p *Proxy) backend(name string) *failover.Backend {

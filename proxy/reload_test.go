@@ -7,6 +7,8 @@ import (
 	"net"
 	"runtime"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -20,6 +22,8 @@ import (
 
 	"github.com/tnsguard/tnsguard/config"
 	"github.com/tnsguard/tnsguard/metrics"
+	"github.com/tnsguard/tnsguard/test/loopback"
+	"github.com/tnsguard/tnsguard/tns"
 	"github.com/tnsguard/tnsguard/tns/tnstest"
 )
 
@@ -722,5 +726,129 @@ trusted_proxies = ["127.0.0.1/32"]`, "")
 	if string(got) != "hello" {
 		t.Fatalf("app got %q, %v; want the echo (rejected no_backend: %v)", got, err,
 			counter(h.m.SessionsRejected, "l", "no_backend"))
+	}
+}
+
+// README: "listener renamed ... accepted without a gap: the listening socket
+// is handed over, no connection is refused". Apps connect without pause
+// while reloads rename the listener and its backend together (l/b <-> m/b2,
+// same address). Every connection must echo. The old listener's accept loop
+// takes connections until the reload closes it; their handle looked the old
+// backend's name up in the new config and reset them as no_backend (1-2 per
+// reload, found in review).
+func TestRenameListenerAndBackendRefusesNothing(t *testing.T) {
+	renameUnderLoad(t, true)
+}
+
+// The same with the listener renamed alone (control).
+func TestRenameListenerOnlyRefusesNothing(t *testing.T) {
+	renameUnderLoad(t, false)
+}
+
+func renameUnderLoad(t *testing.T, backendToo bool) {
+	be := newBackend(t, echo)
+	addr, err := loopback.Addr()
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := listenerAt(oneBackendConfig(be.addr()), addr)
+	b := strings.Replace(a, `name = "l"`, `name = "m"`, 1)
+	if backendToo {
+		b = strings.Replace(b, `backend = "b"`, `backend = "b2"`, 1)
+		b = strings.Replace(b, "[[backend]]\nname = \"b\"\n", "[[backend]]\nname = \"b2\"\n", 1)
+	}
+	if a == b {
+		t.Fatal("no rename")
+	}
+	ca, cb := mustParse(t, a), mustParse(t, b)
+	h := startProxy(t, a)
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	var ok, bad atomic.Int64
+	var mu sync.Mutex
+	var fails []string
+	for w := 0; w < 8; w++ {
+		wg.Add(1)
+		go func(w int) {
+			defer wg.Done()
+			for i := 0; ; i++ {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				msg := fmt.Sprintf("w%d-i%d", w, i)
+				nc, err := net.DialTimeout("tcp", addr, 2*time.Second)
+				if err == nil {
+					nc.SetDeadline(time.Now().Add(3 * time.Second))
+					err = roundTrip(nc, []byte(msg))
+					nc.Close()
+				}
+				if err != nil {
+					bad.Add(1)
+					mu.Lock()
+					if len(fails) < 5 {
+						fails = append(fails, err.Error())
+					}
+					mu.Unlock()
+				} else {
+					ok.Add(1)
+				}
+			}
+		}(w)
+	}
+	for i := 0; i < 100; i++ {
+		c := cb
+		if i%2 == 1 {
+			c = ca
+		}
+		if err := h.p.Apply(c); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	close(stop)
+	wg.Wait()
+	var rej []string
+	for _, s := range h.samples(t, "tnsguard_sessions_rejected_total") {
+		if s.value > 0 {
+			rej = append(rej, fmt.Sprintf("%v=%v", s.labels, s.value))
+		}
+	}
+	t.Logf("ok %d, failed %d, rejected %v", ok.Load(), bad.Load(), rej)
+	if bad.Load() > 0 {
+		t.Errorf("%d of %d connections failed across renames: %v; rejected: %v", bad.Load(), ok.Load()+bad.Load(), fails, rej)
+	}
+}
+
+// An app connects to a listener that routes by service and, before its
+// CONNECT (SERVICE_NAME=SALES) arrives, a reload renames the SALES route's
+// backend (sales-db -> sales-db2, route updated, same server). The app must
+// reach the SALES server, not the "*" route's database: routing looked the
+// admission-time route up in the new config, found nothing, and kept the
+// default (found in review).
+func TestRouteAcrossReloadThatRenamesTheRoutesBackend(t *testing.T) {
+	sales, orders := newServer(t, sayName("S")), newServer(t, sayName("O"))
+	before := routesConfig(sales.address, orders.address)
+	after := strings.Replace(strings.Replace(before, `"sales" = "sales-db"`, `"sales" = "sales-db2"`, 1),
+		"name = \"sales-db\"\n", "name = \"sales-db2\"\n", 1)
+	if after == before {
+		t.Fatal("no rename")
+	}
+	h := startProxy(t, before)
+	connect, err := tns.BuildConnect(`(DESCRIPTION=(CONNECT_DATA=(SERVICE_NAME=SALES))(ADDRESS=(PROTOCOL=TCP)(HOST=x)(PORT=1)))`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := h.dial("l")
+	time.Sleep(100 * time.Millisecond) // admitted, routing waits for the CONNECT
+	if err := h.p.Apply(mustParse(t, after)); err != nil {
+		t.Fatal(err)
+	}
+	c.Write(connect)
+	c.SetReadDeadline(time.Now().Add(3 * time.Second))
+	got := make([]byte, 1)
+	if _, err := io.ReadFull(c, got); err != nil || string(got) != "S" {
+		t.Fatalf("app got %q, %v; want the SALES server's answer (S), not the default route's (O)", got, err)
 	}
 }

@@ -34,6 +34,7 @@ type session struct {
 	l       *listener
 	lcfg    *config.Listener // the listener's settings when the session began: a reload does not change them
 	backend *failover.Backend
+	backs   map[string]*failover.Backend // the backends lcfg came with: routes name these
 	client  *net.TCPConn
 	lot     *parkLot // where its pumps park (idle.go); nil without lots
 	in      inbound  // the real client (PROXY header) and app bytes read past it (proxyproto.go)
