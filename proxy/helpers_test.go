@@ -18,6 +18,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/tnsguard/tnsguard/config"
+	"github.com/tnsguard/tnsguard/failover"
 	"github.com/tnsguard/tnsguard/keepalive"
 	"github.com/tnsguard/tnsguard/metrics"
 )
@@ -67,6 +68,14 @@ func startProxyWith(t testing.TB, toml string, log hclog.Logger) *harness {
 }
 
 func (h *harness) addr(name string) string { return h.p.Addr(name).String() }
+
+// backend is the running backend of that name (sessions find theirs
+// through their listener: current).
+func (p *Proxy) backend(name string) *failover.Backend {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.backends[name]
+}
 
 func (h *harness) dial(name string) *net.TCPConn {
 	h.t.Helper()

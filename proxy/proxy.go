@@ -232,12 +232,6 @@ func (p *Proxy) current(l *listener) (*config.Listener, *failover.Backend, map[s
 	return cfg, backs[routeFor(cfg, "")], backs
 }
 
-func (p *Proxy) backend(name string) *failover.Backend {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return p.backends[name]
-}
-
 // Ready reports whether every listener is bound and its backend has a
 // server up; when not, the reason names what is missing.
 func (p *Proxy) Ready() (bool, string) {
