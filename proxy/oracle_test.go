@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"os"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -146,6 +147,78 @@ func TestRefuseThenUnreachableGivesTheAppTheRefuse(t *testing.T) {
 		waitFor(t, time.Second, "the reset counted as refused", func() bool {
 			return counter(h.m.Resets, "l", "b", "none", "backend", "connect", "refused") == 1
 		})
+	}
+}
+
+// Without "connect" (or "reset") in retry_on, the server tried after a
+// refusing one can fail in a way that ends the session at once. The app
+// still gets the REFUSE: its driver reports the listener's ORA error, not a
+// broken connection (README: "also when the servers tried after it could
+// not be reached at all").
+func TestRefuseThenFailureThatEndsTheTryGivesTheAppTheRefuse(t *testing.T) {
+	resetting := tnstest.New(t, tnstest.Config{Mode: tnstest.Reset})
+	for _, tc := range []struct {
+		retryOn, standby string
+		phase            Phase // where the standby failed
+	}{
+		{`["refuse"]`, closedPort(t), PhaseConnect},
+		{`["reset", "refuse"]`, closedPort(t), PhaseConnect},
+		{`["connect", "refuse"]`, resetting.Addr(), PhaseOpening},
+	} {
+		refusing := tnstest.New(t, tnstest.Config{Mode: tnstest.Refuse, Err: 12514})
+		cfg := strings.Replace(oracleConfig("", refusing.Addr()+";0", tc.standby+";1"),
+			`retry_on = ["connect", "reset", "refuse"]`, `retry_on = `+tc.retryOn, 1)
+		h := startProxy(t, cfg)
+		if err := goOraPing(t, h.addr("l"), "SALES"); err == nil || !strings.Contains(err.Error(), "ORA-12514") {
+			t.Errorf("retry_on = %s: go-ora got %v; want the preferred listener's ORA-12514", tc.retryOn, err)
+			continue
+		}
+		// Counted as what the app got, as when the budget ends after a refusal.
+		waitFor(t, time.Second, "the reset counted as refused", func() bool {
+			return counter(h.m.Resets, "l", "b", tc.standby, "backend", string(tc.phase), "refused") == 1
+		})
+	}
+}
+
+// go-ora writes os.Args[0] into the CONNECT unescaped, so an app installed
+// under C:\Program Files (x86)\ sends a description tnsguard's parser cannot
+// read. Its CONNECT is complete all the same: a listener that resets or
+// closes before answering (a restart) is a server failure, and the CONNECT
+// is replayed to the next server, as for every other app.
+func TestUnparseableDescriptionStillFailsOver(t *testing.T) {
+	readConnect := func(c *net.TCPConn) bool {
+		var raw []byte
+		for range 4 {
+			p, err := tns.ReadPacket(c, tns.Length16, 0)
+			if err != nil {
+				return false
+			}
+			raw = append(raw, p.Raw...)
+			if _, err := tns.ParseConnectData(raw); !errors.Is(err, tns.ErrIncomplete) {
+				return true
+			}
+		}
+		return true
+	}
+	refuse := tns.BuildRefuse(0x22, 0, "(DESCRIPTION=(TMP=)(VSNNUM=318767104)(ERR=12560)(ERROR_STACK=(ERROR=(CODE=12560)(EMFI=4))))")
+	next := newBackend(t, func(c *net.TCPConn) {
+		if readConnect(c) {
+			c.Write(refuse)
+		}
+		c.Close()
+	})
+	rst := newBackend(t, func(c *net.TCPConn) { readConnect(c); c.SetLinger(0); c.Close() })
+	fin := newBackend(t, func(c *net.TCPConn) { readConnect(c); c.Close() })
+	saved := os.Args[0] // read by go-ora when it builds a CONNECT; no test here runs in parallel
+	t.Cleanup(func() { os.Args[0] = saved })
+	for _, prog := range []string{`C:\app\app.exe`, `C:\Program Files (x86)\app.exe`} {
+		os.Args[0] = prog
+		for _, first := range []struct{ name, addr string }{{"reset", rst.addr()}, {"close", fin.addr()}} {
+			h := startProxy(t, oracleConfig("", first.addr+";0", next.addr()+";1"))
+			if err := goOraPing(t, h.addr("l"), "SALES"); err == nil || !strings.Contains(err.Error(), "ORA-12560") {
+				t.Errorf("program %s, first server's %s: go-ora got %v; want the next server's ORA-12560 (the CONNECT replayed)", prog, first.name, err)
+			}
+		}
 	}
 }
 

@@ -232,6 +232,10 @@ func (s *session) open() error {
 				srv.Failed(err)
 			}
 			if !cfg.Retries("connect") {
+				if lastRefuse != nil { // the app gets the REFUSE, not a reset
+					s.deliverRefuse(lastRefuse)
+					return s.noBackend(fmt.Errorf("%w: %w", ErrNoBackend, lastRefuse), attempts, srv)
+				}
 				return s.noBackend(err, attempts, srv)
 			}
 			retry, failed = reasonOf(err, "connect"), srv
@@ -304,7 +308,15 @@ func (s *session) open() error {
 			retry, failed = reasonOf(err, "reset"), srv
 			continue
 		}
-		s.deliverRefuse(err)
+		if lastRefuse != nil && !errors.Is(err, ErrRefused) {
+			// The app gets the REFUSE (its driver reports the real ORA
+			// error), and the end is counted with its cause, as when the
+			// budget ends after a refusal. %v: this failure is only told.
+			err = fmt.Errorf("%w; then %s: %v", lastRefuse, srv.Address, err)
+			s.deliverRefuse(lastRefuse)
+		} else {
+			s.deliverRefuse(err)
+		}
 		s.abort(SideBackend, PhaseOpening, err, "reset", srv)
 		return err
 	}
