@@ -19,6 +19,11 @@ type Info struct {
 	LastDataSent time.Duration
 	LastAckRecv  time.Duration // since the last ACK arrived (ms resolution)
 	State        uint8
+	// Retrying counts the retransmissions of the oldest unacknowledged
+	// segment: non-zero while sent data goes unanswered, and still so after
+	// the timeout that this ended the connection with (a keepalive death
+	// leaves it at 0).
+	Retrying uint8
 }
 
 // ReadInfo reads TCP_INFO. It also works on a socket that just got a reset
@@ -49,5 +54,6 @@ func ReadInfo(c syscall.Conn) (Info, error) {
 		LastDataSent: time.Duration(ti.Last_data_sent) * time.Millisecond,
 		LastAckRecv:  time.Duration(ti.Last_ack_recv) * time.Millisecond,
 		State:        ti.State,
+		Retrying:     ti.Retransmits,
 	}, nil
 }

@@ -226,6 +226,20 @@ func (s *session) backendInfoLocked() (keepalive.Info, error) {
 	return keepalive.Info{}, net.ErrClosed
 }
 
+// legSockLocked is side's socket in either state, as backendSockLocked.
+func (s *session) legSockLocked(side Side) syscall.Conn {
+	if side == SideBackend {
+		return s.backendSockLocked()
+	}
+	switch {
+	case s.dormant && !s.rawClosed:
+		return rawSock(s.raw[0])
+	case !s.dormant && s.client != nil:
+		return s.client
+	}
+	return nil
+}
+
 // backendSockLocked is the backend socket in either state: the bare fd
 // while dormant, the conn otherwise; nil when there is none (closed, or
 // not dialed yet). Under s.mu.

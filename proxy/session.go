@@ -925,9 +925,25 @@ func (s *session) currentServer() *failover.Server {
 
 // phaseNow says whether the session was idle or active when a leg failed:
 // idle when nothing moved for at least that leg's keepalive idle.
+//
+// A leg that failed with bytes of ours unanswered (TCP_INFO: the oldest
+// segment was being retransmitted) was cut while it owed an answer: a query
+// into a cable cut, a result to an app that vanished. Its silence since
+// those bytes is the user timeout running, not idleness, so that end is
+// active, unless those bytes were the first after a pause in which the peer
+// answered nothing, not even a keepalive probe: then the pause is where the
+// path was lost (a middlebox forgot the flow and dropped the bytes that
+// resumed it), and the end is idle.
 func (s *session) phaseNow(side Side) Phase {
 	s.mu.Lock()
 	est, backend, opening := s.established, s.backend, s.openingPhaseLocked()
+	var info keepalive.Info
+	infoErr := net.ErrClosed
+	if est {
+		if c := s.legSockLocked(side); c != nil {
+			info, infoErr = keepalive.ReadInfo(c)
+		}
+	}
 	s.mu.Unlock()
 	if !est {
 		return opening
@@ -936,10 +952,36 @@ func (s *session) phaseNow(side Side) Phase {
 	if side == SideBackend {
 		idle = backend.Config.Keepalive.Idle.Duration
 	}
-	if idle > 0 && s.idleBeforeEnd() >= idle {
+	if idle <= 0 {
+		return PhaseActive
+	}
+	if infoErr == nil && info.Retrying > 0 {
+		if s.lostInPause(info.LastAckRecv) {
+			return PhaseIdle
+		}
+		return PhaseActive
+	}
+	if s.idleBeforeEnd() >= idle {
 		return PhaseIdle
 	}
 	return PhaseActive
+}
+
+// lostInPause tells whether the peer, last heard ackAgo ago, had answered
+// nothing since before the last pause (of over a second) ended. Keepalive
+// probes are acknowledged one idle (at least 1 s) into a pause at the
+// earliest, so a probe answered in the pause leaves the peer's silence
+// at least that much shorter than the pause; the slack allows for a
+// delayed ACK of the bytes before the pause.
+func (s *session) lostInPause(ackAgo time.Duration) bool {
+	resumed := time.Duration(s.resumedAt.Load())
+	pause := time.Duration(s.pauseBefore.Load())
+	if resumed == 0 || pause <= 0 {
+		return false // no pause of over a second
+	}
+	sinceResume := time.Since(s.start) - resumed
+	silence := ackAgo - sinceResume // the peer's silence up to the resume
+	return silence >= pause-min(500*time.Millisecond, pause/2)
 }
 
 // openingPhaseLocked is the phase of a session not established yet:

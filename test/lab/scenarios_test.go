@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"math"
 	"net"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -203,7 +204,53 @@ func TestLabBlackHoleLiveFlow(t *testing.T) {
 	if got < float64(len(conns)) {
 		t.Errorf("tnsguard_resets_total{side=backend,cause=timeout} = %v, want %d\n%s", got, len(conns), m.Dump("tnsguard_resets_total"))
 	}
+	// A query cut in flight is an active session's end: no keepalive setting
+	// could have saved it, and no advice says otherwise. The sessions cut
+	// while idle are idle deaths (from the outside, a cable cut while idle
+	// looks like a middlebox that forgot the flow).
+	for phase, want := range map[string]float64{"active": 2, "idle": 2} {
+		if got, _ := m.Sum("tnsguard_resets_total", netlab.Labels{"side": "backend", "cause": "timeout", "phase": phase}); got != want {
+			t.Errorf("tnsguard_resets_total{side=backend,cause=timeout,phase=%s} = %v, want %v\n%s", phase, got, want, m.Dump("tnsguard_resets_total"))
+		}
+	}
 	t.Logf("resets:\n%s", m.Dump("tnsguard_resets_total"))
+}
+
+// A query sent after a pause in which the firewall forgot the flow (the
+// database leg's keepalive idle is longer than the firewall's timeout) is
+// dropped, retransmitted and timed out, like a query into a cable cut. But
+// here the pause lost the path: the end is counted idle, and the log says
+// which keepalive to set.
+func TestLabQueryAfterTheFirewallForgot(t *testing.T) {
+	t.Parallel()
+	requireGuard(t)
+	lab := netlab.New(t, netlab.Config{EstablishedTimeout: 3 * time.Second, Stale: netlab.StaleDrop})
+	lab.StartEcho(t, lab.DB, fmt.Sprintf(":%d", dbPort))
+	db := keepalive{Idle: "20s", Interval: "1s", Count: 3, UserTimeout: "4s"} // idle too long for this firewall
+	guard := startGuard(t, lab, link{Name: "orders", Listen: guardAddr, Servers: []string{lab.DBAddr(dbPort)}, App: appKeepalive, DB: db})
+	conns := dialN(t, lab.App, guardAddr, 2)
+	time.Sleep(5 * time.Second) // the firewall forgets the database legs after 3 s
+
+	t0 := time.Now()
+	res := make([]ended, len(conns))
+	var wg sync.WaitGroup
+	for i, c := range conns {
+		wg.Go(func() { res[i] = waitEnd(c, []byte("query after the pause\n"), t0, 20*time.Second) })
+	}
+	wg.Wait()
+	for i, r := range res {
+		t.Logf("session %d: ended after %v: %v", i, r.after.Round(time.Millisecond), netlab.Classify(r.err))
+		if !errors.Is(r.err, syscall.ECONNRESET) {
+			t.Errorf("session %d: want the app's connection reset, got %v after %v", i, r.err, r.after)
+		}
+	}
+	m := guard.Metrics(t)
+	if got, _ := m.Sum("tnsguard_resets_total", netlab.Labels{"side": "backend", "cause": "timeout", "phase": "idle"}); got != 2 {
+		t.Errorf("tnsguard_resets_total{side=backend,cause=timeout,phase=idle} = %v, want 2\n%s", got, m.Dump("tnsguard_resets_total"))
+	}
+	if log := guard.Log(); !strings.Contains(log, "sessions on this link die while idle") {
+		t.Errorf("no keepalive advice in the log:\n%s", log)
+	}
 }
 
 // Scenario 4: the database server is killed and restarted. Sessions on the dead server
