@@ -257,7 +257,7 @@ func (s *Server) Refused(cause error, serviceOnly bool) {
 // countFailure counts a failure against the server's breaker.
 func (s *Server) countFailure(cause error) {
 	if opened, openFor := s.breaker.failure(time.Now()); opened {
-		s.backend.log.Warn("circuit opened: new sessions skip this server", "server", s.Address, "open_for", openFor, "error", cause)
+		s.backend.log.Warn("circuit opened: new sessions skip this server", "server", s.Address, "open_for", openFor.String(), "error", cause)
 		s.publish()
 		// The gauge turns half-open when the open period ends, whether or
 		// not a session comes then (publish reads the state at that time;

@@ -66,7 +66,7 @@ func (p *Proxy) noteIdleDeath(s *session, server string, side Side, idle time.Du
 		current = s.backend.Config.Keepalive.Idle.Duration
 	}
 	s.logger().Warn("sessions on this link die while idle: a middlebox forgets them before keepalive refreshes it; run `tnsguard probe` on the path, or set",
-		"server", server, "side", side, "idle_deaths", len(samples), "shortest_idle_at_death", rec.PathIdleTimeout,
-		"keepalive_idle_now", current, "table", table,
+		"server", server, "side", side, "idle_deaths", len(samples), "shortest_idle_at_death", rec.PathIdleTimeout.String(),
+		"keepalive_idle_now", current.String(), "table", table,
 		"path_idle_timeout", rec.PathIdleTimeout.String(), "idle", rec.Idle.String(), "interval", rec.Interval.String(), "count", rec.Count)
 }

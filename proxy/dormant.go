@@ -181,7 +181,7 @@ func (s *session) reviveFor(p *pump) error {
 			return err
 		}
 		if tries == 0 {
-			s.logger().Warn("out of file descriptors: an idle session waits for one to wake", "error", err, "waits_up_to", reviveRetryFor)
+			s.logger().Warn("out of file descriptors: an idle session waits for one to wake", "error", err, "waits_up_to", reviveRetryFor.String())
 		}
 		time.Sleep(20 * time.Millisecond)
 	}

@@ -159,8 +159,8 @@ func (f *forensics) add(s *session, server, cause string, age time.Duration) {
 	if logIt {
 		s.logger().Warn("session reset", "server", server, // the logger carries the service
 			"side", ev.Side, "phase", ev.Phase, "cause", cause, "outcome", ev.Outcome,
-			"idle", time.Duration(ev.IdleSeconds*float64(time.Second)).Round(time.Millisecond),
-			"age", age.Round(time.Millisecond), "bytes_to_backend", ev.BytesToBackend,
+			"idle", time.Duration(ev.IdleSeconds*float64(time.Second)).Round(time.Millisecond).String(),
+			"age", age.Round(time.Millisecond).String(), "bytes_to_backend", ev.BytesToBackend,
 			"bytes_to_client", ev.BytesToClient, "error", s.end.err)
 	}
 }
@@ -205,7 +205,7 @@ func (f *forensics) store(ev *ResetEvent) (logIt bool, dropped int, window time.
 func (f *forensics) logDropped(listener, backend, server string, n int, start time.Time, d time.Duration) {
 	f.log.Warn("reset log lines dropped: too many resets on this link",
 		"listener", listener, "backend", backend, "server", server, "dropped", n,
-		"since", start.Format(time.RFC3339), "window", d.Round(time.Millisecond), "limit", logBurst)
+		"since", start.Format(time.RFC3339), "window", d.Round(time.Millisecond).String(), "limit", logBurst)
 }
 
 // tick ends the log windows that are over, logging the lines they dropped,

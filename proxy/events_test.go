@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"encoding/json"
 	"errors"
 	"io"
 	"math"
@@ -412,5 +413,65 @@ func TestAppResetWhileDialingIsPhaseConnect(t *testing.T) {
 	ev := h.p.Resets(0)[0]
 	if ev.Side != SideClient || ev.Phase != PhaseConnect || ev.Server != "none" {
 		t.Errorf("app reset while dialing: side %s, phase %s, server %s; want client, connect, none", ev.Side, ev.Phase, ev.Server)
+	}
+}
+
+// JSON logs (the Docker image's and the Kubernetes example's format) write
+// durations as text, as the text format does ("1.5s"), not as a count of
+// nanoseconds that a reader takes for seconds.
+func TestJSONLogsWriteDurationsAsText(t *testing.T) {
+	logs := &logBuffer{}
+	be := newBackend(t, func(c *net.TCPConn) {
+		c.Write([]byte("hi"))
+		time.Sleep(20 * time.Millisecond)
+		c.SetLinger(0)
+		c.Close()
+	})
+	toml := backendTOML(`connect_budget = "300ms"
+connect_timeout = "100ms"
+retry_on = ["connect"]`, `address = "`+be.addr()+`"`) + `
+[[listener]]
+name = "dead"
+listen = "127.0.0.1:0"
+backend = "dead"
+[[backend]]
+name = "dead"
+connect_budget = "300ms"
+connect_timeout = "100ms"
+  [backend.health]
+  check = "off"
+  [[backend.server]]
+  address = "` + closedPort(t) + `"
+`
+	h := startProxyWith(t, toml, hclog.New(&hclog.LoggerOptions{Level: hclog.Info, Output: logs, JSONFormat: true}))
+	c := h.dial("l")
+	io.Copy(io.Discard, c) // "hi", then the reset passed on
+	c.Close()
+	c = h.dial("dead")
+	io.Copy(io.Discard, c)
+	c.Close()
+	want := map[string][]string{
+		"session reset": {"idle", "age"},
+		"no backend for new session: resetting the app's connection": {"budget"},
+	}
+	waitFor(t, 3*time.Second, "both lines", func() bool {
+		s := logs.String()
+		return strings.Contains(s, `"session reset"`) && strings.Contains(s, `"no backend for new session`)
+	})
+	for _, line := range strings.Split(strings.TrimSpace(logs.String()), "\n") {
+		var m map[string]any
+		if err := json.Unmarshal([]byte(line), &m); err != nil {
+			t.Fatalf("not JSON: %q: %v", line, err)
+		}
+		for _, k := range want[m["@message"].(string)] {
+			v, ok := m[k].(string)
+			if !ok {
+				t.Errorf("%q: %s = %v (%T), want a duration as text", m["@message"], k, m[k], m[k])
+				continue
+			}
+			if _, err := time.ParseDuration(v); err != nil {
+				t.Errorf("%q: %s = %q: %v", m["@message"], k, v, err)
+			}
+		}
 	}
 }

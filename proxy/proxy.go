@@ -296,7 +296,7 @@ func (p *Proxy) Close() { p.shutdown(0, 0, hclog.NewNullLogger()) }
 
 func (p *Proxy) shutdown(grace, drainTimeout time.Duration, log hclog.Logger) {
 	p.draining.Store(true)
-	log.Info("draining: readiness now reports 503", "grace", grace, "drain_timeout", drainTimeout)
+	log.Info("draining: readiness now reports 503", "grace", grace.String(), "drain_timeout", drainTimeout.String())
 	select {
 	case <-time.After(grace):
 	case <-p.hurry:
@@ -464,8 +464,8 @@ func (p *Proxy) record(s *session, srv *failover.Server, established bool) {
 	}
 	if end.outcome == "ok" {
 		if s.l.log.IsDebug() {
-			s.logger().Debug("session ended", "server", server, "duration", age.Round(time.Millisecond),
-				"idle", s.idleFor().Round(time.Millisecond), "bytes_to_backend", s.toBackend.Load(), "bytes_to_client", s.toClient.Load())
+			s.logger().Debug("session ended", "server", server, "duration", age.Round(time.Millisecond).String(),
+				"idle", s.idleFor().Round(time.Millisecond).String(), "bytes_to_backend", s.toBackend.Load(), "bytes_to_client", s.toClient.Load())
 		}
 		return
 	}

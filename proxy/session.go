@@ -376,14 +376,14 @@ func (s *session) noBackend(err error, attempts []string, srv *failover.Server) 
 	ok, dropped, _ := s.l.noBackendLog.take(time.Now(), logWindow)
 	s.l.noBackendMu.Unlock()
 	if dropped > 0 {
-		s.l.log.Warn("no-backend lines dropped in the last window", "lines", dropped, "window", logWindow)
+		s.l.log.Warn("no-backend lines dropped in the last window", "lines", dropped, "window", logWindow.String())
 	}
 	if ok {
 		if n := len(attempts); n > maxAttemptsLogged {
 			attempts = append(append(attempts[:maxAttemptsLogged/2:maxAttemptsLogged/2],
 				fmt.Sprintf("... %d more ...", n-maxAttemptsLogged)), attempts[n-maxAttemptsLogged/2:]...)
 		}
-		s.logger().Warn("no backend for new session: resetting the app's connection", "budget", s.backend.Config.ConnectBudget.Duration, "attempts", attempts)
+		s.logger().Warn("no backend for new session: resetting the app's connection", "budget", s.backend.Config.ConnectBudget.Duration.String(), "attempts", attempts)
 	}
 	s.abort(SideBackend, PhaseConnect, err, "no_backend", srv)
 	return err

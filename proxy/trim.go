@@ -80,7 +80,7 @@ func (m *memTrim) check() {
 	m.lastTrim = now
 	m.mu.Unlock()
 	m.free() // the next one is trimGap away
-	m.log.Debug("gave memory back to the OS after a burst of sessions went idle", "sessions", slept, "took", time.Since(now))
+	m.log.Debug("gave memory back to the OS after a burst of sessions went idle", "sessions", slept, "took", time.Since(now).String())
 }
 
 // stop cancels a pending trim (the proxy is shutting down).
