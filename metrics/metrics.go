@@ -18,7 +18,7 @@ import (
 // and server addresses only, never from client addresses.
 type Metrics struct {
 	SessionsActive   *prometheus.GaugeVec     // listener, backend
-	SessionsIdle     *prometheus.GaugeVec     // listener, backend (set at scrape time)
+	SessionsIdle     *prometheus.GaugeVec     // listener, backend (set every second, 0 from the start for each pair the config can make)
 	SessionsTotal    *prometheus.CounterVec   // listener, backend, service, outcome
 	SessionsRejected *prometheus.CounterVec   // listener, reason
 	SessionWait      *prometheus.HistogramVec // listener

@@ -14,6 +14,7 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	dto "github.com/prometheus/client_model/go"
 
 	"github.com/tnsguard/tnsguard/metrics"
@@ -352,6 +353,23 @@ func TestSessionsIdle(t *testing.T) {
 	quiet.Write([]byte("y"))
 	io.ReadFull(quiet, make([]byte, 1))
 	waitFor(t, 3*time.Second, "tnsguard_sessions_idle back to 0", func() bool { return idle() == 0 })
+}
+
+// Every listener/backend pair the config can make has its
+// tnsguard_sessions_idle series from the start, at 0, like the other
+// per-listener series: a dashboard's idle panel shows 0, not "no data".
+func TestSessionsIdleSeriesBeforeAnySession(t *testing.T) {
+	sales, orders := newServer(t, sayName("S")), newServer(t, sayName("O"))
+	h := startProxy(t, routesConfig(sales.address, orders.address))
+	want := `
+# HELP tnsguard_sessions_idle Open sessions that moved no byte either way for over a minute (pooled, or leaked).
+# TYPE tnsguard_sessions_idle gauge
+tnsguard_sessions_idle{backend="orders-db",listener="l"} 0
+tnsguard_sessions_idle{backend="sales-db",listener="l"} 0
+`
+	waitFor(t, 3*time.Second, "a series per pair", func() bool {
+		return testutil.GatherAndCompare(h.reg, strings.NewReader(want), "tnsguard_sessions_idle") == nil
+	})
 }
 
 func TestSessionsIdleReal(t *testing.T) {

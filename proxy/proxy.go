@@ -409,7 +409,8 @@ func (p *Proxy) housekeeping(ctx context.Context) {
 		if p.cfg != nil {
 			for _, lc := range p.cfg.Listeners {
 				for _, b := range lc.Backends() {
-					reachable[key{lc.Name, b}] = true
+					k := key{lc.Name, b}
+					reachable[k], seen[k] = true, true // 0 before a session came: a dashboard shows 0, not "no data"
 				}
 			}
 		}
