@@ -7,6 +7,8 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net"
+	"strconv"
 	"time"
 
 	"github.com/tnsguard/tnsguard/config"
@@ -61,6 +63,8 @@ func Command(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return usage(fmt.Sprintf("-max %v is below the shortest idle time checked (%v)", *maxIdle, ladderStart))
 	case *parallel < 2:
 		return usage(fmt.Sprintf("-parallel %d: need at least 2 connections", *parallel))
+	case *target != "" && !hostPort(*target):
+		return usage(fmt.Sprintf("-target %q: give HOST:PORT", *target))
 	case *cfgPath != "":
 		addr, err := backendAddress(*cfgPath, *backend)
 		if err != nil {
@@ -124,4 +128,15 @@ func backendAddress(path, name string) (string, error) {
 		return "", fmt.Errorf("%s: backend %q has no server", path, b.Name)
 	}
 	return b.Servers[0].Address, nil
+}
+
+// hostPort tells whether s reads as HOST:PORT with a port number in range
+// (the host may be a name).
+func hostPort(s string) bool {
+	host, port, err := net.SplitHostPort(s)
+	if err != nil || host == "" {
+		return false
+	}
+	n, err := strconv.ParseUint(port, 10, 16)
+	return err == nil && n > 0
 }

@@ -328,7 +328,9 @@ func TestCommandUsageErrors(t *testing.T) {
 		{[]string{"-max", "soon"}, 2, "invalid value"},
 		{[]string{"-target", "127.0.0.1:1", "-max", "0s"}, 2, "give a positive time"}, // it ran for the 2h default
 		{[]string{"-h"}, 2, "usage: tnsguard probe -target HOST:PORT"},
-		{[]string{"-target", "nohostport"}, 1, "missing port"},
+		{[]string{"-target", "nohostport"}, 2, "give HOST:PORT"}, // exited 1, as if the target were down
+		{[]string{"-target", "db:0"}, 2, "give HOST:PORT"},
+		{[]string{"-target", "db:99999"}, 2, "give HOST:PORT"},
 		{[]string{"-target", "127.0.0.1:1", "-max", "500ms"}, 2, "below the shortest idle"},
 		{[]string{"-target", "127.0.0.1:1", "-parallel", "1"}, 2, "at least 2"},
 		{[]string{"-target", "127.0.0.1:1", "-parallel", "-3"}, 2, "at least 2"},

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"time"
 
@@ -47,6 +48,16 @@ func healthcheckCommand(args []string, stdout, stderr io.Writer) int {
 	}
 	if code := noArgs(fs, stderr); code != 0 {
 		return code
+	}
+	// Usage errors exit 2, so that a HEALTHCHECK or script with a typo is
+	// not taken for an instance that is not ready (1).
+	if *timeout <= 0 {
+		fmt.Fprintf(stderr, "tnsguard healthcheck: -timeout %v: give a positive time, such as 3s\n", *timeout)
+		return 2
+	}
+	if _, port, err := net.SplitHostPort(*addr); err != nil || port == "" {
+		fmt.Fprintf(stderr, "tnsguard healthcheck: -admin %q: give HOST:PORT of the admin listener\n", *addr)
+		return 2
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), *timeout)
 	defer cancel()

@@ -76,7 +76,11 @@ func noArgs(fs *flag.FlagSet, stderr io.Writer) int {
 	if fs.NArg() == 0 {
 		return 0
 	}
-	fmt.Fprintf(stderr, "%s: unexpected argument %q (a file is given as -config FILE, flags first)\n", fs.Name(), fs.Arg(0))
+	hint := ""
+	if fs.Lookup("config") != nil {
+		hint = " (a file is given as -config FILE, flags first)"
+	}
+	fmt.Fprintf(stderr, "%s: unexpected argument %q%s\n", fs.Name(), fs.Arg(0), hint)
 	return 2
 }
 

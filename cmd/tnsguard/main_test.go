@@ -35,6 +35,11 @@ func TestCheckExitCodes(t *testing.T) {
 		{[]string{"version", "extra"}, 2, "", "tnsguard version: unexpected argument \"extra\"\n"},
 		{[]string{"bogus"}, 2, "", "tnsguard: unknown command \"bogus\"\n\n" + usage},
 		{[]string{"check", "-config", "../../configs/tnsguard.toml"}, 0, "../../configs/tnsguard.toml: OK\n", ""},
+		{[]string{"check", "x.toml"}, 2, "", "tnsguard check: unexpected argument \"x.toml\" (a file is given as -config FILE, flags first)\n"},
+		// Usage errors exit 2, not 1 (not ready): a HEALTHCHECK with a typo says so.
+		{[]string{"healthcheck", "x"}, 2, "", "tnsguard healthcheck: unexpected argument \"x\"\n"},
+		{[]string{"healthcheck", "-timeout", "0s"}, 2, "", "tnsguard healthcheck: -timeout 0s: give a positive time, such as 3s\n"},
+		{[]string{"healthcheck", "-admin", "nope"}, 2, "", "tnsguard healthcheck: -admin \"nope\": give HOST:PORT of the admin listener\n"},
 	} {
 		t.Run(strings.Join(tc.args, " "), func(t *testing.T) {
 			var stdout, stderr bytes.Buffer
