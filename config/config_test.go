@@ -121,6 +121,13 @@ func TestErrors(t *testing.T) {
 		// A mistyped address passed as a host name, and failed at run time.
 		{"a mistyped address", strings.Replace(minimal, `address = "127.0.0.1:1521"`, `address = "10.0.0.256:1521"`, 1),
 			[]string{`bad.toml: backend "orders": server "10.0.0.256:1521": address: "10.0.0.256:1521": "10.0.0.256" is not an IP address`}},
+		// check said OK to both; every dial failed at run time, and the
+		// refusal list could never match.
+		{"a server on port 0", strings.Replace(minimal, `address = "127.0.0.1:1521"`, `address = "127.0.0.1:0"`, 1),
+			[]string{`bad.toml: backend "orders": server "127.0.0.1:0": address: port 0 cannot be dialed`}},
+		{"an ORA number out of range", strings.Replace(minimal, `name = "orders"
+  [[backend.server]]`, "name = \"orders\"\nrefuse_errors = [12514, 99999999999]\n  [[backend.server]]", 1),
+			[]string{`bad.toml: backend "orders": refuse_errors: 99999999999 is not an ORA error number (1 to 99999)`}},
 		{"a user timeout under a millisecond", minimal + "  [backend.keepalive]\n  user_timeout = \"500us\"\n",
 			[]string{`bad.toml: backend "orders": keepalive.user_timeout 500µs: the kernel counts whole milliseconds; use at least 1ms, or 0s for the kernel's default`}},
 		{"a health interval of 1ns", minimal + "  [backend.health]\n  interval = \"1ns\"\n  timeout = \"1ns\"\n",

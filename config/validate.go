@@ -187,8 +187,8 @@ func (b *Backend) validate() (errs, warnings []string) {
 		}
 	}
 	for _, code := range b.RefuseErrors {
-		if code <= 0 {
-			add("refuse_errors: %d is not an ORA error number", code)
+		if code <= 0 || code > 99999 {
+			add("refuse_errors: %d is not an ORA error number (1 to 99999)", code)
 		}
 	}
 	if *b.ReplayBytes < 0 || *b.ReplayBytes > 16<<20 {
@@ -247,6 +247,8 @@ func (b *Backend) validate() (errs, warnings []string) {
 		usable = usable || *s.Weight > 0
 		if err := checkHostPort(s.Address); err != nil {
 			add("server %q: address: %v", s.Address, err)
+		} else if _, port, _ := net.SplitHostPort(s.Address); strings.Trim(port, "0") == "" {
+			add("server %q: address: port 0 cannot be dialed", s.Address)
 		} else if seen[serverKey(s.Address)] {
 			add("server %q: defined twice", s.Address)
 		}
