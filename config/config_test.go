@@ -443,3 +443,26 @@ name = "via-front"
 		t.Errorf("a chain through another listener refused: %v", err)
 	}
 }
+
+// A path_idle_timeout under 3s alone gets a warning about itself, not one
+// that blames an idle the user never wrote.
+func TestShortPathIdleTimeoutWarnsAboutItself(t *testing.T) {
+	for _, p := range []string{"1s", "2s", "3s"} {
+		text := strings.Replace(minimal, `name = "orders"
+  [[`, `name = "orders"
+  [backend.keepalive]
+  path_idle_timeout = "`+p+`"
+  [[`, 1)
+		_, warnings, err := Parse([]byte(text), "w.toml")
+		if err != nil {
+			t.Fatal(err)
+		}
+		var want []string
+		if p != "3s" {
+			want = []string{`w.toml: backend "orders": keepalive.path_idle_timeout ` + p + `: keepalive counts whole seconds, so the idle 1s and interval 1s derived from it cannot refresh a path this short in time; 3s is the shortest it can serve`}
+		}
+		if strings.Join(warnings, "\n") != strings.Join(want, "\n") {
+			t.Errorf("path_idle_timeout %s: got:\n%s\nwant:\n%s", p, strings.Join(warnings, "\n"), strings.Join(want, "\n"))
+		}
+	}
+}
