@@ -3,6 +3,7 @@ package proxy
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"os"
@@ -16,14 +17,22 @@ var (
 	ErrReplayOverflow = errors.New("opening bytes exceeded replay_bytes: cannot re-dial")
 	// ErrNoBackend: no server answered within connect_budget.
 	ErrNoBackend = errors.New("no backend server answered within connect_budget")
-	// ErrDrained: the session outlived the drain timeout at shutdown.
-	ErrDrained = errors.New("closed at shutdown after the drain timeout")
+	// ErrDrained: the session outlived the drain at shutdown (errDrainTimeout,
+	// errDrainCut say which end of it).
+	ErrDrained = errors.New("closed at shutdown")
 	// ErrIdleTimeout: no byte moved either way for the listener's idle_timeout.
 	ErrIdleTimeout = errors.New("idle longer than idle_timeout")
 	// ErrBadOpening: the backend ended or never answered an opening that no
 	// listener can answer (a TNS CONNECT cut short or malformed): the app's
 	// doing, so the server is not blamed and nothing is re-dialed.
 	ErrBadOpening = errors.New("the app's opening is not a whole, well-formed TNS CONNECT")
+)
+
+// How a drain ended the sessions it closed: its timeout, or a second
+// signal (Hurry) before it.
+var (
+	errDrainTimeout = fmt.Errorf("%w after the drain timeout", ErrDrained)
+	errDrainCut     = fmt.Errorf("%w: a second signal cut the drain short", ErrDrained)
 )
 
 // Side is the leg of a session that failed.

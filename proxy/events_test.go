@@ -493,3 +493,37 @@ connect_timeout = "100ms"
 		}
 	}
 }
+
+// A session that a drain closes is logged with what ended it: the drain
+// timeout, or a second signal that cut the drain short (it said "after
+// the drain timeout" either way). Both count as tnsguard's own end, on the
+// app's side, as idle_timeout's does.
+func TestDrainCloseSaysWhatEndedIt(t *testing.T) {
+	for _, cut := range []bool{false, true} {
+		be := newBackend(t, echo)
+		h, logs := startProxyLog(t, oneBackendConfig(be.addr()))
+		c := h.dial("l")
+		echoed(t, c, "x")
+		drain, want := 200*time.Millisecond, "closed at shutdown after the drain timeout"
+		if cut {
+			drain, want = time.Minute, "closed at shutdown: a second signal cut the drain short"
+		}
+		done := make(chan struct{})
+		go func() {
+			h.p.Shutdown(0, drain)
+			close(done)
+		}()
+		if cut {
+			waitFor(t, 2*time.Second, "the drain to start", func() bool { return strings.Contains(logs.String(), "stopped accepting") })
+			h.p.Hurry()
+		}
+		select {
+		case <-done:
+		case <-time.After(5 * time.Second):
+			t.Fatal("Shutdown did not return")
+		}
+		if lines := logs.lines("session reset", "cause=proxy", "side=client", want); len(lines) != 1 {
+			t.Errorf("cut %v: want one reset line with %q:\n%s", cut, want, logs.String())
+		}
+	}
+}

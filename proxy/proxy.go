@@ -328,15 +328,17 @@ func (p *Proxy) shutdown(grace, drainTimeout time.Duration, log hclog.Logger) {
 	default:
 		rest := p.liveSessions()
 		closed = len(rest)
-		why := "drain timeout"
+		why, end := "drain timeout", errDrainTimeout
 		select {
 		case <-p.hurry:
-			why = "drain cut short"
+			why, end = "drain cut short", errDrainCut
 		default:
 		}
 		log.Warn(why+": closing the sessions left", "sessions", closed)
+		// tnsguard's own end, counted on the app's side (as idle_timeout's)
+		// with cause proxy.
 		for _, s := range rest {
-			s.abort(SideClient, s.phaseNow(SideClient), ErrDrained, "closed", nil)
+			s.abort(SideClient, s.phaseNow(SideClient), end, "closed", nil)
 		}
 		// Connections not yet sessions (a PROXY header still coming)
 		// end too.
@@ -350,7 +352,7 @@ func (p *Proxy) shutdown(grace, drainTimeout time.Duration, log hclog.Logger) {
 				waiting = false
 			case <-time.After(50 * time.Millisecond):
 				for _, s := range p.liveSessions() {
-					s.abort(SideClient, s.phaseNow(SideClient), ErrDrained, "closed", nil)
+					s.abort(SideClient, s.phaseNow(SideClient), end, "closed", nil)
 				}
 			}
 		}
