@@ -49,6 +49,7 @@ type session struct {
 	lastActive  atomic.Int64 // nanoseconds since start of the last chunk moved
 	resumedAt   atomic.Int64 // when bytes last moved after a pause of over a second
 	pauseBefore atomic.Int64 // that pause
+	lostPause   atomic.Int64 // a pause that phaseNow found the path was lost in (idle at the end)
 	idleAtEnd   time.Duration
 	toBackend   atomic.Int64
 	toClient    atomic.Int64
@@ -956,7 +957,8 @@ func (s *session) phaseNow(side Side) Phase {
 		return PhaseActive
 	}
 	if infoErr == nil && info.Retrying > 0 {
-		if s.lostInPause(info.LastAckRecv) {
+		if pause, lost := s.lostInPause(info.LastAckRecv); lost {
+			s.lostPause.Store(int64(pause)) // the idle this end reports
 			return PhaseIdle
 		}
 		return PhaseActive
@@ -973,15 +975,15 @@ func (s *session) phaseNow(side Side) Phase {
 // earliest, so a probe answered in the pause leaves the peer's silence
 // at least that much shorter than the pause; the slack allows for a
 // delayed ACK of the bytes before the pause.
-func (s *session) lostInPause(ackAgo time.Duration) bool {
+func (s *session) lostInPause(ackAgo time.Duration) (time.Duration, bool) {
 	resumed := time.Duration(s.resumedAt.Load())
 	pause := time.Duration(s.pauseBefore.Load())
 	if resumed == 0 || pause <= 0 {
-		return false // no pause of over a second
+		return 0, false // no pause of over a second
 	}
 	sinceResume := time.Since(s.start) - resumed
 	silence := ackAgo - sinceResume // the peer's silence up to the resume
-	return silence >= pause-min(500*time.Millisecond, pause/2)
+	return pause, silence >= pause-min(500*time.Millisecond, pause/2)
 }
 
 // openingPhaseLocked is the phase of a session not established yet:
@@ -1002,6 +1004,12 @@ func (s *session) abort(side Side, phase Phase, err error, outcome string, srv *
 	s.endOnce.Do(func() {
 		s.end = &sessionEnd{side: side, phase: phase, err: err, outcome: outcome}
 		s.idleAtEnd = s.idleBeforeEnd()
+		if p := s.lostPause.Load(); p > 0 && phase == PhaseIdle {
+			// Bytes that resumed a pause were lost: the session was idle
+			// for the pause, not for the user timeout that followed (the
+			// advice derives path_idle_timeout from this).
+			s.idleAtEnd = time.Duration(p)
+		}
 		s.mu.Lock()
 		if s.cancel != nil {
 			s.cancel()

@@ -2,6 +2,7 @@ package lab
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"math"
@@ -229,7 +230,8 @@ func TestLabQueryAfterTheFirewallForgot(t *testing.T) {
 	db := keepalive{Idle: "20s", Interval: "1s", Count: 3, UserTimeout: "4s"} // idle too long for this firewall
 	guard := startGuard(t, lab, link{Name: "orders", Listen: guardAddr, Servers: []string{lab.DBAddr(dbPort)}, App: appKeepalive, DB: db})
 	conns := dialN(t, lab.App, guardAddr, 2)
-	time.Sleep(5 * time.Second) // the firewall forgets the database legs after 3 s
+	const pause = 7 * time.Second
+	time.Sleep(pause) // the firewall forgets the database legs after 3 s
 
 	t0 := time.Now()
 	res := make([]ended, len(conns))
@@ -250,6 +252,22 @@ func TestLabQueryAfterTheFirewallForgot(t *testing.T) {
 	}
 	if log := guard.Log(); !strings.Contains(log, "sessions on this link die while idle") {
 		t.Errorf("no keepalive advice in the log:\n%s", log)
+	}
+	// The session was idle for the pause, not for the user timeout that
+	// followed the query: that is the idle the advice and /api/resets give.
+	code, body, err := guard.Get("/api/resets")
+	var got struct {
+		Resets []struct {
+			Idle float64 `json:"idle_seconds"`
+		} `json:"resets"`
+	}
+	if err != nil || code != 200 || json.Unmarshal(body, &got) != nil || len(got.Resets) != 2 {
+		t.Fatalf("/api/resets: %d %s %v", code, body, err)
+	}
+	for _, ev := range got.Resets {
+		if ev.Idle < pause.Seconds()-0.5 || ev.Idle > pause.Seconds()+1 {
+			t.Errorf("idle_seconds %.1f, want the pause, %v", ev.Idle, pause)
+		}
 	}
 }
 
