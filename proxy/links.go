@@ -27,6 +27,7 @@ type link struct {
 	resets        map[string]uint64 // by cause
 	redials       uint64
 	lastReset     time.Time
+	outlived      [2]time.Duration // per leg: the longest pause a session that ended answered after
 }
 
 func (p *Proxy) linkFor(listener, backend, server string) *link {
@@ -85,12 +86,31 @@ func (l *link) removeLive(s *session, info keepalive.Info, err error) {
 		return
 	}
 	delete(l.live, s)
+	for i := range l.outlived {
+		l.outlived[i] = max(l.outlived[i], time.Duration(s.survived[i].Load()))
+	}
 	if err == nil {
 		l.closedRetrans += uint64(info.Retransmits)
 		if info.RTT > 0 {
 			l.lastRTT, l.lastRTTAt, l.hasRTT = info.RTT, time.Now(), true
 		}
 	}
+}
+
+// survived is the longest pause after which side's path answered, on
+// any session of this link, live or ended; 0 for a nil link.
+func (l *link) survived(side Side) time.Duration {
+	if l == nil {
+		return 0
+	}
+	i := legIndex(side)
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	d := l.outlived[i]
+	for s := range l.live {
+		d = max(d, time.Duration(s.survived[i].Load()))
+	}
+	return d
 }
 
 func (l *link) redial() {

@@ -46,10 +46,11 @@ type session struct {
 	ctx    context.Context
 	cancel context.CancelFunc
 
-	lastActive  atomic.Int64 // nanoseconds since start of the last chunk moved
-	resumedAt   atomic.Int64 // when bytes last moved after a pause of over a second
-	pauseBefore atomic.Int64 // that pause
-	lostPause   atomic.Int64 // a pause that phaseNow found the path was lost in (idle at the end)
+	lastActive  atomic.Int64    // nanoseconds since start of the last chunk moved
+	resumedAt   atomic.Int64    // when bytes last moved after a pause of over a second
+	pauseBefore atomic.Int64    // that pause
+	lostPause   atomic.Int64    // a pause that phaseNow found the path was lost in (idle at the end)
+	survived    [2]atomic.Int64 // per leg (legIndex): the longest pause it answered after
 	idleAtEnd   time.Duration
 	toBackend   atomic.Int64
 	toClient    atomic.Int64
@@ -134,11 +135,17 @@ func (s *session) idleFor() time.Duration {
 // touch marks bytes moving now. A pause of over a second before them is
 // kept: a middlebox that forgot the session during the pause resets it on
 // these very bytes, and that death belongs to the pause (idle phase).
-func (s *session) touch() {
+//
+// Bytes from a leg after a pause show that its path outlived the pause:
+// survived keeps the longest such pause per leg, which phaseNow weighs.
+func (s *session) touch(from Side) {
 	now := int64(time.Since(s.start))
 	if prev := s.lastActive.Swap(now); now-prev > int64(time.Second) {
 		s.resumedAt.Store(now)
 		s.pauseBefore.Store(now - prev)
+	}
+	if p, sv := s.pauseBefore.Load(), &s.survived[legIndex(from)]; p > sv.Load() {
+		sv.Store(p)
 	}
 }
 
@@ -641,7 +648,7 @@ func (s *session) establish(first []byte, srv *failover.Server, plan *failover.P
 	n, err := s.client.Write(first)
 	s.toClient.Add(int64(n))
 	s.series.bytesDown.Add(float64(n))
-	s.touch()
+	s.touch(SideBackend)
 	if err != nil {
 		// The app is gone; the backend connection stays attached and is
 		// closed by the normal end below.
@@ -660,7 +667,7 @@ func (s *session) clientToBackend() *pumpErr {
 	p, err := newPump(s.client, nil, s.p.pool, func(n int) {
 		s.toBackend.Add(int64(n))
 		s.series.bytesUp.Add(float64(n))
-		s.touch()
+		s.touch(SideClient)
 	})
 	if err != nil {
 		return &pumpErr{err: err}
@@ -756,7 +763,7 @@ func (s *session) openingBytes(b []byte) error {
 	} else {
 		s.series.bytesUp.Add(float64(len(b)))
 	}
-	s.touch()
+	s.touch(SideClient)
 	s.toBackend.Add(int64(len(b)))
 	conn, est := s.conn, s.established
 	s.openingSent = s.openingSent || conn != nil
@@ -784,7 +791,7 @@ func (s *session) pumpBackendToClient() *pumpErr {
 	p, err := newPump(conn, s.client, s.p.pool, func(n int) {
 		s.toClient.Add(int64(n))
 		s.series.bytesDown.Add(float64(n))
-		s.touch()
+		s.touch(SideBackend)
 	})
 	if err != nil {
 		return &pumpErr{err: err}
@@ -937,7 +944,7 @@ func (s *session) currentServer() *failover.Server {
 // resumed it), and the end is idle.
 func (s *session) phaseNow(side Side) Phase {
 	s.mu.Lock()
-	est, backend, opening := s.established, s.backend, s.openingPhaseLocked()
+	est, backend, opening, lk := s.established, s.backend, s.openingPhaseLocked(), s.link
 	var info keepalive.Info
 	infoErr := net.ErrClosed
 	if est {
@@ -957,7 +964,7 @@ func (s *session) phaseNow(side Side) Phase {
 		return PhaseActive
 	}
 	if infoErr == nil && info.Retrying > 0 {
-		if pause, lost := s.lostInPause(info.LastAckRecv); lost {
+		if pause, lost := s.lostInPause(info.LastAckRecv); lost && pause > lk.survived(side) {
 			s.lostPause.Store(int64(pause)) // the idle this end reports
 			return PhaseIdle
 		}
@@ -970,7 +977,11 @@ func (s *session) phaseNow(side Side) Phase {
 }
 
 // lostInPause tells whether the peer, last heard ackAgo ago, had answered
-// nothing since before the last pause (of over a second) ended. Keepalive
+// nothing since before the last pause (of over a second) ended. phaseNow
+// blames that pause only if it is longer than any pause the leg's path
+// (this link's, any of its sessions') was seen to outlive: a path that
+// answered after longer pauses does not forget flows this soon, and the
+// bytes went into a cut instead. Keepalive
 // probes are acknowledged one idle (at least 1 s) into a pause at the
 // earliest, so a probe answered in the pause leaves the peer's silence
 // at least that much shorter than the pause; the slack allows for a

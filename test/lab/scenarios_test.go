@@ -217,6 +217,46 @@ func TestLabBlackHoleLiveFlow(t *testing.T) {
 	t.Logf("resets:\n%s", m.Dump("tnsguard_resets_total"))
 }
 
+// A query into a cable cut after a pause that the path has outlived before
+// (the same sessions answered after a longer one) is an active end, though
+// keepalive sent no probe in the pause: a path that kept flows through longer
+// pauses did not forget this one. No advice.
+func TestLabQueryIntoACutAfterAnOutlivedPause(t *testing.T) {
+	t.Parallel()
+	requireGuard(t)
+	lab := netlab.New(t, netlab.Config{EstablishedTimeout: 60 * time.Second, Stale: netlab.StaleDrop})
+	lab.StartEcho(t, lab.DB, fmt.Sprintf(":%d", dbPort))
+	db := keepalive{Idle: "20s", Interval: "1s", Count: 3, UserTimeout: "4s"} // no probe in these pauses
+	guard := startGuard(t, lab, link{Name: "orders", Listen: guardAddr, Servers: []string{lab.DBAddr(dbPort)}, App: appKeepalive, DB: db})
+	conns := dialN(t, lab.App, guardAddr, 2)
+	time.Sleep(3 * time.Second)
+	if errs := roundTripAll(conns, 3*time.Second); countOK(errs) != len(conns) {
+		t.Fatalf("round trips after 3 s: %v", describe(errs))
+	}
+	time.Sleep(2 * time.Second)
+	lab.BlackHolePort(t, dbPort)
+	t0 := time.Now()
+	res := make([]ended, len(conns))
+	var wg sync.WaitGroup
+	for i, c := range conns {
+		wg.Go(func() { res[i] = waitEnd(c, []byte("query into the cut\n"), t0, 20*time.Second) })
+	}
+	wg.Wait()
+	for i, r := range res {
+		t.Logf("session %d: ended after %v: %v", i, r.after.Round(time.Millisecond), netlab.Classify(r.err))
+		if !errors.Is(r.err, syscall.ECONNRESET) {
+			t.Errorf("session %d: want the app's connection reset, got %v after %v", i, r.err, r.after)
+		}
+	}
+	m := guard.Metrics(t)
+	if got, _ := m.Sum("tnsguard_resets_total", netlab.Labels{"side": "backend", "cause": "timeout", "phase": "active"}); got != 2 {
+		t.Errorf("tnsguard_resets_total{side=backend,cause=timeout,phase=active} = %v, want 2\n%s", got, m.Dump("tnsguard_resets_total"))
+	}
+	if log := guard.Log(); strings.Contains(log, "sessions on this link die while idle") {
+		t.Errorf("keepalive advice for a cable cut:\n%s", log)
+	}
+}
+
 // A query sent after a pause in which the firewall forgot the flow (the
 // database leg's keepalive idle is longer than the firewall's timeout) is
 // dropped, retransmitted and timed out, like a query into a cable cut. But
