@@ -96,6 +96,35 @@ func cutConnect(t testing.TB) map[string][]byte {
 	}
 }
 
+// Connect data that does not parse, though its parentheses pair up (or it
+// has none), is no more a whole CONNECT than a cut-short one: the listener
+// drops it, and no server is blamed or dialed after it. Only a driver's
+// unescaped CID values are let through (TestUnparseableDescriptionStillFailsOver).
+func TestMalformedBalancedConnectCostsOnlyItsConnection(t *testing.T) {
+	for _, desc := range []string{"garbage", "()", "(DESCRIPTION=(CONNECT_DATA=(SERVICE_NAME=SALES))(=x))"} {
+		t.Run(desc, func(t *testing.T) {
+			primary := tnstest.New(t, tnstest.Config{Mode: tnstest.Accept})
+			standby := tnstest.New(t, tnstest.Config{Mode: tnstest.Accept})
+			h := startProxy(t, hostileConfig("  [backend.breaker]\n  failures = 1", primary.Addr()+";0", standby.Addr()+";1"))
+			b, err := tns.BuildConnect(desc)
+			if err != nil {
+				t.Fatal(err)
+			}
+			c := h.dial("l")
+			c.Write(b)
+			readErr(c, 5*time.Second)
+			c.Close()
+			time.Sleep(300 * time.Millisecond) // for a wrong re-dial to happen
+			if v := testutil.ToFloat64(h.m.BreakerState.WithLabelValues("b", primary.Addr())); v != metrics.BreakerClosed {
+				t.Errorf("the preferred server's breaker is %v, want closed: a malformed CONNECT was held against it", v)
+			}
+			if n := standby.Accepted(); n != 0 {
+				t.Errorf("the standby was dialed %d times for a CONNECT no listener reads", n)
+			}
+		})
+	}
+}
+
 // A client whose opening looks like a TNS CONNECT but is cut short, lies
 // about its lengths or is malformed, and that then waits, gets its own
 // connection closed at connect_budget (or at once when the listener drops

@@ -91,11 +91,12 @@ func (s *session) openingUnfinishedLocked(silent bool) bool {
 		return listener
 	}
 	info, err := tns.ParseConnectData(b)
-	if errors.Is(err, tns.ErrDescription) && balancedParens(info.ConnectData) {
-		// Framing complete and the text closes: a driver's unescaped CID
-		// (go-ora's os.Args[0]: C:\Program Files (x86)\app.exe) is a
-		// CONNECT a listener answers, whatever tnsguard's parser says.
-		return false
+	if errors.Is(err, tns.ErrDescription) {
+		// A driver's unescaped CID (go-ora's os.Args[0]: C:\Program
+		// Files (x86)\app.exe) is a CONNECT a listener answers. Nothing
+		// else that fails to parse is: "()" or garbage would have every
+		// server blamed in turn, and their circuits opened by one app.
+		_, err = tns.ParseDescriptionCID(info.ConnectData)
 	}
 	return err != nil // text that does not parse here does not at the listener either
 }
@@ -306,20 +307,4 @@ func (s *session) switchBackend(b *failover.Backend) {
 	s.mu.Lock()
 	s.backend, s.series = b, series
 	s.mu.Unlock()
-}
-
-// balancedParens reports whether every '(' in s is closed.
-func balancedParens(s string) bool {
-	depth := 0
-	for i := 0; i < len(s); i++ {
-		switch s[i] {
-		case '(':
-			depth++
-		case ')':
-			if depth--; depth < 0 {
-				return false
-			}
-		}
-	}
-	return depth == 0
 }

@@ -308,6 +308,66 @@ func LooseService(data string) string {
 	return ""
 }
 
+// ParseDescriptionCID parses connect data as ParseDescription does, except
+// that parentheses inside the values of CID's PROGRAM, HOST and USER are
+// taken as text as long as they pair up within the value. Drivers write
+// those values unescaped (go-ora: os.Args[0], such as
+// C:\Program Files (x86)\app.exe), and a listener takes such a CONNECT. Any
+// other fault still fails: a CONNECT that parses only so is a whole one.
+func ParseDescriptionCID(s string) (Description, error) {
+	upper := asciiUpper(s)
+	b := []byte(s)
+	for _, key := range []string{"(PROGRAM", "(HOST", "(USER"} {
+		for i := strings.Index(upper, key); i >= 0; {
+			j := i + len(key)
+			for j < len(b) && isSpace(b[j]) {
+				j++
+			}
+			if j < len(b) && b[j] == '=' {
+				maskValue(b[j+1:])
+			}
+			next := strings.Index(upper[i+1:], key)
+			if next < 0 {
+				break
+			}
+			i += 1 + next
+		}
+	}
+	d, err := ParseDescription(string(b))
+	if err != nil {
+		return Description{}, err
+	}
+	return d, nil
+}
+
+// maskValue turns the parentheses that pair up inside the value at the
+// start of v into brackets, up to the ')' that ends the value. A value
+// whose parentheses do not pair up is left as it is.
+func maskValue(v []byte) {
+	depth := 0
+	var opened []int
+	for i, c := range v {
+		switch c {
+		case '(':
+			depth++
+			opened = append(opened, i)
+		case ')':
+			if depth == 0 {
+				for _, k := range opened {
+					v[k] = '['
+				}
+				for k := range v[:i] {
+					if v[k] == ')' {
+						v[k] = ']'
+					}
+				}
+				return
+			}
+			depth--
+		}
+	}
+}
+
 // asciiUpper upper-cases a-z only, one byte for one: strings.ToUpper
 // changes lengths (an invalid byte becomes a 3-byte U+FFFD), so its
 // offsets would not index the original.

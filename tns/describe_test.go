@@ -159,3 +159,31 @@ func TestLooseService(t *testing.T) {
 		t.Errorf("ParseConnectData of a whole CONNECT with odd text: %v, want ErrDescription", err)
 	}
 }
+
+// go-ora writes os.Args[0] into CID unescaped: parentheses that pair up
+// inside CID's PROGRAM, HOST and USER are text. Nothing else is let
+// through.
+func TestParseDescriptionCID(t *testing.T) {
+	for _, tc := range []struct {
+		in, program string
+		ok          bool
+	}{
+		{`(DESCRIPTION=(CONNECT_DATA=(SERVICE_NAME=SALES)(CID=(PROGRAM=C:\Program Files (x86)\app.exe)(HOST=w)(USER=u)))(ADDRESS=(PROTOCOL=TCP)(HOST=x)(PORT=1)))`, `C:\Program Files [x86]\app.exe`, true},
+		{`(DESCRIPTION=(CONNECT_DATA=(SERVICE_NAME=SALES)(CID=(PROGRAM=app)(HOST=box (2))(USER=a(b)c))))`, `app`, true},
+		{`(DESCRIPTION=(CONNECT_DATA=(SERVICE_NAME=SALES)(CID=(PROGRAM=app.exe)(HOST=w)(USER=u))))`, `app.exe`, true},
+		{`garbage`, ``, false},
+		{`()`, ``, false},
+		{`(DESCRIPTION=(CONNECT_DATA=(SERVICE_NAME=SALES))(=x))`, ``, false},
+		{`(DESCRIPTION=(CONNECT_DATA=(SERVICE_NAME=SA(LES)))`, ``, false},                              // not a CID value
+		{`(DESCRIPTION=(CONNECT_DATA=(SERVICE_NAME=SALES)(CID=(PROGRAM=C:\a(b\app.exe))))`, ``, false}, // does not pair up
+	} {
+		d, err := tns.ParseDescriptionCID(tc.in)
+		if (err == nil) != tc.ok {
+			t.Errorf("%s: error %v, want ok %v", tc.in, err, tc.ok)
+			continue
+		}
+		if err == nil && (d.Program() != tc.program || d.ServiceName() != "SALES") {
+			t.Errorf("%s: program %q, service %q; want %q, SALES", tc.in, d.Program(), d.ServiceName(), tc.program)
+		}
+	}
+}

@@ -101,7 +101,12 @@ func FuzzDescription(f *testing.F) {
 		if v := tns.LooseService(s); !strings.Contains(s, v) {
 			t.Fatalf("LooseService(%q) = %q, not part of it", s, v)
 		}
+		// And ParseDescriptionCID, which only ever lets more through.
+		_, cidErr := tns.ParseDescriptionCID(s)
 		d, err := tns.ParseDescription(s)
+		if err == nil && cidErr != nil {
+			t.Fatalf("%q parses, but not with CID values masked: %v", s, cidErr)
+		}
 		if err != nil {
 			return
 		}
