@@ -242,7 +242,7 @@ func (s *session) open() error {
 			if !cfg.Retries("connect") {
 				if lastRefuse != nil { // the app gets the REFUSE, not a reset
 					s.deliverRefuse(lastRefuse)
-					return s.noBackend(fmt.Errorf("%w: %w", ErrNoBackend, lastRefuse), attempts, srv)
+					return s.noBackend(fmt.Errorf("%w: %w", ErrNoBackend, lastRefuse), attempts, nil) // counted as below
 				}
 				return s.noBackend(err, attempts, srv)
 			}
@@ -318,13 +318,12 @@ func (s *session) open() error {
 		}
 		if lastRefuse != nil && !errors.Is(err, ErrRefused) {
 			// The app gets the REFUSE (its driver reports the real ORA
-			// error), and the end is counted with its cause, as when the
-			// budget ends after a refusal. %v: this failure is only told.
-			err = fmt.Errorf("%w; then %s: %v", lastRefuse, srv.Address, err)
+			// error), and the end is counted as when the budget ends after
+			// a refusal: no server took the session, none refused last.
 			s.deliverRefuse(lastRefuse)
-		} else {
-			s.deliverRefuse(err)
+			return s.noBackend(fmt.Errorf("%w: %w", ErrNoBackend, lastRefuse), attempts, nil)
 		}
+		s.deliverRefuse(err)
 		s.abort(SideBackend, PhaseOpening, err, "reset", srv)
 		return err
 	}
