@@ -305,9 +305,10 @@ func (k *Keepalive) validate() (errs, warnings []string) {
 	}
 	if p := k.PathIdleTimeout.Duration; p > 0 {
 		d := keepalive.FromPathIdle(p)
-		if derived := k.Idle.Duration == d.Idle && k.Interval.Duration == d.Interval; derived && p < 3*time.Second {
+		tooShort := d.Idle >= p || *k.Count > 1 && d.Idle+d.Interval >= p // even derived values fail it
+		if derived := k.Idle.Duration == d.Idle && k.Interval.Duration == d.Interval; derived && tooShort {
 			// Not the user's idle: whole seconds cannot serve this path.
-			warnings = append(warnings, fmt.Sprintf("path_idle_timeout %v: keepalive counts whole seconds, so the idle %v and interval %v derived from it cannot refresh a path this short in time; 3s is the shortest it can serve", p, d.Idle, d.Interval))
+			warnings = append(warnings, fmt.Sprintf("path_idle_timeout %v: keepalive counts whole seconds, so the idle %v and interval %v derived from it cannot refresh a path this short in time; above 2s it can", p, d.Idle, d.Interval))
 		} else if k.Idle.Duration >= p {
 			warnings = append(warnings, fmt.Sprintf("idle %v is not below path_idle_timeout %v: the path forgets idle sessions before the first probe", k.Idle.Duration, p))
 		} else if second := k.Idle.Duration + k.Interval.Duration; *k.Count > 1 && second >= p {
