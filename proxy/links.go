@@ -27,6 +27,7 @@ type link struct {
 	resets        map[string]uint64 // by cause
 	redials       uint64
 	lastReset     time.Time
+	carried       bool             // had a live session once: a removed server's link stays listed only then
 	outlived      [2]time.Duration // per leg: the longest pause a session that ended answered after
 }
 
@@ -75,6 +76,19 @@ func (l *link) addLive(s *session) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	l.live[s] = struct{}{}
+	l.carried = true
+}
+
+// shown tells whether the status page and the metrics still show the
+// link: configured, or it carried sessions (its history). A link that only
+// counted re-dials away from a server that a reload then removed is not.
+func (l *link) shown(configured bool) bool {
+	if configured {
+		return true
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.carried
 }
 
 // removeLive takes the backend connection's final kernel counters (read
@@ -196,10 +210,10 @@ func (p *Proxy) ServerLinks() []metrics.ServerLink {
 	agg := map[key]*acc{}
 	var order []key
 	for _, l := range p.allLinks() {
-		if l.key.server == "none" {
+		k := key{l.key.backend, l.key.server}
+		if l.key.server == "none" || !l.shown(configured[k]) {
 			continue
 		}
-		k := key{l.key.backend, l.key.server}
 		a, ok := agg[k]
 		if !ok {
 			a = &acc{sl: metrics.ServerLink{Backend: k.backend, Server: k.server}}
@@ -261,9 +275,11 @@ func (p *Proxy) Links() []LinkStatus {
 	p.mu.Lock()
 	configured := map[linkKey]bool{}
 	for _, l := range p.listeners {
-		if b := p.backends[routeFor(l.cfg(), "")]; b != nil {
-			for _, s := range b.Servers {
-				configured[linkKey{l.name, b.Config.Name, s.Address}] = true
+		for _, name := range l.cfg().Backends() { // the default and every route's
+			if b := p.backends[name]; b != nil {
+				for _, s := range b.Servers {
+					configured[linkKey{l.name, b.Config.Name, s.Address}] = true
+				}
 			}
 		}
 	}
@@ -271,8 +287,12 @@ func (p *Proxy) Links() []LinkStatus {
 	p.mu.Unlock()
 	// Configured paths that carried nothing yet are shown, not kept: a
 	// reload that drops them drops them from here too.
-	links := p.allLinks()
-	for _, l := range links {
+	all := p.allLinks()
+	links := all[:0]
+	for _, l := range all {
+		if l.shown(configured[l.key]) {
+			links = append(links, l)
+		}
 		delete(configured, l.key)
 	}
 	for k := range configured {

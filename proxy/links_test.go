@@ -91,6 +91,35 @@ func TestLinksForgetRemovedServerThatCarriedNothing(t *testing.T) {
 	}
 }
 
+// The same for a removed server that sessions were re-dialed away from: its
+// link counted the re-dials, but it never carried a session. Listed "down"
+// and with a retransmits series, it stayed for the process's life.
+func TestLinksForgetRemovedServerThatOnlyFailed(t *testing.T) {
+	live := newBackend(t, echo)
+	dead := closedPort(t)
+	cfg := strings.Replace(oneBackendConfig(dead, live.addr()), "[[backend]]\nname = \"b\"", "[[backend]]\nname = \"b\"\nbalance = \"priority\"", 1)
+	h := startProxy(t, cfg)
+	c := h.dial("l") // dials dead first (listed first), then live
+	echoed(t, c, "x")
+	c.Close()
+	if n := counter(h.m.Redials, "l", "b", "connect"); n == 0 {
+		t.Fatalf("no redial: the dead server was not dialed")
+	}
+	if err := h.p.Apply(mustParse(t, oneBackendConfig(live.addr()))); err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range h.p.Links() {
+		if l.Server == dead {
+			t.Errorf("removed server %s, which never carried a session, still listed after the reload: %+v", l.Server, l)
+		}
+	}
+	for _, sm := range h.samples(t, "tnsguard_backend_retransmits_total") {
+		if sm.labels["server"] == dead {
+			t.Errorf("tnsguard_backend_retransmits_total{server=%q} still exported after the reload removed it", dead)
+		}
+	}
+}
+
 // A removed server that carried sessions loses its RTT gauge once its last
 // session ends (its retransmits counter stays, as counters do): the
 // dashboard must not draw a server that is gone, at its last RTT, until
@@ -203,5 +232,19 @@ func TestLinkRetransmitsNeverGoBack(t *testing.T) {
 	l.closedRetrans = 9
 	if got := l.figures().retransmits; got != 9 {
 		t.Errorf("retransmits %d, want 9", got)
+	}
+}
+
+// Every backend a listener can route to has its links listed from the
+// start, not only the default route's.
+func TestLinksListEveryRoutesBackend(t *testing.T) {
+	sales, orders := newServer(t, sayName("S")), newServer(t, sayName("O"))
+	h := startProxy(t, routesConfig(sales.address, orders.address))
+	got := map[string]string{}
+	for _, l := range h.p.Links() {
+		got[l.Backend] = l.Server
+	}
+	if got["sales-db"] != sales.address || got["orders-db"] != orders.address {
+		t.Errorf("links %v, want sales-db -> %s and orders-db -> %s", got, sales.address, orders.address)
 	}
 }
