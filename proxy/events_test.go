@@ -3,6 +3,7 @@ package proxy
 import (
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"math"
 	"net"
@@ -315,6 +316,34 @@ func TestConnectWindowIsTheLastHour(t *testing.T) {
 	}
 	if p50, _, n := w.view(t0).quantiles("b", "unknown"); p50 != nil || n != 0 {
 		t.Errorf("server without dials: p50 %v, %d dials", val(p50), n)
+	}
+}
+
+// The connect history of a server a reload removed is dropped at the next
+// minute's copy: an hour of copies (about 20 KB a server) stayed for the
+// process's life, one more for every address ever configured.
+func TestConnectWindowDropsRemovedServers(t *testing.T) {
+	vec := connectVec()
+	w := newConnectWindow(vec)
+	removed := map[serverKey]bool{}
+	w.keep = func(k serverKey) bool { return !removed[k] }
+	t0 := time.Date(2025, 3, 10, 14, 0, 30, 0, time.Local)
+	for i := range 100 {
+		vec.WithLabelValues("b", fmt.Sprint("10.0.0.", i), "ok").Observe(0.01)
+	}
+	w.sample(t0)
+	if n := len(w.servers); n != 100 {
+		t.Fatalf("%d servers kept, want 100", n)
+	}
+	for i := range 99 {
+		removed[serverKey{"b", fmt.Sprint("10.0.0.", i)}] = true
+	}
+	w.sample(t0.Add(time.Minute))
+	if n := len(w.servers); n != 1 {
+		t.Errorf("%d servers kept after 99 were removed, want 1", n)
+	}
+	if _, _, n := w.view(t0.Add(time.Minute)).quantiles("b", "10.0.0.99"); n != 1 {
+		t.Errorf("the server still configured: %d dials, want 1", n)
 	}
 }
 

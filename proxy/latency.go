@@ -18,6 +18,10 @@ import (
 type connectWindow struct {
 	vec *prometheus.HistogramVec
 
+	// keep tells whether a server is still configured; the history of one
+	// that is not is dropped (nil: keep every server).
+	keep func(serverKey) bool
+
 	mu      sync.Mutex
 	lastMin int64 // unix minute of the last sample; 0 before the first
 	servers map[serverKey]*connectHistory
@@ -109,6 +113,12 @@ func (w *connectWindow) sample(now time.Time) {
 	}
 	w.lastMin = m
 	for k, h := range hists {
+		if w.keep != nil && !w.keep(k) {
+			// Removed by a reload: its hour of copies (about 20 KB) would
+			// stay for the process's life, one more per address ever used.
+			delete(w.servers, k)
+			continue
+		}
 		sh, ok := w.servers[k]
 		if !ok {
 			// First seen: it had no dial at the previous sample.

@@ -77,6 +77,7 @@ func New(log hclog.Logger, m *metrics.Metrics) *Proxy {
 		sessions: map[*session]struct{}{}, links: map[linkKey]*link{},
 		forensics: newForensics(log.Named("proxy"), m.ConnectDuration),
 	}
+	p.forensics.connect.keep = p.configuredServer
 	p.loopWG.Add(1)
 	go func() {
 		defer p.loopWG.Done()
@@ -85,6 +86,20 @@ func New(log hclog.Logger, m *metrics.Metrics) *Proxy {
 	p.parking = startParkLots(ctx, &p.loopWG, p.log, runtime.GOMAXPROCS(0))
 	p.lotMinBusy.Store(lotMinBusy)
 	return p
+}
+
+// configuredServer tells whether k is a server of a running backend.
+func (p *Proxy) configuredServer(k serverKey) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if b := p.backends[k.backend]; b != nil {
+		for _, s := range b.Servers {
+			if s.Address == k.server {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // Apply makes cfg the running configuration. The first call binds every
