@@ -290,7 +290,8 @@ func (p *Proxy) Links() []LinkStatus {
 	all := p.allLinks()
 	links := all[:0]
 	for _, l := range all {
-		if l.shown(configured[l.key]) {
+		// server "none" counts the sessions no server took: an outage's row
+		if l.key.server == "none" || l.shown(configured[l.key]) {
 			links = append(links, l)
 		}
 		delete(configured, l.key)

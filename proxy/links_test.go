@@ -248,3 +248,22 @@ func TestLinksListEveryRoutesBackend(t *testing.T) {
 		t.Errorf("links %v, want sales-db -> %s and orders-db -> %s", got, sales.address, orders.address)
 	}
 }
+
+// Sessions that no server took (all down) are counted on the link to
+// server "none": during an outage that row carries the resets, and the
+// status page lists it.
+func TestLinksListTheNoServerLink(t *testing.T) {
+	h := startProxy(t, oneBackendConfig(closedPort(t)))
+	c := h.dial("l")
+	c.Write([]byte("x"))
+	readErr(c, 10*time.Second)
+	c.Close()
+	waitFor(t, 5*time.Second, `the link to server "none" with its reset`, func() bool {
+		for _, l := range h.p.Links() {
+			if l.Server == "none" && l.Resets24h == 1 {
+				return true
+			}
+		}
+		return false
+	})
+}
