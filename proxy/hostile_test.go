@@ -101,7 +101,9 @@ func cutConnect(t testing.TB) map[string][]byte {
 // drops it, and no server is blamed or dialed after it. Only a driver's
 // unescaped CID values are let through (TestUnparseableDescriptionStillFailsOver).
 func TestMalformedBalancedConnectCostsOnlyItsConnection(t *testing.T) {
-	for _, desc := range []string{"garbage", "()", "(DESCRIPTION=(CONNECT_DATA=(SERVICE_NAME=SALES))(=x))"} {
+	for _, desc := range []string{"garbage", "()", "(DESCRIPTION=(CONNECT_DATA=(SERVICE_NAME=SALES))(=x))",
+		"(HOST=())", "(USER=(=)(=))", "(DESCRIPTION=(CONNECT_DATA=(SERVICE_NAME=SALES))(HOST=(=x)))",
+		"(DESCRIPTION=(CONNECT_DATA=(SERVICE_NAME=SALES)(CID=(PROGRAM=a(=x)b))))"} {
 		t.Run(desc, func(t *testing.T) {
 			primary := tnstest.New(t, tnstest.Config{Mode: tnstest.Accept})
 			standby := tnstest.New(t, tnstest.Config{Mode: tnstest.Accept})

@@ -3,6 +3,7 @@ package tns
 import (
 	"fmt"
 	"net"
+	"slices"
 	"strconv"
 	"strings"
 )
@@ -309,63 +310,113 @@ func LooseService(data string) string {
 }
 
 // ParseDescriptionCID parses connect data as ParseDescription does, except
-// that parentheses inside the values of CID's PROGRAM, HOST and USER are
-// taken as text as long as they pair up within the value. Drivers write
-// those values unescaped (go-ora: os.Args[0], such as
-// C:\Program Files (x86)\app.exe), and a listener takes such a CONNECT. Any
-// other fault still fails: a CONNECT that parses only so is a whole one.
+// that parentheses that pair up inside the text values of CID's PROGRAM,
+// HOST and USER are read as escaped. Drivers write those values unescaped
+// (go-ora: os.Args[0], such as C:\Program Files (x86)\app.exe), and a
+// listener takes such a CONNECT. Anything else that fails still fails: a
+// pair that holds nothing or an '=', a value that is a list, the same keys
+// outside CID.
 func ParseDescriptionCID(s string) (Description, error) {
+	var escape []int // offsets of the parentheses to read as escaped
 	upper := asciiUpper(s)
-	b := []byte(s)
-	for _, key := range []string{"(PROGRAM", "(HOST", "(USER"} {
-		for i := strings.Index(upper, key); i >= 0; {
-			j := i + len(key)
-			for j < len(b) && isSpace(b[j]) {
-				j++
-			}
-			if j < len(b) && b[j] == '=' {
-				maskValue(b[j+1:])
-			}
-			next := strings.Index(upper[i+1:], key)
-			if next < 0 {
-				break
-			}
-			i += 1 + next
+	for from := 0; ; {
+		i := strings.Index(upper[from:], "(CID")
+		if i < 0 {
+			break
 		}
+		k := skipBlanks(s, from+i+len("(CID"))
+		if k < len(s) && s[k] == '=' {
+			escape = append(escape, cidTextParens(s, upper, k+1)...)
+		}
+		from += i + 1
 	}
-	d, err := ParseDescription(string(b))
-	if err != nil {
-		return Description{}, err
+	if len(escape) == 0 {
+		return ParseDescription(s)
 	}
-	return d, nil
+	slices.Sort(escape) // a pair inside another was found first
+	var b strings.Builder
+	last := 0
+	for _, at := range escape {
+		b.WriteString(s[last:at])
+		b.WriteByte('\\')
+		last = at
+	}
+	b.WriteString(s[last:])
+	return ParseDescription(b.String())
 }
 
-// maskValue turns the parentheses that pair up inside the value at the
-// start of v into brackets, up to the ')' that ends the value. A value
-// whose parentheses do not pair up is left as it is.
-func maskValue(v []byte) {
-	depth := 0
-	var opened []int
-	for i, c := range v {
-		switch c {
-		case '(':
-			depth++
-			opened = append(opened, i)
-		case ')':
-			if depth == 0 {
-				for _, k := range opened {
-					v[k] = '['
-				}
-				for k := range v[:i] {
-					if v[k] == ')' {
-						v[k] = ']'
-					}
-				}
-				return
+// cidTextParens walks the groups of the CID list that starts at s[i] and
+// returns the offsets of the parentheses that pair up inside the text
+// values of PROGRAM, HOST and USER. It stops at the first thing it does not
+// read as such a list.
+func cidTextParens(s, upper string, i int) []int {
+	var out []int
+	for {
+		i = skipBlanks(s, i)
+		if i >= len(s) || s[i] != '(' {
+			return out
+		}
+		eq := strings.IndexAny(s[i+1:], "=()\"")
+		if eq < 0 || s[i+1+eq] != '=' {
+			return out
+		}
+		key := strings.TrimSpace(upper[i+1 : i+1+eq])
+		i = skipBlanks(s, i+1+eq+1)
+		if i < len(s) && s[i] == '(' {
+			return out // a list, not text
+		}
+		end, parens, ok := textValue(s, i)
+		if !ok {
+			return out
+		}
+		switch key {
+		case "PROGRAM", "HOST", "USER":
+			out = append(out, parens...)
+		default:
+			if len(parens) > 0 {
+				return out
 			}
-			depth--
+		}
+		i = end + 1 // past the value's ')'
+	}
+}
+
+// textValue reads a text value from s[i] as the parser does (quotes,
+// backslash escapes) up to the ')' that ends it, taking parentheses that
+// pair up as text. It returns that ')”s offset and the offsets of the
+// pairs; ok is false when a pair holds nothing or an '=', or the value
+// does not end.
+func textValue(s string, i int) (end int, parens []int, ok bool) {
+	var open []int
+	for ; i < len(s); i++ {
+		switch c := s[i]; {
+		case c == '\\' && i+1 < len(s) && isEscapable(s[i+1]):
+			i++
+		case c == '"':
+			for i++; i < len(s) && s[i] != '"'; i++ {
+				if s[i] == '\\' && i+1 < len(s) && isEscapable(s[i+1]) {
+					i++
+				}
+			}
+			if i >= len(s) {
+				return 0, nil, false
+			}
+		case c == '=' && len(open) > 0:
+			return 0, nil, false
+		case c == '(':
+			open = append(open, i)
+		case c == ')' && len(open) == 0:
+			return i, parens, true
+		case c == ')':
+			o := open[len(open)-1]
+			if strings.TrimSpace(s[o+1:i]) == "" {
+				return 0, nil, false
+			}
+			open = open[:len(open)-1]
+			parens = append(parens, o, i)
 		}
 	}
+	return 0, nil, false
 }
 
 // asciiUpper upper-cases a-z only, one byte for one: strings.ToUpper

@@ -168,7 +168,7 @@ func TestParseDescriptionCID(t *testing.T) {
 		in, program string
 		ok          bool
 	}{
-		{`(DESCRIPTION=(CONNECT_DATA=(SERVICE_NAME=SALES)(CID=(PROGRAM=C:\Program Files (x86)\app.exe)(HOST=w)(USER=u)))(ADDRESS=(PROTOCOL=TCP)(HOST=x)(PORT=1)))`, `C:\Program Files [x86]\app.exe`, true},
+		{`(DESCRIPTION=(CONNECT_DATA=(SERVICE_NAME=SALES)(CID=(PROGRAM=C:\Program Files (x86)\app.exe)(HOST=w)(USER=u)))(ADDRESS=(PROTOCOL=TCP)(HOST=x)(PORT=1)))`, `C:\Program Files (x86)\app.exe`, true},
 		{`(DESCRIPTION=(CONNECT_DATA=(SERVICE_NAME=SALES)(CID=(PROGRAM=app)(HOST=box (2))(USER=a(b)c))))`, `app`, true},
 		{`(DESCRIPTION=(CONNECT_DATA=(SERVICE_NAME=SALES)(CID=(PROGRAM=app.exe)(HOST=w)(USER=u))))`, `app.exe`, true},
 		{`garbage`, ``, false},
@@ -176,6 +176,19 @@ func TestParseDescriptionCID(t *testing.T) {
 		{`(DESCRIPTION=(CONNECT_DATA=(SERVICE_NAME=SALES))(=x))`, ``, false},
 		{`(DESCRIPTION=(CONNECT_DATA=(SERVICE_NAME=SA(LES)))`, ``, false},                              // not a CID value
 		{`(DESCRIPTION=(CONNECT_DATA=(SERVICE_NAME=SALES)(CID=(PROGRAM=C:\a(b\app.exe))))`, ``, false}, // does not pair up
+		// Only text values directly in CID, and only pairs that hold text:
+		// anything else is a CONNECT no listener reads, which must not be
+		// replayed to every server (one client would open every circuit).
+		{`(HOST=())`, ``, false},
+		{`(USER=(=)(=))`, ``, false},
+		{`(DESCRIPTION=(CONNECT_DATA=(SERVICE_NAME=SALES))(HOST=(=x)))`, ``, false},
+		{`(DESCRIPTION=(CONNECT_DATA=(SERVICE_NAME=SALES))(ADDRESS=(HOST=a(b)c)))`, ``, false},
+		{`(DESCRIPTION=(CONNECT_DATA=(SERVICE_NAME=SALES)(CID=(PROGRAM=a(=x)b))))`, ``, false},
+		{`(DESCRIPTION=(CONNECT_DATA=(SERVICE_NAME=SALES)(CID=(PROGRAM=a()b))))`, ``, false},
+		{`(DESCRIPTION=(CONNECT_DATA=(SERVICE_NAME=SALES)(CID=(PROGRAM=(x86)))))`, ``, false}, // a list
+		{`(DESCRIPTION=(CONNECT_DATA=(SERVICE_NAME=SALES)(CID=(OTHER=a(b)c))))`, ``, false},
+		// Quotes are read as the parser reads them.
+		{`(DESCRIPTION=(CONNECT_DATA=(SERVICE_NAME=SALES)(CID=(PROGRAM="(")(HOST=w (1)))))`, `(`, true},
 	} {
 		d, err := tns.ParseDescriptionCID(tc.in)
 		if (err == nil) != tc.ok {

@@ -95,6 +95,8 @@ func FuzzClassifyFirst(f *testing.F) {
 
 func FuzzDescription(f *testing.F) {
 	f.Add("(\xff\xfc(SERVICE_NAME=X)(CID=(PROGRAM=a (b))))") // LooseService's offsets
+	f.Add("(0=(PROGRAM=\"(\"))")                             // a quoted '(' is no pair
+	f.Add("(A=(CID=(PROGRAM=x (1) \"(\" y)(HOST=(a)b)))")
 	f.Fuzz(func(t *testing.T, s string) {
 		// Every input, parsed or not: the proxy calls LooseService on
 		// connect data that does not parse.
