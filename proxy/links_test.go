@@ -8,6 +8,9 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/tnsguard/tnsguard/tns"
+	"github.com/tnsguard/tnsguard/tns/tnstest"
 )
 
 // A session whose app resets while the backend's first bytes are being
@@ -266,4 +269,34 @@ func TestLinksListTheNoServerLink(t *testing.T) {
 		}
 		return false
 	})
+}
+
+// The wait for a server's first answer (here a first server that hangs for
+// 1.5 s, then drops) is no pause the answering server's path outlived: its
+// connection is milliseconds old. Counted as one, it would make a query
+// lost after any shorter pause on that link an active end, for the
+// process's life.
+func TestConnectWaitIsNoOutlivedPause(t *testing.T) {
+	slow := newBackend(t, func(c *net.TCPConn) { time.Sleep(1500 * time.Millisecond); c.Close() })
+	standby := tnstest.New(t, tnstest.Config{Mode: tnstest.Accept})
+	cfg := strings.Replace(oracleConfig("", slow.addr()+";0", standby.Addr()+";1"), `connect_budget = "2s"`, `connect_budget = "10s"`, 1)
+	h := startProxy(t, cfg)
+	connect, err := tns.BuildConnect("(DESCRIPTION=(CONNECT_DATA=(SERVICE_NAME=SALES)))")
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := h.dial("l")
+	defer c.Close()
+	t0 := time.Now()
+	c.Write(connect)
+	c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if _, err := tns.ReadPacket(c, tns.Length16, 0); err != nil {
+		t.Fatal(err)
+	}
+	if wait := time.Since(t0); wait < 1100*time.Millisecond {
+		t.Fatalf("the standby answered after %v: the test needs a wait of over a second", wait)
+	}
+	if got := h.p.linkFor("l", "b", standby.Addr()).survived(SideBackend); got > 0 {
+		t.Errorf("link to the standby: a pause of %v recorded as outlived; its connection never paused", got)
+	}
 }

@@ -647,6 +647,12 @@ func (s *session) establish(first []byte, srv *failover.Server, plan *failover.P
 	n, err := s.client.Write(first)
 	s.toClient.Add(int64(n))
 	s.series.bytesDown.Add(float64(n))
+	// The wait for this answer (dials, a slow listener, a restart within
+	// connect_budget) is no pause the backend's path outlived: it began
+	// before the connection. Pauses count from here.
+	s.lastActive.Store(int64(time.Since(s.start)))
+	s.resumedAt.Store(0)
+	s.pauseBefore.Store(0)
 	s.touch(SideBackend)
 	if err != nil {
 		// The app is gone; the backend connection stays attached and is
@@ -963,7 +969,7 @@ func (s *session) phaseNow(side Side) Phase {
 		return PhaseActive
 	}
 	if infoErr == nil && info.Retrying > 0 {
-		if pause, lost := s.lostInPause(info.LastAckRecv); lost && pause > lk.survived(side) {
+		if pause, lost := s.lostInPause(info.LastAckRecv); lost && pause > s.outlived(side, lk) {
 			s.lostPause.Store(int64(pause)) // the idle this end reports
 			return PhaseIdle
 		}
@@ -973,6 +979,18 @@ func (s *session) phaseNow(side Side) Phase {
 		return PhaseIdle
 	}
 	return PhaseActive
+}
+
+// outlived is the longest pause after which side's peer was heard: on
+// this session, and for the database's leg on any session of its link
+// (one path). The apps of a link sit behind different paths, so the app's
+// leg has only its own evidence.
+func (s *session) outlived(side Side, lk *link) time.Duration {
+	d := time.Duration(s.survived[legIndex(side)].Load())
+	if side == SideBackend {
+		d = max(d, lk.survived(side))
+	}
+	return d
 }
 
 // lostInPause tells whether the peer, last heard ackAgo ago, had answered
