@@ -345,6 +345,16 @@ func TestConnectWindowDropsRemovedServers(t *testing.T) {
 	if _, _, n := w.view(t0.Add(time.Minute)).quantiles("b", "10.0.0.99"); n != 1 {
 		t.Errorf("the server still configured: %d dials, want 1", n)
 	}
+	// Added back 75 minutes later: its dials from before are not the last hour's.
+	delete(removed, serverKey{"b", "10.0.0.0"})
+	w.sample(t0.Add(75 * time.Minute))
+	if _, _, n := w.view(t0.Add(75*time.Minute)).quantiles("b", "10.0.0.0"); n != 0 {
+		t.Errorf("a server added back: %d dials in the last hour, want 0 (they were 75 minutes ago)", n)
+	}
+	vec.WithLabelValues("b", "10.0.0.0", "ok").Observe(0.01)
+	if _, _, n := w.view(t0.Add(75*time.Minute+time.Second)).quantiles("b", "10.0.0.0"); n != 1 {
+		t.Errorf("a server added back, then dialed: %d dials in the last hour, want 1", n)
+	}
 }
 
 func val(p *float64) any {

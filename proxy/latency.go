@@ -25,6 +25,7 @@ type connectWindow struct {
 	mu      sync.Mutex
 	lastMin int64 // unix minute of the last sample; 0 before the first
 	servers map[serverKey]*connectHistory
+	dropped map[serverKey]bool // removed servers: their histograms hold dials from before
 }
 
 type serverKey struct{ backend, server string }
@@ -43,7 +44,7 @@ type connectHistory struct {
 }
 
 func newConnectWindow(vec *prometheus.HistogramVec) *connectWindow {
-	return &connectWindow{vec: vec, servers: map[serverKey]*connectHistory{}}
+	return &connectWindow{vec: vec, servers: map[serverKey]*connectHistory{}, dropped: map[serverKey]bool{}}
 }
 
 // cumulative is one server's histogram of successful dials: counts per
@@ -117,13 +118,21 @@ func (w *connectWindow) sample(now time.Time) {
 			// Removed by a reload: its hour of copies (about 20 KB) would
 			// stay for the process's life, one more per address ever used.
 			delete(w.servers, k)
+			w.dropped[k] = true
 			continue
 		}
 		sh, ok := w.servers[k]
 		if !ok {
-			// First seen: it had no dial at the previous sample.
+			// First seen: it had no dial at the previous sample. A server
+			// added back has its dials from before it was removed: they
+			// are older than the window.
+			base := cumulative{counts: make([]uint64, len(h.counts))}
+			if w.dropped[k] {
+				base = h
+				delete(w.dropped, k)
+			}
 			sh = &connectHistory{}
-			sh.put(prev, cumulative{counts: make([]uint64, len(h.counts))})
+			sh.put(prev, base)
 			w.servers[k] = sh
 		}
 		sh.put(m, h)
