@@ -226,32 +226,25 @@ func (s *session) backendInfoLocked() (keepalive.Info, error) {
 	return keepalive.Info{}, net.ErrClosed
 }
 
-// legSockLocked is side's socket in either state, as backendSockLocked.
+// legSockLocked is side's socket in either state: the bare fd while
+// dormant, the conn otherwise; nil when there is none (closed, or not
+// dialed yet). Under s.mu.
 func (s *session) legSockLocked(side Side) syscall.Conn {
+	conn := s.client
 	if side == SideBackend {
-		return s.backendSockLocked()
+		conn = s.conn
 	}
 	switch {
 	case s.dormant && !s.rawClosed:
-		return rawSock(s.raw[0])
-	case !s.dormant && s.client != nil:
-		return s.client
+		return rawSock(s.raw[legIndex(side)])
+	case !s.dormant && conn != nil:
+		return conn
 	}
 	return nil
 }
 
-// backendSockLocked is the backend socket in either state: the bare fd
-// while dormant, the conn otherwise; nil when there is none (closed, or
-// not dialed yet). Under s.mu.
-func (s *session) backendSockLocked() syscall.Conn {
-	switch {
-	case s.dormant && !s.rawClosed:
-		return rawSock(s.raw[1])
-	case !s.dormant && s.conn != nil:
-		return s.conn
-	}
-	return nil
-}
+// backendSockLocked is legSockLocked(SideBackend).
+func (s *session) backendSockLocked() syscall.Conn { return s.legSockLocked(SideBackend) }
 
 // sync brings a pump the caller holds up to date with its session's state:
 // the bare fds while dormant, the session's current conns otherwise (a

@@ -217,6 +217,26 @@ func TestLabBlackHoleLiveFlow(t *testing.T) {
 	t.Logf("resets:\n%s", m.Dump("tnsguard_resets_total"))
 }
 
+// queriesAreReset sends msg on every conn at once and checks that each app
+// connection is reset (within 20 s): the query went into a path that is
+// gone, and tnsguard passed the backend leg's death on.
+func queriesAreReset(t *testing.T, conns []*net.TCPConn, msg string) {
+	t.Helper()
+	t0 := time.Now()
+	res := make([]ended, len(conns))
+	var wg sync.WaitGroup
+	for i, c := range conns {
+		wg.Go(func() { res[i] = waitEnd(c, []byte(msg), t0, 20*time.Second) })
+	}
+	wg.Wait()
+	for i, r := range res {
+		t.Logf("session %d: ended after %v: %v", i, r.after.Round(time.Millisecond), netlab.Classify(r.err))
+		if !errors.Is(r.err, syscall.ECONNRESET) {
+			t.Errorf("session %d: want the app's connection reset, got %v after %v", i, r.err, r.after)
+		}
+	}
+}
+
 // A query into a cable cut after a pause that the path has outlived before
 // (the same sessions answered after a longer one) is an active end, though
 // keepalive sent no probe in the pause: a path that kept flows through longer
@@ -235,19 +255,7 @@ func TestLabQueryIntoACutAfterAnOutlivedPause(t *testing.T) {
 	}
 	time.Sleep(2 * time.Second)
 	lab.BlackHolePort(t, dbPort)
-	t0 := time.Now()
-	res := make([]ended, len(conns))
-	var wg sync.WaitGroup
-	for i, c := range conns {
-		wg.Go(func() { res[i] = waitEnd(c, []byte("query into the cut\n"), t0, 20*time.Second) })
-	}
-	wg.Wait()
-	for i, r := range res {
-		t.Logf("session %d: ended after %v: %v", i, r.after.Round(time.Millisecond), netlab.Classify(r.err))
-		if !errors.Is(r.err, syscall.ECONNRESET) {
-			t.Errorf("session %d: want the app's connection reset, got %v after %v", i, r.err, r.after)
-		}
-	}
+	queriesAreReset(t, conns, "query into the cut\n")
 	m := guard.Metrics(t)
 	if got, _ := m.Sum("tnsguard_resets_total", netlab.Labels{"side": "backend", "cause": "timeout", "phase": "active"}); got != 2 {
 		t.Errorf("tnsguard_resets_total{side=backend,cause=timeout,phase=active} = %v, want 2\n%s", got, m.Dump("tnsguard_resets_total"))
@@ -272,20 +280,7 @@ func TestLabQueryAfterTheFirewallForgot(t *testing.T) {
 	conns := dialN(t, lab.App, guardAddr, 2)
 	const pause = 7 * time.Second
 	time.Sleep(pause) // the firewall forgets the database legs after 3 s
-
-	t0 := time.Now()
-	res := make([]ended, len(conns))
-	var wg sync.WaitGroup
-	for i, c := range conns {
-		wg.Go(func() { res[i] = waitEnd(c, []byte("query after the pause\n"), t0, 20*time.Second) })
-	}
-	wg.Wait()
-	for i, r := range res {
-		t.Logf("session %d: ended after %v: %v", i, r.after.Round(time.Millisecond), netlab.Classify(r.err))
-		if !errors.Is(r.err, syscall.ECONNRESET) {
-			t.Errorf("session %d: want the app's connection reset, got %v after %v", i, r.err, r.after)
-		}
-	}
+	queriesAreReset(t, conns, "query after the pause\n")
 	m := guard.Metrics(t)
 	if got, _ := m.Sum("tnsguard_resets_total", netlab.Labels{"side": "backend", "cause": "timeout", "phase": "idle"}); got != 2 {
 		t.Errorf("tnsguard_resets_total{side=backend,cause=timeout,phase=idle} = %v, want 2\n%s", got, m.Dump("tnsguard_resets_total"))
