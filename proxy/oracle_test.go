@@ -506,8 +506,15 @@ func TestRefuseThenAppCloseIsNotAClientReset(t *testing.T) {
 				return len(h.p.liveSessions()) == 0
 			})
 			time.Sleep(100 * time.Millisecond)
-			bad := 0
+			bad, refused := 0, 0
 			for _, ev := range h.p.Resets(0) {
+				if ev.BytesToClient == 0 {
+					// No REFUSE reached the app: on a loaded machine the
+					// 200 ms budget can end before the first answer (a
+					// timeout, rightly counted so). Not this test's case.
+					continue
+				}
+				refused++
 				if ev.Side != SideBackend || ev.Cause != "refused" {
 					bad++
 					if bad < 4 {
@@ -516,7 +523,10 @@ func TestRefuseThenAppCloseIsNotAClientReset(t *testing.T) {
 				}
 			}
 			if bad > 0 {
-				t.Fatalf("%d of %d sessions that ended with a REFUSE were counted as something else", bad, rounds*par)
+				t.Fatalf("%d of %d sessions that ended with a REFUSE were counted as something else", bad, refused)
+			}
+			if refused < rounds*par/2 {
+				t.Fatalf("only %d of %d sessions got a REFUSE", refused, rounds*par)
 			}
 		})
 	}
