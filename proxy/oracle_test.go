@@ -525,7 +525,7 @@ func TestRefuseThenAppCloseIsNotAClientReset(t *testing.T) {
 			if bad > 0 {
 				t.Fatalf("%d of %d sessions that ended with a REFUSE were counted as something else", bad, refused)
 			}
-			if refused < rounds*par/2 {
+			if tc.name == "budget" && refused < rounds*par/2 { // passed through, a REFUSE ends no session with a reset
 				t.Fatalf("only %d of %d sessions got a REFUSE", refused, rounds*par)
 			}
 		})
