@@ -51,6 +51,7 @@ type session struct {
 	pauseBefore atomic.Int64    // that pause
 	lostPause   atomic.Int64    // a pause that phaseNow found the path was lost in (idle at the end)
 	survived    [2]atomic.Int64 // per leg (legIndex): the longest pause it answered after
+	answeredAt  atomic.Int64    // when the backend's first bytes came (since start)
 	idleAtEnd   time.Duration
 	toBackend   atomic.Int64
 	toClient    atomic.Int64
@@ -144,8 +145,9 @@ func (s *session) touch(from Side) {
 		s.resumedAt.Store(now)
 		s.pauseBefore.Store(now - prev)
 	}
-	if p, sv := s.pauseBefore.Load(), &s.survived[legIndex(from)]; p > sv.Load() {
-		sv.Store(p)
+	p, sv := s.pauseBefore.Load(), &s.survived[legIndex(from)]
+	if p > sv.Load() && (from == SideClient || s.resumedAt.Load()-p >= s.answeredAt.Load()) {
+		sv.Store(p) // for the backend, only a pause that began once it had answered
 	}
 }
 
@@ -644,15 +646,13 @@ func (s *session) establish(first []byte, srv *failover.Server, plan *failover.P
 	srv.Succeeded()
 	srv.Acquire()
 	s.series.wait.Observe(time.Since(s.start).Seconds())
+	// The wait for this answer (dials, a slow listener, a restart within
+	// connect_budget) is no pause the backend's path outlived: it began
+	// before this connection (touch). For the app's leg it is a pause.
+	s.answeredAt.Store(int64(time.Since(s.start)))
 	n, err := s.client.Write(first)
 	s.toClient.Add(int64(n))
 	s.series.bytesDown.Add(float64(n))
-	// The wait for this answer (dials, a slow listener, a restart within
-	// connect_budget) is no pause the backend's path outlived: it began
-	// before the connection. Pauses count from here.
-	s.lastActive.Store(int64(time.Since(s.start)))
-	s.resumedAt.Store(0)
-	s.pauseBefore.Store(0)
 	s.touch(SideBackend)
 	if err != nil {
 		// The app is gone; the backend connection stays attached and is
