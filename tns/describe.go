@@ -383,15 +383,17 @@ func cidTextParens(s, upper string, i int) []int {
 
 // textValue reads a text value from s[i] as the parser does (quotes,
 // backslash escapes) up to the ')' that ends it, taking parentheses that
-// pair up as text. It returns that ')”s offset and the offsets of the
-// pairs; ok is false when a pair holds nothing or an '=', or the value
-// does not end.
+// pair up as text. It returns the offset of that ')' and the offsets of
+// the pairs; ok is false when a pair holds nothing, an '=' or a quote, or
+// the value does not end.
 func textValue(s string, i int) (end int, parens []int, ok bool) {
 	var open []int
 	for ; i < len(s); i++ {
 		switch c := s[i]; {
 		case c == '\\' && i+1 < len(s) && isEscapable(s[i+1]):
 			i++
+		case c == '"' && len(open) > 0:
+			return 0, nil, false // a quote in a pair: an '=' or nothing could hide in it
 		case c == '"':
 			for i++; i < len(s) && s[i] != '"'; i++ {
 				if s[i] == '\\' && i+1 < len(s) && isEscapable(s[i+1]) {

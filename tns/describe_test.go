@@ -187,6 +187,8 @@ func TestParseDescriptionCID(t *testing.T) {
 		{`(DESCRIPTION=(CONNECT_DATA=(SERVICE_NAME=SALES)(CID=(PROGRAM=a()b))))`, ``, false},
 		{`(DESCRIPTION=(CONNECT_DATA=(SERVICE_NAME=SALES)(CID=(PROGRAM=(x86)))))`, ``, false}, // a list
 		{`(DESCRIPTION=(CONNECT_DATA=(SERVICE_NAME=SALES)(CID=(OTHER=a(b)c))))`, ``, false},
+		{`(DESCRIPTION=(CONNECT_DATA=(SERVICE_NAME=SALES)(CID=(PROGRAM=a(b"="c)))))`, ``, false},
+		{`(DESCRIPTION=(CONNECT_DATA=(SERVICE_NAME=SALES)(CID=(PROGRAM=a("")b))))`, ``, false},
 		// Quotes are read as the parser reads them.
 		{`(DESCRIPTION=(CONNECT_DATA=(SERVICE_NAME=SALES)(CID=(PROGRAM="(")(HOST=w (1)))))`, `(`, true},
 	} {
