@@ -25,7 +25,7 @@ type connectWindow struct {
 	mu      sync.Mutex
 	lastMin int64 // unix minute of the last sample; 0 before the first
 	servers map[serverKey]*connectHistory
-	dropped map[serverKey]bool // removed servers: their histograms hold dials from before
+	dropped map[serverKey]cumulative // removed servers' totals then: their histograms keep those dials
 }
 
 type serverKey struct{ backend, server string }
@@ -44,7 +44,7 @@ type connectHistory struct {
 }
 
 func newConnectWindow(vec *prometheus.HistogramVec) *connectWindow {
-	return &connectWindow{vec: vec, servers: map[serverKey]*connectHistory{}, dropped: map[serverKey]bool{}}
+	return &connectWindow{vec: vec, servers: map[serverKey]*connectHistory{}, dropped: map[serverKey]cumulative{}}
 }
 
 // cumulative is one server's histogram of successful dials: counts per
@@ -117,8 +117,10 @@ func (w *connectWindow) sample(now time.Time) {
 		if w.keep != nil && !w.keep(k) {
 			// Removed by a reload: its hour of copies (about 20 KB) would
 			// stay for the process's life, one more per address ever used.
+			if _, known := w.dropped[k]; !known {
+				w.dropped[k] = h // no dial once removed: a server added back counts from here
+			}
 			delete(w.servers, k)
-			w.dropped[k] = true
 			continue
 		}
 		sh, ok := w.servers[k]
@@ -127,8 +129,8 @@ func (w *connectWindow) sample(now time.Time) {
 			// added back has its dials from before it was removed: they
 			// are older than the window.
 			base := cumulative{counts: make([]uint64, len(h.counts))}
-			if w.dropped[k] {
-				base = h
+			if d, ok := w.dropped[k]; ok {
+				base = d
 				delete(w.dropped, k)
 			}
 			sh = &connectHistory{}
@@ -169,9 +171,16 @@ func (v connectView) quantiles(backend, server string) (p50, p99 *float64, dials
 	counts := append([]uint64(nil), cur.counts...)
 	total := cur.total
 
-	// The base is the oldest copy at most an hour old; no copy: since start.
+	// The base is the oldest copy at most an hour old; no copy: since start,
+	// or since a server added back was removed.
 	w := v.w
 	w.mu.Lock()
+	if d, ok := w.dropped[k]; ok && w.servers[k] == nil && len(d.counts) == len(counts) && d.total <= total {
+		for i := range counts {
+			counts[i] -= d.counts[i]
+		}
+		total -= d.total
+	}
 	if sh := w.servers[k]; sh != nil {
 		from := v.now.Unix()/60 - hourMinutes
 		var base, newest *connectSnap
