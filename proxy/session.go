@@ -244,7 +244,7 @@ func (s *session) open() error {
 			if !cfg.Retries("connect") {
 				if lastRefuse != nil { // the app gets the REFUSE, not a reset
 					s.deliverRefuse(lastRefuse)
-					return s.noBackend(fmt.Errorf("%w: %w", ErrNoBackend, lastRefuse), attempts, nil) // counted as below
+					return s.noBackend(fmt.Errorf("%w: %w", ErrNoBackend, lastRefuse), attempts, nil) // counted as the budget's end, as below
 				}
 				return s.noBackend(err, attempts, srv)
 			}
@@ -944,9 +944,10 @@ func (s *session) currentServer() *failover.Server {
 // into a cable cut, a result to an app that vanished. Its silence since
 // those bytes is the user timeout running, not idleness, so that end is
 // active, unless those bytes were the first after a pause in which the peer
-// answered nothing, not even a keepalive probe: then the pause is where the
-// path was lost (a middlebox forgot the flow and dropped the bytes that
-// resumed it), and the end is idle.
+// answered nothing, not even a keepalive probe, and which was longer than
+// any the path outlived: then the pause is where the path was lost (a
+// middlebox forgot the flow and dropped the bytes that resumed it), and
+// the end is idle.
 func (s *session) phaseNow(side Side) Phase {
 	s.mu.Lock()
 	est, backend, opening, lk := s.established, s.backend, s.openingPhaseLocked(), s.link
@@ -994,15 +995,14 @@ func (s *session) outlived(side Side, lk *link) time.Duration {
 }
 
 // lostInPause tells whether the peer, last heard ackAgo ago, had answered
-// nothing since before the last pause (of over a second) ended. phaseNow
-// blames that pause only if it is longer than any pause the leg's path
-// (this link's, any of its sessions') was seen to outlive: a path that
-// answered after longer pauses does not forget flows this soon, and the
-// bytes went into a cut instead. Keepalive
-// probes are acknowledged one idle (at least 1 s) into a pause at the
-// earliest, so a probe answered in the pause leaves the peer's silence
-// at least that much shorter than the pause; the slack allows for a
-// delayed ACK of the bytes before the pause.
+// nothing since before the last pause (of over a second) ended, and
+// returns that pause. Keepalive probes are acknowledged one idle (at least
+// 1 s) into a pause at the earliest, so a probe answered in the pause
+// leaves the peer's silence at least that much shorter than the pause; the
+// slack allows for a delayed ACK of the bytes before the pause. phaseNow
+// blames the pause only if it is longer than any the leg's path outlived
+// (outlived): a path that answered after longer pauses does not forget
+// flows this soon, and the bytes went into a cut instead.
 func (s *session) lostInPause(ackAgo time.Duration) (time.Duration, bool) {
 	resumed := time.Duration(s.resumedAt.Load())
 	pause := time.Duration(s.pauseBefore.Load())
