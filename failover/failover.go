@@ -316,8 +316,9 @@ func (s *Server) publish() {
 // (breaker allows, health up) by the balance policy, then those whose health
 // check says down but whose breaker allows (a check may lag a restart).
 // Servers with an open breaker are left out while any other server is
-// usable; when every circuit is open they are tried all the same (last
-// resort): a breaker steers sessions to the other servers, it never makes a
+// usable (when only servers whose check fails are left, one whose check
+// passes comes first; and see Plan.Refused); when every circuit is open
+// they are tried all the same (last resort): a breaker steers sessions to the other servers, it never makes a
 // backend unavailable on its own, and a single server that came back is
 // found by the next dial instead of after open_for. Weight 0 servers are
 // never used.
@@ -343,7 +344,38 @@ func (b *Backend) order(now time.Time) (servers []*Server, lastResort bool) {
 	}
 	b.sortByPolicy(healthy, turn)
 	b.sortByPolicy(down, turn)
+	if len(healthy) == 0 {
+		// Only servers whose check fails are left: one whose circuit is
+		// open but whose check passes goes first. A listener restart
+		// shorter than fall checks opens a circuit the check never saw,
+		// and the standby's check may fail meanwhile (its service is not
+		// open yet): waiting out open_for would keep sessions off the
+		// server that is back.
+		var upOpen []*Server
+		for _, s := range open {
+			if s.Up() {
+				upOpen = append(upOpen, s)
+			}
+		}
+		if len(upOpen) > 0 {
+			b.sortByPolicy(upOpen, turn)
+			return append(upOpen, down...), true
+		}
+	}
 	return append(healthy, down...), false
+}
+
+// openCircuits returns the servers whose breaker keeps sessions off now, in
+// the balance policy's order.
+func (b *Backend) openCircuits(now time.Time) []*Server {
+	var open []*Server
+	for _, s := range b.Servers {
+		if s.Weight != 0 && !s.breaker.usable(now) {
+			open = append(open, s)
+		}
+	}
+	b.sortByPolicy(open, b.rr.Load())
+	return open
 }
 
 func (b *Backend) sortByPolicy(list []*Server, turn uint64) {
@@ -410,6 +442,19 @@ type Plan struct {
 	// lastResort: every circuit was open when the round was planned, so
 	// the round dials them without asking their breakers.
 	lastResort bool
+	refused    map[*Server]bool // servers that refused this session (Refused)
+}
+
+// Refused tells the plan that s refused this session (a listener's REFUSE).
+// When every server a round would try has refused it, the round tries the
+// servers whose circuit is open too: they are the session's only chance
+// (a standby that does not have the service yet, while the primary's
+// circuit is open from a restart that is over).
+func (p *Plan) Refused(s *Server) {
+	if p.refused == nil {
+		p.refused = map[*Server]bool{}
+	}
+	p.refused[s] = true
 }
 
 // NewPlan starts a session's plan; the budget runs from start (when the
@@ -467,8 +512,27 @@ func (p *Plan) Next(ctx context.Context) (*Server, error) {
 			return nil, ErrBudgetExhausted
 		}
 		p.rounds++
-		p.queue, p.lastResort = p.b.order(time.Now())
+		now := time.Now()
+		p.queue, p.lastResort = p.b.order(now)
+		if !p.lastResort && p.allRefused(p.queue) {
+			if open := p.b.openCircuits(now); len(open) > 0 {
+				p.queue, p.lastResort = append(open, p.queue...), true
+			}
+		}
 	}
+}
+
+// allRefused tells whether every server in queue refused this session.
+func (p *Plan) allRefused(queue []*Server) bool {
+	if len(p.refused) == 0 {
+		return false
+	}
+	for _, s := range queue {
+		if !p.refused[s] {
+			return false
+		}
+	}
+	return true
 }
 
 // doubled is 2d, at most limit: d*2 of a huge duration (backoff = "1500000h")

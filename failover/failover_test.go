@@ -187,6 +187,55 @@ max_open_for = "1h"
 	}
 }
 
+// A restart shorter than fall checks opens the primary's circuit while its
+// check still passes. When the only other server's check fails (a standby
+// whose service is not open yet), the primary comes first, its breaker
+// not asked: waiting out open_for would keep sessions off a server that is
+// back.
+func TestOrderTriesAnOpenCircuitThatIsUpBeforeDownServers(t *testing.T) {
+	b := testBackend(t, `[backend.breaker]
+failures = 1
+open_for = "1h"
+max_open_for = "1h"
+`+servers(`address = "a:1"`, `address = "s:1";priority = 1`))
+	b.Servers[0].Failed(errors.New("refused"))
+	b.Servers[0].setUp(true) // its check passes: it never saw the restart
+	b.Servers[1].setUp(false)
+	list, last := b.order(time.Now())
+	if len(list) != 2 || list[0].Address != "a:1" || list[1].Address != "s:1" || !last {
+		t.Fatalf("order %v (last resort %v), want a:1 (open, up) then s:1 (down), as a last resort", addrs(list), last)
+	}
+	b.Servers[1].setUp(true) // a healthy standby: the open circuit is skipped again
+	if list, last := b.order(time.Now()); len(list) != 1 || list[0].Address != "s:1" || last {
+		t.Fatalf("order %v (last resort %v), want only s:1", addrs(list), last)
+	}
+}
+
+// When every server a round would try has refused this session, the next
+// round tries the servers whose circuit is open too.
+func TestPlanTriesOpenCircuitsOnceTheOthersRefused(t *testing.T) {
+	b := testBackend(t, `backoff = "1ms"
+backoff_max = "1ms"
+[backend.breaker]
+failures = 1
+open_for = "1h"
+max_open_for = "1h"
+`+servers(`address = "a:1"`, `address = "s:1";priority = 1`))
+	b.Servers[0].Failed(errors.New("refused"))
+	b.Servers[0].setUp(true)
+	b.Servers[1].setUp(true)
+	plan := b.NewPlan(time.Now())
+	s, err := plan.Next(context.Background())
+	if err != nil || s.Address != "s:1" {
+		t.Fatalf("first: %v, %v; want s:1 (a:1's circuit is open)", s, err)
+	}
+	plan.Refused(s)
+	s, err = plan.Next(context.Background())
+	if err != nil || s.Address != "a:1" {
+		t.Fatalf("after s:1 refused the session: %v, %v; want a:1, its circuit open but the session's only chance", s, err)
+	}
+}
+
 func addrs(list []*Server) []string {
 	var out []string
 	for _, s := range list {

@@ -3,6 +3,7 @@ package proxy
 import (
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"strings"
 	"sync"
@@ -11,6 +12,8 @@ import (
 	"time"
 
 	"github.com/tnsguard/tnsguard/metrics"
+	"github.com/tnsguard/tnsguard/tns"
+	"github.com/tnsguard/tnsguard/tns/tnstest"
 )
 
 // The only server's listener is down for 2 s (closed, then bound again on
@@ -764,4 +767,45 @@ check = "off"`, fmt.Sprintf("address = %q", closedPort(t))))
 	if n := len(logs.lines("no backend for new session")); n != logBurst {
 		t.Errorf("%d no-backend lines for %d sessions in one window, want %d", n, apps, logBurst)
 	}
+}
+
+// A listener restart shorter than the health check's fall opens the
+// primary's circuit, and the check never sees the primary down. Meanwhile
+// the standby is up but refuses the service (a Data Guard standby). A new
+// session after the restart must reach the primary that is back, not cycle
+// on the standby's REFUSE until open_for ends (it waited out the whole
+// budget and got ORA-12514).
+func TestRestartBehindARefusingStandbyReachesThePrimary(t *testing.T) {
+	primary := newServer(t, sayName("P"))
+	standby := tnstest.New(t, tnstest.Config{Mode: tnstest.Refuse, Err: 12514})
+	cfg := strings.Replace(oracleConfig(`balance = "priority"`, primary.address+";0", standby.Addr()+";1"),
+		"  [backend.health]", "  [backend.breaker]\n  failures = 1\n  open_for = \"1h\"\n  max_open_for = \"1h\"\n  [backend.health]", 1)
+	h := startProxy(t, cfg)
+	connect, err := tns.BuildConnect("(DESCRIPTION=(CONNECT_DATA=(SERVICE_NAME=SALES)))")
+	if err != nil {
+		t.Fatal(err)
+	}
+	first := func() (byte, time.Duration) {
+		c := h.dial("l")
+		defer c.Close()
+		t0 := time.Now()
+		c.Write(connect)
+		c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		b := make([]byte, 1)
+		if _, err := io.ReadFull(c, b); err != nil {
+			return 0, time.Since(t0)
+		}
+		return b[0], time.Since(t0)
+	}
+	primary.down()
+	first() // the restart: the dial is refused, the circuit opens; the standby refuses the service
+	if gauge(h.m.BreakerState, "b", primary.address) != 1 {
+		t.Fatalf("the primary's circuit did not open")
+	}
+	primary.up()
+	got, took := first()
+	if got != 'P' {
+		t.Fatalf("after the restart: the app got %q after %v, want the primary's answer", got, took.Round(time.Millisecond))
+	}
+	t.Logf("reached the primary %v after its restart, its circuit open", took.Round(time.Millisecond))
 }

@@ -310,6 +310,7 @@ func (s *session) open() error {
 			err = fmt.Errorf("%w: %w", ErrReplayOverflow, err)
 		case errors.Is(err, ErrRefused): // only returned when retry_on has "refuse"
 			retry, failed, lastRefuse = "refuse", srv, err
+			plan.Refused(srv)
 			if !slices.Contains(refusedBy, srv) {
 				refusedBy = append(refusedBy, srv)
 			}
