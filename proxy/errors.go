@@ -15,8 +15,8 @@ var (
 	// ErrReplayOverflow: the app sent more than replay_bytes before the
 	// backend answered, so a failed backend cannot be replaced transparently.
 	ErrReplayOverflow = errors.New("opening bytes exceeded replay_bytes: cannot re-dial")
-	// ErrNoBackend: no server answered within connect_budget.
-	ErrNoBackend = errors.New("no backend server answered within connect_budget")
+	// ErrNoBackend: no server took the session within connect_budget.
+	ErrNoBackend = errors.New("no backend server took the session within connect_budget")
 	// ErrDrained: the session outlived the drain at shutdown (errDrainTimeout,
 	// errDrainCut say which end of it).
 	ErrDrained = errors.New("closed at shutdown")

@@ -165,11 +165,15 @@ func TestRefuseThenFailureThatEndsTheTryGivesTheAppTheRefuse(t *testing.T) {
 		refusing := tnstest.New(t, tnstest.Config{Mode: tnstest.Refuse, Err: 12514})
 		cfg := strings.Replace(oracleConfig("", refusing.Addr()+";0", tc.standby+";1"),
 			`retry_on = ["connect", "reset", "refuse"]`, `retry_on = `+tc.retryOn, 1)
-		h := startProxy(t, cfg)
+		h, logs := startProxyLog(t, cfg)
 		if err := goOraPing(t, h.addr("l"), "SALES"); err == nil || !strings.Contains(err.Error(), "ORA-12514") {
 			t.Errorf("retry_on = %s: go-ora got %v; want the preferred listener's ORA-12514", tc.retryOn, err)
 			continue
 		}
+		// The log says what the app got (the REFUSE is handed on first).
+		waitFor(t, time.Second, "the log line that says the app got the REFUSE", func() bool {
+			return len(logs.lines("no backend for new session: the app gets the last REFUSE")) == 1
+		})
 		// Counted as when the budget ends after a refusal: on no server
 		// (the standby did not refuse), as what the app got.
 		waitFor(t, time.Second, "the reset counted as refused", func() bool {

@@ -393,7 +393,11 @@ func (s *session) noBackend(err error, attempts []string, srv *failover.Server) 
 			attempts = append(append(attempts[:maxAttemptsLogged/2:maxAttemptsLogged/2],
 				fmt.Sprintf("... %d more ...", n-maxAttemptsLogged)), attempts[n-maxAttemptsLogged/2:]...)
 		}
-		s.logger().Warn("no backend for new session: resetting the app's connection", "budget", s.backend.Config.ConnectBudget.Duration.String(), "attempts", attempts)
+		msg := "no backend for new session: resetting the app's connection"
+		if errors.Is(err, ErrRefused) {
+			msg = "no backend for new session: the app gets the last REFUSE" // its driver shows the ORA error
+		}
+		s.logger().Warn(msg, "budget", s.backend.Config.ConnectBudget.Duration.String(), "attempts", attempts)
 	}
 	s.abort(SideBackend, PhaseConnect, err, "no_backend", srv)
 	return err
