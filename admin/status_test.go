@@ -325,7 +325,8 @@ return {loaded: document.body.dataset.loaded || "0", up: tr.dataset.up,
 // and the recent resets table lists it. A fresh load shows the same.
 func TestStatusPageInChromium(t *testing.T) {
 	db := newDatabase(t)
-	st := startStack(t, ordersConfig(db.addr()))
+	st := startStack(t, strings.Replace(ordersConfig(db.addr()), "name = \"orders\"\n  [backend.health]",
+		"name = \"orders\"\nconnect_timeout = \"200ms\"\nconnect_budget = \"500ms\"\n  [backend.health]", 1))
 	link := "orders|orders|" + db.addr()
 	started := time.Now()
 	b := startBrowser(t, 1280, 720)
@@ -374,6 +375,23 @@ func TestStatusPageInChromium(t *testing.T) {
 	waitRow("the reset after a reload", func(r *rowState) bool { return r.Loaded != "0" })
 	if row.Rst != "1" || row.Up != "true" {
 		t.Errorf("after a reload the row shows %+v", row)
+	}
+
+	// The database's port closes: a new session gets no server, and is
+	// counted on the link to server "none", whose row has no state (it was
+	// shown "down" for good, as if a server of that name were).
+	db.ln.Close()
+	c, err := net.Dial("tcp", st.p.Addr("orders").String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Write([]byte("x"))
+	io.Copy(io.Discard, c) // reset at the end of the budget
+	c.Close()
+	link = "orders|orders|none"
+	waitRow("the no-server row", func(r *rowState) bool { return r.Resets != "0 / 0 / 0" })
+	if row.State != "–" {
+		t.Errorf("the no-server row shows state %q, want –: %+v", row.State, row)
 	}
 }
 
