@@ -12,6 +12,7 @@ package admin
 import (
 	"context"
 	"encoding/json"
+	"io"
 	"net"
 	"net/http"
 	"net/netip"
@@ -70,12 +71,15 @@ func Start(cfg config.Admin, reg *prometheus.Registry, src Source, log hclog.Log
 	// Every wait is bounded: the admin port shares the process's fds and
 	// memory with the proxy, and a client that holds connections open
 	// (idle keep-alives, a trickled body) must not starve it.
+	// No endpoint takes more than a URL and a few headers: net/http's
+	// default (1 MiB) let each connection grow the heap by that much.
 	s.http = &http.Server{Handler: s.allowOnly(mux), ReadHeaderTimeout: 5 * time.Second,
 		ReadTimeout: 10 * time.Second, WriteTimeout: 30 * time.Second, IdleTimeout: 60 * time.Second,
-		ErrorLog: log.StandardLogger(&hclog.StandardLoggerOptions{ForceLevel: hclog.Warn})} // accept errors (EMFILE), panics: not info
+		MaxHeaderBytes: 16 << 10,
+		ErrorLog:       log.StandardLogger(&hclog.StandardLoggerOptions{ForceLevel: hclog.Warn})} // accept errors (EMFILE), panics: not info
 	go func() {
 		defer close(s.done)
-		if err := s.http.Serve(ln); err != nil && err != http.ErrServerClosed {
+		if err := s.http.Serve(&allowListener{Listener: ln, s: s, refusing: make(chan struct{}, maxRefusing)}); err != nil && err != http.ErrServerClosed {
 			log.Error("admin listener failed", "error", err)
 		}
 	}()
@@ -107,16 +111,72 @@ func writeJSON(w http.ResponseWriter, code int, v any) {
 // reload); empty allows everyone.
 func (s *Server) SetAllow(nets []netip.Prefix) { s.allow.Store(&nets) }
 
+// allowed tells whether admin.allow lets addr in (an empty list lets
+// everyone in).
+func (s *Server) allowed(addr string) bool {
+	nets := *s.allow.Load()
+	if len(nets) == 0 {
+		return true
+	}
+	ap, err := netip.ParseAddrPort(addr)
+	return err == nil && config.Allowed(nets, ap.Addr().Unmap())
+}
+
+// maxRefusing bounds the connections from outside admin.allow that are
+// being answered at once; beyond it they are closed unanswered.
+const maxRefusing = 32
+
+// refuseLinger is how long a turned-away connection is read (and its 403
+// written) before it is closed.
+const refuseLinger = 500 * time.Millisecond
+
+// forbidden is the whole answer a client outside admin.allow gets.
+const forbidden = "HTTP/1.1 403 Forbidden\r\nContent-Type: text/plain; charset=utf-8\r\n" +
+	"Connection: close\r\nContent-Length: 25\r\n\r\nforbidden by admin.allow\n"
+
+// allowListener turns clients outside admin.allow away as they connect,
+// before a byte of their request is read: each would otherwise hold an fd
+// (and a request's memory) until the header timeout, with no bound on how
+// many (a scanner, or an attacker who can reach the port). The 403 is
+// written, the rest of what the client sends is read for at most
+// refuseLinger so that the answer is not lost to a reset, and the
+// connection is closed.
+type allowListener struct {
+	net.Listener
+	s        *Server
+	refusing chan struct{} // a token per connection being turned away
+}
+
+func (l *allowListener) Accept() (net.Conn, error) {
+	for {
+		c, err := l.Listener.Accept()
+		if err != nil || l.s.allowed(c.RemoteAddr().String()) {
+			return c, err
+		}
+		select {
+		case l.refusing <- struct{}{}:
+			go func() {
+				defer func() { <-l.refusing }()
+				c.SetDeadline(time.Now().Add(refuseLinger))
+				io.WriteString(c, forbidden)
+				if tc, ok := c.(*net.TCPConn); ok {
+					tc.CloseWrite()
+				}
+				io.Copy(io.Discard, io.LimitReader(c, 16<<10))
+				c.Close()
+			}()
+		default:
+			c.Close() // too many at once: no answer
+		}
+	}
+}
+
 // allowOnly answers 403 to clients outside admin.allow (when it is not
-// empty).
+// empty). allowListener turns them away as they connect; this catches a
+// connection that a reload's new list no longer allows.
 func (s *Server) allowOnly(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		nets := *s.allow.Load()
-		if len(nets) == 0 {
-			next.ServeHTTP(w, r)
-			return
-		}
-		if ap, err := netip.ParseAddrPort(r.RemoteAddr); err == nil && config.Allowed(nets, ap.Addr().Unmap()) {
+		if s.allowed(r.RemoteAddr) {
 			next.ServeHTTP(w, r)
 			return
 		}

@@ -7,6 +7,9 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"os"
+	"runtime"
+	"sync"
 	"testing"
 	"time"
 
@@ -91,4 +94,92 @@ func TestAllowLinkLocalIPv6(t *testing.T) {
 func isTimeout(err error) bool {
 	ne, ok := err.(net.Error)
 	return ok && ne.Timeout()
+}
+
+func openFDs() int {
+	ents, _ := os.ReadDir("/proc/self/fd")
+	return len(ents)
+}
+
+// Hosts outside admin.allow that connect and send nothing (or trickle a
+// request line) are turned away as they connect. They kept one of the
+// process's fds each until the header timeout (5 s), with no bound on how
+// many: 300 such connections held 300 fds the proxy needs for its sessions.
+func TestForbiddenClientsHoldNoFDs(t *testing.T) {
+	s := startStack(t, ordersConfig("127.0.0.1:1"))
+	adm, err := Start(config.Admin{Listen: "127.0.0.1:0", AllowNets: []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8")}},
+		prometheus.NewRegistry(), s.p, hclog.NewNullLogger())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer adm.Close()
+	const n = 300
+	base := openFDs()
+	var cs []net.Conn
+	for i := 0; i < n; i++ {
+		c, err := net.Dial("tcp", adm.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if i%2 == 0 {
+			c.Write([]byte("GET /metr")) // a request line that never ends
+		}
+		cs = append(cs, c)
+	}
+	defer func() {
+		for _, c := range cs {
+			c.Close()
+		}
+	}()
+	time.Sleep(time.Second)
+	// our n client fds plus the server's side of every connection still open
+	held := openFDs() - base - n
+	t.Logf("1 s after %d connections from outside admin.allow: the admin server holds %d fds for them", n, held)
+	if held > n/10 {
+		t.Fatalf("the admin server still holds %d fds for %d clients outside admin.allow 1 s after they connected", held, n)
+	}
+}
+
+// A request line of up to 1 MiB (net/http's default MaxHeaderBytes) was
+// read and buffered before admin.allow was checked: 200 connections from
+// outside it grew the proxy's heap by about 200 MiB.
+func TestForbiddenClientsHoldNoMemory(t *testing.T) {
+	s := startStack(t, ordersConfig("127.0.0.1:1"))
+	adm, err := Start(config.Admin{Listen: "127.0.0.1:0", AllowNets: []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8")}},
+		prometheus.NewRegistry(), s.p, hclog.NewNullLogger())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer adm.Close()
+	const n = 200
+	line := append([]byte("GET /api/resets?limit="), make([]byte, 1000<<10)...)
+	for i := 22; i < len(line); i++ {
+		line[i] = 'a'
+	}
+	var before, after runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&before)
+	var cs []net.Conn
+	var wg sync.WaitGroup
+	for i := 0; i < n; i++ {
+		c, err := net.Dial("tcp", adm.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		cs = append(cs, c)
+		wg.Add(1)
+		go func() { defer wg.Done(); c.Write(line) }()
+	}
+	wg.Wait()
+	time.Sleep(500 * time.Millisecond)
+	runtime.GC()
+	runtime.ReadMemStats(&after)
+	for _, c := range cs {
+		c.Close()
+	}
+	grew := (int64(after.HeapInuse) - int64(before.HeapInuse)) >> 20
+	t.Logf("%d connections from outside admin.allow, each a 1000 KiB request line: heap grew by %d MiB", n, grew)
+	if grew > 32 {
+		t.Fatalf("heap grew by %d MiB for %d unauthorised, unfinished requests", grew, n)
+	}
 }
