@@ -316,12 +316,14 @@ func (s *Server) publish() {
 // (breaker allows, health up) by the balance policy, then those whose health
 // check says down but whose breaker allows (a check may lag a restart).
 // Servers with an open breaker are left out while any other server is
-// usable (when only servers whose check fails are left, one whose check
-// passes comes first; and see Plan.Refused); when every circuit is open
-// they are tried all the same (last resort): a breaker steers sessions to the other servers, it never makes a
-// backend unavailable on its own, and a single server that came back is
-// found by the next dial instead of after open_for. Weight 0 servers are
-// never used.
+// usable, with two exceptions for a server that is the only chance: when
+// only servers whose check fails are left, an open one whose check passes
+// comes first; and a session that every other server refused tries them
+// (Plan.Refused). When every circuit is open they are tried all the same
+// (last resort): a breaker steers sessions to the other servers, it never
+// makes a backend unavailable on its own, and a single server that came
+// back is found by the next dial instead of after open_for. Weight 0
+// servers are never used.
 func (b *Backend) order(now time.Time) (servers []*Server, lastResort bool) {
 	var healthy, down, open []*Server
 	for _, s := range b.Servers {
