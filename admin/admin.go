@@ -10,6 +10,7 @@
 package admin
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"io"
@@ -126,8 +127,8 @@ func (s *Server) allowed(addr string) bool {
 // being answered at once; beyond it they are closed unanswered.
 const maxRefusing = 32
 
-// refuseLinger is how long a turned-away connection is read (and its 403
-// written) before it is closed.
+// refuseLinger bounds how long a turned-away connection is read before its
+// 403 is written and it is closed.
 const refuseLinger = 500 * time.Millisecond
 
 // forbidden is the whole answer a client outside admin.allow gets.
@@ -137,10 +138,9 @@ const forbidden = "HTTP/1.1 403 Forbidden\r\nContent-Type: text/plain; charset=u
 // allowListener turns clients outside admin.allow away as they connect,
 // before a byte of their request is read: each would otherwise hold an fd
 // (and a request's memory) until the header timeout, with no bound on how
-// many (a scanner, or an attacker who can reach the port). The 403 is
-// written, the rest of what the client sends is read for at most
-// refuseLinger so that the answer is not lost to a reset, and the
-// connection is closed.
+// many (a scanner, or an attacker who can reach the port). The request's
+// head is read for at most refuseLinger, the 403 written, and the
+// connection closed.
 type allowListener struct {
 	net.Listener
 	s        *Server
@@ -158,15 +158,28 @@ func (l *allowListener) Accept() (net.Conn, error) {
 			go func() {
 				defer func() { <-l.refusing }()
 				c.SetDeadline(time.Now().Add(refuseLinger))
+				readHead(c)
 				io.WriteString(c, forbidden)
-				if tc, ok := c.(*net.TCPConn); ok {
-					tc.CloseWrite()
-				}
-				io.Copy(io.Discard, io.LimitReader(c, 16<<10))
 				c.Close()
 			}()
 		default:
 			c.Close() // too many at once: no answer
+		}
+	}
+}
+
+// readHead reads a request's head (up to its blank line, at most 16 KiB,
+// within c's deadline) so that the 403 comes after the question: an HTTP
+// client drops an answer that comes before its request (Go's says
+// "unsolicited response").
+func readHead(c net.Conn) {
+	head := make([]byte, 0, 1024)
+	buf := make([]byte, 1024)
+	for len(head) < 16<<10 {
+		n, err := c.Read(buf)
+		head = append(head, buf[:n]...)
+		if err != nil || bytes.Contains(head, []byte("\r\n\r\n")) {
+			return
 		}
 	}
 }
