@@ -22,16 +22,22 @@ import (
 // A client outside admin.allow gets its 403 and the connection is closed: it
 // kept it (and one of the process's fds) for as long as it liked, so a
 // refused client could starve the proxy of fds.
-func TestForbiddenClientConnectionIsClosed(t *testing.T) {
+// startAdminFor10 starts an admin listener on loopback whose admin.allow
+// is 10.0.0.0/8: the tests' own connections are outside it.
+func startAdminFor10(t *testing.T) *Server {
+	t.Helper()
 	s := startStack(t, ordersConfig("127.0.0.1:1"))
-
-	reg := prometheus.NewRegistry()
 	adm, err := Start(config.Admin{Listen: "127.0.0.1:0", AllowNets: []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8")}},
-		reg, s.p, hclog.NewNullLogger())
+		prometheus.NewRegistry(), s.p, hclog.NewNullLogger())
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer adm.Close()
+	t.Cleanup(func() { adm.Close() })
+	return adm
+}
+
+func TestForbiddenClientConnectionIsClosed(t *testing.T) {
+	adm := startAdminFor10(t)
 	c, err := net.Dial("tcp", adm.Addr().String())
 	if err != nil {
 		t.Fatal(err)
@@ -106,13 +112,7 @@ func openFDs() int {
 // process's fds each until the header timeout (5 s), with no bound on how
 // many: 300 such connections held 300 fds the proxy needs for its sessions.
 func TestForbiddenClientsHoldNoFDs(t *testing.T) {
-	s := startStack(t, ordersConfig("127.0.0.1:1"))
-	adm, err := Start(config.Admin{Listen: "127.0.0.1:0", AllowNets: []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8")}},
-		prometheus.NewRegistry(), s.p, hclog.NewNullLogger())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer adm.Close()
+	adm := startAdminFor10(t)
 	const n = 300
 	base := openFDs()
 	var cs []net.Conn
@@ -144,13 +144,7 @@ func TestForbiddenClientsHoldNoFDs(t *testing.T) {
 // read and buffered before admin.allow was checked: 200 connections from
 // outside it grew the proxy's heap by about 200 MiB.
 func TestForbiddenClientsHoldNoMemory(t *testing.T) {
-	s := startStack(t, ordersConfig("127.0.0.1:1"))
-	adm, err := Start(config.Admin{Listen: "127.0.0.1:0", AllowNets: []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8")}},
-		prometheus.NewRegistry(), s.p, hclog.NewNullLogger())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer adm.Close()
+	adm := startAdminFor10(t)
 	const n = 200
 	line := append([]byte("GET /api/resets?limit="), make([]byte, 1000<<10)...)
 	for i := 22; i < len(line); i++ {

@@ -162,11 +162,7 @@ func TestLeastSessions(t *testing.T) {
 // Open circuits are skipped while another server is usable, and tried
 // anyway when every circuit is open.
 func TestOrderSkipsOpenCircuitsUnlessAllOpen(t *testing.T) {
-	b := testBackend(t, `[backend.breaker]
-failures = 1
-open_for = "1h"
-max_open_for = "1h"
-`+servers(`address = "a:1"`, `address = "s:1";priority = 1`))
+	b := primaryAndStandby(t, "")
 	b.Servers[0].Failed(errors.New("refused"))
 	list, last := b.order(time.Now())
 	if len(list) != 1 || list[0].Address != "s:1" || last {
@@ -193,11 +189,7 @@ max_open_for = "1h"
 // not asked: waiting out open_for would keep sessions off a server that is
 // back.
 func TestOrderTriesAnOpenCircuitThatIsUpBeforeDownServers(t *testing.T) {
-	b := testBackend(t, `[backend.breaker]
-failures = 1
-open_for = "1h"
-max_open_for = "1h"
-`+servers(`address = "a:1"`, `address = "s:1";priority = 1`))
+	b := primaryAndStandby(t, "")
 	b.Servers[0].Failed(errors.New("refused"))
 	b.Servers[0].setUp(true) // its check passes: it never saw the restart
 	b.Servers[1].setUp(false)
@@ -214,13 +206,7 @@ max_open_for = "1h"
 // When every server a round would try has refused this session, the next
 // round tries the servers whose circuit is open too.
 func TestPlanTriesOpenCircuitsOnceTheOthersRefused(t *testing.T) {
-	b := testBackend(t, `backoff = "1ms"
-backoff_max = "1ms"
-[backend.breaker]
-failures = 1
-open_for = "1h"
-max_open_for = "1h"
-`+servers(`address = "a:1"`, `address = "s:1";priority = 1`))
+	b := primaryAndStandby(t, "backoff = \"1ms\"\nbackoff_max = \"1ms\"\n")
 	b.Servers[0].Failed(errors.New("refused"))
 	b.Servers[0].setUp(true)
 	b.Servers[1].setUp(true)
@@ -234,6 +220,18 @@ max_open_for = "1h"
 	if err != nil || s.Address != "a:1" {
 		t.Fatalf("after s:1 refused the session: %v, %v; want a:1, its circuit open but the session's only chance", s, err)
 	}
+}
+
+// primaryAndStandby is a backend of a:1 and s:1 (priority 1) whose
+// breaker opens at the first failure, for an hour; keys go before its
+// tables.
+func primaryAndStandby(t *testing.T, keys string) *Backend {
+	t.Helper()
+	return testBackend(t, keys+`[backend.breaker]
+failures = 1
+open_for = "1h"
+max_open_for = "1h"
+`+servers(`address = "a:1"`, `address = "s:1";priority = 1`))
 }
 
 func addrs(list []*Server) []string {
