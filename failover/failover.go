@@ -355,7 +355,7 @@ func (b *Backend) order(now time.Time) (servers []*Server, lastResort bool) {
 		// server that is back.
 		var upOpen []*Server
 		for _, s := range open {
-			if s.Up() {
+			if s.Up() && s.breaker.current(now) == metrics.BreakerOpen { // not a half-open trial that is out
 				upOpen = append(upOpen, s)
 			}
 		}
@@ -367,12 +367,15 @@ func (b *Backend) order(now time.Time) (servers []*Server, lastResort bool) {
 	return append(healthy, down...), false
 }
 
-// openCircuits returns the servers whose breaker keeps sessions off now, in
-// the balance policy's order.
-func (b *Backend) openCircuits(now time.Time) []*Server {
+// openCircuits returns the servers whose circuit is open now (not a
+// half-open trial that is out: a dial beside it would decide the trial),
+// whose health check passes (any, with checks off), and that skip does not
+// name, in the balance policy's order.
+func (b *Backend) openCircuits(now time.Time, skip map[*Server]bool) []*Server {
 	var open []*Server
 	for _, s := range b.Servers {
-		if s.Weight != 0 && !s.breaker.usable(now) {
+		if s.Weight != 0 && !skip[s] && s.breaker.current(now) == metrics.BreakerOpen &&
+			(s.Up() || b.Config.Health.Check == "off") {
 			open = append(open, s)
 		}
 	}
@@ -445,13 +448,18 @@ type Plan struct {
 	// the round dials them without asking their breakers.
 	lastResort bool
 	refused    map[*Server]bool // servers that refused this session (Refused)
+	bypassed   map[*Server]bool // open circuits it tried once for that (one dial each)
 }
 
 // Refused tells the plan that s refused this session (a listener's REFUSE).
 // When every server a round would try has refused it, the round tries the
-// servers whose circuit is open too: they are the session's only chance
-// (a standby that does not have the service yet, while the primary's
-// circuit is open from a restart that is over).
+// servers whose circuit is open too, once each per session, and only those
+// whose health check passes: they are the session's only chance (a standby
+// that does not have the service yet, while the primary's circuit is open
+// from a restart that is over). Once, so that a server that takes TCP but
+// fails every session is not dialed every round while the breaker is open
+// (an app asking for a service nobody has would do that for its whole
+// budget).
 func (p *Plan) Refused(s *Server) {
 	if p.refused == nil {
 		p.refused = map[*Server]bool{}
@@ -517,7 +525,13 @@ func (p *Plan) Next(ctx context.Context) (*Server, error) {
 		now := time.Now()
 		p.queue, p.lastResort = p.b.order(now)
 		if !p.lastResort && p.allRefused(p.queue) {
-			if open := p.b.openCircuits(now); len(open) > 0 {
+			if open := p.b.openCircuits(now, p.bypassed); len(open) > 0 {
+				if p.bypassed == nil {
+					p.bypassed = map[*Server]bool{}
+				}
+				for _, s := range open {
+					p.bypassed[s] = true
+				}
 				p.queue, p.lastResort = append(open, p.queue...), true
 			}
 		}

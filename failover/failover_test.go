@@ -411,3 +411,39 @@ func (slowWriter) Write(p []byte) (int, error) {
 	time.Sleep(time.Millisecond)
 	return len(p), nil
 }
+
+// A half-open trial is out (session 1's). Session 2, refused by the
+// standby, does not dial the same server as its only chance: its end would
+// decide the trial (a failure doubled open_for, a no-verdict end let a
+// third session take a second trial).
+func TestOnlyChanceLeavesAHalfOpenTrialAlone(t *testing.T) {
+	b := testBackend(t, `backoff = "1ms"
+backoff_max = "1ms"
+[backend.breaker]
+failures = 1
+open_for = "10ms"
+max_open_for = "1h"
+`+servers(`address = "a:1"`, `address = "s:1";priority = 1`))
+	a := b.Servers[0]
+	a.Failed(errors.New("restart"))
+	time.Sleep(20 * time.Millisecond)
+	trial := b.NewPlan(time.Now())
+	if s, _ := trial.Next(context.Background()); s != a || a.BreakerState() != metrics.BreakerHalfOpen {
+		t.Fatalf("session 1 got %v, want the half-open trial on a:1", s)
+	}
+	p := b.NewPlan(time.Now().Add(-b.Config.ConnectBudget.Duration + 50*time.Millisecond)) // 50 ms of budget
+	s, err := p.Next(context.Background())
+	if err != nil || s.Address != "s:1" {
+		t.Fatalf("session 2 first got %v, %v; want s:1", s, err)
+	}
+	p.Refused(s)
+	for {
+		s, err := p.Next(context.Background())
+		if err != nil {
+			break // the budget ended
+		}
+		if s == a {
+			t.Fatalf("session 2 dialed a:1 beside session 1's half-open trial")
+		}
+	}
+}

@@ -809,3 +809,82 @@ func TestRestartBehindARefusingStandbyReachesThePrimary(t *testing.T) {
 	}
 	t.Logf("reached the primary %v after its restart, its circuit open", took.Round(time.Millisecond))
 }
+
+// oneStrikeOpenHour puts a breaker that opens at the first failure, for an
+// hour, and the health check given, into an oracleConfig.
+func oneStrikeOpenHour(cfg, health string) string {
+	return strings.Replace(cfg, "  [backend.health]\n  check = \"off\"",
+		"  [backend.breaker]\n  failures = 1\n  open_for = \"1h\"\n  max_open_for = \"1h\"\n  [backend.health]\n"+health, 1)
+}
+
+// tnsFirstByte sends a CONNECT for SALES on a new session and returns the
+// first byte the app gets (0 on an error) and when.
+func tnsFirstByte(t *testing.T, h *harness) (byte, time.Duration) {
+	t.Helper()
+	connect, err := tns.BuildConnect("(DESCRIPTION=(CONNECT_DATA=(SERVICE_NAME=SALES)))")
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := h.dial("l")
+	defer c.Close()
+	t0 := time.Now()
+	c.Write(connect)
+	c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	b := make([]byte, 1)
+	if _, err := io.ReadFull(c, b); err != nil {
+		return 0, time.Since(t0)
+	}
+	return b[0], time.Since(t0)
+}
+
+// A server that accepts TCP but resets every session (its tcp check passes)
+// has an open circuit; the other server refuses the service (12514). A
+// session tries the open circuit once, as its only chance, not once per
+// round for its whole budget (84 dials from 3 sessions in a first version).
+func TestOpenCircuitIsTriedOncePerSessionWhileOthersRefuse(t *testing.T) {
+	bad := tnstest.New(t, tnstest.Config{Mode: tnstest.Reset})
+	standby := tnstest.New(t, tnstest.Config{Mode: tnstest.Refuse, Err: 12514})
+	cfg := oneStrikeOpenHour(oracleConfig(`balance = "priority"`, bad.Addr()+";0", standby.Addr()+";1"),
+		"  check = \"tcp\"\n  interval = \"100ms\"\n  timeout = \"100ms\"\n  rise = 1\n  fall = 1")
+	h := startProxy(t, cfg)
+	time.Sleep(300 * time.Millisecond)
+	tnsFirstByte(t, h) // opens bad's circuit
+	if gauge(h.m.BreakerState, "b", bad.Addr()) != 1 {
+		t.Fatalf("circuit not open")
+	}
+	before := len(bad.Connects())
+	const sessions = 3
+	for i := 0; i < sessions; i++ {
+		tnsFirstByte(t, h)
+	}
+	got := len(bad.Connects()) - before
+	t.Logf("open circuit got %d connections from %d sessions (state %v)", got, sessions, gauge(h.m.BreakerState, "b", bad.Addr()))
+	if got > sessions {
+		t.Fatalf("a server whose circuit is open (open_for 1h) took %d connections from %d sessions", got, sessions)
+	}
+}
+
+// The primary's host is gone (SYNs dropped, tcp check down), its circuit
+// open. The standby refuses the service until it opens it (a failover in
+// progress). The dead primary is not tried as the session's only chance
+// (its check fails): the standby is asked every backoff, not once per
+// connect_timeout (2 times in a 2 s budget in a first version).
+func TestDeadOpenCircuitDoesNotSlowTheStandby(t *testing.T) {
+	dead := blackhole(t)
+	standby := tnstest.New(t, tnstest.Config{Mode: tnstest.Refuse, Err: 12514})
+	cfg := oneStrikeOpenHour(oracleConfig(`balance = "priority"`, dead+";0", standby.Addr()+";1"),
+		"  check = \"tcp\"\n  interval = \"100ms\"\n  timeout = \"100ms\"\n  rise = 1\n  fall = 1")
+	h := startProxy(t, cfg)
+	time.Sleep(300 * time.Millisecond)
+	tnsFirstByte(t, h) // opens dead's circuit (a 1 s connect timeout)
+	if gauge(h.m.BreakerState, "b", dead) != 1 {
+		t.Fatalf("circuit not open")
+	}
+	before := len(standby.Connects())
+	_, took := tnsFirstByte(t, h)
+	asked := len(standby.Connects()) - before
+	t.Logf("in one %v session the standby was asked %d times", took.Round(time.Millisecond), asked)
+	if asked < 5 {
+		t.Fatalf("the standby was asked only %d times in a 2 s budget with a 20-100 ms backoff: each round waited on the dead, health-down primary's open circuit", asked)
+	}
+}
