@@ -157,8 +157,9 @@ func (l *allowListener) Accept() (net.Conn, error) {
 		case l.refusing <- struct{}{}:
 			go func() {
 				defer func() { <-l.refusing }()
-				c.SetDeadline(time.Now().Add(refuseLinger))
+				c.SetReadDeadline(time.Now().Add(refuseLinger))
 				readHead(c)
+				c.SetWriteDeadline(time.Now().Add(refuseLinger)) // a slow head still gets its answer
 				io.WriteString(c, forbidden)
 				c.Close()
 			}()
@@ -178,7 +179,7 @@ func readHead(c net.Conn) {
 	for len(head) < 16<<10 {
 		n, err := c.Read(buf)
 		head = append(head, buf[:n]...)
-		if err != nil || bytes.Contains(head, []byte("\r\n\r\n")) {
+		if err != nil || bytes.Contains(head, []byte("\r\n\r\n")) || bytes.Contains(head, []byte("\n\n")) { // net/http takes bare LFs too
 			return
 		}
 	}

@@ -2,6 +2,7 @@ package admin
 
 import (
 	"bufio"
+	"bytes"
 	"fmt"
 	"io"
 	"net"
@@ -175,5 +176,40 @@ func TestForbiddenClientsHoldNoMemory(t *testing.T) {
 	t.Logf("%d connections from outside admin.allow, each a 1000 KiB request line: heap grew by %d MiB", n, grew)
 	if grew > 32 {
 		t.Fatalf("heap grew by %d MiB for %d unauthorised, unfinished requests", grew, n)
+	}
+}
+
+// Every client outside admin.allow gets its 403: one whose head ends in
+// bare LFs (net/http takes those), one whose head takes longer than the
+// half second a refusal reads for (it got a bare close, the write's
+// deadline gone), and one that posts a body.
+func TestForbiddenClientsGetTheir403(t *testing.T) {
+	adm := startAdminFor10(t)
+	raw := func(name string, send func(c net.Conn)) {
+		c, err := net.Dial("tcp", adm.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		send(c)
+		c.SetReadDeadline(time.Now().Add(3 * time.Second))
+		resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+		if err != nil || resp.StatusCode != http.StatusForbidden {
+			t.Errorf("%s: %v, %v; want a 403", name, resp, err)
+			return
+		}
+		resp.Body.Close()
+	}
+	raw("bare LFs", func(c net.Conn) { fmt.Fprintf(c, "GET /metrics HTTP/1.0\n\n") })
+	raw("a slow head", func(c net.Conn) {
+		fmt.Fprintf(c, "GET /metrics HTTP/1.1\r\nHost: x\r\n")
+		time.Sleep(600 * time.Millisecond)
+		fmt.Fprintf(c, "\r\n")
+	})
+	resp, err := http.Post("http://"+adm.Addr().String()+"/metrics", "text/plain", bytes.NewReader(make([]byte, 256<<10)))
+	if err != nil || resp.StatusCode != http.StatusForbidden {
+		t.Errorf("a POST with a 256 KiB body: %v, %v; want a 403", resp, err)
+	} else {
+		resp.Body.Close()
 	}
 }
