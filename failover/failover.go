@@ -316,10 +316,8 @@ func (s *Server) publish() {
 // (breaker allows, health up) by the balance policy, then those whose health
 // check says down but whose breaker allows (a check may lag a restart).
 // Servers with an open breaker are left out while any other server is
-// usable, with two exceptions for a server that is the only chance: when
-// only servers whose check fails are left, an open one whose check passes
-// comes first; and a session that every other server refused tries them
-// (Plan.Refused). When every circuit is open they are tried all the same
+// usable, with two exceptions for a server that is a session's only chance
+// (Plan.Next). When every circuit is open they are tried all the same
 // (last resort): a breaker steers sessions to the other servers, it never
 // makes a backend unavailable on its own, and a single server that came
 // back is found by the next dial instead of after open_for. Weight 0
@@ -346,24 +344,6 @@ func (b *Backend) order(now time.Time) (servers []*Server, lastResort bool) {
 	}
 	b.sortByPolicy(healthy, turn)
 	b.sortByPolicy(down, turn)
-	if len(healthy) == 0 {
-		// Only servers whose check fails are left: one whose circuit is
-		// open but whose check passes goes first. A listener restart
-		// shorter than fall checks opens a circuit the check never saw,
-		// and the standby's check may fail meanwhile (its service is not
-		// open yet): waiting out open_for would keep sessions off the
-		// server that is back.
-		var upOpen []*Server
-		for _, s := range open {
-			if s.Up() && s.breaker.current(now) == metrics.BreakerOpen { // not a half-open trial that is out
-				upOpen = append(upOpen, s)
-			}
-		}
-		if len(upOpen) > 0 {
-			b.sortByPolicy(upOpen, turn)
-			return append(upOpen, down...), true
-		}
-	}
 	return append(healthy, down...), false
 }
 
@@ -452,20 +432,29 @@ type Plan struct {
 }
 
 // Refused tells the plan that s refused this session (a listener's REFUSE).
-// When every server a round would try has refused it, the round tries the
-// servers whose circuit is open too, once each per session, and only those
-// whose health check passes: they are the session's only chance (a standby
-// that does not have the service yet, while the primary's circuit is open
-// from a restart that is over). Once, so that a server that takes TCP but
-// fails every session is not dialed every round while the breaker is open
-// (an app asking for a service nobody has would do that for its whole
-// budget).
+//
+// A round tries the servers whose circuit is open too, first, when they are
+// the session's only chance: every other server it would try has refused
+// the session, or has a failing health check. A listener restart shorter
+// than the check's fall opens a circuit the check never saw, while the
+// standby refuses the service or fails its check (its service is not open
+// yet): waiting out open_for would keep sessions off the server that is
+// back. Only open circuits whose check passes (any, with checks off), not a
+// half-open one whose trial is out (the dial would decide another
+// session's trial), and each once per session: a server that takes TCP
+// but fails every session is not dialed every round while its breaker is
+// open, nor a dead host waited on (TryAgain makes an exception).
 func (p *Plan) Refused(s *Server) {
 	if p.refused == nil {
 		p.refused = map[*Server]bool{}
 	}
 	p.refused[s] = true
 }
+
+// TryAgain lets a later round try s as an only chance again: its dial was
+// refused at once (a listener restarting), which costs nothing, and it may
+// be back within the session's budget.
+func (p *Plan) TryAgain(s *Server) { delete(p.bypassed, s) }
 
 // NewPlan starts a session's plan; the budget runs from start (when the
 // session began to wait: what it spent before its first dial is part of
@@ -524,7 +513,7 @@ func (p *Plan) Next(ctx context.Context) (*Server, error) {
 		p.rounds++
 		now := time.Now()
 		p.queue, p.lastResort = p.b.order(now)
-		if !p.lastResort && p.allRefused(p.queue) {
+		if !p.lastResort && (p.allRefused(p.queue) || allDown(p.queue)) {
 			if open := p.b.openCircuits(now, p.bypassed); len(open) > 0 {
 				if p.bypassed == nil {
 					p.bypassed = map[*Server]bool{}
@@ -536,6 +525,16 @@ func (p *Plan) Next(ctx context.Context) (*Server, error) {
 			}
 		}
 	}
+}
+
+// allDown tells whether every server in queue has a failing health check.
+func allDown(queue []*Server) bool {
+	for _, s := range queue {
+		if s.Up() {
+			return false
+		}
+	}
+	return len(queue) > 0
 }
 
 // allRefused tells whether every server in queue refused this session.

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -185,22 +186,53 @@ func TestOrderSkipsOpenCircuitsUnlessAllOpen(t *testing.T) {
 
 // A restart shorter than fall checks opens the primary's circuit while its
 // check still passes. When the only other server's check fails (a standby
-// whose service is not open yet), the primary comes first, its breaker
-// not asked: waiting out open_for would keep sessions off a server that is
-// back.
-func TestOrderTriesAnOpenCircuitThatIsUpBeforeDownServers(t *testing.T) {
-	b := primaryAndStandby(t, "")
+// whose service is not open yet), a session tries the primary first, its
+// breaker not asked, once: a server that takes TCP but fails every session
+// is not dialed every round (29 times in one session in a first version).
+func TestPlanTriesAnOpenCircuitThatIsUpOnceWhenTheOthersAreDown(t *testing.T) {
+	b := primaryAndStandby(t, "backoff = \"1ms\"\nbackoff_max = \"1ms\"\n")
 	b.Servers[0].Failed(errors.New("refused"))
 	b.Servers[0].setUp(true) // its check passes: it never saw the restart
 	b.Servers[1].setUp(false)
-	list, last := b.order(time.Now())
-	if len(list) != 2 || list[0].Address != "a:1" || list[1].Address != "s:1" || !last {
-		t.Fatalf("order %v (last resort %v), want a:1 (open, up) then s:1 (down), as a last resort", addrs(list), last)
+	plan := b.NewPlan(time.Now().Add(-b.Config.ConnectBudget.Duration + 50*time.Millisecond)) // 50 ms of budget
+	var got []string
+	for {
+		s, err := plan.Next(context.Background())
+		if err != nil {
+			break
+		}
+		got = append(got, s.Address)
+	}
+	if len(got) < 3 || got[0] != "a:1" || got[1] != "s:1" || slices.Contains(got[2:], "a:1") {
+		t.Fatalf("dials %v, want a:1 once, first, then s:1 every round", got)
 	}
 	b.Servers[1].setUp(true) // a healthy standby: the open circuit is skipped again
-	if list, last := b.order(time.Now()); len(list) != 1 || list[0].Address != "s:1" || last {
-		t.Fatalf("order %v (last resort %v), want only s:1", addrs(list), last)
+	plan = b.NewPlan(time.Now())
+	if s, err := plan.Next(context.Background()); err != nil || s.Address != "s:1" {
+		t.Fatalf("with the standby up: %v, %v; want s:1", s, err)
 	}
+}
+
+// A restarting listener refuses the one dial a session gave it as its
+// only chance; the dial cost nothing, so a later round tries it again.
+func TestPlanTriesAnOnlyChanceAgainAfterAFastRefusal(t *testing.T) {
+	b := primaryAndStandby(t, "backoff = \"1ms\"\nbackoff_max = \"1ms\"\n")
+	b.Servers[0].Failed(errors.New("refused"))
+	b.Servers[0].setUp(true)
+	b.Servers[1].setUp(true)
+	plan := b.NewPlan(time.Now())
+	s, _ := plan.Next(context.Background())
+	plan.Refused(s)
+	if s, _ = plan.Next(context.Background()); s.Address != "a:1" {
+		t.Fatalf("after the standby refused: %s, want a:1", s.Address)
+	}
+	plan.TryAgain(s) // connection refused: the listener restarts
+	for range 3 {
+		if s, _ = plan.Next(context.Background()); s.Address == "a:1" {
+			return
+		}
+	}
+	t.Fatalf("a:1 was not tried again after its fast refusal")
 }
 
 // When every server a round would try has refused this session, the next

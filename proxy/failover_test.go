@@ -888,3 +888,27 @@ func TestDeadOpenCircuitDoesNotSlowTheStandby(t *testing.T) {
 		t.Fatalf("the standby was asked only %d times in a 2 s budget with a 20-100 ms backoff: each round waited on the dead, health-down primary's open circuit", asked)
 	}
 }
+
+// The primary's restart is still on when a session starts, and ends 400 ms
+// into its 2 s budget. Its one dial as the session's only chance was
+// refused at once, which costs nothing: a later round tries the primary
+// again, and the app gets its answer, not the standby's ORA-12514.
+func TestRestartEndingWithinTheSessionReachesThePrimary(t *testing.T) {
+	for _, health := range []string{"  check = \"off\"", "  check = \"tcp\"\n  interval = \"100ms\"\n  timeout = \"100ms\"\n  rise = 1\n  fall = 100"} {
+		t.Run(strings.Fields(health)[2], func(t *testing.T) {
+			primary := newServer(t, sayName("P"))
+			standby := tnstest.New(t, tnstest.Config{Mode: tnstest.Refuse, Err: 12514})
+			h := startProxy(t, oneStrikeOpenHour(oracleConfig(`balance = "priority"`, primary.address+";0", standby.Addr()+";1"), health))
+			time.Sleep(300 * time.Millisecond)
+			primary.down()
+			tnsFirstByte(t, h) // the restart opens the circuit
+			if gauge(h.m.BreakerState, "b", primary.address) != 1 {
+				t.Fatalf("circuit not open")
+			}
+			go func() { time.Sleep(400 * time.Millisecond); primary.up() }()
+			if got, took := tnsFirstByte(t, h); got != 'P' {
+				t.Fatalf("primary back 400 ms into a 2 s budget: the app got %q after %v, want the primary's answer", got, took.Round(time.Millisecond))
+			}
+		})
+	}
+}

@@ -241,6 +241,9 @@ func (s *session) open() error {
 			} else {
 				srv.Failed(err)
 			}
+			if errors.Is(err, syscall.ECONNREFUSED) {
+				plan.TryAgain(srv) // a listener restarting: it may be back in a later round
+			}
 			if !cfg.Retries("connect") {
 				if lastRefuse != nil { // the app gets the REFUSE, not a reset
 					s.deliverRefuse(lastRefuse)
