@@ -216,10 +216,7 @@ func TestPlanTriesAnOpenCircuitThatIsUpOnceWhenTheOthersAreDown(t *testing.T) {
 // A restarting listener refuses the one dial a session gave it as its
 // only chance; the dial cost nothing, so a later round tries it again.
 func TestPlanTriesAnOnlyChanceAgainAfterAFastRefusal(t *testing.T) {
-	b := primaryAndStandby(t, "backoff = \"1ms\"\nbackoff_max = \"1ms\"\n")
-	b.Servers[0].Failed(errors.New("refused"))
-	b.Servers[0].setUp(true)
-	b.Servers[1].setUp(true)
+	b := restartedPrimary(t)
 	plan := b.NewPlan(time.Now())
 	s, _ := plan.Next(context.Background())
 	plan.Refused(s)
@@ -238,10 +235,7 @@ func TestPlanTriesAnOnlyChanceAgainAfterAFastRefusal(t *testing.T) {
 // When every server a round would try has refused this session, the next
 // round tries the servers whose circuit is open too.
 func TestPlanTriesOpenCircuitsOnceTheOthersRefused(t *testing.T) {
-	b := primaryAndStandby(t, "backoff = \"1ms\"\nbackoff_max = \"1ms\"\n")
-	b.Servers[0].Failed(errors.New("refused"))
-	b.Servers[0].setUp(true)
-	b.Servers[1].setUp(true)
+	b := restartedPrimary(t)
 	plan := b.NewPlan(time.Now())
 	s, err := plan.Next(context.Background())
 	if err != nil || s.Address != "s:1" {
@@ -264,6 +258,17 @@ failures = 1
 open_for = "1h"
 max_open_for = "1h"
 `+servers(`address = "a:1"`, `address = "s:1";priority = 1`))
+}
+
+// restartedPrimary is primaryAndStandby with a 1 ms backoff after a
+// restart of a:1 that its check never saw: its circuit open, both servers up.
+func restartedPrimary(t *testing.T) *Backend {
+	t.Helper()
+	b := primaryAndStandby(t, "backoff = \"1ms\"\nbackoff_max = \"1ms\"\n")
+	b.Servers[0].Failed(errors.New("refused"))
+	b.Servers[0].setUp(true)
+	b.Servers[1].setUp(true)
+	return b
 }
 
 func addrs(list []*Server) []string {

@@ -778,25 +778,8 @@ check = "off"`, fmt.Sprintf("address = %q", closedPort(t))))
 func TestRestartBehindARefusingStandbyReachesThePrimary(t *testing.T) {
 	primary := newServer(t, sayName("P"))
 	standby := tnstest.New(t, tnstest.Config{Mode: tnstest.Refuse, Err: 12514})
-	cfg := strings.Replace(oracleConfig(`balance = "priority"`, primary.address+";0", standby.Addr()+";1"),
-		"  [backend.health]", "  [backend.breaker]\n  failures = 1\n  open_for = \"1h\"\n  max_open_for = \"1h\"\n  [backend.health]", 1)
-	h := startProxy(t, cfg)
-	connect, err := tns.BuildConnect("(DESCRIPTION=(CONNECT_DATA=(SERVICE_NAME=SALES)))")
-	if err != nil {
-		t.Fatal(err)
-	}
-	first := func() (byte, time.Duration) {
-		c := h.dial("l")
-		defer c.Close()
-		t0 := time.Now()
-		c.Write(connect)
-		c.SetReadDeadline(time.Now().Add(5 * time.Second))
-		b := make([]byte, 1)
-		if _, err := io.ReadFull(c, b); err != nil {
-			return 0, time.Since(t0)
-		}
-		return b[0], time.Since(t0)
-	}
+	h := startProxy(t, oneStrikeOpenHour(oracleConfig(`balance = "priority"`, primary.address+";0", standby.Addr()+";1"), `  check = "off"`))
+	first := func() (byte, time.Duration) { return tnsFirstByte(t, h) }
 	primary.down()
 	first() // the restart: the dial is refused, the circuit opens; the standby refuses the service
 	if gauge(h.m.BreakerState, "b", primary.address) != 1 {

@@ -9,7 +9,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/tnsguard/tnsguard/tns"
 	"github.com/tnsguard/tnsguard/tns/tnstest"
 )
 
@@ -281,19 +280,8 @@ func TestConnectWaitIsNoOutlivedPause(t *testing.T) {
 	standby := tnstest.New(t, tnstest.Config{Mode: tnstest.Accept})
 	cfg := strings.Replace(oracleConfig("", slow.addr()+";0", standby.Addr()+";1"), `connect_budget = "2s"`, `connect_budget = "10s"`, 1)
 	h := startProxy(t, cfg)
-	connect, err := tns.BuildConnect("(DESCRIPTION=(CONNECT_DATA=(SERVICE_NAME=SALES)))")
-	if err != nil {
-		t.Fatal(err)
-	}
-	c := h.dial("l")
-	defer c.Close()
-	t0 := time.Now()
-	c.Write(connect)
-	c.SetReadDeadline(time.Now().Add(10 * time.Second))
-	if _, err := tns.ReadPacket(c, tns.Length16, 0); err != nil {
-		t.Fatal(err)
-	}
-	if wait := time.Since(t0); wait < 1100*time.Millisecond {
+	_, wait := tnsFirstByte(t, h) // the ACCEPT's first byte, a length's high byte, may be 0
+	if wait < 1100*time.Millisecond {
 		t.Fatalf("the standby answered after %v: the test needs a wait of over a second", wait)
 	}
 	if got := h.p.linkFor("l", "b", standby.Addr()).survived(SideBackend); got > 0 {
