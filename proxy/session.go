@@ -212,19 +212,7 @@ func (s *session) open() error {
 			if !errors.Is(err, failover.ErrBudgetExhausted) {
 				return s.endedElsewhere(err) // drain or shutdown, not a missing backend
 			}
-			// No server took it, and one refused: the app gets that REFUSE as
-			// it was (its driver reports the real ORA error), even if a later
-			// server only failed to answer, or the budget ended while one
-			// was being asked; the reset is counted with the REFUSE's cause.
-			if lastRefuse != nil {
-				lastErr = lastRefuse
-			}
-			err = ErrNoBackend
-			if lastErr != nil {
-				err = fmt.Errorf("%w: %w", ErrNoBackend, lastErr)
-			}
-			s.deliverRefuse(lastRefuse)
-			return s.noBackend(err, attempts, nil)
+			return s.noServerTook(lastRefuse, lastErr, attempts)
 		}
 		left := time.Until(plan.Deadline()) // the budget this attempt started with
 		conn, err := plan.Dial(s.ctx, srv)  // within connect_timeout and the budget
@@ -246,8 +234,7 @@ func (s *session) open() error {
 			}
 			if !cfg.Retries("connect") {
 				if lastRefuse != nil { // the app gets the REFUSE, not a reset
-					s.deliverRefuse(lastRefuse)
-					return s.noBackend(fmt.Errorf("%w: %w", ErrNoBackend, lastRefuse), attempts, nil) // counted as the budget's end, as below
+					return s.noServerTook(lastRefuse, nil, attempts)
 				}
 				return s.noBackend(err, attempts, srv)
 			}
@@ -323,16 +310,31 @@ func (s *session) open() error {
 			continue
 		}
 		if lastRefuse != nil && !errors.Is(err, ErrRefused) {
-			// The app gets the REFUSE (its driver reports the real ORA
-			// error), and the end is counted as when the budget ends after
-			// a refusal: no server took the session, none refused last.
-			s.deliverRefuse(lastRefuse)
-			return s.noBackend(fmt.Errorf("%w: %w", ErrNoBackend, lastRefuse), attempts, nil)
+			return s.noServerTook(lastRefuse, nil, attempts) // the app gets the REFUSE, not a reset
 		}
 		s.deliverRefuse(err)
 		s.abort(SideBackend, PhaseOpening, err, "reset", srv)
 		return err
 	}
+}
+
+// noServerTook ends a session that no server took, as when its budget
+// ends. If one refused it, the app gets that REFUSE as it was (its driver
+// reports the real ORA error), even if a later server only failed to
+// answer, failed in a way retry_on does not retry, or the budget ended
+// while one was being asked; the end is counted with the REFUSE's cause.
+// Otherwise the app is reset, and the end counted with last's cause (the
+// last attempt's error, nil for none).
+func (s *session) noServerTook(lastRefuse, last error, attempts []string) error {
+	if lastRefuse != nil {
+		last = lastRefuse
+	}
+	err := ErrNoBackend
+	if last != nil {
+		err = fmt.Errorf("%w: %w", ErrNoBackend, last)
+	}
+	s.deliverRefuse(lastRefuse)
+	return s.noBackend(err, attempts, nil)
 }
 
 // budgetCut tells whether an attempt that started with left of the budget
@@ -958,10 +960,14 @@ func (s *session) currentServer() *failover.Server {
 // the end is idle.
 func (s *session) phaseNow(side Side) Phase {
 	s.mu.Lock()
-	est, backend, opening, lk := s.established, s.backend, s.openingPhaseLocked(), s.link
+	est, opening, lk := s.established, s.openingPhaseLocked(), s.link
+	idle := s.lcfg.Keepalive.Idle.Duration
+	if side == SideBackend {
+		idle = s.backend.Config.Keepalive.Idle.Duration
+	}
 	var info keepalive.Info
 	infoErr := net.ErrClosed
-	if est {
+	if est && idle > 0 { // read only when it decides the phase
 		if c := s.legSockLocked(side); c != nil {
 			info, infoErr = keepalive.ReadInfo(c)
 		}
@@ -969,10 +975,6 @@ func (s *session) phaseNow(side Side) Phase {
 	s.mu.Unlock()
 	if !est {
 		return opening
-	}
-	idle := s.lcfg.Keepalive.Idle.Duration
-	if side == SideBackend {
-		idle = backend.Config.Keepalive.Idle.Duration
 	}
 	if idle <= 0 {
 		return PhaseActive
