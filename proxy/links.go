@@ -27,8 +27,8 @@ type link struct {
 	resets        map[string]uint64 // by cause
 	redials       uint64
 	lastReset     time.Time
-	carried       bool             // had a live session once: a removed server's link stays listed only then
-	outlived      [2]time.Duration // per leg: the longest pause a session that ended answered after
+	carried       bool          // had a live session once: a removed server's link stays listed only then
+	outlived      time.Duration // the longest pause after which the database answered, on a session that ended
 }
 
 func (p *Proxy) linkFor(listener, backend, server string) *link {
@@ -100,9 +100,7 @@ func (l *link) removeLive(s *session, info keepalive.Info, err error) {
 		return
 	}
 	delete(l.live, s)
-	for i := range l.outlived {
-		l.outlived[i] = max(l.outlived[i], time.Duration(s.survived[i].Load()))
-	}
+	l.outlived = max(l.outlived, s.outlivedByBackend())
 	if err == nil {
 		l.closedRetrans += uint64(info.Retransmits)
 		if info.RTT > 0 {
@@ -111,18 +109,18 @@ func (l *link) removeLive(s *session, info keepalive.Info, err error) {
 	}
 }
 
-// survived is the longest pause after which side's path answered, on
-// any session of this link, live or ended; 0 for a nil link.
-func (l *link) survived(side Side) time.Duration {
+// backendOutlived is the longest pause after which the database's path
+// answered, on any session of this link, live or ended (one path: the
+// apps' legs of a link are not); 0 for a nil link.
+func (l *link) backendOutlived() time.Duration {
 	if l == nil {
 		return 0
 	}
-	i := legIndex(side)
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	d := l.outlived[i]
+	d := l.outlived
 	for s := range l.live {
-		d = max(d, time.Duration(s.survived[i].Load()))
+		d = max(d, s.outlivedByBackend())
 	}
 	return d
 }

@@ -284,7 +284,7 @@ func TestConnectWaitIsNoOutlivedPause(t *testing.T) {
 	if wait < 1100*time.Millisecond {
 		t.Fatalf("the standby answered after %v: the test needs a wait of over a second", wait)
 	}
-	if got := h.p.linkFor("l", "b", standby.Addr()).survived(SideBackend); got > 0 {
+	if got := h.p.linkFor("l", "b", standby.Addr()).backendOutlived(); got > 0 {
 		t.Errorf("link to the standby: a pause of %v recorded as outlived; its connection never paused", got)
 	}
 }

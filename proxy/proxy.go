@@ -92,14 +92,7 @@ func New(log hclog.Logger, m *metrics.Metrics) *Proxy {
 func (p *Proxy) configuredServer(k serverKey) bool {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if b := p.backends[k.backend]; b != nil {
-		for _, s := range b.Servers {
-			if s.Address == k.server {
-				return true
-			}
-		}
-	}
-	return false
+	return p.cfg != nil && hasServer(p.cfg, k.backend, k.server)
 }
 
 // Apply makes cfg the running configuration. The first call binds every

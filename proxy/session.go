@@ -999,9 +999,15 @@ func (s *session) phaseNow(side Side) Phase {
 func (s *session) outlived(side Side, lk *link) time.Duration {
 	d := time.Duration(s.survived[legIndex(side)].Load())
 	if side == SideBackend {
-		d = max(d, lk.survived(side))
+		d = max(d, lk.backendOutlived())
 	}
 	return d
+}
+
+// outlivedByBackend is the longest pause after which this session's
+// database leg answered.
+func (s *session) outlivedByBackend() time.Duration {
+	return time.Duration(s.survived[legIndex(SideBackend)].Load())
 }
 
 // lostInPause tells whether the peer, last heard ackAgo ago, had answered
