@@ -448,11 +448,7 @@ name = "via-front"
 // that blames an idle the user never wrote.
 func TestShortPathIdleTimeoutWarnsAboutItself(t *testing.T) {
 	for _, p := range []string{"1s", "2s", "2500ms", "3s"} {
-		text := strings.Replace(minimal, `name = "orders"
-  [[`, `name = "orders"
-  [backend.keepalive]
-  path_idle_timeout = "`+p+`"
-  [[`, 1)
+		text := minimal + "  [backend.keepalive]\n  path_idle_timeout = \"" + p + "\"\n"
 		_, warnings, err := Parse([]byte(text), "w.toml")
 		if err != nil {
 			t.Fatal(err)
