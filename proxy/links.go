@@ -27,8 +27,10 @@ type link struct {
 	resets        map[string]uint64 // by cause
 	redials       uint64
 	lastReset     time.Time
-	carried       bool          // had a live session once: a removed server's link stays listed only then
-	outlived      time.Duration // the longest pause after which the database answered, on a session that ended
+	carried       bool           // had a live session once: a removed server's link stays listed only then
+	born          time.Time      // outlived's windows count from here
+	window        time.Duration  // outlived's window: the proxy's evidenceWindow
+	outlived      outlivedPauses // the longest pause after which the database answered, on a session that ended, lately
 }
 
 func (p *Proxy) linkFor(listener, backend, server string) *link {
@@ -37,15 +39,15 @@ func (p *Proxy) linkFor(listener, backend, server string) *link {
 	defer p.linksMu.Unlock()
 	l, ok := p.links[k]
 	if !ok {
-		l = newLink(k)
+		l = newLink(k, p.evidenceWindow)
 		p.links[k] = l
 	}
 	return l
 }
 
 // newLink is an empty link: no session, no reset yet.
-func newLink(k linkKey) *link {
-	return &link{key: k, live: map[*session]struct{}{}, resets: map[string]uint64{}}
+func newLink(k linkKey, window time.Duration) *link {
+	return &link{key: k, live: map[*session]struct{}{}, resets: map[string]uint64{}, born: time.Now(), window: window}
 }
 
 func (p *Proxy) allLinks() []*link {
@@ -100,7 +102,7 @@ func (l *link) removeLive(s *session, info keepalive.Info, err error) {
 		return
 	}
 	delete(l.live, s)
-	l.outlived = max(l.outlived, s.outlivedByBackend())
+	l.outlived.add(time.Since(l.born), l.window, s.outlivedByBackend())
 	if err == nil {
 		l.closedRetrans += uint64(info.Retransmits)
 		if info.RTT > 0 {
@@ -110,15 +112,15 @@ func (l *link) removeLive(s *session, info keepalive.Info, err error) {
 }
 
 // backendOutlived is the longest pause after which the database's path
-// answered, on any session of this link, live or ended (one path: the
-// apps' legs of a link are not); 0 for a nil link.
+// answered lately (outlivedPauses), on any session of this link, live or
+// ended (one path: the apps' legs of a link are not); 0 for a nil link.
 func (l *link) backendOutlived() time.Duration {
 	if l == nil {
 		return 0
 	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	d := l.outlived
+	d := l.outlived.longest(time.Since(l.born), l.window)
 	for s := range l.live {
 		d = max(d, s.outlivedByBackend())
 	}
@@ -295,7 +297,7 @@ func (p *Proxy) Links() []LinkStatus {
 		delete(configured, l.key)
 	}
 	for k := range configured {
-		links = append(links, newLink(k))
+		links = append(links, newLink(k, p.evidenceWindow))
 	}
 	sortLinks(links)
 	var out []LinkStatus

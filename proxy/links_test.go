@@ -9,6 +9,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hashicorp/go-hclog"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/tnsguard/tnsguard/config"
+	"github.com/tnsguard/tnsguard/metrics"
 	"github.com/tnsguard/tnsguard/tns/tnstest"
 )
 
@@ -222,7 +227,7 @@ func TestServerRTTIsOfLiveConnectionsOnly(t *testing.T) {
 // closedRetrans after that was read), and a dip would read as a counter
 // reset. Here the dip is made by hand: 7 reported, then a sum of 5.
 func TestLinkRetransmitsNeverGoBack(t *testing.T) {
-	l := newLink(linkKey{"l", "b", "s"})
+	l := newLink(linkKey{"l", "b", "s"}, defaultEvidenceWindow)
 	l.closedRetrans = 7
 	if got := l.figures().retransmits; got != 7 {
 		t.Fatalf("retransmits %d, want 7", got)
@@ -286,5 +291,70 @@ func TestConnectWaitIsNoOutlivedPause(t *testing.T) {
 	}
 	if got := h.p.linkFor("l", "b", standby.Addr()).backendOutlived(); got > 0 {
 		t.Errorf("link to the standby: a pause of %v recorded as outlived; its connection never paused", got)
+	}
+}
+
+// A pause a path outlived is evidence for one to two evidence windows, not
+// for the process's life: a path changes (a firewall with a shorter timeout
+// is put in), and its idle deaths would count as active, without keepalive
+// advice, as long as the old evidence stood. Here the window is 3 s.
+func TestOutlivedPausesFade(t *testing.T) {
+	t.Parallel()
+	const window = 3 * time.Second
+	be := newBackend(t, echo)
+	cfg, _, err := config.Parse([]byte(oneBackendConfig(be.addr())), "test.toml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := New(hclog.NewNullLogger(), metrics.New(prometheus.NewRegistry(), "test"))
+	p.evidenceWindow = window
+	if err := p.Apply(cfg); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { p.Shutdown(0, time.Second) })
+	h := &harness{t: t, p: p}
+
+	roundTrip := func(c *net.TCPConn) {
+		t.Helper()
+		c.SetDeadline(time.Now().Add(5 * time.Second))
+		buf := make([]byte, 4)
+		if _, err := c.Write([]byte("ping")); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := io.ReadFull(c, buf); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Two sessions outlive the same pause; the second then ends, and its
+	// database leg's evidence goes to the link.
+	const pause = 1300 * time.Millisecond
+	c, c2 := h.dial("l"), h.dial("l")
+	defer c.Close()
+	defer c2.Close()
+	roundTrip(c)
+	roundTrip(c2)
+	s := sessionOf(t, p, c)
+	time.Sleep(pause)
+	roundTrip(c)
+	roundTrip(c2)
+	c2.Close()
+	lk := p.linkFor("l", "b", be.addr())
+	waitFor(t, 5*time.Second, "the second session's end", func() bool { return len(p.liveSessions()) == 1 })
+	for _, side := range []Side{SideClient, SideBackend} {
+		if got := s.outlived(side, lk); got < pause || got > pause+time.Second {
+			t.Fatalf("%s leg: outlived %v right after a pause of %v", side, got, pause)
+		}
+	}
+	if got := lk.backendOutlived(); got < pause || got > pause+time.Second {
+		t.Fatalf("link: outlived %v, want the pause of %v", got, pause)
+	}
+	time.Sleep(2*window + 500*time.Millisecond) // a pause no bytes ended yet: not evidence
+	for _, side := range []Side{SideClient, SideBackend} {
+		if got := s.outlived(side, lk); got != 0 {
+			t.Errorf("%s leg: outlived %v two windows after the only pause it outlived", side, got)
+		}
+	}
+	if got := lk.backendOutlived(); got != 0 {
+		t.Errorf("link: outlived %v two windows after the only pause any session outlived", got)
 	}
 }

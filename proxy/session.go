@@ -46,12 +46,13 @@ type session struct {
 	ctx    context.Context
 	cancel context.CancelFunc
 
-	lastActive  atomic.Int64    // nanoseconds since start of the last chunk moved
-	resumedAt   atomic.Int64    // when bytes last moved after a pause of over a second
-	pauseBefore atomic.Int64    // that pause
-	lostPause   atomic.Int64    // a pause that phaseNow found the path was lost in (idle at the end)
-	survived    [2]atomic.Int64 // per leg (legIndex): the longest pause it answered after
-	answeredAt  atomic.Int64    // when the backend's first bytes came (since start)
+	lastActive  atomic.Int64      // nanoseconds since start of the last chunk moved
+	resumedAt   atomic.Int64      // when bytes last moved after a pause of over a second
+	pauseBefore atomic.Int64      // that pause
+	lostPause   atomic.Int64      // a pause that phaseNow found the path was lost in (idle at the end)
+	survived    [2]outlivedPauses // per leg (legIndex): the longest pause it answered after, lately
+	weighed     [2]atomic.Int64   // per leg: the resumedAt whose pause survived last weighed
+	answeredAt  atomic.Int64      // when the backend's first bytes came (since start)
 	idleAtEnd   time.Duration
 	toBackend   atomic.Int64
 	toClient    atomic.Int64
@@ -139,15 +140,21 @@ func (s *session) idleFor() time.Duration {
 //
 // Bytes from a leg after a pause show that its path outlived the pause:
 // survived keeps the longest such pause per leg, which phaseNow weighs.
+// Each pause is weighed once per leg, on the leg's first bytes after it
+// (the pause is stored before the resume, which tells a new one).
 func (s *session) touch(from Side) {
 	now := int64(time.Since(s.start))
 	if prev := s.lastActive.Swap(now); now-prev > int64(time.Second) {
-		s.resumedAt.Store(now)
 		s.pauseBefore.Store(now - prev)
+		s.resumedAt.Store(now)
 	}
-	p, sv := s.pauseBefore.Load(), &s.survived[legIndex(from)]
-	if p > sv.Load() && (from == SideClient || s.resumedAt.Load()-p >= s.answeredAt.Load()) {
-		sv.Store(p) // for the backend, only a pause that began once it had answered
+	i := legIndex(from)
+	if r := s.resumedAt.Load(); r != 0 && s.weighed[i].Load() != r {
+		s.weighed[i].Store(r)
+		p := s.pauseBefore.Load()
+		if from == SideClient || r-p >= s.answeredAt.Load() { // for the backend, only a pause that began once it had answered
+			s.survived[i].add(time.Duration(now), s.p.evidenceWindow, time.Duration(p))
+		}
 	}
 }
 
@@ -997,7 +1004,7 @@ func (s *session) phaseNow(side Side) Phase {
 // (one path). The apps of a link sit behind different paths, so the app's
 // leg has only its own evidence.
 func (s *session) outlived(side Side, lk *link) time.Duration {
-	d := time.Duration(s.survived[legIndex(side)].Load())
+	d := s.survived[legIndex(side)].longest(time.Since(s.start), s.p.evidenceWindow)
 	if side == SideBackend {
 		d = max(d, lk.backendOutlived())
 	}
@@ -1007,7 +1014,7 @@ func (s *session) outlived(side Side, lk *link) time.Duration {
 // outlivedByBackend is the longest pause after which this session's
 // database leg answered.
 func (s *session) outlivedByBackend() time.Duration {
-	return time.Duration(s.survived[legIndex(SideBackend)].Load())
+	return s.survived[legIndex(SideBackend)].longest(time.Since(s.start), s.p.evidenceWindow)
 }
 
 // lostInPause tells whether the peer, last heard ackAgo ago, had answered
