@@ -2,7 +2,6 @@ package proxy
 
 import (
 	"net/netip"
-	"strings"
 	"sync"
 	"time"
 
@@ -24,6 +23,8 @@ const (
 	dayMinutes    = 24 * 60
 	hourMinutes   = 60
 	maxServiceLen = 128
+	// maxRedirectShown bounds a REDIRECT's address in the log.
+	maxRedirectShown = 512
 )
 
 // ResetEvent is one session that ended abnormally (outcome reset,
@@ -139,12 +140,9 @@ func unixMinute(t time.Time) int32 { return int32(t.Unix() / 60) }
 // logs it unless the link's log budget for this window is spent.
 func (f *forensics) add(s *session, server, cause string, age time.Duration) {
 	now := time.Now()
-	service := s.serviceName // the name the app asked for
-	switch {
-	case service == "": // not Oracle, or no CONNECT read
+	service := s.serviceShown // the name the app asked for, cut (the ring must not keep a large client packet alive)
+	if service == "" {        // not Oracle, or no CONNECT read
 		service = "other"
-	case len(service) > maxServiceLen: // the ring must not keep a large client packet alive
-		service = strings.Clone(service[:maxServiceLen])
 	}
 	ev := ResetEvent{
 		Time: now, Listener: s.l.name, Backend: s.backend.Config.Name, Server: server, Service: service,

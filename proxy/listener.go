@@ -33,8 +33,22 @@ type listener struct {
 	srcMu            sync.Mutex
 	perSource        map[netip.Addr]int
 	series           sync.Map // backend name -> *sessionSeries
-	noBackendMu      sync.Mutex
-	noBackendLog     logBudget // under noBackendMu
+	logMu            sync.Mutex
+	noBackendLog     logBudget // under logMu
+	redirectLog      logBudget // under logMu
+}
+
+// takeLogLine says whether a line of a kind that apps set off (one per
+// connection) may be logged: logBurst per logWindow, and a line that says
+// how many the last window dropped.
+func (l *listener) takeLogLine(b *logBudget, kind string) bool {
+	l.logMu.Lock()
+	ok, dropped, _ := b.take(time.Now(), logWindow)
+	l.logMu.Unlock()
+	if dropped > 0 {
+		l.log.Warn(kind+" lines dropped in the last window", "lines", dropped, "window", logWindow.String())
+	}
+	return ok
 }
 
 // sessionSeries are the metric series every session of one listener and

@@ -132,8 +132,42 @@ func (s *session) noteConnectLocked() {
 			name = info.Description.SID()
 		}
 	}
-	s.serviceName = name
+	s.serviceName = strings.Clone(name) // not a view into the connect data, which may be 64 KiB
+	s.serviceShown = shownText(name, maxServiceLen)
 	s.service = serviceLabel(s.lcfg, name)
+}
+
+// shownText is v as logs and /api show text a peer wrote (a service name,
+// a REDIRECT's address): control characters written as \xNN, so that no
+// line break splits a text-format log line (hclog writes a value with one
+// as an indented block of lines, where a client could start a line of its
+// own), cut to at most limit bytes at a character boundary, so that no
+// peer makes a log line longer than pipelines keep (journald's 48 KiB,
+// Docker's 16 KiB).
+func shownText(v string, limit int) string {
+	clean := true
+	for i := 0; i < len(v); i++ {
+		if v[i] < 0x20 || v[i] == 0x7f {
+			clean = false
+			break
+		}
+	}
+	if clean && len(v) <= limit {
+		return v
+	}
+	var b strings.Builder
+	for _, r := range v {
+		n := b.Len()
+		if r < 0x20 || r == 0x7f {
+			fmt.Fprintf(&b, `\x%02x`, r)
+		} else {
+			b.WriteRune(r)
+		}
+		if b.Len() > limit {
+			return b.String()[:n]
+		}
+	}
+	return b.String()
 }
 
 // serviceLabel is the metric label of a service: its spelling in the
@@ -144,16 +178,39 @@ func serviceLabel(l *config.Listener, name string) string {
 		return "other"
 	}
 	for _, s := range l.Services {
-		if strings.EqualFold(s, name) {
+		if sameService(s, name) {
 			return s
 		}
 	}
 	for s := range l.Routes {
-		if s != "*" && strings.EqualFold(s, name) {
+		if s != "*" && sameService(s, name) {
 			return s
 		}
 	}
 	return "other"
+}
+
+// sameService compares service names as Oracle does: ASCII letters in
+// either case. strings.EqualFold also folds Unicode (the long s of "ſALES",
+// the Kelvin sign), so such a name would be routed and counted as SALES,
+// though the listener sees other bytes and refuses it.
+func sameService(a, b string) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := 0; i < len(a); i++ {
+		x, y := a[i], b[i]
+		if 'A' <= x && x <= 'Z' {
+			x += 'a' - 'A'
+		}
+		if 'A' <= y && y <= 'Z' {
+			y += 'a' - 'A'
+		}
+		if x != y {
+			return false
+		}
+	}
+	return true
 }
 
 // routeFor picks the backend of a service by the listener's routes:
@@ -162,7 +219,7 @@ func serviceLabel(l *config.Listener, name string) string {
 func routeFor(l *config.Listener, service string) string {
 	if service != "" {
 		for s, b := range l.Routes {
-			if s != "*" && strings.EqualFold(s, service) {
+			if s != "*" && sameService(s, service) {
 				return b
 			}
 		}
@@ -247,8 +304,10 @@ func (s *session) inspectFirst(conn *net.TCPConn, srv *failover.Server, buf *[]b
 			}
 		case tns.TypeRedirect:
 			s.p.metrics.TNSRedirects.WithLabelValues(s.l.name, cfg.Name, srv.Address).Inc()
-			s.logger().Warn("backend sent a TNS REDIRECT: the app will dial this address directly, bypassing tnsguard; point tnsguard at the node listeners, not a SCAN address",
-				"server", srv.Address, "redirect_to", pkt.Redirect.Address)
+			if s.l.takeLogLine(&s.l.redirectLog, "REDIRECT") {
+				s.logger().Warn("backend sent a TNS REDIRECT: the app will dial this address directly, bypassing tnsguard; point tnsguard at the node listeners, not a SCAN address",
+					"server", srv.Address, "redirect_to", shownText(pkt.Redirect.Address, maxRedirectShown))
+			}
 		case tns.TypeResend:
 			if len(data) > pkt.Len || pkt.Len != tns.HeaderLen {
 				return data, nil // more than a bare RESEND: pass it all on

@@ -82,6 +82,7 @@ type session struct {
 	// Oracle Net (oracle.go): what the app's CONNECT said.
 	connectSeen   bool             // the CONNECT was complete (or turned out not to be one)
 	serviceName   string           // SERVICE_NAME or SID, as the app wrote it
+	serviceShown  string           // serviceName as logs and /api/resets show it (shownText)
 	routeWaitOver bool             // routing stopped waiting for the CONNECT
 	resendOwed    bool             // a listener's RESEND reached the app: it owes its CONNECT again
 	openingUp     int64            // bytes of the opening not yet counted in series.bytesUp (the backend may still change)
@@ -124,8 +125,8 @@ func (s *session) logger() hclog.Logger {
 	if s.in.via.IsValid() {
 		args = append(args, "via", s.in.via)
 	}
-	if s.serviceName != "" {
-		args = append(args, "service", s.serviceName)
+	if s.serviceShown != "" {
+		args = append(args, "service", s.serviceShown)
 	}
 	return s.l.log.With(args...)
 }
@@ -394,13 +395,7 @@ func (s *session) cutShort(srv *failover.Server, err error) (bool, error) {
 // log budget.
 func (s *session) noBackend(err error, attempts []string, srv *failover.Server) error {
 	s.l.rejected("no_backend")
-	s.l.noBackendMu.Lock()
-	ok, dropped, _ := s.l.noBackendLog.take(time.Now(), logWindow)
-	s.l.noBackendMu.Unlock()
-	if dropped > 0 {
-		s.l.log.Warn("no-backend lines dropped in the last window", "lines", dropped, "window", logWindow.String())
-	}
-	if ok {
+	if s.l.takeLogLine(&s.l.noBackendLog, "no-backend") {
 		if n := len(attempts); n > maxAttemptsLogged {
 			attempts = append(append(attempts[:maxAttemptsLogged/2:maxAttemptsLogged/2],
 				fmt.Sprintf("... %d more ...", n-maxAttemptsLogged)), attempts[n-maxAttemptsLogged/2:]...)

@@ -1,0 +1,208 @@
+package proxy
+
+import (
+	"encoding/json"
+	"io"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+
+	"github.com/tnsguard/tnsguard/config"
+	"github.com/tnsguard/tnsguard/tns"
+	"github.com/tnsguard/tnsguard/tns/tnstest"
+)
+
+// resetWithService sends a CONNECT whose SERVICE_NAME is service (quoted,
+// so that it may hold anything but '"' and '\'), waits for the fake
+// listener's ACCEPT, then resets the app's leg: one "session reset" line.
+func resetWithService(t *testing.T, h *harness, service string) {
+	t.Helper()
+	desc := `(DESCRIPTION=(CONNECT_DATA=(SERVICE_NAME="` + service + `")))`
+	pkt, err := tns.BuildConnect(desc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := h.dial("l")
+	if _, err := c.Write(pkt); err != nil {
+		t.Fatal(err)
+	}
+	c.SetReadDeadline(time.Now().Add(3 * time.Second))
+	if _, err := io.ReadFull(c, make([]byte, tns.HeaderLen)); err != nil {
+		t.Fatalf("no ACCEPT: %v", err)
+	}
+	time.Sleep(50 * time.Millisecond)
+	resetConn(c)
+	waitFor(t, 3*time.Second, "the reset event", func() bool { return len(h.p.Resets(0)) >= 1 })
+}
+
+// A client picks the SERVICE_NAME. With log.format = "text" (the default),
+// hclog writes a value with a newline as an indented block of lines: a
+// newline in it split the "session reset" line, which lost server, side,
+// phase, cause and error to a line of its own, and the client's text
+// appeared on lines of its own, one of them [ERROR].
+func TestServiceWithLineBreakKeepsTheResetLineWhole(t *testing.T) {
+	l := tnstest.New(t, tnstest.Config{Mode: tnstest.Accept})
+	h, logs := startProxyLog(t, oneBackendConfig(l.Addr()))
+	forged := "2026-01-01T00:00:00.000Z [ERROR] tnsguard: circuit opened: new sessions skip this server: server=10.9.9.9:1521"
+	resetWithService(t, h, "ORDERS\n"+forged)
+	waitFor(t, 2*time.Second, "the reset line", func() bool { return len(logs.lines("session reset")) == 1 })
+	line := logs.lines("session reset")[0]
+	t.Logf("log output:\n%s", logs.String())
+	if !strings.Contains(line, "cause=") || !strings.Contains(line, "side=") {
+		t.Errorf("the \"session reset\" line lost its fields (cause, side, ...): %q", line)
+	}
+	if n := forgedLines(logs.String(), "[ERROR]"); n != 0 {
+		t.Errorf("a client's SERVICE_NAME put %d line(s) with [ERROR] in the log", n)
+	}
+}
+
+// The reset ring keeps at most maxServiceLen bytes of a service name; the
+// log line carried all of it: one CONNECT made a 240 KB text (360 KB JSON)
+// line of escaped control bytes, which log pipelines cut or drop.
+func TestLongServiceMakesNoLongLogLine(t *testing.T) {
+	for _, jsonFormat := range []bool{false, true} {
+		name := "text"
+		if jsonFormat {
+			name = "json"
+		}
+		t.Run(name, func(t *testing.T) {
+			l := tnstest.New(t, tnstest.Config{Mode: tnstest.Accept})
+			logs := &logBuffer{}
+			h := startProxyWith(t, oneBackendConfig(l.Addr()), hclog.New(&hclog.LoggerOptions{Level: hclog.Info, Output: logs, JSONFormat: jsonFormat}))
+			svc := strings.Repeat("\x01", 60000) // control bytes: escaped 4x (text) or 6x (JSON)
+			resetWithService(t, h, svc)
+			waitFor(t, 2*time.Second, "the reset line", func() bool { return len(logs.lines("session reset")) == 1 })
+			line := logs.lines("session reset")[0]
+			if ev := h.p.Resets(0)[0]; len(ev.Service) > maxServiceLen {
+				t.Fatalf("ring kept %d bytes", len(ev.Service))
+			}
+			if jsonFormat {
+				var m map[string]any
+				if err := json.Unmarshal([]byte(line), &m); err != nil {
+					t.Fatalf("json line does not parse: %v", err)
+				}
+			}
+			if len(line) > 4096 {
+				t.Errorf("one client CONNECT made a %d-byte %s log line (the ring keeps %d bytes of the service)", len(line), name, maxServiceLen)
+			}
+		})
+	}
+}
+
+// Behind a backend that answers REDIRECT (a SCAN listener, a shared-server
+// dispatcher), every app connection logged one warn line, with no budget as
+// reset and no-backend lines have: the log grew with the rate apps connect
+// (1.5 MB in 316 ms from one client here). Every REDIRECT is still counted.
+func TestRedirectLinesAreLimited(t *testing.T) {
+	l := tnstest.New(t, tnstest.Config{Mode: tnstest.Redirect, RedirectTo: "10.1.1.1:1521"})
+	h, logs := startProxyLog(t, oneBackendConfig(l.Addr()))
+	svc := strings.Repeat("A", 30000)
+	pkt, err := tns.BuildConnect(`(DESCRIPTION=(CONNECT_DATA=(SERVICE_NAME=` + svc + `)))`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const conns = 50
+	start := time.Now()
+	for range conns {
+		c := h.dial("l")
+		c.Write(pkt)
+		c.SetReadDeadline(time.Now().Add(3 * time.Second))
+		io.ReadAll(c)
+		c.Close()
+	}
+	waitFor(t, 3*time.Second, "redirect lines", func() bool { return len(logs.lines("TNS REDIRECT")) >= logBurst })
+	lines := logs.lines("TNS REDIRECT")
+	total := 0
+	for _, l := range lines {
+		total += len(l)
+	}
+	t.Logf("%d connections in %v: %d REDIRECT warn lines, %d bytes of log", conns, time.Since(start).Round(time.Millisecond), len(lines), total)
+	if got := counter(h.m.TNSRedirects, "l", "b", l.Addr()); got != conns {
+		t.Errorf("tnsguard_tns_redirects_total = %v, want %d: every REDIRECT counts", got, conns)
+	}
+	if len(lines) > logBurst {
+		t.Errorf("%d REDIRECT warn lines for %d connections within a minute (resets are limited to %d per link per minute); %d bytes of log", len(lines), conns, logBurst, total)
+	}
+}
+
+// The same with a listener that refuses the unknown service (ORA-12514), as
+// a real one does: no valid service is needed to forge a line.
+func TestServiceWithLineBreakForgesNoLineWhenRefused(t *testing.T) {
+	for _, mode := range []string{"rst-after-refuse", "rst-at-once"} {
+		t.Run(mode, func(t *testing.T) {
+			l := tnstest.New(t, tnstest.Config{Mode: tnstest.Refuse, Err: 12514})
+			h, logs := startProxyLog(t, oneBackendConfig(l.Addr()))
+			pkt, _ := tns.BuildConnect(`(DESCRIPTION=(CONNECT_DATA=(SERVICE_NAME="X` + "\n" + `2026-01-01T00:00:00.000Z [ERROR] forged")))`)
+			c := h.dial("l")
+			c.Write(pkt)
+			if mode == "rst-after-refuse" {
+				c.SetReadDeadline(time.Now().Add(3 * time.Second))
+				io.ReadFull(c, make([]byte, tns.HeaderLen))
+			} else {
+				time.Sleep(time.Millisecond)
+			}
+			resetConn(c)
+			time.Sleep(500 * time.Millisecond)
+			t.Logf("log:\n%s", logs.String())
+			if n := forgedLines(logs.String(), "[ERROR] forged"); n != 0 {
+				t.Errorf("forged line in the log")
+			}
+		})
+	}
+}
+
+// forgedLines counts the log lines that hold text but are not the reset
+// line that quotes it.
+func forgedLines(log, text string) int {
+	n := 0
+	for _, line := range strings.Split(log, "\n") {
+		if strings.Contains(line, text) && !strings.Contains(line, "session reset") {
+			n++
+		}
+	}
+	return n
+}
+
+func TestShownText(t *testing.T) {
+	for _, c := range []struct {
+		in    string
+		limit int
+		want  string
+	}{
+		{"ORDERS", 128, "ORDERS"},
+		{"A\nB", 128, `A\x0aB`},
+		{"A\r\x1b[31mB\x7f", 128, `A\x0d\x1b[31mB\x7f`},
+		{"abcdef", 4, "abcd"},
+		{"ab\ncd", 4, "ab"}, // an escape is not cut in two
+		{"aé€", 4, "aé"},    // nor a character
+		{"ünïcode ok", 128, "ünïcode ok"},
+	} {
+		if got := shownText(c.in, c.limit); got != c.want {
+			t.Errorf("shownText(%q, %d) = %q, want %q", c.in, c.limit, got, c.want)
+		}
+	}
+}
+
+// Service names match as Oracle matches them, ASCII letters in either case:
+// a name that only Unicode folding makes equal (the long s, the Kelvin
+// sign) was routed and counted as the configured service.
+func TestRoutesMatchServicesAsOracleDoes(t *testing.T) {
+	l := &config.Listener{Backend: "orders-db", Services: []string{"SALES"}, Routes: map[string]string{"SALES": "sales-db", "KPI": "kpi-db"}}
+	for _, c := range []struct{ name, route, label string }{
+		{"SALES", "sales-db", "SALES"},
+		{"sales", "sales-db", "SALES"},
+		{"kpi", "kpi-db", "KPI"},
+		{"ſALES", "orders-db", "other"},
+		{"\u212aPI", "orders-db", "other"}, // Kelvin sign
+		{"SALES2", "orders-db", "other"},
+	} {
+		if got := routeFor(l, c.name); got != c.route {
+			t.Errorf("routeFor(%q) = %q, want %q", c.name, got, c.route)
+		}
+		if got := serviceLabel(l, c.name); got != c.label {
+			t.Errorf("serviceLabel(%q) = %q, want %q", c.name, got, c.label)
+		}
+	}
+}
