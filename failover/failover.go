@@ -329,7 +329,10 @@ func (b *Backend) order(now time.Time) (servers []*Server, lastResort bool) {
 		case s.Weight == 0:
 		case !s.breaker.usable(now):
 			open = append(open, s)
-		case s.Up():
+		case s.Up() || b.Config.Health.Check == "off":
+			// With checks off, up is the last dial's result: a server that
+			// failed one dial would be put last until every other failed, and
+			// no dial would find it back. Its breaker steers sessions away.
 			healthy = append(healthy, s)
 		default:
 			down = append(down, s)
@@ -513,7 +516,7 @@ func (p *Plan) Next(ctx context.Context) (*Server, error) {
 		p.rounds++
 		now := time.Now()
 		p.queue, p.lastResort = p.b.order(now)
-		if !p.lastResort && (p.allRefused(p.queue) || allDown(p.queue)) {
+		if !p.lastResort && (p.allRefused(p.queue) || p.b.Config.Health.Check != "off" && allDown(p.queue)) {
 			if open := p.b.openCircuits(now, p.bypassed); len(open) > 0 {
 				if p.bypassed == nil {
 					p.bypassed = map[*Server]bool{}

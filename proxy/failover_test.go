@@ -895,3 +895,50 @@ func TestRestartEndingWithinTheSessionReachesThePrimary(t *testing.T) {
 		})
 	}
 }
+
+// With health checks off, a server that failed one dial (a listener
+// restart of a second) was marked down, and a down server is dialed only
+// after every other has failed the session: no dial found it back, so it
+// never took another session. Its breaker is what steers sessions away.
+func TestCheckOffServerThatFailedOnceTakesSessionsAgain(t *testing.T) {
+	for _, c := range []struct {
+		balance, a, b string
+		want          func(byName map[string]int) bool
+	}{
+		// priority: the primary takes every session again
+		{"priority", "priority = 0", "priority = 1", func(n map[string]int) bool { return n["A"] == 10 }},
+		// round_robin: it takes its turn again
+		{"round_robin", "", "", func(n map[string]int) bool { return n["A"] >= 3 }},
+	} {
+		t.Run(c.balance, func(t *testing.T) {
+			a, b := newServer(t, sayName("A")), newServer(t, sayName("B"))
+			h := startProxy(t, backendTOML(`connect_timeout = "500ms"
+connect_budget = "3s"
+backoff = "20ms"
+balance = "`+c.balance+`"
+[backend.health]
+check = "off"`, fmt.Sprintf("address = %q;%s", a.address, c.a), fmt.Sprintf("address = %q;%s", b.address, c.b)))
+			a.down()
+			for range 2 { // A refuses both, or round_robin's second turn
+				name, conn, err := h.reached()
+				if err != nil || name != "B" {
+					t.Fatalf("while A is down: reached %q, %v", name, err)
+				}
+				conn.Close()
+			}
+			a.up()
+			byName := map[string]int{}
+			for range 10 {
+				name, conn, err := h.reached()
+				if err != nil {
+					t.Fatal(err)
+				}
+				conn.Close()
+				byName[name]++
+			}
+			if !c.want(byName) {
+				t.Errorf("after A refused one dial and came back: sessions by server %v", byName)
+			}
+		})
+	}
+}
