@@ -25,7 +25,14 @@ type breaker struct {
 	openUntil time.Time
 	trial     bool
 	trialEnd  time.Time // when a trial without a verdict is given up
+	trials    Trial     // half-open trials handed out; the last one's number is the trial out
 }
+
+// Trial numbers a half-open trial, so that only the session that holds it
+// can give it up (abandon): a session that dialed while the circuit was
+// still closed and ends later without a verdict would otherwise let a
+// second session dial beside the trial. 0 is a dial that took no trial.
+type Trial uint64
 
 func newBreaker(threshold int, openFor, maxOpen, trialFor time.Duration) *breaker {
 	return &breaker{threshold: threshold, baseOpen: openFor, maxOpen: maxOpen, openFor: openFor, trialFor: trialFor}
@@ -40,26 +47,35 @@ func (b *breaker) trialTaken(now time.Time) bool {
 // allow reports whether a session may dial now. In the half-open state only
 // the first caller gets true, until it reports back.
 func (b *breaker) allow(now time.Time) (ok bool, changed bool) {
+	ok, changed, _ = b.allowTrial(now)
+	return ok, changed
+}
+
+// allowTrial is allow, with the number of the half-open trial it handed
+// out (0: none).
+func (b *breaker) allowTrial(now time.Time) (ok bool, changed bool, trial Trial) {
 	if b.threshold == 0 {
-		return true, false
+		return true, false, 0
 	}
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	switch b.state {
 	case metrics.BreakerOpen:
 		if now.Before(b.openUntil) {
-			return false, false
+			return false, false, 0
 		}
+		b.trials++
 		b.state, b.trial, b.trialEnd = metrics.BreakerHalfOpen, true, now.Add(b.trialFor)
-		return true, true
+		return true, true, b.trials
 	case metrics.BreakerHalfOpen:
 		if b.trialTaken(now) {
-			return false, false
+			return false, false, 0
 		}
+		b.trials++
 		b.trial, b.trialEnd = true, now.Add(b.trialFor)
-		return true, false
+		return true, false, b.trials
 	}
-	return true, false
+	return true, false, 0
 }
 
 // usable is allow without taking the half-open trial.
@@ -139,11 +155,12 @@ func (b *breaker) expire(now time.Time) bool {
 	return true
 }
 
-// abandon releases a half-open trial that ended without a verdict.
-func (b *breaker) abandon() {
+// abandon releases half-open trial t, which ended without a verdict. Any
+// other dial's end without a verdict leaves the trial out.
+func (b *breaker) abandon(t Trial) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	if b.state == metrics.BreakerHalfOpen {
+	if b.state == metrics.BreakerHalfOpen && t != 0 && t == b.trials {
 		b.trial = false
 	}
 }

@@ -56,14 +56,22 @@ func TestBreakerLifecycle(t *testing.T) {
 	if !b.usable(t1) {
 		t.Fatal("not usable after open_for")
 	}
-	if ok, changed := b.allow(t1); !ok || !changed || b.current(t0) != metrics.BreakerHalfOpen {
-		t.Fatalf("after open_for: allow=%v changed=%v state=%d; want the trial and half-open", ok, changed, b.current(t0))
+	ok, changed, trial := b.allowTrial(t1)
+	if !ok || !changed || trial == 0 || b.current(t0) != metrics.BreakerHalfOpen {
+		t.Fatalf("after open_for: allow=%v changed=%v trial=%d state=%d; want the trial and half-open", ok, changed, trial, b.current(t0))
 	}
 	if ok, _ := b.allow(t1); ok || b.usable(t1) {
 		t.Fatal("a second session got a trial while one is in flight")
 	}
+	// A session that dialed before the circuit opened ends without a
+	// verdict: the trial stays out.
+	b.abandon(0)
+	b.abandon(trial - 1)
+	if ok, _ := b.allow(t1); ok || b.usable(t1) {
+		t.Fatal("another dial's end without a verdict gave up the trial: a second session got one")
+	}
 	// The trial's session left without a verdict: the next one may try.
-	b.abandon()
+	b.abandon(trial)
 	if ok, changed := b.allow(t1); !ok || changed {
 		t.Fatalf("after an abandoned trial: allow=%v changed=%v; want a new trial, no state change", ok, changed)
 	}

@@ -246,9 +246,9 @@ func (s *Server) Failed(cause error) {
 // gets no verdict, since one app with a wrong name would otherwise open
 // every circuit; one about the instance (no handler, blocked) counts
 // against the breaker as a failure does.
-func (s *Server) Refused(cause error, serviceOnly bool) {
+func (s *Server) Refused(cause error, serviceOnly bool, t Trial) {
 	if serviceOnly {
-		s.Abandoned()
+		s.Abandoned(t)
 		return
 	}
 	s.countFailure(cause)
@@ -267,8 +267,9 @@ func (s *Server) countFailure(cause error) {
 }
 
 // Abandoned tells the breaker that a dial it allowed has no verdict (the
-// app left first), so a half-open server lets the next session try.
-func (s *Server) Abandoned() { s.breaker.abandon() }
+// app left first): when the dial was the half-open trial t (Plan.Trial),
+// the next session may try.
+func (s *Server) Abandoned(t Trial) { s.breaker.abandon(t) }
 
 func (s *Server) setUp(up bool) {
 	// Sessions that failed on it while the checks had not yet seen it down
@@ -430,6 +431,7 @@ type Plan struct {
 	// lastResort: every circuit was open when the round was planned, so
 	// the round dials them without asking their breakers.
 	lastResort bool
+	trial      Trial            // the half-open trial of the server Next returned last, or 0
 	refused    map[*Server]bool // servers that refused this session (Refused)
 	bypassed   map[*Server]bool // open circuits it tried once for that (one dial each)
 }
@@ -466,6 +468,10 @@ func (b *Backend) NewPlan(start time.Time) *Plan {
 	return &Plan{b: b, deadline: start.Add(b.Config.ConnectBudget.Duration), backoff: b.Config.Backoff.Duration}
 }
 
+// Trial is the half-open trial the server Next returned last was handed
+// for, or 0: what the session passes to Abandoned and Refused about it.
+func (p *Plan) Trial() Trial { return p.trial }
+
 // Deadline is when the session's connect budget ends.
 func (p *Plan) Deadline() time.Time { return p.deadline }
 
@@ -486,7 +492,8 @@ func (p *Plan) Next(ctx context.Context) (*Server, error) {
 		for len(p.queue) > 0 {
 			s := p.queue[0]
 			p.queue = p.queue[1:]
-			if ok, changed := s.breaker.allow(time.Now()); ok || p.lastResort {
+			if ok, changed, trial := s.breaker.allowTrial(time.Now()); ok || p.lastResort {
+				p.trial = trial
 				if changed {
 					p.b.log.Info("circuit half-open: one session tries the server", "server", s.Address)
 					s.publish()

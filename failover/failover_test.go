@@ -484,3 +484,34 @@ max_open_for = "1h"
 		}
 	}
 }
+
+// A session that dialed a server while its circuit was closed, and ends
+// without a verdict after the circuit opened and half-opened (its app left,
+// a budget cut, a service-only REFUSE), gave up the trial another session
+// held: a second session dialed beside the trial.
+func TestLateAbandonLeavesAnotherSessionsTrialOut(t *testing.T) {
+	b := testBackend(t, `[backend.breaker]
+failures = 1
+open_for = "10ms"
+`+servers(`address = "a:1"`, `address = "s:1";priority = 1`))
+	a := b.Servers[0]
+	y := b.NewPlan(time.Now())
+	if s, _ := y.Next(context.Background()); s != a || y.Trial() != 0 {
+		t.Fatalf("session Y: got %v, trial %d; want a:1 while closed, no trial", s, y.Trial())
+	}
+	a.Failed(errors.New("another session's reset")) // opens the circuit
+	time.Sleep(20 * time.Millisecond)
+	x := b.NewPlan(time.Now())
+	if s, _ := x.Next(context.Background()); s != a || x.Trial() == 0 {
+		t.Fatalf("session X: got %v, trial %d; want the half-open trial of a:1", s, x.Trial())
+	}
+	a.Abandoned(y.Trial()) // Y's dial from before ends without a verdict
+	a.Refused(errors.New("ORA-12514"), true, y.Trial())
+	if s, _ := b.NewPlan(time.Now()).Next(context.Background()); s == a {
+		t.Fatal("session Z dialed a:1 while X's half-open trial is out: two trials")
+	}
+	a.Abandoned(x.Trial()) // X's app left: the next session tries
+	if s, _ := b.NewPlan(time.Now()).Next(context.Background()); s != a {
+		t.Fatalf("after X gave up its trial the next session got %v, want a:1", s)
+	}
+}

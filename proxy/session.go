@@ -225,7 +225,7 @@ func (s *session) open() error {
 		left := time.Until(plan.Deadline()) // the budget this attempt started with
 		conn, err := plan.Dial(s.ctx, srv)  // within connect_timeout and the budget
 		if err != nil {
-			if over, cerr := s.cutShort(srv, err); over {
+			if over, cerr := s.cutShort(srv, plan, err); over {
 				return cerr
 			}
 			lastErr = err
@@ -233,7 +233,7 @@ func (s *session) open() error {
 			if outOfResources(err) || budgetCut(err, plan, left, cfg, slices.Contains(refusedBy, srv)) {
 				// tnsguard is out of fds or memory, or the session out of
 				// budget: no verdict on the server
-				srv.Abandoned()
+				srv.Abandoned(plan.Trial())
 			} else {
 				srv.Failed(err)
 			}
@@ -273,23 +273,23 @@ func (s *session) open() error {
 		s.mu.Unlock()
 		dropBackend(conn, cerr)
 		s.detach()
-		if over, cerr := s.cutShort(srv, err); over {
+		if over, cerr := s.cutShort(srv, plan, err); over {
 			return cerr
 		}
 		if s.appClosedFirst(err) {
-			srv.Abandoned()
+			srv.Abandoned(plan.Trial())
 			return err // an ordinary end: finish() records it
 		}
 		if s.appNeverSpoke(time.Since(dialed)) {
 			// The listener gave up on an app that sent nothing
 			// (INBOUND_CONNECT_TIMEOUT): the app's doing, no verdict.
-			srv.Abandoned()
+			srv.Abandoned(plan.Trial())
 			err = fmt.Errorf("%w: the server closed a connection the app never spoke on: %w", ErrBadOpening, err)
 			s.abort(SideClient, PhaseOpening, err, "reset", srv)
 			return err
 		}
 		if s.badOpening(err) {
-			srv.Abandoned() // another server would fail the same bytes the same way
+			srv.Abandoned(plan.Trial()) // another server would fail the same bytes the same way
 			err = fmt.Errorf("%w: %w", ErrBadOpening, err)
 			s.abort(SideClient, PhaseOpening, err, "reset", srv)
 			return err
@@ -297,9 +297,9 @@ func (s *session) open() error {
 		lastErr = err
 		attempts = append(attempts, fmt.Sprintf("%s: %v", srv.Address, err))
 		if re := (*refusedError)(nil); errors.As(err, &re) {
-			srv.Refused(err, serviceRefusal(re.code))
+			srv.Refused(err, serviceRefusal(re.code), plan.Trial())
 		} else if budgetCut(err, plan, left, cfg, slices.Contains(refusedBy, srv)) {
-			srv.Abandoned()
+			srv.Abandoned(plan.Trial())
 		} else {
 			srv.Failed(err)
 		}
@@ -377,13 +377,13 @@ const fairAttempt = time.Second
 // the app's leg failed (the session is classified on the client side) or
 // the session was ended elsewhere (drain, shutdown). Either way srv gets no
 // verdict, and the error to return is given.
-func (s *session) cutShort(srv *failover.Server, err error) (bool, error) {
+func (s *session) cutShort(srv *failover.Server, plan *failover.Plan, err error) (bool, error) {
 	if cerr := s.clientFailure(); cerr != nil {
-		srv.Abandoned()
+		srv.Abandoned(plan.Trial())
 		return true, cerr
 	}
 	if s.ctx.Err() != nil {
-		srv.Abandoned()
+		srv.Abandoned(plan.Trial())
 		return true, s.endedElsewhere(err)
 	}
 	return false, nil
