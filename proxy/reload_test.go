@@ -852,3 +852,46 @@ func TestRouteAcrossReloadThatRenamesTheRoutesBackend(t *testing.T) {
 		t.Fatalf("app got %q, %v; want the SALES server's answer (S), not the default route's (O)", got, err)
 	}
 }
+
+// An Oracle client that gives up while its CONNECT waits for a server (its
+// own connect timeout: it closes) is not re-dialed for: the rest of the
+// budget went into dials for no one, and the database, once back, got the
+// CONNECT and the FIN, a server process for an app that had gone. A
+// non-Oracle opening with a half-close is still carried
+// (TestReplayCarriesHalfClose).
+func TestOracleClientThatGaveUpIsNotRedialedFor(t *testing.T) {
+	srv := newServer(t, echo)
+	srv.down() // a listener restarting: dials are refused
+	h := startProxy(t, backendTOML(`connect_timeout = "300ms"
+connect_budget = "5s"
+backoff = "50ms"
+backoff_max = "100ms"
+[backend.health]
+check = "off"
+[backend.breaker]
+failures = 0`, fmt.Sprintf("address = %q", srv.address)))
+	pkt, err := tns.BuildConnect(`(DESCRIPTION=(CONNECT_DATA=(SERVICE_NAME=ORDERS)))`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := h.dial("l")
+	if _, err := c.Write(pkt); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(300 * time.Millisecond)
+	closed := time.Now()
+	c.Close() // the app's connect timeout
+	waitFor(t, 2*time.Second, "the session's end", func() bool { return len(h.p.liveSessions()) == 0 })
+	took := time.Since(closed)
+	srv.up()
+	time.Sleep(300 * time.Millisecond)
+	if n := srv.accepts(); n != 0 {
+		t.Errorf("the server, back %v after the app left, took %d connections for it", took, n)
+	}
+	if took > time.Second {
+		t.Errorf("the session went on %v after its app left (backoff_max 100ms)", took)
+	}
+	if v := counter(h.m.SessionsRejected, "l", "no_backend"); v != 0 {
+		t.Errorf("rejected{no_backend} = %v for an app that had gone", v)
+	}
+}

@@ -203,11 +203,21 @@ func (s *session) open() error {
 	var retry string                 // why the next dial is a re-dial ("" for the first)
 	var failed *failover.Server      // the server that failed before it
 	for {
-		if retry != "" && s.appLeftSilent() {
+		if retry != "" {
 			// A port check (connect, then FIN) while the first server
 			// failed: nothing to replay and no one to answer. Re-dialing
 			// would hold the session, and a drain, for connect_budget.
-			return errAppLeft // an ordinary end: finish() records it
+			// An ordinary end either way: finish() records it.
+			if s.appLeftSilent() {
+				return errAppLeft
+			}
+			// An Oracle client that closed while its CONNECT waited for a
+			// server gave up (its own connect timeout): Oracle Net never
+			// half-closes. Re-dialing would take its CONNECT and FIN to a
+			// recovering database, a server process for no one.
+			if s.appGaveUp() {
+				return errAppGaveUp
+			}
 		}
 		srv, err := plan.Next(s.ctx)
 		if err == nil && retry != "" {
@@ -424,6 +434,18 @@ func (s *session) endedElsewhere(err error) error {
 
 // errAppLeft ends an opening whose app closed without sending a byte.
 var errAppLeft = errors.New("the app closed before sending anything")
+
+// errAppGaveUp ends an opening whose Oracle client closed while its CONNECT
+// waited for a server.
+var errAppGaveUp = errors.New("the app closed while its CONNECT waited for a server")
+
+// appGaveUp tells an app that closed after a TNS CONNECT that no server has
+// answered yet.
+func (s *session) appGaveUp() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.clientEOF && s.looksLikeTNSLocked()
+}
 
 // appLeftSilent tells an app that half-closed without sending a byte.
 func (s *session) appLeftSilent() bool {
