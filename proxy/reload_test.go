@@ -894,4 +894,7 @@ failures = 0`, fmt.Sprintf("address = %q", srv.address)))
 	if v := counter(h.m.SessionsRejected, "l", "no_backend"); v != 0 {
 		t.Errorf("rejected{no_backend} = %v for an app that had gone", v)
 	}
+	if v := counter(h.m.SessionsTotal, "l", "b", "other", "ok"); v != 1 {
+		t.Errorf("sessions_total{outcome=ok} = %v, want 1: an app that left is an ordinary end", v)
+	}
 }

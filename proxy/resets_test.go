@@ -370,6 +370,7 @@ func TestAppBrokeTellsTheAppsFailures(t *testing.T) {
 		{net.ErrClosed, false},
 		{ErrBadOpening, false},
 		{errAppLeft, false},
+		{errAppGaveUp, false},
 	} {
 		if got := appBroke(tc.err); got != tc.want {
 			t.Errorf("appBroke(%v) = %v, want %v", tc.err, got, tc.want)
