@@ -15,6 +15,7 @@ import (
 	"github.com/hashicorp/go-hclog"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+	dto "github.com/prometheus/client_model/go"
 	"go.uber.org/goleak"
 
 	"github.com/tnsguard/tnsguard/config"
@@ -88,6 +89,25 @@ func (h *harness) dial(name string) *net.TCPConn {
 }
 
 // counter reads one series of a counter vec.
+// sumCounters is the sum of every series of c.
+func sumCounters(t testing.TB, c *prometheus.CounterVec) float64 {
+	t.Helper()
+	ch := make(chan prometheus.Metric, 1024)
+	go func() {
+		c.Collect(ch)
+		close(ch)
+	}()
+	sum := 0.0
+	for m := range ch {
+		var pb dto.Metric
+		if err := m.Write(&pb); err != nil {
+			t.Fatal(err)
+		}
+		sum += pb.GetCounter().GetValue()
+	}
+	return sum
+}
+
 func counter(c *prometheus.CounterVec, labels ...string) float64 {
 	return testutil.ToFloat64(c.WithLabelValues(labels...))
 }

@@ -358,3 +358,60 @@ func TestOutlivedPausesFade(t *testing.T) {
 		t.Errorf("link: outlived %v two windows after the only pause any session outlived", got)
 	}
 }
+
+// The series that alerts watch through increase() exist at 0 before the
+// first event, for every link the config can make, also after a reload
+// that adds one: a series born at 1 hides its first event from increase(),
+// and after a restart the same labels came back at 1, so a link's first
+// idle reset after a restart raised no TnsguardIdleResets (a review with a
+// real Prometheus). The sessions' series exist too: panels show 0, not "no
+// data", for a listener no app used yet.
+func TestAlertedSeriesExistAtZero(t *testing.T) {
+	be := newBackend(t, echo)
+	h := startProxy(t, oneBackendConfig(be.addr()))
+	has := func(name string, want map[string]string) bool {
+		for _, s := range h.samples(t, name) {
+			match := s.value == 0
+			for k, v := range want {
+				match = match && s.labels[k] == v
+			}
+			if match {
+				return true
+			}
+		}
+		return false
+	}
+	check := func(server string) {
+		t.Helper()
+		for _, side := range []string{"client", "backend"} {
+			for _, phase := range []string{"idle", "active"} {
+				for _, cause := range []string{"rst", "timeout"} {
+					want := map[string]string{"listener": "l", "backend": "b", "server": server, "side": side, "phase": phase, "cause": cause}
+					if !has("tnsguard_resets_total", want) {
+						t.Errorf("no tnsguard_resets_total%v at 0", want)
+					}
+				}
+			}
+		}
+	}
+	check(be.addr())
+	for _, reason := range []string{"no_backend", "max_sessions", "max_sessions_per_source"} {
+		if !has("tnsguard_sessions_rejected_total", map[string]string{"listener": "l", "reason": reason}) {
+			t.Errorf("no tnsguard_sessions_rejected_total{reason=%q} at 0", reason)
+		}
+	}
+	for _, name := range []string{"tnsguard_sessions_active", "tnsguard_bytes_total"} {
+		if !has(name, map[string]string{"listener": "l", "backend": "b"}) {
+			t.Errorf("no %s{listener=l,backend=b} at 0", name)
+		}
+	}
+	second := newBackend(t, echo)
+	cfg, _, err := config.Parse([]byte(oneBackendConfig(be.addr(), second.addr())), "test.toml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := h.p.Apply(cfg); err != nil {
+		t.Fatal(err)
+	}
+	check(second.addr())
+}

@@ -173,9 +173,7 @@ func (p *Proxy) Apply(cfg *config.Config) error {
 		l.backs.Store(&backends)
 		l.conf.Store(lc)
 		p.metrics.MaxSessions.WithLabelValues(lc.Name).Set(float64(lc.MaxSessions))
-		// At 0 from the start, so that an alert on its increase sees the
-		// first rejection (a series born at 1 shows no increase).
-		p.metrics.SessionsRejected.WithLabelValues(lc.Name, "no_backend")
+		p.zeroSeries(cfg, lc, l)
 	}
 	for _, l := range bound {
 		p.loopWG.Add(1)
@@ -266,6 +264,36 @@ func (p *Proxy) Ready() (bool, string) {
 		}
 	}
 	return true, ""
+}
+
+// zeroSeries creates at 0 the series that alerts and dashboard panels
+// watch for a listener, before anything happened on it: an alert on a
+// counter's increase does not see its first event in a series born at 1
+// (increase needs two samples), nor after a restart, where the same labels
+// come back at 1; and a panel shows "no data" rather than 0. That is the
+// rejections by limit, the sessions' series of each backend the listener
+// routes to, and on each link the resets of established sessions (either
+// side, idle or active, reset or dead peer).
+func (p *Proxy) zeroSeries(cfg *config.Config, lc *config.Listener, l *listener) {
+	for _, reason := range []string{"no_backend", "max_sessions", "max_sessions_per_source"} {
+		p.metrics.SessionsRejected.WithLabelValues(lc.Name, reason)
+	}
+	for _, name := range lc.Backends() {
+		l.seriesFor(name)
+		bc := cfg.Backend(name)
+		if bc == nil {
+			continue
+		}
+		for _, srv := range bc.Servers {
+			for _, side := range []Side{SideClient, SideBackend} {
+				for _, phase := range []Phase{PhaseIdle, PhaseActive} {
+					for _, cause := range []string{"rst", "timeout"} {
+						p.metrics.Resets.WithLabelValues(lc.Name, name, srv.Address, string(side), string(phase), cause)
+					}
+				}
+			}
+		}
+	}
 }
 
 // track adds or removes a live session.

@@ -101,7 +101,7 @@ func TestAlertRules(t *testing.T) {
 	for _, m := range regexp.MustCompile(`(?m)^\s*- alert:\s*(\S+)`).FindAllStringSubmatch(text, -1) {
 		alerts = append(alerts, m[1])
 	}
-	for _, want := range []string{"TnsguardBackendDown", "TnsguardAppsRejected", "TnsguardResetRateHigh", "TnsguardIdleResets",
+	for _, want := range []string{"TnsguardDown", "TnsguardBackendDown", "TnsguardAppsRejected", "TnsguardAppsLimited", "TnsguardResetRateHigh", "TnsguardIdleResets",
 		"TnsguardSessionsNearMax", "TnsguardConnectLatencyHigh", "TnsguardRedialsHigh", "TnsguardConfigReloadFailed"} {
 		if !slices.Contains(alerts, want) {
 			t.Errorf("no alert %s in %s (have %v)", want, rulesPath, alerts)
