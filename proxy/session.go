@@ -845,6 +845,12 @@ func (s *session) pumpBackendToClient() *pumpErr {
 func (s *session) directionDone(pe *pumpErr, src, dst Side) {
 	if pe == nil {
 		s.mu.Lock()
+		if s.closing {
+			// abort is closing the legs (RST where it must): a FIN sent
+			// now would reach that leg's peer first, as a clean close.
+			s.mu.Unlock()
+			return
+		}
 		client, conn := s.client, s.conn // a direction that ended keeps the session awake: live conns
 		if dst == SideClient {
 			s.halfCloseLocked(SideClient, client)

@@ -1,0 +1,650 @@
+package proxy
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net"
+	"os"
+	"runtime"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/tnsguard/tnsguard/keepalive"
+)
+
+// chaosStream is a deterministic byte stream (splitmix64 of the position).
+type chaosStream struct {
+	seed uint64
+	pos  uint64
+}
+
+func (s *chaosStream) fill(b []byte) {
+	for i := range b {
+		p := s.pos + uint64(i)
+		z := s.seed + (p/8)*0x9e3779b97f4a7c15
+		z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9
+		z = (z ^ (z >> 27)) * 0x94d049bb133111eb
+		z ^= z >> 31
+		b[i] = byte(z >> (8 * (p % 8)))
+	}
+	s.pos += uint64(len(b))
+}
+
+type chaosSide struct {
+	name string
+	c    *net.TCPConn
+	wgen chaosStream
+	sent atomic.Int64
+	wcl  bool // CloseWrite done
+	werr atomic.Value
+
+	rgen    chaosStream
+	got     atomic.Int64
+	rerr    error
+	corrupt error
+	rdone   chan struct{}
+	rEndAt  time.Time
+	stateAtEnd uint8
+}
+
+func (sd *chaosSide) writeErr() error {
+	if v := sd.werr.Load(); v != nil {
+		return v.(error)
+	}
+	return nil
+}
+
+func (sd *chaosSide) reader(rng *rand.Rand) {
+	defer close(sd.rdone)
+	buf := make([]byte, 64<<10)
+	exp := make([]byte, 64<<10)
+	for {
+		b := buf
+		if rng.IntN(4) == 0 {
+			b = buf[:1+rng.IntN(700)]
+		}
+		n, err := sd.c.Read(b)
+		if n > 0 {
+			sd.rgen.fill(exp[:n])
+			for i := 0; i < n; i++ {
+				if b[i] != exp[i] && sd.corrupt == nil {
+					sd.corrupt = fmt.Errorf("%s: byte %d differs", sd.name, sd.got.Load()+int64(i))
+				}
+			}
+			sd.got.Add(int64(n))
+		}
+		if err != nil {
+			sd.rerr, sd.rEndAt = err, time.Now()
+			if info, ierr := keepalive.ReadInfo(sd.c); ierr == nil {
+				sd.stateAtEnd = info.State
+			}
+			return
+		}
+	}
+}
+
+func (sd *chaosSide) write(n int) error {
+	if sd.wcl || sd.writeErr() != nil {
+		return nil
+	}
+	buf := make([]byte, min(n, 256<<10))
+	for n > 0 {
+		k := min(n, len(buf))
+		sd.wgen.fill(buf[:k])
+		w, err := sd.c.Write(buf[:k])
+		sd.sent.Add(int64(w))
+		if err != nil {
+			sd.werr.Store(err)
+			return err
+		}
+		n -= k
+	}
+	return nil
+}
+
+func chaosSize(rng *rand.Rand) int {
+	switch r := rng.IntN(100); {
+	case r < 50:
+		return 1 + rng.IntN(100)
+	case r < 80:
+		return 1 + rng.IntN(64<<10)
+	case r < 95:
+		return 64<<10 + rng.IntN(512<<10)
+	default:
+		return 1<<20 + rng.IntN(3<<20)
+	}
+}
+
+// both runs fa and fb at the same instant.
+func both(fa, fb func()) {
+	var wg sync.WaitGroup
+	start := make(chan struct{})
+	for _, f := range []func(){fa, fb} {
+		if f == nil {
+			continue
+		}
+		wg.Add(1)
+		go func() { defer wg.Done(); <-start; f() }()
+	}
+	close(start)
+	wg.Wait()
+}
+
+type chaosBackend struct {
+	mu    sync.Mutex
+	conns map[uint64]chan *net.TCPConn
+}
+
+func (cb *chaosBackend) ch(id uint64) chan *net.TCPConn {
+	cb.mu.Lock()
+	defer cb.mu.Unlock()
+	c, ok := cb.conns[id]
+	if !ok {
+		c = make(chan *net.TCPConn, 1)
+		cb.conns[id] = c
+	}
+	return c
+}
+
+func (cb *chaosBackend) serve(c *net.TCPConn) {
+	var id [8]byte
+	if _, err := io.ReadFull(c, id[:]); err != nil {
+		c.Close()
+		return
+	}
+	if _, err := c.Write([]byte{'K'}); err != nil {
+		c.Close()
+		return
+	}
+	cb.ch(binary.BigEndian.Uint64(id[:])) <- c
+}
+
+type chaosResult struct {
+	kind      int
+	resetBy   string
+	sess      *session
+	err       error
+	resetLat  time.Duration
+	note      string
+	dormantSeen int
+	bothFIN     bool
+}
+
+// chaosSession: kind 0 clean, 1 app resets, 2 backend resets, 3 both reset.
+func chaosSession(h *harness, cb *chaosBackend, id uint64, rng *rand.Rand, idle time.Duration) (res chaosResult) {
+	kind := rng.IntN(6)
+	if kind == 3 && rng.IntN(2) == 0 {
+		kind = rng.IntN(3)
+	}
+	res.kind = kind
+	cc, err := net.Dial("tcp", h.addr("l"))
+	if err != nil {
+		res.err = err
+		return
+	}
+	app := &chaosSide{name: "app", c: cc.(*net.TCPConn), rdone: make(chan struct{})}
+	var idb [8]byte
+	binary.BigEndian.PutUint64(idb[:], id)
+	app.c.SetDeadline(time.Now().Add(60 * time.Second))
+	if _, err := app.c.Write(idb[:]); err != nil {
+		res.err = err
+		app.c.Close()
+		return
+	}
+	var k [1]byte
+	if _, err := io.ReadFull(app.c, k[:]); err != nil {
+		res.err = fmt.Errorf("session %d: opening: %v", id, err)
+		app.c.Close()
+		return
+	}
+	var bc *net.TCPConn
+	select {
+	case bc = <-cb.ch(id):
+	case <-time.After(10 * time.Second):
+		res.err = fmt.Errorf("session %d: no backend conn", id)
+		app.c.Close()
+		return
+	}
+	bc.SetDeadline(time.Now().Add(60 * time.Second))
+	be := &chaosSide{name: "backend", c: bc, rdone: make(chan struct{})}
+	defer app.c.Close()
+	defer be.c.Close()
+	for _, s := range h.p.liveSessions() {
+		if s.in.client.String() == app.c.LocalAddr().String() {
+			res.sess = s
+		}
+	}
+	if res.sess == nil {
+		res.err = fmt.Errorf("session %d: not found live", id)
+		return
+	}
+	s1, s2 := rng.Uint64(), rng.Uint64()
+	app.wgen, be.rgen = chaosStream{seed: s1}, chaosStream{seed: s1}
+	be.wgen, app.rgen = chaosStream{seed: s2}, chaosStream{seed: s2}
+	go app.reader(rand.New(rand.NewPCG(rng.Uint64(), 1)))
+	go be.reader(rand.New(rand.NewPCG(rng.Uint64(), 2)))
+
+	var resetter, other *chaosSide
+	switch kind {
+	case 1, 4:
+		resetter, other = app, be
+	case 2, 5:
+		resetter, other = be, app
+	}
+	if resetter != nil {
+		res.resetBy = resetter.name
+	}
+	canHalf := func(sd *chaosSide) bool {
+		return kind == 0 || ((kind == 1 || kind == 2 || kind >= 4) && sd == other)
+	}
+	pick := func() *chaosSide {
+		if rng.IntN(2) == 0 {
+			return app
+		}
+		return be
+	}
+	nap := func(r *rand.Rand) time.Duration {
+		switch r.IntN(4) {
+		case 0:
+			return 0
+		case 1:
+			return time.Duration(r.IntN(2000)) * time.Microsecond
+		default:
+			return idle + time.Duration(r.IntN(int(4*idle)))
+		}
+	}
+	steps := 1 + rng.IntN(8)
+	for range steps {
+		switch r := rng.IntN(10); {
+		case r < 2: // one side sends
+			sd := pick()
+			sd.write(chaosSize(rng))
+		case r < 3: // a burst of small messages (a busy session: the lot carries it)
+			na, nb := 64+rng.IntN(300), rng.IntN(300)
+			la, lb := 1+rng.IntN(60), 1+rng.IntN(60)
+			both(func() {
+				for range na {
+					app.write(la)
+				}
+			}, func() {
+				for range nb {
+					be.write(lb)
+				}
+			})
+		case r < 6: // both send at once
+			na, nb := chaosSize(rng), chaosSize(rng)
+			both(func() { app.write(na) }, func() { be.write(nb) })
+		case r < 9: // idle: the session goes dormant
+			time.Sleep(nap(rng))
+			if res.sess.isDormant() {
+				res.dormantSeen++
+			}
+		default: // a half-close
+			sd := pick()
+			if canHalf(sd) && !sd.wcl {
+				if rng.IntN(2) == 0 { // while the other sends
+					o := app
+					if sd == app {
+						o = be
+					}
+					n := chaosSize(rng)
+					both(func() { sd.c.CloseWrite(); sd.wcl = true }, func() { o.write(n) })
+				} else {
+					sd.c.CloseWrite()
+					sd.wcl = true
+				}
+			}
+		}
+	}
+	// Often: idle long enough for dormancy right before the end.
+	if rng.IntN(2) == 0 {
+		time.Sleep(idle + time.Duration(rng.IntN(int(3*idle))))
+	}
+	const prompt = 5 * time.Second
+	switch kind {
+	case 0:
+		order := rng.IntN(3)
+		closeA := func() {
+			if !app.wcl {
+				app.c.CloseWrite()
+				app.wcl = true
+			}
+		}
+		closeB := func() {
+			if !be.wcl {
+				be.c.CloseWrite()
+				be.wcl = true
+			}
+		}
+		switch order {
+		case 0:
+			both(closeA, closeB)
+		case 1:
+			closeA()
+			time.Sleep(nap(rng))
+			closeB()
+		default:
+			closeB()
+			time.Sleep(nap(rng))
+			closeA()
+		}
+		for _, sd := range []*chaosSide{app, be} {
+			select {
+			case <-sd.rdone:
+			case <-time.After(20 * time.Second):
+				res.err = fmt.Errorf("session %d clean: %s reader did not end (got %d)", id, sd.name, sd.got.Load())
+				return
+			}
+		}
+		for _, p := range [][2]*chaosSide{{app, be}, {be, app}} {
+			sd, peer := p[0], p[1]
+			if sd.corrupt != nil {
+				res.err = fmt.Errorf("session %d clean: %v", id, sd.corrupt)
+				return
+			}
+			if sd.rerr != io.EOF || sd.got.Load() != peer.sent.Load() || peer.writeErr() != nil {
+				res.err = fmt.Errorf("session %d clean: %s read %d/%d then %v; peer write err %v", id, sd.name, sd.got.Load(), peer.sent.Load(), sd.rerr, peer.writeErr())
+				return
+			}
+		}
+		if rng.IntN(2) == 0 {
+			app.c.Close()
+			time.Sleep(nap(rng))
+			be.c.Close()
+		} else {
+			be.c.Close()
+			time.Sleep(nap(rng))
+			app.c.Close()
+		}
+	case 1, 2:
+		var t0 time.Time
+		probe := !other.wcl && rng.IntN(2) == 0
+		if !other.wcl && rng.IntN(2) == 0 { // the reset races the other's bytes
+			n := chaosSize(rng)
+			both(func() { t0 = time.Now(); resetConn(resetter.c) }, func() { other.write(n) })
+		} else {
+			t0 = time.Now()
+			resetConn(resetter.c)
+		}
+		probeDone := make(chan struct{})
+		if !probe {
+			close(probeDone)
+		}
+		if probe {
+			prng := rand.New(rand.NewPCG(rng.Uint64(), 3))
+			go func() {
+				defer close(probeDone)
+				for {
+					select {
+					case <-other.rdone:
+						return
+					case <-time.After(10 * time.Millisecond):
+					}
+					if other.write(1+prng.IntN(100)) != nil || other.writeErr() != nil {
+						return
+					}
+				}
+			}()
+		}
+		select {
+		case <-other.rdone:
+		case <-time.After(prompt):
+			res.err = fmt.Errorf("session %d: %s reset, %s saw nothing within %v (got %d/%d, its writes: %v)", id, resetter.name, other.name, prompt, other.got.Load(), resetter.sent.Load(), other.writeErr())
+			return
+		}
+		<-probeDone // its write error, if it took the reset
+		res.resetLat = other.rEndAt.Sub(t0)
+		if res.resetLat > 500*time.Millisecond {
+			res.note = fmt.Sprintf("session %d %s: %s reset, %s saw %v after %v (other half-closed %v, probe %v, its writes %v)", id, app.c.LocalAddr(), resetter.name, other.name, other.rerr, res.resetLat, other.wcl, probe, other.writeErr())
+		}
+		if other.corrupt != nil {
+			res.err = fmt.Errorf("session %d: %v", id, other.corrupt)
+			return
+		}
+		we := other.writeErr()
+		if !errors.Is(other.rerr, syscall.ECONNRESET) && !(other.rerr == io.EOF && errors.Is(we, syscall.ECONNRESET)) {
+			res.err = fmt.Errorf("session %d: %s reset; %s read %d/%d then %v (its writes: %v; its TCP state then %d, half-closed %v, probe %v), want ECONNRESET", id, resetter.name, other.name, other.got.Load(), resetter.sent.Load(), other.rerr, we, other.stateAtEnd, other.wcl, probe)
+			return
+		}
+		if other.got.Load() > resetter.sent.Load() {
+			res.err = fmt.Errorf("session %d: %s got more than sent", id, other.name)
+		}
+	case 3:
+		both(func() { resetConn(app.c) }, func() { resetConn(be.c) })
+	case 4, 5:
+		resetter.c.CloseWrite()
+		resetter.wcl = true
+		select {
+		case <-other.rdone:
+		case <-time.After(prompt):
+			res.err = fmt.Errorf("session %d: %s half-closed, %s saw nothing within %v", id, resetter.name, other.name, prompt)
+			return
+		}
+		if other.rerr != io.EOF || other.got.Load() != resetter.sent.Load() || other.corrupt != nil {
+			res.err = fmt.Errorf("session %d: %s half-closed, %s read %d/%d then %v (%v), want all then EOF", id, resetter.name, other.name, other.got.Load(), resetter.sent.Load(), other.rerr, other.corrupt)
+			return
+		}
+		time.Sleep(nap(rng))
+		if res.sess.isDormant() {
+			res.dormantSeen++
+		}
+		if !other.wcl && rng.IntN(2) == 0 {
+			n := chaosSize(rng)
+			both(func() { resetConn(resetter.c) }, func() { other.write(n) })
+		} else {
+			resetConn(resetter.c)
+		}
+		if other.wcl {
+			res.bothFIN = true // the session may have ended ok before the reset
+			break
+		}
+		// The other side's writes must fail soon: the reset reached it.
+		deadline := time.Now().Add(prompt)
+		for other.writeErr() == nil && time.Now().Before(deadline) {
+			other.write(1 + rng.IntN(50))
+			time.Sleep(10 * time.Millisecond)
+		}
+		if we := other.writeErr(); !errors.Is(we, syscall.ECONNRESET) && !errors.Is(we, syscall.EPIPE) {
+			res.err = fmt.Errorf("session %d: %s half-closed then reset; %s's writes: %v, want ECONNRESET or EPIPE within %v", id, resetter.name, other.name, we, prompt)
+		}
+	}
+	return
+}
+
+// TestChaos: concurrent sessions doing random things on both legs, with
+// dormancy in between. TNSGUARD_CHAOS_SEED replays a run.
+func TestChaos(t *testing.T) {
+	seed := uint64(time.Now().UnixNano())
+	if v := os.Getenv("TNSGUARD_CHAOS_SEED"); v != "" {
+		seed, _ = strconv.ParseUint(v, 10, 64)
+	}
+	workers, per := 24, 6
+	if v := os.Getenv("TNSGUARD_CHAOS_WORKERS"); v != "" {
+		workers, _ = strconv.Atoi(v)
+	}
+	if v := os.Getenv("TNSGUARD_CHAOS_PER"); v != "" {
+		per, _ = strconv.Atoi(v)
+	}
+	t.Logf("seed %d (TNSGUARD_CHAOS_SEED) GOMAXPROCS %d", seed, runtime.GOMAXPROCS(0))
+	top := rand.New(rand.NewPCG(seed, 99))
+	cb := &chaosBackend{conns: map[uint64]chan *net.TCPConn{}}
+	be := newBackend(t, cb.serve)
+	h := startProxy(t, oneBackendConfig(be.addr()))
+	idle := time.Duration(2+top.IntN(10)) * time.Millisecond
+	parkSoon(t, h, idle)
+	busy := top.IntN(2) == 0
+	if v := os.Getenv("TNSGUARD_CHAOS_BUSY"); v != "" {
+		busy = v == "1"
+	}
+	if busy {
+		h.p.lotMinBusy.Store(0)
+	}
+	t.Logf("park after %v, busy lot %v", idle, busy)
+	runtime.GC()
+	baseG := runtime.NumGoroutine()
+	baseFD := openFDs(t)
+
+	var mu sync.Mutex
+	var results []chaosResult
+	var wg sync.WaitGroup
+	for w := range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			rng := rand.New(rand.NewPCG(seed, uint64(w)))
+			for i := range per {
+				r := chaosSession(h, cb, uint64(w*1000+i+1), rng, idle)
+				mu.Lock()
+				results = append(results, r)
+				mu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+	waitFor(t, 15*time.Second, "sessions ended", func() bool { return len(h.p.liveSessions()) == 0 })
+	var kinds [6]int
+	dormantSeen := 0
+	wantEitherOrOK := 0
+	var maxLat time.Duration
+	var wantOK, wantCli, wantBk, wantEither int
+	failed := 0
+	for _, r := range results {
+		if r.err != nil {
+			failed++
+			if failed <= 20 {
+				t.Error(r.err)
+				if r.sess != nil {
+					e := r.sess.end
+					t.Errorf("   the proxy ended %s as %s side %s phase %s: %v", r.sess.in.client, e.outcome, e.side, e.phase, e.err)
+				}
+			}
+			continue
+		}
+		kinds[r.kind]++
+		dormantSeen += r.dormantSeen
+		if r.note != "" {
+			t.Log(r.note)
+		}
+		maxLat = max(maxLat, r.resetLat)
+		s := r.sess
+		end := s.end
+		switch r.kind {
+		case 0:
+			wantOK++
+			if end.outcome != "ok" {
+				t.Errorf("clean session %s ended %s side %s: %v", s.in.client, end.outcome, end.side, end.err)
+			}
+		case 1, 2, 4, 5:
+			if r.bothFIN {
+				wantEitherOrOK++
+				continue
+			}
+			want := SideClient
+			if r.kind == 2 || r.kind == 5 {
+				want = SideBackend
+				wantBk++
+			} else {
+				wantCli++
+			}
+			if end.outcome != "reset" || end.side != want || Cause(end.err) != "rst" {
+				t.Errorf("kind %d session %s reset by %s ended %s side %s cause %s: %v", r.kind, s.in.client, r.resetBy, end.outcome, end.side, Cause(end.err), end.err)
+			}
+		case 3:
+			wantEither++
+			if end.outcome != "reset" {
+				t.Errorf("double-reset session %s ended %s: %v", s.in.client, end.outcome, end.err)
+			}
+		}
+	}
+	t.Logf("kinds %v, failed %d, max reset latency %v, dormant seen %d", kinds, failed, maxLat, dormantSeen)
+	ok := counter(h.m.SessionsTotal, "l", "b", "other", "ok")
+	var cli, bk, other float64
+	for _, sm := range h.samples(t, "tnsguard_resets_total") {
+		switch {
+		case sm.labels["side"] == "client":
+			cli += sm.value
+		case sm.labels["side"] == "backend":
+			bk += sm.value
+		default:
+			other += sm.value
+		}
+	}
+	if failed == 0 {
+		if ok < float64(wantOK) || ok > float64(wantOK+wantEitherOrOK) || cli < float64(wantCli) || bk < float64(wantBk) || cli+bk+ok != float64(wantOK+wantCli+wantBk+wantEither+wantEitherOrOK) || other != 0 {
+			t.Errorf("metrics: ok %v (want %d), client resets %v (want %d+), backend %v (want %d+), total resets want %d, other %v", ok, wantOK, cli, wantCli, bk, wantBk, wantCli+wantBk+wantEither, other)
+		}
+	}
+	if a := testutil.ToFloat64(h.m.SessionsActive.WithLabelValues("l", "b")); a != 0 {
+		t.Errorf("sessions_active = %v", a)
+	}
+	if parked(h) != 0 {
+		t.Errorf("%d pumps still parked", parked(h))
+	}
+	waitFor(t, 10*time.Second, "goroutines back", func() bool { return runtime.NumGoroutine() <= baseG+2 })
+	waitFor(t, 10*time.Second, "fds back", func() bool { runtime.GC(); return openFDs(t) <= baseFD+2 })
+}
+
+// An app reset while the backend streams: the backend -> app direction's
+// write takes the app's ECONNRESET, so the app -> backend direction reads a
+// plain 0. If abort has begun closing the legs by then, that direction's
+// end of stream must not be passed on as a FIN: the database must see the
+// app's reset as a reset (README: "the database leg is reset, RST").
+func TestAppResetWhileBackendStreams(t *testing.T) {
+	type end struct{ rerr, werr error }
+	ends := make(chan end, 1)
+	be := newBackend(t, func(c *net.TCPConn) {
+		var b [5]byte
+		if _, err := io.ReadFull(c, b[:]); err != nil {
+			return
+		}
+		c.Write(b[:]) // established
+		werrc := make(chan error, 1)
+		go func() {
+			chunk := make([]byte, 32<<10)
+			for {
+				if _, err := c.Write(chunk); err != nil {
+					werrc <- err
+					return
+				}
+			}
+		}()
+		c.SetDeadline(time.Now().Add(5 * time.Second))
+		_, rerr := io.Copy(io.Discard, c)
+		if rerr == nil {
+			rerr = io.EOF
+		}
+		ends <- end{rerr, <-werrc}
+	})
+	pathModes(t, func(t *testing.T, h *harness, dormant bool) {
+		const trials = 60
+		eofs := 0
+		for i := range trials {
+			c := h.dial("l")
+			echoed(t, c, "hello")
+			go io.Copy(io.Discard, c)
+			time.Sleep(time.Duration(i%5) * time.Millisecond)
+			resetConn(c)
+			e := <-ends
+			// A reader that finds 0 after its writer took ECONNRESET saw
+			// the reset; a FIN first leaves the socket in CLOSE_WAIT,
+			// where the RST that follows gives the writer EPIPE.
+			if !errors.Is(e.rerr, syscall.ECONNRESET) && !errors.Is(e.werr, syscall.ECONNRESET) {
+				eofs++
+				t.Logf("trial %d: the backend read %v (its writes then: %v), want ECONNRESET", i, e.rerr, e.werr)
+			}
+			waitFor(t, 2*time.Second, "session ended", func() bool { return len(h.p.liveSessions()) == 0 })
+		}
+		if eofs > 0 {
+			t.Errorf("%d of %d trials: the backend saw a clean EOF (FIN) before the app's reset", eofs, trials)
+		}
+	}, oneBackendConfig(be.addr()))
+}
