@@ -47,12 +47,12 @@ type chaosSide struct {
 	wcl  bool // CloseWrite done
 	werr atomic.Value
 
-	rgen    chaosStream
-	got     atomic.Int64
-	rerr    error
-	corrupt error
-	rdone   chan struct{}
-	rEndAt  time.Time
+	rgen       chaosStream
+	got        atomic.Int64
+	rerr       error
+	corrupt    error
+	rdone      chan struct{}
+	rEndAt     time.Time
 	stateAtEnd uint8
 }
 
@@ -169,12 +169,12 @@ func (cb *chaosBackend) serve(c *net.TCPConn) {
 }
 
 type chaosResult struct {
-	kind      int
-	resetBy   string
-	sess      *session
-	err       error
-	resetLat  time.Duration
-	note      string
+	kind        int
+	resetBy     string
+	sess        *session
+	err         error
+	resetLat    time.Duration
+	note        string
 	dormantSeen int
 	bothFIN     bool
 }
