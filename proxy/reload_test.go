@@ -898,3 +898,40 @@ failures = 0`, fmt.Sprintf("address = %q", srv.address)))
 		t.Errorf("sessions_total{outcome=ok} = %v, want 1: an app that left is an ordinary end", v)
 	}
 }
+
+// The same app closing during the pause between two rounds, which is most
+// of a re-dialing session's time, with the database back before the pause
+// ends: the dial after the pause went out, and the database got the
+// CONNECT and the FIN.
+func TestOracleClientThatGaveUpInThePauseIsNotDialedFor(t *testing.T) {
+	srv := newServer(t, echo)
+	srv.down()
+	h := startProxy(t, backendTOML(`connect_timeout = "300ms"
+connect_budget = "10s"
+backoff = "1s"
+backoff_max = "1s"
+[backend.health]
+check = "off"
+[backend.breaker]
+failures = 0`, fmt.Sprintf("address = %q", srv.address)))
+	pkt, err := tns.BuildConnect(`(DESCRIPTION=(CONNECT_DATA=(SERVICE_NAME=ORDERS)))`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := h.dial("l")
+	if _, err := c.Write(pkt); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(100 * time.Millisecond) // the first dial was refused: the session is in its 0.5-1 s pause
+	c.Close()                          // the app's connect timeout
+	time.Sleep(50 * time.Millisecond)
+	srv.up() // the database is back before the pause ends
+	waitFor(t, 3*time.Second, "the session's end", func() bool { return len(h.p.liveSessions()) == 0 })
+	time.Sleep(200 * time.Millisecond)
+	if n := srv.accepts(); n != 0 {
+		t.Errorf("the database took %d connection(s) for an app that had closed before it came back", n)
+	}
+	if v := counter(h.m.SessionsTotal, "l", "b", "other", "ok"); v != 1 {
+		t.Errorf("sessions_total{outcome=ok} = %v, want 1", v)
+	}
+}

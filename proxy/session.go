@@ -204,23 +204,18 @@ func (s *session) open() error {
 	var failed *failover.Server      // the server that failed before it
 	for {
 		if retry != "" {
-			// A port check (connect, then FIN) while the first server
-			// failed: nothing to replay and no one to answer. Re-dialing
-			// would hold the session, and a drain, for connect_budget.
-			// An ordinary end either way: finish() records it.
-			if s.appLeftSilent() {
-				return errAppLeft
-			}
-			// An Oracle client that closed while its CONNECT waited for a
-			// server gave up (its own connect timeout): Oracle Net never
-			// half-closes. Re-dialing would take its CONNECT and FIN to a
-			// recovering database, a server process for no one.
-			if s.appGaveUp() {
-				return errAppGaveUp
+			if gone := s.appGone(); gone != nil {
+				return gone
 			}
 		}
 		srv, err := plan.Next(s.ctx)
 		if err == nil && retry != "" {
+			// Most of a re-dialing session's time is Next's pause: an app
+			// that left during it is not dialed for either.
+			if gone := s.appGone(); gone != nil {
+				srv.Abandoned(plan.Trial())
+				return gone
+			}
 			s.redial(retry, failed) // counted only when a dial really follows
 		}
 		if err != nil {
@@ -438,6 +433,26 @@ var errAppLeft = errors.New("the app closed before sending anything")
 // errAppGaveUp ends an opening whose Oracle client closed while its CONNECT
 // waited for a server.
 var errAppGaveUp = errors.New("the app closed while its CONNECT waited for a server")
+
+// appGone tells an app that left while its session was being re-dialed,
+// so that no server is dialed for it (an ordinary end: finish() records
+// it), or returns nil:
+//   - a port check (connect, then FIN) while the first server failed:
+//     nothing to replay and no one to answer; re-dialing would hold the
+//     session, and a drain, for connect_budget;
+//   - an Oracle client that closed while its CONNECT waited for a server
+//     gave up (its own connect timeout): Oracle Net never half-closes, and
+//     re-dialing would take its CONNECT and FIN to a recovering database,
+//     a server process for no one.
+func (s *session) appGone() error {
+	switch {
+	case s.appLeftSilent():
+		return errAppLeft
+	case s.appGaveUp():
+		return errAppGaveUp
+	}
+	return nil
+}
 
 // appGaveUp tells an app that closed after a TNS CONNECT that no server has
 // answered yet.
