@@ -134,6 +134,13 @@ func newForensics(log hclog.Logger, connect *prometheus.HistogramVec) *forensics
 	return &forensics{log: log, connect: newConnectWindow(connect), window: logWindow, links: map[linkKey]*linkResets{}}
 }
 
+// logWindow is the window of every log budget (links' and listeners').
+func (f *forensics) logWindow() time.Duration {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.window
+}
+
 func unixMinute(t time.Time) int32 { return int32(t.Unix() / 60) }
 
 // add records the end of s (called from record, once per abnormal end) and

@@ -39,16 +39,35 @@ type listener struct {
 }
 
 // takeLogLine says whether a line of a kind that apps set off (one per
-// connection) may be logged: logBurst per logWindow, and a line that says
-// how many the last window dropped.
+// connection) may be logged: logBurst per log window. The lines a window
+// dropped are told when the next line of the kind comes after the window,
+// or when housekeeping closes the window (closeLogWindows), whichever is
+// first.
 func (l *listener) takeLogLine(b *logBudget, kind string) bool {
+	now := time.Now()
 	l.logMu.Lock()
-	ok, dropped, _ := b.take(time.Now(), logWindow)
+	ok, dropped, since := b.take(now, l.p.forensics.logWindow())
 	l.logMu.Unlock()
-	if dropped > 0 {
-		l.log.Warn(kind+" lines dropped in the last window", "lines", dropped, "window", logWindow.String())
-	}
+	l.logDropped(kind, dropped, since, now)
 	return ok
+}
+
+// closeLogWindows ends the listener's log windows that are over at now,
+// telling what they dropped: after a burst, no later line may come to.
+func (l *listener) closeLogWindows(now time.Time) {
+	l.logMu.Lock()
+	nb, nbSince := l.noBackendLog.end(now, l.p.forensics.logWindow())
+	rd, rdSince := l.redirectLog.end(now, l.p.forensics.logWindow())
+	l.logMu.Unlock()
+	l.logDropped("no-backend", nb, nbSince, now)
+	l.logDropped("REDIRECT", rd, rdSince, now)
+}
+
+func (l *listener) logDropped(kind string, n int, since, now time.Time) {
+	if n > 0 {
+		l.log.Warn(kind+" log lines dropped: too many on this listener", "dropped", n,
+			"since", since.Format(time.RFC3339), "window", now.Sub(since).Round(time.Millisecond).String(), "limit", logBurst)
+	}
 }
 
 // sessionSeries are the metric series every session of one listener and

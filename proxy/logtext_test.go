@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"encoding/json"
+	"fmt"
 	"io"
 	"strings"
 	"testing"
@@ -204,5 +205,34 @@ func TestRoutesMatchServicesAsOracleDoes(t *testing.T) {
 		if got := serviceLabel(l, c.name); got != c.label {
 			t.Errorf("serviceLabel(%q) = %q, want %q", c.name, got, c.label)
 		}
+	}
+}
+
+// After a burst of REDIRECTs (a pool opening 20 connections through a SCAN
+// address), the line that says how many warnings were dropped came only
+// with a REDIRECT in a later window, maybe hours on, or never. Housekeeping
+// now closes the window and tells it. Here the window is 1 s.
+func TestDroppedRedirectLinesAreToldAfterTheBurst(t *testing.T) {
+	l := tnstest.New(t, tnstest.Config{Mode: tnstest.Redirect, RedirectTo: "10.1.1.1:1521"})
+	h, logs := startProxyLog(t, oneBackendConfig(l.Addr()))
+	h.p.forensics.mu.Lock()
+	h.p.forensics.window = time.Second
+	h.p.forensics.mu.Unlock()
+	pkt, err := tns.BuildConnect(`(DESCRIPTION=(CONNECT_DATA=(SERVICE_NAME=ORDERS)))`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for range 2 * logBurst {
+		c := h.dial("l")
+		c.Write(pkt)
+		c.SetReadDeadline(time.Now().Add(3 * time.Second))
+		io.ReadAll(c)
+		c.Close()
+	}
+	waitFor(t, 5*time.Second, "the line with the count of dropped REDIRECT warnings", func() bool {
+		return len(logs.lines("REDIRECT log lines dropped", fmt.Sprintf("dropped=%d", logBurst))) == 1
+	})
+	if n := len(logs.lines("TNS REDIRECT")); n != logBurst {
+		t.Errorf("%d REDIRECT warnings for %d connections, want %d", n, 2*logBurst, logBurst)
 	}
 }

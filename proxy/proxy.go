@@ -307,6 +307,17 @@ func (p *Proxy) track(s *session, add bool) {
 	}
 }
 
+// runningListeners returns the listeners of the running configuration.
+func (p *Proxy) runningListeners() []*listener {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	out := make([]*listener, 0, len(p.listeners))
+	for _, l := range p.listeners {
+		out = append(out, l)
+	}
+	return out
+}
+
 func (p *Proxy) liveSessions() []*session {
 	p.sessMu.Lock()
 	defer p.sessMu.Unlock()
@@ -428,6 +439,9 @@ func (p *Proxy) housekeeping(ctx context.Context) {
 		}
 		now := time.Now()
 		p.forensics.tick(now)
+		for _, l := range p.runningListeners() {
+			l.closeLogWindows(now)
+		}
 		p.pool.dropIdlePipes(false)
 		idle := map[key]int{}
 		live := map[key]bool{}
