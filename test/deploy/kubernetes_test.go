@@ -2,6 +2,9 @@ package deploy
 
 import (
 	"fmt"
+	"os"
+	"path/filepath"
+	"regexp"
 	"slices"
 	"strings"
 	"testing"
@@ -37,6 +40,7 @@ type k8sObject struct {
 			TargetPort any    `json:"targetPort"`
 		} `json:"ports"`
 		// PodMonitor
+		JobLabel            string `json:"jobLabel"`
 		PodMetricsEndpoints []struct {
 			Port string `json:"port"`
 			Path string `json:"path"`
@@ -382,6 +386,20 @@ func TestKubernetesManifests(t *testing.T) {
 	}
 	if !strings.HasPrefix(pm.APIVersion, "monitoring.coreos.com/") {
 		t.Errorf("PodMonitor apiVersion %q", pm.APIVersion)
+	}
+	// The Operator names the job after the pod label jobLabel names, else
+	// "<namespace>/<PodMonitor>": TnsguardDown's matcher must be that name.
+	rules, err := os.ReadFile(filepath.Join(repoRoot(t), "configs/prometheus/tnsguard.rules.yml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := regexp.MustCompile(`up\{job="([^"]+)"\}`).FindSubmatch(rules)
+	if m == nil {
+		t.Fatal(`no up{job="..."} in the alert rules`)
+	}
+	if job := dep.Spec.Template.Metadata.Labels[pm.Spec.JobLabel]; pm.Spec.JobLabel == "" || job != string(m[1]) {
+		t.Errorf("the PodMonitor's scrape job is %q (jobLabel %q), but TnsguardDown matches job %q: it could never fire",
+			job, pm.Spec.JobLabel, m[1])
 	}
 }
 
