@@ -30,7 +30,7 @@ type link struct {
 	carried       bool           // had a live session once: a removed server's link stays listed only then
 	born          time.Time      // outlived's windows count from here
 	window        time.Duration  // outlived's window: the proxy's evidenceWindow
-	outlived      outlivedPauses // the longest pause after which the database answered, on a session that ended, lately
+	outlived      outlivedPauses // the longest pause after which the database answered, on any session, lately
 }
 
 func (p *Proxy) linkFor(listener, backend, server string) *link {
@@ -102,7 +102,6 @@ func (l *link) removeLive(s *session, info keepalive.Info, err error) {
 		return
 	}
 	delete(l.live, s)
-	l.outlived.add(time.Since(l.born), l.window, s.outlivedByBackend())
 	if err == nil {
 		l.closedRetrans += uint64(info.Retransmits)
 		if info.RTT > 0 {
@@ -118,13 +117,17 @@ func (l *link) backendOutlived() time.Duration {
 	if l == nil {
 		return 0
 	}
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	d := l.outlived.longest(time.Since(l.born), l.window)
-	for s := range l.live {
-		d = max(d, s.outlivedByBackend())
+	return l.outlived.longest(time.Since(l.born), l.window)
+}
+
+// outlivedNow records that the database's path answered after a pause of
+// d, now: at the time it was outlived, so that it fades with the link's
+// windows (a session's own evidence, merged at its end, would count from
+// then).
+func (l *link) outlivedNow(d time.Duration) {
+	if l != nil {
+		l.outlived.add(time.Since(l.born), l.window, d)
 	}
-	return d
 }
 
 func (l *link) redial() {

@@ -415,3 +415,53 @@ func TestAlertedSeriesExistAtZero(t *testing.T) {
 	}
 	check(second.addr())
 }
+
+// A link's evidence counts from when its path outlived the pause, not from
+// when the session that saw it ended: a session that outlived a pause early
+// and ended late in its second window handed the pause to its link as new,
+// which kept it up to two more windows (4 hours, not 1 to 2). Here the
+// window is 3 s.
+func TestLinkEvidenceCountsFromThePause(t *testing.T) {
+	t.Parallel()
+	const window = 3 * time.Second
+	be := newBackend(t, echo)
+	cfg, _, err := config.Parse([]byte(oneBackendConfig(be.addr())), "test.toml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := New(hclog.NewNullLogger(), metrics.New(prometheus.NewRegistry(), "test"))
+	p.evidenceWindow = window
+	if err := p.Apply(cfg); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { p.Shutdown(0, time.Second) })
+	h := &harness{t: t, p: p}
+	roundTrip := func(c *net.TCPConn) {
+		t.Helper()
+		c.SetDeadline(time.Now().Add(5 * time.Second))
+		if _, err := c.Write([]byte("ping")); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := io.ReadFull(c, make([]byte, 4)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	c := h.dial("l")
+	defer c.Close()
+	roundTrip(c)
+	s := sessionOf(t, p, c)
+	time.Sleep(1300 * time.Millisecond)
+	roundTrip(c) // the database's leg outlived a pause of 1.3 s
+	outlivedAt := time.Now()
+	lk := p.linkFor("l", "b", be.addr())
+	// The session ends late in its second window, no bytes since: its own
+	// evidence is still there, one to two windows old.
+	time.Sleep(time.Until(s.start.Add(2*window - 400*time.Millisecond)))
+	c.Close()
+	waitFor(t, 5*time.Second, "the session's end", func() bool { return len(p.liveSessions()) == 0 })
+	time.Sleep(time.Until(outlivedAt.Add(2*window + 700*time.Millisecond)))
+	if got := lk.backendOutlived(); got != 0 {
+		t.Errorf("link: a pause of %v outlived %v ago (over two windows of %v) still counts as evidence",
+			got, time.Since(outlivedAt).Round(time.Millisecond), window)
+	}
+}

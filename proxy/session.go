@@ -46,13 +46,14 @@ type session struct {
 	ctx    context.Context
 	cancel context.CancelFunc
 
-	lastActive  atomic.Int64      // nanoseconds since start of the last chunk moved
-	resumedAt   atomic.Int64      // when bytes last moved after a pause of over a second
-	pauseBefore atomic.Int64      // that pause
-	lostPause   atomic.Int64      // a pause that phaseNow found the path was lost in (idle at the end)
-	survived    [2]outlivedPauses // per leg (legIndex): the longest pause it answered after, lately
-	weighed     [2]atomic.Int64   // per leg: the resumedAt whose pause survived last weighed
-	answeredAt  atomic.Int64      // when the backend's first bytes came (since start)
+	lastActive  atomic.Int64         // nanoseconds since start of the last chunk moved
+	resumedAt   atomic.Int64         // when bytes last moved after a pause of over a second
+	pauseBefore atomic.Int64         // that pause
+	lostPause   atomic.Int64         // a pause that phaseNow found the path was lost in (idle at the end)
+	survived    [2]outlivedPauses    // per leg (legIndex): the longest pause it answered after, lately
+	weighed     [2]atomic.Int64      // per leg: the resumedAt whose pause survived last weighed
+	linkNow     atomic.Pointer[link] // link, for touch: the lot's wake runs it under mu
+	answeredAt  atomic.Int64         // when the backend's first bytes came (since start)
 	idleAtEnd   time.Duration
 	toBackend   atomic.Int64
 	toClient    atomic.Int64
@@ -155,6 +156,9 @@ func (s *session) touch(from Side) {
 		p := s.pauseBefore.Load()
 		if from == SideClient || r-p >= s.answeredAt.Load() { // for the backend, only a pause that began once it had answered
 			s.survived[i].add(time.Duration(now), s.p.evidenceWindow, time.Duration(p))
+			if from == SideBackend { // the link's path outlived it now
+				s.linkNow.Load().outlivedNow(time.Duration(p))
+			}
 		}
 	}
 }
@@ -677,6 +681,7 @@ func (s *session) establish(first []byte, srv *failover.Server, plan *failover.P
 	lk := s.p.linkFor(s.l.name, s.backend.Config.Name, srv.Address)
 	s.mu.Lock()
 	s.established, s.link = true, lk
+	s.linkNow.Store(lk)
 	if !s.closing {
 		// Under s.mu, as closeLegs takes link: a session aborted before
 		// this line is never added, one aborted after it is removed.
@@ -1047,12 +1052,6 @@ func (s *session) outlived(side Side, lk *link) time.Duration {
 		d = max(d, lk.backendOutlived())
 	}
 	return d
-}
-
-// outlivedByBackend is the longest pause after which this session's
-// database leg answered.
-func (s *session) outlivedByBackend() time.Duration {
-	return s.survived[legIndex(SideBackend)].longest(time.Since(s.start), s.p.evidenceWindow)
 }
 
 // lostInPause tells whether the peer, last heard ackAgo ago, had answered
