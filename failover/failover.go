@@ -78,6 +78,7 @@ type Server struct {
 	gaugeMu   sync.Mutex          // orders publish's reads and writes (and Stop after them)
 	connectOK prometheus.Observer // the connect-time series of successful dials, resolved once (Start)
 	up        atomic.Bool
+	failedAt  atomic.Int64  // with checks off: when a dial to it last failed (unix ns), 0 after a success
 	checked   atomic.Bool   // a health check has given a result (carried over a reload: Inherit)
 	sessions  *atomic.Int64 // shared with the server a reload replaced (Inherit)
 	version   atomic.Value  // string: listener version from tnsping
@@ -227,6 +228,7 @@ func (s *Server) Succeeded() {
 		s.publish()
 	}
 	if s.backend.Config.Health.Check == "off" {
+		s.failedAt.Store(0)
 		s.setUp(true)
 	}
 }
@@ -236,8 +238,19 @@ func (s *Server) Succeeded() {
 func (s *Server) Failed(cause error) {
 	s.countFailure(cause)
 	if s.backend.Config.Health.Check == "off" {
+		s.failedAt.Store(time.Now().UnixNano())
 		s.setUp(false)
 	}
+}
+
+// shunned tells a server whose dial failed less than open_for ago, with
+// checks off: it goes after the others (order), whether or not its breaker
+// counts failures. After that it takes its turn again, so that a failure
+// neither keeps it last for good (nothing would dial it to find it back)
+// nor, with the breaker off (failures = 0), costs every session a dial.
+func (s *Server) shunned(now time.Time) bool {
+	at := s.failedAt.Load()
+	return at != 0 && now.Sub(time.Unix(0, at)) < s.backend.Config.Breaker.OpenFor.Duration
 }
 
 // Refused records a listener's REFUSE as the server's answer: the server
@@ -330,10 +343,11 @@ func (b *Backend) order(now time.Time) (servers []*Server, lastResort bool) {
 		case s.Weight == 0:
 		case !s.breaker.usable(now):
 			open = append(open, s)
-		case s.Up() || b.Config.Health.Check == "off":
+		case s.Up() && b.Config.Health.Check != "off",
+			b.Config.Health.Check == "off" && !s.shunned(now):
 			// With checks off, up is the last dial's result: a server that
 			// failed one dial would be put last until every other failed, and
-			// no dial would find it back. Its breaker steers sessions away.
+			// no dial would find it back. It goes last for open_for only.
 			healthy = append(healthy, s)
 		default:
 			down = append(down, s)

@@ -899,7 +899,8 @@ func TestRestartEndingWithinTheSessionReachesThePrimary(t *testing.T) {
 // With health checks off, a server that failed one dial (a listener
 // restart of a second) was marked down, and a down server is dialed only
 // after every other has failed the session: no dial found it back, so it
-// never took another session. Its breaker is what steers sessions away.
+// never took another session. It now goes last for open_for (here 300 ms),
+// also with the breaker off: the sessions meanwhile do not dial it first.
 func TestCheckOffServerThatFailedOnceTakesSessionsAgain(t *testing.T) {
 	for _, c := range []struct {
 		balance, a, b string
@@ -917,16 +918,23 @@ connect_budget = "3s"
 backoff = "20ms"
 balance = "`+c.balance+`"
 [backend.health]
-check = "off"`, fmt.Sprintf("address = %q;%s", a.address, c.a), fmt.Sprintf("address = %q;%s", b.address, c.b)))
+check = "off"
+[backend.breaker]
+failures = 0
+open_for = "300ms"`, fmt.Sprintf("address = %q;%s", a.address, c.a), fmt.Sprintf("address = %q;%s", b.address, c.b)))
 			a.down()
-			for range 2 { // A refuses both, or round_robin's second turn
+			for range 3 {
 				name, conn, err := h.reached()
 				if err != nil || name != "B" {
 					t.Fatalf("while A is down: reached %q, %v", name, err)
 				}
 				conn.Close()
 			}
+			if n, _ := histogram(t, h.m.ConnectDuration.WithLabelValues("b", a.address, "refused")); n != 1 {
+				t.Errorf("A was dialed %d times by 3 sessions within open_for of its refusal, want 1", n)
+			}
 			a.up()
+			time.Sleep(400 * time.Millisecond) // open_for
 			byName := map[string]int{}
 			for range 10 {
 				name, conn, err := h.reached()
