@@ -146,7 +146,7 @@ func TestRunNoMiddlebox(t *testing.T) {
 	if res.Found || res.Failure != FailureNone || res.ShortestDead != 0 {
 		t.Errorf("found %v failure %q died after %v; want no timeout, failure none", res.Found, res.Failure, res.ShortestDead)
 	}
-	if res.LongestAlive < 3*time.Second || res.LongestAlive > 3100*time.Millisecond {
+	if res.LongestAlive < 3*time.Second || res.LongestAlive > 3400*time.Millisecond { // a late timer on a loaded machine
 		t.Errorf("longest idle survived = %v, want 3s (max)", res.LongestAlive)
 	}
 	if took < 3*time.Second || took > 5*time.Second {
@@ -187,7 +187,7 @@ func TestRunTargetResetsAfterAccept(t *testing.T) {
 	if !errors.Is(err, ErrClosedByTarget) {
 		t.Fatalf("err = %v, want ErrClosedByTarget", err)
 	}
-	if d := res.TargetClosedAfter - 2500*time.Millisecond; d < -100*time.Millisecond || d > 200*time.Millisecond {
+	if d := res.TargetClosedAfter - 2500*time.Millisecond; d < -150*time.Millisecond || d > 300*time.Millisecond { // clocks start at connect and at accept
 		t.Errorf("target closed after %v, want 2.5s", res.TargetClosedAfter)
 	}
 	if res.Found {
@@ -410,7 +410,7 @@ func TestRunCancel(t *testing.T) {
 	if took := time.Since(start); took > 2500*time.Millisecond {
 		t.Errorf("took %v after a 1.5s deadline", took)
 	}
-	if res.LongestAlive < time.Second || res.LongestAlive > 1100*time.Millisecond {
+	if res.LongestAlive < time.Second || res.LongestAlive > 1400*time.Millisecond { // a late timer on a loaded machine
 		t.Errorf("partial result: longest idle survived %v, want 1s", res.LongestAlive)
 	}
 	tg.waitAllClosed(t)

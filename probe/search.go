@@ -115,8 +115,6 @@ func (s *search) view() (alive []time.Duration, dead []observation, closedAfter 
 		switch {
 		case survivedLonger(c.idle):
 			byTarget(c)
-		case c.life-c.idle >= ladderStart:
-			dead = append(dead, observation{c.idle, FailureReset})
 		default:
 			unchecked = append(unchecked, c)
 		}
@@ -124,6 +122,12 @@ func (s *search) view() (alive []time.Duration, dead []observation, closedAfter 
 	near := func(a, b time.Duration) bool { return absDur(a-b) <= resolution(min(a, b)) }
 	for _, c := range unchecked {
 		if closedAfter > 0 && near(c.life, closedAfter) {
+			byTarget(c)
+			continue
+		}
+		// Resets at the same time after connect after different idle
+		// times: the target ends connections at a fixed age.
+		if slices.ContainsFunc(resets, func(d closing) bool { return near(d.life, c.life) && !near(d.idle, c.idle) }) {
 			byTarget(c)
 			continue
 		}
@@ -281,15 +285,10 @@ func (s *search) next(a, reach time.Duration, planned []time.Duration) (time.Dur
 		reach = lim
 	}
 	if hi == 0 {
-		// Ladder: the next rung above everything known or planned.
-		top := lo
+		// Ladder: the lowest rung above lo that no check or dial has taken.
 		limPlanned := false
 		for _, p := range planned {
-			if p >= lim {
-				limPlanned = true
-			} else {
-				top = max(top, p)
-			}
+			limPlanned = limPlanned || p >= lim
 		}
 		for k := 0.0; ; k++ {
 			r := time.Duration(float64(ladderStart) * math.Pow(ladderStep, k)).Round(time.Second)
@@ -299,7 +298,11 @@ func (s *search) next(a, reach time.Duration, planned []time.Duration) (time.Dur
 				}
 				return lim, true
 			}
-			if r > top && r >= a {
+			taken := false
+			for _, p := range planned {
+				taken = taken || absDur(p-r) <= r/10
+			}
+			if r > lo && r >= a && !taken {
 				if r > reach {
 					return 0, false
 				}

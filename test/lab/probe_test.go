@@ -61,8 +61,11 @@ func TestLabProbe(t *testing.T) {
 			if d := res.IdleTimeout - lab.Timeout; d < -time.Second || d > time.Second {
 				t.Errorf("idle timeout %v, want %v within 1s", res.IdleTimeout, lab.Timeout)
 			}
-			// The firewall's timer is exact: the bracket must hold it.
-			if res.LongestAlive > lab.Timeout+50*time.Millisecond || res.ShortestDead < lab.Timeout-50*time.Millisecond {
+			// The firewall's timer is exact: the bracket must hold it, give or
+			// take how late the probe notes a connection's start (after its
+			// dial returns, the handshake's ACK being what conntrack timed) on
+			// a loaded machine.
+			if res.LongestAlive > lab.Timeout+50*time.Millisecond || res.ShortestDead < lab.Timeout-250*time.Millisecond {
 				t.Errorf("bracket (%v, %v] does not hold the firewall's %v", res.LongestAlive, res.ShortestDead, lab.Timeout)
 			}
 			if res.Failure != tc.want {
