@@ -27,12 +27,10 @@ type listener struct {
 	log   hclog.Logger
 	done  chan struct{} // closed when the accept loop has ended
 
-	active           atomic.Int64
+	*admitted                    // shared with the listener whose socket it took over (a rename)
 	perConnKeepalive atomic.Bool // set every keepalive option per connection (the listening socket refused them, or goKeepalive)
 	goKeepalive      bool        // made from a file (a handed-over socket): Go sets its own keepalive on accept
-	srcMu            sync.Mutex
-	perSource        map[netip.Addr]int
-	series           sync.Map // backend name -> *sessionSeries
+	series           sync.Map    // backend name -> *sessionSeries
 	logMu            sync.Mutex
 	noBackendLog     logBudget // under logMu
 	redirectLog      logBudget // under logMu
@@ -68,6 +66,18 @@ func (l *listener) logDropped(kind string, n int, since, now time.Time) {
 		l.log.Warn(kind+" log lines dropped: too many on this listener", "dropped", n,
 			"since", since.Format(time.RFC3339), "window", now.Sub(since).Round(time.Millisecond).String(), "limit", logBurst)
 	}
+}
+
+// admitted counts the sessions a listening socket let in, for max_sessions
+// and max_sessions_per_source. It goes with the socket: a reload that
+// renames a listener, or swaps two listeners' addresses, hands the socket
+// to a new listener, and the sessions the old one admitted still count
+// against the limits (with counts of their own, the new listener let in
+// max_sessions more while they lived).
+type admitted struct {
+	active    atomic.Int64
+	srcMu     sync.Mutex
+	perSource map[netip.Addr]int
 }
 
 // sessionSeries are the metric series every session of one listener and

@@ -195,7 +195,7 @@ func (p *Proxy) Apply(cfg *config.Config) error {
 }
 
 func (p *Proxy) bind(cfg *config.Config, lc *config.Listener, taken map[*listener]bool) (*listener, error) {
-	ln, err := p.inherit(cfg, lc, taken) // the socket of a renamed or moved listener (reload.go)
+	ln, old, err := p.inherit(cfg, lc, taken) // the socket of a renamed or moved listener (reload.go)
 	fromFile := ln != nil
 	if ln == nil && err == nil {
 		lcfg := net.ListenConfig{KeepAlive: -1} // tnsguard sets keepalive itself, per leg
@@ -208,9 +208,13 @@ func (p *Proxy) bind(cfg *config.Config, lc *config.Listener, taken map[*listene
 	if err != nil {
 		return nil, err
 	}
+	slots := &admitted{perSource: map[netip.Addr]int{}}
+	if old != nil {
+		slots = old.admitted // its sessions still count against the limits
+	}
 	l := &listener{
 		p: p, name: lc.Name, ln: ln.(*net.TCPListener), done: make(chan struct{}),
-		log: p.log.Named("proxy").With("listener", lc.Name), perSource: map[netip.Addr]int{},
+		log: p.log.Named("proxy").With("listener", lc.Name), admitted: slots,
 		// Go gives connections accepted on a listener made from a file
 		// its default keepalive (15s), over what they inherit.
 		goKeepalive: fromFile,

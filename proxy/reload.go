@@ -14,15 +14,16 @@ import (
 
 // inherit returns a duplicate of the socket of a running listener that the
 // new configuration drops (renamed, or moved to another address) and that
-// is bound to the address lc asks for; nil when there is none. Renaming a
+// is bound to the address lc asks for, with that listener; nil when there
+// is none. Renaming a
 // listener, or swapping the addresses of two, then keeps the socket and
 // its queue of connections not yet accepted: no app is refused during the
 // reload. Until the old listener is closed both accept loops take from the
 // same queue, which is harmless.
-func (p *Proxy) inherit(cfg *config.Config, lc *config.Listener, taken map[*listener]bool) (net.Listener, error) {
+func (p *Proxy) inherit(cfg *config.Config, lc *config.Listener, taken map[*listener]bool) (net.Listener, *listener, error) {
 	want, err := net.ResolveTCPAddr("tcp", lc.Listen)
 	if err != nil || want.Port == 0 {
-		return nil, nil
+		return nil, nil, nil
 	}
 	// Go binds every unspecified address (":1521", "0.0.0.0:1521",
 	// "[::]:1521") as one socket, dual-stack [::] where the host has IPv6:
@@ -41,13 +42,14 @@ func (p *Proxy) inherit(cfg *config.Config, lc *config.Listener, taken map[*list
 		}
 		f, err := dupListener(old.ln)
 		if err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 		defer f.Close()
 		taken[old] = true
-		return net.FileListener(f)
+		ln, err := net.FileListener(f)
+		return ln, old, err
 	}
-	return nil, nil
+	return nil, nil, nil
 }
 
 // dupListener duplicates ln's socket as a file that net.FileListener can

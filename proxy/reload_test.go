@@ -935,3 +935,41 @@ failures = 0`, fmt.Sprintf("address = %q", srv.address)))
 		t.Errorf("sessions_total{outcome=ok} = %v, want 1", v)
 	}
 }
+
+// max_sessions counts the sessions of a listening socket. A reload that
+// only renames the listener hands the socket over; the sessions admitted
+// under the old name stopped counting, and the renamed listener let in
+// max_sessions more (a review saw 35 sessions on a listener of 30). Their
+// ends free the renamed listener's slots.
+func TestRenameKeepsMaxSessionsCount(t *testing.T) {
+	be := newBackend(t, echo)
+	base := strings.Replace(oneBackendConfig(be.addr()), `backend = "b"`, "backend = \"b\"\nmax_sessions = 2", 1)
+	h := startProxy(t, base)
+	addr := h.addr("l")
+	var old []*net.TCPConn
+	for range 2 {
+		c := h.dial("l")
+		echoed(t, c, "under the limit")
+		old = append(old, c)
+	}
+	renamed := strings.Replace(listenerAt(base, addr), `name = "l"`, `name = "m"`, 1)
+	if err := h.p.Apply(mustParse(t, renamed)); err != nil {
+		t.Fatal(err)
+	}
+	c, err := net.Dial("tcp", addr) // the reset may come before connect returns
+	if err == nil {
+		err, _ = readErr(c, 2*time.Second)
+		c.Close()
+	}
+	if !errors.Is(err, syscall.ECONNRESET) {
+		t.Fatalf("a 3rd session on %s with max_sessions = 2 and 2 open: %v, want a reset", addr, err)
+	}
+	waitFor(t, 2*time.Second, "the rejection", func() bool {
+		return counter(h.m.SessionsRejected, "m", "max_sessions") == 1
+	})
+	old[0].Close()
+	waitFor(t, 2*time.Second, "a slot freed by a session of the old name", func() bool {
+		return len(h.p.liveSessions()) == 1
+	})
+	echoed(t, h.dial("m"), "a slot freed")
+}
