@@ -91,11 +91,18 @@ func Start(cfg config.Admin, reg *prometheus.Registry, src Source, log hclog.Log
 // Addr is the bound address.
 func (s *Server) Addr() net.Addr { return s.ln.Addr() }
 
-// Close stops the listener and waits for the serving goroutine.
+// Close stops the listener, lets requests being served finish for a
+// moment, and waits for the serving goroutine. The moment is short: net/http
+// counts a connection that has sent nothing yet (a load balancer's TCP
+// check) as busy until it is 5 s old, and the process's exit waited out
+// the whole timeout for it, after the drain.
 func (s *Server) Close() error {
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
 	defer cancel()
 	err := s.http.Shutdown(ctx)
+	if err != nil {
+		err = s.http.Close()
+	}
 	<-s.done
 	return err
 }

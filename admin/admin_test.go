@@ -213,3 +213,25 @@ func TestForbiddenClientsGetTheir403(t *testing.T) {
 		resp.Body.Close()
 	}
 }
+
+// A client connected to the admin port that has not sent its request yet
+// (a load balancer's TCP check, a scrape still connecting) held the
+// process's exit after "drained" for Close's whole 2 s.
+func TestCloseDoesNotWaitForASilentConnection(t *testing.T) {
+	s := startStack(t, ordersConfig("127.0.0.1:1"))
+	adm, err := Start(config.Admin{Listen: "127.0.0.1:0"}, prometheus.NewRegistry(), s.p, hclog.NewNullLogger())
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := net.Dial("tcp", adm.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	time.Sleep(100 * time.Millisecond)
+	start := time.Now()
+	adm.Close()
+	if d := time.Since(start); d > time.Second {
+		t.Fatalf("Close took %v with one silent admin connection open", d)
+	}
+}

@@ -216,6 +216,13 @@ func (f *forensics) logDropped(listener, backend, server string, n int, start ti
 // tick ends the log windows that are over, logging the lines they dropped,
 // and samples the connect histograms.
 func (f *forensics) tick(now time.Time) {
+	f.closeWindows(now, f.logWindow())
+	f.connect.sample(now)
+}
+
+// closeWindows ends the links' log windows that are at least window old at
+// now, telling what each dropped (all of them with window 0: at shutdown).
+func (f *forensics) closeWindows(now time.Time, window time.Duration) {
 	type summary struct {
 		k      linkKey
 		n      int
@@ -224,7 +231,7 @@ func (f *forensics) tick(now time.Time) {
 	var over []summary
 	f.mu.Lock()
 	for k, lr := range f.links {
-		if n, since := lr.log.end(now, f.window); n > 0 {
+		if n, since := lr.log.end(now, window); n > 0 {
 			over = append(over, summary{k, n, since})
 		}
 	}
@@ -232,7 +239,6 @@ func (f *forensics) tick(now time.Time) {
 	for _, s := range over {
 		f.logDropped(s.k.listener, s.k.backend, s.k.server, s.n, s.window, now.Sub(s.window))
 	}
-	f.connect.sample(now)
 }
 
 // Resets returns up to limit of the most recent reset events, newest

@@ -581,3 +581,33 @@ func TestDrainCloseSaysWhatEndedIt(t *testing.T) {
 		}
 	}
 }
+
+// A drain that closes more sessions on a link than its log budget tells how
+// many reset lines it dropped before the process ends: that line came only
+// when the minute was over, and the process had exited by then (a review
+// read 40 reset lines of 240 and no word of the rest).
+func TestDrainTellsTheResetLinesItDropped(t *testing.T) {
+	be := newBackend(t, echo)
+	h, logs := startProxyLog(t, oneBackendConfig(be.addr()))
+	const n = logBurst + 5
+	for range n {
+		echoed(t, h.dial("l"), "x")
+	}
+	h.p.Shutdown(0, 200*time.Millisecond)
+	if got := len(logs.lines("session reset")); got != logBurst {
+		t.Errorf("%d reset lines, want %d", got, logBurst)
+	}
+	if lines := logs.lines("reset log lines dropped", "dropped=5"); len(lines) != 1 {
+		t.Errorf("no line with the count of dropped reset lines before the end:\n%s", logs.String())
+	}
+}
+
+// A second signal when no session is left warns of none to close.
+func TestHurryWithNoSessionWarnsOfNone(t *testing.T) {
+	h, logs := startProxyLog(t, oneBackendConfig(closedPort(t)))
+	h.p.Hurry()
+	h.p.Shutdown(time.Minute, time.Minute)
+	if lines := logs.lines("closing the sessions left"); len(lines) != 0 {
+		t.Errorf("warned of closing sessions when there were none: %q", lines)
+	}
+}

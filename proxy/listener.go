@@ -50,12 +50,13 @@ func (l *listener) takeLogLine(b *logBudget, kind string) bool {
 	return ok
 }
 
-// closeLogWindows ends the listener's log windows that are over at now,
-// telling what they dropped: after a burst, no later line may come to.
-func (l *listener) closeLogWindows(now time.Time) {
+// closeLogWindows ends the listener's log windows that are at least window
+// old at now, telling what they dropped: after a burst, no later line may
+// come to (window 0 at shutdown: all of them).
+func (l *listener) closeLogWindows(now time.Time, window time.Duration) {
 	l.logMu.Lock()
-	nb, nbSince := l.noBackendLog.end(now, l.p.forensics.logWindow())
-	rd, rdSince := l.redirectLog.end(now, l.p.forensics.logWindow())
+	nb, nbSince := l.noBackendLog.end(now, window)
+	rd, rdSince := l.redirectLog.end(now, window)
 	l.logMu.Unlock()
 	l.logDropped("no-backend", nb, nbSince, now)
 	l.logDropped("REDIRECT", rd, rdSince, now)

@@ -387,7 +387,9 @@ func (p *Proxy) shutdown(grace, drainTimeout time.Duration, log hclog.Logger) {
 			why, end = "drain cut short", errDrainCut
 		default:
 		}
-		log.Warn(why+": closing the sessions left", "sessions", closed)
+		if closed > 0 { // none: they ended as the signal came
+			log.Warn(why+": closing the sessions left", "sessions", closed)
+		}
 		// tnsguard's own end, counted on the app's side (as idle_timeout's)
 		// with cause proxy.
 		for _, s := range rest {
@@ -412,6 +414,13 @@ func (p *Proxy) shutdown(grace, drainTimeout time.Duration, log hclog.Logger) {
 	}
 	p.cancel()
 	p.loopWG.Wait()
+	// The log lines a window dropped are told when it ends: the drain's
+	// resets (10 lines a link, then one with the count) end now.
+	now := time.Now()
+	p.forensics.closeWindows(now, 0)
+	for _, l := range p.runningListeners() {
+		l.closeLogWindows(now, 0)
+	}
 	p.mu.Lock()
 	for _, b := range p.backends {
 		b.Stop()
@@ -444,7 +453,7 @@ func (p *Proxy) housekeeping(ctx context.Context) {
 		now := time.Now()
 		p.forensics.tick(now)
 		for _, l := range p.runningListeners() {
-			l.closeLogWindows(now)
+			l.closeLogWindows(now, p.forensics.logWindow())
 		}
 		p.pool.dropIdlePipes(false)
 		idle := map[key]int{}
