@@ -465,3 +465,43 @@ func TestLinkEvidenceCountsFromThePause(t *testing.T) {
 			got, time.Since(outlivedAt).Round(time.Millisecond), window)
 	}
 }
+
+// A database that takes over a second to answer the first query after a
+// long pause makes a pause of its own (the query's time): the long pause,
+// which its path outlived as well, was lost for the database's leg, and a
+// later cut after a shorter pause could count as the middlebox's doing.
+func TestSlowAnswerAfterAPauseKeepsThePause(t *testing.T) {
+	t.Parallel()
+	be := newBackend(t, func(c *net.TCPConn) {
+		buf := make([]byte, 4)
+		for n := 0; ; n++ {
+			if _, err := io.ReadFull(c, buf); err != nil {
+				return
+			}
+			if n == 1 {
+				time.Sleep(1300 * time.Millisecond) // the query after the pause is slow
+			}
+			if _, err := c.Write(buf); err != nil {
+				return
+			}
+		}
+	})
+	h := startProxy(t, oneBackendConfig(be.addr()))
+	c := h.dial("l")
+	defer c.Close()
+	echoed(t, c, "ping")
+	s := sessionOf(t, h.p, c)
+	const pause = 2 * time.Second
+	time.Sleep(pause)
+	echoed(t, c, "slow")
+	lk := h.p.linkFor("l", "b", be.addr())
+	if got := s.outlived(SideBackend, lk); got < pause {
+		t.Errorf("database leg: outlived %v, want the pause of %v before the slow answer", got, pause)
+	}
+	if got := lk.backendOutlived(); got < pause {
+		t.Errorf("link: outlived %v, want %v", got, pause)
+	}
+	if got := s.outlived(SideClient, lk); got < pause || got > pause+time.Second {
+		t.Errorf("app's leg: outlived %v, want about %v", got, pause)
+	}
+}

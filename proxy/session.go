@@ -46,12 +46,14 @@ type session struct {
 	ctx    context.Context
 	cancel context.CancelFunc
 
-	lastActive  atomic.Int64         // nanoseconds since start of the last chunk moved
-	resumedAt   atomic.Int64         // when bytes last moved after a pause of over a second
-	pauseBefore atomic.Int64         // that pause
-	lostPause   atomic.Int64         // a pause that phaseNow found the path was lost in (idle at the end)
-	survived    [2]outlivedPauses    // per leg (legIndex): the longest pause it answered after, lately
-	weighed     [2]atomic.Int64      // per leg: the resumedAt whose pause survived last weighed
+	lastActive  atomic.Int64      // nanoseconds since start of the last chunk moved
+	resumedAt   atomic.Int64      // when bytes last moved after a pause of over a second
+	pauseBefore atomic.Int64      // that pause
+	lostPause   atomic.Int64      // a pause that phaseNow found the path was lost in (idle at the end)
+	survived    [2]outlivedPauses // per leg (legIndex): the longest pause it answered after, lately
+	pauseMu     sync.Mutex
+	unweighed   [2]pendingPause      // per leg: the longest pause since its peer was last heard (under pauseMu)
+	hasPending  [2]atomic.Bool       // per leg: unweighed holds a pause
 	linkNow     atomic.Pointer[link] // link, for touch: the lot's wake runs it under mu
 	answeredAt  atomic.Int64         // when the backend's first bytes came (since start)
 	idleAtEnd   time.Duration
@@ -142,26 +144,45 @@ func (s *session) idleFor() time.Duration {
 //
 // Bytes from a leg after a pause show that its path outlived the pause:
 // survived keeps the longest such pause per leg, which phaseNow weighs.
-// Each pause is weighed once per leg, on the leg's first bytes after it
-// (the pause is stored before the resume, which tells a new one).
+// Each pause waits, per leg, for that leg's next bytes (unweighed): a
+// database that takes over a second to answer the first query after a long
+// pause makes a pause of its own, and the long one, which its path
+// outlived too, was lost for its leg.
 func (s *session) touch(from Side) {
 	now := int64(time.Since(s.start))
 	if prev := s.lastActive.Swap(now); now-prev > int64(time.Second) {
 		s.pauseBefore.Store(now - prev)
 		s.resumedAt.Store(now)
+		s.pauseMu.Lock()
+		for i := range s.unweighed {
+			if now-prev > s.unweighed[i].length {
+				s.unweighed[i] = pendingPause{start: prev, length: now - prev}
+			}
+			s.hasPending[i].Store(true)
+		}
+		s.pauseMu.Unlock()
 	}
 	i := legIndex(from)
-	if r := s.resumedAt.Load(); r != 0 && s.weighed[i].Load() != r {
-		s.weighed[i].Store(r)
-		p := s.pauseBefore.Load()
-		if from == SideClient || r-p >= s.answeredAt.Load() { // for the backend, only a pause that began once it had answered
-			s.survived[i].add(time.Duration(now), s.p.evidenceWindow, time.Duration(p))
-			if from == SideBackend { // the link's path outlived it now
-				s.linkNow.Load().outlivedNow(time.Duration(p))
-			}
+	if !s.hasPending[i].Load() {
+		return
+	}
+	s.pauseMu.Lock()
+	pp := s.unweighed[i]
+	s.unweighed[i] = pendingPause{}
+	s.hasPending[i].Store(false)
+	s.pauseMu.Unlock()
+	// For the backend, only a pause that began once it had answered.
+	if pp.length > 0 && (from == SideClient || pp.start >= s.answeredAt.Load()) {
+		s.survived[i].add(time.Duration(now), s.p.evidenceWindow, time.Duration(pp.length))
+		if from == SideBackend { // the link's path outlived it now
+			s.linkNow.Load().outlivedNow(time.Duration(pp.length))
 		}
 	}
 }
+
+// pendingPause is a pause of a session (since its start, in ns) that a leg
+// has not yet been heard after.
+type pendingPause struct{ start, length int64 }
 
 // idleBeforeEnd is how long the session had been idle when a leg failed:
 // the silence up to now, or the pause that ended less than a second ago.
