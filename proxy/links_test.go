@@ -302,41 +302,20 @@ func TestOutlivedPausesFade(t *testing.T) {
 	t.Parallel()
 	const window = 3 * time.Second
 	be := newBackend(t, echo)
-	cfg, _, err := config.Parse([]byte(oneBackendConfig(be.addr())), "test.toml")
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := New(hclog.NewNullLogger(), metrics.New(prometheus.NewRegistry(), "test"))
-	p.evidenceWindow = window
-	if err := p.Apply(cfg); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { p.Shutdown(0, time.Second) })
-	h := &harness{t: t, p: p}
-
-	roundTrip := func(c *net.TCPConn) {
-		t.Helper()
-		c.SetDeadline(time.Now().Add(5 * time.Second))
-		buf := make([]byte, 4)
-		if _, err := c.Write([]byte("ping")); err != nil {
-			t.Fatal(err)
-		}
-		if _, err := io.ReadFull(c, buf); err != nil {
-			t.Fatal(err)
-		}
-	}
+	h := startProxyEvidence(t, oneBackendConfig(be.addr()), window)
+	p := h.p
 	// Two sessions outlive the same pause; the second then ends, and its
 	// database leg's evidence goes to the link.
 	const pause = 1300 * time.Millisecond
 	c, c2 := h.dial("l"), h.dial("l")
 	defer c.Close()
 	defer c2.Close()
-	roundTrip(c)
-	roundTrip(c2)
+	echoed(t, c, "ping")
+	echoed(t, c2, "ping")
 	s := sessionOf(t, p, c)
 	time.Sleep(pause)
-	roundTrip(c)
-	roundTrip(c2)
+	echoed(t, c, "ping")
+	echoed(t, c2, "ping")
 	c2.Close()
 	lk := p.linkFor("l", "b", be.addr())
 	waitFor(t, 5*time.Second, "the second session's end", func() bool { return len(p.liveSessions()) == 1 })
@@ -425,33 +404,14 @@ func TestLinkEvidenceCountsFromThePause(t *testing.T) {
 	t.Parallel()
 	const window = 3 * time.Second
 	be := newBackend(t, echo)
-	cfg, _, err := config.Parse([]byte(oneBackendConfig(be.addr())), "test.toml")
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := New(hclog.NewNullLogger(), metrics.New(prometheus.NewRegistry(), "test"))
-	p.evidenceWindow = window
-	if err := p.Apply(cfg); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { p.Shutdown(0, time.Second) })
-	h := &harness{t: t, p: p}
-	roundTrip := func(c *net.TCPConn) {
-		t.Helper()
-		c.SetDeadline(time.Now().Add(5 * time.Second))
-		if _, err := c.Write([]byte("ping")); err != nil {
-			t.Fatal(err)
-		}
-		if _, err := io.ReadFull(c, make([]byte, 4)); err != nil {
-			t.Fatal(err)
-		}
-	}
+	h := startProxyEvidence(t, oneBackendConfig(be.addr()), window)
+	p := h.p
 	c := h.dial("l")
 	defer c.Close()
-	roundTrip(c)
+	echoed(t, c, "ping")
 	s := sessionOf(t, p, c)
 	time.Sleep(1300 * time.Millisecond)
-	roundTrip(c) // the database's leg outlived a pause of 1.3 s
+	echoed(t, c, "ping") // the database's leg outlived a pause of 1.3 s
 	outlivedAt := time.Now()
 	lk := p.linkFor("l", "b", be.addr())
 	// The session ends late in its second window, no bytes since: its own
@@ -504,4 +464,22 @@ func TestSlowAnswerAfterAPauseKeepsThePause(t *testing.T) {
 	if got := s.outlived(SideClient, lk); got < pause || got > pause+time.Second {
 		t.Errorf("app's leg: outlived %v, want about %v", got, pause)
 	}
+}
+
+// startProxyEvidence is startProxy with outlived-pause evidence windows of
+// window (set before any session or link exists).
+func startProxyEvidence(t *testing.T, toml string, window time.Duration) *harness {
+	t.Helper()
+	cfg, _, err := config.Parse([]byte(toml), "test.toml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := metrics.New(prometheus.NewRegistry(), "test")
+	p := New(hclog.NewNullLogger(), m)
+	p.evidenceWindow = window
+	if err := p.Apply(cfg); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { p.Shutdown(0, time.Second) })
+	return &harness{t: t, p: p, m: m}
 }

@@ -860,24 +860,7 @@ func TestRouteAcrossReloadThatRenamesTheRoutesBackend(t *testing.T) {
 // non-Oracle opening with a half-close is still carried
 // (TestReplayCarriesHalfClose).
 func TestOracleClientThatGaveUpIsNotRedialedFor(t *testing.T) {
-	srv := newServer(t, echo)
-	srv.down() // a listener restarting: dials are refused
-	h := startProxy(t, backendTOML(`connect_timeout = "300ms"
-connect_budget = "5s"
-backoff = "50ms"
-backoff_max = "100ms"
-[backend.health]
-check = "off"
-[backend.breaker]
-failures = 0`, fmt.Sprintf("address = %q", srv.address)))
-	pkt, err := tns.BuildConnect(`(DESCRIPTION=(CONNECT_DATA=(SERVICE_NAME=ORDERS)))`)
-	if err != nil {
-		t.Fatal(err)
-	}
-	c := h.dial("l")
-	if _, err := c.Write(pkt); err != nil {
-		t.Fatal(err)
-	}
+	srv, h, c := connectWhileRefused(t, "5s", "50ms", "100ms")
 	time.Sleep(300 * time.Millisecond)
 	closed := time.Now()
 	c.Close() // the app's connect timeout
@@ -904,24 +887,7 @@ failures = 0`, fmt.Sprintf("address = %q", srv.address)))
 // ends: the dial after the pause went out, and the database got the
 // CONNECT and the FIN.
 func TestOracleClientThatGaveUpInThePauseIsNotDialedFor(t *testing.T) {
-	srv := newServer(t, echo)
-	srv.down()
-	h := startProxy(t, backendTOML(`connect_timeout = "300ms"
-connect_budget = "10s"
-backoff = "1s"
-backoff_max = "1s"
-[backend.health]
-check = "off"
-[backend.breaker]
-failures = 0`, fmt.Sprintf("address = %q", srv.address)))
-	pkt, err := tns.BuildConnect(`(DESCRIPTION=(CONNECT_DATA=(SERVICE_NAME=ORDERS)))`)
-	if err != nil {
-		t.Fatal(err)
-	}
-	c := h.dial("l")
-	if _, err := c.Write(pkt); err != nil {
-		t.Fatal(err)
-	}
+	srv, h, c := connectWhileRefused(t, "10s", "1s", "1s")
 	time.Sleep(100 * time.Millisecond) // the first dial was refused: the session is in its 0.5-1 s pause
 	c.Close()                          // the app's connect timeout
 	time.Sleep(50 * time.Millisecond)
@@ -972,4 +938,30 @@ func TestRenameKeepsMaxSessionsCount(t *testing.T) {
 		return len(h.p.liveSessions()) == 1
 	})
 	echoed(t, h.dial("m"), "a slot freed")
+}
+
+// connectWhileRefused sends an Oracle CONNECT through a proxy whose only
+// server refuses (a listener restarting; checks and breaker off), with the
+// given budget and backoff: the session is re-dialing.
+func connectWhileRefused(t *testing.T, budget, backoff, backoffMax string) (*server, *harness, *net.TCPConn) {
+	t.Helper()
+	srv := newServer(t, echo)
+	srv.down()
+	h := startProxy(t, backendTOML(fmt.Sprintf(`connect_timeout = "300ms"
+connect_budget = %q
+backoff = %q
+backoff_max = %q
+[backend.health]
+check = "off"
+[backend.breaker]
+failures = 0`, budget, backoff, backoffMax), fmt.Sprintf("address = %q", srv.address)))
+	pkt, err := tns.BuildConnect(`(DESCRIPTION=(CONNECT_DATA=(SERVICE_NAME=ORDERS)))`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := h.dial("l")
+	if _, err := c.Write(pkt); err != nil {
+		t.Fatal(err)
+	}
+	return srv, h, c
 }
