@@ -128,10 +128,42 @@ type forensics struct {
 	next   int // slot of the next event
 	held   int // events in the ring
 	links  map[linkKey]*linkResets
+	lines  map[lineKey]*logBudget // per listener and kind of line that apps set off
+}
+
+// lineKey names a listener's log budget for one kind of line. By name, not
+// by listener: a reload that renames or removes a listener leaves its
+// window open, and the count of the lines it dropped is told all the same.
+type lineKey struct{ listener, kind string }
+
+// takeLine says whether a line of kind on listener may be logged at now:
+// logBurst per log window. The lines a window dropped are told when the
+// next line of the kind comes after the window, or when closeWindows ends
+// it, whichever is first.
+func (f *forensics) takeLine(listener, kind string, now time.Time) bool {
+	k := lineKey{listener, kind}
+	f.mu.Lock()
+	b := f.lines[k]
+	if b == nil {
+		b = &logBudget{}
+		f.lines[k] = b
+	}
+	ok, dropped, since := b.take(now, f.window)
+	f.mu.Unlock()
+	f.logLinesDropped(k, dropped, since, now)
+	return ok
+}
+
+func (f *forensics) logLinesDropped(k lineKey, n int, since, now time.Time) {
+	if n > 0 {
+		f.log.Warn(k.kind+" log lines dropped: too many on this listener", "listener", k.listener, "dropped", n,
+			"since", since.Format(time.RFC3339), "window", now.Sub(since).Round(time.Millisecond).String(), "limit", logBurst)
+	}
 }
 
 func newForensics(log hclog.Logger, connect *prometheus.HistogramVec) *forensics {
-	return &forensics{log: log, connect: newConnectWindow(connect), window: logWindow, links: map[linkKey]*linkResets{}}
+	return &forensics{log: log, connect: newConnectWindow(connect), window: logWindow, links: map[linkKey]*linkResets{},
+		lines: map[lineKey]*logBudget{}}
 }
 
 // logWindow is the window of every log budget (links' and listeners').
@@ -235,9 +267,26 @@ func (f *forensics) closeWindows(now time.Time, window time.Duration) {
 			over = append(over, summary{k, n, since})
 		}
 	}
+	type lineSummary struct {
+		k     lineKey
+		n     int
+		since time.Time
+	}
+	var lines []lineSummary
+	for k, b := range f.lines {
+		if n, since := b.end(now, window); n > 0 {
+			lines = append(lines, lineSummary{k, n, since})
+		}
+		if b.start.IsZero() { // no window open: nothing to keep
+			delete(f.lines, k)
+		}
+	}
 	f.mu.Unlock()
 	for _, s := range over {
 		f.logDropped(s.k.listener, s.k.backend, s.k.server, s.n, s.window, now.Sub(s.window))
+	}
+	for _, s := range lines {
+		f.logLinesDropped(s.k, s.n, s.since, now)
 	}
 }
 

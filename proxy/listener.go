@@ -31,42 +31,12 @@ type listener struct {
 	perConnKeepalive atomic.Bool // set every keepalive option per connection (the listening socket refused them, or goKeepalive)
 	goKeepalive      bool        // made from a file (a handed-over socket): Go sets its own keepalive on accept
 	series           sync.Map    // backend name -> *sessionSeries
-	logMu            sync.Mutex
-	noBackendLog     logBudget // under logMu
-	redirectLog      logBudget // under logMu
 }
 
 // takeLogLine says whether a line of a kind that apps set off (one per
-// connection) may be logged: logBurst per log window. The lines a window
-// dropped are told when the next line of the kind comes after the window,
-// or when housekeeping closes the window (closeLogWindows), whichever is
-// first.
-func (l *listener) takeLogLine(b *logBudget, kind string) bool {
-	now := time.Now()
-	l.logMu.Lock()
-	ok, dropped, since := b.take(now, l.p.forensics.logWindow())
-	l.logMu.Unlock()
-	l.logDropped(kind, dropped, since, now)
-	return ok
-}
-
-// closeLogWindows ends the listener's log windows that are at least window
-// old at now, telling what they dropped: after a burst, no later line may
-// come to (window 0 at shutdown: all of them).
-func (l *listener) closeLogWindows(now time.Time, window time.Duration) {
-	l.logMu.Lock()
-	nb, nbSince := l.noBackendLog.end(now, window)
-	rd, rdSince := l.redirectLog.end(now, window)
-	l.logMu.Unlock()
-	l.logDropped("no-backend", nb, nbSince, now)
-	l.logDropped("REDIRECT", rd, rdSince, now)
-}
-
-func (l *listener) logDropped(kind string, n int, since, now time.Time) {
-	if n > 0 {
-		l.log.Warn(kind+" log lines dropped: too many on this listener", "dropped", n,
-			"since", since.Format(time.RFC3339), "window", now.Sub(since).Round(time.Millisecond).String(), "limit", logBurst)
-	}
+// connection: "no-backend", "REDIRECT") may be logged (forensics.takeLine).
+func (l *listener) takeLogLine(kind string) bool {
+	return l.p.forensics.takeLine(l.name, kind, time.Now())
 }
 
 // admitted counts the sessions a listening socket let in, for max_sessions

@@ -304,7 +304,7 @@ func (s *session) inspectFirst(conn *net.TCPConn, srv *failover.Server, buf *[]b
 			}
 		case tns.TypeRedirect:
 			s.p.metrics.TNSRedirects.WithLabelValues(s.l.name, cfg.Name, srv.Address).Inc()
-			if s.l.takeLogLine(&s.l.redirectLog, "REDIRECT") {
+			if s.l.takeLogLine("REDIRECT") {
 				s.logger().Warn("backend sent a TNS REDIRECT: the app will dial this address directly, bypassing tnsguard; point tnsguard at the node listeners, not a SCAN address",
 					"server", srv.Address, "redirect_to", shownText(pkt.Redirect.Address, maxRedirectShown))
 			}

@@ -311,17 +311,6 @@ func (p *Proxy) track(s *session, add bool) {
 	}
 }
 
-// runningListeners returns the listeners of the running configuration.
-func (p *Proxy) runningListeners() []*listener {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	out := make([]*listener, 0, len(p.listeners))
-	for _, l := range p.listeners {
-		out = append(out, l)
-	}
-	return out
-}
-
 func (p *Proxy) liveSessions() []*session {
 	p.sessMu.Lock()
 	defer p.sessMu.Unlock()
@@ -416,11 +405,7 @@ func (p *Proxy) shutdown(grace, drainTimeout time.Duration, log hclog.Logger) {
 	p.loopWG.Wait()
 	// The log lines a window dropped are told when it ends: the drain's
 	// resets (10 lines a link, then one with the count) end now.
-	now := time.Now()
-	p.forensics.closeWindows(now, 0)
-	for _, l := range p.runningListeners() {
-		l.closeLogWindows(now, 0)
-	}
+	p.forensics.closeWindows(time.Now(), 0)
 	p.mu.Lock()
 	for _, b := range p.backends {
 		b.Stop()
@@ -452,9 +437,6 @@ func (p *Proxy) housekeeping(ctx context.Context) {
 		}
 		now := time.Now()
 		p.forensics.tick(now)
-		for _, l := range p.runningListeners() {
-			l.closeLogWindows(now, p.forensics.logWindow())
-		}
 		p.pool.dropIdlePipes(false)
 		idle := map[key]int{}
 		live := map[key]bool{}

@@ -425,7 +425,7 @@ func (s *session) cutShort(srv *failover.Server, plan *failover.Plan, err error)
 // log budget.
 func (s *session) noBackend(err error, attempts []string, srv *failover.Server) error {
 	s.l.rejected("no_backend")
-	if s.l.takeLogLine(&s.l.noBackendLog, "no-backend") {
+	if s.l.takeLogLine("no-backend") {
 		if n := len(attempts); n > maxAttemptsLogged {
 			attempts = append(append(attempts[:maxAttemptsLogged/2:maxAttemptsLogged/2],
 				fmt.Sprintf("... %d more ...", n-maxAttemptsLogged)), attempts[n-maxAttemptsLogged/2:]...)
