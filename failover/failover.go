@@ -124,7 +124,7 @@ func New(cfg *config.Backend, log hclog.Logger, m *metrics.Metrics) *Backend {
 //     and fall, so one failed check right after the reload does not mark
 //     an up server down. A server no check had judged yet starts as New
 //     starts it (down until its first check, or up with checks off);
-//   - with checks off in both, the last dial's result;
+//   - with checks off in both, the last dial's result, and when it failed;
 //   - with tnsping in both, its listener's version, whose series a new
 //     one replaces (with tnsping off, the series is gone: forgetRemoved).
 //
@@ -144,6 +144,7 @@ func (b *Backend) Inherit(old *Backend) {
 				s.checked.Store(true)
 			case !checks && !oldChecks:
 				s.up.Store(o.Up())
+				s.failedAt.Store(o.failedAt.Load()) // still last for open_for (its own)
 			}
 			if v, ok := o.version.Load().(string); ok && tnsping {
 				s.version.Store(v)

@@ -899,7 +899,7 @@ func TestRestartEndingWithinTheSessionReachesThePrimary(t *testing.T) {
 // With health checks off, a server that failed one dial (a listener
 // restart of a second) was marked down, and a down server is dialed only
 // after every other has failed the session: no dial found it back, so it
-// never took another session. It now goes last for open_for (here 300 ms),
+// never took another session. It now goes last for open_for (here 1 s),
 // also with the breaker off: the sessions meanwhile do not dial it first.
 func TestCheckOffServerThatFailedOnceTakesSessionsAgain(t *testing.T) {
 	for _, c := range []struct {
@@ -921,7 +921,7 @@ balance = "`+c.balance+`"
 check = "off"
 [backend.breaker]
 failures = 0
-open_for = "300ms"`, fmt.Sprintf("address = %q;%s", a.address, c.a), fmt.Sprintf("address = %q;%s", b.address, c.b)))
+open_for = "1s"`, fmt.Sprintf("address = %q;%s", a.address, c.a), fmt.Sprintf("address = %q;%s", b.address, c.b)))
 			a.down()
 			for range 3 {
 				name, conn, err := h.reached()
@@ -934,7 +934,7 @@ open_for = "300ms"`, fmt.Sprintf("address = %q;%s", a.address, c.a), fmt.Sprintf
 				t.Errorf("A was dialed %d times by 3 sessions within open_for of its refusal, want 1", n)
 			}
 			a.up()
-			time.Sleep(400 * time.Millisecond) // open_for
+			time.Sleep(1100 * time.Millisecond) // open_for
 			byName := map[string]int{}
 			for range 10 {
 				name, conn, err := h.reached()
@@ -948,5 +948,40 @@ open_for = "300ms"`, fmt.Sprintf("address = %q;%s", a.address, c.a), fmt.Sprintf
 				t.Errorf("after A refused one dial and came back: sessions by server %v", byName)
 			}
 		})
+	}
+}
+
+// With checks off, a reload keeps a server's failed dial: the dead primary
+// stays after the others for open_for, rather than being dialed first by
+// the sessions that come right after the reload.
+func TestCheckOffFailedDialSurvivesAReload(t *testing.T) {
+	a, b := newServer(t, sayName("A")), newServer(t, sayName("B"))
+	cfg := backendTOML(`connect_timeout = "500ms"
+connect_budget = "3s"
+backoff = "20ms"
+[backend.health]
+check = "off"
+[backend.breaker]
+failures = 0
+open_for = "30s"`, fmt.Sprintf("address = %q;priority = 0", a.address), fmt.Sprintf("address = %q;priority = 1", b.address))
+	h := startProxy(t, cfg)
+	a.down()
+	reach := func() {
+		t.Helper()
+		name, conn, err := h.reached()
+		if err != nil || name != "B" {
+			t.Fatalf("while A is down: reached %q, %v", name, err)
+		}
+		conn.Close()
+	}
+	reach()
+	changed := strings.Replace(listenerAt(cfg, h.addr("l")), `connect_timeout = "500ms"`, `connect_timeout = "600ms"`, 1)
+	if err := h.p.Apply(mustParse(t, changed)); err != nil {
+		t.Fatal(err)
+	}
+	reach()
+	reach()
+	if n, _ := histogram(t, h.m.ConnectDuration.WithLabelValues("b", a.address, "refused")); n != 1 {
+		t.Errorf("A was dialed %d times within open_for of its refusal, a reload between, want 1", n)
 	}
 }
