@@ -168,10 +168,29 @@ func (l *allowListener) Accept() (net.Conn, error) {
 				readHead(c)
 				c.SetWriteDeadline(time.Now().Add(refuseLinger)) // a slow head still gets its answer
 				io.WriteString(c, forbidden)
-				c.Close()
+				lingeringClose(c)
 			}()
 		default:
 			c.Close() // too many at once: no answer
+		}
+	}
+}
+
+// lingeringClose ends a connection whose answer is written: a FIN, then
+// what the client still sends (a request body) is read and dropped for at
+// most refuseLinger, then the close. Closed with a body unread, the socket
+// would answer the client's next bytes with a reset, and the client, still
+// writing its body, would get the reset instead of the answer.
+func lingeringClose(c net.Conn) {
+	defer c.Close()
+	if tc, ok := c.(*net.TCPConn); ok {
+		tc.CloseWrite()
+	}
+	c.SetReadDeadline(time.Now().Add(refuseLinger))
+	buf := make([]byte, 4096)
+	for {
+		if _, err := c.Read(buf); err != nil {
+			return
 		}
 	}
 }
