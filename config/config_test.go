@@ -4,6 +4,8 @@ import (
 	"net/netip"
 	"os"
 	"reflect"
+	"regexp"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -230,7 +232,7 @@ proxy_header_timeout = "0s"`, 1), []string{`bad.toml: listener "orders": proxy_h
 			if err == nil {
 				t.Fatal("no error")
 			}
-			got := strings.Split(err.Error(), "\n")
+			got := noLines(strings.Split(err.Error(), "\n")) // TestMeaningErrorsNameTheLine checks them
 			if strings.Join(got, "\n") != strings.Join(tc.want, "\n") {
 				t.Fatalf("got:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(tc.want, "\n"))
 			}
@@ -256,8 +258,59 @@ func TestWarnings(t *testing.T) {
 		`w.toml: backend "orders": keepalive.user_timeout 10s is shorter than idle + interval*count (6m18s): it cuts keepalive short`,
 		`w.toml: backend "orders": keepalive.idle 5m0s is not below path_idle_timeout 4m0s: the path forgets idle sessions before the first probe`,
 	}
-	if strings.Join(warnings, "\n") != strings.Join(want, "\n") {
+	if warnings = noLines(warnings); strings.Join(warnings, "\n") != strings.Join(want, "\n") {
 		t.Fatalf("got:\n%s\nwant:\n%s", strings.Join(warnings, "\n"), strings.Join(want, "\n"))
+	}
+}
+
+// noLines drops the " (line N)" that ends a meaning error or warning.
+func noLines(msgs []string) []string {
+	out := make([]string, len(msgs))
+	for i, m := range msgs {
+		out[i] = lineSuffix.ReplaceAllString(m, "")
+	}
+	return out
+}
+
+var lineSuffix = regexp.MustCompile(` \(line \d+\)$`)
+
+// Meaning errors and warnings name the line they are about: the key's,
+// else its table's header (a default the file never wrote), and for a name
+// defined twice the second table's. They named only file and key.
+func TestMeaningErrorsNameTheLine(t *testing.T) {
+	text := `[log]
+level = "verbose"
+[[listener]]
+name = "a"
+listen = "127.0.0.1:1522"
+backend = "b"
+  [listener.keepalive]
+  count = 1000
+[[listener]]
+name = "a"
+listen = "127.0.0.1:1523"
+backend = "b"
+[[backend]]
+name = 'b'
+connect_timeout = "0s"
+  [[backend.server]]
+  address = "127.0.0.1:1521"
+  weight = -1
+`
+	_, _, err := Parse([]byte(text), "f.toml")
+	if err == nil {
+		t.Fatal("no error")
+	}
+	for _, want := range []string{
+		`f.toml: log: level "verbose" is not one of trace, debug, info, warn, error (line 2)`,
+		`f.toml: listener "a": keepalive.count 1000: the kernel allows at most 127 (line 8)`,
+		`f.toml: listener "a": name is defined twice (line 10)`,
+		`f.toml: backend "b": connect_timeout must be > 0 (line 15)`,
+		`f.toml: backend "b": server "127.0.0.1:1521": weight must not be negative (line 17)`,
+	} {
+		if !slices.Contains(strings.Split(err.Error(), "\n"), want) {
+			t.Errorf("no line %q in:\n%v", want, err)
+		}
 	}
 }
 
@@ -457,7 +510,7 @@ func TestShortPathIdleTimeoutWarnsAboutItself(t *testing.T) {
 		if p == "1s" || p == "2s" { // idle 1s + interval 1s fit in 2.5s
 			want = []string{`w.toml: backend "orders": keepalive.path_idle_timeout ` + p + `: keepalive counts whole seconds, so the idle 1s and interval 1s derived from it cannot refresh a path this short in time; above 2s it can`}
 		}
-		if strings.Join(warnings, "\n") != strings.Join(want, "\n") {
+		if warnings = noLines(warnings); strings.Join(warnings, "\n") != strings.Join(want, "\n") {
 			t.Errorf("path_idle_timeout %s: got:\n%s\nwant:\n%s", p, strings.Join(warnings, "\n"), strings.Join(want, "\n"))
 		}
 	}

@@ -75,16 +75,35 @@ func Parse(data []byte, source string) (*Config, []string, error) {
 	c.Source = source
 	c.applyDefaults()
 	verrs, warnings := c.validate()
-	for _, e := range verrs {
-		errs = append(errs, source+": "+e)
-	}
-	for i, w := range warnings {
-		warnings[i] = source + ": " + w
-	}
+	errs = append(errs, withLines(source, string(data), verrs)...)
+	warnings = withLines(source, string(data), warnings)
 	if len(errs) > 0 {
 		return nil, warnings, errs
 	}
 	return &c, warnings, nil
+}
+
+// withLines prefixes each of validate's messages with source and ends it
+// with the line it is about, when the file has one (lineOf): the contract's
+// `FILE: listener "x": ...` stays as it was, and the line is named too.
+// Messages alike (two tables of one name) are placed at those tables in
+// turn; a name defined twice at its second table.
+func withLines(source, text string, msgs []string) []string {
+	seen := map[string]int{}
+	out := make([]string, 0, len(msgs))
+	for _, m := range msgs {
+		nth := seen[m]
+		seen[m]++
+		if strings.HasSuffix(m, ": name is defined twice") {
+			nth++
+		}
+		if line := lineOf(text, m, nth); line > 0 {
+			out = append(out, fmt.Sprintf("%s: %s (line %d)", source, m, line))
+		} else {
+			out = append(out, source+": "+m)
+		}
+	}
+	return out
 }
 
 // caseMismatch finds the first part of k that names a field of Config

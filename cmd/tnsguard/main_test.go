@@ -28,7 +28,7 @@ func TestCheckExitCodes(t *testing.T) {
 	}{
 		{[]string{"check", "-config", good}, 0, good + ": OK\n", ""},
 		{[]string{"check", "-config", syntax}, 1, "", syntax + ":1:11: expected end of table array name delimiter ']', but got '\\n' instead\n"},
-		{[]string{"check", "-config", meaning}, 1, "", meaning + ": listener \"x\": backend \"y\" is not defined\n"},
+		{[]string{"check", "-config", meaning}, 1, "", meaning + ": listener \"x\": backend \"y\" is not defined (line 4)\n"},
 		{[]string{"check", "-config", filepath.Join(dir, "missing.toml")}, 1, "", "open " + filepath.Join(dir, "missing.toml") + ": no such file or directory\n"},
 		{[]string{"check"}, 2, "", "tnsguard check: -config FILE is required\n"},
 		{[]string{"version"}, 0, "tnsguard dev\n", ""},
