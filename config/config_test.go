@@ -1,6 +1,7 @@
 package config
 
 import (
+	"fmt"
 	"net/netip"
 	"os"
 	"reflect"
@@ -512,6 +513,39 @@ func TestShortPathIdleTimeoutWarnsAboutItself(t *testing.T) {
 		}
 		if warnings = noLines(warnings); strings.Join(warnings, "\n") != strings.Join(want, "\n") {
 			t.Errorf("path_idle_timeout %s: got:\n%s\nwant:\n%s", p, strings.Join(warnings, "\n"), strings.Join(want, "\n"))
+		}
+	}
+}
+
+// IPv6 slips that check let through, each found by a review: a listener on
+// [::1] whose server is localhost dialed itself (the dial tries ::1 after
+// 127.0.0.1 refused) in a loop that ran on by itself; ::ffff:10.0.0.0/8 is
+// ::/8, which let ::1 in and kept 10/8 out; a link-local address without a
+// zone, or with a URL-escaped one, can never be bound or dialed.
+func TestIPv6Slips(t *testing.T) {
+	base := func(listen, server, allow string) string {
+		return fmt.Sprintf("[[listener]]\nname = \"l\"\nlisten = %q\nbackend = \"b\"\nallow = [%q]\n[[backend]]\nname = \"b\"\n[[backend.server]]\naddress = %q\n", listen, allow, server)
+	}
+	for _, tc := range []struct{ name, text, want string }{
+		{"a [::1] listener whose server is localhost", base("[::1]:1522", "localhost:1522", "10.0.0.0/8"), "each session would dial the listener again"},
+		{"a wildcard listener whose server is LOCALHOST", base(":1522", "LOCALHOST:1522", "10.0.0.0/8"), "each session would dial the listener again"},
+		{"a mapped prefix with an IPv4 length", base("127.0.0.1:1522", "10.0.0.1:1521", "::ffff:10.0.0.0/8"), `write 10.0.0.0/8, or ::ffff:10.0.0.0/104`},
+		{"a link-local server without a zone", base("127.0.0.1:1522", "[fe80::1]:1521", "10.0.0.0/8"), "a link-local address needs a zone"},
+		{"a URL-escaped zone", base("127.0.0.1:1522", "[fe80::1%25eth0]:1521", "10.0.0.0/8"), "looks URL-escaped"},
+	} {
+		_, _, err := Parse([]byte(tc.text), "v6.toml")
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%s: %v, want an error with %q", tc.name, err, tc.want)
+		}
+	}
+	// What stays valid.
+	for _, text := range []string{
+		base("[::1]:1522", "localhost:1521", "::ffff:10.0.0.0/104"),
+		base("10.0.0.5:1522", "localhost:1522", "10.0.0.0/8"),
+		base("127.0.0.1:1522", "[fe80::1%eth0]:1521", "fe80::/10"),
+	} {
+		if _, _, err := Parse([]byte(text), "v6.toml"); err != nil {
+			t.Errorf("%v\nfor\n%s", err, text)
 		}
 	}
 }

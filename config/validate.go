@@ -324,6 +324,11 @@ func checkHostPort(s string) error {
 		return fmt.Errorf("%q is not host:port", s)
 	}
 	if host != "" {
+		if ip, err := netip.ParseAddr(host); err == nil && ip.IsLinkLocalUnicast() && ip.Zone() == "" {
+			return fmt.Errorf("%q: a link-local address needs a zone, as [%s%%eth0]", s, host)
+		} else if err == nil && strings.HasPrefix(ip.Zone(), "25") && len(ip.Zone()) > 2 {
+			return fmt.Errorf("%q: zone %q looks URL-escaped (%%25 is %%): write [%s%%%s]", s, ip.Zone(), ip.WithZone(""), ip.Zone()[2:])
+		}
 		if _, err := netip.ParseAddr(host); err != nil && !validHostname(host) {
 			if numericName(host) {
 				return fmt.Errorf("%q: %q is not an IP address", s, host)
@@ -403,6 +408,11 @@ func parseNets(list []string) ([]netip.Prefix, error) {
 			if a := p.Addr(); a.Is4In6() && p.Bits() >= 96 {
 				// ::ffff:10.0.0.0/104: clients are matched unmapped
 				p = netip.PrefixFrom(a.Unmap(), p.Bits()-96)
+			} else if a.Is4In6() {
+				// ::ffff:10.0.0.0/8 is ::/8, not 10/8: an easy slip that
+				// would let ::1 in and keep 10/8 out
+				return nil, fmt.Errorf("%q: an IPv4-mapped prefix needs /96 to /128 (as written it is %s): write %s/%d, or %s/%d",
+					s, p.Masked(), netip.PrefixFrom(a.Unmap(), min(p.Bits(), 32)).Masked().Addr(), min(p.Bits(), 32), a, min(p.Bits(), 32)+96)
 			}
 			nets = append(nets, p.Masked())
 			continue
@@ -461,6 +471,12 @@ func loopsBack(listen, addr string) bool {
 		return false
 	}
 	local := hs == "" || isLoopback(hs)
+	// A dial to localhost tries every address of the name: ::1 too, where
+	// /etc/hosts has it (Debian, RHEL), after 127.0.0.1 refused. Binding
+	// takes 127.0.0.1 alone (splitSocket), dialing does not.
+	if rh, _, err := net.SplitHostPort(addr); err == nil && strings.EqualFold(rh, "localhost") && (hl == "" || isLoopback(hl)) {
+		return true
+	}
 	return hl == hs || (hl == "" && local) || (hs == "" && isLoopback(hl))
 }
 
