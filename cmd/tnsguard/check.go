@@ -6,6 +6,8 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/url"
+	"strconv"
 	"time"
 
 	"github.com/tnsguard/tnsguard/config"
@@ -55,13 +57,16 @@ func healthcheckCommand(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "tnsguard healthcheck: -timeout %v: give a positive time, such as 3s\n", *timeout)
 		return 2
 	}
-	if _, port, err := net.SplitHostPort(*addr); err != nil || port == "" {
-		fmt.Fprintf(stderr, "tnsguard healthcheck: -admin %q: give HOST:PORT of the admin listener\n", *addr)
+	_, port, err := net.SplitHostPort(*addr)
+	if n, perr := strconv.ParseUint(port, 10, 16); err != nil || perr != nil || n == 0 {
+		fmt.Fprintf(stderr, "tnsguard healthcheck: -admin %q: give HOST:PORT of the admin listener (IPv6 in brackets: [::1]:9521)\n", *addr)
 		return 2
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), *timeout)
 	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+*addr+"/readyz", nil)
+	// Built as a URL, not a string: a zone (%eth0) is escaped as URLs want.
+	u := url.URL{Scheme: "http", Host: *addr, Path: "/readyz"}
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u.String(), nil)
 	if err != nil {
 		fmt.Fprintln(stderr, "tnsguard healthcheck:", err)
 		return 1

@@ -39,7 +39,10 @@ func TestCheckExitCodes(t *testing.T) {
 		// Usage errors exit 2, not 1 (not ready): a HEALTHCHECK with a typo says so.
 		{[]string{"healthcheck", "x"}, 2, "", "tnsguard healthcheck: unexpected argument \"x\"\n"},
 		{[]string{"healthcheck", "-timeout", "0s"}, 2, "", "tnsguard healthcheck: -timeout 0s: give a positive time, such as 3s\n"},
-		{[]string{"healthcheck", "-admin", "nope"}, 2, "", "tnsguard healthcheck: -admin \"nope\": give HOST:PORT of the admin listener\n"},
+		{[]string{"healthcheck", "-admin", "nope"}, 2, "", "tnsguard healthcheck: -admin \"nope\": give HOST:PORT of the admin listener (IPv6 in brackets: [::1]:9521)\n"},
+		// a bad port is a usage error too, not "not ready" (it exited 1)
+		{[]string{"healthcheck", "-admin", "127.0.0.1:x"}, 2, "", "tnsguard healthcheck: -admin \"127.0.0.1:x\": give HOST:PORT of the admin listener (IPv6 in brackets: [::1]:9521)\n"},
+		{[]string{"healthcheck", "-admin", "127.0.0.1:99999"}, 2, "", "tnsguard healthcheck: -admin \"127.0.0.1:99999\": give HOST:PORT of the admin listener (IPv6 in brackets: [::1]:9521)\n"},
 	} {
 		t.Run(strings.Join(tc.args, " "), func(t *testing.T) {
 			var stdout, stderr bytes.Buffer
@@ -55,5 +58,16 @@ func TestHealthcheckAbsentInstance(t *testing.T) {
 	var stdout, stderr bytes.Buffer
 	if code := dispatch([]string{"healthcheck", "-admin", "127.0.0.1:1"}, &stdout, &stderr); code != 1 {
 		t.Fatalf("exit %d against nothing listening; stderr %q", code, stderr.String())
+	}
+}
+
+// An admin address with a zone (a link-local IPv6 address) is asked, not
+// refused as a malformed URL: "http://[fe80::1%lo]..." is not one until
+// its % is escaped.
+func TestHealthcheckTakesAZonedAddress(t *testing.T) {
+	var stdout, stderr bytes.Buffer
+	code := dispatch([]string{"healthcheck", "-admin", "[fe80::1%lo]:1", "-timeout", "1s"}, &stdout, &stderr)
+	if code != 1 || strings.Contains(stderr.String(), "invalid URL escape") || !strings.Contains(stderr.String(), "not reachable") {
+		t.Errorf("exit %d, stderr %q; want 1 with the dial's error", code, stderr.String())
 	}
 }
