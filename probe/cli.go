@@ -63,10 +63,15 @@ func Command(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return usage(fmt.Sprintf("-max %v is below the shortest idle time checked (%v)", *maxIdle, ladderStart))
 	case *parallel < 2:
 		return usage(fmt.Sprintf("-parallel %d: need at least 2 connections", *parallel))
+	case *parallel > maxParallel: // a typo would open that many to the target
+		return usage(fmt.Sprintf("-parallel %d: at most %d connections (each idle time needs one)", *parallel, maxParallel))
 	case *target != "" && !hostPort(*target):
 		return usage(fmt.Sprintf("-target %q: give HOST:PORT", *target))
 	case *cfgPath != "":
 		addr, err := backendAddress(*cfgPath, *backend)
+		if errors.Is(err, errChooseBackend) {
+			return usage(err.Error()) // the command line lacks -backend
+		}
 		if err != nil {
 			return fail("%v", err)
 		}
@@ -106,6 +111,13 @@ func diedAfter(hi time.Duration) string {
 	return ", one died after idle " + fmtDur(hi)
 }
 
+// errChooseBackend: the file has several backends and -backend names none.
+var errChooseBackend = errors.New("choose one with -backend NAME")
+
+// maxParallel bounds -parallel: the idle times checked are a few dozen at
+// most, and each connection is one to the target's service.
+const maxParallel = 64
+
 // backendAddress returns the first server address of the named backend in a
 // tnsguard configuration file (the only backend when name is empty).
 func backendAddress(path, name string) (string, error) {
@@ -122,7 +134,7 @@ func backendAddress(path, name string) (string, error) {
 	case len(cfg.Backends) == 1:
 		b = &cfg.Backends[0]
 	default:
-		return "", fmt.Errorf("%s: %d backends: choose one with -backend NAME", path, len(cfg.Backends))
+		return "", fmt.Errorf("%s: %d backends: %w", path, len(cfg.Backends), errChooseBackend)
 	}
 	if len(b.Servers) == 0 {
 		return "", fmt.Errorf("%s: backend %q has no server", path, b.Name)

@@ -340,6 +340,7 @@ func TestCommandUsageErrors(t *testing.T) {
 		{[]string{"-target", "127.0.0.1:1", "-max", "500ms"}, 2, "below the shortest idle"},
 		{[]string{"-target", "127.0.0.1:1", "-parallel", "1"}, 2, "at least 2"},
 		{[]string{"-target", "127.0.0.1:1", "-parallel", "-3"}, 2, "at least 2"},
+		{[]string{"-target", "127.0.0.1:1", "-parallel", "100000"}, 2, "at most 64"}, // it was taken
 		{[]string{"-config", "/nonexistent/tnsguard.toml"}, 1, "no such file"},
 	} {
 		var stdout, stderr bytes.Buffer
@@ -387,7 +388,7 @@ name = "orders"
 		t.Errorf("stdout = %s, want target %s", stdout.String(), tg.addr())
 	}
 	stderr.Reset()
-	if code := Command(context.Background(), []string{"-config", path, "-max", "1s"}, &stdout, &stderr); code != 1 || !strings.Contains(stderr.String(), "choose one with -backend") {
+	if code := Command(context.Background(), []string{"-config", path, "-max", "1s"}, &stdout, &stderr); code != 2 || !strings.Contains(stderr.String(), "choose one with -backend") {
 		t.Errorf("two backends, no -backend: exit %d, stderr %q", code, stderr.String())
 	}
 	stderr.Reset()
