@@ -176,9 +176,13 @@ func (l *allowListener) Accept() (net.Conn, error) {
 	}
 }
 
+// refuseDrain bounds how long a turned-away connection's leftovers (a
+// request body) are read after its 403 (lingeringClose).
+const refuseDrain = 200 * time.Millisecond
+
 // lingeringClose ends a connection whose answer is written: a FIN, then
 // what the client still sends (a request body) is read and dropped for at
-// most refuseLinger, then the close. Closed with a body unread, the socket
+// most refuseDrain, then the close. Closed with a body unread, the socket
 // would answer the client's next bytes with a reset, and the client, still
 // writing its body, would get the reset instead of the answer.
 func lingeringClose(c net.Conn) {
@@ -186,7 +190,7 @@ func lingeringClose(c net.Conn) {
 	if tc, ok := c.(*net.TCPConn); ok {
 		tc.CloseWrite()
 	}
-	c.SetReadDeadline(time.Now().Add(refuseLinger))
+	c.SetReadDeadline(time.Now().Add(refuseDrain))
 	buf := make([]byte, 4096)
 	for {
 		if _, err := c.Read(buf); err != nil {

@@ -11,25 +11,48 @@ import (
 // messages start with the table they are in (`listener "orders": `,
 // `backend "b": server "db1:1521": `, `log: `), then the key. It is the
 // line that sets the key in that table when there is one, else the table's
-// header; 0 when the message names no table of the text (a default the
-// file never wrote, or no table at all). nth says which of the tables of
-// that name is meant (0: the first; a name defined twice is reported at
-// its second).
+// header; 0 when the message names no table of the text (no table at all,
+// or a table of a name given to several in which the key is not written:
+// no line rather than another table's). nth says which of the messages
+// alike this is (a name defined twice: which table of the name).
 func lineOf(text, msg string, nth int) int {
-	lines := strings.Split(text, "\n")
+	lines := strings.Split(strings.TrimPrefix(text, "\ufeff"), "\n")
 	kind, name, rest, ok := tableOf(msg)
 	if !ok {
 		return 0
 	}
-	start, end := section(lines, kind, name, nth)
-	if start < 0 {
+	tables := sections(lines, kind, name)
+	switch {
+	case len(tables) == 0:
 		return 0
+	case len(tables) == 1:
+		line, _ := keyLine(lines, tables[0], kind, rest)
+		return line
+	case strings.HasSuffix(msg, ": name is defined twice") && nth < len(tables):
+		line, _ := keyLine(lines, tables[nth], kind, rest)
+		return line
 	}
+	// Tables of one name: the nth of those that set the key.
+	for _, t := range tables {
+		if line, exact := keyLine(lines, t, kind, rest); exact {
+			if nth == 0 {
+				return line
+			}
+			nth--
+		}
+	}
+	return 0
+}
+
+// keyLine is the line in table t ([start, end) of lines) that sets the key
+// rest begins with, and true; or t's header line and false.
+func keyLine(lines []string, t [2]int, kind, rest string) (int, bool) {
+	start, end := t[0], t[1]
 	// A server of a backend: the line of its address.
 	if addr, after, ok := quotedPrefix(rest, "server "); ok {
 		for i := start; i < end; i++ {
 			if strings.Contains(lines[i], strconv.Quote(addr)) {
-				return i + 1
+				return i + 1, true
 			}
 		}
 		rest = after
@@ -43,10 +66,10 @@ func lineOf(text, msg string, nth int) int {
 		path := toml.Key{kind}
 		path = append(path, strings.Split(key, ".")...)
 		if l, _ := locateKey(strings.Join(lines[start:end], "\n"), path); l > 1 {
-			return start + l
+			return start + l, true
 		}
 	}
-	return start + 1
+	return start + 1, false
 }
 
 // tableOf splits a validate message into its table (kind and name, "" for
@@ -80,9 +103,9 @@ func quotedPrefix(s, prefix string) (name, rest string, ok bool) {
 	return name, rest, found
 }
 
-// section returns the lines [start, end) of the nth table of kind named
-// name ([log] or [admin] when name is ""), its subtables included.
-func section(lines []string, kind, name string, nth int) (start, end int) {
+// sections returns the line ranges [start, end) of the tables of kind
+// named name ([log] or [admin] when name is ""), subtables included.
+func sections(lines []string, kind, name string) [][2]int {
 	header := func(l string) (string, bool) {
 		t := strings.ReplaceAll(strings.TrimSpace(l), " ", "")
 		if !strings.HasPrefix(t, "[") {
@@ -94,7 +117,7 @@ func section(lines []string, kind, name string, nth int) (start, end int) {
 		}
 		return t, true
 	}
-	start = -1
+	var out [][2]int
 	for i := 0; i < len(lines); i++ {
 		h, ok := header(lines[i])
 		if !ok || h != kind {
@@ -107,14 +130,11 @@ func section(lines []string, kind, name string, nth int) (start, end int) {
 			}
 		}
 		if name == "" || tableName(lines[i:j]) == name {
-			if nth == 0 {
-				return i, j
-			}
-			nth--
+			out = append(out, [2]int{i, j})
 		}
 		i = j - 1
 	}
-	return -1, -1
+	return out
 }
 
 // tableName is the name = "..." set in a table's own lines (before any

@@ -318,15 +318,22 @@ func (k *Keepalive) validate() (errs, warnings []string) {
 	return nil, warnings
 }
 
+// urlEscapedZone tells a zone written as in a URL (%25eth0 for %eth0). A
+// zone of digits is an interface index, 251 included.
+func urlEscapedZone(z string) bool {
+	rest, ok := strings.CutPrefix(z, "25")
+	return ok && rest != "" && strings.ContainsFunc(rest, func(r rune) bool { return r < '0' || r > '9' })
+}
+
 func checkHostPort(s string) error {
 	host, port, err := net.SplitHostPort(s)
 	if err != nil {
 		return fmt.Errorf("%q is not host:port", s)
 	}
 	if host != "" {
-		if ip, err := netip.ParseAddr(host); err == nil && ip.IsLinkLocalUnicast() && ip.Zone() == "" {
+		if ip, err := netip.ParseAddr(host); err == nil && ip.Is6() && !ip.Is4In6() && ip.IsLinkLocalUnicast() && ip.Zone() == "" {
 			return fmt.Errorf("%q: a link-local address needs a zone, as [%s%%eth0]", s, host)
-		} else if err == nil && strings.HasPrefix(ip.Zone(), "25") && len(ip.Zone()) > 2 {
+		} else if err == nil && urlEscapedZone(ip.Zone()) {
 			return fmt.Errorf("%q: zone %q looks URL-escaped (%%25 is %%): write [%s%%%s]", s, ip.Zone(), ip.WithZone(""), ip.Zone()[2:])
 		}
 		if _, err := netip.ParseAddr(host); err != nil && !validHostname(host) {
@@ -474,7 +481,7 @@ func loopsBack(listen, addr string) bool {
 	// A dial to localhost tries every address of the name: ::1 too, where
 	// /etc/hosts has it (Debian, RHEL), after 127.0.0.1 refused. Binding
 	// takes 127.0.0.1 alone (splitSocket), dialing does not.
-	if rh, _, err := net.SplitHostPort(addr); err == nil && strings.EqualFold(rh, "localhost") && (hl == "" || isLoopback(hl)) {
+	if rh, _, err := net.SplitHostPort(addr); err == nil && strings.EqualFold(rh, "localhost") && (hl == "" || hl == "127.0.0.1" || hl == "::1") {
 		return true
 	}
 	return hl == hs || (hl == "" && local) || (hs == "" && isLoopback(hl))

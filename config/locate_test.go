@@ -1,0 +1,89 @@
+package config
+
+import (
+	"fmt"
+	"slices"
+	"strings"
+	"testing"
+)
+
+// Lines of meaning errors that a review found pointing at the wrong table:
+// an error of the second of two listeners named alike was placed at the
+// first, and a BOM hid the first table's header. Odd layouts (CRLF, spaced
+// headers, literal strings, dotted keys, inline tables) keep their lines.
+func TestMeaningErrorLinesInOddFiles(t *testing.T) {
+	for _, tc := range []struct {
+		name, text string
+		want       []string
+	}{
+		{"the second of two alike", `[[listener]]
+name = "a"
+listen = "127.0.0.1:1522"
+backend = "b"
+[[listener]]
+name = "a"
+listen = "127.0.0.1:1523"
+backend = "b"
+  [listener.keepalive]
+  count = 1000
+[[backend]]
+name = "b"
+  [[backend.server]]
+  address = "127.0.0.1:1521"
+`, []string{`f.toml: listener "a": keepalive.count 1000: the kernel allows at most 127 (line 10)`}},
+		{"a BOM", "\ufeff[[listener]]\nname = \"a\"\nlisten = \"127.0.0.1:1522\"\nbackend = \"b\"\nmax_sessions = -1\n[[listener]]\nname = \"a\"\nlisten = \"127.0.0.1:1523\"\nbackend = \"b\"\n[[backend]]\nname = \"b\"\n[[backend.server]]\naddress = \"127.0.0.1:1521\"\n",
+			[]string{`f.toml: listener "a": max_sessions must not be negative (line 5)`}},
+		{"CRLF and odd spellings", "[[ listener ]]   # main\r\nname = 'a'\r\nlisten = \"127.0.0.1:1522\"\r\nbackend = \"b\"\r\nkeepalive.count = 1000\r\n[[listener]]\r\nname = \"c\"\r\nlisten = \"127.0.0.1:1523\"\r\nbackend = \"b\"\r\nkeepalive = { count = 1000 }\r\n[[backend]]\r\nname = \"b\"\r\n[[backend.server]]\r\naddress = \"127.0.0.1:1521\"\r\n",
+			[]string{`f.toml: listener "a": keepalive.count 1000: the kernel allows at most 127 (line 5)`, `f.toml: listener "c": keepalive.count 1000: the kernel allows at most 127 (line 10)`}},
+	} {
+		_, _, err := Parse([]byte(tc.text), "f.toml")
+		if err == nil {
+			t.Fatalf("%s: no error", tc.name)
+		}
+		got := strings.Split(err.Error(), "\n")
+		for _, w := range tc.want {
+			if !slices.Contains(got, w) {
+				t.Errorf("%s: no %q in:\n%v", tc.name, w, err)
+			}
+		}
+	}
+}
+
+// Valid addresses that the IPv6 checks of the same evening refused: IPv4
+// link-local needs no zone (it cannot have one), localhost never reaches
+// 127.0.0.2, and a zone of digits (251) is an interface index, not %25.
+func TestValidAddressesStayValid(t *testing.T) {
+	base := func(listen, server, allow string) string {
+		return fmt.Sprintf("[[listener]]\nname = \"l\"\nlisten = %q\nbackend = \"b\"\nallow = [%q]\n[[backend]]\nname = \"b\"\n[[backend.server]]\naddress = %q\n", listen, allow, server)
+	}
+	for _, tc := range []struct{ name, text string }{
+		{"IPv4 link-local server", base("127.0.0.1:1522", "169.254.20.10:1521", "10.0.0.0/8")},
+		{"IPv4 link-local listener", base("169.254.20.10:1522", "10.0.0.1:1521", "10.0.0.0/8")},
+		{"listener on 127.0.0.2, DB at localhost on its port", base("127.0.0.2:1521", "localhost:1521", "10.0.0.0/8")},
+		{"numeric zone 251", base("127.0.0.1:1522", "[fe80::1%251]:1521", "10.0.0.0/8")},
+		{"zoned link-local listener", base("[fe80::1%eth0]:1522", "10.0.0.1:1521", "10.0.0.0/8")},
+		{"mapped single address listener", base("[::ffff:127.0.0.1]:1522", "10.0.0.1:1521", "10.0.0.0/8")},
+		{"mapped allow address", base("127.0.0.1:1522", "10.0.0.1:1521", "::ffff:127.0.0.1")},
+		{"mapped allow /96", base("127.0.0.1:1522", "10.0.0.1:1521", "::ffff:0:0/96")},
+		{"mapped allow /128", base("127.0.0.1:1522", "10.0.0.1:1521", "::ffff:127.0.0.1/128")},
+		{"allow ::/0", base("127.0.0.1:1522", "10.0.0.1:1521", "::/0")},
+	} {
+		if _, _, err := Parse([]byte(tc.text), "v.toml"); err != nil {
+			t.Errorf("%s: refused: %v", tc.name, err)
+		}
+	}
+}
+
+// lineOf takes any text and message without panicking (a review fuzzed it
+// for about a million runs).
+func FuzzLineOf(f *testing.F) {
+	f.Add("[[listener]]\nname = \"a\"\n[listener.keepalive]\ncount=1", `listener "a": keepalive.count 1000`, 0)
+	f.Add("[log]\nlevel=1", `log: level`, 1)
+	f.Add("[[backend]]\nname=\"b\"\n[[backend.server]]\naddress=\"x\"", `backend "b": server "x": weight`, 0)
+	f.Fuzz(func(t *testing.T, text, msg string, nth int) {
+		if nth < 0 || nth > 5 {
+			return
+		}
+		lineOf(text, msg, nth)
+	})
+}
