@@ -195,7 +195,10 @@ func TestResetMidBulk(t *testing.T) {
 // A bulk stream keeps its pipe from one wake to the next: taking a pipe
 // (and copying the wake's first chunk through the buffer) on every wake
 // cost two system calls and a lock each time. The backend pauses after
-// each 256 KiB, so the proxy empties the socket and waits 256 times.
+// each 256 KiB, so the proxy empties the socket and waits 256 times. On a
+// loaded machine a burst can arrive in pieces, and a wake that reads less
+// than a chunk ends the bulk (and its pipe): CI saw 14 takes. Taking one per
+// wake would be 256.
 func TestBulkKeepsItsPipe(t *testing.T) {
 	const size = 64 << 20
 	be := newBackend(t, func(c *net.TCPConn) {
@@ -219,8 +222,8 @@ func TestBulkKeepsItsPipe(t *testing.T) {
 	h.p.pool.mu.Lock()
 	taken := h.p.pool.taken
 	h.p.pool.mu.Unlock()
-	if taken == 0 || taken > 8 {
-		t.Fatalf("the stream took a pipe %d times for 64 MiB in 256 bursts, want 1 (at most 8)", taken)
+	if taken == 0 || taken > 32 {
+		t.Fatalf("the stream took a pipe %d times for 64 MiB in 256 bursts, want 1 (at most 32)", taken)
 	}
 }
 
