@@ -74,9 +74,9 @@ func Parse(data []byte, source string) (*Config, []string, error) {
 	// run of check shows every error it can.
 	c.Source = source
 	c.applyDefaults()
-	verrs, warnings := c.validate()
-	errs = append(errs, withLines(source, string(data), verrs)...)
-	warnings = withLines(source, string(data), warnings)
+	verrs, warnings, errAt, warnAt := c.validate()
+	errs = append(errs, withLines(source, string(data), verrs, errAt)...)
+	warnings = withLines(source, string(data), warnings, warnAt)
 	if len(errs) > 0 {
 		return nil, warnings, errs
 	}
@@ -84,20 +84,13 @@ func Parse(data []byte, source string) (*Config, []string, error) {
 }
 
 // withLines prefixes each of validate's messages with source and ends it
-// with the line it is about, when the file has one (lineOf): the contract's
-// `FILE: listener "x": ...` stays as it was, and the line is named too.
-// Messages alike (two tables of one name) are placed at those tables in
-// turn; a name defined twice at its second table.
-func withLines(source, text string, msgs []string) []string {
-	seen := map[string]int{}
+// with the line it is about, when the file has one (lineOf, in the table
+// at names): the contract's `FILE: listener "x": ...` stays as it was, and
+// the line is named too.
+func withLines(source, text string, msgs []string, at []tablePos) []string {
 	out := make([]string, 0, len(msgs))
-	for _, m := range msgs {
-		nth := seen[m]
-		seen[m]++
-		if strings.HasSuffix(m, ": name is defined twice") {
-			nth++
-		}
-		if line := lineOf(text, m, nth); line > 0 {
+	for i, m := range msgs {
+		if line := lineOf(text, m, at[i]); line > 0 {
 			out = append(out, fmt.Sprintf("%s: %s (line %d)", source, m, line))
 		} else {
 			out = append(out, source+": "+m)

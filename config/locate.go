@@ -9,39 +9,28 @@ import (
 
 // lineOf finds the line a meaning error (validate) is about: validate's
 // messages start with the table they are in (`listener "orders": `,
-// `backend "b": server "db1:1521": `, `log: `), then the key. It is the
-// line that sets the key in that table when there is one, else the table's
-// header; 0 when the message names no table of the text (no table at all,
-// or a table of a name given to several in which the key is not written:
-// no line rather than another table's). nth says which of the messages
-// alike this is (a name defined twice: which table of the name).
-func lineOf(text, msg string, nth int) int {
+// `backend "b": server "db1:1521": `, `log: `), then the key; at says which
+// [[listener]] or [[backend]] of the file it is (tables of one name are
+// told apart by it). It is the line that sets the key in that table when
+// there is one, else the table's header; 0 when the message names no table
+// of the text.
+func lineOf(text, msg string, at tablePos) int {
 	lines := strings.Split(strings.TrimPrefix(text, "\ufeff"), "\n")
-	kind, name, rest, ok := tableOf(msg)
+	kind, _, rest, ok := tableOf(msg)
 	if !ok {
 		return 0
 	}
-	tables := sections(lines, kind, name)
-	switch {
-	case len(tables) == 0:
+	var t [2]int
+	switch tables := sections(lines, kind); {
+	case at.kind == "" && (kind == "log" || kind == "admin") && len(tables) > 0:
+		t = tables[0]
+	case at.kind == kind && at.index >= 0 && at.index < len(tables):
+		t = tables[at.index]
+	default:
 		return 0
-	case len(tables) == 1:
-		line, _ := keyLine(lines, tables[0], kind, rest)
-		return line
-	case strings.HasSuffix(msg, ": name is defined twice") && nth < len(tables):
-		line, _ := keyLine(lines, tables[nth], kind, rest)
-		return line
 	}
-	// Tables of one name: the nth of those that set the key.
-	for _, t := range tables {
-		if line, exact := keyLine(lines, t, kind, rest); exact {
-			if nth == 0 {
-				return line
-			}
-			nth--
-		}
-	}
-	return 0
+	line, _ := keyLine(lines, t, kind, rest)
+	return line
 }
 
 // keyLine is the line in table t ([start, end) of lines) that sets the key
@@ -103,11 +92,11 @@ func quotedPrefix(s, prefix string) (name, rest string, ok bool) {
 	return name, rest, found
 }
 
-// sections returns the line ranges [start, end) of the tables of kind
-// named name ([log] or [admin] when name is ""), subtables included.
-func sections(lines []string, kind, name string) [][2]int {
+// sections returns the line ranges [start, end) of the tables of kind, in
+// the file's order, subtables included.
+func sections(lines []string, kind string) [][2]int {
 	header := func(l string) (string, bool) {
-		t := strings.ReplaceAll(strings.TrimSpace(l), " ", "")
+		t := strings.NewReplacer(" ", "", "\t", "").Replace(strings.TrimSpace(l))
 		if !strings.HasPrefix(t, "[") {
 			return "", false
 		}
@@ -129,32 +118,8 @@ func sections(lines []string, kind, name string) [][2]int {
 				break
 			}
 		}
-		if name == "" || tableName(lines[i:j]) == name {
-			out = append(out, [2]int{i, j})
-		}
+		out = append(out, [2]int{i, j})
 		i = j - 1
 	}
 	return out
-}
-
-// tableName is the name = "..." set in a table's own lines (before any
-// subtable).
-func tableName(lines []string) string {
-	for _, l := range lines[1:] {
-		t := strings.TrimSpace(l)
-		if strings.HasPrefix(t, "[") {
-			break
-		}
-		k, v, ok := strings.Cut(t, "=")
-		if ok && strings.TrimSpace(k) == "name" {
-			v = strings.TrimSpace(strings.SplitN(strings.TrimSpace(v), "#", 2)[0])
-			if len(v) >= 2 && v[0] == '\'' && v[len(v)-1] == '\'' { // a literal string
-				return v[1 : len(v)-1]
-			}
-			if s, err := strconv.Unquote(v); err == nil {
-				return s
-			}
-		}
-	}
-	return ""
 }

@@ -80,10 +80,9 @@ func FuzzLineOf(f *testing.F) {
 	f.Add("[[listener]]\nname = \"a\"\n[listener.keepalive]\ncount=1", `listener "a": keepalive.count 1000`, 0)
 	f.Add("[log]\nlevel=1", `log: level`, 1)
 	f.Add("[[backend]]\nname=\"b\"\n[[backend.server]]\naddress=\"x\"", `backend "b": server "x": weight`, 0)
-	f.Fuzz(func(t *testing.T, text, msg string, nth int) {
-		if nth < 0 || nth > 5 {
-			return
+	f.Fuzz(func(t *testing.T, text, msg string, index int) {
+		for _, kind := range []string{"", "listener", "backend", "log"} {
+			lineOf(text, msg, tablePos{kind, index})
 		}
-		lineOf(text, msg, nth)
 	})
 }

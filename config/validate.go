@@ -12,10 +12,19 @@ import (
 )
 
 // validate checks meaning: every error is prefixed with the table it is in
-// (`listener "orders": ...`) and names the key.
-func (c *Config) validate() (errs, warnings []string) {
-	add := func(format string, a ...any) { errs = append(errs, fmt.Sprintf(format, a...)) }
-	warn := func(format string, a ...any) { warnings = append(warnings, fmt.Sprintf(format, a...)) }
+// (`listener "orders": ...`) and names the key. Each error and warning
+// comes with the table it is about (errAt, warnAt): which [[listener]] or
+// [[backend]] by its place in the file, for the line (withLines).
+func (c *Config) validate() (errs, warnings []string, errAt, warnAt []tablePos) {
+	var at tablePos // the table being checked
+	add := func(format string, a ...any) {
+		errs = append(errs, fmt.Sprintf(format, a...))
+		errAt = append(errAt, at)
+	}
+	warn := func(format string, a ...any) {
+		warnings = append(warnings, fmt.Sprintf(format, a...))
+		warnAt = append(warnAt, at)
+	}
 
 	switch c.Log.Level {
 	case "trace", "debug", "info", "warn", "error":
@@ -71,6 +80,7 @@ func (c *Config) validate() (errs, warnings []string) {
 	backends := map[string]bool{}
 	for i := range c.Backends {
 		b := &c.Backends[i]
+		at = tablePos{"backend", i}
 		where := named("backend", b.Name, i, backends)
 		e, w := b.validate()
 		report(where, "", e, w)
@@ -80,6 +90,7 @@ func (c *Config) validate() (errs, warnings []string) {
 	addrs := map[string]string{}
 	for i := range c.Listeners {
 		l := &c.Listeners[i]
+		at = tablePos{"listener", i}
 		where := named("listener", l.Name, i, names)
 		if err := checkHostPort(l.Listen); err != nil {
 			add("%s: listen: %v", where, err)
@@ -154,10 +165,18 @@ func (c *Config) validate() (errs, warnings []string) {
 		e, w := l.Keepalive.validate()
 		report(where, "keepalive.", e, w)
 	}
+	at = tablePos{}
 	if len(c.Listeners) == 0 {
 		add("no [[listener]] is defined")
 	}
-	return errs, warnings
+	return errs, warnings, errAt, warnAt
+}
+
+// tablePos is a [[listener]] or [[backend]] by its place among those of
+// the file (kind "" for the top level, [log] and [admin]).
+type tablePos struct {
+	kind  string
+	index int
 }
 
 func (b *Backend) validate() (errs, warnings []string) {
@@ -481,8 +500,17 @@ func loopsBack(listen, addr string) bool {
 	// A dial to localhost tries every address of the name: ::1 too, where
 	// /etc/hosts has it (Debian, RHEL), after 127.0.0.1 refused. Binding
 	// takes 127.0.0.1 alone (splitSocket), dialing does not.
-	if rh, _, err := net.SplitHostPort(addr); err == nil && strings.EqualFold(rh, "localhost") && (hl == "" || hl == "127.0.0.1" || hl == "::1") {
-		return true
+	if rh, _, err := net.SplitHostPort(addr); err == nil {
+		switch strings.TrimSuffix(strings.ToLower(rh), ".") {
+		case "localhost":
+			if hl == "" || hl == "127.0.0.1" || hl == "::1" {
+				return true
+			}
+		case "ip6-localhost", "ip6-loopback": // Debian's names of ::1
+			if hl == "" || hl == "::1" {
+				return true
+			}
+		}
 	}
 	return hl == hs || (hl == "" && local) || (hs == "" && isLoopback(hl))
 }
