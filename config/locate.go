@@ -16,7 +16,7 @@ import (
 // of the text.
 func lineOf(text, msg string, at tablePos) int {
 	lines := strings.Split(strings.TrimPrefix(text, "\ufeff"), "\n")
-	kind, _, rest, ok := tableOf(msg)
+	kind, rest, ok := tableOf(msg)
 	if !ok {
 		return 0
 	}
@@ -29,19 +29,18 @@ func lineOf(text, msg string, at tablePos) int {
 	default:
 		return 0
 	}
-	line, _ := keyLine(lines, t, kind, rest)
-	return line
+	return keyLine(lines, t, kind, rest)
 }
 
 // keyLine is the line in table t ([start, end) of lines) that sets the key
-// rest begins with, and true; or t's header line and false.
-func keyLine(lines []string, t [2]int, kind, rest string) (int, bool) {
+// rest begins with, or t's header line.
+func keyLine(lines []string, t [2]int, kind, rest string) int {
 	start, end := t[0], t[1]
 	// A server of a backend: the line of its address.
 	if addr, after, ok := quotedPrefix(rest, "server "); ok {
 		for i := start; i < end; i++ {
 			if strings.Contains(lines[i], strconv.Quote(addr)) {
-				return i + 1, true
+				return i + 1
 			}
 		}
 		rest = after
@@ -55,26 +54,26 @@ func keyLine(lines []string, t [2]int, kind, rest string) (int, bool) {
 		path := toml.Key{kind}
 		path = append(path, strings.Split(key, ".")...)
 		if l, _ := locateKey(strings.Join(lines[start:end], "\n"), path); l > 1 {
-			return start + l, true
+			return start + l
 		}
 	}
-	return start + 1, false
+	return start + 1
 }
 
-// tableOf splits a validate message into its table (kind and name, "" for
-// [log] and [admin]) and the rest.
-func tableOf(msg string) (kind, name, rest string, ok bool) {
+// tableOf splits a validate message into the kind of its table and the
+// rest after the table (`listener "orders": `, `log: `).
+func tableOf(msg string) (kind, rest string, ok bool) {
 	for _, k := range []string{"log", "admin"} {
 		if r, found := strings.CutPrefix(msg, k+": "); found {
-			return k, "", r, true
+			return k, r, true
 		}
 	}
 	for _, k := range []string{"listener", "backend"} {
-		if n, r, found := quotedPrefix(msg, k+" "); found {
-			return k, n, r, true
+		if _, r, found := quotedPrefix(msg, k+" "); found {
+			return k, r, true
 		}
 	}
-	return "", "", "", false
+	return "", "", false
 }
 
 // quotedPrefix reads `PREFIX"NAME": ` at the start of s.
