@@ -549,3 +549,36 @@ func TestIPv6Slips(t *testing.T) {
 		}
 	}
 }
+
+// URL-escaped zones, and the self-dial loops a localhost server makes.
+func TestZonesAndLocalhostLoops(t *testing.T) {
+	for _, tc := range []struct {
+		z    string
+		want bool
+	}{{"25", false}, {"25a", true}, {"2501", false}, {"eth25", false}, {"25eth0", true}, {"", false}, {"251", false}} {
+		if got := urlEscapedZone(tc.z); got != tc.want {
+			t.Errorf("urlEscapedZone(%q) = %v", tc.z, got)
+		}
+	}
+	for _, tc := range []struct {
+		l, s string
+		want bool
+	}{
+		{"[::1]:1522", "localhost:1522", true},
+		{":1522", "localhost:1522", true},
+		{"[::]:1522", "localhost:1522", true},
+		{"0.0.0.0:1522", "LocalHost:1522", true},
+		{"[::ffff:127.0.0.1]:1522", "localhost:1522", true},
+		{"[0:0::1]:1522", "localhost:1522", true},
+		{"localhost:1522", "localhost:1522", true},
+		{"127.0.0.2:1522", "localhost:1522", false},
+		{"127.0.0.1:1522", "localhost:1523", false},
+		{"127.0.0.1:1522", "localhost.:1522", true},
+		{"[::1]:1522", "ip6-localhost:1522", true},
+		{"127.0.0.1:1522", "ip6-localhost:1522", false},
+	} {
+		if got := loopsBack(tc.l, tc.s); got != tc.want {
+			t.Errorf("loopsBack(%q,%q) = %v", tc.l, tc.s, got)
+		}
+	}
+}

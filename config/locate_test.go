@@ -7,11 +7,14 @@ import (
 	"testing"
 )
 
-// Lines of meaning errors that a review found pointing at the wrong table:
-// an error of the second of two listeners named alike was placed at the
-// first, and a BOM hid the first table's header. Odd layouts (CRLF, spaced
-// headers, literal strings, dotted keys, inline tables) keep their lines.
-func TestMeaningErrorLinesInOddFiles(t *testing.T) {
+// Lines of meaning errors that reviews found pointing at the wrong table:
+// an error of the second of two tables named alike was placed at the first
+// (also when the first set the key to a good value), and a BOM hid the
+// first table's header. Tables alike are told apart by their place in the
+// file. Odd layouts (CRLF, spaced or tabbed headers, comments, literal
+// strings, dotted keys, inline tables) and keys left at their defaults
+// keep their lines.
+func TestMeaningErrorLines(t *testing.T) {
 	for _, tc := range []struct {
 		name, text string
 		want       []string
@@ -35,6 +38,97 @@ name = "b"
 			[]string{`f.toml: listener "a": max_sessions must not be negative (line 5)`}},
 		{"CRLF and odd spellings", "[[ listener ]]   # main\r\nname = 'a'\r\nlisten = \"127.0.0.1:1522\"\r\nbackend = \"b\"\r\nkeepalive.count = 1000\r\n[[listener]]\r\nname = \"c\"\r\nlisten = \"127.0.0.1:1523\"\r\nbackend = \"b\"\r\nkeepalive = { count = 1000 }\r\n[[backend]]\r\nname = \"b\"\r\n[[backend.server]]\r\naddress = \"127.0.0.1:1521\"\r\n",
 			[]string{`f.toml: listener "a": keepalive.count 1000: the kernel allows at most 127 (line 5)`, `f.toml: listener "c": keepalive.count 1000: the kernel allows at most 127 (line 10)`}},
+		{"second listener alike, first sets key validly",
+			`[[listener]]
+name = "a"
+listen = "127.0.0.1:1522"
+backend = "b"
+keepalive.count = 5
+[[listener]]
+name = "a"
+listen = "127.0.0.1:1523"
+backend = "b"
+keepalive.count = 1000
+[[backend]]
+name = "b"
+[[backend.server]]
+address = "127.0.0.1:1521"
+`, []string{`f.toml: listener "a": keepalive.count 1000: the kernel allows at most 127 (line 10)`}},
+		{"server of second backend alike",
+			`[[listener]]
+name = "l"
+listen = "127.0.0.1:1522"
+backend = "b"
+[[backend]]
+name = "b"
+[[backend.server]]
+address = "10.0.0.1:1521"
+[[backend]]
+name = "b"
+[[backend.server]]
+address = "10.0.0.1:1521"
+weight = -1
+`, []string{`f.toml: backend "b": server "10.0.0.1:1521": weight must not be negative (line 12)`}},
+		{"three alike",
+			`[[listener]]
+name = "a"
+listen = "127.0.0.1:1522"
+backend = "b"
+[[listener]]
+name = "a"
+listen = "127.0.0.1:1523"
+backend = "b"
+[[listener]]
+name = "a"   # third
+listen = "127.0.0.1:1524"
+backend = "b"
+[[backend]]
+name = "b"
+[[backend.server]]
+address = "10.0.0.1:1521"
+`, []string{`f.toml: listener "a": name is defined twice (line 6)`, `f.toml: listener "a": name is defined twice (line 10)`}},
+		{"single table, key default",
+			`[[listener]]
+name = "a"
+listen = "127.0.0.1:1522"
+backend = "b"
+[[backend]]
+name = "b"
+connect_timeout = "60s"
+[[backend.server]]
+address = "10.0.0.1:1521"
+`, []string{`f.toml: backend "b": connect_budget (20s) must be at least connect_timeout (1m0s) (line 5)`}},
+		{"header with comment and inner spaces",
+			`[[ listener ]]   # main [x]
+name = "a"
+listen = "127.0.0.1:1522"
+backend = "b"
+max_sessions = -1
+[[backend]]
+name = "b"
+[[backend.server]]
+address = "10.0.0.1:1521"
+`, []string{`f.toml: listener "a": max_sessions must not be negative (line 5)`}},
+		{"header with tab",
+			"[[\tlistener ]]\nname = \"a\"\nlisten = \"127.0.0.1:1522\"\nbackend = \"b\"\nmax_sessions = -1\n[[backend]]\nname = \"b\"\n[[backend.server]]\naddress = \"10.0.0.1:1521\"\n",
+			[]string{`f.toml: listener "a": max_sessions must not be negative (line 5)`}},
+		{"connect_budget of second backend alike, first sets it",
+			`[[listener]]
+name = "l"
+listen = "127.0.0.1:1522"
+backend = "b"
+[[backend]]
+name = "b"
+connect_budget = "20s"
+[[backend.server]]
+address = "10.0.0.1:1521"
+[[backend]]
+name = "b"
+connect_timeout = "60s"
+connect_budget = "30s"
+[[backend.server]]
+address = "10.0.0.2:1521"
+`, []string{`f.toml: backend "b": connect_budget (30s) must be at least connect_timeout (1m0s) (line 13)`}},
 	} {
 		_, _, err := Parse([]byte(tc.text), "f.toml")
 		if err == nil {
