@@ -494,8 +494,10 @@ func (p *Proxy) countBusy() {
 }
 
 // record closes the books on a session: metrics, link counters, one log line.
+// The session leaves the live list last, so that whoever sees it gone (a
+// drain, /api/links, a test waiting for it) finds its end counted.
 func (p *Proxy) record(s *session, srv *failover.Server, established bool) {
-	p.track(s, false)
+	defer p.track(s, false)
 	end := s.end
 	bname := s.backend.Config.Name
 	server := "none"
