@@ -40,6 +40,19 @@ func (e *refusedError) Is(target error) bool { return target == ErrRefused }
 // about the server for other sessions.
 func serviceRefusal(code int) bool { return code == 12514 || code == 12505 }
 
+// telling reports whether REFUSE err should replace kept as the one the app
+// gets if no server takes the session: a REFUSE about the instance (no
+// handler, restricted, blocked) says what is wrong, and a later one about
+// the name (ORA-12514 from a standby that does not offer the service)
+// must not hide it. Otherwise the later REFUSE wins.
+func telling(err, kept error) bool {
+	var re, ke *refusedError
+	if !errors.As(kept, &ke) || !errors.As(err, &re) {
+		return true
+	}
+	return !serviceRefusal(re.code) || serviceRefusal(ke.code)
+}
+
 // looksLikeTNSLocked reports whether the app's opening bytes start with a
 // TNS CONNECT header; only then is the backend's first packet read as TNS.
 // The caller holds s.mu.
@@ -135,6 +148,17 @@ func (s *session) noteConnectLocked() {
 	s.serviceName = strings.Clone(name) // not a view into the connect data, which may be 64 KiB
 	s.serviceShown = shownText(name, maxServiceLen)
 	s.service = serviceLabel(s.lcfg, name)
+}
+
+// noteConnect is noteConnectLocked for a session whose dials failed: the
+// app's CONNECT is read though no backend answered it, so that the end of a
+// session that reached no server (an outage) carries its service in
+// tnsguard_sessions_total, /api/resets and the log. Only the session's own
+// goroutine calls it.
+func (s *session) noteConnect() {
+	s.mu.Lock()
+	s.noteConnectLocked()
+	s.mu.Unlock()
 }
 
 // shownText is v as logs and /api show text a peer wrote (a service name,

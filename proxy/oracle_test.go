@@ -683,3 +683,51 @@ func TestBytesToTheAppCountResendAndRefuse(t *testing.T) {
 		return counter(h.m.Bytes, "l", "b", "to_client") == float64(got)
 	})
 }
+
+// During an outage (every server's port refuses connections: the database
+// host is down), a go-ora app's session ends at connect_budget without ever
+// reaching a server. Its CONNECT was in hand all along: the session's
+// service must label its end (tnsguard_sessions_total{service}, the reset
+// event of /api/resets, the no-backend and reset log lines), so that the
+// operator sees which service the apps were denied. It was read only once
+// a dial succeeded, so every outage's ends said service "other", with no
+// service in the log.
+func TestServiceOfASessionNoServerReached(t *testing.T) {
+	h, logs := startProxyLog(t, oracleConfig("", closedPort(t), closedPort(t)+";1"))
+	if err := goOraPing(t, h.addr("l"), "SALES"); err == nil {
+		t.Fatal("go-ora reached a server during the outage")
+	}
+	waitFor(t, time.Second, "the end counted under the service SALES", func() bool {
+		return counter(h.m.SessionsTotal, "l", "b", "SALES", "no_backend") == 1
+	})
+	if ev := h.p.Resets(0); len(ev) != 1 || ev[0].Service != "SALES" {
+		t.Errorf("reset events %+v; want one naming the service SALES", ev)
+	}
+	for _, msg := range []string{"no backend for new session", "session reset"} {
+		if n := len(logs.lines(msg, "service=SALES")); n != 1 {
+			t.Errorf("%d %q lines with service=SALES; log:\n%s", n, msg, logs)
+		}
+	}
+}
+
+// A pool storm fills the primary's PROCESSES: its listener refuses with
+// ORA-12519 (no handler). The standby, mounted, does not offer the service
+// and refuses with ORA-12514. Connecting directly to the primary, the app
+// gets ORA-12519; through tnsguard it must too, since that REFUSE says
+// what is wrong. Each round ended at the standby, so the app got the
+// standby's ORA-12514 ("listener does not currently know of service"):
+// the DBA was sent to look at service registration while the primary was
+// out of processes.
+func TestInstanceRefusalBeatsALaterServiceRefusal(t *testing.T) {
+	primary := tnstest.New(t, tnstest.Config{Mode: tnstest.Refuse, Err: 12519})
+	standby := tnstest.New(t, tnstest.Config{Mode: tnstest.Refuse, Err: 12514})
+	if err := goOraPing(t, primary.Addr(), "SALES"); err == nil || !strings.Contains(err.Error(), "ORA-12519") {
+		t.Fatalf("direct to the primary: %v, want ORA-12519", err)
+	}
+	h := startProxy(t, oracleConfig("", primary.Addr()+";0", standby.Addr()+";1"))
+	for i := range 2 { // the second with the primary's circuit open
+		if err := goOraPing(t, h.addr("l"), "SALES"); err == nil || !strings.Contains(err.Error(), "ORA-12519") {
+			t.Fatalf("session %d through tnsguard: %v; want the primary's ORA-12519, as connecting directly", i, err)
+		}
+	}
+}

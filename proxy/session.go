@@ -255,6 +255,7 @@ func (s *session) open() error {
 		left := time.Until(plan.Deadline()) // the budget this attempt started with
 		conn, err := plan.Dial(s.ctx, srv)  // within connect_timeout and the budget
 		if err != nil {
+			s.noteConnect() // no backend read it: its service labels the attempts' end
 			if over, cerr := s.cutShort(srv, plan, err); over {
 				return cerr
 			}
@@ -337,7 +338,10 @@ func (s *session) open() error {
 		case s.overflowed():
 			err = fmt.Errorf("%w: %w", ErrReplayOverflow, err)
 		case errors.Is(err, ErrRefused): // only returned when retry_on has "refuse"
-			retry, failed, lastRefuse = "refuse", srv, err
+			retry, failed = "refuse", srv
+			if telling(err, lastRefuse) {
+				lastRefuse = err
+			}
 			plan.Refused(srv)
 			if !slices.Contains(refusedBy, srv) {
 				refusedBy = append(refusedBy, srv)
@@ -424,6 +428,7 @@ func (s *session) cutShort(srv *failover.Server, plan *failover.Plan, err error)
 // (the first and last maxAttemptsLogged/2 of them), within the listener's
 // log budget.
 func (s *session) noBackend(err error, attempts []string, srv *failover.Server) error {
+	s.noteConnect() // the CONNECT that arrived after the last failed dial
 	s.l.rejected("no_backend")
 	if s.l.takeLogLine("no-backend") {
 		if n := len(attempts); n > maxAttemptsLogged {
