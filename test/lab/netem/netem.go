@@ -206,7 +206,7 @@ func (q *Queue) request(typ uint16, flags uint16, attrs ...[]byte) error {
 		if err != nil {
 			return err
 		}
-		msgs, err := syscall.ParseNetlinkMessage(buf[:n])
+		msgs, err := parseMessages(buf[:n])
 		if err != nil {
 			return err
 		}
@@ -267,7 +267,7 @@ func (q *Queue) Run(ctx context.Context) error {
 			}
 			return fmt.Errorf("netem: receive: %w", err)
 		}
-		msgs, err := syscall.ParseNetlinkMessage(buf[:n])
+		msgs, err := parseMessages(buf[:n])
 		if err != nil {
 			return fmt.Errorf("netem: parse: %w", err)
 		}
@@ -297,6 +297,20 @@ func (q *Queue) Run(ctx context.Context) error {
 		}
 	}
 	return nil
+}
+
+// parseMessages splits what one recvfrom returned into netlink messages. The
+// kernel does not pad a queued packet's message to 4 bytes (its nlmsg_len is
+// the unpadded size when the copied packet's length is not a multiple of 4,
+// e.g. a segment of 6 bytes of data), and syscall.ParseNetlinkMessage refuses
+// a last message whose aligned length runs past the buffer (EINVAL): the queue
+// ended at the first such packet, and with --queue-bypass the flows went on
+// undelayed, so a test of small messages measured no delay at all.
+func parseMessages(b []byte) ([]syscall.NetlinkMessage, error) {
+	if pad := (4 - len(b)%4) % 4; pad != 0 {
+		b = append(b[:len(b):len(b)], make([]byte, pad)...)
+	}
+	return syscall.ParseNetlinkMessage(b)
 }
 
 // release answers held packets in arrival order, each at its release time.

@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/signal"
 	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -43,6 +44,11 @@ func (l *Lab) Netem(t testing.TB, cfg netem.Config, match ...string) (stop func(
 				stats = *ev.Stats
 			}
 			p.Kill()
+			// A queue that ended early leaves its rule in place, and
+			// --queue-bypass then lets the flows through undelayed.
+			if e := p.Stderr(); strings.Contains(e, "netlab helper:") {
+				t.Errorf("netlab: the netem helper failed, so packets went undelayed: %s", e)
+			}
 		})
 		return stats
 	}
