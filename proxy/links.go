@@ -31,6 +31,7 @@ type link struct {
 	born          time.Time      // outlived's windows count from here
 	window        time.Duration  // outlived's window: the proxy's evidenceWindow
 	outlived      outlivedPauses // the longest pause after which the database answered, on any session, lately
+	fresh         time.Duration  // a live socket's RTT counts in the mean when it sent data this recently: the proxy's rttFresh
 }
 
 func (p *Proxy) linkFor(listener, backend, server string) *link {
@@ -40,6 +41,7 @@ func (p *Proxy) linkFor(listener, backend, server string) *link {
 	l, ok := p.links[k]
 	if !ok {
 		l = newLink(k, p.evidenceWindow)
+		l.fresh = p.rttFresh
 		p.links[k] = l
 	}
 	return l
@@ -47,7 +49,7 @@ func (p *Proxy) linkFor(listener, backend, server string) *link {
 
 // newLink is an empty link: no session, no reset yet.
 func newLink(k linkKey, window time.Duration) *link {
-	return &link{key: k, live: map[*session]struct{}{}, resets: map[string]uint64{}, born: time.Now(), window: window}
+	return &link{key: k, live: map[*session]struct{}{}, resets: map[string]uint64{}, born: time.Now(), window: window, fresh: defaultRTTFresh}
 }
 
 func (p *Proxy) allLinks() []*link {
@@ -104,8 +106,10 @@ func (l *link) removeLive(s *session, info keepalive.Info, err error) {
 	delete(l.live, s)
 	if err == nil {
 		l.closedRetrans += uint64(info.Retransmits)
-		if info.RTT > 0 {
-			l.lastRTT, l.lastRTTAt, l.hasRTT = info.RTT, time.Now(), true
+		// The kernel's RTT was last sampled when the data last sent was
+		// acknowledged: a session idle for an hour ends with an hour-old RTT.
+		if at := time.Now().Add(-info.LastDataSent); info.RTT > 0 && (!l.hasRTT || !at.Before(l.lastRTTAt)) {
+			l.lastRTT, l.lastRTTAt, l.hasRTT = info.RTT, at, true
 		}
 	}
 }
@@ -143,16 +147,27 @@ func (l *link) reset(cause string) {
 	l.mu.Unlock()
 }
 
+// defaultRTTFresh is how recently a backend socket must have sent data for its
+// smoothed RTT to count as the path's RTT now. The kernel samples the RTT
+// only when sent data is acknowledged (keepalive probes do not update it),
+// so an idle pooled session keeps the RTT of its last query, however long
+// ago: averaged in, a pool of idle sessions held the gauge at the old
+// figure after the path's delay changed (half of a new 40 ms with half the
+// sessions idle).
+const defaultRTTFresh = 5 * time.Second
+
 // linkFigures is a link's kernel view now: mean RTT of its live backend
-// sockets (or the last seen) and retransmits over its whole life.
+// sockets that sent data in the last defaultRTTFresh (or, with none, the most
+// recent RTT sample, live or ended) and retransmits over its whole life.
 type linkFigures struct {
 	rtt         time.Duration
 	hasRTT      bool
 	retransmits uint64
 	sessions    int
-	liveRTT     time.Duration // sum over the live sockets that report one
+	liveRTT     time.Duration // sum over the live sockets with a fresh RTT
 	liveN       int
-	lastAt      time.Time // when rtt was seen, when it is not live
+	lastAt      time.Time // when rtt was sampled, when it is not a fresh live mean
+	anyLive     bool      // a live socket reported an RTT (fresh or not)
 }
 
 func (l *link) figures() linkFigures {
@@ -163,15 +178,22 @@ func (l *link) figures() linkFigures {
 	}
 	f := linkFigures{retransmits: l.closedRetrans, rtt: l.lastRTT, hasRTT: l.hasRTT, lastAt: l.lastRTTAt, sessions: len(l.live)}
 	l.mu.Unlock()
+	now := time.Now()
 	for _, s := range live {
 		info, err := s.backendInfo()
 		if err != nil {
 			continue
 		}
 		f.retransmits += uint64(info.Retransmits)
-		if info.RTT > 0 {
+		if info.RTT <= 0 {
+			continue
+		}
+		f.anyLive = true
+		if info.LastDataSent <= l.fresh {
 			f.liveRTT += info.RTT
 			f.liveN++
+		} else if at := now.Add(-info.LastDataSent); !f.hasRTT || at.After(f.lastAt) {
+			f.rtt, f.lastAt, f.hasRTT = info.RTT, at, true
 		}
 	}
 	if f.liveN > 0 {
@@ -189,8 +211,9 @@ func (l *link) figures() linkFigures {
 }
 
 // ServerLinks implements metrics.LinkSource: per backend server, over all
-// listeners. The RTT is the mean over the server's live backend sockets;
-// with none, the last one seen on any of its links, if the server is still
+// listeners. The RTT is the mean over the server's live backend sockets
+// that sent data lately (defaultRTTFresh); with none, the most recent sample on
+// any of its links, live or ended, if the server is still
 // configured: a gauge of a server a reload removed goes away with its last
 // session, as its other gauges go at the reload.
 func (p *Proxy) ServerLinks() []metrics.ServerLink {
@@ -209,6 +232,7 @@ func (p *Proxy) ServerLinks() []metrics.ServerLink {
 		liveN   int
 		last    time.Duration
 		lastAt  time.Time
+		anyLive bool
 	}
 	agg := map[key]*acc{}
 	var order []key
@@ -227,6 +251,7 @@ func (p *Proxy) ServerLinks() []metrics.ServerLink {
 		a.sl.Retransmits += float64(f.retransmits)
 		a.liveSum += f.liveRTT
 		a.liveN += f.liveN
+		a.anyLive = a.anyLive || f.anyLive
 		if f.liveN == 0 && f.hasRTT && f.lastAt.After(a.lastAt) {
 			a.last, a.lastAt = f.rtt, f.lastAt
 		}
@@ -237,7 +262,7 @@ func (p *Proxy) ServerLinks() []metrics.ServerLink {
 		switch {
 		case a.liveN > 0:
 			a.sl.RTTSeconds, a.sl.HasRTT = (a.liveSum / time.Duration(a.liveN)).Seconds(), true
-		case !a.lastAt.IsZero() && configured[k]:
+		case !a.lastAt.IsZero() && (configured[k] || a.anyLive):
 			a.sl.RTTSeconds, a.sl.HasRTT = a.last.Seconds(), true
 		}
 		out = append(out, a.sl)

@@ -222,6 +222,95 @@ func TestServerRTTIsOfLiveConnectionsOnly(t *testing.T) {
 	}
 }
 
+// An idle session's backend socket keeps the RTT of its last exchange: the
+// kernel samples the RTT only when sent data is acknowledged (keepalive
+// probes do not). A pool's idle sessions must not hold
+// tnsguard_backend_rtt_seconds (and /api/links) at that old figure while
+// working sessions report the path's RTT now: with half the sessions idle
+// the gauge read 20 ms for a 40 ms path (TestLabKernelRTTWithIdleSessions).
+// Here the idle session's last exchanges had a long RTT (the server's think
+// time delays its ACKs), and the working one's a short RTT.
+func TestServerRTTIsOfSessionsThatSentLately(t *testing.T) {
+	var mu sync.Mutex
+	first := true
+	be := newBackend(t, func(c *net.TCPConn) {
+		mu.Lock()
+		slow := first
+		first = false
+		mu.Unlock()
+		defer c.Close()
+		buf := make([]byte, 64)
+		for {
+			n, err := c.Read(buf)
+			if err != nil {
+				return
+			}
+			if slow {
+				time.Sleep(30 * time.Millisecond)
+			}
+			c.Write(buf[:n])
+		}
+	})
+	cfg, _, err := config.Parse([]byte(oneBackendConfig(be.addr())), "test.toml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := metrics.New(prometheus.NewRegistry(), "test")
+	p := New(hclog.NewNullLogger(), m)
+	p.rttFresh = 300 * time.Millisecond
+	if err := p.Apply(cfg); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { p.Shutdown(0, time.Second) })
+	h := &harness{t: t, p: p, m: m}
+	roundTrips := func(c *net.TCPConn, n int) {
+		for i := 0; i < n; i++ {
+			c.Write([]byte("x"))
+			if _, err := io.ReadFull(c, make([]byte, 1)); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	serverRTT := func() float64 {
+		for _, sl := range p.ServerLinks() {
+			if sl.Server == be.addr() {
+				return sl.RTTSeconds
+			}
+		}
+		return math.NaN()
+	}
+	idle := h.dial("l")
+	roundTrips(idle, 20)
+	working := h.dial("l")
+	roundTrips(working, 5)
+	time.Sleep(500 * time.Millisecond) // the idle session's last sample ages past rttFresh
+	roundTrips(working, 20)
+	idleInfo, err := sessionOf(t, p, idle).backendInfo()
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := sessionOf(t, p, working).backendInfo()
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := info.RTT.Seconds()
+	if got := serverRTT(); math.Abs(got-want) > 1e-6 {
+		t.Errorf("tnsguard_backend_rtt_seconds = %v, want %v: the working session's RTT, not a mean with the idle one's %v", got, want, idleInfo.RTT)
+	}
+	if st := linkOf(t, p, be.addr()); st.RTTSeconds == nil {
+		t.Errorf("/api/links rtt_seconds = null, want %v", want)
+	} else if math.Abs(*st.RTTSeconds-want) > 1e-6 {
+		t.Errorf("/api/links rtt_seconds = %v, want %v", *st.RTTSeconds, want)
+	}
+
+	// With every session idle, the figure is the most recent sample: the
+	// working session's, not the idle one's older one.
+	time.Sleep(500 * time.Millisecond)
+	if got := serverRTT(); math.Abs(got-want) > 1e-6 {
+		t.Errorf("with all sessions idle: tnsguard_backend_rtt_seconds = %v, want %v: the latest sample", got, want)
+	}
+}
+
 // The retransmits a link reports never go back: a session that ends
 // between figures' two reads is missed once (its count moved into
 // closedRetrans after that was read), and a dip would read as a counter

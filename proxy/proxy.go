@@ -68,6 +68,7 @@ type Proxy struct {
 	forensics *forensics // reset events, windows, rate-limited log (events.go)
 
 	evidenceWindow time.Duration // outlived.go; tests shorten it before sessions start
+	rttFresh       time.Duration // links.go; tests shorten it before sessions start
 }
 
 // New returns a proxy with no listeners; Apply gives it its configuration.
@@ -77,7 +78,7 @@ func New(log hclog.Logger, m *metrics.Metrics) *Proxy {
 		log: log, metrics: m, pool: newBufPool(), ctx: ctx, cancel: cancel, hurry: make(chan struct{}),
 		listeners: map[string]*listener{}, backends: map[string]*failover.Backend{},
 		sessions: map[*session]struct{}{}, links: map[linkKey]*link{},
-		forensics: newForensics(log.Named("proxy"), m.ConnectDuration), evidenceWindow: defaultEvidenceWindow,
+		forensics: newForensics(log.Named("proxy"), m.ConnectDuration), evidenceWindow: defaultEvidenceWindow, rttFresh: defaultRTTFresh,
 	}
 	p.forensics.connect.keep = p.configuredServer
 	p.loopWG.Add(1)

@@ -585,3 +585,65 @@ func TestLabLatencyAboveTCP(t *testing.T) {
 		t.Errorf("app round trip via toxiproxy %v, want >= %v (lab check)", appSlow, 2*latency)
 	}
 }
+
+// Scenario 6c: the path's delay grows while a pool holds idle sessions. The kernel
+// samples a socket's RTT only when data it sent is acknowledged, so an idle session
+// keeps the RTT of its last query; tnsguard_backend_rtt_seconds (and /api/links) must
+// read the path's delay now, not the mean with the idle sessions' old figures (it read
+// 20 ms for a 40 ms path with half the sessions idle).
+func TestLabKernelRTTWithIdleSessions(t *testing.T) {
+	t.Parallel()
+	requireGuard(t)
+	lab := netlab.New(t, netlab.Config{EstablishedTimeout: 60 * time.Second})
+	lab.StartEcho(t, lab.DB, fmt.Sprintf(":%d", dbPort))
+	guard := startGuard(t, lab, link{Name: "orders", Listen: guardAddr, Servers: []string{lab.DBAddr(dbPort)}, App: appKeepalive, DB: dbKeepalive})
+	conns := dialN(t, lab.App, guardAddr, 6) // before the delay: RTTs of some µs
+	const delay = 40 * time.Millisecond
+	stop := lab.Netem(t, netem.Config{Queue: 23, Delay: delay}, "-p", "tcp", "-d", lab.DBIP.String(), "--dport", fmt.Sprint(dbPort))
+
+	// Half the sessions stay idle (a pool's spare connections); the others work for
+	// longer than the idle ones' last RTT sample may count (5 s).
+	var wg sync.WaitGroup
+	errs := make([]error, 3)
+	until := time.Now().Add(8 * time.Second)
+	for i, c := range conns[:3] {
+		wg.Go(func() {
+			msg := make([]byte, 8<<10)
+			for time.Now().Before(until) {
+				if err := roundTrip(c, msg, 10*time.Second); err != nil {
+					errs[i] = err
+					return
+				}
+			}
+		})
+	}
+	time.Sleep(7 * time.Second)
+	m := guard.Metrics(t)
+	_, body, err := guard.Get("/api/links")
+	wg.Wait()
+	st := stop()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, err := range errs {
+		if err != nil {
+			t.Fatalf("busy session %d: %v", i, err)
+		}
+	}
+	var links struct {
+		Links []struct {
+			RTT *float64 `json:"rtt_seconds"`
+		} `json:"links"`
+	}
+	if err := json.Unmarshal(body, &links); err != nil || len(links.Links) != 1 || links.Links[0].RTT == nil {
+		t.Fatalf("/api/links: %v %s", err, body)
+	}
+	rtt, ok := m.Sum("tnsguard_backend_rtt_seconds", netlab.Labels{"server": lab.DBAddr(dbPort)})
+	got := st.MeanHeld.Seconds()
+	t.Logf("netem %v: held %v on average; tnsguard_backend_rtt_seconds %.4f, /api/links rtt_seconds %.4f, with 3 of 6 sessions idle", delay, st.MeanHeld, rtt, *links.Links[0].RTT)
+	for what, v := range map[string]float64{"tnsguard_backend_rtt_seconds": rtt, "/api/links rtt_seconds": *links.Links[0].RTT} {
+		if !ok || v < 0.7*got || v > 1.3*got+st.MaxLate.Seconds() {
+			t.Errorf("%s = %v with idle sessions in the pool, want the %v the path delays packets now, within 30%%", what, v, st.MeanHeld)
+		}
+	}
+}
