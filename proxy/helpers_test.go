@@ -22,6 +22,7 @@ import (
 	"github.com/tnsguard/tnsguard/failover"
 	"github.com/tnsguard/tnsguard/keepalive"
 	"github.com/tnsguard/tnsguard/metrics"
+	"github.com/tnsguard/tnsguard/tns"
 )
 
 func TestMain(m *testing.M) {
@@ -359,4 +360,25 @@ func (h *harness) samples(t testing.TB, name string) []sample {
 		}
 	}
 	return out
+}
+
+// readRefuse reads a REFUSE from c within limit, then the end of stream
+// after it (tnsguard closes with a FIN after a REFUSE it hands on): it
+// returns the REFUSE's ERR, or fails the test.
+func readRefuse(t *testing.T, c net.Conn, limit time.Duration) int {
+	t.Helper()
+	c.SetReadDeadline(time.Now().Add(limit))
+	pkt, err := tns.ReadPacket(c, tns.Length16, 0)
+	if err != nil || pkt.Type != tns.TypeRefuse {
+		t.Fatalf("read %v, %v; want a REFUSE", pkt.Type, err)
+	}
+	r, err := tns.ParseRefuse(pkt.Raw)
+	code, ok := r.Err()
+	if err != nil || !ok {
+		t.Fatalf("REFUSE %q: %v; want one with ERR=", pkt.Raw, err)
+	}
+	if err, _ := readErr(c, limit); !errors.Is(err, io.EOF) {
+		t.Fatalf("after the REFUSE: %v; want the end of stream (FIN)", err)
+	}
+	return code
 }

@@ -16,7 +16,6 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"testing"
 	"time"
 
@@ -659,7 +658,9 @@ func TestAppSilentAfterResendCostsNoServerStanding(t *testing.T) {
 // A preferred server that accepts and stays silent until connect_budget
 // ends the session; the standby next in the round was never given a chance
 // (no budget left to dial it), so it must not be blamed: its breaker stays
-// closed and it stays up.
+// closed and it stays up. The app, an Oracle client, gets a REFUSE with
+// ORA-12170 (connect timeout), as a direct client whose listener never
+// answers gets at its own connect timeout.
 func TestSilentBackendAtBudgetDoesNotBlameTheNextServer(t *testing.T) {
 	silent := tnstest.New(t, tnstest.Config{Mode: tnstest.Silent})
 	standby := tnstest.New(t, tnstest.Config{Mode: tnstest.Accept})
@@ -667,8 +668,12 @@ func TestSilentBackendAtBudgetDoesNotBlameTheNextServer(t *testing.T) {
 
 	c := h.dial("l")
 	c.Write(goodConnect(t, "SALES"))
-	if err, took := readErr(c, 3*time.Second); !errors.Is(err, syscall.ECONNRESET) {
-		t.Fatalf("app saw %v after %v, want ECONNRESET at connect_budget", err, took)
+	began := time.Now()
+	if code := readRefuse(t, c, 3*time.Second); code != 12170 {
+		t.Fatalf("app got a REFUSE with ERR=%d, want 12170 (connect timeout)", code)
+	}
+	if took := time.Since(began); took < 900*time.Millisecond {
+		t.Fatalf("the REFUSE came after %v, want it at connect_budget (1s)", took)
 	}
 	waitFor(t, time.Second, "no_backend counted", func() bool { return counter(h.m.SessionsRejected, "l", "no_backend") == 1 })
 	if v := testutil.ToFloat64(h.m.BreakerState.WithLabelValues("b", standby.Addr())); v != metrics.BreakerClosed {

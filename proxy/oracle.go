@@ -145,6 +145,7 @@ func (s *session) noteConnectLocked() {
 			name = info.Description.SID()
 		}
 	}
+	s.oracleApp = true
 	s.serviceName = strings.Clone(name) // not a view into the connect data, which may be 64 KiB
 	s.serviceShown = shownText(name, maxServiceLen)
 	s.service = serviceLabel(s.lcfg, name)
@@ -368,9 +369,36 @@ func (s *session) deliverRefuse(err error) {
 		s.toClient.Add(int64(n))
 		s.series.bytesDown.Add(float64(n))
 		s.mu.Lock()
+		s.refusedApp = re.code
 		s.halfCloseLocked(SideClient, s.client) // the app's close that answers it is no reset
 		s.mu.Unlock()
 	}
+}
+
+// noAnswer maps the cause of the last dial's failure, when no server
+// answered the app's CONNECT at all, to the ORA error the app's driver
+// gives for that failure on a direct connection: no listener on the port,
+// no answer within the connect timeout, no route to the host.
+var noAnswer = map[string]int{"refused": 12541, "timeout": 12170, "unreachable": 12543}
+
+// refuseFor is the REFUSE an Oracle client gets instead of a reset when no
+// server answered its CONNECT (every dial failed, the last with last), or
+// nil. A reset shows in drivers as a broken connection (NJS-500, "connection
+// reset by peer"), which app teams take for a firewall; the REFUSE makes
+// them show ORA-12541, ORA-12170 or ORA-12543, as a direct connection to
+// the dead server would. Only for an app whose opening was a whole TNS
+// CONNECT tnsguard could read, that still waits for its answer.
+func (s *session) refuseFor(last error) error {
+	code, ok := noAnswer[Cause(last)]
+	s.mu.Lock()
+	s.noteConnectLocked()
+	ok = ok && s.oracleApp && !s.overflow && !s.resendOwed && !s.clientEOF
+	s.mu.Unlock()
+	if !ok {
+		return nil
+	}
+	return &refusedError{code: code, packet: tns.BuildRefuse(0x22, 0, fmt.Sprintf(
+		"(DESCRIPTION=(TMP=)(ERR=%d)(ERROR_STACK=(ERROR=(CODE=%d)(EMFI=4))))", code, code))}
 }
 
 // backendName is the name of the session's backend, for other goroutines

@@ -393,9 +393,9 @@ func TestRoutingStopsWaitingAtAppHalfClose(t *testing.T) {
 
 // On a routed listener the wait for the app's CONNECT is part of
 // connect_budget, not added to it: an app that sends its CONNECT late, to a
-// backend whose only server refuses connections, is reset when the budget
-// that began at its connect runs out. It was reset at the wait plus a whole
-// budget.
+// backend whose only server refuses connections, gets its answer (a
+// REFUSE with ORA-12541: no server answered) when the budget that began at
+// its connect runs out. It was answered at the wait plus a whole budget.
 func TestRouteWaitCountsInTheBudget(t *testing.T) {
 	cfg := strings.Replace(oracleConfig("", closedPort(t)), `services = ["SALES"]`, `routes = { "*" = "b" }`, 1)
 	// Scaled so that a loaded CI machine has slack: the right end is at
@@ -413,9 +413,9 @@ func TestRouteWaitCountsInTheBudget(t *testing.T) {
 	if _, err := c.Write(connect); err != nil {
 		t.Fatal(err)
 	}
-	err, _ = readErr(c, 3*time.Second)
-	if took := time.Since(start); took > 2*time.Second || !errors.Is(err, syscall.ECONNRESET) {
-		t.Fatalf("app's connection ended %v after it connected (%v), with connect_budget = 1.5s", took, err)
+	code := readRefuse(t, c, 3*time.Second)
+	if took := time.Since(start); took > 2*time.Second || code != 12541 {
+		t.Fatalf("app's connection got ERR=%d %v after it connected, with connect_budget = 1.5s", code, took)
 	}
 }
 
@@ -700,9 +700,10 @@ func TestServiceOfASessionNoServerReached(t *testing.T) {
 	waitFor(t, time.Second, "the end counted under the service SALES", func() bool {
 		return counter(h.m.SessionsTotal, "l", "b", "SALES", "no_backend") == 1
 	})
-	if ev := h.p.Resets(0); len(ev) != 1 || ev[0].Service != "SALES" {
-		t.Errorf("reset events %+v; want one naming the service SALES", ev)
-	}
+	waitFor(t, time.Second, "the reset event naming the service SALES", func() bool {
+		ev := h.p.Resets(0)
+		return len(ev) == 1 && ev[0].Service == "SALES"
+	})
 	for _, msg := range []string{"no backend for new session", "session reset"} {
 		if n := len(logs.lines(msg, "service=SALES")); n != 1 {
 			t.Errorf("%d %q lines with service=SALES; log:\n%s", n, msg, logs)
@@ -729,5 +730,53 @@ func TestInstanceRefusalBeatsALaterServiceRefusal(t *testing.T) {
 		if err := goOraPing(t, h.addr("l"), "SALES"); err == nil || !strings.Contains(err.Error(), "ORA-12519") {
 			t.Fatalf("session %d through tnsguard: %v; want the primary's ORA-12519, as connecting directly", i, err)
 		}
+	}
+}
+
+// Every server of an Oracle app is down (its ports refuse connections).
+// A reset at the budget's end showed in go-ora as "connection reset by
+// peer" and in node-oracledb as NJS-500, the errors app teams take for a
+// firewall. The app gets a REFUSE instead, with the error a direct
+// connection to the dead port gives (ORA-12541, no listener), closed with a
+// FIN; the end is counted and logged as before, with its real cause.
+func TestOracleAppGetsNoListenerWhenNoServerAnswers(t *testing.T) {
+	h, logs := startProxyLog(t, oracleConfig("", closedPort(t), closedPort(t)+";1"))
+	began := time.Now()
+	err := goOraPing(t, h.addr("l"), "SALES")
+	if err == nil || !strings.Contains(err.Error(), "ORA-12541") {
+		t.Fatalf("go-ora: %v; want ORA-12541 (no listener)", err)
+	}
+	if took := time.Since(began); took < 1500*time.Millisecond {
+		t.Fatalf("the REFUSE came after %v; want it at the end of the 2s connect_budget, after the retries", took)
+	}
+	waitFor(t, time.Second, "the end counted as no_backend", func() bool {
+		return counter(h.m.SessionsTotal, "l", "b", "SALES", "no_backend") == 1
+	})
+	waitFor(t, time.Second, "a reset event, phase connect, cause refused", func() bool {
+		ev := h.p.Resets(0)
+		return len(ev) == 1 && ev[0].Cause == "refused" && ev[0].Phase == PhaseConnect
+	})
+	if n := len(logs.lines("no server answered: the app gets a REFUSE with ORA-12541")); n != 1 {
+		t.Errorf("%d no-backend lines naming the REFUSE; log:\n%s", n, logs)
+	}
+}
+
+// An app that does not speak Oracle Net (or whose opening tnsguard could
+// not read as a CONNECT) is still reset when no server answers: a REFUSE
+// would be bytes of a protocol it does not know.
+func TestNonOracleAppIsResetWhenNoServerAnswers(t *testing.T) {
+	h := startProxy(t, oracleConfig("", closedPort(t)))
+	c, err := net.Dial("tcp", h.addr("l"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if _, err := c.Write([]byte("GET / HTTP/1.0\r\n\r\n")); err != nil {
+		t.Fatal(err)
+	}
+	c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	n, err := c.Read(make([]byte, 64))
+	if n != 0 || !errors.Is(err, syscall.ECONNRESET) {
+		t.Fatalf("read %d bytes, %v; want a reset", n, err)
 	}
 }

@@ -84,6 +84,8 @@ type session struct {
 
 	// Oracle Net (oracle.go): what the app's CONNECT said.
 	connectSeen   bool             // the CONNECT was complete (or turned out not to be one)
+	oracleApp     bool             // connectSeen, and it was a TNS CONNECT tnsguard could read: the app speaks Oracle Net
+	refusedApp    int              // the ORA code of the REFUSE written to the app (deliverRefuse), else 0: its leg ends with a FIN, not a reset
 	serviceName   string           // SERVICE_NAME or SID, as the app wrote it
 	serviceShown  string           // serviceName as logs and /api/resets show it (shownText)
 	routeWaitOver bool             // routing stopped waiting for the CONNECT
@@ -368,14 +370,15 @@ func (s *session) open() error {
 // Otherwise the app is reset, and the end counted with last's cause (the
 // last attempt's error, nil for none).
 func (s *session) noServerTook(lastRefuse, last error, attempts []string) error {
-	if lastRefuse != nil {
-		last = lastRefuse
-	}
 	err := ErrNoBackend
-	if last != nil {
+	switch {
+	case lastRefuse != nil:
+		err = fmt.Errorf("%w: %w", ErrNoBackend, lastRefuse)
+		s.deliverRefuse(lastRefuse)
+	case last != nil:
 		err = fmt.Errorf("%w: %w", ErrNoBackend, last)
+		s.deliverRefuse(s.refuseFor(last))
 	}
-	s.deliverRefuse(lastRefuse)
 	return s.noBackend(err, attempts, nil)
 }
 
@@ -436,8 +439,11 @@ func (s *session) noBackend(err error, attempts []string, srv *failover.Server) 
 				fmt.Sprintf("... %d more ...", n-maxAttemptsLogged)), attempts[n-maxAttemptsLogged/2:]...)
 		}
 		msg := "no backend for new session: resetting the app's connection"
-		if errors.Is(err, ErrRefused) {
+		switch {
+		case errors.Is(err, ErrRefused):
 			msg = "no backend for new session: the app gets the last REFUSE" // its driver shows the ORA error
+		case s.refusedApp != 0: // set by this goroutine
+			msg = fmt.Sprintf("no backend for new session: no server answered: the app gets a REFUSE with ORA-%05d", s.refusedApp)
 		}
 		s.logger().Warn(msg, "budget", s.backend.Config.ConnectBudget.Duration.String(), "attempts", attempts)
 	}
@@ -1133,6 +1139,7 @@ func (s *session) abort(side Side, phase Phase, err error, outcome string, srv *
 		}
 		s.server, s.end.server = srv, srv // the opening may detach it next; the books keep it
 		s.cond.Broadcast()
+		refused := s.refusedApp != 0
 		s.mu.Unlock()
 		// A REFUSE handed to the app must reach it: a reset would throw
 		// away what is still in the send buffer. The database's leg is
@@ -1141,7 +1148,7 @@ func (s *session) abort(side Side, phase Phase, err error, outcome string, srv *
 		// would tell the database that the app finished sending, and a
 		// protocol that ends an upload at the end of stream would take
 		// a cut-off upload for a whole one.
-		s.closeLegs((side == SideBackend || Cause(err) != "eof") && !errors.Is(err, ErrRefused),
+		s.closeLegs((side == SideBackend || Cause(err) != "eof") && !refused,
 			(side == SideClient && appBroke(err)) || outOfResources(err))
 		s.unpark() // parked directions wake to see their closed sockets
 	})

@@ -20,6 +20,7 @@ type nodeResult struct {
 	OK      bool   `json:"ok"`
 	Code    string `json:"code"`
 	Message string `json:"message"`
+	Cause   string `json:"cause"` // the lines of the message after the first (node-oracledb's "Cause: ORA-...")
 	MS      int    `json:"ms"`
 }
 
@@ -132,6 +133,24 @@ backoff_max = "200ms"`
 		}
 		if n := len(l1.Connects()) + len(l2.Connects()); n < 4 {
 			t.Fatalf("%d CONNECTs reached the listeners: tnsguard did not keep trying", n)
+		}
+	})
+
+	// Every server is down (nothing listens on their ports). Direct, the
+	// driver reports the refused connection at once; through tnsguard,
+	// after the budget, it reports a REFUSE naming ORA-12541 (no listener):
+	// not NJS-500, the broken connection app teams take for a firewall.
+	t.Run("no server listening", func(t *testing.T) {
+		admin, addr := freeAddr(t), freeAddr(t)
+		start(t, admin, config(admin, "",
+			[]listenerConf{{name: "l", listen: addr, backend: "db"}},
+			[]backendConf{{name: "db", servers: []string{freeAddr(t), freeAddr(t)}, extra: backendKeys}}), false) // never ready: no server is up
+		r := nodeConnect(t, addr+"/SALES")
+		if r.Code != "NJS-511" || !strings.Contains(r.Cause, "ORA-12541") {
+			t.Fatalf("through tnsguard: %+v; want NJS-511 naming ORA-12541", r)
+		}
+		if r.MS < 2500 || r.MS > 6000 {
+			t.Fatalf("the app got the REFUSE after %d ms; want it at the end of the 3s connect_budget", r.MS)
 		}
 	})
 

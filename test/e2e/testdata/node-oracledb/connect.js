@@ -1,6 +1,7 @@
 // connect.js CONNECT_STRING: one node-oracledb (thin mode) getConnection, as
 // an app's pool does when it opens a connection. Prints one JSON line: ok,
-// or the driver's error code and first message line, and the time taken.
+// or the driver's error code, first message line and the rest of it (cause),
+// and the time taken.
 'use strict';
 const oracledb = require('oracledb');
 
@@ -17,7 +18,8 @@ const oracledb = require('oracledb');
     console.log(JSON.stringify({ ok: true, ms: Date.now() - start }));
   } catch (e) {
     console.log(JSON.stringify({
-      ok: false, code: e.code, message: String(e.message).split('\n')[0], ms: Date.now() - start,
+      ok: false, code: e.code, message: String(e.message).split('\n')[0],
+      cause: String(e.message).split('\n').slice(1).join(' '), ms: Date.now() - start,
     }));
   }
 })();
