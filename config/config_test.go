@@ -101,7 +101,7 @@ func TestErrors(t *testing.T) {
 			[]string{`bad.toml: backend "orders": server "127.0.0.1:1521": weight must not be negative`}},
 		// An explicit 0 was taken for "not set" and became 2 or 3.
 		{"rise of 0", minimal + "  [backend.health]\n  rise = 0\n",
-			[]string{`bad.toml: backend "orders": health.rise and health.fall must be at least 1`}},
+			[]string{`bad.toml: backend "orders": health.rise must be at least 1`}},
 		{"key in another case", strings.Replace(minimal, `backend = "orders"`, "backend = \"orders\"\nMax_Sessions = 3", 1),
 			[]string{`bad.toml:6:1: unknown key "listener.Max_Sessions": keys are lower case ("max_sessions")`}},
 		{"table in another case", "[Admin]\nlisten = \"127.0.0.1:9\"\n" + minimal,

@@ -53,8 +53,13 @@ func keyLine(lines []string, t [2]int, kind, rest string) int {
 	if key != "" {
 		path := toml.Key{kind}
 		path = append(path, strings.Split(key, ".")...)
-		if l, _ := locateKey(strings.Join(lines[start:end], "\n"), path); l > 1 {
-			return start + l
+		// The key's line; for a key left at its default, the header of
+		// the subtable it belongs in ([backend.health] for health.timeout)
+		// when the file has one.
+		for n := len(path); n > 1; n-- {
+			if l, _ := locateKey(strings.Join(lines[start:end], "\n"), path[:n]); l > 1 {
+				return start + l
+			}
 		}
 	}
 	return start + 1

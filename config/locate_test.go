@@ -112,6 +112,31 @@ address = "10.0.0.1:1521"
 		{"header with tab",
 			"[[\tlistener ]]\nname = \"a\"\nlisten = \"127.0.0.1:1522\"\nbackend = \"b\"\nmax_sessions = -1\n[[backend]]\nname = \"b\"\n[[backend.server]]\naddress = \"10.0.0.1:1521\"\n",
 			[]string{`f.toml: listener "a": max_sessions must not be negative (line 5)`}},
+		{"health.fall set to 0: the line of fall, not the backend's header",
+			`[[listener]]
+name = "l"
+listen = "127.0.0.1:1522"
+backend = "b"
+[[backend]]
+name = "b"
+  [backend.health]
+  rise = 2
+  fall = 0
+  [[backend.server]]
+  address = "10.0.0.1:1521"
+`, []string{`f.toml: backend "b": health.fall must be at least 1 (line 9)`}},
+		{"key left at its default in a subtable: the subtable's header, not the backend's",
+			`[[listener]]
+name = "l"
+listen = "127.0.0.1:1522"
+backend = "b"
+[[backend]]
+name = "b"
+  [backend.health]
+  interval = "1s"
+  [[backend.server]]
+  address = "10.0.0.1:1521"
+`, []string{`f.toml: backend "b": health.timeout (2s) must be > 0 and at most health.interval (1s) (line 7)`}},
 		{"connect_budget of second backend alike, first sets it",
 			`[[listener]]
 name = "l"

@@ -239,8 +239,12 @@ func (b *Backend) validate() (errs, warnings []string) {
 	if h.Timeout.Duration <= 0 || h.Timeout.Duration > h.Interval.Duration {
 		add("health.timeout (%v) must be > 0 and at most health.interval (%v)", h.Timeout.Duration, h.Interval.Duration)
 	}
-	if *h.Rise < 1 || *h.Fall < 1 {
-		add("health.rise and health.fall must be at least 1")
+	// One message per key, so that each names the line of its own key.
+	if *h.Rise < 1 {
+		add("health.rise must be at least 1")
+	}
+	if *h.Fall < 1 {
+		add("health.fall must be at least 1")
 	}
 	if h.Service != "" && h.Check != "tnsping" {
 		add("health.service needs check = \"tnsping\"")
