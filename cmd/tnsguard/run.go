@@ -162,6 +162,13 @@ func raiseFileLimit(log hclog.Logger) {
 			log.Warn("cannot raise the open-files limit", "limit", old, "error", err)
 			return
 		}
+		if old == lim.Max-1 {
+			// Go's runtime lifts a lower soft limit to hard-1 before main
+			// runs (go.dev/issue/46279): the limit the process started
+			// with is not known here, and hard-1 is not it.
+			log.Info("raised the open-files limit", "to", lim.Cur)
+			return
+		}
 		log.Info("raised the open-files limit", "from", old, "to", lim.Cur)
 		return
 	}
