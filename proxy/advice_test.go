@@ -48,3 +48,37 @@ func TestIdleDeathAdvice(t *testing.T) {
 		}
 	}
 }
+
+// The same death after a pause shorter than keepalive idle: a load balancer
+// that forgets flows sooner than the keepalive refreshes them resets the
+// first bytes after the pause. The pause lost the flow, so the end is
+// idle, with the pause as its idle time, as when such a middlebox drops
+// the bytes (phaseNow); until the fix a reset counted idle only after a
+// pause of keepalive idle, so the advice never came for the keepalive
+// idle that was too long.
+func TestResetAfterAPauseShorterThanKeepaliveIsIdle(t *testing.T) {
+	be := newBackend(t, func(c *net.TCPConn) {
+		buf := make([]byte, 1)
+		io.ReadFull(c, buf)
+		c.Write(buf)
+		io.ReadFull(c, buf)
+		resetConn(c)
+	})
+	h, logs := startProxyLog(t, oneBackendConfig(be.addr())) // backend keepalive idle 11s
+	c := h.dial("l")
+	c.Write([]byte("x"))
+	if _, err := io.ReadFull(c, make([]byte, 1)); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(2 * time.Second)
+	c.Write([]byte("y"))
+	if err, _ := readErr(c, 2*time.Second); err == nil {
+		t.Fatal("no reset")
+	}
+	waitFor(t, time.Second, "an idle-phase reset", func() bool {
+		return counter(h.m.Resets, "l", "b", be.addr(), "backend", "idle", "rst") == 1
+	})
+	if advice := logs.lines("sessions on this link die while idle"); len(advice) != 1 || !strings.Contains(advice[0], "shortest_idle_at_death=2s") {
+		t.Errorf("advice lines %q, want one with shortest_idle_at_death=2s", advice)
+	}
+}

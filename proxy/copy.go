@@ -448,13 +448,8 @@ func (p *pump) spliceBulk() (eof bool, pe *pumpErr) {
 		round += sp.n
 		sp.pipe.n += sp.n
 		p.blockedAt.Store(time.Now().UnixNano()) // may wait for room in dst (session.checkStalled)
-		before := sp.pipe.n
-		err := p.flushPipe()
+		err := p.flushPipe()                     // counts what it moves as it moves it (trySpliceOut)
 		p.blockedAt.Store(0)
-		if out := before - sp.pipe.n; out > 0 {
-			p.moved++
-			p.onChunk(out)
-		}
 		if err != nil {
 			return false, &pumpErr{err: err, atWrite: true}
 		}
@@ -505,6 +500,7 @@ func (p *pump) trySpliceOut(fd uintptr) bool {
 		}
 		if e != 0 {
 			sp.err = e
+			p.noteDstErr(e)
 			return true
 		}
 		if n == 0 { // never seen (the pipe holds sp.pipe.n bytes): an error rather than a spin
@@ -512,6 +508,12 @@ func (p *pump) trySpliceOut(fd uintptr) bool {
 			return true
 		}
 		sp.pipe.n -= n
+		// Counted now, not once the pipe is empty: a flush that waits
+		// for room and then fails (the destination's user timeout) would
+		// otherwise mark bytes as moving at the failure, and the session's
+		// end would look like bytes lost after a pause (phaseNow).
+		p.moved++
+		p.onChunk(n)
 	}
 	return true
 }
@@ -629,11 +631,25 @@ func (p *pump) tryWrite(fd uintptr) bool {
 		}
 		if err != 0 {
 			p.writeErr = os.NewSyscallError("write", err)
+			p.noteDstErr(err)
 			return true
 		}
 		p.off += m
 	}
 	return true
+}
+
+// noteDstErr tells the session which error a write to dst took
+// (session.endOfStream).
+func (p *pump) noteDstErr(e syscall.Errno) {
+	if p.sess == nil || e == syscall.EAGAIN {
+		return
+	}
+	leg := 0 // dst is the app's leg
+	if p.up {
+		leg = 1
+	}
+	p.sess.noteWriteErr(leg, e)
 }
 
 // rawRead is read(2) made without telling the scheduler (RawSyscall): on a

@@ -73,6 +73,7 @@ type session struct {
 	overflow    bool             // more than replay_bytes were sent on: no re-dial
 	clientEOF   bool             // the app half-closed during the opening
 	ourFIN      [2]bool          // tnsguard half-closed the app's leg [0] or the backend's [1] (see endOfStream)
+	writeErrno  [2]atomic.Int32  // per leg: the first error a write or splice to its socket took (see endOfStream)
 	halfWatch   *time.Timer      // starts watchHalfClosed; stopped when the legs close
 	clientErr   error            // the app's leg failed during the opening
 	clientPhase Phase            // when it failed: connect (no backend connection yet) or opening
@@ -987,7 +988,27 @@ func (s *session) endOfStream(src Side) *pumpErr {
 	if ours {
 		return nil
 	}
-	return &pumpErr{err: os.NewSyscallError("read", syscall.ECONNRESET)}
+	// The error the write took: a reset, but also a user timeout or an
+	// unreachable host, which a reset must not stand for (the other
+	// direction reports it too, and the first report is the cause). The
+	// writer notes it right after its system call; a writer that lost its
+	// thread in between is given a few milliseconds.
+	errno := s.writeErrno[legIndex(src)].Load()
+	for i := 0; errno == 0 && i < 20; i++ {
+		time.Sleep(500 * time.Microsecond)
+		errno = s.writeErrno[legIndex(src)].Load()
+	}
+	if errno == 0 {
+		errno = int32(syscall.ECONNRESET)
+	}
+	return &pumpErr{err: os.NewSyscallError("read", syscall.Errno(errno))}
+}
+
+// noteWriteErr records the first error a write or splice to leg's socket
+// took, for endOfStream: the socket's error is given to one system call
+// only, and a read after it finds a plain end of stream.
+func (s *session) noteWriteErr(leg int, e syscall.Errno) {
+	s.writeErrno[leg].CompareAndSwap(0, int32(e))
 }
 
 // halfCloseWatchAfter is how long after a half-close watchHalfClosed
@@ -1039,7 +1060,8 @@ func (s *session) currentServer() *failover.Server {
 // answered nothing, not even a keepalive probe, and which was longer than
 // any the path outlived: then the pause is where the path was lost (a
 // middlebox forgot the flow and dropped the bytes that resumed it), and
-// the end is idle.
+// the end is idle. The same holds for a reset that answered such bytes (a
+// load balancer that resets the flows it forgot), whatever keepalive idle.
 func (s *session) phaseNow(side Side) Phase {
 	s.mu.Lock()
 	est, opening, lk := s.established, s.openingPhaseLocked(), s.link
@@ -1061,12 +1083,17 @@ func (s *session) phaseNow(side Side) Phase {
 	if idle <= 0 {
 		return PhaseActive
 	}
-	if infoErr == nil && info.Retrying > 0 {
+	if infoErr == nil {
+		// Bytes that resumed a pause got no answer: retransmitted until
+		// the user timeout (drop), or answered by a reset at once (a
+		// middlebox that resets the flows it forgot).
 		if pause, lost := s.lostInPause(info.LastAckRecv); lost && pause > s.outlived(side, lk) {
 			s.lostPause.Store(int64(pause)) // the idle this end reports
 			return PhaseIdle
 		}
-		return PhaseActive
+		if info.Retrying > 0 {
+			return PhaseActive
+		}
 	}
 	if s.idleBeforeEnd() >= idle {
 		return PhaseIdle

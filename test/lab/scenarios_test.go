@@ -306,6 +306,192 @@ func TestLabQueryAfterTheFirewallForgot(t *testing.T) {
 	}
 }
 
+// The same forgotten flow behind a load balancer that resets (StaleReset)
+// instead of dropping: the query after the pause gets an RST at once. The
+// app is reset at once, and the pause, in which the flow was lost, is what
+// the end counts: phase idle, an idle time of 7 s, and the keepalive advice,
+// as when the firewall drops (until the fix, a reset's end was idle only
+// when the pause was at least keepalive idle, so a keepalive idle that is
+// too long for the middlebox counted active and never brought the advice).
+func TestLabQueryAfterTheResettingFirewallForgot(t *testing.T) {
+	t.Parallel()
+	requireGuard(t)
+	lab := netlab.New(t, netlab.Config{EstablishedTimeout: 3 * time.Second, Stale: netlab.StaleReset})
+	lab.StartEcho(t, lab.DB, fmt.Sprintf(":%d", dbPort))
+	db := keepalive{Idle: "20s", Interval: "1s", Count: 3, UserTimeout: "4s"} // idle too long for this firewall
+	guard := startGuard(t, lab, link{Name: "orders", Listen: guardAddr, Servers: []string{lab.DBAddr(dbPort)}, App: appKeepalive, DB: db})
+	conns := dialN(t, lab.App, guardAddr, 2)
+	const pause = 7 * time.Second
+	time.Sleep(pause) // the firewall forgets the database legs after 3 s
+	t0 := time.Now()
+	queriesAreReset(t, conns, "query after the pause\n")
+	if d := time.Since(t0); d > time.Second {
+		t.Errorf("apps reset %v after the query, want at once (the firewall answered with an RST)", d)
+	}
+	m := guard.Metrics(t)
+	if got, _ := m.Sum("tnsguard_resets_total", netlab.Labels{"side": "backend", "cause": "rst", "phase": "idle"}); got != 2 {
+		t.Errorf("tnsguard_resets_total{side=backend,cause=rst,phase=idle} = %v, want 2\n%s", got, m.Dump("tnsguard_resets_total"))
+	}
+	if log := guard.Log(); !strings.Contains(log, "sessions on this link die while idle") {
+		t.Errorf("no keepalive advice in the log:\n%s", log)
+	}
+	code, body, err := guard.Get("/api/resets")
+	var got struct {
+		Resets []struct {
+			Idle float64 `json:"idle_seconds"`
+		} `json:"resets"`
+	}
+	if err != nil || code != 200 || json.Unmarshal(body, &got) != nil || len(got.Resets) != 2 {
+		t.Fatalf("/api/resets: %d %s %v", code, body, err)
+	}
+	for _, ev := range got.Resets {
+		if ev.Idle < pause.Seconds()-0.5 || ev.Idle > pause.Seconds()+1 {
+			t.Errorf("idle_seconds %.1f, want the pause, %v", ev.Idle, pause)
+		}
+	}
+}
+
+// An upload cut in flight: the apps stream to the database without a
+// pause when its path is black-holed. Each app is reset within
+// user_timeout + one interval, and the end is active (bytes were being
+// retransmitted; no keepalive setting could have saved it), with no
+// keepalive advice. Until the fix, bulk bytes spliced into the backend's
+// socket before the cut were counted as moving when the socket failed, so
+// the end looked like bytes lost after a pause as long as the user
+// timeout: phase idle, and the advice to shorten keepalive.
+func TestLabUploadIntoACut(t *testing.T) {
+	t.Parallel()
+	requireGuard(t)
+	lab := netlab.New(t, netlab.Config{EstablishedTimeout: 60 * time.Second})
+	lab.StartEcho(t, lab.DB, fmt.Sprintf(":%d", dbPort))
+	guard := startGuard(t, lab, link{Name: "orders", Listen: guardAddr, Servers: []string{lab.DBAddr(dbPort)}, App: appKeepalive, DB: dbKeepalive})
+	const (
+		userTimeout = 4 * time.Second // dbKeepalive
+		interval    = time.Second
+	)
+	conns := dialN(t, lab.App, guardAddr, 2)
+	var t0 time.Time
+	cut := make(chan struct{})
+	go func() {
+		time.Sleep(2 * time.Second) // streaming by then
+		lab.BlackHolePort(t, dbPort)
+		t0 = time.Now()
+		close(cut)
+	}()
+	res := make([]ended, len(conns))
+	var wg sync.WaitGroup
+	for i, c := range conns {
+		wg.Go(func() {
+			_ = c.SetDeadline(time.Now().Add(20 * time.Second))
+			errs := make(chan error, 2)
+			go func() { // the echo comes back: read it
+				buf := make([]byte, 64<<10)
+				for {
+					if _, err := c.Read(buf); err != nil {
+						errs <- err
+						return
+					}
+				}
+			}()
+			go func() {
+				chunk := make([]byte, 16<<10)
+				for {
+					if _, err := c.Write(chunk); err != nil {
+						errs <- err
+						return
+					}
+				}
+			}()
+			err := <-errs
+			<-cut
+			res[i] = ended{err, time.Since(t0)}
+		})
+	}
+	wg.Wait()
+	for i, r := range res {
+		t.Logf("session %d (streaming): ended %v after the cut: %v", i, r.after.Round(time.Millisecond), netlab.Classify(r.err))
+		if !errors.Is(r.err, syscall.ECONNRESET) {
+			t.Errorf("session %d: want the app's connection reset, got %v after %v", i, r.err, r.after)
+		}
+		if r.after > userTimeout+interval+500*time.Millisecond {
+			t.Errorf("session %d: detected %v after the cut, want within user_timeout+interval = %v", i, r.after, userTimeout+interval)
+		}
+	}
+	m := guard.Metrics(t)
+	if got, _ := m.Sum("tnsguard_resets_total", netlab.Labels{"side": "backend", "cause": "timeout", "phase": "active"}); got != float64(len(conns)) {
+		t.Errorf("tnsguard_resets_total{side=backend,cause=timeout,phase=active} = %v, want %d\n%s", got, len(conns), m.Dump("tnsguard_resets_total"))
+	}
+	if log := guard.Log(); strings.Contains(log, "sessions on this link die while idle") {
+		t.Errorf("keepalive advice for an upload cut in flight:\n%s", log)
+	}
+}
+
+// A result set streaming to an app whose host vanishes (it was reading,
+// without a pause): tnsguard's app-side user timeout ends the session and
+// resets the database leg within user_timeout + one interval, and the end
+// is active, a result to an app that vanished, with no keepalive advice.
+// Until the fix it counted idle (see TestLabUploadIntoACut).
+func TestLabResultToAVanishedApp(t *testing.T) {
+	t.Parallel()
+	requireGuard(t)
+	lab := netlab.New(t, netlab.Config{EstablishedTimeout: 60 * time.Second})
+	db := lab.StartEcho(t, lab.DB, fmt.Sprintf(":%d", dbPort))
+	app := keepalive{Idle: "1s", Interval: "1s", Count: 2, UserTimeout: "3s"}
+	guard := startGuard(t, lab, link{Name: "orders", Listen: guardAddr, Servers: []string{lab.DBAddr(dbPort)}, App: app, DB: dbKeepalive})
+	const n = 2
+	conns := dialN(t, lab.App, guardAddr, n)
+	for _, c := range conns { // the app sends and reads (the echo is its result) without a pause
+		go func() {
+			_ = c.SetDeadline(time.Now().Add(20 * time.Second))
+			go func() {
+				buf := make([]byte, 64<<10)
+				for {
+					if _, err := c.Read(buf); err != nil {
+						return
+					}
+				}
+			}()
+			chunk := make([]byte, 16<<10)
+			for {
+				if _, err := c.Write(chunk); err != nil {
+					return
+				}
+			}
+		}()
+	}
+	time.Sleep(2 * time.Second)
+	lab.BlackHoleAppLeg(t, 1522)
+	t0 := time.Now()
+	limit := 3*time.Second + time.Second // user_timeout + one interval
+	deadline := time.After(limit + 5*time.Second)
+	for closed := 0; closed < n; {
+		select {
+		case ev, ok := <-db.Events:
+			if !ok {
+				t.Fatal("echo server ended")
+			}
+			if ev.Event != "close" || ev.Bytes == 0 {
+				continue
+			}
+			closed++
+			d := ev.At.Sub(t0)
+			t.Logf("database saw session from %s closed (%s) %v after the app vanished", ev.Remote, ev.How, d.Round(time.Millisecond))
+			if ev.How != "reset" || d > limit+500*time.Millisecond {
+				t.Errorf("backend leg from %s ended with %q after %v, want a reset within %v", ev.Remote, ev.How, d, limit)
+			}
+		case <-deadline:
+			t.Fatalf("database saw %d of %d sessions closed; want all\n%s", closed, n, guard.Metrics(t).Dump())
+		}
+	}
+	m := guard.Metrics(t)
+	if got, _ := m.Sum("tnsguard_resets_total", netlab.Labels{"side": "client", "cause": "timeout", "phase": "active"}); got != n {
+		t.Errorf("tnsguard_resets_total{side=client,cause=timeout,phase=active} = %v, want %d\n%s", got, n, m.Dump("tnsguard_resets_total"))
+	}
+	if log := guard.Log(); strings.Contains(log, "sessions on this link die while idle") {
+		t.Errorf("keepalive advice for a result cut in flight:\n%s", log)
+	}
+}
+
 // Scenario 4: the database server is killed and restarted. Sessions on the dead server
 // end promptly (no hang); a session opened while it is down waits and succeeds as soon
 // as it is back; new sessions succeed after that.
