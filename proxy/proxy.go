@@ -185,13 +185,33 @@ func (p *Proxy) Apply(cfg *config.Config) error {
 		l.log.Info("listening", "address", l.ln.Addr().String(), "backend", l.cfg().Backend)
 	}
 	for name, old := range p.listeners {
-		if listeners[name] != old {
-			old.ln.Close()
-			old.log.Info("stopped accepting; its sessions go on")
+		if listeners[name] == old {
+			continue
 		}
+		old.ln.Close()
+		switch heir := heirOf(old, bound); {
+		case heir == nil:
+			old.log.Info("stopped accepting; its sessions go on")
+		case heir.name != old.name:
+			old.log.Info("renamed: its socket and sessions go on", "as", heir.name)
+		}
+		// Same name: only the address was re-spelled ([::]:1521 for
+		// :1521); the socket accepts on, as "listening" said.
 	}
 	p.forgetRemoved(cfg, p.backends)
 	p.cfg, p.listeners, p.backends = cfg, listeners, backends
+	return nil
+}
+
+// heirOf is the listener among bound that took old's socket over (a
+// rename, or a re-spelled address), or nil: the two share their admission
+// counts (bind).
+func heirOf(old *listener, bound []*listener) *listener {
+	for _, l := range bound {
+		if l.admitted == old.admitted {
+			return l
+		}
+	}
 	return nil
 }
 

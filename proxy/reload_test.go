@@ -965,3 +965,32 @@ failures = 0`, budget, backoff, backoffMax), fmt.Sprintf("address = %q", srv.add
 	}
 	return srv, h, c
 }
+
+// A reload that only re-spells a listener's address (0.0.0.0:port for
+// :port) keeps its socket; the log said "stopped accepting" of it while it
+// went on accepting. A renamed listener says what became of it.
+func TestReloadThatKeepsTheSocketSaysSo(t *testing.T) {
+	ln, err := net.Listen("tcp", "0.0.0.0:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := ln.Addr().(*net.TCPAddr).Port
+	ln.Close()
+	be := newBackend(t, echo)
+	h, logs := startProxyLog(t, listenerAt(oneBackendConfig(be.addr()), fmt.Sprintf("0.0.0.0:%d", port)))
+	if err := h.p.Apply(mustParse(t, listenerAt(oneBackendConfig(be.addr()), fmt.Sprintf(":%d", port)))); err != nil {
+		t.Fatal(err)
+	}
+	echoed(t, h.dial("l"), "served after the address was re-spelled")
+	if n := len(logs.lines("stopped accepting")); n != 0 {
+		t.Errorf("%d \"stopped accepting\" lines for a listener that accepts on; log:\n%s", n, logs)
+	}
+	renamed := strings.Replace(listenerAt(oneBackendConfig(be.addr()), fmt.Sprintf(":%d", port)), `name = "l"`, `name = "m"`, 1)
+	if err := h.p.Apply(mustParse(t, renamed)); err != nil {
+		t.Fatal(err)
+	}
+	echoed(t, h.dial("m"), "served after the rename")
+	if n := len(logs.lines("renamed: its socket and sessions go on", "listener=l", "as=m")); n != 1 {
+		t.Errorf("%d rename lines; log:\n%s", n, logs)
+	}
+}
