@@ -7,6 +7,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+	"unicode"
+	"unicode/utf8"
 
 	"github.com/hashicorp/go-hclog"
 
@@ -56,6 +58,41 @@ func TestServiceWithLineBreakKeepsTheResetLineWhole(t *testing.T) {
 	}
 	if n := forgedLines(logs.String(), "[ERROR]"); n != 0 {
 		t.Errorf("a client's SERVICE_NAME put %d line(s) with [ERROR] in the log", n)
+	}
+}
+
+// shownText escaped control bytes but let other bytes a client chose
+// through. Bytes that are not UTF-8 (SERVICE_NAME=ORDERS\xff) went raw into
+// the text log (hclog escapes unprintable characters, not invalid bytes):
+// grep then calls the whole log file binary and prints "binary file
+// matches" instead of the lines, and journald keeps the message as a blob.
+// Unicode's bidi controls (U+202E, right-to-left override) went as they
+// were to /api/resets, where the status page showed "\u202eSELAS" as SALES:
+// an operator reads a reset against a service no app asked for.
+func TestServiceShownIsPlainText(t *testing.T) {
+	for _, c := range []struct{ name, service string }{
+		{"invalid UTF-8", "ORDERS\xff\xfe"},
+		{"bidi override", "\u202eSELAS"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			l := tnstest.New(t, tnstest.Config{Mode: tnstest.Accept})
+			h, logs := startProxyLog(t, oneBackendConfig(l.Addr()))
+			resetWithService(t, h, c.service)
+			waitFor(t, 2*time.Second, "the reset line", func() bool { return len(logs.lines("session reset")) == 1 })
+			line := logs.lines("session reset")[0]
+			if !utf8.ValidString(line) {
+				t.Errorf("the text log line holds bytes that are not UTF-8: %q", line)
+			}
+			shown := h.p.Resets(0)[0].Service
+			for _, r := range shown {
+				if !unicode.IsPrint(r) {
+					t.Errorf("/api/resets shows service %q: %U is not printable text", shown, r)
+				}
+			}
+			if !utf8.ValidString(shown) {
+				t.Errorf("/api/resets shows service %q, not UTF-8", shown)
+			}
+		})
 	}
 }
 
@@ -179,6 +216,10 @@ func TestShownText(t *testing.T) {
 		{"ab\ncd", 4, "ab"}, // an escape is not cut in two
 		{"aé€", 4, "aé"},    // nor a character
 		{"ünïcode ok", 128, "ünïcode ok"},
+		{"A\xffB", 128, `A\xffB`},                   // not UTF-8: the byte, escaped
+		{"\u202eSELAS", 128, `\u202eSELAS`},         // bidi override
+		{"A\u2028B\u0085C", 128, `A\u2028B\u0085C`}, // line and paragraph breaks beyond ASCII
+		{"a b", 128, "a b"},
 	} {
 		if got := shownText(c.in, c.limit); got != c.want {
 			t.Errorf("shownText(%q, %d) = %q, want %q", c.in, c.limit, got, c.want)

@@ -8,6 +8,8 @@ import (
 	"slices"
 	"strings"
 	"time"
+	"unicode"
+	"unicode/utf8"
 
 	"github.com/tnsguard/tnsguard/config"
 	"github.com/tnsguard/tnsguard/failover"
@@ -166,13 +168,17 @@ func (s *session) noteConnect() {
 // a REDIRECT's address): control characters written as \xNN, so that no
 // line break splits a text-format log line (hclog writes a value with one
 // as an indented block of lines, where a client could start a line of its
-// own), cut to at most limit bytes at a character boundary, so that no
+// own); bytes that are not UTF-8 written as \xNN too (hclog writes them
+// raw: grep then takes the log file for binary, journald the line for a
+// blob); other characters that are not printable (bidi overrides such as
+// U+202E, which make the status page show another name; U+2028) written as
+// \uNNNN; cut to at most limit bytes at a character boundary, so that no
 // peer makes a log line longer than pipelines keep (journald's 48 KiB,
 // Docker's 16 KiB).
 func shownText(v string, limit int) string {
 	clean := true
 	for i := 0; i < len(v); i++ {
-		if v[i] < 0x20 || v[i] == 0x7f {
+		if v[i] < 0x20 || v[i] >= 0x7f {
 			clean = false
 			break
 		}
@@ -181,11 +187,16 @@ func shownText(v string, limit int) string {
 		return v
 	}
 	var b strings.Builder
-	for _, r := range v {
+	for i, r := range v {
 		n := b.Len()
-		if r < 0x20 || r == 0x7f {
+		switch {
+		case r == utf8.RuneError && invalidAt(v, i):
+			fmt.Fprintf(&b, `\x%02x`, v[i]) // one byte that is not UTF-8; range goes on at the next
+		case r < 0x20 || r == 0x7f:
 			fmt.Fprintf(&b, `\x%02x`, r)
-		} else {
+		case !unicode.IsPrint(r):
+			fmt.Fprintf(&b, `\u%04x`, r)
+		default:
 			b.WriteRune(r)
 		}
 		if b.Len() > limit {
@@ -193,6 +204,12 @@ func shownText(v string, limit int) string {
 		}
 	}
 	return b.String()
+}
+
+// invalidAt tells whether v holds a byte that is not UTF-8 at i.
+func invalidAt(v string, i int) bool {
+	_, size := utf8.DecodeRuneInString(v[i:])
+	return size == 1
 }
 
 // serviceLabel is the metric label of a service: its spelling in the

@@ -6,8 +6,10 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"strconv"
 	"strings"
 	"time"
+	"unicode/utf8"
 )
 
 // maxResends is how often a health check sends its CONNECT again when the
@@ -65,12 +67,26 @@ func Ping(ctx context.Context, conn net.Conn) (PingResult, error) {
 		return PingResult{}, fmt.Errorf("%w: ping answered with %s", ErrUnexpectedAnswer, pkt.Type)
 	}
 	if !hasCode || code != 0 {
-		return PingResult{}, fmt.Errorf("%w: ping answered with %s %q", ErrUnexpectedAnswer, pkt.Type, res.Data)
+		return PingResult{}, fmt.Errorf("%w: ping answered with %s %s", ErrUnexpectedAnswer, pkt.Type, quoteShort(res.Data))
 	}
 	if v, ok := desc.VSNNUM(); ok && v != 0 { // 0: the listener keeps its version to itself
 		res.VSNNUM, res.Version = v, DecodeVSNNUM(v)
 	}
 	return res, nil
+}
+
+// maxQuoted bounds how many characters of a listener's answer an error
+// quotes: the health check logs the error, and a listener (or whatever
+// answers on its port) may send 64 KiB of text.
+const maxQuoted = 512
+
+// quoteShort is data quoted (%q: control characters and invalid UTF-8
+// escaped), cut to maxQuoted characters, with the size when cut.
+func quoteShort(data string) string {
+	if utf8.RuneCountInString(data) <= maxQuoted {
+		return strconv.Quote(data)
+	}
+	return fmt.Sprintf("%.*q... (%d bytes)", maxQuoted, data, len(data))
 }
 
 // ProbeService asks the listener on conn whether service is registered, by

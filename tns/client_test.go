@@ -197,3 +197,24 @@ func TestProbeServiceFailures(t *testing.T) {
 		}
 	}
 }
+
+// A listener that answers tnsping with a refusal (ERR other than 0) had its
+// whole description quoted in the error, which the health check logs at
+// warn: a REFUSE of 60 KB (a broken or hostile listener, or something else
+// on the port) made one 60 KB "health check failed" line, longer than log
+// pipelines keep (journald 48 KiB, Docker 16 KiB), as shownText in the
+// proxy prevents for the text peers write in session lines.
+func TestPingRefusalErrorIsBounded(t *testing.T) {
+	data := "(DESCRIPTION=(TMP=)(VSNNUM=318767104)(ERR=1)(MSG=" + strings.Repeat("A", 60000) + "))"
+	l := tnstest.New(t, tnstest.Config{Mode: tnstest.Garbage, Garbage: tns.BuildRefuse(0x22, 0, data)})
+	_, err := tns.Ping(ctxFor(t, 5*time.Second), dial(t, l.Addr()))
+	if !errors.Is(err, tns.ErrUnexpectedAnswer) {
+		t.Fatalf("Ping = %v, want ErrUnexpectedAnswer", err)
+	}
+	if !strings.Contains(err.Error(), "(ERR=1)") {
+		t.Errorf("the error no longer says what the listener answered: %.200s", err)
+	}
+	if n := len(err.Error()); n > 1024 {
+		t.Errorf("a %d-byte REFUSE made a %d-byte error (logged whole by the health check)", len(data), n)
+	}
+}
