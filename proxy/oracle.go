@@ -148,6 +148,7 @@ func (s *session) noteConnectLocked() {
 		}
 	}
 	s.oracleApp = true
+	s.resendOwed = false                // a RESEND's CONNECT came again, whole: the app waits for its answer
 	s.serviceName = strings.Clone(name) // not a view into the connect data, which may be 64 KiB
 	s.serviceShown = shownText(name, maxServiceLen)
 	s.service = serviceLabel(s.lcfg, name)
@@ -355,7 +356,7 @@ func (s *session) inspectFirst(conn *net.TCPConn, srv *failover.Server, buf *[]b
 				return data, nil // more than a bare RESEND: pass it all on
 			}
 			s.mu.Lock()
-			s.replay, s.connectSeen, s.resendOwed = s.replay[:0], false, true // the app sends its CONNECT again
+			s.replay, s.connectSeen, s.resendOwed, s.oracleApp = s.replay[:0], false, true, false // the app sends its CONNECT again
 			s.mu.Unlock()
 			if _, err := s.client.Write(data); err != nil {
 				return nil, err

@@ -780,3 +780,57 @@ func TestNonOracleAppIsResetWhenNoServerAnswers(t *testing.T) {
 		t.Fatalf("read %d bytes, %v; want a reset", n, err)
 	}
 }
+
+// Listeners answer a CONNECT with a RESEND, and the app sends its CONNECT
+// again: it then waits for the answer to that whole CONNECT as it did for
+// the first. A server that went silent after its RESEND (a hung instance
+// behind a live listener) must give the app what a silent server without
+// the RESEND gives it (TestSilentBackendAtBudgetDoesNotBlameTheNextServer):
+// a REFUSE with ORA-12170 at connect_budget, not a reset. The RESEND left
+// the session marked as owing its CONNECT for good, so the app was reset.
+func TestOracleAppAfterAResendGetsTheRefuseWhenNoServerAnswers(t *testing.T) {
+	silent := tnstest.New(t, tnstest.Config{Mode: tnstest.Silent, Resends: 1})
+	h := startProxy(t, oracleConfig("", silent.Addr()))
+	err := goOraPing(t, h.addr("l"), "SALES")
+	if err == nil || !strings.Contains(err.Error(), "ORA-12170") {
+		t.Fatalf("go-ora: %v; want ORA-12170 (connect timeout), as without the RESEND", err)
+	}
+	if n := len(silent.Connects()); n != 2 {
+		t.Fatalf("the listener read %d CONNECTs, want 2 (one RESEND)", n)
+	}
+}
+
+// Without "connect" in retry_on the session ends at the first failed dial,
+// with no server having answered: an Oracle app whose CONNECT tnsguard has
+// in hand gets the REFUSE a direct connection's error stands for (ORA-12541
+// for a port that refuses), as it does when the dials are retried until
+// connect_budget. It was reset. A routed listener dials only once it has
+// read the CONNECT, so the CONNECT is in hand at the failed dial here; on a
+// listener without routes the dial usually fails before the CONNECT comes,
+// and the app is still reset (see the report).
+func TestOracleAppGetsNoListenerWithoutConnectRetries(t *testing.T) {
+	cfg := strings.Replace(oracleConfig("", closedPort(t)), `retry_on = ["connect", "reset", "refuse"]`, `retry_on = ["reset", "refuse"]`, 1)
+	cfg = strings.Replace(cfg, `services = ["SALES"]`, `routes = { "SALES" = "b", "*" = "b" }`, 1)
+	h := startProxy(t, cfg)
+	err := goOraPing(t, h.addr("l"), "SALES")
+	if err == nil || !strings.Contains(err.Error(), "ORA-12541") {
+		t.Fatalf("go-ora: %v; want ORA-12541 (no listener)", err)
+	}
+	waitFor(t, time.Second, "the end counted as no_backend", func() bool {
+		return counter(h.m.SessionsTotal, "l", "b", "SALES", "no_backend") == 1
+	})
+}
+
+// Without "reset" in retry_on, a server that accepts and stays silent ends
+// the session at connect_budget without a re-dial: the Oracle app gets the
+// REFUSE with ORA-12170 (connect timeout) that it gets when such failures
+// are retried, not a reset.
+func TestOracleAppGetsConnectTimeoutWithoutResetRetries(t *testing.T) {
+	silent := tnstest.New(t, tnstest.Config{Mode: tnstest.Silent})
+	cfg := strings.Replace(oracleConfig("", silent.Addr()), `retry_on = ["connect", "reset", "refuse"]`, `retry_on = ["connect", "refuse"]`, 1)
+	h := startProxy(t, cfg)
+	err := goOraPing(t, h.addr("l"), "SALES")
+	if err == nil || !strings.Contains(err.Error(), "ORA-12170") {
+		t.Fatalf("go-ora: %v; want ORA-12170 (connect timeout)", err)
+	}
+}

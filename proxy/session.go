@@ -90,7 +90,7 @@ type session struct {
 	serviceName   string           // SERVICE_NAME or SID, as the app wrote it
 	serviceShown  string           // serviceName as logs and /api/resets show it (shownText)
 	routeWaitOver bool             // routing stopped waiting for the CONNECT
-	resendOwed    bool             // a listener's RESEND reached the app: it owes its CONNECT again
+	resendOwed    bool             // a listener's RESEND reached the app: it owes its CONNECT again (until noteConnectLocked reads it whole)
 	openingUp     int64            // bytes of the opening not yet counted in series.bytesUp (the backend may still change)
 	openingSent   bool             // some backend connection took opening bytes (else they went nowhere)
 	overflowSrv   *failover.Server // the server a pump fed past replay_bytes before its first byte
@@ -278,6 +278,7 @@ func (s *session) open() error {
 				if lastRefuse != nil { // the app gets the REFUSE, not a reset
 					return s.noServerTook(lastRefuse, nil, attempts)
 				}
+				s.deliverRefuse(s.refuseFor(err)) // no server answered: as at the budget's end
 				return s.noBackend(err, attempts, srv)
 			}
 			retry, failed = reasonOf(err, "connect"), srv
@@ -357,7 +358,11 @@ func (s *session) open() error {
 		if lastRefuse != nil && !errors.Is(err, ErrRefused) {
 			return s.noServerTook(lastRefuse, nil, attempts) // the app gets the REFUSE, not a reset
 		}
-		s.deliverRefuse(err)
+		refusal := err
+		if !errors.Is(err, ErrRefused) {
+			refusal = s.refuseFor(err) // a server silent until the budget's end: ORA-12170, as when the failure is retried
+		}
+		s.deliverRefuse(refusal)
 		s.abort(SideBackend, PhaseOpening, err, "reset", srv)
 		return err
 	}
