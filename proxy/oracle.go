@@ -59,11 +59,24 @@ func telling(err, kept error) bool {
 // TNS CONNECT header; only then is the backend's first packet read as TNS.
 // The caller holds s.mu.
 func (s *session) looksLikeTNSLocked() bool {
-	if len(s.replay) < tns.HeaderLen || tns.PacketType(s.replay[4]) != tns.TypeConnect {
+	if len(s.replay) < tns.HeaderLen || tns.PacketType(s.replay[4]) != tns.TypeConnect || tlsHandshake(s.replay) {
 		return false // not a CONNECT, without building ParseHeader's error (called several times per session)
 	}
 	h, err := tns.ParseHeader(s.replay, tns.Length16)
 	return err == nil && h.Type == tns.TypeConnect
+}
+
+// tlsHandshake reports whether b starts like a TLS (or SSL 3) handshake
+// record: type 0x16, version 3.x. That is a TCPS client's ClientHello, whose
+// byte 4, the low byte of the record's length, is 1 (a TNS CONNECT's type)
+// for one host name length in 256, for every connection of that app. Read
+// as TNS, it is a CONNECT of 0x1603 bytes that never completes: such apps
+// waited until connect_budget on a listener with routes, then were reset,
+// and were reset instead of failed over when a server died before its
+// ServerHello. No driver sends a CONNECT packet of 5635 bytes (connect
+// data over 230 bytes goes in DATA packets).
+func tlsHandshake(b []byte) bool {
+	return len(b) >= 2 && b[0] == 0x16 && b[1] == 0x03
 }
 
 // openingUnfinishedLocked reports whether the app's opening is one that no
@@ -126,7 +139,7 @@ func (s *session) noteConnectLocked() {
 	if s.connectSeen || len(s.replay) == 0 {
 		return
 	}
-	if len(s.replay) >= tns.HeaderLen && tns.PacketType(s.replay[4]) != tns.TypeConnect {
+	if len(s.replay) >= tns.HeaderLen && (tns.PacketType(s.replay[4]) != tns.TypeConnect || tlsHandshake(s.replay)) {
 		s.connectSeen = true // not Oracle Net, or not a CONNECT: nothing to read (and no parse error to build)
 		return
 	}
