@@ -364,27 +364,7 @@ func TestLabUploadIntoACut(t *testing.T) {
 	var wg sync.WaitGroup
 	for i, c := range conns {
 		wg.Go(func() {
-			_ = c.SetDeadline(time.Now().Add(20 * time.Second))
-			errs := make(chan error, 2)
-			go func() { // the echo comes back: read it
-				buf := make([]byte, 64<<10)
-				for {
-					if _, err := c.Read(buf); err != nil {
-						errs <- err
-						return
-					}
-				}
-			}()
-			go func() {
-				chunk := make([]byte, 16<<10)
-				for {
-					if _, err := c.Write(chunk); err != nil {
-						errs <- err
-						return
-					}
-				}
-			}()
-			err := <-errs
+			err := <-stream(c)
 			<-cut
 			res[i] = ended{err, time.Since(t0)}
 		})
@@ -408,6 +388,32 @@ func TestLabUploadIntoACut(t *testing.T) {
 	}
 }
 
+// stream writes to c and reads what comes back, without a pause, for at
+// most 20 s; the first error of either ends up in the channel.
+func stream(c net.Conn) <-chan error {
+	_ = c.SetDeadline(time.Now().Add(20 * time.Second))
+	errs := make(chan error, 2)
+	go func() { // the echo comes back: read it
+		buf := make([]byte, 64<<10)
+		for {
+			if _, err := c.Read(buf); err != nil {
+				errs <- err
+				return
+			}
+		}
+	}()
+	go func() {
+		chunk := make([]byte, 16<<10)
+		for {
+			if _, err := c.Write(chunk); err != nil {
+				errs <- err
+				return
+			}
+		}
+	}()
+	return errs
+}
+
 // A result set streaming to an app whose host vanishes (it was reading,
 // without a pause): tnsguard's app-side user timeout ends the session and
 // resets the database leg within user_timeout + one interval, and the end
@@ -423,23 +429,7 @@ func TestLabResultToAVanishedApp(t *testing.T) {
 	const n = 2
 	conns := dialN(t, lab.App, guardAddr, n)
 	for _, c := range conns { // the app sends and reads (the echo is its result) without a pause
-		go func() {
-			_ = c.SetDeadline(time.Now().Add(20 * time.Second))
-			go func() {
-				buf := make([]byte, 64<<10)
-				for {
-					if _, err := c.Read(buf); err != nil {
-						return
-					}
-				}
-			}()
-			chunk := make([]byte, 16<<10)
-			for {
-				if _, err := c.Write(chunk); err != nil {
-					return
-				}
-			}
-		}()
+		stream(c)
 	}
 	time.Sleep(2 * time.Second)
 	lab.BlackHoleAppLeg(t, 1522)
