@@ -165,14 +165,12 @@ func TestRemovedServerLosesItsRTTWithItsLastSession(t *testing.T) {
 	}
 }
 
-// tnsguard_backend_rtt_seconds is the mean smoothed RTT of the server's live
-// backend connections: a link (another listener on the same server) whose
-// last session ended long ago must not weigh its frozen last RTT in while
-// live connections report theirs.
-func TestServerRTTIsOfLiveConnectionsOnly(t *testing.T) {
+// firstConnSlow is an echo whose first connection thinks 30 ms before each
+// answer: delayed ACKs make that connection's RTT long, the others' short.
+func firstConnSlow() func(c *net.TCPConn) {
 	var mu sync.Mutex
 	first := true
-	be := newBackend(t, func(c *net.TCPConn) {
+	return func(c *net.TCPConn) {
 		mu.Lock()
 		slow := first
 		first = false
@@ -184,12 +182,20 @@ func TestServerRTTIsOfLiveConnectionsOnly(t *testing.T) {
 			if err != nil {
 				return
 			}
-			if slow { // think time: delayed ACKs make this connection's RTT long
+			if slow {
 				time.Sleep(30 * time.Millisecond)
 			}
 			c.Write(buf[:n])
 		}
-	})
+	}
+}
+
+// tnsguard_backend_rtt_seconds is the mean smoothed RTT of the server's live
+// backend connections: a link (another listener on the same server) whose
+// last session ended long ago must not weigh its frozen last RTT in while
+// live connections report theirs.
+func TestServerRTTIsOfLiveConnectionsOnly(t *testing.T) {
+	be := newBackend(t, firstConnSlow())
 	h := startProxy(t, twoListeners(be.addr()))
 	roundTrips := func(c *net.TCPConn, n int) {
 		for i := 0; i < n; i++ {
@@ -231,26 +237,7 @@ func TestServerRTTIsOfLiveConnectionsOnly(t *testing.T) {
 // Here the idle session's last exchanges had a long RTT (the server's think
 // time delays its ACKs), and the working one's a short RTT.
 func TestServerRTTIsOfSessionsThatSentLately(t *testing.T) {
-	var mu sync.Mutex
-	first := true
-	be := newBackend(t, func(c *net.TCPConn) {
-		mu.Lock()
-		slow := first
-		first = false
-		mu.Unlock()
-		defer c.Close()
-		buf := make([]byte, 64)
-		for {
-			n, err := c.Read(buf)
-			if err != nil {
-				return
-			}
-			if slow {
-				time.Sleep(30 * time.Millisecond)
-			}
-			c.Write(buf[:n])
-		}
-	})
+	be := newBackend(t, firstConnSlow())
 	cfg, _, err := config.Parse([]byte(oneBackendConfig(be.addr())), "test.toml")
 	if err != nil {
 		t.Fatal(err)
