@@ -234,6 +234,21 @@ func dieBeforeServerHello(c *net.TCPConn) {
 	resetConn(c)
 }
 
+// helloCase is a server name to dial with, and which ClientHello it makes.
+type helloCase struct {
+	name       string
+	serverName string
+}
+
+// helloCases are an ordinary ClientHello and one whose byte 4 is 1, which
+// starts like a TNS CONNECT header.
+func helloCases(t *testing.T) []helloCase {
+	return []helloCase{
+		{"ordinary ClientHello", helloNotLike(t)},
+		{"ClientHello with byte 4 = 1", helloLike(t, 1)},
+	}
+}
+
 // A server that dies before its ServerHello: the ClientHello is replayed to
 // the next server, and the handshake completes there. Checked with an
 // ordinary ClientHello and with one whose byte 4 is 1, which starts like a
@@ -241,13 +256,7 @@ func dieBeforeServerHello(c *net.TCPConn) {
 // ("bad opening") and reset the app instead of trying the next server.
 func TestTLSClientHelloReplayedToNextServer(t *testing.T) {
 	cert := selfSigned(t)
-	for _, tc := range []struct {
-		name       string
-		serverName string
-	}{
-		{"ordinary ClientHello", helloNotLike(t)},
-		{"ClientHello with byte 4 = 1", helloLike(t, 1)},
-	} {
+	for _, tc := range helloCases(t) {
 		t.Run(tc.name, func(t *testing.T) {
 			dying := newServer(t, dieBeforeServerHello)
 			good := newServer(t, tlsServe(cert, tlsEcho))
@@ -283,13 +292,7 @@ func tlsRoutesConfig(sales, orders string) string {
 // the rest until connect_budget, then the app was reset ("bad opening").
 func TestTLSOnRoutesListenerGoesToDefaultRoute(t *testing.T) {
 	cert := selfSigned(t)
-	for _, tc := range []struct {
-		name       string
-		serverName string
-	}{
-		{"ordinary ClientHello", helloNotLike(t)},
-		{"ClientHello with byte 4 = 1", helloLike(t, 1)},
-	} {
+	for _, tc := range helloCases(t) {
 		t.Run(tc.name, func(t *testing.T) {
 			sales := newServer(t, tlsServe(cert, tlsEcho))
 			orders := newServer(t, tlsServe(cert, tlsEcho))
@@ -319,13 +322,7 @@ func TestTLSOnRoutesListenerGoesToDefaultRoute(t *testing.T) {
 // written into its TLS stream (its TLS stack would report a garbled record,
 // not ORA-12541), whatever its ClientHello's bytes look like.
 func TestTLSAppGetsNoTNSRefuseWhenNoServerAnswers(t *testing.T) {
-	for _, tc := range []struct {
-		name       string
-		serverName string
-	}{
-		{"ordinary ClientHello", helloNotLike(t)},
-		{"ClientHello with byte 4 = 1", helloLike(t, 1)},
-	} {
+	for _, tc := range helloCases(t) {
 		t.Run(tc.name, func(t *testing.T) {
 			h := startProxy(t, backendTOML(`connect_timeout = "200ms"
 connect_budget = "1s"
