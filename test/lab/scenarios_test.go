@@ -200,7 +200,10 @@ func TestLabBlackHoleLiveFlow(t *testing.T) {
 			t.Errorf("session %d (%s): detected after %v, want within user_timeout+interval = %v", i, kind, r.after, limit)
 		}
 	}
-	m := guard.Metrics(t)
+	m := guard.MetricsWhen(t, 2*time.Second, func(m netlab.Metrics) bool {
+		got, _ := m.Sum("tnsguard_resets_total", netlab.Labels{"side": "backend"})
+		return got >= float64(len(conns))
+	})
 	got, _ := m.Sum("tnsguard_resets_total", netlab.Labels{"side": "backend", "cause": "timeout"})
 	if got < float64(len(conns)) {
 		t.Errorf("tnsguard_resets_total{side=backend,cause=timeout} = %v, want %d\n%s", got, len(conns), m.Dump("tnsguard_resets_total"))
@@ -256,7 +259,7 @@ func TestLabQueryIntoACutAfterAnOutlivedPause(t *testing.T) {
 	time.Sleep(2 * time.Second)
 	lab.BlackHolePort(t, dbPort)
 	queriesAreReset(t, conns, "query into the cut\n")
-	m := guard.Metrics(t)
+	m := resetsCounted(t, guard, 2)
 	if got, _ := m.Sum("tnsguard_resets_total", netlab.Labels{"side": "backend", "cause": "timeout", "phase": "active"}); got != 2 {
 		t.Errorf("tnsguard_resets_total{side=backend,cause=timeout,phase=active} = %v, want 2\n%s", got, m.Dump("tnsguard_resets_total"))
 	}
@@ -307,7 +310,7 @@ func queryAfterTheFlowWasForgotten(t *testing.T, stale netlab.Stale, cause strin
 	if d := time.Since(t0); stale == netlab.StaleReset && d > time.Second {
 		t.Errorf("apps reset %v after the query, want at once (the firewall answered with an RST)", d)
 	}
-	m := guard.Metrics(t)
+	m := resetsCounted(t, guard, 2)
 	want := netlab.Labels{"side": "backend", "cause": cause, "phase": "idle"}
 	if got, _ := m.Sum("tnsguard_resets_total", want); got != 2 {
 		t.Errorf("tnsguard_resets_total%v = %v, want 2\n%s", want, got, m.Dump("tnsguard_resets_total"))
@@ -379,13 +382,23 @@ func TestLabUploadIntoACut(t *testing.T) {
 			t.Errorf("session %d: detected %v after the cut, want within user_timeout+interval = %v", i, r.after, userTimeout+interval)
 		}
 	}
-	m := guard.Metrics(t)
+	m := resetsCounted(t, guard, len(conns))
 	if got, _ := m.Sum("tnsguard_resets_total", netlab.Labels{"side": "backend", "cause": "timeout", "phase": "active"}); got != float64(len(conns)) {
 		t.Errorf("tnsguard_resets_total{side=backend,cause=timeout,phase=active} = %v, want %d\n%s", got, len(conns), m.Dump("tnsguard_resets_total"))
 	}
 	if log := guard.Log(); strings.Contains(log, "sessions on this link die while idle") {
 		t.Errorf("keepalive advice for an upload cut in flight:\n%s", log)
 	}
+}
+
+// resetsCounted scrapes /metrics once n resets of the backend side are
+// counted, or after 2 s: the apps see a reset a moment before it is
+// counted (MetricsWhen).
+func resetsCounted(t *testing.T, guard *netlab.Tnsguard, n int) netlab.Metrics {
+	return guard.MetricsWhen(t, 2*time.Second, func(m netlab.Metrics) bool {
+		got, _ := m.Sum("tnsguard_resets_total", netlab.Labels{"side": "backend"})
+		return got >= float64(n)
+	})
 }
 
 // stream writes to c and reads what comes back, without a pause, for at
@@ -455,7 +468,10 @@ func TestLabResultToAVanishedApp(t *testing.T) {
 			t.Fatalf("database saw %d of %d sessions closed; want all\n%s", closed, n, guard.Metrics(t).Dump())
 		}
 	}
-	m := guard.Metrics(t)
+	m := guard.MetricsWhen(t, 2*time.Second, func(m netlab.Metrics) bool {
+		got, _ := m.Sum("tnsguard_resets_total", netlab.Labels{"side": "client"})
+		return got >= n
+	})
 	if got, _ := m.Sum("tnsguard_resets_total", netlab.Labels{"side": "client", "cause": "timeout", "phase": "active"}); got != n {
 		t.Errorf("tnsguard_resets_total{side=client,cause=timeout,phase=active} = %v, want %d\n%s", got, n, m.Dump("tnsguard_resets_total"))
 	}
@@ -598,7 +614,11 @@ func vanishedApp(t *testing.T, cause string, cut func(*netlab.Lab, testing.TB, i
 			t.Errorf("backend leg from %s ended with %q, want a reset", ev.Remote, ev.How)
 		}
 	}
-	m := guard.Metrics(t)
+	m := guard.MetricsWhen(t, 2*time.Second, func(m netlab.Metrics) bool {
+		resets, _ := m.Sum("tnsguard_resets_total", netlab.Labels{"side": "client", "cause": cause})
+		active, _ := m.Sum("tnsguard_sessions_active", nil)
+		return resets >= n && active == 0
+	})
 	if got, _ := m.Sum("tnsguard_resets_total", netlab.Labels{"side": "client", "cause": cause}); got < n {
 		t.Errorf("tnsguard_resets_total{side=client,cause=%s} = %v, want %d\n%s", cause, got, n, m.Dump("tnsguard_resets_total"))
 	}

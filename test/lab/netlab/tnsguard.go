@@ -174,6 +174,21 @@ func (g *Tnsguard) Metrics(t testing.TB) Metrics {
 	return m
 }
 
+// MetricsWhen scrapes /metrics until ok holds or limit has passed, and
+// returns the last scrape. A session's end is counted just after its legs
+// are closed, so a peer can see the reset a moment before /metrics does.
+func (g *Tnsguard) MetricsWhen(t testing.TB, limit time.Duration, ok func(Metrics) bool) Metrics {
+	t.Helper()
+	deadline := time.Now().Add(limit)
+	for {
+		m := g.Metrics(t)
+		if ok(m) || time.Now().After(deadline) {
+			return m
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
 // Metrics is one scrape in the Prometheus text format, by family name.
 type Metrics map[string]*dto.MetricFamily
 
