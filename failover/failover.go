@@ -65,6 +65,7 @@ type Backend struct {
 	// failed) writes none: a session still opening on it must not bring
 	// back the series of a removed server, nor overwrite the new backend's.
 	reporting atomic.Bool
+	stopped   atomic.Bool // Stop was called: a reload replaced the backend; its servers' breakers log nothing more
 }
 
 // Server is one address of a backend.
@@ -271,7 +272,13 @@ func (s *Server) Refused(cause error, serviceOnly bool, t Trial) {
 // countFailure counts a failure against the server's breaker.
 func (s *Server) countFailure(cause error) {
 	if opened, openFor := s.breaker.failure(time.Now()); opened {
-		s.backend.log.Warn("circuit opened: new sessions skip this server", "server", s.Address, "open_for", openFor.String(), "error", cause)
+		if !s.backend.stopped.Load() {
+			// A replaced backend's sessions that were opening still fail
+			// on it, but no new session reads its breaker: a line from it
+			// beside the new backend's, for the same server, would say
+			// the circuit opened twice, for two open periods.
+			s.backend.log.Warn("circuit opened: new sessions skip this server", "server", s.Address, "open_for", openFor.String(), "error", cause)
+		}
 		s.publish()
 		// The gauge turns half-open when the open period ends, whether or
 		// not a session comes then (publish reads the state at that time;
@@ -294,7 +301,7 @@ func (s *Server) setUp(up bool) {
 	// that no session sees it up and still shut out (checkLoop is the only
 	// writer of up while it runs).
 	expired := up && !s.up.Load() && s.backend.Config.Health.Check != "off" && s.checked.Load() && s.breaker.expire(time.Now())
-	if s.up.Swap(up) != up {
+	if s.up.Swap(up) != up && !s.backend.stopped.Load() { // a replaced backend's last dials: see countFailure
 		if up {
 			s.backend.log.Info("server up", "server", s.Address)
 			if expired {

@@ -1,6 +1,7 @@
 package failover
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -513,5 +514,34 @@ open_for = "10ms"
 	a.Abandoned(x.Trial()) // X's app left: the next session tries
 	if s, _ := b.NewPlan(time.Now()).Next(context.Background()); s != a {
 		t.Fatalf("after X gave up its trial the next session got %v, want a:1", s)
+	}
+}
+
+// A reload replaces a backend while sessions are still opening on its
+// servers; their failures still count against the old breakers, which no
+// new session reads. The old breaker's "circuit opened" (after a half-open
+// trial, for twice the period) beside the new one's, for the same server,
+// told the operator that the circuit opened twice within milliseconds,
+// for two open periods. A stopped backend logs nothing of its servers.
+func TestReplacedBackendLogsNoCircuitOrDown(t *testing.T) {
+	var buf bytes.Buffer
+	log := hclog.New(&hclog.LoggerOptions{Output: &buf, Level: hclog.Info})
+	b := oneStrikeBackend(t, "off", log)
+	b.Start(context.Background())
+	b.Stop()
+	s := b.Servers[0]
+	s.Failed(errors.New("refused")) // a session that was opening when the reload came
+	if s.BreakerState() != metrics.BreakerOpen {
+		t.Fatalf("breaker state %d, want open: the old breaker still counts for its own sessions", s.BreakerState())
+	}
+	if strings.Contains(buf.String(), "circuit opened") || strings.Contains(buf.String(), "server down") {
+		t.Errorf("a replaced backend logged its server:\n%s", buf.String())
+	}
+	live := oneStrikeBackend(t, "off", log)
+	live.Start(context.Background())
+	defer live.Stop()
+	live.Servers[0].Failed(errors.New("refused"))
+	if !strings.Contains(buf.String(), "circuit opened") {
+		t.Errorf("a running backend did not log its circuit opening:\n%s", buf.String())
 	}
 }

@@ -40,6 +40,7 @@ func (b *Backend) Start(ctx context.Context) {
 // backend's servers write no gauge (sessions that were opening on them may
 // still succeed or fail).
 func (b *Backend) Stop() {
+	b.stopped.Store(true)
 	b.reporting.Store(false)
 	for _, s := range b.Servers {
 		// A publish that saw reporting still on ends before Stop returns,
