@@ -373,8 +373,9 @@ func (s *session) open() error {
 // reports the real ORA error), even if a later server only failed to
 // answer, failed in a way retry_on does not retry, or the budget ended
 // while one was being asked; the end is counted with the REFUSE's cause.
-// Otherwise the app is reset, and the end counted with last's cause (the
-// last attempt's error, nil for none).
+// Otherwise the end is counted with last's cause (the last attempt's error,
+// nil for none), and the app gets the REFUSE that stands for that failure
+// if it speaks Oracle Net (refuseFor), else a reset.
 func (s *session) noServerTook(lastRefuse, last error, attempts []string) error {
 	err := ErrNoBackend
 	switch {
