@@ -365,6 +365,11 @@ func tcpsListener(cert tls.Certificate, code int, got chan<- string) func(c *net
 			tc.Write(tns.BuildRefuse(0x22, 0, fmt.Sprintf(
 				"(DESCRIPTION=(TMP=)(ERR=%d)(ERROR_STACK=(ERROR=(CODE=%d)(EMFI=4))))", code, code)))
 			tc.CloseWrite()
+			// Read on to the app's close_notify and FIN: closing with
+			// them unread would reset the connection (the kernel answers
+			// what arrives after close with RST), and the session would
+			// end as a reset or as ok depending on which came first.
+			io.Copy(io.Discard, tc)
 			return
 		}
 	})
