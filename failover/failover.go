@@ -226,7 +226,9 @@ func DialResult(err error) string {
 // that a session got a working connection from the server.
 func (s *Server) Succeeded() {
 	if s.breaker.success() {
-		s.backend.log.Info("circuit closed", "server", s.Address)
+		if !s.backend.stopped.Load() { // a replaced backend's sessions: see countFailure
+			s.backend.log.Info("circuit closed", "server", s.Address)
+		}
 		s.publish()
 	}
 	if s.backend.Config.Health.Check == "off" {
@@ -517,7 +519,9 @@ func (p *Plan) Next(ctx context.Context) (*Server, error) {
 			if ok, changed, trial := s.breaker.allowTrial(time.Now()); ok || p.lastResort {
 				p.trial = trial
 				if changed {
-					p.b.log.Info("circuit half-open: one session tries the server", "server", s.Address)
+					if !p.b.stopped.Load() { // a replaced backend's sessions: see countFailure
+						p.b.log.Info("circuit half-open: one session tries the server", "server", s.Address)
+					}
 					s.publish()
 				}
 				return s, nil

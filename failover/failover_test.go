@@ -545,3 +545,43 @@ func TestReplacedBackendLogsNoCircuitOrDown(t *testing.T) {
 		t.Errorf("a running backend did not log its circuit opening:\n%s", buf.String())
 	}
 }
+
+// A session that was opening when a reload replaced its backend goes on
+// with the old backend's plan: once the old circuit's open period ends it
+// takes the old breaker's half-open trial, and its success closes the old
+// circuit. The old backend logged "circuit half-open" and "circuit closed"
+// for the server while the new backend's breaker, the one new sessions
+// read, said nothing of the kind: the lines the reload's fix silenced for
+// "circuit opened" and "server down" still came for these two.
+func TestReplacedBackendLogsNoHalfOpenOrClosed(t *testing.T) {
+	var buf bytes.Buffer
+	log := hclog.New(&hclog.LoggerOptions{Output: &buf, Level: hclog.Info})
+	b := testBackendLogged(t, `backoff = "1ms"
+backoff_max = "1ms"
+[backend.breaker]
+failures = 1
+open_for = "10ms"
+[backend.health]
+check = "off"
+`+servers(`address = "a:1"`), log)
+	b.Start(context.Background())
+	a := b.Servers[0]
+	y := b.NewPlan(time.Now()) // a session opening when the reload comes
+	if s, _ := y.Next(context.Background()); s != a {
+		t.Fatalf("got %v, want a:1", s)
+	}
+	a.Failed(errors.New("refused")) // opens the circuit, before the reload
+	b.Stop()                        // the reload replaces the backend
+	buf.Reset()
+	time.Sleep(20 * time.Millisecond)
+	if s, _ := y.Next(context.Background()); s != a || y.Trial() == 0 {
+		t.Fatalf("got %v, trial %d; want the old breaker's half-open trial of a:1", s, y.Trial())
+	}
+	a.Succeeded()
+	if a.BreakerState() != metrics.BreakerClosed {
+		t.Fatalf("breaker state %d, want closed: the old breaker still counts for its own sessions", a.BreakerState())
+	}
+	if strings.Contains(buf.String(), "circuit") {
+		t.Errorf("a replaced backend logged its server's circuit:\n%s", buf.String())
+	}
+}
