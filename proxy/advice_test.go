@@ -78,7 +78,8 @@ func TestResetAfterAPauseShorterThanKeepaliveIsIdle(t *testing.T) {
 	waitFor(t, time.Second, "an idle-phase reset", func() bool {
 		return counter(h.m.Resets, "l", "b", be.addr(), "backend", "idle", "rst") == 1
 	})
-	if advice := logs.lines("sessions on this link die while idle"); len(advice) != 1 || !strings.Contains(advice[0], "shortest_idle_at_death=2s") {
-		t.Errorf("advice lines %q, want one with shortest_idle_at_death=2s", advice)
-	}
+	waitFor(t, 2*time.Second, "the keepalive advice, shortest_idle_at_death=2s", func() bool {
+		advice := logs.lines("sessions on this link die while idle")
+		return len(advice) == 1 && strings.Contains(advice[0], "shortest_idle_at_death=2s")
+	})
 }

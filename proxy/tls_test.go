@@ -412,7 +412,10 @@ func TestGoOraTCPSThroughTnsguard(t *testing.T) {
 	if sales.accepts() != 0 || orders.accepts() != 1 {
 		t.Fatalf("sales accepted %d, orders %d; want the \"*\" route's server once", sales.accepts(), orders.accepts())
 	}
-	waitFor(t, 3*time.Second, "the session's end, labelled other", func() bool {
-		return counter(h.m.SessionsTotal, "l", "orders-db", "other", "ok") == 1
+	// The fake listener closes after its REFUSE; whether its close reaches
+	// the app as a FIN or, with the app's close crossing it, a reset is
+	// the kernels' race, not tnsguard's: the label is what counts here.
+	waitFor(t, 5*time.Second, "the session's end, labelled other", func() bool {
+		return counter(h.m.SessionsTotal, "l", "orders-db", "other", "ok")+counter(h.m.SessionsTotal, "l", "orders-db", "other", "reset") == 1
 	})
 }
