@@ -21,6 +21,7 @@ var hostileServices = []string{
 	`x' onmouseover='window.__pwned=4`,
 	"ctl\x1b[31m\x07",
 	"\u202eSELAS",
+	strings.Repeat("LONG_SERVICE_", 10), // shown cut to 128 bytes
 }
 
 // The status page, in headless Chromium, shows the service names apps
@@ -77,6 +78,11 @@ func TestStatusPageShowsHostileServicesAsText(t *testing.T) {
 	}
 	if page.Elements != 0 {
 		t.Errorf("service names added %d elements to the resets table", page.Elements)
+	}
+	var overflow int
+	b.eval(`return document.documentElement.scrollWidth - document.documentElement.clientWidth;`, &overflow)
+	if overflow > 0 {
+		t.Errorf("a long service name makes the page %d px wider than the window: it scrolls sideways", overflow)
 	}
 	var shown []string
 	b.eval(`return [...document.querySelectorAll('#resets tbody tr')].map(tr => tr.children[2].textContent);`, &shown)
