@@ -56,8 +56,9 @@ func keyLine(lines []string, t [2]int, kind, rest string) int {
 		// The key's line; for a key left at its default, the header of
 		// the subtable it belongs in ([backend.health] for health.timeout)
 		// when the file has one.
+		table := strings.Join(lines[start:end], "\n")
 		for n := len(path); n > 1; n-- {
-			if l, _ := locateKey(strings.Join(lines[start:end], "\n"), path[:n]); l > 1 {
+			if l, _ := locateKey(table, path[:n]); l > 1 {
 				return start + l
 			}
 		}

@@ -354,16 +354,17 @@ func checkHostPort(s string) error {
 		return fmt.Errorf("%q is not host:port", s)
 	}
 	if host != "" {
-		if ip, err := netip.ParseAddr(host); err == nil && ip.Is6() && !ip.Is4In6() && ip.IsLinkLocalUnicast() && ip.Zone() == "" {
-			return fmt.Errorf("%q: a link-local address needs a zone, as [%s%%eth0]", s, host)
-		} else if err == nil && urlEscapedZone(ip.Zone()) {
-			return fmt.Errorf("%q: zone %q looks URL-escaped (%%25 is %%): write [%s%%%s]", s, ip.Zone(), ip.WithZone(""), ip.Zone()[2:])
-		}
-		if _, err := netip.ParseAddr(host); err != nil && !validHostname(host) {
-			if numericName(host) {
-				return fmt.Errorf("%q: %q is not an IP address", s, host)
-			}
+		ip, err := netip.ParseAddr(host)
+		switch {
+		case err != nil && numericName(host):
+			return fmt.Errorf("%q: %q is not an IP address", s, host)
+		case err != nil && !validHostname(host):
 			return fmt.Errorf("%q: bad host %q", s, host)
+		case err != nil: // a name
+		case ip.Is6() && !ip.Is4In6() && ip.IsLinkLocalUnicast() && ip.Zone() == "":
+			return fmt.Errorf("%q: a link-local address needs a zone, as [%s%%eth0]", s, host)
+		case urlEscapedZone(ip.Zone()):
+			return fmt.Errorf("%q: zone %q looks URL-escaped (%%25 is %%): write [%s%%%s]", s, ip.Zone(), ip.WithZone(""), ip.Zone()[2:])
 		}
 	}
 	if n, err := strconv.Atoi(port); err != nil || n < 0 || n > 65535 {
