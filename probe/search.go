@@ -286,22 +286,15 @@ func (s *search) next(a, reach time.Duration, planned []time.Duration) (time.Dur
 	}
 	if hi == 0 {
 		// Ladder: the lowest rung above lo that no check or dial has taken.
-		limPlanned := false
-		for _, p := range planned {
-			limPlanned = limPlanned || p >= lim
-		}
 		for k := 0.0; ; k++ {
 			r := time.Duration(float64(ladderStart) * math.Pow(ladderStep, k)).Round(time.Second)
 			if r >= lim {
-				if limPlanned || lim < a || lim > reach {
+				if slices.ContainsFunc(planned, func(p time.Duration) bool { return p >= lim }) || lim < a || lim > reach {
 					return 0, false
 				}
 				return lim, true
 			}
-			taken := false
-			for _, p := range planned {
-				taken = taken || absDur(p-r) <= r/10
-			}
+			taken := slices.ContainsFunc(planned, func(p time.Duration) bool { return absDur(p-r) <= r/10 })
 			if r > lo && r >= a && !taken {
 				if r > reach {
 					return 0, false
