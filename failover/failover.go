@@ -65,7 +65,20 @@ type Backend struct {
 	// failed) writes none: a session still opening on it must not bring
 	// back the series of a removed server, nor overwrite the new backend's.
 	reporting atomic.Bool
-	stopped   atomic.Bool // Stop was called: a reload replaced the backend; its servers' breakers log nothing more
+	stopped   atomic.Bool // Stop was called: a reload replaced the backend (serverLog)
+}
+
+// serverLog is the log of what happens to the backend's servers (circuit,
+// up and down), silent once Stop was called. A replaced backend's sessions
+// that were opening still fail and succeed on its servers, but no new
+// session reads its breakers: its lines beside the new backend's, for the
+// same server, would say the circuit opened twice, for two open periods,
+// or closed while the new backend's breaker is open.
+func (b *Backend) serverLog() hclog.Logger {
+	if b.stopped.Load() {
+		return hclog.NewNullLogger()
+	}
+	return b.log
 }
 
 // Server is one address of a backend.
@@ -226,9 +239,7 @@ func DialResult(err error) string {
 // that a session got a working connection from the server.
 func (s *Server) Succeeded() {
 	if s.breaker.success() {
-		if !s.backend.stopped.Load() { // a replaced backend's sessions: see countFailure
-			s.backend.log.Info("circuit closed", "server", s.Address)
-		}
+		s.backend.serverLog().Info("circuit closed", "server", s.Address)
 		s.publish()
 	}
 	if s.backend.Config.Health.Check == "off" {
@@ -274,13 +285,7 @@ func (s *Server) Refused(cause error, serviceOnly bool, t Trial) {
 // countFailure counts a failure against the server's breaker.
 func (s *Server) countFailure(cause error) {
 	if opened, openFor := s.breaker.failure(time.Now()); opened {
-		if !s.backend.stopped.Load() {
-			// A replaced backend's sessions that were opening still fail
-			// on it, but no new session reads its breaker: a line from it
-			// beside the new backend's, for the same server, would say
-			// the circuit opened twice, for two open periods.
-			s.backend.log.Warn("circuit opened: new sessions skip this server", "server", s.Address, "open_for", openFor.String(), "error", cause)
-		}
+		s.backend.serverLog().Warn("circuit opened: new sessions skip this server", "server", s.Address, "open_for", openFor.String(), "error", cause)
 		s.publish()
 		// The gauge turns half-open when the open period ends, whether or
 		// not a session comes then (publish reads the state at that time;
@@ -303,14 +308,15 @@ func (s *Server) setUp(up bool) {
 	// that no session sees it up and still shut out (checkLoop is the only
 	// writer of up while it runs).
 	expired := up && !s.up.Load() && s.backend.Config.Health.Check != "off" && s.checked.Load() && s.breaker.expire(time.Now())
-	if s.up.Swap(up) != up && !s.backend.stopped.Load() { // a replaced backend's last dials: see countFailure
+	if s.up.Swap(up) != up {
+		log := s.backend.serverLog()
 		if up {
-			s.backend.log.Info("server up", "server", s.Address)
+			log.Info("server up", "server", s.Address)
 			if expired {
-				s.backend.log.Info("circuit open period ended early: the health check says the server is back", "server", s.Address)
+				log.Info("circuit open period ended early: the health check says the server is back", "server", s.Address)
 			}
 		} else {
-			s.backend.log.Warn("server down", "server", s.Address)
+			log.Warn("server down", "server", s.Address)
 		}
 	}
 	s.publish()
@@ -519,9 +525,7 @@ func (p *Plan) Next(ctx context.Context) (*Server, error) {
 			if ok, changed, trial := s.breaker.allowTrial(time.Now()); ok || p.lastResort {
 				p.trial = trial
 				if changed {
-					if !p.b.stopped.Load() { // a replaced backend's sessions: see countFailure
-						p.b.log.Info("circuit half-open: one session tries the server", "server", s.Address)
-					}
+					p.b.serverLog().Info("circuit half-open: one session tries the server", "server", s.Address)
 					s.publish()
 				}
 				return s, nil
