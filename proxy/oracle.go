@@ -410,7 +410,17 @@ func (s *session) deliverRefuse(err error) {
 // answered the app's CONNECT at all, to the ORA error the app's driver
 // gives for that failure on a direct connection: no listener on the port,
 // no answer within the connect timeout, no route to the host.
-var noAnswer = map[string]int{"refused": 12541, "timeout": 12170, "unreachable": 12543}
+func noAnswer(cause string) (code int, ok bool) {
+	switch cause {
+	case "refused":
+		return 12541, true
+	case "timeout":
+		return 12170, true
+	case "unreachable":
+		return 12543, true
+	}
+	return 0, false
+}
 
 // refuseFor is the REFUSE an Oracle client gets instead of a reset when no
 // server answered its CONNECT (every dial failed, the last with last), or
@@ -420,7 +430,7 @@ var noAnswer = map[string]int{"refused": 12541, "timeout": 12170, "unreachable":
 // the dead server would. Only for an app whose opening was a whole TNS
 // CONNECT tnsguard could read, that still waits for its answer.
 func (s *session) refuseFor(last error) error {
-	code, ok := noAnswer[Cause(last)]
+	code, ok := noAnswer(Cause(last))
 	s.mu.Lock()
 	s.noteConnectLocked()
 	ok = ok && s.oracleApp && !s.overflow && !s.resendOwed && !s.clientEOF
