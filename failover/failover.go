@@ -22,8 +22,11 @@ import (
 	"errors"
 	"math/rand/v2"
 	"net"
+	"net/netip"
 	"os"
+	"slices"
 	"sort"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -55,8 +58,11 @@ type Backend struct {
 
 	// dialer dials every server: connect_timeout, and unless KeepaliveLate
 	// the backend leg's keepalive set before connect (Control), so a dial
-	// costs no system call after it. Safe for concurrent use.
+	// costs no system call after it. Safe for concurrent use. It dials one
+	// address at a time: a server's name is resolved by lookup, at every
+	// dial and check (addresses may change while tnsguard runs).
 	dialer net.Dialer
+	lookup func(ctx context.Context, host string) ([]netip.Addr, error)
 
 	wg     sync.WaitGroup
 	cancel context.CancelFunc
@@ -87,6 +93,12 @@ type Server struct {
 	Priority int
 	Weight   int
 
+	host    string     // Address's host: a name, resolved at every dial, or an IP (ip)
+	port    uint16     // Address's port
+	ip      netip.Addr // the host when it is an IP address
+	addrMu  sync.Mutex
+	addrBad map[netip.Addr]time.Time // addresses of a name whose last dial failed, and when
+
 	backend   *Backend
 	breaker   *breaker
 	gaugeMu   sync.Mutex          // orders publish's reads and writes (and Stop after them)
@@ -111,7 +123,10 @@ type Server struct {
 func New(cfg *config.Backend, log hclog.Logger, m *metrics.Metrics) *Backend {
 	ka := cfg.Keepalive.Settings()
 	b := &Backend{Config: cfg, log: log.With("backend", cfg.Name), metrics: m, KeepaliveLate: ka.Late(),
-		dialer: net.Dialer{Timeout: cfg.ConnectTimeout.Duration, KeepAlive: -1}}
+		dialer: net.Dialer{Timeout: cfg.ConnectTimeout.Duration, KeepAlive: -1},
+		lookup: func(ctx context.Context, host string) ([]netip.Addr, error) {
+			return net.DefaultResolver.LookupNetIP(ctx, "ip", host)
+		}}
 	b.dialer.SetMultipathTCP(false) // plain TCP whatever GODEBUG says: MPTCP takes no TCP_USER_TIMEOUT
 	if !b.KeepaliveLate {
 		b.dialer.Control = ka.Control
@@ -121,6 +136,7 @@ func New(cfg *config.Backend, log hclog.Logger, m *metrics.Metrics) *Backend {
 			Address: sc.Address, Priority: sc.Priority, Weight: *sc.Weight, backend: b,
 			breaker: newBreaker(*cfg.Breaker.Failures, cfg.Breaker.OpenFor.Duration, cfg.Breaker.MaxOpenFor.Duration, cfg.ConnectBudget.Duration),
 		}
+		s.splitAddress()
 		s.up.Store(cfg.Health.Check == "off")
 		s.sessions = new(atomic.Int64)
 		b.Servers = append(b.Servers, s)
@@ -204,17 +220,167 @@ func (s *Server) Backend() *Backend { return s.backend }
 // Dial connects to the server within connect_timeout (and ctx), applies the
 // backend leg's keepalive options and records the connect time by result.
 func (s *Server) Dial(ctx context.Context) (*net.TCPConn, error) {
+	c, _, err := s.dial(ctx, nil)
+	return c, err
+}
+
+// dial connects to the server: to each address of its name in turn (a name
+// is resolved at every dial: a redeploy may move it), each within its own
+// connect_timeout, until one takes the connection. Addresses whose last
+// dial failed (within open_for) go after the others, and so do those in
+// tried (addresses this session already reached, whose connection then
+// failed), so that one dead address of a RAC SCAN or a DNS round robin
+// neither costs every session a timeout nor, when it takes TCP and resets,
+// every re-dial of the session. It returns the address it reached.
+func (s *Server) dial(ctx context.Context, tried []netip.Addr) (*net.TCPConn, netip.Addr, error) {
 	cfg := s.backend.Config
 	start := time.Now()
-	// With ctx's deadline already the earlier one (Plan.Dial), the dialer
-	// adds no context of its own.
-	c, err := s.backend.dialer.DialContext(ctx, "tcp", s.Address)
-	if err != nil {
-		s.backend.metrics.ConnectDuration.WithLabelValues(cfg.Name, s.Address, DialResult(err)).Observe(time.Since(start).Seconds())
-		return nil, err
+	if s.ip.IsValid() || s.port == 0 {
+		// An IP address (or an address Go parses its own way): one dial, with
+		// ctx's deadline already the earlier of connect_timeout and the
+		// budget's (Plan.Dial), so the dialer adds no context of its own.
+		c, err := s.backend.dialer.DialContext(ctx, "tcp", s.Address)
+		if err != nil {
+			s.backend.metrics.ConnectDuration.WithLabelValues(cfg.Name, s.Address, DialResult(err)).Observe(time.Since(start).Seconds())
+			return nil, netip.Addr{}, err
+		}
+		s.connectOK.Observe(time.Since(start).Seconds())
+		return c.(*net.TCPConn), s.ip, nil
 	}
-	s.connectOK.Observe(time.Since(start).Seconds())
-	return c.(*net.TCPConn), nil
+	addrs, err := s.resolve(ctx, cfg.ConnectTimeout.Duration)
+	var firstErr error
+	if err == nil {
+		for _, a := range s.dialOrder(addrs, tried) {
+			var c net.Conn
+			c, err = s.backend.dialer.DialContext(ctx, "tcp", netip.AddrPortFrom(a, s.port).String())
+			if err == nil {
+				s.addrSucceeded(a)
+				s.connectOK.Observe(time.Since(start).Seconds())
+				return c.(*net.TCPConn), a, nil
+			}
+			if firstErr == nil {
+				firstErr = err // the first address's error is the telling one, as Go's dialer says
+			}
+			if ctx.Err() != nil {
+				break // the budget's end or the app's: no verdict on the address
+			}
+			s.addrFailed(a, err, len(addrs))
+		}
+		err = firstErr
+	}
+	s.backend.metrics.ConnectDuration.WithLabelValues(cfg.Name, s.Address, DialResult(err)).Observe(time.Since(start).Seconds())
+	return nil, netip.Addr{}, err
+}
+
+// splitAddress sets host, port and ip from Address (validated host:port).
+func (s *Server) splitAddress() {
+	host, port, err := net.SplitHostPort(s.Address)
+	if err != nil {
+		return
+	}
+	n, _ := strconv.ParseUint(port, 10, 16)
+	s.host, s.port = host, uint16(n)
+	if ip, err := netip.ParseAddr(host); err == nil {
+		s.ip = ip
+	} else if host == "" {
+		s.ip = netip.IPv4Unspecified() // ":1521" is this host, as Go dials it (IPv4 0.0.0.0)
+	}
+}
+
+// resolve returns the server's addresses: its IP, or its name's addresses
+// now (within timeout), in the resolver's order (RFC 6724 for DNS).
+func (s *Server) resolve(ctx context.Context, timeout time.Duration) ([]netip.Addr, error) {
+	if s.ip.IsValid() {
+		return []netip.Addr{s.ip}, nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	addrs, err := s.backend.lookup(ctx, s.host)
+	if err == nil && len(addrs) == 0 {
+		err = &net.DNSError{Err: "no such host", Name: s.host, IsNotFound: true}
+	}
+	if err != nil {
+		return nil, &net.OpError{Op: "dial", Net: "tcp", Err: err}
+	}
+	for i, a := range addrs {
+		addrs[i] = a.Unmap()
+	}
+	return addrs, nil
+}
+
+// dialOrder is addrs in the resolver's order, except that addresses tried
+// (by this session) go last, and before them those whose last dial failed
+// less than badFor ago.
+func (s *Server) dialOrder(addrs, tried []netip.Addr) []netip.Addr {
+	if len(addrs) < 2 {
+		return addrs
+	}
+	now := time.Now()
+	badFor := s.badFor()
+	rank := func(a netip.Addr) int {
+		r := 0
+		if slices.Contains(tried, a) {
+			r += 2
+		}
+		s.addrMu.Lock()
+		at, bad := s.addrBad[a]
+		s.addrMu.Unlock()
+		if bad && now.Sub(at) < badFor {
+			r++
+		}
+		return r
+	}
+	out := slices.Clone(addrs)
+	slices.SortStableFunc(out, func(a, b netip.Addr) int { return rank(a) - rank(b) })
+	return out
+}
+
+// badFor is how long an address whose dial failed goes after the others:
+// open_for, as a server's failed dial with checks off (shunned); with
+// checks on, at least until the next check has dialed it again.
+func (s *Server) badFor() time.Duration {
+	d := s.backend.Config.Breaker.OpenFor.Duration
+	if h := s.backend.Config.Health; h.Check != "off" {
+		d = max(d, 2*h.Interval.Duration+h.Timeout.Duration)
+	}
+	return d
+}
+
+// addrFailed notes that a dial to a, one of the server's n addresses,
+// failed: later dials try the name's other addresses first. Logged once
+// until it succeeds again, and only for a name of several addresses (the
+// breaker and the checks speak for a single one).
+func (s *Server) addrFailed(a netip.Addr, err error, n int) {
+	if outOfResources(err) {
+		return
+	}
+	s.addrMu.Lock()
+	if s.addrBad == nil {
+		s.addrBad = map[netip.Addr]time.Time{}
+	}
+	_, was := s.addrBad[a]
+	s.addrBad[a] = time.Now()
+	s.addrMu.Unlock()
+	if !was && n > 1 {
+		s.backend.serverLog().Warn("server address failed: dials try the name's other addresses first", "server", s.Address, "address", a.String(), "error", err)
+	}
+}
+
+// addrSucceeded notes that a took a connection.
+func (s *Server) addrSucceeded(a netip.Addr) {
+	s.addrMu.Lock()
+	_, was := s.addrBad[a]
+	delete(s.addrBad, a)
+	s.addrMu.Unlock()
+	if was {
+		s.backend.serverLog().Info("server address answers again", "server", s.Address, "address", a.String())
+	}
+}
+
+// outOfResources tells tnsguard's own want of fds or memory: no verdict on
+// an address.
+func outOfResources(err error) bool {
+	return errors.Is(err, syscall.EMFILE) || errors.Is(err, syscall.ENFILE) || errors.Is(err, syscall.ENOBUFS) || errors.Is(err, syscall.ENOMEM)
 }
 
 // DialResult names a dial error for metrics and logs: ok, refused,
@@ -461,9 +627,10 @@ type Plan struct {
 	// lastResort: every circuit was open when the round was planned, so
 	// the round dials them without asking their breakers.
 	lastResort bool
-	trial      Trial            // the half-open trial of the server Next returned last, or 0
-	refused    map[*Server]bool // servers that refused this session (Refused)
-	bypassed   map[*Server]bool // open circuits it tried once for that (one dial each)
+	trial      Trial                    // the half-open trial of the server Next returned last, or 0
+	refused    map[*Server]bool         // servers that refused this session (Refused)
+	bypassed   map[*Server]bool         // open circuits it tried once for that (one dial each)
+	reached    map[*Server][]netip.Addr // addresses of each server this session reached (Dial)
 }
 
 // Refused tells the plan that s refused this session (a listener's REFUSE).
@@ -613,15 +780,28 @@ func (p *Plan) pause(left time.Duration) (wait time.Duration, ok bool) {
 	return min(wait, left-minPause), true
 }
 
-// Dial dials srv for this plan: within connect_timeout, and never past the
-// budget's deadline, so that a dial started late cannot stretch the wait
-// beyond connect_budget.
+// Dial dials srv for this plan: each address of its name within
+// connect_timeout, and never past the budget's deadline, so that a dial
+// started late cannot stretch the wait beyond connect_budget. A re-dial of
+// a server whose name has several addresses tries first those this session
+// has not reached yet: a connection that failed after the dial (a reset, a
+// REFUSE) moves the session on to the name's next address, as an Oracle
+// client does with a SCAN name, rather than back to the same one.
 func (p *Plan) Dial(ctx context.Context, srv *Server) (*net.TCPConn, error) {
 	deadline := p.deadline
-	if t := time.Now().Add(p.b.Config.ConnectTimeout.Duration); t.Before(deadline) {
-		deadline = t // one context for both limits (Server.Dial adds none then)
+	if t := time.Now().Add(p.b.Config.ConnectTimeout.Duration); t.Before(deadline) && srv.ip.IsValid() {
+		deadline = t // one context for both limits (Server.dial adds none then)
 	}
 	ctx, cancel := context.WithDeadline(ctx, deadline)
 	defer cancel()
-	return srv.Dial(ctx)
+	c, a, err := srv.dial(ctx, p.reached[srv])
+	if err == nil {
+		if p.reached == nil {
+			p.reached = map[*Server][]netip.Addr{}
+		}
+		if !slices.Contains(p.reached[srv], a) {
+			p.reached[srv] = append(p.reached[srv], a)
+		}
+	}
+	return c, err
 }

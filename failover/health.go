@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net"
+	"net/netip"
 	"time"
 
 	"github.com/pires/go-proxyproto"
@@ -95,32 +96,61 @@ func (s *Server) checkLoop(ctx context.Context) {
 }
 
 // check runs one health check within the configured timeout and records
-// its duration.
+// its duration. A name of several addresses passes when one of them does,
+// each checked within its own timeout, in the resolver's order: one silent
+// address of a RAC SCAN or a DNS round robin, which sessions get past, must
+// not keep the server down; and checking it first at every interval keeps
+// its failure fresh, so that sessions keep dialing it last (dialOrder).
 func (s *Server) check(ctx context.Context) error {
 	h := s.backend.Config.Health
-	ctx, cancel := context.WithTimeout(ctx, h.Timeout.Duration)
-	defer cancel()
 	start := time.Now()
-	c, err := s.dialCheck(ctx)
-	if err == nil {
-		err = s.checkProtocol(ctx, c)
-		c.Close()
+	addrs, err := s.resolve(ctx, h.Timeout.Duration)
+	if err != nil {
+		return fmt.Errorf("%s check: %w", h.Check, err)
 	}
-	if err == nil {
-		s.backend.metrics.HealthDuration.WithLabelValues(s.backend.Config.Name, s.Address).Observe(time.Since(start).Seconds())
-		return nil
+	var firstErr error
+	for _, a := range addrs {
+		dialed, err := s.checkAddr(ctx, a)
+		if err == nil {
+			s.backend.metrics.HealthDuration.WithLabelValues(s.backend.Config.Name, s.Address).Observe(time.Since(start).Seconds())
+			return nil
+		}
+		if firstErr == nil {
+			firstErr = err
+		}
+		if ctx.Err() != nil {
+			break
+		}
+		if !dialed {
+			s.addrFailed(a, err, len(addrs))
+		}
 	}
-	return fmt.Errorf("%s check: %w", h.Check, err)
+	return fmt.Errorf("%s check: %w", h.Check, firstErr)
+}
+
+// checkAddr checks one address of the server within health.timeout;
+// dialed tells whether the dial succeeded.
+func (s *Server) checkAddr(ctx context.Context, a netip.Addr) (dialed bool, err error) {
+	ctx, cancel := context.WithTimeout(ctx, s.backend.Config.Health.Timeout.Duration)
+	defer cancel()
+	addr := netip.AddrPortFrom(a, s.port).String()
+	c, err := s.dialCheck(ctx, addr)
+	if err != nil {
+		return false, err
+	}
+	s.addrSucceeded(a)
+	defer c.Close()
+	return true, s.checkProtocol(ctx, c, addr)
 }
 
 // dialCheck opens a connection of tnsguard's own to the server (a health
-// check, a service probe). To a server that expects PROXY headers
+// check, a service probe) at addr, one of its addresses. To a server that expects PROXY headers
 // (send_proxy_protocol) it opens with a LOCAL one: "this connection is the
 // proxy's own", so a downstream tnsguard or HAProxy accepts it instead of
 // refusing it for a missing header.
-func (s *Server) dialCheck(ctx context.Context) (net.Conn, error) {
+func (s *Server) dialCheck(ctx context.Context, addr string) (net.Conn, error) {
 	var d net.Dialer
-	c, err := d.DialContext(ctx, "tcp", s.Address)
+	c, err := d.DialContext(ctx, "tcp", addr)
 	if err != nil {
 		return nil, err
 	}
@@ -143,7 +173,7 @@ func (s *Server) dialCheck(ctx context.Context) (net.Conn, error) {
 // nothing), so a server whose service registers a minute after its
 // listener came back (a restart) is up at the next check, not
 // service_interval later.
-func (s *Server) checkProtocol(ctx context.Context, c net.Conn) error {
+func (s *Server) checkProtocol(ctx context.Context, c net.Conn, addr string) error {
 	h := s.backend.Config.Health
 	if h.Check != "tnsping" {
 		return nil
@@ -158,15 +188,15 @@ func (s *Server) checkProtocol(ctx context.Context, c net.Conn) error {
 	}
 	if s.serviceErr != nil || s.serviceChecked.IsZero() || time.Since(s.serviceChecked) >= h.ServiceInterval.Duration {
 		s.serviceChecked = time.Now()
-		s.serviceErr = s.probeService(ctx, h.Service)
+		s.serviceErr = s.probeService(ctx, h.Service, addr)
 	}
 	return s.serviceErr
 }
 
 // probeService asks the listener, on a connection of its own, whether the
 // service is registered; the connection is closed at once either way.
-func (s *Server) probeService(ctx context.Context, service string) error {
-	c, err := s.dialCheck(ctx)
+func (s *Server) probeService(ctx context.Context, service, addr string) error {
+	c, err := s.dialCheck(ctx, addr)
 	if err != nil {
 		return err
 	}

@@ -1,0 +1,248 @@
+package failover
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"net/netip"
+	"sync"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// Servers given by a name that resolves to several addresses (a RAC SCAN
+// name, a DNS round robin, a headless Kubernetes service). The name is
+// resolved by a lookup the test controls (the backend's lookup hook); the
+// addresses are real loopback sockets: 127.0.0.1 and 127.0.0.2 on one port.
+
+// silentAt is a port on 127.0.0.1 whose dials hang until their timeout: a
+// listening socket with backlog 0 whose accept queue is already full, so
+// the kernel drops further SYNs (as proxy's blackhole).
+func silentAt(t *testing.T) int {
+	t.Helper()
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { unix.Close(fd) })
+	if err := unix.Bind(fd, &unix.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Listen(fd, 0); err != nil {
+		t.Fatal(err)
+	}
+	sa, err := unix.Getsockname(fd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := sa.(*unix.SockaddrInet4).Port
+	addr := fmt.Sprintf("127.0.0.1:%d", port)
+	filler, err := net.DialTimeout("tcp", addr, time.Second)
+	if err != nil {
+		t.Fatalf("filling the accept queue of %s: %v", addr, err)
+	}
+	t.Cleanup(func() { filler.Close() })
+	if c, err := net.DialTimeout("tcp", addr, 50*time.Millisecond); err == nil {
+		c.Close()
+		t.Skip("this kernel accepts past a full backlog-0 queue: no loopback black-hole")
+	}
+	return port
+}
+
+// acceptAt listens on ip:port and accepts (and holds) every connection
+// until the test ends.
+func acceptAt(t *testing.T, ip string, port int) {
+	t.Helper()
+	ln, err := net.Listen("tcp", net.JoinHostPort(ip, fmt.Sprint(port)))
+	if err != nil {
+		t.Skipf("no second loopback address here: %v", err)
+	}
+	var mu sync.Mutex
+	var conns []net.Conn
+	t.Cleanup(func() {
+		ln.Close()
+		mu.Lock()
+		defer mu.Unlock()
+		for _, c := range conns {
+			c.Close()
+		}
+	})
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			conns = append(conns, c)
+			mu.Unlock()
+		}
+	}()
+}
+
+// nameBackend is backend "b" with one server, "db.example:port", whose
+// name resolves to what addrs returns at each lookup.
+func nameBackend(t *testing.T, keys string, port int, addrs func() []string) *Backend {
+	t.Helper()
+	b := testBackend(t, keys+servers(fmt.Sprintf(`address = "db.example:%d"`, port)))
+	b.lookup = func(_ context.Context, host string) ([]netip.Addr, error) {
+		if host != "db.example" {
+			return nil, &net.DNSError{Err: "no such host", Name: host, IsNotFound: true}
+		}
+		var out []netip.Addr
+		for _, a := range addrs() {
+			out = append(out, netip.MustParseAddr(a))
+		}
+		return out, nil
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	b.Start(ctx)
+	t.Cleanup(func() { cancel(); b.Stop() })
+	return b
+}
+
+func remoteIP(c net.Conn) string {
+	return c.RemoteAddr().(*net.TCPAddr).AddrPort().Addr().Unmap().String()
+}
+
+// A name whose first address is silent: the session gets the second
+// within connect_timeout of its own (until 2026-11-29 Go's dialer split
+// connect_timeout between the addresses, with a 2 s floor for the first:
+// with connect_timeout under 2 s the second address was never dialed and
+// every session failed; at 3 s every session waited 2 s), and the next
+// session does not wait for the silent one again.
+func TestNameWithSilentFirstAddress(t *testing.T) {
+	port := silentAt(t)
+	acceptAt(t, "127.0.0.2", port)
+	b := nameBackend(t, `connect_timeout = "500ms"
+connect_budget = "5s"
+`, port, func() []string { return []string{"127.0.0.1", "127.0.0.2"} })
+	for i := range 2 {
+		start := time.Now()
+		c, err := b.NewPlan(start).Dial(context.Background(), b.Servers[0])
+		if err != nil {
+			t.Fatalf("session %d: %v (the second address accepts)", i, err)
+		}
+		took := time.Since(start)
+		c.Close()
+		if ip := remoteIP(c); ip != "127.0.0.2" {
+			t.Fatalf("session %d reached %s", i, ip)
+		}
+		if i == 0 && took > time.Second {
+			t.Fatalf("first session took %v, want about connect_timeout (500ms)", took)
+		}
+		if i == 1 && took > 200*time.Millisecond {
+			t.Fatalf("second session took %v: it waited for the silent address again", took)
+		}
+	}
+}
+
+// A re-dial of the session (its connection reset before the first byte, a
+// REFUSE) goes to the name's next address, not to the same one again:
+// until 2026-11-29 every re-dial of a SCAN name whose first node's listener
+// reset reached that node, and the session failed at connect_budget.
+func TestNameRedialReachesTheNextAddress(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := ln.Addr().(*net.TCPAddr).Port
+	ln.Close()
+	acceptAt(t, "127.0.0.1", port)
+	acceptAt(t, "127.0.0.2", port)
+	b := nameBackend(t, "", port, func() []string { return []string{"127.0.0.1", "127.0.0.2"} })
+	plan := b.NewPlan(time.Now())
+	var got []string
+	for range 3 {
+		c, err := plan.Dial(context.Background(), b.Servers[0])
+		if err != nil {
+			t.Fatal(err)
+		}
+		got = append(got, remoteIP(c))
+		c.Close()
+	}
+	if got[0] != "127.0.0.1" || got[1] != "127.0.0.2" {
+		t.Fatalf("one session's dials reached %v, want 127.0.0.1 then 127.0.0.2", got)
+	}
+	// Another session starts at the name's first address again.
+	c, err := b.NewPlan(time.Now()).Dial(context.Background(), b.Servers[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Close()
+	if ip := remoteIP(c); ip != "127.0.0.1" {
+		t.Fatalf("a new session reached %s, want the name's first address", ip)
+	}
+}
+
+// The health check of a name passes when any of its addresses answers
+// within health.timeout: until 2026-11-29 one silent address first took
+// the whole timeout (Go's 2 s floor per address), so with the default
+// timeout = "2s" the server was down for good (backend_up 0, /readyz 503)
+// while sessions got through.
+func TestHealthCheckOfNameWithSilentFirstAddress(t *testing.T) {
+	port := silentAt(t)
+	acceptAt(t, "127.0.0.2", port)
+	b := nameBackend(t, `[backend.health]
+check = "tcp"
+timeout = "300ms"
+`, port, func() []string { return []string{"127.0.0.1", "127.0.0.2"} })
+	for i := range 2 {
+		if err := b.Servers[0].check(context.Background()); err != nil {
+			t.Fatalf("check %d: %v (the second address accepts)", i, err)
+		}
+	}
+}
+
+// A name is resolved at every dial and check: a redeploy that moves it is
+// followed without a reload.
+func TestNameFollowsANewAddress(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := ln.Addr().(*net.TCPAddr).Port
+	ln.Close()
+	acceptAt(t, "127.0.0.2", port)
+	var mu sync.Mutex
+	now := "127.0.0.1" // nothing listens there
+	b := nameBackend(t, `[backend.health]
+check = "tcp"
+timeout = "300ms"
+`, port, func() []string { mu.Lock(); defer mu.Unlock(); return []string{now} })
+	if err := b.Servers[0].check(context.Background()); err == nil {
+		t.Fatal("check passed with nothing listening at the name's address")
+	}
+	mu.Lock()
+	now = "127.0.0.2"
+	mu.Unlock()
+	if err := b.Servers[0].check(context.Background()); err != nil {
+		t.Fatalf("check after the move: %v", err)
+	}
+	c, err := b.NewPlan(time.Now()).Dial(context.Background(), b.Servers[0])
+	if err != nil {
+		t.Fatalf("dial after the move: %v", err)
+	}
+	c.Close()
+}
+
+// A server without a host (":1521") is this host, as Go's dialer took it
+// before names were resolved by tnsguard itself.
+func TestServerWithoutHostIsThisHost(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	b := testBackend(t, servers(fmt.Sprintf(`address = ":%d"`, ln.Addr().(*net.TCPAddr).Port)))
+	ctx, cancel := context.WithCancel(context.Background())
+	b.Start(ctx)
+	defer func() { cancel(); b.Stop() }()
+	c, err := b.NewPlan(time.Now()).Dial(context.Background(), b.Servers[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Close()
+}
