@@ -426,11 +426,16 @@ func noAnswer(cause string) (code int, ok bool) {
 // server answered its CONNECT (every dial failed, the last with last), or
 // nil. A reset shows in drivers as a broken connection (NJS-500, "connection
 // reset by peer"), which app teams take for a firewall; the REFUSE makes
-// them show ORA-12541, ORA-12170 or ORA-12543, as a direct connection to
+// them show ORA-12541, ORA-12170, ORA-12543 or ORA-12545, as a direct connection to
 // the dead server would. Only for an app whose opening was a whole TNS
 // CONNECT tnsguard could read, that still waits for its answer.
 func (s *session) refuseFor(last error) error {
 	code, ok := noAnswer(Cause(last))
+	if dnsErr := (*net.DNSError)(nil); errors.As(last, &dnsErr) && dnsErr.IsNotFound {
+		// The server's name does not resolve: ORA-12545, as on a direct
+		// connection to it (the "target host does not exist").
+		code, ok = 12545, true
+	}
 	s.mu.Lock()
 	s.noteConnectLocked()
 	ok = ok && s.oracleApp && !s.overflow && !s.resendOwed && !s.clientEOF

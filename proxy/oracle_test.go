@@ -834,3 +834,24 @@ func TestOracleAppGetsConnectTimeoutWithoutResetRetries(t *testing.T) {
 		t.Fatalf("go-ora: %v; want ORA-12170 (connect timeout)", err)
 	}
 }
+
+// A server whose name does not resolve (NXDOMAIN: a typo, a Kubernetes
+// service deleted) is to an Oracle app what it is on a direct connection:
+// ORA-12545 (target host does not exist), in a REFUSE at the budget's end,
+// not a reset that drivers show as a broken connection (NJS-500).
+func TestOracleAppGetsUnknownHostWhenTheNameDoesNotResolve(t *testing.T) {
+	const name = "tnsguard-test-no-such-host.invalid" // RFC 6761: never resolves
+	if _, err := net.LookupHost(name); err == nil {
+		t.Skip(name + " resolves here")
+	} else if dnsErr := (*net.DNSError)(nil); !errors.As(err, &dnsErr) || !dnsErr.IsNotFound {
+		t.Skipf("no resolver that answers NXDOMAIN here: %v", err)
+	}
+	h, logs := startProxyLog(t, oracleConfig("", name+":1521"))
+	err := goOraPing(t, h.addr("l"), "SALES")
+	if err == nil || !strings.Contains(err.Error(), "ORA-12545") {
+		t.Fatalf("go-ora: %v; want ORA-12545 (target host does not exist)", err)
+	}
+	if n := len(logs.lines("no server answered: the app gets a REFUSE with ORA-12545")); n != 1 {
+		t.Errorf("%d no-backend lines naming the REFUSE; log:\n%s", n, logs)
+	}
+}
