@@ -5,6 +5,8 @@ import (
 	"errors"
 	"net"
 	"net/netip"
+	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -136,6 +138,17 @@ func (l *listener) handle(ctx context.Context, c *net.TCPConn) {
 			l.p.sessWG.Done()
 		}
 	}()
+	chain, loop := l.p.selfDials.ours(c, l.name)
+	if loop {
+		// A server of some backend is this listener (its address, or what
+		// its name resolves to): serving this would dial the listener
+		// again, and so on until the fds run out.
+		if l.takeLogLine("self-dial") {
+			l.log.Warn("connection rejected: "+errSelfDial.Error()+"; check the server's address, or what its name resolves to", "loop", strings.Join(append(slices.Clip(chain), l.name), " -> "))
+		}
+		l.reject(c, "self_dial", netip.Addr{})
+		return
+	}
 	cfg, accepted, backs := l.p.current(l)
 	ka := cfg.Keepalive.Settings()
 	apply := ka.ApplyAccepted // the rest comes from the listening socket
@@ -183,6 +196,9 @@ func (l *listener) handle(ctx context.Context, c *net.TCPConn) {
 		l.active.Add(-1)
 		l.reject(c, "no_backend", src)
 		return
+	}
+	if chain != nil {
+		in.chain = append(slices.Clip(chain), l.name)
 	}
 	s := l.p.newSession(ctx, l, cfg, b, backs, c, in)
 	held = true

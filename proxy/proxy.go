@@ -66,6 +66,7 @@ type Proxy struct {
 	links   map[linkKey]*link
 
 	forensics *forensics // reset events, windows, rate-limited log (events.go)
+	selfDials selfDials  // recent dials to its own ports, to refuse a listener dialing itself (selfdial.go)
 
 	evidenceWindow time.Duration // outlived.go; tests shorten it before sessions start
 	rttFresh       time.Duration // links.go; tests shorten it before sessions start
@@ -176,6 +177,11 @@ func (p *Proxy) Apply(cfg *config.Config) error {
 		p.metrics.MaxSessions.WithLabelValues(lc.Name).Set(float64(lc.MaxSessions))
 		p.zeroSeries(cfg, lc, l)
 	}
+	addrs := make([]listenAddr, 0, len(listeners))
+	for name, l := range listeners {
+		addrs = append(addrs, listenAddr{addrPortOf(l.ln.Addr()), name})
+	}
+	p.selfDials.listening(addrs) // before the new listeners accept
 	for _, l := range bound {
 		p.loopWG.Add(1)
 		go func() {
@@ -300,7 +306,7 @@ func (p *Proxy) Ready() (bool, string) {
 // routes to, and on each link the resets of established sessions (either
 // side, idle or active, reset or dead peer).
 func (p *Proxy) zeroSeries(cfg *config.Config, lc *config.Listener, l *listener) {
-	for _, reason := range []string{"no_backend", "max_sessions", "max_sessions_per_source"} {
+	for _, reason := range []string{"no_backend", "max_sessions", "max_sessions_per_source", "self_dial"} {
 		p.metrics.SessionsRejected.WithLabelValues(lc.Name, reason)
 	}
 	for _, name := range lc.Backends() {

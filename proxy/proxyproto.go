@@ -59,6 +59,7 @@ type inbound struct {
 	dst    net.Addr       // where the app connected to (the header's destination, or our socket)
 	via    netip.Addr     // the load balancer that sent the header; invalid when none
 	early  []byte         // app bytes read past the header: the backend gets them first
+	chain  []string       // when the app is a dial of this proxy's own: the listeners it came through (selfdial.go)
 }
 
 // socketInbound is the connection as the socket sees it.

@@ -9,6 +9,7 @@ import (
 	"net/netip"
 	"os"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -222,6 +223,15 @@ func (s *session) open() error {
 	if err := s.route(); err != nil {
 		return err
 	}
+	if s.in.chain == nil {
+		// The accept may have come before the dial that made it was noted
+		// (selfdial.go): ask again, now that the dialer has gone on.
+		if chain, loop := s.p.selfDials.ours(s.client, s.l.name); loop {
+			return s.selfDialed(append(slices.Clip(chain), s.l.name)) // ours marked the dial that came back
+		} else if chain != nil {
+			s.in.chain = append(slices.Clip(chain), s.l.name)
+		}
+	}
 	cfg := s.backend.Config
 	plan := s.backend.NewPlan(began)
 	var attempts []string
@@ -284,6 +294,15 @@ func (s *session) open() error {
 			retry, failed = reasonOf(err, "connect"), srv
 			continue
 		}
+		if loop := s.p.selfDials.add(conn, s.in.chain, s.l.name); loop != nil { // before any byte: its accept, if it is ours, checks it
+			// The server is this listener, or one the app came through:
+			// every re-dial would loop again.
+			conn.SetLinger(0)
+			conn.Close()
+			srv.Abandoned(plan.Trial())
+			s.p.selfDials.markBack(s.client, loop) // the dial that brought this app here ends too
+			return s.selfDialed(loop)
+		}
 		dialed := time.Now()
 		buf, first, err := s.attach(conn, srv, plan.Deadline())
 		if errors.Is(err, io.EOF) {
@@ -306,8 +325,14 @@ func (s *session) open() error {
 		s.mu.Lock()
 		cerr := s.clientErr
 		s.mu.Unlock()
+		back := s.p.selfDials.cameBack(conn)
 		dropBackend(conn, cerr)
 		s.detach()
+		if back != nil { // its reset came from a loop back to this proxy: so would a re-dial's
+			srv.Abandoned(plan.Trial())
+			s.p.selfDials.markBack(s.client, back)
+			return s.selfDialed(back)
+		}
 		if over, cerr := s.cutShort(srv, plan, err); over {
 			return cerr
 		}
@@ -468,6 +493,21 @@ const maxAttemptsLogged = 32
 func (s *session) endedElsewhere(err error) error {
 	s.abort(SideClient, PhaseConnect, err, "closed", nil)
 	return err
+}
+
+// errSelfDial ends a session whose app is a dial of one of the proxy's own
+// sessions that came through its listener already: a loop.
+var errSelfDial = errors.New("the app is tnsguard's own dial to a server that is this listener")
+
+// selfDialed ends a session that is part of a loop back to one of the
+// proxy's listeners (loop: the listeners on the way round, the one reached
+// again last), as the listener rejects such a connection it sees at accept.
+func (s *session) selfDialed(loop []string) error {
+	s.l.rejected("self_dial")
+	if s.l.takeLogLine("self-dial") {
+		s.l.log.Warn("connection rejected: "+errSelfDial.Error()+"; check the server's address, or what its name resolves to", "loop", strings.Join(loop, " -> "))
+	}
+	return s.endedElsewhere(errSelfDial)
 }
 
 // errAppLeft ends an opening whose app closed without sending a byte.

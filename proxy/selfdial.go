@@ -1,0 +1,181 @@
+package proxy
+
+import (
+	"net"
+	"net/netip"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// selfDials remembers tnsguard's own recent dials to its own listeners,
+// so that a listener can tell an accepted connection that one of the
+// proxy's sessions dialed, and through which listeners that session's app
+// came. A server that is a listener of this tnsguard (this host's own
+// address on the listener's port, or a name that resolves to it: check
+// cannot see either) makes each session dial the listener again, in a loop
+// that runs on by itself until the fds run out.
+//   - The dialing session knows where its dial went: a dial that reached
+//     its own listener, or one its app came through, ends the session at
+//     once, with no re-dial (add).
+//   - The listener knows a connection it accepted from the dial's address
+//     (kept 5 to 10 s, two generations, ample for its accept on this host):
+//     one whose chain of listeners holds it already is reset (ours), and
+//     the session of one that does not carries the chain on, so that a
+//     loop through two listeners is caught too. The accept may come before
+//     the dial is noted; the session asks again before it dials.
+//
+// A chain from one listener to another is served.
+type selfDials struct {
+	listeners atomic.Pointer[[]listenAddr] // the proxy's listening sockets (Apply)
+	n         atomic.Int64                 // dials noted: accepts look up only while there are any
+
+	mu        sync.Mutex
+	cur, prev map[netip.AddrPort]selfDial // by the dial's local address
+	swapped   time.Time
+}
+
+// listenAddr is a listener's socket address (its IP unspecified for a
+// wildcard) and name.
+type listenAddr struct {
+	addr netip.AddrPort
+	name string
+}
+
+// selfDial is the address a dial reached and the listeners its session's
+// app came through, the session's own last.
+type selfDial struct {
+	dst   netip.AddrPort
+	chain []string
+	back  []string // set once the dial was found to have come back: the way round
+}
+
+const selfDialKeep = 5 * time.Second
+
+func addrPortOf(a net.Addr) netip.AddrPort {
+	ta, ok := a.(*net.TCPAddr)
+	if !ok {
+		return netip.AddrPort{}
+	}
+	ap := ta.AddrPort()
+	return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
+}
+
+// thisHost tells a connection whose two ends are both this host: its peer
+// is a loopback address, or its own.
+func thisHost(local, remote netip.AddrPort) bool {
+	return remote.Addr().IsLoopback() || remote.Addr() == local.Addr()
+}
+
+// listening sets the proxy's listening sockets (every reload).
+func (d *selfDials) listening(ls []listenAddr) { d.listeners.Store(&ls) }
+
+// reached is the listener of the proxy that a connection to dst on this
+// host reached, or "".
+func (d *selfDials) reached(dst netip.AddrPort) string {
+	ls := d.listeners.Load()
+	if ls == nil {
+		return ""
+	}
+	for _, l := range *ls {
+		if l.addr.Port() == dst.Port() && (l.addr.Addr().IsUnspecified() || l.addr.Addr() == dst.Addr()) {
+			return l.name
+		}
+	}
+	return ""
+}
+
+// add notes a backend connection that a session of listener made, whose
+// app came through chain (nil for an app of its own), and tells when it
+// reached that listener or one of chain (a loop): the way round, that
+// listener again last. Only a dial to one of
+// the proxy's listeners can come back to it: the common case, a server on
+// another host or on another port, costs no lock.
+func (d *selfDials) add(c *net.TCPConn, chain []string, listener string) (loop []string) {
+	local, remote := addrPortOf(c.LocalAddr()), addrPortOf(c.RemoteAddr())
+	if !local.IsValid() || !thisHost(local, remote) {
+		return nil
+	}
+	to := d.reached(remote)
+	if to == "" {
+		return nil
+	}
+	if chain == nil {
+		chain = []string{listener}
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if now := time.Now(); d.cur == nil || now.Sub(d.swapped) > selfDialKeep {
+		d.n.Add(-int64(len(d.prev)))
+		d.prev, d.cur, d.swapped = d.cur, map[netip.AddrPort]selfDial{}, now
+	}
+	d.cur[local] = selfDial{dst: remote, chain: chain}
+	d.n.Add(1)
+	if slices.Contains(chain, to) {
+		return append(slices.Clip(chain), to)
+	}
+	return nil
+}
+
+// ours tells, for c accepted by listener, the chain of listeners that
+// c's dialer came through when c is a dial of one of the proxy's own
+// sessions (nil otherwise), and whether listener is in it: a loop.
+func (d *selfDials) ours(c *net.TCPConn, listener string) (chain []string, loop bool) {
+	if d.n.Load() == 0 {
+		return nil, false
+	}
+	local, remote := addrPortOf(c.LocalAddr()), addrPortOf(c.RemoteAddr())
+	if !remote.IsValid() || !thisHost(remote, local) {
+		return nil, false
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	for _, m := range []map[netip.AddrPort]selfDial{d.cur, d.prev} {
+		if sd, ok := m[remote]; ok && sd.dst == local {
+			if loop = slices.Contains(sd.chain, listener); loop {
+				sd.back = append(slices.Clip(sd.chain), listener)
+				m[remote] = sd
+			}
+			return sd.chain, loop
+		}
+	}
+	return nil, false
+}
+
+// markBack notes that the session whose app is c (when c is one of the
+// proxy's own dials) is part of loop: that dial's session ends rather than
+// re-dial (cameBack).
+func (d *selfDials) markBack(c *net.TCPConn, loop []string) {
+	if d.n.Load() == 0 {
+		return
+	}
+	key := addrPortOf(c.RemoteAddr())
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	for _, m := range []map[netip.AddrPort]selfDial{d.cur, d.prev} {
+		if sd, ok := m[key]; ok {
+			sd.back = loop
+			m[key] = sd
+			return
+		}
+	}
+}
+
+// cameBack tells, for a backend connection a session dialed that failed
+// before its first byte, whether it came back to the proxy round a loop
+// (ours or markBack found it), and the way round.
+func (d *selfDials) cameBack(c *net.TCPConn) []string {
+	if d.n.Load() == 0 {
+		return nil
+	}
+	key := addrPortOf(c.LocalAddr())
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	for _, m := range []map[netip.AddrPort]selfDial{d.cur, d.prev} {
+		if sd, ok := m[key]; ok {
+			return sd.back
+		}
+	}
+	return nil
+}
