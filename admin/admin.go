@@ -41,6 +41,7 @@ type Server struct {
 	ln    net.Listener
 	done  chan struct{}
 	allow atomic.Pointer[[]netip.Prefix] // admin.allow; a reload replaces it (SetAllow)
+	spare *spareFDs                      // fds kept for answering when sessions hold every other one
 }
 
 // Start binds cfg.Listen and serves until Close.
@@ -50,7 +51,9 @@ func Start(cfg config.Admin, reg *prometheus.Registry, src Source, log hclog.Log
 		return nil, err
 	}
 	mux := http.NewServeMux()
-	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
+	spare := newSpareFDs()
+	heavy := newHeavyGate()
+	mux.Handle("GET /metrics", heavy.wrap(promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg})))
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 		w.Write([]byte("ok\n"))
@@ -63,11 +66,11 @@ func Start(cfg config.Admin, reg *prometheus.Registry, src Source, log hclog.Log
 		}
 		writeJSON(w, code, map[string]any{"ready": ready, "reason": reason})
 	})
-	mux.HandleFunc("GET /api/links", func(w http.ResponseWriter, r *http.Request) {
+	mux.Handle("GET /api/links", heavy.wrap(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, map[string]any{"links": src.Links()})
-	})
-	handleStatus(mux, src) // / and /status, /api/resets (status.go)
-	s := &Server{ln: ln, done: make(chan struct{})}
+	})))
+	handleStatus(mux, src, heavy) // / and /status, /api/resets (status.go)
+	s := &Server{ln: ln, done: make(chan struct{}), spare: spare}
 	s.SetAllow(cfg.AllowNets)
 	// Every wait is bounded: the admin port shares the process's fds and
 	// memory with the proxy, and a client that holds connections open
@@ -80,6 +83,7 @@ func Start(cfg config.Admin, reg *prometheus.Registry, src Source, log hclog.Log
 		ErrorLog:       log.StandardLogger(&hclog.StandardLoggerOptions{ForceLevel: hclog.Warn})} // accept errors (EMFILE), panics: not info
 	go func() {
 		defer close(s.done)
+		defer spare.close()
 		if err := s.http.Serve(&allowListener{Listener: ln, s: s, refusing: make(chan struct{}, maxRefusing)}); err != nil && err != http.ErrServerClosed {
 			log.Error("admin listener failed", "error", err)
 		}
@@ -157,13 +161,28 @@ type allowListener struct {
 func (l *allowListener) Accept() (net.Conn, error) {
 	for {
 		c, err := l.Listener.Accept()
-		if err != nil || l.s.allowed(c.RemoteAddr().String()) {
-			return c, err
+		used := false
+		if err != nil && outOfFDs(err) {
+			c, used, err = acceptSpare(l.Listener, l.s.spare, err)
+		} else if err == nil {
+			l.s.spare.refill() // spares spent while out of fds (a no-op when all are held)
+		}
+		if err != nil {
+			return nil, err
+		}
+		if l.s.allowed(c.RemoteAddr().String()) {
+			if used {
+				return &spareConn{Conn: c, spare: l.s.spare}, nil
+			}
+			return c, nil
 		}
 		select {
 		case l.refusing <- struct{}{}:
 			go func() {
 				defer func() { <-l.refusing }()
+				if used {
+					defer l.s.spare.refill() // after lingeringClose's Close
+				}
 				c.SetReadDeadline(time.Now().Add(refuseLinger))
 				readHead(c)
 				c.SetWriteDeadline(time.Now().Add(refuseLinger)) // a slow head still gets its answer
@@ -172,6 +191,9 @@ func (l *allowListener) Accept() (net.Conn, error) {
 			}()
 		default:
 			c.Close() // too many at once: no answer
+			if used {
+				l.s.spare.refill()
+			}
 		}
 	}
 }

@@ -25,7 +25,7 @@ const (
 const statusCSP = "default-src 'none'; connect-src 'self'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; img-src data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
 
 // handleStatus adds the status page (/ and /status) and /api/resets.
-func handleStatus(mux *http.ServeMux, src Source) {
+func handleStatus(mux *http.ServeMux, src Source, heavy heavyGate) {
 	page := func(w http.ResponseWriter, r *http.Request) {
 		h := w.Header()
 		h.Set("Content-Type", "text/html; charset=utf-8")
@@ -36,7 +36,7 @@ func handleStatus(mux *http.ServeMux, src Source) {
 	}
 	mux.HandleFunc("GET /{$}", page)
 	mux.HandleFunc("GET /status", page)
-	mux.HandleFunc("GET /api/resets", func(w http.ResponseWriter, r *http.Request) {
+	mux.Handle("GET /api/resets", heavy.wrap(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		limit := defaultResetLimit
 		if v := r.URL.Query().Get("limit"); v != "" {
 			n, err := strconv.Atoi(v)
@@ -49,5 +49,5 @@ func handleStatus(mux *http.ServeMux, src Source) {
 		// now carries the proxy's time zone: resets_by_hour counts hours
 		// of the day in it.
 		writeJSON(w, http.StatusOK, map[string]any{"now": time.Now(), "resets": src.Resets(limit)})
-	})
+	})))
 }
