@@ -441,8 +441,17 @@ func (e *engine) poll(tc *testConn, now time.Time) {
 		if ackAt := now.Add(-st.LastAckRecv); !ackAt.Before(tc.triggered.Add(-ackSlack)) {
 			e.alive(tc, tc.idle, "")
 			// The path last saw the connection when the ACK crossed it: about
-			// half an RTT after the probe left.
+			// half an RTT after the probe left. The kernel sends a probe every
+			// checkInterval until one is answered, so over a path whose RTT is
+			// longer than that, more probes left before this ACK came back,
+			// and the last of them (and its ACK) crossed the path later.
 			tc.refreshed = ackAt.Add(-st.RTT / 2)
+			if ackAt.After(tc.triggered) {
+				lastProbe := tc.triggered.Add(ackAt.Sub(tc.triggered).Truncate(checkInterval))
+				if r := lastProbe.Add(st.RTT / 2); r.After(tc.refreshed) {
+					tc.refreshed = r
+				}
+			}
 			if tc.refreshed.Before(tc.triggered) {
 				tc.refreshed = tc.triggered
 			}

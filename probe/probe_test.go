@@ -302,6 +302,50 @@ func TestReportFound(t *testing.T) {
 	}
 }
 
+// The advice names both tables: the probe cannot tell which leg the path it
+// measured is, and the app leg's middlebox needs [listener.keepalive] (in the lab,
+// the printed [backend.keepalive] pasted as is left all 5 app sessions through a
+// 7 s firewall in front of tnsguard dead after 21 s idle; the same values under
+// [listener.keepalive] kept them).
+func TestReportTextNamesBothLegs(t *testing.T) {
+	r := Result{Target: "tnsguard:1522", Found: true, IdleTimeout: 6750 * time.Millisecond, LongestAlive: 6500 * time.Millisecond,
+		ShortestDead: 7 * time.Second, Failure: FailureDrop, Recommended: Recommend(6750 * time.Millisecond)}
+	var b strings.Builder
+	if err := r.WriteText(&b); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("text:\n%s", b.String())
+	for _, want := range []string{"[backend.keepalive]\npath_idle_timeout = \"6s\"", "[listener.keepalive]"} {
+		if !strings.Contains(b.String(), want) {
+			t.Errorf("text lacks %q", want)
+		}
+	}
+}
+
+// A timeout under the shortest whole-second keepalive: the text must say that
+// no keepalive serves this path, not just print settings `tnsguard check` then
+// warns cannot work.
+func TestReportTextTimeoutUnderASecond(t *testing.T) {
+	r := Result{Target: "db:1521", Found: true, IdleTimeout: 500 * time.Millisecond, LongestAlive: 0,
+		ShortestDead: 1001 * time.Millisecond, Failure: FailureReset, Recommended: Recommend(500 * time.Millisecond)}
+	var b strings.Builder
+	if err := r.WriteText(&b); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("text:\n%s", b.String())
+	if !strings.Contains(b.String(), "keepalive cannot keep") {
+		t.Errorf("text does not say keepalive cannot serve a path that forgets connections within a second")
+	}
+	// A 7 s path is served: no such note.
+	r = Result{Target: "db:1521", Found: true, IdleTimeout: 6750 * time.Millisecond, LongestAlive: 6500 * time.Millisecond,
+		ShortestDead: 7 * time.Second, Failure: FailureDrop, Recommended: Recommend(6750 * time.Millisecond)}
+	b.Reset()
+	_ = r.WriteText(&b)
+	if strings.Contains(b.String(), "keepalive cannot keep") {
+		t.Errorf("a 7 s path got the note that keepalive cannot serve it:\n%s", b.String())
+	}
+}
+
 func TestCommandRefused(t *testing.T) {
 	t.Parallel()
 	addr, err := loopback.Addr() // nothing listens there now, and no listener on port 0 can be given it

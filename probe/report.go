@@ -78,6 +78,12 @@ func (r Result) WriteText(w io.Writer) error {
 		fmt.Fprintf(&b, "note:          %d connection(s) survived longer than %s although one died then: the path is not consistent (several middleboxes or paths?); the shortest death counts\n",
 			r.Contradictions, fmtDur(r.ShortestDead))
 	}
+	if r.Found && r.Recommended.Idle >= r.IdleTimeout {
+		// Keepalive counts whole seconds: its shortest first probe, after 1s
+		// of silence, leaves after this path has already forgotten the flow.
+		fmt.Fprintf(&b, "note:          the path forgot connections idle %s: keepalive cannot keep connections alive over it (it counts whole seconds, idle at least 1s); a path that resets every connection at once looks the same\n",
+			fmtDur(r.ShortestDead))
+	}
 	fmt.Fprintf(&b, "took:          %s, %d checks on %d connections\n", r.Elapsed.Round(time.Second), r.Checks, r.Connections)
 
 	b.WriteString("\n")
@@ -87,6 +93,10 @@ func (r Result) WriteText(w io.Writer) error {
 		fmt.Fprintf(&b, "Connections survived %s idle; keepalive derived from that is enough over this path (a longer -max may allow gentler settings):\n\n", fmtDur(r.LongestAlive))
 	}
 	b.WriteString(r.TOML())
+	// The probe cannot tell which leg it measured: a middlebox between the
+	// application and tnsguard is the listener's to keep alive.
+	b.WriteString("\nIf this path runs between the application and tnsguard (you probed tnsguard's listener), put the same values\n" +
+		"under that listener's [listener.keepalive] instead: [backend.keepalive] keeps only the database leg alive.\n")
 	_, err := io.WriteString(w, b.String())
 	return err
 }

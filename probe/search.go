@@ -225,7 +225,15 @@ func (s *search) limit() time.Duration {
 func (s *search) done() bool {
 	lo, hi := s.bounds()
 	if hi > 0 {
-		return hi-lo <= resolution(lo)
+		if hi-lo <= resolution(lo) {
+			return true
+		}
+		// No idle below ladderStart is checked (next clamps the middle to
+		// it), and a check leaves a few ms after its idle is due: with
+		// nothing surviving ladderStart, a death this close above it is as
+		// low as the search can get. Checking at ladderStart again would
+		// only die again, a new connection each time, without end.
+		return lo < ladderStart && hi-ladderStart < resolution(lo)/2
 	}
 	return lo >= s.limit()
 }

@@ -213,6 +213,31 @@ func TestSearchTargetCloses(t *testing.T) {
 	}
 }
 
+// TestSearchTimeoutBelowShortestCheck: a path that forgets a flow in under a
+// second, or resets the first packet after the handshake, kills every check,
+// and the engine starts a check a few ms after its idle time is due, so the
+// shortest death is just above 1s. The search must end there, not send
+// connection after connection to 1s again: until this test the lab's 1 s
+// reset firewall kept `tnsguard probe -max 30s` running for over ten minutes,
+// one new connection a second, each left open at the server.
+func TestSearchTimeoutBelowShortestCheck(t *testing.T) {
+	for _, late := range []time.Duration{time.Millisecond, 4 * time.Millisecond, 100 * time.Millisecond} {
+		s := &search{max: 30 * time.Second}
+		s.addDead(ladderStart+late, FailureReset)
+		if !s.done() {
+			targets, fresh := s.plan(nil, []slot{{idle: 0}}, defaultParallel-1)
+			t.Errorf("death after idle %v, none survived %v: search not done; it plans %v and new connections for %v", ladderStart+late, ladderStart, targets, fresh)
+		}
+	}
+	// A survival of 1s still lets a later death narrow the bracket as usual.
+	s := &search{max: 30 * time.Second}
+	s.addAlive(ladderStart)
+	s.addDead(2*ladderStart+4*time.Millisecond, FailureReset)
+	if s.done() {
+		t.Errorf("survived 1s, died after 2.004s: done already, want the bracket narrowed to 1s")
+	}
+}
+
 func TestSearchBoundsTrustDeaths(t *testing.T) {
 	s := &search{max: time.Hour}
 	s.addAlive(4 * time.Second)

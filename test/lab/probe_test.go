@@ -176,3 +176,63 @@ func (s *syncBuffer) String() string {
 	defer s.mu.Unlock()
 	return s.b.String()
 }
+
+// A path that forgets a flow within a second (or resets the first packet after the
+// handshake, which the probe cannot tell from that) kills every check the probe makes,
+// each a few ms past its 1 s idle. The probe must still end, say so, and not leave a
+// trail of connections at the server: until this test it went on past -max, one new
+// connection a second (each left open at the server in reset mode, since the firewall's
+// RST reaches only the client), for as long as it was let run. About 10 s.
+func TestLabProbeTimeoutUnderASecond(t *testing.T) {
+	t.Parallel()
+	netlab.Require(t)
+	for _, tc := range []struct {
+		stale netlab.Stale
+		want  probe.Failure
+	}{
+		{netlab.StaleDrop, probe.FailureDrop},
+		{netlab.StaleReset, probe.FailureReset},
+	} {
+		t.Run(tc.stale.String(), func(t *testing.T) {
+			t.Parallel()
+			lab := netlab.New(t, netlab.Config{EstablishedTimeout: time.Second, Stale: tc.stale})
+			echo := lab.StartEcho(t, lab.DB, fmt.Sprintf(":%d", dbPort))
+			const maxIdle = 20 * time.Second
+			var progress syncBuffer
+			ctx, cancel := context.WithTimeout(context.Background(), 2*maxIdle)
+			defer cancel()
+			start := time.Now()
+			res, err := probe.Run(ctx, probe.Options{
+				Target:   lab.DBAddr(dbPort),
+				Max:      maxIdle,
+				Progress: &progress,
+				Dial: func(ctx context.Context, addr string) (*net.TCPConn, error) {
+					return netlab.Dial(ctx, lab.App, addr)
+				},
+			})
+			took := time.Since(start)
+			t.Logf("probe progress:\n%s", progress.String())
+			if err != nil {
+				t.Fatalf("probe after %v: %v (%d checks on %d connections)", took.Round(time.Millisecond), err, res.Checks, res.Connections)
+			}
+			t.Logf("%s firewall, conntrack timeout %v: found %v (survived %v, died after %v), failure %s; %d checks on %d connections in %v",
+				tc.stale, lab.Timeout, res.IdleTimeout, res.LongestAlive, res.ShortestDead, res.Failure, res.Checks, res.Connections, took.Round(time.Millisecond))
+			if took > 10*time.Second {
+				t.Errorf("took %v; every check dies at the first rung, so a few seconds are enough", took.Round(time.Millisecond))
+			}
+			if !res.Found || res.ShortestDead > 2*time.Second || res.LongestAlive >= time.Second {
+				t.Errorf("found %v, bracket (%v, %v]; want a timeout found under 2s", res.Found, res.LongestAlive, res.ShortestDead)
+			}
+			if res.Failure != tc.want {
+				t.Errorf("failure %q, want %q", res.Failure, tc.want)
+			}
+			if res.Connections > 2*defaultProbeParallel {
+				t.Errorf("opened %d connections to find it", res.Connections)
+			}
+			checkEchoSawNoBytes(t, echo, res.Connections)
+		})
+	}
+}
+
+// defaultProbeParallel is tnsguard probe's default -parallel.
+const defaultProbeParallel = 5
