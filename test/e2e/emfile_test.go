@@ -27,26 +27,7 @@ func startWithFileLimit(t *testing.T, admin, config string, nofile int) *instanc
 // attempt. When the apps close, it accepts again, says so, and a new
 // session works.
 func TestOutOfFileDescriptors(t *testing.T) {
-	echo := newEcho(t)
-	admin, addr := freeAddr(t), freeAddr(t)
-	cfg := fmt.Sprintf(`[log]
-level = "info"
-format = "json"
-[admin]
-listen = %q
-[[listener]]
-name = "l"
-listen = %q
-backend = "b"
-[[backend]]
-name = "b"
-connect_timeout = "1s"
-connect_budget = "2s"
-  [backend.health]
-  check = "off"
-  [[backend.server]]
-  address = %q
-`, admin, addr, echo.addr())
+	admin, addr, cfg := saturatedConfig(t, "2s")
 	const nofile, apps = 64, 150
 	g := startWithFileLimit(t, admin, cfg, nofile)
 	pid := g.cmd.Process.Pid
@@ -172,30 +153,11 @@ func fileLimit(t *testing.T, pid int) int {
 // row restart the pod and drop every session), and /metrics must still
 // show the operator what is going on. A connect_budget of 30 s keeps the
 // sessions that wait for an fd to dial holding theirs: nothing frees one
-// while the admin requests are made. Until 2026-11-30 the admin listener
+// while the admin requests are made. Until 2026-11-29 the admin listener
 // raced the sessions for each freed fd: with 8,300 sessions at a limit of
 // 20,000, 9 of 15 /healthz timed out at 2 s and the rest took 1.3 s.
 func TestAdminAnswersWhenOutOfFileDescriptors(t *testing.T) {
-	echo := newEcho(t)
-	admin, addr := freeAddr(t), freeAddr(t)
-	cfg := fmt.Sprintf(`[log]
-level = "info"
-format = "json"
-[admin]
-listen = %q
-[[listener]]
-name = "l"
-listen = %q
-backend = "b"
-[[backend]]
-name = "b"
-connect_timeout = "1s"
-connect_budget = "30s"
-  [backend.health]
-  check = "off"
-  [[backend.server]]
-  address = %q
-`, admin, addr, echo.addr())
+	admin, addr, cfg := saturatedConfig(t, "30s") // nothing frees an fd while the admin requests are made
 	const nofile, apps = 64, 150
 	g := startWithFileLimit(t, admin, cfg, nofile)
 	conns := make([]net.Conn, 0, apps)
@@ -237,4 +199,31 @@ connect_budget = "30s"
 	if len(missed) > 0 {
 		t.Errorf("out of fds, %d of 20 admin requests got no 200 within 2 s:\n%s", len(missed), strings.Join(missed, "\n"))
 	}
+}
+
+// saturatedConfig is a listener "l" at addr to an echo server, admin at
+// admin, with the given connect_budget: the config of the tests that run
+// tnsguard out of fds.
+func saturatedConfig(t *testing.T, budget string) (admin, addr, cfg string) {
+	echo := newEcho(t)
+	admin, addr = freeAddr(t), freeAddr(t)
+	cfg = fmt.Sprintf(`[log]
+level = "info"
+format = "json"
+[admin]
+listen = %q
+[[listener]]
+name = "l"
+listen = %q
+backend = "b"
+[[backend]]
+name = "b"
+connect_timeout = "1s"
+connect_budget = %q
+  [backend.health]
+  check = "off"
+  [[backend.server]]
+  address = %q
+`, admin, addr, budget, echo.addr())
+	return admin, addr, cfg
 }
