@@ -97,7 +97,7 @@ type Server struct {
 	port    uint16     // Address's port
 	ip      netip.Addr // the host when it is an IP address
 	addrMu  sync.Mutex
-	addrBad map[netip.Addr]time.Time // addresses of a name whose last dial failed, and when
+	addrBad map[netip.Addr]addrFailure // addresses of a name whose last dial failed, and when
 
 	backend   *Backend
 	breaker   *breaker
@@ -252,6 +252,7 @@ func (s *Server) dial(ctx context.Context, tried []netip.Addr) (*net.TCPConn, ne
 	if err == nil {
 		for _, a := range s.dialOrder(addrs, tried) {
 			var c net.Conn
+			began := time.Now()
 			c, err = s.backend.dialer.DialContext(ctx, "tcp", netip.AddrPortFrom(a, s.port).String())
 			if err == nil {
 				s.addrSucceeded(a)
@@ -262,7 +263,16 @@ func (s *Server) dial(ctx context.Context, tried []netip.Addr) (*net.TCPConn, ne
 				firstErr = err // the first address's error is the telling one, as Go's dialer says
 			}
 			if ctx.Err() != nil {
-				break // the budget's end or the app's: no verdict on the address
+				// The budget's end or the app's: no verdict on the address,
+				// unless the budget ended a dial that had gone unanswered for
+				// half of connect_timeout. With connect_budget at (or just
+				// over) connect_timeout that is how every dial of a silent
+				// first address ends, and without a verdict every session
+				// would dial it first again, and fail.
+				if errors.Is(ctx.Err(), context.DeadlineExceeded) && time.Since(began) >= cfg.ConnectTimeout.Duration/2 {
+					s.addrFailed(a, err, len(addrs))
+				}
+				break
 			}
 			s.addrFailed(a, err, len(addrs))
 		}
@@ -278,7 +288,10 @@ func (s *Server) splitAddress() {
 	if err != nil {
 		return
 	}
-	n, _ := strconv.ParseUint(port, 10, 16)
+	n, err := strconv.Atoi(port) // as check reads it: "+1521" too
+	if err != nil || n < 0 || n > 65535 {
+		n = 0
+	}
 	s.host, s.port = host, uint16(n)
 	if ip, err := netip.ParseAddr(host); err == nil {
 		s.ip = ip
@@ -323,9 +336,9 @@ func (s *Server) dialOrder(addrs, tried []netip.Addr) []netip.Addr {
 			r += 2
 		}
 		s.addrMu.Lock()
-		at, bad := s.addrBad[a]
+		f, bad := s.addrBad[a]
 		s.addrMu.Unlock()
-		if bad && now.Sub(at) < badFor {
+		if bad && now.Sub(f.at) < badFor {
 			r++
 		}
 		return r
@@ -356,23 +369,31 @@ func (s *Server) addrFailed(a netip.Addr, err error, n int) {
 	}
 	s.addrMu.Lock()
 	if s.addrBad == nil {
-		s.addrBad = map[netip.Addr]time.Time{}
+		s.addrBad = map[netip.Addr]addrFailure{}
 	}
-	_, was := s.addrBad[a]
-	s.addrBad[a] = time.Now()
+	f := s.addrBad[a]
+	warn := !f.logged && n > 1
+	s.addrBad[a] = addrFailure{at: time.Now(), logged: f.logged || warn}
 	s.addrMu.Unlock()
-	if !was && n > 1 {
+	if warn {
 		s.backend.serverLog().Warn("server address failed: dials try the name's other addresses first", "server", s.Address, "address", a.String(), "error", err)
 	}
+}
+
+// addrFailure is when a dial of an address failed last, and whether
+// "server address failed" was logged of it.
+type addrFailure struct {
+	at     time.Time
+	logged bool
 }
 
 // addrSucceeded notes that a took a connection.
 func (s *Server) addrSucceeded(a netip.Addr) {
 	s.addrMu.Lock()
-	_, was := s.addrBad[a]
+	f := s.addrBad[a]
 	delete(s.addrBad, a)
 	s.addrMu.Unlock()
-	if was {
+	if f.logged { // only of an address said to have failed
 		s.backend.serverLog().Info("server address answers again", "server", s.Address, "address", a.String())
 	}
 }

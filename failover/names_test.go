@@ -1,10 +1,13 @@
 package failover
 
 import (
+	"bytes"
 	"context"
 	"fmt"
+	"github.com/hashicorp/go-hclog"
 	"net"
 	"net/netip"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -245,4 +248,93 @@ func TestServerWithoutHostIsThisHost(t *testing.T) {
 		t.Fatal(err)
 	}
 	c.Close()
+}
+
+// A server at an IP address (or a name of one address) is one address: the
+// breaker and the checks speak for it, and its failed dial logs no
+// "server address failed" (addrFailed). Its next check that reached it
+// logged "server address answers again" all the same, of an address no
+// line had said failed, at every recovery of every IP-literal server with
+// health checks: the lines a name of several addresses gets, with no
+// such name in the config.
+func TestSingleAddressLogsNoAddressRecovery(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close() // down: refused
+	var buf bytes.Buffer
+	b := testBackendLogged(t, `[backend.health]
+check = "tcp"
+timeout = "300ms"
+`+servers(fmt.Sprintf("address = %q", addr)), hclog.New(&hclog.LoggerOptions{Output: &buf, Level: hclog.Info}))
+	s := b.Servers[0]
+	if err := s.check(context.Background()); err == nil {
+		t.Fatal("a check of a closed port passed")
+	}
+	ln, err = net.Listen("tcp", addr)
+	if err != nil {
+		t.Skip(err) // the port was taken meanwhile
+	}
+	defer ln.Close()
+	if err := s.check(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(buf.String(), "server address") {
+		t.Errorf("a server of one address logged of its address:\n%s", buf.String())
+	}
+}
+
+// connect_budget may equal connect_timeout (check allows it: "no re-dial
+// past one timeout"), and a session's dial starts after its accept, so
+// the budget, not connect_timeout, ends the dial of a silent first
+// address. That end was no verdict on the address (the budget's, not the
+// address's), so with checks off no one ever marked it: every session
+// dialed it first again and failed at connect_budget, for good, while the
+// name's second address answered. Until 2026-11-29 Go's dialer gave each
+// address part of the time (half of 4 s each here), and sessions got
+// through.
+func TestNameWithSilentFirstAddressWithinOneTimeout(t *testing.T) {
+	port := silentAt(t)
+	acceptAt(t, "127.0.0.2", port)
+	b := nameBackend(t, `connect_timeout = "4s"
+connect_budget = "4s"
+[backend.health]
+check = "off"
+`, port, func() []string { return []string{"127.0.0.1", "127.0.0.2"} })
+	var reached []string
+	for range 3 {
+		began := time.Now()
+		time.Sleep(5 * time.Millisecond) // the accept, reading the app's opening
+		c, err := b.NewPlan(began).Dial(context.Background(), b.Servers[0])
+		if err != nil {
+			reached = append(reached, "failed")
+			continue
+		}
+		reached = append(reached, remoteIP(c))
+		c.Close()
+	}
+	if reached[1] != "127.0.0.2" || reached[2] != "127.0.0.2" {
+		t.Fatalf("three sessions: %v; after the first, want the address that answers", reached)
+	}
+}
+
+// check accepts any port strconv.Atoi reads, "+1521" too, and Go's dialer
+// dials it, as sessions did. The health check (and a name's dials) took
+// the port as 0 (ParseUint says no to the sign) and dialed port 0: the
+// server was down for good, /readyz 503, while sessions got through.
+func TestServerPortWithSignIsChecked(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	b := testBackend(t, `[backend.health]
+check = "tcp"
+timeout = "300ms"
+`+servers(fmt.Sprintf(`address = "127.0.0.1:+%d"`, ln.Addr().(*net.TCPAddr).Port)))
+	if err := b.Servers[0].check(context.Background()); err != nil {
+		t.Fatalf("the check of a listening server: %v", err)
+	}
 }

@@ -53,6 +53,23 @@ type selfDial struct {
 
 const selfDialKeep = 5 * time.Second
 
+// ageLocked drops the notes older than selfDialKeep (those of the previous
+// generation) to twice that: at every look, not only at the next note, so
+// that a note outlives its loop by 10 s at most, not until the next loop.
+func (d *selfDials) ageLocked() {
+	now := time.Now()
+	switch age := now.Sub(d.swapped); {
+	case d.cur == nil:
+		d.cur, d.swapped = map[netip.AddrPort]selfDial{}, now
+	case age > 2*selfDialKeep:
+		d.n.Add(-int64(len(d.prev) + len(d.cur)))
+		d.prev, d.cur, d.swapped = nil, map[netip.AddrPort]selfDial{}, now
+	case age > selfDialKeep:
+		d.n.Add(-int64(len(d.prev)))
+		d.prev, d.cur, d.swapped = d.cur, map[netip.AddrPort]selfDial{}, now
+	}
+}
+
 func addrPortOf(a net.Addr) netip.AddrPort {
 	ta, ok := a.(*net.TCPAddr)
 	if !ok {
@@ -106,12 +123,11 @@ func (d *selfDials) add(c *net.TCPConn, chain []string, listener string) (loop [
 	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	if now := time.Now(); d.cur == nil || now.Sub(d.swapped) > selfDialKeep {
-		d.n.Add(-int64(len(d.prev)))
-		d.prev, d.cur, d.swapped = d.cur, map[netip.AddrPort]selfDial{}, now
+	d.ageLocked()
+	if _, ok := d.cur[local]; !ok {
+		d.n.Add(1)
 	}
 	d.cur[local] = selfDial{dst: remote, chain: chain}
-	d.n.Add(1)
 	if slices.Contains(chain, to) {
 		return append(slices.Clip(chain), to)
 	}
@@ -131,6 +147,7 @@ func (d *selfDials) ours(c *net.TCPConn, listener string) (chain []string, loop 
 	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	d.ageLocked()
 	for _, m := range []map[netip.AddrPort]selfDial{d.cur, d.prev} {
 		if sd, ok := m[remote]; ok && sd.dst == local {
 			if loop = slices.Contains(sd.chain, listener); loop {
@@ -150,11 +167,12 @@ func (d *selfDials) markBack(c *net.TCPConn, loop []string) {
 	if d.n.Load() == 0 {
 		return
 	}
-	key := addrPortOf(c.RemoteAddr())
+	key, dst := addrPortOf(c.RemoteAddr()), addrPortOf(c.LocalAddr())
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	d.ageLocked()
 	for _, m := range []map[netip.AddrPort]selfDial{d.cur, d.prev} {
-		if sd, ok := m[key]; ok {
+		if sd, ok := m[key]; ok && sd.dst == dst {
 			sd.back = loop
 			m[key] = sd
 			return
@@ -169,11 +187,12 @@ func (d *selfDials) cameBack(c *net.TCPConn) []string {
 	if d.n.Load() == 0 {
 		return nil
 	}
-	key := addrPortOf(c.LocalAddr())
+	key, dst := addrPortOf(c.LocalAddr()), addrPortOf(c.RemoteAddr())
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	d.ageLocked()
 	for _, m := range []map[netip.AddrPort]selfDial{d.cur, d.prev} {
-		if sd, ok := m[key]; ok {
+		if sd, ok := m[key]; ok && sd.dst == dst {
 			return sd.back
 		}
 	}

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+
 	"syscall"
 	"testing"
 	"time"
@@ -182,5 +183,107 @@ name = "via-front"
 	}
 	if n := counter(h.m.SessionsRejected, "front", "self_dial"); n != 0 {
 		t.Fatalf("%v of the chain's dials refused as self dials", n)
+	}
+}
+
+// A note of a dial that came back to its own listener (a loop) is kept 5
+// to 10 s (selfDials), for that dial's accept to find. It was kept with no
+// end: only a later self dial made the notes old (add), so once the loop
+// was fixed (a reload) none came, and the note stayed. An app on this
+// host whose connection has that dial's 4-tuple (its ephemeral port comes
+// round again, minutes or hours later) was then reset as a self dial, with
+// a warning naming a loop long gone; a backend dial from that local port
+// that failed before its first byte (cameBack) ended its session instead
+// of re-dialing. The same socket pair stands for the later connection here.
+func TestSelfDialNotesEnd(t *testing.T) {
+	ln, err := net.ListenTCP("tcp", &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	var d selfDials
+	d.listening([]listenAddr{{addrPortOf(ln.Addr()), "l"}})
+	dialed, err := net.DialTCP("tcp", nil, ln.Addr().(*net.TCPAddr))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dialed.Close()
+	accepted, err := ln.AcceptTCP()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer accepted.Close()
+	if loop := d.add(dialed, nil, "l"); loop == nil {
+		t.Fatal("a dial of listener l by its own session is not a loop")
+	}
+	d.markBack(accepted, []string{"l", "l"})
+	if _, loop := d.ours(accepted, "l"); !loop {
+		t.Fatal("the dial's accept is not found ours")
+	}
+	time.Sleep(2*selfDialKeep + time.Second) // no other self dial meanwhile: the loop is fixed
+	if chain, loop := d.ours(accepted, "l"); loop || chain != nil {
+		t.Errorf("%v after the dial, a connection with its 4-tuple is still taken for it (chain %v, loop %v)", 2*selfDialKeep+time.Second, chain, loop)
+	}
+	if back := d.cameBack(dialed); back != nil {
+		t.Errorf("%v after the dial, a dial from its local address still came back (%v)", 2*selfDialKeep+time.Second, back)
+	}
+	if n := d.n.Load(); n != 0 {
+		t.Errorf("%d notes counted with none kept: every same-host accept takes the lock", n)
+	}
+}
+
+// Linux gives one local port to connections to different destinations at
+// once (its 4-tuples differ). A note of a dial that came back is of that
+// dial: a session's backend connection from the same local port to a
+// server elsewhere, failing before its first byte (a database that resets
+// it), was taken for the loop's (cameBack, which looked the note up by
+// the local address alone) and ended its session as a self dial instead
+// of re-dialing; markBack likewise marked whichever dial had the app's
+// address.
+func TestSelfDialNoteIsOfItsDestination(t *testing.T) {
+	ln, err := net.ListenTCP("tcp", &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	db, err := net.ListenTCP("tcp", &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	var d selfDials
+	d.listening([]listenAddr{{addrPortOf(ln.Addr()), "l"}})
+	shared := net.Dialer{Control: func(_, _ string, rc syscall.RawConn) error {
+		rc.Control(func(fd uintptr) { syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_REUSEADDR, 1) })
+		return nil
+	}, LocalAddr: &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)}} // bound, not by connect: bind lets the next socket share its port
+	c, err := shared.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	looped := c.(*net.TCPConn)
+	accepted, err := ln.AcceptTCP()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer accepted.Close()
+	shared.LocalAddr = looped.LocalAddr()
+	c, err = shared.Dial("tcp", db.Addr().String()) // the same local port, to the database
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	toDB := c.(*net.TCPConn)
+
+	if loop := d.add(looped, nil, "l"); loop == nil {
+		t.Fatal("a dial of listener l by its own session is not a loop")
+	}
+	d.markBack(accepted, []string{"l", "l"})
+	if back := d.cameBack(looped); back == nil {
+		t.Fatal("the dial that came back is not known to have")
+	}
+	if back := d.cameBack(toDB); back != nil {
+		t.Errorf("a dial from %v to the database %v is taken for the loop's dial to %v (%v)", toDB.LocalAddr(), toDB.RemoteAddr(), looped.RemoteAddr(), back)
 	}
 }
