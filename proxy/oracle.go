@@ -329,8 +329,10 @@ func (s *session) route() error {
 // back (refusedError); a RESEND goes to the app and the next packet is read
 // on the same connection (the app sends its CONNECT again, which replaces
 // the one kept for a replay); a REDIRECT is passed on with a warning; the
-// rest is passed on. It returns the bytes to give the app.
-func (s *session) inspectFirst(conn *net.TCPConn, srv *failover.Server, buf *[]byte, n int, deadline time.Time) ([]byte, error) {
+// rest is passed on. It returns the bytes to give the app, and the pooled
+// buffer it holds now (nil for none): after a RESEND the next answer is
+// awaited holding no buffer, as the first was (firstAnswer).
+func (s *session) inspectFirst(conn *net.TCPConn, srv *failover.Server, buf *[]byte, n int, deadline time.Time) (*[]byte, []byte, error) {
 	cfg := s.backend.Config
 	data := (*buf)[:n]
 	for {
@@ -344,19 +346,19 @@ func (s *session) inspectFirst(conn *net.TCPConn, srv *failover.Server, buf *[]b
 				if errors.Is(rerr, io.EOF) {
 					rerr = fmt.Errorf("backend closed inside its first packet: %w", rerr)
 				}
-				return nil, rerr
+				return buf, nil, rerr
 			}
 			data = append(data, more[:m]...)
 			pkt, err = tns.ClassifyFirst(data)
 		}
 		if err != nil {
-			return data, nil // not TNS after all: pass it on untouched
+			return buf, data, nil // not TNS after all: pass it on untouched
 		}
 		switch pkt.Type {
 		case tns.TypeRefuse:
 			code, ok := pkt.Refuse.Err()
 			if ok && cfg.Retries("refuse") && slices.Contains(cfg.RefuseErrors, code) {
-				return nil, &refusedError{code: code, packet: append([]byte(nil), data[:pkt.Len]...)}
+				return buf, nil, &refusedError{code: code, packet: append([]byte(nil), data[:pkt.Len]...)}
 			}
 		case tns.TypeRedirect:
 			s.p.metrics.TNSRedirects.WithLabelValues(s.l.name, cfg.Name, srv.Address).Inc()
@@ -366,24 +368,26 @@ func (s *session) inspectFirst(conn *net.TCPConn, srv *failover.Server, buf *[]b
 			}
 		case tns.TypeResend:
 			if len(data) > pkt.Len || pkt.Len != tns.HeaderLen {
-				return data, nil // more than a bare RESEND: pass it all on
+				return buf, data, nil // more than a bare RESEND: pass it all on
 			}
 			s.mu.Lock()
 			s.replay, s.connectSeen, s.resendOwed, s.oracleApp = s.replay[:0], false, true, false // the app sends its CONNECT again
 			s.mu.Unlock()
 			if _, err := s.client.Write(data); err != nil {
-				return nil, err
+				return buf, nil, err
 			}
 			s.toClient.Add(int64(len(data)))
 			s.series.bytesDown.Add(float64(len(data)))
-			m, err := s.firstRead(conn, (*buf)[:cap(*buf)], deadline)
+			s.p.pool.put(buf) // the app's CONNECT again, then the answer: maybe seconds
+			var m int
+			buf, m, err = s.firstAnswer(conn, deadline)
 			if err != nil {
-				return nil, err
+				return nil, nil, err
 			}
 			data = (*buf)[:m]
 			continue
 		}
-		return data, nil
+		return buf, data, nil
 	}
 }
 

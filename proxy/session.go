@@ -649,7 +649,7 @@ func (s *session) attach(conn *net.TCPConn, srv *failover.Server, deadline time.
 	isTNS := s.looksLikeTNSLocked()
 	s.mu.Unlock()
 	if err == nil && isTNS {
-		first, err = s.inspectFirst(conn, srv, buf, n, deadline)
+		buf, first, err = s.inspectFirst(conn, srv, buf, n, deadline)
 	} else if err == nil {
 		first = (*buf)[:n]
 	}
@@ -665,12 +665,18 @@ func (s *session) attach(conn *net.TCPConn, srv *failover.Server, deadline time.
 	return buf, first, nil
 }
 
-// firstAnswer is firstRead with the pooled buffer taken only once the
-// backend's first bytes (or its end) are there, as the pumps read: a
-// session waiting for a slow listener's answer holds no buffer. In a
-// reconnect storm against a database that answers in seconds, every
-// waiting session held 16 KiB (6,000 sessions: 109 MB of live heap). buf is
-// nil when err is not.
+// firstAnswer waits for the backend's first bytes (and, after a RESEND,
+// for its answer to the app's CONNECT sent again). A backend that accepted
+// but stays silent after the app has spoken (a load balancer whose target
+// is black-holed) fails with a timeout at the end of connect_budget, as a
+// dial would. While the app has sent nothing, nothing is owed and the wait
+// has no bound.
+//
+// The pooled buffer is taken only once the backend's bytes (or its end)
+// are there, as the pumps read: a session waiting for a slow listener's
+// answer holds no buffer. In a reconnect storm against a database that
+// answers in seconds, every waiting session held 16 KiB (6,000 sessions:
+// 109 MB of live heap). buf is nil when err is not.
 func (s *session) firstAnswer(conn *net.TCPConn, deadline time.Time) (buf *[]byte, n int, err error) {
 	rc, err := conn.SyscallConn()
 	if err != nil {
@@ -766,23 +772,6 @@ func (s *session) replayTo(conn *net.TCPConn, srv *failover.Server, deadline tim
 		conn.SetWriteDeadline(time.Time{})
 	}
 	return nil
-}
-
-// firstRead waits for the backend's first bytes. A backend that accepted
-// but stays silent after the app has spoken (a load balancer whose target
-// is black-holed) fails with a timeout at the end of connect_budget, as a
-// dial would. While the app has sent nothing, nothing is owed and the wait
-// has no bound.
-func (s *session) firstRead(conn *net.TCPConn, buf []byte, deadline time.Time) (int, error) {
-	for {
-		conn.SetReadDeadline(deadline)
-		n, err := conn.Read(buf)
-		if !errors.Is(err, os.ErrDeadlineExceeded) || (s.toBackend.Load() > 0 && !s.overflowed()) || deadline.IsZero() {
-			conn.SetReadDeadline(time.Time{})
-			return n, err
-		}
-		deadline = time.Time{}
-	}
 }
 
 // overflowed reports whether more than replay_bytes went to the backend:

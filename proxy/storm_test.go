@@ -7,6 +7,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/tnsguard/tnsguard/tns"
 )
 
 // A reconnect storm (every pool refilling at once after a restart, a
@@ -67,6 +69,72 @@ func TestSessionsWaitingForFirstAnswerHoldNoBuffer(t *testing.T) {
 		b := make([]byte, 5)
 		if _, err := io.ReadFull(c, b); err != nil || string(b) != "hello" {
 			t.Fatalf("first answer: %q, %v", b, err)
+		}
+	}
+}
+
+// The same storm against a listener that asks for the CONNECT again first
+// (RESEND, then the slow answer to the CONNECT sent again): the wait for
+// that answer held the buffer the RESEND was read into, 16 KiB a session.
+func TestSessionsWaitingAfterResendHoldNoBuffer(t *testing.T) {
+	const conns = 300
+	release := make(chan struct{})
+	be := newBackend(t, func(c *net.TCPConn) {
+		if _, err := tns.ReadPacket(c, tns.Length16, 0); err != nil {
+			return
+		}
+		c.Write(tns.BuildResend())
+		if _, err := tns.ReadPacket(c, tns.Length16, 0); err != nil { // the CONNECT again; the answer comes later
+			return
+		}
+		select {
+		case <-release:
+			c.Write(tns.BuildAccept(314, ""))
+			io.Copy(io.Discard, c)
+		case <-time.After(20 * time.Second):
+		}
+	})
+	h := startProxy(t, strings.Replace(oneBackendConfig(be.addr()), `connect_budget = "3s"`, `connect_budget = "20s"`, 1))
+	addr := h.addr("l")
+	connect := goodConnect(t, "SALES")
+
+	var before, after runtime.MemStats
+	runtime.GC()
+	runtime.GC()
+	runtime.ReadMemStats(&before)
+	cs := make([]net.Conn, conns)
+	for i := range cs {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(10 * time.Second))
+		if _, err := c.Write(connect); err != nil {
+			t.Fatal(err)
+		}
+		if pkt, err := tns.ReadPacket(c, tns.Length16, 0); err != nil || pkt.Type != tns.TypeResend {
+			t.Fatalf("got %v %v, want RESEND", pkt.Type, err)
+		}
+		if _, err := c.Write(connect); err != nil {
+			t.Fatal(err)
+		}
+		cs[i] = c
+	}
+	time.Sleep(300 * time.Millisecond) // every session is in its wait for the answer to its second CONNECT
+	runtime.GC()
+	runtime.GC()
+	runtime.ReadMemStats(&after)
+	heap := (int64(after.HeapInuse) - int64(before.HeapInuse)) / conns
+	t.Logf("%d sessions waiting for the answer after a RESEND: %d bytes of heap each", conns, heap)
+	if heap > 12<<10 {
+		t.Errorf("%d bytes of heap per session waiting for the answer after a RESEND: it holds a read buffer", heap)
+	}
+
+	close(release)
+	for _, c := range cs {
+		if pkt, err := tns.ReadPacket(c, tns.Length16, 0); err != nil || pkt.Type != tns.TypeAccept {
+			t.Fatalf("answer: %v, %v", pkt.Type, err)
 		}
 	}
 }
