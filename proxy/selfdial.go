@@ -32,7 +32,7 @@ type selfDials struct {
 	n         atomic.Int64                 // dials noted: accepts look up only while there are any
 
 	mu        sync.Mutex
-	cur, prev map[netip.AddrPort]selfDial // by the dial's local address
+	cur, prev map[dialKey]selfDial // by the dial's two addresses
 	swapped   time.Time
 }
 
@@ -43,10 +43,14 @@ type listenAddr struct {
 	name string
 }
 
-// selfDial is the address a dial reached and the listeners its session's
-// app came through, the session's own last.
+// dialKey is a dial's local address and the address it reached: Linux
+// shares one local port between connections to different destinations, so
+// the local address alone may stand for several dials at once.
+type dialKey struct{ local, dst netip.AddrPort }
+
+// selfDial is the listeners a dial's session's app came through, the
+// session's own last.
 type selfDial struct {
-	dst   netip.AddrPort
 	chain []string
 	back  []string // set once the dial was found to have come back: the way round
 }
@@ -60,13 +64,13 @@ func (d *selfDials) ageLocked() {
 	now := time.Now()
 	switch age := now.Sub(d.swapped); {
 	case d.cur == nil:
-		d.cur, d.swapped = map[netip.AddrPort]selfDial{}, now
+		d.cur, d.swapped = map[dialKey]selfDial{}, now
 	case age > 2*selfDialKeep:
 		d.n.Add(-int64(len(d.prev) + len(d.cur)))
-		d.prev, d.cur, d.swapped = nil, map[netip.AddrPort]selfDial{}, now
+		d.prev, d.cur, d.swapped = nil, map[dialKey]selfDial{}, now
 	case age > selfDialKeep:
 		d.n.Add(-int64(len(d.prev)))
-		d.prev, d.cur, d.swapped = d.cur, map[netip.AddrPort]selfDial{}, now
+		d.prev, d.cur, d.swapped = d.cur, map[dialKey]selfDial{}, now
 	}
 }
 
@@ -124,10 +128,11 @@ func (d *selfDials) add(c *net.TCPConn, chain []string, listener string) (loop [
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	d.ageLocked()
-	if _, ok := d.cur[local]; !ok {
+	k := dialKey{local, remote}
+	if _, ok := d.cur[k]; !ok {
 		d.n.Add(1)
 	}
-	d.cur[local] = selfDial{dst: remote, chain: chain}
+	d.cur[k] = selfDial{chain: chain}
 	if slices.Contains(chain, to) {
 		return append(slices.Clip(chain), to)
 	}
@@ -148,11 +153,12 @@ func (d *selfDials) ours(c *net.TCPConn, listener string) (chain []string, loop 
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	d.ageLocked()
-	for _, m := range []map[netip.AddrPort]selfDial{d.cur, d.prev} {
-		if sd, ok := m[remote]; ok && sd.dst == local {
+	k := dialKey{remote, local}
+	for _, m := range []map[dialKey]selfDial{d.cur, d.prev} {
+		if sd, ok := m[k]; ok {
 			if loop = slices.Contains(sd.chain, listener); loop {
 				sd.back = append(slices.Clip(sd.chain), listener)
-				m[remote] = sd
+				m[k] = sd
 			}
 			return sd.chain, loop
 		}
@@ -167,14 +173,14 @@ func (d *selfDials) markBack(c *net.TCPConn, loop []string) {
 	if d.n.Load() == 0 {
 		return
 	}
-	key, dst := addrPortOf(c.RemoteAddr()), addrPortOf(c.LocalAddr())
+	k := dialKey{addrPortOf(c.RemoteAddr()), addrPortOf(c.LocalAddr())}
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	d.ageLocked()
-	for _, m := range []map[netip.AddrPort]selfDial{d.cur, d.prev} {
-		if sd, ok := m[key]; ok && sd.dst == dst {
+	for _, m := range []map[dialKey]selfDial{d.cur, d.prev} {
+		if sd, ok := m[k]; ok {
 			sd.back = loop
-			m[key] = sd
+			m[k] = sd
 			return
 		}
 	}
@@ -187,12 +193,12 @@ func (d *selfDials) cameBack(c *net.TCPConn) []string {
 	if d.n.Load() == 0 {
 		return nil
 	}
-	key, dst := addrPortOf(c.LocalAddr()), addrPortOf(c.RemoteAddr())
+	k := dialKey{addrPortOf(c.LocalAddr()), addrPortOf(c.RemoteAddr())}
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	d.ageLocked()
-	for _, m := range []map[netip.AddrPort]selfDial{d.cur, d.prev} {
-		if sd, ok := m[key]; ok && sd.dst == dst {
+	for _, m := range []map[dialKey]selfDial{d.cur, d.prev} {
+		if sd, ok := m[k]; ok {
 			return sd.back
 		}
 	}
