@@ -31,6 +31,8 @@ type selfDials struct {
 	listeners atomic.Pointer[[]listenAddr] // the proxy's listening sockets (Apply)
 	n         atomic.Int64                 // dials noted: accepts look up only while there are any
 
+	keep time.Duration // selfDialKeep when 0 (tests shorten it)
+
 	mu        sync.Mutex
 	cur, prev map[dialKey]selfDial // by the dial's two addresses
 	swapped   time.Time
@@ -57,6 +59,15 @@ type selfDial struct {
 
 const selfDialKeep = 5 * time.Second
 
+// keepFor is how long a generation of notes is kept: selfDialKeep unless
+// a test set keep.
+func (d *selfDials) keepFor() time.Duration {
+	if d.keep > 0 {
+		return d.keep
+	}
+	return selfDialKeep
+}
+
 // ageLocked drops the notes older than selfDialKeep (those of the previous
 // generation) to twice that: at every look, not only at the next note, so
 // that a note outlives its loop by 10 s at most, not until the next loop.
@@ -65,10 +76,10 @@ func (d *selfDials) ageLocked() {
 	switch age := now.Sub(d.swapped); {
 	case d.cur == nil:
 		d.cur, d.swapped = map[dialKey]selfDial{}, now
-	case age > 2*selfDialKeep:
+	case age > 2*d.keepFor():
 		d.n.Add(-int64(len(d.prev) + len(d.cur)))
 		d.prev, d.cur, d.swapped = nil, map[dialKey]selfDial{}, now
-	case age > selfDialKeep:
+	case age > d.keepFor():
 		d.n.Add(-int64(len(d.prev)))
 		d.prev, d.cur, d.swapped = d.cur, map[dialKey]selfDial{}, now
 	}

@@ -207,7 +207,7 @@ func TestSelfDialNotesEnd(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer ln.Close()
-	var d selfDials
+	d := selfDials{keep: 200 * time.Millisecond}
 	d.listening([]listenAddr{{addrPortOf(ln.Addr()), "l"}})
 	dialed, err := net.DialTCP("tcp", nil, ln.Addr().(*net.TCPAddr))
 	if err != nil {
@@ -226,12 +226,12 @@ func TestSelfDialNotesEnd(t *testing.T) {
 	if _, loop := d.ours(accepted, "l"); !loop {
 		t.Fatal("the dial's accept is not found ours")
 	}
-	time.Sleep(2*selfDialKeep + time.Second) // no other self dial meanwhile: the loop is fixed
+	time.Sleep(3 * d.keep) // no other self dial meanwhile: the loop is fixed
 	if chain, loop := d.ours(accepted, "l"); loop || chain != nil {
-		t.Errorf("%v after the dial, a connection with its 4-tuple is still taken for it (chain %v, loop %v)", 2*selfDialKeep+time.Second, chain, loop)
+		t.Errorf("%v after the dial, a connection with its 4-tuple is still taken for it (chain %v, loop %v)", 3*d.keep, chain, loop)
 	}
 	if back := d.cameBack(dialed); back != nil {
-		t.Errorf("%v after the dial, a dial from its local address still came back (%v)", 2*selfDialKeep+time.Second, back)
+		t.Errorf("%v after the dial, a dial from its local address still came back (%v)", 3*d.keep, back)
 	}
 	if n := d.n.Load(); n != 0 {
 		t.Errorf("%d notes counted with none kept: every same-host accept takes the lock", n)
@@ -259,10 +259,7 @@ func TestSelfDialNoteIsOfItsDestination(t *testing.T) {
 	defer db.Close()
 	var d selfDials
 	d.listening([]listenAddr{{addrPortOf(ln.Addr()), "l"}})
-	shared := net.Dialer{Control: func(_, _ string, rc syscall.RawConn) error {
-		rc.Control(func(fd uintptr) { syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_REUSEADDR, 1) })
-		return nil
-	}, LocalAddr: &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)}} // bound, not by connect: bind lets the next socket share its port
+	shared := portSharingDialer()
 	c, err := shared.Dial("tcp", ln.Addr().String())
 	if err != nil {
 		t.Fatal(err)
@@ -313,10 +310,7 @@ func TestSelfDialNotesOfOneLocalPortToTwoListeners(t *testing.T) {
 	}
 	var d selfDials
 	d.listening(ls)
-	shared := net.Dialer{Control: func(_, _ string, rc syscall.RawConn) error {
-		rc.Control(func(fd uintptr) { syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_REUSEADDR, 1) })
-		return nil
-	}, LocalAddr: &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)}}
+	shared := portSharingDialer()
 	var dialed, accepted [2]*net.TCPConn
 	for i, ln := range lns {
 		c, err := shared.Dial("tcp", ln.Addr().String())
@@ -351,4 +345,14 @@ func TestSelfDialNotesOfOneLocalPortToTwoListeners(t *testing.T) {
 	if n := d.n.Load(); n != 2 {
 		t.Errorf("%d notes counted, want 2", n)
 	}
+}
+
+// portSharingDialer dials from 127.0.0.1 with SO_REUSEADDR, bound before
+// connect: its dials may share one local port, as Linux lets connections
+// to different destinations do (a bind by connect would not show it).
+func portSharingDialer() net.Dialer {
+	return net.Dialer{Control: func(_, _ string, rc syscall.RawConn) error {
+		rc.Control(func(fd uintptr) { syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_REUSEADDR, 1) })
+		return nil
+	}, LocalAddr: &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)}}
 }
