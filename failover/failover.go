@@ -262,14 +262,15 @@ func (s *Server) dial(ctx context.Context, tried []netip.Addr) (*net.TCPConn, ne
 			if firstErr == nil {
 				firstErr = err // the first address's error is the telling one, as Go's dialer says
 			}
-			if ctx.Err() != nil {
+			if ended, byBudget := budgetEnded(ctx); ended {
 				// The budget's end or the app's: no verdict on the address,
 				// unless the budget ended a dial that had gone unanswered for
 				// half of connect_timeout. With connect_budget at (or just
 				// over) connect_timeout that is how every dial of a silent
 				// first address ends, and without a verdict every session
-				// would dial it first again, and fail.
-				if errors.Is(ctx.Err(), context.DeadlineExceeded) && time.Since(began) >= cfg.ConnectTimeout.Duration/2 {
+				// would dial it first again, and fail. The addresses after
+				// it are not dialed (nor blamed) past the budget.
+				if byBudget && time.Since(began) >= cfg.ConnectTimeout.Duration/2 {
 					s.addrFailed(a, err, len(addrs))
 				}
 				break
@@ -280,6 +281,20 @@ func (s *Server) dial(ctx context.Context, tried []netip.Addr) (*net.TCPConn, ne
 	}
 	s.backend.metrics.ConnectDuration.WithLabelValues(cfg.Name, s.Address, DialResult(err)).Observe(time.Since(start).Seconds())
 	return nil, netip.Addr{}, err
+}
+
+// budgetEnded tells whether ctx is over, and whether by its deadline (the
+// budget's) rather than by a cancel (the app left, a drain). A dial ends at
+// the deadline by the poller's own timer, which may come before the
+// context's: its Err is nil for a moment after the deadline has passed.
+func budgetEnded(ctx context.Context) (ended, byBudget bool) {
+	switch err := ctx.Err(); {
+	case err != nil:
+		return true, errors.Is(err, context.DeadlineExceeded)
+	default:
+		d, ok := ctx.Deadline()
+		return ok && !time.Now().Before(d), true
+	}
 }
 
 // splitAddress sets host, port and ip from Address (validated host:port).
