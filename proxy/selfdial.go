@@ -34,7 +34,7 @@ type selfDials struct {
 	keep time.Duration // selfDialKeep when 0 (tests shorten it)
 
 	mu        sync.Mutex
-	cur, prev map[dialKey]selfDial // by the dial's two addresses
+	cur, prev map[dialKey]*selfDial // by the dial's two addresses
 	swapped   time.Time
 }
 
@@ -75,13 +75,13 @@ func (d *selfDials) ageLocked() {
 	now := time.Now()
 	switch age := now.Sub(d.swapped); {
 	case d.cur == nil:
-		d.cur, d.swapped = map[dialKey]selfDial{}, now
+		d.cur, d.swapped = map[dialKey]*selfDial{}, now
 	case age > 2*d.keepFor():
 		d.n.Add(-int64(len(d.prev) + len(d.cur)))
-		d.prev, d.cur, d.swapped = nil, map[dialKey]selfDial{}, now
+		d.prev, d.cur, d.swapped = nil, map[dialKey]*selfDial{}, now
 	case age > d.keepFor():
 		d.n.Add(-int64(len(d.prev)))
-		d.prev, d.cur, d.swapped = d.cur, map[dialKey]selfDial{}, now
+		d.prev, d.cur, d.swapped = d.cur, map[dialKey]*selfDial{}, now
 	}
 }
 
@@ -140,10 +140,10 @@ func (d *selfDials) add(c *net.TCPConn, chain []string, listener string) (loop [
 	defer d.mu.Unlock()
 	d.ageLocked()
 	k := dialKey{local, remote}
-	if _, ok := d.cur[k]; !ok {
+	if d.cur[k] == nil {
 		d.n.Add(1)
 	}
-	d.cur[k] = selfDial{chain: chain}
+	d.cur[k] = &selfDial{chain: chain}
 	if slices.Contains(chain, to) {
 		return append(slices.Clip(chain), to)
 	}
@@ -163,18 +163,14 @@ func (d *selfDials) ours(c *net.TCPConn, listener string) (chain []string, loop 
 	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	d.ageLocked()
-	k := dialKey{remote, local}
-	for _, m := range []map[dialKey]selfDial{d.cur, d.prev} {
-		if sd, ok := m[k]; ok {
-			if loop = slices.Contains(sd.chain, listener); loop {
-				sd.back = append(slices.Clip(sd.chain), listener)
-				m[k] = sd
-			}
-			return sd.chain, loop
-		}
+	sd := d.noteLocked(dialKey{remote, local})
+	if sd == nil {
+		return nil, false
 	}
-	return nil, false
+	if loop = slices.Contains(sd.chain, listener); loop {
+		sd.back = append(slices.Clip(sd.chain), listener)
+	}
+	return sd.chain, loop
 }
 
 // markBack notes that the session whose app is c (when c is one of the
@@ -187,13 +183,8 @@ func (d *selfDials) markBack(c *net.TCPConn, loop []string) {
 	k := dialKey{addrPortOf(c.RemoteAddr()), addrPortOf(c.LocalAddr())}
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	d.ageLocked()
-	for _, m := range []map[dialKey]selfDial{d.cur, d.prev} {
-		if sd, ok := m[k]; ok {
-			sd.back = loop
-			m[k] = sd
-			return
-		}
+	if sd := d.noteLocked(k); sd != nil {
+		sd.back = loop
 	}
 }
 
@@ -207,11 +198,18 @@ func (d *selfDials) cameBack(c *net.TCPConn) []string {
 	k := dialKey{addrPortOf(c.LocalAddr()), addrPortOf(c.RemoteAddr())}
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	d.ageLocked()
-	for _, m := range []map[dialKey]selfDial{d.cur, d.prev} {
-		if sd, ok := m[k]; ok {
-			return sd.back
-		}
+	if sd := d.noteLocked(k); sd != nil {
+		return sd.back
 	}
 	return nil
+}
+
+// noteLocked is the note of the dial k (in either generation), or nil.
+// Under d.mu.
+func (d *selfDials) noteLocked(k dialKey) *selfDial {
+	d.ageLocked()
+	if sd := d.cur[k]; sd != nil {
+		return sd
+	}
+	return d.prev[k]
 }
