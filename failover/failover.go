@@ -345,21 +345,19 @@ func (s *Server) dialOrder(addrs, tried []netip.Addr) []netip.Addr {
 	}
 	now := time.Now()
 	badFor := s.badFor()
-	rank := func(a netip.Addr) int {
-		r := 0
+	rank := make(map[netip.Addr]int, len(addrs))
+	s.addrMu.Lock()
+	for _, a := range addrs {
+		if f, bad := s.addrBad[a]; bad && now.Sub(f.at) < badFor {
+			rank[a]++
+		}
 		if slices.Contains(tried, a) {
-			r += 2
+			rank[a] += 2
 		}
-		s.addrMu.Lock()
-		f, bad := s.addrBad[a]
-		s.addrMu.Unlock()
-		if bad && now.Sub(f.at) < badFor {
-			r++
-		}
-		return r
 	}
+	s.addrMu.Unlock()
 	out := slices.Clone(addrs)
-	slices.SortStableFunc(out, func(a, b netip.Addr) int { return rank(a) - rank(b) })
+	slices.SortStableFunc(out, func(a, b netip.Addr) int { return rank[a] - rank[b] })
 	return out
 }
 
@@ -379,7 +377,7 @@ func (s *Server) badFor() time.Duration {
 // until it succeeds again, and only for a name of several addresses (the
 // breaker and the checks speak for a single one).
 func (s *Server) addrFailed(a netip.Addr, err error, n int) {
-	if outOfResources(err) {
+	if OutOfResources(err) {
 		return
 	}
 	s.addrMu.Lock()
@@ -413,10 +411,15 @@ func (s *Server) addrSucceeded(a netip.Addr) {
 	}
 }
 
-// outOfResources tells tnsguard's own want of fds or memory: no verdict on
-// an address.
-func outOfResources(err error) bool {
-	return errors.Is(err, syscall.EMFILE) || errors.Is(err, syscall.ENFILE) || errors.Is(err, syscall.ENOBUFS) || errors.Is(err, syscall.ENOMEM)
+// OutOfResources tells an error of tnsguard's own want of fds or memory
+// (EMFILE when apps hold every fd). Its cause is "proxy". A dial that failed
+// so is not the server's failure: it opens no breaker, marks no address of
+// a name failed and, with health checks off, marks no server down, and is
+// retried within connect_budget as fds free. A session cut so resets both
+// legs (proxy's abort).
+func OutOfResources(err error) bool {
+	return errors.Is(err, syscall.EMFILE) || errors.Is(err, syscall.ENFILE) ||
+		errors.Is(err, syscall.ENOBUFS) || errors.Is(err, syscall.ENOMEM)
 }
 
 // DialResult names a dial error for metrics and logs: ok, refused,

@@ -8,6 +8,8 @@ import (
 	"net"
 	"os"
 	"syscall"
+
+	"github.com/tnsguard/tnsguard/failover"
 )
 
 // Sentinel errors for ends that tnsguard itself causes.
@@ -76,7 +78,7 @@ func Cause(err error) string {
 		return "refused"
 	case errors.Is(err, ErrDrained), errors.Is(err, net.ErrClosed):
 		return "proxy"
-	case outOfResources(err):
+	case failover.OutOfResources(err):
 		return "proxy" // tnsguard out of fds or memory (a revive that waited 2 s for them), not the peer
 	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, os.ErrDeadlineExceeded):
 		return "timeout"
@@ -89,14 +91,4 @@ func Cause(err error) string {
 		return "no_backend"
 	}
 	return "error"
-}
-
-// outOfResources tells an error of tnsguard's own want of fds or memory
-// (EMFILE when apps hold every fd). Its cause is "proxy". A dial that failed
-// so is not the server's failure: it opens no breaker and, with health
-// checks off, marks no server down, and is retried within connect_budget as
-// fds free. A session cut so resets both legs (abort).
-func outOfResources(err error) bool {
-	return errors.Is(err, syscall.EMFILE) || errors.Is(err, syscall.ENFILE) ||
-		errors.Is(err, syscall.ENOBUFS) || errors.Is(err, syscall.ENOMEM)
 }

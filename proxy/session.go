@@ -274,7 +274,7 @@ func (s *session) open() error {
 			}
 			lastErr = err
 			attempts = append(attempts, fmt.Sprintf("%s: %v", srv.Address, err))
-			if outOfResources(err) || budgetCut(err, plan, left, cfg, slices.Contains(refusedBy, srv)) {
+			if failover.OutOfResources(err) || budgetCut(err, plan, left, cfg, slices.Contains(refusedBy, srv)) {
 				// tnsguard is out of fds or memory, or the session out of
 				// budget: no verdict on the server
 				srv.Abandoned(plan.Trial())
@@ -1257,7 +1257,7 @@ func (s *session) abort(side Side, phase Phase, err error, outcome string, srv *
 		// protocol that ends an upload at the end of stream would take
 		// a cut-off upload for a whole one.
 		s.closeLegs((side == SideBackend || Cause(err) != "eof") && !refused,
-			(side == SideClient && appBroke(err)) || outOfResources(err))
+			(side == SideClient && appBroke(err)) || failover.OutOfResources(err))
 		s.unpark() // parked directions wake to see their closed sockets
 	})
 }
