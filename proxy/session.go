@@ -227,7 +227,7 @@ func (s *session) open() error {
 		// The accept may have come before the dial that made it was noted
 		// (selfdial.go): ask again, now that the dialer has gone on.
 		if chain, loop := s.p.selfDials.ours(s.client, s.l.name); loop {
-			return s.selfDialed(append(slices.Clip(chain), s.l.name)) // ours marked the dial that came back
+			return s.selfDialed(append(slices.Clip(chain), s.l.name))
 		} else if chain != nil {
 			s.in.chain = append(slices.Clip(chain), s.l.name)
 		}
@@ -300,7 +300,6 @@ func (s *session) open() error {
 			conn.SetLinger(0)
 			conn.Close()
 			srv.Abandoned(plan.Trial())
-			s.p.selfDials.markBack(s.client, loop) // the dial that brought this app here ends too
 			return s.selfDialed(loop)
 		}
 		dialed := time.Now()
@@ -330,7 +329,6 @@ func (s *session) open() error {
 		s.detach()
 		if back != nil { // its reset came from a loop back to this proxy: so would a re-dial's
 			srv.Abandoned(plan.Trial())
-			s.p.selfDials.markBack(s.client, back)
 			return s.selfDialed(back)
 		}
 		if over, cerr := s.cutShort(srv, plan, err); over {
@@ -502,7 +500,10 @@ var errSelfDial = errors.New("the app is tnsguard's own dial to a server that is
 // selfDialed ends a session that is part of a loop back to one of the
 // proxy's listeners (loop: the listeners on the way round, the one reached
 // again last), as the listener rejects such a connection it sees at accept.
+// When its app is itself one of the proxy's dials, that dial's session ends
+// too, rather than re-dial (cameBack).
 func (s *session) selfDialed(loop []string) error {
+	s.p.selfDials.markBack(s.client, loop)
 	s.l.rejected("self_dial")
 	if s.l.takeLogLine("self-dial") {
 		s.l.log.Warn("connection rejected: "+errSelfDial.Error()+"; check the server's address, or what its name resolves to", "loop", strings.Join(loop, " -> "))
