@@ -4,15 +4,17 @@ import (
 	"bytes"
 	"context"
 	"fmt"
-	"github.com/hashicorp/go-hclog"
 	"net"
 	"net/netip"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
-	"golang.org/x/sys/unix"
+	"github.com/hashicorp/go-hclog"
+
+	"github.com/tnsguard/tnsguard/test/loopback"
 )
 
 // Servers given by a name that resolves to several addresses (a RAC SCAN
@@ -20,38 +22,13 @@ import (
 // resolved by a lookup the test controls (the backend's lookup hook); the
 // addresses are real loopback sockets: 127.0.0.1 and 127.0.0.2 on one port.
 
-// silentAt is a port on 127.0.0.1 whose dials hang until their timeout: a
-// listening socket with backlog 0 whose accept queue is already full, so
-// the kernel drops further SYNs (as proxy's blackhole).
+// silentAt is a port on 127.0.0.1 whose dials hang until their timeout
+// (loopback.Blackhole).
 func silentAt(t *testing.T) int {
 	t.Helper()
-	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { unix.Close(fd) })
-	if err := unix.Bind(fd, &unix.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}); err != nil {
-		t.Fatal(err)
-	}
-	if err := unix.Listen(fd, 0); err != nil {
-		t.Fatal(err)
-	}
-	sa, err := unix.Getsockname(fd)
-	if err != nil {
-		t.Fatal(err)
-	}
-	port := sa.(*unix.SockaddrInet4).Port
-	addr := fmt.Sprintf("127.0.0.1:%d", port)
-	filler, err := net.DialTimeout("tcp", addr, time.Second)
-	if err != nil {
-		t.Fatalf("filling the accept queue of %s: %v", addr, err)
-	}
-	t.Cleanup(func() { filler.Close() })
-	if c, err := net.DialTimeout("tcp", addr, 50*time.Millisecond); err == nil {
-		c.Close()
-		t.Skip("this kernel accepts past a full backlog-0 queue: no loopback black-hole")
-	}
-	return port
+	_, port, _ := net.SplitHostPort(loopback.Blackhole(t))
+	n, _ := strconv.Atoi(port)
+	return n
 }
 
 // acceptAt listens on ip:port and accepts (and holds) every connection

@@ -16,6 +16,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
 	"golang.org/x/sys/unix"
+
+	"github.com/tnsguard/tnsguard/test/loopback"
 )
 
 // Helpers of the failover tests (failover_test.go, replay_test.go): a proxy
@@ -230,39 +232,9 @@ func closedPort(t *testing.T) string {
 	return fmt.Sprintf("127.0.0.1:%d", sa.(*unix.SockaddrInet4).Port)
 }
 
-// blackhole is a loopback address whose dials hang until their timeout: a
-// listening socket with backlog 0 whose accept queue is already full (one
-// connection that is never accepted), so the kernel drops further SYNs.
-func blackhole(t *testing.T) string {
-	t.Helper()
-	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { unix.Close(fd) })
-	if err := unix.Bind(fd, &unix.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}); err != nil {
-		t.Fatal(err)
-	}
-	if err := unix.Listen(fd, 0); err != nil {
-		t.Fatal(err)
-	}
-	sa, err := unix.Getsockname(fd)
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := fmt.Sprintf("127.0.0.1:%d", sa.(*unix.SockaddrInet4).Port)
-	filler, err := net.DialTimeout("tcp", addr, time.Second)
-	if err != nil {
-		t.Fatalf("filling the accept queue of %s: %v", addr, err)
-	}
-	t.Cleanup(func() { filler.Close() })
-	// Prove it: a dial now times out.
-	if c, err := net.DialTimeout("tcp", addr, 50*time.Millisecond); err == nil {
-		c.Close()
-		t.Skip("this kernel accepts past a full backlog-0 queue: no loopback black-hole")
-	}
-	return addr
-}
+// blackhole is a loopback address whose dials hang until their timeout
+// (loopback.Blackhole).
+func blackhole(t *testing.T) string { return loopback.Blackhole(t) }
 
 // sayName writes the server's name on accept, then echoes: a session can
 // tell which server it reached from its first byte.
