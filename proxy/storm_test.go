@@ -35,29 +35,14 @@ func TestSessionsWaitingForFirstAnswerHoldNoBuffer(t *testing.T) {
 	h := startProxy(t, strings.Replace(oneBackendConfig(be.addr()), `connect_budget = "3s"`, `connect_budget = "20s"`, 1))
 	addr := h.addr("l")
 
-	var before, after runtime.MemStats
-	runtime.GC()
-	runtime.GC()
-	runtime.ReadMemStats(&before)
-	cs := make([]net.Conn, conns)
-	for i := range cs {
-		c, err := net.Dial("tcp", addr)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer c.Close()
+	cs, heap, stack := heapPerWaitingSession(t, conns, func(c net.Conn) {
 		if _, err := c.Write([]byte("opening")); err != nil {
 			t.Fatal(err)
 		}
-		cs[i] = c
-	}
-	waitFor(t, 5*time.Second, "every opening at the backend", func() bool { return len(be.accepted()) == conns })
-	time.Sleep(200 * time.Millisecond) // every session is in its wait for the first answer
-	runtime.GC()
-	runtime.GC()
-	runtime.ReadMemStats(&after)
-	heap := (int64(after.HeapInuse) - int64(before.HeapInuse)) / conns
-	stack := (int64(after.StackInuse) - int64(before.StackInuse)) / conns
+	}, func() {
+		waitFor(t, 5*time.Second, "every opening at the backend", func() bool { return len(be.accepted()) == conns })
+		time.Sleep(200 * time.Millisecond) // every session is in its wait for the first answer
+	}, addr)
 	t.Logf("%d sessions waiting for the backend's first answer: %d bytes of heap and %d bytes of stack each", conns, heap, stack)
 	if heap > 12<<10 {
 		t.Errorf("%d bytes of heap per session waiting for its first answer: it holds a read buffer", heap)
@@ -98,17 +83,7 @@ func TestSessionsWaitingAfterResendHoldNoBuffer(t *testing.T) {
 	addr := h.addr("l")
 	connect := goodConnect(t, "SALES")
 
-	var before, after runtime.MemStats
-	runtime.GC()
-	runtime.GC()
-	runtime.ReadMemStats(&before)
-	cs := make([]net.Conn, conns)
-	for i := range cs {
-		c, err := net.Dial("tcp", addr)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer c.Close()
+	cs, heap, _ := heapPerWaitingSession(t, conns, func(c net.Conn) {
 		c.SetDeadline(time.Now().Add(10 * time.Second))
 		if _, err := c.Write(connect); err != nil {
 			t.Fatal(err)
@@ -119,13 +94,9 @@ func TestSessionsWaitingAfterResendHoldNoBuffer(t *testing.T) {
 		if _, err := c.Write(connect); err != nil {
 			t.Fatal(err)
 		}
-		cs[i] = c
-	}
-	time.Sleep(300 * time.Millisecond) // every session is in its wait for the answer to its second CONNECT
-	runtime.GC()
-	runtime.GC()
-	runtime.ReadMemStats(&after)
-	heap := (int64(after.HeapInuse) - int64(before.HeapInuse)) / conns
+	}, func() {
+		time.Sleep(300 * time.Millisecond) // every session is in its wait for the answer to its second CONNECT
+	}, addr)
 	t.Logf("%d sessions waiting for the answer after a RESEND: %d bytes of heap each", conns, heap)
 	if heap > 12<<10 {
 		t.Errorf("%d bytes of heap per session waiting for the answer after a RESEND: it holds a read buffer", heap)
@@ -137,4 +108,32 @@ func TestSessionsWaitingAfterResendHoldNoBuffer(t *testing.T) {
 			t.Fatalf("answer: %v, %v", pkt.Type, err)
 		}
 	}
+}
+
+// heapPerWaitingSession opens conns apps to addr, each begun by open, lets
+// settle bring every session to its wait, and returns the apps' connections
+// (closed when the test ends) and the heap and the stack per session.
+func heapPerWaitingSession(t *testing.T, conns int, open func(net.Conn), settle func(), addr string) (cs []net.Conn, heap, stack int64) {
+	t.Helper()
+	var before, after runtime.MemStats
+	runtime.GC()
+	runtime.GC()
+	runtime.ReadMemStats(&before)
+	cs = make([]net.Conn, conns)
+	for i := range cs {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		open(c)
+		cs[i] = c
+	}
+	settle()
+	runtime.GC()
+	runtime.GC()
+	runtime.ReadMemStats(&after)
+	heap = (int64(after.HeapInuse) - int64(before.HeapInuse)) / int64(conns)
+	stack = (int64(after.StackInuse) - int64(before.StackInuse)) / int64(conns)
+	return cs, heap, stack
 }
