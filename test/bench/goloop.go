@@ -20,7 +20,10 @@ import (
 // Each direction reads until EAGAIN (edge-triggered registrations) and
 // writes on at once; what the destination cannot take waits in a buffer,
 // and reading that direction stops until EPOLLOUT drains it.
-const roleLoop = "goloop"
+const (
+	roleLoop  = "goloop"
+	roleLoop2 = "goloop2"
+)
 
 type loopConn struct {
 	peer    int
@@ -36,34 +39,54 @@ type eventLoop struct {
 	events []unix.EpollEvent
 }
 
-// runLoop serves one listener per target until the process is killed.
-func runLoop(targets []string, out io.Writer) error {
-	runtime.LockOSThread()
-	ep, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
-	if err != nil {
-		return err
+// runLoop serves one listener per target until the process is killed, on
+// loops epoll loops, each on a thread of its own with its own listening
+// socket per target (SO_REUSEPORT on one port: the kernel spreads the
+// connections), as nginx's workers do. goloop runs one loop, goloop2 two.
+func runLoop(targets []string, loops int, out io.Writer) error {
+	ls := make([]*eventLoop, loops)
+	ports := make([]int, len(targets))
+	for i := range ls {
+		ep, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
+		if err != nil {
+			return err
+		}
+		l := &eventLoop{ep: ep, ln: map[int]unix.Sockaddr{}, conns: map[int]*loopConn{},
+			buf: make([]byte, 16<<10), events: make([]unix.EpollEvent, 256)}
+		for j, t := range targets {
+			ap, err := netip.ParseAddrPort(t)
+			if err != nil {
+				return err
+			}
+			fd, port, err := listenRaw(ports[j])
+			if err != nil {
+				return err
+			}
+			ports[j] = port
+			l.ln[fd] = &unix.SockaddrInet4{Port: int(ap.Port()), Addr: ap.Addr().As4()}
+			if err := unix.EpollCtl(ep, unix.EPOLL_CTL_ADD, fd, &unix.EpollEvent{Events: unix.EPOLLIN, Fd: int32(fd)}); err != nil {
+				return err
+			}
+		}
+		ls[i] = l
 	}
-	l := &eventLoop{ep: ep, ln: map[int]unix.Sockaddr{}, conns: map[int]*loopConn{},
-		buf: make([]byte, 16<<10), events: make([]unix.EpollEvent, 256)}
-	addrs := make([]string, len(targets))
-	for i, t := range targets {
-		ap, err := netip.ParseAddrPort(t)
-		if err != nil {
-			return err
-		}
-		fd, addr, err := listenRaw()
-		if err != nil {
-			return err
-		}
-		l.ln[fd] = &unix.SockaddrInet4{Port: int(ap.Port()), Addr: ap.Addr().As4()}
-		addrs[i] = addr
-		if err := unix.EpollCtl(ep, unix.EPOLL_CTL_ADD, fd, &unix.EpollEvent{Events: unix.EPOLLIN, Fd: int32(fd)}); err != nil {
-			return err
-		}
+	addrs := make([]string, len(ports))
+	for j, port := range ports {
+		addrs[j] = fmt.Sprintf("127.0.0.1:%d", port)
 	}
 	fmt.Fprintf(out, "ready %s\n", strings.Join(addrs, " "))
+	errc := make(chan error, loops)
+	for _, l := range ls {
+		go func() { errc <- l.run() }()
+	}
+	return <-errc // the process ends here; the other loops go with it
+}
+
+// run waits for events and handles them until epoll fails.
+func (l *eventLoop) run() error {
+	runtime.LockOSThread()
 	for {
-		n, err := unix.EpollWait(ep, l.events, -1)
+		n, err := unix.EpollWait(l.ep, l.events, -1)
 		if err == unix.EINTR {
 			continue
 		}
@@ -81,23 +104,28 @@ func runLoop(targets []string, out io.Writer) error {
 	}
 }
 
-// listenRaw is a non-blocking listening socket on 127.0.0.1, any port.
-func listenRaw() (int, string, error) {
+// listenRaw is a non-blocking listening socket on 127.0.0.1:port (0: any),
+// with SO_REUSEPORT so that each loop can have its own on one port; it
+// returns the port.
+func listenRaw(port int) (int, int, error) {
 	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
-		return -1, "", err
+		return -1, 0, err
 	}
-	if err := unix.Bind(fd, &unix.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}); err != nil {
-		return -1, "", err
+	if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_REUSEPORT, 1); err != nil {
+		return -1, 0, err
+	}
+	if err := unix.Bind(fd, &unix.SockaddrInet4{Port: port, Addr: [4]byte{127, 0, 0, 1}}); err != nil {
+		return -1, 0, err
 	}
 	if err := unix.Listen(fd, 4096); err != nil {
-		return -1, "", err
+		return -1, 0, err
 	}
 	sa, err := unix.Getsockname(fd)
 	if err != nil {
-		return -1, "", err
+		return -1, 0, err
 	}
-	return fd, fmt.Sprintf("127.0.0.1:%d", sa.(*unix.SockaddrInet4).Port), nil
+	return fd, sa.(*unix.SockaddrInet4).Port, nil
 }
 
 // accept takes every pending connection and starts its backend connect.

@@ -60,7 +60,7 @@ func allSystems() []string {
 }
 
 // knownSystems adds the opt-in ones.
-func knownSystems() []string { return append(allSystems(), sysGoLoop, sysTnsguardB) }
+func knownSystems() []string { return append(allSystems(), sysGoLoop, sysGoLoop2, sysTnsguardB) }
 
 func fullOptions() options {
 	return options{

@@ -51,7 +51,9 @@ func runRole(role string, out io.Writer) error {
 		}
 		return <-errc // the process ends here; the other acceptors go with it
 	case roleLoop:
-		return runLoop(strings.Split(os.Getenv(envRoutes), ","), out)
+		return runLoop(strings.Split(os.Getenv(envRoutes), ","), 1, out)
+	case roleLoop2:
+		return runLoop(strings.Split(os.Getenv(envRoutes), ","), 2, out)
 	}
 	return fmt.Errorf("unknown role %q", role)
 }

@@ -327,6 +327,8 @@ func prepareSystems(ctx context.Context, o options, dir string, fileLimit uint64
 			systems = append(systems, setup.goProxy(sysGoCopy, roleCopy))
 		case sysGoLoop:
 			systems = append(systems, setup.goProxy(sysGoLoop, roleLoop))
+		case sysGoLoop2:
+			systems = append(systems, setup.goProxy(sysGoLoop2, roleLoop2))
 		case sysHAProxy:
 			p, err := findBinary("haproxy")
 			if err != nil {

@@ -20,7 +20,8 @@ const (
 	sysHAProxy  = "haproxy"
 	sysNginx    = "nginx"
 	sysGoCopy   = "gocopy"
-	sysGoLoop   = "goloop" // opt-in reference design (goloop.go)
+	sysGoLoop   = "goloop"  // opt-in reference design (goloop.go)
+	sysGoLoop2  = "goloop2" // the same on two threads, one loop each
 	sysTnsguard = "tnsguard"
 	// sysTnsguardB is a second tnsguard binary (-tnsguard-b), opt-in: an
 	// A/B comparison of two builds in one interleaved run, where this
