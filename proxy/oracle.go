@@ -99,7 +99,12 @@ func (s *session) openingUnfinishedLocked(silent bool) bool {
 		return false
 	}
 	if len(b) == 0 {
-		return s.resendOwed // the app has not sent its CONNECT again after a RESEND
+		// The app has not sent its CONNECT again after a RESEND (or has
+		// sent nothing). Its doing when the listener waited for it (silent,
+		// or it ended after silentAppGrace: INBOUND_CONNECT_TIMEOUT); a
+		// listener that died at once failed on its own, while the CONNECT
+		// was still on its way: the next server gets it.
+		return s.resendOwed && (silent || time.Since(s.resendAt) >= silentAppGrace)
 	}
 	listener := s.backend.Config.Health.Check == "tnsping"
 	if len(b) < tns.HeaderLen {
@@ -372,6 +377,7 @@ func (s *session) inspectFirst(conn *net.TCPConn, srv *failover.Server, buf *[]b
 			}
 			s.mu.Lock()
 			s.replay, s.connectSeen, s.resendOwed, s.oracleApp = s.replay[:0], false, true, false // the app sends its CONNECT again
+			s.resendAt = time.Now()
 			s.mu.Unlock()
 			if _, err := s.client.Write(data); err != nil {
 				return buf, nil, err

@@ -258,6 +258,75 @@ func TestResendThenRefuseFailsOver(t *testing.T) {
 	}
 }
 
+// A listener that sends RESEND and dies at once (reset or close), before
+// the app's CONNECT sent again has reached tnsguard, is a failing server:
+// the session goes to the next one, which gets the CONNECT sent again, byte
+// for byte. The app here sends it again 30 ms after the RESEND, as one
+// farther from tnsguard than the listener does. Until the fix the app was
+// reset as one whose opening was not a whole CONNECT (side client, phase
+// opening, "the app's opening is not a whole, well-formed TNS CONNECT"),
+// with no re-dial; go-ora, on loopback, lost that race now and then.
+func TestResendThenServerDiesAtOnceFailsOver(t *testing.T) {
+	connect, err := tns.BuildConnect("(DESCRIPTION=(CONNECT_DATA=(SERVICE_NAME=SALES)(CID=(PROGRAM=app)(HOST=h)(USER=u)))(ADDRESS=(PROTOCOL=TCP)(HOST=db)(PORT=1521)))")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, end := range []string{"reset", "close"} {
+		t.Run(end, func(t *testing.T) {
+			dying := newBackend(t, func(c *net.TCPConn) {
+				if _, err := tns.ReadPacket(c, tns.Length16, 0); err != nil {
+					return
+				}
+				c.Write(tns.BuildResend())
+				if end == "reset" {
+					c.SetLinger(0)
+				}
+				c.Close()
+			})
+			standby := tnstest.New(t, tnstest.Config{Mode: tnstest.Refuse, Err: 12560})
+			h := startProxy(t, oracleConfig("", dying.addr()+";0", standby.Addr()+";1"))
+			c := h.dial("l")
+			defer c.Close()
+			if _, err := c.Write(connect); err != nil {
+				t.Fatal(err)
+			}
+			c.SetReadDeadline(time.Now().Add(2 * time.Second))
+			if p, err := tns.ReadPacket(c, tns.Length16, 0); err != nil || p.Type != tns.TypeResend {
+				t.Fatalf("read %v, %v; want the listener's RESEND", p.Type, err)
+			}
+			time.Sleep(30 * time.Millisecond)
+			if _, err := c.Write(connect); err != nil {
+				t.Fatalf("sending the CONNECT again: %v", err)
+			}
+			if code := readRefuse(t, c, 3*time.Second); code != 12560 {
+				t.Fatalf("the app got ORA-%d; want the standby's ORA-12560", code)
+			}
+			if b := standby.Connects(); len(b) != 1 || !bytes.Equal(b[0], connect) {
+				t.Fatalf("the standby got %d CONNECTs; want 1, the app's CONNECT sent again byte for byte", len(b))
+			}
+			if n := counter(h.m.Redials, "l", "b", "reset"); n != 1 {
+				t.Errorf("%v reset redials, want 1", n)
+			}
+		})
+	}
+	// The same with a real driver's bytes: go-ora sends its CONNECT again at
+	// once, so on loopback it usually wins the race; it must always get the
+	// standby's answer.
+	for range 5 {
+		dying := newBackend(t, func(c *net.TCPConn) {
+			if _, err := tns.ReadPacket(c, tns.Length16, 0); err == nil {
+				c.Write(tns.BuildResend())
+			}
+			c.Close()
+		})
+		standby := tnstest.New(t, tnstest.Config{Mode: tnstest.Refuse, Err: 12560})
+		h := startProxy(t, oracleConfig("", dying.addr()+";0", standby.Addr()+";1"))
+		if err := goOraPing(t, h.addr("l"), "SALES"); err == nil || !strings.Contains(err.Error(), "ORA-12560") {
+			t.Fatalf("go-ora: %v; want the standby's ORA-12560", err)
+		}
+	}
+}
+
 // A REDIRECT is passed on, counted and logged: the app will bypass tnsguard.
 func TestRedirectCounted(t *testing.T) {
 	l := tnstest.New(t, tnstest.Config{Mode: tnstest.Redirect, RedirectTo: "node1-vip:1521"})
