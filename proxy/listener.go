@@ -161,6 +161,11 @@ func (l *listener) handle(ctx context.Context, c *net.TCPConn) {
 	// PROXY protocol (proxyproto.go): from here on src is the real client.
 	in, reason, err := readInbound(ctx, c, cfg)
 	src := in.client.Addr()
+	if reason == localCheck {
+		l.log.Debug("PROXY protocol: health check ended", "source", c.RemoteAddr(), "error", err)
+		c.Close()
+		return
+	}
 	if reason != "" {
 		l.log.Debug("PROXY protocol: connection refused before dialing", "source", c.RemoteAddr(), "error", err)
 		l.reject(c, reason, src)

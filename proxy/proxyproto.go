@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/netip"
 	"time"
@@ -48,6 +49,11 @@ const (
 	rejectProxyInvalid   = "proxy_invalid"   // a malformed, oversized or non-TCP header
 	rejectProxyTimeout   = "proxy_timeout"   // the header did not arrive within proxy_header_timeout
 )
+
+// localCheck is not a rejection: a LOCAL connection (the load balancer's
+// own) that ended before its first byte, a health check. It is closed
+// without a count.
+const localCheck = "local_check"
 
 // errHeaderTimeout is a header read cut by proxy_header_timeout or shutdown.
 var errHeaderTimeout = errors.New("PROXY header not complete within proxy_header_timeout")
@@ -109,7 +115,18 @@ func readInbound(ctx context.Context, c *net.TCPConn, cfg *config.Listener) (inb
 
 	in.early = early
 	if hdr.Command.IsLocal() {
-		// The load balancer's own connection (health check): its address is the real one.
+		// The load balancer's own connection: its address is the real one.
+		// Most are health checks (HAProxy's `send-proxy-v2 check`, a
+		// tnsguard upstream's check) that end without a byte: wait for the
+		// first bytes, as optional mode does, and end a check before it
+		// dials, counted as no session and no reset.
+		if len(in.early) == 0 {
+			b, err := readFirstBytes(ctx, c, cfg.ProxyHeaderTimeout.Duration)
+			if err != nil {
+				return in, localCheck, err
+			}
+			in.early = b // nil after a silent timeout: a server-speaks-first protocol
+		}
 		return in, "", nil
 	}
 	src, srcOK := hdr.SourceAddr.(*net.TCPAddr)
@@ -166,6 +183,35 @@ func readHeader(ctx context.Context, c *net.TCPConn, timeout time.Duration) (*pr
 		early = append([]byte(nil), b...)
 	}
 	return hdr, early, err
+}
+
+// readFirstBytes waits up to timeout (or until ctx ends) for the first
+// bytes after a LOCAL header. It returns them; nil and no error when
+// nothing came in time; an error when the peer left (a FIN or a reset)
+// without a byte, or at shutdown.
+func readFirstBytes(ctx context.Context, c *net.TCPConn, timeout time.Duration) ([]byte, error) {
+	if err := c.SetReadDeadline(time.Now().Add(timeout)); err != nil {
+		return nil, err
+	}
+	stop := context.AfterFunc(ctx, func() { c.SetReadDeadline(time.Unix(1, 0)) })
+	buf := make([]byte, headerBufSize)
+	n, err := c.Read(buf)
+	if !stop() {
+		return nil, fmt.Errorf("%w: shutting down", errHeaderTimeout)
+	}
+	if derr := c.SetReadDeadline(time.Time{}); derr != nil && n > 0 {
+		return nil, derr
+	}
+	if n > 0 {
+		return buf[:n:n], nil
+	}
+	if ne := net.Error(nil); errors.As(err, &ne) && ne.Timeout() {
+		return nil, nil
+	}
+	if err == nil {
+		err = io.EOF
+	}
+	return nil, fmt.Errorf("the load balancer's own connection (PROXY LOCAL) ended before a byte: a health check: %w", err)
 }
 
 // headerSource counts the bytes read while looking for a header, to tell

@@ -781,3 +781,69 @@ proxy_header_timeout = "0s"`, ""))
 			counter(h.m.SessionsRejected, "l", "proxy_missing"))
 	}
 }
+
+// A load balancer's health check on a PROXY listener: HAProxy's `server ...
+// send-proxy-v2 check` (or send-proxy: "PROXY UNKNOWN") opens a connection,
+// sends a LOCAL header and resets it without a byte more, every 2 s; a
+// tnsguard upstream's check does the same and closes with a FIN. It is not
+// an app: no backend dial, no session, no reset counted or logged (a
+// reset each interval filled the log's warnings and /api/resets with the
+// balancer's address and fed TnsguardResetRateHigh). A LOCAL connection
+// that does send bytes is the balancer's own traffic, and is served.
+func TestProxyLocalHealthCheckIsNotASession(t *testing.T) {
+	be, seen := ppBackend(t, false)
+	h := startProxy(t, ppConfig(be.addr(), `proxy_protocol = "required"
+trusted_proxies = ["127.0.0.1/32"]
+proxy_header_timeout = "300ms"`, ""))
+	addr := h.addr("l")
+	v2Local := append(append([]byte{}, proxyproto.SIGV2...), 0x20, 0x00, 0x00, 0x00) // what HAProxy sends
+	local := [][]byte{
+		v2Local,
+		[]byte("PROXY UNKNOWN\r\n"),
+		append(append([]byte{}, proxyproto.SIGV2...), 0x20, 0x11, 0x00, 0x0c, 127, 0, 0, 1, 127, 0, 0, 1, 0x15, 0xb3, 0x05, 0xf1),
+	}
+	for _, hdr := range local {
+		for _, reset := range []bool{true, false} { // HAProxy resets; a tnsguard upstream closes
+			c := dialFrom(t, "127.0.0.1", addr)
+			if _, err := c.Write(hdr); err != nil {
+				t.Fatal(err)
+			}
+			time.Sleep(20 * time.Millisecond) // the header is read before the check ends
+			if reset {
+				c.SetLinger(0)
+			}
+			c.Close()
+		}
+	}
+	time.Sleep(300 * time.Millisecond)
+	waitFor(t, 2*time.Second, "no live session", func() bool { return len(h.p.liveSessions()) == 0 })
+	if n := len(be.accepted()); n != 0 {
+		t.Errorf("the backend was dialed %d times for %d health checks", n, 2*len(local))
+	}
+	if v := sumCounters(t, h.m.Resets); v != 0 {
+		t.Errorf("tnsguard_resets_total = %v for health checks", v)
+	}
+	if v := sumCounters(t, h.m.SessionsTotal); v != 0 {
+		t.Errorf("tnsguard_sessions_total = %v for health checks", v)
+	}
+
+	// The balancer's own traffic under a LOCAL header: bytes with the
+	// header, after it, or after proxy_header_timeout (a protocol where
+	// the server speaks first is dialed then) reach the backend as usual.
+	for _, pause := range []time.Duration{0, 50 * time.Millisecond, 500 * time.Millisecond} {
+		c := dialFrom(t, "127.0.0.1", addr)
+		if pause > 0 {
+			c.Write(v2Local)
+			time.Sleep(pause)
+			c.Write([]byte("own"))
+		} else {
+			c.Write(append(append([]byte{}, v2Local...), "own"...))
+		}
+		if got, err := exchange(c, nil, 2*time.Second); err != nil || string(got) != "own" {
+			t.Fatalf("LOCAL connection with data after %v: %q, %v", pause, got, err)
+		}
+		if s := <-seen; string(s.data) != "own" {
+			t.Fatalf("backend got %q", s.data)
+		}
+	}
+}
