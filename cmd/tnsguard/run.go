@@ -64,6 +64,7 @@ func runCommand(args []string, stderr io.Writer) int {
 		log.Warn(w)
 	}
 	raiseFileLimit(log)
+	fitMemoryLimit(log)
 
 	reg := prometheus.NewRegistry()
 	m := metrics.New(reg, version)
