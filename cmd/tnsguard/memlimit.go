@@ -16,17 +16,18 @@ import (
 
 // memoryLimitShare is the part of the cgroup's memory limit that Go's
 // garbage collector is told to keep the process under: the rest is room
-// for what the collector does not count exactly (stacks freed late, the
-// kernel's socket buffers charged to the cgroup) before the OOM killer
-// ends the process and every session with it.
+// for what the heap's limit does not cover (the process's own pages, the
+// kernel memory of its sockets, charged to the same cgroup).
 const memoryLimitShare = 0.9
 
 // fitMemoryLimit gives Go's garbage collector the memory limit of the
 // cgroup tnsguard runs in (a container's, a Kubernetes pod's, systemd's
 // MemoryMax), unless GOMEMLIMIT sets one. Without it the collector lets
 // the heap grow to twice what is live before it runs, blind to the
-// limit: a reconnect storm that makes the live heap half the limit gets
-// the process OOM-killed.
+// limit. It does not make room for more sessions: under load most of
+// what the cgroup holds is goroutine stacks and the kernel's memory for
+// the sockets, which are not garbage (max_sessions is what keeps a pod
+// below its limit; see the README).
 func fitMemoryLimit(log hclog.Logger) {
 	if v := os.Getenv("GOMEMLIMIT"); v != "" {
 		log.Debug("GOMEMLIMIT is set: the cgroup's memory limit is not read", "gomemlimit", v)

@@ -319,6 +319,24 @@ func TestKubernetesManifests(t *testing.T) {
 	if c.Resources.Limits["memory"] == "" {
 		t.Error("no resources.limits.memory")
 	}
+	// The memory limit must hold every session the config lets in: past it
+	// the OOM killer ends the pod and every session in it, where
+	// max_sessions turns the extra apps away (TnsguardAppsRejected).
+	// Measured in a memory cgroup on 2026-11-30: at 256 MiB, 6,500 sessions
+	// moving bulk at once survived and 8,000 were killed; the cgroup is
+	// charged about 33 KB a busy session (Go's heap and stacks, and the
+	// kernel memory of its two sockets) on top of about 20 MB.
+	limit := quantityBytes(t, c.Resources.Limits["memory"])
+	var sessions int64
+	for _, l := range cfg.Listeners {
+		if l.MaxSessions == 0 {
+			t.Errorf("listener %s: no max_sessions under a memory limit of %s: a burst of apps gets the pod OOM-killed", l.Name, c.Resources.Limits["memory"])
+		}
+		sessions += int64(l.MaxSessions)
+	}
+	if need := 20<<20 + sessions*36<<10; need > limit {
+		t.Errorf("max_sessions of all listeners, %d, need about %d MiB busy; the memory limit is %s", sessions, need>>20, c.Resources.Limits["memory"])
+	}
 	nonRoot := (pod.SecurityContext.RunAsNonRoot != nil && *pod.SecurityContext.RunAsNonRoot) ||
 		(c.SecurityContext.RunAsNonRoot != nil && *c.SecurityContext.RunAsNonRoot)
 	if !nonRoot {
@@ -461,4 +479,23 @@ func TestDockerCompose(t *testing.T) {
 	if budget := cfg.stopBudget(t); d <= budget {
 		t.Errorf("stop_grace_period %v is not above shutdown grace + drain_timeout %v", d, budget)
 	}
+}
+
+// quantityBytes reads a Kubernetes memory quantity such as 256Mi or 1G.
+func quantityBytes(t *testing.T, q string) int64 {
+	t.Helper()
+	units := []struct {
+		suffix string
+		mult   int64
+	}{{"Ki", 1 << 10}, {"Mi", 1 << 20}, {"Gi", 1 << 30}, {"k", 1e3}, {"M", 1e6}, {"G", 1e9}, {"", 1}}
+	for _, u := range units {
+		if num, ok := strings.CutSuffix(q, u.suffix); ok {
+			var n int64
+			if _, err := fmt.Sscan(num, &n); err == nil {
+				return n * u.mult
+			}
+		}
+	}
+	t.Fatalf("memory quantity %q not understood", q)
+	return 0
 }
