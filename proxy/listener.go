@@ -16,6 +16,7 @@ import (
 
 	"github.com/tnsguard/tnsguard/config"
 	"github.com/tnsguard/tnsguard/failover"
+	"github.com/tnsguard/tnsguard/keepalive"
 )
 
 // listener is one bound [[listener]]: its socket, accept loop and limits.
@@ -248,6 +249,7 @@ func (p *Proxy) newSession(ctx context.Context, l *listener, lcfg *config.Listen
 	s := &session{
 		p: p, l: l, lcfg: lcfg, backend: b, backs: backs, client: c, in: in, start: time.Now(),
 		service: "other", lot: p.parking.pick(),
+		ka: [2]keepalive.Settings{lcfg.Keepalive.Settings(), b.Config.Keepalive.Settings()},
 	}
 	s.ctx, s.cancel = context.WithCancel(ctx)
 	s.cond = sync.NewCond(&s.mu)

@@ -472,6 +472,6 @@ func (s *session) switchBackend(b *failover.Backend) {
 	s.series.active.Dec()
 	series.active.Inc()
 	s.mu.Lock()
-	s.backend, s.series = b, series
+	s.backend, s.series, s.ka[legIndex(SideBackend)] = b, series, b.Config.Keepalive.Settings()
 	s.mu.Unlock()
 }

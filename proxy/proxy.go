@@ -206,7 +206,32 @@ func (p *Proxy) Apply(cfg *config.Config) error {
 	}
 	p.forgetRemoved(cfg, p.backends)
 	p.cfg, p.listeners, p.backends = cfg, listeners, backends
+	p.retuneSessions()
 	return nil
+}
+
+// retuneSessions gives the open sessions of each listener and backend that
+// the reload kept the keepalive it has now (session.retune): a listener's
+// sessions follow the one that holds its socket now (itself, or its heir
+// after a rename or a re-spelled address), a backend's the one of its
+// name. Sessions of a removed listener keep their app leg's; of a removed
+// backend, their database leg's. Under p.mu.
+func (p *Proxy) retuneSessions() {
+	holder := make(map[*admitted]*listener, len(p.listeners))
+	for _, l := range p.listeners {
+		holder[l.admitted] = l
+	}
+	for _, s := range p.liveSessions() {
+		if l := holder[s.l.admitted]; l != nil {
+			s.retune(SideClient, l.cfg().Keepalive.Settings())
+		}
+		s.mu.Lock()
+		name := s.backend.Config.Name
+		s.mu.Unlock()
+		if b := p.backends[name]; b != nil {
+			s.retune(SideBackend, b.Config.Keepalive.Settings())
+		}
+	}
 }
 
 // heirOf is the listener among bound that took old's socket over (a

@@ -21,6 +21,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/tnsguard/tnsguard/config"
+	"github.com/tnsguard/tnsguard/keepalive"
 	"github.com/tnsguard/tnsguard/metrics"
 	"github.com/tnsguard/tnsguard/test/loopback"
 	"github.com/tnsguard/tnsguard/tns"
@@ -993,4 +994,72 @@ func TestReloadThatKeepsTheSocketSaysSo(t *testing.T) {
 	if n := len(logs.lines("renamed: its socket and sessions go on", "listener=l", "as=m")); n != 1 {
 		t.Errorf("%d rename lines; log:\n%s", n, logs)
 	}
+}
+
+// A reload that changes keepalive reaches the sessions already open, live
+// or dormant, on both legs: pooled sessions live for days, and the usual
+// reason to change keepalive is a firewall that forgets sooner than
+// thought (the advice of tnsguard probe, pasted and reloaded). Until
+// 2026-11-30 they kept the values they began with, so each was cut by that
+// firewall once more after the fix (TestLabReloadedKeepaliveReachesOpenSessions
+// shows it through a real firewall). A session of a backend that the
+// reload removed keeps its database leg's.
+func TestReloadKeepaliveReachesOpenSessions(t *testing.T) {
+	be := newBackend(t, echo)
+	h := startProxy(t, oneBackendConfig(be.addr()))
+	addr := h.addr("l")
+	asLoaded := func(client, backend keepalive.Settings) string {
+		cfg := strings.Replace(oneBackendConfig(be.addr()), `listen = "127.0.0.1:0"
+backend`, "listen = \""+addr+"\"\nbackend", 1)
+		for _, r := range []struct {
+			table string
+			ka    keepalive.Settings
+		}{{"listener", client}, {"backend", backend}} {
+			old := map[string]string{"listener": "  idle = \"7s\"\n  interval = \"3s\"\n  count = 5\n  user_timeout = \"31s\"\n",
+				"backend": "  idle = \"11s\"\n  interval = \"2s\"\n  count = 4\n  user_timeout = \"19s\"\n"}[r.table]
+			cfg = strings.Replace(cfg, old, fmt.Sprintf("  idle = %q\n  interval = %q\n  count = %d\n  user_timeout = %q\n",
+				r.ka.Idle, r.ka.Interval, r.ka.Count, r.ka.UserTimeout), 1)
+		}
+		return cfg
+	}
+	was := [2]keepalive.Settings{
+		{Idle: 7 * time.Second, Interval: 3 * time.Second, Count: 5, UserTimeout: 31 * time.Second},
+		{Idle: 11 * time.Second, Interval: 2 * time.Second, Count: 4, UserTimeout: 19 * time.Second},
+	}
+
+	dormant := h.dial("l")
+	echoed(t, dormant, "a")
+	ds := sessionOf(t, h.p, dormant)
+	waitFor(t, 3*time.Second, "the session dormant", ds.isDormant)
+	legSettings(t, ds, was[0], was[1])
+	first := [2]keepalive.Settings{
+		{Idle: 5 * time.Second, Interval: 2 * time.Second, Count: 3, UserTimeout: 13 * time.Second},
+		{Idle: 4 * time.Second, Interval: time.Second, Count: 2, UserTimeout: 9 * time.Second},
+	}
+	if err := h.p.Apply(mustParse(t, asLoaded(first[0], first[1]))); err != nil {
+		t.Fatal(err)
+	}
+	legSettings(t, ds, first[0], first[1])
+	echoed(t, dormant, "b") // and it still works
+
+	live := h.dial("l")
+	echoed(t, live, "c")
+	ls := sessionOf(t, h.p, live)
+	second := [2]keepalive.Settings{
+		{Idle: 9 * time.Second, Interval: 4 * time.Second, Count: 6, UserTimeout: 29 * time.Second},
+		{Idle: 13 * time.Second, Interval: 3 * time.Second, Count: 2, UserTimeout: 23 * time.Second},
+	}
+	if err := h.p.Apply(mustParse(t, asLoaded(second[0], second[1]))); err != nil {
+		t.Fatal(err)
+	}
+	legSettings(t, ls, second[0], second[1])
+	legSettings(t, ds, second[0], second[1])
+
+	// The backend renamed: its sessions keep their database leg's keepalive.
+	renamed := strings.ReplaceAll(asLoaded(was[0], was[1]), `"b"`, `"b2"`)
+	if err := h.p.Apply(mustParse(t, renamed)); err != nil {
+		t.Fatal(err)
+	}
+	legSettings(t, ls, was[0], second[1])
+	echoed(t, live, "d")
 }

@@ -83,6 +83,10 @@ type session struct {
 	// housekeeping once the session has lasted keepaliveAfter
 	// (failover.Backend.KeepaliveLate).
 	kaLate bool
+	// ka is each leg's keepalive, by legIndex: its listener's and its
+	// backend's when the session began, or what a reload set since
+	// (retune).
+	ka [2]keepalive.Settings
 
 	// Oracle Net (oracle.go): what the app's CONNECT said.
 	connectSeen   bool             // the CONNECT was complete (or turned out not to be one)
@@ -1148,10 +1152,7 @@ func (s *session) currentServer() *failover.Server {
 func (s *session) phaseNow(side Side) Phase {
 	s.mu.Lock()
 	est, opening, lk := s.established, s.openingPhaseLocked(), s.link
-	idle := s.lcfg.Keepalive.Idle.Duration
-	if side == SideBackend {
-		idle = s.backend.Config.Keepalive.Idle.Duration
-	}
+	idle := s.ka[legIndex(side)].Idle
 	var info keepalive.Info
 	infoErr := net.ErrClosed
 	if est && idle > 0 { // read only when it decides the phase
@@ -1312,8 +1313,34 @@ func (s *session) armKeepalive(now time.Time) {
 		return
 	}
 	s.kaLate = false
-	if err := s.backend.Config.Keepalive.Settings().Apply(c); err != nil {
+	if err := s.ka[legIndex(SideBackend)].Apply(c); err != nil {
 		s.logger().Warn("cannot set keepalive on the backend connection", "error", err)
+	}
+}
+
+// retune sets ka, the keepalive a reload gave side's listener or backend,
+// on that leg's socket, in either state (live or dormant). Pooled sessions
+// live for days: a keepalive shortened for a firewall that forgets sooner
+// than thought must reach them, not only the sessions opened after the
+// reload. The database's leg is retuned once established: before that a
+// re-dial may still make its socket with the settings of the dial's
+// backend, which the session keeps. Setting TCP_KEEPIDLE re-arms the timer
+// from the last segment received (keepalive.Settings.Late).
+func (s *session) retune(side Side, ka keepalive.Settings) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	i := legIndex(side)
+	if s.closing || s.ka[i] == ka || side == SideBackend && !s.established {
+		return
+	}
+	s.ka[i] = ka
+	if side == SideBackend && s.kaLate {
+		return // armKeepalive sets the new ones
+	}
+	if c := s.legSockLocked(side); c != nil {
+		if err := ka.Apply(c); err != nil {
+			s.logger().Warn("cannot set the reloaded keepalive on a session", "side", string(side), "error", err)
+		}
 	}
 }
 

@@ -834,3 +834,35 @@ func TestLabKernelRTTWithIdleSessions(t *testing.T) {
 		}
 	}
 }
+
+// A firewall that forgets sooner than the keepalive tnsguard was started
+// with, found out later (tnsguard probe, or the idle resets), and the
+// database leg's keepalive shortened by a reload: the pooled sessions
+// already open must survive from then on, not only the ones opened after
+// it. Until 2026-11-30 they kept the keepalive they began with, and each
+// was cut by the firewall once more after the fix.
+func TestLabReloadedKeepaliveReachesOpenSessions(t *testing.T) {
+	t.Parallel()
+	requireGuard(t)
+	lab := netlab.New(t, netlab.Config{EstablishedTimeout: 3 * time.Second, Stale: netlab.StaleDrop})
+	lab.StartEcho(t, lab.DB, fmt.Sprintf(":%d", dbPort))
+	l := link{Name: "orders", Listen: guardAddr, Servers: []string{lab.DBAddr(dbPort)}, App: appKeepalive,
+		DB: keepalive{Idle: "10s", Interval: "5s", Count: 3, UserTimeout: "30s"}} // too slow for this firewall
+	guard := startGuard(t, lab, l)
+	pooled := dialN(t, lab.App, guardAddr, 5)
+	l.DB = dbKeepalive
+	guard.Reload(t, guardConfig(l))
+
+	idle := 3 * lab.Timeout
+	time.Sleep(idle)
+	errs := roundTripAll(pooled, 3*time.Second)
+	t.Logf("after %v idle behind a %v firewall, keepalive reloaded: %d/5 ok %v", idle, lab.Timeout, countOK(errs), describe(errs))
+	for i, err := range errs {
+		if err != nil {
+			t.Errorf("session %d, open before the reload: round trip after %v idle: %v", i, idle, err)
+		}
+	}
+	if m := guard.Metrics(t); t.Failed() {
+		t.Logf("metrics:\n%s\nfirewall:\n%s", m.Dump(), lab.Rules())
+	}
+}

@@ -139,6 +139,30 @@ func (g *Tnsguard) Stop() error {
 	return g.err
 }
 
+// Reload writes config over the file tnsguard runs with, sends SIGHUP and
+// waits until the log says the configuration was reloaded (a failed reload
+// fails the test).
+func (g *Tnsguard) Reload(t testing.TB, config string) {
+	t.Helper()
+	before := strings.Count(g.Log(), "configuration reloaded")
+	if err := os.WriteFile(g.ConfigPath, []byte(config), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := g.cmd.Process.Signal(syscall.SIGHUP); err != nil {
+		t.Fatalf("netlab: SIGHUP: %v", err)
+	}
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+		log := g.Log()
+		if strings.Contains(log, "reload failed") {
+			t.Fatalf("netlab: reload failed:\n%s", log)
+		}
+		if strings.Count(log, "configuration reloaded") > before {
+			return
+		}
+	}
+	t.Fatal("netlab: no \"configuration reloaded\" within 10s of SIGHUP")
+}
+
 // Done is closed when the process has ended.
 func (g *Tnsguard) Done() <-chan struct{} { return g.done }
 
