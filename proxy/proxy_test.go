@@ -285,6 +285,41 @@ func TestBackendKeepaliveSetOnceTheSessionLasts(t *testing.T) {
 	legSettings(t, d, appLeg, dbLeg)
 }
 
+// A session re-dialing past keepaliveAfter (a switchover: REFUSE after
+// REFUSE for seconds) closes each failed backend connection before it
+// detaches it, and housekeeping can arm the keepalive in between, on the
+// closed conn. That is no keepalive failure: it logged a warn line, "cannot
+// set keepalive on the backend connection ... use of closed network
+// connection" (two in a 20 s switchover of 400 go-ora and node-oracledb
+// apps, refuse in retry_on). Here the session's backend is closed as
+// dropBackend does, and housekeeping's call comes before detach.
+func TestKeepaliveOnAClosedBackendIsNoWarning(t *testing.T) {
+	be := newBackend(t, func(c *net.TCPConn) { io.Copy(io.Discard, c) }) // silent: the session stays in its opening
+	cfg := strings.NewReplacer(`idle = "11s"`, `idle = "30s"`, `user_timeout = "19s"`, `user_timeout = "60s"`).Replace(oneBackendConfig(be.addr()))
+	h, logs := startProxyLog(t, cfg)
+	app := h.dial("l")
+	if _, err := app.Write([]byte("opening")); err != nil {
+		t.Fatal(err)
+	}
+	s := sessionOf(t, h.p, app)
+	waitFor(t, 2*time.Second, "the backend attached", func() bool {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		return s.conn != nil
+	})
+	s.mu.Lock()
+	if !s.kaLate {
+		s.mu.Unlock()
+		t.Fatal("the backend's keepalive is not left to housekeeping: the config does not test that")
+	}
+	s.conn.Close() // dropBackend, before detach
+	s.mu.Unlock()
+	s.armKeepalive(time.Now().Add(2 * keepaliveAfter))
+	if l := logs.lines("cannot set keepalive"); len(l) != 0 {
+		t.Fatalf("a warning about a connection tnsguard had just closed itself: %q", l)
+	}
+}
+
 // A backend's last message and its end arrive together (written, then
 // closed or reset at once): the app gets both at once. The read that
 // returns the message also takes the FIN, so no readiness edge follows it;

@@ -1313,7 +1313,10 @@ func (s *session) armKeepalive(now time.Time) {
 		return
 	}
 	s.kaLate = false
-	if err := s.ka[legIndex(SideBackend)].Apply(c); err != nil {
+	// A conn the opening has just closed (dropBackend, before detach: a
+	// re-dial after a REFUSE or a reset) needs no keepalive; the next one
+	// attached gets kaLate again.
+	if err := s.ka[legIndex(SideBackend)].Apply(c); err != nil && !errors.Is(err, net.ErrClosed) {
 		s.logger().Warn("cannot set keepalive on the backend connection", "error", err)
 	}
 }
