@@ -284,6 +284,19 @@ func (b *Backend) validate() (errs, warnings []string) {
 	if len(b.Servers) > 0 && !usable && !negative { // a negative weight has its own message
 		add("every server has weight 0: no session can use this backend")
 	}
+	taking := 0
+	for _, s := range b.Servers {
+		if *s.Weight > 0 {
+			taking++
+		}
+	}
+	if h.Check == "tnsping" && taking > 1 && !b.Retries("refuse") {
+		// An Oracle listener answers (and passes tnsping) before its
+		// service registers: after a restart, fail-back sends sessions to
+		// it, and at a switchover the old primary keeps taking them; each
+		// gets its ORA-12514 while another server could take it.
+		warnings = append(warnings, `retry_on lacks "refuse": an Oracle listener passes tnsping before its service registers (a restart, a fail-back, a switchover), and its ORA-12514 goes to the apps while another server could take them`)
+	}
 	return errs, warnings
 }
 
