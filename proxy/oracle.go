@@ -365,6 +365,9 @@ func (s *session) inspectFirst(conn *net.TCPConn, srv *failover.Server, buf *[]b
 			if ok && cfg.Retries("refuse") && slices.Contains(cfg.RefuseErrors, code) {
 				return buf, nil, &refusedError{code: code, packet: append([]byte(nil), data[:pkt.Len]...)}
 			}
+			if ok && code != 0 { // ERR=0 is a tnsping's answer, not a refusal
+				s.refusePassed(srv, code)
+			}
 		case tns.TypeRedirect:
 			s.p.metrics.TNSRedirects.WithLabelValues(s.l.name, cfg.Name, srv.Address).Inc()
 			if s.l.takeLogLine("REDIRECT") {
@@ -394,6 +397,20 @@ func (s *session) inspectFirst(conn *net.TCPConn, srv *failover.Server, buf *[]b
 			continue
 		}
 		return buf, data, nil
+	}
+}
+
+// refusePassed counts and logs a REFUSE that goes to the app as it came
+// (retry_on without "refuse", or a code not in refuse_errors): the app got
+// no server, as one handed the last REFUSE at the end of the budget did, so
+// it is a no_backend rejection (TnsguardAppsRejected), not a quiet session
+// that worked. The session itself ends as any other whose backend closed.
+func (s *session) refusePassed(srv *failover.Server, code int) {
+	s.l.rejected("no_backend")
+	if s.l.takeLogLine("no-backend") {
+		s.logger().Warn("no backend for new session: the app gets the listener's REFUSE",
+			"server", srv.Address, "error", fmt.Sprintf("ORA-%05d", code),
+			"retry_on", fmt.Sprintf("%q", s.backend.Config.RetryOn))
 	}
 }
 

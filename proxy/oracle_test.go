@@ -239,6 +239,48 @@ func TestRefusePassesThroughWithoutRetryOn(t *testing.T) {
 	}
 }
 
+// A REFUSE handed straight to the app (retry_on without "refuse", the
+// default, or a code not in refuse_errors) is an app that got no server, as
+// much as the last REFUSE handed over when the budget ends: it is counted
+// in sessions_rejected_total{reason="no_backend"} (TnsguardAppsRejected)
+// and logged. Until 2026-11-30 it counted as a session that worked: during
+// a switchover with the default retry_on every app got ORA-12514 while the
+// metrics showed only sessions with outcome "ok" and the log said nothing.
+// A tnsping through tnsguard (REFUSE with ERR=0) is an answer, not a refusal.
+func TestRefusePassedThroughIsCountedAsRejected(t *testing.T) {
+	for _, tc := range []struct{ name, retryOn, errors string }{
+		{"retry_on without refuse", `["connect", "reset"]`, ""},
+		{"code not in refuse_errors", `["connect", "reset", "refuse"]`, "refuse_errors = [12519]"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			l := tnstest.New(t, tnstest.Config{Mode: tnstest.Refuse, Err: 12514})
+			cfg := strings.Replace(oracleConfig(tc.errors, l.Addr()), `retry_on = ["connect", "reset", "refuse"]`, `retry_on = `+tc.retryOn, 1)
+			h, logs := startProxyLog(t, cfg)
+			c := h.dial("l")
+			ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+			_, err := tns.Ping(ctx, c) // an error unless the answer carries ERR=0
+			cancel()
+			c.Close()
+			if err != nil {
+				t.Fatalf("tnsping through tnsguard: %v; want the listener's ERR=0", err)
+			}
+			if err := goOraPing(t, h.addr("l"), "SALES"); err == nil || !strings.Contains(err.Error(), "ORA-12514") {
+				t.Fatalf("go-ora: %v, want ORA-12514 passed through", err)
+			}
+			waitFor(t, time.Second, "the app's REFUSE counted as a rejection", func() bool {
+				return counter(h.m.SessionsRejected, "l", "no_backend") == 1
+			})
+			waitFor(t, time.Second, "the log line", func() bool {
+				return len(logs.lines("no backend for new session: the app gets the listener's REFUSE", "ORA-12514")) == 1
+			})
+			time.Sleep(100 * time.Millisecond)
+			if n := counter(h.m.SessionsRejected, "l", "no_backend"); n != 1 {
+				t.Fatalf("rejected no_backend = %v; want 1 (the tnsping is no rejection)", n)
+			}
+		})
+	}
+}
+
 // A listener's RESEND passes through (the app sends its CONNECT again); a
 // REFUSE after it still fails over, with the re-sent CONNECT.
 func TestResendThenRefuseFailsOver(t *testing.T) {
