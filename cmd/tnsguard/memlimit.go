@@ -129,24 +129,32 @@ func parseLimit(s string) (int64, bool) {
 // readCgroupPaths maps each controller of /proc/self/cgroup to the
 // process's cgroup path; "" is the unified (v2) hierarchy.
 func readCgroupPaths(name string) (map[string]string, error) {
-	f, err := os.Open(name)
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
 	paths := map[string]string{}
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
+	err := eachLine(name, func(line string) {
 		// hierarchy-ID:controller-list:path
-		fields := strings.SplitN(sc.Text(), ":", 3)
+		fields := strings.SplitN(line, ":", 3)
 		if len(fields) != 3 {
-			continue
+			return
 		}
 		for _, c := range strings.Split(fields[1], ",") {
 			paths[c] = fields[2]
 		}
+	})
+	return paths, err
+}
+
+// eachLine calls f with each line of the file name.
+func eachLine(name string, f func(line string)) error {
+	file, err := os.Open(name)
+	if err != nil {
+		return err
 	}
-	return paths, sc.Err()
+	defer file.Close()
+	sc := bufio.NewScanner(file)
+	for sc.Scan() {
+		f(sc.Text())
+	}
+	return sc.Err()
 }
 
 // cgroupMount is where a cgroup hierarchy is mounted, and which of its
@@ -168,38 +176,30 @@ func (m cgroupMount) dir(p string) (string, bool) {
 // readCgroupMounts finds the cgroup2 mount (key "cgroup2") and the v1
 // mount of the memory controller (key "memory") in mountinfo.
 func readCgroupMounts(name string) (map[string]cgroupMount, error) {
-	f, err := os.Open(name)
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
 	mounts := map[string]cgroupMount{}
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
+	err := eachLine(name, func(line string) {
 		// id parent major:minor root mountpoint options [optional...] - fstype source superoptions
-		pre, post, ok := strings.Cut(sc.Text(), " - ")
+		pre, post, ok := strings.Cut(line, " - ")
 		if !ok {
-			continue
+			return
 		}
 		fields, tail := strings.Fields(pre), strings.Fields(post)
 		if len(fields) < 5 || len(tail) < 1 {
-			continue
+			return
 		}
 		m := cgroupMount{root: unescapeMount(fields[3]), mountpoint: unescapeMount(fields[4])}
-		switch tail[0] {
-		case "cgroup2":
-			if _, seen := mounts["cgroup2"]; !seen {
-				mounts["cgroup2"] = m
+		key := tail[0]
+		if key == "cgroup" {
+			if len(tail) < 3 || !containsWord(tail[2], "memory") {
+				return
 			}
-		case "cgroup":
-			if len(tail) >= 3 && containsWord(tail[2], "memory") {
-				if _, seen := mounts["memory"]; !seen {
-					mounts["memory"] = m
-				}
-			}
+			key = "memory"
 		}
-	}
-	return mounts, sc.Err()
+		if _, seen := mounts[key]; !seen && (key == "cgroup2" || key == "memory") {
+			mounts[key] = m
+		}
+	})
+	return mounts, err
 }
 
 func containsWord(list, w string) bool {
