@@ -33,7 +33,11 @@ type listener struct {
 	*admitted                    // shared with the listener whose socket it took over (a rename)
 	perConnKeepalive atomic.Bool // set every keepalive option per connection (the listening socket refused them, or goKeepalive)
 	goKeepalive      bool        // made from a file (a handed-over socket): Go sets its own keepalive on accept
-	series           sync.Map    // backend name -> *sessionSeries
+	// kaChangedAt is when Apply last gave the listening socket other
+	// keepalive options (UnixNano): connections whose handshake completed
+	// before hold the old ones, which ApplyAccepted does not replace.
+	kaChangedAt atomic.Int64
+	series      sync.Map // backend name -> *sessionSeries
 }
 
 // takeLogLine says whether a line of a kind that apps set off (one per
@@ -41,6 +45,12 @@ type listener struct {
 func (l *listener) takeLogLine(kind string) bool {
 	return l.p.forensics.takeLine(l.name, kind, time.Now())
 }
+
+// acceptQueueAge bounds how long after a reload changed a listening
+// socket's keepalive an accepted connection may still have inherited the
+// old options; until then each gets every option set (four system calls
+// more).
+const acceptQueueAge = 10 * time.Second
 
 // admitted counts the sessions a listening socket let in, for max_sessions
 // and max_sessions_per_source. It goes with the socket: a reload that
@@ -52,6 +62,10 @@ type admitted struct {
 	active    atomic.Int64
 	srcMu     sync.Mutex
 	perSource map[netip.Addr]int
+	// holder is the listener of the running config that holds the socket
+	// (after a rename, the heir), or the last one that did; set by Apply
+	// before the config is visible.
+	holder atomic.Pointer[listener]
 }
 
 // sessionSeries are the metric series every session of one listener and
@@ -153,7 +167,10 @@ func (l *listener) handle(ctx context.Context, c *net.TCPConn) {
 	cfg, accepted, backs := l.p.current(l)
 	ka := cfg.Keepalive.Settings()
 	apply := ka.ApplyAccepted // the rest comes from the listening socket
-	if l.perConnKeepalive.Load() {
+	if l.perConnKeepalive.Load() || time.Since(time.Unix(0, l.kaChangedAt.Load())) < acceptQueueAge {
+		// Handshakes that completed before a reload changed the
+		// listening socket's options (in the accept queue, or waiting
+		// here for current while Apply ran) inherited the old ones.
 		apply = ka.Apply
 	}
 	if err := apply(c); err != nil {
@@ -206,7 +223,7 @@ func (l *listener) handle(ctx context.Context, c *net.TCPConn) {
 	if chain != nil {
 		in.chain = append(slices.Clip(chain), l.name)
 	}
-	s := l.p.newSession(ctx, l, cfg, b, backs, c, in)
+	s := l.p.newSession(ctx, l, cfg, b, backs, c, in, ka)
 	held = true
 	s.run()
 }
@@ -245,16 +262,25 @@ func (l *listener) releaseSource(src netip.Addr) {
 	}
 }
 
-func (p *Proxy) newSession(ctx context.Context, l *listener, lcfg *config.Listener, b *failover.Backend, backs map[string]*failover.Backend, c *net.TCPConn, in inbound) *session {
+// appKA is the keepalive the app's socket got when it was accepted.
+func (p *Proxy) newSession(ctx context.Context, l *listener, lcfg *config.Listener, b *failover.Backend, backs map[string]*failover.Backend, c *net.TCPConn, in inbound, appKA keepalive.Settings) *session {
 	s := &session{
 		p: p, l: l, lcfg: lcfg, backend: b, backs: backs, client: c, in: in, start: time.Now(),
 		service: "other", lot: p.parking.pick(),
-		ka: [2]keepalive.Settings{lcfg.Keepalive.Settings(), b.Config.Keepalive.Settings()},
+		ka: [2]keepalive.Settings{appKA, b.Config.Keepalive.Settings()},
 	}
 	s.ctx, s.cancel = context.WithCancel(ctx)
 	s.cond = sync.NewCond(&s.mu)
 	s.series = l.seriesFor(b.Config.Name)
 	s.series.active.Inc()
 	p.track(s, true)
+	// A reload since the socket was accepted (its PROXY header or a LOCAL
+	// connection's first bytes were awaited, or it came as this session
+	// was made) did not retune it: it was no session yet. The listener's
+	// config read after track is the reload's when retuneSessions's list
+	// missed the session; after a rename, the heir's, as there.
+	if h := l.admitted.holder.Load(); h != nil {
+		s.retune(SideClient, h.cfg().Keepalive.Settings())
+	}
 	return s
 }

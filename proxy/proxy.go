@@ -166,6 +166,9 @@ func (p *Proxy) Apply(cfg *config.Config) error {
 		// Accepted connections inherit keepalive from the listening
 		// socket (handle adds the user timeout): four system calls fewer
 		// per session. Set before the new config is visible.
+		if prev := l.cfg(); prev == nil || prev.Keepalive.Settings() != lc.Keepalive.Settings() {
+			l.kaChangedAt.Store(time.Now().UnixNano()) // before the new config is visible
+		}
 		if err := lc.Keepalive.Settings().ApplyListener(l.ln); err != nil {
 			l.log.Warn("cannot set keepalive on the listening socket; sessions get it one by one", "error", err)
 			l.perConnKeepalive.Store(true)
@@ -174,6 +177,7 @@ func (p *Proxy) Apply(cfg *config.Config) error {
 		}
 		l.backs.Store(&backends)
 		l.conf.Store(lc)
+		l.admitted.holder.Store(l)
 		p.metrics.MaxSessions.WithLabelValues(lc.Name).Set(float64(lc.MaxSessions))
 		p.zeroSeries(cfg, lc, l)
 	}

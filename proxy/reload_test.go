@@ -1063,3 +1063,70 @@ backend`, "listen = \""+addr+"\"\nbackend", 1)
 	legSettings(t, ls, was[0], second[1])
 	echoed(t, live, "d")
 }
+
+// A connection whose PROXY header is still awaited when a reload changes
+// its listener's keepalive becomes a session of the new config (handle
+// reads it again), and its app leg must carry the new keepalive too: the
+// socket got the old one when it was accepted, retuneSessions does not see
+// it (not yet a session), and the session's ka says the new one, so no
+// later reload with the same values sets it either.
+func TestReloadDuringProxyHeaderWaitSetsTheNewKeepalive(t *testing.T) {
+	for _, respell := range []bool{false, true} { // the same listener, or an heir with the socket
+		t.Run(fmt.Sprintf("respelled=%v", respell), func(t *testing.T) {
+			be := newBackend(t, echo)
+			listenerKeys := `proxy_protocol = "required"
+trusted_proxies = ["127.0.0.1/32"]
+proxy_header_timeout = "3s"`
+			h := startProxy(t, ppConfig(be.addr(), listenerKeys, ""))
+			addr := h.addr("l")
+			c := dialFrom(t, "127.0.0.1", addr)
+			time.Sleep(100 * time.Millisecond) // accepted, its header awaited
+
+			newKA := keepalive.Settings{Idle: 5 * time.Second, Interval: 2 * time.Second, Count: 3, UserTimeout: 13 * time.Second}
+			cfg := ppConfig(be.addr(), listenerKeys, "")
+			if respell {
+				cfg = strings.Replace(cfg, "listen = \"127.0.0.1:0\"\nbackend", "listen = \""+addr+"\"\nbackend", 1)
+			}
+			cfg = strings.Replace(cfg, "  idle = \"7s\"\n  interval = \"3s\"\n  count = 5\n  user_timeout = \"31s\"\n",
+				"  idle = \"5s\"\n  interval = \"2s\"\n  count = 3\n  user_timeout = \"13s\"\n", 1)
+			if err := h.p.Apply(mustParse(t, cfg)); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := c.Write(ppHeader(t, 2, c.LocalAddr().String(), addr)); err != nil {
+				t.Fatal(err)
+			}
+			echoed(t, c, "a")
+			s := sessionOf(t, h.p, c)
+			legSettings(t, s, newKA, keepalive.Settings{Idle: 11 * time.Second, Interval: 2 * time.Second, Count: 4, UserTimeout: 19 * time.Second})
+		})
+	}
+}
+
+// A connection whose handshake completed before a reload changed its
+// listener's keepalive, but that handle reads the config of after it (in
+// the accept queue, or its goroutine waiting on p.mu while Apply runs, as
+// in a reconnect storm during a reload), inherited the old idle, interval
+// and count from the listening socket; ApplyAccepted sets only the user
+// timeout. Its session must still get the new values on the socket.
+func TestReloadWhileAcceptedSetsTheNewKeepalive(t *testing.T) {
+	be := newBackend(t, echo)
+	h := startProxy(t, oneBackendConfig(be.addr()))
+	cfg := strings.Replace(oneBackendConfig(be.addr()), "  idle = \"7s\"\n  interval = \"3s\"\n  count = 5\n  user_timeout = \"31s\"\n",
+		"  idle = \"5s\"\n  interval = \"2s\"\n  count = 3\n  user_timeout = \"13s\"\n", 1)
+	parsed := mustParse(t, cfg)
+	addr := h.addr("l")
+	h.p.mu.Lock() // Apply, then the new connection's handle, wait for it in that order
+	applied := make(chan error, 1)
+	go func() { applied <- h.p.Apply(parsed) }()
+	time.Sleep(50 * time.Millisecond)
+	c := dialFrom(t, "127.0.0.1", addr) // its handshake completes now, under the old listening socket's options
+	time.Sleep(50 * time.Millisecond)
+	h.p.mu.Unlock()
+	if err := <-applied; err != nil {
+		t.Fatal(err)
+	}
+	echoed(t, c, "a")
+	s := sessionOf(t, h.p, c)
+	legSettings(t, s, keepalive.Settings{Idle: 5 * time.Second, Interval: 2 * time.Second, Count: 3, UserTimeout: 13 * time.Second},
+		keepalive.Settings{Idle: 11 * time.Second, Interval: 2 * time.Second, Count: 4, UserTimeout: 19 * time.Second})
+}

@@ -64,8 +64,11 @@ func cgroupMemoryLimit(cgroupFile, mountinfoFile string) (int64, string, error) 
 	if m, ok := mounts["cgroup2"]; ok {
 		if p, ok := paths[""]; ok {
 			if dir, ok := m.dir(p); ok {
-				if _, err := os.Stat(filepath.Join(dir, "memory.max")); err == nil {
-					return lowestLimit(dir, m.mountpoint, "memory.max")
+				// The process's own cgroup may lack memory.max (its parent
+				// does not hand the controller down: a service without
+				// memory accounting) while a slice above it has a limit.
+				if limit, at, err := lowestLimit(dir, m.mountpoint, "memory.max"); err == nil {
+					return limit, at, nil
 				}
 			}
 		}

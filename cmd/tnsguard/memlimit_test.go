@@ -126,6 +126,15 @@ func TestCgroupMemoryLimitLayouts(t *testing.T) {
 		},
 		want: 536870912,
 	}, {
+		name:      "v2 host, the service without the memory controller, its slice with a limit",
+		cgroup:    "0::/system.slice/tnsguard.service\n",
+		mountinfo: "30 25 0:26 / /sys/fs/cgroup rw,nosuid - cgroup2 cgroup2 rw,nsdelegate\n",
+		files: map[string]string{
+			"sys/fs/cgroup/system.slice/tnsguard.service/cgroup.procs": "1\n",
+			"sys/fs/cgroup/system.slice/memory.max":                    "536870912\n",
+		},
+		want: 536870912,
+	}, {
 		name:   "v1 host path, hybrid",
 		cgroup: "4:memory:/docker/abc\n0::/docker/abc\n",
 		mountinfo: "31 23 0:28 / /sys/fs/cgroup rw - tmpfs tmpfs rw\n" +
