@@ -48,22 +48,31 @@ func (p *Proxy) noteIdleDeath(s *session, server string, side Side, idle time.Du
 	now := time.Now()
 	due := now.Sub(st.last) >= adviceEvery
 	samples := st.idle
-	if due {
+	// The keepalive in force on the leg (a reload may have changed it
+	// since the session began: retune), not the config it began with.
+	s.mu.Lock()
+	ka := s.ka[legIndex(side)]
+	s.mu.Unlock()
+	current := ka.Idle
+	rec, ok := probe.RecommendFromIdle(samples)
+	// Advice to lengthen the idle in force, or to set what is in force, is
+	// no advice: the pause the sessions died of began under a longer
+	// keepalive that a reload has since replaced (tnsguard probe's values,
+	// or an earlier advice, pasted), and the operator would be told to
+	// undo the fix or to make it again. The samples stay for the next
+	// advice.
+	same := rec.Idle == ka.Idle && rec.Interval == ka.Interval && rec.Count == ka.Count
+	ok = ok && (current <= 0 || rec.Idle <= current && !same)
+	if due && ok {
 		st.last, st.idle = now, nil
 	}
 	a.mu.Unlock()
-	if !due {
-		return
-	}
-	rec, ok := probe.RecommendFromIdle(samples)
-	if !ok {
+	if !due || !ok {
 		return
 	}
 	table := "[listener.keepalive] of listener " + s.l.name
-	current := s.l.cfg().Keepalive.Idle.Duration
 	if side == SideBackend {
 		table = "[backend.keepalive] of backend " + s.backend.Config.Name
-		current = s.backend.Config.Keepalive.Idle.Duration
 	}
 	s.logger().Warn("sessions on this link die while idle: a middlebox forgets them before keepalive refreshes it; run `tnsguard probe` on the path, or set",
 		"server", server, "side", side, "idle_deaths", len(samples), "shortest_idle_at_death", rec.PathIdleTimeout.String(),

@@ -83,3 +83,183 @@ func TestResetAfterAPauseShorterThanKeepaliveIsIdle(t *testing.T) {
 		return len(advice) == 1 && strings.Contains(advice[0], "shortest_idle_at_death=2s")
 	})
 }
+
+// resetOnSecond is a "database" that answers the first byte, then, like a
+// load balancer that forgot the flow, resets on the next bytes.
+func resetOnSecond(c *net.TCPConn) {
+	buf := make([]byte, 1)
+	io.ReadFull(c, buf)
+	c.Write(buf)
+	io.ReadFull(c, buf)
+	resetConn(c)
+}
+
+// idleDeath sends a byte on c after pause and waits for the reset.
+func idleDeath(t *testing.T, c *net.TCPConn, pause time.Duration) {
+	t.Helper()
+	time.Sleep(pause)
+	c.Write([]byte("y"))
+	if err, _ := readErr(c, 2*time.Second); err == nil {
+		t.Fatal("no reset")
+	}
+}
+
+// The advice says the keepalive idle in force on the leg that died. A
+// reload that changed [backend.keepalive] replaces the backend, and the
+// sessions already open keep the one they began with (s.backend) while
+// their socket and their idle/active call follow the reload (s.ka): until
+// the fix the advice said keepalive_idle_now of the config before the
+// reload, the very value the operator had just replaced.
+func TestIdleDeathAdviceAfterReloadSaysTheKeepaliveInForce(t *testing.T) {
+	be := newBackend(t, resetOnSecond)
+	h, logs := startProxyLog(t, oneBackendConfig(be.addr())) // backend keepalive idle 11s
+	c := h.dial("l")
+	echoed(t, c, "x")
+	reloaded := strings.Replace(oneBackendConfig(be.addr()), "  idle = \"11s\"\n  interval = \"2s\"", "  idle = \"2s\"\n  interval = \"1s\"", 1)
+	if err := h.p.Apply(mustParse(t, reloaded)); err != nil {
+		t.Fatal(err)
+	}
+	idleDeath(t, c, 3500*time.Millisecond) // longer than the new idle: an idle death
+	waitFor(t, time.Second, "an idle-phase reset", func() bool {
+		return counter(h.m.Resets, "l", "b", be.addr(), "backend", "idle", "rst") == 1
+	})
+	waitFor(t, time.Second, "the advice", func() bool { // logged just after the count
+		return len(logs.lines("sessions on this link die while idle")) > 0
+	})
+	advice := logs.lines("sessions on this link die while idle")
+	if !strings.Contains(advice[0], "keepalive_idle_now=2s") {
+		t.Errorf("advice does not give the keepalive idle in force (2s): %s", advice[0])
+	}
+}
+
+// A session whose path was forgotten before a reload shortened keepalive
+// dies after it (its next bytes, or the probe the retune sends), and the
+// pause it died of began under the old keepalive. The advice derived from
+// that pause asks for a longer idle than the one the reload just set
+// (an operator who pasted tnsguard probe's values would be told to undo
+// them), or for the very values the reload set. Neither is given.
+func TestNoAdviceToLengthenTheReloadedKeepalive(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		before time.Duration // the pause before the reload
+	}{
+		{"longer", 5 * time.Second},   // pause 6s: path_idle_timeout 6s, idle 2s
+		{"the same", 2 * time.Second}, // pause 3s: path_idle_timeout 3s, what was set
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			be := newBackend(t, resetOnSecond)
+			h, logs := startProxyLog(t, oneBackendConfig(be.addr())) // backend keepalive idle 11s
+			c := h.dial("l")
+			echoed(t, c, "x")
+			time.Sleep(tc.before) // the middlebox forgets the flow in here
+			reloaded := strings.Replace(oneBackendConfig(be.addr()), "  idle = \"11s\"\n  interval = \"2s\"\n  count = 4\n  user_timeout = \"19s\"",
+				"  path_idle_timeout = \"3s\"", 1) // idle 1s, interval 1s, count 3
+			if err := h.p.Apply(mustParse(t, reloaded)); err != nil {
+				t.Fatal(err)
+			}
+			idleDeath(t, c, time.Second)
+			waitFor(t, time.Second, "an idle-phase reset", func() bool {
+				return counter(h.m.Resets, "l", "b", be.addr(), "backend", "idle", "rst") == 1
+			})
+			time.Sleep(200 * time.Millisecond) // the advice is logged just after the count
+			if advice := logs.lines("sessions on this link die while idle"); len(advice) != 0 {
+				t.Errorf("advice against the keepalive just set (idle 1s, interval 1s, count 3):\n%s", strings.Join(advice, "\n"))
+			}
+		})
+	}
+}
+
+// A database that stops reading a bulk load (its window closed, its TCP
+// answering the zero-window probes) for longer than the backend leg's
+// user_timeout is cut by the kernel all the same (Linux 5.11 and later:
+// TCP_USER_TIMEOUT bounds zero-window probing too). Nothing was idle: the
+// app was sending all along, so the end is active, with no keepalive
+// advice. Until the fix no byte had moved for the user timeout, the leg had
+// nothing to retransmit, and the end counted idle, with advice blaming a
+// middlebox and asking for path_idle_timeout = the user timeout (a reload
+// that sets a user_timeout shorter than such a wait does it to the live
+// sessions: TestLabKAStalledUploadAfterReload).
+func TestStalledUploadCutByUserTimeoutIsActive(t *testing.T) {
+	be := newBackend(t, func(c *net.TCPConn) {
+		buf := make([]byte, 1)
+		io.ReadFull(c, buf)
+		c.Write(buf)
+		time.Sleep(8 * time.Second) // busy: reads nothing
+	})
+	cfg := strings.Replace(oneBackendConfig(be.addr()), "  idle = \"11s\"\n  interval = \"2s\"\n  count = 4\n  user_timeout = \"19s\"",
+		"  idle = \"1s\"\n  interval = \"1s\"\n  count = 3\n  user_timeout = \"2s\"", 1)
+	h, logs := startProxyLog(t, cfg)
+	c := h.dial("l")
+	echoed(t, c, "x")
+	go c.Write(make([]byte, 64<<20))
+	if err, d := readErr(c, 7*time.Second); err == nil || d > 6*time.Second {
+		t.Fatalf("the stalled upload was not cut by the user timeout: %v after %v", err, d)
+	}
+	waitFor(t, time.Second, "the reset counted", func() bool {
+		return counter(h.m.Resets, "l", "b", be.addr(), "backend", "active", "timeout")+
+			counter(h.m.Resets, "l", "b", be.addr(), "backend", "idle", "timeout") == 1
+	})
+	if n := counter(h.m.Resets, "l", "b", be.addr(), "backend", "active", "timeout"); n != 1 {
+		t.Errorf("the cut upload counted idle, want active")
+	}
+	time.Sleep(200 * time.Millisecond) // the advice is logged just after the count
+	if advice := logs.lines("sessions on this link die while idle"); len(advice) != 0 {
+		t.Errorf("keepalive advice for a database that stopped reading:\n%s", strings.Join(advice, "\n"))
+	}
+}
+
+// The same for an app that stops reading a result set for longer than its
+// leg's user_timeout: cut by the kernel, counted active, no advice.
+func TestStalledResultCutByUserTimeoutIsActive(t *testing.T) {
+	be := newBackend(t, func(c *net.TCPConn) {
+		buf := make([]byte, 1)
+		io.ReadFull(c, buf)
+		c.Write(buf)
+		io.ReadFull(c, buf)
+		c.Write(make([]byte, 64<<20)) // a result set the app does not read
+	})
+	cfg := strings.Replace(oneBackendConfig(be.addr()), "  idle = \"7s\"\n  interval = \"3s\"\n  count = 5\n  user_timeout = \"31s\"",
+		"  idle = \"1s\"\n  interval = \"1s\"\n  count = 3\n  user_timeout = \"2s\"", 1)
+	h, logs := startProxyLog(t, cfg)
+	c := h.dial("l")
+	echoed(t, c, "x")
+	c.Write([]byte("y"))
+	waitFor(t, 8*time.Second, "the reset counted", func() bool {
+		return counter(h.m.Resets, "l", "b", be.addr(), "client", "active", "timeout")+
+			counter(h.m.Resets, "l", "b", be.addr(), "client", "idle", "timeout") == 1
+	})
+	if n := counter(h.m.Resets, "l", "b", be.addr(), "client", "active", "timeout"); n != 1 {
+		t.Errorf("the stalled result counted idle, want active")
+	}
+	time.Sleep(200 * time.Millisecond) // the advice is logged just after the count
+	if advice := logs.lines("sessions on this link die while idle"); len(advice) != 0 {
+		t.Errorf("keepalive advice for an app that stopped reading:\n%s", strings.Join(advice, "\n"))
+	}
+}
+
+// With keepalive off on the leg (idle = "0s", as a reload may set it), a
+// load balancer that forgot the flow in a pause and resets the bytes that
+// resume it still lost the flow in the pause: the end is idle, and the
+// advice comes (to turn keepalive on), as with keepalive on. Until the fix
+// every end of a leg without keepalive counted active, so neither the idle
+// panels, TnsguardIdleResets nor the advice ever said why the pool died.
+func TestResetAfterAPauseWithKeepaliveOffIsIdle(t *testing.T) {
+	be := newBackend(t, resetOnSecond)
+	cfg := strings.Replace(oneBackendConfig(be.addr()), "  idle = \"11s\"\n  interval = \"2s\"\n  count = 4\n  user_timeout = \"19s\"",
+		"  idle = \"0s\"", 1)
+	h, logs := startProxyLog(t, cfg)
+	c := h.dial("l")
+	echoed(t, c, "x")
+	idleDeath(t, c, 2*time.Second)
+	waitFor(t, time.Second, "the reset counted", func() bool {
+		return counter(h.m.Resets, "l", "b", be.addr(), "backend", "idle", "rst")+
+			counter(h.m.Resets, "l", "b", be.addr(), "backend", "active", "rst") == 1
+	})
+	if n := counter(h.m.Resets, "l", "b", be.addr(), "backend", "idle", "rst"); n != 1 {
+		t.Errorf("a reset after a 2s pause with keepalive off counted active, want idle")
+	}
+	time.Sleep(200 * time.Millisecond) // the advice is logged just after the count
+	if advice := logs.lines("sessions on this link die while idle"); len(advice) != 1 {
+		t.Errorf("%d advice lines, want 1", len(advice))
+	}
+}

@@ -160,6 +160,10 @@ type pump struct {
 	// the session's housekeeping looks for a source that failed meanwhile
 	// (session.checkStalled).
 	blockedAt atomic.Int64
+	// failedWaiting is how long the write that failed had waited for room
+	// in dst (nanoseconds; 0: none failed): a peer that had closed its
+	// window was alive and not reading, not idle (session.waitedForRoom).
+	failedWaiting atomic.Int64
 
 	// read and write state
 	buf      *[]byte
@@ -357,6 +361,9 @@ func (p *pump) copyLoop() *pumpErr {
 		p.buf = buf
 		p.blockedAt.Store(time.Now().UnixNano())
 		_, werr := p.write(from, false)
+		if werr != nil {
+			p.failedWaiting.Store(time.Now().UnixNano() - p.blockedAt.Load())
+		}
 		p.blockedAt.Store(0)
 		p.buf = nil
 		p.bulk = n == len(*buf)
@@ -449,6 +456,9 @@ func (p *pump) spliceBulk() (eof bool, pe *pumpErr) {
 		sp.pipe.n += sp.n
 		p.blockedAt.Store(time.Now().UnixNano()) // may wait for room in dst (session.checkStalled)
 		err := p.flushPipe()                     // counts what it moves as it moves it (trySpliceOut)
+		if err != nil {
+			p.failedWaiting.Store(time.Now().UnixNano() - p.blockedAt.Load())
+		}
 		p.blockedAt.Store(0)
 		if err != nil {
 			return false, &pumpErr{err: err, atWrite: true}

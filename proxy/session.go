@@ -1155,7 +1155,7 @@ func (s *session) phaseNow(side Side) Phase {
 	idle := s.ka[legIndex(side)].Idle
 	var info keepalive.Info
 	infoErr := net.ErrClosed
-	if est && idle > 0 { // read only when it decides the phase
+	if est { // read only when it decides the phase
 		if c := s.legSockLocked(side); c != nil {
 			info, infoErr = keepalive.ReadInfo(c)
 		}
@@ -1163,9 +1163,6 @@ func (s *session) phaseNow(side Side) Phase {
 	s.mu.Unlock()
 	if !est {
 		return opening
-	}
-	if idle <= 0 {
-		return PhaseActive
 	}
 	if infoErr == nil {
 		// Bytes that resumed a pause got no answer: retransmitted until
@@ -1179,10 +1176,41 @@ func (s *session) phaseNow(side Side) Phase {
 			return PhaseActive
 		}
 	}
+	if s.waitedForRoom(side) {
+		return PhaseActive
+	}
+	if idle <= 0 {
+		// Keepalive off: only a pause that lost the path (above) says
+		// idle; a leg without keepalive (turned off by a reload, say)
+		// is lost to a middlebox the same way.
+		return PhaseActive
+	}
 	if s.idleBeforeEnd() >= idle {
 		return PhaseIdle
 	}
 	return PhaseActive
+}
+
+// waitedForRoom tells whether the direction into side's leg had waited
+// stallCheck or more for room in it when the leg failed (or waits still):
+// its peer had closed its window, alive but not reading (a database that
+// stopped reading a bulk load, an app that stopped reading a result set),
+// until the user timeout gave up on it, which it does even while the peer
+// answers the zero-window probes. Nothing was idle: the leg owed delivery.
+func (s *session) waitedForRoom(side Side) bool {
+	s.mu.Lock()
+	p := s.pumps[0] // app -> backend
+	if side == SideClient {
+		p = s.pumps[1]
+	}
+	s.mu.Unlock()
+	if p == nil {
+		return false
+	}
+	if b := p.blockedAt.Load(); b != 0 && time.Now().UnixNano()-b >= int64(stallCheck) {
+		return true
+	}
+	return p.failedWaiting.Load() >= int64(stallCheck)
 }
 
 // outlived is the longest pause after which side's peer was heard: on

@@ -1,10 +1,12 @@
 package lab
 
 import (
+	"bufio"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"math"
 	"net"
 	"strings"
@@ -864,5 +866,94 @@ func TestLabReloadedKeepaliveReachesOpenSessions(t *testing.T) {
 	}
 	if m := guard.Metrics(t); t.Failed() {
 		t.Logf("metrics:\n%s\nfirewall:\n%s", m.Dump(), lab.Rules())
+	}
+}
+
+// A reload that sets a user_timeout (4 s) shorter than the waits of two
+// live sessions. A long query (the database thinks for 8 s, its TCP
+// answers keepalive) is untouched: the user timeout bounds only data left
+// unanswered. A bulk load that the database stops reading for 8 s (its
+// window closed, its TCP answering the zero-window probes) is cut at the
+// new user timeout all the same (Linux 5.11 and later): nothing was idle,
+// so the end counts active, with no keepalive advice. Until the fix it
+// counted idle, and the advice blamed a middlebox.
+func TestLabReloadedUserTimeoutAndLiveSessions(t *testing.T) {
+	t.Parallel()
+	requireGuard(t)
+	lab := netlab.New(t, netlab.Config{EstablishedTimeout: 30 * time.Second, Stale: netlab.StaleDrop})
+	ln, err := lab.Listen(lab.DB, fmt.Sprintf(":%d", dbPort))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				r := bufio.NewReader(c)
+				for {
+					line, err := r.ReadString('\n')
+					if err != nil {
+						return
+					}
+					switch {
+					case strings.HasPrefix(line, "query"): // 8 s of thinking
+						time.Sleep(8 * time.Second)
+					case strings.HasPrefix(line, "load"): // reads the load only after 8 s
+						c.Write([]byte(line))
+						time.Sleep(8 * time.Second)
+						n, _ := io.CopyN(io.Discard, r, 32<<20)
+						line = fmt.Sprintf("loaded %d\n", n)
+					}
+					c.Write([]byte(line))
+				}
+			}()
+		}
+	}()
+	l := link{Name: "orders", Listen: guardAddr, Servers: []string{lab.DBAddr(dbPort)}, App: appKeepalive,
+		DB: keepalive{Idle: "30s", Interval: "10s", Count: 3, UserTimeout: "60s"}}
+	guard := startGuard(t, lab, l)
+	conns := dialN(t, lab.App, guardAddr, 2)
+	query, load := make(chan error, 1), make(chan error, 1)
+	go func() {
+		conns[0].SetDeadline(time.Now().Add(20 * time.Second))
+		conns[0].Write([]byte("query\n"))
+		_, err := bufio.NewReader(conns[0]).ReadString('\n')
+		query <- err
+	}()
+	go func() {
+		c := conns[1]
+		c.SetDeadline(time.Now().Add(20 * time.Second))
+		c.Write([]byte("load\n"))
+		r := bufio.NewReader(c)
+		r.ReadString('\n')
+		go c.Write(make([]byte, 32<<20))
+		_, err := r.ReadString('\n')
+		load <- err
+	}()
+	time.Sleep(1500 * time.Millisecond)
+	l.DB = dbKeepalive // user_timeout 4s
+	guard.Reload(t, guardConfig(l))
+	if err := <-query; err != nil {
+		t.Errorf("long query in flight at the reload: %v", err)
+	}
+	if err := <-load; err == nil {
+		t.Logf("the stalled load survived the user timeout (a kernel before 5.11?)")
+		return
+	}
+	m := guard.MetricsWhen(t, 2*time.Second, func(m netlab.Metrics) bool {
+		v, _ := m.Sum("tnsguard_resets_total", netlab.Labels{"cause": "timeout"})
+		return v == 1
+	})
+	want := netlab.Labels{"side": "backend", "cause": "timeout", "phase": "active"}
+	if got, _ := m.Sum("tnsguard_resets_total", want); got != 1 {
+		t.Errorf("tnsguard_resets_total%v = %v, want 1\n%s", want, got, m.Dump("tnsguard_resets_total"))
+	}
+	if log := guard.Log(); strings.Contains(log, "sessions on this link die while idle") {
+		t.Errorf("keepalive advice for a database that stopped reading:\n%s", log)
 	}
 }
