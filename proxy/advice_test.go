@@ -178,7 +178,7 @@ func TestNoAdviceToLengthenTheReloadedKeepalive(t *testing.T) {
 // nothing to retransmit, and the end counted idle, with advice blaming a
 // middlebox and asking for path_idle_timeout = the user timeout (a reload
 // that sets a user_timeout shorter than such a wait does it to the live
-// sessions: TestLabKAStalledUploadAfterReload).
+// sessions: TestLabReloadedUserTimeoutAndLiveSessions).
 func TestStalledUploadCutByUserTimeoutIsActive(t *testing.T) {
 	be := newBackend(t, func(c *net.TCPConn) {
 		buf := make([]byte, 1)
