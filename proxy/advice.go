@@ -33,6 +33,11 @@ type adviceState struct {
 func (p *Proxy) noteIdleDeath(s *session, server string, side Side, idle time.Duration) {
 	a := &p.advice
 	k := linkKey{s.l.name, s.backend.Config.Name, server}
+	// The keepalive in force on the leg (a reload may have changed it
+	// since the session began: retune), not the config it began with.
+	s.mu.Lock()
+	ka := s.ka[legIndex(side)]
+	s.mu.Unlock()
 	a.mu.Lock()
 	if a.links == nil {
 		a.links = map[linkKey]*adviceState{}
@@ -48,11 +53,6 @@ func (p *Proxy) noteIdleDeath(s *session, server string, side Side, idle time.Du
 	now := time.Now()
 	due := now.Sub(st.last) >= adviceEvery
 	samples := st.idle
-	// The keepalive in force on the leg (a reload may have changed it
-	// since the session began: retune), not the config it began with.
-	s.mu.Lock()
-	ka := s.ka[legIndex(side)]
-	s.mu.Unlock()
 	current := ka.Idle
 	rec, ok := probe.RecommendFromIdle(samples)
 	// Advice to lengthen the idle in force, or to set what is in force, is
