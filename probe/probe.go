@@ -482,6 +482,11 @@ func (e *engine) alive(tc *testConn, idle time.Duration, how string) {
 
 func (e *engine) dead(tc *testConn, idle time.Duration, f Failure, how string) {
 	e.s.addDead(idle, f)
+	e.reportDead(idle, f, how)
+}
+
+// reportDead says that a check found a connection dead after idle.
+func (e *engine) reportDead(idle time.Duration, f Failure, how string) {
 	e.progress("idle %s: dead, %s (%s)", fmtDur(idle), f, how)
 	if lo, hi := e.s.bounds(); hi == idle && !e.s.done() {
 		e.progress("idle timeout between %s and %s, narrowing it down", fmtDur(lo), fmtDur(hi))
@@ -517,7 +522,8 @@ func (e *engine) handle(ev connEvent) {
 		e.s.addClose(idle, life, false)
 		e.progress("closed by target after %s (idle %s): the target ends idle connections itself", fmtDur(life), fmtDur(idle))
 	case errors.Is(ev.err, syscall.ECONNRESET) && tc.checking:
-		e.dead(tc, checkIdle, FailureReset, "reset in answer to a keepalive probe")
+		e.s.addProbeReset(checkIdle, life)
+		e.reportDead(checkIdle, FailureReset, "reset in answer to a keepalive probe")
 	case errors.Is(ev.err, syscall.ECONNRESET):
 		e.s.addClose(idle, life, true)
 		e.progress("idle %s: reset, not in answer to a probe (%s after connect): a middlebox that resets the flows it forgets, or the target", fmtDur(idle), fmtDur(life))

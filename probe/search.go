@@ -22,9 +22,12 @@ import (
 type search struct {
 	max time.Duration
 
-	alive  []time.Duration // idle times connections survived (checked alive)
-	dead   []observation   // idle times after which checks found connections dead
-	closes []closing       // connections that ended with no check in flight
+	alive []time.Duration // idle times connections survived (checked alive)
+	dead  []observation   // idle times after which checks found connections dead
+	// probeResets are the resets that answered a keepalive probe: deaths,
+	// unless the target resets connections at that age (view).
+	probeResets []closing
+	closes      []closing // connections that ended with no check in flight
 }
 
 type observation struct {
@@ -62,6 +65,13 @@ func (s *search) addAlive(idle time.Duration) { s.alive = append(s.alive, idle) 
 
 func (s *search) addDead(idle time.Duration, f Failure) {
 	s.dead = append(s.dead, observation{idle, f})
+}
+
+// addProbeReset records a connection reset in answer to a keepalive probe
+// after idle, life after connect: dead after idle (view), unless the target
+// resets its connections at that age anyway.
+func (s *search) addProbeReset(idle, life time.Duration) {
+	s.probeResets = append(s.probeResets, closing{idle, life, true})
 }
 
 func (s *search) addClose(idle, life time.Duration, reset bool) {
@@ -137,6 +147,17 @@ func (s *search) view() (alive []time.Duration, dead []observation, closedAfter 
 				break
 			}
 		}
+	}
+	// A reset that answered a keepalive probe is the path's (a middlebox
+	// that forgot the flow), unless it came at the age at which the target
+	// resets its connections anyway: a probe sent just then cannot tell the
+	// two apart.
+	for _, c := range s.probeResets {
+		if closedAfter > 0 && near(c.life, closedAfter) {
+			byTarget(c)
+			continue
+		}
+		dead = append(dead, observation{c.idle, FailureReset})
 	}
 	return alive, dead, closedAfter
 }

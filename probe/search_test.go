@@ -304,3 +304,32 @@ func TestResolution(t *testing.T) {
 		}
 	}
 }
+
+// A keepalive probe sent at the very age at which the target resets its
+// connections is answered by that reset: it is the target's, not a death of
+// the path. TestRunTargetResetsAfter10s failed now and then on this (CI,
+// 2026-11-30): a connection reused for the 8s rung from its 2s check sent
+// its probe at 10s, when the target reset every connection, and the probe
+// reported an idle timeout between 7s and 8s. A reset that answers a probe
+// at another age is a death.
+func TestSearchProbeResetAtTheTargetsAge(t *testing.T) {
+	s := time.Second
+	fixedAge := []closing{{idle: 6 * s, life: 10 * s, reset: true}, {idle: 3 * s, life: 10 * s, reset: true}}
+	for _, c := range []struct {
+		name        string
+		closes      []closing
+		probe       closing
+		hi          time.Duration
+		closedAfter time.Duration
+	}{
+		{"at the target's age: the target's", fixedAge, closing{idle: 8 * s, life: 10 * s}, 0, 10 * s},
+		{"at another age: a death", fixedAge, closing{idle: 8 * s, life: 14 * s}, 8 * s, 10 * s},
+		{"no target resets seen: a death", nil, closing{idle: 8 * s, life: 10 * s}, 8 * s, 0},
+	} {
+		sr := &search{max: time.Hour, alive: []time.Duration{s, 2 * s, 4 * s}, closes: c.closes}
+		sr.addProbeReset(c.probe.idle, c.probe.life)
+		if _, hi := sr.bounds(); hi != c.hi || sr.closedAfter() != c.closedAfter {
+			t.Errorf("%s: hi %v closedAfter %v; want %v %v", c.name, hi, sr.closedAfter(), c.hi, c.closedAfter)
+		}
+	}
+}
