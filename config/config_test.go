@@ -291,8 +291,14 @@ SERVERS`
 		{"default retry_on, standby", "", standby, true},
 		{"refuse, standby", `retry_on = ["connect", "reset", "refuse"]`, standby, false},
 		{"default retry_on, one server", "", "", false},
+		// The README's other remedy: a server counts as up only once its
+		// service is registered.
+		{"default retry_on, standby, health.service", "", standby, false},
 	} {
 		text := strings.NewReplacer("RETRY", tc.retry, "SERVERS", tc.servers).Replace(base)
+		if strings.HasSuffix(tc.name, "health.service") {
+			text = strings.Replace(text, `check = "tnsping"`, "check = \"tnsping\"\n  service = \"ORDERS\"", 1)
+		}
 		_, warnings, err := Parse([]byte(text), "w.toml")
 		if err != nil {
 			t.Fatalf("%s: %v", tc.name, err)

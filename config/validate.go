@@ -290,11 +290,12 @@ func (b *Backend) validate() (errs, warnings []string) {
 			taking++
 		}
 	}
-	if h.Check == "tnsping" && taking > 1 && !b.Retries("refuse") {
+	if h.Check == "tnsping" && h.Service == "" && taking > 1 && !b.Retries("refuse") {
 		// An Oracle listener answers (and passes tnsping) before its
 		// service registers: after a restart, fail-back sends sessions to
 		// it, and at a switchover the old primary keeps taking them; each
-		// gets its ORA-12514 while another server could take it.
+		// gets its ORA-12514 while another server could take it. With
+		// health.service a server is up only once its service is there.
 		warnings = append(warnings, `retry_on lacks "refuse": an Oracle listener passes tnsping before its service registers (a restart, a fail-back, a switchover), and its ORA-12514 goes to the apps while another server could take them`)
 	}
 	return errs, warnings
