@@ -148,18 +148,16 @@ func readInbound(ctx context.Context, c *net.TCPConn, cfg *config.Listener) (inb
 // that sent nothing at all before the timeout, or left without a byte); errHeaderTimeout when bytes
 // came but no complete header in time; another error for a malformed one.
 func readHeader(ctx context.Context, c *net.TCPConn, timeout time.Duration) (*proxyproto.Header, []byte, error) {
-	if err := c.SetReadDeadline(time.Now().Add(timeout)); err != nil {
-		return nil, nil, err
-	}
-	stop := context.AfterFunc(ctx, func() { c.SetReadDeadline(time.Unix(1, 0)) })
 	src := &headerSource{c: c}
 	br := bufio.NewReaderSize(src, headerBufSize)
-	hdr, err := proxyproto.Read(br)
-	if !stop() {
-		return nil, nil, fmt.Errorf("%w: shutting down", errHeaderTimeout)
+	var hdr *proxyproto.Header
+	var err error
+	clearErr, cut := readWithin(ctx, c, timeout, func() { hdr, err = proxyproto.Read(br) })
+	if cut != nil {
+		return nil, nil, cut
 	}
-	if derr := c.SetReadDeadline(time.Time{}); derr != nil && err == nil {
-		err = derr
+	if clearErr != nil && err == nil {
+		err = clearErr
 	}
 	if ne := net.Error(nil); errors.As(err, &ne) && ne.Timeout() {
 		if src.n == 0 {
@@ -190,17 +188,15 @@ func readHeader(ctx context.Context, c *net.TCPConn, timeout time.Duration) (*pr
 // nothing came in time; an error when the peer left (a FIN or a reset)
 // without a byte, or at shutdown.
 func readFirstBytes(ctx context.Context, c *net.TCPConn, timeout time.Duration) ([]byte, error) {
-	if err := c.SetReadDeadline(time.Now().Add(timeout)); err != nil {
-		return nil, err
-	}
-	stop := context.AfterFunc(ctx, func() { c.SetReadDeadline(time.Unix(1, 0)) })
 	buf := make([]byte, headerBufSize)
-	n, err := c.Read(buf)
-	if !stop() {
-		return nil, fmt.Errorf("%w: shutting down", errHeaderTimeout)
+	var n int
+	var err error
+	clearErr, cut := readWithin(ctx, c, timeout, func() { n, err = c.Read(buf) })
+	if cut != nil {
+		return nil, cut
 	}
-	if derr := c.SetReadDeadline(time.Time{}); derr != nil && n > 0 {
-		return nil, derr
+	if clearErr != nil && n > 0 {
+		return nil, clearErr
 	}
 	if n > 0 {
 		return buf[:n:n], nil
@@ -212,6 +208,23 @@ func readFirstBytes(ctx context.Context, c *net.TCPConn, timeout time.Duration) 
 		err = io.EOF
 	}
 	return nil, fmt.Errorf("the load balancer's own connection (PROXY LOCAL) ended before a byte: a health check: %w", err)
+}
+
+// readWithin runs read, which reads c, with c's read deadline timeout from
+// now, brought forward to now when ctx ends (a shutdown), and clears the
+// deadline after. cut is the error that ends the caller's read at once: the
+// deadline could not be set (read did not run), or ctx cut the read
+// (errHeaderTimeout, "shutting down"); clearErr is that of clearing it.
+func readWithin(ctx context.Context, c *net.TCPConn, timeout time.Duration, read func()) (clearErr, cut error) {
+	if err := c.SetReadDeadline(time.Now().Add(timeout)); err != nil {
+		return nil, err
+	}
+	stop := context.AfterFunc(ctx, func() { c.SetReadDeadline(time.Unix(1, 0)) })
+	read()
+	if !stop() {
+		return nil, fmt.Errorf("%w: shutting down", errHeaderTimeout)
+	}
+	return c.SetReadDeadline(time.Time{}), nil
 }
 
 // headerSource counts the bytes read while looking for a header, to tell
