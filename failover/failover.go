@@ -233,54 +233,61 @@ func (s *Server) Dial(ctx context.Context) (*net.TCPConn, error) {
 // neither costs every session a timeout nor, when it takes TCP and resets,
 // every re-dial of the session. It returns the address it reached.
 func (s *Server) dial(ctx context.Context, tried []netip.Addr) (*net.TCPConn, netip.Addr, error) {
-	cfg := s.backend.Config
 	start := time.Now()
+	var c net.Conn
+	var a netip.Addr
+	var err error
 	if s.ip.IsValid() || s.port == 0 {
 		// An IP address (or an address Go parses its own way): one dial, with
 		// ctx's deadline already the earlier of connect_timeout and the
 		// budget's (Plan.Dial), so the dialer adds no context of its own.
-		c, err := s.backend.dialer.DialContext(ctx, "tcp", s.Address)
-		if err != nil {
-			s.backend.metrics.ConnectDuration.WithLabelValues(cfg.Name, s.Address, DialResult(err)).Observe(time.Since(start).Seconds())
-			return nil, netip.Addr{}, err
-		}
-		s.connectOK.Observe(time.Since(start).Seconds())
-		return c.(*net.TCPConn), s.ip, nil
+		c, err = s.backend.dialer.DialContext(ctx, "tcp", s.Address)
+		a = s.ip
+	} else {
+		c, a, err = s.dialName(ctx, tried)
 	}
-	addrs, err := s.resolve(ctx, cfg.ConnectTimeout.Duration)
+	if err != nil {
+		s.backend.metrics.ConnectDuration.WithLabelValues(s.backend.Config.Name, s.Address, DialResult(err)).Observe(time.Since(start).Seconds())
+		return nil, netip.Addr{}, err
+	}
+	s.connectOK.Observe(time.Since(start).Seconds())
+	return c.(*net.TCPConn), a, nil
+}
+
+// dialName resolves the server's name and dials its addresses (dial).
+func (s *Server) dialName(ctx context.Context, tried []netip.Addr) (net.Conn, netip.Addr, error) {
+	timeout := s.backend.Config.ConnectTimeout.Duration
+	addrs, err := s.resolve(ctx, timeout)
+	if err != nil {
+		return nil, netip.Addr{}, err
+	}
 	var firstErr error
-	if err == nil {
-		for _, a := range s.dialOrder(addrs, tried) {
-			var c net.Conn
-			began := time.Now()
-			c, err = s.backend.dialer.DialContext(ctx, "tcp", netip.AddrPortFrom(a, s.port).String())
-			if err == nil {
-				s.addrSucceeded(a)
-				s.connectOK.Observe(time.Since(start).Seconds())
-				return c.(*net.TCPConn), a, nil
-			}
-			if firstErr == nil {
-				firstErr = err // the first address's error is the telling one, as Go's dialer says
-			}
-			if ended, byBudget := budgetEnded(ctx); ended {
-				// The budget's end or the app's: no verdict on the address,
-				// unless the budget ended a dial that had gone unanswered for
-				// half of connect_timeout. With connect_budget at (or just
-				// over) connect_timeout that is how every dial of a silent
-				// first address ends, and without a verdict every session
-				// would dial it first again, and fail. The addresses after
-				// it are not dialed (nor blamed) past the budget.
-				if byBudget && time.Since(began) >= cfg.ConnectTimeout.Duration/2 {
-					s.addrFailed(a, err, len(addrs))
-				}
-				break
-			}
-			s.addrFailed(a, err, len(addrs))
+	for _, a := range s.dialOrder(addrs, tried) {
+		began := time.Now()
+		c, err := s.backend.dialer.DialContext(ctx, "tcp", netip.AddrPortFrom(a, s.port).String())
+		if err == nil {
+			s.addrSucceeded(a)
+			return c, a, nil
 		}
-		err = firstErr
+		if firstErr == nil {
+			firstErr = err // the first address's error is the telling one, as Go's dialer says
+		}
+		if ended, byBudget := budgetEnded(ctx); ended {
+			// The budget's end or the app's: no verdict on the address,
+			// unless the budget ended a dial that had gone unanswered for
+			// half of connect_timeout. With connect_budget at (or just
+			// over) connect_timeout that is how every dial of a silent
+			// first address ends, and without a verdict every session
+			// would dial it first again, and fail. The addresses after
+			// it are not dialed (nor blamed) past the budget.
+			if byBudget && time.Since(began) >= timeout/2 {
+				s.addrFailed(a, err, len(addrs))
+			}
+			break
+		}
+		s.addrFailed(a, err, len(addrs))
 	}
-	s.backend.metrics.ConnectDuration.WithLabelValues(cfg.Name, s.Address, DialResult(err)).Observe(time.Since(start).Seconds())
-	return nil, netip.Addr{}, err
+	return nil, netip.Addr{}, firstErr
 }
 
 // budgetEnded tells whether ctx is over, and whether by its deadline (the
