@@ -13,11 +13,13 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"net/netip"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
@@ -50,6 +52,12 @@ func Start(cfg config.Admin, reg *prometheus.Registry, src Source, log hclog.Log
 	if err != nil {
 		return nil, err
 	}
+	return StartOn(ln, cfg, reg, src, log), nil
+}
+
+// StartOn serves on ln (bound to cfg.Listen: a socket handed over by an
+// upgrade) until Close.
+func StartOn(ln net.Listener, cfg config.Admin, reg *prometheus.Registry, src Source, log hclog.Logger) *Server {
 	mux := http.NewServeMux()
 	spare := newSpareFDs()
 	heavy := newHeavyGate()
@@ -89,11 +97,21 @@ func Start(cfg config.Admin, reg *prometheus.Registry, src Source, log hclog.Log
 		}
 	}()
 	log.Info("admin listening", "address", ln.Addr().String())
-	return s, nil
+	return s
 }
 
 // Addr is the bound address.
 func (s *Server) Addr() net.Addr { return s.ln.Addr() }
+
+// DupSocket duplicates the listening socket (proxy.DupSocket), for a
+// process that is to take it over.
+func (s *Server) DupSocket() (int, error) {
+	c, ok := s.ln.(syscall.Conn)
+	if !ok {
+		return -1, fmt.Errorf("admin listener %T has no socket", s.ln)
+	}
+	return proxy.DupSocket(c)
+}
 
 // Close stops the listener, lets requests being served finish for a
 // moment, and waits for the serving goroutine. The moment is short: net/http

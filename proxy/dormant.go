@@ -76,8 +76,8 @@ func (s *session) sleep() {
 	down.sync()
 	// Duplicate the sockets first: on failure (EMFILE) the session simply
 	// stays as it is.
-	cfd, err1 := dupSocket(s.client)
-	bfd, err2 := dupSocket(s.conn)
+	cfd, err1 := DupSocket(s.client)
+	bfd, err2 := DupSocket(s.conn)
 	if err1 != nil || err2 != nil {
 		closeFD(cfd)
 		closeFD(bfd)
@@ -263,10 +263,10 @@ func (p *pump) sync() {
 	p.dstRC = nil
 }
 
-// dupSocket duplicates the socket of a conn or listener as a bare,
+// DupSocket duplicates the socket of a conn or listener as a bare,
 // non-blocking, close-on-exec fd, without touching the original (its fd
 // stays non-blocking and in Go's poller).
-func dupSocket(c syscall.Conn) (int, error) {
+func DupSocket(c syscall.Conn) (int, error) {
 	rc, err := c.SyscallConn()
 	if err != nil {
 		return -1, err

@@ -68,6 +68,8 @@ type Proxy struct {
 	forensics *forensics // reset events, windows, rate-limited log (events.go)
 	selfDials selfDials  // recent dials to its own ports, to refuse a listener dialing itself (selfdial.go)
 
+	inherited *Inherited // sockets of the process this one replaced, until the first Apply takes them (Adopt)
+
 	evidenceWindow time.Duration // outlived.go; tests shorten it before sessions start
 	rttFresh       time.Duration // links.go; tests shorten it before sessions start
 }
@@ -90,6 +92,15 @@ func New(log hclog.Logger, m *metrics.Metrics) *Proxy {
 	p.parking = startParkLots(ctx, &p.loopWG, p.log, runtime.GOMAXPROCS(0))
 	p.lotMinBusy.Store(lotMinBusy)
 	return p
+}
+
+// Adopt gives the proxy the listening sockets of the process it replaces:
+// the first Apply serves on those bound where its listeners ask, instead of
+// binding anew. Call it before the first Apply.
+func (p *Proxy) Adopt(h *Inherited) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.inherited = h
 }
 
 // configuredServer tells whether k is a server of a running backend.
@@ -252,6 +263,11 @@ func heirOf(old *listener, bound []*listener) *listener {
 
 func (p *Proxy) bind(cfg *config.Config, lc *config.Listener, taken map[*listener]bool) (*listener, error) {
 	ln, old, err := p.inherit(cfg, lc, taken) // the socket of a renamed or moved listener (reload.go)
+	if ln == nil && err == nil {
+		if tl := p.inherited.Take(lc.Listen); tl != nil {
+			ln = tl // the socket of the process this one replaces (inherited.go)
+		}
+	}
 	fromFile := ln != nil
 	if ln == nil && err == nil {
 		lcfg := net.ListenConfig{KeepAlive: -1} // tnsguard sets keepalive itself, per leg
@@ -380,7 +396,18 @@ func (p *Proxy) liveSessions() []*session {
 // Shutdown drains: /readyz turns 503 at once, listeners stop accepting after
 // grace, sessions may finish until drainTimeout, then the rest are closed
 // (counted with outcome "closed"). It returns when everything has stopped.
-func (p *Proxy) Shutdown(grace, drainTimeout time.Duration) { p.shutdown(grace, drainTimeout, p.log) }
+func (p *Proxy) Shutdown(grace, drainTimeout time.Duration) {
+	p.log.Info("draining: readiness now reports 503", "grace", grace.String(), "drain_timeout", drainTimeout.String())
+	p.shutdown(grace, drainTimeout, p.log)
+}
+
+// Retire drains after an upgrade: another process serves on the listening
+// sockets now, so this one stops accepting at once (no grace: the sockets
+// stay open in the other), and its sessions may finish until drainTimeout.
+func (p *Proxy) Retire(drainTimeout time.Duration) {
+	p.log.Info("handed over: draining", "drain_timeout", drainTimeout.String())
+	p.shutdown(0, drainTimeout, p.log)
+}
 
 // Hurry ends a drain now: the rest of the grace and of the drain timeout
 // are skipped, and the sessions left are closed as at the drain timeout
@@ -394,7 +421,6 @@ func (p *Proxy) Close() { p.shutdown(0, 0, hclog.NewNullLogger()) }
 
 func (p *Proxy) shutdown(grace, drainTimeout time.Duration, log hclog.Logger) {
 	p.draining.Store(true)
-	log.Info("draining: readiness now reports 503", "grace", grace.String(), "drain_timeout", drainTimeout.String())
 	select {
 	case <-time.After(grace):
 	case <-p.hurry:

@@ -25,19 +25,11 @@ func (p *Proxy) inherit(cfg *config.Config, lc *config.Listener, taken map[*list
 	if err != nil || want.Port == 0 {
 		return nil, nil, nil
 	}
-	// Go binds every unspecified address (":1521", "0.0.0.0:1521",
-	// "[::]:1521") as one socket, dual-stack [::] where the host has IPv6:
-	// any two of them are the same socket.
-	anyAddr := len(want.IP) == 0 || want.IP.IsUnspecified()
 	for name, old := range p.listeners {
 		if taken[old] || keeps(cfg, name, old.cfg().Listen) {
 			continue // kept, or already handed to another listener of cfg
 		}
-		have, ok := old.ln.Addr().(*net.TCPAddr)
-		if !ok || have.Port != want.Port {
-			continue
-		}
-		if same := have.IP.Equal(want.IP) || (anyAddr && have.IP.IsUnspecified()); !same {
+		if have, ok := old.ln.Addr().(*net.TCPAddr); !ok || !sameBind(have, want) {
 			continue
 		}
 		f, err := dupListener(old.ln)
@@ -61,7 +53,7 @@ func (p *Proxy) inherit(cfg *config.Config, lc *config.Listener, taken map[*list
 // of fds) the socket stays blocking for good. A file made by os.NewFile
 // from a non-blocking fd keeps the socket as it is.
 func dupListener(ln *net.TCPListener) (*os.File, error) {
-	fd, err := dupSocket(ln) // dormant.go
+	fd, err := DupSocket(ln) // dormant.go
 	if err != nil {
 		return nil, err
 	}

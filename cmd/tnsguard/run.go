@@ -38,10 +38,19 @@ func runCommand(args []string, stderr io.Writer) int {
 	// a full channel cannot take); reloads that pile up make one.
 	stops := make(chan os.Signal, 1)
 	hups := make(chan os.Signal, 1)
+	usr2s := make(chan os.Signal, 1)
 	signal.Notify(stops, syscall.SIGTERM, syscall.SIGINT)
 	signal.Notify(hups, syscall.SIGHUP)
+	signal.Notify(usr2s, syscall.SIGUSR2)
 	defer signal.Stop(stops)
 	defer signal.Stop(hups)
+	defer signal.Stop(usr2s)
+	// Sockets handed over by the process this one replaces (upgrade.go).
+	inherited, upgradeReady, err := inheritance()
+	if err != nil {
+		fmt.Fprintln(stderr, "tnsguard run:", err)
+		return 1
+	}
 	// A log reader that goes away (a pipe, a shipper restarting) must not
 	// end the process and every session with it: log writes fail instead.
 	signal.Ignore(syscall.SIGPIPE)
@@ -54,6 +63,7 @@ func runCommand(args []string, stderr io.Writer) int {
 	cfg, warnings, err := load()
 	if err != nil {
 		fmt.Fprintln(stderr, err)
+		inherited.Close()
 		return 1
 	}
 	log := hclog.New(&hclog.LoggerOptions{
@@ -70,20 +80,40 @@ func runCommand(args []string, stderr io.Writer) int {
 	m := metrics.New(reg, version)
 	p := proxy.New(log, m)
 	reg.MustRegister(metrics.NewTCPInfoCollector(p))
+	p.Adopt(inherited)
 	if err := p.Apply(cfg); err != nil {
 		log.Error("cannot start", "error", err)
 		p.Close()
+		inherited.Close()
 		return 1
 	}
 	m.ReloadOK.Set(1)
 	m.ReloadTime.Set(float64(time.Now().Unix()))
-	adm, err := admin.Start(cfg.Admin, reg, p, log.Named("admin"))
-	if err != nil {
+	var adm *admin.Server
+	if ln := inherited.Take(cfg.Admin.Listen); ln != nil {
+		adm = admin.StartOn(ln, cfg.Admin, reg, p, log.Named("admin"))
+	} else if adm, err = admin.Start(cfg.Admin, reg, p, log.Named("admin")); err != nil {
 		log.Error("cannot start the admin listener", "address", cfg.Admin.Listen, "error", err)
 		p.Close()
+		inherited.Close()
 		return 1
 	}
+	for _, addr := range inherited.Close() {
+		log.Info("upgrade: closed a handed-over socket that this configuration does not listen on", "address", addr)
+	}
 	log.Info("tnsguard started", "version", version, "config", cfg.Source)
+	if upgradeReady != nil {
+		// The old process stops accepting when it reads this.
+		_, err := upgradeReady.Write([]byte("serving\n"))
+		upgradeReady.Close()
+		if err != nil {
+			log.Warn("upgrade: cannot tell the old process that this one serves; it goes on serving too until it is stopped", "error", err)
+		} else {
+			log.Info("upgrade: serving on the sockets handed over; the old process drains", "old_pid", os.Getppid())
+		}
+	} else if err := sdNotify("READY=1"); err != nil {
+		log.Warn("cannot tell systemd that tnsguard is ready", "error", err)
+	}
 	running := cfg.Admin        // what the admin listener was started with; a reload does not move it
 	logFormat := cfg.Log.Format // the logger's, likewise
 
@@ -121,7 +151,12 @@ func runCommand(args []string, stderr io.Writer) int {
 		log.Info("configuration reloaded", "config", cfg.Source)
 	}
 	var stop os.Signal
+	var up *upgrade // a new process started by SIGUSR2, until it serves or fails
 	for stop == nil {
+		var upDone <-chan error
+		if up != nil {
+			upDone = up.done
+		}
 		select {
 		case stop = <-stops:
 		case <-hups:
@@ -130,22 +165,59 @@ func runCommand(args []string, stderr io.Writer) int {
 			default:
 				reload()
 			}
+		case <-usr2s:
+			if up != nil {
+				log.Warn("upgrade already under way: signal ignored", "pid", up.pid)
+				continue
+			}
+			if up, err = startUpgrade(p, adm); err != nil {
+				log.Error("upgrade failed: this process serves on", "error", err)
+				continue
+			}
+			log.Info("upgrade: started the new binary; serving until it serves", "pid", up.pid)
+		case err := <-upDone:
+			if err != nil {
+				log.Error("upgrade failed: this process serves on", "error", err)
+				up = nil
+				continue
+			}
+			// The new process serves: it is the service's main process
+			// now (systemd sends it the reloads and the stop).
+			if err := sdNotify(fmt.Sprintf("MAINPID=%d", up.pid)); err != nil {
+				log.Warn("cannot tell systemd the new main process", "pid", up.pid, "error", err)
+			}
+			log.Info("upgrade: the new process serves; this one stops accepting and drains", "pid", up.pid)
+			adm.Close() // the new process answers on the admin port
+			drain(log, stops, func() { p.Retire(cfg.Shutdown.DrainTimeout.Duration) }, p.Hurry)
+			return 0
 		}
 	}
+	if up != nil { // a stop before the new process served: it goes too
+		up.proc.Signal(syscall.SIGTERM)
+	}
+	if err := sdNotify("STOPPING=1"); err != nil {
+		log.Warn("cannot tell systemd that tnsguard is stopping", "error", err)
+	}
 	log.Info("signal received: draining", "signal", stop.String())
+	drain(log, stops, func() { p.Shutdown(cfg.Shutdown.Grace.Duration, cfg.Shutdown.DrainTimeout.Duration) }, p.Hurry)
+	adm.Close()
+	return 0
+}
+
+// drain runs shutdown; a stop signal meanwhile (Ctrl-C twice, docker stop
+// again) calls hurry, which ends the drain now.
+func drain(log hclog.Logger, stops <-chan os.Signal, shutdown, hurry func()) {
 	drained := make(chan struct{})
-	go func() { // a second stop (Ctrl-C twice, docker stop again) ends the drain now
+	go func() {
 		select {
 		case sig := <-stops:
 			log.Warn("second signal: closing the sessions left now", "signal", sig.String())
-			p.Hurry()
+			hurry()
 		case <-drained:
 		}
 	}()
-	p.Shutdown(cfg.Shutdown.Grace.Duration, cfg.Shutdown.DrainTimeout.Duration)
+	shutdown()
 	close(drained)
-	adm.Close()
-	return 0
 }
 
 // raiseFileLimit lifts the soft RLIMIT_NOFILE to the hard limit: every

@@ -79,8 +79,14 @@ func TestSystemdUnit(t *testing.T) {
 			t.Errorf("%s=%q, want %q", k, got, w)
 		}
 	}
-	if v, _ := u.last("Service.Type"); v != "simple" && v != "exec" {
-		t.Errorf("Type=%q: tnsguard does not notify or fork; want simple or exec", v)
+	// notify: an upgrade (SIGUSR2) tells systemd the new main process;
+	// with simple or exec, systemd would stop the service, the new process
+	// with it, when the old one exits after its drain.
+	if v, _ := u.last("Service.Type"); v != "notify" {
+		t.Errorf("Type=%q: want notify", v)
+	}
+	if v, ok := u.last("Service.NotifyAccess"); ok && v != "main" {
+		t.Errorf("NotifyAccess=%q: only the main process speaks for the service", v)
 	}
 	if v, ok := u.last("Service.RestartSec"); !ok || systemdSeconds(t, v) <= 0 {
 		t.Errorf("RestartSec=%q: want a pause before a restart", v)

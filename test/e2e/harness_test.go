@@ -158,10 +158,24 @@ func startCmd(t *testing.T, admin, config string, ready bool, command func(bin, 
 	}
 	g := &instance{t: t, path: path, admin: admin, log: &logSink{}, done: make(chan struct{})}
 	g.cmd = command(binary(t), path)
-	g.cmd.Stdout, g.cmd.Stderr = g.log, g.log
-	if err := g.cmd.Start(); err != nil {
+	// A pipe of its own, not os/exec's: Wait then returns when tnsguard
+	// exits, not when every process holding the pipe has (an upgrade's
+	// new process writes its log to it too).
+	r, w, err := os.Pipe()
+	if err != nil {
 		t.Fatal(err)
 	}
+	g.cmd.Stdout, g.cmd.Stderr = w, w
+	err = g.cmd.Start()
+	w.Close()
+	if err != nil {
+		r.Close()
+		t.Fatal(err)
+	}
+	go func() {
+		defer r.Close()
+		io.Copy(g.log, r)
+	}()
 	go func() {
 		err := g.cmd.Wait()
 		g.exited = time.Now()
@@ -180,6 +194,9 @@ func startCmd(t *testing.T, admin, config string, ready bool, command func(bin, 
 		default:
 			g.cmd.Process.Kill()
 			<-g.done
+		}
+		for _, pid := range g.upgrades() {
+			syscall.Kill(pid, syscall.SIGKILL)
 		}
 		if t.Failed() {
 			t.Logf("tnsguard log:\n%s", g.log)
@@ -207,6 +224,17 @@ func startCmd(t *testing.T, admin, config string, ready bool, command func(bin, 
 }
 
 var httpClient = &http.Client{Timeout: 2 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
+
+// upgrades are the pids of the processes that SIGUSR2 started.
+func (g *instance) upgrades() []int {
+	var pids []int
+	for _, l := range g.log.find("upgrade: started the new binary; serving until it serves") {
+		if pid, ok := l["pid"].(float64); ok {
+			pids = append(pids, int(pid))
+		}
+	}
+	return pids
+}
 
 // get returns the status code and body of an admin path (0 when the admin
 // listener does not answer).
