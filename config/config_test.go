@@ -89,11 +89,11 @@ func TestErrors(t *testing.T) {
 		{"syntax at a line's end", "[log]\nlevel = \"info\"\n[[listener]\nname = \"x\"\n",
 			[]string{`bad.toml:3:11: expected end of table array name delimiter ']', but got '\n' instead`}},
 		{"syntax at a line's start", "a = [1, 2\nb = 3\n", []string{`bad.toml:2:1: expected a comma (',') or array terminator (']'), but got 'b'`}},
-		{"unknown key", minimal + "  [backend.keepalive]\n  idel = \"5s\"\n", []string{`bad.toml:11:3: unknown key "backend.keepalive.idel"`}},
+		{"unknown key", minimal + "  [backend.keepalive]\n  idel = \"5s\"\n", []string{`bad.toml:11:3: unknown key "backend.keepalive.idel" (did you mean "idle"?)`}},
 		{"unknown dotted key", strings.Replace(minimal, `backend = "orders"`, "backend = \"orders\"\nkeepalive.idel = \"5s\"", 1),
-			[]string{`bad.toml:6:1: unknown key "listener.keepalive.idel"`}},
+			[]string{`bad.toml:6:1: unknown key "listener.keepalive.idel" (did you mean "idle"?)`}},
 		{"unknown key in an inline table", strings.Replace(minimal, `backend = "orders"`, "backend = \"orders\"\nkeepalive = { idel = \"5s\" }", 1),
-			[]string{`bad.toml:6:15: unknown key "listener.keepalive.idel"`}},
+			[]string{`bad.toml:6:15: unknown key "listener.keepalive.idel" (did you mean "idle"?)`}},
 		// The TOML library matches fields ignoring case: these passed
 		// silently, and allow with Allow in one table picked either.
 		// The negative weight also read as "every server has weight 0".
@@ -139,7 +139,7 @@ func TestErrors(t *testing.T) {
 			[]string{`bad.toml: backend "orders": server "[0::1]:1521": defined twice`}},
 		{"two spellings of one key", strings.Replace(minimal, `backend = "orders"`, "backend = \"orders\"\nallow = [\"10.0.0.0/8\"]\nAllow = [\"0.0.0.0/0\"]", 1),
 			[]string{`bad.toml:7:1: unknown key "listener.Allow": keys are lower case ("allow")`}},
-		{"unknown table", "[admn]\nlisten = \"x\"\n" + minimal, []string{`bad.toml:1:1: unknown key "admn"`, `bad.toml:2:1: unknown key "admn.listen"`}},
+		{"unknown table", "[admn]\nlisten = \"x\"\n" + minimal, []string{`bad.toml:1:1: unknown key "admn" (did you mean "admin"?)`, `bad.toml:2:1: unknown key "admn.listen"`}},
 		{"bad duration", strings.Replace(minimal, `name = "orders"
   [[`, `name = "orders"
 connect_timeout = "3 seconds"
@@ -626,5 +626,111 @@ func TestZonesAndLocalhostLoops(t *testing.T) {
 		if got := loopsBack(tc.l, tc.s); got != tc.want {
 			t.Errorf("loopsBack(%q,%q) = %v", tc.l, tc.s, got)
 		}
+	}
+}
+
+// A value of the wrong type in the first of two tables alike was put at
+// the line of the second's key (the library keeps one position per key
+// name): `idle_timeout = "30"` at line 5 was reported at line 11, whose
+// "30m" is right.
+func TestTypeErrorOfTheFirstOfTwoTablesNamesItsLine(t *testing.T) {
+	text := `[[listener]]
+name         = "orders"
+listen       = "127.0.0.1:1522"
+backend      = "orders"
+idle_timeout = "30"
+[[listener]]
+name         = "sales"
+listen       = "127.0.0.1:1523"
+backend      = "orders"
+max_sessions = 100
+idle_timeout = "30m"
+[[backend]]
+name = "orders"
+  [[backend.server]]
+  address = "127.0.0.1:1521"
+`
+	_, _, err := Parse([]byte(text), "f.toml")
+	want := `f.toml:5:17: key "listener.idle_timeout": bad duration "30": use a Go duration such as "30s" or "5m"`
+	if err == nil || err.Error() != want {
+		t.Fatalf("got:\n%v\nwant:\n%s", err, want)
+	}
+	text = strings.Replace(strings.Replace(text, `"30"`, `"30s"`, 1), "backend      = \"orders\"\n", "backend      = \"orders\"\nmax_sessions = \"100\"\n", 1)
+	_, _, err = Parse([]byte(text), "f.toml")
+	want = `f.toml:5:1: key "listener.max_sessions": a string given where an integer is needed`
+	if err == nil || err.Error() != want {
+		t.Fatalf("got:\n%v\nwant:\n%s", err, want)
+	}
+}
+
+// Values of the wrong type were reported one at a time, the one picked
+// at random (map order), and hid every unknown key: each run of check
+// could name another, and fixing one showed the next.
+func TestEveryTypeErrorIsReportedAtOnce(t *testing.T) {
+	text := `[log]
+level = "info"
+levle = "debug"
+[[listener]]
+name    = "orders"
+listen  = "127.0.0.1:1522"
+backend = "orders"
+max_sessions = "100"
+  [listener.keepalive]
+  count = "4"
+[[backend]]
+name            = "orders"
+connect_timeout = "3"
+  [backend.breaker]
+  failures = "5"
+  [[backend.server]]
+  address = "127.0.0.1:1521"
+`
+	want := strings.Join([]string{
+		`f.toml:8:1: key "listener.max_sessions": a string given where an integer is needed`,
+		`f.toml:10:3: key "listener.keepalive.count": a string given where an integer is needed`,
+		`f.toml:13:20: key "backend.connect_timeout": bad duration "3": use a Go duration such as "30s" or "5m"`,
+		`f.toml:15:3: key "backend.breaker.failures": a string given where an integer is needed`,
+		`f.toml:3:1: unknown key "log.levle" (did you mean "level"?)`,
+	}, "\n")
+	for range 20 {
+		_, _, err := Parse([]byte(text), "f.toml")
+		if err == nil || err.Error() != want {
+			t.Fatalf("got:\n%v\nwant:\n%s", err, want)
+		}
+	}
+}
+
+// A UTF-8 BOM (Windows Notepad) moved syntax errors: the library counts
+// positions after it, so an error at a line's start was put at the end
+// of the line before. And a first line "\ufeff[log]" was no header: the
+// unknown keys of that table were put at 1:1.
+func TestBOMKeepsPositions(t *testing.T) {
+	for _, tc := range []struct{ name, text, want string }{
+		{"syntax at a line's start", "\ufeffa = [1, 2\nb = 3\n", `f.toml:2:1: expected a comma (',') or array terminator (']'), but got 'b'`},
+		{"syntax at a line's end", "\ufeff[log]\nlevel = \"info\n", `f.toml:2:14: strings cannot contain newlines`},
+		{"unknown key of the first table", "\ufeff[log]\nlevel = \"info\"\nformt = \"json\"\n" + minimal, `f.toml:3:1: unknown key "log.formt" (did you mean "format"?)`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, _, err := Parse([]byte(tc.text), "f.toml")
+			if err == nil || err.Error() != tc.want {
+				t.Fatalf("got:\n%v\nwant:\n%s", err, tc.want)
+			}
+		})
+	}
+}
+
+// An unknown key that is a slip of a key of its table says which.
+func TestUnknownKeySuggestsTheKey(t *testing.T) {
+	text := strings.Replace(minimal, `backend = "orders"`, "backend = \"orders\"\nmax_session = 5\ncolour = \"red\"", 1) +
+		"  [backend.health]\n  raise = 2\n  [backend.breaker]\n  open_four = \"1s\"\n"
+	_, _, err := Parse([]byte(text), "f.toml")
+	want := strings.Join([]string{
+		`f.toml:6:1: unknown key "listener.max_session" (did you mean "max_sessions"?)`,
+		`f.toml:7:1: unknown key "listener.colour"`,
+		`f.toml:13:3: unknown key "backend.health.raise" (did you mean "rise"?)`,
+		`f.toml:15:3: unknown key "backend.breaker.open_four" (did you mean "open_for"?)`,
+	}, "\n")
+	if err == nil || err.Error() != want {
+		t.Fatalf("got:\n%v\nwant:\n%s", err, want)
 	}
 }

@@ -4,9 +4,11 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"maps"
 	"os"
 	"reflect"
 	"regexp"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -33,28 +35,45 @@ func Load(path string) (*Config, []string, error) {
 // Parse is Load for text already read; source names it in messages.
 func Parse(data []byte, source string) (*Config, []string, error) {
 	var c Config
-	md, err := toml.Decode(string(data), &c)
+	var raw rawConfig
+	// Positions are counted in the text without its BOM, as the library
+	// counts them (with it, a syntax error at a line's start was put at
+	// the end of the line before); and a first line "\ufeff[log]" read
+	// as no header put every unknown key of that table at 1:1.
+	text := strings.TrimPrefix(string(data), "\ufeff")
+	md, err := toml.Decode(string(data), &raw)
 	if err != nil {
 		var pe toml.ParseError
 		if errors.As(err, &pe) {
-			line, col := position(data, pe)
+			line, col := position([]byte(text), pe)
 			msg := pe.Message
 			if strings.HasPrefix(msg, badDuration) && pe.LastKey != "" {
 				msg = fmt.Sprintf("key %q: %s", pe.LastKey, msg) // the key a Duration was decoded for
 			}
 			return nil, nil, Errors{fmt.Sprintf("%s:%d:%d: %s", source, line, col, msg)}
 		}
-		return nil, nil, Errors{source + ":" + mismatch(string(data), err)}
+		return nil, nil, Errors{source + ":" + mismatch(text, err)}
 	}
-	var errs Errors
+	// Each table is decoded on its own, so that a value of the wrong type
+	// in one does not hide those of the others, and the one reported does
+	// not depend on map order. The library places such an error at the
+	// last line that sets a key of that name in any table alike (the
+	// second [[listener]]'s idle_timeout = "30m" for the first's "30"):
+	// its line is found in its own table.
+	errs := decodeParts(&md, raw, &c, text, source)
+	decodeFailed := len(errs) > 0
 	seen := map[string]bool{} // a key of every [[listener]] is reported once
 	for _, k := range md.Undecoded() {
-		if seen[k.String()] {
+		if seen[k.String()] || decodeFailed && knownKey(k) { // left undecoded by a failed table
 			continue
 		}
 		seen[k.String()] = true
-		line, col := locateKey(string(data), k)
-		errs = append(errs, fmt.Sprintf("%s:%d:%d: unknown key %q", source, line, col, k.String()))
+		line, col := locateKey(text, k)
+		msg := fmt.Sprintf("%s:%d:%d: unknown key %q", source, line, col, k.String())
+		if near := suggest(k); near != "" {
+			msg += fmt.Sprintf(" (did you mean %q?)", near)
+		}
+		errs = append(errs, msg)
 	}
 	// The library matches keys to fields ignoring case, so Allow or
 	// MAX_SESSIONS would pass silently (and with both allow and Allow in a
@@ -67,8 +86,13 @@ func Parse(data []byte, source string) (*Config, []string, error) {
 			continue
 		}
 		seen[k[:n].String()] = true
-		line, col := locateKey(string(data), k)
+		line, col := locateKey(text, k)
 		errs = append(errs, fmt.Sprintf("%s:%d:%d: unknown key %q: keys are lower case (%q)", source, line, col, k[:n].String(), want))
+	}
+	if decodeFailed {
+		// A table whose decoding stopped is half filled: its meaning
+		// cannot be checked.
+		return nil, nil, errs
 	}
 	// Unknown keys were left out of c: what is there is checked too, so one
 	// run of check shows every error it can.
@@ -81,6 +105,292 @@ func Parse(data []byte, source string) (*Config, []string, error) {
 		return nil, warnings, errs
 	}
 	return &c, warnings, nil
+}
+
+// rawConfig is Config's top level, each table left for its own decoding.
+type rawConfig struct {
+	Log       toml.Primitive   `toml:"log"`
+	Admin     toml.Primitive   `toml:"admin"`
+	Shutdown  toml.Primitive   `toml:"shutdown"`
+	Listeners []toml.Primitive `toml:"listener"`
+	Backends  []toml.Primitive `toml:"backend"`
+}
+
+// decodeParts decodes each table of raw into c, and returns an error for
+// each that has a value of the wrong type, in the file's order of kinds.
+func decodeParts(md *toml.MetaData, raw rawConfig, c *Config, text, source string) Errors {
+	var errs Errors
+	var again *rawConfig // the text decoded anew, for the errors of a table one key at a time
+	var md2 toml.MetaData
+	one := func(p toml.Primitive, v any, kind string, index int) {
+		err := md.PrimitiveDecode(p, v)
+		if err == nil {
+			return
+		}
+		// The library stops at a table's first wrong value, picked in map
+		// order: decode that table again key by key (on a MetaData of its
+		// own, so that what this marks decoded does not hide unknown keys),
+		// for every wrong value, in the order of their lines.
+		if again == nil {
+			again = new(rawConfig)
+			md2, _ = toml.Decode(text, again)
+		}
+		var each []string
+		fail := func(err error) { each = append(each, decodeError(text, err, kind, index)) }
+		switch {
+		case kind == "listener" && index < len(again.Listeners):
+			decodeEach(&md2, again.Listeners[index], reflect.New(reflect.TypeFor[Listener]()).Elem(), fail)
+		case kind == "backend" && index < len(again.Backends):
+			decodeEach(&md2, again.Backends[index], reflect.New(reflect.TypeFor[Backend]()).Elem(), fail)
+		}
+		if len(each) == 0 {
+			each = []string{decodeError(text, err, kind, index)}
+		}
+		sort.SliceStable(each, func(a, b int) bool { return lineNumber(each[a]) < lineNumber(each[b]) })
+		for _, e := range each {
+			errs = append(errs, source+":"+e)
+		}
+	}
+	one(raw.Log, &c.Log, "", 0)
+	one(raw.Admin, &c.Admin, "", 0)
+	one(raw.Shutdown, &c.Shutdown, "", 0)
+	c.Listeners = make([]Listener, len(raw.Listeners))
+	for i := range raw.Listeners {
+		one(raw.Listeners[i], &c.Listeners[i], "listener", i)
+	}
+	c.Backends = make([]Backend, len(raw.Backends))
+	for i := range raw.Backends {
+		one(raw.Backends[i], &c.Backends[i], "backend", i)
+	}
+	if len(raw.Listeners) == 0 {
+		c.Listeners = nil
+	}
+	if len(raw.Backends) == 0 {
+		c.Backends = nil
+	}
+	return errs
+}
+
+// decodeEach decodes the table p into the struct rv one key at a time,
+// and calls fail with the error of each key that does not decode.
+func decodeEach(md *toml.MetaData, p toml.Primitive, rv reflect.Value, fail func(error)) {
+	var m map[string]toml.Primitive
+	if err := md.PrimitiveDecode(p, &m); err != nil {
+		fail(err)
+		return
+	}
+	for _, k := range slices.Sorted(maps.Keys(m)) {
+		f, ok := fieldFor(rv.Type(), k)
+		if !ok {
+			continue // unknown: reported as such
+		}
+		fv := rv.FieldByIndex(f.Index)
+		switch t := f.Type; {
+		case t.Kind() == reflect.Struct && t != reflect.TypeFor[Duration]():
+			decodeEach(md, m[k], fv, fail)
+		case t.Kind() == reflect.Slice && t.Elem().Kind() == reflect.Struct:
+			var elems []toml.Primitive
+			if err := md.PrimitiveDecode(m[k], &elems); err != nil {
+				fail(err)
+				continue
+			}
+			for _, e := range elems {
+				decodeEach(md, e, reflect.New(t.Elem()).Elem(), fail)
+			}
+		default:
+			if err := md.PrimitiveDecode(m[k], fv.Addr().Interface()); err != nil {
+				fail(err)
+			}
+		}
+	}
+}
+
+// fieldFor is the field of struct t that the library decodes key into:
+// the one so tagged, else one tagged so ignoring case.
+func fieldFor(t reflect.Type, key string) (reflect.StructField, bool) {
+	var folded reflect.StructField
+	found := false
+	for i := range t.NumField() {
+		f := t.Field(i)
+		tag, _, _ := strings.Cut(f.Tag.Get("toml"), ",")
+		if tag == key {
+			return f, true
+		}
+		if !found && tag != "-" && strings.EqualFold(tag, key) {
+			folded, found = f, true
+		}
+	}
+	return folded, found
+}
+
+// lineNumber reads LINE from "LINE:COL: message".
+func lineNumber(s string) int {
+	n, _ := strconv.Atoi(s[:max(strings.IndexByte(s, ':'), 0)])
+	return n
+}
+
+// decodeError renders an error of decoding the index-th table of kind
+// ("" for one of a kind) as "LINE:COL: message", at the line of its key
+// in that table.
+func decodeError(text string, err error, kind string, index int) string {
+	var pe toml.ParseError
+	if !errors.As(err, &pe) {
+		s := mismatch(text, err)
+		if m := typeMismatch.FindStringSubmatch(err.Error()); m != nil && kind != "" {
+			if line, ok := lineInTable(text, kind, index, m[2]); ok {
+				// mismatch's LINE:COL, moved to the right line
+				_, msg, _ := strings.Cut(s, ": ")
+				return fmt.Sprintf("%d:%d: %s", line, keyCol(text, line, m[2]), msg)
+			}
+		}
+		return s
+	}
+	line, col := position([]byte(text), pe)
+	msg := pe.Message
+	if strings.HasPrefix(msg, badDuration) && pe.LastKey != "" {
+		msg = fmt.Sprintf("key %q: %s", pe.LastKey, msg)
+	}
+	if l, ok := lineInTable(text, kind, index, pe.LastKey); ok && l != line {
+		line, col = l, valueCol(text, l, pe.LastKey)
+	}
+	return fmt.Sprintf("%d:%d: %s", line, col, msg)
+}
+
+// lineInTable is the line that sets key (dotted, from the top) in the
+// index-th table of kind.
+func lineInTable(text, kind string, index int, key string) (int, bool) {
+	if kind == "" || key == "" {
+		return 0, false
+	}
+	lines := strings.Split(text, "\n")
+	tables := sections(lines, kind)
+	if index >= len(tables) {
+		return 0, false
+	}
+	t := tables[index]
+	l, _ := locateKey(strings.Join(lines[t[0]:t[1]], "\n"), toml.Key(strings.Split(key, ".")))
+	if l <= 1 {
+		return 0, false
+	}
+	return t[0] + l, true
+}
+
+// keyCol is the column of key's last part on line, or 1.
+func keyCol(text string, line int, key string) int {
+	lines := strings.Split(text, "\n")
+	if line < 1 || line > len(lines) {
+		return 1
+	}
+	if i := strings.Index(lines[line-1], key[strings.LastIndexByte(key, '.')+1:]); i >= 0 {
+		return i + 1
+	}
+	return 1
+}
+
+// suggest is the key of the table k is in that k's last part is a slip
+// of (a letter left out, added, changed or two swapped; or a plural), or
+// "" when there is none or a part before the last is unknown too.
+func suggest(k toml.Key) string {
+	t := reflect.TypeFor[Config]()
+	for i, part := range k {
+		for t.Kind() == reflect.Pointer || t.Kind() == reflect.Slice {
+			t = t.Elem()
+		}
+		if t.Kind() != reflect.Struct {
+			return ""
+		}
+		f, ok := fieldFor(t, part)
+		if ok {
+			t = f.Type
+			continue
+		}
+		if i != len(k)-1 {
+			return ""
+		}
+		best, bestD := "", 3
+		for j := range t.NumField() {
+			tag, _, _ := strings.Cut(t.Field(j).Tag.Get("toml"), ",")
+			if tag == "" || tag == "-" {
+				continue
+			}
+			if d := editDistance(strings.ToLower(part), tag); d < bestD && d <= max(1, len(tag)/4) {
+				best, bestD = tag, d
+			}
+		}
+		return best
+	}
+	return ""
+}
+
+// editDistance counts the letters to add, drop, change or swap (two next
+// to each other) to turn a into b.
+func editDistance(a, b string) int {
+	d := make([][]int, len(a)+1)
+	for i := range d {
+		d[i] = make([]int, len(b)+1)
+		d[i][0] = i
+	}
+	for j := range d[0] {
+		d[0][j] = j
+	}
+	for i := 1; i <= len(a); i++ {
+		for j := 1; j <= len(b); j++ {
+			cost := 1
+			if a[i-1] == b[j-1] {
+				cost = 0
+			}
+			d[i][j] = min(d[i-1][j]+1, d[i][j-1]+1, d[i-1][j-1]+cost)
+			if i > 1 && j > 1 && a[i-1] == b[j-2] && a[i-2] == b[j-1] {
+				d[i][j] = min(d[i][j], d[i-2][j-2]+1)
+			}
+		}
+	}
+	return d[len(a)][len(b)]
+}
+
+// valueCol is the column where the value of key starts on line (inside
+// its quotes, as the library counts), or key's column.
+func valueCol(text string, line int, key string) int {
+	col := keyCol(text, line, key)
+	l := strings.Split(text, "\n")[line-1]
+	i := strings.IndexByte(l[col-1:], '=')
+	if i < 0 {
+		return col
+	}
+	v := col - 1 + i + 1
+	for v < len(l) && (l[v] == ' ' || l[v] == '\t') {
+		v++
+	}
+	if v < len(l) && (l[v] == '"' || l[v] == '\'') {
+		v++
+	}
+	return v + 1
+}
+
+// knownKey tells whether every part of k names a field of Config (as
+// spelled, or inside a map such as routes).
+func knownKey(k toml.Key) bool {
+	t := reflect.TypeFor[Config]()
+	for _, part := range k {
+		for t.Kind() == reflect.Pointer || t.Kind() == reflect.Slice {
+			t = t.Elem()
+		}
+		if t.Kind() != reflect.Struct {
+			return true
+		}
+		found := false
+		for j := range t.NumField() {
+			f := t.Field(j)
+			if tag, _, _ := strings.Cut(f.Tag.Get("toml"), ","); tag == part {
+				found, t = true, f.Type
+				break
+			}
+		}
+		if !found {
+			return false
+		}
+	}
+	return true
 }
 
 // withLines prefixes each of validate's messages with source and ends it

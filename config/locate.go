@@ -38,10 +38,21 @@ func keyLine(lines []string, t [2]int, kind, rest string) int {
 	start, end := t[0], t[1]
 	// A server of a backend: the line of its address.
 	if addr, after, ok := quotedPrefix(rest, "server "); ok {
+		// A server defined twice is the later one, spelled as in the
+		// message (the first was named: a copied block with its address
+		// left as it was pointed at the block it was copied from).
+		twice := strings.HasPrefix(after, "defined twice")
+		line := 0
 		for i := start; i < end; i++ {
 			if strings.Contains(lines[i], strconv.Quote(addr)) {
-				return i + 1
+				line = i + 1
+				if !twice {
+					break
+				}
 			}
+		}
+		if line > 0 {
+			return line
 		}
 		rest = after
 	}
@@ -77,6 +88,12 @@ func tableOf(msg string) (kind, rest string, ok bool) {
 	for _, k := range []string{"listener", "backend"} {
 		if _, r, found := quotedPrefix(msg, k+" "); found {
 			return k, r, true
+		}
+		// A table without a name: `listener #2: `.
+		if r, found := strings.CutPrefix(msg, k+" #"); found {
+			if _, r, found = strings.Cut(r, ": "); found {
+				return k, r, true
+			}
 		}
 	}
 	return "", "", false

@@ -205,3 +205,37 @@ func FuzzLineOf(f *testing.F) {
 		}
 	})
 }
+
+// A server block copied with its address left as it was: the error named
+// the line of the block it was copied from. And the errors of a table
+// without a name named no line.
+func TestDuplicateServerAndUnnamedTableLines(t *testing.T) {
+	text := `[[listener]]
+name    = "orders"
+listen  = "127.0.0.1:1522"
+backend = "orders"
+[[listener]]
+listen  = "127.0.0.1:1523"
+backend = "nope"
+[[backend]]
+name = "orders"
+  [[backend.server]]
+  address  = "10.0.0.5:1521"
+  [[backend.server]]
+  address  = "10.0.0.5:1521"
+  priority = 1
+`
+	_, _, err := Parse([]byte(text), "f.toml")
+	if err == nil {
+		t.Fatal("no error")
+	}
+	for _, want := range []string{
+		`f.toml: backend "orders": server "10.0.0.5:1521": defined twice (line 13)`,
+		`f.toml: listener #2: name is empty (line 5)`,
+		`f.toml: listener #2: backend "nope" is not defined (line 7)`,
+	} {
+		if !slices.Contains(strings.Split(err.Error(), "\n"), want) {
+			t.Errorf("no line %q in:\n%v", want, err)
+		}
+	}
+}
