@@ -41,6 +41,7 @@ type Proxy struct {
 	ctx    context.Context // parent of every session and dial
 	cancel context.CancelFunc
 
+	applyMu   sync.Mutex // one Apply at a time, retuning included
 	mu        sync.Mutex
 	cfg       *config.Config
 	listeners map[string]*listener
@@ -117,6 +118,19 @@ func (p *Proxy) configuredServer(k serverKey) bool {
 // If any new address cannot be bound, nothing changes and the error says
 // which.
 func (p *Proxy) Apply(cfg *config.Config) error {
+	p.applyMu.Lock()
+	defer p.applyMu.Unlock()
+	if err := p.apply(cfg); err != nil {
+		return err
+	}
+	// Outside p.mu, which every accepted connection takes (current):
+	// retuning tens of thousands of sessions would hold accepts for the
+	// hundreds of milliseconds it takes.
+	p.retuneSessions()
+	return nil
+}
+
+func (p *Proxy) apply(cfg *config.Config) error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.draining.Load() {
@@ -221,7 +235,6 @@ func (p *Proxy) Apply(cfg *config.Config) error {
 	}
 	p.forgetRemoved(cfg, p.backends)
 	p.cfg, p.listeners, p.backends = cfg, listeners, backends
-	p.retuneSessions()
 	return nil
 }
 
@@ -230,12 +243,16 @@ func (p *Proxy) Apply(cfg *config.Config) error {
 // sessions follow the one that holds its socket now (itself, or its heir
 // after a rename or a re-spelled address), a backend's the one of its
 // name. Sessions of a removed listener keep their app leg's; of a removed
-// backend, their database leg's. Under p.mu.
+// backend, their database leg's. Under applyMu, after the config is in
+// place: a session that starts meanwhile retunes itself (newSession).
 func (p *Proxy) retuneSessions() {
+	p.mu.Lock()
 	holder := make(map[*admitted]*listener, len(p.listeners))
 	for _, l := range p.listeners {
 		holder[l.admitted] = l
 	}
+	backends := p.backends
+	p.mu.Unlock()
 	for _, s := range p.liveSessions() {
 		if l := holder[s.l.admitted]; l != nil {
 			s.retune(SideClient, l.cfg().Keepalive.Settings())
@@ -243,7 +260,7 @@ func (p *Proxy) retuneSessions() {
 		s.mu.Lock()
 		name := s.backend.Config.Name
 		s.mu.Unlock()
-		if b := p.backends[name]; b != nil {
+		if b := backends[name]; b != nil {
 			s.retune(SideBackend, b.Config.Keepalive.Settings())
 		}
 	}

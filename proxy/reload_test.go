@@ -1130,3 +1130,60 @@ func TestReloadWhileAcceptedSetsTheNewKeepalive(t *testing.T) {
 	legSettings(t, s, keepalive.Settings{Idle: 5 * time.Second, Interval: 2 * time.Second, Count: 3, UserTimeout: 13 * time.Second},
 		keepalive.Settings{Idle: 11 * time.Second, Interval: 2 * time.Second, Count: 4, UserTimeout: 19 * time.Second})
 }
+
+// Retuning the open sessions' keepalive runs after the reload let go of
+// the lock that accepts take: with tens of thousands of sessions it takes
+// hundreds of milliseconds, and until 2026-11-30 every new connection
+// waited for it. Here one session's retune is held up for as long as the
+// test likes (its lock held); a new app is served meanwhile.
+func TestReloadRetuningDoesNotHoldAccepts(t *testing.T) {
+	be := newBackend(t, echo)
+	h := startProxy(t, oneBackendConfig(be.addr()))
+	addr := h.addr("l")
+	held := h.dial("l")
+	echoed(t, held, "a")
+	s := sessionOf(t, h.p, held)
+
+	next := strings.Replace(strings.Replace(oneBackendConfig(be.addr()), `listen = "127.0.0.1:0"`, "listen = \""+addr+"\"", 1),
+		"  idle = \"7s\"\n", "  idle = \"8s\"\n", 1)
+	h.p.mu.Lock()
+	l := h.p.listeners["l"]
+	h.p.mu.Unlock()
+	s.mu.Lock()
+	applied := make(chan error, 1)
+	go func() { applied <- h.p.Apply(mustParse(t, next)) }()
+	// The reload is in place (the listener has the new config) and its
+	// retune waits for the held session.
+	waitFor(t, 3*time.Second, "the reload in place", func() bool { return l.cfg().Keepalive.Settings().Idle == 8*time.Second })
+	served := make(chan error, 1)
+	go func() {
+		c, err := net.DialTimeout("tcp", addr, time.Second)
+		if err != nil {
+			served <- err
+			return
+		}
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(2 * time.Second))
+		served <- roundTrip(c, []byte("new app"))
+	}()
+	select {
+	case err := <-served:
+		if err != nil {
+			t.Errorf("a new app during the retune: %v", err)
+		}
+	case <-time.After(3 * time.Second):
+		t.Error("a new app waited for the reload's retune")
+	}
+	select {
+	case err := <-applied:
+		t.Fatalf("the reload ended with a session's retune held up: %v", err)
+	default:
+	}
+	s.mu.Unlock()
+	if err := <-applied; err != nil {
+		t.Fatal(err)
+	}
+	legSettings(t, s, keepalive.Settings{Idle: 8 * time.Second, Interval: 3 * time.Second, Count: 5, UserTimeout: 31 * time.Second},
+		keepalive.Settings{Idle: 11 * time.Second, Interval: 2 * time.Second, Count: 4, UserTimeout: 19 * time.Second})
+	echoed(t, held, "b")
+}
