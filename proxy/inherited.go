@@ -15,15 +15,25 @@ import (
 // change places. Each socket is taken by the address a listener (or the
 // admin listener) asks for; the rest are closed.
 type Inherited struct {
-	mu  sync.Mutex
-	lns []*net.TCPListener
+	mu       sync.Mutex
+	lns      []*net.TCPListener
+	sessions map[*net.TCPListener]int64 // the old process's sessions on each socket at the handover
+	held     []heldSessions             // those counted against the listeners' max_sessions (Release)
+}
+
+// heldSessions are the old process's sessions counted in a listener's slots.
+type heldSessions struct {
+	slots *admitted
+	n     int64
 }
 
 // NewInherited makes listeners of files (their fds stay theirs: the caller
-// closes them). Every file must be a listening TCP socket.
-func NewInherited(files []*os.File) (*Inherited, error) {
-	h := &Inherited{}
-	for _, f := range files {
+// closes them). Every file must be a listening TCP socket. sessions, when
+// not nil, is how many sessions the old process had on each: they count
+// against max_sessions until Release.
+func NewInherited(files []*os.File, sessions []int64) (*Inherited, error) {
+	h := &Inherited{sessions: map[*net.TCPListener]int64{}}
+	for i, f := range files {
 		ln, err := net.FileListener(f)
 		if err != nil {
 			h.Close()
@@ -36,8 +46,36 @@ func NewInherited(files []*os.File) (*Inherited, error) {
 			return nil, fmt.Errorf("inherited socket %s: not TCP (%s)", f.Name(), ln.Addr().Network())
 		}
 		h.lns = append(h.lns, tl)
+		if i < len(sessions) {
+			h.sessions[tl] = sessions[i]
+		}
 	}
 	return h, nil
+}
+
+// hold counts the old process's sessions on ln against slots (a listener's
+// max_sessions) until Release.
+func (h *Inherited) hold(ln *net.TCPListener, slots *admitted) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if n := h.sessions[ln]; n > 0 {
+		slots.active.Add(n)
+		h.held = append(h.held, heldSessions{slots, n})
+	}
+}
+
+// Release stops counting the old process's sessions (it has ended, and
+// they with it) against the listeners' max_sessions.
+func (h *Inherited) Release() {
+	if h == nil {
+		return
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for _, x := range h.held {
+		x.slots.active.Add(-x.n)
+	}
+	h.held = nil
 }
 
 // Take removes and returns the inherited socket bound where listen asks, or
@@ -91,22 +129,26 @@ func sameBind(have, want *net.TCPAddr) bool {
 
 // ListeningSockets duplicates the sockets the listeners accept on
 // (close-on-exec fds, in the sockets' own non-blocking mode), for a process
-// that is to take them over; the caller closes them. Bare fds, not files:
-// os.File.Fd (which os/exec calls on ExtraFiles) would switch each socket
-// to blocking mode under the running accept loops (see dupListener).
-func (p *Proxy) ListeningSockets() ([]int, error) {
+// that is to take them over, with the sessions admitted on each (which go
+// on in this process while it drains); the caller closes the fds. Bare fds,
+// not files: os.File.Fd (which os/exec calls on ExtraFiles) would switch
+// each socket to blocking mode under the running accept loops (see
+// dupListener).
+func (p *Proxy) ListeningSockets() ([]int, []int64, error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	var fds []int
+	var sessions []int64
 	for _, l := range p.listeners {
 		fd, err := DupSocket(l.ln)
 		if err != nil {
 			for _, fd := range fds {
 				syscall.Close(fd)
 			}
-			return nil, err
+			return nil, nil, err
 		}
 		fds = append(fds, fd)
+		sessions = append(sessions, l.active.Load())
 	}
-	return fds, nil
+	return fds, sessions, nil
 }

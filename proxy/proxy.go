@@ -280,9 +280,10 @@ func heirOf(old *listener, bound []*listener) *listener {
 
 func (p *Proxy) bind(cfg *config.Config, lc *config.Listener, taken map[*listener]bool) (*listener, error) {
 	ln, old, err := p.inherit(cfg, lc, taken) // the socket of a renamed or moved listener (reload.go)
+	var handed *net.TCPListener
 	if ln == nil && err == nil {
 		if tl := p.inherited.Take(lc.Listen); tl != nil {
-			ln = tl // the socket of the process this one replaces (inherited.go)
+			ln, handed = tl, tl // the socket of the process this one replaces (inherited.go)
 		}
 	}
 	fromFile := ln != nil
@@ -300,6 +301,9 @@ func (p *Proxy) bind(cfg *config.Config, lc *config.Listener, taken map[*listene
 	slots := &admitted{perSource: map[netip.Addr]int{}}
 	if old != nil {
 		slots = old.admitted // its sessions still count against the limits
+	}
+	if handed != nil {
+		p.inherited.hold(handed, slots) // the old process's sessions, while it drains
 	}
 	l := &listener{
 		p: p, name: lc.Name, ln: ln.(*net.TCPListener), done: make(chan struct{}),

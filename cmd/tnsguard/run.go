@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"os/signal"
 	"syscall"
@@ -45,12 +46,15 @@ func runCommand(args []string, stderr io.Writer) int {
 	defer signal.Stop(stops)
 	defer signal.Stop(hups)
 	defer signal.Stop(usr2s)
+	// The binary an upgrade starts: the path as at start (upgrade.go).
+	self, selfErr := binaryPath()
 	// Sockets handed over by the process this one replaces (upgrade.go).
 	inherited, upgradeReady, err := inheritance()
 	if err != nil {
 		fmt.Fprintln(stderr, "tnsguard run:", err)
 		return 1
 	}
+	oldPID := os.Getppid() // with inherited: the process this one replaces
 	// A log reader that goes away (a pipe, a shipper restarting) must not
 	// end the process and every session with it: log writes fail instead.
 	signal.Ignore(syscall.SIGPIPE)
@@ -80,24 +84,29 @@ func runCommand(args []string, stderr io.Writer) int {
 	m := metrics.New(reg, version)
 	p := proxy.New(log, m)
 	reg.MustRegister(metrics.NewTCPInfoCollector(p))
+	// The admin port is bound before the listeners accept: a process that
+	// cannot bind it ends before it has taken any app's connection (an
+	// upgrade's new process would reset those it took from the sockets it
+	// shares with the old one, which serves on).
+	var admLn net.Listener
+	if ln := inherited.Take(cfg.Admin.Listen); ln != nil {
+		admLn = ln
+	} else if admLn, err = net.Listen("tcp", cfg.Admin.Listen); err != nil {
+		log.Error("cannot start the admin listener", "address", cfg.Admin.Listen, "error", err)
+		inherited.Close()
+		return 1
+	}
 	p.Adopt(inherited)
 	if err := p.Apply(cfg); err != nil {
 		log.Error("cannot start", "error", err)
 		p.Close()
+		admLn.Close()
 		inherited.Close()
 		return 1
 	}
 	m.ReloadOK.Set(1)
 	m.ReloadTime.Set(float64(time.Now().Unix()))
-	var adm *admin.Server
-	if ln := inherited.Take(cfg.Admin.Listen); ln != nil {
-		adm = admin.StartOn(ln, cfg.Admin, reg, p, log.Named("admin"))
-	} else if adm, err = admin.Start(cfg.Admin, reg, p, log.Named("admin")); err != nil {
-		log.Error("cannot start the admin listener", "address", cfg.Admin.Listen, "error", err)
-		p.Close()
-		inherited.Close()
-		return 1
-	}
+	adm := admin.StartOn(admLn, cfg.Admin, reg, p, log.Named("admin"))
 	for _, addr := range inherited.Close() {
 		log.Info("upgrade: closed a handed-over socket that this configuration does not listen on", "address", addr)
 	}
@@ -109,8 +118,16 @@ func runCommand(args []string, stderr io.Writer) int {
 		if err != nil {
 			log.Warn("upgrade: cannot tell the old process that this one serves; it goes on serving too until it is stopped", "error", err)
 		} else {
-			log.Info("upgrade: serving on the sockets handed over; the old process drains", "old_pid", os.Getppid())
+			log.Info("upgrade: serving on the sockets handed over; the old process drains", "old_pid", oldPID)
 		}
+		// The old process's sessions count against max_sessions until it
+		// has ended: it is this one's parent until then.
+		go func() {
+			for os.Getppid() == oldPID {
+				time.Sleep(100 * time.Millisecond)
+			}
+			inherited.Release()
+		}()
 	} else if err := sdNotify("READY=1"); err != nil {
 		log.Warn("cannot tell systemd that tnsguard is ready", "error", err)
 	}
@@ -170,11 +187,15 @@ func runCommand(args []string, stderr io.Writer) int {
 				log.Warn("upgrade already under way: signal ignored", "pid", up.pid)
 				continue
 			}
-			if up, err = startUpgrade(p, adm); err != nil {
+			if selfErr != nil {
+				log.Error("upgrade failed: this process serves on", "error", fmt.Errorf("cannot find the binary: %w", selfErr))
+				continue
+			}
+			if up, err = startUpgrade(p, adm, self); err != nil {
 				log.Error("upgrade failed: this process serves on", "error", err)
 				continue
 			}
-			log.Info("upgrade: started the new binary; serving until it serves", "pid", up.pid)
+			log.Info("upgrade: started the new binary; serving until it serves", "pid", up.pid, "binary", self)
 		case err := <-upDone:
 			if err != nil {
 				log.Error("upgrade failed: this process serves on", "error", err)
@@ -188,32 +209,44 @@ func runCommand(args []string, stderr io.Writer) int {
 			}
 			log.Info("upgrade: the new process serves; this one stops accepting and drains", "pid", up.pid)
 			adm.Close() // the new process answers on the admin port
-			drain(log, stops, func() { p.Retire(cfg.Shutdown.DrainTimeout.Duration) }, p.Hurry)
+			drain(log, stops, true, func() { p.Retire(cfg.Shutdown.DrainTimeout.Duration) }, p.Hurry)
 			return 0
 		}
 	}
 	if up != nil { // a stop before the new process served: it goes too
-		up.proc.Signal(syscall.SIGTERM)
+		syscall.Kill(-up.pid, syscall.SIGTERM) // its process group: a wrapper script's children too
 	}
 	if err := sdNotify("STOPPING=1"); err != nil {
 		log.Warn("cannot tell systemd that tnsguard is stopping", "error", err)
 	}
 	log.Info("signal received: draining", "signal", stop.String())
-	drain(log, stops, func() { p.Shutdown(cfg.Shutdown.Grace.Duration, cfg.Shutdown.DrainTimeout.Duration) }, p.Hurry)
+	drain(log, stops, false, func() { p.Shutdown(cfg.Shutdown.Grace.Duration, cfg.Shutdown.DrainTimeout.Duration) }, p.Hurry)
 	adm.Close()
 	return 0
 }
 
 // drain runs shutdown; a stop signal meanwhile (Ctrl-C twice, docker stop
-// again) calls hurry, which ends the drain now.
-func drain(log hclog.Logger, stops <-chan os.Signal, shutdown, hurry func()) {
+// again) calls hurry, which ends the drain now. With handedOver (the drain
+// after an upgrade, which no signal started) the first stop signal is only
+// logged: systemctl stop or restart sends one to every process of the
+// unit, and this process's sessions may finish within drain_timeout as the
+// new process's may; a second one hurries.
+func drain(log hclog.Logger, stops <-chan os.Signal, handedOver bool, shutdown, hurry func()) {
 	drained := make(chan struct{})
 	go func() {
-		select {
-		case sig := <-stops:
-			log.Warn("second signal: closing the sessions left now", "signal", sig.String())
-			hurry()
-		case <-drained:
+		for {
+			select {
+			case sig := <-stops:
+				if handedOver {
+					handedOver = false
+					log.Info("signal received: this process already drains after the upgrade; a second signal closes its sessions now", "signal", sig.String())
+					continue
+				}
+				log.Warn("second signal: closing the sessions left now", "signal", sig.String())
+				hurry()
+			case <-drained:
+			}
+			return
 		}
 	}()
 	shutdown()

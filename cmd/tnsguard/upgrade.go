@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"os/exec"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -33,6 +35,7 @@ import (
 const (
 	envListenFDs = "TNSGUARD_LISTEN_FDS"
 	envReadyFD   = "TNSGUARD_READY_FD"
+	envSessions  = "TNSGUARD_LISTEN_SESSIONS" // the old process's sessions on each socket, comma-separated
 	readyTimeout = 30 * time.Second
 )
 
@@ -43,18 +46,44 @@ type upgrade struct {
 	done chan error // one value: nil when the new process serves, else why it does not
 }
 
+// binaryPath is the path this process was started by, as an upgrade is to
+// start the file now there: os.Args[0] looked up as the shell did (PATH, or
+// the working directory at start), made absolute at start. Not
+// /proc/self/exe (os.Executable), which follows the running file: to the
+// old version's directory when the path is a symlink that the install
+// flipped to the new one, and to the old file's new name when the install
+// moved it aside (tnsguard.old); the upgrade would start the old binary
+// again and call it the new one.
+func binaryPath() (string, error) {
+	exe, err := os.Executable()
+	if err != nil {
+		return "", err
+	}
+	// Args[0] is whatever the starter chose: it counts only when it names
+	// the running file (through a symlink or not).
+	if p, err := exec.LookPath(os.Args[0]); err == nil {
+		if p, err = filepath.Abs(p); err == nil {
+			a, err1 := os.Stat(p)
+			b, err2 := os.Stat(exe)
+			if err1 == nil && err2 == nil && os.SameFile(a, b) {
+				return p, nil
+			}
+		}
+	}
+	return exe, nil
+}
+
 // startUpgrade starts the new process (startUpgrade's caller waits on done).
-func startUpgrade(p *proxy.Proxy, adm *admin.Server) (*upgrade, error) {
+func startUpgrade(p *proxy.Proxy, adm *admin.Server, exe string) (*upgrade, error) {
 	if os.Getpid() == 1 {
 		// In a container the first process's exit ends the container,
 		// and the new process with it, once the drain is over.
 		return nil, errors.New("tnsguard is the container's first process (PID 1): the container would end with it, taking the new process along; roll out a new container instead")
 	}
-	exe, err := os.Executable() // the path, also when the file was replaced (Linux: " (deleted)" trimmed)
-	if err != nil {
-		return nil, fmt.Errorf("cannot find the binary: %w", err)
+	if exe == "" {
+		return nil, errors.New("cannot find the binary: its path was not known at start")
 	}
-	fds, err := p.ListeningSockets()
+	fds, sessions, err := p.ListeningSockets()
 	if err != nil {
 		return nil, fmt.Errorf("cannot hand over the listening sockets: %w", err)
 	}
@@ -79,13 +108,23 @@ func startUpgrade(p *proxy.Proxy, adm *admin.Server) (*upgrade, error) {
 	}
 	files = append(files, w.Fd())
 	env := slices.DeleteFunc(os.Environ(), func(kv string) bool {
-		return strings.HasPrefix(kv, envListenFDs+"=") || strings.HasPrefix(kv, envReadyFD+"=")
+		return strings.HasPrefix(kv, envListenFDs+"=") || strings.HasPrefix(kv, envReadyFD+"=") || strings.HasPrefix(kv, envSessions+"=")
 	})
-	env = append(env, fmt.Sprintf("%s=%d", envListenFDs, len(fds)), fmt.Sprintf("%s=%d", envReadyFD, 3+len(fds)))
+	counts := make([]string, len(sessions))
+	for i, n := range sessions {
+		counts[i] = strconv.FormatInt(n, 10)
+	}
+	env = append(env, fmt.Sprintf("%s=%d", envListenFDs, len(fds)), fmt.Sprintf("%s=%d", envReadyFD, 3+len(fds)),
+		envSessions+"="+strings.Join(counts, ",")) // the admin socket's, last, has none
 	// syscall.ForkExec, not os/exec: it takes bare fds. os/exec calls
 	// os.File.Fd, which would put the sockets in blocking mode under this
 	// process's accept loops.
-	pid, err := syscall.ForkExec(exe, os.Args, &syscall.ProcAttr{Env: env, Files: files})
+	// A process group of its own: a new process that does not serve is
+	// killed with whatever it started (a wrapper script's children), which
+	// would otherwise hold the listening sockets after this process ends:
+	// apps' connections queued on a port no one serves, and a restart
+	// refused with "address already in use".
+	pid, err := syscall.ForkExec(exe, os.Args, &syscall.ProcAttr{Env: env, Files: files, Sys: &syscall.SysProcAttr{Setpgid: true}})
 	if err != nil {
 		r.Close()
 		return nil, fmt.Errorf("cannot start %s: %w", exe, err)
@@ -114,14 +153,15 @@ func startUpgrade(p *proxy.Proxy, adm *admin.Server) (*upgrade, error) {
 		case n > 0:
 			u.done <- nil
 		case errors.Is(err, os.ErrDeadlineExceeded):
-			proc.Kill()
+			syscall.Kill(-pid, syscall.SIGKILL)
 			u.done <- fmt.Errorf("the new process (pid %d) did not serve within %s: killed it", pid, readyTimeout)
 		default: // it closed the pipe: it ended before it served
 			select {
 			case st := <-exited:
+				syscall.Kill(-pid, syscall.SIGKILL) // what it left behind
 				u.done <- fmt.Errorf("the new process (pid %d) ended before it served (%s); its log says why", pid, st)
 			case <-time.After(5 * time.Second):
-				proc.Kill()
+				syscall.Kill(-pid, syscall.SIGKILL)
 				u.done <- fmt.Errorf("the new process (pid %d) closed its pipe without serving: killed it", pid)
 			}
 		}
@@ -134,9 +174,10 @@ func startUpgrade(p *proxy.Proxy, adm *admin.Server) (*upgrade, error) {
 // process was not started by an upgrade. The variables are cleared, so
 // that nothing this process starts takes them for its own.
 func inheritance() (*proxy.Inherited, *os.File, error) {
-	n, r := os.Getenv(envListenFDs), os.Getenv(envReadyFD)
+	n, r, counts := os.Getenv(envListenFDs), os.Getenv(envReadyFD), os.Getenv(envSessions)
 	os.Unsetenv(envListenFDs)
 	os.Unsetenv(envReadyFD)
+	os.Unsetenv(envSessions)
 	if n == "" && r == "" {
 		return nil, nil, nil
 	}
@@ -149,7 +190,15 @@ func inheritance() (*proxy.Inherited, *os.File, error) {
 	for i := range files {
 		files[i] = os.NewFile(uintptr(3+i), fmt.Sprintf("fd %d", 3+i))
 	}
-	h, err := proxy.NewInherited(files)
+	var sessions []int64 // none when the old process did not say (an older version)
+	for _, c := range strings.Split(counts, ",") {
+		if k, err := strconv.ParseInt(c, 10, 64); err == nil && k >= 0 {
+			sessions = append(sessions, k)
+		} else {
+			sessions = append(sessions, 0)
+		}
+	}
+	h, err := proxy.NewInherited(files, sessions)
 	for _, f := range files {
 		f.Close() // NewInherited holds duplicates
 	}

@@ -250,7 +250,7 @@ func TestUpgradeOnSIGUSR2RefusesNothing(t *testing.T) {
 	if err := syscall.Kill(newPID, syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 5*time.Second, "the new process to stop on SIGTERM", func() bool { return len(g.log.find("drained")) == 2 })
+	waitFor(t, 15*time.Second, "the new process to stop on SIGTERM (after its 5 s grace)", func() bool { return len(g.log.find("drained")) == 2 })
 }
 
 // A new binary that cannot start (here: the config file is now broken)
@@ -378,5 +378,325 @@ func TestUpgradeRefusedAsPID1(t *testing.T) {
 	defer c.Close()
 	if err := roundTrip(c, []byte("still here"), 2*time.Second); err != nil {
 		t.Fatalf("after the refused upgrade: %v", err)
+	}
+}
+
+// An install that flips a symlink (/usr/local/bin/tnsguard pointing at
+// the new version's directory, as Homebrew or a versioned /opt does) or
+// that moves the old file aside before putting the new one at the path:
+// SIGUSR2 starts the file now at the path tnsguard was started by. It
+// started the running file again, found by /proc/self/exe: the old
+// version, under its old directory or its new name, logged as "the new
+// binary".
+func TestUpgradeStartsTheFileNowAtThePath(t *testing.T) {
+	for _, install := range []string{"symlink flipped", "old file moved aside"} {
+		t.Run(install, func(t *testing.T) {
+			e := newEcho(t)
+			admin, addr := freeAddr(t), freeAddr(t)
+			dir := t.TempDir()
+			v1, v2 := filepath.Join(dir, "v1", "tnsguard"), filepath.Join(dir, "v2", "tnsguard")
+			path := filepath.Join(dir, "bin", "tnsguard")
+			for _, d := range []string{v1, v2, path} {
+				if err := os.MkdirAll(filepath.Dir(d), 0o755); err != nil {
+					t.Fatal(err)
+				}
+			}
+			copyFile(t, binary(t), v1)
+			copyFile(t, binary(t), v2)
+			want := path
+			if install == "symlink flipped" {
+				if err := os.Symlink(v1, path); err != nil {
+					t.Fatal(err)
+				}
+				want = v2
+			} else {
+				copyFile(t, binary(t), path)
+			}
+			conf := config(admin, "grace = \"0s\"\ndrain_timeout = \"1s\"",
+				[]listenerConf{{name: "l", listen: addr, backend: "db"}},
+				[]backendConf{{name: "db", servers: []string{e.addr()}}})
+			g := startCmd(t, admin, conf, true, func(_, cfg string) *exec.Cmd {
+				return exec.Command(path, "run", "-config", cfg)
+			})
+			if install == "symlink flipped" {
+				if err := os.Symlink(v2, path+".tmp"); err != nil {
+					t.Fatal(err)
+				}
+				if err := os.Rename(path+".tmp", path); err != nil {
+					t.Fatal(err)
+				}
+			} else {
+				if err := os.Rename(path, path+".old"); err != nil {
+					t.Fatal(err)
+				}
+				copyFile(t, binary(t), path)
+			}
+			if err := g.cmd.Process.Signal(syscall.SIGUSR2); err != nil {
+				t.Fatal(err)
+			}
+			newPID := g.upgraded(10 * time.Second)
+			if exe, err := os.Readlink(fmt.Sprintf("/proc/%d/exe", newPID)); err != nil || exe != want {
+				t.Errorf("the new process runs %q (%v), want the file now at the path: %s", exe, err, want)
+			}
+		})
+	}
+}
+
+// A new process that cannot bind its admin port (admin.listen moved to a
+// port in use) fails, and the old process serves on: the apps whose
+// connections were waiting on the shared sockets are served by it. The new
+// process had started accepting before it tried the admin port, and reset
+// the connections it had taken when it gave up.
+func TestUpgradeThatCannotBindTheAdminPortResetsNoApp(t *testing.T) {
+	e := newEcho(t)
+	admin, addr := freeAddr(t), freeAddr(t)
+	conf := config(admin, "grace = \"0s\"\ndrain_timeout = \"1s\"",
+		[]listenerConf{{name: "l", listen: addr, backend: "db"}},
+		[]backendConf{{name: "db", servers: []string{e.addr()}}})
+	g := start(t, admin, conf, true)
+	taken, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer taken.Close()
+	if err := os.WriteFile(g.path, []byte(strings.Replace(conf, admin, taken.Addr().String(), 1)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	// Each round: the old process is stopped as soon as the new one
+	// exists, so that the apps' connections meanwhile can only be taken by
+	// the new one (which took some in about half the rounds).
+	old := g.cmd.Process.Pid
+	failed, apps := 0, 0
+	for round := range 8 {
+		if err := syscall.Kill(old, syscall.SIGUSR2); err != nil {
+			t.Fatal(err)
+		}
+		deadline := time.Now().Add(5 * time.Second)
+		for !hasChild(old) {
+			if time.Now().After(deadline) {
+				t.Fatal("no new process 5 s after SIGUSR2")
+			}
+		}
+		syscall.Kill(old, syscall.SIGSTOP)
+		var conns []net.Conn
+		for range 20 {
+			c, err := net.DialTimeout("tcp", addr, 2*time.Second)
+			if err != nil {
+				syscall.Kill(old, syscall.SIGCONT)
+				t.Fatal(err)
+			}
+			defer c.Close()
+			conns = append(conns, c)
+		}
+		waitFor(t, 10*time.Second, "the new process to fail on the admin port", func() bool {
+			if len(g.log.find("cannot start the admin listener")) > round {
+				return true
+			}
+			syscall.Kill(old, syscall.SIGCONT) // not to leave it stopped if the test fails here
+			syscall.Kill(old, syscall.SIGSTOP)
+			return false
+		})
+		syscall.Kill(old, syscall.SIGCONT)
+		waitFor(t, 10*time.Second, "the upgrade to fail", func() bool {
+			return len(g.log.find("upgrade failed: this process serves on")) > round
+		})
+		for i, c := range conns {
+			apps++
+			if err := roundTrip(c, fmt.Appendf(nil, "app %d", i), 3*time.Second); err != nil {
+				failed++
+				if failed <= 5 {
+					t.Errorf("round %d, app %d, connected while the new process started: %v", round, i, err)
+				}
+			}
+		}
+	}
+	if failed > 0 {
+		t.Errorf("%d of %d apps failed", failed, apps)
+	}
+}
+
+// hasChild tells whether pid has a child process.
+func hasChild(pid int) bool { return len(children(pid)) > 0 }
+
+// children are the child processes of pid (of any of its threads).
+func children(pid int) []int {
+	var pids []int
+	tasks, _ := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
+	for _, task := range tasks {
+		b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/task/%s/children", pid, task.Name()))
+		for _, f := range strings.Fields(string(b)) {
+			var c int
+			if _, err := fmt.Sscan(f, &c); err == nil {
+				pids = append(pids, c)
+			}
+		}
+	}
+	return pids
+}
+
+// A new binary that hangs (here a wrapper script waiting on a child that
+// sleeps) is killed after 30 s with what it started: nothing is left
+// holding the listening sockets, so that once the old process stops the
+// port is free for the next start. Only the script was killed: its child
+// held the sockets, apps' connections queued on a port no one served, and
+// a restart failed with "address already in use".
+func TestUpgradeThatHangsLeavesNothingHoldingThePort(t *testing.T) {
+	e := newEcho(t)
+	admin, addr := freeAddr(t), freeAddr(t)
+	bin := filepath.Join(t.TempDir(), "tnsguard")
+	copyFile(t, binary(t), bin)
+	conf := config(admin, "grace = \"0s\"\ndrain_timeout = \"1s\"",
+		[]listenerConf{{name: "l", listen: addr, backend: "db"}},
+		[]backendConf{{name: "db", servers: []string{e.addr()}}})
+	g := startCmd(t, admin, conf, true, func(_, path string) *exec.Cmd {
+		return exec.Command(bin, "run", "-config", path)
+	})
+	if err := os.WriteFile(bin+".new", []byte("#!/bin/sh\nsleep 120\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(bin+".new", bin); err != nil {
+		t.Fatal(err)
+	}
+	if err := g.cmd.Process.Signal(syscall.SIGUSR2); err != nil {
+		t.Fatal(err)
+	}
+	var script int
+	waitFor(t, 5*time.Second, "the script to start its child", func() bool {
+		pids := g.upgrades()
+		if len(pids) == 0 {
+			return false
+		}
+		script = pids[0]
+		return hasChild(script)
+	})
+	for _, pid := range children(script) {
+		t.Cleanup(func() { syscall.Kill(pid, syscall.SIGKILL) })
+	}
+	var failed []map[string]any
+	waitFor(t, 40*time.Second, "the upgrade to time out", func() bool {
+		failed = g.log.find("upgrade failed: this process serves on")
+		return len(failed) > 0
+	})
+	if msg, _ := failed[0]["error"].(string); !strings.Contains(msg, "did not serve within 30s") {
+		t.Errorf("upgrade failure logged as %q", msg)
+	}
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatalf("after the failed upgrade: %v", err)
+	}
+	err = roundTrip(c, []byte("old process"), 2*time.Second)
+	c.Close()
+	if err != nil {
+		t.Fatalf("after the failed upgrade: %v", err)
+	}
+	if code := g.stop(syscall.SIGTERM, 10*time.Second); code != 0 {
+		t.Fatalf("exit %d", code)
+	}
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		t.Fatalf("the port after tnsguard stopped: %v (a process it started for the upgrade still holds it)", err)
+	}
+	ln.Close()
+}
+
+// max_sessions holds across an upgrade: while the old process drains its
+// sessions (pooled ones for all of drain_timeout), they still use the
+// database's and the host's resources, so the new process lets in no more
+// than the limit minus them, as a reload or a rename does (README,
+// "TestRenameKeepsMaxSessionsCount"), and all of it once the old process
+// has ended. The new process counted from 0: up to twice max_sessions for
+// drain_timeout.
+func TestUpgradeKeepsMaxSessionsWhileTheOldProcessDrains(t *testing.T) {
+	e := newEcho(t)
+	admin, addr := freeAddr(t), freeAddr(t)
+	conf := config(admin, "grace = \"0s\"\ndrain_timeout = \"3s\"",
+		[]listenerConf{{name: "l", listen: addr, backend: "db", extra: "max_sessions = 3"}},
+		[]backendConf{{name: "db", servers: []string{e.addr()}}})
+	g := start(t, admin, conf, true)
+	open := func(what string) error {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			return err
+		}
+		t.Cleanup(func() { c.Close() })
+		return roundTrip(c, []byte(what), 2*time.Second)
+	}
+	for i := range 3 {
+		if err := open(fmt.Sprintf("pooled %d", i)); err != nil {
+			t.Fatalf("pooled session %d: %v", i, err)
+		}
+	}
+	if err := open("over the limit"); err == nil {
+		t.Fatal("a 4th session was let in before the upgrade: max_sessions = 3 is not in force")
+	}
+	if err := g.cmd.Process.Signal(syscall.SIGUSR2); err != nil {
+		t.Fatal(err)
+	}
+	g.upgraded(10 * time.Second)
+	admitted := 0
+	for i := range 3 {
+		if open(fmt.Sprintf("after the upgrade %d", i)) == nil {
+			admitted++
+		}
+	}
+	if admitted > 0 {
+		t.Errorf("%d sessions let in by the new process while the old one drains its 3: %d in all, max_sessions = 3", admitted, 3+admitted)
+	}
+	// Once the old process has ended (its sessions reset at its
+	// drain_timeout), its slots are free: the pools reconnect.
+	select {
+	case <-g.done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the old process still runs 10 s after the upgrade (drain_timeout 3s)")
+	}
+	time.Sleep(300 * time.Millisecond)
+	for i := range 3 {
+		if err := open(fmt.Sprintf("after the old process ended %d", i)); err != nil {
+			t.Errorf("session %d of 3 after the old process ended: %v", i, err)
+		}
+	}
+}
+
+// A SIGTERM to the process that drains after an upgrade (systemctl stop or
+// restart sends it to every process of the unit) does not end that drain
+// at once: its sessions may still finish within drain_timeout, as the new
+// process's may; a second signal ends it, as in any drain. The first reset
+// every session left at once, logged as a "second signal".
+func TestUpgradeDrainGoesOnAtAFirstSIGTERM(t *testing.T) {
+	e := newEcho(t)
+	admin, addr := freeAddr(t), freeAddr(t)
+	conf := config(admin, "grace = \"0s\"\ndrain_timeout = \"10s\"",
+		[]listenerConf{{name: "l", listen: addr, backend: "db"}},
+		[]backendConf{{name: "db", servers: []string{e.addr()}}})
+	g := start(t, admin, conf, true)
+	pooled, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pooled.Close()
+	if err := roundTrip(pooled, []byte("pooled"), 2*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if err := g.cmd.Process.Signal(syscall.SIGUSR2); err != nil {
+		t.Fatal(err)
+	}
+	g.upgraded(10 * time.Second)
+	if err := g.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(300 * time.Millisecond)
+	if err := roundTrip(pooled, []byte("pooled, after SIGTERM to the draining process"), 2*time.Second); err != nil {
+		t.Errorf("the old process's session after one SIGTERM: %v", err)
+	}
+	if err := g.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	if err := readUntilErr(pooled, 3*time.Second); !errors.Is(err, syscall.ECONNRESET) {
+		t.Errorf("the old process's session after a second SIGTERM: %v, want a reset", err)
+	}
+	select {
+	case <-g.done:
+	case <-time.After(3 * time.Second):
+		t.Fatal("the old process still runs 3 s after a second SIGTERM")
 	}
 }
