@@ -279,8 +279,14 @@ func (p *Proxy) newSession(ctx context.Context, l *listener, lcfg *config.Listen
 	// was made) did not retune it: it was no session yet. The listener's
 	// config read after track is the reload's when retuneSessions's list
 	// missed the session; after a rename, the heir's, as there.
+	//
+	// The config is read under s.mu: a reload's retune of this session
+	// (retuneSessions reads the config it sets before it takes s.mu)
+	// is then never undone by a read from before that reload.
+	s.mu.Lock()
 	if h := l.admitted.holder.Load(); h != nil {
-		s.retune(SideClient, h.cfg().Keepalive.Settings())
+		s.retuneLocked(SideClient, h.cfg().Keepalive.Settings())
 	}
+	s.mu.Unlock()
 	return s
 }

@@ -1360,6 +1360,11 @@ func (s *session) armKeepalive(now time.Time) {
 func (s *session) retune(side Side, ka keepalive.Settings) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	s.retuneLocked(side, ka)
+}
+
+// retuneLocked is retune under s.mu.
+func (s *session) retuneLocked(side Side, ka keepalive.Settings) {
 	i := legIndex(side)
 	if s.closing || s.ka[i] == ka || side == SideBackend && !s.established {
 		return
