@@ -734,3 +734,65 @@ func TestUnknownKeySuggestsTheKey(t *testing.T) {
 		t.Fatalf("got:\n%v\nwant:\n%s", err, want)
 	}
 }
+
+// A wrong value in the second [[backend.server]] of a backend was put at
+// the line of the first server's key of that name, whose value is right:
+// each server is looked for in its own block.
+func TestTypeErrorOfALaterServerNamesItsLine(t *testing.T) {
+	text := `[[listener]]
+name    = "orders"
+listen  = "127.0.0.1:1522"
+backend = "orders"
+[[backend]]
+name = "orders"
+  [[backend.server]]
+  address  = "10.0.0.1:1521"
+  priority = 0
+  weight   = 2
+  [[backend.server]]
+  address  = "10.0.0.2:1521"
+  priority = "1"
+  [[backend.server]]
+  address  = "10.0.0.3:1521"
+  weight   = "x"
+`
+	_, _, err := Parse([]byte(text), "f.toml")
+	want := strings.Join([]string{
+		`f.toml:13:3: key "backend.server.priority": a string given where an integer is needed`,
+		`f.toml:16:3: key "backend.server.weight": a string given where an integer is needed`,
+	}, "\n")
+	if err == nil || err.Error() != want {
+		t.Fatalf("got:\n%v\nwant:\n%s", err, want)
+	}
+}
+
+// A table key given a value that is no table (keepalive = "60s") was
+// dropped from the report as soon as another key of its table was wrong
+// too: the library decodes a string into the per-key map without a word.
+func TestWrongTypeOfATableKeyIsReportedWithTheOthers(t *testing.T) {
+	text := strings.Replace(minimal, `backend = "orders"`, "backend = \"orders\"\nkeepalive = \"60s\"\nmax_sessions = \"10\"", 1)
+	_, _, err := Parse([]byte(text), "f.toml")
+	want := strings.Join([]string{
+		`f.toml:6:1: key "listener.keepalive": type mismatch for config.Keepalive: expected table but found string`,
+		`f.toml:7:1: key "listener.max_sessions": a string given where an integer is needed`,
+	}, "\n")
+	if err == nil || err.Error() != want {
+		t.Fatalf("got:\n%v\nwant:\n%s", err, want)
+	}
+}
+
+// A table given for a duration is a value of the wrong type, and only
+// that: its keys are not unknown keys of their own (backoff.max at 1:1).
+func TestTableForADurationIsNoUnknownKey(t *testing.T) {
+	for _, tc := range []struct{ value, key, kind string }{
+		{`{ max = "2s" }`, "backoff", "a table"},
+		{`[{ max = "2s" }]`, "backoff", "an array"},
+	} {
+		text := strings.Replace(minimal, "name = \"orders\"\n  [[backend.server]]", "name = \"orders\"\nbackoff = "+tc.value+"\n  [[backend.server]]", 1)
+		_, _, err := Parse([]byte(text), "f.toml")
+		want := fmt.Sprintf(`f.toml:8:1: key "backend.%s": %s given where primitive (string-like) is needed`, tc.key, tc.kind)
+		if err == nil || err.Error() != want {
+			t.Errorf("backoff = %s: got:\n%v\nwant:\n%s", tc.value, err, want)
+		}
+	}
+}

@@ -136,15 +136,15 @@ func decodeParts(md *toml.MetaData, raw rawConfig, c *Config, text, source strin
 			md2, _ = toml.Decode(text, again)
 		}
 		var each []string
-		fail := func(err error) { each = append(each, decodeError(text, err, kind, index)) }
+		fail := func(err error, elem []int) { each = append(each, decodeError(text, err, kind, index, elem)) }
 		switch {
 		case kind == "listener" && index < len(again.Listeners):
-			decodeEach(&md2, again.Listeners[index], reflect.New(reflect.TypeFor[Listener]()).Elem(), fail)
+			decodeEach(&md2, again.Listeners[index], reflect.New(reflect.TypeFor[Listener]()).Elem(), nil, fail)
 		case kind == "backend" && index < len(again.Backends):
-			decodeEach(&md2, again.Backends[index], reflect.New(reflect.TypeFor[Backend]()).Elem(), fail)
+			decodeEach(&md2, again.Backends[index], reflect.New(reflect.TypeFor[Backend]()).Elem(), nil, fail)
 		}
 		if len(each) == 0 {
-			each = []string{decodeError(text, err, kind, index)}
+			each = []string{decodeError(text, err, kind, index, nil)}
 		}
 		sort.SliceStable(each, func(a, b int) bool { return lineNumber(each[a]) < lineNumber(each[b]) })
 		for _, e := range each {
@@ -172,11 +172,13 @@ func decodeParts(md *toml.MetaData, raw rawConfig, c *Config, text, source strin
 }
 
 // decodeEach decodes the table p into the struct rv one key at a time,
-// and calls fail with the error of each key that does not decode.
-func decodeEach(md *toml.MetaData, p toml.Primitive, rv reflect.Value, fail func(error)) {
+// and calls fail with the error of each key that does not decode, and
+// elem: which element p is of each array of tables on the way to it (the
+// second [[backend.server]] of its backend: [1]).
+func decodeEach(md *toml.MetaData, p toml.Primitive, rv reflect.Value, elem []int, fail func(error, []int)) {
 	var m map[string]toml.Primitive
 	if err := md.PrimitiveDecode(p, &m); err != nil {
-		fail(err)
+		fail(err, elem)
 		return
 	}
 	for _, k := range slices.Sorted(maps.Keys(m)) {
@@ -187,21 +189,37 @@ func decodeEach(md *toml.MetaData, p toml.Primitive, rv reflect.Value, fail func
 		fv := rv.FieldByIndex(f.Index)
 		switch t := f.Type; {
 		case t.Kind() == reflect.Struct && t != reflect.TypeFor[Duration]():
-			decodeEach(md, m[k], fv, fail)
+			decodeTable(md, m[k], fv, elem, fail)
 		case t.Kind() == reflect.Slice && t.Elem().Kind() == reflect.Struct:
 			var elems []toml.Primitive
 			if err := md.PrimitiveDecode(m[k], &elems); err != nil {
-				fail(err)
+				fail(err, elem)
 				continue
 			}
-			for _, e := range elems {
-				decodeEach(md, e, reflect.New(t.Elem()).Elem(), fail)
+			for j, e := range elems {
+				decodeTable(md, e, reflect.New(t.Elem()).Elem(), append(slices.Clip(elem), j), fail)
 			}
 		default:
 			if err := md.PrimitiveDecode(m[k], fv.Addr().Interface()); err != nil {
-				fail(err)
+				fail(err, elem)
 			}
 		}
+	}
+}
+
+// decodeTable is decodeEach for a table inside a table, and reports its
+// error as a whole when it has no key to blame: the library decodes a
+// value that is no table (keepalive = "60s") into decodeEach's map
+// without a word.
+func decodeTable(md *toml.MetaData, p toml.Primitive, rv reflect.Value, elem []int, fail func(error, []int)) {
+	err := md.PrimitiveDecode(p, rv.Addr().Interface())
+	if err == nil {
+		return
+	}
+	failed := false
+	decodeEach(md, p, rv, elem, func(err error, elem []int) { failed = true; fail(err, elem) })
+	if !failed {
+		fail(err, elem)
 	}
 }
 
@@ -231,13 +249,13 @@ func lineNumber(s string) int {
 
 // decodeError renders an error of decoding the index-th table of kind
 // ("" for one of a kind) as "LINE:COL: message", at the line of its key
-// in that table.
-func decodeError(text string, err error, kind string, index int) string {
+// in that table (in its elem-th [[backend.server]], see decodeEach).
+func decodeError(text string, err error, kind string, index int, elem []int) string {
 	var pe toml.ParseError
 	if !errors.As(err, &pe) {
 		s := mismatch(text, err)
 		if m := typeMismatch.FindStringSubmatch(err.Error()); m != nil && kind != "" {
-			if line, ok := lineInTable(text, kind, index, m[2]); ok {
+			if line, ok := lineInTable(text, kind, index, elem, m[2]); ok {
 				// mismatch's LINE:COL, moved to the right line
 				_, msg, _ := strings.Cut(s, ": ")
 				return fmt.Sprintf("%d:%d: %s", line, keyCol(text, line, m[2]), msg)
@@ -250,15 +268,17 @@ func decodeError(text string, err error, kind string, index int) string {
 	if strings.HasPrefix(msg, badDuration) && pe.LastKey != "" {
 		msg = fmt.Sprintf("key %q: %s", pe.LastKey, msg)
 	}
-	if l, ok := lineInTable(text, kind, index, pe.LastKey); ok && l != line {
+	if l, ok := lineInTable(text, kind, index, elem, pe.LastKey); ok && l != line {
 		line, col = l, valueCol(text, l, pe.LastKey)
 	}
 	return fmt.Sprintf("%d:%d: %s", line, col, msg)
 }
 
 // lineInTable is the line that sets key (dotted, from the top) in the
-// index-th table of kind.
-func lineInTable(text, kind string, index int, key string) (int, bool) {
+// index-th table of kind; with elem, in the elem[0]-th of the arrays of
+// tables in it that key is in (a key of every [[backend.server]] alike
+// was put at the first server's line).
+func lineInTable(text, kind string, index int, elem []int, key string) (int, bool) {
 	if kind == "" || key == "" {
 		return 0, false
 	}
@@ -268,6 +288,17 @@ func lineInTable(text, kind string, index int, key string) (int, bool) {
 		return 0, false
 	}
 	t := tables[index]
+	if len(elem) > 0 {
+		// The longest part of key before its last that names arrays of
+		// tables written as headers in t: backend.server.
+		parts := strings.Split(key, ".")
+		for n := len(parts) - 1; n > 1; n-- {
+			if sub := sections(lines[t[0]:t[1]], strings.Join(parts[:n], ".")); elem[0] < len(sub) {
+				t = [2]int{t[0] + sub[elem[0]][0], t[0] + sub[elem[0]][1]}
+				break
+			}
+		}
+	}
 	l, _ := locateKey(strings.Join(lines[t[0]:t[1]], "\n"), toml.Key(strings.Split(key, ".")))
 	if l <= 1 {
 		return 0, false
@@ -291,35 +322,49 @@ func keyCol(text string, line int, key string) int {
 // of (a letter left out, added, changed or two swapped; or a plural), or
 // "" when there is none or a part before the last is unknown too.
 func suggest(k toml.Key) string {
+	i, t := walkKey(k, true)
+	if i != len(k)-1 {
+		return ""
+	}
+	part := k[i]
+	best, bestD := "", 3
+	for j := range t.NumField() {
+		tag, _, _ := strings.Cut(t.Field(j).Tag.Get("toml"), ",")
+		if tag == "" || tag == "-" {
+			continue
+		}
+		if d := editDistance(strings.ToLower(part), tag); d < bestD && d <= max(1, len(tag)/4) {
+			best, bestD = tag, d
+		}
+	}
+	return best
+}
+
+// walkKey follows k through Config's fields (their tags as spelled, or
+// with fold ignoring case, as the library matches them) and returns the
+// index of the first part that no field takes, with the struct it is
+// missing from; -1 when every part is a field or lies below a value with
+// no fields of its own (a map such as routes, a Duration).
+func walkKey(k toml.Key, fold bool) (int, reflect.Type) {
 	t := reflect.TypeFor[Config]()
 	for i, part := range k {
 		for t.Kind() == reflect.Pointer || t.Kind() == reflect.Slice {
 			t = t.Elem()
 		}
-		if t.Kind() != reflect.Struct {
-			return ""
+		if t.Kind() != reflect.Struct || t == reflect.TypeFor[Duration]() {
+			return -1, nil
 		}
 		f, ok := fieldFor(t, part)
-		if ok {
-			t = f.Type
-			continue
+		if ok && !fold {
+			tag, _, _ := strings.Cut(f.Tag.Get("toml"), ",")
+			ok = tag == part
 		}
-		if i != len(k)-1 {
-			return ""
+		if !ok {
+			return i, t
 		}
-		best, bestD := "", 3
-		for j := range t.NumField() {
-			tag, _, _ := strings.Cut(t.Field(j).Tag.Get("toml"), ",")
-			if tag == "" || tag == "-" {
-				continue
-			}
-			if d := editDistance(strings.ToLower(part), tag); d < bestD && d <= max(1, len(tag)/4) {
-				best, bestD = tag, d
-			}
-		}
-		return best
+		t = f.Type
 	}
-	return ""
+	return -1, nil
 }
 
 // editDistance counts the letters to add, drop, change or swap (two next
@@ -368,29 +413,12 @@ func valueCol(text string, line int, key string) int {
 }
 
 // knownKey tells whether every part of k names a field of Config (as
-// spelled, or inside a map such as routes).
+// spelled, or inside a map such as routes, or below a value such as a
+// Duration: backoff = { a = 1 } is a type error, not an unknown key
+// "backend.backoff.a" at 1:1).
 func knownKey(k toml.Key) bool {
-	t := reflect.TypeFor[Config]()
-	for _, part := range k {
-		for t.Kind() == reflect.Pointer || t.Kind() == reflect.Slice {
-			t = t.Elem()
-		}
-		if t.Kind() != reflect.Struct {
-			return true
-		}
-		found := false
-		for j := range t.NumField() {
-			f := t.Field(j)
-			if tag, _, _ := strings.Cut(f.Tag.Get("toml"), ","); tag == part {
-				found, t = true, f.Type
-				break
-			}
-		}
-		if !found {
-			return false
-		}
-	}
-	return true
+	i, _ := walkKey(k, false)
+	return i < 0
 }
 
 // withLines prefixes each of validate's messages with source and ends it
