@@ -42,7 +42,6 @@ const (
 // upgrade is a new process started by SIGUSR2, until it serves or fails.
 type upgrade struct {
 	pid  int
-	proc *os.Process
 	done chan error // one value: nil when the new process serves, else why it does not
 }
 
@@ -134,7 +133,7 @@ func startUpgrade(p *proxy.Proxy, adm *admin.Server, exe string) (*upgrade, erro
 		r.Close()
 		return nil, err
 	}
-	u := &upgrade{pid: pid, proc: proc, done: make(chan error, 1)}
+	u := &upgrade{pid: pid, done: make(chan error, 1)}
 	exited := make(chan string, 1)
 	go func() { // reaps the new process whenever it ends, now or in a year
 		st, err := proc.Wait()
