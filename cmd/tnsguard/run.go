@@ -7,6 +7,7 @@ import (
 	"net"
 	"os"
 	"os/signal"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -19,7 +20,7 @@ import (
 	"github.com/tnsguard/tnsguard/proxy"
 )
 
-func runCommand(args []string, stderr io.Writer) int {
+func runCommand(args []string, stderr io.Writer) (code int) {
 	fs := newFlags("run", stderr)
 	path := fs.String("config", "", "configuration file (default: the embedded configs/tnsguard.toml)")
 	if err := fs.Parse(args); err != nil {
@@ -49,12 +50,11 @@ func runCommand(args []string, stderr io.Writer) int {
 	// The binary an upgrade starts: the path as at start (upgrade.go).
 	self, selfErr := binaryPath()
 	// Sockets handed over by the process this one replaces (upgrade.go).
-	inherited, upgradeReady, err := inheritance()
+	inherited, upgradeReady, oldPID, err := inheritance()
 	if err != nil {
 		fmt.Fprintln(stderr, "tnsguard run:", err)
 		return 1
 	}
-	oldPID := os.Getppid() // with inherited: the process this one replaces
 	// A log reader that goes away (a pipe, a shipper restarting) must not
 	// end the process and every session with it: log writes fail instead.
 	signal.Ignore(syscall.SIGPIPE)
@@ -111,22 +111,31 @@ func runCommand(args []string, stderr io.Writer) int {
 		log.Info("upgrade: closed a handed-over socket that this configuration does not listen on", "address", addr)
 	}
 	log.Info("tnsguard started", "version", version, "config", cfg.Source)
+	var oldGone chan struct{} // after an upgrade: closed once the old process has ended
 	if upgradeReady != nil {
 		// The old process stops accepting when it reads this.
 		_, err := upgradeReady.Write([]byte("serving\n"))
-		upgradeReady.Close()
+		// At its end, this process says on the same pipe whether it
+		// stopped (a signal, or an upgrade in turn): the old process, if
+		// it still drains, cuts its drain short when this one fails.
+		defer func() {
+			if code == 0 {
+				upgradeReady.Write([]byte("stopped\n"))
+			}
+			upgradeReady.Close()
+		}()
 		if err != nil {
 			log.Warn("upgrade: cannot tell the old process that this one serves; it goes on serving too until it is stopped", "error", err)
 		} else {
 			log.Info("upgrade: serving on the sockets handed over; the old process drains", "old_pid", oldPID)
 		}
 		// The old process's sessions count against max_sessions until it
-		// has ended: it is this one's parent until then.
+		// has ended.
+		oldGone = make(chan struct{})
 		go func() {
-			for os.Getppid() == oldPID {
-				time.Sleep(100 * time.Millisecond)
-			}
+			waitGone(-1, oldPID)
 			inherited.Release()
+			close(oldGone)
 		}()
 	} else if err := sdNotify("READY=1"); err != nil {
 		log.Warn("cannot tell systemd that tnsguard is ready", "error", err)
@@ -197,6 +206,13 @@ func runCommand(args []string, stderr io.Writer) int {
 			}
 			log.Info("upgrade: started the new binary; serving until it serves", "pid", up.pid, "binary", self)
 		case err := <-upDone:
+			if err == nil {
+				select {
+				case <-up.ended:
+					err = fmt.Errorf("the new process (pid %d) ended just after it said it serves; its log says why", up.pid)
+				default:
+				}
+			}
 			if err != nil {
 				log.Error("upgrade failed: this process serves on", "error", err)
 				up = nil
@@ -209,7 +225,33 @@ func runCommand(args []string, stderr io.Writer) int {
 			}
 			log.Info("upgrade: the new process serves; this one stops accepting and drains", "pid", up.pid)
 			adm.Close() // the new process answers on the admin port
+			// If the new process fails meanwhile (a crash, the OOM killer),
+			// nothing serves: this one ends its drain now and exits 1, so
+			// that the service is restarted (systemd sees the new process
+			// end: it is its child, see startUpgrade, but restarts once
+			// the unit's processes are gone). One that said "stopped" was
+			// stopped (systemctl stop: every process of the unit gets
+			// SIGTERM) or upgraded in turn: the drain goes on.
+			var successorEnded atomic.Bool
+			drained := make(chan struct{})
+			go func() {
+				select {
+				case <-up.ended:
+					if up.clean.Load() {
+						log.Info("upgrade: the new process has stopped; this one drains on", "pid", up.pid)
+						return
+					}
+					successorEnded.Store(true)
+					log.Error("upgrade: the new process failed while this one drains: closing the sessions left now and exiting 1", "pid", up.pid)
+					p.Hurry()
+				case <-drained:
+				}
+			}()
 			drain(log, stops, true, func() { p.Retire(cfg.Shutdown.DrainTimeout.Duration) }, p.Hurry)
+			close(drained)
+			if successorEnded.Load() {
+				return 1
+			}
 			return 0
 		}
 	}
@@ -222,6 +264,22 @@ func runCommand(args []string, stderr io.Writer) int {
 	log.Info("signal received: draining", "signal", stop.String())
 	drain(log, stops, false, func() { p.Shutdown(cfg.Shutdown.Grace.Duration, cfg.Shutdown.DrainTimeout.Duration) }, p.Hurry)
 	adm.Close()
+	if oldGone != nil {
+		// The process this one replaced still drains: exit after it. As
+		// the main process, this one's exit ends systemd's wait on stop:
+		// it then sends SIGTERM again to what is left (the old process,
+		// which takes a second one as "close the sessions now").
+		select {
+		case <-oldGone:
+		default:
+			log.Info("waiting for the old process to end its drain", "old_pid", oldPID)
+			select {
+			case <-oldGone:
+			case sig := <-stops:
+				log.Info("signal received: not waiting for the old process", "signal", sig.String())
+			}
+		}
+	}
 	return 0
 }
 

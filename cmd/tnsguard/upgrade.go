@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bufio"
 	"errors"
 	"fmt"
 	"net"
@@ -10,8 +11,11 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/tnsguard/tnsguard/admin"
 	"github.com/tnsguard/tnsguard/proxy"
@@ -36,13 +40,16 @@ const (
 	envListenFDs = "TNSGUARD_LISTEN_FDS"
 	envReadyFD   = "TNSGUARD_READY_FD"
 	envSessions  = "TNSGUARD_LISTEN_SESSIONS" // the old process's sessions on each socket, comma-separated
+	envOldPID    = "TNSGUARD_UPGRADE_FROM"    // the old process's pid (it is not the new one's parent)
 	readyTimeout = 30 * time.Second
 )
 
 // upgrade is a new process started by SIGUSR2, until it serves or fails.
 type upgrade struct {
-	pid  int
-	done chan error // one value: nil when the new process serves, else why it does not
+	pid   int
+	done  chan error    // one value: nil when the new process serves, else why it does not
+	ended chan struct{} // closed once the new process has exited (and its pipe is read to the end)
+	clean atomic.Bool   // it said "stopped" on its pipe before it exited (a stop, or an upgrade in turn)
 }
 
 // binaryPath is the path this process was started by, as an upgrade is to
@@ -107,14 +114,16 @@ func startUpgrade(p *proxy.Proxy, adm *admin.Server, exe string) (*upgrade, erro
 	}
 	files = append(files, w.Fd())
 	env := slices.DeleteFunc(os.Environ(), func(kv string) bool {
-		return strings.HasPrefix(kv, envListenFDs+"=") || strings.HasPrefix(kv, envReadyFD+"=") || strings.HasPrefix(kv, envSessions+"=")
+		return strings.HasPrefix(kv, envListenFDs+"=") || strings.HasPrefix(kv, envReadyFD+"=") || strings.HasPrefix(kv, envSessions+"=") ||
+			strings.HasPrefix(kv, envOldPID+"=")
 	})
 	counts := make([]string, len(sessions))
 	for i, n := range sessions {
 		counts[i] = strconv.FormatInt(n, 10)
 	}
 	env = append(env, fmt.Sprintf("%s=%d", envListenFDs, len(fds)), fmt.Sprintf("%s=%d", envReadyFD, 3+len(fds)),
-		envSessions+"="+strings.Join(counts, ",")) // the admin socket's, last, has none
+		envSessions+"="+strings.Join(counts, ","), // the admin socket's, last, has none
+		fmt.Sprintf("%s=%d", envOldPID, os.Getpid()))
 	// syscall.ForkExec, not os/exec: it takes bare fds. os/exec calls
 	// os.File.Fd, which would put the sockets in blocking mode under this
 	// process's accept loops.
@@ -123,67 +132,117 @@ func startUpgrade(p *proxy.Proxy, adm *admin.Server, exe string) (*upgrade, erro
 	// would otherwise hold the listening sockets after this process ends:
 	// apps' connections queued on a port no one serves, and a restart
 	// refused with "address already in use".
-	pid, err := syscall.ForkExec(exe, os.Args, &syscall.ProcAttr{Env: env, Files: files, Sys: &syscall.SysProcAttr{Setpgid: true}})
+	// CLONE_PARENT: the new process is a child of this one's parent
+	// (systemd), not of this process. systemd calls a main process
+	// (MAINPID=) that is not its child "alien", for as long as it runs:
+	// it does not see it end while this process drains (no
+	// Restart=on-failure), and on stop it sends it SIGTERM and, at once,
+	// SIGKILL (no drain).
+	pidfd := -1
+	pid, err := syscall.ForkExec(exe, os.Args, &syscall.ProcAttr{Env: env, Files: files,
+		Sys: &syscall.SysProcAttr{Setpgid: true, Cloneflags: syscall.CLONE_PARENT, PidFD: &pidfd}})
 	if err != nil {
 		r.Close()
 		return nil, fmt.Errorf("cannot start %s: %w", exe, err)
 	}
-	proc, err := os.FindProcess(pid)
-	if err != nil { // not on Linux
-		r.Close()
-		return nil, err
-	}
-	u := &upgrade{pid: pid, done: make(chan error, 1)}
-	exited := make(chan string, 1)
-	go func() { // reaps the new process whenever it ends, now or in a year
-		st, err := proc.Wait()
-		if err != nil {
-			exited <- err.Error()
-			return
+	u := &upgrade{pid: pid, done: make(chan error, 1), ended: make(chan struct{})}
+	gone := make(chan struct{}) // the new process has exited
+	go func() {                 // now or in a year
+		waitGone(pidfd, pid)
+		close(gone)
+	}()
+	piped := make(chan struct{}) // its pipe is read to the end
+	go func() {
+		<-gone
+		select {
+		case <-piped:
+		case <-time.After(time.Second): // something it started holds the pipe
 		}
-		exited <- st.String()
+		close(u.ended)
 	}()
 	go func() {
+		defer close(piped)
 		defer r.Close()
 		r.SetReadDeadline(time.Now().Add(readyTimeout))
-		buf := make([]byte, 16)
-		n, err := r.Read(buf)
+		br := bufio.NewReader(r)
+		line, err := br.ReadString('\n')
 		switch {
-		case n > 0:
+		case line != "":
 			u.done <- nil
 		case errors.Is(err, os.ErrDeadlineExceeded):
 			syscall.Kill(-pid, syscall.SIGKILL)
 			u.done <- fmt.Errorf("the new process (pid %d) did not serve within %s: killed it", pid, readyTimeout)
+			return
 		default: // it closed the pipe: it ended before it served
 			select {
-			case st := <-exited:
+			case <-gone:
 				syscall.Kill(-pid, syscall.SIGKILL) // what it left behind
-				u.done <- fmt.Errorf("the new process (pid %d) ended before it served (%s); its log says why", pid, st)
+				u.done <- fmt.Errorf("the new process (pid %d) ended before it served; its log says why", pid)
 			case <-time.After(5 * time.Second):
 				syscall.Kill(-pid, syscall.SIGKILL)
 				u.done <- fmt.Errorf("the new process (pid %d) closed its pipe without serving: killed it", pid)
+			}
+			return
+		}
+		// It serves. At its end it says "stopped" (it stopped on a
+		// signal, or handed over in turn), unless it failed.
+		r.SetReadDeadline(time.Time{})
+		for {
+			line, err := br.ReadString('\n')
+			if line == "stopped\n" {
+				u.clean.Store(true)
+			}
+			if err != nil {
+				return
 			}
 		}
 	}()
 	return u, nil
 }
 
+// waitGone returns once the process pid has exited (reaped or not): by its
+// pidfd, or without one (a kernel before 5.3) by polling.
+func waitGone(pidfd, pid int) {
+	if pidfd < 0 {
+		if fd, err := unix.PidfdOpen(pid, 0); err == nil {
+			pidfd = fd
+		}
+	}
+	if pidfd >= 0 {
+		defer syscall.Close(pidfd)
+		fds := []unix.PollFd{{Fd: int32(pidfd), Events: unix.POLLIN}}
+		for {
+			if _, err := unix.Poll(fds, -1); err != unix.EINTR {
+				return
+			}
+		}
+	}
+	for syscall.Kill(pid, 0) != syscall.ESRCH {
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
 // inheritance is what an upgrade handed this process: its sockets and the
 // pipe to tell the old process that this one serves. Both nil when this
 // process was not started by an upgrade. The variables are cleared, so
 // that nothing this process starts takes them for its own.
-func inheritance() (*proxy.Inherited, *os.File, error) {
-	n, r, counts := os.Getenv(envListenFDs), os.Getenv(envReadyFD), os.Getenv(envSessions)
+func inheritance() (*proxy.Inherited, *os.File, int, error) {
+	n, r, counts, from := os.Getenv(envListenFDs), os.Getenv(envReadyFD), os.Getenv(envSessions), os.Getenv(envOldPID)
 	os.Unsetenv(envListenFDs)
 	os.Unsetenv(envReadyFD)
 	os.Unsetenv(envSessions)
+	os.Unsetenv(envOldPID)
 	if n == "" && r == "" {
-		return nil, nil, nil
+		return nil, nil, 0, nil
+	}
+	oldPID, err := strconv.Atoi(from)
+	if err != nil { // an older version: the new process is its child
+		oldPID = os.Getppid()
 	}
 	count, err1 := strconv.Atoi(n)
 	rfd, err2 := strconv.Atoi(r)
 	if err1 != nil || err2 != nil || count < 0 || rfd != 3+count {
-		return nil, nil, fmt.Errorf("%s=%q and %s=%q: not what an upgrade sets", envListenFDs, n, envReadyFD, r)
+		return nil, nil, 0, fmt.Errorf("%s=%q and %s=%q: not what an upgrade sets", envListenFDs, n, envReadyFD, r)
 	}
 	files := make([]*os.File, count)
 	for i := range files {
@@ -204,9 +263,10 @@ func inheritance() (*proxy.Inherited, *os.File, error) {
 	ready := os.NewFile(uintptr(rfd), "upgrade pipe")
 	if err != nil {
 		ready.Close()
-		return nil, nil, err
+		return nil, nil, 0, err
 	}
-	return h, ready, nil
+	syscall.CloseOnExec(rfd) // held to the end (see runCommand): not by what this process starts
+	return h, ready, oldPID, nil
 }
 
 // sdNotify tells systemd (Type=notify) the service's state, such as

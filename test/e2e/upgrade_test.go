@@ -279,7 +279,7 @@ func TestUpgradeThatFailsLeavesTheOldProcessServing(t *testing.T) {
 		failed = g.log.find("upgrade failed: this process serves on")
 		return len(failed) > 0
 	})
-	if msg, _ := failed[0]["error"].(string); !strings.Contains(msg, "ended before it served (exit status 1)") {
+	if msg, _ := failed[0]["error"].(string); !strings.Contains(msg, "ended before it served; its log says why") {
 		t.Errorf("upgrade failure logged as %q", msg)
 	}
 	if !strings.Contains(g.log.String(), g.path+":3") { // the new process's own error, with the file's line
@@ -472,7 +472,7 @@ func TestUpgradeThatCannotBindTheAdminPortResetsNoApp(t *testing.T) {
 			t.Fatal(err)
 		}
 		deadline := time.Now().Add(5 * time.Second)
-		for !hasChild(old) {
+		for !hasSibling(old) {
 			if time.Now().After(deadline) {
 				t.Fatal("no new process 5 s after SIGUSR2")
 			}
@@ -513,6 +513,23 @@ func TestUpgradeThatCannotBindTheAdminPortResetsNoApp(t *testing.T) {
 	if failed > 0 {
 		t.Errorf("%d of %d apps failed", failed, apps)
 	}
+}
+
+// hasSibling tells whether pid has a sibling (another child of this test
+// process) that runs: an upgrade's new process (started with CLONE_PARENT).
+func hasSibling(pid int) bool {
+	for _, c := range children(os.Getpid()) {
+		if c == pid {
+			continue
+		}
+		// pid (comm) state ...: not a zombie (an earlier round's new process)
+		if b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", c)); err == nil {
+			if f := strings.Fields(string(b[strings.LastIndexByte(string(b), ')')+1:])); len(f) > 0 && f[0] != "Z" {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // hasChild tells whether pid has a child process.
@@ -698,5 +715,140 @@ func TestUpgradeDrainGoesOnAtAFirstSIGTERM(t *testing.T) {
 	case <-g.done:
 	case <-time.After(3 * time.Second):
 		t.Fatal("the old process still runs 3 s after a second SIGTERM")
+	}
+}
+
+// The new process ending while the old one drains (a crash of the new
+// binary, the OOM killer) leaves nothing serving. Its parent is the old
+// process's (systemd, whose main process it is since MAINPID=; here the
+// test), which sees how it ended; the old process ends its drain at once
+// and exits 1, so that systemd, which restarts once the unit's processes
+// are gone, restarts the service at once (Restart=on-failure).
+func TestUpgradeNewProcessFailingDuringTheDrainEndsTheDrain(t *testing.T) {
+	e := newEcho(t)
+	admin, addr := freeAddr(t), freeAddr(t)
+	conf := config(admin, "grace = \"0s\"\ndrain_timeout = \"20s\"",
+		[]listenerConf{{name: "l", listen: addr, backend: "db"}},
+		[]backendConf{{name: "db", servers: []string{e.addr()}}})
+	g := start(t, admin, conf, true)
+	pooled, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pooled.Close()
+	if err := roundTrip(pooled, []byte("pooled"), 2*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if err := g.cmd.Process.Signal(syscall.SIGUSR2); err != nil {
+		t.Fatal(err)
+	}
+	newPID := g.upgraded(10 * time.Second)
+	if err := syscall.Kill(newPID, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-g.done:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the old process still drains 5 s after the new one died (drain_timeout 20s): the service serves nothing and its supervisor is not told")
+	}
+	if g.exit != 1 {
+		t.Errorf("old process exit code %d, want 1", g.exit)
+	}
+	var ws syscall.WaitStatus
+	pid, err := syscall.Wait4(newPID, &ws, 0, nil)
+	if err != nil || pid != newPID {
+		t.Fatalf("wait for the new process %d as its parent: %d, %v (the old process is its parent: systemd never learns that it ended)", newPID, pid, err)
+	}
+	if !ws.Signaled() || ws.Signal() != syscall.SIGKILL {
+		t.Errorf("the new process's status as its parent sees it: %v, want killed by SIGKILL", ws)
+	}
+	if l := g.log.find("upgrade: the new process failed while this one drains: closing the sessions left now and exiting 1"); len(l) != 1 {
+		t.Errorf("the old process's line on the new one's end: %v", l)
+	}
+}
+
+// systemctl stop during the old process's drain sends SIGTERM to both:
+// the old one's drain goes on (its sessions may still finish within
+// drain_timeout), and the new one, the main process, exits only after it:
+// at the main process's exit systemd sends SIGTERM again to what is left,
+// which would close the old process's sessions at once.
+func TestUpgradeStopDuringTheDrainLetsTheDrainFinish(t *testing.T) {
+	e := newEcho(t)
+	admin, addr := freeAddr(t), freeAddr(t)
+	conf := config(admin, "grace = \"0s\"\ndrain_timeout = \"20s\"",
+		[]listenerConf{{name: "l", listen: addr, backend: "db"}},
+		[]backendConf{{name: "db", servers: []string{e.addr()}}})
+	g := start(t, admin, conf, true)
+	pooled, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pooled.Close()
+	if err := roundTrip(pooled, []byte("pooled"), 2*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if err := g.cmd.Process.Signal(syscall.SIGUSR2); err != nil {
+		t.Fatal(err)
+	}
+	newPID := g.upgraded(10 * time.Second)
+	syscall.Kill(newPID, syscall.SIGTERM)
+	g.cmd.Process.Signal(syscall.SIGTERM)
+	waitFor(t, 5*time.Second, "the new process to wait for the old one", func() bool {
+		return len(g.log.find("waiting for the old process to end its drain")) == 1
+	})
+	time.Sleep(500 * time.Millisecond)
+	if err := roundTrip(pooled, []byte("pooled, after systemctl stop"), 2*time.Second); err != nil {
+		t.Errorf("the old process's session after both got SIGTERM: %v", err)
+	}
+	if syscall.Kill(newPID, 0) != nil {
+		t.Error("the new process exited while the old one drains")
+	}
+	pooled.Close() // the old process's drain ends, then the new process exits
+	select {
+	case <-g.done:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the old process still runs 5 s after its last session ended")
+	}
+	var ws syscall.WaitStatus
+	if pid, err := syscall.Wait4(newPID, &ws, 0, nil); err != nil || pid != newPID || !ws.Exited() || ws.ExitStatus() != 0 {
+		t.Errorf("the new process: %d %v %v, want exit 0 after the old one", pid, err, ws)
+	}
+}
+
+// The new process must be a child of the old one's parent (systemd, PID 1),
+// not of the old process. systemd calls a MAINPID= that is not its child
+// "alien" for as long as it runs ("Supervising process N which is not our
+// child"), and does not wait for an alien main process on stop: after an
+// upgrade, `systemctl stop` or `restart` (or a reboot) sends SIGTERM and,
+// the same instant, SIGKILL (no grace, no drain, every session reset,
+// Result=signal). Checked under systemd 252; `systemctl daemon-reload` once
+// the old process has exited clears it.
+func TestUpgradeNewProcessIsTheSupervisorsChild(t *testing.T) {
+	e := newEcho(t)
+	admin, addr := freeAddr(t), freeAddr(t)
+	conf := config(admin, "grace = \"0s\"\ndrain_timeout = \"5s\"",
+		[]listenerConf{{name: "l", listen: addr, backend: "db"}},
+		[]backendConf{{name: "db", servers: []string{e.addr()}}})
+	g := start(t, admin, conf, true)
+	pooled, err := net.Dial("tcp", addr) // the old process drains it: it is still there below
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pooled.Close()
+	if err := roundTrip(pooled, []byte("pooled"), 2*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if err := g.cmd.Process.Signal(syscall.SIGUSR2); err != nil {
+		t.Fatal(err)
+	}
+	newPID := g.upgraded(10 * time.Second)
+	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", newPID))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// pid (comm) state ppid ...
+	f := strings.Fields(string(stat[strings.LastIndexByte(string(stat), ')')+1:]))
+	if len(f) < 2 || f[1] != fmt.Sprint(os.Getpid()) {
+		t.Errorf("the new process's parent is %v, want the old process's parent %d (the supervisor): the old process %d is its parent, and systemd will not wait for it on stop", f[1:2], os.Getpid(), g.cmd.Process.Pid)
 	}
 }
