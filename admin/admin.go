@@ -118,8 +118,14 @@ func (s *Server) DupSocket() (int, error) {
 // counts a connection that has sent nothing yet (a load balancer's TCP
 // check) as busy until it is 5 s old, and the process's exit waited out
 // the whole timeout for it, after the drain.
-func (s *Server) Close() error {
-	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+func (s *Server) Close() error { return s.CloseWithin(300 * time.Millisecond) }
+
+// CloseWithin is Close giving the requests being served up to d. After an
+// upgrade the old process closes its admin server while the new one serves
+// on the same socket: a monitor's request that the old one accepted last is
+// served, not cut (its exit waits for the drain anyway).
+func (s *Server) CloseWithin(d time.Duration) error {
+	ctx, cancel := context.WithTimeout(context.Background(), d)
 	defer cancel()
 	err := s.http.Shutdown(ctx)
 	if err != nil {

@@ -224,7 +224,13 @@ func runCommand(args []string, stderr io.Writer) (code int) {
 				log.Warn("cannot tell systemd the new main process", "pid", up.pid, "error", err)
 			}
 			log.Info("upgrade: the new process serves; this one stops accepting and drains", "pid", up.pid)
-			adm.Close() // the new process answers on the admin port
+			// The new process answers on the admin port; the requests this
+			// one accepted last are served meanwhile.
+			admClosed := make(chan struct{})
+			go func() {
+				defer close(admClosed)
+				adm.CloseWithin(5 * time.Second)
+			}()
 			// If the new process fails meanwhile (a crash, the OOM killer),
 			// nothing serves: this one ends its drain now and exits 1, so
 			// that the service is restarted (systemd sees the new process
@@ -249,6 +255,7 @@ func runCommand(args []string, stderr io.Writer) (code int) {
 			}()
 			drain(log, stops, true, func() { p.Retire(cfg.Shutdown.DrainTimeout.Duration) }, p.Hurry)
 			close(drained)
+			<-admClosed
 			if successorEnded.Load() {
 				return 1
 			}
