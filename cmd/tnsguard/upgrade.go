@@ -86,6 +86,13 @@ func startUpgrade(p *proxy.Proxy, adm *admin.Server, exe string) (*upgrade, erro
 		// and the new process with it, once the drain is over.
 		return nil, errors.New("tnsguard is the container's first process (PID 1): the container would end with it, taking the new process along; roll out a new container instead")
 	}
+	if os.Getenv("INVOCATION_ID") != "" && os.Getenv("NOTIFY_SOCKET") == "" {
+		// A systemd service (INVOCATION_ID) whose unit is not Type=notify:
+		// this process cannot tell systemd the new main process, and
+		// systemd (ExitType=main) takes its exit after the drain for the
+		// service's end: it stops the unit, the new process with it.
+		return nil, errors.New("a systemd service without NOTIFY_SOCKET (its unit is not Type=notify): systemd would stop the service, the new process with it, when this process exits after the drain; set Type=notify as in configs/systemd/tnsguard.service, then systemctl daemon-reload and a restart")
+	}
 	if exe == "" {
 		return nil, errors.New("cannot find the binary: its path was not known at start")
 	}

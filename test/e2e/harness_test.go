@@ -158,6 +158,15 @@ func startCmd(t *testing.T, admin, config string, ready bool, command func(bin, 
 	}
 	g := &instance{t: t, path: path, admin: admin, log: &logSink{}, done: make(chan struct{})}
 	g.cmd = command(binary(t), path)
+	if g.cmd.Env == nil {
+		// Not a systemd service's (a test run from one): an upgrade
+		// without NOTIFY_SOCKET would be refused.
+		for _, kv := range os.Environ() {
+			if !strings.HasPrefix(kv, "INVOCATION_ID=") {
+				g.cmd.Env = append(g.cmd.Env, kv)
+			}
+		}
+	}
 	// A pipe of its own, not os/exec's: Wait then returns when tnsguard
 	// exits, not when every process holding the pipe has (an upgrade's
 	// new process writes its log to it too).

@@ -381,6 +381,54 @@ func TestUpgradeRefusedAsPID1(t *testing.T) {
 	}
 }
 
+// Under a systemd unit that is not Type=notify (a unit from before the
+// upgrade existed, or one of the user's own: Type=simple), systemd sets
+// INVOCATION_ID but no NOTIFY_SOCKET, so the old process cannot move
+// MAINPID to the new one. systemd (ExitType=main) then takes the old
+// process's exit after its drain for the service's end and stops the unit:
+// the new process gets SIGTERM, and with an exit 0 Restart=on-failure does
+// not start it again. Nothing serves. tnsguard refuses SIGUSR2 there and
+// serves on, saying what to change.
+func TestUpgradeRefusedUnderSystemdWithoutNotify(t *testing.T) {
+	e := newEcho(t)
+	admin, addr := freeAddr(t), freeAddr(t)
+	conf := config(admin, "grace = \"0s\"\ndrain_timeout = \"1s\"",
+		[]listenerConf{{name: "l", listen: addr, backend: "db"}},
+		[]backendConf{{name: "db", servers: []string{e.addr()}}})
+	g := startCmd(t, admin, conf, true, func(bin, path string) *exec.Cmd {
+		cmd := exec.Command(bin, "run", "-config", path)
+		for _, kv := range os.Environ() {
+			if !strings.HasPrefix(kv, "NOTIFY_SOCKET=") && !strings.HasPrefix(kv, "INVOCATION_ID=") {
+				cmd.Env = append(cmd.Env, kv)
+			}
+		}
+		cmd.Env = append(cmd.Env, "INVOCATION_ID=0123456789abcdef0123456789abcdef") // what systemd sets for a service
+		return cmd
+	})
+	if err := g.cmd.Process.Signal(syscall.SIGUSR2); err != nil {
+		t.Fatal(err)
+	}
+	var failed []map[string]any
+	waitFor(t, 5*time.Second, "the upgrade to be refused or done", func() bool {
+		failed = g.log.find("upgrade failed: this process serves on")
+		return len(failed) > 0 || len(g.upgrades()) > 0
+	})
+	if len(failed) == 0 {
+		t.Fatalf("SIGUSR2 under a systemd unit without NOTIFY_SOCKET started pid %v: systemd will stop the service when the old process exits", g.upgrades())
+	}
+	if msg, _ := failed[0]["error"].(string); !strings.Contains(msg, "Type=notify") {
+		t.Errorf("refusal logged as %q, want it to name Type=notify", msg)
+	}
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatalf("after the refused upgrade: %v", err)
+	}
+	defer c.Close()
+	if err := roundTrip(c, []byte("still here"), 2*time.Second); err != nil {
+		t.Fatalf("after the refused upgrade: %v", err)
+	}
+}
+
 // An install that flips a symlink (/usr/local/bin/tnsguard pointing at
 // the new version's directory, as Homebrew or a versioned /opt does) or
 // that moves the old file aside before putting the new one at the path:
