@@ -447,12 +447,17 @@ func TestLabResultToAVanishedApp(t *testing.T) {
 	t.Parallel()
 	requireGuard(t)
 	lab := netlab.New(t, netlab.Config{EstablishedTimeout: 60 * time.Second})
-	db := lab.StartEcho(t, lab.DB, fmt.Sprintf(":%d", dbPort))
+	// Each query comes back four times over: the way to the app stays
+	// full, so bytes are in flight to it when it vanishes even if the app
+	// (a goroutine of this test, on a loaded machine) pauses just then.
+	// With a plain echo, one such pause emptied the way in a CI run: the
+	// session was idle when the path went, and counted so.
+	db := lab.StartHelper(t, lab.DB, "echo", netlab.EchoArgs{Listen: fmt.Sprintf(":%d", dbPort), Repeat: 4})
 	app := keepalive{Idle: "1s", Interval: "1s", Count: 2, UserTimeout: "3s"}
 	guard := startGuard(t, lab, link{Name: "orders", Listen: guardAddr, Servers: []string{lab.DBAddr(dbPort)}, App: app, DB: dbKeepalive})
 	const n = 2
 	conns := dialN(t, lab.App, guardAddr, n)
-	for _, c := range conns { // the app sends and reads (the echo is its result) without a pause
+	for _, c := range conns { // the app sends and reads (the result) without a pause
 		stream(c)
 	}
 	time.Sleep(2 * time.Second)

@@ -245,6 +245,11 @@ func (l *lockedWriter) Write(b []byte) (int, error) {
 type EchoArgs struct {
 	// Listen is the address to listen on, e.g. ":1521".
 	Listen string
+	// Repeat, when over 1, sends each chunk read back that many times: a
+	// result set larger than its query, so that the way to the app stays
+	// full (bytes in flight to it at every moment) even when the app
+	// pauses between writes.
+	Repeat int
 }
 
 // StartEcho starts an echo server in namespace ns listening on addr (e.g. ":1521"). It
@@ -289,11 +294,11 @@ func echoMain(args string) error {
 		if err != nil {
 			return err
 		}
-		go echoConn(&mu, c.(*net.TCPConn))
+		go echoConn(&mu, c.(*net.TCPConn), max(a.Repeat, 1))
 	}
 }
 
-func echoConn(mu *sync.Mutex, c *net.TCPConn) {
+func echoConn(mu *sync.Mutex, c *net.TCPConn, repeat int) {
 	defer c.Close()
 	remote := c.RemoteAddr().String()
 	writeEvent(mu, Event{Event: "accept", Remote: remote})
@@ -312,11 +317,13 @@ func echoConn(mu *sync.Mutex, c *net.TCPConn) {
 				writeEvent(mu, Event{Event: "data", Remote: remote, Bytes: int64(n)}) // once per connection
 			}
 			first = false
-			if _, werr := c.Write(buf[:n]); werr != nil {
-				writeEvent(mu, Event{Event: "close", Remote: remote, How: classify(werr), Bytes: total})
-				return
+			for range repeat {
+				if _, werr := c.Write(buf[:n]); werr != nil {
+					writeEvent(mu, Event{Event: "close", Remote: remote, How: classify(werr), Bytes: total})
+					return
+				}
+				total += int64(n)
 			}
-			total += int64(n)
 		}
 		if err != nil {
 			writeEvent(mu, Event{Event: "close", Remote: remote, How: classify(err), Bytes: total})
