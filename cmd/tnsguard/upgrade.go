@@ -79,12 +79,38 @@ func binaryPath() (string, error) {
 	return exe, nil
 }
 
+// containerInit names the container init that started this process
+// (tini, docker-init, dumb-init, catatonit, a pod's pause), or "": its
+// parent is the first process of its PID namespace and goes by one of
+// their names.
+func containerInit() string {
+	if os.Getppid() != 1 {
+		return ""
+	}
+	comm, err := os.ReadFile("/proc/1/comm")
+	if err != nil {
+		return ""
+	}
+	switch name := strings.TrimSpace(string(comm)); name {
+	case "tini", "docker-init", "dumb-init", "catatonit", "pause":
+		return name
+	}
+	return ""
+}
+
 // startUpgrade starts the new process (startUpgrade's caller waits on done).
 func startUpgrade(p *proxy.Proxy, adm *admin.Server, exe string) (*upgrade, error) {
 	if os.Getpid() == 1 {
 		// In a container the first process's exit ends the container,
 		// and the new process with it, once the drain is over.
 		return nil, errors.New("tnsguard is the container's first process (PID 1): the container would end with it, taking the new process along; roll out a new container instead")
+	}
+	if init := containerInit(); init != "" {
+		// docker run --init, or a pod sharing its process namespace: the
+		// first process waits for this one only, and ends the container
+		// when it exits after the drain (the new process is its child
+		// too, see startUpgrade, but not the one it waits for).
+		return nil, fmt.Errorf("tnsguard runs under a container's init (%s, the container's first process): the container would end when this process exits, taking the new process along; roll out a new container instead", init)
 	}
 	if os.Getenv("INVOCATION_ID") != "" && os.Getenv("NOTIFY_SOCKET") == "" {
 		// A systemd service (INVOCATION_ID) whose unit is not Type=notify:

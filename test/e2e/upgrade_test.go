@@ -336,48 +336,75 @@ func copyFile(t *testing.T, from, to string) {
 	}
 }
 
-// As a container's first process (PID 1), tnsguard refuses SIGUSR2 and
-// serves on: after the drain its exit would end the container and the new
-// process with it.
-func TestUpgradeRefusedAsPID1(t *testing.T) {
+// In a container tnsguard refuses SIGUSR2 and serves on: as the first
+// process (PID 1), or under the container's init (docker run --init:
+// tini), whose end with the old process after the drain would end the
+// container and the new process with it.
+func TestUpgradeRefusedInAContainer(t *testing.T) {
 	if _, err := exec.LookPath("unshare"); err != nil {
 		t.Skip("no unshare (util-linux):", err)
 	}
-	e := newEcho(t)
-	admin, addr := freeAddr(t), freeAddr(t)
-	conf := config(admin, "grace = \"0s\"\ndrain_timeout = \"1s\"",
-		[]listenerConf{{name: "l", listen: addr, backend: "db"}},
-		[]backendConf{{name: "db", servers: []string{e.addr()}}})
-	g := startCmd(t, admin, conf, true, func(bin, path string) *exec.Cmd {
-		return exec.Command("unshare", "--pid", "--fork", "--kill-child", bin, "run", "-config", path)
-	})
-	// tnsguard is unshare's child; it is PID 1 in its own PID namespace.
-	children, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/children", g.cmd.Process.Pid, g.cmd.Process.Pid))
+	sh, err := exec.LookPath("sh")
 	if err != nil {
-		t.Fatal(err)
+		t.Skip("no sh:", err)
 	}
-	var pid int
-	if _, err := fmt.Sscan(string(children), &pid); err != nil {
-		t.Fatalf("unshare's children %q: %v", children, err)
-	}
-	if err := syscall.Kill(pid, syscall.SIGUSR2); err != nil {
-		t.Fatal(err)
-	}
-	var failed []map[string]any
-	waitFor(t, 5*time.Second, "the upgrade to be refused", func() bool {
-		failed = g.log.find("upgrade failed: this process serves on")
-		return len(failed) > 0
-	})
-	if msg, _ := failed[0]["error"].(string); !strings.Contains(msg, "PID 1") {
-		t.Errorf("refusal logged as %q", msg)
-	}
-	c, err := net.Dial("tcp", addr)
-	if err != nil {
-		t.Fatalf("after the refused upgrade: %v", err)
-	}
-	defer c.Close()
-	if err := roundTrip(c, []byte("still here"), 2*time.Second); err != nil {
-		t.Fatalf("after the refused upgrade: %v", err)
+	tini := filepath.Join(t.TempDir(), "tini") // a shell that goes by tini's name
+	copyFile(t, sh, tini)
+	for _, c := range []struct {
+		name  string
+		depth int    // tnsguard's generation below unshare
+		says  string // in the refusal
+		argv  func(bin, path string) []string
+	}{
+		{"PID 1", 1, "PID 1", func(bin, path string) []string { return []string{bin, "run", "-config", path} }},
+		{"under tini", 2, "container's init (tini", func(bin, path string) []string {
+			// "; true": the shell waits for tnsguard, as tini does, instead of exec-ing it.
+			return []string{tini, "-c", fmt.Sprintf("%q run -config %q; true", bin, path)}
+		}},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			e := newEcho(t)
+			admin, addr := freeAddr(t), freeAddr(t)
+			conf := config(admin, "grace = \"0s\"\ndrain_timeout = \"1s\"",
+				[]listenerConf{{name: "l", listen: addr, backend: "db"}},
+				[]backendConf{{name: "db", servers: []string{e.addr()}}})
+			g := startCmd(t, admin, conf, true, func(bin, path string) *exec.Cmd {
+				// --mount-proc: /proc/1 is the namespace's first process.
+				return exec.Command("unshare", append([]string{"--pid", "--fork", "--mount-proc", "--kill-child"}, c.argv(bin, path)...)...)
+			})
+			pid := g.cmd.Process.Pid
+			for range c.depth {
+				children, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/children", pid, pid))
+				if err != nil {
+					t.Fatal(err)
+				}
+				if _, err := fmt.Sscan(string(children), &pid); err != nil {
+					t.Fatalf("children of %d: %q: %v", pid, children, err)
+				}
+			}
+			if err := syscall.Kill(pid, syscall.SIGUSR2); err != nil {
+				t.Fatal(err)
+			}
+			var failed []map[string]any
+			waitFor(t, 5*time.Second, "the upgrade to be refused", func() bool {
+				failed = g.log.find("upgrade failed: this process serves on")
+				return len(failed) > 0
+			})
+			if msg, _ := failed[0]["error"].(string); !strings.Contains(msg, c.says) {
+				t.Errorf("refusal logged as %q, want it to say %q", msg, c.says)
+			}
+			if len(g.upgrades()) != 0 {
+				t.Errorf("a new process was started: %v", g.upgrades())
+			}
+			conn, err := net.Dial("tcp", addr)
+			if err != nil {
+				t.Fatalf("after the refused upgrade: %v", err)
+			}
+			defer conn.Close()
+			if err := roundTrip(conn, []byte("still here"), 2*time.Second); err != nil {
+				t.Fatalf("after the refused upgrade: %v", err)
+			}
+		})
 	}
 }
 
