@@ -179,14 +179,7 @@ func TestUpgradeOnSIGUSR2RefusesNothing(t *testing.T) {
 	})
 	waitFor(t, 5*time.Second, "READY=1 to systemd", func() bool { return notify.has("READY=1") })
 
-	pooled, err := net.Dial("tcp", addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer pooled.Close()
-	if err := roundTrip(pooled, []byte("pooled"), 2*time.Second); err != nil {
-		t.Fatal(err)
-	}
+	pooled := pooledSession(t, addr)
 	c := startChurn(addr, admin, 4)
 	waitFor(t, 5*time.Second, "sessions before the upgrade", func() bool { return c.sessions.Load() > 50 })
 
@@ -195,9 +188,7 @@ func TestUpgradeOnSIGUSR2RefusesNothing(t *testing.T) {
 	if err := os.Rename(tmp, bin); err != nil { // the running binary's file is gone now
 		t.Fatal(err)
 	}
-	if err := g.cmd.Process.Signal(syscall.SIGUSR2); err != nil {
-		t.Fatal(err)
-	}
+	g.upgrade()
 	newPID := g.upgraded(10 * time.Second)
 	handedAt := time.Now()
 	if newPID == g.cmd.Process.Pid {
@@ -257,11 +248,7 @@ func TestUpgradeOnSIGUSR2RefusesNothing(t *testing.T) {
 // leaves the old process serving as before, with the reason logged; the
 // next SIGUSR2, after the file is mended, upgrades.
 func TestUpgradeThatFailsLeavesTheOldProcessServing(t *testing.T) {
-	e := newEcho(t)
-	admin, addr := freeAddr(t), freeAddr(t)
-	conf := config(admin, "grace = \"0s\"\ndrain_timeout = \"1s\"",
-		[]listenerConf{{name: "l", listen: addr, backend: "db"}},
-		[]backendConf{{name: "db", servers: []string{e.addr()}}})
+	conf, admin, addr := oneEcho(t, "grace = \"0s\"\ndrain_timeout = \"1s\"")
 	g := start(t, admin, conf, true)
 	pooled, err := net.Dial("tcp", addr)
 	if err != nil {
@@ -271,9 +258,7 @@ func TestUpgradeThatFailsLeavesTheOldProcessServing(t *testing.T) {
 	if err := os.WriteFile(g.path, []byte("[[listener]]\nname = \"l\"\nlisten = 1521\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	if err := g.cmd.Process.Signal(syscall.SIGUSR2); err != nil {
-		t.Fatal(err)
-	}
+	g.upgrade()
 	var failed []map[string]any
 	waitFor(t, 10*time.Second, "the upgrade to fail", func() bool {
 		failed = g.log.find("upgrade failed: this process serves on")
@@ -306,23 +291,14 @@ func TestUpgradeThatFailsLeavesTheOldProcessServing(t *testing.T) {
 	if err := os.WriteFile(g.path, []byte(conf), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	if err := g.cmd.Process.Signal(syscall.SIGUSR2); err != nil {
-		t.Fatal(err)
-	}
+	g.upgrade()
 	g.upgraded(10 * time.Second)
 	select {
 	case <-g.done:
 	case <-time.After(5 * time.Second):
 		t.Fatal("old process still running 5 s after the second upgrade")
 	}
-	c, err := net.Dial("tcp", addr)
-	if err != nil {
-		t.Fatalf("after the upgrade: %v", err)
-	}
-	defer c.Close()
-	if err := roundTrip(c, []byte("new process"), 2*time.Second); err != nil {
-		t.Fatalf("after the upgrade: %v", err)
-	}
+	servesNew(t, addr, "after the upgrade")
 }
 
 func copyFile(t *testing.T, from, to string) {
@@ -363,11 +339,7 @@ func TestUpgradeRefusedInAContainer(t *testing.T) {
 		}},
 	} {
 		t.Run(c.name, func(t *testing.T) {
-			e := newEcho(t)
-			admin, addr := freeAddr(t), freeAddr(t)
-			conf := config(admin, "grace = \"0s\"\ndrain_timeout = \"1s\"",
-				[]listenerConf{{name: "l", listen: addr, backend: "db"}},
-				[]backendConf{{name: "db", servers: []string{e.addr()}}})
+			conf, admin, addr := oneEcho(t, "grace = \"0s\"\ndrain_timeout = \"1s\"")
 			g := startCmd(t, admin, conf, true, func(bin, path string) *exec.Cmd {
 				// --mount-proc: /proc/1 is the namespace's first process.
 				return exec.Command("unshare", append([]string{"--pid", "--fork", "--mount-proc", "--kill-child"}, c.argv(bin, path)...)...)
@@ -396,14 +368,7 @@ func TestUpgradeRefusedInAContainer(t *testing.T) {
 			if len(g.upgrades()) != 0 {
 				t.Errorf("a new process was started: %v", g.upgrades())
 			}
-			conn, err := net.Dial("tcp", addr)
-			if err != nil {
-				t.Fatalf("after the refused upgrade: %v", err)
-			}
-			defer conn.Close()
-			if err := roundTrip(conn, []byte("still here"), 2*time.Second); err != nil {
-				t.Fatalf("after the refused upgrade: %v", err)
-			}
+			servesNew(t, addr, "after the refused upgrade")
 		})
 	}
 }
@@ -417,11 +382,7 @@ func TestUpgradeRefusedInAContainer(t *testing.T) {
 // not start it again. Nothing serves. tnsguard refuses SIGUSR2 there and
 // serves on, saying what to change.
 func TestUpgradeRefusedUnderSystemdWithoutNotify(t *testing.T) {
-	e := newEcho(t)
-	admin, addr := freeAddr(t), freeAddr(t)
-	conf := config(admin, "grace = \"0s\"\ndrain_timeout = \"1s\"",
-		[]listenerConf{{name: "l", listen: addr, backend: "db"}},
-		[]backendConf{{name: "db", servers: []string{e.addr()}}})
+	conf, admin, addr := oneEcho(t, "grace = \"0s\"\ndrain_timeout = \"1s\"")
 	g := startCmd(t, admin, conf, true, func(bin, path string) *exec.Cmd {
 		cmd := exec.Command(bin, "run", "-config", path)
 		for _, kv := range os.Environ() {
@@ -432,9 +393,7 @@ func TestUpgradeRefusedUnderSystemdWithoutNotify(t *testing.T) {
 		cmd.Env = append(cmd.Env, "INVOCATION_ID=0123456789abcdef0123456789abcdef") // what systemd sets for a service
 		return cmd
 	})
-	if err := g.cmd.Process.Signal(syscall.SIGUSR2); err != nil {
-		t.Fatal(err)
-	}
+	g.upgrade()
 	var failed []map[string]any
 	waitFor(t, 5*time.Second, "the upgrade to be refused or done", func() bool {
 		failed = g.log.find("upgrade failed: this process serves on")
@@ -446,14 +405,7 @@ func TestUpgradeRefusedUnderSystemdWithoutNotify(t *testing.T) {
 	if msg, _ := failed[0]["error"].(string); !strings.Contains(msg, "Type=notify") {
 		t.Errorf("refusal logged as %q, want it to name Type=notify", msg)
 	}
-	c, err := net.Dial("tcp", addr)
-	if err != nil {
-		t.Fatalf("after the refused upgrade: %v", err)
-	}
-	defer c.Close()
-	if err := roundTrip(c, []byte("still here"), 2*time.Second); err != nil {
-		t.Fatalf("after the refused upgrade: %v", err)
-	}
+	servesNew(t, addr, "after the refused upgrade")
 }
 
 // An install that flips a symlink (/usr/local/bin/tnsguard pointing at
@@ -506,9 +458,7 @@ func TestUpgradeStartsTheFileNowAtThePath(t *testing.T) {
 				}
 				copyFile(t, binary(t), path)
 			}
-			if err := g.cmd.Process.Signal(syscall.SIGUSR2); err != nil {
-				t.Fatal(err)
-			}
+			g.upgrade()
 			newPID := g.upgraded(10 * time.Second)
 			if exe, err := os.Readlink(fmt.Sprintf("/proc/%d/exe", newPID)); err != nil || exe != want {
 				t.Errorf("the new process runs %q (%v), want the file now at the path: %s", exe, err, want)
@@ -523,11 +473,7 @@ func TestUpgradeStartsTheFileNowAtThePath(t *testing.T) {
 // process had started accepting before it tried the admin port, and reset
 // the connections it had taken when it gave up.
 func TestUpgradeThatCannotBindTheAdminPortResetsNoApp(t *testing.T) {
-	e := newEcho(t)
-	admin, addr := freeAddr(t), freeAddr(t)
-	conf := config(admin, "grace = \"0s\"\ndrain_timeout = \"1s\"",
-		[]listenerConf{{name: "l", listen: addr, backend: "db"}},
-		[]backendConf{{name: "db", servers: []string{e.addr()}}})
+	conf, admin, addr := oneEcho(t, "grace = \"0s\"\ndrain_timeout = \"1s\"")
 	g := start(t, admin, conf, true)
 	taken, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -649,9 +595,7 @@ func TestUpgradeThatHangsLeavesNothingHoldingThePort(t *testing.T) {
 	if err := os.Rename(bin+".new", bin); err != nil {
 		t.Fatal(err)
 	}
-	if err := g.cmd.Process.Signal(syscall.SIGUSR2); err != nil {
-		t.Fatal(err)
-	}
+	g.upgrade()
 	var script int
 	waitFor(t, 5*time.Second, "the script to start its child", func() bool {
 		pids := g.upgrades()
@@ -721,9 +665,7 @@ func TestUpgradeKeepsMaxSessionsWhileTheOldProcessDrains(t *testing.T) {
 	if err := open("over the limit"); err == nil {
 		t.Fatal("a 4th session was let in before the upgrade: max_sessions = 3 is not in force")
 	}
-	if err := g.cmd.Process.Signal(syscall.SIGUSR2); err != nil {
-		t.Fatal(err)
-	}
+	g.upgrade()
 	g.upgraded(10 * time.Second)
 	admitted := 0
 	for i := range 3 {
@@ -755,23 +697,10 @@ func TestUpgradeKeepsMaxSessionsWhileTheOldProcessDrains(t *testing.T) {
 // process's may; a second signal ends it, as in any drain. The first reset
 // every session left at once, logged as a "second signal".
 func TestUpgradeDrainGoesOnAtAFirstSIGTERM(t *testing.T) {
-	e := newEcho(t)
-	admin, addr := freeAddr(t), freeAddr(t)
-	conf := config(admin, "grace = \"0s\"\ndrain_timeout = \"10s\"",
-		[]listenerConf{{name: "l", listen: addr, backend: "db"}},
-		[]backendConf{{name: "db", servers: []string{e.addr()}}})
+	conf, admin, addr := oneEcho(t, "grace = \"0s\"\ndrain_timeout = \"10s\"")
 	g := start(t, admin, conf, true)
-	pooled, err := net.Dial("tcp", addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer pooled.Close()
-	if err := roundTrip(pooled, []byte("pooled"), 2*time.Second); err != nil {
-		t.Fatal(err)
-	}
-	if err := g.cmd.Process.Signal(syscall.SIGUSR2); err != nil {
-		t.Fatal(err)
-	}
+	pooled := pooledSession(t, addr)
+	g.upgrade()
 	g.upgraded(10 * time.Second)
 	if err := g.cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
@@ -800,23 +729,10 @@ func TestUpgradeDrainGoesOnAtAFirstSIGTERM(t *testing.T) {
 // and exits 1, so that systemd, which restarts once the unit's processes
 // are gone, restarts the service at once (Restart=on-failure).
 func TestUpgradeNewProcessFailingDuringTheDrainEndsTheDrain(t *testing.T) {
-	e := newEcho(t)
-	admin, addr := freeAddr(t), freeAddr(t)
-	conf := config(admin, "grace = \"0s\"\ndrain_timeout = \"20s\"",
-		[]listenerConf{{name: "l", listen: addr, backend: "db"}},
-		[]backendConf{{name: "db", servers: []string{e.addr()}}})
+	conf, admin, addr := oneEcho(t, "grace = \"0s\"\ndrain_timeout = \"20s\"")
 	g := start(t, admin, conf, true)
-	pooled, err := net.Dial("tcp", addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer pooled.Close()
-	if err := roundTrip(pooled, []byte("pooled"), 2*time.Second); err != nil {
-		t.Fatal(err)
-	}
-	if err := g.cmd.Process.Signal(syscall.SIGUSR2); err != nil {
-		t.Fatal(err)
-	}
+	pooledSession(t, addr) // keeps the old process draining
+	g.upgrade()
 	newPID := g.upgraded(10 * time.Second)
 	if err := syscall.Kill(newPID, syscall.SIGKILL); err != nil {
 		t.Fatal(err)
@@ -848,23 +764,10 @@ func TestUpgradeNewProcessFailingDuringTheDrainEndsTheDrain(t *testing.T) {
 // at the main process's exit systemd sends SIGTERM again to what is left,
 // which would close the old process's sessions at once.
 func TestUpgradeStopDuringTheDrainLetsTheDrainFinish(t *testing.T) {
-	e := newEcho(t)
-	admin, addr := freeAddr(t), freeAddr(t)
-	conf := config(admin, "grace = \"0s\"\ndrain_timeout = \"20s\"",
-		[]listenerConf{{name: "l", listen: addr, backend: "db"}},
-		[]backendConf{{name: "db", servers: []string{e.addr()}}})
+	conf, admin, addr := oneEcho(t, "grace = \"0s\"\ndrain_timeout = \"20s\"")
 	g := start(t, admin, conf, true)
-	pooled, err := net.Dial("tcp", addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer pooled.Close()
-	if err := roundTrip(pooled, []byte("pooled"), 2*time.Second); err != nil {
-		t.Fatal(err)
-	}
-	if err := g.cmd.Process.Signal(syscall.SIGUSR2); err != nil {
-		t.Fatal(err)
-	}
+	pooled := pooledSession(t, addr)
+	g.upgrade()
 	newPID := g.upgraded(10 * time.Second)
 	syscall.Kill(newPID, syscall.SIGTERM)
 	g.cmd.Process.Signal(syscall.SIGTERM)
@@ -899,11 +802,7 @@ func TestUpgradeStopDuringTheDrainLetsTheDrainFinish(t *testing.T) {
 // Result=signal). Checked under systemd 252; `systemctl daemon-reload` once
 // the old process has exited clears it.
 func TestUpgradeNewProcessIsTheSupervisorsChild(t *testing.T) {
-	e := newEcho(t)
-	admin, addr := freeAddr(t), freeAddr(t)
-	conf := config(admin, "grace = \"0s\"\ndrain_timeout = \"5s\"",
-		[]listenerConf{{name: "l", listen: addr, backend: "db"}},
-		[]backendConf{{name: "db", servers: []string{e.addr()}}})
+	conf, admin, addr := oneEcho(t, "grace = \"0s\"\ndrain_timeout = \"5s\"")
 	g := start(t, admin, conf, true)
 	pooled, err := net.Dial("tcp", addr) // the old process drains it: it is still there below
 	if err != nil {
@@ -913,9 +812,7 @@ func TestUpgradeNewProcessIsTheSupervisorsChild(t *testing.T) {
 	if err := roundTrip(pooled, []byte("pooled"), 2*time.Second); err != nil {
 		t.Fatal(err)
 	}
-	if err := g.cmd.Process.Signal(syscall.SIGUSR2); err != nil {
-		t.Fatal(err)
-	}
+	g.upgrade()
 	newPID := g.upgraded(10 * time.Second)
 	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", newPID))
 	if err != nil {
@@ -925,5 +822,54 @@ func TestUpgradeNewProcessIsTheSupervisorsChild(t *testing.T) {
 	f := strings.Fields(string(stat[strings.LastIndexByte(string(stat), ')')+1:]))
 	if len(f) < 2 || f[1] != fmt.Sprint(os.Getpid()) {
 		t.Errorf("the new process's parent is %v, want the old process's parent %d (the supervisor): the old process %d is its parent, and systemd will not wait for it on stop", f[1:2], os.Getpid(), g.cmd.Process.Pid)
+	}
+}
+
+// oneEcho is a config of one listener ("l") to a new echo server ("db"),
+// with the [shutdown] lines given, and its admin and listen addresses.
+func oneEcho(t *testing.T, shutdown string) (conf, admin, addr string) {
+	t.Helper()
+	e := newEcho(t)
+	admin, addr = freeAddr(t), freeAddr(t)
+	conf = config(admin, shutdown,
+		[]listenerConf{{name: "l", listen: addr, backend: "db"}},
+		[]backendConf{{name: "db", servers: []string{e.addr()}}})
+	return conf, admin, addr
+}
+
+// servesNew fails the test unless a new app's round trip through addr
+// works (when says at what point).
+func servesNew(t *testing.T, addr, when string) {
+	t.Helper()
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatalf("%s: %v", when, err)
+	}
+	defer c.Close()
+	if err := roundTrip(c, []byte("new app"), 2*time.Second); err != nil {
+		t.Fatalf("%s: %v", when, err)
+	}
+}
+
+// pooledSession is an app's session through addr, one round trip done,
+// closed at the test's end.
+func pooledSession(t *testing.T, addr string) net.Conn {
+	t.Helper()
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	if err := roundTrip(c, []byte("pooled"), 2*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+// upgrade sends the instance SIGUSR2.
+func (g *instance) upgrade() {
+	g.t.Helper()
+	if err := g.cmd.Process.Signal(syscall.SIGUSR2); err != nil {
+		g.t.Fatal(err)
 	}
 }
