@@ -99,8 +99,8 @@ func Parse(data []byte, source string) (*Config, []string, error) {
 	c.Source = source
 	c.applyDefaults()
 	verrs, warnings, errAt, warnAt := c.validate()
-	errs = append(errs, withLines(source, string(data), verrs, errAt)...)
-	warnings = withLines(source, string(data), warnings, warnAt)
+	errs = append(errs, withLines(source, text, verrs, errAt)...)
+	warnings = withLines(source, text, warnings, warnAt)
 	if len(errs) > 0 {
 		return nil, warnings, errs
 	}
