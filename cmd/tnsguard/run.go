@@ -238,9 +238,13 @@ func runCommand(args []string, stderr io.Writer) (code int) {
 			// the unit's processes are gone). One that said "stopped" was
 			// stopped (systemctl stop: every process of the unit gets
 			// SIGTERM) or upgraded in turn: the drain goes on.
+			// Watched until this process exits, not only until its drain
+			// ends: the wait for the admin server's requests (up to 5 s)
+			// comes after it, and nothing serves then either.
 			var successorEnded atomic.Bool
-			drained := make(chan struct{})
+			exiting, watched := make(chan struct{}), make(chan struct{})
 			go func() {
+				defer close(watched)
 				select {
 				case <-up.ended:
 					if up.clean.Load() {
@@ -250,12 +254,14 @@ func runCommand(args []string, stderr io.Writer) (code int) {
 					successorEnded.Store(true)
 					log.Error("upgrade: the new process failed while this one drains: closing the sessions left now and exiting 1", "pid", up.pid)
 					p.Hurry()
-				case <-drained:
+					adm.CloseWithin(0) // the requests left too: this process exits now
+				case <-exiting:
 				}
 			}()
 			drain(log, stops, true, func() { p.Retire(cfg.Shutdown.DrainTimeout.Duration) }, p.Hurry)
-			close(drained)
 			<-admClosed
+			close(exiting)
+			<-watched
 			if successorEnded.Load() {
 				return 1
 			}

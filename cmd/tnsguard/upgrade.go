@@ -80,7 +80,8 @@ func binaryPath() (string, error) {
 }
 
 // containerInit names the container init that started this process
-// (tini, docker-init, dumb-init, catatonit, a pod's pause), or "": its
+// (tini, docker-init, dumb-init, catatonit, a pod's pause, an entrypoint
+// shell script), or "": its
 // parent is the first process of its PID namespace and goes by one of
 // their names.
 func containerInit() string {
@@ -92,7 +93,11 @@ func containerInit() string {
 		return ""
 	}
 	switch name := strings.TrimSpace(string(comm)); name {
-	case "tini", "docker-init", "dumb-init", "catatonit", "pause":
+	case "tini", "docker-init", "dumb-init", "catatonit", "pause",
+		// An entrypoint script that runs tnsguard without exec: the
+		// container ends when the script does, after the old process's
+		// exit. A host's first process is no shell.
+		"sh", "bash", "dash", "ash", "zsh", "busybox":
 		return name
 	}
 	return ""

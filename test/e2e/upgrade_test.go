@@ -314,8 +314,9 @@ func copyFile(t *testing.T, from, to string) {
 
 // In a container tnsguard refuses SIGUSR2 and serves on: as the first
 // process (PID 1), or under the container's init (docker run --init:
-// tini), whose end with the old process after the drain would end the
-// container and the new process with it.
+// tini, or an entrypoint shell script that does not exec tnsguard), whose
+// end with the old process after the drain would end the container and
+// the new process with it.
 func TestUpgradeRefusedInAContainer(t *testing.T) {
 	if _, err := exec.LookPath("unshare"); err != nil {
 		t.Skip("no unshare (util-linux):", err)
@@ -336,6 +337,12 @@ func TestUpgradeRefusedInAContainer(t *testing.T) {
 		{"under tini", 2, "container's init (tini", func(bin, path string) []string {
 			// "; true": the shell waits for tnsguard, as tini does, instead of exec-ing it.
 			return []string{tini, "-c", fmt.Sprintf("%q run -config %q; true", bin, path)}
+		}},
+		{"under an entrypoint script", 2, "container's init (sh", func(bin, path string) []string {
+			// A docker-entrypoint.sh that runs tnsguard without exec: the
+			// container ends when the script does, after the old
+			// process's drain, and the new process with it.
+			return []string{sh, "-c", fmt.Sprintf("%q run -config %q; true", bin, path)}
 		}},
 	} {
 		t.Run(c.name, func(t *testing.T) {
@@ -756,6 +763,44 @@ func TestUpgradeNewProcessFailingDuringTheDrainEndsTheDrain(t *testing.T) {
 	if l := g.log.find("upgrade: the new process failed while this one drains: closing the sessions left now and exiting 1"); len(l) != 1 {
 		t.Errorf("the old process's line on the new one's end: %v", l)
 	}
+}
+
+// The old process's life after its drain: it waits up to 5 s for its
+// admin server's requests (a monitor's TCP connection that has sent
+// nothing yet counts as one). The new process dying then leaves nothing
+// serving as surely as during the drain: the old process must see it and
+// exit 1 at once, not exit 0 seconds later (a supervisor that restarts on
+// a non-zero exit would then never restart the service).
+func TestUpgradeNewProcessFailingWhileTheOldOneClosesItsAdminPort(t *testing.T) {
+	conf, admin, _ := oneEcho(t, "grace = \"0s\"\ndrain_timeout = \"20s\"")
+	g := start(t, admin, conf, true)
+	probe, err := net.Dial("tcp", admin) // sends nothing: net/http waits for it
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer probe.Close()
+	time.Sleep(100 * time.Millisecond) // accepted by the old process
+	g.upgrade()
+	newPID := g.upgraded(10 * time.Second)
+	waitFor(t, 5*time.Second, "the old process's drain (no session) to end", func() bool {
+		return len(g.log.find("drained")) == 1
+	})
+	if err := syscall.Kill(newPID, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	killed := time.Now()
+	select {
+	case <-g.done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the old process still runs 10 s after the new one died")
+	}
+	if took := time.Since(killed); took > time.Second {
+		t.Errorf("the old process exited %v after the new one died, with nothing serving meanwhile", took.Round(time.Millisecond))
+	}
+	if g.exit != 1 {
+		t.Errorf("old process exit code %d after the new one died before it exited, want 1: its supervisor does not restart the service, and nothing serves", g.exit)
+	}
+	syscall.Wait4(newPID, nil, 0, nil)
 }
 
 // systemctl stop during the old process's drain sends SIGTERM to both:
