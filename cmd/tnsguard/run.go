@@ -7,7 +7,6 @@ import (
 	"net"
 	"os"
 	"os/signal"
-	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -218,54 +217,7 @@ func runCommand(args []string, stderr io.Writer) (code int) {
 				up = nil
 				continue
 			}
-			// The new process serves: it is the service's main process
-			// now (systemd sends it the reloads and the stop).
-			if err := sdNotify(fmt.Sprintf("MAINPID=%d", up.pid)); err != nil {
-				log.Warn("cannot tell systemd the new main process", "pid", up.pid, "error", err)
-			}
-			log.Info("upgrade: the new process serves; this one stops accepting and drains", "pid", up.pid)
-			// The new process answers on the admin port; the requests this
-			// one accepted last are served meanwhile.
-			admClosed := make(chan struct{})
-			go func() {
-				defer close(admClosed)
-				adm.CloseWithin(5 * time.Second)
-			}()
-			// If the new process fails meanwhile (a crash, the OOM killer),
-			// nothing serves: this one ends its drain now and exits 1, so
-			// that the service is restarted (systemd sees the new process
-			// end: it is its child, see startUpgrade, but restarts once
-			// the unit's processes are gone). One that said "stopped" was
-			// stopped (systemctl stop: every process of the unit gets
-			// SIGTERM) or upgraded in turn: the drain goes on.
-			// Watched until this process exits, not only until its drain
-			// ends: the wait for the admin server's requests (up to 5 s)
-			// comes after it, and nothing serves then either.
-			var successorEnded atomic.Bool
-			exiting, watched := make(chan struct{}), make(chan struct{})
-			go func() {
-				defer close(watched)
-				select {
-				case <-up.ended:
-					if up.clean.Load() {
-						log.Info("upgrade: the new process has stopped; this one drains on", "pid", up.pid)
-						return
-					}
-					successorEnded.Store(true)
-					log.Error("upgrade: the new process failed while this one drains: closing the sessions left now and exiting 1", "pid", up.pid)
-					p.Hurry()
-					adm.CloseWithin(0) // the requests left too: this process exits now
-				case <-exiting:
-				}
-			}()
-			drain(log, stops, true, func() { p.Retire(cfg.Shutdown.DrainTimeout.Duration) }, p.Hurry)
-			<-admClosed
-			close(exiting)
-			<-watched
-			if successorEnded.Load() {
-				return 1
-			}
-			return 0
+			return retire(log, p, adm, up, stops, cfg.Shutdown.DrainTimeout.Duration)
 		}
 	}
 	if up != nil { // a stop before the new process served: it goes too

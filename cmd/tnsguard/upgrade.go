@@ -15,6 +15,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/hashicorp/go-hclog"
 	"golang.org/x/sys/unix"
 
 	"github.com/tnsguard/tnsguard/admin"
@@ -238,6 +239,61 @@ func startUpgrade(p *proxy.Proxy, adm *admin.Server, exe string) (*upgrade, erro
 	return u, nil
 }
 
+// retire is the old process's part of an upgrade once the new process
+// serves: systemd learns the new main process, this one drains (drain,
+// handedOver) and returns its exit code: 1 when the new process failed
+// meanwhile, so that its supervisor restarts the service.
+func retire(log hclog.Logger, p *proxy.Proxy, adm *admin.Server, up *upgrade, stops <-chan os.Signal, drainTimeout time.Duration) int {
+	// The new process serves: it is the service's main process
+	// now (systemd sends it the reloads and the stop).
+	if err := sdNotify(fmt.Sprintf("MAINPID=%d", up.pid)); err != nil {
+		log.Warn("cannot tell systemd the new main process", "pid", up.pid, "error", err)
+	}
+	log.Info("upgrade: the new process serves; this one stops accepting and drains", "pid", up.pid)
+	// The new process answers on the admin port; the requests this
+	// one accepted last are served meanwhile.
+	admClosed := make(chan struct{})
+	go func() {
+		defer close(admClosed)
+		adm.CloseWithin(5 * time.Second)
+	}()
+	// If the new process fails meanwhile (a crash, the OOM killer),
+	// nothing serves: this one ends its drain now and exits 1, so
+	// that the service is restarted (systemd sees the new process
+	// end: it is its child, see startUpgrade, but restarts once
+	// the unit's processes are gone). One that said "stopped" was
+	// stopped (systemctl stop: every process of the unit gets
+	// SIGTERM) or upgraded in turn: the drain goes on.
+	// Watched until this process exits, not only until its drain
+	// ends: the wait for the admin server's requests (up to 5 s)
+	// comes after it, and nothing serves then either.
+	failed := false // read after watched is closed
+	exiting, watched := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(watched)
+		select {
+		case <-up.ended:
+			if up.clean.Load() {
+				log.Info("upgrade: the new process has stopped; this one drains on", "pid", up.pid)
+				return
+			}
+			failed = true
+			log.Error("upgrade: the new process failed while this one drains: closing the sessions left now and exiting 1", "pid", up.pid)
+			p.Hurry()
+			adm.CloseWithin(0) // the requests left too: this process exits now
+		case <-exiting:
+		}
+	}()
+	drain(log, stops, true, func() { p.Retire(drainTimeout) }, p.Hurry)
+	<-admClosed
+	close(exiting)
+	<-watched
+	if failed {
+		return 1
+	}
+	return 0
+}
+
 // waitGone returns once the process pid has exited (reaped or not): by its
 // pidfd, or without one (a kernel before 5.3) by polling.
 func waitGone(pidfd, pid int) {
@@ -273,26 +329,26 @@ func inheritance() (*proxy.Inherited, *os.File, int, error) {
 	if n == "" && r == "" {
 		return nil, nil, 0, nil
 	}
-	oldPID, err := strconv.Atoi(from)
-	if err != nil { // an older version: the new process is its child
-		oldPID = os.Getppid()
-	}
 	count, err1 := strconv.Atoi(n)
 	rfd, err2 := strconv.Atoi(r)
-	if err1 != nil || err2 != nil || count < 0 || rfd != 3+count {
-		return nil, nil, 0, fmt.Errorf("%s=%q and %s=%q: not what an upgrade sets", envListenFDs, n, envReadyFD, r)
+	oldPID, err3 := strconv.Atoi(from)
+	var sessions []int64 // one per listener's socket (the admin socket, last, has none)
+	if counts != "" {
+		for c := range strings.SplitSeq(counts, ",") {
+			k, err := strconv.ParseInt(c, 10, 64)
+			if err != nil || k < 0 {
+				err3 = fmt.Errorf("bad count %q", c)
+			}
+			sessions = append(sessions, k)
+		}
+	}
+	if err1 != nil || err2 != nil || err3 != nil || count < 0 || rfd != 3+count {
+		return nil, nil, 0, fmt.Errorf("%s=%q, %s=%q, %s=%q and %s=%q: not what an upgrade sets",
+			envListenFDs, n, envReadyFD, r, envOldPID, from, envSessions, counts)
 	}
 	files := make([]*os.File, count)
 	for i := range files {
 		files[i] = os.NewFile(uintptr(3+i), fmt.Sprintf("fd %d", 3+i))
-	}
-	var sessions []int64 // none when the old process did not say (an older version)
-	for _, c := range strings.Split(counts, ",") {
-		if k, err := strconv.ParseInt(c, 10, 64); err == nil && k >= 0 {
-			sessions = append(sessions, k)
-		} else {
-			sessions = append(sessions, 0)
-		}
 	}
 	h, err := proxy.NewInherited(files, sessions)
 	for _, f := range files {
