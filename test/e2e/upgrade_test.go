@@ -242,6 +242,9 @@ func TestUpgradeOnSIGUSR2RefusesNothing(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitFor(t, 15*time.Second, "the new process to stop on SIGTERM (after its 5 s grace)", func() bool { return len(g.log.find("drained")) == 2 })
+	if !notify.has("STOPPING=1") {
+		t.Errorf("systemd was not told the new process stops: %s", notify)
+	}
 }
 
 // A new binary that cannot start (here: the config file is now broken)
