@@ -773,7 +773,7 @@ func TestWrongTypeOfATableKeyIsReportedWithTheOthers(t *testing.T) {
 	text := strings.Replace(minimal, `backend = "orders"`, "backend = \"orders\"\nkeepalive = \"60s\"\nmax_sessions = \"10\"", 1)
 	_, _, err := Parse([]byte(text), "f.toml")
 	want := strings.Join([]string{
-		`f.toml:6:1: key "listener.keepalive": type mismatch for config.Keepalive: expected table but found string`,
+		`f.toml:6:1: key "listener.keepalive": a string given where a table is needed`,
 		`f.toml:7:1: key "listener.max_sessions": a string given where an integer is needed`,
 	}, "\n")
 	if err == nil || err.Error() != want {
@@ -790,9 +790,28 @@ func TestTableForADurationIsNoUnknownKey(t *testing.T) {
 	} {
 		text := strings.Replace(minimal, "name = \"orders\"\n  [[backend.server]]", "name = \"orders\"\nbackoff = "+tc.value+"\n  [[backend.server]]", 1)
 		_, _, err := Parse([]byte(text), "f.toml")
-		want := fmt.Sprintf(`f.toml:8:1: key "backend.%s": %s given where primitive (string-like) is needed`, tc.key, tc.kind)
+		want := fmt.Sprintf(`f.toml:8:1: key "backend.%s": %s given where a duration such as "30s" is needed`, tc.key, tc.kind)
 		if err == nil || err.Error() != want {
 			t.Errorf("backoff = %s: got:\n%v\nwant:\n%s", tc.value, err, want)
+		}
+	}
+}
+
+// Messages say what is wrong in TOML's words and name the key: an
+// integer too large for any named none ("is out of range for int64"),
+// and a value for a table named a Go type ("type mismatch for
+// config.Keepalive: expected table but found int64").
+func TestValueErrorsNameTheKeyInTOMLWords(t *testing.T) {
+	for _, tc := range []struct{ line, want string }{
+		{"max_sessions = 99999999999999999999", `f.toml:6:16: key "listener.max_sessions": 99999999999999999999 is out of the integer range (-9223372036854775808 to 9223372036854775807)`},
+		{"max_sessions = -99999999999999999999", `f.toml:6:16: key "listener.max_sessions": -99999999999999999999 is out of the integer range (-9223372036854775808 to 9223372036854775807)`},
+		{"keepalive = 5", `f.toml:6:1: key "listener.keepalive": an integer given where a table is needed`},
+		{"keepalive = [1]", `f.toml:6:1: key "listener.keepalive": an array given where a table is needed`},
+	} {
+		text := strings.Replace(minimal, `backend = "orders"`, "backend = \"orders\"\n"+tc.line, 1)
+		_, _, err := Parse([]byte(text), "f.toml")
+		if err == nil || err.Error() != tc.want {
+			t.Errorf("%s: got:\n%v\nwant:\n%s", tc.line, err, tc.want)
 		}
 	}
 }

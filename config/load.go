@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"math"
 	"os"
 	"reflect"
 	"regexp"
@@ -46,11 +47,7 @@ func Parse(data []byte, source string) (*Config, []string, error) {
 		var pe toml.ParseError
 		if errors.As(err, &pe) {
 			line, col := position([]byte(text), pe)
-			msg := pe.Message
-			if strings.HasPrefix(msg, badDuration) && pe.LastKey != "" {
-				msg = fmt.Sprintf("key %q: %s", pe.LastKey, msg) // the key a Duration was decoded for
-			}
-			return nil, nil, Errors{fmt.Sprintf("%s:%d:%d: %s", source, line, col, msg)}
+			return nil, nil, Errors{fmt.Sprintf("%s:%d:%d: %s", source, line, col, parseMessage(pe))}
 		}
 		return nil, nil, Errors{source + ":" + mismatch(text, err)}
 	}
@@ -264,14 +261,28 @@ func decodeError(text string, err error, kind string, index int, elem []int) str
 		return s
 	}
 	line, col := position([]byte(text), pe)
-	msg := pe.Message
-	if strings.HasPrefix(msg, badDuration) && pe.LastKey != "" {
-		msg = fmt.Sprintf("key %q: %s", pe.LastKey, msg)
-	}
+	msg := parseMessage(pe)
 	if l, ok := lineInTable(text, kind, index, elem, pe.LastKey); ok && l != line {
 		line, col = l, valueCol(text, l, pe.LastKey)
 	}
 	return fmt.Sprintf("%d:%d: %s", line, col, msg)
+}
+
+// parseMessage is a ParseError's message, naming the key of a bad value:
+// the key a Duration was decoded for, or one given an integer out of
+// TOML's range (the library names only its Go type).
+func parseMessage(pe toml.ParseError) string {
+	msg := pe.Message
+	if pe.LastKey == "" {
+		return msg
+	}
+	if strings.HasPrefix(msg, badDuration) {
+		return fmt.Sprintf("key %q: %s", pe.LastKey, msg)
+	}
+	if n, ok := strings.CutSuffix(msg, " is out of range for int64"); ok {
+		return fmt.Sprintf("key %q: %s is out of the integer range (%d to %d)", pe.LastKey, n, int64(math.MinInt64), int64(math.MaxInt64))
+	}
+	return msg
 }
 
 // lineInTable is the line that sets key (dotted, from the top) in the
@@ -554,11 +565,18 @@ func mismatch(text string, err error) string {
 	msg := m[3]
 	if t := tomlTypes.FindStringSubmatch(msg); t != nil {
 		msg = fmt.Sprintf("%s given where %s is needed", typeName(t[1]), typeName(t[2]))
+	} else if t := tableTypes.FindStringSubmatch(msg); t != nil {
+		msg = fmt.Sprintf("%s given where %s is needed", typeName(t[2]), typeName(t[1]))
 	}
 	return fmt.Sprintf("%d:%d: key %q: %s", line, col, m[2], msg)
 }
 
 var tomlTypes = regexp.MustCompile(`^incompatible types: TOML value has type (.*); destination has type (.*)$`)
+
+// tableTypes is the library's message for a value where a table is
+// needed (keepalive = 5): "type mismatch for config.Keepalive: expected
+// table but found int64".
+var tableTypes = regexp.MustCompile(`^type mismatch for \S+: expected (\S+) but found (\S+)$`)
 
 // typeName says a TOML type in the words of the TOML spec, from the Go
 // names the library's message gives for values and destinations.
@@ -574,10 +592,13 @@ func typeName(t string) string {
 		return "a boolean"
 	case strings.HasPrefix(t, "[]") || t == "slice":
 		return "an array"
-	case strings.HasPrefix(t, "map[") || t == "map" || t == "struct":
+	case strings.HasPrefix(t, "map[") || t == "map" || t == "struct" || t == "table":
 		return "a table"
 	case strings.Contains(t, "time."):
 		return "a date-time"
+	case t == "primitive (string-like)":
+		// The only such field is a Duration.
+		return `a duration such as "30s"`
 	}
 	return t
 }
