@@ -38,6 +38,7 @@ type Config struct {
 
 	// Source names where the configuration came from (a path, or "embedded default").
 	Source string `toml:"-"`
+	text   string // Source's text, for Place
 }
 
 // Log selects the log level and format.

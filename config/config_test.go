@@ -815,3 +815,31 @@ func TestValueErrorsNameTheKeyInTOMLWords(t *testing.T) {
 		}
 	}
 }
+
+// A listener on a host name warns: Go listens on one of the name's
+// addresses (localhost: 127.0.0.1 only, where Node.js tries ::1 first),
+// looked up at start. Addresses, zoned ones and the wildcard do not.
+func TestListenOnAHostNameWarns(t *testing.T) {
+	for _, tc := range []struct {
+		listen string
+		warns  bool
+	}{
+		{"localhost:1522", true},
+		{"db-proxy.example.com:1522", true},
+		{"127.0.0.1:1522", false},
+		{"[::1]:1522", false},
+		{"[fe80::1%eth0]:1522", false},
+		{":1522", false},
+		{"0.0.0.0:1522", false},
+	} {
+		text := strings.Replace(minimal, `listen = "127.0.0.1:1522"`, fmt.Sprintf("listen = %q", tc.listen), 1)
+		_, warnings, err := Parse([]byte(text), "w.toml")
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := fmt.Sprintf(`w.toml: listener "orders": listen %q names a host: tnsguard listens on one of its addresses only, looked up at start; give the IP address to listen on (line 4)`, tc.listen)
+		if got := slices.Contains(warnings, want); got != tc.warns {
+			t.Errorf("listen %q: warned %v, want %v (%q)", tc.listen, got, tc.warns, warnings)
+		}
+	}
+}

@@ -93,7 +93,7 @@ func Parse(data []byte, source string) (*Config, []string, error) {
 	}
 	// Unknown keys were left out of c: what is there is checked too, so one
 	// run of check shows every error it can.
-	c.Source = source
+	c.Source, c.text = source, text
 	c.applyDefaults()
 	verrs, warnings, errAt, warnAt := c.validate()
 	errs = append(errs, withLines(source, text, verrs, errAt)...)
@@ -446,6 +446,25 @@ func withLines(source, text string, msgs []string, at []tablePos) []string {
 		}
 	}
 	return out
+}
+
+// Place is msg, an error about this configuration met when it is put to
+// use (`listener "x": listen tcp ...: bind: ...`), as check reports an
+// error of meaning: with the file first and the line it is about at the
+// end.
+func (c *Config) Place(msg string) string {
+	at := tablePos{index: -1}
+	if kind, _, ok := tableOf(msg); ok {
+		at.kind = kind
+		name, _, _ := quotedPrefix(msg, kind+" ")
+		switch kind {
+		case "listener":
+			at.index = slices.IndexFunc(c.Listeners, func(l Listener) bool { return l.Name == name })
+		case "backend":
+			at.index = slices.IndexFunc(c.Backends, func(b Backend) bool { return b.Name == name })
+		}
+	}
+	return withLines(c.Source, c.text, []string{msg}, []tablePos{at})[0]
 }
 
 // caseMismatch finds the first part of k that names a field of Config

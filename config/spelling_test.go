@@ -532,6 +532,7 @@ func TestEverySpellingOfAValidConfigParsesAlike(t *testing.T) {
 						t.Errorf("#%d %s: %v\n%s", i, v.name, err, v.text)
 						continue
 					}
+					c.text = "" // the spelling, kept for Place
 					if !g.want(c) {
 						t.Errorf("#%d %s: not what it says: %+v\n%s", i, v.name, *c, v.text)
 					}

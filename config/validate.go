@@ -98,6 +98,10 @@ func (c *Config) validate() (errs, warnings []string, errAt, warnAt []tablePos) 
 			add("%s: listen %q is also used by listener %q", where, l.Listen, other)
 		} else if sameSocket(l.Listen, c.Admin.Listen) {
 			add("%s: listen %q takes the address of admin.listen %q: one of them could not start", where, l.Listen, c.Admin.Listen)
+		} else if host, _, _ := net.SplitHostPort(l.Listen); host != "" && !isIP(host) {
+			// Go listens on the first address the name has (localhost:
+			// 127.0.0.1, not ::1, where Node.js tries ::1 first).
+			warn("%s: listen %q names a host: tnsguard listens on one of its addresses only, looked up at start; give the IP address to listen on", where, l.Listen)
 		}
 		for _, name := range l.Backends() { // another listener's backend may chain through this one: no loop
 			if b := c.Backend(name); b != nil {
@@ -568,4 +572,10 @@ func serverKey(addr string) string {
 		return addr
 	}
 	return net.JoinHostPort(h, strconv.Itoa(p))
+}
+
+// isIP says whether host is an IP address, an IPv6 one with a zone too.
+func isIP(host string) bool {
+	_, err := netip.ParseAddr(host)
+	return err == nil
 }

@@ -21,6 +21,7 @@ import (
 	"sort"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
@@ -294,6 +295,7 @@ func (p *Proxy) bind(cfg *config.Config, lc *config.Listener, taken map[*listene
 		// and, on older kernels, no keepalive timing or TCP_INFO.
 		lcfg.SetMultipathTCP(false)
 		ln, err = lcfg.Listen(p.ctx, "tcp", lc.Listen)
+		err = bindHint(err)
 	}
 	if err != nil {
 		return nil, err
@@ -314,6 +316,23 @@ func (p *Proxy) bind(cfg *config.Config, lc *config.Listener, taken map[*listene
 	}
 	l.conf.Store(lc)
 	return l, nil
+}
+
+// bindHint adds to an error of binding a listen address what it means
+// here, in the words of the config: the kernel's "cannot assign requested
+// address" says nothing of an address that is not this host's.
+func bindHint(err error) error {
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, syscall.EADDRNOTAVAIL):
+		return fmt.Errorf("%w (no interface of this host has that address)", err)
+	case errors.Is(err, syscall.EADDRINUSE):
+		return fmt.Errorf("%w (another process listens on it)", err)
+	case errors.Is(err, syscall.EACCES):
+		return fmt.Errorf("%w (a port under 1024 needs root or CAP_NET_BIND_SERVICE)", err)
+	}
+	return err
 }
 
 // Addr is the bound address of a listener (useful with port 0), or nil.

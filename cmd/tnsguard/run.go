@@ -97,7 +97,7 @@ func runCommand(args []string, stderr io.Writer) (code int) {
 	}
 	p.Adopt(inherited)
 	if err := p.Apply(cfg); err != nil {
-		log.Error("cannot start", "error", err)
+		log.Error("cannot start", "error", cfg.Place(err.Error()))
 		p.Close()
 		admLn.Close()
 		inherited.Close()
@@ -148,7 +148,9 @@ func runCommand(args []string, stderr io.Writer) (code int) {
 			log.Warn(w)
 		}
 		if err == nil {
-			err = p.Apply(next)
+			if err = p.Apply(next); err != nil {
+				err = errors.New(next.Place(err.Error()))
+			}
 		}
 		if err != nil {
 			m.ReloadOK.Set(0)

@@ -263,6 +263,43 @@ func TestFailedStartLogsNoDrain(t *testing.T) {
 	}
 }
 
+// A listen address that passes check but cannot be bound names the file,
+// the listener, the line and what the kernel's words mean: it named the
+// listener only, and "cannot assign requested address" left the operator
+// to guess. So does a reload that moves a listener onto a port in use.
+func TestBindErrorsNameFileLineAndMeaning(t *testing.T) {
+	taken, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer taken.Close()
+	path := filepath.Join(t.TempDir(), "tnsguard.toml")
+	notHere := strings.Replace(runConfig(freePort(t), "[]"), `listen = "127.0.0.1:0"`, `listen = "192.0.2.1:1521"`, 1)
+	if err := os.WriteFile(path, []byte(notHere), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	var log lockedBuffer
+	if c := runCommand([]string{"-config", path}, &log); c != 1 {
+		t.Fatalf("exit %d, want 1", c)
+	}
+	want := path + `: listener \"l\": listen tcp 192.0.2.1:1521: bind: cannot assign requested address (no interface of this host has that address) (line 9)`
+	if out := log.String(); !strings.Contains(out, want) {
+		t.Errorf("log of a start on an address not this host's:\n%s\nwant it to hold:\n%s", out, want)
+	}
+
+	admin := freePort(t)
+	path, rlog, stop := startRun(t, admin)
+	moved := strings.Replace(runConfig(admin, "[]"), `listen = "127.0.0.1:0"`, fmt.Sprintf("listen = %q", taken.Addr()), 1)
+	reload(t, rlog, path, moved, 1)
+	if code := stop(); code != 0 {
+		t.Errorf("exit %d after SIGTERM", code)
+	}
+	want = fmt.Sprintf(`reload failed: the running configuration stays: error="%s: listener \"l\": listen tcp %s: bind: address already in use (another process listens on it) (line 9)"`, path, taken.Addr())
+	if out := rlog.String(); !strings.Contains(out, want) {
+		t.Errorf("log of a reload onto a port in use:\n%s\nwant it to hold:\n%s", out, want)
+	}
+}
+
 // A second SIGTERM during a drain ends it at once: the sessions left are
 // closed and run returns, instead of waiting out drain_timeout (here 30 s)
 // with the second signal ignored.
