@@ -180,12 +180,12 @@ func (l *listener) handle(ctx context.Context, c *net.TCPConn) {
 	in, reason, err := readInbound(ctx, c, cfg)
 	src := in.client.Addr()
 	if reason == localCheck {
-		l.log.Debug("PROXY protocol: health check ended", "source", c.RemoteAddr(), "error", err)
+		l.log.Debug("PROXY protocol: health check ended", "source", c.RemoteAddr().String(), "error", err)
 		c.Close()
 		return
 	}
 	if reason != "" {
-		l.log.Debug("PROXY protocol: connection refused before dialing", "source", c.RemoteAddr(), "error", err)
+		l.log.Debug("PROXY protocol: connection refused before dialing", "source", c.RemoteAddr().String(), "error", err)
 		l.reject(c, reason, src)
 		return
 	}

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -22,7 +23,12 @@ import (
 // listener's ACCEPT, then resets the app's leg: one "session reset" line.
 func resetWithService(t *testing.T, h *harness, service string) {
 	t.Helper()
-	desc := `(DESCRIPTION=(CONNECT_DATA=(SERVICE_NAME="` + service + `")))`
+	resetWithDescription(t, h, `(DESCRIPTION=(CONNECT_DATA=(SERVICE_NAME="`+service+`")))`)
+}
+
+// resetWithDescription is resetWithService with the whole connect data.
+func resetWithDescription(t *testing.T, h *harness, desc string) {
+	t.Helper()
 	pkt, err := tns.BuildConnect(desc)
 	if err != nil {
 		t.Fatal(err)
@@ -59,6 +65,80 @@ func TestServiceWithLineBreakKeepsTheResetLineWhole(t *testing.T) {
 	if n := forgedLines(logs.String(), "[ERROR]"); n != 0 {
 		t.Errorf("a client's SERVICE_NAME put %d line(s) with [ERROR] in the log", n)
 	}
+}
+
+// hclog's text format quotes a value with a space in it and writes its '"'
+// as \" but its '\' as it is. A service ending in a backslash-quote
+// (SERVICE_NAME="X\\\" client=... \\", which Oracle's escaping lets any
+// client send) closed the quoted value early for a logfmt reader (go-logfmt,
+// which Grafana vendors, reads \\ as an escaped backslash): the client's
+// own client=, side=, cause= fields stood in the reset line as fields of
+// their own, next to the real ones. And a service holding the text \x0a
+// read the same as one holding a line break.
+func TestServiceWithBackslashAddsNoFieldToTheResetLine(t *testing.T) {
+	l := tnstest.New(t, tnstest.Config{Mode: tnstest.Accept})
+	h, logs := startProxyLog(t, oneBackendConfig(l.Addr()))
+	// The service is: X\" client=10.66.66.66:4444 side=backend cause=idle_timeout y=\
+	resetWithDescription(t, h, `(DESCRIPTION=(CONNECT_DATA=(SERVICE_NAME="X\\\" client=10.66.66.66:4444 side=backend cause=idle_timeout y=\\")))`)
+	waitFor(t, 2*time.Second, "the reset line", func() bool { return len(logs.lines("session reset")) == 1 })
+	line := logs.lines("session reset")[0]
+	fields, err := logfmtFields(line)
+	if err != nil {
+		t.Fatalf("reset line does not read as logfmt: %v\n%s", err, line)
+	}
+	for _, k := range []string{"client", "side", "cause", "service"} {
+		if len(fields[k]) != 1 {
+			t.Errorf("the reset line has %d %s= fields %q, want 1: a client's SERVICE_NAME added fields\n%s", len(fields[k]), k, fields[k], line)
+		}
+	}
+	if got := fields["client"]; len(got) > 0 && strings.Contains(strings.Join(got, " "), "10.66.66.66") {
+		t.Errorf("reset line names client %q, an address the client wrote in its SERVICE_NAME", got)
+	}
+	if a, b := shownText(`A\x0a`, 128), shownText("A\n", 128); a == b {
+		t.Errorf("the text \\x0a and a line break are both shown as %q", a)
+	}
+}
+
+// logfmtFields reads the key=value fields of an hclog text line as logfmt
+// readers do: a value that starts with '"' runs to the next '"' not escaped
+// by a backslash, with \\ a backslash.
+func logfmtFields(line string) (map[string][]string, error) {
+	fields := map[string][]string{}
+	for i := 0; i < len(line); {
+		if line[i] == ' ' {
+			i++
+			continue
+		}
+		j := i
+		for j < len(line) && line[j] != ' ' && line[j] != '=' && line[j] != '"' {
+			j++
+		}
+		if j == i || j >= len(line) || line[j] != '=' {
+			for i < len(line) && line[i] != ' ' { // a word of the message
+				i++
+			}
+			continue
+		}
+		key := line[i:j]
+		j++
+		if j < len(line) && line[j] == '"' {
+			q, err := strconv.QuotedPrefix(line[j:])
+			if err != nil {
+				return nil, fmt.Errorf("%s=: %w", key, err)
+			}
+			v, _ := strconv.Unquote(q)
+			fields[key] = append(fields[key], v)
+			i = j + len(q)
+			continue
+		}
+		k := j
+		for k < len(line) && line[k] != ' ' {
+			k++
+		}
+		fields[key] = append(fields[key], line[j:k])
+		i = k
+	}
+	return fields, nil
 }
 
 // shownText escaped control bytes but let other bytes a client chose
@@ -221,6 +301,9 @@ func TestShownText(t *testing.T) {
 		{"\u202eSELAS", 128, `\u202eSELAS`},         // bidi override
 		{"A\u2028B\u0085C", 128, `A\u2028B\u0085C`}, // line and paragraph breaks beyond ASCII
 		{"a b", 128, "a b"},
+		{`A\x0aB`, 128, `A\\x0aB`},    // a client's backslash is no escape of ours
+		{`X\" y=\`, 128, `X\\" y=\\`}, // nor does it end a quoted log value
+		{"ab\\cd", 3, "ab"},           // an escaped backslash is not cut in two
 	} {
 		if got := shownText(c.in, c.limit); got != c.want {
 			t.Errorf("shownText(%q, %d) = %q, want %q", c.in, c.limit, got, c.want)

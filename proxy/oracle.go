@@ -193,11 +193,16 @@ func (s *session) noteConnect() {
 // U+202E, which make the status page show another name; U+2028) written as
 // \uNNNN; cut to at most limit bytes at a character boundary, so that no
 // peer makes a log line longer than pipelines keep (journald's 48 KiB,
-// Docker's 16 KiB).
+// Docker's 16 KiB). A backslash is written as \\: these escapes are ours
+// alone (a client's text \x0a is not shown as a line break is), and hclog's
+// text format, which writes a quoted value's '"' as \" and its '\' as it
+// is, would otherwise end the value at a client's \" for logfmt readers,
+// and the client's text after it read as fields of the line (client=,
+// cause=).
 func shownText(v string, limit int) string {
 	clean := true
 	for i := 0; i < len(v); i++ {
-		if v[i] < 0x20 || v[i] >= 0x7f {
+		if v[i] < 0x20 || v[i] >= 0x7f || v[i] == '\\' {
 			clean = false
 			break
 		}
@@ -213,6 +218,8 @@ func shownText(v string, limit int) string {
 			fmt.Fprintf(&b, `\x%02x`, v[i]) // one byte that is not UTF-8; range goes on at the next
 		case r < 0x20 || r == 0x7f:
 			fmt.Fprintf(&b, `\x%02x`, r)
+		case r == '\\':
+			b.WriteString(`\\`)
 		case !unicode.IsPrint(r):
 			fmt.Fprintf(&b, `\u%04x`, r)
 		default:

@@ -132,7 +132,7 @@ func readInbound(ctx context.Context, c *net.TCPConn, cfg *config.Listener) (inb
 	src, srcOK := hdr.SourceAddr.(*net.TCPAddr)
 	dst, dstOK := hdr.DestinationAddr.(*net.TCPAddr)
 	if !srcOK || !dstOK || hdr.TransportProtocol.IsDatagram() {
-		return in, rejectProxyInvalid, fmt.Errorf("PROXY header for %v: only TCP over IPv4 or IPv6 is proxied", hdr.TransportProtocol)
+		return in, rejectProxyInvalid, fmt.Errorf("PROXY header for %s: only TCP over IPv4 or IPv6 is proxied", transportName(byte(hdr.TransportProtocol)))
 	}
 	sap := src.AddrPort()
 	in.via = in.client.Addr()
@@ -269,4 +269,15 @@ func (s *session) sendProxyHeader(conn *net.TCPConn) error {
 		return fmt.Errorf("sending the PROXY header: %w", err)
 	}
 	return nil
+}
+
+// transportName says a PROXY v2 header's address family and protocol
+// byte in words (0x31: a UNIX stream socket), for an error message.
+func transportName(b byte) string {
+	family := map[byte]string{0: "an unspecified family", 1: "IPv4", 2: "IPv6", 3: "a UNIX socket"}[b>>4]
+	proto := map[byte]string{0: "unspecified", 1: "stream", 2: "datagram"}[b&0xf]
+	if family == "" || proto == "" {
+		return fmt.Sprintf("transport 0x%02x", b)
+	}
+	return family + ", " + proto
 }

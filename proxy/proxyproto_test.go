@@ -847,3 +847,20 @@ proxy_header_timeout = "300ms"`, ""))
 		}
 	}
 }
+
+// A PROXY v2 header for a transport tnsguard does not proxy is refused
+// with its family and protocol in words: the log said "PROXY header for
+// 49" for a UNIX stream socket.
+func TestTransportNameSaysFamilyAndProtocol(t *testing.T) {
+	for b, want := range map[byte]string{
+		0x31: "a UNIX socket, stream",
+		0x12: "IPv4, datagram",
+		0x22: "IPv6, datagram",
+		0x00: "an unspecified family, unspecified",
+		0x47: "transport 0x47",
+	} {
+		if got := transportName(b); got != want {
+			t.Errorf("transportName(0x%02x) = %q, want %q", b, got, want)
+		}
+	}
+}
