@@ -33,6 +33,7 @@ type Config struct {
 	Log       Log        `toml:"log"`
 	Admin     Admin      `toml:"admin"`
 	Shutdown  Shutdown   `toml:"shutdown"`
+	Reload    Reload     `toml:"reload"`
 	Listeners []Listener `toml:"listener"`
 	Backends  []Backend  `toml:"backend"`
 
@@ -53,6 +54,15 @@ type Admin struct {
 	Allow  []string `toml:"allow"`
 
 	AllowNets []netip.Prefix `toml:"-"`
+}
+
+// Reload controls reloads other than SIGHUP's.
+type Reload struct {
+	// Watch is how often the config file is read to see whether it
+	// changed; a change reloads it as SIGHUP does. 0: on SIGHUP only.
+	// For a file a process cannot signal tnsguard about (a Kubernetes
+	// ConfigMap, which kubelet swaps in place).
+	Watch Duration `toml:"watch"`
 }
 
 // Shutdown controls the drain on SIGTERM/SIGINT.

@@ -109,6 +109,7 @@ type rawConfig struct {
 	Log       toml.Primitive   `toml:"log"`
 	Admin     toml.Primitive   `toml:"admin"`
 	Shutdown  toml.Primitive   `toml:"shutdown"`
+	Reload    toml.Primitive   `toml:"reload"`
 	Listeners []toml.Primitive `toml:"listener"`
 	Backends  []toml.Primitive `toml:"backend"`
 }
@@ -151,6 +152,7 @@ func decodeParts(md *toml.MetaData, raw rawConfig, c *Config, text, source strin
 	one(raw.Log, &c.Log, "", 0)
 	one(raw.Admin, &c.Admin, "", 0)
 	one(raw.Shutdown, &c.Shutdown, "", 0)
+	one(raw.Reload, &c.Reload, "", 0)
 	c.Listeners = make([]Listener, len(raw.Listeners))
 	for i := range raw.Listeners {
 		one(raw.Listeners[i], &c.Listeners[i], "listener", i)

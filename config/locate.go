@@ -22,7 +22,7 @@ func lineOf(text, msg string, at tablePos) int {
 	}
 	var t [2]int
 	switch tables := sections(lines, kind); {
-	case at.kind == "" && (kind == "log" || kind == "admin") && len(tables) > 0:
+	case at.kind == "" && (kind == "log" || kind == "admin" || kind == "shutdown" || kind == "reload") && len(tables) > 0:
 		t = tables[0]
 	case at.kind == kind && at.index >= 0 && at.index < len(tables):
 		t = tables[at.index]
@@ -80,7 +80,7 @@ func keyLine(lines []string, t [2]int, kind, rest string) int {
 // tableOf splits a validate message into the kind of its table and the
 // rest after the table (`listener "orders": `, `log: `).
 func tableOf(msg string) (kind, rest string, ok bool) {
-	for _, k := range []string{"log", "admin"} {
+	for _, k := range []string{"log", "admin", "shutdown", "reload"} {
 		if r, found := strings.CutPrefix(msg, k+": "); found {
 			return k, r, true
 		}

@@ -53,6 +53,9 @@ func (c *Config) validate() (errs, warnings []string, errAt, warnAt []tablePos) 
 			warn("admin: allow leaves out 127.0.0.1: `tnsguard healthcheck` (the Docker HEALTHCHECK) asks from there, gets 403 and reports not ready")
 		}
 	}
+	if w := c.Reload.Watch.Duration; w > 0 && w < time.Second {
+		add("reload: watch %q is under 1s: reading the file more often finds no change sooner than a person or kubelet makes it; use 0s (off) or 1s and up", w)
+	}
 
 	// named says where a table is in messages, checks its name is set and
 	// unique among seen, and records it there.

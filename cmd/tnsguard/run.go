@@ -1,6 +1,7 @@
 package main
 
 import (
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"io"
@@ -57,11 +58,17 @@ func runCommand(args []string, stderr io.Writer) (code int) {
 	// A log reader that goes away (a pipe, a shipper restarting) must not
 	// end the process and every session with it: log writes fail instead.
 	signal.Ignore(syscall.SIGPIPE)
+	var loaded [sha256.Size]byte // the file's text last loaded or tried: reload.watch reloads when it changes
 	load := func() (*config.Config, []string, error) {
 		if *path == "" {
 			return config.Parse([]byte(config.DefaultText()), "embedded default")
 		}
-		return config.Load(*path)
+		data, err := os.ReadFile(*path)
+		if err != nil {
+			return nil, nil, err
+		}
+		loaded = sha256.Sum256(data)
+		return config.Parse(data, *path)
 	}
 	cfg, warnings, err := load()
 	if err != nil {
@@ -177,6 +184,8 @@ func runCommand(args []string, stderr io.Writer) (code int) {
 		m.ReloadTime.Set(float64(time.Now().Unix()))
 		log.Info("configuration reloaded", "config", cfg.Source)
 	}
+	watch := newWatch(*path)
+	defer watch.stop()
 	var stop os.Signal
 	var up *upgrade // a new process started by SIGUSR2, until it serves or fails
 	for stop == nil {
@@ -184,12 +193,18 @@ func runCommand(args []string, stderr io.Writer) (code int) {
 		if up != nil {
 			upDone = up.done
 		}
+		watch.every(cfg.Reload.Watch.Duration) // as the running config says
 		select {
 		case stop = <-stops:
 		case <-hups:
 			select {
 			case stop = <-stops: // a stop that came meanwhile goes first
 			default:
+				reload()
+			}
+		case <-watch.ticks():
+			if watch.changed(log, loaded) {
+				log.Info("configuration file changed: reloading", "config", *path)
 				reload()
 			}
 		case <-usr2s:

@@ -1,0 +1,120 @@
+package main
+
+import (
+	"fmt"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// kubeletDir is a ConfigMap volume as kubelet writes it: the file is a
+// link through ..data to a directory of the version, and an update makes
+// a new directory and swaps ..data with a rename.
+type kubeletDir struct {
+	t       *testing.T
+	dir     string
+	version int
+}
+
+func newKubeletDir(t *testing.T, text string) (*kubeletDir, string) {
+	k := &kubeletDir{t: t, dir: t.TempDir()}
+	k.update(text)
+	if err := os.Symlink(filepath.Join("..data", "tnsguard.toml"), filepath.Join(k.dir, "tnsguard.toml")); err != nil {
+		t.Fatal(err)
+	}
+	return k, filepath.Join(k.dir, "tnsguard.toml")
+}
+
+func (k *kubeletDir) update(text string) {
+	k.version++
+	v := fmt.Sprintf("..2026_11_30_%02d", k.version)
+	if err := os.Mkdir(filepath.Join(k.dir, v), 0o755); err != nil {
+		k.t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(k.dir, v, "tnsguard.toml"), []byte(text), 0o644); err != nil {
+		k.t.Fatal(err)
+	}
+	tmp := filepath.Join(k.dir, "..data_tmp")
+	if err := os.Symlink(v, tmp); err != nil {
+		k.t.Fatal(err)
+	}
+	if err := os.Rename(tmp, filepath.Join(k.dir, "..data")); err != nil {
+		k.t.Fatal(err)
+	}
+}
+
+// With reload.watch, a ConfigMap update reaches the running process as a
+// SIGHUP would, without one (in Kubernetes nothing can send it: the image
+// has no shell, and a rollout restart drained every pooled session). A
+// file that does not load is reported once, not at every read, and the
+// running configuration stays; a file that did not change is not
+// reloaded.
+func TestReloadWatchFollowsAConfigMapUpdate(t *testing.T) {
+	admin := freePort(t)
+	withWatch := func(allow string) string {
+		return runConfig(admin, allow) + "[reload]\nwatch = \"1s\"\n"
+	}
+	k, path := newKubeletDir(t, withWatch("[]"))
+	var log lockedBuffer
+	code := make(chan int, 1)
+	go func() { code <- runCommand([]string{"-config", path}, &log) }()
+	waitUntil(t, "the admin listener", func() bool {
+		resp, err := http.Get("http://" + admin + "/healthz")
+		if err == nil {
+			resp.Body.Close()
+		}
+		return err == nil
+	})
+	reloads := func() int { return strings.Count(log.String(), "configuration reloaded") }
+	failures := func() int { return strings.Count(log.String(), "reload failed") }
+
+	time.Sleep(1500 * time.Millisecond) // a read of an unchanged file, at least
+	if n := reloads(); n != 0 {
+		t.Fatalf("%d reloads of a file that did not change:\n%s", n, log.String())
+	}
+
+	k.update(withWatch(`["192.0.2.0/24"]`))
+	waitUntil(t, "the watch's reload", func() bool { return reloads() == 1 })
+	if got := metricsStatus(t, admin); got != "403 Forbidden" {
+		t.Errorf("after the ConfigMap narrowed admin.allow, 127.0.0.1 gets %s, want 403", got)
+	}
+
+	k.update(withWatch(`["192.0.2.0/24"]`) + "max_sessions = \"ten\"\n")
+	waitUntil(t, "the failed reload", func() bool { return failures() > 0 })
+	time.Sleep(1500 * time.Millisecond) // more reads of the same bad file
+	if n := failures(); n != 1 {
+		t.Errorf("a bad file read again was reported %d times, want 1:\n%s", n, log.String())
+	}
+	if got := metricsStatus(t, admin); got != "403 Forbidden" {
+		t.Errorf("after a bad file, 127.0.0.1 gets %s, want 403 (the running configuration)", got)
+	}
+
+	// A SIGHUP reload of a new file is the only reload of it.
+	k.update(withWatch(`["127.0.0.0/8"]`))
+	syscall.Kill(os.Getpid(), syscall.SIGHUP)
+	waitUntil(t, "the SIGHUP's reload", func() bool { return reloads() == 2 })
+	time.Sleep(1500 * time.Millisecond)
+	if n := reloads(); n != 2 {
+		t.Errorf("%d reloads after SIGHUP of one new file, want 2 in all:\n%s", n, log.String())
+	}
+	if got := metricsStatus(t, admin); got != "200 OK" {
+		t.Errorf("after admin.allow = [127.0.0.0/8], 127.0.0.1 gets %s, want 200", got)
+	}
+
+	syscall.Kill(os.Getpid(), syscall.SIGTERM)
+	select {
+	case c := <-code:
+		if c != 0 {
+			t.Errorf("exit %d after SIGTERM", c)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatalf("run did not end after SIGTERM; log:\n%s", log.String())
+	}
+	if n := strings.Count(log.String(), "configuration file changed: reloading"); n != 2 {
+		t.Errorf("%d lines say the file changed, want 2 (the allow list, the bad file):\n%s", n, log.String())
+	}
+}
