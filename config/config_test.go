@@ -843,3 +843,29 @@ func TestListenOnAHostNameWarns(t *testing.T) {
 		}
 	}
 }
+
+// reload.watch is off (0s) or at least 1s; the error names its line.
+func TestReloadWatchBounds(t *testing.T) {
+	for _, tc := range []struct {
+		watch string
+		err   string
+	}{
+		{"0s", ""},
+		{"1s", ""},
+		{"10s", ""},
+		{"500ms", `w.toml: reload: watch "500ms" is under 1s: reading the file more often finds no change sooner than a person or kubelet makes it; use 0s (off) or 1s and up (line 3)`},
+	} {
+		c, _, err := Parse([]byte("[reload]\n\nwatch = \""+tc.watch+"\"\n"+minimal), "w.toml")
+		if tc.err == "" {
+			if err != nil {
+				t.Errorf("watch = %q: %v", tc.watch, err)
+			} else if c.Reload.Watch.String() != tc.watch {
+				t.Errorf("watch = %q read as %v", tc.watch, c.Reload.Watch)
+			}
+			continue
+		}
+		if err == nil || err.Error() != tc.err {
+			t.Errorf("watch = %q: got\n%v\nwant\n%s", tc.watch, err, tc.err)
+		}
+	}
+}
