@@ -118,20 +118,24 @@ func (k Keepalive) Settings() keepalive.Settings {
 
 // Backend is a set of servers that one kind of session goes to.
 type Backend struct {
-	Name              string    `toml:"name"`
-	Balance           string    `toml:"balance"`
-	ConnectTimeout    Duration  `toml:"connect_timeout"`
-	ConnectBudget     Duration  `toml:"connect_budget"`
-	Backoff           Duration  `toml:"backoff"`
-	BackoffMax        Duration  `toml:"backoff_max"`
-	RetryOn           []string  `toml:"retry_on"`
-	RefuseErrors      []int     `toml:"refuse_errors"`
-	ReplayBytes       *int      `toml:"replay_bytes"`
-	SendProxyProtocol string    `toml:"send_proxy_protocol"`
-	Keepalive         Keepalive `toml:"keepalive"`
-	Health            Health    `toml:"health"`
-	Breaker           Breaker   `toml:"breaker"`
-	Servers           []Server  `toml:"server"`
+	Name              string   `toml:"name"`
+	Balance           string   `toml:"balance"`
+	ConnectTimeout    Duration `toml:"connect_timeout"`
+	ConnectBudget     Duration `toml:"connect_budget"`
+	Backoff           Duration `toml:"backoff"`
+	BackoffMax        Duration `toml:"backoff_max"`
+	RetryOn           []string `toml:"retry_on"`
+	RefuseErrors      []int    `toml:"refuse_errors"`
+	ReplayBytes       *int     `toml:"replay_bytes"`
+	SendProxyProtocol string   `toml:"send_proxy_protocol"`
+	// Redirect is what a TNS REDIRECT from a server does: "pass" gives
+	// it to the app, which dials the address itself; "follow" dials it
+	// here and gives the app that listener's answer.
+	Redirect  string    `toml:"redirect"`
+	Keepalive Keepalive `toml:"keepalive"`
+	Health    Health    `toml:"health"`
+	Breaker   Breaker   `toml:"breaker"`
+	Servers   []Server  `toml:"server"`
 }
 
 // Retries reports whether retry_on lists the given reason.
@@ -250,6 +254,9 @@ func (c *Config) applyDefaults() {
 			b.RefuseErrors = DefaultRefuseErrors()
 		}
 		b.ReplayBytes = intOr(b.ReplayBytes, 65536)
+		if b.Redirect == "" {
+			b.Redirect = "pass"
+		}
 		if b.SendProxyProtocol == "" {
 			b.SendProxyProtocol = "off"
 		}

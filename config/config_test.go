@@ -869,3 +869,28 @@ func TestReloadWatchBounds(t *testing.T) {
 		}
 	}
 }
+
+// redirect is pass or follow; follow needs the CONNECT kept.
+func TestRedirectValues(t *testing.T) {
+	for _, tc := range []struct{ keys, err string }{
+		{`redirect = "follow"`, ""},
+		{`redirect = "pass"`, ""},
+		{`redirect = "Follow"`, `redirect "Follow" is not one of pass, follow`},
+		{"redirect = \"follow\"\nreplay_bytes = 0", `redirect = "follow" needs replay_bytes`},
+	} {
+		text := strings.Replace(minimal, "name = \"orders\"\n  [[backend.server]]", "name = \"orders\"\n"+tc.keys+"\n  [[backend.server]]", 1)
+		c, _, err := Parse([]byte(text), "r.toml")
+		switch {
+		case tc.err == "" && err != nil:
+			t.Errorf("%s: %v", tc.keys, err)
+		case tc.err == "" && c.Backends[0].Redirect != strings.Trim(strings.TrimPrefix(tc.keys, "redirect = "), `"`):
+			t.Errorf("%s: read as %q", tc.keys, c.Backends[0].Redirect)
+		case tc.err != "" && (err == nil || !strings.Contains(err.Error(), tc.err)):
+			t.Errorf("%s: %v, want %q", tc.keys, err, tc.err)
+		}
+	}
+	c, _, err := Parse([]byte(minimal), "r.toml")
+	if err != nil || c.Backends[0].Redirect != "pass" {
+		t.Errorf("default redirect %q, %v; want pass", c.Backends[0].Redirect, err)
+	}
+}

@@ -225,6 +225,14 @@ func (b *Backend) validate() (errs, warnings []string) {
 	default:
 		add("send_proxy_protocol %q is not one of off, v1, v2", b.SendProxyProtocol)
 	}
+	switch b.Redirect {
+	case "pass", "follow":
+	default:
+		add("redirect %q is not one of pass, follow", b.Redirect)
+	}
+	if b.Redirect == "follow" && *b.ReplayBytes == 0 {
+		add(`redirect = "follow" needs replay_bytes (the app's CONNECT is sent again, to the address the REDIRECT names)`)
+	}
 	e, w := b.Keepalive.validate()
 	for _, m := range e {
 		add("keepalive.%s", m)

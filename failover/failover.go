@@ -224,6 +224,18 @@ func (s *Server) Dial(ctx context.Context) (*net.TCPConn, error) {
 	return c, err
 }
 
+// DialRedirected connects to an address a server's TNS REDIRECT named
+// ("host:port"), within connect_timeout and ctx, with the backend leg's
+// options as a dial to a server has them. It is no server of the backend:
+// nothing is counted for it.
+func (b *Backend) DialRedirected(ctx context.Context, address string) (*net.TCPConn, error) {
+	c, err := b.dialer.DialContext(ctx, "tcp", address)
+	if err != nil {
+		return nil, err
+	}
+	return c.(*net.TCPConn), nil
+}
+
 // dial connects to the server: to each address of its name in turn (a name
 // is resolved at every dial: a redeploy may move it), each within its own
 // connect_timeout, until one takes the connection. Addresses whose last

@@ -33,6 +33,7 @@ type Metrics struct {
 	HealthDuration   *prometheus.HistogramVec // backend, server
 	ListenerVersion  *prometheus.GaugeVec     // backend, server, version
 	TNSRedirects     *prometheus.CounterVec   // listener, backend, server
+	TNSFollowed      *prometheus.CounterVec   // listener, backend, server
 	ReloadOK         prometheus.Gauge
 	ReloadTime       prometheus.Gauge
 }
@@ -101,6 +102,9 @@ func New(reg prometheus.Registerer, version string) *Metrics {
 		TNSRedirects: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "tnsguard_tns_redirects_total", Help: "TNS REDIRECTs passed to apps: they will dial another address directly, bypassing tnsguard.",
 		}, []string{"listener", "backend", "server"}),
+		TNSFollowed: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "tnsguard_tns_redirects_followed_total", Help: "TNS REDIRECTs tnsguard followed for apps (redirect = \"follow\"): the app stayed on tnsguard.",
+		}, []string{"listener", "backend", "server"}),
 		ReloadOK: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "tnsguard_config_last_reload_successful", Help: "1 when the last configuration load worked.",
 		}),
@@ -114,7 +118,7 @@ func New(reg prometheus.Registerer, version string) *Metrics {
 	build.WithLabelValues(version).Set(1)
 	reg.MustRegister(m.SessionsActive, m.SessionsIdle, m.SessionsTotal, m.SessionsRejected, m.SessionWait,
 		m.SessionDuration, m.MaxSessions, m.Resets, m.Redials, m.Bytes, m.ConnectDuration, m.BackendUp,
-		m.BreakerState, m.HealthDuration, m.ListenerVersion, m.TNSRedirects, m.ReloadOK, m.ReloadTime, build,
+		m.BreakerState, m.HealthDuration, m.ListenerVersion, m.TNSRedirects, m.TNSFollowed, m.ReloadOK, m.ReloadTime, build,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }

@@ -1,6 +1,8 @@
 package proxy
 
 import (
+	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -344,9 +346,10 @@ func (s *session) route() error {
 // rest is passed on. It returns the bytes to give the app, and the pooled
 // buffer it holds now (nil for none): after a RESEND the next answer is
 // awaited holding no buffer, as the first was (firstAnswer).
-func (s *session) inspectFirst(conn *net.TCPConn, srv *failover.Server, buf *[]byte, n int, deadline time.Time) (*[]byte, []byte, error) {
+func (s *session) inspectFirst(conn *net.TCPConn, srv *failover.Server, buf *[]byte, n int, deadline time.Time) (*net.TCPConn, *[]byte, []byte, error) {
 	cfg := s.backend.Config
 	data := (*buf)[:n]
+	hops := 0 // REDIRECTs followed
 	for {
 		pkt, err := tns.ClassifyFirst(data)
 		for errors.Is(err, tns.ErrIncomplete) && len(data) < tns.DefaultMaxPacket {
@@ -358,39 +361,56 @@ func (s *session) inspectFirst(conn *net.TCPConn, srv *failover.Server, buf *[]b
 				if errors.Is(rerr, io.EOF) {
 					rerr = fmt.Errorf("backend closed inside its first packet: %w", rerr)
 				}
-				return buf, nil, rerr
+				return conn, buf, nil, rerr
 			}
 			data = append(data, more[:m]...)
 			pkt, err = tns.ClassifyFirst(data)
 		}
 		if err != nil {
-			return buf, data, nil // not TNS after all: pass it on untouched
+			return conn, buf, data, nil // not TNS after all: pass it on untouched
 		}
 		switch pkt.Type {
 		case tns.TypeRefuse:
 			code, ok := pkt.Refuse.Err()
 			if ok && cfg.Retries("refuse") && slices.Contains(cfg.RefuseErrors, code) {
-				return buf, nil, &refusedError{code: code, packet: append([]byte(nil), data[:pkt.Len]...)}
+				return conn, buf, nil, &refusedError{code: code, packet: append([]byte(nil), data[:pkt.Len]...)}
 			}
 			if ok && code != 0 { // ERR=0 is a tnsping's answer, not a refusal
 				s.refusePassed(srv, code)
 			}
 		case tns.TypeRedirect:
+			if target, ok := redirectTarget(pkt.Redirect); ok && cfg.Redirect == "follow" && hops < maxRedirectHops {
+				hops++
+				s.p.metrics.TNSFollowed.WithLabelValues(s.l.name, cfg.Name, srv.Address).Inc()
+				next, nbuf, m, err := s.followRedirect(conn, target, pkt.Redirect, deadline)
+				if next != nil {
+					conn = next
+				}
+				if err != nil {
+					return conn, buf, nil, fmt.Errorf("following the REDIRECT to %s: %w", target, err)
+				}
+				s.p.pool.put(buf)
+				buf, data = nbuf, (*nbuf)[:m]
+				continue
+			}
 			s.p.metrics.TNSRedirects.WithLabelValues(s.l.name, cfg.Name, srv.Address).Inc()
 			if s.l.takeLogLine("REDIRECT") {
-				s.logger().Warn("backend sent a TNS REDIRECT: the app will dial this address directly, bypassing tnsguard; point tnsguard at the node listeners, not a SCAN address",
-					"server", srv.Address, "redirect_to", shownText(pkt.Redirect.Address, maxRedirectShown))
+				msg := "backend sent a TNS REDIRECT: the app will dial this address directly, bypassing tnsguard; set redirect = \"follow\" on the backend, or point tnsguard at the node listeners, not a SCAN address"
+				if cfg.Redirect == "follow" {
+					msg = "backend sent a TNS REDIRECT that tnsguard does not follow (no TCP address, or a third in a row): the app will dial it directly, bypassing tnsguard"
+				}
+				s.logger().Warn(msg, "server", srv.Address, "redirect_to", shownText(pkt.Redirect.Address, maxRedirectShown))
 			}
 		case tns.TypeResend:
 			if len(data) > pkt.Len || pkt.Len != tns.HeaderLen {
-				return buf, data, nil // more than a bare RESEND: pass it all on
+				return conn, buf, data, nil // more than a bare RESEND: pass it all on
 			}
 			s.mu.Lock()
 			s.replay, s.connectSeen, s.resendOwed, s.oracleApp = s.replay[:0], false, true, false // the app sends its CONNECT again
 			s.resendAt = time.Now()
 			s.mu.Unlock()
 			if _, err := s.client.Write(data); err != nil {
-				return buf, nil, err
+				return conn, buf, nil, err
 			}
 			s.toClient.Add(int64(len(data)))
 			s.series.bytesDown.Add(float64(len(data)))
@@ -398,12 +418,12 @@ func (s *session) inspectFirst(conn *net.TCPConn, srv *failover.Server, buf *[]b
 			var m int
 			buf, m, err = s.firstAnswer(conn, deadline)
 			if err != nil {
-				return nil, nil, err
+				return conn, nil, nil, err
 			}
 			data = (*buf)[:m]
 			continue
 		}
-		return buf, data, nil
+		return conn, buf, data, nil
 	}
 }
 
@@ -498,4 +518,83 @@ func (s *session) switchBackend(b *failover.Backend) {
 	s.mu.Lock()
 	s.backend, s.series, s.ka[legIndex(SideBackend)] = b, series, b.Config.Keepalive.Settings()
 	s.mu.Unlock()
+}
+
+// maxRedirectHops bounds the REDIRECTs one session follows: a SCAN
+// listener's to a node, and one more (a node's to a dispatcher).
+const maxRedirectHops = 2
+
+// redirectTarget is the "host:port" of the first TCP address a REDIRECT
+// names; false when it names none tnsguard can dial for the app (TCPS,
+// whose TLS is the app's to make; IPC).
+func redirectTarget(r tns.Redirect) (string, bool) {
+	for _, a := range r.Addresses() {
+		if strings.EqualFold(a.Protocol, "tcp") && a.Host != "" && a.Port != "" {
+			return a.HostPort(), true
+		}
+	}
+	return "", false
+}
+
+// followRedirect does for the app what its driver does with a REDIRECT:
+// it dials target and sends the app's CONNECT there, with the REDIRECT's
+// reconnect data (else the app's own connect data) and the flag Oracle's
+// drivers set (tns.BuildRedirectedConnect), answers a RESEND itself, and
+// returns the first answer: an ACCEPT goes to the app as if the first
+// listener had sent it, and the app stays on tnsguard, its keepalive and
+// its resets. The new connection replaces old as the session's backend
+// connection as soon as it is made (old is closed then), and is returned
+// whatever happens after. buf holds the answer's m bytes.
+func (s *session) followRedirect(old *net.TCPConn, target string, r tns.Redirect, deadline time.Time) (conn *net.TCPConn, buf *[]byte, m int, err error) {
+	s.mu.Lock()
+	opening := slices.Clone(s.replay)
+	s.mu.Unlock()
+	data := r.ReconnectData
+	if data == "" {
+		info, err := tns.ParseConnectData(opening)
+		if err != nil {
+			return nil, nil, 0, err
+		}
+		data = info.ConnectData
+	}
+	connect, err := tns.BuildRedirectedConnect(opening, data)
+	if err != nil {
+		return nil, nil, 0, err
+	}
+	dctx, cancel := context.WithDeadline(s.ctx, deadline)
+	conn, err = s.backend.DialRedirected(dctx, target)
+	cancel()
+	if err != nil {
+		return nil, nil, 0, err
+	}
+	if loop := s.p.selfDials.add(conn, s.in.chain, s.l.name); loop != nil {
+		conn.SetLinger(0)
+		conn.Close()
+		return nil, nil, 0, fmt.Errorf("it leads back through tnsguard (%s)", strings.Join(loop, " -> "))
+	}
+	s.mu.Lock()
+	if s.closing {
+		s.mu.Unlock()
+		conn.Close()
+		return nil, nil, 0, net.ErrClosed
+	}
+	s.conn = conn
+	s.mu.Unlock()
+	old.Close()
+	for resends := 0; ; resends++ {
+		conn.SetWriteDeadline(deadline)
+		_, err = conn.Write(connect)
+		conn.SetWriteDeadline(time.Time{})
+		if err != nil {
+			return conn, nil, 0, err
+		}
+		if buf, m, err = s.firstAnswer(conn, deadline); err != nil {
+			return conn, nil, 0, err
+		}
+		if resends < 2 && m == tns.HeaderLen && bytes.Equal((*buf)[:m], tns.BuildResend()) {
+			s.p.pool.put(buf) // a listener's RESEND: the CONNECT again
+			continue
+		}
+		return conn, buf, m, nil
+	}
 }

@@ -308,7 +308,7 @@ func (s *session) open() error {
 			return s.selfDialed(loop)
 		}
 		dialed := time.Now()
-		buf, first, err := s.attach(conn, srv, plan.Deadline())
+		conn, buf, first, err := s.attach(conn, srv, plan.Deadline())
 		if errors.Is(err, io.EOF) {
 			if pe := s.endOfStream(SideBackend); pe != nil {
 				// A reset that the app's direction, writing past
@@ -638,12 +638,14 @@ func (s *session) clientFailure() error {
 //
 // It returns the bytes to give the app (first), held in buf or in a slice
 // of their own; the caller gives buf back to the pool once they are sent.
-func (s *session) attach(conn *net.TCPConn, srv *failover.Server, deadline time.Time) (buf *[]byte, first []byte, err error) {
+// It also returns the backend connection the session is on now: conn, or
+// the one a followed REDIRECT led to (conn is closed then).
+func (s *session) attach(conn *net.TCPConn, srv *failover.Server, deadline time.Time) (now *net.TCPConn, buf *[]byte, first []byte, err error) {
 	if err := s.sendProxyHeader(conn); err != nil { // send_proxy_protocol, before any replay
-		return nil, nil, err
+		return conn, nil, nil, err
 	}
 	if err := s.replayTo(conn, srv, deadline); err != nil {
-		return nil, nil, err
+		return conn, nil, nil, err
 	}
 
 	buf, n, err := s.firstAnswer(conn, deadline)
@@ -655,7 +657,7 @@ func (s *session) attach(conn *net.TCPConn, srv *failover.Server, deadline time.
 	isTNS := s.looksLikeTNSLocked()
 	s.mu.Unlock()
 	if err == nil && isTNS {
-		buf, first, err = s.inspectFirst(conn, srv, buf, n, deadline)
+		conn, buf, first, err = s.inspectFirst(conn, srv, buf, n, deadline)
 	} else if err == nil {
 		first = (*buf)[:n]
 	}
@@ -666,9 +668,9 @@ func (s *session) attach(conn *net.TCPConn, srv *failover.Server, deadline time.
 		if errors.Is(err, io.EOF) {
 			err = fmt.Errorf("backend closed before its first byte: %w", err)
 		}
-		return nil, nil, err
+		return conn, nil, nil, err
 	}
-	return buf, first, nil
+	return conn, buf, first, nil
 }
 
 // firstAnswer waits for the backend's first bytes (and, after a RESEND,

@@ -119,3 +119,51 @@ func mustFit(what, data string, fixed int) {
 		panic(fmt.Sprintf("tns: %d bytes of %s data do not fit one packet", len(data), what))
 	}
 }
+
+// connectRedirected is the CONNECT header flag of a client's CONNECT after
+// a REDIRECT (node-oracledb's NSPFRDR).
+const connectRedirected = 0x04
+
+// BuildRedirectedConnect returns the CONNECT a client sends to the address
+// a REDIRECT named: its own CONNECT (at the start of opening) with the
+// same fields, header flag 0x04, and connectData (the REDIRECT's reconnect
+// data, or the client's own connect data when it has none), inline up to
+// 230 bytes, else in a DATA packet after it, as drivers send it.
+func BuildRedirectedConnect(opening []byte, connectData string) ([]byte, error) {
+	info, err := ParseConnectData(opening)
+	if err != nil {
+		return nil, err
+	}
+	raw := opening[:int(binary.BigEndian.Uint16(opening))]
+	fixed := raw
+	if off := int(binary.BigEndian.Uint16(raw[26:])); info.ConnectData != "" && off < len(raw) {
+		fixed = raw[:off]
+	}
+	n := len(connectData)
+	if n > maxUint16Data(HeaderLen+2) || len(fixed) > 0xFFFF-MaxInlineConnectData {
+		return nil, fmt.Errorf("%w: %d bytes of connect data", ErrTooLarge, n)
+	}
+	out := make([]byte, len(fixed), len(fixed)+HeaderLen+2+n)
+	copy(out, fixed)
+	out[5] |= connectRedirected
+	binary.BigEndian.PutUint16(out[24:], uint16(n))
+	binary.BigEndian.PutUint16(out[26:], uint16(len(fixed)))
+	if n <= MaxInlineConnectData {
+		out = append(out, connectData...)
+		binary.BigEndian.PutUint16(out, uint16(len(out)))
+		return out, nil
+	}
+	binary.BigEndian.PutUint16(out, uint16(len(fixed)))
+	return appendData(out, connectData), nil
+}
+
+// BuildRedirectTo returns a REDIRECT as a SCAN listener sends it: header
+// flag 0x02, and data holding addr, a "\0" and the reconnect data (the
+// description the client is to send to addr). It panics when they do not
+// fit one packet.
+func BuildRedirectTo(addr, reconnect string) []byte {
+	data := addr + "\x00" + reconnect
+	out := BuildRedirect(data)
+	out[5] = redirectDataFollows
+	return out
+}

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"database/sql"
+	"encoding/binary"
 	"os"
 	"strings"
 	"testing"
@@ -65,5 +66,64 @@ func TestGoOraConnect(t *testing.T) {
 			t.Logf("go-ora CONNECT: v%d lowest %d SDU %d, %d bytes of connect data (follows: %v), %d CONNECT(s)",
 				info.Version, info.LowestVersion, info.SDU, len(info.ConnectData), info.DataFollows, len(connects))
 		})
+	}
+}
+
+// The CONNECT a proxy sends the address a REDIRECT names on the app's
+// behalf is the app's own (go-ora's real one here, short and with its
+// connect data in a DATA packet) with the REDIRECT's reconnect data, and
+// header flag 0x04, as Oracle's drivers send it there (node-oracledb's
+// NSPFRDR, python-oracledb's TNS_PACKET_FLAG_REDIRECT; go-ora sets no
+// flag and rewrites the description, so it is no reference here).
+func TestBuildRedirectedConnectFromGoOra(t *testing.T) {
+	for _, tc := range []struct {
+		service   string
+		reconnect string
+	}{
+		{"SALES", "(DESCRIPTION=(CONNECT_DATA=(SERVICE_NAME=SALES)(INSTANCE_NAME=orcl1)(SERVER=dedicated)))"},
+		{"SALES", "(DESCRIPTION=(CONNECT_DATA=(SERVICE_NAME=SALES)(INSTANCE_NAME=orcl1)(SERVER=dedicated)(CID=(PROGRAM=" + strings.Repeat("p", 200) + "))))"},
+		{"SALES_" + strings.Repeat("X", 120), "(DESCRIPTION=(CONNECT_DATA=(SERVICE_NAME=S)))"},
+	} {
+		l := tnstest.New(t, tnstest.Config{Mode: tnstest.Refuse, Err: 12514})
+		db, err := sql.Open("oracle", "oracle://user:secret@"+l.Addr()+"/"+tc.service)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		db.PingContext(ctx)
+		cancel()
+		db.Close()
+		connects := l.Connects()
+		if len(connects) == 0 {
+			t.Fatal("listener recorded no CONNECT")
+		}
+		orig, err := tns.ParseConnectData(connects[0])
+		if err != nil {
+			t.Fatal(err)
+		}
+		built, err := tns.BuildRedirectedConnect(connects[0], tc.reconnect)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := tns.ParseConnectData(built)
+		if err != nil {
+			t.Fatalf("the built CONNECT does not parse: %v\n%x", err, built)
+		}
+		if got.ConnectData != tc.reconnect || got.Len != len(built) || got.DataFollows != (len(tc.reconnect) > tns.MaxInlineConnectData) {
+			t.Errorf("built CONNECT carries %q (follows %v, %d of %d bytes), want %q", got.ConnectData, got.DataFollows, got.Len, len(built), tc.reconnect)
+		}
+		if got.Version != orig.Version || got.LowestVersion != orig.LowestVersion || got.ServiceOptions != orig.ServiceOptions || got.SDU != orig.SDU || got.TDU != orig.TDU {
+			t.Errorf("built CONNECT fields %+v, want the app's %+v", got, orig)
+		}
+		if built[5] != connects[0][5]|0x04 {
+			t.Errorf("header flags 0x%02x, want the app's 0x%02x with 0x04", built[5], connects[0][5])
+		}
+		// Every byte of the fixed fields is the app's, but the lengths and flags.
+		fixed := int(binary.BigEndian.Uint16(built[26:]))
+		for i := 8; i < fixed; i++ {
+			if i != 24 && i != 25 && built[i] != connects[0][i] {
+				t.Errorf("byte %d of the fixed fields is 0x%02x, the app's 0x%02x", i, built[i], connects[0][i])
+			}
+		}
 	}
 }

@@ -193,4 +193,34 @@ backoff_max = "200ms"`
 			t.Fatalf("CONNECTs: sales %d, orders %d; want one each", len(sales.Connects()), len(orders.Connects()))
 		}
 	})
+
+	// A RAC SCAN listener answers REDIRECT to a node listener, with the
+	// connect data to send there. Direct, node-oracledb dials the node
+	// itself; with redirect = "follow" tnsguard does, and the node gets
+	// byte for byte the CONNECT that node-oracledb itself sends it (Oracle's
+	// own driver: the same fields, flag 0x04, the reconnect data), while the
+	// app stays on tnsguard.
+	t.Run("SCAN redirect followed", func(t *testing.T) {
+		node := tnstest.New(t, tnstest.Config{Mode: tnstest.Accept})
+		reconnect := "(DESCRIPTION=(ADDRESS=(PROTOCOL=TCP)(HOST=127.0.0.1)(PORT=1521))(CONNECT_DATA=(SERVICE_NAME=SALES)(INSTANCE_NAME=orcl1)(SERVER=dedicated)))"
+		scan := tnstest.New(t, tnstest.Config{Mode: tnstest.Redirect, RedirectTo: node.Addr(), RedirectData: reconnect})
+		if r := nodeConnect(t, scan.Addr()+"/SALES"); !reachedDatabase(r) {
+			t.Fatalf("direct through the REDIRECT: %+v; want the node to have accepted", r)
+		}
+		g, addr := oracleGuard(t, backendKeys+"\nredirect = \"follow\"", scan.Addr())
+		if r := nodeConnect(t, addr+"/SALES"); !reachedDatabase(r) {
+			t.Fatalf("through tnsguard: %+v; want the node to have accepted", r)
+		}
+		got := node.Connects()
+		if len(got) != 2 {
+			t.Fatalf("the node got %d CONNECTs, want 2 (the driver's, then tnsguard's)", len(got))
+		}
+		if !bytes.Equal(got[0], got[1]) {
+			t.Fatalf("tnsguard sent the node another CONNECT than node-oracledb does after a REDIRECT:\ndriver:   %x\ntnsguard: %x", got[0], got[1])
+		}
+		waitFor(t, 3*time.Second, "the followed REDIRECT counted", func() bool {
+			v, _ := g.metricOK("tnsguard_tns_redirects_followed_total", "listener", "l", "backend", "db", "server", scan.Addr())
+			return v == 1
+		})
+	})
 }

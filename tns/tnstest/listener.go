@@ -69,6 +69,10 @@ type Config struct {
 	Resends int
 	// RedirectTo is the "host:port" Redirect mode sends clients to.
 	RedirectTo string
+	// RedirectData, when set, is the reconnect data of Redirect mode's
+	// REDIRECT (header flag 0x02, as a RAC SCAN listener sends it): the
+	// description the client is to send to RedirectTo.
+	RedirectData string
 	// Services, when set, are the registered services: CONNECTs for any
 	// other SERVICE_NAME or SID are refused with ERR=12514 whatever the Mode.
 	Services []string
@@ -275,7 +279,12 @@ func (l *Listener) answer(c *net.TCPConn, info tns.ConnectInfo) {
 			l.fail(fmt.Errorf("RedirectTo: %w", err))
 			return
 		}
-		l.write(c, tns.BuildRedirect(fmt.Sprintf("(ADDRESS=(PROTOCOL=tcp)(HOST=%s)(PORT=%s))", host, port)))
+		addr := fmt.Sprintf("(ADDRESS=(PROTOCOL=tcp)(HOST=%s)(PORT=%s))", host, port)
+		if l.cfg.RedirectData != "" {
+			l.write(c, tns.BuildRedirectTo(addr, l.cfg.RedirectData))
+		} else {
+			l.write(c, tns.BuildRedirect(addr))
+		}
 	}
 }
 

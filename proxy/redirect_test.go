@@ -1,0 +1,175 @@
+package proxy
+
+import (
+	"bytes"
+	"context"
+	"database/sql"
+	"io"
+	"net"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	goora "github.com/sijms/go-ora/v2"
+
+	"github.com/tnsguard/tnsguard/tns"
+	"github.com/tnsguard/tnsguard/tns/tnstest"
+)
+
+// scanReconnect is what a RAC SCAN listener's REDIRECT tells the client
+// to send the node listener.
+const scanReconnect = "(DESCRIPTION=(ADDRESS=(PROTOCOL=TCP)(HOST=node1-vip)(PORT=1521))(CONNECT_DATA=(SERVICE_NAME=SALES)(INSTANCE_NAME=orcl1)(SERVER=dedicated)))"
+
+// With redirect = "follow", a SCAN listener's REDIRECT never reaches the
+// app: tnsguard dials the node the REDIRECT names, sends it the app's
+// CONNECT with the reconnect data (as Oracle's drivers do: flag 0x04, the
+// app's own fields), and the app gets the node's ACCEPT and goes on, its
+// bytes through tnsguard. A long connect data goes in a DATA packet, and a
+// node's RESEND is answered by tnsguard. With "pass" the app gets the
+// REDIRECT, as before.
+func TestRedirectFollowedForTheApp(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		service string
+		resends int
+	}{
+		{"short", "SALES", 0},
+		{"node sends RESEND", "SALES", 1},
+		{"connect data over 230 bytes", "SALES", 0},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			node := tnstest.New(t, tnstest.Config{Mode: tnstest.Accept, Resends: tc.resends})
+			reconnect := scanReconnect
+			if strings.Contains(tc.name, "230") {
+				reconnect = strings.Replace(scanReconnect, "(SERVER=dedicated)", "(SERVER=dedicated)(CID=(PROGRAM="+strings.Repeat("p", 200)+"))", 1)
+			}
+			scan := tnstest.New(t, tnstest.Config{Mode: tnstest.Redirect, RedirectTo: node.Addr(), RedirectData: reconnect})
+			h := startProxy(t, oracleConfig(`redirect = "follow"`, scan.Addr()))
+			c := h.dial("l")
+			connect, _ := tns.BuildConnect("(DESCRIPTION=(CONNECT_DATA=(SERVICE_NAME=SALES))(ADDRESS=(PROTOCOL=TCP)(HOST=tnsguard)(PORT=1522)))")
+			c.Write(connect)
+			c.SetReadDeadline(time.Now().Add(3 * time.Second))
+			pkt, err := tns.ReadPacket(c, tns.Length16, 0)
+			if err != nil || pkt.Type != tns.TypeAccept {
+				t.Fatalf("the app got %v, %v; want the node's ACCEPT", pkt.Type, err)
+			}
+			// The session goes on through tnsguard to the node (which echoes).
+			c.Write([]byte("after the ACCEPT"))
+			got := make([]byte, len("after the ACCEPT"))
+			if _, err := io.ReadFull(c, got); err != nil || string(got) != "after the ACCEPT" {
+				t.Fatalf("after the ACCEPT the app read %q, %v; want its bytes back from the node", got, err)
+			}
+			want, err := tns.BuildRedirectedConnect(connect, reconnect)
+			if err != nil {
+				t.Fatal(err)
+			}
+			sent := node.Connects()
+			if len(sent) != 1+tc.resends || !bytes.Equal(sent[len(sent)-1], want) {
+				t.Fatalf("the node got %d CONNECTs, the last %x; want %d, the app's with the reconnect data: %x", len(sent), sent[len(sent)-1], 1+tc.resends, want)
+			}
+			if got := scan.Connects(); len(got) != 1 || !bytes.Equal(got[0], connect) {
+				t.Errorf("the SCAN listener got %d CONNECTs; want the app's, once", len(got))
+			}
+			if v := counter(h.m.TNSFollowed, "l", "b", scan.Addr()); v != 1 {
+				t.Errorf("tnsguard_tns_redirects_followed_total = %v, want 1", v)
+			}
+			if v := counter(h.m.TNSRedirects, "l", "b", scan.Addr()); v != 0 {
+				t.Errorf("tnsguard_tns_redirects_total = %v, want 0 (none passed to the app)", v)
+			}
+		})
+	}
+}
+
+// A node that refuses (switchover, ORA-12514 in refuse_errors) is a
+// refusal of the server that redirected: the session fails over to the
+// next server, which gets the app's own CONNECT byte for byte. A node that
+// cannot be reached is a failure of that server too, re-dialed the same
+// way.
+func TestRedirectedNodeFailureFailsOver(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		node func(t *testing.T) string
+	}{
+		{"node refuses", func(t *testing.T) string {
+			return tnstest.New(t, tnstest.Config{Mode: tnstest.Refuse, Err: 12514}).Addr()
+		}},
+		{"node not listening", func(t *testing.T) string {
+			ln, err := net.Listen("tcp", "127.0.0.1:0")
+			if err != nil {
+				t.Fatal(err)
+			}
+			addr := ln.Addr().String()
+			ln.Close()
+			return addr
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			scan := tnstest.New(t, tnstest.Config{Mode: tnstest.Redirect, RedirectTo: tc.node(t), RedirectData: scanReconnect})
+			standby := tnstest.New(t, tnstest.Config{Mode: tnstest.Refuse, Err: 12560})
+			h := startProxy(t, oracleConfig(`redirect = "follow"`, scan.Addr()+";0", standby.Addr()+";1"))
+			c := h.dial("l")
+			connect, _ := tns.BuildConnect("(DESCRIPTION=(CONNECT_DATA=(SERVICE_NAME=SALES)))")
+			c.Write(connect)
+			if code := readRefuse(t, c, 3*time.Second); code != 12560 {
+				t.Fatalf("the app got ORA-%d; want the standby's ORA-12560", code)
+			}
+			if got := standby.Connects(); len(got) != 1 || !bytes.Equal(got[0], connect) {
+				t.Fatalf("the standby got %d CONNECTs; want the app's, byte for byte", len(got))
+			}
+		})
+	}
+}
+
+// dialLog is a go-ora dialer that records every address the driver dials.
+type dialLog struct {
+	mu    sync.Mutex
+	addrs []string
+}
+
+func (d *dialLog) DialContext(ctx context.Context, network, address string) (net.Conn, error) {
+	d.mu.Lock()
+	d.addrs = append(d.addrs, address)
+	d.mu.Unlock()
+	var nd net.Dialer
+	return nd.DialContext(ctx, network, address)
+}
+
+func (d *dialLog) dialed() []string {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return slices.Clone(d.addrs)
+}
+
+// go-ora, a real driver that follows REDIRECTs itself: with "pass" it
+// dials the node on its own (behind NAT it could not, and its session
+// would have none of tnsguard's keepalive); with "follow" it dials
+// tnsguard only and still gets the node's answer.
+func TestGoOraStaysOnTnsguardThroughARedirect(t *testing.T) {
+	for _, mode := range []string{"pass", "follow"} {
+		t.Run(mode, func(t *testing.T) {
+			node := tnstest.New(t, tnstest.Config{Mode: tnstest.Refuse, Err: 12528})
+			scan := tnstest.New(t, tnstest.Config{Mode: tnstest.Redirect, RedirectTo: node.Addr(), RedirectData: strings.ReplaceAll(scanReconnect, "node1-vip", "127.0.0.1")})
+			h := startProxy(t, oracleConfig(`redirect = "`+mode+`"`, scan.Addr()))
+			connector := goora.NewConnector("oracle://scott:tiger@" + h.addr("l") + "/SALES")
+			dials := &dialLog{}
+			connector.(*goora.OracleConnector).Dialer(dials)
+			db := sql.OpenDB(connector)
+			defer db.Close()
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			if err := db.PingContext(ctx); err == nil || !strings.Contains(err.Error(), "ORA-12528") {
+				t.Fatalf("go-ora: %v; want the node's ORA-12528", err)
+			}
+			got := dials.dialed()
+			want := []string{h.addr("l")}
+			if mode == "pass" {
+				want = append(want, node.Addr())
+			}
+			if !slices.Equal(got, want) {
+				t.Errorf("go-ora dialed %q; want %q", got, want)
+			}
+		})
+	}
+}
