@@ -76,10 +76,24 @@ func runCommand(args []string, stderr io.Writer) (code int) {
 		inherited.Close()
 		return 1
 	}
+	// Through a queue: a log reader that stops reading must not block
+	// what logs (logout.go).
+	out := newLogOutput(stderr, logQueueBytes)
 	log := hclog.New(&hclog.LoggerOptions{
-		Name: "tnsguard", Level: hclog.LevelFromString(cfg.Log.Level), Output: stderr,
+		Name: "tnsguard", Level: hclog.LevelFromString(cfg.Log.Level), Output: out,
 		JSONFormat: cfg.Log.Format == "json",
 	})
+	// The count of the lines dropped is written by the queue's writer
+	// itself, after the lines queued before them.
+	direct := hclog.New(&hclog.LoggerOptions{Name: "tnsguard", Output: stderr, JSONFormat: cfg.Log.Format == "json"})
+	out.report = func(dropped int, since time.Time) {
+		if log.IsWarn() {
+			direct.Warn("log lines dropped: the log output took no writes", "dropped", dropped,
+				"since", since.Format(time.RFC3339), "queue_bytes", logQueueBytes)
+		}
+	}
+	out.start()
+	defer out.stop(logFlushLimit)
 	for _, w := range warnings {
 		log.Warn(w)
 	}

@@ -82,6 +82,7 @@ func freeAddr(t *testing.T) string {
 
 // logSink keeps tnsguard's JSON log lines.
 type logSink struct {
+	hold  sync.Mutex // held (stall): Write waits, and tnsguard's log pipe fills
 	mu    sync.Mutex
 	raw   bytes.Buffer
 	lines []map[string]any
@@ -89,6 +90,8 @@ type logSink struct {
 }
 
 func (s *logSink) Write(p []byte) (int, error) {
+	s.hold.Lock()
+	s.hold.Unlock()
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.raw.Write(p)
@@ -106,6 +109,12 @@ func (s *logSink) Write(p []byte) (int, error) {
 	}
 	return len(p), nil
 }
+
+// stall stops reading tnsguard's log, as a log reader that hangs
+// (journald, a Docker log driver, `| logger`): its pipe fills, and then
+// every write to it blocks. resume reads on.
+func (s *logSink) stall()  { s.hold.Lock() }
+func (s *logSink) resume() { s.hold.Unlock() }
 
 // find returns the lines whose message is msg.
 func (s *logSink) find(msg string) []map[string]any {

@@ -1,0 +1,134 @@
+package main
+
+import (
+	"bytes"
+	"io"
+	"sync"
+	"time"
+)
+
+// logOutput is the log's writer. hclog writes each line under a lock that
+// every logger derived from it shares; written straight to stderr, one
+// write blocked on a full pipe (journald, a Docker log driver or a
+// `| logger` that stopped reading: the pipe holds 64 KiB) held that lock,
+// and with it every goroutine that logs: a reload that added a listener
+// then held the proxy's lock, so that no new connection was served and
+// /readyz and /metrics hung; SIGTERM did not drain; an app refused for want
+// of a backend waited on its socket. Lines are queued here instead (up to
+// max bytes) and written by a goroutine of its own; what the queue cannot
+// take is dropped and counted, and once the output takes lines again one
+// line (report) says how many were lost.
+type logOutput struct {
+	w      io.Writer
+	max    int                                // bytes queued at most
+	report func(dropped int, since time.Time) // writes the count to w (not through Write); set before start
+
+	mu      sync.Mutex
+	queue   [][]byte
+	queued  int       // bytes in queue
+	dropped int       // lines dropped since the last report
+	since   time.Time // the first of them
+	writing bool      // the writer holds lines taken from the queue
+	wake    chan struct{}
+	quit    chan struct{}
+	done    chan struct{}
+}
+
+// logQueueBytes bounds the lines waiting for the output: a reset storm's
+// lines are rate-limited, so that a minute of them fits many times over.
+const logQueueBytes = 1 << 20
+
+// logFlushLimit is how long an exiting process waits for its last lines
+// to be taken (a drain's "drained"): a reader that hung must not hold the
+// exit that systemd or Docker wait for.
+const logFlushLimit = time.Second
+
+func newLogOutput(w io.Writer, max int) *logOutput {
+	return &logOutput{w: w, max: max, report: func(int, time.Time) {},
+		wake: make(chan struct{}, 1), quit: make(chan struct{}), done: make(chan struct{})}
+}
+
+// Write queues a copy of p (one log line) and never blocks on the output.
+func (o *logOutput) Write(p []byte) (int, error) {
+	o.mu.Lock()
+	if o.queued+len(p) > o.max {
+		if o.dropped == 0 {
+			o.since = time.Now()
+		}
+		o.dropped++
+	} else {
+		o.queue = append(o.queue, bytes.Clone(p)) // hclog reuses its buffer
+		o.queued += len(p)
+	}
+	o.mu.Unlock()
+	select {
+	case o.wake <- struct{}{}:
+	default:
+	}
+	return len(p), nil
+}
+
+// start runs the writer until stop.
+func (o *logOutput) start() {
+	go func() {
+		defer close(o.done)
+		for {
+			select {
+			case <-o.wake:
+				for o.writeQueued() {
+				}
+			case <-o.quit:
+				return
+			}
+		}
+	}()
+}
+
+// writeQueued writes what is queued and reports what was dropped; it
+// says whether there was anything.
+func (o *logOutput) writeQueued() bool {
+	o.mu.Lock()
+	batch, n, since := o.queue, o.dropped, o.since
+	o.queue, o.queued, o.dropped = nil, 0, 0
+	busy := len(batch) > 0 || n > 0
+	o.writing = busy
+	o.mu.Unlock()
+	if !busy {
+		return false
+	}
+	for _, b := range batch {
+		o.w.Write(b) // errors (EPIPE: the reader is gone) lose the line, as before
+	}
+	if n > 0 {
+		// Straight to w, after the lines queued before the drops: a
+		// line queued through Write could be dropped in turn.
+		o.report(n, since)
+	}
+	return true
+}
+
+// flush waits until every queued line was written, or limit passes.
+func (o *logOutput) flush(limit time.Duration) {
+	deadline := time.Now().Add(limit)
+	for time.Now().Before(deadline) {
+		o.mu.Lock()
+		empty := len(o.queue) == 0 && o.dropped == 0 && !o.writing
+		o.mu.Unlock()
+		if empty {
+			return
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// stop flushes (within limit) and ends the writer; lines logged after it
+// are queued and not written. A writer blocked on an output that takes
+// nothing is left to the process's exit.
+func (o *logOutput) stop(limit time.Duration) {
+	o.flush(limit)
+	close(o.quit)
+	select {
+	case <-o.done:
+	case <-time.After(100 * time.Millisecond):
+	}
+}

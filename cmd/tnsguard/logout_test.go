@@ -1,0 +1,80 @@
+package main
+
+import (
+	"bytes"
+	"fmt"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+// gatedWriter is a log reader that hangs until open: Write blocks, as
+// write(2) on a full pipe does.
+type gatedWriter struct {
+	open chan struct{}
+	mu   sync.Mutex
+	b    bytes.Buffer
+}
+
+func (g *gatedWriter) Write(p []byte) (int, error) {
+	<-g.open
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.b.Write(p)
+}
+
+func (g *gatedWriter) String() string {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.b.String()
+}
+
+// An output that takes nothing blocks no Write: the lines the queue holds
+// are written once it takes them again, the rest are dropped, and their
+// count is reported after the lines written before them.
+func TestLogOutputNeverBlocksAndCountsWhatItDrops(t *testing.T) {
+	gw := &gatedWriter{open: make(chan struct{})}
+	o := newLogOutput(gw, 100) // ten lines of 10 bytes
+	var reports []string
+	o.report = func(n int, since time.Time) {
+		reports = append(reports, fmt.Sprint(n))
+		fmt.Fprintf(gw, "dropped=%d\n", n)
+	}
+	o.start()
+	defer o.stop(time.Second)
+
+	began := time.Now()
+	for i := range 1000 {
+		fmt.Fprintf(o, "line %04d\n", i)
+	}
+	if d := time.Since(began); d > 500*time.Millisecond {
+		t.Fatalf("1000 lines took %v with the output blocked", d)
+	}
+	close(gw.open)
+	o.flush(2 * time.Second)
+	out := gw.String()
+	// The lines in order, each gap told (at once after the lines queued
+	// before it) with its count, and nothing lost without a count. How
+	// many are written depends on when the writer took its first batch
+	// (at most 100 bytes queued at a time).
+	next, written, dropped := 0, 0, 0
+	for _, l := range strings.Split(strings.TrimSuffix(out, "\n"), "\n") {
+		var i, n int
+		switch {
+		case l == fmt.Sprintf("line %04d", next):
+			next++
+			written++
+		case func() bool { _, err := fmt.Sscanf(l, "dropped=%d", &n); return err == nil }():
+			next += n
+			dropped += n
+		case func() bool { _, err := fmt.Sscanf(l, "line %d", &i); return err == nil }():
+			t.Fatalf("line %d where line %d was due; output:\n%s", i, next, out)
+		default:
+			t.Fatalf("line %q; output:\n%s", l, out)
+		}
+	}
+	if next != 1000 || written > 40 || len(reports) == 0 {
+		t.Fatalf("%d lines written, %d dropped in %d reports; output:\n%s", written, dropped, len(reports), out)
+	}
+}
