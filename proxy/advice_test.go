@@ -1,9 +1,11 @@
 package proxy
 
 import (
+	"errors"
 	"io"
 	"net"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -261,5 +263,42 @@ func TestResetAfterAPauseWithKeepaliveOffIsIdle(t *testing.T) {
 	time.Sleep(200 * time.Millisecond) // the advice is logged just after the count
 	if advice := logs.lines("sessions on this link die while idle"); len(advice) != 1 {
 		t.Errorf("%d advice lines, want 1", len(advice))
+	}
+}
+
+// A database that resets a session while its result set waits for an app
+// that reads slowly (an app across a slow VPN, or one that stopped reading
+// for a while): tnsguard had not read the backend for longer than its
+// keepalive idle because the app's window was closed, not because the
+// path was idle. The backend leg owed nothing and was never silent (its
+// peer had bytes queued for tnsguard the whole time, so a middlebox on it
+// saw zero-window probes), so the end is active, with no keepalive advice.
+func TestBackendResetWhileResultWaitsForAppIsActive(t *testing.T) {
+	be := newBackend(t, func(c *net.TCPConn) {
+		b := make([]byte, 1)
+		io.ReadFull(c, b)
+		fillTowards(t, c)           // a result set the app does not read now
+		time.Sleep(2 * time.Second) // longer than the backend leg's keepalive idle
+		resetConn(c)
+	})
+	cfg := strings.Replace(oneBackendConfig(be.addr()), "  idle = \"11s\"\n  interval = \"2s\"\n  count = 4\n  user_timeout = \"19s\"",
+		"  idle = \"1s\"\n  interval = \"1s\"\n  count = 3\n  user_timeout = \"4s\"", 1)
+	h, logs := startProxyLog(t, cfg)
+	c := h.dial("l")
+	c.Write([]byte("q"))
+	srv := be.addr()
+	waitFor(t, 12*time.Second, "the backend's reset counted", func() bool {
+		return counter(h.m.Resets, "l", "b", srv, "backend", "active", "rst")+
+			counter(h.m.Resets, "l", "b", srv, "backend", "idle", "rst") == 1
+	})
+	if n := counter(h.m.Resets, "l", "b", srv, "backend", "active", "rst"); n != 1 {
+		t.Errorf("a backend reset while its result waited for the app counted idle, want active")
+	}
+	time.Sleep(200 * time.Millisecond) // the advice is logged just after the count
+	if advice := logs.lines("sessions on this link die while idle"); len(advice) != 0 {
+		t.Errorf("keepalive advice for a result that waited for a slow app:\n%s", strings.Join(advice, "\n"))
+	}
+	if err, _ := readErr(c, 5*time.Second); !errors.Is(err, syscall.ECONNRESET) {
+		t.Errorf("the app saw %v, want ECONNRESET", err)
 	}
 }

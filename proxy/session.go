@@ -1178,7 +1178,7 @@ func (s *session) phaseNow(side Side) Phase {
 			return PhaseActive
 		}
 	}
-	if s.waitedForRoom(side) {
+	if s.waitedForRoom(side) || s.heldBack(side) {
 		return PhaseActive
 	}
 	if idle <= 0 {
@@ -1213,6 +1213,29 @@ func (s *session) waitedForRoom(side Side) bool {
 		return true
 	}
 	return p.failedWaiting.Load() >= int64(stallCheck)
+}
+
+// heldBack tells whether the direction out of side's leg had waited
+// stallCheck or more for room in the other leg when side's leg failed: a
+// result set waiting for an app that reads slowly (or not for a while),
+// an upload waiting for a database that does. Nothing moved because the
+// other leg's peer did not take the bytes; side's peer had sent them, and
+// while it has more queued it keeps probing the closed window, so no
+// middlebox on its leg saw an idle flow. The session owed delivery: a
+// reset of side's leg then (a database that killed the session) is no
+// death that keepalive should prevent.
+func (s *session) heldBack(side Side) bool {
+	s.mu.Lock()
+	p := s.pumps[1] // backend -> app: out of the backend's leg
+	if side == SideClient {
+		p = s.pumps[0]
+	}
+	s.mu.Unlock()
+	if p == nil {
+		return false
+	}
+	b := p.blockedAt.Load()
+	return b != 0 && time.Now().UnixNano()-b >= int64(stallCheck)
 }
 
 // outlived is the longest pause after which side's peer was heard: on

@@ -1,0 +1,313 @@
+package lab
+
+import (
+	"bufio"
+	"crypto/sha256"
+	"encoding/binary"
+	"encoding/hex"
+	"fmt"
+	"io"
+	"net"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/tnsguard/tnsguard/test/lab/netem"
+	"github.com/tnsguard/tnsguard/test/lab/netlab"
+)
+
+// The app's leg slow and lossy (an app across a VPN or a congested WAN):
+// tnsguard beside the database, in db, and netem in fw on the way between
+// the app and tnsguard (the scenarios above put it on the database's leg).
+
+// gen is a deterministic byte stream.
+type gen struct{ x uint64 }
+
+func (g *gen) Read(b []byte) (int, error) {
+	for i := 0; i+8 <= len(b); i += 8 {
+		g.x ^= g.x << 13
+		g.x ^= g.x >> 7
+		g.x ^= g.x << 17
+		binary.LittleEndian.PutUint64(b[i:], g.x)
+	}
+	return len(b) &^ 7, nil
+}
+
+// appServer is the "database": a listener in db (0.0.0.0:1521) that serves by a
+// header line: "SEND n fin|rst tag", "RECV", "ECHO".
+type appServer struct {
+	ln      *net.TCPListener
+	mu      sync.Mutex
+	resetAt map[string]time.Time // header tag -> when the RST/FIN was sent
+}
+
+func startAppServer(t *testing.T, lab *netlab.Lab) *appServer {
+	ln, err := lab.Listen(lab.DB, fmt.Sprintf(":%d", dbPort))
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := &appServer{ln: ln, resetAt: map[string]time.Time{}}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.AcceptTCP()
+			if err != nil {
+				return
+			}
+			go s.serve(c)
+		}
+	}()
+	return s
+}
+
+func (s *appServer) serve(c *net.TCPConn) {
+	defer c.Close()
+	br := bufio.NewReader(c)
+	line, err := br.ReadString('\n')
+	if err != nil {
+		return
+	}
+	f := strings.Fields(line)
+	if len(f) == 0 {
+		return
+	}
+	switch f[0] {
+	case "SEND": // SEND n fin|rst tag
+		n, _ := strconv.ParseInt(f[1], 10, 64)
+		g := &gen{x: 88172645463325252}
+		if _, err := io.Copy(c, io.LimitReader(g, n)); err != nil {
+			return
+		}
+		s.mu.Lock()
+		s.resetAt[f[3]] = time.Now()
+		s.mu.Unlock()
+		if f[2] == "rst" {
+			c.SetLinger(0)
+			c.Close()
+			return
+		}
+		c.CloseWrite()
+		io.Copy(io.Discard, br)
+	case "RECV":
+		c.Write([]byte("OK\n"))
+		h := sha256.New()
+		n, err := io.Copy(h, br)
+		if err != nil {
+			return
+		}
+		fmt.Fprintf(c, "%d %s\n", n, hex.EncodeToString(h.Sum(nil)))
+		c.CloseWrite()
+	case "ECHO":
+		c.Write([]byte("OK\n"))
+		buf := make([]byte, 64<<10)
+		for {
+			n, err := br.Read(buf)
+			if n > 0 {
+				if _, err := c.Write(buf[:n]); err != nil {
+					return
+				}
+			}
+			if err != nil {
+				return
+			}
+		}
+	}
+}
+
+func (s *appServer) endedAt(tag string) time.Time {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.resetAt[tag]
+}
+
+// dialRcvbuf dials from ns with SO_RCVBUF set before connect (0: default).
+func dialRcvbuf(ns, addr string, rcvbuf int) (*net.TCPConn, error) {
+	var c net.Conn
+	d := net.Dialer{KeepAlive: -1, Timeout: 10 * time.Second}
+	if rcvbuf > 0 {
+		d.Control = func(_, _ string, rc syscall.RawConn) error {
+			var serr error
+			rc.Control(func(fd uintptr) { serr = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, rcvbuf) })
+			return serr
+		}
+	}
+	err := netlab.Do(ns, func() error {
+		var err error
+		c, err = d.Dial("tcp", addr)
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	return c.(*net.TCPConn), nil
+}
+
+type appLegLab struct {
+	lab    *netlab.Lab
+	srv    *appServer
+	guard  *netlab.Tnsguard
+	via    string // tnsguard's listener, in db
+	direct string
+}
+
+func newAppLegLab(t *testing.T, app keepalive) *appLegLab {
+	requireGuard(t)
+	lab := netlab.New(t, netlab.Config{EstablishedTimeout: 600 * time.Second})
+	srv := startAppServer(t, lab)
+	via := lab.DBAddr(1522)
+	l := link{Name: "orders", Listen: via, Servers: []string{fmt.Sprintf("127.0.0.1:%d", dbPort)}, App: app, DB: dbKeepalive}
+	guard := lab.StartTnsguard(t, tnsguardBin.Path(t), lab.DB, adminAddr, guardConfig(l))
+	return &appLegLab{lab: lab, srv: srv, guard: guard, via: via, direct: lab.DBAddr(dbPort)}
+}
+
+// What an app on a slow, lossy path notices through tnsguard (100 ms each
+// way, 1% of data segments lost, on the app's leg): large transfers arrive
+// whole both ways, half-closes included; the database's FIN reaches an app
+// with a small window that reads slowly after the last byte, and its RST
+// within about two seconds (a direction waiting for room in the app reads
+// its source only once a second, see "What happens to a session"); 32
+// sessions of small messages get every answer, in order, none twice.
+func TestLabSlowLossyAppLeg(t *testing.T) {
+	t.Parallel()
+	a := newAppLegLab(t, appKeepalive)
+	stop := a.lab.Netem(t, netem.Config{Queue: 36, Delay: 100 * time.Millisecond, Loss: 0.01}, "-p", "tcp")
+	const size, slow = 8 << 20, 96 << 10
+	want := func() string {
+		h := sha256.New()
+		io.Copy(h, io.LimitReader(&gen{x: 88172645463325252}, size))
+		return hex.EncodeToString(h.Sum(nil))
+	}()
+	var wg sync.WaitGroup
+	wg.Go(func() { // download, the app half-closed at once
+		c, err := dialRcvbuf(a.lab.App, a.via, 0)
+		if err != nil {
+			t.Error(err)
+			return
+		}
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(15 * time.Second))
+		fmt.Fprintf(c, "SEND %d fin dl\n", size)
+		c.CloseWrite()
+		h := sha256.New()
+		n, err := io.Copy(h, c)
+		if got := hex.EncodeToString(h.Sum(nil)); err != nil || n != size || got != want {
+			t.Errorf("download: %d of %d bytes, %v, sha256 %s, want %s", n, size, err, got, want)
+		}
+	})
+	wg.Go(func() { // upload, then the database answers after the app's FIN
+		c, err := dialRcvbuf(a.lab.App, a.via, 0)
+		if err != nil {
+			t.Error(err)
+			return
+		}
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(15 * time.Second))
+		fmt.Fprintf(c, "RECV\n")
+		br := bufio.NewReader(c)
+		if l, err := br.ReadString('\n'); err != nil || l != "OK\n" {
+			t.Errorf("upload: opening answer %q %v", l, err)
+			return
+		}
+		if _, err := io.Copy(c, io.LimitReader(&gen{x: 88172645463325252}, size)); err != nil {
+			t.Errorf("upload: %v", err)
+			return
+		}
+		c.CloseWrite()
+		ans, err := io.ReadAll(br)
+		if got := strings.TrimSpace(string(ans)); err != nil || got != fmt.Sprintf("%d %s", size, want) {
+			t.Errorf("upload: the database got %q (%v), want %d bytes with sha256 %s", got, err, size, want)
+		}
+	})
+	for _, how := range []string{"fin", "rst"} {
+		wg.Go(func() { // 96 KiB to an app with a 4 KiB window that reads 4 KiB every 20 ms
+			c, err := dialRcvbuf(a.lab.App, a.via, 4096)
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			defer c.Close()
+			c.SetDeadline(time.Now().Add(15 * time.Second))
+			fmt.Fprintf(c, "SEND %d %s slow-%s\n", slow, how, how)
+			buf := make([]byte, 4096)
+			var got int64
+			var last time.Time
+			for {
+				n, err := c.Read(buf)
+				got += int64(n)
+				if n > 0 {
+					last = time.Now()
+				}
+				if err != nil {
+					ended, sent := time.Now(), a.srv.endedAt("slow-"+how)
+					t.Logf("%s to a slow app: it got %d bytes, then %s %v after the database's %s, %v after its last byte",
+						how, got, netlab.Classify(err), ended.Sub(sent).Round(time.Millisecond), how, ended.Sub(last).Round(time.Millisecond))
+					switch {
+					case how == "fin" && (err != io.EOF || got != slow || ended.Sub(last) > 200*time.Millisecond):
+						t.Errorf("fin: %d bytes, %v %v after the last byte; want all 96 KiB, then EOF at once", got, err, ended.Sub(last))
+					case how == "rst" && (netlab.Classify(err) != "reset" || ended.Sub(sent) > 2500*time.Millisecond):
+						t.Errorf("rst: %v %v after the database's reset; want ECONNRESET within 2.5s", err, ended.Sub(sent))
+					}
+					return
+				}
+				time.Sleep(20 * time.Millisecond)
+			}
+		})
+	}
+	// 32 sessions of small messages: each pauses a round trip (200 ms) between
+	// messages, so they go dormant and the parking lot moves their messages.
+	var mu sync.Mutex
+	trips, lats := 0, []time.Duration{}
+	until := time.Now().Add(5 * time.Second)
+	for i := range 32 {
+		wg.Go(func() {
+			c, err := dialRcvbuf(a.lab.App, a.via, 0)
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			defer c.Close()
+			c.SetDeadline(time.Now().Add(20 * time.Second))
+			br := bufio.NewReader(c)
+			fmt.Fprintf(c, "ECHO\n")
+			if l, err := br.ReadString('\n'); err != nil || l != "OK\n" {
+				t.Errorf("session %d: opening answer %q %v", i, l, err)
+				return
+			}
+			g := &gen{x: uint64(i + 1)}
+			for seq := uint64(0); time.Now().Before(until); seq++ {
+				g.Read(make([]byte, 8))
+				msg := make([]byte, 16+int(g.x%1000))
+				g.Read(msg[16:])
+				binary.LittleEndian.PutUint64(msg, seq)
+				binary.LittleEndian.PutUint64(msg[8:], uint64(i))
+				s := time.Now()
+				back := make([]byte, len(msg))
+				if _, err := c.Write(msg); err != nil {
+					t.Errorf("session %d, message %d: %v", i, seq, err)
+					return
+				}
+				if _, err := io.ReadFull(br, back); err != nil || string(back) != string(msg) {
+					t.Errorf("session %d, message %d: answer %v, equal %v (got message %d)", i, seq, err, string(back) == string(msg), binary.LittleEndian.Uint64(back))
+					return
+				}
+				mu.Lock()
+				trips++
+				lats = append(lats, time.Since(s))
+				mu.Unlock()
+			}
+		})
+	}
+	wg.Wait()
+	st := stop()
+	var worst time.Duration
+	for _, d := range lats {
+		worst = max(worst, d)
+	}
+	t.Logf("%d round trips of small messages in 32 sessions, slowest %v; netem %+v", trips, worst.Round(time.Millisecond), st)
+	if st.Dropped == 0 {
+		t.Errorf("netem dropped nothing: the app's leg was not lossy")
+	}
+}
