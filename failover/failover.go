@@ -99,6 +99,8 @@ type Server struct {
 	addrMu  sync.Mutex
 	addrBad map[netip.Addr]addrFailure // addresses of a name whose last dial failed, and when
 
+	checkRTT atomic.Pointer[rttSample] // the last successful health check's (CheckRTT)
+
 	backend   *Backend
 	breaker   *breaker
 	gaugeMu   sync.Mutex          // orders publish's reads and writes (and Stop after them)
@@ -179,6 +181,7 @@ func (b *Backend) Inherit(old *Backend) {
 			if v, ok := o.version.Load().(string); ok && tnsping {
 				s.version.Store(v)
 			}
+			s.checkRTT.Store(o.checkRTT.Load()) // the path's RTT is the path's
 		}
 	}
 }

@@ -9,6 +9,7 @@ import (
 
 	"github.com/pires/go-proxyproto"
 
+	"github.com/tnsguard/tnsguard/keepalive"
 	"github.com/tnsguard/tnsguard/tns"
 )
 
@@ -140,7 +141,36 @@ func (s *Server) checkAddr(ctx context.Context, a netip.Addr) (dialed bool, err 
 	}
 	s.addrSucceeded(a)
 	defer c.Close()
-	return true, s.checkProtocol(ctx, c, addr)
+	if err := s.checkProtocol(ctx, c, addr); err != nil {
+		return true, err
+	}
+	// The kernel measured the path's RTT on this connection (its
+	// handshake, and a tnsping's exchange): a sample for the server's RTT
+	// gauge while no session sends (CheckRTT).
+	if tc, ok := c.(*net.TCPConn); ok {
+		if info, err := keepalive.ReadInfo(tc); err == nil && info.RTT > 0 {
+			s.checkRTT.Store(&rttSample{rtt: info.RTT, at: time.Now()})
+		}
+	}
+	return true, nil
+}
+
+// rttSample is a kernel RTT and when it was read.
+type rttSample struct {
+	rtt time.Duration
+	at  time.Time
+}
+
+// CheckRTT is the kernel RTT of the server's last successful health check
+// and when it was read; ok is false before the first (and for nil).
+func (s *Server) CheckRTT() (rtt time.Duration, at time.Time, ok bool) {
+	if s == nil {
+		return 0, time.Time{}, false
+	}
+	if v := s.checkRTT.Load(); v != nil {
+		return v.rtt, v.at, true
+	}
+	return 0, time.Time{}, false
 }
 
 // dialCheck opens a connection of tnsguard's own to the server (a health

@@ -5,6 +5,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/tnsguard/tnsguard/failover"
 	"github.com/tnsguard/tnsguard/keepalive"
 	"github.com/tnsguard/tnsguard/metrics"
 )
@@ -219,10 +220,12 @@ func (l *link) figures() linkFigures {
 func (p *Proxy) ServerLinks() []metrics.ServerLink {
 	type key struct{ backend, server string }
 	configured := map[key]bool{}
+	servers := map[key]*failover.Server{}
 	p.mu.Lock()
 	for _, b := range p.backends {
 		for _, s := range b.Servers {
 			configured[key{b.Config.Name, s.Address}] = true
+			servers[key{b.Config.Name, s.Address}] = s
 		}
 	}
 	p.mu.Unlock()
@@ -256,9 +259,21 @@ func (p *Proxy) ServerLinks() []metrics.ServerLink {
 			a.last, a.lastAt = f.rtt, f.lastAt
 		}
 	}
+	// A server no session has used yet has an RTT once it is checked.
+	for k, srv := range servers {
+		if _, ok := agg[k]; !ok {
+			if _, _, checked := srv.CheckRTT(); checked {
+				agg[k] = &acc{sl: metrics.ServerLink{Backend: k.backend, Server: k.server}}
+				order = append(order, k)
+			}
+		}
+	}
 	out := make([]metrics.ServerLink, 0, len(order))
 	for _, k := range order {
 		a := agg[k]
+		if rtt, at, ok := servers[k].CheckRTT(); ok && at.After(a.lastAt) {
+			a.last, a.lastAt = rtt, at // a health check's is the newer sample
+		}
 		switch {
 		case a.liveN > 0:
 			a.sl.RTTSeconds, a.sl.HasRTT = (a.liveSum / time.Duration(a.liveN)).Seconds(), true
@@ -334,6 +349,17 @@ func (p *Proxy) Links() []LinkStatus {
 		f := l.figures()
 		st := LinkStatus{Listener: l.key.listener, Backend: l.key.backend, Server: l.key.server,
 			SessionsActive: f.sessions, Retransmits: f.retransmits, Resets: map[string]uint64{}, Breaker: "closed"}
+		var srv *failover.Server
+		if b := backends[l.key.backend]; b != nil {
+			for _, s := range b.Servers {
+				if s.Address == l.key.server {
+					srv = s
+				}
+			}
+		}
+		if rtt, at, ok := srv.CheckRTT(); ok && f.liveN == 0 && (!f.hasRTT || at.After(f.lastAt)) {
+			f.rtt, f.hasRTT = rtt, true // a health check's is the newer sample
+		}
 		if f.hasRTT {
 			v := f.rtt.Seconds()
 			st.RTTSeconds = &v
@@ -348,13 +374,9 @@ func (p *Proxy) Links() []LinkStatus {
 			st.LastReset = &t
 		}
 		l.mu.Unlock()
-		if b := backends[l.key.backend]; b != nil {
-			for _, s := range b.Servers {
-				if s.Address == l.key.server {
-					st.Up = s.Up()
-					st.Breaker = [...]string{"closed", "open", "half-open"}[s.BreakerState()]
-				}
-			}
+		if srv != nil {
+			st.Up = srv.Up()
+			st.Breaker = [...]string{"closed", "open", "half-open"}[srv.BreakerState()]
 		}
 		view.fill(&st, l)
 		out = append(out, st)

@@ -962,3 +962,59 @@ func TestLabReloadedUserTimeoutAndLiveSessions(t *testing.T) {
 		t.Errorf("keepalive advice for a database that stopped reading:\n%s", log)
 	}
 }
+
+// The kernel RTT of a server no session uses is measured by its health
+// checks (the handshake's round trip): tnsguard_backend_rtt_seconds and
+// /api/links read the path's delay before any app connected, and follow
+// the path after the last session ended. Until 2026-11-30 such a server
+// had no RTT at all, and after its sessions the gauge kept the last one's
+// for as long as none came (a delay long gone read as the path's now).
+func TestLabKernelRTTFromHealthChecks(t *testing.T) {
+	t.Parallel()
+	requireGuard(t)
+	lab := netlab.New(t, netlab.Config{EstablishedTimeout: 60 * time.Second})
+	lab.StartEcho(t, lab.DB, fmt.Sprintf(":%d", dbPort))
+	guard := startGuard(t, lab, link{Name: "orders", Listen: guardAddr, Servers: []string{lab.DBAddr(dbPort)}, App: appKeepalive, DB: dbKeepalive})
+	const delay = 40 * time.Millisecond
+	stop := lab.Netem(t, netem.Config{Queue: 24, Delay: delay}, "-p", "tcp", "-d", lab.DBIP.String(), "--dport", fmt.Sprint(dbPort))
+	read := func() (gauge float64, ok bool, api *float64) {
+		m := guard.Metrics(t)
+		gauge, ok = m.Sum("tnsguard_backend_rtt_seconds", netlab.Labels{"server": lab.DBAddr(dbPort)})
+		_, body, err := guard.Get("/api/links")
+		if err != nil {
+			t.Fatal(err)
+		}
+		var links struct {
+			Links []struct {
+				RTT *float64 `json:"rtt_seconds"`
+			} `json:"links"`
+		}
+		if err := json.Unmarshal(body, &links); err != nil || len(links.Links) != 1 {
+			t.Fatalf("/api/links: %v %s", err, body)
+		}
+		return gauge, ok, links.Links[0].RTT
+	}
+
+	time.Sleep(3500 * time.Millisecond) // three checks through the delay, no session
+	gauge, ok, api := read()
+	if !ok || gauge < 0.7*delay.Seconds() || gauge > 1.3*delay.Seconds()+0.01 || api == nil || *api != gauge {
+		t.Errorf("no session yet, %v on the path: tnsguard_backend_rtt_seconds %v (present %v), /api/links %v; want the delay, from the health checks", delay, gauge, ok, api)
+	}
+	// A session through the delay, then it ends and the delay goes.
+	c := dialN(t, lab.App, guardAddr, 1)[0]
+	if err := roundTrip(c, make([]byte, 8<<10), 5*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	c.Close()
+	st := stop()
+	time.Sleep(3500 * time.Millisecond)
+	gauge, ok, api = read()
+	apiRTT := -1.0
+	if api != nil {
+		apiRTT = *api
+	}
+	t.Logf("netem held packets %v on average; after it stopped, no session: gauge %v, /api/links %v", st.MeanHeld, gauge, apiRTT)
+	if !ok || gauge > 0.01 || apiRTT < 0 || apiRTT > 0.01 {
+		t.Errorf("the delay gone and no session since: tnsguard_backend_rtt_seconds %v, /api/links %v; want the path's RTT now (under 10 ms), not the last session's %v", gauge, apiRTT, delay)
+	}
+}
