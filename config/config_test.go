@@ -894,3 +894,23 @@ func TestRedirectValues(t *testing.T) {
 		t.Errorf("default redirect %q, %v; want pass", c.Backends[0].Redirect, err)
 	}
 }
+
+// Place puts an error met at run time (a bind) on the line of the key it
+// is about: a listener's listen, and admin.listen too (run's admin bind
+// error had neither file nor line; Place gave [admin] none, asking lineOf
+// for it by index -1).
+func TestPlaceNamesTheLineOfListenAndAdminListen(t *testing.T) {
+	text := "[admin]\nlisten = \"192.0.2.1:9521\"\n" + minimal
+	c, _, err := Parse([]byte(text), "p.toml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for msg, want := range map[string]string{
+		`listener "orders": listen tcp 127.0.0.1:1522: bind: address already in use`: `p.toml: listener "orders": listen tcp 127.0.0.1:1522: bind: address already in use (line 6)`,
+		`admin: listen tcp 192.0.2.1:9521: bind: cannot assign requested address`:    `p.toml: admin: listen tcp 192.0.2.1:9521: bind: cannot assign requested address (line 2)`,
+	} {
+		if got := c.Place(msg); got != want {
+			t.Errorf("Place(%q) = %q, want %q", msg, got, want)
+		}
+	}
+}

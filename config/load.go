@@ -457,13 +457,12 @@ func withLines(source, text string, msgs []string, at []tablePos) []string {
 func (c *Config) Place(msg string) string {
 	at := tablePos{index: -1}
 	if kind, _, ok := tableOf(msg); ok {
-		at.kind = kind
 		name, _, _ := quotedPrefix(msg, kind+" ")
-		switch kind {
+		switch kind { // [log], [admin]...: the file's one table of that name (lineOf)
 		case "listener":
-			at.index = slices.IndexFunc(c.Listeners, func(l Listener) bool { return l.Name == name })
+			at.kind, at.index = kind, slices.IndexFunc(c.Listeners, func(l Listener) bool { return l.Name == name })
 		case "backend":
-			at.index = slices.IndexFunc(c.Backends, func(b Backend) bool { return b.Name == name })
+			at.kind, at.index = kind, slices.IndexFunc(c.Backends, func(b Backend) bool { return b.Name == name })
 		}
 	}
 	return withLines(c.Source, c.text, []string{msg}, []tablePos{at})[0]

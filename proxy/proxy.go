@@ -19,6 +19,7 @@ import (
 	"reflect"
 	"runtime"
 	"sort"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -70,7 +71,8 @@ type Proxy struct {
 	forensics *forensics // reset events, windows, rate-limited log (events.go)
 	selfDials selfDials  // recent dials to its own ports, to refuse a listener dialing itself (selfdial.go)
 
-	inherited *Inherited // sockets of the process this one replaced, until the first Apply takes them (Adopt)
+	inherited *Inherited  // sockets of the process this one replaced, until the first Apply takes them (Adopt)
+	alsoOwn   []ownSocket // other listening sockets of this process (AlsoListens), for bindHint
 
 	evidenceWindow time.Duration // outlived.go; tests shorten it before sessions start
 	rttFresh       time.Duration // links.go; tests shorten it before sessions start
@@ -295,7 +297,7 @@ func (p *Proxy) bind(cfg *config.Config, lc *config.Listener, taken map[*listene
 		// and, on older kernels, no keepalive timing or TCP_INFO.
 		lcfg.SetMultipathTCP(false)
 		ln, err = lcfg.Listen(p.ctx, "tcp", lc.Listen)
-		err = bindHint(err)
+		err = p.bindHint(err, lc.Listen)
 	}
 	if err != nil {
 		return nil, err
@@ -318,10 +320,39 @@ func (p *Proxy) bind(cfg *config.Config, lc *config.Listener, taken map[*listene
 	return l, nil
 }
 
+// ownSocket is a listening socket of this process that is not a
+// listener's: what holds it, and its address.
+type ownSocket struct {
+	what string
+	addr net.Addr
+}
+
+// AlsoListens tells the proxy of another socket this process listens on
+// (the admin listener), so that a reload onto its address says so.
+func (p *Proxy) AlsoListens(what string, addr net.Addr) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.alsoOwn = append(p.alsoOwn, ownSocket{what, addr})
+}
+
 // bindHint adds to an error of binding a listen address what it means
 // here, in the words of the config: the kernel's "cannot assign requested
-// address" says nothing of an address that is not this host's.
-func bindHint(err error) error {
+// address" says nothing of an address that is not this host's. An address
+// in use may be this process's own (a listener moved onto an address that
+// overlaps its own, or onto the admin listener's): that is said, not
+// "another process". Under p.mu.
+func (p *Proxy) bindHint(err error, listen string) error {
+	if errors.Is(err, syscall.EADDRINUSE) {
+		if own := p.holderOf(listen); own != "" {
+			return fmt.Errorf("%w (%s: move onto it in a second reload, after one that moves that off)", err, own)
+		}
+	}
+	return BindHint(err)
+}
+
+// BindHint adds to an error of binding an address what the kernel's
+// words mean for a listen address of the config.
+func BindHint(err error) error {
 	switch {
 	case err == nil:
 		return nil
@@ -333,6 +364,46 @@ func bindHint(err error) error {
 		return fmt.Errorf("%w (a port under 1024 needs root or CAP_NET_BIND_SERVICE)", err)
 	}
 	return err
+}
+
+// holderOf names the socket of this process whose address overlaps listen
+// (same port, and the same address or a wildcard on either side: Go binds
+// the wildcards dual-stack), or "".
+func (p *Proxy) holderOf(listen string) string {
+	host, port, err := net.SplitHostPort(listen)
+	if err != nil {
+		return ""
+	}
+	var want netip.Addr // invalid: the wildcard ("" as the host)
+	if host != "" {
+		if want, err = netip.ParseAddr(host); err != nil {
+			return "" // a name: not looked up again, under p.mu
+		}
+	}
+	overlaps := func(a net.Addr) bool {
+		have, ok := a.(*net.TCPAddr)
+		if !ok || strconv.Itoa(have.Port) != port {
+			return false
+		}
+		h, _ := netip.AddrFromSlice(have.IP)
+		return !want.IsValid() || want.IsUnspecified() || h.IsUnspecified() || h.Unmap() == want.Unmap()
+	}
+	names := make([]string, 0, len(p.listeners))
+	for name := range p.listeners {
+		names = append(names, name)
+	}
+	sort.Strings(names)
+	for _, name := range names {
+		if a := p.listeners[name].ln.Addr(); overlaps(a) {
+			return fmt.Sprintf("listener %q of the running configuration listens on %s", name, a)
+		}
+	}
+	for _, o := range p.alsoOwn {
+		if overlaps(o.addr) {
+			return fmt.Sprintf("%s of this process listens on %s", o.what, o.addr)
+		}
+	}
+	return ""
 }
 
 // Addr is the bound address of a listener (useful with port 0), or nil.

@@ -1187,3 +1187,37 @@ func TestReloadRetuningDoesNotHoldAccepts(t *testing.T) {
 		keepalive.Settings{Idle: 11 * time.Second, Interval: 2 * time.Second, Count: 4, UserTimeout: 19 * time.Second})
 	echoed(t, held, "b")
 }
+
+// A reload whose listen address is taken by this process's own socket (the
+// README's limit: a listener moved to an address that overlaps the one it
+// is bound to, or onto the admin listener's) does not blame "another
+// process": the operator looking for one finds only tnsguard in `ss -ltnp`.
+// The error names what holds the address.
+func TestReloadOntoItsOwnSocketSaysWhatHoldsIt(t *testing.T) {
+	ln, err := net.Listen("tcp", "[::]:0") // a port free on every address
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := ln.Addr().(*net.TCPAddr).Port
+	ln.Close()
+	be := newBackend(t, echo)
+	h := startProxy(t, listenerAt(oneBackendConfig(be.addr()), fmt.Sprintf("127.0.0.1:%d", port)))
+	err = h.p.Apply(mustParse(t, listenerAt(oneBackendConfig(be.addr()), fmt.Sprintf("0.0.0.0:%d", port))))
+	if err == nil {
+		t.Fatal("moving the listener from 127.0.0.1 to 0.0.0.0 on one port succeeded in one reload")
+	}
+	if want := fmt.Sprintf(`listener "l" of the running configuration listens on 127.0.0.1:%d`, port); !strings.Contains(err.Error(), want) || strings.Contains(err.Error(), "another process") {
+		t.Errorf("moving onto an overlapping address of its own: %v\nwant it to hold %q and not blame another process", err, want)
+	}
+
+	adm, err := net.Listen("tcp", "127.0.0.1:0") // the admin listener, which a reload does not move
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer adm.Close()
+	h.p.AlsoListens("the admin listener", adm.Addr())
+	err = h.p.Apply(mustParse(t, listenerAt(oneBackendConfig(be.addr()), adm.Addr().String())))
+	if want := fmt.Sprintf("the admin listener of this process listens on %s", adm.Addr()); err == nil || !strings.Contains(err.Error(), want) || strings.Contains(err.Error(), "another process") {
+		t.Errorf("moving onto the admin listener's address: %v\nwant it to hold %q and not blame another process", err, want)
+	}
+}

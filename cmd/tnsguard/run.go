@@ -112,10 +112,11 @@ func runCommand(args []string, stderr io.Writer) (code int) {
 	if ln := inherited.Take(cfg.Admin.Listen); ln != nil {
 		admLn = ln
 	} else if admLn, err = net.Listen("tcp", cfg.Admin.Listen); err != nil {
-		log.Error("cannot start the admin listener", "address", cfg.Admin.Listen, "error", err)
+		log.Error("cannot start the admin listener", "address", cfg.Admin.Listen, "error", cfg.Place("admin: "+proxy.BindHint(err).Error()))
 		inherited.Close()
 		return 1
 	}
+	p.AlsoListens("the admin listener", admLn.Addr()) // a reload onto its address says so
 	p.Adopt(inherited)
 	if err := p.Apply(cfg); err != nil {
 		log.Error("cannot start", "error", cfg.Place(err.Error()))
@@ -163,15 +164,30 @@ func runCommand(args []string, stderr io.Writer) (code int) {
 	running := cfg.Admin        // what the admin listener was started with; a reload does not move it
 	logFormat := cfg.Log.Format // the logger's, likewise
 
-	reload := func() {
+	// The error of the last reload whose file loaded but could not be put
+	// to use (a listen address taken, or not yet this host's): the fault
+	// is the host's, not the file's, so reload.watch tries it again.
+	var applyFailed string
+	reload := func(retry bool) {
 		next, warnings, err := load()
-		for _, w := range warnings {
-			log.Warn(w)
+		if !retry {
+			for _, w := range warnings {
+				log.Warn(w)
+			}
 		}
+		notApplied := false // the file loaded; Apply failed
 		if err == nil {
 			if err = p.Apply(next); err != nil {
 				err = errors.New(next.Place(err.Error()))
+				notApplied = true
 			}
+		}
+		if retry && err != nil && err.Error() == applyFailed {
+			return // reported already
+		}
+		applyFailed = ""
+		if notApplied {
+			applyFailed = err.Error()
 		}
 		if err != nil {
 			m.ReloadOK.Set(0)
@@ -214,12 +230,14 @@ func runCommand(args []string, stderr io.Writer) (code int) {
 			select {
 			case stop = <-stops: // a stop that came meanwhile goes first
 			default:
-				reload()
+				reload(false)
 			}
 		case <-watch.ticks():
 			if watch.changed(log, loaded) {
 				log.Info("configuration file changed: reloading", "config", *path)
-				reload()
+				reload(false)
+			} else if applyFailed != "" {
+				reload(true) // the same file, where the host may now allow it
 			}
 		case <-usr2s:
 			if up != nil {

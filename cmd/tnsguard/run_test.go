@@ -357,3 +357,37 @@ func TestSecondSignalEndsTheDrain(t *testing.T) {
 		t.Errorf("the session left open was not closed")
 	}
 }
+
+// admin.listen's bind errors are placed as a listener's are: file, line
+// and what the kernel's words mean (they named neither). A reload that puts
+// a listener on the address the admin listener still holds (admin.listen
+// moved in the same file: that takes a restart) says the admin listener
+// holds it, not "another process", which the operator would look for in
+// vain.
+func TestAdminBindErrorsAndOwnSocketsNameWhatHoldsThem(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "tnsguard.toml")
+	notHere := strings.Replace(runConfig("192.0.2.1:9521", "[]"), "allow = []", `allow = ["127.0.0.0/8"]`, 1)
+	if err := os.WriteFile(path, []byte(notHere), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	var log lockedBuffer
+	if c := runCommand([]string{"-config", path}, &log); c != 1 {
+		t.Fatalf("exit %d, want 1", c)
+	}
+	want := path + `: admin: listen tcp 192.0.2.1:9521: bind: cannot assign requested address (no interface of this host has that address) (line 2)`
+	if out := log.String(); !strings.Contains(out, want) {
+		t.Errorf("log of a start with admin.listen not this host's:\n%s\nwant it to hold:\n%s", out, want)
+	}
+
+	admin := freePort(t)
+	path, rlog, stop := startRun(t, admin)
+	onAdmin := strings.Replace(runConfig(freePort(t), "[]"), `listen = "127.0.0.1:0"`, fmt.Sprintf("listen = %q", admin), 1)
+	reload(t, rlog, path, onAdmin, 1)
+	if code := stop(); code != 0 {
+		t.Errorf("exit %d after SIGTERM", code)
+	}
+	want = fmt.Sprintf(`listen tcp %s: bind: address already in use (the admin listener of this process listens on %s: move onto it in a second reload, after one that moves that off) (line 9)`, admin, admin)
+	if out := rlog.String(); !strings.Contains(out, want) {
+		t.Errorf("log of a reload onto the running admin listener's address:\n%s\nwant it to hold:\n%s", out, want)
+	}
+}

@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -116,5 +117,59 @@ func TestReloadWatchFollowsAConfigMapUpdate(t *testing.T) {
 	}
 	if n := strings.Count(log.String(), "configuration file changed: reloading"); n != 2 {
 		t.Errorf("%d lines say the file changed, want 2 (the allow list, the bad file):\n%s", n, log.String())
+	}
+}
+
+// A file that loads but cannot be put to use for the host's reason (its
+// new listen address is taken, or not yet this host's) is tried again at
+// each read while reload.watch is on, reported once: the file will not
+// change for it, and in Kubernetes nothing can send the SIGHUP that would
+// try again. It was never retried: the listener stayed unbound and
+// tnsguard_config_last_reload_successful 0 until the next edit.
+func TestReloadWatchRetriesAListenTheHostRefused(t *testing.T) {
+	taken, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	admin := freePort(t)
+	withWatch := func(extra string) string {
+		return runConfig(admin, "[]") + "[reload]\nwatch = \"1s\"\n" + extra
+	}
+	k, path := newKubeletDir(t, withWatch(""))
+	var log lockedBuffer
+	code := make(chan int, 1)
+	go func() { code <- runCommand([]string{"-config", path}, &log) }()
+	waitUntil(t, "the admin listener", func() bool {
+		resp, err := http.Get("http://" + admin + "/healthz")
+		if err == nil {
+			resp.Body.Close()
+		}
+		return err == nil
+	})
+	k.update(withWatch(fmt.Sprintf("[[listener]]\nname = \"m\"\nlisten = %q\nbackend = \"b\"\n", taken.Addr())))
+	waitUntil(t, "the failed reload", func() bool { return strings.Contains(log.String(), "reload failed") })
+	time.Sleep(1500 * time.Millisecond) // a read of the same file, the address still taken
+	if n := strings.Count(log.String(), "reload failed"); n != 1 {
+		t.Errorf("the same refused listen was reported %d times, want 1:\n%s", n, log.String())
+	}
+	taken.Close()
+	waitUntil(t, "the listener on the freed address", func() bool {
+		c, err := net.Dial("tcp", taken.Addr().String())
+		if err == nil {
+			c.Close()
+		}
+		return err == nil
+	})
+	if !strings.Contains(log.String(), "configuration reloaded") {
+		t.Errorf("no reload logged:\n%s", log.String())
+	}
+	syscall.Kill(os.Getpid(), syscall.SIGTERM)
+	select {
+	case c := <-code:
+		if c != 0 {
+			t.Errorf("exit %d after SIGTERM", c)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatalf("run did not end after SIGTERM; log:\n%s", log.String())
 	}
 }
