@@ -877,6 +877,7 @@ func TestRedirectValues(t *testing.T) {
 		{`redirect = "pass"`, ""},
 		{`redirect = "Follow"`, `redirect "Follow" is not one of pass, follow`},
 		{"redirect = \"follow\"\nreplay_bytes = 0", `redirect = "follow" needs replay_bytes`},
+		{"redirect = \"follow\"\nreplay_bytes = 256", `redirect = "follow" needs replay_bytes of at least 8192`},
 	} {
 		text := strings.Replace(minimal, "name = \"orders\"\n  [[backend.server]]", "name = \"orders\"\n"+tc.keys+"\n  [[backend.server]]", 1)
 		c, _, err := Parse([]byte(text), "r.toml")

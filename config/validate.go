@@ -230,8 +230,10 @@ func (b *Backend) validate() (errs, warnings []string) {
 	default:
 		add("redirect %q is not one of pass, follow", b.Redirect)
 	}
-	if b.Redirect == "follow" && *b.ReplayBytes == 0 {
-		add(`redirect = "follow" needs replay_bytes (the app's CONNECT is sent again, to the address the REDIRECT names)`)
+	if b.Redirect == "follow" && *b.ReplayBytes < minRouteBytes {
+		// Below it an app's CONNECT (node-oracledb's: some 500 bytes) is
+		// often not kept: its REDIRECT then goes to the app, uncounted.
+		add(`redirect = "follow" needs replay_bytes of at least %d (the app's CONNECT is sent again, to the address the REDIRECT names), not %d`, minRouteBytes, *b.ReplayBytes)
 	}
 	e, w := b.Keepalive.validate()
 	for _, m := range e {

@@ -536,6 +536,16 @@ func redirectTarget(r tns.Redirect) (string, bool) {
 	return "", false
 }
 
+// redirectLoopError: the address a REDIRECT named is one of tnsguard's
+// own listeners that the session's app came through. A re-dial would be
+// redirected there again: the session ends as a self-dial does, and the
+// server that sent the REDIRECT is not blamed.
+type redirectLoopError struct{ loop []string }
+
+func (e *redirectLoopError) Error() string {
+	return fmt.Sprintf("it leads back through tnsguard (%s)", strings.Join(e.loop, " -> "))
+}
+
 // followRedirect does for the app what its driver does with a REDIRECT:
 // it dials target and sends the app's CONNECT there, with the REDIRECT's
 // reconnect data (else the app's own connect data) and the flag Oracle's
@@ -552,7 +562,7 @@ func (s *session) followRedirect(old *net.TCPConn, target string, r tns.Redirect
 	data := r.ReconnectData
 	if data == "" {
 		info, err := tns.ParseConnectData(opening)
-		if err != nil {
+		if err != nil && !errors.Is(err, tns.ErrDescription) { // an unescaped CID: a listener reads it
 			return nil, nil, 0, err
 		}
 		data = info.ConnectData
@@ -570,7 +580,7 @@ func (s *session) followRedirect(old *net.TCPConn, target string, r tns.Redirect
 	if loop := s.p.selfDials.add(conn, s.in.chain, s.l.name); loop != nil {
 		conn.SetLinger(0)
 		conn.Close()
-		return nil, nil, 0, fmt.Errorf("it leads back through tnsguard (%s)", strings.Join(loop, " -> "))
+		return nil, nil, 0, &redirectLoopError{loop: loop}
 	}
 	s.mu.Lock()
 	if s.closing {
@@ -578,7 +588,9 @@ func (s *session) followRedirect(old *net.TCPConn, target string, r tns.Redirect
 		conn.Close()
 		return nil, nil, 0, net.ErrClosed
 	}
-	s.conn = conn
+	// The new leg's keepalive is still to be set (a dial leaves it when
+	// Late), though housekeeping may have set it on old already.
+	s.conn, s.kaLate = conn, s.backend.KeepaliveLate
 	s.mu.Unlock()
 	old.Close()
 	for resends := 0; ; resends++ {

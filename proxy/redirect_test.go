@@ -4,16 +4,22 @@ import (
 	"bytes"
 	"context"
 	"database/sql"
+	"errors"
+	"fmt"
 	"io"
 	"net"
+	"os"
 	"slices"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	goora "github.com/sijms/go-ora/v2"
 
+	"github.com/tnsguard/tnsguard/keepalive"
+	"github.com/tnsguard/tnsguard/metrics"
 	"github.com/tnsguard/tnsguard/tns"
 	"github.com/tnsguard/tnsguard/tns/tnstest"
 )
@@ -171,5 +177,126 @@ func TestGoOraStaysOnTnsguardThroughARedirect(t *testing.T) {
 				t.Errorf("go-ora dialed %q; want %q", got, want)
 			}
 		})
+	}
+}
+
+// slowScan is a SCAN listener that answers every CONNECT with a REDIRECT
+// to node (reconnect data scanReconnect) after delay: a SCAN listener
+// under a logon storm. It reads any whole CONNECT, whether tnsguard's
+// parser reads its description or not, as a listener does.
+func slowScan(t *testing.T, node string, delay time.Duration) *backendServer {
+	host, port, _ := net.SplitHostPort(node)
+	return newBackend(t, func(c *net.TCPConn) {
+		defer c.Close()
+		var raw []byte
+		for {
+			p, err := tns.ReadPacket(c, tns.Length16, 0)
+			if err != nil {
+				return
+			}
+			raw = append(raw, p.Raw...)
+			if _, err := tns.ParseConnectData(raw); !errors.Is(err, tns.ErrIncomplete) {
+				break
+			}
+		}
+		time.Sleep(delay)
+		c.Write(tns.BuildRedirectTo(fmt.Sprintf("(ADDRESS=(PROTOCOL=tcp)(HOST=%s)(PORT=%s))", host, port), scanReconnect))
+		io.Copy(io.Discard, c)
+	})
+}
+
+// The node leg of a followed REDIRECT gets the backend's keepalive, as
+// any backend leg: also when the SCAN listener took over keepaliveAfter
+// to answer, so that housekeeping set the keepalive (left to it by the
+// dial: keepalive.Settings.Late) on the SCAN connection, which the follow
+// then closed.
+func TestRedirectedLegKeepsTheBackendKeepalive(t *testing.T) {
+	node := tnstest.New(t, tnstest.Config{Mode: tnstest.Accept})
+	scan := slowScan(t, node.Addr(), 2200*time.Millisecond) // past keepaliveAfter and a housekeeping round
+	h := startProxy(t, strings.Replace(oracleConfig(`redirect = "follow"`, scan.addr()), `connect_budget = "2s"`, `connect_budget = "5s"`, 1))
+	c := h.dial("l")
+	connect, _ := tns.BuildConnect("(DESCRIPTION=(CONNECT_DATA=(SERVICE_NAME=SALES)))")
+	c.Write(connect)
+	c.SetReadDeadline(time.Now().Add(4 * time.Second))
+	pkt, err := tns.ReadPacket(c, tns.Length16, 0)
+	if err != nil || pkt.Type != tns.TypeAccept {
+		t.Fatalf("the app got %v, %v; want the node's ACCEPT", pkt.Type, err)
+	}
+	echoed(t, c, "hello")
+	s := sessionOf(t, h.p, c)
+	time.Sleep(2200 * time.Millisecond) // past the next housekeeping round
+	legSettings(t, s, keepalive.Settings{Idle: 60 * time.Second, Interval: 15 * time.Second, Count: 4},
+		keepalive.Settings{Idle: 30 * time.Second, Interval: 10 * time.Second, Count: 3, UserTimeout: time.Minute})
+}
+
+// go-ora writes os.Args[0] into its CONNECT unescaped (an app under
+// C:\Program Files (x86)\ sends a description tnsguard's parser cannot
+// read), and the SCAN listener redirects it all the same: the CONNECT
+// tnsguard sends the node only needs the app's fixed fields, so the app
+// gets the node's answer, and the SCAN server is not blamed.
+func TestRedirectFollowedForAnUnescapedCID(t *testing.T) {
+	saved := os.Args[0] // read by go-ora when it builds a CONNECT; no test here runs in parallel
+	t.Cleanup(func() { os.Args[0] = saved })
+	os.Args[0] = `C:\Program Files (x86)\app.exe`
+	// ORA-12560 is not in refuse_errors: the app gets it at once. tnstest's
+	// listener does not read such a CONNECT; slowScan does, as a listener.
+	node := tnstest.New(t, tnstest.Config{Mode: tnstest.Refuse, Err: 12560})
+	scan := slowScan(t, node.Addr(), 0)
+	h := startProxy(t, oracleConfig(`redirect = "follow"`, scan.addr()))
+	if err := goOraPing(t, h.addr("l"), "SALES"); err == nil || !strings.Contains(err.Error(), "ORA-12560") {
+		t.Errorf("go-ora: %v; want the node's ORA-12560", err)
+	}
+	if n := len(node.Connects()); n != 1 {
+		t.Errorf("the node got %d CONNECTs, want 1", n)
+	}
+	if v := testutil.ToFloat64(h.m.BreakerState.WithLabelValues("b", scan.addr())); v != metrics.BreakerClosed {
+		t.Errorf("the SCAN server's breaker is %v, want closed", v)
+	}
+	// Another app is served as before.
+	os.Args[0] = saved
+	c := h.dial("l")
+	connect, _ := tns.BuildConnect("(DESCRIPTION=(CONNECT_DATA=(SERVICE_NAME=SALES)))")
+	c.Write(connect)
+	if code := readRefuse(t, c, 3*time.Second); code != 12560 {
+		t.Errorf("the next app got ORA-%d; want the node's ORA-12560", code)
+	}
+}
+
+// A REDIRECT that leads back to tnsguard's own listener (a node's
+// LOCAL_LISTENER set to tnsguard's address) is a loop, as a server that is
+// the listener is: the session ends at once, counted as a self_dial
+// rejection, rather than re-dialing the SCAN server (which redirects there
+// again) until connect_budget, each time blamed on the SCAN server, whose
+// circuit then opens.
+func TestRedirectBackToTnsguardEndsAtOnce(t *testing.T) {
+	var own sync.Mutex
+	var listener string
+	scan := newBackend(t, func(c *net.TCPConn) {
+		defer c.Close()
+		if _, err := tns.ReadPacket(c, tns.Length16, 0); err != nil {
+			return
+		}
+		own.Lock()
+		host, port, _ := net.SplitHostPort(listener)
+		own.Unlock()
+		c.Write(tns.BuildRedirectTo(fmt.Sprintf("(ADDRESS=(PROTOCOL=tcp)(HOST=%s)(PORT=%s))", host, port), scanReconnect))
+		io.Copy(io.Discard, c)
+	})
+	h := startProxy(t, strings.Replace(oracleConfig(`redirect = "follow"`, scan.addr()), `connect_budget = "2s"`, `connect_budget = "5s"`, 1))
+	own.Lock()
+	listener = h.addr("l")
+	own.Unlock()
+	c := h.dial("l")
+	connect, _ := tns.BuildConnect("(DESCRIPTION=(CONNECT_DATA=(SERVICE_NAME=SALES)))")
+	c.Write(connect)
+	start := time.Now()
+	if err, _ := readErr(c, 6*time.Second); err == nil || time.Since(start) > time.Second {
+		t.Errorf("the app got %v after %v; want its connection ended within 1s", err, time.Since(start).Round(time.Millisecond))
+	}
+	if n := counter(h.m.SessionsRejected, "l", "self_dial"); n == 0 {
+		t.Errorf("no self_dial rejection counted")
+	}
+	if v := testutil.ToFloat64(h.m.BreakerState.WithLabelValues("b", scan.addr())); v != metrics.BreakerClosed {
+		t.Errorf("the SCAN server's breaker is %v, want closed: the loop was blamed on it", v)
 	}
 }

@@ -330,6 +330,9 @@ func (s *session) open() error {
 		cerr := s.clientErr
 		s.mu.Unlock()
 		back := s.p.selfDials.cameBack(conn)
+		if le := (*redirectLoopError)(nil); back == nil && errors.As(err, &le) {
+			back = le.loop // a REDIRECT to this proxy's own listener: the SCAN sends every re-dial there too
+		}
 		dropBackend(conn, cerr)
 		s.detach()
 		if back != nil { // its reset came from a loop back to this proxy: so would a re-dial's

@@ -2,6 +2,7 @@ package tns
 
 import (
 	"encoding/binary"
+	"errors"
 	"fmt"
 )
 
@@ -131,8 +132,8 @@ const connectRedirected = 0x04
 // 230 bytes, else in a DATA packet after it, as drivers send it.
 func BuildRedirectedConnect(opening []byte, connectData string) ([]byte, error) {
 	info, err := ParseConnectData(opening)
-	if err != nil {
-		return nil, err
+	if err != nil && !errors.Is(err, ErrDescription) {
+		return nil, err // only the framing and fixed fields are needed: a description a listener reads but this parser does not (go-ora's unescaped CID) is replaced
 	}
 	raw := opening[:int(binary.BigEndian.Uint16(opening))]
 	fixed := raw

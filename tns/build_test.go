@@ -43,3 +43,31 @@ func TestBuildAnswersParseBack(t *testing.T) {
 		t.Errorf("BuildRefuse parses to %+v, %v", r, err)
 	}
 }
+
+// A CONNECT whose description this package does not read (go-ora writes
+// os.Args[0] unescaped: C:\Program Files (x86)\app.exe) is one a listener
+// answers, a SCAN listener with a REDIRECT too: the CONNECT to send where
+// it points needs only the app's framing and fixed fields.
+func TestBuildRedirectedConnectFromAnUnescapedCID(t *testing.T) {
+	const reconnect = "(DESCRIPTION=(CONNECT_DATA=(SERVICE_NAME=SALES)(INSTANCE_NAME=orcl1)(SERVER=dedicated)))"
+	for _, desc := range []string{
+		`(DESCRIPTION=(CONNECT_DATA=(SERVICE_NAME=SALES)(CID=(PROGRAM=C:\Program Files (x86)\app.exe)(HOST=w)(USER=u))))`,
+		`(DESCRIPTION=(ADDRESS=(PROTOCOL=TCP)(HOST=scan)(PORT=1521))(CONNECT_DATA=(SERVICE_NAME=SALES)(CID=(PROGRAM=C:\Program Files (x86)\Vendor\` + strings.Repeat("x", 150) + `.exe)(HOST=w)(USER=u))))`,
+	} {
+		opening, err := tns.BuildConnect(desc)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := tns.ParseConnectData(opening); !errors.Is(err, tns.ErrDescription) {
+			t.Fatalf("%s: parsed with %v; the test needs a description the parser does not read", desc, err)
+		}
+		built, err := tns.BuildRedirectedConnect(opening, reconnect)
+		if err != nil {
+			t.Fatalf("%d bytes of connect data: %v", len(desc), err)
+		}
+		got, err := tns.ParseConnectData(built)
+		if err != nil || got.ConnectData != reconnect || built[5] != 0x04 {
+			t.Errorf("built %q (flags 0x%02x), %v; want the reconnect data, flag 0x04", got.ConnectData, built[5], err)
+		}
+	}
+}
