@@ -45,6 +45,7 @@ type link struct {
 	HealthInterval string
 	Rise, Fall     int
 	ConnectBudget  string // default 10s
+	BackendKeys    string // more keys of the backend table, e.g. redirect = "follow"
 }
 
 // Small keepalive values keep the lab fast: the firewall forgets after 3-5 s.
@@ -69,6 +70,9 @@ func guardConfig(links ...link) string {
 			budget = "10s"
 		}
 		fmt.Fprintf(&b, "[[backend]]\nname = %q\nbalance = \"priority\"\nconnect_timeout = \"1s\"\nconnect_budget = %q\nretry_on = [\"connect\", \"reset\"]\n", l.Name, budget)
+		if l.BackendKeys != "" {
+			b.WriteString(l.BackendKeys + "\n")
+		}
 		l.DB.write(&b, "backend")
 		check, interval, rise, fall := l.Health, l.HealthInterval, l.Rise, l.Fall
 		if check == "" {

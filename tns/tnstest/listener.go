@@ -98,12 +98,20 @@ type Listener struct {
 // New starts a listener on 127.0.0.1:0 and closes it when the test ends.
 func New(tb testing.TB, cfg Config) *Listener {
 	tb.Helper()
-	if cfg.Mode == Redirect && cfg.RedirectTo == "" {
-		tb.Fatal("tnstest: Redirect mode needs RedirectTo")
-	}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		tb.Fatalf("tnstest: %v", err)
+	}
+	return NewOn(tb, ln, cfg)
+}
+
+// NewOn is New on a listening socket of the test's own (one in a network
+// namespace, say); it is closed when the test ends.
+func NewOn(tb testing.TB, ln net.Listener, cfg Config) *Listener {
+	tb.Helper()
+	if cfg.Mode == Redirect && cfg.RedirectTo == "" {
+		ln.Close()
+		tb.Fatal("tnstest: Redirect mode needs RedirectTo")
 	}
 	l := &Listener{cfg: cfg, ln: ln, conns: make(map[net.Conn]struct{})}
 	l.wg.Add(1)
@@ -112,7 +120,7 @@ func New(tb testing.TB, cfg Config) *Listener {
 	return l
 }
 
-// Addr is the "127.0.0.1:port" the listener listens on.
+// Addr is the "host:port" the listener listens on (127.0.0.1 for New).
 func (l *Listener) Addr() string { return l.ln.Addr().String() }
 
 // Connects returns the exact bytes of every CONNECT received so far (each
