@@ -460,7 +460,8 @@ func (p *Proxy) Ready() (bool, string) {
 // come back at 1; and a panel shows "no data" rather than 0. That is the
 // rejections by limit, the sessions' series of each backend the listener
 // routes to, and on each link the resets of established sessions (either
-// side, idle or active, reset or dead peer).
+// side, idle or active, reset or dead peer) and the REDIRECTs passed on and
+// followed.
 func (p *Proxy) zeroSeries(cfg *config.Config, lc *config.Listener, l *listener) {
 	for _, reason := range []string{"no_backend", "max_sessions", "max_sessions_per_source", "self_dial"} {
 		p.metrics.SessionsRejected.WithLabelValues(lc.Name, reason)
@@ -472,6 +473,8 @@ func (p *Proxy) zeroSeries(cfg *config.Config, lc *config.Listener, l *listener)
 			continue
 		}
 		for _, srv := range bc.Servers {
+			p.metrics.TNSRedirects.WithLabelValues(lc.Name, name, srv.Address)
+			p.metrics.TNSFollowed.WithLabelValues(lc.Name, name, srv.Address)
 			for _, side := range []Side{SideClient, SideBackend} {
 				for _, phase := range []Phase{PhaseIdle, PhaseActive} {
 					for _, cause := range []string{"rst", "timeout"} {

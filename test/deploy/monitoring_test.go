@@ -35,6 +35,8 @@ var knownMetrics = map[string]string{
 	"tnsguard_config_last_reload_successful":                "gauge",
 	"tnsguard_config_last_reload_success_timestamp_seconds": "gauge",
 	"tnsguard_build_info":                                   "gauge",
+	"tnsguard_tns_redirects_total":                          "counter",
+	"tnsguard_tns_redirects_followed_total":                 "counter",
 }
 
 const (
