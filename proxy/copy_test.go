@@ -457,6 +457,12 @@ func TestResetWhileDestinationStalls(t *testing.T) {
 		if v := counter(h.m.Resets, "l", "b", be.addr(), "client", "active", "rst"); v != 1 {
 			t.Errorf("resets{side=client,phase=active,cause=rst} = %v, want 1", v)
 		}
+		// The source of a direction that waits for room is watched for its
+		// end (stallWatch): the reset is passed on at once, not at
+		// housekeeping's next look, once a second (0.5-2 s before).
+		if took > 250*time.Millisecond {
+			t.Errorf("the session ended %v after the app's reset, want at once (under 250ms)", took)
+		}
 		release() // the backend reads again: its connection was closed
 		select {
 		case <-backendSaw:
@@ -466,11 +472,13 @@ func TestResetWhileDestinationStalls(t *testing.T) {
 		t.Logf("session ended %v after the app's reset", took.Round(time.Millisecond))
 	})
 	t.Run("backend resets, app stopped reading", func(t *testing.T) {
+		resetAt := make(chan time.Time, 1)
 		be := newBackend(t, func(c *net.TCPConn) {
 			b := make([]byte, 1)
 			io.ReadFull(c, b)
 			fillTowards(t, c) // a result set the app does not read
 			resetConn(c)
+			resetAt <- time.Now()
 		})
 		h := startProxy(t, oneBackendConfig(be.addr()))
 		c := h.dial("l")
@@ -479,9 +487,18 @@ func TestResetWhileDestinationStalls(t *testing.T) {
 		waitFor(t, 8*time.Second, "the backend's reset reached the app's leg", func() bool {
 			return counter(h.m.Resets, "l", "b", srv, "backend", "active", "rst") == 1
 		})
+		ended := time.Now()
 		if err, _ := readErr(c, 5*time.Second); !errors.Is(err, syscall.ECONNRESET) {
 			t.Errorf("the app saw %v, want ECONNRESET", err)
 		}
+		// The direction had waited for room only as long as the fill's last
+		// write (300 ms) when the reset came: watched from stallWatchAfter
+		// (100 ms) into its wait, at housekeeping's next tick (100 ms).
+		took := ended.Sub(<-resetAt)
+		if took > 400*time.Millisecond {
+			t.Errorf("the backend's reset reached the app's leg %v after it was sent, want under 400ms", took)
+		}
+		t.Logf("the backend's reset reached the app's leg %v after it was sent", took.Round(time.Millisecond))
 	})
 }
 

@@ -18,6 +18,7 @@ import (
 	"net/netip"
 	"reflect"
 	"runtime"
+	"slices"
 	"sort"
 	"strconv"
 	"sync"
@@ -38,7 +39,8 @@ type Proxy struct {
 	log     hclog.Logger
 	metrics *metrics.Metrics
 	pool    *bufPool
-	parking *parkLots // idle and busy sessions' sockets, waited on without goroutines (idle.go)
+	parking *parkLots   // idle and busy sessions' sockets, waited on without goroutines (idle.go)
+	stalls  *stallWatch // sources of directions that wait for room, watched for their end (stallwatch.go)
 
 	ctx    context.Context // parent of every session and dial
 	cancel context.CancelFunc
@@ -94,6 +96,7 @@ func New(log hclog.Logger, m *metrics.Metrics) *Proxy {
 		p.housekeeping(ctx)
 	}()
 	p.parking = startParkLots(ctx, &p.loopWG, p.log, runtime.GOMAXPROCS(0))
+	p.stalls = startStallWatch(ctx, &p.loopWG)
 	p.lotMinBusy.Store(lotMinBusy)
 	return p
 }
@@ -498,9 +501,15 @@ func (p *Proxy) track(s *session, add bool) {
 }
 
 func (p *Proxy) liveSessions() []*session {
+	return p.appendLiveSessions(nil)
+}
+
+// appendLiveSessions appends the live sessions to out: a caller that runs
+// often reuses its slice.
+func (p *Proxy) appendLiveSessions(out []*session) []*session {
 	p.sessMu.Lock()
 	defer p.sessMu.Unlock()
-	out := make([]*session, 0, len(p.sessions))
+	out = slices.Grow(out, len(p.sessions))
 	for s := range p.sessions {
 		out = append(out, s)
 	}
@@ -619,6 +628,7 @@ func (p *Proxy) housekeeping(ctx context.Context) {
 	defer t.Stop()
 	busy := time.NewTicker(parkAfter) // the lot's gate follows load within this (idle.go)
 	defer busy.Stop()
+	var scan []*session // the stall watch's scratch (every parkAfter: no allocation)
 	type key struct{ listener, backend string }
 	seen := map[key]bool{}
 	defer p.pool.dropIdlePipes(true)
@@ -626,8 +636,13 @@ func (p *Proxy) housekeeping(ctx context.Context) {
 		select {
 		case <-ctx.Done():
 			return
-		case <-busy.C:
+		case now := <-busy.C:
 			p.countBusy()
+			if p.stalls != nil {
+				scan = p.appendLiveSessions(scan[:0])
+				p.stalls.update(scan, now)
+				clear(scan) // no session kept alive by the scratch slice
+			}
 			continue
 		case <-t.C:
 		}

@@ -1,0 +1,174 @@
+package proxy
+
+import (
+	"context"
+	"net"
+	"os"
+	"sync"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// stallWatchAfter is how long a direction waits for room in its
+// destination before its source is watched for its end (stallWatch).
+// Shorter waits are a bulk transfer's everyday pauses: watching each would
+// cost two epoll_ctl calls per pause.
+const stallWatchAfter = 100 * time.Millisecond
+
+// stallWatch passes on at once the reset (or keepalive or user timeout) of
+// a leg whose bytes wait for room in the other leg: a database that kills
+// a session whose result set waits for an app that reads slowly, an app
+// that resets while its upload waits for a database that stopped reading.
+// Such a direction reads its source again only once the destination takes
+// bytes, so nothing else sees the end. checkStalled looks at those sources
+// once a second; this watches them in an epoll set of its own for EPOLLERR
+// and EPOLLHUP only (no EPOLLIN: arriving bytes do not wake it), from
+// stallWatchAfter into the wait until it ends.
+type stallWatch struct {
+	file   *os.File
+	epfd   int
+	rc     syscall.RawConn
+	events []unix.EpollEvent
+
+	mu      sync.Mutex
+	next    uint64
+	byID    map[uint64]*stallEntry
+	byPump  map[*pump]*stallEntry
+	stalled map[*pump]stallEntry // update's scratch, reused
+}
+
+// stallEntry is one watched source.
+type stallEntry struct {
+	id   uint64
+	s    *session
+	side Side // the source's leg
+	conn *net.TCPConn
+}
+
+// startStallWatch runs the watch until ctx ends; nil when it cannot (no
+// epoll): checkStalled still looks once a second.
+func startStallWatch(ctx context.Context, wg *sync.WaitGroup) *stallWatch {
+	fd, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
+	if err != nil {
+		return nil
+	}
+	if err := unix.SetNonblock(fd, true); err != nil {
+		unix.Close(fd)
+		return nil
+	}
+	f := os.NewFile(uintptr(fd), "stalled-sources") // non-blocking: Go's poller waits on it
+	rc, err := f.SyscallConn()
+	if err != nil {
+		f.Close()
+		return nil
+	}
+	w := &stallWatch{file: f, epfd: fd, rc: rc, events: make([]unix.EpollEvent, 32),
+		byID: map[uint64]*stallEntry{}, byPump: map[*pump]*stallEntry{}, stalled: map[*pump]stallEntry{}}
+	context.AfterFunc(ctx, func() { f.Close() })
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for w.rc.Read(w.dispatch) == nil {
+		}
+	}()
+	return w
+}
+
+// dispatch drains the set (see parkLot.dispatch); a source with an error
+// ends its session. A FIN (EPOLLHUP once both ways are shut) is no error:
+// the direction reads it once its destination takes its bytes.
+func (w *stallWatch) dispatch(fd uintptr) bool {
+	for {
+		n, err := epollPoll(fd, w.events)
+		if err == unix.EINTR {
+			continue
+		}
+		if n <= 0 {
+			return false
+		}
+		for _, ev := range w.events[:n] {
+			w.mu.Lock()
+			e := w.byID[uint64(uint32(ev.Fd))|uint64(uint32(ev.Pad))<<32]
+			w.mu.Unlock()
+			if e == nil {
+				continue
+			}
+			rc, err := e.conn.SyscallConn()
+			if err != nil {
+				continue
+			}
+			if failed := sockError(rc); failed != nil {
+				go e.s.abort(e.side, e.s.phaseNow(e.side), failed, "reset", nil)
+			}
+		}
+		if n < len(w.events) {
+			return false
+		}
+	}
+}
+
+// update watches the sources of the directions that have waited
+// stallWatchAfter or more for room, and stops watching those whose wait
+// ended (or whose session did). Called every parkAfter by housekeeping.
+func (w *stallWatch) update(sessions []*session, now time.Time) {
+	if w == nil {
+		return
+	}
+	clear(w.stalled)
+	for _, s := range sessions {
+		s.mu.Lock()
+		if !s.dormant && !s.closing {
+			for i, p := range s.pumps {
+				if p == nil {
+					continue
+				}
+				if b := p.blockedAt.Load(); b == 0 || now.UnixNano()-b < int64(stallWatchAfter) {
+					continue
+				}
+				src, side := s.client, SideClient
+				if i == 1 {
+					src, side = s.conn, SideBackend
+				}
+				if src != nil {
+					w.stalled[p] = stallEntry{s: s, side: side, conn: src}
+				}
+			}
+		}
+		s.mu.Unlock()
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	for p, e := range w.byPump {
+		if n, ok := w.stalled[p]; ok && n.conn == e.conn {
+			continue
+		}
+		// The wait ended, or the session: a closed socket left the set
+		// when it was closed, and Control fails on it.
+		if rc, err := e.conn.SyscallConn(); err == nil {
+			rc.Control(func(fd uintptr) { unix.EpollCtl(w.epfd, unix.EPOLL_CTL_DEL, int(fd), nil) })
+		}
+		delete(w.byPump, p)
+		delete(w.byID, e.id)
+	}
+	for p, n := range w.stalled {
+		if _, ok := w.byPump[p]; ok {
+			continue
+		}
+		rc, err := n.conn.SyscallConn()
+		if err != nil {
+			continue
+		}
+		w.next++
+		e := &stallEntry{id: w.next, s: n.s, side: n.side, conn: n.conn}
+		// Edge-triggered, so that a FIN, which stays, wakes it once. An
+		// error that came before this is reported at once.
+		ev := unix.EpollEvent{Events: unix.EPOLLRDHUP | unix.EPOLLET, Fd: int32(uint32(e.id)), Pad: int32(uint32(e.id >> 32))}
+		var cerr error
+		if err := rc.Control(func(fd uintptr) { cerr = unix.EpollCtl(w.epfd, unix.EPOLL_CTL_ADD, int(fd), &ev) }); err != nil || cerr != nil {
+			continue
+		}
+		w.byPump[p], w.byID[e.id] = e, e
+	}
+}
