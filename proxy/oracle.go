@@ -381,7 +381,6 @@ func (s *session) inspectFirst(conn *net.TCPConn, srv *failover.Server, buf *[]b
 		case tns.TypeRedirect:
 			if target, ok := redirectTarget(pkt.Redirect); ok && cfg.Redirect == "follow" && hops < maxRedirectHops {
 				hops++
-				s.p.metrics.TNSFollowed.WithLabelValues(s.l.name, cfg.Name, srv.Address).Inc()
 				next, nbuf, m, err := s.followRedirect(conn, target, pkt.Redirect, deadline)
 				if next != nil {
 					conn = next
@@ -389,6 +388,9 @@ func (s *session) inspectFirst(conn *net.TCPConn, srv *failover.Server, buf *[]b
 				if err != nil {
 					return conn, buf, nil, fmt.Errorf("following the REDIRECT to %s: %w", target, err)
 				}
+				// Counted once the node answered: an attempt whose node
+				// could not be reached kept no app on tnsguard.
+				s.p.metrics.TNSFollowed.WithLabelValues(s.l.name, cfg.Name, srv.Address).Inc()
 				s.p.pool.put(buf)
 				buf, data = nbuf, (*nbuf)[:m]
 				continue

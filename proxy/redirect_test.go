@@ -300,3 +300,35 @@ func TestRedirectBackToTnsguardEndsAtOnce(t *testing.T) {
 		t.Errorf("the SCAN server's breaker is %v, want closed: the loop was blamed on it", v)
 	}
 }
+
+// tnsguard_tns_redirects_followed_total says the app stayed on tnsguard
+// (README: "Each followed REDIRECT counts"): a REDIRECT whose node could not
+// be reached is no follow. Until this test every attempt counted, so one app
+// whose node was behind a closed firewall counted 6 follows (one per re-dial)
+// and no session: the counter read as if follow worked.
+func TestRedirectFollowedCountsOnlyWhenTheNodeAnswered(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dead := ln.Addr().String()
+	ln.Close()
+	scanDead := tnstest.New(t, tnstest.Config{Mode: tnstest.Redirect, RedirectTo: dead, RedirectData: scanReconnect})
+	node := tnstest.New(t, tnstest.Config{Mode: tnstest.Accept})
+	scanLive := tnstest.New(t, tnstest.Config{Mode: tnstest.Redirect, RedirectTo: node.Addr(), RedirectData: scanReconnect})
+	h := startProxy(t, oracleConfig(`redirect = "follow"`, scanDead.Addr()+";0", scanLive.Addr()+";1"))
+	c := h.dial("l")
+	connect, _ := tns.BuildConnect("(DESCRIPTION=(CONNECT_DATA=(SERVICE_NAME=SALES)))")
+	c.Write(connect)
+	c.SetReadDeadline(time.Now().Add(3 * time.Second))
+	pkt, err := tns.ReadPacket(c, tns.Length16, 0)
+	if err != nil || pkt.Type != tns.TypeAccept {
+		t.Fatalf("the app got %v (%v); want the live node's ACCEPT", pkt.Type, err)
+	}
+	if v := counter(h.m.TNSFollowed, "l", "b", scanDead.Addr()); v != 0 {
+		t.Errorf("tnsguard_tns_redirects_followed_total of the SCAN whose node was unreachable = %v, want 0", v)
+	}
+	if v := counter(h.m.TNSFollowed, "l", "b", scanLive.Addr()); v != 1 {
+		t.Errorf("tnsguard_tns_redirects_followed_total of the SCAN whose node answered = %v, want 1", v)
+	}
+}

@@ -207,6 +207,11 @@ func runCommand(args []string, stderr io.Writer) (code int) {
 		if next.Log.Format != logFormat {
 			log.Warn("log.format changed: it takes effect at the next restart", "running", logFormat)
 		}
+		if *path != "" && cfg.Reload.Watch.Duration > 0 && next.Reload.Watch.Duration == 0 {
+			// In Kubernetes nothing else reloads: the next ConfigMap edit
+			// would be ignored without a word.
+			log.Warn("reload.watch is off now: later changes of the file are not read until a SIGHUP or a restart", "config", *path)
+		}
 		adm.SetAllow(next.Admin.AllowNets) // admin.allow applies at once
 		log.SetLevel(hclog.LevelFromString(next.Log.Level))
 		cfg = next

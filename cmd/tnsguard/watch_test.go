@@ -173,3 +173,34 @@ func TestReloadWatchRetriesAListenTheHostRefused(t *testing.T) {
 		t.Fatalf("run did not end after SIGTERM; log:\n%s", log.String())
 	}
 }
+
+// A reload that turns reload.watch off (watch = "0s", or a [reload] table
+// left out: configs/tnsguard.toml, copied into a ConfigMap, has "0s") ends
+// the watch that applied it: the next ConfigMap edit is never read, and in
+// Kubernetes nothing can send the SIGHUP that would. The log must say so
+// at that reload; it said nothing, and later edits were silently ignored.
+func TestReloadThatTurnsTheWatchOffSaysSo(t *testing.T) {
+	admin := freePort(t)
+	k, path := newKubeletDir(t, runConfig(admin, "[]")+"[reload]\nwatch = \"1s\"\n")
+	var log lockedBuffer
+	code := make(chan int, 1)
+	go func() { code <- runCommand([]string{"-config", path}, &log) }()
+	waitUntil(t, "the admin listener", func() bool {
+		resp, err := http.Get("http://" + admin + "/healthz")
+		if err == nil {
+			resp.Body.Close()
+		}
+		return err == nil
+	})
+	k.update(runConfig(admin, "[]")) // no [reload]: watch = "0s"
+	waitUntil(t, "the watch's reload", func() bool { return strings.Contains(log.String(), "configuration reloaded") })
+	syscall.Kill(os.Getpid(), syscall.SIGTERM)
+	select {
+	case <-code:
+	case <-time.After(10 * time.Second):
+		t.Fatalf("run did not end after SIGTERM; log:\n%s", log.String())
+	}
+	if !strings.Contains(log.String(), "reload.watch is off now") {
+		t.Errorf("a reload turned reload.watch off and the log does not say so:\n%s", log.String())
+	}
+}
