@@ -86,6 +86,15 @@ func startRun(t *testing.T, admin string) (string, *lockedBuffer, func() int) {
 	if err := os.WriteFile(path, []byte(runConfig(admin, "[]")), 0o644); err != nil {
 		t.Fatal(err)
 	}
+	log, stop := runFile(t, admin, path)
+	return path, log, stop
+}
+
+// runFile runs `tnsguard run -config path` in the test process (real
+// signals) until its admin listener (admin) answers. It returns the log
+// and a function that drains it with SIGTERM.
+func runFile(t *testing.T, admin, path string) (*lockedBuffer, func() int) {
+	t.Helper()
 	var log lockedBuffer
 	code := make(chan int, 1)
 	go func() { code <- runCommand([]string{"-config", path}, &log) }()
@@ -107,7 +116,7 @@ func startRun(t *testing.T, admin string) (string, *lockedBuffer, func() int) {
 			return -1
 		}
 	}
-	return path, &log, stop
+	return &log, stop
 }
 
 // metricsStatus is the status of GET /metrics on the admin listener.

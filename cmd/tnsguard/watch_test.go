@@ -3,7 +3,6 @@ package main
 import (
 	"fmt"
 	"net"
-	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -60,16 +59,7 @@ func TestReloadWatchFollowsAConfigMapUpdate(t *testing.T) {
 		return runConfig(admin, allow) + "[reload]\nwatch = \"1s\"\n"
 	}
 	k, path := newKubeletDir(t, withWatch("[]"))
-	var log lockedBuffer
-	code := make(chan int, 1)
-	go func() { code <- runCommand([]string{"-config", path}, &log) }()
-	waitUntil(t, "the admin listener", func() bool {
-		resp, err := http.Get("http://" + admin + "/healthz")
-		if err == nil {
-			resp.Body.Close()
-		}
-		return err == nil
-	})
+	log, stop := runFile(t, admin, path)
 	reloads := func() int { return strings.Count(log.String(), "configuration reloaded") }
 	failures := func() int { return strings.Count(log.String(), "reload failed") }
 
@@ -106,14 +96,8 @@ func TestReloadWatchFollowsAConfigMapUpdate(t *testing.T) {
 		t.Errorf("after admin.allow = [127.0.0.0/8], 127.0.0.1 gets %s, want 200", got)
 	}
 
-	syscall.Kill(os.Getpid(), syscall.SIGTERM)
-	select {
-	case c := <-code:
-		if c != 0 {
-			t.Errorf("exit %d after SIGTERM", c)
-		}
-	case <-time.After(10 * time.Second):
-		t.Fatalf("run did not end after SIGTERM; log:\n%s", log.String())
+	if c := stop(); c != 0 {
+		t.Errorf("exit %d after SIGTERM", c)
 	}
 	if n := strings.Count(log.String(), "configuration file changed: reloading"); n != 2 {
 		t.Errorf("%d lines say the file changed, want 2 (the allow list, the bad file):\n%s", n, log.String())
@@ -136,16 +120,7 @@ func TestReloadWatchRetriesAListenTheHostRefused(t *testing.T) {
 		return runConfig(admin, "[]") + "[reload]\nwatch = \"1s\"\n" + extra
 	}
 	k, path := newKubeletDir(t, withWatch(""))
-	var log lockedBuffer
-	code := make(chan int, 1)
-	go func() { code <- runCommand([]string{"-config", path}, &log) }()
-	waitUntil(t, "the admin listener", func() bool {
-		resp, err := http.Get("http://" + admin + "/healthz")
-		if err == nil {
-			resp.Body.Close()
-		}
-		return err == nil
-	})
+	log, stop := runFile(t, admin, path)
 	k.update(withWatch(fmt.Sprintf("[[listener]]\nname = \"m\"\nlisten = %q\nbackend = \"b\"\n", taken.Addr())))
 	waitUntil(t, "the failed reload", func() bool { return strings.Contains(log.String(), "reload failed") })
 	time.Sleep(1500 * time.Millisecond) // a read of the same file, the address still taken
@@ -163,14 +138,8 @@ func TestReloadWatchRetriesAListenTheHostRefused(t *testing.T) {
 	if !strings.Contains(log.String(), "configuration reloaded") {
 		t.Errorf("no reload logged:\n%s", log.String())
 	}
-	syscall.Kill(os.Getpid(), syscall.SIGTERM)
-	select {
-	case c := <-code:
-		if c != 0 {
-			t.Errorf("exit %d after SIGTERM", c)
-		}
-	case <-time.After(10 * time.Second):
-		t.Fatalf("run did not end after SIGTERM; log:\n%s", log.String())
+	if c := stop(); c != 0 {
+		t.Errorf("exit %d after SIGTERM", c)
 	}
 }
 
@@ -182,24 +151,10 @@ func TestReloadWatchRetriesAListenTheHostRefused(t *testing.T) {
 func TestReloadThatTurnsTheWatchOffSaysSo(t *testing.T) {
 	admin := freePort(t)
 	k, path := newKubeletDir(t, runConfig(admin, "[]")+"[reload]\nwatch = \"1s\"\n")
-	var log lockedBuffer
-	code := make(chan int, 1)
-	go func() { code <- runCommand([]string{"-config", path}, &log) }()
-	waitUntil(t, "the admin listener", func() bool {
-		resp, err := http.Get("http://" + admin + "/healthz")
-		if err == nil {
-			resp.Body.Close()
-		}
-		return err == nil
-	})
+	log, stop := runFile(t, admin, path)
 	k.update(runConfig(admin, "[]")) // no [reload]: watch = "0s"
 	waitUntil(t, "the watch's reload", func() bool { return strings.Contains(log.String(), "configuration reloaded") })
-	syscall.Kill(os.Getpid(), syscall.SIGTERM)
-	select {
-	case <-code:
-	case <-time.After(10 * time.Second):
-		t.Fatalf("run did not end after SIGTERM; log:\n%s", log.String())
-	}
+	stop()
 	if !strings.Contains(log.String(), "reload.watch is off now") {
 		t.Errorf("a reload turned reload.watch off and the log does not say so:\n%s", log.String())
 	}
