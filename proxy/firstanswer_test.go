@@ -110,3 +110,54 @@ check = "off"`, fmt.Sprintf("address = %q", be.address)))
 		t.Fatalf("answer after a silent 700ms (budget 300ms): %q, %v", b, err)
 	}
 }
+
+// An app that speaks only after connect_budget has passed is owed an answer
+// as one that spoke at once: a backend that then stays silent (a black
+// hole) resets it within connect_budget of its first bytes. It used to wait
+// with no limit: the app hung until its own timeout, if it had one.
+func TestLateAppAgainstSilentBackendIsResetWithinBudget(t *testing.T) {
+	silent := newServer(t, func(c *net.TCPConn) { io.Copy(io.Discard, c) })
+	h := startProxy(t, backendTOML(`connect_timeout = "200ms"
+connect_budget = "300ms"
+[backend.health]
+check = "off"`, fmt.Sprintf("address = %q", silent.address)))
+	c := h.dial("l")
+	time.Sleep(600 * time.Millisecond)
+	c.Write([]byte("hello"))
+	start := time.Now()
+	err, _ := readErr(c, 3*time.Second)
+	if !errors.Is(err, syscall.ECONNRESET) {
+		t.Fatalf("app that spoke after the budget, silent backend: %v after %v; want ECONNRESET within the budget (300ms)", err, time.Since(start).Round(time.Millisecond))
+	}
+	if took := time.Since(start); took > time.Second {
+		t.Errorf("reset %v after the app spoke, want about connect_budget (300ms)", took)
+	}
+}
+
+// An app that speaks just before connect_budget ends gives its backend the
+// time to answer: the budget's end is no deadline for an answer to bytes
+// that came after most of it. The answer used to be cut at the budget's
+// end, the app reset and the healthy server blamed.
+func TestAppSpeakingAtBudgetEndGetsItsAnswer(t *testing.T) {
+	be := newServer(t, func(c *net.TCPConn) {
+		b := make([]byte, 5)
+		if _, err := io.ReadFull(c, b); err != nil {
+			return
+		}
+		time.Sleep(150 * time.Millisecond) // a database's ordinary answer time
+		c.Write([]byte("world"))
+		io.Copy(io.Discard, c)
+	})
+	h := startProxy(t, backendTOML(`connect_timeout = "200ms"
+connect_budget = "500ms"
+[backend.health]
+check = "off"`, fmt.Sprintf("address = %q", be.address)))
+	c := h.dial("l")
+	time.Sleep(420 * time.Millisecond)
+	c.Write([]byte("hello"))
+	c.SetReadDeadline(time.Now().Add(3 * time.Second))
+	b := make([]byte, 5)
+	if _, err := io.ReadFull(c, b); err != nil || string(b) != "world" {
+		t.Fatalf("app that spoke 420ms into a 500ms budget, answer 150ms later: %q, %v", b, err)
+	}
+}

@@ -655,6 +655,35 @@ func TestAppSilentAfterResendCostsNoServerStanding(t *testing.T) {
 	}
 }
 
+// An app that gets a listener's RESEND and closes at once (its own connect
+// timeout ran out then, or a check that reads the first answer and leaves)
+// gave up: the listener's close that follows is the app's doing. The
+// server keeps its standing, and no other server is dialed for an app that
+// is gone. It used to count as the server's failure: with the default
+// breaker, a few such apps opened the circuit of a healthy listener and
+// the next apps went to the standby.
+func TestAppClosingAfterResendCostsNoServerStanding(t *testing.T) {
+	primary := tnstest.New(t, tnstest.Config{Mode: tnstest.Accept, Resends: 1})
+	standby := tnstest.New(t, tnstest.Config{Mode: tnstest.Accept})
+	h := startProxy(t, hostileConfig("  [backend.breaker]\n  failures = 1", primary.Addr()+";0", standby.Addr()+";1"))
+
+	c := h.dial("l")
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	c.Write(goodConnect(t, "SALES"))
+	pkt, err := tns.ReadPacket(c, tns.Length16, 0)
+	if err != nil || pkt.Type != tns.TypeResend {
+		t.Fatalf("got %v %v, want RESEND", pkt.Type, err)
+	}
+	c.Close() // the app leaves instead of sending its CONNECT again
+	time.Sleep(300 * time.Millisecond)
+	if v := testutil.ToFloat64(h.m.BreakerState.WithLabelValues("b", primary.Addr())); v != metrics.BreakerClosed {
+		t.Errorf("the preferred server's breaker is %v, want closed: the app's leaving was held against it", v)
+	}
+	if n := standby.Accepted(); n != 0 {
+		t.Errorf("the standby was dialed %d times for an app that had left", n)
+	}
+}
+
 // A preferred server that accepts and stays silent until connect_budget
 // ends the session; the standby next in the round was never given a chance
 // (no budget left to dial it), so it must not be blamed: its breaker stays

@@ -60,6 +60,8 @@ type session struct {
 	idleAtEnd   time.Duration
 	toBackend   atomic.Int64
 	toClient    atomic.Int64
+	spokeAt     atomic.Int64 // when the app's first bytes came (unix ns); 0 while it has sent nothing
+	awaiting    *net.TCPConn // the backend connection firstAnswer waits on (under mu)
 	service     string
 
 	series *sessionSeries // of its listener and backend: byte counters, active, wait, duration
@@ -346,6 +348,12 @@ func (s *session) open() error {
 			srv.Abandoned(plan.Trial())
 			return err // an ordinary end: finish() records it
 		}
+		if s.appLeftAfterResend() {
+			// The listener closed because the app did, instead of sending
+			// its CONNECT again: no verdict, and no one to re-dial for.
+			srv.Abandoned(plan.Trial())
+			return errAppGaveUp
+		}
 		if s.appNeverSpoke(time.Since(dialed)) {
 			// The listener gave up on an app that sent nothing
 			// (INBOUND_CONNECT_TIMEOUT): the app's doing, no verdict.
@@ -540,7 +548,7 @@ func (s *session) appGone() error {
 	switch {
 	case s.appLeftSilent():
 		return errAppLeft
-	case s.appGaveUp():
+	case s.appGaveUp(), s.appLeftAfterResend():
 		return errAppGaveUp
 	}
 	return nil
@@ -552,6 +560,15 @@ func (s *session) appGaveUp() bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.clientEOF && s.looksLikeTNSLocked()
+}
+
+// appLeftAfterResend tells an Oracle client that closed after a listener's
+// RESEND reached it, without sending its CONNECT again: it gave up (its own
+// connect timeout), so a backend's close that follows is its doing.
+func (s *session) appLeftAfterResend() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.clientEOF && s.resendOwed && len(s.replay) == 0
 }
 
 // appLeftSilent tells an app that half-closed without sending a byte.
@@ -693,6 +710,15 @@ func (s *session) firstAnswer(conn *net.TCPConn, deadline time.Time) (buf *[]byt
 	if err != nil {
 		return nil, 0, err
 	}
+	s.mu.Lock()
+	s.awaiting = conn // the app's first bytes wake the wait (openingBytes)
+	s.mu.Unlock()
+	defer func() {
+		s.mu.Lock()
+		s.awaiting = nil
+		s.mu.Unlock()
+		conn.SetReadDeadline(time.Time{})
+	}()
 	read := func(fd uintptr) bool {
 		b := s.p.pool.get()
 		m, e := rawRead(fd, *b)
@@ -712,19 +738,46 @@ func (s *session) firstAnswer(conn *net.TCPConn, deadline time.Time) (buf *[]byt
 		return true
 	}
 	for {
-		conn.SetReadDeadline(deadline)
+		owed := s.answerDeadline(deadline)
+		conn.SetReadDeadline(owed)
+		if !s.answerDeadline(deadline).Equal(owed) {
+			continue // the app spoke meanwhile
+		}
 		if werr := rc.Read(read); werr != nil {
 			if oe := (*net.OpError)(nil); errors.As(werr, &oe) {
 				oe.Op = "read" // as conn.Read says it: "read tcp a->b: i/o timeout"
 			}
 			err = werr
 		}
-		if !errors.Is(err, os.ErrDeadlineExceeded) || (s.toBackend.Load() > 0 && !s.overflowed()) || deadline.IsZero() {
-			conn.SetReadDeadline(time.Time{})
-			return buf, n, err
+		if errors.Is(err, os.ErrDeadlineExceeded) {
+			// Woken by the app's first bytes, or owed no answer (any more):
+			// wait again, to the deadline that holds now.
+			if owed := s.answerDeadline(deadline); owed.IsZero() || time.Now().Before(owed) {
+				err = nil
+				continue
+			}
 		}
-		err, deadline = nil, time.Time{}
+		return buf, n, err
 	}
+}
+
+// answerDeadline is when the backend owes the app its first answer: at the
+// end of connect_budget (budgetEnd), or connect_budget after the app's first
+// bytes when they came later, so that an app that speaks late gives its
+// server the same time to answer as one that spoke at once. None while the
+// app has sent nothing, or more than replay_bytes (an upload: the backend's
+// silence is its own business then). Until 2026-11-30 an app that spoke
+// after the budget waited with no limit on a silent backend, and one that
+// spoke just before its end was reset before its server could answer.
+func (s *session) answerDeadline(budgetEnd time.Time) time.Time {
+	at := s.spokeAt.Load()
+	if at == 0 || budgetEnd.IsZero() || s.overflowed() {
+		return time.Time{}
+	}
+	if late := time.Unix(0, at).Add(s.backend.Config.ConnectBudget.Duration); late.After(budgetEnd) {
+		return late
+	}
+	return budgetEnd
 }
 
 // replayTo writes the app's opening bytes to conn, then makes conn the
@@ -948,7 +1001,14 @@ func (s *session) openingBytes(b []byte) error {
 		s.series.bytesUp.Add(float64(len(b)))
 	}
 	s.touch(SideClient)
-	s.toBackend.Add(int64(len(b)))
+	if s.toBackend.Add(int64(len(b))) == int64(len(b)) && !s.established {
+		s.spokeAt.Store(time.Now().UnixNano())
+		if s.awaiting != nil {
+			// The app's first bytes: the backend owes an answer from now,
+			// and the wait for it may be parked with no deadline.
+			s.awaiting.SetReadDeadline(time.Now())
+		}
+	}
 	conn, est := s.conn, s.established
 	s.openingSent = s.openingSent || conn != nil
 	s.mu.Unlock()
