@@ -8,6 +8,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/tnsguard/tnsguard/tns"
 )
 
 // The wait for a backend's first answer (firstAnswer) reports each failure
@@ -159,5 +161,27 @@ check = "off"`, fmt.Sprintf("address = %q", be.address)))
 	b := make([]byte, 5)
 	if _, err := io.ReadFull(c, b); err != nil || string(b) != "world" {
 		t.Fatalf("app that spoke 420ms into a 500ms budget, answer 150ms later: %q, %v", b, err)
+	}
+}
+
+// An opening no server can answer (a TNS CONNECT cut short) is owed no
+// answer: a client that starts it late gets no more time for it than one
+// that starts at once. The session ends at connect_budget, not
+// connect_budget after its first bytes (a slowloris would double its hold).
+func TestLateCutShortConnectEndsAtTheBudget(t *testing.T) {
+	silent := newServer(t, func(c *net.TCPConn) { io.Copy(io.Discard, c) })
+	h := startProxy(t, backendTOML(`connect_timeout = "200ms"
+connect_budget = "500ms"
+[backend.health]
+check = "tnsping"
+interval = "1h"`, fmt.Sprintf("address = %q", silent.address)))
+	c := h.dial("l")
+	start := time.Now()
+	time.Sleep(300 * time.Millisecond)
+	connect, _ := tns.BuildConnect("(DESCRIPTION=(CONNECT_DATA=(SERVICE_NAME=SALES)))")
+	c.Write(connect[:20]) // a CONNECT cut short, late
+	err, _ := readErr(c, 3*time.Second)
+	if took := time.Since(start); err == nil || took > 800*time.Millisecond {
+		t.Fatalf("a CONNECT cut short, begun 300ms into a 500ms budget: %v after %v; want the end at the budget (500ms), not 500ms after its first bytes", err, took.Round(time.Millisecond))
 	}
 }

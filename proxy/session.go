@@ -766,7 +766,8 @@ func (s *session) firstAnswer(conn *net.TCPConn, deadline time.Time) (buf *[]byt
 // bytes when they came later, so that an app that speaks late gives its
 // server the same time to answer as one that spoke at once. None while the
 // app has sent nothing, or more than replay_bytes (an upload: the backend's
-// silence is its own business then). Until 2026-11-30 an app that spoke
+// silence is its own business then); nor beyond the budget's end for an
+// opening no server could answer. Until 2026-11-30 an app that spoke
 // after the budget waited with no limit on a silent backend, and one that
 // spoke just before its end was reset before its server could answer.
 func (s *session) answerDeadline(budgetEnd time.Time) time.Time {
@@ -774,10 +775,19 @@ func (s *session) answerDeadline(budgetEnd time.Time) time.Time {
 	if at == 0 || budgetEnd.IsZero() || s.overflowed() {
 		return time.Time{}
 	}
-	if late := time.Unix(0, at).Add(s.backend.Config.ConnectBudget.Duration); late.After(budgetEnd) {
-		return late
+	late := time.Unix(0, at).Add(s.backend.Config.ConnectBudget.Duration)
+	if !late.After(budgetEnd) {
+		return budgetEnd
 	}
-	return budgetEnd
+	s.mu.Lock()
+	unfinished := s.openingUnfinishedLocked(true)
+	s.mu.Unlock()
+	if unfinished {
+		// An opening no server can answer (a CONNECT cut short, trickled)
+		// is owed nothing: starting late buys a slow client no more time.
+		return budgetEnd
+	}
+	return late
 }
 
 // replayTo writes the app's opening bytes to conn, then makes conn the
