@@ -90,14 +90,14 @@ func New(log hclog.Logger, m *metrics.Metrics) *Proxy {
 		forensics: newForensics(log.Named("proxy"), m.ConnectDuration), evidenceWindow: defaultEvidenceWindow, rttFresh: defaultRTTFresh,
 	}
 	p.forensics.connect.keep = p.configuredServer
-	p.loopWG.Add(1)
-	go func() {
-		defer p.loopWG.Done()
-		p.housekeeping(ctx)
-	}()
 	p.parking = startParkLots(ctx, &p.loopWG, p.log, runtime.GOMAXPROCS(0))
 	p.stalls = startStallWatch(ctx, &p.loopWG)
 	p.lotMinBusy.Store(lotMinBusy)
+	p.loopWG.Add(1)
+	go func() { // after every field it reads is set
+		defer p.loopWG.Done()
+		p.housekeeping(ctx)
+	}()
 	return p
 }
 
