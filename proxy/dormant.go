@@ -88,6 +88,7 @@ func (s *session) sleep() {
 	// epoll set would keep entries for the (still open) sockets.
 	lot.unregister(up)
 	lot.unregister(down)
+	s.p.stalls.forget(up, down) // the stall watch's too, for the same reason
 	s.client.Close()
 	s.conn.Close()
 	s.client, s.conn = nil, nil

@@ -185,3 +185,50 @@ interval = "1h"`, fmt.Sprintf("address = %q", silent.address)))
 		t.Fatalf("a CONNECT cut short, begun 300ms into a 500ms budget: %v after %v; want the end at the budget (500ms), not 500ms after its first bytes", err, took.Round(time.Millisecond))
 	}
 }
+
+// A listener that asks for the CONNECT again (RESEND, as most do for some
+// drivers) owes the answer connect_budget after the app's first bytes too:
+// an app that first spoke after the budget, or just before its end, is not
+// failed while it sends its CONNECT again. Until the fix the wait after the
+// RESEND took the opening for one no server can answer (the CONNECT owed
+// again) and ended at the budget, already past: the app was reset the
+// moment the RESEND reached it, as an app whose opening was cut short.
+func TestLateAppGetsItsAnswerAfterAResend(t *testing.T) {
+	connect, err := tns.BuildConnect("(DESCRIPTION=(CONNECT_DATA=(SERVICE_NAME=SALES)(CID=(PROGRAM=app)(HOST=h)(USER=u))))")
+	if err != nil {
+		t.Fatal(err)
+	}
+	accept := tns.BuildAccept(315, "")
+	for _, late := range []time.Duration{420 * time.Millisecond, 700 * time.Millisecond} {
+		t.Run(late.String(), func(t *testing.T) {
+			be := newServer(t, func(c *net.TCPConn) {
+				if _, err := tns.ReadPacket(c, tns.Length16, 0); err != nil {
+					return
+				}
+				c.Write(tns.BuildResend())
+				if _, err := tns.ReadPacket(c, tns.Length16, 0); err != nil {
+					return
+				}
+				time.Sleep(50 * time.Millisecond)
+				c.Write(accept)
+				io.Copy(io.Discard, c)
+			})
+			h := startProxy(t, backendTOML(`connect_timeout = "200ms"
+connect_budget = "500ms"
+[backend.health]
+check = "off"`, fmt.Sprintf("address = %q", be.address)))
+			c := h.dial("l")
+			time.Sleep(late)
+			c.Write(connect)
+			c.SetReadDeadline(time.Now().Add(3 * time.Second))
+			if p, err := tns.ReadPacket(c, tns.Length16, 0); err != nil || p.Type != tns.TypeResend {
+				t.Fatalf("app that spoke %v into a 500ms budget: read %v, %v; want the listener's RESEND", late, p.Type, err)
+			}
+			time.Sleep(100 * time.Millisecond) // an app farther away than the listener
+			c.Write(connect)
+			if p, err := tns.ReadPacket(c, tns.Length16, 0); err != nil || p.Type != tns.TypeAccept {
+				t.Fatalf("app that spoke %v into a 500ms budget, then sent its CONNECT again: read %v, %v; want the listener's ACCEPT", late, p.Type, err)
+			}
+		})
+	}
+}

@@ -350,6 +350,12 @@ func (s *session) inspectFirst(conn *net.TCPConn, srv *failover.Server, buf *[]b
 	cfg := s.backend.Config
 	data := (*buf)[:n]
 	hops := 0 // REDIRECTs followed
+	if owed := s.answerDeadline(deadline); owed.After(deadline) {
+		// The app spoke late: the rest of the answer, and a REDIRECT's
+		// node, get the time its first bytes bought (firstAnswer), not a
+		// budget that ended before the app spoke.
+		deadline = owed
+	}
 	for {
 		pkt, err := tns.ClassifyFirst(data)
 		for errors.Is(err, tns.ErrIncomplete) && len(data) < tns.DefaultMaxPacket {

@@ -332,3 +332,24 @@ func TestRedirectFollowedCountsOnlyWhenTheNodeAnswered(t *testing.T) {
 		t.Errorf("tnsguard_tns_redirects_followed_total of the SCAN whose node answered = %v, want 1", v)
 	}
 }
+
+// An app that first speaks late (after connect_budget from its accept) is
+// owed its answer connect_budget after its first bytes (firstAnswer), and
+// that holds through a REDIRECT that tnsguard follows: the dial to the node
+// and the CONNECT sent there get the same time. Until the fix they were
+// bounded by the budget's end, already past: the follow failed at once and
+// the app got ORA-12170 from a healthy SCAN and node.
+func TestRedirectFollowedForALateApp(t *testing.T) {
+	node := tnstest.New(t, tnstest.Config{Mode: tnstest.Accept})
+	scan := tnstest.New(t, tnstest.Config{Mode: tnstest.Redirect, RedirectTo: node.Addr(), RedirectData: scanReconnect})
+	h := startProxy(t, oracleConfig(`redirect = "follow"`, scan.Addr()))
+	c := h.dial("l")
+	time.Sleep(2200 * time.Millisecond) // past the 2s budget
+	connect, _ := tns.BuildConnect("(DESCRIPTION=(CONNECT_DATA=(SERVICE_NAME=SALES))(ADDRESS=(PROTOCOL=TCP)(HOST=tnsguard)(PORT=1522)))")
+	c.Write(connect)
+	c.SetReadDeadline(time.Now().Add(3 * time.Second))
+	pkt, err := tns.ReadPacket(c, tns.Length16, 0)
+	if err != nil || pkt.Type != tns.TypeAccept {
+		t.Fatalf("an app that spoke 2.2s after its accept (budget 2s) got %v, %v; want the node's ACCEPT", pkt.Type, err)
+	}
+}

@@ -780,7 +780,11 @@ func (s *session) answerDeadline(budgetEnd time.Time) time.Time {
 		return budgetEnd
 	}
 	s.mu.Lock()
-	unfinished := s.openingUnfinishedLocked(true)
+	// After a RESEND the opening is the app's CONNECT sent again, still on
+	// its way: the listener asked for it, and answers it. Capped at the
+	// budget's end, the wait ended before that CONNECT came (at once when
+	// the app had spoken after the budget), and the app was reset.
+	unfinished := !s.resendOwed && s.openingUnfinishedLocked(true)
 	s.mu.Unlock()
 	if unfinished {
 		// An opening no server can answer (a CONNECT cut short, trickled)

@@ -139,36 +139,87 @@ func (w *stallWatch) update(sessions []*session, now time.Time) {
 		s.mu.Unlock()
 	}
 	w.mu.Lock()
-	defer w.mu.Unlock()
 	for p, e := range w.byPump {
 		if n, ok := w.stalled[p]; ok && n.conn == e.conn {
 			continue
 		}
 		// The wait ended, or the session: a closed socket left the set
-		// when it was closed, and Control fails on it.
+		// when it was closed (a dormant session's were forgotten before
+		// theirs were), and Control fails on it.
 		if rc, err := e.conn.SyscallConn(); err == nil {
 			rc.Control(func(fd uintptr) { unix.EpollCtl(w.epfd, unix.EPOLL_CTL_DEL, int(fd), nil) })
 		}
 		delete(w.byPump, p)
 		delete(w.byID, e.id)
 	}
+	w.mu.Unlock()
 	for p, n := range w.stalled {
-		if _, ok := w.byPump[p]; ok {
+		// Under the session's lock, as sleep (dormant.go) forgets its
+		// sources before it closes their conns: a source added after that
+		// would stay in the set under a closed fd number, while the
+		// session's duplicate keeps the socket open.
+		n.s.mu.Lock()
+		w.mu.Lock()
+		w.watch(p, n)
+		w.mu.Unlock()
+		n.s.mu.Unlock()
+	}
+}
+
+// watch adds n, p's source, to the set unless it is there already or its
+// session let go of it. Under n.s.mu and w.mu.
+func (w *stallWatch) watch(p *pump, n stallEntry) {
+	if _, ok := w.byPump[p]; ok {
+		return
+	}
+	s := n.s
+	if s.dormant || s.closing || (n.conn != s.client && n.conn != s.conn) {
+		return
+	}
+	rc, err := n.conn.SyscallConn()
+	if err != nil {
+		return
+	}
+	w.next++
+	e := &stallEntry{id: w.next, s: n.s, side: n.side, conn: n.conn}
+	// Edge-triggered, so that a FIN, which stays, wakes it once. An
+	// error that came before this is reported at once.
+	ev := unix.EpollEvent{Events: unix.EPOLLRDHUP | unix.EPOLLET, Fd: int32(uint32(e.id)), Pad: int32(uint32(e.id >> 32))}
+	var cerr error
+	if err := rc.Control(func(fd uintptr) {
+		cerr = unix.EpollCtl(w.epfd, unix.EPOLL_CTL_ADD, int(fd), &ev)
+		if cerr == unix.EEXIST {
+			// This socket, under this fd number, is in the set already:
+			// left behind where its removal could not reach it. It is
+			// this source now.
+			cerr = unix.EpollCtl(w.epfd, unix.EPOLL_CTL_MOD, int(fd), &ev)
+		}
+	}); err != nil || cerr != nil {
+		return
+	}
+	w.byPump[p], w.byID[e.id] = e, e
+}
+
+// forget stops watching the sources of the session's pumps; sleep
+// (dormant.go) calls it before it closes their conns, while the fds are
+// still theirs: a socket that a duplicate keeps open stays in an epoll set
+// after its fd is closed, where no EPOLL_CTL_DEL can reach it any more.
+// Under the session's lock.
+func (w *stallWatch) forget(pumps ...*pump) {
+	if w == nil {
+		return
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	for _, p := range pumps {
+		e := w.byPump[p]
+		if e == nil {
 			continue
 		}
-		rc, err := n.conn.SyscallConn()
-		if err != nil {
-			continue
+		if rc, err := e.conn.SyscallConn(); err == nil {
+			rc.Control(func(fd uintptr) { unix.EpollCtl(w.epfd, unix.EPOLL_CTL_DEL, int(fd), nil) })
 		}
-		w.next++
-		e := &stallEntry{id: w.next, s: n.s, side: n.side, conn: n.conn}
-		// Edge-triggered, so that a FIN, which stays, wakes it once. An
-		// error that came before this is reported at once.
-		ev := unix.EpollEvent{Events: unix.EPOLLRDHUP | unix.EPOLLET, Fd: int32(uint32(e.id)), Pad: int32(uint32(e.id >> 32))}
-		var cerr error
-		if err := rc.Control(func(fd uintptr) { cerr = unix.EpollCtl(w.epfd, unix.EPOLL_CTL_ADD, int(fd), &ev) }); err != nil || cerr != nil {
-			continue
-		}
-		w.byPump[p], w.byID[e.id] = e, e
+		delete(w.byPump, p)
+		delete(w.byID, e.id)
 	}
 }
