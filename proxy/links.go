@@ -171,7 +171,9 @@ type linkFigures struct {
 	anyLive     bool      // a live socket reported an RTT (fresh or not)
 }
 
-func (l *link) figures() linkFigures {
+// figures reads the link's kernel view; checked is its server (nil for
+// none), whose last health check's RTT counts as a sample too.
+func (l *link) figures(checked *failover.Server) linkFigures {
 	l.mu.Lock()
 	live := make([]*session, 0, len(l.live))
 	for s := range l.live {
@@ -197,6 +199,9 @@ func (l *link) figures() linkFigures {
 			f.rtt, f.lastAt, f.hasRTT = info.RTT, at, true
 		}
 	}
+	if rtt, at, ok := checked.CheckRTT(); ok && (!f.hasRTT || at.After(f.lastAt)) {
+		f.rtt, f.lastAt, f.hasRTT = rtt, at, true // a health check's is the newer sample
+	}
 	if f.liveN > 0 {
 		f.rtt, f.hasRTT = f.liveRTT/time.Duration(f.liveN), true
 	}
@@ -219,12 +224,10 @@ func (l *link) figures() linkFigures {
 // session, as its other gauges go at the reload.
 func (p *Proxy) ServerLinks() []metrics.ServerLink {
 	type key struct{ backend, server string }
-	configured := map[key]bool{}
-	servers := map[key]*failover.Server{}
+	servers := map[key]*failover.Server{} // the configured ones
 	p.mu.Lock()
 	for _, b := range p.backends {
 		for _, s := range b.Servers {
-			configured[key{b.Config.Name, s.Address}] = true
 			servers[key{b.Config.Name, s.Address}] = s
 		}
 	}
@@ -241,7 +244,7 @@ func (p *Proxy) ServerLinks() []metrics.ServerLink {
 	var order []key
 	for _, l := range p.allLinks() {
 		k := key{l.key.backend, l.key.server}
-		if l.key.server == "none" || !l.shown(configured[k]) {
+		if l.key.server == "none" || !l.shown(servers[k] != nil) {
 			continue
 		}
 		a, ok := agg[k]
@@ -250,7 +253,7 @@ func (p *Proxy) ServerLinks() []metrics.ServerLink {
 			agg[k] = a
 			order = append(order, k)
 		}
-		f := l.figures()
+		f := l.figures(servers[k])
 		a.sl.Retransmits += float64(f.retransmits)
 		a.liveSum += f.liveRTT
 		a.liveN += f.liveN
@@ -262,8 +265,8 @@ func (p *Proxy) ServerLinks() []metrics.ServerLink {
 	// A server no session has used yet has an RTT once it is checked.
 	for k, srv := range servers {
 		if _, ok := agg[k]; !ok {
-			if _, _, checked := srv.CheckRTT(); checked {
-				agg[k] = &acc{sl: metrics.ServerLink{Backend: k.backend, Server: k.server}}
+			if rtt, at, checked := srv.CheckRTT(); checked {
+				agg[k] = &acc{sl: metrics.ServerLink{Backend: k.backend, Server: k.server}, last: rtt, lastAt: at}
 				order = append(order, k)
 			}
 		}
@@ -271,13 +274,10 @@ func (p *Proxy) ServerLinks() []metrics.ServerLink {
 	out := make([]metrics.ServerLink, 0, len(order))
 	for _, k := range order {
 		a := agg[k]
-		if rtt, at, ok := servers[k].CheckRTT(); ok && at.After(a.lastAt) {
-			a.last, a.lastAt = rtt, at // a health check's is the newer sample
-		}
 		switch {
 		case a.liveN > 0:
 			a.sl.RTTSeconds, a.sl.HasRTT = (a.liveSum / time.Duration(a.liveN)).Seconds(), true
-		case !a.lastAt.IsZero() && (configured[k] || a.anyLive):
+		case !a.lastAt.IsZero() && (servers[k] != nil || a.anyLive):
 			a.sl.RTTSeconds, a.sl.HasRTT = a.last.Seconds(), true
 		}
 		out = append(out, a.sl)
@@ -346,9 +346,6 @@ func (p *Proxy) Links() []LinkStatus {
 	var out []LinkStatus
 	view := p.forensics.view(time.Now())
 	for _, l := range links {
-		f := l.figures()
-		st := LinkStatus{Listener: l.key.listener, Backend: l.key.backend, Server: l.key.server,
-			SessionsActive: f.sessions, Retransmits: f.retransmits, Resets: map[string]uint64{}, Breaker: "closed"}
 		var srv *failover.Server
 		if b := backends[l.key.backend]; b != nil {
 			for _, s := range b.Servers {
@@ -357,9 +354,9 @@ func (p *Proxy) Links() []LinkStatus {
 				}
 			}
 		}
-		if rtt, at, ok := srv.CheckRTT(); ok && f.liveN == 0 && (!f.hasRTT || at.After(f.lastAt)) {
-			f.rtt, f.hasRTT = rtt, true // a health check's is the newer sample
-		}
+		f := l.figures(srv)
+		st := LinkStatus{Listener: l.key.listener, Backend: l.key.backend, Server: l.key.server,
+			SessionsActive: f.sessions, Retransmits: f.retransmits, Resets: map[string]uint64{}, Breaker: "closed"}
 		if f.hasRTT {
 			v := f.rtt.Seconds()
 			st.RTTSeconds = &v

@@ -305,15 +305,15 @@ func TestServerRTTIsOfSessionsThatSentLately(t *testing.T) {
 func TestLinkRetransmitsNeverGoBack(t *testing.T) {
 	l := newLink(linkKey{"l", "b", "s"}, defaultEvidenceWindow)
 	l.closedRetrans = 7
-	if got := l.figures().retransmits; got != 7 {
+	if got := l.figures(nil).retransmits; got != 7 {
 		t.Fatalf("retransmits %d, want 7", got)
 	}
 	l.closedRetrans = 5 // as if 2 were in flight between a live socket and closedRetrans
-	if got := l.figures().retransmits; got != 7 {
+	if got := l.figures(nil).retransmits; got != 7 {
 		t.Errorf("retransmits went back to %d after 7 were reported", got)
 	}
 	l.closedRetrans = 9
-	if got := l.figures().retransmits; got != 9 {
+	if got := l.figures(nil).retransmits; got != 9 {
 		t.Errorf("retransmits %d, want 9", got)
 	}
 }
