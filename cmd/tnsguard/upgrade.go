@@ -45,6 +45,10 @@ const (
 	readyTimeout = 30 * time.Second
 )
 
+// upgradeEnv names the variables an upgrade hands the new process: it
+// clears them at once, and an upgrade in turn sets them anew.
+func upgradeEnv() []string { return []string{envListenFDs, envReadyFD, envSessions, envOldPID} }
+
 // upgrade is a new process started by SIGUSR2, until it serves or fails.
 type upgrade struct {
 	pid   int
@@ -153,8 +157,8 @@ func startUpgrade(p *proxy.Proxy, adm *admin.Server, exe string) (*upgrade, erro
 	}
 	files = append(files, w.Fd())
 	env := slices.DeleteFunc(os.Environ(), func(kv string) bool {
-		return strings.HasPrefix(kv, envListenFDs+"=") || strings.HasPrefix(kv, envReadyFD+"=") || strings.HasPrefix(kv, envSessions+"=") ||
-			strings.HasPrefix(kv, envOldPID+"=")
+		name, _, _ := strings.Cut(kv, "=")
+		return slices.Contains(upgradeEnv(), name)
 	})
 	counts := make([]string, len(sessions))
 	for i, n := range sessions {
@@ -322,10 +326,9 @@ func waitGone(pidfd, pid int) {
 // that nothing this process starts takes them for its own.
 func inheritance() (*proxy.Inherited, *os.File, int, error) {
 	n, r, counts, from := os.Getenv(envListenFDs), os.Getenv(envReadyFD), os.Getenv(envSessions), os.Getenv(envOldPID)
-	os.Unsetenv(envListenFDs)
-	os.Unsetenv(envReadyFD)
-	os.Unsetenv(envSessions)
-	os.Unsetenv(envOldPID)
+	for _, name := range upgradeEnv() {
+		os.Unsetenv(name)
+	}
 	if n == "" && r == "" {
 		return nil, nil, 0, nil
 	}
