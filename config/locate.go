@@ -1,6 +1,7 @@
 package config
 
 import (
+	"slices"
 	"strconv"
 	"strings"
 
@@ -22,7 +23,7 @@ func lineOf(text, msg string, at tablePos) int {
 	}
 	var t [2]int
 	switch tables := sections(lines, kind); {
-	case at.kind == "" && (kind == "log" || kind == "admin" || kind == "shutdown" || kind == "reload") && len(tables) > 0:
+	case at.kind == "" && slices.Contains(oneOfAKind(), kind) && len(tables) > 0:
 		t = tables[0]
 	case at.kind == kind && at.index >= 0 && at.index < len(tables):
 		t = tables[at.index]
@@ -77,10 +78,14 @@ func keyLine(lines []string, t [2]int, kind, rest string) int {
 	return start + 1
 }
 
+// oneOfAKind names the tables a file has one of, named by a validate
+// message as `log: ` (the others, listener and backend, by name).
+func oneOfAKind() []string { return []string{"log", "admin", "shutdown", "reload"} }
+
 // tableOf splits a validate message into the kind of its table and the
 // rest after the table (`listener "orders": `, `log: `).
 func tableOf(msg string) (kind, rest string, ok bool) {
-	for _, k := range []string{"log", "admin", "shutdown", "reload"} {
+	for _, k := range oneOfAKind() {
 		if r, found := strings.CutPrefix(msg, k+": "); found {
 			return k, r, true
 		}
