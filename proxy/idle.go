@@ -64,7 +64,9 @@ type parkLot struct {
 	trim   *memTrim        // gives memory back after a burst of sessions went dormant (trim.go)
 	events []unix.EpollEvent
 
-	// wake's read (the dispatcher is one goroutine): no closure per wake
+	// dispatch's and wake's work (the dispatcher is one goroutine): no
+	// closure per event or wake
+	wakeFn func(id uint64, events uint32)
 	readFn func(fd uintptr)
 	rbuf   []byte
 	rn     int
@@ -83,22 +85,17 @@ type parkLot struct {
 
 // newParkLot makes the epoll set; run dispatches its events.
 func newParkLot(trim *memTrim) (*parkLot, error) {
-	fd, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
+	f, fd, rc, err := newEpollSet("parked-sessions")
 	if err != nil {
-		return nil, os.NewSyscallError("epoll_create1", err)
-	}
-	if err := unix.SetNonblock(fd, true); err != nil {
-		unix.Close(fd)
-		return nil, os.NewSyscallError("setnonblock", err)
-	}
-	f := os.NewFile(uintptr(fd), "parked-sessions") // non-blocking: Go's poller waits on it
-	rc, err := f.SyscallConn()
-	if err != nil {
-		f.Close()
 		return nil, err
 	}
 	l := &parkLot{file: f, epfd: fd, rc: rc, epoch: time.Now(), events: make([]unix.EpollEvent, 128), parked: map[uint64]*pump{}, trim: trim}
 	l.after.Store(int64(parkAfter))
+	l.wakeFn = func(id uint64, events uint32) {
+		if p := l.take(id); p != nil {
+			l.wake(p, events)
+		}
+	}
 	l.readFn = func(fd uintptr) { l.rn, l.rerr = rawRead(fd, l.rbuf) }
 	l.ctlFn = func(fd uintptr) {
 		l.ctlErr = unix.EpollCtl(l.epfd, l.ctlOp, int(fd), &l.ctlEv)
@@ -196,28 +193,56 @@ func (l *parkLot) run() {
 	}
 }
 
-// dispatch drains the epoll set; returning false waits in Go's poller until
-// the set has events again (the set is drained each time, so none is lost).
-func (l *parkLot) dispatch(fd uintptr) bool {
+// dispatch drains the epoll set and wakes the pumps of its events.
+func (l *parkLot) dispatch(fd uintptr) bool { return drainEpoll(fd, l.events, l.wakeFn) }
+
+// newEpollSet makes an epoll instance that Go's poller waits on (rc.Read
+// with drainEpoll): non-blocking, in an os.File named name.
+func newEpollSet(name string) (f *os.File, fd int, rc syscall.RawConn, err error) {
+	fd, err = unix.EpollCreate1(unix.EPOLL_CLOEXEC)
+	if err != nil {
+		return nil, 0, nil, os.NewSyscallError("epoll_create1", err)
+	}
+	if err := unix.SetNonblock(fd, true); err != nil {
+		unix.Close(fd)
+		return nil, 0, nil, os.NewSyscallError("setnonblock", err)
+	}
+	f = os.NewFile(uintptr(fd), name) // non-blocking: Go's poller waits on it
+	if rc, err = f.SyscallConn(); err != nil {
+		f.Close()
+		return nil, 0, nil, err
+	}
+	return f, fd, rc, nil
+}
+
+// drainEpoll reads the epoll set fd's events into events until it is
+// drained, and calls each with every event's id (epollID) and flags. It
+// returns false, which waits in Go's poller until the set has events again
+// (the set is drained each time, so none is lost).
+func drainEpoll(fd uintptr, events []unix.EpollEvent, each func(id uint64, flags uint32)) bool {
 	for {
-		n, err := epollPoll(fd, l.events)
+		n, err := epollPoll(fd, events)
 		if err == unix.EINTR {
 			continue
 		}
 		if n <= 0 {
 			return false
 		}
-		for _, ev := range l.events[:n] {
-			if p := l.take(uint64(uint32(ev.Fd)) | uint64(uint32(ev.Pad))<<32); p != nil {
-				l.wake(p, ev.Events)
-			}
+		for _, ev := range events[:n] {
+			each(uint64(uint32(ev.Fd))|uint64(uint32(ev.Pad))<<32, ev.Events)
 		}
-		if n < len(l.events) {
+		if n < len(events) {
 			// Drained: every event from now on wakes the set's waiters
 			// again (ep_poll_callback), so Go's poller reports it.
 			return false
 		}
 	}
+}
+
+// epollID is an epoll entry for flags keyed by id, which drainEpoll gives
+// back.
+func epollID(flags uint32, id uint64) unix.EpollEvent {
+	return unix.EpollEvent{Events: flags, Fd: int32(uint32(id)), Pad: int32(uint32(id >> 32))}
 }
 
 // epollPoll is epoll_wait(2) with a zero timeout, made without telling the
@@ -423,7 +448,7 @@ func (l *parkLot) move(p *pump, rawFD int, conn *net.TCPConn) error {
 
 // parkEvent is a parked pump's one-shot epoll entry, keyed by its parkID.
 func parkEvent(id uint64) unix.EpollEvent {
-	return unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLRDHUP | unix.EPOLLONESHOT, Fd: int32(uint32(id)), Pad: int32(uint32(id >> 32))}
+	return epollID(unix.EPOLLIN|unix.EPOLLRDHUP|unix.EPOLLONESHOT, id)
 }
 
 // edgeEvents are the flags of a dormant session's entries: edge-triggered

@@ -27,10 +27,11 @@ const stallWatchAfter = 100 * time.Millisecond
 // and EPOLLHUP only (no EPOLLIN: arriving bytes do not wake it), from
 // stallWatchAfter into the wait until it ends.
 type stallWatch struct {
-	file   *os.File
-	epfd   int
-	rc     syscall.RawConn
-	events []unix.EpollEvent
+	file    *os.File
+	epfd    int
+	rc      syscall.RawConn
+	events  []unix.EpollEvent
+	checkFn func(id uint64, flags uint32) // check, made once: no closure per dispatch
 
 	mu      sync.Mutex
 	next    uint64
@@ -50,22 +51,13 @@ type stallEntry struct {
 // startStallWatch runs the watch until ctx ends; nil when it cannot (no
 // epoll): checkStalled still looks once a second.
 func startStallWatch(ctx context.Context, wg *sync.WaitGroup) *stallWatch {
-	fd, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
+	f, fd, rc, err := newEpollSet("stalled-sources")
 	if err != nil {
-		return nil
-	}
-	if err := unix.SetNonblock(fd, true); err != nil {
-		unix.Close(fd)
-		return nil
-	}
-	f := os.NewFile(uintptr(fd), "stalled-sources") // non-blocking: Go's poller waits on it
-	rc, err := f.SyscallConn()
-	if err != nil {
-		f.Close()
 		return nil
 	}
 	w := &stallWatch{file: f, epfd: fd, rc: rc, events: make([]unix.EpollEvent, 32),
 		byID: map[uint64]*stallEntry{}, byPump: map[*pump]*stallEntry{}, stalled: map[*pump]stallEntry{}}
+	w.checkFn = w.check
 	context.AfterFunc(ctx, func() { f.Close() })
 	wg.Add(1)
 	go func() {
@@ -76,36 +68,26 @@ func startStallWatch(ctx context.Context, wg *sync.WaitGroup) *stallWatch {
 	return w
 }
 
-// dispatch drains the set (see parkLot.dispatch); a source with an error
-// ends its session. A FIN (EPOLLHUP once both ways are shut) is no error:
-// the direction reads it once its destination takes its bytes.
-func (w *stallWatch) dispatch(fd uintptr) bool {
-	for {
-		n, err := epollPoll(fd, w.events)
-		if err == unix.EINTR {
-			continue
-		}
-		if n <= 0 {
-			return false
-		}
-		for _, ev := range w.events[:n] {
-			w.mu.Lock()
-			e := w.byID[uint64(uint32(ev.Fd))|uint64(uint32(ev.Pad))<<32]
-			w.mu.Unlock()
-			if e == nil {
-				continue
-			}
-			rc, err := e.conn.SyscallConn()
-			if err != nil {
-				continue
-			}
-			if failed := sockError(rc); failed != nil {
-				go e.s.abort(e.side, e.s.phaseNow(e.side), failed, "reset", nil)
-			}
-		}
-		if n < len(w.events) {
-			return false
-		}
+// dispatch drains the set (drainEpoll) and checks the sources of its
+// events.
+func (w *stallWatch) dispatch(fd uintptr) bool { return drainEpoll(fd, w.events, w.checkFn) }
+
+// check ends the session of the source id when it holds an error. A FIN
+// (EPOLLHUP once both ways are shut) is no error: the direction reads it
+// once its destination takes its bytes.
+func (w *stallWatch) check(id uint64, _ uint32) {
+	w.mu.Lock()
+	e := w.byID[id]
+	w.mu.Unlock()
+	if e == nil {
+		return
+	}
+	rc, err := e.conn.SyscallConn()
+	if err != nil {
+		return
+	}
+	if failed := sockError(rc); failed != nil {
+		go e.s.abort(e.side, e.s.phaseNow(e.side), failed, "reset", nil)
 	}
 }
 
@@ -184,7 +166,7 @@ func (w *stallWatch) watch(p *pump, n stallEntry) {
 	e := &stallEntry{id: w.next, s: n.s, side: n.side, conn: n.conn}
 	// Edge-triggered, so that a FIN, which stays, wakes it once. An
 	// error that came before this is reported at once.
-	ev := unix.EpollEvent{Events: unix.EPOLLRDHUP | unix.EPOLLET, Fd: int32(uint32(e.id)), Pad: int32(uint32(e.id >> 32))}
+	ev := epollID(unix.EPOLLRDHUP|unix.EPOLLET, e.id)
 	var cerr error
 	if err := rc.Control(func(fd uintptr) {
 		cerr = unix.EpollCtl(w.epfd, unix.EPOLL_CTL_ADD, int(fd), &ev)
