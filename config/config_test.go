@@ -480,8 +480,8 @@ func TestListenersOnOneSocketInAnySpelling(t *testing.T) {
 		{"127.0.0.1:1522", "127.0.0.2:1522", false},
 		{"[::]:0", "0.0.0.0:0", false}, // port 0: each gets its own
 	} {
-		if got := sameSocket(tc.a, tc.b); got != tc.same {
-			t.Errorf("sameSocket(%s, %s) = %v, want %v", tc.a, tc.b, got, tc.same)
+		if got := SameSocket(tc.a, tc.b); got != tc.same {
+			t.Errorf("SameSocket(%s, %s) = %v, want %v", tc.a, tc.b, got, tc.same)
 		}
 	}
 }

@@ -99,7 +99,7 @@ func (c *Config) validate() (errs, warnings []string, errAt, warnAt []tablePos) 
 			add("%s: listen: %v", where, err)
 		} else if other, dup := listenerOn(addrs, l.Listen); dup {
 			add("%s: listen %q is also used by listener %q", where, l.Listen, other)
-		} else if sameSocket(l.Listen, c.Admin.Listen) {
+		} else if SameSocket(l.Listen, c.Admin.Listen) {
 			add("%s: listen %q takes the address of admin.listen %q: one of them could not start", where, l.Listen, c.Admin.Listen)
 		} else if host, _, _ := net.SplitHostPort(l.Listen); host != "" && !isIP(host) {
 			// Go listens on the first address the name has (localhost:
@@ -496,7 +496,7 @@ func parseNets(list []string) ([]netip.Prefix, error) {
 // whose socket listening on addr would take.
 func listenerOn(seen map[string]string, addr string) (string, bool) {
 	for a, name := range seen {
-		if sameSocket(a, addr) {
+		if SameSocket(a, addr) {
 			return name, true
 		}
 	}
@@ -511,9 +511,9 @@ const minHealthInterval = 10 * time.Millisecond
 // and 8 KiB is the SDU most drivers start with.
 const minRouteBytes = 8192
 
-// sameSocket tells whether listening on a and on b would take one socket:
+// SameSocket tells whether listening on a and on b would take one socket:
 // the same port (not 0), on the same host or with either on every address.
-func sameSocket(a, b string) bool {
+func SameSocket(a, b string) bool {
 	ha, pa, ok1 := splitSocket(a)
 	hb, pb, ok2 := splitSocket(b)
 	if !ok1 || !ok2 || pa != pb || pa == 0 { // port 0: each gets its own

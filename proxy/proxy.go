@@ -20,7 +20,6 @@ import (
 	"runtime"
 	"slices"
 	"sort"
-	"strconv"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -370,39 +369,21 @@ func BindHint(err error) error {
 }
 
 // holderOf names the socket of this process whose address overlaps listen
-// (same port, and the same address or a wildcard on either side: Go binds
-// the wildcards dual-stack), or "".
+// (config.SameSocket: the same port, and the same address or a wildcard
+// on either side), or "".
 func (p *Proxy) holderOf(listen string) string {
-	host, port, err := net.SplitHostPort(listen)
-	if err != nil {
-		return ""
-	}
-	var want netip.Addr // invalid: the wildcard ("" as the host)
-	if host != "" {
-		if want, err = netip.ParseAddr(host); err != nil {
-			return "" // a name: not looked up again, under p.mu
-		}
-	}
-	overlaps := func(a net.Addr) bool {
-		have, ok := a.(*net.TCPAddr)
-		if !ok || strconv.Itoa(have.Port) != port {
-			return false
-		}
-		h, _ := netip.AddrFromSlice(have.IP)
-		return !want.IsValid() || want.IsUnspecified() || h.IsUnspecified() || h.Unmap() == want.Unmap()
-	}
 	names := make([]string, 0, len(p.listeners))
 	for name := range p.listeners {
 		names = append(names, name)
 	}
 	sort.Strings(names)
 	for _, name := range names {
-		if a := p.listeners[name].ln.Addr(); overlaps(a) {
+		if a := p.listeners[name].ln.Addr(); config.SameSocket(a.String(), listen) {
 			return fmt.Sprintf("listener %q of the running configuration listens on %s", name, a)
 		}
 	}
 	for _, o := range p.alsoOwn {
-		if overlaps(o.addr) {
+		if config.SameSocket(o.addr.String(), listen) {
 			return fmt.Sprintf("%s of this process listens on %s", o.what, o.addr)
 		}
 	}
