@@ -36,6 +36,7 @@ type Metrics struct {
 	TNSFollowed      *prometheus.CounterVec   // listener, backend, server
 	ReloadOK         prometheus.Gauge
 	ReloadTime       prometheus.Gauge
+	LogDropped       prometheus.Counter // log lines the output took no room for
 }
 
 // Breaker states as exported by tnsguard_breaker_state.
@@ -111,6 +112,9 @@ func New(reg prometheus.Registerer, version string) *Metrics {
 		ReloadTime: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "tnsguard_config_last_reload_success_timestamp_seconds", Help: "When the configuration was last loaded successfully.",
 		}),
+		LogDropped: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "tnsguard_log_lines_dropped_total", Help: "Log lines dropped because the log output (stderr: journald, a Docker log driver) took no writes and the 1 MiB queue was full.",
+		}),
 	}
 	build := prometheus.NewGaugeVec(prometheus.GaugeOpts{
 		Name: "tnsguard_build_info", Help: "tnsguard's version.",
@@ -118,7 +122,7 @@ func New(reg prometheus.Registerer, version string) *Metrics {
 	build.WithLabelValues(version).Set(1)
 	reg.MustRegister(m.SessionsActive, m.SessionsIdle, m.SessionsTotal, m.SessionsRejected, m.SessionWait,
 		m.SessionDuration, m.MaxSessions, m.Resets, m.Redials, m.Bytes, m.ConnectDuration, m.BackendUp,
-		m.BreakerState, m.HealthDuration, m.ListenerVersion, m.TNSRedirects, m.TNSFollowed, m.ReloadOK, m.ReloadTime, build,
+		m.BreakerState, m.HealthDuration, m.ListenerVersion, m.TNSRedirects, m.TNSFollowed, m.ReloadOK, m.ReloadTime, m.LogDropped, build,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }

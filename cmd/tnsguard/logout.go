@@ -5,6 +5,8 @@ import (
 	"io"
 	"sync"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 // logOutput is the log's writer. hclog writes each line under a lock that
@@ -16,12 +18,14 @@ import (
 // /readyz and /metrics hung; SIGTERM did not drain; an app refused for want
 // of a backend waited on its socket. Lines are queued here instead (up to
 // max bytes) and written by a goroutine of its own; what the queue cannot
-// take is dropped and counted, and once the output takes lines again one
-// line (report) says how many were lost.
+// take is dropped and counted (at once in counter, the metric an alert can
+// watch while the log itself is stuck), and once the output takes lines
+// again one line (report) says how many were lost.
 type logOutput struct {
-	w      io.Writer
-	max    int                                // bytes queued at most
-	report func(dropped int, since time.Time) // writes the count to w (not through Write); set before start
+	w       io.Writer
+	max     int                                // bytes queued at most
+	report  func(dropped int, since time.Time) // writes the count to w (not through Write); set before start
+	counter prometheus.Counter                 // tnsguard_log_lines_dropped_total
 
 	mu      sync.Mutex
 	queue   [][]byte
@@ -43,8 +47,8 @@ const logQueueBytes = 1 << 20
 // exit that systemd or Docker wait for.
 const logFlushLimit = time.Second
 
-func newLogOutput(w io.Writer, max int) *logOutput {
-	return &logOutput{w: w, max: max, report: func(int, time.Time) {},
+func newLogOutput(w io.Writer, max int, dropped prometheus.Counter) *logOutput {
+	return &logOutput{w: w, max: max, counter: dropped, report: func(int, time.Time) {},
 		wake: make(chan struct{}, 1), quit: make(chan struct{}), done: make(chan struct{})}
 }
 
@@ -56,6 +60,7 @@ func (o *logOutput) Write(p []byte) (int, error) {
 			o.since = time.Now()
 		}
 		o.dropped++
+		o.counter.Inc()
 	} else {
 		o.queue = append(o.queue, bytes.Clone(p)) // hclog reuses its buffer
 		o.queued += len(p)

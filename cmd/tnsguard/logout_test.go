@@ -7,6 +7,9 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 )
 
 // gatedWriter is a log reader that hangs until open: Write blocks, as
@@ -32,10 +35,12 @@ func (g *gatedWriter) String() string {
 
 // An output that takes nothing blocks no Write: the lines the queue holds
 // are written once it takes them again, the rest are dropped, and their
-// count is reported after the lines written before them.
+// count is reported after the lines written before them. The metric counts
+// them at once, while the output still takes nothing.
 func TestLogOutputNeverBlocksAndCountsWhatItDrops(t *testing.T) {
 	gw := &gatedWriter{open: make(chan struct{})}
-	o := newLogOutput(gw, 100) // ten lines of 10 bytes
+	counter := prometheus.NewCounter(prometheus.CounterOpts{Name: "dropped"})
+	o := newLogOutput(gw, 100, counter) // ten lines of 10 bytes
 	var reports []string
 	o.report = func(n int, since time.Time) {
 		reports = append(reports, fmt.Sprint(n))
@@ -50,6 +55,10 @@ func TestLogOutputNeverBlocksAndCountsWhatItDrops(t *testing.T) {
 	}
 	if d := time.Since(began); d > 500*time.Millisecond {
 		t.Fatalf("1000 lines took %v with the output blocked", d)
+	}
+	counted := testutil.ToFloat64(counter)
+	if counted < 1000-40 {
+		t.Errorf("tnsguard_log_lines_dropped_total %v with the output blocked and 1000 lines logged", counted)
 	}
 	close(gw.open)
 	o.flush(2 * time.Second)
@@ -73,6 +82,9 @@ func TestLogOutputNeverBlocksAndCountsWhatItDrops(t *testing.T) {
 		default:
 			t.Fatalf("line %q; output:\n%s", l, out)
 		}
+	}
+	if float64(dropped) != counted {
+		t.Errorf("%d lines reported dropped, %v counted", dropped, counted)
 	}
 	if next != 1000 || written > 40 || len(reports) == 0 {
 		t.Fatalf("%d lines written, %d dropped in %d reports; output:\n%s", written, dropped, len(reports), out)

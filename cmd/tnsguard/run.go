@@ -76,9 +76,11 @@ func runCommand(args []string, stderr io.Writer) (code int) {
 		inherited.Close()
 		return 1
 	}
+	reg := prometheus.NewRegistry()
+	m := metrics.New(reg, version)
 	// Through a queue: a log reader that stops reading must not block
 	// what logs (logout.go).
-	out := newLogOutput(stderr, logQueueBytes)
+	out := newLogOutput(stderr, logQueueBytes, m.LogDropped)
 	log := hclog.New(&hclog.LoggerOptions{
 		Name: "tnsguard", Level: hclog.LevelFromString(cfg.Log.Level), Output: out,
 		JSONFormat: cfg.Log.Format == "json",
@@ -100,8 +102,6 @@ func runCommand(args []string, stderr io.Writer) (code int) {
 	raiseFileLimit(log)
 	fitMemoryLimit(log)
 
-	reg := prometheus.NewRegistry()
-	m := metrics.New(reg, version)
 	p := proxy.New(log, m)
 	reg.MustRegister(metrics.NewTCPInfoCollector(p))
 	// The admin port is bound before the listeners accept: a process that

@@ -37,6 +37,7 @@ var knownMetrics = map[string]string{
 	"tnsguard_build_info":                                   "gauge",
 	"tnsguard_tns_redirects_total":                          "counter",
 	"tnsguard_tns_redirects_followed_total":                 "counter",
+	"tnsguard_log_lines_dropped_total":                      "counter",
 }
 
 const (
