@@ -238,11 +238,15 @@ func runCommand(args []string, stderr io.Writer) (code int) {
 				reload(false)
 			}
 		case <-watch.ticks():
-			if watch.changed(log, loaded) {
+			switch watch.changed(log, loaded) {
+			case fileChanged:
 				log.Info("configuration file changed: reloading", "config", *path)
 				reload(false)
-			} else if applyFailed != "" {
-				reload(true) // the same file, where the host may now allow it
+			case fileSame:
+				if applyFailed != "" {
+					reload(true) // the same file, where the host may now allow it
+				}
+			case fileWriting: // read again at the next tick
 			}
 		case <-usr2s:
 			if up != nil {

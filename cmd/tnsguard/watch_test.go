@@ -159,3 +159,70 @@ func TestReloadThatTurnsTheWatchOffSaysSo(t *testing.T) {
 		t.Errorf("a reload turned reload.watch off and the log does not say so:\n%s", log.String())
 	}
 }
+
+// A file written in place while reload.watch reads it (an editor, `cat >`,
+// a config tool writing piece by piece) is loaded once, whole: the watch
+// waits until it has gone unwritten for watchSettle. Until 2026-11-30 a
+// read between two writes loaded what was written so far: here the part
+// without the file's last listener, whose apps were refused until the next
+// read, or a part that ended mid-table, a "reload failed" (and its alert)
+// for a file that was fine a moment later.
+func TestReloadWatchWaitsForAFileBeingWritten(t *testing.T) {
+	admin, extra := freePort(t), freePort(t)
+	head := func(allow string) string { return runConfig(admin, allow) + "[reload]\nwatch = \"1s\"\n" }
+	tail := []string{"[[listener]]\n", "name = \"extra\"\n", fmt.Sprintf("listen = %q\n", extra), "backend = \"b\"\n"}
+	path := filepath.Join(t.TempDir(), "tnsguard.toml")
+	if err := os.WriteFile(path, []byte(head("[]")+strings.Join(tail, "")), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	log, stop := runFile(t, admin, path)
+	reloads := func() int { return strings.Count(log.String(), "configuration reloaded") }
+
+	refused := make(chan error, 1)
+	done := make(chan struct{})
+	go func() { // the extra listener's apps, all along
+		defer close(refused)
+		for {
+			select {
+			case <-done:
+				return
+			case <-time.After(20 * time.Millisecond):
+			}
+			c, err := net.Dial("tcp", extra)
+			if err != nil {
+				refused <- err
+				return
+			}
+			c.Close()
+		}
+	}()
+
+	// The writer: the new head (admin.allow changed), then the listener a
+	// line at a time, 300 ms apart: at least one of the watch's reads
+	// falls within.
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_TRUNC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, part := range append([]string{head(`["127.0.0.0/8"]`)}, tail...) {
+		if i > 0 {
+			time.Sleep(300 * time.Millisecond)
+		}
+		if _, err := f.WriteString(part); err != nil {
+			t.Fatal(err)
+		}
+	}
+	f.Close()
+	waitUntil(t, "the watch's reload", func() bool { return reloads() == 1 })
+	time.Sleep(1500 * time.Millisecond) // and no reload after it
+	close(done)
+	if err := <-refused; err != nil {
+		t.Errorf("the extra listener refused an app while its table was being written: %v", err)
+	}
+	if n := strings.Count(log.String(), "reload failed"); n != 0 || reloads() != 1 {
+		t.Errorf("%d failed reloads and %d reloads of one file written in place, want 0 and 1:\n%s", n, reloads(), log.String())
+	}
+	if c := stop(); c != 0 {
+		t.Errorf("exit %d after SIGTERM", c)
+	}
+}
