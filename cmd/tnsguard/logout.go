@@ -3,7 +3,9 @@ package main
 import (
 	"bytes"
 	"io"
+	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -26,6 +28,13 @@ type logOutput struct {
 	max     int                                // bytes queued at most
 	report  func(dropped int, since time.Time) // writes the count to w (not through Write); set before start
 	counter prometheus.Counter                 // tnsguard_log_lines_dropped_total
+	json    bool                               // lines are hclog's JSON (log.format), else its text
+
+	// pid, while not 0, is added to every line as pid: during an
+	// upgrade two processes write to one output (a container's log, a
+	// file), and the old one's drain lines ("drained", its sessions'
+	// resets) could not be told from the new one's.
+	pid atomic.Int64
 
 	mu      sync.Mutex
 	queue   [][]byte
@@ -52,8 +61,41 @@ func newLogOutput(w io.Writer, max int, dropped prometheus.Counter) *logOutput {
 		wake: make(chan struct{}, 1), quit: make(chan struct{}), done: make(chan struct{})}
 }
 
+// tagPID adds pid=PID to the lines from now on (on), or stops.
+func (o *logOutput) tagPID(on bool, pid int) {
+	if !on {
+		pid = 0
+	}
+	o.pid.Store(int64(pid))
+}
+
+// tagged is line with pid added: in JSON as the object's last
+// field, in text at the end of the first line (a value of several lines
+// follows it on lines of its own).
+func tagged(line []byte, pid int64, json bool) []byte {
+	n := strconv.FormatInt(pid, 10)
+	if json {
+		i := bytes.LastIndexByte(line, '}')
+		if i < 0 {
+			return bytes.Clone(line)
+		}
+		return bytes.Join([][]byte{line[:i], []byte(`,"pid":` + n), line[i:]}, nil)
+	}
+	i := bytes.IndexByte(line, '\n')
+	if i < 0 {
+		i = len(line)
+	}
+	return bytes.Join([][]byte{line[:i], []byte(" pid=" + n), line[i:]}, nil)
+}
+
 // Write queues a copy of p (one log line) and never blocks on the output.
 func (o *logOutput) Write(p []byte) (int, error) {
+	size := len(p)
+	if pid := o.pid.Load(); pid != 0 {
+		p = tagged(p, pid, o.json)
+	} else {
+		p = bytes.Clone(p) // hclog reuses its buffer
+	}
 	o.mu.Lock()
 	if o.queued+len(p) > o.max {
 		if o.dropped == 0 {
@@ -62,7 +104,7 @@ func (o *logOutput) Write(p []byte) (int, error) {
 		o.dropped++
 		o.counter.Inc()
 	} else {
-		o.queue = append(o.queue, bytes.Clone(p)) // hclog reuses its buffer
+		o.queue = append(o.queue, p)
 		o.queued += len(p)
 	}
 	o.mu.Unlock()
@@ -70,7 +112,7 @@ func (o *logOutput) Write(p []byte) (int, error) {
 	case o.wake <- struct{}{}:
 	default:
 	}
-	return len(p), nil
+	return size, nil
 }
 
 // start runs the writer until stop.

@@ -90,3 +90,30 @@ func TestLogOutputNeverBlocksAndCountsWhatItDrops(t *testing.T) {
 		t.Fatalf("%d lines written, %d dropped in %d reports; output:\n%s", written, dropped, len(reports), out)
 	}
 }
+
+// During an upgrade each line carries the writer's pid, in the line's own
+// format: a JSON field, or a text field on the line's first line (hclog
+// puts a value of several lines on lines of its own after it).
+func TestLogLinesTaggedWithThePID(t *testing.T) {
+	for _, c := range []struct {
+		json      bool
+		line, out string
+	}{
+		{true, `{"@level":"info","@message":"drained"}` + "\n", `{"@level":"info","@message":"drained","pid":42}` + "\n"},
+		{false, "2026-11-30T09:00:00.000Z [INFO]  tnsguard: drained\n", "2026-11-30T09:00:00.000Z [INFO]  tnsguard: drained pid=42\n"},
+		{false, "2026-11-30T09:00:00.000Z [ERROR] tnsguard: reload failed:\n  error=\n  | a\n  | b\n", "2026-11-30T09:00:00.000Z [ERROR] tnsguard: reload failed: pid=42\n  error=\n  | a\n  | b\n"},
+	} {
+		var b bytes.Buffer
+		o := newLogOutput(&b, 1<<10, prometheus.NewCounter(prometheus.CounterOpts{Name: "dropped"}))
+		o.json = c.json
+		o.start()
+		o.tagPID(true, 42)
+		o.Write([]byte(c.line))
+		o.tagPID(false, 0)
+		o.Write([]byte(c.line))
+		o.stop(time.Second)
+		if want := c.out + c.line; b.String() != want {
+			t.Errorf("written:\n%q\nwant:\n%q", b.String(), want)
+		}
+	}
+}

@@ -81,6 +81,10 @@ func runCommand(args []string, stderr io.Writer) (code int) {
 	// Through a queue: a log reader that stops reading must not block
 	// what logs (logout.go).
 	out := newLogOutput(stderr, logQueueBytes, m.LogDropped)
+	out.json = cfg.Log.Format == "json"
+	// Started by an upgrade: the old process writes to the same output
+	// until it has drained; lines carry the pid meanwhile.
+	out.tagPID(oldPID != 0, os.Getpid())
 	log := hclog.New(&hclog.LoggerOptions{
 		Name: "tnsguard", Level: hclog.LevelFromString(cfg.Log.Level), Output: out,
 		JSONFormat: cfg.Log.Format == "json",
@@ -156,6 +160,7 @@ func runCommand(args []string, stderr io.Writer) (code int) {
 		go func() {
 			waitGone(-1, oldPID)
 			inherited.Release()
+			out.tagPID(false, 0)
 			close(oldGone)
 		}()
 	} else if err := sdNotify("READY=1"); err != nil {
@@ -250,7 +255,7 @@ func runCommand(args []string, stderr io.Writer) (code int) {
 			}
 		case <-usr2s:
 			if up != nil {
-				log.Warn("upgrade already under way: signal ignored", "pid", up.pid)
+				log.Warn("upgrade already under way: signal ignored", "new_pid", up.pid)
 				continue
 			}
 			if selfErr != nil {
@@ -261,7 +266,8 @@ func runCommand(args []string, stderr io.Writer) (code int) {
 				log.Error("upgrade failed: this process serves on", "error", err)
 				continue
 			}
-			log.Info("upgrade: started the new binary; serving until it serves", "pid", up.pid, "binary", self)
+			out.tagPID(true, os.Getpid()) // two processes write to the output now
+			log.Info("upgrade: started the new binary; serving until it serves", "new_pid", up.pid, "binary", self)
 		case err := <-upDone:
 			if err == nil {
 				select {
@@ -273,6 +279,7 @@ func runCommand(args []string, stderr io.Writer) (code int) {
 			if err != nil {
 				log.Error("upgrade failed: this process serves on", "error", err)
 				up = nil
+				out.tagPID(false, 0)
 				continue
 			}
 			return retire(log, p, adm, up, stops, cfg.Shutdown.DrainTimeout.Duration)

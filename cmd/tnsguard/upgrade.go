@@ -251,9 +251,9 @@ func retire(log hclog.Logger, p *proxy.Proxy, adm *admin.Server, up *upgrade, st
 	// The new process serves: it is the service's main process
 	// now (systemd sends it the reloads and the stop).
 	if err := sdNotify(fmt.Sprintf("MAINPID=%d", up.pid)); err != nil {
-		log.Warn("cannot tell systemd the new main process", "pid", up.pid, "error", err)
+		log.Warn("cannot tell systemd the new main process", "new_pid", up.pid, "error", err)
 	}
-	log.Info("upgrade: the new process serves; this one stops accepting and drains", "pid", up.pid)
+	log.Info("upgrade: the new process serves; this one stops accepting and drains", "new_pid", up.pid)
 	// The new process answers on the admin port; the requests this
 	// one accepted last are served meanwhile.
 	admClosed := make(chan struct{})
@@ -278,11 +278,11 @@ func retire(log hclog.Logger, p *proxy.Proxy, adm *admin.Server, up *upgrade, st
 		select {
 		case <-up.ended:
 			if up.clean.Load() {
-				log.Info("upgrade: the new process has stopped; this one drains on", "pid", up.pid)
+				log.Info("upgrade: the new process has stopped; this one drains on", "new_pid", up.pid)
 				return
 			}
 			failed = true
-			log.Error("upgrade: the new process failed while this one drains: closing the sessions left now and exiting 1", "pid", up.pid)
+			log.Error("upgrade: the new process failed while this one drains: closing the sessions left now and exiting 1", "new_pid", up.pid)
 			p.Hurry()
 			adm.CloseWithin(0) // the requests left too: this process exits now
 		case <-exiting:

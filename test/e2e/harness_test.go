@@ -247,7 +247,7 @@ var httpClient = &http.Client{Timeout: 2 * time.Second, Transport: &http.Transpo
 func (g *instance) upgrades() []int {
 	var pids []int
 	for _, l := range g.log.find("upgrade: started the new binary; serving until it serves") {
-		if pid, ok := l["pid"].(float64); ok {
+		if pid, ok := l["new_pid"].(float64); ok {
 			pids = append(pids, int(pid))
 		}
 	}

@@ -149,7 +149,7 @@ func (g *instance) upgraded(limit time.Duration) int {
 		if len(lines) == 0 {
 			return false
 		}
-		pid = int(lines[0]["pid"].(float64))
+		pid = int(lines[0]["new_pid"].(float64))
 		return true
 	})
 	return pid
@@ -231,17 +231,38 @@ func TestUpgradeOnSIGUSR2RefusesNothing(t *testing.T) {
 		t.Errorf("during the upgrade: %v", err)
 	}
 	t.Logf("%d sessions and %d /healthz polls, %d failed", c.sessions.Load(), c.polls.Load(), len(errs))
-	if len(g.log.find("upgrade: serving on the sockets handed over; the old process drains")) != 1 {
-		t.Error("the new process did not log that it serves on the sockets handed over")
+	// While both processes write to the one output, each line says whose
+	// it is (pid); before and after, none does.
+	oldPID := g.cmd.Process.Pid
+	pidOf := func(msg string, n int) []any {
+		var pids []any
+		for _, l := range g.log.find(msg) {
+			pids = append(pids, l["pid"])
+		}
+		if len(pids) != n {
+			t.Errorf("%d lines %q, want %d", len(pids), msg, n)
+		}
+		return pids
+	}
+	if got := pidOf("upgrade: serving on the sockets handed over; the old process drains", 1); len(got) == 1 && got[0] != float64(newPID) {
+		t.Errorf("the new process's line while the old one drains has pid %v, want %d", got[0], newPID)
+	}
+	for _, msg := range []string{"upgrade: the new process serves; this one stops accepting and drains", "handed over: draining", "drained"} {
+		if got := pidOf(msg, 1); len(got) == 1 && got[0] != float64(oldPID) {
+			t.Errorf("the old process's line %q has pid %v, want %d", msg, got[0], oldPID)
+		}
+	}
+	if got := pidOf("tnsguard started", 2); len(got) == 2 && (got[0] != nil || got[1] != float64(newPID)) {
+		t.Errorf("\"tnsguard started\" lines have pid %v, want none before the upgrade and %d", got, newPID)
 	}
 	// The new process stops on SIGTERM as any tnsguard does.
-	if got := g.log.find("handed over: draining"); len(got) != 1 {
-		t.Errorf("old process's drain lines: %v", got)
-	}
 	if err := syscall.Kill(newPID, syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
 	waitFor(t, 15*time.Second, "the new process to stop on SIGTERM (after its 5 s grace)", func() bool { return len(g.log.find("drained")) == 2 })
+	if got := pidOf("drained", 2); len(got) == 2 && got[1] != nil {
+		t.Errorf("the new process's \"drained\", once the old one had ended, has pid %v, want none", got[1])
+	}
 	if !notify.has("STOPPING=1") {
 		t.Errorf("systemd was not told the new process stops: %s", notify)
 	}
