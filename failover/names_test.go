@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"github.com/hashicorp/go-hclog"
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
 
 	"github.com/tnsguard/tnsguard/test/loopback"
 )
@@ -313,5 +315,92 @@ timeout = "300ms"
 `+servers(fmt.Sprintf(`address = "127.0.0.1:+%d"`, ln.Addr().(*net.TCPAddr).Port)))
 	if err := b.Servers[0].check(context.Background()); err != nil {
 		t.Fatalf("the check of a listening server: %v", err)
+	}
+}
+
+// A name whose DNS server does not answer: the dial fails at
+// connect_timeout, and the connect-time metric says timeout, as the app's
+// ORA-12170 does (a dashboard split by result must not show a resolver
+// outage as an unknown fault). The DNS server is a real UDP socket on
+// loopback that holds every query until the test ends, then answers
+// SERVFAIL (Go's lookup goes on after the dial gave up on it, until its
+// own timeout of 5 s a try).
+func TestNameWhoseResolverIsSilentTimesOut(t *testing.T) {
+	dns, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	type query struct {
+		from net.Addr
+		msg  []byte
+	}
+	var mu sync.Mutex
+	var held []query
+	released := false
+	servfail := func(q query) {
+		q.msg[2] |= 0x80             // a response
+		q.msg[3] = q.msg[3]&0xf0 | 2 // SERVFAIL
+		dns.WriteTo(q.msg, q.from)
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for {
+			buf := make([]byte, 512)
+			n, from, err := dns.ReadFrom(buf)
+			if err != nil {
+				return
+			}
+			if n < 12 {
+				continue
+			}
+			q := query{from, buf[:n]}
+			mu.Lock()
+			if released {
+				servfail(q)
+			} else {
+				held = append(held, q)
+			}
+			mu.Unlock()
+		}
+	}()
+	t.Cleanup(func() {
+		mu.Lock()
+		released = true
+		for _, q := range held {
+			servfail(q)
+		}
+		mu.Unlock()
+		time.Sleep(200 * time.Millisecond) // the lookups' retries, answered at once
+		dns.Close()
+		<-done
+	})
+	b := nameBackend(t, `connect_timeout = "300ms"
+connect_budget = "300ms"
+`, 1521, nil)
+	resolver := &net.Resolver{PreferGo: true, Dial: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		var d net.Dialer
+		return d.DialContext(ctx, "udp", dns.LocalAddr().String())
+	}}
+	b.lookup = func(ctx context.Context, host string) ([]netip.Addr, error) {
+		return resolver.LookupNetIP(ctx, "ip", host)
+	}
+	srv := b.Servers[0]
+	start := time.Now()
+	c, err := b.NewPlan(start).Dial(context.Background(), srv)
+	if err == nil {
+		c.Close()
+		t.Fatal("dialed a name no DNS server answers for")
+	}
+	if took := time.Since(start); took > time.Second {
+		t.Errorf("the dial took %v, connect_timeout 300ms", took)
+	}
+	var m dto.Metric
+	for _, result := range []string{"timeout", "error"} {
+		m.Reset()
+		b.metrics.ConnectDuration.WithLabelValues("b", srv.Address, result).(prometheus.Histogram).Write(&m)
+		if n, want := m.GetHistogram().GetSampleCount(), map[string]uint64{"timeout": 1}[result]; n != want {
+			t.Errorf("tnsguard_backend_connect_duration_seconds{result=%q} counted %d dials, want %d (error: %v)", result, n, want, err)
+		}
 	}
 }
