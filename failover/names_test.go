@@ -68,8 +68,7 @@ func acceptAt(t *testing.T, ip string, port int) {
 // name resolves to what addrs returns at each lookup.
 func nameBackend(t *testing.T, keys string, port int, addrs func() []string) *Backend {
 	t.Helper()
-	b := testBackend(t, keys+servers(fmt.Sprintf(`address = "db.example:%d"`, port)))
-	b.lookup = func(_ context.Context, host string) ([]netip.Addr, error) {
+	return nameBackendResolved(t, keys, port, func(_ context.Context, host string) ([]netip.Addr, error) {
 		if host != "db.example" {
 			return nil, &net.DNSError{Err: "no such host", Name: host, IsNotFound: true}
 		}
@@ -78,7 +77,14 @@ func nameBackend(t *testing.T, keys string, port int, addrs func() []string) *Ba
 			out = append(out, netip.MustParseAddr(a))
 		}
 		return out, nil
-	}
+	})
+}
+
+// nameBackendResolved is nameBackend with the name resolved by lookup.
+func nameBackendResolved(t *testing.T, keys string, port int, lookup func(context.Context, string) ([]netip.Addr, error)) *Backend {
+	t.Helper()
+	b := testBackend(t, keys+servers(fmt.Sprintf(`address = "db.example:%d"`, port)))
+	b.lookup = lookup
 	ctx, cancel := context.WithCancel(context.Background())
 	b.Start(ctx)
 	t.Cleanup(func() { cancel(); b.Stop() })
@@ -375,16 +381,15 @@ func TestNameWhoseResolverIsSilentTimesOut(t *testing.T) {
 		dns.Close()
 		<-done
 	})
-	b := nameBackend(t, `connect_timeout = "300ms"
-connect_budget = "300ms"
-`, 1521, nil)
 	resolver := &net.Resolver{PreferGo: true, Dial: func(ctx context.Context, _, _ string) (net.Conn, error) {
 		var d net.Dialer
 		return d.DialContext(ctx, "udp", dns.LocalAddr().String())
 	}}
-	b.lookup = func(ctx context.Context, host string) ([]netip.Addr, error) {
+	b := nameBackendResolved(t, `connect_timeout = "300ms"
+connect_budget = "300ms"
+`, 1521, func(ctx context.Context, host string) ([]netip.Addr, error) {
 		return resolver.LookupNetIP(ctx, "ip", host)
-	}
+	})
 	srv := b.Servers[0]
 	start := time.Now()
 	c, err := b.NewPlan(start).Dial(context.Background(), srv)
