@@ -578,6 +578,14 @@ func TestIPv6Slips(t *testing.T) {
 		{"a mapped prefix with an IPv4 length", base("127.0.0.1:1522", "10.0.0.1:1521", "::ffff:10.0.0.0/8"), `write 10.0.0.0/8, or ::ffff:10.0.0.0/104`},
 		{"a link-local server without a zone", base("127.0.0.1:1522", "[fe80::1]:1521", "10.0.0.0/8"), "a link-local address needs a zone"},
 		{"a URL-escaped zone", base("127.0.0.1:1522", "[fe80::1%25eth0]:1521", "10.0.0.0/8"), "looks URL-escaped"},
+		// netip reads fe80::%eth0/64 as fe80:: in a zone "eth0/64": check
+		// passed it and the list held fe80::/128, refusing every
+		// link-local client (or, in trusted_proxies, every balancer).
+		{"a zone in an allow prefix", base("127.0.0.1:1522", "10.0.0.1:1521", "fe80::%eth0/64"), `allow: "fe80::%eth0/64": a prefix takes no zone (clients are matched without theirs): write fe80::/64`},
+		// An IPv6 address and port without brackets said only "is not
+		// host:port"; healthcheck's -admin said where the brackets go.
+		{"an IPv6 listen address without brackets", base("::1:1522", "10.0.0.1:1521", "10.0.0.0/8"), `listen: "::1:1522" is not host:port: an IPv6 address goes in brackets, as [::1]:1522`},
+		{"an IPv6 server address without brackets", base("127.0.0.1:1522", "2001:db8::7:1521", "10.0.0.0/8"), `address: "2001:db8::7:1521" is not host:port: an IPv6 address goes in brackets, as [2001:db8::7]:1521`},
 	} {
 		_, _, err := Parse([]byte(tc.text), "v6.toml")
 		if err == nil || !strings.Contains(err.Error(), tc.want) {

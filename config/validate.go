@@ -382,6 +382,11 @@ func urlEscapedZone(z string) bool {
 func checkHostPort(s string) error {
 	host, port, err := net.SplitHostPort(s)
 	if err != nil {
+		if i := strings.LastIndexByte(s, ':'); i > 0 && isIP(s[:i]) && numericName(s[i+1:]) {
+			// ::1:1522 or 2001:db8::1:1521: an IPv6 address and a port
+			// without the brackets that tell them apart
+			return fmt.Errorf("%q is not host:port: an IPv6 address goes in brackets, as %s", s, net.JoinHostPort(s[:i], s[i+1:]))
+		}
 		return fmt.Errorf("%q is not host:port", s)
 	}
 	if host != "" {
@@ -480,6 +485,13 @@ func parseNets(list []string) ([]netip.Prefix, error) {
 			continue
 		}
 		if a, err := netip.ParseAddr(s); err == nil {
+			if z := a.Zone(); strings.Contains(z, "/") {
+				// netip reads fe80::%eth0/64 as the address fe80:: in a zone
+				// "eth0/64", and the entry would hold that one address:
+				// clients are matched without their zone, so a prefix has none.
+				_, bits, _ := strings.Cut(z, "/")
+				return nil, fmt.Errorf("%q: a prefix takes no zone (clients are matched without theirs): write %s/%s", s, a.WithZone(""), bits)
+			}
 			a = a.Unmap()
 			nets = append(nets, netip.PrefixFrom(a, a.BitLen()))
 			continue

@@ -66,7 +66,7 @@ func Command(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	case *parallel > maxParallel: // a typo would open that many to the target
 		return usage(fmt.Sprintf("-parallel %d: at most %d connections (each idle time needs one)", *parallel, maxParallel))
 	case *target != "" && !hostPort(*target):
-		return usage(fmt.Sprintf("-target %q: give HOST:PORT", *target))
+		return usage(fmt.Sprintf("-target %q: give HOST:PORT (IPv6 in brackets: [::1]:1521)", *target))
 	case *cfgPath != "":
 		addr, err := backendAddress(*cfgPath, *backend)
 		if errors.Is(err, errChooseBackend) {

@@ -381,6 +381,7 @@ func TestCommandUsageErrors(t *testing.T) {
 		{[]string{"-target", "nohostport"}, 2, "give HOST:PORT"}, // exited 1, as if the target were down
 		{[]string{"-target", "db:0"}, 2, "give HOST:PORT"},
 		{[]string{"-target", "db:99999"}, 2, "give HOST:PORT"},
+		{[]string{"-target", "::1:1521"}, 2, "give HOST:PORT (IPv6 in brackets: [::1]:1521)"}, // as healthcheck -admin says
 		{[]string{"-target", "127.0.0.1:1", "-max", "500ms"}, 2, "below the shortest idle"},
 		{[]string{"-target", "127.0.0.1:1", "-parallel", "1"}, 2, "at least 2"},
 		{[]string{"-target", "127.0.0.1:1", "-parallel", "-3"}, 2, "at least 2"},
