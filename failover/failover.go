@@ -42,6 +42,11 @@ import (
 // ErrBudgetExhausted means connect_budget ran out before a server answered.
 var ErrBudgetExhausted = errors.New("connect_budget exhausted")
 
+// ErrOwnListener means a connection to a server's address reached a
+// listener of this tnsguard whose sessions dial the server's backend: the
+// address is the proxy itself, not a database.
+var ErrOwnListener = errors.New("a listener of this tnsguard whose sessions dial this backend (a loop)")
+
 // Backend is the live state of one [[backend]]: its servers, their health
 // and breakers.
 type Backend struct {
@@ -63,6 +68,15 @@ type Backend struct {
 	// dial and check (addresses may change while tnsguard runs).
 	dialer net.Dialer
 	lookup func(ctx context.Context, host string) ([]netip.Addr, error)
+
+	// OwnListener, set by the proxy before Start, names the listener of
+	// the proxy that a dial to an address would reach (a listener's
+	// address, or this host's on a wildcard listener's port) when that
+	// listener's sessions dial this backend, else "". A health check of
+	// such an address checks the proxy itself: it fails undialed, or the
+	// server (a name pointed at the proxy, the host's own address) would
+	// be up and /readyz 200 while every session loops back and ends.
+	OwnListener func(addr netip.AddrPort) string
 
 	wg     sync.WaitGroup
 	cancel context.CancelFunc
@@ -98,6 +112,7 @@ type Server struct {
 	ip      netip.Addr // the host when it is an IP address
 	addrMu  sync.Mutex
 	addrBad map[netip.Addr]addrFailure // addresses of a name whose last dial failed, and when
+	nAddrs  atomic.Int32               // how many addresses the name had at its last lookup
 
 	checkRTT atomic.Pointer[rttSample] // the last successful health check's (CheckRTT)
 
@@ -126,9 +141,7 @@ func New(cfg *config.Backend, log hclog.Logger, m *metrics.Metrics) *Backend {
 	ka := cfg.Keepalive.Settings()
 	b := &Backend{Config: cfg, log: log.With("backend", cfg.Name), metrics: m, KeepaliveLate: ka.Late(),
 		dialer: net.Dialer{Timeout: cfg.ConnectTimeout.Duration, KeepAlive: -1},
-		lookup: func(ctx context.Context, host string) ([]netip.Addr, error) {
-			return net.DefaultResolver.LookupNetIP(ctx, "ip", host)
-		}}
+		lookup: lookupAddrs}
 	b.dialer.SetMultipathTCP(false) // plain TCP whatever GODEBUG says: MPTCP takes no TCP_USER_TIMEOUT
 	if !b.KeepaliveLate {
 		b.dialer.Control = ka.Control
@@ -337,6 +350,23 @@ func (s *Server) splitAddress() {
 	}
 }
 
+// lookupAddrs is host's addresses as Go's dialer finds them. Not
+// LookupNetIP: it drops the zone that /etc/hosts may give a link-local
+// address (fe80::7%eth0 db), which cannot be dialed without it.
+func lookupAddrs(ctx context.Context, host string) ([]netip.Addr, error) {
+	ips, err := net.DefaultResolver.LookupIPAddr(ctx, host)
+	if err != nil {
+		return nil, err
+	}
+	addrs := make([]netip.Addr, 0, len(ips))
+	for _, ip := range ips {
+		if a, ok := netip.AddrFromSlice(ip.IP); ok {
+			addrs = append(addrs, a.WithZone(ip.Zone))
+		}
+	}
+	return addrs, nil
+}
+
 // resolve returns the server's addresses: its IP, or its name's addresses
 // now (within timeout), in the resolver's order (RFC 6724 for DNS).
 func (s *Server) resolve(ctx context.Context, timeout time.Duration) ([]netip.Addr, error) {
@@ -355,6 +385,7 @@ func (s *Server) resolve(ctx context.Context, timeout time.Duration) ([]netip.Ad
 	for i, a := range addrs {
 		addrs[i] = a.Unmap()
 	}
+	s.nAddrs.Store(int32(len(addrs)))
 	return addrs, nil
 }
 
@@ -692,6 +723,7 @@ type Plan struct {
 	refused    map[*Server]bool         // servers that refused this session (Refused)
 	bypassed   map[*Server]bool         // open circuits it tried once for that (one dial each)
 	reached    map[*Server][]netip.Addr // addresses of each server this session reached (Dial)
+	last       netip.Addr               // the address the last Dial reached
 }
 
 // Refused tells the plan that s refused this session (a listener's REFUSE).
@@ -856,6 +888,7 @@ func (p *Plan) Dial(ctx context.Context, srv *Server) (*net.TCPConn, error) {
 	ctx, cancel := context.WithDeadline(ctx, deadline)
 	defer cancel()
 	c, a, err := srv.dial(ctx, p.reached[srv])
+	p.last = a
 	if err == nil {
 		if p.reached == nil {
 			p.reached = map[*Server][]netip.Addr{}
@@ -865,4 +898,26 @@ func (p *Plan) Dial(ctx context.Context, srv *Server) (*net.TCPConn, error) {
 		}
 	}
 	return c, err
+}
+
+// Looped notes that the connection this plan's last Dial of srv made
+// reached tnsguard itself (a listener whose sessions would dial srv again).
+// For a name of several addresses (a database's name moved to the proxy on
+// one address family first, or a round robin that holds the proxy) that
+// address goes after the others, as a failed one does, and when the name
+// has an address this session has not reached yet srv is the next server
+// to dial, at once (true): the other addresses may be the database. An IP
+// address, or a name whose every address led back, is the proxy (false).
+func (p *Plan) Looped(srv *Server) bool {
+	a := p.last
+	if srv.ip.IsValid() || !a.IsValid() {
+		return false
+	}
+	n := int(srv.nAddrs.Load())
+	srv.addrFailed(a, ErrOwnListener, n)
+	if len(p.reached[srv]) >= n {
+		return false
+	}
+	p.queue = append([]*Server{srv}, p.queue...)
+	return true
 }

@@ -134,7 +134,13 @@ func (s *Server) check(ctx context.Context) error {
 func (s *Server) checkAddr(ctx context.Context, a netip.Addr) (dialed bool, err error) {
 	ctx, cancel := context.WithTimeout(ctx, s.backend.Config.Health.Timeout.Duration)
 	defer cancel()
-	addr := netip.AddrPortFrom(a, s.port).String()
+	ap := netip.AddrPortFrom(a, s.port)
+	if l := s.backend.ownListener(ap); l != "" {
+		// The proxy itself, not a database: not dialed, or the listener
+		// would take the check for an app and its session dial itself.
+		return false, fmt.Errorf("%s is listener %q, %w", ap, l, ErrOwnListener)
+	}
+	addr := ap.String()
 	c, err := s.dialCheck(ctx, addr)
 	if err != nil {
 		return false, err
@@ -256,4 +262,13 @@ func (s *Server) setVersion(v string) {
 	}
 	m.WithLabelValues(s.backend.Config.Name, s.Address, v).Set(1)
 	s.backend.log.Info("oracle listener version", "server", s.Address, "version", v)
+}
+
+// ownListener is the listener of the proxy that a dial to addr would
+// reach, when its sessions dial b (OwnListener); "" for any other.
+func (b *Backend) ownListener(addr netip.AddrPort) string {
+	if b.OwnListener == nil {
+		return ""
+	}
+	return b.OwnListener(addr)
 }

@@ -409,3 +409,140 @@ connect_budget = "300ms"
 		}
 	}
 }
+
+// A name of which one address is tnsguard itself (a database's name moved
+// to the proxy on one address family first, AAAA before A, or a round
+// robin that holds the proxy's host): a session whose dial came back to
+// the proxy (the proxy's selfDials saw it and calls Looped) dials the
+// name's next address at once, and later sessions dial that one first.
+// Until 2026-11-30 the session ended at the loop, with no re-dial, and so
+// did every later one: the database at the other address was never
+// dialed.
+func TestNameWithAnAddressThatIsTheProxy(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := ln.Addr().(*net.TCPAddr).Port
+	ln.Close()
+	acceptAt(t, "127.0.0.1", port) // stands for the proxy's listener
+	acceptAt(t, "127.0.0.2", port) // the database
+	b := nameBackend(t, `connect_timeout = "1s"
+connect_budget = "2s"
+  [backend.health]
+  check = "off"
+`, port, func() []string { return []string{"127.0.0.1", "127.0.0.2"} })
+	srv := b.Servers[0]
+	plan := b.NewPlan(time.Now())
+	c, err := plan.Dial(context.Background(), srv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Close()
+	if ip := remoteIP(c); ip != "127.0.0.1" {
+		t.Fatalf("the first dial reached %s, want the first address", ip)
+	}
+	if !plan.Looped(srv) {
+		t.Fatal("Looped: false for a name with an address the session has not reached")
+	}
+	start := time.Now()
+	next, err := plan.Next(context.Background())
+	if err != nil || next != srv || time.Since(start) > 20*time.Millisecond {
+		t.Fatalf("after Looped, Next gave %v, %v after %v; want the same server at once", next, err, time.Since(start))
+	}
+	c, err = plan.Dial(context.Background(), srv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Close()
+	if ip := remoteIP(c); ip != "127.0.0.2" {
+		t.Fatalf("the re-dial reached %s, want the database's address", ip)
+	}
+	c, err = b.NewPlan(time.Now()).Dial(context.Background(), srv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Close()
+	if ip := remoteIP(c); ip != "127.0.0.2" {
+		t.Errorf("the next session reached %s first, want the database's address", ip)
+	}
+	// A name whose only address is the proxy: the session ends, as at a
+	// server that is the proxy's own address.
+	only := nameBackend(t, `connect_timeout = "1s"
+connect_budget = "2s"
+  [backend.health]
+  check = "off"
+`, port, func() []string { return []string{"127.0.0.1"} })
+	plan = only.NewPlan(time.Now())
+	if c, err = plan.Dial(context.Background(), only.Servers[0]); err != nil {
+		t.Fatal(err)
+	}
+	c.Close()
+	if plan.Looped(only.Servers[0]) {
+		t.Error("Looped: true for a name whose every address led back")
+	}
+}
+
+// A health check does not dial an address that is the proxy's own
+// listener for this backend (OwnListener): one such address of a name
+// fails (and goes after the others for sessions) while the database at
+// another keeps the server up; a server with no other address is down.
+// Until 2026-11-30 the check's connect to the proxy passed: the server was
+// up and /readyz 200 with no database behind it, and each check was an
+// app of that listener, whose session dialed itself.
+func TestHealthCheckOfAnAddressThatIsTheProxy(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := ln.Addr().(*net.TCPAddr).Port
+	ln.Close()
+	acceptAt(t, "127.0.0.1", port) // stands for the proxy's listener
+	acceptAt(t, "127.0.0.2", port) // the database
+	for _, tc := range []struct {
+		addrs []string
+		up    bool
+	}{
+		{[]string{"127.0.0.1", "127.0.0.2"}, true},
+		{[]string{"127.0.0.1"}, false},
+	} {
+		b := testBackend(t, `  [backend.health]
+  interval = "50ms"
+  timeout = "40ms"
+  rise = 1
+  fall = 1
+`+servers(fmt.Sprintf(`address = "db.example:%d"`, port)))
+		b.lookup = func(context.Context, string) ([]netip.Addr, error) {
+			var out []netip.Addr
+			for _, a := range tc.addrs {
+				out = append(out, netip.MustParseAddr(a))
+			}
+			return out, nil
+		}
+		b.OwnListener = func(dst netip.AddrPort) string {
+			if dst == netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), uint16(port)) {
+				return "l"
+			}
+			return ""
+		}
+		ctx, cancel := context.WithCancel(context.Background())
+		b.Start(ctx)
+		time.Sleep(300 * time.Millisecond)
+		srv := b.Servers[0]
+		if srv.Up() != tc.up {
+			t.Errorf("%v: up = %v, want %v", tc.addrs, srv.Up(), tc.up)
+		}
+		if tc.up {
+			c, err := b.NewPlan(time.Now()).Dial(ctx, srv)
+			if err != nil {
+				t.Fatal(err)
+			}
+			c.Close()
+			if ip := remoteIP(c); ip != "127.0.0.2" {
+				t.Errorf("a session reached %s first, want the database's address (the check failed the proxy's)", ip)
+			}
+		}
+		cancel()
+		b.Stop()
+	}
+}

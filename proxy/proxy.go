@@ -151,6 +151,7 @@ func (p *Proxy) apply(cfg *config.Config) error {
 			continue
 		}
 		b := failover.New(bc, p.log.Named("failover"), p.metrics)
+		b.OwnListener = p.selfDials.ownListener(bc.Name)
 		backends[bc.Name] = b
 		fresh = append(fresh, b)
 	}
@@ -176,6 +177,14 @@ func (p *Proxy) apply(cfg *config.Config) error {
 	}
 
 	// Commit: nothing below can fail.
+	// The listening sockets first: the new backends' first health checks,
+	// at Start, must know them (failover.Backend.OwnListener).
+	addrs := make([]listenAddr, 0, len(listeners))
+	for i := range cfg.Listeners {
+		lc := &cfg.Listeners[i]
+		addrs = append(addrs, listenAddr{addrPortOf(listeners[lc.Name].ln.Addr()), lc.Name, lc.Backends()})
+	}
+	p.selfDials.listening(addrs) // before the new listeners accept
 	// The backends replaced stop first: their health checks end, so what
 	// the new ones inherit is final, and no gauge of theirs lands over the
 	// new ones' (same backend and server labels).
@@ -211,11 +220,6 @@ func (p *Proxy) apply(cfg *config.Config) error {
 		p.metrics.MaxSessions.WithLabelValues(lc.Name).Set(float64(lc.MaxSessions))
 		p.zeroSeries(cfg, lc, l)
 	}
-	addrs := make([]listenAddr, 0, len(listeners))
-	for name, l := range listeners {
-		addrs = append(addrs, listenAddr{addrPortOf(l.ln.Addr()), name})
-	}
-	p.selfDials.listening(addrs) // before the new listeners accept
 	for _, l := range bound {
 		p.loopWG.Add(1)
 		go func() {

@@ -39,10 +39,11 @@ type selfDials struct {
 }
 
 // listenAddr is a listener's socket address (its IP unspecified for a
-// wildcard) and name.
+// wildcard), name, and the backends its sessions dial (default and routes).
 type listenAddr struct {
-	addr netip.AddrPort
-	name string
+	addr     netip.AddrPort
+	name     string
+	backends []string
 }
 
 // dialKey is a dial's local address and the address it reached: Linux
@@ -106,16 +107,60 @@ func (d *selfDials) listening(ls []listenAddr) { d.listeners.Store(&ls) }
 // reached is the listener of the proxy that a connection to dst on this
 // host reached, or "".
 func (d *selfDials) reached(dst netip.AddrPort) string {
-	ls := d.listeners.Load()
-	if ls == nil {
-		return ""
-	}
-	for _, l := range *ls {
-		if l.addr.Port() == dst.Port() && (l.addr.Addr().IsUnspecified() || l.addr.Addr() == dst.Addr()) {
-			return l.name
-		}
+	if l := d.reachedListener(dst); l != nil {
+		return l.name
 	}
 	return ""
+}
+
+func (d *selfDials) reachedListener(dst netip.AddrPort) *listenAddr {
+	ls := d.listeners.Load()
+	if ls == nil {
+		return nil
+	}
+	for i, l := range *ls {
+		if l.addr.Port() == dst.Port() && (l.addr.Addr().IsUnspecified() || l.addr.Addr() == dst.Addr()) {
+			return &(*ls)[i]
+		}
+	}
+	return nil
+}
+
+// ownListener is failover.Backend.OwnListener for backend: the listener
+// that a dial to dst would reach, when that listener's sessions dial
+// backend, else "". A wildcard listener is reached at any address of this
+// host (loopback, unspecified, or an interface's).
+func (d *selfDials) ownListener(backend string) func(dst netip.AddrPort) string {
+	return func(dst netip.AddrPort) string {
+		dst = netip.AddrPortFrom(dst.Addr().Unmap(), dst.Port())
+		l := d.reachedListener(dst)
+		if l == nil || !slices.Contains(l.backends, backend) {
+			return ""
+		}
+		if l.addr.Addr().IsUnspecified() && !hostAddress(dst.Addr()) {
+			return ""
+		}
+		return l.name
+	}
+}
+
+// hostAddress tells whether a is an address of this host.
+func hostAddress(a netip.Addr) bool {
+	if a.IsLoopback() || a.IsUnspecified() {
+		return true
+	}
+	addrs, err := net.InterfaceAddrs()
+	if err != nil {
+		return false
+	}
+	for _, ia := range addrs {
+		if n, ok := ia.(*net.IPNet); ok {
+			if ip, ok := netip.AddrFromSlice(n.IP); ok && ip.Unmap() == a.WithZone("") {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // add notes a backend connection that a session of listener made, whose

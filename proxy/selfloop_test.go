@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	dto "github.com/prometheus/client_model/go"
 )
 
@@ -208,7 +209,7 @@ func TestSelfDialNotesEnd(t *testing.T) {
 	}
 	defer ln.Close()
 	d := selfDials{keep: 200 * time.Millisecond}
-	d.listening([]listenAddr{{addrPortOf(ln.Addr()), "l"}})
+	d.listening([]listenAddr{{addrPortOf(ln.Addr()), "l", nil}})
 	dialed, err := net.DialTCP("tcp", nil, ln.Addr().(*net.TCPAddr))
 	if err != nil {
 		t.Fatal(err)
@@ -258,7 +259,7 @@ func TestSelfDialNoteIsOfItsDestination(t *testing.T) {
 	}
 	defer db.Close()
 	var d selfDials
-	d.listening([]listenAddr{{addrPortOf(ln.Addr()), "l"}})
+	d.listening([]listenAddr{{addrPortOf(ln.Addr()), "l", nil}})
 	shared := portSharingDialer()
 	c, err := shared.Dial("tcp", ln.Addr().String())
 	if err != nil {
@@ -306,7 +307,7 @@ func TestSelfDialNotesOfOneLocalPortToTwoListeners(t *testing.T) {
 		}
 		defer ln.Close()
 		lns[i] = ln
-		ls = append(ls, listenAddr{addrPortOf(ln.Addr()), fmt.Sprintf("l%d", i+1)})
+		ls = append(ls, listenAddr{addrPortOf(ln.Addr()), fmt.Sprintf("l%d", i+1), nil})
 	}
 	var d selfDials
 	d.listening(ls)
@@ -355,4 +356,49 @@ func portSharingDialer() net.Dialer {
 		rc.Control(func(fd uintptr) { syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_REUSEADDR, 1) })
 		return nil
 	}, LocalAddr: &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)}}
+}
+
+// A server at this host's own address on a wildcard listener's port is the
+// proxy itself: its health check fails, so the server is down and /readyz
+// 503, and the checks set off no session. Until 2026-11-30 the check's
+// connect to its own listener passed: the server was up and the proxy
+// ready (a load balancer kept sending apps) while every session looped back
+// and ended, and each check was itself an app of the listener, whose
+// session dialed itself: two self_dial rejections, a client reset counted
+// in tnsguard_resets_total and three warnings every interval, with no app
+// connected.
+func TestHealthCheckOfTheHostsOwnAddressFails(t *testing.T) {
+	ip := ownIPv4()
+	if ip == "" {
+		t.Skip("no non-loopback IPv4 address on this host")
+	}
+	port := freePort(t)
+	h := startProxy(t, fmt.Sprintf(`
+[[listener]]
+name = "l"
+listen = "[::]:%d"
+backend = "b"
+[[backend]]
+name = "b"
+  [backend.health]
+  interval = "50ms"
+  timeout  = "40ms"
+  rise     = 1
+  fall     = 1
+  [[backend.server]]
+  address = "%s:%d"
+`, port, ip, port))
+	time.Sleep(500 * time.Millisecond) // ten checks
+	if v := testutil.ToFloat64(h.m.BackendUp.WithLabelValues("b", fmt.Sprintf("%s:%d", ip, port))); v != 0 {
+		t.Errorf("tnsguard_backend_up = %v for a server that is the proxy itself, want 0", v)
+	}
+	if ready, _ := h.p.Ready(); ready {
+		t.Errorf("ready, with no server but the proxy itself")
+	}
+	if n := sumCounters(t, h.m.SessionsTotal); n != 0 {
+		t.Errorf("%v sessions with no app connected: the health checks were served as apps", n)
+	}
+	if n := sumCounters(t, h.m.SessionsRejected); n != 0 {
+		t.Errorf("%v connections rejected with no app connected: the health checks' sessions dialed themselves", n)
+	}
 }

@@ -306,7 +306,12 @@ func (s *session) open() error {
 			// every re-dial would loop again.
 			conn.SetLinger(0)
 			conn.Close()
-			srv.Abandoned(plan.Trial())
+			srv.Abandoned(plan.Trial()) // no verdict on the server
+			if plan.Looped(srv) {
+				// One address of a name of several: the others may be the
+				// database (a name moved to the proxy on IPv6 first).
+				continue
+			}
 			return s.selfDialed(loop)
 		}
 		dialed := time.Now()
