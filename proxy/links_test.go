@@ -531,6 +531,9 @@ func TestSlowAnswerAfterAPauseKeepsThePause(t *testing.T) {
 	time.Sleep(pause)
 	echoed(t, c, "slow")
 	lk := h.p.linkFor("l", "b", be.addr())
+	// The pump notes the answer's bytes just after it has written them,
+	// so the app may read them a moment before.
+	waitFor(t, time.Second, "the slow answer noted", func() bool { return s.outlived(SideBackend, lk) > 0 })
 	if got := s.outlived(SideBackend, lk); got < pause {
 		t.Errorf("database leg: outlived %v, want the pause of %v before the slow answer", got, pause)
 	}
