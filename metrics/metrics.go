@@ -123,6 +123,6 @@ func New(reg prometheus.Registerer, version string) *Metrics {
 	reg.MustRegister(m.SessionsActive, m.SessionsIdle, m.SessionsTotal, m.SessionsRejected, m.SessionWait,
 		m.SessionDuration, m.MaxSessions, m.Resets, m.Redials, m.Bytes, m.ConnectDuration, m.BackendUp,
 		m.BreakerState, m.HealthDuration, m.ListenerVersion, m.TNSRedirects, m.TNSFollowed, m.ReloadOK, m.ReloadTime, m.LogDropped, build,
-		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+		collectors.NewGoCollector(), newProcessCollector())
 	return m
 }

@@ -105,7 +105,7 @@ func TestAlertRules(t *testing.T) {
 		alerts = append(alerts, m[1])
 	}
 	for _, want := range []string{"TnsguardDown", "TnsguardBackendDown", "TnsguardAppsRejected", "TnsguardAppsLimited", "TnsguardResetRateHigh", "TnsguardIdleResets",
-		"TnsguardSessionsNearMax", "TnsguardConnectLatencyHigh", "TnsguardRedialsHigh", "TnsguardConfigReloadFailed"} {
+		"TnsguardSessionsNearMax", "TnsguardFileDescriptorsLow", "TnsguardConnectLatencyHigh", "TnsguardRedialsHigh", "TnsguardConfigReloadFailed"} {
 		if !slices.Contains(alerts, want) {
 			t.Errorf("no alert %s in %s (have %v)", want, rulesPath, alerts)
 		}
@@ -339,4 +339,67 @@ func TestGrafanaQueriesParse(t *testing.T) {
 		t.Fatalf("a dashboard query does not parse: %v\n%s", err, out)
 	}
 	t.Logf("%d dashboard queries parse", len(rules))
+}
+
+// TestGrafanaIdleResetsPanelCountsWhatTheAlertDoes evaluates each panel that shows
+// idle-phase resets (phase="idle") with promtool, on a link where a firewall reset an
+// idle session (cause rst) and tnsguard itself closed idle ones: at the listener's
+// idle_timeout (cause idle_timeout) and at a drain (cause proxy). The panel says each
+// of its resets is a middlebox forgetting the connection, as TnsguardIdleResets
+// (causes rst and timeout) does; tnsguard's own closes are no such thing. Until
+// 2026-11-30 the panel counted every cause: a review with a real Prometheus saw it
+// show 6 "idle-phase resets" on a listener with idle_timeout = "2s" and no firewall,
+// while the alert rightly stayed quiet.
+func TestGrafanaIdleResetsPanelCountsWhatTheAlertDoes(t *testing.T) {
+	promtool := requireTool(t, "promtool", "evaluate the dashboard's PromQL")
+	d := loadDashboard(t)
+	expand := strings.NewReplacer("$__rate_interval", "5m", "$__interval", "5m", "$__range", "1d",
+		"$instance", ".*", "$listener", ".*", "$backend", ".*", "$server", ".*")
+	series := func(side, cause, values string) map[string]string {
+		return map[string]string{
+			"series": fmt.Sprintf(`tnsguard_resets_total{job="tnsguard",instance="tg1:9521",listener="orders",backend="orders",server="db1:1521",side=%q,phase="idle",cause=%q}`, side, cause),
+			"values": values,
+		}
+	}
+	input := []map[string]string{
+		series("backend", "rst", "0 0 1 1 1 1 1"),
+		series("client", "idle_timeout", "0 0 40 80 120 160 200"),
+		series("client", "proxy", "0 0 30 30 30 30 30"),
+	}
+	var tests []any
+	for _, p := range d.Panels {
+		for _, tg := range p.Targets {
+			if !strings.Contains(tg.Expr, `phase="idle"`) {
+				continue
+			}
+			tests = append(tests, map[string]any{
+				"interval":     "1m",
+				"input_series": input,
+				"promql_expr_test": []any{map[string]any{
+					// Which sides show resets at all: the backend's (the firewall's), not
+					// the client's (tnsguard's own closes).
+					"expr":      fmt.Sprintf("count by (side) ((%s) > 0)", expand.Replace(tg.Expr)),
+					"eval_time": "4m",
+					"exp_samples": []any{map[string]any{
+						"labels": `{side="backend"}`,
+						"value":  1,
+					}},
+				}},
+			})
+		}
+	}
+	if len(tests) == 0 {
+		t.Fatal(`no dashboard panel queries phase="idle" resets`)
+	}
+	b, err := json.Marshal(map[string]any{"evaluation_interval": "1m", "tests": tests}) // JSON is YAML
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(t.TempDir(), "idle-panel.test.yml")
+	if err := os.WriteFile(path, b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := runCmd(t, "", nil, promtool, "test", "rules", path); err != nil {
+		t.Errorf("the idle-phase resets panel counts tnsguard's own closes: %v\n%s", err, out)
+	}
 }
