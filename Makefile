@@ -6,7 +6,7 @@
 
 GO       ?= go
 FUZZTIME ?= 10000x
-APT_PACKAGES = iptables iproute2 haproxy nginx libnginx-mod-stream iperf3 prometheus \
+APT_PACKAGES = iptables iproute2 haproxy nginx libnginx-mod-stream iperf3 prometheus prometheus-alertmanager \
                chromium chromium-driver file strace systemd procps ca-certificates python3-yaml \
                nodejs postgresql
 NODE_CLIENT = test/e2e/testdata/node-oracledb

@@ -1,15 +1,20 @@
 package deploy
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
+	"net"
+	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"regexp"
 	"slices"
 	"sort"
 	"strings"
 	"testing"
+	"time"
 )
 
 // knownMetrics are tnsguard's metric families (contract.md and the pool and process
@@ -401,5 +406,134 @@ func TestGrafanaIdleResetsPanelCountsWhatTheAlertDoes(t *testing.T) {
 	}
 	if out, err := runCmd(t, "", nil, promtool, "test", "rules", path); err != nil {
 		t.Errorf("the idle-phase resets panel counts tnsguard's own closes: %v\n%s", err, out)
+	}
+}
+
+// The shipped Alertmanager config, run by a real Alertmanager: an fd
+// shortage pages once, as TnsguardFileDescriptorsLow, not also as every
+// backend down and every listener rejecting (the checks fail for want of
+// an fd: a review with a real Prometheus saw them all fire); a backend
+// with no server up pages once, not also per server; the same alerts of
+// another instance, or of another backend, are not held back.
+func TestAlertmanagerInhibitions(t *testing.T) {
+	am := requireTool(t, "prometheus-alertmanager", "run the shipped Alertmanager config")
+	amtool := requireTool(t, "amtool", "check the shipped Alertmanager config")
+	path := filepath.Join(repoRoot(t), "configs/prometheus/alertmanager.yml")
+	if out, err := runCmd(t, "", nil, amtool, "check-config", path); err != nil {
+		t.Fatalf("amtool check-config: %v\n%s", err, out)
+	}
+	// Every alert it names is one of the rules'.
+	rules := readRepoFile(t, rulesPath)
+	text := readRepoFile(t, "configs/prometheus/alertmanager.yml")
+	for _, m := range regexp.MustCompile(`Tnsguard[A-Za-z]+`).FindAllString(text, -1) {
+		if !strings.Contains(rules, "- alert: "+m+"\n") {
+			t.Errorf("alertmanager.yml names %s, which %s does not have", m, rulesPath)
+		}
+	}
+
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+	cmd := exec.Command(am, "--config.file="+path, "--storage.path="+t.TempDir(),
+		"--web.listen-address="+addr, "--cluster.listen-address=")
+	var log bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &log, &log
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	base := "http://" + addr
+	ready := time.Now().Add(10 * time.Second)
+	for {
+		resp, err := http.Get(base + "/-/ready")
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				break
+			}
+		}
+		if time.Now().After(ready) {
+			t.Fatalf("alertmanager not ready at %s: %v\n%s", addr, err, log.String())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+
+	type alert struct {
+		Labels map[string]string `json:"labels"`
+	}
+	labels := func(kv ...string) map[string]string {
+		m := map[string]string{"job": "tnsguard"}
+		for i := 0; i < len(kv); i += 2 {
+			m[kv[i]] = kv[i+1]
+		}
+		return m
+	}
+	// name -> whether it must be held back
+	want := map[string]bool{}
+	var sent []alert
+	add := func(inhibited bool, kv ...string) {
+		l := labels(kv...)
+		sent = append(sent, alert{l})
+		want[fmt.Sprint(l)] = inhibited
+	}
+	add(false, "alertname", "TnsguardFileDescriptorsLow", "instance", "tg1:9521")
+	add(true, "alertname", "TnsguardBackendDown", "instance", "tg1:9521", "backend", "orders", "server", "db1:1521")
+	add(true, "alertname", "TnsguardBackendNoServerUp", "instance", "tg1:9521", "backend", "orders")
+	add(true, "alertname", "TnsguardAppsRejected", "instance", "tg1:9521", "listener", "orders")
+	add(false, "alertname", "TnsguardBackendNoServerUp", "instance", "tg2:9521", "backend", "orders")
+	add(true, "alertname", "TnsguardBackendDown", "instance", "tg2:9521", "backend", "orders", "server", "db1:1521")
+	add(true, "alertname", "TnsguardBackendDown", "instance", "tg2:9521", "backend", "orders", "server", "db2:1521")
+	add(false, "alertname", "TnsguardBackendDown", "instance", "tg2:9521", "backend", "billing", "server", "db3:1521")
+	add(false, "alertname", "TnsguardAppsRejected", "instance", "tg2:9521", "listener", "orders")
+	body, _ := json.Marshal(sent)
+	resp, err := http.Post(base+"/api/v2/alerts", "application/json", bytes.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("POST /api/v2/alerts: %s", resp.Status)
+	}
+
+	var wrong []string
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		resp, err := http.Get(base + "/api/v2/alerts")
+		if err != nil {
+			t.Fatal(err)
+		}
+		var got []struct {
+			Labels map[string]string `json:"labels"`
+			Status struct {
+				InhibitedBy []string `json:"inhibitedBy"`
+			} `json:"status"`
+		}
+		err = json.NewDecoder(resp.Body).Decode(&got)
+		resp.Body.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+		wrong = wrong[:0]
+		seen := 0
+		for _, a := range got {
+			w, ok := want[fmt.Sprint(a.Labels)]
+			if !ok {
+				continue
+			}
+			seen++
+			if inhibited := len(a.Status.InhibitedBy) > 0; inhibited != w {
+				wrong = append(wrong, fmt.Sprintf("%v: inhibited %v, want %v", a.Labels, inhibited, w))
+			}
+		}
+		if seen == len(want) && len(wrong) == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d of %d alerts listed; wrong:\n%s", seen, len(want), strings.Join(wrong, "\n"))
+		}
+		time.Sleep(100 * time.Millisecond)
 	}
 }
