@@ -302,3 +302,155 @@ func TestBackendResetWhileResultWaitsForAppIsActive(t *testing.T) {
 		t.Errorf("the app saw %v, want ECONNRESET", err)
 	}
 }
+
+// An app that gives up on its first answer and closes (its own timeout)
+// before the answer comes: tnsguard writes the late answer into the closed
+// socket, the app's kernel resets it, and that reset (EPIPE: it came after
+// the app's FIN) is the app's close, not a middlebox that forgot an idle
+// flow. Found under `ulimit -n 64` with pooled apps whose requests waited
+// in the listen backlog, then for an fd for their backend dial, until the
+// apps' 5 s socket timeout: until the fix each such session counted
+// side=client phase=idle cause=rst (the pause was the wait for the first
+// answer), fired TnsguardIdleResets and logged the keepalive advice,
+// "a middlebox forgets them", with no middlebox on the path. The same
+// happens without an fd shortage when the server's first answer is late,
+// or any answer to an app that gives up within half a second (a call
+// timeout) and closes.
+func TestResetOfAnAppThatClosedBeforeItsAnswerIsNotIdle(t *testing.T) {
+	for _, late := range []string{"out of fds", "slow answer", "slow answer, established"} {
+		t.Run(late, func(t *testing.T) {
+			release := make(chan struct{})
+			// The "database" echoes the request (after 1.5 s when slow),
+			// then keeps its connection until the test ends, as a server
+			// that takes a moment to close after the app's FIN.
+			be := newBackend(t, func(c *net.TCPConn) {
+				buf := make([]byte, 5)
+				if _, err := io.ReadFull(c, buf); err != nil {
+					return
+				}
+				if late == "slow answer, established" {
+					c.Write(buf) // the first answer at once: the late one is the next
+					if _, err := io.ReadFull(c, buf); err != nil {
+						return
+					}
+				}
+				if late != "out of fds" {
+					time.Sleep(1500 * time.Millisecond)
+				}
+				c.Write(buf)
+				<-release
+			})
+			t.Cleanup(func() { close(release) }) // before the backend's cleanup, which waits for its handlers
+
+			h, logs := startProxyLog(t, oneBackendConfig(be.addr())) // app keepalive idle 7s, connect_budget 3s
+			var hoard []int
+			free := func() {
+				for _, fd := range hoard {
+					syscall.Close(fd)
+				}
+				hoard = nil
+			}
+			defer free()
+			if late == "out of fds" {
+				// Every fd taken but two, the app's socket and its accept:
+				// the backend dial fails (EMFILE) and is tried again
+				// within connect_budget.
+				grabFDs(t, &hoard)
+				for range 2 {
+					syscall.Close(hoard[len(hoard)-1])
+					hoard = hoard[:len(hoard)-1]
+				}
+			}
+			c := h.dial("l")
+			s := sessionOf(t, h.p, c)
+			if late == "slow answer, established" {
+				echoed(t, c, "hello")
+			}
+			c.Write([]byte("hello"))
+			time.Sleep(200 * time.Millisecond)
+			c.Close() // the app gives up: FIN, then its kernel resets what still comes
+			if late == "out of fds" {
+				time.Sleep(1500 * time.Millisecond)
+				free()
+			}
+			waitFor(t, 5*time.Second, "the session ended", func() bool {
+				for _, l := range h.p.liveSessions() {
+					if l == s {
+						return false
+					}
+				}
+				return true
+			})
+			time.Sleep(100 * time.Millisecond) // the advice is logged after the books
+			if v := counter(h.m.Resets, "l", "b", be.addr(), "client", "idle", "rst"); v != 0 {
+				t.Errorf("resets{client,idle,rst} = %v: an app that closed is counted as an idle death (TnsguardIdleResets)", v)
+			}
+			if advice := logs.lines("sessions on this link die while idle"); len(advice) != 0 {
+				t.Errorf("keepalive advice for an app that closed:\n%s", strings.Join(advice, "\n"))
+			}
+			// Its app left with an answer owed: counted as the app's
+			// reset (active, as a result to an app that vanished) or,
+			// had the database closed first, as an ordinary end.
+			active := counter(h.m.Resets, "l", "b", be.addr(), "client", "active", "rst")
+			ok := counter(h.m.SessionsTotal, "l", "b", "other", "ok")
+			reset := counter(h.m.SessionsTotal, "l", "b", "other", "reset")
+			if active+ok != 1 || reset != active {
+				t.Errorf("resets{client,active,rst} = %v, sessions{ok} = %v, sessions{reset} = %v; want one session, ok or an active reset of the app's leg", active, ok, reset)
+			}
+			for _, l := range logs.lines("session reset") {
+				t.Log(l)
+			}
+		})
+	}
+}
+
+// The path a review suspected for the ends above, which holds: a dormant
+// session out of fds, whose app closes after a pause while the wake its FIN
+// needs waits for an fd (dormant.go). The lot passes the database's late
+// bytes to the closed socket on the bare fds and the app's kernel resets
+// them; once the wake gets its fd, the read finds the FIN and the reset
+// (endOfStream). The app's FIN came after the pause, so the app's leg was
+// heard after it (TCP_INFO's last ACK): active, no advice.
+func TestResetOfAnAppThatClosedWhileItsWakeWaitedIsNotIdle(t *testing.T) {
+	release := make(chan struct{})
+	be := newBackend(t, func(c *net.TCPConn) {
+		buf := make([]byte, 5)
+		if _, err := io.ReadFull(c, buf); err == nil {
+			c.Write(buf)
+		}
+		<-release
+	})
+	t.Cleanup(func() { close(release) })
+	h, logs := startProxyLog(t, oneBackendConfig(be.addr())) // app keepalive idle 7s
+	parkSoon(t, h, 30*time.Millisecond)
+	c := h.dial("l")
+	echoed(t, c, "hello")
+	s := sessionOf(t, h.p, c)
+	waitFor(t, 2*time.Second, "the session dormant", s.isDormant)
+	time.Sleep(1200 * time.Millisecond) // a pause of over a second
+	var hoard []int
+	free := func() {
+		for _, fd := range hoard {
+			syscall.Close(fd)
+		}
+		hoard = nil
+	}
+	defer free()
+	grabFDs(t, &hoard)
+	c.Close() // FIN: its wake waits for an fd
+	time.Sleep(100 * time.Millisecond)
+	be.accepted()[0].Write([]byte("late")) // the lot writes it to the closed app: RST
+	time.Sleep(300 * time.Millisecond)
+	free() // the wake gets its fds within reviveRetryFor
+	waitFor(t, 5*time.Second, "the session ended", func() bool { return len(h.p.liveSessions()) == 0 })
+	time.Sleep(100 * time.Millisecond)
+	for _, l := range logs.lines("session reset") {
+		t.Log(l)
+	}
+	if v := counter(h.m.Resets, "l", "b", be.addr(), "client", "idle", "rst"); v != 0 {
+		t.Errorf("resets{client,idle,rst} = %v: an app that closed is counted as an idle death (TnsguardIdleResets)", v)
+	}
+	if advice := logs.lines("sessions on this link die while idle"); len(advice) != 0 {
+		t.Errorf("keepalive advice for an app that closed:\n%s", strings.Join(advice, "\n"))
+	}
+}

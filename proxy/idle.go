@@ -518,6 +518,9 @@ func (s *session) directionEnded(up bool, pe *pumpErr) {
 			src = SideClient
 		}
 		pe = s.endOfStream(src) // a reset whose error a write took
+		if pe == nil {
+			s.peerFIN[legIndex(src)].Store(true)
+		}
 	}
 	if pe == nil && s.legs.Load() == 1 {
 		// The other direction is over: closing both sockets (legEnded)

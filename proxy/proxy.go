@@ -572,7 +572,7 @@ func (p *Proxy) shutdown(grace, drainTimeout time.Duration, log hclog.Logger) {
 		// tnsguard's own end, counted on the app's side (as idle_timeout's)
 		// with cause proxy.
 		for _, s := range rest {
-			s.abort(SideClient, s.phaseNow(SideClient), end, "closed", nil)
+			s.abort(SideClient, s.phaseNow(SideClient, end), end, "closed", nil)
 		}
 		// Connections not yet sessions (a PROXY header still coming)
 		// end too.
@@ -586,7 +586,7 @@ func (p *Proxy) shutdown(grace, drainTimeout time.Duration, log hclog.Logger) {
 				waiting = false
 			case <-time.After(50 * time.Millisecond):
 				for _, s := range p.liveSessions() {
-					s.abort(SideClient, s.phaseNow(SideClient), end, "closed", nil)
+					s.abort(SideClient, s.phaseNow(SideClient, end), end, "closed", nil)
 				}
 			}
 		}

@@ -77,6 +77,7 @@ type session struct {
 	clientEOF   bool             // the app half-closed during the opening
 	ourFIN      [2]bool          // tnsguard half-closed the app's leg [0] or the backend's [1] (see endOfStream)
 	writeErrno  [2]atomic.Int32  // per leg: the first error a write or splice to its socket took (see endOfStream)
+	peerFIN     [2]atomic.Bool   // per leg: tnsguard read its peer's end of stream (see phaseNow)
 	halfWatch   *time.Timer      // starts watchHalfClosed; stopped when the legs close
 	clientErr   error            // the app's leg failed during the opening
 	clientPhase Phase            // when it failed: connect (no backend connection yet) or opening
@@ -1098,7 +1099,7 @@ func (s *session) directionDone(pe *pumpErr, src, dst Side) {
 	if pe.atWrite {
 		side = dst
 	}
-	err, srv, phase := pe.err, s.currentServer(), s.phaseNow(side)
+	err, srv, phase := pe.err, s.currentServer(), s.phaseNow(side, pe.err)
 	s.mu.Lock()
 	if !s.established && s.overflow && side == SideBackend {
 		// Past replay_bytes, before the backend's first byte: the opening
@@ -1211,7 +1212,7 @@ func (s *session) watchHalfClosed(src Side, c *net.TCPConn) {
 	if err != nil || failed == nil {
 		return // the session ended
 	}
-	s.abort(src, s.phaseNow(src), failed, "reset", s.currentServer())
+	s.abort(src, s.phaseNow(src, failed), failed, "reset", s.currentServer())
 }
 
 func (s *session) currentServer() *failover.Server {
@@ -1233,9 +1234,18 @@ func (s *session) currentServer() *failover.Server {
 // middlebox forgot the flow and dropped the bytes that resumed it), and
 // the end is idle. The same holds for a reset that answered such bytes (a
 // load balancer that resets the flows it forgot), whatever keepalive idle.
-func (s *session) phaseNow(side Side) Phase {
+//
+// A reset (err) of a leg whose peer had closed (its FIN read) is that
+// peer's close, neither pause nor keepalive idle: its kernel resets what
+// comes after (an app that gave up on a late answer and closed, then got
+// it). That end is active.
+func (s *session) phaseNow(side Side, err error) Phase {
 	s.mu.Lock()
 	est, opening, lk := s.established, s.openingPhaseLocked(), s.link
+	if est && s.peerFIN[legIndex(side)].Load() && Cause(err) == "rst" {
+		s.mu.Unlock()
+		return PhaseActive
+	}
 	idle := s.ka[legIndex(side)].Idle
 	var info keepalive.Info
 	infoErr := net.ErrClosed
@@ -1582,6 +1592,6 @@ func (s *session) checkStalled(now time.Time) {
 	}
 	s.mu.Unlock()
 	if failed != nil {
-		s.abort(side, s.phaseNow(side), failed, "reset", nil)
+		s.abort(side, s.phaseNow(side, failed), failed, "reset", nil)
 	}
 }

@@ -87,7 +87,7 @@ func (w *stallWatch) check(id uint64, _ uint32) {
 		return
 	}
 	if failed := sockError(rc); failed != nil {
-		go e.s.abort(e.side, e.s.phaseNow(e.side), failed, "reset", nil)
+		go e.s.abort(e.side, e.s.phaseNow(e.side, failed), failed, "reset", nil)
 	}
 }
 
