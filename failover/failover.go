@@ -386,7 +386,27 @@ func (s *Server) resolve(ctx context.Context, timeout time.Duration) ([]netip.Ad
 		addrs[i] = a.Unmap()
 	}
 	s.nAddrs.Store(int32(len(addrs)))
+	s.forgetGone(addrs)
 	return addrs, nil
+}
+
+// forgetGone drops the failures of addresses that left the name (not in
+// addrs, its answer now) once they no longer put them last (badFor): a
+// name whose addresses change (a cloud load balancer's, a headless service
+// across rollouts) would otherwise keep every address that ever failed, for
+// the process's life. One that comes back is dialed as a new address.
+func (s *Server) forgetGone(addrs []netip.Addr) {
+	s.addrMu.Lock()
+	defer s.addrMu.Unlock()
+	if len(s.addrBad) == 0 {
+		return
+	}
+	now, badFor := time.Now(), s.badFor()
+	for a, f := range s.addrBad {
+		if now.Sub(f.at) >= badFor && !slices.Contains(addrs, a) {
+			delete(s.addrBad, a)
+		}
+	}
 }
 
 // dialOrder is addrs in the resolver's order, except that addresses tried

@@ -546,3 +546,54 @@ func TestHealthCheckOfAnAddressThatIsTheProxy(t *testing.T) {
 		b.Stop()
 	}
 }
+
+// A name whose addresses change over time (a cloud load balancer's name,
+// a headless service across rollouts, a database endpoint after
+// failovers) keeps only what it needs of the addresses that failed: those
+// that left the name and failed longer ago than they go last
+// (Server.badFor) are forgotten. Until 2026-11-30 each address whose dial
+// failed stayed in Server.addrBad until a dial of it succeeded, so every
+// address that failed and then left the name stayed for the process's
+// life (or until a reload): a map that grew with the name's changes, by
+// time rather than by load.
+func TestNameForgetsFailedAddressesThatLeftIt(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := ln.Addr().(*net.TCPAddr).Port
+	ln.Close()
+	acceptAt(t, "127.0.0.1", port)
+	var mu sync.Mutex
+	gone := "127.0.1.1" // nothing listens there: refused at once
+	b := nameBackend(t, `[backend.health]
+check = "off"
+[backend.breaker]
+open_for = "50ms"
+`, port, func() []string { mu.Lock(); defer mu.Unlock(); return []string{gone, "127.0.0.1"} })
+	s := b.Servers[0]
+	const rotations = 40
+	for i := range rotations {
+		mu.Lock()
+		gone = fmt.Sprintf("127.0.1.%d", i+1)
+		mu.Unlock()
+		c, err := b.NewPlan(time.Now()).Dial(context.Background(), s)
+		if err != nil {
+			t.Fatalf("dial %d: %v (127.0.0.1 accepts)", i, err)
+		}
+		c.Close()
+	}
+	time.Sleep(100 * time.Millisecond) // past badFor (open_for, checks off)
+	c, err := b.NewPlan(time.Now()).Dial(context.Background(), s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Close()
+	s.addrMu.Lock()
+	n := len(s.addrBad)
+	s.addrMu.Unlock()
+	if n > 2 {
+		t.Fatalf("the server remembers %d failed addresses after %d changes of its name's answer; "+
+			"want at most the 2 it resolves to now", n, rotations)
+	}
+}

@@ -454,3 +454,46 @@ func TestResetOfAnAppThatClosedWhileItsWakeWaitedIsNotIdle(t *testing.T) {
 		t.Errorf("keepalive advice for an app that closed:\n%s", strings.Join(advice, "\n"))
 	}
 }
+
+// A database that closes a session (its server process exits: a restart,
+// a shutdown, a killed session) sends a FIN, which tnsguard passes on to
+// the app. The app's next query, after a pause, runs into the closed
+// socket, whose host answers with a reset. That is no middlebox forgetting
+// an idle flow: the database said goodbye first. Seen in a soak: each
+// restart of a backend server counted its pooled sessions' next queries as
+// idle-phase resets (TnsguardIdleResets) and logged keepalive advice to
+// shorten the backend's idle to 2 s ("sessions on this link die while
+// idle: a middlebox forgets them").
+func TestQueryAfterTheDatabaseClosedIsNoIdleDeath(t *testing.T) {
+	closed := make(chan struct{}, 4)
+	be := newBackend(t, func(c *net.TCPConn) {
+		buf := make([]byte, 1)
+		io.ReadFull(c, buf)
+		c.Write(buf)
+		c.Close() // the server process ends: a FIN, no reset
+		closed <- struct{}{}
+	})
+	cfg := strings.Replace(oneBackendConfig(be.addr()), "idle = \"11s\"", "idle = \"1s\"", 1)
+	h, logs := startProxyLog(t, cfg)
+	for i := 0; i < 2; i++ {
+		c := h.dial("l")
+		c.Write([]byte("x"))
+		if _, err := io.ReadFull(c, make([]byte, 1)); err != nil {
+			t.Fatal(err)
+		}
+		<-closed
+		time.Sleep(1300 * time.Millisecond) // longer than the backend keepalive idle (1s); the app does not read
+		c.Write([]byte("y"))                // the pool's next query on the connection
+		readErr(c, 2*time.Second)
+		c.Close()
+	}
+	waitFor(t, 2*time.Second, "both sessions ended", func() bool {
+		return gauge(h.m.SessionsActive, "l", "b") == 0
+	})
+	if n := counter(h.m.Resets, "l", "b", be.addr(), "backend", "idle", "rst"); n != 0 {
+		t.Errorf("%v backend idle-phase rst resets after the database closed the sessions itself", n)
+	}
+	if advice := logs.lines("sessions on this link die while idle"); len(advice) != 0 {
+		t.Errorf("keepalive advice after the database closed the sessions itself:\n%s", strings.Join(advice, "\n"))
+	}
+}
