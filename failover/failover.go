@@ -744,6 +744,7 @@ type Plan struct {
 	bypassed   map[*Server]bool         // open circuits it tried once for that (one dial each)
 	reached    map[*Server][]netip.Addr // addresses of each server this session reached (Dial)
 	last       netip.Addr               // the address the last Dial reached
+	looped     map[*Server][]netip.Addr // addresses of each server whose dial came back to the proxy (Looped)
 }
 
 // Refused tells the plan that s refused this session (a listener's REFUSE).
@@ -926,7 +927,9 @@ func (p *Plan) Dial(ctx context.Context, srv *Server) (*net.TCPConn, error) {
 // one address family first, or a round robin that holds the proxy) that
 // address goes after the others, as a failed one does, and when the name
 // has an address this session has not reached yet srv is the next server
-// to dial, at once (true): the other addresses may be the database. An IP
+// to dial, at once (true): the other addresses may be the database. Back
+// at an address that led back before (the others did not connect), srv is
+// dialed again at the plan's next round (true, not re-queued). An IP
 // address, or a name whose every address led back, is the proxy (false).
 func (p *Plan) Looped(srv *Server) bool {
 	a := p.last
@@ -938,6 +941,19 @@ func (p *Plan) Looped(srv *Server) bool {
 	if len(p.reached[srv]) >= n {
 		return false
 	}
+	if slices.Contains(p.looped[srv], a) {
+		// Back at an address that came back before: the re-dial tried
+		// the name's other addresses first (dialOrder) and none
+		// connected (a database down or restarting). They are dialed
+		// again at the plan's next round, after its pause, as any failed
+		// server; re-queued at once, the session would dial itself in a
+		// loop for all of connect_budget.
+		return true
+	}
+	if p.looped == nil {
+		p.looped = map[*Server][]netip.Addr{}
+	}
+	p.looped[srv] = append(p.looped[srv], a)
 	p.queue = append([]*Server{srv}, p.queue...)
 	return true
 }

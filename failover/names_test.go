@@ -597,3 +597,63 @@ open_for = "50ms"
 			"want at most the 2 it resolves to now", n, rotations)
 	}
 }
+
+// A name of which one address is tnsguard itself while the database at the
+// other refuses (down, restarting): a re-dial that comes back to the proxy
+// again (the database's address refused within the same dial) is not
+// re-queued at once; the session dials the name again at its plan's next
+// round, after the pause, and reaches the database once it is back within
+// connect_budget. Until this test Looped counted only the addresses the
+// session had reached, which a refusing one never is: each re-dial came
+// back and was re-queued at once, for all of connect_budget. Measured with
+// the binary (a listener on 0.0.0.0:1521, a name of its own address and a
+// refusing one, connect_budget 3s): one app made 1241 connections to its
+// own listener (tnsguard_sessions_rejected_total{reason="self_dial"}) and
+// 2,700 log lines ("server address failed" and "answers again" in turn).
+func TestNameWithAnAddressThatIsTheProxyAndOneThatRefuses(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := ln.Addr().(*net.TCPAddr).Port
+	ln.Close()
+	acceptAt(t, "127.0.0.1", port) // stands for the proxy's listener
+	// 127.0.0.2 on that port: nothing listens yet, the dial is refused.
+	b := nameBackend(t, `connect_timeout = "1s"
+connect_budget = "2s"
+backoff = "100ms"
+backoff_max = "200ms"
+  [backend.health]
+  check = "off"
+`, port, func() []string { return []string{"127.0.0.1", "127.0.0.2"} })
+	back := time.AfterFunc(time.Second, func() { acceptAt(t, "127.0.0.2", port) }) // the database is back
+	defer back.Stop()
+	plan := b.NewPlan(time.Now())
+	selfDials := 0
+	for {
+		next, err := plan.Next(context.Background())
+		if err != nil {
+			t.Fatalf("no session after %d dials of the proxy's own address: %v", selfDials, err)
+		}
+		c, err := plan.Dial(context.Background(), next)
+		if next != b.Servers[0] {
+			t.Fatalf("Next gave %v", next)
+		}
+		if err != nil {
+			continue
+		}
+		c.Close()
+		if remoteIP(c) == "127.0.0.2" {
+			break // the database
+		}
+		selfDials++
+		if !plan.Looped(next) {
+			t.Fatalf("Looped: false after %d dials of the proxy's own address, for a name whose other address refused", selfDials)
+		}
+	}
+	// One dial per round over 1 s of 100-200 ms pauses, not one per
+	// refused dial.
+	if selfDials > 12 {
+		t.Errorf("%d dials of the proxy's own address before the database was back 1 s later: the session re-dialed itself at once", selfDials)
+	}
+}

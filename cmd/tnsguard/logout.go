@@ -35,6 +35,11 @@ type logOutput struct {
 	// file), and the old one's drain lines ("drained", its sessions'
 	// resets) could not be told from the new one's.
 	pid atomic.Int64
+	// tags counts the reasons to tag that hold (tagPID): a process
+	// started by an upgrade may start one of its own while the process
+	// it replaced still drains, and either may end first.
+	tagMu sync.Mutex
+	tags  int
 
 	mu      sync.Mutex
 	queue   [][]byte
@@ -61,12 +66,24 @@ func newLogOutput(w io.Writer, max int, dropped prometheus.Counter) *logOutput {
 		wake: make(chan struct{}, 1), quit: make(chan struct{}), done: make(chan struct{})}
 }
 
-// tagPID adds pid=PID to the lines from now on (on), or stops.
+// tagPID adds pid=PID to the lines from now on (on), or takes back one
+// earlier on (off): lines carry the pid while any reason given holds. A
+// process started by an upgrade tags until the old one has ended, and
+// from its own upgrade's start (SIGUSR2) until that fails or forever: the
+// old process may end, or the upgrade fail, while the other still writes.
 func (o *logOutput) tagPID(on bool, pid int) {
-	if !on {
-		pid = 0
+	o.tagMu.Lock()
+	defer o.tagMu.Unlock()
+	switch {
+	case on:
+		o.tags++
+		o.pid.Store(int64(pid))
+	case o.tags > 0:
+		o.tags--
+		if o.tags == 0 {
+			o.pid.Store(0)
+		}
 	}
-	o.pid.Store(int64(pid))
 }
 
 // tagged is line with pid added: in JSON as the object's last

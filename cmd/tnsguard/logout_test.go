@@ -117,3 +117,31 @@ func TestLogLinesTaggedWithThePID(t *testing.T) {
 		}
 	}
 }
+
+// A process started by an upgrade may be upgraded in turn while the process
+// it replaced still drains: three processes write to the output. Its lines
+// keep the pid until both reasons have ended, in either order (the old
+// process ends while the next one serves, or the next one fails while the
+// old one drains). Until this test the first end untagged them: the middle
+// process's "drained" after the oldest had ended, or its lines after a
+// failed upgrade while the oldest still drained, had no pid.
+func TestLogLinesKeepThePIDWhileAnyUpgradeWrites(t *testing.T) {
+	for _, c := range []struct{ name, first string }{
+		{"the old process ends first", "old ended"},
+		{"the new one fails first", "upgrade failed"},
+	} {
+		var b bytes.Buffer
+		o := newLogOutput(&b, 1<<10, prometheus.NewCounter(prometheus.CounterOpts{Name: "dropped"}))
+		o.start()
+		o.tagPID(true, 42) // started by an upgrade: the old process drains
+		o.tagPID(true, 42) // SIGUSR2: a new process starts
+		o.tagPID(false, 0) // c.first
+		o.Write([]byte("drained\n"))
+		o.tagPID(false, 0) // the other: alone again
+		o.Write([]byte("alone\n"))
+		o.stop(time.Second)
+		if want := "drained pid=42\nalone\n"; b.String() != want {
+			t.Errorf("%s (%s): written\n%q\nwant\n%q", c.name, c.first, b.String(), want)
+		}
+	}
+}

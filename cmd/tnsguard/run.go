@@ -84,7 +84,9 @@ func runCommand(args []string, stderr io.Writer) (code int) {
 	out.json = cfg.Log.Format == "json"
 	// Started by an upgrade: the old process writes to the same output
 	// until it has drained; lines carry the pid meanwhile.
-	out.tagPID(oldPID != 0, os.Getpid())
+	if oldPID != 0 {
+		out.tagPID(true, os.Getpid())
+	}
 	log := hclog.New(&hclog.LoggerOptions{
 		Name: "tnsguard", Level: hclog.LevelFromString(cfg.Log.Level), Output: out,
 		JSONFormat: cfg.Log.Format == "json",
