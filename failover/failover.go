@@ -459,24 +459,33 @@ func (s *Server) addrFailed(a netip.Addr, err error, n int) {
 	}
 	f := s.addrBad[a]
 	warn := !f.logged && n > 1
-	s.addrBad[a] = addrFailure{at: time.Now(), logged: f.logged || warn}
+	s.addrBad[a] = addrFailure{at: time.Now(), logged: f.logged || warn, looped: errors.Is(err, ErrOwnListener)}
 	s.addrMu.Unlock()
 	if warn {
 		s.backend.serverLog().Warn("server address failed: dials try the name's other addresses first", "server", s.Address, "address", a.String(), "error", err)
 	}
 }
 
-// addrFailure is when a dial of an address failed last, and whether
-// "server address failed" was logged of it.
+// addrFailure is when a dial of an address failed last, whether "server
+// address failed" was logged of it, and whether it failed by leading back
+// to this tnsguard (ErrOwnListener).
 type addrFailure struct {
 	at     time.Time
 	logged bool
+	looped bool
 }
 
-// addrSucceeded notes that a took a connection.
+// addrSucceeded notes that a took a connection. An address that led back
+// to this tnsguard lately is not cleared by it: that connection is to the
+// proxy itself (Looped, or the check, will say so again), and clearing it
+// logged "answers again" and "failed" in turn at every re-dial.
 func (s *Server) addrSucceeded(a netip.Addr) {
 	s.addrMu.Lock()
 	f := s.addrBad[a]
+	if f.looped && time.Since(f.at) < s.badFor() {
+		s.addrMu.Unlock()
+		return
+	}
 	delete(s.addrBad, a)
 	s.addrMu.Unlock()
 	if f.logged { // only of an address said to have failed

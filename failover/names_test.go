@@ -619,13 +619,20 @@ func TestNameWithAnAddressThatIsTheProxyAndOneThatRefuses(t *testing.T) {
 	ln.Close()
 	acceptAt(t, "127.0.0.1", port) // stands for the proxy's listener
 	// 127.0.0.2 on that port: nothing listens yet, the dial is refused.
-	b := nameBackend(t, `connect_timeout = "1s"
+	var log bytes.Buffer // written by the test's own dials only (checks off)
+	b := testBackendLogged(t, `connect_timeout = "1s"
 connect_budget = "2s"
 backoff = "100ms"
 backoff_max = "200ms"
   [backend.health]
   check = "off"
-`, port, func() []string { return []string{"127.0.0.1", "127.0.0.2"} })
+`+servers(fmt.Sprintf(`address = "db.example:%d"`, port)), hclog.New(&hclog.LoggerOptions{Output: &log, Level: hclog.Info}))
+	b.lookup = func(context.Context, string) ([]netip.Addr, error) {
+		return []netip.Addr{netip.MustParseAddr("127.0.0.1"), netip.MustParseAddr("127.0.0.2")}, nil
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	b.Start(ctx)
+	t.Cleanup(func() { cancel(); b.Stop() })
 	back := time.AfterFunc(time.Second, func() { acceptAt(t, "127.0.0.2", port) }) // the database is back
 	defer back.Stop()
 	plan := b.NewPlan(time.Now())
@@ -655,5 +662,11 @@ backoff_max = "200ms"
 	// refused dial.
 	if selfDials > 12 {
 		t.Errorf("%d dials of the proxy's own address before the database was back 1 s later: the session re-dialed itself at once", selfDials)
+	}
+	// Each address named once as failed, the database's once as back: a
+	// connection to the proxy itself is no sign that its address answers
+	// again (until then each round logged both lines, thousands a minute).
+	if n, m := strings.Count(log.String(), "server address failed"), strings.Count(log.String(), "answers again"); n > 2 || m > 1 {
+		t.Errorf("%d \"server address failed\" and %d \"answers again\" lines for one session:\n%s", n, m, log.String())
 	}
 }
