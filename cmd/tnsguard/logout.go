@@ -105,6 +105,23 @@ func tagged(line []byte, pid int64, json bool) []byte {
 	return bytes.Join([][]byte{line[:i], []byte(" pid=" + n), line[i:]}, nil)
 }
 
+// direct is a writer straight to the output, past the queue (for the
+// count of the lines dropped, written by the queue's own writer), whose
+// lines carry the pid as the queued ones do.
+func (o *logOutput) direct() io.Writer { return directOutput{o} }
+
+type directOutput struct{ o *logOutput }
+
+func (d directOutput) Write(p []byte) (int, error) {
+	if pid := d.o.pid.Load(); pid != 0 {
+		if _, err := d.o.w.Write(tagged(p, pid, d.o.json)); err != nil {
+			return 0, err
+		}
+		return len(p), nil
+	}
+	return d.o.w.Write(p)
+}
+
 // Write queues a copy of p (one log line) and never blocks on the output.
 func (o *logOutput) Write(p []byte) (int, error) {
 	size := len(p)

@@ -109,10 +109,12 @@ func TestLogLinesTaggedWithThePID(t *testing.T) {
 		o.start()
 		o.tagPID(true, 42)
 		o.Write([]byte(c.line))
+		o.flush(time.Second)
+		o.direct().Write([]byte(c.line)) // the dropped lines' count, past the queue
 		o.tagPID(false, 0)
 		o.Write([]byte(c.line))
 		o.stop(time.Second)
-		if want := c.out + c.line; b.String() != want {
+		if want := c.out + c.out + c.line; b.String() != want {
 			t.Errorf("written:\n%q\nwant:\n%q", b.String(), want)
 		}
 	}

@@ -93,7 +93,7 @@ func runCommand(args []string, stderr io.Writer) (code int) {
 	})
 	// The count of the lines dropped is written by the queue's writer
 	// itself, after the lines queued before them.
-	direct := hclog.New(&hclog.LoggerOptions{Name: "tnsguard", Output: stderr, JSONFormat: cfg.Log.Format == "json"})
+	direct := hclog.New(&hclog.LoggerOptions{Name: "tnsguard", Output: out.direct(), JSONFormat: cfg.Log.Format == "json"})
 	out.report = func(dropped int, since time.Time) {
 		if log.IsWarn() {
 			direct.Warn("log lines dropped: the log output took no writes", "dropped", dropped,
