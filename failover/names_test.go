@@ -33,6 +33,17 @@ func silentAt(t *testing.T) int {
 	return n
 }
 
+// freePort is a port on 127.0.0.1 that nothing listens on now.
+func freePort(t *testing.T) int {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port
+}
+
 // acceptAt listens on ip:port and accepts (and holds) every connection
 // until the test ends.
 func acceptAt(t *testing.T, ip string, port int) {
@@ -132,12 +143,7 @@ connect_budget = "5s"
 // until 2026-11-29 every re-dial of a SCAN name whose first node's listener
 // reset reached that node, and the session failed at connect_budget.
 func TestNameRedialReachesTheNextAddress(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	port := ln.Addr().(*net.TCPAddr).Port
-	ln.Close()
+	port := freePort(t)
 	acceptAt(t, "127.0.0.1", port)
 	acceptAt(t, "127.0.0.2", port)
 	b := nameBackend(t, "", port, func() []string { return []string{"127.0.0.1", "127.0.0.2"} })
@@ -187,12 +193,7 @@ timeout = "300ms"
 // A name is resolved at every dial and check: a redeploy that moves it is
 // followed without a reload.
 func TestNameFollowsANewAddress(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	port := ln.Addr().(*net.TCPAddr).Port
-	ln.Close()
+	port := freePort(t)
 	acceptAt(t, "127.0.0.2", port)
 	var mu sync.Mutex
 	now := "127.0.0.1" // nothing listens there
@@ -419,12 +420,7 @@ connect_budget = "300ms"
 // did every later one: the database at the other address was never
 // dialed.
 func TestNameWithAnAddressThatIsTheProxy(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	port := ln.Addr().(*net.TCPAddr).Port
-	ln.Close()
+	port := freePort(t)
 	acceptAt(t, "127.0.0.1", port) // stands for the proxy's listener
 	acceptAt(t, "127.0.0.2", port) // the database
 	b := nameBackend(t, `connect_timeout = "1s"
@@ -491,12 +487,7 @@ connect_budget = "2s"
 // up and /readyz 200 with no database behind it, and each check was an
 // app of that listener, whose session dialed itself.
 func TestHealthCheckOfAnAddressThatIsTheProxy(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	port := ln.Addr().(*net.TCPAddr).Port
-	ln.Close()
+	port := freePort(t)
 	acceptAt(t, "127.0.0.1", port) // stands for the proxy's listener
 	acceptAt(t, "127.0.0.2", port) // the database
 	for _, tc := range []struct {
@@ -557,12 +548,7 @@ func TestHealthCheckOfAnAddressThatIsTheProxy(t *testing.T) {
 // life (or until a reload): a map that grew with the name's changes, by
 // time rather than by load.
 func TestNameForgetsFailedAddressesThatLeftIt(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	port := ln.Addr().(*net.TCPAddr).Port
-	ln.Close()
+	port := freePort(t)
 	acceptAt(t, "127.0.0.1", port)
 	var mu sync.Mutex
 	gone := "127.0.1.1" // nothing listens there: refused at once
@@ -611,12 +597,7 @@ open_for = "50ms"
 // own listener (tnsguard_sessions_rejected_total{reason="self_dial"}) and
 // 2,700 log lines ("server address failed" and "answers again" in turn).
 func TestNameWithAnAddressThatIsTheProxyAndOneThatRefuses(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	port := ln.Addr().(*net.TCPAddr).Port
-	ln.Close()
+	port := freePort(t)
 	acceptAt(t, "127.0.0.1", port) // stands for the proxy's listener
 	// 127.0.0.2 on that port: nothing listens yet, the dial is refused.
 	var log bytes.Buffer // written by the test's own dials only (checks off)

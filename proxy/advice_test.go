@@ -343,23 +343,14 @@ func TestResetOfAnAppThatClosedBeforeItsAnswerIsNotIdle(t *testing.T) {
 			t.Cleanup(func() { close(release) }) // before the backend's cleanup, which waits for its handlers
 
 			h, logs := startProxyLog(t, oneBackendConfig(be.addr())) // app keepalive idle 7s, connect_budget 3s
-			var hoard []int
-			free := func() {
-				for _, fd := range hoard {
-					syscall.Close(fd)
-				}
-				hoard = nil
-			}
-			defer free()
+			var hoard fdHoard
+			defer hoard.free()
 			if late == "out of fds" {
 				// Every fd taken but two, the app's socket and its accept:
 				// the backend dial fails (EMFILE) and is tried again
 				// within connect_budget.
-				grabFDs(t, &hoard)
-				for range 2 {
-					syscall.Close(hoard[len(hoard)-1])
-					hoard = hoard[:len(hoard)-1]
-				}
+				hoard.grab(t)
+				hoard.release(2)
 			}
 			c := h.dial("l")
 			s := sessionOf(t, h.p, c)
@@ -371,7 +362,7 @@ func TestResetOfAnAppThatClosedBeforeItsAnswerIsNotIdle(t *testing.T) {
 			c.Close() // the app gives up: FIN, then its kernel resets what still comes
 			if late == "out of fds" {
 				time.Sleep(1500 * time.Millisecond)
-				free()
+				hoard.free()
 			}
 			waitFor(t, 5*time.Second, "the session ended", func() bool {
 				for _, l := range h.p.liveSessions() {
@@ -428,20 +419,14 @@ func TestResetOfAnAppThatClosedWhileItsWakeWaitedIsNotIdle(t *testing.T) {
 	s := sessionOf(t, h.p, c)
 	waitFor(t, 2*time.Second, "the session dormant", s.isDormant)
 	time.Sleep(1200 * time.Millisecond) // a pause of over a second
-	var hoard []int
-	free := func() {
-		for _, fd := range hoard {
-			syscall.Close(fd)
-		}
-		hoard = nil
-	}
-	defer free()
-	grabFDs(t, &hoard)
+	var hoard fdHoard
+	defer hoard.free()
+	hoard.grab(t)
 	c.Close() // FIN: its wake waits for an fd
 	time.Sleep(100 * time.Millisecond)
 	be.accepted()[0].Write([]byte("late")) // the lot writes it to the closed app: RST
 	time.Sleep(300 * time.Millisecond)
-	free() // the wake gets its fds within reviveRetryFor
+	hoard.free() // the wake gets its fds within reviveRetryFor
 	waitFor(t, 5*time.Second, "the session ended", func() bool { return len(h.p.liveSessions()) == 0 })
 	time.Sleep(100 * time.Millisecond)
 	for _, l := range logs.lines("session reset") {

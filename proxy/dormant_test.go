@@ -100,26 +100,19 @@ func TestDormantSessionRevivesOutOfFDs(t *testing.T) {
 	runtime.GC()
 	time.Sleep(50 * time.Millisecond)
 
-	var hoard []int
-	grab := func() { grabFDs(t, &hoard) } // every free fd, including any the process frees meanwhile
-	free := func() {
-		for _, fd := range hoard {
-			syscall.Close(fd)
-		}
-		hoard = nil
-	}
-	defer free()
-	grab()
+	var hoard fdHoard
+	defer hoard.free()
+	hoard.grab(t)
 	big := make([]byte, 1<<20) // a full buffer: the lot must revive the session
 	for i := range big {
 		big[i] = byte(i*31 + 7)
 	}
 	go c.Write(big)
 	waitFor(t, 2*time.Second, "the wait for fds logged", func() bool {
-		grab()
+		hoard.grab(t)
 		return strings.Contains(logs.String(), "out of file descriptors")
 	})
-	free()
+	hoard.free()
 	got := make([]byte, len(big))
 	c.SetReadDeadline(time.Now().Add(10 * time.Second))
 	if _, err := io.ReadFull(c, got); err != nil {
@@ -155,21 +148,15 @@ func TestReviveOutOfFDsTooLongIsCountedAsTnsguards(t *testing.T) {
 	runtime.GC() // pooled splice pipes: see TestDormantSessionRevivesOutOfFDs
 	runtime.GC()
 	time.Sleep(50 * time.Millisecond)
-	var hoard []int
-	free := func() {
-		for _, fd := range hoard {
-			syscall.Close(fd)
-		}
-		hoard = nil
-	}
-	defer free()
-	grabFDs(t, &hoard)
+	var hoard fdHoard
+	defer hoard.free()
+	hoard.grab(t)
 	go c.Write(make([]byte, 1<<20)) // bulk: the lot must revive
 	for end := time.Now().Add(reviveRetryFor + 2*time.Second); time.Now().Before(end) && len(h.p.liveSessions()) > 0; {
-		grabFDs(t, &hoard)
+		hoard.grab(t)
 		time.Sleep(10 * time.Millisecond)
 	}
-	free()
+	hoard.free()
 	waitFor(t, 2*time.Second, "session ended", func() bool { return len(h.p.liveSessions()) == 0 })
 	resets := h.p.Resets(0)
 	if len(resets) != 1 || resets[0].Cause != "proxy" {

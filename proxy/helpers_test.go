@@ -338,6 +338,26 @@ func grabFDs(t *testing.T, hoard *[]int) {
 	}
 }
 
+// fdHoard is the fds a test took to run the process out of them.
+type fdHoard []int
+
+// grab takes every free fd, including any the process freed meanwhile.
+func (h *fdHoard) grab(t *testing.T) {
+	t.Helper()
+	grabFDs(t, (*[]int)(h))
+}
+
+// release gives n of them back (the last taken).
+func (h *fdHoard) release(n int) {
+	for ; n > 0 && len(*h) > 0; n-- {
+		syscall.Close((*h)[len(*h)-1])
+		*h = (*h)[:len(*h)-1]
+	}
+}
+
+// free gives every one back.
+func (h *fdHoard) free() { h.release(len(*h)) }
+
 // sample is one series of a gathered metric: its labels and value.
 type sample struct {
 	labels map[string]string

@@ -8,7 +8,6 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"testing"
 	"time"
 
@@ -165,26 +164,17 @@ func TestSleepOutOfFDsLeavesNothing(t *testing.T) {
 			// Wake it again with a long bulk, and take every fd while it
 			// runs: once the bulk is over its directions park, and the
 			// session tries to sleep with no fd (or one) to dup into.
-			var hoard []int
-			free := func() {
-				for _, fd := range hoard {
-					syscall.Close(fd)
-				}
-				hoard = nil
-			}
-			defer free()
+			var hoard fdHoard
+			defer hoard.free()
 			long := make([]byte, 16<<20)
 			go c.Write(long)
 			got = make([]byte, len(long))
 			waitFor(t, 2*time.Second, "awake", func() bool { return !s.isDormant() })
-			grabFDs(t, &hoard)
-			for range spare {
-				syscall.Close(hoard[len(hoard)-1])
-				hoard = hoard[:len(hoard)-1]
-			}
+			hoard.grab(t)
+			hoard.release(spare)
 			c.SetReadDeadline(time.Now().Add(10 * time.Second))
 			if _, err := io.ReadFull(c, got); err != nil {
-				free()
+				hoard.free()
 				t.Fatal(err)
 			}
 			waitFor(t, 2*time.Second, "parked out of fds", func() bool { return parked(h) == 2 })
@@ -192,12 +182,12 @@ func TestSleepOutOfFDsLeavesNothing(t *testing.T) {
 				time.Sleep(60 * time.Millisecond)
 				c.SetDeadline(time.Now().Add(2 * time.Second))
 				if err := roundTrip(c, []byte{'a' + byte(i)}); err != nil {
-					free()
+					hoard.free()
 					t.Fatalf("round trip %d out of fds: %v", i, err)
 				}
 			}
 			dormantWhileOut := s.isDormant()
-			free()
+			hoard.free()
 			t.Logf("dormant while out of fds: %v", dormantWhileOut)
 			echoed(t, c, "after")
 			waitFor(t, 2*time.Second, "dormant once fds are free", s.isDormant)

@@ -428,14 +428,11 @@ func TestReloadOutOfFDsLeavesListenerNonBlocking(t *testing.T) {
 	runtime.GC()
 	runtime.GC()
 	time.Sleep(50 * time.Millisecond)
-	var hoard []int
-	grabFDs(t, &hoard)
-	syscall.Close(hoard[len(hoard)-1]) // one fd free: the first dup gets it, the second fails
-	hoard = hoard[:len(hoard)-1]
+	var hoard fdHoard
+	hoard.grab(t)
+	hoard.release(1) // one fd free: the first dup gets it, the second fails
 	err := h.p.Apply(renamed)
-	for _, fd := range hoard {
-		syscall.Close(fd)
-	}
+	hoard.free()
 	if err == nil {
 		t.Fatal("the reload succeeded with one fd free; the test needs it to run out halfway")
 	}
