@@ -519,7 +519,7 @@ func (s *session) directionEnded(up bool, pe *pumpErr) {
 		}
 		pe = s.endOfStream(src) // a reset whose error a write took
 		if pe == nil {
-			s.peerFIN[legIndex(src)].Store(true)
+			s.peerFIN[legIndex(src)].CompareAndSwap(0, max(1, int64(time.Since(s.start))))
 		}
 	}
 	if pe == nil && s.legs.Load() == 1 {

@@ -402,3 +402,55 @@ name = "b"
 		t.Errorf("%v connections rejected with no app connected: the health checks' sessions dialed themselves", n)
 	}
 }
+
+// tnsguard's own dials to itself are no apps: none of them may be counted
+// as an app's session or reset. Seen with a name of the proxy's address
+// and a database's that is down: the accept of a self-dial can come before
+// the dial is noted (selfdial.go), and the session it makes waits for its
+// "app" to send its opening; the dialer then resets it, and that reset
+// counted resets{side="client",phase="connect",cause="rst"} and
+// sessions{outcome="reset"}, with a "session reset" warning each: 7 for 4
+// apps in the lab.
+func TestSelfDialIsNoAppReset(t *testing.T) {
+	ip := ownIPv4()
+	if ip == "" {
+		t.Skip("no non-loopback IPv4 address on this host")
+	}
+	port := freePort(t)
+	h := startProxy(t, fmt.Sprintf(`
+[[listener]]
+name = "l"
+listen = "0.0.0.0:%d"
+backend = "b"
+[[backend]]
+name = "b"
+connect_timeout = "1s"
+connect_budget = "2s"
+  [backend.health]
+  check = "off"
+  [[backend.server]]
+  address = "%s:%d"
+`, port, ip, port))
+	for range 300 { // each app's session dials itself once: the race is in about one of twenty
+		c, err := net.Dial("tcp", h.addr("l"))
+		if err != nil {
+			continue
+		}
+		c.Write([]byte("hello"))
+		readErr(c, 2*time.Second)
+		c.Close()
+	}
+	waitFor(t, 3*time.Second, "no session live", func() bool { return sumGauges(h.m.SessionsActive) == 0 })
+	var resets float64
+	for _, phase := range []string{"connect", "opening"} {
+		for _, srv := range []string{"none", fmt.Sprintf("%s:%d", ip, port)} {
+			resets += counter(h.m.Resets, "l", "b", srv, "client", phase, "rst")
+		}
+	}
+	if resets != 0 {
+		t.Errorf("resets{side=client,cause=rst} = %v: tnsguard's own dials counted as apps reset", resets)
+	}
+	if v := counter(h.m.SessionsTotal, "l", "b", "other", "reset"); v != 0 {
+		t.Errorf("sessions{outcome=reset} = %v: tnsguard's own dials counted as app sessions", v)
+	}
+}

@@ -77,7 +77,7 @@ type session struct {
 	clientEOF   bool             // the app half-closed during the opening
 	ourFIN      [2]bool          // tnsguard half-closed the app's leg [0] or the backend's [1] (see endOfStream)
 	writeErrno  [2]atomic.Int32  // per leg: the first error a write or splice to its socket took (see endOfStream)
-	peerFIN     [2]atomic.Bool   // per leg: tnsguard read its peer's end of stream (see phaseNow)
+	peerFIN     [2]atomic.Int64  // per leg: when tnsguard read its peer's end of stream (since start, ns; 0 none; see phaseNow)
 	halfWatch   *time.Timer      // starts watchHalfClosed; stopped when the legs close
 	clientErr   error            // the app's leg failed during the opening
 	clientPhase Phase            // when it failed: connect (no backend connection yet) or opening
@@ -1099,6 +1099,20 @@ func (s *session) directionDone(pe *pumpErr, src, dst Side) {
 	if pe.atWrite {
 		side = dst
 	}
+	s.mu.Lock()
+	est := s.established
+	s.mu.Unlock()
+	if side == SideClient && Cause(pe.err) == "rst" && !est {
+		// An "app" reset before open asked whether it is one of the
+		// proxy's own dials: the accept came before the dial was noted
+		// (selfdial.go), and the dialer reset it on finding the loop. No
+		// app's session and no app's reset: a self-dial, as the listener
+		// counts it.
+		if chain, loop := s.p.selfDials.ours(s.client, s.l.name); loop {
+			s.selfDialed(append(slices.Clip(chain), s.l.name))
+			return
+		}
+	}
 	err, srv, phase := pe.err, s.currentServer(), s.phaseNow(side, pe.err)
 	s.mu.Lock()
 	if !s.established && s.overflow && side == SideBackend {
@@ -1238,14 +1252,19 @@ func (s *session) currentServer() *failover.Server {
 // A reset (err) of a leg whose peer had closed (its FIN read) is that
 // peer's close, neither pause nor keepalive idle: its kernel resets what
 // comes after (an app that gave up on a late answer and closed, then got
-// it). That end is active.
+// it). That end is active, unless the peer had been silent for keepalive
+// idle or more within orphanLife of its FIN: a peer that half-closed and
+// waits for a long result acknowledges keepalive probes, and so does the
+// kernel of one that closed, for as long as it keeps the closed socket;
+// such a reset came from a middlebox that forgot the half-closed flow
+// (firewalls keep those for less than established ones), and the end is
+// judged as any other. Past orphanLife the peer's own host may have
+// forgotten the socket it closed and reset a probe itself: active.
 func (s *session) phaseNow(side Side, err error) Phase {
 	s.mu.Lock()
 	est, opening, lk := s.established, s.openingPhaseLocked(), s.link
-	if est && s.peerFIN[legIndex(side)].Load() && Cause(err) == "rst" {
-		s.mu.Unlock()
-		return PhaseActive
-	}
+	fin := s.peerFIN[legIndex(side)].Load()
+	peerClosed := est && fin != 0 && Cause(err) == "rst"
 	idle := s.ka[legIndex(side)].Idle
 	var info keepalive.Info
 	infoErr := net.ErrClosed
@@ -1257,6 +1276,10 @@ func (s *session) phaseNow(side Side, err error) Phase {
 	s.mu.Unlock()
 	if !est {
 		return opening
+	}
+	if peerClosed && (idle <= 0 || infoErr != nil || info.LastAckRecv < idle ||
+		time.Since(s.start)-time.Duration(fin) >= orphanLife) {
+		return PhaseActive
 	}
 	if infoErr == nil {
 		// Bytes that resumed a pause got no answer: retransmitted until
@@ -1284,6 +1307,11 @@ func (s *session) phaseNow(side Side, err error) Phase {
 	}
 	return PhaseActive
 }
+
+// orphanLife is how long a peer's host keeps a socket its owner closed
+// (Linux: net.ipv4.tcp_fin_timeout, 60 s by default), answering keepalive
+// probes for it; after that it resets them.
+const orphanLife = 60 * time.Second
 
 // waitedForRoom tells whether the direction into side's leg had waited
 // stallCheck or more for room in it when the leg failed (or waits still):

@@ -100,6 +100,12 @@ func (s *appServer) serve(c *net.TCPConn) {
 		}
 		fmt.Fprintf(c, "%d %s\n", n, hex.EncodeToString(h.Sum(nil)))
 		c.CloseWrite()
+	case "WAIT": // WAIT d: the answer d after the app's FIN (a long result)
+		d, _ := time.ParseDuration(f[1])
+		c.Write([]byte("OK\n"))
+		io.Copy(io.Discard, br)
+		time.Sleep(d)
+		c.Write([]byte("DONE\n"))
 	case "ECHO":
 		c.Write([]byte("OK\n"))
 		buf := make([]byte, 64<<10)
@@ -310,5 +316,51 @@ func TestLabSlowLossyAppLeg(t *testing.T) {
 	t.Logf("%d round trips of small messages in 32 sessions, slowest %v; netem %+v", trips, worst.Round(time.Millisecond), st)
 	if st.Dropped == 0 {
 		t.Errorf("netem dropped nothing: the app's leg was not lossy")
+	}
+}
+
+// An app that half-closes (shutdown(SHUT_WR)) and waits for a long result,
+// behind a firewall that forgets half-closed flows sooner than the app's
+// keepalive idle (3 s against 5 s) and resets what comes after: the
+// keepalive probe is answered by the firewall's RST. That is the idle death
+// keepalive exists to prevent, with the advice to shorten it. Since
+// 2026-11-30 (a reset of a leg whose peer had closed counts active) it
+// counted active, with no advice: tnsguard had read the app's FIN, and took
+// the firewall's reset for the app's own.
+func TestLabHalfClosedAppForgottenByTheFirewallIsIdle(t *testing.T) {
+	t.Parallel()
+	requireGuard(t)
+	lab := netlab.New(t, netlab.Config{EstablishedTimeout: 600 * time.Second, Stale: netlab.StaleReset})
+	for _, k := range []string{"time_wait", "close_wait", "fin_wait", "last_ack"} {
+		lab.Exec(t, lab.FW, "sysctl", "-qw", fmt.Sprintf("net.netfilter.nf_conntrack_tcp_timeout_%s=3", k))
+	}
+	startAppServer(t, lab)
+	via := lab.DBAddr(1522)
+	app := keepalive{Idle: "5s", Interval: "1s", Count: 3, UserTimeout: "10s"} // idle too long for this firewall
+	l := link{Name: "orders", Listen: via, Servers: []string{fmt.Sprintf("127.0.0.1:%d", dbPort)}, App: app, DB: dbKeepalive}
+	guard := lab.StartTnsguard(t, tnsguardBin.Path(t), lab.DB, adminAddr, guardConfig(l))
+	c, err := dialRcvbuf(lab.App, via, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	fmt.Fprintf(c, "WAIT 15s\n")
+	br := bufio.NewReader(c)
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	if l, err := br.ReadString('\n'); err != nil || l != "OK\n" {
+		t.Fatalf("opening answer %q %v", l, err)
+	}
+	c.CloseWrite()
+	m := guard.MetricsWhen(t, 12*time.Second, func(m netlab.Metrics) bool {
+		got, _ := m.Sum("tnsguard_resets_total", netlab.Labels{"side": "client"})
+		return got >= 1
+	})
+	want := netlab.Labels{"side": "client", "cause": "rst", "phase": "idle"}
+	if got, _ := m.Sum("tnsguard_resets_total", want); got != 1 {
+		t.Errorf("tnsguard_resets_total%v = %v, want 1: the firewall's reset of a half-closed flow counted as the app's close\n%s", want, got, m.Dump("tnsguard_resets_total"))
+	}
+	time.Sleep(200 * time.Millisecond)
+	if log := guard.Log(); !strings.Contains(log, "sessions on this link die while idle") {
+		t.Errorf("no keepalive advice in the log:\n%s", log)
 	}
 }
