@@ -410,11 +410,12 @@ func TestGrafanaIdleResetsPanelCountsWhatTheAlertDoes(t *testing.T) {
 }
 
 // The shipped Alertmanager config, run by a real Alertmanager: an fd
-// shortage pages once, as TnsguardFileDescriptorsLow, not also as every
-// backend down and every listener rejecting (the checks fail for want of
-// an fd: a review with a real Prometheus saw them all fire); a backend
-// with no server up pages once, not also per server; the same alerts of
-// another instance, or of another backend, are not held back.
+// shortage does not also page as every server down and every listener
+// rejecting (the checks fail for want of an fd: a review with a real
+// Prometheus saw them all fire), but a backend with no server up still
+// pages (critical: a real outage must not hide behind the fd alert); a
+// backend with no server up pages once, not also per server; the same
+// alerts of another instance, or of another backend, are not held back.
 func TestAlertmanagerInhibitions(t *testing.T) {
 	am := requireTool(t, "prometheus-alertmanager", "run the shipped Alertmanager config")
 	amtool := requireTool(t, "amtool", "check the shipped Alertmanager config")
@@ -481,7 +482,7 @@ func TestAlertmanagerInhibitions(t *testing.T) {
 	}
 	add(false, "alertname", "TnsguardFileDescriptorsLow", "instance", "tg1:9521")
 	add(true, "alertname", "TnsguardBackendDown", "instance", "tg1:9521", "backend", "orders", "server", "db1:1521")
-	add(true, "alertname", "TnsguardBackendNoServerUp", "instance", "tg1:9521", "backend", "orders")
+	add(false, "alertname", "TnsguardBackendNoServerUp", "instance", "tg1:9521", "backend", "orders")
 	add(true, "alertname", "TnsguardAppsRejected", "instance", "tg1:9521", "listener", "orders")
 	add(false, "alertname", "TnsguardBackendNoServerUp", "instance", "tg2:9521", "backend", "orders")
 	add(true, "alertname", "TnsguardBackendDown", "instance", "tg2:9521", "backend", "orders", "server", "db1:1521")
