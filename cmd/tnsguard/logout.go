@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"io"
+	"os"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -30,16 +31,15 @@ type logOutput struct {
 	counter prometheus.Counter                 // tnsguard_log_lines_dropped_total
 	json    bool                               // lines are hclog's JSON (log.format), else its text
 
-	// pid, while not 0, is added to every line as pid: during an
-	// upgrade two processes write to one output (a container's log, a
-	// file), and the old one's drain lines ("drained", its sessions'
-	// resets) could not be told from the new one's.
-	pid atomic.Int64
-	// tags counts the reasons to tag that hold (tagPID): a process
-	// started by an upgrade may start one of its own while the process
-	// it replaced still drains, and either may end first.
-	tagMu sync.Mutex
-	tags  int
+	// pid is added to every line as pid while tags (the reasons to tag
+	// that hold: tag, untag) is over 0: during an upgrade two processes
+	// write to one output (a container's log, a file), and the old one's
+	// drain lines ("drained", its sessions' resets) could not be told
+	// from the new one's. A process started by an upgrade may start one
+	// of its own while the process it replaced still drains, and either
+	// may end first.
+	pid  int64 // this process's
+	tags atomic.Int32
 
 	mu      sync.Mutex
 	queue   [][]byte
@@ -62,28 +62,24 @@ const logQueueBytes = 1 << 20
 const logFlushLimit = time.Second
 
 func newLogOutput(w io.Writer, max int, dropped prometheus.Counter) *logOutput {
-	return &logOutput{w: w, max: max, counter: dropped, report: func(int, time.Time) {},
+	return &logOutput{w: w, max: max, counter: dropped, report: func(int, time.Time) {}, pid: int64(os.Getpid()),
 		wake: make(chan struct{}, 1), quit: make(chan struct{}), done: make(chan struct{})}
 }
 
-// tagPID adds pid=PID to the lines from now on (on), or takes back one
-// earlier on (off): lines carry the pid while any reason given holds. A
-// process started by an upgrade tags until the old one has ended, and
-// from its own upgrade's start (SIGUSR2) until that fails or forever: the
-// old process may end, or the upgrade fail, while the other still writes.
-func (o *logOutput) tagPID(on bool, pid int) {
-	o.tagMu.Lock()
-	defer o.tagMu.Unlock()
-	switch {
-	case on:
-		o.tags++
-		o.pid.Store(int64(pid))
-	case o.tags > 0:
-		o.tags--
-		if o.tags == 0 {
-			o.pid.Store(0)
-		}
+// tag adds pid=PID to the lines from now on, for one reason, until untag
+// takes that reason back: a process started by an upgrade tags until the
+// old one has ended, and from its own upgrade's start (SIGUSR2) until that
+// fails or forever. Each untag follows a tag of its own.
+func (o *logOutput) tag() { o.tags.Add(1) }
+
+func (o *logOutput) untag() { o.tags.Add(-1) }
+
+// tagging is the pid to add to a line, or 0.
+func (o *logOutput) tagging() int64 {
+	if o.tags.Load() > 0 {
+		return o.pid
 	}
+	return 0
 }
 
 // tagged is line with pid added: in JSON as the object's last
@@ -113,7 +109,7 @@ func (o *logOutput) direct() io.Writer { return directOutput{o} }
 type directOutput struct{ o *logOutput }
 
 func (d directOutput) Write(p []byte) (int, error) {
-	if pid := d.o.pid.Load(); pid != 0 {
+	if pid := d.o.tagging(); pid != 0 {
 		if _, err := d.o.w.Write(tagged(p, pid, d.o.json)); err != nil {
 			return 0, err
 		}
@@ -125,7 +121,7 @@ func (d directOutput) Write(p []byte) (int, error) {
 // Write queues a copy of p (one log line) and never blocks on the output.
 func (o *logOutput) Write(p []byte) (int, error) {
 	size := len(p)
-	if pid := o.pid.Load(); pid != 0 {
+	if pid := o.tagging(); pid != 0 {
 		p = tagged(p, pid, o.json)
 	} else {
 		p = bytes.Clone(p) // hclog reuses its buffer

@@ -105,13 +105,13 @@ func TestLogLinesTaggedWithThePID(t *testing.T) {
 	} {
 		var b bytes.Buffer
 		o := newLogOutput(&b, 1<<10, prometheus.NewCounter(prometheus.CounterOpts{Name: "dropped"}))
-		o.json = c.json
+		o.json, o.pid = c.json, 42
 		o.start()
-		o.tagPID(true, 42)
+		o.tag()
 		o.Write([]byte(c.line))
 		o.flush(time.Second)
 		o.direct().Write([]byte(c.line)) // the dropped lines' count, past the queue
-		o.tagPID(false, 0)
+		o.untag()
 		o.Write([]byte(c.line))
 		o.stop(time.Second)
 		if want := c.out + c.out + c.line; b.String() != want {
@@ -134,12 +134,13 @@ func TestLogLinesKeepThePIDWhileAnyUpgradeWrites(t *testing.T) {
 	} {
 		var b bytes.Buffer
 		o := newLogOutput(&b, 1<<10, prometheus.NewCounter(prometheus.CounterOpts{Name: "dropped"}))
+		o.pid = 42
 		o.start()
-		o.tagPID(true, 42) // started by an upgrade: the old process drains
-		o.tagPID(true, 42) // SIGUSR2: a new process starts
-		o.tagPID(false, 0) // c.first
+		o.tag()   // started by an upgrade: the old process drains
+		o.tag()   // SIGUSR2: a new process starts
+		o.untag() // c.first
 		o.Write([]byte("drained\n"))
-		o.tagPID(false, 0) // the other: alone again
+		o.untag() // the other: alone again
 		o.Write([]byte("alone\n"))
 		o.stop(time.Second)
 		if want := "drained pid=42\nalone\n"; b.String() != want {

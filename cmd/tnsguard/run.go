@@ -84,8 +84,8 @@ func runCommand(args []string, stderr io.Writer) (code int) {
 	out.json = cfg.Log.Format == "json"
 	// Started by an upgrade: the old process writes to the same output
 	// until it has drained; lines carry the pid meanwhile.
-	if oldPID != 0 {
-		out.tagPID(true, os.Getpid())
+	if upgradeReady != nil { // untagged once the old process has ended, below
+		out.tag()
 	}
 	log := hclog.New(&hclog.LoggerOptions{
 		Name: "tnsguard", Level: hclog.LevelFromString(cfg.Log.Level), Output: out,
@@ -162,7 +162,7 @@ func runCommand(args []string, stderr io.Writer) (code int) {
 		go func() {
 			waitGone(-1, oldPID)
 			inherited.Release()
-			out.tagPID(false, 0)
+			out.untag()
 			close(oldGone)
 		}()
 	} else if err := sdNotify("READY=1"); err != nil {
@@ -268,7 +268,7 @@ func runCommand(args []string, stderr io.Writer) (code int) {
 				log.Error("upgrade failed: this process serves on", "error", err)
 				continue
 			}
-			out.tagPID(true, os.Getpid()) // two processes write to the output now
+			out.tag() // two processes write to the output now
 			log.Info("upgrade: started the new binary; serving until it serves", "new_pid", up.pid, "binary", self)
 		case err := <-upDone:
 			if err == nil {
@@ -281,7 +281,7 @@ func runCommand(args []string, stderr io.Writer) (code int) {
 			if err != nil {
 				log.Error("upgrade failed: this process serves on", "error", err)
 				up = nil
-				out.tagPID(false, 0)
+				out.untag()
 				continue
 			}
 			return retire(log, p, adm, up, stops, cfg.Shutdown.DrainTimeout.Duration)
