@@ -188,6 +188,13 @@ type pump struct {
 	written    int    // of the chunk tryRead returns, what it wrote already (dst was full)
 	bulk       bool   // the last read filled the buffer
 	toSplice   bool   // src is readable in bulk: spliceBulk moves it
+
+	// Urgent data (TCP's urgent pointer, MSG_OOB: Oracle Net's breaks; see
+	// urgent.go).
+	urgent    bool          // src has an urgent byte pending: tryRead takes it at its mark
+	oob       byte          // the urgent byte taken from src, for run to send
+	hasOOB    bool          // oob is still to be sent
+	markWatch *atomic.Int32 // reads still to look for the mark before (the session's, after its first answer); nil: none
 }
 
 // pumpOwner is the session (tests use others): a pump that parked reports
@@ -226,15 +233,23 @@ func (p *pump) tryRead(fd uintptr) bool {
 			return true
 		}
 		p.toSplice = false
-		if p.splicing() { // in bulk: the first splice in of a round, and spliceBulk goes on
-			if p.trySpliceIn(fd); p.sp.err == syscall.EAGAIN {
+		if p.splicing() && !p.urgent { // in bulk: the first splice in of a round, and spliceBulk goes on
+			if p.trySpliceIn(fd); p.sp.err != syscall.EAGAIN {
+				p.toSplice = true
+				return true
+			}
+			if !atMark(fd) {
 				if p.lot == nil {
 					p.dropPipe() // no lot, no idle deadline: it would keep the pipe while idle
 				}
 				return false // the pipe stays until the idle deadline parks the pump
 			}
-			p.toSplice = true
-			return true
+			p.urgent = true // splice stops at an urgent byte: take it, and read past it
+		}
+		if p.urgent || p.watchingMark() {
+			if p.takeUrgent(fd) {
+				return true // run sends it
+			}
 		}
 		buf := p.pool.get()
 		n, err := rawRead(fd, *buf)
@@ -325,6 +340,12 @@ func (p *pump) copyLoop() *pumpErr {
 		}
 		if p.writeErr != nil {
 			return &pumpErr{err: p.writeErr, atWrite: true}
+		}
+		if p.hasOOB {
+			if err := p.sendUrgent(); err != nil {
+				return &pumpErr{err: err, atWrite: true}
+			}
+			continue
 		}
 		if p.again {
 			p.again = false

@@ -17,7 +17,7 @@ import (
 
 // Idle sessions hold no goroutine. A pump whose source has been silent for
 // parkAfter hands the socket to the proxy's parking lot, one epoll set of
-// its own (EPOLLIN|EPOLLRDHUP, one-shot), and its goroutine exits. The lot's
+// its own (EPOLLIN|EPOLLPRI|EPOLLRDHUP, one-shot), and its goroutine exits. The lot's
 // epoll set is itself waited on in Go's poller, so the lot holds no thread.
 // When a parked socket wakes, the lot's goroutine reads it once: a small
 // message that the destination takes at once is passed on right there and
@@ -281,6 +281,12 @@ func (l *parkLot) wake(p *pump, events uint32) {
 	}
 	now := time.Since(l.epoch)
 	switch {
+	case events&unix.EPOLLPRI != 0:
+		// Urgent data (urgent.go): the goroutine takes the byte at its
+		// mark, after what comes before it; a read here would skip it.
+		p.urgent = true
+		go p.resume()
+		return
 	case !live && events&(unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) != 0:
 		// The end of the stream, or an error: the goroutine reads it (and
 		// any message before it) until EAGAIN. The edge-triggered entry
@@ -447,8 +453,9 @@ func (l *parkLot) move(p *pump, rawFD int, conn *net.TCPConn) error {
 }
 
 // parkEvent is a parked pump's one-shot epoll entry, keyed by its parkID.
+// EPOLLPRI: urgent data, which alone makes no EPOLLIN (urgent.go).
 func parkEvent(id uint64) unix.EpollEvent {
-	return epollID(unix.EPOLLIN|unix.EPOLLRDHUP|unix.EPOLLONESHOT, id)
+	return epollID(unix.EPOLLIN|unix.EPOLLPRI|unix.EPOLLRDHUP|unix.EPOLLONESHOT, id)
 }
 
 // edgeEvents are the flags of a dormant session's entries: edge-triggered
@@ -464,7 +471,7 @@ func parkEvent(id uint64) unix.EpollEvent {
 // a new edge) or goes on in a goroutine that revives the session, which
 // removes the entry and reads the conn before waiting (resume); and an
 // entry added (sleep, move) reports a socket that is readable already.
-const edgeEvents = unix.EPOLLIN | unix.EPOLLRDHUP | unix.EPOLLET
+const edgeEvents = unix.EPOLLIN | unix.EPOLLPRI | unix.EPOLLRDHUP | unix.EPOLLET
 
 // count is the number of parked pumps (tests).
 func (l *parkLot) count() int {

@@ -107,8 +107,9 @@ type session struct {
 	endOnce sync.Once
 	end     *sessionEnd // set once, by abort or finish: allocated at the end, so a live session does not carry it
 
-	legs  atomic.Int32 // directions not ended yet; the last one ends the session (idle.go)
-	pumps [2]*pump     // app->backend, backend->app once running, under mu: abort wakes them if parked
+	legs        atomic.Int32 // directions not ended yet; the last one ends the session (idle.go)
+	urgentWatch atomic.Int32 // reads of the app's direction still to look for urgent data first (urgent.go)
+	pumps       [2]*pump     // app->backend, backend->app once running, under mu: abort wakes them if parked
 
 	// Dormant (dormant.go), under mu: both directions parked, the conns
 	// let go, the sockets held as bare fds (app's, backend's).
@@ -889,6 +890,11 @@ func (s *session) establish(first []byte, srv *failover.Server, plan *failover.P
 	s.ctx, s.cancel = nil, nil
 	s.noteConnectLocked()
 	s.replay = nil
+	if s.oracleApp {
+		// An Oracle Net app may now check whether urgent data reaches the
+		// database (urgent.go): its next reads look for the mark.
+		s.urgentWatch.Store(urgentWatchReads)
+	}
 	// Only a dial's PROXY header needs the app's destination address; a
 	// dormant session would keep the closed conn's address through it.
 	s.in.dst = nil
@@ -929,6 +935,7 @@ func (s *session) clientToBackend() *pumpErr {
 	if err != nil {
 		return &pumpErr{err: err}
 	}
+	p.markWatch = &s.urgentWatch
 	s.parkable(p, true)
 	if err := s.sendEarly(); err != nil { // bytes read past a PROXY header go first
 		return &pumpErr{err: err, atWrite: true}
@@ -952,6 +959,18 @@ func (s *session) clientToBackend() *pumpErr {
 				continue
 			}
 			return &pumpErr{err: err}
+		}
+		if p.hasOOB { // the app's urgent byte, right after the backend's first answer (urgent.go)
+			s.mu.Lock()
+			conn := s.conn
+			s.mu.Unlock()
+			p.hasOOB = false
+			if conn != nil {
+				if err := p.sendUrgentTo(conn); err != nil {
+					return &pumpErr{err: err, atWrite: true}
+				}
+			}
+			continue
 		}
 		buf, n, rerr := p.take()
 		if n > 0 {

@@ -1,0 +1,241 @@
+package proxy
+
+import (
+	"bytes"
+	"encoding/binary"
+	"io"
+	"net"
+	"os"
+	"syscall"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/tnsguard/tnsguard/tns"
+)
+
+// urgentSeen is urgent data as a receiver saw it: the byte, and how many
+// bytes of the stream came before it.
+type urgentSeen struct {
+	b    byte
+	at   int
+	when time.Time
+}
+
+// urgentReader reads a connection as an Oracle server does: the stream,
+// and urgent data at its mark (poll with POLLPRI, SIOCATMARK, recv
+// MSG_OOB).
+type urgentReader struct {
+	c      *net.TCPConn
+	stream []byte
+	urgent []urgentSeen
+}
+
+// readUntil reads until cond holds, the stream ends or the timeout passes.
+func (r *urgentReader) readUntil(timeout time.Duration, cond func(*urgentReader) bool) {
+	rc, err := r.c.SyscallConn()
+	if err != nil {
+		return
+	}
+	buf := make([]byte, 64<<10)
+	deadline := time.Now().Add(timeout)
+	for !cond(r) && time.Now().Before(deadline) {
+		ended := false
+		rc.Control(func(fd uintptr) {
+			unix.Poll([]unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN | unix.POLLPRI}}, 20)
+			if atMark(fd) {
+				if b, e := recvUrgent(fd); e == 0 {
+					r.urgent = append(r.urgent, urgentSeen{b: b, at: len(r.stream), when: time.Now()})
+				}
+			}
+			n, err := unix.Read(int(fd), buf)
+			if n > 0 {
+				r.stream = append(r.stream, buf[:n]...)
+			}
+			ended = n == 0 || (err != nil && err != unix.EAGAIN)
+		})
+		if ended {
+			return
+		}
+	}
+}
+
+// sendOOB sends b as urgent data, as Oracle Net clients send a break.
+func sendOOB(t *testing.T, c *net.TCPConn, b byte) {
+	t.Helper()
+	rc, err := c.SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var e syscall.Errno
+	rc.Write(func(fd uintptr) bool { e = sendUrgent(fd, b); return e != syscall.EAGAIN })
+	if e != 0 {
+		t.Fatal(os.NewSyscallError("send MSG_OOB", e))
+	}
+}
+
+// An app's urgent byte (an Oracle Net break) reaches the database as urgent
+// data, at its place in the stream, with every other byte intact: whether
+// the direction was idle, busy, in bulk, or the whole session dormant; and
+// a bulk transfer goes on past it at once. Before, the byte was dropped
+// (reads skip it), so a break sent on an OOB session never interrupted the
+// call, and a bulk transfer stopped in front of it until the pump parked.
+func TestUrgentByteReachesTheDatabaseAtItsPlace(t *testing.T) {
+	const tail = "after the break"
+	cases := []struct {
+		name   string
+		before int           // bytes sent first
+		pause  time.Duration // then this pause before the urgent byte
+		alone  bool          // nothing follows the urgent byte until it has arrived
+		within time.Duration // the urgent byte reaches the database within this
+	}{
+		{"idle session (parked)", 100, 400 * time.Millisecond, false, time.Second},
+		{"idle session, the byte alone", 100, 400 * time.Millisecond, true, time.Second},
+		{"busy direction, the byte alone", 100, 20 * time.Millisecond, true, time.Second}, // seen at the pump's idle deadline
+		{"in bulk", 8 << 20, 0, false, time.Second},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			got := make(chan *urgentReader, 1)
+			be := newBackend(t, func(c *net.TCPConn) {
+				c.Write([]byte("ready")) // the session is established: the database answered
+				r := &urgentReader{c: c}
+				r.readUntil(20*time.Second, func(r *urgentReader) bool {
+					return len(r.stream) >= tc.before+len(tail)
+				})
+				got <- r
+			})
+			h := startProxy(t, oneBackendConfig(be.addr()))
+			c := h.dial("l")
+			c.SetReadDeadline(time.Now().Add(5 * time.Second))
+			if _, err := io.ReadFull(c, make([]byte, len("ready"))); err != nil {
+				t.Fatal(err)
+			}
+			before := bytes.Repeat([]byte("0123456789abcdef"), tc.before/16+1)[:tc.before]
+			if _, err := c.Write(before); err != nil {
+				t.Fatal(err)
+			}
+			if tc.pause > 0 {
+				time.Sleep(tc.pause)
+			}
+			sent := time.Now()
+			sendOOB(t, c, '!')
+			if tc.alone {
+				time.Sleep(tc.within)
+			}
+			if _, err := c.Write([]byte(tail)); err != nil {
+				t.Fatal(err)
+			}
+			var r *urgentReader
+			select {
+			case r = <-got:
+			case <-time.After(25 * time.Second):
+				t.Fatal("the database never got the stream")
+			}
+			if want := string(before) + tail; string(r.stream) != want {
+				i := 0
+				for i < len(want) && i < len(r.stream) && want[i] == r.stream[i] {
+					i++
+				}
+				t.Fatalf("the database got %d bytes, want %d intact (first difference at %d; urgent %+v)", len(r.stream), len(want), i, r.urgent)
+			}
+			if len(r.urgent) != 1 || r.urgent[0].b != '!' || r.urgent[0].at != tc.before {
+				t.Fatalf("urgent data at the database: %+v; want '!' once, after the %d bytes before it", r.urgent, tc.before)
+			}
+			if d := r.urgent[0].when.Sub(sent); d > tc.within {
+				t.Errorf("the urgent byte took %v to reach the database, want at most %v", d, tc.within)
+			}
+		})
+	}
+}
+
+// A break the database sends reaches the app the same way, also when the
+// session is dormant (both directions parked).
+func TestUrgentByteFromTheDatabaseReachesTheApp(t *testing.T) {
+	conns := make(chan *net.TCPConn, 1)
+	be := newBackend(t, func(c *net.TCPConn) {
+		conns <- c
+		io.Copy(io.Discard, c)
+	})
+	h := startProxy(t, oneBackendConfig(be.addr()))
+	c := h.dial("l")
+	if _, err := c.Write([]byte("hello")); err != nil {
+		t.Fatal(err)
+	}
+	db := <-conns
+	if _, err := db.Write([]byte("answer")); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 5*time.Second, "the session to go dormant", sessionOf(t, h.p, c).isDormant)
+	sendOOB(t, db, 'x')
+	if _, err := db.Write([]byte("more")); err != nil {
+		t.Fatal(err)
+	}
+	r := &urgentReader{c: c}
+	r.readUntil(5*time.Second, func(r *urgentReader) bool { return len(r.stream) >= len("answermore") })
+	if string(r.stream) != "answermore" || len(r.urgent) != 1 || r.urgent[0] != (urgentSeen{b: 'x', at: len("answer"), when: r.urgent[0].when}) {
+		t.Fatalf("the app got %q with urgent data %+v; want \"answermore\" with 'x' after \"answer\"", r.stream, r.urgent)
+	}
+}
+
+// oobListener answers a CONNECT with an ACCEPT that grants urgent data
+// (service option 0x0400, as a database that takes OOB breaks sends), and
+// reports what came after it.
+func oobListener(t *testing.T, after func(r *urgentReader) bool) (*backendServer, <-chan *urgentReader) {
+	got := make(chan *urgentReader, 1)
+	be := newBackend(t, func(c *net.TCPConn) {
+		var raw []byte
+		for range 4 { // the CONNECT, and the DATA packet of long connect data (go-ora)
+			pkt, err := tns.ReadPacket(c, tns.Length16, 0)
+			if err != nil {
+				return
+			}
+			raw = append(raw, pkt.Raw...)
+			if _, err := tns.ParseConnectData(raw); err == nil {
+				break
+			}
+		}
+		accept := tns.BuildAccept(318, "")
+		binary.BigEndian.PutUint16(accept[10:], 0x0401)
+		if _, err := c.Write(accept); err != nil {
+			return
+		}
+		r := &urgentReader{c: c}
+		r.readUntil(5*time.Second, after)
+		got <- r
+	})
+	return be, got
+}
+
+// python-oracledb (thin) checks right after the ACCEPT whether urgent data
+// reaches the database: an urgent byte, and at once a RESET marker. The
+// database sees the byte at the mark in front of the marker, so it keeps
+// urgent-data breaks on for the session, as it does directly. Lost on the
+// way, the check fails and the session's breaks go in-band.
+func TestOracleUrgentDataCheckPasses(t *testing.T) {
+	marker := []byte{0x00, 0x0b, 0x00, 0x00, byte(tns.TypeMarker), 0x00, 0x00, 0x00, 0x01, 0x00, 0x02} // python-oracledb's RESET marker
+	db, got := oobListener(t, func(r *urgentReader) bool { return len(r.stream) >= len(marker) })
+	h := startProxy(t, oracleConfig("", db.addr()))
+	c := h.dial("l")
+	connect, err := os.ReadFile("../tns/testdata/spiderlabs-net-tns/connect.raw")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Write(connect); err != nil {
+		t.Fatal(err)
+	}
+	c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	accept := make([]byte, 45)
+	if _, err := io.ReadFull(c, accept); err != nil {
+		t.Fatalf("ACCEPT: %v", err)
+	}
+	sendOOB(t, c, '!')
+	if _, err := c.Write(marker); err != nil {
+		t.Fatal(err)
+	}
+	r := <-got
+	if !bytes.Equal(r.stream, marker) || len(r.urgent) != 1 || r.urgent[0].b != '!' || r.urgent[0].at != 0 {
+		t.Fatalf("after the ACCEPT the database got %x with urgent data %+v; want the marker, with '!' at the mark in front of it", r.stream, r.urgent)
+	}
+}
