@@ -11,8 +11,8 @@ package admin
 
 import (
 	"bytes"
-	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -39,11 +39,13 @@ type Source interface {
 
 // Server is the running admin HTTP listener.
 type Server struct {
-	http  *http.Server
-	ln    net.Listener
-	done  chan struct{}
-	allow atomic.Pointer[[]netip.Prefix] // admin.allow; a reload replaces it (SetAllow)
-	spare *spareFDs                      // fds kept for answering when sessions hold every other one
+	http    *http.Server
+	ln      net.Listener
+	done    chan struct{}
+	allow   atomic.Pointer[[]netip.Prefix] // admin.allow; a reload replaces it (SetAllow)
+	spare   *spareFDs                      // fds kept for answering when sessions hold every other one
+	conns   atomic.Int64                   // connections accepted and not yet closed (http.Server.ConnState)
+	closing atomic.Bool                    // CloseWithin closed the listener: Serve's error is no failure
 }
 
 // Start binds cfg.Listen and serves until Close.
@@ -88,11 +90,12 @@ func StartOn(ln net.Listener, cfg config.Admin, reg *prometheus.Registry, src So
 	s.http = &http.Server{Handler: s.allowOnly(mux), ReadHeaderTimeout: 5 * time.Second,
 		ReadTimeout: 10 * time.Second, WriteTimeout: 30 * time.Second, IdleTimeout: 60 * time.Second,
 		MaxHeaderBytes: 16 << 10,
+		ConnState:      s.track,
 		ErrorLog:       log.StandardLogger(&hclog.StandardLoggerOptions{ForceLevel: hclog.Warn})} // accept errors (EMFILE), panics: not info
 	go func() {
 		defer close(s.done)
 		defer spare.close()
-		if err := s.http.Serve(&allowListener{Listener: ln, s: s, refusing: make(chan struct{}, maxRefusing)}); err != nil && err != http.ErrServerClosed {
+		if err := s.http.Serve(&allowListener{Listener: ln, s: s, refusing: make(chan struct{}, maxRefusing)}); err != nil && err != http.ErrServerClosed && !s.closing.Load() {
 			log.Error("admin listener failed", "error", err)
 		}
 	}()
@@ -114,25 +117,51 @@ func (s *Server) DupSocket() (int, error) {
 }
 
 // Close stops the listener, lets requests being served finish for a
-// moment, and waits for the serving goroutine. The moment is short: net/http
-// counts a connection that has sent nothing yet (a load balancer's TCP
-// check) as busy until it is 5 s old, and the process's exit waited out
-// the whole timeout for it, after the drain.
+// moment, and waits for the serving goroutine. The moment is short: a
+// connection that has sent nothing yet (a load balancer's TCP check) counts
+// as being served, and the process's exit waited out the whole timeout for
+// it, after the drain.
 func (s *Server) Close() error { return s.CloseWithin(300 * time.Millisecond) }
 
-// CloseWithin is Close giving the requests being served up to d. After an
-// upgrade the old process closes its admin server while the new one serves
-// on the same socket: a monitor's request that the old one accepted last is
-// served, not cut (its exit waits for the drain anyway).
+// CloseWithin is Close giving the connections accepted up to d to send
+// their request and get its answer. After an upgrade the old process
+// closes its admin server while the new one serves on the same socket: a
+// monitor's request on a connection that the old one accepted last is
+// answered, not cut (its exit waits for the drain anyway).
+//
+// Not http.Server.Shutdown: a connection whose request it reads once
+// Shutdown has begun is closed unanswered (net/http's conn.serve returns
+// when the server is shutting down), and a connection accepted just before
+// the listener closed has mostly not been read yet: the monitor got EOF.
+// Its client does not retry (the connection was new).
 func (s *Server) CloseWithin(d time.Duration) error {
-	ctx, cancel := context.WithTimeout(context.Background(), d)
-	defer cancel()
-	err := s.http.Shutdown(ctx)
-	if err != nil {
-		err = s.http.Close()
+	deadline := time.Now().Add(d)
+	// Answers from now on say Connection: close, each connection closes
+	// after its answer, and idle keep-alive connections close now.
+	s.http.SetKeepAlivesEnabled(false)
+	s.closing.Store(true)
+	err := s.ln.Close()
+	if errors.Is(err, net.ErrClosed) {
+		err = nil // closed by an earlier call
 	}
-	<-s.done
+	<-s.done // Serve has returned: every connection it accepted is counted
+	for s.conns.Load() > 0 && time.Now().Before(deadline) {
+		time.Sleep(5 * time.Millisecond)
+	}
+	s.http.Close() // what is left: silent connections, answers not done within d
 	return err
+}
+
+// track counts the connections open (http.Server.ConnState): StateNew is
+// reported in Serve's loop before the next Accept, StateClosed (or
+// StateHijacked) once per connection at its end.
+func (s *Server) track(_ net.Conn, st http.ConnState) {
+	switch st {
+	case http.StateNew:
+		s.conns.Add(1)
+	case http.StateClosed, http.StateHijacked:
+		s.conns.Add(-1)
+	}
 }
 
 func writeJSON(w http.ResponseWriter, code int, v any) {
@@ -192,6 +221,11 @@ func (l *allowListener) Accept() (net.Conn, error) {
 			l.s.spare.refill() // spares spent while out of fds (a no-op when all are held)
 		}
 		if err != nil {
+			if l.s.closing.Load() {
+				// CloseWithin: not an EMFILE for Serve to retry after a
+				// pause (acceptSpare says so when the listener closes).
+				return nil, net.ErrClosed
+			}
 			return nil, err
 		}
 		if l.s.allowed(c.RemoteAddr().String()) {

@@ -303,3 +303,43 @@ func TestHeavyAnswersRunFewAtATime(t *testing.T) {
 		t.Errorf("%d scrapes were collected at once, want at most %d", c.max, maxHeavy)
 	}
 }
+
+// After an upgrade the old process closes its admin server while the new
+// one serves on the same socket. A monitor whose connection the old one
+// accepted just before (its request not read yet) gets its answer: net/http's
+// Shutdown closed such a connection, unanswered, as soon as it read the
+// request (the client saw EOF), however long CloseWithin gave it.
+func TestCloseWithinAnswersARequestOnAConnectionAcceptedBefore(t *testing.T) {
+	s := startStack(t, ordersConfig("127.0.0.1:1"))
+	adm, err := Start(config.Admin{Listen: "127.0.0.1:0"}, prometheus.NewRegistry(), s.p, hclog.NewNullLogger())
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := net.Dial("tcp", adm.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	time.Sleep(100 * time.Millisecond) // accepted: the connection is the server's
+	closed := make(chan struct{})
+	go func() {
+		defer close(closed)
+		adm.CloseWithin(5 * time.Second)
+	}()
+	time.Sleep(100 * time.Millisecond) // the close is under way
+	fmt.Fprintf(c, "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+	c.SetReadDeadline(time.Now().Add(3 * time.Second))
+	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+	if err != nil {
+		t.Fatalf("a request on a connection accepted before CloseWithin: %v, want its answer", err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Errorf("status %d, want 200", resp.StatusCode)
+	}
+	select {
+	case <-closed:
+	case <-time.After(2 * time.Second):
+		t.Error("CloseWithin still waits 2 s after the last request was answered")
+	}
+}

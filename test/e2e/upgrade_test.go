@@ -268,6 +268,90 @@ func TestUpgradeOnSIGUSR2RefusesNothing(t *testing.T) {
 	}
 }
 
+// Upgrades one after another while monitors poll /healthz as fast as they
+// can, each poll on a new connection: every poll is answered. The old
+// process's admin server read the request of a connection it had accepted
+// just before its listener closed, and closed it unanswered (net/http's
+// Shutdown): EOF for about 1 poll in 100, a few per upgrade.
+func TestUpgradesBackToBackAnswerEveryHealthz(t *testing.T) {
+	const rounds = 50
+	conf, admin, _ := oneEcho(t, "grace = \"0s\"\ndrain_timeout = \"1s\"")
+	g := start(t, admin, conf, true)
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	var polls atomic.Int64
+	var mu sync.Mutex
+	var errs []error
+	for range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				resp, err := httpClient.Get("http://" + admin + "/healthz")
+				if err == nil {
+					resp.Body.Close()
+					if resp.StatusCode != http.StatusOK {
+						err = fmt.Errorf("status %d", resp.StatusCode)
+					}
+				}
+				if err != nil {
+					mu.Lock()
+					errs = append(errs, err)
+					mu.Unlock()
+					continue
+				}
+				polls.Add(1)
+			}
+		}()
+	}
+	pid := g.cmd.Process.Pid
+	for round := range rounds {
+		if err := syscall.Kill(pid, syscall.SIGUSR2); err != nil {
+			t.Fatal(err)
+		}
+		var next int
+		waitFor(t, 10*time.Second, fmt.Sprintf("upgrade %d to serve", round+1), func() bool {
+			l := g.log.find("upgrade: the new process serves; this one stops accepting and drains")
+			if len(l) <= round {
+				return false
+			}
+			next = int(l[round]["new_pid"].(float64))
+			return true
+		})
+		waitFor(t, 10*time.Second, fmt.Sprintf("the old process %d to exit", pid), func() bool {
+			if round == 0 {
+				select {
+				case <-g.done:
+					return true
+				default:
+					return false
+				}
+			}
+			// A sibling (the old process's parent is the test): reaped here.
+			p, _ := syscall.Wait4(pid, nil, syscall.WNOHANG, nil)
+			return p == pid
+		})
+		pid = next
+	}
+	close(stop)
+	wg.Wait()
+	syscall.Kill(pid, syscall.SIGTERM)
+	syscall.Wait4(pid, nil, 0, nil)
+	for i, err := range errs {
+		if i == 10 {
+			t.Errorf("... %d failed in all", len(errs))
+			break
+		}
+		t.Errorf("/healthz during the upgrades: %v", err)
+	}
+	t.Logf("%d upgrades, %d /healthz polls, %d failed", rounds, polls.Load(), len(errs))
+}
+
 // A new binary that cannot start (here: the config file is now broken)
 // leaves the old process serving as before, with the reason logged; the
 // next SIGUSR2, after the file is mended, upgrades.
