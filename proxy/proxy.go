@@ -50,6 +50,7 @@ type Proxy struct {
 	listeners map[string]*listener
 	backends  map[string]*failover.Backend
 	draining  atomic.Bool
+	retired   atomic.Bool   // Retire: another process serves on the sockets; the service is not draining
 	hurry     chan struct{} // closed by Hurry: the drain ends now
 	hurryOnce sync.Once
 
@@ -418,7 +419,10 @@ func (p *Proxy) current(l *listener) (*config.Listener, *failover.Backend, map[s
 // Ready reports whether every listener is bound and its backend has a
 // server up; when not, the reason names what is missing.
 func (p *Proxy) Ready() (bool, string) {
-	if p.draining.Load() {
+	// After an upgrade the old process's admin server still answers the
+	// requests on connections it accepted before its port went to the new
+	// process: for those the service is as ready as before, not draining.
+	if p.draining.Load() && !p.retired.Load() {
 		return false, "draining: shutting down"
 	}
 	p.mu.Lock()
@@ -514,6 +518,7 @@ func (p *Proxy) Shutdown(grace, drainTimeout time.Duration) {
 // stay open in the other), and its sessions may finish until drainTimeout.
 func (p *Proxy) Retire(drainTimeout time.Duration) {
 	p.log.Info("handed over: draining", "drain_timeout", drainTimeout.String())
+	p.retired.Store(true)
 	p.shutdown(0, drainTimeout, p.log)
 }
 
