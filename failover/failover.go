@@ -209,6 +209,21 @@ func (b *Backend) Up() bool {
 	return false
 }
 
+// Checked tells whether every server's health has been checked at least
+// once (so Up says what the checks found, not the start's "down"); true
+// with checks off.
+func (b *Backend) Checked() bool {
+	if b.Config.Health.Check == "off" {
+		return true
+	}
+	for _, s := range b.Servers {
+		if !s.checked.Load() {
+			return false
+		}
+	}
+	return true
+}
+
 // Up reports the server's health (the last dial's result when checks are off).
 func (s *Server) Up() bool { return s.up.Load() }
 

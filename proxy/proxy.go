@@ -416,6 +416,22 @@ func (p *Proxy) current(l *listener) (*config.Listener, *failover.Backend, map[s
 	return cfg, backs[routeFor(cfg, "")], backs
 }
 
+// FirstChecksDone tells whether every backend's servers have had their
+// first health check, and how long the slowest check may take (its
+// timeout): an upgrade's new process waits for them before it answers on
+// the admin port (cmd/tnsguard), so that /readyz does not say "no server
+// up" for the moment before them.
+func (p *Proxy) FirstChecksDone() (bool, time.Duration) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	done, longest := true, time.Duration(0)
+	for _, b := range p.backends {
+		done = done && b.Checked()
+		longest = max(longest, b.Config.Health.Timeout.Duration)
+	}
+	return done, longest
+}
+
 // Ready reports whether every listener is bound and its backend has a
 // server up; when not, the reason names what is missing.
 func (p *Proxy) Ready() (bool, string) {

@@ -133,6 +133,12 @@ func runCommand(args []string, stderr io.Writer) (code int) {
 	}
 	m.ReloadOK.Set(1)
 	m.ReloadTime.Set(float64(time.Now().Unix()))
+	if upgradeReady != nil {
+		// The old process answers on the admin port until this one's
+		// servers have had their first health check: a load balancer's
+		// /readyz check answered here before them would say "no server up".
+		awaitFirstChecks(p)
+	}
 	adm := admin.StartOn(admLn, cfg.Admin, reg, p, log.Named("admin"))
 	for _, addr := range inherited.Close() {
 		log.Info("upgrade: closed a handed-over socket that this configuration does not listen on", "address", addr)
@@ -369,4 +375,15 @@ func raiseFileLimit(log hclog.Logger) {
 		return
 	}
 	log.Debug("open-files limit", "limit", lim.Cur)
+}
+
+// awaitFirstChecks waits until every server has had its first health
+// check, at most a second more than the longest check timeout (a check
+// that takes longer, such as a name of several silent addresses, is not
+// waited for: the start's "down" stands until it ends, as at any start).
+func awaitFirstChecks(p *proxy.Proxy) {
+	done, longest := p.FirstChecksDone()
+	for end := time.Now().Add(longest + time.Second); !done && time.Now().Before(end); done, _ = p.FirstChecksDone() {
+		time.Sleep(5 * time.Millisecond)
+	}
 }
