@@ -214,10 +214,10 @@ func TestForbiddenClientsGetTheir403(t *testing.T) {
 	}
 }
 
-// A client connected to the admin port that has not sent its request yet
-// (a load balancer's TCP check, a scrape still connecting) held the
-// process's exit after "drained" for Close's whole 2 s.
-func TestCloseDoesNotWaitForASilentConnection(t *testing.T) {
+// adminWithSilentConn starts an admin server and connects to it, sending
+// nothing: the connection is accepted (the server's) when it returns.
+func adminWithSilentConn(t *testing.T) (*Server, net.Conn) {
+	t.Helper()
 	s := startStack(t, ordersConfig("127.0.0.1:1"))
 	adm, err := Start(config.Admin{Listen: "127.0.0.1:0"}, prometheus.NewRegistry(), s.p, hclog.NewNullLogger())
 	if err != nil {
@@ -227,8 +227,16 @@ func TestCloseDoesNotWaitForASilentConnection(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer c.Close()
-	time.Sleep(100 * time.Millisecond)
+	t.Cleanup(func() { c.Close() })
+	time.Sleep(100 * time.Millisecond) // accepted
+	return adm, c
+}
+
+// A client connected to the admin port that has not sent its request yet
+// (a load balancer's TCP check, a scrape still connecting) held the
+// process's exit after "drained" for Close's whole 2 s.
+func TestCloseDoesNotWaitForASilentConnection(t *testing.T) {
+	adm, _ := adminWithSilentConn(t)
 	start := time.Now()
 	adm.Close()
 	if d := time.Since(start); d > time.Second {
@@ -310,17 +318,7 @@ func TestHeavyAnswersRunFewAtATime(t *testing.T) {
 // Shutdown closed such a connection, unanswered, as soon as it read the
 // request (the client saw EOF), however long CloseWithin gave it.
 func TestCloseWithinAnswersARequestOnAConnectionAcceptedBefore(t *testing.T) {
-	s := startStack(t, ordersConfig("127.0.0.1:1"))
-	adm, err := Start(config.Admin{Listen: "127.0.0.1:0"}, prometheus.NewRegistry(), s.p, hclog.NewNullLogger())
-	if err != nil {
-		t.Fatal(err)
-	}
-	c, err := net.Dial("tcp", adm.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	time.Sleep(100 * time.Millisecond) // accepted: the connection is the server's
+	adm, c := adminWithSilentConn(t)
 	closed := make(chan struct{})
 	go func() {
 		defer close(closed)
