@@ -334,6 +334,7 @@ func (p *pump) copyLoop() *pumpErr {
 				return errParked
 			}
 			p.arm()
+			p.lookForMark() // the next read would skip a lone urgent byte (urgent.go)
 			continue
 		} else {
 			from, p.written = p.written, 0
@@ -459,6 +460,9 @@ func (p *pump) spliceBulk() (eof bool, pe *pumpErr) {
 			if round < chunkSize {
 				p.bulk = false
 				p.dropPipe()
+				// The splice may have stopped at an urgent byte, which
+				// the read that replaces it would skip (urgent.go).
+				p.lookForMark()
 			} else {
 				// The pump waits holding its pipe: the idle deadline
 				// counts from here, so that a stream that stops now

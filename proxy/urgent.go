@@ -29,10 +29,12 @@ import (
 //
 // An urgent byte alone wakes neither Go's poller nor a read (the kernel
 // counts it as no readable byte), so a running pump sees it at its next
-// idle deadline, when it parks and the lot's entry reports it: within
-// 2*parkAfter. Only a running pump of small messages whose urgent byte
-// comes with more bytes behind it reads past it, and the byte is lost, as
-// through any proxy.
+// idle deadline: it parks and the lot's entry reports it, or it looks for
+// the mark before it reads again (lookForMark): within 2*parkAfter. A
+// bulk round that ends looks too, since a read replaces its splice. Only a
+// running pump that reads (not splices) and finds its urgent byte together
+// with other bytes (behind them or followed by them) reads past it, and
+// the byte is lost, as through any proxy.
 
 // urgentWatchReads is how many reads of the app's direction, from the
 // backend's first answer on, look for the mark first.
@@ -61,6 +63,20 @@ func (p *pump) takeUrgent(fd uintptr) bool {
 	}
 	p.oob, p.hasOOB = b, true
 	return true
+}
+
+// lookForMark tells tryRead to take src's urgent byte first when it is
+// src's next byte. It is for a running pump about to read again with no
+// wake to say so: after an idle deadline it does not park at, a lone
+// urgent byte (which wakes no reader) may be waiting, and after a bulk
+// round that ends (no pipe any more) a splice may have stopped at one;
+// either way a plain read would skip it. One ioctl.
+func (p *pump) lookForMark() {
+	p.rc.Control(func(fd uintptr) {
+		if atMark(fd) {
+			p.urgent = true
+		}
+	})
 }
 
 // sendUrgent sends the byte takeUrgent took to dst as urgent data, waiting

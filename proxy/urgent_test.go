@@ -239,3 +239,125 @@ func TestOracleUrgentDataCheckPasses(t *testing.T) {
 		t.Fatalf("after the ACCEPT the database got %x with urgent data %+v; want the marker, with '!' at the mark in front of it", r.stream, r.urgent)
 	}
 }
+
+// A running pump that has no wake to tell it of an urgent byte does not
+// read past it: a break sent a few milliseconds after the last of a run of
+// small messages (the pump is still running when its idle deadline comes,
+// and reads again without parking), and one right behind the short last
+// round of a bulk transfer (the round ends the bulk and gives the pipe
+// back, and the read that replaces the splice would skip the byte). Before,
+// the read skipped the byte in both cases: the break was lost, the stream
+// intact.
+func TestUrgentByteBehindARunningDirectionIsNotReadPast(t *testing.T) {
+	const tail = "after the break"
+	cases := []struct {
+		name  string
+		send  func(c *net.TCPConn) []byte // sends what goes before the urgent byte, and '!' as urgent data
+		alone bool                        // nothing follows the urgent byte until it has arrived
+	}{
+		{"small messages, then the byte alone", func(c *net.TCPConn) []byte {
+			var sent []byte
+			for i := range 10 {
+				if i > 0 {
+					time.Sleep(20 * time.Millisecond)
+				}
+				c.Write([]byte("message"))
+				sent = append(sent, "message"...)
+			}
+			time.Sleep(5 * time.Millisecond)
+			sendOOB(t, c, '!')
+			return sent
+		}, true},
+		{"a bulk round shorter than a chunk", func(c *net.TCPConn) []byte {
+			bulk := bytes.Repeat([]byte("0123456789abcdef"), 1<<16)
+			c.Write(bulk)
+			time.Sleep(30 * time.Millisecond)      // the pump waits in bulk, holding its pipe
+			sendOOBBehind(t, c, "last piece", '!') // with the urgent byte, in one segment: the splice stops at it
+			return append(bulk, "last piece"...)
+		}, false},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			got := make(chan *urgentReader, 1)
+			be := newBackend(t, func(c *net.TCPConn) {
+				c.Write([]byte("ready"))
+				r := &urgentReader{c: c}
+				r.readUntil(10*time.Second, func(r *urgentReader) bool { return bytes.HasSuffix(r.stream, []byte(tail)) })
+				got <- r
+			})
+			h := startProxy(t, oneBackendConfig(be.addr()))
+			c := h.dial("l")
+			c.SetReadDeadline(time.Now().Add(5 * time.Second))
+			if _, err := io.ReadFull(c, make([]byte, len("ready"))); err != nil {
+				t.Fatal(err)
+			}
+			sent := time.Now()
+			before := tc.send(c)
+			if tc.alone {
+				time.Sleep(time.Second)
+			}
+			if _, err := c.Write([]byte(tail)); err != nil {
+				t.Fatal(err)
+			}
+			r := <-got
+			if string(r.stream) != string(before)+tail {
+				t.Fatalf("the database got %d bytes, want %d intact", len(r.stream), len(before)+len(tail))
+			}
+			if len(r.urgent) != 1 || r.urgent[0].b != '!' || r.urgent[0].at != len(before) {
+				t.Fatalf("urgent data at the database: %+v; want '!' once, after the %d bytes before it", r.urgent, len(before))
+			}
+			if d := r.urgent[0].when.Sub(sent); d > time.Second {
+				t.Errorf("the urgent byte took %v to reach the database, want at most 1s", d)
+			}
+		})
+	}
+}
+
+// The same from the database to the app: a break right behind the short
+// last round of a bulk result reaches the app at its place.
+func TestUrgentByteFromTheDatabaseBehindABulkRoundReachesTheApp(t *testing.T) {
+	conns := make(chan *net.TCPConn, 1)
+	be := newBackend(t, func(c *net.TCPConn) {
+		conns <- c
+		io.Copy(io.Discard, c)
+	})
+	h := startProxy(t, oneBackendConfig(be.addr()))
+	c := h.dial("l")
+	if _, err := c.Write([]byte("hello")); err != nil {
+		t.Fatal(err)
+	}
+	db := <-conns
+	bulk := bytes.Repeat([]byte("0123456789abcdef"), 1<<18)
+	go func() {
+		db.Write(bulk)
+		time.Sleep(30 * time.Millisecond)
+		sendOOBBehind(t, db, "last piece", 'x')
+		db.Write([]byte("more"))
+	}()
+	want := string(bulk) + "last piece" + "more"
+	r := &urgentReader{c: c}
+	r.readUntil(5*time.Second, func(r *urgentReader) bool { return len(r.stream) >= len(want) })
+	if string(r.stream) != want || len(r.urgent) != 1 || r.urgent[0].b != 'x' || r.urgent[0].at != len(bulk)+len("last piece") {
+		t.Fatalf("the app got %d bytes (want %d) with urgent data %+v; want 'x' after the last piece", len(r.stream), len(want), r.urgent)
+	}
+}
+
+// sendOOBBehind sends b and then u as urgent data in one send (MSG_OOB
+// makes the last byte of a send urgent): one segment, whose bytes a splice
+// or read takes up to the mark. From any goroutine (t.Error).
+func sendOOBBehind(t *testing.T, c *net.TCPConn, b string, u byte) {
+	t.Helper()
+	rc, err := c.SyscallConn()
+	if err != nil {
+		t.Error(err)
+		return
+	}
+	var serr error
+	rc.Write(func(fd uintptr) bool {
+		serr = unix.Sendto(int(fd), append([]byte(b), u), unix.MSG_OOB, nil)
+		return serr != unix.EAGAIN
+	})
+	if serr != nil {
+		t.Error(os.NewSyscallError("send MSG_OOB", serr))
+	}
+}
