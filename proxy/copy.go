@@ -191,10 +191,9 @@ type pump struct {
 
 	// Urgent data (TCP's urgent pointer, MSG_OOB: Oracle Net's breaks; see
 	// urgent.go).
-	urgent    bool          // src has an urgent byte pending: tryRead takes it at its mark
-	oob       byte          // the urgent byte taken from src, for run to send
-	hasOOB    bool          // oob is still to be sent
-	markWatch *atomic.Int32 // reads still to look for the mark before (the session's, after its first answer); nil: none
+	urgent bool // src has an urgent byte pending: tryRead takes it at its mark
+	oob    byte // the urgent byte taken from src, for run to send
+	hasOOB bool // oob is still to be sent
 }
 
 // pumpOwner is the session (tests use others): a pump that parked reports

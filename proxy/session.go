@@ -935,7 +935,6 @@ func (s *session) clientToBackend() *pumpErr {
 	if err != nil {
 		return &pumpErr{err: err}
 	}
-	p.markWatch = &s.urgentWatch
 	s.parkable(p, true)
 	if err := s.sendEarly(); err != nil { // bytes read past a PROXY header go first
 		return &pumpErr{err: err, atWrite: true}

@@ -40,15 +40,16 @@ import (
 // backend's first answer on, look for the mark first.
 const urgentWatchReads = 4
 
-// watchingMark tells whether tryRead looks for the mark before its read.
-func (p *pump) watchingMark() bool { return p.markWatch != nil && p.markWatch.Load() > 0 }
+// watchingMark tells whether tryRead looks for the mark before its read:
+// the app's direction, while its session's urgentWatch lasts.
+func (p *pump) watchingMark() bool { return p.up && p.sess != nil && p.sess.urgentWatch.Load() > 0 }
 
 // takeUrgent takes src's urgent byte when it is src's next byte (inside
 // tryRead), and tells whether it did: run then sends it (sendUrgent).
 // Short of the mark it takes nothing; the read that follows stops at it.
 func (p *pump) takeUrgent(fd uintptr) bool {
 	if p.watchingMark() {
-		p.markWatch.Add(-1)
+		p.sess.urgentWatch.Add(-1)
 	}
 	if !atMark(fd) {
 		return false
