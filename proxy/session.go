@@ -82,6 +82,7 @@ type session struct {
 	clientErr   error            // the app's leg failed during the opening
 	clientPhase Phase            // when it failed: connect (no backend connection yet) or opening
 	established bool
+	selfDialEnd bool // selfDialReset ended the session
 	// kaLate: the backend connection's keepalive is still to be set, by
 	// housekeeping once the session has lasted keepaliveAfter
 	// (failover.Backend.KeepaliveLate).
@@ -656,8 +657,36 @@ func (s *session) clientFailure() error {
 	if phase == "" {
 		phase = PhaseOpening
 	}
+	if s.selfDialReset(err) {
+		return err
+	}
 	s.abort(SideClient, phase, err, "reset", nil)
 	return err
+}
+
+// selfDialReset ends as a self-dial a session whose "app" reset it before
+// it was established, when that app is one of the proxy's own dials: the
+// accept came before the dial was noted (selfdial.go), and the dialer
+// reset it on finding the loop. No app's session and no app's reset, as
+// the listener counts such a dial. Both the app's direction and the
+// opening see the reset, and whichever comes first ends the session:
+// true from either, counted once.
+func (s *session) selfDialReset(err error) bool {
+	if Cause(err) != "rst" {
+		return false
+	}
+	chain, loop := s.p.selfDials.ours(s.client, s.l.name)
+	if !loop {
+		return false
+	}
+	s.mu.Lock()
+	first := !s.selfDialEnd
+	s.selfDialEnd = true
+	s.mu.Unlock()
+	if first {
+		s.selfDialed(append(slices.Clip(chain), s.l.name))
+	}
+	return true
 }
 
 // attach makes conn the session's backend connection: the app's opening
@@ -1120,16 +1149,8 @@ func (s *session) directionDone(pe *pumpErr, src, dst Side) {
 	s.mu.Lock()
 	est := s.established
 	s.mu.Unlock()
-	if side == SideClient && Cause(pe.err) == "rst" && !est {
-		// An "app" reset before open asked whether it is one of the
-		// proxy's own dials: the accept came before the dial was noted
-		// (selfdial.go), and the dialer reset it on finding the loop. No
-		// app's session and no app's reset: a self-dial, as the listener
-		// counts it.
-		if chain, loop := s.p.selfDials.ours(s.client, s.l.name); loop {
-			s.selfDialed(append(slices.Clip(chain), s.l.name))
-			return
-		}
+	if side == SideClient && !est && s.selfDialReset(pe.err) {
+		return
 	}
 	err, srv, phase := pe.err, s.currentServer(), s.phaseNow(side, pe.err)
 	s.mu.Lock()
