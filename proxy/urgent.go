@@ -9,9 +9,10 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// Urgent data. Oracle Net clients (OCI, JDBC thin, python-oracledb thin,
-// go-ora with ENABLE_OOB) interrupt a running call by sending one byte
-// with TCP's urgent pointer (send with MSG_OOB), and recent ones check
+// Urgent data. Oracle Net clients (python-oracledb thin, for one, as its
+// source shows) interrupt a running call by sending one byte with TCP's
+// urgent pointer (send with MSG_OOB), when the database granted urgent
+// data in its ACCEPT, and recent ones check
 // right after the listener's ACCEPT, with an urgent byte and a RESET
 // marker, whether that byte reaches the database. Read as a stream, the
 // byte never shows: read(2) skips it, and splice(2) stops in front of it
