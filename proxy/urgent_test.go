@@ -97,21 +97,9 @@ func TestUrgentByteReachesTheDatabaseAtItsPlace(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			got := make(chan *urgentReader, 1)
-			be := newBackend(t, func(c *net.TCPConn) {
-				c.Write([]byte("ready")) // the session is established: the database answered
-				r := &urgentReader{c: c}
-				r.readUntil(20*time.Second, func(r *urgentReader) bool {
-					return len(r.stream) >= tc.before+len(tail)
-				})
-				got <- r
+			c, got := sessionToUrgentReader(t, 20*time.Second, func(r *urgentReader) bool {
+				return len(r.stream) >= tc.before+len(tail)
 			})
-			h := startProxy(t, oneBackendConfig(be.addr()))
-			c := h.dial("l")
-			c.SetReadDeadline(time.Now().Add(5 * time.Second))
-			if _, err := io.ReadFull(c, make([]byte, len("ready"))); err != nil {
-				t.Fatal(err)
-			}
 			before := bytes.Repeat([]byte("0123456789abcdef"), tc.before/16+1)[:tc.before]
 			if _, err := c.Write(before); err != nil {
 				t.Fatal(err)
@@ -153,17 +141,7 @@ func TestUrgentByteReachesTheDatabaseAtItsPlace(t *testing.T) {
 // A break the database sends reaches the app the same way, also when the
 // session is dormant (both directions parked).
 func TestUrgentByteFromTheDatabaseReachesTheApp(t *testing.T) {
-	conns := make(chan *net.TCPConn, 1)
-	be := newBackend(t, func(c *net.TCPConn) {
-		conns <- c
-		io.Copy(io.Discard, c)
-	})
-	h := startProxy(t, oneBackendConfig(be.addr()))
-	c := h.dial("l")
-	if _, err := c.Write([]byte("hello")); err != nil {
-		t.Fatal(err)
-	}
-	db := <-conns
+	h, c, db := sessionWithDatabase(t)
 	if _, err := db.Write([]byte("answer")); err != nil {
 		t.Fatal(err)
 	}
@@ -177,6 +155,45 @@ func TestUrgentByteFromTheDatabaseReachesTheApp(t *testing.T) {
 	if string(r.stream) != "answermore" || len(r.urgent) != 1 || r.urgent[0] != (urgentSeen{b: 'x', at: len("answer"), when: r.urgent[0].when}) {
 		t.Fatalf("the app got %q with urgent data %+v; want \"answermore\" with 'x' after \"answer\"", r.stream, r.urgent)
 	}
+}
+
+// sessionToUrgentReader is an app's established session (the database
+// greeted it) through a proxy to a database that reads it with an
+// urgentReader until done or timeout, and then hands the reader over.
+func sessionToUrgentReader(t *testing.T, timeout time.Duration, done func(*urgentReader) bool) (*net.TCPConn, <-chan *urgentReader) {
+	t.Helper()
+	got := make(chan *urgentReader, 1)
+	be := newBackend(t, func(c *net.TCPConn) {
+		c.Write([]byte("ready")) // the session is established: the database answered
+		r := &urgentReader{c: c}
+		r.readUntil(timeout, done)
+		got <- r
+	})
+	h := startProxy(t, oneBackendConfig(be.addr()))
+	c := h.dial("l")
+	c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := io.ReadFull(c, make([]byte, len("ready"))); err != nil {
+		t.Fatal(err)
+	}
+	return c, got
+}
+
+// sessionWithDatabase is an app's session through a proxy to a database
+// that reads and drops what it gets: the app's conn, and the database's
+// conn to write to the app.
+func sessionWithDatabase(t *testing.T) (*harness, *net.TCPConn, *net.TCPConn) {
+	t.Helper()
+	conns := make(chan *net.TCPConn, 1)
+	be := newBackend(t, func(c *net.TCPConn) {
+		conns <- c
+		io.Copy(io.Discard, c)
+	})
+	h := startProxy(t, oneBackendConfig(be.addr()))
+	c := h.dial("l")
+	if _, err := c.Write([]byte("hello")); err != nil {
+		t.Fatal(err)
+	}
+	return h, c, <-conns
 }
 
 // oobListener answers a CONNECT with an ACCEPT that grants urgent data
@@ -278,19 +295,7 @@ func TestUrgentByteBehindARunningDirectionIsNotReadPast(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			got := make(chan *urgentReader, 1)
-			be := newBackend(t, func(c *net.TCPConn) {
-				c.Write([]byte("ready"))
-				r := &urgentReader{c: c}
-				r.readUntil(10*time.Second, func(r *urgentReader) bool { return bytes.HasSuffix(r.stream, []byte(tail)) })
-				got <- r
-			})
-			h := startProxy(t, oneBackendConfig(be.addr()))
-			c := h.dial("l")
-			c.SetReadDeadline(time.Now().Add(5 * time.Second))
-			if _, err := io.ReadFull(c, make([]byte, len("ready"))); err != nil {
-				t.Fatal(err)
-			}
+			c, got := sessionToUrgentReader(t, 10*time.Second, func(r *urgentReader) bool { return bytes.HasSuffix(r.stream, []byte(tail)) })
 			sent := time.Now()
 			before := tc.send(c)
 			if tc.alone {
@@ -316,17 +321,7 @@ func TestUrgentByteBehindARunningDirectionIsNotReadPast(t *testing.T) {
 // The same from the database to the app: a break right behind the short
 // last round of a bulk result reaches the app at its place.
 func TestUrgentByteFromTheDatabaseBehindABulkRoundReachesTheApp(t *testing.T) {
-	conns := make(chan *net.TCPConn, 1)
-	be := newBackend(t, func(c *net.TCPConn) {
-		conns <- c
-		io.Copy(io.Discard, c)
-	})
-	h := startProxy(t, oneBackendConfig(be.addr()))
-	c := h.dial("l")
-	if _, err := c.Write([]byte("hello")); err != nil {
-		t.Fatal(err)
-	}
-	db := <-conns
+	_, c, db := sessionWithDatabase(t)
 	bulk := bytes.Repeat([]byte("0123456789abcdef"), 1<<18)
 	go func() {
 		db.Write(bulk)
