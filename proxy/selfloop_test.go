@@ -454,3 +454,76 @@ connect_budget = "2s"
 		t.Errorf("sessions{outcome=reset} = %v: tnsguard's own dials counted as app sessions", v)
 	}
 }
+
+// The same race where the opening waits for the app's CONNECT (a listener
+// that routes by service): the dialer's reset reaches the app's direction,
+// which ends the session as a self-dial (selfDialReset), and wakes the
+// routing, after which the opening asks again whether its app is one of
+// the proxy's dials (open) and ends it as a self-dial once more: 2
+// rejections for one connection. Under load (-race, two CPU burners)
+// TestSelfDialIsNoAppReset's sessions did the same 22 times in 30 runs,
+// also where such a session had dialed itself before the reset came (its
+// dial's loop, then the reset). Here the test is the dialer: it
+// notes its connection as the proxy's own dial is noted, after the
+// listener's accept, then resets it.
+func TestSelfDialResetDuringTheOpeningCountsOnce(t *testing.T) {
+	h := startProxy(t, `
+[[listener]]
+name = "l"
+listen = "127.0.0.1:0"
+backend = "b"
+services = ["SALES"]
+routes = { "SALES" = "b", "*" = "b" }
+[[backend]]
+name = "b"
+connect_timeout = "1s"
+connect_budget = "5s"
+  [backend.health]
+  check = "off"
+  [[backend.server]]
+  address = "127.0.0.1:1"
+`)
+	c, err := net.Dial("tcp", h.addr("l"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	waitFor(t, 2*time.Second, "the session", func() bool { return sumGauges(h.m.SessionsActive) == 1 })
+	tc := c.(*net.TCPConn)
+	if loop := h.p.selfDials.add(tc, nil, "l"); loop == nil {
+		t.Fatal("the test's dial is not noted as a loop")
+	}
+	tc.SetLinger(0)
+	tc.Close()
+	waitFor(t, 3*time.Second, "no session live", func() bool { return sumGauges(h.m.SessionsActive) == 0 })
+	time.Sleep(100 * time.Millisecond) // the other path, if it counts too
+	if v := counter(h.m.SessionsRejected, "l", "self_dial"); v != 1 {
+		t.Errorf("rejected{reason=self_dial} = %v for one self-dial, want 1", v)
+	}
+	for _, phase := range []string{"connect", "opening"} {
+		if v := counter(h.m.Resets, "l", "b", "none", "client", phase, "rst"); v != 0 {
+			t.Errorf("resets{side=client,phase=%s,cause=rst} = %v: the self-dial counted as an app's reset", phase, v)
+		}
+	}
+
+	// A real app's reset at the same point is the app's reset, once.
+	app, err := net.Dial("tcp", h.addr("l"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 2*time.Second, "the app's session", func() bool { return sumGauges(h.m.SessionsActive) == 1 })
+	app.(*net.TCPConn).SetLinger(0)
+	app.Close()
+	waitFor(t, 3*time.Second, "no session live", func() bool { return sumGauges(h.m.SessionsActive) == 0 })
+	time.Sleep(100 * time.Millisecond)
+	var resets float64
+	for _, phase := range []string{"connect", "opening"} {
+		resets += counter(h.m.Resets, "l", "b", "none", "client", phase, "rst")
+	}
+	if resets != 1 {
+		t.Errorf("resets{side=client,cause=rst} = %v after an app's reset in the opening, want 1", resets)
+	}
+	if v := counter(h.m.SessionsRejected, "l", "self_dial"); v != 1 {
+		t.Errorf("rejected{reason=self_dial} = %v after an app's reset, want 1 still", v)
+	}
+}

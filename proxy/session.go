@@ -82,7 +82,7 @@ type session struct {
 	clientErr   error            // the app's leg failed during the opening
 	clientPhase Phase            // when it failed: connect (no backend connection yet) or opening
 	established bool
-	selfDialEnd bool // selfDialReset ended the session
+	selfDialEnd bool // selfDialed ended the session (counted once)
 	// kaLate: the backend connection's keepalive is still to be set, by
 	// housekeeping once the session has lasted keepaliveAfter
 	// (failover.Backend.KeepaliveLate).
@@ -526,11 +526,22 @@ var errSelfDial = errors.New("the app is tnsguard's own dial to a server that is
 // again last), as the listener rejects such a connection it sees at accept.
 // When its app is itself one of the proxy's dials, that dial's session ends
 // too, rather than re-dial (cameBack).
+//
+// A session is one self-dial, counted once, however many of its paths find
+// the loop: the app's direction, which sees the dialer's reset
+// (selfDialReset), and the opening, which asks again before it dials and
+// sees its own dial come back, may both.
 func (s *session) selfDialed(loop []string) error {
-	s.p.selfDials.markBack(s.client, loop)
-	s.l.rejected("self_dial")
-	if s.l.takeLogLine("self-dial") {
-		s.l.log.Warn("connection rejected: "+errSelfDial.Error()+"; check the server's address, or what its name resolves to", "loop", strings.Join(loop, " -> "))
+	s.mu.Lock()
+	first := !s.selfDialEnd
+	s.selfDialEnd = true
+	s.mu.Unlock()
+	if first {
+		s.p.selfDials.markBack(s.client, loop)
+		s.l.rejected("self_dial")
+		if s.l.takeLogLine("self-dial") {
+			s.l.log.Warn("connection rejected: "+errSelfDial.Error()+"; check the server's address, or what its name resolves to", "loop", strings.Join(loop, " -> "))
+		}
 	}
 	return s.endedElsewhere(errSelfDial)
 }
@@ -670,7 +681,7 @@ func (s *session) clientFailure() error {
 // reset it on finding the loop. No app's session and no app's reset, as
 // the listener counts such a dial. Both the app's direction and the
 // opening see the reset, and whichever comes first ends the session:
-// true from either, counted once.
+// true from either, counted once (selfDialed).
 func (s *session) selfDialReset(err error) bool {
 	if Cause(err) != "rst" {
 		return false
@@ -679,13 +690,7 @@ func (s *session) selfDialReset(err error) bool {
 	if !loop {
 		return false
 	}
-	s.mu.Lock()
-	first := !s.selfDialEnd
-	s.selfDialEnd = true
-	s.mu.Unlock()
-	if first {
-		s.selfDialed(append(slices.Clip(chain), s.l.name))
-	}
+	s.selfDialed(append(slices.Clip(chain), s.l.name))
 	return true
 }
 

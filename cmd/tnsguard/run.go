@@ -137,7 +137,18 @@ func runCommand(args []string, stderr io.Writer) (code int) {
 		// The old process answers on the admin port until this one's
 		// servers have had their first health check: a load balancer's
 		// /readyz check answered here before them would say "no server up".
-		awaitFirstChecks(p)
+		if sig := awaitFirstChecks(log, p, stops); sig != nil {
+			// Stopped before it served: the upgrade is off, the old
+			// process serves on (it sees this one end without a word).
+			// The sessions it took from the shared sockets meanwhile
+			// drain as at any stop.
+			log.Info("upgrade: signal received before this process served: it stops, the old process serves on", "signal", sig.String(), "old_pid", oldPID)
+			drain(log, stops, false, func() { p.Shutdown(0, cfg.Shutdown.DrainTimeout.Duration) }, p.Hurry)
+			admLn.Close()
+			inherited.Close()
+			upgradeReady.Close()
+			return 0
+		}
 	}
 	adm := admin.StartOn(admLn, cfg.Admin, reg, p, log.Named("admin"))
 	for _, addr := range inherited.Close() {
@@ -378,12 +389,38 @@ func raiseFileLimit(log hclog.Logger) {
 }
 
 // awaitFirstChecks waits until every server has had its first health
-// check, at most a second more than the longest check timeout (a check
-// that takes longer, such as a name of several silent addresses, is not
-// waited for: the start's "down" stands until it ends, as at any start).
-func awaitFirstChecks(p *proxy.Proxy) {
+// check, at most a second more than the longest check timeout, and never
+// more than firstChecksWait (a check that takes longer, such as a name of
+// several silent addresses, is not waited for: the start's "down" stands
+// until it ends, as at any start).
+//
+// A stop signal (from start-up on) ends the wait: it is returned, and this
+// process is not to say it serves.
+func awaitFirstChecks(log hclog.Logger, p *proxy.Proxy, stops <-chan os.Signal) os.Signal {
 	done, longest := p.FirstChecksDone()
-	for end := time.Now().Add(longest + time.Second); !done && time.Now().Before(end); done, _ = p.FirstChecksDone() {
-		time.Sleep(5 * time.Millisecond)
+	wait := min(longest+time.Second, firstChecksWait)
+	if !done {
+		log.Info("upgrade: waiting for the first health checks before serving; the old process serves meanwhile", "at_most", wait.String())
+	}
+	for end := time.Now().Add(wait); !done && time.Now().Before(end); done, _ = p.FirstChecksDone() {
+		select {
+		case sig := <-stops:
+			return sig
+		case <-time.After(5 * time.Millisecond):
+		}
+	}
+	select {
+	case sig := <-stops:
+		return sig
+	default:
+		return nil
 	}
 }
+
+// firstChecksWait bounds awaitFirstChecks far below readyTimeout, the old
+// process's limit for this one to say it serves: health.timeout may be as
+// long as health.interval (30 s and more), and a black-holed server's
+// first check takes all of it. Waiting that long, this process would be
+// killed at readyTimeout with the sessions it took meanwhile
+// (TestUpgradeWithASilentServerAndALongHealthTimeoutServes).
+const firstChecksWait = readyTimeout / 3

@@ -15,6 +15,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/tnsguard/tnsguard/test/loopback"
 )
 
 // churn is apps opening sessions back to back (dial, one round trip,
@@ -381,6 +383,98 @@ func pollAcrossUpgrades(t *testing.T, path string, rounds int) (int64, []error) 
 	syscall.Kill(pid, syscall.SIGTERM)
 	syscall.Wait4(pid, nil, 0, nil)
 	return polls.Load(), errs
+}
+
+// darkBackend is a listener "dark" to a backend whose one server is
+// black-holed (its dials hang), checked with health.timeout = timeout (and
+// an interval of twice that), to add to a config of oneEcho's.
+func darkBackend(t *testing.T, timeout time.Duration) string {
+	t.Helper()
+	return fmt.Sprintf("[[listener]]\nname = \"dark\"\nlisten = %q\nbackend = \"dark\"\n"+
+		"[[backend]]\nname = \"dark\"\n  [backend.health]\n  check = \"tcp\"\n  interval = %q\n  timeout = %q\n"+
+		"  [[backend.server]]\n  address = %q\n", freeAddr(t), (2 * timeout).String(), timeout.String(), loopback.Blackhole(t))
+}
+
+// A server that is black-holed (a database host down, a firewall that
+// drops) with a long health.timeout (30 s: allowed, it is at most the
+// interval): the new process waited for that server's first check before it
+// said it serves (up to the timeout and 1 s), past the 30 s the old process
+// gives it. The old process killed it, resetting the sessions it had taken
+// on the shared listening sockets meanwhile, and the upgrade failed: it
+// could not be done for as long as the server was silent.
+func TestUpgradeWithASilentServerAndALongHealthTimeoutServes(t *testing.T) {
+	conf, admin, addr := oneEcho(t, "grace = \"0s\"\ndrain_timeout = \"60s\"")
+	conf += darkBackend(t, 30*time.Second)
+	g := start(t, admin, conf, false) // "dark" has no server up: /readyz 503
+	apps := startChurn(addr, admin, 4)
+	began := time.Now()
+	g.upgrade()
+	time.Sleep(2 * time.Second) // the new process waits for the first checks
+	var pooled []net.Conn
+	for range 8 { // either process takes them
+		pooled = append(pooled, pooledSession(t, addr))
+	}
+	waitFor(t, 40*time.Second, "the upgrade to serve or fail", func() bool {
+		return len(g.log.find("upgrade: the new process serves; this one stops accepting and drains")) > 0 ||
+			len(g.log.find("upgrade failed: this process serves on")) > 0
+	})
+	took := time.Since(began)
+	if failed := g.log.find("upgrade failed: this process serves on"); len(failed) > 0 {
+		t.Errorf("after %v: upgrade failed: %v", took.Round(time.Second), failed[0]["error"])
+	} else if took > 15*time.Second {
+		t.Errorf("the new process served %v after SIGUSR2: near the 30 s limit", took.Round(time.Second))
+	}
+	time.Sleep(500 * time.Millisecond)
+	for i, c := range pooled {
+		if err := roundTrip(c, fmt.Appendf(nil, "pooled %d", i), 2*time.Second); err != nil {
+			t.Errorf("pooled session %d opened during the wait: %v", i, err)
+		}
+	}
+	errs := apps.Stop()
+	for i, err := range errs {
+		if i == 10 {
+			t.Errorf("... %d failed in all", len(errs))
+			break
+		}
+		t.Errorf("app during the upgrade: %v", err)
+	}
+	t.Logf("served or failed after %v; %d sessions, %d polls, %d failed", took.Round(time.Millisecond), apps.sessions.Load(), apps.polls.Load(), len(errs))
+}
+
+// A SIGTERM to the new process while it waits for its first health checks
+// (an operator stopping an upgrade that does not seem to end, with
+// kill $(pgrep -n -x tnsguard)): it stops before it served and the old
+// process serves on, as when the new process fails to start. It was taken
+// only once the wait was over (here 8 s later), and then the new process
+// still told the old one that it serves: the old one drained and exited, the
+// new one drained and exited, and nothing served any more.
+func TestUpgradeNewProcessStoppedBeforeItServesLeavesTheOldServing(t *testing.T) {
+	conf, admin, addr := oneEcho(t, "grace = \"0s\"\ndrain_timeout = \"1s\"")
+	conf += darkBackend(t, 8*time.Second)
+	g := start(t, admin, conf, false)
+	g.upgrade()
+	var pids []int
+	waitFor(t, 5*time.Second, "the new process", func() bool { pids = g.upgrades(); return len(pids) > 0 })
+	time.Sleep(time.Second) // it waits for the first checks
+	if err := syscall.Kill(pids[0], syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 3*time.Second, "the old process to say the upgrade failed", func() bool {
+		return len(g.log.find("upgrade failed: this process serves on")) > 0
+	})
+	if served := g.log.find("upgrade: the new process serves; this one stops accepting and drains"); len(served) > 0 {
+		t.Errorf("the old process took the stopped new process for serving")
+	}
+	time.Sleep(200 * time.Millisecond)
+	select {
+	case <-g.done:
+		t.Fatalf("the old process exited (%d)", g.exit)
+	default:
+	}
+	servesNew(t, addr, "after the new process was stopped")
+	if code, body := g.get("/healthz"); code != http.StatusOK {
+		t.Errorf("/healthz after the new process was stopped: %d %s", code, body)
+	}
 }
 
 // A new binary that cannot start (here: the config file is now broken)
