@@ -277,16 +277,7 @@ func TestUpgradeOnSIGUSR2RefusesNothing(t *testing.T) {
 // just before its listener closed, and closed it unanswered (net/http's
 // Shutdown): EOF for about 1 poll in 100, a few per upgrade.
 func TestUpgradesBackToBackAnswerEveryHealthz(t *testing.T) {
-	const rounds = 50
-	polls, errs := pollAcrossUpgrades(t, "/healthz", rounds)
-	for i, err := range errs {
-		if i == 10 {
-			t.Errorf("... %d failed in all", len(errs))
-			break
-		}
-		t.Errorf("/healthz during the upgrades: %v", err)
-	}
-	t.Logf("%d upgrades, %d /healthz polls, %d failed", rounds, polls, len(errs))
+	pollsAllAnswered(t, "/healthz", 50)
 }
 
 // The same with /readyz, what a load balancer's check asks (the README
@@ -297,16 +288,22 @@ func TestUpgradesBackToBackAnswerEveryHealthz(t *testing.T) {
 // answered "has no server up" until its first health checks were in (up to
 // about 1 per upgrade): it now answers on the admin port only after them.
 func TestUpgradesBackToBackKeepReadyzReady(t *testing.T) {
-	const rounds = 30
-	polls, errs := pollAcrossUpgrades(t, "/readyz", rounds)
+	pollsAllAnswered(t, "/readyz", 30)
+}
+
+// pollsAllAnswered fails the test for every poll of path that was not
+// answered 200 across rounds upgrades (pollAcrossUpgrades).
+func pollsAllAnswered(t *testing.T, path string, rounds int) {
+	t.Helper()
+	polls, errs := pollAcrossUpgrades(t, path, rounds)
 	for i, err := range errs {
 		if i == 10 {
 			t.Errorf("... %d failed in all", len(errs))
 			break
 		}
-		t.Errorf("/readyz during the upgrades: %v", err)
+		t.Errorf("%s during the upgrades: %v", path, err)
 	}
-	t.Logf("%d upgrades, %d /readyz polls, %d failed", rounds, polls, len(errs))
+	t.Logf("%d upgrades, %d %s polls, %d failed", rounds, polls, path, len(errs))
 }
 
 // pollAcrossUpgrades makes rounds upgrades one after another while 8
