@@ -105,6 +105,13 @@ func (p *pump) sendUrgentOn(rc syscall.RawConn) error {
 	if err == nil {
 		p.moved++
 		p.onChunk(1)
+		if s := p.sess; s != nil && s.l.log.IsDebug() {
+			to := SideBackend
+			if !p.up {
+				to = SideClient
+			}
+			s.logger().Debug("urgent byte passed on (a break)", "to", to)
+		}
 	}
 	return err
 }

@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hashicorp/go-hclog"
 	"golang.org/x/sys/unix"
 
 	"github.com/tnsguard/tnsguard/tns"
@@ -233,7 +234,8 @@ func oobListener(t *testing.T, after func(r *urgentReader) bool) (*backendServer
 func TestOracleUrgentDataCheckPasses(t *testing.T) {
 	marker := []byte{0x00, 0x0b, 0x00, 0x00, byte(tns.TypeMarker), 0x00, 0x00, 0x00, 0x01, 0x00, 0x02} // python-oracledb's RESET marker
 	db, got := oobListener(t, func(r *urgentReader) bool { return len(r.stream) >= len(marker) })
-	h := startProxy(t, oracleConfig("", db.addr()))
+	logs := &logBuffer{}
+	h := startProxyWith(t, oracleConfig("", db.addr()), hclog.New(&hclog.LoggerOptions{Level: hclog.Debug, Output: logs}))
 	c := h.dial("l")
 	connect, err := os.ReadFile("../tns/testdata/spiderlabs-net-tns/connect.raw")
 	if err != nil {
@@ -254,6 +256,9 @@ func TestOracleUrgentDataCheckPasses(t *testing.T) {
 	r := <-got
 	if !bytes.Equal(r.stream, marker) || len(r.urgent) != 1 || r.urgent[0].b != '!' || r.urgent[0].at != 0 {
 		t.Fatalf("after the ACCEPT the database got %x with urgent data %+v; want the marker, with '!' at the mark in front of it", r.stream, r.urgent)
+	}
+	if l := logs.lines("urgent byte passed on", "to=backend", "service=XE"); len(l) != 1 {
+		t.Errorf("debug log of the break: %q, want one line\n%s", l, logs)
 	}
 }
 
