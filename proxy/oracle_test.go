@@ -816,6 +816,11 @@ func TestServiceOfASessionNoServerReached(t *testing.T) {
 		return len(ev) == 1 && ev[0].Service == "SALES"
 	})
 	for _, msg := range []string{"no backend for new session", "session reset"} {
+		// The line comes after the counters (the session's end logs last).
+		deadline := time.Now().Add(time.Second)
+		for len(logs.lines(msg, "service=SALES")) == 0 && time.Now().Before(deadline) {
+			time.Sleep(5 * time.Millisecond)
+		}
 		if n := len(logs.lines(msg, "service=SALES")); n != 1 {
 			t.Errorf("%d %q lines with service=SALES; log:\n%s", n, msg, logs)
 		}
