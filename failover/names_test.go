@@ -33,15 +33,17 @@ func silentAt(t *testing.T) int {
 	return n
 }
 
-// freePort is a port on 127.0.0.1 that nothing listens on now.
+// freePort is a port nothing listens on at the moment, for a listener the
+// test must know the port of before the config is written (loopback.Port:
+// outside the ephemeral range, where another test's connect cannot take it
+// first).
 func freePort(t *testing.T) int {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	port, err := loopback.Port()
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
+	return port
 }
 
 // acceptAt listens on ip:port and accepts (and holds) every connection

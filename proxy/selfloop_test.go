@@ -4,7 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"net"
-
 	"syscall"
 	"testing"
 	"time"
@@ -12,6 +11,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	dto "github.com/prometheus/client_model/go"
+
+	"github.com/tnsguard/tnsguard/test/loopback"
 )
 
 // ownIPv4 is a non-loopback IPv4 address of this host, or "" when it has
@@ -30,15 +31,16 @@ func ownIPv4() string {
 }
 
 // freePort is a port nothing listens on at the moment, for a listener the
-// test must know the port of before the config is written.
+// test must know the port of before the config is written (loopback.Port:
+// outside the ephemeral range, where another test's connect cannot take it
+// first).
 func freePort(t *testing.T) int {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	port, err := loopback.Port()
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
+	return port
 }
 
 // loopEnds connects one app to listener and checks what a server that
@@ -95,6 +97,15 @@ func sumGauges(g *prometheus.GaugeVec) float64 {
 // name resolving to it, is this host's only where tnsguard runs), so the
 // running proxy must.
 func TestServerAtTheHostsOwnAddressDoesNotLoop(t *testing.T) {
+	h, _ := proxyAtItsOwnAddress(t)
+	loopEnds(t, h, "l", time.Second) // at once: the listener's own session sees its dial come back
+}
+
+// proxyAtItsOwnAddress is a proxy whose listener "l" (a wildcard) has one
+// server, "b"'s: this host's own non-loopback IPv4 address on the
+// listener's port, which it returns (the test is skipped without one).
+func proxyAtItsOwnAddress(t *testing.T) (*harness, string) {
+	t.Helper()
 	ip := ownIPv4()
 	if ip == "" {
 		t.Skip("no non-loopback IPv4 address on this host")
@@ -114,7 +125,7 @@ connect_budget = "2s"
   [[backend.server]]
   address = "%s:%d"
 `, port, ip, port))
-	loopEnds(t, h, "l", time.Second) // at once: the listener's own session sees its dial come back
+	return h, fmt.Sprintf("%s:%d", ip, port)
 }
 
 // Two listeners whose backends are each other: a loop through both. The
@@ -412,25 +423,7 @@ name = "b"
 // sessions{outcome="reset"}, with a "session reset" warning each: 7 for 4
 // apps in the lab.
 func TestSelfDialIsNoAppReset(t *testing.T) {
-	ip := ownIPv4()
-	if ip == "" {
-		t.Skip("no non-loopback IPv4 address on this host")
-	}
-	port := freePort(t)
-	h := startProxy(t, fmt.Sprintf(`
-[[listener]]
-name = "l"
-listen = "0.0.0.0:%d"
-backend = "b"
-[[backend]]
-name = "b"
-connect_timeout = "1s"
-connect_budget = "2s"
-  [backend.health]
-  check = "off"
-  [[backend.server]]
-  address = "%s:%d"
-`, port, ip, port))
+	h, self := proxyAtItsOwnAddress(t)
 	for range 300 { // each app's session dials itself once: the race is in about one of twenty
 		c, err := net.Dial("tcp", h.addr("l"))
 		if err != nil {
@@ -443,7 +436,7 @@ connect_budget = "2s"
 	waitFor(t, 3*time.Second, "no session live", func() bool { return sumGauges(h.m.SessionsActive) == 0 })
 	var resets float64
 	for _, phase := range []string{"connect", "opening"} {
-		for _, srv := range []string{"none", fmt.Sprintf("%s:%d", ip, port)} {
+		for _, srv := range []string{"none", self} {
 			resets += counter(h.m.Resets, "l", "b", srv, "client", phase, "rst")
 		}
 	}
