@@ -298,6 +298,10 @@ type LinkStatus struct {
 	Redials        uint64            `json:"redials"`
 	Resets         map[string]uint64 `json:"resets_by_cause"`
 	LastReset      *time.Time        `json:"last_reset,omitempty"`
+	// Removed: the server is no longer one of its backend's (a reload
+	// took it out) and the link is listed for its sessions and history;
+	// nothing checks it, so Up says nothing of its health.
+	Removed bool `json:"removed,omitempty"`
 
 	// Reset windows, pool view and connect latency: see events.go.
 	SessionsIdle      int               `json:"sessions_idle"`
@@ -374,6 +378,8 @@ func (p *Proxy) Links() []LinkStatus {
 		if srv != nil {
 			st.Up = srv.Up()
 			st.Breaker = [...]string{"closed", "open", "half-open"}[srv.BreakerState()]
+		} else if l.key.server != "none" {
+			st.Removed = true
 		}
 		view.fill(&st, l)
 		out = append(out, st)

@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"encoding/json"
 	"io"
 	"math"
 	"net"
@@ -125,6 +126,46 @@ func TestLinksForgetRemovedServerThatOnlyFailed(t *testing.T) {
 			t.Errorf("tnsguard_backend_retransmits_total{server=%q} still exported after the reload removed it", dead)
 		}
 	}
+}
+
+// A removed server that carried sessions stays listed (its reset history),
+// but it is no longer checked: /api/links must not say it is down, and the
+// status page must not show it with a red "down" pill for the process's
+// life, next to the servers that are. It said "up": false (the server's
+// health was not known, not bad), while its sessions ran on it and after.
+func TestLinksDoNotCallARemovedServerDown(t *testing.T) {
+	one := newBackend(t, echo)
+	two := newBackend(t, echo)
+	h := startProxy(t, oneBackendConfig(one.addr(), two.addr()))
+	for i := 0; i < 2; i++ { // round robin: one session on each server
+		c := h.dial("l")
+		echoed(t, c, "a")
+		defer c.Close()
+	}
+	if link := linkOf(t, h.p, two.addr()); link.SessionsActive != 1 || !link.Up {
+		t.Fatalf("before the reload: %+v", link)
+	}
+	if err := h.p.Apply(mustParse(t, oneBackendConfig(one.addr()))); err != nil {
+		t.Fatal(err)
+	}
+	raw, err := json.Marshal(h.p.Links())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var links []map[string]any
+	if err := json.Unmarshal(raw, &links); err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range links {
+		if l["server"] != two.addr() {
+			continue
+		}
+		if l["removed"] != true {
+			t.Errorf("removed server %s listed without \"removed\": true (it reads as down: \"up\": %v): %v", two.addr(), l["up"], l)
+		}
+		return
+	}
+	t.Fatalf("the removed server that carries a session is not listed: %s", raw)
 }
 
 // A removed server that carried sessions loses its RTT gauge once its last
