@@ -158,7 +158,7 @@ func (p *Proxy) apply(cfg *config.Config) error {
 	}
 
 	listeners := map[string]*listener{}
-	var bound []*listener
+	var bound, newSockets []*listener
 	taken := map[*listener]bool{} // running sockets handed over (reload.go)
 	for i := range cfg.Listeners {
 		lc := &cfg.Listeners[i]
@@ -166,7 +166,7 @@ func (p *Proxy) apply(cfg *config.Config) error {
 			listeners[lc.Name] = old
 			continue
 		}
-		l, err := p.bind(cfg, lc, taken)
+		l, newSocket, err := p.bind(cfg, lc, taken)
 		if err != nil {
 			for _, b := range bound {
 				b.ln.Close()
@@ -175,6 +175,20 @@ func (p *Proxy) apply(cfg *config.Config) error {
 		}
 		listeners[lc.Name] = l
 		bound = append(bound, l)
+		if newSocket {
+			newSockets = append(newSockets, l)
+		}
+	}
+	// A listener that kept its name but moved to an address of its own
+	// (a new port) is the same listener to its users: the sessions its old
+	// socket admitted count against its limits, and follow its keepalive
+	// (retuneSessions), as a renamed listener's do. Unless another
+	// listener took the old socket over: its sessions go with the socket.
+	// Before the new sockets accept.
+	for _, l := range newSockets {
+		if old := p.listeners[l.name]; old != nil && !taken[old] {
+			l.admitted = old.admitted
+		}
 	}
 
 	// Commit: nothing below can fail.
@@ -235,13 +249,15 @@ func (p *Proxy) apply(cfg *config.Config) error {
 		}
 		old.ln.Close()
 		switch heir := heirOf(old, bound); {
-		case heir == nil:
+		case !taken[old] && listeners[name] != nil:
+			old.log.Info("moved: stopped accepting on its old address; its sessions go on", "address", old.ln.Addr().String(), "now", listeners[name].ln.Addr().String())
+		case !taken[old]:
 			old.log.Info("stopped accepting; its sessions go on")
 		case heir.name != old.name:
 			old.log.Info("renamed: its socket and sessions go on", "as", heir.name)
 		}
-		// Same name: only the address was re-spelled ([::]:1521 for
-		// :1521); the socket accepts on, as "listening" said.
+		// Same name and socket: only the address was re-spelled
+		// ([::]:1521 for :1521); the socket accepts on, as "listening" said.
 	}
 	p.forgetRemoved(cfg, p.backends)
 	p.cfg, p.listeners, p.backends = cfg, listeners, backends
@@ -288,7 +304,10 @@ func heirOf(old *listener, bound []*listener) *listener {
 	return nil
 }
 
-func (p *Proxy) bind(cfg *config.Config, lc *config.Listener, taken map[*listener]bool) (*listener, error) {
+// bind makes the listener of lc on its socket: one a running listener or
+// the process this one replaces holds at that address, or a new one (then
+// it says so, and its admission counts are new too).
+func (p *Proxy) bind(cfg *config.Config, lc *config.Listener, taken map[*listener]bool) (*listener, bool, error) {
 	ln, old, err := p.inherit(cfg, lc, taken) // the socket of a renamed or moved listener (reload.go)
 	var handed *net.TCPListener
 	if ln == nil && err == nil {
@@ -307,7 +326,7 @@ func (p *Proxy) bind(cfg *config.Config, lc *config.Listener, taken map[*listene
 		err = p.bindHint(err, lc.Listen)
 	}
 	if err != nil {
-		return nil, err
+		return nil, false, err
 	}
 	slots := &admitted{perSource: map[netip.Addr]int{}}
 	if old != nil {
@@ -324,7 +343,7 @@ func (p *Proxy) bind(cfg *config.Config, lc *config.Listener, taken map[*listene
 		goKeepalive: fromFile,
 	}
 	l.conf.Store(lc)
-	return l, nil
+	return l, old == nil && handed == nil, nil
 }
 
 // ownSocket is a listening socket of this process that is not a

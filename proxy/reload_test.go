@@ -1218,3 +1218,72 @@ func TestReloadOntoItsOwnSocketSaysWhatHoldsIt(t *testing.T) {
 		t.Errorf("moving onto the admin listener's address: %v\nwant it to hold %q and not blame another process", err, want)
 	}
 }
+
+// A listener whose address a reload changes (its name stays: a new port,
+// or a move in two steps onto an address that overlaps its own) is the
+// same listener to its user: the sessions it accepted on the old address
+// must get its keepalive when this reload or a later one changes it, as
+// the sessions of a renamed listener do. They kept the values they were
+// accepted with, for the life of the pooled session.
+func TestReloadKeepaliveFollowsAListenerThatMoved(t *testing.T) {
+	be := newBackend(t, echo)
+	h := startProxy(t, oneBackendConfig(be.addr()))
+	c := h.dial("l")
+	echoed(t, c, "a")
+	s := sessionOf(t, h.p, c)
+	db := keepalive.Settings{Idle: 11 * time.Second, Interval: 2 * time.Second, Count: 4, UserTimeout: 19 * time.Second}
+	legSettings(t, s, keepalive.Settings{Idle: 7 * time.Second, Interval: 3 * time.Second, Count: 5, UserTimeout: 31 * time.Second}, db)
+
+	moved := listenerAt(oneBackendConfig(be.addr()), fmt.Sprintf("127.0.0.1:%d", freePort(t)))
+	withKA := func(idle, interval string, count int, ut string) string {
+		return strings.Replace(moved, "  idle = \"7s\"\n  interval = \"3s\"\n  count = 5\n  user_timeout = \"31s\"\n",
+			fmt.Sprintf("  idle = %q\n  interval = %q\n  count = %d\n  user_timeout = %q\n", idle, interval, count, ut), 1)
+	}
+	// Moved and retuned in one reload.
+	if err := h.p.Apply(mustParse(t, withKA("5s", "2s", 3, "13s"))); err != nil {
+		t.Fatal(err)
+	}
+	legSettings(t, s, keepalive.Settings{Idle: 5 * time.Second, Interval: 2 * time.Second, Count: 3, UserTimeout: 13 * time.Second}, db)
+	// And a later reload on the new address only.
+	if err := h.p.Apply(mustParse(t, withKA("4s", "1s", 2, "9s"))); err != nil {
+		t.Fatal(err)
+	}
+	legSettings(t, s, keepalive.Settings{Idle: 4 * time.Second, Interval: time.Second, Count: 2, UserTimeout: 9 * time.Second}, db)
+	echoed(t, c, "b")
+}
+
+// The sessions a listener admitted on its old address count against its
+// max_sessions on the new one, as through a rename: a listener at its
+// limit that moved to a new port let in max_sessions more, twice the
+// limit under one name.
+func TestMovedListenerKeepsMaxSessionsCount(t *testing.T) {
+	be := newBackend(t, echo)
+	base := strings.Replace(oneBackendConfig(be.addr()), `backend = "b"`, "backend = \"b\"\nmax_sessions = 2", 1)
+	h := startProxy(t, base)
+	var old []*net.TCPConn
+	for range 2 {
+		c := h.dial("l")
+		echoed(t, c, "under the limit")
+		old = append(old, c)
+	}
+	addr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	if err := h.p.Apply(mustParse(t, listenerAt(base, addr))); err != nil {
+		t.Fatal(err)
+	}
+	c, err := net.Dial("tcp", addr) // the reset may come before connect returns
+	if err == nil {
+		err, _ = readErr(c, 2*time.Second)
+		c.Close()
+	}
+	if !errors.Is(err, syscall.ECONNRESET) {
+		t.Fatalf("a 3rd session on the moved listener %s with max_sessions = 2 and 2 open: %v, want a reset", addr, err)
+	}
+	waitFor(t, 2*time.Second, "the rejection", func() bool {
+		return counter(h.m.SessionsRejected, "l", "max_sessions") == 1
+	})
+	old[0].Close()
+	waitFor(t, 2*time.Second, "a slot freed by a session of the old address", func() bool {
+		return len(h.p.liveSessions()) == 1
+	})
+	echoed(t, h.dial("l"), "a slot freed")
+}
