@@ -538,3 +538,38 @@ func TestAlertmanagerInhibitions(t *testing.T) {
 		time.Sleep(100 * time.Millisecond)
 	}
 }
+
+// TestGrafanaVariablesFilterEveryPanel: the README says the variables instance,
+// listener, backend and server filter every panel. So every selector of a tnsguard
+// metric in a panel's query matches each of those labels that the metric has (and
+// instance, which Prometheus adds) against its variable: a panel that leaves one out
+// shows every server's figures while the dashboard is set to one.
+func TestGrafanaVariablesFilterEveryPanel(t *testing.T) {
+	fams := registeredMetrics(t)
+	selector := regexp.MustCompile(`\b(tnsguard_[a-z0-9_]+)(\{[^}]*\})?`)
+	for _, p := range loadDashboard(t).Panels {
+		for _, tg := range p.Targets {
+			for _, m := range selector.FindAllStringSubmatch(tg.Expr, -1) {
+				name := m[1]
+				fam, ok := fams[name]
+				for _, suffix := range []string{"_bucket", "_sum", "_count"} {
+					if base := strings.TrimSuffix(name, suffix); !ok && base != name {
+						fam, ok = fams[base]
+					}
+				}
+				if !ok {
+					continue // TestMonitoringUsesKnownMetrics reports it
+				}
+				has := map[string]bool{"instance": true}
+				for _, l := range fam.labels {
+					has[l] = true
+				}
+				for _, v := range []string{"instance", "listener", "backend", "server"} {
+					if has[v] && !strings.Contains(m[2], v+`=~"$`+v+`"`) {
+						t.Errorf("panel %q: %s%s does not filter %s by $%s", p.Title, name, m[2], v, v)
+					}
+				}
+			}
+		}
+	}
+}
