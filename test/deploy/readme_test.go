@@ -1056,3 +1056,53 @@ func TestReadmeJSONFieldsMakeTargetsAndEnv(t *testing.T) {
 		}
 	}
 }
+
+// TestReadmeNamesDeployTools: the README's list of what `go test ./test/deploy/` needs
+// ("It needs `file`, ...", under "Checking these files") names every external command
+// this package's tests call through requireTool, which fails them when CI is set: a
+// user who installs the list and runs with CI set must not meet a tool it left out.
+func TestReadmeNamesDeployTools(t *testing.T) {
+	var needs string // the paragraph that starts "It needs `"
+	line := 0
+	for _, l := range readmeLines(t) {
+		if line == 0 && l.fence == "" && strings.HasPrefix(l.text, "It needs `") {
+			line = l.n
+		}
+		if line != 0 {
+			if strings.TrimSpace(l.text) == "" {
+				break
+			}
+			needs += " " + l.text
+		}
+	}
+	if line == 0 {
+		t.Fatal(`README: no "It needs ` + "`...`" + `" paragraph listing what ./test/deploy/ needs`)
+	}
+	uses := regexp.MustCompile(`requireTool\(t, "([^"]+)"`)
+	dir := filepath.Join(repoRoot(t), "test", "deploy")
+	files, err := filepath.Glob(filepath.Join(dir, "*_test.go"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	seen := map[string]bool{}
+	for _, f := range files {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, m := range uses.FindAllStringSubmatch(string(b), -1) {
+			tool := m[1]
+			if seen[tool] {
+				continue
+			}
+			seen[tool] = true
+			// `python3-yaml` names python3 too: a package named after the tool counts.
+			if !strings.Contains(needs, "`"+tool+"`") && !strings.Contains(needs, "`"+tool+"-") {
+				t.Errorf("README:%d: the list of what ./test/deploy/ needs leaves out %q (%s calls it, and fails without it when CI is set)", line, tool, filepath.Base(f))
+			}
+		}
+	}
+	if len(seen) == 0 {
+		t.Fatal("no requireTool call found in test/deploy: the check reads nothing")
+	}
+}
