@@ -310,6 +310,32 @@ SERVERS`
 	}
 }
 
+// retry_on "refuse" holds the REFUSE back only while the app's CONNECT is
+// kept: with replay_bytes below it (0 to turn replays off) every app got the
+// REFUSE during a switchover, and check said OK.
+func TestRefuseRetryWithSmallReplayBytesWarns(t *testing.T) {
+	for _, tc := range []struct {
+		keys  string
+		warns bool
+	}{
+		{`retry_on = ["connect", "reset", "refuse"]`, false},
+		{"retry_on = [\"connect\", \"reset\", \"refuse\"]\nreplay_bytes = 8192", false},
+		{"retry_on = [\"connect\", \"reset\", \"refuse\"]\nreplay_bytes = 0", true},
+		{"retry_on = [\"connect\", \"reset\", \"refuse\"]\nreplay_bytes = 256", true},
+		{"replay_bytes = 0", false},
+	} {
+		text := strings.Replace(minimal, "name = \"orders\"\n  [[backend.server]]", "name = \"orders\"\n"+tc.keys+"\n  [[backend.server]]", 1)
+		_, warnings, err := Parse([]byte(text), "r.toml")
+		if err != nil {
+			t.Fatalf("%s: %v", tc.keys, err)
+		}
+		got := strings.Contains(strings.Join(warnings, "\n"), `retry_on "refuse" needs the app's CONNECT kept`)
+		if got != tc.warns {
+			t.Errorf("%s: warnings %q; want the replay_bytes warning: %v", tc.keys, warnings, tc.warns)
+		}
+	}
+}
+
 // noLines drops the " (line N)" that ends a meaning error or warning.
 func noLines(msgs []string) []string {
 	out := make([]string, len(msgs))

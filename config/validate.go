@@ -235,6 +235,12 @@ func (b *Backend) validate() (errs, warnings []string) {
 		// often not kept: its REDIRECT then goes to the app, uncounted.
 		add(`redirect = "follow" needs replay_bytes of at least %d (the app's CONNECT is sent again, to the address the REDIRECT names), not %d`, minRouteBytes, *b.ReplayBytes)
 	}
+	if b.Retries("refuse") && *b.ReplayBytes < minRouteBytes {
+		// The REFUSE is held back and the CONNECT replayed only when the
+		// CONNECT was kept: an app whose CONNECT is longer gets the REFUSE
+		// (go-ora's is some 250 to 600 bytes, node-oracledb's some 500).
+		warnings = append(warnings, fmt.Sprintf(`retry_on "refuse" needs the app's CONNECT kept: with replay_bytes %d (below %d) an app whose CONNECT is longer gets the listener's REFUSE (ORA-12514 at a switchover) instead of the next server`, *b.ReplayBytes, minRouteBytes))
+	}
 	e, w := b.Keepalive.validate()
 	for _, m := range e {
 		add("keepalive.%s", m)

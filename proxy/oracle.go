@@ -68,6 +68,35 @@ func (s *session) looksLikeTNSLocked() bool {
 	return err == nil && h.Type == tns.TypeConnect
 }
 
+// startsWithConnect reports whether the opening kept so far (kept) followed
+// by b starts with a TNS CONNECT header: read when the opening outgrows
+// replay_bytes, so that a listener's REFUSE to such an app is still seen for
+// what it is (refuseBeyondReplay).
+func startsWithConnect(kept, b []byte) bool {
+	var head [tns.HeaderLen]byte
+	n := copy(head[:], kept)
+	n += copy(head[n:], b)
+	if n < tns.HeaderLen || tns.PacketType(head[4]) != tns.TypeConnect || tlsHandshake(head[:]) {
+		return false
+	}
+	h, err := tns.ParseHeader(head[:], tns.Length16)
+	return err == nil && h.Type == tns.TypeConnect
+}
+
+// refuseBeyondReplay counts and logs, as refusePassed does, a listener's
+// REFUSE to an Oracle app whose CONNECT was longer than replay_bytes: it
+// goes to the app as it came (there is nothing to replay to another server),
+// and that app got no server all the same.
+func (s *session) refuseBeyondReplay(srv *failover.Server, first []byte) {
+	pkt, err := tns.ClassifyFirst(first)
+	if err != nil || pkt.Type != tns.TypeRefuse {
+		return
+	}
+	if code, ok := pkt.Refuse.Err(); ok && code != 0 {
+		s.refusePassed(srv, code)
+	}
+}
+
 // tlsHandshake reports whether b starts like a TLS (or SSL 3) handshake
 // record: type 0x16, version 3.x. That is a TCPS client's ClientHello, whose
 // byte 4, the low byte of the record's length, is 1 (a TNS CONNECT's type)

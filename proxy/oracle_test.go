@@ -281,6 +281,36 @@ func TestRefusePassedThroughIsCountedAsRejected(t *testing.T) {
 	}
 }
 
+// An app whose CONNECT is longer than replay_bytes (replay_bytes = 0 to
+// turn replays off, or a few hundred bytes to save memory) cannot be moved
+// to another server: a listener's REFUSE goes to it, whatever retry_on says.
+// That app got no server all the same, and is counted and logged as one
+// (README: "A REFUSE the app gets at once ..."). Until now such a REFUSE left
+// no trace: tnsguard read the answer as TNS only while it held the CONNECT,
+// so during a switchover every app got ORA-12514 and
+// tnsguard_sessions_rejected_total stayed 0, with no log line.
+func TestRefuseToAnAppBeyondReplayBytesIsCountedAsRejected(t *testing.T) {
+	for _, replay := range []string{"0", "200"} {
+		t.Run("replay_bytes="+replay, func(t *testing.T) {
+			refusing := tnstest.New(t, tnstest.Config{Mode: tnstest.Refuse, Err: 12514})
+			standby := tnstest.New(t, tnstest.Config{Mode: tnstest.Refuse, Err: 12560})
+			h, logs := startProxyLog(t, oracleConfig("replay_bytes = "+replay, refusing.Addr()+";0", standby.Addr()+";1"))
+			if err := goOraPing(t, h.addr("l"), "SALES"); err == nil || !strings.Contains(err.Error(), "ORA-12514") {
+				t.Fatalf("go-ora: %v; want the preferred listener's ORA-12514 (the CONNECT was not kept: no re-dial)", err)
+			}
+			if n := len(standby.Connects()); n != 0 {
+				t.Fatalf("the standby got %d CONNECTs; want none (nothing to replay)", n)
+			}
+			waitFor(t, time.Second, "the app's REFUSE counted as a rejection", func() bool {
+				return counter(h.m.SessionsRejected, "l", "no_backend") == 1
+			})
+			waitFor(t, time.Second, "the log line", func() bool {
+				return len(logs.lines("no backend for new session: the app gets the listener's REFUSE", "ORA-12514")) == 1
+			})
+		})
+	}
+}
+
 // A listener's RESEND passes through (the app sends its CONNECT again); a
 // REFUSE after it still fails over, with the re-sent CONNECT.
 func TestResendThenRefuseFailsOver(t *testing.T) {

@@ -74,6 +74,7 @@ type session struct {
 	link        *link            // the link of listener, backend and server once established (links.go)
 	replay      []byte           // the app's opening bytes, for a re-dial
 	overflow    bool             // more than replay_bytes were sent on: no re-dial
+	overflowTNS bool             // the opening that overflowed began with a TNS CONNECT (its first answer is still read for a REFUSE)
 	clientEOF   bool             // the app half-closed during the opening
 	ourFIN      [2]bool          // tnsguard half-closed the app's leg [0] or the backend's [1] (see endOfStream)
 	writeErrno  [2]atomic.Int32  // per leg: the first error a write or splice to its socket took (see endOfStream)
@@ -716,11 +717,15 @@ func (s *session) attach(conn *net.TCPConn, srv *failover.Server, deadline time.
 	s.mu.Lock()
 	s.noteConnectLocked()
 	isTNS := s.looksLikeTNSLocked()
+	overflowTNS := s.overflow && s.overflowTNS
 	s.mu.Unlock()
 	if err == nil && isTNS {
 		conn, buf, first, err = s.inspectFirst(conn, srv, buf, n, deadline)
 	} else if err == nil {
 		first = (*buf)[:n]
+		if overflowTNS {
+			s.refuseBeyondReplay(srv, first) // passed on as it came, but no server took the app
+		}
 	}
 	if err != nil {
 		if buf != nil {
@@ -1066,6 +1071,9 @@ func (s *session) openingBytes(b []byte) error {
 			s.replay = append(s.replay, b...)
 			s.cond.Broadcast() // routing may wait for the CONNECT
 		} else {
+			if !s.overflow {
+				s.overflowTNS = startsWithConnect(s.replay, b)
+			}
 			s.overflow, s.replay = true, nil
 		}
 		s.openingUp += int64(len(b))
