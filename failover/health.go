@@ -73,6 +73,13 @@ func (s *Server) checkLoop(ctx context.Context) {
 		if ctx.Err() != nil {
 			return
 		}
+		if err != nil {
+			// The listener (or its host) may be restarting: its service
+			// registers after it answers again, so a positive service
+			// answer from before says nothing about it then. The next check
+			// that passes tnsping asks again.
+			s.serviceChecked = time.Time{}
+		}
 		if err == nil {
 			streak = max(streak, 0) + 1
 		} else {

@@ -167,6 +167,62 @@ func TestServiceRegisteringLaterIsUpAtTheNextCheck(t *testing.T) {
 	}
 }
 
+// A listener restart (or a reboot of its host) within service_interval of
+// the last positive service probe: the listener comes back before its
+// database's service registers. The server must stay down until the service
+// is there, as after any other restart (README: "the server counts as up only
+// once the service is there"). Until now the probe's positive answer from
+// before the outage was kept through the failed checks, so the first tnsping
+// that passed made the server up, fail-back sent sessions to it, and with the
+// default retry_on their apps got ORA-12514 until the service registered.
+func TestServiceAskedAgainAfterTheListenerWasDown(t *testing.T) {
+	lacks := tnstest.New(t, tnstest.Config{Mode: tnstest.Accept, Services: []string{"SALES"}})
+	has := tnstest.New(t, tnstest.Config{Mode: tnstest.Accept, Services: []string{"ORDERS"}})
+	var target atomic.Value // where the front forwards: the listener with or without the service
+	target.Store(has.Addr())
+	forward := func(c net.Conn) {
+		up, err := net.Dial("tcp", target.Load().(string))
+		if err != nil {
+			return
+		}
+		defer up.Close()
+		go io.Copy(up, c)
+		io.Copy(c, up)
+	}
+	ln := serveEach(t, forward)
+	addr := ln.Addr().String()
+	b, _ := tnspingBackend(t, "  service = \"ORDERS\"\n  service_interval = \"1h\"", addr)
+	eventually(t, "up with the service registered", b.Servers[0].Up)
+
+	ln.Close() // the listener stops: dials are refused
+	eventually(t, "down while the listener is stopped", func() bool { return !b.Servers[0].Up() })
+	target.Store(lacks.Addr()) // it starts again, before the service registers
+	again, err := net.Listen("tcp", addr)
+	if err != nil {
+		t.Fatalf("listening again on %s: %v", addr, err)
+	}
+	t.Cleanup(func() { again.Close() })
+	go func() {
+		for {
+			c, err := again.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				forward(c)
+			}()
+		}
+	}()
+	eventually(t, "the listener answering again", func() bool { return lacks.Accepted() > 0 })
+	time.Sleep(300 * time.Millisecond) // six checks of 50ms
+	if b.Servers[0].Up() {
+		t.Fatal("up after the listener restarted, with its service not registered: the probe's answer from before the restart was kept")
+	}
+	target.Store(has.Addr()) // the service registers
+	eventually(t, "up once the service registered", b.Servers[0].Up)
+}
+
 // The service probe runs on a connection of its own; to a server that
 // expects PROXY headers it opens with a LOCAL header too, or a downstream
 // tnsguard or HAProxy refuses it and the server counts as down.
