@@ -122,6 +122,7 @@ type Server struct {
 	connectOK prometheus.Observer // the connect-time series of successful dials, resolved once (Start)
 	up        atomic.Bool
 	failedAt  atomic.Int64  // with checks off: when a dial to it last failed (unix ns), 0 after a success
+	dialOpen  atomic.Int64  // when its circuit last opened on a failed dial (unix ns), 0 when on anything else (checkLoop)
 	checked   atomic.Bool   // a health check has given a result (carried over a reload: Inherit)
 	sessions  *atomic.Int64 // shared with the server a reload replaced (Inherit)
 	version   atomic.Value  // string: listener version from tnsping
@@ -587,6 +588,16 @@ func (s *Server) Refused(cause error, serviceOnly bool, t Trial) {
 // countFailure counts a failure against the server's breaker.
 func (s *Server) countFailure(cause error) {
 	if opened, openFor := s.breaker.failure(time.Now()); opened {
+		// A circuit opened on dials the health check makes too (refused,
+		// timed out): a check that passes after it says the server is back
+		// (checkLoop). Not one opened on what came after the connect (a
+		// reset, a REFUSE, a REDIRECT's node): a check that connects passed
+		// then too.
+		if oe := (*net.OpError)(nil); errors.As(cause, &oe) && oe.Op == "dial" {
+			s.dialOpen.Store(time.Now().UnixNano())
+		} else {
+			s.dialOpen.Store(0)
+		}
 		s.backend.serverLog().Warn("circuit opened: new sessions skip this server", "server", s.Address, "open_for", openFor.String(), "error", cause)
 		s.publish()
 		// The gauge turns half-open when the open period ends, whether or

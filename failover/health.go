@@ -61,6 +61,7 @@ func (s *Server) checkLoop(ctx context.Context) {
 	h := s.backend.Config.Health
 	var streak int             // successes (>0) or failures (<0) in a row
 	first := !s.checked.Load() // a server checked before a reload goes on with rise and fall
+	var opened openWatch
 	t := time.NewTimer(0)
 	defer t.Stop()
 	for {
@@ -69,10 +70,12 @@ func (s *Server) checkLoop(ctx context.Context) {
 			return
 		case <-t.C:
 		}
+		started := time.Now()
 		err := s.check(ctx)
 		if ctx.Err() != nil {
 			return
 		}
+		s.failBackAfterDialOpen(&opened, started, err == nil)
 		if err != nil {
 			// The listener (or its host) may be restarting: its service
 			// registers after it answers again, so a positive service
@@ -100,6 +103,40 @@ func (s *Server) checkLoop(ctx context.Context) {
 		first = false
 		s.checked.Store(true)
 		t.Reset(h.Interval.Duration)
+	}
+}
+
+// openWatch is what checkLoop knows of a circuit that failed dials opened:
+// when it opened (Server.dialOpen), and how many checks begun after that
+// have passed in a row.
+type openWatch struct {
+	at     int64
+	passes int
+}
+
+// failBackAfterDialOpen ends early the open period of a circuit that
+// failed dials opened while the check still has the server up, once rise
+// checks begun after the opening have passed: a listener restart shorter
+// than fall checks opens a circuit the check never saw, and no down-to-up
+// move (setUp) ends it. Without this, new sessions stayed on a standby for
+// all of open_for with the preferred server back and its check passing.
+// The next session is the half-open trial, as after setUp's early end.
+func (s *Server) failBackAfterDialOpen(w *openWatch, started time.Time, passed bool) {
+	at := s.dialOpen.Load()
+	if at != w.at {
+		w.at, w.passes = at, 0
+	}
+	if at == 0 || started.UnixNano() <= at {
+		return // no such circuit, or a check begun before it opened
+	}
+	if !passed {
+		w.passes = 0
+		return
+	}
+	w.passes++
+	if w.passes == *s.backend.Config.Health.Rise && s.up.Load() && s.breaker.expire(time.Now()) {
+		s.backend.serverLog().Info("circuit open period ended early: the health check says the server is back", "server", s.Address)
+		s.publish()
 	}
 }
 

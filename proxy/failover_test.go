@@ -189,6 +189,65 @@ failures = 1`, fmt.Sprintf("address = %q;priority = 0", a.address), fmt.Sprintf(
 	t.Logf("fail-back: A preferred again %v after its listener returned (rise 2, interval 100ms); A's breaker state %v", riseAfter.Round(time.Millisecond), gauge(h.m.BreakerState, "b", a.address))
 }
 
+// A listener restart shorter than the health check's fall opens the
+// preferred server's circuit (its refused dials), but the check never sees
+// it down, so no down-to-up move ends the open period. The README's
+// fail-back still holds: once the check has passed rise times after the
+// circuit opened, new sessions go back to the preferred server. Before, they
+// stayed on the standby for all of open_for (10 s by default; longer after a
+// failed trial), and a pool that filled meanwhile stayed there.
+func TestShortRestartFailsBackOnceTheCheckPassesRiseTimes(t *testing.T) {
+	a := newServer(t, sayName("A"))
+	b := newServer(t, sayName("B"))
+	h := startProxy(t, backendTOML(`connect_timeout = "500ms"
+connect_budget = "3s"
+[backend.health]
+check = "tcp"
+interval = "100ms"
+timeout = "100ms"
+rise = 2
+fall = 10
+[backend.breaker]
+failures = 2
+open_for = "30s"`, fmt.Sprintf("address = %q;priority = 0", a.address), fmt.Sprintf("address = %q;priority = 1", b.address)))
+	srvA := h.p.backend("b").Servers[0]
+	waitFor(t, 2*time.Second, "A checked up", func() bool { return srvA.Up() })
+	reached := func() string {
+		t.Helper()
+		name, c, err := h.reached()
+		if err != nil {
+			t.Fatalf("session: %v", err)
+		}
+		c.Close()
+		return name
+	}
+	if got := reached(); got != "A" {
+		t.Fatalf("session reached %s, want A", got)
+	}
+
+	a.down() // a restart: dials are refused, for less than fall checks
+	for range 2 {
+		if got := reached(); got != "B" {
+			t.Fatalf("session reached %s during A's restart, want B", got)
+		}
+	}
+	if st := gauge(h.m.BreakerState, "b", a.address); st != metrics.BreakerOpen {
+		t.Fatalf("A's breaker state %v after 2 refused dials (failures = 2), want open", st)
+	}
+	a.up()
+	back := time.Now()
+	for reached() != "A" {
+		if !srvA.Up() {
+			t.Fatal("the check saw A down: the restart was to be shorter than fall")
+		}
+		if time.Since(back) > 3*time.Second {
+			t.Fatalf("new sessions still on the standby %v after A came back, its check passing every 100ms (rise 2); open_for is 30s", time.Since(back).Round(time.Millisecond))
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	t.Logf("back on A %v after its listener returned", time.Since(back).Round(time.Millisecond))
+}
+
 // round_robin spreads sessions over three servers by weight 1:2:3.
 func TestRoundRobinSpread(t *testing.T) {
 	a, b, c := newServer(t, sayName("A")), newServer(t, sayName("B")), newServer(t, sayName("C"))
