@@ -303,6 +303,76 @@ func TestBackendResetWhileResultWaitsForAppIsActive(t *testing.T) {
 	}
 }
 
+// The same with a result that fits in the kernel's buffers between the
+// proxy and the app (256 KiB: the app's receive buffer and the proxy's
+// send buffer toward it, which Linux grows to 4 MiB): the backend's bytes
+// all reached the proxy and were passed on, so no pump waited for room,
+// but the app had not taken them when the database reset its session. The
+// session owed delivery all the same; a review measured results of 256 KiB
+// to 3 MiB, read by an app at 40 KB/s, counted idle, with the keepalive
+// advice, and only larger ones active. On the app's side likewise: an
+// upload that the database had not read when the app's leg failed.
+func TestResetWhileBufferedBytesWaitForTheOtherSideIsActive(t *testing.T) {
+	const size = 256 << 10
+	fast := "  idle = \"1s\"\n  interval = \"1s\"\n  count = 3\n  user_timeout = \"4s\""
+	t.Run("backend", func(t *testing.T) {
+		be := newBackend(t, func(c *net.TCPConn) {
+			b := make([]byte, 1)
+			io.ReadFull(c, b)
+			c.Write(make([]byte, size)) // a result set the app does not read now
+			time.Sleep(2 * time.Second) // longer than the backend leg's keepalive idle
+			resetConn(c)
+		})
+		cfg := strings.Replace(oneBackendConfig(be.addr()), "  idle = \"11s\"\n  interval = \"2s\"\n  count = 4\n  user_timeout = \"19s\"", fast, 1)
+		h, logs := startProxyLog(t, cfg)
+		c := h.dial("l")
+		c.Write([]byte("q"))
+		srv := be.addr()
+		waitFor(t, 12*time.Second, "the backend's reset counted", func() bool {
+			return counter(h.m.Resets, "l", "b", srv, "backend", "active", "rst")+
+				counter(h.m.Resets, "l", "b", srv, "backend", "idle", "rst") == 1
+		})
+		if n := counter(h.m.Resets, "l", "b", srv, "backend", "active", "rst"); n != 1 {
+			t.Errorf("a backend reset while its result waited in the buffers for the app counted idle, want active")
+		}
+		time.Sleep(200 * time.Millisecond) // the advice is logged just after the count
+		if advice := logs.lines("sessions on this link die while idle"); len(advice) != 0 {
+			t.Errorf("keepalive advice for a result that waited for the app:\n%s", strings.Join(advice, "\n"))
+		}
+	})
+	t.Run("app", func(t *testing.T) {
+		release := make(chan struct{})
+		be := newBackend(t, func(c *net.TCPConn) {
+			b := make([]byte, 1)
+			io.ReadFull(c, b)
+			c.Write(b)
+			<-release // reads nothing more: the upload waits for it
+		})
+		t.Cleanup(func() { close(release) }) // before the backend's cleanup, which waits for its handlers
+		cfg := strings.Replace(oneBackendConfig(be.addr()), "  idle = \"7s\"\n  interval = \"3s\"\n  count = 5\n  user_timeout = \"31s\"", fast, 1)
+		h, logs := startProxyLog(t, cfg)
+		c := h.dial("l")
+		echoed(t, c, "q")
+		if _, err := c.Write(make([]byte, size)); err != nil { // an upload the database does not read now
+			t.Fatal(err)
+		}
+		time.Sleep(2 * time.Second) // longer than the app leg's keepalive idle
+		resetConn(c)
+		srv := be.addr()
+		waitFor(t, 5*time.Second, "the app's reset counted", func() bool {
+			return counter(h.m.Resets, "l", "b", srv, "client", "active", "rst")+
+				counter(h.m.Resets, "l", "b", srv, "client", "idle", "rst") == 1
+		})
+		if n := counter(h.m.Resets, "l", "b", srv, "client", "active", "rst"); n != 1 {
+			t.Errorf("an app reset while its upload waited in the buffers for the database counted idle, want active")
+		}
+		time.Sleep(200 * time.Millisecond)
+		if advice := logs.lines("sessions on this link die while idle"); len(advice) != 0 {
+			t.Errorf("keepalive advice for an upload that waited for the database:\n%s", strings.Join(advice, "\n"))
+		}
+	})
+}
+
 // An app that gives up on its first answer and closes (its own timeout)
 // before the answer comes: tnsguard writes the late answer into the closed
 // socket, the app's kernel resets it, and that reset (EPIPE: it came after

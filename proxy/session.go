@@ -1396,18 +1396,44 @@ func (s *session) waitedForRoom(side Side) bool {
 // middlebox on its leg saw an idle flow. The session owed delivery: a
 // reset of side's leg then (a database that killed the session) is no
 // death that keepalive should prevent.
+//
+// The bytes need not hold the pump up: a result (or upload) that fits in
+// the kernel's buffers toward the other leg (its send buffer grows to
+// tcp_wmem's 4 MiB, plus the peer's receive buffer) was all passed on,
+// and waits there for the other leg's peer to take it. The session owed
+// that delivery all the same, so bytes still queued in the other leg's
+// socket count too (unsentToOther).
 func (s *session) heldBack(side Side) bool {
 	s.mu.Lock()
 	p := s.pumps[1] // backend -> app: out of the backend's leg
+	other := SideClient
 	if side == SideClient {
-		p = s.pumps[0]
+		p, other = s.pumps[0], SideBackend
 	}
+	c := s.legSockLocked(other)
 	s.mu.Unlock()
-	if p == nil {
-		return false
+	if p != nil {
+		if b := p.blockedAt.Load(); b != 0 && time.Now().UnixNano()-b >= int64(stallCheck) {
+			return true
+		}
 	}
-	b := p.blockedAt.Load()
-	return b != 0 && time.Now().UnixNano()-b >= int64(stallCheck)
+	return c != nil && unsentToOther(c) > 0
+}
+
+// unsentToOther is the number of bytes in c's send queue that its peer
+// has not acknowledged yet (SIOCOUTQ), 0 when it cannot be read.
+func unsentToOther(c syscall.Conn) int {
+	rc, err := c.SyscallConn()
+	if err != nil {
+		return 0
+	}
+	n := 0
+	rc.Control(func(fd uintptr) {
+		if v, err := unix.IoctlGetInt(int(fd), unix.SIOCOUTQ); err == nil {
+			n = v
+		}
+	})
+	return n
 }
 
 // outlived is the longest pause after which side's peer was heard: on
