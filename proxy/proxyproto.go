@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -146,7 +147,8 @@ func readInbound(ctx context.Context, c *net.TCPConn, cfg *config.Listener) (inb
 // proxyproto.ErrNoProxyProtocol with the bytes read so far when the
 // connection does not start with a header signature (including a client
 // that sent nothing at all before the timeout, or left without a byte); errHeaderTimeout when bytes
-// came but no complete header in time; another error for a malformed one.
+// came but no complete header in time; another error for a malformed one,
+// or for one the connection ended in (even within its signature).
 func readHeader(ctx context.Context, c *net.TCPConn, timeout time.Duration) (*proxyproto.Header, []byte, error) {
 	src := &headerSource{c: c}
 	br := bufio.NewReaderSize(src, headerBufSize)
@@ -167,6 +169,17 @@ func readHeader(ctx context.Context, c *net.TCPConn, timeout time.Duration) (*pr
 		}
 		return nil, nil, fmt.Errorf("%w: %w", errHeaderTimeout, err)
 	}
+	if errors.Is(err, proxyproto.ErrNoProxyProtocol) && src.n > 0 {
+		// The library says "no header" also when the connection ended (a
+		// FIN) before the whole signature came: 10 bytes of a v2
+		// signature, "PROX". Bytes that are only the start of a
+		// signature, then the end, are a header cut short, as a reset
+		// there or a FIN after the signature is: not app data, which
+		// would carry the header's bytes to the backend.
+		if b, _ := br.Peek(br.Buffered()); len(b) == src.n && signaturePrefix(b) {
+			return nil, nil, fmt.Errorf("PROXY header cut short: the connection ended %d bytes into its signature: %w", len(b), io.ErrUnexpectedEOF)
+		}
+	}
 	if err != nil && !errors.Is(err, proxyproto.ErrNoProxyProtocol) {
 		if src.n == 0 {
 			// The client left (a FIN, a reset) before its first byte: it
@@ -181,6 +194,18 @@ func readHeader(ctx context.Context, c *net.TCPConn, timeout time.Duration) (*pr
 		early = append([]byte(nil), b...)
 	}
 	return hdr, early, err
+}
+
+// signaturePrefix tells whether b is the start of a PROXY v1 or v2
+// signature, shorter than the signature: what proxyproto.Read saw when the
+// connection ended before it could tell a header from app data.
+func signaturePrefix(b []byte) bool {
+	for _, sig := range [][]byte{proxyproto.SIGV1, proxyproto.SIGV2} {
+		if len(b) > 0 && len(b) < len(sig) && bytes.HasPrefix(sig, b) {
+			return true
+		}
+	}
+	return false
 }
 
 // readFirstBytes waits up to timeout (or until ctx ends) for the first

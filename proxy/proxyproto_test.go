@@ -411,6 +411,65 @@ proxy_header_timeout = "400ms"`, ""))
 	})
 }
 
+// A load balancer (or anything on its address) that closes its side with a
+// FIN part way into a header sent a header cut short: refused at once as
+// proxy_invalid, as when it ends with a reset and as a v1 line cut short,
+// whether the cut falls before the end of the signature (12 bytes for v2,
+// "PROXY" for v1) or after it. It used to depend on where the cut fell: 10
+// bytes of a v2 signature then a FIN counted as proxy_missing ("no PROXY
+// header") on a required listener, and on an optional one went to the
+// backend as the app's data, header bytes and all; 12 bytes or more
+// counted as proxy_invalid.
+func TestProxyHeaderCutByFIN(t *testing.T) {
+	v2 := ppHeader(t, 2, "203.0.113.7:5555", "192.0.2.1:1521")
+	cuts := []struct {
+		name  string
+		bytes []byte
+	}{
+		{"v2 signature 10 of 12", v2[:10]},
+		{"v2 signature 1 of 12", v2[:1]},
+		{"v2 signature whole", v2[:12]},
+		{"v2 address block half", v2[:20]},
+		{"v1 PROX", []byte("PROX")},
+		{"v1 line half", []byte("PROXY TCP4 203.0.113.7 192.0")},
+	}
+	for _, mode := range []string{"required", "optional"} {
+		t.Run(mode, func(t *testing.T) {
+			be, _ := ppBackend(t, false)
+			h := startProxy(t, ppConfig(be.addr(), fmt.Sprintf(`proxy_protocol = %q
+trusted_proxies = ["127.0.0.1/32"]
+proxy_header_timeout = "2s"`, mode), ""))
+			for i, cut := range cuts {
+				c := dialFrom(t, "127.0.0.1", h.addr("l"))
+				if _, err := c.Write(cut.bytes); err != nil {
+					t.Fatal(err)
+				}
+				c.CloseWrite()
+				// At once: the header cannot be completed after a FIN.
+				start := time.Now()
+				c.SetReadDeadline(start.Add(3 * time.Second))
+				b, _ := io.ReadAll(c)
+				if len(b) > 0 {
+					t.Fatalf("%s: the app read %q: the header's bytes went to the backend as data", cut.name, b)
+				}
+				if took := time.Since(start); took > time.Second {
+					t.Errorf("%s: closed after %v; a header cut by a FIN cannot complete", cut.name, took)
+				}
+				waitFor(t, time.Second, cut.name+" counted", func() bool {
+					return sumCounters(t, h.m.SessionsRejected) == float64(i+1)
+				})
+				if v := counter(h.m.SessionsRejected, "l", rejectProxyInvalid); v != float64(i+1) {
+					t.Errorf("%s: rejected{proxy_invalid} = %v, want %d (proxy_missing %v)", cut.name, v, i+1,
+						counter(h.m.SessionsRejected, "l", rejectProxyMissing))
+				}
+				if n := len(be.accepted()); n != 0 {
+					t.Fatalf("%s: the backend was dialed %d times for a header cut short", cut.name, n)
+				}
+			}
+		})
+	}
+}
+
 // While headers are pending, memory per connection stays small and
 // bounded: 200 connections each announce a 4 KiB v2 header (the most the
 // library accepts), send half of it and stall. Measured: heap per pending
