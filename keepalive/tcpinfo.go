@@ -18,6 +18,7 @@ type Info struct {
 	LastDataRecv time.Duration // since the last data arrived
 	LastDataSent time.Duration
 	LastAckRecv  time.Duration // since the last ACK arrived (ms resolution)
+	DataSegsOut  uint32        // segments sent that carried data, retransmissions included
 	State        uint8
 	// Retrying counts the retransmissions of the oldest unacknowledged
 	// segment: non-zero while sent data goes unanswered, and still so after
@@ -53,6 +54,7 @@ func ReadInfo(c syscall.Conn) (Info, error) {
 		LastDataRecv: time.Duration(ti.Last_data_recv) * time.Millisecond,
 		LastDataSent: time.Duration(ti.Last_data_sent) * time.Millisecond,
 		LastAckRecv:  time.Duration(ti.Last_ack_recv) * time.Millisecond,
+		DataSegsOut:  ti.Data_segs_out,
 		State:        ti.State,
 		Retrying:     ti.Retransmits,
 	}, nil

@@ -28,11 +28,21 @@ type link struct {
 	resets        map[string]uint64 // by cause
 	redials       uint64
 	lastReset     time.Time
-	carried       bool           // had a live session once: a removed server's link stays listed only then
-	born          time.Time      // outlived's windows count from here
-	window        time.Duration  // outlived's window: the proxy's evidenceWindow
-	outlived      outlivedPauses // the longest pause after which the database answered, on any session, lately
-	fresh         time.Duration  // a live socket's RTT counts in the mean when it sent data this recently: the proxy's rttFresh
+	carried       bool                  // had a live session once: a removed server's link stays listed only then
+	born          time.Time             // outlived's windows count from here
+	window        time.Duration         // outlived's window: the proxy's evidenceWindow
+	outlived      outlivedPauses        // the longest pause after which the database answered, on any session, lately
+	fresh         time.Duration         // a live socket's RTT counts in the mean when it sent data this recently: the proxy's rttFresh
+	rttMarks      map[*session]*rttMark // live sessions whose socket's RTT was looked at (judgeRTT)
+}
+
+// rttMark is what figures remembers of a live backend socket between two
+// looks: whether its smoothed RTT is still settling after a pause.
+type rttMark struct {
+	woke      int64     // the session's rttWoke when last looked at
+	settling  bool      // it paused: its RTT is the old one until it has sent rttSettle more segments
+	segs      uint32    // its DataSegsOut when the settling began (or, woken unseen, when it was seen)
+	sampledAt time.Time // when its RTT was last the path's: before the pause
 }
 
 func (p *Proxy) linkFor(listener, backend, server string) *link {
@@ -104,15 +114,76 @@ func (l *link) removeLive(s *session, info keepalive.Info, err error) {
 	if _, ok := l.live[s]; !ok {
 		return
 	}
-	delete(l.live, s)
 	if err == nil {
 		l.closedRetrans += uint64(info.Retransmits)
 		// The kernel's RTT was last sampled when the data last sent was
-		// acknowledged: a session idle for an hour ends with an hour-old RTT.
-		if at := time.Now().Add(-info.LastDataSent); info.RTT > 0 && (!l.hasRTT || !at.Before(l.lastRTTAt)) {
+		// acknowledged: a session idle for an hour ends with an hour-old RTT,
+		// and one that woke from a pause lately with the RTT from before it.
+		_, at := l.judgeRTTLocked(s, info, time.Now())
+		if info.RTT > 0 && (!l.hasRTT || !at.Before(l.lastRTTAt)) {
 			l.lastRTT, l.lastRTTAt, l.hasRTT = info.RTT, at, true
 		}
 	}
+	delete(l.live, s)
+	delete(l.rttMarks, s)
+}
+
+// rttSettle is how many data segments a backend socket must send after a
+// pause of rttFresh or more before its smoothed RTT counts as the path's
+// now. The kernel moves the smoothed RTT an eighth of the way to each new
+// sample, so a pooled session that wakes after the path's delay changed
+// reads nearly the old delay: with one query every few seconds a pool
+// held tnsguard_backend_rtt_seconds at 24-32 ms for a path that had been
+// 50 ms for half a minute, while the health checks measured 50 ms. After 8
+// samples two-thirds of the figure is new.
+const rttSettle = 8
+
+// judgeRTT says whether a live backend socket's smoothed RTT is the path's
+// now (it sent data within the link's fresh window and is not settling
+// after a pause), and when it was last right otherwise.
+func (l *link) judgeRTT(s *session, info keepalive.Info, now time.Time) (fresh bool, at time.Time) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.judgeRTTLocked(s, info, now)
+}
+
+func (l *link) judgeRTTLocked(s *session, info keepalive.Info, now time.Time) (fresh bool, at time.Time) {
+	at = now.Add(-info.LastDataSent)
+	mk := l.rttMarks[s]
+	if mk == nil {
+		mk = &rttMark{}
+		// Kept for live sessions only: one that ended after figures listed
+		// it is read once more, and must not stay in the map.
+		if _, live := l.live[s]; live {
+			if l.rttMarks == nil {
+				l.rttMarks = map[*session]*rttMark{}
+			}
+			l.rttMarks[s] = mk
+		}
+	}
+	woke := s.rttWoke.Load()
+	if info.LastDataSent > l.fresh {
+		// Sending nothing: its RTT is its last query's, and whatever it
+		// sends next moves that only slowly.
+		mk.woke, mk.settling, mk.segs, mk.sampledAt = woke, true, info.DataSegsOut, at
+		return false, at
+	}
+	if woke != mk.woke {
+		// It paused and woke since the last look: what it sent since is
+		// not known, so it counts from here.
+		mk.woke = woke
+		if !mk.settling {
+			mk.settling, mk.segs = true, info.DataSegsOut
+			mk.sampledAt = s.start.Add(time.Duration(s.rttPauseAt.Load()))
+		}
+	}
+	if mk.settling {
+		if info.DataSegsOut-mk.segs < rttSettle {
+			return false, mk.sampledAt
+		}
+		mk.settling = false
+	}
+	return true, at
 }
 
 // backendOutlived is the longest pause after which the database's path
@@ -192,10 +263,10 @@ func (l *link) figures(checked *failover.Server) linkFigures {
 			continue
 		}
 		f.anyLive = true
-		if info.LastDataSent <= l.fresh {
+		if fresh, at := l.judgeRTT(s, info, now); fresh {
 			f.liveRTT += info.RTT
 			f.liveN++
-		} else if at := now.Add(-info.LastDataSent); !f.hasRTT || at.After(f.lastAt) {
+		} else if !f.hasRTT || at.After(f.lastAt) {
 			f.rtt, f.lastAt, f.hasRTT = info.RTT, at, true
 		}
 	}

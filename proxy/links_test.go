@@ -14,6 +14,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/tnsguard/tnsguard/config"
+	"github.com/tnsguard/tnsguard/keepalive"
 	"github.com/tnsguard/tnsguard/metrics"
 	"github.com/tnsguard/tnsguard/tns/tnstest"
 )
@@ -602,4 +603,63 @@ func startProxyEvidence(t *testing.T, toml string, window time.Duration) *harnes
 	}
 	t.Cleanup(func() { p.Shutdown(0, time.Second) })
 	return &harness{t: t, p: p, m: m}
+}
+
+// A pooled session that wakes after a pause of rttFresh or more sends data
+// again, but the kernel's smoothed RTT of its socket is still mostly its
+// last query's: it moves an eighth of the way to each new sample. Until it
+// has sent rttSettle segments it is no live figure of the path; its RTT
+// dates from before the pause, so a newer one (a health check's) wins.
+// Until 2026-11-30 it counted at once, and a pool that woke after the
+// path went from 20 to 50 ms read 24 ms (TestLabKernelRTTOfAPoolThatWakes).
+func TestWokenSessionsRTTCountsOnceSettled(t *testing.T) {
+	l := newLink(linkKey{"l", "b", "s"}, defaultEvidenceWindow)
+	now := time.Now()
+	s := &session{start: now.Add(-time.Minute)}
+	l.addLive(s)
+	info := keepalive.Info{RTT: 20 * time.Millisecond, LastDataSent: 100 * time.Millisecond, DataSegsOut: 40}
+	if fresh, _ := l.judgeRTT(s, info, now); !fresh {
+		t.Fatal("a session that never paused: not fresh")
+	}
+	// Idle for 20 s (seen so by a scrape), then it sends one query.
+	info.LastDataSent = 20 * time.Second
+	if fresh, _ := l.judgeRTT(s, info, now); fresh {
+		t.Fatal("an idle session counted as fresh")
+	}
+	idleSince := now.Add(-20 * time.Second)
+	now = now.Add(21 * time.Second)
+	info.LastDataSent, info.DataSegsOut, info.RTT = 50*time.Millisecond, 41, 24*time.Millisecond
+	if fresh, at := l.judgeRTT(s, info, now); fresh || !at.Equal(idleSince) {
+		t.Errorf("one query after the pause: fresh %v, sampled at %v; want not fresh, sampled before the pause (%v)", fresh, at, idleSince)
+	}
+	info.DataSegsOut = 41 + rttSettle
+	if fresh, _ := l.judgeRTT(s, info, now); !fresh {
+		t.Errorf("%d segments after the pause: not fresh", rttSettle+1)
+	}
+
+	// Woken between two looks (a pause touch saw, no scrape during it):
+	// the segments sent since are unknown, so they count from this look.
+	s2 := &session{start: now.Add(-time.Minute)}
+	s2.rttPauseAt.Store(int64(10 * time.Second))
+	s2.rttWoke.Store(int64(50 * time.Second))
+	l.addLive(s2)
+	info = keepalive.Info{RTT: 20 * time.Millisecond, LastDataSent: 10 * time.Millisecond, DataSegsOut: 100}
+	if fresh, at := l.judgeRTT(s2, info, now); fresh || !at.Equal(s2.start.Add(10*time.Second)) {
+		t.Errorf("woken unseen: fresh %v, sampled at %v; want not fresh, sampled when its pause began", fresh, at)
+	}
+	info.DataSegsOut = 100 + rttSettle
+	if fresh, _ := l.judgeRTT(s2, info, now); !fresh {
+		t.Error("woken unseen, then rttSettle segments: not fresh")
+	}
+	l.removeLive(s, info, nil)
+	l.removeLive(s2, info, nil)
+	if len(l.rttMarks) != 0 {
+		t.Errorf("%d marks kept after the sessions ended, want 0", len(l.rttMarks))
+	}
+	// A session that ended after figures listed it is read once more: no
+	// mark may be kept for it.
+	l.judgeRTT(s, info, now)
+	if len(l.rttMarks) != 0 {
+		t.Errorf("a mark kept for a session that is not live")
+	}
 }

@@ -50,6 +50,8 @@ type session struct {
 	lastActive  atomic.Int64      // nanoseconds since start of the last chunk moved
 	resumedAt   atomic.Int64      // when bytes last moved after a pause of over a second
 	pauseBefore atomic.Int64      // that pause
+	rttWoke     atomic.Int64      // when bytes last moved after a pause of rttFresh or more (links.go): 0 for none
+	rttPauseAt  atomic.Int64      // when that pause began
 	lostPause   atomic.Int64      // a pause that phaseNow found the path was lost in (idle at the end)
 	survived    [2]outlivedPauses // per leg (legIndex): the longest pause it answered after, lately
 	pauseMu     sync.Mutex
@@ -168,6 +170,12 @@ func (s *session) touch(from Side) {
 	if prev := s.lastActive.Swap(now); now-prev > int64(time.Second) {
 		s.pauseBefore.Store(now - prev)
 		s.resumedAt.Store(now)
+		if now-prev >= int64(s.p.rttFresh) {
+			// The backend socket's smoothed RTT is its last query's until
+			// the new ones have moved it (link.judgeRTT).
+			s.rttPauseAt.Store(prev)
+			s.rttWoke.Store(now)
+		}
 		s.pauseMu.Lock()
 		for i := range s.unweighed {
 			if now-prev > s.unweighed[i].length {

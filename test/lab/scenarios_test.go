@@ -1018,3 +1018,120 @@ func TestLabKernelRTTFromHealthChecks(t *testing.T) {
 		t.Errorf("the delay gone and no session since: tnsguard_backend_rtt_seconds %v, /api/links %v; want the path's RTT now (under 10 ms), not the last session's %v", gauge, apiRTT, delay)
 	}
 }
+
+// The path's delay grows while a pool's sessions are idle, then the pool
+// wakes: one query per session every 1.5 s, each session every 9 s (a pool
+// larger than its load). The kernel moves a socket's smoothed RTT an
+// eighth of the way to each new sample, so a woken session reads nearly the
+// old delay for many queries (24-32 ms for a 50 ms path over 30 s, ss -ti
+// agreeing); the health checks measured the new delay all along.
+// tnsguard_backend_rtt_seconds and /api/links must read the path's delay
+// now, not the woken sessions' lagging figures: until 2026-11-30 they read
+// 24 ms from the first query on.
+func TestLabKernelRTTOfAPoolThatWakes(t *testing.T) {
+	t.Parallel()
+	requireGuard(t)
+	lab := netlab.New(t, netlab.Config{EstablishedTimeout: 60 * time.Second})
+	lab.StartEcho(t, lab.DB, fmt.Sprintf(":%d", dbPort))
+	guard := startGuard(t, lab, link{Name: "orders", Listen: guardAddr, Servers: []string{lab.DBAddr(dbPort)}, App: appKeepalive, DB: dbKeepalive})
+	match := []string{"-p", "tcp", "-d", lab.DBIP.String(), "--dport", fmt.Sprint(dbPort)}
+	stop := lab.Netem(t, netem.Config{Queue: 25, Delay: 20 * time.Millisecond}, match...)
+	conns := dialN(t, lab.App, guardAddr, 6)
+	for range 10 { // the sessions' RTT settles at 20 ms
+		for i, err := range roundTripAll(conns, 5*time.Second) {
+			if err != nil {
+				t.Fatalf("session %d: %v", i, err)
+			}
+		}
+	}
+	stop()
+	const delay = 50 * time.Millisecond
+	stop = lab.Netem(t, netem.Config{Queue: 26, Delay: delay}, match...)
+	time.Sleep(7 * time.Second) // idle past the 5 s that a live socket's RTT counts for; checks through the delay
+
+	var readings []string
+	t0 := time.Now()
+	for i := 0; time.Since(t0) < 12*time.Second; i++ {
+		if err := roundTrip(conns[i%len(conns)], []byte("select 1 from dual\n"), 5*time.Second); err != nil {
+			t.Fatalf("query %d: %v", i, err)
+		}
+		m := guard.Metrics(t)
+		gauge, _ := m.Sum("tnsguard_backend_rtt_seconds", netlab.Labels{"server": lab.DBAddr(dbPort)})
+		_, body, err := guard.Get("/api/links")
+		if err != nil {
+			t.Fatal(err)
+		}
+		var links struct {
+			Links []struct {
+				RTT *float64 `json:"rtt_seconds"`
+			} `json:"links"`
+		}
+		if err := json.Unmarshal(body, &links); err != nil || len(links.Links) != 1 || links.Links[0].RTT == nil {
+			t.Fatalf("/api/links: %v %s", err, body)
+		}
+		at, api := time.Since(t0).Round(100*time.Millisecond), *links.Links[0].RTT
+		readings = append(readings, fmt.Sprintf("%v: %.4f %.4f", at, gauge, api))
+		for what, v := range map[string]float64{"tnsguard_backend_rtt_seconds": gauge, "/api/links rtt_seconds": api} {
+			if v < 0.7*delay.Seconds() {
+				t.Errorf("%v after the pool woke: %s = %v, want the path's %v now (within 30%%), not the woken sessions' lagging RTT", at, what, v, delay)
+			}
+		}
+		time.Sleep(1500 * time.Millisecond)
+	}
+	st := stop()
+	t.Logf("netem %v: held %v on average; after each query, tnsguard_backend_rtt_seconds and /api/links: %s", delay, st.MeanHeld, strings.Join(readings, ", "))
+}
+
+// Loss on the way back from the database (its results) is retransmitted by
+// the database's kernel, not tnsguard's: tnsguard_backend_retransmits_total
+// counts the segments tnsguard sent again, so it stays near 0 while the
+// database retransmits one segment per loss (measured: 4-5 for 225 lost).
+// The README's table of which figure sees which delay says so.
+func TestLabLossOnTheWayBackIsNotTnsguardsRetransmits(t *testing.T) {
+	t.Parallel()
+	requireGuard(t)
+	lab := netlab.New(t, netlab.Config{EstablishedTimeout: 60 * time.Second})
+	lab.StartEcho(t, lab.DB, fmt.Sprintf(":%d", dbPort))
+	guard := startGuard(t, lab, link{Name: "orders", Listen: guardAddr, Servers: []string{lab.DBAddr(dbPort)}, App: appKeepalive, DB: dbKeepalive})
+	conns := dialN(t, lab.App, guardAddr, 4)
+	stop := lab.Netem(t, netem.Config{Queue: 27, Delay: 10 * time.Millisecond, Loss: 0.05}, "-p", "tcp", "-s", lab.DBIP.String(), "--sport", fmt.Sprint(dbPort))
+	var wg sync.WaitGroup
+	until := time.Now().Add(4 * time.Second)
+	for i, c := range conns {
+		wg.Go(func() {
+			msg := make([]byte, 8<<10)
+			for time.Now().Before(until) {
+				if err := roundTrip(c, msg, 10*time.Second); err != nil {
+					t.Errorf("session %d: %v", i, err)
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	m := guard.Metrics(t)
+	st := stop()
+	// The database's own count, from its sockets (ss: retrans:current/total).
+	out := lab.Exec(t, lab.DB, "ss", "-Htin", "state", "established", "sport", "=", fmt.Sprintf(":%d", dbPort))
+	dbRetrans := 0
+	for _, f := range strings.Fields(out) {
+		if v, ok := strings.CutPrefix(f, "retrans:"); ok {
+			if _, total, ok := strings.Cut(v, "/"); ok {
+				n := 0
+				fmt.Sscan(total, &n)
+				dbRetrans += n
+			}
+		}
+	}
+	re, _ := m.Sum("tnsguard_backend_retransmits_total", netlab.Labels{"server": lab.DBAddr(dbPort)})
+	t.Logf("5%% loss on the way from the database: netem dropped %d of %d; tnsguard_backend_retransmits_total %v; the database's sockets retransmitted %d", st.Dropped, st.Packets, re, dbRetrans)
+	if st.Dropped < 50 {
+		t.Fatalf("netem dropped %d segments, want at least 50 (lab check)", st.Dropped)
+	}
+	if dbRetrans < int(st.Dropped) {
+		t.Errorf("the database retransmitted %d segments for %d lost, want at least one each (lab check)", dbRetrans, st.Dropped)
+	}
+	if re > float64(st.Dropped)/10 {
+		t.Errorf("tnsguard_backend_retransmits_total = %v for %d segments lost on the way back, want few: it counts what tnsguard sent again", re, st.Dropped)
+	}
+}
