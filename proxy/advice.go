@@ -25,7 +25,16 @@ type keepaliveAdvice struct {
 
 type adviceState struct {
 	idle []time.Duration
+	lost []time.Duration // per sample: the silence the path was lost by (at most its idle)
 	last time.Time
+	// held is the longest silence after which a session of the link,
+	// since heldAt, had a keepalive probe answered before it died: the
+	// path kept flows that long, so a death after no longer a silence is
+	// no evidence of a shorter idle timeout (a firewall that lost its
+	// state table resets each session at its next probe, the first
+	// one for a session that was busy just before).
+	held   time.Duration
+	heldAt time.Time
 }
 
 // note records an idle-phase death on a link and logs advice when it is
@@ -47,12 +56,34 @@ func (p *Proxy) noteIdleDeath(s *session, server string, side Side, idle time.Du
 		st = &adviceState{}
 		a.links[k] = st
 	}
-	if len(st.idle) < adviceSamples {
-		st.idle = append(st.idle, idle)
-	}
 	now := time.Now()
+	if held := time.Duration(s.kaHeld.Load()); held > 0 {
+		// Keepalive kept this session's path until it died: a shorter
+		// keepalive would not have saved it. Not a sample; evidence
+		// against the samples as short as its silence.
+		if held > st.held || now.Sub(st.heldAt) >= adviceEvery {
+			st.held = held
+		}
+		st.heldAt = now
+	} else if len(st.idle) < adviceSamples {
+		lost := idle
+		if l := time.Duration(s.kaLost.Load()); l > 0 {
+			lost = min(lost, l)
+		}
+		st.idle, st.lost = append(st.idle, idle), append(st.lost, lost)
+	}
 	due := now.Sub(st.last) >= adviceEvery
 	samples := st.idle
+	if st.held > 0 && now.Sub(st.heldAt) < adviceEvery {
+		// Keepalive's whole seconds: a path that kept a flow held long
+		// does not forget one within a second more of silence.
+		samples = nil
+		for i, d := range st.idle {
+			if st.lost[i] > st.held+time.Second {
+				samples = append(samples, d)
+			}
+		}
+	}
 	current := ka.Idle
 	rec, ok := probe.RecommendFromIdle(samples)
 	// Advice to lengthen the idle in force, or to set what is in force, is
@@ -64,7 +95,7 @@ func (p *Proxy) noteIdleDeath(s *session, server string, side Side, idle time.Du
 	same := rec.Idle == ka.Idle && rec.Interval == ka.Interval && rec.Count == ka.Count
 	ok = ok && (current <= 0 || rec.Idle <= current && !same)
 	if due && ok {
-		st.last, st.idle = now, nil
+		st.last, st.idle, st.lost = now, nil, nil
 	}
 	a.mu.Unlock()
 	if !due || !ok {

@@ -53,6 +53,8 @@ type session struct {
 	rttWoke     atomic.Int64      // when bytes last moved after a pause of rttFresh or more (links.go): 0 for none
 	rttPauseAt  atomic.Int64      // when that pause began
 	lostPause   atomic.Int64      // a pause that phaseNow found the path was lost in (idle at the end)
+	kaHeld      atomic.Int64      // the silence after which the failing leg's peer last answered a keepalive probe (phaseNow)
+	kaLost      atomic.Int64      // else the silence after which its first unanswered probe left (phaseNow)
 	survived    [2]outlivedPauses // per leg (legIndex): the longest pause it answered after, lately
 	pauseMu     sync.Mutex
 	unweighed   [2]pendingPause      // per leg: the longest pause since its peer was last heard (under pauseMu)
@@ -1362,7 +1364,25 @@ func (s *session) phaseNow(side Side, err error) Phase {
 		// is lost to a middlebox the same way.
 		return PhaseActive
 	}
-	if s.idleBeforeEnd() >= idle {
+	if d := s.idleBeforeEnd(); d >= idle {
+		// The peer answered a keepalive probe in this silence (its last
+		// ACK came well after the last bytes: an answer to our bytes comes
+		// within an RTT, a probe one keepalive idle into the silence at
+		// the earliest): the path knew the flow after that much silence,
+		// and keepalive refreshed it. What ended it then was no idle
+		// timeout shorter than keepalive (a firewall restart or failover
+		// that lost its state table, a peer that went away): the advice
+		// must not blame keepalive for it (noteIdleDeath).
+		// Else the path was lost by the first probe, keepalive idle after
+		// the peer was last heard (the idle at death of a dropped one
+		// also holds the user timeout that ran after it).
+		if infoErr == nil {
+			if held := d - info.LastAckRecv; held >= idle/2 {
+				s.kaHeld.Store(int64(held))
+			} else {
+				s.kaLost.Store(int64(min(d, max(held, 0)+idle)))
+			}
+		}
 		return PhaseIdle
 	}
 	return PhaseActive

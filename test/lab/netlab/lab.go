@@ -44,6 +44,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"encoding/binary"
 	"fmt"
 	"net/netip"
 	"os"
@@ -51,8 +52,11 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // Stale says what the firewall does with a packet of a connection it has forgotten.
@@ -394,4 +398,59 @@ func (l *Lab) destroy() {
 			l.t.Logf("netlab: ip netns del %s: %v %s", ns, err, out)
 		}
 	}
+}
+
+// FlushConntrack empties fw's connection tracking table, as a firewall restart or a
+// failover to a peer without state sync does (`conntrack -F`; done over netlink, so the
+// conntrack tool is not needed). Every live flow is forgotten at once: its next packet is
+// INVALID, dropped or answered with an RST as Stale says.
+func (l *Lab) FlushConntrack(t testing.TB) {
+	t.Helper()
+	if err := Do(l.FW, flushConntrack); err != nil {
+		t.Fatalf("netlab: flush conntrack in %s: %v", l.FW, err)
+	}
+}
+
+// flushConntrack sends ctnetlink's IPCTNL_MSG_CT_DELETE with no tuple (delete all,
+// IPv4) and waits for the kernel's ACK.
+func flushConntrack() error {
+	const (
+		nfnlSubsysCtnetlink = 1 // NFNL_SUBSYS_CTNETLINK
+		ipctnlMsgCtDelete   = 2 // IPCTNL_MSG_CT_DELETE
+	)
+	fd, err := unix.Socket(unix.AF_NETLINK, unix.SOCK_RAW|unix.SOCK_CLOEXEC, unix.NETLINK_NETFILTER)
+	if err != nil {
+		return err
+	}
+	defer unix.Close(fd)
+	if err := unix.Bind(fd, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {
+		return err
+	}
+	msg := make([]byte, unix.NLMSG_HDRLEN+4)
+	binary.NativeEndian.PutUint32(msg[0:], uint32(len(msg)))
+	binary.NativeEndian.PutUint16(msg[4:], nfnlSubsysCtnetlink<<8|ipctnlMsgCtDelete)
+	binary.NativeEndian.PutUint16(msg[6:], unix.NLM_F_REQUEST|unix.NLM_F_ACK)
+	binary.NativeEndian.PutUint32(msg[8:], 1) // sequence
+	msg[unix.NLMSG_HDRLEN] = unix.AF_INET     // nfgenmsg: family, version 0, res_id 0
+	if err := unix.Sendto(fd, msg, 0, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {
+		return err
+	}
+	buf := make([]byte, 4096)
+	n, _, err := unix.Recvfrom(fd, buf, 0)
+	if err != nil {
+		return err
+	}
+	msgs, err := syscall.ParseNetlinkMessage(buf[:n])
+	if err != nil {
+		return err
+	}
+	for _, m := range msgs {
+		if m.Header.Type == unix.NLMSG_ERROR && len(m.Data) >= 4 {
+			if code := int32(binary.NativeEndian.Uint32(m.Data)); code != 0 {
+				return syscall.Errno(-code)
+			}
+			return nil
+		}
+	}
+	return fmt.Errorf("no netlink ACK in %d bytes", n)
 }

@@ -1,0 +1,83 @@
+package lab
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/tnsguard/tnsguard/test/lab/netlab"
+)
+
+// The firewall forgets every flow at once (a restart, or a failover to a
+// peer without state sync: conntrack -F) while the database leg's
+// keepalive, derived from path_idle_timeout = "6s" (idle 2s, interval 1s,
+// count 3, user_timeout 5s), was keeping it: two sessions idle since
+// their first round trip had their first probe answered, the third was
+// busy just before the flush. Each app is reset by tnsguard at the leg's
+// next probe: at once with a resetting firewall, within the user timeout
+// of the peer's last answer with a dropping one. The ends count idle, as
+// the README says of any end after keepalive idle of silence; but
+// keepalive kept that path, and a shorter one would have saved none of
+// them, so the log must not give the advice to shorten it. Until the fix
+// it did: "a middlebox forgets them before keepalive refreshes it ...
+// path_idle_timeout=4s idle=1s" (a review measured the same behind a 20 s
+// firewall with tnsguard probe's recommendation: idle=4s for 6s in force).
+func TestLabFirewallRestartIsNoKeepaliveAdvice(t *testing.T) {
+	t.Parallel()
+	requireGuard(t)
+	for _, tc := range []struct {
+		stale  netlab.Stale
+		cause  string
+		within time.Duration // from the flush to the apps' resets
+	}{
+		{netlab.StaleReset, "rst", 2500 * time.Millisecond}, // the next probe: keepalive idle
+		{netlab.StaleDrop, "timeout", 6 * time.Second},      // user_timeout after the last answer
+	} {
+		t.Run(tc.stale.String(), func(t *testing.T) {
+			t.Parallel()
+			lab := netlab.New(t, netlab.Config{EstablishedTimeout: 6 * time.Second, Stale: tc.stale})
+			lab.StartEcho(t, lab.DB, fmt.Sprintf(":%d", dbPort))
+			db := keepalive{PathIdleTimeout: "6s"}
+			guard := startGuard(t, lab, link{Name: "orders", Listen: guardAddr, Servers: []string{lab.DBAddr(dbPort)}, App: appKeepalive, DB: db})
+			conns := dialN(t, lab.App, guardAddr, 3)
+			time.Sleep(2600 * time.Millisecond) // the first probes (2 s) answered
+			if err := roundTrip(conns[0], []byte("busy\n"), 3*time.Second); err != nil {
+				t.Fatalf("round trip before the flush: %v", err)
+			}
+			lab.FlushConntrack(t)
+			t0 := time.Now()
+			after := make([]time.Duration, len(conns))
+			errs := make([]error, len(conns))
+			var wg sync.WaitGroup
+			for i, c := range conns {
+				wg.Go(func() {
+					c.SetReadDeadline(time.Now().Add(15 * time.Second))
+					_, err := c.Read(make([]byte, 64))
+					after[i], errs[i] = time.Since(t0), err
+				})
+			}
+			wg.Wait()
+			for i, err := range errs {
+				t.Logf("session %d: reset %v after the flush: %v", i, after[i].Round(time.Millisecond), netlab.Classify(err))
+				if !errors.Is(err, syscall.ECONNRESET) {
+					t.Errorf("session %d: want the app's connection reset, got %v", i, err)
+				} else if after[i] > tc.within {
+					t.Errorf("session %d: reset %v after the flush, want within %v", i, after[i], tc.within)
+				}
+			}
+			m := resetsCounted(t, guard, len(conns))
+			want := netlab.Labels{"side": "backend", "cause": tc.cause, "phase": "idle"}
+			if got, _ := m.Sum("tnsguard_resets_total", want); got != float64(len(conns)) {
+				t.Errorf("tnsguard_resets_total%v = %v, want %d\n%s", want, got, len(conns), m.Dump("tnsguard_resets_total"))
+			}
+			time.Sleep(200 * time.Millisecond)
+			if log := guard.Log(); strings.Contains(log, "sessions on this link die while idle") {
+				t.Errorf("keepalive advice after a firewall restart, though keepalive kept the path:\n%s", log)
+			}
+		})
+	}
+}
