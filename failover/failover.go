@@ -9,6 +9,7 @@
 //	b.Start(ctx)      // health checks
 //	defer b.Stop()
 //	plan := b.NewPlan(time.Now())
+//	defer plan.Done()            // least_sessions counts the server being dialed until then
 //	for {
 //		srv, err := plan.Next(ctx)   // waits a backoff between rounds
 //		if err != nil { break }      // budget exhausted or ctx done
@@ -125,6 +126,7 @@ type Server struct {
 	dialOpen  atomic.Int64  // when its circuit last opened on a failed dial (unix ns), 0 when on anything else (checkLoop)
 	checked   atomic.Bool   // a health check has given a result (carried over a reload: Inherit)
 	sessions  *atomic.Int64 // shared with the server a reload replaced (Inherit)
+	opening   *atomic.Int64 // sessions dialing it or awaiting its first answer (Plan.Next to Plan.Done); shared as sessions is
 	version   atomic.Value  // string: listener version from tnsping
 
 	// Owned by the health check goroutine.
@@ -155,6 +157,7 @@ func New(cfg *config.Backend, log hclog.Logger, m *metrics.Metrics) *Backend {
 		s.splitAddress()
 		s.up.Store(cfg.Health.Check == "off")
 		s.sessions = new(atomic.Int64)
+		s.opening = new(atomic.Int64)
 		b.Servers = append(b.Servers, s)
 	}
 	return b
@@ -183,7 +186,7 @@ func (b *Backend) Inherit(old *Backend) {
 			if o.Address != s.Address {
 				continue
 			}
-			s.sessions = o.sessions
+			s.sessions, s.opening = o.sessions, o.opening
 			switch {
 			case checks && oldChecks && o.checked.Load():
 				s.up.Store(o.Up())
@@ -716,13 +719,29 @@ func (b *Backend) sortByPolicy(list []*Server, turn uint64) {
 	}
 	switch b.Config.Balance {
 	case "least_sessions":
-		// Ties go round: a burst of new sessions (not counted until their
-		// backend answers) spreads instead of piling on the first server.
+		// A server's sessions include those still dialing it or awaiting
+		// its first answer: counted only once it answered, a burst of new
+		// sessions went to whichever server had not answered yet, and a
+		// server slow to connect or answer (SYNs dropped, an overloaded
+		// listener) drew every new session for as long as it was slow.
+		// Ties go round, by weight. The counts are read once: they change
+		// while the list is sorted.
 		rotateWeighted(list, turn)
-		sort.SliceStable(list, func(i, j int) bool {
+		type load struct {
+			s *Server
+			n int64
+		}
+		loads := make([]load, len(list))
+		for i, s := range list {
+			loads[i] = load{s, s.Sessions() + s.opening.Load()}
+		}
+		sort.SliceStable(loads, func(i, j int) bool {
 			// Compare sessions/weight without division.
-			return list[i].Sessions()*int64(list[j].Weight) < list[j].Sessions()*int64(list[i].Weight)
+			return loads[i].n*int64(loads[j].s.Weight) < loads[j].n*int64(loads[i].s.Weight)
 		})
+		for i, l := range loads {
+			list[i] = l.s
+		}
 	case "round_robin":
 		rotateWeighted(list, turn)
 	default: // priority: lowest value first; servers of one priority share by weight
@@ -738,28 +757,38 @@ func (b *Backend) sortByPolicy(list []*Server, turn uint64) {
 	}
 }
 
-// rotateWeighted puts first the server whose turn it is in a weighted
-// rotation (turn n of the cycle of total weight), keeping the others in
-// order after it.
+// rotateWeighted orders list for turn n of a weighted rotation: first the
+// server whose turn it is (turn n of the cycle of total weight), then the
+// others ordered the same way among themselves, so that the sessions a
+// failing first choice passes on (its dial failed, it reset) spread over
+// the others by weight too. Putting the others in list order after it gave
+// a dead server's whole share to the server listed after it: with weights
+// 1:2:3 and the third dead, the first took 40 of 60 sessions and the second
+// 20, against the 1:2 the weights say.
 func rotateWeighted(list []*Server, n uint64) {
-	total := 0
-	for _, s := range list {
-		total += s.Weight
-	}
-	if total == 0 || len(list) < 2 {
-		return
-	}
-	slot := int(n % uint64(total))
-	first := 0
-	for i, s := range list {
-		if slot < s.Weight {
-			first = i
-			break
+	for len(list) > 1 {
+		total := 0
+		for _, s := range list {
+			total += s.Weight
 		}
-		slot -= s.Weight
+		if total == 0 {
+			return
+		}
+		slot := int(n % uint64(total))
+		first := 0
+		for i, s := range list {
+			if slot < s.Weight {
+				first = i
+				break
+			}
+			slot -= s.Weight
+		}
+		// Move the chosen server to the front, keeping the others in order.
+		chosen := list[first]
+		copy(list[1:first+1], list[:first])
+		list[0] = chosen
+		list = list[1:]
 	}
-	rotated := append(append([]*Server(nil), list[first:]...), list[:first]...)
-	copy(list, rotated)
 }
 
 // Plan is one session's way through the servers: every usable server once
@@ -780,6 +809,7 @@ type Plan struct {
 	reached    map[*Server][]netip.Addr // addresses of each server this session reached (Dial)
 	last       netip.Addr               // the address the last Dial reached
 	looped     map[*Server][]netip.Addr // addresses of each server whose dial came back to the proxy (Looped)
+	opening    *Server                  // the server Next returned last, counted as opening until the next Next or Done
 }
 
 // Refused tells the plan that s refused this session (a listener's REFUSE).
@@ -828,6 +858,7 @@ func (p *Plan) Deadline() time.Time { return p.deadline }
 // least backoff/2 is left); after that Next returns ErrBudgetExhausted. It
 // returns ctx's error at once when ctx ends.
 func (p *Plan) Next(ctx context.Context) (*Server, error) {
+	p.Done() // the attempt before this one is over
 	for {
 		if len(p.queue) > 0 && !time.Now().Before(p.deadline) {
 			// No budget left to dial: a dial now would fail at once and be
@@ -839,6 +870,8 @@ func (p *Plan) Next(ctx context.Context) (*Server, error) {
 			s := p.queue[0]
 			p.queue = p.queue[1:]
 			if ok, changed, trial := s.breaker.allowTrial(time.Now()); ok || p.lastResort {
+				p.opening = s
+				s.opening.Add(1)
 				p.trial = trial
 				if changed {
 					p.b.serverLog().Info("circuit half-open: one session tries the server", "server", s.Address)
@@ -880,6 +913,19 @@ func (p *Plan) Next(ctx context.Context) (*Server, error) {
 				p.queue, p.lastResort = append(open, p.queue...), true
 			}
 		}
+	}
+}
+
+// Done ends the plan's claim on the server Next returned last: its session
+// has its answer (and counts among the server's sessions), or failed, or
+// gave up. least_sessions counts a server's sessions from Next on, so that
+// sessions dialing it at once do not all take it for the least loaded. A
+// session calls it when its opening ends, whatever the end; Next calls it
+// first, for the attempt before. Calling it again does nothing.
+func (p *Plan) Done() {
+	if p.opening != nil {
+		p.opening.opening.Add(-1)
+		p.opening = nil
 	}
 }
 

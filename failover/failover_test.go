@@ -78,6 +78,35 @@ func TestRoundRobinWeights(t *testing.T) {
 	}
 }
 
+// The server after the first choice (the one a session re-dials when its
+// first choice fails: a dead host not yet seen down, a reset) is also
+// chosen by weight, so a failing server's share spreads over the others as
+// their weights say. The others used to follow in list order: with weights
+// 1:2:3 and c:1 dead, a:1 took every session c:1 failed, 40 of 60 in all
+// against b:1's 20.
+func TestRoundRobinNextChoiceByWeight(t *testing.T) {
+	b := testBackend(t, `balance = "round_robin"
+`+servers(`address = "a:1";weight = 1`, `address = "b:1";weight = 2`, `address = "c:1";weight = 3`))
+	second := map[string]map[string]int{}
+	for range 600 {
+		list, _ := b.order(time.Now())
+		first := list[0].Address
+		if second[first] == nil {
+			second[first] = map[string]int{}
+		}
+		second[first][list[1].Address]++
+	}
+	if got := second["c:1"]; got["a:1"] != 100 || got["b:1"] != 200 {
+		t.Fatalf("after c:1 (first 300 times): %v, want a:100 b:200 (weights 1:2)", got)
+	}
+	if got := second["b:1"]; got["a:1"] != 50 || got["c:1"] != 150 {
+		t.Fatalf("after b:1 (first 200 times): %v, want a:50 c:150 (weights 1:3)", got)
+	}
+	if got := second["a:1"]; got["b:1"] != 40 || got["c:1"] != 60 {
+		t.Fatalf("after a:1 (first 100 times): %v, want b:40 c:60 (weights 2:3)", got)
+	}
+}
+
 // Servers of one priority share by weight even when other priority groups
 // (and down servers) are sorted in the same round. Before the fix every
 // group advanced the shared rotation, so with two groups the preferred
@@ -158,6 +187,40 @@ func TestLeastSessions(t *testing.T) {
 	}
 	if got["a:1"] != 10 || got["b:1"] != 10 || got["c:1"] != 20 {
 		t.Fatalf("ties: first choice %v, want a:10 b:10 c:20", got)
+	}
+}
+
+// least_sessions counts the sessions still dialing a server (or awaiting
+// its first answer) as its sessions: two sessions that open at once go to
+// two servers, not both to the one the first picked. Done (or the next
+// Next) ends the count; a reload's backend shares it.
+func TestLeastSessionsCountsOpeningSessions(t *testing.T) {
+	b := testBackend(t, `balance = "least_sessions"
+`+servers(`address = "a:1"`, `address = "b:1"`))
+	p1 := b.NewPlan(time.Now())
+	first, err := p1.Next(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for range 4 { // whatever turn the rotation is at
+		p := b.NewPlan(time.Now())
+		if s, _ := p.Next(context.Background()); s == first {
+			t.Fatalf("a session went to %s while another was still dialing it and %s had none", s.Address, addrs(b.Servers))
+		}
+		p.Done()
+	}
+	reloaded := testBackend(t, `balance = "least_sessions"
+`+servers(`address = "a:1"`, `address = "b:1"`))
+	reloaded.Inherit(b)
+	p2 := reloaded.NewPlan(time.Now())
+	if s, _ := p2.Next(context.Background()); s.Address == first.Address {
+		t.Fatalf("after a reload a session went to %s, which a session of the old backend is still dialing", s.Address)
+	}
+	p2.Done()
+	p1.Done()
+	p1.Done() // twice: nothing more
+	if n := first.opening.Load(); n != 0 {
+		t.Fatalf("%s counts %d opening sessions after Done, want 0", first.Address, n)
 	}
 }
 

@@ -255,6 +255,7 @@ func (s *session) open() error {
 	}
 	cfg := s.backend.Config
 	plan := s.backend.NewPlan(began)
+	defer plan.Done() // the server it dials counts for least_sessions until it has answered (then as a session) or failed
 	var attempts []string
 	var lastErr error
 	var lastRefuse error             // the last REFUSE, for the app when no server takes it
