@@ -156,6 +156,15 @@ connect_timeout = "3 seconds"
   [[`, `name = "orders"
 replay_bytes = 0
   [[`, 1), []string{`bad.toml: listener "orders": routes need the app's CONNECT, and backend "orders" holds an opening only up to replay_bytes 0: use at least 8192`}},
+		// With both backend and a "*" route, sessions wait for their
+		// CONNECT on the "*" route's backend: check read backend's
+		// replay_bytes, said OK, and every service went to the "*" route.
+		{"routes whose \"*\" backend cannot hold the CONNECT, beside a backend that can", strings.Replace(strings.Replace(minimal, `backend = "orders"`, "backend = \"orders\"\nroutes = { \"SALES\" = \"orders\", \"*\" = \"legacy\" }", 1), `[[backend]]`, `[[backend]]
+name = "legacy"
+replay_bytes = 0
+  [[backend.server]]
+  address = "127.0.0.1:1523"
+[[backend]]`, 1), []string{`bad.toml: listener "orders": routes need the app's CONNECT, and backend "legacy" holds an opening only up to replay_bytes 0: use at least 8192`}},
 		{"an unknown key and a meaning error", strings.Replace(minimal, `backend = "orders"`, "backend = \"nope\"\ncolour = \"red\"", 1),
 			[]string{`bad.toml:6:1: unknown key "listener.colour"`, `bad.toml: listener "orders": backend "nope" is not defined`}},
 		{"undefined backend", strings.Replace(minimal, `backend = "orders"`, `backend = "x"`, 1), []string{`bad.toml: listener "orders": backend "x" is not defined`}},

@@ -133,9 +133,15 @@ func (c *Config) validate() (errs, warnings []string, errAt, warnAt []tablePos) 
 			}
 			folded[strings.ToUpper(svc)] = svc
 		}
-		def := l.Backend // the backend a session has while its CONNECT is read
-		if def == "" {
-			def = l.Routes["*"]
+		// The backend a session has while its CONNECT is read: the "*"
+		// route's, else backend (as the proxy routes, Backends). backend
+		// first checked one no session waits on when both are set: a "*"
+		// backend with replay_bytes = 0 passed, and sent every service to
+		// the default route, while a backend of 0 behind a "*" of 65536 was
+		// refused though it takes no session.
+		def := l.Backend
+		if star, ok := l.Routes["*"]; ok {
+			def = star
 		}
 		if b := c.Backend(def); b != nil && b.ReplayBytes != nil && *b.ReplayBytes < minRouteBytes && (len(l.Routes) > 0 || len(l.Services) > 0) {
 			// The app's opening is held, up to replay_bytes, until it is read:
