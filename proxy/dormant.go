@@ -165,7 +165,8 @@ func (s *session) revive() error {
 const reviveRetryFor = 2 * time.Second
 
 // reviveFor revives the session for p's goroutine and syncs p. Out of fds
-// (EMFILE, ENFILE: a revive needs two more for a moment), it tries again
+// (EMFILE, ENFILE: a revive needs three more for a moment, the first conn
+// and connFromFD's dup and net.FileConn's for the second), it tries again
 // for up to reviveRetryFor, since ending sessions free fds: the session
 // loses nothing meanwhile (its bytes wait in the kernel, the other
 // direction stays parked).

@@ -80,7 +80,7 @@ func TestDormantSessionIdleTimeout(t *testing.T) {
 }
 
 // A dormant session that must wake while the process is out of fds (a
-// revive needs two more for a moment) waits for fds instead of failing,
+// revive needs three more for a moment) waits for fds instead of failing,
 // and says so in the log: the bulk sent meanwhile arrives intact once fds
 // are free again.
 func TestDormantSessionRevivesOutOfFDs(t *testing.T) {

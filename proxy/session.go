@@ -1439,14 +1439,20 @@ func (s *session) heldBack(side Side) bool {
 	if side == SideClient {
 		p, other = s.pumps[0], SideBackend
 	}
-	c := s.legSockLocked(other)
+	// Read under s.mu: a dormant session's bare fd is used under its
+	// mutex only, since a revive or close (which closes it) lets the next
+	// accept or dup take its number.
+	unsent := 0
+	if c := s.legSockLocked(other); c != nil {
+		unsent = unsentToOther(c)
+	}
 	s.mu.Unlock()
 	if p != nil {
 		if b := p.blockedAt.Load(); b != 0 && time.Now().UnixNano()-b >= int64(stallCheck) {
 			return true
 		}
 	}
-	return c != nil && unsentToOther(c) > 0
+	return unsent > 0
 }
 
 // unsentToOther is the number of bytes in c's send queue that its peer
