@@ -3,6 +3,7 @@ package lab
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net"
@@ -88,4 +89,25 @@ func describe(errs []error) map[string]int {
 // keepAlive is a keepalive config as an app or proxy would set it.
 func keepAlive(idle, interval time.Duration, count int) net.KeepAliveConfig {
 	return net.KeepAliveConfig{Enable: true, Idle: idle, Interval: interval, Count: count}
+}
+
+// serverRTT reads the kernel RTT tnsguard reports for server two ways:
+// tnsguard_backend_rtt_seconds (ok: the series is there) and the
+// rtt_seconds of the only link in /api/links (nil: none).
+func serverRTT(t *testing.T, guard *netlab.Tnsguard, server string) (gauge float64, ok bool, api *float64) {
+	t.Helper()
+	gauge, ok = guard.Metrics(t).Sum("tnsguard_backend_rtt_seconds", netlab.Labels{"server": server})
+	_, body, err := guard.Get("/api/links")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var links struct {
+		Links []struct {
+			RTT *float64 `json:"rtt_seconds"`
+		} `json:"links"`
+	}
+	if err := json.Unmarshal(body, &links); err != nil || len(links.Links) != 1 {
+		t.Fatalf("/api/links: %v %s", err, body)
+	}
+	return gauge, ok, links.Links[0].RTT
 }

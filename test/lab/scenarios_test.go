@@ -812,30 +812,20 @@ func TestLabKernelRTTWithIdleSessions(t *testing.T) {
 		})
 	}
 	time.Sleep(7 * time.Second)
-	m := guard.Metrics(t)
-	_, body, err := guard.Get("/api/links")
+	rtt, ok, api := serverRTT(t, guard, lab.DBAddr(dbPort))
 	wg.Wait()
 	st := stop()
-	if err != nil {
-		t.Fatal(err)
-	}
 	for i, err := range errs {
 		if err != nil {
 			t.Fatalf("busy session %d: %v", i, err)
 		}
 	}
-	var links struct {
-		Links []struct {
-			RTT *float64 `json:"rtt_seconds"`
-		} `json:"links"`
+	if api == nil {
+		t.Fatal("/api/links: no rtt_seconds")
 	}
-	if err := json.Unmarshal(body, &links); err != nil || len(links.Links) != 1 || links.Links[0].RTT == nil {
-		t.Fatalf("/api/links: %v %s", err, body)
-	}
-	rtt, ok := m.Sum("tnsguard_backend_rtt_seconds", netlab.Labels{"server": lab.DBAddr(dbPort)})
 	got := st.MeanHeld.Seconds()
-	t.Logf("netem %v: held %v on average; tnsguard_backend_rtt_seconds %.4f, /api/links rtt_seconds %.4f, with 3 of 6 sessions idle", delay, st.MeanHeld, rtt, *links.Links[0].RTT)
-	for what, v := range map[string]float64{"tnsguard_backend_rtt_seconds": rtt, "/api/links rtt_seconds": *links.Links[0].RTT} {
+	t.Logf("netem %v: held %v on average; tnsguard_backend_rtt_seconds %.4f, /api/links rtt_seconds %.4f, with 3 of 6 sessions idle", delay, st.MeanHeld, rtt, *api)
+	for what, v := range map[string]float64{"tnsguard_backend_rtt_seconds": rtt, "/api/links rtt_seconds": *api} {
 		if !ok || v < 0.7*got || v > 1.3*got+st.MaxLate.Seconds() {
 			t.Errorf("%s = %v with idle sessions in the pool, want the %v the path delays packets now, within 30%%", what, v, st.MeanHeld)
 		}
@@ -977,26 +967,9 @@ func TestLabKernelRTTFromHealthChecks(t *testing.T) {
 	guard := startGuard(t, lab, link{Name: "orders", Listen: guardAddr, Servers: []string{lab.DBAddr(dbPort)}, App: appKeepalive, DB: dbKeepalive})
 	const delay = 40 * time.Millisecond
 	stop := lab.Netem(t, netem.Config{Queue: 24, Delay: delay}, "-p", "tcp", "-d", lab.DBIP.String(), "--dport", fmt.Sprint(dbPort))
-	read := func() (gauge float64, ok bool, api *float64) {
-		m := guard.Metrics(t)
-		gauge, ok = m.Sum("tnsguard_backend_rtt_seconds", netlab.Labels{"server": lab.DBAddr(dbPort)})
-		_, body, err := guard.Get("/api/links")
-		if err != nil {
-			t.Fatal(err)
-		}
-		var links struct {
-			Links []struct {
-				RTT *float64 `json:"rtt_seconds"`
-			} `json:"links"`
-		}
-		if err := json.Unmarshal(body, &links); err != nil || len(links.Links) != 1 {
-			t.Fatalf("/api/links: %v %s", err, body)
-		}
-		return gauge, ok, links.Links[0].RTT
-	}
 
 	time.Sleep(3500 * time.Millisecond) // three checks through the delay, no session
-	gauge, ok, api := read()
+	gauge, ok, api := serverRTT(t, guard, lab.DBAddr(dbPort))
 	if !ok || gauge < 0.7*delay.Seconds() || gauge > 1.3*delay.Seconds()+0.01 || api == nil || *api != gauge {
 		t.Errorf("no session yet, %v on the path: tnsguard_backend_rtt_seconds %v (present %v), /api/links %v; want the delay, from the health checks", delay, gauge, ok, api)
 	}
@@ -1008,7 +981,7 @@ func TestLabKernelRTTFromHealthChecks(t *testing.T) {
 	c.Close()
 	st := stop()
 	time.Sleep(3500 * time.Millisecond)
-	gauge, ok, api = read()
+	gauge, ok, api = serverRTT(t, guard, lab.DBAddr(dbPort))
 	apiRTT := -1.0
 	if api != nil {
 		apiRTT = *api
@@ -1055,21 +1028,11 @@ func TestLabKernelRTTOfAPoolThatWakes(t *testing.T) {
 		if err := roundTrip(conns[i%len(conns)], []byte("select 1 from dual\n"), 5*time.Second); err != nil {
 			t.Fatalf("query %d: %v", i, err)
 		}
-		m := guard.Metrics(t)
-		gauge, _ := m.Sum("tnsguard_backend_rtt_seconds", netlab.Labels{"server": lab.DBAddr(dbPort)})
-		_, body, err := guard.Get("/api/links")
-		if err != nil {
-			t.Fatal(err)
+		gauge, _, rtt := serverRTT(t, guard, lab.DBAddr(dbPort))
+		if rtt == nil {
+			t.Fatal("/api/links: no rtt_seconds")
 		}
-		var links struct {
-			Links []struct {
-				RTT *float64 `json:"rtt_seconds"`
-			} `json:"links"`
-		}
-		if err := json.Unmarshal(body, &links); err != nil || len(links.Links) != 1 || links.Links[0].RTT == nil {
-			t.Fatalf("/api/links: %v %s", err, body)
-		}
-		at, api := time.Since(t0).Round(100*time.Millisecond), *links.Links[0].RTT
+		at, api := time.Since(t0).Round(100*time.Millisecond), *rtt
 		readings = append(readings, fmt.Sprintf("%v: %.4f %.4f", at, gauge, api))
 		for what, v := range map[string]float64{"tnsguard_backend_rtt_seconds": gauge, "/api/links rtt_seconds": api} {
 			if v < 0.7*delay.Seconds() {
