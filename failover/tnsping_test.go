@@ -63,9 +63,15 @@ func eventually(t *testing.T, what string, cond func() bool) {
 // the listener closes when the test ends.
 func serveEach(t *testing.T, handle func(c net.Conn)) net.Listener {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	return serveEachAt(t, "127.0.0.1:0", handle)
+}
+
+// serveEachAt is serveEach on addr (a listener that starts again).
+func serveEachAt(t *testing.T, addr string, handle func(c net.Conn)) net.Listener {
+	t.Helper()
+	ln, err := net.Listen("tcp", addr)
 	if err != nil {
-		t.Fatal(err)
+		t.Fatalf("listening on %s: %v", addr, err)
 	}
 	t.Cleanup(func() { ln.Close() })
 	go func() {
@@ -197,23 +203,7 @@ func TestServiceAskedAgainAfterTheListenerWasDown(t *testing.T) {
 	ln.Close() // the listener stops: dials are refused
 	eventually(t, "down while the listener is stopped", func() bool { return !b.Servers[0].Up() })
 	target.Store(lacks.Addr()) // it starts again, before the service registers
-	again, err := net.Listen("tcp", addr)
-	if err != nil {
-		t.Fatalf("listening again on %s: %v", addr, err)
-	}
-	t.Cleanup(func() { again.Close() })
-	go func() {
-		for {
-			c, err := again.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				forward(c)
-			}()
-		}
-	}()
+	serveEachAt(t, addr, forward)
 	eventually(t, "the listener answering again", func() bool { return lacks.Accepted() > 0 })
 	time.Sleep(300 * time.Millisecond) // six checks of 50ms
 	if b.Servers[0].Up() {

@@ -283,10 +283,22 @@ func TestResetAfterAPauseWithKeepaliveOffIsIdle(t *testing.T) {
 // peer had bytes queued for tnsguard the whole time, so a middlebox on it
 // saw zero-window probes), so the end is active, with no keepalive advice.
 func TestBackendResetWhileResultWaitsForAppIsActive(t *testing.T) {
+	c := resetWhileResultWaits(t, "waited for a slow app", func(c *net.TCPConn) { fillTowards(t, c) })
+	if err, _ := readErr(c, 5*time.Second); !errors.Is(err, syscall.ECONNRESET) {
+		t.Errorf("the app saw %v, want ECONNRESET", err)
+	}
+}
+
+// resetWhileResultWaits has a database send a result (send) that the app
+// does not read, and reset the session 2 s later, past the backend leg's
+// keepalive idle (1 s): the reset must count active, with no keepalive
+// advice. It returns the app's conn.
+func resetWhileResultWaits(t *testing.T, what string, send func(*net.TCPConn)) *net.TCPConn {
+	t.Helper()
 	be := newBackend(t, func(c *net.TCPConn) {
 		b := make([]byte, 1)
 		io.ReadFull(c, b)
-		fillTowards(t, c)           // a result set the app does not read now
+		send(c)                     // a result set the app does not read now
 		time.Sleep(2 * time.Second) // longer than the backend leg's keepalive idle
 		resetConn(c)
 	})
@@ -301,15 +313,13 @@ func TestBackendResetWhileResultWaitsForAppIsActive(t *testing.T) {
 			counter(h.m.Resets, "l", "b", srv, "backend", "idle", "rst") == 1
 	})
 	if n := counter(h.m.Resets, "l", "b", srv, "backend", "active", "rst"); n != 1 {
-		t.Errorf("a backend reset while its result waited for the app counted idle, want active")
+		t.Errorf("a backend reset while its result %s counted idle, want active", what)
 	}
 	time.Sleep(200 * time.Millisecond) // the advice is logged just after the count
 	if advice := logs.lines("sessions on this link die while idle"); len(advice) != 0 {
-		t.Errorf("keepalive advice for a result that waited for a slow app:\n%s", strings.Join(advice, "\n"))
+		t.Errorf("keepalive advice for a result that %s:\n%s", what, strings.Join(advice, "\n"))
 	}
-	if err, _ := readErr(c, 5*time.Second); !errors.Is(err, syscall.ECONNRESET) {
-		t.Errorf("the app saw %v, want ECONNRESET", err)
-	}
+	return c
 }
 
 // The same with a result that fits in the kernel's buffers between the
@@ -325,29 +335,7 @@ func TestResetWhileBufferedBytesWaitForTheOtherSideIsActive(t *testing.T) {
 	const size = 256 << 10
 	fast := "  idle = \"1s\"\n  interval = \"1s\"\n  count = 3\n  user_timeout = \"4s\""
 	t.Run("backend", func(t *testing.T) {
-		be := newBackend(t, func(c *net.TCPConn) {
-			b := make([]byte, 1)
-			io.ReadFull(c, b)
-			c.Write(make([]byte, size)) // a result set the app does not read now
-			time.Sleep(2 * time.Second) // longer than the backend leg's keepalive idle
-			resetConn(c)
-		})
-		cfg := strings.Replace(oneBackendConfig(be.addr()), "  idle = \"11s\"\n  interval = \"2s\"\n  count = 4\n  user_timeout = \"19s\"", fast, 1)
-		h, logs := startProxyLog(t, cfg)
-		c := h.dial("l")
-		c.Write([]byte("q"))
-		srv := be.addr()
-		waitFor(t, 12*time.Second, "the backend's reset counted", func() bool {
-			return counter(h.m.Resets, "l", "b", srv, "backend", "active", "rst")+
-				counter(h.m.Resets, "l", "b", srv, "backend", "idle", "rst") == 1
-		})
-		if n := counter(h.m.Resets, "l", "b", srv, "backend", "active", "rst"); n != 1 {
-			t.Errorf("a backend reset while its result waited in the buffers for the app counted idle, want active")
-		}
-		time.Sleep(200 * time.Millisecond) // the advice is logged just after the count
-		if advice := logs.lines("sessions on this link die while idle"); len(advice) != 0 {
-			t.Errorf("keepalive advice for a result that waited for the app:\n%s", strings.Join(advice, "\n"))
-		}
+		resetWhileResultWaits(t, "waited in the buffers for the app", func(c *net.TCPConn) { c.Write(make([]byte, size)) })
 	})
 	t.Run("app", func(t *testing.T) {
 		release := make(chan struct{})

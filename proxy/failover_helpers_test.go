@@ -247,6 +247,34 @@ func sayName(name string) func(c *net.TCPConn) {
 	}
 }
 
+// reachedPaced opens n sessions at once, one every gap, and counts them by
+// the server each reached ("error" for one that failed). The sessions stay
+// open until the test ends, so they count as a server's live sessions.
+func (h *harness) reachedPaced(t *testing.T, n int, gap time.Duration) map[string]int {
+	t.Helper()
+	var mu sync.Mutex
+	got := map[string]int{}
+	var wg sync.WaitGroup
+	for range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			name, conn, err := h.reached()
+			mu.Lock()
+			defer mu.Unlock()
+			if err != nil {
+				got["error"]++
+				return
+			}
+			got[name]++
+			t.Cleanup(func() { conn.Close() })
+		}()
+		time.Sleep(gap)
+	}
+	wg.Wait()
+	return got
+}
+
 // reached dials the proxy, reads the name byte of the server the session
 // reached, checks an echo, and returns the name with the still-open conn.
 func (h *harness) reached() (string, *net.TCPConn, error) {

@@ -288,26 +288,7 @@ check = "off"`,
 		fmt.Sprintf("address = %q;weight = 1", a.address),
 		fmt.Sprintf("address = %q;weight = 2", b.address),
 		fmt.Sprintf("address = %q;weight = 3", blackhole(t))))
-	var mu sync.Mutex
-	got := map[string]int{}
-	var wg sync.WaitGroup
-	for range 60 {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			name, conn, err := h.reached()
-			mu.Lock()
-			defer mu.Unlock()
-			if err != nil {
-				got["error"]++
-				return
-			}
-			got[name]++
-			t.Cleanup(func() { conn.Close() })
-		}()
-		time.Sleep(2 * time.Millisecond) // all sent before the silent server's first dial times out
-	}
-	wg.Wait()
+	got := h.reachedPaced(t, 60, 2*time.Millisecond) // all sent before the silent server's first dial times out
 	if got["A"] < 17 || got["A"] > 23 || got["B"] < 37 || got["B"] > 43 {
 		t.Fatalf("60 sessions, weights 1:2:3, the third silent: %v; want A 20±3, B 40±3", got)
 	}
@@ -393,26 +374,7 @@ check = "off"`,
 		fmt.Sprintf("address = %q", a.address),
 		fmt.Sprintf("address = %q", b.address),
 		fmt.Sprintf("address = %q", c.address)))
-	var mu sync.Mutex
-	got := map[string]int{}
-	var wg sync.WaitGroup
-	for range 30 {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			name, conn, err := h.reached()
-			mu.Lock()
-			defer mu.Unlock()
-			if err != nil {
-				got["error"]++
-				return
-			}
-			got[name]++
-			t.Cleanup(func() { conn.Close() })
-		}()
-		time.Sleep(5 * time.Millisecond) // 150 ms in all: C answers none of them before the last is sent
-	}
-	wg.Wait()
+	got := h.reachedPaced(t, 30, 5*time.Millisecond) // 150 ms in all: C answers none of them before the last is sent
 	for _, name := range []string{"A", "B", "C"} {
 		if got[name] < 8 || got[name] > 12 {
 			t.Fatalf("30 sessions opened 5 ms apart, C answering 300 ms late: %v; want 10±2 each", got)

@@ -906,18 +906,28 @@ func TestOracleClientThatGaveUpInThePauseIsNotDialedFor(t *testing.T) {
 // max_sessions more (a review saw 35 sessions on a listener of 30). Their
 // ends free the renamed listener's slots.
 func TestRenameKeepsMaxSessionsCount(t *testing.T) {
+	limitHoldsAcrossReload(t, func(base, addr string) (string, string, string) {
+		return strings.Replace(listenerAt(base, addr), `name = "l"`, `name = "m"`, 1), "m", addr
+	})
+}
+
+// limitHoldsAcrossReload fills a listener of max_sessions = 2, applies the
+// config that change makes of it (with the listener's name and address
+// after it), and checks that a 3rd session there is refused and counted,
+// and that a slot an old session frees takes a new one.
+func limitHoldsAcrossReload(t *testing.T, change func(base, addr string) (string, string, string)) {
+	t.Helper()
 	be := newBackend(t, echo)
 	base := strings.Replace(oneBackendConfig(be.addr()), `backend = "b"`, "backend = \"b\"\nmax_sessions = 2", 1)
 	h := startProxy(t, base)
-	addr := h.addr("l")
 	var old []*net.TCPConn
 	for range 2 {
 		c := h.dial("l")
 		echoed(t, c, "under the limit")
 		old = append(old, c)
 	}
-	renamed := strings.Replace(listenerAt(base, addr), `name = "l"`, `name = "m"`, 1)
-	if err := h.p.Apply(mustParse(t, renamed)); err != nil {
+	cfg, name, addr := change(base, h.addr("l"))
+	if err := h.p.Apply(mustParse(t, cfg)); err != nil {
 		t.Fatal(err)
 	}
 	c, err := net.Dial("tcp", addr) // the reset may come before connect returns
@@ -926,16 +936,16 @@ func TestRenameKeepsMaxSessionsCount(t *testing.T) {
 		c.Close()
 	}
 	if !errors.Is(err, syscall.ECONNRESET) {
-		t.Fatalf("a 3rd session on %s with max_sessions = 2 and 2 open: %v, want a reset", addr, err)
+		t.Fatalf("a 3rd session on listener %q at %s with max_sessions = 2 and 2 open: %v, want a reset", name, addr, err)
 	}
 	waitFor(t, 2*time.Second, "the rejection", func() bool {
-		return counter(h.m.SessionsRejected, "m", "max_sessions") == 1
+		return counter(h.m.SessionsRejected, name, "max_sessions") == 1
 	})
 	old[0].Close()
-	waitFor(t, 2*time.Second, "a slot freed by a session of the old name", func() bool {
+	waitFor(t, 2*time.Second, "a slot freed by a session from before the reload", func() bool {
 		return len(h.p.liveSessions()) == 1
 	})
-	echoed(t, h.dial("m"), "a slot freed")
+	echoed(t, h.dial(name), "a slot freed")
 }
 
 // connectWhileRefused sends an Oracle CONNECT through a proxy whose only
@@ -1257,33 +1267,8 @@ func TestReloadKeepaliveFollowsAListenerThatMoved(t *testing.T) {
 // limit that moved to a new port let in max_sessions more, twice the
 // limit under one name.
 func TestMovedListenerKeepsMaxSessionsCount(t *testing.T) {
-	be := newBackend(t, echo)
-	base := strings.Replace(oneBackendConfig(be.addr()), `backend = "b"`, "backend = \"b\"\nmax_sessions = 2", 1)
-	h := startProxy(t, base)
-	var old []*net.TCPConn
-	for range 2 {
-		c := h.dial("l")
-		echoed(t, c, "under the limit")
-		old = append(old, c)
-	}
-	addr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
-	if err := h.p.Apply(mustParse(t, listenerAt(base, addr))); err != nil {
-		t.Fatal(err)
-	}
-	c, err := net.Dial("tcp", addr) // the reset may come before connect returns
-	if err == nil {
-		err, _ = readErr(c, 2*time.Second)
-		c.Close()
-	}
-	if !errors.Is(err, syscall.ECONNRESET) {
-		t.Fatalf("a 3rd session on the moved listener %s with max_sessions = 2 and 2 open: %v, want a reset", addr, err)
-	}
-	waitFor(t, 2*time.Second, "the rejection", func() bool {
-		return counter(h.m.SessionsRejected, "l", "max_sessions") == 1
+	limitHoldsAcrossReload(t, func(base, _ string) (string, string, string) {
+		addr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+		return listenerAt(base, addr), "l", addr
 	})
-	old[0].Close()
-	waitFor(t, 2*time.Second, "a slot freed by a session of the old address", func() bool {
-		return len(h.p.liveSessions()) == 1
-	})
-	echoed(t, h.dial("l"), "a slot freed")
 }
