@@ -2,6 +2,8 @@ package config
 
 import (
 	"fmt"
+	"math"
+	"regexp"
 	"time"
 )
 
@@ -17,10 +19,21 @@ type Duration struct {
 // key in front of it.
 const badDuration = "bad duration"
 
+// goDuration is the syntax time.ParseDuration reads (whatever the size).
+var goDuration = regexp.MustCompile(`^[-+]?(([0-9]+(\.[0-9]*)?|\.[0-9]+)(ns|us|µs|μs|ms|s|m|h))+$`)
+
 // UnmarshalText parses a Go duration string.
 func (d *Duration) UnmarshalText(b []byte) error {
 	v, err := time.ParseDuration(string(b))
 	if err != nil {
+		if goDuration.Match(b) {
+			// Written right, but past what time.Duration holds:
+			// ParseDuration says "invalid duration" for both.
+			if b[0] == '-' {
+				return fmt.Errorf("%s %q: must not be negative", badDuration, b)
+			}
+			return fmt.Errorf("%s %q: longer than the longest duration, %v (about 292 years)", badDuration, b, time.Duration(math.MaxInt64))
+		}
 		return fmt.Errorf("%s %q: use a Go duration such as \"30s\" or \"5m\"", badDuration, b)
 	}
 	if v < 0 {

@@ -69,6 +69,8 @@ func Parse(data []byte, source string) (*Config, []string, error) {
 		msg := fmt.Sprintf("%s:%d:%d: unknown key %q", source, line, col, k.String())
 		if near := suggest(k); near != "" {
 			msg += fmt.Sprintf(" (did you mean %q?)", near)
+		} else if home := homeTable(k); home != "" {
+			msg += fmt.Sprintf(" (it belongs in %s)", home)
 		}
 		errs = append(errs, msg)
 	}
@@ -351,6 +353,41 @@ func suggest(k toml.Key) string {
 		}
 	}
 	return best
+}
+
+// homeTable names the tables just below the one k's last part is unknown
+// in that have a key of that name, as their headers are written
+// ("[listener.keepalive]", "[[backend.server]]"; two joined by "or"), or
+// "" when there is none or a part before the last is unknown too: idle in
+// [[listener]] belongs in [listener.keepalive].
+func homeTable(k toml.Key) string {
+	i, t := walkKey(k, true)
+	if i != len(k)-1 {
+		return ""
+	}
+	var homes []string
+	for j := range t.NumField() {
+		f := t.Field(j)
+		tag, _, _ := strings.Cut(f.Tag.Get("toml"), ",")
+		ft, array := f.Type, false
+		if ft.Kind() == reflect.Slice {
+			ft, array = ft.Elem(), true
+		}
+		if tag == "" || tag == "-" || ft.Kind() != reflect.Struct || ft == reflect.TypeFor[Duration]() {
+			continue
+		}
+		for n := range ft.NumField() {
+			if sub, _, _ := strings.Cut(ft.Field(n).Tag.Get("toml"), ","); sub == k[i] {
+				header := strings.Join(append(slices.Clone(k[:i]), tag), ".")
+				if array {
+					homes = append(homes, "[["+header+"]]")
+				} else {
+					homes = append(homes, "["+header+"]")
+				}
+			}
+		}
+	}
+	return strings.Join(homes, " or ")
 }
 
 // walkKey follows k through Config's fields (their tags as spelled, or

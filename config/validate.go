@@ -43,6 +43,9 @@ func (c *Config) validate() (errs, warnings []string, errAt, warnAt []tablePos) 
 	if c.Admin.AllowNets, err = parseNets(c.Admin.Allow); err != nil {
 		add("admin: allow: %v", err)
 	}
+	for _, m := range hostBitsSet(c.Admin.Allow) {
+		warn("admin: allow: %s", m)
+	}
 	if host, _, err := net.SplitHostPort(c.Admin.Listen); err == nil {
 		if len(c.Admin.Allow) == 0 && !isLoopback(host) {
 			warn("admin: listen %q is reachable from other hosts and admin.allow is empty: anyone who reaches it sees your links", c.Admin.Listen)
@@ -160,6 +163,14 @@ func (c *Config) validate() (errs, warnings []string, errAt, warnAt []tablePos) 
 		if l.TrustedNets, err = parseNets(l.TrustedProxies); err != nil {
 			add("%s: trusted_proxies: %v", where, err)
 		}
+		for _, m := range hostBitsSet(l.TrustedProxies) {
+			warn("%s: trusted_proxies: %s", where, m)
+		}
+		if l.ProxyProtocol == "off" && len(l.TrustedProxies) > 0 {
+			// The balancer's header would reach the database as the app's
+			// first bytes, and every session through it would fail.
+			warn("%s: trusted_proxies is set but proxy_protocol is \"off\": PROXY headers from them are passed to the backend as the app's bytes; set proxy_protocol = \"required\" (or \"optional\")", where)
+		}
 		if l.ProxyProtocol != "off" && l.ProxyHeaderTimeout.Duration <= 0 {
 			add("%s: proxy_header_timeout must be > 0 when proxy_protocol is %q", where, l.ProxyProtocol)
 		}
@@ -168,6 +179,9 @@ func (c *Config) validate() (errs, warnings []string, errAt, warnAt []tablePos) 
 		}
 		if l.AllowNets, err = parseNets(l.Allow); err != nil {
 			add("%s: allow: %v", where, err)
+		}
+		for _, m := range hostBitsSet(l.Allow) {
+			warn("%s: allow: %s", where, m)
 		}
 		if l.MaxSessions < 0 {
 			add("%s: max_sessions must not be negative", where)
@@ -207,6 +221,10 @@ func (b *Backend) validate() (errs, warnings []string) {
 	}
 	if b.Backoff.Duration <= 0 {
 		add("backoff must be > 0")
+	} else if b.Backoff.Duration < minBackoff {
+		// "1ns" passed: a session waiting out an outage dialed the
+		// refusing servers some 50,000 times a second, on a whole core.
+		add("backoff %v is under %v: each pause ends in a round of dials, and with none every waiting session dials the servers without a break (tens of thousands a second while they refuse)", b.Backoff.Duration, minBackoff)
 	}
 	if b.BackoffMax.Duration < b.Backoff.Duration {
 		add("backoff_max (%v) must be at least backoff (%v)", b.BackoffMax.Duration, b.Backoff.Duration)
@@ -222,6 +240,9 @@ func (b *Backend) validate() (errs, warnings []string) {
 		if code <= 0 || code > 99999 {
 			add("refuse_errors: %d is not an ORA error number (1 to 99999)", code)
 		}
+	}
+	if b.Retries("refuse") && len(b.RefuseErrors) == 0 {
+		warnings = append(warnings, `retry_on "refuse" retries only the REFUSE codes in refuse_errors, and refuse_errors is empty: no REFUSE is retried; leave refuse_errors out for the default codes`)
 	}
 	if *b.ReplayBytes < 0 || *b.ReplayBytes > 16<<20 {
 		add("replay_bytes %d must be between 0 and %d", *b.ReplayBytes, 16<<20)
@@ -516,6 +537,31 @@ func parseNets(list []string) ([]netip.Prefix, error) {
 	return nets, nil
 }
 
+// hostBitsSet describes each CIDR of list with bits set past its prefix
+// length ("192.168.1.10/24", as `ip addr` shows an interface's address):
+// parseNets matches the whole network it masks to, where one address was
+// probably meant. Entries parseNets refuses are left to its error.
+func hostBitsSet(list []string) []string {
+	var out []string
+	for _, s := range list {
+		p, err := netip.ParsePrefix(s)
+		if err != nil {
+			continue
+		}
+		a, bits := p.Addr(), p.Bits()
+		if a.Is4In6() {
+			if bits < 96 {
+				continue // parseNets refuses it
+			}
+			a, bits = a.Unmap(), bits-96
+		}
+		if m := netip.PrefixFrom(a, bits).Masked(); m.Addr() != a {
+			out = append(out, fmt.Sprintf("%q has host bits set: it is the network %s, every address in it; for one address write %s (a /%d)", s, m, a, a.BitLen()))
+		}
+	}
+	return out
+}
+
 // listenerOn finds the listener, of those seen (listen address -> name),
 // whose socket listening on addr would take.
 func listenerOn(seen map[string]string, addr string) (string, bool) {
@@ -526,6 +572,9 @@ func listenerOn(seen map[string]string, addr string) (string, bool) {
 	}
 	return "", false
 }
+
+// minBackoff is the shortest backoff (and so backoff_max) check accepts.
+const minBackoff = time.Millisecond
 
 // minHealthInterval is the shortest health.interval check accepts.
 const minHealthInterval = 10 * time.Millisecond

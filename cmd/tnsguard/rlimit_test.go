@@ -9,6 +9,8 @@ import (
 	"testing"
 
 	"github.com/hashicorp/go-hclog"
+
+	"github.com/tnsguard/tnsguard/config"
 )
 
 // A process started with a low soft open-files limit (systemd's default
@@ -50,5 +52,43 @@ func TestFileLimitLogDoesNotMisstateTheStartingLimit(t *testing.T) {
 	}
 	if !strings.Contains(string(out), fmt.Sprintf("to=%d", lim.Max)) {
 		t.Errorf("the line does not name the new limit to=%d:\n%s", lim.Max, out)
+	}
+}
+
+// max_sessions promises that the sessions past it are turned away, each
+// counted: set above what the open-files limit holds (two fds a session),
+// it was never reached. The fds ran out first, accept failed with EMFILE,
+// health checks failed and every backend was reported down, without a
+// word at start about the limit that could not be kept. run warns.
+func TestMaxSessionsAboveTheFileLimitWarns(t *testing.T) {
+	cfg, _, err := config.Parse([]byte(`
+[[listener]]
+name = "orders"
+listen = "127.0.0.1:1522"
+backend = "orders"
+max_sessions = 3000
+[[listener]]
+name = "sales"
+listen = "127.0.0.1:1523"
+backend = "orders"
+max_sessions = 2000
+[[listener]]
+name = "other"
+listen = "127.0.0.1:1524"
+backend = "orders"
+[[backend]]
+name = "orders"
+  [[backend.server]]
+  address = "127.0.0.1:1521"
+`), "t.toml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := "max_sessions of the listeners (5000 sessions in all, 2 open files each) needs about 10024 open files, and the open-files limit is 1024: the fds run out first, and then new connections wait in the backlog and health checks fail instead of sessions being turned away at max_sessions; raise the limit (LimitNOFILE, ulimit -n) or lower max_sessions"
+	if got := fileLimitWarning(cfg, 1024); got != want {
+		t.Errorf("got:\n%s\nwant:\n%s", got, want)
+	}
+	if got := fileLimitWarning(cfg, 1048576); got != "" {
+		t.Errorf("a limit that holds every session warns: %s", got)
 	}
 }

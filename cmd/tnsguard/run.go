@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"net"
 	"os"
 	"os/signal"
@@ -106,6 +107,7 @@ func runCommand(args []string, stderr io.Writer) (code int) {
 		log.Warn(w)
 	}
 	raiseFileLimit(log)
+	warnFileLimit(log, cfg)
 	fitMemoryLimit(log)
 
 	p := proxy.New(log, m)
@@ -235,6 +237,9 @@ func runCommand(args []string, stderr io.Writer) (code int) {
 			// In Kubernetes nothing else reloads: the next ConfigMap edit
 			// would be ignored without a word.
 			log.Warn("reload.watch is off now: later changes of the file are not read until a SIGHUP or a restart", "config", *path)
+		}
+		if !retry {
+			warnFileLimit(log, next)
 		}
 		adm.SetAllow(next.Admin.AllowNets) // admin.allow applies at once
 		log.SetLevel(hclog.LevelFromString(next.Log.Level))
@@ -386,6 +391,49 @@ func raiseFileLimit(log hclog.Logger) {
 		return
 	}
 	log.Debug("open-files limit", "limit", lim.Cur)
+}
+
+// warnFileLimit warns when the listeners' max_sessions need more open
+// files than the process may have (fileLimitWarning).
+func warnFileLimit(log hclog.Logger, cfg *config.Config) {
+	var lim syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
+		return // raiseFileLimit said so
+	}
+	if w := fileLimitWarning(cfg, lim.Cur); w != "" {
+		log.Warn(w)
+	}
+}
+
+// fileLimitWarning is a warning when the sessions the listeners'
+// max_sessions admit (two fds each, and about 20 besides, as the README
+// sizes it) do not fit in limit open files: max_sessions is then never
+// reached, and the fds running out stops sessions instead. "" when they
+// fit, or when no listener sets max_sessions.
+func fileLimitWarning(cfg *config.Config, limit uint64) string {
+	add := func(a, b uint64) uint64 { // max_sessions may be near 2^63
+		if s := a + b; s >= a {
+			return s
+		}
+		return math.MaxUint64
+	}
+	var sessions, need uint64
+	for _, l := range cfg.Listeners {
+		sessions = add(sessions, uint64(l.MaxSessions))
+		need++ // its listening socket
+	}
+	for _, b := range cfg.Backends {
+		need += uint64(len(b.Servers)) // a health check each
+	}
+	if sessions == 0 {
+		return ""
+	}
+	if need = add(add(add(need, 20), sessions), sessions); need <= limit {
+		return ""
+	}
+	return fmt.Sprintf("max_sessions of the listeners (%d sessions in all, 2 open files each) needs about %d open files, and the open-files limit is %d: "+
+		"the fds run out first, and then new connections wait in the backlog and health checks fail instead of sessions being turned away at max_sessions; "+
+		"raise the limit (LimitNOFILE, ulimit -n) or lower max_sessions", sessions, need, limit)
 }
 
 // awaitFirstChecks waits until every server has had its first health
