@@ -104,7 +104,7 @@ func New(reg prometheus.Registerer, version string) *Metrics {
 			Name: "tnsguard_tns_redirects_total", Help: "TNS REDIRECTs passed to apps: they will dial another address directly, bypassing tnsguard.",
 		}, []string{"listener", "backend", "server"}),
 		TNSFollowed: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "tnsguard_tns_redirects_followed_total", Help: "TNS REDIRECTs tnsguard followed for apps to a node that answered (redirect = \"follow\"): the app stayed on tnsguard.",
+			Name: "tnsguard_tns_redirects_followed_total", Help: "TNS REDIRECTs tnsguard followed for apps to a node whose answer went to the app (redirect = \"follow\"): the app stayed on tnsguard.",
 		}, []string{"listener", "backend", "server"}),
 		ReloadOK: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "tnsguard_config_last_reload_successful", Help: "1 when the last configuration load worked.",

@@ -86,14 +86,27 @@ func startsWithConnect(kept, b []byte) bool {
 // refuseBeyondReplay counts and logs, as refusePassed does, a listener's
 // REFUSE to an Oracle app whose CONNECT was longer than replay_bytes: it
 // goes to the app as it came (there is nothing to replay to another server),
-// and that app got no server all the same.
+// and that app got no server all the same. A REDIRECT to such an app goes
+// to it as it came too (nothing is kept to follow it with), and is counted
+// and logged as one passed on: the app dials the node itself.
 func (s *session) refuseBeyondReplay(srv *failover.Server, first []byte) {
 	pkt, err := tns.ClassifyFirst(first)
-	if err != nil || pkt.Type != tns.TypeRefuse {
+	if h, herr := tns.ParseHeader(first, tns.Length16); errors.Is(err, tns.ErrIncomplete) && herr == nil && h.Type == tns.TypeRedirect {
+		// The REDIRECT's data is still on its way (it is passed on as it
+		// comes): counted all the same, without its address.
+		s.redirectPassed(srv, "", s.backend.Config.Redirect == "follow")
 		return
 	}
-	if code, ok := pkt.Refuse.Err(); ok && code != 0 {
-		s.refusePassed(srv, code)
+	if err != nil {
+		return
+	}
+	switch pkt.Type {
+	case tns.TypeRefuse:
+		if code, ok := pkt.Refuse.Err(); ok && code != 0 {
+			s.refusePassed(srv, code)
+		}
+	case tns.TypeRedirect:
+		s.redirectPassed(srv, pkt.Redirect.Address, s.backend.Config.Redirect == "follow")
 	}
 }
 
@@ -379,6 +392,15 @@ func (s *session) inspectFirst(conn *net.TCPConn, srv *failover.Server, buf *[]b
 	cfg := s.backend.Config
 	data := (*buf)[:n]
 	hops := 0 // REDIRECTs followed
+	// Follows are counted once the answer they led to goes to the app: an
+	// attempt whose node could not be reached, or whose node's REFUSE is
+	// held back for a re-dial, kept no app on tnsguard (each re-dial would
+	// count again: 29 for one app during an instance restart).
+	followed := func() {
+		if hops > 0 {
+			s.p.metrics.TNSFollowed.WithLabelValues(s.l.name, cfg.Name, srv.Address).Add(float64(hops))
+		}
+	}
 	if owed := s.answerDeadline(deadline); owed.After(deadline) {
 		// The app spoke late: the rest of the answer, and a REDIRECT's
 		// node, get the time its first bytes bought (firstAnswer), not a
@@ -402,6 +424,7 @@ func (s *session) inspectFirst(conn *net.TCPConn, srv *failover.Server, buf *[]b
 			pkt, err = tns.ClassifyFirst(data)
 		}
 		if err != nil {
+			followed()
 			return conn, buf, data, nil // not TNS after all: pass it on untouched
 		}
 		switch pkt.Type {
@@ -415,6 +438,13 @@ func (s *session) inspectFirst(conn *net.TCPConn, srv *failover.Server, buf *[]b
 			}
 		case tns.TypeRedirect:
 			if target, ok := redirectTarget(pkt.Redirect); ok && cfg.Redirect == "follow" && hops < maxRedirectHops {
+				if gone := s.appGone(); gone != nil {
+					// The app closed while its CONNECT waited (its own
+					// connect timeout): its driver would not dial the node
+					// now, and a CONNECT there is a server process for no
+					// one, as a re-dial's would be (appGone).
+					return conn, buf, nil, gone
+				}
 				hops++
 				next, nbuf, m, err := s.followRedirect(conn, target, pkt.Redirect, deadline)
 				if next != nil {
@@ -423,23 +453,14 @@ func (s *session) inspectFirst(conn *net.TCPConn, srv *failover.Server, buf *[]b
 				if err != nil {
 					return conn, buf, nil, fmt.Errorf("following the REDIRECT to %s: %w", target, err)
 				}
-				// Counted once the node answered: an attempt whose node
-				// could not be reached kept no app on tnsguard.
-				s.p.metrics.TNSFollowed.WithLabelValues(s.l.name, cfg.Name, srv.Address).Inc()
 				s.p.pool.put(buf)
 				buf, data = nbuf, (*nbuf)[:m]
 				continue
 			}
-			s.p.metrics.TNSRedirects.WithLabelValues(s.l.name, cfg.Name, srv.Address).Inc()
-			if s.l.takeLogLine("REDIRECT") {
-				msg := "backend sent a TNS REDIRECT: the app will dial this address directly, bypassing tnsguard; set redirect = \"follow\" on the backend, or point tnsguard at the node listeners, not a SCAN address"
-				if cfg.Redirect == "follow" {
-					msg = "backend sent a TNS REDIRECT that tnsguard does not follow (no TCP address, or a third in a row): the app will dial it directly, bypassing tnsguard"
-				}
-				s.logger().Warn(msg, "server", srv.Address, "redirect_to", shownText(pkt.Redirect.Address, maxRedirectShown))
-			}
+			s.redirectPassed(srv, pkt.Redirect.Address, cfg.Redirect == "follow")
 		case tns.TypeResend:
 			if len(data) > pkt.Len || pkt.Len != tns.HeaderLen {
+				followed()
 				return conn, buf, data, nil // more than a bare RESEND: pass it all on
 			}
 			s.mu.Lock()
@@ -460,7 +481,24 @@ func (s *session) inspectFirst(conn *net.TCPConn, srv *failover.Server, buf *[]b
 			data = (*buf)[:m]
 			continue
 		}
+		followed()
 		return conn, buf, data, nil
+	}
+}
+
+// redirectPassed counts and logs a REDIRECT that goes to the app as it
+// came: the app dials the address it names itself, around tnsguard.
+// following tells a backend with redirect = "follow" (this REDIRECT is one
+// it does not follow).
+func (s *session) redirectPassed(srv *failover.Server, addr string, following bool) {
+	cfg := s.backend.Config
+	s.p.metrics.TNSRedirects.WithLabelValues(s.l.name, cfg.Name, srv.Address).Inc()
+	if s.l.takeLogLine("REDIRECT") {
+		msg := "backend sent a TNS REDIRECT: the app will dial this address directly, bypassing tnsguard; set redirect = \"follow\" on the backend, or point tnsguard at the node listeners, not a SCAN address"
+		if following {
+			msg = "backend sent a TNS REDIRECT that tnsguard does not follow (no TCP address, a third in a row, or a CONNECT longer than replay_bytes): the app will dial it directly, bypassing tnsguard"
+		}
+		s.logger().Warn(msg, "server", srv.Address, "redirect_to", shownText(addr, maxRedirectShown))
 	}
 }
 

@@ -353,3 +353,109 @@ func TestRedirectFollowedForALateApp(t *testing.T) {
 		t.Fatalf("an app that spoke 2.2s after its accept (budget 2s) got %v, %v; want the node's ACCEPT", pkt.Type, err)
 	}
 }
+
+// A node that refuses the followed session (its instance restarting:
+// ORA-12528, in refuse_errors) keeps no app on tnsguard: the REFUSE is held
+// back and the SCAN re-dialed, so that follow is not counted, as one whose
+// node could not be reached is not. Until the fix every such attempt
+// counted: one go-ora connection that failed with ORA-12528 after 2 s of
+// re-dials counted 29 follows and no session, and during an instance
+// restart tnsguard_tns_redirects_followed_total read as if follow worked.
+func TestRedirectFollowedNotCountedWhenTheNodeRefused(t *testing.T) {
+	t.Run("another SCAN's node accepts", func(t *testing.T) {
+		refusing := tnstest.New(t, tnstest.Config{Mode: tnstest.Refuse, Err: 12528})
+		scanRefused := tnstest.New(t, tnstest.Config{Mode: tnstest.Redirect, RedirectTo: refusing.Addr(), RedirectData: scanReconnect})
+		node := tnstest.New(t, tnstest.Config{Mode: tnstest.Accept})
+		scanLive := tnstest.New(t, tnstest.Config{Mode: tnstest.Redirect, RedirectTo: node.Addr(), RedirectData: scanReconnect})
+		h := startProxy(t, oracleConfig(`redirect = "follow"`, scanRefused.Addr()+";0", scanLive.Addr()+";1"))
+		c := h.dial("l")
+		connect, _ := tns.BuildConnect("(DESCRIPTION=(CONNECT_DATA=(SERVICE_NAME=SALES)))")
+		c.Write(connect)
+		c.SetReadDeadline(time.Now().Add(3 * time.Second))
+		pkt, err := tns.ReadPacket(c, tns.Length16, 0)
+		if err != nil || pkt.Type != tns.TypeAccept {
+			t.Fatalf("the app got %v (%v); want the live node's ACCEPT", pkt.Type, err)
+		}
+		if n := len(refusing.Connects()); n == 0 {
+			t.Fatal("the refusing node got no CONNECT: the test did not test anything")
+		}
+		if v := counter(h.m.TNSFollowed, "l", "b", scanRefused.Addr()); v != 0 {
+			t.Errorf("tnsguard_tns_redirects_followed_total of the SCAN whose node refused = %v, want 0", v)
+		}
+		if v := counter(h.m.TNSFollowed, "l", "b", scanLive.Addr()); v != 1 {
+			t.Errorf("tnsguard_tns_redirects_followed_total of the SCAN whose node accepted = %v, want 1", v)
+		}
+	})
+	t.Run("the only SCAN's node refuses until the budget ends", func(t *testing.T) {
+		refusing := tnstest.New(t, tnstest.Config{Mode: tnstest.Refuse, Err: 12528})
+		scan := tnstest.New(t, tnstest.Config{Mode: tnstest.Redirect, RedirectTo: refusing.Addr(), RedirectData: scanReconnect})
+		h := startProxy(t, oracleConfig(`redirect = "follow"`, scan.Addr()))
+		if err := goOraPing(t, h.addr("l"), "SALES"); err == nil || !strings.Contains(err.Error(), "ORA-12528") {
+			t.Fatalf("go-ora: %v; want the node's ORA-12528", err)
+		}
+		if n := len(refusing.Connects()); n < 2 {
+			t.Fatalf("the node got %d CONNECTs; want the re-dials' (at least 2)", n)
+		}
+		if v := counter(h.m.TNSFollowed, "l", "b", scan.Addr()); v > 1 {
+			t.Errorf("tnsguard_tns_redirects_followed_total = %v for one app that got ORA-12528; want at most 1", v)
+		}
+	})
+}
+
+// A REDIRECT to an app whose CONNECT was longer than replay_bytes
+// (replay_bytes = 0, say) goes to it as it came, as a REFUSE does
+// (TestRefuseToAnAppBeyondReplayBytesIsCountedAsRejected): that app dials
+// the node itself all the same, so the REDIRECT is counted in
+// tnsguard_tns_redirects_total and logged, and TnsguardRedirectsPassed
+// fires. Until the fix it left no trace: go-ora went around tnsguard
+// with the metric at 0 and nothing in the log.
+func TestRedirectToAnAppBeyondReplayBytesIsCounted(t *testing.T) {
+	for _, replay := range []string{"0", "200"} {
+		t.Run("replay_bytes="+replay, func(t *testing.T) {
+			node := tnstest.New(t, tnstest.Config{Mode: tnstest.Refuse, Err: 12528})
+			scan := tnstest.New(t, tnstest.Config{Mode: tnstest.Redirect, RedirectTo: node.Addr(), RedirectData: strings.ReplaceAll(scanReconnect, "node1-vip", "127.0.0.1")})
+			h, logs := startProxyLog(t, oracleConfig("replay_bytes = "+replay, scan.Addr()))
+			if err := goOraPing(t, h.addr("l"), "SALES"); err == nil || !strings.Contains(err.Error(), "ORA-12528") {
+				t.Fatalf("go-ora: %v; want the node's ORA-12528 (it followed the REDIRECT itself)", err)
+			}
+			if n := len(node.Connects()); n != 1 {
+				t.Fatalf("the node got %d CONNECTs; want go-ora's own", n)
+			}
+			waitFor(t, time.Second, "the REDIRECT passed on counted", func() bool {
+				return counter(h.m.TNSRedirects, "l", "b", scan.Addr()) == 1
+			})
+			waitFor(t, time.Second, "the log line", func() bool {
+				return len(logs.lines("backend sent a TNS REDIRECT", "redirect_to=")) == 1
+			})
+		})
+	}
+}
+
+// An Oracle client that closed while its CONNECT waited for the SCAN
+// listener (its own connect timeout, in a logon storm) gave up: the
+// REDIRECT that comes after is not followed, as no re-dial is made for
+// such an app (appGone). Direct, its driver would never dial the node.
+// Until the fix tnsguard dialed the node and sent it the CONNECT all the
+// same: a dedicated server process for no one on every node the storm's
+// REDIRECTs named, counted as a follow, and the SCAN server blamed for
+// nothing.
+func TestRedirectNotFollowedForAnAppThatGaveUp(t *testing.T) {
+	node := tnstest.New(t, tnstest.Config{Mode: tnstest.Accept})
+	scan := slowScan(t, node.Addr(), 500*time.Millisecond)
+	h := startProxy(t, oracleConfig(`redirect = "follow"`, scan.addr()))
+	c := h.dial("l")
+	connect, _ := tns.BuildConnect("(DESCRIPTION=(CONNECT_DATA=(SERVICE_NAME=SALES)))")
+	c.Write(connect)
+	time.Sleep(100 * time.Millisecond)
+	c.Close() // the app's connect timeout, before the SCAN listener answers
+	time.Sleep(1200 * time.Millisecond)
+	if n := node.Accepted(); n != 0 {
+		t.Errorf("the node got %d connections (%d CONNECTs) for an app that had closed; want none", n, len(node.Connects()))
+	}
+	if v := counter(h.m.TNSFollowed, "l", "b", scan.addr()); v != 0 {
+		t.Errorf("tnsguard_tns_redirects_followed_total = %v, want 0", v)
+	}
+	if v := testutil.ToFloat64(h.m.BreakerState.WithLabelValues("b", scan.addr())); v != metrics.BreakerClosed {
+		t.Errorf("the SCAN server's breaker is %v, want closed", v)
+	}
+}

@@ -364,7 +364,7 @@ func (s *session) open() error {
 		if over, cerr := s.cutShort(srv, plan, err); over {
 			return cerr
 		}
-		if s.appClosedFirst(err) {
+		if s.appClosedFirst(err) || errors.Is(err, errAppGaveUp) { // errAppGaveUp: a REDIRECT not followed for an app that left
 			srv.Abandoned(plan.Trial())
 			return err // an ordinary end: finish() records it
 		}
