@@ -61,7 +61,7 @@ func New(reg prometheus.Registerer, version string) *Metrics {
 			Name: "tnsguard_sessions_total", Help: "Sessions ended, by outcome: ok, reset, no_backend, closed (by tnsguard).",
 		}, []string{"listener", "backend", "service", "outcome"}),
 		SessionsRejected: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "tnsguard_sessions_rejected_total", Help: "Connections refused before a session began, by reason.",
+			Name: "tnsguard_sessions_rejected_total", Help: "Connections turned away, by reason: refused before a session began, or (no_backend) sessions that no server took within connect_budget, which tnsguard_sessions_total{outcome=\"no_backend\"} counts too.",
 		}, []string{"listener", "reason"}),
 		SessionWait: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name: "tnsguard_session_wait_seconds", Help: "Time from accept to a working backend connection, re-dials included.",

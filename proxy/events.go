@@ -176,8 +176,9 @@ func (f *forensics) logWindow() time.Duration {
 func unixMinute(t time.Time) int32 { return int32(t.Unix() / 60) }
 
 // add records the end of s (called from record, once per abnormal end) and
-// logs it unless the link's log budget for this window is spent.
-func (f *forensics) add(s *session, server, cause string, age time.Duration) {
+// logs it unless the link's log budget for this window is spent. toBackend
+// is what the session carried to a backend.
+func (f *forensics) add(s *session, server, cause string, age time.Duration, toBackend int64) {
 	now := time.Now()
 	service := s.serviceShown // the name the app asked for, cut (the ring must not keep a large client packet alive)
 	if service == "" {        // not Oracle, or no CONNECT read
@@ -187,7 +188,7 @@ func (f *forensics) add(s *session, server, cause string, age time.Duration) {
 		Time: now, Listener: s.l.name, Backend: s.backend.Config.Name, Server: server, Service: service,
 		Client: s.source(), Side: s.end.side, Phase: s.end.phase, Cause: cause, Outcome: s.end.outcome,
 		IdleSeconds: s.idleAtEnd.Seconds(), AgeSeconds: age.Seconds(),
-		BytesToBackend: s.toBackend.Load(), BytesToClient: s.toClient.Load(),
+		BytesToBackend: toBackend, BytesToClient: s.toClient.Load(),
 	}
 	logIt, dropped, window := f.store(&ev)
 	if dropped > 0 {

@@ -611,3 +611,25 @@ func TestHurryWithNoSessionWarnsOfNone(t *testing.T) {
 		t.Errorf("warned of closing sessions when there were none: %q", lines)
 	}
 }
+
+// A session that no server took carried no byte to a backend: its reset
+// event (and so its log line and /api/resets) says bytes_to_backend 0, as
+// tnsguard_bytes_total does, not the count of what the app sent into the
+// void: "no_backend ... bytes_to_backend=229" read as a CONNECT that a
+// database got.
+func TestNoBackendEventCarriedNoBytesToBackend(t *testing.T) {
+	cfg := strings.Replace(oneBackendConfig(closedPort(t)), `connect_budget = "3s"`, `connect_budget = "600ms"`, 1)
+	h := startProxy(t, cfg)
+	c := h.dial("l")
+	c.Write([]byte("hello"))
+	readErr(c, 3*time.Second)
+	waitFor(t, 3*time.Second, "one reset event", func() bool { return len(h.p.Resets(0)) == 1 })
+	ev := h.p.Resets(0)[0]
+	if ev.Outcome != "no_backend" || ev.Server != "none" {
+		t.Fatalf("event = %+v, want a no_backend one on server none", ev)
+	}
+	sent := counter(h.m.Bytes, "l", "b", "to_backend")
+	if sent != 0 || ev.BytesToBackend != 0 {
+		t.Errorf("bytes to backend: event %d, tnsguard_bytes_total %v; want 0 and 0 (no backend took a byte)", ev.BytesToBackend, sent)
+	}
+}

@@ -760,7 +760,13 @@ func (p *Proxy) record(s *session, srv *failover.Server, established bool) {
 	cause := Cause(end.err)
 	p.metrics.Resets.WithLabelValues(s.l.name, bname, server, string(end.side), string(end.phase), cause).Inc()
 	p.linkFor(s.l.name, bname, server).reset(cause)
-	p.forensics.add(s, server, cause, age) // ring, windows, warn log (rate-limited)
+	// What reached a backend: the opening of a session that no backend
+	// took went nowhere (tnsguard_bytes_total does not count it either).
+	toBackend := s.toBackend.Load()
+	if !established && !s.openingSent {
+		toBackend = 0
+	}
+	p.forensics.add(s, server, cause, age, toBackend) // ring, windows, warn log (rate-limited)
 	if end.phase == PhaseIdle && (cause == "rst" || cause == "timeout") {
 		p.noteIdleDeath(s, server, end.side, s.idleAtEnd)
 	}
