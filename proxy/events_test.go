@@ -633,3 +633,33 @@ func TestNoBackendEventCarriedNoBytesToBackend(t *testing.T) {
 		t.Errorf("bytes to backend: event %d, tnsguard_bytes_total %v; want 0 and 0 (no backend took a byte)", ev.BytesToBackend, sent)
 	}
 }
+
+// A session whose opening a server took before it reset, and that no
+// re-dial then placed (the server went down with it), is shown on server
+// "none" too, but its opening did reach a backend: its event gives those
+// bytes, as tnsguard_bytes_total does (the README said 0 for every "none"
+// row).
+func TestNoBackendAfterAResetCountsTheOpeningAServerGot(t *testing.T) {
+	var srv *server
+	srv = newServer(t, func(c *net.TCPConn) {
+		buf := make([]byte, 100)
+		c.Read(buf)
+		go srv.down() // every re-dial is refused
+		time.Sleep(50 * time.Millisecond)
+		resetConn(c)
+	})
+	cfg := strings.Replace(oneBackendConfig(srv.address), `connect_budget = "3s"`, `connect_budget = "800ms"`, 1)
+	h := startProxy(t, cfg)
+	c := h.dial("l")
+	c.Write([]byte("hello"))
+	readErr(c, 3*time.Second)
+	waitFor(t, 3*time.Second, "one reset event", func() bool { return len(h.p.Resets(0)) == 1 })
+	ev := h.p.Resets(0)[0]
+	if ev.Outcome != "no_backend" || ev.Server != "none" {
+		t.Fatalf("event = %+v, want a no_backend one on server none", ev)
+	}
+	sent := counter(h.m.Bytes, "l", "b", "to_backend")
+	if ev.BytesToBackend != 5 || sent != 5 {
+		t.Errorf("bytes to backend: event %d, tnsguard_bytes_total %v; want 5 and 5 (the server that reset got the opening)", ev.BytesToBackend, sent)
+	}
+}

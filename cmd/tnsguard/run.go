@@ -238,9 +238,9 @@ func runCommand(args []string, stderr io.Writer) (code int) {
 			// would be ignored without a word.
 			log.Warn("reload.watch is off now: later changes of the file are not read until a SIGHUP or a restart", "config", *path)
 		}
-		if !retry {
-			warnFileLimit(log, next)
-		}
+		// Also after a retry: it comes only when the first attempt at
+		// this file failed, before this warning.
+		warnFileLimit(log, next)
 		adm.SetAllow(next.Admin.AllowNets) // admin.allow applies at once
 		log.SetLevel(hclog.LevelFromString(next.Log.Level))
 		cfg = next

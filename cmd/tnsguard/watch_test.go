@@ -226,3 +226,30 @@ func TestReloadWatchWaitsForAFileBeingWritten(t *testing.T) {
 		t.Errorf("exit %d after SIGTERM", c)
 	}
 }
+
+// A file whose listener's address was not free at its first reload, and
+// that reload.watch then put to use, sets max_sessions past what the
+// open-files limit holds: the warning that run and every other reload give
+// (fileLimitWarning) must come once the file runs. The first attempt
+// failed before it, and the retry that applied the file skipped it, so the
+// config ran without a word about the limit it cannot keep.
+func TestReloadWatchRetryWarnsOfTheFileLimit(t *testing.T) {
+	taken, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	admin := freePort(t)
+	withWatch := func(extra string) string {
+		return runConfig(admin, "[]") + "[reload]\nwatch = \"1s\"\n" + extra
+	}
+	k, path := newKubeletDir(t, withWatch(""))
+	log, stop := runFile(t, admin, path)
+	defer stop()
+	k.update(withWatch(fmt.Sprintf("[[listener]]\nname = \"m\"\nlisten = %q\nbackend = \"b\"\nmax_sessions = 100000000\n", taken.Addr())))
+	waitUntil(t, "the failed reload", func() bool { return strings.Contains(log.String(), "reload failed") })
+	taken.Close()
+	waitUntil(t, "the retried reload", func() bool { return strings.Contains(log.String(), "configuration reloaded") })
+	if !strings.Contains(log.String(), "needs about") {
+		t.Errorf("max_sessions = 100000000 applied by a retried reload, with no open-files warning:\n%s", log.String())
+	}
+}
