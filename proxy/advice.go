@@ -24,15 +24,19 @@ type keepaliveAdvice struct {
 }
 
 type adviceState struct {
-	idle []time.Duration
-	lost []time.Duration // per sample: the silence the path was lost by (at most its idle)
-	last time.Time
+	idle  []time.Duration
+	lost  []time.Duration // per sample: the silence the path was lost by (at most its idle)
+	quiet []time.Time     // per sample: when its silence began
+	last  time.Time
 	// held is the longest silence after which a session of the link,
 	// since heldAt, had a keepalive probe answered before it died: the
 	// path kept flows that long, so a death after no longer a silence is
 	// no evidence of a shorter idle timeout (a firewall that lost its
 	// state table resets each session at its next probe, the first
-	// one for a session that was busy just before).
+	// one for a session that was busy just before). Only for silences
+	// that began before heldAt: a session that fell silent after a death
+	// the path's state explains (its restart) and died at no longer a
+	// silence met a timeout shorter than keepalive (one that was cut).
 	held   time.Duration
 	heldAt time.Time
 }
@@ -70,7 +74,13 @@ func (p *Proxy) noteIdleDeath(s *session, server string, side Side, idle time.Du
 		if l := time.Duration(s.kaLost.Load()); l > 0 {
 			lost = min(lost, l)
 		}
-		st.idle, st.lost = append(st.idle, idle), append(st.lost, lost)
+		quiet := now.Add(-idle)
+		if s.lostPause.Load() > 0 {
+			// Lost in a pause that bytes resumed: it died then, or a
+			// user timeout after.
+			quiet = s.start.Add(time.Duration(s.resumedAt.Load() - s.pauseBefore.Load()))
+		}
+		st.idle, st.lost, st.quiet = append(st.idle, idle), append(st.lost, lost), append(st.quiet, quiet)
 	}
 	due := now.Sub(st.last) >= adviceEvery
 	samples := st.idle
@@ -79,7 +89,7 @@ func (p *Proxy) noteIdleDeath(s *session, server string, side Side, idle time.Du
 		// does not forget one within a second more of silence.
 		samples = nil
 		for i, d := range st.idle {
-			if st.lost[i] > st.held+time.Second {
+			if st.lost[i] > st.held+time.Second || !st.quiet[i].Before(st.heldAt) {
 				samples = append(samples, d)
 			}
 		}
@@ -95,7 +105,7 @@ func (p *Proxy) noteIdleDeath(s *session, server string, side Side, idle time.Du
 	same := rec.Idle == ka.Idle && rec.Interval == ka.Interval && rec.Count == ka.Count
 	ok = ok && (current <= 0 || rec.Idle <= current && !same)
 	if due && ok {
-		st.last, st.idle, st.lost = now, nil, nil
+		st.last, st.idle, st.lost, st.quiet = now, nil, nil, nil
 	}
 	a.mu.Unlock()
 	if !due || !ok {

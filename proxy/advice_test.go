@@ -5,6 +5,7 @@ import (
 	"io"
 	"net"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -586,5 +587,58 @@ func TestIdleDeathAfterAnAnsweredKeepaliveProbeGivesNoAdvice(t *testing.T) {
 	time.Sleep(100 * time.Millisecond)
 	if advice := logs.lines("sessions on this link die while idle"); len(advice) != 0 {
 		t.Errorf("keepalive advice for a session whose keepalive probe was answered before it was reset:\n%s", strings.Join(advice, "\n"))
+	}
+}
+
+// A firewall whose idle timeout was cut below keepalive (an operator's
+// change, a new firewall in the path): the pooled sessions idle from before
+// die at the probe after one that the old timeout still let through, and
+// every session after them dies at its first probe, or on its first bytes
+// after a pause (here, the database resets them after 1.3 s, under the 2 s
+// keepalive idle). The first deaths are no samples (their probe was
+// answered), but the later ones are the very deaths the advice is for:
+// their silence began after the evidence that keepalive held, so it says
+// nothing of them. Until the fix, the first session's answered probe hid
+// them for an hour (any death after no longer a silence than it held).
+func TestIdleDeathsAfterTheFirewallCutItsTimeoutGiveAdvice(t *testing.T) {
+	var n atomic.Int32
+	be := newBackend(t, func(c *net.TCPConn) {
+		if n.Add(1) == 1 {
+			// Idle from before the change: its probe at 2 s is answered,
+			// then it dies (at its next probe, in the firewall's new regime).
+			buf := make([]byte, 1)
+			io.ReadFull(c, buf)
+			c.Write(buf)
+			time.Sleep(3 * time.Second)
+			resetConn(c)
+			return
+		}
+		resetOnSecond(c)
+	})
+	cfg := oneBackendConfig(be.addr())
+	cfg = strings.Replace(cfg, "idle = \"11s\"", "idle = \"2s\"", 1)
+	cfg = strings.Replace(cfg, "interval = \"2s\"", "interval = \"1s\"", 1)
+	h, logs := startProxyLog(t, cfg)
+	c := h.dial("l")
+	echoed(t, c, "x")
+	if err, _ := readErr(c, 5*time.Second); err == nil {
+		t.Fatal("no reset")
+	}
+	waitFor(t, time.Second, "an idle-phase reset", func() bool {
+		return counter(h.m.Resets, "l", "b", be.addr(), "backend", "idle", "rst") == 1
+	})
+	for i := 0; i < 2; i++ {
+		c := h.dial("l")
+		echoed(t, c, "x")
+		idleDeath(t, c, 1300*time.Millisecond)
+	}
+	waitFor(t, time.Second, "idle-phase resets", func() bool {
+		return counter(h.m.Resets, "l", "b", be.addr(), "backend", "idle", "rst") == 3
+	})
+	waitFor(t, time.Second, "the advice", func() bool {
+		return len(logs.lines("sessions on this link die while idle")) > 0
+	})
+	if advice := logs.lines("sessions on this link die while idle"); !strings.Contains(advice[0], "path_idle_timeout=1s") {
+		t.Errorf("advice does not follow the 1.3 s deaths: %s", advice[0])
 	}
 }

@@ -3,6 +3,7 @@ package lab
 import (
 	"errors"
 	"fmt"
+	"net"
 	"strings"
 	"sync"
 	"syscall"
@@ -79,5 +80,51 @@ func TestLabFirewallRestartIsNoKeepaliveAdvice(t *testing.T) {
 				t.Errorf("keepalive advice after a firewall restart, though keepalive kept the path:\n%s", log)
 			}
 		})
+	}
+}
+
+// The firewall's idle timeout is cut below keepalive (6 s to 1 s, under the
+// database leg's keepalive idle of 2 s from path_idle_timeout = "6s"). The
+// two pooled sessions idle from before have a probe answered under the old
+// timeout, then die at their next one: no samples, as after a restart. But
+// every session after them dies at its first probe, 2 s into its silence:
+// those deaths are what the advice is for (path_idle_timeout=2s), and their
+// silence began after the answered probes. Until the fix the pooled
+// sessions' deaths hid them for an hour.
+func TestLabFirewallTimeoutCutBelowKeepaliveGivesAdvice(t *testing.T) {
+	t.Parallel()
+	requireGuard(t)
+	lab := netlab.New(t, netlab.Config{EstablishedTimeout: 6 * time.Second, Stale: netlab.StaleReset})
+	lab.StartEcho(t, lab.DB, fmt.Sprintf(":%d", dbPort))
+	db := keepalive{PathIdleTimeout: "6s"}
+	guard := startGuard(t, lab, link{Name: "orders", Listen: guardAddr, Servers: []string{lab.DBAddr(dbPort)}, App: appKeepalive, DB: db})
+	reset := func(conns []*net.TCPConn) {
+		t.Helper()
+		var wg sync.WaitGroup
+		for i, c := range conns {
+			wg.Go(func() {
+				c.SetReadDeadline(time.Now().Add(15 * time.Second))
+				if _, err := c.Read(make([]byte, 64)); !errors.Is(err, syscall.ECONNRESET) {
+					t.Errorf("session %d: want the app's connection reset, got %v", i, err)
+				}
+			})
+		}
+		wg.Wait()
+	}
+	pooled := dialN(t, lab.App, guardAddr, 2)
+	time.Sleep(2600 * time.Millisecond) // the first probes (2 s) answered
+	lab.SetEstablishedTimeout(t, time.Second)
+	reset(pooled)
+	resetsCounted(t, guard, 2)
+	later := dialN(t, lab.App, guardAddr, 2)
+	reset(later)
+	m := resetsCounted(t, guard, 4)
+	want := netlab.Labels{"side": "backend", "cause": "rst", "phase": "idle"}
+	if got, _ := m.Sum("tnsguard_resets_total", want); got != 4 {
+		t.Errorf("tnsguard_resets_total%v = %v, want 4\n%s", want, got, m.Dump("tnsguard_resets_total"))
+	}
+	time.Sleep(200 * time.Millisecond)
+	if log := guard.Log(); !strings.Contains(log, "sessions on this link die while idle") || !strings.Contains(log, "path_idle_timeout=2s") {
+		t.Errorf("no keepalive advice (path_idle_timeout=2s) for sessions dying at their first probe behind a firewall whose timeout is now 1 s:\n%s", log)
 	}
 }
