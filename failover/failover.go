@@ -234,6 +234,10 @@ func (s *Server) Up() bool { return s.up.Load() }
 // Sessions is the number of sessions on the server now.
 func (s *Server) Sessions() int64 { return s.sessions.Load() }
 
+// Opening is the number of sessions dialing the server or awaiting its
+// first answer now (Plan.Next to Plan.Done).
+func (s *Server) Opening() int64 { return s.opening.Load() }
+
 // Acquire and Release count a session on the server (for least_sessions).
 func (s *Server) Acquire() { s.sessions.Add(1) }
 

@@ -1094,3 +1094,56 @@ open_for = "30s"`, fmt.Sprintf("address = %q;priority = 0", a.address), fmt.Spri
 		t.Errorf("A was dialed %d times within open_for of its refusal, a reload between, want 1", n)
 	}
 }
+
+// Every session's claim on the server it dials (least_sessions counts it
+// from Plan.Next) ends with its opening, whatever the end: answered, reset
+// and re-dialed, refused, timed out, or left by the app while it waited.
+// A count left behind would keep the server looking busy for good.
+func TestLeastSessionsOpeningCountsEndWithTheOpening(t *testing.T) {
+	a := newServer(t, sayName("A"))
+	r := newServer(t, func(c *net.TCPConn) {
+		io.ReadFull(c, make([]byte, 1))
+		resetConn(c)
+	})
+	h := startProxy(t, backendTOML(`balance = "least_sessions"
+connect_timeout = "200ms"
+connect_budget = "1s"
+[backend.health]
+check = "off"
+[backend.breaker]
+failures = 0`,
+		fmt.Sprintf("address = %q", a.address),
+		fmt.Sprintf("address = %q", r.address),
+		fmt.Sprintf("address = %q", blackhole(t)),
+		fmt.Sprintf("address = %q", closedPort(t))))
+	var wg sync.WaitGroup
+	for i := range 60 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			c, err := net.Dial("tcp", h.addr("l"))
+			if err != nil {
+				return
+			}
+			defer c.Close()
+			c.Write([]byte("x"))
+			if i%3 == 0 {
+				time.Sleep(time.Duration(i) * 5 * time.Millisecond) // leaves while its session dials
+				return
+			}
+			c.SetDeadline(time.Now().Add(3 * time.Second))
+			io.ReadFull(c, make([]byte, 1))
+		}()
+		time.Sleep(2 * time.Millisecond)
+	}
+	wg.Wait()
+	srvs := h.p.backend("b").Servers
+	waitFor(t, 3*time.Second, "every session over", func() bool {
+		for _, s := range srvs {
+			if s.Opening() != 0 || s.Sessions() != 0 {
+				return false
+			}
+		}
+		return true
+	})
+}
