@@ -620,14 +620,7 @@ func TestHurryWithNoSessionWarnsOfNone(t *testing.T) {
 func TestNoBackendEventCarriedNoBytesToBackend(t *testing.T) {
 	cfg := strings.Replace(oneBackendConfig(closedPort(t)), `connect_budget = "3s"`, `connect_budget = "600ms"`, 1)
 	h := startProxy(t, cfg)
-	c := h.dial("l")
-	c.Write([]byte("hello"))
-	readErr(c, 3*time.Second)
-	waitFor(t, 3*time.Second, "one reset event", func() bool { return len(h.p.Resets(0)) == 1 })
-	ev := h.p.Resets(0)[0]
-	if ev.Outcome != "no_backend" || ev.Server != "none" {
-		t.Fatalf("event = %+v, want a no_backend one on server none", ev)
-	}
+	ev := noBackendEvent(t, h, "hello")
 	sent := counter(h.m.Bytes, "l", "b", "to_backend")
 	if sent != 0 || ev.BytesToBackend != 0 {
 		t.Errorf("bytes to backend: event %d, tnsguard_bytes_total %v; want 0 and 0 (no backend took a byte)", ev.BytesToBackend, sent)
@@ -650,16 +643,25 @@ func TestNoBackendAfterAResetCountsTheOpeningAServerGot(t *testing.T) {
 	})
 	cfg := strings.Replace(oneBackendConfig(srv.address), `connect_budget = "3s"`, `connect_budget = "800ms"`, 1)
 	h := startProxy(t, cfg)
+	ev := noBackendEvent(t, h, "hello")
+	sent := counter(h.m.Bytes, "l", "b", "to_backend")
+	if ev.BytesToBackend != 5 || sent != 5 {
+		t.Errorf("bytes to backend: event %d, tnsguard_bytes_total %v; want 5 and 5 (the server that reset got the opening)", ev.BytesToBackend, sent)
+	}
+}
+
+// noBackendEvent sends opening through a proxy that places no session and
+// returns the one reset event, which must be a no_backend one on server
+// "none".
+func noBackendEvent(t *testing.T, h *harness, opening string) ResetEvent {
+	t.Helper()
 	c := h.dial("l")
-	c.Write([]byte("hello"))
+	c.Write([]byte(opening))
 	readErr(c, 3*time.Second)
 	waitFor(t, 3*time.Second, "one reset event", func() bool { return len(h.p.Resets(0)) == 1 })
 	ev := h.p.Resets(0)[0]
 	if ev.Outcome != "no_backend" || ev.Server != "none" {
 		t.Fatalf("event = %+v, want a no_backend one on server none", ev)
 	}
-	sent := counter(h.m.Bytes, "l", "b", "to_backend")
-	if ev.BytesToBackend != 5 || sent != 5 {
-		t.Errorf("bytes to backend: event %d, tnsguard_bytes_total %v; want 5 and 5 (the server that reset got the opening)", ev.BytesToBackend, sent)
-	}
+	return ev
 }

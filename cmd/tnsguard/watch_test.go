@@ -111,18 +111,7 @@ func TestReloadWatchFollowsAConfigMapUpdate(t *testing.T) {
 // try again. It was never retried: the listener stayed unbound and
 // tnsguard_config_last_reload_successful 0 until the next edit.
 func TestReloadWatchRetriesAListenTheHostRefused(t *testing.T) {
-	taken, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	admin := freePort(t)
-	withWatch := func(extra string) string {
-		return runConfig(admin, "[]") + "[reload]\nwatch = \"1s\"\n" + extra
-	}
-	k, path := newKubeletDir(t, withWatch(""))
-	log, stop := runFile(t, admin, path)
-	k.update(withWatch(fmt.Sprintf("[[listener]]\nname = \"m\"\nlisten = %q\nbackend = \"b\"\n", taken.Addr())))
-	waitUntil(t, "the failed reload", func() bool { return strings.Contains(log.String(), "reload failed") })
+	taken, log, stop := reloadOntoATakenAddress(t, "")
 	time.Sleep(1500 * time.Millisecond) // a read of the same file, the address still taken
 	if n := strings.Count(log.String(), "reload failed"); n != 1 {
 		t.Errorf("the same refused listen was reported %d times, want 1:\n%s", n, log.String())
@@ -234,6 +223,21 @@ func TestReloadWatchWaitsForAFileBeingWritten(t *testing.T) {
 // failed before it, and the retry that applied the file skipped it, so the
 // config ran without a word about the limit it cannot keep.
 func TestReloadWatchRetryWarnsOfTheFileLimit(t *testing.T) {
+	taken, log, stop := reloadOntoATakenAddress(t, "max_sessions = 100000000\n")
+	defer stop()
+	taken.Close()
+	waitUntil(t, "the retried reload", func() bool { return strings.Contains(log.String(), "configuration reloaded") })
+	if !strings.Contains(log.String(), "needs about") {
+		t.Errorf("max_sessions = 100000000 applied by a retried reload, with no open-files warning:\n%s", log.String())
+	}
+}
+
+// reloadOntoATakenAddress runs tnsguard with reload.watch on, then writes a
+// file that adds a listener (with extra keys) on an address another socket
+// holds, and waits for the failed reload. It returns that socket, the log
+// and the stop of the run.
+func reloadOntoATakenAddress(t *testing.T, extra string) (net.Listener, *lockedBuffer, func() int) {
+	t.Helper()
 	taken, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -244,12 +248,7 @@ func TestReloadWatchRetryWarnsOfTheFileLimit(t *testing.T) {
 	}
 	k, path := newKubeletDir(t, withWatch(""))
 	log, stop := runFile(t, admin, path)
-	defer stop()
-	k.update(withWatch(fmt.Sprintf("[[listener]]\nname = \"m\"\nlisten = %q\nbackend = \"b\"\nmax_sessions = 100000000\n", taken.Addr())))
+	k.update(withWatch(fmt.Sprintf("[[listener]]\nname = \"m\"\nlisten = %q\nbackend = \"b\"\n%s", taken.Addr(), extra)))
 	waitUntil(t, "the failed reload", func() bool { return strings.Contains(log.String(), "reload failed") })
-	taken.Close()
-	waitUntil(t, "the retried reload", func() bool { return strings.Contains(log.String(), "configuration reloaded") })
-	if !strings.Contains(log.String(), "needs about") {
-		t.Errorf("max_sessions = 100000000 applied by a retried reload, with no open-files warning:\n%s", log.String())
-	}
+	return taken, log, stop
 }
