@@ -177,8 +177,13 @@ func New(cfg *config.Backend, log hclog.Logger, m *metrics.Metrics) *Backend {
 //   - with tnsping in both, its listener's version, whose series a new
 //     one replaces (with tnsping off, the series is gone: forgetRemoved).
 //
+// The weighted rotation goes on where it was, too: begun again at each
+// reload, it gave the first server more than its share when reloads came
+// more often than a turn of it.
+//
 // Before Start.
 func (b *Backend) Inherit(old *Backend) {
+	b.rr.Store(old.rr.Load())
 	checks, oldChecks := b.Config.Health.Check != "off", old.Config.Health.Check != "off"
 	tnsping := b.Config.Health.Check == "tnsping" && old.Config.Health.Check == "tnsping"
 	for _, s := range b.Servers {

@@ -107,6 +107,30 @@ func TestRoundRobinNextChoiceByWeight(t *testing.T) {
 	}
 }
 
+// A reload that changes a round_robin backend (its connect_timeout, say)
+// goes on with the rotation where it was: it started again at the first
+// server, so with reloads more often than a turn of the rotation (a
+// reload.watch on a busy ConfigMap, an automation that reloads each
+// minute) the first server took more than its share.
+func TestRoundRobinGoesOnAcrossAReload(t *testing.T) {
+	three := servers(`address = "a:1"`, `address = "b:1"`, `address = "c:1"`)
+	old := testBackend(t, "balance = \"round_robin\"\n"+three)
+	got := map[string]int{}
+	for i := range 30 {
+		list, _ := old.order(time.Now())
+		got[list[0].Address]++
+		// Reloaded after every session: a new Backend each time.
+		b := testBackend(t, fmt.Sprintf("balance = \"round_robin\"\nconnect_timeout = \"%dms\"\n", 1000+i)+three)
+		b.Inherit(old)
+		old = b
+	}
+	for _, a := range []string{"a:1", "b:1", "c:1"} {
+		if got[a] != 10 {
+			t.Fatalf("30 sessions, a reload after each: first choices %v, want 10 each", got)
+		}
+	}
+}
+
 // Servers of one priority share by weight even when other priority groups
 // (and down servers) are sorted in the same round. Before the fix every
 // group advanced the shared rotation, so with two groups the preferred
