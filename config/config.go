@@ -266,7 +266,7 @@ func (c *Config) applyDefaults() {
 			h.Check = "tcp"
 		}
 		h.Interval.orDefault(5 * time.Second)
-		h.Timeout.orDefault(2 * time.Second)
+		h.Timeout.orDefault(defaultHealthTimeout)
 		h.ServiceInterval.orDefault(5 * time.Minute)
 		h.Rise = intOr(h.Rise, 2)
 		h.Fall = intOr(h.Fall, 3)

@@ -136,7 +136,7 @@ name = "b"
   interval = "1s"
   [[backend.server]]
   address = "10.0.0.1:1521"
-`, []string{`f.toml: backend "b": health.timeout (2s) must be > 0 and at most health.interval (1s) (line 7)`}},
+`, []string{`f.toml: backend "b": health.timeout (2s, the default) must be > 0 and at most health.interval (1s) (line 7)`}},
 		{"connect_budget of second backend alike, first sets it",
 			`[[listener]]
 name = "l"

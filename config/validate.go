@@ -287,7 +287,13 @@ func (b *Backend) validate() (errs, warnings []string) {
 		add("health.interval must be at least %v: each check is a connection to the server", minHealthInterval)
 	}
 	if h.Timeout.Duration <= 0 || h.Timeout.Duration > h.Interval.Duration {
-		add("health.timeout (%v) must be > 0 and at most health.interval (%v)", h.Timeout.Duration, h.Interval.Duration)
+		// A file that sets only a short interval meets the default
+		// timeout, a key it never wrote: say so.
+		dflt := ""
+		if h.Timeout.Duration == defaultHealthTimeout {
+			dflt = ", the default"
+		}
+		add("health.timeout (%v%s) must be > 0 and at most health.interval (%v)", h.Timeout.Duration, dflt, h.Interval.Duration)
 	}
 	// One message per key, so that each names the line of its own key.
 	if *h.Rise < 1 {
@@ -575,6 +581,9 @@ func listenerOn(seen map[string]string, addr string) (string, bool) {
 
 // minBackoff is the shortest backoff (and so backoff_max) check accepts.
 const minBackoff = time.Millisecond
+
+// defaultHealthTimeout is health.timeout when the file sets none.
+const defaultHealthTimeout = 2 * time.Second
 
 // minHealthInterval is the shortest health.interval check accepts.
 const minHealthInterval = 10 * time.Millisecond
