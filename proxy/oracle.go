@@ -60,24 +60,19 @@ func telling(err, kept error) bool {
 // looksLikeTNSLocked reports whether the app's opening bytes start with a
 // TNS CONNECT header; only then is the backend's first packet read as TNS.
 // The caller holds s.mu.
-func (s *session) looksLikeTNSLocked() bool {
-	if len(s.replay) < tns.HeaderLen || tns.PacketType(s.replay[4]) != tns.TypeConnect || tlsHandshake(s.replay) {
-		return false // not a CONNECT, without building ParseHeader's error (called several times per session)
-	}
-	h, err := tns.ParseHeader(s.replay, tns.Length16)
-	return err == nil && h.Type == tns.TypeConnect
-}
+func (s *session) looksLikeTNSLocked() bool { return startsWithConnect(s.replay, nil) }
 
 // startsWithConnect reports whether the opening kept so far (kept) followed
-// by b starts with a TNS CONNECT header: read when the opening outgrows
-// replay_bytes, so that a listener's REFUSE to such an app is still seen for
-// what it is (refuseBeyondReplay).
+// by b starts with a TNS CONNECT header: the app's opening as it is held
+// (looksLikeTNSLocked), or, when it outgrows replay_bytes, with the bytes
+// that overflowed it, so that a listener's REFUSE to such an app is still
+// seen for what it is (refuseBeyondReplay).
 func startsWithConnect(kept, b []byte) bool {
 	var head [tns.HeaderLen]byte
 	n := copy(head[:], kept)
 	n += copy(head[n:], b)
 	if n < tns.HeaderLen || tns.PacketType(head[4]) != tns.TypeConnect || tlsHandshake(head[:]) {
-		return false
+		return false // not a CONNECT, without building ParseHeader's error (called several times per session)
 	}
 	h, err := tns.ParseHeader(head[:], tns.Length16)
 	return err == nil && h.Type == tns.TypeConnect
