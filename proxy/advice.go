@@ -24,10 +24,8 @@ type keepaliveAdvice struct {
 }
 
 type adviceState struct {
-	idle  []time.Duration
-	lost  []time.Duration // per sample: the silence the path was lost by (at most its idle)
-	quiet []time.Time     // per sample: when its silence began
-	last  time.Time
+	deaths []adviceSample
+	last   time.Time
 	// held is the longest silence after which a session of the link,
 	// since heldAt, had a keepalive probe answered before it died: the
 	// path kept flows that long, so a death after no longer a silence is
@@ -39,6 +37,14 @@ type adviceState struct {
 	// silence met a timeout shorter than keepalive (one that was cut).
 	held   time.Duration
 	heldAt time.Time
+}
+
+// adviceSample is one idle death on a link: a session's idle at its death,
+// the silence the path was lost by (at most that idle), and when the
+// silence began.
+type adviceSample struct {
+	idle, lost time.Duration
+	quiet      time.Time
 }
 
 // note records an idle-phase death on a link and logs advice when it is
@@ -69,7 +75,7 @@ func (p *Proxy) noteIdleDeath(s *session, server string, side Side, idle time.Du
 			st.held = held
 		}
 		st.heldAt = now
-	} else if len(st.idle) < adviceSamples {
+	} else if len(st.deaths) < adviceSamples {
 		lost := idle
 		if l := time.Duration(s.kaLost.Load()); l > 0 {
 			lost = min(lost, l)
@@ -80,18 +86,16 @@ func (p *Proxy) noteIdleDeath(s *session, server string, side Side, idle time.Du
 			// user timeout after.
 			quiet = s.start.Add(time.Duration(s.resumedAt.Load() - s.pauseBefore.Load()))
 		}
-		st.idle, st.lost, st.quiet = append(st.idle, idle), append(st.lost, lost), append(st.quiet, quiet)
+		st.deaths = append(st.deaths, adviceSample{idle, lost, quiet})
 	}
 	due := now.Sub(st.last) >= adviceEvery
-	samples := st.idle
-	if st.held > 0 && now.Sub(st.heldAt) < adviceEvery {
+	evidence := st.held > 0 && now.Sub(st.heldAt) < adviceEvery
+	var samples []time.Duration
+	for _, d := range st.deaths {
 		// Keepalive's whole seconds: a path that kept a flow held long
 		// does not forget one within a second more of silence.
-		samples = nil
-		for i, d := range st.idle {
-			if st.lost[i] > st.held+time.Second || !st.quiet[i].Before(st.heldAt) {
-				samples = append(samples, d)
-			}
+		if !evidence || d.lost > st.held+time.Second || !d.quiet.Before(st.heldAt) {
+			samples = append(samples, d.idle)
 		}
 	}
 	current := ka.Idle
@@ -105,7 +109,7 @@ func (p *Proxy) noteIdleDeath(s *session, server string, side Side, idle time.Du
 	same := rec.Idle == ka.Idle && rec.Interval == ka.Interval && rec.Count == ka.Count
 	ok = ok && (current <= 0 || rec.Idle <= current && !same)
 	if due && ok {
-		st.last, st.idle, st.lost, st.quiet = now, nil, nil, nil
+		st.last, st.deaths = now, nil
 	}
 	a.mu.Unlock()
 	if !due || !ok {
