@@ -214,14 +214,7 @@ func TestRedirectedLegKeepsTheBackendKeepalive(t *testing.T) {
 	node := tnstest.New(t, tnstest.Config{Mode: tnstest.Accept})
 	scan := slowScan(t, node.Addr(), 2200*time.Millisecond) // past keepaliveAfter and a housekeeping round
 	h := startProxy(t, strings.Replace(oracleConfig(`redirect = "follow"`, scan.addr()), `connect_budget = "2s"`, `connect_budget = "5s"`, 1))
-	c := h.dial("l")
-	connect, _ := tns.BuildConnect("(DESCRIPTION=(CONNECT_DATA=(SERVICE_NAME=SALES)))")
-	c.Write(connect)
-	c.SetReadDeadline(time.Now().Add(4 * time.Second))
-	pkt, err := tns.ReadPacket(c, tns.Length16, 0)
-	if err != nil || pkt.Type != tns.TypeAccept {
-		t.Fatalf("the app got %v, %v; want the node's ACCEPT", pkt.Type, err)
-	}
+	c := acceptedThrough(t, h, 4*time.Second, "node")
 	echoed(t, c, "hello")
 	s := sessionOf(t, h.p, c)
 	time.Sleep(2200 * time.Millisecond) // past the next housekeeping round
@@ -317,14 +310,7 @@ func TestRedirectFollowedCountsOnlyWhenTheNodeAnswered(t *testing.T) {
 	node := tnstest.New(t, tnstest.Config{Mode: tnstest.Accept})
 	scanLive := tnstest.New(t, tnstest.Config{Mode: tnstest.Redirect, RedirectTo: node.Addr(), RedirectData: scanReconnect})
 	h := startProxy(t, oracleConfig(`redirect = "follow"`, scanDead.Addr()+";0", scanLive.Addr()+";1"))
-	c := h.dial("l")
-	connect, _ := tns.BuildConnect("(DESCRIPTION=(CONNECT_DATA=(SERVICE_NAME=SALES)))")
-	c.Write(connect)
-	c.SetReadDeadline(time.Now().Add(3 * time.Second))
-	pkt, err := tns.ReadPacket(c, tns.Length16, 0)
-	if err != nil || pkt.Type != tns.TypeAccept {
-		t.Fatalf("the app got %v (%v); want the live node's ACCEPT", pkt.Type, err)
-	}
+	acceptedThrough(t, h, 3*time.Second, "live node")
 	if v := counter(h.m.TNSFollowed, "l", "b", scanDead.Addr()); v != 0 {
 		t.Errorf("tnsguard_tns_redirects_followed_total of the SCAN whose node was unreachable = %v, want 0", v)
 	}
@@ -368,14 +354,7 @@ func TestRedirectFollowedNotCountedWhenTheNodeRefused(t *testing.T) {
 		node := tnstest.New(t, tnstest.Config{Mode: tnstest.Accept})
 		scanLive := tnstest.New(t, tnstest.Config{Mode: tnstest.Redirect, RedirectTo: node.Addr(), RedirectData: scanReconnect})
 		h := startProxy(t, oracleConfig(`redirect = "follow"`, scanRefused.Addr()+";0", scanLive.Addr()+";1"))
-		c := h.dial("l")
-		connect, _ := tns.BuildConnect("(DESCRIPTION=(CONNECT_DATA=(SERVICE_NAME=SALES)))")
-		c.Write(connect)
-		c.SetReadDeadline(time.Now().Add(3 * time.Second))
-		pkt, err := tns.ReadPacket(c, tns.Length16, 0)
-		if err != nil || pkt.Type != tns.TypeAccept {
-			t.Fatalf("the app got %v (%v); want the live node's ACCEPT", pkt.Type, err)
-		}
+		acceptedThrough(t, h, 3*time.Second, "live node")
 		if n := len(refusing.Connects()); n == 0 {
 			t.Fatal("the refusing node got no CONNECT: the test did not test anything")
 		}
@@ -458,4 +437,21 @@ func TestRedirectNotFollowedForAnAppThatGaveUp(t *testing.T) {
 	if v := testutil.ToFloat64(h.m.BreakerState.WithLabelValues("b", scan.addr())); v != metrics.BreakerClosed {
 		t.Errorf("the SCAN server's breaker is %v, want closed", v)
 	}
+}
+
+// acceptedThrough sends an app's CONNECT (service SALES) through h's
+// listener "l" and returns the app's conn once the ACCEPT of who (the
+// node that a followed REDIRECT reached) came back within timeout (the
+// read deadline stays).
+func acceptedThrough(t *testing.T, h *harness, timeout time.Duration, who string) *net.TCPConn {
+	t.Helper()
+	c := h.dial("l")
+	connect, _ := tns.BuildConnect("(DESCRIPTION=(CONNECT_DATA=(SERVICE_NAME=SALES)))")
+	c.Write(connect)
+	c.SetReadDeadline(time.Now().Add(timeout))
+	pkt, err := tns.ReadPacket(c, tns.Length16, 0)
+	if err != nil || pkt.Type != tns.TypeAccept {
+		t.Fatalf("the app got %v (%v); want the %s's ACCEPT", pkt.Type, err, who)
+	}
+	return c
 }
