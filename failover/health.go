@@ -5,10 +5,12 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"slices"
 	"time"
 
 	"github.com/pires/go-proxyproto"
 
+	"github.com/tnsguard/tnsguard/config"
 	"github.com/tnsguard/tnsguard/keepalive"
 	"github.com/tnsguard/tnsguard/tns"
 )
@@ -287,6 +289,12 @@ func (s *Server) probeService(ctx context.Context, service, addr string) error {
 		return fmt.Errorf("service %s: %w", service, err)
 	case !registered:
 		return fmt.Errorf("service %s is not registered with the listener (ORA-%05d)", service, code)
+	case code != 0 && (slices.Contains(config.DefaultRefuseErrors(), code) || slices.Contains(s.backend.Config.RefuseErrors, code)):
+		// Registered, but the listener refuses every session for it now:
+		// an instance starting (NOMOUNT, MOUNT: ORA-12528), restricted
+		// (ORA-12526) or out of processes (ORA-12519). Up, fail-back would
+		// hand the apps that REFUSE while another server takes them.
+		return fmt.Errorf("service %s is registered but the listener refuses its sessions (ORA-%05d)", service, code)
 	}
 	return nil
 }

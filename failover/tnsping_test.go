@@ -213,6 +213,39 @@ func TestServiceAskedAgainAfterTheListenerWasDown(t *testing.T) {
 	eventually(t, "up once the service registered", b.Servers[0].Up)
 }
 
+// A database starting up (NOMOUNT, MOUNT) or in restricted mode has its
+// service registered, but the listener refuses every session for it with
+// ORA-12528 (blocking) or ORA-12526 (restricted); one out of processes
+// refuses with ORA-12519. health.service is what keeps fail-back away from
+// a server that cannot take the service's sessions yet, so such a server is
+// down, as one whose service is not registered is: until the fix it was up,
+// and with the default retry_on every app sent back to it got the REFUSE
+// (go-ora ORA-12528, node-oracledb NJS-511) while the standby was healthy.
+// A refusal that is no "cannot take the session now" (ORA-12618, versions
+// incompatible) still counts as registered.
+func TestServiceRefusingEverySessionIsDown(t *testing.T) {
+	blocked := tnstest.New(t, tnstest.Config{Mode: tnstest.Refuse, Err: 12528})
+	restricted := tnstest.New(t, tnstest.Config{Mode: tnstest.Refuse, Err: 12526})
+	full := tnstest.New(t, tnstest.Config{Mode: tnstest.Refuse, Err: 12519})
+	other := tnstest.New(t, tnstest.Config{Mode: tnstest.Refuse, Err: 12618})
+	b, _ := tnspingBackend(t, "  service = \"ORDERS\"\n  service_interval = \"1h\"", blocked.Addr(), restricted.Addr(), full.Addr(), other.Addr())
+	eventually(t, "the service probed on every server", func() bool {
+		for _, l := range []*tnstest.Listener{blocked, restricted, full, other} {
+			if len(l.Connects()) < 2 {
+				return false
+			}
+		}
+		return true
+	})
+	eventually(t, "the listener with the service and a refusal of another kind up", b.Servers[3].Up)
+	time.Sleep(200 * time.Millisecond) // four checks of 50ms
+	for i, code := range []int{12528, 12526, 12519} {
+		if b.Servers[i].Up() {
+			t.Errorf("a server whose listener refuses every session for the service with ORA-%d is up: fail-back sends the apps to it", code)
+		}
+	}
+}
+
 // The service probe runs on a connection of its own; to a server that
 // expects PROXY headers it opens with a LOCAL header too, or a downstream
 // tnsguard or HAProxy refuses it and the server counts as down.
