@@ -10,6 +10,7 @@
 package admin
 
 import (
+	"bufio"
 	"bytes"
 	"encoding/json"
 	"errors"
@@ -230,9 +231,9 @@ func (l *allowListener) Accept() (net.Conn, error) {
 		}
 		if l.s.allowed(c.RemoteAddr().String()) {
 			if used {
-				return &spareConn{Conn: c, spare: l.s.spare}, nil
+				return &headerConn{Conn: &spareConn{Conn: c, spare: l.s.spare}}, nil
 			}
-			return c, nil
+			return &headerConn{Conn: c}, nil
 		}
 		select {
 		case l.refusing <- struct{}{}:
@@ -254,6 +255,43 @@ func (l *allowListener) Accept() (net.Conn, error) {
 			}
 		}
 	}
+}
+
+// headerConn reads past a PROXY header that its first bytes may hold
+// (proxy.SkipHeader) before the HTTP server reads the request: a load
+// balancer that sends PROXY headers to its targets sends one on its health
+// checks of /readyz too (an AWS NLB with proxy protocol v2 on its target
+// group), and net/http answered those 400. The header's addresses are not
+// used: admin.allow judged the socket's peer at Accept. net/http reads a
+// connection from one goroutine at a time.
+type headerConn struct {
+	net.Conn
+	br  *bufio.Reader // nil until the first Read
+	err error         // a malformed header: every Read fails
+}
+
+// CloseWrite is the TCP connection's, so that net/http still half-closes
+// before it closes a connection it answered "Connection: close" on (an
+// unread request body then does not turn the answer into a reset).
+func (c *headerConn) CloseWrite() error {
+	if cw, ok := c.Conn.(interface{ CloseWrite() error }); ok {
+		return cw.CloseWrite()
+	}
+	return nil
+}
+
+func (c *headerConn) Read(b []byte) (int, error) {
+	if c.br == nil {
+		c.br = bufio.NewReaderSize(c.Conn, 512)
+		c.err = proxy.SkipHeader(c.br)
+	}
+	if c.err != nil {
+		return 0, c.err
+	}
+	if c.br.Buffered() > 0 {
+		return c.br.Read(b)
+	}
+	return c.Conn.Read(b)
 }
 
 // refuseDrain bounds how long a turned-away connection's leftovers (a

@@ -341,3 +341,57 @@ func TestCloseWithinAnswersARequestOnAConnectionAcceptedBefore(t *testing.T) {
 		t.Error("CloseWithin still waits 2 s after the last request was answered")
 	}
 }
+
+// A load balancer whose target group sends PROXY protocol v2 (the AWS NLB
+// of configs/kubernetes/cloud-lb/service.yaml, proxy-protocol "*") puts the
+// header on its health checks too, /readyz on this port included. Before
+// any byte of the request the admin listener reads past a PROXY header (v1
+// or v2, LOCAL or PROXY) and answers as it answers the bare request; it
+// answered 400 Bad Request, so every target failed its health check. The
+// header is ignored: admin.allow still judges the socket's peer, not the
+// address a header names.
+func TestAdminReadsPastAPROXYHeader(t *testing.T) {
+	s := startStack(t, ordersConfig("127.0.0.1:1"))
+	adm, err := Start(config.Admin{Listen: "127.0.0.1:0"}, prometheus.NewRegistry(), s.p, hclog.NewNullLogger())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { adm.Close() })
+	ask := func(addr string, prefix []byte, path string) int {
+		t.Helper()
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(5 * time.Second))
+		c.Write(append(prefix, "GET "+path+" HTTP/1.1\r\nHost: x\r\nUser-Agent: ELB-HealthChecker/2.0\r\n\r\n"...))
+		resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+		if err != nil {
+			t.Fatalf("%q then GET %s: %v", prefix, path, err)
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	sig := "\r\n\r\n\x00\r\nQUIT\n"
+	headers := map[string]string{
+		"v2 LOCAL":        sig + "\x20\x00\x00\x00",
+		"v2 PROXY TCP4":   sig + "\x21\x11\x00\x0c" + "\x0a\x00\x00\x07\x0a\x00\x00\x01\x15\xb3\x05\xf1",
+		"v2 LOCAL + TLVs": sig + "\x20\x00\x00\x07" + "\xea\x00\x04\x01abc",
+		"v1 TCP4":         "PROXY TCP4 10.0.0.7 10.0.0.1 5555 9521\r\n",
+		"v1 UNKNOWN":      "PROXY UNKNOWN\r\n",
+	}
+	want := ask(adm.Addr().String(), nil, "/readyz")
+	for name, h := range headers {
+		if got := ask(adm.Addr().String(), []byte(h), "/readyz"); got != want {
+			t.Errorf("%s header, then GET /readyz: %d; without the header %d", name, got, want)
+		}
+	}
+
+	// admin.allow = 10.0.0.0/8: a header that names 10.0.0.7 does not let
+	// the loopback client in.
+	limited := startAdminFor10(t)
+	if got := ask(limited.Addr().String(), []byte(headers["v2 PROXY TCP4"]), "/healthz"); got != http.StatusForbidden {
+		t.Errorf("a header naming an allowed address, from outside admin.allow: %d, want 403", got)
+	}
+}

@@ -154,7 +154,11 @@ func readHeader(ctx context.Context, c *net.TCPConn, timeout time.Duration) (*pr
 	br := bufio.NewReaderSize(src, headerBufSize)
 	var hdr *proxyproto.Header
 	var err error
-	clearErr, cut := readWithin(ctx, c, timeout, func() { hdr, err = proxyproto.Read(br) })
+	clearErr, cut := readWithin(ctx, c, timeout, func() {
+		if err = awaitSignature(br); err == nil {
+			hdr, err = proxyproto.Read(br)
+		}
+	})
 	if cut != nil {
 		return nil, nil, cut
 	}
@@ -194,6 +198,57 @@ func readHeader(ctx context.Context, c *net.TCPConn, timeout time.Duration) (*pr
 		early = append([]byte(nil), b...)
 	}
 	return hdr, early, err
+}
+
+// awaitSignature reads until the client's first bytes either hold a whole
+// PROXY v1 or v2 signature (nil: proxyproto.Read takes it from there) or
+// differ from both (proxyproto.ErrNoProxyProtocol: plain app bytes, left
+// in br). proxyproto.Read peeks 5 bytes after a "P" or a "\r", and then
+// 12 whatever the 5 were: a plain message shorter than that which starts
+// so ("PING\r\n") waited for bytes its client would never send, and was
+// reset at proxy_header_timeout. A read error is returned as
+// proxyproto.Read returns it (io.EOF as ErrNoProxyProtocol).
+func awaitSignature(br *bufio.Reader) error {
+	for n := 1; ; {
+		if _, err := br.Peek(n); err != nil {
+			if errors.Is(err, io.EOF) {
+				return proxyproto.ErrNoProxyProtocol
+			}
+			return err
+		}
+		b, _ := br.Peek(br.Buffered())
+		maybe := false
+		for _, sig := range [][]byte{proxyproto.SIGV1, proxyproto.SIGV2} {
+			k := min(len(b), len(sig))
+			if bytes.Equal(b[:k], sig[:k]) {
+				if k == len(sig) {
+					return nil
+				}
+				maybe = true
+			}
+		}
+		if !maybe {
+			return proxyproto.ErrNoProxyProtocol
+		}
+		n = len(b) + 1
+	}
+}
+
+// SkipHeader reads past a PROXY header (v1 or v2) at the start of br, if
+// its first bytes are one, and drops it: for the admin listener, where a
+// load balancer that sends PROXY headers puts one on its health checks too
+// (an AWS NLB target group with proxy protocol v2 on does). It returns nil
+// when the bytes are not a header (they stay in br), an error for a
+// malformed one or a failed read.
+func SkipHeader(br *bufio.Reader) error {
+	if err := awaitSignature(br); err != nil {
+		if errors.Is(err, proxyproto.ErrNoProxyProtocol) {
+			return nil
+		}
+		return err
+	}
+	_, err := proxyproto.Read(br)
+	return err
 }
 
 // signaturePrefix tells whether b is the start of a PROXY v1 or v2

@@ -310,6 +310,42 @@ allow = ["127.0.0.0/8", "203.0.113.0/24"]`, ""))
 	}
 }
 
+// optional: a plain client whose first message is short and starts like a
+// signature's first byte ("P" as PROXY, "\r" as the v2 signature), then
+// differs, and that then waits for the answer without closing its side,
+// is served at once. The library peeked 5 and then 12 bytes whatever the
+// first ones were, so such a client ("PING\r\n", 6 bytes) waited for bytes
+// it would never send and was reset at proxy_header_timeout as
+// proxy_timeout. TestProxyOptional half-closes after its bytes, which
+// ended the peek and hid this.
+func TestProxyOptionalShortPlainMessageWaitingForItsAnswer(t *testing.T) {
+	be, seen := ppBackend(t, false)
+	h := startProxy(t, ppConfig(be.addr(), `proxy_protocol = "optional"
+trusted_proxies = ["127.0.0.1/32"]
+proxy_header_timeout = "3s"`, ""))
+	addr := h.addr("l")
+	for _, tc := range []struct{ from, data string }{
+		{"127.0.0.2", "PING\r\n"},
+		{"127.0.0.1", "PING\r\n"},
+		{"127.0.0.2", "\r\n\r\nhi"},
+	} {
+		c := dialFrom(t, tc.from, addr)
+		c.SetDeadline(time.Now().Add(time.Second))
+		if _, err := c.Write([]byte(tc.data)); err != nil {
+			t.Fatal(err)
+		}
+		got := make([]byte, len(tc.data))
+		if _, err := io.ReadFull(c, got); err != nil || string(got) != tc.data {
+			t.Fatalf("plain %q from %s, waiting for its answer: got %q, %v (rejected: proxy_timeout %v, proxy_invalid %v)",
+				tc.data, tc.from, got, err, counter(h.m.SessionsRejected, "l", rejectProxyTimeout), counter(h.m.SessionsRejected, "l", rejectProxyInvalid))
+		}
+		c.Close()
+		if s := <-seen; string(s.data) != tc.data {
+			t.Fatalf("backend got %q, want %q", s.data, tc.data)
+		}
+	}
+}
+
 // A client that connects and leaves (a FIN or a reset) without a byte sent
 // no PROXY header: on an optional listener it is not a rejection at all,
 // and on a required one from a trusted source the header is missing, not
