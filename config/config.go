@@ -218,7 +218,17 @@ func DefaultRefuseErrors() []int {
 	return []int{12514, 12505, 12516, 12518, 12519, 12520, 12526, 12527, 12528}
 }
 
-func (c *Config) applyDefaults() {
+// applyDefaults fills in what the file left out, and returns those of the
+// durations that validate's messages name as such ("the default": a key
+// the file never wrote).
+func (c *Config) applyDefaults() (defaulted map[*Duration]bool) {
+	defaulted = map[*Duration]bool{}
+	noted := func(d *Duration, v time.Duration) {
+		if !d.Set {
+			defaulted[d] = true
+		}
+		d.orDefault(v)
+	}
 	if c.Log.Level == "" {
 		c.Log.Level = "info"
 	}
@@ -244,7 +254,7 @@ func (c *Config) applyDefaults() {
 			b.Balance = "priority"
 		}
 		b.ConnectTimeout.orDefault(3 * time.Second)
-		b.ConnectBudget.orDefault(20 * time.Second)
+		noted(&b.ConnectBudget, 20*time.Second)
 		b.Backoff.orDefault(100 * time.Millisecond)
 		b.BackoffMax.orDefault(2 * time.Second)
 		if b.RetryOn == nil {
@@ -266,7 +276,7 @@ func (c *Config) applyDefaults() {
 			h.Check = "tcp"
 		}
 		h.Interval.orDefault(5 * time.Second)
-		h.Timeout.orDefault(defaultHealthTimeout)
+		noted(&h.Timeout, defaultHealthTimeout)
 		h.ServiceInterval.orDefault(5 * time.Minute)
 		h.Rise = intOr(h.Rise, 2)
 		h.Fall = intOr(h.Fall, 3)
@@ -277,6 +287,7 @@ func (c *Config) applyDefaults() {
 			b.Servers[j].Weight = intOr(b.Servers[j].Weight, 1)
 		}
 	}
+	return defaulted
 }
 
 // applyDefaults fills what was not given: from path_idle_timeout when that

@@ -1077,3 +1077,95 @@ func TestBackoffFloor(t *testing.T) {
 		}
 	}
 }
+
+// A value written without quotes (idle = 60s, listen = 127.0.0.1:1522,
+// level = info) is a syntax error, and the library's message named
+// neither the key nor the fix: `expected a top-level item to end with a
+// newline, comment, or EOF, but got 's' instead` (inside [shutdown]), or
+// `Invalid float value: "127.0.0.1"`. A string key says to quote it; a
+// key that takes a number keeps the library's message.
+func TestUnquotedValueNamesTheKeyAndTheQuotes(t *testing.T) {
+	for _, tc := range []struct{ text, want string }{
+		{"[shutdown]\ngrace = 30s\n" + minimal, `f.toml:2:9: key "shutdown.grace": 30s needs quotes: "30s" (TOML writes durations, addresses and names as strings)`},
+		{"[shutdown]\ngrace = 1m30s   # one and a half\n" + minimal, `f.toml:2:9: key "shutdown.grace": 1m30s needs quotes: "1m30s" (TOML writes durations, addresses and names as strings)`},
+		{"[log]\nlevel = info\n" + minimal, `f.toml:2:9: key "log.level": info needs quotes: "info" (TOML writes durations, addresses and names as strings)`},
+		{"[log]\nformat = text\n" + minimal, `f.toml:2:10: key "log.format": text needs quotes: "text" (TOML writes durations, addresses and names as strings)`},
+		{"[admin]\nlisten = :9521\n" + minimal, `f.toml:2:10: key "admin.listen": :9521 needs quotes: ":9521" (TOML writes durations, addresses and names as strings)`},
+		{strings.Replace(minimal, `listen = "127.0.0.1:1522"`, `listen = 127.0.0.1:1522`, 1), `f.toml:4:10: key "listener.listen": 127.0.0.1:1522 needs quotes: "127.0.0.1:1522" (TOML writes durations, addresses and names as strings)`},
+		{strings.Replace(minimal, `backend = "orders"`, "backend = \"orders\"\nallow = [\"10.1.0.0/16\", 10.0.0.0/8]", 1), `f.toml:6:25: key "listener.allow": 10.0.0.0/8 needs quotes: "10.0.0.0/8" (TOML writes durations, addresses and names as strings)`},
+		{strings.Replace(minimal, `backend = "orders"`, "backend = \"orders\"\nkeepalive = { idle = 60s }", 1), `f.toml:6:22: key "listener.keepalive.idle": 60s needs quotes: "60s" (TOML writes durations, addresses and names as strings)`},
+		{strings.Replace(minimal, `backend = "orders"`, "backend = \"orders\"\n  [listener.keepalive]\n  idle = 60s", 1), `f.toml:7:10: key "listener.keepalive.idle": 60s needs quotes: "60s" (TOML writes durations, addresses and names as strings)`},
+		{strings.Replace(minimal, `backend = "orders"`, "backend = \"orders\"\nallow = [\n  \"10.1.0.0/16\",\n  10.0.0.0/8,\n]", 1), `f.toml:8:3: key "listener.allow": 10.0.0.0/8 needs quotes: "10.0.0.0/8" (TOML writes durations, addresses and names as strings)`},
+		{strings.Replace(minimal, `backend = "orders"`, "backend = \"orders\"\nroutes = { \"SALES\" = sales }", 1), `f.toml:6:22: key "listener.routes.SALES": sales needs quotes: "sales" (TOML writes durations, addresses and names as strings)`},
+		{strings.ReplaceAll(strings.Replace(minimal, `backend = "orders"`, "backend = \"orders\"\nallow = [\n  10.0.0.0/8,\n]", 1), "\n", "\r\n"), `f.toml:7:3: key "listener.allow": 10.0.0.0/8 needs quotes: "10.0.0.0/8" (TOML writes durations, addresses and names as strings)`},
+		// A key after an array left open is no value: the library's message.
+		{strings.Replace(minimal, `backend = "orders"`, "allow = [\"10.0.0.0/8\"\nbackend = \"orders\"", 1), `f.toml:6:1: expected a comma (',') or array terminator (']'), but got 'b'`},
+		// A number key: quotes would not help, the library's message stays.
+		{strings.Replace(minimal, `backend = "orders"`, "backend = \"orders\"\nmax_sessions = 10k", 1), `f.toml:6:18: expected a top-level item to end with a newline, comment, or EOF, but got 'k' instead`},
+	} {
+		_, _, err := Parse([]byte(tc.text), "f.toml")
+		if err == nil || err.Error() != tc.want {
+			t.Errorf("%q:\ngot:  %v\nwant: %s", strings.SplitN(tc.text, "\n", 3)[:2], err, tc.want)
+		}
+	}
+}
+
+// A health.timeout or connect_budget the file sets itself is not "the
+// default": a file with interval = "1s" and timeout = "2s" was told its
+// own timeout was the default, and one that set only connect_timeout =
+// "30s" was not told that the 20s connect_budget it met was.
+func TestOnlyADefaultValueIsCalledTheDefault(t *testing.T) {
+	for _, tc := range []struct{ backend, want string }{
+		{"  [backend.health]\n  interval = \"1s\"\n  timeout = \"2s\"", `f.toml: backend "orders": health.timeout (2s) must be > 0 and at most health.interval (1s) (line 10)`},
+		{"  [backend.health]\n  interval = \"1s\"", `f.toml: backend "orders": health.timeout (2s, the default) must be > 0 and at most health.interval (1s) (line 8)`},
+		{"connect_timeout = \"30s\"", `f.toml: backend "orders": connect_budget (20s, the default) must be at least connect_timeout (30s) (line 6)`},
+		{"connect_timeout = \"30s\"\nconnect_budget = \"20s\"", `f.toml: backend "orders": connect_budget (20s) must be at least connect_timeout (30s) (line 9)`},
+	} {
+		text := strings.Replace(minimal, "name = \"orders\"\n  [[backend.server]]", "name = \"orders\"\n"+tc.backend+"\n  [[backend.server]]", 1)
+		_, _, err := Parse([]byte(text), "f.toml")
+		if err == nil || err.Error() != tc.want {
+			t.Errorf("%q:\ngot:  %v\nwant: %s", tc.backend, err, tc.want)
+		}
+	}
+}
+
+// A file in Latin-1 (a comment with "café" saved by an older editor) has
+// bytes that are not UTF-8: the library places the error at the start of
+// the token they are in (a comment's '#', 1:2 for "# caf\xe9"), not at
+// the byte, and says nothing of the fix.
+func TestInvalidUTF8NamesItsByte(t *testing.T) {
+	for _, tc := range []struct{ text, want string }{
+		{"# caf\xe9\n" + minimal, `f.toml:1:6: invalid UTF-8 byte: 0xe9 (TOML files must be UTF-8: save the file as UTF-8)`},
+		{strings.Replace(minimal, `name = "orders"`, "name = \"ord\xe9rs\"", 1), `f.toml:3:12: invalid UTF-8 byte: 0xe9 (TOML files must be UTF-8: save the file as UTF-8)`},
+		{"\ufeff" + strings.Replace(minimal, `backend = "orders"`, "backend = \"orders\" # \xff\xfe", 1), `f.toml:5:22: invalid UTF-8 byte: 0xff (TOML files must be UTF-8: save the file as UTF-8)`},
+	} {
+		_, _, err := Parse([]byte(tc.text), "f.toml")
+		if err == nil || err.Error() != tc.want {
+			t.Errorf("%q:\ngot:  %v\nwant: %s", tc.text[:12], err, tc.want)
+		}
+	}
+}
+
+// A key written in another table than its own, not only the one above it,
+// names its table: a listener's key in a [[backend]] (max_sessions,
+// allow), a backend's in a [[listener]] (connect_timeout), a [log] key in
+// [admin], a keepalive key in [backend.health]: homeTable looked only in
+// the tables below the key's own.
+func TestKeyInAnotherTableNamesItsTable(t *testing.T) {
+	text := "[admin]\nlevel = \"debug\"\n" + strings.Replace(minimal, `backend = "orders"`, "backend = \"orders\"\nconnect_timeout = \"3s\"\n  [listener.health]\n  check = \"off\"\n  interval = \"1s\"", 1)
+	text = strings.Replace(text, "name = \"orders\"\n  [[", "name = \"orders\"\nmax_sessions = 4\nallow = [\"10.0.0.0/8\"]\n  [backend.health]\n  idle = \"30s\"\n  [[", 1)
+	_, _, err := Parse([]byte(text), "f.toml")
+	want := strings.Join([]string{
+		`f.toml:2:1: unknown key "admin.level" (it belongs in [log])`,
+		`f.toml:8:1: unknown key "listener.connect_timeout" (it belongs in [[backend]])`,
+		`f.toml:9:3: unknown key "listener.health" (it belongs in [[backend]])`,
+		`f.toml:10:3: unknown key "listener.health.check"`,
+		`f.toml:11:3: unknown key "listener.health.interval"`,
+		`f.toml:14:1: unknown key "backend.max_sessions" (it belongs in [[listener]])`,
+		`f.toml:15:1: unknown key "backend.allow" (it belongs in [admin] or [[listener]])`,
+		`f.toml:17:3: unknown key "backend.health.idle" (it belongs in [backend.keepalive])`,
+	}, "\n")
+	if err == nil || err.Error() != want {
+		t.Fatalf("got:\n%v\nwant:\n%s", err, want)
+	}
+}

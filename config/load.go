@@ -13,6 +13,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"unicode/utf8"
 
 	"github.com/BurntSushi/toml"
 )
@@ -46,6 +47,19 @@ func Parse(data []byte, source string) (*Config, []string, error) {
 	if err != nil {
 		var pe toml.ParseError
 		if errors.As(err, &pe) {
+			if strings.HasPrefix(pe.Message, "invalid UTF-8 byte") {
+				// The library places it at the start of its token (a
+				// comment's '#'): the byte itself is the first that is not
+				// UTF-8.
+				if i := firstInvalidUTF8(text); i >= 0 {
+					pe.Position.Start = i
+				}
+				line, col := position([]byte(text), pe)
+				return nil, nil, Errors{fmt.Sprintf("%s:%d:%d: %s (TOML files must be UTF-8: save the file as UTF-8)", source, line, col, pe.Message)}
+			}
+			if line, col, msg, ok := unquoted(text, pe); ok {
+				return nil, nil, Errors{fmt.Sprintf("%s:%d:%d: %s", source, line, col, msg)}
+			}
 			line, col := position([]byte(text), pe)
 			return nil, nil, Errors{fmt.Sprintf("%s:%d:%d: %s", source, line, col, parseMessage(pe))}
 		}
@@ -70,6 +84,8 @@ func Parse(data []byte, source string) (*Config, []string, error) {
 		if near := suggest(k); near != "" {
 			msg += fmt.Sprintf(" (did you mean %q?)", near)
 		} else if home := homeTable(k); home != "" {
+			msg += fmt.Sprintf(" (it belongs in %s)", home)
+		} else if home := otherTable(k); home != "" {
 			msg += fmt.Sprintf(" (it belongs in %s)", home)
 		}
 		errs = append(errs, msg)
@@ -96,8 +112,8 @@ func Parse(data []byte, source string) (*Config, []string, error) {
 	// Unknown keys were left out of c: what is there is checked too, so one
 	// run of check shows every error it can.
 	c.Source, c.text = source, text
-	c.applyDefaults()
-	verrs, warnings, errAt, warnAt := c.validate()
+	defaulted := c.applyDefaults()
+	verrs, warnings, errAt, warnAt := c.validate(defaulted)
 	errs = append(errs, withLines(source, text, verrs, errAt)...)
 	warnings = withLines(source, text, warnings, warnAt)
 	if len(errs) > 0 {
@@ -390,6 +406,83 @@ func homeTable(k toml.Key) string {
 	return strings.Join(homes, " or ")
 }
 
+// otherTable names the tables elsewhere in Config that have a key named as
+// k's last part, when that is the only unknown part of k (homeTable looks
+// only below k's table): of those, the ones nearest k's table, as their
+// headers are written and joined by "or". max_sessions in a [[backend]]
+// belongs in [[listener]], idle in [backend.health] in [backend.keepalive]
+// (not [listener.keepalive]).
+func otherTable(k toml.Key) string {
+	i, _ := walkKey(k, true)
+	if i != len(k)-1 || i == 0 {
+		return ""
+	}
+	type table struct {
+		path  []string
+		array bool
+	}
+	var homes []table
+	best := -1
+	var walk func(t reflect.Type, path []string)
+	walk = func(t reflect.Type, path []string) {
+		for j := range t.NumField() {
+			f := t.Field(j)
+			tag, _, _ := strings.Cut(f.Tag.Get("toml"), ",")
+			if tag == "" || tag == "-" {
+				continue
+			}
+			if tag == k[i] && len(path) > 0 && !slices.Equal(path, k[:i]) {
+				near := 0
+				for near < min(len(path), i) && path[near] == k[near] {
+					near++
+				}
+				if near > best {
+					homes, best = nil, near
+				}
+				if near == best {
+					homes = append(homes, table{path, t != reflect.TypeFor[Config]() && arrayOfTables(path)})
+				}
+			}
+			ft := f.Type
+			if ft.Kind() == reflect.Slice {
+				ft = ft.Elem()
+			}
+			if ft.Kind() == reflect.Struct && ft != reflect.TypeFor[Duration]() {
+				walk(ft, append(slices.Clip(path), tag))
+			}
+		}
+	}
+	walk(reflect.TypeFor[Config](), nil)
+	var out []string
+	for _, h := range homes {
+		if h.array {
+			out = append(out, "[["+strings.Join(h.path, ".")+"]]")
+		} else {
+			out = append(out, "["+strings.Join(h.path, ".")+"]")
+		}
+	}
+	return strings.Join(out, " or ")
+}
+
+// arrayOfTables tells whether the table at path (listener, backend.server)
+// is written [[...]]: the field it is ends in a slice of structs.
+func arrayOfTables(path []string) bool {
+	t := reflect.TypeFor[Config]()
+	array := false
+	for _, part := range path {
+		for t.Kind() == reflect.Pointer || t.Kind() == reflect.Slice {
+			t = t.Elem()
+		}
+		f, ok := fieldFor(t, part)
+		if !ok {
+			return false
+		}
+		t = f.Type
+		array = t.Kind() == reflect.Slice && t.Elem().Kind() == reflect.Struct
+	}
+	return array
+}
+
 // walkKey follows k through Config's fields (their tags as spelled, or
 // with fold ignoring case, as the library matches them) and returns the
 // index of the first part that no field takes, with the struct it is
@@ -667,4 +760,174 @@ func sortedKeys(m map[string]string) []string {
 	}
 	sort.Strings(keys)
 	return keys
+}
+
+// unquoted explains a syntax error that is a string value written without
+// its quotes (idle = 60s, listen = 127.0.0.1:1522, level = info), for a
+// key that takes a string: the library says only what character it did
+// not expect ("expected a top-level item to end with a newline, comment,
+// or EOF, but got 's' instead", `Invalid float value: "127.0.0.1"`),
+// naming no key. It returns the line and column of the value and a
+// message that names the key and the fix; ok is false for any other error.
+func unquoted(text string, pe toml.ParseError) (line, col int, msg string, ok bool) {
+	off := min(max(pe.Position.Start, 0), len(text))
+	start, end := off, off
+	for start > 0 && !strings.ContainsRune(" \t=[{,\r\n", rune(text[start-1])) {
+		start--
+	}
+	for end < len(text) && !strings.ContainsRune(" \t,]}#\r\n", rune(text[end])) {
+		end++
+	}
+	tok := text[start:end]
+	if tok == "" || strings.ContainsAny(tok, "\"'\\#") {
+		return 0, 0, "", false
+	}
+	// Where a value starts (after '=', or in an array or inline table)
+	// and ends (a key of the next line, after an array left open, is not
+	// one: `backend = ` after allow = ["a", "b" lacks its ']').
+	before := strings.TrimRight(text[:start], " \t")
+	if before != "" && !strings.ContainsRune("=[,{\r\n", rune(before[len(before)-1])) {
+		return 0, 0, "", false
+	}
+	if after := strings.TrimLeft(text[end:], " \t"); after != "" && !strings.ContainsRune(",]}#\r\n", rune(after[0])) {
+		return 0, 0, "", false
+	}
+	var v map[string]any
+	if _, err := toml.Decode("x = "+tok, &v); err == nil {
+		return 0, 0, "", false // a value already: the error is elsewhere
+	}
+	if _, err := toml.Decode("x = \""+tok+"\"", &v); err != nil {
+		return 0, 0, "", false
+	}
+	key := statementKey(text, start)
+	if key == nil || !takesString(key) {
+		return 0, 0, "", false
+	}
+	line, col = position([]byte(text), toml.ParseError{Position: toml.Position{Start: start}})
+	return line, col, fmt.Sprintf("key %q: %s needs quotes: %q (TOML writes durations, addresses and names as strings)", key.String(), tok, tok), true
+}
+
+// statementKey is the key, from the top, whose value holds the offset at
+// in text: the table of the last header before it, the keys of the inline
+// tables it is in, and the key of its value (or of the array it is an
+// element of, on a line of its own too). nil when there is none.
+func statementKey(text string, at int) toml.Key {
+	lineStart := strings.LastIndexByte(text[:at], '\n') + 1
+	// An element of an array written over several lines: the statement
+	// starts at the line of its key, and no line on the way is a header
+	// (a header that lacks its ']' is no value).
+	walked := false
+	for line := text[lineStart:at]; !strings.Contains(line, "="); walked = true {
+		if lineStart == 0 || strings.HasPrefix(strings.TrimSpace(line), "[") {
+			return nil
+		}
+		prev := strings.LastIndexByte(text[:lineStart-1], '\n') + 1
+		line, lineStart = text[prev:lineStart-1], prev
+	}
+	var table toml.Key
+	for _, l := range strings.Split(text[:lineStart], "\n") {
+		l = strings.TrimSpace(l)
+		if !strings.HasPrefix(l, "[") {
+			continue
+		}
+		h := strings.TrimLeft(l, "[")
+		if i := strings.IndexByte(h, ']'); i >= 0 {
+			h = h[:i]
+		}
+		table = splitKey(h)
+	}
+	var inline toml.Key // keys of the inline tables open at the value
+	var last, seg string
+	quote := byte(0)
+	depth := 0 // arrays open at the value
+	for i := lineStart; i < at; i++ {
+		ch := text[i]
+		switch {
+		case quote != 0:
+			if ch == quote {
+				quote = 0
+			}
+			seg += string(ch)
+		case ch == '"' || ch == '\'':
+			quote = ch
+			seg += string(ch)
+		case ch == '=':
+			last, seg = seg, ""
+		case ch == '{':
+			inline = append(inline, splitKey(last)...)
+			last, seg = "", ""
+		case ch == '}':
+			if len(inline) > 0 {
+				inline = inline[:len(inline)-1]
+			}
+			seg = ""
+		case ch == '[':
+			depth++
+			seg = ""
+		case ch == ']':
+			depth--
+			seg = ""
+		case ch == ',':
+			seg = ""
+		default:
+			seg += string(ch)
+		}
+	}
+	k := splitKey(last)
+	if len(k) == 0 || walked && depth <= 0 {
+		return nil
+	}
+	return append(append(slices.Clone(table), inline...), k...)
+}
+
+// splitKey splits a dotted key as written (a . b, "b") into its parts.
+func splitKey(s string) toml.Key {
+	var k toml.Key
+	for _, p := range strings.Split(s, ".") {
+		if p = strings.Trim(strings.TrimSpace(p), `"'`); p != "" {
+			k = append(k, p)
+		}
+	}
+	return k
+}
+
+// takesString tells whether the key k of Config holds a string: a name,
+// an address, a duration, an element of a list of them, or a backend in
+// routes.
+func takesString(k toml.Key) bool {
+	t := reflect.TypeFor[Config]()
+	for _, part := range k {
+		for t.Kind() == reflect.Pointer || t.Kind() == reflect.Slice {
+			t = t.Elem()
+		}
+		switch {
+		case t.Kind() == reflect.Map:
+			t = t.Elem() // part is the user's own key (a service in routes)
+			continue
+		case t.Kind() != reflect.Struct || t == reflect.TypeFor[Duration]():
+			return false
+		}
+		f, ok := fieldFor(t, part)
+		if !ok {
+			return false
+		}
+		t = f.Type
+	}
+	for t.Kind() == reflect.Slice {
+		t = t.Elem()
+	}
+	return t.Kind() == reflect.String || t == reflect.TypeFor[Duration]()
+}
+
+// firstInvalidUTF8 is the offset of the first byte of s that is not
+// UTF-8, or -1.
+func firstInvalidUTF8(s string) int {
+	for i, r := range s {
+		if r == utf8.RuneError {
+			if _, size := utf8.DecodeRuneInString(s[i:]); size == 1 {
+				return i
+			}
+		}
+	}
+	return -1
 }

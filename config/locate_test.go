@@ -97,7 +97,7 @@ name = "b"
 connect_timeout = "60s"
 [[backend.server]]
 address = "10.0.0.1:1521"
-`, []string{`f.toml: backend "b": connect_budget (20s) must be at least connect_timeout (1m0s) (line 5)`}},
+`, []string{`f.toml: backend "b": connect_budget (20s, the default) must be at least connect_timeout (1m0s) (line 5)`}},
 		{"header with comment and inner spaces",
 			`[[ listener ]]   # main [x]
 name = "a"

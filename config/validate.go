@@ -15,7 +15,8 @@ import (
 // (`listener "orders": ...`) and names the key. Each error and warning
 // comes with the table it is about (errAt, warnAt): which [[listener]] or
 // [[backend]] by its place in the file, for the line (withLines).
-func (c *Config) validate() (errs, warnings []string, errAt, warnAt []tablePos) {
+// defaulted holds the durations the file left out (applyDefaults).
+func (c *Config) validate(defaulted map[*Duration]bool) (errs, warnings []string, errAt, warnAt []tablePos) {
 	var at tablePos // the table being checked
 	add := func(format string, a ...any) {
 		errs = append(errs, fmt.Sprintf(format, a...))
@@ -88,7 +89,7 @@ func (c *Config) validate() (errs, warnings []string, errAt, warnAt []tablePos) 
 		b := &c.Backends[i]
 		at = tablePos{"backend", i}
 		where := named("backend", b.Name, i, backends)
-		e, w := b.validate()
+		e, w := b.validate(defaulted)
 		report(where, "", e, w)
 	}
 
@@ -206,8 +207,19 @@ type tablePos struct {
 	index int
 }
 
-func (b *Backend) validate() (errs, warnings []string) {
+// validate checks a backend; defaulted holds the durations the file left
+// out (Config.defaulted).
+func (b *Backend) validate(defaulted map[*Duration]bool) (errs, warnings []string) {
 	add := func(format string, a ...any) { errs = append(errs, fmt.Sprintf(format, a...)) }
+	// dflt marks a value in a message as a default, a key the file never
+	// wrote: a file that sets only a short health.interval, or a long
+	// connect_timeout, meets the default of the other key.
+	dflt := func(d *Duration) string {
+		if defaulted[d] {
+			return ", the default"
+		}
+		return ""
+	}
 	switch b.Balance {
 	case "priority", "round_robin", "least_sessions":
 	default:
@@ -217,7 +229,7 @@ func (b *Backend) validate() (errs, warnings []string) {
 		add("connect_timeout must be > 0")
 	}
 	if b.ConnectBudget.Duration < b.ConnectTimeout.Duration {
-		add("connect_budget (%v) must be at least connect_timeout (%v)", b.ConnectBudget.Duration, b.ConnectTimeout.Duration)
+		add("connect_budget (%v%s) must be at least connect_timeout (%v)", b.ConnectBudget.Duration, dflt(&b.ConnectBudget), b.ConnectTimeout.Duration)
 	}
 	if b.Backoff.Duration <= 0 {
 		add("backoff must be > 0")
@@ -287,13 +299,7 @@ func (b *Backend) validate() (errs, warnings []string) {
 		add("health.interval must be at least %v: each check is a connection to the server", minHealthInterval)
 	}
 	if h.Timeout.Duration <= 0 || h.Timeout.Duration > h.Interval.Duration {
-		// A file that sets only a short interval meets the default
-		// timeout, a key it never wrote: say so.
-		dflt := ""
-		if h.Timeout.Duration == defaultHealthTimeout {
-			dflt = ", the default"
-		}
-		add("health.timeout (%v%s) must be > 0 and at most health.interval (%v)", h.Timeout.Duration, dflt, h.Interval.Duration)
+		add("health.timeout (%v%s) must be > 0 and at most health.interval (%v)", h.Timeout.Duration, dflt(&b.Health.Timeout), h.Interval.Duration)
 	}
 	// One message per key, so that each names the line of its own key.
 	if *h.Rise < 1 {
