@@ -665,3 +665,38 @@ func noBackendEvent(t *testing.T, h *harness, opening string) ResetEvent {
 	}
 	return ev
 }
+
+// An app that resets while its server has taken the opening and not
+// answered yet (a slow listener, a handshake the app's own timeout cut)
+// ended on that server's link: phase opening, and the server named, as
+// the contrast with TestAppResetWhileDialingIsPhaseConnect says. It was
+// counted on the link "none", which /api/resets reserves for sessions no
+// server took (outcome no_backend): the status page's "→ none" row and
+// TnsguardResetRateHigh then named no server.
+func TestAppResetWhileOpeningNamesTheServer(t *testing.T) {
+	got := make(chan struct{}, 1)
+	be := newBackend(t, func(c *net.TCPConn) {
+		buf := make([]byte, 64)
+		c.Read(buf)
+		got <- struct{}{}
+		io.Copy(io.Discard, c) // never answers
+	})
+	h := startProxy(t, oneBackendConfig(be.addr()))
+	c := h.dial("l")
+	c.Write([]byte("hello"))
+	select {
+	case <-got:
+	case <-time.After(2 * time.Second):
+		t.Fatal("the server never got the opening")
+	}
+	time.Sleep(50 * time.Millisecond)
+	resetConn(c)
+	waitFor(t, 2*time.Second, "one reset event", func() bool { return len(h.p.Resets(0)) == 1 })
+	ev := h.p.Resets(0)[0]
+	if ev.Side != SideClient || ev.Phase != PhaseOpening || ev.Server != be.addr() {
+		t.Errorf("app reset while its server owed the first answer: side %s, phase %s, server %s; want client, opening, %s", ev.Side, ev.Phase, ev.Server, be.addr())
+	}
+	if v := counter(h.m.Resets, "l", "b", be.addr(), "client", "opening", "rst"); v != 1 {
+		t.Errorf("resets{server=%s,side=client,phase=opening,cause=rst} = %v, want 1", be.addr(), v)
+	}
+}

@@ -279,7 +279,7 @@ func (s *session) open() error {
 			s.redial(retry, failed) // counted only when a dial really follows
 		}
 		if err != nil {
-			if cerr := s.clientFailure(); cerr != nil {
+			if cerr := s.clientFailure(nil); cerr != nil {
 				return cerr
 			}
 			if !errors.Is(err, failover.ErrBudgetExhausted) {
@@ -481,7 +481,7 @@ const fairAttempt = time.Second
 // the session was ended elsewhere (drain, shutdown). Either way srv gets no
 // verdict, and the error to return is given.
 func (s *session) cutShort(srv *failover.Server, plan *failover.Plan, err error) (bool, error) {
-	if cerr := s.clientFailure(); cerr != nil {
+	if cerr := s.clientFailure(srv); cerr != nil {
 		srv.Abandoned(plan.Trial())
 		return true, cerr
 	}
@@ -669,8 +669,11 @@ func (s *session) redial(reason string, srv *failover.Server) {
 }
 
 // clientFailure is the app leg's error if it failed during the opening; the
-// session is then classified on the client side.
-func (s *session) clientFailure() error {
+// session is then classified on the client side. srv is the server of the
+// attempt the failure cut short (nil between attempts): an app that left
+// while that server held its opening ended on that server's link, though
+// the attempt has let go of it by now (detach).
+func (s *session) clientFailure(srv *failover.Server) error {
 	s.mu.Lock()
 	err, phase := s.clientErr, s.clientPhase
 	s.mu.Unlock()
@@ -683,7 +686,10 @@ func (s *session) clientFailure() error {
 	if s.selfDialReset(err) {
 		return err
 	}
-	s.abort(SideClient, phase, err, "reset", nil)
+	if phase != PhaseOpening {
+		srv = nil // no backend connection was up: the link "none"
+	}
+	s.abort(SideClient, phase, err, "reset", srv)
 	return err
 }
 
