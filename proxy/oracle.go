@@ -338,10 +338,11 @@ func routeFor(l *config.Listener, service string) string {
 }
 
 // route waits, on a listener with routes, until the app's CONNECT is in
-// hand (or the app stops, or connect_budget passes), then gives the session
-// the backend its service routes to. An opening still unfinished when
-// connect_budget passed ends the session (ErrBadOpening): the budget is
-// spent, and no listener could answer it.
+// hand (or the app stops, or connect_budget passes, or the opening outgrows
+// replay_bytes: its service cannot be read, and it goes to the default
+// route), then gives the session the backend its service routes to. An
+// opening still unfinished when connect_budget passed ends the session
+// (ErrBadOpening): the budget is spent, and no listener could answer it.
 func (s *session) route() error {
 	cfg := s.lcfg
 	if len(cfg.Routes) == 0 {
@@ -357,7 +358,7 @@ func (s *session) route() error {
 	s.mu.Lock()
 	s.noteConnectLocked()
 	for !s.connectSeen && !s.routeWaitOver && !s.clientEOF && s.clientErr == nil && s.ctx.Err() == nil &&
-		len(s.replay) < *s.backend.Config.ReplayBytes && (len(s.replay) < tns.HeaderLen || s.looksLikeTNSLocked()) {
+		len(s.replay) < *s.backend.Config.ReplayBytes && !s.replayHeld && (len(s.replay) < tns.HeaderLen || s.looksLikeTNSLocked()) {
 		s.cond.Wait()
 		s.noteConnectLocked()
 	}

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/url"
 	"os"
 	"strings"
 	"sync"
@@ -557,6 +558,49 @@ func TestRouteWaitCountsInTheBudget(t *testing.T) {
 	code := readRefuse(t, c, 3*time.Second)
 	if took := time.Since(start); took > 2*time.Second || code != 12541 {
 		t.Fatalf("app's connection got ERR=%d %v after it connected, with connect_budget = 1.5s", code, took)
+	}
+}
+
+// A CONNECT longer than the default route's replay_bytes (go-ora sending a
+// tnsnames description of many addresses, 9 KB, with replay_bytes = 8192,
+// the least check allows for routes) cannot be read whole: its session goes
+// to the default route at once, as the rest of the opening does on a
+// listener without routes. Routing waited for the CONNECT to complete in a
+// buffer that had no room for it, so the app waited all of connect_budget
+// and was reset, its CONNECT blamed as a bad opening.
+func TestRouteWaitEndsWhenTheConnectOutgrowsReplayBytes(t *testing.T) {
+	sales := tnstest.New(t, tnstest.Config{Mode: tnstest.Refuse, Err: 12514})
+	orders := tnstest.New(t, tnstest.Config{Mode: tnstest.Refuse, Err: 12514})
+	cfg := strings.Replace(routesConfig(sales.Addr(), orders.Addr()), "name = \"orders-db\"\n",
+		"name = \"orders-db\"\nreplay_bytes = 8192\nconnect_budget = \"5s\"\n", 1)
+	h := startProxy(t, cfg)
+	_, port, _ := net.SplitHostPort(h.addr("l"))
+	_, closed, _ := net.SplitHostPort(closedPort(t))
+	addrs := "(ADDRESS=(PROTOCOL=TCP)(HOST=127.0.0.1)(PORT=" + port + "))"
+	for len(addrs) < 9000 { // the standbys go-ora tries after the first refuses
+		addrs += "(ADDRESS=(PROTOCOL=TCP)(HOST=127.0.0.1)(PORT=" + closed + "))"
+	}
+	desc := "(DESCRIPTION=(ADDRESS_LIST=(FAILOVER=on)" + addrs + ")(CONNECT_DATA=(SERVICE_NAME=SALES)))"
+	db, err := sql.Open("oracle", "oracle://scott:tiger@"+h.addr("l")+"/?connStr="+url.QueryEscape(desc))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	start := time.Now()
+	db.PingContext(ctx) // go-ora goes on to the closed standbys: its error is theirs
+	took := time.Since(start)
+	got := orders.Connects()
+	if len(got) != 1 || len(got[0]) <= 8192 {
+		t.Fatalf("the default route's listener got %d CONNECTs (sales %d) after %v; want go-ora's whole CONNECT of over 8192 bytes",
+			len(got), len(sales.Connects()), took.Round(time.Millisecond))
+	}
+	if took > 2*time.Second {
+		t.Errorf("go-ora was answered after %v: routing waited for a CONNECT longer than replay_bytes", took)
+	}
+	if v := counter(h.m.SessionsTotal, "l", "orders-db", "other", "reset"); v != 0 {
+		t.Errorf("sessions_total{outcome=reset} = %v; want the session ended by the listener's REFUSE", v)
 	}
 }
 

@@ -79,6 +79,7 @@ type session struct {
 	replay      []byte           // the app's opening bytes, for a re-dial
 	overflow    bool             // more than replay_bytes were sent on: no re-dial
 	overflowTNS bool             // the opening that overflowed began with a TNS CONNECT (its first answer is still read for a REFUSE)
+	replayHeld  bool             // openingBytes holds app bytes that do not fit in replay_bytes until a backend connection takes them
 	clientEOF   bool             // the app half-closed during the opening
 	ourFIN      [2]bool          // tnsguard half-closed the app's leg [0] or the backend's [1] (see endOfStream)
 	writeErrno  [2]atomic.Int32  // per leg: the first error a write or splice to its socket took (see endOfStream)
@@ -1077,8 +1078,16 @@ func (s *session) openingBytes(b []byte) error {
 	s.mu.Lock()
 	limit := *s.backend.Config.ReplayBytes
 	for s.conn == nil && !s.established && len(s.replay)+len(b) > limit && s.ctx.Err() == nil {
+		// No room for b before a backend connection takes the opening:
+		// routing must stop waiting for a CONNECT that cannot complete
+		// in the buffer (it is longer than replay_bytes).
+		if !s.replayHeld {
+			s.replayHeld = true
+			s.cond.Broadcast()
+		}
 		s.cond.Wait()
 	}
+	s.replayHeld = false
 	if !s.established && s.ctx.Err() != nil {
 		s.mu.Unlock()
 		return net.ErrClosed // the session was ended elsewhere
