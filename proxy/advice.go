@@ -95,7 +95,12 @@ func (p *Proxy) noteIdleDeath(s *session, server string, side Side, idle time.Du
 		// Keepalive's whole seconds: a path that kept a flow held long
 		// does not forget one within a second more of silence.
 		if !evidence || d.lost > st.held+time.Second || !d.quiet.Before(st.heldAt) {
-			samples = append(samples, d.idle)
+			// The silence that lost the path, not the idle at death: a
+			// session black-holed at its first probe dies a user timeout
+			// (or interval*count) later, and advice from that idle keeps
+			// the first probe behind the middlebox's timeout, or, when
+			// it would lengthen the idle in force, is not given at all.
+			samples = append(samples, d.lost)
 		}
 	}
 	current := ka.Idle

@@ -128,3 +128,70 @@ func TestLabFirewallTimeoutCutBelowKeepaliveGivesAdvice(t *testing.T) {
 		t.Errorf("no keepalive advice (path_idle_timeout=2s) for sessions dying at their first probe behind a firewall whose timeout is now 1 s:\n%s", log)
 	}
 }
+
+// A firewall that black-holes flows idle over 3 s, behind a database leg
+// whose keepalive has the defaults' shape (idle 30 s, interval 10 s,
+// count 3, user_timeout 60 s, scaled down to 6 s, 2 s, 3, 12 s): each
+// idle session's first probe (6 s into its silence) is dropped, and the
+// session dies at the user timeout, 12 s after the database was last
+// heard. The advice must follow the silence that lost the path (the first
+// unanswered probe's, 6 s: path_idle_timeout=6s, idle 2s), not the idle at
+// death, which holds the user timeout that ran after it: advice from that
+// (path_idle_timeout=12s, idle 4s) still leaves the first probe behind
+// this firewall's timeout, and the sessions die again after the operator
+// applied it (with the real defaults, a firewall of 20 s or less is
+// advised idle 20 s). And when the idle at death is three times keepalive
+// idle or more (idle 4 s, user_timeout 15 s), it advises lengthening the
+// idle in force, which is suppressed: no advice at all.
+func TestLabBlackHoledKeepaliveDeathAdvisesAnIdleBelowTheFirewall(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		db     keepalive
+		advice string // the advice's values: an idle below the firewall's 3 s
+	}{
+		// Until the fix: path_idle_timeout=12s idle=4s.
+		{"defaults-shape", keepalive{Idle: "6s", Interval: "2s", Count: 3, UserTimeout: "12s"}, " path_idle_timeout=6s idle=2s "},
+		// Until the fix: none (idle at death 15 s advised idle 5 s, a lengthening).
+		{"long-user-timeout", keepalive{Idle: "4s", Interval: "1s", Count: 3, UserTimeout: "15s"}, " path_idle_timeout=4s idle=1s "},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			blackHoledKeepaliveDeathAdvice(t, tc.db, tc.advice)
+		})
+	}
+}
+
+func blackHoledKeepaliveDeathAdvice(t *testing.T, db keepalive, wantAdvice string) {
+	requireGuard(t)
+	lab := netlab.New(t, netlab.Config{EstablishedTimeout: 3 * time.Second, Stale: netlab.StaleDrop})
+	lab.StartEcho(t, lab.DB, fmt.Sprintf(":%d", dbPort))
+	guard := startGuard(t, lab, link{Name: "orders", Listen: guardAddr, Servers: []string{lab.DBAddr(dbPort)}, App: appKeepalive, DB: db})
+	ut, _ := time.ParseDuration(db.UserTimeout)
+	conns := dialN(t, lab.App, guardAddr, 2)
+	t0 := time.Now()
+	for i, c := range conns {
+		e := waitEnd(c, nil, t0, ut+8*time.Second)
+		if !errors.Is(e.err, syscall.ECONNRESET) || e.after < ut-time.Second || e.after > ut+3*time.Second {
+			t.Errorf("session %d: want the app reset about %v after its last bytes (user_timeout), got %v after %v", i, ut, e.err, e.after)
+		}
+	}
+	m := resetsCounted(t, guard, 2)
+	want := netlab.Labels{"side": "backend", "cause": "timeout", "phase": "idle"}
+	if got, _ := m.Sum("tnsguard_resets_total", want); got != 2 {
+		t.Errorf("tnsguard_resets_total%v = %v, want 2\n%s", want, got, m.Dump("tnsguard_resets_total"))
+	}
+	time.Sleep(200 * time.Millisecond)
+	var advice string
+	for line := range strings.Lines(guard.Log()) {
+		if strings.Contains(line, "sessions on this link die while idle") {
+			advice = line
+			break
+		}
+	}
+	if advice == "" {
+		t.Fatalf("no keepalive advice for sessions black-holed at their first probe (keepalive %+v, a 3 s firewall)", db)
+	}
+	if !strings.Contains(advice, wantAdvice) {
+		t.Errorf("advice should set an idle below the 3 s firewall (%s, from the first unanswered probe), got:\n%s", wantAdvice, advice)
+	}
+}
