@@ -502,3 +502,98 @@ name = "reports"
 	b.screenshot(path)
 	t.Logf("wrote %s", path)
 }
+
+// pastResets is the running proxy with its reset events moved ago into the
+// past, as a quiet link's ring holds them days later: the clock cannot be
+// set back for a real reset.
+type pastResets struct {
+	*proxy.Proxy
+	ago time.Duration
+}
+
+func (s pastResets) Resets(limit int) []proxy.ResetEvent {
+	evs := s.Proxy.Resets(limit)
+	for i := range evs {
+		evs[i].Time = evs[i].Time.Add(-s.ago)
+	}
+	return evs
+}
+
+// The page gives every time in the proxy's time zone (it says so top
+// right), whatever the browser's: the time it was updated too. And a reset
+// of an earlier day says its date: a quiet link's ring keeps resets for
+// days, and one of two days ago at 03:12 showed as "03:12:44.118", as if
+// it were of this night. Until 2026-11-30 "updated" was the browser's
+// clock (a browser in New York read "updated 10:51:49 · proxy time UTC"
+// over resets at 15:50), and the time column had no date.
+func TestStatusPageTimesAreTheProxys(t *testing.T) {
+	_, offset := time.Now().Zone() // the proxy's zone (the process's), read before TZ is set for the browser
+	zone := "Pacific/Kiritimati"   // UTC+14
+	if offset == 14*3600 {
+		zone = "Etc/GMT+12"
+	}
+	t.Setenv("TZ", zone) // chromedriver, and so Chromium, run in another zone than the proxy
+
+	db := newDatabase(t)
+	cfg, _, err := config.Parse([]byte(ordersConfig(db.addr())), "test.toml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	reg := prometheus.NewRegistry()
+	p := proxy.New(hclog.NewNullLogger(), metrics.New(reg, "test"))
+	if err := p.Apply(cfg); err != nil {
+		t.Fatal(err)
+	}
+	const ago = 50 * time.Hour
+	adm, err := Start(config.Admin{Listen: "127.0.0.1:0"}, reg, pastResets{p, ago}, hclog.NewNullLogger())
+	if err != nil {
+		p.Shutdown(0, 0)
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		adm.Close()
+		p.Shutdown(0, time.Second)
+		http.DefaultClient.CloseIdleConnections()
+	})
+	app, dbEnd := db.session(t, p.Addr("orders").String())
+	resetBy(t, app, dbEnd)
+	var ev []proxy.ResetEvent
+	until := time.Now().Add(5 * time.Second)
+	for ev = p.Resets(1); len(ev) == 0 && time.Now().Before(until); ev = p.Resets(1) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if len(ev) == 0 {
+		t.Fatal("no reset event")
+	}
+	shownAt := ev[0].Time.Add(-ago) // in the proxy's zone
+
+	b := startBrowser(t, 1280, 720)
+	b.open("http://" + adm.Addr().String() + "/status")
+	var got struct {
+		Loaded  string `json:"loaded"`
+		Updated string `json:"updated"`
+		Time    string `json:"time"`
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for got.Loaded == "" || got.Loaded == "0" || got.Time == "" {
+		b.eval(`const td = document.querySelector('#resets tbody tr td');
+return {loaded: document.body.dataset.loaded || "0", updated: document.getElementById('updated').textContent,
+  time: td && td.parentElement.dataset.cause ? td.textContent : ""};`, &got)
+		if time.Now().After(deadline) {
+			t.Fatalf("page never showed the reset: %+v", got)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	now := time.Now()
+	if u, err := time.Parse("15:04:05", got.Updated); err != nil {
+		t.Errorf("updated %q: %v", got.Updated, err)
+	} else {
+		d := (now.Hour()*3600 + now.Minute()*60 + now.Second() - (u.Hour()*3600 + u.Minute()*60 + u.Second()) + 86400) % 86400
+		if d > 15 {
+			t.Errorf("updated %q at proxy time %s (browser in %s): not the proxy's clock", got.Updated, now.Format("15:04:05"), zone)
+		}
+	}
+	if !strings.Contains(got.Time, shownAt.Format("2006-01-02")) || !strings.Contains(got.Time, shownAt.Format("15:04:05")) {
+		t.Errorf("a reset of %s (proxy time %s) shows as %q: no date", shownAt.Format(time.RFC3339), now.Format(time.RFC3339), got.Time)
+	}
+}

@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"slices"
 	"sort"
 	"sync"
 	"time"
@@ -356,6 +357,29 @@ func (p *Proxy) ServerLinks() []metrics.ServerLink {
 	return out
 }
 
+// openingCount is the sessions of a listener and backend not established
+// yet, and how many of them moved no byte for over a minute.
+type openingCount struct{ n, idle int }
+
+// openingSessions counts the live sessions that no server has answered
+// yet, keyed by their listener's and backend's link to server "none".
+func (p *Proxy) openingSessions() map[linkKey]openingCount {
+	out := map[linkKey]openingCount{}
+	for _, s := range p.liveSessions() {
+		if s.linkNow.Load() != nil {
+			continue // established: on its server's link
+		}
+		k := linkKey{s.l.name, s.backendName(), "none"}
+		o := out[k]
+		o.n++
+		if s.idleFor() > time.Minute {
+			o.idle++
+		}
+		out[k] = o
+	}
+	return out
+}
+
 // LinkStatus is one link as /api/links shows it.
 type LinkStatus struct {
 	Listener       string            `json:"listener"`
@@ -417,6 +441,16 @@ func (p *Proxy) Links() []LinkStatus {
 	for k := range configured {
 		links = append(links, newLink(k, p.evidenceWindow))
 	}
+	// Sessions still opening (dialing, or waiting for a server's first
+	// answer) are on no server's link yet, but open, and counted in
+	// tnsguard_sessions_active (and _idle) from their accept: they show on
+	// their listener's and backend's row to server "none".
+	opening := p.openingSessions()
+	for k := range opening {
+		if !slices.ContainsFunc(links, func(l *link) bool { return l.key == k }) {
+			links = append(links, newLink(k, p.evidenceWindow))
+		}
+	}
 	sortLinks(links)
 	var out []LinkStatus
 	view := p.forensics.view(time.Now())
@@ -432,7 +466,10 @@ func (p *Proxy) Links() []LinkStatus {
 		f := l.figures(srv)
 		st := LinkStatus{Listener: l.key.listener, Backend: l.key.backend, Server: l.key.server,
 			SessionsActive: f.sessions, Retransmits: f.retransmits, Resets: map[string]uint64{}, Breaker: "closed"}
-		if f.hasRTT {
+		// A removed server's row keeps no RTT once its last socket is gone,
+		// as tnsguard_backend_rtt_seconds goes (ServerLinks): nothing
+		// checks it, and the last figure only ages.
+		if f.hasRTT && (srv != nil || l.key.server == "none" || f.anyLive) {
 			v := f.rtt.Seconds()
 			st.RTTSeconds = &v
 		}
@@ -453,6 +490,10 @@ func (p *Proxy) Links() []LinkStatus {
 			st.Removed = true
 		}
 		view.fill(&st, l)
+		if o := opening[l.key]; o.n > 0 {
+			st.SessionsActive += o.n
+			st.SessionsIdle += o.idle
+		}
 		out = append(out, st)
 	}
 	return out

@@ -663,3 +663,56 @@ func TestWokenSessionsRTTCountsOnceSettled(t *testing.T) {
 		t.Errorf("a mark kept for a session that is not live")
 	}
 }
+
+// A session still opening (here: the server took the connection and the
+// app's bytes, and has not answered) is open, and tnsguard_sessions_active
+// counts it from its accept; /api/links, and so the status page, counted a
+// session only once its server had answered. Through a database that
+// hangs on its CONNECT, the page said 0 sessions on every row for the
+// whole connect_budget while the metric said 20. It is counted on its
+// listener's and backend's row to server "none" (no server took it yet).
+func TestLinksCountSessionsStillOpening(t *testing.T) {
+	silent := newBackend(t, func(c *net.TCPConn) { io.Copy(io.Discard, c) })
+	h := startProxy(t, strings.Replace(oneBackendConfig(silent.addr()), `connect_budget = "3s"`, `connect_budget = "20s"`, 1))
+	const n = 20
+	for range n {
+		c := h.dial("l")
+		defer c.Close()
+		c.Write([]byte("hello"))
+	}
+	waitFor(t, 5*time.Second, "the server to take every session's opening", func() bool {
+		return len(silent.accepted()) == n && gauge(h.m.SessionsActive, "l", "b") == n
+	})
+	shown, rows := 0, map[string]int{}
+	for _, l := range h.p.Links() {
+		shown += l.SessionsActive
+		rows[l.Server] = l.SessionsActive
+	}
+	if shown != n || rows["none"] != n {
+		t.Errorf("tnsguard_sessions_active = %d; /api/links shows %d sessions in all (by server: %v), want %d on the row to \"none\"", n, shown, rows, n)
+	}
+}
+
+// The status page's row of a removed server (listed for its history) shows
+// no kernel RTT once its last session ended, as the gauge goes: until
+// 2026-11-30 the row kept the RTT of a socket closed hours ago, next to
+// live servers' current figures.
+func TestRemovedServerRowLosesItsRTTWithItsLastSession(t *testing.T) {
+	one := newBackend(t, echo)
+	two := newBackend(t, echo)
+	h := startProxy(t, oneBackendConfig(two.addr()))
+	live := h.dial("l")
+	echoed(t, live, "b")
+	waitFor(t, 2*time.Second, "one live session", func() bool { return len(h.p.liveSessions()) == 1 })
+	if err := h.p.Apply(mustParse(t, oneBackendConfig(one.addr()))); err != nil {
+		t.Fatal(err)
+	}
+	if st := linkOf(t, h.p, two.addr()); !st.Removed || st.RTTSeconds == nil {
+		t.Errorf("removed server with a live session: removed %v, RTT %v; want removed, with the session's RTT", st.Removed, st.RTTSeconds)
+	}
+	live.Close()
+	waitFor(t, 2*time.Second, "the session ended", func() bool { return len(h.p.liveSessions()) == 0 })
+	if st := linkOf(t, h.p, two.addr()); !st.Removed || st.RTTSeconds != nil {
+		t.Errorf("removed server after its last session: removed %v, RTT shown %v; want removed, no RTT", st.Removed, st.RTTSeconds != nil)
+	}
+}
