@@ -252,6 +252,13 @@ func runCommand(args []string, stderr io.Writer) (code int) {
 	defer watch.stop()
 	var stop os.Signal
 	var up *upgrade // a new process started by SIGUSR2, until it serves or fails
+	// A reload asked for while an upgrade is under way waits for its end:
+	// the new process has read the file and holds the sockets handed over
+	// already, so a reload applied here alone would be lost at the
+	// handover (a listener it added closed, one it removed back). It goes
+	// to the new process once that serves, or is applied here if the
+	// upgrade fails.
+	reloadAfterUpgrade := false
 	for stop == nil {
 		var upDone <-chan error
 		if up != nil {
@@ -264,9 +271,17 @@ func runCommand(args []string, stderr io.Writer) (code int) {
 			select {
 			case stop = <-stops: // a stop that came meanwhile goes first
 			default:
+				if up != nil {
+					reloadAfterUpgrade = true
+					log.Info("upgrade under way: the reload waits for its end", "new_pid", up.pid)
+					continue
+				}
 				reload(false)
 			}
 		case <-watch.ticks():
+			if up != nil {
+				continue // the new process reads the file itself; if it fails, the next tick here
+			}
 			switch watch.changed(log, loaded) {
 			case fileChanged:
 				log.Info("configuration file changed: reloading", "config", *path)
@@ -304,9 +319,21 @@ func runCommand(args []string, stderr io.Writer) (code int) {
 				log.Error("upgrade failed: this process serves on", "error", err)
 				up = nil
 				out.untag()
+				if reloadAfterUpgrade {
+					reloadAfterUpgrade = false
+					reload(false)
+				}
 				continue
 			}
-			return retire(log, p, adm, up, stops, cfg.Shutdown.DrainTimeout.Duration)
+			if reloadAfterUpgrade {
+				// It handles SIGHUP from its start on: it reads the file anew.
+				if err := syscall.Kill(up.pid, syscall.SIGHUP); err != nil {
+					log.Error("upgrade: cannot pass the reload asked for meanwhile to the new process: reload it", "new_pid", up.pid, "error", err)
+				} else {
+					log.Info("upgrade: the reload asked for meanwhile goes to the new process", "new_pid", up.pid)
+				}
+			}
+			return retire(log, p, adm, up, stops, cfg.Shutdown.DrainTimeout.Duration, oldGone, oldPID)
 		}
 	}
 	if up != nil { // a stop before the new process served: it goes too

@@ -247,7 +247,10 @@ func startUpgrade(p *proxy.Proxy, adm *admin.Server, exe string) (*upgrade, erro
 // serves: systemd learns the new main process, this one drains (drain,
 // handedOver) and returns its exit code: 1 when the new process failed
 // meanwhile, so that its supervisor restarts the service.
-func retire(log hclog.Logger, p *proxy.Proxy, adm *admin.Server, up *upgrade, stops <-chan os.Signal, drainTimeout time.Duration) int {
+//
+// oldGone, when this process was itself started by an upgrade, is closed
+// once the process it replaced has ended: this one ends after it.
+func retire(log hclog.Logger, p *proxy.Proxy, adm *admin.Server, up *upgrade, stops <-chan os.Signal, drainTimeout time.Duration, oldGone <-chan struct{}, oldPID int) int {
 	// The new process serves: it is the service's main process
 	// now (systemd sends it the reloads and the stop).
 	if err := sdNotify(fmt.Sprintf("MAINPID=%d", up.pid)); err != nil {
@@ -290,6 +293,25 @@ func retire(log hclog.Logger, p *proxy.Proxy, adm *admin.Server, up *upgrade, st
 	}()
 	drain(log, stops, true, func() { p.Retire(drainTimeout) }, p.Hurry)
 	<-admClosed
+	// Handed over in turn while the process this one replaced still
+	// drains (a second upgrade within drain_timeout): that one's sessions
+	// count against max_sessions in the new process through this one's
+	// (ListeningSockets), until this one ends. It ends after that one,
+	// then, as on a stop; or at once when the new process ends (a failure:
+	// nothing serves), or on a stop signal.
+	if oldGone != nil {
+		select {
+		case <-oldGone:
+		default:
+			log.Info("waiting for the old process to end its drain", "old_pid", oldPID)
+			select {
+			case <-oldGone:
+			case <-watched: // the new process ended (exiting is not closed yet)
+			case sig := <-stops:
+				log.Info("signal received: not waiting for the old process", "signal", sig.String())
+			}
+		}
+	}
 	close(exiting)
 	<-watched
 	if failed {

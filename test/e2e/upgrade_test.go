@@ -1148,3 +1148,145 @@ func (g *instance) upgrade() {
 		g.t.Fatal(err)
 	}
 }
+
+// A reload (SIGHUP: `systemctl reload`, a config tool's handler run right
+// after the upgrade's) while an upgrade is under way, here while the new
+// process waits for its first health checks: the new process read the file
+// before it changed, and its sockets were handed over before. The old
+// process applied the reload alone ("configuration reloaded", the added
+// listener accepting), then handed over and drained: the added listener was
+// gone, its apps refused, until the next reload.
+func TestUpgradeKeepsAReloadSentWhileItWasUnderWay(t *testing.T) {
+	conf, admin, addr := oneEcho(t, "grace = \"0s\"\ndrain_timeout = \"1s\"")
+	conf += darkBackend(t, 3*time.Second)
+	g := start(t, admin, conf, false)
+	g.upgrade()
+	waitFor(t, 5*time.Second, "the new process to wait for its first checks", func() bool {
+		return len(g.log.find("upgrade: waiting for the first health checks before serving; the old process serves meanwhile")) > 0
+	})
+	added := freeAddr(t)
+	next := conf + fmt.Sprintf("[[listener]]\nname = \"added\"\nlisten = %q\nbackend = \"db\"\n", added)
+	if err := os.WriteFile(g.path, []byte(next), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := g.cmd.Process.Signal(syscall.SIGHUP); err != nil {
+		t.Fatal(err)
+	}
+	g.upgraded(15 * time.Second)
+	select {
+	case <-g.done:
+	case <-time.After(5 * time.Second):
+		t.Fatal("old process still running 5 s after the upgrade")
+	}
+	servesNew(t, addr, "the first listener after the upgrade")
+	waitFor(t, 5*time.Second, "the new process to apply the reload", func() bool {
+		c, err := net.Dial("tcp", added)
+		if err != nil {
+			return false
+		}
+		defer c.Close()
+		return roundTrip(c, []byte("added"), 2*time.Second) == nil
+	})
+}
+
+// A reload while an upgrade is under way that then fails (a new binary
+// that does not run): the old process, which serves on, applies it.
+func TestUpgradeThatFailsAppliesTheReloadSentMeanwhile(t *testing.T) {
+	conf, admin, addr := oneEcho(t, "grace = \"0s\"\ndrain_timeout = \"1s\"")
+	bin := filepath.Join(t.TempDir(), "tnsguard")
+	copyFile(t, binary(t), bin)
+	g := startCmd(t, admin, conf, true, func(_, path string) *exec.Cmd { return exec.Command(bin, "run", "-config", path) })
+	tmp := bin + ".new"
+	if err := os.WriteFile(tmp, []byte("#!/bin/sh\nsleep 2\nexit 1\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(tmp, bin); err != nil {
+		t.Fatal(err)
+	}
+	g.upgrade()
+	waitFor(t, 5*time.Second, "the new binary to start", func() bool { return len(g.upgrades()) > 0 })
+	added := freeAddr(t)
+	next := conf + fmt.Sprintf("[[listener]]\nname = \"added\"\nlisten = %q\nbackend = \"db\"\n", added)
+	if err := os.WriteFile(g.path, []byte(next), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := g.cmd.Process.Signal(syscall.SIGHUP); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 10*time.Second, "the upgrade to fail", func() bool {
+		return len(g.log.find("upgrade failed: this process serves on")) > 0
+	})
+	waitFor(t, 5*time.Second, "the reload sent meanwhile", func() bool { return len(g.log.find("configuration reloaded")) > 0 })
+	servesNew(t, addr, "after the failed upgrade")
+	servesNew(t, added, "the added listener after the failed upgrade")
+}
+
+// max_sessions holds across a second upgrade made while the first one's
+// old process still drains (a version rolled back at once): the process in
+// the middle, with no session of its own, ended at once, and the newest
+// process stopped counting the first one's sessions with it, while they
+// went on until that one's drain_timeout: up to max_sessions more.
+func TestUpgradeAgainWhileTheFirstOldProcessDrainsKeepsMaxSessions(t *testing.T) {
+	e := newEcho(t)
+	admin, addr := freeAddr(t), freeAddr(t)
+	conf := config(admin, "grace = \"0s\"\ndrain_timeout = \"6s\"",
+		[]listenerConf{{name: "l", listen: addr, backend: "db", extra: "max_sessions = 3"}},
+		[]backendConf{{name: "db", servers: []string{e.addr()}}})
+	g := start(t, admin, conf, true)
+	open := func(what string) error {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			return err
+		}
+		t.Cleanup(func() { c.Close() })
+		return roundTrip(c, []byte(what), 2*time.Second)
+	}
+	for i := range 3 {
+		if err := open(fmt.Sprintf("pooled %d", i)); err != nil {
+			t.Fatalf("pooled session %d: %v", i, err)
+		}
+	}
+	g.upgrade()
+	middle := g.upgraded(10 * time.Second)
+	if err := syscall.Kill(middle, syscall.SIGUSR2); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 10*time.Second, "the second upgrade to serve", func() bool {
+		return len(g.log.find("upgrade: the new process serves; this one stops accepting and drains")) == 2
+	})
+	time.Sleep(time.Second) // the middle process has no session: its drain is over
+	select {
+	case <-g.done:
+		t.Fatal("the first process ended before its drain_timeout with 3 sessions open")
+	default:
+	}
+	admitted := 0
+	var over []net.Conn // held until checked: the limit is of sessions at once
+	for i := range 3 {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			continue
+		}
+		if roundTrip(c, fmt.Appendf(nil, "after the second upgrade %d", i), 2*time.Second) == nil {
+			admitted++
+		}
+		over = append(over, c)
+	}
+	if admitted > 0 {
+		t.Errorf("%d sessions let in by the newest process while the first one drains its 3: %d in all, max_sessions = 3", admitted, 3+admitted)
+	}
+	for _, c := range over {
+		c.Close()
+	}
+	select {
+	case <-g.done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the first process still runs 10 s after the upgrades (drain_timeout 6s)")
+	}
+	time.Sleep(500 * time.Millisecond)
+	for i := range 3 {
+		if err := open(fmt.Sprintf("after the first process ended %d", i)); err != nil {
+			t.Errorf("session %d of 3 after the first process ended: %v", i, err)
+		}
+	}
+}
