@@ -333,7 +333,7 @@ func runCommand(args []string, stderr io.Writer) (code int) {
 					log.Info("upgrade: the reload asked for meanwhile goes to the new process", "new_pid", up.pid)
 				}
 			}
-			return retire(log, p, adm, up, stops, cfg.Shutdown.DrainTimeout.Duration, oldGone, oldPID)
+			return retire(log, p, adm, up, stops, hups, cfg.Shutdown.DrainTimeout.Duration, oldGone, oldPID)
 		}
 	}
 	if up != nil { // a stop before the new process served: it goes too

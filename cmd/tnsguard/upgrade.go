@@ -250,7 +250,7 @@ func startUpgrade(p *proxy.Proxy, adm *admin.Server, exe string) (*upgrade, erro
 //
 // oldGone, when this process was itself started by an upgrade, is closed
 // once the process it replaced has ended: this one ends after it.
-func retire(log hclog.Logger, p *proxy.Proxy, adm *admin.Server, up *upgrade, stops <-chan os.Signal, drainTimeout time.Duration, oldGone <-chan struct{}, oldPID int) int {
+func retire(log hclog.Logger, p *proxy.Proxy, adm *admin.Server, up *upgrade, stops, hups <-chan os.Signal, drainTimeout time.Duration, oldGone <-chan struct{}, oldPID int) int {
 	// The new process serves: it is the service's main process
 	// now (systemd sends it the reloads and the stop).
 	if err := sdNotify(fmt.Sprintf("MAINPID=%d", up.pid)); err != nil {
@@ -278,17 +278,30 @@ func retire(log hclog.Logger, p *proxy.Proxy, adm *admin.Server, up *upgrade, st
 	exiting, watched := make(chan struct{}), make(chan struct{})
 	go func() {
 		defer close(watched)
-		select {
-		case <-up.ended:
-			if up.clean.Load() {
-				log.Info("upgrade: the new process has stopped; this one drains on", "new_pid", up.pid)
-				return
+		for {
+			select {
+			case <-hups:
+				// A reload asked of this process (systemctl reload before
+				// systemd took in MAINPID=, or kill -HUP of the old PID)
+				// is the new process's: it serves the configuration now.
+				if err := syscall.Kill(up.pid, syscall.SIGHUP); err != nil {
+					log.Error("reload asked of the draining process: cannot pass it on: reload the new process", "new_pid", up.pid, "error", err)
+					continue
+				}
+				log.Info("reload asked of the draining process: passed to the new process", "new_pid", up.pid)
+				continue
+			case <-up.ended:
+				if up.clean.Load() {
+					log.Info("upgrade: the new process has stopped; this one drains on", "new_pid", up.pid)
+					return
+				}
+				failed = true
+				log.Error("upgrade: the new process failed while this one drains: closing the sessions left now and exiting 1", "new_pid", up.pid)
+				p.Hurry()
+				adm.CloseWithin(0) // the requests left too: this process exits now
+			case <-exiting:
 			}
-			failed = true
-			log.Error("upgrade: the new process failed while this one drains: closing the sessions left now and exiting 1", "new_pid", up.pid)
-			p.Hurry()
-			adm.CloseWithin(0) // the requests left too: this process exits now
-		case <-exiting:
+			return
 		}
 	}()
 	drain(log, stops, true, func() { p.Retire(drainTimeout) }, p.Hurry)

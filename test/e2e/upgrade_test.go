@@ -1290,3 +1290,35 @@ func TestUpgradeAgainWhileTheFirstOldProcessDrainsKeepsMaxSessions(t *testing.T)
 		}
 	}
 }
+
+// A reload asked of the draining old process after the handover
+// (`systemctl reload` before systemd took in MAINPID=, whose ExecReload
+// signals $MAINPID, or a kill -HUP of the old PID) is passed to the new
+// process, which serves the configuration now: the draining one dropped it
+// without a word, and the listener the edit added stayed unbound.
+func TestReloadAskedOfTheDrainingProcessReachesTheNewOne(t *testing.T) {
+	conf, admin, addr := oneEcho(t, "grace = \"0s\"\ndrain_timeout = \"10s\"")
+	g := start(t, admin, conf, true)
+	pooledSession(t, addr) // keeps the old process draining
+	g.upgrade()
+	g.upgraded(10 * time.Second)
+	added := freeAddr(t)
+	next := conf + fmt.Sprintf("[[listener]]\nname = \"added\"\nlisten = %q\nbackend = \"db\"\n", added)
+	if err := os.WriteFile(g.path, []byte(next), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := g.cmd.Process.Signal(syscall.SIGHUP); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 5*time.Second, "the new process to apply the reload asked of the old one", func() bool {
+		c, err := net.Dial("tcp", added)
+		if err != nil {
+			return false
+		}
+		defer c.Close()
+		return roundTrip(c, []byte("added"), 2*time.Second) == nil
+	})
+	if len(g.log.find("reload asked of the draining process: passed to the new process")) != 1 {
+		t.Error("the old process did not log that it passed the reload on")
+	}
+}
