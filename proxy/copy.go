@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"errors"
+	"math"
 	"net"
 	"os"
 	"sync"
@@ -11,6 +12,8 @@ import (
 	"unsafe"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/tnsguard/tnsguard/config"
 )
 
 // Data path. One pump per direction moves bytes between two bare
@@ -59,6 +62,11 @@ type pumpErr struct {
 type bufPool struct {
 	p sync.Pool
 
+	// made counts the pipes open (held by pumps, or kept); bound, when
+	// not negative, is the most there may be (setPipeBound): each holds
+	// two fds, which the sessions max_sessions admits must not lack.
+	made, bound atomic.Int64
+
 	mu     sync.Mutex
 	pipes  []pipePair // empty pipes for the next bulk, at most freePipes
 	taken  uint64     // getPipe calls so far
@@ -72,8 +80,9 @@ type pipePair struct {
 	n    int // bytes in it
 }
 
-// getPipe is an empty pipe; false when none can be made (out of fds): the
-// pump then copies through its buffer.
+// getPipe is an empty pipe; false when none can be made (out of fds, or
+// as many open as the bound allows): the pump then copies through its
+// buffer.
 func (bp *bufPool) getPipe() (pipePair, bool) {
 	bp.mu.Lock()
 	bp.taken++
@@ -84,8 +93,13 @@ func (bp *bufPool) getPipe() (pipePair, bool) {
 		return pp, true
 	}
 	bp.mu.Unlock()
+	if n, b := bp.made.Add(1), bp.bound.Load(); b >= 0 && n > b {
+		bp.made.Add(-1)
+		return pipePair{}, false
+	}
 	var fds [2]int
 	if err := unix.Pipe2(fds[:], unix.O_CLOEXEC|unix.O_NONBLOCK); err != nil {
+		bp.made.Add(-1)
 		return pipePair{}, false
 	}
 	unix.FcntlInt(uintptr(fds[0]), unix.F_SETPIPE_SZ, pipeSize) // a smaller pipe works too, in more calls
@@ -103,8 +117,49 @@ func (bp *bufPool) putPipe(pp pipePair) {
 		}
 		bp.mu.Unlock()
 	}
-	pp.close()
+	bp.closePipe(pp)
 }
+
+// closePipe closes a pipe of the pool's making.
+func (bp *bufPool) closePipe(pp pipePair) {
+	pp.close()
+	bp.made.Add(-1)
+}
+
+// pipeBound is how many splice pipes bulk may hold at once under cfg: the
+// open-files limit less what the sessions of every listener's
+// max_sessions need (two fds each, and about 20 besides, as the README
+// and `run`'s warning size it), two fds a pipe. A pump whose destination
+// is full keeps its pipe, so bulk that is not read held up to six fds a
+// session, and the sessions max_sessions admits ran the fds out. No bound
+// (-1) when a listener has no max_sessions, or the limit is unknown.
+func pipeBound(cfg *config.Config) int64 {
+	var lim unix.Rlimit
+	if err := unix.Getrlimit(unix.RLIMIT_NOFILE, &lim); err != nil || lim.Cur == unix.RLIM_INFINITY || lim.Cur > math.MaxInt64 {
+		return -1
+	}
+	need := uint64(20)
+	for _, l := range cfg.Listeners {
+		if l.MaxSessions <= 0 {
+			return -1
+		}
+		need++ // its listening socket
+		need += 2 * min(uint64(l.MaxSessions), lim.Cur)
+		if need >= lim.Cur {
+			return 0
+		}
+	}
+	for _, b := range cfg.Backends {
+		need += uint64(len(b.Servers)) // a health check each
+	}
+	if need >= lim.Cur {
+		return 0
+	}
+	return int64((lim.Cur - need) / 2)
+}
+
+// setPipeBound bounds the pipes open at once to n; n < 0: no bound.
+func (bp *bufPool) setPipeBound(n int64) { bp.bound.Store(n) }
 
 func (pp pipePair) close() {
 	unix.Close(pp.r)
@@ -125,12 +180,14 @@ func (bp *bufPool) dropIdlePipes(stop bool) {
 	bp.pipes, bp.closed = nil, bp.closed || stop
 	bp.mu.Unlock()
 	for _, pp := range pipes {
-		pp.close()
+		bp.closePipe(pp)
 	}
 }
 
 func newBufPool() *bufPool {
-	return &bufPool{p: sync.Pool{New: func() any { b := make([]byte, chunkSize); return &b }}}
+	bp := &bufPool{p: sync.Pool{New: func() any { b := make([]byte, chunkSize); return &b }}}
+	bp.bound.Store(-1)
+	return bp
 }
 
 func (bp *bufPool) get() *[]byte  { return bp.p.Get().(*[]byte) }

@@ -625,6 +625,39 @@ func TestUnfinishedConnectOnRoutedListenerEndsAtBudget(t *testing.T) {
 	}
 }
 
+// An app that connects to a listener that routes by service and sends
+// nothing at all (a port scanner waiting for a banner, a client that hangs)
+// is closed at connect_budget, as the app's doing: no server was dialed,
+// since the service was never known. Until 2026-11-30 the spent budget was
+// taken for every server failing: counted rejected{reason="no_backend"}
+// (the alert TnsguardAppsRejected: "applications got no backend server"),
+// a reset on the backend side, and logged "no backend for new session"
+// with no attempt in it.
+func TestSilentAppOnRoutedListenerIsNoBackendFailure(t *testing.T) {
+	primary := tnstest.New(t, tnstest.Config{Mode: tnstest.Accept})
+	h := startProxy(t, hostileConfig("", primary.Addr()))
+	c := h.dial("routed")
+	err, took := readErr(c, 5*time.Second)
+	if err == nil || errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("%v after %v, want the connection closed at connect_budget", err, took)
+	}
+	if took > 1500*time.Millisecond {
+		t.Errorf("closed after %v, want at connect_budget (1s)", took.Round(time.Millisecond))
+	}
+	waitFor(t, 2*time.Second, "the session's end recorded", func() bool { return len(h.p.Resets(0)) > 0 })
+	if v := testutil.ToFloat64(h.m.SessionsRejected.WithLabelValues("routed", "no_backend")); v != 0 {
+		t.Errorf("rejected{reason=\"no_backend\"} = %v for an app that sent nothing, want 0", v)
+	}
+	for _, ev := range h.p.Resets(0) {
+		if ev.Side != "client" || ev.Phase != "opening" {
+			t.Errorf("reset %+v, want side client, phase opening: the app never spoke", ev)
+		}
+	}
+	if n := primary.Accepted(); n != 0 {
+		t.Errorf("the server was dialed %d times for an app that named no service", n)
+	}
+}
+
 // An app that gets a listener's RESEND and never sends its CONNECT again
 // owes the listener that CONNECT: the listener's silence is the app's doing.
 // Its connection ends at connect_budget, and the server keeps its standing.

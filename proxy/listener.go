@@ -95,19 +95,21 @@ func (l *listener) seriesFor(backend string) *sessionSeries {
 func (l *listener) cfg() *config.Listener { return l.conf.Load() }
 
 // serve accepts until the socket is closed. Temporary errors (out of fds)
-// back off, 5 ms doubling to 1 s, logged once per burst.
+// back off, 5 ms doubling to 1 s, logged once per shortage (acceptShortage).
 func (l *listener) serve(ctx context.Context) {
 	defer close(l.done)
 	var delay time.Duration
+	short := acceptShortage{log: l.log}
+	defer short.stop()
 	for {
 		c, err := l.ln.AcceptTCP()
 		if err != nil {
 			if errors.Is(err, net.ErrClosed) || ctx.Err() != nil {
 				return
 			}
+			short.failed(err)
 			if delay == 0 {
 				delay = 5 * time.Millisecond
-				l.log.Error("accept failed: backing off until it works again", "error", err)
 			} else {
 				delay = min(delay*2, time.Second)
 			}
@@ -120,12 +122,77 @@ func (l *listener) serve(ctx context.Context) {
 			}
 			continue
 		}
-		if delay != 0 {
-			l.log.Info("accept works again")
-			delay = 0
-		}
+		delay = 0
+		short.accepted()
 		l.p.sessWG.Add(1)
 		go l.handle(ctx, c) // it, or the session it starts, calls sessWG.Done
+	}
+}
+
+// acceptCalm is how long accepts must go on without a failure before a
+// shortage counts as over.
+const acceptCalm = time.Second
+
+// acceptShortage logs an accept loop's shortage (accept failing with
+// EMFILE) once: "accept failed" at its first failure, "accept works again"
+// once accepts have gone on for acceptCalm with none. At the fd limit,
+// connections that come and go at once (a port scanner, apps that reset)
+// each take the one fd left and give it back a moment later, so accept
+// fails, works and fails again every few ms: logged at each turn, that
+// was two lines per connection.
+type acceptShortage struct {
+	log hclog.Logger
+
+	mu       sync.Mutex
+	on       bool        // "accept failed" logged, "works again" not yet
+	since    time.Time   // the shortage's first failure
+	failures int         // failed accepts in the shortage
+	gen      int         // bumped by each failure: a pending calm is void
+	calm     *time.Timer // "works again" after acceptCalm, unless a failure comes first
+}
+
+func (a *acceptShortage) failed(err error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.gen++
+	if a.calm != nil {
+		a.calm.Stop()
+		a.calm = nil
+	}
+	a.failures++
+	if !a.on {
+		a.on, a.since, a.failures = true, time.Now(), 1
+		a.log.Error("accept failed: backing off until it works again", "error", err)
+	}
+}
+
+func (a *acceptShortage) accepted() {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if !a.on || a.calm != nil {
+		return
+	}
+	gen := a.gen
+	a.calm = time.AfterFunc(acceptCalm, func() {
+		a.mu.Lock()
+		defer a.mu.Unlock()
+		if a.gen != gen || !a.on {
+			return
+		}
+		a.on, a.calm = false, nil
+		a.log.Info("accept works again", "failed_accepts", a.failures,
+			"shortage", time.Since(a.since).Round(time.Millisecond).String())
+	})
+}
+
+// stop ends the loop's logging: the listener is closed.
+func (a *acceptShortage) stop() {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.gen++
+	if a.calm != nil {
+		a.calm.Stop()
+		a.calm = nil
 	}
 }
 

@@ -364,9 +364,15 @@ func (s *session) route() error {
 	}
 	name := s.serviceName
 	stuck := s.routeWaitOver && !s.connectSeen && s.openingUnfinishedLocked(true)
+	// An app that sent nothing at all named no service: no server was
+	// dialed for it, and none failed (it is no no_backend).
+	silent := s.routeWaitOver && !s.connectSeen && len(s.replay) == 0 && !s.overflow
 	s.mu.Unlock()
-	if stuck {
+	if stuck || silent {
 		err := fmt.Errorf("%w: not complete within connect_budget", ErrBadOpening)
+		if silent && !stuck {
+			err = fmt.Errorf("%w: the app sent nothing within connect_budget", ErrBadOpening)
+		}
 		s.abort(SideClient, PhaseOpening, err, "reset", nil)
 		return err
 	}

@@ -129,6 +129,7 @@ func (p *Proxy) Apply(cfg *config.Config) error {
 	if err := p.apply(cfg); err != nil {
 		return err
 	}
+	p.pool.setPipeBound(pipeBound(cfg))
 	// Outside p.mu, which every accepted connection takes (current):
 	// retuning tens of thousands of sessions would hold accepts for the
 	// hundreds of milliseconds it takes.

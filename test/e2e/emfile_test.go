@@ -6,6 +6,8 @@ import (
 	"os"
 	"os/exec"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -226,4 +228,158 @@ connect_budget = %q
   address = %q
 `, admin, addr, budget, echo.addr())
 	return admin, addr, cfg
+}
+
+// At the fd limit, connections that come and go at once (a port scanner,
+// apps that reset) each take the one fd left, and free it again a moment
+// later: accept fails, works, fails. The log says so once for the
+// shortage, not once per connection. Until 2026-11-30 each such connection
+// could end a "burst": 20,000 connections that reset, against a tnsguard
+// at a limit of 128 open files, logged 4,254 "accept failed" lines (at
+// error) and as many "accept works again" in 24 s.
+func TestOutOfFileDescriptorsLogsOncePerShortage(t *testing.T) {
+	admin, addr, cfg := saturatedConfig(t, "30s")
+	const nofile = 64
+	g := startWithFileLimit(t, admin, cfg, nofile)
+	pid := g.cmd.Process.Pid
+
+	// Served apps take two fds each, until one or two are left.
+	var held []net.Conn
+	defer func() {
+		for _, c := range held {
+			c.Close()
+		}
+	}()
+	for nofile-readProc(t, pid).fds > 2 {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		held = append(held, c)
+		if err := roundTrip(c, []byte("hello"), 2*time.Second); err != nil {
+			t.Fatalf("app %d not served before the limit: %v", len(held), err)
+		}
+	}
+	t.Logf("%d apps served; tnsguard holds %d fds of %d", len(held), readProc(t, pid).fds, nofile)
+
+	// Connections that send a few bytes and reset, 8 at a time, for 3 s.
+	before := len(acceptFailed(g))
+	var made atomic.Int64
+	var wg sync.WaitGroup
+	end := time.Now().Add(3 * time.Second)
+	for range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for time.Now().Before(end) {
+				c, err := net.DialTimeout("tcp", addr, time.Second)
+				if err != nil {
+					continue
+				}
+				c.Write([]byte("GET / HTTP/1.0\r\n\r\n"))
+				c.(*net.TCPConn).SetLinger(0)
+				c.Close()
+				made.Add(1)
+				time.Sleep(time.Millisecond)
+			}
+		}()
+	}
+	wg.Wait()
+	time.Sleep(500 * time.Millisecond)
+	failed, again := len(acceptFailed(g))-before, len(g.log.find("accept works again"))
+	t.Logf("%d connections that reset: %d \"accept failed\" lines, %d \"accept works again\" in all", made.Load(), failed, again)
+	if failed > 1 {
+		t.Errorf("%d \"accept failed\" lines for one shortage (%d connections that reset, %d \"accept works again\"): logged per connection, not once per shortage",
+			failed, made.Load(), again)
+	}
+
+	// The shortage ends: it says so, and a new session works.
+	for _, c := range held {
+		c.Close()
+	}
+	held = nil
+	waitFor(t, 10*time.Second, `"accept works again" logged after the apps left`, func() bool {
+		return len(g.log.find("accept works again")) > 0
+	})
+	c := dialOK(t, addr)
+	defer c.Close()
+	if err := roundTrip(c, []byte("after"), 2*time.Second); err != nil {
+		t.Errorf("a new session after the shortage: %v", err)
+	}
+}
+
+// max_sessions sized as the README says (two fds a session, and about 20
+// besides) keeps tnsguard within its open-files limit also when the
+// sessions move bulk that their readers do not take: a pump whose
+// destination is full holds its splice pipe (two fds more per direction).
+// Until 2026-11-30 every such session held up to six fds: 109 apps that
+// uploaded and did not read, against max_sessions = 110 and a limit of
+// 256, ran the fds out: accept failed, the health check failed with "too
+// many open files" and marked the healthy server down (/readyz 503), and
+// new apps waited in the backlog.
+func TestSlowReadersStayWithinTheFileLimit(t *testing.T) {
+	echo := newEcho(t)
+	admin, addr := freeAddr(t), freeAddr(t)
+	const maxSessions = 40
+	const nofile = 2*maxSessions + 20 + 2 // the listener's socket, a health check
+	cfg := fmt.Sprintf(`[log]
+level = "info"
+format = "json"
+[admin]
+listen = %q
+[[listener]]
+name = "l"
+listen = %q
+backend = "b"
+max_sessions = %d
+[[backend]]
+name = "b"
+  [backend.health]
+  check = "tcp"
+  interval = "1s"
+  timeout = "1s"
+  [[backend.server]]
+  address = %q
+`, admin, addr, maxSessions, echo.addr())
+	g := startWithFileLimit(t, admin, cfg, nofile)
+	pid := g.cmd.Process.Pid
+
+	// Apps that send bulk and never read what comes back: the echo fills
+	// every buffer on the way, and both of tnsguard's pumps stall on a
+	// full destination.
+	var conns []net.Conn
+	defer func() {
+		for _, c := range conns {
+			c.Close()
+		}
+	}()
+	for i := range maxSessions - 1 {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatalf("app %d: %v", i, err)
+		}
+		conns = append(conns, c)
+		if err := roundTrip(c, []byte("hello"), 2*time.Second); err != nil {
+			fds := readProc(t, pid)
+			t.Fatalf("app %d of max_sessions = %d not served: %v; tnsguard holds %d fds of %d (%d sockets, %d pipes)",
+				i+1, maxSessions, err, fds.fds, nofile, fds.sockets, fds.pipes)
+		}
+		go func() {
+			c.SetWriteDeadline(time.Now().Add(30 * time.Second))
+			c.Write(make([]byte, 64<<20))
+		}()
+	}
+	time.Sleep(3 * time.Second) // buffers full, health checks made
+	fds := readProc(t, pid)
+	t.Logf("%d apps that do not read: tnsguard holds %d fds of %d (%d sockets, %d pipes)", len(conns), fds.fds, nofile, fds.sockets, fds.pipes)
+	for _, msg := range []string{"accept failed: backing off until it works again", "server down", "health check failed"} {
+		if lines := g.log.find(msg); len(lines) > 0 {
+			t.Errorf("with %d sessions of max_sessions = %d and %d open files: %q: %v", len(conns), maxSessions, nofile, msg, lines[0])
+		}
+	}
+	// The last session max_sessions admits is served.
+	c := dialOK(t, addr)
+	if err := roundTrip(c, []byte("one more"), 2*time.Second); err != nil {
+		t.Errorf("session %d of max_sessions = %d: %v", maxSessions, maxSessions, err)
+	}
 }
