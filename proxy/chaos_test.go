@@ -511,6 +511,9 @@ func TestChaos(t *testing.T) {
 	}
 	wg.Wait()
 	waitFor(t, 15*time.Second, "sessions ended", func() bool { return len(h.p.liveSessions()) == 0 })
+	// What the sessions kept of their openings for a replay is let go
+	// with them, whichever way they ended (the budget's count, replay.go).
+	waitFor(t, 5*time.Second, "the kept openings let go", func() bool { return h.p.replayHeld.Load() == 0 })
 	var kinds [6]int
 	dormantSeen := 0
 	wantEitherOrOK := 0

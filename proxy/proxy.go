@@ -61,6 +61,12 @@ type Proxy struct {
 
 	advice keepaliveAdvice // advice.go
 
+	// replayHeld is what sessions keep of their openings for a re-dial,
+	// all together (the capacity of their buffers); replayBudget, when not
+	// negative, the most they may keep (replay.go); replayWarned when the
+	// budget was last logged as spent (unix nanoseconds).
+	replayHeld, replayBudget, replayWarned atomic.Int64
+
 	// busySessions is how many sessions moved a byte within parkAfter, as
 	// housekeeping last counted (every parkAfter); lotMinBusy is how many it takes before
 	// busy sessions move to the parking lot (idle.go, lotCrowded).
@@ -130,6 +136,7 @@ func (p *Proxy) Apply(cfg *config.Config) error {
 		return err
 	}
 	p.pool.setPipeBound(pipeBound(cfg))
+	p.replayBudget.Store(replayBudgetFor())
 	// Outside p.mu, which every accepted connection takes (current):
 	// retuning tens of thousands of sessions would hold accepts for the
 	// hundreds of milliseconds it takes.

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -485,4 +486,53 @@ check = "off"`, fmt.Sprintf("address = %q", first.address), fmt.Sprintf("address
 			t.Logf("app reset %v after it started sending", time.Since(start).Round(time.Millisecond))
 		})
 	}
+}
+
+// The openings sessions keep for a re-dial (up to replay_bytes each, until
+// their server answers) have a budget together: a quarter of the memory
+// limit. 3,000 apps that each sent 60 KB of a CONNECT a listener waits out
+// took a 256 MiB pod past its limit, and the OOM killer ended every
+// session. Past the budget an opening is sent on without a copy (no
+// replay for it), its bytes reach the server all the same, a warning says
+// so, and what was kept is let go with the sessions.
+func TestOpeningsKeptForReplayStayWithinTheBudget(t *testing.T) {
+	const each, apps, budget = 60_000, 5, 150_000
+	got := make(chan int, apps)
+	be := newBackend(t, func(c *net.TCPConn) {
+		n, _ := io.ReadFull(c, make([]byte, each))
+		got <- n
+		io.Copy(io.Discard, c) // the listener waits for the rest: no answer
+	})
+	h, logs := startProxyLog(t, strings.Replace(oneBackendConfig(be.addr()), `connect_budget = "3s"`, `connect_budget = "20s"`, 1))
+	h.p.replayBudget.Store(budget)
+	opening := bytes.Repeat([]byte{'x'}, each)
+	var conns []*net.TCPConn
+	for range apps {
+		c := h.dial("l")
+		conns = append(conns, c)
+		if _, err := c.Write(opening); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i := range apps {
+		select {
+		case n := <-got:
+			if n != each {
+				t.Fatalf("the server got %d of an opening's %d bytes", n, each)
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatalf("%d of %d openings reached the server", i, apps)
+		}
+	}
+	held := h.p.replayHeld.Load()
+	if held > budget+each {
+		t.Errorf("%d apps' openings of %d bytes: %d bytes kept for a replay, budget %d", apps, each, held, budget)
+	}
+	if lines := logs.lines("reached their memory budget"); len(lines) != 1 {
+		t.Errorf("%d warnings that the budget is spent, want 1:\n%s", len(lines), logs)
+	}
+	for _, c := range conns {
+		resetConn(c) // the apps give up
+	}
+	waitFor(t, 5*time.Second, "the kept openings let go with their sessions", func() bool { return h.p.replayHeld.Load() == 0 })
 }

@@ -70,25 +70,26 @@ type session struct {
 
 	series *sessionSeries // of its listener and backend: byte counters, active, wait, duration
 
-	mu          sync.Mutex
-	cond        *sync.Cond
-	conn        *net.TCPConn     // current backend connection, nil while dialing
-	attaching   *net.TCPConn     // a backend connection being given the replay (replayTo), not conn yet
-	server      *failover.Server // its server
-	link        *link            // the link of listener, backend and server once established (links.go)
-	replay      []byte           // the app's opening bytes, for a re-dial
-	overflow    bool             // more than replay_bytes were sent on: no re-dial
-	overflowTNS bool             // the opening that overflowed began with a TNS CONNECT (its first answer is still read for a REFUSE)
-	replayHeld  bool             // openingBytes holds app bytes that do not fit in replay_bytes until a backend connection takes them
-	clientEOF   bool             // the app half-closed during the opening
-	ourFIN      [2]bool          // tnsguard half-closed the app's leg [0] or the backend's [1] (see endOfStream)
-	writeErrno  [2]atomic.Int32  // per leg: the first error a write or splice to its socket took (see endOfStream)
-	peerFIN     [2]atomic.Int64  // per leg: when tnsguard read its peer's end of stream (since start, ns; 0 none; see phaseNow)
-	halfWatch   *time.Timer      // starts watchHalfClosed; stopped when the legs close
-	clientErr   error            // the app's leg failed during the opening
-	clientPhase Phase            // when it failed: connect (no backend connection yet) or opening
-	established bool
-	selfDialEnd bool // selfDialed ended the session (counted once)
+	mu            sync.Mutex
+	cond          *sync.Cond
+	conn          *net.TCPConn     // current backend connection, nil while dialing
+	attaching     *net.TCPConn     // a backend connection being given the replay (replayTo), not conn yet
+	server        *failover.Server // its server
+	link          *link            // the link of listener, backend and server once established (links.go)
+	replay        []byte           // the app's opening bytes, for a re-dial
+	replayCharged int64            // cap(replay) as Proxy.replayHeld counts it (replay.go)
+	overflow      bool             // more than replay_bytes were sent on: no re-dial
+	overflowTNS   bool             // the opening that overflowed began with a TNS CONNECT (its first answer is still read for a REFUSE)
+	replayHeld    bool             // openingBytes holds app bytes that do not fit in replay_bytes until a backend connection takes them
+	clientEOF     bool             // the app half-closed during the opening
+	ourFIN        [2]bool          // tnsguard half-closed the app's leg [0] or the backend's [1] (see endOfStream)
+	writeErrno    [2]atomic.Int32  // per leg: the first error a write or splice to its socket took (see endOfStream)
+	peerFIN       [2]atomic.Int64  // per leg: when tnsguard read its peer's end of stream (since start, ns; 0 none; see phaseNow)
+	halfWatch     *time.Timer      // starts watchHalfClosed; stopped when the legs close
+	clientErr     error            // the app's leg failed during the opening
+	clientPhase   Phase            // when it failed: connect (no backend connection yet) or opening
+	established   bool
+	selfDialEnd   bool // selfDialed ended the session (counted once)
 	// kaLate: the backend connection's keepalive is still to be set, by
 	// housekeeping once the session has lasted keepaliveAfter
 	// (failover.Backend.KeepaliveLate).
@@ -947,6 +948,7 @@ func (s *session) establish(first []byte, srv *failover.Server, plan *failover.P
 	s.ctx, s.cancel = nil, nil
 	s.noteConnectLocked()
 	s.replay = nil
+	s.chargeReplayLocked()
 	if s.oracleApp {
 		// An Oracle Net app may now check whether urgent data reaches the
 		// database (urgent.go): its next reads look for the mark.
@@ -1077,7 +1079,7 @@ func (s *session) cancelOpening() {
 func (s *session) openingBytes(b []byte) error {
 	s.mu.Lock()
 	limit := *s.backend.Config.ReplayBytes
-	for s.conn == nil && !s.established && len(s.replay)+len(b) > limit && s.ctx.Err() == nil {
+	for s.conn == nil && !s.established && !s.replayRoomLocked(len(b), limit) && s.ctx.Err() == nil {
 		// No room for b before a backend connection takes the opening:
 		// routing must stop waiting for a CONNECT that cannot complete
 		// in the buffer (it is longer than replay_bytes).
@@ -1092,15 +1094,19 @@ func (s *session) openingBytes(b []byte) error {
 		s.mu.Unlock()
 		return net.ErrClosed // the session was ended elsewhere
 	}
+	spent := false // the budget, not replay_bytes, left no room for b
 	if !s.established {
-		if !s.overflow && len(s.replay)+len(b) <= limit {
+		if !s.overflow && s.replayRoomLocked(len(b), limit) {
 			s.replay = append(s.replay, b...)
+			s.chargeReplayLocked()
 			s.cond.Broadcast() // routing may wait for the CONNECT
 		} else {
 			if !s.overflow {
 				s.overflowTNS = startsWithConnect(s.replay, b)
+				spent = len(s.replay)+len(b) <= limit
 			}
 			s.overflow, s.replay = true, nil
+			s.chargeReplayLocked()
 		}
 		s.openingUp += int64(len(b))
 	} else {
@@ -1118,6 +1124,9 @@ func (s *session) openingBytes(b []byte) error {
 	conn, est := s.conn, s.established
 	s.openingSent = s.openingSent || conn != nil
 	s.mu.Unlock()
+	if spent {
+		s.replayBudgetSpent()
+	}
 	// Written without s.mu, as replayTo writes: a backend that takes no
 	// bytes must hold up only this direction. Bytes reach conn in order:
 	// replayTo has written everything up to b before it set s.conn, and only
@@ -1701,6 +1710,7 @@ func (s *session) finish() {
 	}
 	s.mu.Unlock()
 	s.p.record(s, srv, est)
+	s.releaseReplay() // after record: a session no server answered is labelled by the CONNECT it kept
 }
 
 // stallCheck is how long a direction may wait for room in its destination

@@ -1,0 +1,66 @@
+package proxy
+
+import (
+	"math"
+	"runtime/debug"
+	"time"
+)
+
+// replayShare: the openings sessions keep for a re-dial may take, all
+// together, a quarter of Go's memory limit (GOMEMLIMIT, or the 90% of the
+// cgroup's limit that run gives it). Each session keeps up to
+// replay_bytes (64 KiB by default) until its server answers: 3,000 apps
+// that each sent 60 KB of a CONNECT a listener waits out took a 256 MiB
+// pod to 270 MB, past its limit, and the OOM killer ends every session.
+const replayShare = 4
+
+// replayBudgetFor is the bytes of openings the sessions may keep together
+// under the process's memory limit; -1 (no budget) without a limit.
+func replayBudgetFor() int64 {
+	limit := debug.SetMemoryLimit(-1)
+	if limit <= 0 || limit == math.MaxInt64 {
+		return -1
+	}
+	return limit / replayShare
+}
+
+// replayRoomLocked tells whether n more bytes of the opening may be kept:
+// within the backend's replay_bytes (limit), and within what the proxy's
+// budget has left. The caller holds s.mu.
+func (s *session) replayRoomLocked(n, limit int) bool {
+	if len(s.replay)+n > limit {
+		return false
+	}
+	b := s.p.replayBudget.Load()
+	return b < 0 || s.p.replayHeld.Load()+int64(n) <= b
+}
+
+// chargeReplayLocked brings the proxy's count of kept opening bytes to
+// what s.replay holds now (its capacity). The caller holds s.mu.
+func (s *session) chargeReplayLocked() {
+	if d := int64(cap(s.replay)) - s.replayCharged; d != 0 {
+		s.p.replayHeld.Add(d)
+		s.replayCharged += d
+	}
+}
+
+// releaseReplay lets go of what the session kept of its opening, at its
+// end.
+func (s *session) releaseReplay() {
+	s.mu.Lock()
+	s.replay = nil
+	s.chargeReplayLocked()
+	s.mu.Unlock()
+}
+
+// replayBudgetSpent logs, at most once a minute, that an opening went on
+// without a copy kept for a re-dial because the budget was spent.
+func (s *session) replayBudgetSpent() {
+	now := time.Now().UnixNano()
+	last := s.p.replayWarned.Load()
+	if now-last < int64(time.Minute) || !s.p.replayWarned.CompareAndSwap(last, now) {
+		return
+	}
+	s.p.log.Warn("openings kept for a re-dial have reached their memory budget (a quarter of the memory limit): new openings are sent on without a copy, and are not replayed if their server fails before it answers",
+		"listener", s.l.name, "budget_bytes", s.p.replayBudget.Load(), "held_bytes", s.p.replayHeld.Load())
+}
