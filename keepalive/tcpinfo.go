@@ -19,6 +19,7 @@ type Info struct {
 	LastDataSent time.Duration
 	LastAckRecv  time.Duration // since the last ACK arrived (ms resolution)
 	DataSegsOut  uint32        // segments sent that carried data, retransmissions included
+	SegsIn       uint32        // segments received, bare ACKs and keepalive probes included
 	State        uint8
 	// Retrying counts the retransmissions of the oldest unacknowledged
 	// segment: non-zero while sent data goes unanswered, and still so after
@@ -55,6 +56,7 @@ func ReadInfo(c syscall.Conn) (Info, error) {
 		LastDataSent: time.Duration(ti.Last_data_sent) * time.Millisecond,
 		LastAckRecv:  time.Duration(ti.Last_ack_recv) * time.Millisecond,
 		DataSegsOut:  ti.Data_segs_out,
+		SegsIn:       ti.Segs_in,
 		State:        ti.State,
 		Retrying:     ti.Retransmits,
 	}, nil

@@ -88,6 +88,10 @@ func Command(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 			lo, hi := res.LongestAlive, res.ShortestDead
 			return fail("interrupted after %s: connections survived idle %s%s", res.Elapsed.Round(time.Second), fmtDur(lo), diedAfter(hi))
 		}
+		if errors.Is(err, context.Canceled) {
+			// Ctrl-C before the first check (or during the first connect).
+			return fail("interrupted before any connection was checked")
+		}
 		return fail("%v", err)
 	}
 	if *asJSON {

@@ -100,8 +100,15 @@ type Result struct {
 	// than ShortestDead: the path is not consistent (several middleboxes,
 	// load-balanced paths); the deaths are trusted.
 	Contradictions int
+	// TargetKeepalive is set when the target sent segments (its own TCP
+	// keepalive probes) on connections the probe kept silent: the shortest
+	// idle time of a check that found such. They refresh the middlebox, so a
+	// timeout longer than the target's keepalive cannot be seen, and the
+	// recommendation is no slower than what kept the connections alive.
+	TargetKeepalive time.Duration
 	// Recommended is the keepalive for the path: Recommend(IdleTimeout) when
-	// Found, else Recommend(LongestAlive), which is proven enough.
+	// Found, else Recommend(LongestAlive), which is proven enough; either
+	// capped at Recommend(TargetKeepalive) when that is set.
 	Recommended Recommendation
 
 	Checks      int           // liveness checks made
@@ -237,6 +244,9 @@ type engine struct {
 	rtts           []time.Duration // of each connect
 	checks, opened int
 	nextID         int
+	// targetKeepalive is the shortest idle of a check during which the
+	// target sent segments on the silent connection (0: none seen).
+	targetKeepalive time.Duration
 }
 
 // testConn is one test connection.
@@ -252,6 +262,14 @@ type testConn struct {
 	triggered time.Time     // when the check in flight started
 	idle      time.Duration // the idle time the check in flight tests
 	closed    bool
+	// segsIn is how many segments the kernel had received on it when it
+	// was last refreshed, plus the ACKs still due to probes in flight then:
+	// more at the next check means the target sent something while the
+	// probe kept silent (its own keepalive probes). Counted from the first
+	// check on: until the server's TCP has the handshake's last ACK, it
+	// resends its SYN-ACK (over a long RTT, or when that ACK was lost).
+	segsIn  uint32
+	counted bool
 }
 
 // connEvent is what a connection's reader saw: data, or the end (err).
@@ -423,6 +441,17 @@ func (e *engine) tick(now time.Time) {
 func (e *engine) trigger(tc *testConn, now time.Time) {
 	tc.idle = now.Sub(tc.refreshed)
 	tc.triggered = now
+	if st, err := keepalive.ReadInfo(tc.c); err == nil && tc.counted && st.SegsIn > tc.segsIn && tc.idle >= ladderStart {
+		// Segments with no data (a read would have reported data) reached
+		// a connection that sent nothing: the target's keepalive probes.
+		// They crossed the path and refreshed it during this idle time.
+		if e.targetKeepalive == 0 || tc.idle < e.targetKeepalive {
+			if e.targetKeepalive == 0 {
+				e.progress("idle %s: the target sent %d segment(s) on the silent connection (its own TCP keepalive?): they refresh the path, so longer idle times do not test it", fmtDur(tc.idle), st.SegsIn-tc.segsIn)
+			}
+			e.targetKeepalive = tc.idle
+		}
+	}
 	if err := startCheck(tc.c, e.o.Probes); err != nil {
 		// Only a socket already closed refuses these options.
 		e.progress("check after idle %s could not start: %v", fmtDur(tc.idle), err)
@@ -454,6 +483,11 @@ func (e *engine) poll(tc *testConn, now time.Time) {
 			}
 			if tc.refreshed.Before(tc.triggered) {
 				tc.refreshed = tc.triggered
+			}
+			// The probes sent before this ACK came back are answered too.
+			tc.segsIn, tc.counted = st.SegsIn, true
+			if ackAt.After(tc.triggered) {
+				tc.segsIn += uint32(ackAt.Sub(tc.triggered) / checkInterval)
 			}
 			return
 		}
@@ -511,6 +545,9 @@ func (e *engine) handle(ev connEvent) {
 			e.alive(tc, checkIdle, " (the target sent data)")
 		}
 		tc.refreshed = ev.at
+		if st, err := keepalive.ReadInfo(tc.c); err == nil {
+			tc.segsIn = st.SegsIn
+		}
 	}
 	if ev.err == nil {
 		return
@@ -565,6 +602,7 @@ func (e *engine) result() Result {
 		RTT:               e.rtt(),
 		TargetClosedAfter: e.s.closedAfter(),
 		Contradictions:    e.s.contradictions(),
+		TargetKeepalive:   e.targetKeepalive,
 		Checks:            e.checks,
 		Connections:       e.opened,
 		Elapsed:           time.Since(e.start),
@@ -575,6 +613,13 @@ func (e *engine) result() Result {
 		r.Recommended = Recommend(r.IdleTimeout)
 	} else {
 		r.Recommended = Recommend(lo)
+	}
+	// Only a keepalive as frequent as the target's was seen to keep the
+	// connections alive.
+	if k := e.targetKeepalive; k > 0 && k < lo {
+		if rk := Recommend(k); rk.PathIdleTimeout < r.Recommended.PathIdleTimeout {
+			r.Recommended = rk
+		}
 	}
 	return r
 }

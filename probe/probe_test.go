@@ -461,3 +461,22 @@ func TestRunCancel(t *testing.T) {
 	}
 	tg.waitAllClosed(t)
 }
+
+// Ctrl-C before the first check says so: until this test it printed Go's
+// "context canceled" (or "connect to ...: operation was canceled").
+func TestCommandInterruptedBeforeAnyCheck(t *testing.T) {
+	t.Parallel()
+	tg := startTarget(t, 0, false)
+	ctx, cancel := context.WithCancel(context.Background()) // as Ctrl-C does
+	defer cancel()
+	time.AfterFunc(300*time.Millisecond, cancel)
+	var stdout, stderr bytes.Buffer
+	code := Command(ctx, []string{"-target", tg.addr(), "-max", "1h"}, &stdout, &stderr)
+	if code != 1 {
+		t.Errorf("exit %d, want 1", code)
+	}
+	if !strings.Contains(stderr.String(), "interrupted") || strings.Contains(stderr.String(), "context") {
+		t.Errorf("stderr = %q, want it to say the run was interrupted", stderr.String())
+	}
+	tg.waitAllClosed(t)
+}

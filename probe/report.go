@@ -84,11 +84,17 @@ func (r Result) WriteText(w io.Writer) error {
 		fmt.Fprintf(&b, "note:          the path forgot connections idle %s: keepalive cannot keep connections alive over it (it counts whole seconds, idle at least 1s); a path that resets every connection at once looks the same\n",
 			fmtDur(r.ShortestDead))
 	}
+	if r.TargetKeepalive > 0 {
+		fmt.Fprintf(&b, "note:          the target sent TCP keepalive probes on idle connections (by idle %s): they refresh the path too, so a longer timeout cannot be seen here; the keepalive below is no slower than the target's\n",
+			fmtDur(r.TargetKeepalive))
+	}
 	fmt.Fprintf(&b, "took:          %s, %d checks on %d connections\n", r.Elapsed.Round(time.Second), r.Checks, r.Connections)
 
 	b.WriteString("\n")
 	if r.Found {
 		b.WriteString("Recommended keepalive for connections over this path (tnsguard.toml, for the backend behind it):\n\n")
+	} else if r.TargetKeepalive > 0 {
+		fmt.Fprintf(&b, "Connections survived %s idle, with the target's keepalive probes crossing the path; a keepalive at least as frequent keeps connections over it alive:\n\n", fmtDur(r.LongestAlive))
 	} else {
 		fmt.Fprintf(&b, "Connections survived %s idle; keepalive derived from that is enough over this path (a longer -max may allow gentler settings):\n\n", fmtDur(r.LongestAlive))
 	}

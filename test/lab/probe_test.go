@@ -236,3 +236,51 @@ func TestLabProbeTimeoutUnderASecond(t *testing.T) {
 
 // defaultProbeParallel is tnsguard probe's default -parallel.
 const defaultProbeParallel = 5
+
+// The README has you probe tnsguard's own listener for a middlebox between the
+// application and tnsguard, and put the result under [listener.keepalive]. That
+// listener sends TCP keepalive itself (idle 60s by default) on the probe's silent
+// connections, and those probes refresh the firewall: behind a firewall that forgets
+// after longer than that, the probe found "no idle timeout" and recommended max/3 as
+// "enough over this path". Pasted in place of the keepalive that had kept the path
+// alive, it let the firewall cut every app session. Scaled down here: a 5 s firewall,
+// the listener's keepalive at 2 s, -max 15s (idle 5s was recommended). The
+// recommendation, reloaded into [listener.keepalive], must keep sessions alive
+// through 3x the firewall's timeout. About 35 s.
+func TestLabProbeTnsguardListenerWithItsOwnKeepalive(t *testing.T) {
+	t.Parallel()
+	netlab.Require(t)
+	requireBuiltGuard(t)
+	lab := netlab.New(t, netlab.Config{EstablishedTimeout: 5 * time.Second})
+	lab.StartEcho(t, lab.DB, fmt.Sprintf(":%d", dbPort))
+	listen := lab.DBAddr(1522) // tnsguard runs in db, beyond the firewall from the app
+	l := link{Name: "orders", Listen: listen, Servers: []string{fmt.Sprintf("127.0.0.1:%d", dbPort)},
+		App: keepalive{Idle: "2s", Interval: "1s", Count: 3}, DB: dbKeepalive}
+	g := lab.StartTnsguard(t, tnsguardBin.Path(t), lab.DB, adminAddr, guardConfig(l))
+
+	var progress syncBuffer
+	res, err := probe.Run(context.Background(), probe.Options{
+		Target: listen, Max: 15 * time.Second, Progress: &progress,
+		Dial: func(ctx context.Context, addr string) (*net.TCPConn, error) { return netlab.Dial(ctx, lab.App, addr) },
+	})
+	t.Logf("probe progress:\n%s", progress.String())
+	if err != nil {
+		t.Fatalf("probe: %v", err)
+	}
+	var text bytes.Buffer
+	_ = res.WriteText(&text)
+	t.Logf("summary:\n%s", text.String())
+
+	l.App = keepalive{PathIdleTimeout: res.Recommended.PathIdleTimeout.String()}
+	g.Reload(t, guardConfig(l))
+	sessions := dialN(t, lab.App, listen, 3)
+	idle := 3 * lab.Timeout
+	time.Sleep(idle)
+	errs := roundTripAll(sessions, 3*time.Second)
+	for i, err := range errs {
+		if err != nil {
+			t.Errorf("session %d with the recommended [listener.keepalive] %+v: round trip after %v idle through the %v firewall: %v",
+				i, l.App, idle, lab.Timeout, err)
+		}
+	}
+}
