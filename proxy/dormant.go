@@ -183,7 +183,7 @@ func (s *session) reviveFor(p *pump) error {
 			return err
 		}
 		if tries == 0 {
-			s.logger().Warn("out of file descriptors: an idle session waits for one to wake", "error", err, "waits_up_to", reviveRetryFor.String())
+			s.logger().Warn("out of file descriptors: an idle session waits for one to wake", "server", s.serverShown(), "error", err, "waits_up_to", reviveRetryFor.String())
 		}
 		time.Sleep(20 * time.Millisecond)
 	}

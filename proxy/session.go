@@ -1316,6 +1316,22 @@ func (s *session) watchHalfClosed(src Side, c *net.TCPConn) {
 	s.abort(src, s.phaseNow(src, failed), failed, "reset", s.currentServer())
 }
 
+// serverShownLocked is the server field of a session's log line under
+// s.mu: its server's address, or "none" (as the reset lines say).
+func (s *session) serverShownLocked() string {
+	if s.server == nil {
+		return "none"
+	}
+	return s.server.Address
+}
+
+// serverShown is serverShownLocked for a caller that does not hold s.mu.
+func (s *session) serverShown() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.serverShownLocked()
+}
+
 func (s *session) currentServer() *failover.Server {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -1627,7 +1643,7 @@ func (s *session) armKeepalive(now time.Time) {
 	// re-dial after a REFUSE or a reset) needs no keepalive; the next one
 	// attached gets kaLate again.
 	if err := s.ka[legIndex(SideBackend)].Apply(c); err != nil && !errors.Is(err, net.ErrClosed) {
-		s.logger().Warn("cannot set keepalive on the backend connection", "error", err)
+		s.logger().Warn("cannot set keepalive on the backend connection", "server", s.serverShownLocked(), "error", err)
 	}
 }
 
@@ -1657,7 +1673,7 @@ func (s *session) retuneLocked(side Side, ka keepalive.Settings) {
 	}
 	if c := s.legSockLocked(side); c != nil {
 		if err := ka.Apply(c); err != nil {
-			s.logger().Warn("cannot set the reloaded keepalive on a session", "side", string(side), "error", err)
+			s.logger().Warn("cannot set the reloaded keepalive on a session", "server", s.serverShownLocked(), "side", string(side), "error", err)
 		}
 	}
 }

@@ -110,7 +110,7 @@ func (p *pump) sendUrgentOn(rc syscall.RawConn) error {
 			if !p.up {
 				to = SideClient
 			}
-			s.logger().Debug("urgent byte passed on (a break)", "to", to)
+			s.logger().Debug("urgent byte passed on (a break)", "server", s.serverShown(), "to", to) // s.mu is not held here
 		}
 	}
 	return err
