@@ -21,6 +21,7 @@ package failover
 import (
 	"context"
 	"errors"
+	"maps"
 	"math/rand/v2"
 	"net"
 	"net/netip"
@@ -204,9 +205,34 @@ func (b *Backend) Inherit(old *Backend) {
 				s.version.Store(v)
 			}
 			s.checkRTT.Store(o.checkRTT.Load()) // the path's RTT is the path's
+			// A name's addresses that failed still go last (and are not
+			// said to have failed again): without them, the first
+			// sessions after the reload waited connect_timeout on an
+			// address known silent.
+			o.addrMu.Lock()
+			s.addrBad = maps.Clone(o.addrBad)
+			o.addrMu.Unlock()
+			s.nAddrs.Store(o.nAddrs.Load())
 		}
 	}
 }
+
+// Counts are a server's live sessions and sessions opening on it, which
+// least_sessions weighs. The servers that reloads build for one backend and
+// address share them (Inherit, ShareCounts): the sessions on a server
+// count on it whichever configuration they were opened under.
+type Counts struct{ sessions, opening *atomic.Int64 }
+
+// Counts returns the counts s shares.
+func (s *Server) Counts() Counts { return Counts{s.sessions, s.opening} }
+
+// Live tells whether sessions still count on c.
+func (c Counts) Live() bool { return c.sessions.Load() != 0 || c.opening.Load() != 0 }
+
+// ShareCounts makes s count its sessions on c: those of a server of the
+// same address that an earlier reload took out of the backend, and whose
+// sessions live on. Before Start.
+func (s *Server) ShareCounts(c Counts) { s.sessions, s.opening = c.sessions, c.opening }
 
 // Up reports whether any server that takes sessions (weight > 0) is up.
 func (b *Backend) Up() bool {

@@ -653,3 +653,46 @@ backoff_max = "200ms"
 		t.Errorf("%d \"server address failed\" and %d \"answers again\" lines for one session:\n%s", n, m, log.String())
 	}
 }
+
+// A reload that changes the backend (here connect_budget) rebuilds it. A
+// name's address that failed still goes last for the sessions after the
+// reload, as without one (the server's health state goes on over a
+// reload: Inherit). The rebuilt server knew no failed address: the first
+// session after every such reload waited connect_timeout on the silent
+// address again (with health checks on, every session until the first
+// check had timed out on it).
+func TestReloadKeepsANamesFailedAddressLast(t *testing.T) {
+	port := silentAt(t)
+	acceptAt(t, "127.0.0.2", port)
+	keys := `connect_timeout = "500ms"
+connect_budget = "5s"
+[backend.health]
+check = "off"
+`
+	addrs := func() []string { return []string{"127.0.0.1", "127.0.0.2"} }
+	dial := func(b *Backend) time.Duration {
+		t.Helper()
+		start := time.Now()
+		c, err := b.NewPlan(start).Dial(context.Background(), b.Servers[0])
+		if err != nil {
+			t.Fatalf("dial: %v (the second address accepts)", err)
+		}
+		c.Close()
+		return time.Since(start)
+	}
+	old := nameBackend(t, keys, port, addrs)
+	dial(old) // finds the first address silent
+	if took := dial(old); took > 200*time.Millisecond {
+		t.Fatalf("the second session took %v before the reload: the silent address was not put last", took)
+	}
+	nb := testBackend(t, strings.Replace(keys, `connect_budget = "5s"`, `connect_budget = "6s"`, 1)+servers(fmt.Sprintf(`address = "db.example:%d"`, port)))
+	nb.lookup = old.lookup
+	old.Stop()
+	nb.Inherit(old)
+	ctx, cancel := context.WithCancel(context.Background())
+	nb.Start(ctx)
+	t.Cleanup(func() { cancel(); nb.Stop() })
+	if took := dial(nb); took > 200*time.Millisecond {
+		t.Fatalf("the first session after the reload took %v: it waited connect_timeout on the address known silent", took)
+	}
+}

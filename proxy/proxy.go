@@ -79,6 +79,11 @@ type Proxy struct {
 	forensics *forensics // reset events, windows, rate-limited log (events.go)
 	selfDials selfDials  // recent dials to its own ports, to refuse a listener dialing itself (selfdial.go)
 
+	// counts are the session counts of servers that reloads took out of
+	// their backend while sessions lived on them, until those end or the
+	// server is put back (reload.go: keepCounts, shareCounts). Under mu.
+	counts map[serverKey]failover.Counts
+
 	inherited *Inherited  // sockets of the process this one replaced, until the first Apply takes them (Adopt)
 	alsoOwn   []ownSocket // other listening sockets of this process (AlsoListens), for bindHint
 
@@ -92,7 +97,7 @@ func New(log hclog.Logger, m *metrics.Metrics) *Proxy {
 	p := &Proxy{
 		log: log, metrics: m, pool: newBufPool(), ctx: ctx, cancel: cancel, hurry: make(chan struct{}),
 		listeners: map[string]*listener{}, backends: map[string]*failover.Backend{},
-		sessions: map[*session]struct{}{}, links: map[linkKey]*link{},
+		sessions: map[*session]struct{}{}, links: map[linkKey]*link{}, counts: map[serverKey]failover.Counts{},
 		forensics: newForensics(log.Named("proxy"), m.ConnectDuration), evidenceWindow: defaultEvidenceWindow, rttFresh: defaultRTTFresh,
 	}
 	p.forensics.connect.keep = p.configuredServer
@@ -220,8 +225,10 @@ func (p *Proxy) apply(cfg *config.Config) error {
 		if old, ok := p.backends[b.Config.Name]; ok {
 			b.Inherit(old) // health and session counts go on as before the reload
 		}
+		p.shareCounts(b) // a server put back while its sessions live (reload.go)
 		b.Start(p.ctx)
 	}
+	p.keepCounts(backends)
 	for i := range cfg.Listeners {
 		lc := &cfg.Listeners[i]
 		l := listeners[lc.Name]

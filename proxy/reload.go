@@ -122,3 +122,52 @@ func hasServer(cfg *config.Config, backend, address string) bool {
 	}
 	return false
 }
+
+// shareCounts gives each server of the fresh backend b that its
+// predecessor did not have (Inherit shared those) the session counts of the
+// same server that an earlier reload took out, if sessions still live on
+// it: least_sessions then weighs them. Without this a server taken out and
+// put back counted from 0 while its sessions lived, and took every new
+// session until it had as many again. Under p.mu, before b starts.
+func (p *Proxy) shareCounts(b *failover.Backend) {
+	old := p.backends[b.Config.Name]
+	for _, s := range b.Servers {
+		if old != nil && hasServerOf(old, s.Address) {
+			continue // Inherit shared its predecessor's
+		}
+		if c, ok := p.counts[serverKey{b.Config.Name, s.Address}]; ok {
+			s.ShareCounts(c)
+		}
+	}
+}
+
+// keepCounts records the counts of the servers that the running backends
+// have and backends (the new ones) do not, while sessions live on them,
+// and forgets those that are back or have no session left. Under p.mu,
+// with p.backends still the running ones.
+func (p *Proxy) keepCounts(backends map[string]*failover.Backend) {
+	for k, c := range p.counts {
+		if b := backends[k.backend]; !c.Live() || b != nil && hasServerOf(b, k.server) {
+			delete(p.counts, k)
+		}
+	}
+	for name, old := range p.backends {
+		for _, s := range old.Servers {
+			if b := backends[name]; b != nil && hasServerOf(b, s.Address) {
+				continue
+			}
+			if c := s.Counts(); c.Live() {
+				p.counts[serverKey{name, s.Address}] = c
+			}
+		}
+	}
+}
+
+func hasServerOf(b *failover.Backend, address string) bool {
+	for _, s := range b.Servers {
+		if s.Address == address {
+			return true
+		}
+	}
+	return false
+}

@@ -1272,3 +1272,56 @@ func TestMovedListenerKeepsMaxSessionsCount(t *testing.T) {
 		return listenerAt(base, addr), "l", addr
 	})
 }
+
+// least_sessions across two reloads: one takes server A out, the next puts
+// it back, while A's sessions still live (an operator who took the wrong
+// server out and undoes it, or drains A for a while and returns it). A
+// and B have 2 live sessions each; the next 2 sessions are to go one to
+// each. They both went to A: the A the second reload built counted from 0,
+// and A's live sessions ended on the A of the first configuration.
+func TestReloadThatPutsAServerBackKeepsItsLeastSessionsCount(t *testing.T) {
+	a, b := newServer(t, sayName("A")), newServer(t, sayName("B"))
+	cfg := backendTOML(`balance = "least_sessions"
+connect_budget = "3s"
+[backend.health]
+check = "off"`, fmt.Sprintf("address = %q", a.address), fmt.Sprintf("address = %q", b.address))
+	without := backendTOML(`balance = "least_sessions"
+connect_budget = "3s"
+[backend.health]
+check = "off"`, fmt.Sprintf("address = %q", b.address))
+	h := startProxy(t, cfg)
+	var open []net.Conn
+	t.Cleanup(func() {
+		for _, c := range open {
+			c.Close()
+		}
+	})
+	reach := func() string {
+		name, conn, err := h.reached()
+		if err != nil {
+			t.Fatal(err)
+		}
+		open = append(open, conn)
+		return name
+	}
+	got := map[string]int{}
+	for range 4 {
+		got[reach()]++
+	}
+	if got["A"] != 2 || got["B"] != 2 {
+		t.Fatalf("before the reloads: %v, want 2 on each", got)
+	}
+	for _, c := range []string{without, cfg} {
+		if err := h.p.Apply(mustParse(t, c)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	got = map[string]int{}
+	for range 2 {
+		got[reach()]++
+	}
+	if got["A"] != 1 || got["B"] != 1 {
+		t.Fatalf("after A was taken out and put back, with 2 live sessions on each: the next 2 sessions went %v, want 1 to each (A counted %d live sessions)",
+			got, h.p.backend("b").Servers[0].Sessions())
+	}
+}
