@@ -129,10 +129,11 @@ type Server struct {
 	sessions  *atomic.Int64 // shared with the server a reload replaced (Inherit)
 	opening   *atomic.Int64 // sessions dialing it or awaiting its first answer (Plan.Next to Plan.Done); shared as sessions is
 	version   atomic.Value  // string: listener version from tnsping
-
-	// Owned by the health check goroutine.
-	serviceChecked time.Time
-	serviceErr     error
+	// serviceOK is when the listener last said health.service is
+	// registered and takes sessions (unix nanoseconds; 0: not since the
+	// last failed check or failed service answer). Written by the health
+	// check goroutine; carried over a reload (Inherit).
+	serviceOK atomic.Int64
 }
 
 // New builds a backend from its configuration. With health checks on,
@@ -203,6 +204,11 @@ func (b *Backend) Inherit(old *Backend) {
 			}
 			if v, ok := o.version.Load().(string); ok && tnsping {
 				s.version.Store(v)
+			}
+			if tnsping && b.Config.Health.Service == old.Config.Health.Service {
+				// Asked again only after service_interval, as without the
+				// reload: each answer costs the database a server process.
+				s.serviceOK.Store(o.serviceOK.Load())
 			}
 			s.checkRTT.Store(o.checkRTT.Load()) // the path's RTT is the path's
 			// A name's addresses that failed still go last (and are not

@@ -83,7 +83,7 @@ func (s *Server) checkLoop(ctx context.Context) {
 			// registers after it answers again, so a positive service
 			// answer from before says nothing about it then. The next check
 			// that passes tnsping asks again.
-			s.serviceChecked = time.Time{}
+			s.serviceOK.Store(0)
 		}
 		if err == nil {
 			streak = max(streak, 0) + 1
@@ -268,11 +268,16 @@ func (s *Server) checkProtocol(ctx context.Context, c net.Conn, addr string) err
 	if h.Service == "" {
 		return nil
 	}
-	if s.serviceErr != nil || s.serviceChecked.IsZero() || time.Since(s.serviceChecked) >= h.ServiceInterval.Duration {
-		s.serviceChecked = time.Now()
-		s.serviceErr = s.probeService(ctx, h.Service, addr)
+	if at := s.serviceOK.Load(); at != 0 && time.Since(time.Unix(0, at)) < h.ServiceInterval.Duration {
+		return nil
 	}
-	return s.serviceErr
+	asked := time.Now()
+	if err := s.probeService(ctx, h.Service, addr); err != nil {
+		s.serviceOK.Store(0)
+		return err
+	}
+	s.serviceOK.Store(asked.UnixNano())
+	return nil
 }
 
 // probeService asks the listener, on a connection of its own, whether the

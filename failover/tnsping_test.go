@@ -319,3 +319,42 @@ func TestHealthCheckSendsLocalProxyHeader(t *testing.T) {
 		})
 	}
 }
+
+// A reload that rebuilds the backend (here a changed connect_budget) keeps
+// the listener's positive answer about health.service: it is asked again
+// after service_interval, as without the reload. Every reload asked every
+// server at once, and each positive answer starts a server process on the
+// database host.
+func TestReloadKeepsTheServiceAnswer(t *testing.T) {
+	has := tnstest.New(t, tnstest.Config{Mode: tnstest.Accept, Services: []string{"ORDERS"}})
+	health := "  check = \"tnsping\"\n  interval = \"50ms\"\n  timeout = \"50ms\"\n  rise = 1\n  fall = 1\n  service = \"ORDERS\"\n  service_interval = \"1h\"\n"
+	b, _ := startBackend(t, "", health, `address = "`+has.Addr()+`"`)
+	asked := func() int {
+		n := 0
+		for _, c := range has.Connects() {
+			if strings.Contains(string(c), "SERVICE_NAME=ORDERS") {
+				n++
+			}
+		}
+		return n
+	}
+	eventually(t, "up, the service asked", func() bool { return b.Servers[0].Up() && asked() == 1 })
+
+	text := "[[listener]]\nname = \"l\"\nlisten = \"127.0.0.1:0\"\nbackend = \"b\"\n[[backend]]\nname = \"b\"\nconnect_budget = \"30s\"\n  [backend.health]\n" + health + servers(`address = "`+has.Addr()+`"`)
+	cfg, _, err := config.Parse([]byte(text), "test.toml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	nb := New(cfg.Backend("b"), hclog.NewNullLogger(), metrics.New(prometheus.NewRegistry(), "test"))
+	nb.Inherit(b)
+	ctx, cancel := context.WithCancel(context.Background())
+	nb.Start(ctx)
+	t.Cleanup(func() { cancel(); nb.Stop() })
+	time.Sleep(300 * time.Millisecond) // six checks of the rebuilt backend
+	if !nb.Servers[0].Up() {
+		t.Error("the rebuilt backend's server is down")
+	}
+	if n := asked(); n != 1 {
+		t.Errorf("the listener was asked about the service %d times; want once (service_interval 1h, across the reload)", n)
+	}
+}
