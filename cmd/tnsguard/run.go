@@ -228,10 +228,10 @@ func runCommand(args []string, stderr io.Writer) (code int) {
 			return
 		}
 		if next.Admin.Listen != running.Listen {
-			log.Warn("admin.listen changed: it takes effect at the next restart", "running", running.Listen)
+			log.Warn("admin.listen changed: it takes effect at the next restart or upgrade (SIGUSR2)", "running", running.Listen)
 		}
 		if next.Log.Format != logFormat {
-			log.Warn("log.format changed: it takes effect at the next restart", "running", logFormat)
+			log.Warn("log.format changed: it takes effect at the next restart or upgrade (SIGUSR2)", "running", logFormat)
 		}
 		if *path != "" && cfg.Reload.Watch.Duration > 0 && next.Reload.Watch.Duration == 0 {
 			// In Kubernetes nothing else reloads: the next ConfigMap edit
