@@ -10,8 +10,9 @@ import (
 // together, a quarter of Go's memory limit (GOMEMLIMIT, or the 90% of the
 // cgroup's limit that run gives it). Each session keeps up to
 // replay_bytes (64 KiB by default) until its server answers: 3,000 apps
-// that each sent 60 KB of a CONNECT a listener waits out took a 256 MiB
-// pod to 270 MB, past its limit, and the OOM killer ends every session.
+// that each sent 60 KB of a CONNECT a listener waits out took tnsguard to
+// 256 MiB of RSS under the GOMEMLIMIT of a 256 MiB pod (182 MiB with the
+// budget): the pod's limit, where the OOM killer ends every session.
 const replayShare = 4
 
 // replayBudgetFor is the bytes of openings the sessions may keep together
