@@ -12,6 +12,7 @@ package admin
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -49,9 +50,19 @@ type Server struct {
 	closing atomic.Bool                    // CloseWithin closed the listener: Serve's error is no failure
 }
 
+// Listen binds the admin listener's address: plain TCP, as the proxy's
+// listeners. Go makes listeners Multipath TCP by default, and the kernel's
+// MPTCP getsockname leaves a link-local address without its scope, so the
+// socket's address ([fe80::1]:9521) lost the zone it was bound with.
+func Listen(address string) (net.Listener, error) {
+	var lc net.ListenConfig
+	lc.SetMultipathTCP(false)
+	return lc.Listen(context.Background(), "tcp", address)
+}
+
 // Start binds cfg.Listen and serves until Close.
 func Start(cfg config.Admin, reg *prometheus.Registry, src Source, log hclog.Logger) (*Server, error) {
-	ln, err := net.Listen("tcp", cfg.Listen)
+	ln, err := Listen(cfg.Listen)
 	if err != nil {
 		return nil, err
 	}

@@ -622,8 +622,8 @@ func loopsBack(listen, addr string) bool {
 	}
 	local := hs == "" || isLoopback(hs)
 	// A dial to localhost tries every address of the name: ::1 too, where
-	// /etc/hosts has it (Debian, RHEL), after 127.0.0.1 refused. Binding
-	// takes 127.0.0.1 alone (splitSocket), dialing does not.
+	// /etc/hosts has it (Debian, RHEL), and first (Go orders them by RFC
+	// 6724). Binding takes 127.0.0.1 alone (splitSocket), dialing does not.
 	if rh, _, err := net.SplitHostPort(addr); err == nil {
 		switch strings.TrimSuffix(strings.ToLower(rh), ".") {
 		case "localhost":

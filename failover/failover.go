@@ -574,12 +574,22 @@ func DialResult(err error) string {
 		return "refused"
 	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, os.ErrDeadlineExceeded), errors.Is(err, syscall.ETIMEDOUT):
 		return "timeout"
-	case errors.Is(err, syscall.EHOSTUNREACH), errors.Is(err, syscall.ENETUNREACH):
+	case Unreachable(err):
 		return "unreachable"
 	case errors.Is(err, context.Canceled):
 		return "canceled"
 	}
 	return "error"
+}
+
+// Unreachable tells a dial or a leg that a router (or a firewall) said the
+// host cannot be reached: EHOSTUNREACH or ENETUNREACH, and EACCES, which is
+// how Linux reports an ICMPv6 "administratively prohibited" (firewalld's
+// default reject, ip6tables' icmp6-adm-prohibited) where the same reject
+// over IPv4 (ICMP code 13) is EHOSTUNREACH.
+func Unreachable(err error) bool {
+	return errors.Is(err, syscall.EHOSTUNREACH) || errors.Is(err, syscall.ENETUNREACH) ||
+		errors.Is(err, syscall.EACCES)
 }
 
 // Succeeded tells the breaker (and, with health checks off, the up state)

@@ -82,7 +82,7 @@ func Cause(err error) string {
 		return "proxy" // tnsguard out of fds or memory (a revive that waited 2 s for them), not the peer
 	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, os.ErrDeadlineExceeded):
 		return "timeout"
-	case errors.Is(err, syscall.EHOSTUNREACH), errors.Is(err, syscall.ENETUNREACH):
+	case failover.Unreachable(err): // EACCES too: an ICMPv6 reject (admin-prohibited)
 		return "unreachable"
 	case errors.Is(err, ErrNoBackend):
 		// Last: a session that got no backend is counted with its last

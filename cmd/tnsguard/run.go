@@ -119,7 +119,7 @@ func runCommand(args []string, stderr io.Writer) (code int) {
 	var admLn net.Listener
 	if ln := inherited.Take(cfg.Admin.Listen); ln != nil {
 		admLn = ln
-	} else if admLn, err = net.Listen("tcp", cfg.Admin.Listen); err != nil {
+	} else if admLn, err = admin.Listen(cfg.Admin.Listen); err != nil {
 		log.Error("cannot start the admin listener", "address", cfg.Admin.Listen, "error", cfg.Place("admin: "+proxy.BindHint(err).Error()))
 		inherited.Close()
 		return 1
