@@ -4,7 +4,7 @@
 #
 #   docker build -t tnsguard --build-arg VERSION=$(git describe --tags --always) .
 #   docker run -d --name tnsguard --restart unless-stopped -p 1522:1522 -p 127.0.0.1:9521:9521 \
-#     -v $PWD/tnsguard.toml:/etc/tnsguard/tnsguard.toml:ro tnsguard
+#     -v $PWD/tnsguard:/etc/tnsguard:ro tnsguard        # ./tnsguard/tnsguard.toml: your config
 #
 # The final stage installs nothing: it only copies the binary and the config, so it
 # builds without network once the base images are present. test/deploy checks this

@@ -16,6 +16,7 @@ func TestBuiltBinary(t *testing.T) {
 	t.Run("static", func(t *testing.T) { checkStatic(t, bin, version) })
 	t.Run("shipped-configs-pass-check", func(t *testing.T) { checkShippedConfigs(t, bin) })
 	t.Run("metrics-live", func(t *testing.T) { checkMetricsLive(t, bin, version) })
+	t.Run("systemd-low-port", func(t *testing.T) { checkSystemdLowPort(t, bin) })
 }
 
 // checkShippedConfigs runs `tnsguard check` on the configs the image and the

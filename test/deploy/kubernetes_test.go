@@ -455,8 +455,12 @@ func TestDockerCompose(t *testing.T) {
 	var cfgFile string
 	for _, v := range s.Volumes {
 		f := strings.Split(v, ":")
-		if len(f) >= 2 && f[1] == "/etc/tnsguard/tnsguard.toml" {
+		switch {
+		case len(f) < 2:
+		case f[1] == "/etc/tnsguard/tnsguard.toml":
 			cfgFile = strings.TrimPrefix(f[0], "./")
+		case f[1] == "/etc/tnsguard":
+			cfgFile = strings.TrimPrefix(f[0], "./") + "/tnsguard.toml"
 		}
 	}
 	if cfgFile == "" {
@@ -498,4 +502,30 @@ func quantityBytes(t *testing.T, q string) int64 {
 	}
 	t.Fatalf("memory quantity %q not understood", q)
 	return 0
+}
+
+// TestDockerConfigMountSeesEdits: the config is reloaded in place (docker kill -s HUP),
+// so the mount must show the host's edits. A bind mount of a single file holds on to
+// the file (its inode): an edit that writes a new file and renames it over the old one
+// (vim, sed -i, Ansible, git checkout) never reaches the container, and the HUP that
+// follows reloads the old text and logs "configuration reloaded". A directory mount
+// sees the new file, as the Kubernetes Deployment's does (no subPath).
+func TestDockerConfigMountSeesEdits(t *testing.T) {
+	var docs []composeFile
+	decodeYAML(t, loadYAML(t, "configs/docker-compose.yml"), "configs/docker-compose.yml", &docs)
+	for _, v := range docs[0].Services["tnsguard"].Volumes {
+		if f := strings.Split(v, ":"); len(f) >= 2 && f[1] == "/etc/tnsguard/tnsguard.toml" {
+			t.Errorf("configs/docker-compose.yml mounts the single file %q: mount its directory at /etc/tnsguard", v)
+		}
+	}
+	mount := regexp.MustCompile(`-v\s+(\S+):(/etc/tnsguard\S*)`)
+	for _, rel := range []string{"README.md", "Dockerfile"} {
+		for i, line := range strings.Split(readRepoFile(t, rel), "\n") {
+			for _, m := range mount.FindAllStringSubmatch(line, -1) {
+				if target := strings.TrimSuffix(m[2], ":ro"); target != "/etc/tnsguard" {
+					t.Errorf("%s:%d: %s mounts %s: mount a directory at /etc/tnsguard, or a reload misses edits", rel, i+1, m[0], target)
+				}
+			}
+		}
+	}
 }

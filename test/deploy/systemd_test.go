@@ -1,6 +1,7 @@
 package deploy
 
 import (
+	"context"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -152,5 +153,122 @@ func TestSystemdAnalyze(t *testing.T) {
 	t.Logf("systemd-analyze security: exposure %.1f (0 = fully hardened, 10 = none; below 2 is \"OK\")", level)
 	if level >= 2 {
 		t.Errorf("exposure level %.1f, want below 2.0:\n%s", level, out)
+	}
+}
+
+// lowPortAdvice is the unit's settings as the advice for a port below 1024 (in the
+// unit's comment and in the README) changes them: the Key=Value pairs of the
+// paragraph that gives it.
+func lowPortAdvice(t *testing.T, rel string, u systemdUnit) map[string]string {
+	t.Helper()
+	eff := map[string]string{}
+	for _, k := range []string{"PrivateUsers", "AmbientCapabilities", "CapabilityBoundingSet"} {
+		eff[k], _ = u.last("Service." + k)
+	}
+	lines := strings.Split(readRepoFile(t, rel), "\n")
+	start := -1
+	for i, l := range lines {
+		if strings.Contains(l, "below 1024") || strings.Contains(l, "below port 1024") {
+			start = i
+			break
+		}
+	}
+	if start < 0 {
+		t.Fatalf("%s gives no advice for a port below 1024", rel)
+	}
+	var para []string
+	for i := start; i < len(lines); i++ {
+		l := strings.TrimSpace(strings.TrimPrefix(strings.TrimSpace(lines[i]), "#"))
+		if l == "" || (i > start && strings.HasPrefix(l, "- ")) || strings.HasPrefix(l, "[") {
+			break
+		}
+		para = append(para, l)
+	}
+	// The first value given for a key is the advice; a later one may be a warning.
+	seen := map[string]bool{}
+	for _, m := range regexp.MustCompile(`\b([A-Z][A-Za-z]+)=([A-Za-z_]+)`).FindAllStringSubmatch(strings.Join(para, " "), -1) {
+		if !seen[m[1]] {
+			eff[m[1]], seen[m[1]] = m[2], true
+		}
+	}
+	return eff
+}
+
+// TestSystemdLowPortAdvice: the unit and the README tell how to listen below port
+// 1024. With PrivateUsers=yes the service runs in a user namespace of its own, and a
+// capability there counts for nothing in the host's network namespace (systemd.exec:
+// "zero process capabilities on the host's user namespace"): bind fails with EACCES
+// whatever AmbientCapabilities says. The advice must turn PrivateUsers off.
+func TestSystemdLowPortAdvice(t *testing.T) {
+	u := parseSystemdUnit(t, readRepoFile(t, unitPath))
+	for _, rel := range []string{unitPath, "README.md"} {
+		eff := lowPortAdvice(t, rel, u)
+		if !strings.Contains(eff["AmbientCapabilities"], "CAP_NET_BIND_SERVICE") {
+			t.Errorf("%s: the advice for a port below 1024 leaves AmbientCapabilities=%q", rel, eff["AmbientCapabilities"])
+		}
+		if pu := eff["PrivateUsers"]; pu == "yes" || pu == "true" || pu == "1" || pu == "on" {
+			t.Errorf("%s: the advice for a port below 1024 keeps PrivateUsers=%s: in its own user namespace the service's CAP_NET_BIND_SERVICE does not reach the host's network, and bind is denied", rel, pu)
+		}
+	}
+}
+
+// checkSystemdLowPort runs tnsguard as the unit runs it once the advice for a port
+// below 1024 is applied, in a network namespace of its own (the port is below 1024,
+// and no other test's): in a user namespace of its own when PrivateUsers stays on
+// (as its root, with every capability there: more than the unit's user gets), else as
+// an unprivileged user with CAP_NET_BIND_SERVICE in the host's namespace.
+func checkSystemdLowPort(t *testing.T, bin string) {
+	if os.Geteuid() != 0 {
+		t.Skip("SKIPPED: needs root to make a network namespace")
+	}
+	unshare := requireTool(t, "unshare", "make namespaces")
+	setpriv := requireTool(t, "setpriv", "give a capability")
+	u := parseSystemdUnit(t, readRepoFile(t, unitPath))
+	eff := lowPortAdvice(t, unitPath, u)
+	// An unprivileged user must reach the files: t.TempDir's parent is 0700.
+	dir, err := os.MkdirTemp("", "tnsguard-lowport-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	if err := os.Chmod(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	data, err := os.ReadFile(bin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	bin = filepath.Join(dir, "tnsguard")
+	if err := os.WriteFile(bin, data, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	cfg := filepath.Join(dir, "low.toml")
+	if err := os.WriteFile(cfg, []byte(`[admin]
+listen = "127.0.0.1:29521"
+[[listener]]
+name    = "low"
+listen  = "0.0.0.0:999"
+backend = "db"
+[[backend]]
+name = "db"
+  [[backend.server]]
+  address = "127.0.0.1:21521"
+`), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	args := []string{"-n", "--"}
+	if pu := eff["PrivateUsers"]; pu == "yes" || pu == "true" {
+		args = append(args, unshare, "-U", "-r", "--")
+	} else {
+		args = append(args, setpriv, "--reuid", "65534", "--regid", "65534", "--clear-groups",
+			"--inh-caps", "+net_bind_service", "--ambient-caps", "+net_bind_service", "--")
+	}
+	args = append(args, bin, "run", "-config", cfg)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	defer cancel()
+	out, _ := exec.CommandContext(ctx, unshare, args...).CombinedOutput()
+	if !strings.Contains(string(out), "tnsguard started") {
+		t.Errorf("the unit with the advice for a port below 1024 (PrivateUsers=%q AmbientCapabilities=%q) does not start:\n%s",
+			eff["PrivateUsers"], eff["AmbientCapabilities"], out)
 	}
 }
