@@ -531,6 +531,16 @@ func (p *pump) spliceBulk() (eof bool, pe *pumpErr) {
 		case sp.err != 0:
 			return false, &pumpErr{err: os.NewSyscallError("splice", sp.err)}
 		case sp.n == 0:
+			// A splice stops in front of an urgent byte, with EAGAIN; but
+			// once the peer's FIN is in too (the byte, what follows it and
+			// the close sent at once) it returns 0 there, as at the end of
+			// the stream. That is no end: tryRead takes the byte and reads
+			// past it. Taken for the end, the byte and every byte behind
+			// it were dropped, and the FIN passed on after a stream cut
+			// short.
+			if p.lookForMark(); p.urgent {
+				return false, nil
+			}
 			return true, nil
 		}
 		round += sp.n

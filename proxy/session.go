@@ -1211,9 +1211,28 @@ func (s *session) directionDone(pe *pumpErr, src, dst Side) {
 			srv = s.overflowSrv
 		}
 	}
+	drain := s.established && pe.atWrite && Cause(err) == "rst" && s.legs.Load() == 2
 	s.mu.Unlock()
+	if drain {
+		// dst's peer reset the session while this direction wrote to it.
+		// What that peer sent before its reset (its last message: a
+		// database's error saying why it ended the session, an app's
+		// logoff) is still in its socket, which keeps it readable, or on
+		// its way: the other direction passes it on and then finds the
+		// reset itself (endOfStream), which ends the session, so the
+		// other side reads it before its reset, as it would without
+		// tnsguard. resetDrainFor bounds the wait, for a side that does
+		// not read.
+		time.AfterFunc(resetDrainFor, func() { s.abort(side, phase, err, "reset", srv) })
+		return
+	}
 	s.abort(side, phase, err, "reset", srv)
 }
+
+// resetDrainFor is how long a session whose leg was reset while a
+// direction wrote to it waits for the other direction to pass on what that
+// leg's peer sent before its reset (directionDone).
+const resetDrainFor = 100 * time.Millisecond
 
 // halfCloseLocked sends side's peer a FIN on c, and notes it as tnsguard's
 // own: after the peer's FIN the socket is in CLOSE, which endOfStream would

@@ -400,3 +400,63 @@ func sendOOBBehind(t *testing.T, c *net.TCPConn, b string, u byte) {
 		t.Error(os.NewSyscallError("send MSG_OOB", serr))
 	}
 }
+
+// An urgent byte, the bytes after it and the end of the stream, sent at
+// once behind a bulk transfer (a break during a large upload or result, and
+// the peer's close right after: Ctrl-C, then the process exits), reach the
+// other side intact, in both directions: with the bulk still arriving, and
+// after it paused (the pump waits holding its pipe). A splice at the mark
+// returns 0, not EAGAIN, once the FIN is in too; that was taken for the end
+// of the stream: the urgent byte and every byte behind it were dropped, and
+// the other side got a clean FIN after a stream cut at the mark.
+func TestUrgentByteAndTheEndBehindABulkTransferLoseNoBytes(t *testing.T) {
+	const tail = "the break's marker, then the close"
+	cases := []struct {
+		name  string
+		bulk  int           // bytes sent first
+		pause time.Duration // then this pause
+		more  int           // and these bytes before the urgent one
+	}{
+		{"in bulk", 8 << 20, 0, 0},
+		{"bulk that paused", 100_000, 20 * time.Millisecond, 40_000},
+		{"bulk that paused, the byte first", 100_000, 20 * time.Millisecond, 0}, // the pump's first splice of the wake stops at it
+	}
+	for _, tc := range cases {
+		before := bytes.Repeat([]byte("0123456789abcdef"), tc.bulk/16)
+		before = append(before, bytes.Repeat([]byte("fedcba9876543210"), tc.more/16)...)
+		send := func(c *net.TCPConn) {
+			c.Write(before[:tc.bulk])
+			time.Sleep(tc.pause)
+			c.Write(before[tc.bulk:])
+			sendOOB(t, c, '!')
+			c.Write([]byte(tail))
+			c.CloseWrite()
+		}
+		check := func(t *testing.T, who string, r *urgentReader) {
+			t.Helper()
+			if want := string(before) + tail; string(r.stream) != want {
+				t.Fatalf("%s got %d bytes, want %d intact (urgent %+v)", who, len(r.stream), len(want), r.urgent)
+			}
+			if len(r.urgent) != 1 || r.urgent[0].b != '!' || r.urgent[0].at != len(before) {
+				t.Fatalf("urgent data at %s: %+v; want '!' once, after the %d bytes before it", who, r.urgent, len(before))
+			}
+		}
+		t.Run(tc.name+", app to database", func(t *testing.T) {
+			c, got := sessionToUrgentReader(t, 10*time.Second, func(*urgentReader) bool { return false }) // until the end
+			go send(c)
+			select {
+			case r := <-got:
+				check(t, "the database", r)
+			case <-time.After(15 * time.Second):
+				t.Fatal("the database never got the stream")
+			}
+		})
+		t.Run(tc.name+", database to app", func(t *testing.T) {
+			_, c, db := sessionWithDatabase(t)
+			go send(db)
+			r := &urgentReader{c: c}
+			r.readUntil(10*time.Second, func(*urgentReader) bool { return false }) // until the end
+			check(t, "the app", r)
+		})
+	}
+}
