@@ -137,11 +137,16 @@ func (p *Proxy) configuredServer(k serverKey) bool {
 func (p *Proxy) Apply(cfg *config.Config) error {
 	p.applyMu.Lock()
 	defer p.applyMu.Unlock()
+	// Before apply: the first one starts the listeners, and a session that
+	// read its opening before this line saw a budget of 0 (every opening
+	// sent on without a copy, and "reached their memory budget" logged):
+	// the connections an upgrade's new process finds queued on the sockets
+	// handed over are accepted at once. The budget is not the file's.
+	p.replayBudget.Store(replayBudgetFor())
 	if err := p.apply(cfg); err != nil {
 		return err
 	}
 	p.pool.setPipeBound(pipeBound(cfg))
-	p.replayBudget.Store(replayBudgetFor())
 	// Outside p.mu, which every accepted connection takes (current):
 	// retuning tens of thousands of sessions would hold accepts for the
 	// hundreds of milliseconds it takes.

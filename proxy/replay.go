@@ -25,15 +25,35 @@ func replayBudgetFor() int64 {
 	return limit / replayShare
 }
 
+// routeReserve is what an opening on a listener with routes may keep
+// past the budget while its route is still to be read: as much as the
+// least replay_bytes that routes allow (config's minRouteBytes), which a
+// CONNECT with its connect data rarely approaches. Past the budget, its
+// bytes went on without a copy, routing took the CONNECT for one longer
+// than replay_bytes, and the app went to the default route's database:
+// openings that other listeners' apps kept chose the database of a
+// routed listener's apps.
+const routeReserve = 8192
+
 // replayRoomLocked tells whether n more bytes of the opening may be kept:
 // within the backend's replay_bytes (limit), and within what the proxy's
-// budget has left. The caller holds s.mu.
+// budget has left. Bytes that fit in the buffer the opening holds already
+// (charged as its capacity) take no more memory, and an opening whose
+// route is still to be read keeps up to routeReserve whatever the budget.
+// The caller holds s.mu.
 func (s *session) replayRoomLocked(n, limit int) bool {
 	if len(s.replay)+n > limit {
 		return false
 	}
+	grow := len(s.replay) + n - cap(s.replay)
+	if grow <= 0 {
+		return true
+	}
+	if len(s.replay)+n <= routeReserve && len(s.lcfg.Routes) > 0 && !s.connectSeen && s.conn == nil && s.attaching == nil {
+		return true
+	}
 	b := s.p.replayBudget.Load()
-	return b < 0 || s.p.replayHeld.Load()+int64(n) <= b
+	return b < 0 || s.p.replayHeld.Load()+int64(grow) <= b
 }
 
 // chargeReplayLocked brings the proxy's count of kept opening bytes to

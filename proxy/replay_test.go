@@ -12,6 +12,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/tnsguard/tnsguard/tns/tnstest"
 )
 
 // recorder is an echo server that keeps, per connection, every byte it
@@ -534,5 +536,61 @@ func TestOpeningsKeptForReplayStayWithinTheBudget(t *testing.T) {
 	for _, c := range conns {
 		resetConn(c) // the apps give up
 	}
+	waitFor(t, 5*time.Second, "the kept openings let go with their sessions", func() bool { return h.p.replayHeld.Load() == 0 })
+}
+
+// The replay budget is the proxy's, shared by every listener: openings
+// that other apps' sessions keep (here 32 KB of a CONNECT that a listener
+// waits out, on another listener) can spend it. A routed listener must
+// still read a small CONNECT's service: past the budget, the bytes went on
+// without a copy, routing took the CONNECT for one longer than
+// replay_bytes, and the app for SALES was sent to the default route's
+// database.
+func TestRoutedConnectIsRoutedWhenTheReplayBudgetIsSpent(t *testing.T) {
+	const each, budget = 32 << 10, 49_200 // the held opening's buffer grows to 48 KiB
+	held := make(chan struct{}, 1)
+	slow := newBackend(t, func(c *net.TCPConn) {
+		io.ReadFull(c, make([]byte, each))
+		held <- struct{}{}
+		io.Copy(io.Discard, c) // the listener waits for the rest: no answer
+	})
+	sales := tnstest.New(t, tnstest.Config{Mode: tnstest.Refuse, Err: 12560})
+	orders := tnstest.New(t, tnstest.Config{Mode: tnstest.Refuse, Err: 12560})
+	cfg := routesConfig(sales.Addr(), orders.Addr()) + fmt.Sprintf(`
+[[listener]]
+name = "hold"
+listen = "127.0.0.1:0"
+backend = "slow-db"
+[[backend]]
+name = "slow-db"
+connect_budget = "20s"
+  [backend.health]
+  check = "off"
+  [[backend.server]]
+  address = %q
+`, slow.addr())
+	h := startProxy(t, cfg)
+	h.p.replayBudget.Store(budget)
+	c := h.dial("hold")
+	for _, n := range []int{16 << 10, 16 << 10} { // read as written
+		if _, err := c.Write(bytes.Repeat([]byte{'x'}, n)); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	select {
+	case <-held:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the held opening did not reach its server")
+	}
+	if got := h.p.replayHeld.Load(); got < budget-100 {
+		t.Fatalf("%d bytes kept for a replay; the test wants the budget (%d) spent", got, budget)
+	}
+	goOraPing(t, h.addr("l"), "SALES")
+	if len(sales.Connects()) != 1 || len(orders.Connects()) != 0 {
+		t.Fatalf("an app for SALES, with the replay budget spent by another listener's openings: sales got %d CONNECTs, the default route (orders) %d; want 1 and 0",
+			len(sales.Connects()), len(orders.Connects()))
+	}
+	resetConn(c)
 	waitFor(t, 5*time.Second, "the kept openings let go with their sessions", func() bool { return h.p.replayHeld.Load() == 0 })
 }
