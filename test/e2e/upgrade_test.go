@@ -880,9 +880,23 @@ func TestUpgradeThatHangsLeavesNothingHoldingThePort(t *testing.T) {
 // has ended. The new process counted from 0: up to twice max_sessions for
 // drain_timeout.
 func TestUpgradeKeepsMaxSessionsWhileTheOldProcessDrains(t *testing.T) {
+	g, open := limitedUpgrade(t, "3s")
+	if err := open("over the limit"); err == nil {
+		t.Fatal("a 4th session was let in before the upgrade: max_sessions = 3 is not in force")
+	}
+	g.upgrade()
+	g.upgraded(10 * time.Second)
+	limitHeldWhileTheFirstDrains(t, g, open, "the upgrade")
+}
+
+// limitedUpgrade starts tnsguard with a listener of max_sessions = 3 (and
+// drain_timeout drain) and opens 3 pooled sessions through it; open opens
+// another, held until the test ends, and tells whether it was served.
+func limitedUpgrade(t *testing.T, drain string) (*instance, func(what string) error) {
+	t.Helper()
 	e := newEcho(t)
 	admin, addr := freeAddr(t), freeAddr(t)
-	conf := config(admin, "grace = \"0s\"\ndrain_timeout = \"3s\"",
+	conf := config(admin, "grace = \"0s\"\ndrain_timeout = \""+drain+"\"",
 		[]listenerConf{{name: "l", listen: addr, backend: "db", extra: "max_sessions = 3"}},
 		[]backendConf{{name: "db", servers: []string{e.addr()}}})
 	g := start(t, admin, conf, true)
@@ -899,31 +913,33 @@ func TestUpgradeKeepsMaxSessionsWhileTheOldProcessDrains(t *testing.T) {
 			t.Fatalf("pooled session %d: %v", i, err)
 		}
 	}
-	if err := open("over the limit"); err == nil {
-		t.Fatal("a 4th session was let in before the upgrade: max_sessions = 3 is not in force")
-	}
-	g.upgrade()
-	g.upgraded(10 * time.Second)
+	return g, open
+}
+
+// limitHeldWhileTheFirstDrains checks, after what (an upgrade), that the
+// newest process lets in no session while the first process drains its 3
+// (max_sessions = 3), and all 3 once that process has ended (its sessions
+// reset at its drain_timeout): the pools reconnect.
+func limitHeldWhileTheFirstDrains(t *testing.T, g *instance, open func(what string) error, what string) {
+	t.Helper()
 	admitted := 0
 	for i := range 3 {
-		if open(fmt.Sprintf("after the upgrade %d", i)) == nil {
+		if open(fmt.Sprintf("after %s %d", what, i)) == nil {
 			admitted++
 		}
 	}
 	if admitted > 0 {
-		t.Errorf("%d sessions let in by the new process while the old one drains its 3: %d in all, max_sessions = 3", admitted, 3+admitted)
+		t.Errorf("%d sessions let in after %s while the first process drains its 3: %d in all, max_sessions = 3", admitted, what, 3+admitted)
 	}
-	// Once the old process has ended (its sessions reset at its
-	// drain_timeout), its slots are free: the pools reconnect.
 	select {
 	case <-g.done:
 	case <-time.After(10 * time.Second):
-		t.Fatal("the old process still runs 10 s after the upgrade (drain_timeout 3s)")
+		t.Fatalf("the first process still runs 10 s after %s", what)
 	}
-	time.Sleep(300 * time.Millisecond)
+	time.Sleep(500 * time.Millisecond)
 	for i := range 3 {
-		if err := open(fmt.Sprintf("after the old process ended %d", i)); err != nil {
-			t.Errorf("session %d of 3 after the old process ended: %v", i, err)
+		if err := open(fmt.Sprintf("after the first process ended %d", i)); err != nil {
+			t.Errorf("session %d of 3 after the first process ended: %v", i, err)
 		}
 	}
 }
@@ -1227,25 +1243,7 @@ func TestUpgradeThatFailsAppliesTheReloadSentMeanwhile(t *testing.T) {
 // process stopped counting the first one's sessions with it, while they
 // went on until that one's drain_timeout: up to max_sessions more.
 func TestUpgradeAgainWhileTheFirstOldProcessDrainsKeepsMaxSessions(t *testing.T) {
-	e := newEcho(t)
-	admin, addr := freeAddr(t), freeAddr(t)
-	conf := config(admin, "grace = \"0s\"\ndrain_timeout = \"6s\"",
-		[]listenerConf{{name: "l", listen: addr, backend: "db", extra: "max_sessions = 3"}},
-		[]backendConf{{name: "db", servers: []string{e.addr()}}})
-	g := start(t, admin, conf, true)
-	open := func(what string) error {
-		c, err := net.Dial("tcp", addr)
-		if err != nil {
-			return err
-		}
-		t.Cleanup(func() { c.Close() })
-		return roundTrip(c, []byte(what), 2*time.Second)
-	}
-	for i := range 3 {
-		if err := open(fmt.Sprintf("pooled %d", i)); err != nil {
-			t.Fatalf("pooled session %d: %v", i, err)
-		}
-	}
+	g, open := limitedUpgrade(t, "6s")
 	g.upgrade()
 	middle := g.upgraded(10 * time.Second)
 	if err := syscall.Kill(middle, syscall.SIGUSR2); err != nil {
@@ -1260,35 +1258,7 @@ func TestUpgradeAgainWhileTheFirstOldProcessDrainsKeepsMaxSessions(t *testing.T)
 		t.Fatal("the first process ended before its drain_timeout with 3 sessions open")
 	default:
 	}
-	admitted := 0
-	var over []net.Conn // held until checked: the limit is of sessions at once
-	for i := range 3 {
-		c, err := net.Dial("tcp", addr)
-		if err != nil {
-			continue
-		}
-		if roundTrip(c, fmt.Appendf(nil, "after the second upgrade %d", i), 2*time.Second) == nil {
-			admitted++
-		}
-		over = append(over, c)
-	}
-	if admitted > 0 {
-		t.Errorf("%d sessions let in by the newest process while the first one drains its 3: %d in all, max_sessions = 3", admitted, 3+admitted)
-	}
-	for _, c := range over {
-		c.Close()
-	}
-	select {
-	case <-g.done:
-	case <-time.After(10 * time.Second):
-		t.Fatal("the first process still runs 10 s after the upgrades (drain_timeout 6s)")
-	}
-	time.Sleep(500 * time.Millisecond)
-	for i := range 3 {
-		if err := open(fmt.Sprintf("after the first process ended %d", i)); err != nil {
-			t.Errorf("session %d of 3 after the first process ended: %v", i, err)
-		}
-	}
+	limitHeldWhileTheFirstDrains(t, g, open, "the second upgrade")
 }
 
 // A reload asked of the draining old process after the handover
