@@ -154,11 +154,7 @@ type acceptShortage struct {
 func (a *acceptShortage) failed(err error) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	a.gen++
-	if a.calm != nil {
-		a.calm.Stop()
-		a.calm = nil
-	}
+	a.voidCalmLocked()
 	a.failures++
 	if !a.on {
 		a.on, a.since, a.failures = true, time.Now(), 1
@@ -189,6 +185,11 @@ func (a *acceptShortage) accepted() {
 func (a *acceptShortage) stop() {
 	a.mu.Lock()
 	defer a.mu.Unlock()
+	a.voidCalmLocked()
+}
+
+// voidCalmLocked stops a pending "works again". Under a.mu.
+func (a *acceptShortage) voidCalmLocked() {
 	a.gen++
 	if a.calm != nil {
 		a.calm.Stop()

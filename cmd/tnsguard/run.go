@@ -345,22 +345,11 @@ func runCommand(args []string, stderr io.Writer) (code int) {
 	log.Info("signal received: draining", "signal", stop.String())
 	drain(log, stops, false, func() { p.Shutdown(cfg.Shutdown.Grace.Duration, cfg.Shutdown.DrainTimeout.Duration) }, p.Hurry)
 	adm.Close()
-	if oldGone != nil {
-		// The process this one replaced still drains: exit after it. As
-		// the main process, this one's exit ends systemd's wait on stop:
-		// it then sends SIGTERM again to what is left (the old process,
-		// which takes a second one as "close the sessions now").
-		select {
-		case <-oldGone:
-		default:
-			log.Info("waiting for the old process to end its drain", "old_pid", oldPID)
-			select {
-			case <-oldGone:
-			case sig := <-stops:
-				log.Info("signal received: not waiting for the old process", "signal", sig.String())
-			}
-		}
-	}
+	// The process this one replaced may still drain: exit after it. As
+	// the main process, this one's exit ends systemd's wait on stop: it
+	// then sends SIGTERM again to what is left (the old process, which
+	// takes a second one as "close the sessions now").
+	waitForOld(log, oldGone, oldPID, stops, nil)
 	return 0
 }
 

@@ -312,25 +312,34 @@ func retire(log hclog.Logger, p *proxy.Proxy, adm *admin.Server, up *upgrade, st
 	// (ListeningSockets), until this one ends. It ends after that one,
 	// then, as on a stop; or at once when the new process ends (a failure:
 	// nothing serves), or on a stop signal.
-	if oldGone != nil {
-		select {
-		case <-oldGone:
-		default:
-			log.Info("waiting for the old process to end its drain", "old_pid", oldPID)
-			select {
-			case <-oldGone:
-			case <-watched: // the new process ended (exiting is not closed yet)
-			case sig := <-stops:
-				log.Info("signal received: not waiting for the old process", "signal", sig.String())
-			}
-		}
-	}
+	waitForOld(log, oldGone, oldPID, stops, watched) // watched: the new process ended (exiting is not closed yet)
 	close(exiting)
 	<-watched
 	if failed {
 		return 1
 	}
 	return 0
+}
+
+// waitForOld returns once the process this one replaced has ended
+// (oldGone is closed; nil: there is none), or ended is closed, or a stop
+// signal comes.
+func waitForOld(log hclog.Logger, oldGone <-chan struct{}, oldPID int, stops <-chan os.Signal, ended <-chan struct{}) {
+	if oldGone == nil {
+		return
+	}
+	select {
+	case <-oldGone:
+		return
+	default:
+	}
+	log.Info("waiting for the old process to end its drain", "old_pid", oldPID)
+	select {
+	case <-oldGone:
+	case <-ended:
+	case sig := <-stops:
+		log.Info("signal received: not waiting for the old process", "signal", sig.String())
+	}
 }
 
 // waitGone returns once the process pid has exited (reaped or not): by its
