@@ -26,6 +26,35 @@ type breaker struct {
 	trial     bool
 	trialEnd  time.Time // when a trial without a verdict is given up
 	trials    Trial     // half-open trials handed out; the last one's number is the trial out
+	opened    uint64    // how many times the circuit has opened (epoch)
+}
+
+// epoch is the number of times the circuit has opened so far: a dial that
+// reads it before it starts can tell later (successSince) whether the
+// circuit opened while it was in flight.
+func (b *breaker) epoch() uint64 {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.opened
+}
+
+// successSince is success for a dial that began at epoch e. A dial begun
+// before the circuit last opened (an accept queue that takes a SYN it had
+// dropped, late) does not end the open period or a half-open trial: it
+// says no more of the server than the failures that opened it, and closing
+// at once sent new sessions back to a server that fails most of them. The
+// trial, a last-resort dial made while open, or the health check decide.
+func (b *breaker) successSince(e uint64) bool {
+	if b.threshold == 0 {
+		return false
+	}
+	b.mu.Lock()
+	stale := b.state != metrics.BreakerClosed && e != b.opened
+	b.mu.Unlock()
+	if stale {
+		return false
+	}
+	return b.success()
 }
 
 // Trial numbers a half-open trial, so that only the session that holds it
@@ -109,11 +138,28 @@ func (b *breaker) success() bool {
 // failure counts one failure; it reports whether the circuit opened and for
 // how long.
 func (b *breaker) failure(now time.Time) (opened bool, openFor time.Duration) {
+	return b.failureSince(now, anyEpoch)
+}
+
+// anyEpoch is the epoch of a verdict that is not a plan's dial: it counts
+// whenever it comes.
+const anyEpoch = ^uint64(0)
+
+// failureSince is failure for a dial that began at epoch e. A dial begun
+// before the circuit last opened does not decide a half-open trial: its
+// failure, coming in while the trial is out (a hung listener fails its
+// sessions only at the end of connect_budget, long after the circuit
+// opened), re-opened the circuit for twice as long, and the trial's
+// success, if the server had come back, then no longer closed it.
+func (b *breaker) failureSince(now time.Time, e uint64) (opened bool, openFor time.Duration) {
 	if b.threshold == 0 {
 		return false, 0
 	}
 	b.mu.Lock()
 	defer b.mu.Unlock()
+	if e != anyEpoch && b.state != metrics.BreakerClosed && e != b.opened {
+		return false, 0
+	}
 	switch b.state {
 	case metrics.BreakerHalfOpen:
 		b.openFor = doubled(b.openFor, b.maxOpen)
@@ -126,6 +172,7 @@ func (b *breaker) failure(now time.Time) (opened bool, openFor time.Duration) {
 		return false, 0
 	}
 	b.state, b.trial, b.openUntil = metrics.BreakerOpen, false, now.Add(b.openFor)
+	b.opened++
 	return true, b.openFor
 }
 

@@ -1,6 +1,8 @@
 package failover
 
 import (
+	"context"
+	"errors"
 	"testing"
 	"time"
 
@@ -154,5 +156,98 @@ func TestBreakerExpire(t *testing.T) {
 	// A failed trial still doubles open_for.
 	if _, openFor := b.failure(t0.Add(time.Second)); openFor != 2*time.Minute {
 		t.Fatalf("failed trial after expire: open_for %v, want 2m", openFor)
+	}
+}
+
+// A session whose dial began before its server's circuit opened, and that
+// the server then took (a listener whose accept queue is full takes a few
+// of the SYNs it dropped, late), is no sign that the server is back: the
+// open period must hold. Its success closed the circuit at once, so the
+// next new sessions dialed the server again, and the breaker flapped open
+// and closed every accept (42 openings in 20 s at 300 sessions/s through
+// the binary, with 10-25% of the sessions waiting connect_timeout there).
+// A dial made while the circuit was open (its half-open trial, or a last
+// resort when every circuit is open) still closes it.
+func TestStaleSuccessDoesNotCloseAnOpenCircuit(t *testing.T) {
+	b := testBackend(t, `[backend.breaker]
+failures = 2
+open_for = "1h"
+max_open_for = "1h"
+[backend.health]
+check = "off"
+`+servers(`address = "a:1"`, `address = "b:1";priority = 1`))
+	a := b.Servers[0]
+	ctx := context.Background()
+	var plans []*Plan
+	for range 3 { // three sessions dial a:1 while its circuit is closed
+		p := b.NewPlan(time.Now())
+		if s, _ := p.Next(ctx); s != a {
+			t.Fatalf("got %v, want a:1", s)
+		}
+		plans = append(plans, p)
+	}
+	a.Failed(errors.New("dial tcp a:1: i/o timeout"))
+	a.Failed(errors.New("dial tcp a:1: i/o timeout"))
+	if a.BreakerState() != metrics.BreakerOpen {
+		t.Fatalf("state %d after 2 failures, want open", a.BreakerState())
+	}
+	plans[2].Succeeded(a) // the third dial, accepted late
+	if a.BreakerState() != metrics.BreakerOpen {
+		t.Fatalf("a dial begun before the circuit opened closed it (state %d): new sessions dial the server again", a.BreakerState())
+	}
+	if first := firstOf(b); first != "b:1" {
+		t.Fatalf("new sessions go to %s first, want b:1 while a:1's circuit is open", first)
+	}
+
+	// Every circuit open: the last-resort dial's success closes a:1's.
+	b.Servers[1].Failed(errors.New("refused"))
+	b.Servers[1].Failed(errors.New("refused"))
+	p := b.NewPlan(time.Now())
+	if s, _ := p.Next(ctx); s != a {
+		t.Fatalf("got %v, want a:1 as a last resort", s)
+	}
+	p.Succeeded(a)
+	if a.BreakerState() != metrics.BreakerClosed {
+		t.Fatalf("state %d after a last-resort dial made while open succeeded, want closed", a.BreakerState())
+	}
+}
+
+// A hung listener fails its sessions only at the end of connect_budget, so
+// the failures of sessions that dialed it before its circuit opened come
+// in after the open period, while the half-open trial is out. They must
+// not decide the trial: one re-opened the circuit for twice as long (the
+// binary, 5 s budget, 3 s open_for: open for 6 s 3 ms after the trial was
+// handed out), and the trial's success then counted for nothing.
+func TestStaleFailureDoesNotDecideTheTrial(t *testing.T) {
+	b := testBackend(t, `[backend.breaker]
+failures = 1
+open_for = "10ms"
+max_open_for = "1h"
+[backend.health]
+check = "off"
+`+servers(`address = "a:1"`, `address = "b:1";priority = 1`))
+	a := b.Servers[0]
+	ctx := context.Background()
+	var plans []*Plan
+	for range 2 { // two sessions dial a:1 while its circuit is closed
+		p := b.NewPlan(time.Now())
+		if s, _ := p.Next(ctx); s != a {
+			t.Fatalf("got %v, want a:1", s)
+		}
+		plans = append(plans, p)
+	}
+	plans[0].Failed(a, errors.New("backend reset before its first byte"))
+	time.Sleep(20 * time.Millisecond) // open_for is over
+	trial := b.NewPlan(time.Now())
+	if s, _ := trial.Next(ctx); s != a || trial.Trial() == 0 {
+		t.Fatalf("got %v, trial %d; want a:1's half-open trial", s, trial.Trial())
+	}
+	plans[1].Failed(a, errors.New("budget: no answer")) // dialed before the circuit opened
+	if st := a.BreakerState(); st != metrics.BreakerHalfOpen {
+		t.Fatalf("state %d after a failure of a dial begun before the circuit opened, want half-open (the trial is out)", st)
+	}
+	trial.Succeeded(a)
+	if st := a.BreakerState(); st != metrics.BreakerClosed {
+		t.Fatalf("state %d after the trial succeeded, want closed", st)
 	}
 }

@@ -594,8 +594,12 @@ func Unreachable(err error) bool {
 
 // Succeeded tells the breaker (and, with health checks off, the up state)
 // that a session got a working connection from the server.
-func (s *Server) Succeeded() {
-	if s.breaker.success() {
+func (s *Server) Succeeded() { s.succeeded(s.breaker.success()) }
+
+// succeeded is Succeeded once the breaker has been told; closed tells
+// whether that closed the circuit.
+func (s *Server) succeeded(closed bool) {
+	if closed {
 		s.backend.serverLog().Info("circuit closed", "server", s.Address)
 		s.publish()
 	}
@@ -607,8 +611,11 @@ func (s *Server) Succeeded() {
 
 // Failed counts a failure (dial error, reset or refuse before the first
 // byte) against the server's breaker.
-func (s *Server) Failed(cause error) {
-	s.countFailure(cause)
+func (s *Server) Failed(cause error) { s.failed(cause, anyEpoch) }
+
+// failed is Failed for a dial that began at breaker epoch e.
+func (s *Server) failed(cause error, e uint64) {
+	s.countFailure(cause, e)
 	if s.backend.Config.Health.Check == "off" {
 		s.failedAt.Store(time.Now().UnixNano())
 		s.setUp(false)
@@ -632,16 +639,20 @@ func (s *Server) shunned(now time.Time) bool {
 // every circuit; one about the instance (no handler, blocked) counts
 // against the breaker as a failure does.
 func (s *Server) Refused(cause error, serviceOnly bool, t Trial) {
+	s.refused(cause, serviceOnly, t, anyEpoch)
+}
+
+func (s *Server) refused(cause error, serviceOnly bool, t Trial, e uint64) {
 	if serviceOnly {
 		s.Abandoned(t)
 		return
 	}
-	s.countFailure(cause)
+	s.countFailure(cause, e)
 }
 
 // countFailure counts a failure against the server's breaker.
-func (s *Server) countFailure(cause error) {
-	if opened, openFor := s.breaker.failure(time.Now()); opened {
+func (s *Server) countFailure(cause error, e uint64) {
+	if opened, openFor := s.breaker.failureSince(time.Now(), e); opened {
 		// A circuit opened on dials the health check makes too (refused,
 		// timed out): a check that passes after it says the server is back
 		// (checkLoop). Not one opened on what came after the connect (a
@@ -861,6 +872,7 @@ type Plan struct {
 	last       netip.Addr               // the address the last Dial reached
 	looped     map[*Server][]netip.Addr // addresses of each server whose dial came back to the proxy (Looped)
 	opening    *Server                  // the server Next returned last, counted as opening until the next Next or Done
+	epoch      uint64                   // the breaker epoch of the server Next returned last, read before it was allowed (Succeeded)
 }
 
 // Refused tells the plan that s refused this session (a listener's REFUSE).
@@ -920,10 +932,11 @@ func (p *Plan) Next(ctx context.Context) (*Server, error) {
 		for len(p.queue) > 0 {
 			s := p.queue[0]
 			p.queue = p.queue[1:]
+			epoch := s.breaker.epoch()
 			if ok, changed, trial := s.breaker.allowTrial(time.Now()); ok || p.lastResort {
 				p.opening = s
 				s.opening.Add(1)
-				p.trial = trial
+				p.trial, p.epoch = trial, epoch
 				if changed {
 					p.b.serverLog().Info("circuit half-open: one session tries the server", "server", s.Address)
 					s.publish()
@@ -1088,4 +1101,20 @@ func (p *Plan) Looped(srv *Server) bool {
 	p.looped[srv] = append(p.looped[srv], a)
 	p.queue = append([]*Server{srv}, p.queue...)
 	return true
+}
+
+// Succeeded tells srv that this plan's dial of it got a working connection
+// (Server.Succeeded). A dial begun before srv's circuit last opened does
+// not close it (breaker.successSince).
+func (p *Plan) Succeeded(srv *Server) { srv.succeeded(srv.breaker.successSince(p.epoch)) }
+
+// Failed tells srv that this plan's dial of it failed (Server.Failed). A
+// dial begun before srv's circuit last opened does not decide its
+// half-open trial (breaker.failureSince).
+func (p *Plan) Failed(srv *Server, cause error) { srv.failed(cause, p.epoch) }
+
+// RefusedBy tells srv that it refused this plan's session
+// (Server.Refused), with the same care as Failed.
+func (p *Plan) RefusedBy(srv *Server, cause error, serviceOnly bool) {
+	srv.refused(cause, serviceOnly, p.trial, p.epoch)
 }

@@ -303,7 +303,7 @@ func (s *session) open() error {
 				// budget: no verdict on the server
 				srv.Abandoned(plan.Trial())
 			} else {
-				srv.Failed(err)
+				plan.Failed(srv, err)
 			}
 			if errors.Is(err, syscall.ECONNREFUSED) {
 				plan.TryAgain(srv) // a listener restarting: it may be back in a later round
@@ -393,11 +393,11 @@ func (s *session) open() error {
 		lastErr = err
 		attempts = append(attempts, fmt.Sprintf("%s: %v", srv.Address, err))
 		if re := (*refusedError)(nil); errors.As(err, &re) {
-			srv.Refused(err, serviceRefusal(re.code), plan.Trial())
+			plan.RefusedBy(srv, err, serviceRefusal(re.code))
 		} else if budgetCut(err, plan, left, cfg, slices.Contains(refusedBy, srv)) {
 			srv.Abandoned(plan.Trial())
 		} else {
-			srv.Failed(err)
+			plan.Failed(srv, err)
 		}
 		switch {
 		case s.overflowed():
@@ -960,7 +960,7 @@ func (s *session) establish(first []byte, srv *failover.Server, plan *failover.P
 	s.series.bytesUp.Add(float64(s.openingUp)) // the opening's bytes, counted now that the backend is known
 	s.openingUp = 0
 	s.mu.Unlock()
-	srv.Succeeded()
+	plan.Succeeded(srv)
 	srv.Acquire()
 	s.series.wait.Observe(time.Since(s.start).Seconds())
 	// The wait for this answer (dials, a slow listener, a restart within
