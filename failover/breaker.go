@@ -49,12 +49,13 @@ func (b *breaker) successSince(e uint64) bool {
 		return false
 	}
 	b.mu.Lock()
-	stale := b.state != metrics.BreakerClosed && e != b.opened
-	b.mu.Unlock()
-	if stale {
+	defer b.mu.Unlock()
+	if b.state != metrics.BreakerClosed && e != b.opened {
 		return false
 	}
-	return b.success()
+	// Under the same lock as the check: a failure that opens the circuit
+	// in between would otherwise be undone by this stale success.
+	return b.successLocked()
 }
 
 // Trial numbers a half-open trial, so that only the session that holds it
@@ -130,6 +131,11 @@ func (b *breaker) success() bool {
 	}
 	b.mu.Lock()
 	defer b.mu.Unlock()
+	return b.successLocked()
+}
+
+// successLocked is success; the caller holds mu.
+func (b *breaker) successLocked() bool {
 	changed := b.state != metrics.BreakerClosed
 	b.state, b.failures, b.openFor, b.trial = metrics.BreakerClosed, 0, b.baseOpen, false
 	return changed

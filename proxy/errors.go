@@ -17,6 +17,11 @@ var (
 	// ErrReplayOverflow: the app sent more than replay_bytes before the
 	// backend answered, so a failed backend cannot be replaced transparently.
 	ErrReplayOverflow = errors.New("opening bytes exceeded replay_bytes: cannot re-dial")
+	// errReplayBudget is ErrReplayOverflow for an opening sent on without
+	// a copy because the openings kept for a re-dial had reached their
+	// memory budget (replay.go), not because it passed replay_bytes:
+	// raising replay_bytes would change nothing.
+	errReplayBudget error = replayBudgetError{}
 	// ErrNoBackend: no server took the session within connect_budget.
 	ErrNoBackend = errors.New("no backend server took the session within connect_budget")
 	// ErrDrained: the session outlived the drain at shutdown (errDrainTimeout,
@@ -92,3 +97,14 @@ func Cause(err error) string {
 	}
 	return "error"
 }
+
+// replayBudgetError is errReplayBudget: it is ErrReplayOverflow (Cause
+// proxy, no re-dial) with a message that names the limit that stopped
+// the copy.
+type replayBudgetError struct{}
+
+func (replayBudgetError) Error() string {
+	return "opening sent on without a copy (the openings kept for a re-dial had reached their memory budget): cannot re-dial"
+}
+
+func (replayBudgetError) Is(target error) bool { return target == ErrReplayOverflow }

@@ -594,3 +594,42 @@ connect_budget = "20s"
 	resetConn(c)
 	waitFor(t, 5*time.Second, "the kept openings let go with their sessions", func() bool { return h.p.replayHeld.Load() == 0 })
 }
+
+// An opening sent on without a copy because the replay budget was spent
+// (other sessions' openings hold it) is not one past replay_bytes: when
+// its server fails before answering, the session's error must say which
+// limit stopped the re-dial. It said "opening bytes exceeded replay_bytes"
+// for a 5-byte opening, and the operator raised replay_bytes, which the
+// budget makes no difference to.
+func TestOpeningSentWithoutACopyForTheBudgetSaysSo(t *testing.T) {
+	be := newBackend(t, func(c *net.TCPConn) {
+		io.ReadFull(c, make([]byte, 5))
+		resetConn(c) // fails before its first byte
+	})
+	h := startProxy(t, oneBackendConfig(be.addr()))
+	h.p.replayBudget.Store(0) // spent
+	c := h.dial("l")
+	defer c.Close()
+	var s *session
+	waitFor(t, 2*time.Second, "the session", func() bool {
+		ss := h.p.liveSessions()
+		if len(ss) == 1 {
+			s = ss[0]
+		}
+		return s != nil
+	})
+	if _, err := c.Write([]byte("hello")); err != nil {
+		t.Fatal(err)
+	}
+	readErr(c, 5*time.Second)
+	waitFor(t, 5*time.Second, "session ended", func() bool { return len(h.p.liveSessions()) == 0 })
+	s.mu.Lock()
+	end := s.end
+	s.mu.Unlock()
+	if !errors.Is(end.err, ErrReplayOverflow) || Cause(end.err) != "proxy" {
+		t.Fatalf("ended %s cause %s: %v; want the opening's overflow (cause proxy)", end.outcome, Cause(end.err), end.err)
+	}
+	if msg := end.err.Error(); strings.Contains(msg, "exceeded replay_bytes") || !strings.Contains(msg, "budget") {
+		t.Errorf("a 5-byte opening sent on without a copy for the memory budget ended with %q: it names replay_bytes, not the budget", msg)
+	}
+}

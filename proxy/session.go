@@ -80,6 +80,7 @@ type session struct {
 	replayCharged int64            // cap(replay) as Proxy.replayHeld counts it (replay.go)
 	overflow      bool             // more than replay_bytes were sent on: no re-dial
 	overflowTNS   bool             // the opening that overflowed began with a TNS CONNECT (its first answer is still read for a REFUSE)
+	overflowSpent bool             // the overflow was the replay budget's, not replay_bytes' (overflowErrLocked)
 	replayHeld    bool             // openingBytes holds app bytes that do not fit in replay_bytes until a backend connection takes them
 	clientEOF     bool             // the app half-closed during the opening
 	ourFIN        [2]bool          // tnsguard half-closed the app's leg [0] or the backend's [1] (see endOfStream)
@@ -401,7 +402,7 @@ func (s *session) open() error {
 		}
 		switch {
 		case s.overflowed():
-			err = fmt.Errorf("%w: %w", ErrReplayOverflow, err)
+			err = fmt.Errorf("%w: %w", s.overflowErr(), err)
 		case errors.Is(err, ErrRefused): // only returned when retry_on has "refuse"
 			retry, failed = "refuse", srv
 			if telling(err, lastRefuse) {
@@ -876,7 +877,7 @@ func (s *session) replayTo(conn *net.TCPConn, srv *failover.Server, deadline tim
 		case s.clientErr != nil:
 			err = s.clientErr
 		case s.overflow:
-			err = ErrReplayOverflow
+			err = s.overflowErrLocked()
 		case s.closing:
 			err = net.ErrClosed
 		}
@@ -924,6 +925,21 @@ func (s *session) overflowed() bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.overflow
+}
+
+// overflowErr is the error of an opening that overflowed: past
+// replay_bytes, or sent on without a copy for the replay budget.
+func (s *session) overflowErr() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.overflowErrLocked()
+}
+
+func (s *session) overflowErrLocked() error {
+	if s.overflowSpent {
+		return errReplayBudget
+	}
+	return ErrReplayOverflow
 }
 
 func (s *session) detach() {
@@ -1104,6 +1120,7 @@ func (s *session) openingBytes(b []byte) error {
 			if !s.overflow {
 				s.overflowTNS = startsWithConnect(s.replay, b)
 				spent = len(s.replay)+len(b) <= limit
+				s.overflowSpent = spent
 			}
 			s.overflow, s.replay = true, nil
 			s.chargeReplayLocked()
@@ -1206,7 +1223,7 @@ func (s *session) directionDone(pe *pumpErr, src, dst Side) {
 		// Past replay_bytes, before the backend's first byte: the opening
 		// would not re-dial either (tnsguard's decision, cause proxy),
 		// and may already have let go of the server.
-		err, phase = fmt.Errorf("%w: %w", ErrReplayOverflow, err), PhaseOpening
+		err, phase = fmt.Errorf("%w: %w", s.overflowErrLocked(), err), PhaseOpening
 		if srv == nil {
 			srv = s.overflowSrv
 		}
