@@ -178,14 +178,7 @@ check = "off"
 `+servers(`address = "a:1"`, `address = "b:1";priority = 1`))
 	a := b.Servers[0]
 	ctx := context.Background()
-	var plans []*Plan
-	for range 3 { // three sessions dial a:1 while its circuit is closed
-		p := b.NewPlan(time.Now())
-		if s, _ := p.Next(ctx); s != a {
-			t.Fatalf("got %v, want a:1", s)
-		}
-		plans = append(plans, p)
-	}
+	plans := dialing(t, b, a, 3) // three sessions dial a:1 while its circuit is closed
 	a.Failed(errors.New("dial tcp a:1: i/o timeout"))
 	a.Failed(errors.New("dial tcp a:1: i/o timeout"))
 	if a.BreakerState() != metrics.BreakerOpen {
@@ -228,14 +221,7 @@ check = "off"
 `+servers(`address = "a:1"`, `address = "b:1";priority = 1`))
 	a := b.Servers[0]
 	ctx := context.Background()
-	var plans []*Plan
-	for range 2 { // two sessions dial a:1 while its circuit is closed
-		p := b.NewPlan(time.Now())
-		if s, _ := p.Next(ctx); s != a {
-			t.Fatalf("got %v, want a:1", s)
-		}
-		plans = append(plans, p)
-	}
+	plans := dialing(t, b, a, 2) // two sessions dial a:1 while its circuit is closed
 	plans[0].Failed(a, errors.New("backend reset before its first byte"))
 	time.Sleep(20 * time.Millisecond) // open_for is over
 	trial := b.NewPlan(time.Now())
@@ -250,4 +236,18 @@ check = "off"
 	if st := a.BreakerState(); st != metrics.BreakerClosed {
 		t.Fatalf("state %d after the trial succeeded, want closed", st)
 	}
+}
+
+// dialing is n plans of b whose first choice is srv: sessions dialing it.
+func dialing(t *testing.T, b *Backend, srv *Server, n int) []*Plan {
+	t.Helper()
+	var plans []*Plan
+	for range n {
+		p := b.NewPlan(time.Now())
+		if s, _ := p.Next(context.Background()); s != srv {
+			t.Fatalf("got %v, want %s", s, srv.Address)
+		}
+		plans = append(plans, p)
+	}
+	return plans
 }

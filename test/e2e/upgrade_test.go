@@ -1180,14 +1180,7 @@ func TestUpgradeKeepsAReloadSentWhileItWasUnderWay(t *testing.T) {
 	waitFor(t, 5*time.Second, "the new process to wait for its first checks", func() bool {
 		return len(g.log.find("upgrade: waiting for the first health checks before serving; the old process serves meanwhile")) > 0
 	})
-	added := freeAddr(t)
-	next := conf + fmt.Sprintf("[[listener]]\nname = \"added\"\nlisten = %q\nbackend = \"db\"\n", added)
-	if err := os.WriteFile(g.path, []byte(next), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if err := g.cmd.Process.Signal(syscall.SIGHUP); err != nil {
-		t.Fatal(err)
-	}
+	added := g.reloadAddingAListener(conf)
 	g.upgraded(15 * time.Second)
 	select {
 	case <-g.done:
@@ -1195,14 +1188,7 @@ func TestUpgradeKeepsAReloadSentWhileItWasUnderWay(t *testing.T) {
 		t.Fatal("old process still running 5 s after the upgrade")
 	}
 	servesNew(t, addr, "the first listener after the upgrade")
-	waitFor(t, 5*time.Second, "the new process to apply the reload", func() bool {
-		c, err := net.Dial("tcp", added)
-		if err != nil {
-			return false
-		}
-		defer c.Close()
-		return roundTrip(c, []byte("added"), 2*time.Second) == nil
-	})
+	servesSoon(t, added, "the new process to apply the reload")
 }
 
 // A reload while an upgrade is under way that then fails (a new binary
@@ -1221,14 +1207,7 @@ func TestUpgradeThatFailsAppliesTheReloadSentMeanwhile(t *testing.T) {
 	}
 	g.upgrade()
 	waitFor(t, 5*time.Second, "the new binary to start", func() bool { return len(g.upgrades()) > 0 })
-	added := freeAddr(t)
-	next := conf + fmt.Sprintf("[[listener]]\nname = \"added\"\nlisten = %q\nbackend = \"db\"\n", added)
-	if err := os.WriteFile(g.path, []byte(next), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if err := g.cmd.Process.Signal(syscall.SIGHUP); err != nil {
-		t.Fatal(err)
-	}
+	added := g.reloadAddingAListener(conf)
 	waitFor(t, 10*time.Second, "the upgrade to fail", func() bool {
 		return len(g.log.find("upgrade failed: this process serves on")) > 0
 	})
@@ -1272,23 +1251,38 @@ func TestReloadAskedOfTheDrainingProcessReachesTheNewOne(t *testing.T) {
 	pooledSession(t, addr) // keeps the old process draining
 	g.upgrade()
 	g.upgraded(10 * time.Second)
-	added := freeAddr(t)
+	added := g.reloadAddingAListener(conf)
+	servesSoon(t, added, "the new process to apply the reload asked of the old one")
+	if len(g.log.find("reload asked of the draining process: passed to the new process")) != 1 {
+		t.Error("the old process did not log that it passed the reload on")
+	}
+}
+
+// reloadAddingAListener writes conf with a listener "added" on a free
+// address more, sends the instance SIGHUP and returns that address.
+func (g *instance) reloadAddingAListener(conf string) string {
+	g.t.Helper()
+	added := freeAddr(g.t)
 	next := conf + fmt.Sprintf("[[listener]]\nname = \"added\"\nlisten = %q\nbackend = \"db\"\n", added)
 	if err := os.WriteFile(g.path, []byte(next), 0o600); err != nil {
-		t.Fatal(err)
+		g.t.Fatal(err)
 	}
 	if err := g.cmd.Process.Signal(syscall.SIGHUP); err != nil {
-		t.Fatal(err)
+		g.t.Fatal(err)
 	}
-	waitFor(t, 5*time.Second, "the new process to apply the reload asked of the old one", func() bool {
-		c, err := net.Dial("tcp", added)
+	return added
+}
+
+// servesSoon waits up to 5 s for a new app's round trip through addr to
+// work (what says for what).
+func servesSoon(t *testing.T, addr, what string) {
+	t.Helper()
+	waitFor(t, 5*time.Second, what, func() bool {
+		c, err := net.Dial("tcp", addr)
 		if err != nil {
 			return false
 		}
 		defer c.Close()
 		return roundTrip(c, []byte("added"), 2*time.Second) == nil
 	})
-	if len(g.log.find("reload asked of the draining process: passed to the new process")) != 1 {
-		t.Error("the old process did not log that it passed the reload on")
-	}
 }
