@@ -679,14 +679,7 @@ func TestDatabaseLastMessageBeforeItsResetReachesTheApp(t *testing.T) {
 	for i := range trials {
 		c := h.dial("l")
 		echoed(t, c, "hello")
-		go func() {
-			chunk := make([]byte, 64<<10)
-			for {
-				if _, err := c.Write(chunk); err != nil {
-					return
-				}
-			}
-		}()
+		go sendUntilItFails(c)
 		c.SetReadDeadline(time.Now().Add(5 * time.Second))
 		got, err := io.ReadAll(c)
 		if string(got) != last {
@@ -716,14 +709,7 @@ func TestAppLastMessageBeforeItsResetReachesTheDatabase(t *testing.T) {
 			return
 		}
 		c.Write(b[:]) // established
-		go func() {
-			chunk := make([]byte, 64<<10)
-			for {
-				if _, err := c.Write(chunk); err != nil {
-					return
-				}
-			}
-		}()
+		go sendUntilItFails(c)
 		c.SetReadDeadline(time.Now().Add(5 * time.Second))
 		rest, _ := io.ReadAll(c)
 		got <- rest
@@ -745,5 +731,16 @@ func TestAppLastMessageBeforeItsResetReachesTheDatabase(t *testing.T) {
 	}
 	if lost > 0 {
 		t.Errorf("%d of %d trials: the database never got the app's last message before its reset", lost, trials)
+	}
+}
+
+// sendUntilItFails writes 64 KiB at a time to c until a write fails (the
+// peer's reset): a side still sending when the other ends.
+func sendUntilItFails(c net.Conn) {
+	chunk := make([]byte, 64<<10)
+	for {
+		if _, err := c.Write(chunk); err != nil {
+			return
+		}
 	}
 }
