@@ -123,23 +123,25 @@ func (l *listener) serve(ctx context.Context) {
 			continue
 		}
 		delay = 0
-		short.accepted()
 		l.p.sessWG.Add(1)
 		go l.handle(ctx, c) // it, or the session it starts, calls sessWG.Done
 	}
 }
 
-// acceptCalm is how long accepts must go on without a failure before a
-// shortage counts as over.
-const acceptCalm = time.Second
+// acceptCalm is how long accept must go without a failure before a
+// shortage counts as over: longer than the backoff's ceiling (1 s), so that
+// a loop still failing fails again within it.
+const acceptCalm = 2 * time.Second
 
 // acceptShortage logs an accept loop's shortage (accept failing with
 // EMFILE) once: "accept failed" at its first failure, "accept works again"
-// once accepts have gone on for acceptCalm with none. At the fd limit,
-// connections that come and go at once (a port scanner, apps that reset)
-// each take the one fd left and give it back a moment later, so accept
-// fails, works and fails again every few ms: logged at each turn, that
-// was two lines per connection.
+// once acceptCalm has passed with none. At the fd limit, connections that
+// come and go at once (a port scanner, apps that reset) each take the one
+// fd left and give it back a moment later, so accept fails, works and
+// fails again every few ms: logged at each turn, that was two lines per
+// connection. The calm runs from the last failure, not from a success:
+// the last accept of a shortage may fail (Linux takes the fd before it
+// looks at the queue) with nothing left to accept after it.
 type acceptShortage struct {
 	log hclog.Logger
 
@@ -159,14 +161,6 @@ func (a *acceptShortage) failed(err error) {
 	if !a.on {
 		a.on, a.since, a.failures = true, time.Now(), 1
 		a.log.Error("accept failed: backing off until it works again", "error", err)
-	}
-}
-
-func (a *acceptShortage) accepted() {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	if !a.on || a.calm != nil {
-		return
 	}
 	gen := a.gen
 	a.calm = time.AfterFunc(acceptCalm, func() {
