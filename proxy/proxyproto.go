@@ -217,17 +217,10 @@ func awaitSignature(br *bufio.Reader) error {
 			return err
 		}
 		b, _ := br.Peek(br.Buffered())
-		maybe := false
-		for _, sig := range [][]byte{proxyproto.SIGV1, proxyproto.SIGV2} {
-			k := min(len(b), len(sig))
-			if bytes.Equal(b[:k], sig[:k]) {
-				if k == len(sig) {
-					return nil
-				}
-				maybe = true
-			}
+		if bytes.HasPrefix(b, proxyproto.SIGV1) || bytes.HasPrefix(b, proxyproto.SIGV2) {
+			return nil
 		}
-		if !maybe {
+		if !signaturePrefix(b) {
 			return proxyproto.ErrNoProxyProtocol
 		}
 		n = len(b) + 1
