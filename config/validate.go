@@ -147,13 +147,13 @@ func (c *Config) validate(defaulted map[*Duration]bool) (errs, warnings []string
 		if star, ok := l.Routes["*"]; ok {
 			def = star
 		}
-		if b := c.Backend(def); b != nil && b.ReplayBytes != nil && *b.ReplayBytes < minRouteBytes && (len(l.Routes) > 0 || len(l.Services) > 0) {
+		if b := c.Backend(def); b != nil && b.ReplayBytes != nil && *b.ReplayBytes < MinRouteBytes && (len(l.Routes) > 0 || len(l.Services) > 0) {
 			// The app's opening is held, up to replay_bytes, until it is read:
 			// with less, no CONNECT is ever in hand.
 			if len(l.Routes) > 0 {
-				add("%s: routes need the app's CONNECT, and backend %q holds an opening only up to replay_bytes %d: use at least %d", where, def, *b.ReplayBytes, minRouteBytes)
+				add("%s: routes need the app's CONNECT, and backend %q holds an opening only up to replay_bytes %d: use at least %d", where, def, *b.ReplayBytes, MinRouteBytes)
 			} else {
-				warn("%s: services need the app's CONNECT, and backend %q holds an opening only up to replay_bytes %d: below %d the service label is often \"other\"", where, def, *b.ReplayBytes, minRouteBytes)
+				warn("%s: services need the app's CONNECT, and backend %q holds an opening only up to replay_bytes %d: below %d the service label is often \"other\"", where, def, *b.ReplayBytes, MinRouteBytes)
 			}
 		}
 		switch l.ProxyProtocol {
@@ -269,16 +269,16 @@ func (b *Backend) validate(defaulted map[*Duration]bool) (errs, warnings []strin
 	default:
 		add("redirect %q is not one of pass, follow", b.Redirect)
 	}
-	if b.Redirect == "follow" && *b.ReplayBytes < minRouteBytes {
+	if b.Redirect == "follow" && *b.ReplayBytes < MinRouteBytes {
 		// Below it an app's CONNECT (node-oracledb's: some 500 bytes) is
 		// often not kept: its REDIRECT then goes to the app, uncounted.
-		add(`redirect = "follow" needs replay_bytes of at least %d (the app's CONNECT is sent again, to the address the REDIRECT names), not %d`, minRouteBytes, *b.ReplayBytes)
+		add(`redirect = "follow" needs replay_bytes of at least %d (the app's CONNECT is sent again, to the address the REDIRECT names), not %d`, MinRouteBytes, *b.ReplayBytes)
 	}
-	if b.Retries("refuse") && *b.ReplayBytes < minRouteBytes {
+	if b.Retries("refuse") && *b.ReplayBytes < MinRouteBytes {
 		// The REFUSE is held back and the CONNECT replayed only when the
 		// CONNECT was kept: an app whose CONNECT is longer gets the REFUSE
 		// (go-ora's is some 250 to 600 bytes, node-oracledb's some 500).
-		warnings = append(warnings, fmt.Sprintf(`retry_on "refuse" needs the app's CONNECT kept: with replay_bytes %d (below %d) an app whose CONNECT is longer gets the listener's REFUSE (ORA-12514 at a switchover) instead of the next server`, *b.ReplayBytes, minRouteBytes))
+		warnings = append(warnings, fmt.Sprintf(`retry_on "refuse" needs the app's CONNECT kept: with replay_bytes %d (below %d) an app whose CONNECT is longer gets the listener's REFUSE (ORA-12514 at a switchover) instead of the next server`, *b.ReplayBytes, MinRouteBytes))
 	}
 	e, w := b.Keepalive.validate()
 	for _, m := range e {
@@ -594,10 +594,10 @@ const defaultHealthTimeout = 2 * time.Second
 // minHealthInterval is the shortest health.interval check accepts.
 const minHealthInterval = 10 * time.Millisecond
 
-// minRouteBytes is the least replay_bytes that reads a CONNECT for routing
+// MinRouteBytes is the least replay_bytes that reads a CONNECT for routing
 // and the service label: a CONNECT with its connect data rarely passes 2 KB,
 // and 8 KiB is the SDU most drivers start with.
-const minRouteBytes = 8192
+const MinRouteBytes = 8192
 
 // SameSocket tells whether listening on a and on b would take one socket:
 // the same port (not 0), on the same host or with either on every address.

@@ -189,37 +189,36 @@ func (b *Backend) Inherit(old *Backend) {
 	checks, oldChecks := b.Config.Health.Check != "off", old.Config.Health.Check != "off"
 	tnsping := b.Config.Health.Check == "tnsping" && old.Config.Health.Check == "tnsping"
 	for _, s := range b.Servers {
-		for _, o := range old.Servers {
-			if o.Address != s.Address {
-				continue
-			}
-			s.sessions, s.opening = o.sessions, o.opening
-			switch {
-			case checks && oldChecks && o.checked.Load():
-				s.up.Store(o.Up())
-				s.checked.Store(true)
-			case !checks && !oldChecks:
-				s.up.Store(o.Up())
-				s.failedAt.Store(o.failedAt.Load()) // still last for open_for (its own)
-			}
-			if v, ok := o.version.Load().(string); ok && tnsping {
-				s.version.Store(v)
-			}
-			if tnsping && b.Config.Health.Service == old.Config.Health.Service {
-				// Asked again only after service_interval, as without the
-				// reload: each answer costs the database a server process.
-				s.serviceOK.Store(o.serviceOK.Load())
-			}
-			s.checkRTT.Store(o.checkRTT.Load()) // the path's RTT is the path's
-			// A name's addresses that failed still go last (and are not
-			// said to have failed again): without them, the first
-			// sessions after the reload waited connect_timeout on an
-			// address known silent.
-			o.addrMu.Lock()
-			s.addrBad = maps.Clone(o.addrBad)
-			o.addrMu.Unlock()
-			s.nAddrs.Store(o.nAddrs.Load())
+		o := old.ServerAt(s.Address)
+		if o == nil {
+			continue
 		}
+		s.sessions, s.opening = o.sessions, o.opening
+		switch {
+		case checks && oldChecks && o.checked.Load():
+			s.up.Store(o.Up())
+			s.checked.Store(true)
+		case !checks && !oldChecks:
+			s.up.Store(o.Up())
+			s.failedAt.Store(o.failedAt.Load()) // still last for open_for (its own)
+		}
+		if v, ok := o.version.Load().(string); ok && tnsping {
+			s.version.Store(v)
+		}
+		if tnsping && b.Config.Health.Service == old.Config.Health.Service {
+			// Asked again only after service_interval, as without the
+			// reload: each answer costs the database a server process.
+			s.serviceOK.Store(o.serviceOK.Load())
+		}
+		s.checkRTT.Store(o.checkRTT.Load()) // the path's RTT is the path's
+		// A name's addresses that failed still go last (and are not
+		// said to have failed again): without them, the first
+		// sessions after the reload waited connect_timeout on an
+		// address known silent.
+		o.addrMu.Lock()
+		s.addrBad = maps.Clone(o.addrBad)
+		o.addrMu.Unlock()
+		s.nAddrs.Store(o.nAddrs.Load())
 	}
 }
 
@@ -239,6 +238,17 @@ func (c Counts) Live() bool { return c.sessions.Load() != 0 || c.opening.Load() 
 // same address that an earlier reload took out of the backend, and whose
 // sessions live on. Before Start.
 func (s *Server) ShareCounts(c Counts) { s.sessions, s.opening = c.sessions, c.opening }
+
+// ServerAt is the backend's server of that address (config refuses a
+// server defined twice), or nil.
+func (b *Backend) ServerAt(address string) *Server {
+	for _, s := range b.Servers {
+		if s.Address == address {
+			return s
+		}
+	}
+	return nil
+}
 
 // Up reports whether any server that takes sessions (weight > 0) is up.
 func (b *Backend) Up() bool {

@@ -457,11 +457,7 @@ func (p *Proxy) Links() []LinkStatus {
 	for _, l := range links {
 		var srv *failover.Server
 		if b := backends[l.key.backend]; b != nil {
-			for _, s := range b.Servers {
-				if s.Address == l.key.server {
-					srv = s
-				}
-			}
+			srv = b.ServerAt(l.key.server)
 		}
 		f := l.figures(srv)
 		st := LinkStatus{Listener: l.key.listener, Backend: l.key.backend, Server: l.key.server,

@@ -132,7 +132,7 @@ func hasServer(cfg *config.Config, backend, address string) bool {
 func (p *Proxy) shareCounts(b *failover.Backend) {
 	old := p.backends[b.Config.Name]
 	for _, s := range b.Servers {
-		if old != nil && hasServerOf(old, s.Address) {
+		if old != nil && old.ServerAt(s.Address) != nil {
 			continue // Inherit shared its predecessor's
 		}
 		if c, ok := p.counts[serverKey{b.Config.Name, s.Address}]; ok {
@@ -147,13 +147,13 @@ func (p *Proxy) shareCounts(b *failover.Backend) {
 // with p.backends still the running ones.
 func (p *Proxy) keepCounts(backends map[string]*failover.Backend) {
 	for k, c := range p.counts {
-		if b := backends[k.backend]; !c.Live() || b != nil && hasServerOf(b, k.server) {
+		if b := backends[k.backend]; !c.Live() || b != nil && b.ServerAt(k.server) != nil {
 			delete(p.counts, k)
 		}
 	}
 	for name, old := range p.backends {
 		for _, s := range old.Servers {
-			if b := backends[name]; b != nil && hasServerOf(b, s.Address) {
+			if b := backends[name]; b != nil && b.ServerAt(s.Address) != nil {
 				continue
 			}
 			if c := s.Counts(); c.Live() {
@@ -161,13 +161,4 @@ func (p *Proxy) keepCounts(backends map[string]*failover.Backend) {
 			}
 		}
 	}
-}
-
-func hasServerOf(b *failover.Backend, address string) bool {
-	for _, s := range b.Servers {
-		if s.Address == address {
-			return true
-		}
-	}
-	return false
 }

@@ -4,6 +4,8 @@ import (
 	"math"
 	"runtime/debug"
 	"time"
+
+	"github.com/tnsguard/tnsguard/config"
 )
 
 // replayShare: the openings sessions keep for a re-dial may take, all
@@ -27,13 +29,13 @@ func replayBudgetFor() int64 {
 
 // routeReserve is what an opening on a listener with routes may keep
 // past the budget while its route is still to be read: as much as the
-// least replay_bytes that routes allow (config's minRouteBytes), which a
+// least replay_bytes that routes allow (config.MinRouteBytes), which a
 // CONNECT with its connect data rarely approaches. Past the budget, its
 // bytes went on without a copy, routing took the CONNECT for one longer
 // than replay_bytes, and the app went to the default route's database:
 // openings that other listeners' apps kept chose the database of a
 // routed listener's apps.
-const routeReserve = 8192
+const routeReserve = config.MinRouteBytes
 
 // replayRoomLocked tells whether n more bytes of the opening may be kept:
 // within the backend's replay_bytes (limit), and within what the proxy's
