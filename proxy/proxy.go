@@ -756,10 +756,7 @@ func (p *Proxy) record(s *session, srv *failover.Server, established bool) {
 	defer p.track(s, false)
 	end := s.end
 	bname := s.backend.Config.Name
-	server := "none"
-	if srv != nil {
-		server = srv.Address
-	}
+	server := serverName(srv)
 	age := time.Since(s.start)
 	s.series.active.Dec()
 	p.metrics.SessionsTotal.WithLabelValues(s.l.name, bname, s.service, end.outcome).Inc()

@@ -1352,14 +1352,18 @@ func (s *session) watchHalfClosed(src Side, c *net.TCPConn) {
 	s.abort(src, s.phaseNow(src, failed), failed, "reset", s.currentServer())
 }
 
-// serverShownLocked is the server field of a session's log line under
-// s.mu: its server's address, or "none" (as the reset lines say).
-func (s *session) serverShownLocked() string {
-	if s.server == nil {
+// serverName is srv's address, or "none" for no server: the link, label
+// and log field of sessions no server took.
+func serverName(srv *failover.Server) string {
+	if srv == nil {
 		return "none"
 	}
-	return s.server.Address
+	return srv.Address
 }
+
+// serverShownLocked is the server field of a session's log line under
+// s.mu (serverName).
+func (s *session) serverShownLocked() string { return serverName(s.server) }
 
 // serverShown is serverShownLocked for a caller that does not hold s.mu.
 func (s *session) serverShown() string {
