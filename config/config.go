@@ -14,6 +14,7 @@ package config
 
 import (
 	_ "embed"
+	"math"
 	"net/netip"
 	"slices"
 	"time"
@@ -183,6 +184,31 @@ type Server struct {
 	Address  string `toml:"address"`
 	Priority int    `toml:"priority"`
 	Weight   *int   `toml:"weight"`
+}
+
+// FileNeed is the open files that the sessions the listeners'
+// max_sessions admit need, as the README sizes it: two for each session,
+// a listening socket for each listener, a health check for each server and
+// 20 besides (it saturates at the largest uint64: max_sessions may be near
+// 2^63). sessions is the sum of max_sessions, and all tells whether every
+// listener sets one (otherwise nothing bounds the sessions).
+func (c *Config) FileNeed() (need, sessions uint64, all bool) {
+	add := func(a, b uint64) uint64 {
+		if s := a + b; s >= a {
+			return s
+		}
+		return math.MaxUint64
+	}
+	all = true
+	for _, l := range c.Listeners {
+		sessions = add(sessions, uint64(max(l.MaxSessions, 0)))
+		all = all && l.MaxSessions > 0
+		need++ // its listening socket
+	}
+	for _, b := range c.Backends {
+		need += uint64(len(b.Servers)) // a health check each
+	}
+	return add(add(add(need, 20), sessions), sessions), sessions, all
 }
 
 // Backend returns the backend with the given name, or nil.

@@ -128,8 +128,8 @@ func (bp *bufPool) closePipe(pp pipePair) {
 
 // pipeBound is how many splice pipes bulk may hold at once under cfg: the
 // open-files limit less what the sessions of every listener's
-// max_sessions need (two fds each, and about 20 besides, as the README
-// and `run`'s warning size it), two fds a pipe. A pump whose destination
+// max_sessions need (config.FileNeed, as `run`'s warning sizes it), two fds
+// a pipe. A pump whose destination
 // is full keeps its pipe, so bulk that is not read held up to six fds a
 // session, and the sessions max_sessions admits ran the fds out. No bound
 // (-1) when a listener has no max_sessions, or the limit is unknown.
@@ -138,19 +138,9 @@ func pipeBound(cfg *config.Config) int64 {
 	if err := unix.Getrlimit(unix.RLIMIT_NOFILE, &lim); err != nil || lim.Cur == unix.RLIM_INFINITY || lim.Cur > math.MaxInt64 {
 		return -1
 	}
-	need := uint64(20)
-	for _, l := range cfg.Listeners {
-		if l.MaxSessions <= 0 {
-			return -1
-		}
-		need++ // its listening socket
-		need += 2 * min(uint64(l.MaxSessions), lim.Cur)
-		if need >= lim.Cur {
-			return 0
-		}
-	}
-	for _, b := range cfg.Backends {
-		need += uint64(len(b.Servers)) // a health check each
+	need, _, all := cfg.FileNeed()
+	if !all {
+		return -1
 	}
 	if need >= lim.Cur {
 		return 0

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"math"
 	"net"
 	"os"
 	"os/signal"
@@ -427,24 +426,8 @@ func warnFileLimit(log hclog.Logger, cfg *config.Config) {
 // reached, and the fds running out stops sessions instead. "" when they
 // fit, or when no listener sets max_sessions.
 func fileLimitWarning(cfg *config.Config, limit uint64) string {
-	add := func(a, b uint64) uint64 { // max_sessions may be near 2^63
-		if s := a + b; s >= a {
-			return s
-		}
-		return math.MaxUint64
-	}
-	var sessions, need uint64
-	for _, l := range cfg.Listeners {
-		sessions = add(sessions, uint64(l.MaxSessions))
-		need++ // its listening socket
-	}
-	for _, b := range cfg.Backends {
-		need += uint64(len(b.Servers)) // a health check each
-	}
-	if sessions == 0 {
-		return ""
-	}
-	if need = add(add(add(need, 20), sessions), sessions); need <= limit {
+	need, sessions, _ := cfg.FileNeed()
+	if sessions == 0 || need <= limit {
 		return ""
 	}
 	return fmt.Sprintf("max_sessions of the listeners (%d sessions in all, 2 open files each) needs about %d open files, and the open-files limit is %d: "+
