@@ -394,12 +394,7 @@ func homeTable(k toml.Key) string {
 		}
 		for n := range ft.NumField() {
 			if sub, _, _ := strings.Cut(ft.Field(n).Tag.Get("toml"), ","); sub == k[i] {
-				header := strings.Join(append(slices.Clone(k[:i]), tag), ".")
-				if array {
-					homes = append(homes, "[["+header+"]]")
-				} else {
-					homes = append(homes, "["+header+"]")
-				}
+				homes = append(homes, tableHeader(append(slices.Clone(k[:i]), tag), array))
 			}
 		}
 	}
@@ -455,32 +450,50 @@ func otherTable(k toml.Key) string {
 	walk(reflect.TypeFor[Config](), nil)
 	var out []string
 	for _, h := range homes {
-		if h.array {
-			out = append(out, "[["+strings.Join(h.path, ".")+"]]")
-		} else {
-			out = append(out, "["+strings.Join(h.path, ".")+"]")
-		}
+		out = append(out, tableHeader(h.path, h.array))
 	}
 	return strings.Join(out, " or ")
+}
+
+// tableHeader is the header of the table at path, as a file writes it:
+// [backend.health], or [[listener]] for an array of tables.
+func tableHeader(path []string, array bool) string {
+	if array {
+		return "[[" + strings.Join(path, ".") + "]]"
+	}
+	return "[" + strings.Join(path, ".") + "]"
 }
 
 // arrayOfTables tells whether the table at path (listener, backend.server)
 // is written [[...]]: the field it is ends in a slice of structs.
 func arrayOfTables(path []string) bool {
+	t, ok := typeAt(path)
+	return ok && t.Kind() == reflect.Slice && t.Elem().Kind() == reflect.Struct
+}
+
+// typeAt is the type of the field of Config that the key k names (a map's
+// element for a key of the user's own, such as a service in routes); false
+// when no field takes k.
+func typeAt(k []string) (reflect.Type, bool) {
 	t := reflect.TypeFor[Config]()
-	array := false
-	for _, part := range path {
+	for _, part := range k {
 		for t.Kind() == reflect.Pointer || t.Kind() == reflect.Slice {
 			t = t.Elem()
 		}
+		switch {
+		case t.Kind() == reflect.Map:
+			t = t.Elem() // part is the user's own key
+			continue
+		case t.Kind() != reflect.Struct || t == reflect.TypeFor[Duration]():
+			return nil, false
+		}
 		f, ok := fieldFor(t, part)
 		if !ok {
-			return false
+			return nil, false
 		}
 		t = f.Type
-		array = t.Kind() == reflect.Slice && t.Elem().Kind() == reflect.Struct
 	}
-	return array
+	return t, true
 }
 
 // walkKey follows k through Config's fields (their tags as spelled, or
@@ -895,23 +908,9 @@ func splitKey(s string) toml.Key {
 // an address, a duration, an element of a list of them, or a backend in
 // routes.
 func takesString(k toml.Key) bool {
-	t := reflect.TypeFor[Config]()
-	for _, part := range k {
-		for t.Kind() == reflect.Pointer || t.Kind() == reflect.Slice {
-			t = t.Elem()
-		}
-		switch {
-		case t.Kind() == reflect.Map:
-			t = t.Elem() // part is the user's own key (a service in routes)
-			continue
-		case t.Kind() != reflect.Struct || t == reflect.TypeFor[Duration]():
-			return false
-		}
-		f, ok := fieldFor(t, part)
-		if !ok {
-			return false
-		}
-		t = f.Type
+	t, ok := typeAt(k)
+	if !ok {
+		return false
 	}
 	for t.Kind() == reflect.Slice {
 		t = t.Elem()
