@@ -50,7 +50,7 @@ func (b *breaker) successSince(e uint64) bool {
 	}
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	if b.state != metrics.BreakerClosed && e != b.opened {
+	if b.staleLocked(e) {
 		return false
 	}
 	// Under the same lock as the check: a failure that opens the circuit
@@ -147,6 +147,13 @@ func (b *breaker) failure(now time.Time) (opened bool, openFor time.Duration) {
 	return b.failureSince(now, anyEpoch)
 }
 
+// staleLocked tells whether a verdict of a dial begun at epoch e comes
+// from before the circuit, open or half-open now, last opened: it decides
+// nothing. The caller holds mu.
+func (b *breaker) staleLocked(e uint64) bool {
+	return b.state != metrics.BreakerClosed && e != b.opened
+}
+
 // anyEpoch is the epoch of a verdict that is not a plan's dial: it counts
 // whenever it comes.
 const anyEpoch = ^uint64(0)
@@ -163,7 +170,7 @@ func (b *breaker) failureSince(now time.Time, e uint64) (opened bool, openFor ti
 	}
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	if e != anyEpoch && b.state != metrics.BreakerClosed && e != b.opened {
+	if e != anyEpoch && b.staleLocked(e) {
 		return false, 0
 	}
 	switch b.state {
