@@ -119,13 +119,21 @@ func TestReloadWatchRetriesAListenTheHostRefused(t *testing.T) {
 	taken.Close()
 	waitUntil(t, "the listener on the freed address", func() bool {
 		c, err := net.Dial("tcp", taken.Addr().String())
-		if err == nil {
-			c.Close()
+		if err != nil {
+			return false
 		}
-		return err == nil
+		defer c.Close()
+		// A dial to a free port in the ephemeral range can pick that
+		// port as its own and connect to itself.
+		return c.LocalAddr().String() != c.RemoteAddr().String()
 	})
-	if !strings.Contains(log.String(), "configuration reloaded") {
-		t.Errorf("no reload logged:\n%s", log.String())
+	// The listener opens before the reload's log line is written.
+	deadline := time.Now().Add(2 * time.Second)
+	for !strings.Contains(log.String(), "configuration reloaded") {
+		if time.Now().After(deadline) {
+			t.Fatalf("the listener serves, and no reload logged:\n%s", log.String())
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
 	if c := stop(); c != 0 {
 		t.Errorf("exit %d after SIGTERM", c)
