@@ -10,6 +10,7 @@ import (
 	"os"
 	"runtime"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -694,6 +695,47 @@ func TestDatabaseLastMessageBeforeItsResetReachesTheApp(t *testing.T) {
 	}
 }
 
+// The same in the opening: an app uploading past replay_bytes before the
+// database's first answer (no re-dial is possible), and a database that
+// refuses the upload with an error, its first answer, and resets
+// (SO_LINGER 0) with the upload still coming. The app reads that error
+// before ECONNRESET, as it would directly (40 of 40). The app's direction,
+// writing the upload, took the reset first and ended the session at once,
+// before the opening had passed the answer on (18-19 of 40 trials lost it).
+func TestDatabaseFirstAnswerBeforeItsResetReachesAnUploadingApp(t *testing.T) {
+	const answer = "ERROR: upload refused, closing\n"
+	be := newBackend(t, func(c *net.TCPConn) {
+		io.CopyN(io.Discard, c, 256<<10) // well past replay_bytes
+		c.Write([]byte(answer))
+		c.SetLinger(0)
+		c.Close()
+	})
+	cfg := strings.Replace(oneBackendConfig(be.addr()), `connect_timeout = "500ms"`, `connect_timeout = "500ms"
+replay_bytes = 1024`, 1)
+	h := startProxy(t, cfg)
+	const trials = 40
+	lost := 0
+	for i := range trials {
+		c := h.dial("l")
+		werr := make(chan error, 1)
+		go func() { werr <- sendUntilItFails(c) }()
+		c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		got, err := io.ReadAll(c)
+		if we := <-werr; err == nil {
+			err = we // the writer took the reset: the read found a plain 0
+		}
+		if string(got) != answer || !errors.Is(err, syscall.ECONNRESET) {
+			lost++
+			t.Logf("trial %d: the app read %q, then %v", i, got, err)
+		}
+		c.Close()
+		waitFor(t, 2*time.Second, "session ended", func() bool { return len(h.p.liveSessions()) == 0 })
+	}
+	if lost > 0 {
+		t.Errorf("%d of %d trials: the app never got the database's first answer before its reset", lost, trials)
+	}
+}
+
 // The same the other way: an app that sends its last message and closes
 // with the database's bytes unread (its kernel resets) is reset at the
 // database after that message, as without tnsguard, where the database
@@ -736,11 +778,11 @@ func TestAppLastMessageBeforeItsResetReachesTheDatabase(t *testing.T) {
 
 // sendUntilItFails writes 64 KiB at a time to c until a write fails (the
 // peer's reset): a side still sending when the other ends.
-func sendUntilItFails(c net.Conn) {
+func sendUntilItFails(c net.Conn) error {
 	chunk := make([]byte, 64<<10)
 	for {
 		if _, err := c.Write(chunk); err != nil {
-			return
+			return err
 		}
 	}
 }

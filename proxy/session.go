@@ -1219,7 +1219,8 @@ func (s *session) directionDone(pe *pumpErr, src, dst Side) {
 	}
 	err, srv, phase := pe.err, s.currentServer(), s.phaseNow(side, pe.err)
 	s.mu.Lock()
-	if !s.established && s.overflow && side == SideBackend {
+	uploading := !s.established && s.overflow && side == SideBackend
+	if uploading {
 		// Past replay_bytes, before the backend's first byte: the opening
 		// would not re-dial either (tnsguard's decision, cause proxy),
 		// and may already have let go of the server.
@@ -1228,7 +1229,7 @@ func (s *session) directionDone(pe *pumpErr, src, dst Side) {
 			srv = s.overflowSrv
 		}
 	}
-	drain := s.established && pe.atWrite && Cause(err) == "rst" && s.legs.Load() == 2
+	drain := (s.established || uploading) && pe.atWrite && Cause(pe.err) == "rst" && s.legs.Load() == 2
 	s.mu.Unlock()
 	if drain {
 		// dst's peer reset the session while this direction wrote to it.
@@ -1240,6 +1241,18 @@ func (s *session) directionDone(pe *pumpErr, src, dst Side) {
 		// other side reads it before its reset, as it would without
 		// tnsguard. resetDrainFor bounds the wait, for a side that does
 		// not read.
+		//
+		// In the opening (an upload past replay_bytes, before the
+		// database's first byte), that other direction is the opening
+		// itself (open, still running while legs is 2), waiting in
+		// firstAnswer: the database's error that is its first answer
+		// goes to the app (establish), and the reset behind it ends the
+		// session from the established pump; a reset with no answer
+		// before it ends the session from the opening, at once (the
+		// read finds the end of stream, which endOfStream tells from a
+		// FIN). Until 2026-11-30 this direction ended the session at
+		// once, and the answer was dropped for 18-19 of 40 uploads
+		// (TestDatabaseFirstAnswerBeforeItsResetReachesAnUploadingApp).
 		time.AfterFunc(resetDrainFor, func() { s.abort(side, phase, err, "reset", srv) })
 		return
 	}
