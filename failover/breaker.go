@@ -26,16 +26,16 @@ type breaker struct {
 	trial     bool
 	trialEnd  time.Time // when a trial without a verdict is given up
 	trials    Trial     // half-open trials handed out; the last one's number is the trial out
-	opened    uint64    // how many times the circuit has opened (epoch)
+	changes   uint64    // how many times the circuit has opened or closed (epoch)
 }
 
-// epoch is the number of times the circuit has opened so far: a dial that
-// reads it before it starts can tell later (successSince) whether the
-// circuit opened while it was in flight.
+// epoch is the number of times the circuit has opened or closed so far: a
+// dial that reads it before it starts can tell later (successSince,
+// failureSince) whether the circuit opened or closed while it was in flight.
 func (b *breaker) epoch() uint64 {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	return b.opened
+	return b.changes
 }
 
 // successSince is success for a dial that began at epoch e. A dial begun
@@ -44,6 +44,8 @@ func (b *breaker) epoch() uint64 {
 // says no more of the server than the failures that opened it, and closing
 // at once sent new sessions back to a server that fails most of them. The
 // trial, a last-resort dial made while open, or the health check decide.
+// Nor does one begun before the circuit last closed reset the count of
+// failures since (staleLocked).
 func (b *breaker) successSince(e uint64) bool {
 	if b.threshold == 0 {
 		return false
@@ -138,20 +140,24 @@ func (b *breaker) success() bool {
 func (b *breaker) successLocked() bool {
 	changed := b.state != metrics.BreakerClosed
 	b.state, b.failures, b.openFor, b.trial = metrics.BreakerClosed, 0, b.baseOpen, false
+	if changed {
+		b.changes++
+	}
 	return changed
 }
 
 // failure counts one failure; it reports whether the circuit opened and for
 // how long.
 func (b *breaker) failure(now time.Time) (opened bool, openFor time.Duration) {
-	return b.failureSince(now, anyEpoch)
+	opened, openFor, _ = b.failureSince(now, anyEpoch)
+	return opened, openFor
 }
 
 // staleLocked tells whether a verdict of a dial begun at epoch e comes
-// from before the circuit, open or half-open now, last opened: it decides
-// nothing. The caller holds mu.
+// from before the circuit last opened or closed: it decides nothing. The
+// caller holds mu.
 func (b *breaker) staleLocked(e uint64) bool {
-	return b.state != metrics.BreakerClosed && e != b.opened
+	return e != anyEpoch && e != b.changes
 }
 
 // anyEpoch is the epoch of a verdict that is not a plan's dial: it counts
@@ -163,15 +169,21 @@ const anyEpoch = ^uint64(0)
 // failure, coming in while the trial is out (a hung listener fails its
 // sessions only at the end of connect_budget, long after the circuit
 // opened), re-opened the circuit for twice as long, and the trial's
-// success, if the server had come back, then no longer closed it.
-func (b *breaker) failureSince(now time.Time, e uint64) (opened bool, openFor time.Duration) {
+// success, if the server had come back, then no longer closed it. Nor does
+// it, or the failure of a dial begun before the circuit last closed (a
+// last resort made while it was open), count toward opening it again: once
+// the trial closed it, the late failures of the dials of the outage (a full
+// accept queue: each waits out connect_timeout) re-opened the circuit of a
+// server that had just come back, and new sessions went elsewhere for
+// open_for. stale reports such a failure.
+func (b *breaker) failureSince(now time.Time, e uint64) (opened bool, openFor time.Duration, stale bool) {
 	if b.threshold == 0 {
-		return false, 0
+		return false, 0, false
 	}
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	if e != anyEpoch && b.staleLocked(e) {
-		return false, 0
+	if b.staleLocked(e) {
+		return false, 0, true
 	}
 	switch b.state {
 	case metrics.BreakerHalfOpen:
@@ -179,14 +191,14 @@ func (b *breaker) failureSince(now time.Time, e uint64) (opened bool, openFor ti
 	case metrics.BreakerClosed:
 		b.failures++
 		if b.failures < b.threshold {
-			return false, 0
+			return false, 0, false
 		}
 	case metrics.BreakerOpen:
-		return false, 0
+		return false, 0, false
 	}
 	b.state, b.trial, b.openUntil = metrics.BreakerOpen, false, now.Add(b.openFor)
-	b.opened++
-	return true, b.openFor
+	b.changes++
+	return true, b.openFor, false
 }
 
 // current is the state the breaker acts on at now: an open circuit whose

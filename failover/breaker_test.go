@@ -238,6 +238,134 @@ check = "off"
 	}
 }
 
+// Failures of dials begun before the circuit last opened, or before it
+// last closed, come in after it closed when they take long to fail (a
+// listener whose accept queue is full: the dials wait out connect_timeout;
+// a hung listener: connect_budget). They must not count toward opening it
+// again: `failures` of them re-opened the circuit of a server that had just
+// passed its trial, and new sessions went to the standby for open_for, or
+// twice as long after the next failed trial.
+func TestStaleFailureDoesNotReopenAClosedCircuit(t *testing.T) {
+	b := testBackend(t, `[backend.breaker]
+failures = 2
+open_for = "10ms"
+max_open_for = "1h"
+[backend.health]
+check = "tcp"
+interval = "1h"
+`+servers(`address = "a:1"`, `address = "b:1";priority = 1`))
+	a := b.Servers[0]
+	ctx := context.Background()
+	plans := dialing(t, b, a, 4) // four sessions dial a:1 while its circuit is closed
+	plans[0].Failed(a, errors.New("dial tcp a:1: i/o timeout"))
+	plans[1].Failed(a, errors.New("dial tcp a:1: i/o timeout"))
+	if st := a.BreakerState(); st != metrics.BreakerOpen {
+		t.Fatalf("state %d after 2 failures, want open", st)
+	}
+	time.Sleep(20 * time.Millisecond) // open_for is over
+	trial := b.NewPlan(time.Now())
+	if s, _ := trial.Next(ctx); s != a || trial.Trial() == 0 {
+		t.Fatalf("got %v, trial %d; want a:1's half-open trial", s, trial.Trial())
+	}
+	trial.Succeeded(a)
+	if st := a.BreakerState(); st != metrics.BreakerClosed {
+		t.Fatalf("state %d after the trial succeeded, want closed", st)
+	}
+	// The two other dials, begun before the circuit opened, time out now.
+	plans[2].Failed(a, errors.New("dial tcp a:1: i/o timeout"))
+	plans[3].Failed(a, errors.New("dial tcp a:1: i/o timeout"))
+	if st := a.BreakerState(); st != metrics.BreakerClosed {
+		t.Fatalf("state %d after 2 failures of dials begun before the circuit opened, want closed (the trial said the server is back)", st)
+	}
+	if first := firstOf(b); first != "a:1" {
+		t.Fatalf("new sessions go to %s first, want a:1", first)
+	}
+	// Failures of dials begun since it closed count, from the first.
+	fresh := dialing(t, b, a, 2)
+	fresh[0].Failed(a, errors.New("refused"))
+	if st := a.BreakerState(); st != metrics.BreakerClosed {
+		t.Fatalf("state %d after 1 failure, want closed", st)
+	}
+	fresh[1].Failed(a, errors.New("refused"))
+	if st := a.BreakerState(); st != metrics.BreakerOpen {
+		t.Fatalf("state %d after 2 failures of dials begun since the circuit closed, want open", st)
+	}
+}
+
+// The same for dials made while the circuit was open (every circuit open:
+// the last resort) that fail after another one's success closed it.
+func TestStaleLastResortFailureDoesNotReopenAClosedCircuit(t *testing.T) {
+	b := testBackend(t, `[backend.breaker]
+failures = 2
+open_for = "1h"
+max_open_for = "1h"
+[backend.health]
+check = "off"
+`+servers(`address = "a:1"`))
+	a := b.Servers[0]
+	ctx := context.Background()
+	a.Failed(errors.New("refused"))
+	a.Failed(errors.New("refused"))
+	if st := a.BreakerState(); st != metrics.BreakerOpen {
+		t.Fatalf("state %d after 2 failures, want open", st)
+	}
+	var plans []*Plan
+	for range 3 { // the only circuit is open: each session dials it as a last resort
+		p := b.NewPlan(time.Now())
+		if s, _ := p.Next(ctx); s != a {
+			t.Fatalf("got %v, want a:1 as a last resort", s)
+		}
+		plans = append(plans, p)
+	}
+	plans[0].Succeeded(a)
+	if st := a.BreakerState(); st != metrics.BreakerClosed {
+		t.Fatalf("state %d after a last-resort dial succeeded, want closed", st)
+	}
+	plans[1].Failed(a, errors.New("dial tcp a:1: i/o timeout"))
+	plans[2].Failed(a, errors.New("dial tcp a:1: i/o timeout"))
+	if st := a.BreakerState(); st != metrics.BreakerClosed {
+		t.Fatalf("state %d after 2 failures of dials begun before the circuit closed, want closed", st)
+	}
+}
+
+// With health checks off a failed dial marks the server down and puts it
+// after the others for open_for. A dial begun before the circuit last
+// opened or closed, failing late, must not do that either: after the trial
+// passed, the outage's late failures kept new sessions off the server that
+// was back for open_for (tnsguard_backend_up 0), the circuit closed.
+func TestStaleFailureDoesNotShunAServerWithChecksOff(t *testing.T) {
+	b := testBackend(t, `[backend.breaker]
+failures = 2
+open_for = "50ms"
+max_open_for = "1h"
+[backend.health]
+check = "off"
+`+servers(`address = "a:1"`, `address = "b:1";priority = 1`))
+	a := b.Servers[0]
+	plans := dialing(t, b, a, 4)
+	plans[0].Failed(a, errors.New("dial tcp a:1: i/o timeout"))
+	plans[1].Failed(a, errors.New("dial tcp a:1: i/o timeout"))
+	time.Sleep(60 * time.Millisecond) // open_for is over, and a:1 no longer goes last
+	trial := b.NewPlan(time.Now())
+	if s, _ := trial.Next(context.Background()); s != a || trial.Trial() == 0 {
+		t.Fatalf("got %v, trial %d; want a:1's half-open trial", s, trial.Trial())
+	}
+	trial.Succeeded(a)
+	plans[2].Failed(a, errors.New("dial tcp a:1: i/o timeout"))
+	plans[3].Failed(a, errors.New("dial tcp a:1: i/o timeout"))
+	if !a.Up() || a.BreakerState() != metrics.BreakerClosed {
+		t.Fatalf("up %v, state %d after late failures of dials begun before the circuit opened; want up and closed", a.Up(), a.BreakerState())
+	}
+	if first := firstOf(b); first != "a:1" {
+		t.Fatalf("new sessions go to %s first, want a:1, whose trial passed", first)
+	}
+	// A failure of a dial begun since counts as before.
+	dialing(t, b, a, 1)[0].Failed(a, errors.New("refused"))
+	if a.Up() || firstOf(b) != "b:1" {
+		t.Fatalf("up %v, first %s after a failure of a dial begun since the circuit closed; want down, b:1 first", a.Up(), firstOf(b))
+	}
+}
+
 // dialing is n plans of b whose first choice is srv: sessions dialing it.
 func dialing(t *testing.T, b *Backend, srv *Server, n int) []*Plan {
 	t.Helper()

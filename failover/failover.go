@@ -623,9 +623,14 @@ func (s *Server) succeeded(closed bool) {
 // byte) against the server's breaker.
 func (s *Server) Failed(cause error) { s.failed(cause, anyEpoch) }
 
-// failed is Failed for a dial that began at breaker epoch e.
+// failed is Failed for a dial that began at breaker epoch e. With checks
+// off, one begun before the circuit last opened or closed does not mark
+// the server down either: after a trial that passed, the late failures of
+// the outage's dials shunned the server that was back for open_for.
 func (s *Server) failed(cause error, e uint64) {
-	s.countFailure(cause, e)
+	if s.countFailure(cause, e) {
+		return
+	}
 	if s.backend.Config.Health.Check == "off" {
 		s.failedAt.Store(time.Now().UnixNano())
 		s.setUp(false)
@@ -660,9 +665,11 @@ func (s *Server) refused(cause error, serviceOnly bool, t Trial, e uint64) {
 	s.countFailure(cause, e)
 }
 
-// countFailure counts a failure against the server's breaker.
-func (s *Server) countFailure(cause error, e uint64) {
-	if opened, openFor := s.breaker.failureSince(time.Now(), e); opened {
+// countFailure counts a failure against the server's breaker; it reports
+// whether the breaker ignored it as stale (breaker.failureSince).
+func (s *Server) countFailure(cause error, e uint64) (stale bool) {
+	opened, openFor, stale := s.breaker.failureSince(time.Now(), e)
+	if opened {
 		// A circuit opened on dials the health check makes too (refused,
 		// timed out): a check that passes after it says the server is back
 		// (checkLoop). Not one opened on what came after the connect (a
@@ -680,6 +687,7 @@ func (s *Server) countFailure(cause error, e uint64) {
 		// after Stop it writes nothing).
 		time.AfterFunc(openFor, s.publish)
 	}
+	return stale
 }
 
 // Abandoned tells the breaker that a dial it allowed has no verdict (the
@@ -1115,12 +1123,13 @@ func (p *Plan) Looped(srv *Server) bool {
 
 // Succeeded tells srv that this plan's dial of it got a working connection
 // (Server.Succeeded). A dial begun before srv's circuit last opened does
-// not close it (breaker.successSince).
+// not close it, nor one begun before it last closed reset its failure
+// count (breaker.successSince).
 func (p *Plan) Succeeded(srv *Server) { srv.succeeded(srv.breaker.successSince(p.epoch)) }
 
 // Failed tells srv that this plan's dial of it failed (Server.Failed). A
-// dial begun before srv's circuit last opened does not decide its
-// half-open trial (breaker.failureSince).
+// dial begun before srv's circuit last opened or closed does not decide
+// its half-open trial nor count toward opening it (breaker.failureSince).
 func (p *Plan) Failed(srv *Server, cause error) { srv.failed(cause, p.epoch) }
 
 // RefusedBy tells srv that it refused this plan's session

@@ -328,3 +328,78 @@ func gauge(g *prometheus.GaugeVec, labels ...string) float64 {
 	}
 	return m.GetGauge().GetValue()
 }
+
+// fullQueue is a loopback listener with backlog 0 that accepts nothing
+// until serve: the first connection (a health check) fills its accept
+// queue and the kernel drops the SYNs after it, so dials wait out their
+// timeout (loopback.Blackhole), as at a database whose listener stalls.
+// serve starts taking connections, each handled by fn.
+type fullQueue struct {
+	address string
+	fd      int
+}
+
+func newFullQueue(t *testing.T) *fullQueue {
+	t.Helper()
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Bind(fd, &unix.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}); err != nil {
+		unix.Close(fd)
+		t.Fatal(err)
+	}
+	if err := unix.Listen(fd, 0); err != nil {
+		unix.Close(fd)
+		t.Fatal(err)
+	}
+	sa, err := unix.Getsockname(fd)
+	if err != nil {
+		unix.Close(fd)
+		t.Fatal(err)
+	}
+	q := &fullQueue{address: fmt.Sprintf("127.0.0.1:%d", sa.(*unix.SockaddrInet4).Port), fd: fd}
+	t.Cleanup(func() { unix.Close(q.fd) })
+	return q
+}
+
+func (q *fullQueue) serve(t *testing.T, fn func(c *net.TCPConn)) {
+	t.Helper()
+	f := os.NewFile(uintptr(q.fd), "full queue") // f owns the socket now
+	q.fd = -1
+	ln, err := net.FileListener(f) // a dup of it
+	f.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	var conns []net.Conn
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			conns = append(conns, c)
+			mu.Unlock()
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				fn(c.(*net.TCPConn))
+			}()
+		}
+	}()
+	t.Cleanup(func() {
+		ln.Close()
+		mu.Lock()
+		for _, c := range conns {
+			c.Close()
+		}
+		mu.Unlock()
+		wg.Wait()
+	})
+}

@@ -574,6 +574,226 @@ max_open_for = "1s"`, fmt.Sprintf("address = %q;priority = 0", a.address), fmt.S
 	session("A")
 }
 
+// A slow listener (it takes the connection, then fails the session late: a
+// reset before its first answer) fails the sessions of an outage after its
+// circuit opened, some after the half-open trial closed it again. Those
+// failures, of sessions that dialed it before the circuit opened, must not
+// count toward opening it again: two of them (failures = 2) re-opened the
+// circuit of a server whose trial had just passed, logged a second
+// "circuit opened", showed it open in tnsguard_breaker_state and on
+// /api/links, and sent new sessions to the standby for open_for.
+func TestStaleFailuresDoNotReopenAClosedCircuit(t *testing.T) {
+	var mu sync.Mutex
+	hold := true
+	var held []*net.TCPConn
+	a := newServer(t, func(c *net.TCPConn) {
+		buf := make([]byte, 4096)
+		n, err := c.Read(buf)
+		if err != nil {
+			return // a health check
+		}
+		mu.Lock()
+		if hold {
+			held = append(held, c)
+			mu.Unlock()
+			c.Read(buf) // until the test resets it
+			return
+		}
+		mu.Unlock()
+		c.Write([]byte("A"))
+		c.Write(buf[:n])
+		echo(c)
+	})
+	b := newServer(t, func(c *net.TCPConn) {
+		buf := make([]byte, 4096)
+		n, err := c.Read(buf)
+		if err != nil {
+			return
+		}
+		c.Write([]byte("B"))
+		c.Write(buf[:n])
+		echo(c)
+	})
+	h, logs := startProxyLog(t, backendTOML(`connect_budget = "5s"
+backoff = "20ms"
+backoff_max = "100ms"
+[backend.health]
+check = "tcp"
+interval = "1h"
+timeout = "1s"
+[backend.breaker]
+failures = 2
+open_for = "200ms"
+max_open_for = "1s"`, fmt.Sprintf("address = %q;priority = 0", a.address), fmt.Sprintf("address = %q;priority = 1", b.address)))
+	state := func() float64 { return gauge(h.m.BreakerState, "b", a.address) }
+	waitFor(t, 2*time.Second, "both servers checked up", func() bool {
+		return gauge(h.m.BackendUp, "b", a.address) == 1 && gauge(h.m.BackendUp, "b", b.address) == 1
+	})
+	session := func() (string, error) {
+		c, err := net.Dial("tcp", h.addr("l"))
+		if err != nil {
+			return "", err
+		}
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(5 * time.Second))
+		if _, err := c.Write([]byte("hello")); err != nil {
+			return "", err
+		}
+		got := make([]byte, 6)
+		if _, err := readFull(c, got); err != nil {
+			return "", err
+		}
+		if string(got[1:]) != "hello" {
+			return "", fmt.Errorf("got %q", got)
+		}
+		return string(got[:1]), nil
+	}
+	// Four sessions dial A while its circuit is closed; A holds them.
+	ended := make(chan string, 4)
+	for range 4 {
+		go func() {
+			name, err := session()
+			if err != nil {
+				name = err.Error()
+			}
+			ended <- name
+		}()
+	}
+	waitFor(t, 3*time.Second, "A holds 4 sessions", func() bool { mu.Lock(); defer mu.Unlock(); return len(held) == 4 })
+	mu.Lock()
+	outage := held
+	mu.Unlock()
+	endOne := func(c *net.TCPConn) {
+		t.Helper()
+		resetConn(c)
+		select {
+		case name := <-ended:
+			if name != "B" {
+				t.Fatalf("a session A reset reached %q, want B (replayed)", name)
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatal("a session A reset did not end")
+		}
+	}
+	endOne(outage[0])
+	endOne(outage[1])
+	if state() != metrics.BreakerOpen {
+		t.Fatalf("breaker state %v after 2 failures, want 1 (open)", state())
+	}
+	opened := time.Now()
+
+	// A is back: after open_for the trial reaches it and closes the circuit.
+	mu.Lock()
+	hold = false
+	mu.Unlock()
+	time.Sleep(time.Until(opened.Add(200 * time.Millisecond)))
+	if name, err := session(); name != "A" || err != nil {
+		t.Fatalf("the trial reached %q, %v; want A", name, err)
+	}
+	waitFor(t, 2*time.Second, "the circuit closed", func() bool { return state() == metrics.BreakerClosed })
+
+	// The two other sessions of the outage fail now.
+	endOne(outage[2])
+	endOne(outage[3])
+	if st := state(); st != metrics.BreakerClosed {
+		t.Errorf("tnsguard_breaker_state %v after 2 failures of sessions that dialed before the circuit opened, want 0 (closed)", st)
+	}
+	if link := linkOf(t, h.p, a.address); link.Breaker != "closed" {
+		t.Errorf("/api/links breaker %q, want closed", link.Breaker)
+	}
+	if n := len(logs.lines("circuit opened", a.address)); n != 1 {
+		t.Errorf("%d \"circuit opened\" lines, want 1; log:\n%s", n, logs)
+	}
+	if name, err := session(); name != "A" || err != nil {
+		t.Fatalf("a new session reached %q, %v; want A, whose trial passed", name, err)
+	}
+}
+
+// The same with a listener whose accept queue is full (it drops the SYNs):
+// the sessions of the outage wait out connect_timeout there, and those that
+// dialed just before the circuit opened time out after the half-open trial,
+// with the listener back, closed it. Their timeouts re-opened the circuit.
+func TestLateTimeoutsOfAFullQueueDoNotReopenAClosedCircuit(t *testing.T) {
+	a := newFullQueue(t)
+	b := newServer(t, sayName("B"))
+	h, logs := startProxyLog(t, backendTOML(`connect_timeout = "900ms"
+connect_budget = "5s"
+backoff = "20ms"
+backoff_max = "100ms"
+[backend.health]
+check = "tcp"
+interval = "1h"
+timeout = "1s"
+[backend.breaker]
+failures = 2
+open_for = "200ms"
+max_open_for = "1s"`, fmt.Sprintf("address = %q;priority = 0", a.address), fmt.Sprintf("address = %q;priority = 1", b.address)))
+	state := func() float64 { return gauge(h.m.BreakerState, "b", a.address) }
+	// The first check's connection fills A's queue; it passed.
+	waitFor(t, 2*time.Second, "both servers checked up", func() bool {
+		return gauge(h.m.BackendUp, "b", a.address) == 1 && gauge(h.m.BackendUp, "b", b.address) == 1
+	})
+	if c, err := net.DialTimeout("tcp", a.address, 50*time.Millisecond); err == nil {
+		c.Close()
+		t.Skip("this kernel accepts past a full backlog-0 queue")
+	}
+	ended := make(chan string, 4)
+	dialAt := func() {
+		go func() {
+			name, c, err := h.reached()
+			if err != nil {
+				name = err.Error()
+			} else {
+				c.Close()
+			}
+			ended <- name
+		}()
+	}
+	start := time.Now()
+	dialAt()
+	dialAt()
+	time.Sleep(500 * time.Millisecond)
+	dialAt() // these two time out 500 ms after the circuit opens
+	dialAt()
+	for range 2 {
+		if name := <-ended; name != "B" {
+			t.Fatalf("a session of the outage reached %q, want B", name)
+		}
+	}
+	waitFor(t, time.Second, "the circuit opened", func() bool { return state() == metrics.BreakerOpen })
+	opened := time.Now()
+	a.serve(t, sayName("A")) // the listener takes connections again
+	time.Sleep(time.Until(opened.Add(200 * time.Millisecond)))
+	name, c, err := h.reached()
+	if err != nil || name != "A" {
+		t.Fatalf("the trial reached %q, %v; want A", name, err)
+	}
+	c.Close()
+	waitFor(t, time.Second, "the circuit closed", func() bool { return state() == metrics.BreakerClosed })
+	if time.Since(start) > 1300*time.Millisecond {
+		t.Skipf("the trial ended %v after the first dials: too slow to see the late timeouts after it", time.Since(start))
+	}
+	for range 2 {
+		if name := <-ended; name != "B" {
+			t.Fatalf("a session of the outage reached %q, want B", name)
+		}
+	}
+	if st := state(); st != metrics.BreakerClosed {
+		t.Errorf("tnsguard_breaker_state %v after the late timeouts of dials begun before the circuit opened, want 0 (closed)", st)
+	}
+	if link := linkOf(t, h.p, a.address); link.Breaker != "closed" {
+		t.Errorf("/api/links breaker %q, want closed", link.Breaker)
+	}
+	if n := len(logs.lines("circuit opened", a.address)); n != 1 {
+		t.Errorf("%d \"circuit opened\" lines, want 1; log:\n%s", n, logs)
+	}
+	if name, c, err := h.reached(); name != "A" || err != nil {
+		t.Fatalf("a new session reached %q, %v; want A, whose trial passed", name, err)
+	} else {
+		c.Close()
+	}
+}
+
 func readFull(c net.Conn, b []byte) (int, error) {
 	n := 0
 	for n < len(b) {
