@@ -237,6 +237,9 @@ func (l *Listener) Backends() []string {
 	return out
 }
 
+// DefaultAdminListen is admin.listen when the file leaves it out.
+const DefaultAdminListen = "127.0.0.1:9521"
+
 // DefaultRefuseErrors returns the TNS REFUSE codes that mean "this server
 // cannot take the session now": another server may (service not registered,
 // SID unknown, no handler, hand-off failed, instance restricted or blocking).
@@ -246,8 +249,9 @@ func DefaultRefuseErrors() []int {
 
 // applyDefaults fills in what the file left out, and returns those of the
 // durations that validate's messages name as such ("the default": a key
-// the file never wrote).
-func (c *Config) applyDefaults() (defaulted map[*Duration]bool) {
+// the file never wrote). written tells whether the file wrote a key
+// (MetaData.IsDefined).
+func (c *Config) applyDefaults(written func(key ...string) bool) (defaulted map[*Duration]bool) {
 	defaulted = map[*Duration]bool{}
 	noted := func(d *Duration, v time.Duration) {
 		if !d.Set {
@@ -261,8 +265,11 @@ func (c *Config) applyDefaults() (defaulted map[*Duration]bool) {
 	if c.Log.Format == "" {
 		c.Log.Format = "text"
 	}
-	if c.Admin.Listen == "" {
-		c.Admin.Listen = "127.0.0.1:9521"
+	// Only when left out: admin.listen = "" (as if to turn the admin
+	// listener off, which cannot be) listened on the default; validate
+	// refuses it.
+	if c.Admin.Listen == "" && !written("admin", "listen") {
+		c.Admin.Listen = DefaultAdminListen
 	}
 	c.Shutdown.Grace.orDefault(time.Second)
 	c.Shutdown.DrainTimeout.orDefault(30 * time.Second)

@@ -139,7 +139,7 @@ func TestErrors(t *testing.T) {
 			[]string{`bad.toml: backend "orders": server "[0::1]:1521": defined twice`}},
 		{"two spellings of one key", strings.Replace(minimal, `backend = "orders"`, "backend = \"orders\"\nallow = [\"10.0.0.0/8\"]\nAllow = [\"0.0.0.0/0\"]", 1),
 			[]string{`bad.toml:7:1: unknown key "listener.Allow": keys are lower case ("allow")`}},
-		{"unknown table", "[admn]\nlisten = \"x\"\n" + minimal, []string{`bad.toml:1:1: unknown key "admn" (did you mean "admin"?)`, `bad.toml:2:1: unknown key "admn.listen"`}},
+		{"unknown table", "[admn]\nlisten = \"x\"\n" + minimal, []string{`bad.toml:1:1: unknown key "admn" (did you mean "admin"?)`}},
 		{"bad duration", strings.Replace(minimal, `name = "orders"
   [[`, `name = "orders"
 connect_timeout = "3 seconds"
@@ -1159,13 +1159,61 @@ func TestKeyInAnotherTableNamesItsTable(t *testing.T) {
 		`f.toml:2:1: unknown key "admin.level" (it belongs in [log])`,
 		`f.toml:8:1: unknown key "listener.connect_timeout" (it belongs in [[backend]])`,
 		`f.toml:9:3: unknown key "listener.health" (it belongs in [[backend]])`,
-		`f.toml:10:3: unknown key "listener.health.check"`,
-		`f.toml:11:3: unknown key "listener.health.interval"`,
 		`f.toml:14:1: unknown key "backend.max_sessions" (it belongs in [[listener]])`,
 		`f.toml:15:1: unknown key "backend.allow" (it belongs in [admin] or [[listener]])`,
 		`f.toml:17:3: unknown key "backend.health.idle" (it belongs in [backend.keepalive])`,
 	}, "\n")
 	if err == nil || err.Error() != want {
 		t.Fatalf("got:\n%v\nwant:\n%s", err, want)
+	}
+}
+
+// An unknown table is one error, at its header: each key in it was
+// reported after it too (a misspelled [backend.keepalvie] of three keys
+// gave four errors, the last three no help), for a table inside it as well.
+func TestUnknownTableIsOneError(t *testing.T) {
+	text := minimal + "  [backend.keepalvie]\n  idle = \"30s\"\n  count = 3\n" +
+		"[[backnd]]\nname = \"b\"\n  [backnd.health]\n  check = \"off\"\n  [[backnd.server]]\n  address = \"127.0.0.1:1\"\n" +
+		"[bogus.sub]\nx = 1\n"
+	_, _, err := Parse([]byte(text), "f.toml")
+	want := strings.Join([]string{
+		`f.toml:10:3: unknown key "backend.keepalvie" (did you mean "keepalive"?)`,
+		`f.toml:13:1: unknown key "backnd" (did you mean "backend"?)`,
+		`f.toml:19:1: unknown key "bogus.sub"`,
+	}, "\n")
+	if err == nil || err.Error() != want {
+		t.Fatalf("got:\n%v\nwant:\n%s", err, want)
+	}
+}
+
+// A [[backend.server]] without an address was reported as `server "":
+// address: "" is not host:port` at its backend's header: with several
+// servers, the user had to find which. It is named by its place and
+// reported at its own header (or its address key when written empty).
+func TestServerWithoutAddressNamesItsLine(t *testing.T) {
+	text := minimal + "  [[backend.server]]\n  priority = 1\n  weight = -1\n  [[backend.server]]\n  address = \"\"\n"
+	_, _, err := Parse([]byte(text), "f.toml")
+	want := strings.Join([]string{
+		`f.toml: backend "orders": server #2: address is empty: give the database's HOST:PORT (line 10)`,
+		`f.toml: backend "orders": server #2: weight must not be negative (line 12)`,
+		`f.toml: backend "orders": server #3: address is empty: give the database's HOST:PORT (line 14)`,
+	}, "\n")
+	if err == nil || err.Error() != want {
+		t.Fatalf("got:\n%v\nwant:\n%s", err, want)
+	}
+}
+
+// admin.listen = "" (as if to turn the admin listener off, which cannot
+// be done) passed check and listened on 127.0.0.1:9521. Left out, it is
+// that default.
+func TestEmptyAdminListenIsAnError(t *testing.T) {
+	_, _, err := Parse([]byte("[admin]\nlisten = \"\"\n"+minimal), "f.toml")
+	want := `f.toml: admin: listen is empty: the admin listener cannot be turned off; give HOST:PORT, or leave the key out for 127.0.0.1:9521 (line 2)`
+	if err == nil || err.Error() != want {
+		t.Fatalf("got:\n%v\nwant:\n%s", err, want)
+	}
+	c, _, err := Parse([]byte("[admin]\nallow = []\n"+minimal), "f.toml")
+	if err != nil || c.Admin.Listen != DefaultAdminListen {
+		t.Fatalf("left out: %v, %+v", err, c)
 	}
 }

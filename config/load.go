@@ -74,11 +74,20 @@ func Parse(data []byte, source string) (*Config, []string, error) {
 	errs := decodeParts(&md, raw, &c, text, source)
 	decodeFailed := len(errs) > 0
 	seen := map[string]bool{} // a key of every [[listener]] is reported once
+	var unknown []toml.Key    // reported: the keys inside an unknown table are not
 	for _, k := range md.Undecoded() {
 		if seen[k.String()] || decodeFailed && knownKey(k) { // left undecoded by a failed table
 			continue
 		}
+		// An unknown table is one error, at its header: its keys are
+		// unknown because it is (a misspelled [listener.keepalvie] gave
+		// one more error for each key in it, each a "did you mean" that
+		// did not help).
+		if slices.ContainsFunc(unknown, func(t toml.Key) bool { return len(t) < len(k) && slices.Equal(t, k[:len(t)]) }) {
+			continue
+		}
 		seen[k.String()] = true
+		unknown = append(unknown, k)
 		line, col := locateKey(text, k)
 		msg := fmt.Sprintf("%s:%d:%d: unknown key %q", source, line, col, k.String())
 		if near := suggest(k); near != "" {
@@ -112,7 +121,7 @@ func Parse(data []byte, source string) (*Config, []string, error) {
 	// Unknown keys were left out of c: what is there is checked too, so one
 	// run of check shows every error it can.
 	c.Source, c.text = source, text
-	defaulted := c.applyDefaults()
+	defaulted := c.applyDefaults(md.IsDefined)
 	verrs, warnings, errAt, warnAt := c.validate(defaulted)
 	errs = append(errs, withLines(source, text, verrs, errAt)...)
 	warnings = withLines(source, text, warnings, warnAt)

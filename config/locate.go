@@ -57,6 +57,19 @@ func keyLine(lines []string, t [2]int, kind, rest string) int {
 		}
 		rest = after
 	}
+	// A server without an address, by its place among the backend's
+	// [[backend.server]] tables: the line of the key in it, else its
+	// header (one written inline has none: the backend's key then).
+	if r, found := strings.CutPrefix(rest, "server #"); found {
+		if n, after, ok := strings.Cut(r, ": "); ok {
+			servers := sections(lines[start:end], kind+".server")
+			if i, err := strconv.Atoi(n); err == nil && i >= 1 && i <= len(servers) {
+				s := servers[i-1]
+				return keyLine(lines, [2]int{start + s[0], start + s[1]}, kind+".server", after)
+			}
+			rest = after
+		}
+	}
 	key := rest
 	if i := strings.IndexFunc(key, func(r rune) bool { return !(r == '.' || r == '_' || 'a' <= r && r <= 'z') }); i >= 0 {
 		key = key[:i]

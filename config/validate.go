@@ -37,7 +37,9 @@ func (c *Config) validate(defaulted map[*Duration]bool) (errs, warnings []string
 	default:
 		add("log: format %q is not one of text, json", c.Log.Format)
 	}
-	if err := checkHostPort(c.Admin.Listen); err != nil {
+	if c.Admin.Listen == "" { // written so (applyDefaults)
+		add("admin: listen is empty: the admin listener cannot be turned off; give HOST:PORT, or leave the key out for %s", DefaultAdminListen)
+	} else if err := checkHostPort(c.Admin.Listen); err != nil {
 		add("admin: listen: %v", err)
 	}
 	var err error
@@ -328,18 +330,26 @@ func (b *Backend) validate(defaulted map[*Duration]bool) (errs, warnings []strin
 	}
 	seen := map[string]bool{}
 	usable, negative := false, false
-	for _, s := range b.Servers {
+	for i, s := range b.Servers {
 		usable = usable || *s.Weight > 0
-		if err := checkHostPort(s.Address); err != nil {
-			add("server %q: address: %v", s.Address, err)
+		// A server is named by its address; one without is named by its
+		// place, as a table without a name is (`server #2: `), so that
+		// lineOf finds its own [[backend.server]] rather than the
+		// backend's header.
+		where := fmt.Sprintf("server %q", s.Address)
+		if s.Address == "" {
+			where = fmt.Sprintf("server #%d", i+1)
+			add("%s: address is empty: give the database's HOST:PORT", where)
+		} else if err := checkHostPort(s.Address); err != nil {
+			add("%s: address: %v", where, err)
 		} else if _, port, _ := net.SplitHostPort(s.Address); strings.Trim(port, "0") == "" {
-			add("server %q: address: port 0 cannot be dialed", s.Address)
+			add("%s: address: port 0 cannot be dialed", where)
 		} else if seen[serverKey(s.Address)] {
-			add("server %q: defined twice", s.Address)
+			add("%s: defined twice", where)
 		}
 		seen[serverKey(s.Address)] = true
 		if *s.Weight < 0 {
-			add("server %q: weight must not be negative", s.Address)
+			add("%s: weight must not be negative", where)
 			negative = true
 		}
 	}

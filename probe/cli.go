@@ -18,8 +18,8 @@ import (
 // flags, the run with progress on stderr, the summary (or -json object) on
 // stdout. It returns the exit code: 0 when the probe finished, found or not;
 // 1 on an error (target unreachable, target closing idle connections itself,
-// a bad value, interrupted); 2 for a usage error or -h, like tnsguard's other
-// commands.
+// a bad value, interrupted); 2 for a usage error. -h prints the usage on
+// stdout and exits 0, like tnsguard's other commands.
 func Command(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("tnsguard probe", flag.ContinueOnError)
 	fs.SetOutput(stderr)
@@ -29,15 +29,22 @@ func Command(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	asJSON := fs.Bool("json", false, "print the result as one JSON object")
 	cfgPath := fs.String("config", "", "take the target from this tnsguard configuration `FILE`: the first server of -backend")
 	backend := fs.String("backend", "", "backend `NAME` in -config (may be left out when there is only one)")
-	fs.Usage = func() {
-		fmt.Fprintf(stderr, "usage: tnsguard probe -target HOST:PORT [-max 2h] [-parallel N] [-json]\n"+
+	printUsage := func() {
+		fmt.Fprintf(fs.Output(), "usage: tnsguard probe -target HOST:PORT [-max 2h] [-parallel N] [-json]\n"+
 			"       tnsguard probe -config FILE [-backend NAME] [-max 2h] [-parallel N] [-json]\n\n"+
 			"Measures after how long the network path to HOST:PORT forgets an idle connection,\n"+
 			"and whether it then drops or resets it, and recommends keepalive settings.\n"+
 			"Liveness is checked with TCP keepalive probes: the service receives no data.\n\n")
 		fs.PrintDefaults()
 	}
-	if err := fs.Parse(args); err != nil {
+	fs.Usage = func() {} // printed below, on stdout for -h
+	if err := fs.Parse(args); errors.Is(err, flag.ErrHelp) {
+		// Help asked for is no error (it exited 2): on stdout, 0.
+		fs.SetOutput(stdout)
+		printUsage()
+		return 0
+	} else if err != nil {
+		printUsage() // after the flag package's line saying what is wrong
 		return 2
 	}
 	fail := func(format string, a ...any) int {

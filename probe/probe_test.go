@@ -365,6 +365,16 @@ func TestCommandRefused(t *testing.T) {
 	}
 }
 
+// -h is help asked for, not a usage error: the usage on stdout, exit 0
+// (it exited 2 with the usage on stderr).
+func TestCommandHelpIsNoError(t *testing.T) {
+	var stdout, stderr bytes.Buffer
+	if code := Command(context.Background(), []string{"-h"}, &stdout, &stderr); code != 0 || stderr.Len() != 0 ||
+		!strings.HasPrefix(stdout.String(), "usage: tnsguard probe -target HOST:PORT") || !strings.Contains(stdout.String(), "-parallel N") {
+		t.Errorf("exit %d, stdout %q, stderr %q; want 0 with the usage on stdout", code, stdout.String(), stderr.String())
+	}
+}
+
 func TestCommandUsageErrors(t *testing.T) {
 	for _, c := range []struct {
 		args []string
@@ -377,8 +387,7 @@ func TestCommandUsageErrors(t *testing.T) {
 		{[]string{"-target", "a:1", "extra"}, 2, "unexpected argument"},
 		{[]string{"-max", "soon"}, 2, "invalid value"},
 		{[]string{"-target", "127.0.0.1:1", "-max", "0s"}, 2, "give a positive time"}, // it ran for the 2h default
-		{[]string{"-h"}, 2, "usage: tnsguard probe -target HOST:PORT"},
-		{[]string{"-target", "nohostport"}, 2, "give HOST:PORT"}, // exited 1, as if the target were down
+		{[]string{"-target", "nohostport"}, 2, "give HOST:PORT"},                      // exited 1, as if the target were down
 		{[]string{"-target", "db:0"}, 2, "give HOST:PORT"},
 		{[]string{"-target", "db:99999"}, 2, "give HOST:PORT"},
 		{[]string{"-target", "::1:1521"}, 2, "give HOST:PORT (IPv6 in brackets: [::1]:1521)"}, // as healthcheck -admin says

@@ -18,8 +18,8 @@ import (
 func checkCommand(args []string, stdout, stderr io.Writer) int {
 	fs := newFlags("check", stderr)
 	path := fs.String("config", "", "configuration file to validate")
-	if err := fs.Parse(args); err != nil {
-		return 2
+	if code, ok := parseFlags(fs, args, stdout); !ok {
+		return code
 	}
 	if code := noArgs(fs, stderr); code != 0 {
 		return code
@@ -45,8 +45,8 @@ func healthcheckCommand(args []string, stdout, stderr io.Writer) int {
 	fs := newFlags("healthcheck", stderr)
 	addr := fs.String("admin", "127.0.0.1:9521", "admin listener of the running instance")
 	timeout := fs.Duration("timeout", 3*time.Second, "give up after this")
-	if err := fs.Parse(args); err != nil {
-		return 2
+	if code, ok := parseFlags(fs, args, stdout); !ok {
+		return code
 	}
 	if code := noArgs(fs, stderr); code != 0 {
 		return code

@@ -10,6 +10,7 @@
 package main
 
 import (
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -41,7 +42,7 @@ func dispatch(args []string, stdout, stderr io.Writer) int {
 	}
 	switch args[0] {
 	case "run":
-		return runCommand(args[1:], stderr)
+		return runCommand(args[1:], stdout, stderr)
 	case "check":
 		return checkCommand(args[1:], stdout, stderr)
 	case "healthcheck":
@@ -49,9 +50,14 @@ func dispatch(args []string, stdout, stderr io.Writer) int {
 	case "probe":
 		return probeCommand(args[1:], stdout, stderr)
 	case "version", "-version", "--version":
-		if len(args) > 1 {
-			fmt.Fprintf(stderr, "tnsguard version: unexpected argument %q\n", args[1])
-			return 2
+		// Flags like the other commands', though it has none: -h is
+		// help (it was "unexpected argument"), and -x a usage error.
+		fs := newFlags("version", stderr)
+		if code, ok := parseFlags(fs, args[1:], stdout); !ok {
+			return code
+		}
+		if code := noArgs(fs, stderr); code != 0 {
+			return code
 		}
 		fmt.Fprintln(stdout, "tnsguard", version)
 		return 0
@@ -67,6 +73,29 @@ func newFlags(name string, stderr io.Writer) *flag.FlagSet {
 	fs := flag.NewFlagSet("tnsguard "+name, flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	return fs
+}
+
+// parseFlags parses args into fs. It returns ok to go on; else the exit
+// code: help asked for (-h, -help) prints the command's flags on stdout and
+// exits 0, as `tnsguard -h` does (it exited 2, as for a mistake, which a
+// script or a `&&` took for one); any other flag error is a usage error,
+// with the flags on stderr: 2.
+func parseFlags(fs *flag.FlagSet, args []string, stdout io.Writer) (code int, ok bool) {
+	usage, out := fs.Usage, fs.Output()
+	fs.Usage = func() {} // printed below, where it belongs
+	err := fs.Parse(args)
+	fs.Usage = usage
+	switch {
+	case err == nil:
+		return 0, true
+	case errors.Is(err, flag.ErrHelp):
+		fs.SetOutput(stdout)
+		defer fs.SetOutput(out)
+		fs.Usage()
+		return 0, false
+	}
+	fs.Usage() // after the flag package's own line saying what is wrong
+	return 2, false
 }
 
 // noArgs refuses what is left after the flags (a file named without

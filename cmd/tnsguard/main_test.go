@@ -71,3 +71,43 @@ func TestHealthcheckTakesAZonedAddress(t *testing.T) {
 		t.Errorf("exit %d, stderr %q; want 1 with the dial's error", code, stderr.String())
 	}
 }
+
+// Help asked for is no error: `tnsguard -h` exited 0 but `run -h`,
+// `check -h`, `healthcheck -h` and `probe -h` exited 2 with the usage on
+// stderr, and `version -h` said "unexpected argument". Each prints its
+// usage on stdout and exits 0; a flag that does not exist stays a usage
+// error, 2, with the usage on stderr.
+func TestHelpIsNoError(t *testing.T) {
+	for _, tc := range []struct {
+		args   []string
+		code   int
+		stdout string // its first line
+		stderr string // its first line
+	}{
+		{[]string{"-h"}, 0, "usage: tnsguard <command> [flags]", ""},
+		{[]string{"run", "-h"}, 0, "Usage of tnsguard run:", ""},
+		{[]string{"run", "-config", "x.toml", "-help"}, 0, "Usage of tnsguard run:", ""},
+		{[]string{"check", "-h"}, 0, "Usage of tnsguard check:", ""},
+		{[]string{"healthcheck", "--help"}, 0, "Usage of tnsguard healthcheck:", ""},
+		{[]string{"probe", "-h"}, 0, "usage: tnsguard probe -target HOST:PORT [-max 2h] [-parallel N] [-json]", ""},
+		{[]string{"version", "-h"}, 0, "Usage of tnsguard version:", ""},
+		{[]string{"run", "-bogus"}, 2, "", "flag provided but not defined: -bogus"},
+		{[]string{"check", "-bogus"}, 2, "", "flag provided but not defined: -bogus"},
+		{[]string{"healthcheck", "-bogus"}, 2, "", "flag provided but not defined: -bogus"},
+		{[]string{"probe", "-bogus"}, 2, "", "flag provided but not defined: -bogus"},
+		{[]string{"version", "-bogus"}, 2, "", "flag provided but not defined: -bogus"},
+		{[]string{"check", "-config"}, 2, "", "flag needs an argument: -config"},
+	} {
+		t.Run(strings.Join(tc.args, " "), func(t *testing.T) {
+			var stdout, stderr bytes.Buffer
+			code := dispatch(tc.args, &stdout, &stderr)
+			first := func(s string) string { l, _, _ := strings.Cut(s, "\n"); return l }
+			if code != tc.code || first(stdout.String()) != tc.stdout || first(stderr.String()) != tc.stderr {
+				t.Fatalf("exit %d, stdout %q, stderr %q\nwant exit %d, stdout starting %q, stderr starting %q", code, stdout.String(), stderr.String(), tc.code, tc.stdout, tc.stderr)
+			}
+			if tc.code == 2 && !strings.Contains(stderr.String(), "Usage of tnsguard") && !strings.Contains(stderr.String(), "usage: tnsguard") {
+				t.Errorf("a usage error without the usage: stderr %q", stderr.String())
+			}
+		})
+	}
+}

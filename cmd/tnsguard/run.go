@@ -20,11 +20,11 @@ import (
 	"github.com/tnsguard/tnsguard/proxy"
 )
 
-func runCommand(args []string, stderr io.Writer) (code int) {
+func runCommand(args []string, stdout, stderr io.Writer) (code int) {
 	fs := newFlags("run", stderr)
 	path := fs.String("config", "", "configuration file (default: the embedded configs/tnsguard.toml)")
-	if err := fs.Parse(args); err != nil {
-		return 2
+	if code, ok := parseFlags(fs, args, stdout); !ok {
+		return code
 	}
 	if code := noArgs(fs, stderr); code != 0 {
 		return code // `run FILE` without -config would run the embedded default

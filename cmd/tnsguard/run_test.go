@@ -97,7 +97,7 @@ func runFile(t *testing.T, admin, path string) (*lockedBuffer, func() int) {
 	t.Helper()
 	var log lockedBuffer
 	code := make(chan int, 1)
-	go func() { code <- runCommand([]string{"-config", path}, &log) }()
+	go func() { code <- runCommand([]string{"-config", path}, &log, &log) }()
 	waitUntil(t, "the admin listener", func() bool {
 		resp, err := http.Get("http://" + admin + "/healthz")
 		if err != nil {
@@ -211,7 +211,7 @@ func TestSIGTERMAfterABurstOfSIGHUPs(t *testing.T) {
 	}
 	var log lockedBuffer
 	code := make(chan int, 1)
-	go func() { code <- runCommand([]string{"-config", path}, &log) }()
+	go func() { code <- runCommand([]string{"-config", path}, &log, &log) }()
 	waitUntil(t, "start", func() bool { return strings.Contains(log.String(), "tnsguard started") })
 	for range 10 {
 		syscall.Kill(os.Getpid(), syscall.SIGHUP)
@@ -235,7 +235,7 @@ func TestRunRefusesAFileWithoutConfigFlag(t *testing.T) {
 	for _, args := range [][]string{{"mine.toml"}, {"mine.toml", "-config", "mine.toml"}, {"-config", ""}} {
 		var log lockedBuffer
 		code := make(chan int, 1)
-		go func() { code <- runCommand(args, &log) }()
+		go func() { code <- runCommand(args, &log, &log) }()
 		select {
 		case c := <-code:
 			if c != 2 {
@@ -264,7 +264,7 @@ func TestFailedStartLogsNoDrain(t *testing.T) {
 		t.Fatal(err)
 	}
 	var log lockedBuffer
-	if c := runCommand([]string{"-config", path}, &log); c != 1 {
+	if c := runCommand([]string{"-config", path}, &log, &log); c != 1 {
 		t.Fatalf("exit %d, want 1", c)
 	}
 	if out := log.String(); !strings.Contains(out, "cannot start") || strings.Contains(out, "drain") {
@@ -288,7 +288,7 @@ func TestBindErrorsNameFileLineAndMeaning(t *testing.T) {
 		t.Fatal(err)
 	}
 	var log lockedBuffer
-	if c := runCommand([]string{"-config", path}, &log); c != 1 {
+	if c := runCommand([]string{"-config", path}, &log, &log); c != 1 {
 		t.Fatalf("exit %d, want 1", c)
 	}
 	want := path + `: listener \"l\": listen tcp 192.0.2.1:1521: bind: cannot assign requested address (no interface of this host has that address) (line 9)`
@@ -336,7 +336,7 @@ func TestSecondSignalEndsTheDrain(t *testing.T) {
 	}
 	var log lockedBuffer
 	code := make(chan int, 1)
-	go func() { code <- runCommand([]string{"-config", path}, &log) }()
+	go func() { code <- runCommand([]string{"-config", path}, &log, &log) }()
 	waitUntil(t, "start", func() bool { return strings.Contains(log.String(), "tnsguard started") })
 	c, err := net.Dial("tcp", listen)
 	if err != nil {
@@ -380,7 +380,7 @@ func TestAdminBindErrorsAndOwnSocketsNameWhatHoldsThem(t *testing.T) {
 		t.Fatal(err)
 	}
 	var log lockedBuffer
-	if c := runCommand([]string{"-config", path}, &log); c != 1 {
+	if c := runCommand([]string{"-config", path}, &log, &log); c != 1 {
 		t.Fatalf("exit %d, want 1", c)
 	}
 	want := path + `: admin: listen tcp 192.0.2.1:9521: bind: cannot assign requested address (no interface of this host has that address) (line 2)`
