@@ -52,19 +52,20 @@ func (l *listener) takeLogLine(kind string) bool {
 // more).
 const acceptQueueAge = 10 * time.Second
 
-// admitted counts the sessions a listening socket let in, for max_sessions
-// and max_sessions_per_source. It goes with the socket: a reload that
-// renames a listener, or swaps two listeners' addresses, hands the socket
-// to a new listener, and the sessions the old one admitted still count
-// against the limits (with counts of their own, the new listener let in
-// max_sessions more while they lived).
+// admitted counts the sessions a listener let in, for max_sessions and
+// max_sessions_per_source. It goes with the listener as its users know it
+// (Proxy.slotsFor): by name across moves, swaps and a removal undone by a
+// later reload, and to the new name of a renamed listener, so the sessions
+// the old listener object admitted still count against the limits (with
+// counts of their own, the new listener let in max_sessions more while
+// they lived).
 type admitted struct {
 	active    atomic.Int64
 	srcMu     sync.Mutex
 	perSource map[netip.Addr]int
-	// holder is the listener of the running config that holds the socket
-	// (after a rename, the heir), or the last one that did; set by Apply
-	// before the config is visible.
+	// holder is the listener of the running config these are the counts
+	// of (after a rename, the heir), or the last one that was; set by
+	// Apply before the config is visible.
 	holder atomic.Pointer[listener]
 }
 

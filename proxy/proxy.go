@@ -15,7 +15,6 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"net/netip"
 	"reflect"
 	"runtime"
 	"slices"
@@ -84,6 +83,11 @@ type Proxy struct {
 	// server is put back (reload.go: keepCounts, shareCounts). Under mu.
 	counts map[serverKey]failover.Counts
 
+	// removed are the session counts of listeners that reloads removed
+	// while their sessions lived, by name, until those end or a listener
+	// of that name comes back and takes them (reload.go: slotsFor). Under mu.
+	removed map[string]*admitted
+
 	inherited *Inherited  // sockets of the process this one replaced, until the first Apply takes them (Adopt)
 	alsoOwn   []ownSocket // other listening sockets of this process (AlsoListens), for bindHint
 
@@ -98,6 +102,7 @@ func New(log hclog.Logger, m *metrics.Metrics) *Proxy {
 		log: log, metrics: m, pool: newBufPool(), ctx: ctx, cancel: cancel, hurry: make(chan struct{}),
 		listeners: map[string]*listener{}, backends: map[string]*failover.Backend{},
 		sessions: map[*session]struct{}{}, links: map[linkKey]*link{}, counts: map[serverKey]failover.Counts{},
+		removed:   map[string]*admitted{},
 		forensics: newForensics(log.Named("proxy"), m.ConnectDuration), evidenceWindow: defaultEvidenceWindow, rttFresh: defaultRTTFresh,
 	}
 	p.forensics.connect.keep = p.configuredServer
@@ -176,15 +181,15 @@ func (p *Proxy) apply(cfg *config.Config) error {
 	}
 
 	listeners := map[string]*listener{}
-	var bound, newSockets []*listener
-	taken := map[*listener]bool{} // running sockets handed over (reload.go)
+	var bound []*listener
+	taken := map[*listener]*listener{} // running sockets handed over, to the listener that took each (reload.go)
 	for i := range cfg.Listeners {
 		lc := &cfg.Listeners[i]
 		if old, ok := p.listeners[lc.Name]; ok && old.cfg().Listen == lc.Listen {
 			listeners[lc.Name] = old
 			continue
 		}
-		l, newSocket, err := p.bind(cfg, lc, taken)
+		l, err := p.bind(cfg, lc, taken)
 		if err != nil {
 			for _, b := range bound {
 				b.ln.Close()
@@ -193,20 +198,6 @@ func (p *Proxy) apply(cfg *config.Config) error {
 		}
 		listeners[lc.Name] = l
 		bound = append(bound, l)
-		if newSocket {
-			newSockets = append(newSockets, l)
-		}
-	}
-	// A listener that kept its name but moved to an address of its own
-	// (a new port) is the same listener to its users: the sessions its old
-	// socket admitted count against its limits, and follow its keepalive
-	// (retuneSessions), as a renamed listener's do. Unless another
-	// listener took the old socket over: its sessions go with the socket.
-	// Before the new sockets accept.
-	for _, l := range newSockets {
-		if old := p.listeners[l.name]; old != nil && !taken[old] {
-			l.admitted = old.admitted
-		}
 	}
 
 	// Commit: nothing below can fail.
@@ -268,17 +259,23 @@ func (p *Proxy) apply(cfg *config.Config) error {
 			continue
 		}
 		old.ln.Close()
-		switch heir := heirOf(old, bound); {
-		case !taken[old] && listeners[name] != nil:
-			old.log.Info("moved: stopped accepting on its old address; its sessions go on", "address", old.ln.Addr().String(), "now", listeners[name].ln.Addr().String())
-		case !taken[old]:
+		switch heir, now := taken[old], listeners[name]; {
+		case heir == nil && now != nil:
+			old.log.Info("moved: stopped accepting on its old address; its sessions go on", "address", old.ln.Addr().String(), "now", now.ln.Addr().String())
+		case heir == nil:
 			old.log.Info("stopped accepting; its sessions go on")
-		case heir.name != old.name:
+		case heir.name == old.name:
+			// Same name and socket: only the address was re-spelled
+			// ([::]:1521 for :1521); the socket accepts on, as "listening" said.
+		case now != nil: // a swap, or a move onto an address another listener leaves
+			old.log.Info("moved: its old address goes on as another listener's socket; its sessions go on as this listener's", "address", old.ln.Addr().String(), "now", now.ln.Addr().String(), "socket_to", heir.name)
+		case heir.admitted == old.admitted:
 			old.log.Info("renamed: its socket and sessions go on", "as", heir.name)
+		default: // removed, and a listener that moved took its address
+			old.log.Info("stopped accepting; its sessions go on; its socket goes on as another listener's", "socket_to", heir.name)
 		}
-		// Same name and socket: only the address was re-spelled
-		// ([::]:1521 for :1521); the socket accepts on, as "listening" said.
 	}
+	p.keepRemoved(listeners)
 	p.forgetRemoved(cfg, p.backends)
 	p.cfg, p.listeners, p.backends = cfg, listeners, backends
 	return nil
@@ -286,10 +283,11 @@ func (p *Proxy) apply(cfg *config.Config) error {
 
 // retuneSessions gives the open sessions of each listener and backend that
 // the reload kept the keepalive it has now (session.retune): a listener's
-// sessions follow the one that holds its socket now (itself, or its heir
-// after a rename or a re-spelled address), a backend's the one of its
-// name. Sessions of a removed listener keep their app leg's; of a removed
-// backend, their database leg's. Under applyMu, after the config is in
+// sessions follow the one that has its admission counts now (of its name,
+// moved or not, or its heir after a rename: slotsFor), a backend's the one
+// of its name. Sessions of a removed listener keep their app leg's (until
+// a listener of its name is put back); of a removed backend, their
+// database leg's. Under applyMu, after the config is in
 // place: a session that starts meanwhile retunes itself (newSession).
 func (p *Proxy) retuneSessions() {
 	p.mu.Lock()
@@ -312,22 +310,10 @@ func (p *Proxy) retuneSessions() {
 	}
 }
 
-// heirOf is the listener among bound that took old's socket over (a
-// rename, or a re-spelled address), or nil: the two share their admission
-// counts (bind).
-func heirOf(old *listener, bound []*listener) *listener {
-	for _, l := range bound {
-		if l.admitted == old.admitted {
-			return l
-		}
-	}
-	return nil
-}
-
 // bind makes the listener of lc on its socket: one a running listener or
-// the process this one replaces holds at that address, or a new one (then
-// it says so, and its admission counts are new too).
-func (p *Proxy) bind(cfg *config.Config, lc *config.Listener, taken map[*listener]bool) (*listener, bool, error) {
+// the process this one replaces holds at that address, or a new one. Its
+// admission counts are those of the listener it is to its users (slotsFor).
+func (p *Proxy) bind(cfg *config.Config, lc *config.Listener, taken map[*listener]*listener) (*listener, error) {
 	ln, old, err := p.inherit(cfg, lc, taken) // the socket of a renamed or moved listener (reload.go)
 	var handed *net.TCPListener
 	if ln == nil && err == nil {
@@ -346,12 +332,9 @@ func (p *Proxy) bind(cfg *config.Config, lc *config.Listener, taken map[*listene
 		err = p.bindHint(err, lc.Listen)
 	}
 	if err != nil {
-		return nil, false, err
+		return nil, err
 	}
-	slots := &admitted{perSource: map[netip.Addr]int{}}
-	if old != nil {
-		slots = old.admitted // its sessions still count against the limits
-	}
+	slots := p.slotsFor(cfg, lc.Name, old) // its sessions still count against the limits (reload.go)
 	if handed != nil {
 		p.inherited.hold(handed, slots) // the old process's sessions, while it drains
 	}
@@ -363,7 +346,10 @@ func (p *Proxy) bind(cfg *config.Config, lc *config.Listener, taken map[*listene
 		goKeepalive: fromFile,
 	}
 	l.conf.Store(lc)
-	return l, old == nil && handed == nil, nil
+	if old != nil {
+		taken[old] = l
+	}
+	return l, nil
 }
 
 // ownSocket is a listening socket of this process that is not a

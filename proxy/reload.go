@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"net"
+	"net/netip"
 	"os"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -19,14 +20,14 @@ import (
 // listener, or swapping the addresses of two, then keeps the socket and
 // its queue of connections not yet accepted: no app is refused during the
 // reload. Until the old listener is closed both accept loops take from the
-// same queue, which is harmless.
-func (p *Proxy) inherit(cfg *config.Config, lc *config.Listener, taken map[*listener]bool) (net.Listener, *listener, error) {
+// same queue, which is harmless. bind records the taker in taken.
+func (p *Proxy) inherit(cfg *config.Config, lc *config.Listener, taken map[*listener]*listener) (net.Listener, *listener, error) {
 	want, err := net.ResolveTCPAddr("tcp", lc.Listen)
 	if err != nil || want.Port == 0 {
 		return nil, nil, nil
 	}
 	for name, old := range p.listeners {
-		if taken[old] || keeps(cfg, name, old.cfg().Listen) {
+		if taken[old] != nil || keeps(cfg, name, old.cfg().Listen) {
 			continue // kept, or already handed to another listener of cfg
 		}
 		if have, ok := old.ln.Addr().(*net.TCPAddr); !ok || !sameBind(have, want) {
@@ -37,7 +38,6 @@ func (p *Proxy) inherit(cfg *config.Config, lc *config.Listener, taken map[*list
 			return nil, nil, err
 		}
 		defer f.Close()
-		taken[old] = true
 		ln, err := net.FileListener(f)
 		return ln, old, err
 	}
@@ -58,6 +58,53 @@ func dupListener(ln *net.TCPListener) (*os.File, error) {
 		return nil, err
 	}
 	return os.NewFile(uintptr(fd), "listener"), nil
+}
+
+// slotsFor is the admission counts of the listener name of cfg: those of
+// the listener it is to its users, whose sessions then count against its
+// max_sessions and max_sessions_per_source and follow its keepalive
+// (retuneSessions). That is, by its name, the running listener (moved to
+// another address, or re-spelled), else the listener whose socket it takes
+// if cfg drops that one's name (a rename), else the one an earlier reload
+// removed while its sessions live (put back); else new counts. A socket
+// goes where its address does, its sessions where their listener's name
+// does: after a swap of two listeners' addresses each keeps its own, and
+// a listener that moves onto the address of one that the reload removes
+// keeps its own too (the removed one's go on uncounted, as a removed
+// listener's do). Under p.mu.
+func (p *Proxy) slotsFor(cfg *config.Config, name string, sock *listener) *admitted {
+	if l := p.listeners[name]; l != nil {
+		return l.admitted
+	}
+	if sock != nil && !hasListener(cfg, sock.name) {
+		return sock.admitted
+	}
+	if a := p.removed[name]; a != nil {
+		return a
+	}
+	return &admitted{perSource: map[netip.Addr]int{}}
+}
+
+// keepRemoved records the admission counts of the running listeners that
+// listeners (the new ones) neither have by name nor took over (a rename),
+// while sessions live on them, for a listener of that name that a later
+// reload puts back (slotsFor); and forgets those that came back or have
+// no session left. Under p.mu, with p.listeners still the running ones.
+func (p *Proxy) keepRemoved(listeners map[string]*listener) {
+	held := make(map[*admitted]bool, len(listeners))
+	for _, l := range listeners {
+		held[l.admitted] = true
+	}
+	for name, a := range p.removed {
+		if held[a] || listeners[name] != nil || a.active.Load() == 0 {
+			delete(p.removed, name)
+		}
+	}
+	for name, old := range p.listeners {
+		if listeners[name] == nil && !held[old.admitted] && old.active.Load() > 0 {
+			p.removed[name] = old.admitted
+		}
+	}
 }
 
 // keeps reports whether cfg keeps the running listener name on the same

@@ -1325,3 +1325,210 @@ check = "off"`, fmt.Sprintf("address = %q", b.address))
 			got, h.p.backend("b").Servers[0].Sessions())
 	}
 }
+
+// lspec is one listener of listenersConfig: on backend "b", with its
+// address, max_sessions (0: none) and keepalive idle.
+type lspec struct {
+	name, addr string
+	max        int
+	idle       string
+}
+
+// listenersConfig is oneBackendConfig with the listeners ls instead of "l".
+func listenersConfig(be string, ls ...lspec) string {
+	var b strings.Builder
+	for _, l := range ls {
+		fmt.Fprintf(&b, "[[listener]]\nname = %q\nlisten = %q\nbackend = \"b\"\nmax_sessions = %d\n  [listener.keepalive]\n  idle = %q\n  interval = \"3s\"\n  count = 5\n  user_timeout = \"31s\"\n",
+			l.name, l.addr, l.max, l.idle)
+	}
+	base := oneBackendConfig(be)
+	return base[:strings.Index(base, "[[listener]]")] + b.String() + base[strings.Index(base, "[[backend]]"):]
+}
+
+// appKA is the app leg's keepalive of listenersConfig with that idle.
+func appKA(idle time.Duration) keepalive.Settings {
+	return keepalive.Settings{Idle: idle, Interval: 3 * time.Second, Count: 5, UserTimeout: 31 * time.Second}
+}
+
+var dbKA = keepalive.Settings{Idle: 11 * time.Second, Interval: 2 * time.Second, Count: 4, UserTimeout: 19 * time.Second}
+
+// atLimit checks that a new connection to addr is reset and counted as
+// over listener name's max_sessions (the n-th such rejection).
+func atLimit(t *testing.T, h *harness, name, addr string, n float64) {
+	t.Helper()
+	c, err := net.Dial("tcp", addr) // the reset may come before connect returns
+	if err == nil {
+		err, _ = readErr(c, 2*time.Second)
+		c.Close()
+	}
+	if !errors.Is(err, syscall.ECONNRESET) {
+		t.Fatalf("a session over listener %q's max_sessions at %s: %v, want a reset", name, addr, err)
+	}
+	waitFor(t, 2*time.Second, "the rejection of "+name, func() bool {
+		return counter(h.m.SessionsRejected, name, "max_sessions") == n
+	})
+}
+
+// Two listeners swap addresses in one reload (l:X, m:Y -> l:Y, m:X), back
+// and forth, while apps connect to both addresses in a loop: each socket
+// is handed to the listener that takes its address, so no connect is
+// refused and no connection in the accept queues is lost.
+func TestSwapListenersRefusesNothing(t *testing.T) {
+	be := newBackend(t, echo)
+	x, y := fmt.Sprintf("127.0.0.1:%d", freePort(t)), fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	ab := mustParse(t, listenersConfig(be.addr(), lspec{"l", x, 0, "7s"}, lspec{"m", y, 0, "9s"}))
+	ba := mustParse(t, listenersConfig(be.addr(), lspec{"l", y, 0, "7s"}, lspec{"m", x, 0, "9s"}))
+	h := startProxy(t, listenersConfig(be.addr(), lspec{"l", x, 0, "7s"}, lspec{"m", y, 0, "9s"}))
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	var ok, bad atomic.Int64
+	var mu sync.Mutex
+	var fails []string
+	for w := 0; w < 6; w++ {
+		wg.Add(1)
+		go func(w int) {
+			defer wg.Done()
+			for i := 0; ; i++ {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				addr := []string{x, y}[(w+i)%2]
+				nc, err := net.DialTimeout("tcp", addr, 2*time.Second)
+				if err == nil {
+					nc.SetDeadline(time.Now().Add(3 * time.Second))
+					err = roundTrip(nc, []byte(fmt.Sprintf("w%d-i%d", w, i)))
+					nc.Close()
+				}
+				if err != nil {
+					bad.Add(1)
+					mu.Lock()
+					if len(fails) < 5 {
+						fails = append(fails, addr+": "+err.Error())
+					}
+					mu.Unlock()
+				} else {
+					ok.Add(1)
+				}
+			}
+		}(w)
+	}
+	for i := 0; i < 60; i++ {
+		c := ba
+		if i%2 == 1 {
+			c = ab
+		}
+		if err := h.p.Apply(c); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	close(stop)
+	wg.Wait()
+	t.Logf("ok %d, failed %d", ok.Load(), bad.Load())
+	if bad.Load() > 0 {
+		t.Errorf("%d of %d connections failed across swaps: %v", bad.Load(), ok.Load()+bad.Load(), fails)
+	}
+	if ok.Load() == 0 {
+		t.Error("no connection was served")
+	}
+}
+
+// Two listeners that swap addresses stay themselves: each one's sessions
+// count against its own max_sessions and follow its own keepalive,
+// whichever socket they came in on. They went with the socket: after
+// l:X, m:Y -> l:Y, m:X an app of m at X was refused for l's session, l
+// let one more in at Y, and l's session got m's keepalive.
+func TestSwapListenersKeepsEachOnesSessions(t *testing.T) {
+	be := newBackend(t, echo)
+	x, y := fmt.Sprintf("127.0.0.1:%d", freePort(t)), fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	h := startProxy(t, listenersConfig(be.addr(), lspec{"l", x, 1, "7s"}, lspec{"m", y, 1, "9s"}))
+	c := h.dial("l")
+	echoed(t, c, "before the swap")
+	s := sessionOf(t, h.p, c)
+	legSettings(t, s, appKA(7*time.Second), dbKA)
+	if err := h.p.Apply(mustParse(t, listenersConfig(be.addr(), lspec{"l", y, 1, "5s"}, lspec{"m", x, 1, "9s"}))); err != nil {
+		t.Fatal(err)
+	}
+	legSettings(t, s, appKA(5*time.Second), dbKA) // l's new keepalive, not m's
+	atLimit(t, h, "l", y, 1)                      // l's session counts against l
+	echoed(t, h.dial("m"), "m has a free slot at x")
+	echoed(t, c, "after the swap")
+}
+
+// A listener that moves onto the address of one the same reload removes
+// takes that socket over (no refusal there), but its sessions stay its
+// own: they count against its max_sessions and follow its keepalive. They
+// were dropped: the mover took the removed listener's counts instead, let
+// in max_sessions more, and its sessions kept the keepalive they had.
+func TestMoveOntoARemovedListenersAddressKeepsItsOwnSessions(t *testing.T) {
+	be := newBackend(t, echo)
+	x, y := fmt.Sprintf("127.0.0.1:%d", freePort(t)), fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	h := startProxy(t, listenersConfig(be.addr(), lspec{"l", x, 1, "7s"}, lspec{"m", y, 1, "9s"}))
+	cl, cm := h.dial("l"), h.dial("m")
+	echoed(t, cl, "l's")
+	echoed(t, cm, "m's")
+	sm := sessionOf(t, h.p, cm)
+	if err := h.p.Apply(mustParse(t, listenersConfig(be.addr(), lspec{"m", x, 1, "5s"}))); err != nil {
+		t.Fatal(err)
+	}
+	legSettings(t, sm, appKA(5*time.Second), dbKA)
+	atLimit(t, h, "m", x, 1)
+	cm.Close()
+	waitFor(t, 2*time.Second, "m's session to end", func() bool { return len(h.p.liveSessions()) == 1 })
+	echoed(t, h.dial("m"), "the slot m's session freed")
+	echoed(t, cl, "the removed listener's session goes on")
+}
+
+// A listener removed by one reload and put back by a later one, while
+// its sessions live (the two-step way onto an address that overlaps its
+// own, or an operator undoing a removal), is the same listener: its
+// sessions count against its max_sessions again and get its keepalive.
+// They stayed those of the removed listener: uncounted (one more let in),
+// with the keepalive they had.
+func TestListenerPutBackKeepsItsSessions(t *testing.T) {
+	be := newBackend(t, echo)
+	x, y := fmt.Sprintf("127.0.0.1:%d", freePort(t)), fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	h := startProxy(t, listenersConfig(be.addr(), lspec{"l", x, 1, "7s"}, lspec{"m", y, 0, "9s"}))
+	c := h.dial("l")
+	echoed(t, c, "before")
+	s := sessionOf(t, h.p, c)
+	if err := h.p.Apply(mustParse(t, listenersConfig(be.addr(), lspec{"m", y, 0, "9s"}))); err != nil {
+		t.Fatal(err)
+	}
+	legSettings(t, s, appKA(7*time.Second), dbKA) // a removed listener's: as they were
+	z := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	for _, back := range []string{x, z} { // on its address, or another one
+		if err := h.p.Apply(mustParse(t, listenersConfig(be.addr(), lspec{"m", y, 0, "9s"}))); err != nil {
+			t.Fatal(err)
+		}
+		if err := h.p.Apply(mustParse(t, listenersConfig(be.addr(), lspec{"l", back, 1, "5s"}, lspec{"m", y, 0, "9s"}))); err != nil {
+			t.Fatal(err)
+		}
+		legSettings(t, s, appKA(5*time.Second), dbKA)
+		atLimit(t, h, "l", back, map[string]float64{x: 1, z: 2}[back])
+	}
+	echoed(t, c, "after")
+	c.Close()
+	waitFor(t, 2*time.Second, "the session to end", func() bool { return len(h.p.liveSessions()) == 0 })
+	echoed(t, h.dial("l"), "the slot it freed")
+}
+
+// A renamed listener's idle (dormant) session survives the rename, counts
+// against the new name's max_sessions and gets its keepalive.
+func TestRenameRetunesAnIdleSession(t *testing.T) {
+	be := newBackend(t, echo)
+	x := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	h := startProxy(t, listenersConfig(be.addr(), lspec{"l", x, 1, "7s"}))
+	c := h.dial("l")
+	echoed(t, c, "before")
+	s := sessionOf(t, h.p, c)
+	waitFor(t, 3*time.Second, "the session dormant", s.isDormant)
+	if err := h.p.Apply(mustParse(t, listenersConfig(be.addr(), lspec{"n", x, 1, "5s"}))); err != nil {
+		t.Fatal(err)
+	}
+	legSettings(t, s, appKA(5*time.Second), dbKA)
+	atLimit(t, h, "n", x, 1)
+	echoed(t, c, "after")
+}
