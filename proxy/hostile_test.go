@@ -777,3 +777,79 @@ func TestNonUTF8ConnectDataCostsOneSession(t *testing.T) {
 		t.Fatalf("other session after the hostile CONNECT: %q %v", buf, err)
 	}
 }
+
+// piecemealConnect is a CONNECT for service whose connect data (size
+// bytes) follows in DATA packets carrying chunk bytes each, as a client
+// with a small SDU, or a hostile one, sends it.
+func piecemealConnect(t testing.TB, service string, size, chunk int) []byte {
+	t.Helper()
+	head := "(DESCRIPTION=(CONNECT_DATA=(SERVICE_NAME=" + service + "))(X="
+	data := head + strings.Repeat("a", size-len(head)-2) + "))"
+	b, err := tns.BuildConnect(data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b = b[:binary.BigEndian.Uint16(b)] // the CONNECT alone
+	for i := 0; i < len(data); i += chunk {
+		p := append([]byte{0, 0, 0, 0, byte(tns.TypeData), 0, 0, 0, 0, 0}, data[i:min(i+chunk, len(data))]...)
+		binary.BigEndian.PutUint16(p, uint16(len(p)))
+		b = append(b, p...)
+	}
+	return b
+}
+
+// Routing reads the app's CONNECT after every read of the app. Until
+// 2026-11-30 each read parsed the whole opening again, copying the connect
+// data gathered so far: a 64 KiB CONNECT in small DATA packets, sent a
+// byte per segment, cost tnsguard gigabytes of copying (about 1 s of CPU
+// per connection, a core pegged by a few such apps). Now each packet is
+// framed once and the CONNECT parsed once, when whole.
+func TestPiecemealConnectIsParsedOnce(t *testing.T) {
+	for _, chunk := range []int{100, 8000} {
+		opening := piecemealConnect(t, "SALES", 59000, chunk)
+		s := &session{lcfg: &config.Listener{Services: []string{"SALES"}}}
+		var before, after runtime.MemStats
+		runtime.ReadMemStats(&before)
+		for n := 1; n <= len(opening); n++ {
+			s.replay = opening[:n] // one more byte read
+			s.noteConnectLocked()
+			if s.connectSeen != (n == len(opening)) {
+				t.Fatalf("chunk %d: connectSeen %v after %d of %d bytes", chunk, s.connectSeen, n, len(opening))
+			}
+		}
+		runtime.ReadMemStats(&after)
+		if s.service != "SALES" {
+			t.Errorf("chunk %d: service %q, want SALES", chunk, s.service)
+		}
+		// One parse of the whole CONNECT: its connect data and description,
+		// a few hundred KiB at most.
+		if got := after.TotalAlloc - before.TotalAlloc; got > 4<<20 {
+			t.Errorf("chunk %d: reading a %d-byte CONNECT a byte at a time allocated %d MiB", chunk, len(opening), got>>20)
+		}
+	}
+}
+
+// An app on a routed listener that sends its CONNECT a byte per segment
+// (connect data in 100-byte DATA packets) is routed by its service all the
+// same: the CONNECT is read once it is whole, as when it comes at once.
+func TestRoutedListenerReadsAConnectSentAByteAtATime(t *testing.T) {
+	sales, orders := newServer(t, sayName("S")), newServer(t, sayName("O"))
+	h := startProxy(t, routesConfig(sales.address, orders.address))
+	opening := piecemealConnect(t, "SALES", 20000, 100)
+	c := h.dial("l")
+	c.SetNoDelay(true)
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	for i := range opening {
+		if _, err := c.Write(opening[i : i+1]); err != nil {
+			t.Fatalf("write %d: %v", i, err)
+		}
+	}
+	got := make([]byte, 1)
+	if _, err := io.ReadFull(c, got); err != nil || string(got) != "S" {
+		t.Fatalf("answer %q, %v: want the sales server's", got, err)
+	}
+	echoed := make([]byte, len(opening))
+	if _, err := io.ReadFull(c, echoed); err != nil || !bytes.Equal(echoed, opening) {
+		t.Fatalf("the server got %d bytes other than the opening (%v)", len(echoed), err)
+	}
+}

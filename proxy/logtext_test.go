@@ -385,3 +385,43 @@ func TestDroppedRedirectLinesAreToldAfterTheBurst(t *testing.T) {
 		}
 	}
 }
+
+// FuzzServiceName: the service name an app writes in its CONNECT picks its
+// route and its labels, and is shown in logs. Whatever the name, a route
+// is taken only for a name equal to its key but for ASCII case, the label
+// is a configured spelling or "other", and the name as shown is at most
+// maxServiceLen bytes of printable UTF-8.
+func FuzzServiceName(f *testing.F) {
+	f.Add("SALES", "sales")
+	f.Add("ſALES", "SALES") // the long s: Unicode folding, not Oracle's
+	f.Add("a\nb\\x0a\u202e", "*")
+	f.Add(strings.Repeat("\xff", 200), "x")
+	f.Fuzz(func(t *testing.T, name, key string) {
+		l := &config.Listener{Backend: "default", Services: []string{key}, Routes: map[string]string{"*": "star"}}
+		l.Routes[key] = "keyed"
+		ascii := !strings.ContainsFunc(name+key, func(r rune) bool { return r >= utf8.RuneSelf })
+		same := sameService(name, key)
+		if same && (len(name) != len(key) || !strings.EqualFold(name, key)) || ascii && same != strings.EqualFold(name, key) {
+			t.Fatalf("sameService(%q, %q) = %v", name, key, same)
+		}
+		want := "star"
+		if key == "*" || name != "" && same {
+			want = "keyed"
+		}
+		if got := routeFor(l, name); got != want {
+			t.Fatalf("routeFor(%q) with a route for %q: %q, want %q", name, key, got, want)
+		}
+		if lbl := serviceLabel(l, name); lbl != "other" && lbl != key {
+			t.Fatalf("serviceLabel(%q) = %q", name, lbl)
+		}
+		shown := shownText(name, maxServiceLen)
+		if len(shown) > maxServiceLen || !utf8.ValidString(shown) {
+			t.Fatalf("shownText(%q) = %q: %d bytes", name, shown, len(shown))
+		}
+		for _, r := range shown {
+			if r < 0x20 || r == 0x7f || !unicode.IsPrint(r) {
+				t.Fatalf("shownText(%q) = %q holds %U", name, shown, r)
+			}
+		}
+	})
+}

@@ -187,6 +187,12 @@ func (s *session) noteConnectLocked() {
 		s.connectSeen = true // not Oracle Net, or not a CONNECT: nothing to read (and no parse error to build)
 		return
 	}
+	if !s.connectWait.Ready(s.replay) {
+		// Not whole yet. Routing calls this after every read of the app:
+		// parsing the opening each time cost all its bytes so far, and a
+		// 64 KiB CONNECT sent a byte per segment up to 8 GB of copying.
+		return
+	}
 	info, err := tns.ParseConnectData(s.replay)
 	if errors.Is(err, tns.ErrIncomplete) {
 		return
@@ -409,10 +415,17 @@ func (s *session) inspectFirst(conn *net.TCPConn, srv *failover.Server, buf *[]b
 		// budget that ended before the app spoke.
 		deadline = owed
 	}
+	var more []byte
 	for {
-		pkt, err := tns.ClassifyFirst(data)
-		for errors.Is(err, tns.ErrIncomplete) && len(data) < tns.DefaultMaxPacket {
-			more := make([]byte, 4096)
+		// The answer is classified once it is whole (wait frames each of
+		// its packets once): classifying it after every read cost all its
+		// bytes so far each time, seconds of CPU for a 64 KiB REDIRECT whose
+		// data came in small DATA packets a byte per segment.
+		var wait tns.AnswerWait
+		for !wait.Ready(data) && len(data) < tns.DefaultMaxPacket {
+			if more == nil {
+				more = make([]byte, 4096)
+			}
 			conn.SetReadDeadline(deadline)
 			m, rerr := conn.Read(more)
 			conn.SetReadDeadline(time.Time{})
@@ -423,8 +436,8 @@ func (s *session) inspectFirst(conn *net.TCPConn, srv *failover.Server, buf *[]b
 				return conn, buf, nil, rerr
 			}
 			data = append(data, more[:m]...)
-			pkt, err = tns.ClassifyFirst(data)
 		}
+		pkt, err := tns.ClassifyFirst(data)
 		if err != nil {
 			followed()
 			return conn, buf, data, nil // not TNS after all: pass it on untouched
@@ -467,6 +480,7 @@ func (s *session) inspectFirst(conn *net.TCPConn, srv *failover.Server, buf *[]b
 			}
 			s.mu.Lock()
 			s.replay, s.connectSeen, s.resendOwed, s.oracleApp = s.replay[:0], false, true, false // the app sends its CONNECT again
+			s.connectWait.Reset()
 			s.resendAt = time.Now()
 			s.mu.Unlock()
 			if _, err := s.client.Write(data); err != nil {

@@ -455,3 +455,41 @@ func acceptedThrough(t *testing.T, h *harness, timeout time.Duration, who string
 	}
 	return c
 }
+
+// A listener's REDIRECT whose address comes in small DATA packets, sent a
+// byte per segment, is read once it is whole (not classified again after
+// every read, which cost all its bytes so far each time), counted, and
+// reaches the app unchanged.
+func TestRedirectSentAByteAtATimeIsReadWhole(t *testing.T) {
+	addr := "(ADDRESS=(PROTOCOL=tcp)(HOST=" + strings.Repeat("n", 3000) + ")(PORT=1521))"
+	redirect := []byte{0, 10, 0, 0, byte(tns.TypeRedirect), 0, 0, 0, byte(len(addr) >> 8), byte(len(addr))}
+	for i := 0; i < len(addr); i += 100 {
+		p := append([]byte{0, 0, 0, 0, byte(tns.TypeData), 0, 0, 0, 0, 0}, addr[i:min(i+100, len(addr))]...)
+		p[0], p[1] = byte(len(p)>>8), byte(len(p))
+		redirect = append(redirect, p...)
+	}
+	be := newBackend(t, func(c *net.TCPConn) {
+		if _, err := tns.ReadPacket(c, tns.Length16, 0); err != nil {
+			return
+		}
+		c.SetNoDelay(true)
+		for i := range redirect {
+			if _, err := c.Write(redirect[i : i+1]); err != nil {
+				return
+			}
+		}
+		io.Copy(io.Discard, c)
+	})
+	h := startProxy(t, oracleConfig("", be.addr()))
+	c := h.dial("l")
+	connect, _ := tns.BuildConnect("(DESCRIPTION=(CONNECT_DATA=(SERVICE_NAME=SALES)))")
+	c.Write(connect)
+	c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	got := make([]byte, len(redirect))
+	if _, err := io.ReadFull(c, got); err != nil || !bytes.Equal(got, redirect) {
+		t.Fatalf("the app got %d bytes (%v), not the REDIRECT of %d", len(got), err, len(redirect))
+	}
+	waitFor(t, 2*time.Second, "the REDIRECT counted", func() bool {
+		return testutil.ToFloat64(h.m.TNSRedirects.WithLabelValues("l", "b", be.addr())) == 1
+	})
+}

@@ -21,6 +21,7 @@ import (
 	"github.com/tnsguard/tnsguard/config"
 	"github.com/tnsguard/tnsguard/failover"
 	"github.com/tnsguard/tnsguard/keepalive"
+	"github.com/tnsguard/tnsguard/tns"
 )
 
 // session is one app connection and its backend connection. Its life has
@@ -102,6 +103,7 @@ type session struct {
 
 	// Oracle Net (oracle.go): what the app's CONNECT said.
 	connectSeen   bool             // the CONNECT was complete (or turned out not to be one)
+	connectWait   tns.ConnectWait  // how far the CONNECT in replay is framed (noteConnectLocked parses it once, when whole)
 	oracleApp     bool             // connectSeen, and it was a TNS CONNECT tnsguard could read: the app speaks Oracle Net
 	refusedApp    int              // the ORA code of the REFUSE written to the app (deliverRefuse), else 0: its leg ends with a FIN, not a reset
 	serviceName   string           // SERVICE_NAME or SID, as the app wrote it

@@ -2,7 +2,9 @@ package tns
 
 import (
 	"encoding/binary"
+	"errors"
 	"fmt"
+	"math"
 )
 
 // MaxInlineConnectData is the longest connect data a client puts inside its
@@ -112,4 +114,121 @@ func dataPayload(p Packet) ([]byte, error) {
 		return nil, fmt.Errorf("%w: DATA of %d bytes has no data flags", ErrMalformed, len(p.Raw))
 	}
 	return p.Raw[HeaderLen+2:], nil
+}
+
+// ConnectWait follows an opening that grows as the client's bytes arrive,
+// so that a caller waiting for its CONNECT calls ParseConnectData once, when
+// it can say more than ErrIncomplete, instead of after every read: each
+// packet of the opening is framed once, however many reads it came in.
+// Parsing the whole opening after each read cost the time of all the bytes
+// so far, again and again: a client sending a 64 KiB CONNECT (its connect
+// data in many DATA packets) a byte per segment made the proxy copy some
+// 8 GB. The zero value waits for a new opening.
+type ConnectWait struct{ w dataWait }
+
+// Ready reports whether ParseConnectData(opening) returns anything but
+// ErrIncomplete. opening must be the one of the previous call with bytes
+// appended; call Reset when the opening starts again. Ready costs the bytes
+// of the packets completed since the previous call, and constant time for
+// a packet still incomplete.
+func (c *ConnectWait) Ready(opening []byte) bool {
+	return c.w.ready(opening, func(raw []byte) (int, bool) {
+		if len(raw) < connectFixedLen {
+			return 0, true // malformed
+		}
+		dataLen := int(binary.BigEndian.Uint16(raw[24:]))
+		dataOff := int(binary.BigEndian.Uint16(raw[26:]))
+		if dataLen == 0 || dataOff < len(raw) {
+			return 0, true // no connect data, inline, or malformed
+		}
+		return dataLen, false
+	}, TypeConnect)
+}
+
+// Reset makes c wait for a new opening.
+func (c *ConnectWait) Reset() { c.w = dataWait{} }
+
+// AnswerWait is ConnectWait for a backend's first answer: Ready reports
+// whether ClassifyFirst(b) returns anything but ErrIncomplete, framing
+// each packet once (a REDIRECT's data may follow in many DATA packets).
+type AnswerWait struct{ w dataWait }
+
+// Ready reports whether ClassifyFirst(b) returns anything but
+// ErrIncomplete; b must be the b of the previous call with bytes appended.
+func (a *AnswerWait) Ready(b []byte) bool {
+	h, err := ParseHeader(b, Length16)
+	if err != nil {
+		return !errors.Is(err, ErrIncomplete)
+	}
+	switch h.Type {
+	case TypeRefuse:
+		_, _, err := NextPacket(b, Length16, 0)
+		return !errors.Is(err, ErrIncomplete)
+	case TypeRedirect:
+		return a.w.ready(b, func(raw []byte) (int, bool) {
+			if len(raw) < 10 {
+				return 0, true // malformed
+			}
+			n := int(binary.BigEndian.Uint16(raw[8:]))
+			if 10+n <= len(raw) || len(raw) > 10 {
+				return 0, true // inline, or malformed
+			}
+			return n, false
+		}, TypeRedirect)
+	}
+	return true // decided from the header
+}
+
+// dataWait frames the packets of an opening as it grows: the first packet
+// (of type first), then the DATA packets carrying the data it announced
+// and left to them (followingData).
+type dataWait struct {
+	// int32: a session keeps one (ConnectWait), and an opening is far
+	// shorter (replay_bytes).
+	next    int32 // offset of the first packet not yet framed; 0: the first packet is not framed yet
+	pending int32 // data still to come in DATA packets
+	seen    int32 // length of the bytes of the previous call
+	done    bool  // the parser decides: more bytes change nothing (it reads no further)
+}
+
+// ready: follows, given the whole first packet, returns how many bytes of
+// data follow it in DATA packets, or true when none do (the parser decides
+// from the first packet alone).
+func (w *dataWait) ready(b []byte, follows func(raw []byte) (int, bool), first PacketType) bool {
+	if len(b) < int(w.seen) || len(b) > math.MaxInt32 {
+		*w = dataWait{} // not the same bytes: start again
+	}
+	w.seen = int32(min(len(b), math.MaxInt32))
+	if !w.done {
+		w.done = w.frame(b, follows, first)
+	}
+	return w.done
+}
+
+func (w *dataWait) frame(b []byte, follows func(raw []byte) (int, bool), first PacketType) bool {
+	if w.next == 0 {
+		pkt, err := firstOfType(b, first)
+		if err != nil {
+			return !errors.Is(err, ErrIncomplete)
+		}
+		n, decided := follows(pkt.Raw)
+		if decided {
+			return true
+		}
+		w.next, w.pending = int32(len(pkt.Raw)), int32(n)
+	}
+	for {
+		d, _, err := NextPacket(b[w.next:], Length16, 0)
+		if err != nil {
+			return !errors.Is(err, ErrIncomplete)
+		}
+		if d.Type != TypeData || len(d.Raw) < HeaderLen+2 {
+			return true // ErrUnexpectedType, ErrMalformed
+		}
+		w.next += int32(len(d.Raw))
+		w.pending -= int32(len(d.Raw) - (HeaderLen + 2))
+		if w.pending <= 0 {
+			return true // whole, or more than announced (ErrMalformed)
+		}
+	}
 }

@@ -123,11 +123,81 @@ func TestParseConnectDataRejects(t *testing.T) {
 	}
 }
 
-func mustBuild(t *testing.T, connectData string) []byte {
+func mustBuild(t testing.TB, connectData string) []byte {
 	t.Helper()
 	b, err := tns.BuildConnect(connectData)
 	if err != nil {
 		t.Fatal(err)
 	}
 	return b
+}
+
+// piecemeal is a CONNECT whose connect data (size bytes, SERVICE_NAME=SALES)
+// follows in DATA packets of chunk bytes each.
+func piecemeal(t testing.TB, size, chunk int) []byte {
+	head := "(DESCRIPTION=(CONNECT_DATA=(SERVICE_NAME=SALES))(X="
+	data := head + strings.Repeat("a", size-len(head)-2) + "))"
+	b := mustBuild(t, data)
+	b = b[:binary.BigEndian.Uint16(b)] // the CONNECT alone
+	for i := 0; i < len(data); i += chunk {
+		b = append(b, dataPacket(data[i:min(i+chunk, len(data))])...)
+	}
+	return b
+}
+
+// A CONNECT that arrives a byte at a time is ready once, at its last byte,
+// and waiting for it costs no allocation: each packet is framed once, not
+// the whole opening after every read. So is a REDIRECT's data.
+func TestConnectWaitByteAtATime(t *testing.T) {
+	for _, chunk := range []int{1, 100, 8000} {
+		size := 5900
+		if chunk > 1 {
+			size = 59000
+		}
+		opening := piecemeal(t, size, chunk)
+		if len(opening) > 65536 {
+			t.Fatalf("opening of %d bytes, more than replay_bytes keeps", len(opening))
+		}
+		var w tns.ConnectWait
+		allocs := testing.AllocsPerRun(1, func() {
+			w.Reset()
+			for n := 0; n < len(opening); n++ {
+				if w.Ready(opening[:n]) {
+					t.Fatalf("chunk %d: ready at %d of %d bytes", chunk, n, len(opening))
+				}
+			}
+			if !w.Ready(opening) {
+				t.Fatalf("chunk %d: not ready when whole", chunk)
+			}
+		})
+		if allocs != 0 {
+			t.Errorf("chunk %d: %v allocations", chunk, allocs)
+		}
+		info, err := tns.ParseConnectData(opening)
+		if err != nil || info.Description.ServiceName() != "SALES" || info.Len != len(opening) {
+			t.Fatalf("chunk %d: %v, service %q, Len %d of %d", chunk, err, info.Description.ServiceName(), info.Len, len(opening))
+		}
+
+		// A REDIRECT whose address follows in the same DATA packets.
+		redirect := append([]byte{0, 10, 0, 0, byte(tns.TypeRedirect), 0, 0, 0, 0, 0}, opening[binary.BigEndian.Uint16(opening):]...)
+		binary.BigEndian.PutUint16(redirect[8:], binary.BigEndian.Uint16(opening[24:]))
+		var a tns.AnswerWait
+		allocs = testing.AllocsPerRun(1, func() {
+			a = tns.AnswerWait{}
+			for n := 0; n < len(redirect); n++ {
+				if a.Ready(redirect[:n]) {
+					t.Fatalf("chunk %d: REDIRECT ready at %d of %d bytes", chunk, n, len(redirect))
+				}
+			}
+			if !a.Ready(redirect) {
+				t.Fatalf("chunk %d: REDIRECT not ready when whole", chunk)
+			}
+		})
+		if allocs != 0 {
+			t.Errorf("chunk %d: REDIRECT: %v allocations", chunk, allocs)
+		}
+		if first, err := tns.ClassifyFirst(redirect); err != nil || first.Len != len(redirect) {
+			t.Fatalf("chunk %d: REDIRECT: %v, Len %d of %d", chunk, err, first.Len, len(redirect))
+		}
+	}
 }

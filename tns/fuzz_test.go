@@ -8,10 +8,16 @@ package tns_test
 
 import (
 	"bytes"
+	"context"
 	"errors"
+	"io"
+	"net"
+	"os"
+	"path/filepath"
 	"reflect"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/tnsguard/tnsguard/tns"
 )
@@ -125,5 +131,104 @@ func FuzzDescription(f *testing.F) {
 		d.Addresses()
 		d.Err()
 		d.VSNNUM()
+	})
+}
+
+// FuzzConnectWait feeds bytes to ConnectWait.Ready and AnswerWait.Ready in
+// steps of step bytes, as reads deliver them, and checks them against
+// ParseConnectData and ClassifyFirst at every step: Ready is false exactly
+// while the parser says ErrIncomplete, so a caller that parses only once
+// Ready misses nothing.
+func FuzzConnectWait(f *testing.F) {
+	split := mustBuild(f, longConnectData)[:58]
+	split = append(split, dataPacket(longConnectData[:100])...)
+	split = append(split, dataPacket(longConnectData[100:])...)
+	f.Add(mustBuild(f, longConnectData), uint8(0))
+	f.Add(split, uint8(6))
+	f.Add(newConnect(70, 317, 8192, "(DESCRIPTION=(CONNECT_DATA=(SERVICE_NAME=S)))"), uint8(1))
+	f.Add(append(split[:58:58], []byte{0, 8, 0, 0, byte(tns.TypeData), 0, 0, 0}...), uint8(3)) // DATA with no data flags
+	f.Add(append(split[:58:58], tns.BuildResend()...), uint8(0))                               // not DATA where connect data should be
+	f.Add(tns.BuildRedirectTo("(ADDRESS=(PROTOCOL=tcp)(HOST=node1)(PORT=1521))", longConnectData), uint8(2))
+	f.Add(tns.BuildRefuse(0x22, 0, "(DESCRIPTION=(ERR=12514))"), uint8(4))
+	f.Fuzz(func(t *testing.T, in []byte, step uint8) {
+		var w tns.ConnectWait
+		var a tns.AnswerWait
+		for n := 0; ; n += 1 + int(step) {
+			n = min(n, len(in))
+			_, err := tns.ParseConnectData(in[:n])
+			if ready := w.Ready(in[:n]); ready == errors.Is(err, tns.ErrIncomplete) {
+				t.Fatalf("ConnectWait.Ready(first %d bytes) = %v, ParseConnectData: %v", n, ready, err)
+			}
+			_, err = tns.ClassifyFirst(in[:n])
+			if ready := a.Ready(in[:n]); ready == errors.Is(err, tns.ErrIncomplete) {
+				t.Fatalf("AnswerWait.Ready(first %d bytes) = %v, ClassifyFirst: %v", n, ready, err)
+			}
+			if n == len(in) {
+				break
+			}
+		}
+		// The same bytes after Reset, at once.
+		w.Reset()
+		_, err := tns.ParseConnectData(in)
+		if ready := w.Ready(in); ready == errors.Is(err, tns.ErrIncomplete) {
+			t.Fatalf("Ready after Reset = %v, ParseConnectData: %v", ready, err)
+		}
+	})
+}
+
+// FuzzListenerAnswer is a health check's tnsping and service probe against
+// a listener that answers with the fuzzer's bytes and closes, over
+// loopback: whatever comes back, Ping and ProbeService return (an error,
+// not a hang or a panic), and Ping says alive only for an ACCEPT or REFUSE
+// carrying ERR=0.
+func FuzzListenerAnswer(f *testing.F) {
+	for _, name := range []string{"spiderlabs-net-tns/accept_with_data.raw", "spiderlabs-net-tns/refuse.raw",
+		"spiderlabs-net-tns/redirect.raw", "tnsping/ping_refuse_reply_RECONSTRUCTED.bin"} {
+		b, err := os.ReadFile(filepath.Join("testdata", name))
+		if err != nil {
+			f.Fatal(err)
+		}
+		f.Add(b, false)
+		f.Add(append(tns.BuildResend(), b...), true)
+	}
+	f.Add(tns.BuildAccept(318, ""), false)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		f.Fatal(err)
+	}
+	defer ln.Close()
+	f.Fuzz(func(t *testing.T, answer []byte, probe bool) {
+		served := make(chan struct{})
+		go func() {
+			defer close(served)
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			defer c.Close()
+			c.Write(answer)
+			c.(*net.TCPConn).CloseWrite()
+			io.Copy(io.Discard, c) // the CONNECTs, until the client closes
+		}()
+		c, err := net.Dial("tcp", ln.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		if probe {
+			_, _, err = tns.ProbeService(ctx, c, "SALES")
+		} else {
+			var res tns.PingResult
+			res, err = tns.Ping(ctx, c)
+			if err == nil && res.Answer != tns.TypeAccept && res.Answer != tns.TypeRefuse {
+				t.Fatalf("alive on a %v", res.Answer)
+			}
+		}
+		c.Close()
+		<-served
+		if errors.Is(err, context.DeadlineExceeded) {
+			t.Fatalf("answer of %d bytes then FIN: the check waited until its timeout: %v", len(answer), err)
+		}
 	})
 }
