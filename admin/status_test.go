@@ -203,7 +203,7 @@ func TestResetsAPI(t *testing.T) {
 		Now    time.Time          `json:"now"`
 		Resets []proxy.ResetEvent `json:"resets"`
 	}
-	deadline := time.Now().Add(2 * time.Second)
+	deadline := time.Now().Add(5 * time.Second) // the app's RST may come before the event is recorded
 	for len(resets.Resets) == 0 && time.Now().Before(deadline) {
 		getJSON(t, st.url+"/api/resets", &resets)
 		time.Sleep(10 * time.Millisecond)

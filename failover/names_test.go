@@ -246,12 +246,9 @@ func TestServerWithoutHostIsThisHost(t *testing.T) {
 // health checks: the lines a name of several addresses gets, with no
 // such name in the config.
 func TestSingleAddressLogsNoAddressRecovery(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := ln.Addr().String()
-	ln.Close() // down: refused
+	// Down: refused. Outside the ephemeral range: a check's dial of a freed
+	// port of that range can pick it as its own and connect to itself.
+	addr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
 	var buf bytes.Buffer
 	b := testBackendLogged(t, `[backend.health]
 check = "tcp"
@@ -261,7 +258,7 @@ timeout = "300ms"
 	if err := s.check(context.Background()); err == nil {
 		t.Fatal("a check of a closed port passed")
 	}
-	ln, err = net.Listen("tcp", addr)
+	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		t.Skip(err) // the port was taken meanwhile
 	}

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -432,12 +431,9 @@ func TestAlertmanagerInhibitions(t *testing.T) {
 		}
 	}
 
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := ln.Addr().String()
-	ln.Close()
+	// Outside the ephemeral range: Alertmanager binds it later, and a port of
+	// that range, freed, can be any connect's own meanwhile.
+	addr := freeAddr(t)
 	cmd := exec.Command(am, "--config.file="+path, "--storage.path="+t.TempDir(),
 		"--web.listen-address="+addr, "--cluster.listen-address=")
 	var log bytes.Buffer
