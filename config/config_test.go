@@ -1203,6 +1203,20 @@ func TestServerWithoutAddressNamesItsLine(t *testing.T) {
 	}
 }
 
+// The same for servers written inline (`server = [{...}, {...}]`): they
+// have no header, so the message is placed at the backend's `server` key,
+// as locate.go's comment says, not at the [[backend]] header two lines
+// above it.
+func TestInlineServerWithoutAddressNamesTheServerKey(t *testing.T) {
+	text := "[[listener]]\nname = \"orders\"\nlisten = \"127.0.0.1:1522\"\nbackend = \"orders\"\n" +
+		"[[backend]]\nname = \"orders\"\nconnect_timeout = \"1s\"\nserver = [ { address = \"127.0.0.1:1521\" }, { weight = 2 } ]\n"
+	_, _, err := Parse([]byte(text), "f.toml")
+	want := `f.toml: backend "orders": server #2: address is empty: give the database's HOST:PORT (line 8)`
+	if err == nil || err.Error() != want {
+		t.Fatalf("got:\n%v\nwant:\n%s", err, want)
+	}
+}
+
 // admin.listen = "" (as if to turn the admin listener off, which cannot
 // be done) passed check and listened on 127.0.0.1:9521. Left out, it is
 // that default.

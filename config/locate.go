@@ -67,7 +67,10 @@ func keyLine(lines []string, t [2]int, kind, rest string) int {
 				s := servers[i-1]
 				return keyLine(lines, [2]int{start + s[0], start + s[1]}, kind+".server", after)
 			}
-			rest = after
+			// Written inline (server = [{...}]): the line of the
+			// backend's server key, not the key named after the
+			// place (address is in no line of the backend's own).
+			rest = "server"
 		}
 	}
 	key := rest

@@ -45,19 +45,19 @@ func (b *breaker) epoch() uint64 {
 // at once sent new sessions back to a server that fails most of them. The
 // trial, a last-resort dial made while open, or the health check decide.
 // Nor does one begun before the circuit last closed reset the count of
-// failures since (staleLocked).
-func (b *breaker) successSince(e uint64) bool {
+// failures since (staleLocked). stale reports such a success.
+func (b *breaker) successSince(e uint64) (closed, stale bool) {
 	if b.threshold == 0 {
-		return false
+		return false, false
 	}
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if b.staleLocked(e) {
-		return false
+		return false, true
 	}
 	// Under the same lock as the check: a failure that opens the circuit
 	// in between would otherwise be undone by this stale success.
-	return b.successLocked()
+	return b.successLocked(), false
 }
 
 // Trial numbers a half-open trial, so that only the session that holds it

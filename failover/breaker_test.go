@@ -366,6 +366,41 @@ check = "off"
 	}
 }
 
+// With checks off, up is the last dial's result, and a dial begun before
+// the circuit last opened or closed is not that (above): a late success
+// of one (an accept queue that takes a dropped SYN late) must not mark up
+// the server whose circuit the outage just opened either. It did, while
+// the late failures that follow it no longer mark it down again (they
+// did until 2026-11-30): tnsguard_backend_up 1, "up" on the status page
+// and /readyz 200 with the only server's circuit open, until the trial.
+func TestStaleSuccessDoesNotMarkUpAServerWithChecksOff(t *testing.T) {
+	b := testBackend(t, `[backend.breaker]
+failures = 2
+open_for = "1h"
+max_open_for = "1h"
+[backend.health]
+check = "off"
+`+servers(`address = "a:1"`))
+	a := b.Servers[0]
+	plans := dialing(t, b, a, 4)
+	plans[0].Failed(a, errors.New("dial tcp a:1: i/o timeout"))
+	plans[1].Failed(a, errors.New("dial tcp a:1: i/o timeout"))
+	if a.Up() || a.BreakerState() != metrics.BreakerOpen {
+		t.Fatalf("up %v, state %d after the outage's failures; want down and open", a.Up(), a.BreakerState())
+	}
+	plans[2].Succeeded(a) // accepted late: began before the circuit opened
+	plans[3].Failed(a, errors.New("dial tcp a:1: i/o timeout"))
+	if a.Up() || a.BreakerState() != metrics.BreakerOpen {
+		t.Fatalf("up %v, state %d after the late answer and failure of dials begun before the circuit opened; want down and open", a.Up(), a.BreakerState())
+	}
+	// A success of a dial begun since (the trial's, once open_for is
+	// over; here a last resort, the only server's circuit open) counts.
+	dialing(t, b, a, 1)[0].Succeeded(a)
+	if !a.Up() || a.BreakerState() != metrics.BreakerClosed {
+		t.Fatalf("up %v, state %d after a success of a dial begun since the circuit opened; want up and closed", a.Up(), a.BreakerState())
+	}
+}
+
 // dialing is n plans of b whose first choice is srv: sessions dialing it.
 func dialing(t *testing.T, b *Backend, srv *Server, n int) []*Plan {
 	t.Helper()

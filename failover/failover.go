@@ -1124,8 +1124,18 @@ func (p *Plan) Looped(srv *Server) bool {
 // Succeeded tells srv that this plan's dial of it got a working connection
 // (Server.Succeeded). A dial begun before srv's circuit last opened does
 // not close it, nor one begun before it last closed reset its failure
-// count (breaker.successSince).
-func (p *Plan) Succeeded(srv *Server) { srv.succeeded(srv.breaker.successSince(p.epoch)) }
+// count (breaker.successSince). With checks off such a dial does not mark
+// the server up either, as its failure does not mark it down (failed): it
+// is not the last dial's result. A late answer to a dial begun before the
+// circuit opened marked the server up with its circuit open, and the late
+// failures after it no longer marked it down again.
+func (p *Plan) Succeeded(srv *Server) {
+	closed, stale := srv.breaker.successSince(p.epoch)
+	if stale {
+		return
+	}
+	srv.succeeded(closed)
+}
 
 // Failed tells srv that this plan's dial of it failed (Server.Failed). A
 // dial begun before srv's circuit last opened or closed does not decide

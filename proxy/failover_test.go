@@ -1367,3 +1367,74 @@ failures = 0`,
 		return true
 	})
 }
+
+// With checks off, a server is up or down by its last dial's result, and
+// a dial begun before its circuit opened is not that. A slow listener
+// fails the first sessions of an outage late (a reset before its first
+// answer), which opens the circuit and marks the server down; another
+// session it had taken before that answers late, and a fourth fails later
+// still. The late answer marked the server up with its circuit open
+// (tnsguard_backend_up 1 beside tnsguard_breaker_state 1, /readyz 200
+// with the only server shut out), and since the late failure no longer
+// marks it down (it did until 2026-11-30) it stayed so until the trial.
+func TestStaleAnswerDoesNotMarkUpAServerWithChecksOff(t *testing.T) {
+	release := make(chan string, 4) // per accepted session, in order: "rst" or "answer"
+	a := newServer(t, func(c *net.TCPConn) {
+		buf := make([]byte, 4096)
+		n, err := c.Read(buf)
+		if err != nil {
+			return
+		}
+		switch <-release {
+		case "rst":
+			resetConn(c)
+		default:
+			c.Write([]byte("A"))
+			c.Write(buf[:n])
+			echo(c)
+		}
+	})
+	h := startProxy(t, backendTOML(`connect_budget = "5s"
+retry_on = ["connect"]
+[backend.health]
+check = "off"
+[backend.breaker]
+failures = 2
+open_for = "1h"
+max_open_for = "1h"`, fmt.Sprintf("address = %q", a.address)))
+	up := func() float64 { return gauge(h.m.BackendUp, "b", a.address) }
+	ended := make(chan error, 4)
+	for i := range 4 {
+		c := h.dial("l")
+		if _, err := c.Write([]byte("hello")); err != nil {
+			t.Fatal(err)
+		}
+		go func() {
+			c.SetReadDeadline(time.Now().Add(5 * time.Second))
+			_, err := readFull(c, make([]byte, 6))
+			ended <- err
+		}()
+		waitFor(t, 2*time.Second, fmt.Sprintf("session %d at the server", i+1), func() bool { return a.accepts() == i+1 })
+	}
+	release <- "rst"
+	release <- "rst"
+	<-ended
+	<-ended
+	waitFor(t, 2*time.Second, "the circuit open and the server down", func() bool {
+		return gauge(h.m.BreakerState, "b", a.address) == 1 && up() == 0
+	})
+	release <- "answer" // dialed before the circuit opened
+	if err := <-ended; err != nil {
+		t.Fatalf("the late answer did not reach its app: %v", err)
+	}
+	release <- "rst" // dialed before the circuit opened too
+	<-ended
+	time.Sleep(50 * time.Millisecond)
+	if gauge(h.m.BreakerState, "b", a.address) != 1 || up() != 0 {
+		t.Fatalf("tnsguard_breaker_state %v, tnsguard_backend_up %v after the late answer and failure of sessions dialed before the circuit opened; want 1 (open) and 0 (down)",
+			gauge(h.m.BreakerState, "b", a.address), up())
+	}
+	if ok, _ := h.p.Ready(); ok {
+		t.Fatal("/readyz ready with the only server down and its circuit open")
+	}
+}
