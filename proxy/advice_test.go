@@ -270,7 +270,11 @@ func TestResetAfterAPauseWithKeepaliveOffIsIdle(t *testing.T) {
 	if n := counter(h.m.Resets, "l", "b", be.addr(), "backend", "idle", "rst"); n != 1 {
 		t.Errorf("a reset after a 2s pause with keepalive off counted active, want idle")
 	}
-	time.Sleep(200 * time.Millisecond) // the advice is logged just after the count
+	// The advice is logged just after the count, by the session's goroutine:
+	// on a loaded machine that can be well after the count is seen.
+	waitFor(t, 2*time.Second, "the keepalive advice", func() bool {
+		return len(logs.lines("sessions on this link die while idle")) > 0
+	})
 	if advice := logs.lines("sessions on this link die while idle"); len(advice) != 1 {
 		t.Errorf("%d advice lines, want 1", len(advice))
 	}

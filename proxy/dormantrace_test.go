@@ -54,6 +54,13 @@ func (d *duplexStream) chunk() []byte {
 	return b
 }
 
+// duplexStall is how long a duplex stream may make no progress. A bound
+// on each read and write, not on the whole run: under -race on a loaded
+// 2-core machine "revived every time" takes 30 s or more instead of 3 s
+// (60 s seen with other tests' load), and a stream that stops for good (a
+// lost wake) still fails here.
+const duplexStall = 20 * time.Second
+
 // duplexRun sends cycles chunks of s on c, each at start + i*period (plus
 // a jitter of up to jitter), so that both ends of a session write at the
 // same instant after each pause; then half-closes.
@@ -64,6 +71,7 @@ func duplexRun(c *net.TCPConn, s *duplexStream, start time.Time, cycles int, per
 			at = at.Add(time.Duration(jr.Int64N(int64(jitter))))
 		}
 		time.Sleep(time.Until(at))
+		c.SetWriteDeadline(time.Now().Add(duplexStall))
 		if _, err := c.Write(s.chunk()); err != nil {
 			return fmt.Errorf("write %d: %w", i, err)
 		}
@@ -80,6 +88,7 @@ func duplexCheck(c *net.TCPConn, s *duplexStream, cycles int) error {
 	for i := range cycles {
 		want := s.chunk()
 		for off := 0; off < len(want); {
+			c.SetReadDeadline(time.Now().Add(duplexStall))
 			n, err := c.Read(buf[:min(len(buf), len(want)-off)])
 			for k := range n {
 				if buf[k] != want[off+k] {
@@ -93,6 +102,7 @@ func duplexCheck(c *net.TCPConn, s *duplexStream, cycles int) error {
 		}
 		total += len(want)
 	}
+	c.SetReadDeadline(time.Now().Add(duplexStall))
 	if n, err := c.Read(buf); n != 0 || err != io.EOF {
 		return fmt.Errorf("after all %d bytes: %d more, %v; want EOF", total, n, err)
 	}
@@ -203,7 +213,7 @@ func TestDormantSessionBothLegsAtOnce(t *testing.T) {
 					}
 					c := cc.(*net.TCPConn)
 					defer c.Close()
-					c.SetDeadline(time.Now().Add(60 * time.Second))
+					c.SetDeadline(time.Now().Add(duplexStall)) // the opening; duplexRun and duplexCheck move it on
 					var hdr [28]byte
 					binary.BigEndian.PutUint64(hdr[0:], seed)
 					binary.BigEndian.PutUint64(hdr[8:], uint64(start.UnixNano()))

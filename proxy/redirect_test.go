@@ -102,13 +102,9 @@ func TestRedirectedNodeFailureFailsOver(t *testing.T) {
 			return tnstest.New(t, tnstest.Config{Mode: tnstest.Refuse, Err: 12514}).Addr()
 		}},
 		{"node not listening", func(t *testing.T) string {
-			ln, err := net.Listen("tcp", "127.0.0.1:0")
-			if err != nil {
-				t.Fatal(err)
-			}
-			addr := ln.Addr().String()
-			ln.Close()
-			return addr
+			// Held bound: a port only freed can be taken by another
+			// listener or, as a dial's own port, connect to itself.
+			return closedPort(t)
 		}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -300,12 +296,7 @@ func TestRedirectBackToTnsguardEndsAtOnce(t *testing.T) {
 // whose node was behind a closed firewall counted 6 follows (one per re-dial)
 // and no session: the counter read as if follow worked.
 func TestRedirectFollowedCountsOnlyWhenTheNodeAnswered(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	dead := ln.Addr().String()
-	ln.Close()
+	dead := closedPort(t) // held bound: see TestRedirectedNodeFailureFailsOver
 	scanDead := tnstest.New(t, tnstest.Config{Mode: tnstest.Redirect, RedirectTo: dead, RedirectData: scanReconnect})
 	node := tnstest.New(t, tnstest.Config{Mode: tnstest.Accept})
 	scanLive := tnstest.New(t, tnstest.Config{Mode: tnstest.Redirect, RedirectTo: node.Addr(), RedirectData: scanReconnect})

@@ -379,12 +379,7 @@ func idleSeriesGoesWithLastSession(t *testing.T, before, listener, backend, afte
 func TestRenameListenerOnWildcardKeepsItsSocket(t *testing.T) {
 	for _, host := range []string{"0.0.0.0", "[::]", ""} {
 		t.Run("host "+host, func(t *testing.T) {
-			ln, err := net.Listen("tcp", "[::]:0") // a port free on every address
-			if err != nil {
-				t.Fatal(err)
-			}
-			addr := fmt.Sprintf("%s:%d", host, ln.Addr().(*net.TCPAddr).Port)
-			ln.Close()
+			addr := fmt.Sprintf("%s:%d", host, freeWildcardPort(t))
 			be := newBackend(t, echo)
 			h := startProxy(t, listenerAt(oneBackendConfig(be.addr()), addr))
 			renamed := strings.Replace(listenerAt(oneBackendConfig(be.addr()), addr), `name = "l"`, `name = "m"`, 1)
@@ -481,12 +476,7 @@ name = "two"
 		cfg.Listeners[1].Listen = "localhost:" + port
 		return cfg
 	}
-	probe, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	_, free, _ := net.SplitHostPort(probe.Addr().String())
-	probe.Close()
+	free := fmt.Sprint(freePort(t))
 	fresh := New(hclog.NewNullLogger(), metrics.New(prometheus.NewRegistry(), "test"))
 	startErr := fresh.Apply(twoOnOne(free))
 	fresh.Shutdown(0, 0)
@@ -978,12 +968,7 @@ failures = 0`, budget, backoff, backoffMax), fmt.Sprintf("address = %q", srv.add
 // :port) keeps its socket; the log said "stopped accepting" of it while it
 // went on accepting. A renamed listener says what became of it.
 func TestReloadThatKeepsTheSocketSaysSo(t *testing.T) {
-	ln, err := net.Listen("tcp", "0.0.0.0:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	port := ln.Addr().(*net.TCPAddr).Port
-	ln.Close()
+	port := freeWildcardPort(t)
 	be := newBackend(t, echo)
 	h, logs := startProxyLog(t, listenerAt(oneBackendConfig(be.addr()), fmt.Sprintf("0.0.0.0:%d", port)))
 	if err := h.p.Apply(mustParse(t, listenerAt(oneBackendConfig(be.addr()), fmt.Sprintf(":%d", port)))); err != nil {
@@ -1201,15 +1186,10 @@ func TestReloadRetuningDoesNotHoldAccepts(t *testing.T) {
 // process": the operator looking for one finds only tnsguard in `ss -ltnp`.
 // The error names what holds the address.
 func TestReloadOntoItsOwnSocketSaysWhatHoldsIt(t *testing.T) {
-	ln, err := net.Listen("tcp", "[::]:0") // a port free on every address
-	if err != nil {
-		t.Fatal(err)
-	}
-	port := ln.Addr().(*net.TCPAddr).Port
-	ln.Close()
+	port := freeWildcardPort(t)
 	be := newBackend(t, echo)
 	h := startProxy(t, listenerAt(oneBackendConfig(be.addr()), fmt.Sprintf("127.0.0.1:%d", port)))
-	err = h.p.Apply(mustParse(t, listenerAt(oneBackendConfig(be.addr()), fmt.Sprintf("0.0.0.0:%d", port))))
+	err := h.p.Apply(mustParse(t, listenerAt(oneBackendConfig(be.addr()), fmt.Sprintf("0.0.0.0:%d", port))))
 	if err == nil {
 		t.Fatal("moving the listener from 127.0.0.1 to 0.0.0.0 on one port succeeded in one reload")
 	}

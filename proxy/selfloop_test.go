@@ -43,6 +43,25 @@ func freePort(t *testing.T) int {
 	return port
 }
 
+// freeWildcardPort is freePort for a listener on every address (0.0.0.0,
+// [::], ":port"): a port outside the ephemeral range that [::] could bind
+// a moment ago. A port freed from the ephemeral range can be drawn by any
+// process's connect as its local port before the proxy binds it ("bind:
+// address already in use"), and a wildcard bind clashes with that
+// connection's port on every local address.
+func freeWildcardPort(t *testing.T) int {
+	t.Helper()
+	for range 100 {
+		port := freePort(t)
+		if ln, err := net.Listen("tcp", fmt.Sprintf("[::]:%d", port)); err == nil {
+			ln.Close()
+			return port
+		}
+	}
+	t.Fatal("no port outside the ephemeral range is free on every address")
+	return 0
+}
+
 // loopEnds connects one app to listener and checks what a server that
 // loops back to tnsguard must come to: the app is reset within (never
 // served by its own dial), the loop dies out (no session left, few made),
@@ -167,12 +186,7 @@ connect_budget = "2s"
 // sessions' dials are refused by it).
 func TestListenerChainIsServed(t *testing.T) {
 	db := newBackend(t, echo)
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	front := ln.Addr().String()
-	ln.Close()
+	front := fmt.Sprintf("127.0.0.1:%d", freePort(t)) // outside the ephemeral range: bound by startProxy below
 	h := startProxy(t, fmt.Sprintf(`
 [[listener]]
 name = "front"
