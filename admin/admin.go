@@ -20,6 +20,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -47,6 +48,7 @@ type Server struct {
 	allow   atomic.Pointer[[]netip.Prefix] // admin.allow; a reload replaces it (SetAllow)
 	spare   *spareFDs                      // fds kept for answering when sessions hold every other one
 	conns   atomic.Int64                   // connections accepted and not yet closed (http.Server.ConnState)
+	open    openConns                      // the same connections, oldest first: beyond maxConns the oldest is closed
 	closing atomic.Bool                    // CloseWithin closed the listener: Serve's error is no failure
 }
 
@@ -99,7 +101,7 @@ func StartOn(ln net.Listener, cfg config.Admin, reg *prometheus.Registry, src So
 	// (idle keep-alives, a trickled body) must not starve it.
 	// No endpoint takes more than a URL and a few headers: net/http's
 	// default (1 MiB) let each connection grow the heap by that much.
-	s.http = &http.Server{Handler: s.allowOnly(mux), ReadHeaderTimeout: 5 * time.Second,
+	s.http = &http.Server{Handler: s.allowOnly(s.hostOnly(mux)), ReadHeaderTimeout: 5 * time.Second,
 		ReadTimeout: 10 * time.Second, WriteTimeout: 30 * time.Second, IdleTimeout: 60 * time.Second,
 		MaxHeaderBytes: 16 << 10,
 		ConnState:      s.track,
@@ -167,12 +169,63 @@ func (s *Server) CloseWithin(d time.Duration) error {
 // track counts the connections open (http.Server.ConnState): StateNew is
 // reported in Serve's loop before the next Accept, StateClosed (or
 // StateHijacked) once per connection at its end.
-func (s *Server) track(_ net.Conn, st http.ConnState) {
+// Beyond maxConns open connections the oldest is closed (openConns).
+func (s *Server) track(c net.Conn, st http.ConnState) {
 	switch st {
 	case http.StateNew:
 		s.conns.Add(1)
+		if old := s.open.add(c, maxConns); old != nil {
+			old.Close()
+		}
 	case http.StateClosed, http.StateHijacked:
 		s.conns.Add(-1)
+		s.open.remove(c)
+	}
+}
+
+// maxConns bounds the admin connections open at once. Monitors need a
+// few (Prometheus, the kubelet's probes, a load balancer's health checks,
+// a browser's 6 per status page); each connection holds an fd and about
+// 20 KB (its goroutine and buffers) for up to the idle timeout (60 s).
+// Without a bound, one client in admin.allow (anyone, by default, on this
+// host) that opened 20,000 connections and left them idle took every fd
+// of the process (the proxy's accepts and health checks failed:
+// "too many open files") and 400 MB of memory (the shipped Kubernetes
+// limit is 256 MiB).
+const maxConns = 128
+
+// openConns lists the open admin connections, oldest first. When a new
+// one makes more than the bound, the oldest goes: a monitor's request is
+// answered within milliseconds of its connect, so the oldest is one held
+// open (idle, silent or trickling), and whoever floods the port closes
+// its own connections, not the next monitor's.
+type openConns struct {
+	mu    sync.Mutex
+	conns []net.Conn
+}
+
+// add appends c and, beyond max, takes the oldest out of the list and
+// returns it, to be closed (its StateClosed then finds it gone).
+func (o *openConns) add(c net.Conn, max int) net.Conn {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	o.conns = append(o.conns, c)
+	if len(o.conns) <= max {
+		return nil
+	}
+	old := o.conns[0]
+	o.conns = append(o.conns[:0], o.conns[1:]...)
+	return old
+}
+
+func (o *openConns) remove(c net.Conn) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	for i, x := range o.conns {
+		if x == c {
+			o.conns = append(o.conns[:i], o.conns[i+1:]...)
+			return
+		}
 	}
 }
 

@@ -348,7 +348,7 @@ func TestCloseWithinAnswersARequestOnAConnectionAcceptedBefore(t *testing.T) {
 	for !adm.closing.Load() { // the close is under way
 		time.Sleep(time.Millisecond)
 	}
-	fmt.Fprintf(c, "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+	fmt.Fprintf(c, "GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
 	c.SetReadDeadline(time.Now().Add(3 * time.Second))
 	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
 	if err != nil {
@@ -388,7 +388,7 @@ func TestAdminReadsPastAPROXYHeader(t *testing.T) {
 		}
 		defer c.Close()
 		c.SetDeadline(time.Now().Add(5 * time.Second))
-		c.Write(append(prefix, "GET "+path+" HTTP/1.1\r\nHost: x\r\nUser-Agent: ELB-HealthChecker/2.0\r\n\r\n"...))
+		c.Write(append(prefix, "GET "+path+" HTTP/1.1\r\nHost: 127.0.0.1\r\nUser-Agent: ELB-HealthChecker/2.0\r\n\r\n"...))
 		resp, err := http.ReadResponse(bufio.NewReader(c), nil)
 		if err != nil {
 			t.Fatalf("%q then GET %s: %v", prefix, path, err)
