@@ -249,9 +249,12 @@ func DefaultRefuseErrors() []int {
 
 // applyDefaults fills in what the file left out, and returns those of the
 // durations that validate's messages name as such ("the default": a key
-// the file never wrote). written tells whether the file wrote a key
-// (MetaData.IsDefined).
-func (c *Config) applyDefaults(written func(key ...string) bool) (defaulted map[*Duration]bool) {
+// the file never wrote). empty tells whether the file wrote "" for a key
+// (a path of keys and indexes: "backend", 1, "health", "check"): that is
+// no key left out, and validate refuses it, where it took the default
+// without a word (a templating variable that expanded to nothing turned
+// proxy_protocol off).
+func (c *Config) applyDefaults(empty func(path ...any) bool) (defaulted map[*Duration]bool) {
 	defaulted = map[*Duration]bool{}
 	noted := func(d *Duration, v time.Duration) {
 		if !d.Set {
@@ -259,33 +262,27 @@ func (c *Config) applyDefaults(written func(key ...string) bool) (defaulted map[
 		}
 		d.orDefault(v)
 	}
-	if c.Log.Level == "" {
-		c.Log.Level = "info"
+	or := func(s *string, v string, path ...any) {
+		if *s == "" && !empty(path...) {
+			*s = v
+		}
 	}
-	if c.Log.Format == "" {
-		c.Log.Format = "text"
-	}
-	// Only when left out: admin.listen = "" (as if to turn the admin
-	// listener off, which cannot be) listened on the default; validate
-	// refuses it.
-	if c.Admin.Listen == "" && !written("admin", "listen") {
-		c.Admin.Listen = DefaultAdminListen
-	}
+	or(&c.Log.Level, "info", "log", "level")
+	or(&c.Log.Format, "text", "log", "format")
+	// admin.listen = "" (as if to turn the admin listener off, which
+	// cannot be) listened on the default; validate refuses it.
+	or(&c.Admin.Listen, DefaultAdminListen, "admin", "listen")
 	c.Shutdown.Grace.orDefault(time.Second)
 	c.Shutdown.DrainTimeout.orDefault(30 * time.Second)
 	for i := range c.Listeners {
 		l := &c.Listeners[i]
-		if l.ProxyProtocol == "" {
-			l.ProxyProtocol = "off"
-		}
+		or(&l.ProxyProtocol, "off", "listener", i, "proxy_protocol")
 		l.ProxyHeaderTimeout.orDefault(5 * time.Second)
 		l.Keepalive.applyDefaults(60*time.Second, 15*time.Second, 4, 0)
 	}
 	for i := range c.Backends {
 		b := &c.Backends[i]
-		if b.Balance == "" {
-			b.Balance = "priority"
-		}
+		or(&b.Balance, "priority", "backend", i, "balance")
 		b.ConnectTimeout.orDefault(3 * time.Second)
 		noted(&b.ConnectBudget, 20*time.Second)
 		b.Backoff.orDefault(100 * time.Millisecond)
@@ -297,17 +294,11 @@ func (c *Config) applyDefaults(written func(key ...string) bool) (defaulted map[
 			b.RefuseErrors = DefaultRefuseErrors()
 		}
 		b.ReplayBytes = intOr(b.ReplayBytes, 65536)
-		if b.Redirect == "" {
-			b.Redirect = "pass"
-		}
-		if b.SendProxyProtocol == "" {
-			b.SendProxyProtocol = "off"
-		}
+		or(&b.Redirect, "pass", "backend", i, "redirect")
+		or(&b.SendProxyProtocol, "off", "backend", i, "send_proxy_protocol")
 		b.Keepalive.applyDefaults(30*time.Second, 10*time.Second, 3, 60*time.Second)
 		h := &b.Health
-		if h.Check == "" {
-			h.Check = "tcp"
-		}
+		or(&h.Check, "tcp", "backend", i, "health", "check")
 		h.Interval.orDefault(5 * time.Second)
 		noted(&h.Timeout, defaultHealthTimeout)
 		h.ServiceInterval.orDefault(5 * time.Minute)

@@ -1231,3 +1231,182 @@ func TestEmptyAdminListenIsAnError(t *testing.T) {
 		t.Fatalf("left out: %v, %+v", err, c)
 	}
 }
+
+// A value of the wrong type hid every error of meaning, in every table:
+// check showed the type errors, and the undefined backend, the bad address
+// and the level "loud" only on the next run, one round trip (a CI job, a
+// ConfigMap rollout) per kind of error. The tables and keys that decoded
+// are checked in the same run; a key that did not decode is not, nor is a
+// check that needs it (connect_budget against a connect_timeout of "3",
+// health.timeout against an interval of 5).
+func TestTypeErrorsDoNotHideMeaningErrors(t *testing.T) {
+	text := `[log]
+level = "loud"
+[admin]
+listen = "127.0.0.1"
+[[listener]]
+name         = "orders"
+listen       = "127.0.0.1:1522"
+backend      = "nosuch"
+max_sessions = "ten"
+[[listener]]
+name    = "sales"
+listen  = "127.0.0.1:1523"
+backend = "orders"
+[[backend]]
+name            = "orders"
+balance         = "random"
+connect_timeout = "3"
+connect_budget  = "1s"
+  [backend.health]
+  interval = 5
+  timeout  = "10s"
+  [[backend.server]]
+  address = "10.0.0.256:1521"
+  weight  = 0
+  [[backend.server]]
+  address = "10.0.0.2:1521"
+  weight  = "x"
+`
+	_, _, err := Parse([]byte(text), "f.toml")
+	want := strings.Join([]string{
+		`f.toml:9:1: key "listener.max_sessions": a string given where an integer is needed`,
+		`f.toml:17:20: key "backend.connect_timeout": bad duration "3": use a Go duration such as "30s" or "5m"`,
+		`f.toml:20:14: key "backend.health.interval": bad duration "5": use a Go duration such as "30s" or "5m"`,
+		`f.toml:27:3: key "backend.server.weight": a string given where an integer is needed`,
+		`f.toml: log: level "loud" is not one of trace, debug, info, warn, error (line 2)`,
+		`f.toml: admin: listen: "127.0.0.1" is not host:port (line 4)`,
+		`f.toml: backend "orders": balance "random" is not one of priority, round_robin, least_sessions (line 16)`,
+		`f.toml: backend "orders": server "10.0.0.256:1521": address: "10.0.0.256:1521": "10.0.0.256" is not an IP address (line 23)`,
+		`f.toml: listener "orders": backend "nosuch" is not defined (line 8)`,
+	}, "\n")
+	if err == nil || err.Error() != want {
+		t.Fatalf("got:\n%v\nwant:\n%s", err, want)
+	}
+}
+
+// A key or table that did not decode is left out of the checks of meaning,
+// and so is every check that reads it: a name, listen or level given a
+// number, a keepalive or server given a string, a retry_on that is no
+// array, drew no second, made-up error ("name is empty", `listen: "" is
+// not host:port`, `backend "orders" is not defined`, "no
+// [[backend.server]] is defined") nor a warning. What the other keys of
+// the same tables say is still checked (idle = "500ms").
+func TestKeysThatDidNotDecodeAreNotCheckedAgain(t *testing.T) {
+	text := `[log]
+level = 3
+[[listener]]
+name    = "orders"
+listen  = 1522
+backend = "orders"
+  [listener.keepalive]
+  idle  = "500ms"
+  count = "4"
+[[backend]]
+name   = 5
+server = "127.0.0.1:1521"
+[[backend]]
+name      = "b"
+keepalive = "60s"
+retry_on  = "refuse"
+  [backend.health]
+  check = "tnsping"
+  [[backend.server]]
+  address = "127.0.0.1:1524"
+  [[backend.server]]
+  address = "127.0.0.1:1525"
+`
+	_, warnings, err := Parse([]byte(text), "f.toml")
+	want := strings.Join([]string{
+		`f.toml:2:1: key "log.level": an integer given where a string is needed`,
+		`f.toml:5:1: key "listener.listen": an integer given where a string is needed`,
+		`f.toml:9:3: key "listener.keepalive.count": a string given where an integer is needed`,
+		`f.toml:11:1: key "backend.name": an integer given where a string is needed`,
+		`f.toml:12:1: key "backend.server": a string given where an array is needed`,
+		`f.toml:15:1: key "backend.keepalive": a string given where a table is needed`,
+		`f.toml:16:1: key "backend.retry_on": a string given where an array is needed`,
+		`f.toml: listener "orders": keepalive.idle 500ms: the kernel counts keepalive in whole seconds; use at least 1s, or 0s to turn keepalive off (line 8)`,
+	}, "\n")
+	if err == nil || err.Error() != want {
+		t.Fatalf("got:\n%v\nwant:\n%s", err, want)
+	}
+	if len(warnings) > 0 {
+		t.Errorf("warnings about keys that did not decode:\n%s", strings.Join(warnings, "\n"))
+	}
+	// The keepalive keys a path_idle_timeout of the wrong type would have
+	// derived are not checked; those the file wrote are.
+	text = strings.Replace(minimal, `name = "orders"
+  [[backend.server]]`, `name = "orders"
+  [backend.keepalive]
+  path_idle_timeout = 300
+  user_timeout = "1us"
+  [[backend.server]]`, 1)
+	_, _, err = Parse([]byte(text), "f.toml")
+	want = strings.Join([]string{
+		`f.toml:9:23: key "backend.keepalive.path_idle_timeout": bad duration "300": use a Go duration such as "30s" or "5m"`,
+		`f.toml: backend "orders": keepalive.user_timeout 1µs: the kernel counts whole milliseconds; use at least 1ms, or 0s for the kernel's default (line 10)`,
+	}, "\n")
+	if err == nil || err.Error() != want {
+		t.Fatalf("got:\n%v\nwant:\n%s", err, want)
+	}
+}
+
+// An empty string written for a key of a few values (a templating
+// variable that expanded to nothing) silently meant the key's default:
+// proxy_protocol = "" turned PROXY off, health.check = "" checked over
+// TCP. It is an error naming the key, its line and its values, in each
+// table that writes it (the second [[backend]] only, here), written
+// inline or dotted too; a key left out keeps its default.
+func TestEmptyStringIsAnError(t *testing.T) {
+	text := `[log]
+level  = ""
+format = ""
+[[listener]]
+name           = "orders"
+listen         = "127.0.0.1:1522"
+backend        = "orders"
+proxy_protocol = ""
+[[backend]]
+name = "orders"
+  [[backend.server]]
+  address = "127.0.0.1:1521"
+[[backend]]
+name                = "b"
+balance             = ""
+redirect            = ""
+send_proxy_protocol = ""
+health.check        = ""
+  [[backend.server]]
+  address = "127.0.0.1:1524"
+[[backend]]
+name   = "c"
+health = { check = "" }
+  [[backend.server]]
+  address = "127.0.0.1:1525"
+`
+	_, warnings, err := Parse([]byte(text), "f.toml")
+	want := strings.Join([]string{
+		`f.toml: log: level is empty: give one of trace, debug, info, warn, error, or leave the key out for "info" (line 2)`,
+		`f.toml: log: format is empty: give one of text, json, or leave the key out for "text" (line 3)`,
+		`f.toml: backend "b": balance is empty: give one of priority, round_robin, least_sessions, or leave the key out for "priority" (line 15)`,
+		`f.toml: backend "b": send_proxy_protocol is empty: give one of off, v1, v2, or leave the key out for "off" (line 17)`,
+		`f.toml: backend "b": redirect is empty: give one of pass, follow, or leave the key out for "pass" (line 16)`,
+		`f.toml: backend "b": health.check is empty: give one of tcp, tnsping, off, or leave the key out for "tcp" (line 18)`,
+		`f.toml: backend "c": health.check is empty: give one of tcp, tnsping, off, or leave the key out for "tcp" (line 23)`,
+		`f.toml: listener "orders": proxy_protocol is empty: give one of off, optional, required, or leave the key out for "off" (line 8)`,
+	}, "\n")
+	if err == nil || err.Error() != want {
+		t.Fatalf("got:\n%v\nwant:\n%s", err, want)
+	}
+	if len(warnings) > 0 {
+		t.Errorf("warnings:\n%s", strings.Join(warnings, "\n"))
+	}
+	c, _, err := Parse([]byte(minimal), "f.toml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	l, b := c.Listeners[0], c.Backends[0]
+	if got := []string{c.Log.Level, c.Log.Format, l.ProxyProtocol, b.Balance, b.Redirect, b.SendProxyProtocol, b.Health.Check}; !slices.Equal(got, []string{"info", "text", "off", "priority", "pass", "off", "tcp"}) {
+		t.Errorf("left out: %q", got)
+	}
+}

@@ -71,7 +71,7 @@ func Parse(data []byte, source string) (*Config, []string, error) {
 	// last line that sets a key of that name in any table alike (the
 	// second [[listener]]'s idle_timeout = "30m" for the first's "30"):
 	// its line is found in its own table.
-	errs := decodeParts(&md, raw, &c, text, source)
+	errs, failed := decodeParts(&md, raw, &c, text, source)
 	decodeFailed := len(errs) > 0
 	seen := map[string]bool{} // a key of every [[listener]] is reported once
 	var unknown []toml.Key    // reported: the keys inside an unknown table are not
@@ -113,16 +113,20 @@ func Parse(data []byte, source string) (*Config, []string, error) {
 		line, col := locateKey(text, k)
 		errs = append(errs, fmt.Sprintf("%s:%d:%d: unknown key %q: keys are lower case (%q)", source, line, col, k[:n].String(), want))
 	}
-	if decodeFailed {
-		// A table whose decoding stopped is half filled: its meaning
-		// cannot be checked.
-		return nil, nil, errs
-	}
-	// Unknown keys were left out of c: what is there is checked too, so one
-	// run of check shows every error it can.
+	// Unknown keys were left out of c, and so were the values of the wrong
+	// type (each key that did not decode is in failed): what is there is
+	// checked too, so one run of check shows every error it can. A check
+	// that reads a key that did not decode is skipped (validate): its
+	// error would be made up, or the type error again.
 	c.Source, c.text = source, text
-	defaulted := c.applyDefaults(md.IsDefined)
-	verrs, warnings, errAt, warnAt := c.validate(defaulted)
+	for i := range c.Listeners {
+		failed.derived(&c.Listeners[i].Keepalive)
+	}
+	for i := range c.Backends {
+		failed.derived(&c.Backends[i].Keepalive)
+	}
+	defaulted := c.applyDefaults(writtenEmpty(text))
+	verrs, warnings, errAt, warnAt := c.validate(defaulted, failed)
 	errs = append(errs, withLines(source, text, verrs, errAt)...)
 	warnings = withLines(source, text, warnings, warnAt)
 	if len(errs) > 0 {
@@ -142,33 +146,41 @@ type rawConfig struct {
 }
 
 // decodeParts decodes each table of raw into c, and returns an error for
-// each that has a value of the wrong type, in the file's order of kinds.
-func decodeParts(md *toml.MetaData, raw rawConfig, c *Config, text, source string) Errors {
+// each value of the wrong type, in the file's order of kinds, and the
+// fields of c that did not decode (left at their zero value).
+func decodeParts(md *toml.MetaData, raw rawConfig, c *Config, text, source string) (Errors, failedSet) {
 	var errs Errors
+	failed := failedSet{}
 	var again *rawConfig // the text decoded anew, for the errors of a table one key at a time
 	var md2 toml.MetaData
-	one := func(p toml.Primitive, v any, kind string, index int) {
-		err := md.PrimitiveDecode(p, v)
+	one := func(p toml.Primitive, dst reflect.Value, part func(*rawConfig) (toml.Primitive, bool), kind string, index int) {
+		err := md.PrimitiveDecode(p, dst.Addr().Interface())
 		if err == nil {
 			return
 		}
 		// The library stops at a table's first wrong value, picked in map
-		// order: decode that table again key by key (on a MetaData of its
-		// own, so that what this marks decoded does not hide unknown keys),
-		// for every wrong value, in the order of their lines.
+		// order, and leaves the table half filled: decode that table again
+		// key by key (on a MetaData of its own, so that what this marks
+		// decoded does not hide unknown keys), for every wrong value, in
+		// the order of their lines, and for every value that is right.
 		if again == nil {
 			again = new(rawConfig)
 			md2, _ = toml.Decode(text, again)
 		}
+		dst.SetZero()
 		var each []string
-		fail := func(err error, elem []int) { each = append(each, decodeError(text, err, kind, index, elem)) }
-		switch {
-		case kind == "listener" && index < len(again.Listeners):
-			decodeEach(&md2, again.Listeners[index], reflect.New(reflect.TypeFor[Listener]()).Elem(), nil, fail)
-		case kind == "backend" && index < len(again.Backends):
-			decodeEach(&md2, again.Backends[index], reflect.New(reflect.TypeFor[Backend]()).Elem(), nil, fail)
+		fail := func(err error, elem []int, v reflect.Value) {
+			each = append(each, decodeError(text, err, kind, index, elem))
+			v.SetZero()
+			failed.mark(v)
+		}
+		if q, ok := part(again); ok {
+			decodeEach(&md2, q, dst, nil, fail)
 		}
 		if len(each) == 0 {
+			// No key to blame: none of the table is taken as decoded.
+			dst.SetZero()
+			failed.mark(dst)
 			each = []string{decodeError(text, err, kind, index, nil)}
 		}
 		sort.SliceStable(each, func(a, b int) bool { return lineNumber(each[a]) < lineNumber(each[b]) })
@@ -176,17 +188,27 @@ func decodeParts(md *toml.MetaData, raw rawConfig, c *Config, text, source strin
 			errs = append(errs, source+":"+e)
 		}
 	}
-	one(raw.Log, &c.Log, "", 0)
-	one(raw.Admin, &c.Admin, "", 0)
-	one(raw.Shutdown, &c.Shutdown, "", 0)
-	one(raw.Reload, &c.Reload, "", 0)
+	one(raw.Log, reflect.ValueOf(&c.Log).Elem(), func(r *rawConfig) (toml.Primitive, bool) { return r.Log, true }, "", 0)
+	one(raw.Admin, reflect.ValueOf(&c.Admin).Elem(), func(r *rawConfig) (toml.Primitive, bool) { return r.Admin, true }, "", 0)
+	one(raw.Shutdown, reflect.ValueOf(&c.Shutdown).Elem(), func(r *rawConfig) (toml.Primitive, bool) { return r.Shutdown, true }, "", 0)
+	one(raw.Reload, reflect.ValueOf(&c.Reload).Elem(), func(r *rawConfig) (toml.Primitive, bool) { return r.Reload, true }, "", 0)
 	c.Listeners = make([]Listener, len(raw.Listeners))
 	for i := range raw.Listeners {
-		one(raw.Listeners[i], &c.Listeners[i], "listener", i)
+		one(raw.Listeners[i], reflect.ValueOf(&c.Listeners[i]).Elem(), func(r *rawConfig) (toml.Primitive, bool) {
+			if i < len(r.Listeners) {
+				return r.Listeners[i], true
+			}
+			return toml.Primitive{}, false
+		}, "listener", i)
 	}
 	c.Backends = make([]Backend, len(raw.Backends))
 	for i := range raw.Backends {
-		one(raw.Backends[i], &c.Backends[i], "backend", i)
+		one(raw.Backends[i], reflect.ValueOf(&c.Backends[i]).Elem(), func(r *rawConfig) (toml.Primitive, bool) {
+			if i < len(r.Backends) {
+				return r.Backends[i], true
+			}
+			return toml.Primitive{}, false
+		}, "backend", i)
 	}
 	if len(raw.Listeners) == 0 {
 		c.Listeners = nil
@@ -194,17 +216,72 @@ func decodeParts(md *toml.MetaData, raw rawConfig, c *Config, text, source strin
 	if len(raw.Backends) == 0 {
 		c.Backends = nil
 	}
-	return errs
+	return errs, failed
+}
+
+// failedSet holds the fields of a Config that did not decode, each by its
+// address (a typed pointer: &l.MaxSessions, &b.Keepalive), with every
+// field inside one that did not decode as a whole (keepalive = "60s").
+type failedSet map[any]bool
+
+// mark records v, an addressable field, and every field inside it.
+func (f failedSet) mark(v reflect.Value) {
+	if !v.CanAddr() {
+		return
+	}
+	f[v.Addr().Interface()] = true
+	switch v.Kind() {
+	case reflect.Struct:
+		for i := range v.NumField() {
+			if v.Type().Field(i).IsExported() {
+				f.mark(v.Field(i))
+			}
+		}
+	case reflect.Slice:
+		for i := range v.Len() {
+			f.mark(v.Index(i))
+		}
+	}
+}
+
+// derived adds to f the keys of k that the file left out when its
+// path_idle_timeout did not decode: applyDefaults derives them from that
+// (idle, interval, count, user_timeout), and the leg's plain defaults they
+// get instead are no value of the file's to check.
+func (f failedSet) derived(k *Keepalive) {
+	if !f[&k.PathIdleTimeout] {
+		return
+	}
+	for _, d := range []*Duration{&k.Idle, &k.Interval, &k.UserTimeout} {
+		if !d.Set {
+			f[d] = true
+		}
+	}
+	if k.Count == nil {
+		f[&k.Count] = true
+	}
+}
+
+// any tells whether any of the fields (pointers into the Config) did not
+// decode.
+func (f failedSet) any(fields ...any) bool {
+	for _, p := range fields {
+		if f[p] {
+			return true
+		}
+	}
+	return false
 }
 
 // decodeEach decodes the table p into the struct rv one key at a time,
-// and calls fail with the error of each key that does not decode, and
-// elem: which element p is of each array of tables on the way to it (the
-// second [[backend.server]] of its backend: [1]).
-func decodeEach(md *toml.MetaData, p toml.Primitive, rv reflect.Value, elem []int, fail func(error, []int)) {
+// and calls fail with the error of each key that does not decode, elem
+// (which element p is of each array of tables on the way to it: the
+// second [[backend.server]] of its backend: [1]) and the field it was for.
+// Every other key is decoded into rv.
+func decodeEach(md *toml.MetaData, p toml.Primitive, rv reflect.Value, elem []int, fail func(error, []int, reflect.Value)) {
 	var m map[string]toml.Primitive
 	if err := md.PrimitiveDecode(p, &m); err != nil {
-		fail(err, elem)
+		fail(err, elem, rv)
 		return
 	}
 	for _, k := range slices.Sorted(maps.Keys(m)) {
@@ -219,15 +296,17 @@ func decodeEach(md *toml.MetaData, p toml.Primitive, rv reflect.Value, elem []in
 		case t.Kind() == reflect.Slice && t.Elem().Kind() == reflect.Struct:
 			var elems []toml.Primitive
 			if err := md.PrimitiveDecode(m[k], &elems); err != nil {
-				fail(err, elem)
+				fail(err, elem, fv)
 				continue
 			}
+			s := reflect.MakeSlice(t, len(elems), len(elems))
+			fv.Set(s) // before the elements: what fail marks is fv's own
 			for j, e := range elems {
-				decodeTable(md, e, reflect.New(t.Elem()).Elem(), append(slices.Clip(elem), j), fail)
+				decodeTable(md, e, s.Index(j), append(slices.Clip(elem), j), fail)
 			}
 		default:
 			if err := md.PrimitiveDecode(m[k], fv.Addr().Interface()); err != nil {
-				fail(err, elem)
+				fail(err, elem, fv)
 			}
 		}
 	}
@@ -237,15 +316,55 @@ func decodeEach(md *toml.MetaData, p toml.Primitive, rv reflect.Value, elem []in
 // error as a whole when it has no key to blame: the library decodes a
 // value that is no table (keepalive = "60s") into decodeEach's map
 // without a word.
-func decodeTable(md *toml.MetaData, p toml.Primitive, rv reflect.Value, elem []int, fail func(error, []int)) {
+func decodeTable(md *toml.MetaData, p toml.Primitive, rv reflect.Value, elem []int, fail func(error, []int, reflect.Value)) {
 	err := md.PrimitiveDecode(p, rv.Addr().Interface())
 	if err == nil {
 		return
 	}
+	rv.SetZero() // half filled
 	failed := false
-	decodeEach(md, p, rv, elem, func(err error, elem []int) { failed = true; fail(err, elem) })
+	decodeEach(md, p, rv, elem, func(err error, elem []int, v reflect.Value) { failed = true; fail(err, elem, v) })
 	if !failed {
-		fail(err, elem)
+		fail(err, elem, rv)
+	}
+}
+
+// writtenEmpty returns whether text sets the key at path (keys, and the
+// indexes of arrays of tables: "listener", 0, "proxy_protocol") to "", in
+// any spelling TOML has: in a table, dotted, or inline. A key of the
+// wrong type (level = 3) or left out is not.
+func writtenEmpty(text string) func(path ...any) bool {
+	var tree map[string]any
+	toml.Decode(text, &tree) // decoded once already: no syntax error
+	return func(path ...any) bool {
+		var v any = tree
+		for _, p := range path {
+			switch p := p.(type) {
+			case string:
+				m, ok := v.(map[string]any)
+				if !ok {
+					return false
+				}
+				v = m[p]
+			case int:
+				switch a := v.(type) {
+				case []map[string]any:
+					if p >= len(a) {
+						return false
+					}
+					v = a[p]
+				case []any:
+					if p >= len(a) {
+						return false
+					}
+					v = a[p]
+				default:
+					return false
+				}
+			}
+		}
+		s, ok := v.(string)
+		return ok && s == ""
 	}
 }
 

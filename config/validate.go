@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -15,8 +16,11 @@ import (
 // (`listener "orders": ...`) and names the key. Each error and warning
 // comes with the table it is about (errAt, warnAt): which [[listener]] or
 // [[backend]] by its place in the file, for the line (withLines).
-// defaulted holds the durations the file left out (applyDefaults).
-func (c *Config) validate(defaulted map[*Duration]bool) (errs, warnings []string, errAt, warnAt []tablePos) {
+// defaulted holds the durations the file left out (applyDefaults); failed
+// the fields that did not decode (a value of the wrong type, reported as
+// such): a check that reads one is skipped, as its error would be made up
+// (`listen: "" is not host:port` for listen = 1522) or the same again.
+func (c *Config) validate(defaulted map[*Duration]bool, failed failedSet) (errs, warnings []string, errAt, warnAt []tablePos) {
 	var at tablePos // the table being checked
 	add := func(format string, a ...any) {
 		errs = append(errs, fmt.Sprintf(format, a...))
@@ -27,29 +31,34 @@ func (c *Config) validate(defaulted map[*Duration]bool) (errs, warnings []string
 		warnAt = append(warnAt, at)
 	}
 
-	switch c.Log.Level {
-	case "trace", "debug", "info", "warn", "error":
-	default:
-		add("log: level %q is not one of trace, debug, info, warn, error", c.Log.Level)
+	if !failed.any(&c.Log.Level) {
+		oneOf(add, "log: ", "level", c.Log.Level, "info", "trace", "debug", "info", "warn", "error")
 	}
-	switch c.Log.Format {
-	case "text", "json":
-	default:
-		add("log: format %q is not one of text, json", c.Log.Format)
+	if !failed.any(&c.Log.Format) {
+		oneOf(add, "log: ", "format", c.Log.Format, "text", "text", "json")
 	}
-	if c.Admin.Listen == "" { // written so (applyDefaults)
+	adminListen := false // a valid admin.listen, to check the listeners' against
+	switch {
+	case failed.any(&c.Admin.Listen):
+	case c.Admin.Listen == "": // written so (applyDefaults)
 		add("admin: listen is empty: the admin listener cannot be turned off; give HOST:PORT, or leave the key out for %s", DefaultAdminListen)
-	} else if err := checkHostPort(c.Admin.Listen); err != nil {
-		add("admin: listen: %v", err)
+	default:
+		if err := checkHostPort(c.Admin.Listen); err != nil {
+			add("admin: listen: %v", err)
+		} else {
+			adminListen = true
+		}
 	}
 	var err error
-	if c.Admin.AllowNets, err = parseNets(c.Admin.Allow); err != nil {
-		add("admin: allow: %v", err)
+	if !failed.any(&c.Admin.Allow) {
+		if c.Admin.AllowNets, err = parseNets(c.Admin.Allow); err != nil {
+			add("admin: allow: %v", err)
+		}
+		for _, m := range hostBitsSet(c.Admin.Allow) {
+			warn("admin: allow: %s", m)
+		}
 	}
-	for _, m := range hostBitsSet(c.Admin.Allow) {
-		warn("admin: allow: %s", m)
-	}
-	if host, _, err := net.SplitHostPort(c.Admin.Listen); err == nil {
+	if host, _, err := net.SplitHostPort(c.Admin.Listen); err == nil && !failed.any(&c.Admin.Listen, &c.Admin.Allow) {
 		if len(c.Admin.Allow) == 0 && !isLoopback(host) {
 			warn("admin: listen %q is reachable from other hosts and admin.allow is empty: anyone who reaches it sees your links", c.Admin.Listen)
 		}
@@ -59,13 +68,18 @@ func (c *Config) validate(defaulted map[*Duration]bool) (errs, warnings []string
 			warn("admin: allow leaves out 127.0.0.1: `tnsguard healthcheck` (the Docker HEALTHCHECK) asks from there, gets 403 and reports not ready")
 		}
 	}
-	if w := c.Reload.Watch.Duration; w > 0 && w < time.Second {
+	if w := c.Reload.Watch.Duration; w > 0 && w < time.Second && !failed.any(&c.Reload.Watch) {
 		add("reload: watch %q is under 1s: reading the file more often finds no change sooner than a person or kubelet makes it; use 0s (off) or 1s and up", w)
 	}
 
 	// named says where a table is in messages, checks its name is set and
-	// unique among seen, and records it there.
-	named := func(kind, name string, i int, seen map[string]bool) (where string) {
+	// unique among seen, and records it there. A name that did not decode
+	// is none: the table is named by its place.
+	named := func(kind string, field *string, i int, seen map[string]bool) (where string) {
+		if failed.any(field) {
+			return fmt.Sprintf("%s #%d", kind, i+1)
+		}
+		name := *field
 		where = fmt.Sprintf("%s %q", kind, name)
 		if name == "" {
 			where = fmt.Sprintf("%s #%d", kind, i+1)
@@ -87,12 +101,27 @@ func (c *Config) validate(defaulted map[*Duration]bool) (errs, warnings []string
 	}
 
 	backends := map[string]bool{}
+	unnamed := false // a backend whose name did not decode: a listener's may be it
 	for i := range c.Backends {
 		b := &c.Backends[i]
 		at = tablePos{"backend", i}
-		where := named("backend", b.Name, i, backends)
-		e, w := b.validate(defaulted)
+		where := named("backend", &b.Name, i, backends)
+		unnamed = unnamed || failed.any(&b.Name)
+		e, w := b.validate(defaulted, failed)
 		report(where, "", e, w)
+	}
+	// backend is the backend named name whose every key in fields (of
+	// it, given it) decoded; nil when there is none.
+	backend := func(name string, fields func(b *Backend) []any) *Backend {
+		for i := range c.Backends {
+			if b := &c.Backends[i]; !failed.any(&b.Name) && b.Name == name {
+				if failed.any(fields(b)...) {
+					return nil
+				}
+				return b
+			}
+		}
+		return nil
 	}
 
 	names := map[string]bool{}
@@ -100,36 +129,45 @@ func (c *Config) validate(defaulted map[*Duration]bool) (errs, warnings []string
 	for i := range c.Listeners {
 		l := &c.Listeners[i]
 		at = tablePos{"listener", i}
-		where := named("listener", l.Name, i, names)
-		if err := checkHostPort(l.Listen); err != nil {
+		where := named("listener", &l.Name, i, names)
+		listen := !failed.any(&l.Listen) // a listen to check
+		if !listen {
+		} else if err := checkHostPort(l.Listen); err != nil {
 			add("%s: listen: %v", where, err)
 		} else if other, dup := listenerOn(addrs, l.Listen); dup {
 			add("%s: listen %q is also used by listener %q", where, l.Listen, other)
-		} else if SameSocket(l.Listen, c.Admin.Listen) {
+		} else if adminListen && SameSocket(l.Listen, c.Admin.Listen) {
 			add("%s: listen %q takes the address of admin.listen %q: one of them could not start", where, l.Listen, c.Admin.Listen)
 		} else if host, _, _ := net.SplitHostPort(l.Listen); host != "" && !isIP(host) {
 			// Go listens on the first address the name has (localhost:
 			// 127.0.0.1, not ::1, where Node.js tries ::1 first).
 			warn("%s: listen %q names a host: tnsguard listens on one of its addresses only, looked up at start; give the IP address to listen on", where, l.Listen)
 		}
+		// The backends it names are known.
+		targets := !failed.any(&l.Backend, &l.Routes)
 		for _, name := range l.Backends() { // another listener's backend may chain through this one: no loop
-			if b := c.Backend(name); b != nil {
-				for _, srv := range b.Servers {
-					if loopsBack(l.Listen, srv.Address) {
+			if b := backend(name, func(b *Backend) []any { return []any{&b.Servers} }); b != nil && listen && targets {
+				for j := range b.Servers {
+					srv := &b.Servers[j]
+					if !failed.any(&srv.Address) && loopsBack(l.Listen, srv.Address) {
 						add("%s: listen %q is server %q of backend %q: each session would dial the listener again, until the fds run out", where, l.Listen, srv.Address, b.Name)
 					}
 				}
 			}
 		}
-		addrs[l.Listen] = l.Name
-		if l.Backend == "" && l.Routes["*"] == "" {
+		if listen {
+			addrs[l.Listen] = l.Name
+		}
+		switch {
+		case !targets:
+		case l.Backend == "" && l.Routes["*"] == "":
 			add("%s: backend is empty", where)
-		} else if l.Backend != "" && !backends[l.Backend] {
+		case l.Backend != "" && !backends[l.Backend] && !unnamed:
 			add("%s: backend %q is not defined", where, l.Backend)
 		}
 		folded := map[string]string{}
 		for _, svc := range sortedKeys(l.Routes) {
-			if !backends[l.Routes[svc]] {
+			if !backends[l.Routes[svc]] && !unnamed {
 				add("%s: routes: %q routes to backend %q, which is not defined", where, svc, l.Routes[svc])
 			}
 			// Service names match case-insensitively, as Oracle's do: two
@@ -149,7 +187,8 @@ func (c *Config) validate(defaulted map[*Duration]bool) (errs, warnings []string
 		if star, ok := l.Routes["*"]; ok {
 			def = star
 		}
-		if b := c.Backend(def); b != nil && b.ReplayBytes != nil && *b.ReplayBytes < MinRouteBytes && (len(l.Routes) > 0 || len(l.Services) > 0) {
+		if b := backend(def, func(b *Backend) []any { return []any{&b.ReplayBytes} }); targets && !failed.any(&l.Services) &&
+			b != nil && b.ReplayBytes != nil && *b.ReplayBytes < MinRouteBytes && (len(l.Routes) > 0 || len(l.Services) > 0) {
 			// The app's opening is held, up to replay_bytes, until it is read:
 			// with less, no CONNECT is ever in hand.
 			if len(l.Routes) > 0 {
@@ -158,41 +197,45 @@ func (c *Config) validate(defaulted map[*Duration]bool) (errs, warnings []string
 				warn("%s: services need the app's CONNECT, and backend %q holds an opening only up to replay_bytes %d: below %d the service label is often \"other\"", where, def, *b.ReplayBytes, MinRouteBytes)
 			}
 		}
-		switch l.ProxyProtocol {
-		case "off", "optional", "required":
-		default:
-			add("%s: proxy_protocol %q is not one of off, optional, required", where, l.ProxyProtocol)
+		// The checks that read proxy_protocol need one of its values:
+		// "loud" or "" needs no trusted_proxies.
+		proxy := !failed.any(&l.ProxyProtocol) && oneOf(add, where+": ", "proxy_protocol", l.ProxyProtocol, "off", "off", "optional", "required")
+		trusted := !failed.any(&l.TrustedProxies)
+		if trusted {
+			if l.TrustedNets, err = parseNets(l.TrustedProxies); err != nil {
+				add("%s: trusted_proxies: %v", where, err)
+			}
+			for _, m := range hostBitsSet(l.TrustedProxies) {
+				warn("%s: trusted_proxies: %s", where, m)
+			}
 		}
-		if l.TrustedNets, err = parseNets(l.TrustedProxies); err != nil {
-			add("%s: trusted_proxies: %v", where, err)
-		}
-		for _, m := range hostBitsSet(l.TrustedProxies) {
-			warn("%s: trusted_proxies: %s", where, m)
-		}
-		if l.ProxyProtocol == "off" && len(l.TrustedProxies) > 0 {
+		if !proxy {
+		} else if l.ProxyProtocol == "off" && trusted && len(l.TrustedProxies) > 0 {
 			// The balancer's header would reach the database as the app's
 			// first bytes, and every session through it would fail.
 			warn("%s: trusted_proxies is set but proxy_protocol is \"off\": PROXY headers from them are passed to the backend as the app's bytes; set proxy_protocol = \"required\" (or \"optional\")", where)
 		}
-		if l.ProxyProtocol != "off" && l.ProxyHeaderTimeout.Duration <= 0 {
+		if proxy && l.ProxyProtocol != "off" && l.ProxyHeaderTimeout.Duration <= 0 && !failed.any(&l.ProxyHeaderTimeout) {
 			add("%s: proxy_header_timeout must be > 0 when proxy_protocol is %q", where, l.ProxyProtocol)
 		}
-		if l.ProxyProtocol != "off" && len(l.TrustedProxies) == 0 {
+		if proxy && l.ProxyProtocol != "off" && trusted && len(l.TrustedProxies) == 0 {
 			add("%s: proxy_protocol %q needs trusted_proxies: PROXY headers are honoured only from them", where, l.ProxyProtocol)
 		}
-		if l.AllowNets, err = parseNets(l.Allow); err != nil {
-			add("%s: allow: %v", where, err)
+		if !failed.any(&l.Allow) {
+			if l.AllowNets, err = parseNets(l.Allow); err != nil {
+				add("%s: allow: %v", where, err)
+			}
+			for _, m := range hostBitsSet(l.Allow) {
+				warn("%s: allow: %s", where, m)
+			}
 		}
-		for _, m := range hostBitsSet(l.Allow) {
-			warn("%s: allow: %s", where, m)
-		}
-		if l.MaxSessions < 0 {
+		if l.MaxSessions < 0 && !failed.any(&l.MaxSessions) {
 			add("%s: max_sessions must not be negative", where)
 		}
-		if l.MaxSessionsPerSource < 0 {
+		if l.MaxSessionsPerSource < 0 && !failed.any(&l.MaxSessionsPerSource) {
 			add("%s: max_sessions_per_source must not be negative", where)
 		}
-		e, w := l.Keepalive.validate()
+		e, w := l.Keepalive.validate(failed)
 		report(where, "keepalive.", e, w)
 	}
 	at = tablePos{}
@@ -200,6 +243,21 @@ func (c *Config) validate(defaulted map[*Duration]bool) (errs, warnings []string
 		add("no [[listener]] is defined")
 	}
 	return errs, warnings, errAt, warnAt
+}
+
+// oneOf checks with add a key of a few values (prefix names its table),
+// "" too (written so: applyDefaults left it), and tells whether value is
+// one of values; dflt is the key's default.
+func oneOf(add func(string, ...any), prefix, key, value, dflt string, values ...string) bool {
+	if slices.Contains(values, value) {
+		return true
+	}
+	if value == "" {
+		add("%s%s is empty: give one of %s, or leave the key out for %q", prefix, key, strings.Join(values, ", "), dflt)
+	} else {
+		add("%s%s %q is not one of %s", prefix, key, value, strings.Join(values, ", "))
+	}
+	return false
 }
 
 // tablePos is a [[listener]] or [[backend]] by its place among those of
@@ -210,9 +268,11 @@ type tablePos struct {
 }
 
 // validate checks a backend; defaulted holds the durations the file left
-// out (Config.defaulted).
-func (b *Backend) validate(defaulted map[*Duration]bool) (errs, warnings []string) {
+// out (Config.defaulted), failed the keys that did not decode (a check
+// that reads one is skipped).
+func (b *Backend) validate(defaulted map[*Duration]bool, failed failedSet) (errs, warnings []string) {
 	add := func(format string, a ...any) { errs = append(errs, fmt.Sprintf(format, a...)) }
+	ok := func(fields ...any) bool { return !failed.any(fields...) }
 	// dflt marks a value in a message as a default, a key the file never
 	// wrote: a file that sets only a short health.interval, or a long
 	// connect_timeout, meets the default of the other key.
@@ -222,27 +282,28 @@ func (b *Backend) validate(defaulted map[*Duration]bool) (errs, warnings []strin
 		}
 		return ""
 	}
-	switch b.Balance {
-	case "priority", "round_robin", "least_sessions":
-	default:
-		add("balance %q is not one of priority, round_robin, least_sessions", b.Balance)
+	if ok(&b.Balance) {
+		oneOf(add, "", "balance", b.Balance, "priority", "priority", "round_robin", "least_sessions")
 	}
-	if b.ConnectTimeout.Duration <= 0 {
+	if b.ConnectTimeout.Duration <= 0 && ok(&b.ConnectTimeout) {
 		add("connect_timeout must be > 0")
 	}
-	if b.ConnectBudget.Duration < b.ConnectTimeout.Duration {
+	if b.ConnectBudget.Duration < b.ConnectTimeout.Duration && ok(&b.ConnectBudget, &b.ConnectTimeout) {
 		add("connect_budget (%v%s) must be at least connect_timeout (%v)", b.ConnectBudget.Duration, dflt(&b.ConnectBudget), b.ConnectTimeout.Duration)
 	}
-	if b.Backoff.Duration <= 0 {
+	if !ok(&b.Backoff) {
+	} else if b.Backoff.Duration <= 0 {
 		add("backoff must be > 0")
 	} else if b.Backoff.Duration < minBackoff {
 		// "1ns" passed: a session waiting out an outage dialed the
 		// refusing servers some 50,000 times a second, on a whole core.
 		add("backoff %v is under %v: each pause ends in a round of dials, and with none every waiting session dials the servers without a break (tens of thousands a second while they refuse)", b.Backoff.Duration, minBackoff)
 	}
-	if b.BackoffMax.Duration < b.Backoff.Duration {
+	if b.BackoffMax.Duration < b.Backoff.Duration && ok(&b.BackoffMax, &b.Backoff) {
 		add("backoff_max (%v) must be at least backoff (%v)", b.BackoffMax.Duration, b.Backoff.Duration)
 	}
+	retries := ok(&b.RetryOn) // what retry_on says is known
+	replay := ok(&b.ReplayBytes)
 	for _, r := range b.RetryOn {
 		switch r {
 		case "connect", "reset", "refuse":
@@ -251,118 +312,121 @@ func (b *Backend) validate(defaulted map[*Duration]bool) (errs, warnings []strin
 		}
 	}
 	for _, code := range b.RefuseErrors {
-		if code <= 0 || code > 99999 {
+		if (code <= 0 || code > 99999) && ok(&b.RefuseErrors) {
 			add("refuse_errors: %d is not an ORA error number (1 to 99999)", code)
 		}
 	}
-	if b.Retries("refuse") && len(b.RefuseErrors) == 0 {
+	if b.Retries("refuse") && len(b.RefuseErrors) == 0 && retries && ok(&b.RefuseErrors) {
 		warnings = append(warnings, `retry_on "refuse" retries only the REFUSE codes in refuse_errors, and refuse_errors is empty: no REFUSE is retried; leave refuse_errors out for the default codes`)
 	}
-	if *b.ReplayBytes < 0 || *b.ReplayBytes > 16<<20 {
+	if (*b.ReplayBytes < 0 || *b.ReplayBytes > 16<<20) && replay {
 		add("replay_bytes %d must be between 0 and %d", *b.ReplayBytes, 16<<20)
 	}
-	switch b.SendProxyProtocol {
-	case "off", "v1", "v2":
-	default:
-		add("send_proxy_protocol %q is not one of off, v1, v2", b.SendProxyProtocol)
+	if ok(&b.SendProxyProtocol) {
+		oneOf(add, "", "send_proxy_protocol", b.SendProxyProtocol, "off", "off", "v1", "v2")
 	}
-	switch b.Redirect {
-	case "pass", "follow":
-	default:
-		add("redirect %q is not one of pass, follow", b.Redirect)
+	if ok(&b.Redirect) {
+		oneOf(add, "", "redirect", b.Redirect, "pass", "pass", "follow")
 	}
-	if b.Redirect == "follow" && *b.ReplayBytes < MinRouteBytes {
+	if b.Redirect == "follow" && *b.ReplayBytes < MinRouteBytes && replay {
 		// Below it an app's CONNECT (node-oracledb's: some 500 bytes) is
 		// often not kept: its REDIRECT then goes to the app, uncounted.
 		add(`redirect = "follow" needs replay_bytes of at least %d (the app's CONNECT is sent again, to the address the REDIRECT names), not %d`, MinRouteBytes, *b.ReplayBytes)
 	}
-	if b.Retries("refuse") && *b.ReplayBytes < MinRouteBytes {
+	if b.Retries("refuse") && *b.ReplayBytes < MinRouteBytes && retries && replay {
 		// The REFUSE is held back and the CONNECT replayed only when the
 		// CONNECT was kept: an app whose CONNECT is longer gets the REFUSE
 		// (go-ora's is some 250 to 600 bytes, node-oracledb's some 500).
 		warnings = append(warnings, fmt.Sprintf(`retry_on "refuse" needs the app's CONNECT kept: with replay_bytes %d (below %d) an app whose CONNECT is longer gets the listener's REFUSE (ORA-12514 at a switchover) instead of the next server`, *b.ReplayBytes, MinRouteBytes))
 	}
-	e, w := b.Keepalive.validate()
+	e, w := b.Keepalive.validate(failed)
 	for _, m := range e {
 		add("keepalive.%s", m)
 	}
 	for _, m := range w {
 		warnings = append(warnings, "keepalive."+m)
 	}
-	h := b.Health
-	switch h.Check {
-	case "tcp", "tnsping", "off":
-	default:
-		add("health.check %q is not one of tcp, tnsping, off", h.Check)
-	}
-	if h.Interval.Duration < minHealthInterval {
+	h := &b.Health
+	// The checks that read health.check need one of its values.
+	check := ok(&h.Check) && oneOf(add, "", "health.check", h.Check, "tcp", "tcp", "tnsping", "off")
+	if h.Interval.Duration < minHealthInterval && ok(&h.Interval) {
 		// "1ns" passed: a busy loop of checks, or with "1ms" a thousand
 		// connections a second to the database.
 		add("health.interval must be at least %v: each check is a connection to the server", minHealthInterval)
 	}
-	if h.Timeout.Duration <= 0 || h.Timeout.Duration > h.Interval.Duration {
+	if (h.Timeout.Duration <= 0 || h.Timeout.Duration > h.Interval.Duration) && ok(&h.Timeout, &h.Interval) {
 		add("health.timeout (%v%s) must be > 0 and at most health.interval (%v)", h.Timeout.Duration, dflt(&b.Health.Timeout), h.Interval.Duration)
 	}
 	// One message per key, so that each names the line of its own key.
-	if *h.Rise < 1 {
+	if *h.Rise < 1 && ok(&h.Rise) {
 		add("health.rise must be at least 1")
 	}
-	if *h.Fall < 1 {
+	if *h.Fall < 1 && ok(&h.Fall) {
 		add("health.fall must be at least 1")
 	}
-	if h.Service != "" && h.Check != "tnsping" {
+	service := ok(&h.Service)
+	if h.Service != "" && h.Check != "tnsping" && service && check {
 		add("health.service needs check = \"tnsping\"")
 	}
-	if strings.ContainsAny(h.Service, "()=\"\\ \t\r\n") {
+	if strings.ContainsAny(h.Service, "()=\"\\ \t\r\n") && service {
 		add("health.service %q: a service name has no spaces, parentheses, '=', quotes or backslashes", h.Service)
 	}
-	if *b.Breaker.Failures < 0 {
+	if *b.Breaker.Failures < 0 && ok(&b.Breaker.Failures) {
 		add("breaker.failures must not be negative (0 turns the breaker off)")
 	}
-	if b.Breaker.OpenFor.Duration <= 0 {
+	if b.Breaker.OpenFor.Duration <= 0 && ok(&b.Breaker.OpenFor) {
 		add("breaker.open_for must be > 0")
 	}
-	if b.Breaker.MaxOpenFor.Duration < b.Breaker.OpenFor.Duration {
+	if b.Breaker.MaxOpenFor.Duration < b.Breaker.OpenFor.Duration && ok(&b.Breaker.MaxOpenFor, &b.Breaker.OpenFor) {
 		add("breaker.max_open_for (%v) must be at least breaker.open_for (%v)", b.Breaker.MaxOpenFor.Duration, b.Breaker.OpenFor.Duration)
 	}
-	if len(b.Servers) == 0 {
+	if len(b.Servers) == 0 && ok(&b.Servers) {
 		add("no [[backend.server]] is defined")
 	}
 	seen := map[string]bool{}
 	usable, negative := false, false
-	for i, s := range b.Servers {
-		usable = usable || *s.Weight > 0
+	weights := ok(&b.Servers) // every server's weight is known
+	for i := range b.Servers {
+		s := &b.Servers[i]
+		weight := ok(&s.Weight)
+		weights = weights && weight
+		usable = usable || weight && *s.Weight > 0
 		// A server is named by its address; one without is named by its
 		// place, as a table without a name is (`server #2: `), so that
 		// lineOf finds its own [[backend.server]] rather than the
 		// backend's header.
 		where := fmt.Sprintf("server %q", s.Address)
-		if s.Address == "" {
+		switch {
+		case !ok(&s.Address):
+			where = fmt.Sprintf("server #%d", i+1)
+		case s.Address == "":
 			where = fmt.Sprintf("server #%d", i+1)
 			add("%s: address is empty: give the database's HOST:PORT", where)
-		} else if err := checkHostPort(s.Address); err != nil {
-			add("%s: address: %v", where, err)
-		} else if _, port, _ := net.SplitHostPort(s.Address); strings.Trim(port, "0") == "" {
-			add("%s: address: port 0 cannot be dialed", where)
-		} else if seen[serverKey(s.Address)] {
-			add("%s: defined twice", where)
+		default:
+			if err := checkHostPort(s.Address); err != nil {
+				add("%s: address: %v", where, err)
+			} else if _, port, _ := net.SplitHostPort(s.Address); strings.Trim(port, "0") == "" {
+				add("%s: address: port 0 cannot be dialed", where)
+			} else if seen[serverKey(s.Address)] {
+				add("%s: defined twice", where)
+			}
+			seen[serverKey(s.Address)] = true
 		}
-		seen[serverKey(s.Address)] = true
-		if *s.Weight < 0 {
+		if weight && *s.Weight < 0 {
 			add("%s: weight must not be negative", where)
 			negative = true
 		}
 	}
-	if len(b.Servers) > 0 && !usable && !negative { // a negative weight has its own message
+	if len(b.Servers) > 0 && !usable && !negative && weights { // a negative weight has its own message
 		add("every server has weight 0: no session can use this backend")
 	}
 	taking := 0
-	for _, s := range b.Servers {
-		if *s.Weight > 0 {
+	for i := range b.Servers {
+		if s := &b.Servers[i]; ok(&s.Weight) && *s.Weight > 0 {
 			taking++
 		}
 	}
-	if h.Check == "tnsping" && h.Service == "" && taking > 1 && !b.Retries("refuse") {
+	if h.Check == "tnsping" && h.Service == "" && taking > 1 && !b.Retries("refuse") && check && service && retries {
 		// An Oracle listener answers (and passes tnsping) before its
 		// service registers: after a restart, fail-back sends sessions to
 		// it, and at a switchover the old primary keeps taking them; each
@@ -373,39 +437,43 @@ func (b *Backend) validate(defaulted map[*Duration]bool) (errs, warnings []strin
 	return errs, warnings
 }
 
-func (k *Keepalive) validate() (errs, warnings []string) {
+// validate checks a leg's keepalive; failed holds the keys that did not
+// decode (and those derived from a path_idle_timeout that did not:
+// failedSet.derived): a check that reads one is skipped.
+func (k *Keepalive) validate(failed failedSet) (errs, warnings []string) {
 	add := func(format string, a ...any) { errs = append(errs, fmt.Sprintf(format, a...)) }
-	if k.Idle.Duration > 0 && k.Idle.Duration < time.Second {
+	idle, interval, count, user := !failed.any(&k.Idle), !failed.any(&k.Interval), !failed.any(&k.Count), !failed.any(&k.UserTimeout)
+	if k.Idle.Duration > 0 && k.Idle.Duration < time.Second && idle {
 		add("idle %v: the kernel counts keepalive in whole seconds; use at least 1s, or 0s to turn keepalive off", k.Idle.Duration)
 	}
-	if *k.Count < 0 {
+	if *k.Count < 0 && count {
 		add("count must not be negative")
 	}
-	if k.Idle.Duration > 0 {
-		if *k.Count > keepalive.MaxCount {
+	if k.Idle.Duration > 0 && idle {
+		if *k.Count > keepalive.MaxCount && count {
 			add("count %d: the kernel allows at most %d", *k.Count, keepalive.MaxCount)
 		}
 		if k.Idle.Duration > keepalive.MaxSeconds {
 			add("idle %v: the kernel allows at most %v", k.Idle.Duration, keepalive.MaxSeconds)
 		}
-		if k.Interval.Duration > keepalive.MaxSeconds {
+		if k.Interval.Duration > keepalive.MaxSeconds && interval {
 			add("interval %v: the kernel allows at most %v", k.Interval.Duration, keepalive.MaxSeconds)
 		}
 	}
-	if k.UserTimeout.Duration > keepalive.MaxUserTimeout {
+	if k.UserTimeout.Duration > keepalive.MaxUserTimeout && user {
 		add("user_timeout %v: the kernel allows at most %v", k.UserTimeout.Duration, keepalive.MaxUserTimeout)
 	}
-	if k.UserTimeout.Duration > 0 && k.UserTimeout.Duration < time.Millisecond {
+	if k.UserTimeout.Duration > 0 && k.UserTimeout.Duration < time.Millisecond && user {
 		// The kernel counts milliseconds: "500us" would be 0, its default.
 		add("user_timeout %v: the kernel counts whole milliseconds; use at least 1ms, or 0s for the kernel's default", k.UserTimeout.Duration)
 	}
-	if k.Idle.Duration > 0 && *k.Count > 0 && k.Interval.Duration < time.Second {
+	if k.Idle.Duration > 0 && *k.Count > 0 && k.Interval.Duration < time.Second && idle && count && interval {
 		add("interval %v must be at least 1s when count > 0", k.Interval.Duration)
 	}
-	if k.Idle.Duration > 0 && *k.Count == 0 {
+	if k.Idle.Duration > 0 && *k.Count == 0 && idle && count {
 		add("count must be at least 1 when idle is set (idle = \"0s\" turns keepalive off)")
 	}
-	if len(errs) > 0 || k.Idle.Duration == 0 {
+	if len(errs) > 0 || k.Idle.Duration == 0 || !(idle && interval && count && user) || failed.any(&k.PathIdleTimeout) {
 		return errs, nil
 	}
 	probes := k.Settings().ProbeSpan()
