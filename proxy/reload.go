@@ -64,32 +64,37 @@ func dupListener(ln *net.TCPListener) (*os.File, error) {
 // the listener it is to its users, whose sessions then count against its
 // max_sessions and max_sessions_per_source and follow its keepalive
 // (retuneSessions). That is, by its name, the running listener (moved to
-// another address, or re-spelled), else the listener whose socket it takes
-// if cfg drops that one's name (a rename), else the one an earlier reload
-// removed while its sessions live (put back); else new counts. A socket
+// another address, or re-spelled), else the one an earlier reload removed
+// while its sessions live (put back), else the listener whose socket it
+// takes if cfg drops that one's name (a rename); else new counts. A socket
 // goes where its address does, its sessions where their listener's name
 // does: after a swap of two listeners' addresses each keeps its own, and
 // a listener that moves onto the address of one that the reload removes
 // keeps its own too (the removed one's go on uncounted, as a removed
-// listener's do). Under p.mu.
+// listener's do), also one put back there. Under p.mu.
 func (p *Proxy) slotsFor(cfg *config.Config, name string, sock *listener) *admitted {
 	if l := p.listeners[name]; l != nil {
 		return l.admitted
 	}
+	if a := p.removed[name]; a != nil && a.active.Load() > 0 {
+		return a // (kept one reload more with none: keepRemoved)
+	}
 	if sock != nil && !hasListener(cfg, sock.name) {
 		return sock.admitted
-	}
-	if a := p.removed[name]; a != nil {
-		return a
 	}
 	return &admitted{perSource: map[netip.Addr]int{}}
 }
 
 // keepRemoved records the admission counts of the running listeners that
 // listeners (the new ones) neither have by name nor took over (a rename),
-// while sessions live on them, for a listener of that name that a later
-// reload puts back (slotsFor); and forgets those that came back or have
-// no session left. Under p.mu, with p.listeners still the running ones.
+// for a listener of that name that a later reload puts back (slotsFor);
+// and forgets those that came back, or that an earlier reload removed and
+// have no session left. One removed now is kept even with no session: a
+// connection it accepted before its socket closed may still be on its way
+// in (waiting for this reload's p.mu in current, or for its PROXY header)
+// and be admitted against these counts after the reload; until the next
+// reload it is in them. Under p.mu, with p.listeners still the running
+// ones.
 func (p *Proxy) keepRemoved(listeners map[string]*listener) {
 	held := make(map[*admitted]bool, len(listeners))
 	for _, l := range listeners {
@@ -101,7 +106,7 @@ func (p *Proxy) keepRemoved(listeners map[string]*listener) {
 		}
 	}
 	for name, old := range p.listeners {
-		if listeners[name] == nil && !held[old.admitted] && old.active.Load() > 0 {
+		if listeners[name] == nil && !held[old.admitted] {
 			p.removed[name] = old.admitted
 		}
 	}

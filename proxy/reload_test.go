@@ -1512,3 +1512,122 @@ func TestRenameRetunesAnIdleSession(t *testing.T) {
 	atLimit(t, h, "n", x, 1)
 	echoed(t, c, "after")
 }
+
+// A connection that a listener accepted before a reload removed it, and
+// that is admitted after that reload (it waited for its PROXY header, or
+// for the reload's lock), is one of the removed listener's sessions: a
+// reload that puts the listener back gives it back too. It was dropped
+// when the listener had no other session at its removal: the listener put
+// back let in one more than its max_sessions, and the session kept its
+// keepalive.
+func TestListenerPutBackTakesASessionAdmittedAfterItsRemoval(t *testing.T) {
+	be := newBackend(t, echo)
+	x, y := fmt.Sprintf("127.0.0.1:%d", freePort(t)), fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	cfg := func(ls ...lspec) *config.Config {
+		return mustParse(t, strings.Replace(listenersConfig(be.addr(), ls...), "name = \"l\"\n",
+			"name = \"l\"\nproxy_protocol = \"required\"\ntrusted_proxies = [\"127.0.0.1/32\"]\n", 1))
+	}
+	header := func(port int) []byte { return []byte(fmt.Sprintf("PROXY TCP4 10.0.0.1 10.0.0.2 %d 1521\r\n", port)) }
+	h := startProxy(t, listenersConfig(be.addr(), lspec{"m", y, 0, "9s"}))
+	if err := h.p.Apply(cfg(lspec{"l", x, 1, "7s"}, lspec{"m", y, 0, "9s"})); err != nil {
+		t.Fatal(err)
+	}
+	c, err := net.Dial("tcp", x)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	h.p.mu.Lock()
+	lln := h.p.listeners["l"].ln
+	h.p.mu.Unlock()
+	raw, err := lln.SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 2*time.Second, "l's accept loop to take the connection (it then waits for its header)", func() bool {
+		queued := uint8(1)
+		raw.Control(func(fd uintptr) {
+			if ti, err := unix.GetsockoptTCPInfo(int(fd), unix.IPPROTO_TCP, unix.TCP_INFO); err == nil {
+				queued = uint8(min(ti.Unacked, 1)) // a listening socket's accept queue
+			}
+		})
+		return queued == 0
+	})
+	if err := h.p.Apply(cfg(lspec{"m", y, 0, "9s"})); err != nil {
+		t.Fatal(err)
+	}
+	c.Write(header(1000))
+	echoed(t, c, "admitted after l's removal")
+	if err := h.p.Apply(cfg(lspec{"l", x, 1, "5s"}, lspec{"m", y, 0, "9s"})); err != nil {
+		t.Fatal(err)
+	}
+	ss := h.p.liveSessions()
+	if len(ss) != 1 {
+		t.Fatalf("%d sessions, want 1", len(ss))
+	}
+	legSettings(t, ss[0], appKA(5*time.Second), dbKA)
+	d, err := net.Dial("tcp", x)
+	if err == nil {
+		d.Write(header(1001))
+		err, _ = readErr(d, 2*time.Second)
+		d.Close()
+	}
+	if !errors.Is(err, syscall.ECONNRESET) {
+		t.Fatalf("a session over the put-back listener's max_sessions: %v, want a reset", err)
+	}
+	echoed(t, c, "after")
+}
+
+// A listener put back onto the address of another that the same reload
+// removes takes its own sessions back, as put back anywhere else, and
+// keeps them, as any listener moving onto a removed one's address does:
+// they count against its max_sessions and get its keepalive; the removed
+// listener's go on as a removed listener's. It took the removed
+// listener's instead, as if that one had been renamed, and its own stayed
+// uncounted with the keepalive they had.
+func TestListenerPutBackOntoARemovedListenersAddressTakesItsOwnSessions(t *testing.T) {
+	be := newBackend(t, echo)
+	x, y, z := fmt.Sprintf("127.0.0.1:%d", freePort(t)), fmt.Sprintf("127.0.0.1:%d", freePort(t)), fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	h := startProxy(t, listenersConfig(be.addr(), lspec{"l", x, 1, "7s"}, lspec{"m", y, 1, "9s"}, lspec{"k", z, 0, "8s"}))
+	cl, cm := h.dial("l"), h.dial("m")
+	echoed(t, cl, "l's")
+	echoed(t, cm, "m's")
+	sl, sm := sessionOf(t, h.p, cl), sessionOf(t, h.p, cm)
+	if err := h.p.Apply(mustParse(t, listenersConfig(be.addr(), lspec{"m", y, 1, "9s"}, lspec{"k", z, 0, "8s"}))); err != nil {
+		t.Fatal(err)
+	}
+	if err := h.p.Apply(mustParse(t, listenersConfig(be.addr(), lspec{"l", y, 1, "5s"}, lspec{"k", z, 0, "8s"}))); err != nil {
+		t.Fatal(err)
+	}
+	legSettings(t, sl, appKA(5*time.Second), dbKA) // l's, put back
+	legSettings(t, sm, appKA(9*time.Second), dbKA) // a removed listener's: as they were
+	atLimit(t, h, "l", y, 1)
+	cm.Close()
+	waitFor(t, 2*time.Second, "m's session to end", func() bool { return len(h.p.liveSessions()) == 1 })
+	atLimit(t, h, "l", y, 2) // m's session freed no slot of l's
+	cl.Close()
+	waitFor(t, 2*time.Second, "l's session to end", func() bool { return len(h.p.liveSessions()) == 0 })
+	echoed(t, h.dial("l"), "the slot l's session freed")
+}
+
+// A listener removed with no session is kept one reload more (a session
+// it accepted may still be on its way in), but with still none it yields
+// its name to a rename: the renamed listener's sessions go on counting
+// against the limits of the name and get its keepalive.
+func TestRenameOntoTheNameOfAListenerRemovedEmptyKeepsItsSessions(t *testing.T) {
+	be := newBackend(t, echo)
+	x, y := fmt.Sprintf("127.0.0.1:%d", freePort(t)), fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	h := startProxy(t, listenersConfig(be.addr(), lspec{"a", x, 1, "7s"}, lspec{"b", y, 1, "9s"}))
+	c := h.dial("b")
+	echoed(t, c, "b's")
+	s := sessionOf(t, h.p, c)
+	if err := h.p.Apply(mustParse(t, listenersConfig(be.addr(), lspec{"b", y, 1, "9s"}))); err != nil {
+		t.Fatal(err)
+	}
+	if err := h.p.Apply(mustParse(t, listenersConfig(be.addr(), lspec{"a", y, 1, "5s"}))); err != nil {
+		t.Fatal(err)
+	}
+	legSettings(t, s, appKA(5*time.Second), dbKA)
+	atLimit(t, h, "a", y, 1)
+	echoed(t, c, "after")
+}
