@@ -87,6 +87,30 @@ type logSink struct {
 	raw   bytes.Buffer
 	lines []map[string]any
 	part  []byte
+	// The process has exited (ended), and its last lines have been read
+	// from the pipe (complete, closed when exitMarker comes through it).
+	ended    atomic.Bool
+	complete chan struct{}
+}
+
+// exitMarker is the line the harness writes into tnsguard's log pipe
+// once the process has exited: every line it wrote comes before it.
+const exitMarker = "e2e harness: tnsguard exited"
+
+func newLogSink() *logSink { return &logSink{complete: make(chan struct{})} }
+
+// settle waits, once the process has exited, until its last lines are
+// read: Wait returns when it exits, and the goroutine that copies the pipe
+// may not have read them yet (a line the test looked for right after
+// g.done was missing). A stalled sink is waited for 5 s at most.
+func (s *logSink) settle() {
+	if !s.ended.Load() {
+		return
+	}
+	select {
+	case <-s.complete:
+	case <-time.After(5 * time.Second):
+	}
 }
 
 func (s *logSink) Write(p []byte) (int, error) {
@@ -103,7 +127,15 @@ func (s *logSink) Write(p []byte) (int, error) {
 		}
 		var m map[string]any
 		if json.Unmarshal(s.part[:i], &m) == nil {
-			s.lines = append(s.lines, m)
+			if m["@message"] == exitMarker {
+				select {
+				case <-s.complete:
+				default:
+					close(s.complete)
+				}
+			} else {
+				s.lines = append(s.lines, m)
+			}
 		}
 		s.part = s.part[i+1:]
 	}
@@ -118,6 +150,7 @@ func (s *logSink) resume() { s.hold.Unlock() }
 
 // find returns the lines whose message is msg.
 func (s *logSink) find(msg string) []map[string]any {
+	s.settle()
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	var out []map[string]any
@@ -130,6 +163,7 @@ func (s *logSink) find(msg string) []map[string]any {
 }
 
 func (s *logSink) String() string {
+	s.settle()
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.raw.String()
@@ -165,7 +199,7 @@ func startCmd(t *testing.T, admin, config string, ready bool, command func(bin, 
 	if err := os.WriteFile(path, []byte(config), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	g := &instance{t: t, path: path, admin: admin, log: &logSink{}, done: make(chan struct{})}
+	g := &instance{t: t, path: path, admin: admin, log: newLogSink(), done: make(chan struct{})}
 	g.cmd = command(binary(t), path)
 	if g.cmd.Env == nil {
 		// Not a systemd service's (a test run from one): an upgrade
@@ -183,10 +217,12 @@ func startCmd(t *testing.T, admin, config string, ready bool, command func(bin, 
 	if err != nil {
 		t.Fatal(err)
 	}
+	// This process keeps its end, to write exitMarker after tnsguard's
+	// last line (logSink.settle).
 	g.cmd.Stdout, g.cmd.Stderr = w, w
 	err = g.cmd.Start()
-	w.Close()
 	if err != nil {
+		w.Close()
 		r.Close()
 		t.Fatal(err)
 	}
@@ -204,6 +240,11 @@ func startCmd(t *testing.T, admin, config string, ready bool, command func(bin, 
 		} else if err != nil {
 			g.exit = -1
 		}
+		g.log.ended.Store(true)
+		go func() { // blocks while the sink is stalled and the pipe full
+			fmt.Fprintf(w, "{\"@message\":%q}\n", exitMarker) // one write, under PIPE_BUF: whole between lines
+			w.Close()
+		}()
 		close(g.done)
 	}()
 	t.Cleanup(func() {

@@ -150,6 +150,10 @@ name = "b"
   address = %q
 `, admin, allow, freeAddr(t), echo.addr())
 			g := start(t, admin, cfg, false)
+			// The warning is written before the admin port opens, but read
+			// from the pipe by another goroutine: once the later "tnsguard
+			// started" is in, so is every line before it.
+			waitFor(t, 5*time.Second, `"tnsguard started" logged`, func() bool { return len(g.log.find("tnsguard started")) > 0 })
 			var warned []string
 			g.log.mu.Lock()
 			for _, l := range g.log.lines {

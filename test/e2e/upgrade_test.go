@@ -729,10 +729,13 @@ func TestUpgradeThatCannotBindTheAdminPortResetsNoApp(t *testing.T) {
 		if err := syscall.Kill(old, syscall.SIGUSR2); err != nil {
 			t.Fatal(err)
 		}
+		// The new process fails within milliseconds: on a loaded machine
+		// it can start and end (a zombie) between two looks at /proc. Its
+		// start is logged too: then this round found none running.
 		deadline := time.Now().Add(5 * time.Second)
-		for !hasSibling(old) {
+		for !hasSibling(old) && len(g.upgrades()) <= round {
 			if time.Now().After(deadline) {
-				t.Fatal("no new process 5 s after SIGUSR2")
+				t.Fatalf("no new process 5 s after SIGUSR2 (round %d)", round)
 			}
 		}
 		syscall.Kill(old, syscall.SIGSTOP)
@@ -865,9 +868,17 @@ func TestUpgradeThatHangsLeavesNothingHoldingThePort(t *testing.T) {
 	if code := g.stop(syscall.SIGTERM, 10*time.Second); code != 0 {
 		t.Fatalf("exit %d", code)
 	}
-	ln, err := net.Listen("tcp", addr)
+	// The killed processes close their sockets as they exit, which on a
+	// loaded machine can come a little after tnsguard's own exit; the
+	// fault was a process left holding the port for good (its 120 s).
+	var ln net.Listener
+	for deadline := time.Now().Add(2 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		if ln, err = net.Listen("tcp", addr); err == nil || time.Now().After(deadline) {
+			break
+		}
+	}
 	if err != nil {
-		t.Fatalf("the port after tnsguard stopped: %v (a process it started for the upgrade still holds it)", err)
+		t.Fatalf("the port 2s after tnsguard stopped: %v (a process it started for the upgrade still holds it)", err)
 	}
 	ln.Close()
 }
@@ -1253,8 +1264,13 @@ func TestReloadAskedOfTheDrainingProcessReachesTheNewOne(t *testing.T) {
 	g.upgraded(10 * time.Second)
 	added := g.reloadAddingAListener(conf)
 	servesSoon(t, added, "the new process to apply the reload asked of the old one")
-	if len(g.log.find("reload asked of the draining process: passed to the new process")) != 1 {
-		t.Error("the old process did not log that it passed the reload on")
+	// The old process logs it after it signalled the new one, whose
+	// listener may serve first: wait for the line.
+	waitFor(t, 5*time.Second, "the old process to log that it passed the reload on", func() bool {
+		return len(g.log.find("reload asked of the draining process: passed to the new process")) > 0
+	})
+	if n := len(g.log.find("reload asked of the draining process: passed to the new process")); n != 1 {
+		t.Errorf("the old process logged %d times that it passed the one reload on", n)
 	}
 }
 

@@ -188,6 +188,10 @@ func TestLabSlowLossyAppLeg(t *testing.T) {
 		return hex.EncodeToString(h.Sum(nil))
 	}()
 	var wg sync.WaitGroup
+	// The slow app's end, checked once the queue's own lateness is known:
+	// the FIN and the RST cross it too, and on a loaded machine it holds a
+	// packet hundreds of ms past its 100 ms (MaxLate). By how: its check.
+	var ends sync.Map
 	wg.Go(func() { // download, the app half-closed at once
 		c, err := dialRcvbuf(a.lab.App, a.via, 0)
 		if err != nil {
@@ -251,12 +255,14 @@ func TestLabSlowLossyAppLeg(t *testing.T) {
 					ended, sent := time.Now(), a.srv.endedAt("slow-"+how)
 					t.Logf("%s to a slow app: it got %d bytes, then %s %v after the database's %s, %v after its last byte",
 						how, got, netlab.Classify(err), ended.Sub(sent).Round(time.Millisecond), how, ended.Sub(last).Round(time.Millisecond))
-					switch {
-					case how == "fin" && (err != io.EOF || got != slow || ended.Sub(last) > 200*time.Millisecond):
-						t.Errorf("fin: %d bytes, %v %v after the last byte; want all 96 KiB, then EOF at once", got, err, ended.Sub(last))
-					case how == "rst" && (netlab.Classify(err) != "reset" || ended.Sub(sent) > 600*time.Millisecond):
-						t.Errorf("rst: %v %v after the database's reset; want ECONNRESET within 600ms", err, ended.Sub(sent))
-					}
+					ends.Store(how, func(late time.Duration) {
+						switch {
+						case how == "fin" && (err != io.EOF || got != slow || ended.Sub(last) > 200*time.Millisecond+late):
+							t.Errorf("fin: %d bytes, %v %v after the last byte; want all 96 KiB, then EOF at once (within 200ms and the queue's lateness, %v)", got, err, ended.Sub(last), late)
+						case how == "rst" && (netlab.Classify(err) != "reset" || ended.Sub(sent) > 600*time.Millisecond+late):
+							t.Errorf("rst: %v %v after the database's reset; want ECONNRESET within 600ms and the queue's lateness, %v", err, ended.Sub(sent), late)
+						}
+					})
 					return
 				}
 				time.Sleep(20 * time.Millisecond)
@@ -309,6 +315,7 @@ func TestLabSlowLossyAppLeg(t *testing.T) {
 	}
 	wg.Wait()
 	st := stop()
+	ends.Range(func(_, check any) bool { check.(func(time.Duration))(st.MaxLate); return true })
 	var worst time.Duration
 	for _, d := range lats {
 		worst = max(worst, d)
@@ -359,8 +366,7 @@ func TestLabHalfClosedAppForgottenByTheFirewallIsIdle(t *testing.T) {
 	if got, _ := m.Sum("tnsguard_resets_total", want); got != 1 {
 		t.Errorf("tnsguard_resets_total%v = %v, want 1: the firewall's reset of a half-closed flow counted as the app's close\n%s", want, got, m.Dump("tnsguard_resets_total"))
 	}
-	time.Sleep(200 * time.Millisecond)
-	if log := guard.Log(); !strings.Contains(log, "sessions on this link die while idle") {
+	if log := adviceLogged(guard); !strings.Contains(log, "sessions on this link die while idle") {
 		t.Errorf("no keepalive advice in the log:\n%s", log)
 	}
 }

@@ -317,16 +317,28 @@ func queryAfterTheFlowWasForgotten(t *testing.T, stale netlab.Stale, cause strin
 	if got, _ := m.Sum("tnsguard_resets_total", want); got != 2 {
 		t.Errorf("tnsguard_resets_total%v = %v, want 2\n%s", want, got, m.Dump("tnsguard_resets_total"))
 	}
-	if log := guard.Log(); !strings.Contains(log, "sessions on this link die while idle") {
+	// The advice and /api/resets come after the count (finish): wait.
+	if log := adviceLogged(guard); !strings.Contains(log, "sessions on this link die while idle") {
 		t.Errorf("no keepalive advice in the log:\n%s", log)
 	}
 	// The session was idle for the pause, not for the user timeout that
 	// followed the query: that is the idle the advice and /api/resets give.
-	code, body, err := guard.Get("/api/resets")
 	var got struct {
 		Resets []struct {
 			Idle float64 `json:"idle_seconds"`
 		} `json:"resets"`
+	}
+	var (
+		code int
+		body []byte
+		err  error
+	)
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		got.Resets = nil
+		code, body, err = guard.Get("/api/resets")
+		if err != nil || code != 200 || json.Unmarshal(body, &got) != nil || len(got.Resets) >= 2 || time.Now().After(deadline) {
+			break
+		}
 	}
 	if err != nil || code != 200 || json.Unmarshal(body, &got) != nil || len(got.Resets) != 2 {
 		t.Fatalf("/api/resets: %d %s %v", code, body, err)
@@ -398,6 +410,21 @@ func TestLabUploadIntoACut(t *testing.T) {
 	}
 	if log := guard.Log(); strings.Contains(log, "sessions on this link die while idle") {
 		t.Errorf("keepalive advice for an upload cut in flight:\n%s", log)
+	}
+}
+
+// adviceLogged returns tnsguard's log once it has the keepalive advice, or
+// after 5 s without it. A session's end is counted before the advice it
+// brings is logged (proxy's finish), and the log reaches the test through
+// a pipe: a log read at once after the count can miss it.
+func adviceLogged(guard *netlab.Tnsguard) string {
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		log := guard.Log()
+		if strings.Contains(log, "sessions on this link die while idle") || time.Now().After(deadline) {
+			return log
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
 }
 
@@ -970,9 +997,6 @@ func TestLabKernelRTTFromHealthChecks(t *testing.T) {
 
 	time.Sleep(3500 * time.Millisecond) // three checks through the delay, no session
 	gauge, ok, api := serverRTT(t, guard, lab.DBAddr(dbPort))
-	if !ok || gauge < 0.7*delay.Seconds() || gauge > 1.3*delay.Seconds()+0.01 || api == nil || *api != gauge {
-		t.Errorf("no session yet, %v on the path: tnsguard_backend_rtt_seconds %v (present %v), /api/links %v; want the delay, from the health checks", delay, gauge, ok, api)
-	}
 	// A session through the delay, then it ends and the delay goes.
 	c := dialN(t, lab.App, guardAddr, 1)[0]
 	if err := roundTrip(c, make([]byte, 8<<10), 5*time.Second); err != nil {
@@ -980,13 +1004,19 @@ func TestLabKernelRTTFromHealthChecks(t *testing.T) {
 	}
 	c.Close()
 	st := stop()
+	// The delay the packets really got: on a busy machine the queue releases
+	// some late (seen: 67 ms on average for 40 ms, a check's RTT 113 ms), and
+	// the kernel rightly sees that too.
+	if !ok || gauge < 0.7*delay.Seconds() || gauge > 1.3*delay.Seconds()+0.01+st.MaxLate.Seconds() || api == nil || *api != gauge {
+		t.Errorf("no session yet, %v on the path (the queue up to %v late): tnsguard_backend_rtt_seconds %v (present %v), /api/links %v; want the delay, from the health checks", delay, st.MaxLate, gauge, ok, api)
+	}
 	time.Sleep(3500 * time.Millisecond)
 	gauge, ok, api = serverRTT(t, guard, lab.DBAddr(dbPort))
 	apiRTT := -1.0
 	if api != nil {
 		apiRTT = *api
 	}
-	t.Logf("netem held packets %v on average; after it stopped, no session: gauge %v, /api/links %v", st.MeanHeld, gauge, apiRTT)
+	t.Logf("netem held packets %v on average, at most %v late; after it stopped, no session: gauge %v, /api/links %v", st.MeanHeld, st.MaxLate, gauge, apiRTT)
 	if !ok || gauge > 0.01 || apiRTT < 0 || apiRTT > 0.01 {
 		t.Errorf("the delay gone and no session since: tnsguard_backend_rtt_seconds %v, /api/links %v; want the path's RTT now (under 10 ms), not the last session's %v", gauge, apiRTT, delay)
 	}
@@ -1074,27 +1104,37 @@ func TestLabLossOnTheWayBackIsNotTnsguardsRetransmits(t *testing.T) {
 	wg.Wait()
 	m := guard.Metrics(t)
 	st := stop()
-	// The database's own count, from its sockets (ss: retrans:current/total).
-	out := lab.Exec(t, lab.DB, "ss", "-Htin", "state", "established", "sport", "=", fmt.Sprintf(":%d", dbPort))
-	dbRetrans := 0
-	for _, f := range strings.Fields(out) {
-		if v, ok := strings.CutPrefix(f, "retrans:"); ok {
-			if _, total, ok := strings.Cut(v, "/"); ok {
-				n := 0
-				fmt.Sscan(total, &n)
-				dbRetrans += n
+	// Each side's own count, from its sockets (ss: retrans:current/total):
+	// the database's, and tnsguard's sockets to it (tnsguard runs in app).
+	retrans := func(ns, filter string) int {
+		out := lab.Exec(t, ns, "ss", "-Htin", "state", "established", filter, "=", fmt.Sprintf(":%d", dbPort))
+		sum := 0
+		for _, f := range strings.Fields(out) {
+			if v, ok := strings.CutPrefix(f, "retrans:"); ok {
+				if _, total, ok := strings.Cut(v, "/"); ok {
+					n := 0
+					fmt.Sscan(total, &n)
+					sum += n
+				}
 			}
 		}
+		return sum
 	}
+	dbRetrans, guardRetrans := retrans(lab.DB, "sport"), retrans(lab.App, "dport")
 	re, _ := m.Sum("tnsguard_backend_retransmits_total", netlab.Labels{"server": lab.DBAddr(dbPort)})
-	t.Logf("5%% loss on the way from the database: netem dropped %d of %d; tnsguard_backend_retransmits_total %v; the database's sockets retransmitted %d", st.Dropped, st.Packets, re, dbRetrans)
+	t.Logf("5%% loss on the way from the database: netem dropped %d of %d (held %v on average, at most %v late); tnsguard_backend_retransmits_total %v; the database's sockets retransmitted %d, tnsguard's %d",
+		st.Dropped, st.Packets, st.MeanHeld, st.MaxLate, re, dbRetrans, guardRetrans)
 	if st.Dropped < 50 {
 		t.Fatalf("netem dropped %d segments, want at least 50 (lab check)", st.Dropped)
 	}
 	if dbRetrans < int(st.Dropped) {
 		t.Errorf("the database retransmitted %d segments for %d lost, want at least one each (lab check)", dbRetrans, st.Dropped)
 	}
-	if re > float64(st.Dropped)/10 {
-		t.Errorf("tnsguard_backend_retransmits_total = %v for %d segments lost on the way back, want few: it counts what tnsguard sent again", re, st.Dropped)
+	// What tnsguard's own kernel sent again, and nothing of the database's.
+	// That is few when the queue releases on time; on a loaded machine its
+	// lateness (MaxLate) fires tnsguard's tail-loss probes and RTOs, which
+	// are tnsguard's retransmits all the same (seen in CI: 23 for 116 lost).
+	if re > float64(guardRetrans) {
+		t.Errorf("tnsguard_backend_retransmits_total = %v, more than tnsguard's sockets to the database retransmitted (%d; the database's %d for %d segments lost on the way back): it must count what tnsguard sent again", re, guardRetrans, dbRetrans, st.Dropped)
 	}
 }
