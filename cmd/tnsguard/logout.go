@@ -68,8 +68,9 @@ func newLogOutput(w io.Writer, max int, dropped prometheus.Counter) *logOutput {
 
 // tag adds pid=PID to the lines from now on, for one reason, until untag
 // takes that reason back: a process started by an upgrade tags until the
-// old one has ended, and from its own upgrade's start (SIGUSR2) until that
-// fails or forever. Each untag follows a tag of its own.
+// old one, and any older one still draining (elders), has ended, and from
+// its own upgrade's start (SIGUSR2) until that fails or forever. Each
+// untag follows a tag of its own.
 func (o *logOutput) tag() { o.tags.Add(1) }
 
 func (o *logOutput) untag() { o.tags.Add(-1) }

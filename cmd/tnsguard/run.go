@@ -50,7 +50,7 @@ func runCommand(args []string, stdout, stderr io.Writer) (code int) {
 	// The binary an upgrade starts: the path as at start (upgrade.go).
 	self, selfErr := binaryPath()
 	// Sockets handed over by the process this one replaces (upgrade.go).
-	inherited, upgradeReady, oldPID, err := inheritance()
+	inherited, upgradeReady, oldPID, older, err := inheritance()
 	if err != nil {
 		fmt.Fprintln(stderr, "tnsguard run:", err)
 		return 1
@@ -138,7 +138,7 @@ func runCommand(args []string, stdout, stderr io.Writer) (code int) {
 		// The old process answers on the admin port until this one's
 		// servers have had their first health check: a load balancer's
 		// /readyz check answered here before them would say "no server up".
-		if sig := awaitFirstChecks(log, p, stops); sig != nil {
+		if sig := awaitFirstChecks(log, p, stops, usr2s, oldPID); sig != nil {
 			// Stopped before it served: the upgrade is off, the old
 			// process serves on (it sees this one end without a word).
 			// The sessions it took from the shared sockets meanwhile
@@ -156,8 +156,11 @@ func runCommand(args []string, stdout, stderr io.Writer) (code int) {
 		log.Info("upgrade: closed a handed-over socket that this configuration does not listen on", "address", addr)
 	}
 	log.Info("tnsguard started", "version", version, "config", cfg.Source)
-	var oldGone chan struct{} // after an upgrade: closed once the old process has ended
+	var oldGone chan struct{} // after an upgrade: closed once the old process, and any older one, has ended
 	if upgradeReady != nil {
+		// A SIGUSR2 that came during the start (before the wait above, or
+		// without one) is the upgrade's too: refused, not kept for later.
+		refuseEarlyUpgrade(log, usr2s, oldPID)
 		// The old process stops accepting when it reads this.
 		_, err := upgradeReady.Write([]byte("serving\n"))
 		// At its end, this process says on the same pipe whether it
@@ -175,10 +178,11 @@ func runCommand(args []string, stdout, stderr io.Writer) (code int) {
 			log.Info("upgrade: serving on the sockets handed over; the old process drains", "old_pid", oldPID)
 		}
 		// The old process's sessions count against max_sessions until it
-		// has ended.
+		// has ended, and any older process it still waited for (whose
+		// sessions its counts include): each may end first.
 		oldGone = make(chan struct{})
 		go func() {
-			waitGone(-1, oldPID)
+			<-older.ended()
 			inherited.Release()
 			out.untag()
 			close(oldGone)
@@ -300,7 +304,7 @@ func runCommand(args []string, stdout, stderr io.Writer) (code int) {
 				log.Error("upgrade failed: this process serves on", "error", fmt.Errorf("cannot find the binary: %w", selfErr))
 				continue
 			}
-			if up, err = startUpgrade(p, adm, self); err != nil {
+			if up, err = startUpgrade(p, adm, self, older.running()); err != nil {
 				log.Error("upgrade failed: this process serves on", "error", err)
 				continue
 			}
@@ -332,7 +336,7 @@ func runCommand(args []string, stdout, stderr io.Writer) (code int) {
 					log.Info("upgrade: the reload asked for meanwhile goes to the new process", "new_pid", up.pid)
 				}
 			}
-			return retire(log, p, adm, up, stops, hups, cfg.Shutdown.DrainTimeout.Duration, oldGone, oldPID)
+			return retire(log, p, adm, up, stops, hups, usr2s, cfg.Shutdown.DrainTimeout.Duration, oldGone, older)
 		}
 	}
 	if up != nil { // a stop before the new process served: it goes too
@@ -348,7 +352,7 @@ func runCommand(args []string, stdout, stderr io.Writer) (code int) {
 	// the main process, this one's exit ends systemd's wait on stop: it
 	// then sends SIGTERM again to what is left (the old process, which
 	// takes a second one as "close the sessions now").
-	waitForOld(log, oldGone, oldPID, stops, nil)
+	waitForOld(log, oldGone, older, stops, nil)
 	return 0
 }
 
@@ -443,7 +447,9 @@ func fileLimitWarning(cfg *config.Config, limit uint64) string {
 //
 // A stop signal (from start-up on) ends the wait: it is returned, and this
 // process is not to say it serves.
-func awaitFirstChecks(log hclog.Logger, p *proxy.Proxy, stops <-chan os.Signal) os.Signal {
+//
+// A SIGUSR2 meanwhile is refused (refuseEarlyUpgrade).
+func awaitFirstChecks(log hclog.Logger, p *proxy.Proxy, stops, usr2s <-chan os.Signal, oldPID int) os.Signal {
 	done, longest := p.FirstChecksDone()
 	wait := min(longest+time.Second, firstChecksWait)
 	if !done {
@@ -453,6 +459,8 @@ func awaitFirstChecks(log hclog.Logger, p *proxy.Proxy, stops <-chan os.Signal) 
 		select {
 		case sig := <-stops:
 			return sig
+		case <-usr2s:
+			refusedUpgrade(log, oldPID)
 		case <-time.After(5 * time.Millisecond):
 		}
 	}
@@ -462,6 +470,27 @@ func awaitFirstChecks(log hclog.Logger, p *proxy.Proxy, stops <-chan os.Signal) 
 	default:
 		return nil
 	}
+}
+
+// refuseEarlyUpgrade logs and drops a SIGUSR2 that came before this
+// process, started by an upgrade, says it serves: the upgrade that started
+// it is under way (the old process serves, and may still fail it). Kept
+// for later, it started another upgrade as soon as this process served: a
+// retried `kill -USR2 "$(pgrep -n -x tnsguard)"` made three processes.
+func refuseEarlyUpgrade(log hclog.Logger, usr2s <-chan os.Signal, oldPID int) {
+	for {
+		select {
+		case <-usr2s:
+			refusedUpgrade(log, oldPID)
+		default:
+			return
+		}
+	}
+}
+
+func refusedUpgrade(log hclog.Logger, oldPID int) {
+	log.Warn("upgrade: this process has not taken over yet: SIGUSR2 ignored", "old_pid", oldPID,
+		"hint", "the upgrade that started this process is under way; send SIGUSR2 again once the old process drains")
 }
 
 // firstChecksWait bounds awaitFirstChecks far below readyTimeout, the old

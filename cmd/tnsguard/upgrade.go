@@ -42,12 +42,85 @@ const (
 	envReadyFD   = "TNSGUARD_READY_FD"
 	envSessions  = "TNSGUARD_LISTEN_SESSIONS" // the old process's sessions on each socket, comma-separated
 	envOldPID    = "TNSGUARD_UPGRADE_FROM"    // the old process's pid (it is not the new one's parent)
+	envElders    = "TNSGUARD_UPGRADE_ELDERS"  // "FROM:PID,PID": the processes older than FROM that still drained when it handed over
 	readyTimeout = 30 * time.Second
 )
 
 // upgradeEnv names the variables an upgrade hands the new process: it
 // clears them at once, and an upgrade in turn sets them anew.
-func upgradeEnv() []string { return []string{envListenFDs, envReadyFD, envSessions, envOldPID} }
+func upgradeEnv() []string {
+	return []string{envListenFDs, envReadyFD, envSessions, envOldPID, envElders}
+}
+
+// elders are the processes older than this one that may still drain after
+// upgrades: the one it replaced and, after upgrades in a row (A, B, C, the
+// second before A ended its drain), those that one still waited for. Each
+// may end first: a SIGTERM ends the wait of one in the middle. This process
+// writes pid= on its lines, counts the handed-over sessions against
+// max_sessions and, stopped, waits, until all of them have ended.
+type elders struct {
+	pids []int
+	gone []chan struct{}
+	all  chan struct{} // closed once every one has ended
+}
+
+// watchElders follows pids (nil when there are none).
+func watchElders(pids []int) *elders {
+	if len(pids) == 0 {
+		return nil
+	}
+	e := &elders{pids: pids, all: make(chan struct{})}
+	for _, pid := range pids {
+		gone := make(chan struct{})
+		e.gone = append(e.gone, gone)
+		// Opened now, while it is known to run (the process this one
+		// replaced waits for it to serve; the others it passed on as
+		// running a moment ago), not later when its pid may be another's.
+		fd, err := unix.PidfdOpen(pid, 0)
+		if errors.Is(err, unix.ESRCH) {
+			close(gone)
+			continue
+		}
+		if err != nil {
+			fd = -1
+		}
+		go func() {
+			waitGone(fd, pid)
+			close(gone)
+		}()
+	}
+	go func() {
+		for _, g := range e.gone {
+			<-g
+		}
+		close(e.all)
+	}()
+	return e
+}
+
+// running are the elders that have not ended yet.
+func (e *elders) running() []int {
+	if e == nil {
+		return nil
+	}
+	var pids []int
+	for i, g := range e.gone {
+		select {
+		case <-g:
+		default:
+			pids = append(pids, e.pids[i])
+		}
+	}
+	return pids
+}
+
+// ended is closed once every elder has ended (nil: there are none).
+func (e *elders) ended() <-chan struct{} {
+	if e == nil {
+		return nil
+	}
+	return e.all
+}
 
 // upgrade is a new process started by SIGUSR2, until it serves or fails.
 type upgrade struct {
@@ -109,7 +182,10 @@ func containerInit() string {
 }
 
 // startUpgrade starts the new process (startUpgrade's caller waits on done).
-func startUpgrade(p *proxy.Proxy, adm *admin.Server, exe string) (*upgrade, error) {
+//
+// elders are the processes older than this one still running: the new
+// process waits for them too.
+func startUpgrade(p *proxy.Proxy, adm *admin.Server, exe string, elders []int) (*upgrade, error) {
 	if os.Getpid() == 1 {
 		// In a container the first process's exit ends the container,
 		// and the new process with it, once the drain is over.
@@ -167,6 +243,15 @@ func startUpgrade(p *proxy.Proxy, adm *admin.Server, exe string) (*upgrade, erro
 	env = append(env, fmt.Sprintf("%s=%d", envListenFDs, len(fds)), fmt.Sprintf("%s=%d", envReadyFD, 3+len(fds)),
 		envSessions+"="+strings.Join(counts, ","), // the admin socket's, last, has none
 		fmt.Sprintf("%s=%d", envOldPID, os.Getpid()))
+	if len(elders) > 0 {
+		list := make([]string, len(elders))
+		for i, pid := range elders {
+			list[i] = strconv.Itoa(pid)
+		}
+		// Prefixed with this process's pid: a version before this
+		// variable leaves it in its environment and passes it on, stale.
+		env = append(env, fmt.Sprintf("%s=%d:%s", envElders, os.Getpid(), strings.Join(list, ",")))
+	}
 	// syscall.ForkExec, not os/exec: it takes bare fds. os/exec calls
 	// os.File.Fd, which would put the sockets in blocking mode under this
 	// process's accept loops.
@@ -249,8 +334,9 @@ func startUpgrade(p *proxy.Proxy, adm *admin.Server, exe string) (*upgrade, erro
 // meanwhile, so that its supervisor restarts the service.
 //
 // oldGone, when this process was itself started by an upgrade, is closed
-// once the process it replaced has ended: this one ends after it.
-func retire(log hclog.Logger, p *proxy.Proxy, adm *admin.Server, up *upgrade, stops, hups <-chan os.Signal, drainTimeout time.Duration, oldGone <-chan struct{}, oldPID int) int {
+// once the process it replaced, and any older one (elders), has ended:
+// this one ends after them.
+func retire(log hclog.Logger, p *proxy.Proxy, adm *admin.Server, up *upgrade, stops, hups, usr2s <-chan os.Signal, drainTimeout time.Duration, oldGone <-chan struct{}, older *elders) int {
 	// The new process serves: it is the service's main process
 	// now (systemd sends it the reloads and the stop).
 	if err := sdNotify(fmt.Sprintf("MAINPID=%d", up.pid)); err != nil {
@@ -290,6 +376,11 @@ func retire(log hclog.Logger, p *proxy.Proxy, adm *admin.Server, up *upgrade, st
 				}
 				log.Info("reload asked of the draining process: passed to the new process", "new_pid", up.pid)
 				continue
+			case <-usr2s:
+				// Not passed on: a retried kill -USR2 of this PID would
+				// upgrade the new process a second time.
+				log.Warn("upgrade asked of the draining process: signal ignored; the new process serves", "new_pid", up.pid)
+				continue
 			case <-up.ended:
 				if up.clean.Load() {
 					log.Info("upgrade: the new process has stopped; this one drains on", "new_pid", up.pid)
@@ -312,7 +403,7 @@ func retire(log hclog.Logger, p *proxy.Proxy, adm *admin.Server, up *upgrade, st
 	// (ListeningSockets), until this one ends. It ends after that one,
 	// then, as on a stop; or at once when the new process ends (a failure:
 	// nothing serves), or on a stop signal.
-	waitForOld(log, oldGone, oldPID, stops, watched) // watched: the new process ended (exiting is not closed yet)
+	waitForOld(log, oldGone, older, stops, watched) // watched: the new process ended (exiting is not closed yet)
 	close(exiting)
 	<-watched
 	if failed {
@@ -321,10 +412,10 @@ func retire(log hclog.Logger, p *proxy.Proxy, adm *admin.Server, up *upgrade, st
 	return 0
 }
 
-// waitForOld returns once the process this one replaced has ended
-// (oldGone is closed; nil: there is none), or ended is closed, or a stop
-// signal comes.
-func waitForOld(log hclog.Logger, oldGone <-chan struct{}, oldPID int, stops <-chan os.Signal, ended <-chan struct{}) {
+// waitForOld returns once the process this one replaced, and any older
+// one, has ended (oldGone is closed; nil: there is none), or ended is
+// closed, or a stop signal comes.
+func waitForOld(log hclog.Logger, oldGone <-chan struct{}, older *elders, stops <-chan os.Signal, ended <-chan struct{}) {
 	if oldGone == nil {
 		return
 	}
@@ -333,7 +424,14 @@ func waitForOld(log hclog.Logger, oldGone <-chan struct{}, oldPID int, stops <-c
 		return
 	default:
 	}
-	log.Info("waiting for the old process to end its drain", "old_pid", oldPID)
+	var args []any // the one it replaced, or older ones (upgrades in a row) left
+	if pids := older.running(); len(pids) > 0 {
+		args = append(args, "old_pid", pids[0])
+		if len(pids) > 1 {
+			args = append(args, "older_pids", fmt.Sprint(pids[1:]))
+		}
+	}
+	log.Info("waiting for the old process to end its drain", args...)
 	select {
 	case <-oldGone:
 	case <-ended:
@@ -368,13 +466,16 @@ func waitGone(pidfd, pid int) {
 // pipe to tell the old process that this one serves. Both nil when this
 // process was not started by an upgrade. The variables are cleared, so
 // that nothing this process starts takes them for its own.
-func inheritance() (*proxy.Inherited, *os.File, int, error) {
-	n, r, counts, from := os.Getenv(envListenFDs), os.Getenv(envReadyFD), os.Getenv(envSessions), os.Getenv(envOldPID)
+//
+// The elders returned are the process this one replaced (oldPID) and those
+// older that it still waited for.
+func inheritance() (*proxy.Inherited, *os.File, int, *elders, error) {
+	n, r, counts, from, older := os.Getenv(envListenFDs), os.Getenv(envReadyFD), os.Getenv(envSessions), os.Getenv(envOldPID), os.Getenv(envElders)
 	for _, name := range upgradeEnv() {
 		os.Unsetenv(name)
 	}
 	if n == "" && r == "" {
-		return nil, nil, 0, nil
+		return nil, nil, 0, nil, nil
 	}
 	count, err1 := strconv.Atoi(n)
 	rfd, err2 := strconv.Atoi(r)
@@ -390,8 +491,16 @@ func inheritance() (*proxy.Inherited, *os.File, int, error) {
 		}
 	}
 	if err1 != nil || err2 != nil || err3 != nil || count < 0 || rfd != 3+count {
-		return nil, nil, 0, fmt.Errorf("%s=%q, %s=%q, %s=%q and %s=%q: not what an upgrade sets",
+		return nil, nil, 0, nil, fmt.Errorf("%s=%q, %s=%q, %s=%q and %s=%q: not what an upgrade sets",
 			envListenFDs, n, envReadyFD, r, envOldPID, from, envSessions, counts)
+	}
+	pids := []int{oldPID}
+	if sender, list, ok := strings.Cut(older, ":"); ok && sender == from { // else stale (see startUpgrade)
+		for p := range strings.SplitSeq(list, ",") {
+			if pid, err := strconv.Atoi(p); err == nil && pid > 0 && pid != oldPID && pid != os.Getpid() {
+				pids = append(pids, pid)
+			}
+		}
 	}
 	files := make([]*os.File, count)
 	for i := range files {
@@ -404,10 +513,10 @@ func inheritance() (*proxy.Inherited, *os.File, int, error) {
 	ready := os.NewFile(uintptr(rfd), "upgrade pipe")
 	if err != nil {
 		ready.Close()
-		return nil, nil, 0, err
+		return nil, nil, 0, nil, err
 	}
 	syscall.CloseOnExec(rfd) // held to the end (see runCommand): not by what this process starts
-	return h, ready, oldPID, nil
+	return h, ready, oldPID, watchElders(pids), nil
 }
 
 // sdNotify tells systemd (Type=notify) the service's state, such as

@@ -1302,3 +1302,180 @@ func servesSoon(t *testing.T, addr, what string) {
 		return roundTrip(c, []byte("added"), 2*time.Second) == nil
 	})
 }
+
+// A second SIGUSR2 sent to the new process while it waits for its first
+// health checks (a script that retries `kill -USR2 "$(pgrep -n -x
+// tnsguard)"`: the newest process is the new one by then) comes while the
+// upgrade is under way: it is refused and logged, as the old process does.
+// The new process kept it, unlogged, and upgraded again as soon as it
+// served: a third process, and the one in the middle drained at once.
+func TestUpgradeSIGUSR2ToTheNewProcessBeforeItServesIsRefused(t *testing.T) {
+	conf, admin, addr := oneEcho(t, "grace = \"0s\"\ndrain_timeout = \"1s\"")
+	conf += darkBackend(t, 2*time.Second)
+	g := start(t, admin, conf, false)
+	g.upgrade()
+	waitFor(t, 5*time.Second, "the new process to wait for its first checks", func() bool {
+		return len(g.log.find("upgrade: waiting for the first health checks before serving; the old process serves meanwhile")) > 0
+	})
+	newPID := g.upgrades()[0]
+	if err := syscall.Kill(newPID, syscall.SIGUSR2); err != nil {
+		t.Fatal(err)
+	}
+	if got := g.upgraded(10 * time.Second); got != newPID {
+		t.Fatalf("the process that serves is %d, want %d", got, newPID)
+	}
+	select {
+	case <-g.done:
+	case <-time.After(5 * time.Second):
+		t.Fatal("old process still running 5 s after the upgrade")
+	}
+	time.Sleep(time.Second) // the new process would have started a third by now
+	if pids := g.upgrades(); len(pids) != 1 {
+		t.Errorf("processes started by SIGUSR2: %v, want only %d: the signal sent before it served upgraded it again", pids, newPID)
+	}
+	if n := len(g.log.find("upgrade: this process has not taken over yet: SIGUSR2 ignored")); n != 1 {
+		t.Errorf("the new process logged %d refusals of the SIGUSR2 sent before it served, want 1", n)
+	}
+	if syscall.Kill(newPID, 0) != nil {
+		t.Errorf("the new process %d no longer runs", newPID)
+	}
+	servesNew(t, addr, "after the upgrade")
+}
+
+// Two upgrades in a row (A, B, C), the second while A still drains, and
+// then B stopped (a SIGTERM to it; its own drain, with no session, is
+// over, and it only waits for A): C's lines lost their pid= with B's end
+// while A still wrote to the same output (its drain's "drained", its
+// resets). Each process tags its lines while any older process still runs.
+func TestUpgradeTwiceTagsTheNewestWhileTheFirstStillDrains(t *testing.T) {
+	conf, admin, addr := oneEcho(t, "grace = \"0s\"\ndrain_timeout = \"6s\"")
+	g := start(t, admin, conf, true)
+	pooledSession(t, addr) // keeps A draining for drain_timeout
+	g.upgrade()
+	middle := g.upgraded(10 * time.Second)
+	if err := syscall.Kill(middle, syscall.SIGUSR2); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 10*time.Second, "the second upgrade to serve", func() bool {
+		return len(g.log.find("upgrade: the new process serves; this one stops accepting and drains")) == 2
+	})
+	newest := g.upgrades()[1]
+	waitFor(t, 5*time.Second, "the middle process to wait for the first", func() bool {
+		return len(g.log.find("waiting for the old process to end its drain")) > 0
+	})
+	if err := syscall.Kill(middle, syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	var ws syscall.WaitStatus
+	if pid, err := syscall.Wait4(middle, &ws, 0, nil); pid != middle || err != nil {
+		t.Fatalf("wait for the middle process: %d %v", pid, err)
+	}
+	time.Sleep(200 * time.Millisecond)
+	select {
+	case <-g.done:
+		t.Fatal("the first process ended before its drain_timeout with a session open")
+	default:
+	}
+	if err := syscall.Kill(newest, syscall.SIGHUP); err != nil { // a line of the newest's
+		t.Fatal(err)
+	}
+	waitFor(t, 5*time.Second, "the newest process to reload", func() bool {
+		return len(g.log.find("configuration reloaded")) == 1
+	})
+	if l := g.log.find("configuration reloaded")[0]; l["pid"] != float64(newest) {
+		t.Errorf("the newest process's line while the first still drains carries pid %v, want %d:\n%v", l["pid"], newest, l)
+	}
+	select {
+	case <-g.done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the first process still runs 10 s after the upgrades")
+	}
+	for _, l := range g.log.find("drained") {
+		if l["pid"] == nil {
+			t.Errorf("a drain's line without pid: %v", l)
+		}
+	}
+}
+
+// systemctl stop after two upgrades in a row (A, B, C), the second while A
+// still drains: every process gets one SIGTERM. C, the main process, must
+// exit only after A (at its exit systemd sends what is left a second
+// SIGTERM, which resets A's sessions); it waited for B only, and B, whose
+// own drain was over, took its SIGTERM as the end of its wait for A.
+func TestUpgradeTwiceStopLetsTheFirstDrainFinish(t *testing.T) {
+	conf, admin, addr := oneEcho(t, "grace = \"0s\"\ndrain_timeout = \"20s\"")
+	g := start(t, admin, conf, true)
+	pooled := pooledSession(t, addr)
+	g.upgrade()
+	middle := g.upgraded(10 * time.Second)
+	if err := syscall.Kill(middle, syscall.SIGUSR2); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 10*time.Second, "the second upgrade to serve", func() bool {
+		return len(g.log.find("upgrade: the new process serves; this one stops accepting and drains")) == 2
+	})
+	newest := g.upgrades()[1]
+	waitFor(t, 5*time.Second, "the middle process to wait for the first", func() bool {
+		return len(g.log.find("waiting for the old process to end its drain")) > 0
+	})
+	// Their parent (systemd; here the test) reaps each as it ends.
+	exited := map[int]chan syscall.WaitStatus{}
+	for _, pid := range []int{middle, newest} {
+		ch := make(chan syscall.WaitStatus, 1)
+		exited[pid] = ch
+		go func() {
+			var ws syscall.WaitStatus
+			syscall.Wait4(pid, &ws, 0, nil)
+			ch <- ws
+		}()
+	}
+	for _, pid := range []int{newest, middle, g.cmd.Process.Pid} { // systemctl stop
+		syscall.Kill(pid, syscall.SIGTERM)
+	}
+	time.Sleep(time.Second)
+	if err := roundTrip(pooled, []byte("pooled, after systemctl stop"), 2*time.Second); err != nil {
+		t.Errorf("the first process's session after every process got SIGTERM: %v", err)
+	}
+	select {
+	case ws := <-exited[newest]:
+		exited[newest] <- ws
+		t.Error("the newest process exited while the first one drains: systemd would now send it a second SIGTERM")
+	default:
+	}
+	pooled.Close()
+	select {
+	case <-g.done:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the first process still runs 5 s after its last session ended")
+	}
+	for _, pid := range []int{middle, newest} {
+		select {
+		case ws := <-exited[pid]:
+			if !ws.Exited() || ws.ExitStatus() != 0 {
+				t.Errorf("process %d: %v, want exit 0", pid, ws)
+			}
+		case <-time.After(5 * time.Second):
+			t.Errorf("process %d still runs 5 s after the first process ended", pid)
+		}
+	}
+}
+
+// A SIGUSR2 to the process that drains after an upgrade (a retried
+// `kill -USR2` of the PID it had, `systemctl kill -s USR2 --kill-whom=main`
+// before systemd took in the new main PID) is ignored, and says so: it was
+// dropped without a word.
+func TestUpgradeAskedOfTheDrainingProcessIsLogged(t *testing.T) {
+	conf, admin, addr := oneEcho(t, "grace = \"0s\"\ndrain_timeout = \"10s\"")
+	g := start(t, admin, conf, true)
+	pooledSession(t, addr) // keeps the old process draining
+	g.upgrade()
+	newPID := g.upgraded(10 * time.Second)
+	g.upgrade()
+	waitFor(t, 5*time.Second, "the draining process to log the SIGUSR2", func() bool {
+		return len(g.log.find("upgrade asked of the draining process: signal ignored; the new process serves")) == 1
+	})
+	time.Sleep(500 * time.Millisecond)
+	if pids := g.upgrades(); len(pids) != 1 || pids[0] != newPID {
+		t.Errorf("processes started by SIGUSR2: %v, want only %d", pids, newPID)
+	}
+}
