@@ -1410,3 +1410,60 @@ health = { check = "" }
 		t.Errorf("left out: %q", got)
 	}
 }
+
+// A listener's backend and routes are checked each on its own: routes of
+// the wrong type hid that backend = "nosuch" is not defined, a backend of
+// the wrong type hid that a route's backend dials the listener's own
+// address, and services of the wrong type hid that routes need a larger
+// replay_bytes; and a listener whose name did not decode was named "" in
+// another's error (`is also used by listener ""`), where every other
+// message names it by its place.
+func TestListenerBackendAndRoutesAreCheckedApart(t *testing.T) {
+	text := `[[listener]]
+name    = "orders"
+listen  = "127.0.0.1:1522"
+backend = "nosuch"
+routes  = 5
+[[listener]]
+name    = "sales"
+listen  = "127.0.0.1:1523"
+backend = 7
+routes  = { SALES = "loop" }
+[[listener]]
+name    = 3
+listen  = "127.0.0.1:1524"
+backend = "loop"
+[[listener]]
+name    = "hr"
+listen  = "127.0.0.1:1524"
+backend = "loop"
+[[listener]]
+name     = "routed"
+listen   = "127.0.0.1:1525"
+routes   = { "*" = "small" }
+services = "SALES"
+[[backend]]
+name = "loop"
+  [[backend.server]]
+  address = "127.0.0.1:1523"
+[[backend]]
+name         = "small"
+replay_bytes = 0
+  [[backend.server]]
+  address = "127.0.0.1:1"
+`
+	_, _, err := Parse([]byte(text), "f.toml")
+	want := strings.Join([]string{
+		`f.toml:5:11: routes must be a table of SERVICE = "backend", such as routes = { "SALES" = "sales" }, not an integer`,
+		`f.toml:9:1: key "listener.backend": an integer given where a string is needed`,
+		`f.toml:12:1: key "listener.name": an integer given where a string is needed`,
+		`f.toml:23:1: key "listener.services": a string given where an array is needed`,
+		`f.toml: listener "orders": backend "nosuch" is not defined (line 4)`,
+		`f.toml: listener "sales": listen "127.0.0.1:1523" is server "127.0.0.1:1523" of backend "loop": each session would dial the listener again, until the fds run out (line 8)`,
+		`f.toml: listener "hr": listen "127.0.0.1:1524" is also used by listener #3 (line 17)`,
+		`f.toml: listener "routed": routes need the app's CONNECT, and backend "small" holds an opening only up to replay_bytes 0: use at least 8192 (line 22)`,
+	}, "\n")
+	if err == nil || err.Error() != want {
+		t.Fatalf("got:\n%v\nwant:\n%s", err, want)
+	}
+}

@@ -135,7 +135,7 @@ func (c *Config) validate(defaulted map[*Duration]bool, failed failedSet) (errs,
 		} else if err := checkHostPort(l.Listen); err != nil {
 			add("%s: listen: %v", where, err)
 		} else if other, dup := listenerOn(addrs, l.Listen); dup {
-			add("%s: listen %q is also used by listener %q", where, l.Listen, other)
+			add("%s: listen %q is also used by %s", where, l.Listen, other)
 		} else if adminListen && SameSocket(l.Listen, c.Admin.Listen) {
 			add("%s: listen %q takes the address of admin.listen %q: one of them could not start", where, l.Listen, c.Admin.Listen)
 		} else if host, _, _ := net.SplitHostPort(l.Listen); host != "" && !isIP(host) {
@@ -143,10 +143,15 @@ func (c *Config) validate(defaulted map[*Duration]bool, failed failedSet) (errs,
 			// 127.0.0.1, not ::1, where Node.js tries ::1 first).
 			warn("%s: listen %q names a host: tnsguard listens on one of its addresses only, looked up at start; give the IP address to listen on", where, l.Listen)
 		}
-		// The backends it names are known.
-		targets := !failed.any(&l.Backend, &l.Routes)
+		// The backends it names are known. backend and routes are checked
+		// each on its own; what needs both (which backend a session gets
+		// when no route is "*") needs both to have decoded.
+		backendOK, routesOK := !failed.any(&l.Backend), !failed.any(&l.Routes)
+		targets := backendOK && routesOK
+		// Backends leaves out a backend that did not decode (""); whether
+		// backend is used at all needs the routes.
 		for _, name := range l.Backends() { // another listener's backend may chain through this one: no loop
-			if b := backend(name, func(b *Backend) []any { return []any{&b.Servers} }); b != nil && listen && targets {
+			if b := backend(name, func(b *Backend) []any { return []any{&b.Servers} }); b != nil && listen && routesOK {
 				for j := range b.Servers {
 					srv := &b.Servers[j]
 					if !failed.any(&srv.Address) && loopsBack(l.Listen, srv.Address) {
@@ -156,13 +161,12 @@ func (c *Config) validate(defaulted map[*Duration]bool, failed failedSet) (errs,
 			}
 		}
 		if listen {
-			addrs[l.Listen] = l.Name
+			addrs[l.Listen] = where // listener "orders", or listener #3 when its name did not decode
 		}
 		switch {
-		case !targets:
-		case l.Backend == "" && l.Routes["*"] == "":
+		case targets && l.Backend == "" && l.Routes["*"] == "":
 			add("%s: backend is empty", where)
-		case l.Backend != "" && !backends[l.Backend] && !unnamed:
+		case backendOK && l.Backend != "" && !backends[l.Backend] && !unnamed:
 			add("%s: backend %q is not defined", where, l.Backend)
 		}
 		folded := map[string]string{}
@@ -187,8 +191,11 @@ func (c *Config) validate(defaulted map[*Duration]bool, failed failedSet) (errs,
 		if star, ok := l.Routes["*"]; ok {
 			def = star
 		}
-		if b := backend(def, func(b *Backend) []any { return []any{&b.ReplayBytes} }); targets && !failed.any(&l.Services) &&
-			b != nil && b.ReplayBytes != nil && *b.ReplayBytes < MinRouteBytes && (len(l.Routes) > 0 || len(l.Services) > 0) {
+		_, star := l.Routes["*"]
+		// Routes need the CONNECT whatever services says.
+		services := len(l.Routes) > 0 || !failed.any(&l.Services) && len(l.Services) > 0
+		if b := backend(def, func(b *Backend) []any { return []any{&b.ReplayBytes} }); routesOK && (star || backendOK) && services &&
+			b != nil && b.ReplayBytes != nil && *b.ReplayBytes < MinRouteBytes {
 			// The app's opening is held, up to replay_bytes, until it is read:
 			// with less, no CONNECT is ever in hand.
 			if len(l.Routes) > 0 {
@@ -652,8 +659,9 @@ func hostBitsSet(list []string) []string {
 	return out
 }
 
-// listenerOn finds the listener, of those seen (listen address -> name),
-// whose socket listening on addr would take.
+// listenerOn finds the listener, of those seen (listen address -> how
+// messages name it: listener "orders", listener #3), whose socket
+// listening on addr would take.
 func listenerOn(seen map[string]string, addr string) (string, bool) {
 	for a, name := range seen {
 		if SameSocket(a, addr) {
