@@ -48,7 +48,7 @@ type Server struct {
 	allow   atomic.Pointer[[]netip.Prefix] // admin.allow; a reload replaces it (SetAllow)
 	spare   *spareFDs                      // fds kept for answering when sessions hold every other one
 	conns   atomic.Int64                   // connections accepted and not yet closed (http.Server.ConnState)
-	open    openConns                      // the same connections, oldest first: beyond maxConns the oldest is closed
+	open    openConns                      // the same connections, oldest first: beyond maxConns the oldest not being answered is closed
 	closing atomic.Bool                    // CloseWithin closed the listener: Serve's error is no failure
 }
 
@@ -169,7 +169,7 @@ func (s *Server) CloseWithin(d time.Duration) error {
 // track counts the connections open (http.Server.ConnState): StateNew is
 // reported in Serve's loop before the next Accept, StateClosed (or
 // StateHijacked) once per connection at its end.
-// Beyond maxConns open connections the oldest is closed (openConns).
+// Beyond maxConns open connections one is closed (openConns).
 func (s *Server) track(c net.Conn, st http.ConnState) {
 	switch st {
 	case http.StateNew:
@@ -177,6 +177,8 @@ func (s *Server) track(c net.Conn, st http.ConnState) {
 		if old := s.open.add(c, maxConns); old != nil {
 			old.Close()
 		}
+	case http.StateActive, http.StateIdle:
+		s.open.set(c, st == http.StateActive)
 	case http.StateClosed, http.StateHijacked:
 		s.conns.Add(-1)
 		s.open.remove(c)
@@ -195,34 +197,66 @@ func (s *Server) track(c net.Conn, st http.ConnState) {
 const maxConns = 128
 
 // openConns lists the open admin connections, oldest first. When a new
-// one makes more than the bound, the oldest goes: a monitor's request is
-// answered within milliseconds of its connect, so the oldest is one held
-// open (idle, silent or trickling), and whoever floods the port closes
-// its own connections, not the next monitor's.
+// one makes more than the bound, the oldest that is not being answered
+// goes (idle between requests, or silent since its connect): whoever
+// floods the port closes its own connections, not the next monitor's.
+// Closing the oldest whatever it did cut a scrape being answered (or
+// waiting its turn at the heavy gate) when maxConns newer connections
+// came within its answer: at 10,000 connections a second from one client,
+// a fifth of the scrapes and probes failed
+// (TestConnectionBoundSparesAnswersUnderWay). When every other one is
+// being answered, the oldest goes, as before: answers that do not end
+// (a client that asks and never reads, until the write timeout) must not
+// keep the next monitor out.
 type openConns struct {
 	mu    sync.Mutex
-	conns []net.Conn
+	conns []openConn
 }
 
-// add appends c and, beyond max, takes the oldest out of the list and
+type openConn struct {
+	c      net.Conn
+	active bool // a request read and not yet answered (StateActive)
+}
+
+// add appends c and, beyond max, takes the oldest connection not being
+// answered (the oldest when every other one is) out of the list and
 // returns it, to be closed (its StateClosed then finds it gone).
 func (o *openConns) add(c net.Conn, max int) net.Conn {
 	o.mu.Lock()
 	defer o.mu.Unlock()
-	o.conns = append(o.conns, c)
+	o.conns = append(o.conns, openConn{c: c})
 	if len(o.conns) <= max {
 		return nil
 	}
-	old := o.conns[0]
-	o.conns = append(o.conns[:0], o.conns[1:]...)
+	i := 0 // the oldest
+	for j, x := range o.conns[:len(o.conns)-1] {
+		if !x.active {
+			i = j
+			break
+		}
+	}
+	old := o.conns[i].c
+	o.conns = append(o.conns[:i], o.conns[i+1:]...)
 	return old
+}
+
+// set records whether c is being answered.
+func (o *openConns) set(c net.Conn, active bool) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	for i := range o.conns {
+		if o.conns[i].c == c {
+			o.conns[i].active = active
+			return
+		}
+	}
 }
 
 func (o *openConns) remove(c net.Conn) {
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	for i, x := range o.conns {
-		if x == c {
+		if x.c == c {
 			o.conns = append(o.conns[:i], o.conns[i+1:]...)
 			return
 		}

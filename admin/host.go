@@ -11,33 +11,35 @@ import (
 )
 
 // DNS rebinding: a web page from a hostile site whose name its DNS server
-// then answers with 127.0.0.1 makes the browser of anyone on this host (an
-// operator's workstation, a jump host) fetch the admin endpoints as the
-// hostile site's own: the browser takes them for the same origin and lets
-// the page read every answer (/api/resets: client addresses, service
-// names; /api/links, /metrics: database servers). Such a request names the
-// hostile site in its Host header. Over loopback only a name that cannot be
-// a hostile site's is taken: an IP address, localhost (and *.localhost,
-// which browsers resolve to loopback themselves), or this host's own name.
-// A connection that reaches the admin listener on another address
-// (Prometheus asking tg1:9521, a Service's name) is not checked: this host
-// cannot tell the names it is known by there from a hostile one.
+// then answers with 127.0.0.1 (or one of this host's other addresses)
+// makes the browser of anyone on this host (an operator's workstation, a
+// jump host) fetch the admin endpoints as the hostile site's own: the
+// browser takes them for the same origin and lets the page read every
+// answer (/api/resets: client addresses, service names; /api/links,
+// /metrics: database servers). Such a request names the hostile site in
+// its Host header. From this host itself (over loopback, or from this
+// host's own address to itself) only a name that cannot be a hostile
+// site's is taken: an IP address, localhost (and *.localhost, which
+// browsers resolve to loopback themselves), this host's own name, or a
+// name this host's /etc/hosts lists, which no DNS answer can change. A
+// connection from another host (Prometheus asking tg1:9521, a Service's
+// name) is not checked: this host cannot tell the names it is known by
+// there from a hostile one.
 
-// hostOnly answers 421 to a request over loopback whose Host is a name
+// hostOnly answers 421 to a request from this host whose Host is a name
 // that may be a hostile site's (rebindingHost), and that this host's
-// /etc/hosts does not give a loopback address (its own: Debian's
-// "127.0.1.1 db1.example.com db1", an operator's alias), which no DNS
-// answer can change.
+// /etc/hosts does not list (Debian's "127.0.1.1 db1.example.com db1", an
+// operator's alias).
 func (s *Server) hostOnly(next http.Handler) http.Handler {
 	hostname, _ := os.Hostname()
 	hosts := &hostsFile{path: "/etc/hosts"}
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		local, _ := r.Context().Value(http.LocalAddrContextKey).(net.Addr)
-		if rebindingHost(r.Host, local, hostname) && !hosts.loopbackName(hostName(r.Host)) {
+		if rebindingHost(r.Host, local, r.RemoteAddr, hostname) && !hosts.lists(hostName(r.Host)) {
 			w.Header().Set("Connection", "close")
 			http.Error(w, "421 misdirected request: Host "+quoteHost(r.Host)+" is not a name of this admin listener: "+
-				"over loopback it answers Host 127.0.0.1, [::1], localhost or this host's name only "+
-				"(a web page whose name resolves to 127.0.0.1 must not read it)", http.StatusMisdirectedRequest)
+				"from this host it answers Host 127.0.0.1 (an address), localhost, this host's name or a name /etc/hosts lists only "+
+				"(a web page whose name resolves to this host must not read it)", http.StatusMisdirectedRequest)
 			return
 		}
 		next.ServeHTTP(w, r)
@@ -45,10 +47,11 @@ func (s *Server) hostOnly(next http.Handler) http.Handler {
 }
 
 // rebindingHost tells whether a request that came in on local (the
-// connection's address on this side) with Host host is to be refused: the
-// connection is a loopback one and host is a DNS name other than
-// localhost, *.localhost and hostname.
-func rebindingHost(host string, local net.Addr, hostname string) bool {
+// connection's address on this side) from remote with Host host is to be
+// refused: the connection is from this host (a loopback one, or from
+// local's own address) and host is a DNS name other than localhost,
+// *.localhost and hostname.
+func rebindingHost(host string, local net.Addr, remote, hostname string) bool {
 	if host == "" {
 		return false // HTTP/1.0 without Host: no browser sends that
 	}
@@ -57,12 +60,27 @@ func rebindingHost(host string, local net.Addr, hostname string) bool {
 		return false
 	}
 	la, ok := netip.AddrFromSlice(ta.IP)
-	if !ok || !la.Unmap().IsLoopback() {
+	if !ok {
 		return false
 	}
+	la = la.Unmap()
+	ra, err := netip.ParseAddrPort(remote)
+	from := ra.Addr().WithZone("").Unmap()
+	if !la.IsLoopback() && (err != nil || !from.IsLoopback() && from != la) {
+		return false // from another host
+	}
 	name := hostName(host)
-	if _, err := netip.ParseAddr(name); err == nil {
-		return false // an address: a page can only be at that address itself
+	if name == "" {
+		// A port only: Go's client asking http://:9521 (tnsguard
+		// healthcheck -admin :9521); a browser's URL always has a host.
+		return false
+	}
+	if _, err := netip.ParseAddr(name); err == nil || endsInNumber(name) {
+		// An address: a page can only be at that address itself. A browser
+		// reads a host whose last label is a number as an IPv4 address
+		// (127.1, 2130706433, 0x7f000001), or refuses it, and sends it as
+		// 127.0.0.1: only other clients (curl) send such a form.
+		return false
 	}
 	if name == "localhost" || strings.HasSuffix(name, ".localhost") {
 		return false
@@ -71,6 +89,17 @@ func rebindingHost(host string, local net.Addr, hostname string) bool {
 		return false
 	}
 	return true
+}
+
+// endsInNumber tells whether name's last label is a number (decimal, or
+// hex as 0x...), which the URL standard reads as an IPv4 address, not a
+// DNS name.
+func endsInNumber(name string) bool {
+	last := name[strings.LastIndexByte(name, '.')+1:]
+	if h, ok := strings.CutPrefix(last, "0x"); ok {
+		return strings.Trim(h, "0123456789abcdef") == ""
+	}
+	return last != "" && strings.Trim(last, "0123456789") == ""
 }
 
 // hostName is the name or address of a Host header: without its port,
@@ -87,8 +116,8 @@ func hostName(host string) string {
 	return strings.ToLower(strings.TrimSuffix(name, "."))
 }
 
-// hostsFile is the names a hosts file gives loopback addresses, read
-// again when the file changes.
+// hostsFile is the names a hosts file lists, read again when the file
+// changes.
 type hostsFile struct {
 	path string
 
@@ -98,9 +127,8 @@ type hostsFile struct {
 	names map[string]bool
 }
 
-// loopbackName tells whether the file gives name (hostName's form) a
-// loopback address.
-func (h *hostsFile) loopbackName(name string) bool {
+// lists tells whether the file gives name (hostName's form) an address.
+func (h *hostsFile) lists(name string) bool {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	fi, err := os.Stat(h.path)
@@ -112,14 +140,14 @@ func (h *hostsFile) loopbackName(name string) bool {
 		if err != nil {
 			return false
 		}
-		h.names, h.mtime, h.size = loopbackNames(b), fi.ModTime(), fi.Size()
+		h.names, h.mtime, h.size = hostsNames(b), fi.ModTime(), fi.Size()
 	}
 	return h.names[name]
 }
 
-// loopbackNames reads a hosts file (address, then names; # comments) for
-// the names given a loopback address.
-func loopbackNames(b []byte) map[string]bool {
+// hostsNames reads a hosts file (address, then names; # comments) for the
+// names it lists.
+func hostsNames(b []byte) map[string]bool {
 	names := map[string]bool{}
 	for line := range strings.Lines(string(b)) {
 		if i := strings.IndexByte(line, '#'); i >= 0 {
@@ -129,8 +157,7 @@ func loopbackNames(b []byte) map[string]bool {
 		if len(f) < 2 {
 			continue
 		}
-		a, err := netip.ParseAddr(f[0])
-		if err != nil || !a.Unmap().IsLoopback() {
+		if _, err := netip.ParseAddr(f[0]); err != nil {
 			continue
 		}
 		for _, n := range f[1:] {

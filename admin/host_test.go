@@ -72,7 +72,9 @@ func TestRebindingHostIsRefusedOverLoopback(t *testing.T) {
 		}
 	}
 
-	// Another address of the host: Prometheus names it as it likes.
+	// This host's own other address, asked from this host (a browser
+	// there, a hostile name rebound to the host's LAN address): checked
+	// as over loopback. It was not (review of c0aa0f6).
 	var other net.IP
 	ifs, _ := net.InterfaceAddrs()
 	for _, a := range ifs {
@@ -91,12 +93,43 @@ func TestRebindingHostIsRefusedOverLoopback(t *testing.T) {
 	}
 	t.Cleanup(func() { all.Close() })
 	allPort := all.Addr().(*net.TCPAddr).Port
-	if code, _ := getWithHost(t, fmt.Sprintf("http://%s:%d/metrics", other, allPort), "tg1.example:9521"); code != http.StatusOK {
-		t.Errorf("GET /metrics with Host tg1.example over %s: %d, want 200", other, code)
+	if code, _ := getWithHost(t, fmt.Sprintf("http://%s:%d/api/resets", other, allPort), "rebind.example"); code != http.StatusMisdirectedRequest {
+		t.Errorf("admin on 0.0.0.0, GET /api/resets with Host rebind.example from this host over %s: %d, want 421", other, code)
+	}
+	if code, _ := getWithHost(t, fmt.Sprintf("http://%s:%d/metrics", other, allPort), fmt.Sprintf("%s:%d", other, allPort)); code != http.StatusOK {
+		t.Errorf("GET /metrics with Host %s over %s: %d, want 200", other, other, code)
 	}
 	// The same listener over loopback (a browser on this host) is checked.
 	if code, _ := getWithHost(t, fmt.Sprintf("http://127.0.0.1:%d/api/resets", allPort), "rebind.example"); code != http.StatusMisdirectedRequest {
 		t.Errorf("admin on 0.0.0.0, GET /api/resets with Host rebind.example over loopback: %d, want 421", code)
+	}
+}
+
+// Which requests are checked: those from this host (over loopback, or
+// from the listener's own address to itself); one from another host
+// (Prometheus asking tg1.example:9521, the kubelet) is not, whatever its
+// Host, since this host cannot tell the names it is known by there.
+func TestRebindingHostChecksRequestsFromThisHostOnly(t *testing.T) {
+	lan := &net.TCPAddr{IP: net.ParseIP("192.0.2.2"), Port: 9521}
+	lo := &net.TCPAddr{IP: net.ParseIP("127.0.0.1"), Port: 9521}
+	for _, c := range []struct {
+		local  net.Addr
+		remote string
+		host   string
+		want   bool
+	}{
+		{lan, "198.51.100.7:40000", "tg1.example:9521", false}, // another host
+		{lan, "192.0.2.2:40000", "tg1.example:9521", true},     // this host, over its LAN address
+		{lan, "127.0.0.1:40000", "rebind.example", true},
+		{lan, "[::ffff:192.0.2.2]:40000", "rebind.example", true},
+		{lan, "192.0.2.2:40000", "192.0.2.2:9521", false},
+		{lo, "127.0.0.1:40000", "rebind.example", true},
+		{lo, "127.0.0.1:40000", "localhost:9521", false},
+		{lo, "127.0.0.1:40000", "db1", false}, // the hostname
+	} {
+		if got := rebindingHost(c.host, c.local, c.remote, "db1"); got != c.want {
+			t.Errorf("Host %s from %s to %s: refused %v, want %v", c.host, c.remote, c.local, got, c.want)
+		}
 	}
 }
 
@@ -144,30 +177,138 @@ func TestManyIdleConnectionsHoldFewFDs(t *testing.T) {
 	}
 }
 
-// A name this host's /etc/hosts gives a loopback address is this host's
-// own (Debian's "127.0.1.1 db1.example.com db1", an operator's alias): no
-// DNS answer can make it a hostile site's, so it is answered over
-// loopback; a name the file gives another address is not. The file is
-// read again when it changes.
-func TestHostsFileLoopbackNamesAreAnswered(t *testing.T) {
+// A name this host's /etc/hosts lists (Debian's "127.0.1.1
+// db1.example.com db1", an operator's alias) is answered from this host:
+// no DNS answer can make it a hostile site's. The file is read again when
+// it changes.
+func TestHostsFileNamesAreAnswered(t *testing.T) {
 	path := t.TempDir() + "/hosts"
 	if err := os.WriteFile(path, []byte("127.0.0.1\tlocalhost\n127.0.1.1 DB1.example.com. db1 # the host\n::1 ip6-localhost\n10.0.0.5 other.example\n# 127.0.0.1 commented.example\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	h := &hostsFile{path: path}
 	for name, want := range map[string]bool{"db1.example.com": true, "db1": true, "ip6-localhost": true,
-		"other.example": false, "commented.example": false, "rebind.example": false} {
-		if got := h.loopbackName(name); got != want {
+		"other.example": true, "commented.example": false, "rebind.example": false} {
+		if got := h.lists(name); got != want {
 			t.Errorf("%s: %v, want %v", name, got, want)
 		}
 	}
-	if got := hostName("DB1.Example.com.:9521"); got != "db1.example.com" || !h.loopbackName(got) {
-		t.Errorf("Host DB1.Example.com.:9521 is %q, loopback %v", got, h.loopbackName(got))
+	if got := hostName("DB1.Example.com.:9521"); got != "db1.example.com" || !h.lists(got) {
+		t.Errorf("Host DB1.Example.com.:9521 is %q, listed %v", got, h.lists(got))
 	}
 	if err := os.WriteFile(path, []byte("127.0.0.1 localhost tnsguard-admin\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	if !h.loopbackName("tnsguard-admin") || h.loopbackName("db1") {
+	if !h.lists("tnsguard-admin") || h.lists("db1") {
 		t.Error("the hosts file was not read again after it changed")
+	}
+}
+
+// slowCollector makes a scrape take d (a registry with thousands of
+// series, or a scrape waiting its turn behind the status page's answers
+// at the heavy gate).
+type slowCollector struct{ d time.Duration }
+
+func (c slowCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- prometheus.NewDesc("slow_collector", "slow", nil, nil)
+}
+
+func (c slowCollector) Collect(ch chan<- prometheus.Metric) {
+	time.Sleep(c.d)
+	ch <- prometheus.MustNewConstMetric(prometheus.NewDesc("slow_collector", "slow", nil, nil), prometheus.GaugeValue, 1)
+}
+
+// The bound on admin connections closed the oldest whatever it was doing:
+// a scrape being answered (or waiting at the heavy gate) when maxConns
+// newer connections came (one client opening connections and holding
+// them, a monitoring script leaking them) was cut, and Prometheus counted
+// a failed scrape (up 0); one client flooding the port at 10,000
+// connections a second failed a fifth of the scrapes and of the kubelet's
+// probes. Connections that are idle or have sent nothing are closed
+// first: an answer under way is not cut while there is one.
+func TestConnectionBoundSparesAnswersUnderWay(t *testing.T) {
+	s := startStack(t, ordersConfig("127.0.0.1:1"))
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(slowCollector{d: 500 * time.Millisecond})
+	adm, err := Start(config.Admin{Listen: "127.0.0.1:0"}, reg, s.p, hclog.NewNullLogger())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { adm.Close() })
+	addr := adm.Addr().String()
+	type result struct {
+		code int
+		body string
+		err  error
+	}
+	done := make(chan result, 1)
+	go func() {
+		cl := &http.Client{Timeout: 5 * time.Second}
+		resp, err := cl.Get("http://" + addr + "/metrics")
+		if err != nil {
+			done <- result{err: err}
+			return
+		}
+		defer resp.Body.Close()
+		b, err := io.ReadAll(resp.Body)
+		done <- result{resp.StatusCode, string(b), err}
+	}()
+	time.Sleep(100 * time.Millisecond) // the scrape is being answered
+	var conns []net.Conn
+	defer func() {
+		for _, c := range conns {
+			c.Close()
+		}
+	}()
+	for i := 0; i < 2*maxConns; i++ {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		conns = append(conns, c)
+		if i%2 == 0 {
+			fmt.Fprintf(c, "GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n") // then idle
+		} // else silent
+	}
+	r := <-done
+	if r.err != nil || r.code != http.StatusOK || !strings.Contains(r.body, "slow_collector 1") {
+		t.Fatalf("a scrape under way when %d connections came: status %d, error %v, %d bytes: it was cut", 2*maxConns, r.code, r.err, len(r.body))
+	}
+}
+
+// `tnsguard healthcheck -admin :9521` (the form of admin.listen = ":9521",
+// which the flag takes) asks http://:9521/readyz: Go's client dials this
+// host and sends Host ":9521", which no browser sends (a page's URL always
+// has a host). It got 421, and the Docker HEALTHCHECK said unhealthy. A
+// Host of a port only, or an IPv4 address in a short form (curl
+// http://127.1:9521/ sends it as written; a browser turns it into
+// 127.0.0.1 and refuses a name whose last label is a number), names no
+// site and is answered.
+func TestHostWithoutANameIsAnswered(t *testing.T) {
+	s := startStack(t, ordersConfig("127.0.0.1:1"))
+	adm, err := Start(config.Admin{Listen: "127.0.0.1:0"}, prometheus.NewRegistry(), s.p, hclog.NewNullLogger())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { adm.Close() })
+	port := adm.Addr().(*net.TCPAddr).Port
+	cl := &http.Client{Timeout: 5 * time.Second}
+	resp, err := cl.Get(fmt.Sprintf("http://:%d/healthz", port))
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Errorf("GET http://:%d/healthz (as healthcheck -admin :%d asks): %d, want 200", port, port, resp.StatusCode)
+	}
+	for _, host := range []string{fmt.Sprintf(":%d", port), "127.1", fmt.Sprintf("127.0.1:%d", port), "2130706433", "0x7f000001"} {
+		if code, _ := getWithHost(t, fmt.Sprintf("http://127.0.0.1:%d/healthz", port), host); code != http.StatusOK {
+			t.Errorf("GET /healthz with Host %q over loopback: %d, want 200", host, code)
+		}
+	}
+	for _, host := range []string{"1.example", "example.1x"} {
+		if code, _ := getWithHost(t, fmt.Sprintf("http://127.0.0.1:%d/healthz", port), host); code != http.StatusMisdirectedRequest {
+			t.Errorf("GET /healthz with Host %q over loopback: %d, want 421", host, code)
+		}
 	}
 }
