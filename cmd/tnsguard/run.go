@@ -336,7 +336,11 @@ func runCommand(args []string, stdout, stderr io.Writer) (code int) {
 					log.Info("upgrade: the reload asked for meanwhile goes to the new process", "new_pid", up.pid)
 				}
 			}
-			return retire(log, p, adm, up, stops, hups, usr2s, cfg.Shutdown.DrainTimeout.Duration, oldGone, older)
+			var toOld io.Writer // nil: a nil *os.File in an interface is not nil
+			if upgradeReady != nil {
+				toOld = upgradeReady
+			}
+			return retire(log, p, adm, up, stops, hups, usr2s, cfg.Shutdown.DrainTimeout.Duration, oldGone, older, toOld)
 		}
 	}
 	if up != nil { // a stop before the new process served: it goes too

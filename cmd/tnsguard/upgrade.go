@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"os/exec"
@@ -128,6 +129,10 @@ type upgrade struct {
 	done  chan error    // one value: nil when the new process serves, else why it does not
 	ended chan struct{} // closed once the new process has exited (and its pipe is read to the end)
 	clean atomic.Bool   // it said "stopped" on its pipe before it exited (a stop, or an upgrade in turn)
+	// It said "handed over" (a process it started serves in its place) and
+	// not "nothing serves" since (that one failed): its own end, even a
+	// crash, leaves a process serving.
+	handedOn atomic.Bool
 }
 
 // binaryPath is the path this process was started by, as an upgrade is to
@@ -317,8 +322,13 @@ func startUpgrade(p *proxy.Proxy, adm *admin.Server, exe string, elders []int) (
 		r.SetReadDeadline(time.Time{})
 		for {
 			line, err := br.ReadString('\n')
-			if line == "stopped\n" {
+			switch line {
+			case "stopped\n":
 				u.clean.Store(true)
+			case "handed over\n":
+				u.handedOn.Store(true)
+			case "nothing serves\n":
+				u.handedOn.Store(false)
 			}
 			if err != nil {
 				return
@@ -336,11 +346,20 @@ func startUpgrade(p *proxy.Proxy, adm *admin.Server, exe string, elders []int) (
 // oldGone, when this process was itself started by an upgrade, is closed
 // once the process it replaced, and any older one (elders), has ended:
 // this one ends after them.
-func retire(log hclog.Logger, p *proxy.Proxy, adm *admin.Server, up *upgrade, stops, hups, usr2s <-chan os.Signal, drainTimeout time.Duration, oldGone <-chan struct{}, older *elders) int {
+//
+// toOld, when this process was itself started by an upgrade, is its pipe
+// to the process it replaced, which drains still or has ended: it learns
+// that a process serves in this one's place ("handed over"), so that this
+// one's end (a crash, the OOM killer) does not end its drain, and that none
+// does any more ("nothing serves").
+func retire(log hclog.Logger, p *proxy.Proxy, adm *admin.Server, up *upgrade, stops, hups, usr2s <-chan os.Signal, drainTimeout time.Duration, oldGone <-chan struct{}, older *elders, toOld io.Writer) int {
 	// The new process serves: it is the service's main process
 	// now (systemd sends it the reloads and the stop).
 	if err := sdNotify(fmt.Sprintf("MAINPID=%d", up.pid)); err != nil {
 		log.Warn("cannot tell systemd the new main process", "new_pid", up.pid, "error", err)
+	}
+	if toOld != nil {
+		toOld.Write([]byte("handed over\n")) // it may have ended
 	}
 	log.Info("upgrade: the new process serves; this one stops accepting and drains", "new_pid", up.pid)
 	// The new process answers on the admin port; the requests this
@@ -386,7 +405,17 @@ func retire(log hclog.Logger, p *proxy.Proxy, adm *admin.Server, up *upgrade, st
 					log.Info("upgrade: the new process has stopped; this one drains on", "new_pid", up.pid)
 					return
 				}
+				if up.handedOn.Load() {
+					// Upgraded in turn, it failed while the process it
+					// started serves: the service is served, this
+					// process's sessions may still finish.
+					log.Warn("upgrade: the new process ended while the process it handed over to serves; this one drains on", "new_pid", up.pid)
+					return
+				}
 				failed = true
+				if toOld != nil {
+					toOld.Write([]byte("nothing serves\n"))
+				}
 				log.Error("upgrade: the new process failed while this one drains: closing the sessions left now and exiting 1", "new_pid", up.pid)
 				p.Hurry()
 				adm.CloseWithin(0) // the requests left too: this process exits now

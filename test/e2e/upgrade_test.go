@@ -1479,3 +1479,84 @@ func TestUpgradeAskedOfTheDrainingProcessIsLogged(t *testing.T) {
 		t.Errorf("processes started by SIGUSR2: %v, want only %d", pids, newPID)
 	}
 }
+
+// Two upgrades in a row (A, B, C): the process in the middle ends while A
+// drains and C serves (the OOM killer picks it). A took that for "the new
+// process failed: nothing serves" and reset its sessions at once, though
+// C serves and systemd (whose main process is C) restarts nothing.
+func TestUpgradeTwiceMiddleProcessCrashLeavesTheFirstDraining(t *testing.T) {
+	conf, admin, addr := oneEcho(t, "grace = \"0s\"\ndrain_timeout = \"20s\"")
+	g := start(t, admin, conf, true)
+	pooled := pooledSession(t, addr)
+	g.upgrade()
+	middle := g.upgraded(10 * time.Second)
+	if err := syscall.Kill(middle, syscall.SIGUSR2); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 10*time.Second, "the second upgrade to serve", func() bool {
+		return len(g.log.find("upgrade: the new process serves; this one stops accepting and drains")) == 2
+	})
+	if err := syscall.Kill(middle, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	var ws syscall.WaitStatus
+	syscall.Wait4(middle, &ws, 0, nil)
+	time.Sleep(500 * time.Millisecond)
+	servesNew(t, addr, "the newest process after the middle one crashed")
+	if err := roundTrip(pooled, []byte("pooled, after the middle process crashed"), 2*time.Second); err != nil {
+		t.Errorf("the first process's session after the middle one crashed while the newest serves: %v", err)
+	}
+}
+
+// Two upgrades in a row (A, B, C) and then the newest fails while A and B
+// drain: nothing serves, so B and then A end their drains at once and exit
+// 1, as after one upgrade.
+func TestUpgradeTwiceNewestFailingEndsEveryDrain(t *testing.T) {
+	conf, admin, addr := oneEcho(t, "grace = \"0s\"\ndrain_timeout = \"20s\"")
+	g := start(t, admin, conf, true)
+	pooled := pooledSession(t, addr)
+	g.upgrade()
+	middle := g.upgraded(10 * time.Second)
+	if err := syscall.Kill(middle, syscall.SIGUSR2); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 10*time.Second, "the second upgrade to serve", func() bool {
+		return len(g.log.find("upgrade: the new process serves; this one stops accepting and drains")) == 2
+	})
+	newest := g.upgrades()[1]
+	exited := reapEach(middle)
+	if err := syscall.Kill(newest, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	if err := readUntilErr(pooled, 3*time.Second); !errors.Is(err, syscall.ECONNRESET) {
+		t.Errorf("the first process's session once nothing serves: %v, want a reset", err)
+	}
+	select {
+	case <-g.done:
+		if g.exit != 1 {
+			t.Errorf("the first process exited %d, want 1", g.exit)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the first process still runs 5 s after nothing serves")
+	}
+	select {
+	case ws := <-exited:
+		if !ws.Exited() || ws.ExitStatus() != 1 {
+			t.Errorf("the middle process: %v, want exit 1", ws)
+		}
+	case <-time.After(5 * time.Second):
+		t.Error("the middle process still runs 5 s after nothing serves")
+	}
+}
+
+// reapEach waits for pid (a child: an upgrade's new process) in the
+// background.
+func reapEach(pid int) <-chan syscall.WaitStatus {
+	ch := make(chan syscall.WaitStatus, 1)
+	go func() {
+		var ws syscall.WaitStatus
+		syscall.Wait4(pid, &ws, 0, nil)
+		ch <- ws
+	}()
+	return ch
+}
