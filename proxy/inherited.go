@@ -6,6 +6,7 @@ import (
 	"os"
 	"sync"
 	"syscall"
+	"time"
 )
 
 // Inherited is the listening sockets a process was handed at start by the
@@ -17,8 +18,12 @@ import (
 type Inherited struct {
 	mu       sync.Mutex
 	lns      []*net.TCPListener
+	order    []*net.TCPListener         // every socket as handed over, in the old process's order (Adjust)
+	counted  int                        // how many of them came with a count (the listeners'; not the admin socket)
 	sessions map[*net.TCPListener]int64 // the old process's sessions on each socket at the handover
-	held     []heldSessions             // those counted against the listeners' max_sessions (Release)
+	// Those counted against the listeners' max_sessions, by socket (hold),
+	// until Release (nil then).
+	held map[*net.TCPListener]*heldSessions
 }
 
 // heldSessions are the old process's sessions counted in a listener's slots.
@@ -32,7 +37,7 @@ type heldSessions struct {
 // not nil, is how many sessions the old process had on each: they count
 // against max_sessions until Release.
 func NewInherited(files []*os.File, sessions []int64) (*Inherited, error) {
-	h := &Inherited{sessions: map[*net.TCPListener]int64{}}
+	h := &Inherited{sessions: map[*net.TCPListener]int64{}, held: map[*net.TCPListener]*heldSessions{}, counted: min(len(sessions), len(files))}
 	for i, f := range files {
 		ln, err := net.FileListener(f)
 		if err != nil {
@@ -46,6 +51,7 @@ func NewInherited(files []*os.File, sessions []int64) (*Inherited, error) {
 			return nil, fmt.Errorf("inherited socket %s: not TCP (%s)", f.Name(), ln.Addr().Network())
 		}
 		h.lns = append(h.lns, tl)
+		h.order = append(h.order, tl)
 		if i < len(sessions) {
 			h.sessions[tl] = sessions[i]
 		}
@@ -58,10 +64,46 @@ func NewInherited(files []*os.File, sessions []int64) (*Inherited, error) {
 func (h *Inherited) hold(ln *net.TCPListener, slots *admitted) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	if n := h.sessions[ln]; n > 0 {
-		slots.active.Add(n)
-		h.held = append(h.held, heldSessions{slots, n})
+	if h.held == nil { // released already
+		return
 	}
+	n := h.sessions[ln]
+	slots.active.Add(n)
+	h.held[ln] = &heldSessions{slots, n} // also when none: Adjust may raise it
+}
+
+// Adjust sets the old process's sessions on each socket to counts (in the
+// order of the sessions given to NewInherited): those it had once it
+// stopped accepting, after the handover. Until then both processes accepted
+// on the sockets; the sessions it took meanwhile count too, until Release.
+// Sessions that ended meanwhile no longer do. Nothing changes after
+// Release, or when counts do not match the sockets (an error).
+func (h *Inherited) Adjust(counts []int64) error {
+	if h == nil {
+		return nil
+	}
+	if len(counts) != h.counted {
+		return fmt.Errorf("%d counts for %d sockets", len(counts), h.counted)
+	}
+	for _, n := range counts {
+		if n < 0 {
+			return fmt.Errorf("negative count %d", n)
+		}
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.held == nil {
+		return nil // the old process has ended, and its sessions with it
+	}
+	for i, n := range counts {
+		ln := h.order[i]
+		h.sessions[ln] = n // for a hold still to come
+		if x := h.held[ln]; x != nil {
+			x.slots.active.Add(n - x.n)
+			x.n = n
+		}
+	}
+	return nil
 }
 
 // Release stops counting the old process's sessions (it has ended, and
@@ -75,7 +117,7 @@ func (h *Inherited) Release() {
 	for _, x := range h.held {
 		x.slots.active.Add(-x.n)
 	}
-	h.held = nil
+	h.held = nil // no hold or Adjust counts any more
 }
 
 // Take removes and returns the inherited socket bound where listen asks, or
@@ -134,21 +176,56 @@ func sameBind(have, want *net.TCPAddr) bool {
 // not files: os.File.Fd (which os/exec calls on ExtraFiles) would switch
 // each socket to blocking mode under the running accept loops (see
 // dupListener).
-func (p *Proxy) ListeningSockets() ([]int, []int64, error) {
+func (p *Proxy) ListeningSockets() ([]int, HandedOver, error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	var fds []int
-	var sessions []int64
+	var h HandedOver
 	for _, l := range p.listeners {
 		fd, err := DupSocket(l.ln)
 		if err != nil {
 			for _, fd := range fds {
 				syscall.Close(fd)
 			}
-			return nil, nil, err
+			return nil, HandedOver{}, err
 		}
 		fds = append(fds, fd)
-		sessions = append(sessions, l.active.Load())
+		h.slots = append(h.slots, l.admitted)
 	}
-	return fds, sessions, nil
+	return fds, h, nil
+}
+
+// HandedOver are the admission counts of the listeners whose sockets
+// ListeningSockets duplicated, in its order.
+type HandedOver struct{ slots []*admitted }
+
+// Sessions are the sessions admitted on each socket now, and the
+// connections accepted there that are not yet let in or turned away; those
+// of the processes older than this one that it counts (Inherited)
+// included: at the handover, and again once this process has stopped
+// accepting (Retire).
+func (h HandedOver) Sessions() []int64 {
+	n := make([]int64, len(h.slots))
+	for i, s := range h.slots {
+		n[i] = s.active.Load() + s.pending.Load()
+	}
+	return n
+}
+
+// Settle waits, at most limit, until every connection accepted on the
+// sockets has been let in or turned away (after the accept loops ended:
+// a PROXY header awaited), so that Sessions counts those turned away
+// no more.
+func (h HandedOver) Settle(limit time.Duration) {
+	for end := time.Now().Add(limit); time.Now().Before(end); time.Sleep(5 * time.Millisecond) {
+		settled := true
+		for _, s := range h.slots {
+			if s.pending.Load() > 0 {
+				settled = false
+			}
+		}
+		if settled {
+			return
+		}
+	}
 }

@@ -60,7 +60,10 @@ const acceptQueueAge = 10 * time.Second
 // counts of their own, the new listener let in max_sessions more while
 // they lived).
 type admitted struct {
-	active    atomic.Int64
+	active atomic.Int64
+	// pending are the connections accepted and not yet let in or turned
+	// away (handle: a PROXY header awaited), for HandedOver.
+	pending   atomic.Int64
 	srcMu     sync.Mutex
 	perSource map[netip.Addr]int
 	// holder is the listener of the running config these are the counts
@@ -125,6 +128,7 @@ func (l *listener) serve(ctx context.Context) {
 		}
 		delay = 0
 		l.p.sessWG.Add(1)
+		l.pending.Add(1)    // until handle lets it in or turns it away
 		go l.handle(ctx, c) // it, or the session it starts, calls sessWG.Done
 	}
 }
@@ -211,7 +215,11 @@ func (l *listener) reject(c *net.TCPConn, reason string, src netip.Addr) {
 // listener's slots itself (sessionEnded).
 func (l *listener) handle(ctx context.Context, c *net.TCPConn) {
 	held := false
+	undecided := true // counted in l.pending
 	defer func() {
+		if undecided {
+			l.pending.Add(-1)
+		}
 		if !held {
 			l.p.sessWG.Done()
 		}
@@ -266,7 +274,10 @@ func (l *listener) handle(ctx context.Context, c *net.TCPConn) {
 		l.reject(c, "not_allowed", src)
 		return
 	}
-	if n := l.active.Add(1); cfg.MaxSessions > 0 && n > int64(cfg.MaxSessions) {
+	n := l.active.Add(1)
+	l.pending.Add(-1) // after: a HandedOver count may take it twice, never not at all
+	undecided = false
+	if cfg.MaxSessions > 0 && n > int64(cfg.MaxSessions) {
 		l.active.Add(-1)
 		l.reject(c, "max_sessions", src)
 		return

@@ -551,16 +551,18 @@ func (p *Proxy) appendLiveSessions(out []*session) []*session {
 // (counted with outcome "closed"). It returns when everything has stopped.
 func (p *Proxy) Shutdown(grace, drainTimeout time.Duration) {
 	p.log.Info("draining: readiness now reports 503", "grace", grace.String(), "drain_timeout", drainTimeout.String())
-	p.shutdown(grace, drainTimeout, p.log)
+	p.shutdown(grace, drainTimeout, p.log, nil)
 }
 
 // Retire drains after an upgrade: another process serves on the listening
 // sockets now, so this one stops accepting at once (no grace: the sockets
 // stay open in the other), and its sessions may finish until drainTimeout.
-func (p *Proxy) Retire(drainTimeout time.Duration) {
+// stopped, if not nil, is called once no listener accepts any more, before
+// the drain.
+func (p *Proxy) Retire(drainTimeout time.Duration, stopped func()) {
 	p.log.Info("handed over: draining", "drain_timeout", drainTimeout.String())
 	p.retired.Store(true)
-	p.shutdown(0, drainTimeout, p.log)
+	p.shutdown(0, drainTimeout, p.log, stopped)
 }
 
 // Hurry ends a drain now: the rest of the grace and of the drain timeout
@@ -571,9 +573,9 @@ func (p *Proxy) Hurry() { p.hurryOnce.Do(func() { close(p.hurry) }) }
 // Close stops a proxy whose start failed: Shutdown without a drain to
 // speak of, so that the log ends with the start's error, not with a drain's
 // lines (and a drain timeout's warning) for sessions that never were.
-func (p *Proxy) Close() { p.shutdown(0, 0, hclog.NewNullLogger()) }
+func (p *Proxy) Close() { p.shutdown(0, 0, hclog.NewNullLogger(), nil) }
 
-func (p *Proxy) shutdown(grace, drainTimeout time.Duration, log hclog.Logger) {
+func (p *Proxy) shutdown(grace, drainTimeout time.Duration, log hclog.Logger, stopped func()) {
 	p.draining.Store(true)
 	select {
 	case <-time.After(grace):
@@ -589,6 +591,9 @@ func (p *Proxy) shutdown(grace, drainTimeout time.Duration, log hclog.Logger) {
 	p.mu.Unlock()
 	left := len(p.liveSessions())
 	log.Info("stopped accepting", "sessions", left)
+	if stopped != nil {
+		stopped()
+	}
 
 	done := make(chan struct{})
 	go func() {

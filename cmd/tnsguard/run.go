@@ -50,7 +50,7 @@ func runCommand(args []string, stdout, stderr io.Writer) (code int) {
 	// The binary an upgrade starts: the path as at start (upgrade.go).
 	self, selfErr := binaryPath()
 	// Sockets handed over by the process this one replaces (upgrade.go).
-	inherited, upgradeReady, oldPID, older, err := inheritance()
+	inherited, upgradeReady, oldPID, older, sessionsPipe, err := inheritance()
 	if err != nil {
 		fmt.Fprintln(stderr, "tnsguard run:", err)
 		return 1
@@ -70,6 +70,11 @@ func runCommand(args []string, stdout, stderr io.Writer) (code int) {
 		loaded = sha256.Sum256(data)
 		return config.Parse(data, *path)
 	}
+	defer func() {
+		if sessionsPipe != nil { // not read: this process did not serve
+			sessionsPipe.Close()
+		}
+	}()
 	cfg, warnings, err := load()
 	if err != nil {
 		fmt.Fprintln(stderr, err)
@@ -176,6 +181,25 @@ func runCommand(args []string, stdout, stderr io.Writer) (code int) {
 			log.Warn("upgrade: cannot tell the old process that this one serves; it goes on serving too until it is stopped", "error", err)
 		} else {
 			log.Info("upgrade: serving on the sockets handed over; the old process drains", "old_pid", oldPID)
+			if sessionsPipe != nil {
+				// Until it stopped accepting, the old process took sessions
+				// too: those count against max_sessions as well.
+				pipe := sessionsPipe
+				sessionsPipe = nil // closed here, not by the defer above
+				go func() {
+					defer pipe.Close()
+					counts := readSessions(pipe)
+					if counts == nil {
+						log.Debug("upgrade: the old process did not say its sessions once it stopped accepting; those at the handover count", "old_pid", oldPID)
+						return
+					}
+					if err := inherited.Adjust(counts); err != nil {
+						log.Warn("upgrade: the old process's sessions once it stopped accepting do not match the sockets handed over; those at the handover count", "old_pid", oldPID, "error", err)
+						return
+					}
+					log.Info("upgrade: the old process has stopped accepting: its sessions then count against max_sessions until it ends", "old_pid", oldPID, "sessions", fmt.Sprint(counts))
+				}()
+			}
 		}
 		// The old process's sessions count against max_sessions until it
 		// has ended, and any older process it still waited for (whose

@@ -12,6 +12,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -37,6 +38,12 @@ import (
 //
 // The new process finds, in its environment, how many sockets it was
 // handed (envListenFDs: fds 3, 4, ...) and the pipe's fd (envReadyFD).
+//
+// Until the old process stops accepting, both accept on the sockets: the
+// old one then tells the new one, on a second pipe (envCountsFD), its
+// sessions on each socket ("sessions N,N,...", in the order of
+// envSessions), which the new one counts against max_sessions instead of
+// those at the start (proxy.Inherited.Adjust).
 
 const (
 	envListenFDs = "TNSGUARD_LISTEN_FDS"
@@ -44,13 +51,15 @@ const (
 	envSessions  = "TNSGUARD_LISTEN_SESSIONS" // the old process's sessions on each socket, comma-separated
 	envOldPID    = "TNSGUARD_UPGRADE_FROM"    // the old process's pid (it is not the new one's parent)
 	envElders    = "TNSGUARD_UPGRADE_ELDERS"  // "FROM:PID,PID": the processes older than FROM that still drained when it handed over
+	envCountsFD  = "TNSGUARD_COUNTS_FD"       // "FROM:FD": the pipe on which FROM says its sessions once it stopped accepting
+	countsWait   = 5 * time.Second            // how long the new process waits for that line once it serves
 	readyTimeout = 30 * time.Second
 )
 
 // upgradeEnv names the variables an upgrade hands the new process: it
 // clears them at once, and an upgrade in turn sets them anew.
 func upgradeEnv() []string {
-	return []string{envListenFDs, envReadyFD, envSessions, envOldPID, envElders}
+	return []string{envListenFDs, envReadyFD, envSessions, envOldPID, envElders, envCountsFD}
 }
 
 // elders are the processes older than this one that may still drain after
@@ -133,6 +142,61 @@ type upgrade struct {
 	// not "nothing serves" since (that one failed): its own end, even a
 	// crash, leaves a process serving.
 	handedOn atomic.Bool
+	// The sockets handed over, and the pipe on which this process tells
+	// the new one its sessions on them once it stopped accepting
+	// (tellSessions); closed when the upgrade fails.
+	handed    proxy.HandedOver
+	counts    *os.File
+	countsOut sync.Once
+}
+
+// tellSessions tells the new process, once this one has stopped accepting,
+// its sessions on each socket handed over, those it accepted while the new
+// one started included. A new process of a version before this pipe does
+// not read it: the line stays in the pipe's buffer.
+func (u *upgrade) tellSessions() {
+	u.handed.Settle(time.Second) // connections accepted last, a PROXY header awaited
+	counts := u.handed.Sessions()
+	list := make([]string, len(counts))
+	for i, n := range counts {
+		list[i] = strconv.FormatInt(n, 10)
+	}
+	u.countsOut.Do(func() {
+		u.counts.SetWriteDeadline(time.Now().Add(time.Second))
+		u.counts.Write([]byte("sessions " + strings.Join(list, ",") + "\n")) // it may have ended
+		u.counts.Close()
+	})
+}
+
+// dropCounts closes the pipe unwritten: the upgrade failed.
+func (u *upgrade) dropCounts() { u.countsOut.Do(func() { u.counts.Close() }) }
+
+// readSessions reads, at most countsWait, the line of tellSessions: the old
+// process's sessions on each socket once it stopped accepting. nil when
+// none comes (an old process of a version before this pipe, or one that
+// ended) or it is not such a line.
+func readSessions(f *os.File) []int64 {
+	f.SetReadDeadline(time.Now().Add(countsWait))
+	line, err := bufio.NewReader(io.LimitReader(f, 1<<16)).ReadString('\n')
+	if err != nil {
+		return nil
+	}
+	list, ok := strings.CutPrefix(strings.TrimSuffix(line, "\n"), "sessions ")
+	if !ok {
+		return nil
+	}
+	counts := []int64{} // not nil: no listener at all
+	if list == "" {
+		return counts
+	}
+	for c := range strings.SplitSeq(list, ",") {
+		n, err := strconv.ParseInt(c, 10, 64)
+		if err != nil || n < 0 {
+			return nil
+		}
+		counts = append(counts, n)
+	}
+	return counts
 }
 
 // binaryPath is the path this process was started by, as an upgrade is to
@@ -213,7 +277,7 @@ func startUpgrade(p *proxy.Proxy, adm *admin.Server, exe string, elders []int) (
 	if exe == "" {
 		return nil, errors.New("cannot find the binary: its path was not known at start")
 	}
-	fds, sessions, err := p.ListeningSockets()
+	fds, handed, err := p.ListeningSockets()
 	if err != nil {
 		return nil, fmt.Errorf("cannot hand over the listening sockets: %w", err)
 	}
@@ -232,22 +296,34 @@ func startUpgrade(p *proxy.Proxy, adm *admin.Server, exe string, elders []int) (
 		return nil, err
 	}
 	defer w.Close() // the new process holds its own copy
+	cr, cw, err := os.Pipe()
+	if err != nil {
+		r.Close()
+		return nil, err
+	}
+	defer cr.Close() // likewise
 	files := []uintptr{0, 1, 2}
 	for _, fd := range fds {
 		files = append(files, uintptr(fd))
 	}
-	files = append(files, w.Fd())
+	// Fd puts both in blocking mode; the new process makes its read end
+	// non-blocking again (inheritance). cw stays as it is, for its
+	// deadline.
+	files = append(files, w.Fd(), cr.Fd())
 	env := slices.DeleteFunc(os.Environ(), func(kv string) bool {
 		name, _, _ := strings.Cut(kv, "=")
 		return slices.Contains(upgradeEnv(), name)
 	})
+	sessions := handed.Sessions()
 	counts := make([]string, len(sessions))
 	for i, n := range sessions {
 		counts[i] = strconv.FormatInt(n, 10)
 	}
 	env = append(env, fmt.Sprintf("%s=%d", envListenFDs, len(fds)), fmt.Sprintf("%s=%d", envReadyFD, 3+len(fds)),
 		envSessions+"="+strings.Join(counts, ","), // the admin socket's, last, has none
-		fmt.Sprintf("%s=%d", envOldPID, os.Getpid()))
+		fmt.Sprintf("%s=%d", envOldPID, os.Getpid()),
+		// Prefixed with this process's pid, as envElders.
+		fmt.Sprintf("%s=%d:%d", envCountsFD, os.Getpid(), 3+len(fds)+1))
 	if len(elders) > 0 {
 		list := make([]string, len(elders))
 		for i, pid := range elders {
@@ -276,9 +352,10 @@ func startUpgrade(p *proxy.Proxy, adm *admin.Server, exe string, elders []int) (
 		Sys: &syscall.SysProcAttr{Setpgid: true, Cloneflags: syscall.CLONE_PARENT, PidFD: &pidfd}})
 	if err != nil {
 		r.Close()
+		cw.Close()
 		return nil, fmt.Errorf("cannot start %s: %w", exe, err)
 	}
-	u := &upgrade{pid: pid, done: make(chan error, 1), ended: make(chan struct{})}
+	u := &upgrade{pid: pid, done: make(chan error, 1), ended: make(chan struct{}), handed: handed, counts: cw}
 	gone := make(chan struct{}) // the new process has exited
 	go func() {                 // now or in a year
 		waitGone(pidfd, pid)
@@ -304,9 +381,11 @@ func startUpgrade(p *proxy.Proxy, adm *admin.Server, exe string, elders []int) (
 			u.done <- nil
 		case errors.Is(err, os.ErrDeadlineExceeded):
 			syscall.Kill(-pid, syscall.SIGKILL)
+			u.dropCounts()
 			u.done <- fmt.Errorf("the new process (pid %d) did not serve within %s: killed it", pid, readyTimeout)
 			return
 		default: // it closed the pipe: it ended before it served
+			u.dropCounts()
 			select {
 			case <-gone:
 				syscall.Kill(-pid, syscall.SIGKILL) // what it left behind
@@ -424,7 +503,7 @@ func retire(log hclog.Logger, p *proxy.Proxy, adm *admin.Server, up *upgrade, st
 			return
 		}
 	}()
-	drain(log, stops, true, func() { p.Retire(drainTimeout) }, p.Hurry)
+	drain(log, stops, true, func() { p.Retire(drainTimeout, up.tellSessions) }, p.Hurry)
 	<-admClosed
 	// Handed over in turn while the process this one replaced still
 	// drains (a second upgrade within drain_timeout): that one's sessions
@@ -497,14 +576,16 @@ func waitGone(pidfd, pid int) {
 // that nothing this process starts takes them for its own.
 //
 // The elders returned are the process this one replaced (oldPID) and those
-// older that it still waited for.
-func inheritance() (*proxy.Inherited, *os.File, int, *elders, error) {
-	n, r, counts, from, older := os.Getenv(envListenFDs), os.Getenv(envReadyFD), os.Getenv(envSessions), os.Getenv(envOldPID), os.Getenv(envElders)
+// older that it still waited for. The last file is the pipe on which the
+// old process tells its sessions once it stopped accepting (readSessions),
+// nil from a version before it.
+func inheritance() (*proxy.Inherited, *os.File, int, *elders, *os.File, error) {
+	n, r, counts, from, older, later := os.Getenv(envListenFDs), os.Getenv(envReadyFD), os.Getenv(envSessions), os.Getenv(envOldPID), os.Getenv(envElders), os.Getenv(envCountsFD)
 	for _, name := range upgradeEnv() {
 		os.Unsetenv(name)
 	}
 	if n == "" && r == "" {
-		return nil, nil, 0, nil, nil
+		return nil, nil, 0, nil, nil, nil
 	}
 	count, err1 := strconv.Atoi(n)
 	rfd, err2 := strconv.Atoi(r)
@@ -520,7 +601,7 @@ func inheritance() (*proxy.Inherited, *os.File, int, *elders, error) {
 		}
 	}
 	if err1 != nil || err2 != nil || err3 != nil || count < 0 || rfd != 3+count {
-		return nil, nil, 0, nil, fmt.Errorf("%s=%q, %s=%q, %s=%q and %s=%q: not what an upgrade sets",
+		return nil, nil, 0, nil, nil, fmt.Errorf("%s=%q, %s=%q, %s=%q and %s=%q: not what an upgrade sets",
 			envListenFDs, n, envReadyFD, r, envOldPID, from, envSessions, counts)
 	}
 	pids := []int{oldPID}
@@ -540,12 +621,23 @@ func inheritance() (*proxy.Inherited, *os.File, int, *elders, error) {
 		f.Close() // NewInherited holds duplicates
 	}
 	ready := os.NewFile(uintptr(rfd), "upgrade pipe")
+	var sessionsPipe *os.File
+	// Set by the old process itself (its pid): a version before this
+	// variable passes on the one it was started with, stale.
+	if sender, fd, ok := strings.Cut(later, ":"); ok && sender == from && fd == strconv.Itoa(rfd+1) {
+		syscall.CloseOnExec(rfd + 1)
+		syscall.SetNonblock(rfd+1, true) // for its deadline: the old process's Fd made it blocking
+		sessionsPipe = os.NewFile(uintptr(rfd+1), "upgrade sessions pipe")
+	}
 	if err != nil {
 		ready.Close()
-		return nil, nil, 0, nil, err
+		if sessionsPipe != nil {
+			sessionsPipe.Close()
+		}
+		return nil, nil, 0, nil, nil, err
 	}
 	syscall.CloseOnExec(rfd) // held to the end (see runCommand): not by what this process starts
-	return h, ready, oldPID, watchElders(pids), nil
+	return h, ready, oldPID, watchElders(pids), sessionsPipe, nil
 }
 
 // sdNotify tells systemd (Type=notify) the service's state, such as

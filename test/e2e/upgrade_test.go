@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -1559,4 +1560,148 @@ func reapEach(pid int) <-chan syscall.WaitStatus {
 		ch <- ws
 	}()
 	return ch
+}
+
+// Sessions the old process accepts after it started the new one, while
+// that one loads its config and waits for its first health checks (both
+// processes accept on the shared sockets then), count against max_sessions
+// in the new one too: the old process says its sessions once it stopped
+// accepting. They counted in neither process: the new one counted those the
+// old one had when it started it, and let in as many more as the old one
+// took meanwhile.
+func TestUpgradeCountsTheSessionsTheOldProcessTookWhileTheNewOneWaited(t *testing.T) {
+	e := newEcho(t)
+	admin, addr := freeAddr(t), freeAddr(t)
+	conf := config(admin, "grace = \"0s\"\ndrain_timeout = \"20s\"",
+		[]listenerConf{{name: "l", listen: addr, backend: "db", extra: "max_sessions = 3"}},
+		[]backendConf{{name: "db", servers: []string{e.addr()}}}) + darkBackend(t, 3*time.Second)
+	g := start(t, admin, conf, false)
+	open := func(what string) error {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			return err
+		}
+		t.Cleanup(func() { c.Close() })
+		return roundTrip(c, []byte(what), 2*time.Second)
+	}
+	g.upgrade()
+	waitFor(t, 5*time.Second, "the new process to wait for its first checks", func() bool {
+		return len(g.log.find("upgrade: waiting for the first health checks before serving; the old process serves meanwhile")) > 0
+	})
+	for i := range 3 {
+		if err := open(fmt.Sprintf("during the wait %d", i)); err != nil {
+			t.Fatalf("session %d during the new process's wait: %v", i, err)
+		}
+	}
+	g.upgraded(15 * time.Second)
+	time.Sleep(300 * time.Millisecond) // the old process has stopped accepting
+	admitted := 0
+	for i := range 3 {
+		if open(fmt.Sprintf("after the upgrade %d", i)) == nil {
+			admitted++
+		}
+	}
+	if admitted > 0 {
+		t.Errorf("%d sessions let in after the upgrade with 3 open: %d in all, max_sessions = 3", admitted, 3+admitted)
+	}
+}
+
+// Upgrades in a row (A, B, C), each new process waiting for its first
+// health checks while sessions come: the process in the middle passes on
+// what it counts of the first one's, the sessions that one took while B
+// waited included, with its own taken while C waited; and once every older
+// process has ended, C counts only its own again (the adjusted counts are
+// released with the rest).
+func TestUpgradeTwiceCountsTheSessionsTakenWhileEachNewOneWaited(t *testing.T) {
+	e := newEcho(t)
+	admin, addr := freeAddr(t), freeAddr(t)
+	conf := config(admin, "grace = \"0s\"\ndrain_timeout = \"8s\"",
+		[]listenerConf{{name: "l", listen: addr, backend: "db", extra: "max_sessions = 4"}},
+		[]backendConf{{name: "db", servers: []string{e.addr()}}}) + darkBackend(t, 2*time.Second)
+	g := start(t, admin, conf, false)
+	var opened []net.Conn // those let in while B and C waited
+	open := func(what string) error {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			return err
+		}
+		t.Cleanup(func() { c.Close() })
+		if err := roundTrip(c, []byte(what), 2*time.Second); err != nil {
+			return err
+		}
+		opened = append(opened, c)
+		return nil
+	}
+	const waiting = "upgrade: waiting for the first health checks before serving; the old process serves meanwhile"
+	const serves = "upgrade: the new process serves; this one stops accepting and drains"
+	g.upgrade()
+	waitFor(t, 5*time.Second, "B to wait for its first checks", func() bool { return len(g.log.find(waiting)) == 1 })
+	for i := range 2 {
+		if err := open(fmt.Sprintf("while B waited %d", i)); err != nil {
+			t.Fatalf("session %d while B waited: %v", i, err)
+		}
+	}
+	middle := g.upgraded(15 * time.Second)
+	middleExited := reapEach(middle)
+	time.Sleep(300 * time.Millisecond)
+	if err := syscall.Kill(middle, syscall.SIGUSR2); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 5*time.Second, "C to wait for its first checks", func() bool { return len(g.log.find(waiting)) == 2 })
+	for i := range 2 {
+		if err := open(fmt.Sprintf("while C waited %d", i)); err != nil {
+			t.Fatalf("session %d while C waited: %v", i, err)
+		}
+	}
+	waitFor(t, 15*time.Second, "C to serve", func() bool { return len(g.log.find(serves)) == 2 })
+	time.Sleep(300 * time.Millisecond) // B has stopped accepting
+	admitted := 0
+	for i := range 3 {
+		if open(fmt.Sprintf("after C serves %d", i)) == nil {
+			admitted++
+		}
+	}
+	if admitted > 0 {
+		t.Errorf("%d sessions let in by C with 4 open in A and B: %d in all, max_sessions = 4", admitted, 4+admitted)
+	}
+	waited := slices.Clone(opened)
+	// A and B end at their drain_timeout (their sessions reset), or at
+	// once with none; then C counts its own only: those of the 4 it took
+	// while it waited, which live on.
+	for _, ended := range []struct {
+		what string
+		c    <-chan struct{}
+	}{{"the first process", g.done}, {"the process in the middle", waitStatusDone(middleExited)}} {
+		select {
+		case <-ended.c:
+		case <-time.After(15 * time.Second):
+			t.Fatalf("%s still runs 15 s after the second upgrade", ended.what)
+		}
+	}
+	time.Sleep(500 * time.Millisecond)
+	own := 0
+	for i, c := range waited {
+		if roundTrip(c, []byte(fmt.Sprintf("still open %d", i)), 2*time.Second) == nil {
+			own++
+		}
+	}
+	admitted = 0
+	for i := range 4 {
+		if open(fmt.Sprintf("once A and B ended %d", i)) == nil {
+			admitted++
+		}
+	}
+	if admitted != 4-own {
+		t.Errorf("%d sessions let in once A and B ended, with %d of C's own open: want %d (max_sessions = 4)", admitted, own, 4-own)
+	}
+}
+
+// waitStatusDone is closed once exited has a value.
+func waitStatusDone(exited <-chan syscall.WaitStatus) <-chan struct{} {
+	done := make(chan struct{})
+	go func() {
+		<-exited
+		close(done)
+	}()
+	return done
 }
