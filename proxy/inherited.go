@@ -6,7 +6,6 @@ import (
 	"os"
 	"sync"
 	"syscall"
-	"time"
 )
 
 // Inherited is the listening sockets a process was handed at start by the
@@ -207,25 +206,21 @@ type HandedOver struct{ slots []*admitted }
 func (h HandedOver) Sessions() []int64 {
 	n := make([]int64, len(h.slots))
 	for i, s := range h.slots {
-		n[i] = s.active.Load() + s.pending.Load()
+		// pending read first: handle counts a connection it lets in as
+		// active before it takes it from pending, so one let in between
+		// the two reads counts twice at worst, never not at all.
+		pending := s.pending.Load()
+		n[i] = pending + s.active.Load()
 	}
 	return n
 }
 
-// Settle waits, at most limit, until every connection accepted on the
-// sockets has been let in or turned away (after the accept loops ended:
-// a PROXY header awaited), so that Sessions counts those turned away
-// no more.
-func (h HandedOver) Settle(limit time.Duration) {
-	for end := time.Now().Add(limit); time.Now().Before(end); time.Sleep(5 * time.Millisecond) {
-		settled := true
-		for _, s := range h.slots {
-			if s.pending.Load() > 0 {
-				settled = false
-			}
-		}
-		if settled {
-			return
-		}
+// Pending are the connections accepted on the sockets that are not yet let
+// in or turned away (a PROXY header awaited), in all.
+func (h HandedOver) Pending() int64 {
+	var n int64
+	for _, s := range h.slots {
+		n += s.pending.Load()
 	}
+	return n
 }

@@ -87,3 +87,37 @@ func TestInheritedAdjustCountsUntilRelease(t *testing.T) {
 	h.Release()
 	check("a second Release", 1, 0)
 }
+
+// A connection that is let in while HandedOver counts moves from pending
+// to active (handle: active first, then pending): the count takes it once
+// or twice, never not at all, or the new process lets in one more than
+// max_sessions. Sessions read active before pending: a connection let in
+// between the two reads was in neither.
+func TestHandedOverSessionsNeverMissAConnectionLetIn(t *testing.T) {
+	const conns = 200000
+	var a admitted
+	a.pending.Store(conns) // accepted, not yet let in
+	h := HandedOver{slots: []*admitted{&a}}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for range conns { // as handle lets each in
+			a.active.Add(1)
+			a.pending.Add(-1)
+		}
+	}()
+	missed := 0
+	for running := true; running; {
+		select {
+		case <-done:
+			running = false
+		default:
+		}
+		if n := h.Sessions()[0]; n < conns {
+			missed++
+		}
+	}
+	if missed > 0 {
+		t.Errorf("%d counts of %d connections took fewer (a connection let in between the reads counted in neither)", missed, conns)
+	}
+}

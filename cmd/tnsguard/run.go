@@ -188,16 +188,25 @@ func runCommand(args []string, stdout, stderr io.Writer) (code int) {
 				sessionsPipe = nil // closed here, not by the defer above
 				go func() {
 					defer pipe.Close()
-					counts := readSessions(pipe)
-					if counts == nil {
+					first := true
+					// The first line at once, then again as the connections it
+					// accepted last are let in or turned away (tellSessions).
+					lines := followSessions(pipe, func(counts []int64) bool {
+						if err := inherited.Adjust(counts); err != nil {
+							log.Warn("upgrade: the old process's sessions once it stopped accepting do not match the sockets handed over; those at the handover count", "old_pid", oldPID, "error", err)
+							return false
+						}
+						if first {
+							first = false
+							log.Info("upgrade: the old process has stopped accepting: its sessions then count against max_sessions until it ends", "old_pid", oldPID, "sessions", fmt.Sprint(counts))
+						} else {
+							log.Debug("upgrade: the old process's sessions, its connections awaiting a PROXY header let in or turned away", "old_pid", oldPID, "sessions", fmt.Sprint(counts))
+						}
+						return true
+					})
+					if lines == 0 {
 						log.Debug("upgrade: the old process did not say its sessions once it stopped accepting; those at the handover count", "old_pid", oldPID)
-						return
 					}
-					if err := inherited.Adjust(counts); err != nil {
-						log.Warn("upgrade: the old process's sessions once it stopped accepting do not match the sockets handed over; those at the handover count", "old_pid", oldPID, "error", err)
-						return
-					}
-					log.Info("upgrade: the old process has stopped accepting: its sessions then count against max_sessions until it ends", "old_pid", oldPID, "sessions", fmt.Sprint(counts))
 				}()
 			}
 		}
@@ -344,6 +353,7 @@ func runCommand(args []string, stdout, stderr io.Writer) (code int) {
 			}
 			if err != nil {
 				log.Error("upgrade failed: this process serves on", "error", err)
+				up.dropCounts() // no retire: the sessions pipe is closed here
 				up = nil
 				out.untag()
 				if reloadAfterUpgrade {

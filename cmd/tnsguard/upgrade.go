@@ -53,6 +53,7 @@ const (
 	envElders    = "TNSGUARD_UPGRADE_ELDERS"  // "FROM:PID,PID": the processes older than FROM that still drained when it handed over
 	envCountsFD  = "TNSGUARD_COUNTS_FD"       // "FROM:FD": the pipe on which FROM says its sessions once it stopped accepting
 	countsWait   = 5 * time.Second            // how long the new process waits for that line once it serves
+	countsFollow = time.Minute                // how long the old process says them again as connections that awaited a PROXY header are let in or turned away
 	readyTimeout = 30 * time.Second
 )
 
@@ -152,35 +153,77 @@ type upgrade struct {
 
 // tellSessions tells the new process, once this one has stopped accepting,
 // its sessions on each socket handed over, those it accepted while the new
-// one started included. A new process of a version before this pipe does
-// not read it: the line stays in the pipe's buffer.
+// one started included: at once, the connections accepted and not yet let
+// in or turned away (a PROXY header awaited) counted as sessions, so that
+// the new process, which serves already, lets in none too many meanwhile;
+// then again each time those are let in or turned away, until none is left
+// (at most countsFollow), each line replacing the one before. A new process
+// of a version before this pipe does not read it: the lines stay in the
+// pipe's buffer.
 func (u *upgrade) tellSessions() {
-	u.handed.Settle(time.Second) // connections accepted last, a PROXY header awaited
-	counts := u.handed.Sessions()
+	u.countsOut.Do(func() {
+		last := u.handed.Sessions()
+		if !u.sendSessions(last) {
+			u.counts.Close()
+			return
+		}
+		go func() { // not in the drain's way
+			defer u.counts.Close()
+			for end := time.Now().Add(countsFollow); ; time.Sleep(10 * time.Millisecond) {
+				pending := u.handed.Pending()
+				now := u.handed.Sessions()
+				if !slices.Equal(now, last) {
+					if !u.sendSessions(now) {
+						return
+					}
+					last = now
+				}
+				if pending == 0 || time.Now().After(end) {
+					return
+				}
+			}
+		}()
+	})
+}
+
+// sendSessions writes one line of tellSessions: false when it cannot (the
+// new process has ended, or reads no more).
+func (u *upgrade) sendSessions(counts []int64) bool {
 	list := make([]string, len(counts))
 	for i, n := range counts {
 		list[i] = strconv.FormatInt(n, 10)
 	}
-	u.countsOut.Do(func() {
-		u.counts.SetWriteDeadline(time.Now().Add(time.Second))
-		u.counts.Write([]byte("sessions " + strings.Join(list, ",") + "\n")) // it may have ended
-		u.counts.Close()
-	})
+	u.counts.SetWriteDeadline(time.Now().Add(time.Second))
+	_, err := u.counts.Write([]byte("sessions " + strings.Join(list, ",") + "\n"))
+	return err == nil
 }
 
 // dropCounts closes the pipe unwritten: the upgrade failed.
 func (u *upgrade) dropCounts() { u.countsOut.Do(func() { u.counts.Close() }) }
 
-// readSessions reads, at most countsWait, the line of tellSessions: the old
-// process's sessions on each socket once it stopped accepting. nil when
-// none comes (an old process of a version before this pipe, or one that
-// ended) or it is not such a line.
-func readSessions(f *os.File) []int64 {
+// followSessions hands each line of tellSessions to adjust, until the pipe's
+// end, a line that is not such a line, or adjust returns false; the first
+// must come within countsWait. It returns how many lines adjust took.
+func followSessions(f *os.File, adjust func([]int64) bool) int {
 	f.SetReadDeadline(time.Now().Add(countsWait))
-	line, err := bufio.NewReader(io.LimitReader(f, 1<<16)).ReadString('\n')
-	if err != nil {
-		return nil
+	br := bufio.NewReader(io.LimitReader(f, 1<<20))
+	for lines := 0; ; lines++ {
+		line, err := br.ReadString('\n')
+		if err != nil {
+			return lines
+		}
+		counts := parseSessions(line)
+		if counts == nil || !adjust(counts) {
+			return lines
+		}
+		if lines == 0 {
+			f.SetReadDeadline(time.Time{}) // the rest until the old process closes the pipe (countsFollow)
+		}
 	}
+}
+
+// parseSessions is a line of tellSessions' counts, or nil.
+func parseSessions(line string) []int64 {
 	list, ok := strings.CutPrefix(strings.TrimSuffix(line, "\n"), "sessions ")
 	if !ok {
 		return nil

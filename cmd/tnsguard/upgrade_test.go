@@ -4,6 +4,7 @@ import (
 	"os"
 	"slices"
 	"testing"
+	"time"
 )
 
 // The new process takes the old one's "sessions N,N,..." line once that
@@ -29,10 +30,34 @@ func TestUpgradeReadsTheOldProcessSessionsLine(t *testing.T) {
 		}
 		w.Write([]byte(c.sent))
 		w.Close()
-		got := readSessions(r)
+		var got []int64
+		followSessions(r, func(c []int64) bool { got = c; return false })
 		r.Close()
 		if !slices.Equal(got, c.want) || (got == nil) != (c.want == nil) {
 			t.Errorf("%q: read %v, want %v", c.sent, got, c.want)
 		}
+	}
+}
+
+// The old process says its sessions again as the connections it accepted
+// last are let in or turned away: the new process takes each line, until
+// the pipe's end.
+func TestUpgradeFollowsTheOldProcessSessionsLines(t *testing.T) {
+	r, w, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	w.Write([]byte("sessions 5,2\nsessions 3,2\n"))
+	go func() {
+		time.Sleep(100 * time.Millisecond)
+		w.Write([]byte("sessions 1,0\n"))
+		w.Close()
+	}()
+	var got [][]int64
+	n := followSessions(r, func(c []int64) bool { got = append(got, c); return true })
+	want := [][]int64{{5, 2}, {3, 2}, {1, 0}}
+	if n != 3 || !slices.EqualFunc(got, want, slices.Equal[[]int64]) {
+		t.Errorf("followed %d lines: %v, want %v", n, got, want)
 	}
 }

@@ -1705,3 +1705,106 @@ func waitStatusDone(exited <-chan syscall.WaitStatus) <-chan struct{} {
 	}()
 	return done
 }
+
+// Connections the old process accepted last and that still await a PROXY
+// header (a trusted proxy's, silent a while) when it stops accepting: it
+// waited for them up to a second (HandedOver.Settle) before it said its
+// sessions, and the new process, serving already, counted those the old one
+// had at the fork meanwhile: it let in max_sessions more than the old one's
+// sessions taken while it waited for its first checks.
+func TestUpgradeCountsTheOldProcessSessionsAtOnceWhileHeadersAreAwaited(t *testing.T) {
+	e := newEcho(t)
+	admin, addr := freeAddr(t), freeAddr(t)
+	conf := config(admin, "grace = \"0s\"\ndrain_timeout = \"20s\"",
+		[]listenerConf{{name: "l", listen: addr, backend: "db", extra: "max_sessions = 3\nproxy_protocol = \"optional\"\n" +
+			"trusted_proxies = [\"127.0.0.1/32\"]\nproxy_header_timeout = \"9s\""}},
+		[]backendConf{{name: "db", servers: []string{e.addr()}}}) + darkBackend(t, 3*time.Second)
+	g := start(t, admin, conf, false)
+	open := func(what string) error {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			return err
+		}
+		t.Cleanup(func() { c.Close() })
+		return roundTrip(c, []byte(what), 2*time.Second)
+	}
+	g.upgrade()
+	waitFor(t, 5*time.Second, "the new process to wait for its first checks", func() bool {
+		return len(g.log.find("upgrade: waiting for the first health checks before serving; the old process serves meanwhile")) > 0
+	})
+	for range 8 { // silent: each process takes some, a PROXY header awaited
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+	}
+	for i := range 3 {
+		if err := open(fmt.Sprintf("during the wait %d", i)); err != nil {
+			t.Fatalf("session %d during the new process's wait: %v", i, err)
+		}
+	}
+	g.upgraded(15 * time.Second)
+	time.Sleep(50 * time.Millisecond) // the old process has stopped accepting
+	admitted := 0
+	for i := range 3 {
+		if open(fmt.Sprintf("after the upgrade %d", i)) == nil {
+			admitted++
+		}
+	}
+	if admitted > 0 {
+		t.Errorf("%d sessions let in just after the upgrade with 3 open: %d in all, max_sessions = 3", admitted, 3+admitted)
+	}
+}
+
+// The connections the old process accepted last that still awaited a PROXY
+// header when it said its sessions, and that it turned away afterwards (the
+// header never came): they counted as its sessions in the new process until
+// it ended, its drain held by a session of its own, and the new process
+// turned apps away below max_sessions meanwhile.
+func TestUpgradeStopsCountingTheOldProcessConnectionsTurnedAwayLater(t *testing.T) {
+	e := newEcho(t)
+	admin, addr := freeAddr(t), freeAddr(t)
+	conf := config(admin, "grace = \"0s\"\ndrain_timeout = \"30s\"",
+		[]listenerConf{{name: "l", listen: addr, backend: "db", extra: "max_sessions = 3\nproxy_protocol = \"required\"\n" +
+			"trusted_proxies = [\"127.0.0.1/32\"]\nproxy_header_timeout = \"5s\""}},
+		[]backendConf{{name: "db", servers: []string{e.addr()}}}) + darkBackend(t, 2*time.Second)
+	g := start(t, admin, conf, false)
+	open := func(what string) error {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			return err
+		}
+		t.Cleanup(func() { c.Close() })
+		if _, err := c.Write([]byte("PROXY TCP4 192.0.2.1 192.0.2.2 1000 2000\r\n")); err != nil {
+			return err
+		}
+		return roundTrip(c, []byte(what), 2*time.Second)
+	}
+	if err := open("held by the old process"); err != nil { // its drain lasts
+		t.Fatal(err)
+	}
+	g.upgrade()
+	waitFor(t, 5*time.Second, "the new process to wait for its first checks", func() bool {
+		return len(g.log.find("upgrade: waiting for the first health checks before serving; the old process serves meanwhile")) > 0
+	})
+	silent := time.Now()
+	for range 8 { // no header: each process takes some, and turns them away after 5 s
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+	}
+	g.upgraded(15 * time.Second)
+	time.Sleep(time.Until(silent.Add(5*time.Second + 700*time.Millisecond))) // turned away
+	admitted := 0
+	for i := range 3 {
+		if open(fmt.Sprintf("once the silent ones were turned away %d", i)) == nil {
+			admitted++
+		}
+	}
+	if admitted != 2 {
+		t.Errorf("%d sessions let in with the old process's 1 open, want 2 (max_sessions = 3)", admitted)
+	}
+}
