@@ -912,14 +912,7 @@ func limitedUpgrade(t *testing.T, drain string) (*instance, func(what string) er
 		[]listenerConf{{name: "l", listen: addr, backend: "db", extra: "max_sessions = 3"}},
 		[]backendConf{{name: "db", servers: []string{e.addr()}}})
 	g := start(t, admin, conf, true)
-	open := func(what string) error {
-		c, err := net.Dial("tcp", addr)
-		if err != nil {
-			return err
-		}
-		t.Cleanup(func() { c.Close() })
-		return roundTrip(c, []byte(what), 2*time.Second)
-	}
+	open := sessionOpener(t, addr)
 	for i := range 3 {
 		if err := open(fmt.Sprintf("pooled %d", i)); err != nil {
 			t.Fatalf("pooled session %d: %v", i, err)
@@ -928,18 +921,44 @@ func limitedUpgrade(t *testing.T, drain string) (*instance, func(what string) er
 	return g, open
 }
 
+// openSession opens a session through addr, held until the test ends, and
+// tells whether it was served: a round trip of what.
+func openSession(t *testing.T, addr, what string) (net.Conn, error) {
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		return nil, err
+	}
+	t.Cleanup(func() { c.Close() })
+	return c, roundTrip(c, []byte(what), 2*time.Second)
+}
+
+// sessionOpener is openSession for addr, as a function of what.
+func sessionOpener(t *testing.T, addr string) func(what string) error {
+	return func(what string) error {
+		_, err := openSession(t, addr, what)
+		return err
+	}
+}
+
+// admittedOf opens n sessions with open (what numbered) and counts those
+// served.
+func admittedOf(open func(what string) error, n int, what string) int {
+	admitted := 0
+	for i := range n {
+		if open(fmt.Sprintf("%s %d", what, i)) == nil {
+			admitted++
+		}
+	}
+	return admitted
+}
+
 // limitHeldWhileTheFirstDrains checks, after what (an upgrade), that the
 // newest process lets in no session while the first process drains its 3
 // (max_sessions = 3), and all 3 once that process has ended (its sessions
 // reset at its drain_timeout): the pools reconnect.
 func limitHeldWhileTheFirstDrains(t *testing.T, g *instance, open func(what string) error, what string) {
 	t.Helper()
-	admitted := 0
-	for i := range 3 {
-		if open(fmt.Sprintf("after %s %d", what, i)) == nil {
-			admitted++
-		}
-	}
+	admitted := admittedOf(open, 3, "after "+what)
 	if admitted > 0 {
 		t.Errorf("%d sessions let in after %s while the first process drains its 3: %d in all, max_sessions = 3", admitted, what, 3+admitted)
 	}
@@ -1576,14 +1595,7 @@ func TestUpgradeCountsTheSessionsTheOldProcessTookWhileTheNewOneWaited(t *testin
 		[]listenerConf{{name: "l", listen: addr, backend: "db", extra: "max_sessions = 3"}},
 		[]backendConf{{name: "db", servers: []string{e.addr()}}}) + darkBackend(t, 3*time.Second)
 	g := start(t, admin, conf, false)
-	open := func(what string) error {
-		c, err := net.Dial("tcp", addr)
-		if err != nil {
-			return err
-		}
-		t.Cleanup(func() { c.Close() })
-		return roundTrip(c, []byte(what), 2*time.Second)
-	}
+	open := sessionOpener(t, addr)
 	g.upgrade()
 	waitFor(t, 5*time.Second, "the new process to wait for its first checks", func() bool {
 		return len(g.log.find("upgrade: waiting for the first health checks before serving; the old process serves meanwhile")) > 0
@@ -1595,12 +1607,7 @@ func TestUpgradeCountsTheSessionsTheOldProcessTookWhileTheNewOneWaited(t *testin
 	}
 	g.upgraded(15 * time.Second)
 	time.Sleep(300 * time.Millisecond) // the old process has stopped accepting
-	admitted := 0
-	for i := range 3 {
-		if open(fmt.Sprintf("after the upgrade %d", i)) == nil {
-			admitted++
-		}
-	}
+	admitted := admittedOf(open, 3, "after the upgrade")
 	if admitted > 0 {
 		t.Errorf("%d sessions let in after the upgrade with 3 open: %d in all, max_sessions = 3", admitted, 3+admitted)
 	}
@@ -1621,16 +1628,11 @@ func TestUpgradeTwiceCountsTheSessionsTakenWhileEachNewOneWaited(t *testing.T) {
 	g := start(t, admin, conf, false)
 	var opened []net.Conn // those let in while B and C waited
 	open := func(what string) error {
-		c, err := net.Dial("tcp", addr)
-		if err != nil {
-			return err
+		c, err := openSession(t, addr, what)
+		if err == nil {
+			opened = append(opened, c)
 		}
-		t.Cleanup(func() { c.Close() })
-		if err := roundTrip(c, []byte(what), 2*time.Second); err != nil {
-			return err
-		}
-		opened = append(opened, c)
-		return nil
+		return err
 	}
 	const waiting = "upgrade: waiting for the first health checks before serving; the old process serves meanwhile"
 	const serves = "upgrade: the new process serves; this one stops accepting and drains"
@@ -1655,12 +1657,7 @@ func TestUpgradeTwiceCountsTheSessionsTakenWhileEachNewOneWaited(t *testing.T) {
 	}
 	waitFor(t, 15*time.Second, "C to serve", func() bool { return len(g.log.find(serves)) == 2 })
 	time.Sleep(300 * time.Millisecond) // B has stopped accepting
-	admitted := 0
-	for i := range 3 {
-		if open(fmt.Sprintf("after C serves %d", i)) == nil {
-			admitted++
-		}
-	}
+	admitted := admittedOf(open, 3, "after C serves")
 	if admitted > 0 {
 		t.Errorf("%d sessions let in by C with 4 open in A and B: %d in all, max_sessions = 4", admitted, 4+admitted)
 	}
@@ -1685,12 +1682,7 @@ func TestUpgradeTwiceCountsTheSessionsTakenWhileEachNewOneWaited(t *testing.T) {
 			own++
 		}
 	}
-	admitted = 0
-	for i := range 4 {
-		if open(fmt.Sprintf("once A and B ended %d", i)) == nil {
-			admitted++
-		}
-	}
+	admitted = admittedOf(open, 4, "once A and B ended")
 	if admitted != 4-own {
 		t.Errorf("%d sessions let in once A and B ended, with %d of C's own open: want %d (max_sessions = 4)", admitted, own, 4-own)
 	}
@@ -1708,7 +1700,7 @@ func waitStatusDone(exited <-chan syscall.WaitStatus) <-chan struct{} {
 
 // Connections the old process accepted last and that still await a PROXY
 // header (a trusted proxy's, silent a while) when it stops accepting: it
-// waited for them up to a second (HandedOver.Settle) before it said its
+// waited for them up to a second before it said its
 // sessions, and the new process, serving already, counted those the old one
 // had at the fork meanwhile: it let in max_sessions more than the old one's
 // sessions taken while it waited for its first checks.
@@ -1720,14 +1712,7 @@ func TestUpgradeCountsTheOldProcessSessionsAtOnceWhileHeadersAreAwaited(t *testi
 			"trusted_proxies = [\"127.0.0.1/32\"]\nproxy_header_timeout = \"9s\""}},
 		[]backendConf{{name: "db", servers: []string{e.addr()}}}) + darkBackend(t, 3*time.Second)
 	g := start(t, admin, conf, false)
-	open := func(what string) error {
-		c, err := net.Dial("tcp", addr)
-		if err != nil {
-			return err
-		}
-		t.Cleanup(func() { c.Close() })
-		return roundTrip(c, []byte(what), 2*time.Second)
-	}
+	open := sessionOpener(t, addr)
 	g.upgrade()
 	waitFor(t, 5*time.Second, "the new process to wait for its first checks", func() bool {
 		return len(g.log.find("upgrade: waiting for the first health checks before serving; the old process serves meanwhile")) > 0
@@ -1746,12 +1731,7 @@ func TestUpgradeCountsTheOldProcessSessionsAtOnceWhileHeadersAreAwaited(t *testi
 	}
 	g.upgraded(15 * time.Second)
 	time.Sleep(50 * time.Millisecond) // the old process has stopped accepting
-	admitted := 0
-	for i := range 3 {
-		if open(fmt.Sprintf("after the upgrade %d", i)) == nil {
-			admitted++
-		}
-	}
+	admitted := admittedOf(open, 3, "after the upgrade")
 	if admitted > 0 {
 		t.Errorf("%d sessions let in just after the upgrade with 3 open: %d in all, max_sessions = 3", admitted, 3+admitted)
 	}
@@ -1798,12 +1778,7 @@ func TestUpgradeStopsCountingTheOldProcessConnectionsTurnedAwayLater(t *testing.
 	}
 	g.upgraded(15 * time.Second)
 	time.Sleep(time.Until(silent.Add(5*time.Second + 700*time.Millisecond))) // turned away
-	admitted := 0
-	for i := range 3 {
-		if open(fmt.Sprintf("once the silent ones were turned away %d", i)) == nil {
-			admitted++
-		}
-	}
+	admitted := admittedOf(open, 3, "once the silent ones were turned away")
 	if admitted != 2 {
 		t.Errorf("%d sessions let in with the old process's 1 open, want 2 (max_sessions = 3)", admitted)
 	}
