@@ -28,8 +28,14 @@ import (
 func startAdminFor10(t *testing.T) *Server {
 	t.Helper()
 	s := startStack(t, ordersConfig("127.0.0.1:1"))
-	adm, err := Start(config.Admin{Listen: "127.0.0.1:0", AllowNets: []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8")}},
-		prometheus.NewRegistry(), s.p, hclog.NewNullLogger())
+	return startAdmin(t, s, config.Admin{Listen: "127.0.0.1:0", AllowNets: []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8")}})
+}
+
+// startAdmin starts an admin listener of cfg for s's proxy, closed when
+// the test ends.
+func startAdmin(t *testing.T, s *stack, cfg config.Admin) *Server {
+	t.Helper()
+	adm, err := Start(cfg, prometheus.NewRegistry(), s.p, hclog.NewNullLogger())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -375,11 +381,7 @@ func TestCloseWithinAnswersARequestOnAConnectionAcceptedBefore(t *testing.T) {
 // address a header names.
 func TestAdminReadsPastAPROXYHeader(t *testing.T) {
 	s := startStack(t, ordersConfig("127.0.0.1:1"))
-	adm, err := Start(config.Admin{Listen: "127.0.0.1:0"}, prometheus.NewRegistry(), s.p, hclog.NewNullLogger())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { adm.Close() })
+	adm := startAdmin(t, s, config.Admin{Listen: "127.0.0.1:0"})
 	ask := func(addr string, prefix []byte, path string) int {
 		t.Helper()
 		c, err := net.Dial("tcp", addr)

@@ -46,11 +46,7 @@ func getWithHost(t *testing.T, url, host string) (int, string) {
 // answered as before.
 func TestRebindingHostIsRefusedOverLoopback(t *testing.T) {
 	s := startStack(t, ordersConfig("127.0.0.1:1"))
-	adm, err := Start(config.Admin{Listen: "127.0.0.1:0"}, prometheus.NewRegistry(), s.p, hclog.NewNullLogger())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { adm.Close() })
+	adm := startAdmin(t, s, config.Admin{Listen: "127.0.0.1:0"})
 	port := adm.Addr().(*net.TCPAddr).Port
 	base := fmt.Sprintf("http://127.0.0.1:%d", port)
 	for _, path := range []string{"/api/resets", "/api/links", "/metrics", "/status", "/", "/readyz", "/healthz"} {
@@ -87,11 +83,7 @@ func TestRebindingHostIsRefusedOverLoopback(t *testing.T) {
 		t.Log("no non-loopback IPv4 address: the other-address half is skipped")
 		return
 	}
-	all, err := Start(config.Admin{Listen: "0.0.0.0:0"}, prometheus.NewRegistry(), s.p, hclog.NewNullLogger())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { all.Close() })
+	all := startAdmin(t, s, config.Admin{Listen: "0.0.0.0:0"})
 	allPort := all.Addr().(*net.TCPAddr).Port
 	if code, _ := getWithHost(t, fmt.Sprintf("http://%s:%d/api/resets", other, allPort), "rebind.example"); code != http.StatusMisdirectedRequest {
 		t.Errorf("admin on 0.0.0.0, GET /api/resets with Host rebind.example from this host over %s: %d, want 421", other, code)
@@ -141,11 +133,7 @@ func TestRebindingHostChecksRequestsFromThisHostOnly(t *testing.T) {
 // and a monitor that connects after the flood is answered.
 func TestManyIdleConnectionsHoldFewFDs(t *testing.T) {
 	s := startStack(t, ordersConfig("127.0.0.1:1"))
-	adm, err := Start(config.Admin{Listen: "127.0.0.1:0"}, prometheus.NewRegistry(), s.p, hclog.NewNullLogger())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { adm.Close() })
+	adm := startAdmin(t, s, config.Admin{Listen: "127.0.0.1:0"})
 	addr := adm.Addr().String()
 	const n = 600
 	before := openFDs()
@@ -286,11 +274,7 @@ func TestConnectionBoundSparesAnswersUnderWay(t *testing.T) {
 // site and is answered.
 func TestHostWithoutANameIsAnswered(t *testing.T) {
 	s := startStack(t, ordersConfig("127.0.0.1:1"))
-	adm, err := Start(config.Admin{Listen: "127.0.0.1:0"}, prometheus.NewRegistry(), s.p, hclog.NewNullLogger())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { adm.Close() })
+	adm := startAdmin(t, s, config.Admin{Listen: "127.0.0.1:0"})
 	port := adm.Addr().(*net.TCPAddr).Port
 	cl := &http.Client{Timeout: 5 * time.Second}
 	resp, err := cl.Get(fmt.Sprintf("http://:%d/healthz", port))
