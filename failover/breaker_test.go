@@ -220,14 +220,10 @@ max_open_for = "1h"
 check = "off"
 `+servers(`address = "a:1"`, `address = "b:1";priority = 1`))
 	a := b.Servers[0]
-	ctx := context.Background()
 	plans := dialing(t, b, a, 2) // two sessions dial a:1 while its circuit is closed
 	plans[0].Failed(a, errors.New("backend reset before its first byte"))
 	time.Sleep(20 * time.Millisecond) // open_for is over
-	trial := b.NewPlan(time.Now())
-	if s, _ := trial.Next(ctx); s != a || trial.Trial() == 0 {
-		t.Fatalf("got %v, trial %d; want a:1's half-open trial", s, trial.Trial())
-	}
+	trial := trialOf(t, b, a)
 	plans[1].Failed(a, errors.New("budget: no answer")) // dialed before the circuit opened
 	if st := a.BreakerState(); st != metrics.BreakerHalfOpen {
 		t.Fatalf("state %d after a failure of a dial begun before the circuit opened, want half-open (the trial is out)", st)
@@ -255,7 +251,6 @@ check = "tcp"
 interval = "1h"
 `+servers(`address = "a:1"`, `address = "b:1";priority = 1`))
 	a := b.Servers[0]
-	ctx := context.Background()
 	plans := dialing(t, b, a, 4) // four sessions dial a:1 while its circuit is closed
 	plans[0].Failed(a, errors.New("dial tcp a:1: i/o timeout"))
 	plans[1].Failed(a, errors.New("dial tcp a:1: i/o timeout"))
@@ -263,10 +258,7 @@ interval = "1h"
 		t.Fatalf("state %d after 2 failures, want open", st)
 	}
 	time.Sleep(20 * time.Millisecond) // open_for is over
-	trial := b.NewPlan(time.Now())
-	if s, _ := trial.Next(ctx); s != a || trial.Trial() == 0 {
-		t.Fatalf("got %v, trial %d; want a:1's half-open trial", s, trial.Trial())
-	}
+	trial := trialOf(t, b, a)
 	trial.Succeeded(a)
 	if st := a.BreakerState(); st != metrics.BreakerClosed {
 		t.Fatalf("state %d after the trial succeeded, want closed", st)
@@ -346,10 +338,7 @@ check = "off"
 	plans[0].Failed(a, errors.New("dial tcp a:1: i/o timeout"))
 	plans[1].Failed(a, errors.New("dial tcp a:1: i/o timeout"))
 	time.Sleep(60 * time.Millisecond) // open_for is over, and a:1 no longer goes last
-	trial := b.NewPlan(time.Now())
-	if s, _ := trial.Next(context.Background()); s != a || trial.Trial() == 0 {
-		t.Fatalf("got %v, trial %d; want a:1's half-open trial", s, trial.Trial())
-	}
+	trial := trialOf(t, b, a)
 	trial.Succeeded(a)
 	plans[2].Failed(a, errors.New("dial tcp a:1: i/o timeout"))
 	plans[3].Failed(a, errors.New("dial tcp a:1: i/o timeout"))
@@ -399,6 +388,16 @@ check = "off"
 	if !a.Up() || a.BreakerState() != metrics.BreakerClosed {
 		t.Fatalf("up %v, state %d after a success of a dial begun since the circuit opened; want up and closed", a.Up(), a.BreakerState())
 	}
+}
+
+// trialOf is a plan of b whose first choice is srv's half-open trial.
+func trialOf(t *testing.T, b *Backend, srv *Server) *Plan {
+	t.Helper()
+	trial := b.NewPlan(time.Now())
+	if s, _ := trial.Next(context.Background()); s != srv || trial.Trial() == 0 {
+		t.Fatalf("got %v, trial %d; want %s's half-open trial", s, trial.Trial(), srv.Address)
+	}
+	return trial
 }
 
 // dialing is n plans of b whose first choice is srv: sessions dialing it.
