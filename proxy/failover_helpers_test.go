@@ -106,6 +106,21 @@ type server struct {
 	wg       sync.WaitGroup
 }
 
+// tagThenEcho is a server's handler that answers the first read with tag
+// then that read's bytes, and echoes the rest: which server took a session.
+func tagThenEcho(tag string) func(c *net.TCPConn) {
+	return func(c *net.TCPConn) {
+		buf := make([]byte, 4096)
+		n, err := c.Read(buf)
+		if err != nil {
+			return
+		}
+		c.Write([]byte(tag))
+		c.Write(buf[:n])
+		echo(c)
+	}
+}
+
 func newServer(t *testing.T, fn func(c *net.TCPConn)) *server {
 	t.Helper()
 	s := &server{t: t, fn: fn}

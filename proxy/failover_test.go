@@ -445,16 +445,7 @@ func (f *failingServer) count() int {
 // is replayed to the standby.
 func TestBreakerOpensSkipsHalfOpensCloses(t *testing.T) {
 	a := newFailingServer(t)
-	b := newServer(t, func(c *net.TCPConn) {
-		buf := make([]byte, 4096)
-		n, err := c.Read(buf)
-		if err != nil {
-			return
-		}
-		c.Write([]byte("B"))
-		c.Write(buf[:n])
-		echo(c)
-	})
+	b := newServer(t, tagThenEcho("B"))
 	h, logs := startProxyLog(t, backendTOML(`connect_budget = "3s"
 backoff = "20ms"
 backoff_max = "100ms"
@@ -604,16 +595,7 @@ func TestStaleFailuresDoNotReopenAClosedCircuit(t *testing.T) {
 		c.Write(buf[:n])
 		echo(c)
 	})
-	b := newServer(t, func(c *net.TCPConn) {
-		buf := make([]byte, 4096)
-		n, err := c.Read(buf)
-		if err != nil {
-			return
-		}
-		c.Write([]byte("B"))
-		c.Write(buf[:n])
-		echo(c)
-	})
+	b := newServer(t, tagThenEcho("B"))
 	h, logs := startProxyLog(t, backendTOML(`connect_budget = "5s"
 backoff = "20ms"
 backoff_max = "100ms"
