@@ -750,12 +750,30 @@ func renameUnderLoad(t *testing.T, backendToo bool) {
 	}
 	ca, cb := mustParse(t, a), mustParse(t, b)
 	h := startProxy(t, a)
+	ok, bad, fails := roundTripsWhileApplying(t, h, []string{addr}, 8, 100, cb, ca)
+	var rej []string
+	for _, s := range h.samples(t, "tnsguard_sessions_rejected_total") {
+		if s.value > 0 {
+			rej = append(rej, fmt.Sprintf("%v=%v", s.labels, s.value))
+		}
+	}
+	t.Logf("ok %d, failed %d, rejected %v", ok, bad, rej)
+	if bad > 0 {
+		t.Errorf("%d of %d connections failed across renames: %v; rejected: %v", bad, ok+bad, fails, rej)
+	}
+}
+
+// roundTripsWhileApplying runs workers apps that each connect, in a loop,
+// to addrs in turn for one round trip, while cfgs are applied in turn n
+// times, 5 ms apart; it returns how many round trips worked, how many
+// failed, and the first failures.
+func roundTripsWhileApplying(t *testing.T, h *harness, addrs []string, workers, n int, cfgs ...*config.Config) (ok, bad int64, fails []string) {
+	t.Helper()
 	stop := make(chan struct{})
 	var wg sync.WaitGroup
-	var ok, bad atomic.Int64
+	var okN, badN atomic.Int64
 	var mu sync.Mutex
-	var fails []string
-	for w := 0; w < 8; w++ {
+	for w := 0; w < workers; w++ {
 		wg.Add(1)
 		go func(w int) {
 			defer wg.Done()
@@ -765,48 +783,35 @@ func renameUnderLoad(t *testing.T, backendToo bool) {
 					return
 				default:
 				}
-				msg := fmt.Sprintf("w%d-i%d", w, i)
+				addr := addrs[(w+i)%len(addrs)]
 				nc, err := net.DialTimeout("tcp", addr, 2*time.Second)
 				if err == nil {
 					nc.SetDeadline(time.Now().Add(3 * time.Second))
-					err = roundTrip(nc, []byte(msg))
+					err = roundTrip(nc, []byte(fmt.Sprintf("w%d-i%d", w, i)))
 					nc.Close()
 				}
 				if err != nil {
-					bad.Add(1)
+					badN.Add(1)
 					mu.Lock()
 					if len(fails) < 5 {
-						fails = append(fails, err.Error())
+						fails = append(fails, addr+": "+err.Error())
 					}
 					mu.Unlock()
 				} else {
-					ok.Add(1)
+					okN.Add(1)
 				}
 			}
 		}(w)
 	}
-	for i := 0; i < 100; i++ {
-		c := cb
-		if i%2 == 1 {
-			c = ca
-		}
-		if err := h.p.Apply(c); err != nil {
+	for i := range n {
+		if err := h.p.Apply(cfgs[i%len(cfgs)]); err != nil {
 			t.Fatal(err)
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
 	close(stop)
 	wg.Wait()
-	var rej []string
-	for _, s := range h.samples(t, "tnsguard_sessions_rejected_total") {
-		if s.value > 0 {
-			rej = append(rej, fmt.Sprintf("%v=%v", s.labels, s.value))
-		}
-	}
-	t.Logf("ok %d, failed %d, rejected %v", ok.Load(), bad.Load(), rej)
-	if bad.Load() > 0 {
-		t.Errorf("%d of %d connections failed across renames: %v; rejected: %v", bad.Load(), ok.Load()+bad.Load(), fails, rej)
-	}
+	return okN.Load(), badN.Load(), fails
 }
 
 // An app connects to a listener that routes by service and, before its
@@ -1359,58 +1364,12 @@ func TestSwapListenersRefusesNothing(t *testing.T) {
 	ab := mustParse(t, listenersConfig(be.addr(), lspec{"l", x, 0, "7s"}, lspec{"m", y, 0, "9s"}))
 	ba := mustParse(t, listenersConfig(be.addr(), lspec{"l", y, 0, "7s"}, lspec{"m", x, 0, "9s"}))
 	h := startProxy(t, listenersConfig(be.addr(), lspec{"l", x, 0, "7s"}, lspec{"m", y, 0, "9s"}))
-	stop := make(chan struct{})
-	var wg sync.WaitGroup
-	var ok, bad atomic.Int64
-	var mu sync.Mutex
-	var fails []string
-	for w := 0; w < 6; w++ {
-		wg.Add(1)
-		go func(w int) {
-			defer wg.Done()
-			for i := 0; ; i++ {
-				select {
-				case <-stop:
-					return
-				default:
-				}
-				addr := []string{x, y}[(w+i)%2]
-				nc, err := net.DialTimeout("tcp", addr, 2*time.Second)
-				if err == nil {
-					nc.SetDeadline(time.Now().Add(3 * time.Second))
-					err = roundTrip(nc, []byte(fmt.Sprintf("w%d-i%d", w, i)))
-					nc.Close()
-				}
-				if err != nil {
-					bad.Add(1)
-					mu.Lock()
-					if len(fails) < 5 {
-						fails = append(fails, addr+": "+err.Error())
-					}
-					mu.Unlock()
-				} else {
-					ok.Add(1)
-				}
-			}
-		}(w)
+	ok, bad, fails := roundTripsWhileApplying(t, h, []string{x, y}, 6, 60, ba, ab)
+	t.Logf("ok %d, failed %d", ok, bad)
+	if bad > 0 {
+		t.Errorf("%d of %d connections failed across swaps: %v", bad, ok+bad, fails)
 	}
-	for i := 0; i < 60; i++ {
-		c := ba
-		if i%2 == 1 {
-			c = ab
-		}
-		if err := h.p.Apply(c); err != nil {
-			t.Fatal(err)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-	close(stop)
-	wg.Wait()
-	t.Logf("ok %d, failed %d", ok.Load(), bad.Load())
-	if bad.Load() > 0 {
-		t.Errorf("%d of %d connections failed across swaps: %v", bad.Load(), ok.Load()+bad.Load(), fails)
-	}
-	if ok.Load() == 0 {
+	if ok == 0 {
 		t.Error("no connection was served")
 	}
 }
