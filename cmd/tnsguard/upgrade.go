@@ -189,12 +189,8 @@ func (u *upgrade) tellSessions() {
 // sendSessions writes one line of tellSessions: false when it cannot (the
 // new process has ended, or reads no more).
 func (u *upgrade) sendSessions(counts []int64) bool {
-	list := make([]string, len(counts))
-	for i, n := range counts {
-		list[i] = strconv.FormatInt(n, 10)
-	}
 	u.counts.SetWriteDeadline(time.Now().Add(time.Second))
-	_, err := u.counts.Write([]byte("sessions " + strings.Join(list, ",") + "\n"))
+	_, err := u.counts.Write([]byte("sessions " + formatCounts(counts) + "\n"))
 	return err == nil
 }
 
@@ -228,18 +224,52 @@ func parseSessions(line string) []int64 {
 	if !ok {
 		return nil
 	}
-	counts := []int64{} // not nil: no listener at all
+	counts, ok := parseCounts(list)
+	if !ok {
+		return nil
+	}
+	return counts
+}
+
+// formatCounts is sessions per socket as envSessions and the sessions line
+// write them: "N,N,...".
+func formatCounts(counts []int64) string {
+	list := make([]string, len(counts))
+	for i, n := range counts {
+		list[i] = strconv.FormatInt(n, 10)
+	}
+	return strings.Join(list, ",")
+}
+
+// parseCounts reads formatCounts' text: not nil when ok (empty for "": no
+// listener at all); not ok for a count that is not a number, or negative.
+func parseCounts(list string) ([]int64, bool) {
+	counts := []int64{}
 	if list == "" {
-		return counts
+		return counts, true
 	}
 	for c := range strings.SplitSeq(list, ",") {
 		n, err := strconv.ParseInt(c, 10, 64)
 		if err != nil || n < 0 {
-			return nil
+			return nil, false
 		}
 		counts = append(counts, n)
 	}
-	return counts
+	return counts, true
+}
+
+// ownVariable is an upgrade variable this process writes as "PID:value",
+// its own pid first: a version before the variable leaves it in its
+// environment and passes it on, stale, which ownValue then tells.
+func ownVariable(name, value string) string {
+	return fmt.Sprintf("%s=%d:%s", name, os.Getpid(), value)
+}
+
+// ownValue is the value of an ownVariable written by the process from (the
+// old process's pid); not ok when another, older one wrote it (stale).
+func ownValue(v, from string) (string, bool) {
+	sender, value, ok := strings.Cut(v, ":")
+	return value, ok && sender == from
 }
 
 // binaryPath is the path this process was started by, as an upgrade is to
@@ -357,24 +387,16 @@ func startUpgrade(p *proxy.Proxy, adm *admin.Server, exe string, elders []int) (
 		name, _, _ := strings.Cut(kv, "=")
 		return slices.Contains(upgradeEnv(), name)
 	})
-	sessions := handed.Sessions()
-	counts := make([]string, len(sessions))
-	for i, n := range sessions {
-		counts[i] = strconv.FormatInt(n, 10)
-	}
 	env = append(env, fmt.Sprintf("%s=%d", envListenFDs, len(fds)), fmt.Sprintf("%s=%d", envReadyFD, 3+len(fds)),
-		envSessions+"="+strings.Join(counts, ","), // the admin socket's, last, has none
+		envSessions+"="+formatCounts(handed.Sessions()), // the admin socket's, last, has none
 		fmt.Sprintf("%s=%d", envOldPID, os.Getpid()),
-		// Prefixed with this process's pid, as envElders.
-		fmt.Sprintf("%s=%d:%d", envCountsFD, os.Getpid(), 3+len(fds)+1))
+		ownVariable(envCountsFD, strconv.Itoa(3+len(fds)+1)))
 	if len(elders) > 0 {
 		list := make([]string, len(elders))
 		for i, pid := range elders {
 			list[i] = strconv.Itoa(pid)
 		}
-		// Prefixed with this process's pid: a version before this
-		// variable leaves it in its environment and passes it on, stale.
-		env = append(env, fmt.Sprintf("%s=%d:%s", envElders, os.Getpid(), strings.Join(list, ",")))
+		env = append(env, ownVariable(envElders, strings.Join(list, ",")))
 	}
 	// syscall.ForkExec, not os/exec: it takes bare fds. os/exec calls
 	// os.File.Fd, which would put the sockets in blocking mode under this
@@ -635,12 +657,9 @@ func inheritance() (*proxy.Inherited, *os.File, int, *elders, *os.File, error) {
 	oldPID, err3 := strconv.Atoi(from)
 	var sessions []int64 // one per listener's socket (the admin socket, last, has none)
 	if counts != "" {
-		for c := range strings.SplitSeq(counts, ",") {
-			k, err := strconv.ParseInt(c, 10, 64)
-			if err != nil || k < 0 {
-				err3 = fmt.Errorf("bad count %q", c)
-			}
-			sessions = append(sessions, k)
+		var ok bool
+		if sessions, ok = parseCounts(counts); !ok {
+			err3 = fmt.Errorf("bad counts %q", counts)
 		}
 	}
 	if err1 != nil || err2 != nil || err3 != nil || count < 0 || rfd != 3+count {
@@ -648,7 +667,7 @@ func inheritance() (*proxy.Inherited, *os.File, int, *elders, *os.File, error) {
 			envListenFDs, n, envReadyFD, r, envOldPID, from, envSessions, counts)
 	}
 	pids := []int{oldPID}
-	if sender, list, ok := strings.Cut(older, ":"); ok && sender == from { // else stale (see startUpgrade)
+	if list, ok := ownValue(older, from); ok {
 		for p := range strings.SplitSeq(list, ",") {
 			if pid, err := strconv.Atoi(p); err == nil && pid > 0 && pid != oldPID && pid != os.Getpid() {
 				pids = append(pids, pid)
@@ -665,9 +684,7 @@ func inheritance() (*proxy.Inherited, *os.File, int, *elders, *os.File, error) {
 	}
 	ready := os.NewFile(uintptr(rfd), "upgrade pipe")
 	var sessionsPipe *os.File
-	// Set by the old process itself (its pid): a version before this
-	// variable passes on the one it was started with, stale.
-	if sender, fd, ok := strings.Cut(later, ":"); ok && sender == from && fd == strconv.Itoa(rfd+1) {
+	if fd, ok := ownValue(later, from); ok && fd == strconv.Itoa(rfd+1) {
 		syscall.CloseOnExec(rfd + 1)
 		syscall.SetNonblock(rfd+1, true) // for its deadline: the old process's Fd made it blocking
 		sessionsPipe = os.NewFile(uintptr(rfd+1), "upgrade sessions pipe")
