@@ -326,8 +326,9 @@ func (k *Keepalive) applyDefaults(idle, interval time.Duration, count int, userT
 	k.Interval.orDefault(interval)
 	k.Count = intOr(k.Count, count)
 	if derived {
-		// Give up when the last probe would: never cut keepalive short.
-		userTimeout = k.Settings().ProbeSpan()
+		// Give up when the last probe would: never cut keepalive short
+		// (of the kernel's whole seconds: an idle of "1.5s" is 2s).
+		userTimeout = k.Settings().InKernel().ProbeSpan()
 	}
 	k.UserTimeout.orDefault(userTimeout)
 }

@@ -134,7 +134,8 @@ func TestErrors(t *testing.T) {
 		{"a user timeout under a millisecond", minimal + "  [backend.keepalive]\n  user_timeout = \"500us\"\n",
 			[]string{`bad.toml: backend "orders": keepalive.user_timeout 500µs: the kernel counts whole milliseconds; use at least 1ms, or 0s for the kernel's default`}},
 		{"a health interval of 1ns", minimal + "  [backend.health]\n  interval = \"1ns\"\n  timeout = \"1ns\"\n",
-			[]string{`bad.toml: backend "orders": health.interval must be at least 10ms: each check is a connection to the server`}},
+			[]string{`bad.toml: backend "orders": health.interval must be at least 10ms: each check is a connection to the server`,
+				`bad.toml: backend "orders": health.timeout 1ns is under 1ms: checks that short time out before a database can answer, and its servers would count as down`}},
 		{"one server written two ways", strings.Replace(minimal, `address = "127.0.0.1:1521"`, "address = \"[::1]:1521\"\n  [[backend.server]]\n  address = \"[0::1]:1521\"", 1),
 			[]string{`bad.toml: backend "orders": server "[0::1]:1521": defined twice`}},
 		{"two spellings of one key", strings.Replace(minimal, `backend = "orders"`, "backend = \"orders\"\nallow = [\"10.0.0.0/8\"]\nAllow = [\"0.0.0.0/0\"]", 1),
@@ -1179,7 +1180,7 @@ func TestUnknownTableIsOneError(t *testing.T) {
 	want := strings.Join([]string{
 		`f.toml:10:3: unknown key "backend.keepalvie" (did you mean "keepalive"?)`,
 		`f.toml:13:1: unknown key "backnd" (did you mean "backend"?)`,
-		`f.toml:19:1: unknown key "bogus.sub"`,
+		`f.toml:19:1: unknown key "bogus"`,
 	}, "\n")
 	if err == nil || err.Error() != want {
 		t.Fatalf("got:\n%v\nwant:\n%s", err, want)
@@ -1465,5 +1466,149 @@ replay_bytes = 0
 	}, "\n")
 	if err == nil || err.Error() != want {
 		t.Fatalf("got:\n%v\nwant:\n%s", err, want)
+	}
+}
+
+// Timeouts too short for anything to finish in passed check:
+// connect_timeout = "1ns" timed out every dial (each app reset after
+// connect_budget), health.timeout = "1ns" every check (every server down),
+// proxy_header_timeout = "1ns" every balancer's header, and an
+// idle_timeout under the once-a-second look reset every session between
+// two packets. Each is refused at its own line; the floor itself passes.
+func TestTinyTimeoutsAreRefused(t *testing.T) {
+	text := `[[listener]]
+name = "orders"
+listen = "127.0.0.1:1522"
+backend = "orders"
+proxy_protocol = "required"
+trusted_proxies = ["10.0.0.0/8"]
+proxy_header_timeout = "1ns"
+idle_timeout = "500ms"
+[[backend]]
+name = "orders"
+connect_timeout = "1ns"
+  [backend.health]
+  timeout = "999us"
+  [[backend.server]]
+  address = "127.0.0.1:1521"
+`
+	_, _, err := Parse([]byte(text), "f.toml")
+	want := strings.Join([]string{
+		`f.toml: backend "orders": connect_timeout 1ns is under 1ms: dials that short time out before a database can answer, and sessions would find no server (line 11)`,
+		`f.toml: backend "orders": health.timeout 999µs is under 1ms: checks that short time out before a database can answer, and its servers would count as down (line 13)`,
+		`f.toml: listener "orders": proxy_header_timeout 1ns is under 1ms: waits that short end before a balancer's header arrives, and its connections would be closed (line 7)`,
+		`f.toml: listener "orders": idle_timeout 500ms is under 1s: sessions are looked at once a second, and every session not moving bytes at that moment would be reset; use 1s or more, or 0s for never (line 8)`,
+	}, "\n")
+	if err == nil || err.Error() != want {
+		t.Fatalf("got:\n%v\nwant:\n%s", err, want)
+	}
+	floors := strings.NewReplacer(`"1ns"`, `"1ms"`, `"500ms"`, `"1s"`, `"999us"`, `"1ms"`).Replace(text)
+	if _, _, err := Parse([]byte(floors), "f.toml"); err != nil {
+		t.Fatalf("the floors themselves: %v", err)
+	}
+	// idle_timeout = "0s" is never, as before.
+	if _, _, err := Parse([]byte(strings.Replace(floors, `idle_timeout = "1s"`, `idle_timeout = "0s"`, 1)), "f.toml"); err != nil {
+		t.Fatalf("idle_timeout 0s: %v", err)
+	}
+}
+
+// The kernel takes keepalive idle and interval in whole seconds, rounded
+// up ("1.5s" is 2s), and the warnings reckoned with the values as written:
+// a user_timeout of 5s after idle 1.5s, interval 1.5s, count 2 passed
+// (4.5s) while the last probe left at 6s, and an idle of 9.5s passed as
+// below a path_idle_timeout of 10s. A user_timeout derived from
+// path_idle_timeout covers the kernel's span too.
+func TestKeepaliveWarningsUseTheKernelsWholeSeconds(t *testing.T) {
+	text := `[[listener]]
+name = "orders"
+listen = "127.0.0.1:1522"
+backend = "orders"
+  [listener.keepalive]
+  idle = "1.5s"
+  interval = "1.5s"
+  count = 2
+  user_timeout = "5s"
+[[backend]]
+name = "orders"
+  [backend.keepalive]
+  path_idle_timeout = "10s"
+  idle = "9.5s"
+  [[backend.server]]
+  address = "127.0.0.1:1521"
+`
+	c, warnings, err := Parse([]byte(text), "w.toml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := strings.Join([]string{
+		`w.toml: backend "orders": keepalive.idle 9.5s (10s: the kernel counts whole seconds, rounded up) is not below path_idle_timeout 10s: the path forgets idle sessions before the first probe (line 14)`,
+		`w.toml: listener "orders": keepalive.user_timeout 5s is shorter than idle + interval*count (6s, of idle 2s and interval 2s: the kernel counts whole seconds, rounded up): it cuts keepalive short (line 9)`,
+	}, "\n")
+	if got := strings.Join(warnings, "\n"); got != want {
+		t.Errorf("got:\n%s\nwant:\n%s", got, want)
+	}
+	// idle 9.5s (10s) + interval 1s (10s/9, in whole seconds) * count 3
+	if got := c.Backends[0].Keepalive.UserTimeout.Duration; got != 13*time.Second {
+		t.Errorf("derived user_timeout %v, want 13s: the last probe leaves at 10s + 1s*3", got)
+	}
+	// Whole seconds as written: no note about rounding.
+	exact := strings.NewReplacer(`"1.5s"`, `"2s"`, `"9.5s"`, `"10s"`).Replace(text)
+	_, warnings, _ = Parse([]byte(exact), "w.toml")
+	if got := strings.Join(warnings, "\n"); strings.Contains(got, "rounded") || len(warnings) != 2 {
+		t.Errorf("whole seconds: got:\n%s", got)
+	}
+}
+
+// A key in the wrong case with a value of the wrong type (Max_Sessions =
+// "ten") was two errors on one line, the type error and the case; it is
+// one that says both. A table in the wrong case whose key did not decode
+// said only `unknown key "listener.Keepalive"`, without the case.
+func TestWrongCaseKeyWithAWrongValueIsOneError(t *testing.T) {
+	text := strings.Replace(minimal, `backend = "orders"`, "backend = \"orders\"\nMax_Sessions = \"ten\"\nIdle_Timeout = \"30\"\n  [listener.Keepalive]\n  idle = \"60s\"\n  count = \"4\"", 1)
+	_, _, err := Parse([]byte(text), "f.toml")
+	want := strings.Join([]string{
+		`f.toml:6:1: unknown key "listener.Max_Sessions": keys are lower case ("max_sessions"), and its value is wrong too: a string given where an integer is needed`,
+		`f.toml:7:1: unknown key "listener.Idle_Timeout": keys are lower case ("idle_timeout"), and its value is wrong too: bad duration "30": use a Go duration such as "30s" or "5m"`,
+		`f.toml:10:3: key "listener.Keepalive.count": a string given where an integer is needed`,
+		`f.toml:8:3: unknown key "listener.Keepalive": keys are lower case ("keepalive")`,
+	}, "\n")
+	if err == nil || err.Error() != want {
+		t.Fatalf("got:\n%v\nwant:\n%s", err, want)
+	}
+}
+
+// An unknown table is one error at its first line however it is written:
+// as a [table], inline, or as dotted keys, where each dotted key was an
+// error of its own with no "did you mean".
+func TestUnknownTableIsOneErrorHoweverWritten(t *testing.T) {
+	for _, tc := range []struct{ table, want string }{
+		{"  [backend.helth]\n  check = \"tcp\"\n  rise = 2\n", `f.toml:9:3: unknown key "backend.helth" (did you mean "health"?)`},
+		{"helth = { check = \"tcp\", rise = 2 }\n", `f.toml:9:1: unknown key "backend.helth" (did you mean "health"?)`},
+		{"helth.check = \"tcp\"\nhelth.rise = 2\n", `f.toml:9:1: unknown key "backend.helth" (did you mean "health"?)`},
+		{"helth.check = \"tcp\"\n  [backend.helth.sub]\n  rise = 2\n", `f.toml:9:1: unknown key "backend.helth" (did you mean "health"?)`},
+	} {
+		// after the backend's name, before its [[backend.server]]
+		text := strings.Replace(minimal, "name = \"orders\"\n  [[", "name = \"orders\"\nconnect_timeout = \"1s\"\n"+tc.table+"  [[", 1)
+		_, _, err := Parse([]byte(text), "f.toml")
+		if err == nil || err.Error() != tc.want {
+			t.Errorf("%q: got:\n%v\nwant:\n%s", tc.table, err, tc.want)
+		}
+	}
+}
+
+// A table written inline or dotted at the top (admin = {listen = ""}) has
+// no header: its errors of meaning had no line.
+func TestInlineTableErrorNamesItsLine(t *testing.T) {
+	for _, tc := range []struct{ top, want string }{
+		{"admin = {listen = \"\"}\n", `f.toml: admin: listen is empty: the admin listener cannot be turned off; give HOST:PORT, or leave the key out for 127.0.0.1:9521 (line 1)`},
+		// over two lines: the table's
+		{"# tnsguard\nadmin = { allow = [\"10.0.0.0/8\"],\n  listen = \"\" }\n", `f.toml: admin: listen is empty: the admin listener cannot be turned off; give HOST:PORT, or leave the key out for 127.0.0.1:9521 (line 2)`},
+		{"log.format = \"text\"\nlog.level = \"loud\"\n", `f.toml: log: level "loud" is not one of trace, debug, info, warn, error (line 2)`},
+		{"reload = { watch = \"10ms\" }\n", `f.toml: reload: watch "10ms" is under 1s: reading the file more often finds no change sooner than a person or kubelet makes it; use 0s (off) or 1s and up (line 1)`},
+	} {
+		_, _, err := Parse([]byte(tc.top+minimal), "f.toml")
+		if err == nil || err.Error() != tc.want {
+			t.Errorf("%q: got:\n%v\nwant:\n%s", tc.top, err, tc.want)
+		}
 	}
 }

@@ -76,7 +76,26 @@ func Parse(data []byte, source string) (*Config, []string, error) {
 	seen := map[string]bool{} // a key of every [[listener]] is reported once
 	var unknown []toml.Key    // reported: the keys inside an unknown table are not
 	for _, k := range md.Undecoded() {
-		if seen[k.String()] || decodeFailed && knownKey(k) { // left undecoded by a failed table
+		if decodeFailed && knownKey(k) { // left undecoded by a failed table
+			continue
+		}
+		if n, _ := caseMismatch(k); n > 0 {
+			if i, _ := walkKey(k, true); i < 0 {
+				// [listener.Keepalive] whose count did not decode, and
+				// its keys: the loop below says it is in the wrong
+				// case, where this said only "unknown key", once for it
+				// and once for each of its keys.
+				continue
+			}
+		}
+		// A dotted key of an unknown table (helth.check = "tcp") is that
+		// table, as [backend.helth] is: each key of it was an error of
+		// its own, with no "did you mean" (the library lists no table
+		// for dotted keys, only the keys).
+		if i, _ := walkKey(k, true); i >= 0 && i < len(k)-1 {
+			k = k[:i+1]
+		}
+		if seen[k.String()] {
 			continue
 		}
 		// An unknown table is one error, at its header: its keys are
@@ -104,6 +123,7 @@ func Parse(data []byte, source string) (*Config, []string, error) {
 	// table, either could win): keys are lower case, as written here. A
 	// key is reported at its first part so spelled (Keepalive.idle as
 	// listener.Keepalive), once.
+	typeErrs := errs[:len(errs):len(errs)] // decodeParts' errors: a value of the wrong type
 	for _, k := range md.Keys() {
 		n, want := caseMismatch(k)
 		if n == 0 || seen[k[:n].String()] {
@@ -111,7 +131,21 @@ func Parse(data []byte, source string) (*Config, []string, error) {
 		}
 		seen[k[:n].String()] = true
 		line, col := locateKey(text, k)
-		errs = append(errs, fmt.Sprintf("%s:%d:%d: unknown key %q: keys are lower case (%q)", source, line, col, k[:n].String(), want))
+		msg := fmt.Sprintf("%s:%d:%d: unknown key %q: keys are lower case (%q)", source, line, col, k[:n].String(), want)
+		// The library decodes Max_Sessions = "ten" into max_sessions, and
+		// its type error was a second error for the one line. It is one,
+		// that says both.
+		// A table in the wrong case ([listener.Keepalive]) is not: the
+		// type errors of its keys are on lines of their own.
+		named := fmt.Sprintf(": key %q: ", k.String())
+		if j := slices.IndexFunc(typeErrs, func(e string) bool {
+			return n == len(k) && lineNumber(strings.TrimPrefix(e, source+":")) == line && strings.Contains(e, named)
+		}); j >= 0 {
+			_, wrong, _ := strings.Cut(typeErrs[j], named)
+			errs[j] = msg + ", and its value is wrong too: " + wrong
+			continue
+		}
+		errs = append(errs, msg)
 	}
 	// Unknown keys were left out of c, and so were the values of the wrong
 	// type (each key that did not decode is in failed): what is there is
@@ -792,7 +826,9 @@ func locateKey(text string, k toml.Key) (int, int) {
 				name = name[:j]
 			}
 			current = strings.ReplaceAll(name, " ", "")
-			if current == strings.Join(k, ".") {
+			// the table, or one in it that its header makes ([bogus.sub]
+			// for bogus)
+			if current == strings.Join(k, ".") || strings.HasPrefix(current, strings.Join(k, ".")+".") {
 				return i + 1, strings.Index(raw, "[") + 1
 			}
 			continue
@@ -812,7 +848,9 @@ func locateKey(text string, k toml.Key) (int, int) {
 		}
 		key = strings.TrimSpace(key)
 		dotted := strings.ReplaceAll(strings.ReplaceAll(strings.ReplaceAll(key, " ", ""), `"`, ""), "'", "")
-		if dotted == rest {
+		// rest itself, or a table that a dotted key makes (helth in
+		// helth.check = "tcp")
+		if dotted == rest || strings.HasPrefix(dotted, rest+".") {
 			return i + 1, strings.Index(raw, key) + 1
 		}
 		if inner, ok := strings.CutPrefix(rest, dotted+"."); ok && strings.HasPrefix(strings.TrimSpace(value), "{") {

@@ -25,12 +25,27 @@ func lineOf(text, msg string, at tablePos) int {
 	switch tables := sections(lines, kind); {
 	case at.kind == "" && slices.Contains(oneOfAKind(), kind) && len(tables) > 0:
 		t = tables[0]
+	case at.kind == "" && slices.Contains(oneOfAKind(), kind):
+		// No [admin] header: the table is written at the top, inline
+		// (admin = {listen = ""}) or dotted (admin.listen = ""), and
+		// its messages had no line.
+		return topLevelLine(lines, kind, rest)
 	case at.kind == kind && at.index >= 0 && at.index < len(tables):
 		t = tables[at.index]
 	default:
 		return 0
 	}
 	return keyLine(lines, t, kind, rest)
+}
+
+// leadingKey is the key a message (after its table) begins with:
+// health.timeout in `health.timeout (2s) must be ...`.
+func leadingKey(rest string) string {
+	key := rest
+	if i := strings.IndexFunc(key, func(r rune) bool { return !(r == '.' || r == '_' || 'a' <= r && r <= 'z') }); i >= 0 {
+		key = key[:i]
+	}
+	return strings.TrimSuffix(key, ".")
 }
 
 // keyLine is the line in table t ([start, end) of lines) that sets the key
@@ -73,12 +88,7 @@ func keyLine(lines []string, t [2]int, kind, rest string) int {
 			rest = "server"
 		}
 	}
-	key := rest
-	if i := strings.IndexFunc(key, func(r rune) bool { return !(r == '.' || r == '_' || 'a' <= r && r <= 'z') }); i >= 0 {
-		key = key[:i]
-	}
-	key = strings.TrimSuffix(key, ".")
-	if key != "" {
+	if key := leadingKey(rest); key != "" {
 		path := toml.Key{kind}
 		path = append(path, strings.Split(key, ".")...)
 		// The key's line; for a key left at its default, the header of
@@ -92,6 +102,32 @@ func keyLine(lines []string, t [2]int, kind, rest string) int {
 		}
 	}
 	return start + 1
+}
+
+// topLevelLine is the line, before the file's first table header, that
+// sets the key rest begins with in the table kind, written inline or
+// dotted there; else the line that sets kind itself; 0 when none does.
+func topLevelLine(lines []string, kind, rest string) int {
+	end := len(lines)
+	for i, l := range lines {
+		if strings.HasPrefix(strings.TrimSpace(l), "[") {
+			end = i
+			break
+		}
+	}
+	// "\n" first: locateKey falls back to line 1, which would be taken
+	// for a key on the file's first line.
+	top := "\n" + strings.Join(lines[:end], "\n")
+	path := toml.Key{kind}
+	if key := leadingKey(rest); key != "" {
+		path = append(path, strings.Split(key, ".")...)
+	}
+	for n := len(path); n >= 1; n-- {
+		if l, _ := locateKey(top, path[:n]); l > 1 {
+			return l - 1
+		}
+	}
+	return 0
 }
 
 // oneOfAKind names the tables a file has one of, named by a validate

@@ -222,8 +222,19 @@ func (c *Config) validate(defaulted map[*Duration]bool, failed failedSet) (errs,
 			// first bytes, and every session through it would fail.
 			warn("%s: trusted_proxies is set but proxy_protocol is \"off\": PROXY headers from them are passed to the backend as the app's bytes; set proxy_protocol = \"required\" (or \"optional\")", where)
 		}
-		if proxy && l.ProxyProtocol != "off" && l.ProxyHeaderTimeout.Duration <= 0 && !failed.any(&l.ProxyHeaderTimeout) {
+		if !proxy || l.ProxyProtocol == "off" || failed.any(&l.ProxyHeaderTimeout) {
+		} else if l.ProxyHeaderTimeout.Duration <= 0 {
 			add("%s: proxy_header_timeout must be > 0 when proxy_protocol is %q", where, l.ProxyProtocol)
+		} else if l.ProxyHeaderTimeout.Duration < minDialTimeout {
+			// "1ns" passed, and the wait for every balancer's header
+			// ended before the header could be read.
+			add("%s: proxy_header_timeout %v is under %v: waits that short end before a balancer's header arrives, and its connections would be closed", where, l.ProxyHeaderTimeout.Duration, minDialTimeout)
+		}
+		if d := l.IdleTimeout.Duration; d > 0 && d < minIdleTimeout && !failed.any(&l.IdleTimeout) {
+			// Sessions are looked at once a second: "1ns" (or "500ms")
+			// reset every session that was between two packets at the
+			// look, a pool's idle sessions all within a second.
+			add("%s: idle_timeout %v is under %v: sessions are looked at once a second, and every session not moving bytes at that moment would be reset; use 1s or more, or 0s for never", where, d, minIdleTimeout)
 		}
 		if proxy && l.ProxyProtocol != "off" && trusted && len(l.TrustedProxies) == 0 {
 			add("%s: proxy_protocol %q needs trusted_proxies: PROXY headers are honoured only from them", where, l.ProxyProtocol)
@@ -292,8 +303,14 @@ func (b *Backend) validate(defaulted map[*Duration]bool, failed failedSet) (errs
 	if ok(&b.Balance) {
 		oneOf(add, "", "balance", b.Balance, "priority", "priority", "round_robin", "least_sessions")
 	}
-	if b.ConnectTimeout.Duration <= 0 && ok(&b.ConnectTimeout) {
+	if !ok(&b.ConnectTimeout) {
+	} else if b.ConnectTimeout.Duration <= 0 {
 		add("connect_timeout must be > 0")
+	} else if b.ConnectTimeout.Duration < minDialTimeout {
+		// "1ns" passed, and every dial of every session timed out at
+		// once: each app was reset after connect_budget, no server
+		// ever counted as dialed.
+		add("connect_timeout %v is under %v: dials that short time out before a database can answer, and sessions would find no server", b.ConnectTimeout.Duration, minDialTimeout)
 	}
 	if b.ConnectBudget.Duration < b.ConnectTimeout.Duration && ok(&b.ConnectBudget, &b.ConnectTimeout) {
 		add("connect_budget (%v%s) must be at least connect_timeout (%v)", b.ConnectBudget.Duration, dflt(&b.ConnectBudget), b.ConnectTimeout.Duration)
@@ -363,6 +380,10 @@ func (b *Backend) validate(defaulted map[*Duration]bool, failed failedSet) (errs
 	}
 	if (h.Timeout.Duration <= 0 || h.Timeout.Duration > h.Interval.Duration) && ok(&h.Timeout, &h.Interval) {
 		add("health.timeout (%v%s) must be > 0 and at most health.interval (%v)", h.Timeout.Duration, dflt(&b.Health.Timeout), h.Interval.Duration)
+	} else if h.Timeout.Duration > 0 && h.Timeout.Duration < minDialTimeout && ok(&h.Timeout) {
+		// "1ns" passed, and every check failed: every server counted
+		// as down while the databases were up.
+		add("health.timeout %v is under %v: checks that short time out before a database can answer, and its servers would count as down", h.Timeout.Duration, minDialTimeout)
 	}
 	// One message per key, so that each names the line of its own key.
 	if *h.Rise < 1 && ok(&h.Rise) {
@@ -483,9 +504,17 @@ func (k *Keepalive) validate(failed failedSet) (errs, warnings []string) {
 	if len(errs) > 0 || k.Idle.Duration == 0 || !(idle && interval && count && user) || failed.any(&k.PathIdleTimeout) {
 		return errs, nil
 	}
-	probes := k.Settings().ProbeSpan()
+	// What the kernel does: idle and interval in whole seconds, rounded
+	// up. The unrounded sum ("1.5s" + "1.5s"*2 = 4.5s) let a user_timeout
+	// of 5s pass without a word, while the last probe left at 6s.
+	kern := k.Settings().InKernel()
+	rounded := ""
+	if kern.Idle != k.Idle.Duration || kern.Interval != k.Interval.Duration {
+		rounded = fmt.Sprintf(", of idle %v and interval %v: the kernel counts whole seconds, rounded up", kern.Idle, kern.Interval)
+	}
+	probes := kern.ProbeSpan()
 	if k.UserTimeout.Duration > 0 && k.UserTimeout.Duration < probes {
-		warnings = append(warnings, fmt.Sprintf("user_timeout %v is shorter than idle + interval*count (%v): it cuts keepalive short", k.UserTimeout.Duration, probes))
+		warnings = append(warnings, fmt.Sprintf("user_timeout %v is shorter than idle + interval*count (%v%s): it cuts keepalive short", k.UserTimeout.Duration, probes, rounded))
 	}
 	if p := k.PathIdleTimeout.Duration; p > 0 {
 		d := keepalive.FromPathIdle(p)
@@ -493,13 +522,23 @@ func (k *Keepalive) validate(failed failedSet) (errs, warnings []string) {
 		if derived := k.Idle.Duration == d.Idle && k.Interval.Duration == d.Interval; derived && tooShort {
 			// Not the user's idle: whole seconds cannot serve this path.
 			warnings = append(warnings, fmt.Sprintf("path_idle_timeout %v: keepalive counts whole seconds, so the idle %v and interval %v derived from it cannot refresh a path this short in time; above 2s it can", p, d.Idle, d.Interval))
-		} else if k.Idle.Duration >= p {
-			warnings = append(warnings, fmt.Sprintf("idle %v is not below path_idle_timeout %v: the path forgets idle sessions before the first probe", k.Idle.Duration, p))
-		} else if second := k.Idle.Duration + k.Interval.Duration; *k.Count > 1 && second >= p {
-			warnings = append(warnings, fmt.Sprintf("idle + interval (%v) is not below path_idle_timeout %v: one lost probe lets the path forget the session", second, p))
+		} else if kern.Idle >= p {
+			warnings = append(warnings, fmt.Sprintf("idle %s is not below path_idle_timeout %v: the path forgets idle sessions before the first probe", asKernel(k.Idle.Duration, kern.Idle), p))
+		} else if second := kern.Idle + kern.Interval; *k.Count > 1 && second >= p {
+			warnings = append(warnings, fmt.Sprintf("idle + interval (%v) is not below path_idle_timeout %v: one lost probe lets the path forget the session%s", second, p, rounded))
 		}
 	}
 	return nil, warnings
+}
+
+// asKernel is a keepalive idle or interval as written, and as the kernel
+// takes it (kern) when that differs: "9.5s (10s: the kernel counts whole
+// seconds, rounded up)".
+func asKernel(written, kern time.Duration) string {
+	if written == kern {
+		return written.String()
+	}
+	return fmt.Sprintf("%v (%v: the kernel counts whole seconds, rounded up)", written, kern)
 }
 
 // urlEscapedZone tells a zone written as in a URL (%25eth0 for %eth0). A
@@ -670,6 +709,17 @@ func listenerOn(seen map[string]string, addr string) (string, bool) {
 	}
 	return "", false
 }
+
+// minDialTimeout is the shortest connect_timeout, health.timeout and
+// proxy_header_timeout check accepts: a dial, a check or a header takes
+// at least a round trip (tens of µs on loopback, hundreds on a LAN), so
+// with "1ns" every one failed. It is no advice: a dial to another host
+// needs far more.
+const minDialTimeout = time.Millisecond
+
+// minIdleTimeout is the shortest idle_timeout (other than 0s, never) check
+// accepts: sessions are looked at once a second.
+const minIdleTimeout = time.Second
 
 // minBackoff is the shortest backoff (and so backoff_max) check accepts.
 const minBackoff = time.Millisecond

@@ -128,7 +128,7 @@ func (s Settings) setKeepalive(fd uintptr) error {
 	if s.Idle <= 0 {
 		return setInt(fd, unix.SOL_SOCKET, unix.SO_KEEPALIVE, 0, "SO_KEEPALIVE")
 	}
-	secs := func(d time.Duration) int { return max(int((d+time.Second-1)/time.Second), 1) }
+	secs := func(d time.Duration) int { return int(wholeSeconds(d) / time.Second) }
 	interval, count := s.Interval, s.Count
 	if interval <= 0 {
 		interval = 15 * time.Second
@@ -163,8 +163,28 @@ func setInt(fd uintptr, level, opt, value int, name string) error {
 	return nil
 }
 
+// wholeSeconds is d as the kernel takes TCP_KEEPIDLE and TCP_KEEPINTVL:
+// rounded up to whole seconds, at least 1s.
+func wholeSeconds(d time.Duration) time.Duration {
+	return max((d+time.Second-1)/time.Second, 1) * time.Second
+}
+
+// InKernel is s with idle and interval as Apply sets them, rounded up to
+// whole seconds: "1.5s" is 2s. What the kernel does (ProbeSpan) is
+// reckoned from these. Keepalive off (idle 0) stays off.
+func (s Settings) InKernel() Settings {
+	if s.Idle > 0 {
+		s.Idle = wholeSeconds(s.Idle)
+		if s.Interval > 0 {
+			s.Interval = wholeSeconds(s.Interval)
+		}
+	}
+	return s
+}
+
 // ProbeSpan is idle + interval*count: when the last unanswered probe of an
-// idle connection gives up on its peer.
+// idle connection gives up on its peer (of InKernel's values, for what the
+// kernel does).
 func (s Settings) ProbeSpan() time.Duration {
 	return s.Idle + s.Interval*time.Duration(s.Count)
 }

@@ -164,3 +164,33 @@ func TestLate(t *testing.T) {
 		}
 	}
 }
+
+// The kernel takes idle and interval in whole seconds, rounded up, and
+// what it does is reckoned from InKernel (check's warnings, the
+// user_timeout derived from path_idle_timeout): InKernel is what a socket
+// reads back.
+func TestInKernelIsWhatTheSocketTakes(t *testing.T) {
+	tc := loopbackConn(t)
+	for _, s := range []Settings{
+		{Idle: 1500 * time.Millisecond, Interval: 1500 * time.Millisecond, Count: 2, UserTimeout: 5 * time.Second},
+		{Idle: 9500 * time.Millisecond, Interval: 1001 * time.Millisecond, Count: 3},
+		{Idle: 30 * time.Second, Interval: 10 * time.Second, Count: 3},
+	} {
+		if err := s.Apply(tc); err != nil {
+			t.Fatal(err)
+		}
+		got, err := Read(tc)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if want := s.InKernel(); got != want {
+			t.Errorf("applied %+v: read back %+v, InKernel says %+v", s, got, want)
+		}
+	}
+	if off := (Settings{UserTimeout: time.Second}); off.InKernel() != off {
+		t.Errorf("keepalive off: InKernel %+v", off.InKernel())
+	}
+	if got := (Settings{Idle: 1500 * time.Millisecond, Interval: 1500 * time.Millisecond, Count: 2}).InKernel().ProbeSpan(); got != 6*time.Second {
+		t.Errorf("span of 1.5s + 1.5s*2 in the kernel: %v, want 6s", got)
+	}
+}
