@@ -176,6 +176,53 @@ func TestGoOraStaysOnTnsguardThroughARedirect(t *testing.T) {
 	}
 }
 
+// A REDIRECT whose HOST is an IPv6 address in brackets (HOST=[::1]) was
+// followed to "[[::1]]:P", which no dial takes: the session failed as if
+// the SCAN listener were down, its circuit opened, and go-ora waited out
+// its budget. The node is dialed, and go-ora, which dials tnsguard only,
+// gets the node's answer.
+func TestGoOraThroughARedirectToABracketedIPv6Host(t *testing.T) {
+	ln, err := net.Listen("tcp", "[::1]:0")
+	if err != nil {
+		t.Skipf("no IPv6 loopback: %v", err)
+	}
+	node := tnstest.NewOn(t, ln, tnstest.Config{Mode: tnstest.Refuse, Err: 12528})
+	_, port, _ := net.SplitHostPort(node.Addr())
+	scan := newBackend(t, func(c *net.TCPConn) {
+		defer c.Close()
+		var raw []byte
+		for {
+			p, err := tns.ReadPacket(c, tns.Length16, 0)
+			if err != nil {
+				return
+			}
+			raw = append(raw, p.Raw...)
+			if _, err := tns.ParseConnectData(raw); !errors.Is(err, tns.ErrIncomplete) {
+				break
+			}
+		}
+		c.Write(tns.BuildRedirectTo("(ADDRESS=(PROTOCOL=tcp)(HOST=[::1])(PORT="+port+"))", strings.ReplaceAll(scanReconnect, "node1-vip", "[::1]")))
+		io.Copy(io.Discard, c)
+	})
+	h := startProxy(t, oracleConfig(`redirect = "follow"`, scan.addr()))
+	connector := goora.NewConnector("oracle://scott:tiger@" + h.addr("l") + "/SALES")
+	dials := &dialLog{}
+	connector.(*goora.OracleConnector).Dialer(dials)
+	db := sql.OpenDB(connector)
+	defer db.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := db.PingContext(ctx); err == nil || !strings.Contains(err.Error(), "ORA-12528") {
+		t.Fatalf("go-ora: %v; want the node's ORA-12528", err)
+	}
+	if got, want := dials.dialed(), []string{h.addr("l")}; !slices.Equal(got, want) {
+		t.Errorf("go-ora dialed %q; want %q", got, want)
+	}
+	if len(node.Connects()) == 0 { // its REFUSE is retried within the budget: one or more
+		t.Error("the node got no CONNECT")
+	}
+}
+
 // slowScan is a SCAN listener that answers every CONNECT with a REDIRECT
 // to node (reconnect data scanReconnect) after delay: a SCAN listener
 // under a logon storm. It reads any whole CONNECT, whether tnsguard's

@@ -482,8 +482,20 @@ type Address struct {
 	Port     string
 }
 
-// HostPort returns "host:port" as net.Dial takes it.
-func (a Address) HostPort() string { return net.JoinHostPort(a.Host, a.Port) }
+// HostPort returns "host:port" as net.Dial takes it. An IPv6 address in
+// brackets (HOST=[::1], as a URL or Easy Connect writes one; Oracle's own
+// descriptors write it bare) is dialed without them: they were doubled,
+// "[[::1]]:1521", which no dial takes, and a followed REDIRECT to it
+// failed as if the server that sent it were down.
+func (a Address) HostPort() string {
+	host := a.Host
+	if inner, ok := strings.CutPrefix(host, "["); ok {
+		if inner, ok = strings.CutSuffix(inner, "]"); ok && strings.Contains(inner, ":") {
+			host = inner
+		}
+	}
+	return net.JoinHostPort(host, a.Port)
+}
 
 // Addresses returns every ADDRESS in document order.
 func (d Description) Addresses() []Address {

@@ -202,3 +202,21 @@ func TestParseDescriptionCID(t *testing.T) {
 		}
 	}
 }
+
+// An IPv6 address in a REDIRECT's ADDRESS, bare as Oracle's descriptors
+// write it or in brackets as a URL does, is dialed as net.Dial takes it:
+// the bracketed one was "[[::1]]:1521", which no dial takes.
+func TestAddressHostPortOfIPv6(t *testing.T) {
+	for _, tc := range []struct{ host, want string }{
+		{"::1", "[::1]:1521"},
+		{"[::1]", "[::1]:1521"},
+		{"[2001:db8::5]", "[2001:db8::5]:1521"},
+		{"fe80::1%eth0", "[fe80::1%eth0]:1521"},
+		{"node1-vip", "node1-vip:1521"},
+		{"[node1-vip]", "[node1-vip]:1521"}, // no address in them: left as sent, for the dial to refuse
+	} {
+		if got := (tns.Address{Protocol: "tcp", Host: tc.host, Port: "1521"}).HostPort(); got != tc.want {
+			t.Errorf("HOST=%s: HostPort() = %q, want %q", tc.host, got, tc.want)
+		}
+	}
+}
