@@ -1,6 +1,7 @@
 package admin
 
 import (
+	"bufio"
 	"fmt"
 	"io"
 	"net"
@@ -261,6 +262,77 @@ func TestConnectionBoundSparesAnswersUnderWay(t *testing.T) {
 	r := <-done
 	if r.err != nil || r.code != http.StatusOK || !strings.Contains(r.body, "slow_collector 1") {
 		t.Fatalf("a scrape under way when %d connections came: status %d, error %v, %d bytes: it was cut", 2*maxConns, r.code, r.err, len(r.body))
+	}
+}
+
+// A monitor's connection counted as answered only once the server had read
+// its whole request head, and the bound closed the oldest of the others: a
+// request that had come but was not read yet (its goroutine had not run,
+// or its head came in two segments) was cut with a reset when maxConns
+// newer connections came first. One client opening 14,000 connections a
+// second to the admin port, and holding them or not, failed about 1 in 8
+// of the kubelet's /healthz probes and of the scrapes. A connection that
+// has sent something now outlives those that have sent nothing (silent
+// since their connect, or idle since their answer). Here each monitor has
+// sent part of its head when 2*maxConns connections come, half silent,
+// half idle after a request; then it sends the rest, and is answered.
+func TestConnectionBoundSparesRequestsNotYetRead(t *testing.T) {
+	s := startStack(t, ordersConfig("127.0.0.1:1"))
+	adm := startAdmin(t, s, config.Admin{Listen: "127.0.0.1:0"})
+	addr := adm.Addr().String()
+	const monitors = 4
+	var mons []net.Conn
+	for i := 0; i < monitors; i++ {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		io.WriteString(c, "GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n") // the blank line comes later
+		mons = append(mons, c)
+	}
+	closed := make(chan struct{}, 2*maxConns) // a flood connection the server closed
+	for i := 0; i < 2*maxConns; i++ {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		if i%2 == 0 {
+			fmt.Fprintf(c, "GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n") // then idle
+		} // else silent
+		go func() {
+			io.Copy(io.Discard, c) // until the server closes it (or the test does)
+			closed <- struct{}{}
+		}()
+	}
+	// Every flood connection accepted: maxConns of the 2*maxConns+monitors
+	// connections closed (the monitors' first, before the fix).
+	deadline := time.After(30 * time.Second)
+	for n := 0; n < maxConns; n++ {
+		select {
+		case <-closed:
+		case <-deadline:
+			t.Fatalf("%d of %d flood connections closed by the server within 30 s, want %d", n, 2*maxConns, maxConns)
+		}
+	}
+	cut := 0
+	for i, c := range mons {
+		io.WriteString(c, "\r\n")
+		c.SetReadDeadline(time.Now().Add(10 * time.Second))
+		resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+		if err != nil {
+			t.Errorf("monitor %d, whose request had come in part when %d connections came: %v", i, 2*maxConns, err)
+			cut++
+			continue
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			t.Errorf("monitor %d: status %d, want 200", i, resp.StatusCode)
+		}
+	}
+	if cut > 0 {
+		t.Errorf("%d of %d monitors cut: the bound closed connections with a request under way while silent and idle ones were open", cut, monitors)
 	}
 }
 
