@@ -601,7 +601,8 @@ func (s *session) backendName() string {
 }
 
 // switchBackend moves a session that has not dialed yet to another backend
-// (routing by service).
+// (routing by service), or one between two dials to its backend's new
+// definition after a reload (open).
 func (s *session) switchBackend(b *failover.Backend) {
 	series := s.l.seriesFor(b.Config.Name)
 	s.series.active.Dec()

@@ -895,6 +895,41 @@ func TestOracleClientThatGaveUpInThePauseIsNotDialedFor(t *testing.T) {
 	}
 }
 
+// The database moved while its old address is down: an app's connection
+// waits in tnsguard, re-dialing the old address, when a reload points the
+// backend at the new one. The waiting connection reaches the new address;
+// until 2026-11-30 it dialed the old one until its budget ended, and the
+// app got a REFUSE (ORA-12541) with the new address up.
+func TestReloadReachesASessionWaitingForAServer(t *testing.T) {
+	_, h, c := connectWhileRefused(t, "10s", "50ms", "200ms")
+	waitFor(t, 5*time.Second, "a re-dial of the old address", func() bool {
+		return counter(h.m.Redials, "l", "b", "connect") >= 1
+	})
+	moved := newBackend(t, echo)
+	if err := h.p.Apply(mustParse(t, backendTOML(`connect_timeout = "300ms"
+connect_budget = "10s"
+backoff = "50ms"
+backoff_max = "200ms"
+[backend.health]
+check = "off"
+[backend.breaker]
+failures = 0`, fmt.Sprintf("address = %q", moved.addr())))); err != nil {
+		t.Fatal(err)
+	}
+	reloaded := time.Now()
+	c.SetReadDeadline(time.Now().Add(15 * time.Second))
+	pkt, err := tns.ReadPacket(c, tns.Length16, 0)
+	if err != nil {
+		t.Fatalf("the app's connection, waiting at the reload: %v", err)
+	}
+	if pkt.Type != tns.TypeConnect {
+		t.Fatalf("the app got a %v %v after the reload, want its CONNECT echoed by the new address", pkt.Type, time.Since(reloaded).Round(time.Millisecond))
+	}
+	if n := len(moved.accepted()); n != 1 {
+		t.Fatalf("the new address took %d connections, want 1", n)
+	}
+}
+
 // max_sessions counts the sessions of a listening socket. A reload that
 // only renames the listener hands the socket over; the sessions admitted
 // under the old name stopped counting, and the renamed listener let in

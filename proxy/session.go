@@ -260,7 +260,7 @@ func (s *session) open() error {
 	}
 	cfg := s.backend.Config
 	plan := s.backend.NewPlan(began)
-	defer plan.Done() // the server it dials counts for least_sessions until it has answered (then as a session) or failed
+	defer func() { plan.Done() }() // the server it dials counts for least_sessions until it has answered (then as a session) or failed; plan may be replaced below
 	var attempts []string
 	var lastErr error
 	var lastRefuse error             // the last REFUSE, for the app when no server takes it
@@ -271,6 +271,16 @@ func (s *session) open() error {
 		if retry != "" {
 			if gone := s.appGone(); gone != nil {
 				return gone
+			}
+			if b := s.reloadedBackend(); b != nil {
+				// A reload redefined the backend while this session waited
+				// for a server (the operator's fix in an outage: the
+				// database moved): the next round dials the servers the
+				// running config has, within the budget counted from the
+				// accept, instead of the old ones until the budget ends.
+				plan.Done()
+				s.switchBackend(b)
+				cfg, plan = b.Config, b.NewPlan(began)
 			}
 		}
 		srv, err := plan.Next(s.ctx)
@@ -430,6 +440,18 @@ func (s *session) open() error {
 		s.abort(SideBackend, PhaseOpening, err, "reset", srv)
 		return err
 	}
+}
+
+// reloadedBackend is the running config's definition of the session's
+// backend when a reload replaced the one the session is dialing with, else
+// nil. A backend the reload removed, or a listener it removed, leaves the
+// session with what it had.
+func (s *session) reloadedBackend() *failover.Backend {
+	_, _, backs := s.p.current(s.l)
+	if b := backs[s.backendName()]; b != nil && b != s.backend {
+		return b
+	}
+	return nil
 }
 
 // noServerTook ends a session that no server took, as when its budget

@@ -3,10 +3,12 @@ package e2e
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -172,6 +174,51 @@ backoff_max = "200ms"`
 			v, _ := g.metricOK("tnsguard_redials_total", "listener", "l", "backend", "db", "reason", "reset")
 			return v == 1
 		})
+	})
+
+	// The database moved while its old host is down: the app's pool is
+	// opening a connection (tnsguard re-dials the old address within
+	// connect_budget) when a reload points the backend at the new host.
+	// That connection reaches the new host: it is not failed with ORA-12541
+	// at the end of the budget by a server the running config no longer has.
+	t.Run("reload while the app waits", func(t *testing.T) {
+		moved := tnstest.New(t, tnstest.Config{Mode: tnstest.Accept})
+		admin, addr, gone := freeAddr(t), freeAddr(t), freeAddr(t)
+		conf := func(server string) string {
+			return strings.Replace(config(admin, "",
+				[]listenerConf{{name: "l", listen: addr, backend: "db"}},
+				[]backendConf{{name: "db", servers: []string{server}, extra: backendKeys}}),
+				`connect_budget = "3s"`, `connect_budget = "10s"`, 1)
+		}
+		g := start(t, admin, conf(gone), false) // never ready: its one server is down
+		// Reload once tnsguard has re-dialed the old address for the app.
+		// Off the test's goroutine: no t.Fatal there.
+		reloaded := make(chan error, 1)
+		go func() {
+			deadline := time.Now().Add(8 * time.Second)
+			for time.Now().Before(deadline) {
+				if _, body := g.get("/metrics"); strings.Contains(body, `tnsguard_redials_total{backend="db",listener="l",reason="connect"}`) {
+					if err := os.WriteFile(g.path, []byte(conf(moved.Addr())), 0o600); err != nil {
+						reloaded <- err
+						return
+					}
+					reloaded <- g.cmd.Process.Signal(syscall.SIGHUP)
+					return
+				}
+				time.Sleep(20 * time.Millisecond)
+			}
+			reloaded <- errors.New("no re-dial of the old address within 8s")
+		}()
+		r := nodeConnect(t, addr+"/SALES")
+		if err := <-reloaded; err != nil {
+			t.Fatal(err)
+		}
+		if !reachedDatabase(r) {
+			t.Fatalf("through tnsguard, reloaded onto the new host while connecting: %+v; want the new host to have accepted (NJS-531 from the echoing fake)", r)
+		}
+		if n := len(moved.Connects()); n != 1 {
+			t.Fatalf("the new host got %d CONNECTs, want 1", n)
+		}
 	})
 
 	// routes pick the backend from the service in the driver's CONNECT (its
