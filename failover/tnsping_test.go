@@ -166,6 +166,29 @@ func TestTnspingCheck(t *testing.T) {
 	}
 }
 
+// A listener whose REFUSE holds no text, the text in the DATA packet after
+// it (a layout node-oracledb reads), answers tnsping all the same: it is up,
+// with its version; asked for a service it does not have, it is down. Until
+// 2026-11-30 every check of it failed ("REFUSE announces 61 bytes of data,
+// holds 0"): the server was down for good and /readyz 503 with the listener
+// serving.
+func TestTnspingCheckOfARefuseWhoseTextFollowsInData(t *testing.T) {
+	alive := tnstest.New(t, tnstest.Config{Mode: tnstest.Refuse, RefuseApart: true})
+	b, _ := tnspingBackend(t, "", alive.Addr())
+	eventually(t, "the listener up, its version known", func() bool {
+		return b.Servers[0].Up() && b.Servers[0].ListenerVersion() == "19.0.0.0.0"
+	})
+	has := tnstest.New(t, tnstest.Config{Mode: tnstest.Accept, Services: []string{"ORDERS"}, RefuseApart: true})
+	lacks := tnstest.New(t, tnstest.Config{Mode: tnstest.Accept, Services: []string{"SALES"}, RefuseApart: true})
+	var log checkLog
+	b2, _ := startBackendLogged(t, log.logger(), "", "  check = \"tnsping\"\n  interval = \"50ms\"\n  timeout = \"50ms\"\n  rise = 1\n  fall = 1\n"+
+		"  service = \"ORDERS\"\n  service_interval = \"1h\"\n", `address = "`+has.Addr()+`"`, `address = "`+lacks.Addr()+`"`)
+	eventually(t, "service states", func() bool { return b2.Servers[0].Up() && !b2.Servers[1].Up() })
+	if !strings.Contains(log.String(), "12514") {
+		t.Errorf("the check of the listener without the service does not name its ORA-12514:\n%s", log.String())
+	}
+}
+
 // With health.service, the listener must also have that service registered:
 // a listener up but refusing ORA-12514 for it counts as down.
 func TestTnspingServiceProbe(t *testing.T) {

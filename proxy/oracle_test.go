@@ -103,6 +103,56 @@ func TestRefuseFailsOverWithTheSameConnect(t *testing.T) {
 	})
 }
 
+// A listener may send a REFUSE that holds no text, its text in the DATA
+// packet after it (the layout a REDIRECT may use; node-oracledb reads it,
+// go-ora does not and shows ORA-12564 "TNS connection refused"). It is a
+// REFUSE all the same: with "refuse" in retry_on the session moves on to
+// the next server with the same CONNECT; without, the app gets both packets
+// as they came, counted and logged as a rejection. Until 2026-11-30 tnsguard
+// took it for an answer that is not TNS and passed it on: during a
+// switchover go-ora apps got ORA-12564 and node-oracledb apps NJS-518 with
+// "refuse" in retry_on, and nothing was counted or logged
+// (TestNodeOracledbThroughTnsguard/switchover, REFUSE text in a DATA packet).
+func TestRefuseWithItsTextInADataPacketFailsOver(t *testing.T) {
+	t.Run("retry_on refuse", func(t *testing.T) {
+		refusing := tnstest.New(t, tnstest.Config{Mode: tnstest.Refuse, Err: 12514, RefuseApart: true})
+		standby := tnstest.New(t, tnstest.Config{Mode: tnstest.Refuse, Err: 12528}) // not in refuse_errors: the app gets it
+		h := startProxy(t, oracleConfig(`refuse_errors = [12514]`, refusing.Addr()+";0", standby.Addr()+";1"))
+		if err := goOraPing(t, h.addr("l"), "SALES"); err == nil || !strings.Contains(err.Error(), "ORA-12528") {
+			t.Fatalf("go-ora: %v; want the standby's ORA-12528 (the 12514 held back)", err)
+		}
+		a, b := refusing.Connects(), standby.Connects()
+		if len(a) != 1 || len(b) != 1 || !bytes.Equal(a[0], b[0]) {
+			t.Fatalf("CONNECTs: preferred %d, standby %d; want one each, the same bytes", len(a), len(b))
+		}
+		if n := counter(h.m.Redials, "l", "b", "refuse"); n != 1 {
+			t.Errorf("%v refuse redials, want 1", n)
+		}
+	})
+	t.Run("retry_on without refuse", func(t *testing.T) {
+		refusing := tnstest.New(t, tnstest.Config{Mode: tnstest.Refuse, Err: 12514, RefuseApart: true})
+		cfg := strings.Replace(oracleConfig("", refusing.Addr()), `retry_on = ["connect", "reset", "refuse"]`, `retry_on = ["connect", "reset"]`, 1)
+		h, logs := startProxyLog(t, cfg)
+		connect, err := tns.BuildConnect("(DESCRIPTION=(CONNECT_DATA=(SERVICE_NAME=SALES)(CID=(PROGRAM=app)(HOST=h)(USER=u)))(ADDRESS=(PROTOCOL=TCP)(HOST=db)(PORT=1521)))")
+		if err != nil {
+			t.Fatal(err)
+		}
+		c := h.dial("l")
+		if _, err := c.Write(connect); err != nil {
+			t.Fatal(err)
+		}
+		c.SetReadDeadline(time.Now().Add(3 * time.Second))
+		got, err := io.ReadAll(c)
+		if want := tns.BuildRefuseApart(0x22, 0, "(DESCRIPTION=(TMP=)(VSNNUM=318767104)(ERR=12514)(ERROR_STACK=(ERROR=(CODE=12514)(EMFI=4))))"); err != nil || !bytes.Equal(got, want) {
+			t.Fatalf("the app read %q, %v; want the listener's REFUSE and its DATA packet as they came", got, err)
+		}
+		waitFor(t, 2*time.Second, "the app's REFUSE counted as a rejection, and logged", func() bool {
+			return counter(h.m.SessionsRejected, "l", "no_backend") == 1 &&
+				len(logs.lines("no backend for new session: the app gets the listener's REFUSE", "ORA-12514")) == 1
+		})
+	})
+}
+
 // When every server refuses until the budget ends, the app gets the last
 // REFUSE unchanged: its driver reports the real ORA error, not a broken
 // connection.

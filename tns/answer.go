@@ -14,6 +14,9 @@ type Refuse struct {
 	Data         string
 	// Description is Data parsed; nil when Data is empty or does not parse.
 	Description Description
+	// Len is how many bytes the REFUSE and the DATA packets carrying its
+	// data take.
+	Len int
 }
 
 // Err returns the refusal's ERR=n (12514: service not registered, 0: the
@@ -25,7 +28,11 @@ func (r Refuse) Err() (int, bool) {
 	return scanErr(r.Data)
 }
 
-// ParseRefuse reads the REFUSE packet at the start of b.
+// ParseRefuse reads the REFUSE packet at the start of b, and the DATA
+// packets after it when the REFUSE announces data it does not hold: the
+// layout a REDIRECT may use, which node-oracledb reads for a REFUSE too
+// (its RefusePacket "overflow": a 12-byte REFUSE, the text in the next
+// DATA packet).
 func ParseRefuse(b []byte) (Refuse, error) {
 	pkt, err := firstOfType(b, TypeRefuse)
 	if err != nil {
@@ -36,10 +43,19 @@ func ParseRefuse(b []byte) (Refuse, error) {
 		return Refuse{}, fmt.Errorf("%w: REFUSE of %d bytes, need 12", ErrMalformed, len(raw))
 	}
 	n := int(binary.BigEndian.Uint16(raw[10:]))
-	if 12+n > len(raw) {
+	var data []byte
+	used := 0
+	switch {
+	case 12+n <= len(raw):
+		data = raw[12 : 12+n]
+	case len(raw) > 12:
 		return Refuse{}, fmt.Errorf("%w: REFUSE announces %d bytes of data, holds %d", ErrMalformed, n, len(raw)-12)
+	default:
+		if data, used, err = followingData(b[len(raw):], n, "REFUSE's data"); err != nil {
+			return Refuse{}, err
+		}
 	}
-	r := Refuse{UserReason: raw[8], SystemReason: raw[9], Data: string(raw[12 : 12+n])}
+	r := Refuse{UserReason: raw[8], SystemReason: raw[9], Data: string(data), Len: len(raw) + used}
 	if n > 0 {
 		r.Description, _ = ParseDescription(r.Data) // Err falls back to a text scan
 	}
@@ -241,8 +257,8 @@ type FirstPacket struct {
 	// Type is the first packet's type: TypeRefuse, TypeRedirect, TypeResend,
 	// TypeAccept, or anything else (a proxy passes those through).
 	Type PacketType
-	// Len is the length of the first packet (REDIRECT: with the DATA packets
-	// carrying its data). For REFUSE and REDIRECT all Len bytes are in hand;
+	// Len is the length of the first packet (REFUSE, REDIRECT: with the DATA
+	// packets carrying its data). For REFUSE and REDIRECT all Len bytes are in hand;
 	// for other types only the header was read and Len may exceed the input.
 	Len int
 	// Refuse is set when Type is TypeRefuse.
@@ -267,6 +283,7 @@ func ClassifyFirst(b []byte) (FirstPacket, error) {
 		if f.Refuse, err = ParseRefuse(b); err != nil {
 			return FirstPacket{}, err
 		}
+		f.Len = f.Refuse.Len
 	case TypeRedirect:
 		if f.Redirect, err = ParseRedirect(b); err != nil {
 			return FirstPacket{}, err

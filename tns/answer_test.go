@@ -78,6 +78,9 @@ func TestParseRefuse(t *testing.T) {
 		{"no data", tns.BuildRefuse(0x22, 0, ""), 0, false},
 		{"data that is no description", tns.BuildRefuse(4, 1, "listener said (err = 12516 ) and (more"), 12516, true},
 		{"data without ERR", tns.BuildRefuse(4, 1, "(DESCRIPTION=(TMP=))"), 0, false},
+		// node-oracledb reads this layout (its RefusePacket "overflow"); until
+		// 2026-11-30 it was ErrMalformed here, and a proxy passed it on.
+		{"text in a following DATA packet", tns.BuildRefuseApart(0x22, 0, "(DESCRIPTION=(TMP=)(VSNNUM=318767104)(ERR=12514)(ERROR_STACK=(ERROR=(CODE=12514)(EMFI=4))))"), 12514, true},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -88,9 +91,22 @@ func TestParseRefuse(t *testing.T) {
 			if code, ok := r.Err(); code != tt.wantErr || ok != tt.hasErr {
 				t.Errorf("Err() = %d, %v; want %d, %v", code, ok, tt.wantErr, tt.hasErr)
 			}
-			f, err := tns.ClassifyFirst(tt.in)
+			in := append(append([]byte(nil), tt.in...), tns.BuildResend()...) // bytes after it are not part of it
+			f, err := tns.ClassifyFirst(in)
 			if code, ok := f.Refuse.Err(); err != nil || f.Type != tns.TypeRefuse || f.Len != len(tt.in) || code != tt.wantErr || ok != tt.hasErr {
 				t.Errorf("ClassifyFirst = %+v, %v", f, err)
+			}
+			var wait tns.AnswerWait
+			for n := range len(tt.in) {
+				if _, err := tns.ClassifyFirst(tt.in[:n]); !errors.Is(err, tns.ErrIncomplete) {
+					t.Fatalf("ClassifyFirst(%d of %d bytes) = %v, want ErrIncomplete", n, len(tt.in), err)
+				}
+				if wait.Ready(tt.in[:n]) {
+					t.Fatalf("AnswerWait.Ready(%d of %d bytes) = true", n, len(tt.in))
+				}
+			}
+			if !wait.Ready(tt.in) {
+				t.Errorf("AnswerWait.Ready(the whole REFUSE) = false")
 			}
 		})
 	}
@@ -132,6 +148,8 @@ func TestAnswersReject(t *testing.T) {
 		{"ACCEPT data offset inside fields", parseAccept, corrupt(accept, 20, 10), tns.ErrMalformed},
 		{"ACCEPT data beyond packet", parseAccept, corrupt(accept, 18, 100), tns.ErrMalformed},
 		{"ACCEPT shorter than its fields", parseAccept, []byte{0, 12, 0, 0, 2, 0, 0, 0, 1, 0x34, 0, 0}, tns.ErrMalformed},
+		{"REFUSE followed by MARKER", parseRefuse, append(tns.BuildRefuseApart(0x22, 0, "(ERR=1)")[:12:12], 0, 11, 0, 0, 12, 0, 0, 0, 1, 0, 2), tns.ErrUnexpectedType},
+		{"REFUSE DATA longer than announced", parseRefuse, append(tns.BuildRefuseApart(0x22, 0, "(ERR=1)")[:12:12], dataPacket("(ERR=1)xxxx")...), tns.ErrMalformed},
 		{"REDIRECT partly inline", parseRedirect, corrupt(tns.BuildRedirect(scanAddr), 8, 200), tns.ErrMalformed},
 		{"REDIRECT followed by MARKER", parseRedirect, append(redirectFollowing(scanAddr, "")[:10:10], 0, 11, 0, 0, 12, 0, 0, 0, 1, 0, 2), tns.ErrUnexpectedType},
 		{"REDIRECT DATA longer than announced", parseRedirect, append(redirectFollowing(scanAddr, "")[:10:10], dataPacket(scanAddr+"xxxx")...), tns.ErrMalformed},

@@ -71,6 +71,16 @@ func BuildRefuse(userReason, sysReason byte, data string) []byte {
 	return append(out, data...)
 }
 
+// BuildRefuseApart returns a REFUSE that holds no text, followed by a DATA
+// packet carrying data: the layout a REDIRECT may use, which node-oracledb
+// reads for a REFUSE too. It panics when data does not fit one packet.
+func BuildRefuseApart(userReason, sysReason byte, data string) []byte {
+	mustFit("REFUSE", data, HeaderLen+2)
+	out := BuildRefuse(userReason, sysReason, "")
+	binary.BigEndian.PutUint16(out[10:], uint16(len(data)))
+	return appendData(out, data)
+}
+
 // BuildAccept returns an ACCEPT of version carrying data (often empty).
 // Below 315 it is the 24-byte layout of 10g listeners; from 315 on it adds the
 // 32-bit SDU and TDU fields newer clients read. It panics when data does not

@@ -2,6 +2,7 @@ package tns
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"net"
@@ -178,6 +179,9 @@ func exchange(ctx context.Context, conn net.Conn, connect []byte) (pkt Packet, e
 		if err != nil {
 			return Packet{}, err
 		}
+		if pkt.Type == TypeRefuse {
+			return withRefuseData(conn, pkt)
+		}
 		if pkt.Type != TypeResend {
 			return pkt, nil
 		}
@@ -185,4 +189,33 @@ func exchange(ctx context.Context, conn net.Conn, connect []byte) (pkt Packet, e
 			return Packet{}, fmt.Errorf("%w: RESEND after %d resent CONNECTs", ErrUnexpectedAnswer, resends)
 		}
 	}
+}
+
+// withRefuseData returns the REFUSE pkt with the DATA packets that carry
+// its text appended to Raw, when it announces text it does not hold (a
+// 12-byte REFUSE, the text in the next DATA packet, as node-oracledb reads
+// it): ParseRefuse reads them. A listener answering a ping so would
+// otherwise fail every check. The text is at most 64 KiB (a 16-bit length).
+func withRefuseData(conn net.Conn, pkt Packet) (Packet, error) {
+	if len(pkt.Raw) != 12 {
+		return pkt, nil
+	}
+	n := int(binary.BigEndian.Uint16(pkt.Raw[10:]))
+	raw := pkt.Raw
+	for got := 0; got < n; {
+		d, err := ReadPacket(conn, Length16, DefaultMaxPacket)
+		if err != nil {
+			return Packet{}, err
+		}
+		// An empty DATA packet is refused too: each one must bring text,
+		// or a listener sending empty ones would grow raw until the
+		// check's deadline.
+		if d.Type != TypeData || len(d.Raw) <= HeaderLen+2 {
+			return Packet{}, fmt.Errorf("%w: %s where the REFUSE's data should follow", ErrUnexpectedAnswer, d.Type)
+		}
+		got += len(d.Raw) - (HeaderLen + 2)
+		raw = append(raw, d.Raw...)
+	}
+	pkt.Raw = raw
+	return pkt, nil
 }

@@ -61,6 +61,8 @@ func TestPingAlive(t *testing.T) {
 		{"REFUSE ERR=0 (current listeners)", tnstest.Config{Mode: tnstest.Refuse, Err: 12514}, tns.TypeRefuse, "19.0.0.0.0", 1},
 		{"ACCEPT ERR=0 (old listeners)", tnstest.Config{PingAccept: true, VSNNUM: 0x0A200100}, tns.TypeAccept, "10.2.0.1.0", 1},
 		{"after a RESEND", tnstest.Config{Mode: tnstest.Accept, Resends: 1, VSNNUM: 0x17400000}, tns.TypeRefuse, "23.4.0.0.0", 2},
+		// Until 2026-11-30 every check of such a listener failed (ErrMalformed).
+		{"REFUSE ERR=0, its text in a DATA packet", tnstest.Config{Mode: tnstest.Refuse, RefuseApart: true}, tns.TypeRefuse, "19.0.0.0.0", 1},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -152,6 +154,7 @@ func TestProbeService(t *testing.T) {
 		{"after a RESEND", tnstest.Config{Mode: tnstest.Refuse, Err: 12514, Resends: 1}, "SALES", false, 12514},
 		{"redirected", tnstest.Config{Mode: tnstest.Redirect, RedirectTo: "10.0.0.7:1521"}, "SALES", true, 0},
 		{"long service name, DATA follows", tnstest.Config{Mode: tnstest.Refuse}, strings.Repeat("LONG_", 50), false, 12514},
+		{"not registered, the REFUSE's text in a DATA packet", tnstest.Config{Mode: tnstest.Refuse, Err: 12514, RefuseApart: true}, "SALES", false, 12514},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

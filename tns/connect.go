@@ -150,7 +150,7 @@ func (c *ConnectWait) Reset() { c.w = dataWait{} }
 
 // AnswerWait is ConnectWait for a backend's first answer: Ready reports
 // whether ClassifyFirst(b) returns anything but ErrIncomplete, framing
-// each packet once (a REDIRECT's data may follow in many DATA packets).
+// each packet once (a REDIRECT's data, or a REFUSE's, may follow in DATA packets).
 type AnswerWait struct{ w dataWait }
 
 // Ready reports whether ClassifyFirst(b) returns anything but
@@ -162,8 +162,16 @@ func (a *AnswerWait) Ready(b []byte) bool {
 	}
 	switch h.Type {
 	case TypeRefuse:
-		_, _, err := NextPacket(b, Length16, 0)
-		return !errors.Is(err, ErrIncomplete)
+		return a.w.ready(b, func(raw []byte) (int, bool) {
+			if len(raw) < 12 {
+				return 0, true // malformed
+			}
+			n := int(binary.BigEndian.Uint16(raw[10:]))
+			if 12+n <= len(raw) || len(raw) > 12 {
+				return 0, true // inline, or malformed
+			}
+			return n, false // the text follows in DATA packets (ParseRefuse)
+		}, TypeRefuse)
 	case TypeRedirect:
 		return a.w.ready(b, func(raw []byte) (int, bool) {
 			if len(raw) < 10 {

@@ -192,6 +192,8 @@ func FuzzListenerAnswer(f *testing.F) {
 		f.Add(append(tns.BuildResend(), b...), true)
 	}
 	f.Add(tns.BuildAccept(318, ""), false)
+	f.Add(tns.BuildRefuseApart(0x22, 0, "(DESCRIPTION=(TMP=)(VSNNUM=318767104)(ERR=0)(ALIAS=LISTENER))"), false)
+	f.Add(tns.BuildRefuseApart(0x22, 0, "(DESCRIPTION=(ERR=12514))"), true)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		f.Fatal(err)

@@ -36,6 +36,7 @@ func TestWriteFuzzSeeds(t *testing.T) {
 	packets["redirect_flag2_data_follows"] = redirectFollowing(scanAddr, "(DESCRIPTION=(CONNECT_DATA=(SERVICE_NAME=SALES)))")
 	packets["accept_318"] = tns.BuildAccept(318, "")
 	packets["refuse_12514"] = tns.BuildRefuse(0x22, 0, "(DESCRIPTION=(TMP=)(VSNNUM=318767104)(ERR=12514)(ERROR_STACK=(ERROR=(CODE=12514)(EMFI=4))))")
+	packets["refuse_text_in_data"] = tns.BuildRefuseApart(0x22, 0, "(DESCRIPTION=(TMP=)(VSNNUM=318767104)(ERR=12514)(ERROR_STACK=(ERROR=(CODE=12514)(EMFI=4))))")
 	packets["refuse_not_description"] = tns.BuildRefuse(4, 1, "listener said (err = 12516 ) and (more")
 	packets["garbage_http"] = []byte(tnstest.DefaultGarbage)
 	for i, c := range goOraConnects(t) {

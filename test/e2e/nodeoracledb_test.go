@@ -118,6 +118,31 @@ backoff_max = "200ms"`
 		})
 	})
 
+	// The same switchover, with the preferred listener's REFUSE holding no
+	// text and its text in the DATA packet after it: node-oracledb reads that
+	// layout (NJS-518 directly). Until 2026-11-30 tnsguard took it for an
+	// answer that is not TNS and passed it on: the app got NJS-518 with the
+	// standby serving, and nothing was counted.
+	t.Run("switchover, REFUSE text in a DATA packet", func(t *testing.T) {
+		preferred := tnstest.New(t, tnstest.Config{Mode: tnstest.Refuse, Err: 12514, RefuseApart: true})
+		standby := tnstest.New(t, tnstest.Config{Mode: tnstest.Accept})
+		if r := nodeConnect(t, preferred.Addr()+"/SALES"); r.Code != "NJS-518" {
+			t.Fatalf("direct to the refusing listener: %+v; want NJS-518 (service not registered)", r)
+		}
+		g, addr := oracleGuard(t, backendKeys, preferred.Addr(), standby.Addr())
+		if r := nodeConnect(t, addr+"/SALES"); !reachedDatabase(r) {
+			t.Fatalf("through tnsguard: %+v; want the standby to have accepted (NJS-531 from the echoing fake)", r)
+		}
+		a, b := preferred.Connects(), standby.Connects()
+		if len(a) != 2 || len(b) != 1 || !bytes.Equal(a[1], b[0]) {
+			t.Fatalf("CONNECTs: preferred %d (want 2: direct and through tnsguard), standby %d (want 1, the same bytes)", len(a), len(b))
+		}
+		waitFor(t, 3*time.Second, "the redial counted", func() bool {
+			v, _ := g.metricOK("tnsguard_redials_total", "listener", "l", "backend", "db", "reason", "refuse")
+			return v == 1
+		})
+	})
+
 	// No server has the service until the budget ends: the app gets the
 	// very error it gets without tnsguard (the last REFUSE, unchanged), not
 	// a broken connection.

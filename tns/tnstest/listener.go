@@ -78,6 +78,10 @@ type Config struct {
 	Services []string
 	// Garbage is what Garbage mode sends; empty means DefaultGarbage.
 	Garbage []byte
+	// RefuseApart sends every REFUSE (Refuse mode's, the ERR=12514 of
+	// Services, the answer to a ping) as a REFUSE holding no text,
+	// followed by a DATA packet with the text (tns.BuildRefuseApart).
+	RefuseApart bool
 }
 
 // Listener is a fake Oracle listener on 127.0.0.1.
@@ -258,12 +262,12 @@ func (l *Listener) answer(c *net.TCPConn, info tns.ConnectInfo) {
 		if l.cfg.PingAccept {
 			l.write(c, tns.BuildAccept(308, fmt.Sprintf("(DESCRIPTION=(TMP=)(VSNNUM=%d)(ERR=0))", vsn)))
 		} else {
-			l.write(c, tns.BuildRefuse(0x22, 0, fmt.Sprintf("(DESCRIPTION=(TMP=)(VSNNUM=%d)(ERR=0)(ALIAS=LISTENER))", vsn)))
+			l.write(c, l.refuse(fmt.Sprintf("(DESCRIPTION=(TMP=)(VSNNUM=%d)(ERR=0)(ALIAS=LISTENER))", vsn)))
 		}
 		return
 	}
 	if len(l.cfg.Services) > 0 && !l.registered(d) {
-		l.write(c, refusePacket(vsn, 12514))
+		l.write(c, l.refuse(refuseText(vsn, 12514)))
 		return
 	}
 	switch l.cfg.Mode {
@@ -272,7 +276,7 @@ func (l *Listener) answer(c *net.TCPConn, info tns.ConnectInfo) {
 		if code == 0 {
 			code = 12514
 		}
-		l.write(c, refusePacket(vsn, code))
+		l.write(c, l.refuse(refuseText(vsn, code)))
 	case Accept:
 		v := l.cfg.AcceptVersion
 		if v == 0 {
@@ -305,11 +309,19 @@ func (l *Listener) registered(d tns.Description) bool {
 	return false
 }
 
-// refusePacket is a REFUSE shaped like the captured 10g one: user reason
-// 0x22, the ERR and an ERROR_STACK.
-func refusePacket(vsn uint32, code int) []byte {
-	return tns.BuildRefuse(0x22, 0, fmt.Sprintf(
-		"(DESCRIPTION=(TMP=)(VSNNUM=%d)(ERR=%d)(ERROR_STACK=(ERROR=(CODE=%d)(EMFI=4))))", vsn, code, code))
+// refuseText is the text of a REFUSE shaped like the captured 10g one: the
+// ERR and an ERROR_STACK.
+func refuseText(vsn uint32, code int) string {
+	return fmt.Sprintf("(DESCRIPTION=(TMP=)(VSNNUM=%d)(ERR=%d)(ERROR_STACK=(ERROR=(CODE=%d)(EMFI=4))))", vsn, code, code)
+}
+
+// refuse is a REFUSE carrying text with user reason 0x22, as the captured
+// one, in the layout the Config asks for.
+func (l *Listener) refuse(text string) []byte {
+	if l.cfg.RefuseApart {
+		return tns.BuildRefuseApart(0x22, 0, text)
+	}
+	return tns.BuildRefuse(0x22, 0, text)
 }
 
 func (l *Listener) write(c net.Conn, b []byte) bool {
