@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"slices"
 	"sync"
 	"syscall"
 )
@@ -15,14 +16,19 @@ import (
 // change places. Each socket is taken by the address a listener (or the
 // admin listener) asks for; the rest are closed.
 type Inherited struct {
-	mu       sync.Mutex
-	lns      []*net.TCPListener
-	order    []*net.TCPListener         // every socket as handed over, in the old process's order (Adjust)
-	counted  int                        // how many of them came with a count (the listeners'; not the admin socket)
-	sessions map[*net.TCPListener]int64 // the old process's sessions on each socket at the handover
-	// Those counted against the listeners' max_sessions, by socket (hold),
-	// until Release (nil then).
-	held map[*net.TCPListener]*heldSessions
+	mu    sync.Mutex
+	lns   []*net.TCPListener
+	order []*net.TCPListener // every socket as handed over, in the old process's order (Adjust)
+	// The old process's sessions on each socket at the handover, and the
+	// name of its listener there, for the first count (nil names: a
+	// version before names were handed over, the sessions go by socket);
+	// one for each of the first sockets of order (the listeners'; not the
+	// admin socket).
+	sessions []int64
+	names    []string
+	// Those counted against the listeners' max_sessions, by index in
+	// sessions (hold), until Release (nil then).
+	held map[int]*heldSessions
 }
 
 // heldSessions are the old process's sessions counted in a listener's slots.
@@ -34,10 +40,16 @@ type heldSessions struct {
 // NewInherited makes listeners of files (their fds stay theirs: the caller
 // closes them). Every file must be a listening TCP socket. sessions, when
 // not nil, is how many sessions the old process had on each: they count
-// against max_sessions until Release.
-func NewInherited(files []*os.File, sessions []int64) (*Inherited, error) {
-	h := &Inherited{sessions: map[*net.TCPListener]int64{}, held: map[*net.TCPListener]*heldSessions{}, counted: min(len(sessions), len(files))}
-	for i, f := range files {
+// against max_sessions until Release. names, when not nil, is the name of
+// the old process's listener on each (as many as sessions; otherwise it is
+// ignored): the sessions then go to the listener of that name (hold).
+func NewInherited(files []*os.File, sessions []int64, names []string) (*Inherited, error) {
+	sessions = slices.Clone(sessions[:min(len(sessions), len(files))]) // Adjust writes to it
+	if len(names) != len(sessions) {
+		names = nil
+	}
+	h := &Inherited{sessions: sessions, names: names, held: map[int]*heldSessions{}}
+	for _, f := range files {
 		ln, err := net.FileListener(f)
 		if err != nil {
 			h.Close()
@@ -51,24 +63,46 @@ func NewInherited(files []*os.File, sessions []int64) (*Inherited, error) {
 		}
 		h.lns = append(h.lns, tl)
 		h.order = append(h.order, tl)
-		if i < len(sessions) {
-			h.sessions[tl] = sessions[i]
-		}
 	}
 	return h, nil
 }
 
-// hold counts the old process's sessions on ln against slots (a listener's
-// max_sessions) until Release.
-func (h *Inherited) hold(ln *net.TCPListener, slots *admitted) {
+// hold counts the old process's sessions of the listener name of the new
+// configuration (which has listener, its names) against slots (its
+// max_sessions) until Release; ln is the socket it took over, or nil.
+// Sessions go with their listener's name, as across a reload (slotsFor):
+// those of the old process's listener of that name, on whatever socket,
+// or, when the configuration has no listener of the old name, those of the
+// socket it took over (a rename); else none. A listener that moves in the
+// same change (an upgrade that also swaps two listeners' addresses) keeps
+// its own sessions, not those of the listener whose socket it takes over.
+// From a version before names were handed over, those of the socket.
+// Called by the first Apply only.
+func (h *Inherited) hold(name string, ln *net.TCPListener, listener func(string) bool, slots *admitted) {
+	if h == nil {
+		return
+	}
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if h.held == nil { // released already
 		return
 	}
-	n := h.sessions[ln]
+	i := -1
+	if h.names != nil {
+		i = slices.Index(h.names, name)
+	}
+	if i < 0 && ln != nil {
+		i = slices.Index(h.order[:len(h.sessions)], ln)
+		if i >= 0 && h.names != nil && listener(h.names[i]) {
+			i = -1 // the listener of that name holds them
+		}
+	}
+	if i < 0 || h.held[i] != nil {
+		return
+	}
+	n := h.sessions[i]
 	slots.active.Add(n)
-	h.held[ln] = &heldSessions{slots, n} // also when none: Adjust may raise it
+	h.held[i] = &heldSessions{slots, n} // also when none: Adjust may raise it
 }
 
 // Adjust sets the old process's sessions on each socket to counts (in the
@@ -81,8 +115,8 @@ func (h *Inherited) Adjust(counts []int64) error {
 	if h == nil {
 		return nil
 	}
-	if len(counts) != h.counted {
-		return fmt.Errorf("%d counts for %d sockets", len(counts), h.counted)
+	if len(counts) != len(h.sessions) {
+		return fmt.Errorf("%d counts for %d sockets", len(counts), len(h.sessions))
 	}
 	for _, n := range counts {
 		if n < 0 {
@@ -95,9 +129,8 @@ func (h *Inherited) Adjust(counts []int64) error {
 		return nil // the old process has ended, and its sessions with it
 	}
 	for i, n := range counts {
-		ln := h.order[i]
-		h.sessions[ln] = n // for a hold still to come
-		if x := h.held[ln]; x != nil {
+		h.sessions[i] = n // for a hold still to come
+		if x := h.held[i]; x != nil {
 			x.slots.active.Add(n - x.n)
 			x.n = n
 		}
@@ -190,13 +223,23 @@ func (p *Proxy) ListeningSockets() ([]int, HandedOver, error) {
 		}
 		fds = append(fds, fd)
 		h.slots = append(h.slots, l.admitted)
+		h.names = append(h.names, l.name)
 	}
 	return fds, h, nil
 }
 
 // HandedOver are the admission counts of the listeners whose sockets
-// ListeningSockets duplicated, in its order.
-type HandedOver struct{ slots []*admitted }
+// ListeningSockets duplicated, and their names, in its order.
+type HandedOver struct {
+	slots []*admitted
+	names []string
+}
+
+// Names are the names of the listeners whose sockets were handed over, in
+// the order of Sessions: the new process counts each one's sessions for
+// the listener of that name (Inherited.hold), wherever its configuration
+// puts it.
+func (h HandedOver) Names() []string { return slices.Clone(h.names) }
 
 // Sessions are the sessions admitted on each socket now, and the
 // connections accepted there that are not yet let in or turned away; those

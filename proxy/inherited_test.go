@@ -1,15 +1,18 @@
 package proxy
 
 import (
+	"fmt"
 	"net"
 	"os"
+	"slices"
 	"testing"
 )
 
 // handedSockets listens on n loopback sockets and hands them over as an
 // upgrade does (NewInherited, the old process's sessions on the first
-// len(sessions)), returning their addresses.
-func handedSockets(t *testing.T, n int, sessions []int64) (*Inherited, []string) {
+// len(sessions), and its listeners' names there unless nil), returning
+// their addresses.
+func handedSockets(t *testing.T, n int, sessions []int64, names []string) (*Inherited, []string) {
 	t.Helper()
 	var files []*os.File
 	var addrs []string
@@ -26,7 +29,7 @@ func handedSockets(t *testing.T, n int, sessions []int64) (*Inherited, []string)
 		files = append(files, f)
 		addrs = append(addrs, ln.Addr().String())
 	}
-	h, err := NewInherited(files, sessions)
+	h, err := NewInherited(files, sessions, names)
 	for _, f := range files {
 		f.Close()
 	}
@@ -45,7 +48,7 @@ func handedSockets(t *testing.T, n int, sessions []int64) (*Inherited, []string)
 // an Adjust after it, or one that does not match the sockets, changes
 // nothing.
 func TestInheritedAdjustCountsUntilRelease(t *testing.T) {
-	h, addrs := handedSockets(t, 3, []int64{2, 0}) // the third: the admin socket, no count
+	h, addrs := handedSockets(t, 3, []int64{2, 0}, nil) // the third: the admin socket, no count
 	var a, b admitted
 	for i, slots := range []*admitted{&a, &b} {
 		ln := h.Take(addrs[i])
@@ -53,7 +56,7 @@ func TestInheritedAdjustCountsUntilRelease(t *testing.T) {
 			t.Fatalf("socket %s not taken", addrs[i])
 		}
 		defer ln.Close()
-		h.hold(ln, slots)
+		h.hold(fmt.Sprint(i), ln, func(string) bool { return true }, slots)
 	}
 	check := func(what string, wantA, wantB int64) {
 		t.Helper()
@@ -119,5 +122,60 @@ func TestHandedOverSessionsNeverMissAConnectionLetIn(t *testing.T) {
 	}
 	if missed > 0 {
 		t.Errorf("%d counts of %d connections took fewer (a connection let in between the reads counted in neither)", missed, conns)
+	}
+}
+
+// The old process's sessions go to the new process's listener of the same
+// name, as across a reload (slotsFor), wherever its configuration puts it:
+// onto the other listener's socket (a swap), onto a new address (its old
+// socket closed); a listener that takes over the socket of one its
+// configuration does not name (a rename) takes that one's; one that takes
+// over the socket of a listener it does name takes none of them. From a
+// version before the names (nil), they go by socket as they did.
+func TestInheritedSessionsFollowTheirListenersName(t *testing.T) {
+	// A listener of the new configuration: its name, the old socket it
+	// takes over (-1: a new address), and the old sessions it should count.
+	type heir struct {
+		name string
+		sock int
+		want int64
+	}
+	for _, c := range []struct {
+		what  string
+		names []string
+		news  []heir
+	}{
+		{"swapped, and moved onto a new address", []string{"a", "b"}, []heir{{"b", 0, 5}, {"c", 1, 0}, {"a", -1, 2}}},
+		{"renamed", []string{"a", "b"}, []heir{{"x", 0, 2}, {"b", 1, 5}}},
+		{"from a version before the names", nil, []heir{{"b", 0, 2}, {"a", 1, 5}}},
+	} {
+		t.Run(c.what, func(t *testing.T) {
+			h, addrs := handedSockets(t, 3, []int64{2, 5}, c.names)
+			named := func(name string) bool {
+				return slices.ContainsFunc(c.news, func(l heir) bool { return l.name == name })
+			}
+			slots := make([]admitted, len(c.news))
+			for i, l := range c.news {
+				var ln *net.TCPListener
+				if l.sock >= 0 {
+					if ln = h.Take(addrs[l.sock]); ln == nil {
+						t.Fatalf("socket %s not taken", addrs[l.sock])
+					}
+					defer ln.Close()
+				}
+				h.hold(l.name, ln, named, &slots[i])
+			}
+			for i, l := range c.news {
+				if got := slots[i].active.Load(); got != l.want {
+					t.Errorf("listener %q counts %d of the old process's sessions, want %d", l.name, got, l.want)
+				}
+			}
+			h.Release()
+			for i, l := range c.news {
+				if got := slots[i].active.Load(); got != 0 {
+					t.Errorf("listener %q counts %d after Release", l.name, got)
+				}
+			}
+		})
 	}
 }

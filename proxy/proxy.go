@@ -88,7 +88,7 @@ type Proxy struct {
 	// of that name comes back and takes them (reload.go: slotsFor). Under mu.
 	removed map[string]*admitted
 
-	inherited *Inherited  // sockets of the process this one replaced, until the first Apply takes them (Adopt)
+	inherited *Inherited  // sockets of the process this one replaced, until the first Apply takes them (Adopt); nil after it
 	alsoOwn   []ownSocket // other listening sockets of this process (AlsoListens), for bindHint
 
 	evidenceWindow time.Duration // outlived.go; tests shorten it before sessions start
@@ -278,6 +278,11 @@ func (p *Proxy) apply(cfg *config.Config) error {
 	p.keepRemoved(listeners)
 	p.forgetRemoved(cfg, p.backends)
 	p.cfg, p.listeners, p.backends = cfg, listeners, backends
+	// The first Apply took the sockets handed over and counted the old
+	// process's sessions; a reload's listeners take theirs from the running
+	// ones (slotsFor), not again from the old process (its untaken sockets
+	// are closed once this process serves).
+	p.inherited = nil
 	return nil
 }
 
@@ -335,9 +340,9 @@ func (p *Proxy) bind(cfg *config.Config, lc *config.Listener, taken map[*listene
 		return nil, err
 	}
 	slots := p.slotsFor(cfg, lc.Name, old) // its sessions still count against the limits (reload.go)
-	if handed != nil {
-		p.inherited.hold(handed, slots) // the old process's sessions, while it drains
-	}
+	// The old process's sessions, while it drains: those of its listener
+	// of this name, or of the socket taken over (inherited.go).
+	p.inherited.hold(lc.Name, handed, func(name string) bool { return hasListener(cfg, name) }, slots)
 	l := &listener{
 		p: p, name: lc.Name, ln: ln.(*net.TCPListener), done: make(chan struct{}),
 		log: p.log.Named("proxy").With("listener", lc.Name), admitted: slots,

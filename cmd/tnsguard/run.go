@@ -55,6 +55,10 @@ func runCommand(args []string, stdout, stderr io.Writer) (code int) {
 		fmt.Fprintln(stderr, "tnsguard run:", err)
 		return 1
 	}
+	// Closed once the old process says no more of its sessions (its
+	// pipe has ended, or there is none): until then an upgrade of this one
+	// in turn passes each change of them on (upgrade.tellSessions).
+	eldersSaid, following := make(chan struct{}), false
 	// A log reader that goes away (a pipe, a shipper restarting) must not
 	// end the process and every session with it: log writes fail instead.
 	signal.Ignore(syscall.SIGPIPE)
@@ -186,7 +190,9 @@ func runCommand(args []string, stdout, stderr io.Writer) (code int) {
 				// too: those count against max_sessions as well.
 				pipe := sessionsPipe
 				sessionsPipe = nil // closed here, not by the defer above
+				following = true
 				go func() {
+					defer close(eldersSaid) // after the last Adjust
 					defer pipe.Close()
 					first := true
 					// The first line at once, then again as the connections it
@@ -222,6 +228,9 @@ func runCommand(args []string, stdout, stderr io.Writer) (code int) {
 		}()
 	} else if err := sdNotify("READY=1"); err != nil {
 		log.Warn("cannot tell systemd that tnsguard is ready", "error", err)
+	}
+	if !following {
+		close(eldersSaid)
 	}
 	running := cfg.Admin        // what the admin listener was started with; a reload does not move it
 	logFormat := cfg.Log.Format // the logger's, likewise
@@ -337,7 +346,7 @@ func runCommand(args []string, stdout, stderr io.Writer) (code int) {
 				log.Error("upgrade failed: this process serves on", "error", fmt.Errorf("cannot find the binary: %w", selfErr))
 				continue
 			}
-			if up, err = startUpgrade(p, adm, self, older.running()); err != nil {
+			if up, err = startUpgrade(p, adm, self, older.running(), eldersSaid); err != nil {
 				log.Error("upgrade failed: this process serves on", "error", err)
 				continue
 			}

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -43,12 +44,18 @@ import (
 // old one then tells the new one, on a second pipe (envCountsFD), its
 // sessions on each socket ("sessions N,N,...", in the order of
 // envSessions), which the new one counts against max_sessions instead of
-// those at the start (proxy.Inherited.Adjust).
+// those at the start (proxy.Inherited.Adjust). The new process counts
+// them for the listener of the same name (envNames), as a reload does,
+// wherever its configuration puts it: an upgrade that also swaps two
+// listeners' addresses charges each one's max_sessions with its own
+// sessions, not with those of the listener whose socket it takes over.
+// From a version before envNames, they go by socket.
 
 const (
 	envListenFDs = "TNSGUARD_LISTEN_FDS"
 	envReadyFD   = "TNSGUARD_READY_FD"
 	envSessions  = "TNSGUARD_LISTEN_SESSIONS" // the old process's sessions on each socket, comma-separated
+	envNames     = "TNSGUARD_LISTEN_NAMES"    // "FROM:NAME,NAME,...": the old process's listener on each socket of envSessions, by name (query-escaped)
 	envOldPID    = "TNSGUARD_UPGRADE_FROM"    // the old process's pid (it is not the new one's parent)
 	envElders    = "TNSGUARD_UPGRADE_ELDERS"  // "FROM:PID,PID": the processes older than FROM that still drained when it handed over
 	envCountsFD  = "TNSGUARD_COUNTS_FD"       // "FROM:FD": the pipe on which FROM says its sessions once it stopped accepting
@@ -60,7 +67,7 @@ const (
 // upgradeEnv names the variables an upgrade hands the new process: it
 // clears them at once, and an upgrade in turn sets them anew.
 func upgradeEnv() []string {
-	return []string{envListenFDs, envReadyFD, envSessions, envOldPID, envElders, envCountsFD}
+	return []string{envListenFDs, envReadyFD, envSessions, envNames, envOldPID, envElders, envCountsFD}
 }
 
 // elders are the processes older than this one that may still drain after
@@ -149,6 +156,10 @@ type upgrade struct {
 	handed    proxy.HandedOver
 	counts    *os.File
 	countsOut sync.Once
+	// Closed once the process this one replaced says no more of its
+	// sessions, which this one's include (upgrades in a row): until then
+	// tellSessions passes on each change of them.
+	eldersSaid <-chan struct{}
 }
 
 // tellSessions tells the new process, once this one has stopped accepting,
@@ -157,9 +168,14 @@ type upgrade struct {
 // in or turned away (a PROXY header awaited) counted as sessions, so that
 // the new process, which serves already, lets in none too many meanwhile;
 // then again each time those are let in or turned away, until none is left
-// (at most countsFollow), each line replacing the one before. A new process
-// of a version before this pipe does not read it: the lines stay in the
-// pipe's buffer.
+// (at most countsFollow), each line replacing the one before. So too, after
+// upgrades in a row (A, B, C: this process is B), as long as A may still
+// say its sessions, which B counts and C learns through B's: A's first line
+// may reach B after B said its own (A stops accepting once B serves, and B
+// may serve C before A's line is in), and A says its own again later, as
+// its connections awaiting a PROXY header are let in or turned away. A new
+// process of a version before this pipe does not read it: the lines stay
+// in the pipe's buffer.
 func (u *upgrade) tellSessions() {
 	u.countsOut.Do(func() {
 		last := u.handed.Sessions()
@@ -170,6 +186,7 @@ func (u *upgrade) tellSessions() {
 		go func() { // not in the drain's way
 			defer u.counts.Close()
 			for end := time.Now().Add(countsFollow); ; time.Sleep(10 * time.Millisecond) {
+				said := closed(u.eldersSaid) // before the counts: its last change is in them
 				pending := u.handed.Pending()
 				now := u.handed.Sessions()
 				if !slices.Equal(now, last) {
@@ -178,12 +195,22 @@ func (u *upgrade) tellSessions() {
 					}
 					last = now
 				}
-				if pending == 0 || time.Now().After(end) {
+				if pending == 0 && said || time.Now().After(end) {
 					return
 				}
 			}
 		}()
 	})
+}
+
+// closed tells whether c is closed (a nil c never is).
+func closed(c <-chan struct{}) bool {
+	select {
+	case <-c:
+		return true
+	default:
+		return false
+	}
 }
 
 // sendSessions writes one line of tellSessions: false when it cannot (the
@@ -258,6 +285,34 @@ func parseCounts(list string) ([]int64, bool) {
 	return counts, true
 }
 
+// formatNames is the listeners' names as envNames writes them, in the
+// order of formatCounts: each query-escaped (a name may hold any
+// character, a comma too).
+func formatNames(names []string) string {
+	list := make([]string, len(names))
+	for i, name := range names {
+		list[i] = url.QueryEscape(name)
+	}
+	return strings.Join(list, ",")
+}
+
+// parseNames reads formatNames' text: not ok for a name that is not
+// escaped as it writes them.
+func parseNames(list string) ([]string, bool) {
+	names := []string{}
+	if list == "" {
+		return names, true
+	}
+	for c := range strings.SplitSeq(list, ",") {
+		name, err := url.QueryUnescape(c)
+		if err != nil {
+			return nil, false
+		}
+		names = append(names, name)
+	}
+	return names, true
+}
+
 // ownVariable is an upgrade variable this process writes as "PID:value",
 // its own pid first: a version before the variable leaves it in its
 // environment and passes it on, stale, which ownValue then tells.
@@ -326,8 +381,9 @@ func containerInit() string {
 // startUpgrade starts the new process (startUpgrade's caller waits on done).
 //
 // elders are the processes older than this one still running: the new
-// process waits for them too.
-func startUpgrade(p *proxy.Proxy, adm *admin.Server, exe string, elders []int) (*upgrade, error) {
+// process waits for them too. eldersSaid is closed once the process this
+// one replaced says no more of its sessions (upgrade.eldersSaid).
+func startUpgrade(p *proxy.Proxy, adm *admin.Server, exe string, elders []int, eldersSaid <-chan struct{}) (*upgrade, error) {
 	if os.Getpid() == 1 {
 		// In a container the first process's exit ends the container,
 		// and the new process with it, once the drain is over.
@@ -388,7 +444,8 @@ func startUpgrade(p *proxy.Proxy, adm *admin.Server, exe string, elders []int) (
 		return slices.Contains(upgradeEnv(), name)
 	})
 	env = append(env, fmt.Sprintf("%s=%d", envListenFDs, len(fds)), fmt.Sprintf("%s=%d", envReadyFD, 3+len(fds)),
-		envSessions+"="+formatCounts(handed.Sessions()), // the admin socket's, last, has none
+		envSessions+"="+formatCounts(handed.Sessions()),    // the admin socket's, last, has none
+		ownVariable(envNames, formatNames(handed.Names())), // a version before it passes it on, stale
 		fmt.Sprintf("%s=%d", envOldPID, os.Getpid()),
 		ownVariable(envCountsFD, strconv.Itoa(3+len(fds)+1)))
 	if len(elders) > 0 {
@@ -420,7 +477,7 @@ func startUpgrade(p *proxy.Proxy, adm *admin.Server, exe string, elders []int) (
 		cw.Close()
 		return nil, fmt.Errorf("cannot start %s: %w", exe, err)
 	}
-	u := &upgrade{pid: pid, done: make(chan error, 1), ended: make(chan struct{}), handed: handed, counts: cw}
+	u := &upgrade{pid: pid, done: make(chan error, 1), ended: make(chan struct{}), handed: handed, counts: cw, eldersSaid: eldersSaid}
 	gone := make(chan struct{}) // the new process has exited
 	go func() {                 // now or in a year
 		waitGone(pidfd, pid)
@@ -646,6 +703,7 @@ func waitGone(pidfd, pid int) {
 // nil from a version before it.
 func inheritance() (*proxy.Inherited, *os.File, int, *elders, *os.File, error) {
 	n, r, counts, from, older, later := os.Getenv(envListenFDs), os.Getenv(envReadyFD), os.Getenv(envSessions), os.Getenv(envOldPID), os.Getenv(envElders), os.Getenv(envCountsFD)
+	named := os.Getenv(envNames)
 	for _, name := range upgradeEnv() {
 		os.Unsetenv(name)
 	}
@@ -674,11 +732,15 @@ func inheritance() (*proxy.Inherited, *os.File, int, *elders, *os.File, error) {
 			}
 		}
 	}
+	var names []string // nil: the sessions go by socket (a version before envNames, or a list that does not fit)
+	if list, ok := ownValue(named, from); ok {
+		names, _ = parseNames(list)
+	}
 	files := make([]*os.File, count)
 	for i := range files {
 		files[i] = os.NewFile(uintptr(3+i), fmt.Sprintf("fd %d", 3+i))
 	}
-	h, err := proxy.NewInherited(files, sessions)
+	h, err := proxy.NewInherited(files, sessions, names)
 	for _, f := range files {
 		f.Close() // NewInherited holds duplicates
 	}

@@ -61,3 +61,18 @@ func TestUpgradeFollowsTheOldProcessSessionsLines(t *testing.T) {
 		t.Errorf("followed %d lines: %v, want %v", n, got, want)
 	}
 }
+
+// The listeners' names handed to the new process come back as they were,
+// whatever they hold (a listener's name may be any string, commas and
+// spaces too), and a list that an upgrade did not write is refused.
+func TestUpgradeHandsOverTheListenersNames(t *testing.T) {
+	for _, names := range [][]string{{}, {"a"}, {"ora,1", "b c", "%41", "ü+", ""}} {
+		got, ok := parseNames(formatNames(names))
+		if !ok || !slices.Equal(got, names) {
+			t.Errorf("%q came back as %q (ok %v)", names, got, ok)
+		}
+	}
+	if _, ok := parseNames("a,%zz"); ok {
+		t.Error(`"a,%zz" taken for a list of names`)
+	}
+}

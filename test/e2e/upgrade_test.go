@@ -1783,3 +1783,112 @@ func TestUpgradeStopsCountingTheOldProcessConnectionsTurnedAwayLater(t *testing.
 		t.Errorf("%d sessions let in with the old process's 1 open, want 2 (max_sessions = 3)", admitted)
 	}
 }
+
+// An upgrade whose config file also swaps two listeners' addresses (edited,
+// then SIGUSR2 without a reload: the new process reads the file at start):
+// each listener's sessions in the old process count against its own
+// max_sessions in the new one, as a reload that swaps them keeps them
+// (TestReloadRenameAndSwapListeners). They went by socket: "small"'s 2
+// sessions on x charged "big", which took x over and turned apps away with
+// 2 of its 4 free, and "small", on y, let in 2 more than its max_sessions.
+func TestUpgradeThatSwapsTwoListenersKeepsEachOnesSessions(t *testing.T) {
+	e := newEcho(t)
+	admin, x, y := freeAddr(t), freeAddr(t), freeAddr(t)
+	conf := func(small, big string) string {
+		return config(admin, "grace = \"0s\"\ndrain_timeout = \"20s\"",
+			[]listenerConf{{name: "small", listen: small, backend: "db", extra: "max_sessions = 2"},
+				{name: "big", listen: big, backend: "db", extra: "max_sessions = 4"}},
+			[]backendConf{{name: "db", servers: []string{e.addr()}}})
+	}
+	g := start(t, admin, conf(x, y), true)
+	for i := range 2 { // they keep the old process draining
+		if err := sessionOpener(t, x)(fmt.Sprintf("small's pooled %d", i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := os.WriteFile(g.path, []byte(conf(y, x)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	g.upgrade()
+	g.upgraded(10 * time.Second)
+	waitFor(t, 10*time.Second, "the new process to take the old one's sessions once it stopped accepting", func() bool {
+		return len(g.log.find("upgrade: the old process has stopped accepting: its sessions then count against max_sessions until it ends")) > 0
+	})
+	if n := admittedOf(sessionOpener(t, y), 2, "small, now on y"); n > 0 {
+		t.Errorf("small let in %d sessions with its 2 open in the old process: %d in all, max_sessions = 2", n, 2+n)
+	}
+	if n := admittedOf(sessionOpener(t, x), 4, "big, now on x"); n != 4 {
+		t.Errorf("big let in %d of 4 sessions with none of its own open anywhere (max_sessions = 4)", n)
+	}
+}
+
+// Upgrades in a row (A, B, C) while A still says its sessions: the
+// connections A accepted last await a PROXY header when B serves, and count
+// as A's sessions, in B and, through B's, in C; A turns them away later
+// (the header never comes) and tells B, which passes it on to C. B stopped
+// telling C as soon as it had no such connection of its own: C counted
+// them until A and B had ended, and turned apps away below max_sessions
+// meanwhile. (So too when A's first line reached B only after B had told
+// C its own: C missed the sessions A took while B waited.)
+func TestUpgradeTwicePassesOnTheFirstProcessSessionsSaidLater(t *testing.T) {
+	e := newEcho(t)
+	admin, addr := freeAddr(t), freeAddr(t)
+	const headerTimeout = 8 * time.Second
+	conf := config(admin, "grace = \"0s\"\ndrain_timeout = \"40s\"",
+		[]listenerConf{{name: "l", listen: addr, backend: "db", extra: "max_sessions = 3\nproxy_protocol = \"required\"\n" +
+			"trusted_proxies = [\"127.0.0.1/32\"]\nproxy_header_timeout = \"" + headerTimeout.String() + "\""}},
+		[]backendConf{{name: "db", servers: []string{e.addr()}}})
+	g := start(t, admin, conf, true)
+	open := func(what string) error {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			return err
+		}
+		t.Cleanup(func() { c.Close() })
+		if _, err := c.Write([]byte("PROXY TCP4 192.0.2.1 192.0.2.2 1000 2000\r\n")); err != nil {
+			return err
+		}
+		return roundTrip(c, []byte(what), 2*time.Second)
+	}
+	silentSince := time.Now()
+	var silent []net.Conn // no header: A turns them away after headerTimeout
+	for range 4 {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		silent = append(silent, c)
+	}
+	// Accepted after the silent ones, by A alone: A has taken them all.
+	if err := open("held by A"); err != nil { // A's drain lasts
+		t.Fatal(err)
+	}
+	const serves = "upgrade: the new process serves; this one stops accepting and drains"
+	const counted = "upgrade: the old process has stopped accepting: its sessions then count against max_sessions until it ends"
+	g.upgrade()
+	middle := g.upgraded(10 * time.Second)
+	waitFor(t, 10*time.Second, "B to count A's sessions", func() bool { return len(g.log.find(counted)) == 1 })
+	if err := syscall.Kill(middle, syscall.SIGUSR2); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 10*time.Second, "C to serve", func() bool { return len(g.log.find(serves)) == 2 })
+	waitFor(t, 10*time.Second, "C to count B's sessions", func() bool { return len(g.log.find(counted)) == 2 })
+	if time.Since(silentSince) >= headerTimeout {
+		t.Fatalf("the two upgrades took over %s: A turned its silent connections away before C counted its sessions, so nothing was said later", headerTimeout)
+	}
+	for i, c := range silent { // turned away by A
+		c.SetReadDeadline(time.Now().Add(headerTimeout + 10*time.Second))
+		if _, err := c.Read(make([]byte, 1)); errors.Is(err, os.ErrDeadlineExceeded) {
+			t.Fatalf("silent connection %d still open %s after its header timeout", i, 10*time.Second)
+		}
+	}
+	// C counts A's 1 session only now (A's next line comes within
+	// milliseconds through B): it lets in 2.
+	waitFor(t, 5*time.Second, "C to let in a session with 1 of max_sessions = 3 open, in A", func() bool {
+		return open("once the silent ones were turned away") == nil
+	})
+	if n := admittedOf(open, 2, "then"); n != 1 {
+		t.Errorf("C let in %d of 2 sessions more with 2 open (A's 1 and its own 1), want 1 (max_sessions = 3)", n)
+	}
+}
