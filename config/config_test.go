@@ -1601,8 +1601,9 @@ func TestUnknownTableIsOneErrorHoweverWritten(t *testing.T) {
 func TestInlineTableErrorNamesItsLine(t *testing.T) {
 	for _, tc := range []struct{ top, want string }{
 		{"admin = {listen = \"\"}\n", `f.toml: admin: listen is empty: the admin listener cannot be turned off; give HOST:PORT, or leave the key out for 127.0.0.1:9521 (line 1)`},
-		// over two lines: the table's
-		{"# tnsguard\nadmin = { allow = [\"10.0.0.0/8\"],\n  listen = \"\" }\n", `f.toml: admin: listen is empty: the admin listener cannot be turned off; give HOST:PORT, or leave the key out for 127.0.0.1:9521 (line 2)`},
+		// over two lines: the key's own (locateKey follows an inline
+		// table onto its later lines, TestKeysOfAnInlineTableOverSeveralLines)
+		{"# tnsguard\nadmin = { allow = [\"10.0.0.0/8\"],\n  listen = \"\" }\n", `f.toml: admin: listen is empty: the admin listener cannot be turned off; give HOST:PORT, or leave the key out for 127.0.0.1:9521 (line 3)`},
 		{"log.format = \"text\"\nlog.level = \"loud\"\n", `f.toml: log: level "loud" is not one of trace, debug, info, warn, error (line 2)`},
 		{"reload = { watch = \"10ms\" }\n", `f.toml: reload: watch "10ms" is under 1s: reading the file more often finds no change sooner than a person or kubelet makes it; use 0s (off) or 1s and up (line 1)`},
 	} {
@@ -1610,5 +1611,60 @@ func TestInlineTableErrorNamesItsLine(t *testing.T) {
 		if err == nil || err.Error() != tc.want {
 			t.Errorf("%q: got:\n%v\nwant:\n%s", tc.top, err, tc.want)
 		}
+	}
+}
+
+// An inline table may go on over several lines (TOML 1.1). The keys of its
+// later lines were looked for as keys of the table it is in, found
+// nowhere, and put at 1:1: a misspelled or wrong-case key there, and an
+// unknown table in it, named the file's first line, and a wrong-case key
+// of the wrong type stayed two errors (the type error had its line). Each
+// names its own line; the keys after the inline table are found as before.
+func TestKeysOfAnInlineTableOverSeveralLines(t *testing.T) {
+	text := strings.Replace(minimal, `backend = "orders"`, `backend = "orders"
+keepalive = { idle = "60s",
+  idel = "1s",
+  Count = "4", interval = {
+    a = 1 },
+  helth.check = "tcp"
+}
+Max_Sessions = 10`, 1)
+	_, _, err := Parse([]byte(text), "f.toml")
+	want := strings.Join([]string{
+		`f.toml:8:3: unknown key "listener.keepalive.Count": keys are lower case ("count"), and its value is wrong too: a string given where an integer is needed`,
+		`f.toml:8:16: key "listener.keepalive.interval": a table given where a duration such as "30s" is needed`,
+		`f.toml:7:3: unknown key "listener.keepalive.idel" (did you mean "idle"?)`,
+		`f.toml:10:3: unknown key "listener.keepalive.helth"`,
+		`f.toml:12:1: unknown key "listener.Max_Sessions": keys are lower case ("max_sessions")`,
+	}, "\n")
+	if err == nil || err.Error() != want {
+		t.Fatalf("got:\n%v\nwant:\n%s", err, want)
+	}
+	// A value of the wrong type on a later line was put at the line of
+	// another listener's key of that name (the library's line, 12).
+	text = strings.Replace(minimal, `backend = "orders"`, `backend = "orders"
+keepalive = { idle = "60s",
+  interval = 30 }
+[[listener]]
+name = "other"
+listen = "127.0.0.1:1523"
+backend = "orders"
+keepalive = { interval = "10s" }`, 1)
+	_, _, err = Parse([]byte(text), "f.toml")
+	want = `f.toml:7:14: key "listener.keepalive.interval": bad duration "30": use a Go duration such as "30s" or "5m"`
+	if err == nil || err.Error() != want {
+		t.Fatalf("got:\n%v\nwant:\n%s", err, want)
+	}
+	// An array of inline tables (server = [{...}]), one of them on a later
+	// line.
+	text = strings.Replace(minimal, "  [[backend.server]]\n  address = \"127.0.0.1:1521\"", `server = [{ address = "127.0.0.1:1521", Weight = "x" },
+  { address = "127.0.0.1:1531", helth.check = "tcp" }]`, 1)
+	_, _, err = Parse([]byte(text), "f.toml")
+	want = strings.Join([]string{
+		`f.toml:8:41: unknown key "backend.server.Weight": keys are lower case ("weight"), and its value is wrong too: a string given where an integer is needed`,
+		`f.toml:9:33: unknown key "backend.server.helth"`,
+	}, "\n")
+	if err == nil || err.Error() != want {
+		t.Fatalf("got:\n%v\nwant:\n%s", err, want)
 	}
 }

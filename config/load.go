@@ -818,8 +818,24 @@ func locateKey(text string, k toml.Key) (int, int) {
 		return 1, 1
 	}
 	current := ""
+	// The inline tables and arrays a line is inside, when one is written
+	// over several lines (TOML 1.1: admin = { allow = [...],\n listen = ""
+	// }; server = [{...},\n {...}]): the keys of its later lines were
+	// looked for as the table's own, and put at 1:1.
+	var open []string
 	for i, raw := range strings.Split(text, "\n") {
 		line := strings.TrimSpace(raw)
+		if len(open) > 0 && tableHeaderLine.MatchString(line) {
+			open = nil // a brace miscounted: a header is never inside an inline table
+		}
+		if len(open) > 0 {
+			col, ok, after := keyInInline(raw, strings.Join(k, "."), current, open)
+			if ok {
+				return i + 1, col
+			}
+			open = after
+			continue
+		}
 		if strings.HasPrefix(line, "[") {
 			name := strings.Trim(line, "[] \t")
 			if j := strings.IndexByte(name, ']'); j >= 0 {
@@ -835,6 +851,17 @@ func locateKey(text string, k toml.Key) (int, int) {
 		}
 		// The key may sit in this table's header, or in a parent's as a
 		// dotted key (a.b = 1) or inside an inline table (a = { b = 1 }).
+		key, value, ok := strings.Cut(line, "=")
+		if !ok {
+			continue
+		}
+		key = strings.TrimSpace(key)
+		dotted := strings.ReplaceAll(strings.ReplaceAll(strings.ReplaceAll(key, " ", ""), `"`, ""), "'", "")
+		if v := strings.TrimSpace(value); strings.HasPrefix(v, "{") || strings.HasPrefix(v, "[") {
+			// an inline table, or an array (of them: server = [{...},),
+			// that goes on past this line
+			_, _, open = inlineScan(v[1:], []string{dotted}, "")
+		}
 		rest, ok := strings.CutPrefix(strings.Join(k, "."), current)
 		if current != "" {
 			rest, ok = strings.CutPrefix(rest, ".")
@@ -842,24 +869,86 @@ func locateKey(text string, k toml.Key) (int, int) {
 		if !ok || rest == "" {
 			continue
 		}
-		key, value, ok := strings.Cut(line, "=")
-		if !ok {
-			continue
-		}
-		key = strings.TrimSpace(key)
-		dotted := strings.ReplaceAll(strings.ReplaceAll(strings.ReplaceAll(key, " ", ""), `"`, ""), "'", "")
 		// rest itself, or a table that a dotted key makes (helth in
 		// helth.check = "tcp")
 		if dotted == rest || strings.HasPrefix(dotted, rest+".") {
 			return i + 1, strings.Index(raw, key) + 1
 		}
-		if inner, ok := strings.CutPrefix(rest, dotted+"."); ok && strings.HasPrefix(strings.TrimSpace(value), "{") {
+		if inner, ok := strings.CutPrefix(rest, dotted+"."); ok && strings.HasPrefix(strings.TrimLeft(value, " \t["), "{") {
 			if j := strings.Index(raw, inner[strings.LastIndexByte(inner, '.')+1:]); j > strings.Index(raw, "{") {
 				return i + 1, j + 1
 			}
 		}
 	}
 	return 1, 1
+}
+
+// tableHeaderLine is a line that is a table's header, [a.b] or [[a.b]].
+var tableHeaderLine = regexp.MustCompile(`^\[\[?[A-Za-z0-9_\-."' \t]+\]\]?\s*(#.*)?$`)
+
+// keyInInline finds key (dotted, from the top) on raw, a line inside the
+// inline tables and arrays open (the keys they are the values of, "" for
+// an array's element) of the table current, written over several lines:
+// the column of the key that sets it, or of one that makes a table of it,
+// if any; and what is open after the line.
+func keyInInline(raw, key, current string, open []string) (int, bool, []string) {
+	rest, ok := key, current == ""
+	if !ok {
+		rest, ok = strings.CutPrefix(key, current+".")
+	}
+	if !ok {
+		rest = ""
+	}
+	return inlineScan(raw, open, rest)
+}
+
+// inlineScan reads the line s inside open (see keyInInline), looking for
+// the key want (from the table the line is in; "" for none): a key set on
+// it is want, or makes a table of it, or is a table want is in. It
+// returns the column of that key, and open after the line: each "{" or
+// "[" opened and not closed added, as the key it is the value of ("" for
+// an element of an array), each one closed taken off.
+func inlineScan(s string, open []string, want string) (int, bool, []string) {
+	open = slices.Clip(open)
+	var quote byte
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		switch {
+		case quote != 0:
+			if c == '\\' && quote == '"' {
+				i++
+			} else if c == quote {
+				quote = 0
+			}
+		case c == '"' || c == '\'':
+			quote = c
+		case c == '#':
+			return 0, false, open
+		case c == '=' && want != "":
+			start := strings.LastIndexAny(s[:i], "{[,") + 1
+			written := strings.TrimSpace(s[start:i])
+			if written == "" {
+				continue
+			}
+			path := slices.DeleteFunc(slices.Clone(open), func(p string) bool { return p == "" })
+			path = append(path, strings.NewReplacer(" ", "", "\t", "", `"`, "", "'", "").Replace(written))
+			dotted := strings.Join(path, ".")
+			if dotted == want || strings.HasPrefix(want, dotted+".") || strings.HasPrefix(dotted, want+".") {
+				return strings.Index(s[start:], written) + start + 1, true, open
+			}
+		case c == '{' || c == '[':
+			name := ""
+			if before := strings.TrimRight(s[:i], " \t"); strings.HasSuffix(before, "=") {
+				key := strings.TrimRight(before[:len(before)-1], " \t")
+				key = key[strings.LastIndexAny(key, "{[,")+1:]
+				name = strings.NewReplacer(" ", "", "\t", "", `"`, "", "'", "").Replace(strings.TrimSpace(key))
+			}
+			open = append(open, name)
+		case c == '}' || c == ']':
+			open = open[:max(len(open)-1, 0)]
+		}
+	}
+	return 0, false, open
 }
 
 // position is the line and column of a syntax error, both counted from its

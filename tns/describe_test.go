@@ -213,7 +213,7 @@ func TestAddressHostPortOfIPv6(t *testing.T) {
 		{"[2001:db8::5]", "[2001:db8::5]:1521"},
 		{"fe80::1%eth0", "[fe80::1%eth0]:1521"},
 		{"node1-vip", "node1-vip:1521"},
-		{"[node1-vip]", "[node1-vip]:1521"}, // no address in them: left as sent, for the dial to refuse
+		{"[node1-vip]", "[node1-vip]:1521"}, // no address in them: left as sent (net.Dial takes the name out of them, and dials node1-vip)
 	} {
 		if got := (tns.Address{Protocol: "tcp", Host: tc.host, Port: "1521"}).HostPort(); got != tc.want {
 			t.Errorf("HOST=%s: HostPort() = %q, want %q", tc.host, got, tc.want)
