@@ -231,10 +231,11 @@ func (c *Config) validate(defaulted map[*Duration]bool, failed failedSet) (errs,
 			add("%s: proxy_header_timeout %v is under %v: waits that short end before a balancer's header arrives, and its connections would be closed", where, l.ProxyHeaderTimeout.Duration, minDialTimeout)
 		}
 		if d := l.IdleTimeout.Duration; d > 0 && d < minIdleTimeout && !failed.any(&l.IdleTimeout) {
-			// Sessions are looked at once a second: "1ns" (or "500ms")
-			// reset every session that was between two packets at the
-			// look, a pool's idle sessions all within a second.
-			add("%s: idle_timeout %v is under %v: sessions are looked at once a second, and every session not moving bytes at that moment would be reset; use 1s or more, or 0s for never", where, d, minIdleTimeout)
+			// Sessions are looked at once a second: "500ms" resets those
+			// idle that long at the next look, up to a second late, and
+			// "1ns" every session between two packets at a look. Either
+			// does what it says, so it is a warning, not an error.
+			warn("%s: idle_timeout %v is under %v: sessions are looked at once a second, so each session that has moved no byte for %v at a look is reset then (a pool's idle sessions within a second); use 1s or more, or 0s for never", where, d, minIdleTimeout, d)
 		}
 		if proxy && l.ProxyProtocol != "off" && trusted && len(l.TrustedProxies) == 0 {
 			add("%s: proxy_protocol %q needs trusted_proxies: PROXY headers are honoured only from them", where, l.ProxyProtocol)
@@ -718,7 +719,7 @@ func listenerOn(seen map[string]string, addr string) (string, bool) {
 const minDialTimeout = time.Millisecond
 
 // minIdleTimeout is the shortest idle_timeout (other than 0s, never) check
-// accepts: sessions are looked at once a second.
+// takes without a warning: sessions are looked at once a second.
 const minIdleTimeout = time.Second
 
 // minBackoff is the shortest backoff (and so backoff_max) check accepts.
