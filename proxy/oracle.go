@@ -621,7 +621,12 @@ const maxRedirectHops = 2
 // whose TLS is the app's to make; IPC).
 func redirectTarget(r tns.Redirect) (string, bool) {
 	for _, a := range r.Addresses() {
-		if strings.EqualFold(a.Protocol, "tcp") && a.Host != "" && a.Port != "" {
+		if !strings.EqualFold(a.Protocol, "tcp") || a.Host == "" || a.Port == "" {
+			continue
+		}
+		// HOST=[] (brackets around nothing) is "[]:1521", which a dial
+		// takes for this host: not an address to dial for the app.
+		if host, _, err := net.SplitHostPort(a.HostPort()); err == nil && host != "" {
 			return a.HostPort(), true
 		}
 	}

@@ -531,3 +531,16 @@ func TestRedirectSentAByteAtATimeIsReadWhole(t *testing.T) {
 		return testutil.ToFloat64(h.m.TNSRedirects.WithLabelValues("l", "b", be.addr())) == 1
 	})
 }
+
+// A REDIRECT to HOST=[] (brackets around nothing) named "[]:PORT", which a
+// dial takes for this host: tnsguard would have dialed whatever listens on
+// that port here. It is not followed; an address after it is.
+func TestRedirectToEmptyBracketsIsNotFollowed(t *testing.T) {
+	if target, ok := redirectTarget(tns.Redirect{Address: "(ADDRESS=(PROTOCOL=tcp)(HOST=[])(PORT=1521))"}); ok {
+		t.Fatalf("HOST=[] gave %q to dial", target)
+	}
+	r := tns.Redirect{Address: "(ADDRESS_LIST=(ADDRESS=(PROTOCOL=tcp)(HOST=[])(PORT=1521))(ADDRESS=(PROTOCOL=tcp)(HOST=[::1])(PORT=1522)))"}
+	if target, ok := redirectTarget(r); !ok || target != "[::1]:1522" {
+		t.Fatalf("got %q %v, want the second address, [::1]:1522", target, ok)
+	}
+}
