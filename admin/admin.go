@@ -310,8 +310,14 @@ func (o *openConns) remove(c net.Conn) {
 // (or its last answer): its goroutine has read no byte of it, and none
 // waits in the socket (SIOCINQ: a request that came before the goroutine
 // ran). A connection without a socket, or closed, counts as silent.
+// Called with openConns.mu held: bytes found waiting mark c heard, so that
+// the next connections beyond the bound do not ask its socket again (a
+// flood of requests that are not read yet cost up to maxConns ioctls per
+// accept, under the lock that every connection's state hook takes); the
+// reset at its answer's StateIdle takes the lock too, so it comes after.
 func sentNothing(c net.Conn) bool {
-	if hc, ok := c.(*headerConn); ok {
+	hc, _ := c.(*headerConn)
+	if hc != nil {
 		if hc.heard.Load() {
 			return false
 		}
@@ -332,6 +338,9 @@ func sentNothing(c net.Conn) bool {
 	rc.Control(func(fd uintptr) {
 		n, _ = unix.IoctlGetInt(int(fd), unix.SIOCINQ)
 	})
+	if n > 0 && hc != nil {
+		hc.heard.Store(true)
+	}
 	return n == 0
 }
 
@@ -438,7 +447,7 @@ type headerConn struct {
 	net.Conn
 	br    *bufio.Reader // nil until the first Read
 	err   error         // a malformed header: every Read fails
-	heard atomic.Bool   // a Read returned bytes since the connect or the last answer (openConns)
+	heard atomic.Bool   // the socket gave bytes (a PROXY header too) since the connect or the last answer (openConns)
 }
 
 // CloseWrite is the TCP connection's, so that net/http still half-closes
@@ -453,21 +462,27 @@ func (c *headerConn) CloseWrite() error {
 
 func (c *headerConn) Read(b []byte) (int, error) {
 	if c.br == nil {
-		c.br = bufio.NewReaderSize(c.Conn, 512)
+		// A PROXY header counts as heard too: a load balancer's check
+		// whose request comes in a segment after it is not silent.
+		c.br = bufio.NewReaderSize(socketReader{c}, 512)
 		c.err = proxy.SkipHeader(c.br)
 	}
 	if c.err != nil {
 		return 0, c.err
 	}
-	var n int
-	var err error
 	if c.br.Buffered() > 0 {
-		n, err = c.br.Read(b)
-	} else {
-		n, err = c.Conn.Read(b)
+		return c.br.Read(b)
 	}
-	if n > 0 && !c.heard.Load() {
-		c.heard.Store(true)
+	return socketReader{c}.Read(b)
+}
+
+// socketReader reads c's socket and marks c heard when bytes come.
+type socketReader struct{ c *headerConn }
+
+func (r socketReader) Read(b []byte) (int, error) {
+	n, err := r.c.Conn.Read(b)
+	if n > 0 && !r.c.heard.Load() {
+		r.c.heard.Store(true)
 	}
 	return n, err
 }
