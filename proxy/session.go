@@ -110,9 +110,9 @@ type session struct {
 	serviceShown  string           // serviceName as logs and /api/resets show it (shownText)
 	routeWaitOver bool             // routing stopped waiting for the CONNECT
 	resendOwed    bool             // a listener's RESEND reached the app: it owes its CONNECT again (until noteConnectLocked reads it whole)
+	openingSent   bool             // some backend connection took opening bytes (else they went nowhere); here, where a bool costs no padding (TestSessionFitsItsSizeClass)
 	resendAt      time.Time        // when the last RESEND reached the app
 	openingUp     int64            // bytes of the opening not yet counted in series.bytesUp (the backend may still change)
-	openingSent   bool             // some backend connection took opening bytes (else they went nowhere)
 	overflowSrv   *failover.Server // the server a pump fed past replay_bytes before its first byte
 
 	endOnce sync.Once
