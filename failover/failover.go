@@ -704,7 +704,8 @@ func (s *Server) setUp(up bool) {
 	// that no session sees it up and still shut out (checkLoop is the only
 	// writer of up while it runs).
 	expired := up && !s.up.Load() && s.backend.Config.Health.Check != "off" && s.checked.Load() && s.breaker.expire(time.Now())
-	if s.up.Swap(up) != up {
+	changed := s.up.Swap(up) != up
+	if changed {
 		log := s.backend.serverLog()
 		if up {
 			log.Info("server up", "server", s.Address)
@@ -714,6 +715,13 @@ func (s *Server) setUp(up bool) {
 		} else {
 			log.Warn("server down", "server", s.Address)
 		}
+	}
+	if !changed && !expired {
+		// The gauges show this already (Start published them, and every
+		// change publishes), and the breaker publishes its own changes.
+		// With checks off every session's success comes here: two label
+		// lookups per session for nothing.
+		return
 	}
 	s.publish()
 }

@@ -124,3 +124,36 @@ check = "off"
 		}
 	})
 }
+
+// With checks off every session's success marks its server up: once it is
+// up, with its circuit closed, that must not write the gauges again: two
+// label lookups per session, which showed in a callgrind profile of
+// sessions that connect, ask once and close (README, "Setting a session
+// up"). A value only this test writes shows whether a success wrote it.
+func TestSuccessOfAnUpServerWritesNoGauge(t *testing.T) {
+	b := testBackend(t, `[backend.health]
+check = "off"
+`+servers(`address = "a:1"`))
+	b.reporting.Store(true) // as Start does, without its goroutines
+	s := b.Servers[0]
+	s.publish()
+	if up := testutil.ToFloat64(b.metrics.BackendUp.WithLabelValues("b", "a:1")); up != 1 {
+		t.Fatalf("tnsguard_backend_up = %v at the start with checks off, want 1", up)
+	}
+	const mark = 7
+	b.metrics.BackendUp.WithLabelValues("b", "a:1").Set(mark)
+	for range 3 {
+		s.Succeeded()
+	}
+	if up := testutil.ToFloat64(b.metrics.BackendUp.WithLabelValues("b", "a:1")); up != mark {
+		t.Errorf("successes of a server that was up wrote tnsguard_backend_up again (%v)", up)
+	}
+	s.Failed(errors.New("refused")) // a change is still published
+	if up := testutil.ToFloat64(b.metrics.BackendUp.WithLabelValues("b", "a:1")); up != 0 {
+		t.Errorf("tnsguard_backend_up = %v after a failed dial with checks off, want 0", up)
+	}
+	s.Succeeded()
+	if up := testutil.ToFloat64(b.metrics.BackendUp.WithLabelValues("b", "a:1")); up != 1 {
+		t.Errorf("tnsguard_backend_up = %v after the next success, want 1", up)
+	}
+}

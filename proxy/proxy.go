@@ -755,7 +755,7 @@ func (p *Proxy) record(s *session, srv *failover.Server, established bool) {
 	server := serverName(srv)
 	age := time.Since(s.start)
 	s.series.active.Dec()
-	p.metrics.SessionsTotal.WithLabelValues(s.l.name, bname, s.service, end.outcome).Inc()
+	s.series.endedFor(p.metrics, s.service, end.outcome).Inc()
 	s.series.duration.Observe(age.Seconds())
 	if !established && s.openingSent { // the opening's bytes went to backends that never answered
 		s.series.bytesUp.Add(float64(s.openingUp))
