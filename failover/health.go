@@ -90,6 +90,7 @@ func (s *Server) checkLoop(ctx context.Context) {
 		} else {
 			streak = min(streak, 0) - 1
 		}
+		wasUp := s.up.Load()
 		switch {
 		case first:
 			// The first result decides at once: no waiting rise checks at start.
@@ -99,7 +100,12 @@ func (s *Server) checkLoop(ctx context.Context) {
 		case err != nil && -streak == *h.Fall:
 			s.setUp(false)
 		}
-		if err != nil && (first || -streak == *h.Fall) {
+		// Said once per outage: at the first check, or when this failure
+		// takes an up server down. A server already down (since the first
+		// check, or inherited down over a reload, whose streak starts
+		// again) reached fall once more and was logged as newly failed:
+		// twice at start, and again after every reload.
+		if err != nil && (first || (wasUp && -streak == *h.Fall)) {
 			s.backend.log.Warn("health check failed", "server", s.Address, "error", err)
 		}
 		first = false

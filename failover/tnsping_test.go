@@ -438,3 +438,40 @@ func TestReloadKeepsTheServiceAnswer(t *testing.T) {
 		t.Errorf("the listener was asked about the service %d times, with %d runs of failed checks; want once (service_interval 1h, across the reload), and once after each failure:\n%s", n, failed, log.String())
 	}
 }
+
+// A server that is down says "health check failed" once, not again when
+// its failures reach fall, nor after every reload: until 2026-11-30 a
+// server down at start was logged twice, and once more after each reload
+// that rebuilt its backend, as if it had failed anew.
+func TestDownServerIsLoggedOnceAcrossAReload(t *testing.T) {
+	down := tnstest.New(t, tnstest.Config{Mode: tnstest.Reset})
+	health := "  check = \"tnsping\"\n  interval = \"20ms\"\n  timeout = \"20ms\"\n  rise = 1\n  fall = 2\n"
+	var log checkLog
+	spec := `address = "` + down.Addr() + `"`
+	b, _ := startBackendLogged(t, log.logger(), "", health, spec)
+	// A check begins after the one before it was judged and logged: with
+	// fall+2 begun, fall+1 are done.
+	checks := func(n int) func() bool { return func() bool { return len(down.Connects()) >= n } }
+	eventually(t, "four checks at start", checks(4))
+	if n := log.failedRuns(down.Addr()); n != 1 {
+		t.Fatalf("a server down from the start: %d \"health check failed\" lines, want 1:\n%s", n, log.String())
+	}
+
+	cfg, _, err := config.Parse([]byte("[[listener]]\nname = \"l\"\nlisten = \"127.0.0.1:0\"\nbackend = \"b\"\n[[backend]]\nname = \"b\"\nconnect_budget = \"30s\"\n  [backend.health]\n"+health+servers(spec)), "test.toml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	nb := New(cfg.Backend("b"), log.logger(), metrics.New(prometheus.NewRegistry(), "test"))
+	nb.Inherit(b)
+	b.Stop()
+	ctx, cancel := context.WithCancel(context.Background())
+	nb.Start(ctx)
+	t.Cleanup(func() { cancel(); nb.Stop() })
+	eventually(t, "four checks after the reload", checks(len(down.Connects())+4))
+	if nb.Servers[0].Up() {
+		t.Fatal("the server is up after the reload; its checks all fail")
+	}
+	if n := log.failedRuns(down.Addr()); n != 1 {
+		t.Fatalf("a server down before and after a reload: %d \"health check failed\" lines, want 1:\n%s", n, log.String())
+	}
+}
