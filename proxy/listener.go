@@ -250,11 +250,13 @@ func (l *listener) handle(ctx context.Context, c *net.TCPConn) {
 	if loop {
 		// A server of some backend is this listener (its address, or what
 		// its name resolves to): serving this would dial the listener
-		// again, and so on until the fds run out.
-		if l.takeLogLine("self-dial") {
-			l.log.Warn("connection rejected: "+errSelfDial.Error()+"; check the server's address, or what its name resolves to", "loop", strings.Join(append(slices.Clip(chain), l.name), " -> "))
-		}
-		l.reject(c, "self_dial", netip.Addr{})
+		// again, and so on until the fds run out. The connection is
+		// tnsguard's own dial, no app: its dialer has found the loop too
+		// (selfDials.add), and counts and logs it once for its app, or
+		// dials the name's next address (Looped).
+		l.log.Debug("own dial reset: a loop", "loop", strings.Join(append(slices.Clip(chain), l.name), " -> "))
+		c.SetLinger(0)
+		c.Close()
 		return
 	}
 	cfg, accepted, backs := l.p.current(l)

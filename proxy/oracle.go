@@ -343,6 +343,27 @@ func routeFor(l *config.Listener, service string) string {
 	return l.Backend
 }
 
+// serviceBackends gives each service label a listener's sessions can carry
+// (serviceLabel) the backend they end on (routeFor): its services and
+// routes, and "other" (another service, or none read) on its default route.
+func serviceBackends(l *config.Listener) map[string]string {
+	out := map[string]string{}
+	if b := routeFor(l, ""); b != "" {
+		out["other"] = b
+	}
+	for _, s := range l.Services {
+		if b := routeFor(l, s); b != "" {
+			out[serviceLabel(l, s)] = b
+		}
+	}
+	for s := range l.Routes {
+		if s != "*" {
+			out[serviceLabel(l, s)] = routeFor(l, s)
+		}
+	}
+	return out
+}
+
 // route waits, on a listener with routes, until the app's CONNECT is in
 // hand (or the app stops, or connect_budget passes, or the opening outgrows
 // replay_bytes: its service cannot be read, and it goes to the default
@@ -637,7 +658,10 @@ func redirectTarget(r tns.Redirect) (string, bool) {
 // own listeners that the session's app came through. A re-dial would be
 // redirected there again: the session ends as a self-dial does, and the
 // server that sent the REDIRECT is not blamed.
-type redirectLoopError struct{ loop []string }
+type redirectLoopError struct {
+	loop    []string
+	counted bool // the dial's accepted side counted it (selfDials.countedBy)
+}
 
 func (e *redirectLoopError) Error() string {
 	return fmt.Sprintf("it leads back through tnsguard (%s)", strings.Join(e.loop, " -> "))
@@ -674,10 +698,10 @@ func (s *session) followRedirect(old *net.TCPConn, target string, r tns.Redirect
 	if err != nil {
 		return nil, nil, 0, err
 	}
-	if loop := s.p.selfDials.add(conn, s.in.chain, s.l.name); loop != nil {
+	if loop, counted := s.p.selfDials.add(conn, s.in.chain, s.l.name); loop != nil {
 		conn.SetLinger(0)
 		conn.Close()
-		return nil, nil, 0, &redirectLoopError{loop: loop}
+		return nil, nil, 0, &redirectLoopError{loop: loop, counted: counted}
 	}
 	s.mu.Lock()
 	if s.closing {

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"net"
 	"net/url"
 	"os"
@@ -1107,5 +1108,36 @@ func TestOracleAppGetsUnknownHostWhenTheNameDoesNotResolve(t *testing.T) {
 	// The line follows the REFUSE the app already read.
 	waitFor(t, time.Second, "the no-backend line naming the REFUSE", func() bool {
 		return len(logs.lines("no server answered: the app gets a REFUSE with ORA-12545")) == 1
+	})
+}
+
+// tnsguard_sessions_total exists at 0, per outcome, for every service label
+// and backend a listener's sessions can end with, before the first session:
+// a counter series born at 1 hides its first event from increase() and
+// rate(), so an alert on increase(tnsguard_sessions_total{outcome="reset"}[5m])
+// missed a listener's first reset, and the dashboard's panel of sessions by
+// outcome showed nothing for it. Only the pairs routing can make are there:
+// service sales on sales-db, every other service on the "*" route's backend.
+func TestSessionOutcomesExistAtZero(t *testing.T) {
+	sales := tnstest.New(t, tnstest.Config{Mode: tnstest.Refuse, Err: 12560})
+	orders := tnstest.New(t, tnstest.Config{Mode: tnstest.Refuse, Err: 12560})
+	h := startProxy(t, routesConfig(sales.Addr(), orders.Addr()))
+	series := map[[3]string]float64{} // backend, service, outcome
+	for _, s := range h.samples(t, "tnsguard_sessions_total") {
+		if s.labels["listener"] == "l" {
+			series[[3]string{s.labels["backend"], s.labels["service"], s.labels["outcome"]}] = s.value
+		}
+	}
+	want := map[[3]string]float64{}
+	for _, outcome := range []string{"ok", "reset", "no_backend", "closed"} {
+		want[[3]string{"sales-db", "sales", outcome}] = 0
+		want[[3]string{"orders-db", "other", outcome}] = 0
+	}
+	if !maps.Equal(series, want) {
+		t.Fatalf("before any session, tnsguard_sessions_total{listener=l} is %v; want %v", series, want)
+	}
+	goOraPing(t, h.addr("l"), "SALES")
+	waitFor(t, 5*time.Second, "the session counted", func() bool {
+		return counter(h.m.SessionsTotal, "l", "sales-db", "sales", "ok") == 1
 	})
 }

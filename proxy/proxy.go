@@ -497,12 +497,19 @@ func (p *Proxy) Ready() (bool, string) {
 // (increase needs two samples), nor after a restart, where the same labels
 // come back at 1; and a panel shows "no data" rather than 0. That is the
 // rejections by limit, the sessions' series of each backend the listener
-// routes to, and on each link the resets of established sessions (either
-// side, idle or active, reset or dead peer) and the REDIRECTs passed on and
-// followed.
+// routes to, its sessions' ends by outcome for each service label and the
+// backend that service routes to (not every service on every backend: the
+// series grow with the services and routes listed, not their product), and
+// on each link the resets of established sessions (either side, idle or
+// active, reset or dead peer) and the REDIRECTs passed on and followed.
 func (p *Proxy) zeroSeries(cfg *config.Config, lc *config.Listener, l *listener) {
 	for _, reason := range []string{"no_backend", "max_sessions", "max_sessions_per_source", "self_dial"} {
 		p.metrics.SessionsRejected.WithLabelValues(lc.Name, reason)
+	}
+	for service, backend := range serviceBackends(lc) {
+		for _, outcome := range []string{"ok", "reset", "no_backend", "closed"} {
+			p.metrics.SessionsTotal.WithLabelValues(lc.Name, backend, service, outcome)
+		}
 	}
 	for _, name := range lc.Backends() {
 		l.seriesFor(name)
@@ -755,14 +762,22 @@ func (p *Proxy) record(s *session, srv *failover.Server, established bool) {
 	server := serverName(srv)
 	age := time.Since(s.start)
 	s.series.active.Dec()
-	s.series.endedFor(p.metrics, s.service, end.outcome).Inc()
-	s.series.duration.Observe(age.Seconds())
 	if !established && s.openingSent { // the opening's bytes went to backends that never answered
 		s.series.bytesUp.Add(float64(s.openingUp))
 	}
 	if established && srv != nil {
 		srv.Release()
 	}
+	s.mu.Lock()
+	elsewhere := s.loopCountedElsewhere
+	s.mu.Unlock()
+	if elsewhere {
+		// A loop's other session counts it, once for the app (selfDialed):
+		// this one's app was tnsguard's own dial, or is that app.
+		return
+	}
+	s.series.endedFor(p.metrics, s.service, end.outcome).Inc()
+	s.series.duration.Observe(age.Seconds())
 	if end.outcome == "ok" {
 		if s.l.log.IsDebug() {
 			s.logger().Debug("session ended", "server", server, "duration", age.Round(time.Millisecond).String(),

@@ -56,6 +56,12 @@ type dialKey struct{ local, dst netip.AddrPort }
 type selfDial struct {
 	chain []string
 	back  []string // set once the dial was found to have come back: the way round
+	// counted: the session of the accepted connection counted the loop as
+	// its app's (claim): the accept and the session's own dial came
+	// before its dialer noted it, so it could not tell that its app was
+	// this dial. The dialer's session then counts nothing, so that one app
+	// is one self_dial.
+	counted bool
 }
 
 const selfDialKeep = 5 * time.Second
@@ -169,14 +175,14 @@ func hostAddress(a netip.Addr) bool {
 // listener again last. Only a dial to one of
 // the proxy's listeners can come back to it: the common case, a server on
 // another host or on another port, costs no lock.
-func (d *selfDials) add(c *net.TCPConn, chain []string, listener string) (loop []string) {
+func (d *selfDials) add(c *net.TCPConn, chain []string, listener string) (loop []string, counted bool) {
 	local, remote := addrPortOf(c.LocalAddr()), addrPortOf(c.RemoteAddr())
 	if !local.IsValid() || !thisHost(local, remote) {
-		return nil
+		return nil, false
 	}
 	to := d.reached(remote)
 	if to == "" {
-		return nil
+		return nil, false
 	}
 	if chain == nil {
 		chain = []string{listener}
@@ -185,14 +191,15 @@ func (d *selfDials) add(c *net.TCPConn, chain []string, listener string) (loop [
 	defer d.mu.Unlock()
 	d.ageLocked()
 	k := dialKey{local, remote}
+	old := d.noteLocked(k) // claim's, when the accepted side was first
 	if d.cur[k] == nil {
 		d.n.Add(1)
 	}
 	d.cur[k] = &selfDial{chain: chain}
 	if slices.Contains(chain, to) {
-		return append(slices.Clip(chain), to)
+		return append(slices.Clip(chain), to), old != nil && old.counted
 	}
-	return nil
+	return nil, false
 }
 
 // ours tells, for c accepted by listener, the chain of listeners that
@@ -236,17 +243,48 @@ func (d *selfDials) markBack(c *net.TCPConn, loop []string) {
 // cameBack tells, for a backend connection a session dialed that failed
 // before its first byte, whether it came back to the proxy round a loop
 // (ours or markBack found it), and the way round.
-func (d *selfDials) cameBack(c *net.TCPConn) []string {
+// counted tells that the session of the accepted side counted the loop
+// (claim).
+func (d *selfDials) cameBack(c *net.TCPConn) (back []string, counted bool) {
 	if d.n.Load() == 0 {
-		return nil
+		return nil, false
 	}
 	k := dialKey{addrPortOf(c.LocalAddr()), addrPortOf(c.RemoteAddr())}
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if sd := d.noteLocked(k); sd != nil {
-		return sd.back
+		return sd.back, sd.counted
 	}
-	return nil
+	return nil, false
+}
+
+// claim decides which session of a loop counts it, when session's app
+// (c, accepted by the proxy) may be one of the proxy's own dials that its
+// dialer has not noted yet: the accept, the session and its own dial can all
+// come first. Under the lock that add takes: when c is a noted dial of the
+// proxy's, its note gets the way round (as markBack) and claim says so
+// (ownDial: its dialer counts); when it is not, c's session counts, and a
+// note for c tells its dialer, if it is one, to count nothing (add).
+func (d *selfDials) claim(c *net.TCPConn, loop []string) (ownDial bool) {
+	local, remote := addrPortOf(c.LocalAddr()), addrPortOf(c.RemoteAddr())
+	if !remote.IsValid() || !thisHost(remote, local) {
+		return false // an app from elsewhere: no dial of this proxy's
+	}
+	k := dialKey{remote, local}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	sd := d.noteLocked(k)
+	if sd != nil && sd.chain != nil {
+		sd.back = loop
+		return true
+	}
+	if sd == nil {
+		sd = &selfDial{}
+		d.cur[k] = sd
+		d.n.Add(1)
+	}
+	sd.back, sd.counted = loop, true
+	return false
 }
 
 // noteLocked is the note of the dial k (in either generation), or nil.

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
 	"syscall"
 	"testing"
 	"time"
@@ -118,6 +119,55 @@ func sumGauges(g *prometheus.GaugeVec) float64 {
 func TestServerAtTheHostsOwnAddressDoesNotLoop(t *testing.T) {
 	h, _ := proxyAtItsOwnAddress(t)
 	loopEnds(t, h, "l", time.Second) // at once: the listener's own session sees its dial come back
+}
+
+// The listener resets a connection that is one of tnsguard's own dials
+// coming back round a loop, and counts nothing for it: the dialing session
+// counts the loop, once for its app. Until 2026-11-30 the listener counted
+// it too, so one app connection into a loop was 2 self_dial rejections with
+// two warnings (8 for 3 apps with the real binary; through a followed
+// REDIRECT too, TestRedirectBackToTnsguardEndsAtOnce), and a name with one
+// address that is the proxy counted one for a session that the name's next
+// address then served: TnsguardAppsRejected fired with every app served.
+// Here the test is the dialer: its dial is noted before it connects.
+func TestListenerCountsNothingForItsOwnDial(t *testing.T) {
+	h := startProxy(t, `
+[[listener]]
+name = "l"
+listen = "127.0.0.1:0"
+backend = "b"
+[[backend]]
+name = "b"
+  [backend.health]
+  check = "off"
+  [[backend.server]]
+  address = "127.0.0.1:1"
+`)
+	dst := netip.MustParseAddrPort(h.addr("l"))
+	local := netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), uint16(freePort(t)))
+	d := &h.p.selfDials
+	d.mu.Lock()
+	d.ageLocked()
+	d.cur[dialKey{local, dst}] = &selfDial{chain: []string{"l"}}
+	d.n.Add(1)
+	d.mu.Unlock()
+	c, err := (&net.Dialer{LocalAddr: net.TCPAddrFromAddrPort(local)}).Dial("tcp", dst.String())
+	if err == nil {
+		c.Write([]byte("hello"))
+		if err, _ = readErr(c, 3*time.Second); err == nil {
+			t.Error("the dial was served")
+		}
+		c.Close()
+	} else if !errors.Is(err, syscall.ECONNRESET) {
+		t.Fatal(err)
+	}
+	waitFor(t, 3*time.Second, "no session live", func() bool { return sumGauges(h.m.SessionsActive) == 0 })
+	if v := counter(h.m.SessionsRejected, "l", "self_dial"); v != 0 {
+		t.Errorf("rejected{reason=self_dial} = %v for tnsguard's own dial, want 0: its dialer counts the loop", v)
+	}
+	if v := sumCounters(t, h.m.SessionsTotal); v != 0 {
+		t.Errorf("tnsguard_sessions_total = %v for tnsguard's own dial, want 0", v)
+	}
 }
 
 // proxyAtItsOwnAddress is a proxy whose listener "l" (a wildcard) has one
@@ -245,7 +295,7 @@ func TestSelfDialNotesEnd(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer accepted.Close()
-	if loop := d.add(dialed, nil, "l"); loop == nil {
+	if loop, _ := d.add(dialed, nil, "l"); loop == nil {
 		t.Fatal("a dial of listener l by its own session is not a loop")
 	}
 	d.markBack(accepted, []string{"l", "l"})
@@ -256,7 +306,7 @@ func TestSelfDialNotesEnd(t *testing.T) {
 	if chain, loop := d.ours(accepted, "l"); loop || chain != nil {
 		t.Errorf("%v after the dial, a connection with its 4-tuple is still taken for it (chain %v, loop %v)", 3*d.keep, chain, loop)
 	}
-	if back := d.cameBack(dialed); back != nil {
+	if back, _ := d.cameBack(dialed); back != nil {
 		t.Errorf("%v after the dial, a dial from its local address still came back (%v)", 3*d.keep, back)
 	}
 	if n := d.n.Load(); n != 0 {
@@ -305,14 +355,14 @@ func TestSelfDialNoteIsOfItsDestination(t *testing.T) {
 	defer c.Close()
 	toDB := c.(*net.TCPConn)
 
-	if loop := d.add(looped, nil, "l"); loop == nil {
+	if loop, _ := d.add(looped, nil, "l"); loop == nil {
 		t.Fatal("a dial of listener l by its own session is not a loop")
 	}
 	d.markBack(accepted, []string{"l", "l"})
-	if back := d.cameBack(looped); back == nil {
+	if back, _ := d.cameBack(looped); back == nil {
 		t.Fatal("the dial that came back is not known to have")
 	}
-	if back := d.cameBack(toDB); back != nil {
+	if back, _ := d.cameBack(toDB); back != nil {
 		t.Errorf("a dial from %v to the database %v is taken for the loop's dial to %v (%v)", toDB.LocalAddr(), toDB.RemoteAddr(), looped.RemoteAddr(), back)
 	}
 }
@@ -352,10 +402,10 @@ func TestSelfDialNotesOfOneLocalPortToTwoListeners(t *testing.T) {
 		defer accepted[i].Close()
 	}
 	// A session of l1 dials l2; a session of some app of l2 (chain l2) dials l1.
-	if loop := d.add(dialed[1], []string{"l1"}, "l1"); loop != nil {
+	if loop, _ := d.add(dialed[1], []string{"l1"}, "l1"); loop != nil {
 		t.Fatalf("l1 -> l2 is a loop: %v", loop)
 	}
-	if loop := d.add(dialed[0], []string{"l2"}, "l2"); loop != nil {
+	if loop, _ := d.add(dialed[0], []string{"l2"}, "l2"); loop != nil {
 		t.Fatalf("l2 -> l1 is a loop: %v", loop)
 	}
 	if chain, _ := d.ours(accepted[1], "l2"); len(chain) != 1 || chain[0] != "l1" {
@@ -365,7 +415,7 @@ func TestSelfDialNotesOfOneLocalPortToTwoListeners(t *testing.T) {
 		t.Errorf("l1's accept of l2's dial from %v: chain %v, want [l2]", dialed[0].LocalAddr(), chain)
 	}
 	d.markBack(accepted[1], []string{"l1", "l2", "l1"})
-	if back := d.cameBack(dialed[1]); back == nil {
+	if back, _ := d.cameBack(dialed[1]); back == nil {
 		t.Error("the dial marked back is not known to have come back: its session re-dials")
 	}
 	if n := d.n.Load(); n != 2 {
@@ -467,7 +517,9 @@ func TestSelfDialIsNoAppReset(t *testing.T) {
 // which ends the session as a self-dial (selfDialReset), and wakes the
 // routing, after which the opening asks again whether its app is one of
 // the proxy's dials (open) and ends it as a self-dial once more: 2
-// rejections for one connection. Under load (-race, two CPU burners)
+// rejections for one connection. The session's app is tnsguard's own dial,
+// so it counts none since 2026-11-30: the dialer counts the loop, once for
+// its app (TestListenerCountsNothingForItsOwnDial). Under load (-race, two CPU burners)
 // TestSelfDialIsNoAppReset's sessions did the same 22 times in 30 runs,
 // also where such a session had dialed itself before the reset came (its
 // dial's loop, then the reset). Here the test is the dialer: it
@@ -497,15 +549,18 @@ connect_budget = "5s"
 	defer c.Close()
 	waitFor(t, 2*time.Second, "the session", func() bool { return sumGauges(h.m.SessionsActive) == 1 })
 	tc := c.(*net.TCPConn)
-	if loop := h.p.selfDials.add(tc, nil, "l"); loop == nil {
+	if loop, _ := h.p.selfDials.add(tc, nil, "l"); loop == nil {
 		t.Fatal("the test's dial is not noted as a loop")
 	}
 	tc.SetLinger(0)
 	tc.Close()
 	waitFor(t, 3*time.Second, "no session live", func() bool { return sumGauges(h.m.SessionsActive) == 0 })
 	time.Sleep(100 * time.Millisecond) // the other path, if it counts too
-	if v := counter(h.m.SessionsRejected, "l", "self_dial"); v != 1 {
-		t.Errorf("rejected{reason=self_dial} = %v for one self-dial, want 1", v)
+	if v := counter(h.m.SessionsRejected, "l", "self_dial"); v != 0 {
+		t.Errorf("rejected{reason=self_dial} = %v for the session of tnsguard's own dial, want 0 (the dialer counts)", v)
+	}
+	if v := sumCounters(t, h.m.SessionsTotal); v != 0 {
+		t.Errorf("tnsguard_sessions_total = %v for the session of tnsguard's own dial, want 0", v)
 	}
 	for _, phase := range []string{"connect", "opening"} {
 		if v := counter(h.m.Resets, "l", "b", "none", "client", phase, "rst"); v != 0 {
@@ -530,7 +585,7 @@ connect_budget = "5s"
 	if resets != 1 {
 		t.Errorf("resets{side=client,cause=rst} = %v after an app's reset in the opening, want 1", resets)
 	}
-	if v := counter(h.m.SessionsRejected, "l", "self_dial"); v != 1 {
-		t.Errorf("rejected{reason=self_dial} = %v after an app's reset, want 1 still", v)
+	if v := counter(h.m.SessionsRejected, "l", "self_dial"); v != 0 {
+		t.Errorf("rejected{reason=self_dial} = %v after an app's reset, want 0 still", v)
 	}
 }

@@ -92,6 +92,10 @@ type session struct {
 	clientPhase   Phase            // when it failed: connect (no backend connection yet) or opening
 	established   bool
 	selfDialEnd   bool // selfDialed ended the session (counted once)
+	// loopCountedElsewhere: selfDialed found that another session counts
+	// the loop (its app was tnsguard's own dial, or its own dial's session
+	// counted it): this one is counted nowhere (record).
+	loopCountedElsewhere bool
 	// kaLate: the backend connection's keepalive is still to be set, by
 	// housekeeping once the session has lasted keepaliveAfter
 	// (failover.Backend.KeepaliveLate).
@@ -253,7 +257,7 @@ func (s *session) open() error {
 		// The accept may have come before the dial that made it was noted
 		// (selfdial.go): ask again, now that the dialer has gone on.
 		if chain, loop := s.p.selfDials.ours(s.client, s.l.name); loop {
-			return s.selfDialed(append(slices.Clip(chain), s.l.name))
+			return s.selfDialed(append(slices.Clip(chain), s.l.name), true)
 		} else if chain != nil {
 			s.in.chain = append(slices.Clip(chain), s.l.name)
 		}
@@ -331,7 +335,7 @@ func (s *session) open() error {
 			retry, failed = reasonOf(err, "connect"), srv
 			continue
 		}
-		if loop := s.p.selfDials.add(conn, s.in.chain, s.l.name); loop != nil { // before any byte: its accept, if it is ours, checks it
+		if loop, counted := s.p.selfDials.add(conn, s.in.chain, s.l.name); loop != nil { // before any byte: its accept, if it is ours, checks it
 			// The server is this listener, or one the app came through:
 			// every re-dial would loop again.
 			conn.SetLinger(0)
@@ -342,7 +346,7 @@ func (s *session) open() error {
 				// database (a name moved to the proxy on IPv6 first).
 				continue
 			}
-			return s.selfDialed(loop)
+			return s.selfDialed(loop, counted)
 		}
 		dialed := time.Now()
 		conn, buf, first, err := s.attach(conn, srv, plan.Deadline())
@@ -366,15 +370,15 @@ func (s *session) open() error {
 		s.mu.Lock()
 		cerr := s.clientErr
 		s.mu.Unlock()
-		back := s.p.selfDials.cameBack(conn)
+		back, counted := s.p.selfDials.cameBack(conn)
 		if le := (*redirectLoopError)(nil); back == nil && errors.As(err, &le) {
-			back = le.loop // a REDIRECT to this proxy's own listener: the SCAN sends every re-dial there too
+			back, counted = le.loop, le.counted // a REDIRECT to this proxy's own listener: the SCAN sends every re-dial there too
 		}
 		dropBackend(conn, cerr)
 		s.detach()
 		if back != nil { // its reset came from a loop back to this proxy: so would a re-dial's
 			srv.Abandoned(plan.Trial())
-			return s.selfDialed(back)
+			return s.selfDialed(back, counted)
 		}
 		if over, cerr := s.cutShort(srv, plan, err); over {
 			return cerr
@@ -570,13 +574,34 @@ var errSelfDial = errors.New("the app is tnsguard's own dial to a server that is
 // the loop: the app's direction, which sees the dialer's reset
 // (selfDialReset), and the opening, which asks again before it dials and
 // sees its own dial come back, may both.
-func (s *session) selfDialed(loop []string) error {
+//
+// elsewhere tells that the loop is counted elsewhere: the session's app
+// is one of the proxy's own dials (a dial accepted before it was noted),
+// or the session of its own dial counted it (claim). Otherwise the session
+// counts and warns unless its app turns out to be an own dial (claim), or
+// the next listener's session of a chain; so one app connection is one
+// self_dial, as the listener does not count the dials it resets (handle).
+// Until 2026-11-30 every leg counted: 2 rejections for one app, 3 through
+// two listeners, and one for a name's address that was the proxy while the
+// name's next address served the app.
+func (s *session) selfDialed(loop []string, elsewhere bool) error {
 	s.mu.Lock()
 	first := !s.selfDialEnd
 	s.selfDialEnd = true
 	s.mu.Unlock()
-	if first {
-		s.p.selfDials.markBack(s.client, loop)
+	if !first {
+		return s.endedElsewhere(errSelfDial)
+	}
+	if elsewhere || s.in.chain != nil { // s.in.chain: written by this goroutine (open) only; selfDialReset passes true
+		s.p.selfDials.markBack(s.client, loop) // the dialer of an own dial ends at once (cameBack)
+		elsewhere = true
+	} else {
+		elsewhere = s.p.selfDials.claim(s.client, loop)
+	}
+	s.mu.Lock()
+	s.loopCountedElsewhere = elsewhere
+	s.mu.Unlock()
+	if !elsewhere {
 		s.l.rejected("self_dial")
 		if s.l.takeLogLine("self-dial") {
 			s.l.log.Warn("connection rejected: "+errSelfDial.Error()+"; check the server's address, or what its name resolves to", "loop", strings.Join(loop, " -> "))
@@ -735,7 +760,7 @@ func (s *session) selfDialReset(err error) bool {
 	if !loop {
 		return false
 	}
-	s.selfDialed(append(slices.Clip(chain), s.l.name))
+	s.selfDialed(append(slices.Clip(chain), s.l.name), true)
 	return true
 }
 
