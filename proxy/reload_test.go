@@ -930,6 +930,98 @@ failures = 0`, fmt.Sprintf("address = %q", moved.addr())))); err != nil {
 	}
 }
 
+// A session waiting out the pause between two rounds when the reload comes
+// dials the new address when the pause ends, not the old one once more:
+// an old host that is down (dials time out) cost the session another
+// connect_timeout, and with less than that left of its budget the app got
+// ORA-12170 with the new address up (until 2026-11-30).
+func TestReloadInThePauseDialsTheNewAddressNext(t *testing.T) {
+	body := `connect_timeout = "2s"
+connect_budget = "4s"
+backoff = "1s"
+backoff_max = "1s"
+[backend.health]
+check = "off"
+[backend.breaker]
+failures = 0`
+	h := startProxy(t, backendTOML(body, fmt.Sprintf("address = %q", blackhole(t))))
+	connect, err := tns.BuildConnect(`(DESCRIPTION=(CONNECT_DATA=(SERVICE_NAME=ORDERS)))`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := h.dial("l")
+	if _, err := c.Write(connect); err != nil {
+		t.Fatal(err)
+	}
+	// The first dial times out after 2s; the pause after it is 0.5-1s.
+	waitFor(t, 5*time.Second, "the first dial of the old address timed out", func() bool {
+		return !h.p.backend("b").Servers[0].Up()
+	})
+	moved := newBackend(t, echo)
+	if err := h.p.Apply(mustParse(t, backendTOML(body, fmt.Sprintf("address = %q", moved.addr())))); err != nil {
+		t.Fatal(err)
+	}
+	c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	pkt, err := tns.ReadPacket(c, tns.Length16, 0)
+	if err != nil {
+		t.Fatalf("the app's connection, in the pause at the reload: %v", err)
+	}
+	if pkt.Type != tns.TypeConnect {
+		t.Fatalf("the app got a %v, want its CONNECT echoed by the new address (1s of its budget left after the pause)", pkt.Type)
+	}
+}
+
+// The reload that points the backend at the database's new address may
+// also rename the listener (its socket handed over), move it to another
+// port, or drop it: the connections it already accepted, waiting in
+// tnsguard, are still the backend's, and reach the new address as those of
+// a listener the reload kept do. Until 2026-11-30 they dialed the old
+// address until their budget ended, and their apps got ORA-12541 with the
+// new address up.
+func TestReloadReachesAWaitingSessionWhoseListenerChanged(t *testing.T) {
+	for _, tt := range []struct {
+		name   string
+		change func(cfg, addr string) string
+	}{
+		{"renamed", func(cfg, addr string) string {
+			return strings.Replace(listenerAt(cfg, addr), `name = "l"`, `name = "m"`, 1)
+		}},
+		{"moved to another address", func(cfg, _ string) string { return listenerAt(cfg, "127.0.0.2:0") }},
+		{"removed", func(cfg, _ string) string { return strings.Replace(cfg, `name = "l"`, `name = "m"`, 1) }},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			_, h, c := connectWhileRefused(t, "10s", "50ms", "200ms")
+			waitFor(t, 5*time.Second, "a re-dial of the old address", func() bool {
+				return counter(h.m.Redials, "l", "b", "connect") >= 1
+			})
+			moved := newBackend(t, echo)
+			cfg := tt.change(backendTOML(`connect_timeout = "300ms"
+connect_budget = "10s"
+backoff = "50ms"
+backoff_max = "200ms"
+[backend.health]
+check = "off"
+[backend.breaker]
+failures = 0`, fmt.Sprintf("address = %q", moved.addr())), h.addr("l"))
+			if err := h.p.Apply(mustParse(t, cfg)); err != nil {
+				t.Fatal(err)
+			}
+			reloaded := time.Now()
+			c.SetReadDeadline(time.Now().Add(15 * time.Second))
+			pkt, err := tns.ReadPacket(c, tns.Length16, 0)
+			if err != nil {
+				t.Fatalf("the app's connection, waiting at the reload: %v", err)
+			}
+			if pkt.Type != tns.TypeConnect {
+				t.Fatalf("the app got a %v %v after the reload, want its CONNECT echoed by the new address", pkt.Type, time.Since(reloaded).Round(time.Millisecond))
+			}
+			if n := len(moved.accepted()); n != 1 {
+				t.Fatalf("the new address took %d connections, want 1", n)
+			}
+		})
+	}
+}
+
 // max_sessions counts the sessions of a listening socket. A reload that
 // only renames the listener hands the socket over; the sessions admitted
 // under the old name stopped counting, and the renamed listener let in

@@ -271,21 +271,27 @@ func (s *session) open() error {
 	var refusedBy []*failover.Server // servers that refused this session (budgetCut)
 	var retry string                 // why the next dial is a re-dial ("" for the first)
 	var failed *failover.Server      // the server that failed before it
+	// reloaded: a reload redefined the backend while this session waited
+	// for a server (the operator's fix in an outage: the database moved).
+	// The next round dials the servers the running config has, within the
+	// budget counted from the accept, instead of the old ones until the
+	// budget ends.
+	reloaded := func() bool {
+		b := s.reloadedBackend()
+		if b == nil {
+			return false
+		}
+		plan.Done()
+		s.switchBackend(b)
+		cfg, plan = b.Config, b.NewPlan(began)
+		return true
+	}
 	for {
 		if retry != "" {
 			if gone := s.appGone(); gone != nil {
 				return gone
 			}
-			if b := s.reloadedBackend(); b != nil {
-				// A reload redefined the backend while this session waited
-				// for a server (the operator's fix in an outage: the
-				// database moved): the next round dials the servers the
-				// running config has, within the budget counted from the
-				// accept, instead of the old ones until the budget ends.
-				plan.Done()
-				s.switchBackend(b)
-				cfg, plan = b.Config, b.NewPlan(began)
-			}
+			reloaded()
 		}
 		srv, err := plan.Next(s.ctx)
 		if err == nil && retry != "" {
@@ -294,6 +300,14 @@ func (s *session) open() error {
 			if gone := s.appGone(); gone != nil {
 				srv.Abandoned(plan.Trial())
 				return gone
+			}
+			// Nor is the old server, when the reload came during the
+			// pause: a dead host's dial would cost another
+			// connect_timeout of the budget. The new plan's first round
+			// has no pause.
+			if trial := plan.Trial(); reloaded() {
+				srv.Abandoned(trial)
+				continue
 			}
 			s.redial(retry, failed) // counted only when a dial really follows
 		}
@@ -448,11 +462,18 @@ func (s *session) open() error {
 
 // reloadedBackend is the running config's definition of the session's
 // backend when a reload replaced the one the session is dialing with, else
-// nil. A backend the reload removed, or a listener it removed, leaves the
-// session with what it had.
+// nil. A backend the reload removed leaves the session with what it had.
+// The backend is found by its name among the running ones, not through the
+// session's listener: a listener that the same reload renamed, moved or
+// removed keeps the backends of its last config, and its waiting sessions
+// dialed the old address until their budget ended (as retuneSessions gives
+// the database leg the keepalive of the backend of its name).
 func (s *session) reloadedBackend() *failover.Backend {
-	_, _, backs := s.p.current(s.l)
-	if b := backs[s.backendName()]; b != nil && b != s.backend {
+	name := s.backendName()
+	s.p.mu.Lock()
+	b := s.p.backends[name]
+	s.p.mu.Unlock()
+	if b != nil && b != s.backend {
 		return b
 	}
 	return nil
