@@ -5,6 +5,7 @@ import (
 	"net"
 	"os"
 	"slices"
+	"strings"
 	"sync"
 	"syscall"
 )
@@ -103,6 +104,21 @@ func (h *Inherited) hold(name string, ln *net.TCPListener, listener func(string)
 	n := h.sessions[i]
 	slots.active.Add(n)
 	h.held[i] = &heldSessions{slots, n} // also when none: Adjust may raise it
+}
+
+// Describe is counts (one per socket, in the order handed over, as Adjust
+// takes them) for a log line: "orders=2 reports=0" when the old process
+// named its listeners, else the bare list ("[2 0]"), whose order is the
+// old process's and says nothing of which listener is which.
+func (h *Inherited) Describe(counts []int64) string {
+	if h == nil || h.names == nil || len(counts) != len(h.names) {
+		return fmt.Sprint(counts)
+	}
+	parts := make([]string, len(counts))
+	for i, n := range counts {
+		parts[i] = fmt.Sprintf("%s=%d", h.names[i], n)
+	}
+	return strings.Join(parts, " ")
 }
 
 // Adjust sets the old process's sessions on each socket to counts (in the

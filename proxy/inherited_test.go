@@ -179,3 +179,17 @@ func TestInheritedSessionsFollowTheirListenersName(t *testing.T) {
 		})
 	}
 }
+
+// The new process's log line of the old process's counts names each
+// listener when the old process handed the names over: the bare list is in
+// the old process's socket order, which says nothing of which is which.
+func TestInheritedDescribeNamesTheCounts(t *testing.T) {
+	h, _ := handedSockets(t, 3, []int64{2, 5}, []string{"orders", "reports"})
+	if got, want := h.Describe([]int64{1, 0}), "orders=1 reports=0"; got != want {
+		t.Errorf("with names: %q, want %q", got, want)
+	}
+	old, _ := handedSockets(t, 3, []int64{2, 5}, nil)
+	if got, want := old.Describe([]int64{1, 0}), "[1 0]"; got != want {
+		t.Errorf("from a version before the names: %q, want %q", got, want)
+	}
+}

@@ -204,9 +204,9 @@ func runCommand(args []string, stdout, stderr io.Writer) (code int) {
 						}
 						if first {
 							first = false
-							log.Info("upgrade: the old process has stopped accepting: its sessions then count against max_sessions until it ends", "old_pid", oldPID, "sessions", fmt.Sprint(counts))
+							log.Info("upgrade: the old process has stopped accepting: its sessions then count against max_sessions until it ends", "old_pid", oldPID, "sessions", inherited.Describe(counts))
 						} else {
-							log.Debug("upgrade: the old process's sessions, its connections awaiting a PROXY header let in or turned away", "old_pid", oldPID, "sessions", fmt.Sprint(counts))
+							log.Debug("upgrade: the old process's sessions, its connections awaiting a PROXY header let in or turned away", "old_pid", oldPID, "sessions", inherited.Describe(counts))
 						}
 						return true
 					})
