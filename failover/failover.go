@@ -278,6 +278,10 @@ func (b *Backend) Checked() bool {
 // Up reports the server's health (the last dial's result when checks are off).
 func (s *Server) Up() bool { return s.up.Load() }
 
+// OneAddress tells a server that is an IP address, or a name that had one
+// address at its last lookup: a dial of it that failed failed there.
+func (s *Server) OneAddress() bool { return s.ip.IsValid() || s.nAddrs.Load() == 1 }
+
 // Sessions is the number of sessions on the server now.
 func (s *Server) Sessions() int64 { return s.sessions.Load() }
 

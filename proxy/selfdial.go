@@ -202,6 +202,32 @@ func (d *selfDials) add(c *net.TCPConn, chain []string, listener string) (loop [
 	return nil, false
 }
 
+// resetLoop tells, for a dial that failed with a reset before connect
+// returned, the way round when it went to this listener or one that the
+// session's app came through (chain): a dial that a listener of the proxy
+// accepted and reset at once. Its accept came before the dial could be
+// noted (add), so that accept's session took it for an app, dialed itself,
+// counted the loop for it (claim) and reset it. Without this the dialer
+// took the reset for the server's: a re-dial after each backoff, each one
+// another such session counted as an app's (4 self_dial for one app with
+// the real binary), and the server marked down and its circuit opened
+// (check = "off"). nil for any other address, and on the common path (no
+// listener at dst) without a lock or a system call.
+func (d *selfDials) resetLoop(dst netip.AddrPort, chain []string, listener string) []string {
+	dst = netip.AddrPortFrom(dst.Addr().Unmap(), dst.Port())
+	to := d.reached(dst)
+	if to == "" || !hostAddress(dst.Addr()) {
+		return nil
+	}
+	if chain == nil {
+		chain = []string{listener}
+	}
+	if !slices.Contains(chain, to) {
+		return nil
+	}
+	return append(slices.Clip(chain), to)
+}
+
 // ours tells, for c accepted by listener, the chain of listeners that
 // c's dialer came through when c is a dial of one of the proxy's own
 // sessions (nil otherwise), and whether listener is in it: a loop.

@@ -13,6 +13,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	dto "github.com/prometheus/client_model/go"
 
+	"github.com/tnsguard/tnsguard/metrics"
 	"github.com/tnsguard/tnsguard/test/loopback"
 )
 
@@ -587,5 +588,48 @@ connect_budget = "5s"
 	}
 	if v := counter(h.m.SessionsRejected, "l", "self_dial"); v != 0 {
 		t.Errorf("rejected{reason=self_dial} = %v after an app's reset, want 0 still", v)
+	}
+}
+
+// A dial of the proxy's own listener can be reset before connect returns:
+// the listener accepts it before its dialer has noted it, so that accept's
+// session takes it for an app, dials itself, finds the loop and resets it.
+// The dialer took that reset for the server's: it re-dialed after each
+// backoff (each re-dial another such session counted as an app's), and
+// with checks off marked the server down and opened its circuit, though a
+// loop is no verdict on the server. Apps connecting one after the other,
+// as a pool refills, set that off: 30 of them with the real binary on two
+// cores gave 8 re-dials, tnsguard_backend_up 0 and an open circuit, and
+// apps reset up to 600 ms late. Now such a reset ends the session as the
+// loop it is, at once. Each race still counts one self_dial too many: the
+// accept's session counted the loop for the dial, which its dialer cannot
+// tell from an app's.
+func TestLoopDialResetBeforeConnectIsNoServerFailure(t *testing.T) {
+	h, server := proxyAtItsOwnAddress(t)
+	const apps = 100
+	for range apps {
+		c, err := net.Dial("tcp", h.addr("l"))
+		if err != nil {
+			if !errors.Is(err, syscall.ECONNRESET) {
+				t.Fatal(err)
+			}
+			continue
+		}
+		c.Write([]byte("hello"))
+		readErr(c, 5*time.Second)
+		c.Close()
+	}
+	waitFor(t, 5*time.Second, "no session live", func() bool { return sumGauges(h.m.SessionsActive) == 0 })
+	if n := sumCounters(t, h.m.Redials); n != 0 {
+		t.Errorf("%v re-dials for %d apps into a loop, want none: a loop ends its session at once", n, apps)
+	}
+	if v := testutil.ToFloat64(h.m.BreakerState.WithLabelValues("b", server)); v != metrics.BreakerClosed {
+		t.Errorf("the server's breaker is %v after a loop, want closed: a loop is no verdict on the server", v)
+	}
+	if v := testutil.ToFloat64(h.m.BackendUp.WithLabelValues("b", server)); v != 1 {
+		t.Errorf("tnsguard_backend_up = %v after a loop with checks off, want 1: a loop is no verdict on the server", v)
+	}
+	if n := counter(h.m.SessionsRejected, "l", "self_dial"); n < apps {
+		t.Errorf("%v self_dial rejections for %d apps, want one for each at least", n, apps)
 	}
 }

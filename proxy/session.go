@@ -322,6 +322,10 @@ func (s *session) open() error {
 		}
 		left := time.Until(plan.Deadline()) // the budget this attempt started with
 		conn, err := plan.Dial(s.ctx, srv)  // within connect_timeout and the budget
+		if loop := s.resetByALoop(err, srv); loop != nil {
+			srv.Abandoned(plan.Trial()) // no verdict on the server, as below
+			return s.selfDialed(loop, false)
+		}
 		if err != nil {
 			s.noteConnect() // no backend read it: its service labels the attempts' end
 			if over, cerr := s.cutShort(srv, plan, err); over {
@@ -764,6 +768,25 @@ func (s *session) clientFailure(srv *failover.Server) error {
 	}
 	s.abort(SideClient, phase, err, "reset", srv)
 	return err
+}
+
+// resetByALoop is the way round when err is the reset, before connect
+// returned, of a dial of srv by one of the proxy's listeners that a re-dial
+// would loop through again (selfDials.resetLoop); nil otherwise. Not for a
+// name of several addresses: its error is its first address's, and the
+// others failed too (a database that a name shares with the proxy may be
+// restarting): such a session re-dials as before, and its next dial that
+// connects to the proxy finds the loop (Plan.Looped).
+func (s *session) resetByALoop(err error, srv *failover.Server) []string {
+	var oe *net.OpError
+	if err == nil || !errors.Is(err, syscall.ECONNRESET) || !errors.As(err, &oe) || !srv.OneAddress() {
+		return nil
+	}
+	ta, ok := oe.Addr.(*net.TCPAddr)
+	if !ok {
+		return nil
+	}
+	return s.p.selfDials.resetLoop(ta.AddrPort(), s.in.chain, s.l.name)
 }
 
 // selfDialReset ends as a self-dial a session whose "app" reset it before
