@@ -447,7 +447,7 @@ type headerConn struct {
 	net.Conn
 	br    *bufio.Reader // nil until the first Read
 	err   error         // a malformed header: every Read fails
-	heard atomic.Bool   // the socket gave bytes (a PROXY header too) since the connect or the last answer (openConns)
+	heard atomic.Bool   // the socket gave bytes of a request (not only a PROXY header) since the connect or the last answer (openConns)
 }
 
 // CloseWrite is the TCP connection's, so that net/http still half-closes
@@ -462,10 +462,18 @@ func (c *headerConn) CloseWrite() error {
 
 func (c *headerConn) Read(b []byte) (int, error) {
 	if c.br == nil {
-		// A PROXY header counts as heard too: a load balancer's check
-		// whose request comes in a segment after it is not silent.
-		c.br = bufio.NewReaderSize(socketReader{c}, 512)
+		// A PROXY header alone does not count as heard: a flood of
+		// connections that each send one and hold (2,000 a second) then
+		// counted as not silent, and the new monitor's connection, silent
+		// for the moment before its request, was the one closed beyond
+		// the bound (a fifth of the probes and scrapes failed; none while
+		// such connections counted as silent). A request that came with
+		// the header is in the buffer after it, and counts.
+		c.br = bufio.NewReaderSize(c.Conn, 512)
 		c.err = proxy.SkipHeader(c.br)
+		if c.br.Buffered() > 0 {
+			c.heard.Store(true)
+		}
 	}
 	if c.err != nil {
 		return 0, c.err
