@@ -11,6 +11,7 @@ import (
 	"net"
 	"net/url"
 	"os"
+	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -1109,6 +1110,44 @@ func TestOracleAppGetsUnknownHostWhenTheNameDoesNotResolve(t *testing.T) {
 	waitFor(t, time.Second, "the no-backend line naming the REFUSE", func() bool {
 		return len(logs.lines("no server answered: the app gets a REFUSE with ORA-12545")) == 1
 	})
+}
+
+// The last round of dials is squeezed in backoff/2 before the budget's
+// end, and the budget cuts a lookup that takes longer: that attempt says
+// nothing of the name (no verdict on the server), and must not decide the
+// app's error either. It did: the app got ORA-12170 (connect timeout)
+// instead of the ORA-12545 every whole lookup had found, once in 20 runs of
+// the test above on a loaded machine. Here backoff/2 is 0.5 ms, and the
+// last round looks up six servers' names one after the other: the budget
+// ends during one of the lookups, not between two.
+func TestOracleAppGetsUnknownHostWhenTheLastLookupIsCutShort(t *testing.T) {
+	const name = "tnsguard-test-no-such-host.invalid" // RFC 6761: never resolves
+	if _, err := net.LookupHost(name); err == nil {
+		t.Skip(name + " resolves here")
+	} else if dnsErr := (*net.DNSError)(nil); !errors.As(err, &dnsErr) || !dnsErr.IsNotFound {
+		t.Skipf("no resolver that answers NXDOMAIN here: %v", err)
+	}
+	var servers []string
+	for port := range 6 {
+		servers = append(servers, fmt.Sprintf("%s:%d", name, 1521+port))
+	}
+	cfg := strings.Replace(oracleConfig("", servers...), `backoff = "20ms"`, `backoff = "1ms"`, 1)
+	cfg = strings.Replace(cfg, `backoff_max = "100ms"`, `backoff_max = "1s"`, 1)
+	h := startProxy(t, cfg)
+	t.Cleanup(func() {
+		// A cut lookup's query goes on in Go's resolver until its answer
+		// or the resolver's timeout (5 s): goleak is not to find it.
+		waitFor(t, 15*time.Second, "the cut lookups' queries ended", func() bool {
+			buf := make([]byte, 1<<20)
+			return !strings.Contains(string(buf[:runtime.Stack(buf, true)]), "net.(*Resolver)")
+		})
+	})
+	for i := range 3 {
+		err := goOraPing(t, h.addr("l"), "SALES")
+		if err == nil || !strings.Contains(err.Error(), "ORA-12545") {
+			t.Fatalf("session %d: go-ora: %v; want ORA-12545 (target host does not exist)", i, err)
+		}
+	}
 }
 
 // tnsguard_sessions_total exists at 0, per outcome, for every service label

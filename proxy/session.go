@@ -331,9 +331,18 @@ func (s *session) open() error {
 			if over, cerr := s.cutShort(srv, plan, err); over {
 				return cerr
 			}
-			lastErr = err
+			cut := budgetCut(err, plan, left, cfg, slices.Contains(refusedBy, srv))
+			if lastErr == nil || !cut {
+				// A dial the budget cut short says nothing of the server,
+				// nor what the app is told: the last round is squeezed in
+				// backoff/2 before the deadline, and a name's lookup or a
+				// remote refusal that takes longer ended as a timeout, so
+				// the app got ORA-12170 instead of the ORA-12545 (or
+				// ORA-12541) every fair dial had found.
+				lastErr = err
+			}
 			attempts = append(attempts, fmt.Sprintf("%s: %v", srv.Address, err))
-			if failover.OutOfResources(err) || budgetCut(err, plan, left, cfg, slices.Contains(refusedBy, srv)) {
+			if failover.OutOfResources(err) || cut {
 				// tnsguard is out of fds or memory, or the session out of
 				// budget: no verdict on the server
 				srv.Abandoned(plan.Trial())
