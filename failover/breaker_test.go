@@ -244,20 +244,24 @@ check = "off"
 func TestStaleFailureDoesNotReopenAClosedCircuit(t *testing.T) {
 	b := testBackend(t, `[backend.breaker]
 failures = 2
-open_for = "10ms"
+open_for = "1h"
 max_open_for = "1h"
 [backend.health]
 check = "tcp"
 interval = "1h"
 `+servers(`address = "a:1"`, `address = "b:1";priority = 1`))
 	a := b.Servers[0]
+	a.checked.Store(true)        // past the first check, which saw a:1 down
 	plans := dialing(t, b, a, 4) // four sessions dial a:1 while its circuit is closed
 	plans[0].Failed(a, errors.New("dial tcp a:1: i/o timeout"))
 	plans[1].Failed(a, errors.New("dial tcp a:1: i/o timeout"))
 	if st := a.BreakerState(); st != metrics.BreakerOpen {
 		t.Fatalf("state %d after 2 failures, want open", st)
 	}
-	time.Sleep(20 * time.Millisecond) // open_for is over
+	// The health check sees a:1 back, which ends the open period (a
+	// wall-clock open_for of 10 ms was over before the check above on a
+	// loaded machine: "state 2 after 2 failures, want open").
+	a.setUp(true)
 	trial := trialOf(t, b, a)
 	trial.Succeeded(a)
 	if st := a.BreakerState(); st != metrics.BreakerClosed {

@@ -168,7 +168,7 @@ func TestDormantSessionBothLegsAtOnce(t *testing.T) {
 			errs := make(chan error, 4*sessions)
 			var handlers sync.WaitGroup
 			be := newBackend(t, duplexBackend(errs, &handlers))
-			h := startProxy(t, oneBackendConfig(be.addr()))
+			h := startProxy(t, stressConfig(t, be.addr()))
 			parkSoon(t, h, time.Millisecond)
 			runtime.GC()
 			baseG := runtime.NumGoroutine()

@@ -253,6 +253,22 @@ backoff_max = "200ms"
 	return s
 }
 
+// stressConfig is oneBackendConfig for the stress tests, whose backend is
+// one of hundreds of goroutines of this test process: on a loaded machine
+// under -race it may take seconds to send a session's first byte, and
+// connect_budget (3 s) then reset the app in its opening ("first byte:
+// connection reset by peer"), which is not what they test. A stall of
+// the copy itself still fails them (their per-read and per-write limits).
+func stressConfig(t testing.TB, server string) string {
+	t.Helper()
+	cfg := oneBackendConfig(server)
+	long := strings.Replace(cfg, `connect_budget = "3s"`, `connect_budget = "60s"`, 1)
+	if long == cfg {
+		t.Fatal("stressConfig: oneBackendConfig has no connect_budget = \"3s\" to lengthen")
+	}
+	return long
+}
+
 // readErr reads until an error and returns it with the time it took.
 func readErr(c net.Conn, limit time.Duration) (error, time.Duration) {
 	start := time.Now()

@@ -61,6 +61,9 @@ func lotBackend(c *net.TCPConn) {
 	}
 }
 
+// lotStall is how long a lot session's read or write may wait.
+const lotStall = 20 * time.Second
+
 type lotStats struct {
 	kinds                           string // the kinds of session to draw from (lotSession)
 	mu                              sync.Mutex
@@ -98,7 +101,11 @@ func lotSession(addr string, rng *rand.Rand, st *lotStats, sid int) error {
 	}
 	c := cc.(*net.TCPConn)
 	defer c.Close()
-	c.SetDeadline(time.Now().Add(30 * time.Second))
+	// A bound on each read and write, not on the whole session (30 s
+	// until 2026-11-30): a slow reader's 200 KiB under -race on a loaded
+	// 2-core machine took longer ("i/o timeout"), while a session that
+	// stops for good (a lost wake) still fails here.
+	c.SetDeadline(time.Now().Add(lotStall))
 	var hdr [5]byte
 	hdr[0] = mode
 	binary.BigEndian.PutUint32(hdr[1:], uint32(k))
@@ -147,6 +154,7 @@ func lotSession(addr string, rng *rand.Rand, st *lotStats, sid int) error {
 				sz = 1 + wr.IntN(200)
 			}
 			sz = min(sz, total-off)
+			c.SetWriteDeadline(time.Now().Add(lotStall))
 			if _, err := c.Write(data[off : off+sz]); err != nil {
 				werr <- err
 				return
@@ -169,6 +177,7 @@ func lotSession(addr string, rng *rand.Rand, st *lotStats, sid int) error {
 			b = buf[:1+rr.IntN(512)]
 			time.Sleep(time.Duration(rr.IntN(2)) * time.Millisecond)
 		}
+		c.SetReadDeadline(time.Now().Add(lotStall))
 		n, err := c.Read(b)
 		got = append(got, b[:n]...)
 		if err != nil {
@@ -271,7 +280,7 @@ func TestLotStress(t *testing.T) {
 	for _, busy := range []bool{false, true} {
 		t.Run(fmt.Sprintf("busy=%v", busy), func(t *testing.T) {
 			be := newBackend(t, lotBackend)
-			h, logs := startProxyLog(t, oneBackendConfig(be.addr()))
+			h, logs := startProxyLog(t, stressConfig(t, be.addr()))
 			if busy {
 				h.p.lotMinBusy.Store(0)
 			}
