@@ -323,25 +323,32 @@ func sentNothing(c net.Conn) bool {
 		}
 		c = hc.Conn
 	}
+	n := queued(c)
+	if n > 0 && hc != nil {
+		hc.heard.Store(true)
+	}
+	return n <= 0
+}
+
+// queued is how many bytes wait unread in c's socket (SIOCINQ); -1 when c
+// has no socket, or it is closed.
+func queued(c net.Conn) int {
 	if sc, ok := c.(*spareConn); ok {
 		c = sc.Conn
 	}
 	sc, ok := c.(syscall.Conn)
 	if !ok {
-		return true
+		return -1
 	}
 	rc, err := sc.SyscallConn()
 	if err != nil {
-		return true
+		return -1
 	}
-	n := 0
+	n := -1
 	rc.Control(func(fd uintptr) {
 		n, _ = unix.IoctlGetInt(int(fd), unix.SIOCINQ)
 	})
-	if n > 0 && hc != nil {
-		hc.heard.Store(true)
-	}
-	return n == 0
+	return n
 }
 
 func writeJSON(w http.ResponseWriter, code int, v any) {

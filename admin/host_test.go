@@ -8,13 +8,11 @@ import (
 	"net/http"
 	"os"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
 	"github.com/prometheus/client_golang/prometheus"
-	"golang.org/x/sys/unix"
 
 	"github.com/tnsguard/tnsguard/config"
 )
@@ -428,7 +426,7 @@ func unreadBytes(adm *Server, addr string) int {
 	defer adm.open.mu.Unlock()
 	for _, x := range adm.open.conns {
 		if x.c.RemoteAddr().String() == addr {
-			return socketUnread(x.c.(*headerConn))
+			return queued(x.c.(*headerConn).Conn)
 		}
 	}
 	return -1
@@ -533,7 +531,7 @@ func TestConnectionBoundAsksAWaitingSocketOnce(t *testing.T) {
 	// after the waiting ones were looked at.
 	deadline := time.Now().Add(20 * time.Second)
 	for _, hc := range waiting {
-		for socketUnread(hc) == 0 { // the request is in the server's socket
+		for queued(hc.Conn) == 0 { // the request is in the server's socket
 			if time.Now().After(deadline) {
 				t.Fatal("a request not in the server's socket within 20 s")
 			}
@@ -553,17 +551,6 @@ func TestConnectionBoundAsksAWaitingSocketOnce(t *testing.T) {
 	if asked > 0 {
 		t.Errorf("%d of %d connections whose request waits are asked again on each new connection", asked, len(waiting))
 	}
-}
-
-// socketUnread is how many bytes wait in hc's socket (SIOCINQ).
-func socketUnread(hc *headerConn) int {
-	rc, err := hc.Conn.(syscall.Conn).SyscallConn()
-	if err != nil {
-		return -1
-	}
-	n := -1
-	rc.Control(func(fd uintptr) { n, _ = unix.IoctlGetInt(int(fd), unix.SIOCINQ) })
-	return n
 }
 
 // `tnsguard healthcheck -admin :9521` (the form of admin.listen = ":9521",
