@@ -19,7 +19,6 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/tnsguard/tnsguard/config"
-	"github.com/tnsguard/tnsguard/failover"
 	"github.com/tnsguard/tnsguard/keepalive"
 	"github.com/tnsguard/tnsguard/metrics"
 	"github.com/tnsguard/tnsguard/tns"
@@ -73,12 +72,6 @@ func (h *harness) addr(name string) string { return h.p.Addr(name).String() }
 
 // backend is the running backend of that name (sessions find theirs
 // through their listener: current).
-func (p *Proxy) backend(name string) *failover.Backend {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return p.backends[name]
-}
-
 func (h *harness) dial(name string) *net.TCPConn {
 	h.t.Helper()
 	c, err := net.Dial("tcp", h.addr(name))

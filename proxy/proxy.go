@@ -446,6 +446,13 @@ func (p *Proxy) current(l *listener) (*config.Listener, *failover.Backend, map[s
 	return cfg, backs[routeFor(cfg, "")], backs
 }
 
+// backend is the running backend of that name, or nil.
+func (p *Proxy) backend(name string) *failover.Backend {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.backends[name]
+}
+
 // FirstChecksDone tells whether every backend's servers have had their
 // first health check, and how long the slowest check may take (its
 // timeout): an upgrade's new process waits for them before it answers on

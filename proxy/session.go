@@ -482,11 +482,7 @@ func (s *session) open() error {
 // dialed the old address until their budget ended (as retuneSessions gives
 // the database leg the keepalive of the backend of its name).
 func (s *session) reloadedBackend() *failover.Backend {
-	name := s.backendName()
-	s.p.mu.Lock()
-	b := s.p.backends[name]
-	s.p.mu.Unlock()
-	if b != nil && b != s.backend {
+	if b := s.p.backend(s.backendName()); b != nil && b != s.backend {
 		return b
 	}
 	return nil
@@ -791,11 +787,7 @@ func (s *session) resetByALoop(err error, srv *failover.Server) []string {
 	if err == nil || !errors.Is(err, syscall.ECONNRESET) || !errors.As(err, &oe) || !srv.OneAddress() {
 		return nil
 	}
-	ta, ok := oe.Addr.(*net.TCPAddr)
-	if !ok {
-		return nil
-	}
-	return s.p.selfDials.resetLoop(ta.AddrPort(), s.in.chain, s.l.name)
+	return s.p.selfDials.resetLoop(oe.Addr, s.in.chain, s.l.name)
 }
 
 // selfDialReset ends as a self-dial a session whose "app" reset it before
