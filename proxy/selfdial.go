@@ -196,10 +196,18 @@ func (d *selfDials) add(c *net.TCPConn, chain []string, listener string) (loop [
 		d.n.Add(1)
 	}
 	d.cur[k] = &selfDial{chain: chain}
-	if slices.Contains(chain, to) {
-		return append(slices.Clip(chain), to), old != nil && old.counted
+	if loop := wayRound(chain, to); loop != nil {
+		return loop, old != nil && old.counted
 	}
 	return nil, false
+}
+
+// wayRound is chain with to last when to is in chain (a loop), else nil.
+func wayRound(chain []string, to string) []string {
+	if !slices.Contains(chain, to) {
+		return nil
+	}
+	return append(slices.Clip(chain), to)
 }
 
 // resetLoop tells, for a dial that failed with a reset before connect
@@ -213,8 +221,11 @@ func (d *selfDials) add(c *net.TCPConn, chain []string, listener string) (loop [
 // the real binary), and the server marked down and its circuit opened
 // (check = "off"). nil for any other address, and on the common path (no
 // listener at dst) without a lock or a system call.
-func (d *selfDials) resetLoop(dst netip.AddrPort, chain []string, listener string) []string {
-	dst = netip.AddrPortFrom(dst.Addr().Unmap(), dst.Port())
+func (d *selfDials) resetLoop(addr net.Addr, chain []string, listener string) []string {
+	dst := addrPortOf(addr)
+	if !dst.IsValid() {
+		return nil
+	}
 	to := d.reached(dst)
 	if to == "" || !hostAddress(dst.Addr()) {
 		return nil
@@ -222,10 +233,7 @@ func (d *selfDials) resetLoop(dst netip.AddrPort, chain []string, listener strin
 	if chain == nil {
 		chain = []string{listener}
 	}
-	if !slices.Contains(chain, to) {
-		return nil
-	}
-	return append(slices.Clip(chain), to)
+	return wayRound(chain, to)
 }
 
 // ours tells, for c accepted by listener, the chain of listeners that
