@@ -210,10 +210,11 @@ func withRefuseData(conn net.Conn, pkt Packet) (Packet, error) {
 		// An empty DATA packet is refused too: each one must bring text,
 		// or a listener sending empty ones would grow raw until the
 		// check's deadline.
-		if d.Type != TypeData || len(d.Raw) <= HeaderLen+2 {
+		payload, err := dataPayload(d)
+		if d.Type != TypeData || err != nil || len(payload) == 0 {
 			return Packet{}, fmt.Errorf("%w: %s where the REFUSE's data should follow", ErrUnexpectedAnswer, d.Type)
 		}
-		got += len(d.Raw) - (HeaderLen + 2)
+		got += len(payload)
 		raw = append(raw, d.Raw...)
 	}
 	pkt.Raw = raw
