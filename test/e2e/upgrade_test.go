@@ -1196,6 +1196,23 @@ func (g *instance) upgrade() {
 	}
 }
 
+// upgradeTwice makes two upgrades in a row (A, B, C): SIGUSR2 to the
+// instance (A), then to the new process (B) once it serves, and waits
+// until the newest (C) serves. It returns B's and C's pids; neither is
+// reaped.
+func (g *instance) upgradeTwice() (middle, newest int) {
+	g.t.Helper()
+	g.upgrade()
+	middle = g.upgraded(10 * time.Second)
+	if err := syscall.Kill(middle, syscall.SIGUSR2); err != nil {
+		g.t.Fatal(err)
+	}
+	waitFor(g.t, 10*time.Second, "the second upgrade to serve", func() bool {
+		return len(g.log.find("upgrade: the new process serves; this one stops accepting and drains")) == 2
+	})
+	return middle, g.upgrades()[1]
+}
+
 // A reload (SIGHUP: `systemctl reload`, a config tool's handler run right
 // after the upgrade's) while an upgrade is under way, here while the new
 // process waits for its first health checks: the new process read the file
@@ -1254,14 +1271,7 @@ func TestUpgradeThatFailsAppliesTheReloadSentMeanwhile(t *testing.T) {
 // went on until that one's drain_timeout: up to max_sessions more.
 func TestUpgradeAgainWhileTheFirstOldProcessDrainsKeepsMaxSessions(t *testing.T) {
 	g, open := limitedUpgrade(t, "6s")
-	g.upgrade()
-	middle := g.upgraded(10 * time.Second)
-	if err := syscall.Kill(middle, syscall.SIGUSR2); err != nil {
-		t.Fatal(err)
-	}
-	waitFor(t, 10*time.Second, "the second upgrade to serve", func() bool {
-		return len(g.log.find("upgrade: the new process serves; this one stops accepting and drains")) == 2
-	})
+	g.upgradeTwice()
 	time.Sleep(time.Second) // the middle process has no session: its drain is over
 	select {
 	case <-g.done:
@@ -1371,15 +1381,7 @@ func TestUpgradeTwiceTagsTheNewestWhileTheFirstStillDrains(t *testing.T) {
 	conf, admin, addr := oneEcho(t, "grace = \"0s\"\ndrain_timeout = \"6s\"")
 	g := start(t, admin, conf, true)
 	pooledSession(t, addr) // keeps A draining for drain_timeout
-	g.upgrade()
-	middle := g.upgraded(10 * time.Second)
-	if err := syscall.Kill(middle, syscall.SIGUSR2); err != nil {
-		t.Fatal(err)
-	}
-	waitFor(t, 10*time.Second, "the second upgrade to serve", func() bool {
-		return len(g.log.find("upgrade: the new process serves; this one stops accepting and drains")) == 2
-	})
-	newest := g.upgrades()[1]
+	middle, newest := g.upgradeTwice()
 	waitFor(t, 5*time.Second, "the middle process to wait for the first", func() bool {
 		return len(g.log.find("waiting for the old process to end its drain")) > 0
 	})
@@ -1426,15 +1428,7 @@ func TestUpgradeTwiceStopLetsTheFirstDrainFinish(t *testing.T) {
 	conf, admin, addr := oneEcho(t, "grace = \"0s\"\ndrain_timeout = \"20s\"")
 	g := start(t, admin, conf, true)
 	pooled := pooledSession(t, addr)
-	g.upgrade()
-	middle := g.upgraded(10 * time.Second)
-	if err := syscall.Kill(middle, syscall.SIGUSR2); err != nil {
-		t.Fatal(err)
-	}
-	waitFor(t, 10*time.Second, "the second upgrade to serve", func() bool {
-		return len(g.log.find("upgrade: the new process serves; this one stops accepting and drains")) == 2
-	})
-	newest := g.upgrades()[1]
+	middle, newest := g.upgradeTwice()
 	waitFor(t, 5*time.Second, "the middle process to wait for the first", func() bool {
 		return len(g.log.find("waiting for the old process to end its drain")) > 0
 	})
@@ -1508,14 +1502,7 @@ func TestUpgradeTwiceMiddleProcessCrashLeavesTheFirstDraining(t *testing.T) {
 	conf, admin, addr := oneEcho(t, "grace = \"0s\"\ndrain_timeout = \"20s\"")
 	g := start(t, admin, conf, true)
 	pooled := pooledSession(t, addr)
-	g.upgrade()
-	middle := g.upgraded(10 * time.Second)
-	if err := syscall.Kill(middle, syscall.SIGUSR2); err != nil {
-		t.Fatal(err)
-	}
-	waitFor(t, 10*time.Second, "the second upgrade to serve", func() bool {
-		return len(g.log.find("upgrade: the new process serves; this one stops accepting and drains")) == 2
-	})
+	middle, _ := g.upgradeTwice()
 	if err := syscall.Kill(middle, syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
@@ -1535,15 +1522,7 @@ func TestUpgradeTwiceNewestFailingEndsEveryDrain(t *testing.T) {
 	conf, admin, addr := oneEcho(t, "grace = \"0s\"\ndrain_timeout = \"20s\"")
 	g := start(t, admin, conf, true)
 	pooled := pooledSession(t, addr)
-	g.upgrade()
-	middle := g.upgraded(10 * time.Second)
-	if err := syscall.Kill(middle, syscall.SIGUSR2); err != nil {
-		t.Fatal(err)
-	}
-	waitFor(t, 10*time.Second, "the second upgrade to serve", func() bool {
-		return len(g.log.find("upgrade: the new process serves; this one stops accepting and drains")) == 2
-	})
-	newest := g.upgrades()[1]
+	middle, newest := g.upgradeTwice()
 	exited := reapEach(middle)
 	if err := syscall.Kill(newest, syscall.SIGKILL); err != nil {
 		t.Fatal(err)
