@@ -79,6 +79,13 @@ type Backend struct {
 	// server (a name pointed at the proxy, the host's own address) would
 	// be up and /readyz 200 while every session loops back and ends.
 	OwnListener func(addr netip.AddrPort) string
+	// DialOwn, set by the proxy with OwnListener, connects a health check
+	// to addr, an address that OwnListener named listener for: loop when
+	// the connection reached that listener (closed then; the listener
+	// counts it nowhere), else the connection, which this host's own NAT
+	// sent on (a ClusterIP on kube-ipvs0, an OUTPUT DNAT): the address is
+	// checked as any other. Without it such an address fails undialed.
+	DialOwn func(ctx context.Context, addr netip.AddrPort, listener string) (c net.Conn, loop bool, err error)
 
 	wg     sync.WaitGroup
 	cancel context.CancelFunc

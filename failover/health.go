@@ -187,11 +187,6 @@ func (s *Server) checkAddr(ctx context.Context, a netip.Addr) (dialed bool, err 
 	ctx, cancel := context.WithTimeout(ctx, s.backend.Config.Health.Timeout.Duration)
 	defer cancel()
 	ap := netip.AddrPortFrom(a, s.port)
-	if l := s.backend.ownListener(ap); l != "" {
-		// The proxy itself, not a database: not dialed, or the listener
-		// would take the check for an app and its session dial itself.
-		return false, fmt.Errorf("%s is listener %q, %w", ap, l, ErrOwnListener)
-	}
 	addr := ap.String()
 	c, err := s.dialCheck(ctx, addr)
 	if err != nil {
@@ -236,9 +231,29 @@ func (s *Server) CheckRTT() (rtt time.Duration, at time.Time, ok bool) {
 // (send_proxy_protocol) it opens with a LOCAL one: "this connection is the
 // proxy's own", so a downstream tnsguard or HAProxy accepts it instead of
 // refusing it for a missing header.
+//
+// An address that is a listener of this tnsguard whose sessions dial this
+// backend (ownListener) is the proxy itself, not a database: it fails
+// (ErrOwnListener) undialed, or dialed as the proxy's own (DialOwn), so
+// that the listener does not take the check for an app whose session
+// dials itself. DialOwn tells it from an address that this host's NAT
+// sends to a database, which is checked.
 func (s *Server) dialCheck(ctx context.Context, addr string) (net.Conn, error) {
-	var d net.Dialer
-	c, err := d.DialContext(ctx, "tcp", addr)
+	var c net.Conn
+	var err error
+	ap, _ := netip.ParseAddrPort(addr) // invalid for a name: no listener's
+	if l := s.backend.ownListener(ap); l != "" {
+		loop := true
+		if s.backend.DialOwn != nil {
+			c, loop, err = s.backend.DialOwn(ctx, ap, l)
+		}
+		if err == nil && loop {
+			err = fmt.Errorf("%s is listener %q, %w", ap, l, ErrOwnListener)
+		}
+	} else {
+		var d net.Dialer
+		c, err = d.DialContext(ctx, "tcp", addr)
+	}
 	if err != nil {
 		return nil, err
 	}

@@ -176,6 +176,7 @@ func (p *Proxy) apply(cfg *config.Config) error {
 		}
 		b := failover.New(bc, p.log.Named("failover"), p.metrics)
 		b.OwnListener = p.selfDials.ownListener(bc.Name)
+		b.DialOwn = p.selfDials.checkDial
 		backends[bc.Name] = b
 		fresh = append(fresh, b)
 	}

@@ -1,12 +1,17 @@
 package proxy
 
 import (
+	"cmp"
+	"context"
 	"net"
 	"net/netip"
 	"slices"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // selfDials remembers tnsguard's own recent dials to its own listeners,
@@ -187,6 +192,13 @@ func (d *selfDials) add(c *net.TCPConn, chain []string, listener string) (loop [
 	if chain == nil {
 		chain = []string{listener}
 	}
+	loop = wayRound(chain, to)
+	// The addresses alone cannot tell a loop from a dial that this host's
+	// own NAT sent to another host (an iptables OUTPUT DNAT, a ClusterIP
+	// that kube-proxy's IPVS mode put on kube-ipvs0, with hostNetwork):
+	// the accepted side of a loop is a socket here, from the SYN on.
+	// Asked outside the lock, and only for a loop.
+	elsewhere := loop != nil && !acceptedHere(local, remote)
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	d.ageLocked()
@@ -195,11 +207,14 @@ func (d *selfDials) add(c *net.TCPConn, chain []string, listener string) (loop [
 	if d.cur[k] == nil {
 		d.n.Add(1)
 	}
+	// Noted even when NAT took it elsewhere: should the lookup ever miss
+	// an accepted side, the listener still finds the dial (ours) and
+	// resets it, and the session ends at that reset (cameBack).
 	d.cur[k] = &selfDial{chain: chain}
-	if loop := wayRound(chain, to); loop != nil {
-		return loop, old != nil && old.counted
+	if loop == nil || elsewhere && (old == nil || old.back == nil) {
+		return nil, false
 	}
-	return nil, false
+	return loop, old != nil && old.counted
 }
 
 // wayRound is chain with to last when to is in chain (a loop), else nil.
@@ -250,6 +265,11 @@ func (d *selfDials) ours(c *net.TCPConn, listener string) (chain []string, loop 
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	sd := d.noteLocked(dialKey{remote, local})
+	if sd == nil {
+		// A health check's dial, noted by its port before its connect
+		// (checkDial).
+		sd = d.noteLocked(dialKey{netip.AddrPortFrom(unspecified(remote.Addr()), remote.Port()), local})
+	}
 	if sd == nil {
 		return nil, false
 	}
@@ -329,4 +349,84 @@ func (d *selfDials) noteLocked(k dialKey) *selfDial {
 		return sd
 	}
 	return d.prev[k]
+}
+
+// checkDial is failover.Backend.DialOwn: a health check's connection to
+// dst, an address that ownListener took for listener, which this host's
+// own NAT may send to a database on another host (a ClusterIP on
+// kube-ipvs0, an OUTPUT DNAT). Its socket is bound to a port of its own
+// and noted before its connect, so that the listener, if the connection
+// reaches it, resets it as the proxy's own dial, counting nothing (ours).
+// loop tells that it reached this host's listener (the connection is
+// closed then): its accepted side is a socket here, or the listener has
+// already found and reset it.
+func (d *selfDials) checkDial(ctx context.Context, dst netip.AddrPort, listener string) (c net.Conn, loop bool, err error) {
+	dst = netip.AddrPortFrom(dst.Addr().Unmap(), dst.Port())
+	var note *selfDial
+	dialer := net.Dialer{Control: func(network, _ string, rc syscall.RawConn) error {
+		var port int
+		var err error
+		cerr := rc.Control(func(fd uintptr) {
+			var sa unix.Sockaddr = &unix.SockaddrInet4{}
+			if network == "tcp6" {
+				sa = &unix.SockaddrInet6{}
+			}
+			if err = unix.Bind(int(fd), sa); err != nil {
+				return
+			}
+			sa, err = unix.Getsockname(int(fd))
+			switch a := sa.(type) {
+			case *unix.SockaddrInet4:
+				port = a.Port
+			case *unix.SockaddrInet6:
+				port = a.Port
+			}
+		})
+		if err = cmp.Or(cerr, err); err != nil {
+			return err
+		}
+		note = d.noteCheck(netip.AddrPortFrom(unspecified(dst.Addr()), uint16(port)), dst, listener)
+		return nil
+	}}
+	conn, err := dialer.DialContext(ctx, "tcp", dst.String())
+	if err != nil {
+		return nil, false, err
+	}
+	tc := conn.(*net.TCPConn)
+	loop = acceptedHere(addrPortOf(tc.LocalAddr()), addrPortOf(tc.RemoteAddr()))
+	if !loop {
+		d.mu.Lock()
+		loop = note.back != nil // reset by the listener before the lookup
+		d.mu.Unlock()
+	}
+	if loop {
+		tc.SetLinger(0)
+		tc.Close()
+		return nil, true, nil
+	}
+	return conn, false, nil
+}
+
+// noteCheck notes a health check's dial to dst from port local (its
+// address unspecified: the kernel picks it at connect) as a dial of
+// listener's, and returns the note.
+func (d *selfDials) noteCheck(local, dst netip.AddrPort, listener string) *selfDial {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.ageLocked()
+	k := dialKey{local, dst}
+	if d.cur[k] == nil {
+		d.n.Add(1)
+	}
+	sd := &selfDial{chain: []string{listener}}
+	d.cur[k] = sd
+	return sd
+}
+
+// unspecified is the unspecified address of a's family.
+func unspecified(a netip.Addr) netip.Addr {
+	if a.Is4() {
+		return netip.IPv4Unspecified()
+	}
+	return netip.IPv6Unspecified()
 }

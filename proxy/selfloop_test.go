@@ -12,6 +12,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	dto "github.com/prometheus/client_model/go"
+	"golang.org/x/sys/unix"
 
 	"github.com/tnsguard/tnsguard/metrics"
 	"github.com/tnsguard/tnsguard/test/loopback"
@@ -631,5 +632,37 @@ func TestLoopDialResetBeforeConnectIsNoServerFailure(t *testing.T) {
 	}
 	if n := counter(h.m.SessionsRejected, "l", "self_dial"); n < apps {
 		t.Errorf("%v self_dial rejections for %d apps, want one for each at least", n, apps)
+	}
+}
+
+// sock_diag's exact lookup of a connection that does not exist answers
+// with the listening socket on its port (seen on Linux 6.18): taken for the
+// accepted side of a loop, it made every dial that this host's NAT sends to
+// a database a loop again (TestLabServerBehindTheHostsOwnNATIsNoLoop in
+// test/lab). A connection's two ends are found, and a dial whose other end
+// is a listener's accepted socket is one that reached this host.
+func TestSockDiagTellsAConnectionFromAListener(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	c, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	local, remote := addrPortOf(c.LocalAddr()), addrPortOf(c.RemoteAddr())
+	if !acceptedHere(local, remote) {
+		t.Errorf("a dial to a listener of this host (not yet accepted): its other end not found")
+	}
+	fd, err := unix.Socket(unix.AF_NETLINK, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, unix.NETLINK_SOCK_DIAG)
+	if err != nil {
+		t.Skipf("no sock_diag here: %v", err)
+	}
+	defer unix.Close(fd)
+	none := netip.AddrPortFrom(local.Addr(), 1) // no connection from there
+	if found, err := tcpSocketAt(fd, remote, none); err != nil || found {
+		t.Errorf("a connection from %v to the listener %v that does not exist: found %v, %v; want not found", none, remote, found, err)
 	}
 }

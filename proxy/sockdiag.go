@@ -1,0 +1,120 @@
+package proxy
+
+import (
+	"encoding/binary"
+	"errors"
+	"net/netip"
+
+	"golang.org/x/sys/unix"
+)
+
+// acceptedHere tells whether a dial from local to remote, both this
+// host's, reached a socket of this host: whether the kernel holds a TCP
+// socket whose local address is remote and whose remote is local (the
+// accepted side, from the SYN on: a request socket until the handshake
+// ends). A connection that this host's own NAT (an iptables OUTPUT DNAT,
+// kube-proxy's IPVS on kube-ipvs0) sent to another host has no such socket
+// here, though both its addresses are this host's. It asks sock_diag
+// (NETLINK_SOCK_DIAG, inet_diag) for both ends by their exact addresses:
+// the dial's own socket first, which exists, so that a kernel or a sandbox
+// where sock_diag does not answer (no inet_diag, a seccomp filter) says
+// "yes", a loop, as the addresses alone did before. A netlink socket and
+// two lookups (six system calls), only for a dial that the addresses alone
+// took for a loop.
+func acceptedHere(local, remote netip.AddrPort) bool {
+	local = netip.AddrPortFrom(local.Addr().Unmap(), local.Port())
+	remote = netip.AddrPortFrom(remote.Addr().Unmap(), remote.Port())
+	fd, err := unix.Socket(unix.AF_NETLINK, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, unix.NETLINK_SOCK_DIAG)
+	if err != nil {
+		return true
+	}
+	defer unix.Close(fd)
+	if found, err := tcpSocketAt(fd, local, remote); err != nil || !found {
+		return true // sock_diag cannot see the dial itself: it cannot tell
+	}
+	found, err := tcpSocketAt(fd, remote, local)
+	return err != nil || found
+}
+
+// tcpSocketAt asks sock_diag on fd for the TCP socket whose local address
+// is local and whose peer is remote. An exact lookup that finds no such
+// connection may answer with the listening socket on local's port (the
+// kernel's lookup falls back to a listener, as for a SYN): that is no
+// connection, nor is a TIME_WAIT left by an earlier one.
+func tcpSocketAt(fd int, local, remote netip.AddrPort) (bool, error) {
+	const (
+		inetDiagReqV2 = 56 // struct inet_diag_req_v2
+		inetDiagMsg   = 72 // struct inet_diag_msg
+		tcpTimeWait   = 6
+		tcpListen     = 10
+	)
+	family := uint8(unix.AF_INET6)
+	if local.Addr().Is4() {
+		family = unix.AF_INET
+	}
+	req := make([]byte, unix.SizeofNlMsghdr+inetDiagReqV2)
+	ne := binary.NativeEndian
+	ne.PutUint32(req[0:], uint32(len(req)))
+	ne.PutUint16(req[4:], unix.SOCK_DIAG_BY_FAMILY)
+	ne.PutUint16(req[6:], unix.NLM_F_REQUEST)
+	ne.PutUint32(req[8:], 1) // seq
+	r := req[unix.SizeofNlMsghdr:]
+	r[0], r[1] = family, unix.IPPROTO_TCP
+	ne.PutUint32(r[4:], 0xffffffff) // every state
+	id := r[8:]
+	binary.BigEndian.PutUint16(id[0:], local.Port())
+	binary.BigEndian.PutUint16(id[2:], remote.Port())
+	src, dst := local.Addr().As16(), remote.Addr().As16()
+	if family == unix.AF_INET {
+		a, b := local.Addr().As4(), remote.Addr().As4()
+		copy(src[:], a[:])
+		copy(dst[:], b[:])
+		clear(src[4:])
+		clear(dst[4:])
+	}
+	copy(id[4:20], src[:])
+	copy(id[20:36], dst[:])
+	ne.PutUint32(id[40:], 0xffffffff) // INET_DIAG_NOCOOKIE
+	ne.PutUint32(id[44:], 0xffffffff)
+	if err := unix.Sendto(fd, req, 0, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {
+		return false, err
+	}
+	buf := make([]byte, 4096)
+	n, _, err := unix.Recvfrom(fd, buf, 0)
+	if err != nil {
+		return false, err
+	}
+	if n < unix.SizeofNlMsghdr || int(ne.Uint32(buf)) > n || ne.Uint32(buf) < unix.SizeofNlMsghdr {
+		return false, errors.New("sock_diag: short answer")
+	}
+	d := buf[unix.SizeofNlMsghdr:ne.Uint32(buf)]
+	switch ne.Uint16(buf[4:]) {
+	case unix.NLMSG_ERROR:
+		if len(d) < 4 {
+			return false, errors.New("sock_diag: short error")
+		}
+		if e := unix.Errno(-int32(ne.Uint32(d))); e != unix.ENOENT {
+			return false, e
+		}
+		return false, nil // no socket (or no inet_diag: the dial's own lookup tells)
+	case unix.SOCK_DIAG_BY_FAMILY:
+		if len(d) < inetDiagMsg {
+			return false, errors.New("sock_diag: short answer")
+		}
+		state, got := d[1], d[4:]
+		// A socket of a dual-stack listener answers in AF_INET6, its
+		// IPv4 addresses mapped.
+		gotLocal := netip.AddrPortFrom(diagAddr(d[0], got[4:20]), binary.BigEndian.Uint16(got[0:]))
+		gotRemote := netip.AddrPortFrom(diagAddr(d[0], got[20:36]), binary.BigEndian.Uint16(got[2:]))
+		return gotLocal == local && gotRemote == remote && state != tcpListen && state != tcpTimeWait, nil
+	}
+	return false, errors.New("sock_diag: unexpected answer")
+}
+
+// diagAddr is an address of an inet_diag_sockid, unmapped.
+func diagAddr(family uint8, b []byte) netip.Addr {
+	if family == unix.AF_INET {
+		return netip.AddrFrom4([4]byte(b[:4]))
+	}
+	return netip.AddrFrom16([16]byte(b)).Unmap()
+}
