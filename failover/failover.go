@@ -87,6 +87,10 @@ type Backend struct {
 	// checked as any other. Without it such an address fails undialed.
 	DialOwn func(ctx context.Context, addr netip.AddrPort, listener string) (c net.Conn, loop bool, err error)
 
+	// refusals are the servers that refused a service lately (refusals.go),
+	// shared with the backend a reload replaced (Inherit).
+	refusals *refusals
+
 	wg     sync.WaitGroup
 	cancel context.CancelFunc
 	// Between Start and Stop the backend owns its servers' gauges. A
@@ -153,7 +157,7 @@ func New(cfg *config.Backend, log hclog.Logger, m *metrics.Metrics) *Backend {
 	ka := cfg.Keepalive.Settings()
 	b := &Backend{Config: cfg, log: log.With("backend", cfg.Name), metrics: m, KeepaliveLate: ka.Late(),
 		dialer: net.Dialer{Timeout: cfg.ConnectTimeout.Duration, KeepAlive: -1},
-		lookup: lookupAddrs}
+		lookup: lookupAddrs, refusals: &refusals{}}
 	b.dialer.SetMultipathTCP(false) // plain TCP whatever GODEBUG says: MPTCP takes no TCP_USER_TIMEOUT
 	if !b.KeepaliveLate {
 		b.dialer.Control = ka.Control
@@ -184,7 +188,11 @@ func New(cfg *config.Backend, log hclog.Logger, m *metrics.Metrics) *Backend {
 //     starts it (down until its first check, or up with checks off);
 //   - with checks off in both, the last dial's result, and when it failed;
 //   - with tnsping in both, its listener's version, whose series a new
-//     one replaces (with tnsping off, the series is gone: forgetRemoved).
+//     one replaces (with tnsping off, the series is gone: forgetRemoved);
+//   - the services it refused lately (RefusedService): a reload does not
+//     send every session of a service back to the old primary that
+//     refuses it. The memory is shared with old, whose sessions still
+//     opening add to it; the refusals of servers b lacks are dropped.
 //
 // The weighted rotation goes on where it was, too: begun again at each
 // reload, it gave the first server more than its share when reloads came
@@ -193,6 +201,12 @@ func New(cfg *config.Backend, log hclog.Logger, m *metrics.Metrics) *Backend {
 // Before Start.
 func (b *Backend) Inherit(old *Backend) {
 	b.rr.Store(old.rr.Load())
+	b.refusals = old.refusals
+	addrs := make([]string, len(b.Servers))
+	for i, s := range b.Servers {
+		addrs[i] = s.Address
+	}
+	b.refusals.keepOnly(addrs)
 	checks, oldChecks := b.Config.Health.Check != "off", old.Config.Health.Check != "off"
 	tnsping := b.Config.Health.Check == "tnsping" && old.Config.Health.Check == "tnsping"
 	for _, s := range b.Servers {
@@ -910,6 +924,7 @@ type Plan struct {
 	looped     map[*Server][]netip.Addr // addresses of each server whose dial came back to the proxy (Looped)
 	opening    *Server                  // the server Next returned last, counted as opening until the next Next or Done
 	epoch      uint64                   // the breaker epoch of the server Next returned last, read before it was allowed (Succeeded)
+	service    string                   // the service the session asks for, "" while unknown (ForService)
 }
 
 // Refused tells the plan that s refused this session (a listener's REFUSE).
@@ -951,7 +966,9 @@ func (p *Plan) Trial() Trial { return p.trial }
 // Deadline is when the session's connect budget ends.
 func (p *Plan) Deadline() time.Time { return p.deadline }
 
-// Next returns the next server to dial. When a round is over it pauses
+// Next returns the next server to dial. Within a round, servers that
+// lately refused the plan's service (ForService, Server.RefusedService) go
+// after the others. When a round is over it pauses
 // before the next: a pause drawn from [backoff/2, backoff), backoff doubling
 // each round up to backoff_max. A pause that would outlast the budget is cut
 // short so that one last round still runs just before the deadline (if at
@@ -1003,6 +1020,7 @@ func (p *Plan) Next(ctx context.Context) (*Server, error) {
 		p.rounds++
 		now := time.Now()
 		p.queue, p.lastResort = p.b.order(now)
+		p.queue = p.b.refusals.last(p.queue, p.service, now) // servers that refused the service lately go last
 		if !p.lastResort && (p.allRefused(p.queue) || p.b.Config.Health.Check != "off" && allDown(p.queue)) {
 			if open := p.b.openCircuits(now, p.bypassed); len(open) > 0 {
 				if p.bypassed == nil {

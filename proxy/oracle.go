@@ -365,31 +365,17 @@ func serviceBackends(l *config.Listener) map[string]string {
 }
 
 // route waits, on a listener with routes, until the app's CONNECT is in
-// hand (or the app stops, or connect_budget passes, or the opening outgrows
-// replay_bytes: its service cannot be read, and it goes to the default
-// route), then gives the session the backend its service routes to. An
-// opening still unfinished when connect_budget passed ends the session
-// (ErrBadOpening): the budget is spent, and no listener could answer it.
+// hand (waitForConnect), then gives the session the backend its service
+// routes to. An opening still unfinished when connect_budget passed ends
+// the session (ErrBadOpening): the budget is spent, and no listener could
+// answer it.
 func (s *session) route() error {
 	cfg := s.lcfg
 	if len(cfg.Routes) == 0 {
 		return nil
 	}
-	timer := time.AfterFunc(s.backend.Config.ConnectBudget.Duration, func() {
-		s.mu.Lock()
-		s.routeWaitOver = true
-		s.cond.Broadcast()
-		s.mu.Unlock()
-	})
-	defer timer.Stop()
+	name := s.waitForConnect()
 	s.mu.Lock()
-	s.noteConnectLocked()
-	for !s.connectSeen && !s.routeWaitOver && !s.clientEOF && s.clientErr == nil && s.ctx.Err() == nil &&
-		len(s.replay) < *s.backend.Config.ReplayBytes && !s.replayHeld && (len(s.replay) < tns.HeaderLen || s.looksLikeTNSLocked()) {
-		s.cond.Wait()
-		s.noteConnectLocked()
-	}
-	name := s.serviceName
 	stuck := s.routeWaitOver && !s.connectSeen && s.openingUnfinishedLocked(true)
 	// An app that sent nothing at all named no service: no server was
 	// dialed for it, and none failed (it is no no_backend).
@@ -407,6 +393,126 @@ func (s *session) route() error {
 		s.switchBackend(b)
 	}
 	return nil
+}
+
+// waitForConnect waits until the app's CONNECT is in hand and returns its
+// service name, or until the app stops, or connect_budget passes
+// (routeWaitOver), or the opening outgrows replay_bytes or turns out not to
+// be TNS (a TLS ClientHello, say): then its service cannot be read, and it
+// is "".
+func (s *session) waitForConnect() string {
+	timer := time.AfterFunc(s.backend.Config.ConnectBudget.Duration, func() {
+		s.mu.Lock()
+		s.routeWaitOver = true
+		s.cond.Broadcast()
+		s.mu.Unlock()
+	})
+	defer timer.Stop()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.noteConnectLocked()
+	for !s.connectSeen && !s.routeWaitOver && !s.clientEOF && s.clientErr == nil && s.ctx.Err() == nil &&
+		len(s.replay) < *s.backend.Config.ReplayBytes && !s.replayHeld && (len(s.replay) < tns.HeaderLen || s.looksLikeTNSLocked()) {
+		s.cond.Wait()
+		s.noteConnectLocked()
+	}
+	return s.serviceName
+}
+
+// serviceFirst is the service the session asks for, in the spelling the
+// backend's memory of service refusals keys it by (serviceKey), when that
+// memory may reorder its plan; and when the session's connect_budget
+// begins. On a listener without routes, which dials before the CONNECT
+// comes, the session then waits for the CONNECT as route does, so that a
+// server that refused the service lately (the old primary after a
+// switchover) is not dialed first. The wait is the app's: the budget
+// begins when the app spoke (at once, for a driver), and at the wait's end
+// for an app that has sent nothing yet, which is dialed then, as before.
+// An opening still unfinished at the wait's end ends the session
+// (ErrBadOpening), as on a listener with routes: no listener could answer
+// it. A backend with no live refusal costs nothing: no wait, "" at once,
+// and the budget begins at began.
+func (s *session) serviceFirst(began time.Time) (string, time.Time, error) {
+	if !s.backend.ServiceRefusalsLive(time.Now()) {
+		return "", began, nil
+	}
+	if len(s.lcfg.Routes) > 0 {
+		return serviceKey(s.serviceName), began, nil // route waited for it
+	}
+	name := serviceKey(s.waitForConnect())
+	s.mu.Lock()
+	stuck := s.routeWaitOver && !s.connectSeen && len(s.replay) > 0 && s.openingUnfinishedLocked(true)
+	s.mu.Unlock()
+	if stuck {
+		err := fmt.Errorf("%w: not complete within connect_budget", ErrBadOpening)
+		s.abort(SideClient, PhaseOpening, err, "reset", nil)
+		return "", began, err
+	}
+	if at := s.spokeAt.Load(); at == 0 {
+		began = time.Now()
+	} else if spoke := time.Unix(0, at); spoke.After(began) {
+		began = spoke
+	}
+	return name, began, nil
+}
+
+// serviceKey is name in the one spelling of every name sameService takes
+// for the same (ASCII letters in lower case): the key of the backend's
+// memory of service refusals. A name longer than maxRememberedService is
+// "": none is remembered for it (256 entries of 64 KiB names would be
+// 16 MiB per backend, and no listener registers such a name).
+func serviceKey(name string) string {
+	if len(name) > maxRememberedService {
+		return ""
+	}
+	for i := 0; i < len(name); i++ {
+		if 'A' <= name[i] && name[i] <= 'Z' {
+			b := []byte(name)
+			for j := i; j < len(b); j++ {
+				if 'A' <= b[j] && b[j] <= 'Z' {
+					b[j] += 'a' - 'A'
+				}
+			}
+			return string(b)
+		}
+	}
+	return name
+}
+
+// maxRememberedService bounds the service names the memory of service
+// refusals keeps (serviceKey).
+const maxRememberedService = 255
+
+// serviceRefused notes that srv refused the session's service (a listener
+// that does not offer it, serviceRefusal): new sessions for it try srv
+// after the other servers for a while (failover.Server.RefusedService),
+// and so do this session's later rounds (plan). The first time, a line
+// says so (within the listener's log budget: the services are the apps').
+// It returns the service's key ("" for none read).
+func (s *session) serviceRefused(srv *failover.Server, plan *failover.Plan) string {
+	s.noteConnect() // the REFUSE answered it: it is here
+	key := serviceKey(s.serviceName)
+	if key == "" {
+		return ""
+	}
+	plan.ForService(key)
+	if d := srv.RefusedService(key); d > 0 && s.l.takeLogLine("service-refused") {
+		s.logger().Info("server refused service: new sessions for it try this server last", "server", srv.Address, "for", d.String())
+	}
+	return key
+}
+
+// servedService tells srv's backend that srv took the session for its
+// service (its first answer, first, is no REFUSE): a refusal of the
+// service it gave before is forgotten. Only the session's own goroutine
+// calls it, after noteConnectLocked read the CONNECT.
+func (s *session) servedService(srv *failover.Server, first []byte) {
+	if !s.backend.ServiceRefusalsKept() || len(first) >= tns.HeaderLen && tns.PacketType(first[4]) == tns.TypeRefuse {
+		return // nothing to forget; or a REFUSE passed on (a code not in refuse_errors): not served
+	}
+	if key := serviceKey(s.serviceName); key != "" {
+		srv.ServedService(key)
+	}
 }
 
 // inspectFirst reads the rest of the backend's first TNS packet (buf holds

@@ -112,7 +112,7 @@ type session struct {
 	refusedApp    int              // the ORA code of the REFUSE written to the app (deliverRefuse), else 0: its leg ends with a FIN, not a reset
 	serviceName   string           // SERVICE_NAME or SID, as the app wrote it
 	serviceShown  string           // serviceName as logs and /api/resets show it (shownText)
-	routeWaitOver bool             // routing stopped waiting for the CONNECT
+	routeWaitOver bool             // waitForConnect (routing, or a backend's remembered service refusal) stopped waiting for the CONNECT at connect_budget
 	resendOwed    bool             // a listener's RESEND reached the app: it owes its CONNECT again (until noteConnectLocked reads it whole)
 	openingSent   bool             // some backend connection took opening bytes (else they went nowhere); here, where a bool costs no padding (TestSessionFitsItsSizeClass)
 	resendAt      time.Time        // when the last RESEND reached the app
@@ -262,8 +262,13 @@ func (s *session) open() error {
 			s.in.chain = append(slices.Clip(chain), s.l.name)
 		}
 	}
+	service, start, err := s.serviceFirst(began) // "" unless a server refused a service lately
+	if err != nil {
+		return err
+	}
 	cfg := s.backend.Config
-	plan := s.backend.NewPlan(began)
+	plan := s.backend.NewPlan(start)
+	plan.ForService(service)
 	defer func() { plan.Done() }() // the server it dials counts for least_sessions until it has answered (then as a session) or failed; plan may be replaced below
 	var attempts []string
 	var lastErr error
@@ -283,7 +288,8 @@ func (s *session) open() error {
 		}
 		plan.Done()
 		s.switchBackend(b)
-		cfg, plan = b.Config, b.NewPlan(began)
+		cfg, plan = b.Config, b.NewPlan(start)
+		plan.ForService(service)
 		return true
 	}
 	for {
@@ -438,6 +444,11 @@ func (s *session) open() error {
 		attempts = append(attempts, fmt.Sprintf("%s: %v", srv.Address, err))
 		if re := (*refusedError)(nil); errors.As(err, &re) {
 			plan.RefusedBy(srv, err, serviceRefusal(re.code))
+			if serviceRefusal(re.code) {
+				if key := s.serviceRefused(srv, plan); key != "" {
+					service = key // for a plan a reload makes anew too
+				}
+			}
 		} else if budgetCut(err, plan, left, cfg, slices.Contains(refusedBy, srv)) {
 			srv.Abandoned(plan.Trial())
 		} else {
@@ -1070,6 +1081,7 @@ func (s *session) establish(first []byte, srv *failover.Server, plan *failover.P
 	s.series.bytesUp.Add(float64(s.openingUp)) // the opening's bytes, counted now that the backend is known
 	s.openingUp = 0
 	s.mu.Unlock()
+	s.servedService(srv, first)
 	plan.Succeeded(srv)
 	srv.Acquire()
 	s.series.wait.Observe(time.Since(s.start).Seconds())

@@ -75,6 +75,7 @@ type Config struct {
 	RedirectData string
 	// Services, when set, are the registered services: CONNECTs for any
 	// other SERVICE_NAME or SID are refused with ERR=12514 whatever the Mode.
+	// SetServices changes them while the listener runs.
 	Services []string
 	// Garbage is what Garbage mode sends; empty means DefaultGarbage.
 	Garbage []byte
@@ -93,6 +94,7 @@ type Listener struct {
 
 	mu       sync.Mutex
 	closed   bool
+	services []string // Config.Services, or what SetServices set since
 	conns    map[net.Conn]struct{}
 	accepted int
 	connects [][]byte
@@ -117,7 +119,7 @@ func NewOn(tb testing.TB, ln net.Listener, cfg Config) *Listener {
 		ln.Close()
 		tb.Fatal("tnstest: Redirect mode needs RedirectTo")
 	}
-	l := &Listener{cfg: cfg, ln: ln, conns: make(map[net.Conn]struct{})}
+	l := &Listener{cfg: cfg, ln: ln, services: slices.Clone(cfg.Services), conns: make(map[net.Conn]struct{})}
 	l.wg.Add(1)
 	go l.acceptLoop()
 	tb.Cleanup(func() { _ = l.Close() })
@@ -139,6 +141,15 @@ func (l *Listener) Connects() [][]byte {
 		out[i] = slices.Clone(c)
 	}
 	return out
+}
+
+// SetServices replaces the registered services (Config.Services) for the
+// CONNECTs that come from now on: a switchover that moves a service to
+// this listener's database, or away from it.
+func (l *Listener) SetServices(services ...string) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.services = slices.Clone(services)
 }
 
 // Accepted returns how many TCP connections the listener accepted.
@@ -266,7 +277,7 @@ func (l *Listener) answer(c *net.TCPConn, info tns.ConnectInfo) {
 		}
 		return
 	}
-	if len(l.cfg.Services) > 0 && !l.registered(d) {
+	if !l.registered(d) {
 		l.write(c, l.refuse(refuseText(vsn, 12514)))
 		return
 	}
@@ -300,8 +311,16 @@ func (l *Listener) answer(c *net.TCPConn, info tns.ConnectInfo) {
 	}
 }
 
+// registered tells whether d asks for a registered service (any, when no
+// Services are set).
 func (l *Listener) registered(d tns.Description) bool {
-	for _, s := range l.cfg.Services {
+	l.mu.Lock()
+	services := l.services
+	l.mu.Unlock()
+	if len(services) == 0 {
+		return true
+	}
+	for _, s := range services {
 		if (d.ServiceName() != "" && strings.EqualFold(s, d.ServiceName())) || (d.SID() != "" && strings.EqualFold(s, d.SID())) {
 			return true
 		}

@@ -1,0 +1,116 @@
+package failover
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"testing"
+	"time"
+)
+
+// planOrder is the servers a new plan for service tries in its first
+// round.
+func planOrder(t *testing.T, b *Backend, service string) []string {
+	t.Helper()
+	p := b.NewPlan(time.Now())
+	p.ForService(service)
+	defer p.Done()
+	var out []string
+	for {
+		s, err := p.Next(context.Background())
+		if err != nil {
+			t.Fatal(err)
+		}
+		out = append(out, s.Address)
+		if len(p.queue) == 0 {
+			return out
+		}
+	}
+}
+
+// A server that refused a service goes last for that service only, for
+// open_for; a repeat after that doubles the time; serving it clears it.
+func TestRefusedServiceGoesLastForThatService(t *testing.T) {
+	b := primaryAndStandby(t, "")
+	primary := b.Servers[0]
+	if d := primary.RefusedService("sales"); d != time.Hour {
+		t.Fatalf("a new refusal is remembered for %v, want open_for (1h)", d)
+	}
+	if d := primary.RefusedService("sales"); d != 0 {
+		t.Errorf("a refusal while remembered is said new again (%v): it would be logged per session", d)
+	}
+	if got := planOrder(t, b, "sales"); !slices.Equal(got, []string{"s:1", "a:1"}) {
+		t.Errorf("for sales: %v, want the standby first", got)
+	}
+	if got := planOrder(t, b, "orders"); !slices.Equal(got, []string{"a:1", "s:1"}) {
+		t.Errorf("for another service: %v, want the priority order", got)
+	}
+	if got := planOrder(t, b, ""); !slices.Equal(got, []string{"a:1", "s:1"}) {
+		t.Errorf("for no service read: %v, want the priority order", got)
+	}
+	primary.ServedService("sales")
+	if got := planOrder(t, b, "sales"); !slices.Equal(got, []string{"a:1", "s:1"}) {
+		t.Errorf("after the primary served sales: %v, want it first again", got)
+	}
+	if b.ServiceRefusalsLive(time.Now()) || b.ServiceRefusalsKept() {
+		t.Errorf("no refusal left, yet sessions would wait for their service")
+	}
+}
+
+func TestRefusedServiceDoublesAfterItsTime(t *testing.T) {
+	r := &refusals{}
+	now := time.Now()
+	if d := r.remember("a:1", "sales", now, time.Second, 3*time.Second); d != time.Second {
+		t.Fatalf("first: %v", d)
+	}
+	now = now.Add(1500 * time.Millisecond) // over: the next refusal doubles it
+	r.remember("a:1", "sales", now, time.Second, 3*time.Second)
+	if e := r.entries[refusalKey{"a:1", "sales"}]; e.lifetime != 2*time.Second || !e.until.Equal(now.Add(2*time.Second)) {
+		t.Errorf("after a repeat: lifetime %v, until +%v; want 2s", e.lifetime, e.until.Sub(now))
+	}
+	now = now.Add(2500 * time.Millisecond)
+	r.remember("a:1", "sales", now, time.Second, 3*time.Second)
+	if e := r.entries[refusalKey{"a:1", "sales"}]; e.lifetime != 3*time.Second {
+		t.Errorf("after a second repeat: lifetime %v, want max_open_for (3s)", e.lifetime)
+	}
+	if !r.live(now) || r.live(now.Add(3*time.Second)) {
+		t.Errorf("live until the entry's end only")
+	}
+}
+
+// Service names come from the network: a flood of made-up names keeps the
+// memory at maxRefusals entries, and an entry that sessions consult (the
+// switchover's) outlives the flood.
+func TestRefusalMemoryIsBounded(t *testing.T) {
+	b := primaryAndStandby(t, "")
+	primary := b.Servers[0]
+	primary.RefusedService("sales")
+	for i := range 3 * maxRefusals {
+		primary.RefusedService(fmt.Sprintf("junk%d", i))
+		if i%16 == 0 {
+			planOrder(t, b, "sales") // the real service's sessions go on
+		}
+	}
+	if n := len(b.refusals.entries); n > maxRefusals || int(b.refusals.n.Load()) != n {
+		t.Errorf("%d entries (count %d), want at most %d", n, b.refusals.n.Load(), maxRefusals)
+	}
+	if got := planOrder(t, b, "sales"); got[0] != "s:1" {
+		t.Errorf("after the flood, sales: %v; its refusal was pushed out", got)
+	}
+}
+
+// A reload shares the memory with the backend it replaces, without the
+// servers it removed.
+func TestInheritCarriesRefusalsByAddress(t *testing.T) {
+	old := primaryAndStandby(t, "")
+	old.Servers[0].RefusedService("sales")
+	old.Servers[1].RefusedService("orders")
+	b := testBackend(t, servers(`address = "a:1"`, `address = "c:1";priority = 1`))
+	b.Inherit(old)
+	if got := planOrder(t, b, "sales"); !slices.Equal(got, []string{"c:1", "a:1"}) {
+		t.Errorf("after the reload, sales: %v; want a:1 last still", got)
+	}
+	if _, ok := b.refusals.entries[refusalKey{"s:1", "orders"}]; ok {
+		t.Errorf("the refusal of a removed server is kept")
+	}
+}
