@@ -1518,6 +1518,89 @@ connect_timeout = "1ns"
 	}
 }
 
+// breaker.open_for = "1ns" loaded without a word. With health checks off,
+// open_for is how long a server whose dial failed goes after the others,
+// and nothing else keeps sessions off it: with a filtered server first,
+// failures = 0 and connect_timeout 1s, every session (293 of 293, one every
+// 50 ms) waited 1s on it, against one in seven with "10s". It still serves
+// every session, so it is a warning, at the line of open_for; with checks
+// on (they mark the server down) or open_for of connect_timeout or more,
+// nothing is said.
+func TestBreakerOpenForUnderConnectTimeoutWithChecksOffWarns(t *testing.T) {
+	text := `[[listener]]
+name = "orders"
+listen = "127.0.0.1:1522"
+backend = "orders"
+[[backend]]
+name = "orders"
+connect_timeout = "1s"
+  [backend.health]
+  check = "CHECK"
+  [backend.breaker]
+  failures = 0
+  open_for = "OPEN"
+  [[backend.server]]
+  address = "10.0.0.1:1521"
+`
+	for _, tc := range []struct {
+		check, open string
+		want        string
+	}{
+		{"off", "1ns", `w.toml: backend "orders": breaker.open_for 1ns is shorter than connect_timeout (1s): with health.check = "off" a server whose dial failed goes after the others only for open_for, so sessions dial a server that is down again before a dial to it can time out, and most of them wait connect_timeout on it (line 12)`},
+		{"off", "999ms", `w.toml: backend "orders": breaker.open_for 999ms is shorter than connect_timeout (1s): with health.check = "off" a server whose dial failed goes after the others only for open_for, so sessions dial a server that is down again before a dial to it can time out, and most of them wait connect_timeout on it (line 12)`},
+		{"off", "1s", ""},
+		{"tcp", "1ns", ""},
+	} {
+		_, warnings, err := Parse([]byte(strings.NewReplacer("CHECK", tc.check, "OPEN", tc.open).Replace(text)), "w.toml")
+		if err != nil {
+			t.Fatalf("check %s, open_for %s: %v", tc.check, tc.open, err)
+		}
+		if got := strings.Join(warnings, "\n"); got != tc.want {
+			t.Errorf("check %s, open_for %s: got:\n%s\nwant:\n%s", tc.check, tc.open, got, tc.want)
+		}
+	}
+}
+
+// A user_timeout under the kernel's shortest retransmission timeout
+// (200ms) passed without a word, on a leg with keepalive off too: the
+// kernel looks at it only when a retransmission times out, so "1ms" gave
+// up 0.22 to 0.5 s into a cut, not at the value written, and lost segments
+// ended healthy sessions: all 10 of "1ms" with 50 ms RTT, one in 10 of
+// "1ms" to "100ms" on a LAN, none of "200ms" (TestLabUserTimeoutUnderTheRTO).
+// A LAN user may still want it: a warning at its line, not an error; 200ms
+// and up, and 0s (the kernel's default), say nothing of it.
+func TestUserTimeoutUnderTheKernelsRTOWarns(t *testing.T) {
+	text := `[[listener]]
+name = "orders"
+listen = "127.0.0.1:1522"
+backend = "orders"
+  [listener.keepalive]
+  idle = "0s"
+  user_timeout = "UT"
+[[backend]]
+name = "orders"
+  [[backend.server]]
+  address = "127.0.0.1:1521"
+`
+	for _, tc := range []struct {
+		user string
+		want string
+	}{
+		{"1ms", `w.toml: listener "orders": keepalive.user_timeout 1ms is under the kernel's shortest retransmission timeout (200ms): the kernel looks at it only when a retransmission times out, so a cut ends sessions some 0.2 to 0.7 s in, not after 1ms, while a lost segment whose retransmission is not acknowledged within 1ms ends a healthy one (line 7)`},
+		{"199ms", `w.toml: listener "orders": keepalive.user_timeout 199ms is under the kernel's shortest retransmission timeout (200ms): the kernel looks at it only when a retransmission times out, so a cut ends sessions some 0.2 to 0.7 s in, not after 199ms, while a lost segment whose retransmission is not acknowledged within 199ms ends a healthy one (line 7)`},
+		{"200ms", ""},
+		{"0s", ""},
+	} {
+		_, warnings, err := Parse([]byte(strings.Replace(text, "UT", tc.user, 1)), "w.toml")
+		if err != nil {
+			t.Fatalf("user_timeout %s: %v", tc.user, err)
+		}
+		if got := strings.Join(warnings, "\n"); got != tc.want {
+			t.Errorf("user_timeout %s: got:\n%s\nwant:\n%s", tc.user, got, tc.want)
+		}
+	}
+}
+
 // The kernel takes keepalive idle and interval in whole seconds, rounded
 // up ("1.5s" is 2s), and the warnings reckoned with the values as written:
 // a user_timeout of 5s after idle 1.5s, interval 1.5s, count 2 passed
@@ -1599,6 +1682,47 @@ func TestUnknownTableIsOneErrorHoweverWritten(t *testing.T) {
 		if err == nil || err.Error() != tc.want {
 			t.Errorf("%q: got:\n%v\nwant:\n%s", tc.table, err, tc.want)
 		}
+	}
+}
+
+// A top-level table in the right case beside its twin in the wrong case
+// (log.format and LOG.level): the library decodes both into one field, the
+// one it meets last in map order, and leaves the other's keys undecoded, so
+// check said `unknown key "log.format"` for a right key in some runs (11 in
+// 12 here) and not in others. The wrong case is the error, every time.
+func TestRightTableBesideItsWrongCaseTwinIsOneError(t *testing.T) {
+	for _, tc := range []struct{ top, want string }{
+		{"log.format = \"json\"\nLOG.level = \"info\"\n", `f.toml:2:1: unknown key "LOG": keys are lower case ("log")`},
+		{"LOG.level = \"info\"\n[log]\nformat = \"json\"\n", `f.toml:1:1: unknown key "LOG": keys are lower case ("log")`},
+	} {
+		for range 40 { // map order differs from run to run
+			_, _, err := Parse([]byte(tc.top+minimal), "f.toml")
+			if err == nil || err.Error() != tc.want {
+				t.Fatalf("%q: got:\n%v\nwant:\n%s", tc.top, err, tc.want)
+			}
+		}
+	}
+}
+
+// A dotted key one part too long (log.level.x = "info", LOG.level.x) makes
+// a table where a value is needed, and the library's error for it has no
+// line: it said 1:1 and Go's types ("TOML value has type map[string]any;
+// destination has type string"), at the top as in a [[listener]]. It names
+// the key's line and the types in TOML's words, as for level = 3.
+func TestDottedKeyMakingATableWhereAValueIsNeededNamesItsLine(t *testing.T) {
+	for _, tc := range []struct{ top, want string }{
+		{"# tnsguard\n\nlog.level.x = \"info\"\n", `f.toml:3:1: key "log.level": a table given where a string is needed`},
+		{"# tnsguard\n\nLOG.level.x = \"info\"\n", "f.toml:3:1: key \"LOG.level\": a table given where a string is needed\nf.toml:3:1: unknown key \"LOG\": keys are lower case (\"log\")"},
+	} {
+		_, _, err := Parse([]byte(tc.top+minimal), "f.toml")
+		if err == nil || err.Error() != tc.want {
+			t.Errorf("%q: got:\n%v\nwant:\n%s", tc.top, err, tc.want)
+		}
+	}
+	text := strings.Replace(minimal, `backend = "orders"`, "backend = \"orders\"\nkeepalive.idle.x = \"5s\"", 1)
+	want := `f.toml:6:11: key "listener.keepalive.idle": a table given where a duration such as "30s" is needed`
+	if _, _, err := Parse([]byte(text), "f.toml"); err == nil || err.Error() != want {
+		t.Errorf("got:\n%v\nwant:\n%s", err, want)
 	}
 }
 

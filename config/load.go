@@ -79,6 +79,14 @@ func Parse(data []byte, source string) (*Config, []string, error) {
 		if decodeFailed && knownKey(k) { // left undecoded by a failed table
 			continue
 		}
+		if knownKey(k) && caseTwin(md.Keys(), k) {
+			// log.format beside LOG.level: the library decodes log and LOG
+			// into one field, the one it meets last in map order, and the
+			// other's keys are left undecoded. A right key was reported
+			// unknown, or not, from one run to the next; the wrong case
+			// is the error.
+			continue
+		}
 		if n, _ := caseMismatch(k); n > 0 {
 			if i, _ := walkKey(k, true); i < 0 {
 				// [listener.Keepalive] whose count did not decode, and
@@ -730,6 +738,24 @@ func valueCol(text string, line int, key string) int {
 	return v + 1
 }
 
+// caseTwin tells whether keys has one whose first part in the wrong case
+// (caseMismatch) is, but for case, a table that the right key k is in
+// (LOG.level for log.format).
+func caseTwin(keys []toml.Key, k toml.Key) bool {
+	return slices.ContainsFunc(keys, func(j toml.Key) bool {
+		n, _ := caseMismatch(j)
+		if n == 0 || n >= len(k) {
+			return false
+		}
+		for i := range n {
+			if !strings.EqualFold(j[i], k[i]) {
+				return false
+			}
+		}
+		return true
+	})
+}
+
 // knownKey tells whether every part of k names a field of Config (as
 // spelled, or inside a map such as routes, or below a value such as a
 // Duration: backoff = { a = 1 } is a type error, not an unknown key
@@ -962,7 +988,9 @@ func position(data []byte, pe toml.ParseError) (int, int) {
 
 // typeMismatch is how the TOML library reports a value of the wrong type
 // (max_sessions = "ten"): a plain error with the line and key in its text.
-var typeMismatch = regexp.MustCompile(`^toml: line (\d+) \(last key "([^"]*)"\): (.*)$`)
+// A table made by a dotted key where a value is needed (log.level.x =
+// "info") has no line of its own, and the error none.
+var typeMismatch = regexp.MustCompile(`^toml: (?:line (\d+) )?\(last key "([^"]*)"\): (.*)$`)
 
 // mismatch renders a decode error that is not a ParseError as
 // "LINE:COL: message" naming the key, like every other config error; an
@@ -974,7 +1002,11 @@ func mismatch(text string, err error) string {
 	}
 	line, _ := strconv.Atoi(m[1])
 	col := 1
-	if lines := strings.Split(text, "\n"); line >= 1 && line <= len(lines) {
+	if m[1] == "" {
+		// Found in the text, as an unknown key is: until 2026-12-01 the
+		// error said 1:1 and the library's Go types.
+		line, col = locateKey(text, toml.Key(strings.Split(m[2], ".")))
+	} else if lines := strings.Split(text, "\n"); line >= 1 && line <= len(lines) {
 		key := m[2][strings.LastIndexByte(m[2], '.')+1:]
 		if i := strings.Index(lines[line-1], key); i >= 0 {
 			col = i + 1
