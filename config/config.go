@@ -123,6 +123,7 @@ type Backend struct {
 	Balance           string   `toml:"balance"`
 	ConnectTimeout    Duration `toml:"connect_timeout"`
 	ConnectBudget     Duration `toml:"connect_budget"`
+	AnswerTimeout     Duration `toml:"answer_timeout"` // one server's first answer, when another could take the session (proxy: answerBound)
 	Backoff           Duration `toml:"backoff"`
 	BackoffMax        Duration `toml:"backoff_max"`
 	RetryOn           []string `toml:"retry_on"`
@@ -285,6 +286,7 @@ func (c *Config) applyDefaults(empty func(path ...any) bool) (defaulted map[*Dur
 		or(&b.Balance, "priority", "backend", i, "balance")
 		b.ConnectTimeout.orDefault(3 * time.Second)
 		noted(&b.ConnectBudget, 20*time.Second)
+		noted(&b.AnswerTimeout, 5*time.Second)
 		b.Backoff.orDefault(100 * time.Millisecond)
 		b.BackoffMax.orDefault(2 * time.Second)
 		if b.RetryOn == nil {

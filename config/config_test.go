@@ -66,7 +66,7 @@ func TestDefaultsMatchTheExample(t *testing.T) {
 		t.Errorf("backend keepalive: example %+v, default %+v", a, b)
 	}
 	fb, mb := full.Backends[0], min.Backends[0]
-	if fb.ConnectBudget != mb.ConnectBudget || fb.ConnectTimeout != mb.ConnectTimeout || *fb.ReplayBytes != *mb.ReplayBytes ||
+	if fb.ConnectBudget != mb.ConnectBudget || fb.AnswerTimeout != mb.AnswerTimeout || fb.ConnectTimeout != mb.ConnectTimeout || *fb.ReplayBytes != *mb.ReplayBytes ||
 		!reflect.DeepEqual(fb.Health, mb.Health) || *fb.Breaker.Failures != *mb.Breaker.Failures || fb.Breaker.OpenFor != mb.Breaker.OpenFor ||
 		fb.Backoff != mb.Backoff || fb.BackoffMax != mb.BackoffMax || fb.Balance != mb.Balance ||
 		strings.Join(fb.RetryOn, ",") != strings.Join(mb.RetryOn, ",") || len(fb.RefuseErrors) != len(mb.RefuseErrors) {
@@ -1075,6 +1075,42 @@ func TestBackoffFloor(t *testing.T) {
 		}
 		if got != tc.want {
 			t.Errorf("%s:\ngot:  %s\nwant: %s", tc.keys, got, tc.want)
+		}
+	}
+}
+
+// answer_timeout bounds the wait for one server's first answer when
+// another server can take the session: 0 or under 1ms would move every
+// session off a server that works (a listener answers in a round trip and
+// more), and is refused with the line; one written above connect_budget,
+// with more than one server, never bounds anything and is warned about
+// (equal to it is how to ask for that). Left out, it is 5s, whatever the
+// budget: no warning.
+func TestAnswerTimeout(t *testing.T) {
+	second := "\n  [[backend.server]]\n  address = \"127.0.0.1:1523\""
+	for _, tc := range []struct{ keys, servers, wantErr, wantWarn string }{
+		{"answer_timeout = \"0s\"", "", `f.toml: backend "orders": answer_timeout must be > 0 (line 8)`, ""},
+		{"answer_timeout = \"500us\"", "", `f.toml: backend "orders": answer_timeout 500µs is under 1ms: waits that short end before a listener can answer, and every session would move on from a server that works (line 8)`, ""},
+		{"answer_timeout = \"1ms\"", second, "", ""},
+		{"answer_timeout = \"30s\"", second, "", `f.toml: backend "orders": answer_timeout (30s) is over connect_budget (20s, the default): it never ends a wait, and a server that accepts and never answers holds every session it takes until the budget ends; set it to connect_budget if that is what you want (line 8)`},
+		{"answer_timeout = \"20s\"", second, "", ""}, // the budget's: the old behaviour, asked for
+		{"answer_timeout = \"30s\"", "", "", ""},     // one server: nowhere else to go anyway
+		{"connect_budget = \"3s\"", second, "", ""},
+	} {
+		text := strings.Replace(minimal, "name = \"orders\"\n  [[", "name = \"orders\"\n"+tc.keys+"\n  [[", 1) + tc.servers
+		cfg, warnings, err := Parse([]byte(text), "f.toml")
+		got := ""
+		if err != nil {
+			got = err.Error()
+		}
+		if got != tc.wantErr {
+			t.Errorf("%s%s:\ngot:  %s\nwant: %s", tc.keys, tc.servers, got, tc.wantErr)
+		}
+		if w := strings.Join(warnings, "\n"); w != tc.wantWarn {
+			t.Errorf("%s%s: warnings:\ngot:  %s\nwant: %s", tc.keys, tc.servers, w, tc.wantWarn)
+		}
+		if err == nil && tc.keys == "connect_budget = \"3s\"" && cfg.Backends[0].AnswerTimeout.Duration != 5*time.Second {
+			t.Errorf("answer_timeout left out: %v, want 5s", cfg.Backends[0].AnswerTimeout.Duration)
 		}
 	}
 }

@@ -316,6 +316,17 @@ func (b *Backend) validate(defaulted map[*Duration]bool, failed failedSet) (errs
 	if b.ConnectBudget.Duration < b.ConnectTimeout.Duration && ok(&b.ConnectBudget, &b.ConnectTimeout) {
 		add("connect_budget (%v%s) must be at least connect_timeout (%v)", b.ConnectBudget.Duration, dflt(&b.ConnectBudget), b.ConnectTimeout.Duration)
 	}
+	if !ok(&b.AnswerTimeout) {
+	} else if b.AnswerTimeout.Duration <= 0 {
+		add("answer_timeout must be > 0")
+	} else if b.AnswerTimeout.Duration < minDialTimeout {
+		add("answer_timeout %v is under %v: waits that short end before a listener can answer, and every session would move on from a server that works", b.AnswerTimeout.Duration, minDialTimeout)
+	} else if !defaulted[&b.AnswerTimeout] && b.AnswerTimeout.Duration > b.ConnectBudget.Duration && len(b.Servers) > 1 && ok(&b.ConnectBudget) {
+		// Written so, it reads as a bound it never is: a hung listener
+		// still holds each session it takes for the whole budget. Equal
+		// to the budget is how to ask for that on purpose.
+		warnings = append(warnings, fmt.Sprintf("answer_timeout (%v) is over connect_budget (%v%s): it never ends a wait, and a server that accepts and never answers holds every session it takes until the budget ends; set it to connect_budget if that is what you want", b.AnswerTimeout.Duration, b.ConnectBudget.Duration, dflt(&b.ConnectBudget)))
+	}
 	if !ok(&b.Backoff) {
 	} else if b.Backoff.Duration <= 0 {
 		add("backoff must be > 0")

@@ -810,6 +810,30 @@ func (b *Backend) order(now time.Time) (servers []*Server, lastResort bool) {
 	return append(healthy, down...), false
 }
 
+// Elsewhere tells whether a session waiting on srv has another server to
+// go to now: one with weight, whose breaker lets it be dialed, whose check
+// passes (with checks off: that no dial failed within open_for), and that
+// passed does not list (servers that refused the session, or that it
+// waited out already). A session that would only come back to srv, or to
+// servers that failed it, keeps waiting on srv instead (proxy: a hung
+// listener's wait is cut short only when another server can take the
+// session).
+func (b *Backend) Elsewhere(srv *Server, passed ...[]*Server) bool {
+	now := time.Now()
+	for _, s := range b.Servers {
+		if s == srv || s.Weight == 0 || !s.breaker.usable(now) {
+			continue
+		}
+		if b.Config.Health.Check == "off" && s.shunned(now) || b.Config.Health.Check != "off" && !s.Up() {
+			continue
+		}
+		if !slices.ContainsFunc(passed, func(l []*Server) bool { return slices.Contains(l, s) }) {
+			return true
+		}
+	}
+	return false
+}
+
 // openCircuits returns the servers whose circuit is open now (not a
 // half-open trial that is out: a dial beside it would decide the trial),
 // whose health check passes (any, with checks off), and that skip does not

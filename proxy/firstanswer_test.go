@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tnsguard/tnsguard/metrics"
 	"github.com/tnsguard/tnsguard/tns"
 )
 
@@ -115,7 +116,8 @@ check = "off"`, fmt.Sprintf("address = %q", be.address)))
 
 // An app that speaks only after connect_budget has passed is owed an answer
 // as one that spoke at once: a backend that then stays silent (a black
-// hole) resets it within connect_budget of its first bytes. It used to wait
+// hole), the only server (answer_timeout cuts no wait with nowhere else to
+// go), resets it within connect_budget of its first bytes. It used to wait
 // with no limit: the app hung until its own timeout, if it had one.
 func TestLateAppAgainstSilentBackendIsResetWithinBudget(t *testing.T) {
 	silent := newServer(t, func(c *net.TCPConn) { io.Copy(io.Discard, c) })
@@ -230,5 +232,173 @@ check = "off"`, fmt.Sprintf("address = %q", be.address)))
 				t.Fatalf("app that spoke %v into a 500ms budget, then sent its CONNECT again: read %v, %v; want the listener's ACCEPT", late, p.Type, err)
 			}
 		})
+	}
+}
+
+// A server that accepts and reads but never answers (a hung listener, a
+// load balancer forwarding into a black hole) holds a session for
+// answer_timeout, not for the whole connect_budget, when another server can
+// take it: the app's opening is replayed to the standby, which answers. The
+// hung server is counted as a silent backend is (a re-dial for a timeout, a
+// breaker failure), so its circuit opens after failures sessions and the
+// next session goes to the standby at once. It passes its tcp checks all
+// along. Until 2026-12-01 every session waited the whole budget and was
+// reset, until the circuit opened.
+func TestHungServerLosesTheSessionAfterAnswerTimeout(t *testing.T) {
+	hung := newServer(t, func(c *net.TCPConn) { io.Copy(io.Discard, c) })
+	standby := newServer(t, tagThenEcho("B"))
+	h := startProxy(t, backendTOML(`connect_timeout = "500ms"
+connect_budget = "10s"
+answer_timeout = "300ms"
+[backend.health]
+check = "tcp"
+interval = "200ms"
+timeout = "100ms"
+[backend.breaker]
+failures = 2`, fmt.Sprintf("address = %q;priority = 0", hung.address), fmt.Sprintf("address = %q;priority = 1", standby.address)))
+	waitFor(t, 3*time.Second, "both servers up", func() bool {
+		return gauge(h.m.BackendUp, "b", hung.address) == 1 && gauge(h.m.BackendUp, "b", standby.address) == 1
+	})
+	for i := range 3 {
+		c := h.dial("l")
+		start := time.Now()
+		c.Write([]byte("hello"))
+		c.SetReadDeadline(time.Now().Add(8 * time.Second))
+		b := make([]byte, 6)
+		_, err := io.ReadFull(c, b)
+		took := time.Since(start)
+		c.Close()
+		if err != nil || string(b) != "Bhello" {
+			t.Fatalf("session %d: %q, %v after %v; want the standby's answer (Bhello)", i+1, b, err, took.Round(time.Millisecond))
+		}
+		if took > 3*time.Second {
+			t.Errorf("session %d answered after %v: want about answer_timeout (300ms), not connect_budget (10s)", i+1, took.Round(time.Millisecond))
+		}
+	}
+	if v := counter(h.m.Redials, "l", "b", "timeout"); v != 2 {
+		t.Errorf("redials{reason=timeout} = %v, want 2 (the hung server's two sessions)", v)
+	}
+	if v := gauge(h.m.BreakerState, "b", hung.address); v != metrics.BreakerOpen {
+		t.Errorf("the hung server's breaker is %v, want open (%v) after 2 sessions it never answered", v, metrics.BreakerOpen)
+	}
+}
+
+// With nowhere else to go (the only server, or the others down), a server
+// slow to answer keeps the session to the budget's end, as before
+// answer_timeout: cutting the wait would only add a connection to a
+// database in a logon storm. The app is reset at connect_budget, not at
+// answer_timeout.
+func TestAnswerTimeoutNeedsSomewhereElseToGo(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		other bool // a second server, whose check fails
+	}{{"only server", false}, {"the other down", true}} {
+		t.Run(tc.name, func(t *testing.T) {
+			hung := newServer(t, func(c *net.TCPConn) { io.Copy(io.Discard, c) })
+			servers := []string{fmt.Sprintf("address = %q", hung.address)}
+			var down string
+			if tc.other {
+				down = closedPort(t)
+				servers = append(servers, fmt.Sprintf("address = %q;priority = 1", down))
+			}
+			h := startProxy(t, backendTOML(`connect_timeout = "500ms"
+connect_budget = "1500ms"
+answer_timeout = "200ms"
+[backend.health]
+check = "tcp"
+interval = "100ms"
+timeout = "100ms"
+fall = 1`, servers...))
+			waitFor(t, 3*time.Second, "the checks done", func() bool {
+				return gauge(h.m.BackendUp, "b", hung.address) == 1 && (!tc.other || gauge(h.m.BackendUp, "b", down) == 0)
+			})
+			c := h.dial("l")
+			start := time.Now()
+			c.Write([]byte("hello"))
+			err, _ := readErr(c, 5*time.Second)
+			took := time.Since(start)
+			if !errors.Is(err, syscall.ECONNRESET) {
+				t.Fatalf("app saw %v after %v, want ECONNRESET at connect_budget", err, took.Round(time.Millisecond))
+			}
+			if took < 1300*time.Millisecond {
+				t.Errorf("app reset after %v: want connect_budget (1.5s); answer_timeout (200ms) cut a wait with nowhere else to go", took.Round(time.Millisecond))
+			}
+			if v := counter(h.m.Redials, "l", "b", "timeout"); v != 0 {
+				t.Errorf("redials{reason=timeout} = %v, want 0", v)
+			}
+		})
+	}
+}
+
+// A reload that takes out the server a session waits on for its first
+// answer (the operator replaces a hung host) ends that wait: the session
+// dials the new server at once, with its opening replayed, instead of
+// holding the app until connect_budget ends on a server the config no
+// longer has. The old server gets no verdict and no re-dial is counted.
+// Until 2026-12-01 the wait ran on to the budget's end (20s here), and only
+// then did the app learn of the new definition: by a reset.
+func TestReloadEndsTheWaitOnAServerItTookOut(t *testing.T) {
+	heard := make(chan struct{}, 1)
+	hung := newServer(t, func(c *net.TCPConn) {
+		b := make([]byte, 5)
+		if _, err := io.ReadFull(c, b); err == nil {
+			heard <- struct{}{}
+		}
+		io.Copy(io.Discard, c)
+	})
+	body := `connect_timeout = "500ms"
+connect_budget = "20s"
+[backend.health]
+check = "off"`
+	h := startProxy(t, backendTOML(body, fmt.Sprintf("address = %q", hung.address)))
+	c := h.dial("l")
+	c.Write([]byte("hello"))
+	select {
+	case <-heard:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the hung server never got the app's bytes")
+	}
+	moved := newServer(t, tagThenEcho("N"))
+	reloaded := time.Now()
+	if err := h.p.Apply(mustParse(t, backendTOML(body, fmt.Sprintf("address = %q", moved.address)))); err != nil {
+		t.Fatal(err)
+	}
+	c.SetReadDeadline(time.Now().Add(8 * time.Second))
+	b := make([]byte, 6)
+	if _, err := io.ReadFull(c, b); err != nil || string(b) != "Nhello" {
+		t.Fatalf("app waiting on the server the reload took out: %q, %v after %v; want the new server's answer (Nhello)", b, err, time.Since(reloaded).Round(time.Millisecond))
+	}
+	if took := time.Since(reloaded); took > 3*time.Second {
+		t.Errorf("the new server answered %v after the reload, want at once (budget 20s)", took.Round(time.Millisecond))
+	}
+	if v := sumCounters(t, h.m.Redials); v != 0 {
+		t.Errorf("redials = %v, want 0: no server failed", v)
+	}
+}
+
+// A CONNECT that arrives in pieces, slower than answer_timeout (a client on
+// a slow link), is no hung server's fault: no server can answer it before
+// its last byte. The wait is not cut at answer_timeout (the app would be
+// reset as one whose opening is cut short), and the listener's answer to
+// the whole CONNECT reaches the app.
+func TestConnectSlowerThanAnswerTimeoutIsAnswered(t *testing.T) {
+	first := inboundTimeoutListener(t, 5*time.Second)
+	second := inboundTimeoutListener(t, 5*time.Second)
+	h := startProxy(t, backendTOML(`connect_timeout = "500ms"
+connect_budget = "4s"
+answer_timeout = "200ms"
+[backend.health]
+check = "off"`, fmt.Sprintf("address = %q;priority = 0", first.addr()), fmt.Sprintf("address = %q;priority = 1", second.addr())))
+	connect, err := tns.BuildConnect("(DESCRIPTION=(CONNECT_DATA=(SERVICE_NAME=SALES)(CID=(PROGRAM=app)(HOST=h)(USER=u))))")
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := h.dial("l")
+	c.Write(connect[:20])
+	time.Sleep(600 * time.Millisecond) // the app's slow link: three answer_timeouts
+	c.Write(connect[20:])
+	c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if p, err := tns.ReadPacket(c, tns.Length16, 0); err != nil || p.Type != tns.TypeAccept {
+		t.Fatalf("a CONNECT sent in two pieces 600ms apart (answer_timeout 200ms): %v, %v; want the listener's ACCEPT", p.Type, err)
 	}
 }

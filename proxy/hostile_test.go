@@ -718,7 +718,9 @@ func TestAppClosingAfterResendCostsNoServerStanding(t *testing.T) {
 }
 
 // A preferred server that accepts and stays silent until connect_budget
-// ends the session; the standby next in the round was never given a chance
+// ends the session (answer_timeout, 5s by default, is not under this 1s
+// budget: TestHungServerLosesTheSessionAfterAnswerTimeout has one that is);
+// the standby next in the round was never given a chance
 // (no budget left to dial it), so it must not be blamed: its breaker stays
 // closed and it stays up. The app, an Oracle client, gets a REFUSE with
 // ORA-12170 (connect timeout), as a direct client whose listener never

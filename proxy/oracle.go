@@ -617,7 +617,7 @@ func (s *session) inspectFirst(conn *net.TCPConn, srv *failover.Server, buf *[]b
 			s.series.bytesDown.Add(float64(len(data)))
 			s.p.pool.put(buf) // the app's CONNECT again, then the answer: maybe seconds
 			var m int
-			buf, m, err = s.firstAnswer(conn, deadline)
+			buf, m, err = s.firstAnswer(conn, deadline, answerBound{})
 			if err != nil {
 				return conn, nil, nil, err
 			}
@@ -827,7 +827,7 @@ func (s *session) followRedirect(old *net.TCPConn, target string, r tns.Redirect
 		if err != nil {
 			return conn, nil, 0, err
 		}
-		if buf, m, err = s.firstAnswer(conn, deadline); err != nil {
+		if buf, m, err = s.firstAnswer(conn, deadline, answerBound{}); err != nil {
 			return conn, nil, 0, err
 		}
 		if resends < 2 && m == tns.HeaderLen && bytes.Equal((*buf)[:m], tns.BuildResend()) {

@@ -21,6 +21,7 @@ import (
 
 	_ "github.com/sijms/go-ora/v2" // registers "oracle": a real client's CONNECT bytes
 
+	"github.com/tnsguard/tnsguard/metrics"
 	"github.com/tnsguard/tnsguard/tns"
 	"github.com/tnsguard/tnsguard/tns/tnstest"
 )
@@ -865,13 +866,49 @@ func TestHungServerAfterARefusalIsBlamed(t *testing.T) {
 	}
 }
 
+// A go-ora app whose preferred listener is hung (accepts, reads the
+// CONNECT, never answers) gets the standby's answer after answer_timeout,
+// as an Oracle client with an address list and CONNECT_TIMEOUT moves on to
+// the next address: here the standby's REFUSE (ORA-12528, a code not
+// retried), to the same CONNECT bytes, well before connect_budget. Until
+// 2026-12-01 the app got ORA-12170 when the budget ended (10s here).
+func TestGoOraGetsTheStandbysAnswerPastAHungListener(t *testing.T) {
+	hung := tnstest.New(t, tnstest.Config{Mode: tnstest.Silent})
+	standby := tnstest.New(t, tnstest.Config{Mode: tnstest.Refuse, Err: 12528})
+	cfg := strings.NewReplacer(`connect_budget = "2s"`, `connect_budget = "10s"`).
+		Replace(oracleConfig("refuse_errors = [12514]\nanswer_timeout = \"300ms\"", hung.Addr()+";0", standby.Addr()+";1"))
+	h := startProxy(t, cfg)
+	start := time.Now()
+	err := goOraPing(t, h.addr("l"), "SALES")
+	took := time.Since(start)
+	if err == nil || !strings.Contains(err.Error(), "ORA-12528") {
+		t.Fatalf("go-ora after %v: %v; want the standby's ORA-12528", took.Round(time.Millisecond), err)
+	}
+	if took > 3*time.Second {
+		t.Errorf("go-ora got its answer after %v: want about answer_timeout (300ms), not connect_budget (10s)", took.Round(time.Millisecond))
+	}
+	a, b := hung.Connects(), standby.Connects()
+	if len(a) != 1 || len(b) != 1 || !bytes.Equal(a[0], b[0]) {
+		t.Fatalf("CONNECTs: hung %d, standby %d (same bytes: %v); want one each, the same", len(a), len(b), len(a) == 1 && len(b) == 1 && bytes.Equal(a[0], b[0]))
+	}
+	if v := counter(h.m.Redials, "l", "b", "timeout"); v != 1 {
+		t.Errorf("redials{reason=timeout} = %v, want 1", v)
+	}
+	if up := gauge(h.m.BackendUp, "b", hung.Addr()); up != 0 {
+		t.Errorf("hung listener: backend_up %v after a session it never answered (checks off), want 0", up)
+	}
+}
+
 // Three servers by priority: a standby that refuses the service
 // (ORA-12514), a primary node whose listener hangs (accepts TCP, passes a
 // tcp check, never answers), and a healthy node. Every session is refused,
 // then waits on the hung node until the budget ends, and never reaches the
 // healthy node, until the hung node's breaker opens (5 failures): then
-// sessions go to the healthy node. A first version of budgetCut exempted
-// every attempt after any refusal, and every session failed for good.
+// sessions go to the healthy node. That is so while answer_timeout (5s by
+// default) is not under the budget (400ms here); with one under it, see
+// TestHungServerAfterARefusalIsLeftAfterAnswerTimeout. A first version of
+// budgetCut exempted every attempt after any refusal, and every session
+// failed for good.
 func TestHungServerAfterARefusalOpensItsCircuit(t *testing.T) {
 	a, _ := slowRefuser(t, 0)
 	hung := newBackend(t, func(c *net.TCPConn) { io.Copy(io.Discard, c) })
@@ -896,6 +933,44 @@ func TestHungServerAfterARefusalOpensItsCircuit(t *testing.T) {
 	}
 	if accepted < 5 {
 		t.Errorf("%d of 12 sessions reached the healthy server; the hung one's breaker never opened (state %v)", accepted, gauge(h.m.BreakerState, "b", hung.addr()))
+	}
+}
+
+// The same three servers with an answer_timeout under the budget: the
+// session the standby refused leaves the hung node after answer_timeout
+// for the healthy node, which answers, so every session gets its ACCEPT,
+// not only those after the hung node's circuit opened; and the hung node's
+// circuit still opens. Until 2026-12-01 the first sessions (5 here: the
+// breaker's failures) each waited the whole budget and were reset.
+func TestHungServerAfterARefusalIsLeftAfterAnswerTimeout(t *testing.T) {
+	a, _ := slowRefuser(t, 0)
+	hung := newBackend(t, func(c *net.TCPConn) { io.Copy(io.Discard, c) })
+	good := inboundTimeoutListener(t, 5*time.Second)
+	cfg := strings.NewReplacer(`connect_timeout = "1s"`, `connect_timeout = "200ms"`,
+		`check = "off"`, "check = \"tcp\"\n  interval = \"200ms\"\n  timeout = \"100ms\"").
+		Replace(oracleConfig(`answer_timeout = "150ms"`, a+";0", hung.addr()+";1", good.addr()+";2"))
+	h := startProxy(t, cfg)
+	waitFor(t, 2*time.Second, "all up", func() bool {
+		return gauge(h.m.BackendUp, "b", a) == 1 && gauge(h.m.BackendUp, "b", hung.addr()) == 1 && gauge(h.m.BackendUp, "b", good.addr()) == 1
+	})
+	connect, _ := tns.BuildConnect("(DESCRIPTION=(CONNECT_DATA=(SERVICE_NAME=SALES))(ADDRESS=(PROTOCOL=TCP)(HOST=x)(PORT=1)))")
+	for i := range 8 {
+		c := h.dial("l")
+		start := time.Now()
+		c.Write(connect)
+		c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		pkt, err := tns.ReadPacket(c, tns.Length16, 0)
+		took := time.Since(start)
+		c.Close()
+		if err != nil || pkt.Type != tns.TypeAccept {
+			t.Fatalf("session %d: %v, %v after %v; want the healthy node's ACCEPT", i+1, pkt.Type, err, took.Round(time.Millisecond))
+		}
+		if took > 1500*time.Millisecond {
+			t.Errorf("session %d: ACCEPT after %v, want about answer_timeout (150ms), not connect_budget (2s)", i+1, took.Round(time.Millisecond))
+		}
+	}
+	if v := gauge(h.m.BreakerState, "b", hung.addr()); v != metrics.BreakerOpen {
+		t.Errorf("hung node's breaker %v, want open (%v): it failed 5 sessions", v, metrics.BreakerOpen)
 	}
 }
 

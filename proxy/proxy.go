@@ -48,10 +48,14 @@ type Proxy struct {
 	cfg       *config.Config
 	listeners map[string]*listener
 	backends  map[string]*failover.Backend
-	draining  atomic.Bool
-	retired   atomic.Bool   // Retire: another process serves on the sockets; the service is not draining
-	hurry     chan struct{} // closed by Hurry: the drain ends now
-	hurryOnce sync.Once
+	// backendsGen counts the reloads that replaced backends (under mu
+	// with them): a session awaiting a first answer looks for the server
+	// it waits on in the running config only when it moved (firstAnswer).
+	backendsGen atomic.Uint64
+	draining    atomic.Bool
+	retired     atomic.Bool   // Retire: another process serves on the sockets; the service is not draining
+	hurry       chan struct{} // closed by Hurry: the drain ends now
+	hurryOnce   sync.Once
 
 	sessMu   sync.Mutex
 	sessions map[*session]struct{}
@@ -279,6 +283,7 @@ func (p *Proxy) apply(cfg *config.Config) error {
 	p.keepRemoved(listeners)
 	p.forgetRemoved(cfg, p.backends)
 	p.cfg, p.listeners, p.backends = cfg, listeners, backends
+	p.backendsGen.Add(1)
 	// The first Apply took the sockets handed over and counted the old
 	// process's sessions; a reload's listeners take theirs from the running
 	// ones (slotsFor), not again from the old process (its untaken sockets
@@ -312,6 +317,7 @@ func (p *Proxy) retuneSessions() {
 		s.mu.Unlock()
 		if b := backends[name]; b != nil {
 			s.retune(SideBackend, b.Config.Keepalive.Settings())
+			s.wakeIfTakenOut(b)
 		}
 	}
 }

@@ -250,6 +250,9 @@ func (s *session) run() {
 // (already classified) and the client has been reset.
 func (s *session) open() error {
 	began := time.Now() // connect_budget counts the wait for a routed CONNECT too
+	// The reloads the session's backend is from (firstAnswer): read before
+	// routing, which may wait for the CONNECT while a reload runs.
+	gen := s.p.backendsGen.Load()
 	if err := s.route(); err != nil {
 		return err
 	}
@@ -274,6 +277,7 @@ func (s *session) open() error {
 	var lastErr error
 	var lastRefuse error             // the last REFUSE, for the app when no server takes it
 	var refusedBy []*failover.Server // servers that refused this session (budgetCut)
+	var silent []*failover.Server    // servers whose answer_timeout this session waited out (answerBound)
 	var retry string                 // why the next dial is a re-dial ("" for the first)
 	var failed *failover.Server      // the server that failed before it
 	// reloaded: a reload redefined the backend while this session waited
@@ -282,7 +286,9 @@ func (s *session) open() error {
 	// budget counted from the accept, instead of the old ones until the
 	// budget ends.
 	reloaded := func() bool {
+		g := s.p.backendsGen.Load() // before the backend: a reload in between is seen again
 		b := s.reloadedBackend()
+		gen = g
 		if b == nil {
 			return false
 		}
@@ -382,7 +388,7 @@ func (s *session) open() error {
 			return s.selfDialed(loop, counted)
 		}
 		dialed := time.Now()
-		conn, buf, first, err := s.attach(conn, srv, plan.Deadline())
+		conn, buf, first, err := s.attach(conn, srv, plan.Deadline(), s.boundFor(srv, cfg, gen, refusedBy, silent))
 		if errors.Is(err, io.EOF) {
 			if pe := s.endOfStream(SideBackend); pe != nil {
 				// A reset that the app's direction, writing past
@@ -415,6 +421,21 @@ func (s *session) open() error {
 		}
 		if over, cerr := s.cutShort(srv, plan, err); over {
 			return cerr
+		}
+		if errors.Is(err, errServerTakenOut) {
+			// A reload took out the server the session waited on (a hung
+			// host the operator replaced): no verdict on it, and the
+			// servers of the new definition are dialed at once, with the
+			// opening replayed, not after the budget. Not a re-dial: no
+			// server failed.
+			srv.Abandoned(plan.Trial())
+			attempts = append(attempts, fmt.Sprintf("%s: %v", srv.Address, err))
+			if gone := s.appGone(); gone != nil {
+				return gone
+			}
+			reloaded()
+			retry, failed = "", nil
+			continue
 		}
 		if s.appClosedFirst(err) || errors.Is(err, errAppGaveUp) { // errAppGaveUp: a REDIRECT not followed for an app that left
 			srv.Abandoned(plan.Trial())
@@ -453,6 +474,9 @@ func (s *session) open() error {
 			srv.Abandoned(plan.Trial())
 		} else {
 			plan.Failed(srv, err)
+		}
+		if errors.Is(err, errAnswerTimeout) {
+			silent = append(silent, srv) // waited on to the budget's end if tried again
 		}
 		switch {
 		case s.overflowed():
@@ -827,7 +851,7 @@ func (s *session) selfDialReset(err error) bool {
 // of their own; the caller gives buf back to the pool once they are sent.
 // It also returns the backend connection the session is on now: conn, or
 // the one a followed REDIRECT led to (conn is closed then).
-func (s *session) attach(conn *net.TCPConn, srv *failover.Server, deadline time.Time) (now *net.TCPConn, buf *[]byte, first []byte, err error) {
+func (s *session) attach(conn *net.TCPConn, srv *failover.Server, deadline time.Time, bound answerBound) (now *net.TCPConn, buf *[]byte, first []byte, err error) {
 	if err := s.sendProxyHeader(conn); err != nil { // send_proxy_protocol, before any replay
 		return conn, nil, nil, err
 	}
@@ -835,7 +859,7 @@ func (s *session) attach(conn *net.TCPConn, srv *failover.Server, deadline time.
 		return conn, nil, nil, err
 	}
 
-	buf, n, err := s.firstAnswer(conn, deadline)
+	buf, n, err := s.firstAnswer(conn, deadline, bound)
 	// A backend answers what it was sent, so the app's opening is in the
 	// replay buffer by now: only if it is a TNS CONNECT is the answer read
 	// as TNS.
@@ -868,21 +892,24 @@ func (s *session) attach(conn *net.TCPConn, srv *failover.Server, deadline time.
 // for its answer to the app's CONNECT sent again). A backend that accepted
 // but stays silent after the app has spoken (a load balancer whose target
 // is black-holed) fails with a timeout at the end of connect_budget, as a
-// dial would. While the app has sent nothing, nothing is owed and the wait
-// has no bound.
+// dial would; or, with a bound (answerBound: the first answer of a new
+// connection, when another server could take the session), answer_timeout
+// after the app's bytes reached it. While the app has sent nothing,
+// nothing is owed and the wait has no bound. With a bound, a reload that
+// takes the server out ends the wait too (errServerTakenOut).
 //
 // The pooled buffer is taken only once the backend's bytes (or its end)
 // are there, as the pumps read: a session waiting for a slow listener's
 // answer holds no buffer. In a reconnect storm against a database that
 // answers in seconds, every waiting session held 16 KiB (6,000 sessions:
 // 109 MB of live heap). buf is nil when err is not.
-func (s *session) firstAnswer(conn *net.TCPConn, deadline time.Time) (buf *[]byte, n int, err error) {
+func (s *session) firstAnswer(conn *net.TCPConn, deadline time.Time, bound answerBound) (buf *[]byte, n int, err error) {
 	rc, err := conn.SyscallConn()
 	if err != nil {
 		return nil, 0, err
 	}
 	s.mu.Lock()
-	s.awaiting = conn // the app's first bytes wake the wait (openingBytes)
+	s.awaiting = conn // the app's first bytes, and a reload (wakeIfTakenOut), wake the wait (openingBytes)
 	s.mu.Unlock()
 	defer func() {
 		s.mu.Lock()
@@ -908,10 +935,14 @@ func (s *session) firstAnswer(conn *net.TCPConn, deadline time.Time) (buf *[]byt
 		}
 		return true
 	}
+	bound.began = time.Now()
 	for {
-		owed := s.answerDeadline(deadline)
+		owed := bound.cut(s, s.answerDeadline(deadline))
 		conn.SetReadDeadline(owed)
-		if !s.answerDeadline(deadline).Equal(owed) {
+		if bound.takenOut(s) {
+			return nil, 0, errServerTakenOut
+		}
+		if !bound.cut(s, s.answerDeadline(deadline)).Equal(owed) {
 			continue // the app spoke meanwhile
 		}
 		if werr := rc.Read(read); werr != nil {
@@ -921,14 +952,117 @@ func (s *session) firstAnswer(conn *net.TCPConn, deadline time.Time) (buf *[]byt
 			err = werr
 		}
 		if errors.Is(err, os.ErrDeadlineExceeded) {
-			// Woken by the app's first bytes, or owed no answer (any more):
-			// wait again, to the deadline that holds now.
-			if owed := s.answerDeadline(deadline); owed.IsZero() || time.Now().Before(owed) {
+			// Woken by the app's first bytes or a reload, or owed no
+			// answer (any more): wait again, to the deadline that holds
+			// now.
+			full := s.answerDeadline(deadline)
+			if owed := bound.cut(s, full); owed.IsZero() || time.Now().Before(owed) {
 				err = nil
 				continue
 			}
+			if bound.timeout > 0 && time.Now().Before(full) {
+				// answer_timeout, not the budget: the session moves on
+				// only if another server can take it now; else this one
+				// gets the rest of the budget, as with no other server.
+				// Nor does an opening no server can answer yet (a CONNECT
+				// still coming, or cut short): no server is hung for it,
+				// and it ends as before (badOpening).
+				s.mu.Lock()
+				unfinished := s.openingUnfinishedLocked(true)
+				s.mu.Unlock()
+				if unfinished || !bound.elsewhere() {
+					bound.timeout = 0
+					err = nil
+					continue
+				}
+				return nil, 0, fmt.Errorf("%w (%v): %w", errAnswerTimeout, bound.timeout, err)
+			}
 		}
 		return buf, n, err
+	}
+}
+
+// errAnswerTimeout is a server that did not answer the app's opening within
+// answer_timeout while another server could take the session: counted as a
+// timeout, as a server silent to the budget's end is.
+var errAnswerTimeout = errors.New("no first answer within answer_timeout")
+
+// errServerTakenOut ends the wait for a first answer from a server that a
+// reload took out of the session's backend.
+var errServerTakenOut = errors.New("a reload took the server out while the session awaited its first answer")
+
+// answerBound is what bounds one attempt's wait for its first answer below
+// the budget (firstAnswer); the zero value bounds nothing. It is made for
+// the first answer of each new backend connection (attach) only: a
+// listener that has sent a RESEND is no hung one, and a REDIRECT's node is
+// no server of the backend's.
+type answerBound struct {
+	timeout time.Duration     // answer_timeout; 0 for none
+	began   time.Time         // when the wait began: the opening had been written
+	be      *failover.Backend // the servers that could take the session instead of srv
+	srv     *failover.Server
+	passed  [2][]*failover.Server // servers not to count as elsewhere: those that refused the session, and those it waited out
+	gen     uint64                // Proxy.backendsGen when the session took its backend's definition
+}
+
+// boundFor is the bound of the wait for srv's first answer: answer_timeout
+// when the opening can be replayed to another server (retry_on has
+// "reset"), none otherwise. Whether another server can take it is asked
+// only once answer_timeout has passed (elsewhere).
+func (s *session) boundFor(srv *failover.Server, cfg *config.Backend, gen uint64, refused, silent []*failover.Server) answerBound {
+	b := answerBound{srv: srv, be: s.backend, gen: gen, passed: [2][]*failover.Server{refused, silent}}
+	if cfg.Retries("reset") && cfg.AnswerTimeout.Duration > 0 {
+		b.timeout = cfg.AnswerTimeout.Duration
+	}
+	return b
+}
+
+// cut is owed (the budget's deadline for the answer, zero for none) cut
+// to answer_timeout after the wait began, or after the app's first bytes
+// when they came later: a server is not blamed for an app that had not
+// spoken.
+func (b *answerBound) cut(s *session, owed time.Time) time.Time {
+	if b.timeout <= 0 || owed.IsZero() {
+		return owed
+	}
+	from := b.began
+	if at := time.Unix(0, s.spokeAt.Load()); at.After(from) {
+		from = at
+	}
+	if c := from.Add(b.timeout); c.Before(owed) {
+		return c
+	}
+	return owed
+}
+
+// elsewhere tells whether another server could take the session now: one
+// its plan may dial that neither refused it nor was waited out by it. With
+// only one server, or none other usable, the wait goes on to the budget's
+// end: cutting it would only add a connection to a slow database in a
+// logon storm.
+func (b *answerBound) elsewhere() bool {
+	return b.be.Elsewhere(b.srv, b.passed[0], b.passed[1])
+}
+
+// takenOut tells whether a reload took the server out of the session's
+// backend since the session took its definition: the running config is
+// looked at only after a reload replaced backends.
+func (b *answerBound) takenOut(s *session) bool {
+	if b.srv == nil || s.p.backendsGen.Load() == b.gen {
+		return false
+	}
+	nb := s.reloadedBackend()
+	return nb != nil && nb.ServerAt(b.srv.Address) == nil && !s.overflowed()
+}
+
+// wakeIfTakenOut wakes a session that awaits the first answer of a server
+// that nb, the reloaded definition of its backend, does not have: the
+// wait ends (firstAnswer) and the new servers are dialed.
+func (s *session) wakeIfTakenOut(nb *failover.Backend) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.awaiting != nil && s.server != nil && nb != s.backend && nb.ServerAt(s.server.Address) == nil {
+		s.awaiting.SetReadDeadline(time.Now())
 	}
 }
 
