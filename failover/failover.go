@@ -817,11 +817,13 @@ func (b *Backend) order(now time.Time) (servers []*Server, lastResort bool) {
 // waited out already). A session that would only come back to srv, or to
 // servers that failed it, keeps waiting on srv instead (proxy: a hung
 // listener's wait is cut short only when another server can take the
-// session).
-func (b *Backend) Elsewhere(srv *Server, passed ...[]*Server) bool {
+// session). Nor is a server that refused service lately (RefusedService):
+// a slow primary's sessions were moved to a standby that does not have the
+// service yet, one refusal each, for as long as the primary was slow.
+func (b *Backend) Elsewhere(srv *Server, service string, passed ...[]*Server) bool {
 	now := time.Now()
 	for _, s := range b.Servers {
-		if s == srv || s.Weight == 0 || !s.breaker.usable(now) {
+		if s == srv || s.Weight == 0 || !s.breaker.usable(now) || b.refusals.has(s.Address, service, now) {
 			continue
 		}
 		if b.Config.Health.Check == "off" && s.shunned(now) || b.Config.Health.Check != "off" && !s.Up() {

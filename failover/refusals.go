@@ -156,6 +156,17 @@ func (r *refusals) last(list []*Server, service string, now time.Time) []*Server
 	return append(out, refused...)
 }
 
+// has tells whether server refused service, the refusal still live at now.
+func (r *refusals) has(server, service string, now time.Time) bool {
+	if service == "" || !r.live(now) {
+		return false
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	e := r.entries[refusalKey{server, service}]
+	return e != nil && now.Before(e.until)
+}
+
 // keepOnly drops the entries of servers not in addrs (a reload removed
 // them).
 func (r *refusals) keepOnly(addrs []string) {

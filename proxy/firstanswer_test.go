@@ -5,12 +5,15 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"strings"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/tnsguard/tnsguard/metrics"
 	"github.com/tnsguard/tnsguard/tns"
+	"github.com/tnsguard/tnsguard/tns/tnstest"
 )
 
 // The wait for a backend's first answer (firstAnswer) reports each failure
@@ -400,5 +403,115 @@ check = "off"`, fmt.Sprintf("address = %q;priority = 0", first.addr()), fmt.Spri
 	c.SetReadDeadline(time.Now().Add(5 * time.Second))
 	if p, err := tns.ReadPacket(c, tns.Length16, 0); err != nil || p.Type != tns.TypeAccept {
 		t.Fatalf("a CONNECT sent in two pieces 600ms apart (answer_timeout 200ms): %v, %v; want the listener's ACCEPT", p.Type, err)
+	}
+}
+
+// slowAccepter is a database in a logon storm: its listener answers every
+// CONNECT with ACCEPT, after delay (read at each CONNECT). It counts the
+// CONNECTs it got: each one costs the database a server process, whether
+// or not the app waited for its answer.
+func slowAccepter(t *testing.T, delay *atomic.Int64) (string, *atomic.Int32) {
+	var n atomic.Int32
+	be := newBackend(t, func(c *net.TCPConn) {
+		defer c.Close()
+		if _, err := tns.ReadPacket(c, tns.Length16, 0); err != nil {
+			return
+		}
+		n.Add(1)
+		time.Sleep(time.Duration(delay.Load()))
+		c.Write(tns.BuildAccept(318, ""))
+		io.Copy(io.Discard, c)
+	})
+	return be.addr(), &n
+}
+
+// slowPrimaryConfig: a primary slower than answer_timeout, and a standby
+// (Data Guard, not open) that refuses the service with ORA-12514; tcp
+// checks pass for both, the breaker opens after 5 failures.
+func slowPrimaryConfig(retryOn, primary, standby string) string {
+	return strings.NewReplacer(`connect_budget = "2s"`, `connect_budget = "5s"`,
+		`retry_on = ["connect", "reset", "refuse"]`, "retry_on = "+retryOn,
+		`check = "off"`, "check = \"tcp\"\n  interval = \"200ms\"\n  timeout = \"100ms\"").
+		Replace(oracleConfig(`answer_timeout = "300ms"`, primary+";0", standby+";1"))
+}
+
+// oracleSession sends a CONNECT for SALES and returns the type of the
+// first packet the app gets.
+func oracleSession(t *testing.T, h *harness) (tns.PacketType, error) {
+	t.Helper()
+	connect, err := tns.BuildConnect("(DESCRIPTION=(CONNECT_DATA=(SERVICE_NAME=SALES))(ADDRESS=(PROTOCOL=TCP)(HOST=x)(PORT=1)))")
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := h.dial("l")
+	defer c.Close()
+	c.Write(connect)
+	c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	p, err := tns.ReadPacket(c, tns.Length16, 0)
+	return p.Type, err
+}
+
+// A primary slow to answer (1s, over answer_timeout) in front of a standby
+// that refuses the service, with "refuse" in retry_on: the first session
+// is left at answer_timeout, refused by the standby, and comes back; the
+// standby's refusal is remembered (it goes last for the service), so the
+// sessions after it wait on the primary without being moved: one CONNECT
+// each, not two, and the primary's circuit stays closed. Until 2026-12-01
+// every session sent the slow primary two CONNECTs (a logon storm made
+// worse by tnsguard) and its circuit opened after 5 sessions.
+func TestSlowPrimaryIsNotLeftForAStandbyThatRefusedTheService(t *testing.T) {
+	var delay atomic.Int64
+	delay.Store(int64(time.Second))
+	primary, connects := slowAccepter(t, &delay)
+	standby := tnstest.New(t, tnstest.Config{Mode: tnstest.Refuse, Err: 12514})
+	h := startProxy(t, slowPrimaryConfig(`["connect", "reset", "refuse"]`, primary, standby.Addr()))
+	waitFor(t, 3*time.Second, "both up", func() bool {
+		return gauge(h.m.BackendUp, "b", primary) == 1 && gauge(h.m.BackendUp, "b", standby.Addr()) == 1
+	})
+	for i := range 6 {
+		if typ, err := oracleSession(t, h); err != nil || typ != tns.TypeAccept {
+			t.Fatalf("session %d: %v, %v; want the slow primary's ACCEPT", i+1, typ, err)
+		}
+	}
+	if n := connects.Load(); n != 7 {
+		t.Errorf("the slow primary got %d CONNECTs for 6 apps, want 7 (the first app's twice)", n)
+	}
+	if v := gauge(h.m.BreakerState, "b", primary); v != metrics.BreakerClosed {
+		t.Errorf("the slow primary's breaker is %v, want closed (%v): it answered every session", v, metrics.BreakerClosed)
+	}
+}
+
+// The same without "refuse" in retry_on: the first session left at
+// answer_timeout gets the standby's ORA-12514 (README, "Silent backend"),
+// which is remembered all the same, so the sessions after it wait for the
+// slow primary and get its ACCEPT; and the primary it left is no hung
+// server, so its circuit stays closed: once the storm is over, the next app
+// gets the primary's ACCEPT at once. Until 2026-12-01 every session of the
+// storm got the standby's ORA-12514, and their timeouts opened the
+// primary's circuit, so every new session went to the standby and got
+// ORA-12514 for open_for after the primary was fast again.
+func TestSlowPrimaryKeepsItsCircuitWhenTheStandbyRefuses(t *testing.T) {
+	var delay atomic.Int64
+	delay.Store(int64(time.Second))
+	primary, _ := slowAccepter(t, &delay)
+	standby := tnstest.New(t, tnstest.Config{Mode: tnstest.Refuse, Err: 12514})
+	h := startProxy(t, slowPrimaryConfig(`["connect", "reset"]`, primary, standby.Addr()))
+	waitFor(t, 3*time.Second, "both up", func() bool {
+		return gauge(h.m.BackendUp, "b", primary) == 1 && gauge(h.m.BackendUp, "b", standby.Addr()) == 1
+	})
+	if typ, err := oracleSession(t, h); err != nil || typ != tns.TypeRefuse {
+		t.Fatalf("the first session during the storm: %v, %v; want the standby's REFUSE", typ, err)
+	}
+	for i := range 4 {
+		if typ, err := oracleSession(t, h); err != nil || typ != tns.TypeAccept {
+			t.Fatalf("session %d during the storm: %v, %v; want the slow primary's ACCEPT (the standby refused the service: it is nowhere to go)", i+2, typ, err)
+		}
+	}
+	delay.Store(0) // the storm is over
+	if typ, err := oracleSession(t, h); err != nil || typ != tns.TypeAccept {
+		t.Fatalf("the first session after the storm: %v, %v; want the primary's ACCEPT", typ, err)
+	}
+	if v := gauge(h.m.BreakerState, "b", primary); v != metrics.BreakerClosed {
+		t.Errorf("the primary's breaker is %v, want closed (%v)", v, metrics.BreakerClosed)
 	}
 }

@@ -491,11 +491,22 @@ const maxRememberedService = 255
 // It returns the service's key ("" for none read).
 func (s *session) serviceRefused(srv *failover.Server, plan *failover.Plan) string {
 	s.noteConnect() // the REFUSE answered it: it is here
+	key := s.rememberRefusal(srv)
+	if key != "" {
+		plan.ForService(key)
+	}
+	return key
+}
+
+// rememberRefusal tells srv's backend that srv refused the session's
+// service (failover.Server.RefusedService), with a line the first time,
+// and returns the service's key ("" for none read: nothing is remembered).
+// The session's CONNECT has been read (noteConnectLocked).
+func (s *session) rememberRefusal(srv *failover.Server) string {
 	key := serviceKey(s.serviceName)
 	if key == "" {
 		return ""
 	}
-	plan.ForService(key)
 	if d := srv.RefusedService(key); d > 0 && s.l.takeLogLine("service-refused") {
 		s.logger().Info("server refused service: new sessions for it try this server last", "server", srv.Address, "for", d.String())
 	}
@@ -651,6 +662,16 @@ func (s *session) redirectPassed(srv *failover.Server, addr string, following bo
 // it is a no_backend rejection (TnsguardAppsRejected), not a quiet session
 // that worked. The session itself ends as any other whose backend closed.
 func (s *session) refusePassed(srv *failover.Server, code int) {
+	if serviceRefusal(code) {
+		// Remembered as a held-back one is (serviceRefused): the app got
+		// it, but the sessions after it for that service dial the other
+		// servers first, and answer_timeout moves none of them to this
+		// one. Without that, after a switchover every app of the
+		// service met the old primary's ORA-12514, and in a logon storm
+		// a slow primary's sessions were moved, one each, to a standby
+		// that refused them.
+		s.rememberRefusal(srv)
+	}
 	s.l.rejected("no_backend")
 	if s.l.takeLogLine("no-backend") {
 		s.logger().Warn("no backend for new session: the app gets the listener's REFUSE",

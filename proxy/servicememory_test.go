@@ -319,3 +319,33 @@ func TestCutConnectWhileARefusalIsRememberedDialsNothing(t *testing.T) {
 		t.Errorf("a CONNECT cut short counted as %v apps no server took", n)
 	}
 }
+
+// Without "refuse" in retry_on a listener's ORA-12514 goes to the app as it
+// came, and is remembered all the same: after a switchover the first app of
+// the service gets it, and the sessions after it dial the standby first.
+// Until 2026-12-01 nothing was remembered then, and every app of the
+// service got the old primary's ORA-12514 (go-ora ORA-12514, node-oracledb
+// NJS-518) until a reload or health.service.
+func TestPassedOnServiceRefusalIsRemembered(t *testing.T) {
+	old := tnstest.New(t, tnstest.Config{Mode: tnstest.Refuse, Err: 12528, Services: []string{"OTHER"}})
+	standby := tnstest.New(t, tnstest.Config{Mode: tnstest.Refuse, Err: 12526, Services: []string{"SALES"}})
+	cfg := strings.Replace(switchoverConfig("1h", "1h", old.Addr()+";0", standby.Addr()+";1"),
+		`retry_on = ["connect", "reset", "refuse"]`, `retry_on = ["connect", "reset"]`, 1)
+	h := startProxy(t, cfg)
+
+	if got := answeredBy(t, h, "SALES"); got != "ORA-12514" {
+		t.Fatalf("first session: %s, want the old primary's ORA-12514, passed on", got)
+	}
+	const n = 5
+	for i := range n {
+		if got := answeredBy(t, h, "SALES"); got != "ORA-12526" {
+			t.Fatalf("session %d after the first: %s, want the standby's ORA-12526: the old primary's refusal of SALES was not remembered", i+2, got)
+		}
+	}
+	if got := old.Accepted(); got != 1 {
+		t.Errorf("%d sessions after the first: the old primary was dialed %d more times, want none", n, got-1)
+	}
+	if got := answeredBy(t, h, "OTHER"); got != "ORA-12528" {
+		t.Errorf("a session for OTHER: %s, want the old primary's ORA-12528 (it is dialed first for other services)", got)
+	}
+}

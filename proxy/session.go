@@ -278,6 +278,7 @@ func (s *session) open() error {
 	var lastRefuse error             // the last REFUSE, for the app when no server takes it
 	var refusedBy []*failover.Server // servers that refused this session (budgetCut)
 	var silent []*failover.Server    // servers whose answer_timeout this session waited out (answerBound)
+	var silentErrs []error           // why, for their breakers once another server took the session
 	var retry string                 // why the next dial is a re-dial ("" for the first)
 	var failed *failover.Server      // the server that failed before it
 	// reloaded: a reload redefined the backend while this session waited
@@ -396,6 +397,17 @@ func (s *session) open() error {
 				err = fmt.Errorf("backend reset before its first byte: %w", pe.err)
 			}
 		}
+		if err == nil && (len(first) < tns.HeaderLen || tns.PacketType(first[4]) != tns.TypeRefuse) {
+			// Another server answered (no REFUSE passed on): the ones the
+			// session left at answer_timeout were hung, not slow. Before
+			// the answer reaches the app, so that its next session finds
+			// the circuit as this one left it.
+			for i, sv := range silent {
+				if sv != srv {
+					sv.Failed(silentErrs[i])
+				}
+			}
+		}
 		if err == nil || s.backendEndedFirst(err) {
 			err = s.establish(first, srv, plan)
 			if buf != nil {
@@ -470,13 +482,20 @@ func (s *session) open() error {
 					service = key // for a plan a reload makes anew too
 				}
 			}
+		} else if errors.Is(err, errAnswerTimeout) {
+			// No verdict yet: a server left at answer_timeout may be slow,
+			// not hung (a logon storm). It is counted a failure once
+			// another server takes the session (above). Counted at once,
+			// the slow primary's circuit opened after failures sessions
+			// that a standby without the service refused, and every new
+			// session went to that standby until open_for ended.
+			srv.Abandoned(plan.Trial())
+			silent = append(silent, srv) // waited on to the budget's end if tried again
+			silentErrs = append(silentErrs, err)
 		} else if budgetCut(err, plan, left, cfg, slices.Contains(refusedBy, srv)) {
 			srv.Abandoned(plan.Trial())
 		} else {
 			plan.Failed(srv, err)
-		}
-		if errors.Is(err, errAnswerTimeout) {
-			silent = append(silent, srv) // waited on to the budget's end if tried again
 		}
 		switch {
 		case s.overflowed():
@@ -970,7 +989,7 @@ func (s *session) firstAnswer(conn *net.TCPConn, deadline time.Time, bound answe
 				s.mu.Lock()
 				unfinished := s.openingUnfinishedLocked(true)
 				s.mu.Unlock()
-				if unfinished || !bound.elsewhere() {
+				if unfinished || !bound.elsewhere(s) {
 					bound.timeout = 0
 					err = nil
 					continue
@@ -1039,9 +1058,11 @@ func (b *answerBound) cut(s *session, owed time.Time) time.Time {
 // its plan may dial that neither refused it nor was waited out by it. With
 // only one server, or none other usable, the wait goes on to the budget's
 // end: cutting it would only add a connection to a slow database in a
-// logon storm.
-func (b *answerBound) elsewhere() bool {
-	return b.be.Elsewhere(b.srv, b.passed[0], b.passed[1])
+// logon storm. Nor is a server that refused the app's service lately
+// (the CONNECT is whole by now: firstAnswer asks only then).
+func (b *answerBound) elsewhere(s *session) bool {
+	s.noteConnect()
+	return b.be.Elsewhere(b.srv, serviceKey(s.serviceName), b.passed[0], b.passed[1])
 }
 
 // takenOut tells whether a reload took the server out of the session's
