@@ -192,7 +192,8 @@ func New(cfg *config.Backend, log hclog.Logger, m *metrics.Metrics) *Backend {
 //   - the services it refused lately (RefusedService): a reload does not
 //     send every session of a service back to the old primary that
 //     refuses it. The memory is shared with old, whose sessions still
-//     opening add to it; the refusals of servers b lacks are dropped.
+//     opening add to it; the refusals of servers b lacks are dropped, and
+//     all of them when b no longer re-dials ORA-12514 and ORA-12505.
 //
 // The weighted rotation goes on where it was, too: begun again at each
 // reload, it gave the first server more than its share when reloads came
@@ -201,12 +202,19 @@ func New(cfg *config.Backend, log hclog.Logger, m *metrics.Metrics) *Backend {
 // Before Start.
 func (b *Backend) Inherit(old *Backend) {
 	b.rr.Store(old.rr.Load())
-	b.refusals = old.refusals
-	addrs := make([]string, len(b.Servers))
-	for i, s := range b.Servers {
-		addrs[i] = s.Address
+	// Only a backend that still re-dials a service's REFUSE takes the
+	// memory over: without that, the REFUSE of the server dialed first
+	// goes to the app, and a remembered refusal would send every session
+	// of the service first to a server that may refuse it now (the
+	// standby after a switch back), until the memory's time ran out.
+	if b.Config.Retries("refuse") && (slices.Contains(b.Config.RefuseErrors, 12514) || slices.Contains(b.Config.RefuseErrors, 12505)) {
+		b.refusals = old.refusals
+		addrs := make([]string, len(b.Servers))
+		for i, s := range b.Servers {
+			addrs[i] = s.Address
+		}
+		b.refusals.keepOnly(addrs)
 	}
-	b.refusals.keepOnly(addrs)
 	checks, oldChecks := b.Config.Health.Check != "off", old.Config.Health.Check != "off"
 	tnsping := b.Config.Health.Check == "tnsping" && old.Config.Health.Check == "tnsping"
 	for _, s := range b.Servers {

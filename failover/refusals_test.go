@@ -100,12 +100,19 @@ func TestRefusalMemoryIsBounded(t *testing.T) {
 }
 
 // A reload shares the memory with the backend it replaces, without the
-// servers it removed.
+// servers it removed; a backend that no longer re-dials a REFUSE starts
+// without it (its sessions would get the REFUSE of the server the memory
+// sends them to first).
 func TestInheritCarriesRefusalsByAddress(t *testing.T) {
 	old := primaryAndStandby(t, "")
 	old.Servers[0].RefusedService("sales")
 	old.Servers[1].RefusedService("orders")
-	b := testBackend(t, servers(`address = "a:1"`, `address = "c:1";priority = 1`))
+	without := testBackend(t, servers(`address = "a:1"`, `address = "c:1";priority = 1`))
+	without.Inherit(old)
+	if got := planOrder(t, without, "sales"); !slices.Equal(got, []string{"a:1", "c:1"}) || without.ServiceRefusalsLive(time.Now()) {
+		t.Errorf("after a reload without \"refuse\" in retry_on, sales: %v; want the priority order, nothing remembered", got)
+	}
+	b := testBackend(t, "retry_on = [\"connect\", \"refuse\"]\n"+servers(`address = "a:1"`, `address = "c:1";priority = 1`))
 	b.Inherit(old)
 	if got := planOrder(t, b, "sales"); !slices.Equal(got, []string{"c:1", "a:1"}) {
 		t.Errorf("after the reload, sales: %v; want a:1 last still", got)

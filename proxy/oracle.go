@@ -62,6 +62,27 @@ func telling(err, kept error) bool {
 // The caller holds s.mu.
 func (s *session) looksLikeTNSLocked() bool { return startsWithConnect(s.replay, nil) }
 
+// mayBeginConnect reports whether b, the app's opening so far, may still be
+// a TNS CONNECT or its start, by the rules openingUnfinishedLocked reads a
+// short opening with. A wait for the CONNECT (waitForConnect) ends as soon
+// as it cannot: an app of another protocol whose first message is shorter
+// than a TNS header (PING\r\n, an echo's "hi\n") waits for its answer, and
+// was held until connect_budget, then reset with no server dialed.
+func mayBeginConnect(b []byte) bool {
+	if len(b) >= tns.HeaderLen {
+		return startsWithConnect(b, nil)
+	}
+	if tlsHandshake(b) || len(b) >= 2 && int(b[0])<<8|int(b[1]) < tns.HeaderLen {
+		return false
+	}
+	for i := 2; i < min(len(b), 5); i++ {
+		if i < 4 && b[i] != 0 || i == 4 && tns.PacketType(b[i]) != tns.TypeConnect {
+			return false // bytes 2-3 are a first packet's checksum (0), byte 4 its type
+		}
+	}
+	return true
+}
+
 // startsWithConnect reports whether the opening kept so far (kept) followed
 // by b starts with a TNS CONNECT header: the app's opening as it is held
 // (looksLikeTNSLocked), or, when it outgrows replay_bytes, with the bytes
@@ -412,7 +433,7 @@ func (s *session) waitForConnect() string {
 	defer s.mu.Unlock()
 	s.noteConnectLocked()
 	for !s.connectSeen && !s.routeWaitOver && !s.clientEOF && s.clientErr == nil && s.ctx.Err() == nil &&
-		len(s.replay) < *s.backend.Config.ReplayBytes && !s.replayHeld && (len(s.replay) < tns.HeaderLen || s.looksLikeTNSLocked()) {
+		len(s.replay) < *s.backend.Config.ReplayBytes && !s.replayHeld && mayBeginConnect(s.replay) {
 		s.cond.Wait()
 		s.noteConnectLocked()
 	}

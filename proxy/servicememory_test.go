@@ -231,26 +231,29 @@ func TestServiceKeyIsSameService(t *testing.T) {
 	}
 }
 
+// refuseConnectsEchoTheRest is an old primary that refuses every CONNECT
+// with ORA-12514 and echoes anything else.
+func refuseConnectsEchoTheRest(c *net.TCPConn) {
+	buf := make([]byte, 4096)
+	n, err := c.Read(buf)
+	if err != nil {
+		return
+	}
+	if n >= tns.HeaderLen && tns.PacketType(buf[4]) == tns.TypeConnect {
+		c.Write(tns.BuildRefuse(0x22, 0, "(DESCRIPTION=(TMP=)(VSNNUM=318767104)(ERR=12514)(ERROR_STACK=(ERROR=(CODE=12514)(EMFI=4))))"))
+		return
+	}
+	c.Write(buf[:n])
+	echo(c)
+}
+
 // While a refusal is remembered, sessions wait for the app's CONNECT before
 // they dial; an app that does not speak TNS (a TCPS client's ClientHello)
 // names no service, and is dialed as soon as its first bytes say so, not
 // at the end of connect_budget.
 func TestNonTNSAppDoesNotWaitForAService(t *testing.T) {
-	// The old primary refuses every CONNECT with ORA-12514 and echoes
-	// anything else; the standby echoes.
-	old := newServer(t, func(c *net.TCPConn) {
-		buf := make([]byte, 4096)
-		n, err := c.Read(buf)
-		if err != nil {
-			return
-		}
-		if n >= tns.HeaderLen && tns.PacketType(buf[4]) == tns.TypeConnect {
-			c.Write(tns.BuildRefuse(0x22, 0, "(DESCRIPTION=(TMP=)(VSNNUM=318767104)(ERR=12514)(ERROR_STACK=(ERROR=(CODE=12514)(EMFI=4))))"))
-			return
-		}
-		c.Write(buf[:n])
-		echo(c)
-	})
+	// The standby echoes.
+	old := newServer(t, refuseConnectsEchoTheRest)
 	standby := newServer(t, echo)
 	cfg := strings.Replace(switchoverConfig("1h", "1h", old.address+";0", standby.address+";1"), `connect_budget = "2s"`, `connect_budget = "20s"`, 1)
 	h := startProxy(t, cfg)
@@ -347,5 +350,77 @@ func TestPassedOnServiceRefusalIsRemembered(t *testing.T) {
 	}
 	if got := answeredBy(t, h, "OTHER"); got != "ORA-12528" {
 		t.Errorf("a session for OTHER: %s, want the old primary's ORA-12528 (it is dialed first for other services)", got)
+	}
+}
+
+// An app of another protocol whose first message is shorter than a TNS
+// header (PING\r\n, an echo client's line) cannot be sending a CONNECT:
+// while a refusal is remembered it is dialed as soon as its bytes say so,
+// and so it is on a listener with routes (to the "*" route). Until
+// 2026-12-01 it waited for the rest of a CONNECT until connect_budget, and
+// then, its budget spent on the wait, was reset with no server dialed,
+// counted as an app no server took.
+func TestShortPlainMessageWhileARefusalIsRememberedIsServed(t *testing.T) {
+	for _, routes := range []bool{false, true} {
+		t.Run(map[bool]string{false: "plain", true: "routes"}[routes], func(t *testing.T) {
+			testShortPlainMessageIsServed(t, routes)
+		})
+	}
+}
+
+func testShortPlainMessageIsServed(t *testing.T, routes bool) {
+	old := newServer(t, refuseConnectsEchoTheRest)
+	standby := newServer(t, echo)
+	cfg := switchoverConfig("1h", "1h", old.address+";0", standby.address+";1")
+	if routes {
+		cfg = strings.Replace(cfg, `services = ["SALES"]`, `routes = { "SALES" = "b", "*" = "b" }`, 1)
+	}
+	h := startProxy(t, cfg)
+	if got := tnsAnswer(t, h, "SALES"); got != tns.TypeConnect { // the standby echoes the CONNECT
+		t.Fatalf("first session: %v, want the standby's echo", got)
+	}
+	if !h.p.backend("b").ServiceRefusalsLive(time.Now()) {
+		t.Fatal("the old primary's refusal of SALES is not remembered")
+	}
+	for _, msg := range []string{"PING\r\n", "hi\n"} {
+		c := h.dial("l")
+		c.SetDeadline(time.Now().Add(30 * time.Second))
+		if err := roundTrip(c, []byte(msg)); err != nil {
+			t.Errorf("an app that sends %q: %v; want its echo", msg, err)
+		}
+		c.Close()
+	}
+	if n := counter(h.m.SessionsRejected, "l", "no_backend"); n != 0 {
+		t.Errorf("%v sessions counted as apps no server took", n)
+	}
+}
+
+// A reload that takes "refuse" out of retry_on ends the memory: the REFUSE
+// of a server tried first now goes to the app, so a remembered refusal
+// must not send the app there first. After a switch back the standby
+// refuses the service and the old primary serves it again; until
+// 2026-12-01 every app got the standby's ORA-12514 after such a reload,
+// for as long as the old primary's refusal was remembered (up to
+// max_open_for).
+func TestReloadWithoutRefuseForgetsTheServiceRefusals(t *testing.T) {
+	old := tnstest.New(t, tnstest.Config{Mode: tnstest.Accept, Services: []string{"OTHER"}})
+	standby := tnstest.New(t, tnstest.Config{Mode: tnstest.Accept, Services: []string{"SALES"}})
+	cfg := switchoverConfig("1h", "1h", old.Addr()+";0", standby.Addr()+";1")
+	h := startProxy(t, cfg)
+	if got := tnsAnswer(t, h, "SALES"); got != tns.TypeAccept {
+		t.Fatalf("first session: %v, want the standby's ACCEPT", got)
+	}
+	if !h.p.backend("b").ServiceRefusalsLive(time.Now()) {
+		t.Fatal("the old primary's refusal of SALES is not remembered")
+	}
+	old.SetServices("OTHER", "SALES") // a switch back
+	standby.SetServices("OTHER")
+	if err := h.p.Apply(mustParse(t, strings.Replace(cfg, `retry_on = ["connect", "reset", "refuse"]`, `retry_on = ["connect", "reset"]`, 1))); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 3 {
+		if got := tnsAnswer(t, h, "SALES"); got != tns.TypeAccept {
+			t.Fatalf("session %d after the reload: %v, want the old primary's ACCEPT", i+1, got)
+		}
 	}
 }
