@@ -236,6 +236,15 @@ func wayRound(chain []string, to string) []string {
 // the real binary), and the server marked down and its circuit opened
 // (check = "off"). nil for any other address, and on the common path (no
 // listener at dst) without a lock or a system call.
+//
+// The address alone does not tell: this host's own NAT may send dst to a
+// database on another host (see add), and one that resets a connection as
+// its handshake ends (at its connection limit, a load balancer with no
+// backend) resets the dial before connect returns too. The listener's
+// session that reset the dial noted the loop first (claim, markBack): a
+// reset with no such note for dst is the server's, and the dial failed.
+// Until 2026-12-01 every app of such a server ended as a self_dial, its
+// next server untried.
 func (d *selfDials) resetLoop(addr net.Addr, chain []string, listener string) []string {
 	dst := addrPortOf(addr)
 	if !dst.IsValid() {
@@ -248,7 +257,29 @@ func (d *selfDials) resetLoop(addr net.Addr, chain []string, listener string) []
 	if chain == nil {
 		chain = []string{listener}
 	}
-	return wayRound(chain, to)
+	if loop := wayRound(chain, to); loop != nil && d.loopedAt(dst) {
+		return loop
+	}
+	return nil
+}
+
+// loopedAt tells whether a loop was found lately through a dial to dst:
+// a note of such a dial with its way round.
+func (d *selfDials) loopedAt(dst netip.AddrPort) bool {
+	if d.n.Load() == 0 {
+		return false
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.ageLocked()
+	for _, notes := range []map[dialKey]*selfDial{d.cur, d.prev} {
+		for k, sd := range notes {
+			if k.dst == dst && sd.back != nil {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // ours tells, for c accepted by listener, the chain of listeners that

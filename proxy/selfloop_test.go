@@ -662,7 +662,39 @@ func TestSockDiagTellsAConnectionFromAListener(t *testing.T) {
 	}
 	defer unix.Close(fd)
 	none := netip.AddrPortFrom(local.Addr(), 1) // no connection from there
-	if found, err := tcpSocketAt(fd, remote, none); err != nil || found {
+	if found, _, err := tcpSocketAt(fd, remote, none); err != nil || found {
 		t.Errorf("a connection from %v to the listener %v that does not exist: found %v, %v; want not found", none, remote, found, err)
+	}
+}
+
+// A dial that what it reached reset at once (a server behind this host's
+// NAT at its connection limit) has no socket left when the kernel is
+// asked: with the listener on its port answering, sock_diag works and no
+// socket here holds the dial's other end, so it is no loop. Until
+// 2026-12-01 a dial whose own socket was gone was "sock_diag cannot tell",
+// a loop: the app ended as a self_dial, its next server untried.
+func TestSockDiagOfADialResetAtOnceIsNoLoop(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	c, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	a, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	a.(*net.TCPConn).SetLinger(0)
+	a.Close() // a reset: no socket here holds the dial's other end now
+	c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if _, err := c.Read(make([]byte, 1)); !errors.Is(err, syscall.ECONNRESET) {
+		t.Fatalf("dial: %v, want the reset", err)
+	}
+	if acceptedHere(addrPortOf(c.LocalAddr()), addrPortOf(c.RemoteAddr())) {
+		t.Errorf("a dial reset by what it reached, no socket left at either end: taken for a loop")
 	}
 }

@@ -18,9 +18,12 @@ import (
 // (NETLINK_SOCK_DIAG, inet_diag) for both ends by their exact addresses:
 // the dial's own socket first, which exists, so that a kernel or a sandbox
 // where sock_diag does not answer (no inet_diag, a seccomp filter) says
-// "yes", a loop, as the addresses alone did before. A netlink socket and
-// two lookups (six system calls), only for a dial that the addresses alone
-// took for a loop.
+// "yes", a loop, as the addresses alone did before. The dial's socket is
+// gone too when what it reached reset it at once (a server behind the NAT
+// at its connection limit): then only an answer that names the listener on
+// remote's port tells that sock_diag works and no socket here holds the
+// dial's other end. A netlink socket and two lookups (six system calls),
+// only for a dial that the addresses alone took for a loop.
 func acceptedHere(local, remote netip.AddrPort) bool {
 	local = netip.AddrPortFrom(local.Addr().Unmap(), local.Port())
 	remote = netip.AddrPortFrom(remote.Addr().Unmap(), remote.Port())
@@ -29,10 +32,17 @@ func acceptedHere(local, remote netip.AddrPort) bool {
 		return true
 	}
 	defer unix.Close(fd)
-	if found, err := tcpSocketAt(fd, local, remote); err != nil || !found {
-		return true // sock_diag cannot see the dial itself: it cannot tell
+	dial, _, err := tcpSocketAt(fd, local, remote)
+	if err != nil {
+		return true // sock_diag cannot tell
 	}
-	found, err := tcpSocketAt(fd, remote, local)
+	found, listening, err := tcpSocketAt(fd, remote, local)
+	if !dial {
+		// Until 2026-12-01 a loop, whatever the answer: every app of a
+		// server behind the NAT that reset at once was a self_dial, its
+		// next server untried.
+		return err != nil || !listening
+	}
 	return err != nil || found
 }
 
@@ -40,8 +50,9 @@ func acceptedHere(local, remote netip.AddrPort) bool {
 // is local and whose peer is remote. An exact lookup that finds no such
 // connection may answer with the listening socket on local's port (the
 // kernel's lookup falls back to a listener, as for a SYN): that is no
-// connection, nor is a TIME_WAIT left by an earlier one.
-func tcpSocketAt(fd int, local, remote netip.AddrPort) (bool, error) {
+// connection, nor is a TIME_WAIT left by an earlier one; listening tells
+// that the answer was such a listener.
+func tcpSocketAt(fd int, local, remote netip.AddrPort) (found, listening bool, err error) {
 	const (
 		inetDiagReqV2 = 56 // struct inet_diag_req_v2
 		inetDiagMsg   = 72 // struct inet_diag_msg
@@ -77,38 +88,41 @@ func tcpSocketAt(fd int, local, remote netip.AddrPort) (bool, error) {
 	ne.PutUint32(id[40:], 0xffffffff) // INET_DIAG_NOCOOKIE
 	ne.PutUint32(id[44:], 0xffffffff)
 	if err := unix.Sendto(fd, req, 0, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {
-		return false, err
+		return false, false, err
 	}
 	buf := make([]byte, 4096)
 	n, _, err := unix.Recvfrom(fd, buf, 0)
 	if err != nil {
-		return false, err
+		return false, false, err
 	}
 	if n < unix.SizeofNlMsghdr || int(ne.Uint32(buf)) > n || ne.Uint32(buf) < unix.SizeofNlMsghdr {
-		return false, errors.New("sock_diag: short answer")
+		return false, false, errors.New("sock_diag: short answer")
 	}
 	d := buf[unix.SizeofNlMsghdr:ne.Uint32(buf)]
 	switch ne.Uint16(buf[4:]) {
 	case unix.NLMSG_ERROR:
 		if len(d) < 4 {
-			return false, errors.New("sock_diag: short error")
+			return false, false, errors.New("sock_diag: short error")
 		}
 		if e := unix.Errno(-int32(ne.Uint32(d))); e != unix.ENOENT {
-			return false, e
+			return false, false, e
 		}
-		return false, nil // no socket (or no inet_diag: the dial's own lookup tells)
+		return false, false, nil // no socket (or no inet_diag: then no listener answers either)
 	case unix.SOCK_DIAG_BY_FAMILY:
 		if len(d) < inetDiagMsg {
-			return false, errors.New("sock_diag: short answer")
+			return false, false, errors.New("sock_diag: short answer")
 		}
 		state, got := d[1], d[4:]
 		// A socket of a dual-stack listener answers in AF_INET6, its
 		// IPv4 addresses mapped.
 		gotLocal := netip.AddrPortFrom(diagAddr(d[0], got[4:20]), binary.BigEndian.Uint16(got[0:]))
 		gotRemote := netip.AddrPortFrom(diagAddr(d[0], got[20:36]), binary.BigEndian.Uint16(got[2:]))
-		return gotLocal == local && gotRemote == remote && state != tcpListen && state != tcpTimeWait, nil
+		if state == tcpListen {
+			return false, gotLocal.Port() == local.Port(), nil
+		}
+		return gotLocal == local && gotRemote == remote && state != tcpTimeWait, false, nil
 	}
-	return false, errors.New("sock_diag: unexpected answer")
+	return false, false, errors.New("sock_diag: unexpected answer")
 }
 
 // diagAddr is an address of an inet_diag_sockid, unmapped.

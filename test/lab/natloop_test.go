@@ -116,7 +116,55 @@ func TestLabHealthCheckBehindTheHostsOwnNAT(t *testing.T) {
 		v, _ := m.Sum("tnsguard_sessions_rejected_total", netlab.Labels{"reason": "self_dial"})
 		return v >= 1
 	})
-	if v, _ := m.Sum("tnsguard_sessions_rejected_total", netlab.Labels{"reason": "self_dial"}); v != 1 {
-		t.Errorf("tnsguard_sessions_rejected_total{reason=\"self_dial\"} = %v for one app into a real loop, want 1", v)
+	// One app is one self_dial, and the checks count none; the race of an
+	// accept before its dial is noted counts one more (README: "one
+	// self_dial too many"), 2 in about 20 runs under load.
+	if v, _ := m.Sum("tnsguard_sessions_rejected_total", netlab.Labels{"reason": "self_dial"}); v < 1 || v > 2 {
+		t.Errorf("tnsguard_sessions_rejected_total{reason=\"self_dial\"} = %v for one app into a real loop, want 1 (2 with the accept-before-note race): the health checks count none", v)
+	}
+}
+
+// A server behind the host's own NAT that resets a connection as soon as
+// its handshake ends (a downstream proxy at its connection limit, a load
+// balancer with no backend left, a listener's full queue with
+// tcp_abort_on_overflow) is a server that failed, not a loop: the app goes
+// on to the next server. Such a reset can end tnsguard's connect, as one
+// of its own listeners' does when a dial loops back to it; until
+// 2026-12-01 the address alone made it a loop: every app was reset as a
+// self_dial with the next server up, and the operator told to check the
+// server's address.
+func TestLabServerBehindTheHostsOwnNATThatResetsIsNoLoop(t *testing.T) {
+	t.Parallel()
+	const port, next = 1521, 1522
+	lab := netlab.New(t, netlab.Config{EstablishedTimeout: 30 * time.Second})
+	lab.StartEcho(t, lab.DB, fmt.Sprintf(":%d", port))
+	db := lab.StartEcho(t, lab.DB, fmt.Sprintf(":%d", next))
+	natToDB(t, lab, port)
+	// The handshake's last ACK (and all after it) is answered with a
+	// reset, which reaches tnsguard's dial before its connect returns.
+	lab.IPTables(t, lab.DB, "-A", "INPUT", "-p", "tcp", "--dport", fmt.Sprint(port),
+		"-m", "conntrack", "--ctstate", "ESTABLISHED", "-j", "REJECT", "--reject-with", "tcp-reset")
+	guard := startGuard(t, lab, link{Name: "orders", Listen: fmt.Sprintf("0.0.0.0:%d", port),
+		Servers: []string{lab.AppAddr(port), lab.DBAddr(next)}, Health: "off", ConnectBudget: "5s"})
+	const apps = 30
+	for i := range apps {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		c, err := lab.Dial(ctx, lab.App, fmt.Sprintf("127.0.0.1:%d", port))
+		cancel()
+		if err == nil {
+			err = roundTrip(c, []byte("select 1 from dual\n"), 10*time.Second)
+			c.Close()
+		}
+		if err != nil {
+			t.Errorf("app %d: %v, want the next server's answer", i, err)
+		}
+	}
+	if _, ok := db.Next("accept", 5*time.Second); !ok {
+		t.Errorf("the next server saw no connection")
+	}
+	m := guard.Metrics(t)
+	if v, _ := m.Sum("tnsguard_sessions_rejected_total", netlab.Labels{"reason": "self_dial"}); v != 0 {
+		t.Errorf("tnsguard_sessions_rejected_total{reason=\"self_dial\"} = %v for a server behind the host's NAT that resets, want 0: no loop\n%s",
+			v, m.Dump("tnsguard_sessions_rejected_total", "tnsguard_sessions_total"))
 	}
 }
