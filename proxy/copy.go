@@ -273,13 +273,22 @@ func newPump(src, dst *net.TCPConn, pool *bufPool, onChunk func(int)) (*pump, er
 // of src, which waits for this callback, is not held up by a steady stream
 // of small messages; run then enters RawConn.Read anew, which reads first.
 func (p *pump) tryRead(fd uintptr) bool {
+	// spare is the buffer of the message just passed on, kept for the
+	// next read of this callback: one pool get and put per wake rather
+	// than per read (the read until EAGAIN doubled them). It goes back to
+	// the pool before the callback returns, so a pump waiting on the
+	// poller still holds no buffer.
+	var spare *[]byte
 	for i := 0; ; i++ {
 		if i == passesPerWait {
+			p.putSpare(spare)
 			p.again = true
 			return true
 		}
 		p.toSplice = false
 		if p.splicing() && !p.urgent { // in bulk: the first splice in of a round, and spliceBulk goes on
+			p.putSpare(spare)
+			spare = nil
 			if p.trySpliceIn(fd); p.sp.err != syscall.EAGAIN {
 				p.toSplice = true
 				return true
@@ -294,10 +303,14 @@ func (p *pump) tryRead(fd uintptr) bool {
 		}
 		if p.urgent || p.watchingMark() {
 			if p.takeUrgent(fd) {
+				p.putSpare(spare)
 				return true // run sends it
 			}
 		}
-		buf := p.pool.get()
+		buf := spare
+		if spare = nil; buf == nil {
+			buf = p.pool.get()
+		}
 		n, err := rawRead(fd, *buf)
 		if err == syscall.EAGAIN {
 			p.pool.put(buf)
@@ -328,12 +341,18 @@ func (p *pump) tryRead(fd uintptr) bool {
 			p.readErr, p.written = nil, w
 			return true
 		}
-		p.pool.put(buf)
-		p.buf = nil
+		spare, p.buf = buf, nil // all written: the next read may take it
 		p.bulk = false
 		p.moved++
 		p.hot++
 		p.onChunk(n)
+	}
+}
+
+// putSpare gives tryRead's spare buffer back, if it holds one.
+func (p *pump) putSpare(b *[]byte) {
+	if b != nil {
+		p.pool.put(b)
 	}
 }
 
@@ -712,11 +731,7 @@ func (p *pump) openDst() error {
 // tryWrite runs inside dst's RawConn.Write: false waits for room.
 func (p *pump) tryWrite(fd uintptr) bool {
 	for p.off < p.n {
-		write := rawWrite
-		if p.dormant {
-			write = lotWrite // the lot's write (idle.go), on a bare fd
-		}
-		m, err := write(fd, (*p.buf)[p.off:p.n])
+		m, err := rawWrite(fd, (*p.buf)[p.off:p.n])
 		if err == syscall.EAGAIN {
 			return p.noWait
 		}
@@ -743,34 +758,23 @@ func (p *pump) noteDstErr(e syscall.Errno) {
 	p.sess.noteWriteErr(leg, e)
 }
 
-// rawRead is read(2) made without telling the scheduler (RawSyscall): on a
-// non-blocking socket it only copies what the socket holds, and never waits.
+// rawRead and rawWrite are read(2) and write(2) made without telling the
+// scheduler (RawSyscall): on a non-blocking socket neither waits, a read
+// only copies what the socket holds and a write only what fits.
 //
-// rawWrite is write(2) through the scheduler (Syscall), although it never
-// waits either. A loopback write runs the receiver's TCP processing, and
-// the kernel may preempt the thread inside it; told of the call, sysmon
-// hands the P to another thread, so the pumps queued behind this one move
-// on meanwhile. Without that (RawSyscall), p99 at 32 connections was 1.5-2x
-// the best peer's, against 0.9-1.3x with it, at the same CPU per round
-// trip (see the README's data-path section).
+// Told of each write (Syscall), the runtime woke its monitor (sysmon),
+// which then polled every 20 us and could hand the P to another thread
+// during the write: at 1 connection that was 0.2-1.0 futex calls, 0.3-1.4
+// nanosleeps and 2.7-3.9 context switches per round trip, against 0.02,
+// 0.01-0.04 and 2.1-2.2 now, and 450-800 instructions more (README, "A
+// round trip, counted"). The write went through Syscall from c1e8ccf on,
+// when every busy session ran on goroutines and p99 at 32 connections was
+// 1.5-2x the best peer's with a raw write; busy sessions at that load run
+// on the lot now, whose write was raw already (two paired runs at 32
+// connections: +1.5% and +3% rps, p99 no worse).
 func rawRead(fd uintptr, b []byte) (int, syscall.Errno) { return rawIO(syscall.SYS_READ, fd, b) }
 
-func rawWrite(fd uintptr, b []byte) (int, syscall.Errno) {
-	for {
-		r, _, e := syscall.Syscall(syscall.SYS_WRITE, fd, uintptr(unsafe.Pointer(unsafe.SliceData(b))), uintptr(len(b)))
-		if e != syscall.EINTR {
-			return int(r), e
-		}
-	}
-}
-
-// lotWrite is the parking lot's write(2) on a dormant session's bare fd,
-// made without telling the scheduler (RawSyscall). A lot is one goroutine
-// that moves one message after another, with nothing queued behind it on
-// its own P; told of each write, sysmon kept waking every 20 us to hand the
-// P on. Two paired A/B runs at 32 connections: +1.5% and +3% rps, p99 no
-// worse.
-func lotWrite(fd uintptr, b []byte) (int, syscall.Errno) { return rawIO(syscall.SYS_WRITE, fd, b) }
+func rawWrite(fd uintptr, b []byte) (int, syscall.Errno) { return rawIO(syscall.SYS_WRITE, fd, b) }
 
 // rawIO is read(2) or write(2) (trap) on b through RawSyscall, again after
 // EINTR.
