@@ -38,6 +38,7 @@ func (w testWriter) Write(p []byte) (int, error) {
 func TestSmoke(t *testing.T) {
 	o := quickOptions()
 	o.Systems = knownSystems() // the opt-in reference design too
+	o.Tests = knownTests()     // and the opt-in measurements
 	o.Log = testWriter{t}
 	o.Verbose = true
 	o.Command = "go test ./test/bench -run TestSmoke"

@@ -54,6 +54,10 @@ type options struct {
 // allTests are the measurements, in the order they run.
 func allTests() []string { return []string{"bulk", "bulk-up", "rr-1", "rr-32", "conns", "idle"} }
 
+// knownTests adds the opt-in ones: rr-4, a few busy connections (tnsguard
+// runs them on goroutines, not on the lot as at 32).
+func knownTests() []string { return append(allTests(), "rr-4") }
+
 // allSystems is the order of the table's columns: the reference run's.
 func allSystems() []string {
 	return []string{sysDirect, sysHAProxy, sysNginx, sysGoCopy, sysTnsguard}
@@ -117,7 +121,7 @@ func parseFlags(args []string) (options, error) {
 	msg := fs.Int("msg", def.MessageSize, "request/response message size in bytes")
 	workers := fs.Int("conn-workers", def.ConnWorkers, "concurrent clients in the new-connections figure")
 	systems := fs.String("systems", strings.Join(allSystems(), ","), "systems to run, comma-separated; goloop (a bare Go epoll loop, reference design) runs only when named")
-	tests := fs.String("tests", strings.Join(allTests(), ","), "measurements to run, comma-separated")
+	tests := fs.String("tests", strings.Join(allTests(), ","), "measurements to run, comma-separated; rr-4 (4 busy connections) runs only when named")
 	tg := fs.String("tnsguard", "", "tnsguard binary to use (default: go build ./cmd/tnsguard into a temp dir)")
 	tgB := fs.String("tnsguard-b", "", "a second tnsguard binary, run as system tnsguard-b when -systems names it: two builds compared in one interleaved run (default: tnsguard's own, an A/A run that shows the noise)")
 	module := fs.String("nginx-module", def.NginxModule, "nginx stream module to load_module")
@@ -151,7 +155,7 @@ func parseFlags(args []string) (options, error) {
 	if o.Systems, err = pickList("system", *systems, knownSystems()); err != nil {
 		return options{}, err
 	}
-	if o.Tests, err = pickList("test", *tests, allTests()); err != nil {
+	if o.Tests, err = pickList("test", *tests, knownTests()); err != nil {
 		return options{}, err
 	}
 	o.Tnsguard, o.TnsguardB = *tg, *tgB

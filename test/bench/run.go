@@ -28,6 +28,9 @@ const (
 	figRPS1
 	figP50At1
 	figP99At1
+	figRPS4 // opt-in (-tests rr-4): a few busy connections, which run on goroutines in tnsguard
+	figP50At4
+	figP99At4
 	figRPS32
 	figP50At32
 	figP99At32
@@ -60,6 +63,12 @@ func (f figure) info() figureInfo {
 		return figureInfo{"1 conn: p50 latency (us)", false, "%.1f", false}
 	case figP99At1:
 		return figureInfo{"1 conn: p99 latency (us)", false, "%.1f", false}
+	case figRPS4:
+		return figureInfo{"4 conns: requests/s", true, "%.0f", false}
+	case figP50At4:
+		return figureInfo{"4 conns: p50 latency (us)", false, "%.1f", false}
+	case figP99At4:
+		return figureInfo{"4 conns: p99 latency (us)", false, "%.1f", false}
 	case figRPS32:
 		return figureInfo{"32 conns: requests/s", true, "%.0f", false}
 	case figP50At32:
@@ -206,6 +215,7 @@ func run(ctx context.Context, o options) (*results, error) {
 	}
 	tests = append(tests,
 		test{"rr-1", []figure{figRPS1, figP50At1, figP99At1}, rr(1)},
+		test{"rr-4", []figure{figRPS4, figP50At4, figP99At4}, rr(4)},
 		test{"rr-32", []figure{figRPS32, figP50At32, figP99At32}, rr(32)},
 		test{"conns", []figure{figConnsPerSec}, func(ctx context.Context, _ string, in *instance) ([]float64, error) {
 			v, err := connectRate(ctx, in.Small, o.ConnWorkers, o.MessageSize, d)
@@ -226,9 +236,11 @@ func run(ctx context.Context, o options) (*results, error) {
 		}},
 	)
 
-	if len(o.Tests) > 0 {
-		tests = slices.DeleteFunc(tests, func(t test) bool { return !contains(o.Tests, t.Name) })
+	chosen := o.Tests
+	if len(chosen) == 0 {
+		chosen = allTests() // the opt-in ones only when named
 	}
+	tests = slices.DeleteFunc(tests, func(t test) bool { return !contains(chosen, t.Name) })
 
 	// Interleave: for each test and round, every system once, in an order
 	// rotated per round, each on a freshly started instance.
