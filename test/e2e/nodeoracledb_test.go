@@ -144,6 +144,91 @@ backoff_max = "200ms"`
 		})
 	})
 
+	// The service moved while the app's pool kept opening connections, with
+	// retry_on as the defaults have it and with "refuse": tnsguard remembers
+	// the old primary's ORA-12514, so the pool's next connection goes to the
+	// standby without dialing it. Without "refuse" only the first connection
+	// meets NJS-518 (the refusal passed on is remembered too); with it, none
+	// does. Without that memory each of them got NJS-518 with the default
+	// retry_on, and each dialed the old primary first with "refuse". (A knex
+	// pool, 100 queries 300 ms apart, open_for 10s: 3 got NJS-518, after 0,
+	// 10 and 30 s, as the memory ran out and doubled; with "refuse" none,
+	// and the old primary got 3 CONNECTs.)
+	for _, tc := range []struct {
+		name, retryOn, first string
+	}{
+		{"switchover remembered, default retry_on", `["connect", "reset"]`, "NJS-518"},
+		{"switchover remembered, refuse in retry_on", `["connect", "reset", "refuse"]`, "NJS-531"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			preferred := tnstest.New(t, tnstest.Config{Mode: tnstest.Refuse, Err: 12514})
+			standby := tnstest.New(t, tnstest.Config{Mode: tnstest.Accept})
+			// open_for (the memory's time) well above three node starts
+			// under load (require('oracledb') alone took 4.4 s at load 13).
+			keys := "retry_on = " + tc.retryOn + "\n[backend.breaker]\nopen_for = \"2m\""
+			admin, addr := freeAddr(t), freeAddr(t)
+			conf := config(admin, "",
+				[]listenerConf{{name: "l", listen: addr, backend: "db"}},
+				[]backendConf{{name: "db", servers: []string{preferred.Addr(), standby.Addr()}, extra: keys}})
+			// The standby after the old primary for every session (servers
+			// of one priority take turns): only the memory sends a
+			// connection to the standby first.
+			standbyLine := "address = \"" + standby.Addr() + "\"\n"
+			conf = strings.Replace(conf, standbyLine, standbyLine+"  priority = 1\n", 1)
+			g := start(t, admin, conf, true)
+			if r := nodeConnect(t, addr+"/SALES"); r.Code != tc.first {
+				t.Fatalf("first connection after the switchover: %+v; want %s", r, tc.first)
+			}
+			if n := len(preferred.Connects()); n != 1 {
+				t.Fatalf("the old primary got %d CONNECTs from the first connection, want 1", n)
+			}
+			for i := range 2 {
+				if r := nodeConnect(t, addr+"/SALES"); !reachedDatabase(r) {
+					t.Fatalf("connection %d after the switchover: %+v; want the standby to have accepted, the old primary's refusal remembered", i+2, r)
+				}
+			}
+			if n := len(preferred.Connects()); n != 1 {
+				t.Fatalf("the old primary got %d CONNECTs in all, want 1: later connections still asked it first", n)
+			}
+			if n := len(standby.Connects()); n != 2+strings.Count(tc.retryOn, "refuse") {
+				t.Fatalf("the standby got %d CONNECTs", n)
+			}
+			const line = "server refused service: new sessions for it try this server last"
+			waitFor(t, 5*time.Second, "the refusal logged", func() bool { return len(g.log.find(line)) > 0 })
+			if n := len(g.log.find(line)); n != 1 {
+				t.Fatalf("%d %q lines, want 1: once per server and service", n, line)
+			}
+		})
+	}
+
+	// A listener that accepts and never answers (a hung listener process, a
+	// load balancer forwarding into a black hole) is first, a standby that
+	// serves is second. The app waits answer_timeout (connect.js gives the
+	// driver 15 s; by default node-oracledb has no connect timeout, and knex
+	// passes none), then gets the standby's answer. Before answer_timeout it waited connect_budget
+	// and got NJS-511 naming ORA-12170, until `failures` apps had, which
+	// opened the hung server's circuit.
+	t.Run("hung listener, standby answers", func(t *testing.T) {
+		hung := tnstest.New(t, tnstest.Config{Mode: tnstest.Silent})
+		standby := tnstest.New(t, tnstest.Config{Mode: tnstest.Accept})
+		g, addr := oracleGuard(t, backendKeys+"\nanswer_timeout = \"1s\"", hung.Addr(), standby.Addr())
+		r := nodeConnect(t, addr+"/SALES")
+		if !reachedDatabase(r) {
+			t.Fatalf("through tnsguard: %+v; want the standby to have accepted once answer_timeout (1s) passed, within the 3s connect_budget", r)
+		}
+		if r.MS < 1000 {
+			t.Fatalf("the app got the standby's answer after %d ms: the hung listener was not waited on for answer_timeout", r.MS)
+		}
+		a, b := hung.Connects(), standby.Connects()
+		if len(a) != 1 || len(b) != 1 || !bytes.Equal(a[0], b[0]) {
+			t.Fatalf("CONNECTs: hung listener %d, standby %d; want one each, the same bytes", len(a), len(b))
+		}
+		waitFor(t, 3*time.Second, "the redial counted", func() bool {
+			v, _ := g.metricOK("tnsguard_redials_total", "listener", "l", "backend", "db", "reason", "timeout")
+			return v == 1
+		})
+	})
+
 	// No server has the service until the budget ends: the app gets the
 	// very error it gets without tnsguard (the last REFUSE, unchanged), not
 	// a broken connection.
