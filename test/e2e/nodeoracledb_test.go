@@ -208,7 +208,7 @@ backoff_max = "200ms"`
 	// passes none), then gets the standby's answer. Before answer_timeout it waited connect_budget
 	// and got NJS-511 naming ORA-12170, until `failures` apps had, which
 	// opened the hung server's circuit.
-	t.Run("hung listener, standby answers", func(t *testing.T) {
+	t.Run("hung listener then standby", func(t *testing.T) {
 		hung := tnstest.New(t, tnstest.Config{Mode: tnstest.Silent})
 		standby := tnstest.New(t, tnstest.Config{Mode: tnstest.Accept})
 		g, addr := oracleGuard(t, backendKeys+"\nanswer_timeout = \"1s\"", hung.Addr(), standby.Addr())
