@@ -796,8 +796,7 @@ func (b *Backend) order(now time.Time) (servers []*Server, lastResort bool) {
 		case s.Weight == 0:
 		case !s.breaker.usable(now):
 			open = append(open, s)
-		case s.Up() && b.Config.Health.Check != "off",
-			b.Config.Health.Check == "off" && !s.shunned(now):
+		case b.healthy(s, now):
 			// With checks off, up is the last dial's result: a server that
 			// failed one dial would be put last until every other failed, and
 			// no dial would find it back. It goes last for open_for only.
@@ -834,7 +833,7 @@ func (b *Backend) Elsewhere(srv *Server, service string, passed ...[]*Server) bo
 		if s == srv || s.Weight == 0 || !s.breaker.usable(now) || b.refusals.has(s.Address, service, now) {
 			continue
 		}
-		if b.Config.Health.Check == "off" && s.shunned(now) || b.Config.Health.Check != "off" && !s.Up() {
+		if !b.healthy(s, now) {
 			continue
 		}
 		if !slices.ContainsFunc(passed, func(l []*Server) bool { return slices.Contains(l, s) }) {
@@ -842,6 +841,16 @@ func (b *Backend) Elsewhere(srv *Server, service string, passed ...[]*Server) bo
 		}
 	}
 	return false
+}
+
+// healthy tells whether s counts as up in a round planned at now: its
+// health check passes, or, with checks off, no dial of it failed within
+// open_for (shunned).
+func (b *Backend) healthy(s *Server, now time.Time) bool {
+	if b.Config.Health.Check == "off" {
+		return !s.shunned(now)
+	}
+	return s.Up()
 }
 
 // openCircuits returns the servers whose circuit is open now (not a
