@@ -204,13 +204,10 @@ func (d *selfDials) add(c *net.TCPConn, chain []string, listener string) (loop [
 	d.ageLocked()
 	k := dialKey{local, remote}
 	old := d.noteLocked(k) // claim's, when the accepted side was first
-	if d.cur[k] == nil {
-		d.n.Add(1)
-	}
 	// Noted even when NAT took it elsewhere: should the lookup ever miss
 	// an accepted side, the listener still finds the dial (ours) and
 	// resets it, and the session ends at that reset (cameBack).
-	d.cur[k] = &selfDial{chain: chain}
+	d.putLocked(k, &selfDial{chain: chain})
 	if loop == nil || elsewhere && (old == nil || old.back == nil) {
 		return nil, false
 	}
@@ -365,11 +362,20 @@ func (d *selfDials) claim(c *net.TCPConn, loop []string) (ownDial bool) {
 	}
 	if sd == nil {
 		sd = &selfDial{}
-		d.cur[k] = sd
-		d.n.Add(1)
+		d.putLocked(k, sd)
 	}
 	sd.back, sd.counted = loop, true
 	return false
+}
+
+// putLocked makes sd the note of the dial k in the current generation.
+// n counts the notes of both generations, as ageLocked takes them off: one
+// more when the current one had none for k. Under d.mu.
+func (d *selfDials) putLocked(k dialKey, sd *selfDial) {
+	if d.cur[k] == nil {
+		d.n.Add(1)
+	}
+	d.cur[k] = sd
 }
 
 // noteLocked is the note of the dial k (in either generation), or nil.
@@ -445,12 +451,8 @@ func (d *selfDials) noteCheck(local, dst netip.AddrPort, listener string) *selfD
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	d.ageLocked()
-	k := dialKey{local, dst}
-	if d.cur[k] == nil {
-		d.n.Add(1)
-	}
 	sd := &selfDial{chain: []string{listener}}
-	d.cur[k] = sd
+	d.putLocked(dialKey{local, dst}, sd)
 	return sd
 }
 
