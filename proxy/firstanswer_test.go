@@ -411,18 +411,7 @@ check = "off"`, fmt.Sprintf("address = %q;priority = 0", first.addr()), fmt.Spri
 // CONNECTs it got: each one costs the database a server process, whether
 // or not the app waited for its answer.
 func slowAccepter(t *testing.T, delay *atomic.Int64) (string, *atomic.Int32) {
-	var n atomic.Int32
-	be := newBackend(t, func(c *net.TCPConn) {
-		defer c.Close()
-		if _, err := tns.ReadPacket(c, tns.Length16, 0); err != nil {
-			return
-		}
-		n.Add(1)
-		time.Sleep(time.Duration(delay.Load()))
-		c.Write(tns.BuildAccept(318, ""))
-		io.Copy(io.Discard, c)
-	})
-	return be.addr(), &n
+	return slowListener(t, func() time.Duration { return time.Duration(delay.Load()) }, tns.BuildAccept(318, ""), true)
 }
 
 // slowPrimaryConfig: a primary slower than answer_timeout, and a standby

@@ -790,6 +790,14 @@ func TestRefuseThenAppCloseIsNotAClientReset(t *testing.T) {
 // slowRefuser is an Oracle listener 30 ms away (a WAN, a standby in another
 // site): it answers every CONNECT with REFUSE ORA-12514 after 30 ms.
 func slowRefuser(t *testing.T, delay time.Duration) (string, *atomic.Int32) {
+	return slowListener(t, func() time.Duration { return delay },
+		tns.BuildRefuse(0x22, 0, "(DESCRIPTION=(TMP=)(VSNNUM=318767104)(ERR=12514)(ERROR_STACK=(ERROR=(CODE=12514)(EMFI=4))))"), false)
+}
+
+// slowListener answers every CONNECT with answer after delay() (asked at
+// each CONNECT), then, with hold, keeps the connection until the other
+// side closes it (else closes it). It counts the CONNECTs it got.
+func slowListener(t *testing.T, delay func() time.Duration, answer []byte, hold bool) (string, *atomic.Int32) {
 	var n atomic.Int32
 	be := newBackend(t, func(c *net.TCPConn) {
 		defer c.Close()
@@ -797,8 +805,11 @@ func slowRefuser(t *testing.T, delay time.Duration) (string, *atomic.Int32) {
 			return
 		}
 		n.Add(1)
-		time.Sleep(delay)
-		c.Write(tns.BuildRefuse(0x22, 0, "(DESCRIPTION=(TMP=)(VSNNUM=318767104)(ERR=12514)(ERROR_STACK=(ERROR=(CODE=12514)(EMFI=4))))"))
+		time.Sleep(delay())
+		c.Write(answer)
+		if hold {
+			io.Copy(io.Discard, c)
+		}
 	})
 	return be.addr(), &n
 }
