@@ -103,6 +103,11 @@ func TestLabHealthCheckBehindTheHostsOwnNAT(t *testing.T) {
 	if code, _, err := guard.Get("/readyz"); err != nil || code != http.StatusServiceUnavailable {
 		t.Errorf("/readyz: %d %v with no server but the proxy itself, want 503", code, err)
 	}
+	// The checks that found the loop count none: each dialed the listener
+	// as the proxy's own connection, which it resets quietly.
+	if v, _ := m.Sum("tnsguard_sessions_rejected_total", netlab.Labels{"reason": "self_dial"}); v != 0 {
+		t.Errorf("tnsguard_sessions_rejected_total{reason=\"self_dial\"} = %v after the checks found the loop, no app yet: want 0, the checks count none", v)
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	// The loop is found at once: the app's connect may see the reset.
@@ -116,11 +121,13 @@ func TestLabHealthCheckBehindTheHostsOwnNAT(t *testing.T) {
 		v, _ := m.Sum("tnsguard_sessions_rejected_total", netlab.Labels{"reason": "self_dial"})
 		return v >= 1
 	})
-	// One app is one self_dial, and the checks count none; the race of an
-	// accept before its dial is noted counts one more (README: "one
-	// self_dial too many"), 2 in about 20 runs under load.
-	if v, _ := m.Sum("tnsguard_sessions_rejected_total", netlab.Labels{"reason": "self_dial"}); v < 1 || v > 2 {
-		t.Errorf("tnsguard_sessions_rejected_total{reason=\"self_dial\"} = %v for one app into a real loop, want 1 (2 with the accept-before-note race): the health checks count none", v)
+	// The app is counted. One app should be one self_dial, but the race of
+	// an accept before its dial is noted counts one more at each hop it
+	// wins (README: "one self_dial too many"): 2 in about 20 runs under
+	// load, and 4 once in CI (2026-12-01), so the count is not exact here;
+	// that the checks count none is asserted above.
+	if v, _ := m.Sum("tnsguard_sessions_rejected_total", netlab.Labels{"reason": "self_dial"}); v < 1 {
+		t.Errorf("tnsguard_sessions_rejected_total{reason=\"self_dial\"} = %v for one app into a real loop, want at least 1", v)
 	}
 }
 
