@@ -1,6 +1,7 @@
 package failover
 
 import (
+	"cmp"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -44,6 +45,8 @@ type refusal struct {
 	until    time.Time     // new sessions try the server last until then
 	lifetime time.Duration // the last lifetime given: doubled at a repeat after it ended
 	used     uint64        // refusals.clock when it last refused or reordered a plan
+	times    uint64        // refusals since the server last served the service (the status page's count)
+	code     int           // the ORA code of the last one (12514, 12505)
 }
 
 // remember records that server refused service at now, with base and max
@@ -53,7 +56,7 @@ type refusal struct {
 // session planned before it, or one that tried every other server first)
 // changes nothing; one after its end doubles the lifetime, as a failed
 // half-open trial doubles open_for.
-func (r *refusals) remember(server, service string, now time.Time, base, max time.Duration) (fresh time.Duration) {
+func (r *refusals) remember(server, service string, code int, now time.Time, base, max time.Duration) (fresh time.Duration) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if r.entries == nil {
@@ -62,6 +65,10 @@ func (r *refusals) remember(server, service string, now time.Time, base, max tim
 	r.clock++
 	k := refusalKey{server, service}
 	e, ok := r.entries[k]
+	if ok {
+		e.times++
+		e.code = code
+	}
 	switch {
 	case ok && now.Before(e.until):
 		e.used = r.clock
@@ -73,7 +80,7 @@ func (r *refusals) remember(server, service string, now time.Time, base, max tim
 		if len(r.entries) >= maxRefusals {
 			r.dropLeastUsedLocked()
 		}
-		e = &refusal{lifetime: base, until: now.Add(base), used: r.clock}
+		e = &refusal{lifetime: base, until: now.Add(base), used: r.clock, times: 1, code: code}
 		r.entries[k] = e
 		fresh = base
 	}
@@ -167,6 +174,37 @@ func (r *refusals) has(server, service string, now time.Time) bool {
 	return e != nil && now.Before(e.until)
 }
 
+// ServiceRefusal is a server's refusal of a service that still puts the
+// server last for the service's new sessions (the status page and
+// /api/links show them).
+type ServiceRefusal struct {
+	Service  string        // in the spelling the proxy remembers it by (lower case)
+	Until    time.Time     // new sessions of Service dial the server last until then
+	For      time.Duration // the time given at the last refusal after the previous one ended: open_for, doubled at each repeat up to max_open_for
+	Refusals uint64        // refusals since the pair was remembered (it is forgotten when the server serves the service)
+	Code     int           // the ORA code of the last refusal: 12514 or 12505
+}
+
+// of lists server's live refusals at now, by service name: at most
+// maxRefusals, read under the memory's lock (an admin request's cost, not
+// a session's). Entries past their time are kept only to double the next
+// lifetime and order no plan, so they are not listed.
+func (r *refusals) of(server string, now time.Time) []ServiceRefusal {
+	if !r.live(now) {
+		return nil
+	}
+	r.mu.Lock()
+	var out []ServiceRefusal
+	for k, e := range r.entries {
+		if k.server == server && now.Before(e.until) {
+			out = append(out, ServiceRefusal{Service: k.service, Until: e.until, For: e.lifetime, Refusals: e.times, Code: e.code})
+		}
+	}
+	r.mu.Unlock()
+	slices.SortFunc(out, func(a, b ServiceRefusal) int { return cmp.Compare(a.Service, b.Service) })
+	return out
+}
+
 // keepOnly drops the entries of servers not in addrs (a reload removed
 // them).
 func (r *refusals) keepOnly(addrs []string) {
@@ -190,18 +228,26 @@ func (b *Backend) ServiceRefusalsLive(now time.Time) bool { return b.refusals.li
 // service, live or not (ServedService has something to forget).
 func (b *Backend) ServiceRefusalsKept() bool { return b.refusals.n.Load() > 0 }
 
-// RefusedService records that s refused service (a listener that does not
-// offer it), so that new sessions for service try s after the servers that
+// RefusedService records that s refused service with code (a listener
+// that does not offer it: ORA-12514, ORA-12505; the status page shows
+// it), so that new sessions for service try s after the servers that
 // did not refuse it, for the backend's open_for; a repeat after that
 // doubles the time, up to max_open_for, until s serves the service again
 // (ServedService). It returns that time when the refusal is newly
 // remembered (else 0), for the caller's log line. service "" is no service.
-func (s *Server) RefusedService(service string) time.Duration {
+func (s *Server) RefusedService(service string, code int) time.Duration {
 	if service == "" {
 		return 0
 	}
 	b := s.backend
-	return b.refusals.remember(s.Address, service, time.Now(), b.Config.Breaker.OpenFor.Duration, b.Config.Breaker.MaxOpenFor.Duration)
+	return b.refusals.remember(s.Address, service, code, time.Now(), b.Config.Breaker.OpenFor.Duration, b.Config.Breaker.MaxOpenFor.Duration)
+}
+
+// ServiceRefusals lists the services s refused whose refusal still puts s
+// last for their new sessions at now, by name (at most 256): what an
+// operator needs to see why sessions avoid s, or wait for their CONNECT.
+func (s *Server) ServiceRefusals(now time.Time) []ServiceRefusal {
+	return s.backend.refusals.of(s.Address, now)
 }
 
 // ServedService tells that s took a session for service: a refusal of it

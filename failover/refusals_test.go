@@ -33,10 +33,10 @@ func planOrder(t *testing.T, b *Backend, service string) []string {
 func TestRefusedServiceGoesLastForThatService(t *testing.T) {
 	b := primaryAndStandby(t, "")
 	primary := b.Servers[0]
-	if d := primary.RefusedService("sales"); d != time.Hour {
+	if d := primary.RefusedService("sales", 12514); d != time.Hour {
 		t.Fatalf("a new refusal is remembered for %v, want open_for (1h)", d)
 	}
-	if d := primary.RefusedService("sales"); d != 0 {
+	if d := primary.RefusedService("sales", 12514); d != 0 {
 		t.Errorf("a refusal while remembered is said new again (%v): it would be logged per session", d)
 	}
 	if got := planOrder(t, b, "sales"); !slices.Equal(got, []string{"s:1", "a:1"}) {
@@ -60,16 +60,16 @@ func TestRefusedServiceGoesLastForThatService(t *testing.T) {
 func TestRefusedServiceDoublesAfterItsTime(t *testing.T) {
 	r := &refusals{}
 	now := time.Now()
-	if d := r.remember("a:1", "sales", now, time.Second, 3*time.Second); d != time.Second {
+	if d := r.remember("a:1", "sales", 12514, now, time.Second, 3*time.Second); d != time.Second {
 		t.Fatalf("first: %v", d)
 	}
 	now = now.Add(1500 * time.Millisecond) // over: the next refusal doubles it
-	r.remember("a:1", "sales", now, time.Second, 3*time.Second)
+	r.remember("a:1", "sales", 12514, now, time.Second, 3*time.Second)
 	if e := r.entries[refusalKey{"a:1", "sales"}]; e.lifetime != 2*time.Second || !e.until.Equal(now.Add(2*time.Second)) {
 		t.Errorf("after a repeat: lifetime %v, until +%v; want 2s", e.lifetime, e.until.Sub(now))
 	}
 	now = now.Add(2500 * time.Millisecond)
-	r.remember("a:1", "sales", now, time.Second, 3*time.Second)
+	r.remember("a:1", "sales", 12514, now, time.Second, 3*time.Second)
 	if e := r.entries[refusalKey{"a:1", "sales"}]; e.lifetime != 3*time.Second {
 		t.Errorf("after a second repeat: lifetime %v, want max_open_for (3s)", e.lifetime)
 	}
@@ -84,9 +84,9 @@ func TestRefusedServiceDoublesAfterItsTime(t *testing.T) {
 func TestRefusalMemoryIsBounded(t *testing.T) {
 	b := primaryAndStandby(t, "")
 	primary := b.Servers[0]
-	primary.RefusedService("sales")
+	primary.RefusedService("sales", 12514)
 	for i := range 3 * maxRefusals {
-		primary.RefusedService(fmt.Sprintf("junk%d", i))
+		primary.RefusedService(fmt.Sprintf("junk%d", i), 12514)
 		if i%16 == 0 {
 			planOrder(t, b, "sales") // the real service's sessions go on
 		}
@@ -105,8 +105,8 @@ func TestRefusalMemoryIsBounded(t *testing.T) {
 // sends them to first).
 func TestInheritCarriesRefusalsByAddress(t *testing.T) {
 	old := primaryAndStandby(t, "")
-	old.Servers[0].RefusedService("sales")
-	old.Servers[1].RefusedService("orders")
+	old.Servers[0].RefusedService("sales", 12514)
+	old.Servers[1].RefusedService("orders", 12514)
 	without := testBackend(t, servers(`address = "a:1"`, `address = "c:1";priority = 1`))
 	without.Inherit(old)
 	if got := planOrder(t, without, "sales"); !slices.Equal(got, []string{"a:1", "c:1"}) || without.ServiceRefusalsLive(time.Now()) {
@@ -119,5 +119,37 @@ func TestInheritCarriesRefusalsByAddress(t *testing.T) {
 	}
 	if _, ok := b.refusals.entries[refusalKey{"s:1", "orders"}]; ok {
 		t.Errorf("the refusal of a removed server is kept")
+	}
+}
+
+// ServiceRefusals lists a server's live refusals, for the status page: by
+// service, with their end, count and code; a service served again, and one
+// past its time, is not listed.
+func TestServiceRefusalsListsTheLiveOnes(t *testing.T) {
+	b := primaryAndStandby(t, "")
+	primary, standby := b.Servers[0], b.Servers[1]
+	t0 := time.Now()
+	primary.RefusedService("sales", 12514)
+	primary.RefusedService("sales", 12514) // a session planned before the first refusal
+	primary.RefusedService("orders", 12505)
+	got := primary.ServiceRefusals(time.Now())
+	if len(got) != 2 || got[0].Service != "orders" || got[1].Service != "sales" {
+		t.Fatalf("the primary's refusals: %+v; want orders and sales", got)
+	}
+	if s := got[1]; s.Refusals != 2 || s.Code != 12514 || s.For != time.Hour || s.Until.Before(t0.Add(time.Hour)) || s.Until.After(time.Now().Add(time.Hour)) {
+		t.Errorf("sales: %+v; want 2 refusals, ORA-12514, for 1h from the first", s)
+	}
+	if o := got[0]; o.Refusals != 1 || o.Code != 12505 {
+		t.Errorf("orders: %+v; want 1 refusal, ORA-12505", o)
+	}
+	if got := standby.ServiceRefusals(time.Now()); len(got) != 0 {
+		t.Errorf("the standby refused nothing, yet lists %+v", got)
+	}
+	primary.ServedService("sales")
+	if got := primary.ServiceRefusals(time.Now()); len(got) != 1 || got[0].Service != "orders" {
+		t.Errorf("after the primary served sales: %+v; want orders only", got)
+	}
+	if got := primary.ServiceRefusals(time.Now().Add(2 * time.Hour)); len(got) != 0 {
+		t.Errorf("past open_for: %+v; want none (the server is dialed first again)", got)
 	}
 }

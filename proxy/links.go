@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"fmt"
 	"slices"
 	"sort"
 	"sync"
@@ -409,6 +410,23 @@ type LinkStatus struct {
 	ConnectP50Seconds *float64          `json:"connect_p50_seconds"`
 	ConnectP99Seconds *float64          `json:"connect_p99_seconds"`
 	ConnectDials1h    uint64            `json:"connect_dials_1h"`
+
+	// RefusedServices are the services the server refused lately (a
+	// listener's ORA-12514/12505: the old primary after a switchover)
+	// whose new sessions dial it after the other servers, and whose
+	// backend's listeners without routes wait for the CONNECT, until then
+	// (see "After a switchover"). Nothing else showed why sessions avoided
+	// a server. [] for none; at most 256 (the backend's memory).
+	RefusedServices []RefusedService `json:"refused_services"`
+}
+
+// RefusedService is one entry of LinkStatus.RefusedServices.
+type RefusedService struct {
+	Service    string    `json:"service"`     // as compared: lower case
+	Until      time.Time `json:"until"`       // the server is dialed last for the service until then
+	ForSeconds float64   `json:"for_seconds"` // the time given: open_for, doubled at each repeat up to max_open_for
+	Refusals   uint64    `json:"refusals"`    // refusals since it was remembered
+	Error      string    `json:"error"`       // the last refusal's code, e.g. "ORA-12514"
 }
 
 // Links lists every configured listener -> backend -> server path with its
@@ -453,7 +471,8 @@ func (p *Proxy) Links() []LinkStatus {
 	}
 	sortLinks(links)
 	var out []LinkStatus
-	view := p.forensics.view(time.Now())
+	now := time.Now()
+	view := p.forensics.view(now)
 	for _, l := range links {
 		var srv *failover.Server
 		if b := backends[l.key.backend]; b != nil {
@@ -479,9 +498,14 @@ func (p *Proxy) Links() []LinkStatus {
 			st.LastReset = &t
 		}
 		l.mu.Unlock()
+		st.RefusedServices = []RefusedService{}
 		if srv != nil {
 			st.Up = srv.Up()
 			st.Breaker = [...]string{"closed", "open", "half-open"}[srv.BreakerState()]
+			for _, r := range srv.ServiceRefusals(now) {
+				st.RefusedServices = append(st.RefusedServices, RefusedService{Service: r.Service, Until: r.Until,
+					ForSeconds: r.For.Seconds(), Refusals: r.Refusals, Error: fmt.Sprintf("ORA-%05d", r.Code)})
+			}
 		} else if l.key.server != "none" {
 			st.Removed = true
 		}

@@ -510,9 +510,9 @@ const maxRememberedService = 255
 // and so do this session's later rounds (plan). The first time, a line
 // says so (within the listener's log budget: the services are the apps').
 // It returns the service's key ("" for none read).
-func (s *session) serviceRefused(srv *failover.Server, plan *failover.Plan) string {
+func (s *session) serviceRefused(srv *failover.Server, plan *failover.Plan, code int) string {
 	s.noteConnect() // the REFUSE answered it: it is here
-	key := s.rememberRefusal(srv)
+	key := s.rememberRefusal(srv, code)
 	if key != "" {
 		plan.ForService(key)
 	}
@@ -520,15 +520,15 @@ func (s *session) serviceRefused(srv *failover.Server, plan *failover.Plan) stri
 }
 
 // rememberRefusal tells srv's backend that srv refused the session's
-// service (failover.Server.RefusedService), with a line the first time,
+// service with code (failover.Server.RefusedService), with a line the first time,
 // and returns the service's key ("" for none read: nothing is remembered).
 // The session's CONNECT has been read (noteConnectLocked).
-func (s *session) rememberRefusal(srv *failover.Server) string {
+func (s *session) rememberRefusal(srv *failover.Server, code int) string {
 	key := serviceKey(s.serviceName)
 	if key == "" {
 		return ""
 	}
-	if d := srv.RefusedService(key); d > 0 && s.l.takeLogLine("service-refused") {
+	if d := srv.RefusedService(key, code); d > 0 && s.l.takeLogLine("service-refused") {
 		s.logger().Info("server refused service: new sessions for it try this server last", "server", srv.Address, "for", d.String())
 	}
 	return key
@@ -691,7 +691,7 @@ func (s *session) refusePassed(srv *failover.Server, code int) {
 		// service met the old primary's ORA-12514, and in a logon storm
 		// a slow primary's sessions were moved, one each, to a standby
 		// that refused them.
-		s.rememberRefusal(srv)
+		s.rememberRefusal(srv, code)
 	}
 	s.l.rejected("no_backend")
 	if s.l.takeLogLine("no-backend") {

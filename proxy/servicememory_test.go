@@ -424,3 +424,59 @@ func TestReloadWithoutRefuseForgetsTheServiceRefusals(t *testing.T) {
 		}
 	}
 }
+
+// refusedOn is what listener l's row of /api/links to server lists as the
+// services it refused lately.
+func refusedOn(t *testing.T, h *harness, server string) []RefusedService {
+	t.Helper()
+	for _, l := range h.p.Links() {
+		if l.Listener == "l" && l.Server == server {
+			return l.RefusedServices
+		}
+	}
+	t.Fatalf("/api/links has no row for %s", server)
+	return nil
+}
+
+// /api/links (and the status page, which reads it) shows the memory: the
+// old primary's row names the service it refused, until when new sessions
+// of the service dial it last, how often and with which code; the
+// standby's row names none; once the old primary serves the service again
+// the entry is gone. Until 2026-12-01 nothing showed it: an operator who
+// saw sessions avoid a server, or wait for their CONNECT, could not see
+// why, for which service, or until when.
+func TestLinksShowTheServiceRefusals(t *testing.T) {
+	old := tnstest.New(t, tnstest.Config{Mode: tnstest.Accept, Services: []string{"OTHER"}})
+	standby := tnstest.New(t, tnstest.Config{Mode: tnstest.Refuse, Err: 12526, Services: []string{"SALES"}})
+	h := startProxy(t, switchoverConfig("1h", "1h", old.Addr()+";0", standby.Addr()+";1"))
+	if got := refusedOn(t, h, old.Addr()); got == nil || len(got) != 0 {
+		t.Fatalf("before any session the old primary's row lists %#v, want [] (an empty list, not null)", got)
+	}
+	began := time.Now()
+	if got := answeredBy(t, h, "SALES"); got != "ORA-12526" { // go-ora: the old primary's ORA-12514 held back
+		t.Fatalf("first session: %s, want the standby's ORA-12526", got)
+	}
+	got := refusedOn(t, h, old.Addr())
+	if len(got) != 1 {
+		t.Fatalf("after the old primary refused SALES its row lists %+v, want sales", got)
+	}
+	if r := got[0]; r.Service != "sales" || r.Error != "ORA-12514" || r.Refusals != 1 || r.ForSeconds != 3600 ||
+		r.Until.Before(began.Add(time.Hour)) || r.Until.After(time.Now().Add(time.Hour)) {
+		t.Errorf("the old primary's refusal: %+v; want sales, ORA-12514, 1 refusal, for 3600 s, until an hour after it", r)
+	}
+	if got := refusedOn(t, h, standby.Addr()); len(got) != 0 {
+		t.Errorf("the standby refused nothing, yet its row lists %+v", got)
+	}
+
+	// A switch back: the old primary offers SALES again and the standby is
+	// gone. The session dials the standby first, goes on to the old
+	// primary, and is served: the entry is forgotten.
+	old.SetServices("OTHER", "SALES")
+	standby.Close()
+	if got := tnsAnswer(t, h, "SALES"); got != tns.TypeAccept {
+		t.Fatalf("after the switch back: %v, want the old primary's ACCEPT", got)
+	}
+	if got := refusedOn(t, h, old.Addr()); len(got) != 0 {
+		t.Errorf("the old primary served SALES, yet its row still lists %+v", got)
+	}
+}

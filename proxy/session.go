@@ -478,7 +478,7 @@ func (s *session) open() error {
 		if re := (*refusedError)(nil); errors.As(err, &re) {
 			plan.RefusedBy(srv, err, serviceRefusal(re.code))
 			if serviceRefusal(re.code) {
-				if key := s.serviceRefused(srv, plan); key != "" {
+				if key := s.serviceRefused(srv, plan, re.code); key != "" {
 					service = key // for a plan a reload makes anew too
 				}
 			}
