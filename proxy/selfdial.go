@@ -30,11 +30,27 @@ import (
 //     the session of one that does not carries the chain on, so that a
 //     loop through two listeners is caught too. The accept may come before
 //     the dial is noted; the session asks again before it dials.
+//   - A dial to another host that this host's own NAT sends back to a
+//     listener (an iptables OUTPUT REDIRECT or DNAT of the server's port,
+//     a transparent capture with no exclusion for tnsguard's own dials) is
+//     noted only once a listener has seen this host's NAT send it a
+//     connection to that server's address (arrived): the listener finds a
+//     noted dial under the address it had before the NAT (dialOf). The
+//     loop then stops at its second hop.
 //
 // A chain from one listener to another is served.
 type selfDials struct {
 	listeners atomic.Pointer[[]listenAddr] // the proxy's listening sockets (Apply)
 	n         atomic.Int64                 // dials noted: accepts look up only while there are any
+	// nat: the servers' addresses that this host's NAT sent to a listener
+	// lately (arrived), at most maxNATRoutes; nil until one is seen: every
+	// dial to one of them is noted, no other.
+	nat atomic.Pointer[[]*natRoute]
+	// sources: this host's addresses (not loopback) that the proxy's dials
+	// came from, at most maxDialSources: a connection from one of them to
+	// another address of this host may come through its NAT (a DNAT to
+	// another address of the host), told with no system call.
+	sources atomic.Pointer[[]netip.Addr]
 
 	keep time.Duration // selfDialKeep when 0 (tests shorten it)
 
@@ -61,6 +77,10 @@ type dialKey struct{ local, dst netip.AddrPort }
 type selfDial struct {
 	chain []string
 	back  []string // set once the dial was found to have come back: the way round
+	// nat: the listener's address that this host's NAT sent the dial to
+	// (the dial's own remote address is the one before the NAT), when the
+	// listener found it so (ours, claim, markBack): the warning names it.
+	nat netip.AddrPort
 	// counted: the session of the accepted connection counted the loop as
 	// its app's (claim): the accept and the session's own dial came
 	// before its dialer noted it, so it could not tell that its app was
@@ -70,6 +90,30 @@ type selfDial struct {
 }
 
 const selfDialKeep = 5 * time.Second
+
+// natRoute is a server's address (orig) that this host's NAT sent to the
+// listener at to, and when it last did (unix ns).
+type natRoute struct {
+	orig, to netip.AddrPort
+	listener string
+	seen     atomic.Int64
+}
+
+const (
+	// natQuiet is how long the proxy notes its dials to a server's address
+	// after the last connection that this host's NAT sent from that
+	// address to a listener. A loop re-arms it at its first hop (arrived),
+	// so a shorter time would cost a loop no more hops; it is long enough
+	// that health checks at any usual interval keep it (checkDial), and
+	// short enough that one app sent there by mistake does not make every
+	// dial to that server take a lock for long.
+	natQuiet = time.Minute
+	// maxNATRoutes bounds selfDials.nat: a capture of a few databases.
+	maxNATRoutes = 16
+	// maxDialSources bounds selfDials.sources: a host dials from a few
+	// addresses, one an interface.
+	maxDialSources = 16
+)
 
 // keepFor is how long a generation of notes is kept: selfDialKeep unless
 // a test set keep.
@@ -144,14 +188,22 @@ func (d *selfDials) reachedListener(dst netip.AddrPort) *listenAddr {
 func (d *selfDials) ownListener(backend string) func(dst netip.AddrPort) string {
 	return func(dst netip.AddrPort) string {
 		dst = netip.AddrPortFrom(dst.Addr().Unmap(), dst.Port())
-		l := d.reachedListener(dst)
-		if l == nil || !slices.Contains(l.backends, backend) {
-			return ""
+		if l := d.reachedListener(dst); l != nil && slices.Contains(l.backends, backend) &&
+			(!l.addr.Addr().IsUnspecified() || hostAddress(dst.Addr())) {
+			return l.name
 		}
-		if l.addr.Addr().IsUnspecified() && !hostAddress(dst.Addr()) {
-			return ""
+		// This host's NAT sent a connection to dst to a listener lately:
+		// it may send the check there too, which checkDial tells.
+		if r := d.natRouteOf(dst); r != nil {
+			if ls := d.listeners.Load(); ls != nil {
+				for _, l := range *ls {
+					if l.name == r.listener && slices.Contains(l.backends, backend) {
+						return l.name
+					}
+				}
+			}
 		}
-		return l.name
+		return ""
 	}
 }
 
@@ -180,25 +232,38 @@ func hostAddress(a netip.Addr) bool {
 // listener again last. Only a dial to one of
 // the proxy's listeners can come back to it: the common case, a server on
 // another host or on another port, costs no lock.
+//
+// A dial to another address is noted only while a listener has lately
+// seen this host's NAT send it a connection to that address (natRouteOf):
+// the NAT may send the dial there too, where the listener finds it (ours).
+// The loop is known then only once the listener has: a note that claim
+// left for it, or the listener's reset (cameBack).
 func (d *selfDials) add(c *net.TCPConn, chain []string, listener string) (loop []string, counted bool) {
 	local, remote := addrPortOf(c.LocalAddr()), addrPortOf(c.RemoteAddr())
-	if !local.IsValid() || !thisHost(local, remote) {
+	if !local.IsValid() {
 		return nil, false
 	}
-	to := d.reached(remote)
-	if to == "" {
+	d.dialedFrom(local.Addr())
+	to := ""
+	if thisHost(local, remote) {
+		to = d.reached(remote)
+	}
+	if to == "" && d.natRouteOf(remote) == nil {
 		return nil, false
 	}
 	if chain == nil {
 		chain = []string{listener}
 	}
-	loop = wayRound(chain, to)
-	// The addresses alone cannot tell a loop from a dial that this host's
-	// own NAT sent to another host (an iptables OUTPUT DNAT, a ClusterIP
-	// that kube-proxy's IPVS mode put on kube-ipvs0, with hostNetwork):
-	// the accepted side of a loop is a socket here, from the SYN on.
-	// Asked outside the lock, and only for a loop.
-	elsewhere := loop != nil && !acceptedHere(local, remote)
+	elsewhere := false
+	if to != "" {
+		loop = wayRound(chain, to)
+		// The addresses alone cannot tell a loop from a dial that this
+		// host's own NAT sent to another host (an iptables OUTPUT DNAT, a
+		// ClusterIP that kube-proxy's IPVS mode put on kube-ipvs0, with
+		// hostNetwork): the accepted side of a loop is a socket here, from
+		// the SYN on. Asked outside the lock, and only for a loop.
+		elsewhere = loop != nil && !acceptedHere(local, remote)
+	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	d.ageLocked()
@@ -207,11 +272,175 @@ func (d *selfDials) add(c *net.TCPConn, chain []string, listener string) (loop [
 	// Noted even when NAT took it elsewhere: should the lookup ever miss
 	// an accepted side, the listener still finds the dial (ours) and
 	// resets it, and the session ends at that reset (cameBack).
-	d.putLocked(k, &selfDial{chain: chain})
+	sd := &selfDial{chain: chain}
+	if old != nil {
+		sd.nat = old.nat
+	}
+	d.putLocked(k, sd)
+	if to == "" { // sent back by the NAT, if at all: the listener tells
+		if old != nil && old.back != nil {
+			return old.back, old.counted
+		}
+		return nil, false
+	}
 	if loop == nil || elsewhere && (old == nil || old.back == nil) {
 		return nil, false
 	}
 	return loop, old != nil && old.counted
+}
+
+// dialedFrom keeps a, the local address of one of the proxy's dials, in
+// sources unless it is there (or loopback): a load and a compare per dial.
+func (d *selfDials) dialedFrom(a netip.Addr) {
+	if a.IsLoopback() {
+		return
+	}
+	if src := d.sources.Load(); src != nil && (slices.Contains(*src, a) || len(*src) >= maxDialSources) {
+		return
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	src := d.sources.Load()
+	if src != nil && (slices.Contains(*src, a) || len(*src) >= maxDialSources) {
+		return
+	}
+	var more []netip.Addr
+	if src != nil {
+		more = slices.Clone(*src)
+	}
+	more = append(more, a)
+	d.sources.Store(&more)
+}
+
+// mayBeNATed tells whether a connection from remote that a listener
+// accepted at local may have come through this host's own NAT from
+// another address: its source is this host's. Told with no system call:
+//   - from a loopback address to a loopback address: no (see below);
+//   - from the listener's own address (a DNAT to the address that the
+//     dial came from; and any app on this host that connects to the
+//     host's address);
+//   - from another address to a loopback one, or the other way (a
+//     REDIRECT: this host's own connections go to 127.0.0.1);
+//   - from an address that the proxy's dials came from (a DNAT to
+//     another address of the host).
+//
+// An app on another host is none of these. Loopback to loopback is left
+// out: the apps of a sidecar, and the benchmark's, connect so, and a
+// capture of a server on loopback (REDIRECT of 127.0.0.1:1521 to the
+// listener) is the one loop this misses.
+func (d *selfDials) mayBeNATed(local, remote netip.AddrPort) bool {
+	la, ra := local.Addr(), remote.Addr()
+	switch {
+	case la.IsLoopback() && ra.IsLoopback():
+		return false
+	case la == ra, la.IsLoopback(), ra.IsLoopback():
+		return true
+	}
+	src := d.sources.Load()
+	return src != nil && slices.Contains(*src, ra)
+}
+
+// arrived asks, for c accepted by listener, whether this host's NAT sent it
+// there from another address (mayBeNATed, then SO_ORIGINAL_DST: one
+// system call, only for a connection from this host), and if so notes the
+// route (natRoute): the proxy's dials to that address are noted from then
+// on (add), until natQuiet after the last such connection. The first hop
+// of a loop through the NAT (the app, itself sent there, or the proxy's
+// first dial) turns noting on; its session's dial is the second, and is
+// found as the proxy's own.
+func (d *selfDials) arrived(c *net.TCPConn, listener string) {
+	local, remote := addrPortOf(c.LocalAddr()), addrPortOf(c.RemoteAddr())
+	if !remote.IsValid() || !local.IsValid() || !d.mayBeNATed(local, remote) {
+		return
+	}
+	orig := originalDst(c)
+	if !orig.IsValid() || orig == local {
+		return
+	}
+	now := time.Now().UnixNano()
+	if rs := d.nat.Load(); rs != nil {
+		for _, r := range *rs {
+			if r.orig == orig && r.to == local {
+				r.seen.Store(now)
+				return
+			}
+		}
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	var keep []*natRoute
+	if rs := d.nat.Load(); rs != nil {
+		for _, r := range *rs {
+			if now-r.seen.Load() < int64(natQuiet) && !(r.orig == orig && r.to == local) {
+				keep = append(keep, r)
+			}
+		}
+	}
+	if len(keep) >= maxNATRoutes {
+		keep = keep[1:] // the oldest
+	}
+	r := &natRoute{orig: orig, to: local, listener: listener}
+	r.seen.Store(now)
+	keep = append(keep, r)
+	d.nat.Store(&keep)
+}
+
+// natRouteOf is the route by which this host's NAT lately sent a
+// connection to dst to a listener (arrived), or nil: without a lock or a
+// system call, and a nil load while none was seen. Routes quiet for
+// natQuiet are dropped here, so that noting stops.
+func (d *selfDials) natRouteOf(dst netip.AddrPort) *natRoute {
+	rs := d.nat.Load()
+	if rs == nil {
+		return nil
+	}
+	now, fresh := time.Now().UnixNano(), false
+	for _, r := range *rs {
+		if now-r.seen.Load() >= int64(natQuiet) {
+			continue
+		}
+		fresh = true
+		if r.orig == dst {
+			return r
+		}
+	}
+	if !fresh {
+		d.mu.Lock()
+		if d.nat.Load() == rs {
+			d.nat.Store(nil)
+		}
+		d.mu.Unlock()
+	}
+	return nil
+}
+
+// dialOf is the key under which the dial that made c (accepted by a
+// listener) is noted, when c may be one (from this host), and the
+// listener's address that this host's NAT sent it to when it came so: the
+// accepted side has the addresses after the NAT, its dialer those before.
+// By c's own addresses, unless no dial is noted by them, a NAT route was
+// seen lately, and the kernel (SO_ORIGINAL_DST) tells that c was sent
+// elsewhere before the NAT: a system call, only while a route is kept.
+func (d *selfDials) dialOf(c *net.TCPConn) (k dialKey, nat netip.AddrPort, ok bool) {
+	local, remote := addrPortOf(c.LocalAddr()), addrPortOf(c.RemoteAddr())
+	if !remote.IsValid() {
+		return dialKey{}, netip.AddrPort{}, false
+	}
+	k = dialKey{remote, local}
+	natted := d.nat.Load() != nil && d.mayBeNATed(local, remote)
+	if !natted {
+		return k, netip.AddrPort{}, thisHost(remote, local)
+	}
+	d.mu.Lock()
+	noted := d.noteLocked(k) != nil
+	d.mu.Unlock()
+	if noted {
+		return k, netip.AddrPort{}, true
+	}
+	if orig := originalDst(c); orig.IsValid() && orig != local {
+		return dialKey{remote, orig}, local, true
+	}
+	return k, netip.AddrPort{}, true
 }
 
 // wayRound is chain with to last when to is in chain (a loop), else nil.
@@ -286,23 +515,24 @@ func (d *selfDials) ours(c *net.TCPConn, listener string) (chain []string, loop 
 	if d.n.Load() == 0 {
 		return nil, false
 	}
-	local, remote := addrPortOf(c.LocalAddr()), addrPortOf(c.RemoteAddr())
-	if !remote.IsValid() || !thisHost(remote, local) {
+	k, nat, ok := d.dialOf(c)
+	if !ok {
 		return nil, false
 	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	sd := d.noteLocked(dialKey{remote, local})
+	sd := d.noteLocked(k)
 	if sd == nil {
 		// A health check's dial, noted by its port before its connect
 		// (checkDial).
-		sd = d.noteLocked(dialKey{netip.AddrPortFrom(unspecified(remote.Addr()), remote.Port()), local})
+		sd = d.noteLocked(dialKey{netip.AddrPortFrom(unspecified(k.local.Addr()), k.local.Port()), k.dst})
 	}
 	if sd == nil {
 		return nil, false
 	}
 	if loop = slices.Contains(sd.chain, listener); loop {
 		sd.back = append(slices.Clip(sd.chain), listener)
+		sd.nat = nat
 	}
 	return sd.chain, loop
 }
@@ -314,11 +544,17 @@ func (d *selfDials) markBack(c *net.TCPConn, loop []string) {
 	if d.n.Load() == 0 {
 		return
 	}
-	k := dialKey{addrPortOf(c.RemoteAddr()), addrPortOf(c.LocalAddr())}
+	k, nat, ok := d.dialOf(c)
+	if !ok {
+		return
+	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if sd := d.noteLocked(k); sd != nil {
 		sd.back = loop
+		if nat.IsValid() {
+			sd.nat = nat
+		}
 	}
 }
 
@@ -348,24 +584,36 @@ func (d *selfDials) cameBack(c *net.TCPConn) (back []string, counted bool) {
 // (ownDial: its dialer counts); when it is not, c's session counts, and a
 // note for c tells its dialer, if it is one, to count nothing (add).
 func (d *selfDials) claim(c *net.TCPConn, loop []string) (ownDial bool) {
-	local, remote := addrPortOf(c.LocalAddr()), addrPortOf(c.RemoteAddr())
-	if !remote.IsValid() || !thisHost(remote, local) {
+	k, nat, ok := d.dialOf(c) // a note made here is keyed as its dialer's will be
+	if !ok {
 		return false // an app from elsewhere: no dial of this proxy's
 	}
-	k := dialKey{remote, local}
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	sd := d.noteLocked(k)
 	if sd != nil && sd.chain != nil {
-		sd.back = loop
+		sd.back, sd.nat = loop, nat // its dialer counts, and names the NAT
 		return true
 	}
 	if sd == nil {
 		sd = &selfDial{}
 		d.putLocked(k, sd)
 	}
-	sd.back, sd.counted = loop, true
+	sd.back, sd.counted, sd.nat = loop, true, nat
 	return false
+}
+
+// natOf is the listener's address that this host's NAT sent the dial c
+// to, when a listener found c so (ours, claim, markBack); else invalid.
+// Asked for a dial that came back only, for the warning.
+func (d *selfDials) natOf(c *net.TCPConn) netip.AddrPort {
+	k := dialKey{addrPortOf(c.LocalAddr()), addrPortOf(c.RemoteAddr())}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if sd := d.noteLocked(k); sd != nil {
+		return sd.nat
+	}
+	return netip.AddrPort{}
 }
 
 // putLocked makes sd the note of the dial k in the current generation.
@@ -430,7 +678,17 @@ func (d *selfDials) checkDial(ctx context.Context, dst netip.AddrPort, listener 
 		return nil, false, err
 	}
 	tc := conn.(*net.TCPConn)
-	loop = acceptedHere(addrPortOf(tc.LocalAddr()), addrPortOf(tc.RemoteAddr()))
+	local := addrPortOf(tc.LocalAddr())
+	if r := d.natRouteOf(dst); r != nil {
+		// A server's address that this host's NAT sent to the listener at
+		// r.to: the check reached it if a socket there holds its other
+		// end. No answer (no sock_diag) is no loop: the listener still
+		// resets the check if it is there (ours), which the note tells.
+		loop = acceptedAt(r.to, local)
+	}
+	if !loop && d.reachedListener(dst) != nil { // ownListener found it so
+		loop = acceptedHere(local, addrPortOf(tc.RemoteAddr()))
+	}
 	if !loop {
 		d.mu.Lock()
 		loop = note.back != nil // reset by the listener before the lookup

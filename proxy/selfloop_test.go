@@ -698,3 +698,59 @@ func TestSockDiagOfADialResetAtOnceIsNoLoop(t *testing.T) {
 		t.Errorf("a dial reset by what it reached, no socket left at either end: taken for a loop")
 	}
 }
+
+// The proxy notes its dials to a server's address only while this host's
+// NAT has lately sent a connection to that address to a listener
+// (arrived): one redirected app does not make every dial to that server
+// take a lock for good. Quiet for natQuiet, the route goes, and so does
+// the noting; a dial to another address is never noted.
+func TestSelfDialNotesThroughTheHostsNATGoQuiet(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			defer c.Close()
+		}
+	}()
+	server := addrPortOf(ln.Addr())
+	dial := func() *net.TCPConn {
+		t.Helper()
+		c, err := net.Dial("tcp", server.String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		return c.(*net.TCPConn)
+	}
+	var d selfDials
+	noted := func() int64 { return d.n.Load() }
+	if d.add(dial(), nil, "orders"); noted() != 0 {
+		t.Fatalf("%d dials noted with no NAT route seen, want 0", noted())
+	}
+	r := &natRoute{orig: server, to: netip.MustParseAddrPort("127.0.0.1:1522"), listener: "orders"}
+	r.seen.Store(time.Now().UnixNano())
+	other := &natRoute{orig: netip.MustParseAddrPort("192.0.2.9:1521"), to: r.to, listener: "orders"}
+	other.seen.Store(time.Now().UnixNano())
+	d.nat.Store(&[]*natRoute{other})
+	if d.add(dial(), nil, "orders"); noted() != 0 {
+		t.Fatalf("%d dials noted with a NAT route of another address, want 0", noted())
+	}
+	d.nat.Store(&[]*natRoute{r})
+	if d.add(dial(), nil, "orders"); noted() != 1 {
+		t.Fatalf("%d dials noted with a NAT route of the server's address seen now, want 1", noted())
+	}
+	r.seen.Store(time.Now().Add(-natQuiet - time.Second).UnixNano())
+	if d.add(dial(), nil, "orders"); noted() != 1 {
+		t.Errorf("%d dials noted, want the one before the route went quiet", noted())
+	}
+	if d.nat.Load() != nil {
+		t.Errorf("NAT routes kept after %v quiet, want none: each dial would scan them", natQuiet)
+	}
+}

@@ -386,7 +386,7 @@ func (s *session) open() error {
 				// database (a name moved to the proxy on IPv6 first).
 				continue
 			}
-			return s.selfDialed(loop, counted)
+			return s.selfDialedThrough(loop, counted, srv.Address, s.p.selfDials.natOf(conn))
 		}
 		dialed := time.Now()
 		conn, buf, first, err := s.attach(conn, srv, plan.Deadline(), s.boundFor(srv, cfg, gen, refusedBy, silent))
@@ -429,7 +429,7 @@ func (s *session) open() error {
 		s.detach()
 		if back != nil { // its reset came from a loop back to this proxy: so would a re-dial's
 			srv.Abandoned(plan.Trial())
-			return s.selfDialed(back, counted)
+			return s.selfDialedThrough(back, counted, srv.Address, s.p.selfDials.natOf(conn))
 		}
 		if over, cerr := s.cutShort(srv, plan, err); over {
 			return cerr
@@ -669,6 +669,13 @@ var errSelfDial = errors.New("the app is tnsguard's own dial to a server that is
 // two listeners, and one for a name's address that was the proxy while the
 // name's next address served the app.
 func (s *session) selfDialed(loop []string, elsewhere bool) error {
+	return s.selfDialedThrough(loop, elsewhere, "", netip.AddrPort{})
+}
+
+// selfDialedThrough is selfDialed for a dial of server that this host's
+// NAT sent to the listener at nat (when valid): the warning says so, as
+// the server's address is another host's and looks right.
+func (s *session) selfDialedThrough(loop []string, elsewhere bool, server string, nat netip.AddrPort) error {
 	s.mu.Lock()
 	first := !s.selfDialEnd
 	s.selfDialEnd = true
@@ -687,7 +694,13 @@ func (s *session) selfDialed(loop []string, elsewhere bool) error {
 	s.mu.Unlock()
 	if !elsewhere {
 		s.l.rejected("self_dial")
-		if s.l.takeLogLine("self-dial") {
+		switch {
+		case !s.l.takeLogLine("self-dial"):
+		case nat.IsValid():
+			s.l.log.Warn("connection rejected: "+errSelfDial.Error()+"; check the server's address: this host's NAT sends it to this listener "+
+				"(an iptables OUTPUT REDIRECT or DNAT with no exclusion for tnsguard's own connections, such as -m owner ! --uid-owner)",
+				"loop", strings.Join(loop, " -> "), "server", server, "nat", server+" -> "+nat.String())
+		default:
 			s.l.log.Warn("connection rejected: "+errSelfDial.Error()+"; check the server's address, or what its name resolves to", "loop", strings.Join(loop, " -> "))
 		}
 	}

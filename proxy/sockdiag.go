@@ -3,6 +3,7 @@ package proxy
 import (
 	"encoding/binary"
 	"errors"
+	"net"
 	"net/netip"
 
 	"golang.org/x/sys/unix"
@@ -44,6 +45,19 @@ func acceptedHere(local, remote netip.AddrPort) bool {
 		return err != nil || !listening
 	}
 	return err != nil || found
+}
+
+// acceptedAt tells whether a socket of this host whose local address is at
+// holds a connection from local: the accepted side of a dial from local
+// that this host's NAT sent to at. false when sock_diag cannot tell.
+func acceptedAt(at, local netip.AddrPort) bool {
+	fd, err := unix.Socket(unix.AF_NETLINK, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, unix.NETLINK_SOCK_DIAG)
+	if err != nil {
+		return false
+	}
+	defer unix.Close(fd)
+	found, _, err := tcpSocketAt(fd, netip.AddrPortFrom(at.Addr().Unmap(), at.Port()), netip.AddrPortFrom(local.Addr().Unmap(), local.Port()))
+	return err == nil && found
 }
 
 // tcpSocketAt asks sock_diag on fd for the TCP socket whose local address
@@ -131,4 +145,47 @@ func diagAddr(family uint8, b []byte) netip.Addr {
 		return netip.AddrFrom4([4]byte(b[:4]))
 	}
 	return netip.AddrFrom16([16]byte(b)).Unmap()
+}
+
+// ip6tSOOriginalDst is IP6T_SO_ORIGINAL_DST (linux/netfilter_ipv6/
+// ip6_tables.h), which golang.org/x/sys/unix does not have: the same
+// number as SO_ORIGINAL_DST, at level SOL_IPV6.
+const ip6tSOOriginalDst = 80
+
+// originalDst is the address that c, an accepted connection, was sent to
+// before this host's NAT rewrote it (an iptables REDIRECT or DNAT): what
+// netfilter's conntrack holds for it (SO_ORIGINAL_DST, which also answers
+// for an IPv4 connection on a dual-stack socket; IP6T_SO_ORIGINAL_DST for
+// IPv6). It is c's own local address when no NAT rewrote it, and invalid
+// when the kernel cannot tell (no conntrack entry: nf_conntrack not loaded,
+// a NOTRACK rule). One system call.
+func originalDst(c *net.TCPConn) netip.AddrPort {
+	local := addrPortOf(c.LocalAddr())
+	rc, err := c.SyscallConn()
+	if err != nil || !local.IsValid() {
+		return netip.AddrPort{}
+	}
+	var orig netip.AddrPort
+	rc.Control(func(fd uintptr) {
+		if local.Addr().Is4() {
+			// A struct sockaddr_in (16 bytes) in a buffer of 20: its
+			// family, port (network order) and address.
+			m, err := unix.GetsockoptIPv6Mreq(int(fd), unix.SOL_IP, unix.SO_ORIGINAL_DST)
+			if err != nil {
+				return
+			}
+			b := m.Multiaddr
+			orig = netip.AddrPortFrom(netip.AddrFrom4([4]byte(b[4:8])), binary.BigEndian.Uint16(b[2:4]))
+			return
+		}
+		// A struct sockaddr_in6 (28 bytes) in a buffer of 32.
+		m, err := unix.GetsockoptIPv6MTUInfo(int(fd), unix.SOL_IPV6, ip6tSOOriginalDst)
+		if err != nil {
+			return
+		}
+		var port [2]byte
+		binary.NativeEndian.PutUint16(port[:], m.Addr.Port) // as the kernel wrote it: network order
+		orig = netip.AddrPortFrom(netip.AddrFrom16(m.Addr.Addr).Unmap(), binary.BigEndian.Uint16(port[:]))
+	})
+	return orig
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net/http"
+	"strings"
 	"testing"
 	"time"
 
@@ -173,5 +174,180 @@ func TestLabServerBehindTheHostsOwnNATThatResetsIsNoLoop(t *testing.T) {
 	if v, _ := m.Sum("tnsguard_sessions_rejected_total", netlab.Labels{"reason": "self_dial"}); v != 0 {
 		t.Errorf("tnsguard_sessions_rejected_total{reason=\"self_dial\"} = %v for a server behind the host's NAT that resets, want 0: no loop\n%s",
 			v, m.Dump("tnsguard_sessions_rejected_total", "tnsguard_sessions_total"))
+	}
+}
+
+// A transparent capture without an exclusion for tnsguard itself: an
+// iptables OUTPUT REDIRECT sends every connection to the database's port to
+// tnsguard's listener on another port, and tnsguard's own dial of the
+// database is sent there too. Its dial's address is the database's (another
+// host's), and the listener sees it come from this host to its own port:
+// until 2026-12-01 neither side knew it for tnsguard's own, and one app set
+// off a loop that ran on by itself (5,068 sessions and about 10k fds in 2 s,
+// with no self_dial). Now the listener asks the kernel for the address such a
+// connection was sent to before the NAT (SO_ORIGINAL_DST), and finds its own
+// dial there. The same with a DNAT to the host's own address, or to another
+// address of the host than the one its dials come from.
+func TestLabRedirectOfTheServersPortToTnsguardIsALoop(t *testing.T) {
+	t.Parallel()
+	const port, listen = 1521, 1522
+	const other = "192.0.2.1" // an address of the host on lo, not the dial's
+	for _, tc := range []struct {
+		name string
+		to   func(lab *netlab.Lab) []string // the rule's target
+		at   func(lab *netlab.Lab) string   // where it sends the dial
+	}{
+		{"REDIRECT",
+			func(*netlab.Lab) []string { return []string{"REDIRECT", "--to-ports", fmt.Sprint(listen)} },
+			func(*netlab.Lab) string { return fmt.Sprintf("127.0.0.1:%d", listen) }},
+		{"DNAT to the host's address",
+			func(lab *netlab.Lab) []string { return []string{"DNAT", "--to-destination", lab.AppAddr(listen)} },
+			func(lab *netlab.Lab) string { return lab.AppAddr(listen) }},
+		{"DNAT to another address of the host",
+			func(*netlab.Lab) []string {
+				return []string{"DNAT", "--to-destination", fmt.Sprintf("%s:%d", other, listen)}
+			},
+			func(*netlab.Lab) string { return fmt.Sprintf("%s:%d", other, listen) }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			lab := netlab.New(t, netlab.Config{EstablishedTimeout: 30 * time.Second})
+			lab.Exec(t, lab.App, "ip", "addr", "add", other+"/32", "dev", "lo")
+			lab.StartEcho(t, lab.DB, fmt.Sprintf(":%d", port))
+			guard := startGuard(t, lab, link{Name: "orders", Listen: fmt.Sprintf("0.0.0.0:%d", listen),
+				Servers: []string{lab.DBAddr(port)}, Health: "off", ConnectBudget: "5s"})
+			lab.IPTables(t, lab.App, append([]string{"-t", "nat", "-A", "OUTPUT", "-p", "tcp", "--dport", fmt.Sprint(port),
+				"-j"}, tc.to(lab)...)...)
+			redirectedIsALoop(t, lab, guard, lab.DBAddr(port), tc.at(lab))
+		})
+	}
+}
+
+// redirectedIsALoop connects an app captured as a transparent capture
+// means to (it dials the database at server, and the host's NAT sends it
+// to tnsguard at at), which tnsguard's own dial of server is too, and
+// asserts that the loop is found at once.
+func redirectedIsALoop(t *testing.T, lab *netlab.Lab, guard *netlab.Tnsguard, server, at string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	began := time.Now()
+	c, err := lab.Dial(ctx, lab.App, server)
+	if err == nil {
+		defer c.Close()
+		err = roundTrip(c, []byte("select 1 from dual\n"), 10*time.Second)
+	}
+	took := time.Since(began)
+	m := guard.MetricsWhen(t, 5*time.Second, func(m netlab.Metrics) bool {
+		v, _ := m.Sum("tnsguard_sessions_rejected_total", netlab.Labels{"reason": "self_dial"})
+		return v >= 1
+	})
+	dump := m.Dump("tnsguard_sessions_rejected_total", "tnsguard_sessions_total", "tnsguard_sessions_active", "process_open_fds")
+	if err == nil {
+		t.Fatalf("app answered through a loop back to tnsguard: want it reset\n%s", dump)
+	}
+	if took > time.Second {
+		t.Errorf("app reset after %v (%s), want within a second: the loop found at once\n%s", took.Round(time.Millisecond), netlab.Classify(err), dump)
+	}
+	// Every session the loop made: those that ended, those still open.
+	ended, _ := m.Sum("tnsguard_sessions_total", nil)
+	active, _ := m.Sum("tnsguard_sessions_active", nil)
+	if ended+active >= 10 {
+		t.Errorf("%v sessions ended and %v open for one app into a loop, want fewer than 10 in all\n%s", ended, active, dump)
+	}
+	if fds, ok := m.Sum("process_open_fds", nil); ok && fds > 100 {
+		t.Errorf("process_open_fds = %v after one app into a loop, want a few dozen at most", fds)
+	}
+	if v, _ := m.Sum("tnsguard_sessions_rejected_total", netlab.Labels{"reason": "self_dial"}); v < 1 || v > 2 {
+		t.Errorf("tnsguard_sessions_rejected_total{reason=\"self_dial\"} = %v for one app into a loop through the host's NAT, want 1 (2 with the accept-before-note race)\n%s", v, dump)
+	}
+	t.Logf("app: %s after %v; sessions: %v ended, %v open", netlab.Classify(err), took.Round(time.Millisecond), ended, active)
+	// The warning names the NAT: the server's address looks right.
+	if nat := fmt.Sprintf("nat=\"%s -> %s\"", server, at); !strings.Contains(guard.Log(), "check the server's address") || !strings.Contains(guard.Log(), nat) {
+		t.Errorf("no warning to check the server's address, naming %s, in the log:\n%s", nat, guard.Log())
+	}
+}
+
+// The capture with the exclusion it needs, here by port (the rule sends the
+// app's port, not the database's): a local app whose connection the host's
+// NAT sent to tnsguard is an app, and is served, though its connection, too,
+// comes from this host with another address before the NAT.
+func TestLabAppSentToTnsguardByTheHostsNATIsServed(t *testing.T) {
+	t.Parallel()
+	const port, listen, captured = 1521, 1522, 1600
+	lab := netlab.New(t, netlab.Config{EstablishedTimeout: 30 * time.Second})
+	db := lab.StartEcho(t, lab.DB, fmt.Sprintf(":%d", port))
+	guard := startGuard(t, lab, link{Name: "orders", Listen: fmt.Sprintf("0.0.0.0:%d", listen),
+		Servers: []string{lab.DBAddr(port)}, Health: "off", ConnectBudget: "5s"})
+	lab.IPTables(t, lab.App, "-t", "nat", "-A", "OUTPUT", "-p", "tcp", "--dport", fmt.Sprint(captured),
+		"-j", "REDIRECT", "--to-ports", fmt.Sprint(listen))
+	for i := range 5 {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		c, err := lab.Dial(ctx, lab.App, lab.DBAddr(captured))
+		cancel()
+		if err == nil {
+			err = roundTrip(c, []byte("select 1 from dual\n"), 10*time.Second)
+			c.Close()
+		}
+		if err != nil {
+			t.Errorf("app %d redirected to tnsguard: %v, want the database's answer", i, err)
+		}
+	}
+	if _, ok := db.Next("accept", 5*time.Second); !ok {
+		t.Errorf("the database saw no connection")
+	}
+	if v, _ := guard.Metrics(t).Sum("tnsguard_sessions_rejected_total", netlab.Labels{"reason": "self_dial"}); v != 0 {
+		t.Errorf("tnsguard_sessions_rejected_total{reason=\"self_dial\"} = %v for apps the host's NAT sent to tnsguard, want 0", v)
+	}
+}
+
+// Health checks through the same capture: a check's connection to the
+// database's address is sent to the listener as the sessions' are. Until
+// 2026-12-01 each check reached the listener, passed (the server up,
+// /readyz 200) and set off a loop of its own; with the loop caught at its
+// second hop, each check passed all the same and counted a self_dial. Now
+// a check to an address that the host's NAT has lately sent to a listener
+// is dialed as the proxy's own and fails when it reached this host's
+// listener: the server is down and tnsguard not ready, and the apps'
+// sessions are not sent round the loop. Without the rule the same check
+// reaches the database and passes again.
+func TestLabHealthCheckThroughTheHostsNATLoopFails(t *testing.T) {
+	t.Parallel()
+	const port, listen = 1521, 1522
+	lab := netlab.New(t, netlab.Config{EstablishedTimeout: 30 * time.Second})
+	lab.StartEcho(t, lab.DB, fmt.Sprintf(":%d", port))
+	server := lab.DBAddr(port)
+	up := netlab.Labels{"backend": "orders", "server": server}
+	guard := startGuard(t, lab, link{Name: "orders", Listen: fmt.Sprintf("0.0.0.0:%d", listen),
+		Servers: []string{server}, HealthInterval: "200ms", ConnectBudget: "3s"})
+	rule := []string{"OUTPUT", "-p", "tcp", "--dport", fmt.Sprint(port), "-j", "REDIRECT", "--to-ports", fmt.Sprint(listen)}
+	lab.IPTables(t, lab.App, append([]string{"-t", "nat", "-A"}, rule...)...)
+	m := guard.MetricsWhen(t, 15*time.Second, func(m netlab.Metrics) bool {
+		v, _ := m.Sum("tnsguard_backend_up", up)
+		return v == 0
+	})
+	dump := m.Dump("tnsguard_backend_up", "tnsguard_sessions_rejected_total", "tnsguard_sessions_total", "tnsguard_sessions_active", "process_open_fds")
+	if v, _ := m.Sum("tnsguard_backend_up", up); v != 0 {
+		t.Errorf("tnsguard_backend_up = %v with every check sent back to tnsguard's own listener, want 0\n%s", v, dump)
+	}
+	if code, _, err := guard.Get("/readyz"); err != nil || code != http.StatusServiceUnavailable {
+		t.Errorf("/readyz: %d %v with the only server's address sent to tnsguard itself, want 503", code, err)
+	}
+	// At most the first check's connection, which turned noting on, is
+	// taken for an app; the later ones are the proxy's own.
+	if v, _ := m.Sum("tnsguard_sessions_rejected_total", netlab.Labels{"reason": "self_dial"}); v > 1 {
+		t.Errorf("tnsguard_sessions_rejected_total{reason=\"self_dial\"} = %v from health checks alone, want at most 1\n%s", v, dump)
+	}
+	if fds, ok := m.Sum("process_open_fds", nil); ok && fds > 100 {
+		t.Errorf("process_open_fds = %v from health checks into a loop, want a few dozen at most", fds)
+	}
+
+	lab.IPTables(t, lab.App, append([]string{"-t", "nat", "-D"}, rule...)...)
+	m = guard.MetricsWhen(t, 15*time.Second, func(m netlab.Metrics) bool {
+		v, _ := m.Sum("tnsguard_backend_up", up)
+		return v == 1
+	})
+	if v, _ := m.Sum("tnsguard_backend_up", up); v != 1 {
+		t.Errorf("tnsguard_backend_up = %v after the capture rule went, want 1: the checks reach the database", v)
 	}
 }
