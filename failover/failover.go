@@ -145,6 +145,10 @@ type Server struct {
 	// last failed check or failed service answer). Written by the health
 	// check goroutine; carried over a reload (Inherit).
 	serviceOK atomic.Int64
+	// heard is when a session last got the server's first answer (unix
+	// ns; an ACCEPT, a REFUSE, any first bytes): a server that answers
+	// someone is slow, not hung (HeardSince).
+	heard atomic.Int64
 }
 
 // New builds a backend from its configuration. With health checks on,
@@ -240,6 +244,7 @@ func (b *Backend) Inherit(old *Backend) {
 			s.serviceOK.Store(o.serviceOK.Load())
 		}
 		s.checkRTT.Store(o.checkRTT.Load()) // the path's RTT is the path's
+		s.heard.Store(o.heard.Load())       // a slow server answered before the reload too
 		// A name's addresses that failed still go last (and are not
 		// said to have failed again): without them, the first
 		// sessions after the reload waited connect_timeout on an
@@ -722,6 +727,16 @@ func (s *Server) countFailure(cause error, e uint64) (stale bool) {
 	}
 	return stale
 }
+
+// Heard notes that a session got the server's first answer now.
+func (s *Server) Heard() { s.heard.Store(time.Now().UnixNano()) }
+
+// HeardSince tells whether some session got the server's first answer at
+// or after t. An app that gave up on the server's silence from t on is
+// no evidence of a hung server if it answered other sessions meanwhile: a
+// database in a logon storm answers late, but answers (proxy: an
+// abandoned session's verdict).
+func (s *Server) HeardSince(t time.Time) bool { return s.heard.Load() >= t.UnixNano() }
 
 // Abandoned tells the breaker that a dial it allowed has no verdict (the
 // app left first): when the dial was the half-open trial t (Plan.Trial),

@@ -69,7 +69,7 @@ func Cause(err error) string {
 		// tnsguard's decision (too much to replay), whatever ended the
 		// backend leg: raising replay_bytes is the operator's fix.
 		return "proxy"
-	case err == nil, errors.Is(err, io.EOF):
+	case err == nil, errors.Is(err, io.EOF), errors.Is(err, errAppGaveUp): // errAppGaveUp: an Oracle client's close (abandonedError)
 		return "eof"
 	case errors.Is(err, syscall.ECONNRESET), errors.Is(err, syscall.EPIPE), errors.Is(err, syscall.ECONNABORTED):
 		return "rst"

@@ -1260,7 +1260,7 @@ func TestSessionOutcomesExistAtZero(t *testing.T) {
 		}
 	}
 	want := map[[3]string]float64{}
-	for _, outcome := range []string{"ok", "reset", "no_backend", "closed"} {
+	for _, outcome := range []string{"ok", "reset", "no_backend", "closed", "abandoned"} {
 		want[[3]string{"sales-db", "sales", outcome}] = 0
 		want[[3]string{"orders-db", "other", outcome}] = 0
 	}

@@ -521,7 +521,7 @@ func (p *Proxy) zeroSeries(cfg *config.Config, lc *config.Listener, l *listener)
 		p.metrics.SessionsRejected.WithLabelValues(lc.Name, reason)
 	}
 	for service, backend := range serviceBackends(lc) {
-		for _, outcome := range []string{"ok", "reset", "no_backend", "closed"} {
+		for _, outcome := range []string{"ok", "reset", "no_backend", "closed", "abandoned"} {
 			p.metrics.SessionsTotal.WithLabelValues(lc.Name, backend, service, outcome)
 		}
 	}
@@ -797,6 +797,10 @@ func (p *Proxy) record(s *session, srv *failover.Server, established bool) {
 			s.logger().Debug("session ended", "server", server, "duration", age.Round(time.Millisecond).String(),
 				"idle", s.idleFor().Round(time.Millisecond).String(), "bytes_to_backend", s.toBackend.Load(), "bytes_to_client", s.toClient.Load())
 		}
+		return
+	}
+	if end.outcome == "abandoned" {
+		s.logAbandoned(end, server, age) // no reset: the app closed
 		return
 	}
 	cause := Cause(end.err)

@@ -397,6 +397,9 @@ func (s *session) open() error {
 				err = fmt.Errorf("backend reset before its first byte: %w", pe.err)
 			}
 		}
+		if err == nil {
+			srv.Heard() // alive: apps that gave up on it meanwhile found it slow (abandonedWait)
+		}
 		if err == nil && (len(first) < tns.HeaderLen || tns.PacketType(first[4]) != tns.TypeRefuse) {
 			// Another server answered (no REFUSE passed on): the ones the
 			// session left at answer_timeout were hung, not slow. Before
@@ -449,7 +452,16 @@ func (s *session) open() error {
 			retry, failed = "", nil
 			continue
 		}
-		if s.appClosedFirst(err) || errors.Is(err, errAppGaveUp) { // errAppGaveUp: a REDIRECT not followed for an app that left
+		if ae := (*abandonedError)(nil); errors.As(err, &ae) {
+			if ae.hung {
+				plan.Failed(srv, err)
+			} else {
+				srv.Abandoned(plan.Trial())
+			}
+			s.abort(SideClient, PhaseOpening, err, "abandoned", srv)
+			return err
+		}
+		if s.appClosedFirst(err) || errors.Is(err, errAppGaveUp) || errors.Is(err, errAppLeft) { // errAppGaveUp: a REDIRECT not followed for an app that left; errAppLeft: a port check the server never answered
 			srv.Abandoned(plan.Trial())
 			return err // an ordinary end: finish() records it
 		}
@@ -968,9 +980,18 @@ func (s *session) firstAnswer(conn *net.TCPConn, deadline time.Time, bound answe
 		return true
 	}
 	bound.began = time.Now()
+	if s.gaveUpWaiting() {
+		// The app closed before its opening reached this server (while
+		// it was dialed): nobody waits for the answer, and the server
+		// had no time to give one. An ordinary end, as between rounds.
+		return nil, 0, errAppGaveUp
+	}
 	for {
 		owed := bound.cut(s, s.answerDeadline(deadline))
 		conn.SetReadDeadline(owed)
+		if s.gaveUpWaiting() { // after the deadline is set: a close that comes later wakes the read
+			return nil, 0, s.abandonedWait(&bound)
+		}
 		if bound.takenOut(s) {
 			return nil, 0, errServerTakenOut
 		}
@@ -982,6 +1003,12 @@ func (s *session) firstAnswer(conn *net.TCPConn, deadline time.Time, bound answe
 				oe.Op = "read" // as conn.Read says it: "read tcp a->b: i/o timeout"
 			}
 			err = werr
+		}
+		if errors.Is(err, os.ErrDeadlineExceeded) && s.gaveUpWaiting() {
+			return nil, 0, s.abandonedWait(&bound)
+		}
+		if errors.Is(err, os.ErrDeadlineExceeded) && s.appLeftSilent() && !time.Now().Before(s.answerDeadline(deadline)) {
+			return nil, 0, errAppLeft // no verdict, an ordinary end (open)
 		}
 		if errors.Is(err, os.ErrDeadlineExceeded) {
 			// Woken by the app's first bytes or a reload, or owed no
@@ -1023,6 +1050,92 @@ var errAnswerTimeout = errors.New("no first answer within answer_timeout")
 // reload took out of the session's backend.
 var errServerTakenOut = errors.New("a reload took the server out while the session awaited its first answer")
 
+// abandonedError ends the wait for a server's first answer when the app,
+// an Oracle client, closed while the server held its opening unanswered:
+// its own connect timeout ran out first (shorter than answer_timeout, or
+// than the server takes). The session counts as outcome "abandoned",
+// neither ok nor a reset (Proxy.record). It is errAppGaveUp, an end of
+// stream (Cause "eof": both legs get a FIN), though not io.EOF, which
+// would read as the backend's close.
+type abandonedError struct {
+	silent time.Duration // how long the server had held the app's opening without a byte
+	hung   bool          // counted as a failure of the server (abandonedWait)
+}
+
+func (e *abandonedError) Error() string {
+	return fmt.Sprintf("the app closed after its opening waited %v for the server's first answer", e.silent.Round(time.Millisecond))
+}
+
+func (e *abandonedError) Unwrap() error { return errAppGaveUp }
+
+// abandonedVerdictAfter is the least silence (below answer_timeout) after
+// which an app's giving up is held against the server (abandonedWait):
+// twice fairAttempt, past which tnsguard already takes a server's silence
+// for a failure. An app that gives up after a second or so (a pool's
+// aggressive connect timeout) says nothing of a server that answers in
+// two; one of 3 s (knex's connect_timeout=3) against the default
+// answer_timeout of 5 s is counted.
+const abandonedVerdictAfter = 2 * fairAttempt
+
+// abandonedWait is the end of a wait for a first answer that the app gave
+// up on. The server is blamed (a breaker failure, hung) only when tnsguard
+// would have left it for another server had the app waited, and the
+// evidence says hung, not slow:
+//   - the wait had answer_timeout as its bound (retry_on has "reset") and
+//     another server could take the session now (answerBound.elsewhere):
+//     with nowhere else to go an open circuit only fails every app, and a
+//     server that refused the app's service lately is nowhere to go;
+//   - the server held the app's whole opening for at least
+//     min(answer_timeout, abandonedVerdictAfter);
+//   - it gave no session its first answer meanwhile (HeardSince): a
+//     database in a logon storm answers late, but answers, and apps that
+//     give up on it must not send its sessions to a standby that may not
+//     have the service.
+//
+// So after `failures` such sessions in a row the hung server's circuit
+// opens, and the next apps reach the standby, though every app gave up
+// before answer_timeout. Without it apps whose connect timeout is shorter
+// than answer_timeout never got past a hung primary.
+func (s *session) abandonedWait(b *answerBound) error {
+	from := b.began
+	if at := time.Unix(0, s.spokeAt.Load()); at.After(from) {
+		from = at
+	}
+	e := &abandonedError{silent: time.Since(from)}
+	e.hung = b.timeout > 0 && b.srv != nil && e.silent >= min(b.timeout, abandonedVerdictAfter) &&
+		!b.srv.HeardSince(from) && b.elsewhere(s)
+	return e
+}
+
+// logAbandoned logs an abandoned session (Proxy.record), within the
+// listener's log budget as the no-backend lines: the one sign, besides
+// tnsguard_sessions_total{outcome="abandoned"}, that apps give up on a
+// server before tnsguard would leave it (answer_timeout too long for them,
+// or the server hung).
+func (s *session) logAbandoned(end *sessionEnd, server string, age time.Duration) {
+	if !s.l.takeLogLine("abandoned") {
+		return
+	}
+	ae := &abandonedError{}
+	errors.As(end.err, &ae)
+	msg := "app gave up waiting for the server's first answer: the server had not answered; check the server, or set answer_timeout below the app's connect timeout"
+	if ae.hung {
+		msg = "app gave up waiting for the server's first answer: the server had not answered, counted as its failure; check the server, or set answer_timeout below the app's connect timeout"
+	}
+	s.logger().Warn(msg, "server", server, "waited", age.Round(time.Millisecond).String(),
+		"server_silent", ae.silent.Round(time.Millisecond).String(), "answer_timeout", s.backend.Config.AnswerTimeout.Duration.String())
+}
+
+// gaveUpWaiting tells an Oracle client that closed while its whole opening
+// waited for a server's answer (appGaveUp). Not one whose opening no
+// server can answer (cut short): that wait goes on, and ends as a bad
+// opening does (badOpening).
+func (s *session) gaveUpWaiting() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.clientEOF && s.looksLikeTNSLocked() && !s.openingUnfinishedLocked(true)
+}
+
 // answerBound is what bounds one attempt's wait for its first answer below
 // the budget (firstAnswer); the zero value bounds nothing. It is made for
 // the first answer of each new backend connection (attach) only: a
@@ -1054,7 +1167,7 @@ func (s *session) boundFor(srv *failover.Server, cfg *config.Backend, gen uint64
 // when they came later: a server is not blamed for an app that had not
 // spoken.
 func (b *answerBound) cut(s *session, owed time.Time) time.Time {
-	if b.timeout <= 0 || owed.IsZero() {
+	if b.timeout <= 0 || owed.IsZero() || s.spokeAt.Load() == 0 {
 		return owed
 	}
 	from := b.began
@@ -1109,8 +1222,18 @@ func (s *session) wakeIfTakenOut(nb *failover.Backend) {
 // opening no server could answer. Until 2026-11-30 an app that spoke
 // after the budget waited with no limit on a silent backend, and one that
 // spoke just before its end was reset before its server could answer.
+//
+// An app that closed without a byte (a load balancer's port check) is owed
+// nothing, but waits no longer than the budget's end for a server that
+// speaks first: then its session ends, as an ordinary end (firstAnswer).
+// Until 2026-12-01 such a session waited on a hung listener (one that
+// accepts and never closes) for as long as the listener lived, holding two
+// fds and a max_sessions slot: one more for every check.
 func (s *session) answerDeadline(budgetEnd time.Time) time.Time {
 	at := s.spokeAt.Load()
+	if at == 0 && !budgetEnd.IsZero() && s.appLeftSilent() {
+		return budgetEnd
+	}
 	if at == 0 || budgetEnd.IsZero() || s.overflowed() {
 		return time.Time{}
 	}
@@ -1336,6 +1459,15 @@ func (s *session) clientToBackend() *pumpErr {
 		if rerr == nil { // EOF: carry the half-close to whichever backend gets the session
 			s.clientEOF = true
 			s.cond.Broadcast() // routing stops waiting for a CONNECT
+			if s.awaiting != nil {
+				// The wait for a first answer looks again (firstAnswer):
+				// an Oracle client that closes has given up (Oracle Net
+				// never half-closes), and its wait ends now, not at
+				// answer_timeout or the budget's end; one that closes
+				// without a byte (a port check) waits no longer than the
+				// budget (answerDeadline).
+				s.awaiting.SetReadDeadline(time.Now())
+			}
 			s.mu.Unlock()
 			return nil
 		}

@@ -109,7 +109,7 @@ func TestAlertRules(t *testing.T) {
 		alerts = append(alerts, m[1])
 	}
 	for _, want := range []string{"TnsguardDown", "TnsguardBackendDown", "TnsguardAppsRejected", "TnsguardAppsLimited", "TnsguardResetRateHigh", "TnsguardIdleResets",
-		"TnsguardSessionsNearMax", "TnsguardFileDescriptorsLow", "TnsguardConnectLatencyHigh", "TnsguardRedialsHigh", "TnsguardConfigReloadFailed"} {
+		"TnsguardSessionsNearMax", "TnsguardFileDescriptorsLow", "TnsguardConnectLatencyHigh", "TnsguardRedialsHigh", "TnsguardConfigReloadFailed", "TnsguardAppsGaveUp"} {
 		if !slices.Contains(alerts, want) {
 			t.Errorf("no alert %s in %s (have %v)", want, rulesPath, alerts)
 		}

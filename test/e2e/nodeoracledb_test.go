@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -33,6 +34,13 @@ type nodeResult struct {
 // skipped, or fails under CI.
 func nodeConnect(t *testing.T, connectString string) nodeResult {
 	t.Helper()
+	return nodeConnectWithin(t, connectString, "15")
+}
+
+// nodeConnectWithin is nodeConnect with the driver's connectTimeout (in
+// seconds), after which it gives up with NJS-510 and closes.
+func nodeConnectWithin(t *testing.T, connectString, connectTimeout string) nodeResult {
+	t.Helper()
 	node := requireTool(t, "node")
 	dir, err := filepath.Abs(filepath.Join("testdata", "node-oracledb"))
 	if err != nil {
@@ -44,7 +52,7 @@ func nodeConnect(t *testing.T, connectString string) nodeResult {
 		}
 		t.Skipf("SKIPPED: node-oracledb is not installed: run make deps (npm ci in %s); set CI=1 to make this a failure", dir)
 	}
-	cmd := exec.Command(node, filepath.Join(dir, "connect.js"), connectString)
+	cmd := exec.Command(node, filepath.Join(dir, "connect.js"), connectString, connectTimeout)
 	cmd.Dir = dir
 	out, err := cmd.Output()
 	if err != nil {
@@ -227,6 +235,51 @@ backoff_max = "200ms"`
 			v, _ := g.metricOK("tnsguard_redials_total", "listener", "l", "backend", "db", "reason", "timeout")
 			return v == 1
 		})
+	})
+
+	// The same hung listener, with the driver's connectTimeout (3 s, as
+	// knex's connect_timeout=3) shorter than answer_timeout (5 s, the
+	// default): each app gives up first
+	// (NJS-510), before tnsguard would leave the hung listener. Each
+	// session counts as abandoned, and, as the listener held the CONNECT
+	// silent for over 2 s with the standby up, as its failure: after
+	// failures = 2 the next app gets the standby at once. Until 2026-12-01
+	// every such app failed, each session counted ok, and the circuit never
+	// opened (knex with connect_timeout=3: 8 of 8 NJS-510).
+	t.Run("app gives up on a hung listener before its answer timeout", func(t *testing.T) {
+		hung := tnstest.New(t, tnstest.Config{Mode: tnstest.Silent})
+		standby := tnstest.New(t, tnstest.Config{Mode: tnstest.Accept})
+		admin, addr := freeAddr(t), freeAddr(t)
+		cfg := config(admin, "",
+			[]listenerConf{{name: "l", listen: addr, backend: "db"}},
+			[]backendConf{{name: "db", servers: []string{hung.Addr(), standby.Addr()}, extra: backendKeys + "\n[backend.breaker]\nfailures = 2"}})
+		// answer_timeout is 5 s (the default), under the budget; the
+		// standby is one (priority 1), not the hung listener's equal.
+		cfg = strings.NewReplacer(`connect_budget = "3s"`, `connect_budget = "10s"`,
+			fmt.Sprintf("address = %q", standby.Addr()), fmt.Sprintf("address = %q\n  priority = 1", standby.Addr())).Replace(cfg)
+		g := start(t, admin, cfg, true)
+		for i := range 2 {
+			if r := nodeConnectWithin(t, addr+"/SALES", "3"); r.Code != "NJS-510" {
+				t.Fatalf("app %d through tnsguard: %+v; want NJS-510 (its own connect timeout) from the hung listener", i+1, r)
+			}
+		}
+		waitFor(t, 3*time.Second, "the sessions counted abandoned", func() bool {
+			v, _ := g.metricOK("tnsguard_sessions_total", "listener", "l", "backend", "db", "outcome", "abandoned")
+			return v == 2
+		})
+		if v, _ := g.metricOK("tnsguard_sessions_total", "listener", "l", "backend", "db", "outcome", "ok"); v != 0 {
+			t.Errorf("sessions_total{outcome=ok} = %v for apps that gave up, want 0", v)
+		}
+		r := nodeConnectWithin(t, addr+"/SALES", "3")
+		if !reachedDatabase(r) {
+			t.Fatalf("the app after two gave up: %+v; want the standby (the hung listener's circuit open)", r)
+		}
+		if r.MS > 1000 {
+			t.Errorf("the standby's answer took %d ms, want at once", r.MS)
+		}
+		if a, b := len(hung.Connects()), len(standby.Connects()); a != 2 || b != 1 {
+			t.Errorf("CONNECTs: hung listener %d, standby %d; want 2 and 1", a, b)
+		}
 	})
 
 	// No server has the service until the budget ends: the app gets the

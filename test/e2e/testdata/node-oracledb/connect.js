@@ -1,4 +1,5 @@
-// connect.js CONNECT_STRING: one node-oracledb (thin mode) getConnection, as
+// connect.js CONNECT_STRING [CONNECT_TIMEOUT]: one node-oracledb (thin mode)
+// getConnection (connectTimeout in seconds, 15 by default), as
 // an app's pool does when it opens a connection. Prints one JSON line: ok,
 // or the driver's error code, first message line and the rest of it (cause),
 // and the time taken.
@@ -12,7 +13,7 @@ const oracledb = require('oracledb');
       user: 'scott',
       password: 'tiger',
       connectString: process.argv[2],
-      connectTimeout: 15,
+      connectTimeout: Number(process.argv[3] || 15),
     });
     await conn.close();
     console.log(JSON.stringify({ ok: true, ms: Date.now() - start }));

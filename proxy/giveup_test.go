@@ -1,0 +1,277 @@
+package proxy
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/tnsguard/tnsguard/metrics"
+	"github.com/tnsguard/tnsguard/tns"
+)
+
+// giveUpConfig: a hung primary (accepts, reads, never answers: a listener
+// whose process is stopped) before a standby, tcp checks that pass for
+// both, answer_timeout at its default of 5 s, the breaker opening after 2
+// failures.
+func giveUpConfig(primary, standby string) string {
+	return backendTOML(`connect_timeout = "500ms"
+connect_budget = "20s"
+answer_timeout = "5s"
+[backend.health]
+check = "tcp"
+interval = "200ms"
+timeout = "100ms"
+[backend.breaker]
+failures = 2`, fmt.Sprintf("address = %q;priority = 0", primary), fmt.Sprintf("address = %q;priority = 1", standby))
+}
+
+// hungListener accepts and reads, and never answers; heard counts the
+// CONNECTs it got whole.
+func hungListener(t *testing.T) (*server, *atomic.Int32) {
+	var heard atomic.Int32
+	return newServer(t, func(c *net.TCPConn) {
+		if _, err := tns.ReadPacket(c, tns.Length16, 0); err == nil {
+			heard.Add(1)
+		}
+		io.Copy(io.Discard, c)
+	}), &heard
+}
+
+// givingUpApp sends a CONNECT for SALES and waits for the first answer at
+// most wait (its driver's connect timeout), then closes (FIN), as
+// node-oracledb's NJS-510 and go-ora's context deadline do. It returns the
+// type of the packet it got, 0 for none.
+func givingUpApp(t *testing.T, h *harness, wait time.Duration) tns.PacketType {
+	t.Helper()
+	typ, err := appWaiting(h, wait)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return typ
+}
+
+// appWaiting is givingUpApp for any goroutine.
+func appWaiting(h *harness, wait time.Duration) (tns.PacketType, error) {
+	connect, err := tns.BuildConnect("(DESCRIPTION=(CONNECT_DATA=(SERVICE_NAME=SALES))(ADDRESS=(PROTOCOL=TCP)(HOST=x)(PORT=1)))")
+	if err != nil {
+		return 0, err
+	}
+	c, err := net.Dial("tcp", h.addr("l"))
+	if err != nil {
+		return 0, err
+	}
+	defer c.Close()
+	c.Write(connect)
+	c.SetReadDeadline(time.Now().Add(wait))
+	p, err := tns.ReadPacket(c, tns.Length16, 0)
+	if err != nil {
+		if !errors.Is(err, os.ErrDeadlineExceeded) {
+			return 0, fmt.Errorf("app waiting for its first answer: %w, want its own timeout", err)
+		}
+		return 0, nil
+	}
+	return p.Type, nil
+}
+
+// An Oracle app whose connect timeout is shorter than answer_timeout gives
+// up on a hung listener before tnsguard would leave it for the standby.
+// Its session counts as abandoned, not ok, with one warning naming the
+// listener, backend and server and how long the app waited; and, as the
+// app waited over 2 s on a server that answered no one and the standby
+// could have taken it, as a failure of the hung server: after failures = 2
+// such sessions its circuit opens, and the next app gets the standby's
+// ACCEPT at once. Until 2026-12-01 each such session counted
+// outcome="ok", logged nothing, and the hung server's circuit never
+// opened: every app with a short connect timeout failed (8 of 8 knex
+// queries with connect_timeout=3, NJS-510, the standby up).
+func TestAppThatGivesUpOnAHungServerOpensItsCircuit(t *testing.T) {
+	hung, heard := hungListener(t)
+	standby, answered := slowListener(t, func() time.Duration { return 0 }, tns.BuildAccept(318, ""), true)
+	h, logs := startProxyLog(t, giveUpConfig(hung.address, standby))
+	waitFor(t, 3*time.Second, "both servers up", func() bool {
+		return gauge(h.m.BackendUp, "b", hung.address) == 1 && gauge(h.m.BackendUp, "b", standby) == 1
+	})
+	for i := range 2 {
+		if typ := givingUpApp(t, h, 2300*time.Millisecond); typ != 0 {
+			t.Fatalf("app %d got a %v within its 2.3 s connect timeout; want nothing (the hung server holds it for answer_timeout, 5 s)", i+1, typ)
+		}
+		waitFor(t, 3*time.Second, "the abandoned session counted", func() bool {
+			return counter(h.m.SessionsTotal, "l", "b", "other", "abandoned") == float64(i+1)
+		})
+	}
+	if n := heard.Load(); n != 2 {
+		t.Errorf("the hung server got %d CONNECTs, want 2", n)
+	}
+	if v := counter(h.m.SessionsTotal, "l", "b", "other", "ok"); v != 0 {
+		t.Errorf("sessions_total{outcome=ok} = %v for apps that gave up on a silent server, want 0", v)
+	}
+	if v := sumCounters(t, h.m.Resets); v != 0 {
+		t.Errorf("resets_total = %v: an app's close is no reset", v)
+	}
+	waitFor(t, 3*time.Second, "a warning per app, naming the hung server", func() bool {
+		return len(logs.lines("app gave up waiting for the server's first answer", "counted as its failure",
+			"listener=l", "backend=b", "server="+hung.address, "waited=", "server_silent=", "answer_timeout=5s")) == 2
+	})
+	if v := gauge(h.m.BreakerState, "b", hung.address); v != metrics.BreakerOpen {
+		t.Fatalf("the hung server's breaker is %v, want open (%v) after 2 apps gave up on it; log:\n%s", v, metrics.BreakerOpen, logs)
+	}
+	start := time.Now()
+	if typ := givingUpApp(t, h, 2300*time.Millisecond); typ != tns.TypeAccept {
+		t.Fatalf("the app after the circuit opened got %v; want the standby's ACCEPT", typ)
+	}
+	if took := time.Since(start); took > time.Second {
+		t.Errorf("the standby answered after %v, want at once (the hung server's circuit is open)", took.Round(time.Millisecond))
+	}
+	if n, m := heard.Load(), answered.Load(); n != 2 || m != 1 {
+		t.Errorf("CONNECTs: hung server %d, standby %d; want 2 and 1", n, m)
+	}
+}
+
+// Apps that give up after a second (a pool's aggressive connect timeout)
+// say nothing of the server: the sessions count as abandoned, with their
+// warnings, but the server's circuit stays closed. So does a server in a
+// logon storm that answers other sessions while the impatient apps give
+// up on it.
+func TestAppsThatGiveUpSoonOrOnASlowServerAreNoVerdict(t *testing.T) {
+	t.Run("after a second", func(t *testing.T) {
+		hung, _ := hungListener(t)
+		standby, answered := slowListener(t, func() time.Duration { return 0 }, tns.BuildAccept(318, ""), true)
+		h, logs := startProxyLog(t, giveUpConfig(hung.address, standby))
+		waitFor(t, 3*time.Second, "both servers up", func() bool {
+			return gauge(h.m.BackendUp, "b", hung.address) == 1 && gauge(h.m.BackendUp, "b", standby) == 1
+		})
+		for i := range 3 {
+			if typ := givingUpApp(t, h, time.Second); typ != 0 {
+				t.Fatalf("app %d got a %v; want nothing within its 1 s", i+1, typ)
+			}
+			waitFor(t, 3*time.Second, "the abandoned session counted", func() bool {
+				return counter(h.m.SessionsTotal, "l", "b", "other", "abandoned") == float64(i+1)
+			})
+		}
+		if v := gauge(h.m.BreakerState, "b", hung.address); v != metrics.BreakerClosed {
+			t.Errorf("breaker %v after 3 apps gave up after 1 s, want closed (%v)", v, metrics.BreakerClosed)
+		}
+		waitFor(t, 3*time.Second, "a warning per app", func() bool {
+			return len(logs.lines("app gave up waiting", "server="+hung.address, "waited=")) == 3
+		})
+		if l := logs.lines("counted as its failure"); len(l) != 0 {
+			t.Errorf("apps that gave up after 1 s were held against the server:\n%s", strings.Join(l, "\n"))
+		}
+		if n := answered.Load(); n != 0 {
+			t.Errorf("the standby got %d CONNECTs, want 0", n)
+		}
+	})
+	t.Run("slow server answers others", func(t *testing.T) {
+		var delay atomic.Int64
+		delay.Store(int64(3 * time.Second)) // slower than the impatient apps, within answer_timeout
+		slow, _ := slowAccepter(t, &delay)
+		standby, answered := slowListener(t, func() time.Duration { return 0 }, tns.BuildAccept(318, ""), true)
+		h, _ := startProxyLog(t, giveUpConfig(slow, standby))
+		waitFor(t, 3*time.Second, "both servers up", func() bool {
+			return gauge(h.m.BackendUp, "b", slow) == 1 && gauge(h.m.BackendUp, "b", standby) == 1
+		})
+		// Patient apps, two a second, all along: the slow server answers
+		// each after 3 s, so it answers one every 500 ms from 3 s on.
+		stop := make(chan struct{})
+		patient := make(chan error, 64)
+		launched, finished := 0, make(chan struct{})
+		go func() {
+			defer close(finished)
+			tick := time.NewTicker(500 * time.Millisecond)
+			defer tick.Stop()
+			for {
+				select {
+				case <-stop:
+					return
+				case <-tick.C:
+				}
+				launched++
+				go func() {
+					typ, err := appWaiting(h, 10*time.Second)
+					if err == nil && typ != tns.TypeAccept {
+						err = fmt.Errorf("a patient app got %v, want the slow server's ACCEPT", typ)
+					}
+					patient <- err
+				}()
+			}
+		}()
+		waitFor(t, 10*time.Second, "the slow server's first answer", func() bool { return len(patient) > 0 })
+		// Impatient apps, 4 at once, that give up together: their ends
+		// come in a row, with no answer between them to reset the
+		// breaker's count, though the server answered others all along.
+		impatient := make(chan error, 4)
+		for range 4 {
+			go func() {
+				typ, err := appWaiting(h, 2500*time.Millisecond)
+				if err == nil && typ != 0 {
+					err = fmt.Errorf("an impatient app got a %v; want nothing within its 2.5 s", typ)
+				}
+				impatient <- err
+			}()
+		}
+		for range 4 {
+			if err := <-impatient; err != nil {
+				t.Error(err)
+			}
+		}
+		close(stop)
+		<-finished // launched is final
+		for range launched {
+			if err := <-patient; err != nil {
+				t.Error(err)
+			}
+		}
+		waitFor(t, 3*time.Second, "the abandoned sessions counted", func() bool {
+			return counter(h.m.SessionsTotal, "l", "b", "other", "abandoned") == 4
+		})
+		if v := gauge(h.m.BreakerState, "b", slow); v != metrics.BreakerClosed {
+			t.Errorf("the slow server's breaker is %v, want closed (%v): it answered other sessions meanwhile", v, metrics.BreakerClosed)
+		}
+		if n := answered.Load(); n != 0 {
+			t.Errorf("the standby got %d CONNECTs, want 0", n)
+		}
+	})
+}
+
+// A load balancer's port check (connect, then close without a byte) that
+// tnsguard dialed a hung listener for is an ordinary end, with no line and
+// no verdict, as it is against a listener that closes; its session ends at
+// connect_budget at the latest. Until 2026-12-01 it waited on the hung
+// listener for as long as that lived: each check held two fds and a
+// session (tnsguard_sessions_active grew by one per check).
+func TestPortCheckOnAHungListenerEndsAtTheBudget(t *testing.T) {
+	hung, _ := hungListener(t)
+	standby, answered := slowListener(t, func() time.Duration { return 0 }, tns.BuildAccept(318, ""), true)
+	h, logs := startProxyLog(t, strings.Replace(giveUpConfig(hung.address, standby), `connect_budget = "20s"`, `connect_budget = "1500ms"`, 1))
+	waitFor(t, 3*time.Second, "both servers up", func() bool {
+		return gauge(h.m.BackendUp, "b", hung.address) == 1 && gauge(h.m.BackendUp, "b", standby) == 1
+	})
+	for range 3 {
+		check := h.dial("l")
+		check.Close()
+	}
+	waitFor(t, 10*time.Second, "the port checks' sessions ended", func() bool {
+		return counter(h.m.SessionsTotal, "l", "b", "other", "ok") == 3
+	})
+	if n := len(h.p.liveSessions()); n != 0 {
+		t.Errorf("%d sessions live after the checks ended", n)
+	}
+	if v := gauge(h.m.BreakerState, "b", hung.address); v != metrics.BreakerClosed {
+		t.Errorf("breaker %v after port checks, want closed (%v)", v, metrics.BreakerClosed)
+	}
+	if v := sumCounters(t, h.m.Resets) + counter(h.m.SessionsTotal, "l", "b", "other", "abandoned"); v != 0 {
+		t.Errorf("port checks counted as resets or abandoned sessions: %v", v)
+	}
+	if l := logs.lines("WARN"); len(l) != 0 {
+		t.Errorf("warnings for port checks:\n%s", strings.Join(l, "\n"))
+	}
+	if n := answered.Load(); n != 0 {
+		t.Errorf("the standby got %d CONNECTs, want 0", n)
+	}
+}
