@@ -2,7 +2,10 @@ package keepalive
 
 import (
 	"context"
+	"errors"
+	"io"
 	"net"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -192,5 +195,72 @@ func TestInKernelIsWhatTheSocketTakes(t *testing.T) {
 	}
 	if got := (Settings{Idle: 1500 * time.Millisecond, Interval: 1500 * time.Millisecond, Count: 2}).InKernel().ProbeSpan(); got != 6*time.Second {
 		t.Errorf("span of 1.5s + 1.5s*2 in the kernel: %v, want 6s", got)
+	}
+}
+
+// ReadInfo reads the socket's own counters (bytes both ways, the state),
+// and a socket that has no TCP_INFO fails with the kernel's errno, as
+// x/sys/unix's GetsockoptTCPInfo returned it.
+func TestReadInfoCountsAndFails(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	c, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	s, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if _, err := c.Write(make([]byte, 1000)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.ReadFull(s, make([]byte, 1000)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Write(make([]byte, 300)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.ReadFull(c, make([]byte, 300)); err != nil {
+		t.Fatal(err)
+	}
+	info, err := ReadInfo(c.(*net.TCPConn))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// BytesAcked counts the SYN too.
+	if info.BytesRecv != 300 || info.BytesAcked < 1000 || info.BytesAcked > 1001 || info.State != 1 {
+		t.Errorf("TCP_INFO after 1000 bytes out and 300 in: %+v", info)
+	}
+
+	u, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer u.Close()
+	_, err = ReadInfo(u.(*net.UDPConn))
+	var errno syscall.Errno
+	if !errors.As(err, &errno) || errno == 0 {
+		t.Errorf("ReadInfo of a UDP socket: %v (%T), want the kernel's errno", err, err)
+	}
+}
+
+// A session reads TCP_INFO at its end (proxy: endOfStream, the link's
+// retransmits): two allocations besides the RawConn, where x/sys/unix's
+// GetsockoptTCPInfo and a closure with captured results took four.
+func TestReadInfoAllocations(t *testing.T) {
+	tc := loopbackConn(t)
+	allocs := testing.AllocsPerRun(100, func() {
+		if _, err := ReadInfo(tc); err != nil {
+			t.Fatal(err)
+		}
+	})
+	if allocs > 3 {
+		t.Errorf("ReadInfo: %.0f allocations, want at most 3", allocs)
 	}
 }

@@ -862,8 +862,13 @@ func (s *session) clientFailure(srv *failover.Server) error {
 // restarting): such a session re-dials as before, and its next dial that
 // connects to the proxy finds the loop (Plan.Looped).
 func (s *session) resetByALoop(err error, srv *failover.Server) []string {
+	if err == nil || !errors.Is(err, syscall.ECONNRESET) {
+		return nil
+	}
+	// Declared past the common case: errors.As takes its address, which
+	// puts it on the heap, an allocation for every dial that worked.
 	var oe *net.OpError
-	if err == nil || !errors.Is(err, syscall.ECONNRESET) || !errors.As(err, &oe) || !srv.OneAddress() {
+	if !errors.As(err, &oe) || !srv.OneAddress() {
 		return nil
 	}
 	return s.p.selfDials.resetLoop(oe.Addr, s.in.chain, s.l.name)
