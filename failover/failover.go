@@ -983,6 +983,37 @@ type Plan struct {
 	opening    *Server                  // the server Next returned last, counted as opening until the next Next or Done
 	epoch      uint64                   // the breaker epoch of the server Next returned last, read before it was allowed (Succeeded)
 	service    string                   // the service the session asks for, "" while unknown (ForService)
+	waited     []string                 // servers' addresses whose answer_timeout the session waited out (WaitedOut)
+}
+
+// WaitedOut tells the plan that its session left the server at address at
+// answer_timeout (it held the app's opening unanswered): in the plan's
+// later rounds it goes after the other servers. By address, so that a plan
+// that a reload makes anew (new Server objects) is told too: the session
+// moved there because the reload gave it another server, and dialing the
+// hung one first again cost it another answer_timeout.
+func (p *Plan) WaitedOut(address string) {
+	if !slices.Contains(p.waited, address) {
+		p.waited = append(p.waited, address)
+	}
+}
+
+// waitedLast is queue with the servers the session waited out (WaitedOut)
+// after the others, each part in its order.
+func (p *Plan) waitedLast(queue []*Server) []*Server {
+	if len(p.waited) == 0 || len(queue) < 2 {
+		return queue
+	}
+	out := make([]*Server, 0, len(queue))
+	var last []*Server
+	for _, s := range queue {
+		if slices.Contains(p.waited, s.Address) {
+			last = append(last, s)
+		} else {
+			out = append(out, s)
+		}
+	}
+	return append(out, last...)
 }
 
 // Refused tells the plan that s refused this session (a listener's REFUSE).
@@ -1079,6 +1110,7 @@ func (p *Plan) Next(ctx context.Context) (*Server, error) {
 		now := time.Now()
 		p.queue, p.lastResort = p.b.order(now)
 		p.queue = p.b.refusals.last(p.queue, p.service, now) // servers that refused the service lately go last
+		p.queue = p.waitedLast(p.queue)                      // and those this session waited out, after them
 		if !p.lastResort && (p.allRefused(p.queue) || p.b.Config.Health.Check != "off" && allDown(p.queue)) {
 			if open := p.b.openCircuits(now, p.bypassed); len(open) > 0 {
 				if p.bypassed == nil {

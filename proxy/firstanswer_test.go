@@ -379,6 +379,56 @@ check = "off"`
 	}
 }
 
+// A session that answer_timeout found with nowhere else to go waits on for
+// its server's answer; a reload that then adds a server (the operator's
+// fix for a hung database) gives it somewhere: the wait ends at the
+// reload, and the added server gets the opening, replayed, not the hung
+// one again first. Until 2026-12-01 such a session waited out its
+// connect_budget (20s here) while new sessions reached the added server.
+func TestReloadThatAddsAServerEndsAWaitWithNowhereElseToGo(t *testing.T) {
+	heard := make(chan struct{}, 8)
+	var dialed atomic.Int32
+	hung := newServer(t, func(c *net.TCPConn) {
+		dialed.Add(1)
+		b := make([]byte, 5)
+		if _, err := io.ReadFull(c, b); err == nil {
+			heard <- struct{}{}
+		}
+		io.Copy(io.Discard, c)
+	})
+	body := `connect_timeout = "500ms"
+connect_budget = "20s"
+answer_timeout = "200ms"
+[backend.health]
+check = "off"`
+	h := startProxy(t, backendTOML(body, fmt.Sprintf("address = %q;priority = 0", hung.address)))
+	c := h.dial("l")
+	c.Write([]byte("hello"))
+	select {
+	case <-heard:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the hung server never got the app's bytes")
+	}
+	time.Sleep(600 * time.Millisecond) // answer_timeout passes: nowhere else to go, the wait goes on
+	added := newServer(t, tagThenEcho("N"))
+	reloaded := time.Now()
+	if err := h.p.Apply(mustParse(t, backendTOML(body, fmt.Sprintf("address = %q;priority = 0", hung.address),
+		fmt.Sprintf("address = %q;priority = 1", added.address)))); err != nil {
+		t.Fatal(err)
+	}
+	c.SetReadDeadline(time.Now().Add(8 * time.Second))
+	b := make([]byte, 6)
+	if _, err := io.ReadFull(c, b); err != nil || string(b) != "Nhello" {
+		t.Fatalf("app waiting on a hung server when a reload added another: %q, %v after %v; want the added server's answer (Nhello)", b, err, time.Since(reloaded).Round(time.Millisecond))
+	}
+	if took := time.Since(reloaded); took > 3*time.Second {
+		t.Errorf("the added server answered %v after the reload, want at once (budget 20s)", took.Round(time.Millisecond))
+	}
+	if n := dialed.Load(); n != 1 {
+		t.Errorf("the hung server was dialed %d times, want 1: the session waited it out, so the new plan dials it last", n)
+	}
+}
+
 // A CONNECT that arrives in pieces, slower than answer_timeout (a client on
 // a slow link), is no hung server's fault: no server can answer it before
 // its last byte. The wait is not cut at answer_timeout (the app would be

@@ -317,7 +317,7 @@ func (p *Proxy) retuneSessions() {
 		s.mu.Unlock()
 		if b := backends[name]; b != nil {
 			s.retune(SideBackend, b.Config.Keepalive.Settings())
-			s.wakeIfTakenOut(b)
+			s.wakeAwaiting(b)
 		}
 	}
 }

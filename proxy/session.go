@@ -297,6 +297,9 @@ func (s *session) open() error {
 		s.switchBackend(b)
 		cfg, plan = b.Config, b.NewPlan(start)
 		plan.ForService(service)
+		for _, sv := range silent {
+			plan.WaitedOut(sv.Address) // the new definition's server at that address goes last too
+		}
 		return true
 	}
 	for {
@@ -504,6 +507,7 @@ func (s *session) open() error {
 			srv.Abandoned(plan.Trial())
 			silent = append(silent, srv) // waited on to the budget's end if tried again
 			silentErrs = append(silentErrs, err)
+			plan.WaitedOut(srv.Address)
 		} else if budgetCut(err, plan, left, cfg, slices.Contains(refusedBy, srv)) {
 			srv.Abandoned(plan.Trial())
 		} else {
@@ -958,7 +962,7 @@ func (s *session) firstAnswer(conn *net.TCPConn, deadline time.Time, bound answe
 		return nil, 0, err
 	}
 	s.mu.Lock()
-	s.awaiting = conn // the app's first bytes, and a reload (wakeIfTakenOut), wake the wait (openingBytes)
+	s.awaiting = conn // the app's first bytes, and a reload (wakeAwaiting), wake the wait (openingBytes)
 	s.mu.Unlock()
 	defer func() {
 		s.mu.Lock()
@@ -1000,6 +1004,9 @@ func (s *session) firstAnswer(conn *net.TCPConn, deadline time.Time, bound answe
 		if bound.takenOut(s) {
 			return nil, 0, errServerTakenOut
 		}
+		if bound.reloadedElsewhere(s) {
+			return nil, 0, fmt.Errorf("%w (%v), and a reload gave the session another server: %w", errAnswerTimeout, bound.stuck, os.ErrDeadlineExceeded)
+		}
 		if !bound.cut(s, s.answerDeadline(deadline)).Equal(owed) {
 			continue // the app spoke meanwhile
 		}
@@ -1035,7 +1042,7 @@ func (s *session) firstAnswer(conn *net.TCPConn, deadline time.Time, bound answe
 				unfinished := s.openingUnfinishedLocked(true)
 				s.mu.Unlock()
 				if unfinished || !bound.elsewhere(s) {
-					bound.timeout = 0
+					bound.stuck, bound.timeout = bound.timeout, 0
 					err = nil
 					continue
 				}
@@ -1153,6 +1160,10 @@ type answerBound struct {
 	srv     *failover.Server
 	passed  [2][]*failover.Server // servers not to count as elsewhere: those that refused the session, and those it waited out
 	gen     uint64                // Proxy.backendsGen when the session took its backend's definition
+	// stuck: answer_timeout, once it passed with no other server to take
+	// the session (timeout is 0 from then on): a reload that gives the
+	// backend one ends the wait (reloadedElsewhere).
+	stuck time.Duration
 }
 
 // boundFor is the bound of the wait for srv's first answer: answer_timeout
@@ -1160,7 +1171,9 @@ type answerBound struct {
 // "reset"), none otherwise. Whether another server can take it is asked
 // only once answer_timeout has passed (elsewhere).
 func (s *session) boundFor(srv *failover.Server, cfg *config.Backend, gen uint64, refused, silent []*failover.Server) answerBound {
-	b := answerBound{srv: srv, be: s.backend, gen: gen, passed: [2][]*failover.Server{refused, silent}}
+	// The lists may hold a definition's servers that a reload replaced
+	// (the session moved to the new one): its servers at their addresses.
+	b := answerBound{srv: srv, be: s.backend, gen: gen, passed: [2][]*failover.Server{serversIn(s.backend, refused), serversIn(s.backend, silent)}}
 	if cfg.Retries("reset") && cfg.AnswerTimeout.Duration > 0 {
 		b.timeout = cfg.AnswerTimeout.Duration
 	}
@@ -1196,6 +1209,41 @@ func (b *answerBound) elsewhere(s *session) bool {
 	return b.be.Elsewhere(b.srv, serviceKey(s.serviceName), b.passed[0], b.passed[1])
 }
 
+// serversIn is list as servers of b: each at its address, if b has it.
+func serversIn(b *failover.Backend, list []*failover.Server) []*failover.Server {
+	var out []*failover.Server
+	for _, sv := range list {
+		if n := b.ServerAt(sv.Address); n != nil {
+			out = append(out, n)
+		}
+	}
+	return out
+}
+
+// reloadedElsewhere tells, for a wait that answer_timeout found with no
+// other server to go to (stuck), whether a reload since has given the
+// session's backend one that could take it: the wait ends then, as it
+// would have at answer_timeout, and the session moves to the reloaded
+// definition (open). Until 2026-12-01 a reload that added a server (the
+// operator's fix for a hung database) left the sessions already waiting on
+// the hung one to wait out connect_budget, while new sessions reached the
+// added server.
+func (b *answerBound) reloadedElsewhere(s *session) bool {
+	if b.stuck == 0 || b.srv == nil || s.p.backendsGen.Load() == b.gen {
+		return false
+	}
+	nb := s.reloadedBackend()
+	if nb == nil {
+		return false
+	}
+	srv := nb.ServerAt(b.srv.Address)
+	if srv == nil {
+		return false // taken out: takenOut ends the wait
+	}
+	s.noteConnect()
+	return nb.Elsewhere(srv, serviceKey(s.serviceName), serversIn(nb, b.passed[0]), serversIn(nb, b.passed[1]))
+}
+
 // takenOut tells whether a reload took the server out of the session's
 // backend since the session took its definition: the running config is
 // looked at only after a reload replaced backends.
@@ -1207,13 +1255,15 @@ func (b *answerBound) takenOut(s *session) bool {
 	return nb != nil && nb.ServerAt(b.srv.Address) == nil && !s.overflowed()
 }
 
-// wakeIfTakenOut wakes a session that awaits the first answer of a server
-// that nb, the reloaded definition of its backend, does not have: the
-// wait ends (firstAnswer) and the new servers are dialed.
-func (s *session) wakeIfTakenOut(nb *failover.Backend) {
+// wakeAwaiting wakes a session that awaits a server's first answer when
+// nb, the reloaded definition of its backend, replaced the one it has: the
+// wait ends (firstAnswer) when nb does not have the server (takenOut) or
+// gives a wait that had nowhere else to go another server
+// (reloadedElsewhere), and the new servers are dialed; else it goes on.
+func (s *session) wakeAwaiting(nb *failover.Backend) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.awaiting != nil && s.server != nil && nb != s.backend && nb.ServerAt(s.server.Address) == nil {
+	if s.awaiting != nil && nb != s.backend {
 		s.awaiting.SetReadDeadline(time.Now())
 	}
 }
