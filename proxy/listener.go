@@ -246,7 +246,7 @@ func (l *listener) handle(ctx context.Context, c *net.TCPConn) {
 			l.p.sessWG.Done()
 		}
 	}()
-	l.p.selfDials.arrived(c, l.name) // this host's NAT may have sent c here (a transparent capture)
+	l.p.selfDials.arrived(c) // this host's NAT may have sent c here (a transparent capture)
 	chain, loop := l.p.selfDials.ours(c, l.name)
 	if loop {
 		// A server of some backend is this listener (its address, or what

@@ -214,6 +214,13 @@ func (p *Proxy) apply(cfg *config.Config) error {
 		addrs = append(addrs, listenAddr{addrPortOf(listeners[lc.Name].ln.Addr()), lc.Name, lc.Backends()})
 	}
 	p.selfDials.listening(addrs) // before the new listeners accept
+	var every time.Duration
+	for i := range cfg.Backends {
+		if h := cfg.Backends[i].Health; h.Check != "off" {
+			every = max(every, h.Interval.Duration)
+		}
+	}
+	p.selfDials.checking(every) // the NAT routes that checks keep
 	// The backends replaced stop first: their health checks end, so what
 	// the new ones inherit is final, and no gauge of theirs lands over the
 	// new ones' (same backend and server labels).

@@ -51,6 +51,11 @@ type selfDials struct {
 	// another address of this host may come through its NAT (a DNAT to
 	// another address of the host), told with no system call.
 	sources atomic.Pointer[[]netip.Addr]
+	// quiet: how long a NAT route is kept after the last connection it
+	// sent (unix ns; natQuiet when less): at least twice the longest
+	// health check interval (checking), since a check that the NAT sends
+	// to a listener keeps its route, and a check that finds none passes.
+	quiet atomic.Int64
 
 	keep time.Duration // selfDialKeep when 0 (tests shorten it)
 
@@ -91,11 +96,12 @@ type selfDial struct {
 
 const selfDialKeep = 5 * time.Second
 
-// natRoute is a server's address (orig) that this host's NAT sent to the
-// listener at to, and when it last did (unix ns).
+// natRoute is a server's address (orig) that this host's NAT sent to a
+// listener at to, and when it last did (unix ns). Not the listener's name:
+// a reload may rename the listener at to while the NAT keeps the route
+// fresh (ownListener asks the listeners of the moment).
 type natRoute struct {
 	orig, to netip.AddrPort
-	listener string
 	seen     atomic.Int64
 }
 
@@ -104,9 +110,10 @@ const (
 	// after the last connection that this host's NAT sent from that
 	// address to a listener. A loop re-arms it at its first hop (arrived),
 	// so a shorter time would cost a loop no more hops; it is long enough
-	// that health checks at any usual interval keep it (checkDial), and
-	// short enough that one app sent there by mistake does not make every
-	// dial to that server take a lock for long.
+	// that health checks at any usual interval keep it (checkDial; a
+	// longer interval keeps it for twice that: checking), and short
+	// enough that one app sent there by mistake does not make every dial
+	// to that server take a lock for long.
 	natQuiet = time.Minute
 	// maxNATRoutes bounds selfDials.nat: a capture of a few databases.
 	maxNATRoutes = 16
@@ -114,6 +121,16 @@ const (
 	// addresses, one an interface.
 	maxDialSources = 16
 )
+
+// checking sets the longest health check interval of the proxy's
+// backends (every reload): a NAT route is kept for twice that at least, so
+// that checks at a longer interval than natQuiet still find it.
+func (d *selfDials) checking(every time.Duration) {
+	d.quiet.Store(int64(max(natQuiet, 2*every)))
+}
+
+// quietFor is how long a NAT route is kept after it was seen last (ns).
+func (d *selfDials) quietFor() int64 { return max(int64(natQuiet), d.quiet.Load()) }
 
 // keepFor is how long a generation of notes is kept: selfDialKeep unless
 // a test set keep.
@@ -193,14 +210,12 @@ func (d *selfDials) ownListener(backend string) func(dst netip.AddrPort) string 
 			return l.name
 		}
 		// This host's NAT sent a connection to dst to a listener lately:
-		// it may send the check there too, which checkDial tells.
+		// it may send the check there too, which checkDial tells. The
+		// listener by the address the NAT sent it to, as now configured: a
+		// reload may have renamed it, or given its port to another.
 		if r := d.natRouteOf(dst); r != nil {
-			if ls := d.listeners.Load(); ls != nil {
-				for _, l := range *ls {
-					if l.name == r.listener && slices.Contains(l.backends, backend) {
-						return l.name
-					}
-				}
+			if l := d.reachedListener(r.to); l != nil && slices.Contains(l.backends, backend) {
+				return l.name
 			}
 		}
 		return ""
@@ -340,15 +355,15 @@ func (d *selfDials) mayBeNATed(local, remote netip.AddrPort) bool {
 	return src != nil && slices.Contains(*src, ra)
 }
 
-// arrived asks, for c accepted by listener, whether this host's NAT sent it
-// there from another address (mayBeNATed, then SO_ORIGINAL_DST: one
+// arrived asks, for c accepted by a listener, whether this host's NAT sent
+// it there from another address (mayBeNATed, then SO_ORIGINAL_DST: one
 // system call, only for a connection from this host), and if so notes the
 // route (natRoute): the proxy's dials to that address are noted from then
-// on (add), until natQuiet after the last such connection. The first hop
-// of a loop through the NAT (the app, itself sent there, or the proxy's
-// first dial) turns noting on; its session's dial is the second, and is
-// found as the proxy's own.
-func (d *selfDials) arrived(c *net.TCPConn, listener string) {
+// on (add), until natQuiet (quietFor) after the last such connection. The
+// first hop of a loop through the NAT (the app, itself sent there, or the
+// proxy's first dial) turns noting on; its session's dial is the second,
+// and is found as the proxy's own.
+func (d *selfDials) arrived(c *net.TCPConn) {
 	local, remote := addrPortOf(c.LocalAddr()), addrPortOf(c.RemoteAddr())
 	if !remote.IsValid() || !local.IsValid() || !d.mayBeNATed(local, remote) {
 		return
@@ -357,7 +372,7 @@ func (d *selfDials) arrived(c *net.TCPConn, listener string) {
 	if !orig.IsValid() || orig == local {
 		return
 	}
-	now := time.Now().UnixNano()
+	now, quiet := time.Now().UnixNano(), d.quietFor()
 	if rs := d.nat.Load(); rs != nil {
 		for _, r := range *rs {
 			if r.orig == orig && r.to == local {
@@ -371,7 +386,7 @@ func (d *selfDials) arrived(c *net.TCPConn, listener string) {
 	var keep []*natRoute
 	if rs := d.nat.Load(); rs != nil {
 		for _, r := range *rs {
-			if now-r.seen.Load() < int64(natQuiet) && !(r.orig == orig && r.to == local) {
+			if now-r.seen.Load() < quiet && !(r.orig == orig && r.to == local) {
 				keep = append(keep, r)
 			}
 		}
@@ -379,7 +394,7 @@ func (d *selfDials) arrived(c *net.TCPConn, listener string) {
 	if len(keep) >= maxNATRoutes {
 		keep = keep[1:] // the oldest
 	}
-	r := &natRoute{orig: orig, to: local, listener: listener}
+	r := &natRoute{orig: orig, to: local}
 	r.seen.Store(now)
 	keep = append(keep, r)
 	d.nat.Store(&keep)
@@ -388,30 +403,35 @@ func (d *selfDials) arrived(c *net.TCPConn, listener string) {
 // natRouteOf is the route by which this host's NAT lately sent a
 // connection to dst to a listener (arrived), or nil: without a lock or a
 // system call, and a nil load while none was seen. Routes quiet for
-// natQuiet are dropped here, so that noting stops.
+// natQuiet (quietFor) are dropped here, so that noting stops.
 func (d *selfDials) natRouteOf(dst netip.AddrPort) *natRoute {
 	rs := d.nat.Load()
 	if rs == nil {
 		return nil
 	}
-	now, fresh := time.Now().UnixNano(), false
+	now, quiet, fresh := time.Now().UnixNano(), d.quietFor(), false
+	var found *natRoute
 	for _, r := range *rs {
-		if now-r.seen.Load() >= int64(natQuiet) {
+		seen := r.seen.Load()
+		if now-seen >= quiet {
 			continue
 		}
 		fresh = true
-		if r.orig == dst {
-			return r
+		// The NAT sent dst to the listener at to last: after a change of
+		// the rule, the route it took before goes quiet.
+		if r.orig == dst && (found == nil || seen > found.seen.Load()) {
+			found = r
 		}
 	}
 	if !fresh {
 		d.mu.Lock()
-		if d.nat.Load() == rs {
+		// arrived may have made one fresh again since, with no lock.
+		if d.nat.Load() == rs && !slices.ContainsFunc(*rs, func(r *natRoute) bool { return now-r.seen.Load() < quiet }) {
 			d.nat.Store(nil)
 		}
 		d.mu.Unlock()
 	}
-	return nil
+	return found
 }
 
 // dialOf is the key under which the dial that made c (accepted by a

@@ -734,9 +734,9 @@ func TestSelfDialNotesThroughTheHostsNATGoQuiet(t *testing.T) {
 	if d.add(dial(), nil, "orders"); noted() != 0 {
 		t.Fatalf("%d dials noted with no NAT route seen, want 0", noted())
 	}
-	r := &natRoute{orig: server, to: netip.MustParseAddrPort("127.0.0.1:1522"), listener: "orders"}
+	r := &natRoute{orig: server, to: netip.MustParseAddrPort("127.0.0.1:1522")}
 	r.seen.Store(time.Now().UnixNano())
-	other := &natRoute{orig: netip.MustParseAddrPort("192.0.2.9:1521"), to: r.to, listener: "orders"}
+	other := &natRoute{orig: netip.MustParseAddrPort("192.0.2.9:1521"), to: r.to}
 	other.seen.Store(time.Now().UnixNano())
 	d.nat.Store(&[]*natRoute{other})
 	if d.add(dial(), nil, "orders"); noted() != 0 {
@@ -752,5 +752,72 @@ func TestSelfDialNotesThroughTheHostsNATGoQuiet(t *testing.T) {
 	}
 	if d.nat.Load() != nil {
 		t.Errorf("NAT routes kept after %v quiet, want none: each dial would scan them", natQuiet)
+	}
+}
+
+// A health check of a server's address is dialed as the proxy's own
+// (ownListener names a listener) when this host's NAT lately sent that
+// address to the listener at the route's address, whatever that listener
+// is called now (a reload renames it: the route outlives the name), and by
+// the route the NAT took last: after its rule moved the server's port
+// from one listener to another, the one it sends checks to now, not the
+// one it sent them to until then, which goes quiet a minute later.
+func TestSelfDialCheckOfANATedServerNamesTheListenerItReachesNow(t *testing.T) {
+	server := netip.MustParseAddrPort("192.0.2.7:1521")
+	orders := netip.MustParseAddrPort("127.0.0.1:1522")
+	sales := netip.MustParseAddrPort("127.0.0.1:1523")
+	route := func(to netip.AddrPort, ago time.Duration) *natRoute {
+		r := &natRoute{orig: server, to: to}
+		r.seen.Store(time.Now().Add(-ago).UnixNano())
+		return r
+	}
+	var d selfDials
+	d.listening([]listenAddr{{netip.MustParseAddrPort("0.0.0.0:1522"), "orders", []string{"orders"}}})
+	d.nat.Store(&[]*natRoute{route(orders, 0)})
+	if l := d.ownListener("orders")(server); l != "orders" {
+		t.Fatalf("check of %v, which the NAT sends to listener orders: ownListener %q, want \"orders\"", server, l)
+	}
+	// Reloaded: the listener at 1522 is called sales now, as its backend.
+	d.listening([]listenAddr{{netip.MustParseAddrPort("0.0.0.0:1522"), "sales", []string{"sales"}}})
+	if l := d.ownListener("sales")(server); l != "sales" {
+		t.Errorf("after a rename, check of %v, which the NAT still sends to the listener at %v: ownListener %q, want \"sales\"", server, orders, l)
+	}
+	// Two listeners; the rule sent the server's port to orders until 10 s
+	// ago, and to sales since.
+	d.listening([]listenAddr{
+		{netip.MustParseAddrPort("0.0.0.0:1522"), "orders", []string{"orders"}},
+		{netip.MustParseAddrPort("0.0.0.0:1523"), "sales", []string{"sales"}},
+	})
+	d.nat.Store(&[]*natRoute{route(orders, 10*time.Second), route(sales, 0)})
+	if l := d.ownListener("sales")(server); l != "sales" {
+		t.Errorf("check of %v, which the NAT sends to sales now: ownListener %q, want \"sales\"", server, l)
+	}
+	if l := d.ownListener("orders")(server); l != "" {
+		t.Errorf("check of %v, which the NAT no longer sends to orders: ownListener %q, want \"\"", server, l)
+	}
+}
+
+// A health check that this host's NAT sends to a listener keeps the NAT
+// route it took (arrived), and a check that finds no route is dialed as an
+// app's would be, passes, and sets off a loop. Checks at an interval longer
+// than natQuiet found the route gone every time, and so passed every time:
+// the server up, /readyz 200, a self_dial per check. The route is kept for
+// twice the longest interval of the proxy's checks.
+func TestSelfDialNATRouteOutlivesTheLongestCheckInterval(t *testing.T) {
+	server := netip.MustParseAddrPort("192.0.2.7:1521")
+	var d selfDials
+	d.listening([]listenAddr{{netip.MustParseAddrPort("0.0.0.0:1522"), "orders", []string{"orders"}}})
+	r := &natRoute{orig: server, to: netip.MustParseAddrPort("127.0.0.1:1522")}
+	d.checking(2 * time.Minute)
+	// The last check, which the NAT sent to the listener, 2 minutes ago.
+	r.seen.Store(time.Now().Add(-2*time.Minute + time.Second).UnixNano())
+	d.nat.Store(&[]*natRoute{r})
+	if l := d.ownListener("orders")(server); l != "orders" {
+		t.Errorf("checks every 2m, the last sent to listener orders by the NAT %v ago: ownListener %q, want \"orders\" (its check dialed as the proxy's own)",
+			time.Since(time.Unix(0, r.seen.Load())).Round(time.Second), l)
+	}
+	d.checking(5 * time.Second)
+	if l := d.ownListener("orders")(server); l != "" {
+		t.Errorf("checks every 5s, the route quiet for %v: ownListener %q, want \"\"", natQuiet, l)
 	}
 }

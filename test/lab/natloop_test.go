@@ -3,12 +3,15 @@ package lab
 import (
 	"context"
 	"fmt"
+	"net"
 	"net/http"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
 	"github.com/tnsguard/tnsguard/test/lab/netlab"
+	"golang.org/x/sys/unix"
 )
 
 // A database that this host's own NAT hides behind one of the host's
@@ -258,8 +261,12 @@ func redirectedIsALoop(t *testing.T, lab *netlab.Lab, guard *netlab.Tnsguard, se
 	if fds, ok := m.Sum("process_open_fds", nil); ok && fds > 100 {
 		t.Errorf("process_open_fds = %v after one app into a loop, want a few dozen at most", fds)
 	}
-	if v, _ := m.Sum("tnsguard_sessions_rejected_total", netlab.Labels{"reason": "self_dial"}); v < 1 || v > 2 {
-		t.Errorf("tnsguard_sessions_rejected_total{reason=\"self_dial\"} = %v for one app into a loop through the host's NAT, want 1 (2 with the accept-before-note race)\n%s", v, dump)
+	// One app is one self_dial but for the accept-before-note race: 2 now
+	// and then, and 3 in about 1 of 16 runs under -race when the first
+	// hop's reset reached the app's session late and it dialed again. The
+	// loop's bound is the session count above.
+	if v, _ := m.Sum("tnsguard_sessions_rejected_total", netlab.Labels{"reason": "self_dial"}); v < 1 || v > 4 {
+		t.Errorf("tnsguard_sessions_rejected_total{reason=\"self_dial\"} = %v for one app into a loop through the host's NAT, want 1 (up to 4 with the accept-before-note race)\n%s", v, dump)
 	}
 	t.Logf("app: %s after %v; sessions: %v ended, %v open", netlab.Classify(err), took.Round(time.Millisecond), ended, active)
 	// The warning names the NAT: the server's address looks right.
@@ -349,5 +356,162 @@ func TestLabHealthCheckThroughTheHostsNATLoopFails(t *testing.T) {
 	})
 	if v, _ := m.Sum("tnsguard_backend_up", up); v != 1 {
 		t.Errorf("tnsguard_backend_up = %v after the capture rule went, want 1: the checks reach the database", v)
+	}
+}
+
+// The same capture on IPv6 (ip6tables REDIRECT sends this host's own
+// connections to ::1): a listener on [::] whose server is an IPv6 address
+// finds the loop as it does on IPv4 (IP6T_SO_ORIGINAL_DST).
+func TestLabRedirectOfTheServersIPv6PortToTnsguardIsALoop(t *testing.T) {
+	t.Parallel()
+	const port, listen = 1521, 1522
+	lab := netlab.New(t, netlab.Config{EstablishedTimeout: 30 * time.Second})
+	// An address and a route for the server's: the NAT takes the dial
+	// before it leaves the host, so nothing need answer there.
+	const self, server = "2001:2::2", "2001:2:0:1::2"
+	lab.Exec(t, lab.App, "ip", "-6", "addr", "add", self+"/64", "dev", "lo", "nodad")
+	lab.Exec(t, lab.App, "ip", "-6", "route", "add", "2001:2:0:1::/64", "dev", "lo", "src", self)
+	srv := fmt.Sprintf("[%s]:%d", server, port)
+	guard := startGuard(t, lab, link{Name: "orders", Listen: fmt.Sprintf("[::]:%d", listen),
+		Servers: []string{srv}, Health: "off", ConnectBudget: "5s"})
+	lab.Exec(t, lab.App, "ip6tables", "-t", "nat", "-A", "OUTPUT", "-p", "tcp", "--dport", fmt.Sprint(port),
+		"-j", "REDIRECT", "--to-ports", fmt.Sprint(listen))
+	redirectedIsALoop(t, lab, guard, srv, fmt.Sprintf("[::1]:%d", listen))
+}
+
+// A reload that gives the captured listener another name (its backend too)
+// while the capture stays: the checks of the renamed backend's server are
+// still sent to the listener by the host's NAT, and must still fail. Until
+// 2026-12-01 the NAT route seen before the reload kept the old listener's
+// name as long as the checks kept it fresh, so no check was dialed as the
+// proxy's own again: each passed (the server up, /readyz 200) and set off
+// a loop of two sessions and a self_dial, at every interval, until one
+// happened to be reset at its connect.
+func TestLabHealthCheckThroughTheHostsNATLoopFailsAfterARename(t *testing.T) {
+	t.Parallel()
+	const port, listen = 1521, 1522
+	lab := netlab.New(t, netlab.Config{EstablishedTimeout: 30 * time.Second})
+	lab.StartEcho(t, lab.DB, fmt.Sprintf(":%d", port))
+	server := lab.DBAddr(port)
+	orders := link{Name: "orders", Listen: fmt.Sprintf("0.0.0.0:%d", listen),
+		Servers: []string{server}, HealthInterval: "200ms", ConnectBudget: "3s"}
+	guard := startGuard(t, lab, orders)
+	lab.IPTables(t, lab.App, "-t", "nat", "-A", "OUTPUT", "-p", "tcp", "--dport", fmt.Sprint(port),
+		"-j", "REDIRECT", "--to-ports", fmt.Sprint(listen))
+	selfDials := func(m netlab.Metrics) float64 {
+		v, _ := m.Sum("tnsguard_sessions_rejected_total", netlab.Labels{"reason": "self_dial"})
+		return v
+	}
+	m := guard.MetricsWhen(t, 15*time.Second, func(m netlab.Metrics) bool {
+		v, ok := m.Sum("tnsguard_backend_up", netlab.Labels{"backend": "orders", "server": server})
+		return ok && v == 0
+	})
+	if v, _ := m.Sum("tnsguard_backend_up", netlab.Labels{"backend": "orders", "server": server}); v != 0 {
+		t.Fatalf("tnsguard_backend_up = %v before the reload, want 0 (TestLabHealthCheckThroughTheHostsNATLoopFails)", v)
+	}
+	sales := orders
+	sales.Name = "sales"
+	guard.Reload(t, guardConfig(sales))
+	before := selfDials(guard.Metrics(t))
+	up := netlab.Labels{"backend": "sales", "server": server}
+	m = guard.MetricsWhen(t, 15*time.Second, func(m netlab.Metrics) bool {
+		v, ok := m.Sum("tnsguard_backend_up", up)
+		return ok && v == 0
+	})
+	// Then it stays down, its checks setting off no loop: watched for ten
+	// check intervals (the fault showed at every one).
+	for until := time.Now().Add(2 * time.Second); time.Now().Before(until); time.Sleep(100 * time.Millisecond) {
+		v, _ := m.Sum("tnsguard_backend_up", up)
+		if v != 0 || selfDials(m)-before > 1 {
+			break
+		}
+		m = guard.Metrics(t)
+	}
+	dump := m.Dump("tnsguard_backend_up", "tnsguard_sessions_rejected_total", "tnsguard_sessions_total")
+	if v, _ := m.Sum("tnsguard_backend_up", up); v != 0 {
+		t.Errorf("tnsguard_backend_up = %v after the listener was renamed, with every check still sent back to it, want 0\n%s", v, dump)
+	}
+	if d := selfDials(m) - before; d > 1 {
+		t.Errorf("%v self_dials from the health checks after the rename, want at most 1: each check passed as an app and set off a loop\n%s", d, dump)
+	}
+}
+
+// The capture of the server's own port, with the exclusion it needs: the
+// host's NAT sends apps' connections to the database to tnsguard, and
+// tnsguard's own (sessions and health checks) to the database. Here the
+// rule takes the apps' connections by a mark the apps' sockets carry
+// (tnsguard and the test both run as root, so -m owner cannot tell them);
+// to the kernel it is the same route as `-m owner ! --uid-owner tnsguard`.
+// Every app is served, no self_dial, the server up and tnsguard ready, with
+// the checks dialed as the proxy's own while the route is kept.
+func TestLabCaptureOfTheServersPortWithTheExclusionIsServed(t *testing.T) {
+	t.Parallel()
+	const port, listen, mark = 1521, 1522, 0x2a
+	lab := netlab.New(t, netlab.Config{EstablishedTimeout: 30 * time.Second})
+	lab.StartEcho(t, lab.DB, fmt.Sprintf(":%d", port))
+	server := lab.DBAddr(port)
+	guard := startGuard(t, lab, link{Name: "orders", Listen: fmt.Sprintf("0.0.0.0:%d", listen),
+		Servers: []string{server}, HealthInterval: "200ms", ConnectBudget: "5s"})
+	lab.IPTables(t, lab.App, "-t", "nat", "-A", "OUTPUT", "-p", "tcp", "--dport", fmt.Sprint(port),
+		"-m", "mark", "--mark", fmt.Sprint(mark), "-j", "REDIRECT", "--to-ports", fmt.Sprint(listen))
+	dial := func(ctx context.Context) (net.Conn, error) {
+		var c net.Conn
+		d := net.Dialer{KeepAlive: -1, Control: func(_, _ string, rc syscall.RawConn) error {
+			var serr error
+			if err := rc.Control(func(fd uintptr) { serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_MARK, mark) }); err != nil {
+				return err
+			}
+			return serr
+		}}
+		err := netlab.Do(lab.App, func() error {
+			var err error
+			c, err = d.DialContext(ctx, "tcp", server)
+			return err
+		})
+		return c, err
+	}
+	const apps, rounds = 20, 10
+	began := time.Now()
+	errs := make(chan error, apps)
+	for i := range apps {
+		go func() {
+			for r := range rounds {
+				ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+				c, err := dial(ctx)
+				cancel()
+				if err == nil {
+					err = roundTrip(c, []byte("select 1 from dual\n"), 10*time.Second)
+					c.Close()
+				}
+				if err != nil {
+					errs <- fmt.Errorf("app %d, round %d: %s: %w", i, r, netlab.Classify(err), err)
+					return
+				}
+			}
+			errs <- nil
+		}()
+	}
+	for range apps {
+		if err := <-errs; err != nil {
+			t.Errorf("%v, want the database's answer", err)
+		}
+	}
+	// Checks ran while the route was kept: at least five intervals.
+	for time.Since(began) < time.Second {
+		time.Sleep(100 * time.Millisecond)
+	}
+	m := guard.Metrics(t)
+	dump := m.Dump("tnsguard_backend_up", "tnsguard_sessions_rejected_total", "tnsguard_sessions_total")
+	if v, _ := m.Sum("tnsguard_sessions_rejected_total", netlab.Labels{"reason": "self_dial"}); v != 0 {
+		t.Errorf("tnsguard_sessions_rejected_total{reason=\"self_dial\"} = %v for apps the host's NAT sent to tnsguard, want 0\n%s", v, dump)
+	}
+	if v, _ := m.Sum("tnsguard_backend_up", netlab.Labels{"backend": "orders", "server": server}); v != 1 {
+		t.Errorf("tnsguard_backend_up = %v, want 1: the checks are not captured, and reach the database\n%s", v, dump)
+	}
+	if code, _, err := guard.Get("/readyz"); err != nil || code != http.StatusOK {
+		t.Errorf("/readyz: %d %v, want 200", code, err)
+	}
+	if strings.Contains(guard.Log(), "is listener") {
+		t.Errorf("a check of the database was taken for the listener:\n%s", guard.Log())
 	}
 }
