@@ -58,11 +58,16 @@ func givingUpApp(t *testing.T, h *harness, wait time.Duration) tns.PacketType {
 
 // appWaiting is givingUpApp for any goroutine.
 func appWaiting(h *harness, wait time.Duration) (tns.PacketType, error) {
+	return appWaitingOn(h, "l", wait)
+}
+
+// appWaitingOn is appWaiting on the listener named listener.
+func appWaitingOn(h *harness, listener string, wait time.Duration) (tns.PacketType, error) {
 	connect, err := tns.BuildConnect("(DESCRIPTION=(CONNECT_DATA=(SERVICE_NAME=SALES))(ADDRESS=(PROTOCOL=TCP)(HOST=x)(PORT=1)))")
 	if err != nil {
 		return 0, err
 	}
-	c, err := net.Dial("tcp", h.addr("l"))
+	c, err := net.Dial("tcp", h.addr(listener))
 	if err != nil {
 		return 0, err
 	}
@@ -270,6 +275,164 @@ func TestPortCheckOnAHungListenerEndsAtTheBudget(t *testing.T) {
 	}
 	if l := logs.lines("WARN"); len(l) != 0 {
 		t.Errorf("warnings for port checks:\n%s", strings.Join(l, "\n"))
+	}
+	if n := answered.Load(); n != 0 {
+		t.Errorf("the standby got %d CONNECTs, want 0", n)
+	}
+}
+
+// A script that sends a CONNECT and half-closes at once to read the answer
+// (socat or nc -N with the CONNECT on stdin, a Python check's
+// shutdown(SHUT_WR)) has not given up: it gets the listener's answer, its
+// session counts ok, with no warning. The FIN comes before tnsguard dials
+// or while the listener (300 ms to answer) holds the CONNECT: both ended
+// the session at once. From 2026-12-01 until this fix such a script got an
+// end of stream and no answer, from a listener that was fine.
+func TestHalfCloseRightAfterTheConnectStillGetsTheAnswer(t *testing.T) {
+	t.Run("listener answers", func(t *testing.T) {
+		srv, _ := slowListener(t, func() time.Duration { return 300 * time.Millisecond }, tns.BuildAccept(318, ""), true)
+		halfClosingScripts(t, giveUpConfig(srv, closedPort(t)))
+	})
+	// Also after a re-dial: the first server refuses the connection
+	// (checks off: the first app's session dials it), the next one gets
+	// the CONNECT and the FIN, and answers.
+	t.Run("after a re-dial", func(t *testing.T) {
+		srv, _ := slowListener(t, func() time.Duration { return 300 * time.Millisecond }, tns.BuildAccept(318, ""), true)
+		halfClosingScripts(t, strings.Replace(giveUpConfig(closedPort(t), srv), `check = "tcp"`, `check = "off"`, 1))
+	})
+}
+
+// halfClosingScripts sends two CONNECTs, each followed at once by a
+// half-close, and wants the server's ACCEPT for each.
+func halfClosingScripts(t *testing.T, cfg string) {
+	h, logs := startProxyLog(t, cfg)
+	connect, err := tns.BuildConnect("(DESCRIPTION=(CONNECT_DATA=(SERVICE_NAME=SALES))(ADDRESS=(PROTOCOL=TCP)(HOST=x)(PORT=1)))")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 2 {
+		c := h.dial("l")
+		c.Write(connect)
+		c.CloseWrite()
+		c.SetReadDeadline(time.Now().Add(10 * time.Second))
+		p, err := tns.ReadPacket(c, tns.Length16, 0)
+		c.Close()
+		if err != nil || p.Type != tns.TypeAccept {
+			t.Fatalf("app %d, half-closed after its CONNECT, got %v, %v; want the listener's ACCEPT", i+1, p.Type, err)
+		}
+		waitFor(t, 3*time.Second, "the session counted ok", func() bool {
+			return counter(h.m.SessionsTotal, "l", "b", "other", "ok") == float64(i+1)
+		})
+	}
+	if v := counter(h.m.SessionsTotal, "l", "b", "other", "abandoned"); v != 0 {
+		t.Errorf("sessions_total{outcome=abandoned} = %v, want 0", v)
+	}
+	if l := logs.lines("app gave up"); len(l) != 0 {
+		t.Errorf("warnings for apps that got their answer:\n%s", strings.Join(l, "\n"))
+	}
+}
+
+// twoBackendsConfig: listener l to backend b (the slow server first, a
+// standby second) and listener l2 to backend b2 (the same slow server
+// only), as for a batch and an OLTP pool on one database.
+func twoBackendsConfig(slow, standby string) string {
+	body := `connect_timeout = "500ms"
+connect_budget = "20s"
+answer_timeout = "5s"
+[backend.health]
+check = "tcp"
+interval = "200ms"
+timeout = "100ms"
+[backend.breaker]
+failures = 2`
+	return fmt.Sprintf(`
+[log]
+level = "info"
+[[listener]]
+name = "l"
+listen = "127.0.0.1:0"
+backend = "b"
+[[listener]]
+name = "l2"
+listen = "127.0.0.1:0"
+backend = "b2"
+[[backend]]
+name = "b"
+%s
+[[backend.server]]
+address = %q
+priority = 0
+[[backend.server]]
+address = %q
+priority = 1
+[[backend]]
+name = "b2"
+%s
+[[backend.server]]
+address = %q
+`, body, slow, standby, body, slow)
+}
+
+// A database listener in a logon storm that two backends share (a batch
+// pool's apps, which give up after 2.5 s, on listener l; an OLTP pool's,
+// which wait, on l2) answers l2's sessions after 3 s all along: the batch
+// apps that give up on it are no verdict on it either, though none of
+// b's own sessions got an answer. Its circuit in b stays closed and the
+// batch apps never reach b's standby. Until 2026-12-01 the second batch
+// app that gave up opened it, and the third got the standby's ACCEPT
+// (a standby that may not have the service yet).
+func TestAppsThatGiveUpOnAServerAnsweringAnotherBackendAreNoVerdict(t *testing.T) {
+	var delay atomic.Int64
+	delay.Store(int64(3 * time.Second))
+	slow, _ := slowAccepter(t, &delay)
+	standby, answered := slowListener(t, func() time.Duration { return 0 }, tns.BuildAccept(318, ""), true)
+	h, logs := startProxyLog(t, twoBackendsConfig(slow, standby))
+	waitFor(t, 3*time.Second, "the servers up", func() bool {
+		return gauge(h.m.BackendUp, "b", slow) == 1 && gauge(h.m.BackendUp, "b", standby) == 1 && gauge(h.m.BackendUp, "b2", slow) == 1
+	})
+	stop := make(chan struct{})
+	patient := make(chan error, 64)
+	launched, finished := 0, make(chan struct{})
+	go func() {
+		defer close(finished)
+		tick := time.NewTicker(500 * time.Millisecond)
+		defer tick.Stop()
+		for {
+			select {
+			case <-stop:
+				return
+			case <-tick.C:
+			}
+			launched++
+			go func() {
+				typ, err := appWaitingOn(h, "l2", 10*time.Second)
+				if err == nil && typ != tns.TypeAccept {
+					err = fmt.Errorf("an OLTP app got %v, want the slow server's ACCEPT", typ)
+				}
+				patient <- err
+			}()
+		}
+	}()
+	waitFor(t, 10*time.Second, "the slow server's first answer", func() bool { return len(patient) > 0 })
+	// The batch apps, one after another: each waits on b's slow server,
+	// which answers only l2's sessions meanwhile.
+	for i := range 3 {
+		if typ, err := appWaitingOn(h, "l", 2500*time.Millisecond); err != nil || typ != 0 {
+			t.Errorf("batch app %d got %v, %v; want nothing within its 2.5 s", i+1, typ, err)
+		}
+	}
+	close(stop)
+	<-finished
+	for range launched {
+		if err := <-patient; err != nil {
+			t.Error(err)
+		}
+	}
+	waitFor(t, 3*time.Second, "the abandoned sessions counted", func() bool {
+		return counter(h.m.SessionsTotal, "l", "b", "other", "abandoned") == 3
+	})
+	if v := gauge(h.m.BreakerState, "b", slow); v != metrics.BreakerClosed {
+		t.Errorf("the slow server's breaker in b is %v, want closed (%v): it answered b2's sessions meanwhile; log:\n%s", v, metrics.BreakerClosed, logs)
 	}
 	if n := answered.Load(); n != 0 {
 		t.Errorf("the standby got %d CONNECTs, want 0", n)

@@ -754,8 +754,36 @@ func (s *session) appGone() error {
 // answered yet.
 func (s *session) appGaveUp() bool {
 	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.clientEOF && s.looksLikeTNSLocked()
+	gave := s.clientEOF && s.looksLikeTNSLocked()
+	s.mu.Unlock()
+	return gave && !s.halfClosedToRead()
+}
+
+// halfCloseGrace is how soon after its first bytes an app's FIN says it
+// sent a request and half-closed to read the answer (socat, nc -N, a
+// script's shutdown(SHUT_WR) after a CONNECT), not that it gave up: no
+// Oracle driver's connect timeout is that short. Such an app is carried
+// as before, its FIN after its CONNECT, and gets the answer. A script's
+// FIN follows its CONNECT in the same flight (tnsguard reads them
+// microseconds apart, a few milliseconds on a busy host); the shortest
+// connect timeout the tests give an app is 100 ms.
+const halfCloseGrace = 50 * time.Millisecond
+
+// halfClosedToRead tells an app whose FIN came within halfCloseGrace of
+// its first bytes (halfCloseGrace). The FIN's time is noted right after
+// the app's direction reads it (directionEnded): not yet noted, it is now.
+// Until 2026-12-01 such an app's session ended without the server's
+// answer, even from a listener that answered at once.
+func (s *session) halfClosedToRead() bool {
+	spoke := s.spokeAt.Load()
+	if spoke == 0 {
+		return false
+	}
+	fin := time.Now()
+	if at := s.peerFIN[legIndex(SideClient)].Load(); at != 0 {
+		fin = s.start.Add(time.Duration(at))
+	}
+	return fin.Sub(time.Unix(0, spoke)) < halfCloseGrace
 }
 
 // appLeftAfterResend tells an Oracle client that closed after a listener's
@@ -1099,7 +1127,8 @@ const abandonedVerdictAfter = 2 * fairAttempt
 //     server that refused the app's service lately is nowhere to go;
 //   - the server held the app's whole opening for at least
 //     min(answer_timeout, abandonedVerdictAfter);
-//   - it gave no session its first answer meanwhile (HeardSince): a
+//   - it gave no session its first answer meanwhile (HeardSince), of this
+//     backend or of another that has it too (Proxy.heardSince): a
 //     database in a logon storm answers late, but answers, and apps that
 //     give up on it must not send its sessions to a standby that may not
 //     have the service.
@@ -1115,8 +1144,26 @@ func (s *session) abandonedWait(b *answerBound) error {
 	}
 	e := &abandonedError{silent: time.Since(from)}
 	e.hung = b.timeout > 0 && b.srv != nil && e.silent >= min(b.timeout, abandonedVerdictAfter) &&
-		!b.srv.HeardSince(from) && b.elsewhere(s)
+		!b.srv.HeardSince(from) && !s.p.heardSince(b.srv.Address, from) && b.elsewhere(s)
 	return e
+}
+
+// heardSince tells whether a session of any backend got the first answer
+// of the server at address at or after t. Backends that share a database
+// listener (a batch pool's and an OLTP pool's, routes of several services
+// to one host) each have their own failover.Server for it: until
+// 2026-12-01 a backend whose apps all gave up on a listener in a logon
+// storm opened its circuit while that listener answered the other
+// backend's sessions, and sent its apps to the standby.
+func (p *Proxy) heardSince(address string, t time.Time) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, b := range p.backends {
+		if srv := b.ServerAt(address); srv != nil && srv.HeardSince(t) {
+			return true
+		}
+	}
+	return false
 }
 
 // logAbandoned logs an abandoned session (Proxy.record), within the
@@ -1144,8 +1191,9 @@ func (s *session) logAbandoned(end *sessionEnd, server string, age time.Duration
 // opening does (badOpening).
 func (s *session) gaveUpWaiting() bool {
 	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.clientEOF && s.looksLikeTNSLocked() && !s.openingUnfinishedLocked(true)
+	gave := s.clientEOF && s.looksLikeTNSLocked() && !s.openingUnfinishedLocked(true)
+	s.mu.Unlock()
+	return gave && !s.halfClosedToRead()
 }
 
 // answerBound is what bounds one attempt's wait for its first answer below
