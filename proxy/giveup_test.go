@@ -183,30 +183,7 @@ func TestAppsThatGiveUpSoonOrOnASlowServerAreNoVerdict(t *testing.T) {
 		})
 		// Patient apps, two a second, all along: the slow server answers
 		// each after 3 s, so it answers one every 500 ms from 3 s on.
-		stop := make(chan struct{})
-		patient := make(chan error, 64)
-		launched, finished := 0, make(chan struct{})
-		go func() {
-			defer close(finished)
-			tick := time.NewTicker(500 * time.Millisecond)
-			defer tick.Stop()
-			for {
-				select {
-				case <-stop:
-					return
-				case <-tick.C:
-				}
-				launched++
-				go func() {
-					typ, err := appWaiting(h, 10*time.Second)
-					if err == nil && typ != tns.TypeAccept {
-						err = fmt.Errorf("a patient app got %v, want the slow server's ACCEPT", typ)
-					}
-					patient <- err
-				}()
-			}
-		}()
-		waitFor(t, 10*time.Second, "the slow server's first answer", func() bool { return len(patient) > 0 })
+		patient := startPatientApps(t, h, "l", "a patient app")
 		// Impatient apps, 4 at once, that give up together: their ends
 		// come in a row, with no answer between them to reset the
 		// breaker's count, though the server answered others all along.
@@ -225,13 +202,7 @@ func TestAppsThatGiveUpSoonOrOnASlowServerAreNoVerdict(t *testing.T) {
 				t.Error(err)
 			}
 		}
-		close(stop)
-		<-finished // launched is final
-		for range launched {
-			if err := <-patient; err != nil {
-				t.Error(err)
-			}
-		}
+		patient.stop()
 		waitFor(t, 3*time.Second, "the abandoned sessions counted", func() bool {
 			return counter(h.m.SessionsTotal, "l", "b", "other", "abandoned") == 4
 		})
@@ -390,30 +361,7 @@ func TestAppsThatGiveUpOnAServerAnsweringAnotherBackendAreNoVerdict(t *testing.T
 	waitFor(t, 3*time.Second, "the servers up", func() bool {
 		return gauge(h.m.BackendUp, "b", slow) == 1 && gauge(h.m.BackendUp, "b", standby) == 1 && gauge(h.m.BackendUp, "b2", slow) == 1
 	})
-	stop := make(chan struct{})
-	patient := make(chan error, 64)
-	launched, finished := 0, make(chan struct{})
-	go func() {
-		defer close(finished)
-		tick := time.NewTicker(500 * time.Millisecond)
-		defer tick.Stop()
-		for {
-			select {
-			case <-stop:
-				return
-			case <-tick.C:
-			}
-			launched++
-			go func() {
-				typ, err := appWaitingOn(h, "l2", 10*time.Second)
-				if err == nil && typ != tns.TypeAccept {
-					err = fmt.Errorf("an OLTP app got %v, want the slow server's ACCEPT", typ)
-				}
-				patient <- err
-			}()
-		}
-	}()
-	waitFor(t, 10*time.Second, "the slow server's first answer", func() bool { return len(patient) > 0 })
+	patient := startPatientApps(t, h, "l2", "an OLTP app")
 	// The batch apps, one after another: each waits on b's slow server,
 	// which answers only l2's sessions meanwhile.
 	for i := range 3 {
@@ -421,13 +369,7 @@ func TestAppsThatGiveUpOnAServerAnsweringAnotherBackendAreNoVerdict(t *testing.T
 			t.Errorf("batch app %d got %v, %v; want nothing within its 2.5 s", i+1, typ, err)
 		}
 	}
-	close(stop)
-	<-finished
-	for range launched {
-		if err := <-patient; err != nil {
-			t.Error(err)
-		}
-	}
+	patient.stop()
 	waitFor(t, 3*time.Second, "the abandoned sessions counted", func() bool {
 		return counter(h.m.SessionsTotal, "l", "b", "other", "abandoned") == 3
 	})
@@ -436,5 +378,59 @@ func TestAppsThatGiveUpOnAServerAnsweringAnotherBackendAreNoVerdict(t *testing.T
 	}
 	if n := answered.Load(); n != 0 {
 		t.Errorf("the standby got %d CONNECTs, want 0", n)
+	}
+}
+
+// patientApps are apps that wait for a slow server's answer, two a second
+// from startPatientApps on, each for up to 10 s: the answers the server
+// gives them all along (it answers one every 500 ms once its delay has
+// passed).
+type patientApps struct {
+	t        *testing.T
+	errs     chan error
+	quit     chan struct{}
+	finished chan struct{}
+	launched int
+}
+
+// startPatientApps starts them on listener and returns once the slow
+// server has answered the first; who names them in errors.
+func startPatientApps(t *testing.T, h *harness, listener, who string) *patientApps {
+	t.Helper()
+	p := &patientApps{t: t, errs: make(chan error, 64), quit: make(chan struct{}), finished: make(chan struct{})}
+	go func() {
+		defer close(p.finished)
+		tick := time.NewTicker(500 * time.Millisecond)
+		defer tick.Stop()
+		for {
+			select {
+			case <-p.quit:
+				return
+			case <-tick.C:
+			}
+			p.launched++
+			go func() {
+				typ, err := appWaitingOn(h, listener, 10*time.Second)
+				if err == nil && typ != tns.TypeAccept {
+					err = fmt.Errorf("%s got %v, want the slow server's ACCEPT", who, typ)
+				}
+				p.errs <- err
+			}()
+		}
+	}()
+	waitFor(t, 10*time.Second, "the slow server's first answer", func() bool { return len(p.errs) > 0 })
+	return p
+}
+
+// stop launches no more, and fails the test for each app that did not
+// get the slow server's ACCEPT.
+func (p *patientApps) stop() {
+	p.t.Helper()
+	close(p.quit)
+	<-p.finished // launched is final
+	for range p.launched {
+		if err := <-p.errs; err != nil {
+			p.t.Error(err)
+		}
 	}
 }
