@@ -341,14 +341,7 @@ fall = 1`, servers...))
 // Until 2026-12-01 the wait ran on to the budget's end (20s here), and only
 // then did the app learn of the new definition: by a reset.
 func TestReloadEndsTheWaitOnAServerItTookOut(t *testing.T) {
-	heard := make(chan struct{}, 1)
-	hung := newServer(t, func(c *net.TCPConn) {
-		b := make([]byte, 5)
-		if _, err := io.ReadFull(c, b); err == nil {
-			heard <- struct{}{}
-		}
-		io.Copy(io.Discard, c)
-	})
+	hung := newHungReader(t)
 	body := `connect_timeout = "500ms"
 connect_budget = "20s"
 [backend.health]
@@ -356,24 +349,13 @@ check = "off"`
 	h := startProxy(t, backendTOML(body, fmt.Sprintf("address = %q", hung.address)))
 	c := h.dial("l")
 	c.Write([]byte("hello"))
-	select {
-	case <-heard:
-	case <-time.After(5 * time.Second):
-		t.Fatal("the hung server never got the app's bytes")
-	}
+	hung.waitHeard(t)
 	moved := newServer(t, tagThenEcho("N"))
 	reloaded := time.Now()
 	if err := h.p.Apply(mustParse(t, backendTOML(body, fmt.Sprintf("address = %q", moved.address)))); err != nil {
 		t.Fatal(err)
 	}
-	c.SetReadDeadline(time.Now().Add(8 * time.Second))
-	b := make([]byte, 6)
-	if _, err := io.ReadFull(c, b); err != nil || string(b) != "Nhello" {
-		t.Fatalf("app waiting on the server the reload took out: %q, %v after %v; want the new server's answer (Nhello)", b, err, time.Since(reloaded).Round(time.Millisecond))
-	}
-	if took := time.Since(reloaded); took > 3*time.Second {
-		t.Errorf("the new server answered %v after the reload, want at once (budget 20s)", took.Round(time.Millisecond))
-	}
+	answeredSoonAfter(t, c, reloaded, "app waiting on the server the reload took out")
 	if v := sumCounters(t, h.m.Redials); v != 0 {
 		t.Errorf("redials = %v, want 0: no server failed", v)
 	}
@@ -386,16 +368,7 @@ check = "off"`
 // one again first. Until 2026-12-01 such a session waited out its
 // connect_budget (20s here) while new sessions reached the added server.
 func TestReloadThatAddsAServerEndsAWaitWithNowhereElseToGo(t *testing.T) {
-	heard := make(chan struct{}, 8)
-	var dialed atomic.Int32
-	hung := newServer(t, func(c *net.TCPConn) {
-		dialed.Add(1)
-		b := make([]byte, 5)
-		if _, err := io.ReadFull(c, b); err == nil {
-			heard <- struct{}{}
-		}
-		io.Copy(io.Discard, c)
-	})
+	hung := newHungReader(t)
 	body := `connect_timeout = "500ms"
 connect_budget = "20s"
 answer_timeout = "200ms"
@@ -404,11 +377,7 @@ check = "off"`
 	h := startProxy(t, backendTOML(body, fmt.Sprintf("address = %q;priority = 0", hung.address)))
 	c := h.dial("l")
 	c.Write([]byte("hello"))
-	select {
-	case <-heard:
-	case <-time.After(5 * time.Second):
-		t.Fatal("the hung server never got the app's bytes")
-	}
+	hung.waitHeard(t)
 	time.Sleep(600 * time.Millisecond) // answer_timeout passes: nowhere else to go, the wait goes on
 	added := newServer(t, tagThenEcho("N"))
 	reloaded := time.Now()
@@ -416,16 +385,54 @@ check = "off"`
 		fmt.Sprintf("address = %q;priority = 1", added.address)))); err != nil {
 		t.Fatal(err)
 	}
+	answeredSoonAfter(t, c, reloaded, "app waiting on a hung server when a reload added another")
+	if n := hung.dialed.Load(); n != 1 {
+		t.Errorf("the hung server was dialed %d times, want 1: the session waited it out, so the new plan dials it last", n)
+	}
+}
+
+// hungReader is a server that reads an app's 5 bytes and never answers.
+type hungReader struct {
+	address string
+	heard   chan struct{} // a connection's 5 bytes came
+	dialed  atomic.Int32  // connections it accepted
+}
+
+func newHungReader(t *testing.T) *hungReader {
+	h := &hungReader{heard: make(chan struct{}, 8)}
+	h.address = newServer(t, func(c *net.TCPConn) {
+		h.dialed.Add(1)
+		b := make([]byte, 5)
+		if _, err := io.ReadFull(c, b); err == nil {
+			h.heard <- struct{}{}
+		}
+		io.Copy(io.Discard, c)
+	}).address
+	return h
+}
+
+// waitHeard returns once a connection's bytes came to the server.
+func (h *hungReader) waitHeard(t *testing.T) {
+	t.Helper()
+	select {
+	case <-h.heard:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the hung server never got the app's bytes")
+	}
+}
+
+// answeredSoonAfter fails the test unless c, an app that sent "hello",
+// gets "Nhello" (a tagThenEcho("N") server's answer) within 3 s of
+// reloaded; what says whose wait it is.
+func answeredSoonAfter(t *testing.T, c net.Conn, reloaded time.Time, what string) {
+	t.Helper()
 	c.SetReadDeadline(time.Now().Add(8 * time.Second))
 	b := make([]byte, 6)
 	if _, err := io.ReadFull(c, b); err != nil || string(b) != "Nhello" {
-		t.Fatalf("app waiting on a hung server when a reload added another: %q, %v after %v; want the added server's answer (Nhello)", b, err, time.Since(reloaded).Round(time.Millisecond))
+		t.Fatalf("%s: %q, %v after %v; want the new server's answer (Nhello)", what, b, err, time.Since(reloaded).Round(time.Millisecond))
 	}
 	if took := time.Since(reloaded); took > 3*time.Second {
-		t.Errorf("the added server answered %v after the reload, want at once (budget 20s)", took.Round(time.Millisecond))
-	}
-	if n := dialed.Load(); n != 1 {
-		t.Errorf("the hung server was dialed %d times, want 1: the session waited it out, so the new plan dials it last", n)
+		t.Errorf("%s: the new server answered %v after the reload, want at once (budget 20s)", what, took.Round(time.Millisecond))
 	}
 }
 
