@@ -99,7 +99,24 @@ type Backend struct {
 	// back the series of a removed server, nor overwrite the new backend's.
 	reporting atomic.Bool
 	stopped   atomic.Bool // Stop was called: a reload replaced the backend (serverLog)
+
+	// firstChecks is closed once every server has had its first health
+	// check (FirstChecks); unchecked counts those still without one.
+	firstChecks     chan struct{}
+	firstChecksOnce sync.Once
+	unchecked       atomic.Int64
 }
+
+// FirstChecks is closed once every server of the backend has had its first
+// health check, so that Up says what the checks found (at Start with checks
+// off, or when all were checked before a reload: Inherit), or when Stop
+// ended the checks. A reload's wake of the sessions awaiting a first
+// answer comes before the first check of a server it added (a round trip
+// at least), which then still counts as down: the proxy wakes them again
+// here (Proxy.wakeAtFirstChecks).
+func (b *Backend) FirstChecks() <-chan struct{} { return b.firstChecks }
+
+func (b *Backend) closeFirstChecks() { b.firstChecksOnce.Do(func() { close(b.firstChecks) }) }
 
 // serverLog is the log of what happens to the backend's servers (circuit,
 // up and down), silent once Stop was called. A replaced backend's sessions
@@ -161,7 +178,7 @@ func New(cfg *config.Backend, log hclog.Logger, m *metrics.Metrics) *Backend {
 	ka := cfg.Keepalive.Settings()
 	b := &Backend{Config: cfg, log: log.With("backend", cfg.Name), metrics: m, KeepaliveLate: ka.Late(),
 		dialer: net.Dialer{Timeout: cfg.ConnectTimeout.Duration, KeepAlive: -1},
-		lookup: lookupAddrs, refusals: &refusals{}}
+		lookup: lookupAddrs, refusals: &refusals{}, firstChecks: make(chan struct{})}
 	b.dialer.SetMultipathTCP(false) // plain TCP whatever GODEBUG says: MPTCP takes no TCP_USER_TIMEOUT
 	if !b.KeepaliveLate {
 		b.dialer.Control = ka.Control
@@ -999,21 +1016,36 @@ func (p *Plan) WaitedOut(address string) {
 }
 
 // waitedLast is queue with the servers the session waited out (WaitedOut)
-// after the others, each part in its order.
-func (p *Plan) waitedLast(queue []*Server) []*Server {
+// after the other servers that are up (usable breaker, health as order
+// sees it), each part in its order; one that is down itself goes to the
+// end. Not after the servers that are down: a slow primary left for a
+// standby whose host is gone is, in the next round, the only server up,
+// and until the fix the session waited connect_timeout on the dead host
+// first, each round, and its budget ran out (ORA-12170) with the primary
+// answering every CONNECT.
+func (p *Plan) waitedLast(queue []*Server, now time.Time) []*Server {
 	if len(p.waited) == 0 || len(queue) < 2 {
 		return queue
 	}
+	up := func(s *Server) bool { return s.breaker.usable(now) && p.b.healthy(s, now) }
 	out := make([]*Server, 0, len(queue))
-	var last []*Server
+	var waitedUp, waitedDown []*Server
+	at := 0 // where the waited-out servers that are up go: after the last other server up
 	for _, s := range queue {
-		if slices.Contains(p.waited, s.Address) {
-			last = append(last, s)
-		} else {
+		switch {
+		case !slices.Contains(p.waited, s.Address):
 			out = append(out, s)
+			if up(s) {
+				at = len(out)
+			}
+		case up(s):
+			waitedUp = append(waitedUp, s)
+		default:
+			waitedDown = append(waitedDown, s)
 		}
 	}
-	return append(out, last...)
+	out = slices.Insert(out, at, waitedUp...)
+	return append(out, waitedDown...)
 }
 
 // Refused tells the plan that s refused this session (a listener's REFUSE).
@@ -1110,7 +1142,7 @@ func (p *Plan) Next(ctx context.Context) (*Server, error) {
 		now := time.Now()
 		p.queue, p.lastResort = p.b.order(now)
 		p.queue = p.b.refusals.last(p.queue, p.service, now) // servers that refused the service lately go last
-		p.queue = p.waitedLast(p.queue)                      // and those this session waited out, after them
+		p.queue = p.waitedLast(p.queue, now)                 // and those this session waited out, after them (up)
 		if !p.lastResort && (p.allRefused(p.queue) || p.b.Config.Health.Check != "off" && allDown(p.queue)) {
 			if open := p.b.openCircuits(now, p.bypassed); len(open) > 0 {
 				if p.bypassed == nil {

@@ -29,7 +29,16 @@ func (b *Backend) Start(ctx context.Context) {
 		s.publish() // up only with checks off, or inherited up (Inherit); the breaker closed
 	}
 	if b.Config.Health.Check == "off" {
+		b.closeFirstChecks()
 		return
+	}
+	for _, s := range b.Servers {
+		if !s.checked.Load() {
+			b.unchecked.Add(1)
+		}
+	}
+	if b.unchecked.Load() == 0 {
+		b.closeFirstChecks()
 	}
 	for _, s := range b.Servers {
 		b.wg.Add(1)
@@ -57,6 +66,7 @@ func (b *Backend) Stop() {
 		b.cancel()
 	}
 	b.wg.Wait()
+	b.closeFirstChecks() // no check comes any more
 }
 
 func (s *Server) checkLoop(ctx context.Context) {
@@ -109,7 +119,9 @@ func (s *Server) checkLoop(ctx context.Context) {
 			s.backend.log.Warn("health check failed", "server", s.Address, "error", err)
 		}
 		first = false
-		s.checked.Store(true)
+		if !s.checked.Swap(true) && s.backend.unchecked.Add(-1) == 0 {
+			s.backend.closeFirstChecks()
+		}
 		t.Reset(h.Interval.Duration)
 	}
 }

@@ -262,3 +262,19 @@ func (s *Server) ServedService(service string) {
 // RefusedService was given): its rounds try the servers that refused it
 // lately after the others. "" (unknown) leaves the balance policy's order.
 func (p *Plan) ForService(service string) { p.service = service }
+
+// RefusedLately lists b's servers whose refusal of service still puts them
+// last for its sessions at now (none for service ""). A session waiting
+// under b's definition when a reload replaced it asks it (proxy,
+// answerBound.reloadedElsewhere): the new definition may have forgotten
+// the refusals (Inherit), and a server that refused the service is still
+// nowhere for the session to go.
+func (b *Backend) RefusedLately(service string, now time.Time) []*Server {
+	var out []*Server
+	for _, s := range b.Servers {
+		if b.refusals.has(s.Address, service, now) {
+			out = append(out, s)
+		}
+	}
+	return out
+}

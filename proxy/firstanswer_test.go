@@ -561,3 +561,183 @@ func TestSlowPrimaryKeepsItsCircuitWhenTheStandbyRefuses(t *testing.T) {
 		t.Errorf("the primary's breaker is %v, want closed (%v)", v, metrics.BreakerClosed)
 	}
 }
+
+// pingsAfter answers a tnsping health check (a CONNECT asking COMMAND=ping)
+// after delay, as a listener does, and gives every other connection, with
+// the bytes read so far, to fn.
+func pingsAfter(delay time.Duration, fn func(c *net.TCPConn, first []byte)) func(c *net.TCPConn) {
+	return func(c *net.TCPConn) {
+		b := make([]byte, 4096)
+		n, err := c.Read(b)
+		if err != nil {
+			return
+		}
+		if n > tns.HeaderLen && tns.PacketType(b[4]) == tns.TypeConnect && strings.Contains(strings.ToLower(string(b[:n])), "command=ping") {
+			time.Sleep(delay)
+			c.Write(tns.BuildRefuse(0, 0, fmt.Sprintf("(DESCRIPTION=(TMP=)(VSNNUM=%d)(ERR=0)(ALIAS=LISTENER))", tnstest.DefaultVSNNUM)))
+			return
+		}
+		fn(c, b[:n])
+	}
+}
+
+// With health checks on (check = "tcp" by default) a server a reload adds
+// is down until its first check, which takes a round trip or more (here a
+// listener that answers tnsping in 500ms): the reload's wake came before
+// it, found the added server not up, and the session waited on the hung
+// one to connect_budget (ORA-12170 for the app) while new sessions reached
+// the added server once its check passed. The wait is woken again when the
+// reloaded backend's first checks are in.
+func TestReloadThatAddsACheckedServerEndsAWaitOnceItsCheckPasses(t *testing.T) {
+	heard := make(chan struct{}, 8)
+	hung := newServer(t, pingsAfter(0, func(c *net.TCPConn, first []byte) {
+		heard <- struct{}{}
+		io.Copy(io.Discard, c)
+	}))
+	body := `connect_timeout = "500ms"
+connect_budget = "20s"
+answer_timeout = "200ms"
+[backend.health]
+check = "tnsping"
+interval = "1h"
+timeout = "5s"`
+	h := startProxy(t, backendTOML(body, fmt.Sprintf("address = %q;priority = 0", hung.address)))
+	waitFor(t, 5*time.Second, "the first health check", func() bool { done, _ := h.p.FirstChecksDone(); return done })
+	connect, _ := tns.BuildConnect("(DESCRIPTION=(CONNECT_DATA=(SERVICE_NAME=SALES)))")
+	c := h.dial("l")
+	c.Write(connect)
+	select {
+	case <-heard:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the hung server never got the app's bytes")
+	}
+	time.Sleep(600 * time.Millisecond) // answer_timeout passes: nowhere else to go, the wait goes on
+	added := newServer(t, pingsAfter(500*time.Millisecond, func(c *net.TCPConn, first []byte) {
+		c.Write([]byte("N"))
+		c.Write(first)
+		echo(c)
+	}))
+	reloaded := time.Now()
+	if err := h.p.Apply(mustParse(t, backendTOML(body, fmt.Sprintf("address = %q;priority = 0", hung.address),
+		fmt.Sprintf("address = %q;priority = 1", added.address)))); err != nil {
+		t.Fatal(err)
+	}
+	c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	b := make([]byte, 1+len(connect))
+	if _, err := io.ReadFull(c, b); err != nil || string(b) != "N"+string(connect) {
+		t.Fatalf("app waiting on a hung server when a reload added a checked one: %q, %v after %v; want the added server's answer (N and the CONNECT) once its check passed", b, err, time.Since(reloaded).Round(time.Millisecond))
+	}
+}
+
+// A reload during a logon storm (here one that gives the apps a longer
+// connect_budget) wakes every session waiting for the slow primary's
+// answer; those past answer_timeout, which had nowhere else to go because
+// the standby refused the service, must go on waiting: without "refuse"
+// in retry_on the reloaded backend forgets the standby's refusal (README,
+// "After a switchover"), and until the fix every such session left the
+// primary at the reload for the standby and its app got ORA-12514, though
+// the primary would have answered it.
+func TestReloadInALogonStormLeavesNoSessionToARefusingStandby(t *testing.T) {
+	const apps = 300
+	var delay atomic.Int64
+	delay.Store(int64(time.Second))
+	primary, connects := slowAccepter(t, &delay)
+	standby := tnstest.New(t, tnstest.Config{Mode: tnstest.Refuse, Err: 12514})
+	conf := slowPrimaryConfig(`["connect", "reset"]`, primary, standby.Addr())
+	h := startProxy(t, conf)
+	waitFor(t, 3*time.Second, "both up", func() bool {
+		return gauge(h.m.BackendUp, "b", primary) == 1 && gauge(h.m.BackendUp, "b", standby.Addr()) == 1
+	})
+	if typ, err := oracleSession(t, h); err != nil || typ != tns.TypeRefuse {
+		t.Fatalf("the first session during the storm: %v, %v; want the standby's REFUSE", typ, err)
+	}
+	delay.Store(int64(3 * time.Second))
+	before := connects.Load()
+	types := make(chan tns.PacketType, apps)
+	for range apps {
+		go func() {
+			typ, _ := oracleSession(t, h)
+			types <- typ
+		}()
+	}
+	waitFor(t, 10*time.Second, "every app's CONNECT at the slow primary", func() bool { return connects.Load()-before >= apps })
+	time.Sleep(600 * time.Millisecond) // past answer_timeout (300ms): the waits have nowhere else to go
+	reloaded := time.Now()
+	if err := h.p.Apply(mustParse(t, strings.Replace(conf, `connect_budget = "5s"`, `connect_budget = "6s"`, 1))); err != nil {
+		t.Fatal(err)
+	}
+	if took := time.Since(reloaded); took > 2*time.Second {
+		t.Errorf("the reload took %v with %d sessions waiting for a first answer", took.Round(time.Millisecond), apps)
+	}
+	refused := 0
+	for range apps {
+		if typ := <-types; typ != tns.TypeAccept {
+			refused++
+		}
+	}
+	if refused > 0 {
+		t.Errorf("%d of %d apps waiting on the slow primary at a reload got no ACCEPT (the standby refuses the service); want every one the primary's", refused, apps)
+	}
+}
+
+// The server a session waited out goes last in its later rounds, but not
+// after a server that is down: a slow primary (a logon storm: it answers
+// in 1s, over answer_timeout) left for a standby whose host is gone (its
+// dial hangs until connect_timeout) is, in the next round, the only server
+// up, and is dialed before the standby, as before 2026-12-01. Put after
+// the down standby, each round waited connect_timeout on it first, and
+// the app got ORA-12170 (its budget spent on dials of a dead host) from a
+// primary that answers every CONNECT.
+func TestWaitedOutServerGoesBeforeADownOne(t *testing.T) {
+	var delay atomic.Int64
+	delay.Store(int64(time.Second))
+	primary, connects := slowAccepter(t, &delay)
+	cfg := strings.NewReplacer(`connect_budget = "2s"`, `connect_budget = "4500ms"`, `connect_timeout = "1s"`, `connect_timeout = "2s"`).
+		Replace(oracleConfig(`answer_timeout = "200ms"`, primary+";0", blackhole(t)+";1"))
+	h := startProxy(t, cfg)
+	start := time.Now()
+	if typ, err := oracleSession(t, h); err != nil || typ != tns.TypeAccept {
+		t.Fatalf("app behind a slow primary and a standby whose host is gone: %v, %v after %v; want the primary's ACCEPT", typ, err, time.Since(start).Round(time.Millisecond))
+	}
+	if n := connects.Load(); n != 2 {
+		t.Errorf("the slow primary got %d CONNECTs, want 2 (left once at answer_timeout, then waited for)", n)
+	}
+}
+
+// Whether another server can take a session at answer_timeout is asked of
+// the backend's running definition: a reload that took the standby out
+// while a session waited for the slow primary leaves it nowhere else to
+// go, and it waits on. Asked of the definition it began under, it left the
+// primary for the standby that was gone, came back to the primary with a
+// second CONNECT (a logon storm doubled) and its app waited that much
+// longer.
+func TestReloadThatTakesTheStandbyOutKeepsTheWaitOnThePrimary(t *testing.T) {
+	var delay atomic.Int64
+	delay.Store(int64(2 * time.Second))
+	primary, connects := slowAccepter(t, &delay)
+	standby := tnstest.New(t, tnstest.Config{Mode: tnstest.Accept})
+	body := `connect_timeout = "1s"
+connect_budget = "8s"
+answer_timeout = "1s"
+[backend.health]
+check = "off"`
+	h := startProxy(t, backendTOML(body, fmt.Sprintf("address = %q;priority = 0", primary), fmt.Sprintf("address = %q;priority = 1", standby.Addr())))
+	types := make(chan tns.PacketType, 1)
+	go func() {
+		typ, _ := oracleSession(t, h)
+		types <- typ
+	}()
+	waitFor(t, 5*time.Second, "the app's CONNECT at the slow primary", func() bool { return connects.Load() == 1 })
+	if err := h.p.Apply(mustParse(t, backendTOML(body, fmt.Sprintf("address = %q;priority = 0", primary)))); err != nil {
+		t.Fatal(err)
+	}
+	if typ := <-types; typ != tns.TypeAccept {
+		t.Fatalf("app waiting on the slow primary when a reload took the standby out: %v; want the primary's ACCEPT", typ)
+	}
+	if n := connects.Load(); n != 1 {
+		t.Errorf("the slow primary got %d CONNECTs, want 1: a reload left the session nowhere else to go", n)
+	}
+	if n := standby.Accepted(); n != 0 {
+		t.Errorf("the standby the reload took out got %d connections, want 0", n)
+	}
+}

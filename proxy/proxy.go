@@ -152,7 +152,8 @@ func (p *Proxy) Apply(cfg *config.Config) error {
 	// the connections an upgrade's new process finds queued on the sockets
 	// handed over are accepted at once. The budget is not the file's.
 	p.replayBudget.Store(replayBudgetFor())
-	if err := p.apply(cfg); err != nil {
+	fresh, err := p.apply(cfg)
+	if err != nil {
 		return err
 	}
 	p.pool.setPipeBound(pipeBound(cfg))
@@ -160,18 +161,47 @@ func (p *Proxy) Apply(cfg *config.Config) error {
 	// retuning tens of thousands of sessions would hold accepts for the
 	// hundreds of milliseconds it takes.
 	p.retuneSessions()
+	for _, b := range fresh {
+		go p.wakeAtFirstChecks(b)
+	}
 	return nil
 }
 
-func (p *Proxy) apply(cfg *config.Config) error {
+// wakeAtFirstChecks wakes again, once b's servers have had their first
+// health check, the sessions of b's name that await a first answer
+// (session.wakeAwaiting): a server the reload added counts as down until
+// then, and the reload's wake (retuneSessions) came before its check. A
+// wait that answer_timeout found with nowhere else to go ends now if the
+// added server is up (answerBound.reloadedElsewhere). Until 2026-12-01 it
+// went on to connect_budget with health checks on (the default), while
+// new sessions reached the added server.
+func (p *Proxy) wakeAtFirstChecks(b *failover.Backend) {
+	select {
+	case <-b.FirstChecks():
+	case <-p.ctx.Done():
+		return
+	}
+	if p.backend(b.Config.Name) != b {
+		return // replaced (or removed) meanwhile: the later reload wakes them
+	}
+	for _, s := range p.liveSessions() {
+		s.mu.Lock()
+		name := s.backend.Config.Name
+		s.mu.Unlock()
+		if name == b.Config.Name {
+			s.wakeAwaiting(b)
+		}
+	}
+}
+
+func (p *Proxy) apply(cfg *config.Config) (fresh []*failover.Backend, err error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.draining.Load() {
-		return errors.New("shutting down")
+		return nil, errors.New("shutting down")
 	}
 
 	backends := map[string]*failover.Backend{}
-	var fresh []*failover.Backend
 	for i := range cfg.Backends {
 		bc := &cfg.Backends[i]
 		if old, ok := p.backends[bc.Name]; ok && reflect.DeepEqual(old.Config, bc) {
@@ -199,7 +229,7 @@ func (p *Proxy) apply(cfg *config.Config) error {
 			for _, b := range bound {
 				b.ln.Close()
 			}
-			return fmt.Errorf("listener %q: %w", lc.Name, err)
+			return nil, fmt.Errorf("listener %q: %w", lc.Name, err)
 		}
 		listeners[lc.Name] = l
 		bound = append(bound, l)
@@ -296,7 +326,7 @@ func (p *Proxy) apply(cfg *config.Config) error {
 	// ones (slotsFor), not again from the old process (its untaken sockets
 	// are closed once this process serves).
 	p.inherited = nil
-	return nil
+	return fresh, nil
 }
 
 // retuneSessions gives the open sessions of each listener and backend that

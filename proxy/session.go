@@ -1252,9 +1252,42 @@ func (b *answerBound) cut(s *session, owed time.Time) time.Time {
 // end: cutting it would only add a connection to a slow database in a
 // logon storm. Nor is a server that refused the app's service lately
 // (the CONNECT is whole by now: firstAnswer asks only then).
+//
+// A reload since the wait began is asked instead (elsewhereIn): until the
+// fix a session whose standby a reload took out left the slow primary for
+// it at answer_timeout, and came back to the primary with a second CONNECT.
 func (b *answerBound) elsewhere(s *session) bool {
 	s.noteConnect()
-	return b.be.Elsewhere(b.srv, serviceKey(s.serviceName), b.passed[0], b.passed[1])
+	service := serviceKey(s.serviceName)
+	if nb := b.reloaded(s); nb != nil {
+		return b.elsewhereIn(nb, service)
+	}
+	return b.be.Elsewhere(b.srv, service, b.passed[0], b.passed[1])
+}
+
+// reloaded is the running definition of the session's backend when a
+// reload replaced the one the wait began under, else nil.
+func (b *answerBound) reloaded(s *session) *failover.Backend {
+	if b.srv == nil || s.p.backendsGen.Load() == b.gen {
+		return nil
+	}
+	return s.reloadedBackend()
+}
+
+// elsewhereIn is elsewhere asked of nb, a reload's definition of the
+// backend: of its servers at the addresses of those the bound names. A
+// server that refused the session's service lately is nowhere to go (a
+// standby in a logon storm on the primary), also when nb forgot the
+// refusal (no "refuse" in retry_on: Inherit): until the fix every session
+// of the storm left the slow primary at a reload and its app got the
+// standby's ORA-12514.
+func (b *answerBound) elsewhereIn(nb *failover.Backend, service string) bool {
+	srv := nb.ServerAt(b.srv.Address)
+	if srv == nil {
+		return false // taken out: takenOut ends the wait, unless the opening is past replay
+	}
+	refusing := serversIn(nb, b.be.RefusedLately(service, time.Now()))
+	return nb.Elsewhere(srv, service, serversIn(nb, b.passed[0]), serversIn(nb, b.passed[1]), refusing)
 }
 
 // serversIn is list as servers of b: each at its address, if b has it.
@@ -1277,19 +1310,15 @@ func serversIn(b *failover.Backend, list []*failover.Server) []*failover.Server 
 // the hung one to wait out connect_budget, while new sessions reached the
 // added server.
 func (b *answerBound) reloadedElsewhere(s *session) bool {
-	if b.stuck == 0 || b.srv == nil || s.p.backendsGen.Load() == b.gen {
+	if b.stuck == 0 {
 		return false
 	}
-	nb := s.reloadedBackend()
+	nb := b.reloaded(s)
 	if nb == nil {
 		return false
 	}
-	srv := nb.ServerAt(b.srv.Address)
-	if srv == nil {
-		return false // taken out: takenOut ends the wait
-	}
 	s.noteConnect()
-	return nb.Elsewhere(srv, serviceKey(s.serviceName), serversIn(nb, b.passed[0]), serversIn(nb, b.passed[1]))
+	return b.elsewhereIn(nb, serviceKey(s.serviceName))
 }
 
 // takenOut tells whether a reload took the server out of the session's
