@@ -101,10 +101,9 @@ type Backend struct {
 	stopped   atomic.Bool // Stop was called: a reload replaced the backend (serverLog)
 
 	// firstChecks is closed once every server has had its first health
-	// check (FirstChecks); unchecked counts those still without one.
+	// check (FirstChecks, Checked).
 	firstChecks     chan struct{}
 	firstChecksOnce sync.Once
-	unchecked       atomic.Int64
 }
 
 // FirstChecks is closed once every server of the backend has had its first

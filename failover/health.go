@@ -28,17 +28,11 @@ func (b *Backend) Start(ctx context.Context) {
 		s.connectOK = b.metrics.ConnectDuration.WithLabelValues(b.Config.Name, s.Address, "ok")
 		s.publish() // up only with checks off, or inherited up (Inherit); the breaker closed
 	}
+	if b.Checked() { // checks off, or every server checked before a reload (Inherit)
+		b.closeFirstChecks()
+	}
 	if b.Config.Health.Check == "off" {
-		b.closeFirstChecks()
 		return
-	}
-	for _, s := range b.Servers {
-		if !s.checked.Load() {
-			b.unchecked.Add(1)
-		}
-	}
-	if b.unchecked.Load() == 0 {
-		b.closeFirstChecks()
 	}
 	for _, s := range b.Servers {
 		b.wg.Add(1)
@@ -119,7 +113,7 @@ func (s *Server) checkLoop(ctx context.Context) {
 			s.backend.log.Warn("health check failed", "server", s.Address, "error", err)
 		}
 		first = false
-		if !s.checked.Swap(true) && s.backend.unchecked.Add(-1) == 0 {
+		if !s.checked.Swap(true) && s.backend.Checked() { // its first check: was it the last server's?
 			s.backend.closeFirstChecks()
 		}
 		t.Reset(h.Interval.Duration)
