@@ -1,6 +1,9 @@
 package proxy
 
 import (
+	"bytes"
+	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -432,5 +435,255 @@ func (p *patientApps) stop() {
 		if err := <-p.errs; err != nil {
 			p.t.Error(err)
 		}
+	}
+}
+
+// tlsRecord reads one TLS record (its 5-byte header and body) from c.
+func tlsRecord(c net.Conn) ([]byte, error) {
+	rec := make([]byte, 5)
+	if _, err := io.ReadFull(c, rec); err != nil {
+		return nil, err
+	}
+	rec = append(rec, make([]byte, int(rec[3])<<8|int(rec[4]))...)
+	_, err := io.ReadFull(c, rec[5:])
+	return rec, err
+}
+
+// hungTLSListener is a TCPS listener that accepts, reads and never answers
+// (its process stopped); hellos counts the ClientHello records it got
+// whole.
+func hungTLSListener(t *testing.T) (*server, *atomic.Int32) {
+	var hellos atomic.Int32
+	return newServer(t, func(c *net.TCPConn) {
+		if rec, err := tlsRecord(c); err == nil && rec[0] == 0x16 {
+			hellos.Add(1)
+		}
+		io.Copy(io.Discard, c)
+	}), &hellos
+}
+
+// readFirst is a conn whose first reads return bytes already read from it.
+type readFirst struct {
+	*net.TCPConn
+	r io.Reader
+}
+
+func (c *readFirst) Read(b []byte) (int, error) { return c.r.Read(b) }
+
+// tlsStandby is a TCPS listener that counts the ClientHello records it
+// gets (hellos), completes the handshake and echoes; the health checks'
+// connections (no byte) are not counted.
+func tlsStandby(t *testing.T, cert tls.Certificate) (*server, *atomic.Int32) {
+	var hellos atomic.Int32
+	return newServer(t, func(c *net.TCPConn) {
+		defer c.Close()
+		c.SetReadDeadline(time.Now().Add(10 * time.Second))
+		rec, err := tlsRecord(c)
+		if len(rec) == 0 {
+			return
+		}
+		hellos.Add(1)
+		if err != nil || rec[0] != 0x16 {
+			io.Copy(io.Discard, c)
+			return
+		}
+		tc := tls.Server(&readFirst{c, io.MultiReader(bytes.NewReader(rec), c)}, &tls.Config{Certificates: []tls.Certificate{cert}})
+		if tc.Handshake() != nil {
+			return
+		}
+		tc.SetDeadline(time.Time{})
+		io.Copy(tc, tc)
+		tc.CloseWrite()
+	}), &hellos
+}
+
+// givingUpTLSApp dials a TLS session for serverName (SNI) through
+// listener l with Go's crypto/tls and a connect timeout of wait
+// (tls.Dialer: dial and handshake), as go-ora with SSL=true and a connect
+// timeout does. It returns the session when the handshake completed, nil
+// when the app's own timeout ran out first; anything else fails the test.
+func givingUpTLSApp(t *testing.T, h *harness, serverName string, wait time.Duration) *tls.Conn {
+	t.Helper()
+	d := &tls.Dialer{NetDialer: &net.Dialer{Timeout: wait}, Config: &tls.Config{ServerName: serverName, InsecureSkipVerify: true}}
+	c, err := d.Dial("tcp", h.addr("l"))
+	if err != nil {
+		if !errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, os.ErrDeadlineExceeded) {
+			t.Fatalf("TLS app waiting for the ServerHello: %v, want its own timeout", err)
+		}
+		return nil
+	}
+	t.Cleanup(func() { c.Close() })
+	return c.(*tls.Conn)
+}
+
+// A TLS (tcps) app whose connect timeout is shorter than answer_timeout
+// gives up on a hung TCPS listener that holds its ClientHello, as an
+// Oracle app does on one that holds its CONNECT: its session ends at once,
+// counted abandoned, with the warning naming the server, and its
+// ClientHello goes nowhere else. As each app waited over 2 s on a server
+// that answered no one and the standby could have taken it, each counts
+// against the hung server: after failures = 2 its circuit opens, and the
+// third app gets the standby's ServerHello at once. Until 2026-12-01 such
+// a session waited on to answer_timeout, then dialed the standby and
+// replayed the gone app's ClientHello there, counted ok, with no line:
+// TLS apps with short connect timeouts never got past a hung primary.
+// Checked with an ordinary ClientHello and one whose byte 4 is 1, which
+// starts like a TNS CONNECT header (helloCases).
+func TestTLSAppThatGivesUpOnAHungServerIsAbandoned(t *testing.T) {
+	cert := selfSigned(t)
+	for _, hc := range helloCases(t) {
+		t.Run(hc.name, func(t *testing.T) {
+			hung, heard := hungTLSListener(t)
+			standby, hellos := tlsStandby(t, cert)
+			h, logs := startProxyLog(t, giveUpConfig(hung.address, standby.address))
+			waitFor(t, 3*time.Second, "both servers up", func() bool {
+				return gauge(h.m.BackendUp, "b", hung.address) == 1 && gauge(h.m.BackendUp, "b", standby.address) == 1
+			})
+			for i := range 2 {
+				if c := givingUpTLSApp(t, h, hc.serverName, 2300*time.Millisecond); c != nil {
+					t.Fatalf("TLS app %d completed its handshake within its 2.3 s; want its own timeout (the hung server holds it for answer_timeout, 5 s)", i+1)
+				}
+				waitFor(t, 3*time.Second, "the abandoned session counted, and ended", func() bool {
+					return counter(h.m.SessionsTotal, "l", "b", "other", "abandoned") == float64(i+1) && len(h.p.liveSessions()) == 0
+				})
+			}
+			if n, m := heard.Load(), hellos.Load(); n != 2 || m != 0 {
+				t.Errorf("ClientHellos: hung server %d, standby %d; want 2 and 0 (the apps had gone)", n, m)
+			}
+			if v := counter(h.m.SessionsTotal, "l", "b", "other", "ok"); v != 0 {
+				t.Errorf("sessions_total{outcome=ok} = %v for TLS apps that gave up on a silent server, want 0", v)
+			}
+			if v := sumCounters(t, h.m.Resets); v != 0 {
+				t.Errorf("resets_total = %v: an app's close is no reset", v)
+			}
+			waitFor(t, 3*time.Second, "a warning per app, naming the hung server", func() bool {
+				return len(logs.lines("app gave up waiting for the server's first answer", "counted as its failure",
+					"listener=l", "backend=b", "server="+hung.address, "waited=", "server_silent=", "answer_timeout=5s")) == 2
+			})
+			if v := gauge(h.m.BreakerState, "b", hung.address); v != metrics.BreakerOpen {
+				t.Fatalf("the hung server's breaker is %v, want open (%v) after 2 TLS apps gave up on it; log:\n%s", v, metrics.BreakerOpen, logs)
+			}
+			start := time.Now()
+			c := givingUpTLSApp(t, h, hc.serverName, 2300*time.Millisecond)
+			if c == nil {
+				t.Fatal("the TLS app after the circuit opened timed out; want the standby's handshake")
+			}
+			if took := time.Since(start); took > time.Second {
+				t.Errorf("the standby's handshake took %v, want at once (the hung server's circuit is open)", took.Round(time.Millisecond))
+			}
+			if n, m := heard.Load(), hellos.Load(); n != 2 || m != 1 {
+				t.Errorf("ClientHellos: hung server %d, standby %d; want 2 and 1", n, m)
+			}
+		})
+	}
+}
+
+// A TLS app that closes with its ClientHello's record cut short (an
+// opening no server can answer, and no telling it is TLS) is no abandoned
+// session: it is carried as any other opening with a half-close, its
+// bytes and FIN replayed to the standby at answer_timeout.
+func TestTLSClientHelloCutShortIsNoAbandonedSession(t *testing.T) {
+	cert := selfSigned(t)
+	hung, _ := hungTLSListener(t)
+	standby, hellos := tlsStandby(t, cert)
+	h, logs := startProxyLog(t, giveUpConfig(hung.address, standby.address))
+	waitFor(t, 3*time.Second, "both servers up", func() bool {
+		return gauge(h.m.BackendUp, "b", hung.address) == 1 && gauge(h.m.BackendUp, "b", standby.address) == 1
+	})
+	hello := fullClientHello(t)
+	c := h.dial("l")
+	c.Write(hello[:len(hello)-10])
+	time.Sleep(300 * time.Millisecond) // past halfCloseGrace: not a half-close in the same flight
+	c.Close()
+	waitFor(t, 15*time.Second, "the cut-short opening replayed to the standby", func() bool { return hellos.Load() == 1 })
+	if v := counter(h.m.SessionsTotal, "l", "b", "other", "abandoned"); v != 0 {
+		t.Errorf("sessions_total{outcome=abandoned} = %v for a ClientHello cut short, want 0", v)
+	}
+	if l := logs.lines("app gave up"); len(l) != 0 {
+		t.Errorf("warnings for an opening cut short:\n%s", strings.Join(l, "\n"))
+	}
+}
+
+// fullClientHello is the first TLS record Go's client sends.
+func fullClientHello(t testing.TB) []byte {
+	t.Helper()
+	a, b := net.Pipe()
+	defer a.Close()
+	defer b.Close()
+	go tls.Client(a, &tls.Config{ServerName: "db.test", InsecureSkipVerify: true}).Handshake()
+	b.SetReadDeadline(time.Now().Add(2 * time.Second))
+	rec, err := tlsRecord(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return rec
+}
+
+// wholeClientHello takes a TLS opening for one a server answers only with
+// the ClientHello's first record whole, and nothing else for one.
+func TestTLSWholeClientHello(t *testing.T) {
+	hello := fullClientHello(t)
+	connect, err := tns.BuildConnect("(DESCRIPTION=(CONNECT_DATA=(SERVICE_NAME=SALES)))")
+	if err != nil {
+		t.Fatal(err)
+	}
+	withType := func(b []byte, i int, v byte) []byte {
+		b = bytes.Clone(b)
+		b[i] = v
+		return b
+	}
+	for _, c := range []struct {
+		name  string
+		b     []byte
+		whole bool
+	}{
+		{"Go's ClientHello", hello, true},
+		{"and the bytes after it", append(bytes.Clone(hello), 0x14, 0x03, 0x03, 0, 1, 1), true},
+		{"cut short by a byte", hello[:len(hello)-1], false},
+		{"its header only", hello[:5], false},
+		{"its header and type", hello[:6], false},
+		{"an alert record", withType(hello, 0, 0x15), false},
+		{"a handshake message other than a ClientHello", withType(hello, 5, 2), false},
+		{"a record longer than TLS allows", append([]byte{0x16, 0x03, 0x01, 0x48, 0x01, 0x01}, make([]byte, 0x4801)...), false},
+		{"a TNS CONNECT", connect, false},
+		{"HTTP", []byte("GET / HTTP/1.1\r\nHost: x\r\n\r\n"), false},
+	} {
+		if got := wholeClientHello(c.b); got != c.whole {
+			t.Errorf("%s: wholeClientHello = %v, want %v", c.name, got, c.whole)
+		}
+	}
+}
+
+// A TLS app that gives up during an outage (every dial refused, its
+// handshake timeout runs out) is not re-dialed for, as an Oracle client is
+// not (TestOracleClientThatGaveUpIsNotRedialedFor): its session ends
+// before the next dial, and the database, once back, does not get the
+// ClientHello and FIN of an app that has gone. Until 2026-12-01 the
+// session re-dialed for the rest of connect_budget, and a database back
+// in time got them.
+func TestTLSAppThatGaveUpDuringAnOutageIsNotRedialedFor(t *testing.T) {
+	srv := newServer(t, echo)
+	srv.down()
+	h := startProxy(t, backendTOML(`connect_timeout = "300ms"
+connect_budget = "5s"
+backoff = "50ms"
+backoff_max = "100ms"
+[backend.health]
+check = "off"
+[backend.breaker]
+failures = 0`, fmt.Sprintf("address = %q", srv.address)))
+	if c := givingUpTLSApp(t, h, "db.test", 400*time.Millisecond); c != nil {
+		t.Fatal("the TLS app completed its handshake with no server up")
+	}
+	closed := time.Now()
+	waitFor(t, 3*time.Second, "the session's end", func() bool { return len(h.p.liveSessions()) == 0 })
+	took := time.Since(closed)
+	srv.up()
+	time.Sleep(300 * time.Millisecond)
+	if n := srv.accepts(); n != 0 {
+		t.Errorf("the server, back %v after the TLS app left, took %d connections for it", took.Round(time.Millisecond), n)
+	}
+	if took > time.Second {
+		t.Errorf("the session went on %v after its TLS app left (backoff_max 100ms)", took.Round(time.Millisecond))
 	}
 }

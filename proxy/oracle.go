@@ -139,6 +139,24 @@ func tlsHandshake(b []byte) bool {
 	return len(b) >= 2 && b[0] == 0x16 && b[1] == 0x03
 }
 
+// wholeClientHello reports whether b starts with a whole TLS handshake
+// record (type 0x16, version 3.0 to 3.4, a length no TLS record exceeds)
+// whose message is a ClientHello (type 1): a TCPS app's whole opening,
+// which a server answers with its ServerHello, as a listener answers a
+// whole CONNECT. An app that closes while a server holds it has given up
+// (appGaveUp): no TLS client half-closes before the server's first flight
+// (Go's crypto/tls refuses CloseWrite before the handshake completes;
+// openssl s_client and node's tls hold their FIN until the handshake is
+// done, or close at their own timeout). A record cut short is no opening
+// a server can answer, and is carried as any other.
+func wholeClientHello(b []byte) bool {
+	if len(b) < 6 || !tlsHandshake(b) || b[2] > 4 || b[5] != 1 {
+		return false
+	}
+	n := int(b[3])<<8 | int(b[4])
+	return n > 0 && n <= 1<<14 && len(b) >= 5+n
+}
+
 // openingUnfinishedLocked reports whether the app's opening is one that no
 // listener can answer, so that a backend's failure before its first byte
 // is the app's doing, not the server's: a listener waits for the rest of

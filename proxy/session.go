@@ -727,8 +727,8 @@ func (s *session) selfDialedThrough(loop []string, elsewhere bool, server string
 var errAppLeft = errors.New("the app closed before sending anything")
 
 // errAppGaveUp ends an opening whose Oracle client closed while its CONNECT
-// waited for a server.
-var errAppGaveUp = errors.New("the app closed while its CONNECT waited for a server")
+// (or a TCPS app while its ClientHello) waited for a server.
+var errAppGaveUp = errors.New("the app closed while its opening waited for a server")
 
 // appGone tells an app that left while its session was being re-dialed,
 // so that no server is dialed for it (an ordinary end: finish() records
@@ -739,7 +739,9 @@ var errAppGaveUp = errors.New("the app closed while its CONNECT waited for a ser
 //   - an Oracle client that closed while its CONNECT waited for a server
 //     gave up (its own connect timeout): Oracle Net never half-closes, and
 //     re-dialing would take its CONNECT and FIN to a recovering database,
-//     a server process for no one.
+//     a server process for no one. So did a TCPS app that closed after its
+//     whole ClientHello (wholeClientHello): no TLS client half-closes
+//     before the server's first flight.
 func (s *session) appGone() error {
 	switch {
 	case s.appLeftSilent():
@@ -750,11 +752,11 @@ func (s *session) appGone() error {
 	return nil
 }
 
-// appGaveUp tells an app that closed after a TNS CONNECT that no server has
-// answered yet.
+// appGaveUp tells an app that closed after a TNS CONNECT, or a TLS
+// ClientHello's whole record, that no server has answered yet.
 func (s *session) appGaveUp() bool {
 	s.mu.Lock()
-	gave := s.clientEOF && s.looksLikeTNSLocked()
+	gave := s.clientEOF && (s.looksLikeTNSLocked() || wholeClientHello(s.replay))
 	s.mu.Unlock()
 	return gave && !s.halfClosedToRead()
 }
@@ -1186,12 +1188,19 @@ func (s *session) logAbandoned(end *sessionEnd, server string, age time.Duration
 }
 
 // gaveUpWaiting tells an Oracle client that closed while its whole opening
-// waited for a server's answer (appGaveUp). Not one whose opening no
-// server can answer (cut short): that wait goes on, and ends as a bad
-// opening does (badOpening).
+// waited for a server's answer (appGaveUp): a CONNECT, or a TCPS app's
+// ClientHello (wholeClientHello). Not one whose opening no server can
+// answer (cut short): that wait goes on, and ends as a bad opening does
+// (badOpening), or, a ClientHello's record cut short, as any opening that
+// is not Oracle Net. Until 2026-12-01 a TCPS app that gave up on a hung
+// listener holding its ClientHello was waited for to answer_timeout, its
+// ClientHello then replayed to the standby for no one, counted ok (or
+// reset, the standby's ServerHello meeting the closed socket), with no
+// line, and the hung server blamed only then, seconds after the apps had
+// failed.
 func (s *session) gaveUpWaiting() bool {
 	s.mu.Lock()
-	gave := s.clientEOF && s.looksLikeTNSLocked() && !s.openingUnfinishedLocked(true)
+	gave := s.clientEOF && (s.looksLikeTNSLocked() && !s.openingUnfinishedLocked(true) || wholeClientHello(s.replay))
 	s.mu.Unlock()
 	return gave && !s.halfClosedToRead()
 }
@@ -1594,7 +1603,8 @@ func (s *session) clientToBackend() *pumpErr {
 			if s.awaiting != nil {
 				// The wait for a first answer looks again (firstAnswer):
 				// an Oracle client that closes has given up (Oracle Net
-				// never half-closes), and its wait ends now, not at
+				// never half-closes, nor does TLS before the server's
+				// first flight), and its wait ends now, not at
 				// answer_timeout or the budget's end; one that closes
 				// without a byte (a port check) waits no longer than the
 				// budget (answerDeadline).
