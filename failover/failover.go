@@ -86,6 +86,19 @@ type Backend struct {
 	// sent on (a ClusterIP on kube-ipvs0, an OUTPUT DNAT): the address is
 	// checked as any other. Without it such an address fails undialed.
 	DialOwn func(ctx context.Context, addr netip.AddrPort, listener string) (c net.Conn, loop bool, err error)
+	// ServerBack, set by the proxy before Start, is told (on a goroutine
+	// of its own: a health check or a session must not wait on it; one
+	// call at a time, the changes that come during one told by the next) that
+	// a server may take sessions it could not take before: its health
+	// check brought it up, or its circuit closed, or the check ended its
+	// open period early, or it served a service it had refused lately
+	// (ServedService). The proxy wakes the sessions whose wait for a
+	// first answer had nowhere else to go (answer_timeout passed with no
+	// other server up): until 2026-12-01 they waited on a hung primary to
+	// the end of connect_budget while new sessions reached the standby
+	// that had come up (a Data Guard switchover). Nil: nobody is told.
+	ServerBack func()
+	backs      atomic.Int32 // changes not yet told to ServerBack (back)
 
 	// refusals are the servers that refused a service lately (refusals.go),
 	// shared with the backend a reload replaced (Inherit).
@@ -116,6 +129,27 @@ type Backend struct {
 func (b *Backend) FirstChecks() <-chan struct{} { return b.firstChecks }
 
 func (b *Backend) closeFirstChecks() { b.firstChecksOnce.Do(func() { close(b.firstChecks) }) }
+
+// back tells ServerBack that s may take sessions now; not once Stop was
+// called (the reload's new definition tells of its own servers). The
+// changes that come while ServerBack runs are told once, after it: with
+// checks off every success after a failed dial is one (a server failing
+// one dial in two), and each call goes through every session.
+func (s *Server) back() {
+	b := s.backend
+	if b.ServerBack == nil || b.stopped.Load() || b.backs.Add(1) > 1 {
+		return // or the running call tells it again
+	}
+	go func() {
+		for {
+			n := b.backs.Load()
+			b.ServerBack()
+			if b.backs.Add(-n) == 0 {
+				return
+			}
+		}
+	}()
+}
 
 // serverLog is the log of what happens to the backend's servers (circuit,
 // up and down), silent once Stop was called. A replaced backend's sessions
@@ -666,6 +700,7 @@ func (s *Server) succeeded(closed bool) {
 	if closed {
 		s.backend.serverLog().Info("circuit closed", "server", s.Address)
 		s.publish()
+		s.back()
 	}
 	if s.backend.Config.Health.Check == "off" {
 		s.failedAt.Store(0)
@@ -788,6 +823,9 @@ func (s *Server) setUp(up bool) {
 		return
 	}
 	s.publish()
+	if up {
+		s.back()
+	}
 }
 
 // publish sets the server's up and breaker gauges to what they are now,
@@ -859,9 +897,42 @@ func (b *Backend) order(now time.Time) (servers []*Server, lastResort bool) {
 // a slow primary's sessions were moved to a standby that does not have the
 // service yet, one refusal each, for as long as the primary was slow.
 func (b *Backend) Elsewhere(srv *Server, service string, passed ...[]*Server) bool {
+	return b.elsewhere(srv, service, again{}, passed)
+}
+
+// ElsewhereAgain is Elsewhere asked again for a session that found
+// nowhere else to go at answer_timeout (proxy: a stuck wait), with two
+// differences:
+//   - a server that refused service, and has not served it since, is still
+//     nowhere to go once the refusal's memory has run out: every waiting
+//     session asks again every answer_timeout, and at the end of the memory
+//     a slow primary's waits in a logon storm left for a standby without the
+//     service before its REFUSE was remembered again (3 to 53 of 200 waiting apps
+//     got its ORA-12514, where new sessions send one app there). A session
+//     that it serves (ServedService) tells of it (ServerBack).
+//   - unless trial, only servers whose circuit is closed: a half-open
+//     circuit takes one session, its trial. Every waiting session is woken
+//     at once when a server comes back (ServerBack), and a health check
+//     that ended an open period early would send them all to the server,
+//     one to its trial and the rest back where they came from (a slow
+//     primary, with a second CONNECT each). The waits' own re-asks, spread
+//     by when each began, take the trial (trial); its success closes the
+//     circuit and tells them.
+func (b *Backend) ElsewhereAgain(srv *Server, service string, trial bool, passed ...[]*Server) bool {
+	return b.elsewhere(srv, service, again{on: true, trial: trial}, passed)
+}
+
+// again is how ElsewhereAgain differs from Elsewhere; the zero value is
+// Elsewhere.
+type again struct{ on, trial bool }
+
+func (b *Backend) elsewhere(srv *Server, service string, a again, passed [][]*Server) bool {
 	now := time.Now()
 	for _, s := range b.Servers {
 		if s == srv || s.Weight == 0 || !s.breaker.usable(now) || b.refusals.has(s.Address, service, now) {
+			continue
+		}
+		if a.on && (!a.trial && s.breaker.current(now) != metrics.BreakerClosed || b.refusals.kept(s.Address, service)) {
 			continue
 		}
 		if !b.healthy(s, now) {

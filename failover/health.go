@@ -151,6 +151,7 @@ func (s *Server) failBackAfterDialOpen(w *openWatch, started time.Time, passed b
 	if w.passes == *s.backend.Config.Health.Rise && s.up.Load() && s.breaker.expire(time.Now()) {
 		s.backend.serverLog().Info("circuit open period ended early: the health check says the server is back", "server", s.Address)
 		s.publish()
+		s.back()
 	}
 }
 

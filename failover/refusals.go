@@ -108,19 +108,22 @@ func (r *refusals) dropLeastUsedLocked() {
 }
 
 // forget drops the refusal of service by server: the server served it.
-func (r *refusals) forget(server, service string) {
+// It reports whether the refusal still put the server last then.
+func (r *refusals) forget(server, service string) (live bool) {
 	if r.n.Load() == 0 {
-		return
+		return false
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	k := refusalKey{server, service}
-	if _, ok := r.entries[k]; !ok {
-		return
+	e, ok := r.entries[k]
+	if !ok {
+		return false
 	}
 	delete(r.entries, k)
 	r.n.Store(int32(len(r.entries)))
 	r.untilLocked()
+	return time.Now().Before(e.until)
 }
 
 // untilLocked sets until to the latest end of the entries left.
@@ -172,6 +175,17 @@ func (r *refusals) has(server, service string, now time.Time) bool {
 	defer r.mu.Unlock()
 	e := r.entries[refusalKey{server, service}]
 	return e != nil && now.Before(e.until)
+}
+
+// kept tells whether server refused service and has not served it since,
+// whether or not the refusal still puts it last (ElsewhereAgain).
+func (r *refusals) kept(server, service string) bool {
+	if service == "" || r.n.Load() == 0 {
+		return false
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.entries[refusalKey{server, service}] != nil
 }
 
 // ServiceRefusal is a server's refusal of a service that still puts the
@@ -251,10 +265,12 @@ func (s *Server) ServiceRefusals(now time.Time) []ServiceRefusal {
 }
 
 // ServedService tells that s took a session for service: a refusal of it
-// that s gave before is forgotten.
+// that s gave before is forgotten. One that still put s last for the
+// service is news for the sessions that found nowhere else to go
+// (ServerBack): s serves the service now.
 func (s *Server) ServedService(service string) {
-	if service != "" {
-		s.backend.refusals.forget(s.Address, service)
+	if service != "" && s.backend.refusals.forget(s.Address, service) {
+		s.back()
 	}
 }
 
@@ -262,6 +278,20 @@ func (s *Server) ServedService(service string) {
 // RefusedService was given): its rounds try the servers that refused it
 // lately after the others. "" (unknown) leaves the balance policy's order.
 func (p *Plan) ForService(service string) { p.service = service }
+
+// RefusedKept lists b's servers that refused service and have not served
+// it since (none for service ""), however long ago: ElsewhereAgain's
+// refusals, for a session waiting under b's definition when a reload
+// replaced it (proxy).
+func (b *Backend) RefusedKept(service string) []*Server {
+	var out []*Server
+	for _, s := range b.Servers {
+		if b.refusals.kept(s.Address, service) {
+			out = append(out, s)
+		}
+	}
+	return out
+}
 
 // RefusedLately lists b's servers whose refusal of service still puts them
 // last for its sessions at now (none for service ""). A session waiting

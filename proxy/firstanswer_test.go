@@ -423,16 +423,23 @@ func (h *hungReader) waitHeard(t *testing.T) {
 
 // answeredSoonAfter fails the test unless c, an app that sent "hello",
 // gets "Nhello" (a tagThenEcho("N") server's answer) within 3 s of
-// reloaded; what says whose wait it is.
+// reloaded (the reload, or the server's coming back); what says whose
+// wait it is.
 func answeredSoonAfter(t *testing.T, c net.Conn, reloaded time.Time, what string) {
+	t.Helper()
+	answeredWithin(t, c, reloaded, 3*time.Second, what)
+}
+
+// answeredWithin is answeredSoonAfter within limit of since.
+func answeredWithin(t *testing.T, c net.Conn, since time.Time, limit time.Duration, what string) {
 	t.Helper()
 	c.SetReadDeadline(time.Now().Add(8 * time.Second))
 	b := make([]byte, 6)
 	if _, err := io.ReadFull(c, b); err != nil || string(b) != "Nhello" {
-		t.Fatalf("%s: %q, %v after %v; want the new server's answer (Nhello)", what, b, err, time.Since(reloaded).Round(time.Millisecond))
+		t.Fatalf("%s: %q, %v after %v; want the new server's answer (Nhello)", what, b, err, time.Since(since).Round(time.Millisecond))
 	}
-	if took := time.Since(reloaded); took > 3*time.Second {
-		t.Errorf("%s: the new server answered %v after the reload, want at once (budget 20s)", what, took.Round(time.Millisecond))
+	if took := time.Since(since); took > limit {
+		t.Errorf("%s: the new server answered %v after it could take the session, want within %v (budget 20s)", what, took.Round(time.Millisecond), limit)
 	}
 }
 
@@ -739,5 +746,188 @@ check = "off"`
 	}
 	if n := standby.Accepted(); n != 0 {
 		t.Errorf("the standby the reload took out got %d connections, want 0", n)
+	}
+}
+
+// A session waiting on a hung primary (it accepts the app's CONNECT and
+// never answers) while the standby is down by its health check has nowhere
+// else to go at answer_timeout, and waits on. When the standby's listener
+// comes back (a Data Guard switchover: the standby up while the primary
+// hangs), its check brings it up and the wait ends then: the app gets the
+// standby's answer within a check interval or two (rise = 2, 100ms apart),
+// not at connect_budget (20s), and not at the wait's next re-ask either
+// (answer_timeout, 4s, after it got stuck). Until 2026-12-01 only a reload
+// ended such a wait; the app got ORA-12170 at connect_budget while new
+// sessions reached the standby at once.
+func TestStandbyUpByItsCheckEndsAWaitWithNowhereElseToGo(t *testing.T) {
+	hung := newHungReader(t)
+	standby := newServer(t, tagThenEcho("N"))
+	standby.down() // dials refused: its first check fails
+	h := startProxy(t, backendTOML(`connect_timeout = "500ms"
+connect_budget = "20s"
+answer_timeout = "4s"
+[backend.health]
+check = "tcp"
+interval = "100ms"
+timeout = "100ms"`, fmt.Sprintf("address = %q;priority = 0", hung.address), fmt.Sprintf("address = %q;priority = 1", standby.address)))
+	waitFor(t, 5*time.Second, "the primary up, the standby down", func() bool {
+		return gauge(h.m.BackendUp, "b", hung.address) == 1 && gauge(h.m.BackendUp, "b", standby.address) == 0
+	})
+	c := h.dial("l")
+	c.Write([]byte("hello"))
+	hung.waitHeard(t)
+	time.Sleep(4500 * time.Millisecond) // answer_timeout passes: the standby is down, the wait goes on
+	standby.up()
+	answeredWithin(t, c, time.Now(), 2500*time.Millisecond, "app waiting on a hung primary when the standby's check brought it up")
+	if n := len(hung.heard); n != 0 {
+		t.Errorf("the hung primary got the app's bytes %d more times, want once in all", n)
+	}
+	if v := counter(h.m.Redials, "l", "b", "timeout"); v != 1 {
+		t.Errorf("redials{reason=timeout} = %v, want 1 (the hung primary left once)", v)
+	}
+	// The count that lets a server's return skip the walk of every
+	// session is back to none once the wait has ended.
+	waitFor(t, 5*time.Second, "no stuck wait counted", func() bool { return h.p.stuckWaits.Load() == 0 })
+}
+
+// The same with the standby shut out by its circuit (health checks off: a
+// failed dial opens it, failures = 1), not by a check: no event says when
+// open_for has passed, so a wait that had nowhere else to go asks again
+// every answer_timeout, and leaves the hung primary for the standby once
+// its open period is over (its listener came back meanwhile). Until
+// 2026-12-01 it waited to connect_budget.
+func TestStandbyWhoseCircuitOpenedTakesAStuckWaitAfterOpenFor(t *testing.T) {
+	hung := newHungReader(t)
+	standby := newServer(t, tagThenEcho("N"))
+	standby.down()
+	h := startProxy(t, backendTOML(`connect_timeout = "500ms"
+connect_budget = "20s"
+answer_timeout = "300ms"
+[backend.breaker]
+failures = 1
+open_for = "1s"
+[backend.health]
+check = "off"`, fmt.Sprintf("address = %q;priority = 0", standby.address), fmt.Sprintf("address = %q;priority = 1", hung.address)))
+	c := h.dial("l")
+	c.Write([]byte("hello"))
+	hung.waitHeard(t) // the standby refused the dial: its circuit is open, the session on the hung one
+	opened := time.Now()
+	if v := gauge(h.m.BreakerState, "b", standby.address); v != metrics.BreakerOpen {
+		t.Fatalf("the standby's breaker is %v, want open (%v)", v, metrics.BreakerOpen)
+	}
+	standby.up()
+	// open_for (1s) from its opening, then at most one answer_timeout
+	// (300ms) to the wait's next re-ask.
+	answeredWithin(t, c, opened, 3*time.Second, "app waiting on a hung server when the standby's open period ended")
+	if n := hung.dialed.Load(); n != 1 {
+		t.Errorf("the hung server was dialed %d times, want 1", n)
+	}
+}
+
+// A Data Guard switchover seen from a session that waits on the hung old
+// primary: the standby refused the service before (an app got its
+// ORA-12514, remembered), so at answer_timeout the session has nowhere
+// else to go. Once the standby's database opens and serves the service to
+// a new session, the waiting one is woken and gets the standby's ACCEPT,
+// not ORA-12170 at connect_budget (20s). Until the standby has served it,
+// the refusal still counts for the waiting session, also once its memory
+// (open_for, 1s) has run out: a wait re-asks every answer_timeout, and in
+// a logon storm every waiting session would otherwise meet the standby's
+// ORA-12514 at the end of the memory (TestStuckWaitsDoNotFollowAnExpiredRefusal).
+func TestStandbyThatServesTheServiceTakesAWaitItRefusedBefore(t *testing.T) {
+	primary := tnstest.New(t, tnstest.Config{Mode: tnstest.Silent})
+	standby := tnstest.New(t, tnstest.Config{Mode: tnstest.Accept, Services: []string{"OTHER"}})
+	h := startProxy(t, stuckConfig(`["connect", "reset"]`, "20s", primary.Addr(), standby.Addr()))
+	waitFor(t, 3*time.Second, "both up", func() bool {
+		return gauge(h.m.BackendUp, "b", primary.Addr()) == 1 && gauge(h.m.BackendUp, "b", standby.Addr()) == 1
+	})
+	if typ, err := oracleSession(t, h); err != nil || typ != tns.TypeRefuse {
+		t.Fatalf("the first session: %v, %v; want the standby's REFUSE (it does not have the service yet)", typ, err)
+	}
+	waiting := h.dial("l")
+	defer waiting.Close()
+	connect, _ := tns.BuildConnect("(DESCRIPTION=(CONNECT_DATA=(SERVICE_NAME=SALES))(ADDRESS=(PROTOCOL=TCP)(HOST=x)(PORT=1)))")
+	waiting.Write(connect)
+	answered := make(chan tns.PacketType, 1)
+	go func() {
+		waiting.SetReadDeadline(time.Now().Add(25 * time.Second))
+		p, _ := tns.ReadPacket(waiting, tns.Length16, 0)
+		answered <- p.Type
+	}()
+	time.Sleep(2 * time.Second) // past answer_timeout (300ms) and the refusal's memory (1s)
+	select {
+	case typ := <-answered:
+		t.Fatalf("the waiting session got %v before the standby served the service; want it to wait on the primary", typ)
+	default:
+	}
+	standby.SetServices("SALES") // the switchover: the standby's database opens
+	if typ, err := oracleSession(t, h); err != nil || typ != tns.TypeAccept {
+		t.Fatalf("a new session after the switchover: %v, %v; want the standby's ACCEPT", typ, err)
+	}
+	served := time.Now()
+	select {
+	case typ := <-answered:
+		if typ != tns.TypeAccept {
+			t.Fatalf("the waiting session got %v; want the standby's ACCEPT", typ)
+		}
+		if took := time.Since(served); took > 2*time.Second {
+			t.Errorf("the waiting session got the standby's ACCEPT %v after the standby served a new one, want at once", took.Round(time.Millisecond))
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the waiting session got nothing 10s after the standby served the service; want its ACCEPT")
+	}
+}
+
+// stuckConfig: a primary and a standby, answer_timeout 300ms, tcp checks
+// every 200ms, a refusal remembered (and a circuit open) for 1s.
+func stuckConfig(retryOn, budget, primary, standby string) string {
+	return strings.NewReplacer(`connect_budget = "2s"`, fmt.Sprintf("connect_budget = %q", budget),
+		`retry_on = ["connect", "reset", "refuse"]`, "retry_on = "+retryOn,
+		"  [backend.health]", "  [backend.breaker]\n  open_for = \"1s\"\n  [backend.health]",
+		`check = "off"`, "check = \"tcp\"\n  interval = \"200ms\"\n  timeout = \"100ms\"").
+		Replace(oracleConfig(`answer_timeout = "300ms"`, primary+";0", standby+";1"))
+}
+
+// A logon storm on a slow primary (it answers in 3s), behind a standby
+// that does not have the service and whose refusal is remembered for 1s:
+// the sessions waiting past answer_timeout have nowhere else to go, and
+// re-ask every answer_timeout; when the refusal's memory runs out they
+// must not leave for the standby (it has not served the service since),
+// or their apps get its ORA-12514 (without "refuse" in retry_on) instead of
+// the primary's ACCEPT. In a first version of the re-ask, 3 to 53 of 200
+// such apps did, as new sessions at that moment do.
+func TestStuckWaitsDoNotFollowAnExpiredRefusal(t *testing.T) {
+	const apps = 200
+	var delay atomic.Int64
+	delay.Store(int64(time.Second))
+	primary, connects := slowAccepter(t, &delay)
+	standby := tnstest.New(t, tnstest.Config{Mode: tnstest.Refuse, Err: 12514})
+	h := startProxy(t, stuckConfig(`["connect", "reset"]`, "8s", primary, standby.Addr()))
+	waitFor(t, 3*time.Second, "both up", func() bool {
+		return gauge(h.m.BackendUp, "b", primary) == 1 && gauge(h.m.BackendUp, "b", standby.Addr()) == 1
+	})
+	if typ, err := oracleSession(t, h); err != nil || typ != tns.TypeRefuse {
+		t.Fatalf("the first session during the storm: %v, %v; want the standby's REFUSE", typ, err)
+	}
+	delay.Store(int64(3 * time.Second))
+	before := connects.Load()
+	types := make(chan tns.PacketType, apps)
+	for range apps {
+		go func() {
+			typ, _ := oracleSession(t, h)
+			types <- typ
+		}()
+	}
+	refused := 0
+	for range apps {
+		if typ := <-types; typ != tns.TypeAccept {
+			refused++
+		}
+	}
+	if refused > 0 {
+		t.Errorf("%d of %d apps waiting on the slow primary past the standby's refusal memory got no ACCEPT; want every one the primary's", refused, apps)
+	}
+	if n := connects.Load() - before; n != apps {
+		t.Errorf("the slow primary got %d CONNECTs for %d apps, want one each", n, apps)
 	}
 }

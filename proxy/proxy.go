@@ -52,10 +52,17 @@ type Proxy struct {
 	// with them): a session awaiting a first answer looks for the server
 	// it waits on in the running config only when it moved (firstAnswer).
 	backendsGen atomic.Uint64
-	draining    atomic.Bool
-	retired     atomic.Bool   // Retire: another process serves on the sockets; the service is not draining
-	hurry       chan struct{} // closed by Hurry: the drain ends now
-	hurryOnce   sync.Once
+	// stuckWaits counts the first-answer waits that answer_timeout
+	// found with nowhere else to go (answerBound.stuck): serverBack walks
+	// the sessions only while there are some. With checks off a server
+	// that fails one dial in two comes back at every other session, and a
+	// walk of tens of thousands of idle sessions for each would be spent
+	// on nothing.
+	stuckWaits atomic.Int64
+	draining   atomic.Bool
+	retired    atomic.Bool   // Retire: another process serves on the sockets; the service is not draining
+	hurry      chan struct{} // closed by Hurry: the drain ends now
+	hurryOnce  sync.Once
 
 	sessMu   sync.Mutex
 	sessions map[*session]struct{}
@@ -194,6 +201,28 @@ func (p *Proxy) wakeAtFirstChecks(b *failover.Backend) {
 	}
 }
 
+// serverBack wakes the sessions of the backend named name that await a
+// server's first answer, when one of its servers may take sessions it
+// could not before (failover.Backend.ServerBack: up by its health check,
+// its circuit closed): a wait whose answer_timeout passed with nowhere
+// else to go asks again and moves there (answerBound.elsewhereSince); any
+// other wait goes on. By name: a session that began under a definition a
+// reload replaced asks the running one. The sessions are listed under
+// sessMu and each woken under its own lock, neither held while another
+// is: with 500 sessions awaiting, a wake holds a lock for microseconds.
+func (p *Proxy) serverBack(name string) {
+	if p.stuckWaits.Load() == 0 {
+		return // a wait that gets stuck later asks before it waits
+	}
+	for _, s := range p.liveSessions() {
+		s.mu.Lock()
+		if s.awaiting != nil && s.backend.Config.Name == name {
+			s.awaiting.SetReadDeadline(time.Now())
+		}
+		s.mu.Unlock()
+	}
+}
+
 func (p *Proxy) apply(cfg *config.Config) (fresh []*failover.Backend, err error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -211,6 +240,7 @@ func (p *Proxy) apply(cfg *config.Config) (fresh []*failover.Backend, err error)
 		b := failover.New(bc, p.log.Named("failover"), p.metrics)
 		b.OwnListener = p.selfDials.ownListener(bc.Name)
 		b.DialOwn = p.selfDials.checkDial
+		b.ServerBack = func() { p.serverBack(bc.Name) }
 		backends[bc.Name] = b
 		fresh = append(fresh, b)
 	}

@@ -999,6 +999,9 @@ func (s *session) firstAnswer(conn *net.TCPConn, deadline time.Time, bound answe
 		s.awaiting = nil
 		s.mu.Unlock()
 		conn.SetReadDeadline(time.Time{})
+		if bound.stuck != 0 {
+			s.p.stuckWaits.Add(-1)
+		}
 	}()
 	read := func(fd uintptr) bool {
 		b := s.p.pool.get()
@@ -1027,7 +1030,7 @@ func (s *session) firstAnswer(conn *net.TCPConn, deadline time.Time, bound answe
 	}
 	for {
 		owed := bound.cut(s, s.answerDeadline(deadline))
-		conn.SetReadDeadline(owed)
+		conn.SetReadDeadline(bound.reask(owed))
 		if s.gaveUpWaiting() { // after the deadline is set: a close that comes later wakes the read
 			return nil, 0, s.abandonedWait(&bound)
 		}
@@ -1036,6 +1039,9 @@ func (s *session) firstAnswer(conn *net.TCPConn, deadline time.Time, bound answe
 		}
 		if bound.reloadedElsewhere(s) {
 			return nil, 0, fmt.Errorf("%w (%v), and a reload gave the session another server: %w", errAnswerTimeout, bound.stuck, os.ErrDeadlineExceeded)
+		}
+		if bound.elsewhereSince(s, owed) {
+			return nil, 0, fmt.Errorf("%w (%v), and another server can take the session now: %w", errAnswerTimeout, bound.stuck, os.ErrDeadlineExceeded)
 		}
 		if !bound.cut(s, s.answerDeadline(deadline)).Equal(owed) {
 			continue // the app spoke meanwhile
@@ -1072,7 +1078,11 @@ func (s *session) firstAnswer(conn *net.TCPConn, deadline time.Time, bound answe
 				unfinished := s.openingUnfinishedLocked(true)
 				s.mu.Unlock()
 				if unfinished || !bound.elsewhere(s) {
-					bound.stuck, bound.timeout = bound.timeout, 0
+					// Counted before the wait asks again (elsewhereSince,
+					// at the loop's top): a server that came back after
+					// serverBack found no stuck wait is seen by that ask.
+					s.p.stuckWaits.Add(1) // until the wait ends (the deferred func above)
+					bound.stuck, bound.timeout, bound.asked = bound.timeout, 0, time.Now()
 					err = nil
 					continue
 				}
@@ -1219,8 +1229,11 @@ type answerBound struct {
 	gen     uint64                // Proxy.backendsGen when the session took its backend's definition
 	// stuck: answer_timeout, once it passed with no other server to take
 	// the session (timeout is 0 from then on): a reload that gives the
-	// backend one ends the wait (reloadedElsewhere).
+	// backend one ends the wait (reloadedElsewhere), and so does a server
+	// that comes back (elsewhereSince); the wait asks again at
+	// asked+stuck (reask).
 	stuck time.Duration
+	asked time.Time // when a stuck wait last asked whether another server could take the session
 }
 
 // boundFor is the bound of the wait for srv's first answer: answer_timeout
@@ -1269,9 +1282,22 @@ func (b *answerBound) elsewhere(s *session) bool {
 	s.noteConnect()
 	service := serviceKey(s.serviceName)
 	if nb := b.reloaded(s); nb != nil {
-		return b.elsewhereIn(nb, service)
+		return b.elsewhereIn(nb, service, nil)
 	}
 	return b.be.Elsewhere(b.srv, service, b.passed[0], b.passed[1])
+}
+
+// elsewhereAgain is elsewhere asked again by a stuck wait
+// (failover.Backend.ElsewhereAgain): not of a server that refused the
+// service and has not served it since, nor, unless trial, of one whose
+// circuit is not closed.
+func (b *answerBound) elsewhereAgain(s *session, trial bool) bool {
+	s.noteConnect()
+	service := serviceKey(s.serviceName)
+	if nb := b.reloaded(s); nb != nil {
+		return b.elsewhereIn(nb, service, &trial)
+	}
+	return b.be.ElsewhereAgain(b.srv, service, trial, b.passed[0], b.passed[1])
 }
 
 // reloaded is the running definition of the session's backend when a
@@ -1290,13 +1316,71 @@ func (b *answerBound) reloaded(s *session) *failover.Backend {
 // refusal (no "refuse" in retry_on: Inherit): until the fix every session
 // of the storm left the slow primary at a reload and its app got the
 // standby's ORA-12514.
-func (b *answerBound) elsewhereIn(nb *failover.Backend, service string) bool {
+//
+// again (not nil) asks as a stuck wait does (elsewhereAgain), with trial
+// *again: the old definition's refusals count however long ago they came.
+func (b *answerBound) elsewhereIn(nb *failover.Backend, service string, again *bool) bool {
 	srv := nb.ServerAt(b.srv.Address)
 	if srv == nil {
 		return false // taken out: takenOut ends the wait, unless the opening is past replay
 	}
+	if again != nil {
+		refusing := serversIn(nb, b.be.RefusedKept(service))
+		return nb.ElsewhereAgain(srv, service, *again, serversIn(nb, b.passed[0]), serversIn(nb, b.passed[1]), refusing)
+	}
 	refusing := serversIn(nb, b.be.RefusedLately(service, time.Now()))
 	return nb.Elsewhere(srv, service, serversIn(nb, b.passed[0]), serversIn(nb, b.passed[1]), refusing)
+}
+
+// reask is owed, the deadline of a wait for a first answer, cut to
+// answer_timeout after the wait last asked whether another server could
+// take the session, when it is stuck: the read wakes then and the wait
+// asks again (elsewhereSince). An open period ends with time, not with an
+// event that wakes the wait (Proxy.serverBack): without the re-ask, a wait
+// stuck behind a standby's open circuit kept waiting on the hung primary
+// after open_for, to the end of connect_budget.
+func (b *answerBound) reask(owed time.Time) time.Time {
+	if b.stuck <= 0 || owed.IsZero() {
+		return owed
+	}
+	if at := b.asked.Add(b.stuck); at.Before(owed) {
+		return at
+	}
+	return owed
+}
+
+// elsewhereSince tells, for a wait that answer_timeout found with no other
+// server to go to (stuck) and that still owes the app an answer by owed,
+// whether another server could take the session now: the wait ends then,
+// as it would have at answer_timeout, and the session replays the opening
+// to that server. It is asked when the wait is woken (a server came back:
+// Proxy.serverBack; a reload; the app's bytes) and at its re-ask (reask),
+// not at each read, as failover.Backend.ElsewhereAgain asks: a server that
+// refused the service and has not served it since is still nowhere to go,
+// and only the re-asks, spread by when each wait got stuck, count a
+// circuit whose open period is over: one of them takes its trial, and the
+// trial's success wakes the rest. Until 2026-12-01 a standby that came up
+// through its health check (a Data Guard switchover: the standby back
+// while the primary hangs), or whose circuit's open_for passed, was never
+// asked of: the sessions that had waited on the hung primary from before
+// waited to the end of connect_budget (an Oracle app got ORA-12170) while
+// new sessions reached the standby at once.
+func (b *answerBound) elsewhereSince(s *session, owed time.Time) bool {
+	if b.stuck == 0 || owed.IsZero() {
+		return false
+	}
+	now := time.Now()
+	if !now.Before(owed) {
+		return false // the budget's end: it ends the wait as before
+	}
+	reask := !now.Before(b.asked.Add(b.stuck))
+	if reask {
+		b.asked = now // a wake between re-asks does not put the next one off
+	}
+	s.mu.Lock()
+	unfinished := s.openingUnfinishedLocked(true)
+	s.mu.Unlock()
+	return !unfinished && !s.overflowed() && b.elsewhereAgain(s, reask)
 }
 
 // serversIn is list as servers of b: each at its address, if b has it.
@@ -1327,7 +1411,7 @@ func (b *answerBound) reloadedElsewhere(s *session) bool {
 		return false
 	}
 	s.noteConnect()
-	return b.elsewhereIn(nb, serviceKey(s.serviceName))
+	return b.elsewhereIn(nb, serviceKey(s.serviceName), nil)
 }
 
 // takenOut tells whether a reload took the server out of the session's
