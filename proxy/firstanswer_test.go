@@ -931,3 +931,53 @@ func TestStuckWaitsDoNotFollowAnExpiredRefusal(t *testing.T) {
 		t.Errorf("the slow primary got %d CONNECTs for %d apps, want one each", n, apps)
 	}
 }
+
+// A Data Guard switchover under a hung primary: the primary's listener
+// accepts and never answers, and the standby does not offer the service
+// yet (health.service keeps it down), so a session's wait on the primary
+// has nowhere else to go at answer_timeout. Once the standby's check finds
+// the service registered, the wait must end and the CONNECT go to the
+// standby, as it does when a reload adds a server. Until the fix only a
+// reload asked again: in a drill with the real binary every app that came
+// during the hang waited all of connect_budget (20 s) and got ORA-12170,
+// the standby up and serving for the last part of it.
+func TestStandbyWhoseCheckPassesEndsAWaitOnAHungPrimary(t *testing.T) {
+	heard := make(chan struct{}, 1)
+	hung := newServer(t, func(c *net.TCPConn) {
+		b := make([]byte, 4096)
+		if n, _ := c.Read(b); !strings.Contains(string(b[:n]), "tnsguard") && !strings.Contains(strings.ToLower(string(b[:n])), "command=ping") {
+			heard <- struct{}{} // the app's CONNECT, not a health check's
+		}
+		io.Copy(io.Discard, c)
+	})
+	standby := tnstest.New(t, tnstest.Config{Mode: tnstest.Accept, Services: []string{"OTHER"}})
+	body := `connect_timeout = "500ms"
+connect_budget = "20s"
+answer_timeout = "200ms"
+retry_on = ["connect", "reset", "refuse"]
+[backend.health]
+check = "tnsping"
+service = "SALES"
+interval = "100ms"
+timeout = "100ms"
+rise = 2`
+	h := startProxy(t, backendTOML(body, fmt.Sprintf("address = %q;priority = 0", hung.address),
+		fmt.Sprintf("address = %q;priority = 1", standby.Addr())))
+	waitFor(t, 5*time.Second, "the first health checks", func() bool { done, _ := h.p.FirstChecksDone(); return done })
+	connect, _ := tns.BuildConnect("(DESCRIPTION=(CONNECT_DATA=(SERVICE_NAME=SALES)))")
+	c := h.dial("l")
+	c.Write(connect)
+	select {
+	case <-heard:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the hung server never got the app's CONNECT")
+	}
+	time.Sleep(600 * time.Millisecond) // answer_timeout passes: the standby is down, the wait goes on
+	switched := time.Now()
+	standby.SetServices("SALES")
+	c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	hdr := make([]byte, tns.HeaderLen)
+	if _, err := io.ReadFull(c, hdr); err != nil || tns.PacketType(hdr[4]) != tns.TypeAccept {
+		t.Fatalf("app waiting on a hung primary when the standby's check found the service: %x, %v after %v; want the standby's ACCEPT once its check passed", hdr, err, time.Since(switched).Round(time.Millisecond))
+	}
+}
