@@ -58,7 +58,7 @@ func New(reg prometheus.Registerer, version string) *Metrics {
 			Name: "tnsguard_sessions_idle", Help: "Open sessions that moved no byte either way for over a minute (pooled, or leaked).",
 		}, []string{"listener", "backend"}),
 		SessionsTotal: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "tnsguard_sessions_total", Help: "Sessions ended, by outcome: ok, reset, no_backend, closed (by tnsguard), abandoned (the app closed while a server held its CONNECT unanswered).",
+			Name: "tnsguard_sessions_total", Help: "Sessions ended, by outcome: ok, reset, no_backend, closed (by tnsguard), abandoned (the app closed while a server held its CONNECT, or TLS ClientHello, unanswered).",
 		}, []string{"listener", "backend", "service", "outcome"}),
 		SessionsRejected: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "tnsguard_sessions_rejected_total", Help: "Connections turned away, by reason: refused before a session began, or (no_backend) sessions that no server took within connect_budget, which tnsguard_sessions_total{outcome=\"no_backend\"} counts too.",

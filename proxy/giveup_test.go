@@ -578,29 +578,58 @@ func TestTLSAppThatGivesUpOnAHungServerIsAbandoned(t *testing.T) {
 	}
 }
 
-// A TLS app that closes with its ClientHello's record cut short (an
-// opening no server can answer, and no telling it is TLS) is no abandoned
-// session: it is carried as any other opening with a half-close, its
-// bytes and FIN replayed to the standby at answer_timeout.
+// A TLS app that closes with its ClientHello cut short, in its record or
+// with a record still to come (a ClientHello in two records, as openssl
+// s_client -split_send_frag sends it), gave no server an opening it could
+// answer: no abandoned session and no warning, though it closed after the
+// 2 s that blame a silent server; and no server's failure. It ends at
+// connect_budget as a bad opening (reset, on the app's side), its bytes
+// sent to no other server. Until 2026-12-01 a first record whole was
+// taken for the whole ClientHello (abandoned, the hung server counted
+// failed for the app's close), and a record cut short was replayed to the
+// standby at answer_timeout, whose close without a byte was its failure:
+// one such app opened the standby's circuit (failures = 2), and the apps
+// after it got the hung primary.
 func TestTLSClientHelloCutShortIsNoAbandonedSession(t *testing.T) {
-	cert := selfSigned(t)
-	hung, _ := hungTLSListener(t)
-	standby, hellos := tlsStandby(t, cert)
-	h, logs := startProxyLog(t, giveUpConfig(hung.address, standby.address))
-	waitFor(t, 3*time.Second, "both servers up", func() bool {
-		return gauge(h.m.BackendUp, "b", hung.address) == 1 && gauge(h.m.BackendUp, "b", standby.address) == 1
-	})
 	hello := fullClientHello(t)
-	c := h.dial("l")
-	c.Write(hello[:len(hello)-10])
-	time.Sleep(300 * time.Millisecond) // past halfCloseGrace: not a half-close in the same flight
-	c.Close()
-	waitFor(t, 15*time.Second, "the cut-short opening replayed to the standby", func() bool { return hellos.Load() == 1 })
-	if v := counter(h.m.SessionsTotal, "l", "b", "other", "abandoned"); v != 0 {
-		t.Errorf("sessions_total{outcome=abandoned} = %v for a ClientHello cut short, want 0", v)
-	}
-	if l := logs.lines("app gave up"); len(l) != 0 {
-		t.Errorf("warnings for an opening cut short:\n%s", strings.Join(l, "\n"))
+	for _, c := range []struct {
+		name    string
+		opening []byte
+	}{
+		{"record cut short", hello[:len(hello)-10]},
+		{"a record still to come", helloInRecords(hello, 256)[:5+256]},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			cert := selfSigned(t)
+			hung, _ := hungTLSListener(t)
+			standby, hellos := tlsStandby(t, cert)
+			h, logs := startProxyLog(t, strings.Replace(giveUpConfig(hung.address, standby.address), `connect_budget = "20s"`, `connect_budget = "8s"`, 1))
+			waitFor(t, 3*time.Second, "both servers up", func() bool {
+				return gauge(h.m.BackendUp, "b", hung.address) == 1 && gauge(h.m.BackendUp, "b", standby.address) == 1
+			})
+			app := h.dial("l")
+			app.Write(c.opening)
+			time.Sleep(2300 * time.Millisecond) // the app's handshake timeout, past abandonedVerdictAfter (and halfCloseGrace)
+			app.Close()
+			waitFor(t, 20*time.Second, "the session's end", func() bool { return len(h.p.liveSessions()) == 0 })
+			if v := counter(h.m.SessionsTotal, "l", "b", "other", "abandoned"); v != 0 {
+				t.Errorf("sessions_total{outcome=abandoned} = %v for a ClientHello cut short, want 0", v)
+			}
+			if l := logs.lines("app gave up"); len(l) != 0 {
+				t.Errorf("warnings for an opening no server could answer:\n%s", strings.Join(l, "\n"))
+			}
+			if v := counter(h.m.SessionsTotal, "l", "b", "other", "reset"); v != 1 {
+				t.Errorf("sessions_total{outcome=reset} = %v, want 1: a bad opening; log:\n%s", v, logs)
+			}
+			if n := hellos.Load(); n != 0 {
+				t.Errorf("the standby got %d openings cut short of an app that had gone, want 0", n)
+			}
+			for _, srv := range []string{hung.address, standby.address} {
+				if v := gauge(h.m.BreakerState, "b", srv); v != metrics.BreakerClosed {
+					t.Errorf("server %s: breaker %v, want closed (%v): an app's opening cut short is no server's failure; log:\n%s", srv, v, metrics.BreakerClosed, logs)
+				}
+			}
+		})
 	}
 }
 
@@ -617,6 +646,16 @@ func fullClientHello(t testing.TB) []byte {
 		t.Fatal(err)
 	}
 	return rec
+}
+
+// helloInRecords is the ClientHello of hello (one record) in two records,
+// the first with k bytes of it, as openssl s_client -split_send_frag k
+// sends it.
+func helloInRecords(hello []byte, k int) []byte {
+	msg := hello[5:]
+	out := append([]byte{0x16, hello[1], hello[2], byte(k >> 8), byte(k)}, msg[:k]...)
+	rest := len(msg) - k
+	return append(append(out, 0x16, hello[1], hello[2], byte(rest>>8), byte(rest)), msg[k:]...)
 }
 
 // wholeClientHello takes a TLS opening for one a server answers only with
@@ -645,6 +684,11 @@ func TestTLSWholeClientHello(t *testing.T) {
 		{"an alert record", withType(hello, 0, 0x15), false},
 		{"a handshake message other than a ClientHello", withType(hello, 5, 2), false},
 		{"a record longer than TLS allows", append([]byte{0x16, 0x03, 0x01, 0x48, 0x01, 0x01}, make([]byte, 0x4801)...), false},
+		{"a ClientHello in two records", helloInRecords(hello, 256), true},
+		{"its first record of two", helloInRecords(hello, 256)[:5+256], false},
+		{"a ClientHello in two records, the second cut short", helloInRecords(hello, 256)[:len(hello)+4], false},
+		{"in two records, its header split between them", helloInRecords(hello, 2), true},
+		{"a record of a ClientHello, then an alert", append(helloInRecords(hello, 256)[:5+256], 0x15, 0x03, 0x03, 0, 2, 2, 40), false},
 		{"a TNS CONNECT", connect, false},
 		{"HTTP", []byte("GET / HTTP/1.1\r\nHost: x\r\n\r\n"), false},
 	} {

@@ -139,22 +139,42 @@ func tlsHandshake(b []byte) bool {
 	return len(b) >= 2 && b[0] == 0x16 && b[1] == 0x03
 }
 
-// wholeClientHello reports whether b starts with a whole TLS handshake
-// record (type 0x16, version 3.0 to 3.4, a length no TLS record exceeds)
-// whose message is a ClientHello (type 1): a TCPS app's whole opening,
-// which a server answers with its ServerHello, as a listener answers a
-// whole CONNECT. An app that closes while a server holds it has given up
-// (appGaveUp): no TLS client half-closes before the server's first flight
-// (Go's crypto/tls refuses CloseWrite before the handshake completes;
-// openssl s_client and node's tls hold their FIN until the handshake is
-// done, or close at their own timeout). A record cut short is no opening
-// a server can answer, and is carried as any other.
+// wholeClientHello reports whether b starts with a whole TLS ClientHello:
+// handshake records (type 0x16, version 3.0 to 3.4, a length no TLS record
+// exceeds) that hold all of a ClientHello message (type 1): a TCPS app's
+// whole opening, which a server answers with its ServerHello, as a
+// listener answers a whole CONNECT. An app that closes while a server
+// holds it has given up (appGaveUp): a TLS client whose FIN comes before
+// the server's first flight can never send its Finished, and none sends
+// it by itself (Go's crypto/tls refuses CloseWrite before the handshake
+// completes; openssl s_client holds it until the handshake is done; node's
+// tls sends it at once only for an app that calls end() before the
+// handshake, within halfCloseGrace). A ClientHello may span records
+// (openssl s_client -split_send_frag): until 2026-12-01 a first record
+// whole was taken for all of it, and the server that waited for the rest
+// was blamed for the app's close. One cut short is no opening a server
+// can answer (openingUnfinishedLocked).
 func wholeClientHello(b []byte) bool {
-	if len(b) < 6 || !tlsHandshake(b) || b[2] > 4 || b[5] != 1 {
+	if len(b) < 6 || !tlsHandshake(b) || b[5] != 1 {
 		return false
 	}
-	n := int(b[3])<<8 | int(b[4])
-	return n > 0 && n <= 1<<14 && len(b) >= 5+n
+	var head [4]byte // the handshake message's type and length
+	got := 0         // bytes of the message in whole records
+	for len(b) >= 5 && b[0] == 0x16 && b[1] == 0x03 && b[2] <= 4 {
+		n := int(b[3])<<8 | int(b[4])
+		if n == 0 || n > 1<<14 || len(b) < 5+n {
+			return false
+		}
+		if got < len(head) {
+			copy(head[got:], b[5:5+n])
+		}
+		got += n
+		if got >= len(head) && got >= len(head)+(int(head[1])<<16|int(head[2])<<8|int(head[3])) {
+			return true
+		}
+		b = b[5+n:]
+	}
+	return false
 }
 
 // openingUnfinishedLocked reports whether the app's opening is one that no
@@ -183,6 +203,16 @@ func (s *session) openingUnfinishedLocked(silent bool) bool {
 		// listener that died at once failed on its own, while the CONNECT
 		// was still on its way: the next server gets it.
 		return s.resendOwed && (silent || time.Since(s.resendAt) >= silentAppGrace)
+	}
+	if s.clientEOF && tlsHandshake(b) && !wholeClientHello(b) {
+		// A TCPS app that closed with its ClientHello cut short (in its
+		// record, or a record still to come): nothing more comes, and no
+		// TLS server answers it. Until 2026-12-01 it was replayed to the
+		// next server at answer_timeout, whose close without a byte was
+		// that server's failure: one such app opened a healthy standby's
+		// circuit (failures = 2), and the apps after it waited on the hung
+		// primary.
+		return true
 	}
 	listener := s.backend.Config.Health.Check == "tnsping"
 	if len(b) < tns.HeaderLen {

@@ -1201,8 +1201,8 @@ func (s *session) logAbandoned(end *sessionEnd, server string, age time.Duration
 // waited for a server's answer (appGaveUp): a CONNECT, or a TCPS app's
 // ClientHello (wholeClientHello). Not one whose opening no server can
 // answer (cut short): that wait goes on, and ends as a bad opening does
-// (badOpening), or, a ClientHello's record cut short, as any opening that
-// is not Oracle Net. Until 2026-12-01 a TCPS app that gave up on a hung
+// (badOpening), a ClientHello cut short included (openingUnfinishedLocked).
+// Until 2026-12-01 a TCPS app that gave up on a hung
 // listener holding its ClientHello was waited for to answer_timeout, its
 // ClientHello then replayed to the standby for no one, counted ok (or
 // reset, the standby's ServerHello meeting the closed socket), with no
