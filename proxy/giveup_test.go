@@ -731,3 +731,36 @@ failures = 0`, fmt.Sprintf("address = %q", srv.address)))
 		t.Errorf("the session went on %v after its TLS app left (backoff_max 100ms)", took.Round(time.Millisecond))
 	}
 }
+
+// The same for a TLS app that closed with its ClientHello cut short: no
+// server can answer it, and nothing more comes. Until 2026-12-01 its
+// session was re-dialed for to the end of connect_budget, and the server,
+// once back, got the gone app's bytes.
+func TestTLSAppThatClosedOnAHelloCutShortDuringAnOutageIsNotRedialedFor(t *testing.T) {
+	srv := newServer(t, echo)
+	srv.down()
+	h := startProxy(t, backendTOML(`connect_timeout = "300ms"
+connect_budget = "5s"
+backoff = "50ms"
+backoff_max = "100ms"
+[backend.health]
+check = "off"
+[backend.breaker]
+failures = 0`, fmt.Sprintf("address = %q", srv.address)))
+	hello := fullClientHello(t)
+	c := h.dial("l")
+	c.Write(hello[:len(hello)-10])
+	time.Sleep(400 * time.Millisecond) // past halfCloseGrace: a close, not a half-close
+	c.Close()
+	closed := time.Now()
+	waitFor(t, 3*time.Second, "the session's end", func() bool { return len(h.p.liveSessions()) == 0 })
+	took := time.Since(closed)
+	srv.up()
+	time.Sleep(300 * time.Millisecond)
+	if n := srv.accepts(); n != 0 {
+		t.Errorf("the server, back %v after the TLS app left, took %d connections for it", took.Round(time.Millisecond), n)
+	}
+	if took > time.Second {
+		t.Errorf("the session went on %v after its TLS app left (backoff_max 100ms)", took.Round(time.Millisecond))
+	}
+}

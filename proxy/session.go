@@ -740,8 +740,8 @@ var errAppGaveUp = errors.New("the app closed while its opening waited for a ser
 //     gave up (its own connect timeout): Oracle Net never half-closes, and
 //     re-dialing would take its CONNECT and FIN to a recovering database,
 //     a server process for no one. So did a TCPS app that closed after its
-//     whole ClientHello (wholeClientHello): no TLS client half-closes
-//     before the server's first flight.
+//     ClientHello (wholeClientHello), or part of it: no TLS client
+//     half-closes before the server's first flight.
 func (s *session) appGone() error {
 	switch {
 	case s.appLeftSilent():
@@ -752,11 +752,14 @@ func (s *session) appGone() error {
 	return nil
 }
 
-// appGaveUp tells an app that closed after a TNS CONNECT, or a TLS
-// ClientHello's whole record, that no server has answered yet.
+// appGaveUp tells an app that closed after a TNS CONNECT, or after a TLS
+// handshake's first bytes, that no server has answered yet. A ClientHello
+// cut short is one too: no server can answer it, and it has nothing more
+// to come (until 2026-12-01 such a session was re-dialed for through an
+// outage, to the end of connect_budget).
 func (s *session) appGaveUp() bool {
 	s.mu.Lock()
-	gave := s.clientEOF && (s.looksLikeTNSLocked() || wholeClientHello(s.replay))
+	gave := s.clientEOF && (s.looksLikeTNSLocked() || tlsHandshake(s.replay))
 	s.mu.Unlock()
 	return gave && !s.halfClosedToRead()
 }
