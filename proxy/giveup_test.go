@@ -706,30 +706,11 @@ func TestTLSWholeClientHello(t *testing.T) {
 // session re-dialed for the rest of connect_budget, and a database back
 // in time got them.
 func TestTLSAppThatGaveUpDuringAnOutageIsNotRedialedFor(t *testing.T) {
-	srv := newServer(t, echo)
-	srv.down()
-	h := startProxy(t, backendTOML(`connect_timeout = "300ms"
-connect_budget = "5s"
-backoff = "50ms"
-backoff_max = "100ms"
-[backend.health]
-check = "off"
-[backend.breaker]
-failures = 0`, fmt.Sprintf("address = %q", srv.address)))
-	if c := givingUpTLSApp(t, h, "db.test", 400*time.Millisecond); c != nil {
-		t.Fatal("the TLS app completed its handshake with no server up")
-	}
-	closed := time.Now()
-	waitFor(t, 3*time.Second, "the session's end", func() bool { return len(h.p.liveSessions()) == 0 })
-	took := time.Since(closed)
-	srv.up()
-	time.Sleep(300 * time.Millisecond)
-	if n := srv.accepts(); n != 0 {
-		t.Errorf("the server, back %v after the TLS app left, took %d connections for it", took.Round(time.Millisecond), n)
-	}
-	if took > time.Second {
-		t.Errorf("the session went on %v after its TLS app left (backoff_max 100ms)", took.Round(time.Millisecond))
-	}
+	noRedialForAGoneTLSApp(t, func(h *harness) {
+		if c := givingUpTLSApp(t, h, "db.test", 400*time.Millisecond); c != nil {
+			t.Fatal("the TLS app completed its handshake with no server up")
+		}
+	})
 }
 
 // The same for a TLS app that closed with its ClientHello cut short: no
@@ -737,6 +718,20 @@ failures = 0`, fmt.Sprintf("address = %q", srv.address)))
 // session was re-dialed for to the end of connect_budget, and the server,
 // once back, got the gone app's bytes.
 func TestTLSAppThatClosedOnAHelloCutShortDuringAnOutageIsNotRedialedFor(t *testing.T) {
+	hello := fullClientHello(t)
+	noRedialForAGoneTLSApp(t, func(h *harness) {
+		c := h.dial("l")
+		c.Write(hello[:len(hello)-10])
+		time.Sleep(400 * time.Millisecond) // past halfCloseGrace: a close, not a half-close
+		c.Close()
+	})
+}
+
+// noRedialForAGoneTLSApp runs leave (a TLS app that sends its opening
+// and closes) against a backend whose only server refuses dials, and
+// checks that the session ends within a second of the close and that the
+// server, once back, takes no connection for the app.
+func noRedialForAGoneTLSApp(t *testing.T, leave func(h *harness)) {
 	srv := newServer(t, echo)
 	srv.down()
 	h := startProxy(t, backendTOML(`connect_timeout = "300ms"
@@ -747,11 +742,7 @@ backoff_max = "100ms"
 check = "off"
 [backend.breaker]
 failures = 0`, fmt.Sprintf("address = %q", srv.address)))
-	hello := fullClientHello(t)
-	c := h.dial("l")
-	c.Write(hello[:len(hello)-10])
-	time.Sleep(400 * time.Millisecond) // past halfCloseGrace: a close, not a half-close
-	c.Close()
+	leave(h)
 	closed := time.Now()
 	waitFor(t, 3*time.Second, "the session's end", func() bool { return len(h.p.liveSessions()) == 0 })
 	took := time.Since(closed)
