@@ -1055,7 +1055,17 @@ func (s *session) firstAnswer(conn *net.TCPConn, deadline time.Time, bound answe
 			}
 			err = werr
 		}
-		if errors.Is(err, os.ErrDeadlineExceeded) && s.gaveUpWaiting() {
+		if err != nil && s.gaveUpWaiting() {
+			// Woken by the app's close, or, if this read ran only after
+			// it, by what the server did then: the app's FIN is carried
+			// to the server at once (directionDone), and a listener that
+			// closes with its client (as Oracle's does) answers it with
+			// its own FIN, which the poller may report before the
+			// deadline's wake. Either way the app gave up first. Until
+			// 2026-12-01 the second read as the server closing before
+			// its first byte: a failure with no warning, the session an
+			// ordinary end on no server (node-oracledb giving up on a
+			// hung listener, one run in three).
 			return nil, 0, s.abandonedWait(&bound)
 		}
 		if errors.Is(err, os.ErrDeadlineExceeded) && s.appLeftSilent() && !time.Now().Before(s.answerDeadline(deadline)) {
