@@ -199,6 +199,17 @@ type Server struct {
 	// ns; an ACCEPT, a REFUSE, any first bytes): a server that answers
 	// someone is slow, not hung (HeardSince).
 	heard atomic.Int64
+
+	// scout gates the stuck waits' move to a server its health check
+	// brought up (ElsewhereAgain, takeScout): 0, none; scoutOpen, one wait
+	// may go; else when the one that went left (unix ns). A check that
+	// passes says the listener is there, not that its database serves
+	// the service: a logon storm's waits on a slow primary, woken at once
+	// when the standby came up, all left for it, and each app got its
+	// ORA-12514 (200 of 200 without "refuse" in retry_on). The first
+	// session it serves ends the gate (Answered) and wakes the rest. A
+	// half-open circuit is gated the same way for the waits' re-asks.
+	scout atomic.Int64
 }
 
 // New builds a backend from its configuration. With health checks on,
@@ -824,6 +835,55 @@ func (s *Server) setUp(up bool) {
 	}
 	s.publish()
 	if up {
+		if s.backend.Config.Health.Check != "off" {
+			// Up by its check, not by a session it served (checks
+			// off): one stuck wait goes first (scout).
+			s.scout.Store(scoutOpen)
+		}
+		s.back()
+	}
+}
+
+// unproven tells a server that nothing has shown back since it failed:
+// its circuit is half-open (open_for passed, or a check ended it early).
+// Stuck waits try it one at a time (takeScout).
+func (s *Server) unproven(now time.Time) bool {
+	return s.breaker.current(now) != metrics.BreakerClosed
+}
+
+// scoutOpen is Server.scout when one stuck wait may go to the server.
+const scoutOpen = -1
+
+// takeScout tells whether a stuck wait (ElsewhereAgain) may go to s at
+// now: s is not gated, or no wait went ahead yet (that one goes), or the
+// one that went has had a dial and an answer's time (connect_timeout and
+// answer_timeout) without being served: its dial failed, or it was
+// refused (remembered, which keeps the others away), or its app left.
+//
+// trial (s is unproven) gates s as its check did: only one of the waits
+// that ask again at the same moment (a logon storm's, stuck together)
+// may go; the others, finding the half-open trial taken, came back to
+// the slow primary with a second CONNECT each.
+func (s *Server) takeScout(now time.Time, trial bool) bool {
+	cfg := s.backend.Config
+	for {
+		g := s.scout.Load()
+		if g == 0 && !trial {
+			return true
+		}
+		if g != scoutOpen && now.UnixNano()-g < int64(cfg.ConnectTimeout.Duration+cfg.AnswerTimeout.Duration) {
+			return false
+		}
+		if s.scout.CompareAndSwap(g, now.UnixNano()) {
+			return true
+		}
+	}
+}
+
+// Answered tells s that it gave a session its first answer, no REFUSE: a
+// gate on the stuck waits (scout) ends, and they are woken to come.
+func (s *Server) Answered() {
+	if s.scout.Load() != 0 && s.scout.Swap(0) != 0 {
 		s.back()
 	}
 }
@@ -915,9 +975,12 @@ func (b *Backend) Elsewhere(srv *Server, service string, passed ...[]*Server) bo
 //     at once when a server comes back (ServerBack), and a health check
 //     that ended an open period early would send them all to the server,
 //     one to its trial and the rest back where they came from (a slow
-//     primary, with a second CONNECT each). The waits' own re-asks, spread
-//     by when each began, take the trial (trial); its success closes the
-//     circuit and tells them.
+//     primary, with a second CONNECT each). The waits' own re-asks take
+//     the trial (trial), one wait at a time (takeScout: a logon storm's
+//     waits re-ask together); its success closes the circuit and tells
+//     them.
+//   - a server its health check brought up takes one wait first
+//     (takeScout), the rest once it has answered a session (Answered).
 func (b *Backend) ElsewhereAgain(srv *Server, service string, trial bool, passed ...[]*Server) bool {
 	return b.elsewhere(srv, service, again{on: true, trial: trial}, passed)
 }
@@ -938,9 +1001,13 @@ func (b *Backend) elsewhere(srv *Server, service string, a again, passed [][]*Se
 		if !b.healthy(s, now) {
 			continue
 		}
-		if !slices.ContainsFunc(passed, func(l []*Server) bool { return slices.Contains(l, s) }) {
-			return true
+		if slices.ContainsFunc(passed, func(l []*Server) bool { return slices.Contains(l, s) }) {
+			continue
 		}
+		if a.on && !s.takeScout(now, s.unproven(now)) {
+			continue // one went ahead: it tells (Answered)
+		}
+		return true
 	}
 	return false
 }

@@ -981,3 +981,154 @@ rise = 2`
 		t.Fatalf("app waiting on a hung primary when the standby's check found the service: %x, %v after %v; want the standby's ACCEPT once its check passed", hdr, err, time.Since(switched).Round(time.Millisecond))
 	}
 }
+
+// refuser is a standby's listener whose database does not offer the
+// service (Data Guard, not open): it answers every CONNECT with ORA-12514,
+// 50ms after it (a standby across a WAN).
+func refuser(c *net.TCPConn) {
+	if _, err := tns.ReadPacket(c, tns.Length16, 0); err != nil {
+		return
+	}
+	time.Sleep(50 * time.Millisecond)
+	c.Write(tns.BuildRefuse(0x22, 0, fmt.Sprintf("(DESCRIPTION=(TMP=)(VSNNUM=%d)(ERR=12514)(ERROR_STACK=(ERROR=(CODE=12514)(EMFI=4))))", tnstest.DefaultVSNNUM)))
+}
+
+// A logon storm on a slow primary (it answers in 5s) while the standby's
+// listener is down: the waits past answer_timeout have nowhere else to go.
+// When the standby's listener comes back its tcp check brings it up, but
+// its database does not have the service (Data Guard, not open). The
+// waits woken by its return must not all leave the primary for it at
+// once: without "refuse" in retry_on every app that did got ORA-12514,
+// though the primary would have answered it (and with it, sent the
+// primary a second CONNECT). One goes first; its REFUSE is remembered
+// and the rest wait on, as new sessions at answer_timeout do.
+func TestStandbyUpByItsCheckTakesNoLogonStormEnMasse(t *testing.T) {
+	const apps = 200
+	var delay atomic.Int64
+	delay.Store(int64(5 * time.Second))
+	primary, connects := slowAccepter(t, &delay)
+	standby := newServer(t, refuser)
+	standby.down()
+	h := startProxy(t, stuckConfig(`["connect", "reset"]`, "10s", primary, standby.address))
+	waitFor(t, 3*time.Second, "the primary up, the standby down", func() bool {
+		return gauge(h.m.BackendUp, "b", primary) == 1 && gauge(h.m.BackendUp, "b", standby.address) == 0
+	})
+	types := make(chan tns.PacketType, apps)
+	for range apps {
+		go func() {
+			typ, _ := oracleSession(t, h)
+			types <- typ
+		}()
+	}
+	waitFor(t, 10*time.Second, "every app's CONNECT at the slow primary", func() bool { return connects.Load() >= apps })
+	waitFor(t, 10*time.Second, "every wait past answer_timeout", func() bool { return h.p.stuckWaits.Load() >= apps })
+	standby.up()
+	refused := 0
+	for range apps {
+		if typ := <-types; typ != tns.TypeAccept {
+			refused++
+		}
+	}
+	if refused > 1 {
+		t.Errorf("%d of %d apps waiting on the slow primary when the standby came up without the service got no ACCEPT; want at most the one that went first", refused, apps)
+	}
+	if n := connects.Load(); n > apps+1 {
+		t.Errorf("the slow primary got %d CONNECTs for %d apps, want at most one more", n, apps)
+	}
+}
+
+// The other side of TestStandbyUpByItsCheckTakesNoLogonStormEnMasse: a
+// switchover under a hung primary, with many apps waiting on it. The
+// standby that comes up serves the service; the first wait that goes
+// there is answered, and the rest follow at once, not one answer_timeout
+// (4s) after each other or at connect_budget.
+func TestStandbyUpByItsCheckTakesEveryStuckWaitOnceItServes(t *testing.T) {
+	const apps = 50
+	primary := tnstest.New(t, tnstest.Config{Mode: tnstest.Silent})
+	standby := newServer(t, func(c *net.TCPConn) {
+		if _, err := tns.ReadPacket(c, tns.Length16, 0); err != nil {
+			return
+		}
+		c.Write(tns.BuildAccept(318, ""))
+		io.Copy(io.Discard, c)
+	})
+	standby.down()
+	h := startProxy(t, strings.Replace(stuckConfig(`["connect", "reset"]`, "20s", primary.Addr(), standby.address),
+		`answer_timeout = "300ms"`, `answer_timeout = "4s"`, 1))
+	waitFor(t, 3*time.Second, "the primary up, the standby down", func() bool {
+		return gauge(h.m.BackendUp, "b", primary.Addr()) == 1 && gauge(h.m.BackendUp, "b", standby.address) == 0
+	})
+	types := make(chan tns.PacketType, apps)
+	for range apps {
+		go func() {
+			typ, _ := oracleSession(t, h)
+			types <- typ
+		}()
+	}
+	waitFor(t, 15*time.Second, "every wait past answer_timeout", func() bool { return h.p.stuckWaits.Load() >= apps })
+	standby.up()
+	up := time.Now()
+	for i := range apps {
+		if typ := <-types; typ != tns.TypeAccept {
+			t.Fatalf("app %d waiting on a hung primary when the standby came up serving the service: %v; want its ACCEPT", i, typ)
+		}
+	}
+	if took := time.Since(up); took > 3*time.Second {
+		t.Errorf("the %d apps got the standby's ACCEPT %v after it came up, want within 3s (answer_timeout 4s)", apps, took.Round(time.Millisecond))
+	}
+}
+
+// A logon storm on a slow primary (it answers in 3s) while the standby's
+// circuit is open (its listener was down: one failed dial opens it, checks
+// off): the waits past answer_timeout have nowhere else to go and re-ask
+// every answer_timeout, all at about the same moments (the storm came at
+// once). When open_for has passed, the half-open circuit takes one
+// session, its trial; the other waits must stay on the primary until the
+// trial closes the circuit, not leave together and, finding the trial
+// taken, come back to the primary with a second CONNECT each.
+func TestStuckWaitsTakeAHalfOpenStandbyOneAtATime(t *testing.T) {
+	const apps = 200
+	var delay atomic.Int64
+	delay.Store(int64(3 * time.Second))
+	primary, connects := slowAccepter(t, &delay)
+	standby := newServer(t, func(c *net.TCPConn) {
+		if _, err := tns.ReadPacket(c, tns.Length16, 0); err != nil {
+			return
+		}
+		c.Write(tns.BuildAccept(318, ""))
+		io.Copy(io.Discard, c)
+	})
+	standby.down()
+	cfg := strings.NewReplacer(`connect_budget = "2s"`, `connect_budget = "8s"`,
+		"  [backend.health]", "  [backend.breaker]\n  failures = 1\n  open_for = \"1s\"\n  [backend.health]").
+		Replace(oracleConfig(`answer_timeout = "300ms"`, standby.address+";0", primary+";1"))
+	h := startProxy(t, cfg)
+	delay.Store(0)
+	if typ, err := oracleSession(t, h); err != nil || typ != tns.TypeAccept {
+		t.Fatalf("the first session: %v, %v; want the primary's ACCEPT (the standby's dial refused)", typ, err)
+	}
+	if v := gauge(h.m.BreakerState, "b", standby.address); v != metrics.BreakerOpen {
+		t.Fatalf("the standby's breaker is %v, want open (%v)", v, metrics.BreakerOpen)
+	}
+	delay.Store(int64(3 * time.Second))
+	before := connects.Load()
+	standby.up()
+	types := make(chan tns.PacketType, apps)
+	for range apps {
+		go func() {
+			typ, _ := oracleSession(t, h)
+			types <- typ
+		}()
+	}
+	for range apps {
+		if typ := <-types; typ != tns.TypeAccept {
+			t.Fatalf("an app of the storm got %v, want an ACCEPT", typ)
+		}
+	}
+	if n := connects.Load() - before; n > apps {
+		t.Errorf("the slow primary got %d CONNECTs for %d apps, want at most one each", n, apps)
+	}
+	if n := standby.accepts(); n == 0 {
+		t.Errorf("no session went to the standby once its open period was over")
+	}
+}

@@ -587,8 +587,12 @@ func (s *session) rememberRefusal(srv *failover.Server, code int) string {
 // service it gave before is forgotten. Only the session's own goroutine
 // calls it, after noteConnectLocked read the CONNECT.
 func (s *session) servedService(srv *failover.Server, first []byte) {
-	if !s.backend.ServiceRefusalsKept() || len(first) >= tns.HeaderLen && tns.PacketType(first[4]) == tns.TypeRefuse {
-		return // nothing to forget; or a REFUSE passed on (a code not in refuse_errors): not served
+	if len(first) >= tns.HeaderLen && tns.PacketType(first[4]) == tns.TypeRefuse {
+		return // a REFUSE passed on (a code not in refuse_errors): not served
+	}
+	srv.Answered() // the stuck waits gated on srv's first session may come (failover.Server.takeScout)
+	if !s.backend.ServiceRefusalsKept() {
+		return // nothing to forget
 	}
 	if key := serviceKey(s.serviceName); key != "" {
 		srv.ServedService(key)
