@@ -597,3 +597,117 @@ return {loaded: document.body.dataset.loaded || "0", updated: document.getElemen
 		t.Errorf("a reset of %s (proxy time %s) shows as %q: no date", shownAt.Format(time.RFC3339), now.Format(time.RFC3339), got.Time)
 	}
 }
+
+// hungDatabase is a listener that accepts, reads what it is sent and never
+// answers: a database hung in a switchover.
+func hungDatabase(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	var conns []net.Conn
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			conns = append(conns, c)
+			mu.Unlock()
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				io.Copy(io.Discard, c)
+			}()
+		}
+	}()
+	t.Cleanup(func() {
+		ln.Close()
+		mu.Lock()
+		for _, c := range conns {
+			c.Close()
+		}
+		mu.Unlock()
+		wg.Wait()
+	})
+	return ln.Addr().String()
+}
+
+// An app whose connect_budget ends while the only server holds its opening
+// unanswered is counted on that server: /api/resets names it, its
+// /api/links row (the status page's) shows the reset, and so does
+// tnsguard_resets_total, phase opening. Until 2026-12-01 all three said
+// server "none", phase connect, and the hung server's row showed 0 resets.
+func TestHungServerIsNamedOnItsRow(t *testing.T) {
+	hung := hungDatabase(t)
+	st := startStack(t, fmt.Sprintf(`
+[[listener]]
+name = "orders"
+listen = "127.0.0.1:0"
+backend = "orders"
+[[backend]]
+name = "orders"
+connect_timeout = "500ms"
+connect_budget = "1500ms"
+  [backend.health]
+  check = "off"
+  [[backend.server]]
+  address = %q
+`, hung))
+	c, err := net.Dial("tcp", st.p.Addr("orders").String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.Write([]byte("ping"))
+	c.SetReadDeadline(time.Now().Add(8 * time.Second))
+	if _, err := io.Copy(io.Discard, c); !errors.Is(err, syscall.ECONNRESET) {
+		t.Fatalf("app saw %v at the budget's end, want ECONNRESET", err)
+	}
+
+	var resets struct {
+		Resets []proxy.ResetEvent `json:"resets"`
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for len(resets.Resets) == 0 && time.Now().Before(deadline) {
+		getJSON(t, st.url+"/api/resets", &resets)
+		time.Sleep(10 * time.Millisecond)
+	}
+	if len(resets.Resets) != 1 {
+		t.Fatalf("/api/resets: %+v", resets)
+	}
+	if ev := resets.Resets[0]; ev.Server != hung || ev.Phase != "opening" || ev.Cause != "timeout" || ev.Outcome != "no_backend" {
+		t.Errorf("/api/resets event: server %s, phase %s, cause %s, outcome %s; want %s, opening, timeout, no_backend",
+			ev.Server, ev.Phase, ev.Cause, ev.Outcome, hung)
+	}
+
+	var links struct {
+		Links []map[string]any `json:"links"`
+	}
+	getJSON(t, st.url+"/api/links", &links)
+	rows := map[string]float64{}
+	for _, l := range links.Links {
+		v, _ := l["resets_5m"].(float64)
+		rows[fmt.Sprint(l["server"])] += v
+	}
+	if rows[hung] != 1 || rows["none"] != 0 {
+		t.Errorf("/api/links resets_5m by server: %v; want 1 on the hung server %s, 0 on none", rows, hung)
+	}
+
+	resp, err := http.Get(st.url + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	want := fmt.Sprintf(`tnsguard_resets_total{backend="orders",cause="timeout",listener="orders",phase="opening",server=%q,side="backend"} 1`, hung)
+	if !strings.Contains(string(body), want+"\n") {
+		t.Errorf("/metrics lacks %s", want)
+	}
+}

@@ -19,6 +19,7 @@ import (
 	dto "github.com/prometheus/client_model/go"
 
 	"github.com/tnsguard/tnsguard/metrics"
+	"github.com/tnsguard/tnsguard/tns"
 )
 
 func linkOf(t *testing.T, p *Proxy, server string) LinkStatus {
@@ -701,5 +702,102 @@ func TestAppResetWhileOpeningNamesTheServer(t *testing.T) {
 	}
 	if v := counter(h.m.Resets, "l", "b", be.addr(), "client", "opening", "rst"); v != 1 {
 		t.Errorf("resets{server=%s,side=client,phase=opening,cause=rst} = %v, want 1", be.addr(), v)
+	}
+}
+
+// hungBudgetConfig is a backend of the given servers (backendTOML's form)
+// whose connect_budget ends soon, health checks off: as in a switchover
+// drill, nothing but the sessions' own dials tells a hung server.
+func hungBudgetConfig(servers ...string) string {
+	return backendTOML(`connect_timeout = "500ms"
+connect_budget = "2s"
+backoff = "50ms"
+backoff_max = "200ms"
+answer_timeout = "300ms"
+[backend.health]
+check = "off"`, servers...)
+}
+
+// budgetEndEvent sends an Oracle CONNECT through h, which places no
+// session, and returns the app's REFUSE code and the one reset event.
+func budgetEndEvent(t *testing.T, h *harness) (int, ResetEvent) {
+	t.Helper()
+	connect, err := tns.BuildConnect("(DESCRIPTION=(CONNECT_DATA=(SERVICE_NAME=SALES)))")
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := h.dial("l")
+	if _, err := c.Write(connect); err != nil {
+		t.Fatal(err)
+	}
+	code := readRefuse(t, c, 8*time.Second)
+	waitFor(t, 5*time.Second, "one reset event", func() bool { return len(h.p.Resets(0)) == 1 })
+	return code, h.p.Resets(0)[0]
+}
+
+// A session whose connect_budget ends while a server holds its CONNECT
+// unanswered (a hung listener: it accepts, reads, never answers) names
+// that server: in tnsguard_resets_total, /api/resets and its status-page
+// row, phase opening, cause timeout. It is still a session no server took
+// (outcome no_backend, rejected no_backend), and the app still gets
+// ORA-12170. Until 2026-12-01 every such end was counted on "none", phase
+// connect: in a switchover drill 59 apps got ORA-12170, the hung server's
+// row showed 0 resets and only the log line's attempts named it. With a
+// standby that is down (its dials refused) the hung server is named too,
+// whichever attempt came last.
+func TestBudgetEndOnAHungServerNamesIt(t *testing.T) {
+	for _, standby := range []bool{false, true} {
+		t.Run(fmt.Sprintf("standby down %v", standby), func(t *testing.T) {
+			hung := newHungReader(t)
+			servers := []string{fmt.Sprintf("address = %q;priority = 0", hung.address)}
+			if standby {
+				servers = append(servers, fmt.Sprintf("address = %q;priority = 1", closedPort(t)))
+			}
+			h := startProxy(t, hungBudgetConfig(servers...))
+			code, ev := budgetEndEvent(t, h)
+			if code != 12170 {
+				t.Errorf("the app got ORA-%05d, want ORA-12170 (as before)", code)
+			}
+			if ev.Server != hung.address || ev.Side != SideBackend || ev.Phase != PhaseOpening || ev.Cause != "timeout" || ev.Outcome != "no_backend" {
+				t.Errorf("/api/resets event: server %s, side %s, phase %s, cause %s, outcome %s; want %s, backend, opening, timeout, no_backend",
+					ev.Server, ev.Side, ev.Phase, ev.Cause, ev.Outcome, hung.address)
+			}
+			if v := counter(h.m.Resets, "l", "b", hung.address, "backend", "opening", "timeout"); v != 1 {
+				t.Errorf("resets{server=%s,side=backend,phase=opening,cause=timeout} = %v, want 1", hung.address, v)
+			}
+			if v := sumCounters(t, h.m.Resets); v != 1 {
+				t.Errorf("resets_total summed over every series = %v, want 1 (none on server none)", v)
+			}
+			if st := linkOf(t, h.p, hung.address); st.Resets5m != 1 || st.ResetsByCause1h["timeout"] != 1 {
+				t.Errorf("the hung server's row: resets 5m %d, by cause %v; want 1, timeout 1", st.Resets5m, st.ResetsByCause1h)
+			}
+			if v := counter(h.m.SessionsTotal, "l", "b", "other", "no_backend"); v != 1 {
+				t.Errorf("sessions_total{outcome=no_backend} = %v, want 1", v)
+			}
+			if v := counter(h.m.SessionsRejected, "l", "no_backend"); v != 1 {
+				t.Errorf("sessions_rejected_total{reason=no_backend} = %v, want 1", v)
+			}
+		})
+	}
+}
+
+// A session whose dials were all refused (no server took its CONNECT) stays
+// on server "none", phase connect, with the dial's cause, beside a test of
+// the one above: only a server that held the opening is named.
+func TestBudgetEndOnRefusedDialsStaysOnNone(t *testing.T) {
+	h := startProxy(t, hungBudgetConfig(fmt.Sprintf("address = %q", closedPort(t))))
+	code, ev := budgetEndEvent(t, h)
+	if code != 12541 {
+		t.Errorf("the app got ORA-%05d, want ORA-12541 (no listener)", code)
+	}
+	if ev.Server != "none" || ev.Side != SideBackend || ev.Phase != PhaseConnect || ev.Cause != "refused" || ev.Outcome != "no_backend" {
+		t.Errorf("/api/resets event: server %s, side %s, phase %s, cause %s, outcome %s; want none, backend, connect, refused, no_backend",
+			ev.Server, ev.Side, ev.Phase, ev.Cause, ev.Outcome)
+	}
+	if v := counter(h.m.Resets, "l", "b", "none", "backend", "connect", "refused"); v != 1 {
+		t.Errorf("resets{server=none,side=backend,phase=connect,cause=refused} = %v, want 1", v)
+	}
+	if v := counter(h.m.SessionsTotal, "l", "b", "other", "no_backend"); v != 1 {
+		t.Errorf("sessions_total{outcome=no_backend} = %v, want 1", v)
 	}
 }

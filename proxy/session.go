@@ -281,6 +281,8 @@ func (s *session) open() error {
 	var silentErrs []error           // why, for their breakers once another server took the session
 	var retry string                 // why the next dial is a re-dial ("" for the first)
 	var failed *failover.Server      // the server that failed before it
+	var held *failover.Server        // the last server that took the opening and stayed silent through a fair wait (noServerTook)
+	var heldErr error                // its error
 	// reloaded: a reload redefined the backend while this session waited
 	// for a server (the operator's fix in an outage: the database moved).
 	// The next round dials the servers the running config has, within the
@@ -334,7 +336,7 @@ func (s *session) open() error {
 			if !errors.Is(err, failover.ErrBudgetExhausted) {
 				return s.endedElsewhere(err) // drain or shutdown, not a missing backend
 			}
-			return s.noServerTook(lastRefuse, lastErr, attempts)
+			return s.noServerTook(lastRefuse, lastErr, attempts, held, heldErr)
 		}
 		left := time.Until(plan.Deadline()) // the budget this attempt started with
 		conn, err := plan.Dial(s.ctx, srv)  // within connect_timeout and the budget
@@ -370,10 +372,10 @@ func (s *session) open() error {
 			}
 			if !cfg.Retries("connect") {
 				if lastRefuse != nil { // the app gets the REFUSE, not a reset
-					return s.noServerTook(lastRefuse, nil, attempts)
+					return s.noServerTook(lastRefuse, nil, attempts, nil, nil)
 				}
 				s.deliverRefuse(s.refuseFor(err)) // no server answered: as at the budget's end
-				return s.noBackend(err, attempts, srv)
+				return s.noBackend(err, attempts, srv, PhaseConnect)
 			}
 			retry, failed = reasonOf(err, "connect"), srv
 			continue
@@ -490,6 +492,13 @@ func (s *session) open() error {
 		}
 		lastErr = err
 		attempts = append(attempts, fmt.Sprintf("%s: %v", srv.Address, err))
+		if Cause(err) == "timeout" && s.toBackend.Load() > 0 && !budgetCut(err, plan, left, cfg, slices.Contains(refusedBy, srv)) {
+			// It took the app's opening and did not answer it (a hung
+			// listener): if no server takes the session, its end is
+			// this server's, not "none"'s. A wait the budget cut short
+			// says nothing of the server, as for its breaker.
+			held, heldErr = srv, err
+		}
 		if re := (*refusedError)(nil); errors.As(err, &re) {
 			plan.RefusedBy(srv, err, serviceRefusal(re.code))
 			if serviceRefusal(re.code) {
@@ -531,7 +540,7 @@ func (s *session) open() error {
 			continue
 		}
 		if lastRefuse != nil && !errors.Is(err, ErrRefused) {
-			return s.noServerTook(lastRefuse, nil, attempts) // the app gets the REFUSE, not a reset
+			return s.noServerTook(lastRefuse, nil, attempts, nil, nil) // the app gets the REFUSE, not a reset
 		}
 		refusal := err
 		if !errors.Is(err, ErrRefused) {
@@ -563,20 +572,33 @@ func (s *session) reloadedBackend() *failover.Backend {
 // reports the real ORA error), even if a later server only failed to
 // answer, failed in a way retry_on does not retry, or the budget ended
 // while one was being asked; the end is counted with the REFUSE's cause.
-// Otherwise the end is counted with last's cause (the last attempt's error,
-// nil for none), and the app gets the REFUSE that stands for that failure
-// if it speaks Oracle Net (refuseFor), else a reset.
-func (s *session) noServerTook(lastRefuse, last error, attempts []string) error {
-	err := ErrNoBackend
+// Otherwise the app gets the REFUSE that stands for last, the last
+// attempt's error (nil for none), if it speaks Oracle Net (refuseFor), else
+// a reset. The end is counted with last's cause on server "none"; or, when
+// held (with heldErr) took the app's opening and stayed silent, on that
+// server, in phase opening, with its cause: a hung listener is named on
+// its own link (its status-page row, tnsguard_resets_total, /api/resets)
+// and not only in the log line's attempts. Until 2026-12-01 such an end
+// went to "none", with phase connect, and the hung server's row showed no
+// reset (TestBudgetEndOnAHungServerNamesIt).
+func (s *session) noServerTook(lastRefuse, last error, attempts []string, held *failover.Server, heldErr error) error {
+	err, phase := ErrNoBackend, PhaseConnect
 	switch {
 	case lastRefuse != nil:
 		err = fmt.Errorf("%w: %w", ErrNoBackend, lastRefuse)
 		s.deliverRefuse(lastRefuse)
+		held = nil // the app got a listener's REFUSE: counted as one, on "none"
 	case last != nil:
 		err = fmt.Errorf("%w: %w", ErrNoBackend, last)
 		s.deliverRefuse(s.refuseFor(last))
 	}
-	return s.noBackend(err, attempts, nil)
+	if held != nil {
+		phase = PhaseOpening
+		if heldErr != last {
+			err = fmt.Errorf("%w: %w", ErrNoBackend, heldErr) // its cause, not a later attempt's
+		}
+	}
+	return s.noBackend(err, attempts, held, phase)
 }
 
 // budgetCut tells whether an attempt that started with left of the budget
@@ -627,7 +649,7 @@ func (s *session) cutShort(srv *failover.Server, plan *failover.Plan, err error)
 // reset, the rejection counted, and its attempts logged with their errors
 // (the first and last maxAttemptsLogged/2 of them), within the listener's
 // log budget.
-func (s *session) noBackend(err error, attempts []string, srv *failover.Server) error {
+func (s *session) noBackend(err error, attempts []string, srv *failover.Server, phase Phase) error {
 	s.noteConnect() // the CONNECT that arrived after the last failed dial
 	s.l.rejected("no_backend")
 	if s.l.takeLogLine("no-backend") {
@@ -644,7 +666,7 @@ func (s *session) noBackend(err error, attempts []string, srv *failover.Server) 
 		}
 		s.logger().Warn(msg, "budget", s.backend.Config.ConnectBudget.Duration.String(), "attempts", attempts)
 	}
-	s.abort(SideBackend, PhaseConnect, err, "no_backend", srv)
+	s.abort(SideBackend, phase, err, "no_backend", srv)
 	return err
 }
 
