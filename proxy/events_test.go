@@ -801,3 +801,89 @@ func TestBudgetEndOnRefusedDialsStaysOnNone(t *testing.T) {
 		t.Errorf("sessions_total{outcome=no_backend} = %v, want 1", v)
 	}
 }
+
+// A session whose hung server a reload took out (the operator's fix), and
+// whose budget then ended on the new servers (down: their dials refused),
+// is not counted on the removed server: its status-page row is gone (it
+// never carried a session), so the end showed on no row at all, and
+// tnsguard_resets_total and /api/resets named, with cause timeout, a server
+// the app's last attempts never reached while the app got ORA-12541. It
+// stays on "none", phase connect, with the new server's cause, as before
+// 2026-12-01.
+func TestBudgetEndAfterAReloadTookTheHungServerOutStaysOnNone(t *testing.T) {
+	hung := newHungReader(t)
+	body := `connect_timeout = "500ms"
+connect_budget = "6s"
+backoff = "50ms"
+backoff_max = "200ms"
+answer_timeout = "300ms"
+[backend.health]
+check = "off"`
+	h := startProxy(t, backendTOML(body, fmt.Sprintf("address = %q;priority = 0", hung.address),
+		fmt.Sprintf("address = %q;priority = 1", closedPort(t))))
+	connect, err := tns.BuildConnect("(DESCRIPTION=(CONNECT_DATA=(SERVICE_NAME=SALES)))")
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := h.dial("l")
+	if _, err := c.Write(connect); err != nil {
+		t.Fatal(err)
+	}
+	// Dialed again: its first wait ended at answer_timeout, and the
+	// standby's dial was refused in between.
+	waitFor(t, 4*time.Second, "the hung server dialed a second time", func() bool { return hung.dialed.Load() >= 2 })
+	moved := closedPort(t)
+	if err := h.p.Apply(mustParse(t, backendTOML(body, fmt.Sprintf("address = %q", moved)))); err != nil {
+		t.Fatal(err)
+	}
+	if code := readRefuse(t, c, 10*time.Second); code != 12541 {
+		t.Errorf("the app got ORA-%05d, want ORA-12541 (the new server's dials refused)", code)
+	}
+	waitFor(t, 5*time.Second, "one reset event", func() bool { return len(h.p.Resets(0)) == 1 })
+	if ev := h.p.Resets(0)[0]; ev.Server != "none" || ev.Phase != PhaseConnect || ev.Cause != "refused" || ev.Outcome != "no_backend" {
+		t.Errorf("/api/resets event: server %s, phase %s, cause %s, outcome %s; want none, connect, refused, no_backend",
+			ev.Server, ev.Phase, ev.Cause, ev.Outcome)
+	}
+	shown := map[string]uint64{}
+	var sum uint64
+	for _, st := range h.p.Links() {
+		shown[st.Server] += st.Resets5m
+		sum += st.Resets5m
+	}
+	if sum != 1 || shown["none"] != 1 {
+		t.Errorf("status-page rows' resets_5m by server: %v; want the end on none's row (1)", shown)
+	}
+	if v := counter(h.m.Resets, "l", "b", hung.address, "backend", "opening", "timeout"); v != 0 {
+		t.Errorf("resets{server=%s (removed),phase=opening,cause=timeout} = %v, want 0", hung.address, v)
+	}
+}
+
+// Without "reset" in retry_on, a hung listener's app gets ORA-12170 at the
+// budget's end as with it, and is the same session no server took: outcome
+// no_backend, counted in rejected{reason="no_backend"} (TnsguardAppsRejected),
+// on the hung server, phase opening. Until 2026-12-01 it ended "reset" and
+// was not counted as rejected: with retry_on = ["connect"] a hung listener
+// fired TnsguardResetRateHigh but never TnsguardAppsRejected, and the
+// sessions panel showed resets where the default retry_on showed no_backend.
+func TestBudgetEndOnAHungServerWithoutResetRetryIsNoBackend(t *testing.T) {
+	hung := newHungReader(t)
+	h := startProxy(t, backendTOML(`connect_timeout = "500ms"
+connect_budget = "2s"
+retry_on = ["connect"]
+[backend.health]
+check = "off"`, fmt.Sprintf("address = %q", hung.address)))
+	code, ev := budgetEndEvent(t, h)
+	if code != 12170 {
+		t.Errorf("the app got ORA-%05d, want ORA-12170", code)
+	}
+	if ev.Server != hung.address || ev.Side != SideBackend || ev.Phase != PhaseOpening || ev.Cause != "timeout" || ev.Outcome != "no_backend" {
+		t.Errorf("/api/resets event: server %s, side %s, phase %s, cause %s, outcome %s; want %s, backend, opening, timeout, no_backend",
+			ev.Server, ev.Side, ev.Phase, ev.Cause, ev.Outcome, hung.address)
+	}
+	if v := counter(h.m.SessionsRejected, "l", "no_backend"); v != 1 {
+		t.Errorf("sessions_rejected_total{reason=no_backend} = %v, want 1", v)
+	}
+	if v := counter(h.m.SessionsTotal, "l", "b", "other", "no_backend"); v != 1 {
+		t.Errorf("sessions_total{outcome=no_backend} = %v, want 1", v)
+	}
+}

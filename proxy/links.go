@@ -429,6 +429,20 @@ type RefusedService struct {
 	Error      string    `json:"error"`       // the last refusal's code, e.g. "ORA-12514"
 }
 
+// linkConfigured tells whether the running config has the path k (Links
+// lists such a link whatever it carried; one of an earlier config only if
+// it carried a session).
+func (p *Proxy) linkConfigured(k linkKey) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	l := p.listeners[k.listener]
+	if l == nil || !slices.Contains(l.cfg().Backends(), k.backend) {
+		return false
+	}
+	b := p.backends[k.backend]
+	return b != nil && b.ServerAt(k.server) != nil
+}
+
 // Links lists every configured listener -> backend -> server path with its
 // live figures, plus paths of earlier configurations that saw traffic.
 func (p *Proxy) Links() []LinkStatus {

@@ -547,9 +547,30 @@ func (s *session) open() error {
 			refusal = s.refuseFor(err) // a server silent until the budget's end: ORA-12170, as when the failure is retried
 		}
 		s.deliverRefuse(refusal)
+		if !s.overflowed() && budgetEnded(err, plan) {
+			// No server answered within connect_budget (retry_on without
+			// "reset" ends the try here): the same session no server took
+			// as when the re-dials run out (noServerTook), on this server
+			// unless the budget cut its wait short. Until 2026-12-01 it
+			// ended "reset", not counted in rejected{reason="no_backend"}:
+			// with retry_on = ["connect"] a hung listener's apps got
+			// ORA-12170 and TnsguardAppsRejected never fired
+			// (TestBudgetEndOnAHungServerWithoutResetRetryIsNoBackend).
+			err = fmt.Errorf("%w: %w", ErrNoBackend, err)
+			if budgetCut(err, plan, left, cfg, slices.Contains(refusedBy, srv)) {
+				return s.noBackend(err, attempts, nil, PhaseConnect)
+			}
+			return s.noBackend(err, attempts, srv, PhaseOpening)
+		}
 		s.abort(SideBackend, PhaseOpening, err, "reset", srv)
 		return err
 	}
+}
+
+// budgetEnded tells whether err is a wait that connect_budget's deadline
+// ended (or, for an app that spoke late, the time its first bytes bought).
+func budgetEnded(err error, plan *failover.Plan) bool {
+	return (errors.Is(err, os.ErrDeadlineExceeded) || errors.Is(err, context.DeadlineExceeded)) && !time.Now().Before(plan.Deadline())
 }
 
 // reloadedBackend is the running config's definition of the session's
@@ -591,6 +612,16 @@ func (s *session) noServerTook(lastRefuse, last error, attempts []string, held *
 	case last != nil:
 		err = fmt.Errorf("%w: %w", ErrNoBackend, last)
 		s.deliverRefuse(s.refuseFor(last))
+	}
+	if held != nil && !s.p.linkConfigured(linkKey{s.l.name, s.backendName(), held.Address}) {
+		// A reload took the server out (the operator's fix for a hung
+		// host) and the session went on to the new servers: their failure
+		// is what the app got, and the removed server's row, which never
+		// carried a session, is not shown. Named, the end showed on no
+		// row, with the removed server's timeout while the app got the
+		// new server's ORA-12541
+		// (TestBudgetEndAfterAReloadTookTheHungServerOutStaysOnNone).
+		held = nil
 	}
 	if held != nil {
 		phase = PhaseOpening
