@@ -981,6 +981,9 @@ func (b *Backend) Elsewhere(srv *Server, service string, passed ...[]*Server) bo
 //     them.
 //   - a server its health check brought up takes one wait first
 //     (takeScout), the rest once it has answered a session (Answered).
+//   - with checks off, a server whose last dial failed takes one wait at
+//     a time too (unprovenDialFailure), until a session it serves shows
+//     it back.
 func (b *Backend) ElsewhereAgain(srv *Server, service string, trial bool, passed ...[]*Server) bool {
 	return b.elsewhere(srv, service, again{on: true, trial: trial}, passed)
 }
@@ -1004,13 +1007,32 @@ func (b *Backend) elsewhere(srv *Server, service string, a again, passed [][]*Se
 		if slices.ContainsFunc(passed, func(l []*Server) bool { return slices.Contains(l, s) }) {
 			continue
 		}
-		if a.on && !s.takeScout(now, s.unproven(now)) {
+		if a.on && !s.takeScout(now, s.unproven(now) || b.unprovenDialFailure(s, now)) {
 			continue // one went ahead: it tells (Answered)
 		}
 		return true
 	}
 	return false
 }
+
+// unprovenDialFailure tells, with health checks off, a server whose last
+// dial failed, that has served no session since and whose circuit is
+// closed (no half-open trial to gate: failures = 0, or fewer failures than
+// it): its open_for (shunned) is over, so new sessions try it again, but
+// nothing says it is back. Stuck waits try it one at a time (takeScout),
+// as a half-open circuit: until 2026-12-01 every stuck wait of a logon
+// storm on a slow primary left for it when open_for ended, its dial was
+// refused (the standby's listener down throughout), and it came back to
+// the primary with a new CONNECT, its wait begun anew; 2 of 200 apps got
+// ORA-12170 at connect_budget. A session it serves ends it (succeeded),
+// ends the gate (Answered) and wakes the waits (back).
+func (b *Backend) unprovenDialFailure(s *Server, now time.Time) bool {
+	return b.Config.Health.Check == "off" && s.failedAt.Load() != 0 && s.breaker.current(now) == metrics.BreakerClosed
+}
+
+// DialFailing tells, with health checks off, that the last dial of s
+// failed and no session has got a connection from it since.
+func (s *Server) DialFailing() bool { return s.failedAt.Load() != 0 }
 
 // healthy tells whether s counts as up in a round planned at now: its
 // health check passes, or, with checks off, no dial of it failed within

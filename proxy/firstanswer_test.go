@@ -1132,3 +1132,164 @@ func TestStuckWaitsTakeAHalfOpenStandbyOneAtATime(t *testing.T) {
 		t.Errorf("no session went to the standby once its open period was over")
 	}
 }
+
+// A logon storm on a slow primary (it answers in 5s) with health checks
+// and the breaker off (failures = 0): the standby's listener is down and
+// stays down, and its failed dial puts it last for open_for (3s). The
+// waits past answer_timeout have nowhere else to go; when open_for has
+// passed nothing says the standby is back, and a wait that left the
+// primary for it found its dial refused and came back with a new CONNECT,
+// its wait begun anew. Until the fix the primary got 206 or 207 CONNECTs
+// for 200 apps (open_for 1s, 3s answers), and 2 of the apps got
+// ORA-12170 at connect_budget (8s), their second wait too long for what
+// was left. One stuck wait goes first, as to a half-open circuit, and the
+// rest wait on the primary; the one that went does not go again.
+func TestStuckWaitsDoNotLeaveForAStandbyWhoseDialFailedWithChecksOff(t *testing.T) {
+	const apps = 200
+	var delay atomic.Int64
+	primary, connects := slowAccepter(t, &delay)
+	standby := newServer(t, tagThenEcho("N"))
+	standby.down()
+	cfg := strings.NewReplacer(`connect_budget = "2s"`, `connect_budget = "12s"`,
+		"  [backend.health]", "  [backend.breaker]\n  failures = 0\n  open_for = \"3s\"\n  [backend.health]").
+		Replace(oracleConfig(`answer_timeout = "300ms"`, standby.address+";0", primary+";1"))
+	h := startProxy(t, cfg)
+	if typ, err := oracleSession(t, h); err != nil || typ != tns.TypeAccept {
+		t.Fatalf("the first session: %v, %v; want the primary's ACCEPT (the standby's dial refused)", typ, err)
+	}
+	delay.Store(int64(5 * time.Second))
+	before := connects.Load()
+	types := make(chan tns.PacketType, apps)
+	for range apps {
+		go func() {
+			typ, _ := oracleSession(t, h)
+			types <- typ
+		}()
+	}
+	failed := 0
+	for range apps {
+		if typ := <-types; typ != tns.TypeAccept {
+			failed++
+		}
+	}
+	if failed > 0 {
+		t.Errorf("%d of %d apps waiting on the slow primary got no ACCEPT; want every one the primary's", failed, apps)
+	}
+	if n := connects.Load() - before; n > apps+1 {
+		t.Errorf("the slow primary got %d CONNECTs for %d apps, want at most one more (the wait that went first)", n, apps)
+	}
+}
+
+// The other side of TestStuckWaitsDoNotLeaveForAStandbyWhoseDialFailedWithChecksOff:
+// the primary is hung, not slow, and the standby's listener came back.
+// With checks and the breaker off, a stuck wait still goes to the standby
+// once open_for is over (it is the first to go), and its app is answered
+// there, not at connect_budget (20s).
+func TestStandbyWhoseDialFailedTakesAStuckWaitAfterOpenForWithChecksOff(t *testing.T) {
+	hung := newHungReader(t)
+	standby := newServer(t, tagThenEcho("N"))
+	standby.down()
+	h := startProxy(t, backendTOML(`connect_timeout = "500ms"
+connect_budget = "20s"
+answer_timeout = "300ms"
+[backend.breaker]
+failures = 0
+open_for = "1s"
+[backend.health]
+check = "off"`, fmt.Sprintf("address = %q;priority = 0", standby.address), fmt.Sprintf("address = %q;priority = 1", hung.address)))
+	c := h.dial("l")
+	c.Write([]byte("hello"))
+	hung.waitHeard(t) // the standby refused the dial: the session is on the hung one
+	failed := time.Now()
+	waitFor(t, 5*time.Second, "the wait past answer_timeout", func() bool { return h.p.stuckWaits.Load() == 1 })
+	standby.up()
+	// open_for (1s) from the failed dial, then at most one answer_timeout
+	// (300ms) to the wait's next re-ask.
+	answeredWithin(t, c, failed, 3*time.Second, "app waiting on a hung server when the standby's open_for ended")
+	if n := hung.dialed.Load(); n != 1 {
+		t.Errorf("the hung server was dialed %d times, want 1", n)
+	}
+}
+
+// TestStuckWaitsDoNotFollowAnExpiredRefusal with a reload (any: here
+// connect_budget changes) once the refusal's memory (1s) has run out: the
+// reload wakes the waits and each asks the new definition whether another
+// server can take it. It must ask as a stuck wait does, counting the
+// standby's refusal that no served session undid: until the fix it asked
+// as at answer_timeout, where an expired refusal no longer counts, and
+// every waiting app left the slow primary for the standby and got its
+// ORA-12514 (without "refuse" in retry_on).
+func TestReloadAfterAnExpiredRefusalLeavesNoStuckWaitToTheStandby(t *testing.T) {
+	const apps = 200
+	var delay atomic.Int64
+	delay.Store(int64(time.Second))
+	primary, connects := slowAccepter(t, &delay)
+	standby := tnstest.New(t, tnstest.Config{Mode: tnstest.Refuse, Err: 12514})
+	conf := stuckConfig(`["connect", "reset"]`, "8s", primary, standby.Addr())
+	h := startProxy(t, conf)
+	waitFor(t, 3*time.Second, "both up", func() bool {
+		return gauge(h.m.BackendUp, "b", primary) == 1 && gauge(h.m.BackendUp, "b", standby.Addr()) == 1
+	})
+	if typ, err := oracleSession(t, h); err != nil || typ != tns.TypeRefuse {
+		t.Fatalf("the first session during the storm: %v, %v; want the standby's REFUSE", typ, err)
+	}
+	refused := time.Now()
+	delay.Store(int64(3 * time.Second))
+	before := connects.Load()
+	types := make(chan tns.PacketType, apps)
+	for range apps {
+		go func() {
+			typ, _ := oracleSession(t, h)
+			types <- typ
+		}()
+	}
+	waitFor(t, 10*time.Second, "every wait past answer_timeout", func() bool { return h.p.stuckWaits.Load() >= apps })
+	time.Sleep(time.Until(refused.Add(1500 * time.Millisecond))) // past the refusal's memory (1s)
+	if err := h.p.Apply(mustParse(t, strings.Replace(conf, `connect_budget = "8s"`, `connect_budget = "9s"`, 1))); err != nil {
+		t.Fatal(err)
+	}
+	failed := 0
+	for range apps {
+		if typ := <-types; typ != tns.TypeAccept {
+			failed++
+		}
+	}
+	if failed > 0 {
+		t.Errorf("%d of %d apps waiting on the slow primary at a reload after the standby's refusal memory got no ACCEPT; want every one the primary's", failed, apps)
+	}
+	if n := connects.Load() - before; n != apps {
+		t.Errorf("the slow primary got %d CONNECTs for %d apps, want one each", n, apps)
+	}
+}
+
+// A stuck wait that went first to a standby whose dial then failed (checks
+// and the breaker off) does not go there again, but only until the
+// standby serves a session: a hung primary's wait, back on it with its
+// opening, must follow a new session that the standby's returned
+// listener served, not wait out connect_budget (20s).
+func TestStuckWaitWhoseDialOfTheStandbyFailedFollowsItOnceItServes(t *testing.T) {
+	hung := newHungReader(t)
+	standby := newServer(t, tagThenEcho("N"))
+	standby.down()
+	h := startProxy(t, backendTOML(`connect_timeout = "500ms"
+connect_budget = "20s"
+answer_timeout = "300ms"
+[backend.breaker]
+failures = 0
+open_for = "1s"
+[backend.health]
+check = "off"`, fmt.Sprintf("address = %q;priority = 0", standby.address), fmt.Sprintf("address = %q;priority = 1", hung.address)))
+	c := h.dial("l")
+	c.Write([]byte("hello"))
+	// The standby refused the dial, the session waits on the hung one; once
+	// open_for is over it goes to the standby, whose listener is still
+	// down, and comes back.
+	waitFor(t, 10*time.Second, "the wait back on the hung server", func() bool { return hung.dialed.Load() == 2 })
+	standby.up()
+	time.Sleep(1200 * time.Millisecond) // open_for (1s) after the failed dial: new sessions try the standby first
+	n := h.dial("l")
+	defer n.Close()
+	n.Write([]byte("hello"))
+	answeredWithin(t, n, time.Now(), 5*time.Second, "a new session once the standby's listener is back")
+	answeredWithin(t, c, time.Now(), 2*time.Second, "app waiting on a hung primary when the standby served a new session")
+}

@@ -279,6 +279,8 @@ func (s *session) open() error {
 	var refusedBy []*failover.Server // servers that refused this session (budgetCut)
 	var silent []*failover.Server    // servers whose answer_timeout this session waited out (answerBound)
 	var silentErrs []error           // why, for their breakers once another server took the session
+	var scouted []*failover.Server   // servers whose dial failed right after a stuck wait left for them (answerBound)
+	leftStuck := false               // the last attempt was a stuck wait that left for another server (errLeftStuck)
 	var retry string                 // why the next dial is a re-dial ("" for the first)
 	var failed *failover.Server      // the server that failed before it
 	var held *failover.Server        // the last server that took the opening and stayed silent through a fair wait (noServerTook)
@@ -340,6 +342,12 @@ func (s *session) open() error {
 		}
 		left := time.Until(plan.Deadline()) // the budget this attempt started with
 		conn, err := plan.Dial(s.ctx, srv)  // within connect_timeout and the budget
+		if leftStuck {
+			leftStuck = false
+			if err != nil && !slices.Contains(scouted, srv) {
+				scouted = append(scouted, srv) // not left for again while stuck: the wait it gave up was begun anew
+			}
+		}
 		if loop := s.resetByALoop(err, srv); loop != nil {
 			srv.Abandoned(plan.Trial()) // no verdict on the server, as below
 			return s.selfDialed(loop, false)
@@ -394,7 +402,7 @@ func (s *session) open() error {
 			return s.selfDialedThrough(loop, counted, srv.Address, s.p.selfDials.natOf(conn))
 		}
 		dialed := time.Now()
-		conn, buf, first, err := s.attach(conn, srv, plan.Deadline(), s.boundFor(srv, cfg, gen, refusedBy, silent))
+		conn, buf, first, err := s.attach(conn, srv, plan.Deadline(), s.boundFor(srv, cfg, gen, refusedBy, silent, scouted))
 		if errors.Is(err, io.EOF) {
 			if pe := s.endOfStream(SideBackend); pe != nil {
 				// A reset that the app's direction, writing past
@@ -515,6 +523,7 @@ func (s *session) open() error {
 			// session went to that standby until open_for ended.
 			srv.Abandoned(plan.Trial())
 			silent = append(silent, srv) // waited on to the budget's end if tried again
+			leftStuck = errors.Is(err, errLeftStuck)
 			silentErrs = append(silentErrs, err)
 			plan.WaitedOut(srv.Address)
 		} else if budgetCut(err, plan, left, cfg, slices.Contains(refusedBy, srv)) {
@@ -1097,7 +1106,7 @@ func (s *session) firstAnswer(conn *net.TCPConn, deadline time.Time, bound answe
 			return nil, 0, fmt.Errorf("%w (%v), and a reload gave the session another server: %w", errAnswerTimeout, bound.stuck, os.ErrDeadlineExceeded)
 		}
 		if bound.elsewhereSince(s, owed) {
-			return nil, 0, fmt.Errorf("%w (%v), and another server can take the session now: %w", errAnswerTimeout, bound.stuck, os.ErrDeadlineExceeded)
+			return nil, 0, fmt.Errorf("%w (%v), and %w: %w", errAnswerTimeout, bound.stuck, errLeftStuck, os.ErrDeadlineExceeded)
 		}
 		if !bound.cut(s, s.answerDeadline(deadline)).Equal(owed) {
 			continue // the app spoke meanwhile
@@ -1163,6 +1172,11 @@ func (s *session) firstAnswer(conn *net.TCPConn, deadline time.Time, bound answe
 // answer_timeout while another server could take the session: counted as a
 // timeout, as a server silent to the budget's end is.
 var errAnswerTimeout = errors.New("no first answer within answer_timeout")
+
+// errLeftStuck is a wait that answer_timeout found with nowhere else to go
+// (stuck) and that left when another server could take the session
+// (elsewhereSince).
+var errLeftStuck = errors.New("another server can take the session now")
 
 // errServerTakenOut ends the wait for a first answer from a server that a
 // reload took out of the session's backend.
@@ -1291,8 +1305,15 @@ type answerBound struct {
 	began   time.Time         // when the wait began: the opening had been written
 	be      *failover.Backend // the servers that could take the session instead of srv
 	srv     *failover.Server
-	passed  [2][]*failover.Server // servers not to count as elsewhere: those that refused the session, and those it waited out
-	gen     uint64                // Proxy.backendsGen when the session took its backend's definition
+	// passed: servers not to count as elsewhere: those that refused the
+	// session, those it waited out, and (for a stuck wait) those whose
+	// dial failed after a stuck wait of the session left for them: a
+	// server whose dial failed takes one stuck wait at a time
+	// (failover.Backend.ElsewhereAgain), and the one that went, back on
+	// the slow primary with its wait begun anew, was the only one left to
+	// go again at each re-ask, a new CONNECT each time.
+	passed [3][]*failover.Server
+	gen    uint64 // Proxy.backendsGen when the session took its backend's definition
 	// stuck: answer_timeout, once it passed with no other server to take
 	// the session (timeout is 0 from then on): a reload that gives the
 	// backend one ends the wait (reloadedElsewhere), and so does a server
@@ -1306,10 +1327,10 @@ type answerBound struct {
 // when the opening can be replayed to another server (retry_on has
 // "reset"), none otherwise. Whether another server can take it is asked
 // only once answer_timeout has passed (elsewhere).
-func (s *session) boundFor(srv *failover.Server, cfg *config.Backend, gen uint64, refused, silent []*failover.Server) answerBound {
+func (s *session) boundFor(srv *failover.Server, cfg *config.Backend, gen uint64, refused, silent, scouted []*failover.Server) answerBound {
 	// The lists may hold a definition's servers that a reload replaced
 	// (the session moved to the new one): its servers at their addresses.
-	b := answerBound{srv: srv, be: s.backend, gen: gen, passed: [2][]*failover.Server{serversIn(s.backend, refused), serversIn(s.backend, silent)}}
+	b := answerBound{srv: srv, be: s.backend, gen: gen, passed: [3][]*failover.Server{serversIn(s.backend, refused), serversIn(s.backend, silent), serversIn(s.backend, scouted)}}
 	if cfg.Retries("reset") && cfg.AnswerTimeout.Duration > 0 {
 		b.timeout = cfg.AnswerTimeout.Duration
 	}
@@ -1363,7 +1384,7 @@ func (b *answerBound) elsewhereAgain(s *session, trial bool) bool {
 	if nb := b.reloaded(s); nb != nil {
 		return b.elsewhereIn(nb, service, &trial)
 	}
-	return b.be.ElsewhereAgain(b.srv, service, trial, b.passed[0], b.passed[1])
+	return b.be.ElsewhereAgain(b.srv, service, trial, b.passed[0], b.passed[1], stillFailing(b.passed[2]))
 }
 
 // reloaded is the running definition of the session's backend when a
@@ -1392,7 +1413,7 @@ func (b *answerBound) elsewhereIn(nb *failover.Backend, service string, again *b
 	}
 	if again != nil {
 		refusing := serversIn(nb, b.be.RefusedKept(service))
-		return nb.ElsewhereAgain(srv, service, *again, serversIn(nb, b.passed[0]), serversIn(nb, b.passed[1]), refusing)
+		return nb.ElsewhereAgain(srv, service, *again, serversIn(nb, b.passed[0]), serversIn(nb, b.passed[1]), stillFailing(serversIn(nb, b.passed[2])), refusing)
 	}
 	refusing := serversIn(nb, b.be.RefusedLately(service, time.Now()))
 	return nb.Elsewhere(srv, service, serversIn(nb, b.passed[0]), serversIn(nb, b.passed[1]), refusing)
@@ -1449,6 +1470,20 @@ func (b *answerBound) elsewhereSince(s *session, owed time.Time) bool {
 	return !unfinished && !s.overflowed() && b.elsewhereAgain(s, reask)
 }
 
+// stillFailing is the servers of list whose last dial failed
+// (failover.Server.DialFailing): a server whose dial failed after a stuck
+// wait left for it is nowhere for that wait only until a session it
+// serves shows it back; then the wait may go (a hung primary's).
+func stillFailing(list []*failover.Server) []*failover.Server {
+	var out []*failover.Server
+	for _, sv := range list {
+		if sv.DialFailing() {
+			out = append(out, sv)
+		}
+	}
+	return out
+}
+
 // serversIn is list as servers of b: each at its address, if b has it.
 func serversIn(b *failover.Backend, list []*failover.Server) []*failover.Server {
 	var out []*failover.Server
@@ -1467,7 +1502,12 @@ func serversIn(b *failover.Backend, list []*failover.Server) []*failover.Server 
 // definition (open). Until 2026-12-01 a reload that added a server (the
 // operator's fix for a hung database) left the sessions already waiting on
 // the hung one to wait out connect_budget, while new sessions reached the
-// added server.
+// added server. It asks as a stuck wait does (elsewhereIn's again, no
+// half-open trial): a reload wakes every waiting session at once, and
+// until the fix a reload after a refusal's memory had run out, or while a
+// server's check had let one wait go first (takeScout), sent every wait of
+// a logon storm on a slow primary to the standby that had refused the
+// service (each app got its ORA-12514).
 func (b *answerBound) reloadedElsewhere(s *session) bool {
 	if b.stuck == 0 {
 		return false
@@ -1477,7 +1517,8 @@ func (b *answerBound) reloadedElsewhere(s *session) bool {
 		return false
 	}
 	s.noteConnect()
-	return b.elsewhereIn(nb, serviceKey(s.serviceName), nil)
+	trial := false
+	return b.elsewhereIn(nb, serviceKey(s.serviceName), &trial)
 }
 
 // takenOut tells whether a reload took the server out of the session's
