@@ -961,7 +961,7 @@ func (b *Backend) Elsewhere(srv *Server, service string, passed ...[]*Server) bo
 }
 
 // ElsewhereAgain is Elsewhere asked again for a session that found
-// nowhere else to go at answer_timeout (proxy: a stuck wait), with two
+// nowhere else to go at answer_timeout (proxy: a stuck wait), with these
 // differences:
 //   - a server that refused service, and has not served it since, is still
 //     nowhere to go once the refusal's memory has run out: every waiting

@@ -1444,9 +1444,10 @@ func (b *answerBound) reask(owed time.Time) time.Time {
 // Proxy.serverBack; a reload; the app's bytes) and at its re-ask (reask),
 // not at each read, as failover.Backend.ElsewhereAgain asks: a server that
 // refused the service and has not served it since is still nowhere to go,
-// and only the re-asks, spread by when each wait got stuck, count a
-// circuit whose open period is over: one of them takes its trial, and the
-// trial's success wakes the rest. Until 2026-12-01 a standby that came up
+// and only the re-asks count a circuit whose open period is over, one
+// wait at a time (failover.Server.takeScout: a logon storm's waits
+// re-ask together): one takes its trial, and the trial's success wakes
+// the rest. Until 2026-12-01 a standby that came up
 // through its health check (a Data Guard switchover: the standby back
 // while the primary hangs), or whose circuit's open_for passed, was never
 // asked of: the sessions that had waited on the hung primary from before
