@@ -660,13 +660,7 @@ func TestReloadInALogonStormLeavesNoSessionToARefusingStandby(t *testing.T) {
 	}
 	delay.Store(int64(3 * time.Second))
 	before := connects.Load()
-	types := make(chan tns.PacketType, apps)
-	for range apps {
-		go func() {
-			typ, _ := oracleSession(t, h)
-			types <- typ
-		}()
-	}
+	storm := startAppStorm(t, h, apps)
 	waitFor(t, 10*time.Second, "every app's CONNECT at the slow primary", func() bool { return connects.Load()-before >= apps })
 	time.Sleep(600 * time.Millisecond) // past answer_timeout (300ms): the waits have nowhere else to go
 	reloaded := time.Now()
@@ -676,12 +670,7 @@ func TestReloadInALogonStormLeavesNoSessionToARefusingStandby(t *testing.T) {
 	if took := time.Since(reloaded); took > 2*time.Second {
 		t.Errorf("the reload took %v with %d sessions waiting for a first answer", took.Round(time.Millisecond), apps)
 	}
-	refused := 0
-	for range apps {
-		if typ := <-types; typ != tns.TypeAccept {
-			refused++
-		}
-	}
+	refused := storm.notAccepted()
 	if refused > 0 {
 		t.Errorf("%d of %d apps waiting on the slow primary at a reload got no ACCEPT (the standby refuses the service); want every one the primary's", refused, apps)
 	}
@@ -729,16 +718,12 @@ answer_timeout = "1s"
 [backend.health]
 check = "off"`
 	h := startProxy(t, backendTOML(body, fmt.Sprintf("address = %q;priority = 0", primary), fmt.Sprintf("address = %q;priority = 1", standby.Addr())))
-	types := make(chan tns.PacketType, 1)
-	go func() {
-		typ, _ := oracleSession(t, h)
-		types <- typ
-	}()
+	storm := startAppStorm(t, h, 1)
 	waitFor(t, 5*time.Second, "the app's CONNECT at the slow primary", func() bool { return connects.Load() == 1 })
 	if err := h.p.Apply(mustParse(t, backendTOML(body, fmt.Sprintf("address = %q;priority = 0", primary)))); err != nil {
 		t.Fatal(err)
 	}
-	if typ := <-types; typ != tns.TypeAccept {
+	if typ := <-storm.types; typ != tns.TypeAccept {
 		t.Fatalf("app waiting on the slow primary when a reload took the standby out: %v; want the primary's ACCEPT", typ)
 	}
 	if n := connects.Load(); n != 1 {
@@ -911,19 +896,8 @@ func TestStuckWaitsDoNotFollowAnExpiredRefusal(t *testing.T) {
 	}
 	delay.Store(int64(3 * time.Second))
 	before := connects.Load()
-	types := make(chan tns.PacketType, apps)
-	for range apps {
-		go func() {
-			typ, _ := oracleSession(t, h)
-			types <- typ
-		}()
-	}
-	refused := 0
-	for range apps {
-		if typ := <-types; typ != tns.TypeAccept {
-			refused++
-		}
-	}
+	storm := startAppStorm(t, h, apps)
+	refused := storm.notAccepted()
 	if refused > 0 {
 		t.Errorf("%d of %d apps waiting on the slow primary past the standby's refusal memory got no ACCEPT; want every one the primary's", refused, apps)
 	}
@@ -1013,22 +987,11 @@ func TestStandbyUpByItsCheckTakesNoLogonStormEnMasse(t *testing.T) {
 	waitFor(t, 3*time.Second, "the primary up, the standby down", func() bool {
 		return gauge(h.m.BackendUp, "b", primary) == 1 && gauge(h.m.BackendUp, "b", standby.address) == 0
 	})
-	types := make(chan tns.PacketType, apps)
-	for range apps {
-		go func() {
-			typ, _ := oracleSession(t, h)
-			types <- typ
-		}()
-	}
+	storm := startAppStorm(t, h, apps)
 	waitFor(t, 10*time.Second, "every app's CONNECT at the slow primary", func() bool { return connects.Load() >= apps })
 	waitFor(t, 10*time.Second, "every wait past answer_timeout", func() bool { return h.p.stuckWaits.Load() >= apps })
 	standby.up()
-	refused := 0
-	for range apps {
-		if typ := <-types; typ != tns.TypeAccept {
-			refused++
-		}
-	}
+	refused := storm.notAccepted()
 	if refused > 1 {
 		t.Errorf("%d of %d apps waiting on the slow primary when the standby came up without the service got no ACCEPT; want at most the one that went first", refused, apps)
 	}
@@ -1058,18 +1021,12 @@ func TestStandbyUpByItsCheckTakesEveryStuckWaitOnceItServes(t *testing.T) {
 	waitFor(t, 3*time.Second, "the primary up, the standby down", func() bool {
 		return gauge(h.m.BackendUp, "b", primary.Addr()) == 1 && gauge(h.m.BackendUp, "b", standby.address) == 0
 	})
-	types := make(chan tns.PacketType, apps)
-	for range apps {
-		go func() {
-			typ, _ := oracleSession(t, h)
-			types <- typ
-		}()
-	}
+	storm := startAppStorm(t, h, apps)
 	waitFor(t, 15*time.Second, "every wait past answer_timeout", func() bool { return h.p.stuckWaits.Load() >= apps })
 	standby.up()
 	up := time.Now()
 	for i := range apps {
-		if typ := <-types; typ != tns.TypeAccept {
+		if typ := <-storm.types; typ != tns.TypeAccept {
 			t.Fatalf("app %d waiting on a hung primary when the standby came up serving the service: %v; want its ACCEPT", i, typ)
 		}
 	}
@@ -1113,15 +1070,9 @@ func TestStuckWaitsTakeAHalfOpenStandbyOneAtATime(t *testing.T) {
 	delay.Store(int64(3 * time.Second))
 	before := connects.Load()
 	standby.up()
-	types := make(chan tns.PacketType, apps)
+	storm := startAppStorm(t, h, apps)
 	for range apps {
-		go func() {
-			typ, _ := oracleSession(t, h)
-			types <- typ
-		}()
-	}
-	for range apps {
-		if typ := <-types; typ != tns.TypeAccept {
+		if typ := <-storm.types; typ != tns.TypeAccept {
 			t.Fatalf("an app of the storm got %v, want an ACCEPT", typ)
 		}
 	}
@@ -1159,19 +1110,8 @@ func TestStuckWaitsDoNotLeaveForAStandbyWhoseDialFailedWithChecksOff(t *testing.
 	}
 	delay.Store(int64(5 * time.Second))
 	before := connects.Load()
-	types := make(chan tns.PacketType, apps)
-	for range apps {
-		go func() {
-			typ, _ := oracleSession(t, h)
-			types <- typ
-		}()
-	}
-	failed := 0
-	for range apps {
-		if typ := <-types; typ != tns.TypeAccept {
-			failed++
-		}
-	}
+	storm := startAppStorm(t, h, apps)
+	failed := storm.notAccepted()
 	if failed > 0 {
 		t.Errorf("%d of %d apps waiting on the slow primary got no ACCEPT; want every one the primary's", failed, apps)
 	}
@@ -1236,24 +1176,13 @@ func TestReloadAfterAnExpiredRefusalLeavesNoStuckWaitToTheStandby(t *testing.T) 
 	refused := time.Now()
 	delay.Store(int64(3 * time.Second))
 	before := connects.Load()
-	types := make(chan tns.PacketType, apps)
-	for range apps {
-		go func() {
-			typ, _ := oracleSession(t, h)
-			types <- typ
-		}()
-	}
+	storm := startAppStorm(t, h, apps)
 	waitFor(t, 10*time.Second, "every wait past answer_timeout", func() bool { return h.p.stuckWaits.Load() >= apps })
 	time.Sleep(time.Until(refused.Add(1500 * time.Millisecond))) // past the refusal's memory (1s)
 	if err := h.p.Apply(mustParse(t, strings.Replace(conf, `connect_budget = "8s"`, `connect_budget = "9s"`, 1))); err != nil {
 		t.Fatal(err)
 	}
-	failed := 0
-	for range apps {
-		if typ := <-types; typ != tns.TypeAccept {
-			failed++
-		}
-	}
+	failed := storm.notAccepted()
 	if failed > 0 {
 		t.Errorf("%d of %d apps waiting on the slow primary at a reload after the standby's refusal memory got no ACCEPT; want every one the primary's", failed, apps)
 	}
@@ -1292,4 +1221,34 @@ check = "off"`, fmt.Sprintf("address = %q;priority = 0", standby.address), fmt.S
 	n.Write([]byte("hello"))
 	answeredWithin(t, n, time.Now(), 5*time.Second, "a new session once the standby's listener is back")
 	answeredWithin(t, c, time.Now(), 2*time.Second, "app waiting on a hung primary when the standby served a new session")
+}
+
+// appStorm is a logon storm: apps that each open an Oracle session at once
+// (oracleSession), and the type of the first packet each got.
+type appStorm struct {
+	n     int
+	types chan tns.PacketType
+}
+
+// startAppStorm starts n apps on h's listener l.
+func startAppStorm(t *testing.T, h *harness, n int) *appStorm {
+	a := &appStorm{n: n, types: make(chan tns.PacketType, n)}
+	for range n {
+		go func() {
+			typ, _ := oracleSession(t, h)
+			a.types <- typ
+		}()
+	}
+	return a
+}
+
+// notAccepted waits for every app and returns how many got no ACCEPT.
+func (a *appStorm) notAccepted() int {
+	missed := 0
+	for range a.n {
+		if typ := <-a.types; typ != tns.TypeAccept {
+			missed++
+		}
+	}
+	return missed
 }
