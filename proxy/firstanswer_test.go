@@ -989,7 +989,7 @@ func TestStandbyUpByItsCheckTakesNoLogonStormEnMasse(t *testing.T) {
 	})
 	storm := startAppStorm(t, h, apps)
 	waitFor(t, 10*time.Second, "every app's CONNECT at the slow primary", func() bool { return connects.Load() >= apps })
-	waitFor(t, 10*time.Second, "every wait past answer_timeout", func() bool { return h.p.stuckWaits.Load() >= apps })
+	waitFor(t, 30*time.Second, "every wait past answer_timeout", func() bool { return h.p.stuckWaits.Load() >= apps })
 	standby.up()
 	refused := storm.notAccepted()
 	if refused > 1 {
@@ -1022,7 +1022,7 @@ func TestStandbyUpByItsCheckTakesEveryStuckWaitOnceItServes(t *testing.T) {
 		return gauge(h.m.BackendUp, "b", primary.Addr()) == 1 && gauge(h.m.BackendUp, "b", standby.address) == 0
 	})
 	storm := startAppStorm(t, h, apps)
-	waitFor(t, 15*time.Second, "every wait past answer_timeout", func() bool { return h.p.stuckWaits.Load() >= apps })
+	waitFor(t, 30*time.Second, "every wait past answer_timeout", func() bool { return h.p.stuckWaits.Load() >= apps })
 	standby.up()
 	up := time.Now()
 	for i := range apps {
@@ -1177,7 +1177,7 @@ func TestReloadAfterAnExpiredRefusalLeavesNoStuckWaitToTheStandby(t *testing.T) 
 	delay.Store(int64(3 * time.Second))
 	before := connects.Load()
 	storm := startAppStorm(t, h, apps)
-	waitFor(t, 10*time.Second, "every wait past answer_timeout", func() bool { return h.p.stuckWaits.Load() >= apps })
+	waitFor(t, 30*time.Second, "every wait past answer_timeout", func() bool { return h.p.stuckWaits.Load() >= apps })
 	time.Sleep(time.Until(refused.Add(1500 * time.Millisecond))) // past the refusal's memory (1s)
 	if err := h.p.Apply(mustParse(t, strings.Replace(conf, `connect_budget = "8s"`, `connect_budget = "9s"`, 1))); err != nil {
 		t.Fatal(err)
