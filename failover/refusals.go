@@ -284,13 +284,7 @@ func (p *Plan) ForService(service string) { p.service = service }
 // refusals, for a session waiting under b's definition when a reload
 // replaced it (proxy).
 func (b *Backend) RefusedKept(service string) []*Server {
-	var out []*Server
-	for _, s := range b.Servers {
-		if b.refusals.kept(s.Address, service) {
-			out = append(out, s)
-		}
-	}
-	return out
+	return b.serversWhere(func(s *Server) bool { return b.refusals.kept(s.Address, service) })
 }
 
 // RefusedLately lists b's servers whose refusal of service still puts them
@@ -300,9 +294,14 @@ func (b *Backend) RefusedKept(service string) []*Server {
 // the refusals (Inherit), and a server that refused the service is still
 // nowhere for the session to go.
 func (b *Backend) RefusedLately(service string, now time.Time) []*Server {
+	return b.serversWhere(func(s *Server) bool { return b.refusals.has(s.Address, service, now) })
+}
+
+// serversWhere lists b's servers for which f is true, in b's order.
+func (b *Backend) serversWhere(f func(*Server) bool) []*Server {
 	var out []*Server
 	for _, s := range b.Servers {
-		if b.refusals.has(s.Address, service, now) {
+		if f(s) {
 			out = append(out, s)
 		}
 	}
