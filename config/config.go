@@ -327,10 +327,15 @@ func (k *Keepalive) applyDefaults(idle, interval time.Duration, count int, userT
 	k.Idle.orDefault(idle)
 	k.Interval.orDefault(interval)
 	k.Count = intOr(k.Count, count)
-	if derived {
+	if derived || userTimeout > 0 && k.Idle.Duration > 0 {
 		// Give up when the last probe would: never cut keepalive short
-		// (of the kernel's whole seconds: an idle of "1.5s" is 2s).
-		userTimeout = k.Settings().InKernel().ProbeSpan()
+		// (of the kernel's whole seconds: an idle of "1.5s" is 2s). A leg
+		// whose default has a user timeout (the database's: 60s, its
+		// default probes' span) keeps it at the span of the probes
+		// written: an idle of "60s" alone gives 90s, not a user timeout
+		// that cuts its keepalive short and a warning about a key the
+		// user never wrote.
+		userTimeout = min(k.Settings().InKernel().ProbeSpan(), keepalive.MaxUserTimeout)
 	}
 	k.UserTimeout.orDefault(userTimeout)
 }

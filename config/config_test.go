@@ -1834,3 +1834,44 @@ keepalive = { interval = "10s" }`, 1)
 		t.Fatalf("got:\n%v\nwant:\n%s", err, want)
 	}
 }
+
+// The database leg's user_timeout, when not written, follows the probes
+// written: an operator who raises idle to 60s (as the app side's default)
+// gets 90s, the span of the probes, not the default 60s that gave up
+// before the last probe and warned, at check and at every reload, of a
+// "keepalive.user_timeout 1m0s" the config did not have (until
+// 2026-12-01). Written values, the defaults (60s) and the app side's 0 are
+// unchanged; the kernel's ceiling caps the span (and check says it cuts
+// such probes short).
+func TestBackendUserTimeoutFollowsTheProbesWritten(t *testing.T) {
+	for _, tc := range []struct {
+		name, keepalive string
+		want            time.Duration
+	}{
+		{"defaults", "", time.Minute},
+		{"idle raised", `idle = "60s"`, 90 * time.Second},
+		{"idle lowered", `idle = "10s"`, 40 * time.Second},
+		{"interval and count", "interval = \"1.5s\"\n  count = 5", 40 * time.Second}, // the kernel's 2s
+		{"written wins", "idle = \"60s\"\n  user_timeout = \"2m\"", 2 * time.Minute},
+		{"keepalive off", `idle = "0s"`, time.Minute},
+		{"the kernel's ceiling", "idle = \"9h\"\n  interval = \"9h\"\n  count = 127", keepalive.MaxUserTimeout},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			text := strings.Replace(minimal, `name = "orders"
+  [[`, "name = \"orders\"\n  [backend.keepalive]\n  "+tc.keepalive+"\n  [[", 1)
+			cfg, warnings, err := Parse([]byte(text+"[listener.keepalive]\nidle = \"10s\"\n"), "k.toml")
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(warnings) > 0 && tc.want != keepalive.MaxUserTimeout { // there the kernel does cut the probes short, as the warning says
+				t.Errorf("warnings: %q", warnings)
+			}
+			if got := cfg.Backends[0].Keepalive.UserTimeout.Duration; got != tc.want {
+				t.Errorf("backend user_timeout = %v, want %v", got, tc.want)
+			}
+			if got := cfg.Listeners[0].Keepalive.UserTimeout.Duration; got != 0 {
+				t.Errorf("listener user_timeout = %v, want 0 (off, its default)", got)
+			}
+		})
+	}
+}
