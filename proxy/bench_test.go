@@ -8,7 +8,6 @@ package proxy
 import (
 	"io"
 	"net"
-	"syscall"
 	"testing"
 	"time"
 
@@ -203,12 +202,6 @@ func BenchmarkRoundTripAfterPause(b *testing.B) {
 			b.ReportMetric(float64(cpu.Nanoseconds())/float64(b.N), "cpu-ns/op")
 		})
 	}
-}
-
-func cpuTime() time.Duration {
-	var ru syscall.Rusage
-	syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
 // BenchmarkRoundTrip64CPU is BenchmarkRoundTrip64 with the same cpu-ns/op

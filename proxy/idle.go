@@ -484,16 +484,13 @@ func (l *parkLot) count() int {
 // them last, and the last one ends the session.
 
 // parkable lets p park while idle; its end is then reported to s. The
-// app -> backend pump starts in the opening, where it does not park, but
-// its idle deadline already runs: when it fires, the opening loop looks
-// again whether the session is established, and the pump takes over.
+// app -> backend pump starts in the opening, where it does not park and
+// waits with no idle deadline: establish arms it, and when it fires the
+// opening loop sees the session established and the pump takes over.
 func (s *session) parkable(p *pump, up bool) {
 	p.lot, p.owner, p.up = s.lot, s, up
 	if p.lot != nil {
 		p.sess = s
-	}
-	if up {
-		p.arm()
 	}
 	s.mu.Lock()
 	if up {

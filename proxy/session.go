@@ -91,6 +91,7 @@ type session struct {
 	clientErr     error            // the app's leg failed during the opening
 	clientPhase   Phase            // when it failed: connect (no backend connection yet) or opening
 	established   bool
+	upUnarmed     bool // the app-side pump waits in the opening with no idle deadline: establish wakes it
 	selfDialEnd   bool // selfDialed ended the session (counted once)
 	// loopCountedElsewhere: selfDialed found that another session counts
 	// the loop (its app was tnsguard's own dial, or its own dial's session
@@ -1684,6 +1685,15 @@ func (s *session) establish(first []byte, srv *failover.Server, plan *failover.P
 	s.mu.Lock()
 	s.established, s.link = true, lk
 	s.linkNow.Store(lk)
+	if s.upUnarmed {
+		// The app-side pump waits for the app's next bytes with no
+		// deadline (clientToBackend): the idle deadline wakes it if the
+		// app stays silent, to take over as the established direction,
+		// which parks when idle. An app that speaks or closes first
+		// costs no wake.
+		s.upUnarmed = false
+		s.client.SetReadDeadline(time.Now().Add(time.Duration(s.lot.after.Load())))
+	}
 	if !s.closing {
 		// Under s.mu, as closeLegs takes link: a session aborted before
 		// this line is never added, one aborted after it is removed.
@@ -1741,6 +1751,7 @@ func (s *session) clientToBackend() *pumpErr {
 		return &pumpErr{err: err}
 	}
 	s.parkable(p, true)
+	defer s.openingReadsOver()
 	if err := s.sendEarly(); err != nil { // bytes read past a PROXY header go first
 		return &pumpErr{err: err, atWrite: true}
 	}
@@ -1750,16 +1761,21 @@ func (s *session) clientToBackend() *pumpErr {
 		if overflow && !est && conn != nil {
 			s.overflowSrv = s.server // the server this pump now feeds, whatever the opening does next
 		}
+		// The opening's reads wait without the idle deadline: a pump
+		// parks only once it runs, and a wake every parkAfter for
+		// nothing is what thousands of sessions held by a hung listener
+		// would cost. establish arms it (upUnarmed), and run does.
+		taken := est || (overflow && conn != nil)
+		s.upUnarmed = !taken && p.lot != nil
 		s.mu.Unlock()
-		if est || (overflow && conn != nil) {
+		if taken {
 			// Established, or past replay_bytes (no replay is possible any
 			// more): plain pumping, spliced when bulk.
 			p.dst = conn
 			return p.run()
 		}
 		if err := p.wait(); err != nil {
-			if p.isIdleDeadline(err) { // idle: look again whether the pump may take over (and park)
-				p.arm()
+			if p.isIdleDeadline(err) { // idle since establish armed the deadline: the pump takes over (and parks)
 				continue
 			}
 			return &pumpErr{err: err}
@@ -1817,6 +1833,15 @@ func (s *session) clientToBackend() *pumpErr {
 		}
 		return &pumpErr{err: rerr}
 	}
+}
+
+// openingReadsOver is called as the app-side pump leaves its opening: from
+// then on establish does not touch the app's read deadline, which a watch
+// of the app's half-closed leg (watchHalfClosed) may rely on.
+func (s *session) openingReadsOver() {
+	s.mu.Lock()
+	s.upUnarmed = false
+	s.mu.Unlock()
 }
 
 // cancelOpening ends the opening's context, if the session still has one.
