@@ -644,6 +644,7 @@ func (p *pump) trySpliceOut(fd uintptr) bool {
 	for sp.pipe.n > 0 {
 		n, e := rawSplice(uintptr(sp.pipe.r), fd, sp.pipe.n)
 		if e == syscall.EAGAIN {
+			p.waitsForRoom()
 			return false
 		}
 		if e != 0 {
@@ -771,6 +772,9 @@ func (p *pump) tryWrite(fd uintptr) bool {
 	for p.off < p.n {
 		m, err := rawWrite(fd, (*p.buf)[p.off:p.n])
 		if err == syscall.EAGAIN {
+			if !p.noWait {
+				p.waitsForRoom()
+			}
 			return p.noWait
 		}
 		if err != 0 {
@@ -781,6 +785,14 @@ func (p *pump) tryWrite(fd uintptr) bool {
 		p.off += m
 	}
 	return true
+}
+
+// waitsForRoom tells housekeeping that the pump waits for room in dst: it
+// looks for stalled directions until the wait ends (Proxy.activity).
+func (p *pump) waitsForRoom() {
+	if p.sess != nil {
+		p.sess.p.activity.Add(1)
+	}
 }
 
 // noteDstErr tells the session which error a write to dst took

@@ -82,6 +82,13 @@ type Proxy struct {
 	// busy sessions move to the parking lot (idle.go, lotCrowded).
 	busySessions atomic.Int32
 	lotMinBusy   atomic.Int32
+	// activity counts what may make a session busy or stalled where
+	// housekeeping's last look saw none: a new session, bytes after a
+	// pause of parkAfter or more (touch), a write that found its
+	// destination full (pump.waitsForRoom). While it stays and that look
+	// found nothing busy or stalled, the look every parkAfter is skipped:
+	// idle sessions cost no walk ten times a second.
+	activity atomic.Uint64
 
 	linksMu sync.Mutex
 	links   map[linkKey]*link
@@ -618,6 +625,7 @@ func (p *Proxy) track(s *session, add bool) {
 	defer p.sessMu.Unlock()
 	if add {
 		p.sessions[s] = struct{}{}
+		p.activity.Add(1)
 	} else {
 		delete(p.sessions, s)
 	}
@@ -758,6 +766,8 @@ func (p *Proxy) housekeeping(ctx context.Context) {
 	busy := time.NewTicker(parkAfter) // the lot's gate follows load within this (idle.go)
 	defer busy.Stop()
 	var scan []*session // the stall watch's scratch (every parkAfter: no allocation)
+	var lookedAt uint64 // p.activity at the last look
+	quiet := false      // the last look found no session busy, no write waiting for room
 	type key struct{ listener, backend string }
 	seen := map[key]bool{}
 	defer p.pool.dropIdlePipes(true)
@@ -766,10 +776,17 @@ func (p *Proxy) housekeeping(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case now := <-busy.C:
-			p.countBusy()
+			a := p.activity.Load() // before the look: what comes during it makes the next one
+			if quiet && a == lookedAt {
+				continue // nothing became busy or began to wait since a look that found nothing
+			}
+			lookedAt = a
+			quiet = p.countBusy() == 0
 			if p.stalls != nil {
 				scan = p.appendLiveSessions(scan[:0])
-				p.stalls.update(scan, now)
+				if p.stalls.update(scan, now) {
+					quiet = false
+				}
 				clear(scan) // no session kept alive by the scratch slice
 			}
 			continue
@@ -819,9 +836,9 @@ func (p *Proxy) housekeeping(ctx context.Context) {
 }
 
 // countBusy counts the sessions that moved a byte within parkAfter, for
-// the lot's gate (lotCrowded). It allocates nothing: it runs every
-// parkAfter.
-func (p *Proxy) countBusy() {
+// the lot's gate (lotCrowded), and returns the count. It allocates
+// nothing: it runs every parkAfter.
+func (p *Proxy) countBusy() int32 {
 	n := int32(0)
 	p.sessMu.Lock()
 	for s := range p.sessions {
@@ -831,6 +848,7 @@ func (p *Proxy) countBusy() {
 	}
 	p.sessMu.Unlock()
 	p.busySessions.Store(n)
+	return n
 }
 
 // record closes the books on a session: metrics, link counters, one log line.

@@ -179,7 +179,11 @@ func (s *session) idleFor() time.Duration {
 // outlived too, was lost for its leg.
 func (s *session) touch(from Side) {
 	now := int64(time.Since(s.start))
-	if prev := s.lastActive.Swap(now); now-prev > int64(time.Second) {
+	prev := s.lastActive.Swap(now)
+	if now-prev >= int64(parkAfter) {
+		s.p.activity.Add(1) // busy again: housekeeping looks (Proxy.activity)
+	}
+	if now-prev > int64(time.Second) {
 		s.pauseBefore.Store(now - prev)
 		s.resumedAt.Store(now)
 		if now-prev >= int64(s.p.rttFresh) {

@@ -93,10 +93,12 @@ func (w *stallWatch) check(id uint64, _ uint32) {
 
 // update watches the sources of the directions that have waited
 // stallWatchAfter or more for room, and stops watching those whose wait
-// ended (or whose session did). Called every parkAfter by housekeeping.
-func (w *stallWatch) update(sessions []*session, now time.Time) {
+// ended (or whose session did). Called every parkAfter by housekeeping; it
+// tells whether a direction waits for room (watched or not yet): the next
+// look must come.
+func (w *stallWatch) update(sessions []*session, now time.Time) (waiting bool) {
 	if w == nil {
-		return
+		return false
 	}
 	clear(w.stalled)
 	for _, s := range sessions {
@@ -106,7 +108,11 @@ func (w *stallWatch) update(sessions []*session, now time.Time) {
 				if p == nil {
 					continue
 				}
-				if b := p.blockedAt.Load(); b == 0 || now.UnixNano()-b < int64(stallWatchAfter) {
+				b := p.blockedAt.Load()
+				if b != 0 {
+					waiting = true
+				}
+				if b == 0 || now.UnixNano()-b < int64(stallWatchAfter) {
 					continue
 				}
 				src, side := s.client, SideClient
@@ -146,6 +152,7 @@ func (w *stallWatch) update(sessions []*session, now time.Time) {
 		w.mu.Unlock()
 		n.s.mu.Unlock()
 	}
+	return waiting
 }
 
 // watch adds n, p's source, to the set unless it is there already or its
