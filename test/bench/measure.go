@@ -254,11 +254,13 @@ func oneSession(raddr *net.TCPAddr, msg, buf []byte, deadline time.Time) error {
 type idleResult struct {
 	KB  float64 // VmRSS delta
 	FDs float64 // open fds delta
+	CPU float64 // CPU the proxy used while they sat, ms a second per 1,000 sessions
 }
 
 // idleSessions opens n sessions through in.Small, each with one round trip
 // so both legs are established, lets them sit, and divides the growth of
-// the proxy processes' RSS and fd count by n.
+// the proxy processes' RSS and fd count by n; then measures the CPU the
+// proxy uses while they sit on (for 10 settles), per 1,000 sessions.
 func idleSessions(ctx context.Context, in *instance, n, msgSize int, settle time.Duration) (idleResult, error) {
 	raddr, err := net.ResolveTCPAddr("tcp", in.Small)
 	if err != nil {
@@ -326,8 +328,16 @@ func idleSessions(ctx context.Context, in *instance, n, msgSize int, settle time
 	if err != nil {
 		return idleResult{}, err
 	}
+	hold := 10 * settle // /proc counts CPU in 10 ms ticks: long enough for a few
+	start := time.Now()
+	time.Sleep(hold)
+	held, err := in.usage()
+	if err != nil {
+		return idleResult{}, err
+	}
 	return idleResult{
 		KB:  float64(after.RSSKB-before.RSSKB) / float64(n),
 		FDs: float64(after.FDs-before.FDs) / float64(n),
+		CPU: 1000 * (held.CPUSeconds - after.CPUSeconds) / time.Since(start).Seconds() / (float64(n) / 1000),
 	}, nil
 }

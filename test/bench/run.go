@@ -37,6 +37,7 @@ const (
 	figConnsPerSec
 	figIdleKB
 	figIdleFDs
+	figIdleCPU
 	numFigures
 )
 
@@ -81,6 +82,8 @@ func (f figure) info() figureInfo {
 		return figureInfo{"memory per idle session (KB RSS)", false, "%.2f", true}
 	case figIdleFDs:
 		return figureInfo{"fds per idle session", false, "%.2f", true}
+	case figIdleCPU:
+		return figureInfo{"idle CPU per 1,000 sessions (ms/s)", false, "%.2f", true}
 	}
 	return figureInfo{Name: fmt.Sprintf("figure %d", int(f))}
 }
@@ -221,7 +224,7 @@ func run(ctx context.Context, o options) (*results, error) {
 			v, err := connectRate(ctx, in.Small, o.ConnWorkers, o.MessageSize, d)
 			return []float64{v}, err
 		}},
-		test{"idle", []figure{figIdleKB, figIdleFDs}, func(ctx context.Context, system string, in *instance) ([]float64, error) {
+		test{"idle", []figure{figIdleKB, figIdleFDs, figIdleCPU}, func(ctx context.Context, system string, in *instance) ([]float64, error) {
 			if in.proc == nil {
 				return nil, nil // nothing between client and server to measure
 			}
@@ -232,7 +235,7 @@ func run(ctx context.Context, o options) (*results, error) {
 					err = fmt.Errorf("%w (the proxy held %d fds, RLIMIT_NOFILE %d)", err, u.FDs, fileLimit)
 				}
 			}
-			return []float64{res.KB, res.FDs}, err
+			return []float64{res.KB, res.FDs, res.CPU}, err
 		}},
 	)
 
