@@ -91,7 +91,7 @@ type session struct {
 	clientErr     error            // the app's leg failed during the opening
 	clientPhase   Phase            // when it failed: connect (no backend connection yet) or opening
 	established   bool
-	upUnarmed     bool // the app-side pump waits in the opening with no idle deadline: establish wakes it
+	upUnarmed     bool // the app-side pump waits in the opening with no idle deadline: establish arms it
 	selfDialEnd   bool // selfDialed ended the session (counted once)
 	// loopCountedElsewhere: selfDialed found that another session counts
 	// the loop (its app was tnsguard's own dial, or its own dial's session

@@ -16,7 +16,7 @@ import (
 // a core from the sessions that still work. Until 2026-12-01 every waiting
 // session's app-side pump woke every 100 ms (the idle deadline it parks
 // by, which a session still in its opening never uses): 2,000 waits took
-// about a third of a core.
+// 16% of a core.
 func TestAppsWaitingOnAHungServerCostNoCPU(t *testing.T) {
 	if testing.Short() {
 		t.Skip("2,000 sessions")
@@ -50,17 +50,27 @@ check = "off"`
 	}()
 	waitFor(t, 30*time.Second, "every app's bytes at the hung server", func() bool { return heard.Load() == n })
 	time.Sleep(300 * time.Millisecond) // the last sessions' openings settle
+	// Measured: 0.8-1.0% of a core (16% before); under the race detector
+	// 2.4% (63% before).
+	cpuUnder(t, fmt.Sprintf("with %d sessions waiting on a hung server", n), 5, 25)
+}
+
+// cpuUnder measures the CPU the test process uses over 2 s and fails t
+// when it is over limit percent of a core (raceLimit under the race
+// detector, which multiplies CPU time); what says what the proxy held.
+func cpuUnder(t *testing.T, what string, limit, raceLimit float64) {
+	t.Helper()
 	const window = 2 * time.Second
 	before := cpuTime()
 	time.Sleep(window)
 	spent := cpuTime() - before
-	t.Logf("%d sessions waiting on a hung server: %v of CPU in %v (%.1f%% of a core)", n, spent, window, 100*spent.Seconds()/window.Seconds())
-	limit := window / 20 // measured: 1.5% of a core here (16% before)
+	share := 100 * spent.Seconds() / window.Seconds()
+	t.Logf("%v of CPU in %v %s (%.2f%% of a core)", spent, window, what, share)
 	if raceDetector {
-		limit = window / 4 // measured: 9-12% of a core (63% before)
+		limit = raceLimit
 	}
-	if spent > limit {
-		t.Errorf("the proxy spent %v of CPU in %v with %d sessions waiting on a hung server, want under %v", spent, window, n, limit)
+	if share > limit {
+		t.Errorf("the proxy spent %v of CPU in %v %s (%.2f%% of a core), want under %v%%", spent, window, what, share, limit)
 	}
 }
 
