@@ -67,6 +67,8 @@ type bufPool struct {
 	// two fds, which the sessions max_sessions admits must not lack.
 	made, bound atomic.Int64
 
+	kept func() // a pipe was kept where none was: dropIdlePipes has one to drop (Proxy.nudge)
+
 	mu     sync.Mutex
 	pipes  []pipePair // empty pipes for the next bulk, at most freePipes
 	taken  uint64     // getPipe calls so far
@@ -112,7 +114,11 @@ func (bp *bufPool) putPipe(pp pipePair) {
 		bp.mu.Lock()
 		if len(bp.pipes) < freePipes && !bp.closed {
 			bp.pipes = append(bp.pipes, pp)
+			first := len(bp.pipes) == 1
 			bp.mu.Unlock()
+			if first && bp.kept != nil {
+				bp.kept()
+			}
 			return
 		}
 		bp.mu.Unlock()
@@ -158,13 +164,15 @@ func (pp pipePair) close() {
 
 // dropIdlePipes closes the kept pipes when no bulk took one since the last
 // call (housekeeping: once a second), so that a proxy without bulk holds
-// no pipe; with stop, at once and for good (the proxy has stopped).
-func (bp *bufPool) dropIdlePipes(stop bool) {
+// no pipe; with stop, at once and for good (the proxy has stopped). It
+// says whether it still keeps pipes: it must be called again.
+func (bp *bufPool) dropIdlePipes(stop bool) (kept bool) {
 	bp.mu.Lock()
 	if !stop && bp.taken != bp.lastAt {
 		bp.lastAt = bp.taken
+		kept = len(bp.pipes) > 0
 		bp.mu.Unlock()
-		return
+		return kept
 	}
 	pipes := bp.pipes
 	bp.pipes, bp.closed = nil, bp.closed || stop
@@ -172,6 +180,7 @@ func (bp *bufPool) dropIdlePipes(stop bool) {
 	for _, pp := range pipes {
 		bp.closePipe(pp)
 	}
+	return false
 }
 
 func newBufPool() *bufPool {
@@ -791,7 +800,7 @@ func (p *pump) tryWrite(fd uintptr) bool {
 // looks for stalled directions until the wait ends (Proxy.activity).
 func (p *pump) waitsForRoom() {
 	if p.sess != nil {
-		p.sess.p.activity.Add(1)
+		p.sess.p.bump()
 	}
 }
 

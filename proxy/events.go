@@ -106,6 +106,15 @@ func (b *logBudget) take(now time.Time, window time.Duration) (ok bool, dropped 
 	return false, dropped, since
 }
 
+// dropsUntil is when the window ends that has dropped lines: closeWindows
+// must tell it then. Zero when it dropped none.
+func (b *logBudget) dropsUntil(window time.Duration) time.Time {
+	if b.dropped == 0 {
+		return time.Time{}
+	}
+	return b.start.Add(window)
+}
+
 // end closes the window if it is over at now, and reports it as take does.
 func (b *logBudget) end(now time.Time, window time.Duration) (dropped int, since time.Time) {
 	if b.start.IsZero() || now.Sub(b.start) < window {
@@ -116,11 +125,14 @@ func (b *logBudget) end(now time.Time, window time.Duration) (dropped int, since
 	return dropped, since
 }
 
-// forensics is the proxy's reset memory; tick runs once a second from
-// housekeeping.
+// forensics is the proxy's reset memory; housekeeping runs tick when the
+// last one said, or sooner.
 type forensics struct {
 	log     hclog.Logger
 	connect *connectWindow
+	// dropping is called when a window drops its first line, under mu:
+	// tick must come at its end (Proxy.nudge).
+	dropping func()
 
 	mu     sync.Mutex
 	window time.Duration // log window: logWindow; tests shorten it
@@ -149,6 +161,7 @@ func (f *forensics) takeLine(listener, kind string, now time.Time) bool {
 		f.lines[k] = b
 	}
 	ok, dropped, since := b.take(now, f.window)
+	f.noteDropping(b)
 	f.mu.Unlock()
 	f.logLinesDropped(k, dropped, since, now)
 	return ok
@@ -235,7 +248,17 @@ func (f *forensics) store(ev *ResetEvent) (logIt bool, dropped int, window time.
 	}
 	lr.byHourOfDay[ev.Time.Hour()]++
 
-	return lr.log.take(ev.Time, f.window)
+	logIt, dropped, window = lr.log.take(ev.Time, f.window)
+	f.noteDropping(&lr.log)
+	return logIt, dropped, window
+}
+
+// noteDropping tells housekeeping (dropping) when b has just dropped its
+// window's first line. Under f.mu.
+func (f *forensics) noteDropping(b *logBudget) {
+	if b.dropped == 1 && f.dropping != nil {
+		f.dropping()
+	}
 }
 
 // logDropped says how many reset lines of a link were not logged in the
@@ -247,15 +270,23 @@ func (f *forensics) logDropped(listener, backend, server string, n int, start ti
 }
 
 // tick ends the log windows that are over, logging the lines they dropped,
-// and samples the connect histograms.
-func (f *forensics) tick(now time.Time) {
-	f.closeWindows(now, f.logWindow())
+// and samples the connect histograms. It returns when it must run again:
+// the end of the first window that dropped lines, or the next minute's
+// sample.
+func (f *forensics) tick(now time.Time) time.Time {
+	next := time.Unix((now.Unix()/60+1)*60, 0)
+	if end := f.closeWindows(now, f.logWindow()); !end.IsZero() {
+		next = earlier(next, end)
+	}
 	f.connect.sample(now)
+	return next
 }
 
 // closeWindows ends the links' log windows that are at least window old at
 // now, telling what each dropped (all of them with window 0: at shutdown).
-func (f *forensics) closeWindows(now time.Time, window time.Duration) {
+// It returns the end of the first window still open that dropped lines,
+// zero if none.
+func (f *forensics) closeWindows(now time.Time, window time.Duration) (next time.Time) {
 	type summary struct {
 		k      linkKey
 		n      int
@@ -263,10 +294,16 @@ func (f *forensics) closeWindows(now time.Time, window time.Duration) {
 	}
 	var over []summary
 	f.mu.Lock()
+	soonest := func(b *logBudget) {
+		if end := b.dropsUntil(window); !end.IsZero() && (next.IsZero() || end.Before(next)) {
+			next = end
+		}
+	}
 	for k, lr := range f.links {
 		if n, since := lr.log.end(now, window); n > 0 {
 			over = append(over, summary{k, n, since})
 		}
+		soonest(&lr.log)
 	}
 	type lineSummary struct {
 		k     lineKey
@@ -281,6 +318,7 @@ func (f *forensics) closeWindows(now time.Time, window time.Duration) {
 		if b.start.IsZero() { // no window open: nothing to keep
 			delete(f.lines, k)
 		}
+		soonest(b)
 	}
 	f.mu.Unlock()
 	for _, s := range over {
@@ -289,6 +327,7 @@ func (f *forensics) closeWindows(now time.Time, window time.Duration) {
 	for _, s := range lines {
 		f.logLinesDropped(s.k, s.n, s.since, now)
 	}
+	return next
 }
 
 // Resets returns up to limit of the most recent reset events, newest
@@ -321,7 +360,7 @@ func (f *forensics) view(now time.Time) statusView {
 // fill adds a link's reset windows, idle sessions and connect latency to
 // its status.
 func (v statusView) fill(st *LinkStatus, l *link) {
-	st.SessionsIdle = l.idleSessions(time.Minute)
+	st.SessionsIdle = l.idleSessions(idleAfter)
 	st.ResetsByCause1h = map[string]uint64{}
 	f := v.f
 	f.mu.Lock()

@@ -381,7 +381,10 @@ func val(p *float64) any {
 // Pool view: a session that moved nothing for over a minute counts in
 // tnsguard_sessions_idle and the link's sessions_idle; a byte makes it
 // active again. Idleness is faked by moving the session's last activity
-// back 2 minutes (TNSGUARD_LONG=1 runs TestSessionsIdleReal, which waits).
+// back to 2s short of a minute, and telling housekeeping, which sleeps
+// until the crossing it computed from the old mark: the gauge must move
+// at the crossing itself, with nothing else waking it
+// (TNSGUARD_LONG=1 runs TestSessionsIdleReal, which waits).
 func TestSessionsIdle(t *testing.T) {
 	be := newBackend(t, echo)
 	h := startProxy(t, oneBackendConfig(be.addr()))
@@ -397,14 +400,21 @@ func TestSessionsIdle(t *testing.T) {
 	// Faked again until counted: the pump marks the echo's chunk moved
 	// after writing it, so on a loaded machine its mark can land after the
 	// app has read the byte and this test has moved the mark back.
-	waitFor(t, 3*time.Second, "tnsguard_sessions_idle = 1", func() bool {
+	const short = 2 * time.Second
+	faked := time.Now()
+	waitFor(t, 2*short, "tnsguard_sessions_idle = 1", func() bool {
 		for _, s := range h.p.liveSessions() {
-			if s.in.client.String() == quiet.LocalAddr().String() && s.idleFor() < time.Minute {
-				s.lastActive.Store(-int64(2 * time.Minute))
+			if s.in.client.String() == quiet.LocalAddr().String() && s.idleFor() < idleAfter-2*short {
+				s.lastActive.Store(int64(time.Since(s.start) - (idleAfter - short)))
+				faked = time.Now()
+				h.p.nudge()
 			}
 		}
 		return idle() == 1
 	})
+	if early := time.Since(faked); early < short-100*time.Millisecond {
+		t.Errorf("counted idle %v after the mark was moved to %v short of a minute", early, short)
+	}
 	if st := linkOf(t, h.p, be.addr()); st.SessionsIdle != 1 || st.SessionsActive != 2 {
 		t.Errorf("link: %d idle of %d active, want 1 of 2", st.SessionsIdle, st.SessionsActive)
 	}

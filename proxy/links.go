@@ -373,7 +373,7 @@ func (p *Proxy) openingSessions() map[linkKey]openingCount {
 		k := linkKey{s.l.name, s.backendName(), "none"}
 		o := out[k]
 		o.n++
-		if s.idleFor() > time.Minute {
+		if s.idleFor() > idleAfter {
 			o.idle++
 		}
 		out[k] = o

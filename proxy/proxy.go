@@ -86,9 +86,18 @@ type Proxy struct {
 	// housekeeping's last look saw none: a new session, bytes after a
 	// pause of parkAfter or more (touch), a write that found its
 	// destination full (pump.waitsForRoom). While it stays and that look
-	// found nothing busy or stalled, the look every parkAfter is skipped:
-	// idle sessions cost no walk ten times a second.
+	// found nothing busy or stalled, there is no look every parkAfter:
+	// housekeeping sleeps until bump wakes it or its walk is due.
 	activity atomic.Uint64
+	// changes counts what may change the walk's results before the moment
+	// the last walk said it must come again (walkSessions): a session
+	// begun or ended, a configuration applied, a log window that dropped
+	// its first line, a pipe kept for the next bulk (nudge).
+	changes atomic.Uint64
+	// wake rouses housekeeping from a quiet sleep (asleep set) when
+	// activity or changes move. One pending wake is enough.
+	wake   chan struct{}
+	asleep atomic.Bool
 
 	linksMu sync.Mutex
 	links   map[linkKey]*link
@@ -120,10 +129,12 @@ func New(log hclog.Logger, m *metrics.Metrics) *Proxy {
 		log: log, metrics: m, pool: newBufPool(), ctx: ctx, cancel: cancel, hurry: make(chan struct{}),
 		listeners: map[string]*listener{}, backends: map[string]*failover.Backend{},
 		sessions: map[*session]struct{}{}, links: map[linkKey]*link{}, counts: map[serverKey]failover.Counts{},
-		removed:   map[string]*admitted{},
+		removed: map[string]*admitted{}, wake: make(chan struct{}, 1),
 		forensics: newForensics(log.Named("proxy"), m.ConnectDuration), evidenceWindow: defaultEvidenceWindow, rttFresh: defaultRTTFresh,
 	}
 	p.forensics.connect.keep = p.configuredServer
+	p.forensics.dropping = p.nudge
+	p.pool.kept = p.nudge
 	p.parking = startParkLots(ctx, &p.loopWG, p.log, runtime.GOMAXPROCS(0))
 	p.stalls = startStallWatch(ctx, &p.loopWG)
 	p.lotMinBusy.Store(lotMinBusy)
@@ -171,6 +182,7 @@ func (p *Proxy) Apply(cfg *config.Config) error {
 		return err
 	}
 	p.pool.setPipeBound(pipeBound(cfg))
+	p.nudge() // pairs to show at 0 or to drop, idle_timeout changed
 	// Outside p.mu, which every accepted connection takes (current):
 	// retuning tens of thousands of sessions would hold accepts for the
 	// hundreds of milliseconds it takes.
@@ -629,6 +641,33 @@ func (p *Proxy) track(s *session, add bool) {
 	} else {
 		delete(p.sessions, s)
 	}
+	p.nudge() // also wakes for the activity
+}
+
+// bump counts activity (Proxy.activity) and wakes housekeeping if it
+// sleeps.
+func (p *Proxy) bump() {
+	p.activity.Add(1)
+	p.rouse()
+}
+
+// nudge counts a change the walk must see within a second
+// (Proxy.changes) and wakes housekeeping if it sleeps.
+func (p *Proxy) nudge() {
+	p.changes.Add(1)
+	p.rouse()
+}
+
+// rouse wakes housekeeping if it sleeps. Housekeeping sets asleep before
+// it reads the counters a last time, and the callers move a counter before
+// they read asleep: one of the two sees the other's move.
+func (p *Proxy) rouse() {
+	if p.asleep.Load() {
+		select {
+		case p.wake <- struct{}{}:
+		default:
+		}
+	}
 }
 
 func (p *Proxy) liveSessions() []*session {
@@ -756,83 +795,160 @@ func (p *Proxy) shutdown(grace, drainTimeout time.Duration, log hclog.Logger, st
 	log.Info("drained", "sessions_closed_at_timeout", closed)
 }
 
-// housekeeping updates the idle-sessions gauge, ends sessions idle longer
-// than their listener's idle_timeout, ends sessions whose stalled
-// direction's source failed (session.checkStalled), and closes the bulk's
-// kept pipes when no bulk used them (bufPool.dropIdlePipes), once a second.
+// housekeeping counts the busy sessions for the lot's gate and watches
+// the directions that wait for room (look, every parkAfter while any
+// session is busy or waits), and walks the sessions (walkSessions) at
+// most once a second, when something changed or a moment the last walk
+// named comes. A proxy whose sessions all sit idle sleeps: a thousand
+// pooled sessions held for hours cost no wake ten times a second, and
+// none a second once their idleness is counted (the README's data-path
+// section measures it).
 func (p *Proxy) housekeeping(ctx context.Context) {
-	t := time.NewTicker(time.Second)
-	defer t.Stop()
-	busy := time.NewTicker(parkAfter) // the lot's gate follows load within this (idle.go)
-	defer busy.Stop()
+	timer := time.NewTimer(0) // the first look and walk at once
+	defer timer.Stop()
 	var scan []*session // the stall watch's scratch (every parkAfter: no allocation)
 	var lookedAt uint64 // p.activity at the last look
 	quiet := false      // the last look found no session busy, no write waiting for room
-	type key struct{ listener, backend string }
-	seen := map[key]bool{}
+	var walkedAt, due time.Time
+	walked := p.changes.Load() // p.changes at the last walk
+	seen := map[pairKey]bool{}
 	defer p.pool.dropIdlePipes(true)
 	for {
 		select {
 		case <-ctx.Done():
 			return
-		case now := <-busy.C:
-			a := p.activity.Load() // before the look: what comes during it makes the next one
-			if quiet && a == lookedAt {
-				continue // nothing became busy or began to wait since a look that found nothing
-			}
-			lookedAt = a
-			quiet = p.countBusy() == 0
-			if p.stalls != nil {
-				scan = p.appendLiveSessions(scan[:0])
-				if p.stalls.update(scan, now) {
-					quiet = false
-				}
-				clear(scan) // no session kept alive by the scratch slice
-			}
-			continue
-		case <-t.C:
+		case <-timer.C:
+		case <-p.wake:
 		}
+		p.asleep.Store(false)
 		now := time.Now()
-		p.forensics.tick(now)
-		p.pool.dropIdlePipes(false)
-		idle := map[key]int{}
-		live := map[key]bool{}
-		for _, s := range p.liveSessions() {
-			k := key{s.l.name, s.backendName()}
-			d := s.idleFor()
-			if d > time.Minute {
-				idle[k]++
+		// Each counter is read before what it guards: what comes during a
+		// look or a walk makes the next one.
+		if a := p.activity.Load(); !quiet || a != lookedAt {
+			lookedAt = a
+			quiet = p.look(now, &scan)
+		}
+		c := p.changes.Load()
+		if c != walked && walkedAt.Add(time.Second).Before(due) {
+			due = walkedAt.Add(time.Second)
+		}
+		if !now.Before(due) {
+			walked, walkedAt = c, now
+			// At most once a second: a walk is a lock per session.
+			due = later(p.walkSessions(now, seen), now.Add(time.Second))
+		}
+		wait := due.Sub(now)
+		if !quiet {
+			wait = min(wait, parkAfter)
+		} else {
+			p.asleep.Store(true)
+			if p.activity.Load() != lookedAt || p.changes.Load() != c {
+				wait = 0 // came before asleep was set: no wake was sent for it
 			}
-			if limit := s.lcfg.IdleTimeout.Duration; limit > 0 && d > limit {
+		}
+		timer.Reset(wait)
+	}
+}
+
+// look counts the busy sessions (countBusy) and updates the stall watch;
+// it says whether it found nothing busy and no write waiting for room.
+func (p *Proxy) look(now time.Time, scan *[]*session) (quiet bool) {
+	quiet = p.countBusy() == 0
+	if p.stalls != nil {
+		*scan = p.appendLiveSessions((*scan)[:0])
+		if p.stalls.update(*scan, now) {
+			quiet = false
+		}
+		clear(*scan) // no session kept alive by the scratch slice
+	}
+	return quiet
+}
+
+// idleAfter is how long a session moves no byte before it counts as idle
+// (tnsguard_sessions_idle, a link's sessions_idle).
+const idleAfter = time.Minute
+
+// pairKey is a listener and a backend it routes to: a series of
+// tnsguard_sessions_idle.
+type pairKey struct{ listener, backend string }
+
+// walkSessions updates the idle-sessions gauge, ends sessions idle longer
+// than their listener's idle_timeout, ends sessions whose stalled
+// direction's source failed (session.checkStalled), sets the keepalive
+// that dials left (session.armKeepalive), closes the bulk's kept pipes
+// when no bulk used them (bufPool.dropIdlePipes) and ends the log windows
+// that dropped lines (forensics.tick). It returns when it must come
+// again if nothing changes (Proxy.changes) before: the first moment a
+// session crosses a minute idle or its idle_timeout, the next minute for
+// the connect-time window, the end of a log window that dropped lines; now
+// while a session opens, awaits its keepalive, has a direction waiting for
+// room, or a pipe is kept. seen holds the pairs whose series it set.
+func (p *Proxy) walkSessions(now time.Time, seen map[pairKey]bool) time.Time {
+	next := p.forensics.tick(now)
+	if p.pool.dropIdlePipes(false) {
+		next = now
+	}
+	idle := map[pairKey]int{}
+	live := map[pairKey]bool{}
+	for _, s := range p.liveSessions() {
+		k := pairKey{s.l.name, s.backendName()}
+		d := s.idleFor()
+		if d > idleAfter {
+			idle[k]++
+		} else {
+			next = earlier(next, now.Add(idleAfter-d+time.Millisecond))
+		}
+		if limit := s.lcfg.IdleTimeout.Duration; limit > 0 {
+			if d > limit {
 				s.abort(SideClient, PhaseIdle, ErrIdleTimeout, "closed", nil)
-			}
-			s.checkStalled(now)
-			s.armKeepalive(now)
-			seen[k], live[k] = true, true
-		}
-		reachable := map[key]bool{} // the pairs the running config can make
-		p.mu.Lock()
-		if p.cfg != nil {
-			for _, lc := range p.cfg.Listeners {
-				for _, b := range lc.Backends() {
-					k := key{lc.Name, b}
-					reachable[k], seen[k] = true, true // 0 before a session came: a dashboard shows 0, not "no data"
-				}
+			} else {
+				next = earlier(next, now.Add(limit-d+time.Millisecond))
 			}
 		}
-		p.mu.Unlock()
-		for k := range seen {
-			if !reachable[k] && !live[k] {
-				// A listener, or a listener's backend, that a reload
-				// removed, and whose last session ended: its series goes,
-				// as its other gauges went at the reload.
-				p.metrics.SessionsIdle.DeleteLabelValues(k.listener, k.backend)
-				delete(seen, k)
-				continue
+		waits := s.checkStalled(now)
+		if s.armKeepalive(now) || waits {
+			next = now
+		}
+		seen[k], live[k] = true, true
+	}
+	reachable := map[pairKey]bool{} // the pairs the running config can make
+	p.mu.Lock()
+	if p.cfg != nil {
+		for _, lc := range p.cfg.Listeners {
+			for _, b := range lc.Backends() {
+				k := pairKey{lc.Name, b}
+				reachable[k], seen[k] = true, true // 0 before a session came: a dashboard shows 0, not "no data"
 			}
-			p.metrics.SessionsIdle.WithLabelValues(k.listener, k.backend).Set(float64(idle[k]))
 		}
 	}
+	p.mu.Unlock()
+	for k := range seen {
+		if !reachable[k] && !live[k] {
+			// A listener, or a listener's backend, that a reload
+			// removed, and whose last session ended: its series goes,
+			// as its other gauges went at the reload.
+			p.metrics.SessionsIdle.DeleteLabelValues(k.listener, k.backend)
+			delete(seen, k)
+			continue
+		}
+		p.metrics.SessionsIdle.WithLabelValues(k.listener, k.backend).Set(float64(idle[k]))
+	}
+	return next
+}
+
+// earlier is the earlier of a and b; later the later.
+func earlier(a, b time.Time) time.Time {
+	if b.Before(a) {
+		return b
+	}
+	return a
+}
+
+func later(a, b time.Time) time.Time {
+	if b.After(a) {
+		return b
+	}
+	return a
 }
 
 // countBusy counts the sessions that moved a byte within parkAfter, for

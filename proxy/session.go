@@ -181,7 +181,10 @@ func (s *session) touch(from Side) {
 	now := int64(time.Since(s.start))
 	prev := s.lastActive.Swap(now)
 	if now-prev >= int64(parkAfter) {
-		s.p.activity.Add(1) // busy again: housekeeping looks (Proxy.activity)
+		s.p.bump() // busy again: housekeeping looks (Proxy.activity)
+	}
+	if now-prev > int64(idleAfter) {
+		s.p.nudge() // counted idle: no more within a second (walkSessions)
 	}
 	if now-prev > int64(time.Second) {
 		s.pauseBefore.Store(now - prev)
@@ -2460,16 +2463,21 @@ const keepaliveAfter = time.Second
 
 // armKeepalive sets the backend leg's keepalive and user timeout on a
 // session that has lasted keepaliveAfter, in either state (live or
-// dormant), if its dial left them.
-func (s *session) armKeepalive(now time.Time) {
+// dormant), if its dial left them. It says whether housekeeping must come
+// again: the keepalive is still to be set, or the session still opens (a
+// re-dial attaches a connection whose keepalive is late again).
+func (s *session) armKeepalive(now time.Time) (again bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if !s.kaLate || s.closing || now.Sub(s.start) < keepaliveAfter {
-		return
+	if s.closing {
+		return false
+	}
+	if !s.kaLate || now.Sub(s.start) < keepaliveAfter {
+		return s.kaLate || !s.established
 	}
 	c := s.backendSockLocked()
 	if c == nil {
-		return
+		return true
 	}
 	s.kaLate = false
 	// A conn the opening has just closed (dropBackend, before detach: a
@@ -2478,6 +2486,7 @@ func (s *session) armKeepalive(now time.Time) {
 	if err := s.ka[legIndex(SideBackend)].Apply(c); err != nil && !errors.Is(err, net.ErrClosed) {
 		s.logger().Warn("cannot set keepalive on the backend connection", "server", s.serverShownLocked(), "error", err)
 	}
+	return !s.established
 }
 
 // retune sets ka, the keepalive a reload gave side's listener or backend,
@@ -2572,12 +2581,13 @@ const stallCheck = time.Second
 // direction reads its source again only once the destination takes bytes,
 // which a hung peer may never do, and the reset would reach the other leg
 // only at that leg's user timeout. Called about once a second; it costs
-// the session's lock, and two system calls per stalled direction.
-func (s *session) checkStalled(now time.Time) {
+// the session's lock, and two system calls per stalled direction. It says
+// whether a direction waits for room: housekeeping must come again.
+func (s *session) checkStalled(now time.Time) (waiting bool) {
 	s.mu.Lock()
 	if s.dormant || s.closing {
 		s.mu.Unlock()
-		return
+		return false
 	}
 	var failed error
 	var side Side
@@ -2586,6 +2596,7 @@ func (s *session) checkStalled(now time.Time) {
 		if p != nil {
 			b = p.blockedAt.Load()
 		}
+		waiting = waiting || b != 0
 		if b == 0 || now.UnixNano()-b < int64(stallCheck) {
 			continue
 		}
@@ -2608,5 +2619,7 @@ func (s *session) checkStalled(now time.Time) {
 	s.mu.Unlock()
 	if failed != nil {
 		s.abort(side, s.phaseNow(side, failed), failed, "reset", nil)
+		return false
 	}
+	return waiting
 }
