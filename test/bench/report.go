@@ -111,11 +111,26 @@ func (r *results) rows() [][]string {
 			}
 			row = append(row, fmt.Sprintf("%.2fx vs %s (%s)", q, peer, want))
 		} else {
-			row = append(row, "-")
+			row = append(row, r.unratioed(f, peer))
 		}
 		rows = append(rows, row)
 	}
 	return rows
+}
+
+// unratioed is the ratio column where there is no ratio: the subject's
+// difference from a best peer that measured 0 (idle CPU, where nginx's
+// ticks can all fall outside the window), else "-".
+func (r *results) unratioed(f figure, peer string) string {
+	v, best := r.value(r.subject(), f), r.value(peer, f)
+	if peer == "" || math.IsNaN(v) || best != 0 {
+		return "-"
+	}
+	format := f.info().Format
+	if v == 0 {
+		return fmt.Sprintf("both "+format+" with %s (no ratio to 0)", v, peer)
+	}
+	return fmt.Sprintf("+"+format+" over %s's "+format+" (no ratio to 0)", v-best, peer, best)
 }
 
 func (r *results) describeRun() string {

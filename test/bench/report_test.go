@@ -46,6 +46,28 @@ func TestRatioPicksBestPeerByDirection(t *testing.T) {
 	}
 }
 
+// A best peer at 0 (nginx's idle CPU, whose 10 ms ticks all fell outside
+// the window) has no ratio: the column shows the difference instead.
+func TestRatioColumnWhenTheBestPeerIsZero(t *testing.T) {
+	r := &results{
+		Opts:    quickOptions(),
+		Systems: []string{sysHAProxy, sysNginx, sysTnsguard},
+		Values:  map[string]map[figure][]float64{},
+		failed:  map[string]map[figure]bool{},
+	}
+	r.add(sysHAProxy, figIdleCPU, 0.8)
+	r.add(sysNginx, figIdleCPU, 0)
+	r.add(sysTnsguard, figIdleCPU, 0.4)
+	md := r.markdown()
+	if want := "| 0.80 | 0.00 | 0.40 | +0.40 over nginx's 0.00 (no ratio to 0) |"; !strings.Contains(md, want) {
+		t.Errorf("markdown lacks %q:\n%s", want, md)
+	}
+	r.Values[sysTnsguard][figIdleCPU] = []float64{0}
+	if want := "| 0.00 | both 0.00 with nginx (no ratio to 0) |"; !strings.Contains(r.markdown(), want) {
+		t.Errorf("markdown lacks %q:\n%s", want, r.markdown())
+	}
+}
+
 func TestMedianOfRounds(t *testing.T) {
 	r := &results{Values: map[string]map[figure][]float64{}}
 	for _, v := range []float64{5, 1, 3} {
