@@ -80,28 +80,3 @@ func cpuTime() time.Duration {
 	syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
-
-// wakesUnder counts the times the test process's threads were switched
-// out over 2 s (each sleep of a thread is one: a timer that wakes the
-// process costs several, the Go scheduler's threads waking one another)
-// and fails t when there were more than limit a second.
-func wakesUnder(t *testing.T, what string, limit float64) {
-	t.Helper()
-	const window = 2 * time.Second
-	before := contextSwitches()
-	time.Sleep(window)
-	n := contextSwitches() - before
-	rate := float64(n) / window.Seconds()
-	t.Logf("%d context switches in %v %s (%.1f a second)", n, window, what, rate)
-	if rate > limit {
-		t.Errorf("the proxy's threads were switched %d times in %v %s (%.1f a second), want at most %v a second", n, window, what, rate, limit)
-	}
-}
-
-// contextSwitches is how many times the test process's threads have been
-// switched out, voluntarily or not.
-func contextSwitches() int64 {
-	var ru syscall.Rusage
-	syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
-	return ru.Nvcsw + ru.Nivcsw
-}
