@@ -434,47 +434,11 @@ func TestDrainEndsSessionToStalledBackend(t *testing.T) {
 // the other leg's user timeout: housekeeping looks at the sources of
 // stalled directions.
 func TestResetWhileDestinationStalls(t *testing.T) {
-	t.Run("app resets, backend stopped reading", func(t *testing.T) {
-		stalled := make(chan struct{})
-		backendSaw := make(chan error, 1)
-		be := newBackend(t, func(c *net.TCPConn) {
-			b := make([]byte, 1)
-			io.ReadFull(c, b)
-			c.Write(b)
-			<-stalled // hung: reads nothing until the session is over
-			_, err := io.Copy(io.Discard, c)
-			backendSaw <- err
-		})
-		release := sync.OnceFunc(func() { close(stalled) })
-		t.Cleanup(release) // before the backend's own cleanup waits for it
-		h := startProxy(t, oneBackendConfig(be.addr()))
-		c := h.dial("l")
-		echoed(t, c, "x")
-		fillTowards(t, c)
-		start := time.Now()
-		resetConn(c)
-		// record counts the session before its reset: wait for both.
-		waitFor(t, 4*time.Second, "the session ended", func() bool {
-			return counter(h.m.SessionsTotal, "l", "b", "other", "reset") == 1 && sumCounters(t, h.m.Resets) == 1
-		})
-		took := time.Since(start)
-		if v := counter(h.m.Resets, "l", "b", be.addr(), "client", "active", "rst"); v != 1 {
-			t.Errorf("resets{side=client,phase=active,cause=rst} = %v, want 1", v)
-		}
-		// The source of a direction that waits for room is watched for its
-		// end (stallWatch): the reset is passed on at once, not at
-		// housekeeping's next look, once a second (0.5-2 s before).
-		if took > 250*time.Millisecond {
-			t.Errorf("the session ended %v after the app's reset, want at once (under 250ms)", took)
-		}
-		release() // the backend reads again: its connection was closed
-		select {
-		case <-backendSaw:
-		case <-time.After(5 * time.Second):
-			t.Fatal("the backend's connection was left open")
-		}
-		t.Logf("session ended %v after the app's reset", took.Round(time.Millisecond))
-	})
+	t.Run("app resets, backend stopped reading", func(t *testing.T) { appResetsWhileBackendStalls(t, 0) })
+	// Housekeeping sleeps while no session moves bytes: the wait for room
+	// must wake it, or the stall watch would not see the source until the
+	// next walk.
+	t.Run("the same after the proxy slept", func(t *testing.T) { appResetsWhileBackendStalls(t, 1500*time.Millisecond) })
 	t.Run("backend resets, app stopped reading", func(t *testing.T) {
 		resetAt := make(chan time.Time, 1)
 		be := newBackend(t, func(c *net.TCPConn) {
@@ -504,6 +468,56 @@ func TestResetWhileDestinationStalls(t *testing.T) {
 		}
 		t.Logf("the backend's reset reached the app's leg %v after it was sent", took.Round(time.Millisecond))
 	})
+}
+
+// appResetsWhileBackendStalls: the app fills the way to a backend that
+// stopped reading, after pause, then resets; the session must end at once.
+func appResetsWhileBackendStalls(t *testing.T, pause time.Duration) {
+	stalled := make(chan struct{})
+	backendSaw := make(chan error, 1)
+	be := newBackend(t, func(c *net.TCPConn) {
+		b := make([]byte, 1)
+		io.ReadFull(c, b)
+		c.Write(b)
+		<-stalled // hung: reads nothing until the session is over
+		_, err := io.Copy(io.Discard, c)
+		backendSaw <- err
+	})
+	release := sync.OnceFunc(func() { close(stalled) })
+	t.Cleanup(release) // before the backend's own cleanup waits for it
+	h := startProxy(t, oneBackendConfig(be.addr()))
+	c := h.dial("l")
+	echoed(t, c, "x")
+	if pause > 0 {
+		time.Sleep(pause)
+		if !h.p.asleep.Load() {
+			t.Fatalf("housekeeping awake %v after the session's last byte", pause)
+		}
+	}
+	fillTowards(t, c)
+	start := time.Now()
+	resetConn(c)
+	// record counts the session before its reset: wait for both.
+	waitFor(t, 4*time.Second, "the session ended", func() bool {
+		return counter(h.m.SessionsTotal, "l", "b", "other", "reset") == 1 && sumCounters(t, h.m.Resets) == 1
+	})
+	took := time.Since(start)
+	if v := counter(h.m.Resets, "l", "b", be.addr(), "client", "active", "rst"); v != 1 {
+		t.Errorf("resets{side=client,phase=active,cause=rst} = %v, want 1", v)
+	}
+	// The source of a direction that waits for room is watched for its
+	// end (stallWatch): the reset is passed on at once, not at
+	// housekeeping's next look, once a second (0.5-2 s before).
+	if took > 250*time.Millisecond {
+		t.Errorf("the session ended %v after the app's reset, want at once (under 250ms)", took)
+	}
+	release() // the backend reads again: its connection was closed
+	select {
+	case <-backendSaw:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the backend's connection was left open")
+	}
+	t.Logf("session ended %v after the app's reset", took.Round(time.Millisecond))
 }
 
 // fillTowards writes 8 KiB messages on c, paced so that each of the pump's
