@@ -9,6 +9,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/hashicorp/go-hclog"
 )
 
 func withListenerKeys(cfg, keys string) string {
@@ -153,4 +155,37 @@ func TestIdleTimeout(t *testing.T) {
 	waitFor(t, time.Second, "idle_timeout counted", func() bool {
 		return counter(h.m.Resets, "l", "b", be.addr(), "client", "idle", "idle_timeout") == 1
 	})
+}
+
+// A refused connection's debug line names the app as a session's lines
+// do: its address and port (several apps share a host), and the load
+// balancer that sent its PROXY header.
+func TestRejectedLineNamesTheApp(t *testing.T) {
+	be := newBackend(t, echo)
+	logs := &logBuffer{}
+	debug := hclog.New(&hclog.LoggerOptions{Level: hclog.Debug, Output: logs})
+	h := startProxyWith(t, ppConfig(be.addr(), `proxy_protocol = "optional"
+trusted_proxies = ["127.0.0.1/32"]
+allow = ["192.0.2.0/24"]`, ""), debug)
+	refused := func(hdr []byte) *net.TCPConn {
+		c := h.dial("l")
+		c.Write(append(hdr, 'x'))
+		if err, _ := readErr(c, 2*time.Second); err == nil {
+			t.Fatal("a source outside allow was served")
+		}
+		return c
+	}
+	direct := refused(nil)
+	line := func(want string) {
+		t.Helper()
+		waitFor(t, 2*time.Second, "the rejected line", func() bool {
+			return len(logs.lines("connection rejected", "reason=not_allowed", want)) == 1
+		})
+	}
+	line("client=" + direct.LocalAddr().String())
+	if got := logs.lines("connection rejected", "via="); len(got) != 0 {
+		t.Errorf("a connection with no PROXY header named a load balancer: %s", got[0])
+	}
+	refused(ppHeader(t, 2, "203.0.113.7:40123", "198.51.100.1:1521"))
+	line("client=203.0.113.7:40123 via=127.0.0.1")
 }

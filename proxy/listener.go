@@ -224,9 +224,17 @@ func (l *listener) rejected(reason string) {
 
 // reject closes a connection at once with a reset: the app's driver reports
 // an error immediately instead of waiting on a silent socket.
-func (l *listener) reject(c *net.TCPConn, reason string, src netip.Addr) {
+func (l *listener) reject(c *net.TCPConn, reason string, in inbound) {
 	l.rejected(reason)
-	l.log.Debug("connection rejected", "reason", reason, "client", src)
+	if l.log.IsDebug() {
+		// As a session's lines name its app: address and port, and the
+		// load balancer that sent the PROXY header.
+		args := []any{"reason", reason, "client", in.client}
+		if in.via.IsValid() {
+			args = append(args, "via", in.via)
+		}
+		l.log.Debug("connection rejected", args...)
+	}
 	c.SetLinger(0)
 	c.Close()
 }
@@ -282,7 +290,7 @@ func (l *listener) handle(ctx context.Context, c *net.TCPConn) {
 	}
 	if reason != "" {
 		l.log.Debug("PROXY protocol: connection refused before dialing", "source", c.RemoteAddr().String(), "error", err)
-		l.reject(c, reason, src)
+		l.reject(c, reason, in)
 		return
 	}
 	// A reload may have come while the header was awaited (or while
@@ -296,7 +304,7 @@ func (l *listener) handle(ctx context.Context, c *net.TCPConn) {
 		cfg, b, backs = l.p.current(l)
 	}
 	if !config.Allowed(cfg.AllowNets, src) {
-		l.reject(c, "not_allowed", src)
+		l.reject(c, "not_allowed", in)
 		return
 	}
 	n := l.active.Add(1)
@@ -304,19 +312,19 @@ func (l *listener) handle(ctx context.Context, c *net.TCPConn) {
 	undecided = false
 	if cfg.MaxSessions > 0 && n > int64(cfg.MaxSessions) {
 		l.active.Add(-1)
-		l.reject(c, "max_sessions", src)
+		l.reject(c, "max_sessions", in)
 		return
 	}
 	if !l.acquireSource(src, cfg.MaxSessionsPerSource) {
 		l.active.Add(-1)
-		l.reject(c, "max_sessions_per_source", src)
+		l.reject(c, "max_sessions_per_source", in)
 		return
 	}
 
 	if b == nil { // the default; route() may pick another by service
 		l.releaseSource(src)
 		l.active.Add(-1)
-		l.reject(c, "no_backend", src)
+		l.reject(c, "no_backend", in)
 		return
 	}
 	if chain != nil {
