@@ -492,22 +492,35 @@ type load struct {
 	errs   []error
 }
 
+// openSessions dials n sessions to addr, each with one round trip done;
+// they are closed when the test ends, if not before.
+func openSessions(t *testing.T, addr string, n int) []net.Conn {
+	t.Helper()
+	conns := make([]net.Conn, 0, n)
+	t.Cleanup(func() {
+		for _, c := range conns {
+			c.Close()
+		}
+	})
+	for i := range n {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatalf("session %d: %v", i, err)
+		}
+		conns = append(conns, c)
+		if err := roundTrip(c, []byte("hello"), 5*time.Second); err != nil {
+			t.Fatalf("session %d first round trip: %v", i, err)
+		}
+	}
+	return conns
+}
+
 // startLoad dials n sessions to addr (all connected before it returns) and
 // keeps them doing round trips.
 func startLoad(t *testing.T, addr string, n int) *load {
 	t.Helper()
 	l := &load{stop: make(chan struct{})}
-	conns := make([]net.Conn, n)
-	for i := range conns {
-		c, err := net.Dial("tcp", addr)
-		if err != nil {
-			t.Fatalf("session %d: %v", i, err)
-		}
-		if err := roundTrip(c, []byte("hello"), 5*time.Second); err != nil {
-			t.Fatalf("session %d first round trip: %v", i, err)
-		}
-		conns[i] = c
-	}
+	conns := openSessions(t, addr, n)
 	for i, c := range conns {
 		l.wg.Add(1)
 		go func() {

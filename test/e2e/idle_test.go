@@ -2,7 +2,6 @@ package e2e
 
 import (
 	"fmt"
-	"net"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -43,22 +42,7 @@ name = "echo"
 		t.Errorf("with no session, tnsguard's threads were switched %.1f times a second, want at most %d", rate, limit)
 	}
 	const n = 200
-	conns := make([]net.Conn, 0, n)
-	defer func() {
-		for _, c := range conns {
-			c.Close()
-		}
-	}()
-	for i := range n {
-		c, err := net.Dial("tcp", addr)
-		if err != nil {
-			t.Fatalf("session %d: %v", i, err)
-		}
-		conns = append(conns, c)
-		if err := roundTrip(c, []byte("hello"), 5*time.Second); err != nil {
-			t.Fatalf("session %d: %v", i, err)
-		}
-	}
+	conns := openSessions(t, addr, n)
 	// Past the database leg's keepalive, which housekeeping sets once a
 	// session has lasted a second, and the memory trim after the burst.
 	time.Sleep(2 * time.Second)
