@@ -28,12 +28,20 @@ func pipeFDs(t *testing.T) int {
 	return n
 }
 
-// Bulk is spliced through pipes, and an idle session holds none: a pool
+// Bulk is spliced through pipes (to another host) or copied through a
+// 1 MiB buffer (to this one), and an idle session holds neither: a pool
 // that moved bulk and then sits idle for hours must not keep a pipe pair
-// (two fds) per session, nor keep pipes for bulk that no longer comes.
+// (two fds) or a buffer per session, nor keep them for bulk that no longer
+// comes.
 func TestBulkPipesGoBackWhenIdle(t *testing.T) {
+	t.Run("spliced", func(t *testing.T) { testBulkGoesBackWhenIdle(t, true) })
+	t.Run("copied", func(t *testing.T) { testBulkGoesBackWhenIdle(t, false) })
+}
+
+func testBulkGoesBackWhenIdle(t *testing.T, splice bool) {
 	be := newBackend(t, echoNoAlloc) // no splice of its own: every pipe here is the proxy's
 	h := startProxy(t, oneBackendConfig(be.addr()))
+	h.p.pool.spliceLocal.Store(splice)
 	base := pipeFDs(t)
 
 	const sessions, size = 8, 8 << 20
@@ -78,9 +86,16 @@ func TestBulkPipesGoBackWhenIdle(t *testing.T) {
 	taken := h.p.pool.taken
 	h.p.pool.mu.Unlock()
 	if taken == 0 {
-		t.Fatal("64 MiB each way went through without a pipe: bulk was not spliced")
+		t.Fatal("64 MiB each way went through without a pipe or buffer: bulk was neither spliced nor copied in bulk")
 	}
-	waitFor(t, 5*time.Second, "the proxy's pipes closed while its sessions sit idle", func() bool { return pipeFDs(t) <= base })
+	if splice {
+		waitFor(t, 5*time.Second, "the proxy's pipes closed while its sessions sit idle", func() bool { return pipeFDs(t) <= base })
+	} else {
+		if n, bufs := pipeFDs(t), h.p.pool.mapped.Load(); n > base || bufs == 0 {
+			t.Fatalf("bulk to this host holds %d pipes and %d buffers, want no pipe (it copies) and its buffers", n-base, bufs)
+		}
+		waitFor(t, 5*time.Second, "the proxy's buffers unmapped while its sessions sit idle", func() bool { return h.p.pool.mapped.Load() == 0 })
+	}
 	if n := len(h.p.liveSessions()); n != sessions {
 		t.Fatalf("%d sessions live, want %d", n, sessions)
 	}
@@ -111,16 +126,23 @@ func TestResetMidBulk(t *testing.T) {
 		_, err := io.Copy(io.Discard, struct{ io.Reader }{c})
 		beErr <- err
 	}
-	for _, tc := range []struct {
+	type resetCase struct {
 		name   string
 		upload bool // the app sends the bulk (else the backend does)
 		failer Side // the leg that resets
-	}{
-		{"download, backend resets", false, SideBackend},
-		{"download, app resets", false, SideClient},
-		{"upload, backend resets", true, SideBackend},
-		{"upload, app resets", true, SideClient},
-	} {
+		splice bool // spliced, as to another host (copied to this one)
+	}
+	var cases []resetCase
+	for _, splice := range []bool{false, true} {
+		suffix := map[bool]string{false: "", true: ", spliced"}[splice]
+		cases = append(cases,
+			resetCase{"download, backend resets" + suffix, false, SideBackend, splice},
+			resetCase{"download, app resets" + suffix, false, SideClient, splice},
+			resetCase{"upload, backend resets" + suffix, true, SideBackend, splice},
+			resetCase{"upload, app resets" + suffix, true, SideClient, splice},
+		)
+	}
+	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			for len(beErr) > 0 {
 				<-beErr
@@ -131,6 +153,7 @@ func TestResetMidBulk(t *testing.T) {
 			}
 			be := newBackend(t, fn)
 			h := startProxy(t, oneBackendConfig(be.addr()))
+			h.p.pool.spliceLocal.Store(tc.splice)
 			c := h.dial("l")
 			greeting := make([]byte, 1)
 			c.SetReadDeadline(time.Now().Add(5 * time.Second))
@@ -200,6 +223,11 @@ func TestResetMidBulk(t *testing.T) {
 // than a chunk ends the bulk (and its pipe): CI saw 14 takes. Taking one per
 // wake would be 256.
 func TestBulkKeepsItsPipe(t *testing.T) {
+	t.Run("spliced", func(t *testing.T) { testBulkKeepsItsPipe(t, true) })
+	t.Run("copied", func(t *testing.T) { testBulkKeepsItsPipe(t, false) })
+}
+
+func testBulkKeepsItsPipe(t *testing.T, splice bool) {
 	const size = 64 << 20
 	be := newBackend(t, func(c *net.TCPConn) {
 		chunk := make([]byte, 256<<10)
@@ -213,6 +241,7 @@ func TestBulkKeepsItsPipe(t *testing.T) {
 		c.CloseWrite()
 	})
 	h := startProxy(t, oneBackendConfig(be.addr()))
+	h.p.pool.spliceLocal.Store(splice)
 	c := h.dial("l")
 	c.SetReadDeadline(time.Now().Add(30 * time.Second))
 	n, err := io.Copy(io.Discard, struct{ io.Reader }{c})
@@ -223,7 +252,7 @@ func TestBulkKeepsItsPipe(t *testing.T) {
 	taken := h.p.pool.taken
 	h.p.pool.mu.Unlock()
 	if taken == 0 || taken > 32 {
-		t.Fatalf("the stream took a pipe %d times for 64 MiB in 256 bursts, want 1 (at most 32)", taken)
+		t.Fatalf("the stream took a pipe or buffer %d times for 64 MiB in 256 bursts, want 1 (at most 32)", taken)
 	}
 }
 
@@ -232,6 +261,11 @@ func TestBulkKeepsItsPipe(t *testing.T) {
 // idle deadline is set once per parkAfter and the first one after the bulk
 // found bytes moved.
 func TestIdleAfterBulkGivesThePipeBack(t *testing.T) {
+	t.Run("spliced", func(t *testing.T) { testIdleAfterBulkGivesThePipeBack(t, true) })
+	t.Run("copied", func(t *testing.T) { testIdleAfterBulkGivesThePipeBack(t, false) })
+}
+
+func testIdleAfterBulkGivesThePipeBack(t *testing.T, splice bool) {
 	const size = 4 << 20
 	idle := make(chan struct{})
 	be := newBackend(t, func(c *net.TCPConn) {
@@ -242,13 +276,21 @@ func TestIdleAfterBulkGivesThePipeBack(t *testing.T) {
 	})
 	defer close(idle)
 	h := startProxy(t, oneBackendConfig(be.addr()))
+	h.p.pool.spliceLocal.Store(splice)
 	c := h.dial("l")
 	c.SetReadDeadline(time.Now().Add(10 * time.Second))
 	if _, err := io.ReadFull(c, make([]byte, size)); err != nil {
 		t.Fatal(err)
 	}
 	done := time.Now()
-	kept := func() int { h.p.pool.mu.Lock(); defer h.p.pool.mu.Unlock(); return len(h.p.pool.pipes) }
+	kept := func() int {
+		h.p.pool.mu.Lock()
+		defer h.p.pool.mu.Unlock()
+		if splice {
+			return len(h.p.pool.pipes)
+		}
+		return len(h.p.pool.bufs)
+	}
 	for kept() == 0 && time.Since(done) < 2*time.Second {
 		time.Sleep(time.Millisecond)
 	}

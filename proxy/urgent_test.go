@@ -90,15 +90,17 @@ func TestUrgentByteReachesTheDatabaseAtItsPlace(t *testing.T) {
 		pause  time.Duration // then this pause before the urgent byte
 		alone  bool          // nothing follows the urgent byte until it has arrived
 		within time.Duration // the urgent byte reaches the database within this
+		splice bool          // bulk spliced, as to another host (copied to this one)
 	}{
-		{"idle session (parked)", 100, 400 * time.Millisecond, false, time.Second},
-		{"idle session, the byte alone", 100, 400 * time.Millisecond, true, time.Second},
-		{"busy direction, the byte alone", 100, 20 * time.Millisecond, true, time.Second}, // seen at the pump's idle deadline
-		{"in bulk", 8 << 20, 0, false, time.Second},
+		{"idle session (parked)", 100, 400 * time.Millisecond, false, time.Second, false},
+		{"idle session, the byte alone", 100, 400 * time.Millisecond, true, time.Second, false},
+		{"busy direction, the byte alone", 100, 20 * time.Millisecond, true, time.Second, false}, // seen at the pump's idle deadline
+		{"in bulk", 8 << 20, 0, false, time.Second, false},
+		{"in spliced bulk", 8 << 20, 0, false, time.Second, true},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			c, got := sessionToUrgentReader(t, 20*time.Second, func(r *urgentReader) bool {
+			c, got := sessionToUrgentReader(t, tc.splice, 20*time.Second, func(r *urgentReader) bool {
 				return len(r.stream) >= tc.before+len(tail)
 			})
 			before := bytes.Repeat([]byte("0123456789abcdef"), tc.before/16+1)[:tc.before]
@@ -142,7 +144,7 @@ func TestUrgentByteReachesTheDatabaseAtItsPlace(t *testing.T) {
 // A break the database sends reaches the app the same way, also when the
 // session is dormant (both directions parked).
 func TestUrgentByteFromTheDatabaseReachesTheApp(t *testing.T) {
-	h, c, db := sessionWithDatabase(t)
+	h, c, db := sessionWithDatabase(t, false)
 	if _, err := db.Write([]byte("answer")); err != nil {
 		t.Fatal(err)
 	}
@@ -161,7 +163,7 @@ func TestUrgentByteFromTheDatabaseReachesTheApp(t *testing.T) {
 // sessionToUrgentReader is an app's established session (the database
 // greeted it) through a proxy to a database that reads it with an
 // urgentReader until done or timeout, and then hands the reader over.
-func sessionToUrgentReader(t *testing.T, timeout time.Duration, done func(*urgentReader) bool) (*net.TCPConn, <-chan *urgentReader) {
+func sessionToUrgentReader(t *testing.T, splice bool, timeout time.Duration, done func(*urgentReader) bool) (*net.TCPConn, <-chan *urgentReader) {
 	t.Helper()
 	got := make(chan *urgentReader, 1)
 	be := newBackend(t, func(c *net.TCPConn) {
@@ -171,6 +173,7 @@ func sessionToUrgentReader(t *testing.T, timeout time.Duration, done func(*urgen
 		got <- r
 	})
 	h := startProxy(t, oneBackendConfig(be.addr()))
+	h.p.pool.spliceLocal.Store(splice)
 	c := h.dial("l")
 	c.SetReadDeadline(time.Now().Add(5 * time.Second))
 	if _, err := io.ReadFull(c, make([]byte, len("ready"))); err != nil {
@@ -181,8 +184,9 @@ func sessionToUrgentReader(t *testing.T, timeout time.Duration, done func(*urgen
 
 // sessionWithDatabase is an app's session through a proxy to a database
 // that reads and drops what it gets: the app's conn, and the database's
-// conn to write to the app.
-func sessionWithDatabase(t *testing.T) (*harness, *net.TCPConn, *net.TCPConn) {
+// conn to write to the app. With splice, bulk is spliced as to another
+// host, not copied as to this one (bufPool.spliceLocal).
+func sessionWithDatabase(t *testing.T, splice bool) (*harness, *net.TCPConn, *net.TCPConn) {
 	t.Helper()
 	conns := make(chan *net.TCPConn, 1)
 	be := newBackend(t, func(c *net.TCPConn) {
@@ -190,6 +194,7 @@ func sessionWithDatabase(t *testing.T) (*harness, *net.TCPConn, *net.TCPConn) {
 		io.Copy(io.Discard, c)
 	})
 	h := startProxy(t, oneBackendConfig(be.addr()))
+	h.p.pool.spliceLocal.Store(splice)
 	c := h.dial("l")
 	if _, err := c.Write([]byte("hello")); err != nil {
 		t.Fatal(err)
@@ -275,10 +280,18 @@ func TestOracleUrgentDataCheckPasses(t *testing.T) {
 // intact.
 func TestUrgentByteBehindARunningDirectionIsNotReadPast(t *testing.T) {
 	const tail = "after the break"
+	bulkRound := func(c *net.TCPConn) []byte {
+		bulk := bytes.Repeat([]byte("0123456789abcdef"), 1<<16)
+		c.Write(bulk)
+		time.Sleep(30 * time.Millisecond)      // the pump waits in bulk, holding its pipe or buffer
+		sendOOBBehind(t, c, "last piece", '!') // with the urgent byte, in one segment: the splice or read stops at it
+		return append(bulk, "last piece"...)
+	}
 	cases := []struct {
-		name  string
-		send  func(c *net.TCPConn) []byte // sends what goes before the urgent byte, and '!' as urgent data
-		alone bool                        // nothing follows the urgent byte until it has arrived
+		name   string
+		send   func(c *net.TCPConn) []byte // sends what goes before the urgent byte, and '!' as urgent data
+		alone  bool                        // nothing follows the urgent byte until it has arrived
+		splice bool                        // bulk spliced, as to another host (copied to this one)
 	}{
 		{"small messages, then the byte alone", func(c *net.TCPConn) []byte {
 			var sent []byte
@@ -292,18 +305,13 @@ func TestUrgentByteBehindARunningDirectionIsNotReadPast(t *testing.T) {
 			time.Sleep(5 * time.Millisecond)
 			sendOOB(t, c, '!')
 			return sent
-		}, true},
-		{"a bulk round shorter than a chunk", func(c *net.TCPConn) []byte {
-			bulk := bytes.Repeat([]byte("0123456789abcdef"), 1<<16)
-			c.Write(bulk)
-			time.Sleep(30 * time.Millisecond)      // the pump waits in bulk, holding its pipe
-			sendOOBBehind(t, c, "last piece", '!') // with the urgent byte, in one segment: the splice stops at it
-			return append(bulk, "last piece"...)
-		}, false},
+		}, true, false},
+		{"a bulk round shorter than a chunk", bulkRound, false, false},
+		{"a spliced bulk round shorter than a chunk", bulkRound, false, true},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			c, got := sessionToUrgentReader(t, 10*time.Second, func(r *urgentReader) bool { return bytes.HasSuffix(r.stream, []byte(tail)) })
+			c, got := sessionToUrgentReader(t, tc.splice, 10*time.Second, func(r *urgentReader) bool { return bytes.HasSuffix(r.stream, []byte(tail)) })
 			sent := time.Now()
 			before := tc.send(c)
 			if tc.alone {
@@ -329,19 +337,23 @@ func TestUrgentByteBehindARunningDirectionIsNotReadPast(t *testing.T) {
 // The same from the database to the app: a break right behind the short
 // last round of a bulk result reaches the app at its place.
 func TestUrgentByteFromTheDatabaseBehindABulkRoundReachesTheApp(t *testing.T) {
-	_, c, db := sessionWithDatabase(t)
-	bulk := bytes.Repeat([]byte("0123456789abcdef"), 1<<18)
-	go func() {
-		db.Write(bulk)
-		time.Sleep(30 * time.Millisecond)
-		sendOOBBehind(t, db, "last piece", 'x')
-		db.Write([]byte("more"))
-	}()
-	want := string(bulk) + "last piece" + "more"
-	r := &urgentReader{c: c}
-	r.readUntil(5*time.Second, func(r *urgentReader) bool { return len(r.stream) >= len(want) })
-	if string(r.stream) != want || len(r.urgent) != 1 || r.urgent[0].b != 'x' || r.urgent[0].at != len(bulk)+len("last piece") {
-		t.Fatalf("the app got %d bytes (want %d) with urgent data %+v; want 'x' after the last piece", len(r.stream), len(want), r.urgent)
+	for _, splice := range []bool{false, true} {
+		t.Run(map[bool]string{false: "copied", true: "spliced"}[splice], func(t *testing.T) {
+			_, c, db := sessionWithDatabase(t, splice)
+			bulk := bytes.Repeat([]byte("0123456789abcdef"), 1<<18)
+			go func() {
+				db.Write(bulk)
+				time.Sleep(30 * time.Millisecond)
+				sendOOBBehind(t, db, "last piece", 'x')
+				db.Write([]byte("more"))
+			}()
+			want := string(bulk) + "last piece" + "more"
+			r := &urgentReader{c: c}
+			r.readUntil(5*time.Second, func(r *urgentReader) bool { return len(r.stream) >= len(want) })
+			if string(r.stream) != want || len(r.urgent) != 1 || r.urgent[0].b != 'x' || r.urgent[0].at != len(bulk)+len("last piece") {
+				t.Fatalf("the app got %d bytes (want %d) with urgent data %+v; want 'x' after the last piece", len(r.stream), len(want), r.urgent)
+			}
+		})
 	}
 }
 
@@ -375,15 +387,21 @@ func sendOOBBehind(t *testing.T, c *net.TCPConn, b string, u byte) {
 // the other side got a clean FIN after a stream cut at the mark.
 func TestUrgentByteAndTheEndBehindABulkTransferLoseNoBytes(t *testing.T) {
 	const tail = "the break's marker, then the close"
-	cases := []struct {
-		name  string
-		bulk  int           // bytes sent first
-		pause time.Duration // then this pause
-		more  int           // and these bytes before the urgent one
-	}{
-		{"in bulk", 8 << 20, 0, 0},
-		{"bulk that paused", 100_000, 20 * time.Millisecond, 40_000},
-		{"bulk that paused, the byte first", 100_000, 20 * time.Millisecond, 0}, // the pump's first splice of the wake stops at it
+	type bulkCase struct {
+		name   string
+		bulk   int           // bytes sent first
+		pause  time.Duration // then this pause
+		more   int           // and these bytes before the urgent one
+		splice bool          // bulk spliced, as to another host (copied to this one)
+	}
+	var cases []bulkCase
+	for _, splice := range []bool{false, true} {
+		suffix := map[bool]string{false: "", true: ", spliced"}[splice]
+		cases = append(cases,
+			bulkCase{"in bulk" + suffix, 8 << 20, 0, 0, splice},
+			bulkCase{"bulk that paused" + suffix, 100_000, 20 * time.Millisecond, 40_000, splice},
+			bulkCase{"bulk that paused, the byte first" + suffix, 100_000, 20 * time.Millisecond, 0, splice}, // the pump's first splice (or read) of the wake stops at it
+		)
 	}
 	for _, tc := range cases {
 		before := bytes.Repeat([]byte("0123456789abcdef"), tc.bulk/16)
@@ -406,7 +424,7 @@ func TestUrgentByteAndTheEndBehindABulkTransferLoseNoBytes(t *testing.T) {
 			}
 		}
 		t.Run(tc.name+", app to database", func(t *testing.T) {
-			c, got := sessionToUrgentReader(t, 10*time.Second, func(*urgentReader) bool { return false }) // until the end
+			c, got := sessionToUrgentReader(t, tc.splice, 10*time.Second, func(*urgentReader) bool { return false }) // until the end
 			go send(c)
 			select {
 			case r := <-got:
@@ -416,7 +434,7 @@ func TestUrgentByteAndTheEndBehindABulkTransferLoseNoBytes(t *testing.T) {
 			}
 		})
 		t.Run(tc.name+", database to app", func(t *testing.T) {
-			_, c, db := sessionWithDatabase(t)
+			_, c, db := sessionWithDatabase(t, tc.splice)
 			go send(db)
 			r := &urgentReader{c: c}
 			r.readUntil(10*time.Second, func(*urgentReader) bool { return false }) // until the end
