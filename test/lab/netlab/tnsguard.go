@@ -166,6 +166,9 @@ func (g *Tnsguard) Reload(t testing.TB, config string) {
 // Done is closed when the process has ended.
 func (g *Tnsguard) Done() <-chan struct{} { return g.done }
 
+// Pid is the process's id (ip netns exec runs tnsguard in its own place).
+func (g *Tnsguard) Pid() int { return g.cmd.Process.Pid }
+
 // Log returns what tnsguard printed so far.
 func (g *Tnsguard) Log() string {
 	g.out.mu.Lock()
