@@ -95,20 +95,24 @@ type pipePair struct {
 	off  int    // where in buf the n bytes begin
 }
 
-// getPipe is an empty pipe, or with copy an empty copy buffer; false when
-// none can be made (out of fds or memory, or as many pipes open as the
+// getPipe is an empty pipe, or with copied an empty copy buffer; false
+// when none can be made (out of fds or memory, or as many pipes open as the
 // bound allows): the pump then copies through its 16 KiB buffer.
-func (bp *bufPool) getPipe(copy bool) (pipePair, bool) {
+func (bp *bufPool) getPipe(copied bool) (pipePair, bool) {
 	bp.mu.Lock()
 	bp.taken++
-	if copy {
-		if k := len(bp.bufs); k > 0 {
-			pp := bp.bufs[k-1]
-			bp.bufs = bp.bufs[:k-1]
-			bp.mu.Unlock()
-			return pp, true
-		}
+	kept := &bp.pipes
+	if copied {
+		kept = &bp.bufs
+	}
+	if k := len(*kept); k > 0 {
+		pp := (*kept)[k-1]
+		*kept = (*kept)[:k-1]
 		bp.mu.Unlock()
+		return pp, true
+	}
+	bp.mu.Unlock()
+	if copied {
 		// Mapped, not made: unmapped when dropped, its memory goes back at
 		// once rather than when the garbage collector and the scavenger
 		// get to it; and an idle pool holds none.
@@ -119,13 +123,6 @@ func (bp *bufPool) getPipe(copy bool) (pipePair, bool) {
 		bp.mapped.Add(1)
 		return pipePair{buf: b}, true
 	}
-	if k := len(bp.pipes); k > 0 {
-		pp := bp.pipes[k-1]
-		bp.pipes = bp.pipes[:k-1]
-		bp.mu.Unlock()
-		return pp, true
-	}
-	bp.mu.Unlock()
 	if n, b := bp.made.Add(1), bp.bound.Load(); b >= 0 && n > b {
 		bp.made.Add(-1)
 		return pipePair{}, false
