@@ -42,6 +42,12 @@ const (
 	pipeSize = 1 << 20
 	// freePipes is how many empty pipes the proxy keeps for the next bulk.
 	freePipes = 8
+	// copyBuffers is how many 1 MiB copy buffers (bulk to this host) may be
+	// mapped at once: 64 MiB. A pump in bulk keeps its buffer while its
+	// destination is full, so apps that read a large result slowly would
+	// otherwise hold 1 MiB each, without bound; past this, bulk to this host
+	// splices too.
+	copyBuffers = 64
 	// passesPerWait bounds the messages tryRead passes on in one
 	// RawConn.Read (see tryRead).
 	passesPerWait = 16
@@ -72,8 +78,9 @@ type bufPool struct {
 	// not negative, is the most there may be (setPipeBound): each holds
 	// two fds, which the sessions max_sessions admits must not lack.
 	made, bound atomic.Int64
-	// mapped counts the copy buffers mapped (held by pumps, or kept).
-	mapped atomic.Int64
+	// mapped counts the copy buffers mapped (held by pumps, or kept), at
+	// most maxMapped (copyBuffers; tests set less).
+	mapped, maxMapped atomic.Int64
 
 	kept func() // a pipe was kept where none was: dropIdlePipes has one to drop (Proxy.nudge)
 
@@ -95,34 +102,29 @@ type pipePair struct {
 	off  int    // where in buf the n bytes begin
 }
 
-// getPipe is an empty pipe, or with copied an empty copy buffer; false
-// when none can be made (out of fds or memory, or as many pipes open as the
-// bound allows): the pump then copies through its 16 KiB buffer.
+// getPipe is an empty pipe, or with copied an empty copy buffer (a pipe
+// when maxMapped are mapped already); false when none can be made (out of
+// fds or memory, or as many pipes open as the bound allows): the pump then
+// copies through its 16 KiB buffer.
 func (bp *bufPool) getPipe(copied bool) (pipePair, bool) {
 	bp.mu.Lock()
 	bp.taken++
-	kept := &bp.pipes
 	if copied {
-		kept = &bp.bufs
+		if pp, ok := popLast(&bp.bufs); ok {
+			bp.mu.Unlock()
+			return pp, true
+		}
+		bp.mu.Unlock()
+		if pp, ok := bp.mapBuffer(); ok {
+			return pp, true
+		}
+		bp.mu.Lock() // maxMapped are mapped: a pipe, then
 	}
-	if k := len(*kept); k > 0 {
-		pp := (*kept)[k-1]
-		*kept = (*kept)[:k-1]
+	if pp, ok := popLast(&bp.pipes); ok {
 		bp.mu.Unlock()
 		return pp, true
 	}
 	bp.mu.Unlock()
-	if copied {
-		// Mapped, not made: unmapped when dropped, its memory goes back at
-		// once rather than when the garbage collector and the scavenger
-		// get to it; and an idle pool holds none.
-		b, err := unix.Mmap(-1, 0, pipeSize, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS)
-		if err != nil {
-			return pipePair{}, false
-		}
-		bp.mapped.Add(1)
-		return pipePair{buf: b}, true
-	}
 	if n, b := bp.made.Add(1), bp.bound.Load(); b >= 0 && n > b {
 		bp.made.Add(-1)
 		return pipePair{}, false
@@ -134,6 +136,33 @@ func (bp *bufPool) getPipe(copied bool) (pipePair, bool) {
 	}
 	unix.FcntlInt(uintptr(fds[0]), unix.F_SETPIPE_SZ, pipeSize) // a smaller pipe works too, in more calls
 	return pipePair{r: fds[0], w: fds[1]}, true
+}
+
+// popLast takes the last of the kept pipes or buffers in s, if any.
+func popLast(s *[]pipePair) (pipePair, bool) {
+	k := len(*s)
+	if k == 0 {
+		return pipePair{}, false
+	}
+	pp := (*s)[k-1]
+	*s = (*s)[:k-1]
+	return pp, true
+}
+
+// mapBuffer maps a new copy buffer, unless maxMapped are mapped already.
+// Mapped, not made: unmapped when dropped, its memory goes back at once
+// rather than when the garbage collector and the scavenger get to it.
+func (bp *bufPool) mapBuffer() (pipePair, bool) {
+	if bp.mapped.Add(1) > bp.maxMapped.Load() {
+		bp.mapped.Add(-1)
+		return pipePair{}, false
+	}
+	b, err := unix.Mmap(-1, 0, pipeSize, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS)
+	if err != nil {
+		bp.mapped.Add(-1)
+		return pipePair{}, false
+	}
+	return pipePair{buf: b}, true
 }
 
 // putPipe keeps an empty pipe (or copy buffer) for the next bulk, or
@@ -227,6 +256,7 @@ func (bp *bufPool) dropIdlePipes(stop bool) (kept bool) {
 func newBufPool() *bufPool {
 	bp := &bufPool{p: sync.Pool{New: func() any { b := make([]byte, chunkSize); return &b }}}
 	bp.bound.Store(-1)
+	bp.maxMapped.Store(copyBuffers)
 	return bp
 }
 
@@ -551,10 +581,10 @@ func (p *pump) startSplice() {
 
 // bulkCopies tells whether the pump's bulk goes through a copy buffer
 // rather than a pipe: when its destination is on this host (a loopback
-// address, or the socket's own), as an app beside tnsguard is. Splicing
-// into a loopback socket moved 15-26% less than a read and a write of up
-// to 1 MiB, where splicing to another host (veth) used a third less CPU
-// per GB than that copy at the same rate (README: "Data path").
+// address, or the socket's own), as an app beside tnsguard is. Into a
+// loopback socket a read and a write of up to 1 MiB moved 12-21% more than
+// a splice; into a socket to another host (veth) the splice moved as much
+// at 28-40% less CPU per GB (README: "Data path").
 func (p *pump) bulkCopies() bool {
 	if p.pool.spliceLocal.Load() || p.dst == nil {
 		return false

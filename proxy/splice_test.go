@@ -7,6 +7,7 @@ import (
 	"os"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -33,16 +34,39 @@ func pipeFDs(t *testing.T) int {
 // that moved bulk and then sits idle for hours must not keep a pipe pair
 // (two fds) or a buffer per session, nor keep them for bulk that no longer
 // comes.
+// Past copyBuffers buffers mapped at once (a cap of 2 here), bulk to this
+// host splices: slow readers of large results cannot make the proxy map
+// 1 MiB each without bound.
 func TestBulkPipesGoBackWhenIdle(t *testing.T) {
-	t.Run("spliced", func(t *testing.T) { testBulkGoesBackWhenIdle(t, true) })
-	t.Run("copied", func(t *testing.T) { testBulkGoesBackWhenIdle(t, false) })
+	t.Run("spliced", func(t *testing.T) { testBulkGoesBackWhenIdle(t, true, 0) })
+	t.Run("copied", func(t *testing.T) { testBulkGoesBackWhenIdle(t, false, 0) })
+	t.Run("copied, past the cap on buffers", func(t *testing.T) { testBulkGoesBackWhenIdle(t, false, 2) })
 }
 
-func testBulkGoesBackWhenIdle(t *testing.T, splice bool) {
+// testBulkGoesBackWhenIdle: maxMapped, when not 0, caps the copy buffers.
+func testBulkGoesBackWhenIdle(t *testing.T, splice bool, maxMapped int64) {
 	be := newBackend(t, echoNoAlloc) // no splice of its own: every pipe here is the proxy's
 	h := startProxy(t, oneBackendConfig(be.addr()))
 	h.p.pool.spliceLocal.Store(splice)
+	if maxMapped > 0 {
+		h.p.pool.maxMapped.Store(maxMapped)
+	}
 	base := pipeFDs(t)
+	var peak atomic.Int64 // the most buffers mapped at once
+	stop, stopped := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(stopped)
+		for {
+			if n := h.p.pool.mapped.Load(); n > peak.Load() {
+				peak.Store(n)
+			}
+			select {
+			case <-stop:
+				return
+			case <-time.After(100 * time.Microsecond):
+			}
+		}
+	}()
 
 	const sessions, size = 8, 8 << 20
 	big := make([]byte, size)
@@ -76,6 +100,8 @@ func testBulkGoesBackWhenIdle(t *testing.T, splice bool) {
 		}()
 	}
 	wg.Wait()
+	close(stop)
+	<-stopped
 	close(errs)
 	for err := range errs {
 		if err != nil {
@@ -88,7 +114,14 @@ func testBulkGoesBackWhenIdle(t *testing.T, splice bool) {
 	if taken == 0 {
 		t.Fatal("64 MiB each way went through without a pipe or buffer: bulk was neither spliced nor copied in bulk")
 	}
-	if splice {
+	if maxMapped > 0 {
+		if n := pipeFDs(t); peak.Load() > maxMapped || n <= base {
+			t.Fatalf("16 directions in bulk to this host mapped up to %d buffers at once and hold %d pipe ends; want at most %d buffers, the rest spliced", peak.Load(), n-base, maxMapped)
+		}
+		waitFor(t, 5*time.Second, "the proxy's pipes closed and buffers unmapped while its sessions sit idle", func() bool {
+			return pipeFDs(t) <= base && h.p.pool.mapped.Load() == 0
+		})
+	} else if splice {
 		waitFor(t, 5*time.Second, "the proxy's pipes closed while its sessions sit idle", func() bool { return pipeFDs(t) <= base })
 	} else {
 		if n, bufs := pipeFDs(t), h.p.pool.mapped.Load(); n > base || bufs == 0 {
