@@ -1818,16 +1818,22 @@ func TestUpgradeTwicePassesOnTheFirstProcessSessionsSaidLater(t *testing.T) {
 			"trusted_proxies = [\"127.0.0.1/32\"]\nproxy_header_timeout = \"" + headerTimeout.String() + "\""}},
 		[]backendConf{{name: "db", servers: []string{e.addr()}}})
 	g := start(t, admin, conf, true)
+	// open opens a session; one that fails is closed at once, so that an
+	// attempt let in but slow to answer on a loaded machine does not hold
+	// a session of max_sessions through the retries below.
 	open := func(what string) error {
 		c, err := net.Dial("tcp", addr)
 		if err != nil {
 			return err
 		}
 		t.Cleanup(func() { c.Close() })
-		if _, err := c.Write([]byte("PROXY TCP4 192.0.2.1 192.0.2.2 1000 2000\r\n")); err != nil {
-			return err
+		if _, err = c.Write([]byte("PROXY TCP4 192.0.2.1 192.0.2.2 1000 2000\r\n")); err == nil {
+			err = roundTrip(c, []byte(what), 2*time.Second)
 		}
-		return roundTrip(c, []byte(what), 2*time.Second)
+		if err != nil {
+			c.Close()
+		}
+		return err
 	}
 	silentSince := time.Now()
 	var silent []net.Conn // no header: A turns them away after headerTimeout
@@ -1862,12 +1868,17 @@ func TestUpgradeTwicePassesOnTheFirstProcessSessionsSaidLater(t *testing.T) {
 			t.Fatalf("silent connection %d still open %s after its header timeout", i, 10*time.Second)
 		}
 	}
-	// C counts A's 1 session only now (A's next line comes within
-	// milliseconds through B): it lets in 2.
+	// C counts A's 1 session only now (A's next lines come within
+	// milliseconds through B, one per connection turned away): it lets in
+	// 2, and no third. (Asked at once, the second was refused once in CI,
+	// under load: C may hear of the last silent one a little later.)
 	waitFor(t, 5*time.Second, "C to let in a session with 1 of max_sessions = 3 open, in A", func() bool {
 		return open("once the silent ones were turned away") == nil
 	})
-	if n := admittedOf(open, 2, "then"); n != 1 {
-		t.Errorf("C let in %d of 2 sessions more with 2 open (A's 1 and its own 1), want 1 (max_sessions = 3)", n)
+	waitFor(t, 5*time.Second, "C to let in a second session with A's 1 open (max_sessions = 3)", func() bool {
+		return open("then") == nil
+	})
+	if open("and no more") == nil {
+		t.Errorf("C let in a third session with A's 1 open, max_sessions = 3")
 	}
 }
