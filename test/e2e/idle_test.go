@@ -19,22 +19,9 @@ import (
 func TestAnIdleProxySleeps(t *testing.T) {
 	echo := newEcho(t)
 	admin, addr := freeAddr(t), freeAddr(t)
-	g := start(t, admin, fmt.Sprintf(`[log]
-level = "info"
-format = "json"
-[admin]
-listen = %q
-[[listener]]
-name = "l"
-listen = %q
-backend = "echo"
-[[backend]]
-name = "echo"
-  [backend.health]
-  check = "off"
-  [[backend.server]]
-  address = %q
-`, admin, addr, echo.addr()), true)
+	// No health check: its dial every second would wake the process.
+	g := start(t, admin, config(admin, "", []listenerConf{{name: "l", listen: addr, backend: "echo"}},
+		[]backendConf{{name: "echo", servers: []string{echo.addr()}, health: "  check = \"off\"\n"}}), true)
 	pid := g.cmd.Process.Pid
 	const limit = 15        // a second
 	time.Sleep(time.Second) // the start's own work done

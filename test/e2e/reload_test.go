@@ -18,6 +18,7 @@ type backendConf struct {
 	name    string
 	servers []string
 	extra   string
+	health  string // [backend.health]'s lines; "": a tcp check every second
 }
 
 func config(admin, shutdown string, ls []listenerConf, bs []backendConf) string {
@@ -31,7 +32,11 @@ func config(admin, shutdown string, ls []listenerConf, bs []backendConf) string 
 	}
 	for _, k := range bs {
 		fmt.Fprintf(&b, "[[backend]]\nname = %q\nconnect_timeout = \"1s\"\nconnect_budget = \"3s\"\n%s\n", k.name, k.extra)
-		b.WriteString("  [backend.health]\n  check = \"tcp\"\n  interval = \"1s\"\n  timeout = \"500ms\"\n")
+		health := k.health
+		if health == "" {
+			health = "  check = \"tcp\"\n  interval = \"1s\"\n  timeout = \"500ms\"\n"
+		}
+		b.WriteString("  [backend.health]\n" + health)
 		for _, s := range k.servers {
 			fmt.Fprintf(&b, "  [[backend.server]]\n  address = %q\n", s)
 		}
