@@ -574,8 +574,11 @@ func TestSlowAnswerAfterAPauseKeepsThePause(t *testing.T) {
 	echoed(t, c, "slow")
 	lk := h.p.linkFor("l", "b", be.addr())
 	// The pump notes the answer's bytes just after it has written them,
-	// so the app may read them a moment before.
-	waitFor(t, time.Second, "the slow answer noted", func() bool { return s.outlived(SideBackend, lk) > 0 })
+	// so the app may read them a moment before; the session notes the
+	// pause, then its link (CI once read the link between the two).
+	waitFor(t, time.Second, "the slow answer noted on the session and its link", func() bool {
+		return s.outlived(SideBackend, nil) > 0 && lk.backendOutlived() > 0
+	})
 	if got := s.outlived(SideBackend, lk); got < pause {
 		t.Errorf("database leg: outlived %v, want the pause of %v before the slow answer", got, pause)
 	}
