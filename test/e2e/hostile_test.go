@@ -39,6 +39,19 @@ type procStats struct {
 	threads        int
 }
 
+// statusFields calls f with each "Key: value" line of a /proc status
+// file and the value as a number (kB for sizes).
+func statusFields(status []byte, f func(key string, n int)) {
+	for _, line := range strings.Split(string(status), "\n") {
+		k, v, ok := strings.Cut(line, ":")
+		if !ok {
+			continue
+		}
+		n, _ := strconv.Atoi(strings.TrimSuffix(strings.TrimSpace(v), " kB"))
+		f(k, n)
+	}
+}
+
 func readProc(t *testing.T, pid int) procStats {
 	t.Helper()
 	status, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
@@ -46,12 +59,7 @@ func readProc(t *testing.T, pid int) procStats {
 		t.Fatal(err)
 	}
 	var s procStats
-	for _, line := range strings.Split(string(status), "\n") {
-		k, v, ok := strings.Cut(line, ":")
-		if !ok {
-			continue
-		}
-		n, _ := strconv.Atoi(strings.TrimSuffix(strings.TrimSpace(v), " kB"))
+	statusFields(status, func(k string, n int) {
 		switch k {
 		case "VmRSS":
 			s.rssKiB = n
@@ -60,7 +68,7 @@ func readProc(t *testing.T, pid int) procStats {
 		case "Threads":
 			s.threads = n
 		}
-	}
+	})
 	dir := fmt.Sprintf("/proc/%d/fd", pid)
 	fds, err := os.ReadDir(dir)
 	if err != nil {

@@ -4,8 +4,6 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"strconv"
-	"strings"
 	"testing"
 	"time"
 )
@@ -71,13 +69,11 @@ func contextSwitches(t *testing.T, pid int) int64 {
 		if err != nil {
 			continue // a thread that ended
 		}
-		for _, line := range strings.Split(string(b), "\n") {
-			k, v, ok := strings.Cut(line, ":")
-			if ok && (k == "voluntary_ctxt_switches" || k == "nonvoluntary_ctxt_switches") {
-				n, _ := strconv.ParseInt(strings.TrimSpace(v), 10, 64)
-				sum += n
+		statusFields(b, func(k string, n int) {
+			if k == "voluntary_ctxt_switches" || k == "nonvoluntary_ctxt_switches" {
+				sum += int64(n)
 			}
-		}
+		})
 	}
 	return sum
 }
