@@ -373,7 +373,7 @@ func (p *pump) tryRead(fd uintptr) bool {
 				p.toSplice = true
 				return true
 			}
-			if !atMark(fd) {
+			if !p.sp.stoppedAtMark(fd) {
 				if p.lot == nil {
 					p.dropPipe() // no lot, no idle deadline: it would keep the pipe while idle
 				}
@@ -561,6 +561,7 @@ type splicer struct {
 	err     syscall.Errno         // the last splice's error
 	round   int                   // moved since this wake (spliceBulk)
 	waited  bool                  // spliceInOrWait waited for src: a deadline then means idle
+	marked  bool                  // a copy's fill found src at its urgent mark (stoppedAtMark)
 }
 
 // splicing tells whether the pump holds a pipe: its stream is bulk.
@@ -704,7 +705,7 @@ func (p *pump) spliceInOrWait(fd uintptr) bool {
 	sp := p.sp
 	sp.waited = false
 	sp.n, sp.err = sp.fill(fd)
-	if sp.err != syscall.EAGAIN || sp.round < chunkSize || p.lot == nil || atMark(fd) {
+	if sp.err != syscall.EAGAIN || sp.round < chunkSize || p.lot == nil || sp.stoppedAtMark(fd) {
 		return true // without a lot there is no idle deadline: tryRead gives the pipe back
 	}
 	// The idle deadline counts from here, so that a stream that stops
@@ -778,11 +779,26 @@ func (sp *splicer) fill(fd uintptr) (int, syscall.Errno) {
 	if sp.pipe.buf == nil {
 		return rawSplice(fd, uintptr(sp.pipe.w), pipeSize)
 	}
-	if atMark(fd) {
+	if sp.marked = atMark(fd); sp.marked {
 		return 0, syscall.EAGAIN
 	}
 	sp.pipe.off = 0
 	return rawRead(fd, sp.pipe.buf)
+}
+
+// stoppedAtMark tells, after a fill that found nothing (EAGAIN), whether
+// src is at its urgent mark rather than empty. A splice stops in front of
+// the mark with the EAGAIN of an empty socket, so it asks (SIOCATMARK); a
+// copy looked before it read, and a read that found src empty leaves an
+// urgent byte that comes after it to the wake its arrival makes. A copy
+// waits with one ioctl less: 1.00 instead of 1.26 per read on the
+// benchmark's loopback, at 1.4 us each on its VM (README, "Bulk to this
+// host is copied").
+func (sp *splicer) stoppedAtMark(fd uintptr) bool {
+	if sp.pipe.buf == nil {
+		return atMark(fd)
+	}
+	return sp.marked
 }
 
 // call names the system call that moves bulk: splice through a pipe, or

@@ -442,3 +442,48 @@ func TestUrgentByteAndTheEndBehindABulkTransferLoseNoBytes(t *testing.T) {
 		})
 	}
 }
+
+// A break right behind a bulk result, with nothing after it, reaches the
+// app as soon as the bytes in front of it: the pump that stops at the mark
+// in the middle of a bulk round takes the byte at once, rather than
+// waiting for src (for the idle deadline, parkAfter later, since nothing
+// more arrives to wake it). The app reads late, so that the pump waits
+// for room in the middle of its round while the rest of the result and
+// the break come in behind.
+func TestUrgentByteRightBehindBulkIsNotHeldBack(t *testing.T) {
+	for _, splice := range []bool{false, true} {
+		t.Run(map[bool]string{false: "copied", true: "spliced"}[splice], func(t *testing.T) {
+			_, c, db := sessionWithDatabase(t, splice)
+			bulk := bytes.Repeat([]byte("0123456789abcdef"), 1<<19)
+			sent := make(chan struct{})
+			go func() {
+				db.Write(bulk)
+				sendOOBBehind(t, db, "last piece", 'x')
+				close(sent)
+			}()
+			select { // all of it on its way: the pump waits for room in its round
+			case <-sent:
+			case <-time.After(2 * time.Second): // more than the kernel's buffers take
+				t.Log("the database's writes wait for the app")
+			}
+			time.Sleep(100 * time.Millisecond)
+			before := len(bulk) + len("last piece")
+			var allBefore time.Time // when the app had every byte in front of the mark
+			r := &urgentReader{c: c}
+			r.readUntil(5*time.Second, func(r *urgentReader) bool {
+				if allBefore.IsZero() && len(r.stream) >= before {
+					allBefore = time.Now()
+				}
+				return len(r.urgent) > 0
+			})
+			if len(r.stream) != before || len(r.urgent) != 1 || r.urgent[0].b != 'x' || r.urgent[0].at != before {
+				t.Fatalf("the app got %d bytes (want %d) with urgent data %+v; want 'x' after the last piece", len(r.stream), before, r.urgent)
+			}
+			gap := r.urgent[0].when.Sub(allBefore)
+			t.Logf("the urgent byte came %v after the bytes in front of it", gap)
+			if gap > 40*time.Millisecond {
+				t.Errorf("the urgent byte came %v after the bytes in front of it, want at once (held until the idle deadline: %v)", gap, parkAfter)
+			}
+		})
+	}
+}
