@@ -466,7 +466,7 @@ func TestUrgentByteRightBehindBulkIsNotHeldBack(t *testing.T) {
 			case <-time.After(2 * time.Second): // more than the kernel's buffers take
 				t.Log("the database's writes wait for the app")
 			}
-			time.Sleep(100 * time.Millisecond)
+			time.Sleep(100 * time.Millisecond) // the last bytes in: the pump has read what it could
 			before := len(bulk) + len("last piece")
 			var allBefore time.Time // when the app had every byte in front of the mark
 			r := &urgentReader{c: c}
