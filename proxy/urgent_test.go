@@ -283,8 +283,11 @@ func TestUrgentByteBehindARunningDirectionIsNotReadPast(t *testing.T) {
 	bulkRound := func(c *net.TCPConn) []byte {
 		bulk := bytes.Repeat([]byte("0123456789abcdef"), 1<<16)
 		c.Write(bulk)
-		time.Sleep(30 * time.Millisecond)      // the pump waits in bulk, holding its pipe or buffer
-		sendOOBBehind(t, c, "last piece", '!') // with the urgent byte, in one segment: the splice or read stops at it
+		time.Sleep(30 * time.Millisecond) // the pump waits in bulk, holding its pipe or buffer
+		// With the urgent byte, in one segment: the splice or read stops at it.
+		if err := sendOOBBehind(c, "last piece", '!'); err != nil {
+			t.Error(err)
+		}
 		return append(bulk, "last piece"...)
 	}
 	cases := []struct {
@@ -341,10 +344,11 @@ func TestUrgentByteFromTheDatabaseBehindABulkRoundReachesTheApp(t *testing.T) {
 		t.Run(map[bool]string{false: "copied", true: "spliced"}[splice], func(t *testing.T) {
 			_, c, db := sessionWithDatabase(t, splice)
 			bulk := bytes.Repeat([]byte("0123456789abcdef"), 1<<18)
+			sendErr := make(chan error, 1) // not t.Error: the goroutine may outlive a failed test
 			go func() {
 				db.Write(bulk)
 				time.Sleep(30 * time.Millisecond)
-				sendOOBBehind(t, db, "last piece", 'x')
+				sendErr <- sendOOBBehind(db, "last piece", 'x')
 				db.Write([]byte("more"))
 			}()
 			want := string(bulk) + "last piece" + "more"
@@ -353,28 +357,32 @@ func TestUrgentByteFromTheDatabaseBehindABulkRoundReachesTheApp(t *testing.T) {
 			if string(r.stream) != want || len(r.urgent) != 1 || r.urgent[0].b != 'x' || r.urgent[0].at != len(bulk)+len("last piece") {
 				t.Fatalf("the app got %d bytes (want %d) with urgent data %+v; want 'x' after the last piece", len(r.stream), len(want), r.urgent)
 			}
+			if err := <-sendErr; err != nil {
+				t.Error(err)
+			}
 		})
 	}
 }
 
 // sendOOBBehind sends b and then u as urgent data in one send (MSG_OOB
 // makes the last byte of a send urgent): one segment, whose bytes a splice
-// or read takes up to the mark. From any goroutine (t.Error).
-func sendOOBBehind(t *testing.T, c *net.TCPConn, b string, u byte) {
-	t.Helper()
+// or read takes up to the mark.
+func sendOOBBehind(c *net.TCPConn, b string, u byte) error {
 	rc, err := c.SyscallConn()
 	if err != nil {
-		t.Error(err)
-		return
+		return err
 	}
 	var serr error
-	rc.Write(func(fd uintptr) bool {
+	if err := rc.Write(func(fd uintptr) bool {
 		serr = unix.Sendto(int(fd), append([]byte(b), u), unix.MSG_OOB, nil)
 		return serr != unix.EAGAIN
-	})
-	if serr != nil {
-		t.Error(os.NewSyscallError("send MSG_OOB", serr))
+	}); err != nil {
+		return err
 	}
+	if serr != nil {
+		return os.NewSyscallError("send MSG_OOB", serr)
+	}
+	return nil
 }
 
 // An urgent byte, the bytes after it and the end of the stream, sent at
@@ -455,14 +463,17 @@ func TestUrgentByteRightBehindBulkIsNotHeldBack(t *testing.T) {
 		t.Run(map[bool]string{false: "copied", true: "spliced"}[splice], func(t *testing.T) {
 			_, c, db := sessionWithDatabase(t, splice)
 			bulk := bytes.Repeat([]byte("0123456789abcdef"), 1<<19)
-			sent := make(chan struct{})
+			sent := make(chan error, 1) // not t.Error: the goroutine may outlive a failed test
 			go func() {
 				db.Write(bulk)
-				sendOOBBehind(t, db, "last piece", 'x')
-				close(sent)
+				sent <- sendOOBBehind(db, "last piece", 'x')
 			}()
 			select { // all of it on its way: the pump waits for room in its round
-			case <-sent:
+			case err := <-sent:
+				if err != nil {
+					t.Fatal(err)
+				}
+				sent <- nil // for the look at the end
 			case <-time.After(2 * time.Second): // more than the kernel's buffers take
 				t.Log("the database's writes wait for the app")
 			}
@@ -478,6 +489,9 @@ func TestUrgentByteRightBehindBulkIsNotHeldBack(t *testing.T) {
 			})
 			if len(r.stream) != before || len(r.urgent) != 1 || r.urgent[0].b != 'x' || r.urgent[0].at != before {
 				t.Fatalf("the app got %d bytes (want %d) with urgent data %+v; want 'x' after the last piece", len(r.stream), before, r.urgent)
+			}
+			if err := <-sent; err != nil { // the app has read it all: the sends are over
+				t.Fatal(err)
 			}
 			gap := r.urgent[0].when.Sub(allBefore)
 			t.Logf("the urgent byte came %v after the bytes in front of it", gap)
