@@ -15,6 +15,8 @@ import (
 	"unsafe"
 
 	"github.com/hashicorp/go-hclog"
+
+	"github.com/tnsguard/tnsguard/metrics"
 )
 
 // echoNoAlloc echoes with one buffer: unlike io.Copy(c, c) it neither
@@ -434,11 +436,16 @@ func TestDrainEndsSessionToStalledBackend(t *testing.T) {
 // the other leg's user timeout: housekeeping looks at the sources of
 // stalled directions.
 func TestResetWhileDestinationStalls(t *testing.T) {
-	t.Run("app resets, backend stopped reading", func(t *testing.T) { appResetsWhileBackendStalls(t, 0) })
+	t.Run("app resets, backend stopped reading", func(t *testing.T) { appResetsWhileBackendStalls(t, 0, true) })
 	// Housekeeping sleeps while no session moves bytes: the wait for room
 	// must wake it, or the stall watch would not see the source until the
 	// next walk.
-	t.Run("the same after the proxy slept", func(t *testing.T) { appResetsWhileBackendStalls(t, 1500*time.Millisecond) })
+	t.Run("the same after the proxy slept", func(t *testing.T) { appResetsWhileBackendStalls(t, 1500*time.Millisecond, true) })
+	// Without the stall watch (no epoll set), housekeeping's look at a
+	// direction that has waited a second (checkStalled) ends the session;
+	// until 2026-12-02 not after the proxy had slept: the next walk was
+	// due a minute later.
+	t.Run("the same without the stall watch", func(t *testing.T) { appResetsWhileBackendStalls(t, 1500*time.Millisecond, false) })
 	t.Run("backend resets, app stopped reading", func(t *testing.T) {
 		resetAt := make(chan time.Time, 1)
 		be := newBackend(t, func(c *net.TCPConn) {
@@ -471,8 +478,9 @@ func TestResetWhileDestinationStalls(t *testing.T) {
 }
 
 // appResetsWhileBackendStalls: the app fills the way to a backend that
-// stopped reading, after pause, then resets; the session must end at once.
-func appResetsWhileBackendStalls(t *testing.T, pause time.Duration) {
+// stopped reading, after pause, then resets; the session must end at once
+// with the stall watch, within about a second (stallCheck) without.
+func appResetsWhileBackendStalls(t *testing.T, pause time.Duration, watch bool) {
 	stalled := make(chan struct{})
 	backendSaw := make(chan error, 1)
 	be := newBackend(t, func(c *net.TCPConn) {
@@ -485,7 +493,12 @@ func appResetsWhileBackendStalls(t *testing.T, pause time.Duration) {
 	})
 	release := sync.OnceFunc(func() { close(stalled) })
 	t.Cleanup(release) // before the backend's own cleanup waits for it
-	h := startProxy(t, oneBackendConfig(be.addr()))
+	h := startProxyMade(t, oneBackendConfig(be.addr()), testLog(), func(log hclog.Logger, m *metrics.Metrics) *Proxy {
+		return newProxy(log, m, watch)
+	})
+	if (h.p.stalls != nil) != watch {
+		t.Fatalf("stall watch running: %v, want %v", h.p.stalls != nil, watch)
+	}
 	c := h.dial("l")
 	echoed(t, c, "x")
 	if pause > 0 {
@@ -508,8 +521,10 @@ func appResetsWhileBackendStalls(t *testing.T, pause time.Duration) {
 	// The source of a direction that waits for room is watched for its
 	// end (stallWatch): the reset is passed on at once, not at
 	// housekeeping's next look, once a second (0.5-2 s before).
-	if took > 250*time.Millisecond {
-		t.Errorf("the session ended %v after the app's reset, want at once (under 250ms)", took)
+	if want := 250 * time.Millisecond; watch && took > want {
+		t.Errorf("the session ended %v after the app's reset, want at once (under %v)", took, want)
+	} else if want := 2*stallCheck + 500*time.Millisecond; !watch && took > want {
+		t.Errorf("without the stall watch the session ended %v after the app's reset, want under %v", took, want)
 	}
 	release() // the backend reads again: its connection was closed
 	select {

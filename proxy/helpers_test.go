@@ -42,15 +42,27 @@ type harness struct {
 // TNSGUARD_TEST_LOG set).
 func startProxy(t testing.TB, toml string) *harness {
 	t.Helper()
+	return startProxyWith(t, toml, testLog())
+}
+
+// testLog is the tests' logger: warnings on stderr, everything with
+// TNSGUARD_TEST_LOG set.
+func testLog() hclog.Logger {
 	level := hclog.Warn
 	if os.Getenv("TNSGUARD_TEST_LOG") != "" {
 		level = hclog.Debug
 	}
-	return startProxyWith(t, toml, hclog.New(&hclog.LoggerOptions{Level: level, Output: os.Stderr}))
+	return hclog.New(&hclog.LoggerOptions{Level: level, Output: os.Stderr})
 }
 
 // startProxyWith is startProxy with the given logger.
 func startProxyWith(t testing.TB, toml string, log hclog.Logger) *harness {
+	t.Helper()
+	return startProxyMade(t, toml, log, New)
+}
+
+// startProxyMade is startProxyWith, the proxy made by mk.
+func startProxyMade(t testing.TB, toml string, log hclog.Logger, mk func(hclog.Logger, *metrics.Metrics) *Proxy) *harness {
 	t.Helper()
 	cfg, _, err := config.Parse([]byte(toml), "test.toml")
 	if err != nil {
@@ -58,7 +70,7 @@ func startProxyWith(t testing.TB, toml string, log hclog.Logger) *harness {
 	}
 	reg := prometheus.NewRegistry()
 	m := metrics.New(reg, "test")
-	p := New(log, m)
+	p := mk(log, m)
 	reg.MustRegister(metrics.NewTCPInfoCollector(p))
 	if err := p.Apply(cfg); err != nil {
 		t.Fatalf("apply: %v", err)

@@ -123,7 +123,12 @@ type Proxy struct {
 }
 
 // New returns a proxy with no listeners; Apply gives it its configuration.
-func New(log hclog.Logger, m *metrics.Metrics) *Proxy {
+func New(log hclog.Logger, m *metrics.Metrics) *Proxy { return newProxy(log, m, true) }
+
+// newProxy is New; without stallWatch, the sources of directions that wait
+// for room are looked at by housekeeping alone (checkStalled), as when the
+// watch's epoll set cannot be made.
+func newProxy(log hclog.Logger, m *metrics.Metrics, stallWatch bool) *Proxy {
 	ctx, cancel := context.WithCancel(context.Background())
 	p := &Proxy{
 		log: log, metrics: m, pool: newBufPool(), ctx: ctx, cancel: cancel, hurry: make(chan struct{}),
@@ -136,7 +141,9 @@ func New(log hclog.Logger, m *metrics.Metrics) *Proxy {
 	p.forensics.dropping = p.nudge
 	p.pool.kept = p.nudge
 	p.parking = startParkLots(ctx, &p.loopWG, p.log, runtime.GOMAXPROCS(0))
-	p.stalls = startStallWatch(ctx, &p.loopWG)
+	if stallWatch {
+		p.stalls = startStallWatch(ctx, &p.loopWG)
+	}
 	p.lotMinBusy.Store(lotMinBusy)
 	p.loopWG.Add(1)
 	go func() { // after every field it reads is set
@@ -827,6 +834,14 @@ func (p *Proxy) housekeeping(ctx context.Context) {
 		if a := p.activity.Load(); !quiet || a != lookedAt {
 			lookedAt = a
 			quiet = p.look(now, &scan)
+			if p.stalls == nil && walkedAt.Add(time.Second).Before(due) {
+				// Without the stall watch, the walk's checkStalled is the
+				// only look at a direction that waits for room, and the
+				// walk that came before the wait (a sleeping proxy's
+				// next is a minute off) did not see it: a walk within a
+				// second of activity.
+				due = walkedAt.Add(time.Second)
+			}
 		}
 		c := p.changes.Load()
 		if c != walked && walkedAt.Add(time.Second).Before(due) {
