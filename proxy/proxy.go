@@ -831,20 +831,18 @@ func (p *Proxy) housekeeping(ctx context.Context) {
 		now := time.Now()
 		// Each counter is read before what it guards: what comes during a
 		// look or a walk makes the next one.
+		looked := false
 		if a := p.activity.Load(); !quiet || a != lookedAt {
 			lookedAt = a
 			quiet = p.look(now, &scan)
-			if p.stalls == nil && walkedAt.Add(time.Second).Before(due) {
-				// Without the stall watch, the walk's checkStalled is the
-				// only look at a direction that waits for room, and the
-				// walk that came before the wait (a sleeping proxy's
-				// next is a minute off) did not see it: a walk within a
-				// second of activity.
-				due = walkedAt.Add(time.Second)
-			}
+			looked = true
 		}
 		c := p.changes.Load()
-		if c != walked && walkedAt.Add(time.Second).Before(due) {
+		// Without the stall watch, the walk's checkStalled is the only
+		// look at a direction that waits for room, and the walk before
+		// the wait (a sleeping proxy's next is a minute off) did not see
+		// it: activity, too, makes a walk due within a second.
+		if (c != walked || looked && p.stalls == nil) && walkedAt.Add(time.Second).Before(due) {
 			due = walkedAt.Add(time.Second)
 		}
 		if !now.Before(due) {
