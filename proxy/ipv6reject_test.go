@@ -1,7 +1,6 @@
 package proxy
 
 import (
-	"fmt"
 	"net"
 	"os"
 	"os/exec"
@@ -89,7 +88,7 @@ func TestIPv6FirewallRejectIsUnreachable(t *testing.T) {
 			})
 			if t.Failed() {
 				ev := h.p.Resets(0)
-				t.Log(fmt.Sprintf("resets: %+v", ev))
+				t.Logf("resets: %+v", ev)
 			}
 		})
 	}

@@ -560,12 +560,6 @@ func (l *load) Stop() []error {
 	return l.errs
 }
 
-func (l *load) errors() []error {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return append([]error(nil), l.errs...)
-}
-
 // waitFor polls cond until it holds or the limit passes.
 func waitFor(t *testing.T, limit time.Duration, what string, cond func() bool) {
 	t.Helper()
