@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"bytes"
 	"io"
 	"math/rand/v2"
 	"net"
@@ -161,22 +162,59 @@ func TestSleepOutOfFDsLeavesNothing(t *testing.T) {
 			waitFor(t, 2*time.Second, "dormant again", s.isDormant)
 			base := openFDs(t)
 
-			// Wake it again with a long bulk, and take every fd while it
-			// runs: once the bulk is over its directions park, and the
-			// session tries to sleep with no fd (or one) to dup into.
+			// Wake it again with a bulk, and take every fd while it runs:
+			// once the bulk is over its directions park, and the session
+			// tries to sleep with no fd (or one) to dup into. The app
+			// writes and reads until the fds are taken, so that the bulk
+			// neither ends nor stalls for parkAfter (its directions park,
+			// and the session sleeps with fds to spare) while the hoard
+			// fills: a slow hoard once outlasted a fixed 16 MiB read only
+			// after it. The last chunk the app sends is 0xff bytes.
 			var hoard fdHoard
 			defer hoard.free()
-			long := make([]byte, 16<<20)
-			go c.Write(long)
-			got = make([]byte, len(long))
+			const chunk = 64 << 10
+			taken := make(chan struct{})
+			go func() {
+				zeros := make([]byte, chunk)
+				for {
+					select {
+					case <-taken:
+						c.Write(bytes.Repeat([]byte{0xff}, chunk))
+						return
+					default:
+					}
+					if _, err := c.Write(zeros); err != nil {
+						return
+					}
+				}
+			}()
+			read := make(chan error, 1)
+			c.SetReadDeadline(time.Now().Add(10 * time.Second))
+			go func() {
+				buf := make([]byte, chunk)
+				var n int
+				for {
+					m, err := c.Read(buf)
+					n += m
+					if m > 0 && n%chunk == 0 && buf[m-1] == 0xff {
+						read <- nil // the echo of the last chunk, whole
+						return
+					}
+					if err != nil {
+						read <- err
+						return
+					}
+				}
+			}()
 			waitFor(t, 2*time.Second, "awake", func() bool { return !s.isDormant() })
 			hoard.grab(t)
 			hoard.release(spare)
-			c.SetReadDeadline(time.Now().Add(10 * time.Second))
-			if _, err := io.ReadFull(c, got); err != nil {
+			close(taken)
+			if err := <-read; err != nil {
 				hoard.free()
 				t.Fatal(err)
 			}
+			c.SetReadDeadline(time.Time{})
 			waitFor(t, 2*time.Second, "parked out of fds", func() bool { return parked(h) == 2 })
 			for i := range 5 {
 				time.Sleep(60 * time.Millisecond)
