@@ -166,10 +166,11 @@ func TestSleepOutOfFDsLeavesNothing(t *testing.T) {
 			// once the bulk is over its directions park, and the session
 			// tries to sleep with no fd (or one) to dup into. The app
 			// writes and reads until the fds are taken, so that the bulk
-			// neither ends nor stalls for parkAfter (its directions park,
-			// and the session sleeps with fds to spare) while the hoard
-			// fills: a slow hoard once outlasted a fixed 16 MiB read only
-			// after it. The last chunk the app sends is 0xff bytes.
+			// neither ends nor stops while the hoard fills. (An app that
+			// read a fixed 16 MiB only once the hoard was full stopped the
+			// stream meanwhile, and once in CI the session slept then, with
+			// fds to spare, and could not wake.) The last chunk the app
+			// sends is 0xff bytes.
 			var hoard fdHoard
 			defer hoard.free()
 			const chunk = 64 << 10
