@@ -500,21 +500,15 @@ func TestUrgentByteRightBehindBulkIsNotHeldBack(t *testing.T) {
 			}
 			c.SetReadDeadline(time.Time{})
 			before := len("last piece")
-			var allBefore time.Time // when the app had every byte in front of the mark
 			r := &urgentReader{c: c}
-			r.readUntil(5*time.Second, func(r *urgentReader) bool {
-				if allBefore.IsZero() && len(r.stream) >= before {
-					allBefore = time.Now()
-				}
-				return len(r.urgent) > 0
-			})
+			r.readUntil(5*time.Second, func(r *urgentReader) bool { return len(r.urgent) > 0 })
 			if string(r.stream) != "last piece" || len(r.urgent) != 1 || r.urgent[0].b != 'x' || r.urgent[0].at != before {
 				t.Fatalf("after the result the app got %q with urgent data %+v; want 'x' after the last piece", r.stream, r.urgent)
 			}
 			if err := <-sent; err != nil { // the app has read it all: the sends are over
 				t.Fatal(err)
 			}
-			gap := r.urgent[0].when.Sub(allBefore)
+			gap := r.urgent[0].when.Sub(r.urgent[0].behind) // since the app had every byte in front of the mark
 			t.Logf("the urgent byte came %v after the bytes in front of it", gap)
 			if gap > 40*time.Millisecond {
 				t.Errorf("the urgent byte came %v after the bytes in front of it, want at once (held until the idle deadline: %v)", gap, parkAfter)
