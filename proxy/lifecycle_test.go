@@ -166,11 +166,20 @@ func TestSleepOutOfFDsLeavesNothing(t *testing.T) {
 			// once the bulk is over its directions park, and the session
 			// tries to sleep with no fd (or one) to dup into. The app
 			// writes and reads until the fds are taken, so that the bulk
-			// neither ends nor stops while the hoard fills. (An app that
-			// read a fixed 16 MiB only once the hoard was full stopped the
-			// stream meanwhile, and once in CI the session slept then, with
-			// fds to spare, and could not wake.) The last chunk the app
-			// sends is 0xff bytes.
+			// neither ends nor stops while the hoard fills, and the
+			// directions park later than at 30 ms meanwhile: a session whose
+			// two sources are both silent for that long sleeps, with the fds
+			// still to be had, and cannot wake once the hoard has them. (An
+			// app that wrote a fixed 16 MiB, which the sockets' buffers
+			// took whole, and read it only once the hoard was full did that
+			// once in CI: its writes were over, and the echo server, slowed
+			// by the load, left the backend's socket empty for over 30 ms.
+			// A probe of that under load saw the session sleep with nothing
+			// to read from or unsent to the backend, and 2.8 and 4.1 MB of
+			// echo in the proxy's send queue to the app, which was not
+			// reading.)
+			// The last chunk the app sends is 0xff bytes.
+			parkSoon(t, h, 500*time.Millisecond)
 			var hoard fdHoard
 			defer hoard.free()
 			const chunk = 64 << 10
@@ -211,6 +220,7 @@ func TestSleepOutOfFDsLeavesNothing(t *testing.T) {
 			hoard.grab(t)
 			hoard.release(spare)
 			close(taken)
+			parkSoon(t, h, 30*time.Millisecond)
 			if err := <-read; err != nil {
 				hoard.free()
 				t.Fatal(err)
