@@ -39,7 +39,7 @@ func TestIdleDeathAdvice(t *testing.T) {
 		// TestIdleDeathAfterAnAnsweredKeepaliveProbeGivesNoAdvice.)
 		time.Sleep(1300 * time.Millisecond)
 		c.Write([]byte("y"))
-		if err, _ := readErr(c, 2*time.Second); err == nil {
+		if _, err := readErr(c, 2*time.Second); err == nil {
 			t.Fatal("no reset")
 		}
 	}
@@ -80,7 +80,7 @@ func TestResetAfterAPauseShorterThanKeepaliveIsIdle(t *testing.T) {
 	}
 	time.Sleep(2 * time.Second)
 	c.Write([]byte("y"))
-	if err, _ := readErr(c, 2*time.Second); err == nil {
+	if _, err := readErr(c, 2*time.Second); err == nil {
 		t.Fatal("no reset")
 	}
 	waitFor(t, time.Second, "an idle-phase reset", func() bool {
@@ -107,7 +107,7 @@ func idleDeath(t *testing.T, c *net.TCPConn, pause time.Duration) {
 	t.Helper()
 	time.Sleep(pause)
 	c.Write([]byte("y"))
-	if err, _ := readErr(c, 2*time.Second); err == nil {
+	if _, err := readErr(c, 2*time.Second); err == nil {
 		t.Fatal("no reset")
 	}
 }
@@ -204,7 +204,7 @@ func TestStalledUploadCutByUserTimeoutIsActive(t *testing.T) {
 	c := h.dial("l")
 	echoed(t, c, "x")
 	go c.Write(make([]byte, 64<<20))
-	if err, d := readErr(c, 7*time.Second); err == nil || d > 6*time.Second {
+	if d, err := readErr(c, 7*time.Second); err == nil || d > 6*time.Second {
 		t.Fatalf("the stalled upload was not cut by the user timeout: %v after %v", err, d)
 	}
 	waitFor(t, time.Second, "the reset counted", func() bool {
@@ -289,7 +289,7 @@ func TestResetAfterAPauseWithKeepaliveOffIsIdle(t *testing.T) {
 // saw zero-window probes), so the end is active, with no keepalive advice.
 func TestBackendResetWhileResultWaitsForAppIsActive(t *testing.T) {
 	c := resetWhileResultWaits(t, "waited for a slow app", func(c *net.TCPConn) { fillTowards(t, c) })
-	if err, _ := readErr(c, 5*time.Second); !errors.Is(err, syscall.ECONNRESET) {
+	if _, err := readErr(c, 5*time.Second); !errors.Is(err, syscall.ECONNRESET) {
 		t.Errorf("the app saw %v, want ECONNRESET", err)
 	}
 }
@@ -582,7 +582,7 @@ func TestIdleDeathAfterAnAnsweredKeepaliveProbeGivesNoAdvice(t *testing.T) {
 	if _, err := io.ReadFull(c, make([]byte, 1)); err != nil {
 		t.Fatal(err)
 	}
-	if err, _ := readErr(c, 5*time.Second); err == nil {
+	if _, err := readErr(c, 5*time.Second); err == nil {
 		t.Fatal("no reset")
 	}
 	waitFor(t, time.Second, "an idle-phase reset", func() bool {
@@ -626,7 +626,7 @@ func TestResetAtTheFirstProbeAfterALateReadIsIdle(t *testing.T) {
 	late := probeSlack(idle) - 10*time.Millisecond // a read's scheduling delay
 	s.lastActive.Store(int64(time.Since(s.start) - (idle - late)))
 	close(reset)
-	if err, _ := readErr(c, 5*time.Second); err == nil {
+	if _, err := readErr(c, 5*time.Second); err == nil {
 		t.Fatal("the app's leg was not reset")
 	}
 	server := be.addr()
@@ -669,7 +669,7 @@ func TestIdleDeathsAfterTheFirewallCutItsTimeoutGiveAdvice(t *testing.T) {
 	h, logs := startProxyLog(t, cfg)
 	c := h.dial("l")
 	echoed(t, c, "x")
-	if err, _ := readErr(c, 5*time.Second); err == nil {
+	if _, err := readErr(c, 5*time.Second); err == nil {
 		t.Fatal("no reset")
 	}
 	waitFor(t, time.Second, "an idle-phase reset", func() bool {

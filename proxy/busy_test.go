@@ -130,7 +130,7 @@ func lastMessageAndEnd(t *testing.T, open func(*testing.T, *harness) *net.TCPCon
 				if _, err := io.ReadFull(c, make([]byte, len("last message"))); err != nil {
 					t.Fatal(err)
 				}
-				err, took := readErr(c, 2*time.Second)
+				took, err := readErr(c, 2*time.Second)
 				if !errors.Is(err, want) {
 					t.Fatalf("after the last message the app saw %v (after %v), want %v", err, took, want)
 				}

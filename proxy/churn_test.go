@@ -207,7 +207,7 @@ func churnBackendReset(addr string) bool {
 	// Not a latency bound: at full size under -race on 2 cores a session
 	// takes seconds per step (resets arrived after up to 9 s), and what is
 	// checked is that the backend's reset reaches the app as one.
-	err, _ = readErr(c, 30*time.Second)
+	_, err = readErr(c, 30*time.Second)
 	if os.Getenv("CHURN_DEBUG") != "" && !errors.Is(err, syscall.ECONNRESET) {
 		println("backend reset: app saw", fmt.Sprint(err))
 	}

@@ -139,7 +139,7 @@ func sameBytes(t *testing.T, what string, got, want []byte) {
 func TestParkedSessionSeesBackendReset(t *testing.T) {
 	h, be, c := parkedSession(t, echoNoAlloc)
 	resetConn(be.accepted()[0])
-	err, took := readErr(c, 3*time.Second)
+	took, err := readErr(c, 3*time.Second)
 	if !errors.Is(err, syscall.ECONNRESET) {
 		t.Fatalf("app read %v, want ECONNRESET", err)
 	}
@@ -157,7 +157,7 @@ func TestParkedSessionSeesBackendReset(t *testing.T) {
 func TestParkedSessionSeesAppReset(t *testing.T) {
 	h, be, c := parkedSession(t, echoNoAlloc)
 	resetConn(c)
-	if err, took := readErr(be.accepted()[0], 3*time.Second); err == nil || took > time.Second {
+	if took, err := readErr(be.accepted()[0], 3*time.Second); err == nil || took > time.Second {
 		t.Fatalf("backend read %v after %v, want its connection closed at once", err, took)
 	}
 	waitFor(t, 2*time.Second, "session ended", func() bool { return len(h.p.liveSessions()) == 0 })
@@ -251,7 +251,7 @@ func shutdownClosesAll(t *testing.T, h *harness, drain time.Duration, conns []*n
 		t.Fatal("Shutdown did not return: sessions were not ended")
 	}
 	for i, c := range conns {
-		if err, _ := readErr(c, 2*time.Second); errors.Is(err, os.ErrDeadlineExceeded) {
+		if _, err := readErr(c, 2*time.Second); errors.Is(err, os.ErrDeadlineExceeded) {
 			t.Fatalf("app connection %d was left open after the drain timeout", i)
 		}
 	}
@@ -463,7 +463,7 @@ func TestResetWhileDestinationStalls(t *testing.T) {
 			return counter(h.m.Resets, "l", "b", srv, "backend", "active", "rst") == 1
 		})
 		ended := time.Now()
-		if err, _ := readErr(c, 5*time.Second); !errors.Is(err, syscall.ECONNRESET) {
+		if _, err := readErr(c, 5*time.Second); !errors.Is(err, syscall.ECONNRESET) {
 			t.Errorf("the app saw %v, want ECONNRESET", err)
 		}
 		// The direction had waited for room only as long as the fill's last

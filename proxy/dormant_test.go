@@ -66,11 +66,11 @@ func TestDormantSessionIdleTimeout(t *testing.T) {
 	echoed(t, c, "hello")
 	s := sessionOf(t, h.p, c)
 	waitFor(t, 2*time.Second, "the session dormant", s.isDormant)
-	err, took := readErr(c, 5*time.Second)
+	took, err := readErr(c, 5*time.Second)
 	if !errors.Is(err, syscall.ECONNRESET) {
 		t.Fatalf("app read %v after %v, want ECONNRESET at the idle timeout", err, took)
 	}
-	if berr, _ := readErr(be.accepted()[0], 2*time.Second); errors.Is(berr, os.ErrDeadlineExceeded) {
+	if _, berr := readErr(be.accepted()[0], 2*time.Second); errors.Is(berr, os.ErrDeadlineExceeded) {
 		t.Fatal("the backend connection was left open")
 	}
 	waitFor(t, 2*time.Second, "session ended", func() bool { return len(h.p.liveSessions()) == 0 })

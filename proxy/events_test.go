@@ -50,7 +50,7 @@ func TestBackendResetBecomesAnEvent(t *testing.T) {
 	}
 	time.Sleep(100 * time.Millisecond) // idle before the reset
 	resetConn(be.accepted()[0])
-	if err, _ := readErr(c, 2*time.Second); !errors.Is(err, syscall.ECONNRESET) {
+	if _, err := readErr(c, 2*time.Second); !errors.Is(err, syscall.ECONNRESET) {
 		t.Fatalf("app saw %v, want ECONNRESET", err)
 	}
 	waitFor(t, 2*time.Second, "one reset event", func() bool { return len(h.p.Resets(0)) == 1 })
@@ -244,7 +244,7 @@ func TestResetStormLogIsLimited(t *testing.T) {
 			t.Fatal(err)
 		}
 		c.Write([]byte("y"))
-		if err, _ := readErr(c, 2*time.Second); !errors.Is(err, syscall.ECONNRESET) {
+		if _, err := readErr(c, 2*time.Second); !errors.Is(err, syscall.ECONNRESET) {
 			t.Fatalf("app saw %v, want ECONNRESET", err)
 		}
 		c.Close()

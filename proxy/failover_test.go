@@ -813,7 +813,7 @@ check = "off"`, fmt.Sprintf("address = %q", addrs[0]), fmt.Sprintf("address = %q
 			start := time.Now() // before the connect: the budget runs from the accept
 			c := h.dial("l")
 			c.Write([]byte("opening bytes"))
-			err, _ := readErr(c, 3*time.Second)
+			_, err := readErr(c, 3*time.Second)
 			took := time.Since(start)
 			if !errors.Is(err, syscall.ECONNRESET) {
 				t.Fatalf("app saw %v, want ECONNRESET", err)
@@ -891,7 +891,7 @@ backoff = "50ms"
 check = "off"`, fmt.Sprintf("address = %q", tc.addr(t))))
 			c := h.dial("l")
 			c.Write([]byte("opening bytes"))
-			if err, _ := readErr(c, 3*time.Second); !errors.Is(err, syscall.ECONNRESET) {
+			if _, err := readErr(c, 3*time.Second); !errors.Is(err, syscall.ECONNRESET) {
 				t.Fatalf("app saw %v, want ECONNRESET", err)
 			}
 			waitFor(t, time.Second, "the reset counted", func() bool { return len(h.p.Resets(0)) == 1 })
@@ -964,7 +964,7 @@ check = "off"`, fmt.Sprintf("address = %q", addr)))
 	if took > drain+300*time.Millisecond {
 		t.Errorf("Shutdown took %v with a session mid-backoff; drain timeout %v", took, drain)
 	}
-	err, after := readErr(c, time.Second)
+	after, err := readErr(c, time.Second)
 	if !errors.Is(err, syscall.ECONNRESET) {
 		t.Errorf("app saw %v, want ECONNRESET", err)
 	}

@@ -50,7 +50,7 @@ connect_budget = "1s"
 check = "off"`, fmt.Sprintf("address = %q", a.address), fmt.Sprintf("address = %q", b.address)))
 			c := h.dial("l")
 			c.Write([]byte("CONNECT"))
-			err, _ := readErr(c, 3*time.Second)
+			_, err := readErr(c, 3*time.Second)
 			if !errors.Is(err, syscall.ECONNRESET) {
 				t.Fatalf("app saw %v, want ECONNRESET", err)
 			}
@@ -132,7 +132,7 @@ check = "off"`, fmt.Sprintf("address = %q", silent.address)))
 	time.Sleep(600 * time.Millisecond)
 	c.Write([]byte("hello"))
 	start := time.Now()
-	err, _ := readErr(c, 3*time.Second)
+	_, err := readErr(c, 3*time.Second)
 	if !errors.Is(err, syscall.ECONNRESET) {
 		t.Fatalf("app that spoke after the budget, silent backend: %v after %v; want ECONNRESET within the budget (300ms)", err, time.Since(start).Round(time.Millisecond))
 	}
@@ -185,7 +185,7 @@ interval = "1h"`, fmt.Sprintf("address = %q", silent.address)))
 	time.Sleep(300 * time.Millisecond)
 	connect, _ := tns.BuildConnect("(DESCRIPTION=(CONNECT_DATA=(SERVICE_NAME=SALES)))")
 	c.Write(connect[:20]) // a CONNECT cut short, late
-	err, _ := readErr(c, 3*time.Second)
+	_, err := readErr(c, 3*time.Second)
 	if took := time.Since(start); err == nil || took > 800*time.Millisecond {
 		t.Fatalf("a CONNECT cut short, begun 300ms into a 500ms budget: %v after %v; want the end at the budget (500ms), not 500ms after its first bytes", err, took.Round(time.Millisecond))
 	}
@@ -318,7 +318,7 @@ fall = 1`, servers...))
 			c := h.dial("l")
 			start := time.Now()
 			c.Write([]byte("hello"))
-			err, _ := readErr(c, 5*time.Second)
+			_, err := readErr(c, 5*time.Second)
 			took := time.Since(start)
 			if !errors.Is(err, syscall.ECONNRESET) {
 				t.Fatalf("app saw %v after %v, want ECONNRESET at connect_budget", err, took.Round(time.Millisecond))

@@ -274,14 +274,14 @@ func stressConfig(t testing.TB, server string) string {
 	return long
 }
 
-// readErr reads until an error and returns it with the time it took.
-func readErr(c net.Conn, limit time.Duration) (error, time.Duration) {
+// readErr reads until an error and returns the time it took and the error.
+func readErr(c net.Conn, limit time.Duration) (time.Duration, error) {
 	start := time.Now()
 	c.SetReadDeadline(start.Add(limit))
 	buf := make([]byte, 4096)
 	for {
 		if _, err := c.Read(buf); err != nil {
-			return err, time.Since(start)
+			return time.Since(start), err
 		}
 	}
 }
@@ -424,7 +424,7 @@ func readRefuse(t *testing.T, c net.Conn, limit time.Duration) int {
 	if err != nil || !ok {
 		t.Fatalf("REFUSE %q: %v; want one with ERR=", pkt.Raw, err)
 	}
-	if err, _ := readErr(c, limit); !errors.Is(err, io.EOF) {
+	if _, err := readErr(c, limit); !errors.Is(err, io.EOF) {
 		t.Fatalf("after the REFUSE: %v; want the end of stream (FIN)", err)
 	}
 	return code

@@ -159,7 +159,7 @@ func TestUnfinishedConnectCostsOnlyItsConnection(t *testing.T) {
 			}
 			defer c.Close()
 			c.Write(b)
-			err, took := readErr(c, 5*time.Second)
+			took, err := readErr(c, 5*time.Second)
 			results <- result{name, err, took}
 		}()
 	}
@@ -180,7 +180,7 @@ func TestUnfinishedConnectCostsOnlyItsConnection(t *testing.T) {
 			}
 			time.Sleep(100 * time.Millisecond)
 		}
-		err, _ = readErr(c, 5*time.Second)
+		_, err = readErr(c, 5*time.Second)
 		results <- result{"trickle", err, time.Since(start)}
 	}()
 	wg.Wait()
@@ -269,7 +269,7 @@ func TestScannerBytesToTNSPingCheckedBackend(t *testing.T) {
 			}
 			defer c.Close()
 			c.Write(b)
-			if err, took := readErr(c, 5*time.Second); err == nil || took > 2*time.Second {
+			if took, err := readErr(c, 5*time.Second); err == nil || took > 2*time.Second {
 				errs <- fmt.Errorf("%s: %v after %v, want closed within connect_budget", name, err, took)
 			}
 		}()
@@ -614,7 +614,7 @@ func TestUnfinishedConnectOnRoutedListenerEndsAtBudget(t *testing.T) {
 		t.Run(name, func(t *testing.T) {
 			c := h.dial("routed")
 			c.Write(b)
-			err, took := readErr(c, 5*time.Second)
+			took, err := readErr(c, 5*time.Second)
 			if err == nil || errors.Is(err, os.ErrDeadlineExceeded) {
 				t.Fatalf("%v after %v, want the connection closed", err, took)
 			}
@@ -637,7 +637,7 @@ func TestSilentAppOnRoutedListenerIsNoBackendFailure(t *testing.T) {
 	primary := tnstest.New(t, tnstest.Config{Mode: tnstest.Accept})
 	h := startProxy(t, hostileConfig("", primary.Addr()))
 	c := h.dial("routed")
-	err, took := readErr(c, 5*time.Second)
+	took, err := readErr(c, 5*time.Second)
 	if err == nil || errors.Is(err, os.ErrDeadlineExceeded) {
 		t.Fatalf("%v after %v, want the connection closed at connect_budget", err, took)
 	}
@@ -674,7 +674,7 @@ func TestAppSilentAfterResendCostsNoServerStanding(t *testing.T) {
 		t.Fatalf("got %v %v, want RESEND", pkt.Type, err)
 	}
 	// The app never sends its CONNECT again.
-	if err, took := readErr(c, 3*time.Second); err == nil || took > 2*time.Second {
+	if took, err := readErr(c, 3*time.Second); err == nil || took > 2*time.Second {
 		t.Fatalf("%v after %v, want the connection closed at connect_budget", err, took)
 	}
 	if v := testutil.ToFloat64(h.m.BreakerState.WithLabelValues("b", primary.Addr())); v != metrics.BreakerClosed {

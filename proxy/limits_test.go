@@ -35,7 +35,7 @@ func TestMaxSessions(t *testing.T) {
 	took := time.Since(start)
 	if err == nil {
 		defer over.Close()
-		err, took = readErr(over, 2*time.Second)
+		took, err = readErr(over, 2*time.Second)
 	}
 	if !errors.Is(err, syscall.ECONNRESET) && !errors.Is(err, io.EOF) {
 		t.Fatalf("third session: %v, want it closed at once", err)
@@ -59,7 +59,7 @@ func refusedPerSource(t *testing.T, h *harness, what string) {
 	over, err := net.Dial("tcp", h.addr("l")) // the reset may come before the dial returns
 	if err == nil {
 		defer over.Close()
-		err, _ = readErr(over, 2*time.Second)
+		_, err = readErr(over, 2*time.Second)
 	}
 	if err == nil || errors.Is(err, os.ErrDeadlineExceeded) {
 		t.Fatalf("%s: %v, want refused", what, err)
@@ -118,7 +118,7 @@ func TestAllowList(t *testing.T) {
 	c, err := net.Dial("tcp", h.addr("l"))
 	if err == nil {
 		defer c.Close()
-		err, _ = readErr(c, 2*time.Second)
+		_, err = readErr(c, 2*time.Second)
 	}
 	if !errors.Is(err, syscall.ECONNRESET) {
 		t.Fatalf("app outside allow: %v, want ECONNRESET", err)
@@ -149,7 +149,7 @@ func TestIdleTimeout(t *testing.T) {
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
-	if err, _ := readErr(idle, time.Second); !errors.Is(err, syscall.ECONNRESET) {
+	if _, err := readErr(idle, time.Second); !errors.Is(err, syscall.ECONNRESET) {
 		t.Fatalf("idle session: %v, want ECONNRESET", err)
 	}
 	waitFor(t, time.Second, "idle_timeout counted", func() bool {
@@ -170,7 +170,7 @@ allow = ["192.0.2.0/24"]`, ""), debug)
 	refused := func(hdr []byte) *net.TCPConn {
 		c := h.dial("l")
 		c.Write(append(hdr, 'x'))
-		if err, _ := readErr(c, 2*time.Second); err == nil {
+		if _, err := readErr(c, 2*time.Second); err == nil {
 			t.Fatal("a source outside allow was served")
 		}
 		return c

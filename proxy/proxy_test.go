@@ -115,7 +115,7 @@ func TestBackendResetReachesApp(t *testing.T) {
 	}
 	start := time.Now()
 	resetConn(be.accepted()[0])
-	err, _ := readErr(c, 2*time.Second)
+	_, err := readErr(c, 2*time.Second)
 	took := time.Since(start)
 	if !errors.Is(err, syscall.ECONNRESET) {
 		t.Fatalf("app saw %v, want ECONNRESET", err)

@@ -326,7 +326,7 @@ func TestRedirectBackToTnsguardEndsAtOnce(t *testing.T) {
 	connect, _ := tns.BuildConnect("(DESCRIPTION=(CONNECT_DATA=(SERVICE_NAME=SALES)))")
 	c.Write(connect)
 	start := time.Now()
-	if err, _ := readErr(c, 6*time.Second); err == nil || time.Since(start) > time.Second {
+	if _, err := readErr(c, 6*time.Second); err == nil || time.Since(start) > time.Second {
 		t.Errorf("the app got %v after %v; want its connection ended within 1s", err, time.Since(start).Round(time.Millisecond))
 	}
 	// One app, one rejection: the follow's dial that the listener resets is

@@ -80,7 +80,7 @@ func TestShutdownCountsSessionsClosedAtDrainTimeout(t *testing.T) {
 	}()
 	waitFor(t, 50*time.Millisecond, "not ready at once", func() bool { ok, _ := h.p.Ready(); return !ok })
 	for _, c := range []*net.TCPConn{onL, onM} {
-		if err, _ := readErr(c, 2*time.Second); !errors.Is(err, syscall.ECONNRESET) {
+		if _, err := readErr(c, 2*time.Second); !errors.Is(err, syscall.ECONNRESET) {
 			t.Fatalf("session at the drain timeout: %v, want a reset", err)
 		}
 	}
@@ -113,7 +113,7 @@ proxy_header_timeout = "30s"`, ""))
 	if took := time.Since(start); took > time.Second {
 		t.Fatalf("Shutdown waited %v for a header that would time out after 30s", took)
 	}
-	if err, _ := readErr(c, time.Second); err == nil || errors.Is(err, syscall.ETIMEDOUT) {
+	if _, err := readErr(c, time.Second); err == nil || errors.Is(err, syscall.ETIMEDOUT) {
 		t.Fatalf("pending connection after shutdown: %v, want closed", err)
 	}
 }
@@ -1051,7 +1051,7 @@ func limitHoldsAcrossReload(t *testing.T, change func(base, addr string) (string
 	}
 	c, err := net.Dial("tcp", addr) // the reset may come before connect returns
 	if err == nil {
-		err, _ = readErr(c, 2*time.Second)
+		_, err = readErr(c, 2*time.Second)
 		c.Close()
 	}
 	if !errors.Is(err, syscall.ECONNRESET) {
@@ -1467,7 +1467,7 @@ func atLimit(t *testing.T, h *harness, name, addr string, n float64) {
 	t.Helper()
 	c, err := net.Dial("tcp", addr) // the reset may come before connect returns
 	if err == nil {
-		err, _ = readErr(c, 2*time.Second)
+		_, err = readErr(c, 2*time.Second)
 		c.Close()
 	}
 	if !errors.Is(err, syscall.ECONNRESET) {
@@ -1652,7 +1652,7 @@ func TestListenerPutBackTakesASessionAdmittedAfterItsRemoval(t *testing.T) {
 	d, err := net.Dial("tcp", x)
 	if err == nil {
 		d.Write(header(1001))
-		err, _ = readErr(d, 2*time.Second)
+		_, err = readErr(d, 2*time.Second)
 		d.Close()
 	}
 	if !errors.Is(err, syscall.ECONNRESET) {

@@ -250,7 +250,7 @@ check = "off"`, fmt.Sprintf("address = %q", lb.address), fmt.Sprintf("address = 
 	if _, err := c.Write(make([]byte, sent)); err != nil {
 		t.Fatal(err)
 	}
-	err, took := readErr(c, 3*time.Second)
+	took, err := readErr(c, 3*time.Second)
 	if !errors.Is(err, syscall.ECONNRESET) {
 		t.Fatalf("app saw %v, want ECONNRESET", err)
 	}
@@ -290,7 +290,7 @@ check = "off"`, fmt.Sprintf("address = %q", lb.address)))
 		}()
 		// The app's write may take the reset first; its read then finds a
 		// 0, as any socket's would.
-		rerr, _ := readErr(c, 3*time.Second)
+		_, rerr := readErr(c, 3*time.Second)
 		c.Close()
 		if err := <-werr; !errors.Is(rerr, syscall.ECONNRESET) && !errors.Is(err, syscall.ECONNRESET) {
 			t.Errorf("session %d: app's read saw %v, its write %v; want ECONNRESET", i, rerr, err)
@@ -321,7 +321,7 @@ check = "off"`, fmt.Sprintf("address = %q", lb.address), fmt.Sprintf("address = 
 		t.Fatalf("app read %q, %v", got, err)
 	}
 	c.Write([]byte("hello"))
-	err, _ := readErr(c, 3*time.Second)
+	_, err := readErr(c, 3*time.Second)
 	if !errors.Is(err, syscall.ECONNRESET) {
 		t.Fatalf("app saw %v, want ECONNRESET", err)
 	}
@@ -347,7 +347,7 @@ check = "off"`, fmt.Sprintf("address = %q", silent.address)))
 	start := time.Now()
 	c := h.dial("l")
 	c.Write([]byte("CONNECT"))
-	err, _ := readErr(c, 3*time.Second)
+	_, err := readErr(c, 3*time.Second)
 	took := time.Since(start)
 	if !errors.Is(err, syscall.ECONNRESET) {
 		t.Fatalf("app saw %v, want ECONNRESET", err)
@@ -472,7 +472,7 @@ check = "off"`, fmt.Sprintf("address = %q", first.address), fmt.Sprintf("address
 					t.Fatal("Shutdown did not return within 3s: held up by the replay's write")
 				}
 			}
-			err, took := readErr(c, 10*time.Second)
+			took, err := readErr(c, 10*time.Second)
 			if !errors.Is(err, syscall.ECONNRESET) {
 				t.Fatalf("app saw %v after %v; want a reset", err, took)
 			}

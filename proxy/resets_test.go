@@ -54,7 +54,7 @@ func TestBackendResetWhileAppSends(t *testing.T) {
 			// write takes the reset.
 			_, err := c.Write([]byte("ping"))
 			if err == nil {
-				err, _ = readErr(c, 2*time.Second)
+				_, err = readErr(c, 2*time.Second)
 			}
 			if !errors.Is(err, syscall.ECONNRESET) {
 				t.Logf("trial %d: app saw %v, want ECONNRESET", i, err)
@@ -100,7 +100,7 @@ func TestLotWriteTakesTheReset(t *testing.T) {
 			}
 		}
 		s.mu.Unlock()
-		if err, _ := readErr(c, 2*time.Second); !errors.Is(err, syscall.ECONNRESET) {
+		if _, err := readErr(c, 2*time.Second); !errors.Is(err, syscall.ECONNRESET) {
 			t.Errorf("trial %d: app saw %v, want ECONNRESET", i, err)
 		}
 		c.Close()

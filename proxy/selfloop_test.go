@@ -81,7 +81,7 @@ func loopEnds(t *testing.T, h *harness, listener string, within time.Duration) {
 			if !errors.Is(werr, syscall.ECONNRESET) && !errors.Is(werr, syscall.EPIPE) {
 				t.Errorf("the app's write: %v, want a reset", werr)
 			}
-		} else if err, _ := readErr(c, within+time.Second); !errors.Is(err, syscall.ECONNRESET) || time.Since(start) > within {
+		} else if _, err := readErr(c, within+time.Second); !errors.Is(err, syscall.ECONNRESET) || time.Since(start) > within {
 			t.Errorf("the app got %v after %v, want a reset within %v", err, time.Since(start).Round(time.Millisecond), within)
 		}
 	} else if !errors.Is(err, syscall.ECONNRESET) {
@@ -156,7 +156,7 @@ name = "b"
 	c, err := (&net.Dialer{LocalAddr: net.TCPAddrFromAddrPort(local)}).Dial("tcp", dst.String())
 	if err == nil {
 		c.Write([]byte("hello"))
-		if err, _ = readErr(c, 3*time.Second); err == nil {
+		if _, err = readErr(c, 3*time.Second); err == nil {
 			t.Error("the dial was served")
 		}
 		c.Close()

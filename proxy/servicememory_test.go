@@ -312,7 +312,7 @@ func TestCutConnectWhileARefusalIsRememberedDialsNothing(t *testing.T) {
 	c := h.dial("l")
 	half := goodConnect(t, "SALES")
 	c.Write(half[:len(half)/2])
-	if err, took := readErr(c, 10*time.Second); errors.Is(err, os.ErrDeadlineExceeded) {
+	if took, err := readErr(c, 10*time.Second); errors.Is(err, os.ErrDeadlineExceeded) {
 		t.Fatalf("a CONNECT cut short: the session did not end within %v", took)
 	}
 	if n := old.Accepted() + standby.Accepted(); n != dialed {

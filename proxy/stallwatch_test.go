@@ -116,7 +116,7 @@ func TestStallWatchLetsGoOfDormantSessions(t *testing.T) {
 	if took := time.Since(<-reset); took > 400*time.Millisecond {
 		t.Errorf("the backend's reset reached the app's leg %v after it was sent, want under 400ms", took)
 	}
-	if err, _ := readErr(c, 5*time.Second); !errors.Is(err, syscall.ECONNRESET) {
+	if _, err := readErr(c, 5*time.Second); !errors.Is(err, syscall.ECONNRESET) {
 		t.Errorf("the app saw %v, want ECONNRESET", err)
 	}
 }

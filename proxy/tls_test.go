@@ -175,7 +175,7 @@ func tlsRoundTrips(t *testing.T, tc *tls.Conn, raw *net.TCPConn) {
 	if err := <-werr; err != nil {
 		t.Fatalf("bulk write and half-close: %v", err)
 	}
-	if err, _ := readErr(raw, 3*time.Second); !errors.Is(err, io.EOF) {
+	if _, err := readErr(raw, 3*time.Second); !errors.Is(err, io.EOF) {
 		t.Fatalf("after the server's close_notify: %v; want its FIN", err)
 	}
 }
