@@ -492,8 +492,8 @@ func TestLongPathIdleTimeoutDerivesKernelValues(t *testing.T) {
 		t.Fatal(err)
 	}
 	got := c.Backends[0].Keepalive.Settings()
-	if got.Idle != keepalive.MaxSeconds || got.Interval != keepalive.MaxSeconds || got.UserTimeout != 4*keepalive.MaxSeconds {
-		t.Errorf("derived %+v, want idle and interval %v", got, keepalive.MaxSeconds)
+	if got.Idle != keepalive.MaxTimer || got.Interval != keepalive.MaxTimer || got.UserTimeout != 4*keepalive.MaxTimer {
+		t.Errorf("derived %+v, want idle and interval %v", got, keepalive.MaxTimer)
 	}
 }
 

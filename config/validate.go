@@ -504,11 +504,11 @@ func (k *Keepalive) validate(failed failedSet) (errs, warnings []string) {
 		if *k.Count > keepalive.MaxCount && count {
 			add("count %d: the kernel allows at most %d", *k.Count, keepalive.MaxCount)
 		}
-		if k.Idle.Duration > keepalive.MaxSeconds {
-			add("idle %v: the kernel allows at most %v", k.Idle.Duration, keepalive.MaxSeconds)
+		if k.Idle.Duration > keepalive.MaxTimer {
+			add("idle %v: the kernel allows at most %v", k.Idle.Duration, keepalive.MaxTimer)
 		}
-		if k.Interval.Duration > keepalive.MaxSeconds && interval {
-			add("interval %v: the kernel allows at most %v", k.Interval.Duration, keepalive.MaxSeconds)
+		if k.Interval.Duration > keepalive.MaxTimer && interval {
+			add("interval %v: the kernel allows at most %v", k.Interval.Duration, keepalive.MaxTimer)
 		}
 	}
 	if k.UserTimeout.Duration > keepalive.MaxUserTimeout && user {

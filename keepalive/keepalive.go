@@ -105,11 +105,11 @@ func onRawConn(rc syscall.RawConn, set func(fd uintptr) error) error {
 	return setErr
 }
 
-// The kernel's limits: TCP_KEEPIDLE and TCP_KEEPINTVL at most 32767 s,
-// TCP_KEEPCNT at most 127 (net/ipv4/tcp.c: MAX_TCP_KEEPIDLE, ...), and
-// TCP_USER_TIMEOUT an int of milliseconds.
+// The kernel's limits: TCP_KEEPIDLE and TCP_KEEPINTVL (the keepalive
+// timers) at most 32767 s, TCP_KEEPCNT at most 127 (net/ipv4/tcp.c:
+// MAX_TCP_KEEPIDLE, ...), and TCP_USER_TIMEOUT an int of milliseconds.
 const (
-	MaxSeconds     = 32767 * time.Second
+	MaxTimer       = 32767 * time.Second
 	MaxCount       = 127
 	MaxUserTimeout = math.MaxInt32 * time.Millisecond
 )
@@ -233,11 +233,11 @@ func Read(c syscall.Conn) (Settings, error) {
 // (sent only when one is lost) still land inside it. The user timeout is
 // when the last probe would give up, so a black-holed peer is found within
 // about two thirds of pathIdle. Values are whole seconds (the kernel's
-// unit), at least 1s and at most MaxSeconds (a path that forgets after
+// unit), at least 1s and at most MaxTimer (a path that forgets after
 // days is kept alive by probes every 9 hours all the same).
 func FromPathIdle(pathIdle time.Duration) Settings {
 	sec := func(d time.Duration) time.Duration {
-		return min(max(d.Truncate(time.Second), time.Second), MaxSeconds)
+		return min(max(d.Truncate(time.Second), time.Second), MaxTimer)
 	}
 	s := Settings{Idle: sec(pathIdle / 3), Interval: sec(pathIdle / 9), Count: 3}
 	s.UserTimeout = s.ProbeSpan()

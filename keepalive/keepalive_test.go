@@ -118,7 +118,7 @@ func TestFromPathIdle(t *testing.T) {
 		{time.Hour, Settings{Idle: 20 * time.Minute, Interval: 400 * time.Second, Count: 3, UserTimeout: 2400 * time.Second}},        // firewall default
 		{5 * time.Second, Settings{Idle: time.Second, Interval: time.Second, Count: 3, UserTimeout: 4 * time.Second}},                // lab
 		{time.Second, Settings{Idle: time.Second, Interval: time.Second, Count: 3, UserTimeout: 4 * time.Second}},                    // floor
-		{120 * time.Hour, Settings{Idle: MaxSeconds, Interval: MaxSeconds, Count: 3, UserTimeout: 4 * MaxSeconds}},                   // conntrack default: the kernel's ceiling
+		{120 * time.Hour, Settings{Idle: MaxTimer, Interval: MaxTimer, Count: 3, UserTimeout: 4 * MaxTimer}},                         // conntrack default: the kernel's ceiling
 	} {
 		got := FromPathIdle(tc.path)
 		if got != tc.want {
