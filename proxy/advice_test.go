@@ -468,8 +468,8 @@ func TestResetOfAnAppThatClosedBeforeItsAnswerIsNotIdle(t *testing.T) {
 }
 
 // The path a review suspected for the ends above, which holds: a dormant
-// session out of fds, whose app closes after a pause while the wake its FIN
-// needs waits for an fd (dormant.go). The lot passes the database's late
+// session out of fds (its reserve spent: fdreserve.go), whose app closes
+// after a pause while the wake its FIN needs waits for an fd (dormant.go). The lot passes the database's late
 // bytes to the closed socket on the bare fds and the app's kernel resets
 // them; once the wake gets its fd, the read finds the FIN and the reset
 // (endOfStream). The app's FIN came after the pause, so the app's leg was
@@ -493,8 +493,8 @@ func TestResetOfAnAppThatClosedWhileItsWakeWaitedIsNotIdle(t *testing.T) {
 	time.Sleep(1200 * time.Millisecond) // a pause of over a second
 	var hoard fdHoard
 	defer hoard.free()
-	hoard.grab(t)
-	c.Close() // FIN: its wake waits for an fd
+	hoard.grabWithReserve(t, h.p) // the reserve too: the wake must wait
+	c.Close()                     // FIN: the wake waits for an fd
 	time.Sleep(100 * time.Millisecond)
 	be.accepted()[0].Write([]byte("late")) // the lot writes it to the closed app: RST
 	time.Sleep(300 * time.Millisecond)

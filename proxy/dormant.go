@@ -165,21 +165,19 @@ func (s *session) revive() error {
 const reviveRetryFor = 2 * time.Second
 
 // reviveFor revives the session for p's goroutine and syncs p. Out of fds
-// (EMFILE, ENFILE: a revive needs three more for a moment, the first conn
-// and connFromFD's dup and net.FileConn's for the second), it tries again
+// (EMFILE, ENFILE: a revive needs reviveFDs more for a moment), it tries
+// again on the proxy's reserve (fdreserve.go), and if the reserve is spent,
 // for up to reviveRetryFor, since ending sessions free fds: the session
 // loses nothing meanwhile (its bytes wait in the kernel, the other
 // direction stays parked).
 func (s *session) reviveFor(p *pump) error {
 	deadline := time.Now().Add(reviveRetryFor)
 	for tries := 0; ; tries++ {
-		s.mu.Lock()
-		err := s.revive()
-		if err == nil {
-			p.sync()
+		err := s.reviveAndSync(p)
+		if outOfFDs(err) && s.p.reserve != nil {
+			s.p.reserve.spend(func() { err = s.reviveAndSync(p) })
 		}
-		s.mu.Unlock()
-		if err == nil || !(errors.Is(err, unix.EMFILE) || errors.Is(err, unix.ENFILE)) || time.Now().After(deadline) {
+		if err == nil || !outOfFDs(err) || time.Now().After(deadline) {
 			return err
 		}
 		if tries == 0 {
@@ -187,6 +185,17 @@ func (s *session) reviveFor(p *pump) error {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
+}
+
+// reviveAndSync revives the session and syncs p, under s.mu.
+func (s *session) reviveAndSync(p *pump) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	err := s.revive()
+	if err == nil {
+		p.sync()
+	}
+	return err
 }
 
 // closeRaw closes a dormant session's fds, resetting the app's leg

@@ -80,9 +80,64 @@ func TestDormantSessionIdleTimeout(t *testing.T) {
 }
 
 // A dormant session that must wake while the process is out of fds (a
-// revive needs three more for a moment) waits for fds instead of failing,
-// and says so in the log: the bulk sent meanwhile arrives intact once fds
-// are free again.
+// revive needs three more for a moment) wakes on the proxy's reserve
+// (fdreserve.go): other apps' sessions ran the fds out, and its app's query
+// and the database's answer still pass, at once, while the shortage lasts.
+// The reserve is whole again after, and the session never waited.
+func TestDormantSessionWakesOnTheReserveOutOfFDs(t *testing.T) {
+	be := newBackend(t, echoNoAlloc)
+	h, logs := startProxyLog(t, oneBackendConfig(be.addr()))
+	parkSoon(t, h, 30*time.Millisecond)
+	const n = 3
+	conns := make([]*net.TCPConn, n)
+	for i := range conns {
+		conns[i] = h.dial("l")
+		echoed(t, conns[i], "hello")
+		s := sessionOf(t, h.p, conns[i])
+		waitFor(t, 2*time.Second, "the session dormant", s.isDormant)
+	}
+	runtime.GC() // pooled splice pipes: see TestDormantSessionRevivesOutOfFDs
+	runtime.GC()
+	time.Sleep(50 * time.Millisecond)
+
+	var hoard fdHoard
+	defer hoard.free()
+	hoard.grab(t)
+	big := make([]byte, 1<<20) // a full buffer: the lot must revive the session
+	for i := range big {
+		big[i] = byte(i*31 + 7)
+	}
+	// Each revive gives the reserve back, so the next session wakes on it
+	// too.
+	for i, c := range conns {
+		start := time.Now()
+		go c.Write(big)
+		got := make([]byte, len(big))
+		c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		if _, err := io.ReadFull(c, got); err != nil {
+			t.Fatalf("session %d: bulk out of fds: %v", i, err)
+		}
+		sameBytes(t, "bulk out of fds", got, big)
+		if took := time.Since(start); took > time.Second {
+			t.Errorf("session %d: the bulk took %v out of fds", i, took)
+		}
+		if n := h.p.reserve.held(); n != reviveFDs {
+			t.Fatalf("session %d: the reserve holds %d fds after the revive, want %d", i, n, reviveFDs)
+		}
+		hoard.grab(t) // any fd another open freed meanwhile
+	}
+	if strings.Contains(logs.String(), "out of file descriptors") {
+		t.Errorf("a session waited for fds with the reserve whole:\n%s", logs.String())
+	}
+	hoard.free()
+	for _, c := range conns {
+		echoed(t, c, "after")
+	}
+}
+
+// A dormant session that must wake while the process is out of fds and
+// its reserve is spent waits for fds instead of failing, and says so in
+// the log: the bulk sent meanwhile arrives intact once fds are free again.
 func TestDormantSessionRevivesOutOfFDs(t *testing.T) {
 	be := newBackend(t, echoNoAlloc)
 	h, logs := startProxyLog(t, oneBackendConfig(be.addr()))
@@ -102,7 +157,7 @@ func TestDormantSessionRevivesOutOfFDs(t *testing.T) {
 
 	var hoard fdHoard
 	defer hoard.free()
-	hoard.grab(t)
+	hoard.grabWithReserve(t, h.p)
 	big := make([]byte, 1<<20) // a full buffer: the lot must revive the session
 	for i := range big {
 		big[i] = byte(i*31 + 7)
@@ -121,8 +176,8 @@ func TestDormantSessionRevivesOutOfFDs(t *testing.T) {
 	sameBytes(t, "bulk after fds ran out", got, big)
 }
 
-// A dormant session that cannot revive for want of fds for longer than
-// reviveRetryFor ends with a reset, counted as tnsguard's doing (cause
+// A dormant session that cannot revive for want of fds (its reserve spent)
+// for longer than reviveRetryFor ends with a reset, counted as tnsguard's doing (cause
 // proxy), not as the app's or database's failure (cause error). Both legs
 // are reset: the app's bytes that woke it were dropped, and a FIN would
 // tell the database the app had finished.
@@ -150,7 +205,7 @@ func TestReviveOutOfFDsTooLongIsCountedAsTnsguards(t *testing.T) {
 	time.Sleep(50 * time.Millisecond)
 	var hoard fdHoard
 	defer hoard.free()
-	hoard.grab(t)
+	hoard.grabWithReserve(t, h.p)
 	go c.Write(make([]byte, 1<<20)) // bulk: the lot must revive
 	for end := time.Now().Add(reviveRetryFor + 2*time.Second); time.Now().Before(end) && len(h.p.liveSessions()) > 0; {
 		hoard.grab(t)

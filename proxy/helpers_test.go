@@ -379,6 +379,20 @@ func (h *fdHoard) release(n int) {
 // free gives every one back.
 func (h *fdHoard) free() { h.release(len(*h)) }
 
+// grabWithReserve takes every free fd and the proxy's reserve too
+// (fdreserve.go), which it cannot take back: the process is out of fds for
+// revives as well.
+func (h *fdHoard) grabWithReserve(t *testing.T, p *Proxy) {
+	t.Helper()
+	h.grab(t)
+	if !p.reserve.spend(func() { h.grab(t) }) {
+		t.Fatal("the proxy's fd reserve was empty")
+	}
+	if n := p.reserve.held(); n != 0 {
+		t.Fatalf("the reserve took back %d fds from a process out of them", n)
+	}
+}
+
 // sample is one series of a gathered metric: its labels and value.
 type sample struct {
 	labels map[string]string

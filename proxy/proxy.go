@@ -37,6 +37,7 @@ type Proxy struct {
 	log     hclog.Logger
 	metrics *metrics.Metrics
 	pool    *bufPool
+	reserve *fdReserve  // fds a dormant session wakes on when sessions took every other one (fdreserve.go)
 	parking *parkLots   // idle and busy sessions' sockets, waited on without goroutines (idle.go)
 	stalls  *stallWatch // sources of directions that wait for room, watched for their end (stallwatch.go)
 
@@ -140,6 +141,7 @@ func newProxy(log hclog.Logger, m *metrics.Metrics, stallWatch bool) *Proxy {
 	p.forensics.connect.keep = p.configuredServer
 	p.forensics.dropping = p.nudge
 	p.pool.kept = p.nudge
+	p.reserve = newFDReserve()
 	p.parking = startParkLots(ctx, &p.loopWG, p.log, runtime.GOMAXPROCS(0))
 	if stallWatch {
 		p.stalls = startStallWatch(ctx, &p.loopWG)
@@ -820,6 +822,7 @@ func (p *Proxy) housekeeping(ctx context.Context) {
 	walked := p.changes.Load() // p.changes at the last walk
 	seen := map[pairKey]bool{}
 	defer p.pool.dropIdlePipes(true)
+	defer p.reserve.close()
 	for {
 		select {
 		case <-ctx.Done():
