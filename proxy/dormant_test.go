@@ -5,7 +5,6 @@ import (
 	"io"
 	"net"
 	"os"
-	"runtime"
 	"strings"
 	"sync"
 	"syscall"
@@ -96,9 +95,7 @@ func TestDormantSessionWakesOnTheReserveOutOfFDs(t *testing.T) {
 		s := sessionOf(t, h.p, conns[i])
 		waitFor(t, 2*time.Second, "the session dormant", s.isDormant)
 	}
-	runtime.GC() // pooled splice pipes: see TestDormantSessionRevivesOutOfFDs
-	runtime.GC()
-	time.Sleep(50 * time.Millisecond)
+	dropSplicePipes()
 
 	var hoard fdHoard
 	defer hoard.free()
@@ -147,13 +144,7 @@ func TestDormantSessionRevivesOutOfFDs(t *testing.T) {
 	s := sessionOf(t, h.p, c)
 	waitFor(t, 2*time.Second, "the session dormant", s.isDormant)
 
-	// Go's splice keeps pipes in a pool; a collection empties it and a
-	// cleanup closes their fds later. Pipes that earlier tests' bulk
-	// transfers left there must be closed before the fds are counted out,
-	// or the revive below could get one of them.
-	runtime.GC()
-	runtime.GC()
-	time.Sleep(50 * time.Millisecond)
+	dropSplicePipes() // or the revive below could get one of their fds
 
 	var hoard fdHoard
 	defer hoard.free()
@@ -200,9 +191,7 @@ func TestReviveOutOfFDsTooLongIsCountedAsTnsguards(t *testing.T) {
 	echoed(t, c, "hello")
 	s := sessionOf(t, h.p, c)
 	waitFor(t, 2*time.Second, "the session dormant", s.isDormant)
-	runtime.GC() // pooled splice pipes: see TestDormantSessionRevivesOutOfFDs
-	runtime.GC()
-	time.Sleep(50 * time.Millisecond)
+	dropSplicePipes()
 	var hoard fdHoard
 	defer hoard.free()
 	hoard.grabWithReserve(t, h.p)

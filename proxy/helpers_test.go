@@ -6,6 +6,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"runtime"
 	"strings"
 	"sync"
 	"syscall"
@@ -357,6 +358,17 @@ func grabFDs(t *testing.T, hoard *[]int) {
 		}
 		*hoard = append(*hoard, fd)
 	}
+}
+
+// dropSplicePipes lets go of the pipes Go's splice pool holds (from earlier
+// tests' bulk transfers): a collection empties the pool and its cleanups
+// close their fds a moment later. A test that counts the fds out, or takes
+// every one, calls it first, or a pipe closed meanwhile gives a revive or
+// a dup the fd the test meant to take.
+func dropSplicePipes() {
+	runtime.GC()
+	runtime.GC()
+	time.Sleep(50 * time.Millisecond)
 }
 
 // fdHoard is the fds a test took to run the process out of them.

@@ -141,9 +141,7 @@ func TestDrainInEveryPhaseLeavesNothing(t *testing.T) {
 func TestSleepOutOfFDsLeavesNothing(t *testing.T) {
 	for _, spare := range []int{0, 1} {
 		t.Run(map[int]string{0: "no fd", 1: "one fd"}[spare], func(t *testing.T) {
-			runtime.GC()
-			runtime.GC()
-			time.Sleep(50 * time.Millisecond)
+			dropSplicePipes()
 			be := newBackend(t, echoNoAlloc)
 			h := startProxy(t, oneBackendConfig(be.addr()))
 			parkSoon(t, h, 30*time.Millisecond)

@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -418,11 +417,7 @@ func TestReloadOutOfFDsLeavesListenerNonBlocking(t *testing.T) {
 		return nb
 	}
 
-	// Pipes that Go's splice pool holds are closed by a collection's
-	// cleanups: let them go before the fds are counted out.
-	runtime.GC()
-	runtime.GC()
-	time.Sleep(50 * time.Millisecond)
+	dropSplicePipes()
 	var hoard fdHoard
 	hoard.grab(t)
 	hoard.release(1) // one fd free: the first dup gets it, the second fails
