@@ -81,8 +81,8 @@ func TestDormantSessionIdleTimeout(t *testing.T) {
 // A dormant session that must wake while the process is out of fds (a
 // revive needs three more for a moment) wakes on the proxy's reserve
 // (fdreserve.go): other apps' sessions ran the fds out, and its app's query
-// and the database's answer still pass, at once, while the shortage lasts.
-// The reserve is whole again after, and the session never waited.
+// and the database's answer still pass, within a second, while the shortage
+// lasts. The reserve is whole again after, and the session never waited.
 func TestDormantSessionWakesOnTheReserveOutOfFDs(t *testing.T) {
 	be := newBackend(t, echoNoAlloc)
 	h, logs := startProxyLog(t, oneBackendConfig(be.addr()))
@@ -168,10 +168,10 @@ func TestDormantSessionRevivesOutOfFDs(t *testing.T) {
 }
 
 // A dormant session that cannot revive for want of fds (its reserve spent)
-// for longer than reviveRetryFor ends with a reset, counted as tnsguard's doing (cause
-// proxy), not as the app's or database's failure (cause error). Both legs
-// are reset: the app's bytes that woke it were dropped, and a FIN would
-// tell the database the app had finished.
+// for longer than reviveRetryFor ends with a reset, counted as tnsguard's
+// doing (cause proxy), not as the app's or database's failure (cause
+// error). Both legs are reset: the app's bytes that woke it were dropped,
+// and a FIN would tell the database the app had finished.
 func TestReviveOutOfFDsTooLongIsCountedAsTnsguards(t *testing.T) {
 	dbEnd := make(chan error, 1)
 	be := newBackend(t, func(c *net.TCPConn) {
