@@ -517,9 +517,9 @@ func (s *session) serviceFirst(began time.Time) (string, time.Time, error) {
 		s.abort(SideClient, PhaseOpening, err, "reset", nil)
 		return "", began, err
 	}
-	if at := s.spokeAt.Load(); at == 0 {
+	if spoke, ok := s.spoke(); !ok {
 		began = time.Now()
-	} else if spoke := time.Unix(0, at); spoke.After(began) {
+	} else if spoke.After(began) {
 		began = spoke
 	}
 	return name, began, nil

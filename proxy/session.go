@@ -65,7 +65,7 @@ type session struct {
 	idleAtEnd   time.Duration
 	toBackend   atomic.Int64
 	toClient    atomic.Int64
-	spokeAt     atomic.Int64 // when the app's first bytes came (unix ns); 0 while it has sent nothing
+	spokeAt     atomic.Int64 // when the app's first bytes came (since start, ns, at least 1); 0 while it has sent nothing (spoke)
 	awaiting    *net.TCPConn // the backend connection firstAnswer waits on (under mu)
 	service     string
 
@@ -858,7 +858,7 @@ func (s *session) halfClosedToRead() bool {
 	if at := s.peerFIN[legIndex(SideClient)].Load(); at != 0 {
 		fin = s.start.Add(time.Duration(at))
 	}
-	return fin.Sub(time.Unix(0, spoke)) < halfCloseGrace
+	return fin.Sub(s.start.Add(time.Duration(spoke))) < halfCloseGrace
 }
 
 // appLeftAfterResend tells an Oracle client that closed after a listener's
@@ -1239,7 +1239,7 @@ const abandonedVerdictAfter = 2 * fairAttempt
 // than answer_timeout never got past a hung primary.
 func (s *session) abandonedWait(b *answerBound) error {
 	from := b.began
-	if at := time.Unix(0, s.spokeAt.Load()); at.After(from) {
+	if at, ok := s.spoke(); ok && at.After(from) {
 		from = at
 	}
 	e := &abandonedError{silent: time.Since(from)}
@@ -1354,7 +1354,7 @@ func (b *answerBound) cut(s *session, owed time.Time) time.Time {
 		return owed
 	}
 	from := b.began
-	if at := time.Unix(0, s.spokeAt.Load()); at.After(from) {
+	if at, ok := s.spoke(); ok && at.After(from) {
 		from = at
 	}
 	if c := from.Add(b.timeout); c.Before(owed) {
@@ -1554,6 +1554,20 @@ func (s *session) wakeAwaiting(nb *failover.Backend) {
 	}
 }
 
+// spoke is when the app's first bytes came; ok is false while it has sent
+// nothing. It carries the monotonic clock's reading, as s.start does: the
+// budget's deadlines are made from it. On the wall clock alone (as until
+// 2026-12-02), a clock adjusted during a wait could make a wait that the
+// budget's deadline ended look ended before it, and blame its server
+// (budgetCut).
+func (s *session) spoke() (at time.Time, ok bool) {
+	n := s.spokeAt.Load()
+	if n == 0 {
+		return time.Time{}, false
+	}
+	return s.start.Add(time.Duration(n)), true
+}
+
 // answerDeadline is when the backend owes the app its first answer: at the
 // end of connect_budget (budgetEnd), or connect_budget after the app's first
 // bytes when they came later, so that an app that speaks late gives its
@@ -1578,7 +1592,7 @@ func (s *session) answerDeadline(budgetEnd time.Time) time.Time {
 	if at == 0 || budgetEnd.IsZero() || s.overflowed() {
 		return time.Time{}
 	}
-	late := time.Unix(0, at).Add(s.backend.Config.ConnectBudget.Duration)
+	late := s.start.Add(time.Duration(at)).Add(s.backend.Config.ConnectBudget.Duration)
 	if !late.After(budgetEnd) {
 		return budgetEnd
 	}
@@ -1903,7 +1917,7 @@ func (s *session) openingBytes(b []byte) error {
 	}
 	s.touch(SideClient)
 	if s.toBackend.Add(int64(len(b))) == int64(len(b)) && !s.established {
-		s.spokeAt.Store(time.Now().UnixNano())
+		s.spokeAt.Store(max(int64(time.Since(s.start)), 1))
 		if s.awaiting != nil {
 			// The app's first bytes: the backend owes an answer from now,
 			// and the wait for it may be parked with no deadline.
