@@ -31,6 +31,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/tnsguard/tnsguard/config"
+	"github.com/tnsguard/tnsguard/failover"
 	"github.com/tnsguard/tnsguard/proxy"
 )
 
@@ -402,7 +403,7 @@ func (l *allowListener) Accept() (net.Conn, error) {
 	for {
 		c, err := l.Listener.Accept()
 		used := false
-		if err != nil && outOfFDs(err) {
+		if err != nil && failover.OutOfFDs(err) {
 			c, used, err = acceptSpare(l.Listener, l.s.spare, err)
 		} else if err == nil {
 			l.s.spare.refill() // spares spent while out of fds (a no-op when all are held)

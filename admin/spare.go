@@ -1,12 +1,13 @@
 package admin
 
 import (
-	"errors"
 	"net"
 	"sync"
 	"syscall"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/tnsguard/tnsguard/failover"
 )
 
 // spareFDs is a few fds (of /dev/null) that the admin listener holds so
@@ -68,10 +69,6 @@ func (s *spareFDs) close() {
 	s.fds, s.closed = nil, true
 }
 
-func outOfFDs(err error) bool {
-	return errors.Is(err, unix.EMFILE) || errors.Is(err, unix.ENFILE)
-}
-
 // pollStep bounds each wait of acceptSpare for a client: a Close of the
 // listener waits for it.
 const pollStep = 100 // ms
@@ -107,7 +104,7 @@ func acceptSpare(ln net.Listener, spare *spareFDs, acceptErr error) (c net.Conn,
 		}
 		spare.refill() // take back spares lost to a race, as fds free up
 		// No client yet: has the shortage passed, or the listener closed?
-		if c, err := ln.Accept(); err == nil || !outOfFDs(err) {
+		if c, err := ln.Accept(); err == nil || !failover.OutOfFDs(err) {
 			return c, false, err
 		}
 	}

@@ -669,8 +669,15 @@ func (s *Server) addrSucceeded(a netip.Addr) {
 // retried within connect_budget as fds free. A session cut so resets both
 // legs (proxy's abort).
 func OutOfResources(err error) bool {
-	return errors.Is(err, syscall.EMFILE) || errors.Is(err, syscall.ENFILE) ||
-		errors.Is(err, syscall.ENOBUFS) || errors.Is(err, syscall.ENOMEM)
+	return OutOfFDs(err) || errors.Is(err, syscall.ENOBUFS) || errors.Is(err, syscall.ENOMEM)
+}
+
+// OutOfFDs tells the process's (EMFILE) or the system's (ENFILE) want of
+// fds, the part of OutOfResources that freeing an fd cures: the admin
+// listener's spare fds and the proxy's reserve for waking sessions are
+// spent on it.
+func OutOfFDs(err error) bool {
+	return errors.Is(err, syscall.EMFILE) || errors.Is(err, syscall.ENFILE)
 }
 
 // DialResult names a dial error for metrics and logs: ok, refused,

@@ -9,6 +9,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/tnsguard/tnsguard/failover"
 	"github.com/tnsguard/tnsguard/keepalive"
 )
 
@@ -174,10 +175,10 @@ func (s *session) reviveFor(p *pump) error {
 	deadline := time.Now().Add(reviveRetryFor)
 	for tries := 0; ; tries++ {
 		err := s.reviveAndSync(p)
-		if outOfFDs(err) && s.p.reserve != nil {
+		if failover.OutOfFDs(err) {
 			s.p.reserve.spend(func() { err = s.reviveAndSync(p) })
 		}
-		if err == nil || !outOfFDs(err) || time.Now().After(deadline) {
+		if err == nil || !failover.OutOfFDs(err) || time.Now().After(deadline) {
 			return err
 		}
 		if tries == 0 {

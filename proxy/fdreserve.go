@@ -1,7 +1,6 @@
 package proxy
 
 import (
-	"errors"
 	"sync"
 
 	"golang.org/x/sys/unix"
@@ -69,13 +68,6 @@ func (r *fdReserve) spend(f func()) bool {
 	return true
 }
 
-// held is how many fds the reserve holds.
-func (r *fdReserve) held() int {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return len(r.fds)
-}
-
 // close gives the fds back for good (the proxy has stopped).
 func (r *fdReserve) close() {
 	r.mu.Lock()
@@ -84,10 +76,4 @@ func (r *fdReserve) close() {
 		unix.Close(fd)
 	}
 	r.fds, r.closed = nil, true
-}
-
-// outOfFDs tells whether err is the process's (EMFILE) or the system's
-// (ENFILE) shortage of fds.
-func outOfFDs(err error) bool {
-	return errors.Is(err, unix.EMFILE) || errors.Is(err, unix.ENFILE)
 }

@@ -391,6 +391,13 @@ func (h *fdHoard) release(n int) {
 // free gives every one back.
 func (h *fdHoard) free() { h.release(len(*h)) }
 
+// held is how many fds the reserve holds.
+func (r *fdReserve) held() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return len(r.fds)
+}
+
 // grabWithReserve takes every free fd and the proxy's reserve too
 // (fdreserve.go), which it cannot take back: the process is out of fds for
 // revives as well.

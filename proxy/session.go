@@ -850,15 +850,15 @@ const halfCloseGrace = 50 * time.Millisecond
 // Until 2026-12-01 such an app's session ended without the server's
 // answer, even from a listener that answered at once.
 func (s *session) halfClosedToRead() bool {
-	spoke := s.spokeAt.Load()
-	if spoke == 0 {
+	spoke, ok := s.spoke()
+	if !ok {
 		return false
 	}
 	fin := time.Now()
 	if at := s.peerFIN[legIndex(SideClient)].Load(); at != 0 {
 		fin = s.start.Add(time.Duration(at))
 	}
-	return fin.Sub(s.start.Add(time.Duration(spoke))) < halfCloseGrace
+	return fin.Sub(spoke) < halfCloseGrace
 }
 
 // appLeftAfterResend tells an Oracle client that closed after a listener's
@@ -1585,14 +1585,14 @@ func (s *session) spoke() (at time.Time, ok bool) {
 // accepts and never closes) for as long as the listener lived, holding two
 // fds and a max_sessions slot: one more for every check.
 func (s *session) answerDeadline(budgetEnd time.Time) time.Time {
-	at := s.spokeAt.Load()
-	if at == 0 && !budgetEnd.IsZero() && s.appLeftSilent() {
+	spoke, ok := s.spoke()
+	if !ok && !budgetEnd.IsZero() && s.appLeftSilent() {
 		return budgetEnd
 	}
-	if at == 0 || budgetEnd.IsZero() || s.overflowed() {
+	if !ok || budgetEnd.IsZero() || s.overflowed() {
 		return time.Time{}
 	}
-	late := s.start.Add(time.Duration(at)).Add(s.backend.Config.ConnectBudget.Duration)
+	late := spoke.Add(s.backend.Config.ConnectBudget.Duration)
 	if !late.After(budgetEnd) {
 		return budgetEnd
 	}
